@@ -1,0 +1,56 @@
+// swift-tools-version: 6.0
+// Hato — a clustered SMTP relay. No Swift package dependencies: the toolchain
+// and system C libraries (OpenSSL, SQLite, libresolv) only.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "hato",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "hato-coordinator", targets: ["hato-coordinator"]),
+        .executable(name: "hato-node", targets: ["hato-node"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(
+            name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CResolv", path: "Sources/CResolv",
+            providers: [.apt(["libc6-dev"])]),
+        .target(
+            name: "HatoShared", dependencies: ["COpenSSL", "CResolv"],
+            path: "Sources/Shared", swiftSettings: strict),
+        .target(
+            name: "HatoCoordinator", dependencies: ["HatoShared", "CSQLite"],
+            path: "Sources/Coordinator/Core", swiftSettings: strict),
+        .executableTarget(
+            name: "hato-coordinator", dependencies: ["HatoCoordinator"],
+            path: "Sources/Coordinator/CLI", swiftSettings: strict),
+        .target(
+            name: "HatoNode", dependencies: ["HatoShared"],
+            path: "Sources/Node/Core", swiftSettings: strict),
+        .executableTarget(
+            name: "hato-node", dependencies: ["HatoNode"],
+            path: "Sources/Node/CLI", swiftSettings: strict),
+        .testTarget(
+            name: "SharedTests", dependencies: ["HatoShared"],
+            path: "Tests/SharedTests", swiftSettings: strict),
+        .testTarget(
+            name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared"],
+            path: "Tests/CoordinatorTests", swiftSettings: strict),
+        .testTarget(
+            name: "NodeTests", dependencies: ["HatoNode", "HatoShared"],
+            path: "Tests/NodeTests", swiftSettings: strict),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["HatoShared", "hato-coordinator", "hato-node"],
+            path: "Tests/IntegrationTests", swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,23 @@
+import Foundation
+
+/// A source of wall-clock time, injectable so timed logic is tested without sleeping.
+public protocol WallClock: Sendable {
+    /// The current time.
+    func now() -> Date
+}
+
+/// The system clock.
+public struct SystemClock: WallClock {
+    public init() {}
+    public func now() -> Date { Date() }
+}
+
+/// A clock tests move by hand.
+public final class ManualClock: WallClock, @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: Date
+    public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = start }
+    public func now() -> Date { lock.withLock { current } }
+    /// Moves the clock forward by `seconds`.
+    public func advance(_ seconds: TimeInterval) { lock.withLock { current += seconds } }
+}
