@@ -1,1 +1,61 @@
-// placeholder
+import Foundation
+import HatoNode
+import HatoShared
+
+let usage = """
+    usage: hato-node <command> [--config PATH] [options]
+
+    commands:
+      run --id NODE                 join the coordinator and deliver from this node's sending IPs
+      bindable --id NODE            list the configured sending IPs this host can bind for NODE
+      sink --listen HOST:PORT [--dir DIR]
+                                    a local capture server playing a recipient MX (demo/test only):
+                                    accepts everything, writes each message to DIR
+
+    options:
+      --config PATH                 cluster configuration (default ./cluster.yml)
+      --help                        this text
+    """
+
+ignoreSIGPIPE()
+let args: CLIArguments
+do {
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "id", "listen", "dir"], flagOptions: [])
+} catch {
+    exitWithError("hato-node: \(error)\n\(usage)", status: 2)
+}
+if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "help" {
+    print(usage)
+    exit(args.subcommand == nil && !args.flags.contains("help") ? 2 : 0)
+}
+
+switch args.subcommand! {
+case "sink":
+    guard let listen = args.options["listen"] else { exitWithError("hato-node sink: --listen HOST:PORT is required", status: 2) }
+    do {
+        let addr = try ConfigValue.hostPort(listen, defaultPort: 25)
+        guard addr.isIPLiteral else { exitWithError("hato-node sink: --listen needs a numeric address") }
+        let server = try CaptureServer(address: SocketAddress(host: addr.host, port: addr.port), directory: args.options["dir"])
+        Logger(label: "sink").info("capture server ready", ["listen": server.address.description, "dir": args.options["dir"] ?? "-"])
+        while true { sleep(3600); _ = server.connections }
+    } catch {
+        exitWithError("hato-node sink: \(error)")
+    }
+case "run", "bindable":
+    guard let id = args.options["id"] else { exitWithError("hato-node \(args.subcommand!): --id NODE is required", status: 2) }
+    let config: ClusterConfig
+    do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-node: \(error)") }
+    do {
+        let agent = try NodeAgent(config: config, nodeID: id)
+        if args.subcommand == "bindable" {
+            for ip in agent.bindableIPs() { print(ip) }
+        } else {
+            agent.run()
+            exit(1)
+        }
+    } catch {
+        exitWithError("hato-node: \(error)")
+    }
+default:
+    exitWithError("hato-node: unknown command \(args.subcommand!)\n\(usage)", status: 2)
+}

@@ -1,0 +1,423 @@
+import Foundation
+import HatoShared
+
+/// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired`.
+public enum RecipientState: String, Sendable, CaseIterable, Codable {
+    case queued, leased, deferred, delivered, failed, expired
+    /// Whether no further delivery attempt will be made.
+    public var isFinal: Bool { self == .delivered || self == .failed || self == .expired }
+}
+
+/// A message as accepted by the SMTP listener, ready to be written.
+public struct NewMessage: Sendable {
+    /// Queue id.
+    public var id: String
+    /// Reverse-path (empty for `<>`).
+    public var reversePath: String
+    /// Forward-paths.
+    public var recipients: [String]
+    /// The pool the message is routed to.
+    public var pool: String
+    /// Content with the trace header prepended, CRLF line endings.
+    public var content: [UInt8]
+    /// The client's EHLO/HELO name.
+    public var heloName: String
+    /// The client's address.
+    public var clientAddress: String
+    /// Time of acceptance.
+    public var receivedAt: Date
+    public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date) {
+        self.id = id; self.reversePath = reversePath; self.recipients = recipients; self.pool = pool
+        self.content = content; self.heloName = heloName; self.clientAddress = clientAddress; self.receivedAt = receivedAt
+    }
+}
+
+/// A recipient due for delivery, as the scheduler sees it.
+public struct DueRecipient: Sendable, Equatable {
+    public var id: Int64
+    public var messageID: String
+    public var address: String
+    public var domain: String
+    public var pool: String
+    public var reversePath: String
+    public init(id: Int64, messageID: String, address: String, domain: String, pool: String, reversePath: String) {
+        self.id = id; self.messageID = messageID; self.address = address; self.domain = domain; self.pool = pool; self.reversePath = reversePath
+    }
+}
+
+/// A granted lease as recorded in the queue.
+public struct LeaseRecord: Sendable, Equatable {
+    public var id: String
+    public var node: String
+    public var instance: String
+    public var sendingIP: String
+    public var messageID: String
+    public var domain: String
+    public var recipientIDs: [Int64]
+    public var grantedAt: Date
+    public var expiresAt: Date
+}
+
+/// What applying one result changed.
+public struct ResultApplication: Sendable, Equatable {
+    /// Recipients moved to delivered/failed/deferred/expired by this result.
+    public var applied = 0
+    /// Outcomes ignored (recipient already final, or re-leased to someone else).
+    public var ignored = 0
+    /// Whether the lease was still known (false for a late or duplicate report).
+    public var leaseKnown = false
+}
+
+/// One recipient's record for lookups.
+public struct RecipientRecord: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var address: String
+    public var state: RecipientState
+    public var attempts: Int
+    public var nextAttemptAt: Double?
+    public var lastCode: Int?
+    public var lastEnhanced: String?
+    public var lastText: String?
+    public var node: String?
+    public var sendingIP: String?
+    public var mxHost: String?
+    public var updatedAt: Double
+
+    enum CodingKeys: String, CodingKey {
+        case id, address, state, attempts, nextAttemptAt, lastCode, lastEnhanced, lastText, node, mxHost, updatedAt
+        case sendingIP = "sendingIp"
+    }
+}
+
+/// One message's record for lookups.
+public struct MessageRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var reversePath: String
+    public var pool: String
+    public var size: Int
+    public var receivedAt: Double
+    public var clientAddress: String
+    public var recipients: [RecipientRecord]
+}
+
+/// The coordinator's durable global queue: SQLite in WAL mode with `synchronous=FULL`.
+///
+/// Every public method is one transaction; when `enqueue` returns, the message
+/// and its recipients are on disk (fsync'd), so the SMTP `250` may be sent.
+/// Thread-safe: one connection behind one lock.
+public final class QueueStore: @unchecked Sendable {
+    private let db: SQLiteDatabase
+    private let lock = NSLock()
+    /// The database file path.
+    public let path: String
+
+    /// Opens or creates the queue at `directory/queue.db`.
+    /// - Throws: `SQLiteError` or a file system error when the directory cannot be created.
+    public init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        path = (directory as NSString).appendingPathComponent("queue.db")
+        db = try SQLiteDatabase(path: path)
+        try db.execute("""
+            PRAGMA journal_mode=WAL;
+            PRAGMA synchronous=FULL;
+            PRAGMA foreign_keys=ON;
+            CREATE TABLE IF NOT EXISTS messages(
+              id TEXT PRIMARY KEY, reverse_path TEXT NOT NULL, pool TEXT NOT NULL, size INTEGER NOT NULL,
+              received_at REAL NOT NULL, helo TEXT NOT NULL, client_address TEXT NOT NULL,
+              body BLOB, open_recipients INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS recipients(
+              id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL REFERENCES messages(id),
+              address TEXT NOT NULL, domain TEXT NOT NULL, state TEXT NOT NULL,
+              attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, lease_id TEXT,
+              last_code INTEGER, last_enhanced TEXT, last_text TEXT, node TEXT, ip TEXT, mx TEXT,
+              updated_at REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
+            CREATE INDEX IF NOT EXISTS recipients_lease ON recipients(lease_id);
+            CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
+            CREATE TABLE IF NOT EXISTS leases(
+              id TEXT PRIMARY KEY, node TEXT NOT NULL, instance TEXT NOT NULL, ip TEXT NOT NULL,
+              message_id TEXT NOT NULL, domain TEXT NOT NULL, granted_at REAL NOT NULL, expires_at REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
+            """)
+    }
+
+    /// The destination domain of a forward-path: the part after the last `@`, lower-cased.
+    public static func domain(of address: String) -> String {
+        guard let at = address.lastIndex(of: "@") else { return "" }
+        return address[address.index(after: at)...].lowercased()
+    }
+
+    /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.
+    /// - Throws: `SQLiteError`; nothing is written then.
+    public func enqueue(_ m: NewMessage) throws {
+        try enqueue([m])
+    }
+
+    /// Writes several messages in one fsync'd transaction (group commit).
+    /// - Throws: `SQLiteError`; nothing is written then.
+    public func enqueue(_ messages: [NewMessage]) throws {
+        try lock.withLock {
+            try db.transaction {
+                let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients) VALUES(?,?,?,?,?,?,?,?,?)")
+                let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at) VALUES(?,?,?,'queued',?,?)")
+                for m in messages {
+                    let t = m.receivedAt.timeIntervalSince1970
+                    try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
+                                  .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count))])
+                    for r in m.recipients {
+                        try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t)])
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recipients in state queued/deferred whose next attempt is due, oldest first.
+    /// - Parameters:
+    ///   - pools: only messages routed to these pools.
+    ///   - now: the current time.
+    ///   - limit: the most rows returned.
+    /// - Throws: `SQLiteError`.
+    public func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
+        guard !pools.isEmpty, limit > 0 else { return [] }
+        let placeholders = Array(repeating: "?", count: pools.count).joined(separator: ",")
+        let sql = """
+            SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path FROM recipients r
+            JOIN messages m ON m.id = r.message_id
+            WHERE r.state IN ('queued','deferred') AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
+            ORDER BY r.next_attempt_at, r.id LIMIT ?
+            """
+        var binds: [SQLiteStatement.Value] = [.double(now.timeIntervalSince1970)]
+        binds += pools.sorted().map { .text($0) }
+        binds.append(.int(Int64(limit)))
+        return try lock.withLock {
+            try db.prepare(sql).query(binds) {
+                DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4), reversePath: $0.text(5))
+            }
+        }
+    }
+
+    /// The earliest next-attempt time of any waiting recipient, if any.
+    public func nextDueTime() throws -> Date? {
+        try lock.withLock {
+            let rows = try db.prepare("SELECT MIN(next_attempt_at) FROM recipients WHERE state IN ('queued','deferred')").query { $0.isNull(0) ? nil : $0.double(0) }
+            return rows.first.flatMap { $0 }.map { Date(timeIntervalSince1970: $0) }
+        }
+    }
+
+    /// Records leases and marks their recipients `leased`, in one transaction.
+    /// Recipients no longer waiting (another lease got them) are left out of the lease.
+    /// - Returns: the leases as granted (recipient lists trimmed; leases left empty dropped).
+    /// - Throws: `SQLiteError`.
+    public func recordLeases(_ leases: [LeaseRecord]) throws -> [LeaseRecord] {
+        try lock.withLock {
+            try db.transaction {
+                let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND state IN ('queued','deferred')")
+                let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
+                var out: [LeaseRecord] = []
+                for var l in leases {
+                    var kept: [Int64] = []
+                    for rid in l.recipientIDs {
+                        try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid)])
+                        if db.changes == 1 { kept.append(rid) }
+                    }
+                    guard !kept.isEmpty else { continue }
+                    l.recipientIDs = kept
+                    try ins.run([.text(l.id), .text(l.node), .text(l.instance), .text(l.sendingIP), .text(l.messageID), .text(l.domain),
+                                 .double(l.grantedAt.timeIntervalSince1970), .double(l.expiresAt.timeIntervalSince1970)])
+                    out.append(l)
+                }
+                return out
+            }
+        }
+    }
+
+    /// The stored content of a message, nil if unknown or already purged.
+    public func content(of messageID: String) throws -> [UInt8]? {
+        try lock.withLock {
+            try db.prepare("SELECT body FROM messages WHERE id=?").query([.text(messageID)]) { $0.isNull(0) ? nil : $0.blob(0) }.first.flatMap { $0 }
+        }
+    }
+
+    /// Applies a node's report, idempotently.
+    ///
+    /// Final outcomes (delivered, failed) apply to any recipient not yet final,
+    /// even after the lease expired (a late report). A deferral applies only while
+    /// the recipient is still held by this lease or waiting (never to a recipient
+    /// re-leased elsewhere). Deferred recipients get their next attempt from
+    /// `retry`, or expire once older than its maximum age.
+    /// - Parameters:
+    ///   - result: the report.
+    ///   - node: the reporting node id.
+    ///   - retry: the retry policy.
+    ///   - now: the current time.
+    /// - Throws: `SQLiteError`; nothing is applied then (the node re-sends).
+    public func applyResult(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
+        try lock.withLock {
+            try db.transaction {
+                var app = ResultApplication()
+                let t = now.timeIntervalSince1970
+                let leaseRow = try db.prepare("SELECT id FROM leases WHERE id=?").query([.text(result.leaseID)]) { $0.text(0) }
+                app.leaseKnown = !leaseRow.isEmpty
+                let get = try db.prepare("SELECT r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.id=?")
+                let setFinal = try db.prepare("UPDATE recipients SET state=?, lease_id=NULL, attempts=attempts+1, next_attempt_at=NULL, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
+                let setDeferred = try db.prepare("UPDATE recipients SET state='deferred', lease_id=NULL, attempts=?, next_attempt_at=?, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
+                let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
+                var touched = Set<String>()
+                for o in result.outcomes {
+                    guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
+                          let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
+                    if state.isFinal { app.ignored += 1; continue }
+                    let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
+                                                          .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+                    switch o.status {
+                    case .delivered, .failed:
+                        try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
+                        try closeOne.run([.text(row.4)])
+                        touched.insert(row.4)
+                    case .deferred:
+                        let heldHere = row.1 == result.leaseID
+                        let waiting = state == .queued || state == .deferred
+                        guard heldHere || (waiting && row.1 == nil && app.leaseKnown) else { app.ignored += 1; continue }
+                        let attempts = row.2 + 1
+                        switch retry.afterDeferral(attempts: attempts, receivedAt: Date(timeIntervalSince1970: row.3), now: now) {
+                        case .retry(let at):
+                            try setDeferred.run([.int(Int64(attempts)), .double(at.timeIntervalSince1970)] + common + [.int(o.recipientID)])
+                        case .expire:
+                            try setFinal.run([.text("expired")] + common + [.int(o.recipientID)])
+                            try closeOne.run([.text(row.4)])
+                            touched.insert(row.4)
+                        }
+                    }
+                    app.applied += 1
+                }
+                // Recipients of this lease that the report did not mention go back to the queue.
+                try db.prepare("UPDATE recipients SET state='queued', lease_id=NULL, updated_at=? WHERE lease_id=? AND state='leased'").run([.double(t), .text(result.leaseID)])
+                try db.prepare("DELETE FROM leases WHERE id=?").run([.text(result.leaseID)])
+                try purgeBodies(touched)
+                return app
+            }
+        }
+    }
+
+    /// Drops the content of messages with no open recipients left (the record stays for lookups).
+    private func purgeBodies(_ ids: Set<String>) throws {
+        let purge = try db.prepare("UPDATE messages SET body=NULL WHERE id=? AND open_recipients<=0")
+        for id in ids { try purge.run([.text(id)]) }
+    }
+
+    /// Returns the recipients of leases past their expiry to `queued` and forgets those leases.
+    /// - Returns: the expired leases.
+    /// - Throws: `SQLiteError`.
+    @discardableResult
+    public func requeueExpiredLeases(now: Date) throws -> [String] {
+        try lock.withLock {
+            try db.transaction {
+                let t = now.timeIntervalSince1970
+                let ids = try db.prepare("SELECT id FROM leases WHERE expires_at <= ?").query([.double(t)]) { $0.text(0) }
+                try requeue(ids, now: t)
+                return ids
+            }
+        }
+    }
+
+    /// Returns every lease of `node` held by an instance other than `instance` to the queue
+    /// (a restarted node's old leases are reconciled, not trusted).
+    /// - Returns: the number of leases requeued.
+    /// - Throws: `SQLiteError`.
+    @discardableResult
+    public func requeueLeases(node: String, exceptInstance instance: String, now: Date) throws -> Int {
+        try lock.withLock {
+            try db.transaction {
+                let ids = try db.prepare("SELECT id FROM leases WHERE node=? AND instance<>?").query([.text(node), .text(instance)]) { $0.text(0) }
+                try requeue(ids, now: now.timeIntervalSince1970)
+                return ids.count
+            }
+        }
+    }
+
+    private func requeue(_ leaseIDs: [String], now t: Double) throws {
+        let upd = try db.prepare("UPDATE recipients SET state='queued', lease_id=NULL, updated_at=? WHERE lease_id=? AND state='leased'")
+        let del = try db.prepare("DELETE FROM leases WHERE id=?")
+        for id in leaseIDs {
+            try upd.run([.double(t), .text(id)])
+            try del.run([.text(id)])
+        }
+    }
+
+    /// Marks waiting recipients older than `maxAge` seconds `expired`.
+    /// - Returns: how many expired.
+    /// - Throws: `SQLiteError`.
+    @discardableResult
+    public func expireOld(maxAge: TimeInterval, now: Date) throws -> Int {
+        try lock.withLock {
+            try db.transaction {
+                let cutoff = now.timeIntervalSince1970 - maxAge
+                let rows = try db.prepare("SELECT r.id, r.message_id FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.state IN ('queued','deferred') AND m.received_at <= ?").query([.double(cutoff)]) { ($0.int(0), $0.text(1)) }
+                let upd = try db.prepare("UPDATE recipients SET state='expired', next_attempt_at=NULL, last_text=COALESCE(last_text,'') || ' (expired: maximum queue age reached)', updated_at=? WHERE id=?")
+                let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
+                for (id, mid) in rows {
+                    try upd.run([.double(now.timeIntervalSince1970), .int(id)])
+                    try closeOne.run([.text(mid)])
+                }
+                try purgeBodies(Set(rows.map { $0.1 }))
+                return rows.count
+            }
+        }
+    }
+
+    /// Recipient counts by state (every state present, zero when none).
+    public func countsByState() throws -> [RecipientState: Int] {
+        try lock.withLock {
+            var out: [RecipientState: Int] = [:]
+            for s in RecipientState.allCases { out[s] = 0 }
+            let rows = try db.prepare("SELECT state, COUNT(*) FROM recipients GROUP BY state").query([]) { ($0.text(0), Int($0.int(1))) }
+            for (s, n) in rows {
+                if let st = RecipientState(rawValue: s) { out[st] = n }
+            }
+            return out
+        }
+    }
+
+    /// Leases currently recorded, per node id.
+    public func leasesPerNode() throws -> [String: Int] {
+        try lock.withLock {
+            Dictionary(uniqueKeysWithValues: try db.prepare("SELECT node, COUNT(*) FROM leases GROUP BY node").query { ($0.text(0), Int($0.int(1))) })
+        }
+    }
+
+    /// Every recorded lease (for reconciliation and status).
+    public func allLeases() throws -> [LeaseRecord] {
+        try lock.withLock {
+            let leases = try db.prepare("SELECT id, node, instance, ip, message_id, domain, granted_at, expires_at FROM leases").query {
+                LeaseRecord(id: $0.text(0), node: $0.text(1), instance: $0.text(2), sendingIP: $0.text(3), messageID: $0.text(4), domain: $0.text(5),
+                            recipientIDs: [], grantedAt: Date(timeIntervalSince1970: $0.double(6)), expiresAt: Date(timeIntervalSince1970: $0.double(7)))
+            }
+            let rq = try db.prepare("SELECT id FROM recipients WHERE lease_id=?")
+            return try leases.map { l in var l = l; l.recipientIDs = try rq.query([.text(l.id)]) { $0.int(0) }; return l }
+        }
+    }
+
+    /// A message and its recipients, nil if unknown.
+    public func message(id: String) throws -> MessageRecord? {
+        try lock.withLock {
+            guard var m = try db.prepare("SELECT id, reverse_path, pool, size, received_at, client_address FROM messages WHERE id=?").query([.text(id)], {
+                MessageRecord(id: $0.text(0), reversePath: $0.text(1), pool: $0.text(2), size: Int($0.int(3)), receivedAt: $0.double(4), clientAddress: $0.text(5), recipients: [])
+            }).first else { return nil }
+            m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
+                RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),
+                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastCode: $0.isNull(5) ? nil : Int($0.int(5)),
+                                lastEnhanced: $0.optionalText(6), lastText: $0.optionalText(7), node: $0.optionalText(8), sendingIP: $0.optionalText(9),
+                                mxHost: $0.optionalText(10), updatedAt: $0.double(11))
+            }
+            return m
+        }
+    }
+
+    /// The most recently accepted message ids, newest first.
+    public func recentMessageIDs(limit: Int) throws -> [String] {
+        try lock.withLock {
+            try db.prepare("SELECT id FROM messages ORDER BY received_at DESC, id DESC LIMIT ?").query([.int(Int64(limit))]) { $0.text(0) }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import CSQLite
+import Foundation
+
+/// An SQLite failure with the library's message.
+public struct SQLiteError: Error, CustomStringConvertible, Sendable {
+    /// The SQLite result code.
+    public let code: Int32
+    /// What failed and SQLite's message.
+    public let message: String
+    public var description: String { "sqlite error \(code): \(message)" }
+}
+
+/// One SQLite database connection (owns the `sqlite3*` and closes it in deinit).
+///
+/// Opened with `SQLITE_OPEN_NOMUTEX`: callers serialise access (the queue store
+/// holds one lock around every use), which is why `@unchecked Sendable` is safe.
+public final class SQLiteDatabase: @unchecked Sendable {
+    private var handle: OpaquePointer?
+    private var statements: [String: SQLiteStatement] = [:]
+
+    /// Opens (creating if needed) the database file.
+    /// - Throws: `SQLiteError` when the file cannot be opened.
+    public init(path: String) throws {
+        var db: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK, let db else {
+            let msg = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            if let db { sqlite3_close_v2(db) }
+            throw SQLiteError(code: rc, message: "\(path): \(msg)")
+        }
+        handle = db
+        sqlite3_busy_timeout(db, 5000)
+    }
+
+    deinit {
+        statements.removeAll()
+        if let handle { sqlite3_close_v2(handle) }
+    }
+
+    /// Runs one or more SQL statements without results.
+    /// - Throws: `SQLiteError`.
+    public func execute(_ sql: String) throws {
+        var err: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(handle, sql, nil, nil, &err)
+        if rc != SQLITE_OK {
+            let msg = err.map { String(cString: $0) } ?? "unknown"
+            sqlite3_free(err)
+            throw SQLiteError(code: rc, message: msg)
+        }
+    }
+
+    /// A prepared statement for `sql`, cached per connection and reset for reuse.
+    /// - Throws: `SQLiteError` when the SQL does not compile.
+    public func prepare(_ sql: String) throws -> SQLiteStatement {
+        if let s = statements[sql] { s.reset(); return s }
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v2(handle, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw SQLiteError(code: rc, message: "prepare: \(lastMessage)") }
+        let s = SQLiteStatement(stmt, db: self)
+        statements[sql] = s
+        return s
+    }
+
+    /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.
+    /// - Throws: what `body` throws, or `SQLiteError`.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let r = try body()
+            try execute("COMMIT")
+            return r
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Rows changed by the last statement.
+    public var changes: Int { Int(sqlite3_changes(handle)) }
+
+    var lastMessage: String { String(cString: sqlite3_errmsg(handle)) }
+}
+
+/// A prepared statement (finalised in deinit).
+public final class SQLiteStatement: @unchecked Sendable {
+    private let stmt: OpaquePointer
+    private unowned let db: SQLiteDatabase
+
+    init(_ stmt: OpaquePointer, db: SQLiteDatabase) { self.stmt = stmt; self.db = db }
+    deinit { sqlite3_finalize(stmt) }
+
+    func reset() { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+
+    /// A bindable value.
+    public enum Value: Sendable {
+        case null, int(Int64), double(Double), text(String), blob([UInt8])
+    }
+
+    /// Binds parameters by position (1-based in SQL, 0-based in the array).
+    /// - Throws: `SQLiteError`.
+    @discardableResult
+    public func bind(_ values: [Value]) throws -> SQLiteStatement {
+        for (i, v) in values.enumerated() {
+            let idx = Int32(i + 1)
+            let rc: Int32
+            switch v {
+            case .null: rc = sqlite3_bind_null(stmt, idx)
+            case .int(let x): rc = sqlite3_bind_int64(stmt, idx, x)
+            case .double(let x): rc = sqlite3_bind_double(stmt, idx, x)
+            case .text(let s): rc = sqlite3_bind_text(stmt, idx, s, -1, hato_sqlite_transient())
+            case .blob(let b):
+                rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(b.count), hato_sqlite_transient()) }
+            }
+            guard rc == SQLITE_OK else { throw SQLiteError(code: rc, message: "bind: \(db.lastMessage)") }
+        }
+        return self
+    }
+
+    /// Steps once. - Returns: true when a row is available. - Throws: `SQLiteError`.
+    public func step() throws -> Bool {
+        let rc = sqlite3_step(stmt)
+        if rc == SQLITE_ROW { return true }
+        if rc == SQLITE_DONE { return false }
+        throw SQLiteError(code: rc, message: "step: \(db.lastMessage)")
+    }
+
+    /// Runs to completion, ignoring rows. - Throws: `SQLiteError`.
+    public func run(_ values: [Value] = []) throws {
+        try bind(values)
+        while try step() {}
+        sqlite3_reset(stmt)
+    }
+
+    /// Runs and collects every row through `row`. - Throws: `SQLiteError`.
+    public func query<T>(_ values: [Value] = [], _ row: (SQLiteStatement) throws -> T) throws -> [T] {
+        try bind(values)
+        var out: [T] = []
+        while try step() { out.append(try row(self)) }
+        sqlite3_reset(stmt)
+        return out
+    }
+
+    public func int(_ col: Int32) -> Int64 { sqlite3_column_int64(stmt, col) }
+    public func double(_ col: Int32) -> Double { sqlite3_column_double(stmt, col) }
+    public func isNull(_ col: Int32) -> Bool { sqlite3_column_type(stmt, col) == SQLITE_NULL }
+    public func text(_ col: Int32) -> String {
+        guard let p = sqlite3_column_text(stmt, col) else { return "" }
+        return String(cString: p)
+    }
+    public func optionalText(_ col: Int32) -> String? { isNull(col) ? nil : text(col) }
+    public func blob(_ col: Int32) -> [UInt8] {
+        let n = Int(sqlite3_column_bytes(stmt, col))
+        guard n > 0, let p = sqlite3_column_blob(stmt, col) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+}

@@ -1,0 +1,291 @@
+import Foundation
+import HatoShared
+
+/// A lease as held by the node, with its body and local deadline.
+struct HeldLease: Sendable {
+    var lease: Lease
+    var body: [UInt8]
+    var deadline: Date
+}
+
+/// A blocking FIFO for one sending IP's leases.
+final class LeaseQueue: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var items: [HeldLease] = []
+    private var closed = false
+
+    func push(_ l: HeldLease) { cond.lock(); items.append(l); cond.signal(); cond.unlock() }
+
+    /// The next lease, or nil once closed and empty.
+    func pop() -> HeldLease? {
+        cond.lock(); defer { cond.unlock() }
+        while items.isEmpty && !closed { cond.wait() }
+        return items.isEmpty ? nil : items.removeFirst()
+    }
+
+    func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
+    var count: Int { cond.lock(); defer { cond.unlock() }; return items.count }
+}
+
+/// A worker node: joins the coordinator, owns the sending IPs it is given,
+/// pulls leases (credit-based flow control), delivers each from its leased
+/// sending IP, journals and reports every recipient's outcome, and reconnects
+/// with backoff when the coordinator is gone.
+public final class NodeAgent: @unchecked Sendable {
+    private let config: ClusterConfig
+    /// This node's id (`nodes[].id`).
+    public let nodeID: String
+    /// A fresh id per process start: a restart is a new instance.
+    public let instanceID = Identifier.random(bytes: 8)
+    private let journal: OutcomeJournal
+    private let deliverer: SMTPDeliverer
+    private let nextHops: NextHopResolver
+    private let log: Logger
+    private let lock = NSLock()
+    private var connection: ClusterConnection?
+    private var ips: [String: AssignedIP] = [:]
+    private var queues: [String: LeaseQueue] = [:]
+    private var inFlight = 0
+    private var running = true
+
+    /// - Parameters:
+    ///   - config: the cluster configuration.
+    ///   - nodeID: which `nodes[]` entry this process is.
+    /// - Throws: `NodeError.unknownNode` or a journal error.
+    public init(config: ClusterConfig, nodeID: String) throws {
+        guard let me = config.nodes.first(where: { $0.id == nodeID }) else { throw NodeError.unknownNode(nodeID, known: config.nodes.map(\.id)) }
+        self.config = config
+        self.nodeID = nodeID
+        self.journal = try OutcomeJournal(directory: me.dataDir)
+        self.log = Logger(label: "node.\(nodeID)")
+        let d = config.delivery
+        self.deliverer = SMTPDeliverer(timeouts: SMTPClientTimeouts(connect: d.connectTimeout, command: d.commandTimeout,
+                                                                   dataInitiation: d.commandTimeout, dataBlock: d.dataTimeout,
+                                                                   dataTermination: d.dataTimeout))
+        self.nextHops = NextHopResolver(resolver: DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout), mxPort: d.port)
+    }
+
+    /// Leases per sending IP worked on at once.
+    private var perIP: Int { max(1, config.delivery.connectionsPerIP) }
+
+    /// Configured sending IPs this node may own and this host can bind (bind test on port 0).
+    public func bindableIPs() -> [String] {
+        config.ips.filter { $0.nodes.isEmpty || $0.nodes.contains(nodeID) }.map(\.address).filter { addr in
+            guard let s = try? Socket.listen(on: SocketAddress(host: addr, port: 0), backlog: 1) else { return false }
+            s.close(); return true
+        }
+    }
+
+    /// Runs forever: connect, serve, and reconnect with backoff (0.5 s doubling to 10 s).
+    public func run() {
+        var backoff = 0.5
+        while lock.withLock({ running }) {
+            do {
+                try session()
+                backoff = 0.5
+            } catch let e as ClusterProtocolError {
+                if case .rejected(let reason, retryable: false) = e {
+                    log.error("coordinator refused this node; not retrying", ["reason": reason])
+                    return
+                }
+                if case .authenticationFailed = e {
+                    log.error("coordinator failed authentication (cluster secret differs); not retrying")
+                    return
+                }
+                if case .versionMismatch = e { log.error("\(e)"); return }
+                log.warning("cluster connection ended", ["reason": e.description])
+            } catch {
+                log.warning("cluster connection ended", ["reason": "\(error)"])
+            }
+            lock.withLock { connection = nil }
+            Thread.sleep(forTimeInterval: backoff)
+            backoff = min(backoff * 2, 10)
+        }
+    }
+
+    /// One connection's life: handshake, journal replay, credits, then read until it ends.
+    private func session() throws {
+        let sock = try Socket.connect(to: config.coordinator.listen, timeout: 5)
+        sock.setTimeouts(read: 10, write: 30)
+        let conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
+        defer { conn.close() }
+        let challenge: ChallengeMessage
+        switch try conn.receive() {
+        case .challenge(let c): challenge = c
+        case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+        default: throw ClusterProtocolError.unexpected("expected challenge")
+        }
+        guard challenge.versions.contains(clusterProtocolVersion) else {
+            throw ClusterProtocolError.versionMismatch(ours: clusterProtocolVersion, theirs: challenge.versions)
+        }
+        guard challenge.cluster == config.cluster.name else {
+            throw ClusterProtocolError.rejected("coordinator belongs to cluster \(challenge.cluster), not \(config.cluster.name)", retryable: false)
+        }
+        let myNonce = Identifier.random(bytes: 32)
+        let bindable = bindableIPs()
+        let capacity = perIP * max(bindable.count, 1)
+        try conn.send(.hello(HelloMessage(version: clusterProtocolVersion, nodeID: nodeID, instanceID: instanceID,
+                                          proof: ClusterAuth.nodeProof(secret: config.cluster.secret, nonce: challenge.nonce, nodeID: nodeID, instanceID: instanceID),
+                                          nodeNonce: myNonce, bindableIPs: bindable, capacity: capacity)))
+        let welcome: WelcomeMessage
+        switch try conn.receive() {
+        case .welcome(let w): welcome = w
+        case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+        default: throw ClusterProtocolError.unexpected("expected welcome")
+        }
+        guard ClusterAuth.verify(welcome.proof, expected: ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: myNonce, nodeID: nodeID)) else {
+            throw ClusterProtocolError.authenticationFailed
+        }
+        sock.setTimeouts(read: max(welcome.peerTimeout, welcome.heartbeatInterval * 3), write: 30)
+        assign(welcome.assignedIPs)
+        log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
+        // Re-report what the journal still holds before asking for work (the coordinator
+        // reconciles older instances' leases on our first request).
+        for r in journal.pending { try conn.send(.result(r)) }
+        lock.withLock { connection = conn }
+        try conn.send(.leaseRequest(LeaseRequestMessage(credits: freeCredits())))
+        let hb = Thread { [self] in heartbeats(conn, every: welcome.heartbeatInterval) }
+        hb.start()
+        defer { lock.withLock { if connection === conn { connection = nil } } }
+        while true {
+            switch try conn.receive() {
+            case .heartbeat: break
+            case .leaseGrant(let grant, let payload):
+                let now = Date()
+                for l in grant.leases {
+                    let body = Array(payload[l.bodyOffset..<(l.bodyOffset + l.bodyLength)])
+                    let held = HeldLease(lease: l, body: body, deadline: now.addingTimeInterval(l.expiresIn))
+                    guard let q = lock.withLock({ () -> LeaseQueue? in
+                        guard let q = queues[l.sendingIP] else { return nil }
+                        inFlight += 1
+                        return q
+                    }) else {
+                        log.warning("lease for an IP this node does not own; left to expire", ["lease": l.leaseID, "ip": l.sendingIP])
+                        continue
+                    }
+                    q.push(held)
+                }
+            case .resultAck(let ack):
+                journal.acknowledge(leaseID: ack.leaseID)
+            case .ipAssign(let m):
+                assign(m.ips)
+                try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * m.ips.count)))
+            case .ipRevoke(let m):
+                let qs = lock.withLock { m.addresses.compactMap { a -> LeaseQueue? in ips[a] = nil; return queues.removeValue(forKey: a) } }
+                for q in qs { q.close() }
+                try conn.send(.ipReleased(IPReleasedMessage(addresses: m.addresses)))
+            case .reject(let r):
+                throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+            case let other:
+                throw ClusterProtocolError.unexpected("\(other.frameType) from the coordinator")
+            }
+        }
+    }
+
+    private var clusterFrameLimit: Int { config.smtp.maxMessageSize * 2 + 1 << 20 }
+
+    private func freeCredits() -> Int {
+        lock.withLock { max(0, perIP * ips.count - inFlight) }
+    }
+
+    private func heartbeats(_ conn: ClusterConnection, every interval: Double) {
+        while lock.withLock({ connection === conn }) {
+            Thread.sleep(forTimeInterval: max(0.2, interval))
+            let n = lock.withLock { inFlight }
+            do { try conn.send(.heartbeat(HeartbeatMessage(leasesInFlight: n))) } catch { conn.close(); return }
+        }
+    }
+
+    /// Takes ownership of sending IPs and starts their delivery workers.
+    private func assign(_ assigned: [AssignedIP]) {
+        for ip in assigned {
+            let q: LeaseQueue? = lock.withLock {
+                ips[ip.address] = ip
+                guard queues[ip.address] == nil else { return nil }
+                let q = LeaseQueue(); queues[ip.address] = q; return q
+            }
+            guard let q else { continue }
+            for _ in 0..<perIP {
+                Thread.detachNewThread { [self] in worker(q) }
+            }
+        }
+    }
+
+    private func worker(_ queue: LeaseQueue) {
+        while let held = queue.pop() {
+            let result = deliver(held)
+            finish(result)
+        }
+    }
+
+    /// Delivers one lease and builds its result.
+    func deliver(_ held: HeldLease) -> ResultMessage? {
+        let l = held.lease
+        guard Date() < held.deadline else {
+            log.warning("lease expired before delivery; the coordinator requeues it", ["lease": l.leaseID])
+            return nil
+        }
+        var outcomes: [RecipientResult] = []
+        var mx: String?
+        var remote: String?
+        let route = config.route(for: l.domain)
+        switch nextHops.targets(for: l.domain, staticNextHop: route.map { ($0.nextHop.host, $0.nextHop.port) }) {
+        case .failure(let f):
+            outcomes = l.recipients.map {
+                RecipientResult(recipientID: $0.id, status: f.permanent ? .failed : .deferred, code: f.permanent ? 550 : 451, enhanced: f.enhanced, text: f.text)
+            }
+        case .success(let targets):
+            let req = DeliveryRequest(reversePath: l.reversePath, recipients: l.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
+                                      body: held.body, sendingIP: l.sendingIP, heloName: l.helo)
+            let report = deliverer.deliver(req, to: targets)
+            mx = report.mxHost; remote = report.remoteAddress
+            outcomes = report.outcomes.map { o in
+                let status: RecipientResult.Status
+                switch o.status {
+                case .delivered: status = .delivered
+                case .deferred: status = .deferred
+                case .failed: status = .failed
+                }
+                return RecipientResult(recipientID: o.recipientID, status: status, code: o.code, enhanced: o.enhanced, text: o.text)
+            }
+        }
+        for o in outcomes {
+            log.info("delivery", ["lease": l.leaseID, "message": l.messageID, "ip": l.sendingIP, "mx": mx ?? "", "status": o.status.rawValue, "code": "\(o.code)"])
+        }
+        return ResultMessage(leaseID: l.leaseID, instanceID: instanceID, sendingIP: l.sendingIP, mxHost: mx, remoteAddress: remote,
+                             outcomes: outcomes, finishedAt: Date().timeIntervalSince1970)
+    }
+
+    private func finish(_ result: ResultMessage?) {
+        if let result {
+            do { try journal.record(result) } catch {
+                log.error("journal write failed; result kept in memory only", ["lease": result.leaseID, "error": "\(error)"])
+            }
+        }
+        let conn = lock.withLock { () -> ClusterConnection? in inFlight -= 1; return connection }
+        guard let conn else { return }
+        do {
+            if let result { try conn.send(.result(result)) }
+            try conn.send(.leaseRequest(LeaseRequestMessage(credits: 1)))
+        } catch {
+            conn.close()
+        }
+    }
+
+    /// Stops reconnecting (the current session ends when its connection does).
+    public func stop() {
+        lock.withLock { running = false }
+        lock.withLock { connection }?.close()
+    }
+}
+
+/// Node start-up errors.
+public enum NodeError: Error, CustomStringConvertible {
+    /// `--id` names no `nodes[]` entry.
+    case unknownNode(String, known: [String])
+    public var description: String {
+        switch self {
+        case .unknownNode(let id, let known): return "unknown node id \"\(id)\" (cluster.yml nodes: \(known.joined(separator: ", ")))"
+        }
+    }
+}

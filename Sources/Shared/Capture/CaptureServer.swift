@@ -1,0 +1,145 @@
+import Foundation
+
+/// A message received by a `CaptureServer`.
+public struct CapturedMessage: Sendable, Codable, Equatable {
+    /// The client's source address (the sending IP for Hato deliveries).
+    public var peerAddress: String
+    /// The server address the client connected to.
+    public var localAddress: String
+    /// The EHLO/HELO argument.
+    public var helo: String
+    /// The MAIL FROM path, without brackets.
+    public var reversePath: String
+    /// Accepted RCPT TO paths, without brackets.
+    public var recipients: [String]
+    /// The DATA bytes exactly as received on the wire, dot-stuffed, up to and excluding the final `.CRLF`.
+    public var wire: [UInt8]
+    /// The content after dot-unstuffing.
+    public var content: [UInt8]
+    /// When the final `250` was sent (seconds since 1970).
+    public var receivedAt: Double
+}
+
+/// What the capture server answers to a recipient.
+public enum CaptureVerdict: Sendable, Equatable {
+    case accept
+    /// Reply with this code and text (4xx or 5xx), e.g. `451 4.7.1 try later`.
+    case reject(Int, String)
+}
+
+/// A recording SMTP server that plays a recipient's MX in tests and in the local
+/// demo cluster (`hato-node sink`): it records the peer's source address and the
+/// exact bytes received, and can be told to refuse recipients.
+///
+/// RFC 5321 server subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with
+/// PIPELINING and 8BITMIME advertised. Not hardened: never expose it.
+public final class CaptureServer: @unchecked Sendable {
+    private let listener: Socket
+    private let lock = NSLock()
+    private var messages: [CapturedMessage] = []
+    private var rcptAttempts: [String: Int] = [:]
+    private var connectionCount = 0
+    private let policy: @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict
+    private let directory: String?
+    private let hostname: String
+    /// The bound address (the real port when bound to port 0).
+    public let address: SocketAddress
+
+    /// Binds and starts serving on a background thread.
+    /// - Parameters:
+    ///   - address: where to listen (port 0 picks a free port).
+    ///   - hostname: the name in the greeting.
+    ///   - directory: if set, each message is also written there as `<n>.eml` plus `<n>.json` metadata.
+    ///   - policy: the verdict for a recipient on its n-th RCPT (1-based, counted per address).
+    /// - Throws: `SocketError` when the address cannot be bound.
+    public init(address: SocketAddress, hostname: String = "mx.capture.test", directory: String? = nil,
+                policy: @escaping @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict = { _, _ in .accept }) throws {
+        listener = try Socket.listen(on: address)
+        self.address = listener.localAddress ?? address
+        self.policy = policy
+        self.directory = directory
+        self.hostname = hostname
+        if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        Thread.detachNewThread { [self] in
+            while let (conn, peer) = try? listener.accept() {
+                lock.withLock { connectionCount += 1 }
+                Thread.detachNewThread { [self] in serve(conn, peer: peer) }
+            }
+        }
+    }
+
+    deinit { listener.close() }
+
+    /// Stops accepting connections.
+    public func stop() { listener.close() }
+
+    /// Every message received so far, in order.
+    public var received: [CapturedMessage] { lock.withLock { messages } }
+
+    /// TCP connections accepted so far.
+    public var connections: Int { lock.withLock { connectionCount } }
+
+    private func serve(_ conn: Socket, peer: SocketAddress) {
+        defer { conn.close() }
+        conn.setTimeouts(read: 60, write: 60)
+        let local = conn.localAddress?.host ?? address.host
+        let reader = BufferedReader(stream: conn)
+        var helo = "", from: String? = nil, rcpts: [String] = []
+        func reply(_ s: String) throws { try conn.write(s + "\r\n") }
+        func path(_ arg: Substring) -> String {
+            guard let lt = arg.firstIndex(of: "<"), let gt = arg[lt...].firstIndex(of: ">") else { return String(arg) }
+            return String(arg[arg.index(after: lt)..<gt])
+        }
+        do {
+            try reply("220 \(hostname) ESMTP capture")
+            while let raw = try reader.readLine(maxLength: 4096) {
+                let line = String(decoding: raw.prefix { $0 != 0x0D && $0 != 0x0A }, as: UTF8.self)
+                let verb = line.prefix { $0 != " " && $0 != ":" }.uppercased()
+                switch verb {
+                case "EHLO":
+                    helo = String(line.dropFirst(5))
+                    try reply("250-\(hostname)\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 104857600")
+                case "HELO":
+                    helo = String(line.dropFirst(5)); try reply("250 \(hostname)")
+                case "MAIL":
+                    from = path(line.dropFirst(5)); rcpts = []; try reply("250 2.1.0 Ok")
+                case "RCPT":
+                    let r = path(line.dropFirst(5))
+                    let n = lock.withLock { () -> Int in rcptAttempts[r, default: 0] += 1; return rcptAttempts[r]! }
+                    switch policy(r, n) {
+                    case .accept: rcpts.append(r); try reply("250 2.1.5 Ok")
+                    case .reject(let code, let text): try reply("\(code) \(text)")
+                    }
+                case "DATA":
+                    guard from != nil, !rcpts.isEmpty else { try reply("554 5.5.1 no valid recipients"); continue }
+                    try reply("354 End data with <CR><LF>.<CR><LF>")
+                    var wire: [UInt8] = [], content: [UInt8] = []
+                    while let l = try reader.readLine(maxLength: 1 << 20) {
+                        if l.elementsEqual([0x2E, 0x0D, 0x0A]) { break }
+                        wire.append(contentsOf: l)
+                        content.append(contentsOf: l.first == 0x2E ? l.dropFirst() : l[...])
+                    }
+                    let m = CapturedMessage(peerAddress: peer.host, localAddress: local, helo: helo, reversePath: from ?? "",
+                                            recipients: rcpts, wire: wire, content: content, receivedAt: Date().timeIntervalSince1970)
+                    let index = lock.withLock { () -> Int in messages.append(m); return messages.count }
+                    if let directory { save(m, index: index, in: directory) }
+                    from = nil; rcpts = []
+                    try reply("250 2.0.0 Ok: captured as \(index)")
+                case "RSET":
+                    from = nil; rcpts = []; try reply("250 2.0.0 Ok")
+                case "NOOP": try reply("250 2.0.0 Ok")
+                case "QUIT": try reply("221 2.0.0 Bye"); return
+                default: try reply("502 5.5.2 not implemented")
+                }
+            }
+        } catch {}
+    }
+
+    private func save(_ m: CapturedMessage, index: Int, in dir: String) {
+        let base = (dir as NSString).appendingPathComponent(String(format: "%06d", index))
+        _ = FileManager.default.createFile(atPath: base + ".eml", contents: Data(m.content))
+        struct Meta: Codable { var peerAddress, helo, reversePath: String; var recipients: [String]; var receivedAt: Double }
+        let meta = Meta(peerAddress: m.peerAddress, helo: m.helo, reversePath: m.reversePath, recipients: m.recipients, receivedAt: m.receivedAt)
+        if let d = try? JSONEncoder().encode(meta) { _ = FileManager.default.createFile(atPath: base + ".json", contents: d) }
+    }
+}

@@ -1,0 +1,381 @@
+import Foundation
+
+/// The cluster protocol version this build speaks.
+public let clusterProtocolVersion = 1
+
+/// `challenge` (coordinator → node), the first frame on every connection.
+public struct ChallengeMessage: Codable, Sendable, Equatable {
+    /// Protocol versions the coordinator accepts.
+    public var versions: [Int]
+    /// A fresh random nonce (hex, 32 octets).
+    public var nonce: String
+    /// The cluster name from cluster.yml (a node of another cluster refuses at once).
+    public var cluster: String
+    public init(versions: [Int], nonce: String, cluster: String) { self.versions = versions; self.nonce = nonce; self.cluster = cluster }
+}
+
+/// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.
+public struct HelloMessage: Codable, Sendable, Equatable {
+    /// The protocol version the node speaks.
+    public var version: Int
+    /// The node id from cluster.yml `nodes[].id`.
+    public var nodeID: String
+    /// A random id for this node process; a restart is a new instance.
+    public var instanceID: String
+    /// HMAC-SHA256 (hex) over the coordinator's nonce: see `ClusterAuth.nodeProof`.
+    public var proof: String
+    /// The node's nonce (hex) that the coordinator proves itself over in `welcome`.
+    public var nodeNonce: String
+    /// Configured sending IPs that this host can bind.
+    public var bindableIPs: [String]
+    /// Concurrent leases the node can work on (its initial lease credit).
+    public var capacity: Int
+    public init(version: Int, nodeID: String, instanceID: String, proof: String, nodeNonce: String, bindableIPs: [String], capacity: Int) {
+        self.version = version; self.nodeID = nodeID; self.instanceID = instanceID; self.proof = proof
+        self.nodeNonce = nodeNonce; self.bindableIPs = bindableIPs; self.capacity = capacity
+    }
+}
+
+/// One sending IP as assigned to a node.
+public struct AssignedIP: Codable, Sendable, Equatable, Hashable {
+    /// Numeric address the node binds before connect.
+    public var address: String
+    /// The HELO/EHLO name to present from this address.
+    public var helo: String
+    /// The pool the address belongs to.
+    public var pool: String
+    public init(address: String, helo: String, pool: String) { self.address = address; self.helo = helo; self.pool = pool }
+}
+
+/// `welcome` (coordinator → node): accepted; the coordinator's own proof and the node's sending IPs.
+public struct WelcomeMessage: Codable, Sendable, Equatable {
+    /// HMAC-SHA256 (hex) over the node's nonce: see `ClusterAuth.coordinatorProof`.
+    public var proof: String
+    /// Sending IPs the node owns from now on.
+    public var assignedIPs: [AssignedIP]
+    /// Seconds between heartbeats each side sends.
+    public var heartbeatInterval: Double
+    /// Seconds of silence after which the peer is considered gone.
+    public var peerTimeout: Double
+    public init(proof: String, assignedIPs: [AssignedIP], heartbeatInterval: Double, peerTimeout: Double) {
+        self.proof = proof; self.assignedIPs = assignedIPs; self.heartbeatInterval = heartbeatInterval; self.peerTimeout = peerTimeout
+    }
+}
+
+/// `reject` (either way): the connection is refused or ended; `reason` is for the operator.
+public struct RejectMessage: Codable, Sendable, Equatable {
+    /// A one-line reason.
+    public var reason: String
+    /// Whether retrying later can help (false for a version mismatch or bad secret).
+    public var retryable: Bool
+    public init(reason: String, retryable: Bool) { self.reason = reason; self.retryable = retryable }
+}
+
+/// `heartbeat` (either way).
+public struct HeartbeatMessage: Codable, Sendable, Equatable {
+    /// Leases the sender is working on (node) or has granted to this node (coordinator).
+    public var leasesInFlight: Int
+    public init(leasesInFlight: Int) { self.leasesInFlight = leasesInFlight }
+}
+
+/// `lease_request` (node → coordinator): grants the coordinator `credits` more leases (additive flow control).
+public struct LeaseRequestMessage: Codable, Sendable, Equatable {
+    /// Additional leases the node can take now.
+    public var credits: Int
+    public init(credits: Int) { self.credits = credits }
+}
+
+/// One recipient inside a lease.
+public struct LeasedRecipient: Codable, Sendable, Equatable {
+    /// The recipient's row id in the coordinator's queue.
+    public var id: Int64
+    /// The forward-path (address without angle brackets).
+    public var address: String
+    public init(id: Int64, address: String) { self.id = id; self.address = address }
+}
+
+/// One lease: deliveries of one message to one destination domain, from one sending IP.
+public struct Lease: Codable, Sendable, Equatable {
+    /// Unique lease id.
+    public var leaseID: String
+    /// The sending IP to bind.
+    public var sendingIP: String
+    /// The HELO name of that IP.
+    public var helo: String
+    /// The message's queue id.
+    public var messageID: String
+    /// The reverse-path (empty string for the null reverse-path `<>`).
+    public var reversePath: String
+    /// The destination domain (lower case).
+    public var domain: String
+    /// The recipients to deliver.
+    public var recipients: [LeasedRecipient]
+    /// Seconds from receipt until the lease expires and its recipients return to the queue.
+    public var expiresIn: Double
+    /// Offset of this lease's message content in the frame payload, octets.
+    public var bodyOffset: Int
+    /// Length of the message content in the frame payload, octets.
+    public var bodyLength: Int
+    public init(leaseID: String, sendingIP: String, helo: String, messageID: String, reversePath: String, domain: String,
+                recipients: [LeasedRecipient], expiresIn: Double, bodyOffset: Int = 0, bodyLength: Int = 0) {
+        self.leaseID = leaseID; self.sendingIP = sendingIP; self.helo = helo; self.messageID = messageID
+        self.reversePath = reversePath; self.domain = domain; self.recipients = recipients; self.expiresIn = expiresIn
+        self.bodyOffset = bodyOffset; self.bodyLength = bodyLength
+    }
+}
+
+/// `lease_grant` (coordinator → node): leases whose bodies are the frame payload, raw.
+public struct LeaseGrantMessage: Codable, Sendable, Equatable {
+    /// The leases; each names its body's slice of the payload.
+    public var leases: [Lease]
+    public init(leases: [Lease]) { self.leases = leases }
+}
+
+/// The outcome of one recipient of a lease.
+public struct RecipientResult: Codable, Sendable, Equatable {
+    /// What happened.
+    public enum Status: String, Codable, Sendable { case delivered, deferred, failed }
+    /// The recipient's row id.
+    public var recipientID: Int64
+    /// Delivered (2xx), deferred (4xx, connection failures, timeouts) or failed (5xx).
+    public var status: Status
+    /// The SMTP reply code (or the synthetic code for local failures).
+    public var code: Int
+    /// The enhanced status code (RFC 3463), if any.
+    public var enhanced: String?
+    /// The reply text (at most 512 characters).
+    public var text: String
+    public init(recipientID: Int64, status: Status, code: Int, enhanced: String?, text: String) {
+        self.recipientID = recipientID; self.status = status; self.code = code; self.enhanced = enhanced; self.text = text
+    }
+}
+
+/// `result` (node → coordinator): the outcomes of one lease.
+public struct ResultMessage: Codable, Sendable, Equatable {
+    /// The lease reported on.
+    public var leaseID: String
+    /// The node instance that did the work.
+    public var instanceID: String
+    /// The sending IP actually used.
+    public var sendingIP: String
+    /// The MX host name that answered (nil when none could be reached).
+    public var mxHost: String?
+    /// The numeric address of that host.
+    public var remoteAddress: String?
+    /// One entry per leased recipient.
+    public var outcomes: [RecipientResult]
+    /// When the delivery attempt finished (seconds since 1970).
+    public var finishedAt: Double
+    public init(leaseID: String, instanceID: String, sendingIP: String, mxHost: String?, remoteAddress: String?, outcomes: [RecipientResult], finishedAt: Double) {
+        self.leaseID = leaseID; self.instanceID = instanceID; self.sendingIP = sendingIP; self.mxHost = mxHost
+        self.remoteAddress = remoteAddress; self.outcomes = outcomes; self.finishedAt = finishedAt
+    }
+}
+
+/// `result_ack` (coordinator → node): the results are on the coordinator's disk; the node may forget them.
+public struct ResultAckMessage: Codable, Sendable, Equatable {
+    /// The lease whose result is durable.
+    public var leaseID: String
+    public init(leaseID: String) { self.leaseID = leaseID }
+}
+
+/// `ip_assign` (coordinator → node): the node owns these IPs from now on.
+public struct IPAssignMessage: Codable, Sendable, Equatable {
+    public var ips: [AssignedIP]
+    public init(ips: [AssignedIP]) { self.ips = ips }
+}
+
+/// `ip_revoke` (coordinator → node): stop sending from these IPs, finish or abandon their work, then report `ip_released`.
+public struct IPRevokeMessage: Codable, Sendable, Equatable {
+    public var addresses: [String]
+    public init(addresses: [String]) { self.addresses = addresses }
+}
+
+/// `ip_released` (node → coordinator): no session from these IPs is open any more.
+public struct IPReleasedMessage: Codable, Sendable, Equatable {
+    public var addresses: [String]
+    public init(addresses: [String]) { self.addresses = addresses }
+}
+
+/// A decoded cluster protocol message.
+public enum ClusterMessage: Sendable, Equatable {
+    case challenge(ChallengeMessage)
+    case hello(HelloMessage)
+    case welcome(WelcomeMessage)
+    case reject(RejectMessage)
+    case heartbeat(HeartbeatMessage)
+    case leaseRequest(LeaseRequestMessage)
+    /// A grant and the raw payload its leases slice their bodies from.
+    case leaseGrant(LeaseGrantMessage, payload: [UInt8])
+    case result(ResultMessage)
+    case resultAck(ResultAckMessage)
+    case ipAssign(IPAssignMessage)
+    case ipRevoke(IPRevokeMessage)
+    case ipReleased(IPReleasedMessage)
+
+    /// The frame type of this message.
+    public var frameType: FrameType {
+        switch self {
+        case .challenge: return .challenge
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .reject: return .reject
+        case .heartbeat: return .heartbeat
+        case .leaseRequest: return .leaseRequest
+        case .leaseGrant: return .leaseGrant
+        case .result: return .result
+        case .resultAck: return .resultAck
+        case .ipAssign: return .ipAssign
+        case .ipRevoke: return .ipRevoke
+        case .ipReleased: return .ipReleased
+        }
+    }
+
+    private static func encoder() -> JSONEncoder {
+        let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]; return e
+    }
+    private static func decoder() -> JSONDecoder {
+        JSONDecoder()
+    }
+
+    /// Encodes the message as a frame.
+    public func frame() -> Frame {
+        let e = ClusterMessage.encoder()
+        func h<T: Encodable>(_ v: T) -> [UInt8] { (try? Array(e.encode(v))) ?? Array("{}".utf8) }
+        switch self {
+        case .challenge(let m): return Frame(type: .challenge, header: h(m))
+        case .hello(let m): return Frame(type: .hello, header: h(m))
+        case .welcome(let m): return Frame(type: .welcome, header: h(m))
+        case .reject(let m): return Frame(type: .reject, header: h(m))
+        case .heartbeat(let m): return Frame(type: .heartbeat, header: h(m))
+        case .leaseRequest(let m): return Frame(type: .leaseRequest, header: h(m))
+        case .leaseGrant(let m, let payload): return Frame(type: .leaseGrant, header: h(m), payload: payload)
+        case .result(let m): return Frame(type: .result, header: h(m))
+        case .resultAck(let m): return Frame(type: .resultAck, header: h(m))
+        case .ipAssign(let m): return Frame(type: .ipAssign, header: h(m))
+        case .ipRevoke(let m): return Frame(type: .ipRevoke, header: h(m))
+        case .ipReleased(let m): return Frame(type: .ipReleased, header: h(m))
+        }
+    }
+
+    /// Decodes a frame.
+    /// - Throws: `ClusterProtocolError.malformed` when the header is not the JSON the type requires,
+    ///   or a lease's body slice lies outside the payload.
+    public static func decode(_ frame: Frame) throws -> ClusterMessage {
+        let d = decoder()
+        func v<T: Decodable>(_ t: T.Type) throws -> T {
+            do { return try d.decode(t, from: Data(frame.header)) } catch {
+                throw ClusterProtocolError.malformed("\(frame.type) header: \(error)")
+            }
+        }
+        switch frame.type {
+        case .challenge: return .challenge(try v(ChallengeMessage.self))
+        case .hello: return .hello(try v(HelloMessage.self))
+        case .welcome: return .welcome(try v(WelcomeMessage.self))
+        case .reject: return .reject(try v(RejectMessage.self))
+        case .heartbeat: return .heartbeat(try v(HeartbeatMessage.self))
+        case .leaseRequest: return .leaseRequest(try v(LeaseRequestMessage.self))
+        case .leaseGrant:
+            let m = try v(LeaseGrantMessage.self)
+            for l in m.leases {
+                guard l.bodyOffset >= 0, l.bodyLength >= 0, l.bodyOffset <= frame.payload.count,
+                      l.bodyLength <= frame.payload.count - l.bodyOffset else {
+                    throw ClusterProtocolError.malformed("lease \(l.leaseID) body outside payload")
+                }
+            }
+            return .leaseGrant(m, payload: frame.payload)
+        case .result: return .result(try v(ResultMessage.self))
+        case .resultAck: return .resultAck(try v(ResultAckMessage.self))
+        case .ipAssign: return .ipAssign(try v(IPAssignMessage.self))
+        case .ipRevoke: return .ipRevoke(try v(IPRevokeMessage.self))
+        case .ipReleased: return .ipReleased(try v(IPReleasedMessage.self))
+        }
+    }
+}
+
+/// A cluster protocol violation; it ends that one connection.
+public enum ClusterProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A frame whose header or payload does not match its type.
+    case malformed(String)
+    /// A message that is not allowed in the current state (e.g. a lease request before `hello`).
+    case unexpected(String)
+    /// The peer speaks no version we do.
+    case versionMismatch(ours: Int, theirs: [Int])
+    /// The peer's HMAC proof is wrong (different cluster secret).
+    case authenticationFailed
+    /// The peer refused us.
+    case rejected(String, retryable: Bool)
+
+    public var description: String {
+        switch self {
+        case .malformed(let s): return "malformed frame: \(s)"
+        case .unexpected(let s): return "unexpected message: \(s)"
+        case .versionMismatch(let o, let t): return "protocol version mismatch: we speak \(o), peer speaks \(t)"
+        case .authenticationFailed: return "authentication failed: cluster secret differs"
+        case .rejected(let s, _): return "rejected by peer: \(s)"
+        }
+    }
+}
+
+/// The HMAC-SHA256 challenge–response of the cluster protocol. No secret crosses the wire.
+public enum ClusterAuth {
+    /// The node's proof: HMAC-SHA256(secret, "hato-cluster/1 node|" + nonce + "|" + nodeID + "|" + instanceID), hex.
+    public static func nodeProof(secret: String, nonce: String, nodeID: String, instanceID: String) -> String {
+        Hex.encode(Crypto.hmacSHA256(key: Array(secret.utf8), data: Array("hato-cluster/1 node|\(nonce)|\(nodeID)|\(instanceID)".utf8)))
+    }
+
+    /// The coordinator's proof: HMAC-SHA256(secret, "hato-cluster/1 coordinator|" + nodeNonce + "|" + nodeID), hex.
+    public static func coordinatorProof(secret: String, nodeNonce: String, nodeID: String) -> String {
+        Hex.encode(Crypto.hmacSHA256(key: Array(secret.utf8), data: Array("hato-cluster/1 coordinator|\(nodeNonce)|\(nodeID)".utf8)))
+    }
+
+    /// Compares a received proof with the expected one in constant time.
+    public static func verify(_ received: String, expected: String) -> Bool {
+        Crypto.constantTimeEquals(Array(received.utf8), Array(expected.utf8))
+    }
+}
+
+/// One cluster protocol connection: a socket, a frame decoder and a write lock.
+///
+/// One thread reads (`receive`); any thread may `send` (writes are serialised).
+/// `@unchecked Sendable`: the decoder is touched only by the reading thread, the
+/// socket's writes are under `writeLock`.
+public final class ClusterConnection: @unchecked Sendable {
+    /// The socket.
+    public let socket: Socket
+    private var decoder: FrameDecoder
+    private let writeLock = NSLock()
+    private var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+
+    /// - Parameters:
+    ///   - socket: a connected socket.
+    ///   - maximumFrameSize: the largest frame accepted, octets.
+    public init(socket: Socket, maximumFrameSize: Int) {
+        self.socket = socket
+        self.decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
+    }
+
+    /// Sends one message.
+    /// - Throws: `SocketError` when the write fails.
+    public func send(_ message: ClusterMessage) throws {
+        let bytes = message.frame().encoded()
+        try writeLock.withLock { try socket.write(bytes) }
+    }
+
+    /// Receives the next message, blocking up to the socket's read timeout.
+    /// - Throws: `SocketError` (timeout, closed), `FrameError` or `ClusterProtocolError.malformed`.
+    public func receive() throws -> ClusterMessage {
+        while true {
+            if let frame = try decoder.next() { return try ClusterMessage.decode(frame) }
+            let n = try readBuffer.withUnsafeMutableBytes { try socket.read(into: $0) }
+            if n == 0 {
+                try decoder.finish()
+                throw SocketError(.closed, "cluster read")
+            }
+            decoder.feed(readBuffer[0..<n])
+        }
+    }
+
+    /// Closes the connection.
+    public func close() { socket.close() }
+}

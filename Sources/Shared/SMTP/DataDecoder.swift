@@ -1,0 +1,227 @@
+/// Streaming decoder for the content that follows `354` (RFC 5321 §4.1.1.4, §4.5.2).
+///
+/// Feed it bytes in any split; it reports how many it consumed and whether the
+/// end-of-data indicator was seen. Rules:
+///
+/// - Only `CRLF . CRLF` ends the content (RFC 5321 §4.1.1.4); the `.CRLF` line
+///   may also be the very first line (empty body). No other variant
+///   (`LF.LF`, `LF.CRLF`, `CRLF.LF`, `CR.CR`, `CRLF.CR CRLF`, …) ends the
+///   content, so a message can never be cut short and a second one smuggled in
+///   (CVE-2023-51764 and relatives).
+/// - Transparency: a line starting with `.` loses that first dot (RFC 5321 §4.5.2).
+/// - A bare LF (not preceded by CR) or a bare CR (not followed by LF) anywhere
+///   in the content rejects the message with `550 5.6.0` once the terminator
+///   arrives (RFC 5321 §2.3.8 requires CRLF line endings).
+/// - Size: the content octets (after dot-unstuffing, CRLFs included, terminator
+///   excluded, as RFC 1870 §3 counts) are counted as they arrive; past
+///   `maxMessageSize` the decoder stops keeping them (memory stays bounded) and
+///   the message is rejected with `552 5.3.4`.
+/// - Line length: a text line longer than `maxLineLength` octets including
+///   CRLF (1000, RFC 5321 §4.5.3.1.6; a leading transparency dot is not
+///   counted) rejects the message *at the end of DATA* with
+///   `550 5.6.0 line too long (max 998 octets plus CRLF)`. Rejecting after the
+///   terminator rather than mid-stream keeps the session in sync without
+///   closing the connection.
+/// - Loops: `maxReceivedHeaders` or more `Received:` fields in the header
+///   section reject with `554 5.4.6 Too many hops` (RFC 5321 §6.3).
+///
+/// 8-bit octets are accepted whatever `BODY=` said (liberal, like Postfix).
+/// When several problems apply, the reply is chosen in this order: bare line
+/// ending, size, line length, hop count.
+public struct DataDecoder: Sendable {
+    /// What became of the content once the terminator was seen.
+    public enum Outcome: Sendable, Equatable {
+        /// The dot-unstuffed content, CRLF line endings, without the final `.CRLF`.
+        case accepted([UInt8])
+        /// The message must not be stored; send this reply instead.
+        case rejected(SMTPReply)
+    }
+
+    private enum Phase: Sendable {
+        /// At the start of a line (after CRLF, or the first line).
+        case lineStart
+        /// A line began with `.`, which is not (yet) part of the content.
+        case leadingDot
+        /// A line began with `.CR`: LF next ends the content.
+        case leadingDotCR
+        /// Inside a line.
+        case inLine
+        /// A CR inside a line: LF next ends the line.
+        case sawCR
+    }
+
+    /// Octets kept for at most this many (RFC 1870 SIZE limit).
+    public let maxMessageSize: Int
+    /// Longest text line in octets including CRLF (RFC 5321 §4.5.3.1.6).
+    public let maxLineLength: Int
+    /// `Received:` fields at which the message is a loop (0 or less: no limit).
+    public let maxReceivedHeaders: Int
+
+    private var phase: Phase = .lineStart
+    private var body: [UInt8] = []
+    private var lineLength = 0
+    /// Content octets seen so far (after unstuffing), kept or not.
+    public private(set) var octetCount = 0
+    /// Whether the end-of-data indicator has been consumed.
+    public private(set) var isFinished = false
+    private var bareLineEnding = false
+    private var lineTooLong = false
+    private var sizeExceeded = false
+
+    private static let crlf: [UInt8] = [0x0D, 0x0A]
+    private static let cr: [UInt8] = [0x0D]
+    private static let lf: [UInt8] = [0x0A]
+
+    /// Creates a decoder for one message.
+    /// - Parameters:
+    ///   - maxMessageSize: octets above which the message is rejected with 552 (RFC 1870).
+    ///   - maxLineLength: longest line including CRLF (RFC 5321 §4.5.3.1.6: 1000).
+    ///   - maxReceivedHeaders: hop limit for `Received:` fields (RFC 5321 §6.3).
+    ///   - expectedSize: the client's `SIZE=` hint, used only to pre-size the buffer (capped at 1 MiB).
+    public init(maxMessageSize: Int, maxLineLength: Int = 1000, maxReceivedHeaders: Int = 100, expectedSize: Int? = nil) {
+        self.maxMessageSize = max(0, maxMessageSize)
+        self.maxLineLength = maxLineLength
+        self.maxReceivedHeaders = maxReceivedHeaders
+        if let expectedSize, expectedSize > 0 {
+            body.reserveCapacity(min(expectedSize, self.maxMessageSize, 1 << 20))
+        }
+    }
+
+    /// Octets currently held in memory (for tests of the size bound).
+    var keptByteCount: Int { body.count }
+
+    private var keeping: Bool { !sizeExceeded && !bareLineEnding && !lineTooLong }
+
+    private mutating func keep(_ bytes: ArraySlice<UInt8>) {
+        octetCount += bytes.count
+        if !sizeExceeded, octetCount > maxMessageSize {
+            sizeExceeded = true
+            body = []
+        }
+        if keeping { body.append(contentsOf: bytes) }
+    }
+
+    private mutating func flagBareLineEnding() {
+        bareLineEnding = true
+        body = []
+    }
+
+    private mutating func endLine() {
+        if lineLength + 2 > maxLineLength, !lineTooLong {
+            lineTooLong = true
+            body = []
+        }
+        lineLength = 0
+    }
+
+    /// Consumes content bytes up to and including the end-of-data indicator.
+    /// - Parameter bytes: the next input bytes.
+    /// - Returns: how many bytes were consumed (all of them unless `finished`;
+    ///   the rest belong to the next command) and whether the content is complete.
+    public mutating func feed(_ bytes: ArraySlice<UInt8>) -> (consumed: Int, finished: Bool) {
+        if isFinished { return (0, true) }
+        var i = bytes.startIndex
+        let end = bytes.endIndex
+        while i < end {
+            switch phase {
+            case .lineStart:
+                if bytes[i] == 0x2E {
+                    phase = .leadingDot
+                    i += 1
+                } else {
+                    phase = .inLine
+                }
+            case .leadingDot:
+                if bytes[i] == 0x0D {
+                    phase = .leadingDotCR
+                    i += 1
+                } else {
+                    phase = .inLine  // transparency dot dropped; reprocess this byte
+                }
+            case .leadingDotCR:
+                if bytes[i] == 0x0A {
+                    i += 1
+                    isFinished = true
+                    return (i - bytes.startIndex, true)
+                }
+                // ".<CR>" not followed by LF: the dot was stuffing, the CR is bare.
+                flagBareLineEnding()
+                keep(Self.cr[...])
+                lineLength += 1
+                phase = .inLine  // reprocess this byte
+            case .inLine:
+                let stop = bytes[i...].firstIndex { $0 == 0x0D || $0 == 0x0A } ?? end
+                if stop > i {
+                    keep(bytes[i..<stop])
+                    lineLength += stop - i
+                    i = stop
+                }
+                if i < end {
+                    if bytes[i] == 0x0D {
+                        phase = .sawCR
+                    } else {
+                        flagBareLineEnding()
+                        keep(Self.lf[...])
+                        lineLength = 0
+                    }
+                    i += 1
+                }
+            case .sawCR:
+                if bytes[i] == 0x0A {
+                    keep(Self.crlf[...])
+                    endLine()
+                    phase = .lineStart
+                    i += 1
+                } else {
+                    flagBareLineEnding()
+                    keep(Self.cr[...])
+                    lineLength += 1
+                    phase = .inLine  // reprocess this byte (a second CR goes back to .sawCR)
+                }
+            }
+        }
+        return (i - bytes.startIndex, false)
+    }
+
+    /// The verdict once `isFinished`; hands over the body (call once).
+    /// - Returns: `.accepted(body)` or `.rejected(reply)`; before the terminator,
+    ///   a `451 4.3.0` rejection (a driver bug, never expected).
+    public mutating func outcome() -> Outcome {
+        guard isFinished else { return .rejected(SMTPReply(451, "4.3.0", "Error: message not complete")) }
+        if bareLineEnding { return .rejected(SMTPReply(550, "5.6.0", "bare LF/CR not allowed")) }
+        if sizeExceeded {
+            return .rejected(SMTPReply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
+        }
+        if lineTooLong {
+            return .rejected(SMTPReply(550, "5.6.0", "line too long (max \(max(0, maxLineLength - 2)) octets plus CRLF)"))
+        }
+        if maxReceivedHeaders > 0, Self.receivedCount(body, limit: maxReceivedHeaders) >= maxReceivedHeaders {
+            return .rejected(SMTPReply(554, "5.4.6", "Too many hops"))
+        }
+        let out = body
+        body = []
+        return .accepted(out)
+    }
+
+    /// Counts `Received:` fields (name, optional WSP, colon; RFC 5322 §3.6.7, §4.5.3)
+    /// in the header section (up to the first empty line), stopping at `limit`.
+    static func receivedCount(_ message: [UInt8], limit: Int) -> Int {
+        let name = Array("received".utf8)
+        var count = 0
+        var start = message.startIndex
+        while start < message.endIndex, count < limit {
+            let lineEnd = message[start...].firstIndex(of: 0x0A) ?? message.endIndex
+            var line = message[start..<lineEnd]
+            if line.last == 0x0D { line = line.dropLast() }
+            if line.isEmpty { break }  // end of the header section
+            if line.count > name.count,
+               zip(line.prefix(name.count), name).allSatisfy({ SMTPAddressSyntax.lower($0) == $1 }) {
+                var rest = line.dropFirst(name.count)
+                while let b = rest.first, b == 0x20 || b == 0x09 { rest = rest.dropFirst() }
+                if rest.first == 0x3A { count += 1 }
+            }
+            start = lineEnd + 1
+        }
+        return count
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+@testable import HatoCoordinator
+@testable import HatoShared
+
+@Suite("Queue store")
+struct QueueStoreTests {
+    let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
+    let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
+    let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+
+    func message(_ id: String, _ rcpts: [String]) -> NewMessage {
+        NewMessage(id: id, reversePath: "s@example.org", recipients: rcpts, pool: "t", content: Array("Subject: x\r\n\r\nbody\r\n".utf8),
+                   heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0)
+    }
+
+    func lease(_ id: String, _ msg: String, _ rids: [Int64], node: String = "node-a", instance: String = "i1", at: Date) -> LeaseRecord {
+        LeaseRecord(id: id, node: node, instance: instance, sendingIP: "127.0.0.10", messageID: msg, domain: "x.test",
+                    recipientIDs: rids, grantedAt: at, expiresAt: at + 300)
+    }
+
+    func result(_ lease: String, _ outcomes: [(Int64, RecipientResult.Status, Int)]) -> ResultMessage {
+        ResultMessage(leaseID: lease, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
+                      outcomes: outcomes.map { RecipientResult(recipientID: $0.0, status: $0.1, code: $0.2, enhanced: nil, text: "t") }, finishedAt: 0)
+    }
+
+    @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final")
+    func lifecycle() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test", "b@x.test"]))
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        #expect(due.map(\.address) == ["a@x.test", "b@x.test"])
+        #expect(try q.dueRecipients(pools: ["other"], now: t0, limit: 10).isEmpty)
+        let granted = try q.recordLeases([lease("L1", "M1", due.map(\.id), at: t0)])
+        #expect(granted.first?.recipientIDs == due.map(\.id))
+        #expect(try q.dueRecipients(pools: ["t"], now: t0, limit: 10).isEmpty)
+        #expect(try q.countsByState()[.leased] == 2)
+        let app = try q.applyResult(result("L1", [(due[0].id, .delivered, 250), (due[1].id, .failed, 550)]), node: "node-a", retry: retry, now: t0 + 1)
+        #expect(app == ResultApplication(applied: 2, ignored: 0, leaseKnown: true))
+        let counts = try q.countsByState()
+        #expect(counts[.delivered] == 1 && counts[.failed] == 1 && counts[.leased] == 0)
+        #expect(try q.content(of: "M1") == nil)
+        // A duplicate report changes nothing.
+        let again = try q.applyResult(result("L1", [(due[0].id, .delivered, 250)]), node: "node-a", retry: retry, now: t0 + 2)
+        #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
+    }
+
+    @Test("a deferral schedules the retry; it survives reopening the store (restart)")
+    func deferralAndRestart() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var q: QueueStore? = try QueueStore(directory: dir)
+        try q!.enqueue(message("M1", ["a@x.test"]))
+        let r = try q!.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
+        _ = try q!.recordLeases([lease("L1", "M1", [r.id], at: t0)])
+        _ = try q!.applyResult(result("L1", [(r.id, .deferred, 451)]), node: "node-a", retry: retry, now: t0 + 5)
+        q = nil
+        let reopened = try QueueStore(directory: dir)
+        #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 64, limit: 10).isEmpty)
+        #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 65, limit: 10).map(\.id) == [r.id])
+        #expect(try reopened.message(id: "M1")?.recipients.first?.attempts == 1)
+        #expect(try reopened.content(of: "M1") == Array("Subject: x\r\n\r\nbody\r\n".utf8))
+    }
+
+    @Test("expired leases return to the queue; a late delivered report is still applied")
+    func leaseExpiry() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test"]))
+        let r = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
+        _ = try q.recordLeases([lease("L1", "M1", [r.id], at: t0)])
+        #expect(try q.requeueExpiredLeases(now: t0 + 299).isEmpty)
+        #expect(try q.requeueExpiredLeases(now: t0 + 300) == ["L1"])
+        #expect(try q.countsByState()[.queued] == 1)
+        // A late deferral for the expired lease must not disturb the queued recipient …
+        let late = try q.applyResult(result("L1", [(r.id, .deferred, 451)]), node: "node-a", retry: retry, now: t0 + 301)
+        #expect(late.applied == 0)
+        #expect(try q.countsByState()[.queued] == 1)
+        // … but a late delivery is final.
+        _ = try q.applyResult(result("L1", [(r.id, .delivered, 250)]), node: "node-a", retry: retry, now: t0 + 302)
+        #expect(try q.countsByState()[.delivered] == 1)
+    }
+
+    @Test("leases of a previous node instance are requeued, the current instance's are kept")
+    func instanceReconciliation() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test"]))
+        try q.enqueue(message("M2", ["b@x.test"]))
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        _ = try q.recordLeases([lease("L1", "M1", [due[0].id], instance: "old", at: t0), lease("L2", "M2", [due[1].id], instance: "new", at: t0)])
+        #expect(try q.requeueLeases(node: "node-a", exceptInstance: "new", now: t0) == 1)
+        #expect(try q.allLeases().map(\.id) == ["L2"])
+        #expect(try q.countsByState()[.queued] == 1)
+    }
+
+    @Test("recipients older than max age expire")
+    func maxAge() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test"]))
+        #expect(try q.expireOld(maxAge: 3600, now: t0 + 3599) == 0)
+        #expect(try q.expireOld(maxAge: 3600, now: t0 + 3600) == 1)
+        #expect(try q.countsByState()[.expired] == 1)
+        #expect(try q.content(of: "M1") == nil)
+    }
+}

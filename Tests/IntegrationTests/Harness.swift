@@ -1,0 +1,270 @@
+import Foundation
+import HatoShared
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Errors the harness raises when the cluster does not reach an expected state in time.
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Where the built executables are: next to the test bundle, or under .build.
+func executablePath(_ name: String) throws -> String {
+    var candidates: [String] = []
+    let argv0 = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    candidates.append(argv0.appendingPathComponent(name).path)
+    candidates.append(argv0.deletingLastPathComponent().appendingPathComponent(name).path)
+    if let exe = Bundle.main.executableURL?.deletingLastPathComponent() { candidates.append(exe.appendingPathComponent(name).path) }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    candidates.append(root.appendingPathComponent(".build/debug/\(name)").path)
+    for c in candidates where FileManager.default.isExecutableFile(atPath: c) { return c }
+    throw HarnessError("\(name) not built; looked in \(candidates)")
+}
+
+/// A free TCP port on 127.0.0.1 (bound once and released).
+func freePort(host: String = "127.0.0.1") throws -> UInt16 {
+    let s = try Socket.listen(on: SocketAddress(host: host, port: 0))
+    defer { s.close() }
+    guard let p = s.localAddress?.port else { throw HarnessError("no port") }
+    return p
+}
+
+/// A child process whose output goes to a log file; killed on `stop`.
+final class ChildProcess: @unchecked Sendable {
+    let name: String
+    let process = Process()
+    let logPath: String
+
+    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws {
+        self.name = name
+        logPath = (logDirectory as NSString).appendingPathComponent("\(name).log")
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        try handle.seekToEnd()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        try process.run()
+    }
+
+    var isRunning: Bool { process.isRunning }
+
+    /// Sends `signal` and waits (bounded) for the exit.
+    func stop(signal: Int32 = SIGTERM) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` seconds pass.
+func waitUntil(_ what: String, timeout: TimeInterval, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if (try? condition()) == true { return }
+        usleep(50_000)
+    }
+    if try condition() { return }
+    throw HarnessError("timed out after \(timeout)s waiting for \(what)")
+}
+
+/// A local cluster for one test: a temp directory, a cluster.yml, a capture MX in this
+/// process, and coordinator/node processes started on demand. `shutdown()` stops all.
+final class LocalCluster: @unchecked Sendable {
+    let dir: String
+    let configPath: String
+    let smtpPort: UInt16
+    let clusterPort: UInt16
+    let adminPort: UInt16
+    let capture: CaptureServer
+    let token = "test-admin-token-0123456789"
+    private(set) var coordinator: ChildProcess?
+    private(set) var nodes: [String: ChildProcess] = [:]
+    private var retired: [ChildProcess] = []
+
+    /// - Parameters:
+    ///   - extraYAML: appended sections (e.g. `dns:`), and `routesYAML` replaces the default route.
+    ///   - retrySchedule: the `retry.schedule` flow list.
+    ///   - capturePolicy: verdicts of the capture MX.
+    init(routesYAML: String? = nil, extraYAML: String = "", retrySchedule: String = "[1s]",
+         captureAddress: String = "127.0.0.1",
+         capturePolicy: @escaping @Sendable (String, Int) -> CaptureVerdict = { _, _ in .accept }) throws {
+        dir = NSTemporaryDirectory() + "hato-it-" + Identifier.random(bytes: 6)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        capture = try CaptureServer(address: SocketAddress(host: captureAddress, port: 0), policy: capturePolicy)
+        smtpPort = try freePort(); clusterPort = try freePort(); adminPort = try freePort()
+        configPath = (dir as NSString).appendingPathComponent("cluster.yml")
+        let routes = routesYAML ?? "routes:\n  - { domain: hato.test, next_hop: \"\(captureAddress):\(capture.address.port)\" }\n"
+        let yaml = """
+            cluster: { name: it, secret: "integration-test-secret-0123456789" }
+            coordinator:
+              listen: 127.0.0.1:\(clusterPort)
+              admin_listen: 127.0.0.1:\(adminPort)
+              admin_token: "\(token)"
+              data_dir: var/coordinator
+              lease_time: 30s
+              node_timeout: 5s
+              heartbeat_interval: 1s
+            smtp: { listen: [127.0.0.1:\(smtpPort)], hostname: relay.it.test, relay_networks: [127.0.0.0/8], max_message_size: 10MiB, max_recipients: 100 }
+            nodes:
+              - { id: node-a, data_dir: var/node-a }
+              - { id: node-b, data_dir: var/node-b }
+            pools:
+              - { name: transactional }
+            ips:
+              - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
+              - { address: 127.0.0.11, helo: mta11.it.test, pool: transactional, nodes: [node-a] }
+              - { address: 127.0.0.12, helo: mta12.it.test, pool: transactional, nodes: [node-b] }
+              - { address: 127.0.0.13, helo: mta13.it.test, pool: transactional, nodes: [node-b] }
+            routing: { default_pool: transactional }
+            \(routes)retry: { schedule: \(retrySchedule), max_age: 1h }
+            delivery: { connections_per_ip: 4, connect_timeout: 5s, command_timeout: 30s, data_timeout: 60s }
+            \(extraYAML)
+            """
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// IPs configured per node.
+    static let ipsOf: [String: Set<String>] = ["node-a": ["127.0.0.10", "127.0.0.11"], "node-b": ["127.0.0.12", "127.0.0.13"]]
+
+    func startCoordinator() throws {
+        let c = try ChildProcess(name: "coordinator-\(retired.count)", executable: executablePath("hato-coordinator"),
+                                 arguments: ["serve", "--config", configPath], logDirectory: dir)
+        coordinator = c
+        try waitUntil("coordinator SMTP listener", timeout: 20) {
+            guard c.isRunning else { throw HarnessError("coordinator exited:\n\(c.log)") }
+            return (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: smtpPort), timeout: 1)) != nil
+        }
+    }
+
+    func killCoordinator() {
+        guard let c = coordinator else { return }
+        c.stop(signal: SIGKILL)
+        retired.append(c)
+        coordinator = nil
+    }
+
+    func startNode(_ id: String) throws {
+        nodes[id] = try ChildProcess(name: "\(id)-\(retired.count)", executable: executablePath("hato-node"),
+                                     arguments: ["run", "--config", configPath, "--id", id], logDirectory: dir)
+    }
+
+    /// Starts both nodes and waits until the coordinator reports them active with all four IPs owned.
+    func startNodesAndWait() throws {
+        try startNode("node-a"); try startNode("node-b")
+        try waitUntil("both nodes active", timeout: 30) {
+            let s = try status()
+            let nodes = s["nodes"] as? [[String: Any]] ?? []
+            return nodes.filter { ($0["state"] as? String) == "active" && (($0["ips"] as? [String])?.count ?? 0) == 2 }.count == 2
+        }
+    }
+
+    /// GETs an admin API path as JSON.
+    func admin(_ path: String) throws -> Any {
+        let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: adminPort), timeout: 2)
+        sock.setTimeouts(read: 5, write: 5)
+        try sock.write("GET \(path) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n")
+        var data = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
+            if n == 0 { break }
+            data += buf[0..<n]
+        }
+        guard let sep = data.firstRange(of: [13, 10, 13, 10]) else { throw HarnessError("bad HTTP response") }
+        return try JSONSerialization.jsonObject(with: Data(data[sep.upperBound...]))
+    }
+
+    func status() throws -> [String: Any] { try admin("/v1/status") as? [String: Any] ?? [:] }
+    func queue() throws -> [String: Int] { try admin("/v1/queue") as? [String: Int] ?? [:] }
+    func message(_ id: String) throws -> [String: Any] { try admin("/v1/messages/\(id)") as? [String: Any] ?? [:] }
+
+    /// Waits until no recipient is queued, leased or deferred and `final` recipients are final.
+    func waitForQueue(final: Int, timeout: TimeInterval) throws {
+        try waitUntil("\(final) recipients in a final state", timeout: timeout) {
+            let q = try queue()
+            return (q["delivered"] ?? 0) + (q["failed"] ?? 0) + (q["expired"] ?? 0) == final
+                && (q["queued"] ?? 0) + (q["leased"] ?? 0) + (q["deferred"] ?? 0) == 0
+        }
+    }
+
+    /// Everything the processes logged, for failure messages.
+    var logs: String {
+        (retired + [coordinator].compactMap { $0 } + Array(nodes.values)).map { "==== \($0.name)\n\($0.log.suffix(6000))" }.joined(separator: "\n")
+    }
+
+    func shutdown() {
+        for n in nodes.values { n.stop() }
+        coordinator?.stop()
+        capture.stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// Submits messages with Python's smtplib (a real client nobody here wrote).
+/// - Parameters:
+///   - messages: (reverse-path, recipients, content bytes with CRLF endings).
+/// - Returns: the queue id from each `250 2.0.0 Ok: queued as <id>` reply, in order.
+func submitWithSmtplib(port: UInt16, messages: [(from: String, to: [String], content: [UInt8])], connections: Int = 4, dir: String) throws -> [String] {
+    struct Job: Codable { var from: String; var to: [String]; var content: String }
+    let jobs = messages.map { Job(from: $0.from, to: $0.to, content: Data($0.content).base64EncodedString()) }
+    let jobsPath = (dir as NSString).appendingPathComponent("jobs-\(Identifier.random(bytes: 4)).json")
+    try JSONEncoder().encode(jobs).write(to: URL(fileURLWithPath: jobsPath))
+    let script = """
+        import base64, json, smtplib, sys, threading
+        jobs = json.load(open(sys.argv[1])); port = int(sys.argv[2]); n = int(sys.argv[3])
+        ids = [None] * len(jobs); errors = []
+        def worker(k):
+            try:
+                s = smtplib.SMTP("127.0.0.1", port, timeout=60)
+                s.ehlo("client.it.test")
+                for i in range(k, len(jobs), n):
+                    j = jobs[i]
+                    s.mail(j["from"])
+                    for r in j["to"]:
+                        code, _ = s.rcpt(r)
+                        if code != 250: raise Exception("rcpt %s: %d" % (r, code))
+                    code, msg = s.data(base64.b64decode(j["content"]))
+                    if code != 250: raise Exception("data: %d %r" % (code, msg))
+                    ids[i] = msg.decode().rsplit(" ", 1)[-1]
+                s.quit()
+            except Exception as e:
+                errors.append(repr(e))
+        ts = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        if errors: print("ERRORS", errors, file=sys.stderr); sys.exit(1)
+        print(json.dumps(ids))
+        """
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+    p.arguments = ["-c", script, jobsPath, "\(port)", "\(connections)"]
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out; p.standardError = err
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else {
+        throw HarnessError("smtplib client failed: \(String(decoding: errData, as: UTF8.self))")
+    }
+    return try JSONDecoder().decode([String].self, from: data)
+}
+
+/// A test message with a unique marker, CRLF line endings, a dot-stuffing trap and 8-bit-free text.
+func testMessage(_ i: Int, to: String, extraLines: Int = 20) -> [UInt8] {
+    var s = "From: App <app@example.org>\r\nTo: <\(to)>\r\nSubject: message \(i)\r\nMessage-ID: <m\(i).\(Identifier.random(bytes: 4))@example.org>\r\n\r\n"
+    s += "Hello \(i).\r\n.a line that starts with a dot\r\n..two dots\r\n"
+    for k in 0..<extraLines { s += "line \(k) of message \(i): the quick brown fox jumps over the lazy dog\r\n" }
+    return Array(s.utf8)
+}

@@ -1,0 +1,29 @@
+import Foundation
+import Testing
+@testable import HatoNode
+@testable import HatoShared
+
+@Suite("Outcome journal")
+struct JournalTests {
+    func result(_ id: String) -> ResultMessage {
+        ResultMessage(leaseID: id, instanceID: "i", sendingIP: "127.0.0.10", mxHost: nil, remoteAddress: nil,
+                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")], finishedAt: 1)
+    }
+
+    @Test("unacknowledged results survive a restart in order; acknowledged ones and torn lines do not")
+    func survivesRestart() throws {
+        let dir = NSTemporaryDirectory() + "hato-j-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var j: OutcomeJournal? = try OutcomeJournal(directory: dir)
+        try j!.record(result("A")); try j!.record(result("B")); try j!.record(result("C"))
+        j!.acknowledge(leaseID: "B")
+        j = nil
+        // A crash mid-write leaves a torn last line.
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/journal.jsonl"))
+        try h.seekToEnd(); try h.write(contentsOf: Data("{\"result\":{\"lea".utf8)); try h.close()
+        let reopened = try OutcomeJournal(directory: dir)
+        #expect(reopened.pending.map(\.leaseID) == ["A", "C"])
+        reopened.acknowledge(leaseID: "A")
+        #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["C"])
+    }
+}

@@ -1,0 +1,640 @@
+import Foundation
+import Testing
+@testable import HatoShared
+
+/// A test stand-in for the socket driver: carries out actions in order and
+/// answers every `.store` immediately.
+private struct Driver {
+    var session: SMTPServerSession
+    var output: [UInt8] = []
+    var stores: [SubmittedMessage] = []
+    var closed = false
+    var failStores = false
+    /// Every batch of actions, to check ordering rules.
+    var batches: [[SMTPServerAction]] = []
+
+    init(policy: SMTPServerPolicy = testPolicy, relay: Bool = true, peer: SocketAddress = SocketAddress(host: "192.0.2.7", port: 40000)) {
+        session = SMTPServerSession(policy: policy, peer: peer, relayPermitted: relay)
+        perform(session.start())
+    }
+
+    mutating func perform(_ actions: [SMTPServerAction]) {
+        batches.append(actions)
+        for (index, action) in actions.enumerated() {
+            switch action {
+            case .send(let bytes):
+                output += bytes
+            case .store(let message):
+                #expect(index == actions.count - 1, ".store must end its batch")
+                stores.append(message)
+                perform(failStores ? session.messageStoreFailed() : session.messageStored(id: "Q\(stores.count)"))
+            case .close:
+                #expect(index == actions.count - 1, ".close must end its batch")
+                closed = true
+            }
+        }
+    }
+
+    mutating func feed(_ text: String) { feed(Array(text.utf8)) }
+    mutating func feed(_ bytes: [UInt8]) { perform(session.receive(bytes[...])) }
+
+    var text: String { String(decoding: output, as: UTF8.self) }
+    /// Reply lines without the greeting.
+    var replies: [String] {
+        text.components(separatedBy: "\r\n").dropFirst().filter { !$0.isEmpty }
+    }
+    /// The three-digit codes of every final reply line after the greeting.
+    var codes: [Int] {
+        replies.compactMap { line in
+            let chars = Array(line)
+            guard chars.count >= 4, chars[3] == " " else { return nil }
+            return Int(String(chars[0..<3]))
+        }
+    }
+}
+
+private let testPolicy = SMTPServerPolicy(hostname: "mx.test", maxMessageSize: 2000, maxRecipients: 3)
+private let ehloReply = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+private let envelope = "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+
+@Suite("SMTP server session")
+struct SMTPServerTests {
+
+    // MARK: - Replies
+
+    @Test("reply encoding: multi-line, enhanced code on every line, no-text form")
+    func replyEncoding() {
+        #expect(SMTPReply(250, "2.0.0", "a", "b").description == "250-2.0.0 a\r\n250 2.0.0 b\r\n")
+        #expect(SMTPReply(220, nil, "mx ESMTP").description == "220 mx ESMTP\r\n")
+        #expect(SMTPReply(code: 250, enhanced: nil, lines: []).description == "250\r\n")
+        #expect(SMTPReply(250, "2.0.0").description == "250 2.0.0\r\n")
+        #expect(SMTPReply(250, nil, "evil\r\n250 injected").description == "250 evil  250 injected\r\n")
+        #expect(SMTPReply(354, nil, "go").isPositive)
+        #expect(!SMTPReply(452, "4.5.3", "x").isPositive)
+    }
+
+    // MARK: - Command parsing
+
+    struct ParseCase: Sendable, CustomTestStringConvertible {
+        let line: String
+        let expected: SMTPCommand
+        var testDescription: String { line }
+    }
+
+    static let goodCommands: [ParseCase] = [
+        ParseCase(line: "EHLO client.example.com", expected: .ehlo("client.example.com")),
+        ParseCase(line: "ehlo [192.0.2.1]", expected: .ehlo("[192.0.2.1]")),
+        ParseCase(line: "EhLo [IPv6:2001:db8::1]", expected: .ehlo("[IPv6:2001:db8::1]")),
+        ParseCase(line: "HELO localhost", expected: .helo("localhost")),
+        ParseCase(line: "HELO host  ", expected: .helo("host")),
+        ParseCase(line: "MAIL FROM:<a@b.c>", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters())),
+        ParseCase(line: "mail from: <a@b.c>", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters())),
+        ParseCase(line: "MAIL FROM:<>", expected: .mail(.null, MailParameters())),
+        ParseCase(line: "MAIL FROM:<> SIZE=1024 BODY=8BITMIME", expected: .mail(.null, MailParameters(size: 1024, body: .eightBitMIME))),
+        ParseCase(line: "MAIL FROM:<a@b.c> body=7bit size=0", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters(size: 0, body: .sevenBit))),
+        ParseCase(line: "MAIL FROM:<a@b.c> SIZE=99999999999999999999", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters(size: Int.max))),
+        ParseCase(line: "RCPT TO:<x@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "x", domain: "y.z")))),
+        ParseCase(line: "rcpt to:<Postmaster>", expected: .rcpt(.postmaster)),
+        ParseCase(line: "RCPT TO:<postmaster@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "postmaster", domain: "y.z")))),
+        ParseCase(line: "DATA", expected: .data),
+        ParseCase(line: "rset", expected: .rset),
+        ParseCase(line: "NOOP anything goes", expected: .noop),
+        ParseCase(line: "QUIT", expected: .quit),
+        ParseCase(line: "VRFY someone", expected: .vrfy("someone")),
+        ParseCase(line: "HELP", expected: .help),
+        ParseCase(line: "HELP MAIL", expected: .help),
+        ParseCase(line: "EXPN list", expected: .expn),
+        ParseCase(line: "STARTTLS", expected: .starttls),
+        ParseCase(line: "AUTH PLAIN AGFAAGI=", expected: .auth("PLAIN AGFAAGI=")),
+        ParseCase(line: "BDAT 100 LAST", expected: .bdat("100 LAST")),
+    ]
+
+    @Test("valid command lines parse", arguments: goodCommands)
+    func parsesValidCommands(_ c: ParseCase) {
+        #expect(SMTPCommand.parse(c.line) == .success(c.expected))
+    }
+
+    struct RejectCase: Sendable, CustomTestStringConvertible {
+        let line: String
+        let code: Int
+        let enhanced: String
+        var testDescription: String { line }
+    }
+
+    static let badCommands: [RejectCase] = [
+        RejectCase(line: "", code: 500, enhanced: "5.5.2"),
+        RejectCase(line: "FOO bar", code: 500, enhanced: "5.5.1"),
+        RejectCase(line: "MAILX FROM:<a@b>", code: 500, enhanced: "5.5.1"),
+        RejectCase(line: "EHLO", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "EHLO bad_name!", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "EHLO two words", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "EHLO -lead.example", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "EHLO [300.1.1.1]", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "HELO", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL <a@b.c>", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:a@b.c", code: 501, enhanced: "5.1.7"),
+        RejectCase(line: "MAIL FROM:<a@b.c", code: 501, enhanced: "5.1.7"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SIZE=", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SIZE=12k", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SIZE", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> BODY=BINARYMIME", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> BODY", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SIZE=1 SIZE=2", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SMTPUTF8", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> RET=HDRS", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c>SIZE=1", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> =x", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT <x@y.z>", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<>", code: 501, enhanced: "5.1.3"),
+        RejectCase(line: "RCPT TO:<x@y.z> NOTIFY=NEVER", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "DATA now", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RSET x", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "QUIT now", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "VRFY", code: 501, enhanced: "5.5.4"),
+    ]
+
+    @Test("invalid command lines produce the right reply class", arguments: badCommands)
+    func rejectsInvalidCommands(_ c: RejectCase) {
+        guard case .failure(let reply) = SMTPCommand.parse(c.line) else {
+            Issue.record("\(c.line) parsed")
+            return
+        }
+        #expect(reply.code == c.code)
+        #expect(reply.enhanced == c.enhanced)
+    }
+
+    // MARK: - Transcripts
+
+    @Test("greeting is 220 <hostname> ESMTP Hato, sent once")
+    func greeting() {
+        var session = SMTPServerSession(policy: testPolicy, peer: SocketAddress(host: "::1", port: 1), relayPermitted: true)
+        #expect(session.start() == [.send(Array("220 mx.test ESMTP Hato\r\n".utf8))])
+        #expect(session.start() == [])
+    }
+
+    @Test("full session transcript: exact reply bytes and stored message")
+    func fullTranscript() throws {
+        var d = Driver()
+        d.feed("EHLO client.test\r\n")
+        d.feed("MAIL FROM:<alice@example.org> SIZE=40\r\n")
+        d.feed("RCPT TO:<bob@example.net>\r\n")
+        d.feed("RCPT TO:<carol@example.net>\r\n")
+        d.feed("DATA\r\n")
+        d.feed("Subject: hi\r\n\r\nHello\r\n.\r\n")
+        d.feed("QUIT\r\n")
+        let expected = "220 mx.test ESMTP Hato\r\n" + ehloReply
+            + "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+            + "354 End data with <CR><LF>.<CR><LF>\r\n"
+            + "250 2.0.0 Ok: queued as Q1\r\n"
+            + "221 2.0.0 Bye\r\n"
+        #expect(d.text == expected)
+        #expect(d.closed)
+        #expect(d.session.isClosed)
+        try #require(d.stores.count == 1)
+        let m = d.stores[0]
+        #expect(m.heloName == "client.test")
+        #expect(m.peer == SocketAddress(host: "192.0.2.7", port: 40000))
+        #expect(m.reversePath == .mailbox(Mailbox(localPart: "alice", domain: "example.org")))
+        #expect(m.recipients.map(\.address) == ["bob@example.net", "carol@example.net"])
+        #expect(m.body == Array("Subject: hi\r\n\r\nHello\r\n".utf8))
+        #expect(m.bodyType == .sevenBit)
+        #expect(m.declaredSize == 40)
+        #expect(m.esmtp)
+        #expect(d.session.receive(Array("NOOP\r\n".utf8)[...]) == [])
+    }
+
+    @Test("HELO session: single-line 250 and esmtp false")
+    func heloSession() throws {
+        var d = Driver()
+        d.feed("HELO client.test\r\nMAIL FROM:<>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(d.replies == ["250 mx.test", "250 2.1.0 Ok", "250 2.1.5 Ok",
+                              "354 End data with <CR><LF>.<CR><LF>", "250 2.0.0 Ok: queued as Q1"])
+        try #require(d.stores.count == 1)
+        #expect(d.stores[0].esmtp == false)
+        #expect(d.stores[0].reversePath == .null)
+    }
+
+    @Test("other verbs: RSET, NOOP, VRFY, HELP, unknown, unimplemented STARTTLS/AUTH/BDAT/EXPN")
+    func otherVerbs() {
+        var d = Driver()
+        d.feed("NOOP\r\nRSET\r\nVRFY bob\r\nHELP\r\nXYZZY\r\nSTARTTLS\r\nAUTH PLAIN\r\nBDAT 10 LAST\r\nEXPN x\r\n")
+        #expect(d.codes == [250, 250, 252, 214, 500, 502, 502, 502, 502])
+        #expect(d.replies[2].hasPrefix("252 2.5.0 "))
+        #expect(d.replies[3].hasPrefix("214 2.0.0 "))
+        #expect(d.replies[4] == "500 5.5.1 Error: command not recognized")
+        #expect(d.replies[5] == "502 5.5.1 Error: command not implemented")
+    }
+
+    @Test("verbs are case-insensitive and MAIL FROM: tolerates a space")
+    func caseInsensitive() {
+        var d = Driver()
+        d.feed("ehlo c.test\r\nmail from: <a@x.test>\r\nrCpT To:<b@y.test>\r\nquit\r\n")
+        #expect(d.codes == [250, 250, 250, 221])
+        #expect(d.closed)
+    }
+
+    // MARK: - Sequencing
+
+    @Test("MAIL before EHLO/HELO is 503 5.5.1, even with bad syntax")
+    func mailBeforeHelo() {
+        var d = Driver()
+        d.feed("MAIL FROM:<a@x.test>\r\nMAIL FROM:bad\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        #expect(d.replies == ["503 5.5.1 Error: send HELO/EHLO first", "503 5.5.1 Error: send HELO/EHLO first",
+                              "503 5.5.1 Error: need MAIL command", "503 5.5.1 Error: send HELO/EHLO first"])
+    }
+
+    @Test("RCPT before MAIL, DATA before MAIL/RCPT, nested MAIL are 503 5.5.1")
+    func sequenceErrors() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n")
+        #expect(d.replies.dropFirst(5) == ["503 5.5.1 Error: need MAIL command", "503 5.5.1 Error: need MAIL command",
+                                          "250 2.1.0 Ok", "503 5.5.1 Error: need RCPT command",
+                                          "503 5.5.1 Error: nested MAIL command"])
+    }
+
+    @Test("DATA after every RCPT was rejected is 554 5.5.1 no valid recipients")
+    func noValidRecipients() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<bad>\r\nDATA\r\n")
+        #expect(d.codes == [250, 250, 501, 554])
+        #expect(d.replies.last == "554 5.5.1 Error: no valid recipients")
+    }
+
+    @Test("EHLO and RSET reset the transaction")
+    func resets() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nEHLO c.test\r\nRCPT TO:<b@y.test>\r\n")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRSET\r\nRCPT TO:<b@y.test>\r\nMAIL FROM:<a@x.test>\r\n")
+        #expect(d.codes == [250, 250, 250, 503, 250, 250, 250, 503, 250])
+    }
+
+    @Test("EHLO with a missing or invalid domain is 501 5.5.4 and MAIL stays refused")
+    func badEhlo() {
+        var d = Driver()
+        d.feed("EHLO\r\nEHLO under_score\r\nHELO a..b\r\nMAIL FROM:<a@x.test>\r\n")
+        #expect(d.replies == ["501 5.5.4 Syntax: EHLO hostname", "501 5.5.4 Syntax: EHLO hostname",
+                              "501 5.5.4 Syntax: HELO hostname", "503 5.5.1 Error: send HELO/EHLO first"])
+    }
+
+    // MARK: - Policy
+
+    @Test("relay denied: RCPT is 554 5.7.1 and the recipient is not added")
+    func relayDenied() {
+        var d = Driver(relay: false)
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n")
+        #expect(d.replies.dropFirst(6) == ["554 5.7.1 Relay access denied", "554 5.7.1 Relay access denied",
+                                          "554 5.5.1 Error: no valid recipients"])
+        #expect(d.stores.isEmpty)
+    }
+
+    @Test("recipients beyond maxRecipients get 452 4.5.3 and the message keeps the first ones")
+    func tooManyRecipients() throws {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+        d.feed("RCPT TO:<r1@y.test>\r\nRCPT TO:<r2@y.test>\r\nRCPT TO:<r3@y.test>\r\nRCPT TO:<r4@y.test>\r\nRCPT TO:<r5@y.test>\r\n")
+        d.feed("DATA\r\nbody\r\n.\r\n")
+        #expect(d.codes.dropFirst() == [250, 250, 250, 250, 452, 452, 354, 250])
+        #expect(d.replies.contains("452 4.5.3 Too many recipients"))
+        try #require(d.stores.count == 1)
+        #expect(d.stores[0].recipients.map(\.localPart) == ["r1", "r2", "r3"])
+    }
+
+    @Test("<Postmaster> is accepted for RCPT and addressed to the server's host name")
+    func postmaster() throws {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<POSTMASTER>\r\nDATA\r\nx\r\n.\r\n")
+        try #require(d.stores.count == 1)
+        #expect(d.stores[0].recipients == [Mailbox(localPart: "postmaster", domain: "mx.test")])
+    }
+
+    @Test("SIZE above the maximum is 552 5.3.4 at MAIL; malformed SIZE is 501; unknown parameter 555")
+    func sizeParameter() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=2001\r\nMAIL FROM:<a@x.test> SIZE=x\r\n")
+        d.feed("MAIL FROM:<a@x.test> FOO=1\r\nMAIL FROM:<a@x.test> SIZE=2000\r\n")
+        #expect(d.codes.dropFirst() == [552, 501, 555, 250])
+        #expect(d.replies[5].hasPrefix("552 5.3.4 "))
+    }
+
+    @Test("BODY=8BITMIME is recorded; 8-bit content without it is accepted as declared (7BIT)")
+    func bodyType() throws {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        d.feed([0xC3, 0xA9, 0x0D, 0x0A, 0x2E, 0x0D, 0x0A])
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        d.feed([0xFF, 0x0D, 0x0A, 0x2E, 0x0D, 0x0A])
+        try #require(d.stores.count == 2)
+        #expect(d.stores[0].bodyType == .eightBitMIME)
+        #expect(d.stores[0].body == [0xC3, 0xA9, 0x0D, 0x0A])
+        #expect(d.stores[1].bodyType == .sevenBit)
+        #expect(d.stores[1].body == [0xFF, 0x0D, 0x0A])
+    }
+
+    // MARK: - Pipelining
+
+    @Test("pipelining: one receive, replies in order, store pauses until messageStored")
+    func pipelining() throws {
+        var session = SMTPServerSession(policy: testPolicy, peer: SocketAddress(host: "192.0.2.7", port: 1), relayPermitted: true)
+        _ = session.start()
+        let input = envelope + "one\r\n.\r\nMAIL FROM:<c@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\ntwo\r\n.\r\nQUIT\r\n"
+        let first = session.receive(Array(input.utf8)[...])
+        try #require(first.count == 2)
+        #expect(first[0] == .send(Array((ehloReply + "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n").utf8)))
+        guard case .store(let m1) = first[1] else { Issue.record("expected store"); return }
+        #expect(m1.body == Array("one\r\n".utf8))
+        #expect(session.isAwaitingStore)
+        // Nothing is processed while the store is pending, even new input.
+        #expect(session.receive(Array("NOOP\r\n".utf8)[...]) == [])
+        let second = session.messageStored(id: "A")
+        try #require(second.count == 2)
+        #expect(second[0] == .send(Array("250 2.0.0 Ok: queued as A\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n".utf8)))
+        guard case .store(let m2) = second[1] else { Issue.record("expected store"); return }
+        #expect(m2.body == Array("two\r\n".utf8))
+        #expect(m2.reversePath.address == "c@x.test")
+        let third = session.messageStored(id: "B")
+        #expect(third == [.send(Array("250 2.0.0 Ok: queued as B\r\n221 2.0.0 Bye\r\n".utf8)), .close])
+        #expect(session.messageStored(id: "C") == [])
+    }
+
+    @Test("messageStoreFailed answers 451 4.3.0 and continues with buffered commands")
+    func storeFailure() {
+        var d = Driver()
+        d.failStores = true
+        d.feed(envelope + "x\r\n.\r\nNOOP\r\n")
+        #expect(d.replies.suffix(2) == ["451 4.3.0 Error: queue file write error", "250 2.0.0 Ok"])
+        #expect(d.stores.count == 1)
+        #expect(!d.session.isAwaitingStore)
+    }
+
+    @Test("every two-way split of the input gives the same transcript and messages")
+    func everySplit() {
+        let input = Array((envelope + "Subject: s\r\n\r\n..dot\r\n.\r\nNOOP\r\nMAIL FROM:<c@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\n.\r\nRSET\r\nQUIT\r\n").utf8)
+        var whole = Driver()
+        whole.feed(input)
+        #expect(whole.stores.count == 2)
+        #expect(whole.closed)
+        for cut in 0...input.count {
+            var d = Driver()
+            d.feed(Array(input[0..<cut]))
+            d.feed(Array(input[cut...]))
+            #expect(d.output == whole.output, "split at \(cut)")
+            #expect(d.stores == whole.stores, "split at \(cut)")
+        }
+        var bytewise = Driver()
+        for b in input { bytewise.feed([b]) }
+        #expect(bytewise.output == whole.output)
+        #expect(bytewise.stores == whole.stores)
+    }
+
+    // MARK: - DATA content
+
+    @Test("dot-unstuffing: exactly one leading dot is removed per line")
+    func dotUnstuffing() throws {
+        var d = Driver()
+        d.feed(envelope + "..\r\n...x\r\n.y\r\nmid.dle\r\n. \r\n.\r\n")
+        try #require(d.stores.count == 1)
+        #expect(d.stores[0].body == Array(".\r\n..x\r\ny\r\nmid.dle\r\n \r\n".utf8))
+    }
+
+    @Test("a lone dot right after 354 ends an empty body")
+    func emptyBody() throws {
+        var d = Driver()
+        d.feed(envelope + ".\r\nNOOP\r\n")
+        try #require(d.stores.count == 1)
+        #expect(d.stores[0].body.isEmpty)
+        #expect(d.replies.suffix(2) == ["250 2.0.0 Ok: queued as Q1", "250 2.0.0 Ok"])
+    }
+
+    struct SmugglingCase: Sendable, CustomTestStringConvertible {
+        let name: String
+        let separator: String
+        var testDescription: String { name }
+    }
+
+    static let smuggling: [SmugglingCase] = [
+        SmugglingCase(name: "<LF>.<LF>", separator: "\n.\n"),
+        SmugglingCase(name: "<LF>.<CR><LF>", separator: "\n.\r\n"),
+        SmugglingCase(name: "<CR><LF>.<LF>", separator: "\r\n.\n"),
+        SmugglingCase(name: "<CR>.<CR>", separator: "\r.\r"),
+        SmugglingCase(name: "<CR>.<CR><LF>", separator: "\r.\r\n"),
+        SmugglingCase(name: "<CR><LF>.<CR><CR><LF>", separator: "\r\n.\r\r\n"),
+        SmugglingCase(name: "<CR><CR><LF>.<CR><CR><LF>", separator: "\r\r\n.\r\r\n"),
+        SmugglingCase(name: "<CR><LF>.<CR>", separator: "\r\n.\r"),
+        SmugglingCase(name: "<LF>.<CR>", separator: "\n.\r"),
+    ]
+
+    @Test("SMTP smuggling variants neither end the message nor start a second one", arguments: smuggling)
+    func smugglingRejected(_ c: SmugglingCase) {
+        let smuggled = "MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nforged\r\n"
+        var d = Driver()
+        d.feed(envelope + "Subject: real\r\n\r\nreal" + c.separator + smuggled + ".\r\nNOOP\r\n")
+        #expect(d.stores.isEmpty)
+        #expect(d.replies.filter { $0.hasPrefix("354") }.count == 1)
+        #expect(d.replies.suffix(2) == ["550 5.6.0 bare LF/CR not allowed", "250 2.0.0 Ok"])
+        // The session is back at "after EHLO": a fresh transaction works.
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nok\r\n.\r\n")
+        #expect(d.stores.count == 1)
+        #expect(d.stores.first?.body == Array("ok\r\n".utf8))
+    }
+
+    @Test("a bare LF or CR in command lines is 500 5.5.2 and the line is ignored")
+    func bareLineEndingsInCommands() {
+        var d = Driver()
+        d.feed("EHLO c.test\nNOOP\r\n")
+        d.feed("NOOP\rQUIT\r\n")
+        d.feed(Array("NO\u{0}OP\r\n".utf8))
+        d.feed("MAIL FROM:<a@x.test>\r\n")
+        #expect(d.codes == [500, 250, 500, 500, 503])
+        #expect(d.replies[0] == "500 5.5.2 Error: bare <LF> received")
+        #expect(!d.closed)
+    }
+
+    @Test("message over maxMessageSize is 552 5.3.4, nothing stored, session in sync")
+    func messageTooBig() {
+        var d = Driver()
+        d.feed(envelope)
+        let line = Array(repeating: UInt8(ascii: "a"), count: 98) + [0x0D, 0x0A]
+        for _ in 0..<100 { d.feed(line) }  // 10,000 octets > 2000
+        d.feed(".\r\nNOOP\r\n")
+        #expect(d.stores.isEmpty)
+        #expect(d.replies.suffix(2) == ["552 5.3.4 Message size exceeds fixed maximum message size", "250 2.0.0 Ok"])
+    }
+
+    @Test("DataDecoder keeps memory bounded past the size limit but still finds the terminator")
+    func decoderBounded() {
+        var decoder = DataDecoder(maxMessageSize: 1000, expectedSize: 1 << 40)
+        let chunk = Array(repeating: UInt8(ascii: "b"), count: 500) + [0x0D, 0x0A]
+        for _ in 0..<2000 {
+            let (used, finished) = decoder.feed(chunk[...])
+            #expect(used == chunk.count && !finished)
+            if used != chunk.count { break }
+        }
+        #expect(decoder.keptByteCount == 0)
+        #expect(decoder.octetCount == 2000 * chunk.count)
+        let tail = Array(".\r\nQUIT\r\n".utf8)
+        let (used, finished) = decoder.feed(tail[...])
+        #expect(used == 3 && finished)
+        #expect(decoder.outcome() == .rejected(SMTPReply(552, "5.3.4", "Message size exceeds fixed maximum message size")))
+    }
+
+    @Test("a message of exactly maxMessageSize octets is accepted")
+    func exactSize() {
+        var d = Driver()
+        d.feed(envelope)
+        d.feed(Array(repeating: UInt8(ascii: "c"), count: 1998) + [0x0D, 0x0A])
+        d.feed(".\r\n")
+        #expect(d.stores.count == 1)
+        #expect(d.stores.first?.body.count == 2000)
+    }
+
+    @Test("text lines over 1000 octets incl. CRLF are rejected with 550 5.6.0 at end of DATA")
+    func longTextLine() {
+        var d = Driver()
+        d.feed(envelope)
+        d.feed(Array(repeating: UInt8(ascii: "x"), count: 998) + [0x0D, 0x0A])    // exactly 1000: fine
+        d.feed("." + String(repeating: "y", count: 998) + "\r\n.\r\n")            // stuffed dot not counted
+        #expect(d.stores.count == 1)
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        d.feed(Array(repeating: UInt8(ascii: "x"), count: 999) + [0x0D, 0x0A, 0x2E, 0x0D, 0x0A])
+        #expect(d.stores.count == 1)
+        #expect(d.replies.last == "550 5.6.0 line too long (max 998 octets plus CRLF)")
+    }
+
+    @Test("maxReceivedHeaders Received: fields in the header section is 554 5.4.6 Too many hops")
+    func tooManyHops() {
+        let policy = SMTPServerPolicy(hostname: "mx.test", maxMessageSize: 100_000, maxRecipients: 3, maxReceivedHeaders: 3)
+        var d = Driver(policy: policy)
+        let hop = "Received: from a by b; Tue, 1 Jan 2030 00:00:00 +0000\r\n"
+        d.feed(envelope + hop + "received : folded\r\n\tcontinued\r\nSubject: x\r\n\r\n" + hop + hop + ".\r\n")
+        #expect(d.stores.count == 1, "two hops in the header (two more in the body do not count) is below 3")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n" + hop + "RECEIVED: x\r\n" + hop + "\r\nbody\r\n.\r\n")
+        #expect(d.stores.count == 1)
+        #expect(d.replies.last == "554 5.4.6 Too many hops")
+    }
+
+    // MARK: - Command line limits
+
+    @Test("overlong command is 500 5.5.2 line too long; the next command still works")
+    func overlongCommand() {
+        var d = Driver()
+        let long = "NOOP " + String(repeating: "z", count: 600) + "\r\n"
+        d.feed(long + "NOOP\r\n")
+        let exact = "NOOP " + String(repeating: "z", count: 505) + "\r\n"   // 512 octets
+        #expect(exact.utf8.count == 512)
+        d.feed(exact)
+        d.feed("NOOP " + String(repeating: "z", count: 506) + "\r\n")       // 513 octets
+        #expect(d.replies == ["500 5.5.2 Error: line too long", "250 2.0.0 Ok", "250 2.0.0 Ok", "500 5.5.2 Error: line too long"])
+    }
+
+    @Test("an endless command line is discarded in bounded memory, then the session resyncs at LF")
+    func endlessCommandLine() {
+        var d = Driver()
+        let junk = Array(repeating: UInt8(ascii: "j"), count: 300)
+        for _ in 0..<100 {
+            d.feed(junk)
+            #expect(d.session.bufferedByteCount <= testPolicy.maxCommandLength)
+        }
+        #expect(d.replies.isEmpty)
+        d.feed("tail\r\nNOOP\r\n")
+        #expect(d.replies == ["500 5.5.2 Error: line too long", "250 2.0.0 Ok"])
+    }
+
+    // MARK: - Ending the session
+
+    @Test("QUIT closes; pipelined input after QUIT is ignored; receive after close returns nothing")
+    func quitCloses() {
+        var d = Driver()
+        d.feed("QUIT\r\nNOOP\r\n")
+        #expect(d.replies == ["221 2.0.0 Bye"])
+        #expect(d.closed)
+        #expect(d.session.receive(Array("NOOP\r\n".utf8)[...]).isEmpty)
+        #expect(d.session.timeout().isEmpty)
+    }
+
+    @Test("timeout sends 421 4.4.2 and closes, also in the middle of DATA")
+    func timeout() {
+        var d = Driver()
+        d.feed(envelope + "partial")
+        d.perform(d.session.timeout())
+        #expect(d.replies.last == "421 4.4.2 mx.test Error: timeout exceeded")
+        #expect(d.closed)
+        #expect(d.stores.isEmpty)
+        #expect(d.session.receive(Array("\r\n.\r\n".utf8)[...]).isEmpty)
+    }
+
+    @Test("shutdown sends 421 4.3.2 and closes")
+    func shutdown() {
+        var session = SMTPServerSession(policy: testPolicy, peer: SocketAddress(host: "192.0.2.7", port: 1), relayPermitted: true)
+        _ = session.start()
+        #expect(session.shutdown() == [.send(Array("421 4.3.2 mx.test Service shutting down\r\n".utf8)), .close])
+        #expect(session.isClosed)
+    }
+
+    @Test("random garbage never crashes and never stores without a proper transaction")
+    func fuzz() {
+        var rng = SplitMix(seed: 42)
+        let alphabet: [UInt8] = Array("MAILFROM:<>@.RCPTTODATAQUITEHLO \r\n\r\n.\u{0}\"\\[]".utf8) + [0xFF, 0x80]
+        for _ in 0..<200 {
+            var d = Driver(relay: false)
+            var input: [UInt8] = []
+            for _ in 0..<600 { input.append(alphabet[Int(rng.next() % UInt64(alphabet.count))]) }
+            var i = 0
+            while i < input.count {
+                let n = Int(rng.next() % 40) + 1
+                d.feed(Array(input[i..<min(input.count, i + n)]))
+                i += n
+            }
+            #expect(d.stores.isEmpty, "relay is denied, so no recipient can ever be accepted")
+        }
+    }
+
+    // MARK: - Received header
+
+    @Test("Received header: folded, CRLF-terminated, with a parseable RFC 5322 date")
+    func receivedHeader() throws {
+        let date = Date(timeIntervalSince1970: 1_700_000_000)   // Tue, 14 Nov 2023 22:13:20 UTC
+        let bytes = ReceivedHeader.build(heloName: "client.test", peer: SocketAddress(host: "192.0.2.7", port: 40000),
+                                         hostname: "mx.test", withESMTP: true, id: "ABC123",
+                                         recipient: Mailbox(localPart: "bob", domain: "example.net"), date: date)
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text == "Received: from client.test ([192.0.2.7])\r\n\tby mx.test (Hato) with ESMTP id ABC123\r\n"
+                     + "\tfor <bob@example.net>; Tue, 14 Nov 2023 22:13:20 +0000\r\n")
+        for line in text.components(separatedBy: "\r\n") { #expect(line.utf8.count <= 78) }
+        let dateText = try #require(text.components(separatedBy: "; ").last?.trimmingCharacters(in: .whitespacesAndNewlines))
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.dateFormat = "EEE, d MMM yyyy HH:mm:ss Z"
+        #expect(formatter.date(from: dateText) == date)
+    }
+
+    @Test("Received header without recipient, IPv6 peer, SMTP protocol")
+    func receivedHeaderVariants() {
+        let bytes = ReceivedHeader.build(heloName: "[IPv6:2001:db8::5]", peer: SocketAddress(host: "2001:db8::5", port: 1),
+                                         hostname: "mx.test", withESMTP: false, id: "Q\r\nX", recipient: nil,
+                                         date: Date(timeIntervalSince1970: 0))
+        #expect(String(decoding: bytes, as: UTF8.self) ==
+            "Received: from [IPv6:2001:db8::5] ([IPv6:2001:db8::5])\r\n\tby mx.test (Hato) with SMTP id Q??X; Thu, 1 Jan 1970 00:00:00 +0000\r\n")
+    }
+
+    @Test("RFC 5322 dates: leap day, year ends, pre-1970, and clamping")
+    func rfc5322Dates() {
+        #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: 951_782_400)) == "Tue, 29 Feb 2000 00:00:00 +0000")
+        #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: 1_704_067_199)) == "Sun, 31 Dec 2023 23:59:59 +0000")
+        #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: -1)) == "Wed, 31 Dec 1969 23:59:59 +0000")
+        #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: 1e300)) == "Fri, 31 Dec 9999 23:59:59 +0000")
+        #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: .nan)) == "Thu, 1 Jan 1970 00:00:00 +0000")
+    }
+}
+
+/// Deterministic PRNG for the fuzz test.
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
