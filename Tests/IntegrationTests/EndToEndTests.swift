@@ -4,7 +4,8 @@ import Testing
 
 /// Real processes on loopback: coordinator + two nodes (two sending IPs each),
 /// a recording capture MX, Python's smtplib as the submitting client.
-@Suite("End to end", .serialized)
+extension Integration {
+@Suite("End to end")
 struct EndToEndTests {
     /// Splits captured content into the prepended trace header field and the rest.
     static func splitTrace(_ content: [UInt8]) -> (header: String, rest: [UInt8])? {
@@ -165,4 +166,5 @@ struct EndToEndTests {
         try sock.write("QUIT\r\n")
         #expect(try line().hasPrefix("221 "))
     }
+}
 }

@@ -32,37 +32,66 @@ func freePort(host: String = "127.0.0.1") throws -> UInt16 {
     return p
 }
 
-/// A child process whose output goes to a log file; killed on `stop`.
+/// A child process started with `posix_spawn`: default signal dispositions and an empty
+/// signal mask (a child of a test thread would otherwise inherit a mask that blocks
+/// SIGTERM), standard input from /dev/null, standard output and error to a log file,
+/// and no pipes (so no inherited descriptor can keep a reader waiting).
 final class ChildProcess: @unchecked Sendable {
     let name: String
-    let process = Process()
     let logPath: String
+    let pid: pid_t
+    private let lock = NSLock()
+    private var exitStatus: Int32?
 
-    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws {
+    init(name: String, executable: String, arguments: [String], logDirectory: String) throws {
         self.name = name
         logPath = (logDirectory as NSString).appendingPathComponent("\(name).log")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        try handle.seekToEnd()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = handle
-        process.standardError = handle
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        try process.run()
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&fa, 1, 2)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t(); sigemptyset(&empty)
+        var all = sigset_t(); sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &fa, &attr, argv, environ)
+        guard rc == 0 else { throw HarnessError("posix_spawn \(executable): \(rc)") }
+        pid = child
     }
 
-    var isRunning: Bool { process.isRunning }
+    /// Reaps the child if it exited; true while it runs.
+    var isRunning: Bool {
+        lock.withLock {
+            if exitStatus != nil { return false }
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid || r < 0 { exitStatus = status; return false }
+            return true
+        }
+    }
 
-    /// Sends `signal` and waits (bounded) for the exit.
+    /// Waits (bounded) for the exit; returns the raw wait status, nil on timeout.
+    @discardableResult
+    func wait(timeout: TimeInterval) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isRunning && Date() < deadline { usleep(10_000) }
+        return lock.withLock { exitStatus }
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit, then SIGKILL.
     func stop(signal: Int32 = SIGTERM) {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, signal)
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        guard isRunning else { return }
+        kill(pid, signal)
+        if wait(timeout: 5) == nil { kill(pid, SIGKILL); wait(timeout: 5) }
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -244,20 +273,19 @@ func submitWithSmtplib(port: UInt16, messages: [(from: String, to: [String], con
         ts = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
         [t.start() for t in ts]; [t.join() for t in ts]
         if errors: print("ERRORS", errors, file=sys.stderr); sys.exit(1)
-        print(json.dumps(ids))
+        open(sys.argv[4], "w").write(json.dumps(ids))
         """
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-    p.arguments = ["-c", script, jobsPath, "\(port)", "\(connections)"]
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out; p.standardError = err
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    let errData = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else {
-        throw HarnessError("smtplib client failed: \(String(decoding: errData, as: UTF8.self))")
+    let outPath = jobsPath + ".out"
+    let scriptPath = jobsPath + ".py"
+    try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+    let p = try ChildProcess(name: "smtplib-\(Identifier.random(bytes: 3))", executable: "/usr/bin/python3",
+                             arguments: [scriptPath, jobsPath, "\(port)", "\(connections)", outPath], logDirectory: dir)
+    guard let status = p.wait(timeout: 300) else {
+        p.stop(signal: SIGKILL)
+        throw HarnessError("smtplib client did not finish in 300 s")
     }
+    guard status == 0 else { throw HarnessError("smtplib client failed: \(p.log)") }
+    let data = try Data(contentsOf: URL(fileURLWithPath: outPath))
     return try JSONDecoder().decode([String].self, from: data)
 }
 

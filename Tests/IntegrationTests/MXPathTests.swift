@@ -29,7 +29,8 @@ final class TestDNS: @unchecked Sendable {
     func stop() { process.stop() }
 }
 
-@Suite("MX path", .serialized)
+extension Integration {
+@Suite("MX path")
 struct MXPathTests {
     @Test("mail for a domain without a static route goes to its MX found through a real DNS server")
     func deliversThroughMX() throws {
@@ -83,4 +84,5 @@ struct MXPathTests {
             throw error
         }
     }
+}
 }

@@ -481,50 +481,95 @@ private func freeUDPPort() -> UInt16 {
     return UInt16(bigEndian: sa.sin_port)
 }
 
+/// A child process started with `posix_spawn`, with an empty signal mask and default signal
+/// dispositions. (Foundation's `Process` spawns from threads that block signals, so a child
+/// inherits a blocked SIGTERM and ignores `terminate()`.) Reaped with `waitpid` on its own pid.
+private final class ChildProcess {
+    let pid: pid_t
+    private var status: Int32? = nil
+
+    init(_ path: String, _ arguments: [String], logPath: String) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, path, &actions, &attr, argv, environ)
+        guard rc == 0 else { throw DNSTestFailure(description: "posix_spawn \(path): \(String(cString: strerror(rc)))") }
+        pid = child
+    }
+
+    /// Whether the child has not exited yet (reaps it when it has).
+    var isRunning: Bool {
+        if status != nil { return false }
+        var st: Int32 = 0
+        if waitpid(pid, &st, WNOHANG) == pid { status = st; return false }
+        return true
+    }
+
+    /// SIGTERM, up to 2 s grace, then SIGKILL; always reaps. Idempotent.
+    func stop() {
+        guard isRunning else { return }
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(2)
+        while isRunning && Date() < deadline { usleep(10_000) }
+        if isRunning {
+            kill(pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            status = st
+        }
+    }
+
+    deinit { stop() }
+}
+
 /// Runs `body` with a private dnsmasq serving the `test` zone from `records` (dnsmasq options).
-/// dnsmasq is terminated on every path; start-up is bounded to about 5 s.
-private func withDnsmasq(_ records: [String], _ body: (_ server: SocketAddress, _ process: Process) throws -> Void) throws {
+/// dnsmasq is stopped on every path; start-up is bounded to about 5 s per attempt.
+private func withDnsmasq(_ records: [String], _ body: (_ server: SocketAddress, _ dnsmasq: ChildProcess) throws -> Void) throws {
     let binary = try dnsmasqPath()
-    let logURL = FileManager.default.temporaryDirectory.appendingPathComponent("hato-dnsmasq-\(UUID().uuidString).log")
-    defer { try? FileManager.default.removeItem(at: logURL) }
+    let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("hato-dnsmasq-\(UUID().uuidString).log").path
+    defer { try? FileManager.default.removeItem(atPath: logPath) }
     for _ in 0..<5 {
         let port = freeUDPPort()
-        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        let log = try FileHandle(forWritingTo: logURL)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
+        let dnsmasq = try ChildProcess(binary, [
             "--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces",
             "--no-resolv", "--no-hosts", "--local=/test/", "--conf-file=/dev/null", "--pid-file=",
             "--local-ttl=300", "--host-record=ready.test,127.0.0.99",
-        ] + records
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        defer {
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
-            try? log.close()
-        }
+        ] + records, logPath: logPath)
+        defer { dnsmasq.stop() }
         let server = SocketAddress(host: "127.0.0.1", port: port)
         let probe = DNSResolver(nameservers: [server], timeout: 1)
         let deadline = Date().addingTimeInterval(5)
         var ready = false
-        while Date() < deadline && process.isRunning {
+        while Date() < deadline && dnsmasq.isRunning {
             if case .records = probe.query("ready.test", type: .a) { ready = true; break }
             usleep(50_000)
         }
         if ready {
-            try body(server, process)
+            try body(server, dnsmasq)
             return
         }
-        if process.isRunning {
+        if dnsmasq.isRunning {
             throw DNSTestFailure(description: "dnsmasq on port \(port) did not answer within 5 s")
         }
         // Exited early (likely the port was taken): try another port.
     }
-    let output = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+    let output = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
     throw DNSTestFailure(description: "dnsmasq did not start: \(output)")
 }
 
@@ -600,15 +645,36 @@ extension DNSTests {
             }
         }
 
+        @Test("concurrent queries from many threads each use their own resolver state")
+        func concurrent() throws {
+            var records: [String] = []
+            for i in 0..<16 { records.append("--host-record=h\(i).conc.test,192.0.2.\(i + 1)") }
+            try withDnsmasq(records) { server, _ in
+                let r = DNSResolver(nameservers: [server], timeout: 2)
+                let lock = NSLock()
+                nonisolated(unsafe) var wrong = 0
+                DispatchQueue.concurrentPerform(iterations: 8) { worker in
+                    for round in 0..<25 {
+                        let i = (worker * 7 + round) % 16
+                        if round % 5 == 0 { r.flushCache() }
+                        let answer = r.query("h\(i).conc.test", type: .a)
+                        if answer != .records([DNSRecord(name: "h\(i).conc.test", type: .a, ttl: 300, data: .a("192.0.2.\(i + 1)"))]) {
+                            lock.withLock { wrong += 1 }
+                        }
+                    }
+                }
+                #expect(lock.withLock { wrong } == 0)
+            }
+        }
+
         @Test("REFUSED and unreachable nameservers are temporary; answers stay cached after the server stops")
         func failuresAndCache() throws {
-            try withDnsmasq(["--mx-host=cached.test,mx.cached.test,10", "--host-record=mx.cached.test,192.0.2.30"]) { server, process in
+            try withDnsmasq(["--mx-host=cached.test,mx.cached.test,10", "--host-record=mx.cached.test,192.0.2.30"]) { server, dnsmasq in
                 let r = DNSResolver(nameservers: [server], timeout: 1)
                 // Outside the local zone and without upstreams dnsmasq refuses.
                 guard case .temporaryFailure = r.query("example.invalid", type: .a) else { Issue.record("REFUSED"); return }
                 guard case .hosts = r.resolveMailExchangers(domain: "cached.test") else { Issue.record("cached.test"); return }
-                process.terminate()
-                process.waitUntilExit()
+                dnsmasq.stop()
                 guard case .hosts(let hosts) = r.resolveMailExchangers(domain: "cached.test") else {
                     Issue.record("cache miss after the server stopped"); return
                 }

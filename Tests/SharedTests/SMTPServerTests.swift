@@ -481,7 +481,8 @@ struct SMTPServerTests {
     func exactSize() {
         var d = Driver()
         d.feed(envelope)
-        d.feed(Array(repeating: UInt8(ascii: "c"), count: 1998) + [0x0D, 0x0A])
+        let line = Array(repeating: UInt8(ascii: "c"), count: 998) + [0x0D, 0x0A]
+        d.feed(line + line)
         d.feed(".\r\n")
         #expect(d.stores.count == 1)
         #expect(d.stores.first?.body.count == 2000)
@@ -570,22 +571,32 @@ struct SMTPServerTests {
         #expect(session.isClosed)
     }
 
-    @Test("random garbage never crashes and never stores without a proper transaction")
+    @Test("random input never crashes; stores only happen with recipients and relay permission")
     func fuzz() {
         var rng = SplitMix(seed: 42)
-        let alphabet: [UInt8] = Array("MAILFROM:<>@.RCPTTODATAQUITEHLO \r\n\r\n.\u{0}\"\\[]".utf8) + [0xFF, 0x80]
-        for _ in 0..<200 {
-            var d = Driver(relay: false)
+        let words = ["EHLO a.b\r\n", "MAIL FROM:<a@b.c>\r\n", "RCPT TO:<d@e.f>\r\n", "DATA\r\n", "\r\n.\r\n",
+                     ".", "\r", "\n", "\u{0}", "\"", "<", ">", "@", "x", " SIZE=9", "RSET\r\n", "\u{FF}"]
+        var stored = 0
+        for round in 0..<400 {
+            let relay = round % 2 == 0
+            var d = Driver(relay: relay)
             var input: [UInt8] = []
-            for _ in 0..<600 { input.append(alphabet[Int(rng.next() % UInt64(alphabet.count))]) }
+            for _ in 0..<80 { input += Array(words[Int(rng.next() % UInt64(words.count))].utf8) }
             var i = 0
             while i < input.count {
                 let n = Int(rng.next() % 40) + 1
                 d.feed(Array(input[i..<min(input.count, i + n)]))
                 i += n
+                #expect(d.session.bufferedByteCount <= testPolicy.maxCommandLength)
             }
-            #expect(d.stores.isEmpty, "relay is denied, so no recipient can ever be accepted")
+            if !relay { #expect(d.stores.isEmpty, "relay is denied, so no recipient can ever be accepted") }
+            stored += d.stores.count
+            for m in d.stores {
+                #expect(!m.recipients.isEmpty && m.recipients.count <= testPolicy.maxRecipients)
+                #expect(m.body.count <= testPolicy.maxMessageSize)
+            }
         }
+        #expect(stored > 0, "the generator does reach DATA")
     }
 
     // MARK: - Received header
@@ -614,6 +625,18 @@ struct SMTPServerTests {
                                          date: Date(timeIntervalSince1970: 0))
         #expect(String(decoding: bytes, as: UTF8.self) ==
             "Received: from [IPv6:2001:db8::5] ([IPv6:2001:db8::5])\r\n\tby mx.test (Hato) with SMTP id Q??X; Thu, 1 Jan 1970 00:00:00 +0000\r\n")
+    }
+
+    @Test("Received header folds the date onto its own line when the last clause is long")
+    func receivedHeaderFolding() {
+        let local = String(repeating: "r", count: 50)
+        let bytes = ReceivedHeader.build(heloName: "c.test", peer: SocketAddress(host: "192.0.2.7", port: 1),
+                                         hostname: "mx.test", withESMTP: true, id: "ID",
+                                         recipient: Mailbox(localPart: local, domain: "example.net"),
+                                         date: Date(timeIntervalSince1970: 0))
+        let lines = String(decoding: bytes, as: UTF8.self).components(separatedBy: "\r\n")
+        #expect(lines == ["Received: from c.test ([192.0.2.7])", "\tby mx.test (Hato) with ESMTP id ID",
+                          "\tfor <\(local)@example.net>;", "\tThu, 1 Jan 1970 00:00:00 +0000", ""])
     }
 
     @Test("RFC 5322 dates: leap day, year ends, pre-1970, and clamping")

@@ -130,11 +130,11 @@ public enum ConfigValue {
             throw fail("missing port (expected host:port)")
         }
         if bracketed {
-            guard host.contains(":"), let normal = IPBytes.normalize(host) else { throw fail("brackets must contain an IPv6 address") }
+            guard host.contains(":"), let normal = ConfigIP.normalize(host) else { throw fail("brackets must contain an IPv6 address") }
             return NextHop(host: normal, port: port, isIPLiteral: true)
         }
-        if let bytes = IPBytes.parse(host), bytes.count == 4 {
-            return NextHop(host: IPBytes.format(bytes), port: port, isIPLiteral: true)
+        if let bytes = ConfigIP.parse(host), bytes.count == 4 {
+            return NextHop(host: ConfigIP.format(bytes), port: port, isIPLiteral: true)
         }
         do {
             host = try hostname(host)
@@ -163,7 +163,7 @@ public enum ConfigValue {
     /// - Returns: the normalised text form (`inet_ntop`), e.g. `2001:db8::1`.
     /// - Throws: `ConfigValueError` when the text is not a numeric IP address.
     public static func ipAddress(_ text: String) throws -> String {
-        guard let normal = IPBytes.normalize(text) else {
+        guard let normal = ConfigIP.normalize(text) else {
             throw ConfigValueError("\"\(text)\" is not a numeric IPv4 or IPv6 address")
         }
         return normal
@@ -230,7 +230,7 @@ public enum ConfigValue {
 }
 
 /// Numeric IP address parsing and formatting via `inet_pton`/`inet_ntop`.
-enum IPBytes {
+enum ConfigIP {
     /// The address's network-order bytes (4 or 16), or nil when `text` is not a numeric address.
     static func parse(_ text: String) -> [UInt8]? {
         guard !text.isEmpty, text.utf8.count <= 64, !text.utf8.contains(0) else { return nil }

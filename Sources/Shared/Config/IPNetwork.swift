@@ -12,7 +12,7 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2 else { throw ConfigValueError("invalid network \"\(text)\": expected address/prefix") }
-        guard let bytes = IPBytes.parse(String(parts[0])) else {
+        guard let bytes = ConfigIP.parse(String(parts[0])) else {
             throw ConfigValueError("invalid network \"\(text)\": \"\(parts[0])\" is not a numeric IP address")
         }
         let bits = bytes.count * 8
@@ -27,7 +27,7 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
         }
         let masked = Self.mask(bytes, prefix)
         guard masked == bytes else {
-            throw ConfigValueError("invalid network \"\(text)\": host bits are set (did you mean \(IPBytes.format(masked))/\(prefix)?)")
+            throw ConfigValueError("invalid network \"\(text)\": host bits are set (did you mean \(ConfigIP.format(masked))/\(prefix)?)")
         }
         self.addressBytes = bytes
         self.prefixLength = prefix
@@ -37,13 +37,13 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
     public var isIPv6: Bool { addressBytes.count == 16 }
 
     /// `address/prefix`, e.g. `127.0.0.0/8`.
-    public var description: String { "\(IPBytes.format(addressBytes))/\(prefixLength)" }
+    public var description: String { "\(ConfigIP.format(addressBytes))/\(prefixLength)" }
 
     /// Whether the numeric address `host` lies in this network. An IPv4-mapped IPv6
     /// address (`::ffff:127.0.0.1`) matches IPv4 networks. Returns false for anything
     /// that is not a numeric address.
     public func contains(_ host: String) -> Bool {
-        guard var bytes = IPBytes.parse(host) else { return false }
+        guard var bytes = ConfigIP.parse(host) else { return false }
         if addressBytes.count == 4 && bytes.count == 16
             && bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF {
             bytes = Array(bytes[12..<16])

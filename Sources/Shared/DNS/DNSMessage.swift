@@ -18,6 +18,7 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CustomStringConvertible {
     /// An IPv6 host address (RFC 3596 §2.1).
     case aaaa = 28
 
+    /// The type mnemonic, e.g. `MX`.
     public var description: String {
         switch self {
         case .a: return "A"
@@ -58,6 +59,7 @@ public struct DNSRecord: Sendable, Hashable {
     /// The decoded RDATA.
     public let data: DNSRecordData
 
+    /// A record with a raw TYPE code; `ttl` in seconds.
     public init(name: String, type: UInt16, ttl: UInt32, data: DNSRecordData) {
         self.name = name; self.type = type; self.ttl = ttl; self.data = data
     }
@@ -82,6 +84,7 @@ public enum DNSParseError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A record's RDATA did not match its TYPE (e.g. an A record whose RDLENGTH is not 4).
     case badRecord(String)
 
+    /// A short explanation for logs.
     public var description: String {
         switch self {
         case .truncated: return "truncated DNS message"
@@ -120,6 +123,7 @@ public struct DNSMessage: Sendable, Equatable {
     /// RCODE 5: refused.
     public static let refused: UInt8 = 5
 
+    /// A message from its parts (for tests and injected resolvers: see `DNSResolver.init(clock:exchange:)`).
     public init(id: UInt16 = 0, isResponse: Bool = true, isTruncated: Bool = false,
                 isAuthoritative: Bool = false, rcode: UInt8, answers: [DNSRecord]) {
         self.id = id; self.isResponse = isResponse; self.isTruncated = isTruncated

@@ -15,6 +15,7 @@ public struct MailExchanger: Sendable, Hashable {
     /// Numeric addresses: the A records first, then the AAAA records.
     public let addresses: [String]
 
+    /// A mail exchanger from its parts.
     public init(name: String, preference: Int, addresses: [String]) {
         self.name = name; self.preference = preference; self.addresses = addresses
     }

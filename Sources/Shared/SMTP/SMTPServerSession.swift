@@ -338,6 +338,10 @@ public struct SMTPServerSession: Sendable {
         case .failure(let reply):
             // Sequence errors take precedence over argument syntax (RFC 5321 §4.3.2 lists both).
             let (verb, _) = SMTPCommand.split(content)
+            if verb == .rcpt, case .mail(var transaction) = state {
+                transaction.rcptAttempted = true
+                state = .mail(transaction)
+            }
             emit(sequenceError(for: verb) ?? reply, &actions)
         }
     }

@@ -10,10 +10,12 @@ public struct NextHopFailure: Error, Sendable, Equatable, CustomStringConvertibl
     /// A human-readable explanation (without the enhanced code).
     public let text: String
 
+    /// A failure from its parts.
     public init(permanent: Bool, enhanced: String, text: String) {
         self.permanent = permanent; self.enhanced = enhanced; self.text = text
     }
 
+    /// `enhanced text`, e.g. `5.1.10 domain … does not accept mail (null MX)`.
     public var description: String { "\(enhanced) \(text)" }
 }
 

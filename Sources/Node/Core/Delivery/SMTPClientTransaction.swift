@@ -31,6 +31,7 @@ public struct SMTPClientReplyParser: Sendable {
     private var texts: [String] = []
     private var byteCount = 0
 
+    /// An empty parser, ready for the first line of a reply.
     public init() {}
 
     /// Whether part of a multiline reply has been read.
@@ -135,7 +136,9 @@ public struct SMTPClientReplyParser: Sendable {
 public struct SMTPProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
     /// What was wrong.
     public let message: String
+    /// An error with its explanation.
     public init(_ message: String) { self.message = message }
+    /// The explanation.
     public var description: String { message }
 }
 
@@ -157,6 +160,7 @@ public struct RemoteSMTPCapabilities: Sendable, Equatable {
     /// SMTPUTF8 (RFC 6531).
     public var smtpUTF8 = false
 
+    /// No extensions (what a HELO session has).
     public init() {}
 
     /// Reads the keywords from the second and later lines of a 250 EHLO reply.

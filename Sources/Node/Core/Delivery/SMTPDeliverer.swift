@@ -8,6 +8,7 @@ public struct DeliveryRecipient: Sendable, Hashable {
     /// The forward path without angle brackets, e.g. `user@example.com`.
     public let address: String
 
+    /// A recipient from its id and address.
     public init(id: Int64, address: String) { self.id = id; self.address = address }
 }
 
@@ -24,6 +25,7 @@ public struct DeliveryRequest: Sendable {
     /// The EHLO/HELO name announced (RFC 5321 §4.1.1.1).
     public let heloName: String
 
+    /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
         self.reversePath = reversePath; self.recipients = recipients; self.body = body
         self.sendingIP = sendingIP; self.heloName = heloName
@@ -53,6 +55,7 @@ public struct RecipientOutcome: Sendable, Hashable {
     /// The reply text (lines joined by spaces), at most 512 characters.
     public let text: String
 
+    /// An outcome from its parts.
     public init(recipientID: Int64, status: OutcomeStatus, code: Int, enhanced: String?, text: String) {
         self.recipientID = recipientID; self.status = status; self.code = code
         self.enhanced = enhanced; self.text = text
@@ -68,6 +71,7 @@ public struct DeliveryReport: Sendable {
     /// That target's numeric address (nil when no connection succeeded).
     public let remoteAddress: String?
 
+    /// A report from its parts.
     public init(outcomes: [RecipientOutcome], mxHost: String?, remoteAddress: String?) {
         self.outcomes = outcomes; self.mxHost = mxHost; self.remoteAddress = remoteAddress
     }
@@ -82,6 +86,7 @@ public struct DeliveryTarget: Sendable, Hashable, CustomStringConvertible {
     /// The TCP port (25 for MX delivery).
     public let port: UInt16
 
+    /// A target from its host name, numeric address and port.
     public init(host: String, address: String, port: UInt16) {
         self.host = host; self.address = address; self.port = port
     }
@@ -103,6 +108,7 @@ public struct SMTPClientTimeouts: Sendable, Equatable {
     /// The reply after the final CRLF.CRLF (§4.5.3.2.6: 10 minutes).
     public var dataTermination: TimeInterval
 
+    /// Timeouts in seconds; the defaults are the RFC 5321 §4.5.3.2 minimums (connect: 30 s).
     public init(connect: TimeInterval = 30, command: TimeInterval = 300, dataInitiation: TimeInterval = 120,
                 dataBlock: TimeInterval = 180, dataTermination: TimeInterval = 600) {
         self.connect = connect; self.command = command; self.dataInitiation = dataInitiation
