@@ -106,8 +106,9 @@ public struct MessageRecord: Codable, Sendable, Equatable {
 /// and its recipients are on disk (fsync'd), so the SMTP `250` may be sent.
 /// Thread-safe: one connection behind one lock.
 public final class QueueStore: @unchecked Sendable {
-    private let db: SQLiteDatabase
-    private let lock = NSLock()
+    /// The connection; use only under `lock` (extensions in other files of this module add tables and queries).
+    let db: SQLiteDatabase
+    let lock = NSLock()
     /// The database file path.
     public let path: String
 
