@@ -74,19 +74,115 @@ struct IPAssignmentTableTests {
         #expect(t.owner(of: "127.0.0.20") == "node-a")
     }
 
-    @Test("a floating IP of a node that went down moves only after the fence time; a fixed IP waits")
+    @Test("a floating IP of a node that went down moves only after the fence; a fixed IP waits")
     func fencing() {
         var t = table()
         let t0 = Date(timeIntervalSince1970: 1000)
         _ = t.nodeConnected("node-a", bindable: ["127.0.0.10", "127.0.0.20"])
         _ = t.nodeConnected("node-b", bindable: ["127.0.0.12", "127.0.0.20"])
-        t.nodeDisconnected("node-a", at: t0)
-        #expect(t.rebalanceOrphans(now: t0 + 299, fence: 300).isEmpty)
+        t.nodeDisconnected("node-a", fenceUntil: t0 + 300)
+        #expect(t.assignOrphans(now: t0 + 299).isEmpty)
         #expect(t.owner(of: "127.0.0.20") == "node-a")
-        let moves = t.rebalanceOrphans(now: t0 + 300, fence: 300)
+        let moves = t.assignOrphans(now: t0 + 300)
         #expect(moves.map { "\($0.0)=\($0.1.address)" } == ["node-b=127.0.0.20"])
         #expect(t.owner(of: "127.0.0.10") == "node-a")
         // node-a comes back: it keeps its fixed IP, the floating one stays with node-b.
         #expect(t.nodeConnected("node-a", bindable: ["127.0.0.10", "127.0.0.20"]).map(\.address) == ["127.0.0.10"])
+    }
+
+    @Test("handover: the IP stays with the old owner (not leasable) until it reports it released")
+    func handover() {
+        var t = table()
+        _ = t.nodeConnected("node-a", bindable: ["127.0.0.10", "127.0.0.20"])
+        _ = t.nodeConnected("node-b", bindable: ["127.0.0.12", "127.0.0.20"])
+        let r1 = t.beginHandover("127.0.0.10", to: "node-b")
+        #expect(!r1, "a fixed IP cannot go to an ineligible node")
+        let r2 = t.beginHandover("127.0.0.20", to: "node-b")
+        #expect(r2)
+        #expect(t.owner(of: "127.0.0.20") == "node-a")
+        #expect(t.leasable(by: "node-a").map(\.address) == ["127.0.0.10"])
+        #expect(t.leasable(by: "node-b").map(\.address) == ["127.0.0.12"])
+        let r3 = t.released("127.0.0.20", by: "node-b")
+        #expect(r3 == nil, "only the owner can release")
+        let r4 = t.released("127.0.0.20", by: "node-a")
+        #expect(r4 == "node-b")
+        #expect(t.owner(of: "127.0.0.20") == "node-b")
+        // A handover towards a node that disconnects is cancelled.
+        let r5 = t.beginHandover("127.0.0.20", to: "node-a")
+        #expect(r5)
+        t.nodeDisconnected("node-a", fenceUntil: .distantPast)
+        #expect(t.entries.first { $0.ip.address == "127.0.0.20" }?.handoverTo == nil)
+    }
+
+    func floating(_ n: Int, eligible: [String] = []) -> IPAssignmentTable {
+        IPAssignmentTable(ips: (0..<n).map { (AssignedIP(address: "127.0.1.\(10 + $0)", helo: "h\($0)", pool: "t"), eligible) })
+    }
+
+    @Test("rebalance after a third node joins moves the fewest IPs and evens out the counts")
+    func rebalanceScaleOut() {
+        var t = floating(6)
+        let all = (0..<6).map { "127.0.1.\(10 + $0)" }
+        _ = t.nodeConnected("node-a", bindable: all)
+        _ = t.nodeConnected("node-b", bindable: all)
+        _ = t.nodeConnected("node-c", bindable: all)
+        // node-a took all six at join.
+        #expect(t.owned(by: "node-a").count == 6)
+        let plan = t.planRebalance(nodes: ["node-a", "node-b", "node-c"])
+        #expect(plan.count == 4, "6/0/0 → 2/2/2 needs exactly four moves")
+        #expect(plan.allSatisfy { $0.from == "node-a" })
+        #expect(plan.filter { $0.to == "node-b" }.count == 2 && plan.filter { $0.to == "node-c" }.count == 2)
+        // Deterministic: the same input gives the same plan.
+        #expect(plan == t.planRebalance(nodes: ["node-c", "node-b", "node-a"]))
+        // Applying it leaves nothing to do.
+        for m in plan {
+            let began = t.beginHandover(m.address, to: m.to)
+            #expect(began)
+            let to = t.released(m.address, by: "node-a")
+            #expect(to == m.to)
+        }
+        #expect(t.planRebalance(nodes: ["node-a", "node-b", "node-c"]).isEmpty)
+    }
+
+    @Test("rebalance respects eligibility and never moves fixed IPs")
+    func rebalanceEligibility() {
+        var t = IPAssignmentTable(ips: [
+            (AssignedIP(address: "10.0.0.1", helo: "a", pool: "t"), ["node-a"]),
+            (AssignedIP(address: "10.0.0.2", helo: "a", pool: "t"), ["node-a"]),
+            (AssignedIP(address: "10.0.0.3", helo: "a", pool: "t"), ["node-a"]),
+            (AssignedIP(address: "10.0.0.4", helo: "f", pool: "t"), ["node-a", "node-b"]),
+            (AssignedIP(address: "10.0.0.5", helo: "f", pool: "t"), ["node-a", "node-c"]),
+        ])
+        let all = (1...5).map { "10.0.0.\($0)" }
+        _ = t.nodeConnected("node-a", bindable: all)
+        _ = t.nodeConnected("node-b", bindable: all)
+        _ = t.nodeConnected("node-c", bindable: all)
+        let plan = t.planRebalance(nodes: ["node-a", "node-b", "node-c"])
+        #expect(plan == [IPAssignmentTable.Move(address: "10.0.0.4", from: "node-a", to: "node-b"),
+                         IPAssignmentTable.Move(address: "10.0.0.5", from: "node-a", to: "node-c")])
+    }
+
+    @Test("rebalance evens out each pool, not just totals")
+    func rebalancePerPool() {
+        var t = IPAssignmentTable(ips: [
+            (AssignedIP(address: "10.0.0.1", helo: "a", pool: "tx"), []), (AssignedIP(address: "10.0.0.2", helo: "a", pool: "tx"), []),
+            (AssignedIP(address: "10.0.0.3", helo: "a", pool: "bulk"), []), (AssignedIP(address: "10.0.0.4", helo: "a", pool: "bulk"), []),
+        ])
+        let all = (1...4).map { "10.0.0.\($0)" }
+        _ = t.nodeConnected("node-a", bindable: all)
+        _ = t.nodeConnected("node-b", bindable: all)
+        let plan = t.planRebalance(nodes: ["node-a", "node-b"])
+        #expect(plan.count == 2)
+        #expect(Set(plan.map(\.address)) == ["10.0.0.1", "10.0.0.3"], "one IP of each pool moves")
+    }
+
+    @Test("an IP a node cannot bind is not given to it, and reconfigure reports owned IPs that were removed")
+    func bindAndReconfigure() {
+        var t = floating(2)
+        _ = t.nodeConnected("node-a", bindable: ["127.0.1.10"])
+        #expect(t.owned(by: "node-a").map(\.address) == ["127.0.1.10"])
+        let removed = t.reconfigure([(AssignedIP(address: "127.0.1.11", helo: "h", pool: "t"), []),
+                                     (AssignedIP(address: "127.0.1.12", helo: "h", pool: "t"), [])])
+        #expect(removed.map { "\($0.address)@\($0.owner)" } == ["127.0.1.10@node-a"])
+        #expect(t.entries.map(\.ip.address) == ["127.0.1.11", "127.0.1.12"])
     }
 }

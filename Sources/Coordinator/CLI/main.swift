@@ -13,6 +13,13 @@ let usage = """
       queue [--json]        recipient counts by state
       messages [--limit N]  recent message ids
       message ID [--json]   one message and each recipient's state, node and sending IP
+      recipient ADDRESS     messages for one recipient, with each recipient's state
+      drain NODE [--wait] [--timeout 10m]
+                            stop leasing to NODE, let its deliveries finish, hand its floating IPs over;
+                            --wait shows progress and exits when drained (non-zero on timeout)
+      resume NODE           make a draining or drained node active again
+      rebalance [--dry-run] even out sending IPs over active nodes with the fewest moves (handover)
+      reload                re-read cluster.yml and apply it (also: SIGHUP to the coordinator)
 
     options:
       --config PATH         cluster configuration (default ./cluster.yml)
@@ -23,7 +30,7 @@ let usage = """
 ignoreSIGPIPE()
 let args: CLIArguments
 do {
-    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "limit"], flagOptions: ["json"])
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "limit", "timeout"], flagOptions: ["json", "wait", "dry-run"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
 }
@@ -40,14 +47,23 @@ case "serve":
     do {
         let service = try CoordinatorService(config: config)
         try service.start()
+        // SIGHUP re-reads cluster.yml; an invalid file is logged and the running config stays.
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hup.setEventHandler {
+            do { try service.reload() } catch {
+                Logger(label: "coordinator").error("reload refused; running configuration unchanged", ["error": "\(error)"])
+            }
+        }
+        hup.resume()
+        withExtendedLifetime(hup) { while true { sleep(3600) } }
     } catch {
         exitWithError("hato-coordinator: cannot start: \(error)")
     }
-    while true { sleep(3600) }
-case "status", "nodes", "ips", "queue", "messages", "message":
+case let c where AdminCommands.names.contains(c):
     let client = AdminClient(config: config)
     do {
-        try AdminCommands(client: client, json: args.flags.contains("json")).run(args.subcommand!, positional: args.positional, options: args.options)
+        try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -45,6 +45,8 @@ public final class NodeAgent: @unchecked Sendable {
     private var connection: ClusterConnection?
     private var ips: [String: AssignedIP] = [:]
     private var queues: [String: LeaseQueue] = [:]
+    private var workers: [String: Int] = [:]
+    private var revoking: Set<String> = []
     private var inFlight = 0
     private var running = true
 
@@ -137,7 +139,7 @@ public final class NodeAgent: @unchecked Sendable {
             throw ClusterProtocolError.authenticationFailed
         }
         sock.setTimeouts(read: max(welcome.peerTimeout, welcome.heartbeatInterval * 3), write: 30)
-        assign(welcome.assignedIPs)
+        setOwned(welcome.assignedIPs)
         log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
         // Re-report what the journal still holds before asking for work (the coordinator
         // reconciles older instances' leases on our first request).
@@ -154,7 +156,7 @@ public final class NodeAgent: @unchecked Sendable {
                 let now = Date()
                 for l in grant.leases {
                     let body = Array(payload[l.bodyOffset..<(l.bodyOffset + l.bodyLength)])
-                    let held = HeldLease(lease: l, body: body, deadline: now.addingTimeInterval(l.expiresIn))
+                    let held = HeldLease(lease: l, body: body, deadline: NodeAgent.deadline(for: l, receivedAt: now))
                     guard let q = lock.withLock({ () -> LeaseQueue? in
                         guard let q = queues[l.sendingIP] else { return nil }
                         inFlight += 1
@@ -171,9 +173,9 @@ public final class NodeAgent: @unchecked Sendable {
                 assign(m.ips)
                 try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * m.ips.count)))
             case .ipRevoke(let m):
-                let qs = lock.withLock { m.addresses.compactMap { a -> LeaseQueue? in ips[a] = nil; return queues.removeValue(forKey: a) } }
-                for q in qs { q.close() }
-                try conn.send(.ipReleased(IPReleasedMessage(addresses: m.addresses)))
+                // Finish what is queued for these IPs, then report them released
+                // (the coordinator hands them over only after that).
+                revoke(m.addresses)
             case .reject(let r):
                 throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
             case let other:
@@ -196,26 +198,77 @@ public final class NodeAgent: @unchecked Sendable {
         }
     }
 
+    /// The local deadline of a lease: never after the coordinator's expiry, minus a safety
+    /// margin (10% of the lease time, at least 1 s, at most 10 s) so that this node has
+    /// stopped before the coordinator re-leases the recipients or moves the IP (fencing).
+    static func deadline(for l: Lease, receivedAt now: Date) -> Date {
+        var end = now.addingTimeInterval(l.expiresIn)
+        if let at = l.expiresAt { end = min(end, Date(timeIntervalSince1970: at)) }
+        let margin = min(10, max(1, l.expiresIn * 0.1))
+        return end.addingTimeInterval(-margin)
+    }
+
+    /// Makes the owned set exactly `assigned` (welcome): new IPs get workers, IPs no longer
+    /// owned are closed after their queued leases finish.
+    private func setOwned(_ assigned: [AssignedIP]) {
+        let stale = lock.withLock { Set(ips.keys).subtracting(assigned.map(\.address)) }
+        if !stale.isEmpty { revoke(Array(stale), report: false) }
+        assign(assigned)
+    }
+
     /// Takes ownership of sending IPs and starts their delivery workers.
     private func assign(_ assigned: [AssignedIP]) {
         for ip in assigned {
             let q: LeaseQueue? = lock.withLock {
                 ips[ip.address] = ip
+                revoking.remove(ip.address)
                 guard queues[ip.address] == nil else { return nil }
-                let q = LeaseQueue(); queues[ip.address] = q; return q
+                let q = LeaseQueue(); queues[ip.address] = q
+                workers[ip.address, default: 0] += perIP
+                return q
             }
             guard let q else { continue }
             for _ in 0..<perIP {
-                Thread.detachNewThread { [self] in worker(q) }
+                Thread.detachNewThread { [self] in worker(q, ip: ip.address) }
             }
         }
     }
 
-    private func worker(_ queue: LeaseQueue) {
+    /// Stops taking leases for `addresses`; their workers finish what is queued, and the
+    /// last one to exit reports the IP released.
+    private func revoke(_ addresses: [String], report: Bool = true) {
+        var immediately: [String] = []
+        let qs: [LeaseQueue] = lock.withLock {
+            addresses.compactMap { a -> LeaseQueue? in
+                ips[a] = nil
+                if report { revoking.insert(a) }
+                guard let q = queues.removeValue(forKey: a) else {
+                    if report && (workers[a] ?? 0) == 0 { revoking.remove(a); immediately.append(a) }
+                    return nil
+                }
+                return q
+            }
+        }
+        for q in qs { q.close() }
+        if !immediately.isEmpty { sendReleased(immediately) }
+    }
+
+    private func sendReleased(_ addresses: [String]) {
+        log.info("sending IPs released", ["ips": addresses.joined(separator: ",")])
+        try? lock.withLock { connection }?.send(.ipReleased(IPReleasedMessage(addresses: addresses)))
+    }
+
+    private func worker(_ queue: LeaseQueue, ip: String) {
         while let held = queue.pop() {
             let result = deliver(held)
             finish(result)
         }
+        let released = lock.withLock { () -> Bool in
+            workers[ip, default: 1] -= 1
+            guard workers[ip] == 0, queues[ip] == nil else { return false }
+            return revoking.remove(ip) != nil
+        }
+        if released { sendReleased([ip]) }
     }
 
     /// Delivers one lease and builds its result.

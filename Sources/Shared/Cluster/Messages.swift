@@ -112,14 +112,18 @@ public struct Lease: Codable, Sendable, Equatable {
     public var recipients: [LeasedRecipient]
     /// Seconds from receipt until the lease expires and its recipients return to the queue.
     public var expiresIn: Double
+    /// The coordinator's expiry time (seconds since 1970). A node never starts or completes
+    /// a delivery after `min(receipt + expiresIn, expiresAt)` minus a safety margin.
+    public var expiresAt: Double?
     /// Offset of this lease's message content in the frame payload, octets.
     public var bodyOffset: Int
     /// Length of the message content in the frame payload, octets.
     public var bodyLength: Int
     public init(leaseID: String, sendingIP: String, helo: String, messageID: String, reversePath: String, domain: String,
-                recipients: [LeasedRecipient], expiresIn: Double, bodyOffset: Int = 0, bodyLength: Int = 0) {
+                recipients: [LeasedRecipient], expiresIn: Double, expiresAt: Double? = nil, bodyOffset: Int = 0, bodyLength: Int = 0) {
         self.leaseID = leaseID; self.sendingIP = sendingIP; self.helo = helo; self.messageID = messageID
         self.reversePath = reversePath; self.domain = domain; self.recipients = recipients; self.expiresIn = expiresIn
+        self.expiresAt = expiresAt
         self.bodyOffset = bodyOffset; self.bodyLength = bodyLength
     }
 }

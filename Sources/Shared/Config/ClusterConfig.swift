@@ -94,6 +94,8 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var nodeTimeout: TimeInterval
     /// `heartbeat_interval`: seconds between node heartbeats; must be below `node_timeout`. Default 2.
     public var heartbeatInterval: TimeInterval
+    /// `auto_rebalance`: re-spread floating sending IPs when a node becomes active or leaves. Default false.
+    public var autoRebalance: Bool = false
 
     /// Creates coordinator settings.
     public init(listen: SocketAddress, adminListen: SocketAddress, adminToken: String, dataDir: String,

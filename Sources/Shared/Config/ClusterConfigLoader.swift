@@ -113,7 +113,7 @@ struct ClusterConfigDecoder {
 
     private func decodeCoordinator(_ top: ConfigSection) throws -> CoordinatorSettings {
         let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "data_dir",
-                                                                   "lease_time", "node_timeout", "heartbeat_interval"])
+                                                                   "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance"])
         let listen = try sec.require("listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
         let admin = try sec.require("admin_listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
         if admin == listen && admin.port != 0, let at = try sec.scalar("admin_listen") {
@@ -130,6 +130,7 @@ struct ClusterConfigDecoder {
         if let v = try sec.get("lease_time", { try ConfigValue.duration($0) }) { settings.leaseTime = v }
         if let v = try sec.get("node_timeout", { try ConfigValue.duration($0) }) { settings.nodeTimeout = v }
         if let v = try sec.get("heartbeat_interval", { try ConfigValue.duration($0) }) { settings.heartbeatInterval = v }
+        if let v = try sec.get("auto_rebalance", { try ConfigValue.bool($0) }) { settings.autoRebalance = v }
         if settings.heartbeatInterval >= settings.nodeTimeout {
             let at = try sec.scalar("heartbeat_interval") ?? sec.scalar("node_timeout")
             throw fail(at?.line ?? sec.line, at?.path ?? sec.keyPath("heartbeat_interval"),

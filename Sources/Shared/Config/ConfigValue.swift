@@ -11,6 +11,16 @@ public enum ConfigValue {
     /// The longest duration accepted: 3650 days, in seconds.
     public static let maxDuration: TimeInterval = 3650 * 86_400
 
+    /// Parses a boolean: `true`/`false`, `yes`/`no`, `on`/`off` (case-insensitive).
+    /// - Throws: `ConfigValueError` for anything else.
+    public static func bool(_ text: String) throws -> Bool {
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw ConfigValueError("expected true or false, got \"\(text)\"")
+        }
+    }
+
     /// Parses a duration: a non-negative decimal number followed by a unit, `ms`, `s`,
     /// `m`, `h` or `d` (lowercase; optional spaces between), e.g. `90s`, `1.5h`, `250ms`.
     /// - Parameters:

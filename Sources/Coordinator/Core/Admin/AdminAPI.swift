@@ -15,50 +15,94 @@ public struct IPStatus: Codable, Sendable, Equatable {
     public var helo: String
     public var pool: String
     public var owner: String?
+    /// `owned`, `handover` (moving to `handoverTo`) or `unowned`.
+    public var state: String
+    public var handoverTo: String?
+    /// Nodes allowed to own the IP; empty = any node.
     public var eligible: [String]
+}
+
+/// `GET/POST /v1/rebalance` body.
+public struct RebalanceReport: Codable, Sendable {
+    public var applied: Bool
+    public var moves: [IPAssignmentTable.Move]
 }
 
 /// The admin HTTP API (JSON, bearer `admin_token`): the routes and their handlers.
 ///
-/// Routes: `GET /v1/status`, `GET /v1/nodes`, `GET /v1/ips`, `GET /v1/queue`,
-/// `GET /v1/messages?limit=N` (recent ids), `GET /v1/messages/{id}`.
+/// | method | path | what |
+/// |---|---|---|
+/// | GET | `/v1/status` | nodes, IPs, queue counts |
+/// | GET | `/v1/nodes` | nodes with state, IPs, leases |
+/// | POST | `/v1/nodes/{id}/drain` | start a drain |
+/// | POST | `/v1/nodes/{id}/resume` | end a drain |
+/// | GET | `/v1/ips` | the IP assignment table |
+/// | GET | `/v1/queue` | recipient counts by state |
+/// | GET | `/v1/messages?limit=N` | recent message ids |
+/// | GET | `/v1/messages/{id}` | one message and its recipients |
+/// | GET | `/v1/recipients?address=A` | messages for a recipient, with their records |
+/// | GET | `/v1/rebalance` | the plan, not applied |
+/// | POST | `/v1/rebalance` | compute and apply the plan |
+/// | POST | `/v1/reload` | re-read cluster.yml; 400 with the error if invalid |
+///
 /// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401.
 public struct AdminAPI: Sendable {
-    let config: ClusterConfig
+    let token: String
     let store: QueueStore
     let hub: ClusterHub
+    let reload: @Sendable () throws -> ReloadReport
 
-    public init(config: ClusterConfig, store: QueueStore, hub: ClusterHub) {
-        self.config = config; self.store = store; self.hub = hub
+    /// - Parameters:
+    ///   - token: the bearer token.
+    ///   - reload: re-reads and applies the configuration file; throws `ConfigError` when invalid.
+    public init(token: String, store: QueueStore, hub: ClusterHub, reload: @escaping @Sendable () throws -> ReloadReport) {
+        self.token = token; self.store = store; self.hub = hub; self.reload = reload
     }
 
     /// Handles one request.
     public func handle(_ req: HTTPRequest) -> HTTPResponse {
-        let expected = "Bearer " + config.coordinator.adminToken
+        let expected = "Bearer " + token
         guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
             return .error(401, "missing or wrong bearer token")
         }
-        guard req.method == "GET" else { return .error(405, "method not allowed") }
         do {
-            let parts = req.path.split(separator: "/").map(String.init)
-            switch parts {
-            case ["v1", "status"]:
-                return .json(StatusReport(cluster: config.cluster.name, nodes: try hub.nodeStatuses(), ips: ips(), queue: try queueCounts()))
-            case ["v1", "nodes"]:
+            let p = req.path.split(separator: "/").map(String.init)
+            switch (req.method, p) {
+            case ("GET", ["v1", "status"]):
+                return .json(StatusReport(cluster: hub.currentConfig.cluster.name, nodes: try hub.nodeStatuses(), ips: ips(), queue: try queueCounts()))
+            case ("GET", ["v1", "nodes"]):
                 return .json(try hub.nodeStatuses())
-            case ["v1", "ips"]:
+            case ("POST", let p) where p.count == 4 && p[0] == "v1" && p[1] == "nodes" && (p[3] == "drain" || p[3] == "resume"):
+                if p[3] == "drain" { try hub.drain(p[2]) } else { try hub.resume(p[2]) }
+                guard let status = try hub.nodeStatuses().first(where: { $0.id == p[2] }) else { return .error(404, "no node \(p[2])") }
+                return .json(status, status: 202)
+            case ("GET", ["v1", "ips"]):
                 return .json(ips())
-            case ["v1", "queue"]:
+            case ("GET", ["v1", "queue"]):
                 return .json(try queueCounts())
-            case ["v1", "messages"]:
+            case ("GET", ["v1", "messages"]):
                 let limit = min(max(Int(req.query["limit"] ?? "") ?? 50, 1), 1000)
                 return .json(try store.recentMessageIDs(limit: limit))
-            case let p where p.count == 3 && p[0] == "v1" && p[1] == "messages":
+            case ("GET", let p) where p.count == 3 && p[0] == "v1" && p[1] == "messages":
                 guard let m = try store.message(id: p[2]) else { return .error(404, "no message \(p[2])") }
                 return .json(m)
+            case ("GET", ["v1", "recipients"]):
+                guard let address = req.query["address"], !address.isEmpty else { return .error(400, "address= is required") }
+                let limit = min(max(Int(req.query["limit"] ?? "") ?? 20, 1), 500)
+                return .json(try store.messages(forRecipient: address, limit: limit).compactMap { try store.message(id: $0) })
+            case ("GET", ["v1", "rebalance"]):
+                return .json(RebalanceReport(applied: false, moves: hub.rebalancePlan()))
+            case ("POST", ["v1", "rebalance"]):
+                return .json(RebalanceReport(applied: true, moves: hub.rebalance()), status: 202)
+            case ("POST", ["v1", "reload"]):
+                do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) }
+            case (_, let p) where p.first == "v1":
+                return .error(404, "no route \(req.method) \(req.path)")
             default:
                 return .error(404, "no route \(req.path)")
             }
+        } catch let e as AdminError {
+            return .error(404, e.description)
         } catch {
             return .error(500, "\(error)")
         }
@@ -69,41 +113,9 @@ public struct AdminAPI: Sendable {
     }
 
     private func ips() -> [IPStatus] {
-        hub.ipTable().map { IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, eligible: $0.eligible) }
-    }
-}
-
-/// The running coordinator: queue, cluster hub, SMTP listener and admin API wired together.
-public final class CoordinatorService: @unchecked Sendable {
-    public let config: ClusterConfig
-    public let store: QueueStore
-    public let hub: ClusterHub
-    public let submission: SubmissionServer
-    public let admin: HTTPServer
-    private let log = Logger(label: "coordinator")
-
-    /// Opens the queue and binds every listener.
-    /// - Throws: `SQLiteError` or `SocketError`.
-    public init(config: ClusterConfig) throws {
-        self.config = config
-        store = try QueueStore(directory: config.coordinator.dataDir)
-        let hub = ClusterHub(config: config, store: store)
-        self.hub = hub
-        submission = SubmissionServer(config: config, store: store, onAccepted: { hub.wake() })
-        let api = AdminAPI(config: config, store: store, hub: hub)
-        admin = try HTTPServer(address: config.coordinator.adminListen) { api.handle($0) }
-    }
-
-    /// Starts all listeners and background loops.
-    /// - Throws: `SocketError`.
-    public func start() throws {
-        let leased = try store.allLeases()
-        if !leased.isEmpty {
-            log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
+        hub.ipTable().map {
+            IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, state: $0.state,
+                     handoverTo: $0.handoverTo, eligible: $0.eligible)
         }
-        try hub.start()
-        try submission.start()
-        admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])
     }
 }

@@ -20,12 +20,18 @@ public struct AdminClient: Sendable {
         public var description: String
     }
 
-    /// GETs `path` and returns the body.
+    /// Sends a request and returns the body.
+    /// - Parameters:
+    ///   - method: `GET`, `POST` or `DELETE`.
+    ///   - path: e.g. `/v1/status`.
+    ///   - body: a JSON body for POST, if any.
     /// - Throws: `Failure` when the coordinator cannot be reached or answers non-2xx.
-    public func get(_ path: String) throws -> Data {
+    public func request(_ method: String, _ path: String, body: Data? = nil) throws -> Data {
         guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
-        var req = URLRequest(url: url, timeoutInterval: 10)
+        var req = URLRequest(url: url, timeoutInterval: 30)
+        req.httpMethod = method
         req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        if let body { req.httpBody = body; req.setValue("application/json", forHTTPHeaderField: "Content-Type") }
         final class Box: @unchecked Sendable { var result: Result<(Data, Int), Error> = .failure(Failure(description: "no response")) }
         let box = Box()
         let done = DispatchSemaphore(value: 0)
@@ -44,43 +50,67 @@ public struct AdminClient: Sendable {
         case .success(let (data, status)):
             guard (200..<300).contains(status) else {
                 let msg = (try? JSONDecoder().decode([String: String].self, from: data))?["error"] ?? "HTTP \(status)"
-                throw Failure(description: "admin API \(path): \(msg)")
+                throw Failure(description: msg)
             }
             return data
         }
     }
 
-    /// GETs and decodes `path`.
-    public func get<T: Decodable>(_ path: String, as: T.Type) throws -> T {
+    /// GETs `path` and returns the body.
+    public func get(_ path: String) throws -> Data { try request("GET", path) }
+
+    /// Sends and decodes.
+    public func decode<T: Decodable>(_ method: String, _ path: String, as: T.Type) throws -> T {
         let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
-        return try d.decode(T.self, from: get(path))
+        return try d.decode(T.self, from: request(method, path))
     }
+
+    /// GETs and decodes `path`.
+    public func get<T: Decodable>(_ path: String, as: T.Type) throws -> T { try decode("GET", path, as: T.self) }
 }
 
-/// The operator CLI's read-only commands, rendered as tables or raw JSON.
+/// The operator CLI's commands, rendered as tables or raw JSON.
 public struct AdminCommands {
     let client: AdminClient
     let json: Bool
 
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
+    /// Commands this type runs.
+    public static let names: Set<String> = ["status", "nodes", "ips", "queue", "messages", "message", "recipient", "drain", "resume", "rebalance", "reload"]
+
     /// Runs `command`.
+    /// - Parameters:
+    ///   - flags: `dry-run`, `wait`.
+    ///   - options: `limit`, `timeout` (a duration such as `10m`).
     /// - Throws: `AdminClient.Failure` or a usage error.
-    public func run(_ command: String, positional: [String], options: [String: String]) throws {
+    public func run(_ command: String, positional: [String], options: [String: String], flags: Set<String> = []) throws {
+        func arg(_ what: String) throws -> String {
+            guard let v = positional.first else { throw AdminClient.Failure(description: "usage: hato-coordinator \(command) \(what)") }
+            return v.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?&="))) ?? v
+        }
+        let method: String
         let path: String
         switch command {
-        case "status": path = "/v1/status"
-        case "nodes": path = "/v1/nodes"
-        case "ips": path = "/v1/ips"
-        case "queue": path = "/v1/queue"
-        case "messages": path = "/v1/messages?limit=\(Int(options["limit"] ?? "") ?? 50)"
-        case "message":
-            guard let id = positional.first else { throw AdminClient.Failure(description: "usage: hato-coordinator message ID") }
-            path = "/v1/messages/\(id)"
+        case "status": (method, path) = ("GET", "/v1/status")
+        case "nodes": (method, path) = ("GET", "/v1/nodes")
+        case "ips": (method, path) = ("GET", "/v1/ips")
+        case "queue": (method, path) = ("GET", "/v1/queue")
+        case "messages": (method, path) = ("GET", "/v1/messages?limit=\(Int(options["limit"] ?? "") ?? 50)")
+        case "message": (method, path) = ("GET", "/v1/messages/\(try arg("ID"))")
+        case "recipient": (method, path) = ("GET", "/v1/recipients?address=\(try arg("ADDRESS"))")
+        case "drain": (method, path) = ("POST", "/v1/nodes/\(try arg("NODE"))/drain")
+        case "resume": (method, path) = ("POST", "/v1/nodes/\(try arg("NODE"))/resume")
+        case "rebalance": (method, path) = flags.contains("dry-run") ? ("GET", "/v1/rebalance") : ("POST", "/v1/rebalance")
+        case "reload": (method, path) = ("POST", "/v1/reload")
         default: throw AdminClient.Failure(description: "unknown command \(command)")
         }
+        if command == "drain" && flags.contains("wait") {
+            try waitForDrain(node: positional[0], timeout: try options["timeout"].map { try ConfigValue.duration($0) } ?? 600)
+            return
+        }
         if json {
-            FileHandle.standardOutput.write(try client.get(path))
+            FileHandle.standardOutput.write(try client.request(method, path))
             return
         }
         switch command {
@@ -89,26 +119,73 @@ public struct AdminCommands {
             print("cluster \(s.cluster)\n")
             printNodes(s.nodes)
             print("")
+            printIPs(s.ips)
+            print("")
             printQueue(s.queue)
         case "nodes": printNodes(try client.get(path, as: [NodeStatus].self))
-        case "ips":
-            let ips = try client.get(path, as: [IPStatus].self)
-            printTable(["IP", "HELO", "POOL", "OWNER", "ELIGIBLE"], ips.map { [$0.address, $0.helo, $0.pool, $0.owner ?? "-", $0.eligible.isEmpty ? "any" : $0.eligible.joined(separator: ",")] })
+        case "drain", "resume":
+            let n = try client.decode(method, path, as: NodeStatus.self)
+            print("node \(n.id): \(n.state.rawValue) (leases \(n.leasesInFlight), IPs to hand over \(n.ipsToHandOver.count))")
+        case "ips": printIPs(try client.get(path, as: [IPStatus].self))
         case "queue": printQueue(try client.get(path, as: [String: Int].self))
         case "messages": for id in try client.get(path, as: [String].self) { print(id) }
+        case "rebalance":
+            let r = try client.decode(method, path, as: RebalanceReport.self)
+            if r.moves.isEmpty { print("balanced: no moves"); return }
+            print(r.applied ? "applying \(r.moves.count) move(s) by handover:" : "plan (dry run, nothing changed): \(r.moves.count) move(s)")
+            printTable(["IP", "FROM", "TO"], r.moves.map { [$0.address, $0.from ?? "(unowned)", $0.to] })
+        case "reload":
+            let r = try client.decode(method, path, as: ReloadReport.self)
+            print("reloaded: IPs +\(r.ipsAdded.count) -\(r.ipsRemoved.count), nodes +\(r.nodesAdded.count) -\(r.nodesRemoved.count), pools +\(r.poolsAdded.count) -\(r.poolsRemoved.count)")
+            for (k, v) in [("IPs added", r.ipsAdded), ("IPs removed", r.ipsRemoved), ("nodes added", r.nodesAdded), ("nodes removed", r.nodesRemoved),
+                           ("pools added", r.poolsAdded), ("pools removed", r.poolsRemoved)] where !v.isEmpty {
+                print("  \(k): \(v.joined(separator: ", "))")
+            }
+            if !r.restartRequired.isEmpty { print("  changed but needing a restart: \(r.restartRequired.joined(separator: ", "))") }
+        case "recipient":
+            for m in try client.get(path, as: [MessageRecord].self) { printMessage(m) }
         default:
-            let m = try client.get(path, as: MessageRecord.self)
-            print("message \(m.id)  from <\(m.reversePath)>  pool \(m.pool)  \(m.size) octets  client \(m.clientAddress)")
-            printTable(["RECIPIENT", "STATE", "ATTEMPTS", "NODE", "SENDING IP", "MX", "LAST REPLY"], m.recipients.map { r in
-                let reply = r.lastCode.map { code in String("\(code) \(r.lastEnhanced ?? "") \(r.lastText ?? "")".prefix(70)) } ?? "-"
-                return [r.address, r.state.rawValue, "\(r.attempts)", r.node ?? "-", r.sendingIP ?? "-", r.mxHost ?? "-", reply]
-            })
+            printMessage(try client.get(path, as: MessageRecord.self))
         }
+    }
+
+    /// Polls the node until it is drained, printing progress; throws on timeout.
+    private func waitForDrain(node: String, timeout: TimeInterval) throws {
+        var status = try client.decode("POST", "/v1/nodes/\(node)/drain", as: NodeStatus.self)
+        let deadline = Date().addingTimeInterval(timeout)
+        var last = ""
+        while true {
+            let line = "node \(node): \(status.state.rawValue), leases left \(status.leasesInFlight), IPs left to hand over \(status.ipsToHandOver.count)"
+            if line != last { print(line); last = line }
+            if status.state == .drained || status.state == .left { print("node \(node) is drained; it can be stopped"); return }
+            if status.state == .down { throw AdminClient.Failure(description: "node \(node) is down; its leases expire and its floating IPs move after the fencing delay") }
+            guard Date() < deadline else { throw AdminClient.Failure(description: "timed out waiting for node \(node) to drain (\(line))") }
+            Thread.sleep(forTimeInterval: 0.5)
+            guard let s = try client.get("/v1/nodes", as: [NodeStatus].self).first(where: { $0.id == node }) else {
+                throw AdminClient.Failure(description: "node \(node) disappeared")
+            }
+            status = s
+        }
+    }
+
+    private func printMessage(_ m: MessageRecord) {
+        print("message \(m.id)  from <\(m.reversePath)>  pool \(m.pool)  \(m.size) octets  client \(m.clientAddress)")
+        printTable(["RECIPIENT", "STATE", "ATTEMPTS", "NODE", "SENDING IP", "MX", "LAST REPLY"], m.recipients.map { r in
+            let reply = r.lastCode.map { code in String("\(code) \(r.lastEnhanced ?? "") \(r.lastText ?? "")".prefix(70)) } ?? "-"
+            return [r.address, r.state.rawValue, "\(r.attempts)", r.node ?? "-", r.sendingIP ?? "-", r.mxHost ?? "-", reply]
+        })
     }
 
     private func printNodes(_ nodes: [NodeStatus]) {
         printTable(["NODE", "STATE", "INSTANCE", "ADDRESS", "SENDING IPS", "LEASES"], nodes.map {
-            [$0.id, $0.state, $0.instance ?? "-", $0.address ?? "-", $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ","), "\($0.leasesInFlight)"]
+            [$0.id, $0.state.rawValue, $0.instance ?? "-", $0.address ?? "-", $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ","), "\($0.leasesInFlight)"]
+        })
+    }
+
+    private func printIPs(_ ips: [IPStatus]) {
+        printTable(["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE"], ips.map {
+            [$0.address, $0.helo, $0.pool, $0.owner ?? "-", $0.handoverTo.map { "handover→\($0)" } ?? $0.state,
+             $0.eligible.isEmpty ? "any" : $0.eligible.joined(separator: ",")]
         })
     }
 

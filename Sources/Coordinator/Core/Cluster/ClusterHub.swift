@@ -4,6 +4,22 @@ import HatoShared
 /// Maximum cluster frame size for a configuration: two maximum messages plus headers.
 public func clusterMaximumFrameSize(maxMessageSize: Int) -> Int { maxMessageSize * 2 + 1 << 20 }
 
+/// Node membership states (docs/operations.md).
+public enum NodeState: String, Codable, Sendable, CaseIterable {
+    /// Connected and authenticated, re-reporting its journal; no leases yet.
+    case joining
+    /// Receiving leases.
+    case active
+    /// An operator asked for a drain: no new leases; in-flight work finishes; floating IPs move away.
+    case draining
+    /// Drain complete: no leases, no floating IPs. Safe to stop.
+    case drained
+    /// Not connected (missed heartbeats for `node_timeout`, crashed, or never started).
+    case down
+    /// Drained and disconnected, or removed from cluster.yml.
+    case left
+}
+
 /// One connected node (an instance of a node process on one connection).
 final class NodeSession: @unchecked Sendable {
     let nodeID: String
@@ -12,11 +28,11 @@ final class NodeSession: @unchecked Sendable {
     let peer: SocketAddress
     // Mutable fields below are guarded by ClusterHub.lock.
     var credits = 0
-    var ips: [AssignedIP] = []
     var inFlightPerIP: [String: Int] = [:]
     var leases: [String: String] = [:] // lease id → sending IP
     var reconciled = false
     var lastHeard: Date
+    var lastGrantExpiry = Date.distantPast
     var closed = false
 
     init(nodeID: String, instanceID: String, connection: ClusterConnection, peer: SocketAddress, now: Date) {
@@ -24,57 +40,75 @@ final class NodeSession: @unchecked Sendable {
     }
 }
 
-/// A node's state as the status API shows it.
+/// A node's state as the admin API shows it.
 public struct NodeStatus: Codable, Sendable, Equatable {
-    /// `active` (connected), `down` (was connected, now silent) or `unknown` (never seen since start).
-    public var state: String
+    public var state: NodeState
     public var id: String
     public var instance: String?
     public var address: String?
+    /// Sending IPs the node owns.
     public var ips: [String]
+    /// Floating IPs still to hand over (non-empty only while draining).
+    public var ipsToHandOver: [String]
     public var leasesInFlight: Int
     public var lastSeen: Double?
 }
 
-/// The coordinator's side of the cluster protocol: accepts node connections,
-/// authenticates them, keeps the IP assignment table, and runs the scheduler that
-/// turns due recipients into leases.
+/// What a configuration reload changed.
+public struct ReloadReport: Codable, Sendable, Equatable {
+    public var ipsAdded: [String]
+    public var ipsRemoved: [String]
+    public var nodesAdded: [String]
+    public var nodesRemoved: [String]
+    public var poolsAdded: [String]
+    public var poolsRemoved: [String]
+    /// Settings that changed but only take effect after a restart.
+    public var restartRequired: [String]
+}
+
+/// The coordinator's side of the cluster protocol: membership, the IP assignment
+/// table and its handovers, and the scheduler that turns due recipients into leases.
 ///
 /// Threads: one accept loop, one reader per node connection, one scheduler loop
 /// (woken by new mail, new credits and results, and at least once a second), one
 /// heartbeat loop. Shared state lives under `lock`; SQLite work happens outside it.
 public final class ClusterHub: @unchecked Sendable {
-    private let config: ClusterConfig
+    private var config: ClusterConfig
     private let store: QueueStore
     private let clock: any WallClock
     private let log = Logger(label: "coordinator.cluster")
-    private let retry: RetryPolicy
     private let lock = NSLock()
     private let wakeCondition = NSCondition()
     private var wakePending = false
     private var sessions: [String: NodeSession] = [:]
     private var lastSeen: [String: (instance: String, address: String, at: Date)] = [:]
+    private var left: Set<String> = []
+    private var draining: Set<String>
     private var table: IPAssignmentTable
     private var listener: Socket?
     private var running = true
     private var lastExpirySweep = Date.distantPast
     private var roundRobin = 0
+    private var rebalanceWanted = false
 
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - store: the durable queue.
     ///   - clock: time source.
-    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) {
+    /// - Throws: `SQLiteError` reading persisted drain state.
+    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) throws {
         self.config = config
         self.store = store
         self.clock = clock
-        self.retry = RetryPolicy(schedule: config.retry.schedule, maxAge: config.retry.maxAge)
-        self.table = IPAssignmentTable(ips: config.ips.map {
-            (AssignedIP(address: $0.address, helo: $0.helo, pool: $0.pool), $0.nodes)
-        })
+        self.table = IPAssignmentTable(ips: ClusterHub.tableRows(config))
+        self.draining = try store.drainingNodes()
     }
 
-    private var maxFrame: Int { clusterMaximumFrameSize(maxMessageSize: config.smtp.maxMessageSize) }
+    private static func tableRows(_ config: ClusterConfig) -> [(AssignedIP, [String])] {
+        config.ips.map { (AssignedIP(address: $0.address, helo: $0.helo, pool: $0.pool), $0.nodes) }
+    }
+
+    private var maxFrame: Int { clusterMaximumFrameSize(maxMessageSize: lock.withLock { config.smtp.maxMessageSize }) }
 
     /// Binds the cluster listener and starts the accept, scheduler and heartbeat threads.
     /// - Throws: `SocketError` when the listen address cannot be bound.
@@ -115,13 +149,14 @@ public final class ClusterHub: @unchecked Sendable {
         let nonce = Identifier.random(bytes: 32)
         var session: NodeSession?
         do {
-            try conn.send(.challenge(ChallengeMessage(versions: [clusterProtocolVersion], nonce: nonce, cluster: config.cluster.name)))
+            let name = lock.withLock { config.cluster.name }
+            try conn.send(.challenge(ChallengeMessage(versions: [clusterProtocolVersion], nonce: nonce, cluster: name)))
             guard case .hello(let hello) = try conn.receive() else {
                 throw ClusterProtocolError.unexpected("expected hello")
             }
             session = try admit(hello, nonce: nonce, conn: conn, peer: peer)
             guard let session else { return }
-            sock.setTimeouts(read: config.coordinator.nodeTimeout, write: 30)
+            sock.setTimeouts(read: lock.withLock { config.coordinator.nodeTimeout }, write: 30)
             while true {
                 let msg = try conn.receive()
                 lock.withLock { session.lastHeard = clock.now() }
@@ -133,8 +168,12 @@ public final class ClusterHub: @unchecked Sendable {
             } else {
                 log.warning("node connection refused", ["peer": peer.description, "reason": "\(error)"])
                 if let pe = error as? ClusterProtocolError {
-                    let retryable: Bool
-                    switch pe { case .versionMismatch, .authenticationFailed: retryable = false; default: retryable = true }
+                    var retryable = true
+                    switch pe {
+                    case .versionMismatch, .authenticationFailed: retryable = false
+                    case .rejected(_, let r): retryable = r
+                    default: break
+                    }
                     try? conn.send(.reject(RejectMessage(reason: pe.description, retryable: retryable)))
                 }
             }
@@ -148,11 +187,12 @@ public final class ClusterHub: @unchecked Sendable {
         guard hello.version == clusterProtocolVersion else {
             throw ClusterProtocolError.versionMismatch(ours: clusterProtocolVersion, theirs: [hello.version])
         }
-        guard config.nodes.contains(where: { $0.id == hello.nodeID }) else {
-            throw ClusterProtocolError.rejected("unknown node id \(hello.nodeID)", retryable: false)
-        }
-        let expected = ClusterAuth.nodeProof(secret: config.cluster.secret, nonce: nonce, nodeID: hello.nodeID, instanceID: hello.instanceID)
+        let cfg = lock.withLock { config }
+        let expected = ClusterAuth.nodeProof(secret: cfg.cluster.secret, nonce: nonce, nodeID: hello.nodeID, instanceID: hello.instanceID)
         guard ClusterAuth.verify(hello.proof, expected: expected) else { throw ClusterProtocolError.authenticationFailed }
+        guard cfg.nodes.contains(where: { $0.id == hello.nodeID }) else {
+            throw ClusterProtocolError.rejected("node id \(hello.nodeID) is not in cluster.yml nodes (add it and run hato-coordinator reload)", retryable: false)
+        }
         let now = clock.now()
         let session = NodeSession(nodeID: hello.nodeID, instanceID: hello.instanceID, connection: conn, peer: peer, now: now)
         let owned: [AssignedIP] = try lock.withLock {
@@ -160,28 +200,35 @@ public final class ClusterHub: @unchecked Sendable {
                 throw ClusterProtocolError.rejected("node \(hello.nodeID) is already connected (instance \(existing.instanceID))", retryable: true)
             }
             sessions[hello.nodeID] = session
+            left.remove(hello.nodeID)
             lastSeen[hello.nodeID] = (hello.instanceID, peer.host, now)
-            let owned = table.nodeConnected(hello.nodeID, bindable: hello.bindableIPs)
-            session.ips = owned
-            return owned
+            return table.nodeConnected(hello.nodeID, bindable: hello.bindableIPs, takeUnowned: !draining.contains(hello.nodeID))
         }
-        let proof = ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
-        try conn.send(.welcome(WelcomeMessage(proof: proof, assignedIPs: owned, heartbeatInterval: config.coordinator.heartbeatInterval,
-                                              peerTimeout: config.coordinator.nodeTimeout)))
+        let proof = ClusterAuth.coordinatorProof(secret: cfg.cluster.secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
+        try conn.send(.welcome(WelcomeMessage(proof: proof, assignedIPs: owned, heartbeatInterval: cfg.coordinator.heartbeatInterval,
+                                              peerTimeout: cfg.coordinator.nodeTimeout)))
         log.info("node joined", ["node": hello.nodeID, "instance": hello.instanceID, "peer": peer.description,
                                  "ips": owned.map(\.address).joined(separator: ",")])
         return session
     }
 
     private func detach(_ session: NodeSession) {
-        lock.withLock {
+        let auto = lock.withLock { () -> Bool in
             session.closed = true
-            if sessions[session.nodeID] === session {
-                sessions[session.nodeID] = nil
-                table.nodeDisconnected(session.nodeID, at: session.lastHeard)
-                lastSeen[session.nodeID] = (session.instanceID, session.peer.host, session.lastHeard)
+            guard sessions[session.nodeID] === session else { return false }
+            sessions[session.nodeID] = nil
+            let leaseTime = config.coordinator.leaseTime
+            // Fencing: the node's floating IPs may move once every lease it could still be
+            // working on has expired.
+            let fence = max(session.lastHeard.addingTimeInterval(leaseTime), session.lastGrantExpiry)
+            table.nodeDisconnected(session.nodeID, fenceUntil: fence)
+            lastSeen[session.nodeID] = (session.instanceID, session.peer.host, session.lastHeard)
+            if draining.contains(session.nodeID) && session.leases.isEmpty && table.floatingOwned(by: session.nodeID).isEmpty {
+                left.insert(session.nodeID)
             }
+            return config.coordinator.autoRebalance
         }
+        if auto { lock.withLock { rebalanceWanted = true }; wake() }
     }
 
     private func handleMessage(_ msg: ClusterMessage, from session: NodeSession) throws {
@@ -199,10 +246,12 @@ public final class ClusterHub: @unchecked Sendable {
                 // earlier instances of this node are now known lost and go back to the queue.
                 let n = try store.requeueLeases(node: session.nodeID, exceptInstance: session.instanceID, now: clock.now())
                 if n > 0 { log.info("requeued leases of a previous instance", ["node": session.nodeID, "leases": "\(n)"]) }
+                log.info("node active", ["node": session.nodeID, "state": state(of: session.nodeID).rawValue])
+                if lock.withLock({ config.coordinator.autoRebalance }) { lock.withLock { rebalanceWanted = true } }
             }
             wake()
         case .result(let result):
-            let app = try store.applyResult(result, node: session.nodeID, retry: retry, now: clock.now())
+            let app = try store.applyResult(result, node: session.nodeID, retry: retryPolicy, now: clock.now())
             lock.withLock {
                 if let ip = session.leases.removeValue(forKey: result.leaseID) {
                     session.inFlightPerIP[ip, default: 1] -= 1
@@ -216,13 +265,167 @@ public final class ClusterHub: @unchecked Sendable {
             if !app.leaseKnown { log.info("late or duplicate result applied idempotently", ["lease": result.leaseID, "applied": "\(app.applied)", "ignored": "\(app.ignored)"]) }
             wake()
         case .ipReleased(let m):
-            log.info("node released IPs", ["node": session.nodeID, "ips": m.addresses.joined(separator: ",")])
+            for address in m.addresses {
+                let target: (String, NodeSession?)? = lock.withLock {
+                    guard let t = table.released(address, by: session.nodeID) else { return nil }
+                    return (t, sessions[t])
+                }
+                log.info("node released sending IP", ["node": session.nodeID, "ip": address, "to": target?.0 ?? "-"])
+                if let (t, s) = target, let ip = lock.withLock({ table.entries.first { $0.ip.address == address }?.ip }) {
+                    log.info("sending IP assigned", ["node": t, "ip": address])
+                    try? s?.connection.send(.ipAssign(IPAssignMessage(ips: [ip])))
+                }
+            }
+            wake()
         case .reject(let r):
             throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
         default:
             throw ClusterProtocolError.unexpected("\(msg.frameType) from a node")
         }
     }
+
+    private var retryPolicy: RetryPolicy {
+        lock.withLock { RetryPolicy(schedule: config.retry.schedule, maxAge: config.retry.maxAge) }
+    }
+
+    // MARK: Membership
+
+    /// The state of `node` (caller must not hold `lock`).
+    public func state(of node: String) -> NodeState { lock.withLock { stateLocked(node) } }
+
+    private func stateLocked(_ node: String) -> NodeState {
+        if !config.nodes.contains(where: { $0.id == node }) { return .left }
+        guard let s = sessions[node] else { return left.contains(node) ? .left : .down }
+        if !s.reconciled { return .joining }
+        if draining.contains(node) {
+            return s.leases.isEmpty && table.floatingOwned(by: node).isEmpty ? .drained : .draining
+        }
+        return .active
+    }
+
+    /// Puts `node` into drain: no new leases; its floating IPs are handed over to active nodes.
+    /// - Throws: `AdminError.unknownNode`, `SQLiteError`.
+    public func drain(_ node: String) throws {
+        guard lock.withLock({ config.nodes.contains { $0.id == node } }) else { throw AdminError.unknownNode(node) }
+        try store.setDraining(node, true, now: clock.now())
+        lock.withLock { _ = draining.insert(node) }
+        log.info("node draining", ["node": node])
+        wake()
+    }
+
+    /// Makes a draining or drained node active again.
+    /// - Throws: `AdminError.unknownNode`, `SQLiteError`.
+    public func resume(_ node: String) throws {
+        guard lock.withLock({ config.nodes.contains { $0.id == node } }) else { throw AdminError.unknownNode(node) }
+        try store.setDraining(node, false, now: clock.now())
+        let auto = lock.withLock { () -> Bool in draining.remove(node); left.remove(node); return config.coordinator.autoRebalance }
+        if auto { lock.withLock { rebalanceWanted = true } }
+        log.info("node resumed", ["node": node])
+        wake()
+    }
+
+    /// Hands each draining node's floating IPs to active nodes, one revoke per IP.
+    private func progressDrains() {
+        let revokes: [(NodeSession, String)] = lock.withLock {
+            var out: [(NodeSession, String)] = []
+            for node in draining.sorted() {
+                guard let s = sessions[node] else { continue }
+                for e in table.entries where e.owner == node && e.isFloating && e.handoverTo == nil {
+                    let targets = activeNodesLocked().filter { table.canOwn($0, e) }
+                    guard let t = targets.min(by: { (table.owned(by: $0).count, $0) < (table.owned(by: $1).count, $1) }) else { continue }
+                    if table.beginHandover(e.ip.address, to: t) { out.append((s, e.ip.address)) }
+                }
+            }
+            return out
+        }
+        for (s, address) in revokes {
+            log.info("handing over sending IP", ["from": s.nodeID, "ip": address])
+            try? s.connection.send(.ipRevoke(IPRevokeMessage(addresses: [address])))
+        }
+    }
+
+    private func activeNodesLocked() -> [String] {
+        sessions.keys.sorted().filter { stateLocked($0) == .active }
+    }
+
+    // MARK: Rebalance
+
+    /// The moves that would even out sending IPs over active nodes.
+    public func rebalancePlan() -> [IPAssignmentTable.Move] {
+        lock.withLock { table.planRebalance(nodes: activeNodesLocked()) }
+    }
+
+    /// Computes and starts a rebalance: unowned IPs are assigned at once, owned ones by handover.
+    /// - Returns: the plan being applied.
+    @discardableResult
+    public func rebalance() -> [IPAssignmentTable.Move] {
+        let (plan, assigns, revokes): ([IPAssignmentTable.Move], [(NodeSession, AssignedIP)], [(NodeSession, String)]) = lock.withLock {
+            let plan = table.planRebalance(nodes: activeNodesLocked())
+            var assigns: [(NodeSession, AssignedIP)] = []
+            var revokes: [(NodeSession, String)] = []
+            for m in plan {
+                if let from = m.from {
+                    if let s = sessions[from], table.beginHandover(m.address, to: m.to) { revokes.append((s, m.address)) }
+                } else if let ip = table.assignUnowned(m.address, to: m.to), let s = sessions[m.to] {
+                    assigns.append((s, ip))
+                }
+            }
+            return (plan, assigns, revokes)
+        }
+        if !plan.isEmpty { log.info("rebalance", ["moves": plan.map { "\($0.address):\($0.from ?? "-")→\($0.to)" }.joined(separator: ",")]) }
+        for (s, ip) in assigns { try? s.connection.send(.ipAssign(IPAssignMessage(ips: [ip]))) }
+        for (s, a) in revokes { try? s.connection.send(.ipRevoke(IPRevokeMessage(addresses: [a]))) }
+        wake()
+        return plan
+    }
+
+    // MARK: Reload
+
+    /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
+    /// lease/retry settings. Work in flight is not dropped: removed IPs are revoked from their owners.
+    /// - Returns: what changed.
+    public func reload(_ new: ClusterConfig) -> ReloadReport {
+        let (report, revokes, kicked): (ReloadReport, [(NodeSession, String)], [NodeSession]) = lock.withLock {
+            let old = config
+            var report = ReloadReport(
+                ipsAdded: new.ips.map(\.address).filter { a in !old.ips.contains { $0.address == a } },
+                ipsRemoved: old.ips.map(\.address).filter { a in !new.ips.contains { $0.address == a } },
+                nodesAdded: new.nodes.map(\.id).filter { n in !old.nodes.contains { $0.id == n } },
+                nodesRemoved: old.nodes.map(\.id).filter { n in !new.nodes.contains { $0.id == n } },
+                poolsAdded: new.pools.map(\.name).filter { p in !old.pools.contains { $0.name == p } },
+                poolsRemoved: old.pools.map(\.name).filter { p in !new.pools.contains { $0.name == p } },
+                restartRequired: [])
+            if old.smtp != new.smtp { report.restartRequired.append("smtp") }
+            if old.coordinator.listen != new.coordinator.listen || old.coordinator.adminListen != new.coordinator.adminListen
+                || old.coordinator.dataDir != new.coordinator.dataDir || old.coordinator.adminToken != new.coordinator.adminToken {
+                report.restartRequired.append("coordinator listen/admin_listen/admin_token/data_dir")
+            }
+            if old.cluster != new.cluster { report.restartRequired.append("cluster") }
+            var revokes: [(NodeSession, String)] = []
+            for (address, owner) in table.reconfigure(ClusterHub.tableRows(new)) {
+                if let s = sessions[owner] { revokes.append((s, address)) }
+            }
+            var kicked: [NodeSession] = []
+            for n in report.nodesRemoved {
+                if let s = sessions[n] { kicked.append(s) }
+                left.insert(n)
+            }
+            config = new
+            return (report, revokes, kicked)
+        }
+        for (s, a) in revokes { try? s.connection.send(.ipRevoke(IPRevokeMessage(addresses: [a]))) }
+        for s in kicked {
+            try? s.connection.send(.reject(RejectMessage(reason: "node removed from cluster.yml", retryable: false)))
+            s.connection.close()
+        }
+        log.info("configuration reloaded", ["ips_added": report.ipsAdded.joined(separator: ","), "ips_removed": report.ipsRemoved.joined(separator: ","),
+                                            "nodes_added": report.nodesAdded.joined(separator: ","), "nodes_removed": report.nodesRemoved.joined(separator: ",")])
+        wake()
+        return report
+    }
+
+    /// The configuration in force.
+    public var currentConfig: ClusterConfig { lock.withLock { config } }
 
     // MARK: Scheduler
 
@@ -236,39 +439,38 @@ public final class ClusterHub: @unchecked Sendable {
         }
     }
 
-    /// One pass: sweep expired leases and too-old recipients, hand out IPs left without
-    /// owners, then grant due work to every node that has credits.
+    /// One pass: sweep expired leases and too-old recipients, hand out orphaned IPs,
+    /// progress drains and rebalances, then grant due work to every active node with credits.
     func schedulerRound() throws {
         let now = clock.now()
         let expired = try store.requeueExpiredLeases(now: now)
         if !expired.isEmpty {
             log.warning("leases expired; recipients requeued", ["leases": "\(expired.count)"])
             lock.withLock {
-                let gone = Set(expired)
                 for s in sessions.values {
-                    for id in gone where s.leases[id] != nil {
+                    for id in expired {
                         if let ip = s.leases.removeValue(forKey: id) { s.inFlightPerIP[ip, default: 1] -= 1 }
                     }
                 }
             }
         }
+        let maxAge = lock.withLock { config.retry.maxAge }
         if now.timeIntervalSince(lastExpirySweep) >= 30 {
             lastExpirySweep = now
-            let n = try store.expireOld(maxAge: config.retry.maxAge, now: now)
+            let n = try store.expireOld(maxAge: maxAge, now: now)
             if n > 0 { log.warning("recipients expired (maximum queue age)", ["recipients": "\(n)"]) }
         }
-        let moves = lock.withLock { table.rebalanceOrphans(now: now, fence: config.coordinator.leaseTime) }
-        for (node, ip) in moves {
-            let s = lock.withLock { () -> NodeSession? in
-                guard let s = sessions[node] else { return nil }
-                s.ips.append(ip)
-                return s
-            }
+        let moves: [(NodeSession?, AssignedIP, String)] = lock.withLock {
+            table.assignOrphans(now: now, excluded: draining).map { (sessions[$0.0], $0.1, $0.0) }
+        }
+        for (s, ip, node) in moves {
             log.info("sending IP assigned", ["node": node, "ip": ip.address])
             try? s?.connection.send(.ipAssign(IPAssignMessage(ips: [ip])))
         }
+        progressDrains()
+        if lock.withLock({ () -> Bool in defer { rebalanceWanted = false }; return rebalanceWanted }) { rebalance() }
         let ready: [NodeSession] = lock.withLock {
-            let all = sessions.values.filter { $0.credits > 0 && $0.reconciled && !$0.ips.isEmpty }.sorted { $0.nodeID < $1.nodeID }
+            let all = sessions.values.filter { $0.credits > 0 && stateLocked($0.nodeID) == .active }.sorted { $0.nodeID < $1.nodeID }
             guard !all.isEmpty else { return [] }
             roundRobin += 1
             let k = roundRobin % all.count
@@ -278,14 +480,16 @@ public final class ClusterHub: @unchecked Sendable {
     }
 
     private func grant(to session: NodeSession, now: Date) throws {
-        let (credits, ips, pools) = lock.withLock { (session.credits, session.ips, Set(session.ips.map(\.pool))) }
-        guard credits > 0 else { return }
-        let due = try store.dueRecipients(pools: pools, now: now, limit: min(credits * 100, 5000))
+        let (credits, ips, leaseTime, maxSize) = lock.withLock {
+            (session.credits, table.leasable(by: session.nodeID), config.coordinator.leaseTime, config.smtp.maxMessageSize)
+        }
+        guard credits > 0, !ips.isEmpty else { return }
+        let due = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: min(credits * 100, 5000))
         guard !due.isEmpty else { return }
         let groups = LeasePlanner.group(due)
         var inFlight = lock.withLock { session.inFlightPerIP }
         let plan = LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits)
-        let expiresAt = now.addingTimeInterval(config.coordinator.leaseTime)
+        let expiresAt = now.addingTimeInterval(leaseTime)
         var planned: [String: (DeliveryGroup, AssignedIP)] = [:]
         let records = plan.map { g, ip in
             let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: session.nodeID, instance: session.instanceID, sendingIP: ip.address,
@@ -293,6 +497,7 @@ public final class ClusterHub: @unchecked Sendable {
             planned[rec.id] = (g, ip)
             return rec
         }
+        lock.withLock { session.lastGrantExpiry = max(session.lastGrantExpiry, expiresAt) }
         let granted = try store.recordLeases(records)
         guard !granted.isEmpty else { return }
         var bodies: [String: [UInt8]] = [:]
@@ -303,23 +508,25 @@ public final class ClusterHub: @unchecked Sendable {
             try session.connection.send(.leaseGrant(LeaseGrantMessage(leases: batch), payload: payload))
             batch = []; payload = []
         }
-        for rec in granted {
-            guard let (group, ip) = planned[rec.id] else { continue }
-            if bodies[rec.messageID] == nil { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] }
-            let body = bodies[rec.messageID] ?? []
-            if payload.count + body.count > config.smtp.maxMessageSize { try flush() }
-            let recips = group.recipients.filter { rec.recipientIDs.contains($0.id) }.map { LeasedRecipient(id: $0.id, address: $0.address) }
-            batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
-                               domain: rec.domain, recipients: recips, expiresIn: config.coordinator.leaseTime,
-                               bodyOffset: payload.count, bodyLength: body.count))
-            payload.append(contentsOf: body)
-            lock.withLock {
-                session.credits -= 1
-                session.leases[rec.id] = ip.address
-                session.inFlightPerIP[ip.address, default: 0] += 1
+        do {
+            for rec in granted {
+                guard let (group, ip) = planned[rec.id] else { continue }
+                if bodies[rec.messageID] == nil { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] }
+                let body = bodies[rec.messageID] ?? []
+                if payload.count + body.count > maxSize { try flush() }
+                let recips = group.recipients.filter { rec.recipientIDs.contains($0.id) }.map { LeasedRecipient(id: $0.id, address: $0.address) }
+                batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
+                                   domain: rec.domain, recipients: recips, expiresIn: leaseTime, expiresAt: expiresAt.timeIntervalSince1970,
+                                   bodyOffset: payload.count, bodyLength: body.count))
+                payload.append(contentsOf: body)
+                lock.withLock {
+                    session.credits -= 1
+                    session.leases[rec.id] = ip.address
+                    session.inFlightPerIP[ip.address, default: 0] += 1
+                }
             }
-        }
-        do { try flush() } catch {
+            try flush()
+        } catch {
             // The connection is gone: the leases stay recorded and expire, as for a dead node.
             log.warning("lease grant not sent", ["node": session.nodeID, "error": "\(error)"])
         }
@@ -327,7 +534,7 @@ public final class ClusterHub: @unchecked Sendable {
 
     private func heartbeatLoop() {
         while lock.withLock({ running }) {
-            Thread.sleep(forTimeInterval: config.coordinator.heartbeatInterval)
+            Thread.sleep(forTimeInterval: lock.withLock { config.coordinator.heartbeatInterval })
             let all = lock.withLock { sessions.values.map { ($0, $0.leases.count) } }
             for (s, n) in all { try? s.connection.send(.heartbeat(HeartbeatMessage(leasesInFlight: n))) }
         }
@@ -335,16 +542,19 @@ public final class ClusterHub: @unchecked Sendable {
 
     // MARK: Status
 
-    /// Every configured node with its state, owned IPs and leases in flight.
+    /// Every configured node (and any removed node still known) with state, IPs and leases.
     public func nodeStatuses() throws -> [NodeStatus] {
         let perNode = try store.leasesPerNode()
         return lock.withLock {
-            config.nodes.map { n in
-                let s = sessions[n.id]
-                let seen = lastSeen[n.id]
-                return NodeStatus(state: s != nil ? "active" : (seen != nil ? "down" : "unknown"), id: n.id,
+            let ids = config.nodes.map(\.id) + lastSeen.keys.sorted().filter { id in !config.nodes.contains { $0.id == id } }
+            return ids.map { id in
+                let s = sessions[id]
+                let seen = lastSeen[id]
+                return NodeStatus(state: stateLocked(id), id: id,
                                   instance: s?.instanceID ?? seen?.instance, address: s?.peer.host ?? seen?.address,
-                                  ips: table.owned(by: n.id).map(\.address), leasesInFlight: perNode[n.id] ?? 0,
+                                  ips: table.owned(by: id).map(\.address),
+                                  ipsToHandOver: draining.contains(id) ? table.floatingOwned(by: id).map(\.address) : [],
+                                  leasesInFlight: perNode[id] ?? 0,
                                   lastSeen: (s?.lastHeard ?? seen?.at)?.timeIntervalSince1970)
             }
         }
@@ -352,4 +562,14 @@ public final class ClusterHub: @unchecked Sendable {
 
     /// The IP assignment table rows.
     public func ipTable() -> [IPAssignmentTable.Entry] { lock.withLock { table.entries } }
+}
+
+/// Errors of operator actions, rendered by the admin API.
+public enum AdminError: Error, CustomStringConvertible, Sendable {
+    case unknownNode(String)
+    public var description: String {
+        switch self {
+        case .unknownNode(let n): return "unknown node \(n)"
+        }
+    }
 }

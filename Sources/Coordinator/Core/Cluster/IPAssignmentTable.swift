@@ -1,14 +1,14 @@
 import Foundation
 import HatoShared
 
-/// The IP assignment table: which node owns each sending IP.
+/// The IP assignment table: which node owns each sending IP, and the handovers in progress.
 ///
 /// Invariant (DESIGN.md): at any moment an IP is owned by at most one node.
-/// A fixed IP (exactly one eligible node) waits for its node. A floating IP
-/// (several eligible nodes, or any node) whose owner is down moves only after
-/// `fence` seconds have passed since the owner was last heard from — by then
-/// every lease the old owner held has expired, so two nodes never send from one IP.
-/// Pure value type: time is passed in.
+/// Ownership moves only by handover — revoke from the old owner, wait until it
+/// reports the IP released, then assign — or, for a floating IP whose owner went
+/// silent, after a fencing delay by which every lease that owner held has expired.
+/// A fixed IP (exactly one eligible node) waits for its node.
+/// Pure value type: time and node liveness are passed in.
 public struct IPAssignmentTable: Sendable, Equatable {
     /// One row of the table.
     public struct Entry: Sendable, Equatable {
@@ -18,67 +18,203 @@ public struct IPAssignmentTable: Sendable, Equatable {
         public var eligible: [String]
         /// The current owner.
         public var owner: String?
+        /// While a handover is in progress: the node the IP goes to once the owner released it.
+        public var handoverTo: String?
         /// Whether the IP may move between nodes.
         public var isFloating: Bool { eligible.count != 1 }
+        /// `owned`, `handover`, or `unowned`.
+        public var state: String { owner == nil ? "unowned" : (handoverTo != nil ? "handover" : "owned") }
+    }
+
+    /// A planned move of one IP.
+    public struct Move: Sendable, Equatable, Codable {
+        public var address: String
+        public var from: String?
+        public var to: String
     }
 
     /// Rows in configuration order.
     public private(set) var entries: [Entry]
-    /// Nodes that are connected, with the configured IPs they can bind.
-    private var live: [String: Set<String>] = [:]
-    /// When each disconnected node was last heard from.
-    private var downSince: [String: Date] = [:]
+    /// Connected nodes and the configured IPs each can bind.
+    private var bindable: [String: Set<String>] = [:]
+    /// For each disconnected node: the time after which its floating IPs may move.
+    private var fencedUntil: [String: Date] = [:]
 
     /// - Parameter ips: the configured sending IPs with their eligible nodes (empty = any).
     public init(ips: [(AssignedIP, [String])]) {
-        entries = ips.map { Entry(ip: $0.0, eligible: $0.1, owner: nil) }
+        entries = ips.map { Entry(ip: $0.0, eligible: $0.1, owner: nil, handoverTo: nil) }
     }
 
-    /// The IPs owned by `node`.
+    /// The IPs owned by `node` (including those being handed over away from it).
     public func owned(by node: String) -> [AssignedIP] { entries.filter { $0.owner == node }.map(\.ip) }
+
+    /// The IPs on which `node` may be given new leases: owned and not being handed over.
+    public func leasable(by node: String) -> [AssignedIP] { entries.filter { $0.owner == node && $0.handoverTo == nil }.map(\.ip) }
 
     /// The owner of `address`, if any.
     public func owner(of address: String) -> String? { entries.first { $0.ip.address == address }?.owner }
 
-    /// A node connected and can bind `bindable`. It keeps what it already owns and takes
-    /// every unowned IP it is eligible for and can bind.
+    /// Whether `node` could own `entry` now (connected, can bind it, eligible).
+    public func canOwn(_ node: String, _ e: Entry) -> Bool {
+        guard let binds = bindable[node], binds.contains(e.ip.address) else { return false }
+        return e.eligible.isEmpty || e.eligible.contains(node)
+    }
+
+    /// A node connected and can bind `bindableIPs`. It keeps what it owns and can still bind,
+    /// and takes every unowned IP it is eligible for and can bind (if `takeUnowned`).
     /// - Returns: the IPs the node owns now.
-    public mutating func nodeConnected(_ node: String, bindable: [String]) -> [AssignedIP] {
-        live[node] = Set(bindable)
-        downSince[node] = nil
-        for i in entries.indices where entries[i].owner == nil && canOwn(node, entries[i]) {
-            entries[i].owner = node
+    public mutating func nodeConnected(_ node: String, bindable binds: [String], takeUnowned: Bool = true) -> [AssignedIP] {
+        bindable[node] = Set(binds)
+        fencedUntil[node] = nil
+        for i in entries.indices {
+            if entries[i].owner == node && !binds.contains(entries[i].ip.address) {
+                entries[i].owner = nil; entries[i].handoverTo = nil
+            }
+            if takeUnowned && entries[i].owner == nil && canOwn(node, entries[i]) { entries[i].owner = node }
         }
         return owned(by: node)
     }
 
-    /// A node's connection ended at `at` (it keeps its IPs until fenced).
-    public mutating func nodeDisconnected(_ node: String, at: Date) {
-        live[node] = nil
-        downSince[node] = at
+    /// A node's connection ended. Its floating IPs may move after `fenceUntil`
+    /// (the later of last-heard + lease time and the expiry of the last lease granted to it).
+    /// Handovers from or to it are cancelled.
+    public mutating func nodeDisconnected(_ node: String, fenceUntil: Date) {
+        bindable[node] = nil
+        fencedUntil[node] = fenceUntil
+        for i in entries.indices where entries[i].handoverTo == node { entries[i].handoverTo = nil }
+        for i in entries.indices where entries[i].owner == node { entries[i].handoverTo = nil }
     }
 
-    private func canOwn(_ node: String, _ e: Entry) -> Bool {
-        guard let binds = live[node], binds.contains(e.ip.address) else { return false }
-        return e.eligible.isEmpty || e.eligible.contains(node)
+    /// Forgets a node entirely (removed from the configuration): its IPs become unowned
+    /// once fenced; callers must only do this for a node that is disconnected and fenced.
+    public mutating func forget(_ node: String) {
+        bindable[node] = nil
+        fencedUntil[node] = nil
+        for i in entries.indices where entries[i].owner == node { entries[i].owner = nil; entries[i].handoverTo = nil }
     }
 
-    /// Moves floating IPs away from nodes down for at least `fence` seconds to a live eligible node
-    /// (the one owning the fewest IPs), and gives unowned IPs to live eligible nodes.
+    /// Starts handing `address` over to `target`.
+    /// - Returns: false if the IP is unknown, unowned, already moving, or `target` cannot own it.
+    public mutating func beginHandover(_ address: String, to target: String) -> Bool {
+        guard let i = entries.firstIndex(where: { $0.ip.address == address }), entries[i].owner != nil,
+              entries[i].owner != target, entries[i].handoverTo == nil, canOwn(target, entries[i]) else { return false }
+        entries[i].handoverTo = target
+        return true
+    }
+
+    /// The owner reported `address` released.
+    /// - Returns: the new owner if a handover completed (the caller sends it `ip_assign`), else nil.
+    public mutating func released(_ address: String, by node: String) -> String? {
+        guard let i = entries.firstIndex(where: { $0.ip.address == address }), entries[i].owner == node else { return nil }
+        let target = entries[i].handoverTo
+        entries[i].handoverTo = nil
+        if let target, canOwn(target, entries[i]) {
+            entries[i].owner = target
+            return target
+        }
+        entries[i].owner = nil
+        return nil
+    }
+
+    /// Gives an unowned IP to `node` if it can own it.
+    /// - Returns: the IP when assigned.
+    public mutating func assignUnowned(_ address: String, to node: String) -> AssignedIP? {
+        guard let i = entries.firstIndex(where: { $0.ip.address == address }), entries[i].owner == nil, canOwn(node, entries[i]) else { return nil }
+        entries[i].owner = node
+        return entries[i].ip
+    }
+
+    /// Whether a floating IP is owned by `node` (drain is complete only when none is).
+    public func floatingOwned(by node: String) -> [AssignedIP] { entries.filter { $0.owner == node && $0.isFloating }.map(\.ip) }
+
+    /// Moves floating IPs of nodes whose fence has passed to live eligible nodes (fewest IPs first),
+    /// and gives unowned IPs to live eligible nodes. Nodes in `excluded` (draining) get nothing.
     /// - Returns: the new assignments as (node, IP).
-    public mutating func rebalanceOrphans(now: Date, fence: TimeInterval) -> [(String, AssignedIP)] {
+    public mutating func assignOrphans(now: Date, excluded: Set<String> = []) -> [(String, AssignedIP)] {
         var moves: [(String, AssignedIP)] = []
         for i in entries.indices {
-            if let o = entries[i].owner, live[o] == nil {
-                guard entries[i].isFloating, let since = downSince[o], now.timeIntervalSince(since) >= fence else { continue }
+            if let o = entries[i].owner, bindable[o] == nil {
+                guard entries[i].isFloating, let until = fencedUntil[o], now >= until else { continue }
                 entries[i].owner = nil
             }
             guard entries[i].owner == nil else { continue }
-            let candidates = live.keys.sorted().filter { canOwn($0, entries[i]) }
+            let candidates = bindable.keys.sorted().filter { !excluded.contains($0) && canOwn($0, entries[i]) }
             guard let target = candidates.min(by: { owned(by: $0).count < owned(by: $1).count }) else { continue }
             entries[i].owner = target
             moves.append((target, entries[i].ip))
         }
         return moves
+    }
+
+    /// Adds, updates and removes rows to match a new configuration (reload).
+    /// - Returns: addresses removed while owned (the caller revokes them from their owners).
+    public mutating func reconfigure(_ ips: [(AssignedIP, [String])]) -> [(address: String, owner: String)] {
+        var removed: [(String, String)] = []
+        var next: [Entry] = []
+        for (ip, eligible) in ips {
+            if var e = entries.first(where: { $0.ip.address == ip.address }) {
+                e.ip = ip; e.eligible = eligible
+                if let o = e.owner, !(eligible.isEmpty || eligible.contains(o)) {
+                    // No longer eligible: hand back like a removal.
+                    removed.append((ip.address, o)); e.owner = nil; e.handoverTo = nil
+                }
+                next.append(e)
+            } else {
+                next.append(Entry(ip: ip, eligible: eligible, owner: nil, handoverTo: nil))
+            }
+        }
+        for e in entries where !ips.contains(where: { $0.0.address == e.ip.address }) {
+            if let o = e.owner { removed.append((e.ip.address, o)) }
+        }
+        entries = next
+        return removed
+    }
+
+    /// A rebalance plan: moves that even out the number of IPs per node over `nodes`
+    /// (active, not draining), pool by pool, with the fewest moves. Deterministic.
+    ///
+    /// Greedy per pool: while the most-loaded node of the pool has at least two IPs of
+    /// that pool more than the least-loaded node that may own one of them, move the
+    /// lowest-addressed such IP. Each move reduces the spread, so no move is wasted.
+    /// Unowned IPs are placed first (they need no handover). Fixed IPs never move.
+    public func planRebalance(nodes: [String]) -> [Move] {
+        let live = nodes.filter { bindable[$0] != nil }.sorted()
+        guard !live.isEmpty else { return [] }
+        var owner: [String: String?] = [:]
+        for e in entries { owner[e.ip.address] = e.owner }
+        var moves: [Move] = []
+        func count(_ n: String, pool: String?) -> Int {
+            entries.filter { owner[$0.ip.address] == .some(n) && (pool == nil || $0.ip.pool == pool) }.count
+        }
+        let pools = Array(Set(entries.map(\.ip.pool))).sorted()
+        // 1. Unowned IPs go to the eligible node with the fewest IPs of that pool.
+        for e in entries.sorted(by: { $0.ip.address < $1.ip.address }) where owner[e.ip.address] == .some(nil) && e.handoverTo == nil {
+            let cands = live.filter { canOwn($0, e) }
+            guard let t = cands.min(by: { (count($0, pool: e.ip.pool), count($0, pool: nil), $0) < (count($1, pool: e.ip.pool), count($1, pool: nil), $1) }) else { continue }
+            owner[e.ip.address] = t
+            moves.append(Move(address: e.ip.address, from: nil, to: t))
+        }
+        // 2. Even out each pool.
+        for pool in pools {
+            for _ in 0..<entries.count {
+                let movable = entries.filter { $0.ip.pool == pool && $0.isFloating && $0.handoverTo == nil }
+                var best: (Entry, String, String)?
+                for from in live.sorted(by: { (count($0, pool: pool), $1) > (count($1, pool: pool), $0) }) {
+                    for e in movable.sorted(by: { $0.ip.address < $1.ip.address }) where owner[e.ip.address] == .some(from) {
+                        let targets = live.filter { $0 != from && canOwn($0, e) && count($0, pool: pool) + 2 <= count(from, pool: pool) }
+                        if let t = targets.min(by: { (count($0, pool: pool), count($0, pool: nil), $0) < (count($1, pool: pool), count($1, pool: nil), $1) }) {
+                            best = (e, from, t); break
+                        }
+                    }
+                    if best != nil { break }
+                }
+                guard let (e, from, to) = best else { break }
+                owner[e.ip.address] = to
+                if let k = moves.firstIndex(where: { $0.address == e.ip.address }) { moves[k].to = to } else {
+                    moves.append(Move(address: e.ip.address, from: from, to: to))
+                }
+            }
+        }
+        return moves.filter { $0.from != $0.to }
     }
 }

@@ -1,0 +1,50 @@
+import Foundation
+import HatoShared
+
+/// The running coordinator: queue, cluster hub, SMTP listener and admin API wired together.
+public final class CoordinatorService: @unchecked Sendable {
+    /// The configuration the process started with (the hub holds the one in force after reloads).
+    public let config: ClusterConfig
+    public let store: QueueStore
+    public let hub: ClusterHub
+    public let submission: SubmissionServer
+    public let admin: HTTPServer
+    private let log = Logger(label: "coordinator")
+    private let reloadLock = NSLock()
+
+    /// Opens the queue and binds every listener.
+    /// - Throws: `SQLiteError` or `SocketError`.
+    public init(config: ClusterConfig) throws {
+        self.config = config
+        store = try QueueStore(directory: config.coordinator.dataDir)
+        let hub = try ClusterHub(config: config, store: store)
+        self.hub = hub
+        submission = SubmissionServer(config: config, store: store, onAccepted: { hub.wake() })
+        let path = config.sourcePath
+        let lock = reloadLock
+        let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {
+            try lock.withLock { hub.reload(try ClusterConfig.load(path: path)) }
+        })
+        admin = try HTTPServer(address: config.coordinator.adminListen) { api.handle($0) }
+    }
+
+    /// Re-reads cluster.yml and applies it; an invalid file is refused and the running config stays.
+    /// - Throws: `ConfigError`.
+    @discardableResult
+    public func reload() throws -> ReloadReport {
+        try reloadLock.withLock { hub.reload(try ClusterConfig.load(path: config.sourcePath)) }
+    }
+
+    /// Starts all listeners and background loops.
+    /// - Throws: `SocketError`.
+    public func start() throws {
+        let leased = try store.allLeases()
+        if !leased.isEmpty {
+            log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
+        }
+        try hub.start()
+        try submission.start()
+        admin.start()
+        log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])
+    }
+}
