@@ -126,12 +126,18 @@ final class LocalCluster: @unchecked Sendable {
     ///   - extraYAML: appended sections (e.g. `dns:`), and `routesYAML` replaces the default route.
     ///   - retrySchedule: the `retry.schedule` flow list.
     ///   - capturePolicy: verdicts of the capture MX.
+    ///   - nodeIDs: the `nodes:` list.
+    ///   - ipsYAML: replaces the default `ips:` section (four fixed IPs, two per node).
+    ///   - coordinatorYAML: extra keys of the `coordinator:` section (e.g. `lease_time: 6s`).
     init(routesYAML: String? = nil, extraYAML: String = "", retrySchedule: String = "[1s]",
-         captureAddress: String = "127.0.0.1",
+         captureAddress: String = "127.0.0.1", captureDelay: TimeInterval = 0,
+         nodeIDs: [String] = ["node-a", "node-b"], ipsYAML: String? = nil,
+         leaseTime: String = "30s", nodeTimeout: String = "5s", heartbeat: String = "1s", connectionsPerIP: Int = 4,
+         coordinatorYAML: String = "",
          capturePolicy: @escaping @Sendable (String, Int) -> CaptureVerdict = { _, _ in .accept }) throws {
         dir = NSTemporaryDirectory() + "hato-it-" + Identifier.random(bytes: 6)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        capture = try CaptureServer(address: SocketAddress(host: captureAddress, port: 0), policy: capturePolicy)
+        capture = try CaptureServer(address: SocketAddress(host: captureAddress, port: 0), dataDelay: captureDelay, policy: capturePolicy)
         smtpPort = try freePort(); clusterPort = try freePort(); adminPort = try freePort()
         configPath = (dir as NSString).appendingPathComponent("cluster.yml")
         let routes = routesYAML ?? "routes:\n  - { domain: hato.test, next_hop: \"\(captureAddress):\(capture.address.port)\" }\n"
@@ -142,26 +148,35 @@ final class LocalCluster: @unchecked Sendable {
               admin_listen: 127.0.0.1:\(adminPort)
               admin_token: "\(token)"
               data_dir: var/coordinator
-              lease_time: 30s
-              node_timeout: 5s
-              heartbeat_interval: 1s
+              lease_time: \(leaseTime)
+              node_timeout: \(nodeTimeout)
+              heartbeat_interval: \(heartbeat)
+              \(coordinatorYAML.isEmpty ? "# no extra coordinator settings" : coordinatorYAML)
             smtp: { listen: [127.0.0.1:\(smtpPort)], hostname: relay.it.test, relay_networks: [127.0.0.0/8], max_message_size: 10MiB, max_recipients: 100 }
             nodes:
-              - { id: node-a, data_dir: var/node-a }
-              - { id: node-b, data_dir: var/node-b }
+            \(nodeIDs.map { "  - { id: \($0), data_dir: var/\($0) }" }.joined(separator: "\n"))
             pools:
               - { name: transactional }
-            ips:
-              - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
-              - { address: 127.0.0.11, helo: mta11.it.test, pool: transactional, nodes: [node-a] }
-              - { address: 127.0.0.12, helo: mta12.it.test, pool: transactional, nodes: [node-b] }
-              - { address: 127.0.0.13, helo: mta13.it.test, pool: transactional, nodes: [node-b] }
+            \(ipsYAML ?? LocalCluster.fixedIPs)
             routing: { default_pool: transactional }
             \(routes)retry: { schedule: \(retrySchedule), max_age: 1h }
-            delivery: { connections_per_ip: 4, connect_timeout: 5s, command_timeout: 30s, data_timeout: 60s }
+            delivery: { connections_per_ip: \(connectionsPerIP), connect_timeout: 5s, command_timeout: 30s, data_timeout: 60s }
             \(extraYAML)
             """
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    static let fixedIPs = """
+        ips:
+          - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
+          - { address: 127.0.0.11, helo: mta11.it.test, pool: transactional, nodes: [node-a] }
+          - { address: 127.0.0.12, helo: mta12.it.test, pool: transactional, nodes: [node-b] }
+          - { address: 127.0.0.13, helo: mta13.it.test, pool: transactional, nodes: [node-b] }
+        """
+
+    /// `count` floating IPs 127.0.0.20… that any node may own.
+    static func floatingIPs(_ count: Int) -> String {
+        "ips:\n" + (0..<count).map { "  - { address: 127.0.0.\(20 + $0), helo: mta\(20 + $0).it.test, pool: transactional }" }.joined(separator: "\n")
     }
 
     /// IPs configured per node.
@@ -184,7 +199,11 @@ final class LocalCluster: @unchecked Sendable {
         coordinator = nil
     }
 
+    /// The node process for `id`.
+    func nodeProcess(_ id: String) -> ChildProcess? { nodes[id] }
+
     func startNode(_ id: String) throws {
+        if let old = nodes[id] { retired.append(old) }
         nodes[id] = try ChildProcess(name: "\(id)-\(retired.count)", executable: executablePath("hato-node"),
                                      arguments: ["run", "--config", configPath, "--id", id], logDirectory: dir)
     }
@@ -228,6 +247,27 @@ final class LocalCluster: @unchecked Sendable {
         }
     }
 
+    /// Waits until each node in `ids` has `state` per the admin API.
+    func waitForNodes(_ ids: [String], state: String, timeout: TimeInterval = 30) throws {
+        try waitUntil("\(ids) \(state)", timeout: timeout) {
+            let nodes = try admin("/v1/nodes") as? [[String: Any]] ?? []
+            return ids.allSatisfy { id in nodes.contains { ($0["id"] as? String) == id && ($0["state"] as? String) == state } }
+        }
+    }
+
+    /// One node's entry from `/v1/nodes`.
+    func node(_ id: String) throws -> [String: Any] {
+        (try admin("/v1/nodes") as? [[String: Any]] ?? []).first { ($0["id"] as? String) == id } ?? [:]
+    }
+
+    /// Runs `hato-coordinator ARGS --config <this cluster>` and returns (exit status, output).
+    func cli(_ args: [String], timeout: TimeInterval = 120) throws -> (Int32, String) {
+        let p = try ChildProcess(name: "cli-\(Identifier.random(bytes: 3))", executable: executablePath("hato-coordinator"),
+                                 arguments: args + ["--config", configPath], logDirectory: dir)
+        guard let status = p.wait(timeout: timeout) else { p.stop(signal: SIGKILL); throw HarnessError("CLI \(args) hung") }
+        return ((status >> 8) & 0xFF, p.log)
+    }
+
     /// Everything the processes logged, for failure messages.
     var logs: String {
         (retired + [coordinator].compactMap { $0 } + Array(nodes.values)).map { "==== \($0.name)\n\($0.log.suffix(6000))" }.joined(separator: "\n")
@@ -251,25 +291,40 @@ func submitWithSmtplib(port: UInt16, messages: [(from: String, to: [String], con
     let jobsPath = (dir as NSString).appendingPathComponent("jobs-\(Identifier.random(bytes: 4)).json")
     try JSONEncoder().encode(jobs).write(to: URL(fileURLWithPath: jobsPath))
     let script = """
-        import base64, json, smtplib, sys, threading
+        import base64, json, smtplib, sys, threading, time
         jobs = json.load(open(sys.argv[1])); port = int(sys.argv[2]); n = int(sys.argv[3])
         ids = [None] * len(jobs); errors = []
+        def connect():
+            s = smtplib.SMTP("127.0.0.1", port, timeout=60)
+            s.ehlo("client.it.test")
+            return s
         def worker(k):
-            try:
-                s = smtplib.SMTP("127.0.0.1", port, timeout=60)
-                s.ehlo("client.it.test")
-                for i in range(k, len(jobs), n):
-                    j = jobs[i]
-                    s.mail(j["from"])
-                    for r in j["to"]:
-                        code, _ = s.rcpt(r)
-                        if code != 250: raise Exception("rcpt %s: %d" % (r, code))
-                    code, msg = s.data(base64.b64decode(j["content"]))
-                    if code != 250: raise Exception("data: %d %r" % (code, msg))
-                    ids[i] = msg.decode().rsplit(" ", 1)[-1]
-                s.quit()
-            except Exception as e:
-                errors.append(repr(e))
+            # Like a real client: a message without a 250 is submitted again on a new
+            # connection (for up to 60 s), so a coordinator restart mid-stream is survivable.
+            s = None
+            for i in range(k, len(jobs), n):
+                j = jobs[i]
+                deadline = time.time() + 60
+                while True:
+                    try:
+                        if s is None: s = connect()
+                        s.mail(j["from"])
+                        for r in j["to"]:
+                            code, _ = s.rcpt(r)
+                            if code != 250: raise Exception("rcpt %s: %d" % (r, code))
+                        code, msg = s.data(base64.b64decode(j["content"]))
+                        if code != 250: raise Exception("data: %d %r" % (code, msg))
+                        ids[i] = msg.decode().rsplit(" ", 1)[-1]
+                        break
+                    except Exception as e:
+                        try: s.close()
+                        except Exception: pass
+                        s = None
+                        if time.time() > deadline:
+                            errors.append(repr(e)); return
+                        time.sleep(0.2)
+            try: s.quit()
+            except Exception: pass
         ts = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
         [t.start() for t in ts]; [t.join() for t in ts]
         if errors: print("ERRORS", errors, file=sys.stderr); sys.exit(1)
@@ -295,4 +350,35 @@ func testMessage(_ i: Int, to: String, extraLines: Int = 20) -> [UInt8] {
     s += "Hello \(i).\r\n.a line that starts with a dot\r\n..two dots\r\n"
     for k in 0..<extraLines { s += "line \(k) of message \(i): the quick brown fox jumps over the lazy dog\r\n" }
     return Array(s.utf8)
+}
+
+/// A submission running on a background thread while a test operates the cluster.
+final class BackgroundSubmission: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<[String], Error>?
+    let originals: [[UInt8]]
+
+    /// Starts submitting `count` test messages to `user<i>@hato.test` over `connections` sessions.
+    init(cluster: LocalCluster, count: Int, connections: Int = 4, tag: String = "s") {
+        originals = (0..<count).map { testMessage($0, to: "\(tag)\($0)@hato.test", extraLines: 10) }
+        let msgs = originals.enumerated().map { ("sender@example.org", ["\(tag)\($0.offset)@hato.test"], $0.element) }
+        let port = cluster.smtpPort, dir = cluster.dir
+        Thread.detachNewThread { [self] in
+            let r = Result { try submitWithSmtplib(port: port, messages: msgs, connections: connections, dir: dir) }
+            lock.withLock { result = r }
+        }
+    }
+
+    /// Waits for the submission to finish and returns the queue ids.
+    func wait(timeout: TimeInterval) throws -> [String] {
+        try waitUntil("submission to finish", timeout: timeout) { lock.withLock { result != nil } }
+        return try lock.withLock { result! }.get()
+    }
+}
+
+/// The "Subject: message N" number of a captured message.
+func subjectNumber(_ m: CapturedMessage) -> Int? {
+    let t = String(decoding: m.content.prefix(2048), as: UTF8.self)
+    guard let r = t.range(of: "Subject: message ") else { return nil }
+    return Int(t[r.upperBound...].prefix { $0.isNumber })
 }

@@ -50,7 +50,17 @@ case "run", "bindable":
         if args.subcommand == "bindable" {
             for ip in agent.bindableIPs() { print(ip) }
         } else {
-            agent.run()
+            // SIGHUP re-reads cluster.yml and re-announces the sending IPs this host can bind.
+            signal(SIGHUP, SIG_IGN)
+            let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+            let path = args.configPath
+            hup.setEventHandler {
+                do { agent.reloadIPs(from: try ClusterConfig.load(path: path)) } catch {
+                    Logger(label: "node").error("reload refused; running configuration unchanged", ["error": "\(error)"])
+                }
+            }
+            hup.resume()
+            withExtendedLifetime(hup) { agent.run() }
             exit(1)
         }
     } catch {

@@ -70,9 +70,22 @@ public final class NodeAgent: @unchecked Sendable {
     /// Leases per sending IP worked on at once.
     private var perIP: Int { max(1, config.delivery.connectionsPerIP) }
 
+    /// The `ips:` section as last read (updated by `reloadIPs`).
+    private var configuredIPs: [SendingIPSettings] = []
+
+    /// Re-reads the sending IPs from a new configuration (SIGHUP) and tells the coordinator
+    /// which of them this host can bind; other settings need a restart.
+    public func reloadIPs(from new: ClusterConfig) {
+        lock.withLock { configuredIPs = new.ips }
+        let binds = bindableIPs()
+        log.info("configuration re-read; announcing bindable IPs", ["bindable": binds.joined(separator: ",")])
+        try? lock.withLock { connection }?.send(.announce(AnnounceMessage(bindableIPs: binds)))
+    }
+
     /// Configured sending IPs this node may own and this host can bind (bind test on port 0).
     public func bindableIPs() -> [String] {
-        config.ips.filter { $0.nodes.isEmpty || $0.nodes.contains(nodeID) }.map(\.address).filter { addr in
+        let ips = lock.withLock { configuredIPs.isEmpty ? config.ips : configuredIPs }
+        return ips.filter { $0.nodes.isEmpty || $0.nodes.contains(nodeID) }.map(\.address).filter { addr in
             guard let s = try? Socket.listen(on: SocketAddress(host: addr, port: 0), backlog: 1) else { return false }
             s.close(); return true
         }
@@ -288,8 +301,9 @@ public final class NodeAgent: @unchecked Sendable {
                 RecipientResult(recipientID: $0.id, status: f.permanent ? .failed : .deferred, code: f.permanent ? 550 : 451, enhanced: f.enhanced, text: f.text)
             }
         case .success(let targets):
-            let req = DeliveryRequest(reversePath: l.reversePath, recipients: l.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
+            var req = DeliveryRequest(reversePath: l.reversePath, recipients: l.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
                                       body: held.body, sendingIP: l.sendingIP, heloName: l.helo)
+            req.notAfter = held.deadline
             let report = deliverer.deliver(req, to: targets)
             mx = report.mxHost; remote = report.remoteAddress
             outcomes = report.outcomes.map { o in

@@ -42,6 +42,8 @@ public final class CaptureServer: @unchecked Sendable {
     private let policy: @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict
     private let directory: String?
     private let hostname: String
+    /// Seconds to wait before answering the end of DATA (simulates a slow MX; keeps leases in flight).
+    public let dataDelay: TimeInterval
     /// The bound address (the real port when bound to port 0).
     public let address: SocketAddress
 
@@ -50,15 +52,17 @@ public final class CaptureServer: @unchecked Sendable {
     ///   - address: where to listen (port 0 picks a free port).
     ///   - hostname: the name in the greeting.
     ///   - directory: if set, each message is also written there as `<n>.eml` plus `<n>.json` metadata.
+    ///   - dataDelay: seconds to wait before the reply to the end of DATA.
     ///   - policy: the verdict for a recipient on its n-th RCPT (1-based, counted per address).
     /// - Throws: `SocketError` when the address cannot be bound.
-    public init(address: SocketAddress, hostname: String = "mx.capture.test", directory: String? = nil,
+    public init(address: SocketAddress, hostname: String = "mx.capture.test", directory: String? = nil, dataDelay: TimeInterval = 0,
                 policy: @escaping @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict = { _, _ in .accept }) throws {
         listener = try Socket.listen(on: address)
         self.address = listener.localAddress ?? address
         self.policy = policy
         self.directory = directory
         self.hostname = hostname
+        self.dataDelay = dataDelay
         if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         Thread.detachNewThread { [self] in
             while let (conn, peer) = try? listener.accept() {
@@ -119,6 +123,7 @@ public final class CaptureServer: @unchecked Sendable {
                         wire.append(contentsOf: l)
                         content.append(contentsOf: l.first == 0x2E ? l.dropFirst() : l[...])
                     }
+                    if dataDelay > 0 { Thread.sleep(forTimeInterval: dataDelay) }
                     let m = CapturedMessage(peerAddress: peer.host, localAddress: local, helo: helo, reversePath: from ?? "",
                                             recipients: rcpts, wire: wire, content: content, receivedAt: Date().timeIntervalSince1970)
                     let index = lock.withLock { () -> Int in messages.append(m); return messages.count }

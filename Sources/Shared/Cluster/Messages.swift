@@ -149,8 +149,40 @@ public struct RecipientResult: Codable, Sendable, Equatable {
     public var enhanced: String?
     /// The reply text (at most 512 characters).
     public var text: String
+    // Delivery details (optional: absent in frames from older nodes, which still decode).
+    /// The MX host whose session gave this outcome (nil when no server answered).
+    public var mxHost: String? = nil
+    /// That host's numeric address.
+    public var remoteAddress: String? = nil
+    /// The TLS version of the session, e.g. `TLSv1.3` (nil: plaintext or no session).
+    public var tlsVersion: String? = nil
+    /// The TLS cipher suite of the session.
+    public var tlsCipher: String? = nil
+    /// Whether the session was reused from an earlier message.
+    public var reusedConnection: Bool? = nil
+    /// The DKIM signatures on the message sent (`domain/selector/algorithm`).
+    public var dkim: [String]? = nil
+    /// How long each step took.
+    public var timings: DeliveryTimings? = nil
     public init(recipientID: Int64, status: Status, code: Int, enhanced: String?, text: String) {
         self.recipientID = recipientID; self.status = status; self.code = code; self.enhanced = enhanced; self.text = text
+    }
+}
+
+/// Seconds spent in each step of a delivery (all optional: a step that did not happen is absent).
+public struct DeliveryTimings: Codable, Sendable, Equatable {
+    /// Resolving the MX hosts and their addresses.
+    public var resolve: Double?
+    /// Waiting for a shaping slot (connection limit or message rate).
+    public var shapingWait: Double?
+    /// The TCP handshake (absent for a reused session).
+    public var connect: Double?
+    /// Greeting, EHLO and STARTTLS (absent for a reused session).
+    public var setup: Double?
+    /// The mail transaction, MAIL FROM to the final reply.
+    public var transaction: Double?
+    public init(resolve: Double? = nil, shapingWait: Double? = nil, connect: Double? = nil, setup: Double? = nil, transaction: Double? = nil) {
+        self.resolve = resolve; self.shapingWait = shapingWait; self.connect = connect; self.setup = setup; self.transaction = transaction
     }
 }
 
@@ -201,6 +233,13 @@ public struct IPReleasedMessage: Codable, Sendable, Equatable {
     public init(addresses: [String]) { self.addresses = addresses }
 }
 
+/// `announce` (node → coordinator): the configured sending IPs this host can bind changed
+/// (the node re-read cluster.yml on SIGHUP).
+public struct AnnounceMessage: Codable, Sendable, Equatable {
+    public var bindableIPs: [String]
+    public init(bindableIPs: [String]) { self.bindableIPs = bindableIPs }
+}
+
 /// A decoded cluster protocol message.
 public enum ClusterMessage: Sendable, Equatable {
     case challenge(ChallengeMessage)
@@ -216,6 +255,7 @@ public enum ClusterMessage: Sendable, Equatable {
     case ipAssign(IPAssignMessage)
     case ipRevoke(IPRevokeMessage)
     case ipReleased(IPReleasedMessage)
+    case announce(AnnounceMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -232,6 +272,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipAssign: return .ipAssign
         case .ipRevoke: return .ipRevoke
         case .ipReleased: return .ipReleased
+        case .announce: return .announce
         }
     }
 
@@ -259,6 +300,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipAssign(let m): return Frame(type: .ipAssign, header: h(m))
         case .ipRevoke(let m): return Frame(type: .ipRevoke, header: h(m))
         case .ipReleased(let m): return Frame(type: .ipReleased, header: h(m))
+        case .announce(let m): return Frame(type: .announce, header: h(m))
         }
     }
 
@@ -293,6 +335,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipAssign: return .ipAssign(try v(IPAssignMessage.self))
         case .ipRevoke: return .ipRevoke(try v(IPRevokeMessage.self))
         case .ipReleased: return .ipReleased(try v(IPReleasedMessage.self))
+        case .announce: return .announce(try v(AnnounceMessage.self))
         }
     }
 }

@@ -277,6 +277,16 @@ public final class ClusterHub: @unchecked Sendable {
                 }
             }
             wake()
+        case .announce(let m):
+            let (before, after) = lock.withLock { () -> ([AssignedIP], [AssignedIP]) in
+                let before = table.owned(by: session.nodeID)
+                return (before, table.nodeConnected(session.nodeID, bindable: m.bindableIPs, takeUnowned: !draining.contains(session.nodeID)))
+            }
+            let added = after.filter { !before.contains($0) }
+            log.info("node announced bindable IPs", ["node": session.nodeID, "bindable": m.bindableIPs.joined(separator: ","),
+                                                     "assigned": added.map(\.address).joined(separator: ",")])
+            if !added.isEmpty { try session.connection.send(.ipAssign(IPAssignMessage(ips: added))) }
+            wake()
         case .reject(let r):
             throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
         default:

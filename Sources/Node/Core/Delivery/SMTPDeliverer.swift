@@ -24,6 +24,10 @@ public struct DeliveryRequest: Sendable {
     public let sendingIP: String
     /// The EHLO/HELO name announced (RFC 5321 §4.1.1.1).
     public let heloName: String
+    /// The lease deadline: the message body (and its final dot) is never sent after this
+    /// time, so a node that was stopped or partitioned cannot complete a delivery whose
+    /// recipients the coordinator has already re-leased (fencing). Nil = no deadline.
+    public var notAfter: Date? = nil
 
     /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
@@ -168,7 +172,7 @@ public final class SMTPDeliverer: Sendable {
                 continue
             }
             var transaction = newTransaction()
-            run(&transaction, on: socket, body: request.body)
+            run(&transaction, on: socket, body: request.body, notAfter: request.notAfter)
             socket.close()
             if transaction.shouldTryNextTarget {
                 lastError = "\(target): \(transaction.outcomes.first?.text ?? "session failed")"
@@ -190,7 +194,7 @@ public final class SMTPDeliverer: Sendable {
     }
 
     /// Drives one transaction over a connected socket until it finishes.
-    func run(_ transaction: inout SMTPClientTransaction, on socket: Socket, body: [UInt8]) {
+    func run(_ transaction: inout SMTPClientTransaction, on socket: Socket, body: [UInt8], notAfter: Date? = nil) {
         let reader = BufferedReader(stream: socket, chunkSize: 16 * 1024)
         var actions: [SMTPClientAction] = []
         while true {
@@ -203,7 +207,10 @@ public final class SMTPDeliverer: Sendable {
                         try socket.write(bytes)
                     case .sendBody:
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
-                        try SMTPDotStuffing.encode(body) { try socket.write($0) }
+                        try SMTPDotStuffing.encode(body) { chunk in
+                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                            try socket.write(chunk)
+                        }
                     case .close:
                         return
                     }
@@ -272,6 +279,7 @@ public final class SMTPDeliverer: Sendable {
     }
 
     static func sessionFailure(_ error: any Error, while doing: String) -> SMTPSessionFailure {
+        if error is LeaseDeadlinePassed { return .connectionClosed("lease deadline passed before the end of data; not completing the delivery") }
         if let e = error as? SMTPProtocolError { return .protocolError(e.message) }
         if let e = error as? SocketError {
             switch e.kind {
@@ -292,3 +300,7 @@ public final class SMTPDeliverer: Sendable {
         }
     }
 }
+
+/// Thrown inside the body writer when the lease deadline passed: the transaction is
+/// abandoned before its final dot, so the recipients stay undelivered here.
+struct LeaseDeadlinePassed: Error {}
