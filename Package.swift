@@ -50,7 +50,7 @@ let package = Package(
             path: "Tests/NodeTests", swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["HatoShared", "hato-coordinator", "hato-node"],
+            dependencies: ["HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
             path: "Tests/IntegrationTests", swiftSettings: strict),
     ]
 )

@@ -16,3 +16,9 @@ static inline long hato_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
 static inline unsigned long hato_SSL_OP_NO_COMPRESSION(void) { return SSL_OP_NO_COMPRESSION; }
 static inline long hato_SSL_MODE_AUTO_RETRY(void) { return SSL_MODE_AUTO_RETRY; }
 static inline int hato_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
+// TLS (Sources/Shared/TLS): option constants and macros not importable from Swift.
+static inline unsigned long long hato_SSL_OP_NO_RENEGOTIATION(void) { return SSL_OP_NO_RENEGOTIATION; }
+static inline unsigned long long hato_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
+static inline unsigned long long hato_SSL_OP_NO_COMPRESSION_64(void) { return SSL_OP_NO_COMPRESSION; }
+static inline long hato_SSL_CTX_get_min_proto_version(SSL_CTX *ctx) { return SSL_CTX_get_min_proto_version(ctx); }
+static inline int hato_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }

@@ -104,4 +104,26 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.expired] == 1)
         #expect(try q.content(of: "M1") == nil)
     }
+
+    @Test("group commit: 64 concurrent submissions are all stored, in fewer transactions than messages")
+    func groupCommit() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        let group = DispatchGroup()
+        let errors = NSLock()
+        nonisolated(unsafe) var failures = 0
+        for i in 0..<64 {
+            group.enter()
+            Thread.detachNewThread {
+                do { try q.enqueue(message("G\(i)", ["u\(i)@x.test"])) } catch { errors.withLock { failures += 1 } }
+                group.leave()
+            }
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success)
+        #expect(errors.withLock { failures } == 0)
+        #expect(try q.countsByState()[.queued] == 64)
+        let batches = q.batchesCommittedForTests
+        print("group commit: 64 messages in \(batches) transactions")
+        #expect(batches >= 1 && batches < 64, "concurrent messages share transactions")
+    }
 }

@@ -124,10 +124,11 @@ struct EndToEndTests {
             try cluster.startCoordinator()
             try cluster.startNodesAndWait()
             let ids = try submitWithSmtplib(port: cluster.smtpPort, messages: [
-                ("sender@example.org", ["later@hato.test"], testMessage(1, to: "later@hato.test")),
-                ("sender@example.org", ["nobody@hato.test"], testMessage(2, to: "nobody@hato.test")),
+                ("sender@hato.test", ["later@hato.test"], testMessage(1, to: "later@hato.test")),
+                ("sender@hato.test", ["nobody@hato.test"], testMessage(2, to: "nobody@hato.test")),
             ], connections: 1, dir: cluster.dir)
-            try cluster.waitForQueue(final: 2, timeout: 60)
+            // Three final recipients: the two, and the DSN for the 550 (delivered to sender@hato.test).
+            try cluster.waitForQueue(final: 3, timeout: 60)
             let later = ((try cluster.message(ids[0]))["recipients"] as? [[String: Any]])?.first ?? [:]
             #expect(later["state"] as? String == "delivered")
             #expect(later["attempts"] as? Int == 2)
@@ -135,8 +136,10 @@ struct EndToEndTests {
             #expect(nobody["state"] as? String == "failed")
             #expect(nobody["last_code"] as? Int == 550)
             #expect(nobody["last_enhanced"] as? String == "5.1.1")
-            #expect(cluster.capture.received.count == 1, "only the retried message is delivered, once")
-            #expect(cluster.capture.received.first?.recipients == ["later@hato.test"])
+            let relayed = cluster.capture.received.filter { !$0.reversePath.isEmpty }
+            #expect(relayed.count == 1, "only the retried message is delivered, once")
+            #expect(relayed.first?.recipients == ["later@hato.test"])
+            #expect(cluster.capture.received.filter { $0.reversePath.isEmpty }.map(\.recipients) == [["sender@hato.test"]], "one DSN for the 550")
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error

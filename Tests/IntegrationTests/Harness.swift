@@ -133,11 +133,13 @@ final class LocalCluster: @unchecked Sendable {
          captureAddress: String = "127.0.0.1", captureDelay: TimeInterval = 0,
          nodeIDs: [String] = ["node-a", "node-b"], ipsYAML: String? = nil,
          leaseTime: String = "30s", nodeTimeout: String = "5s", heartbeat: String = "1s", connectionsPerIP: Int = 4,
-         coordinatorYAML: String = "",
-         capturePolicy: @escaping @Sendable (String, Int) -> CaptureVerdict = { _, _ in .accept }) throws {
+         coordinatorYAML: String = "", poolsYAML: String = "pools:\n  - { name: transactional }",
+         routingYAML: String = "routing: { default_pool: transactional }",
+         capturePolicy: @escaping @Sendable (String, Int) -> CaptureVerdict = { _, _ in .accept },
+         captureSourcePolicy: (@Sendable (String) -> CaptureVerdict)? = nil) throws {
         dir = NSTemporaryDirectory() + "hato-it-" + Identifier.random(bytes: 6)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        capture = try CaptureServer(address: SocketAddress(host: captureAddress, port: 0), dataDelay: captureDelay, policy: capturePolicy)
+        capture = try CaptureServer(address: SocketAddress(host: captureAddress, port: 0), dataDelay: captureDelay, sourcePolicy: captureSourcePolicy, policy: capturePolicy)
         smtpPort = try freePort(); clusterPort = try freePort(); adminPort = try freePort()
         configPath = (dir as NSString).appendingPathComponent("cluster.yml")
         let routes = routesYAML ?? "routes:\n  - { domain: hato.test, next_hop: \"\(captureAddress):\(capture.address.port)\" }\n"
@@ -155,10 +157,9 @@ final class LocalCluster: @unchecked Sendable {
             smtp: { listen: [127.0.0.1:\(smtpPort)], hostname: relay.it.test, relay_networks: [127.0.0.0/8], max_message_size: 10MiB, max_recipients: 100 }
             nodes:
             \(nodeIDs.map { "  - { id: \($0), data_dir: var/\($0) }" }.joined(separator: "\n"))
-            pools:
-              - { name: transactional }
+            \(poolsYAML)
             \(ipsYAML ?? LocalCluster.fixedIPs)
-            routing: { default_pool: transactional }
+            \(routingYAML)
             \(routes)retry: { schedule: \(retrySchedule), max_age: 1h }
             delivery: { connections_per_ip: \(connectionsPerIP), connect_timeout: 5s, command_timeout: 30s, data_timeout: 60s }
             \(extraYAML)
@@ -242,7 +243,7 @@ final class LocalCluster: @unchecked Sendable {
     func waitForQueue(final: Int, timeout: TimeInterval) throws {
         try waitUntil("\(final) recipients in a final state", timeout: timeout) {
             let q = try queue()
-            return (q["delivered"] ?? 0) + (q["failed"] ?? 0) + (q["expired"] ?? 0) == final
+            return (q["delivered"] ?? 0) + (q["failed"] ?? 0) + (q["expired"] ?? 0) + (q["suppressed"] ?? 0) == final
                 && (q["queued"] ?? 0) + (q["leased"] ?? 0) + (q["deferred"] ?? 0) == 0
         }
     }
@@ -346,7 +347,9 @@ func submitWithSmtplib(port: UInt16, messages: [(from: String, to: [String], con
 
 /// A test message with a unique marker, CRLF line endings, a dot-stuffing trap and 8-bit-free text.
 func testMessage(_ i: Int, to: String, extraLines: Int = 20) -> [UInt8] {
-    var s = "From: App <app@example.org>\r\nTo: <\(to)>\r\nSubject: message \(i)\r\nMessage-ID: <m\(i).\(Identifier.random(bytes: 4))@example.org>\r\n\r\n"
+    // Date and Message-ID present, so the submission fix-ups (RFC 6409 §8.3) leave the content as sent.
+    var s = "From: App <app@example.org>\r\nTo: <\(to)>\r\nSubject: message \(i)\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n"
+        + "Message-ID: <m\(i).\(Identifier.random(bytes: 4))@example.org>\r\n\r\n"
     s += "Hello \(i).\r\n.a line that starts with a dot\r\n..two dots\r\n"
     for k in 0..<extraLines { s += "line \(k) of message \(i): the quick brown fox jumps over the lazy dog\r\n" }
     return Array(s.utf8)

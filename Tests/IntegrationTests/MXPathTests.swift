@@ -56,7 +56,8 @@ struct MXPathTests {
         defer { cluster.shutdown() }
         // Re-point delivery at the capture server's port.
         let yaml = try String(contentsOfFile: cluster.configPath, encoding: .utf8)
-            .replacingOccurrences(of: "delivery: { connections_per_ip: 4,", with: "delivery: { port: \(cluster.capture.address.port), connections_per_ip: 4,")
+            // The test MX hosts are loopback addresses: allowed here only (`allow_loopback_mx`, default false).
+            .replacingOccurrences(of: "delivery: { connections_per_ip: 4,", with: "delivery: { port: \(cluster.capture.address.port), allow_loopback_mx: true, connections_per_ip: 4,")
         try yaml.write(toFile: cluster.configPath, atomically: true, encoding: .utf8)
         do {
             try cluster.startCoordinator()
@@ -66,10 +67,12 @@ struct MXPathTests {
                 ("sender@example.org", ["u\(i)@mxpath.test"], testMessage(i, to: "u\(i)@mxpath.test"))
             }
             msgs.append(("sender@example.org", ["x@implicit.test"], testMessage(99, to: "x@implicit.test")))
-            msgs.append(("sender@example.org", ["x@nonexistent.test"], testMessage(98, to: "x@nonexistent.test")))
+            // The NXDOMAIN failure's DSN goes to sender@mxpath.test, i.e. to the same test MX.
+            msgs.append(("sender@mxpath.test", ["x@nonexistent.test"], testMessage(98, to: "x@nonexistent.test")))
             let ids = try submitWithSmtplib(port: cluster.smtpPort, messages: msgs, connections: 2, dir: cluster.dir)
-            try cluster.waitForQueue(final: count + 2, timeout: 60)
-            let received = cluster.capture.received
+            try cluster.waitForQueue(final: count + 3, timeout: 60)
+            #expect(cluster.capture.received.filter { $0.reversePath.isEmpty }.map(\.recipients) == [["sender@mxpath.test"]], "one DSN")
+            let received = cluster.capture.received.filter { !$0.reversePath.isEmpty }
             #expect(received.count == count + 1)
             #expect(Set(received.flatMap(\.recipients)) == Set((0..<count).map { "u\($0)@mxpath.test" } + ["x@implicit.test"]))
             #expect(received.allSatisfy { $0.localAddress == mxAddress })

@@ -3,8 +3,9 @@ import Testing
 @testable import HatoNode
 @testable import HatoShared
 
-/// Outbound SMTP client tests: reply parser, transaction state machine, dot-stuffing and the
-/// socket driver against in-test servers (filter: `SMTPClientTests`).
+/// Outbound SMTP client tests: reply parser, session set-up and transaction state machines,
+/// dot-stuffing, the socket driver against a scripted MX, and next-hop resolution
+/// (filter: `SMTPClientTests`).
 @Suite("SMTPClientTests")
 struct SMTPClientTests {}
 
@@ -13,6 +14,7 @@ struct SMTPClientTests {}
 private let alice = DeliveryRecipient(id: 1, address: "alice@dest.test")
 private let bob = DeliveryRecipient(id: 2, address: "bob@dest.test")
 private let carol = DeliveryRecipient(id: 3, address: "carol@dest.test")
+private let dave = DeliveryRecipient(id: 4, address: "dave@dest.test")
 
 /// Parses exactly one reply from its wire text.
 private func reply(_ text: String) -> SMTPReply {
@@ -24,21 +26,41 @@ private func reply(_ text: String) -> SMTPReply {
     }
 }
 
-/// Renders actions as text: sent bytes verbatim, `<BODY>` and `<CLOSE>` markers.
-private func render(_ actions: [SMTPClientAction]) -> String {
+private let plainEHLO = "250-mx.test hello\r\n250-SIZE 1000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+private let pipeliningEHLO = "250-mx.test hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"
+
+private func caps(_ ehlo: String) -> RemoteSMTPCapabilities { RemoteSMTPCapabilities(ehloReply: reply(ehlo)) }
+
+/// Renders transaction actions: sent bytes verbatim, `<DATA>`, `<BDAT offset+length[ LAST]>`, `<FINISHED reusable>`.
+private func render(_ actions: [SMTPClientTransaction.Action]) -> String {
     actions.map { action -> String in
         switch action {
         case .send(let bytes): return String(decoding: bytes, as: UTF8.self)
-        case .sendBody: return "<BODY>"
+        case .sendData: return "<DATA>"
+        case .sendChunk(let o, let l, let last): return "<BDAT \(o)+\(l)\(last ? " LAST" : "")>"
+        case .finished(let reusable): return "<FINISHED \(reusable)>"
+        }
+    }.joined()
+}
+
+/// Renders set-up actions: sent bytes, `<TLS>`, `<READY>`, `<CLOSE>`.
+private func render(_ actions: [SMTPClientHandshake.Action]) -> String {
+    actions.map { action -> String in
+        switch action {
+        case .send(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .startTLS: return "<TLS>"
+        case .ready: return "<READY>"
         case .close: return "<CLOSE>"
         }
     }.joined()
 }
 
 private func transaction(_ recipients: [DeliveryRecipient] = [alice, bob], reversePath: String = "sender@origin.test",
-                         size: Int = 100, eightBit: Bool = false) -> SMTPClientTransaction {
-    SMTPClientTransaction(heloName: "client.test", reversePath: reversePath, recipients: recipients,
-                          bodySize: size, bodyHas8Bit: eightBit)
+                         size: Int = 100, eightBit: Bool = false, utf8Headers: Bool = false,
+                         ehlo: String = plainEHLO, chunkSize: Int = 1 << 20) -> SMTPClientTransaction {
+    SMTPClientTransaction(reversePath: reversePath, recipients: recipients,
+                          traits: SMTPMessageTraits(size: size, has8Bit: eightBit, needsSMTPUTF8: utf8Headers),
+                          capabilities: caps(ehlo), chunkSize: chunkSize)
 }
 
 /// Feeds replies one after another and returns the rendered actions of each step.
@@ -46,10 +68,11 @@ private func run(_ tx: inout SMTPClientTransaction, _ replies: [String]) -> [Str
     replies.map { render(tx.receive(reply($0))) }
 }
 
-private func status(_ tx: SMTPClientTransaction) -> [OutcomeStatus] { tx.outcomes.map(\.status) }
+private func run(_ hs: inout SMTPClientHandshake, _ replies: [String]) -> [String] {
+    replies.map { render(hs.receive(reply($0))) }
+}
 
-private let plainEHLO = "250-mx.test hello\r\n250-SIZE 1000000\r\n250 ENHANCEDSTATUSCODES\r\n"
-private let pipeliningEHLO = "250-mx.test hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"
+private func status(_ tx: SMTPClientTransaction) -> [OutcomeStatus] { tx.outcomes.map(\.status) }
 
 // MARK: - Reply parser
 
@@ -117,208 +140,332 @@ extension SMTPClientTests {
     }
 }
 
+// MARK: - Session set-up state machine
+
+extension SMTPClientTests {
+    @Suite("session set-up")
+    struct Handshake {
+        @Test("greeting, EHLO, ready; capabilities read from the EHLO reply")
+        func plain() {
+            var hs = SMTPClientHandshake(heloName: "client.test")
+            #expect(hs.waitingFor == .greeting)
+            #expect(run(&hs, ["220 mx.test ESMTP\r\n", "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-STARTTLS\r\n250 SMTPUTF8\r\n"])
+                    == ["EHLO client.test\r\n", "<READY>"])
+            #expect(hs.isReady)
+            #expect(!hs.secured)
+            #expect(hs.capabilities?.pipelining == true)
+            #expect(hs.capabilities?.chunking == true)
+            #expect(hs.capabilities?.smtpUTF8 == true)
+            #expect(hs.capabilities?.eightBitMIME == false)
+        }
+
+        @Test("HELO only after 500 or 502 to EHLO; 421 closes at once; other refusals QUIT")
+        func heloFallback() {
+            for code in ["500 5.5.1 what\r\n", "502 5.5.1 not implemented\r\n"] {
+                var hs = SMTPClientHandshake(heloName: "client.test")
+                #expect(run(&hs, ["220 old.test\r\n", code, "250 old.test\r\n"]) == ["EHLO client.test\r\n", "HELO client.test\r\n", "<READY>"])
+                #expect(hs.capabilities == RemoteSMTPCapabilities())
+            }
+            var busy = SMTPClientHandshake(heloName: "client.test")
+            #expect(run(&busy, ["220 x\r\n", "421 4.7.0 too busy\r\n"]) == ["EHLO client.test\r\n", "<CLOSE>"])
+            #expect(busy.failure?.code == 421)
+            #expect(busy.failure?.enhanced == "4.7.0")
+            var refused = SMTPClientHandshake(heloName: "client.test")
+            #expect(run(&refused, ["220 x\r\n", "550 5.7.1 go away\r\n", "221 bye\r\n"]) == ["EHLO client.test\r\n", "QUIT\r\n", "<CLOSE>"])
+            #expect(refused.failure?.code == 451)
+            #expect(refused.failure?.text.contains("550 5.7.1 go away") == true)
+            var helo5xx = SMTPClientHandshake(heloName: "client.test")
+            _ = run(&helo5xx, ["220 x\r\n", "500 what\r\n", "550 no HELO for you\r\n"])
+            #expect(helo5xx.state == .awaitingQUIT)
+        }
+
+        @Test("non-2xx greeting: 421 closes, 554 QUITs; both defer with the server's text")
+        func greeting() {
+            var g421 = SMTPClientHandshake(heloName: "client.test")
+            #expect(run(&g421, ["421 mx.test busy\r\n"]) == ["<CLOSE>"])
+            #expect(g421.failure?.code == 421)
+            var g554 = SMTPClientHandshake(heloName: "client.test")
+            #expect(run(&g554, ["554 5.7.1 no service\r\n", "221 bye\r\n"]) == ["QUIT\r\n", "<CLOSE>"])
+            #expect(g554.failure == SMTPClientHandshake.Failure(code: 451, enhanced: "4.4.0", text: "greeting rejected: 554 5.7.1 no service", tlsHandshakeFailed: false))
+        }
+
+        @Test("STARTTLS when offered: 220, handshake, EHLO again over TLS")
+        func startTLS() {
+            var hs = SMTPClientHandshake(heloName: "client.test", tlsPolicy: .opportunistic, tlsAvailable: true)
+            #expect(run(&hs, ["220 x\r\n", "250-x\r\n250-STARTTLS\r\n250 8BITMIME\r\n", "220 2.0.0 go ahead\r\n"])
+                    == ["EHLO client.test\r\n", "STARTTLS\r\n", "<TLS>"])
+            #expect(hs.waitingFor == nil)
+            #expect(render(hs.tlsEstablished()) == "EHLO client.test\r\n")
+            #expect(hs.capabilities == nil)
+            #expect(run(&hs, ["250-x\r\n250 8BITMIME\r\n"]) == ["<READY>"])
+            #expect(hs.secured)
+            #expect(hs.capabilities?.eightBitMIME == true)
+            // After TLS, a 502 to EHLO does not fall back to HELO.
+            var after = SMTPClientHandshake(heloName: "client.test", tlsPolicy: .opportunistic, tlsAvailable: true)
+            _ = run(&after, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "220 go\r\n"])
+            _ = after.tlsEstablished()
+            #expect(run(&after, ["502 no\r\n"]) == ["QUIT\r\n"])
+        }
+
+        @Test("TLS policies: disabled never sends STARTTLS; opportunistic continues after 454; required defers 4.7.4")
+        func policies() {
+            var disabled = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .disabled, tlsAvailable: true)
+            #expect(run(&disabled, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n"]) == ["EHLO c.test\r\n", "<READY>"])
+            var opportunistic = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .opportunistic, tlsAvailable: true)
+            #expect(run(&opportunistic, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "454 4.7.0 TLS not available\r\n"])
+                    == ["EHLO c.test\r\n", "STARTTLS\r\n", "<READY>"])
+            #expect(!opportunistic.secured)
+            var required454 = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: true)
+            #expect(run(&required454, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "454 4.7.0 TLS not available\r\n"]).last == "QUIT\r\n")
+            #expect(required454.failure?.enhanced == "4.7.4")
+            var notOffered = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: true)
+            #expect(run(&notOffered, ["220 x\r\n", "250 x\r\n"]) == ["EHLO c.test\r\n", "QUIT\r\n"])
+            #expect(notOffered.failure?.text == "TLS is required but the server does not offer STARTTLS")
+            var noClient = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: false)
+            _ = run(&noClient, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n"])
+            #expect(noClient.failure?.text == "TLS is required but this node has no TLS client")
+        }
+
+        @Test("a failed handshake is reported as such; timeouts and protocol errors defer")
+        func failures() {
+            var hs = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .opportunistic, tlsAvailable: true)
+            _ = run(&hs, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "220 go\r\n"])
+            #expect(render(hs.tlsFailed("alert 40")) == "<CLOSE>")
+            #expect(hs.failure == SMTPClientHandshake.Failure(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: alert 40", tlsHandshakeFailed: true))
+            var timeout = SMTPClientHandshake(heloName: "c.test")
+            #expect(render(timeout.fail(.timeout("greeting"))) == "<CLOSE>")
+            #expect(timeout.failure?.enhanced == "4.4.2")
+            var garbage = SMTPClientHandshake(heloName: "c.test")
+            _ = garbage.fail(.protocolError("bad line"))
+            #expect(garbage.failure?.enhanced == "4.5.0")
+            let badName = SMTPClientHandshake(heloName: "bad name\r\nRSET")
+            #expect(badName.state == .failed)
+            #expect(badName.failure?.enhanced == "4.3.5")
+        }
+    }
+}
+
 // MARK: - Transaction state machine
 
 extension SMTPClientTests {
-    @Suite("state machine")
+    @Suite("transaction")
     struct StateMachine {
-        @Test("without PIPELINING: one command per reply; RCPT 550 fails one recipient")
+        @Test("without PIPELINING: one command per reply; RCPT 550 fails one recipient; no QUIT")
         func sequential() {
             var tx = transaction()
-            #expect(tx.waitingFor == .greeting)
-            let steps = run(&tx, ["220 mx.test ESMTP\r\n", plainEHLO, "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n",
-                                  "550 5.1.1 no such user\r\n", "354 go\r\n", "250 2.0.0 queued as X\r\n", "221 bye\r\n"])
-            #expect(steps == [
-                "EHLO client.test\r\n", "MAIL FROM:<sender@origin.test> SIZE=100\r\n", "RCPT TO:<alice@dest.test>\r\n",
-                "RCPT TO:<bob@dest.test>\r\n", "DATA\r\n", "<BODY>", "QUIT\r\n", "<CLOSE>",
-            ])
+            #expect(render(tx.start()) == "MAIL FROM:<sender@origin.test> SIZE=100\r\n")
+            #expect(tx.waitingFor == .mail)
+            let steps = run(&tx, ["250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "550 5.1.1 no such user\r\n", "354 go\r\n", "250 2.0.0 queued as X\r\n"])
+            #expect(steps == ["RCPT TO:<alice@dest.test>\r\n", "RCPT TO:<bob@dest.test>\r\n", "DATA\r\n", "<DATA>", "<FINISHED true>"])
             #expect(!tx.pipelined)
             #expect(tx.isFinished)
+            #expect(tx.reusable)
             #expect(tx.outcomes == [
                 RecipientOutcome(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "queued as X"),
                 RecipientOutcome(recipientID: 2, status: .failed, code: 550, enhanced: "5.1.1", text: "no such user"),
             ])
         }
 
-        @Test("with PIPELINING: MAIL, every RCPT and DATA in one write; 452 defers, 550 fails")
+        @Test("with PIPELINING: MAIL, every RCPT and DATA in one write; 450 defers, 550 fails")
         func pipelined() {
-            var tx = transaction([alice, bob, carol])
-            let steps = run(&tx, ["220 mx.test\r\n", pipeliningEHLO])
-            #expect(steps[1] == "MAIL FROM:<sender@origin.test> SIZE=100\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\nRCPT TO:<carol@dest.test>\r\nDATA\r\n")
+            var tx = transaction([alice, bob, carol], ehlo: pipeliningEHLO)
+            #expect(render(tx.start()) == "MAIL FROM:<sender@origin.test> SIZE=100\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\nRCPT TO:<carol@dest.test>\r\nDATA\r\n")
             #expect(tx.pipelined)
-            #expect(tx.waitingFor == .command)
-            #expect(run(&tx, ["250 ok\r\n", "250 ok\r\n", "452 4.5.3 too many recipients\r\n"]) == ["", "", ""])
-            #expect(tx.waitingFor == .command)
+            #expect(run(&tx, ["250 ok\r\n", "250 ok\r\n", "450 4.2.1 mailbox busy\r\n"]) == ["", "", ""])
+            #expect(tx.waitingFor == .rcpt)
             #expect(run(&tx, ["550 5.1.1 unknown\r\n"]) == [""])
             #expect(tx.waitingFor == .dataInitiation)
-            #expect(run(&tx, ["354 go\r\n"]) == ["<BODY>"])
+            #expect(run(&tx, ["354 go\r\n"]) == ["<DATA>"])
             #expect(tx.waitingFor == .dataTermination)
-            #expect(run(&tx, ["250 2.0.0 ok\r\n", "221 bye\r\n"]) == ["QUIT\r\n", "<CLOSE>"])
+            #expect(run(&tx, ["250 2.0.0 ok\r\n"]) == ["<FINISHED true>"])
             #expect(status(tx) == [.delivered, .deferred, .failed])
-            #expect(tx.outcomes[1].code == 452)
-            #expect(tx.outcomes[1].enhanced == "4.5.3")
+            #expect(tx.outcomes[1].code == 450)
+            #expect(tx.carriedOver.isEmpty)
         }
 
-        @Test("421 in the middle of a pipelined batch defers every unfinished recipient and closes")
+        @Test("421 in the middle of a pipelined batch defers every unfinished recipient; session not reusable")
         func pipelined421() {
-            var tx = transaction([alice, bob, carol])
-            _ = run(&tx, ["220 mx.test\r\n", pipeliningEHLO])
-            let steps = run(&tx, ["250 ok\r\n", "550 5.1.1 unknown\r\n", "250 ok\r\n", "421 4.3.2 shutting down\r\n"])
-            #expect(steps == ["", "", "", "<CLOSE>"])
-            #expect(tx.isFinished)
-            #expect(!tx.shouldTryNextTarget)
+            var tx = transaction([alice, bob, carol], ehlo: pipeliningEHLO)
+            _ = tx.start()
+            #expect(run(&tx, ["250 ok\r\n", "550 5.1.1 unknown\r\n", "250 ok\r\n", "421 4.3.2 shutting down\r\n"]) == ["", "", "", "<FINISHED false>"])
+            #expect(!tx.reusable)
             #expect(status(tx) == [.failed, .deferred, .deferred])
             #expect(tx.outcomes[2] == RecipientOutcome(recipientID: 3, status: .deferred, code: 421, enhanced: "4.3.2", text: "shutting down"))
+        }
+
+        @Test("421 to MAIL, to DATA, and after the final dot: deferred, not reusable")
+        func fourTwentyOne() {
+            var atMail = transaction()
+            _ = atMail.start()
+            #expect(run(&atMail, ["421 4.7.0 closing\r\n"]) == ["<FINISHED false>"])
+            #expect(status(atMail) == [.deferred, .deferred])
+            var atData = transaction([alice])
+            _ = atData.start()
+            #expect(run(&atData, ["250 ok\r\n", "250 ok\r\n", "421 4.3.0 bye\r\n"]) == ["RCPT TO:<alice@dest.test>\r\n", "DATA\r\n", "<FINISHED false>"])
+            #expect(atData.outcomes.first?.code == 421)
+            var afterDot = transaction([alice])
+            _ = afterDot.start()
+            _ = run(&afterDot, ["250 ok\r\n", "250 ok\r\n", "354 go\r\n"])
+            #expect(run(&afterDot, ["421 4.4.2 timeout\r\n"]) == ["<FINISHED false>"])
+            #expect(status(afterDot) == [.deferred])
+        }
+
+        @Test("452 after two recipients (pipelined): the rest are carried over, not deferred")
+        func carryOverPipelined() {
+            var tx = transaction([alice, bob, carol, dave], ehlo: pipeliningEHLO)
+            _ = tx.start()
+            let steps = run(&tx, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "452 4.5.3 too many recipients\r\n", "452 4.5.3 too many recipients\r\n",
+                                  "354 go\r\n", "250 2.0.0 ok\r\n"])
+            #expect(steps == ["", "", "", "", "", "<DATA>", "<FINISHED true>"])
+            #expect(tx.acceptedCount == 2)
+            #expect(tx.carriedOver == [carol, dave])
+            #expect(status(tx) == [.delivered, .delivered, .deferred, .deferred])
+            #expect(tx.outcomes[3].code == 452)
+        }
+
+        @Test("452 without pipelining stops the RCPTs; the unsent recipients are carried over too")
+        func carryOverSequential() {
+            var tx = transaction([alice, bob, carol, dave])
+            _ = tx.start()
+            let steps = run(&tx, ["250 ok\r\n", "250 ok\r\n", "452 4.5.3 too many\r\n", "354 go\r\n", "250 ok\r\n"])
+            #expect(steps == ["RCPT TO:<alice@dest.test>\r\n", "RCPT TO:<bob@dest.test>\r\n", "DATA\r\n", "<DATA>", "<FINISHED true>"])
+            #expect(tx.carriedOver == [bob, carol, dave])
+            #expect(tx.acceptedCount == 1)
+            // Without any accepted recipient there is no DATA and no progress.
+            var none = transaction([alice, bob])
+            _ = none.start()
+            #expect(run(&none, ["250 ok\r\n", "452 4.5.3 too many\r\n"]) == ["RCPT TO:<alice@dest.test>\r\n", "<FINISHED true>"])
+            #expect(none.acceptedCount == 0)
+            #expect(none.carriedOver == [alice, bob])
         }
 
         @Test("no accepted recipient: no DATA without pipelining; pipelined DATA rejected; stray 354 gets an empty body")
         func noneAccepted() {
             var seq = transaction()
-            let steps = run(&seq, ["220 x\r\n", plainEHLO, "250 ok\r\n", "550 no\r\n", "451 later\r\n", "221 bye\r\n"])
-            #expect(steps.last(where: { !$0.isEmpty && $0 != "<CLOSE>" }) == "QUIT\r\n")
-            #expect(!steps.contains("DATA\r\n"))
+            _ = seq.start()
+            #expect(run(&seq, ["250 ok\r\n", "550 no\r\n", "451 later\r\n"]) == ["RCPT TO:<alice@dest.test>\r\n", "RCPT TO:<bob@dest.test>\r\n", "<FINISHED true>"])
             #expect(status(seq) == [.failed, .deferred])
-
-            var pipe = transaction()
-            _ = run(&pipe, ["220 x\r\n", pipeliningEHLO])
-            #expect(run(&pipe, ["250 ok\r\n", "550 no\r\n", "550 no\r\n", "554 5.5.1 no valid recipients\r\n"]) == ["", "", "", "QUIT\r\n"])
-            #expect(status(pipe) == [.failed, .failed])
-
-            var stray = transaction()
-            _ = run(&stray, ["220 x\r\n", pipeliningEHLO])
-            #expect(run(&stray, ["250 ok\r\n", "550 no\r\n", "550 no\r\n", "354 go\r\n"]) == ["", "", "", ".\r\n"])
-            #expect(run(&stray, ["250 whatever\r\n", "221 bye\r\n"]) == ["QUIT\r\n", "<CLOSE>"])
+            var pipe = transaction(ehlo: pipeliningEHLO)
+            _ = pipe.start()
+            #expect(run(&pipe, ["250 ok\r\n", "550 no\r\n", "550 no\r\n", "554 5.5.1 no valid recipients\r\n"]) == ["", "", "", "<FINISHED true>"])
+            var stray = transaction(ehlo: pipeliningEHLO)
+            _ = stray.start()
+            #expect(run(&stray, ["250 ok\r\n", "550 no\r\n", "550 no\r\n", "354 go\r\n", "250 whatever\r\n"]) == ["", "", "", ".\r\n", "<FINISHED true>"])
             #expect(status(stray) == [.failed, .failed])
         }
 
         @Test("MAIL rejected: 5xx fails and 4xx defers everyone; pipelined replies still consumed")
         func mailRejected() {
             var perm = transaction()
-            #expect(run(&perm, ["220 x\r\n", plainEHLO, "553 5.7.1 sender rejected\r\n"]).last == "QUIT\r\n")
+            _ = perm.start()
+            #expect(run(&perm, ["553 5.7.1 sender rejected\r\n"]) == ["<FINISHED true>"])
             #expect(status(perm) == [.failed, .failed])
             #expect(perm.outcomes[0].enhanced == "5.7.1")
-
-            var temp = transaction()
-            _ = run(&temp, ["220 x\r\n", pipeliningEHLO])
-            #expect(run(&temp, ["451 4.3.0 try later\r\n", "503 5.5.1 need MAIL\r\n", "503 need MAIL\r\n", "503 no\r\n"]) == ["", "", "", "QUIT\r\n"])
+            var temp = transaction(ehlo: pipeliningEHLO)
+            _ = temp.start()
+            #expect(run(&temp, ["451 4.3.0 try later\r\n", "503 5.5.1 need MAIL\r\n", "503 need MAIL\r\n", "503 no\r\n"]) == ["", "", "", "<FINISHED true>"])
             #expect(status(temp) == [.deferred, .deferred])
             #expect(temp.outcomes[1].code == 451)
         }
 
-        @Test("final reply 4xx defers and 5xx fails only the accepted recipients")
+        @Test("final reply 4xx defers and 5xx fails only the accepted recipients; DATA refused")
         func finalReply() {
-            var tx = transaction([alice, bob, carol])
-            _ = run(&tx, ["220 x\r\n", pipeliningEHLO, "250 ok\r\n", "250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n"])
-            _ = run(&tx, ["554 5.6.0 content rejected\r\n"])
+            var tx = transaction([alice, bob, carol], ehlo: pipeliningEHLO)
+            _ = tx.start()
+            _ = run(&tx, ["250 ok\r\n", "250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n", "554 5.6.0 content rejected\r\n"])
             #expect(status(tx) == [.failed, .failed, .failed])
             #expect(tx.outcomes.map(\.code) == [554, 550, 554])
-
             var deferred = transaction()
-            _ = run(&deferred, ["220 x\r\n", plainEHLO, "250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"])
-            _ = run(&deferred, ["451 4.3.0 try again\r\n"])
+            _ = deferred.start()
+            _ = run(&deferred, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "451 4.3.0 try again\r\n"])
             #expect(status(deferred) == [.deferred, .deferred])
-            // 421 as the final reply: deferred, close without QUIT.
-            var closed = transaction()
-            _ = run(&closed, ["220 x\r\n", plainEHLO, "250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"])
-            #expect(run(&closed, ["421 4.4.2 timeout\r\n"]) == ["<CLOSE>"])
-            #expect(status(closed) == [.deferred, .deferred])
+            var refused = transaction()
+            _ = refused.start()
+            #expect(run(&refused, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "554 5.7.1 no DATA\r\n"]).last == "<FINISHED true>")
+            #expect(status(refused) == [.failed, .failed])
         }
 
-        @Test("DATA command rejected after accepted RCPTs")
-        func dataRejected() {
-            var tx = transaction()
-            #expect(run(&tx, ["220 x\r\n", plainEHLO, "250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "554 5.7.1 no DATA\r\n"]).last == "QUIT\r\n")
-            #expect(status(tx) == [.failed, .failed])
-        }
-
-        @Test("HELO after 502 to EHLO; never after 421; other rejections try the next target")
-        func heloFallback() {
-            var tx = transaction([alice])
-            let steps = run(&tx, ["220 old.test\r\n", "502 5.5.1 EHLO not implemented\r\n", "250 old.test\r\n"])
-            #expect(steps == ["EHLO client.test\r\n", "HELO client.test\r\n", "MAIL FROM:<sender@origin.test>\r\n"])
-            #expect(tx.capabilities == RemoteSMTPCapabilities())
-
-            var busy = transaction([alice])
-            #expect(run(&busy, ["220 x\r\n", "421 4.7.0 too busy\r\n"]) == ["EHLO client.test\r\n", "<CLOSE>"])
-            #expect(busy.shouldTryNextTarget)
-            #expect(status(busy) == [.deferred])
-            #expect(busy.outcomes[0].code == 421)
-
-            var greet421 = transaction([alice])
-            #expect(run(&greet421, ["421 mx.test busy\r\n"]) == ["<CLOSE>"])
-            #expect(greet421.shouldTryNextTarget)
-
-            var greet554 = transaction([alice])
-            #expect(run(&greet554, ["554 5.7.1 go away\r\n", "221 bye\r\n"]) == ["QUIT\r\n", "<CLOSE>"])
-            #expect(greet554.shouldTryNextTarget)
-            #expect(greet554.outcomes[0].status == .deferred)
-            #expect(greet554.outcomes[0].code == 451)
-            #expect(greet554.outcomes[0].text.contains("554"))
-
-            var helo5xx = transaction([alice])
-            _ = run(&helo5xx, ["220 x\r\n", "500 what\r\n", "550 no HELO for you\r\n"])
-            #expect(helo5xx.shouldTryNextTarget)
-            #expect(status(helo5xx) == [.deferred])
-        }
-
-        @Test("MAIL parameters: SIZE when offered, BODY=8BITMIME only for 8-bit bodies on 8BITMIME servers")
+        @Test("MAIL parameters: SIZE when offered, BODY=8BITMIME for 8-bit content, SMTPUTF8 when needed")
         func mailParameters() {
-            func mailLine(_ ehlo: String, eightBit: Bool) -> String {
-                var tx = transaction([alice], size: 4242, eightBit: eightBit)
-                return run(&tx, ["220 x\r\n", ehlo])[1].components(separatedBy: "\r\n")[0]
+            func mailLine(_ ehlo: String, eightBit: Bool = false, utf8: Bool = false, rcpts: [DeliveryRecipient] = [alice]) -> String {
+                var tx = transaction(rcpts, size: 4242, eightBit: eightBit, utf8Headers: utf8, ehlo: ehlo)
+                return render(tx.start()).components(separatedBy: "\r\n")[0]
             }
             #expect(mailLine("250-x\r\n250-8BITMIME\r\n250 SIZE\r\n", eightBit: true) == "MAIL FROM:<sender@origin.test> SIZE=4242 BODY=8BITMIME")
-            #expect(mailLine("250-x\r\n250-8BITMIME\r\n250 SIZE\r\n", eightBit: false) == "MAIL FROM:<sender@origin.test> SIZE=4242")
-            #expect(mailLine("250-x\r\n250 8BITMIME\r\n", eightBit: true) == "MAIL FROM:<sender@origin.test> BODY=8BITMIME")
-            #expect(mailLine("250 x\r\n", eightBit: true) == "MAIL FROM:<sender@origin.test>")
-
-            var big = transaction([alice], size: 2000)
-            #expect(run(&big, ["220 x\r\n", "250-x\r\n250 SIZE 1000\r\n"]) == ["EHLO client.test\r\n", "QUIT\r\n"])
+            #expect(mailLine("250-x\r\n250-8BITMIME\r\n250 SIZE\r\n") == "MAIL FROM:<sender@origin.test> SIZE=4242")
+            #expect(mailLine("250-x\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n", eightBit: true, utf8: true) == "MAIL FROM:<sender@origin.test> BODY=8BITMIME SMTPUTF8")
+            #expect(mailLine("250-x\r\n250 SMTPUTF8\r\n") == "MAIL FROM:<sender@origin.test>")
+            #expect(mailLine("250-x\r\n250 SMTPUTF8\r\n", rcpts: [DeliveryRecipient(id: 7, address: "jos\u{E9}@dest.test")]) == "MAIL FROM:<sender@origin.test> SMTPUTF8")
+            var big = transaction([alice], size: 2000, ehlo: "250-x\r\n250 SIZE 1000\r\n")
+            #expect(render(big.start()) == "<FINISHED true>")
             #expect(big.outcomes[0].status == .failed)
             #expect(big.outcomes[0].enhanced == "5.3.4")
+            var null = transaction([alice], reversePath: "", ehlo: "250 x\r\n")
+            #expect(render(null.start()) == "MAIL FROM:<>\r\n")
+        }
 
-            var null = transaction([alice], reversePath: "")
-            #expect(run(&null, ["220 x\r\n", "250 x\r\n"])[1] == "MAIL FROM:<>\r\n")
+        @Test("SMTPUTF8 needed but not offered: permanent 5.6.7 without sending anything (RFC 6531)")
+        func noSMTPUTF8() {
+            var headers = transaction([alice, bob], utf8Headers: true, ehlo: "250-x\r\n250 8BITMIME\r\n")
+            #expect(render(headers.start()) == "<FINISHED true>")
+            #expect(headers.outcomes.map(\.enhanced) == ["5.6.7", "5.6.7"])
+            #expect(headers.outcomes.allSatisfy { $0.status == .failed && $0.code == 553 })
+            // A non-ASCII recipient fails alone; the others go ahead.
+            var rcpt = transaction([DeliveryRecipient(id: 9, address: "\u{5F20}@dest.test"), alice], ehlo: "250 x\r\n")
+            #expect(render(rcpt.start()) == "MAIL FROM:<sender@origin.test>\r\n")
+            #expect(rcpt.outcomes[0].enhanced == "5.6.7")
+        }
+
+        @Test("CHUNKING: BDAT after the envelope, no DATA; chunks of the configured size; a failed chunk ends it")
+        func chunking() {
+            let ehlo = "250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+            var one = transaction([alice, bob], size: 25, ehlo: ehlo)
+            #expect(render(one.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\n")
+            #expect(run(&one, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n"]) == ["", "", "<BDAT 0+25 LAST>"])
+            #expect(one.waitingFor == .dataTermination)
+            #expect(run(&one, ["250 2.0.0 queued\r\n"]) == ["<FINISHED true>"])
+            #expect(status(one) == [.delivered, .delivered])
+            #expect(one.usedChunking)
+            var many = transaction([alice], size: 25, ehlo: "250-x\r\n250 CHUNKING\r\n", chunkSize: 10)
+            _ = many.start()
+            #expect(run(&many, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "250 done\r\n"])
+                    == ["RCPT TO:<alice@dest.test>\r\n", "<BDAT 0+10>", "<BDAT 10+10>", "<BDAT 20+5 LAST>", "<FINISHED true>"])
+            #expect(status(many) == [.delivered])
+            var failed = transaction([alice], size: 25, ehlo: "250-x\r\n250 CHUNKING\r\n", chunkSize: 10)
+            _ = failed.start()
+            #expect(run(&failed, ["250 ok\r\n", "250 ok\r\n", "554 5.6.0 bad chunk\r\n"]).last == "<FINISHED true>")
+            #expect(status(failed) == [.failed])
         }
 
         @Test("addresses with CR/LF or brackets are never sent")
         func injection() {
-            var tx = transaction([DeliveryRecipient(id: 9, address: "a@b\r\nRSET"), alice])
+            var tx = transaction([DeliveryRecipient(id: 9, address: "a@b\r\nRSET"), alice], ehlo: "250-x\r\n250 PIPELINING\r\n")
             #expect(tx.outcomes[0].status == .failed)
-            let steps = run(&tx, ["220 x\r\n", "250-x\r\n250 PIPELINING\r\n"])
-            #expect(steps[1] == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nDATA\r\n")
-
+            #expect(render(tx.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nDATA\r\n")
             let allBad = transaction([DeliveryRecipient(id: 1, address: "x>@y")])
-            #expect(!allBad.needsConnection)
+            #expect(!allBad.needsSending)
             let badSender = transaction(reversePath: "s@x\nQUIT")
-            #expect(!badSender.needsConnection)
+            #expect(!badSender.needsSending)
             #expect(status(badSender) == [.failed, .failed])
         }
 
         @Test("timeouts, closed connections and protocol errors defer the unfinished recipients")
         func failures() {
-            var early = transaction()
-            #expect(render(early.fail(.timeout("greeting"))) == "<CLOSE>")
-            #expect(early.shouldTryNextTarget)
-            #expect(early.outcomes.map(\.enhanced) == ["4.4.2", "4.4.2"])
-
             var mid = transaction()
-            _ = run(&mid, ["220 x\r\n", plainEHLO, "250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n"])
-            _ = mid.fail(.timeout("end-of-data"))
-            #expect(!mid.shouldTryNextTarget)
+            _ = mid.start()
+            _ = run(&mid, ["250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n"])
+            #expect(render(mid.fail(.timeout("end-of-data"))) == "<FINISHED false>")
             #expect(status(mid) == [.failed, .deferred])
             #expect(mid.outcomes[1].code == 451)
             #expect(mid.outcomes[1].enhanced == "4.4.2")
-
             var proto = transaction()
-            _ = run(&proto, ["220 x\r\n", plainEHLO])
+            _ = proto.start()
             _ = proto.fail(.protocolError("garbage"))
             #expect(proto.outcomes.map(\.enhanced) == ["4.5.0", "4.5.0"])
-
-            // A failure after the final reply (while waiting for the QUIT reply) changes nothing.
             var done = transaction([alice])
-            _ = run(&done, ["220 x\r\n", plainEHLO, "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "250 ok\r\n"])
-            _ = done.fail(.connectionClosed("reset"))
+            _ = done.start()
+            _ = run(&done, ["250 ok\r\n", "250 ok\r\n", "354 go\r\n", "250 ok\r\n"])
+            #expect(done.fail(.connectionClosed("reset")).isEmpty)
             #expect(status(done) == [.delivered])
         }
 
@@ -326,14 +473,15 @@ extension SMTPClientTests {
         func randomReplies() {
             var rng = SystemRandomNumberGenerator()
             let codes = [220, 221, 250, 251, 354, 421, 450, 451, 452, 500, 501, 502, 503, 550, 552, 554]
+            let ehlos = [plainEHLO, pipeliningEHLO, "250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n", "250 x\r\n"]
             for _ in 0..<2000 {
-                var tx = transaction([alice, bob, carol], eightBit: Bool.random(using: &rng))
+                var tx = transaction([alice, bob, carol], eightBit: Bool.random(using: &rng), ehlo: ehlos.randomElement(using: &rng)!,
+                                     chunkSize: Int.random(in: 1...200, using: &rng))
+                _ = tx.start()
                 var steps = 0
-                while !tx.isFinished && steps < 20 {
+                while !tx.isFinished && steps < 30 {
                     let code = codes.randomElement(using: &rng)!
-                    let lines = Int.random(in: 1...3, using: &rng)
-                    let r = SMTPReply(code: code, enhanced: Bool.random(using: &rng) ? "\(code / 100).0.0" : nil,
-                                      lines: (0..<lines).map { "l\($0)" + (Bool.random(using: &rng) ? " PIPELINING" : "") })
+                    let r = SMTPReply(code: code, enhanced: Bool.random(using: &rng) ? "\(code / 100).5.3" : nil, lines: ["x"])
                     _ = tx.receive(r)
                     steps += 1
                 }
@@ -391,278 +539,6 @@ extension SMTPClientTests {
     }
 }
 
-// MARK: - Real sockets
-
-/// A scripted SMTP server on 127.0.0.1, port 0, serving connections one at a time on its own thread.
-/// Records each peer's address and the exact bytes the client sent.
-private final class ScriptedSMTPServer: @unchecked Sendable {
-    enum Mode: Sendable {
-        case normal
-        /// Accepts and never sends a greeting.
-        case silent
-        /// Sends a greeting that is not an SMTP reply.
-        case garbage
-        /// Takes the body, then never sends the final reply.
-        case silentAfterData
-    }
-    struct Script: Sendable {
-        var mode: Mode = .normal
-        var greeting = "220 mx.test ESMTP\r\n"
-        /// nil: answer EHLO with 502.
-        var ehlo: String? = pipeliningEHLO
-        var mail = "250 2.1.0 ok\r\n"
-        var rcpt: @Sendable (String) -> String = { _ in "250 2.1.5 ok\r\n" }
-        var data = "354 go ahead\r\n"
-        var final = "250 2.0.0 queued\r\n"
-    }
-
-    let port: UInt16
-    private let listener: Socket
-    private let script: Script
-    private let lock = NSLock()
-    private var peerList: [SocketAddress] = []
-    private var transcriptList: [[UInt8]] = []
-    private let finished = DispatchSemaphore(value: 0)
-
-    init(_ script: Script = Script()) throws {
-        self.script = script
-        listener = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
-        guard let port = listener.localAddress?.port else { throw SocketError(.system, "getsockname") }
-        self.port = port
-        let thread = Thread { [self] in
-            self.serve()
-            self.finished.signal()
-        }
-        thread.start()
-    }
-
-    var peers: [SocketAddress] { lock.withLock { peerList } }
-    var transcripts: [String] { lock.withLock { transcriptList.map { String(decoding: $0, as: UTF8.self) } } }
-
-    private var joined = false
-
-    /// Closes the listener and waits (at most 10 s) for the server thread to end. Idempotent.
-    func stop() {
-        listener.close()
-        let first = lock.withLock { () -> Bool in
-            defer { joined = true }
-            return !joined
-        }
-        if first { _ = finished.wait(timeout: .now() + 10) }
-    }
-
-    private func serve() {
-        while let (conn, peer) = try? listener.accept() {
-            lock.withLock { peerList.append(peer) }
-            let transcript = handle(conn)
-            conn.close()
-            lock.withLock { transcriptList.append(transcript) }
-        }
-    }
-
-    private func handle(_ conn: Socket) -> [UInt8] {
-        conn.setTimeouts(read: 5, write: 5)
-        let reader = BufferedReader(stream: conn)
-        var transcript: [UInt8] = []
-        func drainUntilEOF() {
-            while let line = try? reader.readLine(maxLength: 1 << 20) { transcript += line }
-        }
-        switch script.mode {
-        case .silent:
-            drainUntilEOF(); return transcript
-        case .garbage:
-            try? conn.write("hello there, I am not SMTP\r\n")
-            drainUntilEOF(); return transcript
-        case .normal, .silentAfterData:
-            break
-        }
-        try? conn.write(script.greeting)
-        if !script.greeting.hasPrefix("2") { drainUntilEOF(); return transcript }
-        while let line = try? reader.readLine(maxLength: 4096) {
-            transcript += line
-            let command = String(decoding: line, as: UTF8.self).uppercased()
-            if command.hasPrefix("EHLO") {
-                try? conn.write(script.ehlo ?? "502 5.5.1 unrecognized command\r\n")
-            } else if command.hasPrefix("HELO") {
-                try? conn.write("250 mx.test\r\n")
-            } else if command.hasPrefix("MAIL") {
-                try? conn.write(script.mail)
-            } else if command.hasPrefix("RCPT") {
-                let text = String(decoding: line, as: UTF8.self)
-                let address = text.split(separator: "<").last?.split(separator: ">").first.map(String.init) ?? ""
-                try? conn.write(script.rcpt(address))
-            } else if command.hasPrefix("DATA") {
-                try? conn.write(script.data)
-                guard script.data.hasPrefix("354") else { continue }
-                while let dataLine = try? reader.readLine(maxLength: 1 << 20) {
-                    transcript += dataLine
-                    if dataLine.elementsEqual(Array(".\r\n".utf8)) { break }
-                }
-                if script.mode == .silentAfterData { drainUntilEOF(); return transcript }
-                try? conn.write(script.final)
-            } else if command.hasPrefix("QUIT") {
-                try? conn.write("221 2.0.0 bye\r\n")
-                break
-            } else {
-                try? conn.write("500 5.5.2 what?\r\n")
-            }
-        }
-        return transcript
-    }
-}
-
-/// A port on 127.0.0.1 where nothing listens (connecting is refused).
-private func closedPort() throws -> UInt16 {
-    let s = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
-    let port = s.localAddress?.port ?? 1
-    s.close()
-    return port
-}
-
-private let fastTimeouts = SMTPClientTimeouts(connect: 2, command: 3, dataInitiation: 3, dataBlock: 3, dataTermination: 3)
-
-extension SMTPClientTests {
-    @Suite("real sockets")
-    struct Sockets {
-        @Test("pipelined delivery from a bound source address: exact wire bytes incl. dot-stuffing")
-        func pipelinedWire() throws {
-            let server = try ScriptedSMTPServer(ScriptedSMTPServer.Script(
-                rcpt: { $0.hasPrefix("bob") ? "550 5.1.1 no such user\r\n" : "250 2.1.5 ok\r\n" }))
-            defer { server.stop() }
-            let body = Array("Subject: hi\r\n\r\n.leading dot\r\n..two\r\nlast line without CRLF".utf8)
-            let request = DeliveryRequest(reversePath: "sender@origin.test", recipients: [alice, bob], body: body,
-                                          sendingIP: "127.0.0.10", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(
-                request, to: [DeliveryTarget(host: "mx.dest.test", address: "127.0.0.1", port: server.port)])
-            server.stop()
-            #expect(report.mxHost == "mx.dest.test")
-            #expect(report.remoteAddress == "127.0.0.1")
-            #expect(report.outcomes == [
-                RecipientOutcome(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "queued"),
-                RecipientOutcome(recipientID: 2, status: .failed, code: 550, enhanced: "5.1.1", text: "no such user"),
-            ])
-            #expect(server.peers.map(\.host) == ["127.0.0.10"])
-            #expect(server.transcripts == [
-                "EHLO client.test\r\n" +
-                "MAIL FROM:<sender@origin.test> SIZE=\(body.count)\r\n" +
-                "RCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\nDATA\r\n" +
-                "Subject: hi\r\n\r\n..leading dot\r\n...two\r\nlast line without CRLF\r\n.\r\n" +
-                "QUIT\r\n",
-            ])
-        }
-
-        @Test("HELO fallback, null reverse path and an 8-bit body without PIPELINING")
-        func sequentialWire() throws {
-            let server = try ScriptedSMTPServer(ScriptedSMTPServer.Script(ehlo: nil))
-            defer { server.stop() }
-            let body = Array("Subject: caf\u{E9}\r\n\r\nna\u{EF}ve\r\n".utf8)
-            let request = DeliveryRequest(reversePath: "", recipients: [alice], body: body,
-                                          sendingIP: "127.0.0.11", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(
-                request, to: [DeliveryTarget(host: "mx", address: "127.0.0.1", port: server.port)])
-            server.stop()
-            #expect(report.outcomes.map(\.status) == [.delivered])
-            #expect(server.peers.map(\.host) == ["127.0.0.11"])
-            #expect(server.transcripts == [
-                "EHLO client.test\r\nHELO client.test\r\nMAIL FROM:<>\r\nRCPT TO:<alice@dest.test>\r\nDATA\r\n" +
-                String(decoding: body, as: UTF8.self) + ".\r\nQUIT\r\n",
-            ])
-        }
-
-        @Test("8BITMIME offered without PIPELINING: BODY=8BITMIME and one command per reply")
-        func eightBitWire() throws {
-            let server = try ScriptedSMTPServer(ScriptedSMTPServer.Script(ehlo: "250-mx.test\r\n250 8BITMIME\r\n"))
-            defer { server.stop() }
-            let body: [UInt8] = Array("x: y\r\n\r\n".utf8) + [0xC3, 0xA9, 0x0D, 0x0A]
-            let request = DeliveryRequest(reversePath: "s@o.test", recipients: [alice, bob], body: body,
-                                          sendingIP: "127.0.0.12", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(
-                request, to: [DeliveryTarget(host: "mx", address: "127.0.0.1", port: server.port)])
-            server.stop()
-            #expect(report.outcomes.map(\.status) == [.delivered, .delivered])
-            #expect(server.transcripts.first?.hasPrefix(
-                "EHLO client.test\r\nMAIL FROM:<s@o.test> BODY=8BITMIME\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\nDATA\r\n") == true)
-        }
-
-        @Test("a refused first target falls through to the second; a 421 greeting too")
-        func fallThrough() throws {
-            let busy = try ScriptedSMTPServer(ScriptedSMTPServer.Script(greeting: "421 4.7.0 busy, try later\r\n"))
-            defer { busy.stop() }
-            let good = try ScriptedSMTPServer()
-            defer { good.stop() }
-            let refused = try closedPort()
-            let request = DeliveryRequest(reversePath: "s@o.test", recipients: [alice], body: Array("x\r\n".utf8),
-                                          sendingIP: "127.0.0.13", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(request, to: [
-                DeliveryTarget(host: "mx1", address: "127.0.0.1", port: refused),
-                DeliveryTarget(host: "mx2", address: "127.0.0.1", port: busy.port),
-                DeliveryTarget(host: "mx3", address: "127.0.0.1", port: good.port),
-            ])
-            busy.stop(); good.stop()
-            #expect(report.mxHost == "mx3")
-            #expect(report.outcomes.map(\.status) == [.delivered])
-            #expect(busy.peers.map(\.host) == ["127.0.0.13"])
-            #expect(busy.transcripts == [""])
-            #expect(good.peers.map(\.host) == ["127.0.0.13"])
-        }
-
-        @Test("every target refused: all recipients deferred 451 4.4.1 naming the last error")
-        func allRefused() throws {
-            let p1 = try closedPort(), p2 = try closedPort()
-            let request = DeliveryRequest(reversePath: "s@o.test", recipients: [alice, bob], body: Array("x\r\n".utf8),
-                                          sendingIP: "127.0.0.14", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(request, to: [
-                DeliveryTarget(host: "mx1", address: "127.0.0.1", port: p1),
-                DeliveryTarget(host: "mx2", address: "127.0.0.1", port: p2),
-            ])
-            #expect(report.mxHost == nil)
-            for o in report.outcomes {
-                #expect(o.status == .deferred)
-                #expect(o.code == 451)
-                #expect(o.enhanced == "4.4.1")
-                #expect(o.text.contains("mx2[127.0.0.1]:\(p2)"))
-            }
-            let none = SMTPDeliverer(timeouts: fastTimeouts).deliver(request, to: [])
-            #expect(none.outcomes.map(\.code) == [451, 451])
-            // A sending IP of the wrong family skips the target.
-            let v6 = SMTPDeliverer(timeouts: fastTimeouts).deliver(request, to: [DeliveryTarget(host: "mx6", address: "::1", port: p1)])
-            #expect(v6.outcomes.allSatisfy { $0.status == .deferred && $0.enhanced == "4.4.1" })
-        }
-
-        @Test("silent server: greeting timeout defers 4.4.2; silence after the body defers 4.4.2")
-        func timeouts() throws {
-            let short = SMTPClientTimeouts(connect: 2, command: 0.5, dataInitiation: 0.5, dataBlock: 2, dataTermination: 0.5)
-            let silent = try ScriptedSMTPServer(ScriptedSMTPServer.Script(mode: .silent))
-            defer { silent.stop() }
-            let request = DeliveryRequest(reversePath: "s@o.test", recipients: [alice], body: Array("x\r\n".utf8),
-                                          sendingIP: "127.0.0.15", heloName: "client.test")
-            let start = Date()
-            let r1 = SMTPDeliverer(timeouts: short).deliver(request, to: [DeliveryTarget(host: "mx", address: "127.0.0.1", port: silent.port)])
-            #expect(Date().timeIntervalSince(start) < 5)
-            #expect(r1.outcomes.map(\.status) == [.deferred])
-            #expect(r1.outcomes.first?.enhanced == "4.4.2")
-
-            let stall = try ScriptedSMTPServer(ScriptedSMTPServer.Script(mode: .silentAfterData))
-            defer { stall.stop() }
-            let r2 = SMTPDeliverer(timeouts: short).deliver(request, to: [DeliveryTarget(host: "mx", address: "127.0.0.1", port: stall.port)])
-            #expect(r2.outcomes.map(\.status) == [.deferred])
-            #expect(r2.outcomes.first?.enhanced == "4.4.2")
-            #expect(r2.mxHost == "mx")
-        }
-
-        @Test("a garbage greeting is a protocol error: deferred, never a crash")
-        func garbageGreeting() throws {
-            let server = try ScriptedSMTPServer(ScriptedSMTPServer.Script(mode: .garbage))
-            defer { server.stop() }
-            let request = DeliveryRequest(reversePath: "s@o.test", recipients: [alice], body: Array("x\r\n".utf8),
-                                          sendingIP: "127.0.0.16", heloName: "client.test")
-            let report = SMTPDeliverer(timeouts: fastTimeouts).deliver(request, to: [DeliveryTarget(host: "mx", address: "127.0.0.1", port: server.port)])
-            #expect(report.outcomes.map(\.status) == [.deferred])
-            #expect(report.outcomes.first?.enhanced == "4.5.0")
-        }
-    }
-}
-
 // MARK: - Next hops
 
 /// A DNS resolver answering from a fixed table; unknown names are NXDOMAIN.
@@ -675,26 +551,37 @@ private func fakeResolver(_ table: [String: [DNSRecord]]) -> DNSResolver {
     }
 }
 
+private func mxRecord(_ owner: String, _ pref: UInt16, _ host: String) -> DNSRecord {
+    DNSRecord(name: owner, type: .mx, ttl: 60, data: .mx(preference: pref, exchange: host))
+}
+private func aRecord(_ owner: String, _ ip: String) -> DNSRecord { DNSRecord(name: owner, type: .a, ttl: 60, data: .a(ip)) }
+
 extension SMTPClientTests {
     @Suite("next hops")
     struct NextHops {
         let resolver = fakeResolver([
-            "dest.test/MX": [
-                DNSRecord(name: "dest.test", type: .mx, ttl: 60, data: .mx(preference: 20, exchange: "mx2.dest.test")),
-                DNSRecord(name: "dest.test", type: .mx, ttl: 60, data: .mx(preference: 10, exchange: "mx1.dest.test")),
-                DNSRecord(name: "dest.test", type: .mx, ttl: 60, data: .mx(preference: 30, exchange: "mx3.dest.test")),
-            ],
-            "mx1.dest.test/A": [DNSRecord(name: "mx1.dest.test", type: .a, ttl: 60, data: .a("192.0.2.1")),
-                                DNSRecord(name: "mx1.dest.test", type: .a, ttl: 60, data: .a("192.0.2.2"))],
+            "dest.test/MX": [mxRecord("dest.test", 20, "mx2.dest.test"), mxRecord("dest.test", 10, "mx1.dest.test"), mxRecord("dest.test", 30, "mx3.dest.test")],
+            "mx1.dest.test/A": [aRecord("mx1.dest.test", "192.0.2.1"), aRecord("mx1.dest.test", "192.0.2.2")],
             "mx1.dest.test/AAAA": [DNSRecord(name: "mx1.dest.test", type: .aaaa, ttl: 60, data: .aaaa("2001:db8::1"))],
-            "mx2.dest.test/A": [DNSRecord(name: "mx2.dest.test", type: .a, ttl: 60, data: .a("192.0.2.3"))],
+            "mx2.dest.test/A": [aRecord("mx2.dest.test", "192.0.2.3")],
             "mx2.dest.test/AAAA": [],
             // mx3 shares an address with mx1: dropped as a repeat.
-            "mx3.dest.test/A": [DNSRecord(name: "mx3.dest.test", type: .a, ttl: 60, data: .a("192.0.2.1"))],
+            "mx3.dest.test/A": [aRecord("mx3.dest.test", "192.0.2.1")],
             "mx3.dest.test/AAAA": [],
-            "null.test/MX": [DNSRecord(name: "null.test", type: .mx, ttl: 60, data: .mx(preference: 0, exchange: ""))],
-            "relay.test/A": [DNSRecord(name: "relay.test", type: .a, ttl: 60, data: .a("198.51.100.7"))],
+            "null.test/MX": [mxRecord("null.test", 0, "")],
+            "relay.test/A": [aRecord("relay.test", "198.51.100.7")],
             "relay.test/AAAA": [],
+            "self.test/MX": [mxRecord("self.test", 10, "mx.self.test")],
+            "mx.self.test/A": [aRecord("mx.self.test", "127.0.0.1")],
+            "mx.self.test/AAAA": [],
+            "mixed.test/MX": [mxRecord("mixed.test", 10, "me.mixed.test"), mxRecord("mixed.test", 20, "other.mixed.test")],
+            "me.mixed.test/A": [aRecord("me.mixed.test", "203.0.113.5")],
+            "me.mixed.test/AAAA": [],
+            "other.mixed.test/A": [aRecord("other.mixed.test", "203.0.113.9")],
+            "other.mixed.test/AAAA": [],
+            "zero.test/MX": [mxRecord("zero.test", 10, "mx.zero.test")],
+            "mx.zero.test/A": [aRecord("mx.zero.test", "0.0.0.0")],
+            "mx.zero.test/AAAA": [DNSRecord(name: "mx.zero.test", type: .aaaa, ttl: 60, data: .aaaa("::ffff:127.0.0.2"))],
         ])
 
         @Test("MX targets: all addresses of MX 1, then MX 2, … on the MX port, repeats dropped")
@@ -735,6 +622,82 @@ extension SMTPClientTests {
             #expect(nx.enhanced == "5.1.2")
             #expect(try hops.targets(for: "[192.0.2.9]", staticNextHop: nil).get() == [
                 DeliveryTarget(host: "[192.0.2.9]", address: "192.0.2.9", port: 25)])
+        }
+
+        @Test("loops: MX on loopback, unspecified or own addresses is refused (5.4.6) unless the route is explicit")
+        func loops() throws {
+            let hops = NextHopResolver(resolver: resolver, mxPort: 25, localAddresses: ["203.0.113.5"])
+            #expect(hops.targets(for: "self.test", staticNextHop: nil) == .failure(NextHopFailure(
+                permanent: true, enhanced: "5.4.6", text: "mail for self.test loops back to myself (MX mx.self.test[127.0.0.1])")))
+            // Our own address is skipped; the other MX is used.
+            #expect(try hops.targets(for: "mixed.test", staticNextHop: nil).get() == [DeliveryTarget(host: "other.mixed.test", address: "203.0.113.9", port: 25)])
+            guard case .failure(let zero) = hops.targets(for: "zero.test", staticNextHop: nil) else { Issue.record("0.0.0.0 and mapped loopback"); return }
+            #expect(zero.enhanced == "5.4.6")
+            guard case .failure(let literal) = hops.targets(for: "[127.0.0.1]", staticNextHop: nil) else { Issue.record("literal"); return }
+            #expect(literal.enhanced == "5.4.6")
+            // An explicit route may point anywhere.
+            #expect(try hops.targets(for: "self.test", staticNextHop: ("127.0.0.1", 2525)).get() == [DeliveryTarget(host: "127.0.0.1", address: "127.0.0.1", port: 2525)])
+            // allow_loopback_mx lets loopback MX hosts through (tests), but not our own addresses.
+            let lenient = NextHopResolver(resolver: resolver, mxPort: 25, localAddresses: ["203.0.113.5", "127.0.0.9"], allowLoopback: true)
+            #expect(try lenient.targets(for: "self.test", staticNextHop: nil).get() == [DeliveryTarget(host: "mx.self.test", address: "127.0.0.1", port: 25)])
+            #expect(lenient.isLoop("127.0.0.9"))
+            #expect(lenient.isLoop("0.0.0.0"))
+            #expect(!lenient.isLoop("127.0.0.10"))
+            #expect(NextHopResolver.normalizedAddress("::FFFF:127.0.0.1") == "127.0.0.1")
+            #expect(NextHopResolver.interfaceAddresses().contains("127.0.0.1"))
+        }
+    }
+}
+
+// MARK: - Content conversion
+
+/// Decodes quoted-printable (RFC 2045 §6.7) for checking the encoder.
+private func decodeQP(_ text: [UInt8]) -> [UInt8] {
+    var out: [UInt8] = []
+    var i = 0
+    func hex(_ b: UInt8) -> UInt8? {
+        switch b {
+        case 0x30...0x39: return b - 0x30
+        case 0x41...0x46: return b - 0x41 + 10
+        default: return nil
+        }
+    }
+    while i < text.count {
+        if text[i] == 0x3D, i + 2 < text.count, text[i + 1] == 0x0D, text[i + 2] == 0x0A { i += 3; continue }
+        if text[i] == 0x3D, i + 2 < text.count, let h = hex(text[i + 1]), let l = hex(text[i + 2]) { out.append(h << 4 | l); i += 3; continue }
+        out.append(text[i]); i += 1
+    }
+    return out
+}
+
+extension SMTPClientTests {
+    @Suite("content conversion")
+    struct Conversion {
+        @Test("quoted-printable: lines of at most 76, trailing blanks encoded, round trip exact")
+        func quotedPrintable() {
+            let long = String(repeating: "\u{E9}t\u{E9} = caf\u{E9} ", count: 30) + " \r\nnext\t\r\n.dot \u{2014}\r\n"
+            let encoded = MIMEDowngrade.quotedPrintable(Array(long.utf8))
+            #expect(encoded.allSatisfy { $0 < 0x80 })
+            let lines = String(decoding: encoded, as: UTF8.self).components(separatedBy: "\r\n")
+            #expect(lines.allSatisfy { $0.count <= 76 })
+            #expect(lines.allSatisfy { !$0.hasSuffix(" ") && !$0.hasSuffix("\t") })
+            #expect(decodeQP(encoded) == Array(long.utf8))
+            let b64 = MIMEDowngrade.base64Lines(Array(repeating: 0xFF, count: 200))
+            #expect(String(decoding: b64, as: UTF8.self).components(separatedBy: "\r\n").allSatisfy { $0.count <= 76 })
+        }
+
+        @Test("a message without MIME fields gets MIME-Version, Content-Type and the encoding; 8-bit headers cannot be converted")
+        func conversion() throws {
+            let plain = Array("From: a@example.org\r\nSubject: x\r\n\r\nna\u{EF}ve\r\n".utf8)
+            let converted = try #require(MIMEDowngrade.convert(plain))
+            let text = String(decoding: converted, as: UTF8.self)
+            #expect(text == "From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve\r\n")
+            #expect(MIMEDowngrade.convert(Array("From: Jos\u{E9} <a@example.org>\r\n\r\nna\u{EF}ve\r\n".utf8)) == nil)
+            #expect(MIMEDowngrade.convert(Array("Content-Type: message/partial\r\n\r\n\u{E9}\r\n".utf8)) == nil)
+            #expect(MIMEDowngrade.convert(Array("Content-Transfer-Encoding: base64\r\n\r\n\u{E9}\r\n".utf8)) == nil)
+            // 7-bit content is returned unchanged.
+            let ascii = Array("From: a@example.org\r\n\r\nplain\r\n".utf8)
+            #expect(MIMEDowngrade.convert(ascii) == ascii)
         }
     }
 }

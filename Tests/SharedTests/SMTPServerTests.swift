@@ -31,6 +31,8 @@ private struct Driver {
             case .close:
                 #expect(index == actions.count - 1, ".close must end its batch")
                 closed = true
+            case .authenticate, .startTLS:
+                Issue.record("no AUTH or TLS in this driver")
             }
         }
     }
@@ -54,7 +56,7 @@ private struct Driver {
 }
 
 private let testPolicy = SMTPServerPolicy(hostname: "mx.test", maxMessageSize: 2000, maxRecipients: 3)
-private let ehloReply = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+private let ehloReply = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 CHUNKING\r\n"
 private let envelope = "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
 
 @Suite("SMTP server session")
@@ -93,9 +95,9 @@ struct SMTPServerTests {
         ParseCase(line: "MAIL FROM:<> SIZE=1024 BODY=8BITMIME", expected: .mail(.null, MailParameters(size: 1024, body: .eightBitMIME))),
         ParseCase(line: "MAIL FROM:<a@b.c> body=7bit size=0", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters(size: 0, body: .sevenBit))),
         ParseCase(line: "MAIL FROM:<a@b.c> SIZE=99999999999999999999", expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters(size: Int.max))),
-        ParseCase(line: "RCPT TO:<x@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "x", domain: "y.z")))),
-        ParseCase(line: "rcpt to:<Postmaster>", expected: .rcpt(.postmaster)),
-        ParseCase(line: "RCPT TO:<postmaster@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "postmaster", domain: "y.z")))),
+        ParseCase(line: "RCPT TO:<x@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "x", domain: "y.z")), RecipientParameters())),
+        ParseCase(line: "rcpt to:<Postmaster>", expected: .rcpt(.postmaster, RecipientParameters())),
+        ParseCase(line: "RCPT TO:<postmaster@y.z>", expected: .rcpt(.mailbox(Mailbox(localPart: "postmaster", domain: "y.z")), RecipientParameters())),
         ParseCase(line: "DATA", expected: .data),
         ParseCase(line: "rset", expected: .rset),
         ParseCase(line: "NOOP anything goes", expected: .noop),
@@ -105,8 +107,19 @@ struct SMTPServerTests {
         ParseCase(line: "HELP MAIL", expected: .help),
         ParseCase(line: "EXPN list", expected: .expn),
         ParseCase(line: "STARTTLS", expected: .starttls),
-        ParseCase(line: "AUTH PLAIN AGFAAGI=", expected: .auth("PLAIN AGFAAGI=")),
-        ParseCase(line: "BDAT 100 LAST", expected: .bdat("100 LAST")),
+        ParseCase(line: "AUTH PLAIN AGFAAGI=", expected: .auth(mechanism: "PLAIN", initialResponse: "AGFAAGI=")),
+        ParseCase(line: "auth login", expected: .auth(mechanism: "LOGIN", initialResponse: nil)),
+        ParseCase(line: "BDAT 100 LAST", expected: .bdat(size: 100, last: true)),
+        ParseCase(line: "bdat 0 last", expected: .bdat(size: 0, last: true)),
+        ParseCase(line: "BDAT 65536", expected: .bdat(size: 65536, last: false)),
+        ParseCase(line: "MAIL FROM:<a@b.c> SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<>",
+                  expected: .mail(.mailbox(Mailbox(localPart: "a", domain: "b.c")), MailParameters(smtputf8: true, ret: .headers, envelopeID: "QQ+2B1", auth: "<>"))),
+        ParseCase(line: "MAIL FROM:<jöran@bücher.example> SMTPUTF8",
+                  expected: .mail(.mailbox(Mailbox(localPart: "jöran", domain: "bücher.example")), MailParameters(smtputf8: true))),
+        ParseCase(line: "RCPT TO:<x@y.z> NOTIFY=FAILURE,delay ORCPT=rfc822;x+40y.z",
+                  expected: .rcpt(.mailbox(Mailbox(localPart: "x", domain: "y.z")),
+                                  RecipientParameters(notify: .on(success: false, failure: true, delay: true), originalRecipient: "rfc822;x+40y.z"))),
+        ParseCase(line: "RCPT TO:<x@y.z> NOTIFY=NEVER", expected: .rcpt(.mailbox(Mailbox(localPart: "x", domain: "y.z")), RecipientParameters(notify: .never))),
     ]
 
     @Test("valid command lines parse", arguments: goodCommands)
@@ -140,13 +153,34 @@ struct SMTPServerTests {
         RejectCase(line: "MAIL FROM:<a@b.c> BODY=BINARYMIME", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "MAIL FROM:<a@b.c> BODY", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "MAIL FROM:<a@b.c> SIZE=1 SIZE=2", code: 501, enhanced: "5.5.4"),
-        RejectCase(line: "MAIL FROM:<a@b.c> SMTPUTF8", code: 555, enhanced: "5.5.4"),
-        RejectCase(line: "MAIL FROM:<a@b.c> RET=HDRS", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> SMTPUTF8=yes", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> RET=ALL", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> RET=FULL RET=HDRS", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> ENVID=a+zz", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> ENVID=" + String(repeating: "e", count: 101), code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> AUTH=a+zz", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<a@b.c> XFORWARD=1", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "MAIL FROM:<jöran@example.com>", code: 553, enhanced: "5.6.7"),
         RejectCase(line: "MAIL FROM:<a@b.c>SIZE=1", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "MAIL FROM:<a@b.c> =x", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "RCPT <x@y.z>", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "RCPT TO:<>", code: 501, enhanced: "5.1.3"),
-        RejectCase(line: "RCPT TO:<x@y.z> NOTIFY=NEVER", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> NOTIFY=NEVER,SUCCESS", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> NOTIFY=SOMETIMES", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> NOTIFY=", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> ORCPT=x@y.z", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> ORCPT=rfc822;", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> ORCPT=rfc822;a+4", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<x@y.z> FOO=1", code: 555, enhanced: "5.5.4"),
+        RejectCase(line: "RCPT TO:<ü@y.z>", code: 553, enhanced: "5.6.7"),
+        RejectCase(line: "AUTH", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "AUTH PLAIN a b", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "AUTH PL@IN", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "BDAT", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "BDAT x", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "BDAT 10 FIRST", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "BDAT 1234567890123456789", code: 501, enhanced: "5.5.4"),
+        RejectCase(line: "STARTTLS now", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "DATA now", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "RSET x", code: 501, enhanced: "5.5.4"),
         RejectCase(line: "QUIT now", code: 501, enhanced: "5.5.4"),
@@ -214,11 +248,11 @@ struct SMTPServerTests {
         #expect(d.stores[0].reversePath == .null)
     }
 
-    @Test("other verbs: RSET, NOOP, VRFY, HELP, unknown, unimplemented STARTTLS/AUTH/BDAT/EXPN")
+    @Test("other verbs: RSET, NOOP, VRFY, HELP, unknown; STARTTLS/AUTH unavailable without TLS/users; EXPN")
     func otherVerbs() {
         var d = Driver()
-        d.feed("NOOP\r\nRSET\r\nVRFY bob\r\nHELP\r\nXYZZY\r\nSTARTTLS\r\nAUTH PLAIN\r\nBDAT 10 LAST\r\nEXPN x\r\n")
-        #expect(d.codes == [250, 250, 252, 214, 500, 502, 502, 502, 502])
+        d.feed("NOOP\r\nRSET\r\nVRFY bob\r\nHELP\r\nXYZZY\r\nSTARTTLS\r\nAUTH PLAIN\r\nBDAT 3 LAST\r\nabcEXPN x\r\n")
+        #expect(d.codes == [250, 250, 252, 214, 500, 502, 502, 503, 502])
         #expect(d.replies[2].hasPrefix("252 2.5.0 "))
         #expect(d.replies[3].hasPrefix("214 2.0.0 "))
         #expect(d.replies[4] == "500 5.5.1 Error: command not recognized")
@@ -247,7 +281,7 @@ struct SMTPServerTests {
     func sequenceErrors() {
         var d = Driver()
         d.feed("EHLO c.test\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n")
-        #expect(d.replies.dropFirst(5) == ["503 5.5.1 Error: need MAIL command", "503 5.5.1 Error: need MAIL command",
+        #expect(d.replies.dropFirst(8) == ["503 5.5.1 Error: need MAIL command", "503 5.5.1 Error: need MAIL command",
                                           "250 2.1.0 Ok", "503 5.5.1 Error: need RCPT command",
                                           "503 5.5.1 Error: nested MAIL command"])
     }
@@ -282,7 +316,7 @@ struct SMTPServerTests {
     func relayDenied() {
         var d = Driver(relay: false)
         d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n")
-        #expect(d.replies.dropFirst(6) == ["554 5.7.1 Relay access denied", "554 5.7.1 Relay access denied",
+        #expect(d.replies.dropFirst(9) == ["554 5.7.1 Relay access denied", "554 5.7.1 Relay access denied",
                                           "554 5.5.1 Error: no valid recipients"])
         #expect(d.stores.isEmpty)
     }
@@ -313,7 +347,7 @@ struct SMTPServerTests {
         d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=2001\r\nMAIL FROM:<a@x.test> SIZE=x\r\n")
         d.feed("MAIL FROM:<a@x.test> FOO=1\r\nMAIL FROM:<a@x.test> SIZE=2000\r\n")
         #expect(d.codes.dropFirst() == [552, 501, 555, 250])
-        #expect(d.replies[5].hasPrefix("552 5.3.4 "))
+        #expect(d.replies[8].hasPrefix("552 5.3.4 "))
     }
 
     @Test("BODY=8BITMIME is recorded; 8-bit content without it is accepted as declared (7BIT)")

@@ -20,6 +20,17 @@ let usage = """
       resume NODE           make a draining or drained node active again
       rebalance [--dry-run] even out sending IPs over active nodes with the fewest moves (handover)
       reload                re-read cluster.yml and apply it (also: SIGHUP to the coordinator)
+      suspensions           active backoffs per (sending IP, provider)
+      lift IP PROVIDER      end a suspension or throttle early
+      suppressions list [--address A]
+      suppressions add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires 90d]
+      suppressions remove ADDRESS [--scope DOMAIN|global]
+                            the suppression list (hard-bounced addresses that are not tried again)
+      log --message ID | --recipient ADDRESS [--limit N]
+                            delivery log events of one message or one recipient
+      hash-password [--iterations N]
+                            read a password from stdin (prompted on a terminal) and print its
+                            $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
 
     options:
       --config PATH         cluster configuration (default ./cluster.yml)
@@ -30,7 +41,7 @@ let usage = """
 ignoreSIGPIPE()
 let args: CLIArguments
 do {
-    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "limit", "timeout"], flagOptions: ["json", "wait", "dry-run"])
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires"], flagOptions: ["json", "wait", "dry-run"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
 }
@@ -38,6 +49,8 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
     print(usage)
     exit(args.subcommand == nil && !args.flags.contains("help") ? 2 : 0)
 }
+
+if args.subcommand == "hash-password" { exit(HashPasswordCommand.run(iterations: args.options["iterations"])) }
 
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }
@@ -64,6 +77,12 @@ case let c where AdminCommands.names.contains(c):
     let client = AdminClient(config: config)
     do {
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
+case let c where ReportingCommands.names.contains(c):
+    do {
+        try ReportingCommands(client: AdminClient(config: config), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -9,6 +9,8 @@ public final class CoordinatorService: @unchecked Sendable {
     public let hub: ClusterHub
     public let submission: SubmissionServer
     public let admin: HTTPServer
+    /// Delivery log, metrics, webhooks, DSNs and suppression (Reporting/).
+    public let reporting: ReportingService
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -19,13 +21,16 @@ public final class CoordinatorService: @unchecked Sendable {
         store = try QueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
-        submission = SubmissionServer(config: config, store: store, onAccepted: { hub.wake() })
+        let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() }, onEnqueued: { hub.wake() })
+        self.reporting = reporting
+        hub.onResult = { reporting.noteResult($0) }
+        submission = SubmissionServer(config: config, store: store, onAccepted: { hub.wake(); reporting.wake() })
         let path = config.sourcePath
         let lock = reloadLock
         let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {
             try lock.withLock { hub.reload(try ClusterConfig.load(path: path)) }
         })
-        admin = try HTTPServer(address: config.coordinator.adminListen) { api.handle($0) }
+        admin = try HTTPServer(address: config.coordinator.adminListen) { reporting.api.handle($0) ?? api.handle($0) }
     }
 
     /// Re-reads cluster.yml and applies it; an invalid file is refused and the running config stays.
@@ -42,6 +47,7 @@ public final class CoordinatorService: @unchecked Sendable {
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
         }
+        reporting.start()
         try hub.start()
         try submission.start()
         admin.start()

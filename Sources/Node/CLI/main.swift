@@ -8,6 +8,8 @@ let usage = """
     commands:
       run --id NODE                 join the coordinator and deliver from this node's sending IPs
       bindable --id NODE            list the configured sending IPs this host can bind for NODE
+      dkim-keygen --domain D --selector S --out KEY.pem [--algorithm rsa-sha256|ed25519-sha256] [--bits N]
+                                    make a DKIM key (mode 0600) and print its DNS TXT record
       sink --listen HOST:PORT [--dir DIR]
                                     a local capture server playing a recipient MX (demo/test only):
                                     accepts everything, writes each message to DIR
@@ -20,7 +22,8 @@ let usage = """
 ignoreSIGPIPE()
 let args: CLIArguments
 do {
-    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "id", "listen", "dir"], flagOptions: [])
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "id", "listen", "dir",
+                                                                                         "domain", "selector", "out", "algorithm", "bits"], flagOptions: [])
 } catch {
     exitWithError("hato-node: \(error)\n\(usage)", status: 2)
 }
@@ -30,6 +33,14 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
 }
 
 switch args.subcommand! {
+case "dkim-keygen":
+    do {
+        print(try DKIMKeygen.run(options: args.options))
+    } catch let e as DKIMKeygen.UsageError {
+        exitWithError("hato-node dkim-keygen: \(e.message)", status: 2)
+    } catch {
+        exitWithError("hato-node dkim-keygen: \(error)")
+    }
 case "sink":
     guard let listen = args.options["listen"] else { exitWithError("hato-node sink: --listen HOST:PORT is required", status: 2) }
     do {
@@ -60,7 +71,8 @@ case "run", "bindable":
                 }
             }
             hup.resume()
-            withExtendedLifetime(hup) { agent.run() }
+            let metricsServer = try config.node(id: id)?.metricsListen.map { try agent.metrics.serve(on: $0) }
+            withExtendedLifetime((hup, metricsServer)) { agent.run() }
             exit(1)
         }
     } catch {

@@ -38,17 +38,21 @@ public final class NodeAgent: @unchecked Sendable {
     /// A fresh id per process start: a restart is a new instance.
     public let instanceID = Identifier.random(bytes: 8)
     private let journal: OutcomeJournal
-    private let deliverer: SMTPDeliverer
-    private let nextHops: NextHopResolver
+    /// Outbound delivery: MX resolution, the shared session pool with shaping, DKIM, STARTTLS.
+    /// One per agent, so the shaping limits hold across all its delivery threads.
+    let engine: DeliveryEngine
     private let log: Logger
     private let lock = NSLock()
     private var connection: ClusterConnection?
     private var ips: [String: AssignedIP] = [:]
     private var queues: [String: LeaseQueue] = [:]
     private var workers: [String: Int] = [:]
+    private let backoffMatcher: BackoffMatcher
     private var revoking: Set<String> = []
     private var inFlight = 0
     private var running = true
+    /// Prometheus metrics (served on `nodes[].metrics_listen` by the CLI; NodeMetrics.swift).
+    public let metrics: NodeMetrics
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -57,14 +61,13 @@ public final class NodeAgent: @unchecked Sendable {
     public init(config: ClusterConfig, nodeID: String) throws {
         guard let me = config.nodes.first(where: { $0.id == nodeID }) else { throw NodeError.unknownNode(nodeID, known: config.nodes.map(\.id)) }
         self.config = config
+        self.backoffMatcher = BackoffMatcher(settings: config.backoff)
         self.nodeID = nodeID
         self.journal = try OutcomeJournal(directory: me.dataDir)
         self.log = Logger(label: "node.\(nodeID)")
-        let d = config.delivery
-        self.deliverer = SMTPDeliverer(timeouts: SMTPClientTimeouts(connect: d.connectTimeout, command: d.commandTimeout,
-                                                                   dataInitiation: d.commandTimeout, dataBlock: d.dataTimeout,
-                                                                   dataTermination: d.dataTimeout))
-        self.nextHops = NextHopResolver(resolver: DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout), mxPort: d.port)
+        self.engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
+        self.metrics = NodeMetrics(shaping: config.shaping)
+        metrics.observe { [unowned self] in lock.withLock { (connection != nil, ips.count, inFlight) } }
     }
 
     /// Leases per sending IP worked on at once.
@@ -267,6 +270,8 @@ public final class NodeAgent: @unchecked Sendable {
     }
 
     private func sendReleased(_ addresses: [String]) {
+        // No session from a released IP may stay open: close the idle pooled ones (QUIT).
+        for a in addresses { engine.closeIdleSessions(sendingIP: a) }
         log.info("sending IPs released", ["ips": addresses.joined(separator: ",")])
         try? lock.withLock { connection }?.send(.ipReleased(IPReleasedMessage(addresses: addresses)))
     }
@@ -274,6 +279,7 @@ public final class NodeAgent: @unchecked Sendable {
     private func worker(_ queue: LeaseQueue, ip: String) {
         while let held = queue.pop() {
             let result = deliver(held)
+            if let result { reportBackoff(held.lease, result) }
             finish(result)
         }
         let released = lock.withLock { () -> Bool in
@@ -291,40 +297,37 @@ public final class NodeAgent: @unchecked Sendable {
             log.warning("lease expired before delivery; the coordinator requeues it", ["lease": l.leaseID])
             return nil
         }
-        var outcomes: [RecipientResult] = []
-        var mx: String?
-        var remote: String?
-        let route = config.route(for: l.domain)
-        switch nextHops.targets(for: l.domain, staticNextHop: route.map { ($0.nextHop.host, $0.nextHop.port) }) {
-        case .failure(let f):
-            outcomes = l.recipients.map {
-                RecipientResult(recipientID: $0.id, status: f.permanent ? .failed : .deferred, code: f.permanent ? 550 : 451, enhanced: f.enhanced, text: f.text)
-            }
-        case .success(let targets):
-            var req = DeliveryRequest(reversePath: l.reversePath, recipients: l.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
-                                      body: held.body, sendingIP: l.sendingIP, heloName: l.helo)
-            req.notAfter = held.deadline
-            let report = deliverer.deliver(req, to: targets)
-            mx = report.mxHost; remote = report.remoteAddress
-            outcomes = report.outcomes.map { o in
-                let status: RecipientResult.Status
-                switch o.status {
-                case .delivered: status = .delivered
-                case .deferred: status = .deferred
-                case .failed: status = .failed
-                }
-                return RecipientResult(recipientID: o.recipientID, status: status, code: o.code, enhanced: o.enhanced, text: o.text)
-            }
-        }
+        let delivered = engine.deliver(lease: l, body: held.body, deadline: held.deadline)
+        let outcomes = delivered.results
+        let mx = delivered.mxHost
+        let remote = delivered.remoteAddress
         for o in outcomes {
-            log.info("delivery", ["lease": l.leaseID, "message": l.messageID, "ip": l.sendingIP, "mx": mx ?? "", "status": o.status.rawValue, "code": "\(o.code)"])
+            log.info("delivery", ["lease": l.leaseID, "message": l.messageID, "ip": l.sendingIP, "mx": o.mxHost ?? mx ?? "",
+                                  "status": o.status.rawValue, "code": "\(o.code)", "tls": o.tlsVersion ?? "none",
+                                  "reused": o.reusedConnection.map { "\($0)" } ?? "", "dkim": o.dkim?.joined(separator: ",") ?? ""])
         }
         return ResultMessage(leaseID: l.leaseID, instanceID: instanceID, sendingIP: l.sendingIP, mxHost: mx, remoteAddress: remote,
                              outcomes: outcomes, finishedAt: Date().timeIntervalSince1970)
     }
 
+    /// Tells the coordinator when a reply matched a backoff rule, so it stops or slows
+    /// leases for this (sending IP, provider) pair (one report per lease at most).
+    private func reportBackoff(_ lease: Lease, _ result: ResultMessage) {
+        let provider = result.mxHost.map { config.shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
+        for o in result.outcomes where o.status != .delivered {
+            guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
+            let reply = String("\(o.code) \(o.enhanced ?? "") \(o.text)".prefix(512))
+            log.warning("backoff rule matched", ["ip": result.sendingIP, "provider": provider, "action": rule.action.rawValue, "reply": String(reply.prefix(200))])
+            try? lock.withLock { connection }?.send(.backoff(BackoffMessage(
+                sendingIP: result.sendingIP, provider: provider, domain: lease.domain, action: rule.action.rawValue,
+                duration: rule.duration, ratePerMinute: rule.ratePerMinute, reply: reply)))
+            return
+        }
+    }
+
     private func finish(_ result: ResultMessage?) {
         if let result {
+            metrics.record(result)
             do { try journal.record(result) } catch {
                 log.error("journal write failed; result kept in memory only", ["lease": result.leaseID, "error": "\(error)"])
             }

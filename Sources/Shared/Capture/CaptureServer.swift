@@ -40,6 +40,7 @@ public final class CaptureServer: @unchecked Sendable {
     private var rcptAttempts: [String: Int] = [:]
     private var connectionCount = 0
     private let policy: @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict
+    private let sourcePolicy: (@Sendable (_ peer: String) -> CaptureVerdict)?
     private let directory: String?
     private let hostname: String
     /// Seconds to wait before answering the end of DATA (simulates a slow MX; keeps leases in flight).
@@ -53,9 +54,11 @@ public final class CaptureServer: @unchecked Sendable {
     ///   - hostname: the name in the greeting.
     ///   - directory: if set, each message is also written there as `<n>.eml` plus `<n>.json` metadata.
     ///   - dataDelay: seconds to wait before the reply to the end of DATA.
+    ///   - sourcePolicy: a verdict by client source address, consulted at RCPT before `policy`.
     ///   - policy: the verdict for a recipient on its n-th RCPT (1-based, counted per address).
     /// - Throws: `SocketError` when the address cannot be bound.
     public init(address: SocketAddress, hostname: String = "mx.capture.test", directory: String? = nil, dataDelay: TimeInterval = 0,
+                sourcePolicy: (@Sendable (_ peer: String) -> CaptureVerdict)? = nil,
                 policy: @escaping @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict = { _, _ in .accept }) throws {
         listener = try Socket.listen(on: address)
         self.address = listener.localAddress ?? address
@@ -63,6 +66,7 @@ public final class CaptureServer: @unchecked Sendable {
         self.directory = directory
         self.hostname = hostname
         self.dataDelay = dataDelay
+        self.sourcePolicy = sourcePolicy
         if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         Thread.detachNewThread { [self] in
             while let (conn, peer) = try? listener.accept() {
@@ -109,6 +113,9 @@ public final class CaptureServer: @unchecked Sendable {
                     from = path(line.dropFirst(5)); rcpts = []; try reply("250 2.1.0 Ok")
                 case "RCPT":
                     let r = path(line.dropFirst(5))
+                    if let v = sourcePolicy?(peer.host), case .reject(let code, let text) = v {
+                        try reply("\(code) \(text)"); continue
+                    }
                     let n = lock.withLock { () -> Int in rcptAttempts[r, default: 0] += 1; return rcptAttempts[r]! }
                     switch policy(r, n) {
                     case .accept: rcpts.append(r); try reply("250 2.1.5 Ok")

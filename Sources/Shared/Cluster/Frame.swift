@@ -43,7 +43,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case challenge = 1, hello = 2, welcome = 3, reject = 4, heartbeat = 5
     case leaseRequest = 6, leaseGrant = 7, result = 8, resultAck = 9
     case ipAssign = 10, ipRevoke = 11, ipReleased = 12
-    case announce = 13
+    case announce = 13, backoff = 14
 }
 
 /// Why a byte stream is not a valid frame sequence. Any of these closes that connection only.

@@ -240,6 +240,28 @@ public struct AnnounceMessage: Codable, Sendable, Equatable {
     public init(bindableIPs: [String]) { self.bindableIPs = bindableIPs }
 }
 
+/// `backoff` (node → coordinator): a remote reply matched a backoff rule; stop or slow
+/// leases for this (sending IP, provider) pair for `duration` seconds.
+public struct BackoffMessage: Codable, Sendable, Equatable {
+    public var sendingIP: String
+    /// The provider (shaping provider name, or `mx:<host>`).
+    public var provider: String
+    /// The destination domain whose delivery got the reply (lets the coordinator map domains to providers).
+    public var domain: String
+    /// `suspend` or `throttle`.
+    public var action: String
+    /// Seconds.
+    public var duration: Double
+    /// For throttles: leases per minute.
+    public var ratePerMinute: Int?
+    /// The reply that matched (code, enhanced code, text; at most 512 characters).
+    public var reply: String
+    public init(sendingIP: String, provider: String, domain: String, action: String, duration: Double, ratePerMinute: Int?, reply: String) {
+        self.sendingIP = sendingIP; self.provider = provider; self.domain = domain; self.action = action
+        self.duration = duration; self.ratePerMinute = ratePerMinute; self.reply = reply
+    }
+}
+
 /// A decoded cluster protocol message.
 public enum ClusterMessage: Sendable, Equatable {
     case challenge(ChallengeMessage)
@@ -256,6 +278,7 @@ public enum ClusterMessage: Sendable, Equatable {
     case ipRevoke(IPRevokeMessage)
     case ipReleased(IPReleasedMessage)
     case announce(AnnounceMessage)
+    case backoff(BackoffMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -273,6 +296,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipRevoke: return .ipRevoke
         case .ipReleased: return .ipReleased
         case .announce: return .announce
+        case .backoff: return .backoff
         }
     }
 
@@ -301,6 +325,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipRevoke(let m): return Frame(type: .ipRevoke, header: h(m))
         case .ipReleased(let m): return Frame(type: .ipReleased, header: h(m))
         case .announce(let m): return Frame(type: .announce, header: h(m))
+        case .backoff(let m): return Frame(type: .backoff, header: h(m))
         }
     }
 
@@ -336,6 +361,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipRevoke: return .ipRevoke(try v(IPRevokeMessage.self))
         case .ipReleased: return .ipReleased(try v(IPReleasedMessage.self))
         case .announce: return .announce(try v(AnnounceMessage.self))
+        case .backoff: return .backoff(try v(BackoffMessage.self))
         }
     }
 }

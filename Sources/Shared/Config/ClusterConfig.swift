@@ -29,6 +29,22 @@ public struct ClusterConfig: Sendable, Equatable {
     public var retry: RetrySettings
     /// `delivery:` outbound SMTP settings. Default: see `DeliverySettings`.
     public var delivery: DeliverySettings
+    /// `dsn:` delivery status notifications. Default: see `DSNSettings`.
+    public var dsn = DSNSettings()
+    /// `suppression:` the hard-bounce suppression list. Default: see `SuppressionSettings`.
+    public var suppression = SuppressionSettings()
+    /// `webhooks:` where delivery events are POSTed. Default: none.
+    public var webhooks: [WebhookSettings] = []
+    /// `log:` the delivery log's rotation. Default: see `DeliveryLogSettings`.
+    public var log = DeliveryLogSettings()
+    /// `dkim:` DKIM signing keys per sender domain. Default: none (nothing is signed).
+    public var dkim: [DKIMKeySettings] = []
+    /// `shaping:` per (sending IP, provider) connection and rate limits. Default: see `ShapingSettings`.
+    public var shaping = ShapingSettings()
+    /// `warmup:` warm-up plans referenced by `ips[].warmup`. Default: none.
+    public var warmup: [WarmupPlan] = []
+    /// `backoff:` adaptive backoff rules. Default: the built-in rules.
+    public var backoff = BackoffSettings()
 
     /// Creates a configuration from parts (no validation; `load`/`parse` validate).
     public init(sourcePath: String, cluster: ClusterIdentity, coordinator: CoordinatorSettings, smtp: SMTPSettings,
@@ -117,6 +133,32 @@ public struct SMTPSettings: Sendable, Equatable {
     public var maxMessageSize: Int
     /// `max_recipients`: most RCPT TO per message (≥ 1). Default 1000.
     public var maxRecipients: Int
+    /// `tls`: `{ certificate, private_key }` PEM paths for STARTTLS (RFC 3207); nil: not offered. Default nil.
+    public var tls: SMTPTLSSettings? = nil
+    /// `require_tls`: refuse MAIL with `530 5.7.0` until STARTTLS (needs `tls`). Default false.
+    public var requireTLS = false
+    /// `users`: `[{ name, password_hash }]` accounts for AUTH PLAIN/LOGIN (RFC 4954); AUTH is offered
+    /// only over TLS unless `auth_allow_plaintext_loopback`. Authenticated clients may relay. Default none.
+    public var users: [SMTPUser] = []
+    /// `auth_allow_plaintext_loopback`: also offer AUTH without TLS to clients on 127.0.0.0/8 or ::1
+    /// (local apps; never off-host). Default false.
+    public var authAllowPlaintextLoopback = false
+    /// `max_connections`: most simultaneous SMTP sessions; more get `421 4.7.0`. Default 1000.
+    public var maxConnections = 1000
+    /// `max_connections_per_client`: most simultaneous sessions from one client address; more get
+    /// `421 4.7.0`. Default 50.
+    public var maxConnectionsPerClient = 50
+    /// `command_timeout`: seconds a client may take to send one complete command line, counted
+    /// from the previous reply (RFC 5321 §4.5.3.2.7); then `421 4.4.2`. Default 300 (5m).
+    public var commandTimeout: TimeInterval = 300
+    /// `data_timeout`: seconds without progress allowed while reading DATA or BDAT content (a
+    /// deadline extended by received octets at 500 octets/s, capped at this); then `421 4.4.2`. Default 300 (5m).
+    public var dataTimeout: TimeInterval = 300
+    /// `auth_failure_limit`: failed AUTH attempts per client address within `auth_failure_window`
+    /// before further attempts get `454 4.7.0` without a check. Default 10.
+    public var authFailureLimit = 10
+    /// `auth_failure_window`: seconds failed AUTH attempts are remembered. Default 900 (15m).
+    public var authFailureWindow: TimeInterval = 900
 
     /// The default `relay_networks`: loopback only.
     public static let defaultRelayNetworks: [IPNetwork] = {
@@ -143,6 +185,8 @@ public struct NodeSettings: Sendable, Equatable {
     public var id: String
     /// `data_dir`: absolute directory for the node's spool; unique across the cluster. Required.
     public var dataDir: String
+    /// `metrics_listen`: where the node serves `/metrics` (Prometheus text format); nil for none. Default none.
+    public var metricsListen: SocketAddress? = nil
 
     /// Creates node settings.
     public init(id: String, dataDir: String) { self.id = id; self.dataDir = dataDir }
@@ -167,6 +211,8 @@ public struct SendingIPSettings: Sendable, Equatable {
     public var pool: String
     /// `nodes`: ids of the nodes that may send from this IP; empty means any node. Default empty.
     public var nodes: [String]
+    /// `warmup`: the warm-up plan this IP follows; nil = warmed (no daily cap). Default nil.
+    public var warmup: IPWarmup? = nil
 
     /// Creates sending-IP settings.
     public init(address: String, helo: String, pool: String, nodes: [String] = []) {
@@ -181,6 +227,8 @@ public struct SendingIPSettings: Sendable, Equatable {
 public struct RoutingSettings: Sendable, Equatable {
     /// `default_pool`: the pool used when nothing else selects one (must exist and have IPs). Required.
     public var defaultPool: String
+    /// `rules`: pool selection by authenticated user, sender domain or header; first match wins. Default none.
+    public var rules: [RoutingRule] = []
 
     /// Creates routing settings.
     public init(defaultPool: String) { self.defaultPool = defaultPool }
@@ -192,6 +240,8 @@ public struct RouteSettings: Sendable, Equatable {
     public var domain: DomainPattern
     /// `next_hop`: `host[:port]` (port default 25). Required.
     public var nextHop: NextHop
+    /// `tls`: STARTTLS policy for this route, overriding `delivery.tls`. Default: nil (use `delivery.tls`).
+    public var tls: OutboundTLSMode? = nil
 
     /// Creates a route.
     public init(domain: DomainPattern, nextHop: NextHop) { self.domain = domain; self.nextHop = nextHop }
@@ -247,11 +297,23 @@ public struct DeliverySettings: Sendable, Equatable {
     public var commandTimeout: TimeInterval
     /// `data_timeout`: seconds to wait for the reply to the end of DATA. Default 600 (10m).
     public var dataTimeout: TimeInterval
+    /// `tls`: outbound STARTTLS policy. Default opportunistic.
+    public var tls: OutboundTLSMode = .opportunistic
+    /// `timeouts`: per-step timeouts (the flat `*_timeout` keys above set the matching ones). Default RFC 5321 values.
+    public var timeouts = DeliveryTimeouts()
+    /// `idle_timeout` (or `timeouts.idle`): seconds an unused outbound connection stays open for reuse. Default 30.
+    public var idleTimeout: TimeInterval = 30
+    /// `allow_loopback_mx`: accept MX hosts that resolve to loopback addresses (tests only; the node's
+    /// own addresses are still refused). Default false: such mail fails as a loop (5.4.6).
+    public var allowLoopbackMX = false
 
     /// Creates delivery settings.
     public init(connectionsPerIP: Int = 8, port: UInt16 = 25, connectTimeout: TimeInterval = 30,
                 commandTimeout: TimeInterval = 300, dataTimeout: TimeInterval = 600) {
         self.connectionsPerIP = connectionsPerIP; self.port = port; self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout; self.dataTimeout = dataTimeout
+        // The flat timeouts set the matching per-step ones.
+        timeouts = DeliveryTimeouts(connect: connectTimeout, greeting: commandTimeout, ehlo: commandTimeout, startTLS: commandTimeout,
+                                    mail: commandTimeout, rcpt: commandTimeout, dataDone: dataTimeout)
     }
 }

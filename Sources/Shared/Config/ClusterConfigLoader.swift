@@ -59,7 +59,8 @@ struct ClusterConfigDecoder {
         }
         let top = try ConfigSection(root.isNull ? .map([], line: 1, column: 1) : root, file: file, path: "", line: nil,
                                     allowed: ["cluster", "coordinator", "smtp", "nodes", "pools", "ips", "routing",
-                                              "routes", "dns", "retry", "delivery"])
+                                              "routes", "dns", "retry", "delivery", "dsn", "suppression", "webhooks", "log",
+                                              "dkim", "shaping", "warmup", "backoff"])
         let cluster = try decodeCluster(top)
         let coordinator = try decodeCoordinator(top)
         let smtp = try decodeSMTP(top, coordinator: coordinator)
@@ -67,10 +68,14 @@ struct ClusterConfigDecoder {
         let pools = try decodePools(top)
         let ips = try decodeIPs(top, nodes: nodes, pools: pools)
         let routing = try decodeRouting(top, pools: pools, ips: ips)
-        return ClusterConfig(sourcePath: sourcePath, cluster: cluster, coordinator: coordinator, smtp: smtp,
-                             nodes: nodes, pools: pools, ips: ips, routing: routing,
-                             routes: try decodeRoutes(top), dns: try decodeDNS(top),
-                             retry: try decodeRetry(top), delivery: try decodeDelivery(top))
+        var config = ClusterConfig(sourcePath: sourcePath, cluster: cluster, coordinator: coordinator, smtp: smtp,
+                                   nodes: nodes, pools: pools, ips: ips, routing: routing,
+                                   routes: try decodeRoutes(top), dns: try decodeDNS(top),
+                                   retry: try decodeRetry(top), delivery: try decodeDelivery(top))
+        try decodeReporting(top, into: &config)  // ReportingSettings.swift
+        try decodeOutbound(top, into: &config)  // OutboundSettings.swift
+        try decodeDeliverability(top, into: &config)  // DeliverabilitySettings.swift
+        return config
     }
 
     private func fail(_ line: Int?, _ key: String?, _ message: String) -> ConfigError {
@@ -140,7 +145,8 @@ struct ClusterConfigDecoder {
     }
 
     private func decodeSMTP(_ top: ConfigSection, coordinator: CoordinatorSettings) throws -> SMTPSettings {
-        let sec = try top.requiredSection("smtp", allowed: ["listen", "hostname", "relay_networks", "max_message_size", "max_recipients"])
+        let sec = try top.requiredSection("smtp", allowed: ["listen", "hostname", "relay_networks", "max_message_size", "max_recipients"]
+                                          + SMTPSettings.submissionKeys)
         let listenItems = try sec.requireList("listen", allowScalar: true)
         guard !listenItems.isEmpty else { throw fail(sec.entryLine("listen"), sec.keyPath("listen"), "must list at least one address") }
         var listen: [SocketAddress] = []
@@ -168,6 +174,7 @@ struct ClusterConfigDecoder {
             return size
         }) { settings.maxMessageSize = v }
         if let v = try sec.get("max_recipients", { try ConfigValue.integer($0, in: 1...1_000_000) }) { settings.maxRecipients = v }
+        try decodeSubmission(sec, into: &settings)  // SubmissionSettings.swift
         return settings
     }
 
@@ -178,7 +185,7 @@ struct ClusterConfigDecoder {
         var ids: [String: Int] = [:]
         var dirs: [String: String] = [coordinator.dataDir: "coordinator.data_dir"]
         for item in items {
-            let sec = try item.section(allowed: ["id", "data_dir"])
+            let sec = try item.section(allowed: ["id", "data_dir", "metrics_listen"])
             let id = try sec.require("id", ConfigValue.identifier)
             if let first = ids[id], let at = try sec.scalar("id") {
                 throw fail(at.line, at.path, "duplicate node id \"\(id)\" (first on line \(first))")
@@ -189,7 +196,9 @@ struct ClusterConfigDecoder {
                 throw fail(at.line, at.path, "\(dir) is already used by \(other)")
             }
             dirs[dir] = sec.keyPath("data_dir")
-            nodes.append(NodeSettings(id: id, dataDir: dir))
+            var node = NodeSettings(id: id, dataDir: dir)
+            node.metricsListen = try decodeMetricsListen(sec)
+            nodes.append(node)
         }
         return nodes
     }
@@ -220,7 +229,7 @@ struct ClusterConfigDecoder {
         var ips: [SendingIPSettings] = []
         var seen: [String: Int] = [:]
         for item in items {
-            let sec = try item.section(allowed: ["address", "helo", "pool", "nodes"])
+            let sec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup"])
             let address = try sec.require("address", ConfigValue.ipAddress)
             let addressLine = try sec.scalar("address")?.line ?? item.node.line
             if let first = seen[address] {
@@ -249,7 +258,7 @@ struct ClusterConfigDecoder {
     }
 
     private func decodeRouting(_ top: ConfigSection, pools: [PoolSettings], ips: [SendingIPSettings]) throws -> RoutingSettings {
-        let sec = try top.requiredSection("routing", allowed: ["default_pool"])
+        let sec = try top.requiredSection("routing", allowed: ["default_pool", "rules"])
         let poolNames = pools.map(\.name)
         let name = try sec.require("default_pool") { name -> String in
             guard poolNames.contains(name) else {
@@ -267,7 +276,7 @@ struct ClusterConfigDecoder {
         var routes: [RouteSettings] = []
         var seen: [String: Int] = [:]
         for item in try top.list("routes") ?? [] {
-            let sec = try item.section(allowed: ["domain", "next_hop"])
+            let sec = try item.section(allowed: ["domain", "next_hop", "tls"])
             let domain = try sec.require("domain") { try DomainPattern(parsing: $0) }
             let line = try sec.scalar("domain")?.line ?? item.node.line
             if let first = seen[domain.pattern] {
@@ -275,7 +284,9 @@ struct ClusterConfigDecoder {
             }
             seen[domain.pattern] = line
             let hop = try sec.require("next_hop") { try ConfigValue.hostPort($0, defaultPort: 25) }
-            routes.append(RouteSettings(domain: domain, nextHop: hop))
+            var route = RouteSettings(domain: domain, nextHop: hop)
+            route.tls = try sec.get("tls", Self.tlsMode)
+            routes.append(route)
         }
         return routes
     }
@@ -303,13 +314,15 @@ struct ClusterConfigDecoder {
 
     private func decodeDelivery(_ top: ConfigSection) throws -> DeliverySettings {
         guard let sec = try top.section("delivery", allowed: ["connections_per_ip", "port", "connect_timeout",
-                                                              "command_timeout", "data_timeout"]) else { return DeliverySettings() }
+                                                              "command_timeout", "data_timeout", "tls", "timeouts",
+                                                              "idle_timeout", "allow_loopback_mx"]) else { return DeliverySettings() }
         var s = DeliverySettings()
         if let v = try sec.get("connections_per_ip", { try ConfigValue.integer($0, in: 1...10_000) }) { s.connectionsPerIP = v }
         if let v = try sec.get("port", { try ConfigValue.integer($0, in: 1...65_535) }) { s.port = UInt16(truncatingIfNeeded: v) }
         if let v = try sec.get("connect_timeout", { try ConfigValue.duration($0) }) { s.connectTimeout = v }
         if let v = try sec.get("command_timeout", { try ConfigValue.duration($0) }) { s.commandTimeout = v }
         if let v = try sec.get("data_timeout", { try ConfigValue.duration($0) }) { s.dataTimeout = v }
+        try decodeDeliveryOutbound(sec, into: &s)  // OutboundSettings.swift
         return s
     }
 

@@ -25,6 +25,13 @@
 /// - Loops: `maxReceivedHeaders` or more `Received:` fields in the header
 ///   section reject with `554 5.4.6 Too many hops` (RFC 5321 §6.3).
 ///
+/// BDAT (RFC 3030): with `framing: .chunked` the decoder takes the chunk octets (the
+/// session counts them), does no dot-unstuffing and no terminator search, and
+/// `finishChunks()` ends the content after the `LAST` chunk. The same CRLF, size,
+/// line-length and hop rules apply, so a message received by BDAT can later be sent
+/// with DATA without creating a smuggling vector downstream; content that does not end
+/// in CRLF gets one.
+///
 /// 8-bit octets are accepted whatever `BODY=` said (liberal, like Postfix).
 /// When several problems apply, the reply is chosen in this order: bare line
 /// ending, size, line length, hop count.
@@ -35,6 +42,14 @@ public struct DataDecoder: Sendable {
         case accepted([UInt8])
         /// The message must not be stored; send this reply instead.
         case rejected(SMTPReply)
+    }
+
+    /// How the end of the content is found.
+    public enum Framing: Sendable, Equatable {
+        /// DATA: dot-stuffed lines ended by `CRLF . CRLF` (RFC 5321 §4.1.1.4).
+        case dotTerminated
+        /// BDAT: counted chunks, the last one marked `LAST` (RFC 3030 §2).
+        case chunked
     }
 
     private enum Phase: Sendable {
@@ -56,6 +71,8 @@ public struct DataDecoder: Sendable {
     public let maxLineLength: Int
     /// `Received:` fields at which the message is a loop (0 or less: no limit).
     public let maxReceivedHeaders: Int
+    /// DATA or BDAT framing.
+    public let framing: Framing
 
     private var phase: Phase = .lineStart
     private var body: [UInt8] = []
@@ -78,10 +95,13 @@ public struct DataDecoder: Sendable {
     ///   - maxLineLength: longest line including CRLF (RFC 5321 §4.5.3.1.6: 1000).
     ///   - maxReceivedHeaders: hop limit for `Received:` fields (RFC 5321 §6.3).
     ///   - expectedSize: the client's `SIZE=` hint, used only to pre-size the buffer (capped at 1 MiB).
-    public init(maxMessageSize: Int, maxLineLength: Int = 1000, maxReceivedHeaders: Int = 100, expectedSize: Int? = nil) {
+    ///   - framing: `.dotTerminated` for DATA (default), `.chunked` for BDAT.
+    public init(maxMessageSize: Int, maxLineLength: Int = 1000, maxReceivedHeaders: Int = 100, expectedSize: Int? = nil,
+                framing: Framing = .dotTerminated) {
         self.maxMessageSize = max(0, maxMessageSize)
         self.maxLineLength = maxLineLength
         self.maxReceivedHeaders = maxReceivedHeaders
+        self.framing = framing
         if let expectedSize, expectedSize > 0 {
             body.reserveCapacity(min(expectedSize, self.maxMessageSize, 1 << 20))
         }
@@ -125,7 +145,7 @@ public struct DataDecoder: Sendable {
         while i < end {
             switch phase {
             case .lineStart:
-                if bytes[i] == 0x2E {
+                if bytes[i] == 0x2E && framing == .dotTerminated {
                     phase = .leadingDot
                     i += 1
                 } else {
@@ -183,18 +203,40 @@ public struct DataDecoder: Sendable {
         return (i - bytes.startIndex, false)
     }
 
+    /// BDAT: ends the content after the `LAST` chunk (RFC 3030 §2). A trailing bare CR
+    /// rejects the message; a last line without CRLF gets one. No effect with DATA framing
+    /// or when already finished.
+    public mutating func finishChunks() {
+        guard framing == .chunked, !isFinished else { return }
+        switch phase {
+        case .sawCR:
+            flagBareLineEnding()
+        case .inLine where !bareLineEnding:
+            keep(Self.crlf[...])
+            endLine()
+        default:
+            break
+        }
+        phase = .lineStart
+        isFinished = true
+    }
+
+    /// The rejection already certain before the end of the content (bare line ending,
+    /// size, line length; in that order), or nil. BDAT answers it on the chunk where it
+    /// became known.
+    public var rejection: SMTPReply? {
+        if bareLineEnding { return SMTPReply(550, "5.6.0", "bare LF/CR not allowed") }
+        if sizeExceeded { return SMTPReply(552, "5.3.4", "Message size exceeds fixed maximum message size") }
+        if lineTooLong { return SMTPReply(550, "5.6.0", "line too long (max \(max(0, maxLineLength - 2)) octets plus CRLF)") }
+        return nil
+    }
+
     /// The verdict once `isFinished`; hands over the body (call once).
     /// - Returns: `.accepted(body)` or `.rejected(reply)`; before the terminator,
     ///   a `451 4.3.0` rejection (a driver bug, never expected).
     public mutating func outcome() -> Outcome {
         guard isFinished else { return .rejected(SMTPReply(451, "4.3.0", "Error: message not complete")) }
-        if bareLineEnding { return .rejected(SMTPReply(550, "5.6.0", "bare LF/CR not allowed")) }
-        if sizeExceeded {
-            return .rejected(SMTPReply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
-        }
-        if lineTooLong {
-            return .rejected(SMTPReply(550, "5.6.0", "line too long (max \(max(0, maxLineLength - 2)) octets plus CRLF)"))
-        }
+        if let rejection { return .rejected(rejection) }
         if maxReceivedHeaders > 0, Self.receivedCount(body, limit: maxReceivedHeaders) >= maxReceivedHeaders {
             return .rejected(SMTPReply(554, "5.4.6", "Too many hops"))
         }

@@ -24,15 +24,44 @@ public enum ReceivedHeader {
     /// - Returns: the field bytes, ending in CRLF.
     public static func build(heloName: String, peer: SocketAddress, hostname: String, withESMTP: Bool,
                              id: String, recipient: Mailbox?, date: Date) -> [UInt8] {
+        build(heloName: heloName, peer: peer, hostname: hostname, protocol: withESMTP ? "ESMTP" : "SMTP", tls: nil,
+              id: id, recipient: recipient, date: date)
+    }
+
+    /// The trace field for a submission, with the RFC 3848 / RFC 6531 §4.3 protocol keyword
+    /// (`ESMTPSA`, `UTF8SMTPS`, …) and, over TLS, a comment naming the protocol and cipher:
+    ///
+    ///     Received: from client.example ([192.0.2.1])
+    ///     \tby relay.example (Hato) with ESMTPSA
+    ///     \t(TLSv1.3 TLS_AES_256_GCM_SHA384) id 0123ABCD
+    ///     \tfor <user@example.com>; Tue, 14 Nov 2023 12:00:00 +0000
+    ///
+    /// Every value is printable US-ASCII after `clean` (others become `?`); the `for` clause is
+    /// left out for a UTF-8 address rather than mangled.
+    /// - Parameters:
+    ///   - heloName: the client's EHLO/HELO argument (validated by the parser).
+    ///   - peer: the client's address.
+    ///   - hostname: this server's name.
+    ///   - protocol: the `with` keyword, e.g. `SubmittedMessage.protocolKeyword`.
+    ///   - tls: the TLS parameters, if the session was encrypted.
+    ///   - id: the queue id.
+    ///   - recipient: the `for` clause (single-recipient messages only, RFC 5321 §7.2).
+    ///   - date: the receipt time.
+    /// - Returns: the field bytes, ending in CRLF.
+    public static func build(heloName: String, peer: SocketAddress, hostname: String, protocol keyword: String,
+                             tls: NegotiatedTLS?, id: String, recipient: Mailbox?, date: Date) -> [UInt8] {
         var host = peer.host
         if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
         let literal = peer.isIPv6 ? "[IPv6:\(host)]" : "[\(host)]"
         let helo = heloName.isEmpty ? "unknown" : heloName
-        var lines = [
-            "Received: from \(clean(helo)) (\(clean(literal)))",
-            "\tby \(clean(hostname)) (Hato) with \(withESMTP ? "ESMTP" : "SMTP") id \(clean(id))",
-        ]
-        if let recipient {
+        var lines = ["Received: from \(clean(helo)) (\(clean(literal)))"]
+        if let tls {
+            lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword))")
+            lines.append("\t(\(clean(tls.protocolVersion)) \(clean(tls.cipher))) id \(clean(id))")
+        } else {
+            lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword)) id \(clean(id))")
+        }
+        if let recipient, recipient.address.unicodeScalars.allSatisfy({ $0.isASCII }) {
             lines.append("\tfor <\(clean(recipient.address, allowSpace: true))>")
         }
         let stamp = rfc5322Date(date)

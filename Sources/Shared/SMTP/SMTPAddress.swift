@@ -34,7 +34,7 @@ public struct Mailbox: Sendable, Hashable, CustomStringConvertible {
     /// `local@domain`, with the local part re-quoted (RFC 5321 §4.1.2
     /// `Quoted-string`) only when it is not a valid `Dot-string`.
     public var address: String {
-        if SMTPAddressSyntax.isDotString(Array(localPart.utf8)[...]) {
+        if SMTPAddressSyntax.isDotString(Array(localPart.utf8)[...], utf8: true) {
             return "\(localPart)@\(domain)"
         }
         var quoted = "\""
@@ -85,7 +85,8 @@ public enum SMTPAddressError: Error, Sendable, Equatable {
     case syntax
     /// Local part over 64, domain over 255 or path over 256 octets (RFC 5321 §4.5.3.1.1–3).
     case tooLong
-    /// Contains 8-bit octets: needs SMTPUTF8 (RFC 6531), which is not offered.
+    /// Contains 8-bit octets without SMTPUTF8 declared on MAIL (RFC 6531 §3.4), or octets
+    /// that are not well-formed UTF-8 even with it.
     case nonASCII
 }
 
@@ -114,15 +115,16 @@ enum SMTPAddressSyntax {
         }
     }
 
-    /// RFC 5321 §4.1.2 `Dot-string = Atom *("." Atom)`.
-    static func isDotString(_ bytes: ArraySlice<UInt8>) -> Bool {
+    /// RFC 5321 §4.1.2 `Dot-string = Atom *("." Atom)`; with `utf8`, RFC 6531 §3.3
+    /// `atext =/ UTF8-non-ascii` (the caller has checked UTF-8 well-formedness).
+    static func isDotString(_ bytes: ArraySlice<UInt8>, utf8: Bool = false) -> Bool {
         guard let first = bytes.first, let last = bytes.last, first != 0x2E, last != 0x2E else { return false }
         var previousDot = false
         for b in bytes {
             if b == 0x2E {
                 if previousDot { return false }
                 previousDot = true
-            } else if isAtext(b) {
+            } else if isAtext(b) || (utf8 && b >= 0x80) {
                 previousDot = false
             } else {
                 return false
@@ -132,14 +134,16 @@ enum SMTPAddressSyntax {
     }
 
     /// RFC 5321 §4.1.2 `Domain = sub-domain *("." sub-domain)`, labels of at most
-    /// 63 octets (RFC 1035 §2.3.4), `sub-domain = Let-dig [Ldh-str]`. The total
-    /// length (255, §4.5.3.1.2) is the caller's check.
-    static func isDomain(_ bytes: ArraySlice<UInt8>) -> Bool {
+    /// 63 octets (RFC 1035 §2.3.4), `sub-domain = Let-dig [Ldh-str]`; with `utf8`, RFC 6531
+    /// §3.3 `sub-domain =/ U-label` (non-ASCII octets allowed where letters are; the caller
+    /// has checked UTF-8 well-formedness). The total length (255, §4.5.3.1.2) is the caller's check.
+    static func isDomain(_ bytes: ArraySlice<UInt8>, utf8: Bool = false) -> Bool {
         guard !bytes.isEmpty else { return false }
+        func letter(_ b: UInt8) -> Bool { isLetDig(b) || (utf8 && b >= 0x80) }
         for label in bytes.split(separator: 0x2E, omittingEmptySubsequences: false) {
             guard let first = label.first, let last = label.last, label.count <= 63,
-                  isLetDig(first), isLetDig(last) else { return false }
-            if !label.allSatisfy({ isLetDig($0) || $0 == 0x2D }) { return false }
+                  letter(first), letter(last) else { return false }
+            if !label.allSatisfy({ letter($0) || $0 == 0x2D }) { return false }
         }
         return true
     }
@@ -211,9 +215,9 @@ enum SMTPAddressSyntax {
         return isIPv4(inner)
     }
 
-    /// `Domain / address-literal`, as in EHLO and mailboxes.
-    static func isDomainOrLiteral(_ bytes: ArraySlice<UInt8>) -> Bool {
-        bytes.first == 0x5B ? isAddressLiteral(bytes) : isDomain(bytes)
+    /// `Domain / address-literal`, as in EHLO and mailboxes (`utf8`: U-labels allowed, RFC 6531).
+    static func isDomainOrLiteral(_ bytes: ArraySlice<UInt8>, utf8: Bool = false) -> Bool {
+        bytes.first == 0x5B ? isAddressLiteral(bytes) : isDomain(bytes, utf8: utf8)
     }
 
     static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b + 0x20 : b }
@@ -229,8 +233,9 @@ enum SMTPAddressSyntax {
     }
 
     /// RFC 5321 §4.1.2 `Mailbox = Local-part "@" ( Domain / address-literal )`.
-    /// The caller has already rejected 8-bit octets.
-    static func parseMailbox(_ bytes: ArraySlice<UInt8>) -> Result<Mailbox, SMTPAddressError> {
+    /// Without `utf8` the caller has already rejected 8-bit octets; with it (SMTPUTF8, RFC 6531
+    /// §3.3) the caller has checked they are well-formed UTF-8.
+    static func parseMailbox(_ bytes: ArraySlice<UInt8>, utf8: Bool = false) -> Result<Mailbox, SMTPAddressError> {
         guard let first = bytes.first else { return .failure(.syntax) }
         var local: [UInt8] = []
         let at: Int
@@ -248,7 +253,7 @@ enum SMTPAddressSyntax {
                     i += 2
                     continue
                 }
-                guard b >= 0x20, b <= 0x7E else { return .failure(.syntax) }
+                guard (b >= 0x20 && b <= 0x7E) || (utf8 && b >= 0x80) else { return .failure(.syntax) }
                 local.append(b)
                 i += 1
             }
@@ -257,13 +262,13 @@ enum SMTPAddressSyntax {
         } else {
             guard let index = bytes.firstIndex(of: 0x40) else { return .failure(.syntax) }
             let dotString = bytes[bytes.startIndex..<index]
-            guard isDotString(dotString) else { return .failure(.syntax) }
+            guard isDotString(dotString, utf8: utf8) else { return .failure(.syntax) }
             local = Array(dotString)
             at = index
         }
         let wireLocal = bytes[bytes.startIndex..<at]
         let domain = bytes[(at + 1)...]
-        guard isDomainOrLiteral(domain) else { return .failure(.syntax) }
+        guard isDomainOrLiteral(domain, utf8: utf8) else { return .failure(.syntax) }
         if wireLocal.count > maxLocalPart || domain.count > maxDomain { return .failure(.tooLong) }
         return .success(Mailbox(localPart: String(decoding: local, as: UTF8.self),
                                 domain: String(decoding: domain, as: UTF8.self)))
@@ -281,8 +286,12 @@ enum SMTPAddressSyntax {
     ///   - bytes: the path including its angle brackets.
     ///   - allowNull: accept `<>` (reverse-path only, RFC 5321 §4.1.1.2).
     ///   - allowPostmaster: accept the domain-less `<Postmaster>` (forward-path only, §4.1.1.3).
-    static func parsePath(_ bytes: ArraySlice<UInt8>, allowNull: Bool, allowPostmaster: Bool) -> Result<Path, SMTPAddressError> {
-        if bytes.contains(where: { $0 >= 0x80 }) { return .failure(.nonASCII) }
+    ///   - utf8: the transaction declared SMTPUTF8: UTF-8 local parts and U-label domains are
+    ///     allowed (RFC 6531 §3.3); without it any 8-bit octet is `.nonASCII`.
+    static func parsePath(_ bytes: ArraySlice<UInt8>, allowNull: Bool, allowPostmaster: Bool, utf8: Bool = false) -> Result<Path, SMTPAddressError> {
+        if bytes.contains(where: { $0 >= 0x80 }) {
+            guard utf8, String(validating: bytes, as: UTF8.self) != nil else { return .failure(.nonASCII) }
+        }
         guard bytes.count >= 2, bytes.first == 0x3C, bytes.last == 0x3E else { return .failure(.syntax) }
         var inner = bytes.dropFirst().dropLast()
         if inner.isEmpty { return allowNull ? .success(.null) : .failure(.syntax) }
@@ -296,6 +305,6 @@ enum SMTPAddressSyntax {
             }
             inner = inner[(colon + 1)...]
         }
-        return parseMailbox(inner).map { .mailbox($0) }
+        return parseMailbox(inner, utf8: utf8).map { .mailbox($0) }
     }
 }

@@ -12,6 +12,15 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     public var maxTextLineLength: Int
     /// `Received:` fields at which a message is treated as looping (RFC 5321 §6.3); 0 disables.
     public var maxReceivedHeaders: Int
+    /// Whether STARTTLS is offered (a certificate is configured, RFC 3207).
+    public var tlsAvailable: Bool
+    /// Whether MAIL is refused with `530 5.7.0` until TLS is active (RFC 3207 §4).
+    public var requireTLS: Bool
+    /// Whether AUTH PLAIN/LOGIN can be offered at all (users are configured, RFC 4954). It is
+    /// advertised only over TLS, or in plaintext where the session allows it.
+    public var authAvailable: Bool
+    /// Longest AUTH command or SASL response line in octets including CRLF (RFC 4954 §4: 12288).
+    public var maxAuthLineLength: Int
 
     /// Creates a policy.
     /// - Parameters:
@@ -21,19 +30,43 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     ///   - maxCommandLength: octets including CRLF (default 512).
     ///   - maxTextLineLength: octets including CRLF (default 1000).
     ///   - maxReceivedHeaders: hop limit (default 100).
+    ///   - tlsAvailable: offer STARTTLS (default false).
+    ///   - requireTLS: refuse MAIL before TLS (default false).
+    ///   - authAvailable: AUTH can be offered (default false).
+    ///   - maxAuthLineLength: octets including CRLF (default 12288).
     public init(hostname: String, maxMessageSize: Int = 10_240_000, maxRecipients: Int = 1000,
-                maxCommandLength: Int = 512, maxTextLineLength: Int = 1000, maxReceivedHeaders: Int = 100) {
+                maxCommandLength: Int = 512, maxTextLineLength: Int = 1000, maxReceivedHeaders: Int = 100,
+                tlsAvailable: Bool = false, requireTLS: Bool = false, authAvailable: Bool = false,
+                maxAuthLineLength: Int = 12_288) {
         self.hostname = hostname
         self.maxMessageSize = maxMessageSize
         self.maxRecipients = maxRecipients
         self.maxCommandLength = maxCommandLength
         self.maxTextLineLength = maxTextLineLength
         self.maxReceivedHeaders = maxReceivedHeaders
+        self.tlsAvailable = tlsAvailable
+        self.requireTLS = requireTLS
+        self.authAvailable = authAvailable
+        self.maxAuthLineLength = maxAuthLineLength
     }
 }
 
-/// A complete message accepted at the end of DATA, to be stored durably before
-/// the `250` is sent (RFC 5321 §4.1.1.4, §6.1).
+/// The TLS parameters a session runs under after STARTTLS.
+public struct NegotiatedTLS: Sendable, Equatable {
+    /// e.g. `TLSv1.3`.
+    public var protocolVersion: String
+    /// e.g. `TLS_AES_256_GCM_SHA384`.
+    public var cipher: String
+
+    /// Creates a record.
+    public init(protocolVersion: String, cipher: String) {
+        self.protocolVersion = protocolVersion
+        self.cipher = cipher
+    }
+}
+
+/// A complete message accepted at the end of DATA or the last BDAT chunk, to be stored
+/// durably before the `250` is sent (RFC 5321 §4.1.1.4, §6.1).
 public struct SubmittedMessage: Sendable, Equatable {
     /// The EHLO/HELO argument.
     public var heloName: String
@@ -51,11 +84,27 @@ public struct SubmittedMessage: Sendable, Equatable {
     public var declaredSize: Int?
     /// Whether the client greeted with EHLO (for `with ESMTP` in `Received:`, RFC 3848).
     public var esmtp: Bool
+    /// The NOTIFY/ORCPT parameters of each recipient, parallel to `recipients` (RFC 3461).
+    public var recipientParameters: [RecipientParameters]
+    /// Whether MAIL declared `SMTPUTF8` (RFC 6531).
+    public var smtputf8: Bool
+    /// `RET=` (RFC 3461 §4.3), if given.
+    public var dsnReturn: DSNReturn?
+    /// `ENVID=` as received (xtext, RFC 3461 §4.4), if given.
+    public var envelopeID: String?
+    /// The user the session authenticated as (RFC 4954), nil when it did not.
+    public var authenticatedUser: String?
+    /// The TLS parameters when the message came over TLS (RFC 3207).
+    public var tls: NegotiatedTLS?
+    /// Whether the content came by BDAT (RFC 3030) rather than DATA.
+    public var chunked: Bool
 
     /// Creates a message record.
     /// - Parameters: see the properties.
     public init(heloName: String, peer: SocketAddress, reversePath: ReversePath, recipients: [Mailbox],
-                body: [UInt8], bodyType: BodyType, declaredSize: Int?, esmtp: Bool) {
+                body: [UInt8], bodyType: BodyType, declaredSize: Int?, esmtp: Bool,
+                recipientParameters: [RecipientParameters]? = nil, smtputf8: Bool = false, dsnReturn: DSNReturn? = nil,
+                envelopeID: String? = nil, authenticatedUser: String? = nil, tls: NegotiatedTLS? = nil, chunked: Bool = false) {
         self.heloName = heloName
         self.peer = peer
         self.reversePath = reversePath
@@ -64,6 +113,21 @@ public struct SubmittedMessage: Sendable, Equatable {
         self.bodyType = bodyType
         self.declaredSize = declaredSize
         self.esmtp = esmtp
+        self.recipientParameters = recipientParameters ?? Array(repeating: RecipientParameters(), count: recipients.count)
+        self.smtputf8 = smtputf8
+        self.dsnReturn = dsnReturn
+        self.envelopeID = envelopeID
+        self.authenticatedUser = authenticatedUser
+        self.tls = tls
+        self.chunked = chunked
+    }
+
+    /// The `with` keyword for `Received:` (RFC 3848, RFC 6531 §4.3): `SMTP`, `ESMTP`,
+    /// `ESMTPS` (TLS), `ESMTPA` (AUTH), `ESMTPSA`, or the `UTF8SMTP…` forms under SMTPUTF8.
+    public var protocolKeyword: String {
+        guard esmtp else { return "SMTP" }
+        let base = smtputf8 ? "UTF8SMTP" : "ESMTP"
+        return base + (tls != nil ? "S" : "") + (authenticatedUser != nil ? "A" : "")
     }
 }
 
@@ -75,22 +139,31 @@ public enum SMTPServerAction: Sendable, Equatable {
     /// Store this message durably, then call `messageStored(id:)` or
     /// `messageStoreFailed()`. Always the last action of its batch.
     case store(SubmittedMessage)
+    /// Check these credentials (rate limit, password hash), then call
+    /// `authenticationFinished(_:)`. Always the last action of its batch.
+    case authenticate(SASLCredentials)
+    /// Write what was sent so far (it ends with `220 2.0.0 Ready to start TLS`), run the TLS
+    /// server handshake, then call `tlsStarted(_:)` or `tlsFailed()`. Everything the client
+    /// sent after the STARTTLS line has been discarded (RFC 3207 §4.2). Always the last action.
+    case startTLS
     /// Close the connection. Always the last action.
     case close
 }
 
 /// The server side of one SMTP session as a pure state machine (RFC 5321 §4.3.2,
-/// with SIZE RFC 1870, PIPELINING RFC 2920, 8BITMIME RFC 6152 and enhanced
-/// status codes RFC 2034/3463). No I/O: the driver feeds received bytes and
-/// carries out the returned actions.
+/// with SIZE RFC 1870, PIPELINING RFC 2920, 8BITMIME RFC 6152, SMTPUTF8 RFC 6531,
+/// STARTTLS RFC 3207, AUTH PLAIN/LOGIN RFC 4954/4616, DSN parameters RFC 3461,
+/// CHUNKING RFC 3030 and enhanced status codes RFC 2034/3463). No I/O: the driver
+/// feeds received bytes and carries out the returned actions.
 ///
 /// Input is accepted in any split. Command lines are buffered up to
-/// `maxCommandLength` octets; DATA content is streamed into a `DataDecoder`.
-/// After a `.store` action the session processes nothing more until
-/// `messageStored(id:)` or `messageStoreFailed()`, so replies to pipelined
-/// commands stay in order (RFC 2920 §3.1). Bytes passed to `receive` meanwhile
-/// are buffered without limit, so a driver should not read while a store is
-/// pending.
+/// `maxCommandLength` octets (`maxAuthLineLength` for AUTH and SASL responses);
+/// DATA content is streamed into a `DataDecoder`, BDAT chunks are counted into one.
+/// After a `.store` or `.authenticate` action the session processes nothing more until
+/// the driver's verdict, so replies to pipelined commands stay in order (RFC 2920 §3.1).
+/// Bytes passed to `receive` meanwhile are buffered without limit, so a driver should
+/// not read while a verdict is pending. After `.startTLS`, received plaintext is
+/// discarded until `tlsStarted`.
 ///
 /// Command-line rules (RFC 5321 §2.3.8, §4.5.3.1.4): a line must end in CRLF; a
 /// line holding a bare LF, a bare CR or NUL is answered `500 5.5.2` and
@@ -108,8 +181,34 @@ public struct SMTPServerSession: Sendable {
         var reversePath: ReversePath
         var parameters: MailParameters
         var recipients: [Mailbox] = []
+        var recipientParameters: [RecipientParameters] = []
         /// Whether any RCPT was attempted (to tell 503 from 554 at DATA).
         var rcptAttempted = false
+        /// Content of the BDAT chunks received so far (RFC 3030), nil before the first.
+        var chunks: DataDecoder?
+    }
+
+    /// A BDAT chunk being read: `remaining` octets still belong to it.
+    struct Chunk: Sendable {
+        var size: Int
+        var remaining: Int
+        var last: Bool
+        /// The transaction the chunk belongs to (nil when there is none).
+        var transaction: MailTransaction?
+        /// Where accepted octets go; nil when the chunk is being discarded.
+        var decoder: DataDecoder?
+        /// The reply for a discarded chunk.
+        var rejection: SMTPReply?
+    }
+
+    /// Where an AUTH exchange stands (RFC 4954 §4).
+    enum AuthStep: Sendable {
+        /// `334 ` sent for PLAIN: the next line is the PLAIN message.
+        case plain
+        /// `334 VXNlcm5hbWU6` sent: the next line is the user name.
+        case loginUsername
+        /// `334 UGFzc3dvcmQ6` sent: the next line is the password.
+        case loginPassword(String)
     }
 
     enum State: Sendable {
@@ -119,8 +218,16 @@ public struct SMTPServerSession: Sendable {
         case mail(MailTransaction)
         /// After `354`, reading content.
         case data(MailTransaction, DataDecoder)
+        /// Reading the octets of a BDAT chunk.
+        case chunk(Chunk)
+        /// In an AUTH exchange: the next line is a SASL response.
+        case auth(AuthStep)
         /// A `.store` was returned; waiting for the driver's verdict.
         case awaitingStore
+        /// An `.authenticate` was returned; waiting for the driver's verdict.
+        case awaitingAuth
+        /// A `.startTLS` was returned; waiting for the handshake.
+        case awaitingTLS
         /// After QUIT, timeout or shutdown.
         case closed
     }
@@ -129,26 +236,39 @@ public struct SMTPServerSession: Sendable {
     public let policy: SMTPServerPolicy
     /// The client's address.
     public let peer: SocketAddress
-    /// Whether this client may relay (otherwise RCPT gets `554 5.7.1`, RFC 5321 §3.6.2).
+    /// Whether this client may relay without authenticating (it is in `relay_networks`);
+    /// otherwise RCPT gets `554 5.7.1` until AUTH succeeds (RFC 5321 §3.6.2).
     public let relayPermitted: Bool
+    /// Whether AUTH may be offered before TLS (a loopback client with
+    /// `smtp.auth_allow_plaintext_loopback`; RFC 4954 §4 forbids plaintext passwords otherwise).
+    public let plaintextAuthPermitted: Bool
 
     private(set) var state: State = .idle
     private(set) var helo: Helo?
     private var greeted = false
-    /// Unprocessed input: a partial command line, or input held while a store is pending.
+    /// Unprocessed input: a partial command line, or input held while a verdict is pending.
     private var buffer: [UInt8] = []
     /// Inside an overlong command line: discard up to the next LF.
     private var discardingLine = false
+    /// The user AUTH succeeded for (RFC 4954), nil before.
+    public private(set) var authenticatedUser: String?
+    /// The TLS parameters once STARTTLS completed (RFC 3207).
+    public private(set) var tls: NegotiatedTLS?
+    /// Octets the client sent after STARTTLS before the handshake, discarded unexecuted
+    /// (RFC 3207 §4.2; CVE-2011-0411).
+    public private(set) var discardedAfterSTARTTLS = 0
 
     /// Creates a session; call `start()` for the greeting.
     /// - Parameters:
-    ///   - policy: limits and host name.
+    ///   - policy: limits, host name, TLS and AUTH availability.
     ///   - peer: the client's address (recorded in `SubmittedMessage`).
-    ///   - relayPermitted: whether RCPT to any domain is allowed.
-    public init(policy: SMTPServerPolicy, peer: SocketAddress, relayPermitted: Bool) {
+    ///   - relayPermitted: whether RCPT to any domain is allowed without AUTH.
+    ///   - plaintextAuthPermitted: whether AUTH may be offered before TLS.
+    public init(policy: SMTPServerPolicy, peer: SocketAddress, relayPermitted: Bool, plaintextAuthPermitted: Bool = false) {
         self.policy = policy
         self.peer = peer
         self.relayPermitted = relayPermitted
+        self.plaintextAuthPermitted = plaintextAuthPermitted
     }
 
     /// Whether the session has ended; the driver closes the connection.
@@ -166,6 +286,20 @@ public struct SMTPServerSession: Sendable {
         return false
     }
 
+    /// Whether message content (after `354`, or a BDAT chunk) is being read: the driver
+    /// applies its DATA timeout instead of the command timeout (RFC 5321 §4.5.3.2).
+    public var isReadingContent: Bool {
+        switch state {
+        case .data, .chunk: return true
+        default: return false
+        }
+    }
+
+    /// Whether AUTH is offered right now: users exist, and TLS is active or plaintext is allowed.
+    public var authOffered: Bool {
+        policy.authAvailable && (tls != nil || plaintextAuthPermitted)
+    }
+
     /// The greeting `220 <hostname> ESMTP Hato` (RFC 5321 §4.2, §4.3.1; no enhanced code, RFC 2034 §3).
     /// Returns nothing when called again.
     public mutating func start() -> [SMTPServerAction] {
@@ -177,12 +311,19 @@ public struct SMTPServerSession: Sendable {
     /// Processes received bytes (any split of the stream).
     /// - Parameter bytes: the bytes just read.
     /// - Returns: the replies for every complete command, possibly ending with
-    ///   `.store` (processing pauses) or `.close`. Empty after close.
+    ///   `.store`/`.authenticate`/`.startTLS` (processing pauses) or `.close`. Empty after close.
     public mutating func receive(_ bytes: ArraySlice<UInt8>) -> [SMTPServerAction] {
-        guard !isClosed else { return [] }
-        if isAwaitingStore {
+        switch state {
+        case .closed:
+            return []
+        case .awaitingTLS:
+            discardedAfterSTARTTLS += bytes.count
+            return []
+        case .awaitingStore, .awaitingAuth:
             buffer.append(contentsOf: bytes)
             return []
+        default:
+            break
         }
         var actions: [SMTPServerAction] = []
         var input = bytes
@@ -199,16 +340,26 @@ public struct SMTPServerSession: Sendable {
             }
             let used = drive(pending[...], &actions)
             if used < pending.count {
-                if !isClosed {
-                    buffer = Array(pending[used...])
-                    buffer.append(contentsOf: input)
-                }
+                keepUnprocessed(pending[used...] + input)
                 return actions
             }
         }
         let used = drive(input, &actions)
-        if !isClosed { buffer.append(contentsOf: input[(input.startIndex + used)...]) }
+        keepUnprocessed(input[(input.startIndex + used)...])
         return actions
+    }
+
+    /// Holds input that was not processed: a partial line, or what follows a pause. After
+    /// STARTTLS it is dropped instead (RFC 3207 §4.2).
+    private mutating func keepUnprocessed(_ rest: ArraySlice<UInt8>) {
+        switch state {
+        case .closed:
+            break
+        case .awaitingTLS:
+            discardedAfterSTARTTLS += rest.count
+        default:
+            buffer.append(contentsOf: rest)
+        }
     }
 
     /// The driver stored the message: `250 2.0.0 Ok: queued as <id>`, then continues
@@ -236,6 +387,55 @@ public struct SMTPServerSession: Sendable {
         return actions
     }
 
+    /// The driver checked the credentials of an `.authenticate` action (RFC 4954 §6):
+    /// `235 2.7.0`, `535 5.7.8`, or `454 4.7.0`; then continues with buffered input.
+    /// - Parameter result: the verdict.
+    /// - Returns: the reply and the replies for any buffered commands. Empty when no check was pending.
+    public mutating func authenticationFinished(_ result: AuthenticationResult) -> [SMTPServerAction] {
+        guard case .awaitingAuth = state else { return [] }
+        state = .idle
+        var actions: [SMTPServerAction] = []
+        switch result {
+        case .succeeded(let user):
+            authenticatedUser = user
+            emit(SMTPReply(235, "2.7.0", "Authentication successful"), &actions)
+        case .failed:
+            emit(Self.authFailed, &actions)
+        case .temporaryFailure:
+            emit(SMTPReply(454, "4.7.0", "Temporary authentication failure"), &actions)
+        case .rateLimited:
+            emit(SMTPReply(454, "4.7.0", "Too many failed authentication attempts, try again later"), &actions)
+        }
+        resume(&actions)
+        return actions
+    }
+
+    /// The TLS handshake after `.startTLS` succeeded: the session starts over as after the
+    /// greeting, forgetting EHLO, AUTH and any transaction (RFC 3207 §4.2). No reply is sent;
+    /// the client speaks first (EHLO).
+    /// - Parameter tls: the negotiated parameters.
+    /// - Returns: no actions (the client speaks next).
+    public mutating func tlsStarted(_ tls: NegotiatedTLS) -> [SMTPServerAction] {
+        guard case .awaitingTLS = state else { return [] }
+        self.tls = tls
+        helo = nil
+        authenticatedUser = nil
+        buffer = []
+        discardingLine = false
+        state = .idle
+        return []
+    }
+
+    /// The TLS handshake after `.startTLS` failed: the connection cannot continue in either
+    /// plaintext or TLS, so the session closes without a reply.
+    /// - Returns: `.close`.
+    public mutating func tlsFailed() -> [SMTPServerAction] {
+        guard case .awaitingTLS = state else { return [] }
+        var actions: [SMTPServerAction] = []
+        close(&actions)
+        return actions
+    }
+
     /// The client was idle too long: `421 4.4.2 <hostname> Error: timeout exceeded`
     /// and close (RFC 5321 §4.5.3.2, §3.8).
     public mutating func timeout() -> [SMTPServerAction] {
@@ -257,38 +457,54 @@ public struct SMTPServerSession: Sendable {
 
     // MARK: - Input processing
 
-    /// Processes the buffered input after a store verdict.
+    /// Processes the buffered input after a verdict.
     private mutating func resume(_ actions: inout [SMTPServerAction]) {
         guard !buffer.isEmpty else { return }
         let pending = buffer
         buffer = []
         let used = drive(pending[...], &actions)
-        if !isClosed { buffer.append(contentsOf: pending[used...]) }
+        keepUnprocessed(pending[used...])
+    }
+
+    /// The longest line allowed for the partial line `partial` in the current state.
+    private func lineLimit(_ partial: ArraySlice<UInt8>) -> Int {
+        if case .auth = state { return policy.maxAuthLineLength }
+        if SMTPAddressSyntax.hasPrefixIgnoringCase(partial.prefix(5), "AUTH ") {
+            return max(policy.maxCommandLength, policy.maxAuthLineLength)
+        }
+        return policy.maxCommandLength
     }
 
     /// Processes as much of `input` as possible; returns the number of bytes consumed.
-    /// Stops at a partial command line, a pending store, or close.
+    /// Stops at a partial command line, a pending verdict, or close.
     private mutating func drive(_ input: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) -> Int {
         var i = input.startIndex
         loop: while i < input.endIndex {
             switch state {
-            case .closed, .awaitingStore:
+            case .closed, .awaitingStore, .awaitingAuth, .awaitingTLS:
                 break loop
             case .data:
                 i += feedData(input[i...], &actions)
-            case .idle, .mail:
+            case .chunk:
+                i += feedChunk(input[i...], &actions)
+            case .idle, .mail, .auth:
                 if discardingLine {
                     if let lf = input[i...].firstIndex(of: 0x0A) {
                         i = lf + 1
                         discardingLine = false
-                        emit(Self.lineTooLong, &actions)
+                        if case .auth = state {
+                            state = .idle
+                            emit(SMTPReply(501, "5.5.2", "Error: authentication response too long"), &actions)
+                        } else {
+                            emit(Self.lineTooLong, &actions)
+                        }
                     } else {
                         i = input.endIndex
                     }
                     continue loop
                 }
                 guard let lf = input[i...].firstIndex(of: 0x0A) else {
-                    if input.endIndex - i >= policy.maxCommandLength {
+                    if input.endIndex - i >= lineLimit(input[i...]) {
                         discardingLine = true
                         i = input.endIndex
                     }
@@ -296,7 +512,11 @@ public struct SMTPServerSession: Sendable {
                 }
                 let line = input[i..<lf]
                 i = lf + 1
-                handleLine(line, &actions)
+                if case .auth(let step) = state {
+                    handleAuthResponse(line, step, &actions)
+                } else {
+                    handleLine(line, &actions)
+                }
             }
         }
         return i - input.startIndex
@@ -308,18 +528,40 @@ public struct SMTPServerSession: Sendable {
         state = .awaitingStore  // release the enum's copy so appends to the body do not copy it
         let (used, finished) = decoder.feed(input)
         if finished {
-            finishData(transaction, &decoder, &actions)
+            finishMessage(transaction, &decoder, &actions)
         } else {
             state = .data(transaction, decoder)
         }
         return used
     }
 
+    /// Feeds BDAT chunk octets (accepted or discarded); returns the bytes consumed.
+    private mutating func feedChunk(_ input: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) -> Int {
+        guard case .chunk(var chunk) = state else { return 0 }
+        state = .awaitingStore  // release the enum's copy (see feedData)
+        let n = min(chunk.remaining, input.count)
+        if var decoder = chunk.decoder {
+            chunk.decoder = nil
+            _ = decoder.feed(input.prefix(n))
+            chunk.decoder = decoder
+        }
+        chunk.remaining -= n
+        if chunk.remaining == 0 {
+            finishChunk(chunk, &actions)
+        } else {
+            state = .chunk(chunk)
+        }
+        return n
+    }
+
     private static let lineTooLong = SMTPReply(500, "5.5.2", "Error: line too long")
+    private static let authFailed = SMTPReply(535, "5.7.8", "Error: authentication failed")
 
     /// One command line, LF excluded.
     private mutating func handleLine(_ line: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) {
-        if line.count + 1 > policy.maxCommandLength {
+        let limit = SMTPAddressSyntax.hasPrefixIgnoringCase(line, "AUTH ")
+            ? max(policy.maxCommandLength, policy.maxAuthLineLength) : policy.maxCommandLength
+        if line.count + 1 > limit {
             emit(Self.lineTooLong, &actions)
             return
         }
@@ -332,13 +574,19 @@ public struct SMTPServerSession: Sendable {
             emit(SMTPReply(500, "5.5.2", "Error: bare <CR> or NUL in command"), &actions)
             return
         }
-        switch SMTPCommand.parse(content) {
+        let (verb, arguments) = SMTPCommand.split(content)
+        if verb == .bdat {
+            return handleBDAT(arguments, &actions)
+        }
+        var smtputf8 = false
+        if case .mail(let transaction) = state { smtputf8 = transaction.parameters.smtputf8 }
+        switch SMTPCommand.parse(content, smtputf8: smtputf8) {
         case .success(let command):
             execute(command, &actions)
         case .failure(let reply):
             // Sequence errors take precedence over argument syntax (RFC 5321 §4.3.2 lists both).
-            let (verb, _) = SMTPCommand.split(content)
             if verb == .rcpt, case .mail(var transaction) = state {
+                state = .idle
                 transaction.rcptAttempted = true
                 state = .mail(transaction)
             }
@@ -357,12 +605,31 @@ public struct SMTPServerSession: Sendable {
     private func mailSequenceError() -> SMTPReply? {
         if helo == nil { return SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first") }
         if case .mail = state { return SMTPReply(503, "5.5.1", "Error: nested MAIL command") }
+        if policy.requireTLS && tls == nil { return SMTPReply(530, "5.7.0", "Must issue a STARTTLS command first") }
         return nil
     }
 
     private func rcptSequenceError() -> SMTPReply? {
-        if case .mail = state { return nil }
-        return SMTPReply(503, "5.5.1", "Error: need MAIL command")
+        guard case .mail(let transaction) = state else { return SMTPReply(503, "5.5.1", "Error: need MAIL command") }
+        if transaction.chunks != nil { return SMTPReply(503, "5.5.1", "Error: RCPT after BDAT") }
+        return nil
+    }
+
+    /// The EHLO keywords in effect now (RFC 5321 §4.1.1.1).
+    private var ehloKeywords: [String] {
+        var lines = [
+            policy.hostname,
+            "PIPELINING",
+            "SIZE \(max(0, policy.maxMessageSize))",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if policy.tlsAvailable && tls == nil { lines.append("STARTTLS") }
+        if authOffered { lines.append("AUTH PLAIN LOGIN") }
+        lines.append("DSN")
+        lines.append("CHUNKING")
+        return lines
     }
 
     private mutating func execute(_ command: SMTPCommand, _ actions: inout [SMTPServerAction]) {
@@ -370,13 +637,7 @@ public struct SMTPServerSession: Sendable {
         case .ehlo(let name):
             helo = Helo(name: name, esmtp: true)
             state = .idle  // EHLO resets the transaction (RFC 5321 §4.1.4)
-            emit(SMTPReply(code: 250, enhanced: nil, lines: [
-                policy.hostname,
-                "PIPELINING",
-                "SIZE \(max(0, policy.maxMessageSize))",
-                "8BITMIME",
-                "ENHANCEDSTATUSCODES",
-            ]), &actions)
+            emit(SMTPReply(code: 250, enhanced: nil, lines: ehloKeywords), &actions)
         case .helo(let name):
             helo = Helo(name: name, esmtp: false)
             state = .idle
@@ -389,10 +650,10 @@ public struct SMTPServerSession: Sendable {
             }
             state = .mail(MailTransaction(reversePath: reversePath, parameters: parameters))
             emit(SMTPReply(250, "2.1.0", "Ok"), &actions)
-        case .rcpt(let forwardPath):
-            guard case .mail(var transaction) = state else {
-                return emit(SMTPReply(503, "5.5.1", "Error: need MAIL command"), &actions)
-            }
+        case .rcpt(let forwardPath, let parameters):
+            if let error = rcptSequenceError() { return emit(error, &actions) }
+            guard case .mail(var transaction) = state else { return }
+            state = .idle  // release the enum's copy so the recipient arrays are appended in place
             transaction.rcptAttempted = true
             let mailbox: Mailbox
             switch forwardPath {
@@ -400,18 +661,21 @@ public struct SMTPServerSession: Sendable {
             case .mailbox(let m): mailbox = m
             }
             let reply: SMTPReply
-            if !relayPermitted {
+            if !relayPermitted && authenticatedUser == nil {
                 reply = SMTPReply(554, "5.7.1", "Relay access denied")
             } else if transaction.recipients.count >= policy.maxRecipients {
                 reply = SMTPReply(452, "4.5.3", "Too many recipients")
             } else {
                 transaction.recipients.append(mailbox)
+                transaction.recipientParameters.append(parameters)
                 reply = SMTPReply(250, "2.1.5", "Ok")
             }
             state = .mail(transaction)
             emit(reply, &actions)
         case .data:
             switch state {
+            case .mail(let transaction) where transaction.chunks != nil:
+                emit(SMTPReply(503, "5.5.1", "Error: DATA after BDAT"), &actions)
             case .mail(let transaction) where !transaction.recipients.isEmpty:
                 state = .data(transaction, DataDecoder(
                     maxMessageSize: policy.maxMessageSize, maxLineLength: policy.maxTextLineLength,
@@ -437,14 +701,197 @@ public struct SMTPServerSession: Sendable {
             // RFC 5321 §3.5.3: 252 when the address cannot be verified but will be tried.
             emit(SMTPReply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"), &actions)
         case .help:
-            emit(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"), &actions)
-        case .expn, .starttls, .auth, .bdat:
-            // Seams: STARTTLS (RFC 3207), AUTH (RFC 4954) and BDAT (RFC 3030) come later.
+            emit(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH"), &actions)
+        case .expn:
             emit(SMTPReply(502, "5.5.1", "Error: command not implemented"), &actions)
+        case .starttls:
+            startTLS(&actions)
+        case .auth(let mechanism, let initialResponse):
+            startAuth(mechanism: mechanism, initialResponse: initialResponse, &actions)
+        case .bdat:
+            break  // handled by handleBDAT before parsing
         }
     }
 
-    private mutating func finishData(_ transaction: MailTransaction, _ decoder: inout DataDecoder, _ actions: inout [SMTPServerAction]) {
+    // MARK: - STARTTLS (RFC 3207)
+
+    private mutating func startTLS(_ actions: inout [SMTPServerAction]) {
+        guard policy.tlsAvailable else {
+            return emit(SMTPReply(502, "5.5.1", "Error: command not implemented"), &actions)
+        }
+        if tls != nil { return emit(SMTPReply(503, "5.5.1", "Error: TLS already active"), &actions) }
+        if case .mail = state { return emit(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress"), &actions) }
+        emit(SMTPReply(220, "2.0.0", "Ready to start TLS"), &actions)
+        state = .awaitingTLS
+        discardedAfterSTARTTLS += buffer.count
+        buffer = []
+        actions.append(.startTLS)
+    }
+
+    // MARK: - AUTH (RFC 4954, RFC 4616)
+
+    private mutating func startAuth(mechanism: String, initialResponse: String?, _ actions: inout [SMTPServerAction]) {
+        guard policy.authAvailable else {
+            return emit(SMTPReply(502, "5.5.1", "Error: authentication not enabled"), &actions)
+        }
+        guard let helo, helo.esmtp else { return emit(SMTPReply(503, "5.5.1", "Error: send EHLO first"), &actions) }
+        if authenticatedUser != nil { return emit(SMTPReply(503, "5.5.1", "Error: already authenticated"), &actions) }
+        if case .mail = state { return emit(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress"), &actions) }
+        guard authOffered else {
+            // RFC 4954 §6: plaintext mechanisms need TLS first.
+            return emit(SMTPReply(538, "5.7.11", "Encryption required for requested authentication mechanism"), &actions)
+        }
+        guard mechanism == "PLAIN" || mechanism == "LOGIN" else {
+            return emit(SMTPReply(504, "5.5.4", "Unrecognized authentication type"), &actions)
+        }
+        guard let initialResponse else {
+            if mechanism == "PLAIN" {
+                state = .auth(.plain)
+                emitRaw(Array("334 \r\n".utf8), &actions)  // empty challenge: "334" SP CRLF (RFC 4954 §4)
+            } else {
+                state = .auth(.loginUsername)
+                emit(SMTPReply(334, nil, "VXNlcm5hbWU6"), &actions)
+            }
+            return
+        }
+        // RFC 4954 §4: "=" is an empty initial response.
+        guard let decoded = initialResponse == "=" ? [] : SASL.decodeBase64(initialResponse) else {
+            return emit(SMTPReply(501, "5.5.2", "Error: cannot decode response"), &actions)
+        }
+        if mechanism == "PLAIN" {
+            finishPlain(decoded, &actions)
+        } else {
+            acceptLoginUsername(decoded, &actions)
+        }
+    }
+
+    /// A line answering a `334` challenge.
+    private mutating func handleAuthResponse(_ line: ArraySlice<UInt8>, _ step: AuthStep, _ actions: inout [SMTPServerAction]) {
+        state = .idle
+        guard line.count + 1 <= policy.maxAuthLineLength else {
+            return emit(SMTPReply(501, "5.5.2", "Error: authentication response too long"), &actions)
+        }
+        guard line.last == 0x0D, !line.dropLast().contains(where: { $0 == 0x0D || $0 == 0x00 }) else {
+            return emit(SMTPReply(501, "5.5.2", "Error: bare <CR>, <LF> or NUL in authentication response"), &actions)
+        }
+        let text = String(decoding: line.dropLast(), as: UTF8.self)
+        if text == "*" {
+            return emit(SMTPReply(501, "5.0.0", "Authentication cancelled"), &actions)  // RFC 4954 §4
+        }
+        guard let decoded = SASL.decodeBase64(text) else {
+            return emit(SMTPReply(501, "5.5.2", "Error: cannot decode response"), &actions)
+        }
+        switch step {
+        case .plain:
+            finishPlain(decoded, &actions)
+        case .loginUsername:
+            acceptLoginUsername(decoded, &actions)
+        case .loginPassword(let username):
+            guard !decoded.isEmpty, decoded.count <= SASL.maxFieldLength, !decoded.contains(0) else {
+                return emit(Self.authFailed, &actions)
+            }
+            requestVerification(SASLCredentials(mechanism: "LOGIN", authorizationID: nil, username: username, password: decoded), &actions)
+        }
+    }
+
+    private mutating func finishPlain(_ message: [UInt8], _ actions: inout [SMTPServerAction]) {
+        guard let credentials = SASL.decodePlain(message) else { return emit(Self.authFailed, &actions) }
+        // RFC 4616 §2: acting as another identity is not supported; only authzid == authcid.
+        if let authzid = credentials.authorizationID, authzid != credentials.username {
+            return emit(Self.authFailed, &actions)
+        }
+        requestVerification(credentials, &actions)
+    }
+
+    private mutating func acceptLoginUsername(_ decoded: [UInt8], _ actions: inout [SMTPServerAction]) {
+        guard !decoded.isEmpty, decoded.count <= SASL.maxFieldLength, !decoded.contains(0),
+              let username = String(validating: decoded, as: UTF8.self) else {
+            return emit(Self.authFailed, &actions)
+        }
+        state = .auth(.loginPassword(username))
+        emit(SMTPReply(334, nil, "UGFzc3dvcmQ6"), &actions)
+    }
+
+    private mutating func requestVerification(_ credentials: SASLCredentials, _ actions: inout [SMTPServerAction]) {
+        state = .awaitingAuth
+        actions.append(.authenticate(credentials))
+    }
+
+    // MARK: - BDAT (RFC 3030)
+
+    /// A BDAT command line: its chunk is always consumed, accepted or not, so the session
+    /// stays in sync. Without a parseable size the chunk cannot be found: `501` and close.
+    private mutating func handleBDAT(_ arguments: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) {
+        let (size, result) = SMTPCommand.parseBDAT(arguments)
+        guard let size else {
+            if case .failure(let reply) = result { emit(reply, &actions) }
+            close(&actions)
+            return
+        }
+        var last = false
+        var rejection: SMTPReply?
+        switch result {
+        case .success(.bdat(_, let isLast)): last = isLast
+        case .success: break
+        case .failure(let reply): rejection = reply
+        }
+        var transaction: MailTransaction?
+        if case .mail(let t) = state { transaction = t }
+        if rejection == nil {
+            if helo == nil {
+                rejection = SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first")
+            } else if let t = transaction {
+                if t.recipients.isEmpty {
+                    rejection = t.rcptAttempted ? SMTPReply(554, "5.5.1", "Error: no valid recipients")
+                                                : SMTPReply(503, "5.5.1", "Error: need RCPT command")
+                }
+            } else {
+                rejection = SMTPReply(503, "5.5.1", "Error: need MAIL command")
+            }
+        }
+        var chunk = Chunk(size: size, remaining: size, last: last, transaction: nil, decoder: nil, rejection: rejection)
+        state = .idle  // release the transaction so its decoder is moved, not copied
+        if rejection == nil, var t = transaction {
+            chunk.decoder = t.chunks ?? DataDecoder(
+                maxMessageSize: policy.maxMessageSize, maxLineLength: policy.maxTextLineLength,
+                maxReceivedHeaders: policy.maxReceivedHeaders, expectedSize: t.parameters.size, framing: .chunked)
+            t.chunks = nil
+            transaction = t
+        }
+        chunk.transaction = transaction
+        if size == 0 {
+            finishChunk(chunk, &actions)
+        } else {
+            state = .chunk(chunk)
+        }
+    }
+
+    /// All octets of a chunk arrived: answer it.
+    private mutating func finishChunk(_ chunk: consuming Chunk, _ actions: inout [SMTPServerAction]) {
+        guard var decoder = chunk.decoder, var transaction = chunk.transaction else {
+            state = chunk.transaction.map { .mail($0) } ?? .idle
+            emit(chunk.rejection ?? SMTPReply(503, "5.5.1", "Error: need MAIL command"), &actions)
+            return
+        }
+        chunk.decoder = nil
+        chunk.transaction = nil
+        if chunk.last {
+            decoder.finishChunks()
+            finishMessage(transaction, &decoder, &actions)
+        } else if let reply = decoder.rejection {
+            // Known bad already: answer now and end the transaction (RFC 3030 §2: the client RSETs).
+            state = .idle
+            emit(reply, &actions)
+        } else {
+            transaction.chunks = decoder
+            state = .mail(transaction)
+            emit(SMTPReply(250, "2.0.0", "Ok: \(chunk.size) octets received"), &actions)
+        }
+    }
+
+    // MARK: - End of content
+
+    private mutating func finishMessage(_ transaction: MailTransaction, _ decoder: inout DataDecoder, _ actions: inout [SMTPServerAction]) {
         switch decoder.outcome() {
         case .rejected(let reply):
             state = .idle
@@ -456,7 +903,10 @@ public struct SMTPServerSession: Sendable {
                 heloName: helo.name, peer: peer, reversePath: transaction.reversePath,
                 recipients: transaction.recipients, body: body,
                 bodyType: transaction.parameters.body ?? .sevenBit,
-                declaredSize: transaction.parameters.size, esmtp: helo.esmtp)))
+                declaredSize: transaction.parameters.size, esmtp: helo.esmtp,
+                recipientParameters: transaction.recipientParameters, smtputf8: transaction.parameters.smtputf8,
+                dsnReturn: transaction.parameters.ret, envelopeID: transaction.parameters.envelopeID,
+                authenticatedUser: authenticatedUser, tls: tls, chunked: decoder.framing == .chunked)))
         }
     }
 
@@ -469,7 +919,11 @@ public struct SMTPServerSession: Sendable {
 
     /// Appends a reply, merging it into a preceding `.send`.
     private func emit(_ reply: SMTPReply, _ actions: inout [SMTPServerAction]) {
-        let bytes = reply.encoded()
+        emitRaw(reply.encoded(), &actions)
+    }
+
+    /// Appends raw reply bytes, merging them into a preceding `.send`.
+    private func emitRaw(_ bytes: [UInt8], _ actions: inout [SMTPServerAction]) {
         if case .send(var previous)? = actions.last {
             actions.removeLast()
             previous.append(contentsOf: bytes)

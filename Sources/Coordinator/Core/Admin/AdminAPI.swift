@@ -20,6 +20,12 @@ public struct IPStatus: Codable, Sendable, Equatable {
     public var handoverTo: String?
     /// Nodes allowed to own the IP; empty = any node.
     public var eligible: [String]
+    /// Warm-up: the plan's day number today (nil when warmed or no plan).
+    public var warmupDay: Int?
+    /// Warm-up: today's cap in delivery attempts.
+    public var warmupCap: Int?
+    /// Warm-up: attempts counted today.
+    public var warmupSent: Int?
 }
 
 /// `GET/POST /v1/rebalance` body.
@@ -44,6 +50,8 @@ public struct RebalanceReport: Codable, Sendable {
 /// | GET | `/v1/rebalance` | the plan, not applied |
 /// | POST | `/v1/rebalance` | compute and apply the plan |
 /// | POST | `/v1/reload` | re-read cluster.yml; 400 with the error if invalid |
+/// | GET | `/v1/suspensions` | active backoffs per (sending IP, provider) |
+/// | DELETE | `/v1/suspensions?ip=A&provider=P` | lift one |
 ///
 /// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401.
 public struct AdminAPI: Sendable {
@@ -94,6 +102,12 @@ public struct AdminAPI: Sendable {
                 return .json(RebalanceReport(applied: false, moves: hub.rebalancePlan()))
             case ("POST", ["v1", "rebalance"]):
                 return .json(RebalanceReport(applied: true, moves: hub.rebalance()), status: 202)
+            case ("GET", ["v1", "suspensions"]):
+                return .json(hub.activeBackoffs())
+            case ("DELETE", ["v1", "suspensions"]):
+                guard let ip = req.query["ip"], let provider = req.query["provider"] else { return .error(400, "ip= and provider= are required") }
+                guard hub.liftBackoff(ip: ip, provider: provider) else { return .error(404, "no active backoff for \(ip) / \(provider)") }
+                return .json(["lifted": "\(ip) \(provider)"])
             case ("POST", ["v1", "reload"]):
                 do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) }
             case (_, let p) where p.first == "v1":
@@ -114,8 +128,9 @@ public struct AdminAPI: Sendable {
 
     private func ips() -> [IPStatus] {
         hub.ipTable().map {
-            IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, state: $0.state,
-                     handoverTo: $0.handoverTo, eligible: $0.eligible)
+            let w = hub.warmupStatus($0.ip.address)
+            return IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, state: $0.state,
+                            handoverTo: $0.handoverTo, eligible: $0.eligible, warmupDay: w?.day, warmupCap: w?.cap, warmupSent: w?.used)
         }
     }
 }

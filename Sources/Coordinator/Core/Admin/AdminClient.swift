@@ -77,7 +77,7 @@ public struct AdminCommands {
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
     /// Commands this type runs.
-    public static let names: Set<String> = ["status", "nodes", "ips", "queue", "messages", "message", "recipient", "drain", "resume", "rebalance", "reload"]
+    public static let names: Set<String> = ["status", "nodes", "ips", "queue", "messages", "message", "recipient", "drain", "resume", "rebalance", "reload", "suspensions", "lift"]
 
     /// Runs `command`.
     /// - Parameters:
@@ -103,6 +103,11 @@ public struct AdminCommands {
         case "resume": (method, path) = ("POST", "/v1/nodes/\(try arg("NODE"))/resume")
         case "rebalance": (method, path) = flags.contains("dry-run") ? ("GET", "/v1/rebalance") : ("POST", "/v1/rebalance")
         case "reload": (method, path) = ("POST", "/v1/reload")
+        case "suspensions": (method, path) = ("GET", "/v1/suspensions")
+        case "lift":
+            guard positional.count == 2 else { throw AdminClient.Failure(description: "usage: hato-coordinator lift IP PROVIDER") }
+            let q = CharacterSet.urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))
+            (method, path) = ("DELETE", "/v1/suspensions?ip=\(positional[0].addingPercentEncoding(withAllowedCharacters: q) ?? "")&provider=\(positional[1].addingPercentEncoding(withAllowedCharacters: q) ?? "")")
         default: throw AdminClient.Failure(description: "unknown command \(command)")
         }
         if command == "drain" && flags.contains("wait") {
@@ -142,6 +147,16 @@ public struct AdminCommands {
                 print("  \(k): \(v.joined(separator: ", "))")
             }
             if !r.restartRequired.isEmpty { print("  changed but needing a restart: \(r.restartRequired.joined(separator: ", "))") }
+        case "suspensions":
+            let list = try client.get(path, as: [BackoffTable.Entry].self)
+            if list.isEmpty { print("no active suspensions or throttles"); return }
+            printTable(["SENDING IP", "PROVIDER", "ACTION", "UNTIL", "REPLY"], list.map {
+                [$0.sendingIP, $0.provider, $0.action == .throttle ? "throttle \($0.ratePerMinute ?? 0)/min" : "suspend",
+                 ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: $0.until)), String($0.reason.prefix(60))]
+            })
+        case "lift":
+            _ = try client.request(method, path)
+            print("lifted \(positional[0]) / \(positional[1])")
         case "recipient":
             for m in try client.get(path, as: [MessageRecord].self) { printMessage(m) }
         default:
@@ -183,9 +198,10 @@ public struct AdminCommands {
     }
 
     private func printIPs(_ ips: [IPStatus]) {
-        printTable(["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE"], ips.map {
+        printTable(["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP"], ips.map {
             [$0.address, $0.helo, $0.pool, $0.owner ?? "-", $0.handoverTo.map { "handover→\($0)" } ?? $0.state,
-             $0.eligible.isEmpty ? "any" : $0.eligible.joined(separator: ",")]
+             $0.eligible.isEmpty ? "any" : $0.eligible.joined(separator: ","),
+             $0.warmupCap.map { "day \($0 == 0 ? 0 : 1) " + "\($0)" } == nil ? "warmed" : "day \($0.warmupDay ?? 0): \($0.warmupSent ?? 0)/\($0.warmupCap ?? 0)"]
         })
     }
 

@@ -30,6 +30,7 @@ final class NodeSession: @unchecked Sendable {
     var credits = 0
     var inFlightPerIP: [String: Int] = [:]
     var leases: [String: String] = [:] // lease id → sending IP
+    var leaseDomains: [String: String] = [:] // lease id → destination domain
     var reconciled = false
     var lastHeard: Date
     var lastGrantExpiry = Date.distantPast
@@ -90,6 +91,14 @@ public final class ClusterHub: @unchecked Sendable {
     private var lastExpirySweep = Date.distantPast
     private var roundRobin = 0
     private var rebalanceWanted = false
+    private var backoffs = BackoffTable()
+    /// Destination domain → provider, learned from results' MX hosts and backoff reports.
+    private var providerOfDomain: [String: String] = [:]
+    /// Warm-up: attempts per IP on `warmupDay` (UTC day number), persisted in the queue db.
+    private var warmupDay = -1
+    private var warmupUsed: [String: Int] = [:]
+    /// Called with every node result once applied (reporting keeps its TLS and timing details). Set before `start()`.
+    public var onResult: (@Sendable (ResultMessage) -> Void)?
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -119,6 +128,7 @@ public final class ClusterHub: @unchecked Sendable {
         Thread.detachNewThread { [self] in acceptLoop(sock) }
         Thread.detachNewThread { [self] in schedulerLoop() }
         Thread.detachNewThread { [self] in heartbeatLoop() }
+        Thread.detachNewThread { [self] in resultWriterLoop() }
     }
 
     /// Stops accepting and closes every node connection.
@@ -242,8 +252,9 @@ public final class ClusterHub: @unchecked Sendable {
                 return !session.reconciled
             }
             if first {
-                // The node re-reported its journal before its first request: leases of
-                // earlier instances of this node are now known lost and go back to the queue.
+                // The node re-reported its journal before its first request: once those results
+                // are applied, leases of earlier instances of this node are known lost and go back to the queue.
+                flushResults()
                 let n = try store.requeueLeases(node: session.nodeID, exceptInstance: session.instanceID, now: clock.now())
                 if n > 0 { log.info("requeued leases of a previous instance", ["node": session.nodeID, "leases": "\(n)"]) }
                 log.info("node active", ["node": session.nodeID, "state": state(of: session.nodeID).rawValue])
@@ -251,19 +262,12 @@ public final class ClusterHub: @unchecked Sendable {
             }
             wake()
         case .result(let result):
-            let app = try store.applyResult(result, node: session.nodeID, retry: retryPolicy, now: clock.now())
-            lock.withLock {
-                if let ip = session.leases.removeValue(forKey: result.leaseID) {
-                    session.inFlightPerIP[ip, default: 1] -= 1
-                }
-            }
-            try session.connection.send(.resultAck(ResultAckMessage(leaseID: result.leaseID)))
-            for o in result.outcomes {
-                log.info("recipient result", ["lease": result.leaseID, "node": session.nodeID, "ip": result.sendingIP, "recipient": "\(o.recipientID)",
-                                              "status": o.status.rawValue, "code": "\(o.code)", "mx": result.mxHost ?? ""])
-            }
-            if !app.leaseKnown { log.info("late or duplicate result applied idempotently", ["lease": result.leaseID, "applied": "\(app.applied)", "ignored": "\(app.ignored)"]) }
-            wake()
+            // Applied by the result writer in batches (one transaction and fsync for all
+            // results waiting); the ack follows the commit.
+            resultCondition.lock()
+            pendingResults.append((result, session))
+            resultCondition.broadcast()
+            resultCondition.unlock()
         case .ipReleased(let m):
             for address in m.addresses {
                 let target: (String, NodeSession?)? = lock.withLock {
@@ -277,6 +281,15 @@ public final class ClusterHub: @unchecked Sendable {
                 }
             }
             wake()
+        case .backoff(let m):
+            let action = BackoffRule.Action(rawValue: m.action) ?? .suspend
+            lock.withLock {
+                providerOfDomain[m.domain] = m.provider
+                backoffs.apply(ip: m.sendingIP, provider: m.provider, action: action, duration: max(1, min(m.duration, 7 * 86400)),
+                               ratePerMinute: m.ratePerMinute, reason: String(m.reply.prefix(512)), now: clock.now())
+            }
+            log.warning("backoff", ["node": session.nodeID, "ip": m.sendingIP, "provider": m.provider, "action": action.rawValue,
+                                    "seconds": "\(Int(m.duration))", "reply": String(m.reply.prefix(200))])
         case .announce(let m):
             let (before, after) = lock.withLock { () -> ([AssignedIP], [AssignedIP]) in
                 let before = table.owned(by: session.nodeID)
@@ -291,6 +304,63 @@ public final class ClusterHub: @unchecked Sendable {
             throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
         default:
             throw ClusterProtocolError.unexpected("\(msg.frameType) from a node")
+        }
+    }
+
+    // MARK: Results
+
+    private let resultCondition = NSCondition()
+    private var pendingResults: [(ResultMessage, NodeSession)] = []
+    private var writingResults = false
+
+    /// Blocks until every result received so far is applied.
+    private func flushResults() {
+        resultCondition.lock()
+        while !pendingResults.isEmpty || writingResults { resultCondition.wait() }
+        resultCondition.unlock()
+    }
+
+    /// The result writer: applies every waiting result in one transaction, then acknowledges each.
+    private func resultWriterLoop() {
+        while lock.withLock({ running }) {
+            resultCondition.lock()
+            while pendingResults.isEmpty { _ = resultCondition.wait(until: Date().addingTimeInterval(1)); if !lock.withLock({ running }) { resultCondition.unlock(); return } }
+            let batch = pendingResults
+            pendingResults.removeAll(keepingCapacity: true)
+            writingResults = true
+            resultCondition.unlock()
+            let applied: [ResultApplication]?
+            do {
+                applied = try store.applyResults(batch.map { ($0.0, $0.1.nodeID) }, retry: retryPolicy, now: clock.now())
+            } catch {
+                // Not acknowledged: the nodes keep the results in their journals and re-send them.
+                log.error("applying results failed; nodes will re-send", ["results": "\(batch.count)", "error": "\(error)"])
+                applied = nil
+            }
+            if let applied {
+                for ((result, session), app) in zip(batch, applied) {
+                    onResult?(result)
+                    lock.withLock {
+                        if let ip = session.leases.removeValue(forKey: result.leaseID) {
+                            session.inFlightPerIP[ip, default: 1] -= 1
+                        }
+                        if let domain = session.leaseDomains.removeValue(forKey: result.leaseID), let mx = result.mxHost {
+                            providerOfDomain[domain] = config.shaping.group(forMXHost: mx).name
+                        }
+                    }
+                    try? session.connection.send(.resultAck(ResultAckMessage(leaseID: result.leaseID)))
+                    for o in result.outcomes {
+                        log.debug("recipient result", ["lease": result.leaseID, "node": session.nodeID, "ip": result.sendingIP, "recipient": "\(o.recipientID)",
+                                                      "status": o.status.rawValue, "code": "\(o.code)", "mx": result.mxHost ?? ""])
+                    }
+                    if !app.leaseKnown { log.info("late or duplicate result applied idempotently", ["lease": result.leaseID, "applied": "\(app.applied)", "ignored": "\(app.ignored)"]) }
+                }
+            }
+            resultCondition.lock()
+            writingResults = false
+            resultCondition.broadcast()
+            resultCondition.unlock()
+            wake()
         }
     }
 
@@ -486,19 +556,60 @@ public final class ClusterHub: @unchecked Sendable {
             let k = roundRobin % all.count
             return Array(all[k...] + all[..<k])
         }
-        for session in ready { try grant(to: session, now: now) }
+        try grantRound(ready, now: now)
     }
 
-    private func grant(to session: NodeSession, now: Date) throws {
+    /// Leases planned for one node in one scheduler round.
+    private struct GrantPlan {
+        var session: NodeSession
+        var records: [LeaseRecord]
+        var planned: [String: (DeliveryGroup, AssignedIP)]
+        var leaseTime: TimeInterval
+        var maxSize: Int
+        var expiresAt: Date
+    }
+
+    /// Grants due work to every ready node: plans per node, records every lease of the round
+    /// (and the warm-up counts) in one transaction, then sends the grants.
+    private func grantRound(_ ready: [NodeSession], now: Date) throws {
+        let day = QueueStore.utcDay(now)
+        if lock.withLock({ warmupDay != day }) {
+            let used = try store.dailyAttempts(day: day)
+            lock.withLock { warmupDay = day; warmupUsed = used }
+        }
+        var taken = Set<Int64>()
+        var plans: [GrantPlan] = []
+        for session in ready {
+            if let p = try planGrant(for: session, now: now, excluding: &taken) { plans.append(p) }
+        }
+        guard !plans.isEmpty else { return }
+        let granted = try store.recordLeases(plans.flatMap(\.records), countAttemptsOnDay: day)
+        guard !granted.isEmpty else { return }
+        var attempts: [String: Int] = [:]
+        for rec in granted { attempts[rec.sendingIP, default: 0] += rec.recipientIDs.count }
+        lock.withLock { for (ip, n) in attempts { warmupUsed[ip, default: 0] += n } }
+        let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
+        for p in plans { send(p, granted: p.records.compactMap { byID[$0.id] }) }
+    }
+
+    private func planGrant(for session: NodeSession, now: Date, excluding taken: inout Set<Int64>) throws -> GrantPlan? {
         let (credits, ips, leaseTime, maxSize) = lock.withLock {
             (session.credits, table.leasable(by: session.nodeID), config.coordinator.leaseTime, config.smtp.maxMessageSize)
         }
-        guard credits > 0, !ips.isEmpty else { return }
-        let due = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: min(credits * 100, 5000))
-        guard !due.isEmpty else { return }
+        guard credits > 0, !ips.isEmpty else { return nil }
+        let due = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: min(credits * 100, 5000) + taken.count)
+            .filter { !taken.contains($0.id) }
+        guard !due.isEmpty else { return nil }
         let groups = LeasePlanner.group(due)
-        var inFlight = lock.withLock { session.inFlightPerIP }
-        let plan = LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits)
+        let plan: [(DeliveryGroup, AssignedIP)] = lock.withLock {
+            var inFlight = session.inFlightPerIP
+            var budget: [String: Int] = [:]
+            for ip in ips { if let (_, cap) = config.warmupCap(for: ip.address, now: now) { budget[ip.address] = max(0, cap - warmupUsed[ip.address, default: 0]) } }
+            return LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits, budget: &budget) { ip, g in
+                backoffs.admit(ip: ip.address, provider: providerOfDomain[g.domain] ?? "domain:" + g.domain, now: now)
+            }
+        }
+        guard !plan.isEmpty else { return nil }
         let expiresAt = now.addingTimeInterval(leaseTime)
         var planned: [String: (DeliveryGroup, AssignedIP)] = [:]
         let records = plan.map { g, ip in
@@ -507,9 +618,14 @@ public final class ClusterHub: @unchecked Sendable {
             planned[rec.id] = (g, ip)
             return rec
         }
+        for r in records { taken.formUnion(r.recipientIDs) }
         lock.withLock { session.lastGrantExpiry = max(session.lastGrantExpiry, expiresAt) }
-        let granted = try store.recordLeases(records)
-        guard !granted.isEmpty else { return }
+        return GrantPlan(session: session, records: records, planned: planned, leaseTime: leaseTime, maxSize: maxSize, expiresAt: expiresAt)
+    }
+
+    /// Sends recorded leases with their bodies, batching frames up to the maximum message size.
+    private func send(_ p: GrantPlan, granted: [LeaseRecord]) {
+        let session = p.session
         var bodies: [String: [UInt8]] = [:]
         var batch: [Lease] = []
         var payload: [UInt8] = []
@@ -520,18 +636,19 @@ public final class ClusterHub: @unchecked Sendable {
         }
         do {
             for rec in granted {
-                guard let (group, ip) = planned[rec.id] else { continue }
+                guard let (group, ip) = p.planned[rec.id] else { continue }
                 if bodies[rec.messageID] == nil { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] }
                 let body = bodies[rec.messageID] ?? []
-                if payload.count + body.count > maxSize { try flush() }
+                if payload.count + body.count > p.maxSize { try flush() }
                 let recips = group.recipients.filter { rec.recipientIDs.contains($0.id) }.map { LeasedRecipient(id: $0.id, address: $0.address) }
                 batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
-                                   domain: rec.domain, recipients: recips, expiresIn: leaseTime, expiresAt: expiresAt.timeIntervalSince1970,
+                                   domain: rec.domain, recipients: recips, expiresIn: p.leaseTime, expiresAt: p.expiresAt.timeIntervalSince1970,
                                    bodyOffset: payload.count, bodyLength: body.count))
                 payload.append(contentsOf: body)
                 lock.withLock {
                     session.credits -= 1
                     session.leases[rec.id] = ip.address
+                    session.leaseDomains[rec.id] = rec.domain
                     session.inFlightPerIP[ip.address, default: 0] += 1
                 }
             }
@@ -567,6 +684,25 @@ public final class ClusterHub: @unchecked Sendable {
                                   leasesInFlight: perNode[id] ?? 0,
                                   lastSeen: (s?.lastHeard ?? seen?.at)?.timeIntervalSince1970)
             }
+        }
+    }
+
+    /// Active backoffs (suspensions and throttles).
+    public func activeBackoffs() -> [BackoffTable.Entry] { lock.withLock { backoffs.active(now: clock.now()) } }
+
+    /// Lifts a backoff early. - Returns: whether one was active.
+    public func liftBackoff(ip: String, provider: String) -> Bool {
+        defer { wake() }
+        return lock.withLock { backoffs.lift(ip: ip, provider: provider) }
+    }
+
+    /// Warm-up state of an IP today: (day of plan, cap, attempts so far); nil when warmed or without a plan.
+    public func warmupStatus(_ address: String) -> (day: Int, cap: Int, used: Int)? {
+        lock.withLock {
+            let now = clock.now()
+            guard let (day, cap) = config.warmupCap(for: address, now: now) else { return nil }
+            let used = warmupDay == QueueStore.utcDay(now) ? warmupUsed[address, default: 0] : 0
+            return (day, cap, used)
         }
     }
 

@@ -1,11 +1,12 @@
 import Foundation
 import HatoShared
 
-/// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired`.
+/// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired | suppressed`.
+/// `suppressed`: on the suppression list at enqueue, never attempted (QueueStore+Suppression.swift).
 public enum RecipientState: String, Sendable, CaseIterable, Codable {
-    case queued, leased, deferred, delivered, failed, expired
+    case queued, leased, deferred, delivered, failed, expired, suppressed
     /// Whether no further delivery attempt will be made.
-    public var isFinal: Bool { self == .delivered || self == .failed || self == .expired }
+    public var isFinal: Bool { self == .delivered || self == .failed || self == .expired || self == .suppressed }
 }
 
 /// A message as accepted by the SMTP listener, ready to be written.
@@ -26,9 +27,20 @@ public struct NewMessage: Sendable {
     public var clientAddress: String
     /// Time of acceptance.
     public var receivedAt: Date
-    public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date) {
+    /// The SMTP AUTH user that submitted the message (RFC 4954), nil when unauthenticated.
+    public var authenticatedUser: String?
+    /// `RET=` (RFC 3461 §4.3), nil when not given.
+    public var dsnReturn: DSNReturn?
+    /// `ENVID=` as received (xtext, RFC 3461 §4.4), nil when not given.
+    public var envelopeID: String?
+    /// NOTIFY/ORCPT per recipient (RFC 3461 §4.1–4.2), parallel to `recipients`; missing entries mean none.
+    public var recipientParameters: [RecipientParameters]
+    public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date,
+                authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = []) {
         self.id = id; self.reversePath = reversePath; self.recipients = recipients; self.pool = pool
         self.content = content; self.heloName = heloName; self.clientAddress = clientAddress; self.receivedAt = receivedAt
+        self.authenticatedUser = authenticatedUser; self.dsnReturn = dsnReturn; self.envelopeID = envelopeID
+        self.recipientParameters = recipientParameters
     }
 }
 
@@ -109,6 +121,14 @@ public final class QueueStore: @unchecked Sendable {
     /// The connection; use only under `lock` (extensions in other files of this module add tables and queries).
     let db: SQLiteDatabase
     let lock = NSLock()
+    private let commitCondition = NSCondition()
+    private var pendingCommits: [(NewMessage, Int)] = []
+    private var commitResults: [Int: Result<Void, any Error>] = [:]
+    private var committing = false
+    private var nextTicket = 0
+    /// Group-commit transactions written so far (for tests and benchmarks).
+    private var batchesCommitted = 0
+    var batchesCommittedForTests: Int { commitCondition.lock(); defer { commitCondition.unlock() }; return batchesCommitted }
     /// The database file path.
     public let path: String
 
@@ -125,13 +145,14 @@ public final class QueueStore: @unchecked Sendable {
             CREATE TABLE IF NOT EXISTS messages(
               id TEXT PRIMARY KEY, reverse_path TEXT NOT NULL, pool TEXT NOT NULL, size INTEGER NOT NULL,
               received_at REAL NOT NULL, helo TEXT NOT NULL, client_address TEXT NOT NULL,
-              body BLOB, open_recipients INTEGER NOT NULL);
+              body BLOB, open_recipients INTEGER NOT NULL,
+              auth_user TEXT, dsn_ret TEXT, dsn_envid TEXT);
             CREATE TABLE IF NOT EXISTS recipients(
               id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL REFERENCES messages(id),
               address TEXT NOT NULL, domain TEXT NOT NULL, state TEXT NOT NULL,
               attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, lease_id TEXT,
               last_code INTEGER, last_enhanced TEXT, last_text TEXT, node TEXT, ip TEXT, mx TEXT,
-              updated_at REAL NOT NULL);
+              updated_at REAL NOT NULL, dsn_notify TEXT, dsn_orcpt TEXT);
             CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
             CREATE INDEX IF NOT EXISTS recipients_lease ON recipients(lease_id);
             CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
@@ -140,6 +161,12 @@ public final class QueueStore: @unchecked Sendable {
               message_id TEXT NOT NULL, domain TEXT NOT NULL, granted_at REAL NOT NULL, expires_at REAL NOT NULL);
             CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
             """)
+        // Submission columns (AUTH user, RFC 3461 parameters) for queue files created before they existed.
+        for (table, column) in [("messages", "auth_user"), ("messages", "dsn_ret"), ("messages", "dsn_envid"),
+                                ("recipients", "dsn_notify"), ("recipients", "dsn_orcpt")] {
+            let existing = try db.prepare("SELECT name FROM pragma_table_info('\(table)')").query { $0.text(0) }
+            if !existing.contains(column) { try db.execute("ALTER TABLE \(table) ADD COLUMN \(column) TEXT") }
+        }
     }
 
     /// The destination domain of a forward-path: the part after the last `@`, lower-cased.
@@ -150,8 +177,37 @@ public final class QueueStore: @unchecked Sendable {
 
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.
     /// - Throws: `SQLiteError`; nothing is written then.
+    ///
+    /// Group commit: concurrent callers share one transaction and one fsync. The first caller
+    /// to find no commit running becomes the leader and writes every message waiting at that
+    /// moment; the others wait until the batch holding their message is on disk. Nobody
+    /// returns before their message is durable, so the SMTP `250` still follows the fsync.
     public func enqueue(_ m: NewMessage) throws {
-        try enqueue([m])
+        commitCondition.lock()
+        let ticket = nextTicket
+        nextTicket += 1
+        pendingCommits.append((m, ticket))
+        while true {
+            if let r = commitResults.removeValue(forKey: ticket) {
+                commitCondition.unlock()
+                try r.get()
+                return
+            }
+            if !committing {
+                committing = true
+                let batch = pendingCommits
+                pendingCommits.removeAll(keepingCapacity: true)
+                commitCondition.unlock()
+                let result = Result { try enqueue(batch.map(\.0)) }
+                commitCondition.lock()
+                for (_, t) in batch { commitResults[t] = result }
+                batchesCommitted += 1
+                committing = false
+                commitCondition.broadcast()
+                continue
+            }
+            commitCondition.wait()
+        }
     }
 
     /// Writes several messages in one fsync'd transaction (group commit).
@@ -159,14 +215,18 @@ public final class QueueStore: @unchecked Sendable {
     public func enqueue(_ messages: [NewMessage]) throws {
         try lock.withLock {
             try db.transaction {
-                let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients) VALUES(?,?,?,?,?,?,?,?,?)")
-                let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at) VALUES(?,?,?,'queued',?,?)")
+                let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
+                let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt) VALUES(?,?,?,'queued',?,?,?,?)")
+                func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
                 for m in messages {
                     let t = m.receivedAt.timeIntervalSince1970
                     try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
-                                  .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count))])
-                    for r in m.recipients {
-                        try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t)])
+                                  .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
+                                  optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
+                    for (index, r) in m.recipients.enumerated() {
+                        let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
+                        try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t),
+                                      optional(p.notify?.text), optional(p.originalRecipient)])
                     }
                 }
             }
@@ -182,19 +242,25 @@ public final class QueueStore: @unchecked Sendable {
     public func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
         guard !pools.isEmpty, limit > 0 else { return [] }
         let placeholders = Array(repeating: "?", count: pools.count).joined(separator: ",")
+        // One indexed range scan per waiting state (no sort of the whole queue): the
+        // (state, next_attempt_at) index yields rows in order, and LIMIT stops early.
         let sql = """
-            SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path FROM recipients r
+            SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path, r.next_attempt_at FROM recipients r
             JOIN messages m ON m.id = r.message_id
-            WHERE r.state IN ('queued','deferred') AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
-            ORDER BY r.next_attempt_at, r.id LIMIT ?
+            WHERE r.state = ? AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
+            ORDER BY r.next_attempt_at LIMIT ?
             """
-        var binds: [SQLiteStatement.Value] = [.double(now.timeIntervalSince1970)]
-        binds += pools.sorted().map { .text($0) }
-        binds.append(.int(Int64(limit)))
         return try lock.withLock {
-            try db.prepare(sql).query(binds) {
-                DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4), reversePath: $0.text(5))
+            var rows: [(DueRecipient, Double)] = []
+            for state in ["queued", "deferred"] {
+                var binds: [SQLiteStatement.Value] = [.text(state), .double(now.timeIntervalSince1970)]
+                binds += pools.sorted().map { .text($0) }
+                binds.append(.int(Int64(limit)))
+                rows += try db.prepare(sql).query(binds) {
+                    (DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4), reversePath: $0.text(5)), $0.double(6))
+                }
             }
+            return rows.sorted { ($0.1, $0.0.id) < ($1.1, $1.0.id) }.prefix(limit).map(\.0)
         }
     }
 
@@ -210,9 +276,10 @@ public final class QueueStore: @unchecked Sendable {
     /// Recipients no longer waiting (another lease got them) are left out of the lease.
     /// - Returns: the leases as granted (recipient lists trimmed; leases left empty dropped).
     /// - Throws: `SQLiteError`.
-    public func recordLeases(_ leases: [LeaseRecord]) throws -> [LeaseRecord] {
+    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int? = nil) throws -> [LeaseRecord] {
         try lock.withLock {
-            try db.transaction {
+            if day != nil { try ensureWarmupTable() }
+            return try db.transaction {
                 let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND state IN ('queued','deferred')")
                 let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
                 var out: [LeaseRecord] = []
@@ -227,6 +294,11 @@ public final class QueueStore: @unchecked Sendable {
                     try ins.run([.text(l.id), .text(l.node), .text(l.instance), .text(l.sendingIP), .text(l.messageID), .text(l.domain),
                                  .double(l.grantedAt.timeIntervalSince1970), .double(l.expiresAt.timeIntervalSince1970)])
                     out.append(l)
+                }
+                if let day {
+                    // Warm-up accounting in the same transaction (one fsync per scheduler round).
+                    let up = try db.prepare("INSERT INTO ip_daily(ip, day, attempts) VALUES(?,?,?) ON CONFLICT(ip, day) DO UPDATE SET attempts=attempts+excluded.attempts")
+                    for l in out { try up.run([.text(l.sendingIP), .int(Int64(day)), .int(Int64(l.recipientIDs.count))]) }
                 }
                 return out
             }
@@ -254,51 +326,59 @@ public final class QueueStore: @unchecked Sendable {
     ///   - now: the current time.
     /// - Throws: `SQLiteError`; nothing is applied then (the node re-sends).
     public func applyResult(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
-        try lock.withLock {
-            try db.transaction {
-                var app = ResultApplication()
-                let t = now.timeIntervalSince1970
-                let leaseRow = try db.prepare("SELECT id FROM leases WHERE id=?").query([.text(result.leaseID)]) { $0.text(0) }
-                app.leaseKnown = !leaseRow.isEmpty
-                let get = try db.prepare("SELECT r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.id=?")
-                let setFinal = try db.prepare("UPDATE recipients SET state=?, lease_id=NULL, attempts=attempts+1, next_attempt_at=NULL, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
-                let setDeferred = try db.prepare("UPDATE recipients SET state='deferred', lease_id=NULL, attempts=?, next_attempt_at=?, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
-                let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
-                var touched = Set<String>()
-                for o in result.outcomes {
-                    guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
-                          let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
-                    if state.isFinal { app.ignored += 1; continue }
-                    let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
-                                                          .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
-                    switch o.status {
-                    case .delivered, .failed:
-                        try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
-                        try closeOne.run([.text(row.4)])
-                        touched.insert(row.4)
-                    case .deferred:
-                        let heldHere = row.1 == result.leaseID
-                        let waiting = state == .queued || state == .deferred
-                        guard heldHere || (waiting && row.1 == nil && app.leaseKnown) else { app.ignored += 1; continue }
-                        let attempts = row.2 + 1
-                        switch retry.afterDeferral(attempts: attempts, receivedAt: Date(timeIntervalSince1970: row.3), now: now) {
-                        case .retry(let at):
-                            try setDeferred.run([.int(Int64(attempts)), .double(at.timeIntervalSince1970)] + common + [.int(o.recipientID)])
-                        case .expire:
-                            try setFinal.run([.text("expired")] + common + [.int(o.recipientID)])
-                            try closeOne.run([.text(row.4)])
-                            touched.insert(row.4)
-                        }
-                    }
-                    app.applied += 1
+        try lock.withLock { try db.transaction { try applyResultInTransaction(result, node: node, retry: retry, now: now) } }
+    }
+
+    /// Applies several reports in one fsync'd transaction (group commit of results),
+    /// with the rules of `applyResult`.
+    /// - Returns: one `ResultApplication` per report, in order.
+    /// - Throws: `SQLiteError`; nothing is applied then (the nodes re-send).
+    public func applyResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date) throws -> [ResultApplication] {
+        try lock.withLock { try db.transaction { try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) } } }
+    }
+
+    private func applyResultInTransaction(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
+        var app = ResultApplication()
+        let t = now.timeIntervalSince1970
+        let leaseRow = try db.prepare("SELECT id FROM leases WHERE id=?").query([.text(result.leaseID)]) { $0.text(0) }
+        app.leaseKnown = !leaseRow.isEmpty
+        let get = try db.prepare("SELECT r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.id=?")
+        let setFinal = try db.prepare("UPDATE recipients SET state=?, lease_id=NULL, attempts=attempts+1, next_attempt_at=NULL, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
+        let setDeferred = try db.prepare("UPDATE recipients SET state='deferred', lease_id=NULL, attempts=?, next_attempt_at=?, last_code=?, last_enhanced=?, last_text=?, node=?, ip=?, mx=?, updated_at=? WHERE id=?")
+        let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
+        var touched = Set<String>()
+        for o in result.outcomes {
+            guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
+                  let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
+            if state.isFinal { app.ignored += 1; continue }
+            let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
+                                                  .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            switch o.status {
+            case .delivered, .failed:
+                try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
+                try closeOne.run([.text(row.4)])
+                touched.insert(row.4)
+            case .deferred:
+                let heldHere = row.1 == result.leaseID
+                let waiting = state == .queued || state == .deferred
+                guard heldHere || (waiting && row.1 == nil && app.leaseKnown) else { app.ignored += 1; continue }
+                let attempts = row.2 + 1
+                switch retry.afterDeferral(attempts: attempts, receivedAt: Date(timeIntervalSince1970: row.3), now: now) {
+                case .retry(let at):
+                    try setDeferred.run([.int(Int64(attempts)), .double(at.timeIntervalSince1970)] + common + [.int(o.recipientID)])
+                case .expire:
+                    try setFinal.run([.text("expired")] + common + [.int(o.recipientID)])
+                    try closeOne.run([.text(row.4)])
+                    touched.insert(row.4)
                 }
-                // Recipients of this lease that the report did not mention go back to the queue.
-                try db.prepare("UPDATE recipients SET state='queued', lease_id=NULL, updated_at=? WHERE lease_id=? AND state='leased'").run([.double(t), .text(result.leaseID)])
-                try db.prepare("DELETE FROM leases WHERE id=?").run([.text(result.leaseID)])
-                try purgeBodies(touched)
-                return app
             }
+            app.applied += 1
         }
+        // Recipients of this lease that the report did not mention go back to the queue.
+        try db.prepare("UPDATE recipients SET state='queued', lease_id=NULL, updated_at=? WHERE lease_id=? AND state='leased'").run([.double(t), .text(result.leaseID)])
+        try db.prepare("DELETE FROM leases WHERE id=?").run([.text(result.leaseID)])
+        try purgeBodies(touched)
+        return app
     }
 
     /// Drops the content of messages with no open recipients left (the record stays for lookups).

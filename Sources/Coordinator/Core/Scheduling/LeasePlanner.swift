@@ -50,12 +50,28 @@ public enum LeasePlanner {
     ///   - limit: the most groups to assign (the node's lease credits).
     /// - Returns: (group, chosen IP) pairs.
     public static func assign(_ groups: [DeliveryGroup], ips: [AssignedIP], inFlight: inout [String: Int], limit: Int) -> [(DeliveryGroup, AssignedIP)] {
+        var budget: [String: Int] = [:]
+        return assign(groups, ips: ips, inFlight: &inFlight, limit: limit, budget: &budget, allow: { _, _ in true })
+    }
+
+    /// As `assign(_:ips:inFlight:limit:)`, with warm-up budgets and a backoff filter.
+    /// - Parameters:
+    ///   - budget: recipients each IP may still take today (warm-up); IPs absent are unlimited.
+    ///     A group goes only to an IP whose budget covers all its recipients; budgets are reduced.
+    ///   - allow: whether an IP may take a group now (e.g. no suspension for the group's provider);
+    ///     called only for the IP about to be chosen.
+    public static func assign(_ groups: [DeliveryGroup], ips: [AssignedIP], inFlight: inout [String: Int], limit: Int,
+                              budget: inout [String: Int], allow: (AssignedIP, DeliveryGroup) -> Bool) -> [(DeliveryGroup, AssignedIP)] {
         var out: [(DeliveryGroup, AssignedIP)] = []
         guard limit > 0 else { return out }
         for g in groups {
-            let candidates = ips.filter { $0.pool == g.pool }
-            guard var best = candidates.first else { continue }
-            for ip in candidates.dropFirst() where inFlight[ip.address, default: 0] < inFlight[best.address, default: 0] { best = ip }
+            let need = g.recipients.count
+            let budgets = budget
+            let sorted = ips.filter { $0.pool == g.pool && (budgets[$0.address].map { $0 >= need } ?? true) }
+                .enumerated().sorted { (inFlight[$0.element.address, default: 0], $0.offset) < (inFlight[$1.element.address, default: 0], $1.offset) }
+                .map(\.element)
+            guard let best = sorted.first(where: { allow($0, g) }) else { continue }
+            if let b = budget[best.address] { budget[best.address] = b - g.recipients.count }
             inFlight[best.address, default: 0] += 1
             out.append((g, best))
             if out.count >= limit { break }

@@ -159,6 +159,8 @@ public struct RemoteSMTPCapabilities: Sendable, Equatable {
     public var startTLS = false
     /// SMTPUTF8 (RFC 6531).
     public var smtpUTF8 = false
+    /// CHUNKING, the BDAT command (RFC 3030).
+    public var chunking = false
 
     /// No extensions (what a HELO session has).
     public init() {}
@@ -175,35 +177,35 @@ public struct RemoteSMTPCapabilities: Sendable, Equatable {
             case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
             case "STARTTLS": startTLS = true
             case "SMTPUTF8": smtpUTF8 = true
+            case "CHUNKING": chunking = true
             default: break
             }
         }
     }
 }
 
-// MARK: - Transaction state machine
-
-/// What the driver must do next for an `SMTPClientTransaction`.
-public enum SMTPClientAction: Sendable, Equatable {
-    /// Write these bytes (one or more CRLF-terminated commands, in one write).
-    case send([UInt8])
-    /// Write the message body, dot-stuffed and terminated by CRLF.CRLF (RFC 5321 §4.5.2),
-    /// see `SMTPDotStuffing`.
-    case sendBody
-    /// Close the connection: the transaction is finished.
-    case close
-}
+// MARK: - Waits and failures
 
 /// Which RFC 5321 §4.5.3.2 timeout applies while waiting for the next reply.
 public enum SMTPClientWait: Sendable, Equatable {
-    /// The 220 greeting (§4.5.3.2.1, uses the command timeout).
+    /// The 220 greeting (§4.5.3.2.1).
     case greeting
-    /// A reply to EHLO/HELO, MAIL, RCPT or QUIT (§4.5.3.2.2, §4.5.3.2.3).
-    case command
-    /// The reply to DATA (§4.5.3.2.4).
+    /// The reply to EHLO or HELO.
+    case ehlo
+    /// The reply to STARTTLS (RFC 3207).
+    case startTLS
+    /// The reply to MAIL (§4.5.3.2.2).
+    case mail
+    /// The reply to RCPT (§4.5.3.2.3).
+    case rcpt
+    /// The 354 reply to DATA (§4.5.3.2.4).
     case dataInitiation
-    /// The reply after the terminating CRLF.CRLF (§4.5.3.2.6).
+    /// The reply after the terminating CRLF.CRLF or to a BDAT chunk (§4.5.3.2.6).
     case dataTermination
+    /// The reply to RSET.
+    case reset
+    /// The reply to QUIT.
+    case quit
 }
 
 /// Why a session ended without a server reply.
@@ -214,23 +216,266 @@ public enum SMTPSessionFailure: Sendable, Equatable {
     case connectionClosed(String)
     /// The server broke the reply syntax or limits.
     case protocolError(String)
+
+    /// The deferral code, enhanced code and text for recipients caught by this failure.
+    var deferral: (code: Int, enhanced: String, text: String) {
+        switch self {
+        case .timeout(let what): return (451, "4.4.2", "timeout: \(what)")
+        case .connectionClosed(let what): return (451, "4.4.2", "connection lost: \(what)")
+        case .protocolError(let what): return (451, "4.5.0", "SMTP protocol error: \(what)")
+        }
+    }
 }
 
-/// The client side of one SMTP mail transaction over one connection, as a pure state
-/// machine: one message, one reverse path, several recipients (RFC 5321 §3.3, §4.1.1).
+/// Outbound STARTTLS policy (RFC 3207, RFC 7435 opportunistic security).
+public enum SMTPTLSPolicy: String, Sendable, Equatable, CaseIterable {
+    /// Never send STARTTLS.
+    case disabled
+    /// Use STARTTLS when offered; without it, or after a handshake failure, deliver in plaintext.
+    case opportunistic
+    /// Deliver only over TLS: a server without STARTTLS, or a failed handshake, defers the message.
+    case required
+}
+
+// MARK: - Session set-up
+
+/// The connection set-up of an SMTP client session as a pure state machine: 220 greeting →
+/// EHLO (HELO only after a 500 or 502 to EHLO, never after 421) → STARTTLS when the policy and
+/// the server allow it → EHLO again over TLS → ready for transactions (RFC 5321 §3.1, §4.1.1.1,
+/// RFC 3207).
 ///
-/// Flow: 220 greeting → EHLO (HELO only after 500/501/502/550 to EHLO, never after 421)
-/// → MAIL FROM (with ` SIZE=n` if SIZE is offered, ` BODY=8BITMIME` if 8BITMIME is offered
-/// and the body has 8-bit octets, ` SMTPUTF8` if an address is non-ASCII and SMTPUTF8 is
-/// offered) → RCPT TO for each recipient → DATA → 354 → body → final reply → QUIT.
-/// With PIPELINING (RFC 2920) MAIL, all RCPTs and DATA go out in one write and the replies
-/// are consumed in order.
+/// Every failure here is temporary for the message and means "try the next MX": a non-2xx
+/// greeting, a rejected EHLO/HELO, a timeout, TLS required but unavailable, or a failed TLS
+/// handshake (`Failure.tlsHandshakeFailed`: an opportunistic client may retry that MX in
+/// plaintext). A 421 closes without QUIT; other rejections send QUIT first.
+public struct SMTPClientHandshake: Sendable {
+    /// The machine's position.
+    public enum State: Sendable, Equatable {
+        /// Connected; waiting for the 220 greeting.
+        case awaitingGreeting
+        /// EHLO sent (`secured`: over TLS).
+        case awaitingEHLO(secured: Bool)
+        /// HELO sent after EHLO was refused with 500/502.
+        case awaitingHELO
+        /// STARTTLS sent.
+        case awaitingSTARTTLS
+        /// The 220 to STARTTLS arrived; the driver runs the TLS handshake.
+        case negotiatingTLS
+        /// The session failed; QUIT sent, waiting for its reply.
+        case awaitingQUIT
+        /// Ready for mail transactions.
+        case ready
+        /// The session failed (see `failure`); close the connection.
+        case failed
+    }
+
+    /// What the driver must do next.
+    public enum Action: Sendable, Equatable {
+        /// Write this command line.
+        case send([UInt8])
+        /// Run the TLS client handshake, then call `tlsEstablished()` or `tlsFailed(_:)`. Bytes the
+        /// server sent after its 220 are a protocol error: call `fail(.protocolError(…))` instead.
+        case startTLS
+        /// The session is ready (see `capabilities`, `secured`).
+        case ready
+        /// Close the connection.
+        case close
+    }
+
+    /// Why the session could not be set up: the deferral every recipient gets if no other MX works.
+    public struct Failure: Sendable, Equatable {
+        /// A 4xx code: the server's 4xx reply, or 451.
+        public var code: Int
+        /// A `4.x.x` enhanced status code.
+        public var enhanced: String
+        /// What happened, for the recipients' outcome text.
+        public var text: String
+        /// The TLS handshake itself failed (an opportunistic client may retry this MX in plaintext).
+        public var tlsHandshakeFailed: Bool
+    }
+
+    /// The EHLO/HELO name.
+    public let heloName: String
+    /// The STARTTLS policy.
+    public let tlsPolicy: SMTPTLSPolicy
+    /// Whether the driver can run a TLS handshake at all.
+    public let tlsAvailable: Bool
+    /// The current state.
+    public private(set) var state: State = .awaitingGreeting
+    /// What the server advertised (after the last successful EHLO/HELO).
+    public private(set) var capabilities: RemoteSMTPCapabilities? = nil
+    /// Whether STARTTLS succeeded.
+    public private(set) var secured = false
+    /// Set when the state is `.failed` or `.awaitingQUIT`.
+    public private(set) var failure: Failure? = nil
+    /// The server's greeting.
+    public private(set) var greeting: SMTPReply? = nil
+
+    /// - Parameters:
+    ///   - heloName: the EHLO/HELO argument (a host name or address literal).
+    ///   - tlsPolicy: whether to use STARTTLS.
+    ///   - tlsAvailable: whether the driver has a TLS client (false: behave as `.disabled`,
+    ///     and `.required` fails).
+    public init(heloName: String, tlsPolicy: SMTPTLSPolicy = .opportunistic, tlsAvailable: Bool = false) {
+        self.heloName = heloName
+        self.tlsPolicy = tlsPolicy
+        self.tlsAvailable = tlsAvailable
+        if !SMTPClientTransaction.isSafeArgument(heloName, allowEmpty: false) {
+            failure = Failure(code: 451, enhanced: "4.3.5", text: "invalid HELO name configured", tlsHandshakeFailed: false)
+            state = .failed
+        }
+    }
+
+    /// Whether the session is ready for transactions.
+    public var isReady: Bool { state == .ready }
+
+    /// Which timeout applies to the next read, or nil when no reply is awaited.
+    public var waitingFor: SMTPClientWait? {
+        switch state {
+        case .awaitingGreeting: return .greeting
+        case .awaitingEHLO, .awaitingHELO: return .ehlo
+        case .awaitingSTARTTLS: return .startTLS
+        case .awaitingQUIT: return .quit
+        case .negotiatingTLS, .ready, .failed: return nil
+        }
+    }
+
+    /// Feeds one complete server reply.
+    /// - Returns: what to do next, in order.
+    public mutating func receive(_ reply: SMTPReply) -> [Action] {
+        switch state {
+        case .ready, .failed, .negotiatingTLS:
+            return []
+        case .awaitingQUIT:
+            state = .failed
+            return [.close]
+        case .awaitingGreeting:
+            greeting = reply
+            guard reply.code / 100 == 2 else { return reject(reply, stage: "greeting") }
+            state = .awaitingEHLO(secured: false)
+            return [.send(Array("EHLO \(heloName)\r\n".utf8))]
+        case .awaitingEHLO(let isSecured):
+            if reply.code / 100 == 2 {
+                capabilities = RemoteSMTPCapabilities(ehloReply: reply)
+                return afterCapabilities()
+            }
+            if !isSecured && (reply.code == 500 || reply.code == 502) {
+                state = .awaitingHELO
+                return [.send(Array("HELO \(heloName)\r\n".utf8))]
+            }
+            return reject(reply, stage: "EHLO")
+        case .awaitingHELO:
+            guard reply.code / 100 == 2 else { return reject(reply, stage: "HELO") }
+            capabilities = RemoteSMTPCapabilities()
+            return afterCapabilities()
+        case .awaitingSTARTTLS:
+            if reply.code == 220 {
+                state = .negotiatingTLS
+                return [.startTLS]
+            }
+            if reply.code == 421 || tlsPolicy == .required {
+                return reject(reply, stage: "STARTTLS", enhanced: tlsPolicy == .required ? "4.7.4" : nil)
+            }
+            // Opportunistic: the session stays usable in plaintext (RFC 3207 §4).
+            state = .ready
+            return [.ready]
+        }
+    }
+
+    /// Reports that the TLS handshake succeeded: EHLO is sent again (RFC 3207 §4.2).
+    public mutating func tlsEstablished() -> [Action] {
+        guard state == .negotiatingTLS else { return [] }
+        secured = true
+        capabilities = nil
+        state = .awaitingEHLO(secured: true)
+        return [.send(Array("EHLO \(heloName)\r\n".utf8))]
+    }
+
+    /// Reports that the TLS handshake failed; the connection is unusable.
+    public mutating func tlsFailed(_ reason: String) -> [Action] {
+        guard state == .negotiatingTLS else { return [] }
+        failure = Failure(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: \(reason)", tlsHandshakeFailed: true)
+        state = .failed
+        return [.close]
+    }
+
+    /// Reports that no reply will come (timeout, closed connection, protocol error).
+    /// - Returns: `[.close]`.
+    public mutating func fail(_ sessionFailure: SMTPSessionFailure) -> [Action] {
+        if state == .awaitingQUIT || state == .failed {
+            state = .failed
+            return [.close]
+        }
+        let d = sessionFailure.deferral
+        failure = Failure(code: d.code, enhanced: d.enhanced, text: d.text, tlsHandshakeFailed: false)
+        state = .failed
+        return [.close]
+    }
+
+    private mutating func afterCapabilities() -> [Action] {
+        let caps = capabilities ?? RemoteSMTPCapabilities()
+        if !secured && tlsPolicy != .disabled && tlsAvailable && caps.startTLS {
+            state = .awaitingSTARTTLS
+            return [.send(Array("STARTTLS\r\n".utf8))]
+        }
+        if !secured && tlsPolicy == .required {
+            let why = !tlsAvailable ? "this node has no TLS client" : "the server does not offer STARTTLS"
+            failure = Failure(code: 451, enhanced: "4.7.4", text: "TLS is required but \(why)", tlsHandshakeFailed: false)
+            state = .awaitingQUIT
+            return [.send(Array("QUIT\r\n".utf8))]
+        }
+        state = .ready
+        return [.ready]
+    }
+
+    /// A non-2xx reply during set-up: QUIT (or close after 421), deferral, next MX.
+    private mutating func reject(_ reply: SMTPReply, stage: String, enhanced override: String? = nil) -> [Action] {
+        let code = reply.code / 100 == 4 ? reply.code : 451
+        let enhanced = override ?? reply.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.4.0"
+        failure = Failure(code: code, enhanced: enhanced, text: "\(stage) rejected: \(SMTPClientTransaction.summary(reply))",
+                          tlsHandshakeFailed: false)
+        if reply.code == 421 {
+            state = .failed
+            return [.close]
+        }
+        state = .awaitingQUIT
+        return [.send(Array("QUIT\r\n".utf8))]
+    }
+}
+
+// MARK: - Mail transaction
+
+/// What a transaction needs to know about the message it sends.
+public struct SMTPMessageTraits: Sendable, Equatable {
+    /// The size in octets of the message as sent (before dot-stuffing).
+    public var size: Int
+    /// Whether the message (headers or body) has octets ≥ 0x80: `BODY=8BITMIME` (RFC 6152).
+    public var has8Bit: Bool
+    /// Whether the header section has UTF-8: the transaction needs SMTPUTF8 (RFC 6531 §3.2).
+    public var needsSMTPUTF8: Bool
+
+    /// Traits from their parts.
+    public init(size: Int, has8Bit: Bool, needsSMTPUTF8: Bool = false) {
+        self.size = size; self.has8Bit = has8Bit; self.needsSMTPUTF8 = needsSMTPUTF8
+    }
+}
+
+/// One SMTP mail transaction on a ready session, as a pure state machine: one message, one
+/// reverse path, several recipients (RFC 5321 §3.3, §4.1.1).
 ///
-/// Per recipient: RCPT 2xx → pending until the final reply (2xx delivered, 4xx deferred,
-/// 5xx failed); RCPT 4xx → deferred; RCPT 5xx → failed. 421 anywhere → every unfinished
-/// recipient deferred and the connection closed. No accepted recipient → no DATA (QUIT).
-/// Failures before MAIL FROM (greeting, EHLO/HELO, timeouts there) defer everything and
-/// set `shouldTryNextTarget`.
+/// MAIL FROM (with ` SIZE=n` if SIZE is offered, ` BODY=8BITMIME` for 8-bit content on an
+/// 8BITMIME server, ` SMTPUTF8` when an address or the headers need it) → RCPT TO for each
+/// recipient → DATA, 354, dot-stuffed content — or, when CHUNKING is offered, `BDAT n LAST`
+/// chunks without dot-stuffing (RFC 3030). With PIPELINING (RFC 2920) MAIL, the RCPTs and DATA
+/// go in one write.
+///
+/// Per recipient: RCPT 2xx → pending until the final reply (2xx delivered, 4xx deferred, 5xx
+/// failed); RCPT 5xx → failed; other 4xx → deferred; **452** (or 552 with 5.5.3, RFC 5321
+/// §4.5.3.1.10) means "too many recipients": that recipient and, without pipelining, all after
+/// it are `carriedOver` to a new transaction instead of being deferred. 421 at any step → every
+/// unfinished recipient deferred and the connection closed (`reusable == false`). There is no
+/// QUIT or RSET here: a finished transaction hands the session back (`reusable`), and the
+/// driver sends RSET before reusing it.
 public struct SMTPClientTransaction: Sendable {
     /// Which step's reply is awaited inside the envelope phase.
     public enum EnvelopeStep: Sendable, Equatable {
@@ -244,70 +489,83 @@ public struct SMTPClientTransaction: Sendable {
 
     /// The machine's position.
     public enum State: Sendable, Equatable {
-        /// Connected; waiting for the 220 greeting.
-        case awaitingGreeting
-        /// EHLO sent.
-        case awaitingEHLO
-        /// HELO sent after EHLO was refused.
-        case awaitingHELO
+        /// Not started: call `start()`.
+        case notStarted
         /// MAIL/RCPT/DATA replies outstanding, in order (more than one when pipelining).
         case awaitingEnvelope([EnvelopeStep])
-        /// The body (or, when nothing was accepted, an empty body) was sent; waiting for the final reply.
+        /// A BDAT chunk ending at octet `end` was sent (`last`: with LAST).
+        case awaitingChunkReply(end: Int, last: Bool)
+        /// The content (or, when nothing was accepted, an empty body) was sent; waiting for the final reply.
         case awaitingFinalReply(bodySent: Bool)
-        /// QUIT sent.
-        case awaitingQUIT
-        /// Done; close the connection.
+        /// Done (see `reusable`).
         case finished
     }
 
-    /// The EHLO/HELO name.
-    public let heloName: String
+    /// What the driver must do next.
+    public enum Action: Sendable, Equatable {
+        /// Write these bytes (one or more CRLF-terminated commands, in one write).
+        case send([UInt8])
+        /// Write the message dot-stuffed and terminated by CRLF.CRLF (RFC 5321 §4.5.2), see `SMTPDotStuffing`.
+        case sendData
+        /// Write `BDAT <length>[ LAST]` and then octets `offset..<offset+length` of the message as they are.
+        case sendChunk(offset: Int, length: Int, last: Bool)
+        /// The transaction is over; the session may be reused (after RSET) or must be closed.
+        case finished(reusable: Bool)
+    }
+
     /// The reverse path without angle brackets (`""` for the null reverse path).
     public let reversePath: String
     /// The recipients, in RCPT order.
     public let recipients: [DeliveryRecipient]
-    /// The body size in octets (for SIZE=, RFC 1870).
-    public let bodySize: Int
-    /// Whether the body has octets ≥ 0x80 (for BODY=8BITMIME, RFC 6152).
-    public let bodyHas8Bit: Bool
+    /// The message's size and content traits.
+    public let traits: SMTPMessageTraits
+    /// What the server offers.
+    public let capabilities: RemoteSMTPCapabilities
+    /// The BDAT chunk size in octets.
+    public let chunkSize: Int
 
     /// The current state.
-    public private(set) var state: State = .awaitingGreeting
-    /// What the server advertised (nil until EHLO/HELO succeeded; empty after HELO).
-    public private(set) var capabilities: RemoteSMTPCapabilities? = nil
+    public private(set) var state: State = .notStarted
     /// Whether the envelope was pipelined.
     public private(set) var pipelined = false
-    /// True when the session failed before MAIL FROM: the driver should try the next target.
-    public private(set) var shouldTryNextTarget = false
+    /// Whether the content went with BDAT.
+    public private(set) var usedChunking = false
+    /// Whether MAIL carried `SMTPUTF8`.
+    public private(set) var usedSMTPUTF8 = false
+    /// Whether the session can be reused once finished (false after 421, timeouts, protocol errors).
+    public private(set) var reusable = true
     /// The last reply received (for logs).
     public private(set) var lastReply: SMTPReply? = nil
 
     private var results: [RecipientOutcome?]
     private var accepted: [Bool]
+    private var carried: [SMTPReply?]
+    private var sent: [Bool]
     private var mailAccepted: Bool? = nil
-    private var useSMTPUTF8 = false
+    private var limitReached = false
 
     /// Longest outcome text kept, in characters.
     public static let maxTextLength = 512
 
     /// - Parameters:
-    ///   - heloName: the EHLO/HELO argument (a host name or address literal).
     ///   - reversePath: the reverse path without brackets; `""` for the null path (RFC 5321 §4.5.5).
     ///   - recipients: the forward paths, each with its id.
-    ///   - bodySize: the body size in octets.
-    ///   - bodyHas8Bit: whether the body contains octets ≥ 0x80.
-    public init(heloName: String, reversePath: String, recipients: [DeliveryRecipient], bodySize: Int, bodyHas8Bit: Bool) {
-        self.heloName = heloName
+    ///   - traits: size and content of the message as it will be sent.
+    ///   - capabilities: what the server advertised.
+    ///   - chunkSize: BDAT chunk size in octets (default 1 MiB).
+    public init(reversePath: String, recipients: [DeliveryRecipient], traits: SMTPMessageTraits,
+                capabilities: RemoteSMTPCapabilities, chunkSize: Int = 1 << 20) {
         self.reversePath = reversePath
         self.recipients = recipients
-        self.bodySize = bodySize
-        self.bodyHas8Bit = bodyHas8Bit
+        self.traits = traits
+        self.capabilities = capabilities
+        self.chunkSize = max(1, chunkSize)
         results = Array(repeating: nil, count: recipients.count)
         accepted = Array(repeating: false, count: recipients.count)
+        carried = Array(repeating: nil, count: recipients.count)
+        sent = Array(repeating: false, count: recipients.count)
         // Addresses that could break the command line are never sent (no command injection).
-        if !SMTPClientTransaction.isSafeArgument(heloName, allowEmpty: false) {
-            resolveAll(.deferred, 451, "4.3.5", "invalid HELO name configured")
-        } else if !SMTPClientTransaction.isSafeArgument(reversePath, allowEmpty: true) {
+        if !SMTPClientTransaction.isSafeArgument(reversePath, allowEmpty: true) {
             resolveAll(.failed, 553, "5.1.7", "invalid sender address syntax")
         }
         for (i, r) in recipients.enumerated() where results[i] == nil {
@@ -315,70 +573,118 @@ public struct SMTPClientTransaction: Sendable {
                 results[i] = SMTPClientTransaction.outcome(r.id, .failed, 553, "5.1.3", "invalid recipient address syntax")
             }
         }
-        if results.allSatisfy({ $0 != nil }) { state = .finished }
     }
 
-    /// Whether a connection is needed at all (false when every recipient already has an outcome,
-    /// e.g. all addresses were invalid).
-    public var needsConnection: Bool { state != .finished }
+    /// Whether anything would be sent (false when every recipient already has an outcome).
+    public var needsSending: Bool { results.contains { $0 == nil } }
 
     /// Whether the transaction is over.
     public var isFinished: Bool { state == .finished }
 
+    /// Recipients the server accepted in this transaction (RCPT 2xx).
+    public var acceptedCount: Int { accepted.filter { $0 }.count }
+
+    /// Recipients the server refused with "too many recipients" (or that were not sent after
+    /// it): send them in a new transaction when this one made progress (`acceptedCount > 0`).
+    public var carriedOver: [DeliveryRecipient] {
+        recipients.indices.filter { results[$0] == nil && carried[$0] != nil }.map { recipients[$0] }
+    }
+
     /// Which timeout applies to the next read, or nil when no reply is awaited.
     public var waitingFor: SMTPClientWait? {
         switch state {
-        case .awaitingGreeting: return .greeting
-        case .awaitingEHLO, .awaitingHELO, .awaitingQUIT: return .command
-        case .awaitingEnvelope(let steps): return steps.first == .data ? .dataInitiation : .command
-        case .awaitingFinalReply: return .dataTermination
-        case .finished: return nil
+        case .notStarted, .finished: return nil
+        case .awaitingEnvelope(let steps):
+            switch steps.first {
+            case .mail: return .mail
+            case .rcpt: return .rcpt
+            case .data: return .dataInitiation
+            case nil: return nil
+            }
+        case .awaitingChunkReply, .awaitingFinalReply: return .dataTermination
         }
     }
 
-    /// One outcome per recipient, in input order. Recipients without a result yet are
-    /// reported deferred (only possible before the machine finished).
+    /// One outcome per recipient, in input order. Carried-over recipients read as deferred with
+    /// the server's 452; recipients without a result yet as deferred 4.4.2.
     public var outcomes: [RecipientOutcome] {
         results.enumerated().map { i, r in
-            r ?? SMTPClientTransaction.outcome(recipients[i].id, .deferred, 451, "4.4.2", "delivery did not complete")
+            if let r { return r }
+            if let reply = carried[i] { return outcome(i, .deferred, reply) }
+            return SMTPClientTransaction.outcome(recipients[i].id, .deferred, 451, "4.4.2", "delivery did not complete")
         }
+    }
+
+    /// Begins the transaction.
+    /// - Returns: the first commands, or `.finished` when nothing can be sent (every recipient
+    ///   already failed, e.g. SMTPUTF8 needed but not offered).
+    public mutating func start() -> [Action] {
+        guard state == .notStarted else { return [] }
+        let caps = capabilities
+        if let limit = caps.size, limit > 0, traits.size > limit {
+            resolveAll(.failed, 552, "5.3.4", "message size \(traits.size) exceeds the server's limit of \(limit) octets")
+            return finish(reusable: true)
+        }
+        let senderNonASCII = reversePath.utf8.contains { $0 >= 0x80 }
+        if !caps.smtpUTF8 && (senderNonASCII || traits.needsSMTPUTF8) {
+            let what = senderNonASCII ? "a non-ASCII sender address" : "UTF-8 header fields"
+            resolveAll(.failed, 553, "5.6.7", "the server does not support SMTPUTF8 (RFC 6531), needed for \(what)")
+            return finish(reusable: true)
+        }
+        var needUTF8 = senderNonASCII || traits.needsSMTPUTF8
+        for (i, r) in recipients.enumerated() where results[i] == nil && r.address.utf8.contains(where: { $0 >= 0x80 }) {
+            if caps.smtpUTF8 {
+                needUTF8 = true
+            } else {
+                results[i] = SMTPClientTransaction.outcome(r.id, .failed, 553, "5.6.7", "the server does not support SMTPUTF8 (RFC 6531), needed for a non-ASCII recipient address")
+            }
+        }
+        if traits.has8Bit && !caps.eightBitMIME && !needUTF8 {
+            resolveAll(.failed, 554, "5.6.3", "8-bit content and the server does not offer 8BITMIME")
+            return finish(reusable: true)
+        }
+        usedSMTPUTF8 = needUTF8
+        guard needsSending else { return finish(reusable: true) }
+
+        var mail = "MAIL FROM:<\(reversePath)>"
+        if caps.size != nil { mail += " SIZE=\(traits.size)" }
+        if caps.eightBitMIME && traits.has8Bit { mail += " BODY=8BITMIME" }
+        if usedSMTPUTF8 { mail += " SMTPUTF8" }
+        mail += "\r\n"
+        usedChunking = caps.chunking
+        if caps.pipelining {
+            pipelined = true
+            var batch = mail
+            var steps: [EnvelopeStep] = [.mail]
+            for i in recipients.indices where results[i] == nil {
+                batch += "RCPT TO:<\(recipients[i].address)>\r\n"
+                steps.append(.rcpt(i))
+                sent[i] = true
+            }
+            if !usedChunking {
+                batch += "DATA\r\n"
+                steps.append(.data)
+            }
+            state = .awaitingEnvelope(steps)
+            return [.send(Array(batch.utf8))]
+        }
+        state = .awaitingEnvelope([.mail])
+        return [.send(Array(mail.utf8))]
     }
 
     /// Feeds one complete server reply.
     /// - Returns: what to do next, in order.
-    public mutating func receive(_ reply: SMTPReply) -> [SMTPClientAction] {
+    public mutating func receive(_ reply: SMTPReply) -> [Action] {
         lastReply = reply
         switch state {
-        case .finished:
+        case .notStarted, .finished:
             return []
-        case .awaitingQUIT:
-            state = .finished
-            return [.close]
-        case .awaitingGreeting:
-            guard reply.code / 100 == 2 else { return rejectSession(reply, stage: "greeting") }
-            state = .awaitingEHLO
-            return [.send(Array("EHLO \(heloName)\r\n".utf8))]
-        case .awaitingEHLO:
-            if reply.code / 100 == 2 {
-                capabilities = RemoteSMTPCapabilities(ehloReply: reply)
-                return beginEnvelope()
-            }
-            if [500, 501, 502, 550].contains(reply.code) {
-                state = .awaitingHELO
-                return [.send(Array("HELO \(heloName)\r\n".utf8))]
-            }
-            return rejectSession(reply, stage: "EHLO")
-        case .awaitingHELO:
-            guard reply.code / 100 == 2 else { return rejectSession(reply, stage: "HELO") }
-            capabilities = RemoteSMTPCapabilities()
-            return beginEnvelope()
         case .awaitingEnvelope(var steps):
             guard !steps.isEmpty else { return fail(.protocolError("unexpected reply")) }
             let step = steps.removeFirst()
             if reply.code == 421 {
                 resolveUnfinished(from: reply, as: .deferred)
-                state = .finished
-                return [.close]
+                return finish(reusable: false)
             }
             switch step {
             case .mail:
@@ -390,10 +696,13 @@ public struct SMTPClientTransaction: Sendable {
                 }
             case .rcpt(let i):
                 if mailAccepted == true, i < recipients.count, results[i] == nil {
-                    switch reply.code / 100 {
-                    case 2: accepted[i] = true
-                    case 5: results[i] = outcome(i, .failed, reply)
-                    default: results[i] = outcome(i, .deferred, reply)
+                    if reply.code / 100 == 2 {
+                        accepted[i] = true
+                    } else if SMTPClientTransaction.isTooManyRecipients(reply) {
+                        carried[i] = reply
+                        limitReached = true
+                    } else {
+                        results[i] = outcome(i, reply.code / 100 == 5 ? .failed : .deferred, reply)
                     }
                 }
             case .data:
@@ -401,17 +710,31 @@ public struct SMTPClientTransaction: Sendable {
                 if reply.code / 100 == 3 {
                     state = .awaitingFinalReply(bodySent: anyAccepted)
                     // RFC 2920 §3.1: a 354 after no accepted recipient still needs an (empty) body.
-                    return anyAccepted ? [.sendBody] : [.send(Array(".\r\n".utf8))]
+                    return anyAccepted ? [.sendData] : [.send(Array(".\r\n".utf8))]
                 }
                 if anyAccepted { resolveAccepted(from: reply, as: reply.code / 100 == 5 ? .failed : .deferred) }
-                return quit()
+                return finish(reusable: true)
             }
             if !steps.isEmpty {
                 state = .awaitingEnvelope(steps)
                 return []
             }
-            // Not pipelined (or the pipelined batch ended early): choose the next command.
             return nextEnvelopeCommand(after: step)
+        case .awaitingChunkReply(let end, let last):
+            if reply.code == 421 {
+                resolveUnfinished(from: reply, as: .deferred)
+                return finish(reusable: false)
+            }
+            guard reply.code / 100 == 2 else {
+                // RFC 3030 §2: a failed chunk ends the transaction; no further chunks.
+                resolveAccepted(from: reply, as: reply.code / 100 == 5 ? .failed : .deferred)
+                return finish(reusable: true)
+            }
+            if last {
+                resolveAccepted(from: reply, as: .delivered)
+                return finish(reusable: true)
+            }
+            return nextChunk(from: end)
         case .awaitingFinalReply(let bodySent):
             if bodySent {
                 switch reply.code / 100 {
@@ -420,122 +743,60 @@ public struct SMTPClientTransaction: Sendable {
                 default: resolveAccepted(from: reply, as: .deferred)
                 }
             }
-            if reply.code == 421 {
-                state = .finished
-                return [.close]
-            }
-            return quit()
+            return finish(reusable: reply.code != 421)
         }
     }
 
     /// Reports that no reply will come: a timeout, a closed connection or a protocol error.
-    /// Every unfinished recipient is deferred (4.4.2 for timeouts and closes, 4.5.0 for protocol errors).
-    /// - Returns: `[.close]`.
-    public mutating func fail(_ failure: SMTPSessionFailure) -> [SMTPClientAction] {
-        switch state {
-        case .finished, .awaitingQUIT:
-            state = .finished
-            return [.close]
-        case .awaitingGreeting, .awaitingEHLO, .awaitingHELO:
-            shouldTryNextTarget = true
-        default:
-            break
-        }
-        let (enhanced, text): (String, String)
-        switch failure {
-        case .timeout(let what): (enhanced, text) = ("4.4.2", "timeout: \(what)")
-        case .connectionClosed(let what): (enhanced, text) = ("4.4.2", "connection lost: \(what)")
-        case .protocolError(let what): (enhanced, text) = ("4.5.0", "SMTP protocol error: \(what)")
-        }
+    /// Every unfinished recipient (carried-over ones included) is deferred (4.4.2 for timeouts
+    /// and closes, 4.5.0 for protocol errors); the session is not reusable.
+    public mutating func fail(_ failure: SMTPSessionFailure) -> [Action] {
+        guard state != .finished else { return [] }
+        let d = failure.deferral
         for i in recipients.indices where results[i] == nil {
-            results[i] = SMTPClientTransaction.outcome(recipients[i].id, .deferred, 451, enhanced, text)
+            results[i] = SMTPClientTransaction.outcome(recipients[i].id, .deferred, d.code, d.enhanced, d.text)
         }
-        state = .finished
-        return [.close]
+        return finish(reusable: false)
     }
 
     // MARK: Private steps
 
-    private mutating func beginEnvelope() -> [SMTPClientAction] {
-        let caps = capabilities ?? RemoteSMTPCapabilities()
-        if let limit = caps.size, limit > 0, bodySize > limit {
-            resolveAll(.failed, 552, "5.3.4", "message size \(bodySize) exceeds the server's limit of \(limit) octets")
-            return quit()
-        }
-        let senderNonASCII = reversePath.utf8.contains { $0 >= 0x80 }
-        if senderNonASCII && !caps.smtpUTF8 {
-            resolveAll(.failed, 553, "5.6.7", "server does not support SMTPUTF8 for a non-ASCII sender address")
-            return quit()
-        }
-        var anyNonASCII = senderNonASCII
-        for (i, r) in recipients.enumerated() where results[i] == nil && r.address.utf8.contains(where: { $0 >= 0x80 }) {
-            if caps.smtpUTF8 {
-                anyNonASCII = true
-            } else {
-                results[i] = SMTPClientTransaction.outcome(r.id, .failed, 553, "5.6.7", "server does not support SMTPUTF8 for a non-ASCII recipient address")
-            }
-        }
-        useSMTPUTF8 = anyNonASCII
-        guard results.contains(where: { $0 == nil }) else { return quit() }
-
-        var mail = "MAIL FROM:<\(reversePath)>"
-        if caps.size != nil { mail += " SIZE=\(bodySize)" }
-        if caps.eightBitMIME && bodyHas8Bit { mail += " BODY=8BITMIME" }
-        if useSMTPUTF8 { mail += " SMTPUTF8" }
-        mail += "\r\n"
-        if caps.pipelining {
-            pipelined = true
-            var batch = mail
-            var steps: [EnvelopeStep] = [.mail]
-            for i in recipients.indices where results[i] == nil {
-                batch += "RCPT TO:<\(recipients[i].address)>\r\n"
-                steps.append(.rcpt(i))
-            }
-            batch += "DATA\r\n"
-            steps.append(.data)
-            state = .awaitingEnvelope(steps)
-            return [.send(Array(batch.utf8))]
-        }
-        state = .awaitingEnvelope([.mail])
-        return [.send(Array(mail.utf8))]
+    private mutating func finish(reusable: Bool) -> [Action] {
+        state = .finished
+        self.reusable = reusable
+        return [.finished(reusable: reusable)]
     }
 
-    private mutating func nextEnvelopeCommand(after step: EnvelopeStep) -> [SMTPClientAction] {
-        guard mailAccepted == true else { return quit() }
-        let from: Int
-        switch step {
-        case .mail: from = 0
-        case .rcpt(let i): from = i + 1
-        case .data: return quit()
+    private mutating func nextEnvelopeCommand(after step: EnvelopeStep) -> [Action] {
+        guard mailAccepted == true else { return finish(reusable: true) }
+        if case .data = step { return finish(reusable: true) }
+        if !pipelined {
+            let from: Int
+            if case .rcpt(let i) = step { from = i + 1 } else { from = 0 }
+            let next = from < recipients.count ? (from..<recipients.count).first(where: { results[$0] == nil && !sent[$0] }) : nil
+            if let next {
+                if limitReached {
+                    // The server's recipient limit: the rest go to the next transaction.
+                    let reply = carried.compactMap { $0 }.last
+                    for j in next..<recipients.count where results[j] == nil && !sent[j] { carried[j] = reply }
+                } else {
+                    sent[next] = true
+                    state = .awaitingEnvelope([.rcpt(next)])
+                    return [.send(Array("RCPT TO:<\(recipients[next].address)>\r\n".utf8))]
+                }
+            }
         }
-        if from < recipients.count, let next = (from..<recipients.count).first(where: { results[$0] == nil && !accepted[$0] }) {
-            state = .awaitingEnvelope([.rcpt(next)])
-            return [.send(Array("RCPT TO:<\(recipients[next].address)>\r\n".utf8))]
-        }
-        guard accepted.contains(true) else { return quit() }
+        guard accepted.contains(true) else { return finish(reusable: true) }
+        if usedChunking { return nextChunk(from: 0) }
         state = .awaitingEnvelope([.data])
         return [.send(Array("DATA\r\n".utf8))]
     }
 
-    private mutating func quit() -> [SMTPClientAction] {
-        state = .awaitingQUIT
-        return [.send(Array("QUIT\r\n".utf8))]
-    }
-
-    /// A non-2xx greeting or EHLO/HELO reply: defer everything, try the next target.
-    private mutating func rejectSession(_ reply: SMTPReply, stage: String) -> [SMTPClientAction] {
-        shouldTryNextTarget = true
-        let code = reply.code / 100 == 4 ? reply.code : 451
-        let enhanced = reply.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.4.0"
-        let text = "\(stage) rejected: \(SMTPClientTransaction.summary(reply))"
-        for i in recipients.indices where results[i] == nil {
-            results[i] = SMTPClientTransaction.outcome(recipients[i].id, .deferred, code, enhanced, text)
-        }
-        if reply.code == 421 {
-            state = .finished
-            return [.close]
-        }
-        return quit()
+    private mutating func nextChunk(from offset: Int) -> [Action] {
+        let length = min(chunkSize, max(0, traits.size - offset))
+        let last = offset + length >= traits.size
+        state = .awaitingChunkReply(end: offset + length, last: last)
+        return [.sendChunk(offset: offset, length: length, last: last)]
     }
 
     private mutating func resolveAll(_ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {
@@ -558,6 +819,11 @@ public struct SMTPClientTransaction: Sendable {
 
     private func outcome(_ index: Int, _ status: OutcomeStatus, _ reply: SMTPReply) -> RecipientOutcome {
         SMTPClientTransaction.outcome(recipients[index].id, status, reply.code, reply.enhanced, reply.lines.joined(separator: " "))
+    }
+
+    /// RFC 5321 §4.5.3.1.10: 452 (and the older 552 with 5.5.3) to RCPT means too many recipients.
+    static func isTooManyRecipients(_ reply: SMTPReply) -> Bool {
+        reply.code == 452 || (reply.code == 552 && reply.enhanced == "5.5.3")
     }
 
     static func outcome(_ id: Int64, _ status: OutcomeStatus, _ code: Int, _ enhanced: String?, _ text: String) -> RecipientOutcome {

@@ -18,7 +18,7 @@ public struct DeliveryRequest: Sendable {
     public let reversePath: String
     /// The recipients, in RCPT order.
     public let recipients: [DeliveryRecipient]
-    /// The message (headers and body) with CRLF line ends, not dot-stuffed.
+    /// The message (headers and body) as stored; line ends are made CRLF before sending.
     public let body: [UInt8]
     /// The local numeric address to send from (bound before connect); `""` lets the kernel choose.
     public let sendingIP: String
@@ -28,6 +28,11 @@ public struct DeliveryRequest: Sendable {
     /// time, so a node that was stopped or partitioned cannot complete a delivery whose
     /// recipients the coordinator has already re-leased (fencing). Nil = no deadline.
     public var notAfter: Date? = nil
+    /// How long to wait for a shaping slot (connection or rate) before deferring; nil: `notAfter`,
+    /// or 5 minutes without one.
+    public var shapingDeadline: Date? = nil
+    /// The STARTTLS policy for this destination.
+    public var tlsPolicy: SMTPTLSPolicy = .opportunistic
 
     /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
@@ -66,18 +71,50 @@ public struct RecipientOutcome: Sendable, Hashable {
     }
 }
 
+/// The session a recipient's outcome came from: where, how, and how long each step took.
+public struct DeliverySession: Sendable, Equatable {
+    /// The MX host name (or next hop).
+    public var mxHost: String
+    /// The numeric address connected to.
+    public var remoteAddress: String
+    /// The port connected to.
+    public var port: UInt16
+    /// The local source address.
+    public var sendingIP: String
+    /// The TLS parameters, nil for plaintext.
+    public var tls: TLSSessionInfo?
+    /// Whether an already open session was reused (after RSET).
+    public var reused: Bool
+    /// The message's transaction number on that connection (1 = first).
+    public var messageOnConnection: Int
+    /// Seconds the TCP handshake took (nil for a reused session).
+    public var connectSeconds: Double?
+    /// Seconds from connected to ready: greeting, EHLO, STARTTLS (nil for a reused session).
+    public var setupSeconds: Double?
+    /// Seconds spent waiting for a shaping slot (connections and rate).
+    public var shapingWaitSeconds: Double
+    /// Seconds the mail transaction took, MAIL FROM to the final reply.
+    public var transactionSeconds: Double
+    /// The DKIM signatures on the message (`domain/selector/algorithm`).
+    public var dkim: [String]
+    /// Whether 8-bit content was converted to 7-bit MIME for this server.
+    public var converted7Bit: Bool
+}
+
 /// The result of delivering one `DeliveryRequest`.
 public struct DeliveryReport: Sendable {
     /// One outcome per recipient, in request order.
     public let outcomes: [RecipientOutcome]
-    /// The MX host name of the target whose session produced the outcomes (nil when no connection succeeded).
+    /// The MX host name of the target whose session produced the (last) outcomes (nil when no server answered).
     public let mxHost: String?
-    /// That target's numeric address (nil when no connection succeeded).
+    /// That target's numeric address (nil when no server answered).
     public let remoteAddress: String?
+    /// Per recipient id: the session its outcome came from (absent when it never reached a transaction).
+    public var sessions: [Int64: DeliverySession] = [:]
 
     /// A report from its parts.
-    public init(outcomes: [RecipientOutcome], mxHost: String?, remoteAddress: String?) {
-        self.outcomes = outcomes; self.mxHost = mxHost; self.remoteAddress = remoteAddress
+    public init(outcomes: [RecipientOutcome], mxHost: String?, remoteAddress: String?, sessions: [Int64: DeliverySession] = [:]) {
+        self.outcomes = outcomes; self.mxHost = mxHost; self.remoteAddress = remoteAddress; self.sessions = sessions
     }
 }
 
@@ -103,204 +140,264 @@ public struct DeliveryTarget: Sendable, Hashable, CustomStringConvertible {
 public struct SMTPClientTimeouts: Sendable, Equatable {
     /// The TCP handshake.
     public var connect: TimeInterval
-    /// The 220 greeting and the replies to EHLO/HELO, MAIL, RCPT, QUIT (§4.5.3.2.1–3: 5 minutes).
-    public var command: TimeInterval
+    /// The 220 greeting (§4.5.3.2.1: 5 minutes).
+    public var greeting: TimeInterval
+    /// The reply to EHLO/HELO.
+    public var ehlo: TimeInterval
+    /// The reply to STARTTLS, and the TLS handshake.
+    public var startTLS: TimeInterval
+    /// The reply to MAIL (§4.5.3.2.2: 5 minutes); also the write timeout of commands.
+    public var mail: TimeInterval
+    /// The reply to each RCPT (§4.5.3.2.3: 5 minutes).
+    public var rcpt: TimeInterval
     /// The 354 reply to DATA (§4.5.3.2.4: 2 minutes).
     public var dataInitiation: TimeInterval
-    /// Each write of the body (§4.5.3.2.5: 3 minutes).
+    /// Each write of the content (§4.5.3.2.5: 3 minutes).
     public var dataBlock: TimeInterval
-    /// The reply after the final CRLF.CRLF (§4.5.3.2.6: 10 minutes).
+    /// The reply after the final dot or a BDAT chunk (§4.5.3.2.6: 10 minutes).
     public var dataTermination: TimeInterval
+    /// The reply to RSET.
+    public var reset: TimeInterval
+    /// The reply to QUIT.
+    public var quit: TimeInterval
 
-    /// Timeouts in seconds; the defaults are the RFC 5321 §4.5.3.2 minimums (connect: 30 s).
+    /// Timeouts in seconds with one value for every command reply (greeting, EHLO, STARTTLS,
+    /// MAIL, RCPT); RSET and QUIT wait at most 20 s and 10 s. Defaults: the RFC 5321 §4.5.3.2
+    /// minimums (connect: 30 s).
     public init(connect: TimeInterval = 30, command: TimeInterval = 300, dataInitiation: TimeInterval = 120,
                 dataBlock: TimeInterval = 180, dataTermination: TimeInterval = 600) {
-        self.connect = connect; self.command = command; self.dataInitiation = dataInitiation
-        self.dataBlock = dataBlock; self.dataTermination = dataTermination
+        self.connect = connect
+        greeting = command; ehlo = command; startTLS = command; mail = command; rcpt = command
+        self.dataInitiation = dataInitiation; self.dataBlock = dataBlock; self.dataTermination = dataTermination
+        reset = min(command, 20); quit = min(command, 10)
+    }
+
+    /// The per-step timeouts of `delivery.timeouts`.
+    public init(_ t: DeliveryTimeouts) {
+        connect = t.connect; greeting = t.greeting; ehlo = t.ehlo; startTLS = t.startTLS; mail = t.mail; rcpt = t.rcpt
+        dataInitiation = t.dataInit; dataBlock = t.dataBlock; dataTermination = t.dataDone; reset = t.rset; quit = t.quit
     }
 
     /// The RFC 5321 §4.5.3.2 values, with a 30 s connect timeout.
     public static let rfc5321 = SMTPClientTimeouts()
+
+    /// The timeout for a reply of kind `wait`.
+    public func seconds(for wait: SMTPClientWait) -> TimeInterval {
+        switch wait {
+        case .greeting: return greeting
+        case .ehlo: return ehlo
+        case .startTLS: return startTLS
+        case .mail: return mail
+        case .rcpt: return rcpt
+        case .dataInitiation: return dataInitiation
+        case .dataTermination: return dataTermination
+        case .reset: return reset
+        case .quit: return quit
+        }
+    }
 }
 
-/// Delivers messages over SMTP with blocking sockets (one thread per delivery).
+/// Delivers messages over SMTP with blocking sockets, on the calling thread (never call it
+/// from Swift's cooperative pool).
 ///
-/// Tries targets in order: a failed connect, a non-2xx greeting (e.g. 421), a rejected
-/// EHLO/HELO or a failure before MAIL FROM moves on to the next target; the first target
-/// whose session reached MAIL FROM decides every outcome. If no target could be used,
-/// every recipient is deferred (connection failures: 451 4.4.1; never 5xx).
-/// Runs on the calling thread; do not call it from Swift's cooperative pool.
+/// For one request (one message, recipients of one destination): targets are tried in order;
+/// a failed connect, a non-2xx greeting (e.g. 421), a rejected EHLO/HELO, missing TLS when it is
+/// required, or a timeout before the session is ready moves on to the next target (after a
+/// failed TLS handshake an opportunistic sender first retries that target in plaintext). Once
+/// a session is ready, its transactions decide the outcomes. Sessions come from, and go back
+/// to, the `SMTPConnectionPool`: an idle session is reused after RSET (a dead one is replaced
+/// at once), and the pool's shaping limits (connections, messages per connection, rate) are
+/// waited for up to the request's shaping deadline, after which the recipients are deferred
+/// (4.4.5). Recipients a server refused with 452 "too many recipients" go into further
+/// transactions on the same or a new connection. If no target could be used, every recipient
+/// is deferred (never 5xx).
 public final class SMTPDeliverer: Sendable {
     /// The timeouts in use.
     public let timeouts: SMTPClientTimeouts
+    /// Open sessions and shaping.
+    public let pool: SMTPConnectionPool
+    /// Content conversion and DKIM signing.
+    public let preparer: MessagePreparer
+    /// The STARTTLS implementation (nil: no TLS; `required` destinations are deferred).
+    public let tlsClient: (any OutboundTLSClient)?
 
-    /// - Parameter timeouts: connect and per-step timeouts in seconds.
-    public init(timeouts: SMTPClientTimeouts = .rfc5321) { self.timeouts = timeouts }
+    /// - Parameters:
+    ///   - timeouts: connect and per-step timeouts in seconds.
+    ///   - pool: the session pool (default: no reuse, no shaping limits that matter).
+    ///   - preparer: conversion and signing (default: nothing signed).
+    ///   - tlsClient: the TLS client for STARTTLS.
+    public init(timeouts: SMTPClientTimeouts = .rfc5321, pool: SMTPConnectionPool = SMTPConnectionPool(idleTimeout: 0),
+                preparer: MessagePreparer = MessagePreparer(), tlsClient: (any OutboundTLSClient)? = nil) {
+        self.timeouts = timeouts; self.pool = pool; self.preparer = preparer; self.tlsClient = tlsClient
+    }
 
     /// Delivers `request` to the first usable target.
     /// - Parameters:
-    ///   - request: the message, envelope, sending IP and HELO name.
+    ///   - request: the message, envelope, sending IP, HELO name and policies.
     ///   - targets: the next hops in preference order. Targets of the other address family
     ///     than `request.sendingIP` are skipped.
     /// - Returns: one outcome per recipient; never throws.
     public func deliver(_ request: DeliveryRequest, to targets: [DeliveryTarget]) -> DeliveryReport {
-        let has8Bit = request.body.contains { $0 >= 0x80 }
-        func newTransaction() -> SMTPClientTransaction {
-            SMTPClientTransaction(heloName: request.heloName, reversePath: request.reversePath,
-                                  recipients: request.recipients, bodySize: request.body.count, bodyHas8Bit: has8Bit)
-        }
-        let initial = newTransaction()
-        if !initial.needsConnection {
-            return DeliveryReport(outcomes: initial.outcomes, mxHost: nil, remoteAddress: nil)
-        }
-        let source: String? = request.sendingIP.isEmpty ? nil : request.sendingIP
-        let sourceIsIPv6 = source?.contains(":")
-        var lastError = "no delivery target"
-        var lastSession: (SMTPClientTransaction, DeliveryTarget)? = nil
-        for target in targets {
-            if let sourceIsIPv6, target.address.contains(":") != sourceIsIPv6 {
-                lastError = "\(target): address family differs from sending IP \(request.sendingIP)"
-                continue
+        var finals: [Int64: RecipientOutcome] = [:]
+        var sessions: [Int64: DeliverySession] = [:]
+        func report(_ mx: DeliveryTarget?) -> DeliveryReport {
+            let outcomes = request.recipients.map { r in
+                finals[r.id] ?? RecipientOutcome(recipientID: r.id, status: .deferred, code: 451, enhanced: "4.4.2", text: "delivery did not complete")
             }
-            let socket: Socket
-            do {
-                socket = try Socket.connect(to: SocketAddress(host: target.address, port: target.port),
-                                            from: source, timeout: timeouts.connect)
-            } catch {
-                lastError = "\(target): \(error)"
-                lastSession = nil
-                continue
+            return DeliveryReport(outcomes: outcomes, mxHost: mx?.host, remoteAddress: mx?.address, sessions: sessions)
+        }
+        func resolve(_ rs: [DeliveryRecipient], _ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {
+            for r in rs {
+                finals[r.id] = RecipientOutcome(recipientID: r.id, status: status, code: code, enhanced: enhanced,
+                                                text: String(text.prefix(SMTPClientTransaction.maxTextLength)))
             }
-            var transaction = newTransaction()
-            run(&transaction, on: socket, body: request.body, notAfter: request.notAfter)
-            socket.close()
-            if transaction.shouldTryNextTarget {
-                lastError = "\(target): \(transaction.outcomes.first?.text ?? "session failed")"
-                lastSession = (transaction, target)
-                continue
-            }
-            return DeliveryReport(outcomes: transaction.outcomes, mxHost: target.host, remoteAddress: target.address)
         }
-        if let (transaction, target) = lastSession {
-            return DeliveryReport(outcomes: transaction.outcomes, mxHost: target.host, remoteAddress: target.address)
-        }
-        let text = String("cannot connect: \(lastError)".prefix(SMTPClientTransaction.maxTextLength))
-        let outcomes = initial.outcomes.map { o -> RecipientOutcome in
-            // Recipients rejected locally (bad syntax) keep their outcome.
-            if o.status == .failed { return o }
-            return RecipientOutcome(recipientID: o.recipientID, status: .deferred, code: 451, enhanced: "4.4.1", text: text)
-        }
-        return DeliveryReport(outcomes: outcomes, mxHost: nil, remoteAddress: nil)
-    }
 
-    /// Drives one transaction over a connected socket until it finishes.
-    func run(_ transaction: inout SMTPClientTransaction, on socket: Socket, body: [UInt8], notAfter: Date? = nil) {
-        let reader = BufferedReader(stream: socket, chunkSize: 16 * 1024)
-        var actions: [SMTPClientAction] = []
-        while true {
-            var failure: SMTPSessionFailure? = nil
-            actionLoop: for action in actions {
-                do {
-                    switch action {
-                    case .send(let bytes):
-                        socket.setTimeouts(read: timeouts.command, write: timeouts.command)
-                        try socket.write(bytes)
-                    case .sendBody:
-                        socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
-                        try SMTPDotStuffing.encode(body) { chunk in
-                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
-                            try socket.write(chunk)
-                        }
-                    case .close:
-                        return
-                    }
-                } catch {
-                    failure = SMTPDeliverer.sessionFailure(error, while: "sending")
-                    break actionLoop
+        // Addresses that could break a command line are never sent.
+        var pending: [DeliveryRecipient] = []
+        if !SMTPClientTransaction.isSafeArgument(request.reversePath, allowEmpty: true) {
+            resolve(request.recipients, .failed, 553, "5.1.7", "invalid sender address syntax")
+        } else {
+            for r in request.recipients {
+                if SMTPClientTransaction.isSafeArgument(r.address, allowEmpty: false) { pending.append(r) } else {
+                    resolve([r], .failed, 553, "5.1.3", "invalid recipient address syntax")
                 }
             }
-            if let failure {
-                _ = transaction.fail(failure)
-                return
-            }
-            guard let wait = transaction.waitingFor else { return }
-            let seconds: TimeInterval
-            switch wait {
-            case .greeting, .command: seconds = timeouts.command
-            case .dataInitiation: seconds = timeouts.dataInitiation
-            case .dataTermination: seconds = timeouts.dataTermination
-            }
-            do {
-                let reply = try readReply(reader, socket: socket, timeout: seconds)
-                actions = transaction.receive(reply)
-            } catch {
-                actions = transaction.fail(SMTPDeliverer.sessionFailure(error, while: "waiting for \(SMTPDeliverer.describe(wait)) reply"))
-            }
         }
-    }
+        guard !pending.isEmpty else { return report(nil) }
+        let analysis = MessageAnalysis(request.body)
+        if analysis.longestLine > MessageText.maxLineLength {
+            resolve(pending, .failed, 554, "5.6.0", "message has a line of \(analysis.longestLine) octets; RFC 5321 §4.5.3.1.6 allows 998")
+            return report(nil)
+        }
+        let shapingDeadline = request.shapingDeadline ?? request.notAfter ?? Date().addingTimeInterval(300)
+        var prepared: [Bool: PreparedMessage] = [:]
+        var lastFailure: SMTPOpenFailure? = nil
+        var plaintextRetry = Set<DeliveryTarget>()
+        var decided: DeliveryTarget? = nil
+        let sourceIsIPv6 = request.sendingIP.isEmpty ? nil : request.sendingIP.contains(":")
+        var index = 0
 
-    /// Reads one complete reply within `timeout` seconds overall.
-    /// - Throws: `SocketError` (timeout, closed) or `SMTPProtocolError`.
-    func readReply(_ reader: BufferedReader, socket: Socket, timeout: TimeInterval) throws -> SMTPReply {
-        let deadline = Date().addingTimeInterval(timeout)
-        var parser = SMTPClientReplyParser()
-        while true {
-            let line = try readLine(reader, socket: socket, deadline: deadline)
-            switch parser.feed(line) {
-            case .needMore: continue
-            case .reply(let reply): return reply
-            case .error(let message): throw SMTPProtocolError(message)
+        targets: while index < targets.count && !pending.isEmpty {
+            let target = targets[index]
+            if let sourceIsIPv6, target.address.contains(":") != sourceIsIPv6 {
+                lastFailure = SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
+                                              text: "address family differs from sending IP \(request.sendingIP)", tlsHandshakeFailed: false)
+                index += 1
+                continue
+            }
+            let policy: SMTPTLSPolicy = plaintextRetry.contains(target) ? .disabled : request.tlsPolicy
+            let waitStart = Date()
+            var opened: SMTPClientConnection? = nil
+            var reused = false
+            var ticket: SMTPConnectionPool.Ticket? = nil
+            switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
+                                 requireTLS: policy == .required, until: shapingDeadline) {
+            case .unavailable(let why):
+                resolve(pending, .deferred, 451, "4.4.5", why)
+                pending = []
+                break targets
+            case .reuse(let c):
+                if c.reset() {
+                    opened = c
+                    reused = true
+                } else {
+                    // A dead pooled session: replaced at once, the message is not delayed.
+                    ticket = pool.replace(c)
+                }
+            case .open(let t):
+                ticket = t
+            }
+            if let ticket {
+                switch SMTPClientConnection.open(to: target, from: request.sendingIP, heloName: request.heloName,
+                                                 tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
+                case .success(let c):
+                    pool.attach(c, to: ticket)
+                    opened = c
+                case .failure(let f):
+                    pool.abandon(ticket)
+                    lastFailure = f
+                    if f.tlsHandshakeFailed && request.tlsPolicy == .opportunistic && !plaintextRetry.contains(target) {
+                        plaintextRetry.insert(target)
+                    } else {
+                        index += 1
+                    }
+                    continue targets
+                }
+            }
+            guard let connection = opened else { continue targets }
+            let shapingWait = Date().timeIntervalSince(waitStart) - (reused ? 0 : connection.connectSeconds + connection.setupSeconds)
+            var firstOnThisCheckout = true
+            while true {
+                if let notAfter = request.notAfter, Date() >= notAfter {
+                    resolve(pending, .deferred, 451, "4.4.7", "lease deadline passed before the transaction started")
+                    pending = []
+                    pool.checkin(connection, reusable: true)
+                    break targets
+                }
+                let rateStart = Date()
+                guard pool.awaitSendSlot(for: connection, until: shapingDeadline) else {
+                    resolve(pending, .deferred, 451, "4.4.5", "shaping: the message rate for \(connection.shapingKey.map(\.description) ?? request.sendingIP) leaves no slot before the lease deadline")
+                    pending = []
+                    pool.checkin(connection, reusable: true)
+                    break targets
+                }
+                let rateWait = Date().timeIntervalSince(rateStart)
+                let eightBit = connection.capabilities.eightBitMIME
+                let message: PreparedMessage
+                if let p = prepared[eightBit] {
+                    message = p
+                } else {
+                    switch preparer.prepare(analysis, eightBitMIME: eightBit) {
+                    case .success(let p):
+                        prepared[eightBit] = p
+                        message = p
+                    case .failure(let f):
+                        resolve(pending, f.permanent ? .failed : .deferred, f.code, f.enhanced, f.text)
+                        pending = []
+                        decided = target
+                        pool.checkin(connection, reusable: true)
+                        break targets
+                    }
+                }
+                var transaction = SMTPClientTransaction(reversePath: request.reversePath, recipients: pending,
+                                                        traits: message.traits, capabilities: connection.capabilities)
+                let started = Date()
+                connection.run(&transaction, message: message.bytes, notAfter: request.notAfter)
+                let session = DeliverySession(
+                    mxHost: target.host, remoteAddress: target.address, port: target.port, sendingIP: request.sendingIP,
+                    tls: connection.tls, reused: reused || !firstOnThisCheckout, messageOnConnection: connection.transactions,
+                    connectSeconds: reused ? nil : connection.connectSeconds, setupSeconds: reused ? nil : connection.setupSeconds,
+                    shapingWaitSeconds: max(0, (firstOnThisCheckout ? shapingWait : 0) + rateWait),
+                    transactionSeconds: Date().timeIntervalSince(started), dkim: message.signatures, converted7Bit: message.converted)
+                firstOnThisCheckout = false
+                decided = target
+                let carried = transaction.acceptedCount > 0 ? Set(transaction.carriedOver.map(\.id)) : []
+                for o in transaction.outcomes where !carried.contains(o.recipientID) {
+                    finals[o.recipientID] = o
+                    sessions[o.recipientID] = session
+                }
+                pending = pending.filter { carried.contains($0.id) }
+                if pending.isEmpty {
+                    pool.checkin(connection, reusable: transaction.reusable)
+                    break targets
+                }
+                // Recipients over the server's limit: a new transaction here, or on a new connection.
+                if !transaction.reusable || !pool.hasRoom(connection) || !connection.reset() {
+                    pool.checkin(connection, reusable: false)
+                    continue targets
+                }
             }
         }
-    }
-
-    /// Reads one LF-terminated line of at most `SMTPClientReplyParser.maxBytes` octets before `deadline`.
-    private func readLine(_ reader: BufferedReader, socket: Socket, deadline: Date) throws -> [UInt8] {
-        var scanned = 0
-        while true {
-            let buffered = reader.buffered
-            if let lf = buffered.dropFirst(scanned).firstIndex(of: 0x0A) {
-                let count = lf - buffered.startIndex + 1
-                let line = Array(buffered.prefix(count))
-                reader.consume(count)
-                return line
-            }
-            scanned = buffered.count
-            if scanned > SMTPClientReplyParser.maxBytes {
-                throw SMTPProtocolError("reply line longer than \(SMTPClientReplyParser.maxBytes) octets")
-            }
-            let remaining = deadline.timeIntervalSinceNow
-            if remaining <= 0 { throw SocketError(.timeout, "read") }
-            socket.setTimeouts(read: max(0.001, remaining), write: max(0.001, remaining))
-            if try reader.fill() == 0 {
-                throw SocketError(.closed, "read")
+        if !pending.isEmpty {
+            if let f = lastFailure {
+                let text = f.connectFailed ? "cannot connect: \(f.target): \(f.text)" : "\(f.target): \(f.text)"
+                resolve(pending, .deferred, f.code, f.enhanced, text)
+                if !f.connectFailed && decided == nil { decided = f.target }
+            } else {
+                resolve(pending, .deferred, 451, "4.4.1", "cannot connect: no delivery target")
             }
         }
-    }
-
-    static func sessionFailure(_ error: any Error, while doing: String) -> SMTPSessionFailure {
-        if error is LeaseDeadlinePassed { return .connectionClosed("lease deadline passed before the end of data; not completing the delivery") }
-        if let e = error as? SMTPProtocolError { return .protocolError(e.message) }
-        if let e = error as? SocketError {
-            switch e.kind {
-            case .timeout: return .timeout(doing)
-            case .closed: return .connectionClosed("\(doing): \(e)")
-            default: return .connectionClosed("\(doing): \(e)")
-            }
-        }
-        return .connectionClosed("\(doing): \(error)")
-    }
-
-    static func describe(_ wait: SMTPClientWait) -> String {
-        switch wait {
-        case .greeting: return "greeting"
-        case .command: return "command"
-        case .dataInitiation: return "DATA"
-        case .dataTermination: return "end-of-data"
-        }
+        return report(decided)
     }
 }
-
-/// Thrown inside the body writer when the lease deadline passed: the transaction is
-/// abandoned before its final dot, so the recipients stay undelivered here.
-struct LeaseDeadlinePassed: Error {}

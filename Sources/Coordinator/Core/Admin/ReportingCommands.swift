@@ -1,0 +1,99 @@
+import Foundation
+import HatoShared
+
+/// The operator CLI's `suppressions` and `log` commands (admin API `/v1/suppressions`, `/v1/log`).
+///
+/// - `suppressions list [--address A]`
+/// - `suppressions add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires 90d]`
+/// - `suppressions remove ADDRESS [--scope DOMAIN|global]`
+/// - `log --message ID | --recipient ADDRESS [--limit N]`
+public struct ReportingCommands {
+    let client: AdminClient
+    let json: Bool
+
+    /// Commands this type runs.
+    public static let names: Set<String> = ["suppressions", "log"]
+
+    public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
+
+    /// Runs `command`.
+    /// - Throws: `AdminClient.Failure` for API errors and usage errors.
+    public func run(_ command: String, positional: [String], options: [String: String]) throws {
+        switch command {
+        case "log": try log(options)
+        default: try suppressions(positional, options)
+        }
+    }
+
+    private static func query(_ pairs: [(String, String?)]) -> String {
+        var allowed = CharacterSet.urlQueryAllowed
+        allowed.remove(charactersIn: "&=+?")
+        let items = pairs.compactMap { k, v in v.map { "\(k)=\($0.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0)" } }
+        return items.isEmpty ? "" : "?" + items.joined(separator: "&")
+    }
+
+    private func suppressions(_ positional: [String], _ options: [String: String]) throws {
+        let usage = "usage: hato-coordinator suppressions list [--address A] | add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires 90d] | remove ADDRESS [--scope DOMAIN|global]"
+        guard let sub = positional.first else { throw AdminClient.Failure(description: usage) }
+        var allowedPath = CharacterSet.urlPathAllowed
+        allowedPath.remove(charactersIn: "/?")
+        switch sub {
+        case "list":
+            let data = try client.get("/v1/suppressions" + Self.query([("address", options["address"])]))
+            if json { FileHandle.standardOutput.write(data); return }
+            let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
+            let entries = try d.decode([SuppressionEntry].self, from: data)
+            printTable(["ADDRESS", "SCOPE", "SOURCE", "CATEGORY", "ADDED", "EXPIRES", "REASON"], entries.map {
+                [$0.address, $0.scope ?? "global", $0.source, $0.category ?? "-", Self.date($0.createdAt), $0.expiresAt.map(Self.date) ?? "never",
+                 String(($0.reason ?? "-").prefix(60))]
+            })
+        case "add":
+            guard positional.count == 2 else { throw AdminClient.Failure(description: usage) }
+            var expires: Double?
+            if let e = options["expires"] {
+                do { expires = try ConfigValue.duration(e) } catch { throw AdminClient.Failure(description: "--expires: \(error)") }
+            }
+            let body = ReportingAPI.AddSuppression(address: positional[1], scope: options["scope"], reason: options["reason"], expiresIn: expires)
+            let e = JSONEncoder(); e.keyEncodingStrategy = .convertToSnakeCase
+            let data = try client.request("POST", "/v1/suppressions", body: try e.encode(body))
+            if json { FileHandle.standardOutput.write(data) } else { print("suppressed \(positional[1].lowercased()) (\(options["scope"] ?? "global"))") }
+        case "remove":
+            guard positional.count == 2 else { throw AdminClient.Failure(description: usage) }
+            let address = positional[1].addingPercentEncoding(withAllowedCharacters: allowedPath) ?? positional[1]
+            let data = try client.request("DELETE", "/v1/suppressions/\(address)" + Self.query([("scope", options["scope"])]))
+            if json { FileHandle.standardOutput.write(data); return }
+            let n = (try? JSONDecoder().decode([String: Int].self, from: data))?["removed"] ?? 0
+            print("removed \(n) suppression entr\(n == 1 ? "y" : "ies") for \(positional[1].lowercased())")
+        default:
+            throw AdminClient.Failure(description: usage)
+        }
+    }
+
+    private func log(_ options: [String: String]) throws {
+        let message = options["message"], recipient = options["recipient"]
+        guard (message == nil) != (recipient == nil) else {
+            throw AdminClient.Failure(description: "usage: hato-coordinator log --message ID | --recipient ADDRESS [--limit N]")
+        }
+        let data = try client.get("/v1/log" + Self.query([("message", message), ("recipient", recipient), ("limit", options["limit"])]))
+        if json { FileHandle.standardOutput.write(data); return }
+        let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
+        let records = try d.decode([DeliveryLogRecord].self, from: data)
+        printTable(["TIME", "EVENT", "MESSAGE", "RECIPIENT", "NODE", "SENDING IP", "MX", "CATEGORY", "REPLY"], records.map { r in
+            let reply = r.code.map { "\($0) \(r.enhanced ?? "") \(r.reply ?? "")" } ?? (r.dsnMessageId.map { "dsn \($0)" } ?? "-")
+            return [r.ts, r.event, r.messageId, r.recipient ?? "-", r.node ?? "-", r.sendingIp ?? "-", r.mx ?? "-", r.category ?? "-",
+                    String(reply.prefix(70))]
+        })
+    }
+
+    private static func date(_ t: Double) -> String { DeliveryLogRecord.timestamp(Date(timeIntervalSince1970: t)) }
+
+    private func printTable(_ header: [String], _ rows: [[String]]) {
+        var widths = header.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }
+        print(line(header))
+        for r in rows { print(line(r)) }
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import HatoShared
+
+/// The coordinator's Prometheus metrics (served at `/metrics` on `admin_listen`).
+///
+/// Counters are fed by the `DeliveryReporter` from the queue's event outbox; gauges
+/// (queue depth, leases, node states, suppressions, webhook backlog) are computed on scrape.
+public final class CoordinatorMetrics: Sendable {
+    /// The registry rendered at `/metrics`.
+    public let registry = MetricsRegistry()
+    /// `hato_messages_received_total{pool}`.
+    public let received: Counter
+    /// `hato_recipients_delivered_total{pool,sending_ip,provider}`.
+    public let delivered: Counter
+    /// `hato_recipients_deferred_total{pool,sending_ip,provider,category}`.
+    public let deferred: Counter
+    /// `hato_recipients_failed_total{pool,sending_ip,provider,category}`.
+    public let failed: Counter
+    /// `hato_recipients_expired_total{pool}`.
+    public let expired: Counter
+    /// `hato_recipients_suppressed_total{pool}`.
+    public let suppressed: Counter
+    /// `hato_dsn_queued_total{action}`.
+    public let dsnQueued: Counter
+    /// `hato_delivery_latency_seconds{pool}`: acceptance to delivery.
+    public let latency: Histogram
+    /// `hato_webhook_posts_total{url,result}` (`ok`, `failed`, `abandoned`).
+    public let webhookPosts: Counter
+    /// `hato_delivery_log_errors_total`.
+    public let logErrors: Counter
+    /// `hato_queue_recipients{state}`.
+    public let queueDepth: Gauge
+    /// `hato_leases{node}`.
+    public let leases: Gauge
+    /// `hato_node_up{node}`: 1 while the node is connected.
+    public let nodeUp: Gauge
+    /// `hato_node_state{node,state}`: 1 for the node's current state.
+    public let nodeState: Gauge
+    /// `hato_node_sending_ips{node}`: sending IPs the node owns.
+    public let nodeIPs: Gauge
+    /// `hato_suppressions`: unexpired suppression entries.
+    public let suppressions: Gauge
+    /// `hato_webhook_outbox`: events waiting to be POSTed.
+    public let webhookOutbox: Gauge
+    /// `hato_events_pending`: queue events not yet reported.
+    public let eventsPending: Gauge
+
+    /// Latency buckets in seconds: 100 ms to 1 day.
+    public static let latencyBuckets: [Double] = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
+
+    /// Registers every family (no samples yet).
+    public init() {
+        let r = registry
+        received = r.counter("hato_messages_received_total", help: "Messages accepted and queued.", labels: ["pool"])
+        delivered = r.counter("hato_recipients_delivered_total", help: "Recipients delivered (remote 2xx).", labels: ["pool", "sending_ip", "provider"])
+        deferred = r.counter("hato_recipients_deferred_total", help: "Recipient deferrals (4xx, timeouts).",
+                             labels: ["pool", "sending_ip", "provider", "category"])
+        failed = r.counter("hato_recipients_failed_total", help: "Recipients failed permanently (5xx).",
+                           labels: ["pool", "sending_ip", "provider", "category"])
+        expired = r.counter("hato_recipients_expired_total", help: "Recipients expired after retry.max_age.", labels: ["pool"])
+        suppressed = r.counter("hato_recipients_suppressed_total", help: "Recipients not attempted: on the suppression list.", labels: ["pool"])
+        dsnQueued = r.counter("hato_dsn_queued_total", help: "Delivery status notifications queued, by report kind.", labels: ["action"])
+        latency = r.histogram("hato_delivery_latency_seconds", help: "Time from acceptance to delivery.", labels: ["pool"], buckets: Self.latencyBuckets)
+        webhookPosts = r.counter("hato_webhook_posts_total", help: "Webhook POSTs by result.", labels: ["url", "result"])
+        logErrors = r.counter("hato_delivery_log_errors_total", help: "Delivery log write failures.")
+        queueDepth = r.gauge("hato_queue_recipients", help: "Recipients in the queue by state.", labels: ["state"])
+        leases = r.gauge("hato_leases", help: "Leases in flight by node.", labels: ["node"])
+        nodeUp = r.gauge("hato_node_up", help: "1 while the node is connected, else 0.", labels: ["node"])
+        nodeState = r.gauge("hato_node_state", help: "1 for the node's current state (joining, active, draining, drained, down, left).",
+                            labels: ["node", "state"])
+        nodeIPs = r.gauge("hato_node_sending_ips", help: "Sending IPs owned by the node.", labels: ["node"])
+        suppressions = r.gauge("hato_suppressions", help: "Unexpired suppression list entries.")
+        webhookOutbox = r.gauge("hato_webhook_outbox", help: "Webhook events waiting to be delivered.")
+        eventsPending = r.gauge("hato_events_pending", help: "Queue events not yet reported.")
+    }
+
+    /// Registers the scrape-time collector for the gauges.
+    /// - Parameters:
+    ///   - store: the queue.
+    ///   - nodes: the node statuses (the cluster hub's view), or nil when not running.
+    ///   - clock: time source for suppression expiry.
+    public func collect(from store: QueueStore, nodes: (@Sendable () throws -> [NodeStatus])?, clock: any WallClock) {
+        registry.addCollector { [self] in
+            if let counts = try? store.countsByState() {
+                for (state, n) in counts { queueDepth.set(Double(n), labels: [state.rawValue]) }
+            }
+            if let nodes, let list = try? nodes() {
+                leases.reset(); nodeUp.reset(); nodeIPs.reset(); nodeState.reset()
+                for n in list {
+                    let state = String(describing: n.state)
+                    leases.set(Double(n.leasesInFlight), labels: [n.id])
+                    nodeUp.set(state == "down" || state == "left" || state == "unknown" ? 0 : 1, labels: [n.id])
+                    nodeState.set(1, labels: [n.id, state])
+                    nodeIPs.set(Double(n.ips.count), labels: [n.id])
+                }
+            }
+            if let n = try? store.suppressionCount(now: clock.now()) { suppressions.set(Double(n)) }
+            if let n = try? store.webhookOutboxCount() { webhookOutbox.set(Double(n)) }
+            if let n = try? store.pendingEventCount() { eventsPending.set(Double(n)) }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+import Foundation
+import HatoShared
+
+/// Turns the queue's recorded events into what the sender and the operator see: delivery
+/// log lines, metrics, webhook deliveries, DSNs (RFC 3464) and suppression entries.
+///
+/// It drains `recipient_events` (filled by triggers in the same transactions as the state
+/// changes, see QueueStore+Reporting.swift) on one background thread: every 250 ms, or
+/// sooner when woken. Each batch is applied with one transaction (`completeEvents`), so
+/// reporting is at-least-once: after a crash a batch may be logged or counted twice, but a
+/// failure is never left without its DSN.
+///
+/// DSNs: one per message, to the reverse-path, from `<>`, routed to the default pool.
+/// Failed, expired and suppressed recipients are reported unless NOTIFY excludes FAILURE
+/// (RFC 3461 §4.1; no NOTIFY means FAILURE and DELAY); SUCCESS gives a `relayed` report
+/// (the next hop is not asked for DSNs); DELAY gives one `delayed` report once a recipient
+/// has waited `dsn.delay_warning`. A message's failures are held until each of its
+/// recipients has had a first result (at most `dsnHold`), so they share one DSN.
+/// Messages from `<>` never get a DSN: a DSN that fails is logged and dropped.
+public final class DeliveryReporter: @unchecked Sendable {
+    private let config: ClusterConfig
+    private let store: QueueStore
+    private let deliveryLog: DeliveryLog
+    private let metrics: CoordinatorMetrics
+    private let webhooks: WebhookDispatcher?
+    private let clock: any WallClock
+    private let onEnqueued: @Sendable () -> Void
+    private let log = Logger(label: "coordinator.reporting")
+    private let condition = NSCondition()
+    private var running = false
+    private var woken = false
+    private var lastDelayScan = Date.distantPast
+    private var lastSuppressionPurge = Date.distantPast
+    /// Session details of recent outcomes by recipient id (TLS, timings), which the queue does not
+    /// store: informational, kept in memory until the recipient's event is reported (bounded).
+    private let detailsLock = NSLock()
+    private var details: [Int64: RecipientResult] = [:]
+    private static let maxDetails = 50_000
+    /// Seconds between polls of the event table when not woken.
+    public var pollInterval: TimeInterval = 0.25
+    /// Seconds between scans for delay warnings.
+    public var delayScanInterval: TimeInterval = 30
+    /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
+    public var dsnHold: TimeInterval = 600
+
+    /// - Parameters:
+    ///   - config: the cluster configuration (`dsn`, `suppression`, `webhooks`, `smtp.hostname`, `routing.default_pool`).
+    ///   - store: the queue.
+    ///   - deliveryLog: where log lines go.
+    ///   - metrics: counters to update.
+    ///   - webhooks: the dispatcher to wake after queueing webhook events, if any.
+    ///   - clock: time source.
+    ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
+    public init(config: ClusterConfig, store: QueueStore, deliveryLog: DeliveryLog, metrics: CoordinatorMetrics, webhooks: WebhookDispatcher?,
+                clock: any WallClock = SystemClock(), onEnqueued: @escaping @Sendable () -> Void) {
+        self.config = config; self.store = store; self.deliveryLog = deliveryLog; self.metrics = metrics
+        self.webhooks = webhooks; self.clock = clock; self.onEnqueued = onEnqueued
+    }
+
+    /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
+    /// recipients. Call it for every result the coordinator applies.
+    public func noteResult(_ result: ResultMessage) {
+        detailsLock.withLock {
+            if details.count + result.outcomes.count > Self.maxDetails { details.removeAll() }
+            for o in result.outcomes { details[o.recipientID] = o }
+        }
+    }
+
+    /// Starts the background thread.
+    public func start() {
+        condition.lock(); running = true; condition.unlock()
+        Thread.detachNewThread { [self] in loop() }
+    }
+
+    /// Stops the background thread after its current pass.
+    public func stop() {
+        condition.lock(); running = false; condition.broadcast(); condition.unlock()
+    }
+
+    /// Asks for a pass now (new mail, new results).
+    public func wake() {
+        condition.lock(); woken = true; condition.signal(); condition.unlock()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            if !woken && running { _ = condition.wait(until: Date().addingTimeInterval(pollInterval)) }
+            woken = false
+            let go = running
+            condition.unlock()
+            guard go else { return }
+            do {
+                while try runOnce() {}
+            } catch {
+                log.error("reporting pass failed; retried", ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// One pass: process a batch of events, scan for delay warnings when due, send ready DSNs.
+    /// - Returns: whether there was work (another pass may find more).
+    /// - Throws: `SQLiteError`; nothing of the failed step is applied.
+    @discardableResult
+    public func runOnce() throws -> Bool {
+        let now = clock.now()
+        var worked = false
+        let events = try store.pendingEvents(limit: 500)
+        if !events.isEmpty {
+            worked = true
+            var d = EventDisposition()
+            var records: [DeliveryLogRecord] = []
+            records.reserveCapacity(events.count)
+            for e in events { records.append(process(e, into: &d, now: now)) }
+            do {
+                try deliveryLog.append(records)
+            } catch {
+                metrics.logErrors.inc()
+                log.error("delivery log write failed", ["error": "\(error)"])
+            }
+            try store.completeEvents(d, now: now)
+            if !d.webhooks.isEmpty { webhooks?.wake() }
+        }
+        if let age = config.dsn.delayWarning, now.timeIntervalSince(lastDelayScan) >= delayScanInterval {
+            lastDelayScan = now
+            try scanDelays(age: age, now: now)
+        }
+        for source in try store.readyDSNs(now: now, hold: dsnHold, limit: 50) {
+            try send(source, now: now)
+            worked = true
+        }
+        if now.timeIntervalSince(lastSuppressionPurge) >= 3600 {
+            lastSuppressionPurge = now
+            let n = try store.purgeExpiredSuppressions(now: now)
+            if n > 0 { log.info("expired suppression entries removed", ["entries": "\(n)"]) }
+        }
+        return worked
+    }
+
+    // MARK: Events
+
+    /// Builds the log record of one event and adds its webhook, DSN and suppression consequences.
+    func process(_ e: QueueEvent, into d: inout EventDisposition, now: Date) -> DeliveryLogRecord {
+        let id = "\(e.messageID).\(e.seq)"
+        var r = DeliveryLogRecord(id: id, ts: DeliveryLogRecord.timestamp(e.at), event: e.kind.rawValue, messageId: e.messageID)
+        r.reversePath = e.reversePath
+        r.pool = e.pool
+        r.queueTime = Self.rounded(max(0, e.at.timeIntervalSince(e.receivedAt)))
+        switch e.kind {
+        case .received:
+            r.size = e.size; r.recipients = e.recipientCount; r.client = e.clientAddress
+            metrics.received.inc(e.pool)
+        case .dsnSent:
+            r.dsnMessageId = e.detail
+        case .delivered, .deferred, .failed, .expired, .suppressed:
+            r.recipient = e.address
+            r.node = e.node; r.sendingIp = e.sendingIP; r.mx = e.mxHost
+            r.provider = e.mxHost.map { config.providerName(forMXHost: $0) }
+            r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
+            r.attempt = e.attempts
+            r.attemptTime = e.leaseGrantedAt.map { Self.rounded(max(0, e.at.timeIntervalSince($0))) }
+            if let rid = e.recipientID, let o = detailsLock.withLock({ details.removeValue(forKey: rid) }) {
+                if o.mxHost != nil { r.tls = o.tlsVersion != nil }
+                r.tlsVersion = o.tlsVersion; r.tlsCipher = o.tlsCipher; r.remoteAddress = o.remoteAddress
+                r.reusedConnection = o.reusedConnection; r.dkim = o.dkim; r.timings = o.timings
+            }
+            let category = e.kind == .delivered || e.kind == .suppressed || e.code == nil ? nil
+                : BounceClassifier.classify(code: e.code ?? 0, enhanced: e.enhanced, text: e.text ?? "")
+            r.category = category?.rawValue
+            if e.kind == .deferred, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
+            count(e, category: category)
+            schedule(e, category: category, into: &d, now: now)
+        }
+        let hooks = config.webhooks.filter { $0.events.contains(e.kind) }
+        if !hooks.isEmpty {
+            let body = r.json()
+            for hook in hooks { d.webhooks.append((hook: hook.url, eventID: id, body: body)) }
+        }
+        d.processed.append(e.seq)
+        return r
+    }
+
+    private func count(_ e: QueueEvent, category: BounceCategory?) {
+        let ip = e.sendingIP ?? "none"
+        let provider = config.providerName(forMXHost: e.mxHost)
+        switch e.kind {
+        case .delivered:
+            metrics.delivered.inc(e.pool, ip, provider)
+            metrics.latency.observe(max(0, e.at.timeIntervalSince(e.receivedAt)), labels: [e.pool])
+        case .deferred: metrics.deferred.inc(e.pool, ip, provider, (category ?? .other).rawValue)
+        case .failed: metrics.failed.inc(e.pool, ip, provider, (category ?? .other).rawValue)
+        case .expired: metrics.expired.inc(e.pool)
+        case .suppressed: metrics.suppressed.inc(e.pool)
+        default: break
+        }
+    }
+
+    /// DSN entries and suppression entries for a recipient event.
+    private func schedule(_ e: QueueEvent, category: BounceCategory?, into d: inout EventDisposition, now: Date) {
+        guard let rid = e.recipientID, let address = e.address else { return }
+        let reply = [e.code.map(String.init), e.enhanced, e.text].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+        let diagnosticType = e.mxHost == nil ? "X-Hato" : "smtp"
+        if e.reversePath.isEmpty {
+            if e.kind == .failed || e.kind == .expired {
+                log.warning("undeliverable notification dropped (null reverse-path: never bounced)",
+                            ["id": e.messageID, "recipient_id": "\(rid)", "code": "\(e.code ?? 0)"])
+            }
+        } else {
+            switch e.kind {
+            case .failed where Self.notifyAllows(e.notify, "FAILURE"):
+                let status = e.enhanced.flatMap { $0.hasPrefix("5.") ? $0 : nil } ?? "5.0.0"
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: status, diagnostic: reply,
+                                             diagnosticType: diagnosticType, remoteMTA: e.mxHost, at: e.at))
+            case .expired where Self.notifyAllows(e.notify, "FAILURE"):
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: "4.4.7",
+                                             diagnostic: reply.isEmpty ? "delivery time expired" : reply,
+                                             diagnosticType: reply.isEmpty ? "X-Hato" : diagnosticType, remoteMTA: e.mxHost, at: e.at))
+            case .suppressed where Self.notifyAllows(e.notify, "FAILURE"):
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: "5.1.1",
+                                             diagnostic: reply.isEmpty ? "recipient address is on the suppression list" : reply,
+                                             diagnosticType: "X-Hato", remoteMTA: nil, at: e.at))
+            case .delivered where Self.notifyAllows(e.notify, "SUCCESS"):
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .relayed, status: "2.0.0",
+                                             diagnostic: reply, diagnosticType: diagnosticType, remoteMTA: e.mxHost, at: e.at))
+            default:
+                break
+            }
+        }
+        if e.kind == .failed, config.suppression.autoAdd, (e.code ?? 0) >= 500, let category, category.isHardBounce {
+            let domain = QueueStore.senderDomain(of: e.reversePath)
+            let scope: String? = config.suppression.scope == .global || domain.isEmpty ? nil : domain
+            d.suppressions.append(SuppressionEntry(address: address, scope: scope, category: category.rawValue, reason: reply, source: "bounce",
+                                                   messageID: e.messageID, createdAt: now.timeIntervalSince1970,
+                                                   expiresAt: config.suppression.expireAfter.map { now.timeIntervalSince1970 + $0 }))
+            log.info("recipient suppressed after a hard bounce", ["id": e.messageID, "category": category.rawValue, "scope": scope ?? "global"])
+        }
+    }
+
+    /// Whether a NOTIFY parameter (RFC 3461 §4.1) asks for `what` (`SUCCESS`, `FAILURE`, `DELAY`).
+    /// No parameter means FAILURE and DELAY.
+    public static func notifyAllows(_ notify: String?, _ what: String) -> Bool {
+        guard let notify, !notify.isEmpty else { return what != "SUCCESS" }
+        let set = Set(notify.uppercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        return !set.contains("NEVER") && set.contains(what)
+    }
+
+    private static func rounded(_ t: TimeInterval) -> Double { (t * 1000).rounded() / 1000 }
+
+    // MARK: Delay warnings
+
+    private func scanDelays(age: TimeInterval, now: Date) throws {
+        let candidates = try store.delayWarningCandidates(age: age, now: now, limit: 500)
+        guard !candidates.isEmpty else { return }
+        var d = EventDisposition()
+        for c in candidates {
+            guard let rid = c.recipientID else { continue }
+            d.delayHandled.append(rid)
+            guard !c.reversePath.isEmpty, Self.notifyAllows(c.notify, "DELAY") else { continue }
+            let reply = [c.code.map(String.init), c.enhanced, c.text].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+            let status = c.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.0.0"
+            d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: status,
+                                         diagnostic: reply.isEmpty ? nil : reply, diagnosticType: c.mxHost == nil ? "X-Hato" : "smtp",
+                                         remoteMTA: c.mxHost, at: now))
+        }
+        try store.completeEvents(d, now: now)
+    }
+
+    // MARK: DSNs
+
+    private func send(_ source: DSNSource, now: Date) throws {
+        let ids = source.entries.map(\.entry.recipientID)
+        guard !source.reversePath.isEmpty, !source.entries.isEmpty else {
+            try store.commitDSN(originalID: source.messageID, recipientIDs: ids, dsn: nil, now: now)
+            return
+        }
+        if source.content == nil {
+            log.warning("original content already purged; the DSN returns no headers", ["id": source.messageID])
+        }
+        let recipients = source.entries.map { item in
+            DeliveryStatusNotification.Recipient(
+                finalRecipient: item.address, originalRecipient: item.orcpt, action: item.entry.action, status: item.entry.status,
+                remoteMTA: item.entry.remoteMTA, diagnostic: item.entry.diagnostic, diagnosticType: item.entry.diagnosticType,
+                lastAttempt: item.entry.action == .delayed ? nil : item.entry.at,
+                willRetryUntil: item.entry.action == .delayed ? source.receivedAt.addingTimeInterval(config.retry.maxAge) : nil)
+        }
+        let id = Identifier.queueID(now: now)
+        let hostname = config.smtp.hostname
+        let report = DeliveryStatusNotification(
+            reportingMTA: hostname, originalSender: source.reversePath, originalQueueID: source.messageID, envelopeID: source.envelopeID,
+            arrivalDate: source.receivedAt, receivedFromMTA: source.heloName.isEmpty ? nil : source.heloName, recipients: recipients,
+            returnContent: source.ret?.uppercased() == "FULL" ? .full : .headers, originalContent: source.content ?? [],
+            maximumReturnedSize: config.dsn.maxReturnedSize, date: now, messageID: "\(id).dsn@\(hostname)",
+            boundary: "hato-dsn-\(Identifier.random(bytes: 8))")
+        let message = NewMessage(id: id, reversePath: "", recipients: [source.reversePath], pool: config.routing.defaultPool,
+                                 content: report.build(), heloName: hostname, clientAddress: "127.0.0.1", receivedAt: now)
+        try store.commitDSN(originalID: source.messageID, recipientIDs: ids, dsn: message, now: now)
+        let kind = recipients.contains { $0.action == .failed } ? "failed" : recipients.contains { $0.action == .delayed } ? "delayed" : "relayed"
+        metrics.dsnQueued.inc(kind)
+        log.info("DSN queued", ["id": source.messageID, "dsn": id, "kind": kind, "recipients": "\(recipients.count)"])
+        onEnqueued()
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import HatoShared
+
+/// The coordinator's reporting side wired together: delivery log, metrics, webhooks,
+/// DSN/suppression reporter, and their admin API routes.
+public final class ReportingService: Sendable {
+    /// The delivery log (`<data_dir>/log/delivery.jsonl`).
+    public let deliveryLog: DeliveryLog
+    /// The metrics served at `/metrics`.
+    public let metrics: CoordinatorMetrics
+    /// The webhook dispatcher (nil without `webhooks:`).
+    public let webhooks: WebhookDispatcher?
+    /// The event reporter.
+    public let reporter: DeliveryReporter
+    /// The admin API routes of this part.
+    public let api: ReportingAPI
+
+    /// Prepares the queue's reporting tables and triggers and builds the parts (nothing runs yet).
+    /// - Parameters:
+    ///   - config: the cluster configuration.
+    ///   - store: the queue.
+    ///   - clock: time source.
+    ///   - nodes: the cluster hub's node statuses, for the node gauges.
+    ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
+    /// - Throws: `SQLiteError`, or a file system error for the log directory.
+    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(),
+                nodes: (@Sendable () throws -> [NodeStatus])? = nil, onEnqueued: @escaping @Sendable () -> Void) throws {
+        try store.installReportingSchema()
+        try store.configureSuppressionAtEnqueue(scope: config.suppression.mode == .markSuppressed ? config.suppression.scope : nil)
+        deliveryLog = try DeliveryLog(directory: (config.coordinator.dataDir as NSString).appendingPathComponent("log"),
+                                      maxFileSize: config.log.maxFileSize, keepFiles: config.log.keepFiles)
+        let metrics = CoordinatorMetrics()
+        metrics.collect(from: store, nodes: nodes, clock: clock)
+        self.metrics = metrics
+        webhooks = config.webhooks.isEmpty ? nil : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock)
+        reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,
+                                    clock: clock, onEnqueued: onEnqueued)
+        api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock)
+    }
+
+    /// Starts the reporter and webhook threads.
+    public func start() {
+        reporter.start()
+        webhooks?.start()
+    }
+
+    /// Stops them.
+    public func stop() {
+        reporter.stop()
+        webhooks?.stop()
+    }
+
+    /// New mail or results: report soon.
+    public func wake() { reporter.wake() }
+
+    /// A node's result was applied: keep its session details (TLS, timings) for the log and report soon.
+    public func noteResult(_ result: ResultMessage) {
+        reporter.noteResult(result)
+        reporter.wake()
+    }
+}
+
+/// Admin API routes for suppressions, the delivery log and metrics.
+///
+/// - `GET /metrics`: Prometheus text format, **without** the bearer token (scrapers get no
+///   admin rights; keep `admin_listen` on a private interface).
+/// - `GET /v1/suppressions[?address=A]`, `POST /v1/suppressions` with
+///   `{"address": A, "scope": "domain"|null, "reason": R, "expires_in": seconds|null}`,
+///   `DELETE /v1/suppressions/{address}[?scope=domain|global]`.
+/// - `GET /v1/log?message=ID` or `?recipient=ADDR` (`&limit=N`, default 1000).
+/// Every `/v1/` route needs `Authorization: Bearer <admin_token>`.
+public struct ReportingAPI: Sendable {
+    let config: ClusterConfig
+    let store: QueueStore
+    let deliveryLog: DeliveryLog
+    let metrics: MetricsRegistry
+    let clock: any WallClock
+
+    /// The body of `POST /v1/suppressions`.
+    public struct AddSuppression: Codable, Sendable {
+        /// The recipient address.
+        public var address: String
+        /// A sender domain, or nil for every sender.
+        public var scope: String?
+        /// A note (e.g. "complaint").
+        public var reason: String?
+        /// Seconds until the entry expires; nil for never.
+        public var expiresIn: Double?
+        /// Creates a request body.
+        public init(address: String, scope: String? = nil, reason: String? = nil, expiresIn: Double? = nil) {
+            self.address = address; self.scope = scope; self.reason = reason; self.expiresIn = expiresIn
+        }
+    }
+
+    /// Handles the request when the route is one of these; nil otherwise (for the next handler).
+    public func handle(_ req: HTTPRequest) -> HTTPResponse? {
+        if req.path == "/metrics" {
+            guard req.method == "GET" else { return .error(405, "method not allowed") }
+            return HTTPResponse(status: 200, contentType: MetricsRegistry.contentType, body: Array(metrics.render().utf8))
+        }
+        let parts = req.path.split(separator: "/").map(String.init)
+        guard parts.count >= 2, parts[0] == "v1", parts[1] == "suppressions" || parts[1] == "log" else { return nil }
+        let expected = "Bearer " + config.coordinator.adminToken
+        guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
+            return .error(401, "missing or wrong bearer token")
+        }
+        do {
+            switch (req.method, parts.count, parts[1]) {
+            case ("GET", 2, "log"):
+                let limit = min(max(Int(req.query["limit"] ?? "") ?? 1000, 1), 10_000)
+                let message = req.query["message"].flatMap { $0.isEmpty ? nil : $0 }
+                let recipient = req.query["recipient"].flatMap { $0.isEmpty ? nil : $0 }
+                guard (message == nil) != (recipient == nil) else { return .error(400, "give exactly one of message=ID or recipient=ADDR") }
+                return .json(deliveryLog.query(messageID: message, recipient: recipient, limit: limit))
+            case ("GET", 2, "suppressions"):
+                return .json(try store.suppressions(address: req.query["address"], now: clock.now()))
+            case ("POST", 2, "suppressions"):
+                let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
+                guard let body = try? d.decode(AddSuppression.self, from: Data(req.body)) else {
+                    return .error(400, "expected JSON {\"address\": \"user@example.com\", \"scope\": null, \"reason\": null, \"expires_in\": null}")
+                }
+                guard (try? Mailbox(parsing: body.address)) != nil else { return .error(400, "not a valid address: \(body.address)") }
+                if let s = body.scope, !s.isEmpty, (try? ConfigValue.hostname(s)) == nil { return .error(400, "scope must be a domain name") }
+                if let e = body.expiresIn, !(e > 0) { return .error(400, "expires_in must be a positive number of seconds") }
+                let now = clock.now().timeIntervalSince1970
+                let entry = SuppressionEntry(address: body.address, scope: body.scope.flatMap { $0.isEmpty ? nil : $0 }, reason: body.reason,
+                                             source: "operator", createdAt: now, expiresAt: body.expiresIn.map { now + $0 })
+                try store.addSuppressions([entry])
+                return .json(entry)
+            case ("DELETE", 3, "suppressions"):
+                let scope: String? = req.query["scope"].map { $0 == "global" ? "" : $0 }
+                let n = try store.removeSuppression(address: parts[2], scope: scope)
+                guard n > 0 else { return .error(404, "no suppression for \(parts[2])") }
+                return .json(["removed": n])
+            case ("GET", _, _), ("POST", _, _), ("DELETE", _, _):
+                return .error(404, "no route \(req.method) \(req.path)")
+            default:
+                return .error(405, "method not allowed")
+            }
+        } catch {
+            return .error(500, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import HatoShared
+
+/// Signs webhook bodies: `X-Hato-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+public enum WebhookSignature {
+    /// The signature header's value for `body`.
+    public static func header(secret: String, body: [UInt8]) -> String {
+        "sha256=" + Hex.encode(Crypto.hmacSHA256(key: Array(secret.utf8), data: body))
+    }
+
+    /// Whether `header` is the right signature of `body` (constant-time comparison).
+    public static func verify(header: String, secret: String, body: [UInt8]) -> Bool {
+        Crypto.constantTimeEquals(Array(header.utf8), Array(Self.header(secret: secret, body: body).utf8))
+    }
+
+    /// The POST body for a batch: `{"timestamp":<unix seconds>,"events":[<event>,…]}`.
+    /// The timestamp (also sent as `X-Hato-Timestamp`) is inside the signed body, so a receiver
+    /// can refuse stale or replayed deliveries; each event's `id` is unique for deduplication.
+    public static func body(events: [[UInt8]], timestamp: Int) -> [UInt8] {
+        var out = Array("{\"timestamp\":\(timestamp),\"events\":[".utf8)
+        for (i, e) in events.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += e
+        }
+        out += Array("]}".utf8)
+        return out
+    }
+}
+
+/// Delivers the webhook outbox: one background thread per configured webhook POSTs due
+/// events in batches with URLSession, deletes them on a 2xx answer, and otherwise retries
+/// with exponential backoff (`initial_backoff` doubling up to `max_backoff`) until `max_age`.
+///
+/// The outbox lives in the queue database, so undelivered events survive a coordinator
+/// restart. Delivery is at-least-once: receivers deduplicate on the event `id`.
+/// Threads, not Tasks: each POST blocks its own thread on a semaphore (never a pool thread).
+public final class WebhookDispatcher: @unchecked Sendable {
+    private let hooks: [WebhookSettings]
+    private let store: QueueStore
+    private let clock: any WallClock
+    private let metrics: CoordinatorMetrics?
+    private let log = Logger(label: "coordinator.webhooks")
+    private let condition = NSCondition()
+    private var running = false
+    private var wakeGeneration = 0
+    private let session: URLSession
+
+    /// - Parameters:
+    ///   - hooks: the configured webhooks (URLs are unique).
+    ///   - store: the queue holding the outbox.
+    ///   - metrics: counters for posts (optional).
+    ///   - clock: time source for backoff and ages.
+    public init(hooks: [WebhookSettings], store: QueueStore, metrics: CoordinatorMetrics? = nil, clock: any WallClock = SystemClock()) {
+        self.hooks = hooks; self.store = store; self.metrics = metrics; self.clock = clock
+        let cfg = URLSessionConfiguration.ephemeral
+        cfg.httpMaximumConnectionsPerHost = 2
+        session = URLSession(configuration: cfg)
+    }
+
+    /// Drops outbox rows of hooks no longer configured and starts one thread per hook.
+    public func start() {
+        do {
+            let dropped = try store.dropWebhooks(notIn: Set(hooks.map(\.url)))
+            if dropped > 0 { log.warning("dropped webhook events of hooks no longer configured", ["events": "\(dropped)"]) }
+        } catch {
+            log.error("cannot clean the webhook outbox", ["error": "\(error)"])
+        }
+        condition.lock(); running = true; condition.unlock()
+        for hook in hooks {
+            Thread.detachNewThread { [self] in loop(hook) }
+        }
+    }
+
+    /// Stops the threads after their current POST.
+    public func stop() {
+        condition.lock(); running = false; condition.broadcast(); condition.unlock()
+        session.invalidateAndCancel()
+    }
+
+    /// New events are in the outbox.
+    public func wake() {
+        condition.lock(); wakeGeneration += 1; condition.broadcast(); condition.unlock()
+    }
+
+    /// The URL for logs and metric labels: without user, password and query (they may hold credentials).
+    static func redacted(_ url: String) -> String {
+        guard var c = URLComponents(string: url) else { return "invalid-url" }
+        c.user = nil; c.password = nil; c.query = nil; c.fragment = nil
+        return c.string ?? "invalid-url"
+    }
+
+    /// The wait after `attempts` failed attempts (1-based): initial × 2^(attempts-1), at most max.
+    static func backoff(attempts: Int, hook: WebhookSettings) -> TimeInterval {
+        let exp = min(max(attempts - 1, 0), 30)
+        return min(hook.maxBackoff, hook.initialBackoff * pow(2, Double(exp)))
+    }
+
+    private func loop(_ hook: WebhookSettings) {
+        var generation = -1
+        while true {
+            condition.lock()
+            let go = running
+            condition.unlock()
+            guard go else { return }
+            var nextWait: TimeInterval = 1
+            do {
+                if try deliverDue(hook) {
+                    nextWait = 0
+                } else if let due = try store.nextWebhookDue() {
+                    nextWait = min(1, max(0.05, due.timeIntervalSince(clock.now())))
+                }
+            } catch {
+                log.error("webhook outbox failed", ["url": Self.redacted(hook.url), "error": "\(error)"])
+            }
+            guard nextWait > 0 else { continue }
+            condition.lock()
+            if generation == wakeGeneration && running {
+                _ = condition.wait(until: Date().addingTimeInterval(nextWait))
+            }
+            generation = wakeGeneration
+            condition.unlock()
+        }
+    }
+
+    /// POSTs one batch of due events for `hook`.
+    /// - Returns: true when a full batch went out (more may be due at once).
+    @discardableResult
+    func deliverDue(_ hook: WebhookSettings) throws -> Bool {
+        let now = clock.now()
+        var rows = try store.dueWebhooks(hook: hook.url, now: now, limit: hook.batchSize)
+        guard !rows.isEmpty else { return false }
+        let stale = rows.filter { now.timeIntervalSince($0.createdAt) > hook.maxAge }
+        if !stale.isEmpty {
+            try store.deleteWebhooks(stale.map(\.id))
+            metrics?.webhookPosts.inc(Self.redacted(hook.url), "abandoned", by: Double(stale.count))
+            log.warning("webhook events abandoned after max_age", ["url": Self.redacted(hook.url), "events": "\(stale.count)",
+                                                                   "first": stale.first?.eventID ?? ""])
+            rows.removeAll { r in stale.contains { $0.id == r.id } }
+            if rows.isEmpty { return true }
+        }
+        let timestamp = Int(now.timeIntervalSince1970)
+        let body = WebhookSignature.body(events: rows.map(\.body), timestamp: timestamp)
+        switch post(hook, body: body, timestamp: timestamp, attempt: (rows.map(\.attempts).max() ?? 0) + 1) {
+        case .success:
+            try store.deleteWebhooks(rows.map(\.id))
+            metrics?.webhookPosts.inc(Self.redacted(hook.url), "ok")
+            return rows.count == hook.batchSize
+        case .failure(let why):
+            let attempts = (rows.map(\.attempts).max() ?? 0) + 1
+            let wait = Self.backoff(attempts: attempts, hook: hook)
+            try store.deferWebhooks(rows.map(\.id), next: now.addingTimeInterval(wait), error: why)
+            metrics?.webhookPosts.inc(Self.redacted(hook.url), "failed")
+            log.warning("webhook delivery failed; will retry", ["url": Self.redacted(hook.url), "events": "\(rows.count)", "attempt": "\(attempts)",
+                                                                "retry_in": "\(Int(wait))s", "error": why])
+            return false
+        }
+    }
+
+    private enum PostResult { case success, failure(String) }
+
+    private func post(_ hook: WebhookSettings, body: [UInt8], timestamp: Int, attempt: Int) -> PostResult {
+        guard let url = URL(string: hook.url) else { return .failure("bad URL") }
+        var req = URLRequest(url: url, timeoutInterval: hook.timeout)
+        req.httpMethod = "POST"
+        req.httpBody = Data(body)
+        req.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        req.setValue("hato-coordinator", forHTTPHeaderField: "User-Agent")
+        req.setValue(WebhookSignature.header(secret: hook.secret, body: body), forHTTPHeaderField: "X-Hato-Signature")
+        req.setValue("\(timestamp)", forHTTPHeaderField: "X-Hato-Timestamp")
+        req.setValue("\(attempt)", forHTTPHeaderField: "X-Hato-Attempt")
+        final class Box: @unchecked Sendable { var result: PostResult = .failure("no response") }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        session.dataTask(with: req) { _, resp, err in
+            if let err {
+                box.result = .failure(err.localizedDescription)
+            } else if let status = (resp as? HTTPURLResponse)?.statusCode {
+                box.result = (200..<300).contains(status) ? .success : .failure("HTTP \(status)")
+            }
+            done.signal()
+        }.resume()
+        // URLSession enforces the request timeout; this bound only guards against a lost callback.
+        if done.wait(timeout: .now() + hook.timeout + 5) == .timedOut { return .failure("timeout") }
+        return box.result
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import HatoShared
+
+/// Checks AUTH credentials against `smtp.users` for the submission server.
+///
+/// - Rate limiting: failures are counted per client address (`AuthFailureLimiter`); a client
+///   over the limit gets `.rateLimited` without a password check, so guessing costs the
+///   attacker time and the server no CPU.
+/// - Unknown users cost the same PBKDF2 work as known ones (no user enumeration by timing).
+/// - A successful check is cached for `cacheLifetime` under an HMAC of user and password with
+///   a per-process random key, so an application that opens a connection per message pays
+///   PBKDF2 once, not on every AUTH. Only successes are cached; the cache holds no password.
+///
+/// Thread-safe: the limiter and cache sit behind one lock; PBKDF2 runs outside it.
+public final class SubmissionAuthenticator: @unchecked Sendable {
+    private let users: [String: PasswordHash]
+    private let decoy: PasswordHash
+    private let clock: any WallClock
+    private let lock = NSLock()
+    private var limiter: AuthFailureLimiter
+    private var cache: [[UInt8]: Date] = [:]
+    private let cacheKey = Crypto.randomBytes(32)
+    /// How long a verified user/password pair is remembered, in seconds.
+    public let cacheLifetime: TimeInterval
+    /// The most cached pairs (the cache is cleared when it would grow past this).
+    public let cacheCapacity = 10_000
+
+    /// Creates an authenticator.
+    /// - Parameters:
+    ///   - users: the configured accounts.
+    ///   - maxFailures: failures per client address within `failureWindow` before refusing.
+    ///   - failureWindow: seconds.
+    ///   - cacheLifetime: seconds a success is remembered (default 600).
+    ///   - clock: time source.
+    public init(users: [SMTPUser], maxFailures: Int, failureWindow: TimeInterval, cacheLifetime: TimeInterval = 600,
+                clock: any WallClock = SystemClock()) {
+        var table: [String: PasswordHash] = [:]
+        for u in users { table[u.name] = u.passwordHash }
+        self.users = table
+        let iterations = users.map(\.passwordHash.iterations).max() ?? PasswordHash.minimumIterations
+        decoy = PasswordHash.make(password: Crypto.randomBytes(16), iterations: iterations)
+        limiter = AuthFailureLimiter(maxFailures: maxFailures, window: failureWindow)
+        self.cacheLifetime = cacheLifetime
+        self.clock = clock
+    }
+
+    /// Checks one set of credentials from `client`.
+    /// - Parameters:
+    ///   - credentials: what the client sent.
+    ///   - client: the numeric client address (the rate-limit key).
+    /// - Returns: `.succeeded(user:)`, `.failed`, or `.rateLimited`.
+    public func verify(_ credentials: SASLCredentials, client: String) -> AuthenticationResult {
+        let now = clock.now()
+        var fingerprint = Array(credentials.username.utf8)
+        fingerprint.append(0)
+        fingerprint += credentials.password
+        let key = Crypto.hmacSHA256(key: cacheKey, data: fingerprint)
+        let cached: Bool = lock.withLock {
+            if let expiry = cache[key], expiry > now { return true }
+            return false
+        }
+        if lock.withLock({ limiter.isBlocked(client, now: now) }) { return .rateLimited }
+        if cached { return .succeeded(user: credentials.username) }
+        guard let hash = users[credentials.username] else {
+            _ = decoy.verify(credentials.password)
+            lock.withLock { limiter.recordFailure(client, now: now) }
+            return .failed
+        }
+        guard hash.verify(credentials.password) else {
+            lock.withLock { limiter.recordFailure(client, now: now) }
+            return .failed
+        }
+        lock.withLock {
+            if cache.count >= cacheCapacity { cache.removeAll(keepingCapacity: true) }
+            cache[key] = now.addingTimeInterval(cacheLifetime)
+        }
+        return .succeeded(user: credentials.username)
+    }
+}

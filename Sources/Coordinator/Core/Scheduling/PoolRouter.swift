@@ -1,0 +1,100 @@
+import Foundation
+import HatoShared
+
+/// Picks the pool of a submitted message from `routing.rules` (first match wins) or the
+/// default pool, and removes routing headers (e.g. `X-Hato-Pool`) so they are never sent.
+/// Pure: no I/O.
+public struct PoolRouter: Sendable {
+    let rules: [RoutingRule]
+    let defaultPool: String
+    let pools: Set<String>
+
+    public init(routing: RoutingSettings, pools: [PoolSettings]) {
+        rules = routing.rules; defaultPool = routing.defaultPool; self.pools = Set(pools.map(\.name))
+    }
+
+    /// The routing decision.
+    public struct Decision: Sendable, Equatable {
+        /// The chosen pool.
+        public var pool: String
+        /// The content with routing header fields removed (unchanged when there are none).
+        public var content: [UInt8]
+        /// Which rule matched, for the log (`default` when none).
+        public var reason: String
+    }
+
+    /// Routes one message.
+    /// - Parameters:
+    ///   - authUser: the authenticated submitter, if any (RFC 4954).
+    ///   - reversePath: the envelope sender (empty for `<>`).
+    ///   - content: the message as received (CRLF line endings).
+    public func route(authUser: String?, reversePath: String, content: [UInt8]) -> Decision {
+        let headerNames = rules.compactMap { r -> String? in if case .header(let h) = r.match { return h.lowercased() }; return nil }
+        var body = content
+        var headerValues: [String: String] = [:]
+        if !headerNames.isEmpty {
+            (body, headerValues) = PoolRouter.strip(fields: Set(headerNames), from: content)
+        }
+        let senderDomain = QueueStore.domain(of: reversePath)
+        for r in rules {
+            switch r.match {
+            case .authUser(let u):
+                if let authUser, authUser == u, let p = r.pool { return Decision(pool: p, content: body, reason: "auth_user \(u)") }
+            case .senderDomain(let d):
+                if !senderDomain.isEmpty, d.matches(senderDomain) || d.pattern.lowercased() == senderDomain, let p = r.pool {
+                    return Decision(pool: p, content: body, reason: "sender_domain \(d.pattern)")
+                }
+            case .header(let h):
+                guard let v = headerValues[h.lowercased()] else { continue }
+                let pool = r.pool ?? v
+                if r.pool != nil && r.pool != v { continue }
+                if pools.contains(pool) { return Decision(pool: pool, content: body, reason: "header \(h)") }
+            }
+        }
+        return Decision(pool: defaultPool, content: body, reason: "default")
+    }
+
+    /// Removes header fields named in `fields` (lower-case), folded lines included, from the
+    /// header section (up to the first empty line, RFC 5322 §2.2).
+    /// - Returns: the new content and the unfolded, trimmed value of each removed field (last wins).
+    static func strip(fields: Set<String>, from content: [UInt8]) -> ([UInt8], [String: String]) {
+        var out: [UInt8] = []
+        out.reserveCapacity(content.count)
+        var values: [String: String] = [:]
+        var i = 0
+        var dropping = false
+        var current: (name: String, value: [UInt8])?
+        func close() {
+            if let c = current {
+                values[c.name] = String(decoding: c.value, as: UTF8.self).trimmingCharacters(in: .whitespaces)
+                current = nil
+            }
+        }
+        while i < content.count {
+            let end = content[i...].firstIndex(of: 0x0A).map { $0 + 1 } ?? content.count
+            let line = content[i..<end]
+            if line.first == 0x0D || line.first == 0x0A {  // end of the header section
+                close()
+                out.append(contentsOf: content[i...])
+                return (out, values)
+            }
+            let continuation = line.first == 0x20 || line.first == 0x09
+            if continuation {
+                if dropping {
+                    current?.value.append(contentsOf: line.filter { $0 != 0x0D && $0 != 0x0A })
+                } else { out.append(contentsOf: line) }
+            } else {
+                close()
+                let name = line.prefix { $0 != 0x3A }
+                let lname = String(decoding: name, as: UTF8.self).lowercased()
+                dropping = name.count < line.count && fields.contains(lname)
+                if dropping {
+                    current = (lname, Array(line.dropFirst(name.count + 1).filter { $0 != 0x0D && $0 != 0x0A }))
+                } else { out.append(contentsOf: line) }
+            }
+            i = end
+        }
+        close()
+        return (out, values)
+    }
+}

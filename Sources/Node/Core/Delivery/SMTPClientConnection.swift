@@ -1,0 +1,377 @@
+import Foundation
+import HatoShared
+
+/// The negotiated parameters of a TLS session.
+public struct TLSSessionInfo: Sendable, Equatable, Hashable {
+    /// The protocol version, e.g. `TLSv1.3`.
+    public var version: String
+    /// The cipher suite, e.g. `TLS_AES_256_GCM_SHA384`.
+    public var cipher: String
+    /// Whether the server's certificate verified for the MX host name (reported, not enforced).
+    public var verified: Bool
+
+    /// Session parameters from their parts.
+    public init(version: String, cipher: String, verified: Bool = false) {
+        self.version = version; self.cipher = cipher; self.verified = verified
+    }
+}
+
+/// The TLS client the SMTP driver uses for STARTTLS (RFC 3207).
+public protocol OutboundTLSClient: Sendable {
+    /// Runs the TLS client handshake over an SMTP connection that has just received `220` to STARTTLS.
+    /// - Parameters:
+    ///   - socket: the connected socket; its timeouts bound the handshake.
+    ///   - serverName: the MX host name (SNI).
+    ///   - timeout: seconds the handshake may take.
+    /// - Returns: the encrypted stream and the negotiated version and cipher.
+    /// - Throws: any error when the handshake fails.
+    func secure(_ socket: Socket, serverName: String, timeout: TimeInterval) throws -> (stream: any ByteStream, info: TLSSessionInfo)
+}
+
+/// Why a connection could not be opened to one target.
+public struct SMTPOpenFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The target.
+    public let target: DeliveryTarget
+    /// True when the TCP connection itself failed (refused, unreachable, timeout).
+    public let connectFailed: Bool
+    /// The deferral for the recipients if no other target works (4xx).
+    public let code: Int
+    /// The `4.x.x` enhanced status code.
+    public let enhanced: String
+    /// What happened.
+    public let text: String
+    /// The TLS handshake failed: an opportunistic sender may retry this target in plaintext.
+    public let tlsHandshakeFailed: Bool
+
+    /// `target: text`.
+    public var description: String { "\(target): \(text)" }
+}
+
+/// One open SMTP client session (plain or STARTTLS) to one target from one sending IP, ready
+/// for mail transactions; the I/O shell around `SMTPClientHandshake` and `SMTPClientTransaction`.
+///
+/// Blocking I/O on the calling thread with per-phase timeouts (RFC 5321 §4.5.3.2).
+/// `@unchecked Sendable`: a connection is used by one thread at a time — the pool hands it
+/// out to one delivery and takes it back before anyone else gets it (one `SSL*` is never used
+/// by two threads at once).
+public final class SMTPClientConnection: @unchecked Sendable, CustomStringConvertible {
+    /// Where the session goes.
+    public let target: DeliveryTarget
+    /// The local source address.
+    public let sendingIP: String
+    /// The EHLO name used.
+    public let heloName: String
+    /// What the server offers (after STARTTLS: the second EHLO's answer).
+    public let capabilities: RemoteSMTPCapabilities
+    /// The TLS parameters, or nil for a plaintext session.
+    public let tls: TLSSessionInfo?
+    /// When the TCP connection was made.
+    public let openedAt: Date
+    /// Seconds the TCP handshake took.
+    public let connectSeconds: TimeInterval
+    /// Seconds from connected to ready (greeting, EHLO, STARTTLS).
+    public let setupSeconds: TimeInterval
+    /// Mail transactions started on this session (MAIL FROM sent).
+    public private(set) var transactions = 0
+    /// When the session last finished a command exchange.
+    public private(set) var lastUsed: Date
+    /// Whether the connection was closed.
+    public private(set) var isClosed = false
+
+    /// Shaping bookkeeping, set by `SMTPConnectionPool`.
+    var shapingKey: ShapingKey? = nil
+    /// The messages-per-connection limit that applies (set by the pool; 0 = unlimited).
+    var messageLimit = 0
+
+    private let socket: Socket
+    private let stream: any ByteStream
+    private let reader: BufferedReader
+    private let timeouts: SMTPClientTimeouts
+
+    private init(target: DeliveryTarget, sendingIP: String, heloName: String, capabilities: RemoteSMTPCapabilities,
+                 tls: TLSSessionInfo?, openedAt: Date, connectSeconds: TimeInterval, setupSeconds: TimeInterval,
+                 socket: Socket, stream: any ByteStream, reader: BufferedReader, timeouts: SMTPClientTimeouts) {
+        self.target = target; self.sendingIP = sendingIP; self.heloName = heloName
+        self.capabilities = capabilities; self.tls = tls; self.openedAt = openedAt
+        self.connectSeconds = connectSeconds; self.setupSeconds = setupSeconds
+        self.socket = socket; self.stream = stream; self.reader = reader; self.timeouts = timeouts
+        self.lastUsed = Date()
+    }
+
+    deinit { if !isClosed { stream.close(); socket.close() } }
+
+    /// `target from sendingIP`.
+    public var description: String { "\(target) from \(sendingIP)" }
+
+    /// Connects and sets the session up: greeting, EHLO/HELO, STARTTLS per `tlsPolicy`.
+    /// - Parameters:
+    ///   - target: where to connect.
+    ///   - sendingIP: the local address to bind ("" lets the kernel choose).
+    ///   - heloName: the EHLO name.
+    ///   - tlsPolicy: STARTTLS policy.
+    ///   - tlsClient: the TLS implementation, or nil when none is available.
+    ///   - timeouts: connect and per-phase timeouts.
+    /// - Returns: a ready session, or why not.
+    public static func open(to target: DeliveryTarget, from sendingIP: String, heloName: String,
+                            tlsPolicy: SMTPTLSPolicy, tlsClient: (any OutboundTLSClient)?,
+                            timeouts: SMTPClientTimeouts) -> Result<SMTPClientConnection, SMTPOpenFailure> {
+        var handshake = SMTPClientHandshake(heloName: heloName, tlsPolicy: tlsPolicy, tlsAvailable: tlsClient != nil)
+        func failure(_ f: SMTPClientHandshake.Failure?) -> SMTPOpenFailure {
+            let f = f ?? SMTPClientHandshake.Failure(code: 451, enhanced: "4.4.0", text: "session set-up failed", tlsHandshakeFailed: false)
+            return SMTPOpenFailure(target: target, connectFailed: false, code: f.code, enhanced: f.enhanced, text: f.text,
+                                   tlsHandshakeFailed: f.tlsHandshakeFailed)
+        }
+        if handshake.state == .failed { return .failure(failure(handshake.failure)) }
+        let start = Date()
+        let socket: Socket
+        do {
+            socket = try Socket.connect(to: SocketAddress(host: target.address, port: target.port),
+                                        from: sendingIP.isEmpty ? nil : sendingIP, timeout: timeouts.connect)
+        } catch {
+            return .failure(SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
+                                            text: "cannot connect: \(error)", tlsHandshakeFailed: false))
+        }
+        let connected = Date()
+        var stream: any ByteStream = socket
+        var reader = BufferedReader(stream: socket, chunkSize: 16 * 1024)
+        var tls: TLSSessionInfo? = nil
+        var actions: [SMTPClientHandshake.Action] = []
+        while true {
+            var index = 0
+            while index < actions.count {
+                let action = actions[index]
+                index += 1
+                switch action {
+                case .send(let bytes):
+                    do {
+                        socket.setTimeouts(read: timeouts.ehlo, write: timeouts.ehlo)
+                        try stream.write(bytes)
+                    } catch {
+                        actions += handshake.fail(sessionFailure(error, while: "sending a command"))
+                    }
+                case .startTLS:
+                    // RFC 3207 §4.2 / CVE-2011-0411: nothing may follow the 220 before the handshake.
+                    if !reader.buffered.isEmpty {
+                        actions += handshake.fail(.protocolError("the server sent \(reader.buffered.count) octets after its 220 reply to STARTTLS"))
+                        continue
+                    }
+                    guard let tlsClient else {
+                        actions += handshake.tlsFailed("no TLS client")
+                        continue
+                    }
+                    do {
+                        socket.setTimeouts(read: timeouts.startTLS, write: timeouts.startTLS)
+                        let secured = try tlsClient.secure(socket, serverName: target.host, timeout: timeouts.startTLS)
+                        stream = secured.stream
+                        reader = BufferedReader(stream: secured.stream, chunkSize: 16 * 1024)
+                        tls = secured.info
+                        actions += handshake.tlsEstablished()
+                    } catch {
+                        actions += handshake.tlsFailed("\(error)")
+                    }
+                case .ready:
+                    let caps = handshake.capabilities ?? RemoteSMTPCapabilities()
+                    return .success(SMTPClientConnection(
+                        target: target, sendingIP: sendingIP, heloName: heloName, capabilities: caps, tls: tls,
+                        openedAt: start, connectSeconds: connected.timeIntervalSince(start),
+                        setupSeconds: Date().timeIntervalSince(connected), socket: socket, stream: stream,
+                        reader: reader, timeouts: timeouts))
+                case .close:
+                    stream.close()
+                    socket.close()
+                    return .failure(failure(handshake.failure))
+                }
+            }
+            actions = []
+            guard let wait = handshake.waitingFor else {
+                stream.close(); socket.close()
+                return .failure(failure(handshake.failure))
+            }
+            do {
+                let reply = try readReply(reader, socket: socket, timeout: timeouts.seconds(for: wait))
+                actions = handshake.receive(reply)
+            } catch {
+                actions = handshake.fail(sessionFailure(error, while: "waiting for the \(describe(wait)) reply"))
+            }
+        }
+    }
+
+    /// Runs one mail transaction to its end.
+    ///
+    /// The message content (and its final dot or last BDAT chunk) is never written after
+    /// `notAfter`: the transaction is abandoned and the connection closed instead (lease fencing).
+    /// - Parameters:
+    ///   - transaction: a transaction built for `capabilities`; finished on return.
+    ///   - message: the exact message bytes (CRLF line ends, signed), not dot-stuffed.
+    ///   - notAfter: the lease deadline, or nil.
+    public func run(_ transaction: inout SMTPClientTransaction, message: [UInt8], notAfter: Date? = nil) {
+        guard !isClosed else {
+            _ = transaction.fail(.connectionClosed("the connection is closed"))
+            return
+        }
+        var actions = transaction.start()
+        if case .awaitingEnvelope = transaction.state { transactions += 1 }
+        while true {
+            for action in actions {
+                do {
+                    switch action {
+                    case .send(let bytes):
+                        socket.setTimeouts(read: timeouts.mail, write: timeouts.mail)
+                        try stream.write(bytes)
+                    case .sendData:
+                        socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
+                        try SMTPDotStuffing.encode(message) { chunk in
+                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                            try stream.write(chunk)
+                        }
+                    case .sendChunk(let offset, let length, let last):
+                        socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
+                        if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                        try stream.write(Array("BDAT \(length)\(last ? " LAST" : "")\r\n".utf8))
+                        var position = offset
+                        let end = min(message.count, offset + length)
+                        while position < end {
+                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                            let next = min(end, position + 64 * 1024)
+                            try stream.write(Array(message[position..<next]))
+                            position = next
+                        }
+                    case .finished(let reusable):
+                        lastUsed = Date()
+                        if !reusable { close() }
+                        return
+                    }
+                } catch {
+                    _ = transaction.fail(SMTPClientConnection.sessionFailure(error, while: "sending"))
+                    close()
+                    return
+                }
+            }
+            guard let wait = transaction.waitingFor else {
+                lastUsed = Date()
+                return
+            }
+            do {
+                let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.seconds(for: wait))
+                actions = transaction.receive(reply)
+            } catch {
+                actions = transaction.fail(SMTPClientConnection.sessionFailure(error, while: "waiting for the \(SMTPClientConnection.describe(wait)) reply"))
+            }
+        }
+    }
+
+    /// Sends RSET and reads its reply (RFC 5321 §4.1.1.5), before reusing the session.
+    /// - Returns: true when the server answered 2xx; otherwise the connection is closed.
+    public func reset() -> Bool {
+        guard !isClosed else { return false }
+        do {
+            socket.setTimeouts(read: timeouts.reset, write: timeouts.reset)
+            try stream.write(Array("RSET\r\n".utf8))
+            let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.reset)
+            if reply.code / 100 == 2 {
+                lastUsed = Date()
+                return true
+            }
+        } catch {}
+        close()
+        return false
+    }
+
+    /// Sends QUIT, waits for its reply and for the server to close its side (at most the quit
+    /// timeout), then closes (RFC 5321 §4.1.1.10: the receiver closes after its 221).
+    public func quit() {
+        guard !isClosed else { return }
+        do {
+            socket.setTimeouts(read: timeouts.quit, write: timeouts.quit)
+            try stream.write(Array("QUIT\r\n".utf8))
+            _ = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.quit)
+            let deadline = Date().addingTimeInterval(min(timeouts.quit, 2))
+            reader.discardBuffered()
+            while deadline.timeIntervalSinceNow > 0 {
+                socket.setTimeouts(read: max(0.001, deadline.timeIntervalSinceNow), write: 1)
+                if try reader.fill() == 0 { break }
+                reader.discardBuffered()
+            }
+        } catch {}
+        close()
+    }
+
+    /// Closes the connection without QUIT (idempotent).
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        stream.close()
+        socket.close()
+    }
+
+    // MARK: Reading
+
+    /// Reads one complete reply within `timeout` seconds overall.
+    /// - Throws: `SocketError` (timeout, closed) or `SMTPProtocolError` (bad syntax, overlong).
+    static func readReply(_ reader: BufferedReader, socket: Socket, timeout: TimeInterval) throws -> SMTPReply {
+        let deadline = Date().addingTimeInterval(timeout)
+        var parser = SMTPClientReplyParser()
+        while true {
+            let line = try readLine(reader, socket: socket, deadline: deadline)
+            switch parser.feed(line) {
+            case .needMore: continue
+            case .reply(let reply): return reply
+            case .error(let message): throw SMTPProtocolError(message)
+            }
+        }
+    }
+
+    /// Reads one LF-terminated line of at most `SMTPClientReplyParser.maxBytes` octets before `deadline`.
+    private static func readLine(_ reader: BufferedReader, socket: Socket, deadline: Date) throws -> [UInt8] {
+        var scanned = 0
+        while true {
+            let buffered = reader.buffered
+            if let lf = buffered.dropFirst(scanned).firstIndex(of: 0x0A) {
+                let count = lf - buffered.startIndex + 1
+                let line = Array(buffered.prefix(count))
+                reader.consume(count)
+                return line
+            }
+            scanned = buffered.count
+            if scanned > SMTPClientReplyParser.maxBytes {
+                throw SMTPProtocolError("reply line longer than \(SMTPClientReplyParser.maxBytes) octets")
+            }
+            let remaining = deadline.timeIntervalSinceNow
+            if remaining <= 0 { throw SocketError(.timeout, "read") }
+            socket.setTimeouts(read: max(0.001, remaining), write: max(0.001, remaining))
+            if try reader.fill() == 0 {
+                throw SocketError(.closed, "read")
+            }
+        }
+    }
+
+    static func sessionFailure(_ error: any Error, while doing: String) -> SMTPSessionFailure {
+        if error is LeaseDeadlinePassed { return .connectionClosed("lease deadline passed before the end of data; not completing the delivery") }
+        if let e = error as? SMTPProtocolError { return .protocolError(e.message) }
+        if let e = error as? SocketError {
+            switch e.kind {
+            case .timeout: return .timeout(doing)
+            default: return .connectionClosed("\(doing): \(e)")
+            }
+        }
+        return .connectionClosed("\(doing): \(error)")
+    }
+
+    static func describe(_ wait: SMTPClientWait) -> String {
+        switch wait {
+        case .greeting: return "greeting"
+        case .ehlo: return "EHLO"
+        case .startTLS: return "STARTTLS"
+        case .mail: return "MAIL"
+        case .rcpt: return "RCPT"
+        case .dataInitiation: return "DATA"
+        case .dataTermination: return "end-of-data"
+        case .reset: return "RSET"
+        case .quit: return "QUIT"
+        }
+    }
+}
+
+/// Thrown inside the content writer when the lease deadline passed: the transaction is
+/// abandoned before its final dot, so the recipients stay undelivered here.
+struct LeaseDeadlinePassed: Error {}

@@ -1,0 +1,136 @@
+import Foundation
+import HatoShared
+
+/// The node's outbound delivery machinery, built once from the configuration and shared by
+/// every delivery thread: MX resolution with loop refusal, the session pool with shaping,
+/// DKIM signing, STARTTLS, and the SMTP client.
+public final class DeliveryEngine: Sendable {
+    /// The SMTP client (its pool holds the shaping state).
+    public let deliverer: SMTPDeliverer
+    /// MX and next-hop resolution.
+    public let nextHops: NextHopResolver
+    private let config: ClusterConfig
+    private let log: Logger
+
+    /// - Parameters:
+    ///   - config: the cluster configuration (`delivery`, `shaping`, `dkim`, `routes`, `dns`).
+    ///   - log: where delivery events are logged.
+    ///   - tlsClient: the STARTTLS implementation: nil (the default) uses OpenSSL, or none when
+    ///     every policy is `disabled`; `.some(nil)` means no TLS at all.
+    /// - Throws: `DKIMKeyError` when a configured DKIM key cannot be loaded or does not match
+    ///   its `algorithm`; `TLSError` when the TLS client cannot be created.
+    public init(config: ClusterConfig, log: Logger = Logger(label: "node.delivery"), tlsClient: (any OutboundTLSClient)?? = nil) throws {
+        self.config = config
+        self.log = log
+        var signers: [DKIMSigner] = []
+        for k in config.dkim {
+            let key = try DKIMPrivateKey(pemFile: k.privateKeyPath)
+            guard key.algorithm.rawValue == k.algorithm else {
+                throw DKIMKeyError("\(k.privateKeyPath): the key is for \(key.algorithm.rawValue), but dkim \(k.selector)._domainkey.\(k.domain) says \(k.algorithm)")
+            }
+            signers.append(DKIMSigner(domain: k.domain, selector: k.selector, key: key,
+                                      headerCanonicalization: DKIMCanonicalization(rawValue: k.headerCanonicalization) ?? .relaxed,
+                                      bodyCanonicalization: DKIMCanonicalization(rawValue: k.bodyCanonicalization) ?? .relaxed,
+                                      headers: k.headers ?? DKIMSigner.defaultHeaders))
+        }
+        let d = config.delivery
+        let tls: (any OutboundTLSClient)?
+        if let tlsClient {
+            tls = tlsClient
+        } else if d.tls == .disabled && config.routes.allSatisfy({ ($0.tls ?? .disabled) == .disabled }) {
+            tls = nil
+        } else {
+            tls = try OpenSSLTLSClient()
+        }
+        let pool = SMTPConnectionPool(shaping: config.shaping, idleTimeout: d.idleTimeout)
+        deliverer = SMTPDeliverer(timeouts: SMTPClientTimeouts(d.timeouts), pool: pool,
+                                  preparer: MessagePreparer(dkim: DKIMSignerSet(signers)), tlsClient: tls)
+        // Our own addresses: the cluster's sending IPs, the SMTP listeners and this host's
+        // interfaces (its loopback ones only when loopback MX hosts are not allowed).
+        var own = Set(config.ips.map(\.address))
+        for l in config.smtp.listen { own.insert(l.host) }
+        for a in NextHopResolver.interfaceAddresses() where !(d.allowLoopbackMX && NextHopResolver.isLoopback(a)) { own.insert(a) }
+        nextHops = NextHopResolver(resolver: DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout),
+                                   mxPort: d.port, localAddresses: own, allowLoopback: d.allowLoopbackMX)
+        log.info("delivery engine ready", ["dkim_keys": "\(signers.count)", "tls": tls == nil ? "none" : d.tls.rawValue,
+                                           "shaping_providers": "\(config.shaping.providers.count)", "idle_timeout": "\(d.idleTimeout)"])
+    }
+
+    /// What one lease's delivery produced.
+    public struct LeaseOutcome: Sendable {
+        /// One result per leased recipient, with reply, MX, TLS and timings.
+        public var results: [RecipientResult]
+        /// The MX host of the (last) session, nil when no server answered.
+        public var mxHost: String?
+        /// Its address.
+        public var remoteAddress: String?
+    }
+
+    /// Delivers one lease: resolves the destination, then sends from the lease's sending IP.
+    /// - Parameters:
+    ///   - lease: the lease (one message, one destination, one sending IP).
+    ///   - body: the message content.
+    ///   - deadline: the lease's local deadline; nothing is sent after it, and shaping waits
+    ///     end a little before it (a quarter of the lease time, at most 60 s).
+    /// - Returns: the results; never throws.
+    public func deliver(lease: Lease, body: [UInt8], deadline: Date) -> LeaseOutcome {
+        let route = config.route(for: lease.domain)
+        let resolveStart = Date()
+        let resolved = nextHops.targets(for: lease.domain, staticNextHop: route.map { ($0.nextHop.host, $0.nextHop.port) })
+        let resolveSeconds = Date().timeIntervalSince(resolveStart)
+        switch resolved {
+        case .failure(let f):
+            let results = lease.recipients.map {
+                var r = RecipientResult(recipientID: $0.id, status: f.permanent ? .failed : .deferred, code: f.permanent ? 550 : 451,
+                                        enhanced: f.enhanced, text: f.text)
+                r.timings = DeliveryTimings(resolve: resolveSeconds)
+                return r
+            }
+            return LeaseOutcome(results: results, mxHost: nil, remoteAddress: nil)
+        case .success(let targets):
+            var request = DeliveryRequest(reversePath: lease.reversePath,
+                                          recipients: lease.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
+                                          body: body, sendingIP: lease.sendingIP, heloName: lease.helo)
+            request.notAfter = deadline
+            let margin = min(60, max(1, lease.expiresIn / 4))
+            request.shapingDeadline = deadline.addingTimeInterval(-margin)
+            request.tlsPolicy = SMTPTLSPolicy(rawValue: (route?.tls ?? config.delivery.tls).rawValue) ?? .opportunistic
+            let report = deliverer.deliver(request, to: targets)
+            let results = report.outcomes.map { o -> RecipientResult in
+                let status: RecipientResult.Status
+                switch o.status {
+                case .delivered: status = .delivered
+                case .deferred: status = .deferred
+                case .failed: status = .failed
+                }
+                var r = RecipientResult(recipientID: o.recipientID, status: status, code: o.code, enhanced: o.enhanced, text: o.text)
+                if let s = report.sessions[o.recipientID] {
+                    r.mxHost = s.mxHost
+                    r.remoteAddress = s.remoteAddress
+                    r.tlsVersion = s.tls?.version
+                    r.tlsCipher = s.tls?.cipher
+                    r.reusedConnection = s.reused
+                    r.dkim = s.dkim.isEmpty ? nil : s.dkim
+                    r.timings = DeliveryTimings(resolve: resolveSeconds, shapingWait: s.shapingWaitSeconds, connect: s.connectSeconds,
+                                                setup: s.setupSeconds, transaction: s.transactionSeconds)
+                } else {
+                    r.mxHost = report.mxHost
+                    r.remoteAddress = report.remoteAddress
+                    r.timings = DeliveryTimings(resolve: resolveSeconds)
+                }
+                return r
+            }
+            return LeaseOutcome(results: results, mxHost: report.mxHost, remoteAddress: report.remoteAddress)
+        }
+    }
+
+    /// Closes the idle sessions from one sending IP (e.g. when it is revoked), or all.
+    public func closeIdleSessions(sendingIP: String? = nil) {
+        deliverer.pool.closeIdle(sendingIP: sendingIP)
+    }
+
+    /// Closes every idle session and stops reuse.
+    public func shutdown() {
+        deliverer.pool.shutdown()
+    }
+}

@@ -1,0 +1,28 @@
+import Foundation
+
+/// Matches remote replies against backoff rules (node side).
+public struct BackoffMatcher: @unchecked Sendable {
+    // NSRegularExpression is immutable and thread-safe once built.
+    private let rules: [(BackoffRule, NSRegularExpression)]
+
+    public init(settings: BackoffSettings) {
+        rules = settings.effectiveRules.compactMap { r in
+            (try? NSRegularExpression(pattern: r.match, options: [.caseInsensitive])).map { (r, $0) }
+        }
+    }
+
+    /// The first rule matching a reply, if any.
+    /// - Parameters:
+    ///   - code: the reply code.
+    ///   - enhanced: the enhanced status code.
+    ///   - text: the reply text.
+    ///   - provider: the provider the reply came from.
+    public func match(code: Int, enhanced: String?, text: String, provider: String) -> BackoffRule? {
+        let line = "\(code) \(enhanced.map { $0 + " " } ?? "")\(text)"
+        let range = NSRange(line.startIndex..., in: line)
+        for (r, re) in rules where r.provider == nil || r.provider == provider {
+            if re.firstMatch(in: line, range: range) != nil { return r }
+        }
+        return nil
+    }
+}

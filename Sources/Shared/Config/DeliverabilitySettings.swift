@@ -1,0 +1,202 @@
+import Foundation
+
+/// `warmup: [ { name, daily: [...] } ]` — a per-IP daily volume ramp for new sending IPs.
+public struct WarmupPlan: Sendable, Equatable {
+    /// The plan's name, referenced by `ips[].warmup.plan`.
+    public var name: String
+    /// Deliveries (recipients attempted) allowed on day 1, 2, …; after the last day the IP is warmed (no cap).
+    public var daily: [Int]
+
+    public init(name: String, daily: [Int]) { self.name = name; self.daily = daily }
+}
+
+/// `ips[].warmup: { plan, start }` — which plan an IP follows and from which UTC day.
+public struct IPWarmup: Sendable, Equatable {
+    /// The plan name.
+    public var plan: String
+    /// Day 1 of the plan, as seconds since 1970 at 00:00 UTC.
+    public var start: TimeInterval
+
+    public init(plan: String, start: TimeInterval) { self.plan = plan; self.start = start }
+}
+
+/// One `routing.rules` entry: the first matching rule picks the message's pool.
+public struct RoutingRule: Sendable, Equatable {
+    /// What a rule matches.
+    public enum Match: Sendable, Equatable {
+        /// `auth_user: NAME` — the authenticated submitter (RFC 4954).
+        case authUser(String)
+        /// `sender_domain: example.com` or `*.example.com` — the reverse-path's domain.
+        case senderDomain(DomainPattern)
+        /// `header: X-Hato-Pool` — the header's value names the pool (the header is removed before sending).
+        case header(String)
+    }
+    public var match: Match
+    /// The pool (nil for `header` rules: the header's value is the pool).
+    public var pool: String?
+
+    public init(match: Match, pool: String?) { self.match = match; self.pool = pool }
+}
+
+/// One `backoff.rules` entry: a remote reply that slows or stops a (sending IP, provider) pair.
+public struct BackoffRule: Sendable, Equatable {
+    /// What to do when the rule matches.
+    public enum Action: String, Sendable, Equatable, Codable {
+        /// No new deliveries for the pair until the duration has passed.
+        case suspend
+        /// At most `rate` deliveries per minute for the pair until the duration has passed.
+        case throttle
+    }
+    /// A regular expression (NSRegularExpression, case-insensitive) matched against
+    /// `"<code> <enhanced> <text>"` of a deferral or failure reply.
+    public var match: String
+    /// Only for this provider (shaping provider name, or the MX host's domain); nil = any.
+    public var provider: String?
+    public var action: Action
+    /// Seconds the suspension or throttle lasts.
+    public var duration: TimeInterval
+    /// For `throttle`: deliveries per minute.
+    public var ratePerMinute: Int?
+
+    public init(match: String, provider: String? = nil, action: Action, duration: TimeInterval, ratePerMinute: Int? = nil) {
+        self.match = match; self.provider = provider; self.action = action; self.duration = duration; self.ratePerMinute = ratePerMinute
+    }
+}
+
+/// `backoff:` adaptive backoff rules. Configured rules are tried before the defaults.
+public struct BackoffSettings: Sendable, Equatable {
+    /// The rules, first match wins.
+    public var rules: [BackoffRule]
+    /// Whether the built-in rules for common throttling replies apply after the configured ones. Default true.
+    public var useDefaults: Bool
+
+    public init(rules: [BackoffRule] = [], useDefaults: Bool = true) { self.rules = rules; self.useDefaults = useDefaults }
+
+    /// Built-in rules for throttling replies seen from large mailbox providers.
+    public static let defaultRules: [BackoffRule] = [
+        // Gmail: "421-4.7.28 … unusual rate of unsolicited mail", "450-4.2.1 … receiving mail at a rate".
+        BackoffRule(match: #"^4\d\d 4\.7\.28\b|unusual rate of unsolicited"#, action: .suspend, duration: 3600),
+        BackoffRule(match: #"^4\d\d 4\.2\.1\b.*rate"#, action: .throttle, duration: 1800, ratePerMinute: 10),
+        // Microsoft: "451 4.7.650 … temporarily rate limited due to IP reputation".
+        BackoffRule(match: #"4\.7\.650|rate limited due to IP reputation"#, action: .throttle, duration: 1800, ratePerMinute: 10),
+        // Yahoo: "421 4.7.0 [TSS04] Messages … temporarily deferred due to unexpected volume or user complaints".
+        BackoffRule(match: #"\[TS\d\d\]|temporarily deferred due to"#, action: .suspend, duration: 3600),
+        // Generic: "421 4.7.0 try again later", "too many connections / messages", "throttl…".
+        BackoffRule(match: #"^421 .*(try again later|too many|throttl|rate limit)"#, action: .suspend, duration: 900),
+        BackoffRule(match: #"^4\d\d .*(rate limit|throttl|too many (messages|connections))"#, action: .throttle, duration: 900, ratePerMinute: 20),
+    ]
+
+    /// The rules in force, configured first.
+    public var effectiveRules: [BackoffRule] { rules + (useDefaults ? BackoffSettings.defaultRules : []) }
+}
+
+extension ClusterConfigDecoder {
+    /// Decodes `warmup`, `ips[].warmup`, `routing.rules` and `backoff` into `config`.
+    func decodeDeliverability(_ top: ConfigSection, into config: inout ClusterConfig) throws {
+        var plans: [WarmupPlan] = []
+        for item in try top.list("warmup") ?? [] {
+            let sec = try item.section(allowed: ["name", "daily"])
+            let name = try sec.require("name", ConfigValue.identifier)
+            if plans.contains(where: { $0.name == name }) {
+                throw ConfigError(file: file, line: try sec.scalar("name")?.line, key: sec.keyPath("name"), message: "duplicate warm-up plan \"\(name)\"")
+            }
+            var daily: [Int] = []
+            for d in try sec.requireList("daily") {
+                let s = try d.scalar()
+                daily.append(try s.convert { try ConfigValue.integer($0, in: 1...100_000_000) })
+            }
+            guard !daily.isEmpty else { throw ConfigError(file: file, line: sec.entryLine("daily"), key: sec.keyPath("daily"), message: "must list at least one daily cap") }
+            plans.append(WarmupPlan(name: name, daily: daily))
+        }
+        config.warmup = plans
+        for (i, item) in (try top.list("ips") ?? []).enumerated() where i < config.ips.count {
+            let ipSec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup"])
+            guard let w = try ipSec.section("warmup", allowed: ["plan", "start"]) else { continue }
+            let plan = try w.require("plan") { name -> String in
+                guard plans.contains(where: { $0.name == name }) else {
+                    throw ConfigValueError("unknown warm-up plan \"\(name)\" (known: \(plans.map(\.name).joined(separator: ", ")))")
+                }
+                return name
+            }
+            let start = try w.require("start") { text -> TimeInterval in
+                let f = DateFormatter()
+                f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "UTC"); f.dateFormat = "yyyy-MM-dd"
+                guard let d = f.date(from: text) else { throw ConfigValueError("expected a date like 2026-12-01, got \"\(text)\"") }
+                return d.timeIntervalSince1970
+            }
+            config.ips[i].warmup = IPWarmup(plan: plan, start: start)
+        }
+        let poolNames = config.pools.map(\.name)
+        if let routing = try top.section("routing", allowed: ["default_pool", "rules"]) {
+            var rules: [RoutingRule] = []
+            for item in try routing.list("rules") ?? [] {
+                let sec = try item.section(allowed: ["auth_user", "sender_domain", "header", "pool"])
+                let pool = try sec.get("pool") { name -> String in
+                    guard poolNames.contains(name) else { throw ConfigValueError("unknown pool \"\(name)\" (known: \(poolNames.joined(separator: ", ")))") }
+                    return name
+                }
+                let kinds = try ["auth_user", "sender_domain", "header"].filter { try sec.scalar($0) != nil }
+                guard kinds.count == 1 else {
+                    throw ConfigError(file: file, line: item.node.line, key: item.path, message: "a rule needs exactly one of auth_user, sender_domain, header")
+                }
+                if let u = try sec.get("auth_user", { $0 }) {
+                    guard let pool else { throw ConfigError(file: file, line: item.node.line, key: sec.keyPath("pool"), message: "required key is missing") }
+                    rules.append(RoutingRule(match: .authUser(u), pool: pool))
+                } else if let d = try sec.get("sender_domain", { try DomainPattern(parsing: $0) }) {
+                    guard let pool else { throw ConfigError(file: file, line: item.node.line, key: sec.keyPath("pool"), message: "required key is missing") }
+                    rules.append(RoutingRule(match: .senderDomain(d), pool: pool))
+                } else if let h = try sec.get("header", { text -> String in
+                    guard !text.isEmpty, text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != 0x3A }) else { throw ConfigValueError("not a header field name") }
+                    return text
+                }) {
+                    rules.append(RoutingRule(match: .header(h), pool: pool))
+                }
+            }
+            config.routing.rules = rules
+        }
+        if let sec = try top.section("backoff", allowed: ["rules", "use_defaults"]) {
+            if let v = try sec.get("use_defaults", ConfigValue.bool) { config.backoff.useDefaults = v }
+            var rules: [BackoffRule] = []
+            for item in try sec.list("rules") ?? [] {
+                let r = try item.section(allowed: ["match", "provider", "action", "duration", "rate"])
+                let pattern = try r.require("match") { text -> String in
+                    do { _ = try NSRegularExpression(pattern: text, options: [.caseInsensitive]) } catch {
+                        throw ConfigValueError("not a valid regular expression: \(text)")
+                    }
+                    return text
+                }
+                let action = try r.require("action") { text -> BackoffRule.Action in
+                    guard let a = BackoffRule.Action(rawValue: text) else { throw ConfigValueError("expected suspend or throttle, got \"\(text)\"") }
+                    return a
+                }
+                let duration = try r.require("duration") { try ConfigValue.duration($0) }
+                let rate = try r.get("rate") { text -> Int in
+                    let parts = text.split(separator: "/")
+                    guard parts.count == 2, let n = Int(parts[0]), n > 0, ["min", "m", "minute"].contains(parts[1].lowercased()) else {
+                        throw ConfigValueError("expected a rate like 10/min, got \"\(text)\"")
+                    }
+                    return n
+                }
+                if action == .throttle && rate == nil {
+                    throw ConfigError(file: file, line: item.node.line, key: r.keyPath("rate"), message: "throttle needs a rate such as 10/min")
+                }
+                rules.append(BackoffRule(match: pattern, provider: try r.get("provider") { $0.lowercased() }, action: action, duration: duration, ratePerMinute: rate))
+            }
+            config.backoff.rules = rules
+        }
+    }
+}
+
+extension ClusterConfig {
+    /// The warm-up cap of `address` on the UTC day containing `now`: nil when the IP has no
+    /// plan, the plan has not started, or the IP has passed its last day (warmed).
+    /// - Returns: (day number from 1, cap in deliveries).
+    public func warmupCap(for address: String, now: Date) -> (day: Int, cap: Int)? {
+        guard let ip = ips.first(where: { $0.address == address }), let w = ip.warmup,
+              let plan = warmup.first(where: { $0.name == w.plan }) else { return nil }
+        let day = Int(floor((now.timeIntervalSince1970 - w.start) / 86400)) + 1
+        guard day >= 1 else { return (day, 0) }
+        guard day <= plan.daily.count else { return nil }
+        return (day, plan.daily[day - 1])
+    }
+}

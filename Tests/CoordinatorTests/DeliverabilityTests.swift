@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+@testable import HatoCoordinator
+@testable import HatoShared
+
+@Suite("Deliverability: routing, warm-up, backoff")
+struct DeliverabilityTests {
+    static let yaml = """
+        cluster: { name: t, secret: "0123456789abcdef0123" }
+        coordinator: { listen: 127.0.0.1:7601, admin_listen: 127.0.0.1:7680, admin_token: tok, data_dir: /tmp/x }
+        smtp: { listen: [127.0.0.1:2525], hostname: relay.test }
+        nodes: [ { id: node-a, data_dir: /tmp/a } ]
+        pools: [ { name: transactional }, { name: bulk } ]
+        warmup:
+          - { name: standard, daily: [50, 100, 200] }
+        ips:
+          - { address: 127.0.0.10, helo: a.test, pool: transactional, warmup: { plan: standard, start: 2026-12-01 } }
+          - { address: 127.0.0.11, helo: b.test, pool: transactional }
+          - { address: 127.0.0.12, helo: c.test, pool: bulk }
+        routing:
+          default_pool: transactional
+          rules:
+            - { header: X-Hato-Pool }
+            - { auth_user: newsletter, pool: bulk }
+            - { sender_domain: "*.news.example", pool: bulk }
+        backoff:
+          rules:
+            - { match: "quota exceeded", action: throttle, duration: 10m, rate: 5/min }
+        """
+
+    func config() throws -> ClusterConfig { try ClusterConfig.parse(Self.yaml, path: "/tmp/cluster.yml") }
+
+    @Test("routing rules: header (removed, folded lines too), authenticated user, sender domain wildcard, default")
+    func routing() throws {
+        let c = try config()
+        let router = PoolRouter(routing: c.routing, pools: c.pools)
+        let msg = Array("From: a@b.test\r\nX-Hato-Pool: bulk\r\nSubject: hi\r\n\r\nbody\r\n".utf8)
+        let d = router.route(authUser: nil, reversePath: "a@b.test", content: msg)
+        #expect(d.pool == "bulk")
+        #expect(d.content == Array("From: a@b.test\r\nSubject: hi\r\n\r\nbody\r\n".utf8))
+        let folded = Array("x-hato-pool:\r\n bulk\r\nSubject: s\r\n\r\nX-Hato-Pool: in the body stays\r\n".utf8)
+        let f = router.route(authUser: nil, reversePath: "", content: folded)
+        #expect(f.pool == "bulk")
+        #expect(f.content == Array("Subject: s\r\n\r\nX-Hato-Pool: in the body stays\r\n".utf8))
+        // An unknown pool in the header falls through to the next rules (header still removed).
+        let unknown = router.route(authUser: nil, reversePath: "a@x.test", content: Array("X-Hato-Pool: nope\r\n\r\nb\r\n".utf8))
+        #expect(unknown.pool == "transactional" && unknown.content == Array("\r\nb\r\n".utf8))
+        #expect(router.route(authUser: "newsletter", reversePath: "a@x.test", content: []).pool == "bulk")
+        #expect(router.route(authUser: "other", reversePath: "a@mail.news.example", content: []).pool == "bulk")
+        #expect(router.route(authUser: "other", reversePath: "a@news.example", content: []).pool == "transactional")
+    }
+
+    @Test("config: warm-up caps by UTC day, unknown plan and bad rules are errors naming line and key")
+    func warmupConfig() throws {
+        let c = try config()
+        let day1 = Date(timeIntervalSince1970: 1_796_083_200) // 2026-12-01T00:00:00Z
+        #expect(c.warmupCap(for: "127.0.0.10", now: day1.addingTimeInterval(3600))! == (1, 50))
+        #expect(c.warmupCap(for: "127.0.0.10", now: day1.addingTimeInterval(86400 * 2 + 5))! == (3, 200))
+        #expect(c.warmupCap(for: "127.0.0.10", now: day1.addingTimeInterval(86400 * 3)) == nil, "warmed after the last day")
+        #expect(c.warmupCap(for: "127.0.0.10", now: day1.addingTimeInterval(-10))! == (0, 0), "before the start: nothing")
+        #expect(c.warmupCap(for: "127.0.0.11", now: day1) == nil)
+        #expect(throws: ConfigError.self) { try ClusterConfig.parse(Self.yaml.replacingOccurrences(of: "plan: standard", with: "plan: fast"), path: "c.yml") }
+        do {
+            _ = try ClusterConfig.parse(Self.yaml.replacingOccurrences(of: "rate: 5/min", with: "rate: fast"), path: "c.yml")
+            Issue.record("bad rate accepted")
+        } catch let e as ConfigError {
+            #expect(e.line == 20 && e.key == "backoff.rules[0].rate", "\(e)")
+        }
+        #expect(throws: ConfigError.self) { try ClusterConfig.parse(Self.yaml.replacingOccurrences(of: "{ auth_user: newsletter, pool: bulk }", with: "{ auth_user: newsletter, pool: nosuch }"), path: "c.yml") }
+    }
+
+    @Test("warm-up budgets: a capped IP never takes more than its budget; overflow goes to the warmed IP; none → the group waits")
+    func warmupBudgets() {
+        let ips = [AssignedIP(address: "10", helo: "a", pool: "t"), AssignedIP(address: "11", helo: "b", pool: "t")]
+        let groups = (0..<10).map { i in
+            DeliveryGroup(messageID: "M\(i)", domain: "x.test", pool: "t", reversePath: "", recipients: [DueRecipient(id: Int64(i), messageID: "M\(i)", address: "u@x.test", domain: "x.test", pool: "t", reversePath: "")])
+        }
+        var inFlight: [String: Int] = [:]
+        var budget = ["10": 3]
+        let plan = LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: 100, budget: &budget) { _, _ in true }
+        #expect(plan.filter { $0.1.address == "10" }.count == 3)
+        #expect(plan.filter { $0.1.address == "11" }.count == 7)
+        #expect(budget["10"] == 0)
+        var inFlight2: [String: Int] = [:]
+        var budget2 = ["10": 2]
+        let onlyWarming = LeasePlanner.assign(groups, ips: [ips[0]], inFlight: &inFlight2, limit: 100, budget: &budget2) { _, _ in true }
+        #expect(onlyWarming.count == 2, "the rest waits")
+    }
+
+    @Test("backoff table: a suspension blocks only its pair until it expires; a throttle admits its rate per minute; lift ends it")
+    func backoffTable() {
+        var t = BackoffTable()
+        let t0 = Date(timeIntervalSince1970: 1000)
+        t.apply(ip: "10", provider: "gmail", action: .suspend, duration: 60, ratePerMinute: nil, reason: "421 4.7.0 try again later", now: t0)
+        let r1 = t.admit(ip: "10", provider: "gmail", now: t0 + 1)
+        #expect(!r1)
+        let r2 = t.admit(ip: "11", provider: "gmail", now: t0 + 1)
+        #expect(r2)
+        let r3 = t.admit(ip: "10", provider: "outlook", now: t0 + 1)
+        #expect(r3)
+        #expect(t.active(now: t0 + 59).count == 1)
+        let r4 = t.admit(ip: "10", provider: "gmail", now: t0 + 60)
+        #expect(r4)
+        #expect(t.active(now: t0 + 60).isEmpty)
+        t.apply(ip: "10", provider: "yahoo", action: .throttle, duration: 600, ratePerMinute: 2, reason: "rate", now: t0)
+        let r5 = t.admit(ip: "10", provider: "yahoo", now: t0 + 1)
+        #expect(r5)
+        let r6 = t.admit(ip: "10", provider: "yahoo", now: t0 + 2)
+        #expect(r6)
+        let r7 = t.admit(ip: "10", provider: "yahoo", now: t0 + 3)
+        #expect(!r7)
+        let r8 = t.admit(ip: "10", provider: "yahoo", now: t0 + 62)
+        #expect(r8, "a new minute")
+        let r9 = t.lift(ip: "10", provider: "yahoo")
+        #expect(r9)
+        let r10 = t.lift(ip: "10", provider: "yahoo")
+        #expect(!r10)
+    }
+
+    @Test("default backoff rules recognise real throttling replies and leave ordinary failures alone", arguments: [
+        (421, "4.7.28", "Our system has detected an unusual rate of unsolicited mail originating from your IP address", BackoffRule.Action.suspend),
+        (450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages", .throttle),
+        (451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation", .throttle),
+        (421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints", .suspend),
+        (421, "4.7.0", "try again later", .suspend),
+    ])
+    func defaultRules(code: Int, enhanced: String, text: String, action: BackoffRule.Action) {
+        let m = BackoffMatcher(settings: BackoffSettings())
+        #expect(m.match(code: code, enhanced: enhanced, text: text, provider: "gmail")?.action == action)
+    }
+
+    @Test("ordinary failures do not trigger backoff; configured rules come first and can be provider-specific")
+    func noFalsePositives() throws {
+        let m = BackoffMatcher(settings: try config().backoff)
+        #expect(m.match(code: 550, enhanced: "5.1.1", text: "The email account that you tried to reach does not exist", provider: "gmail") == nil)
+        #expect(m.match(code: 452, enhanced: "4.2.2", text: "The email account that you tried to reach is over quota", provider: "gmail") == nil)
+        #expect(m.match(code: 451, enhanced: "4.3.0", text: "quota exceeded for sender", provider: "x")?.ratePerMinute == 5)
+        let scoped = BackoffMatcher(settings: BackoffSettings(rules: [BackoffRule(match: "slow down", provider: "gmail", action: .suspend, duration: 60)], useDefaults: false))
+        #expect(scoped.match(code: 451, enhanced: nil, text: "slow down", provider: "gmail") != nil)
+        #expect(scoped.match(code: 451, enhanced: nil, text: "slow down", provider: "outlook") == nil)
+    }
+}

@@ -1,0 +1,396 @@
+import Foundation
+import Testing
+@testable import HatoCoordinator
+@testable import HatoShared
+
+/// A queue + reporter on a temporary directory with a manual clock.
+final class ReportingFixture: @unchecked Sendable {
+    let dir = NSTemporaryDirectory() + "hato-rep-" + Identifier.random(bytes: 5)
+    let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
+    let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
+    let config: ClusterConfig
+    let store: QueueStore
+    let service: ReportingService
+    final class Count: @unchecked Sendable { let lock = NSLock(); var n = 0 }
+    private let count = Count()
+    var enqueued: Int { count.lock.withLock { count.n } }
+
+    init(extraYAML: String = "") throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let yaml = """
+            cluster: { name: t, secret: "0123456789abcdef0123" }
+            coordinator: { listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token: tok, data_dir: \(dir)/coordinator }
+            smtp: { listen: [127.0.0.1:0], hostname: relay.hato.test }
+            nodes: [ { id: node-a, data_dir: \(dir)/node-a } ]
+            pools: [ { name: t } ]
+            ips: [ { address: 127.0.0.10, helo: mta10.hato.test, pool: t } ]
+            routing: { default_pool: t }
+            retry: { schedule: [1m, 10m], max_age: 1h }
+            \(extraYAML)
+            """
+        config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
+        store = try QueueStore(directory: config.coordinator.dataDir)
+        let c = count
+        service = try ReportingService(config: config, store: store, clock: clock, onEnqueued: { c.lock.withLock { c.n += 1 } })
+    }
+
+    var reporter: DeliveryReporter { service.reporter }
+
+    func cleanup() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func message(_ id: String, from: String = "app@example.org", _ rcpts: [String]) -> NewMessage {
+        NewMessage(id: id, reversePath: from, recipients: rcpts, pool: "t",
+                   content: Array("Received: from c by relay.hato.test; x\r\nFrom: <app@example.org>\r\nSubject: order \(id)\r\n\r\nsecret body\r\n".utf8),
+                   heloName: "client.test", clientAddress: "127.0.0.1", receivedAt: clock.now())
+    }
+
+    /// Leases every due recipient of `messageID` and applies `outcome` to each.
+    func deliver(_ messageID: String, status: RecipientResult.Status, code: Int, enhanced: String?, text: String, mx: String? = "mx.hato.test") throws {
+        let due = try store.dueRecipients(pools: ["t"], now: clock.now(), limit: 100).filter { $0.messageID == messageID }
+        let lease = LeaseRecord(id: "L-" + Identifier.random(bytes: 4), node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: messageID,
+                                domain: due.first?.domain ?? "", recipientIDs: due.map(\.id), grantedAt: clock.now(), expiresAt: clock.now() + 300)
+        _ = try store.recordLeases([lease])
+        clock.advance(2)
+        let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: mx, remoteAddress: "127.0.0.1",
+                                   outcomes: due.map { RecipientResult(recipientID: $0.id, status: status, code: code, enhanced: enhanced, text: text) },
+                                   finishedAt: clock.now().timeIntervalSince1970)
+        _ = try store.applyResult(result, node: "node-a", retry: retry, now: clock.now())
+    }
+
+    /// Runs reporter passes until idle.
+    func report() throws { while try reporter.runOnce() {} }
+
+    /// Messages queued with a null reverse-path (DSNs), with their content.
+    func dsns() throws -> [(id: String, to: [String], content: [UInt8])] {
+        try store.lock.withLock {
+            try store.db.prepare("SELECT id, body FROM messages WHERE reverse_path='' ORDER BY received_at, id").query { ($0.text(0), $0.blob(1)) }
+        }.map { id, body in
+            (id, try store.message(id: id)?.recipients.map(\.address) ?? [], body)
+        }
+    }
+
+    func setNotify(_ value: String, message: String) throws {
+        try store.lock.withLock { try store.db.prepare("UPDATE recipients SET dsn_notify=? WHERE message_id=?").run([.text(value), .text(message)]) }
+    }
+
+    func logLines() -> [DeliveryLogRecord] { service.deliveryLog.query(messageID: nil, recipient: nil, limit: 100_000) }
+}
+
+@Suite("Reporting: events, DSNs, suppression, delivery log")
+struct ReportingTests {
+    @Test("a 550 produces one DSN to the sender from <>, logged as failed and dsn-sent; the original body is purged afterwards")
+    func failureDSN() throws {
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["nobody@hato.test", "other@hato.test"]))
+        try f.report()
+        #expect(f.logLines().map(\.event) == ["received"])
+        try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
+        #expect(try f.store.content(of: "M1") != nil, "kept while the DSN is pending")
+        try f.report()
+        let dsns = try f.dsns()
+        #expect(dsns.count == 1)
+        #expect(dsns.first?.to == ["app@example.org"])
+        let text = String(decoding: dsns.first?.content ?? [], as: UTF8.self)
+        #expect(text.contains("Content-Type: multipart/report; report-type=delivery-status;"))
+        #expect(text.contains("Final-Recipient: rfc822; nobody@hato.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.hato.test\r\n"))
+        #expect(text.contains("Final-Recipient: rfc822; other@hato.test"))
+        #expect(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"))
+        #expect(text.contains("Subject: order M1"))
+        #expect(!text.contains("secret body"))
+        #expect(f.enqueued == 1, "the scheduler is woken")
+        #expect(try f.store.content(of: "M1") == nil, "purged once the DSN is queued")
+        let lines = f.logLines()
+        #expect(lines.filter { $0.event == "failed" }.count == 2)
+        let failed = lines.first { $0.event == "failed" && $0.recipient == "nobody@hato.test" }
+        #expect(failed?.category == "bad-mailbox")
+        #expect(failed?.node == "node-a")
+        #expect(failed?.sendingIp == "127.0.0.10")
+        #expect(failed?.mx == "mx.hato.test")
+        #expect(failed?.attemptTime == 2)
+        #expect(failed?.queueTime == 2)
+        #expect(lines.filter { $0.event == "dsn-sent" }.map(\.dsnMessageId) == [dsns.first?.id])
+        #expect(lines.contains { $0.event == "received" && $0.messageId == dsns.first?.id && $0.reversePath == "" })
+        #expect(f.service.metrics.failed.value("t", "127.0.0.10", "other", "bad-mailbox") == 2)
+        #expect(f.service.metrics.dsnQueued.value("failed") == 1)
+        // A second pass changes nothing: exactly one DSN.
+        try f.report()
+        #expect(try f.dsns().count == 1)
+    }
+
+    @Test("a message from <> never gets a DSN, even when it fails")
+    func nullSenderNoDSN() throws {
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", from: "", ["nobody@hato.test"]))
+        try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
+        try f.report()
+        #expect(try f.dsns().map(\.id) == ["M1"], "only the original null-sender message")
+        #expect(f.logLines().contains { $0.event == "failed" })
+        #expect(try f.store.content(of: "M1") == nil)
+    }
+
+    @Test("NOTIFY=NEVER suppresses the DSN; NOTIFY=SUCCESS gives a relayed report for a delivery")
+    func notify() throws {
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
+        try f.setNotify("NEVER", message: "M1")
+        try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
+        try f.store.enqueue(f.message("M2", ["ok@hato.test"]))
+        try f.setNotify("SUCCESS,FAILURE", message: "M2")
+        try f.deliver("M2", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        let dsns = try f.dsns()
+        #expect(dsns.count == 1)
+        let text = String(decoding: dsns.first?.content ?? [], as: UTF8.self)
+        #expect(text.contains("Final-Recipient: rfc822; ok@hato.test\r\nAction: relayed\r\nStatus: 2.0.0"))
+        #expect(text.contains("Subject: Successful Mail Delivery Report"))
+        #expect(!text.contains("nobody@hato.test"))
+        #expect(DeliveryReporter.notifyAllows(nil, "FAILURE") && DeliveryReporter.notifyAllows(nil, "DELAY") && !DeliveryReporter.notifyAllows(nil, "SUCCESS"))
+        #expect(!DeliveryReporter.notifyAllows("never", "FAILURE"))
+        #expect(DeliveryReporter.notifyAllows("SUCCESS, DELAY", "DELAY"))
+    }
+
+    @Test("expired recipients get a 4.4.7 failure report; a long-deferred one gets one delay warning first")
+    func expiryAndDelay() throws {
+        let f = try ReportingFixture(extraYAML: "dsn: { delay_warning: 30m }")
+        defer { f.cleanup() }
+        f.reporter.delayScanInterval = 0
+        try f.store.enqueue(f.message("M1", ["slow@hato.test"]))
+        try f.deliver("M1", status: .deferred, code: 451, enhanced: "4.7.1", text: "greylisted, try again later")
+        try f.report()
+        #expect(try f.dsns().isEmpty)
+        #expect(f.logLines().last?.category == "rate-limited")
+        #expect(f.logLines().last?.nextAttempt != nil)
+        f.clock.advance(1800)
+        try f.report()
+        try f.report()
+        var dsns = try f.dsns()
+        #expect(dsns.count == 1)
+        let delay = String(decoding: dsns.first?.content ?? [], as: UTF8.self)
+        #expect(delay.contains("Action: delayed\r\nStatus: 4.7.1"))
+        #expect(delay.contains("Will-Retry-Until: "))
+        #expect(try f.store.content(of: "M1") != nil, "still needed for delivery")
+        f.clock.advance(1800)
+        #expect(try f.store.expireOld(maxAge: 3600, now: f.clock.now()) == 1)
+        try f.report()
+        dsns = try f.dsns()
+        #expect(dsns.count == 2, "one delay warning, one failure report")
+        let failure = String(decoding: dsns.last?.content ?? [], as: UTF8.self)
+        #expect(failure.contains("Action: failed\r\nStatus: 4.4.7"))
+        #expect(f.logLines().contains { $0.event == "expired" && $0.recipient == "slow@hato.test" })
+    }
+
+    @Test("failures of one message wait for its other recipients' first results, then share one DSN")
+    func oneDSNPerMessage() throws {
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["a@one.test", "b@two.test"]))
+        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 10)
+        for (i, r) in due.enumerated() {
+            let lease = LeaseRecord(id: "L\(i)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1", domain: r.domain,
+                                    recipientIDs: [r.id], grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
+            _ = try f.store.recordLeases([lease])
+        }
+        _ = try f.store.applyResult(ResultMessage(leaseID: "L0", instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.one.test", remoteAddress: nil,
+                                                  outcomes: [RecipientResult(recipientID: due[0].id, status: .failed, code: 550, enhanced: "5.1.1", text: "unknown")],
+                                                  finishedAt: 0), node: "node-a", retry: f.retry, now: f.clock.now())
+        try f.report()
+        #expect(try f.dsns().isEmpty, "b@two.test is still in flight")
+        _ = try f.store.applyResult(ResultMessage(leaseID: "L1", instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.two.test", remoteAddress: nil,
+                                                  outcomes: [RecipientResult(recipientID: due[1].id, status: .failed, code: 552, enhanced: "5.2.2", text: "mailbox full")],
+                                                  finishedAt: 0), node: "node-a", retry: f.retry, now: f.clock.now())
+        try f.report()
+        let dsns = try f.dsns()
+        #expect(dsns.count == 1)
+        let text = String(decoding: dsns.first?.content ?? [], as: UTF8.self)
+        #expect(text.contains("Final-Recipient: rfc822; a@one.test") && text.contains("Final-Recipient: rfc822; b@two.test"))
+    }
+
+    @Test("a hard bounce suppresses the address; the next message to it is marked suppressed without an attempt and reported")
+    func hardBounceSuppression() throws {
+        let f = try ReportingFixture(extraYAML: "suppression: { expire_after: 1d }")
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["Nobody@Hato.test"]))
+        try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "user unknown")
+        try f.report()
+        let entries = try f.store.suppressions(now: f.clock.now())
+        #expect(entries.map(\.address) == ["nobody@hato.test"])
+        #expect(entries.first?.category == "bad-mailbox")
+        #expect(entries.first?.scope == nil)
+        #expect(entries.first?.expiresAt == f.clock.now().timeIntervalSince1970 + 86_400)
+        // A soft failure (mailbox full) does not suppress.
+        try f.store.enqueue(f.message("M2", ["full@hato.test"]))
+        try f.deliver("M2", status: .failed, code: 552, enhanced: "5.2.2", text: "mailbox full")
+        try f.report()
+        #expect(try f.store.suppressions(now: f.clock.now()).count == 1)
+
+        try f.store.enqueue(f.message("M3", ["nobody@hato.test", "fine@hato.test"]))
+        let m3 = try f.store.message(id: "M3")
+        #expect(m3?.recipients.map(\.state) == [.suppressed, .queued])
+        #expect(try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 10).filter { $0.messageID == "M3" }.map(\.address) == ["fine@hato.test"])
+        try f.deliver("M3", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        #expect(f.logLines().contains { $0.event == "suppressed" && $0.messageId == "M3" && $0.recipient == "nobody@hato.test" })
+        let last = (try f.dsns().last.map { String(decoding: $0.content, as: UTF8.self) } ?? "").replacingOccurrences(of: "\r\n ", with: " ")
+        #expect(last.contains("Final-Recipient: rfc822; nobody@hato.test\r\nAction: failed\r\nStatus: 5.1.1"))
+        #expect(last.contains("Diagnostic-Code: X-Hato; 550 5.1.1 recipient address is on the suppression list"))
+        #expect(try f.store.countsByState()[.suppressed] == 1)
+        #expect(f.service.metrics.suppressed.value("t") == 1)
+        // Expiry: after a day the address is tried again.
+        f.clock.advance(86_401)
+        try f.store.enqueue(f.message("M4", ["nobody@hato.test"]))
+        #expect(try f.store.message(id: "M4")?.recipients.first?.state == .queued)
+    }
+
+    @Test("suppression scope sender_domain: an entry blocks only that sender domain; global entries block all")
+    func senderDomainScope() throws {
+        let f = try ReportingFixture(extraYAML: "suppression: { scope: sender_domain }")
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", from: "app@shop.example", ["gone@hato.test"]))
+        try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "user unknown")
+        try f.report()
+        #expect(try f.store.suppressions(now: f.clock.now()).first?.scope == "shop.example")
+        #expect(try f.store.isSuppressed(recipient: "GONE@hato.test", sender: "other@shop.example", scope: .senderDomain, now: f.clock.now()))
+        #expect(try !f.store.isSuppressed(recipient: "gone@hato.test", sender: "x@blog.example", scope: .senderDomain, now: f.clock.now()))
+        #expect(try f.store.isSuppressed(recipient: "gone@hato.test", sender: "x@blog.example", scope: .global, now: f.clock.now()))
+        try f.store.enqueue(f.message("M2", from: "news@blog.example", ["gone@hato.test"]))
+        try f.store.enqueue(f.message("M3", from: "billing@SHOP.example", ["gone@hato.test"]))
+        #expect(try f.store.message(id: "M2")?.recipients.first?.state == .queued)
+        #expect(try f.store.message(id: "M3")?.recipients.first?.state == .suppressed)
+        try f.store.addSuppressions([SuppressionEntry(address: "all@hato.test", source: "operator", createdAt: 0)])
+        try f.store.enqueue(f.message("M4", from: "news@blog.example", ["all@hato.test"]))
+        #expect(try f.store.message(id: "M4")?.recipients.first?.state == .suppressed)
+        #expect(try f.store.removeSuppression(address: "ALL@hato.test", scope: nil) == 1)
+        #expect(try f.store.removeSuppression(address: "gone@hato.test", scope: "") == 0, "only a domain entry exists")
+        #expect(try f.store.removeSuppression(address: "gone@hato.test", scope: "shop.example") == 1)
+        #expect(try f.store.suppressions(now: f.clock.now()).isEmpty)
+    }
+
+    @Test("reject_at_rcpt mode does not mark at enqueue; isSuppressed answers for the SMTP session")
+    func rejectMode() throws {
+        let f = try ReportingFixture(extraYAML: "suppression: { mode: reject_at_rcpt }")
+        defer { f.cleanup() }
+        try f.store.addSuppressions([SuppressionEntry(address: "x@hato.test", source: "operator", createdAt: 0)])
+        try f.store.enqueue(f.message("M1", ["x@hato.test"]))
+        #expect(try f.store.message(id: "M1")?.recipients.first?.state == .queued)
+        #expect(try f.store.isSuppressed(recipient: "x@hato.test", sender: "a@b.test", scope: .global, now: f.clock.now()))
+        let reply = f.store.suppressionReply(recipient: "X@hato.test", sender: "a@b.test", settings: f.config.suppression, now: f.clock.now())
+        #expect(reply?.description == "550 5.1.1 <X@hato.test>: recipient address is suppressed\r\n")
+        #expect(f.store.suppressionReply(recipient: "y@hato.test", sender: "a@b.test", settings: f.config.suppression, now: f.clock.now()) == nil)
+        #expect(f.store.suppressionReply(recipient: "x@hato.test", sender: "a@b.test", settings: SuppressionSettings(), now: f.clock.now()) == nil,
+                "mark_suppressed mode accepts at RCPT")
+    }
+
+    @Test("the admin routes list, add and remove suppressions and query the log; /metrics needs no token")
+    func api() throws {
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        let api = f.service.api
+        func req(_ method: String, _ path: String, query: [String: String] = [:], body: String = "", token: Bool = true) -> HTTPResponse? {
+            api.handle(HTTPRequest(method: method, path: path, query: query, headers: token ? ["authorization": "Bearer tok"] : [:], body: Array(body.utf8)))
+        }
+        #expect(req("GET", "/v1/status") == nil, "other routes fall through")
+        #expect(req("GET", "/v1/suppressions", token: false)?.status == 401)
+        #expect(req("POST", "/v1/suppressions", body: "{\"address\": \"bad address\"}")?.status == 400)
+        #expect(req("POST", "/v1/suppressions", body: "{\"address\": \"Op@Hato.test\", \"reason\": \"complaint\", \"expires_in\": 60}")?.status == 200)
+        let list = try JSONSerialization.jsonObject(with: Data(req("GET", "/v1/suppressions")?.body ?? [])) as? [[String: Any]] ?? []
+        #expect(list.count == 1)
+        #expect(list.first?["address"] as? String == "op@hato.test")
+        #expect(list.first?["source"] as? String == "operator")
+        #expect(req("DELETE", "/v1/suppressions/op@hato.test")?.status == 200)
+        #expect(req("DELETE", "/v1/suppressions/op@hato.test")?.status == 404)
+        try f.store.enqueue(f.message("M1", ["a@hato.test"]))
+        try f.deliver("M1", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        let log = try JSONSerialization.jsonObject(with: Data(req("GET", "/v1/log", query: ["message": "M1"])?.body ?? [])) as? [[String: Any]] ?? []
+        #expect(log.map { $0["event"] as? String ?? "" } == ["received", "delivered"])
+        let byRcpt = try JSONSerialization.jsonObject(with: Data(req("GET", "/v1/log", query: ["recipient": "A@hato.test"])?.body ?? [])) as? [[String: Any]] ?? []
+        #expect(byRcpt.map { $0["event"] as? String ?? "" } == ["delivered"])
+        #expect(req("GET", "/v1/log")?.status == 400)
+        let metrics = req("GET", "/metrics", token: false)
+        #expect(metrics?.status == 200)
+        #expect(metrics?.contentType.hasPrefix("text/plain; version=0.0.4") == true)
+        let text = String(decoding: metrics?.body ?? [], as: UTF8.self)
+        #expect(text.contains("hato_recipients_delivered_total{pool=\"t\",provider=\"other\",sending_ip=\"127.0.0.10\"} 1") ||
+                text.contains("hato_recipients_delivered_total{pool=\"t\",sending_ip=\"127.0.0.10\",provider=\"other\"} 1"))
+        #expect(text.contains("hato_queue_recipients{state=\"delivered\"} 1"))
+        #expect(text.contains("hato_delivery_latency_seconds_count{pool=\"t\"} 1"))
+    }
+
+    @Test("the events survive a restart: a failure recorded before a crash still gets its DSN")
+    func eventsSurviveRestart() throws {
+        let dir: String
+        do {
+            let f = try ReportingFixture()
+            dir = f.config.coordinator.dataDir
+            try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
+            try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
+            // No reporter pass: the "crash" happens here.
+        }
+        let config = try ClusterConfig.parse("""
+            cluster: { name: t, secret: "0123456789abcdef0123" }
+            coordinator: { listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token: tok, data_dir: \(dir) }
+            smtp: { listen: [127.0.0.1:0], hostname: relay.hato.test }
+            nodes: [ { id: node-a, data_dir: \(dir)-node } ]
+            pools: [ { name: t } ]
+            ips: [ { address: 127.0.0.10, helo: mta10.hato.test, pool: t } ]
+            routing: { default_pool: t }
+            """, path: "/tmp/x.yml")
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
+        let store = try QueueStore(directory: dir)
+        let service = try ReportingService(config: config, store: store, onEnqueued: {})
+        while try service.reporter.runOnce() {}
+        let dsn = try store.lock.withLock { try store.db.prepare("SELECT COUNT(*) FROM messages WHERE reverse_path=''").query { $0.int(0) } }
+        #expect(dsn == [1])
+    }
+}
+
+@Suite("Delivery log files")
+struct DeliveryLogTests {
+    @Test("rotation by size keeps N files and queries read across them")
+    func rotation() throws {
+        let dir = NSTemporaryDirectory() + "hato-log-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try DeliveryLog(directory: dir, maxFileSize: 4096, keepFiles: 2)
+        var all: [DeliveryLogRecord] = []
+        for i in 0..<100 {
+            var r = DeliveryLogRecord(id: "M\(i % 10).\(i)", ts: "2026-01-01T00:00:00.000Z", event: "delivered", messageId: "M\(i % 10)")
+            r.recipient = "user\(i)@hato.test"
+            r.reply = String(repeating: "x", count: 40)
+            all.append(r)
+            try log.append([r])
+        }
+        let files = log.files()
+        #expect(files.count == 3, "current + 2 rotated: \(files)")
+        for f in files {
+            let size = (try FileManager.default.attributesOfItem(atPath: f)[.size] as? NSNumber)?.intValue ?? 0
+            #expect(size <= 4096)
+        }
+        #expect(!FileManager.default.fileExists(atPath: log.rotatedPath(3)))
+        // Every kept line parses and is in order; the oldest were rotated away.
+        let kept = log.query(messageID: nil, recipient: nil, limit: 1000)
+        #expect(kept.count < 100 && kept.count > 40)
+        #expect(kept == Array(all.suffix(kept.count)))
+        #expect(log.query(messageID: "M3", recipient: nil).allSatisfy { $0.messageId == "M3" })
+        #expect(log.query(messageID: nil, recipient: "USER99@hato.test").map(\.id) == ["M9.99"])
+        #expect(log.query(messageID: "M9", recipient: nil, limit: 2).map(\.id) == ["M9.89", "M9.99"])
+        // A batch bigger than a file still rotates cleanly.
+        try log.append(Array(repeating: all[0], count: 200))
+        #expect(log.files().count == 3)
+    }
+
+    @Test("a torn last line (crash mid-write) is skipped by queries")
+    func tornLine() throws {
+        let dir = NSTemporaryDirectory() + "hato-log-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try DeliveryLog(directory: dir, maxFileSize: 1 << 20, keepFiles: 2)
+        try log.append([DeliveryLogRecord(id: "A.1", ts: "t", event: "received", messageId: "A")])
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log.currentPath))
+        h.seekToEndOfFile()
+        h.write(Data("{\"id\":\"A.2\",\"event\":\"deliv".utf8))
+        try h.close()
+        #expect(log.query(messageID: "A", recipient: nil).map(\.id) == ["A.1"])
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import Testing
+@testable import HatoCoordinator
+@testable import HatoShared
+
+/// A webhook receiver played by Python's http.server (`/usr/bin/python3`): it checks each
+/// POST's `X-Hato-Signature` with the shared secret and appends what it got to a JSON-lines file.
+final class PythonWebhookReceiver: @unchecked Sendable {
+    static let script = """
+        import hashlib, hmac, http.server, json, sys
+        port, out_path, secret, fail_first = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode(), int(sys.argv[4])
+        seen = {'n': 0}
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers['Content-Length']))
+                seen['n'] += 1
+                if seen['n'] <= fail_first:
+                    self.send_response(503); self.end_headers(); return
+                expected = 'sha256=' + hmac.new(secret, body, hashlib.sha256).hexdigest()
+                valid = hmac.compare_digest(self.headers.get('X-Hato-Signature', ''), expected)
+                with open(out_path, 'a') as f:
+                    f.write(json.dumps({'valid': valid, 'timestamp': self.headers.get('X-Hato-Timestamp'),
+                                        'attempt': self.headers.get('X-Hato-Attempt'), 'body': json.loads(body)}) + '\\n')
+                self.send_response(200 if valid else 401); self.end_headers()
+            def log_message(self, *args): pass
+        http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
+        """
+    let process = Process()
+    let outPath: String
+
+    init(port: UInt16, secret: String, failFirst: Int, dir: String) throws {
+        outPath = dir + "/received-\(Identifier.random(bytes: 3)).jsonl"
+        let scriptPath = dir + "/receiver.py"
+        try Self.script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [scriptPath, "\(port)", outPath, secret, "\(failFirst)"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Wait until it accepts connections.
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeout: 1)) != nil { return }
+            usleep(50_000)
+        }
+        throw PythonCheckError("webhook receiver did not start")
+    }
+
+    /// Every POST received so far.
+    var received: [[String: Any]] {
+        ((try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+
+    /// SIGKILL: a child of a test thread may inherit a signal mask that blocks SIGTERM.
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
+}
+
+struct PythonCheckError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+@Suite("Webhooks", .serialized)
+struct WebhookTests {
+    @Test("the signature is HMAC-SHA256 over the body; backoff doubles up to the maximum")
+    func signatureAndBackoff() {
+        let body = WebhookSignature.body(events: [Array("{\"a\":1}".utf8), Array("{\"b\":2}".utf8)], timestamp: 1_700_000_000)
+        #expect(String(decoding: body, as: UTF8.self) == "{\"timestamp\":1700000000,\"events\":[{\"a\":1},{\"b\":2}]}")
+        let header = WebhookSignature.header(secret: "0123456789abcdef", body: body)
+        #expect(header == "sha256=" + Hex.encode(Crypto.hmacSHA256(key: Array("0123456789abcdef".utf8), data: body)))
+        #expect(WebhookSignature.verify(header: header, secret: "0123456789abcdef", body: body))
+        #expect(!WebhookSignature.verify(header: header, secret: "0123456789abcdeX", body: body))
+        let hook = WebhookSettings(url: "http://x.test/", secret: "0123456789abcdef", initialBackoff: 5, maxBackoff: 60)
+        #expect((1...6).map { WebhookDispatcher.backoff(attempts: $0, hook: hook) } == [5, 10, 20, 40, 60, 60])
+    }
+
+    @Test("events reach a Python receiver with valid signatures after it was down and the coordinator restarted")
+    func downThenRestart() throws {
+        let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
+        let port = probe.localAddress?.port ?? 0
+        probe.close()
+        let secret = "webhook-test-secret-0123"
+        let hook = WebhookSettings(url: "http://127.0.0.1:\(port)/hato", secret: secret, timeout: 2, initialBackoff: 0.2, maxBackoff: 0.5, batchSize: 2)
+        let events = (1...3).map { i in (hook: hook.url, eventID: "M\(i).\(i)", body: Array("{\"id\":\"M\(i).\(i)\",\"event\":\"delivered\"}".utf8)) }
+
+        // 1. The receiver is down: attempts fail and are rescheduled, nothing is lost.
+        do {
+            let store = try QueueStore(directory: dir)
+            try store.installReportingSchema()
+            var d = EventDisposition()
+            d.webhooks = events
+            try store.completeEvents(d, now: Date())
+            let metrics = CoordinatorMetrics()
+            let dispatcher = WebhookDispatcher(hooks: [hook], store: store, metrics: metrics)
+            dispatcher.start()
+            let deadline = Date().addingTimeInterval(10)
+            while metrics.webhookPosts.value(hook.url, "failed") < 2 && Date() < deadline { usleep(50_000) }
+            dispatcher.stop()
+            #expect(metrics.webhookPosts.value(hook.url, "failed") >= 2)
+            #expect(try store.webhookOutboxCount() == 3)
+        }
+
+        // 2. Restart (a new store and dispatcher on the same database); the receiver comes up
+        //    and answers 503 once before accepting.
+        let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 1, dir: dir)
+        defer { receiver.stop() }
+        let store = try QueueStore(directory: dir)
+        try store.installReportingSchema()
+        let dispatcher = WebhookDispatcher(hooks: [hook], store: store)
+        dispatcher.start()
+        defer { dispatcher.stop() }
+        let deadline = Date().addingTimeInterval(15)
+        while (try store.webhookOutboxCount()) > 0 && Date() < deadline { usleep(50_000) }
+        #expect(try store.webhookOutboxCount() == 0)
+        let posts = receiver.received
+        #expect(posts.count == 2, "two batches of at most 2 events")
+        #expect(posts.allSatisfy { $0["valid"] as? Bool == true })
+        let ids = posts.flatMap { (($0["body"] as? [String: Any])?["events"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } }
+        #expect(ids.sorted() == ["M1.1", "M2.2", "M3.3"])
+        for p in posts {
+            let body = p["body"] as? [String: Any] ?? [:]
+            #expect((body["timestamp"] as? Int).map(String.init) == p["timestamp"] as? String, "the signed body carries the timestamp header's value")
+        }
+        #expect(posts.compactMap { Int($0["attempt"] as? String ?? "") }.max() ?? 0 >= 3, "retried after the failures before the restart and the 503")
+    }
+
+    @Test("hooks removed from the configuration have their pending events dropped at start")
+    func removedHook() throws {
+        let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try QueueStore(directory: dir)
+        try store.installReportingSchema()
+        var d = EventDisposition()
+        d.webhooks = [(hook: "http://gone.test/", eventID: "e1", body: Array("{}".utf8))]
+        try store.completeEvents(d, now: Date())
+        let dispatcher = WebhookDispatcher(hooks: [], store: store)
+        dispatcher.start()
+        dispatcher.stop()
+        #expect(try store.webhookOutboxCount() == 0)
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import HatoShared
+import Testing
+
+extension Integration {
+@Suite("Deliverability")
+struct DeliverabilityIntegrationTests {
+    static func today() -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "UTC"); f.dateFormat = "yyyy-MM-dd"
+        return f.string(from: Date())
+    }
+
+    @Test("warm-up: a day-1 IP of a 50/day plan takes at most 50; its pool overflows to the warmed IP; a pool with only warming IPs waits")
+    func warmup() throws {
+        let ips = """
+            ips:
+              - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a], warmup: { plan: gentle, start: \(Self.today()) } }
+              - { address: 127.0.0.11, helo: mta11.it.test, pool: transactional, nodes: [node-a] }
+              - { address: 127.0.0.12, helo: mta12.it.test, pool: fresh, nodes: [node-a], warmup: { plan: gentle, start: \(Self.today()) } }
+            warmup:
+              - { name: gentle, daily: [50, 100] }
+            """
+        let cluster = try LocalCluster(nodeIDs: ["node-a"], ipsYAML: ips,
+                                       poolsYAML: "pools:\n  - { name: transactional }\n  - { name: fresh }",
+                                       routingYAML: "routing:\n  default_pool: transactional\n  rules:\n    - { header: X-Hato-Pool }\n    - { sender_domain: fresh.example, pool: fresh }")
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNode("node-a")
+            try cluster.waitForNodes(["node-a"], state: "active")
+            var msgs: [(from: String, to: [String], content: [UInt8])] = (0..<200).map { i in ("s@example.org", ["t\(i)@hato.test"], testMessage(i, to: "t\(i)@hato.test", extraLines: 2)) }
+            msgs += (200..<280).map { i in ("s@fresh.example", ["f\(i)@hato.test"], testMessage(i, to: "f\(i)@hato.test", extraLines: 2)) }
+            // A header rule wins over the sender-domain rule; the header is removed before sending.
+            var tagged = Array("X-Hato-Pool: transactional\r\n".utf8) + testMessage(999, to: "h@hato.test", extraLines: 1)
+            msgs.append(("s@fresh.example", ["h@hato.test"], tagged))
+            tagged.removeAll()
+            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: msgs, connections: 4, dir: cluster.dir)
+            try waitUntil("transactional mail and 50 fresh delivered", timeout: 60) { cluster.capture.received.count >= 201 + 50 }
+            Thread.sleep(forTimeInterval: 2)  // give the scheduler time to (wrongly) send more
+            let by = Dictionary(grouping: cluster.capture.received, by: \.peerAddress).mapValues(\.count)
+            print("warm-up: deliveries per IP \(by.sorted { $0.key < $1.key })")
+            #expect(by["127.0.0.10"] ?? 0 <= 50, "the warming IP stays under its cap")
+            #expect((by["127.0.0.10"] ?? 0) + (by["127.0.0.11"] ?? 0) == 201, "the transactional pool overflows to the warmed IP")
+            #expect(by["127.0.0.12"] == 50, "the fresh pool sends exactly its cap")
+            let q = try cluster.queue()
+            #expect(q["queued"] == 30, "the rest of the fresh pool waits: \(q)")
+            let ipRows = try cluster.admin("/v1/ips") as? [[String: Any]] ?? []
+            let fresh = ipRows.first { $0["address"] as? String == "127.0.0.12" } ?? [:]
+            #expect(fresh["warmup_day"] as? Int == 1 && fresh["warmup_cap"] as? Int == 50 && fresh["warmup_sent"] as? Int == 50)
+            let h = cluster.capture.received.first { subjectNumber($0) == 999 }
+            #expect(h != nil && h!.peerAddress != "127.0.0.12", "routed by header to transactional")
+            #expect(h.map { !String(decoding: $0.content, as: UTF8.self).contains("X-Hato-Pool") } == true, "routing header removed")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+
+    @Test("backoff: '421 4.7.0 try again later' to one sending IP suspends that pair only; other IPs deliver; after expiry it resumes")
+    func backoff() throws {
+        final class Clock: @unchecked Sendable { let lock = NSLock(); var first: Date? }
+        let clock = Clock()
+        let cluster = try LocalCluster(extraYAML: "backoff:\n  rules:\n    - { match: \"try again later\", action: suspend, duration: 4s }\n",
+                                       retrySchedule: "[1s]", captureDelay: 0.01,
+                                       captureSourcePolicy: { peer in
+                                           guard peer == "127.0.0.11" else { return .accept }
+                                           let first = clock.lock.withLock { () -> Date in if clock.first == nil { clock.first = Date() }; return clock.first! }
+                                           return Date().timeIntervalSince(first) < 2 ? .reject(421, "4.7.0 try again later") : .accept
+                                       })
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNodesAndWait()
+            let stream = BackgroundSubmission(cluster: cluster, count: 400)
+            try waitUntil("a suspension for 127.0.0.11", timeout: 30) {
+                (try cluster.admin("/v1/suspensions") as? [[String: Any]] ?? []).contains { $0["sending_ip"] as? String == "127.0.0.11" }
+            }
+            let suspendedAt = Date().timeIntervalSince1970
+            let s = (try cluster.admin("/v1/suspensions") as? [[String: Any]] ?? [])
+            #expect(s.count == 1, "only the pair that got the 421: \(s)")
+            _ = try stream.wait(timeout: 120)
+            try cluster.waitForQueue(final: 400, timeout: 120)
+            let received = cluster.capture.received
+            let during = received.filter { $0.receivedAt > suspendedAt + 0.5 && $0.receivedAt < suspendedAt + 3 }
+            print("backoff: \(during.count) deliveries during the suspension, by IP \(Dictionary(grouping: during, by: \.peerAddress).mapValues(\.count))")
+            #expect(!during.isEmpty && during.allSatisfy { $0.peerAddress != "127.0.0.11" }, "other IPs keep delivering; the suspended pair does not")
+            #expect(Set(received.compactMap(subjectNumber)).count == 400)
+            // After expiry the pair resumes: a second batch uses 127.0.0.11 again.
+            try waitUntil("the suspension to expire", timeout: 10) { (try cluster.admin("/v1/suspensions") as? [Any])?.isEmpty == true }
+            let expiredAt = Date().timeIntervalSince1970
+            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: (0..<80).map { i in
+                ("s@example.org", ["again\(i)@hato.test"], testMessage(1000 + i, to: "again\(i)@hato.test", extraLines: 1))
+            }, connections: 4, dir: cluster.dir)
+            try cluster.waitForQueue(final: 480, timeout: 60)
+            let after = cluster.capture.received.filter { $0.receivedAt >= expiredAt }
+            #expect(after.contains { $0.peerAddress == "127.0.0.11" }, "127.0.0.11 delivers again after the suspension expired")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+}
+}
