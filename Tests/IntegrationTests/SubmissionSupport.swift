@@ -44,7 +44,7 @@ func makeTempDirectory(_ prefix: String) throws -> String {
 
 /// The cluster.yml of a submission test: one coordinator, no nodes running, `smtpExtra` lines
 /// added to the `smtp:` flow map.
-func submissionClusterYAML(smtpPort: UInt16, clusterPort: UInt16, adminPort: UInt16, smtpExtra: String) -> String {
+func submissionClusterYAML(smtpPort: UInt16, clusterPort: UInt16, adminPort: UInt16, smtpExtra: String, extraYAML: String = "") -> String {
     """
     cluster: { name: it, secret: "integration-test-secret-0123456789" }
     coordinator:
@@ -63,7 +63,7 @@ func submissionClusterYAML(smtpPort: UInt16, clusterPort: UInt16, adminPort: UIn
     ips:
       - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
     routing: { default_pool: transactional }
-
+    \(extraYAML)
     """
 }
 
@@ -76,9 +76,9 @@ final class InProcessSubmission: @unchecked Sendable {
     let port: UInt16
 
     /// - Parameter smtpExtra: YAML lines for the `smtp:` section (besides listen and hostname).
-    init(smtpExtra: String, dir existing: String? = nil) throws {
+    init(smtpExtra: String, extraYAML: String = "", dir existing: String? = nil) throws {
         dir = try existing ?? makeTempDirectory("hato-sub-")
-        let yaml = submissionClusterYAML(smtpPort: 0, clusterPort: try freePort(), adminPort: try freePort(), smtpExtra: smtpExtra)
+        let yaml = submissionClusterYAML(smtpPort: 0, clusterPort: try freePort(), adminPort: try freePort(), smtpExtra: smtpExtra, extraYAML: extraYAML)
         config = try ClusterConfig.parse(yaml, path: (dir as NSString).appendingPathComponent("cluster.yml"))
         store = try QueueStore(directory: config.coordinator.dataDir)
         server = SubmissionServer(config: config, store: store, onAccepted: {})

@@ -170,6 +170,10 @@ public enum SMTPServerAction: Sendable, Equatable {
 /// ignored; a line over `maxCommandLength` is answered `500 5.5.2 … line too
 /// long` once its LF arrives, its bytes discarded meanwhile.
 public struct SMTPServerSession: Sendable {
+    /// A per-recipient policy check run at RCPT after relay and count checks (e.g. the
+    /// suppression list, `550 5.1.1 … suppressed`); nil accepts. Set by the driver.
+    public var recipientCheck: (@Sendable (_ recipient: Mailbox, _ reversePath: ReversePath) -> SMTPReply?)?
+
     /// The EHLO/HELO identity of the client.
     struct Helo: Sendable {
         var name: String
@@ -665,6 +669,8 @@ public struct SMTPServerSession: Sendable {
                 reply = SMTPReply(554, "5.7.1", "Relay access denied")
             } else if transaction.recipients.count >= policy.maxRecipients {
                 reply = SMTPReply(452, "4.5.3", "Too many recipients")
+            } else if let check = recipientCheck, let refusal = check(mailbox, transaction.reversePath) {
+                reply = refusal
             } else {
                 transaction.recipients.append(mailbox)
                 transaction.recipientParameters.append(parameters)

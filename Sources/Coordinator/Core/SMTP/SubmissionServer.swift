@@ -136,6 +136,12 @@ public final class SubmissionServer: @unchecked Sendable {
                                       tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS, authAvailable: !smtp.users.isEmpty)
         var session = SMTPServerSession(policy: policy, peer: peer, relayPermitted: smtp.mayRelay(peer.host),
                                         plaintextAuthPermitted: smtp.authAllowPlaintextLoopback && SMTPSettings.isLoopback(peer.host))
+        if config.suppression.mode == .rejectAtRcpt {
+            let store = self.store, settings = config.suppression
+            session.recipientCheck = { rcpt, sender in
+                store.suppressionReply(recipient: rcpt.address, sender: sender.address, settings: settings, now: Date())
+            }
+        }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 64 * 1024)
         var deadline = Date().addingTimeInterval(smtp.commandTimeout)
