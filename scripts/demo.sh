@@ -50,10 +50,12 @@ for i in $(seq 1 100); do
   sleep 0.2
 done
 echo "== delivered: which node and sending IP carried each message"
-printf "%-17s %-10s %-9s %-7s %-11s %-10s %s\n" RECIPIENT STATE ATTEMPTS NODE "SENDING IP" MX "LAST REPLY"
-for id in $("$BIN/hato-coordinator" messages --config cluster.yml --limit "$COUNT"); do
-  "$BIN/hato-coordinator" message "$id" --config cluster.yml | tail -n +3
-done | sort -u
+first=1
+for id in $("$BIN/hato-coordinator" messages --config cluster.yml --limit "$COUNT" | sort); do
+  out=$("$BIN/hato-coordinator" message "$id" --config cluster.yml)
+  if [ "$first" = 1 ]; then echo "$out" | sed -n 2p; first=0; fi
+  echo "$out" | tail -n +3
+done
 echo
 echo "captured messages are in var/capture/, logs in var/logs/"
 "$BIN/hato-coordinator" queue --config cluster.yml
