@@ -271,7 +271,7 @@ struct OutboundInteropTests {
             #expect(peak.values.allSatisfy { $0 <= 2 })
             let nodeLogs = cluster.logs
             #expect(nodeLogs.contains("\"tls\":\"TLSv1.3\""))
-            print("Postfix: \(connects.count) TLS sessions (\(tlsLines.first.map { String($0.suffix(60)) } ?? "")), messages per connection \(perConnection), peak sessions per sending IP \(peak.sorted { $0.key < $1.key })")
+            print("Postfix: \(connects.count) TLS sessions (\(tlsLines.first.map { String($0.split(separator: ": ", maxSplits: 1).last ?? "") } ?? "")), messages per connection \(perConnection), peak sessions per sending IP \(peak.sorted { $0.key < $1.key })")
         } catch {
             let maillog = (try? String(contentsOfFile: "\(dir)/maillog", encoding: .utf8)) ?? ""
             Issue.record("\(error)\n\(cluster.logs)\n==== maillog\n\(maillog.suffix(6000))")
