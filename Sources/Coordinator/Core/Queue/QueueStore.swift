@@ -156,6 +156,7 @@ public final class QueueStore: @unchecked Sendable {
             CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
             CREATE INDEX IF NOT EXISTS recipients_lease ON recipients(lease_id);
             CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
+            CREATE INDEX IF NOT EXISTS messages_open_age ON messages(received_at) WHERE open_recipients > 0;
             CREATE TABLE IF NOT EXISTS leases(
               id TEXT PRIMARY KEY, node TEXT NOT NULL, instance TEXT NOT NULL, ip TEXT NOT NULL,
               message_id TEXT NOT NULL, domain TEXT NOT NULL, granted_at REAL NOT NULL, expires_at REAL NOT NULL);
@@ -434,7 +435,12 @@ public final class QueueStore: @unchecked Sendable {
         try lock.withLock {
             try db.transaction {
                 let cutoff = now.timeIntervalSince1970 - maxAge
-                let rows = try db.prepare("SELECT r.id, r.message_id FROM recipients r JOIN messages m ON m.id=r.message_id WHERE r.state IN ('queued','deferred') AND m.received_at <= ?").query([.double(cutoff)]) { ($0.int(0), $0.text(1)) }
+                // From the (small) set of old messages with open recipients, via the partial index,
+                // not a scan of every waiting recipient (a 1M-recipient queue took 0.7 s per sweep).
+                let rows = try db.prepare("""
+                    SELECT r.id, r.message_id FROM messages m CROSS JOIN recipients r ON r.message_id = m.id
+                    WHERE m.received_at <= ? AND m.open_recipients > 0 AND r.state IN ('queued','deferred')
+                    """).query([.double(cutoff)]) { ($0.int(0), $0.text(1)) }
                 let upd = try db.prepare("UPDATE recipients SET state='expired', next_attempt_at=NULL, last_text=COALESCE(last_text,'') || ' (expired: maximum queue age reached)', updated_at=? WHERE id=?")
                 let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
                 for (id, mid) in rows {
