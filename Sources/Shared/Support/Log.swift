@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Log severity.
 public enum LogLevel: Int, Sendable, Comparable, CustomStringConvertible {
@@ -38,14 +41,56 @@ public struct Logger: Sendable {
     ///   - fields: key/value pairs (strings).
     public func log(_ level: LogLevel, _ message: String, _ fields: [String: String] = [:]) {
         guard level >= minimum else { return }
-        var obj: [String: String] = fields
-        obj["ts"] = ISO8601DateFormatter.string(from: Date(), timeZone: .gmt, formatOptions: [.withInternetDateTime, .withFractionalSeconds])
+        // Hand-built JSON (sorted keys, RFC 8259 escaping): this runs on every accepted
+        // message and every delivery, so it avoids JSONSerialization and date formatters.
+        var obj = fields
+        obj["ts"] = Logger.timestamp(Date())
         obj["level"] = level.description
         obj["component"] = label
         obj["msg"] = message
-        guard var data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else { return }
-        data.append(0x0A)
+        var out = "{"
+        var first = true
+        for key in obj.keys.sorted() {
+            if !first { out += "," }
+            first = false
+            Logger.appendJSONString(key, to: &out)
+            out += ":"
+            Logger.appendJSONString(obj[key] ?? "", to: &out)
+        }
+        out += "}\n"
+        let data = Data(out.utf8)
         Logger.lock.withLock { FileHandle.standardError.write(data) }
+    }
+
+    /// `2026-11-29T13:28:12.825Z` (RFC 3339, UTC, milliseconds).
+    static func timestamp(_ date: Date) -> String {
+        let t = date.timeIntervalSince1970
+        var secs = time_t(floor(t))
+        let ms = Int((t - floor(t)) * 1000)
+        var tmv = tm()
+        gmtime_r(&secs, &tmv)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        let msText = ms < 10 ? "00\(ms)" : (ms < 100 ? "0\(ms)" : "\(ms)")
+        return "\(tmv.tm_year + 1900)-\(two(tmv.tm_mon + 1))-\(two(tmv.tm_mday))T\(two(tmv.tm_hour)):\(two(tmv.tm_min)):\(two(tmv.tm_sec)).\(msText)Z"
+    }
+
+    /// Appends `s` as a JSON string literal (quotes, backslash and control characters escaped).
+    static func appendJSONString(_ s: String, to out: inout String) {
+        out += "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20:
+                let hex = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        out += "\""
     }
 
     public func debug(_ m: String, _ f: [String: String] = [:]) { log(.debug, m, f) }
