@@ -63,7 +63,7 @@ public struct Logger: Sendable {
     }
 
     /// `2026-11-29T13:28:12.825Z` (RFC 3339, UTC, milliseconds).
-    static func timestamp(_ date: Date) -> String {
+    public static func timestamp(_ date: Date) -> String {
         let t = date.timeIntervalSince1970
         var secs = time_t(floor(t))
         let ms = Int((t - floor(t)) * 1000)

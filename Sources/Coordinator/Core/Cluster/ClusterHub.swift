@@ -597,17 +597,26 @@ public final class ClusterHub: @unchecked Sendable {
             (session.credits, table.leasable(by: session.nodeID), config.coordinator.leaseTime, config.smtp.maxMessageSize)
         }
         guard credits > 0, !ips.isEmpty else { return nil }
-        let due = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: min(credits * 100, 5000) + taken.count)
-            .filter { !taken.contains($0.id) }
-        guard !due.isEmpty else { return nil }
-        let groups = LeasePlanner.group(due)
-        let plan: [(DeliveryGroup, AssignedIP)] = lock.withLock {
-            var inFlight = session.inFlightPerIP
-            var budget: [String: Int] = [:]
-            for ip in ips { if let (_, cap) = config.warmupCap(for: ip.address, now: now) { budget[ip.address] = max(0, cap - warmupUsed[ip.address, default: 0]) } }
-            return LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits, budget: &budget) { ip, g in
-                backoffs.admit(ip: ip.address, provider: providerOfDomain[g.domain] ?? "domain:" + g.domain, now: now)
+        // A few rows per credit first (most messages have one recipient per domain; a bigger
+        // group is leased in parts); when that does not fill the credits — rows held back by
+        // warm-up caps or backoffs — look further, up to 5000 rows.
+        var limit = min(max(credits * 4, 64), 5000)
+        var plan: [(DeliveryGroup, AssignedIP)] = []
+        while true {
+            let fetched = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: limit + taken.count)
+            let due = fetched.filter { !taken.contains($0.id) }
+            guard !due.isEmpty else { return nil }
+            let groups = LeasePlanner.group(due)
+            plan = lock.withLock {
+                var inFlight = session.inFlightPerIP
+                var budget: [String: Int] = [:]
+                for ip in ips { if let (_, cap) = config.warmupCap(for: ip.address, now: now) { budget[ip.address] = max(0, cap - warmupUsed[ip.address, default: 0]) } }
+                return LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits, budget: &budget) { ip, g in
+                    backoffs.admit(ip: ip.address, provider: providerOfDomain[g.domain] ?? "domain:" + g.domain, now: now)
+                }
             }
+            if plan.count >= credits || fetched.count < limit + taken.count || limit >= 5000 { break }
+            limit = min(limit * 8, 5000)
         }
         guard !plan.isEmpty else { return nil }
         let expiresAt = now.addingTimeInterval(leaseTime)

@@ -77,7 +77,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
 
     /// ISO 8601 UTC with milliseconds.
     public static func timestamp(_ d: Date) -> String {
-        ISO8601DateFormatter.string(from: d, timeZone: .gmt, formatOptions: [.withInternetDateTime, .withFractionalSeconds])
+        Logger.timestamp(d)  // RFC 3339 UTC with milliseconds, without a formatter per call
     }
 
     /// The record as one JSON object (sorted keys, no trailing newline).
