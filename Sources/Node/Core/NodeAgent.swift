@@ -141,7 +141,7 @@ public final class NodeAgent: @unchecked Sendable {
         }
         let myNonce = Identifier.random(bytes: 32)
         let bindable = bindableIPs()
-        let capacity = perIP * max(bindable.count, 1)
+        let capacity = perIP * NodeAgent.prefetch * max(bindable.count, 1)
         try conn.send(.hello(HelloMessage(version: clusterProtocolVersion, nodeID: nodeID, instanceID: instanceID,
                                           proof: ClusterAuth.nodeProof(secret: config.cluster.secret, nonce: challenge.nonce, nodeID: nodeID, instanceID: instanceID),
                                           nodeNonce: myNonce, bindableIPs: bindable, capacity: capacity)))
@@ -187,7 +187,7 @@ public final class NodeAgent: @unchecked Sendable {
                 journal.acknowledge(leaseID: ack.leaseID)
             case .ipAssign(let m):
                 assign(m.ips)
-                try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * m.ips.count)))
+                try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * NodeAgent.prefetch * m.ips.count)))
             case .ipRevoke(let m):
                 // Finish what is queued for these IPs, then report them released
                 // (the coordinator hands them over only after that).
@@ -202,8 +202,12 @@ public final class NodeAgent: @unchecked Sendable {
 
     private var clusterFrameLimit: Int { config.smtp.maxMessageSize * 2 + 1 << 20 }
 
+    /// Leases held per delivery worker: one in progress and one waiting, so a worker never
+    /// idles for the round trip of result → credit → grant (the lease deadline covers the wait).
+    static let prefetch = 2
+
     private func freeCredits() -> Int {
-        lock.withLock { max(0, perIP * ips.count - inFlight) }
+        lock.withLock { max(0, perIP * NodeAgent.prefetch * ips.count - inFlight) }
     }
 
     private func heartbeats(_ conn: ClusterConnection, every interval: Double) {
