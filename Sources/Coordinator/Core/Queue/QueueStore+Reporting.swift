@@ -340,8 +340,8 @@ extension QueueStore {
             try db.prepare("""
                 SELECT r.id, r.message_id, r.address, r.last_code, r.last_enhanced, r.last_text, r.node, r.ip, r.mx, r.attempts,
                        r.next_attempt_at, r.updated_at, m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address, r.\(Self.notifyColumn)
-                FROM recipients r JOIN messages m ON m.id = r.message_id
-                WHERE r.state = 'deferred' AND m.received_at <= ?
+                FROM messages m CROSS JOIN recipients r ON r.message_id = m.id
+                WHERE m.received_at <= ? AND m.open_recipients > 0 AND r.state = 'deferred'
                   AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id)
                   AND NOT EXISTS(SELECT 1 FROM dsn_pending p WHERE p.recipient_id = r.id)
                 ORDER BY m.received_at LIMIT ?
