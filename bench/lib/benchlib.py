@@ -19,7 +19,6 @@ import time
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SYS_PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
 def say(msg):
@@ -318,8 +317,6 @@ def ensure_debian_packages():
         need.append("postfix")
     if shutil.which("sqlite3") is None:
         need.append("sqlite3")
-    if subprocess.call([SYS_PY, "-c", "import aiosmtpd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
-        need.append("python3-aiosmtpd")
     if shutil.which("strace") is None:
         need.append("strace")
     if not need:

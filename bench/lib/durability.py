@@ -10,7 +10,6 @@ replies, cleanup fsyncs the queue file).
 import glob
 import os
 import re
-import subprocess
 import time
 
 from benchlib import say
