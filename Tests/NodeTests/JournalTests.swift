@@ -26,4 +26,22 @@ struct JournalTests {
         reopened.acknowledge(leaseID: "A")
         #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["C"])
     }
+
+    @Test("concurrent records from many delivery workers are all durable and survive a reopen")
+    func concurrentRecords() throws {
+        let dir = NSTemporaryDirectory() + "hato-j-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir)
+        let group = DispatchGroup()
+        for i in 0..<40 {
+            group.enter()
+            Thread.detachNewThread {
+                try? j.record(result("L\(i)"))
+                group.leave()
+            }
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success)
+        #expect(Set(j.pending.map(\.leaseID)) == Set((0..<40).map { "L\($0)" }))
+        #expect(Set(try OutcomeJournal(directory: dir).pending.map(\.leaseID)).count == 40)
+    }
 }

@@ -15,6 +15,11 @@ public final class OutcomeJournal: @unchecked Sendable {
     private var handle: FileHandle
     private var pendingResults: [String: ResultMessage] = [:]
     private var order: [String] = []
+    private let syncCondition = NSCondition()
+    private var waiting: [(ResultMessage, Data, Int)] = []
+    private var synced: [Int: Result<Void, any Error>] = [:]
+    private var syncing = false
+    private var nextTicket = 0
 
     /// Opens (creating) `directory/journal.jsonl`, loads and compacts it.
     /// - Throws: a file system error when the directory or file cannot be created or written.
@@ -52,13 +57,45 @@ public final class OutcomeJournal: @unchecked Sendable {
 
     /// Durably records a result (write + fsync) before it is sent.
     /// - Throws: a file system error; the result must then not be sent as if journaled.
+    ///
+    /// Group commit: delivery workers finishing at the same time share one write and one
+    /// fsync. The first caller to find no sync running writes every line waiting at that
+    /// moment; the others wait until the sync covering their line is done. Nobody returns
+    /// before their line is on disk.
     public func record(_ result: ResultMessage) throws {
-        let d = try JSONEncoder().encode(Line(result: result)) + Data([0x0A])
-        try lock.withLock {
-            try handle.write(contentsOf: d)
-            try handle.synchronize()
-            if pendingResults[result.leaseID] == nil { order.append(result.leaseID) }
-            pendingResults[result.leaseID] = result
+        let line = try JSONEncoder().encode(Line(result: result)) + Data([0x0A])
+        syncCondition.lock()
+        let ticket = nextTicket
+        nextTicket += 1
+        waiting.append((result, line, ticket))
+        while true {
+            if let r = synced.removeValue(forKey: ticket) {
+                syncCondition.unlock()
+                try r.get()
+                return
+            }
+            if !syncing {
+                syncing = true
+                let batch = waiting
+                waiting.removeAll(keepingCapacity: true)
+                syncCondition.unlock()
+                let outcome = Result<Void, any Error> {
+                    try lock.withLock {
+                        try handle.write(contentsOf: batch.reduce(into: Data()) { $0.append($1.1) })
+                        try handle.synchronize()
+                        for (r, _, _) in batch {
+                            if pendingResults[r.leaseID] == nil { order.append(r.leaseID) }
+                            pendingResults[r.leaseID] = r
+                        }
+                    }
+                }
+                syncCondition.lock()
+                for (_, _, t) in batch { synced[t] = outcome }
+                syncing = false
+                syncCondition.broadcast()
+                continue
+            }
+            syncCondition.wait()
         }
     }
 
