@@ -126,4 +126,22 @@ struct QueueStoreTests {
         print("group commit: 64 messages in \(batches) transactions")
         #expect(batches >= 1 && batches < 64, "concurrent messages share transactions")
     }
+
+    @Test("active backoffs survive reopening the queue; expired ones are dropped; a lifted one is gone")
+    func backoffPersistence() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var q: QueueStore? = try QueueStore(directory: dir)
+        try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.10", provider: "gmail", action: .suspend, until: t0.timeIntervalSince1970 + 600, ratePerMinute: nil, reason: "421 4.7.0 try again later"))
+        try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.11", provider: "yahoo", action: .throttle, until: t0.timeIntervalSince1970 + 60, ratePerMinute: 5, reason: "rate"))
+        try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.12", provider: "outlook", action: .suspend, until: t0.timeIntervalSince1970 + 60, ratePerMinute: nil, reason: "x"))
+        try q!.deleteBackoff(ip: "127.0.0.12", provider: "outlook")
+        q = nil
+        let reopened = try QueueStore(directory: dir)
+        let active = try reopened.activeBackoffs(now: t0.addingTimeInterval(120))
+        #expect(active.map(\.sendingIP) == ["127.0.0.10"])
+        var table = BackoffTable(entries: active)
+        let admitted = table.admit(ip: "127.0.0.10", provider: "gmail", now: t0.addingTimeInterval(121))
+        #expect(!admitted, "the suspension still holds after the restart")
+        #expect(try reopened.activeBackoffs(now: t0.addingTimeInterval(700)).isEmpty)
+    }
 }

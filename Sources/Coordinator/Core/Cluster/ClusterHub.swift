@@ -111,6 +111,7 @@ public final class ClusterHub: @unchecked Sendable {
         self.clock = clock
         self.table = IPAssignmentTable(ips: ClusterHub.tableRows(config))
         self.draining = try store.drainingNodes()
+        self.backoffs = BackoffTable(entries: try store.activeBackoffs(now: clock.now()))
     }
 
     private static func tableRows(_ config: ClusterConfig) -> [(AssignedIP, [String])] {
@@ -283,11 +284,13 @@ public final class ClusterHub: @unchecked Sendable {
             wake()
         case .backoff(let m):
             let action = BackoffRule.Action(rawValue: m.action) ?? .suspend
-            lock.withLock {
+            let entry = lock.withLock { () -> BackoffTable.Entry? in
                 providerOfDomain[m.domain] = m.provider
                 backoffs.apply(ip: m.sendingIP, provider: m.provider, action: action, duration: max(1, min(m.duration, 7 * 86400)),
                                ratePerMinute: m.ratePerMinute, reason: String(m.reply.prefix(512)), now: clock.now())
+                return backoffs.entry(ip: m.sendingIP, provider: m.provider)
             }
+            if let entry { try store.saveBackoff(entry) }
             log.warning("backoff", ["node": session.nodeID, "ip": m.sendingIP, "provider": m.provider, "action": action.rawValue,
                                     "seconds": "\(Int(m.duration))", "reply": String(m.reply.prefix(200))])
         case .announce(let m):
@@ -702,6 +705,7 @@ public final class ClusterHub: @unchecked Sendable {
     /// Lifts a backoff early. - Returns: whether one was active.
     public func liftBackoff(ip: String, provider: String) -> Bool {
         defer { wake() }
+        try? store.deleteBackoff(ip: ip, provider: provider)
         return lock.withLock { backoffs.lift(ip: ip, provider: provider) }
     }
 

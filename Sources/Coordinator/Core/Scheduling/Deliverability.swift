@@ -18,12 +18,25 @@ public struct BackoffTable: Sendable, Equatable {
         var windowStart: Double = 0
         var windowCount: Int = 0
 
+        public init(sendingIP: String, provider: String, action: BackoffRule.Action, until: Double, ratePerMinute: Int?, reason: String) {
+            self.sendingIP = sendingIP; self.provider = provider; self.action = action; self.until = until
+            self.ratePerMinute = ratePerMinute; self.reason = reason
+        }
+
         enum CodingKeys: String, CodingKey { case sendingIP = "sendingIp", provider, action, until, ratePerMinute, reason }
     }
 
     private var entries: [String: Entry] = [:]
 
     public init() {}
+
+    /// A table holding `entries` (e.g. loaded after a restart).
+    public init(entries list: [Entry]) {
+        for e in list { entries[BackoffTable.key(e.sendingIP, e.provider)] = e }
+    }
+
+    /// The entry for (ip, provider), active or not.
+    public func entry(ip: String, provider: String) -> Entry? { entries[BackoffTable.key(ip, provider)] }
 
     private static func key(_ ip: String, _ provider: String) -> String { ip + "|" + provider }
 

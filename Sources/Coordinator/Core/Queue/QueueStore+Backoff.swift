@@ -1,0 +1,41 @@
+import Foundation
+import HatoShared
+
+/// Active backoffs survive a coordinator restart: a provider that pushed back is not hit again at once.
+extension QueueStore {
+    private func ensureBackoffTable() throws {
+        try db.execute("CREATE TABLE IF NOT EXISTS backoffs(ip TEXT NOT NULL, provider TEXT NOT NULL, action TEXT NOT NULL, until REAL NOT NULL, rate INTEGER, reason TEXT NOT NULL, PRIMARY KEY(ip, provider))")
+    }
+
+    /// Records (or replaces) an active backoff.
+    /// - Throws: `SQLiteError`.
+    public func saveBackoff(_ e: BackoffTable.Entry) throws {
+        try lock.withLock {
+            try ensureBackoffTable()
+            try db.prepare("INSERT OR REPLACE INTO backoffs(ip, provider, action, until, rate, reason) VALUES(?,?,?,?,?,?)")
+                .run([.text(e.sendingIP), .text(e.provider), .text(e.action.rawValue), .double(e.until), e.ratePerMinute.map { .int(Int64($0)) } ?? .null, .text(e.reason)])
+        }
+    }
+
+    /// Forgets a backoff (lifted or expired).
+    /// - Throws: `SQLiteError`.
+    public func deleteBackoff(ip: String, provider: String) throws {
+        try lock.withLock {
+            try ensureBackoffTable()
+            try db.prepare("DELETE FROM backoffs WHERE ip=? AND provider=?").run([.text(ip), .text(provider)])
+        }
+    }
+
+    /// Backoffs still active at `now` (expired rows are deleted).
+    /// - Throws: `SQLiteError`.
+    public func activeBackoffs(now: Date) throws -> [BackoffTable.Entry] {
+        try lock.withLock {
+            try ensureBackoffTable()
+            try db.prepare("DELETE FROM backoffs WHERE until <= ?").run([.double(now.timeIntervalSince1970)])
+            return try db.prepare("SELECT ip, provider, action, until, rate, reason FROM backoffs").query([]) {
+                BackoffTable.Entry(sendingIP: $0.text(0), provider: $0.text(1), action: BackoffRule.Action(rawValue: $0.text(2)) ?? .suspend,
+                                   until: $0.double(3), ratePerMinute: $0.isNull(4) ? nil : Int($0.int(4)), reason: $0.text(5))
+            }
+        }
+    }
+}
