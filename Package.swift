@@ -39,18 +39,20 @@ let package = Package(
         .executableTarget(
             name: "hato-node", dependencies: ["HatoNode"],
             path: "Sources/Node/CLI", swiftSettings: strict),
+        .target(
+            name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(
-            name: "SharedTests", dependencies: ["HatoShared"],
+            name: "SharedTests", dependencies: ["HatoShared", "TestSupport"],
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
             name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
-            name: "NodeTests", dependencies: ["HatoNode", "HatoShared"],
+            name: "NodeTests", dependencies: ["HatoNode", "HatoShared", "TestSupport"],
             path: "Tests/NodeTests", swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
+            dependencies: ["TestSupport", "HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
             path: "Tests/IntegrationTests", swiftSettings: strict),
     ]
 )

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import TestSupport
 import Testing
 @testable import HatoShared
 
@@ -137,25 +138,8 @@ extension DKIMTests {
 /// Runs a program with `posix_spawn` (empty signal mask, output to `dir/tool.log`), waiting at most 60 s.
 /// - Returns: the exit status.
 private func runTool(_ path: String, _ arguments: [String], dir: String) throws -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, dir + "/tool.log", O_WRONLY | O_CREAT | O_APPEND, 0o600)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    var empty = sigset_t(); sigemptyset(&empty)
-    var all = sigset_t(); sigfillset(&all)
-    posix_spawnattr_setsigmask(&attr, &empty)
-    posix_spawnattr_setsigdefault(&attr, &all)
-    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { for p in argv { free(p) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, path, &actions, &attr, argv, environ)
-    guard rc == 0 else { throw DKIMKeyError("posix_spawn \(path): \(rc)") }
+    let pid: pid_t
+    do { pid = try spawnChild(path, arguments, logPath: dir + "/tool.log") } catch { throw DKIMKeyError("\(error)") }
     let deadline = Date().addingTimeInterval(60)
     var status: Int32 = 0
     while waitpid(pid, &status, WNOHANG) == 0 {
