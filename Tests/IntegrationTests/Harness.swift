@@ -203,18 +203,7 @@ final class LocalCluster: @unchecked Sendable {
 
     /// GETs an admin API path as JSON.
     func admin(_ path: String) throws -> Any {
-        let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: adminPort), timeout: 2)
-        sock.setTimeouts(read: 5, write: 5)
-        try sock.write("GET \(path) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n")
-        var data = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
-            if n == 0 { break }
-            data += buf[0..<n]
-        }
-        guard let sep = data.firstRange(of: [13, 10, 13, 10]) else { throw HarnessError("bad HTTP response") }
-        return try JSONSerialization.jsonObject(with: Data(data[sep.upperBound...]))
+        try JSONSerialization.jsonObject(with: Data(httpGetBody(port: adminPort, path: path, bearer: token)))
     }
 
     func status() throws -> [String: Any] { try admin("/v1/status") as? [String: Any] ?? [:] }
@@ -366,4 +355,21 @@ func subjectNumber(_ m: CapturedMessage) -> Int? {
     let t = String(decoding: m.content.prefix(2048), as: UTF8.self)
     guard let r = t.range(of: "Subject: message ") else { return nil }
     return Int(t[r.upperBound...].prefix { $0.isNumber })
+}
+
+/// GETs `path` from 127.0.0.1:`port` over HTTP/1.1 (the admin API answers with `Connection: close`).
+/// - Returns: the response body.
+func httpGetBody(port: UInt16, path: String, bearer: String? = nil) throws -> [UInt8] {
+    let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeout: 2)
+    sock.setTimeouts(read: 5, write: 5)
+    try sock.write("GET \(path) HTTP/1.1\r\nHost: x\r\n" + (bearer.map { "Authorization: Bearer \($0)\r\n" } ?? "") + "Connection: close\r\n\r\n")
+    var data = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
+        if n == 0 { break }
+        data += buf[0..<n]
+    }
+    guard let sep = data.firstRange(of: [13, 10, 13, 10]) else { throw HarnessError("bad HTTP response") }
+    return Array(data[sep.upperBound...])
 }

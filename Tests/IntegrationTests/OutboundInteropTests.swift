@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import HatoShared
 import Testing
 
@@ -33,26 +34,7 @@ struct OutboundInteropTests {
     /// dkimpy's verdicts (one list per file, one Bool per signature), keys served by a `dnsfunc`.
     static func dkimpy(_ files: [String], records: [String: String], dir: String) throws -> [[Bool]] {
         try JSONSerialization.data(withJSONObject: records).write(to: URL(fileURLWithPath: "\(dir)/keys.json"))
-        _ = try python("""
-            import dkim, json, sys
-            keys = json.load(open(sys.argv[1]))
-            def dnsfunc(name, timeout=5):
-                n = name.decode() if isinstance(name, bytes) else name
-                v = keys.get(n.rstrip('.'))
-                return v.encode() if v is not None else None
-            out = []
-            for path in sys.argv[3:]:
-                d = dkim.DKIM(open(path, 'rb').read())
-                count = len([h for h in d.headers if h[0].lower() == b'dkim-signature'])
-                res = []
-                for i in range(count):
-                    try:
-                        res.append(bool(d.verify(idx=i, dnsfunc=dnsfunc)))
-                    except dkim.DKIMException:
-                        res.append(False)
-                out.append(res)
-            json.dump(out, open(sys.argv[2], 'w'))
-            """, ["\(dir)/keys.json", "\(dir)/dkim-out.json"] + files, dir: dir)
+        _ = try python(dkimVerifyScript, ["\(dir)/keys.json", "\(dir)/dkim-out.json"] + files, dir: dir)
         let data = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/dkim-out.json"))
         return try JSONSerialization.jsonObject(with: data) as? [[Bool]] ?? []
     }

@@ -45,18 +45,7 @@ func runPython(_ script: String, input: [UInt8], dir: String) throws -> Any {
 
 /// GETs a path over plain HTTP and returns the body (no authentication).
 func httpGet(port: UInt16, path: String) throws -> String {
-    let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeout: 2)
-    sock.setTimeouts(read: 5, write: 5)
-    try sock.write("GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n")
-    var data = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
-        if n == 0 { break }
-        data += buf[0..<n]
-    }
-    guard let sep = data.firstRange(of: [13, 10, 13, 10]) else { throw HarnessError("bad HTTP response") }
-    return String(decoding: data[sep.upperBound...], as: UTF8.self)
+    String(decoding: try httpGetBody(port: port, path: path), as: UTF8.self)
 }
 
 /// Thread-safe RCPT attempt counts per address, fed by a capture policy.

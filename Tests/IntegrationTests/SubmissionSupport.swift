@@ -138,18 +138,7 @@ final class CoordinatorProcess: @unchecked Sendable {
 
     /// Recipient counts by state from the admin API.
     func queueCounts() throws -> [String: Int] {
-        let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: adminPort), timeout: 2)
-        sock.setTimeouts(read: 5, write: 5)
-        try sock.write("GET /v1/queue HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer submission-test-token\r\nConnection: close\r\n\r\n")
-        var data = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
-            if n == 0 { break }
-            data += buf[0..<n]
-        }
-        guard let sep = data.firstRange(of: [13, 10, 13, 10]) else { throw HarnessError("bad HTTP response") }
-        return try JSONSerialization.jsonObject(with: Data(data[sep.upperBound...])) as? [String: Int] ?? [:]
+        try JSONSerialization.jsonObject(with: Data(httpGetBody(port: adminPort, path: "/v1/queue", bearer: "submission-test-token"))) as? [String: Int] ?? [:]
     }
 
     var log: String { process?.log ?? "" }

@@ -388,26 +388,7 @@ func dkimpyVerify(_ messages: [[UInt8]], records: [String: String]) throws -> [[
         paths.append(p)
     }
     try JSONSerialization.data(withJSONObject: records).write(to: URL(fileURLWithPath: dir + "/keys.json"))
-    try runPython("""
-        import dkim, json, sys
-        keys = json.load(open(sys.argv[1]))
-        def dnsfunc(name, timeout=5):
-            n = name.decode() if isinstance(name, bytes) else name
-            v = keys.get(n.rstrip('.'))
-            return v.encode() if v is not None else None
-        out = []
-        for path in sys.argv[3:]:
-            d = dkim.DKIM(open(path, 'rb').read())
-            count = len([h for h in d.headers if h[0].lower() == b'dkim-signature'])
-            verdicts = []
-            for i in range(count):
-                try:
-                    verdicts.append(bool(d.verify(idx=i, dnsfunc=dnsfunc)))
-                except dkim.DKIMException:
-                    verdicts.append(False)
-            out.append(verdicts)
-        json.dump(out, open(sys.argv[2], 'w'))
-        """, [dir + "/keys.json", dir + "/out.json"] + paths, dir: dir)
+    try runPython(dkimVerifyScript, [dir + "/keys.json", dir + "/out.json"] + paths, dir: dir)
     guard let data = FileManager.default.contents(atPath: dir + "/out.json"),
           let result = try JSONSerialization.jsonObject(with: data) as? [[Bool]] else { throw TestFailure("no dkimpy output") }
     return result
