@@ -136,7 +136,8 @@ extension DeliveryScriptTests {
             #expect(mx.connectionCount == 1)
             let commands = mx.connections.first?.commands ?? []
             #expect(commands.filter { $0.hasPrefix("MAIL") }.count == 4)
-            #expect(commands.filter { $0 == "RSET" }.count == 3)
+            // Each transaction ended at its content reply: the next MAIL needs no RSET.
+            #expect(commands.filter { $0 == "RSET" }.count == 0)
             #expect(report.sessions[7]?.messageOnConnection == 4)
         }
 
@@ -370,7 +371,7 @@ extension DeliveryScriptTests {
 extension DeliveryScriptTests {
     @Suite("connection reuse")
     struct Reuse {
-        @Test("messages share one connection with RSET between; the idle session is closed with QUIT later")
+        @Test("messages share one connection, MAIL right after the previous end of data; the idle session is closed with QUIT later")
         func reuse() throws {
             let mx = try ScriptedMX()
             defer { mx.stop() }
@@ -388,9 +389,54 @@ extension DeliveryScriptTests {
             try waitFor("idle session closed") { pool.idleCount == 0 && pool.openConnections.isEmpty }
             mx.stop()
             let commands = mx.connections.first?.commands ?? []
-            #expect(commands.filter { $0 == "RSET" }.count == 2)
+            // RFC 5321 §4.1.1.4: the end of data clears the server's state, so no RSET round trip.
+            #expect(commands.filter { $0 == "RSET" }.count == 0)
+            #expect(commands.filter { $0.hasPrefix("MAIL") }.count == 3)
             #expect(commands.last == "QUIT")
             #expect(mx.messages.map(\.transaction) == [1, 2, 3])
+        }
+
+        @Test("RSET before reuse when the last transaction ended before its content (every RCPT refused)")
+        func resetAfterAbortedTransaction() throws {
+            // Without PIPELINING the client stops after the refused RCPT: the server still holds
+            // the reverse-path of transaction 1.
+            let mx = try ScriptedMX(ScriptedMX.Script(ehlo: { _ in ScriptedMX.ehlo(["8BITMIME", "ENHANCEDSTATUSCODES"]) },
+                                                      rcpt: { ctx, _ in ctx.transaction == 1 ? "550 5.1.1 no such user\r\n" : "250 2.1.5 ok\r\n" }))
+            defer { mx.stop() }
+            let pool = SMTPConnectionPool(idleTimeout: 30)
+            defer { pool.shutdown() }
+            let d = deliverer(pool: pool)
+            #expect(d.deliver(request(recipients(1)), to: [target(mx)]).outcomes.map(\.status) == [.failed])
+            let second = d.deliver(request(recipients(1), body: sampleMessage("2")), to: [target(mx)])
+            #expect(second.outcomes.map(\.status) == [.delivered])
+            #expect(second.sessions[1]?.reused == true)
+            mx.stop()
+            let commands = mx.connections.first?.commands ?? []
+            let mails = commands.indices.filter { commands[$0].hasPrefix("MAIL") }
+            #expect(mails.count == 2)
+            #expect(mails.count == 2 && commands[mails[1] - 1] == "RSET")
+            #expect(mx.connectionCount == 1)
+        }
+
+        @Test("an idle session the server drops unanswered at MAIL: retried at once on a new connection, delivered once")
+        func droppedAtMail() throws {
+            // The second transaction on connection 1 meets a server that hangs up without a
+            // reply, as when its idle timeout fires just as the client writes MAIL.
+            let mx = try ScriptedMX(ScriptedMX.Script(hangUpAtMail: { ctx in ctx.connection == 1 && ctx.transaction == 2 }))
+            defer { mx.stop() }
+            let pool = SMTPConnectionPool(idleTimeout: 30)
+            defer { pool.shutdown() }
+            let d = deliverer(pool: pool)
+            #expect(d.deliver(request(recipients(1)), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+            let start = Date()
+            let second = d.deliver(request(recipients(1), body: sampleMessage("2")), to: [target(mx)])
+            #expect(Date().timeIntervalSince(start) < 1)
+            #expect(second.outcomes.map(\.status) == [.delivered])
+            #expect(second.sessions[1]?.reused == false)
+            #expect(mx.connectionCount == 2)
+            #expect(mx.messages.count == 2)
+            #expect(mx.messages.map(\.connection) == [1, 2])
+            #expect(pool.openConnections.values.reduce(0, +) == 1)
         }
 
         @Test("a dead pooled connection is replaced at once: the message is not delayed")

@@ -51,6 +51,8 @@ final class ScriptedMX: @unchecked Sendable {
         var finalDelay: TimeInterval = 0
         /// Close the connection right after each final reply (a server that drops idle sessions).
         var closeAfterMessage = false
+        /// Hang up without a reply when MAIL arrives (an idle timeout racing the client's next MAIL).
+        var hangUpAtMail: @Sendable (Context) -> Bool = { _ in false }
     }
 
     /// One received message.
@@ -222,6 +224,7 @@ final class ScriptedMX: @unchecked Sendable {
                 mailFrom = text
                 recipients = []
                 chunks = []
+                if script.hangUpAtMail(ctx) { return }
                 guard reply(script.mail(ctx)) else { return }
             } else if upper.hasPrefix("RCPT") {
                 let address = text.split(separator: "<").dropFirst().first?.split(separator: ">").first.map(String.init) ?? ""

@@ -17,7 +17,7 @@ import HatoShared
 public final class SMTPConnectionPool: @unchecked Sendable {
     /// What `checkout` found.
     public enum Checkout {
-        /// An idle session to this target: send RSET before use (see `replace(_:)` if it fails).
+        /// An idle session to this target: `prepareForReuse()` it before use (see `replace(_:)` if it fails).
         case reuse(SMTPClientConnection)
         /// A connection slot: open a connection, then `attach(_:to:)` it, or `abandon(_:)` the slot.
         case open(Ticket)

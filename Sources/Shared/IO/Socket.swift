@@ -281,6 +281,19 @@ public final class Socket: @unchecked Sendable {
     /// Writes the UTF-8 bytes of `text`.
     public func write(_ text: String) throws { try write(Array(text.utf8)) }
 
+    /// Whether a read would not block right now: data, end of stream or an error is pending
+    /// (`poll` with a zero timeout). On an idle SMTP session any of these means the peer
+    /// spoke or left unasked (a 421, a close); with TLS it may also be a post-handshake record.
+    /// A closed socket counts as pending (the caller must not use it).
+    public var hasPendingInput: Bool {
+        let f = fd
+        guard f >= 0 else { return true }
+        var pfd = pollfd(fd: f, events: Int16(POLLIN), revents: 0)
+        var r: Int32
+        repeat { r = poll(&pfd, 1, 0) } while r < 0 && errno == EINTR
+        return r != 0
+    }
+
     /// Shuts down both directions (wakes a thread blocked in `read` or `accept`) without closing the descriptor.
     public func shutdown() {
         let f = fd

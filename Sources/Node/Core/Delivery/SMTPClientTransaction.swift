@@ -474,8 +474,8 @@ public struct SMTPMessageTraits: Sendable, Equatable {
 /// §4.5.3.1.10) means "too many recipients": that recipient and, without pipelining, all after
 /// it are `carriedOver` to a new transaction instead of being deferred. 421 at any step → every
 /// unfinished recipient deferred and the connection closed (`reusable == false`). There is no
-/// QUIT or RSET here: a finished transaction hands the session back (`reusable`), and the
-/// driver sends RSET before reusing it.
+/// QUIT or RSET here: a finished transaction hands the session back (`reusable`); the driver
+/// sends RSET before reusing it unless the transaction `endedAtContentReply`.
 public struct SMTPClientTransaction: Sendable {
     /// Which step's reply is awaited inside the envelope phase.
     public enum EnvelopeStep: Sendable, Equatable {
@@ -509,7 +509,7 @@ public struct SMTPClientTransaction: Sendable {
         case sendData
         /// Write `BDAT <length>[ LAST]` and then octets `offset..<offset+length` of the message as they are.
         case sendChunk(offset: Int, length: Int, last: Bool)
-        /// The transaction is over; the session may be reused (after RSET) or must be closed.
+        /// The transaction is over; the session may be reused or must be closed.
         case finished(reusable: Bool)
     }
 
@@ -536,6 +536,13 @@ public struct SMTPClientTransaction: Sendable {
     public private(set) var reusable = true
     /// The last reply received (for logs).
     public private(set) var lastReply: SMTPReply? = nil
+    /// Replies received so far. Zero after a failure means the server answered nothing: no
+    /// content was sent, so the message was certainly not taken (safe to retry elsewhere).
+    public private(set) var repliesReceived = 0
+    /// Whether the transaction ended at the reply to the content (end of data, or the last
+    /// BDAT chunk accepted): the server has cleared its transaction state (RFC 5321 §4.1.1.4),
+    /// so the session can carry the next MAIL without RSET.
+    public private(set) var endedAtContentReply = false
 
     private var results: [RecipientOutcome?]
     private var accepted: [Bool]
@@ -676,6 +683,7 @@ public struct SMTPClientTransaction: Sendable {
     /// - Returns: what to do next, in order.
     public mutating func receive(_ reply: SMTPReply) -> [Action] {
         lastReply = reply
+        if state != .notStarted && state != .finished { repliesReceived += 1 }
         switch state {
         case .notStarted, .finished:
             return []
@@ -732,6 +740,7 @@ public struct SMTPClientTransaction: Sendable {
             }
             if last {
                 resolveAccepted(from: reply, as: .delivered)
+                endedAtContentReply = true
                 return finish(reusable: true)
             }
             return nextChunk(from: end)
@@ -743,6 +752,7 @@ public struct SMTPClientTransaction: Sendable {
                 default: resolveAccepted(from: reply, as: .deferred)
                 }
             }
+            endedAtContentReply = true
             return finish(reusable: reply.code != 421)
         }
     }

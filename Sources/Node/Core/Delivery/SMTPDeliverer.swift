@@ -83,7 +83,7 @@ public struct DeliverySession: Sendable, Equatable {
     public var sendingIP: String
     /// The TLS parameters, nil for plaintext.
     public var tls: TLSSessionInfo?
-    /// Whether an already open session was reused (after RSET).
+    /// Whether an already open session was reused.
     public var reused: Bool
     /// The message's transaction number on that connection (1 = first).
     public var messageOnConnection: Int
@@ -205,8 +205,8 @@ public struct SMTPClientTimeouts: Sendable, Equatable {
 /// required, or a timeout before the session is ready moves on to the next target (after a
 /// failed TLS handshake an opportunistic sender first retries that target in plaintext). Once
 /// a session is ready, its transactions decide the outcomes. Sessions come from, and go back
-/// to, the `SMTPConnectionPool`: an idle session is reused after RSET (a dead one is replaced
-/// at once), and the pool's shaping limits (connections, messages per connection, rate) are
+/// to, the `SMTPConnectionPool`: an idle session is reused (`prepareForReuse`: RSET only when
+/// needed; a dead one is replaced at once, also when it dies unanswered at MAIL), and the pool's shaping limits (connections, messages per connection, rate) are
 /// waited for up to the request's shaping deadline, after which the recipients are deferred
 /// (4.4.5). Recipients a server refused with 452 "too many recipients" go into further
 /// transactions on the same or a new connection. If no target could be used, every recipient
@@ -277,6 +277,7 @@ public final class SMTPDeliverer: Sendable {
         var decided: DeliveryTarget? = nil
         let sourceIsIPv6 = request.sendingIP.isEmpty ? nil : request.sendingIP.contains(":")
         var index = 0
+        var staleRetries = 0
 
         targets: while index < targets.count && !pending.isEmpty {
             let target = targets[index]
@@ -290,6 +291,7 @@ public final class SMTPDeliverer: Sendable {
             let waitStart = Date()
             var opened: SMTPClientConnection? = nil
             var reused = false
+            var unprobed = false
             var ticket: SMTPConnectionPool.Ticket? = nil
             switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
                                  requireTLS: policy == .required, until: shapingDeadline) {
@@ -298,9 +300,11 @@ public final class SMTPDeliverer: Sendable {
                 pending = []
                 break targets
             case .reuse(let c):
-                if c.reset() {
+                let ready = c.prepareForReuse()
+                if ready.usable {
                     opened = c
                     reused = true
+                    unprobed = !ready.probedWithReset
                 } else {
                     // A dead pooled session: replaced at once, the message is not delayed.
                     ticket = pool.replace(c)
@@ -364,6 +368,13 @@ public final class SMTPDeliverer: Sendable {
                                                         traits: message.traits, capabilities: connection.capabilities)
                 let started = Date()
                 connection.run(&transaction, message: message.bytes, notAfter: request.notAfter)
+                if unprobed && firstOnThisCheckout && transaction.repliesReceived == 0 && connection.isClosed && staleRetries < 3 {
+                    // The idle session died between the check and MAIL (the server timed it
+                    // out): nothing was answered, so nothing was taken. Same target, new session.
+                    staleRetries += 1
+                    pool.checkin(connection, reusable: false)
+                    continue targets
+                }
                 let session = DeliverySession(
                     mxHost: target.host, remoteAddress: target.address, port: target.port, sendingIP: request.sendingIP,
                     tls: connection.tls, reused: reused || !firstOnThisCheckout, messageOnConnection: connection.transactions,
@@ -383,7 +394,7 @@ public final class SMTPDeliverer: Sendable {
                     break targets
                 }
                 // Recipients over the server's limit: a new transaction here, or on a new connection.
-                if !transaction.reusable || !pool.hasRoom(connection) || !connection.reset() {
+                if !transaction.reusable || !pool.hasRoom(connection) || !connection.prepareForReuse().usable {
                     pool.checkin(connection, reusable: false)
                     continue targets
                 }
