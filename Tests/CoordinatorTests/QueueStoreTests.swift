@@ -145,3 +145,79 @@ struct QueueStoreTests {
         #expect(try reopened.activeBackoffs(now: t0.addingTimeInterval(700)).isEmpty)
     }
 }
+
+@Suite("Queue store: lease records without fsync, the lease horizon and the restart hold")
+struct LeaseDurabilityTests {
+    let dir = NSTemporaryDirectory() + "hato-run-" + Identifier.random(bytes: 5)
+    let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+
+    func queued(_ q: QueueStore, _ n: Int) throws -> [Int64] {
+        for i in 0..<n {
+            try q.enqueue(NewMessage(id: "M\(i)", reversePath: "s@example.org", recipients: ["r\(i)@x.test"], pool: "t",
+                                     content: Array("Subject: x\r\n\r\nbody\r\n".utf8), heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0))
+        }
+        return try q.dueRecipients(pools: ["t"], now: t0, limit: 100).map(\.id)
+    }
+
+    func lease(_ i: Int, _ rid: Int64, at: Date, for seconds: Double = 300) -> LeaseRecord {
+        LeaseRecord(id: "L\(i)-\(rid)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M\(rid - 1)", domain: "x.test",
+                    recipientIDs: [rid], grantedAt: at, expiresAt: at + seconds)
+    }
+
+    @Test("with a boot id: one synced commit moves the horizon, leases inside it commit without fsync, a later expiry syncs again")
+    func horizon() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        let rids = try queued(q, 4)
+        #expect(try q.beginRun(bootID: "boot-1", now: t0) == nil)
+        _ = try q.recordLeases([lease(1, rids[0], at: t0)])
+        #expect(q.lock.withLock { q.leaseCommits.synced == 1 && q.leaseCommits.unsynced == 0 })
+        #expect(q.lock.withLock { q.leaseHorizon } == (t0 + 300).timeIntervalSince1970 + QueueStore.leaseHorizonSlack)
+        _ = try q.recordLeases([lease(2, rids[1], at: t0 + 30)])
+        _ = try q.recordLeases([lease(3, rids[2], at: t0 + 59)])
+        #expect(q.lock.withLock { q.leaseCommits.synced == 1 && q.leaseCommits.unsynced == 2 })
+        _ = try q.recordLeases([lease(4, rids[3], at: t0 + 61)])
+        #expect(q.lock.withLock { q.leaseCommits.synced == 2 && q.leaseCommits.unsynced == 2 })
+        #expect(try q.countsByState()[.leased] == 4)
+    }
+
+    @Test("without a boot id every lease commit is synced")
+    func noBootID() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        let rids = try queued(q, 2)
+        #expect(try q.beginRun(bootID: nil, now: t0) == nil)
+        _ = try q.recordLeases([lease(1, rids[0], at: t0)])
+        _ = try q.recordLeases([lease(2, rids[1], at: t0 + 1)])
+        #expect(q.lock.withLock { q.leaseCommits.synced == 2 && q.leaseCommits.unsynced == 0 })
+    }
+
+    @Test("restart on the same boot after a crash: no hold; on a new boot after a crash: hold until the horizon; after a clean stop: no hold")
+    func restartHold() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let q = try QueueStore(directory: dir)
+            let rids = try queued(q, 1)
+            _ = try q.beginRun(bootID: "boot-1", now: t0)
+            _ = try q.recordLeases([lease(1, rids[0], at: t0)])
+        }  // the process "crashes": no endRun
+        let horizon = Date(timeIntervalSince1970: (t0 + 300).timeIntervalSince1970 + QueueStore.leaseHorizonSlack)
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 10) == nil)
+        // The same unclean state seen from a new boot (a kernel crash or power loss).
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-2", now: t0 + 20) == horizon)
+        // Still unclean, and the boot changed again: the hold is over once the horizon passed.
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-3", now: horizon + 1) == nil)
+        // A clean stop: a new boot does not hold.
+        let q = try QueueStore(directory: dir)
+        _ = try q.beginRun(bootID: "boot-3", now: t0 + 30)
+        try q.endRun()
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-4", now: t0 + 40) == nil)
+    }
+
+    @Test("the real boot id is read from the kernel")
+    func bootID() {
+        let id = QueueStore.currentBootID()
+        #expect(id?.count == 36)
+        #expect(id == QueueStore.currentBootID())
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import HatoCoordinator
 import HatoShared
 import Testing
 
@@ -229,6 +230,54 @@ struct ClusterOperationsTests {
             #expect(account.missing.isEmpty, "\(account)")
             // A client re-submits a message whose 250 it did not see: at most one per session.
             #expect(account.duplicates <= 4, "\(account)")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+
+    @Test("restart on a new boot after an unclean stop: no lease before the stored lease horizon; after a clean stop: no hold")
+    func restartHoldAfterHostCrash() throws {
+        let cluster = try LocalCluster()
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNodesAndWait()
+            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: [("sender@example.org", ["first@hato.test"], testMessage(0, to: "first@hato.test"))], dir: cluster.dir)
+            try waitUntil("first message delivered", timeout: 30) { cluster.capture.received.count == 1 }
+            cluster.killCoordinator()
+            // What a kernel crash would leave: another boot id, an unclean stop, a horizon ahead.
+            let horizon = Date().addingTimeInterval(5)
+            do {
+                let db = try SQLiteDatabase(path: cluster.queueDBPath)
+                try db.execute("UPDATE run_state SET value='an-earlier-boot' WHERE key='boot_id'")
+                try db.execute("UPDATE run_state SET value='\(horizon.timeIntervalSince1970)' WHERE key='lease_horizon'")
+                #expect(try db.prepare("SELECT value FROM run_state WHERE key='clean_stop'").query { $0.text(0) } == ["0"])
+            }
+            try cluster.startCoordinator()
+            try cluster.waitForNodes(["node-a", "node-b"], state: "active")
+            let held = try submitWithSmtplib(port: cluster.smtpPort, messages: (1...3).map { ("sender@example.org", ["held\($0)@hato.test"], testMessage($0, to: "held\($0)@hato.test")) }, dir: cluster.dir)
+            #expect(held.count == 3)
+            try waitUntil("all delivered after the hold", timeout: 30) { cluster.capture.received.count == 4 }
+            let firstAfter = Date(timeIntervalSince1970: cluster.capture.received.dropFirst().map(\.receivedAt).min() ?? 0)
+            #expect(firstAfter >= horizon, "a message went out \(horizon.timeIntervalSince(firstAfter)) s before the horizon")
+            #expect(cluster.coordinator?.log.contains("no new leases until") == true)
+
+            // A clean stop (SIGTERM) marks the queue; a later start on another boot does not hold.
+            #expect(cluster.stopCoordinator() == 0)
+            do {
+                let db = try SQLiteDatabase(path: cluster.queueDBPath)
+                #expect(try db.prepare("SELECT value FROM run_state WHERE key='clean_stop'").query { $0.text(0) } == ["1"])
+                try db.execute("UPDATE run_state SET value='yet-another-boot' WHERE key='boot_id'")
+                try db.execute("UPDATE run_state SET value='\(Date().addingTimeInterval(60).timeIntervalSince1970)' WHERE key='lease_horizon'")
+            }
+            try cluster.startCoordinator()
+            try cluster.waitForNodes(["node-a", "node-b"], state: "active")
+            let start = Date()
+            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: [("sender@example.org", ["after@hato.test"], testMessage(9, to: "after@hato.test"))], dir: cluster.dir)
+            try waitUntil("delivered without a hold", timeout: 20) { cluster.capture.received.count == 5 }
+            #expect(Date().timeIntervalSince(start) < 10)
+            #expect(cluster.coordinator?.log.contains("no new leases until") == false)
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error

@@ -182,6 +182,19 @@ final class LocalCluster: @unchecked Sendable {
         coordinator = nil
     }
 
+    /// Stops the coordinator with SIGTERM (a clean stop) and returns its exit status.
+    @discardableResult
+    func stopCoordinator() -> Int32? {
+        guard let c = coordinator else { return nil }
+        c.stop(signal: SIGTERM)
+        retired.append(c)
+        coordinator = nil
+        return c.wait(timeout: 0).map { ($0 >> 8) & 0xFF }
+    }
+
+    /// The coordinator's queue database.
+    var queueDBPath: String { (dir as NSString).appendingPathComponent("var/coordinator/queue.db") }
+
     /// The node process for `id`.
     func nodeProcess(_ id: String) -> ChildProcess? { nodes[id] }
 

@@ -69,7 +69,19 @@ case "serve":
             }
         }
         hup.resume()
-        withExtendedLifetime(hup) { while true { sleep(3600) } }
+        // SIGTERM/SIGINT: stop listening, mark the queue cleanly stopped, exit 0.
+        var stops: [any DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                service.stopForExit()
+                exit(0)
+            }
+            source.resume()
+            stops.append(source)
+        }
+        withExtendedLifetime((hup, stops)) { while true { sleep(3600) } }
     } catch {
         exitWithError("hato-coordinator: cannot start: \(error)")
     }

@@ -43,6 +43,7 @@ public final class CoordinatorService: @unchecked Sendable {
     /// Starts all listeners and background loops.
     /// - Throws: `SocketError`.
     public func start() throws {
+        hub.leaseHoldUntil = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
         let leased = try store.allLeases()
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
@@ -52,5 +53,15 @@ public final class CoordinatorService: @unchecked Sendable {
         try submission.start()
         admin.start()
         log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])
+    }
+
+    /// Stops for good (SIGTERM): closes the listeners and node connections, then marks the
+    /// queue cleanly stopped with one synced commit (`QueueStore.endRun`). The queue takes no
+    /// writes afterwards; the caller exits.
+    public func stopForExit() {
+        submission.stop()
+        hub.stop()
+        do { try store.endRun() } catch { log.error("clean-stop mark not written", ["error": "\(error)"]) }
+        log.info("coordinator stopped")
     }
 }

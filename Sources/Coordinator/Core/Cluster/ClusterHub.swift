@@ -99,6 +99,10 @@ public final class ClusterHub: @unchecked Sendable {
     private var warmupUsed: [String: Int] = [:]
     /// Called with every node result once applied (reporting keeps its TLS and timing details). Set before `start()`.
     public var onResult: (@Sendable (ResultMessage) -> Void)?
+    /// No new lease before this time (after a host restart that may have lost lease records,
+    /// see `QueueStore.beginRun`). Set before `start()`.
+    public var leaseHoldUntil: Date?
+    private var holdLogged = false
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -575,6 +579,18 @@ public final class ClusterHub: @unchecked Sendable {
     /// Grants due work to every ready node: plans per node, records every lease of the round
     /// (and the warm-up counts) in one transaction, then sends the grants.
     private func grantRound(_ ready: [NodeSession], now: Date) throws {
+        if let hold = leaseHoldUntil {
+            if now < hold {
+                if !holdLogged {
+                    holdLogged = true
+                    log.warning("host restarted after an unclean stop: no new leases until every earlier lease has expired",
+                                ["until": Logger.timestamp(hold)])
+                }
+                return
+            }
+            leaseHoldUntil = nil
+            log.info("lease hold over; leasing resumes")
+        }
         let day = QueueStore.utcDay(now)
         if lock.withLock({ warmupDay != day }) {
             let used = try store.dailyAttempts(day: day)

@@ -218,10 +218,15 @@ extension QueueStore {
     /// Applies what processing a batch decided, in one transaction: webhook outbox rows,
     /// DSN entries, suppressions; deletes the processed events; purges the content of
     /// messages that no longer need it.
+    ///
+    /// The commit does not wait for fsync: everything in it can be derived again from the
+    /// events it deletes, which were committed (synced) with the state changes that made
+    /// them. A power loss that undoes it only makes the events be processed again
+    /// (reporting is at-least-once), and the queue's lock is not held across an fsync here.
     /// - Throws: `SQLiteError`; nothing is applied then (the events are processed again).
     public func completeEvents(_ d: EventDisposition, now: Date) throws {
         try lock.withLock {
-            try db.transaction {
+            try db.transaction(durability: .processCrashSafe) {
                 let t = now.timeIntervalSince1970
                 let hook = try db.prepare("INSERT INTO webhook_outbox(hook, event_id, body, created_at, next_attempt_at) VALUES(?,?,?,?,?)")
                 for w in d.webhooks { try hook.run([.text(w.hook), .text(w.eventID), .blob(w.body), .double(t), .double(t)]) }

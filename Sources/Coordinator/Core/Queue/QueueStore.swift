@@ -131,6 +131,13 @@ public final class QueueStore: @unchecked Sendable {
     var batchesCommittedForTests: Int { commitCondition.lock(); defer { commitCondition.unlock() }; return batchesCommitted }
     /// The database file path.
     public let path: String
+    /// Seconds since 1970: no lease granted so far expires later (durable in `run_state`; see
+    /// QueueStore+RunState.swift). Use only under `lock`.
+    var leaseHorizon: Double = 0
+    /// Whether lease records may skip the fsync (this run knows its boot id). Use only under `lock`.
+    var leasesSkipFsync = false
+    /// Lease commits so far that waited for fsync and that did not (for tests and benchmarks).
+    var leaseCommits = (synced: 0, unsynced: 0)
 
     /// Opens or creates the queue at `directory/queue.db`.
     /// - Throws: `SQLiteError` or a file system error when the directory cannot be created.
@@ -275,35 +282,54 @@ public final class QueueStore: @unchecked Sendable {
 
     /// Records leases and marks their recipients `leased`, in one transaction.
     /// Recipients no longer waiting (another lease got them) are left out of the lease.
+    ///
+    /// Durability: once `beginRun` has found this host's boot id, the commit does not wait for
+    /// fsync while every lease expires within the durable lease horizon; it survives a crash
+    /// of the process at once, and only a kernel crash or power loss (a new boot id) can undo
+    /// it — after which `beginRun` holds new leases until the horizon, so no recipient is
+    /// leased twice at once. Without a boot id every lease commit is fsync'd.
     /// - Returns: the leases as granted (recipient lists trimmed; leases left empty dropped).
     /// - Throws: `SQLiteError`.
     public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int? = nil) throws -> [LeaseRecord] {
         try lock.withLock {
             if day != nil { try ensureWarmupTable() }
-            return try db.transaction {
-                let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND state IN ('queued','deferred')")
-                let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
-                var out: [LeaseRecord] = []
-                for var l in leases {
-                    var kept: [Int64] = []
-                    for rid in l.recipientIDs {
-                        try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid)])
-                        if db.changes == 1 { kept.append(rid) }
-                    }
-                    guard !kept.isEmpty else { continue }
-                    l.recipientIDs = kept
-                    try ins.run([.text(l.id), .text(l.node), .text(l.instance), .text(l.sendingIP), .text(l.messageID), .text(l.domain),
-                                 .double(l.grantedAt.timeIntervalSince1970), .double(l.expiresAt.timeIntervalSince1970)])
-                    out.append(l)
-                }
-                if let day {
-                    // Warm-up accounting in the same transaction (one fsync per scheduler round).
-                    let up = try db.prepare("INSERT INTO ip_daily(ip, day, attempts) VALUES(?,?,?) ON CONFLICT(ip, day) DO UPDATE SET attempts=attempts+excluded.attempts")
-                    for l in out { try up.run([.text(l.sendingIP), .int(Int64(day)), .int(Int64(l.recipientIDs.count))]) }
-                }
-                return out
+            // Within the durable lease horizon the commit skips its fsync (QueueStore+RunState.swift);
+            // a lease expiring beyond it moves the horizon in a synced commit first.
+            let latest = leases.map(\.expiresAt.timeIntervalSince1970).max() ?? 0
+            let extend = !leasesSkipFsync || latest > leaseHorizon
+            let newHorizon = latest + Self.leaseHorizonSlack
+            let granted = try db.transaction(durability: extend ? .synced : .processCrashSafe) { () -> [LeaseRecord] in
+                if extend && leasesSkipFsync { try setRunState("lease_horizon", String(newHorizon)) }
+                return try recordLeasesInTransaction(leases, countAttemptsOnDay: day)
             }
+            if extend && leasesSkipFsync { leaseHorizon = newHorizon }
+            if extend { leaseCommits.synced += 1 } else { leaseCommits.unsynced += 1 }
+            return granted
         }
+    }
+
+    private func recordLeasesInTransaction(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
+        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND state IN ('queued','deferred')")
+        let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
+        var out: [LeaseRecord] = []
+        for var l in leases {
+            var kept: [Int64] = []
+            for rid in l.recipientIDs {
+                try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid)])
+                if db.changes == 1 { kept.append(rid) }
+            }
+            guard !kept.isEmpty else { continue }
+            l.recipientIDs = kept
+            try ins.run([.text(l.id), .text(l.node), .text(l.instance), .text(l.sendingIP), .text(l.messageID), .text(l.domain),
+                         .double(l.grantedAt.timeIntervalSince1970), .double(l.expiresAt.timeIntervalSince1970)])
+            out.append(l)
+        }
+        if let day {
+            // Warm-up accounting in the same transaction as the leases.
+            let up = try db.prepare("INSERT INTO ip_daily(ip, day, attempts) VALUES(?,?,?) ON CONFLICT(ip, day) DO UPDATE SET attempts=attempts+excluded.attempts")
+            for l in out { try up.run([.text(l.sendingIP), .int(Int64(day)), .int(Int64(l.recipientIDs.count))]) }
+        }
+        return out
     }
 
     /// The stored content of a message, nil if unknown or already purged.

@@ -61,9 +61,22 @@ public final class SQLiteDatabase: @unchecked Sendable {
         return s
     }
 
+    /// When a commit is on stable storage.
+    public enum CommitDurability: Sendable {
+        /// The commit returns after the WAL is fsync'd (the connection's `synchronous=FULL`).
+        case synced
+        /// The commit returns once the WAL frames are written to the file, without fsync
+        /// (`synchronous=NORMAL` for this transaction): they survive a crash of the process at
+        /// once, and a power loss or kernel crash from the next synced commit (or checkpoint) on.
+        case processCrashSafe
+    }
+
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.
+    /// - Parameter durability: whether the commit waits for fsync (default) or not.
     /// - Throws: what `body` throws, or `SQLiteError`.
-    public func transaction<T>(_ body: () throws -> T) throws -> T {
+    public func transaction<T>(durability: CommitDurability = .synced, _ body: () throws -> T) throws -> T {
+        if durability == .processCrashSafe { try execute("PRAGMA synchronous=NORMAL") }
+        defer { if durability == .processCrashSafe { try? execute("PRAGMA synchronous=FULL") } }
         try execute("BEGIN IMMEDIATE")
         do {
             let r = try body()

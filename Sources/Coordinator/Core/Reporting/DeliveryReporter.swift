@@ -38,6 +38,10 @@ public final class DeliveryReporter: @unchecked Sendable {
     private static let maxDetails = 50_000
     /// Seconds between polls of the event table when not woken.
     public var pollInterval: TimeInterval = 0.25
+    /// Seconds a pass waits after being woken, so events that come together share one
+    /// transaction and the pass does not take the queue's lock at the very moment the
+    /// scheduler leases the message that woke it.
+    public var wakeDelay: TimeInterval = 0.02
     /// Seconds between scans for delay warnings.
     public var delayScanInterval: TimeInterval = 30
     /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
@@ -86,10 +90,12 @@ public final class DeliveryReporter: @unchecked Sendable {
         while true {
             condition.lock()
             if !woken && running { _ = condition.wait(until: Date().addingTimeInterval(pollInterval)) }
+            let wasWoken = woken
             woken = false
             let go = running
             condition.unlock()
             guard go else { return }
+            if wasWoken && wakeDelay > 0 { Thread.sleep(forTimeInterval: wakeDelay) }
             do {
                 while try runOnce() {}
             } catch {

@@ -280,12 +280,12 @@ public final class SubmissionServer: @unchecked Sendable {
             log.error("queue write failed; message refused with 451", ["error": "\(error)"])
             return nil
         }
+        onAccepted()
         var fields = ["id": id, "pool": route.pool, "route": route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }
         if !fixed.added.isEmpty { fields["added"] = fixed.added.joined(separator: ",") }
         log.info("message queued", fields)
-        onAccepted()
         return id
     }
 }

@@ -1,0 +1,89 @@
+import Foundation
+import HatoShared
+
+/// Run bookkeeping that lets lease records skip their fsync without ever leasing a recipient
+/// twice at once.
+///
+/// A lease record protects against duplicates, not against loss: the message itself is
+/// fsync'd before its `250`. What the record must survive is a coordinator restart while a
+/// node still delivers the lease. A crash of the process alone loses no written WAL frame
+/// (they are in the kernel's page cache); only a kernel crash or power loss can, and both
+/// change the host's boot id (`/proc/sys/kernel/random/boot_id`). So:
+///
+/// - a **lease horizon** is kept durable: before any lease that expires after it is sent, a
+///   synced commit moves it `leaseHorizonSlack` seconds past that lease's expiry (about one
+///   synced lease commit per minute under steady load);
+/// - `beginRun` compares the stored boot id with the current one. Same boot, or a clean stop
+///   (`endRun`, whose synced commit made every earlier one durable): nothing was lost. A new
+///   boot after an unclean stop: lease records may be missing, so no new lease is granted
+///   until the stored horizon has passed — by then every lease from before has expired at
+///   the nodes too (their own deadline is earlier still), and their results, kept in the
+///   nodes' journals, are applied whenever they arrive.
+extension QueueStore {
+    /// Seconds a synced horizon update reaches past the lease that caused it.
+    static let leaseHorizonSlack: Double = 60
+
+    private func ensureRunStateTable() throws {
+        try db.execute("CREATE TABLE IF NOT EXISTS run_state(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    }
+
+    /// Writes one run-state value (inside the caller's transaction).
+    func setRunState(_ key: String, _ value: String) throws {
+        try ensureRunStateTable()
+        try db.prepare("INSERT INTO run_state(key, value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value")
+            .run([.text(key), .text(value)])
+    }
+
+    private func runState(_ key: String) throws -> String? {
+        try ensureRunStateTable()
+        return try db.prepare("SELECT value FROM run_state WHERE key=?").query([.text(key)]) { $0.text(0) }.first
+    }
+
+    /// This host's boot id, or nil where the kernel does not provide one.
+    public static func currentBootID() -> String? {
+        guard let s = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) else { return nil }
+        let id = s.trimmingCharacters(in: .whitespacesAndNewlines)
+        return id.isEmpty ? nil : id
+    }
+
+    /// Starts a run (call once, before the first lease): decides whether leasing must wait,
+    /// records this run as not cleanly stopped, and enables fsync-free lease commits when a
+    /// boot id is known.
+    /// - Parameters:
+    ///   - bootID: this host's boot id (`currentBootID()`); nil keeps every lease commit synced.
+    ///   - now: the current time.
+    /// - Returns: until when no new lease may be granted (a new boot after an unclean stop,
+    ///   with a lease horizon still ahead), or nil.
+    /// - Throws: `SQLiteError`.
+    public func beginRun(bootID: String?, now: Date) throws -> Date? {
+        try lock.withLock {
+            let storedBoot = try runState("boot_id")
+            let clean = try runState("clean_stop") == "1"
+            let horizon = try runState("lease_horizon").flatMap(Double.init) ?? 0
+            let leasesMayBeLost = !clean && storedBoot != nil && storedBoot != bootID
+            try db.transaction {
+                try setRunState("clean_stop", "0")
+                if let bootID { try setRunState("boot_id", bootID) }
+            }
+            leaseHorizon = horizon
+            leasesSkipFsync = bootID != nil
+            guard leasesMayBeLost, horizon > now.timeIntervalSince1970 else { return nil }
+            return Date(timeIntervalSince1970: horizon)
+        }
+    }
+
+    /// Ends the run cleanly: one synced commit (which makes every earlier commit durable too)
+    /// records the clean stop. The store takes no further writes: later calls block until
+    /// the process exits, so nothing can be committed after the mark without its fsync.
+    /// - Throws: `SQLiteError` (the store stays usable then).
+    public func endRun() throws {
+        lock.lock()
+        do {
+            try db.transaction { try setRunState("clean_stop", "1") }
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        // The lock stays held on purpose (see above).
+    }
+}
