@@ -97,6 +97,28 @@ public enum MessageText {
     /// The longest line RFC 5322 §2.1.1 allows, without its CRLF.
     public static let maxLineLength = 998
 
+    /// Whether `text` is already what `canonicalLineEndings` would make of it: every CR
+    /// followed by LF, every LF preceded by CR, and a final CRLF unless empty.
+    public static func hasCanonicalLineEndings(_ text: [UInt8]) -> Bool {
+        text.withUnsafeBufferPointer { p in
+            let n = p.count
+            guard n > 0 else { return true }
+            guard n >= 2, p[n - 2] == 0x0D, p[n - 1] == 0x0A else { return false }
+            var i = 0
+            while i < n {
+                let b = p[i]
+                if b == 0x0D {
+                    guard i + 1 < n, p[i + 1] == 0x0A else { return false }
+                    i += 2
+                    continue
+                }
+                if b == 0x0A { return false }
+                i += 1
+            }
+            return true
+        }
+    }
+
     /// Rewrites every line ending (bare LF, bare CR, CRLF) as CRLF and makes sure the text ends
     /// with CRLF (RFC 5321 §2.3.8, done before dot-stuffing and before DKIM signing, so the
     /// signed bytes are the bytes on the wire).

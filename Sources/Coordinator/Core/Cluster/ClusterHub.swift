@@ -81,6 +81,9 @@ public final class ClusterHub: @unchecked Sendable {
     private let lock = NSLock()
     private let wakeCondition = NSCondition()
     private var wakePending = false
+    /// Held for each scheduler pass (the scheduler thread's, or one run inline by `dispatchNewMail`):
+    /// passes never overlap, so the round state below needs no other lock.
+    private let roundLock = NSLock()
     private var sessions: [String: NodeSession] = [:]
     private var lastSeen: [String: (instance: String, address: String, at: Date)] = [:]
     private var left: Set<String> = []
@@ -522,7 +525,36 @@ public final class ClusterHub: @unchecked Sendable {
             if !wakePending { _ = wakeCondition.wait(until: Date().addingTimeInterval(1)) }
             wakePending = false
             wakeCondition.unlock()
+            roundLock.lock()
             do { try schedulerRound() } catch { log.error("scheduler round failed", ["error": "\(error)"]) }
+            roundLock.unlock()
+        }
+    }
+
+    /// New mail was queued: grants due work at once on the calling thread when no scheduler
+    /// pass is running, which spares the scheduler thread's wake-up on the way from the
+    /// client's `250` to the lease (only the grant step runs here; the sweeps stay with the
+    /// scheduler thread). When a pass is running, wakes the scheduler for another one.
+    /// Call it after the `250` was written, so the client does not wait for it.
+    public func dispatchNewMail() {
+        guard roundLock.try() else { wake(); return }
+        defer { roundLock.unlock() }
+        do {
+            try grantRound(readyNodes(), now: clock.now())
+        } catch {
+            log.error("scheduler round failed", ["error": "\(error)"])
+            wake()
+        }
+    }
+
+    /// Active nodes with credits, rotated so each pass starts with another node. Call under `roundLock`.
+    private func readyNodes() -> [NodeSession] {
+        lock.withLock {
+            let all = sessions.values.filter { $0.credits > 0 && stateLocked($0.nodeID) == .active }.sorted { $0.nodeID < $1.nodeID }
+            guard !all.isEmpty else { return [] }
+            roundRobin += 1
+            let k = roundRobin % all.count
+            return Array(all[k...] + all[..<k])
         }
     }
 
@@ -556,14 +588,7 @@ public final class ClusterHub: @unchecked Sendable {
         }
         progressDrains()
         if lock.withLock({ () -> Bool in defer { rebalanceWanted = false }; return rebalanceWanted }) { rebalance() }
-        let ready: [NodeSession] = lock.withLock {
-            let all = sessions.values.filter { $0.credits > 0 && stateLocked($0.nodeID) == .active }.sorted { $0.nodeID < $1.nodeID }
-            guard !all.isEmpty else { return [] }
-            roundRobin += 1
-            let k = roundRobin % all.count
-            return Array(all[k...] + all[..<k])
-        }
-        try grantRound(ready, now: now)
+        try grantRound(readyNodes(), now: now)
     }
 
     /// Leases planned for one node in one scheduler round.
@@ -748,3 +773,4 @@ public enum AdminError: Error, CustomStringConvertible, Sendable {
         }
     }
 }
+

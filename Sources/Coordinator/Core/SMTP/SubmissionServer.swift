@@ -49,7 +49,7 @@ public final class SubmissionServer: @unchecked Sendable {
     ///   - config: cluster configuration (`smtp` and `routing` sections).
     ///   - store: the durable queue.
     ///   - clock: time source.
-    ///   - onAccepted: called after each message is durably queued (wakes the scheduler).
+    ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted
         self.router = PoolRouter(routing: config.routing, pools: config.pools)
@@ -143,6 +143,13 @@ public final class SubmissionServer: @unchecked Sendable {
             }
         }
         var out: [UInt8] = []
+        // Messages queued whose 250 is not yet written: the scheduler is told once it is
+        // (`onAccepted` may grant the lease on this thread, which must not delay the reply).
+        var queuedSinceWrite = false
+        func announceQueued() {
+            if queuedSinceWrite { queuedSinceWrite = false; onAccepted() }
+        }
+        defer { announceQueued() }
         var buf = [UInt8](repeating: 0, count: 16 * 1024)  // per session: 2000 idle sessions cost 87 KiB each with 64 KiB
         var deadline = Date().addingTimeInterval(smtp.commandTimeout)
         var readingContent = false
@@ -158,6 +165,7 @@ public final class SubmissionServer: @unchecked Sendable {
                 case .store(let message):
                     // Replies already produced stay before the DATA reply on the wire.
                     if let id = accept(message) {
+                        queuedSinceWrite = true
                         more = session.messageStored(id: id)
                     } else {
                         more = session.messageStoreFailed()
@@ -178,6 +186,7 @@ public final class SubmissionServer: @unchecked Sendable {
                 case .startTLS:
                     do { try stream.write(out) } catch { return false }
                     out.removeAll(keepingCapacity: true)
+                    announceQueued()
                     if let tlsContext {
                         conn.setTimeouts(read: smtp.commandTimeout, write: smtp.commandTimeout)
                         do {
@@ -218,6 +227,7 @@ public final class SubmissionServer: @unchecked Sendable {
                 conn.setTimeouts(read: smtp.commandTimeout, write: smtp.commandTimeout)
                 do { try stream.write(out) } catch { return }
                 out.removeAll(keepingCapacity: true)
+                announceQueued()
             }
             if session.isReadingContent != readingContent {
                 readingContent = session.isReadingContent
@@ -280,7 +290,6 @@ public final class SubmissionServer: @unchecked Sendable {
             log.error("queue write failed; message refused with 451", ["error": "\(error)"])
             return nil
         }
-        onAccepted()
         var fields = ["id": id, "pool": route.pool, "route": route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }

@@ -13,12 +13,35 @@ public struct MessageAnalysis: Sendable {
     public let longestLine: Int
 
     /// Analyses `content` as stored by the coordinator.
+    ///
+    /// Content that already has CRLF line endings (what the coordinator stores) is used as it
+    /// is, without a copy; the traits come from one pass over raw memory. The header section
+    /// is every line before the first empty one, as `ParsedMessage` splits it.
     public init(_ content: [UInt8]) {
-        bytes = MessageText.canonicalLineEndings(content)
-        let parsed = ParsedMessage(bytes)
-        headers8Bit = parsed.fields.contains { $0.raw.contains { $0 >= 0x80 } }
-        body8Bit = parsed.body.contains { $0 >= 0x80 }
-        longestLine = MessageText.longestLine(bytes)
+        bytes = MessageText.hasCanonicalLineEndings(content) ? content : MessageText.canonicalLineEndings(content)
+        var headers8 = false, body8 = false, longest = 0
+        bytes.withUnsafeBufferPointer { p in
+            let n = p.count
+            var inHeader = true
+            var lineStart = 0
+            var i = 0
+            while i < n {
+                let b = p[i]
+                if b >= 0x80 {
+                    if inHeader { headers8 = true } else { body8 = true }
+                } else if b == 0x0A {
+                    let length = i - lineStart - (i > lineStart && p[i - 1] == 0x0D ? 1 : 0)
+                    if length > longest { longest = length }
+                    if inHeader && length == 0 { inHeader = false }
+                    lineStart = i + 1
+                }
+                i += 1
+            }
+            longest = max(longest, n - lineStart)
+        }
+        headers8Bit = headers8
+        body8Bit = body8
+        longestLine = longest
     }
 }
 
@@ -89,12 +112,12 @@ public struct MessagePreparer: Sendable {
         } catch {
             return .failure(PreparationFailure(permanent: false, code: 451, enhanced: "4.3.0", text: "DKIM signing failed: \(error)"))
         }
-        if MessageText.longestLine(bytes) > MessageText.maxLineLength {
+        // Unchanged content keeps the analysis it came with; converted or signed content is analysed again.
+        let final = converted || !signatures.isEmpty ? MessageAnalysis(bytes) : analysis
+        if final.longestLine > MessageText.maxLineLength {
             return .failure(PreparationFailure(permanent: true, code: 554, enhanced: "5.6.0", text: "message has a line longer than 998 octets"))
         }
-        let parsed = ParsedMessage(bytes)
-        let headers8Bit = parsed.fields.contains { $0.raw.contains { $0 >= 0x80 } }
-        let traits = SMTPMessageTraits(size: bytes.count, has8Bit: bytes.contains { $0 >= 0x80 }, needsSMTPUTF8: headers8Bit)
+        let traits = SMTPMessageTraits(size: bytes.count, has8Bit: final.headers8Bit || final.body8Bit, needsSMTPUTF8: final.headers8Bit)
         return .success(PreparedMessage(bytes: bytes, traits: traits, converted: converted, signatures: signatures))
     }
 }
