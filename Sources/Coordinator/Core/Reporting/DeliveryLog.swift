@@ -80,12 +80,50 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
         Logger.timestamp(d)  // RFC 3339 UTC with milliseconds, without a formatter per call
     }
 
-    /// The record as one JSON object (sorted keys, no trailing newline).
+    /// The record as one JSON object (snake_case keys, sorted, absent fields omitted, no
+    /// trailing newline): byte for byte what `JSONEncoder` with `.convertToSnakeCase`,
+    /// `.sortedKeys` and `.withoutEscapingSlashes` gives, built directly (a tenth of the cost).
     public func json() -> [UInt8] {
-        let e = JSONEncoder()
-        e.keyEncodingStrategy = .convertToSnakeCase
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Array((try? e.encode(self)) ?? Data("{}".utf8))
+        var w = JSONObjectWriter(capacity: 512)
+        w.field("attempt", attempt)
+        w.field("attempt_time", attemptTime)
+        w.field("category", category)
+        w.field("client", client)
+        w.field("code", code)
+        w.field("dkim", dkim)
+        w.field("dsn_message_id", dsnMessageId)
+        w.field("enhanced", enhanced)
+        w.field("event", event)
+        w.field("id", id)
+        w.field("message_id", messageId)
+        w.field("mx", mx)
+        w.field("next_attempt", nextAttempt)
+        w.field("node", node)
+        w.field("pool", pool)
+        w.field("provider", provider)
+        w.field("queue_time", queueTime)
+        w.field("recipient", recipient)
+        w.field("recipients", recipients)
+        w.field("remote_address", remoteAddress)
+        w.field("reply", reply)
+        w.field("reused_connection", reusedConnection)
+        w.field("reverse_path", reversePath)
+        w.field("sending_ip", sendingIp)
+        w.field("size", size)
+        w.field("timings", object: timings.map { t in
+            var o = JSONObjectWriter(capacity: 128)
+            o.field("connect", t.connect)
+            o.field("resolve", t.resolve)
+            o.field("setup", t.setup)
+            o.field("shaping_wait", t.shapingWait)
+            o.field("transaction", t.transaction)
+            return o
+        })
+        w.field("tls", tls)
+        w.field("tls_cipher", tlsCipher)
+        w.field("tls_version", tlsVersion)
+        w.field("ts", ts)
+        return w.finish()
     }
 
     /// Decodes one JSON line.
