@@ -221,3 +221,33 @@ struct LeaseDurabilityTests {
         #expect(id == QueueStore.currentBootID())
     }
 }
+
+@Suite("Queue store: WAL checkpoints in the background")
+struct BackgroundCheckpointTests {
+    let dir = NSTemporaryDirectory() + "hato-ckpt-" + Identifier.random(bytes: 5)
+
+    func walSize(_ q: QueueStore) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: q.path + "-wal"))?[.size] as? Int) ?? 0
+    }
+
+    @Test("the queue's connection no longer checkpoints; the thread does and starts the WAL over, so it stays far below what was written")
+    func bounded() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try QueueStore(directory: dir)
+        try q.startBackgroundCheckpoints(interval: 0.01, restartSize: 1 << 20)
+        #expect(try q.lock.withLock { try q.db.prepare("PRAGMA wal_autocheckpoint").query { $0.int(0) } } == [0])
+        let body = Array("Subject: x\r\n\r\n".utf8) + Array(repeating: UInt8(ascii: "y"), count: 16 * 1024) + [0x0D, 0x0A]
+        for i in 0..<400 {
+            try q.enqueue(NewMessage(id: "M\(i)", reversePath: "s@example.org", recipients: ["r@x.test"], pool: "t", content: body,
+                                     heloName: "c", clientAddress: "127.0.0.1", receivedAt: Date()))
+        }
+        let written = 400 * body.count
+        // Two more passes after the last commit: the WAL is below the restart size, or emptied.
+        let seen = q.backgroundCheckpointCount
+        let deadline = Date().addingTimeInterval(10)
+        while q.backgroundCheckpointCount < seen + 2 && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(q.backgroundCheckpointCount >= seen + 2)
+        #expect(walSize(q) < 1 << 20, "WAL \(walSize(q)) bytes after \(written) bytes of bodies")
+        #expect(try q.countsByState()[.queued] == 400)
+    }
+}

@@ -457,18 +457,26 @@ extension DeliveryScriptTests {
             #expect(pool.openConnections.values.reduce(0, +) == 1)
         }
 
-        @Test("messages_per_connection: a new connection after the limit")
+        @Test("messages_per_connection: the session is retired at the limit and a replacement is opened at once, in the same slot")
         func perConnectionLimit() throws {
             let mx = try ScriptedMX()
             defer { mx.stop() }
             let pool = SMTPConnectionPool(shaping: ShapingSettings(defaults: ShapingLimits(maxConnections: 1, messagesPerConnection: 2)), idleTimeout: 30)
             defer { pool.shutdown() }
             let d = deliverer(pool: pool)
+            var reused: [Bool] = []
             for i in 1...5 {
-                #expect(d.deliver(request(recipients(1), body: sampleMessage("\(i)")), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+                let report = d.deliver(request(recipients(1), body: sampleMessage("\(i)")), to: [target(mx)])
+                #expect(report.outcomes.map(\.status) == [.delivered])
+                reused.append(report.sessions[1]?.reused ?? false)
+                // After each delivery a ready session waits: the next message never waits for a connect.
+                #expect(pool.idleCount == 1)
             }
+            // Only the very first message opened its own session.
+            #expect(reused == [false, true, true, true, true])
             pool.shutdown()
             mx.stop()
+            // Messages 1-2, 3-4 and 5, each group on a session opened as the one before retired.
             #expect(mx.connections.map(\.messages) == [2, 2, 1])
             #expect(mx.peakConcurrency == 1)
         }

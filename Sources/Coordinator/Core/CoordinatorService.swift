@@ -44,6 +44,7 @@ public final class CoordinatorService: @unchecked Sendable {
     /// - Throws: `SocketError`.
     public func start() throws {
         hub.leaseHoldUntil = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
+        try store.startBackgroundCheckpoints()
         let leased = try store.allLeases()
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])

@@ -623,8 +623,9 @@ public final class ClusterHub: @unchecked Sendable {
         }
         var taken = Set<Int64>()
         var plans: [GrantPlan] = []
+        var dueCache: DueCache? = nil
         for session in ready {
-            if let p = try planGrant(for: session, now: now, excluding: &taken) { plans.append(p) }
+            if let p = try planGrant(for: session, now: now, excluding: &taken, cache: &dueCache) { plans.append(p) }
         }
         guard !plans.isEmpty else { return }
         let granted = try store.recordLeases(plans.flatMap(\.records), countAttemptsOnDay: day)
@@ -636,7 +637,23 @@ public final class ClusterHub: @unchecked Sendable {
         for p in plans { send(p, granted: p.records.compactMap { byID[$0.id] }) }
     }
 
-    private func planGrant(for session: NodeSession, now: Date, excluding taken: inout Set<Int64>) throws -> GrantPlan? {
+    /// Due rows fetched in this round: nodes of the same pools share one query.
+    private struct DueCache {
+        var pools: Set<String>
+        var limit: Int
+        var rows: [DueRecipient]
+        /// Rows for `pools` (a subset of the cached pools) and at most `limit`, or nil when the
+        /// cache cannot answer (other pools, or it was cut at a smaller limit).
+        func rows(pools wantedPools: Set<String>, limit wantedLimit: Int) -> [DueRecipient]? {
+            guard wantedPools.isSubset(of: pools), limit >= wantedLimit || rows.count < limit else { return nil }
+            // A cut-off fetch over more pools may hold fewer rows of the wanted ones than exist.
+            guard wantedPools == pools || rows.count < limit else { return nil }
+            let matching = wantedPools == pools ? rows : rows.filter { wantedPools.contains($0.pool) }
+            return Array(matching.prefix(wantedLimit))
+        }
+    }
+
+    private func planGrant(for session: NodeSession, now: Date, excluding taken: inout Set<Int64>, cache: inout DueCache?) throws -> GrantPlan? {
         let (credits, ips, leaseTime, maxSize) = lock.withLock {
             (session.credits, table.leasable(by: session.nodeID), config.coordinator.leaseTime, config.smtp.maxMessageSize)
         }
@@ -647,7 +664,14 @@ public final class ClusterHub: @unchecked Sendable {
         var limit = min(max(credits * 4, 64), 5000)
         var plan: [(DeliveryGroup, AssignedIP)] = []
         while true {
-            let fetched = try store.dueRecipients(pools: Set(ips.map(\.pool)), now: now, limit: limit + taken.count)
+            let pools = Set(ips.map(\.pool))
+            let fetched: [DueRecipient]
+            if let hit = cache?.rows(pools: pools, limit: limit + taken.count) {
+                fetched = hit
+            } else {
+                fetched = try store.dueRecipients(pools: pools, now: now, limit: limit + taken.count)
+                cache = DueCache(pools: pools, limit: limit + taken.count, rows: fetched)
+            }
             let due = fetched.filter { !taken.contains($0.id) }
             guard !due.isEmpty else { return nil }
             let groups = LeasePlanner.group(due)

@@ -138,6 +138,10 @@ public final class QueueStore: @unchecked Sendable {
     var leasesSkipFsync = false
     /// Lease commits so far that waited for fsync and that did not (for tests and benchmarks).
     var leaseCommits = (synced: 0, unsynced: 0)
+    /// Whether a background thread checkpoints the WAL (QueueStore+Checkpoint.swift). Use only under `lock`.
+    var checkpointsInBackground = false
+    /// Background checkpoints run so far. Use only under `lock`.
+    var backgroundCheckpoints = 0
 
     /// Opens or creates the queue at `directory/queue.db`.
     /// - Throws: `SQLiteError` or a file system error when the directory cannot be created.

@@ -38,10 +38,12 @@ public final class DeliveryReporter: @unchecked Sendable {
     private static let maxDetails = 50_000
     /// Seconds between polls of the event table when not woken.
     public var pollInterval: TimeInterval = 0.25
-    /// Seconds a pass waits after being woken, so events that come together share one
-    /// transaction and the pass does not take the queue's lock at the very moment the
+    /// The least time between the starts of two passes (seconds): a wake-up sooner than that
+    /// waits, so events that come together share one transaction, and at light load the
+    /// reporter takes the queue's lock at most ten times a second — not at the moment the
     /// scheduler leases the message that woke it.
-    public var wakeDelay: TimeInterval = 0.02
+    public var minimumPassInterval: TimeInterval = 0.1
+    private var lastPass = Date.distantPast
     /// Seconds between scans for delay warnings.
     public var delayScanInterval: TimeInterval = 30
     /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
@@ -90,12 +92,13 @@ public final class DeliveryReporter: @unchecked Sendable {
         while true {
             condition.lock()
             if !woken && running { _ = condition.wait(until: Date().addingTimeInterval(pollInterval)) }
-            let wasWoken = woken
             woken = false
             let go = running
             condition.unlock()
             guard go else { return }
-            if wasWoken && wakeDelay > 0 { Thread.sleep(forTimeInterval: wakeDelay) }
+            let wait = minimumPassInterval - Date().timeIntervalSince(lastPass)
+            if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+            lastPass = Date()
             do {
                 while try runOnce() {}
             } catch {

@@ -231,6 +231,30 @@ public final class SMTPDeliverer: Sendable {
         self.timeouts = timeouts; self.pool = pool; self.preparer = preparer; self.tlsClient = tlsClient
     }
 
+    /// Opens a session to replace one retired at its `messages_per_connection` limit and
+    /// leaves it idle in the pool, so the next message to this target does not wait for a
+    /// connect, greeting and EHLO. Runs after the retired session's QUIT, in its slot; does
+    /// nothing when reuse is off, a session is already idle or no slot is free at once.
+    private func openReplacement(for request: DeliveryRequest, target: DeliveryTarget, policy: SMTPTLSPolicy) {
+        guard pool.idleTimeout > 0 else { return }
+        switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
+                             requireTLS: policy == .required, until: Date()) {
+        case .unavailable:
+            return
+        case .reuse(let idle):
+            pool.checkin(idle, reusable: true)
+        case .open(let ticket):
+            switch SMTPClientConnection.open(to: target, from: request.sendingIP, heloName: request.heloName,
+                                             tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
+            case .success(let c):
+                pool.attach(c, to: ticket)
+                pool.checkin(c, reusable: true)
+            case .failure:
+                pool.abandon(ticket)
+            }
+        }
+    }
+
     /// Delivers `request` to the first usable target.
     /// - Parameters:
     ///   - request: the message, envelope, sending IP, HELO name and policies.
@@ -390,7 +414,9 @@ public final class SMTPDeliverer: Sendable {
                 }
                 pending = pending.filter { carried.contains($0.id) }
                 if pending.isEmpty {
+                    let retiredAtLimit = transaction.reusable && !connection.isClosed && !pool.hasRoom(connection)
                     pool.checkin(connection, reusable: transaction.reusable)
+                    if retiredAtLimit { openReplacement(for: request, target: target, policy: policy) }
                     break targets
                 }
                 // Recipients over the server's limit: a new transaction here, or on a new connection.

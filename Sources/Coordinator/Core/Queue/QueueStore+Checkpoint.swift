@@ -1,0 +1,64 @@
+import Foundation
+import HatoShared
+
+/// WAL checkpoints off the commit path.
+///
+/// SQLite checkpoints automatically inside whichever commit pushes the WAL past 1000 pages:
+/// that commit then copies about 4 MiB into the database file and fsyncs it — a message's
+/// `250` or a lease waited milliseconds for it, about once per 30 messages. With background
+/// checkpoints the queue's connection never checkpoints; a thread with its own connection
+/// runs a PASSIVE checkpoint (which never blocks writers or readers) every `interval`. Under
+/// a steady stream of commits a passive checkpoint never catches up with the end of the WAL,
+/// so SQLite could never start it over: once the WAL file passes `restartSize`, the thread
+/// takes the queue's lock for a TRUNCATE checkpoint, which then only copies the few frames
+/// written since the passive one and empties the WAL file.
+extension QueueStore {
+    /// Starts the checkpoint thread and turns off the automatic checkpoint of the queue's
+    /// connection. Idempotent. The thread ends when the store is released.
+    /// - Parameters:
+    ///   - interval: seconds between checkpoints.
+    ///   - restartSize: WAL file size (bytes) from which the WAL is emptied.
+    /// - Throws: `SQLiteError` when the second connection cannot be opened.
+    public func startBackgroundCheckpoints(interval: TimeInterval = 0.25, restartSize: Int = 16 << 20) throws {
+        let checkpointer = try SQLiteDatabase(path: path)
+        try checkpointer.execute("PRAGMA synchronous=FULL")
+        let started: Bool = lock.withLock {
+            guard !checkpointsInBackground else { return false }
+            checkpointsInBackground = true
+            return true
+        }
+        guard started else { return }
+        try lock.withLock { try db.execute("PRAGMA wal_autocheckpoint=0") }
+        let log = Logger(label: "coordinator.queue")
+        Thread.detachNewThread { [weak self] in
+            var failures = 0
+            while true {
+                Thread.sleep(forTimeInterval: interval)
+                guard let store = self else { return }
+                do {
+                    try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    let walSize = ((try? FileManager.default.attributesOfItem(atPath: store.path + "-wal"))?[.size] as? Int) ?? 0
+                    try store.lock.withLock {
+                        if walSize >= restartSize { try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
+                        store.backgroundCheckpoints += 1
+                    }
+                    failures = 0
+                } catch {
+                    failures += 1
+                    if failures == 10 {
+                        // Give the work back to SQLite rather than let the WAL grow without bound.
+                        log.error("background WAL checkpoints keep failing; automatic checkpoints restored", ["error": "\(error)"])
+                        store.lock.withLock {
+                            try? store.db.execute("PRAGMA wal_autocheckpoint=1000")
+                            store.checkpointsInBackground = false
+                        }
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    /// Background checkpoints run so far (for tests).
+    var backgroundCheckpointCount: Int { lock.withLock { backgroundCheckpoints } }
+}
