@@ -182,6 +182,45 @@ struct ReportingTests {
         #expect(f.logLines().contains { $0.event == "expired" && $0.recipient == "slow@hato.test" })
     }
 
+    @Test("a recipient deferred only after its message is behind the delay-warning scan still gets exactly one warning")
+    func lateDeferralWarned() throws {
+        let f = try ReportingFixture(extraYAML: "dsn: { delay_warning: 30m }")
+        defer { f.cleanup() }
+        f.reporter.delayScanInterval = 0
+        try f.store.enqueue(f.message("M1", ["early@hato.test", "late@hato.test"]))
+        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 10)
+        #expect(due.count == 2)
+        // Two leases: the first recipient is deferred at once, the second stays in delivery.
+        let leases = due.map { r in
+            LeaseRecord(id: "L-\(r.id)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1", domain: r.domain,
+                        recipientIDs: [r.id], grantedAt: f.clock.now(), expiresAt: f.clock.now() + 7200)
+        }
+        _ = try f.store.recordLeases(leases)
+        func defer_(_ i: Int) throws {
+            let result = ResultMessage(leaseID: leases[i].id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.hato.test", remoteAddress: "127.0.0.1",
+                                       outcomes: [RecipientResult(recipientID: due[i].id, status: .deferred, code: 451, enhanced: "4.4.1", text: "try later")],
+                                       finishedAt: f.clock.now().timeIntervalSince1970)
+            _ = try f.store.applyResult(result, node: "node-a", retry: f.retry, now: f.clock.now())
+        }
+        try defer_(0)
+        try f.report()
+        f.clock.advance(1900)
+        try f.report()
+        // The scan found the deferred recipient (its warning waits for the other recipient's
+        // first result, to share one DSN); the message is now behind the scan's watermark.
+        // The second recipient is deferred only now: no later scan covers its message.
+        try defer_(1)
+        try f.report()
+        f.clock.advance(60)
+        try f.report()
+        let dsns = try f.dsns()
+        #expect(dsns.count == 1)
+        let texts = dsns.map { String(decoding: $0.content, as: UTF8.self) }
+        #expect(texts.allSatisfy { $0.contains("Action: delayed") })
+        #expect(texts.filter { $0.contains("late@hato.test") }.count == 1)
+        #expect(texts.filter { $0.contains("early@hato.test") }.count == 1)
+    }
+
     @Test("failures of one message wait for its other recipients' first results, then share one DSN")
     func oneDSNPerMessage() throws {
         let f = try ReportingFixture()

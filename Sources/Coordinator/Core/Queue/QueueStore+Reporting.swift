@@ -337,28 +337,54 @@ extension QueueStore {
         for r in m.recipients { try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t)]) }
     }
 
-    /// Deferred recipients older than `age` with no delay warning handled yet (for DELAY DSNs),
-    /// with their NOTIFY parameter and last reply.
+    private static let delayCandidateColumns = """
+        SELECT r.id, r.message_id, r.address, r.last_code, r.last_enhanced, r.last_text, r.node, r.ip, r.mx, r.attempts,
+               r.next_attempt_at, r.updated_at, m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address, r.\(notifyColumn)
+        """
+    private static let delayCandidateConditions = """
+        r.state = 'deferred'
+          AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id)
+          AND NOT EXISTS(SELECT 1 FROM dsn_pending p WHERE p.recipient_id = r.id)
+        """
+
+    private static func delayCandidate(_ s: SQLiteStatement) -> QueueEvent {
+        QueueEvent(seq: 0, kind: .deferred, messageID: s.text(1), recipientID: s.int(0), address: s.text(2),
+                   code: s.isNull(3) ? nil : Int(s.int(3)), enhanced: s.optionalText(4), text: s.optionalText(5), node: s.optionalText(6),
+                   sendingIP: s.optionalText(7), mxHost: s.optionalText(8), attempts: Int(s.int(9)),
+                   nextAttemptAt: s.isNull(10) ? nil : Date(timeIntervalSince1970: s.double(10)), leaseGrantedAt: nil,
+                   at: Date(timeIntervalSince1970: s.double(11)), detail: nil, reversePath: s.text(12), pool: s.text(13),
+                   receivedAt: Date(timeIntervalSince1970: s.double(14)), size: Int(s.int(15)), heloName: s.text(16),
+                   clientAddress: s.text(17), recipientCount: 0, notify: s.optionalText(18))
+    }
+
+    /// Deferred recipients with no delay warning handled yet (for DELAY DSNs) of messages
+    /// received in `(after, upTo]` (seconds since 1970), oldest message first, with their
+    /// NOTIFY parameter and last reply. The range walks the `messages_open_age` index, so a
+    /// scan that starts where the previous one ended costs only the newly aged messages.
     /// - Throws: `SQLiteError`.
-    public func delayWarningCandidates(age: TimeInterval, now: Date, limit: Int) throws -> [QueueEvent] {
+    public func delayWarningCandidates(receivedAfter after: Double, upTo: Double, limit: Int) throws -> [QueueEvent] {
         try lock.withLock {
             try db.prepare("""
-                SELECT r.id, r.message_id, r.address, r.last_code, r.last_enhanced, r.last_text, r.node, r.ip, r.mx, r.attempts,
-                       r.next_attempt_at, r.updated_at, m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address, r.\(Self.notifyColumn)
+                \(Self.delayCandidateColumns)
                 FROM messages m CROSS JOIN recipients r ON r.message_id = m.id
-                WHERE m.received_at <= ? AND m.open_recipients > 0 AND r.state = 'deferred'
-                  AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id)
-                  AND NOT EXISTS(SELECT 1 FROM dsn_pending p WHERE p.recipient_id = r.id)
+                WHERE m.received_at > ? AND m.received_at <= ? AND m.open_recipients > 0 AND \(Self.delayCandidateConditions)
                 ORDER BY m.received_at LIMIT ?
-                """).query([.double(now.timeIntervalSince1970 - age), .int(Int64(limit))]) { s in
-                QueueEvent(seq: 0, kind: .deferred, messageID: s.text(1), recipientID: s.int(0), address: s.text(2),
-                           code: s.isNull(3) ? nil : Int(s.int(3)), enhanced: s.optionalText(4), text: s.optionalText(5), node: s.optionalText(6),
-                           sendingIP: s.optionalText(7), mxHost: s.optionalText(8), attempts: Int(s.int(9)),
-                           nextAttemptAt: s.isNull(10) ? nil : Date(timeIntervalSince1970: s.double(10)), leaseGrantedAt: nil,
-                           at: Date(timeIntervalSince1970: s.double(11)), detail: nil, reversePath: s.text(12), pool: s.text(13),
-                           receivedAt: Date(timeIntervalSince1970: s.double(14)), size: Int(s.int(15)), heloName: s.text(16),
-                           clientAddress: s.text(17), recipientCount: 0, notify: s.optionalText(18))
-            }
+                """).query([.double(after), .double(upTo), .int(Int64(limit))], Self.delayCandidate)
+        }
+    }
+
+    /// The recipients among `ids` that are deferred, of a message received at or before
+    /// `upTo`, with no delay warning handled yet (a recipient that was deferred only after its
+    /// message had aged past the delay-warning scan).
+    /// - Throws: `SQLiteError`.
+    public func delayWarningCandidates(recipientIDs ids: [Int64], receivedUpTo upTo: Double) throws -> [QueueEvent] {
+        try lock.withLock {
+            let stmt = try db.prepare("""
+                \(Self.delayCandidateColumns)
+                FROM recipients r JOIN messages m ON m.id = r.message_id
+                WHERE r.id = ? AND m.received_at <= ? AND \(Self.delayCandidateConditions)
+                """)
+            return try ids.flatMap { try stmt.query([.int($0), .double(upTo)], Self.delayCandidate) }
         }
     }
 

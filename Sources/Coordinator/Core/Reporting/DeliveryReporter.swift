@@ -30,6 +30,8 @@ public final class DeliveryReporter: @unchecked Sendable {
     private var running = false
     private var woken = false
     private var lastDelayScan = Date.distantPast
+    /// Messages received at or before this time (seconds since 1970) were scanned for delay warnings.
+    private var delayScanWatermark: Double = 0
     private var lastSuppressionPurge = Date.distantPast
     /// Session details of recent outcomes by recipient id (TLS, timings), which the queue does not
     /// store: informational, kept in memory until the recipient's event is reported (bounded).
@@ -129,6 +131,12 @@ public final class DeliveryReporter: @unchecked Sendable {
             }
             try store.completeEvents(d, now: now)
             if !d.webhooks.isEmpty { webhooks?.wake() }
+            // Deferred only now, though the message is already behind the delay-warning scan.
+            if let age = config.dsn.delayWarning {
+                let upTo = min(delayScanWatermark, now.timeIntervalSince1970 - age)
+                let late = events.filter { $0.kind == .deferred && $0.receivedAt.timeIntervalSince1970 <= upTo }.compactMap(\.recipientID)
+                if !late.isEmpty { try warnDelays(try store.delayWarningCandidates(recipientIDs: late, receivedUpTo: upTo), now: now) }
+            }
         }
         if let age = config.dsn.delayWarning, now.timeIntervalSince(lastDelayScan) >= delayScanInterval {
             lastDelayScan = now
@@ -257,8 +265,29 @@ public final class DeliveryReporter: @unchecked Sendable {
 
     // MARK: Delay warnings
 
+    /// Delay warnings for deferred recipients whose message has aged past `age`. Each scan
+    /// starts where the last complete one ended (`delayScanWatermark`), so an old backlog
+    /// that was already warned is not walked again every `delayScanInterval`; a recipient of
+    /// a message behind the watermark that is deferred later is caught as its event is
+    /// processed (`runOnce`).
     private func scanDelays(age: TimeInterval, now: Date) throws {
-        let candidates = try store.delayWarningCandidates(age: age, now: now, limit: 500)
+        let cutoff = now.timeIntervalSince1970 - age
+        let limit = 500
+        // At most 20 batches per scan: a large backlog is warned over a few scans.
+        for _ in 0..<20 {
+            let candidates = try store.delayWarningCandidates(receivedAfter: delayScanWatermark, upTo: cutoff, limit: limit)
+            try warnDelays(candidates, now: now)
+            guard candidates.count == limit, let last = candidates.last?.receivedAt.timeIntervalSince1970 else {
+                delayScanWatermark = max(delayScanWatermark, cutoff)
+                return
+            }
+            // Cut at the limit: the last message may have more candidates; scan it again.
+            delayScanWatermark = max(delayScanWatermark, last.nextDown)
+        }
+    }
+
+    /// Schedules DELAY DSNs for `candidates` (when NOTIFY allows) and marks them handled.
+    private func warnDelays(_ candidates: [QueueEvent], now: Date) throws {
         guard !candidates.isEmpty else { return }
         var d = EventDisposition()
         for c in candidates {
