@@ -207,11 +207,28 @@ struct LeaseDurabilityTests {
         #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-2", now: t0 + 20) == horizon)
         // Still unclean, and the boot changed again: the hold is over once the horizon passed.
         #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-3", now: horizon + 1) == nil)
-        // A clean stop: a new boot does not hold.
+        // Another new boot after an unclean stop holds again. The hold is stored: restarting
+        // during it — after a crash on the same boot, or after a clean stop — keeps it.
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 20) == horizon)
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 21) == horizon)
+        do {
+            let q = try QueueStore(directory: dir)
+            #expect(try q.beginRun(bootID: "boot-5", now: t0 + 25) == horizon)
+            try q.endRun()
+        }
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 26) == horizon)
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-6", now: horizon + 1) == nil)
+        // A clean stop with a lease horizon ahead: a new boot does not hold.
         let q = try QueueStore(directory: dir)
-        _ = try q.beginRun(bootID: "boot-3", now: t0 + 30)
+        _ = try q.beginRun(bootID: "boot-6", now: horizon + 2)
+        let rids = try q.dueRecipients(pools: ["t"], now: horizon + 2, limit: 10).map(\.id)
+        try q.enqueue(NewMessage(id: "M9", reversePath: "s@example.org", recipients: ["z@x.test"], pool: "t",
+                                 content: Array("Subject: x\r\n\r\nbody\r\n".utf8), heloName: "c", clientAddress: "127.0.0.1", receivedAt: horizon))
+        let m9 = try q.dueRecipients(pools: ["t"], now: horizon + 2, limit: 10).map(\.id).filter { !rids.contains($0) }
+        _ = try q.recordLeases([LeaseRecord(id: "L9", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M9", domain: "x.test",
+                                            recipientIDs: m9, grantedAt: horizon + 2, expiresAt: horizon + 302)])
         try q.endRun()
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-4", now: t0 + 40) == nil)
+        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-7", now: horizon + 10) == nil)
     }
 
     @Test("the real boot id is read from the kernel")

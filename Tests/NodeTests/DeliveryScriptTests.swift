@@ -418,6 +418,29 @@ extension DeliveryScriptTests {
             #expect(mx.connectionCount == 1)
         }
 
+        @Test("a session idle longer than unprobedIdle is probed with RSET before reuse (a silently dropped one is found fast)")
+        func idleProbe() throws {
+            let mx = try ScriptedMX()
+            defer { mx.stop() }
+            let pool = SMTPConnectionPool(idleTimeout: 30)
+            defer { pool.shutdown() }
+            var timeouts = testTimeouts
+            timeouts.unprobedIdle = 0.3
+            let d = deliverer(pool: pool, timeouts: timeouts)
+            for i in 1...2 {
+                #expect(d.deliver(request(recipients(1), body: sampleMessage("\(i)")), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+            }
+            Thread.sleep(forTimeInterval: 0.5)
+            #expect(d.deliver(request(recipients(1), body: sampleMessage("3")), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+            mx.stop()
+            let commands = mx.connections.first?.commands ?? []
+            let mails = commands.indices.filter { commands[$0].hasPrefix("MAIL") }
+            #expect(mails.count == 3)
+            // Message 2 followed message 1 at once: no probe. Message 3 came after 0.5 s idle: RSET first.
+            #expect(mails.count == 3 && commands[mails[1] - 1] != "RSET" && commands[mails[2] - 1] == "RSET")
+            #expect(mx.connectionCount == 1)
+        }
+
         @Test("an idle session the server drops unanswered at MAIL: retried at once on a new connection, delivered once")
         func droppedAtMail() throws {
             // The second transaction on connection 1 meets a server that hangs up without a
@@ -469,8 +492,9 @@ extension DeliveryScriptTests {
                 let report = d.deliver(request(recipients(1), body: sampleMessage("\(i)")), to: [target(mx)])
                 #expect(report.outcomes.map(\.status) == [.delivered])
                 reused.append(report.sessions[1]?.reused ?? false)
-                // After each delivery a ready session waits: the next message never waits for a connect.
-                #expect(pool.idleCount == 1)
+                // After each delivery a ready session waits (the replacement is opened in the
+                // background): the next message does not wait for a connect.
+                try waitFor("a ready idle session") { pool.idleCount == 1 }
             }
             // Only the very first message opened its own session.
             #expect(reused == [false, true, true, true, true])

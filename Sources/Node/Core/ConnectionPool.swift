@@ -77,7 +77,10 @@ public final class SMTPConnectionPool: @unchecked Sendable {
     ///   - target: the MX host and address.
     ///   - requireTLS: whether only a TLS session will do.
     ///   - deadline: the latest time to wait for a slot.
-    public func checkout(sendingIP: String, heloName: String, target: DeliveryTarget, requireTLS: Bool, until deadline: Date) -> Checkout {
+    ///   - evictingIdle: whether an idle session to another MX host of the same shaping key may
+    ///     be closed to free a slot (false for speculative opens).
+    public func checkout(sendingIP: String, heloName: String, target: DeliveryTarget, requireTLS: Bool, until deadline: Date,
+                         evictingIdle: Bool = true) -> Checkout {
         let (key, limits) = key(sendingIP: sendingIP, mxHost: target.host)
         let idleKey = IdleKey(sendingIP: sendingIP, heloName: heloName, host: target.host, address: target.address, port: target.port)
         var retire: [SMTPClientConnection] = []
@@ -103,7 +106,7 @@ public final class SMTPConnectionPool: @unchecked Sendable {
                 return .open(Ticket(key: key, limits: limits))
             }
             // At the limit: an idle session of the same key to another MX host gives up its slot.
-            if let (other, _) = idle.first(where: { $0.value.contains { $0.shapingKey == key } }),
+            if evictingIdle, let (other, _) = idle.first(where: { $0.value.contains { $0.shapingKey == key } }),
                var list = idle[other], let index = list.firstIndex(where: { $0.shapingKey == key }) {
                 let victim = list.remove(at: index)
                 idle[other] = list.isEmpty ? nil : list

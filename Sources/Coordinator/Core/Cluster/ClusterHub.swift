@@ -534,18 +534,25 @@ public final class ClusterHub: @unchecked Sendable {
     /// New mail was queued: grants due work at once on the calling thread when no scheduler
     /// pass is running, which spares the scheduler thread's wake-up on the way from the
     /// client's `250` to the lease (only the grant step runs here; the sweeps stay with the
-    /// scheduler thread). When a pass is running, wakes the scheduler for another one.
-    /// Call it after the `250` was written, so the client does not wait for it.
+    /// scheduler thread; at most `inlineLeasesPerNode` leases per node, the rest of a backlog
+    /// is left to the scheduler). When a pass is running, wakes the scheduler for another one.
+    /// Call it after the `250` was written, so the client does not wait for it. A node whose
+    /// connection does not drain can still hold this thread up to the cluster write timeout,
+    /// as it holds the scheduler thread.
     public func dispatchNewMail() {
         guard roundLock.try() else { wake(); return }
         defer { roundLock.unlock() }
         do {
-            try grantRound(readyNodes(), now: clock.now())
+            // Bounded work on a client's session thread: a backlog is left to the scheduler.
+            if try grantRound(readyNodes(), now: clock.now(), leasesPerNode: ClusterHub.inlineLeasesPerNode) { wake() }
         } catch {
             log.error("scheduler round failed", ["error": "\(error)"])
             wake()
         }
     }
+
+    /// The most leases per node that `dispatchNewMail` grants on a session's thread.
+    static let inlineLeasesPerNode = 8
 
     /// Active nodes with credits, rotated so each pass starts with another node. Call under `roundLock`.
     private func readyNodes() -> [NodeSession] {
@@ -603,7 +610,9 @@ public final class ClusterHub: @unchecked Sendable {
 
     /// Grants due work to every ready node: plans per node, records every lease of the round
     /// (and the warm-up counts) in one transaction, then sends the grants.
-    private func grantRound(_ ready: [NodeSession], now: Date) throws {
+    /// - Returns: whether some node's grant stopped at `leasesPerNode` (more may be due).
+    @discardableResult
+    private func grantRound(_ ready: [NodeSession], now: Date, leasesPerNode: Int = .max) throws -> Bool {
         if let hold = leaseHoldUntil {
             if now < hold {
                 if !holdLogged {
@@ -611,7 +620,7 @@ public final class ClusterHub: @unchecked Sendable {
                     log.warning("host restarted after an unclean stop: no new leases until every earlier lease has expired",
                                 ["until": Logger.timestamp(hold)])
                 }
-                return
+                return false
             }
             leaseHoldUntil = nil
             log.info("lease hold over; leasing resumes")
@@ -625,16 +634,18 @@ public final class ClusterHub: @unchecked Sendable {
         var plans: [GrantPlan] = []
         var dueCache: DueCache? = nil
         for session in ready {
-            if let p = try planGrant(for: session, now: now, excluding: &taken, cache: &dueCache) { plans.append(p) }
+            if let p = try planGrant(for: session, now: now, excluding: &taken, cache: &dueCache, cap: leasesPerNode) { plans.append(p) }
         }
-        guard !plans.isEmpty else { return }
+        guard !plans.isEmpty else { return false }
+        let capped = plans.contains { $0.records.count >= leasesPerNode }
         let granted = try store.recordLeases(plans.flatMap(\.records), countAttemptsOnDay: day)
-        guard !granted.isEmpty else { return }
+        guard !granted.isEmpty else { return capped }
         var attempts: [String: Int] = [:]
         for rec in granted { attempts[rec.sendingIP, default: 0] += rec.recipientIDs.count }
         lock.withLock { for (ip, n) in attempts { warmupUsed[ip, default: 0] += n } }
         let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
         for p in plans { send(p, granted: p.records.compactMap { byID[$0.id] }) }
+        return capped
     }
 
     /// Due rows fetched in this round: nodes of the same pools share one query.
@@ -653,10 +664,11 @@ public final class ClusterHub: @unchecked Sendable {
         }
     }
 
-    private func planGrant(for session: NodeSession, now: Date, excluding taken: inout Set<Int64>, cache: inout DueCache?) throws -> GrantPlan? {
-        let (credits, ips, leaseTime, maxSize) = lock.withLock {
+    private func planGrant(for session: NodeSession, now: Date, excluding taken: inout Set<Int64>, cache: inout DueCache?, cap: Int) throws -> GrantPlan? {
+        let (available, ips, leaseTime, maxSize) = lock.withLock {
             (session.credits, table.leasable(by: session.nodeID), config.coordinator.leaseTime, config.smtp.maxMessageSize)
         }
+        let credits = min(available, cap)
         guard credits > 0, !ips.isEmpty else { return nil }
         // A few rows per credit first (most messages have one recipient per domain; a bigger
         // group is leased in parts); when that does not fill the credits — rows held back by

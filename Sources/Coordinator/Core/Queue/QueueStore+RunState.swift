@@ -16,7 +16,8 @@ import HatoShared
 /// - `beginRun` compares the stored boot id with the current one. Same boot, or a clean stop
 ///   (`endRun`, whose synced commit made every earlier one durable): nothing was lost. A new
 ///   boot after an unclean stop: lease records may be missing, so no new lease is granted
-///   until the stored horizon has passed — by then every lease from before has expired at
+///   until the stored horizon has passed (the hold itself is stored, so restarting during
+///   it does not lift it) — by then every lease from before has expired at
 ///   the nodes too (their own deadline is earlier still), and their results, kept in the
 ///   nodes' journals, are applied whenever they arrive.
 extension QueueStore {
@@ -60,15 +61,21 @@ extension QueueStore {
             let storedBoot = try runState("boot_id")
             let clean = try runState("clean_stop") == "1"
             let horizon = try runState("lease_horizon").flatMap(Double.init) ?? 0
+            // A hold decided by an earlier start stays in force until it ends, whatever
+            // happened since (a restart during the hold must not lift it).
+            let earlierHold = try runState("lease_hold_until").flatMap(Double.init) ?? 0
             let leasesMayBeLost = !clean && storedBoot != nil && storedBoot != bootID
+            var holdUntil = earlierHold
+            if leasesMayBeLost { holdUntil = max(holdUntil, horizon) }
+            if holdUntil <= now.timeIntervalSince1970 { holdUntil = 0 }
             try db.transaction {
                 try setRunState("clean_stop", "0")
+                try setRunState("lease_hold_until", String(holdUntil))
                 if let bootID { try setRunState("boot_id", bootID) }
             }
             leaseHorizon = horizon
             leasesSkipFsync = bootID != nil
-            guard leasesMayBeLost, horizon > now.timeIntervalSince1970 else { return nil }
-            return Date(timeIntervalSince1970: horizon)
+            return holdUntil > 0 ? Date(timeIntervalSince1970: holdUntil) : nil
         }
     }
 

@@ -17,6 +17,8 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
 public final class SQLiteDatabase: @unchecked Sendable {
     private var handle: OpaquePointer?
     private var statements: [String: SQLiteStatement] = [:]
+    /// Whether the connection is known to be at `synchronous=FULL` (see `transaction`).
+    private var synchronousFull = true
 
     /// Opens (creating if needed) the database file.
     /// - Throws: `SQLiteError` when the file cannot be opened.
@@ -75,8 +77,20 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// - Parameter durability: whether the commit waits for fsync (default) or not.
     /// - Throws: what `body` throws, or `SQLiteError`.
     public func transaction<T>(durability: CommitDurability = .synced, _ body: () throws -> T) throws -> T {
-        if durability == .processCrashSafe { try execute("PRAGMA synchronous=NORMAL") }
-        defer { if durability == .processCrashSafe { try? execute("PRAGMA synchronous=FULL") } }
+        // A synced transaction never runs while the connection is still at NORMAL: if putting
+        // FULL back failed after an unsynced one, it is retried here and its error refuses
+        // this transaction (an SMTP client then gets a 4xx rather than a 250 without fsync).
+        if durability == .synced && !synchronousFull {
+            try execute("PRAGMA synchronous=FULL")
+            synchronousFull = true
+        }
+        if durability == .processCrashSafe {
+            try execute("PRAGMA synchronous=NORMAL")
+            synchronousFull = false
+        }
+        defer {
+            if durability == .processCrashSafe, (try? execute("PRAGMA synchronous=FULL")) != nil { synchronousFull = true }
+        }
         try execute("BEGIN IMMEDIATE")
         do {
             let r = try body()

@@ -134,8 +134,18 @@ public final class DeliveryReporter: @unchecked Sendable {
             // Deferred only now, though the message is already behind the delay-warning scan.
             if let age = config.dsn.delayWarning {
                 let upTo = min(delayScanWatermark, now.timeIntervalSince1970 - age)
-                let late = events.filter { $0.kind == .deferred && $0.receivedAt.timeIntervalSince1970 <= upTo }.compactMap(\.recipientID)
-                if !late.isEmpty { try warnDelays(try store.delayWarningCandidates(recipientIDs: late, receivedUpTo: upTo), now: now) }
+                let lateEvents = events.filter { $0.kind == .deferred && $0.receivedAt.timeIntervalSince1970 <= upTo }
+                let late = lateEvents.compactMap(\.recipientID)
+                if !late.isEmpty {
+                    do {
+                        try warnDelays(try store.delayWarningCandidates(recipientIDs: late, receivedUpTo: upTo), now: now)
+                    } catch {
+                        // Their events are gone: let the scan reach their messages again.
+                        let oldest = lateEvents.map(\.receivedAt.timeIntervalSince1970).min() ?? delayScanWatermark
+                        delayScanWatermark = min(delayScanWatermark, oldest.nextDown)
+                        throw error
+                    }
+                }
             }
         }
         if let age = config.dsn.delayWarning, now.timeIntervalSince(lastDelayScan) >= delayScanInterval {

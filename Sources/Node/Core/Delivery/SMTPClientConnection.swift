@@ -291,10 +291,17 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     /// its close, or a TLS post-handshake record): RSET then reads past it or finds the
     /// session dead. A session that dies between this check and MAIL fails with no reply at
     /// all (`SMTPClientTransaction.repliesReceived == 0`), which the caller retries on a new one.
-    /// - Returns: whether the session can be used; otherwise it is closed.
+    /// A session idle for more than `timeouts.unprobedIdle` seconds is probed with RSET too: a peer
+    /// or middlebox that dropped it silently (no FIN, no RST) is then found within the RSET
+    /// timeout rather than the far longer MAIL timeout.
+    /// - Returns: whether the session can be used (otherwise it is closed), and whether RSET
+    ///   was sent to find out.
     public func prepareForReuse() -> (usable: Bool, probedWithReset: Bool) {
         guard !isClosed else { return (false, false) }
-        if needsReset || !reader.buffered.isEmpty || socket.hasPendingInput { return (reset(), true) }
+        if needsReset || !reader.buffered.isEmpty || socket.hasPendingInput
+            || Date().timeIntervalSince(lastUsed) > timeouts.unprobedIdle {
+            return (reset(), true)
+        }
         return (true, false)
     }
 

@@ -160,6 +160,9 @@ public struct SMTPClientTimeouts: Sendable, Equatable {
     public var reset: TimeInterval
     /// The reply to QUIT.
     public var quit: TimeInterval
+    /// How long a session may have been idle and still be reused without an RSET probe
+    /// (see `SMTPClientConnection.prepareForReuse`).
+    public var unprobedIdle: TimeInterval = 5
 
     /// Timeouts in seconds with one value for every command reply (greeting, EHLO, STARTTLS,
     /// MAIL, RCPT); RSET and QUIT wait at most 20 s and 10 s. Defaults: the RFC 5321 §4.5.3.2
@@ -233,24 +236,30 @@ public final class SMTPDeliverer: Sendable {
 
     /// Opens a session to replace one retired at its `messages_per_connection` limit and
     /// leaves it idle in the pool, so the next message to this target does not wait for a
-    /// connect, greeting and EHLO. Runs after the retired session's QUIT, in its slot; does
-    /// nothing when reuse is off, a session is already idle or no slot is free at once.
+    /// connect, greeting and EHLO. On a background thread (the delivery's result is not held
+    /// up by a slow or tarpitting server), after the retired session's QUIT, in a slot that
+    /// is free at once: nothing happens when reuse is off, a session is already idle or no
+    /// slot is free without closing another host's idle session.
     private func openReplacement(for request: DeliveryRequest, target: DeliveryTarget, policy: SMTPTLSPolicy) {
         guard pool.idleTimeout > 0 else { return }
-        switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
-                             requireTLS: policy == .required, until: Date()) {
-        case .unavailable:
-            return
-        case .reuse(let idle):
-            pool.checkin(idle, reusable: true)
-        case .open(let ticket):
-            switch SMTPClientConnection.open(to: target, from: request.sendingIP, heloName: request.heloName,
-                                             tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
-            case .success(let c):
-                pool.attach(c, to: ticket)
-                pool.checkin(c, reusable: true)
-            case .failure:
-                pool.abandon(ticket)
+        let pool = self.pool, tlsClient = self.tlsClient, timeouts = self.timeouts
+        let sendingIP = request.sendingIP, heloName = request.heloName
+        Thread.detachNewThread {
+            switch pool.checkout(sendingIP: sendingIP, heloName: heloName, target: target,
+                                 requireTLS: policy == .required, until: Date(), evictingIdle: false) {
+            case .unavailable:
+                return
+            case .reuse(let idle):
+                pool.checkin(idle, reusable: true)
+            case .open(let ticket):
+                switch SMTPClientConnection.open(to: target, from: sendingIP, heloName: heloName,
+                                                 tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
+                case .success(let c):
+                    pool.attach(c, to: ticket)
+                    pool.checkin(c, reusable: true)
+                case .failure:
+                    pool.abandon(ticket)
+                }
             }
         }
     }
