@@ -294,6 +294,16 @@ public final class Socket: @unchecked Sendable {
         return r != 0
     }
 
+    /// Bytes written but not yet sent, because the peer's receive window is full
+    /// (`SIOCOUTQNSD`); 0 when unknown or closed. A peer that stops reading shows here
+    /// before a write blocks.
+    public var unsentBytes: Int {
+        let f = fd
+        guard f >= 0 else { return 0 }
+        var n: Int32 = 0
+        return ioctl(f, UInt(0x894B), &n) == 0 ? Int(n) : 0  // SIOCOUTQNSD, linux/sockios.h
+    }
+
     /// Shuts down both directions (wakes a thread blocked in `read` or `accept`) without closing the descriptor.
     public func shutdown() {
         let f = fd

@@ -537,14 +537,18 @@ public final class ClusterHub: @unchecked Sendable {
     /// scheduler thread; at most `inlineLeasesPerNode` leases per node, the rest of a backlog
     /// is left to the scheduler). When a pass is running, wakes the scheduler for another one.
     /// Call it after the `250` was written, so the client does not wait for it. A node whose
-    /// connection does not drain can still hold this thread up to the cluster write timeout,
-    /// as it holds the scheduler thread.
+    /// connection has more than `inlineBacklogLimit` unsent bytes (it stopped reading) is
+    /// left to the scheduler thread.
     public func dispatchNewMail() {
         guard roundLock.try() else { wake(); return }
         defer { roundLock.unlock() }
         do {
             // Bounded work on a client's session thread: a backlog is left to the scheduler.
-            if try grantRound(readyNodes(), now: clock.now(), leasesPerNode: ClusterHub.inlineLeasesPerNode) { wake() }
+            // A node whose connection is backed up (it stops reading) is left to the scheduler
+            // thread: a write to it could block this client's session.
+            let all = readyNodes()
+            let ready = all.filter { $0.connection.socket.unsentBytes < ClusterHub.inlineBacklogLimit }
+            if try grantRound(ready, now: clock.now(), leasesPerNode: ClusterHub.inlineLeasesPerNode) || ready.count < all.count { wake() }
         } catch {
             log.error("scheduler round failed", ["error": "\(error)"])
             wake()
@@ -553,6 +557,8 @@ public final class ClusterHub: @unchecked Sendable {
 
     /// The most leases per node that `dispatchNewMail` grants on a session's thread.
     static let inlineLeasesPerNode = 8
+    /// Unsent bytes on a node's connection from which `dispatchNewMail` leaves it to the scheduler.
+    static let inlineBacklogLimit = 64 * 1024
 
     /// Active nodes with credits, rotated so each pass starts with another node. Call under `roundLock`.
     private func readyNodes() -> [NodeSession] {
