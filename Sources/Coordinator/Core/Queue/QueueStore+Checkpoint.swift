@@ -21,7 +21,9 @@ extension QueueStore {
     /// - Throws: `SQLiteError` when the second connection cannot be opened.
     public func startBackgroundCheckpoints(interval: TimeInterval = 0.25, restartSize: Int = 16 << 20) throws {
         let checkpointer = try SQLiteDatabase(path: path)
-        try checkpointer.execute("PRAGMA synchronous=FULL")
+        // The TRUNCATE step runs under the queue's lock: it must not wait long for a reader
+        // in another process (an operator's sqlite3); it is simply tried again next time.
+        try checkpointer.execute("PRAGMA synchronous=FULL; PRAGMA busy_timeout=100")
         let started: Bool = lock.withLock {
             guard !checkpointsInBackground else { return false }
             checkpointsInBackground = true
