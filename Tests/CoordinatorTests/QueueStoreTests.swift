@@ -243,10 +243,6 @@ struct LeaseDurabilityTests {
 struct BackgroundCheckpointTests {
     let dir = NSTemporaryDirectory() + "hato-ckpt-" + Identifier.random(bytes: 5)
 
-    func walSize(_ q: QueueStore) -> Int {
-        ((try? FileManager.default.attributesOfItem(atPath: q.path + "-wal"))?[.size] as? Int) ?? 0
-    }
-
     @Test("the queue's connection no longer checkpoints; the thread does and starts the WAL over, so it stays far below what was written")
     func bounded() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -264,7 +260,7 @@ struct BackgroundCheckpointTests {
         let deadline = Date().addingTimeInterval(10)
         while q.backgroundCheckpointCount < seen + 2 && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
         #expect(q.backgroundCheckpointCount >= seen + 2)
-        #expect(walSize(q) < 1 << 20, "WAL \(walSize(q)) bytes after \(written) bytes of bodies")
+        #expect(q.walFileSize < 1 << 20, "WAL \(q.walFileSize) bytes after \(written) bytes of bodies")
         #expect(try q.countsByState()[.queued] == 400)
     }
 }

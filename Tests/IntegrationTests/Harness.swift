@@ -79,6 +79,23 @@ final class ChildProcess: @unchecked Sendable {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 }
 
+/// Starts `hato-coordinator serve` and waits (at most 20 s) until its SMTP listener on
+/// 127.0.0.1:`smtpPort` accepts; throws with the log when it exits first (and kills it when it never listens).
+func startCoordinatorProcess(name: String, configPath: String, smtpPort: UInt16, logDirectory: String) throws -> ChildProcess {
+    let c = try ChildProcess(name: name, executable: executablePath("hato-coordinator"),
+                             arguments: ["serve", "--config", configPath], logDirectory: logDirectory)
+    do {
+        try waitUntil("coordinator SMTP listener", timeout: 20) {
+            guard c.isRunning else { throw HarnessError("coordinator exited:\n\(c.log)") }
+            return (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: smtpPort), timeout: 1)) != nil
+        }
+    } catch {
+        c.stop(signal: SIGKILL)
+        throw error
+    }
+    return c
+}
+
 /// Polls `condition` every 50 ms until it holds or `timeout` seconds pass.
 func waitUntil(_ what: String, timeout: TimeInterval, _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
@@ -166,27 +183,16 @@ final class LocalCluster: @unchecked Sendable {
     static let ipsOf: [String: Set<String>] = ["node-a": ["127.0.0.10", "127.0.0.11"], "node-b": ["127.0.0.12", "127.0.0.13"]]
 
     func startCoordinator() throws {
-        let c = try ChildProcess(name: "coordinator-\(retired.count)", executable: executablePath("hato-coordinator"),
-                                 arguments: ["serve", "--config", configPath], logDirectory: dir)
-        coordinator = c
-        try waitUntil("coordinator SMTP listener", timeout: 20) {
-            guard c.isRunning else { throw HarnessError("coordinator exited:\n\(c.log)") }
-            return (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: smtpPort), timeout: 1)) != nil
-        }
+        coordinator = try startCoordinatorProcess(name: "coordinator-\(retired.count)", configPath: configPath, smtpPort: smtpPort, logDirectory: dir)
     }
 
-    func killCoordinator() {
-        guard let c = coordinator else { return }
-        c.stop(signal: SIGKILL)
-        retired.append(c)
-        coordinator = nil
-    }
+    func killCoordinator() { stopCoordinator(signal: SIGKILL) }
 
-    /// Stops the coordinator with SIGTERM (a clean stop) and returns its exit status.
+    /// Stops the coordinator (SIGTERM: a clean stop) and returns its exit status.
     @discardableResult
-    func stopCoordinator() -> Int32? {
+    func stopCoordinator(signal: Int32 = SIGTERM) -> Int32? {
         guard let c = coordinator else { return nil }
-        c.stop(signal: SIGTERM)
+        c.stop(signal: signal)
         retired.append(c)
         coordinator = nil
         return c.wait(timeout: 0).map { ($0 >> 8) & 0xFF }

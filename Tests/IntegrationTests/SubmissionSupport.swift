@@ -117,13 +117,7 @@ final class CoordinatorProcess: @unchecked Sendable {
     }
 
     func start() throws {
-        let c = try ChildProcess(name: "coordinator", executable: executablePath("hato-coordinator"),
-                                 arguments: ["serve", "--config", configPath], logDirectory: dir)
-        process = c
-        try waitUntil("coordinator SMTP listener", timeout: 20) {
-            guard c.isRunning else { throw HarnessError("coordinator exited:\n\(c.log)") }
-            return (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: smtpPort), timeout: 1)) != nil
-        }
+        process = try startCoordinatorProcess(name: "coordinator", configPath: configPath, smtpPort: smtpPort, logDirectory: dir)
     }
 
     /// A `/proc/<pid>/status` field in kB (`VmHWM` peak resident, `VmRSS` current).

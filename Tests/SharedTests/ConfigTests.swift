@@ -652,17 +652,4 @@ struct ConfigTests {
         #expect(retry.delay(afterAttempt: 0) == 60)
         #expect(RetrySettings(schedule: [], maxAge: 1).delay(afterAttempt: 3) == 60)
     }
-
-    /// A tiny deterministic PRNG for the fuzz test.
-    struct SplitMix64 {
-        private var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 }

@@ -53,18 +53,6 @@ private struct Wire {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for reproducible shuffles and fuzzing.
-private struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// A message answering MX for example.com with every record type and compression.
 private func sampleMessage() -> [UInt8] {
     var w = Wire()
@@ -216,7 +204,7 @@ extension DNSTests {
 
         @Test("random garbage and mutated messages never crash")
         func fuzz() {
-            var rng = SeededRNG(state: 42)
+            var rng = SplitMix64(seed: 42)
             for _ in 0..<3000 {
                 let n = Int.random(in: 0..<200, using: &rng)
                 var bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
@@ -404,7 +392,7 @@ extension DNSTests {
             let r = dns.resolver()
             var firsts = Set<String>()
             for seed in 0..<32 {
-                var rng = SeededRNG(state: UInt64(seed))
+                var rng = SplitMix64(seed: UInt64(seed))
                 guard case .hosts(let hosts) = r.resolveMailExchangers(domain: "example.org", using: &rng) else {
                     Issue.record("expected hosts"); return
                 }

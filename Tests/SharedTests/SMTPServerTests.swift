@@ -607,7 +607,7 @@ struct SMTPServerTests {
 
     @Test("random input never crashes; stores only happen with recipients and relay permission")
     func fuzz() {
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         let words = ["EHLO a.b\r\n", "MAIL FROM:<a@b.c>\r\n", "RCPT TO:<d@e.f>\r\n", "DATA\r\n", "\r\n.\r\n",
                      ".", "\r", "\n", "\u{0}", "\"", "<", ">", "@", "x", " SIZE=9", "RSET\r\n", "\u{FF}"]
         var stored = 0
@@ -680,18 +680,5 @@ struct SMTPServerTests {
         #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: -1)) == "Wed, 31 Dec 1969 23:59:59 +0000")
         #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: 1e300)) == "Fri, 31 Dec 9999 23:59:59 +0000")
         #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: .nan)) == "Thu, 1 Jan 1970 00:00:00 +0000")
-    }
-}
-
-/// Deterministic PRNG for the fuzz test.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

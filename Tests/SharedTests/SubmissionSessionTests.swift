@@ -438,7 +438,7 @@ struct SubmissionSessionTests {
 
     @Test("fuzz: random and mutated command lines never crash and every reply is a well-formed SMTP reply")
     func fuzzReplies() {
-        var rng = FuzzRNG(seed: 0xC0FFEE)
+        var rng = SplitMix64(seed: 0xC0FFEE)
         let seeds = ["EHLO client.test", "HELO [192.0.2.1]", "MAIL FROM:<a@b.c> SIZE=100 BODY=8BITMIME", "MAIL FROM:<> RET=FULL ENVID=x",
                      "RCPT TO:<x@y.z> NOTIFY=SUCCESS ORCPT=rfc822;x@y.z", "RCPT TO:<Postmaster>", "DATA", "BDAT 3 LAST", "BDAT 0",
                      "RSET", "NOOP", "VRFY x", "HELP", "STARTTLS", "AUTH PLAIN AGFwcABzZWNyZXQ=", "AUTH LOGIN", "*", "YXBw",
@@ -616,18 +616,5 @@ struct SubmissionSessionTests {
         _ = split.feed(Array("\nb\r\n".utf8)[...])
         split.finishChunks()
         #expect(split.outcome() == .accepted(Array("a\r\nb\r\n".utf8)))
-    }
-}
-
-/// Deterministic PRNG for the fuzz test (SplitMix64).
-private struct FuzzRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

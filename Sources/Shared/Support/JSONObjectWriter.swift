@@ -35,14 +35,7 @@ public struct JSONObjectWriter: Sendable {
     }
 
     /// Adds an integer field (nothing when nil).
-    public mutating func field(_ k: StaticString, _ v: Int?) {
-        guard let v else { return }
-        key(k)
-        bytes.append(contentsOf: String(v).utf8)
-    }
-
-    /// Adds a 64-bit integer field (nothing when nil).
-    public mutating func field(_ k: StaticString, _ v: Int64?) {
+    public mutating func field<I: BinaryInteger>(_ k: StaticString, _ v: I?) {
         guard let v else { return }
         key(k)
         bytes.append(contentsOf: String(v).utf8)
@@ -52,13 +45,7 @@ public struct JSONObjectWriter: Sendable {
     public mutating func field(_ k: StaticString, objects v: [JSONObjectWriter]?) {
         guard let v else { return }
         key(k)
-        bytes.append(UInt8(ascii: "["))
-        for (i, o) in v.enumerated() {
-            if i > 0 { bytes.append(UInt8(ascii: ",")) }
-            bytes.append(contentsOf: o.bytes)
-            bytes.append(UInt8(ascii: "}"))
-        }
-        bytes.append(UInt8(ascii: "]"))
+        appendArray(v) { out, o in out.append(contentsOf: o.finish()) }
     }
 
     /// Adds a number field (nothing when nil).
@@ -79,12 +66,7 @@ public struct JSONObjectWriter: Sendable {
     public mutating func field(_ k: StaticString, _ v: [String]?) {
         guard let v else { return }
         key(k)
-        bytes.append(UInt8(ascii: "["))
-        for (i, s) in v.enumerated() {
-            if i > 0 { bytes.append(UInt8(ascii: ",")) }
-            Self.appendString(s, to: &bytes)
-        }
-        bytes.append(UInt8(ascii: "]"))
+        appendArray(v) { out, s in Self.appendString(s, to: &out) }
     }
 
     /// Adds a nested object built by another writer (nothing when nil).
@@ -92,6 +74,15 @@ public struct JSONObjectWriter: Sendable {
         guard let v else { return }
         key(k)
         bytes.append(contentsOf: v.finish())
+    }
+
+    private mutating func appendArray<T>(_ items: [T], _ element: (inout [UInt8], T) -> Void) {
+        bytes.append(UInt8(ascii: "["))
+        for (i, item) in items.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            element(&bytes, item)
+        }
+        bytes.append(UInt8(ascii: "]"))
     }
 
     /// The finished object.

@@ -39,7 +39,7 @@ extension QueueStore {
                 guard let store = self else { return }
                 do {
                     try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    let walSize = ((try? FileManager.default.attributesOfItem(atPath: store.path + "-wal"))?[.size] as? Int) ?? 0
+                    let walSize = store.walFileSize
                     try store.lock.withLock {
                         if walSize >= restartSize { try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
                         store.backgroundCheckpoints += 1
@@ -60,6 +60,9 @@ extension QueueStore {
             }
         }
     }
+
+    /// The size of the WAL file in bytes (0 when there is none).
+    var walFileSize: Int { ((try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? Int) ?? 0 }
 
     /// Background checkpoints run so far (for tests).
     var backgroundCheckpointCount: Int { lock.withLock { backgroundCheckpoints } }

@@ -131,22 +131,7 @@ public final class DeliveryReporter: @unchecked Sendable {
             }
             try store.completeEvents(d, now: now)
             if !d.webhooks.isEmpty { webhooks?.wake() }
-            // Deferred only now, though the message is already behind the delay-warning scan.
-            if let age = config.dsn.delayWarning {
-                let upTo = min(delayScanWatermark, now.timeIntervalSince1970 - age)
-                let lateEvents = events.filter { $0.kind == .deferred && $0.receivedAt.timeIntervalSince1970 <= upTo }
-                let late = lateEvents.compactMap(\.recipientID)
-                if !late.isEmpty {
-                    do {
-                        try warnDelays(try store.delayWarningCandidates(recipientIDs: late, receivedUpTo: upTo), now: now)
-                    } catch {
-                        // Their events are gone: let the scan reach their messages again.
-                        let oldest = lateEvents.map(\.receivedAt.timeIntervalSince1970).min() ?? delayScanWatermark
-                        delayScanWatermark = min(delayScanWatermark, oldest.nextDown)
-                        throw error
-                    }
-                }
-            }
+            if let age = config.dsn.delayWarning { try warnLateDeferrals(events, age: age, now: now) }
         }
         if let age = config.dsn.delayWarning, now.timeIntervalSince(lastDelayScan) >= delayScanInterval {
             lastDelayScan = now
@@ -293,6 +278,21 @@ public final class DeliveryReporter: @unchecked Sendable {
             }
             // Cut at the limit: the last message may have more candidates; scan it again.
             delayScanWatermark = max(delayScanWatermark, last.nextDown)
+        }
+    }
+
+    /// Delay warnings for recipients deferred only now, though their message is already behind
+    /// the scan's watermark (the scan will not see them again).
+    private func warnLateDeferrals(_ events: [QueueEvent], age: TimeInterval, now: Date) throws {
+        let upTo = min(delayScanWatermark, now.timeIntervalSince1970 - age)
+        let late = events.filter { $0.kind == .deferred && $0.recipientID != nil && $0.receivedAt.timeIntervalSince1970 <= upTo }
+        guard let oldest = late.map(\.receivedAt.timeIntervalSince1970).min() else { return }
+        do {
+            try warnDelays(try store.delayWarningCandidates(recipientIDs: late.compactMap(\.recipientID), receivedUpTo: upTo), now: now)
+        } catch {
+            // Their events are gone: let the scan reach their messages again.
+            delayScanWatermark = min(delayScanWatermark, oldest.nextDown)
+            throw error
         }
     }
 
