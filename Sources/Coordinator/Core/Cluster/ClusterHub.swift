@@ -543,9 +543,7 @@ public final class ClusterHub: @unchecked Sendable {
         guard roundLock.try() else { wake(); return }
         defer { roundLock.unlock() }
         do {
-            // Bounded work on a client's session thread: a backlog is left to the scheduler.
-            // A node whose connection is backed up (it stops reading) is left to the scheduler
-            // thread: a write to it could block this client's session.
+            // A write to a backed-up node could block this client's session.
             let all = readyNodes()
             let ready = all.filter { $0.connection.socket.unsentBytes < ClusterHub.inlineBacklogLimit }
             if try grantRound(ready, now: clock.now(), leasesPerNode: ClusterHub.inlineLeasesPerNode) || ready.count < all.count { wake() }
@@ -660,11 +658,11 @@ public final class ClusterHub: @unchecked Sendable {
         var limit: Int
         var rows: [DueRecipient]
         /// Rows for `pools` (a subset of the cached pools) and at most `limit`, or nil when the
-        /// cache cannot answer (other pools, or it was cut at a smaller limit).
+        /// cache cannot answer: other pools, or a fetch cut at its limit that is smaller than
+        /// this one or spread over more pools (it may hold fewer of the wanted rows than exist).
         func rows(pools wantedPools: Set<String>, limit wantedLimit: Int) -> [DueRecipient]? {
-            guard wantedPools.isSubset(of: pools), limit >= wantedLimit || rows.count < limit else { return nil }
-            // A cut-off fetch over more pools may hold fewer rows of the wanted ones than exist.
-            guard wantedPools == pools || rows.count < limit else { return nil }
+            let complete = rows.count < limit
+            guard wantedPools.isSubset(of: pools), complete || (wantedPools == pools && limit >= wantedLimit) else { return nil }
             let matching = wantedPools == pools ? rows : rows.filter { wantedPools.contains($0.pool) }
             return Array(matching.prefix(wantedLimit))
         }
