@@ -13,6 +13,10 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # dkimpy verifies ed25519-sha256 signatures with PyNaCl (a Recommends, so name it).
 /usr/bin/python3 -c 'import nacl' 2>/dev/null || need+=(python3-nacl)
 command -v openssl >/dev/null || need+=(openssl)
+# faketime runs the suite under shifted clocks (scripts/test-clocks.sh); locales gives the
+# Japanese and German locales those runs use.
+command -v faketime >/dev/null || need+=(faketime)
+command -v locale-gen >/dev/null || need+=(locales)
 # swaks --tls needs Net::SSLeay (a Recommends of swaks, so name it).
 perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,4 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Postfix's own system instance is never used by the tests.
   (postfix stop >/dev/null 2>&1 || true)
+fi
+
+# The locales the clock/locale runs use (scripts/test-clocks.sh).
+if ! locale -a 2>/dev/null | grep -qi '^ja_JP.utf8$' || ! locale -a 2>/dev/null | grep -qi '^de_DE.utf8$'; then
+  sed -i -E 's/^# *(ja_JP.UTF-8 UTF-8|de_DE.UTF-8 UTF-8)/\1/' /etc/locale.gen
+  grep -q '^ja_JP.UTF-8 UTF-8' /etc/locale.gen || echo 'ja_JP.UTF-8 UTF-8' >> /etc/locale.gen
+  grep -q '^de_DE.UTF-8 UTF-8' /etc/locale.gen || echo 'de_DE.UTF-8 UTF-8' >> /etc/locale.gen
+  locale-gen >/dev/null
 fi

@@ -11,3 +11,9 @@ echo "== build (release)"
 swift build -c release -Xswiftc -warnings-as-errors 2>&1 | tail -3
 echo "== tests"
 swift test -Xswiftc -warnings-as-errors "$@"
+if [ $# -eq 0 ]; then
+  # The unit tests again under shifted clocks, time zones and locales: the 1st of a month,
+  # a year end, a DST change, a Japanese locale (the whole suite: scripts/test-clocks.sh).
+  echo "== unit tests under shifted clocks"
+  bash scripts/test-clocks.sh --unit
+fi

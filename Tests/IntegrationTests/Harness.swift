@@ -98,13 +98,25 @@ func startCoordinatorProcess(name: String, configPath: String, smtpPort: UInt16,
 
 /// Polls `condition` every 50 ms until it holds or `timeout` seconds pass.
 func waitUntil(_ what: String, timeout: TimeInterval, _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
+    // A monotonic deadline: a step of the wall clock neither cuts the wait short nor stretches it.
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+    while ContinuousClock.now < deadline {
         if (try? condition()) == true { return }
         usleep(50_000)
     }
     if try condition() { return }
     throw HarnessError("timed out after \(timeout)s waiting for \(what)")
+}
+
+/// Waits until the next UTC midnight when it is less than `seconds` away, so that a test
+/// counting per UTC day (warm-up caps) runs within one day. Returns at once otherwise.
+func waitOutUTCMidnight(ifWithin seconds: TimeInterval) {
+    let now = Date().timeIntervalSince1970
+    let untilMidnight = 86_400 - now.truncatingRemainder(dividingBy: 86_400)
+    if untilMidnight < seconds {
+        print("waiting \(Int(untilMidnight) + 1) s for UTC midnight to pass before a per-day test")
+        Thread.sleep(forTimeInterval: untilMidnight + 1)
+    }
 }
 
 /// A local cluster for one test: a temp directory, a cluster.yml, a capture MX in this
@@ -316,7 +328,11 @@ func submitWithSmtplib(port: UInt16, messages: [(from: String, to: [String], con
                         time.sleep(0.2)
             try: s.quit()
             except Exception: pass
-        ts = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+        def guarded(k):
+            # A worker that dies of an unexpected exception must fail the run, not leave a hole.
+            try: worker(k)
+            except BaseException as e: errors.append("worker %d died: %r" % (k, e))
+        ts = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
         [t.start() for t in ts]; [t.join() for t in ts]
         if errors: print("ERRORS", errors, file=sys.stderr); sys.exit(1)
         open(sys.argv[4], "w").write(json.dumps(ids))

@@ -2,6 +2,7 @@ import Foundation
 import HatoCoordinator
 import HatoShared
 import Testing
+import TestSupport
 
 /// Exact bytes in, exact reply codes out, against a real listener.
 struct RawCase: Sendable, CustomTestStringConvertible {
@@ -165,7 +166,12 @@ extension Integration {
             let id = try #require(replies[4].split(separator: " ").last.map(String.init))
             let content = String(decoding: try #require(try server.store.content(of: id)), as: UTF8.self)
             #expect(content.hasPrefix("Received: from client.it.test ([127.0.0.1])\r\n\tby relay.it.test (Hato) with ESMTP id \(id)\r\n\tfor <b@hato.test>; "))
-            #expect(content.hasSuffix("\r\nSubject: chunked\r\nMessage-ID: <c1@example.org>\r\nDate: " + content.components(separatedBy: "Date: ")[1].prefix(31)
+            // The Date field the server added: its whole value up to CRLF, which must be a valid
+            // RFC 5322 date-time close to now (a one-digit day makes it 30 characters, not 31).
+            let date = try #require(headerFieldValue("Date", in: content))
+            let instant = try #require(RFC5322Date.parse(date), "not an RFC 5322 date-time: \(date)")
+            #expect(abs(instant.timeIntervalSinceNow) < 300)
+            #expect(content.hasSuffix("\r\nSubject: chunked\r\nMessage-ID: <c1@example.org>\r\nDate: \(date)"
                                       + "\r\n\r\n.leading dot stays\r\nlast line without CRLF\r\n"))
         }
 

@@ -504,6 +504,26 @@ struct ConfigTests {
         #expect(defaultPool?.key == "routing.default_pool")
     }
 
+    @Test("Warm-up start: a UTC calendar day read without locale or time zone; malformed and impossible dates are refused")
+    func warmupStart() throws {
+        func yaml(_ start: String) -> String {
+            Self.base(replacingLine: 23, with: "    nodes: [node-a]\n    warmup: { plan: p, start: \(start) }") + "warmup:\n  - { name: p, daily: [10, 20] }\n"
+        }
+        let config = try Self.parse(yaml("2027-01-01"))
+        #expect(config.ips[0].warmup?.start == 1_798_761_600)
+        #expect(config.warmupCap(for: "127.0.0.10", now: Date(timeIntervalSince1970: 1_798_761_600 - 1))?.cap == 0)
+        #expect(config.warmupCap(for: "127.0.0.10", now: Date(timeIntervalSince1970: 1_798_761_600))! == (1, 10))
+        #expect(config.warmupCap(for: "127.0.0.10", now: Date(timeIntervalSince1970: 1_798_761_600 + 86_399))! == (1, 10))
+        #expect(config.warmupCap(for: "127.0.0.10", now: Date(timeIntervalSince1970: 1_798_761_600 + 86_400))! == (2, 20))
+        #expect(config.warmupCap(for: "127.0.0.10", now: Date(timeIntervalSince1970: 1_798_761_600 + 2 * 86_400)) == nil, "warmed")
+        #expect(try Self.parse(yaml("2028-02-29")).ips[0].warmup?.start == 1_835_395_200)
+        for bad in ["2027-02-29", "2027-1-5", "2027-13-01", "27-01-01", "2027-01-01T00:00:00Z", "01/05/2027"] {
+            let error = Self.configError(yaml(bad))
+            #expect(error?.key == "ips[0].warmup.start", "\(bad)")
+            #expect(error?.message.contains("expected a date like 2026-12-01") == true, "\(bad)")
+        }
+    }
+
     @Test("Empty required lists and out-of-range limits are rejected")
     func limits() {
         let nodes = Self.configError(Self.base.replacingOccurrences(

@@ -86,7 +86,7 @@ struct DSNTests {
         #expect(headers["To"] == "<app@example.org>")
         #expect(headers["Subject"] == "Undelivered Mail Returned to Sender")
         #expect(headers["Auto-Submitted"] == "auto-replied")
-        #expect(headers["Date"] == "Thu, 01 Jan 2026 01:00:00 +0000")
+        #expect(headers["Date"] == "Thu, 1 Jan 2026 01:00:00 +0000")
         #expect(headers["Message-ID"] == "<dsn.Q1@relay.hato.test>")
         let parts = out["parts"] as? [[String: Any]] ?? []
         #expect(parts.map { $0["content_type"] as? String ?? "" } == ["text/plain", "message/delivery-status", "text/rfc822-headers"])
@@ -97,7 +97,7 @@ struct DSNTests {
         #expect(blocks.count == 3)
         guard blocks.count == 3 else { return }
         #expect(blocks[0]["Reporting-MTA"] == "dns; relay.hato.test")
-        #expect(blocks[0]["Arrival-Date"] == "Thu, 01 Jan 2026 00:00:00 +0000")
+        #expect(blocks[0]["Arrival-Date"] == "Thu, 1 Jan 2026 00:00:00 +0000")
         #expect(blocks[0]["Original-Envelope-Id"] == "ENV+42")
         #expect(blocks[0]["Received-From-MTA"] == "dns; client.test")
         #expect(blocks[0]["X-Hato-Queue-ID"] == "Q1")
@@ -109,7 +109,7 @@ struct DSNTests {
         // The long Diagnostic-Code is folded on the wire; unfolded it is the reply again.
         let diag = (blocks[1]["Diagnostic-Code"] ?? "").replacingOccurrences(of: "\r\n", with: "").replacingOccurrences(of: "\n", with: "")
         #expect(diag == "smtp; 550 5.1.1 <nobody@hato.test>: Recipient address rejected: User unknown in virtual mailbox table")
-        #expect(blocks[1]["Last-Attempt-Date"] == "Thu, 01 Jan 2026 00:56:40 +0000")
+        #expect(blocks[1]["Last-Attempt-Date"] == "Thu, 1 Jan 2026 00:56:40 +0000")
         #expect(blocks[2]["Final-Recipient"] == "rfc822; later@hato.test")
         #expect(blocks[2]["Original-Recipient"] == nil)
         #expect(blocks[2]["Status"] == "4.4.7")
@@ -149,7 +149,7 @@ struct DSNTests {
         let blocks = ((out["parts"] as? [[String: Any]])?[1]["blocks"] as? [[String: String]]) ?? []
         #expect(blocks.count == 2)
         #expect(blocks.last?["Action"] == "delayed")
-        #expect(blocks.last?["Will-Retry-Until"] == "Tue, 06 Jan 2026 00:00:00 +0000")
+        #expect(blocks.last?["Will-Retry-Until"] == "Tue, 6 Jan 2026 00:00:00 +0000")
     }
 
     @Test("a UTF-8 recipient gives an RFC 6533 report with the utf-8 address type")

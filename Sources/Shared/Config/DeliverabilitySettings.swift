@@ -119,10 +119,11 @@ extension ClusterConfigDecoder {
                 return name
             }
             let start = try w.require("start") { text -> TimeInterval in
-                let f = DateFormatter()
-                f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "UTC"); f.dateFormat = "yyyy-MM-dd"
-                guard let d = f.date(from: text) else { throw ConfigValueError("expected a date like 2026-12-01, got \"\(text)\"") }
-                return d.timeIntervalSince1970
+                // A UTC calendar day, read without a locale or time zone: warm-up days start at 00:00 UTC.
+                guard let days = RFC5322Date.daysSince1970(isoDate: text) else {
+                    throw ConfigValueError("expected a date like 2026-12-01, got \"\(text)\"")
+                }
+                return TimeInterval(days * 86_400)
             }
             config.ips[i].warmup = IPWarmup(plan: plan, start: start)
         }

@@ -313,16 +313,8 @@ public struct DeliveryStatusNotification: Sendable {
         return lines
     }
 
-    /// An RFC 5322 §3.3 date in UTC, e.g. `Thu, 01 Jan 2026 00:00:00 +0000`.
-    public static func rfc5322Date(_ d: Date) -> String {
-        var cal = Calendar(identifier: .gregorian)
-        cal.timeZone = TimeZone(identifier: "UTC") ?? .current
-        let c = cal.dateComponents([.year, .month, .day, .hour, .minute, .second, .weekday], from: d)
-        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        func two(_ n: Int?) -> String { let v = n ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
-        return "\(days[((c.weekday ?? 1) - 1) % 7]), \(two(c.day)) \(months[((c.month ?? 1) - 1) % 12]) \(c.year ?? 1970) \(two(c.hour)):\(two(c.minute)):\(two(c.second)) +0000"
-    }
+    /// An RFC 5322 §3.3 date in UTC, e.g. `Thu, 1 Jan 2026 00:00:00 +0000` (`RFC5322Date.format`).
+    public static func rfc5322Date(_ d: Date) -> String { RFC5322Date.format(d) }
 }
 
 private extension Array where Element == UInt8 {

@@ -82,36 +82,6 @@ public enum ReceivedHeader {
         }))
     }
 
-    private static let dayNames = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-    private static let monthNames = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-
-    /// RFC 5322 §3.3 `date-time` in UTC, e.g. `Tue, 14 Nov 2023 12:00:00 +0000`.
-    /// Locale-independent; times outside years 1–9999 are clamped.
-    /// - Parameter date: the instant to format.
-    /// - Returns: the date text.
-    public static func rfc5322Date(_ date: Date) -> String {
-        // 0001-01-01 .. 9999-12-31T23:59:59 in seconds since 1970.
-        let lower = -62_135_596_800.0, upper = 253_402_300_799.0
-        var t = date.timeIntervalSince1970
-        if !t.isFinite { t = 0 }
-        t = Swift.min(Swift.max(t.rounded(.down), lower), upper)
-        let seconds = Int(t)
-        let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
-        let secondOfDay = seconds - days * 86_400
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        let weekday = ((days % 7) + 11) % 7  // 1970-01-01 was a Thursday (index 4)
-        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        let yearText = String(repeating: "0", count: Swift.max(0, 4 - String(year).count)) + String(year)
-        return "\(dayNames[weekday]), \(day) \(monthNames[month - 1]) \(yearText) "
-            + "\(two(secondOfDay / 3600)):\(two(secondOfDay % 3600 / 60)):\(two(secondOfDay % 60)) +0000"
-    }
+    /// RFC 5322 §3.3 `date-time` in UTC; see `RFC5322Date.format`.
+    public static func rfc5322Date(_ date: Date) -> String { RFC5322Date.format(date) }
 }
