@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+@testable import HatoShared
+
+@Suite("Locked values and background loops")
+struct LockedTests {
+    @Test("Locked: 8 threads × 10 000 increments lose none")
+    func lockedCounts() {
+        let box = Locked(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for _ in 0..<10_000 { box.withLock { $0 += 1 } }
+        }
+        #expect(box.snapshot == 80_000)
+        #expect(box.tryWithLock { $0 } == 80_000)
+    }
+
+    @Test("LockedCondition: a waiter sees the change made by another thread; a timed wait gives up at its monotonic deadline")
+    func conditionWaits() {
+        let box = LockedCondition([Int]())
+        let producer = Thread { for i in 0..<100 { box.withLockAndBroadcast { $0.append(i) } } }
+        producer.start()
+        let all = box.wait(until: .now + .seconds(10), for: { $0.count == 100 }) { v, ok in ok ? v : [] }
+        #expect(all == Array(0..<100))
+        let start = ContinuousClock.now
+        let met = box.wait(until: .now + .milliseconds(50), for: { $0.count > 100 }) { _, ok in ok }
+        #expect(!met)
+        #expect(ContinuousClock.now - start >= .milliseconds(50))
+    }
+
+    @Test("BackgroundLoop: passes on its interval and on wake-up; wake-ups coalesce; stop ends the thread")
+    func loop() throws {
+        let passes = Locked(0)
+        let loop = BackgroundLoop(name: "test-loop") { passes.withLock { $0 += 1 }; return .seconds(3600) }
+        loop.start()
+        loop.start()  // a second start does nothing
+        try pollUntil { passes.snapshot == 1 }
+        for _ in 0..<5 { loop.wake() }
+        try pollUntil { passes.snapshot >= 2 }
+        // The five wake-ups arrived while one pass at most was running: at most two more passes.
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(passes.snapshot <= 3)
+        #expect(loop.stop(waiting: true))
+        let after = passes.snapshot
+        loop.wake()
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(passes.snapshot == after, "no pass after stop")
+        #expect(loop.isStopped)
+    }
+
+    @Test("BackgroundLoop: the body's returned pause sets the next pass")
+    func loopInterval() throws {
+        let passes = Locked(0)
+        let loop = BackgroundLoop(name: "fast-loop", every: .milliseconds(5)) { passes.withLock { $0 += 1 } }
+        loop.start()
+        try pollUntil { passes.snapshot >= 10 }
+        loop.stop(waiting: true)
+    }
+}
+
+/// Polls `condition` every millisecond until it holds, for at most `timeout`.
+/// - Throws: when the deadline passes first.
+func pollUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) throws {
+    struct Timeout: Error {}
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw Timeout() }
+        Thread.sleep(forTimeInterval: 0.001)
+    }
+}
