@@ -23,12 +23,12 @@ public final class CoordinatorService: @unchecked Sendable {
         self.hub = hub
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() }, onEnqueued: { hub.wake() })
         self.reporting = reporting
-        hub.onResult = { reporting.noteResult($0) }
+        hub.setResultObserver { reporting.noteResult($0) }
         submission = SubmissionServer(config: config, store: store, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         let path = config.sourcePath
         let lock = reloadLock
         let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {
-            try lock.withLock { hub.reload(try ClusterConfig.load(path: path)) }
+            try lock.withLock { try hub.reload(try ClusterConfig.load(path: path)) }
         })
         admin = try HTTPServer(address: config.coordinator.adminListen) { reporting.api.handle($0) ?? api.handle($0) }
     }
@@ -37,20 +37,20 @@ public final class CoordinatorService: @unchecked Sendable {
     /// - Throws: `ConfigError`.
     @discardableResult
     public func reload() throws -> ReloadReport {
-        try reloadLock.withLock { hub.reload(try ClusterConfig.load(path: config.sourcePath)) }
+        try reloadLock.withLock { try hub.reload(try ClusterConfig.load(path: config.sourcePath)) }
     }
 
     /// Starts all listeners and background loops.
     /// - Throws: `SocketError`.
     public func start() throws {
-        hub.leaseHoldUntil = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
+        let leaseHold = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
         try store.startBackgroundCheckpoints()
         let leased = try store.allLeases()
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
         }
         reporting.start()
-        try hub.start()
+        try hub.start(leaseHoldUntil: leaseHold)
         try submission.start()
         admin.start()
         log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])

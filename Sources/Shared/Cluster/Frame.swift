@@ -82,6 +82,12 @@ public struct FrameDecoder: Sendable {
 
     public init(maximumFrameSize: Int) { self.maximumFrameSize = maximumFrameSize }
 
+    /// A decoder with a new maximum that keeps the bytes `other` has buffered.
+    public init(maximumFrameSize: Int, continuing other: FrameDecoder) {
+        self.maximumFrameSize = maximumFrameSize
+        buffer = Array(other.buffer[other.start...])
+    }
+
     /// Octets buffered but not yet returned as frames.
     public var bufferedCount: Int { buffer.count - start }
 

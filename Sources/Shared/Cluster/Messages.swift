@@ -500,7 +500,7 @@ public final class ClusterConnection: @unchecked Sendable {
     public let socket: Socket
     private var decoder: FrameDecoder
     private let writeLock = NSLock()
-    private var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+    private var readBuffer: [UInt8]
 
     /// - Parameters:
     ///   - socket: a connected socket.
@@ -508,7 +508,11 @@ public final class ClusterConnection: @unchecked Sendable {
     public init(socket: Socket, maximumFrameSize: Int) {
         self.socket = socket
         self.decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
+        self.readBuffer = [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))
     }
+
+    /// Octets per read: 256 KiB, or less for a connection whose frames are small (before authentication).
+    private static func readSize(_ maximumFrameSize: Int) -> Int { min(256 * 1024, max(4096, maximumFrameSize + 4)) }
 
     /// Sends one message.
     /// - Throws: `SocketError` when the write fails.
@@ -517,11 +521,30 @@ public final class ClusterConnection: @unchecked Sendable {
         try writeLock.withLock { try socket.write(bytes) }
     }
 
-    /// Receives the next message, blocking up to the socket's read timeout.
+    /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
+    /// authenticated, the full one after). Call from the reading thread only.
+    public func setMaximumFrameSize(_ octets: Int) {
+        decoder = FrameDecoder(maximumFrameSize: octets, continuing: decoder)
+        let size = ClusterConnection.readSize(octets)
+        if size != readBuffer.count { readBuffer = [UInt8](repeating: 0, count: size) }
+    }
+
+    /// Octets received but not yet returned as frames.
+    public var bufferedCount: Int { decoder.bufferedCount }
+
+    /// Receives the next message, blocking up to the socket's read timeout, or until
+    /// `deadline` on the monotonic clock (a peer that trickles bytes cannot hold the read past
+    /// it: each read waits at most the time left).
     /// - Throws: `SocketError` (timeout, closed), `FrameError` or `ClusterProtocolError.malformed`.
-    public func receive() throws -> ClusterMessage {
+    public func receive(deadline: ContinuousClock.Instant? = nil) throws -> ClusterMessage {
         while true {
             if let frame = try decoder.next() { return try ClusterMessage.decode(frame) }
+            if let deadline {
+                let left = ContinuousClock.now.duration(to: deadline)
+                guard left > .zero else { throw SocketError(.timeout, "cluster read") }
+                let seconds = Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18
+                socket.setTimeouts(read: max(0.001, seconds), write: 30)
+            }
             let n = try readBuffer.withUnsafeMutableBytes { try socket.read(into: $0) }
             if n == 0 {
                 try decoder.finish()
@@ -531,6 +554,11 @@ public final class ClusterConnection: @unchecked Sendable {
         }
     }
 
-    /// Closes the connection.
+    /// Wakes a thread blocked in `receive` or `send` (both fail at once) without closing the
+    /// descriptor: the thread that reads closes it (another thread's close could let the
+    /// number be reused by a new connection while a read is about to use it).
+    public func shutdown() { socket.shutdown() }
+
+    /// Closes the connection. Call only from the thread that reads it.
     public func close() { socket.close() }
 }

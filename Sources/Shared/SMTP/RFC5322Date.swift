@@ -94,6 +94,13 @@ public enum RFC5322Date {
         return daysSince1970(year: year, month: month, day: day)
     }
 
+    /// The ISO 8601 calendar date `YYYY-MM-DD` of a day since 1970-01-01.
+    static func isoDate(daysSince1970 days: Int) -> String {
+        let (y, m, d) = civil(daysSince1970: days)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(y)-\(two(m))-\(two(d))"
+    }
+
     /// Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
     static func civil(daysSince1970 days: Int) -> (year: Int, month: Int, day: Int) {
         let z = days + 719_468

@@ -101,12 +101,12 @@ public struct AdminAPI: Sendable {
             case ("GET", ["v1", "rebalance"]):
                 return .json(RebalanceReport(applied: false, moves: hub.rebalancePlan()))
             case ("POST", ["v1", "rebalance"]):
-                return .json(RebalanceReport(applied: true, moves: hub.rebalance()), status: 202)
+                return .json(RebalanceReport(applied: true, moves: try hub.rebalance()), status: 202)
             case ("GET", ["v1", "suspensions"]):
                 return .json(hub.activeBackoffs())
             case ("DELETE", ["v1", "suspensions"]):
                 guard let ip = req.query["ip"], let provider = req.query["provider"] else { return .error(400, "ip= and provider= are required") }
-                guard hub.liftBackoff(ip: ip, provider: provider) else { return .error(404, "no active backoff for \(ip) / \(provider)") }
+                guard try hub.liftBackoff(ip: ip, provider: provider) else { return .error(404, "no active backoff for \(ip) / \(provider)") }
                 return .json(["lifted": "\(ip) \(provider)"])
             case ("POST", ["v1", "reload"]):
                 do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) }
@@ -116,6 +116,7 @@ public struct AdminAPI: Sendable {
                 return .error(404, "no route \(req.path)")
             }
         } catch let e as AdminError {
+            if case .busy = e { return .error(503, e.description) }
             return .error(404, e.description)
         } catch {
             return .error(500, "\(error)")

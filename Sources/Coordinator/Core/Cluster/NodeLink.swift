@@ -1,0 +1,110 @@
+import Foundation
+import HatoShared
+
+/// One authenticated node connection as the coordinator's shell holds it: the connection,
+/// and a writer thread of its own that sends what is queued for it, so that a node that
+/// stops reading holds up only its own frames — never grants to the other nodes, nor the
+/// scheduler thread.
+///
+/// Ownership (docs/threads.md): the connection's reader thread owns the socket and is the
+/// only one to close it (`finish`); the writer thread and every other thread only queue
+/// frames or call `shutdown`.
+final class NodeLink: Sendable {
+    /// What the writer sends, in order.
+    enum Item: Sendable {
+        /// One message.
+        case message(ClusterMessage)
+        /// Messages built on the writer thread (lease grants with their bodies read from the
+        /// queue), so the scheduler thread does not read bodies or encode them.
+        case build(@Sendable () -> [ClusterMessage])
+    }
+
+    private struct Outbox: Sendable {
+        var items: [Item] = []
+        var closed = false
+        var shutdownWhenSent = false
+        var writerDone = false
+    }
+
+    /// Unique for the life of the process.
+    let id: ConnectionID
+    /// The node id its `hello` proved.
+    let nodeID: String
+    let peer: SocketAddress
+    let connection: ClusterConnection
+    private let outbox = LockedCondition(Outbox())
+    private let log: Logger
+
+    /// Items queued beyond which a link counts as backed up (no new grants for it).
+    static let backlogItems = 256
+    /// Unsent octets in the socket beyond which a link counts as backed up.
+    static let backlogBytes = 64 * 1024
+
+    init(id: ConnectionID, nodeID: String, peer: SocketAddress, connection: ClusterConnection, log: Logger) {
+        self.id = id; self.nodeID = nodeID; self.peer = peer; self.connection = connection; self.log = log
+    }
+
+    /// Starts the writer thread.
+    func start() {
+        let thread = Thread { [self] in writeLoop() }
+        thread.name = "cluster-writer-\(nodeID)"
+        thread.start()
+    }
+
+    /// Queues `item` (dropped when the link is closing).
+    func send(_ item: Item) {
+        outbox.withLockAndBroadcast { o in if !o.closed { o.items.append(item) } }
+    }
+
+    /// Whether the node is not keeping up: frames queued here, or unsent in its socket.
+    var isBackedUp: Bool {
+        outbox.withLock { $0.items.count } > NodeLink.backlogItems || connection.socket.unsentBytes > NodeLink.backlogBytes
+    }
+
+    /// Wakes the reader and the writer (any thread may call it); the reader then calls `finish`.
+    func shutdown() {
+        outbox.withLockAndBroadcast { $0.closed = true }
+        connection.shutdown()
+    }
+
+    /// Shuts the connection down once everything queued so far is written (e.g. after a `reject`).
+    func shutdownWhenSent() {
+        outbox.withLockAndBroadcast { $0.shutdownWhenSent = true }
+    }
+
+    /// Called by the reader thread when it is done: stops the writer, waits for it (bounded),
+    /// then closes the socket — the reader is the only thread that closes it.
+    func finish() {
+        outbox.withLockAndBroadcast { $0.closed = true }
+        connection.shutdown()
+        _ = outbox.wait(until: .now + .seconds(35), for: { $0.writerDone }) { _, done in done }
+        connection.close()
+    }
+
+    private func writeLoop() {
+        while true {
+            let batch: [Item]? = outbox.wait(until: nil, for: { !$0.items.isEmpty || $0.closed || $0.shutdownWhenSent }) { o, _ in
+                if o.items.isEmpty { return nil }  // closed, or asked to stop once sent
+                defer { o.items.removeAll(keepingCapacity: true) }
+                return o.items
+            }
+            guard let batch else {
+                connection.shutdown()
+                break
+            }
+            do {
+                for item in batch {
+                    switch item {
+                    case .message(let m): try connection.send(m)
+                    case .build(let make): for m in make() { try connection.send(m) }
+                    }
+                }
+            } catch {
+                log.warning("cluster write failed; closing the connection", ["node": nodeID, "error": "\(error)"])
+                shutdown()
+                break
+            }
+        }
+        outbox.withLockAndBroadcast { $0.writerDone = true; $0.items.removeAll() }
+    }
+}

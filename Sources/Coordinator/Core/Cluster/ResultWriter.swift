@@ -1,0 +1,83 @@
+import Foundation
+import HatoShared
+
+/// Applies node results to the queue in batches — every result waiting is applied in one
+/// transaction with one fsync (group commit) — on a thread of its own, so the scheduler
+/// never waits for a result's fsync. After each commit it hands the batch on (`applied`),
+/// and only then are the results acknowledged to the nodes: an acknowledged result is on disk.
+///
+/// A batch that fails to commit is not acknowledged: the nodes keep those results in their
+/// journals and re-send them when they reconnect.
+final class ResultWriter: Sendable {
+    /// One received result.
+    struct Item: Sendable {
+        var result: ResultMessage
+        var node: String
+        var connection: ConnectionID
+    }
+
+    private struct State: Sendable {
+        var pending: [Item] = []
+        var writing = false
+        var running = true
+        var finished = false
+    }
+
+    private let state = LockedCondition(State())
+    private let store: QueueStore
+    private let retryPolicy: @Sendable () -> RetryPolicy
+    private let clock: any WallClock
+    private let log: Logger
+    private let applied: @Sendable ([Item], [ResultApplication]) -> Void
+
+    /// - Parameters:
+    ///   - store: the queue.
+    ///   - retryPolicy: the retry policy in force (it changes on reload).
+    ///   - clock: wall-clock time for the stored instants.
+    ///   - log: where failures go.
+    ///   - applied: called on the writer thread after each committed batch, in order.
+    init(store: QueueStore, retryPolicy: @escaping @Sendable () -> RetryPolicy, clock: any WallClock, log: Logger,
+         applied: @escaping @Sendable ([Item], [ResultApplication]) -> Void) {
+        self.store = store; self.retryPolicy = retryPolicy; self.clock = clock; self.log = log; self.applied = applied
+    }
+
+    /// Starts the writer thread.
+    func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "result-writer"
+        thread.start()
+    }
+
+    /// Stops after the batch being written.
+    func stop() { state.withLockAndBroadcast { $0.running = false } }
+
+    /// Queues a result.
+    func enqueue(_ item: Item) {
+        state.withLockAndBroadcast { $0.pending.append(item) }
+    }
+
+    /// Waits until every result queued before this call has been applied (or failed), at most `timeout`.
+    func flush(timeout: Duration = .seconds(60)) {
+        state.wait(until: .now + timeout, for: { ($0.pending.isEmpty && !$0.writing) || !$0.running }) { _, _ in }
+    }
+
+    private func run() {
+        while true {
+            let batch: [Item]? = state.wait(until: nil, for: { !$0.pending.isEmpty || !$0.running }) { s, _ in
+                guard s.running else { return nil }
+                defer { s.pending.removeAll(keepingCapacity: true) }
+                s.writing = true
+                return s.pending
+            }
+            guard let batch else { break }
+            do {
+                let apps = try store.applyResults(batch.map { ($0.result, $0.node) }, retry: retryPolicy(), now: clock.now())
+                applied(batch, apps)
+            } catch {
+                log.error("applying results failed; nodes will re-send", ["results": "\(batch.count)", "error": "\(error)"])
+            }
+            state.withLockAndBroadcast { $0.writing = false }
+        }
+        state.withLockAndBroadcast { $0.finished = true; $0.writing = false }
+    }
+}

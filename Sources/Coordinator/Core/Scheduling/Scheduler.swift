@@ -1,0 +1,562 @@
+import Foundation
+import HatoShared
+
+/// What a configuration reload changed.
+public struct ReloadReport: Codable, Sendable, Equatable {
+    public var ipsAdded: [String]
+    public var ipsRemoved: [String]
+    public var nodesAdded: [String]
+    public var nodesRemoved: [String]
+    public var poolsAdded: [String]
+    public var poolsRemoved: [String]
+    /// Settings that changed but only take effect after a restart.
+    public var restartRequired: [String]
+}
+
+/// Errors of operator actions, rendered by the admin API.
+public enum AdminError: Error, CustomStringConvertible, Sendable {
+    /// No `nodes[]` entry has this id.
+    case unknownNode(String)
+    /// The coordinator did not get to the request in time (its scheduler thread is busy or stuck).
+    case busy(String)
+    public var description: String {
+        switch self {
+        case .unknownNode(let n): return "unknown node \(n)"
+        case .busy(let what): return "the coordinator did not answer in time: \(what)"
+        }
+    }
+}
+
+/// What the scheduler reads from the queue while it plans: due recipients and the day's
+/// warm-up counts. `QueueStore` is the production implementation.
+public protocol SchedulerQueue {
+    /// Recipients whose next attempt is due, oldest first (see `QueueStore.dueRecipients`).
+    /// - Throws: a store error; the round is abandoned and retried.
+    func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient]
+    /// Recipients leased per sending IP on a UTC day (warm-up counts).
+    /// - Throws: a store error.
+    func dailyAttempts(day: Int) throws -> [String: Int]
+}
+
+extension QueueStore: SchedulerQueue {}
+
+/// A log line the scheduler asks its shell to write.
+public struct SchedulerLogLine: Sendable, Equatable {
+    /// Severity.
+    public enum Level: Sendable, Equatable { case info, warning, error }
+    public var level: Level
+    public var message: String
+    public var fields: [String: String]
+    init(_ level: Level, _ message: String, _ fields: [String: String] = [:]) {
+        self.level = level; self.message = message; self.fields = fields
+    }
+}
+
+/// Leases planned for one node in one round: recorded in the queue first, then sent.
+public struct PlannedGrant: Sendable {
+    /// The node and the connection the leases go to.
+    public var node: String
+    public var connection: ConnectionID
+    /// The lease records (recipient ids, sending IP, expiry) to store.
+    public var records: [LeaseRecord]
+    /// Per lease id: the delivery group (envelope, recipients' addresses) and the sending IP.
+    public var planned: [String: (group: DeliveryGroup, ip: AssignedIP)]
+    /// Seconds each lease lasts.
+    public var leaseTime: TimeInterval
+}
+
+/// The coordinator's scheduling core, as a value: node membership and the IP assignment
+/// table (`Membership`), leases in flight and credits (`LeaseTable`), backoffs, warm-up
+/// counts, drains, rebalances and reloads.
+///
+/// Every input is a method that changes the value and returns `Directive`s — messages to
+/// send, queue writes, log lines, when to tick next — which a thin shell (`ClusterHub`)
+/// carries out (the shape of swift-cluster-membership's `SWIMInstance`). It never touches a
+/// socket or a clock: time is passed in, and the only reads it makes are through the
+/// `SchedulerQueue` passed to `tick`. So it is tested with a manual clock and no sockets.
+public struct Scheduler: Sendable {
+    /// What the shell must do.
+    public enum Directive: Sendable {
+        /// Send `message` on `connection` (dropped when that connection is gone).
+        case send(ConnectionID, ClusterMessage)
+        /// Record the planned leases in the queue (one transaction for all grants of a round),
+        /// report back with `grantsRecorded` or `grantsFailed`, then send each node its grant
+        /// with the message bodies.
+        case grant([PlannedGrant])
+        /// Close `connection` (after the messages sent to it before).
+        case disconnect(ConnectionID)
+        /// Return the recipients of expired leases to the queue; report with `leasesExpired`.
+        case requeueExpired
+        /// Expire waiting recipients older than `maxAge` seconds (retry.max_age).
+        case expireOld(maxAge: TimeInterval)
+        /// Return the leases of `node`'s other instances to the queue (the node re-reported its journal).
+        case reconcile(node: String, exceptInstance: String)
+        /// Store an active backoff (it survives a restart).
+        case persistBackoff(BackoffTable.Entry)
+        /// Write a log line.
+        case log(SchedulerLogLine)
+        /// Run `tick` again after this many seconds at the latest.
+        case scheduleNextTick(after: TimeInterval)
+    }
+
+    /// The configuration in force.
+    public private(set) var config: ClusterConfig
+    /// Nodes, their states and the IP assignment table.
+    public private(set) var membership: Membership
+    /// Leases in flight and credits.
+    public private(set) var leases = LeaseTable()
+    /// Active suspensions and throttles per (sending IP, provider).
+    public private(set) var backoffs: BackoffTable
+    /// Destination domain → provider, learned from results' MX hosts and backoff reports.
+    public private(set) var providerOfDomain: [String: String] = [:]
+    /// Warm-up: recipients leased per sending IP on `warmupDay` (UTC day number).
+    public private(set) var warmupDay = -1
+    public private(set) var warmupUsed: [String: Int] = [:]
+    /// No new lease before this time (after a host restart that may have lost lease records).
+    public private(set) var leaseHoldUntil: Date?
+    private var holdLogged = false
+    private var rebalanceWanted = false
+    private var nextHeartbeat = Date.distantPast
+    private var nextExpirySweep = Date.distantPast
+    private var nextAgeSweep = Date.distantPast
+    private var roundRobin = 0
+
+    /// How often leases past their expiry are looked for in the queue, seconds.
+    public static let expirySweepInterval: TimeInterval = 1
+    /// How often recipients past `retry.max_age` are expired, seconds.
+    public static let ageSweepInterval: TimeInterval = 30
+    /// The longest pause between two ticks, seconds.
+    public static let maximumTickInterval: TimeInterval = 1
+
+    /// - Parameters:
+    ///   - config: the cluster configuration.
+    ///   - draining: nodes in drain when the coordinator started (from the queue).
+    ///   - backoffs: backoffs still active at start (from the queue).
+    ///   - leaseHoldUntil: no new lease before this time (see `QueueStore.beginRun`).
+    public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], leaseHoldUntil: Date? = nil) {
+        self.config = config
+        self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
+        self.backoffs = BackoffTable(entries: backoffs)
+        self.leaseHoldUntil = leaseHoldUntil
+    }
+
+    /// No new lease before `date` (see `QueueStore.beginRun`).
+    public mutating func holdLeases(until date: Date) {
+        leaseHoldUntil = date
+        holdLogged = false
+    }
+
+    static func tableRows(_ config: ClusterConfig) -> [(AssignedIP, [String])] {
+        config.ips.map { (AssignedIP(address: $0.address, helo: $0.helo, pool: $0.pool), $0.nodes) }
+    }
+
+    // MARK: - Nodes
+
+    /// An authenticated node (its `hello` proof was verified) asks to join on `connection`.
+    /// - Returns: `welcome` with the IPs it owns, or `reject` and a disconnect.
+    public mutating func joinRequested(_ hello: HelloMessage, connection: ConnectionID, peer: String, now: Date) -> [Directive] {
+        let owned: [AssignedIP]
+        do {
+            owned = try membership.join(node: hello.nodeID, instance: hello.instanceID, connection: connection, address: peer,
+                                        bindable: hello.bindableIPs, now: now)
+        } catch {
+            return [.send(connection, .reject(RejectMessage(reason: error.description, retryable: error.retryable))),
+                    .disconnect(connection),
+                    .log(.init(.warning, "node connection refused", ["node": hello.nodeID, "peer": peer, "reason": error.description]))]
+        }
+        leases.nodeConnected(hello.nodeID)
+        let proof = ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
+        return [.send(connection, .welcome(WelcomeMessage(proof: proof, assignedIPs: owned, heartbeatInterval: config.coordinator.heartbeatInterval,
+                                                          peerTimeout: config.coordinator.nodeTimeout))),
+                .log(.init(.info, "node joined", ["node": hello.nodeID, "instance": hello.instanceID, "peer": peer,
+                                                  "ips": owned.map(\.address).joined(separator: ",")]))]
+    }
+
+    /// A frame arrived on `connection`.
+    public mutating func heard(on connection: ConnectionID, now: Date) {
+        membership.heard(on: connection, now: now)
+    }
+
+    /// A node asked for `credits` more leases. Its first request on a connection means it has
+    /// re-reported its journal (the shell applied those results first): leases of its earlier
+    /// instances are reconciled and it becomes active.
+    public mutating func leaseRequested(_ credits: Int, on connection: ConnectionID, now: Date) -> [Directive] {
+        guard let s = membership.session(on: connection) else { return [] }
+        leases.addCredits(credits, node: s.nodeID)
+        var out: [Directive] = []
+        if membership.reconciled(on: connection) {
+            out.append(.reconcile(node: s.nodeID, exceptInstance: s.instanceID))
+            out.append(.log(.init(.info, "node active", ["node": s.nodeID, "state": state(of: s.nodeID).rawValue])))
+            if config.coordinator.autoRebalance { rebalanceWanted = true }
+        }
+        out.append(.scheduleNextTick(after: 0))
+        return out
+    }
+
+    /// Results were applied to the queue: each lease ends, its provider is learned from the MX
+    /// host, and the node gets its `result_ack` (only now: the ack promises durability).
+    /// - Parameter results: per result, the lease, the connection it came on, and the MX host.
+    public mutating func resultsApplied(_ results: [(leaseID: String, connection: ConnectionID, mxHost: String?)], now: Date) -> [Directive] {
+        var out: [Directive] = []
+        out.reserveCapacity(results.count + 1)
+        for r in results {
+            if let lease = leases.finished(r.leaseID), let mx = r.mxHost {
+                providerOfDomain[lease.domain] = config.shaping.group(forMXHost: mx).name
+            }
+            out.append(.send(r.connection, .resultAck(ResultAckMessage(leaseID: r.leaseID))))
+        }
+        out.append(.scheduleNextTick(after: 0))
+        return out
+    }
+
+    /// The node on `connection` released sending IPs; completed handovers are assigned.
+    public mutating func ipReleased(_ addresses: [String], on connection: ConnectionID, now: Date) -> [Directive] {
+        guard let s = membership.session(on: connection) else { return [] }
+        var out: [Directive] = addresses.map { a in
+            .log(.init(.info, "node released sending IP", ["node": s.nodeID, "ip": a, "to": membership.table.entries.first { $0.ip.address == a }?.handoverTo ?? "-"]))
+        }
+        out += send(membership.released(addresses, by: s.nodeID))
+        out.append(.scheduleNextTick(after: 0))
+        return out
+    }
+
+    /// The node on `connection` reported a reply that matched a backoff rule.
+    public mutating func backoffReported(_ m: BackoffMessage, on connection: ConnectionID, now: Date) -> [Directive] {
+        let node = membership.session(on: connection)?.nodeID ?? "-"
+        let action = BackoffRule.Action(rawValue: m.action) ?? .suspend
+        providerOfDomain[m.domain] = m.provider
+        backoffs.apply(ip: m.sendingIP, provider: m.provider, action: action, duration: max(1, min(m.duration, 7 * 86_400)),
+                       ratePerMinute: m.ratePerMinute, reason: String(m.reply.prefix(512)), now: now)
+        var out: [Directive] = []
+        if let entry = backoffs.entry(ip: m.sendingIP, provider: m.provider) { out.append(.persistBackoff(entry)) }
+        out.append(.log(.init(.warning, "backoff", ["node": node, "ip": m.sendingIP, "provider": m.provider, "action": action.rawValue,
+                                                     "seconds": "\(Int(m.duration))", "reply": String(m.reply.prefix(200))])))
+        return out
+    }
+
+    /// The node on `connection` announced the configured IPs it can bind now.
+    public mutating func announced(_ bindable: [String], on connection: ConnectionID, now: Date) -> [Directive] {
+        guard let s = membership.session(on: connection) else { return [] }
+        let added = membership.announced(node: s.nodeID, bindable: bindable)
+        var out: [Directive] = [.log(.init(.info, "node announced bindable IPs", ["node": s.nodeID, "bindable": bindable.joined(separator: ","),
+                                                                                  "assigned": added.map(\.address).joined(separator: ",")]))]
+        if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added)))) }
+        out.append(.scheduleNextTick(after: 0))
+        return out
+    }
+
+    /// `connection` ended. If it was a node's current one the node is down: its credits and
+    /// in-flight view go; its floating IPs may move once every lease it could still be working
+    /// on has expired (the later of last heard + lease time and its last grant's expiry).
+    public mutating func connectionClosed(_ connection: ConnectionID, reason: String, now: Date) -> [Directive] {
+        guard let s = membership.session(on: connection) else { return [] }
+        let leaseTime = config.coordinator.leaseTime
+        let lastGrant = leases.lastGrantExpiry[s.nodeID] ?? .distantPast
+        membership.disconnected(connection, leasesInFlight: leases.count(node: s.nodeID)) { session in
+            max(session.lastHeard.addingTimeInterval(leaseTime), lastGrant)
+        }
+        leases.nodeDisconnected(s.nodeID)
+        if config.coordinator.autoRebalance { rebalanceWanted = true }
+        return [.log(.init(.warning, "node connection ended", ["node": s.nodeID, "instance": s.instanceID, "reason": reason])),
+                .scheduleNextTick(after: 0)]
+    }
+
+    /// The state of `node`.
+    public func state(of node: String) -> NodeState { membership.state(of: node, leasesInFlight: leases.count(node: node)) }
+
+    // MARK: - Operators
+
+    /// Puts `node` into drain: no new leases; its floating IPs are handed over to active nodes.
+    /// The shell has stored the drain first.
+    /// - Throws: `AdminError.unknownNode`.
+    public mutating func drainRequested(_ node: String) throws(AdminError) -> [Directive] {
+        guard membership.drain(node) else { throw .unknownNode(node) }
+        return [.log(.init(.info, "node draining", ["node": node])), .scheduleNextTick(after: 0)]
+    }
+
+    /// Makes a draining or drained node active again. The shell has stored it first.
+    /// - Throws: `AdminError.unknownNode`.
+    public mutating func resumeRequested(_ node: String) throws(AdminError) -> [Directive] {
+        guard membership.resume(node) else { throw .unknownNode(node) }
+        if config.coordinator.autoRebalance { rebalanceWanted = true }
+        return [.log(.init(.info, "node resumed", ["node": node])), .scheduleNextTick(after: 0)]
+    }
+
+    /// Computes and starts a rebalance (unowned IPs are assigned at once, owned ones by handover).
+    /// - Returns: the plan being applied and what to send.
+    public mutating func rebalanceRequested() -> (plan: [IPAssignmentTable.Move], directives: [Directive]) {
+        let (plan, changes) = membership.rebalance()
+        var out: [Directive] = []
+        if !plan.isEmpty {
+            out.append(.log(.init(.info, "rebalance", ["moves": plan.map { "\($0.address):\($0.from ?? "-")→\($0.to)" }.joined(separator: ",")])))
+        }
+        out += send(changes)
+        out.append(.scheduleNextTick(after: 0))
+        return (plan, out)
+    }
+
+    /// Lifts a backoff early (the shell deleted the stored one first).
+    /// - Returns: whether one was active.
+    public mutating func liftRequested(ip: String, provider: String) -> Bool {
+        backoffs.lift(ip: ip, provider: provider)
+    }
+
+    /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
+    /// lease and retry settings. Work in flight is not dropped: removed IPs are revoked from
+    /// their owners; removed nodes are refused and disconnected.
+    /// - Returns: what changed and what to send.
+    public mutating func reloaded(_ new: ClusterConfig) -> (report: ReloadReport, directives: [Directive]) {
+        let old = config
+        var report = ReloadReport(
+            ipsAdded: new.ips.map(\.address).filter { a in !old.ips.contains { $0.address == a } },
+            ipsRemoved: old.ips.map(\.address).filter { a in !new.ips.contains { $0.address == a } },
+            nodesAdded: new.nodes.map(\.id).filter { n in !old.nodes.contains { $0.id == n } },
+            nodesRemoved: old.nodes.map(\.id).filter { n in !new.nodes.contains { $0.id == n } },
+            poolsAdded: new.pools.map(\.name).filter { p in !old.pools.contains { $0.name == p } },
+            poolsRemoved: old.pools.map(\.name).filter { p in !new.pools.contains { $0.name == p } },
+            restartRequired: [])
+        if old.smtp != new.smtp { report.restartRequired.append("smtp") }
+        if old.coordinator.listen != new.coordinator.listen || old.coordinator.adminListen != new.coordinator.adminListen
+            || old.coordinator.dataDir != new.coordinator.dataDir || old.coordinator.adminToken != new.coordinator.adminToken {
+            report.restartRequired.append("coordinator listen/admin_listen/admin_token/data_dir")
+        }
+        if old.cluster != new.cluster { report.restartRequired.append("cluster") }
+        let connections = membership.sessions.mapValues(\.connection)
+        let (changes, removed) = membership.reconfigure(nodes: new.nodes.map(\.id), ips: Scheduler.tableRows(new))
+        config = new
+        var out = send(changes)
+        for node in removed {
+            guard let c = connections[node] else { continue }
+            out.append(.send(c, .reject(RejectMessage(reason: "node removed from cluster.yml", retryable: false))))
+            out.append(.disconnect(c))
+        }
+        out.append(.log(.init(.info, "configuration reloaded", ["ips_added": report.ipsAdded.joined(separator: ","),
+                                                                 "ips_removed": report.ipsRemoved.joined(separator: ","),
+                                                                 "nodes_added": report.nodesAdded.joined(separator: ","),
+                                                                 "nodes_removed": report.nodesRemoved.joined(separator: ",")])))
+        out.append(.scheduleNextTick(after: 0))
+        return (report, out)
+    }
+
+    // MARK: - Ticks
+
+    /// One scheduling pass at `now`: heartbeats when due, the expiry sweeps when due, orphaned
+    /// IPs assigned, drains and a wanted rebalance progressed, then due recipients planned
+    /// into leases for every active node with credits.
+    /// - Parameters:
+    ///   - now: the current time.
+    ///   - queue: where due recipients and warm-up counts are read.
+    ///   - canSend: whether a node's connection can take more frames now (false for a node that
+    ///     stopped reading: it gets nothing this round, so it never holds up the others).
+    ///   - leasesPerNode: the most leases one node gets in this pass.
+    /// - Returns: the directives, ending with when to tick next.
+    /// - Throws: what `queue` throws; the state is unchanged then but for the sweeps and
+    ///   assignments already returned — call again later.
+    public mutating func tick(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool = { _ in true },
+                              leasesPerNode: Int = .max) throws -> [Directive] {
+        var out: [Directive] = []
+        if now >= nextHeartbeat {
+            nextHeartbeat = now.addingTimeInterval(config.coordinator.heartbeatInterval)
+            for s in membership.sessions.values.sorted(by: { $0.nodeID < $1.nodeID }) {
+                out.append(.send(s.connection, .heartbeat(HeartbeatMessage(leasesInFlight: leases.count(node: s.nodeID)))))
+            }
+        }
+        let expired = leases.expired(now: now)
+        if now >= nextExpirySweep || !expired.isEmpty {
+            nextExpirySweep = now.addingTimeInterval(Self.expirySweepInterval)
+            for id in expired { leases.finished(id) }
+            out.append(.requeueExpired)
+        }
+        if now >= nextAgeSweep {
+            nextAgeSweep = now.addingTimeInterval(Self.ageSweepInterval)
+            out.append(.expireOld(maxAge: config.retry.maxAge))
+        }
+        for change in membership.assignOrphans(now: now) {
+            if case .assign(let node, let ips) = change {
+                out.append(.log(.init(.info, "sending IP assigned", ["node": node, "ip": ips.map(\.address).joined(separator: ",")])))
+            }
+            out += send([change])
+        }
+        for change in membership.progressDrains() {
+            if case .revoke(let node, let addresses) = change {
+                out.append(.log(.init(.info, "handing over sending IP", ["from": node, "ip": addresses.joined(separator: ",")])))
+            }
+            out += send([change])
+        }
+        if rebalanceWanted {
+            rebalanceWanted = false
+            out += rebalanceRequested().directives.filter { if case .scheduleNextTick = $0 { return false } else { return true } }
+        }
+        out += try planGrants(now: now, queue: queue, canSend: canSend, leasesPerNode: leasesPerNode)
+        var next = Self.maximumTickInterval
+        next = min(next, max(0, nextHeartbeat.timeIntervalSince(now)))
+        if let hold = leaseHoldUntil { next = min(next, max(0, hold.timeIntervalSince(now))) }
+        out.append(.scheduleNextTick(after: next))
+        return out
+    }
+
+    /// The queue returned expired leases to the waiting state.
+    public mutating func leasesExpired(_ ids: [String]) -> [Directive] {
+        for id in ids { leases.finished(id) }
+        guard !ids.isEmpty else { return [] }
+        return [.log(.init(.warning, "leases expired; recipients requeued", ["leases": "\(ids.count)"])), .scheduleNextTick(after: 0)]
+    }
+
+    /// The queue recorded the planned leases: `granted` holds the ones kept (recipients no longer
+    /// waiting are trimmed from their lease, and a lease left empty is dropped). What was
+    /// planned but not granted gives its credit and warm-up count back.
+    public mutating func grantsRecorded(_ grants: [PlannedGrant], granted: [LeaseRecord]) {
+        let kept = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
+        for g in grants {
+            for rec in g.records {
+                if let k = kept[rec.id] {
+                    if k.recipientIDs.count < rec.recipientIDs.count { warmupUsed[rec.sendingIP, default: 0] -= rec.recipientIDs.count - k.recipientIDs.count }
+                } else {
+                    leases.withdrawn(rec)
+                    warmupUsed[rec.sendingIP, default: 0] -= rec.recipientIDs.count
+                }
+            }
+        }
+    }
+
+    /// Recording the planned leases failed: nothing was granted.
+    public mutating func grantsFailed(_ grants: [PlannedGrant]) {
+        grantsRecorded(grants, granted: [])
+    }
+
+    /// Active nodes with credits, rotated so each round starts with another node.
+    private mutating func readyNodes(canSend: (String) -> Bool) -> [Membership.Session] {
+        let all = membership.activeNodes.filter { (leases.credits[$0] ?? 0) > 0 && canSend($0) }.compactMap { membership.sessions[$0] }
+        guard !all.isEmpty else { return [] }
+        roundRobin &+= 1
+        let k = roundRobin % all.count
+        return Array(all[k...] + all[..<k])
+    }
+
+    private mutating func planGrants(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool, leasesPerNode: Int) throws -> [Directive] {
+        var out: [Directive] = []
+        if let hold = leaseHoldUntil {
+            if now < hold {
+                if holdLogged { return [] }
+                holdLogged = true
+                return [.log(.init(.warning, "host restarted after an unclean stop: no new leases until every earlier lease has expired",
+                                   ["until": Logger.timestamp(hold)]))]
+            }
+            leaseHoldUntil = nil
+            if holdLogged { out.append(.log(.init(.info, "lease hold over; leasing resumes"))) }
+        }
+        let ready = readyNodes(canSend: canSend)
+        guard !ready.isEmpty else { return out }
+        let day = QueueStore.utcDay(now)
+        if warmupDay != day {
+            warmupUsed = try queue.dailyAttempts(day: day)
+            warmupDay = day
+        }
+        var taken = Set<Int64>()
+        var cache: DueCache?
+        var grants: [PlannedGrant] = []
+        for session in ready {
+            if let g = try planGrant(for: session, now: now, queue: queue, taken: &taken, cache: &cache, cap: leasesPerNode) { grants.append(g) }
+        }
+        if !grants.isEmpty { out.append(.grant(grants)) }
+        return out
+    }
+
+    /// Due rows fetched in this round: nodes of the same pools share one query.
+    struct DueCache {
+        var pools: Set<String>
+        var limit: Int
+        var rows: [DueRecipient]
+        /// Rows for `pools` (a subset of the cached pools) and at most `limit`, or nil when the
+        /// cache cannot answer: other pools, or a fetch cut at its limit that is smaller than
+        /// this one or spread over more pools (it may hold fewer of the wanted rows than exist).
+        func rows(pools wantedPools: Set<String>, limit wantedLimit: Int) -> [DueRecipient]? {
+            let complete = rows.count < limit
+            guard wantedPools.isSubset(of: pools), complete || (wantedPools == pools && limit >= wantedLimit) else { return nil }
+            let matching = wantedPools == pools ? rows : rows.filter { wantedPools.contains($0.pool) }
+            return Array(matching.prefix(wantedLimit))
+        }
+    }
+
+    /// Plans one node's leases: a few due rows per credit first (most messages have one
+    /// recipient per domain; a bigger group is leased in parts); when that does not fill the
+    /// credits — rows held back by warm-up caps or backoffs — it looks further, up to 5000 rows.
+    /// The plan is reserved at once (credits, in-flight, warm-up counts) and confirmed or given
+    /// back by `grantsRecorded`.
+    private mutating func planGrant(for session: Membership.Session, now: Date, queue: any SchedulerQueue, taken: inout Set<Int64>,
+                                    cache: inout DueCache?, cap: Int) throws -> PlannedGrant? {
+        let credits = min(leases.credits[session.nodeID] ?? 0, cap)
+        let ips = membership.table.leasable(by: session.nodeID)
+        guard credits > 0, !ips.isEmpty else { return nil }
+        var limit = min(max(credits * 4, 64), 5000)
+        var plan: [(DeliveryGroup, AssignedIP)] = []
+        var admitted: BackoffTable?
+        let pools = Set(ips.map(\.pool))
+        while true {
+            let fetched: [DueRecipient]
+            if let hit = cache?.rows(pools: pools, limit: limit + taken.count) {
+                fetched = hit
+            } else {
+                fetched = try queue.dueRecipients(pools: pools, now: now, limit: limit + taken.count)
+                cache = DueCache(pools: pools, limit: limit + taken.count, rows: fetched)
+            }
+            let due = fetched.filter { !taken.contains($0.id) }
+            guard !due.isEmpty else { return nil }
+            let groups = LeasePlanner.group(due)
+            var inFlight = leases.inFlight(node: session.nodeID)
+            var budget: [String: Int] = [:]
+            for ip in ips {
+                if let (_, dayCap) = config.warmupCap(for: ip.address, now: now) { budget[ip.address] = max(0, dayCap - warmupUsed[ip.address, default: 0]) }
+            }
+            // A throttle counts the grants it admits: count on a copy, kept for the final plan only.
+            var trial = backoffs
+            let providers = providerOfDomain
+            plan = LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits, budget: &budget) { ip, g in
+                trial.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now)
+            }
+            admitted = trial
+            if plan.count >= credits || fetched.count < limit + taken.count || limit >= 5000 { break }
+            limit = min(limit * 8, 5000)
+        }
+        if let admitted { backoffs = admitted }
+        guard !plan.isEmpty else { return nil }
+        let leaseTime = config.coordinator.leaseTime
+        let expiresAt = now.addingTimeInterval(leaseTime)
+        var planned: [String: (group: DeliveryGroup, ip: AssignedIP)] = [:]
+        var records: [LeaseRecord] = []
+        for (g, ip) in plan {
+            let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: session.nodeID, instance: session.instanceID, sendingIP: ip.address,
+                                  messageID: g.messageID, domain: g.domain, recipientIDs: g.recipients.map(\.id), grantedAt: now, expiresAt: expiresAt)
+            planned[rec.id] = (g, ip)
+            records.append(rec)
+            taken.formUnion(rec.recipientIDs)
+            leases.granted(rec)
+            warmupUsed[ip.address, default: 0] += rec.recipientIDs.count
+        }
+        return PlannedGrant(node: session.nodeID, connection: session.connection, records: records, planned: planned, leaseTime: leaseTime)
+    }
+
+    /// Turns membership changes into sends to the nodes' current connections.
+    private func send(_ changes: [Membership.Change]) -> [Directive] {
+        changes.compactMap { change in
+            switch change {
+            case .assign(let node, let ips):
+                guard let c = membership.sessions[node]?.connection else { return nil }
+                return .send(c, .ipAssign(IPAssignMessage(ips: ips)))
+            case .revoke(let node, let addresses):
+                guard let c = membership.sessions[node]?.connection else { return nil }
+                return .send(c, .ipRevoke(IPRevokeMessage(addresses: addresses)))
+            }
+        }
+    }
+
+    // MARK: - Reading
+
+    /// Warm-up state of an IP at `now`: (day of plan, cap, recipients leased today); nil when
+    /// warmed or without a plan.
+    public func warmupStatus(_ address: String, now: Date) -> (day: Int, cap: Int, used: Int)? {
+        guard let (day, cap) = config.warmupCap(for: address, now: now) else { return nil }
+        let used = warmupDay == QueueStore.utcDay(now) ? warmupUsed[address, default: 0] : 0
+        return (day, cap, used)
+    }
+}
