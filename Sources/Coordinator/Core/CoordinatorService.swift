@@ -2,7 +2,7 @@ import Foundation
 import HatoShared
 
 /// The running coordinator: queue, cluster hub, SMTP listener and admin API wired together.
-public final class CoordinatorService: @unchecked Sendable {
+public final class CoordinatorService: Sendable {
     /// The configuration the process started with (the hub holds the one in force after reloads).
     public let config: ClusterConfig
     public let store: QueueStore

@@ -18,12 +18,13 @@ public final class BackgroundLoop: Sendable {
     /// The loop's name (the thread's name, for `top -H` and stack traces).
     public let name: String
     private let state = LockedCondition(State())
-    private let body: @Sendable () -> Duration
+    private let body: @Sendable () -> Duration?
 
     /// - Parameters:
     ///   - name: the thread's name.
-    ///   - body: one pass; returns how long to wait before the next one unless woken.
-    public init(name: String, body: @escaping @Sendable () -> Duration) {
+    ///   - body: one pass; returns how long to wait before the next one unless woken, or nil
+    ///     to end the loop (e.g. when what it works for is gone).
+    public init(name: String, body: @escaping @Sendable () -> Duration?) {
         self.name = name
         self.body = body
     }
@@ -66,7 +67,7 @@ public final class BackgroundLoop: Sendable {
 
     private func run() {
         while state.withLock({ $0.running }) {
-            let pause = body()
+            guard let pause = body() else { break }
             let deadline = ContinuousClock.now + max(pause, .zero)
             let keepGoing = state.wait(until: deadline, for: { $0.wakePending || !$0.running }) { s, _ -> Bool in
                 s.wakePending = false

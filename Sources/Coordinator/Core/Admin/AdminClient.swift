@@ -32,19 +32,18 @@ public struct AdminClient: Sendable {
         req.httpMethod = method
         req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
         if let body { req.httpBody = body; req.setValue("application/json", forHTTPHeaderField: "Content-Type") }
-        final class Box: @unchecked Sendable { var result: Result<(Data, Int), Error> = .failure(Failure(description: "no response")) }
-        let box = Box()
+        let box = Locked<Result<(Data, Int), any Error>>(.failure(Failure(description: "no response")))
         let done = DispatchSemaphore(value: 0)
         let session = URLSession(configuration: .ephemeral)
         session.dataTask(with: req) { data, resp, err in
-            if let err { box.result = .failure(err) } else {
-                box.result = .success((data ?? Data(), (resp as? HTTPURLResponse)?.statusCode ?? 0))
+            if let err { box.withLock { $0 = .failure(err) } } else {
+                box.withLock { $0 = .success((data ?? Data(), (resp as? HTTPURLResponse)?.statusCode ?? 0)) }
             }
             done.signal()
         }.resume()
         done.wait()
         session.finishTasksAndInvalidate()
-        switch box.result {
+        switch box.snapshot {
         case .failure(let e):
             throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(e.localizedDescription)")
         case .success(let (data, status)):

@@ -32,33 +32,31 @@ extension QueueStore {
         guard started else { return }
         try lock.withLock { try db.execute("PRAGMA wal_autocheckpoint=0") }
         let log = Logger(label: "coordinator.queue")
-        Thread.detachNewThread { [weak self] in
-            var failures = 0
-            while true {
-                Thread.sleep(forTimeInterval: interval)
-                guard let store = self else { return }
-                do {
-                    try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    let walSize = store.walFileSize
-                    try store.lock.withLock {
-                        if walSize >= restartSize { try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
-                        store.backgroundCheckpoints += 1
-                    }
-                    failures = 0
-                } catch {
-                    failures += 1
-                    if failures == 10 {
-                        // Give the work back to SQLite rather than let the WAL grow without bound.
-                        log.error("background WAL checkpoints keep failing; automatic checkpoints restored", ["error": "\(error)"])
-                        store.lock.withLock {
-                            try? store.db.execute("PRAGMA wal_autocheckpoint=1000")
-                            store.checkpointsInBackground = false
-                        }
-                        return
-                    }
+        let failures = Locked(0)
+        let pause = Duration.milliseconds(Int(interval * 1000))
+        // The loop holds the store weakly: it ends when the store is released.
+        BackgroundLoop(name: "wal-checkpoint") { [weak self] in
+            guard let store = self else { return nil }
+            do {
+                try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                let walSize = store.walFileSize
+                try store.lock.withLock {
+                    if walSize >= restartSize { try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
+                    store.backgroundCheckpoints += 1
                 }
+                failures.withLock { $0 = 0 }
+            } catch {
+                guard failures.withLock({ $0 += 1; return $0 }) >= 10 else { return pause }
+                // Give the work back to SQLite rather than let the WAL grow without bound.
+                log.error("background WAL checkpoints keep failing; automatic checkpoints restored", ["error": "\(error)"])
+                store.lock.withLock {
+                    try? store.db.execute("PRAGMA wal_autocheckpoint=1000")
+                    store.checkpointsInBackground = false
+                }
+                return nil
             }
-        }
+            return pause
+        }.start()
     }
 
     /// The size of the WAL file in bytes (0 when there is none).

@@ -117,38 +117,63 @@ public struct MessageRecord: Codable, Sendable, Equatable {
 /// Every public method is one transaction; when `enqueue` returns, the message
 /// and its recipients are on disk (fsync'd), so the SMTP `250` may be sent.
 /// Thread-safe: one connection behind one lock.
-public final class QueueStore: @unchecked Sendable {
-    /// The connection; use only under `lock` (extensions in other files of this module add tables and queries).
+public final class QueueStore: Sendable {
+    /// Counters and run state kept beside the connection (read and written under `lock`).
+    struct Bookkeeping: Sendable {
+        /// Seconds since 1970: no lease granted so far expires later (durable in `run_state`;
+        /// see QueueStore+RunState.swift).
+        var leaseHorizon: Double = 0
+        /// Whether lease records may skip the fsync (this run knows its boot id).
+        var leasesSkipFsync = false
+        /// Lease commits so far that waited for fsync and that did not (for tests and benchmarks).
+        var leaseCommits = (synced: 0, unsynced: 0)
+        /// Whether a background thread checkpoints the WAL (QueueStore+Checkpoint.swift).
+        var checkpointsInBackground = false
+        /// Background checkpoints run so far.
+        var backgroundCheckpoints = 0
+    }
+
+    /// The connection; use only under `lock` (extensions in other files of this module add
+    /// tables and queries). `SQLiteDatabase` owns the C handle; this lock is what serialises it.
     let db: SQLiteDatabase
     let lock = NSLock()
-    private let commitCondition = NSCondition()
-    private var pendingCommits: [(NewMessage, Int)] = []
-    private var commitResults: [Int: Result<Void, any Error>] = [:]
-    private var committing = false
-    private var nextTicket = 0
+    let book = Locked(Bookkeeping())
+    /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
+    private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
-    private var batchesCommitted = 0
-    var batchesCommittedForTests: Int { commitCondition.lock(); defer { commitCondition.unlock() }; return batchesCommitted }
+    var batchesCommittedForTests: Int { committer.batchesCommitted }
     /// The database file path.
     public let path: String
-    /// Seconds since 1970: no lease granted so far expires later (durable in `run_state`; see
-    /// QueueStore+RunState.swift). Use only under `lock`.
-    var leaseHorizon: Double = 0
-    /// Whether lease records may skip the fsync (this run knows its boot id). Use only under `lock`.
-    var leasesSkipFsync = false
-    /// Lease commits so far that waited for fsync and that did not (for tests and benchmarks).
-    var leaseCommits = (synced: 0, unsynced: 0)
-    /// Whether a background thread checkpoints the WAL (QueueStore+Checkpoint.swift). Use only under `lock`.
-    var checkpointsInBackground = false
-    /// Background checkpoints run so far. Use only under `lock`.
-    var backgroundCheckpoints = 0
+    var leaseHorizon: Double {
+        get { book.withLock { $0.leaseHorizon } }
+        set { book.withLock { $0.leaseHorizon = newValue } }
+    }
+    var leasesSkipFsync: Bool {
+        get { book.withLock { $0.leasesSkipFsync } }
+        set { book.withLock { $0.leasesSkipFsync = newValue } }
+    }
+    var leaseCommits: (synced: Int, unsynced: Int) {
+        get { book.withLock { $0.leaseCommits } }
+        set { book.withLock { $0.leaseCommits = newValue } }
+    }
+    var checkpointsInBackground: Bool {
+        get { book.withLock { $0.checkpointsInBackground } }
+        set { book.withLock { $0.checkpointsInBackground = newValue } }
+    }
+    var backgroundCheckpoints: Int {
+        get { book.withLock { $0.backgroundCheckpoints } }
+        set { book.withLock { $0.backgroundCheckpoints = newValue } }
+    }
 
     /// Opens or creates the queue at `directory/queue.db`.
     /// - Throws: `SQLiteError` or a file system error when the directory cannot be created.
     public init(directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         path = (directory as NSString).appendingPathComponent("queue.db")
-        db = try SQLiteDatabase(path: path)
+        let db = try SQLiteDatabase(path: path)
+        self.db = db
+        let lock = self.lock
+        committer = GroupCommitter { batch in try lock.withLock { try QueueStore.insert(batch, into: db) } }
         try db.execute("""
             PRAGMA journal_mode=WAL;
             PRAGMA synchronous=FULL;
@@ -195,51 +220,30 @@ public final class QueueStore: @unchecked Sendable {
     /// moment; the others wait until the batch holding their message is on disk. Nobody
     /// returns before their message is durable, so the SMTP `250` still follows the fsync.
     public func enqueue(_ m: NewMessage) throws {
-        commitCondition.lock()
-        let ticket = nextTicket
-        nextTicket += 1
-        pendingCommits.append((m, ticket))
-        while true {
-            if let r = commitResults.removeValue(forKey: ticket) {
-                commitCondition.unlock()
-                try r.get()
-                return
-            }
-            if !committing {
-                committing = true
-                let batch = pendingCommits
-                pendingCommits.removeAll(keepingCapacity: true)
-                commitCondition.unlock()
-                let result = Result { try enqueue(batch.map(\.0)) }
-                commitCondition.lock()
-                for (_, t) in batch { commitResults[t] = result }
-                batchesCommitted += 1
-                committing = false
-                commitCondition.broadcast()
-                continue
-            }
-            commitCondition.wait()
-        }
+        try committer.submit(m)
     }
 
     /// Writes several messages in one fsync'd transaction (group commit).
     /// - Throws: `SQLiteError`; nothing is written then.
     public func enqueue(_ messages: [NewMessage]) throws {
-        try lock.withLock {
-            try db.transaction {
-                let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
-                let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt) VALUES(?,?,?,'queued',?,?,?,?)")
-                func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
-                for m in messages {
-                    let t = m.receivedAt.timeIntervalSince1970
-                    try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
-                                  .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
-                                  optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
-                    for (index, r) in m.recipients.enumerated() {
-                        let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
-                        try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t),
-                                      optional(p.notify?.text), optional(p.originalRecipient)])
-                    }
+        try lock.withLock { try QueueStore.insert(messages, into: db) }
+    }
+
+    /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
+    private static func insert(_ messages: [NewMessage], into db: SQLiteDatabase) throws {
+        try db.transaction {
+            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
+            let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt) VALUES(?,?,?,'queued',?,?,?,?)")
+            func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
+            for m in messages {
+                let t = m.receivedAt.timeIntervalSince1970
+                try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
+                              .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
+                              optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
+                for (index, r) in m.recipients.enumerated() {
+                    let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
+                    try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t),
+                                  optional(p.notify?.text), optional(p.originalRecipient)])
                 }
             }
         }

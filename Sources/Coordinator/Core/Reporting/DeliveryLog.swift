@@ -141,6 +141,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
 /// Thread-safe (one lock). Lines are written with `write(2)` on an `O_APPEND` descriptor, so a
 /// crash leaves whole lines except possibly the last one, which queries skip.
 public final class DeliveryLog: @unchecked Sendable {
+    // @unchecked: owns the log file's descriptor; `fd` and `size` are read and written only under `lock`.
     /// The log directory.
     public let directory: String
     private let maxFileSize: Int

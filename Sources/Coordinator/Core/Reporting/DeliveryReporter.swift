@@ -17,7 +17,31 @@ import HatoShared
 /// has waited `dsn.delay_warning`. A message's failures are held until each of its
 /// recipients has had a first result (at most `dsnHold`), so they share one DSN.
 /// Messages from `<>` never get a DSN: a DSN that fails is logged and dropped.
-public final class DeliveryReporter: @unchecked Sendable {
+public final class DeliveryReporter: Sendable {
+    /// How often the reporter works (seconds); settable for tests.
+    public struct Pace: Sendable {
+        /// Seconds between polls of the event table when not woken.
+        public var pollInterval: TimeInterval = 0.25
+        /// The least time between the starts of two passes (seconds): a wake-up sooner than that
+        /// waits, so events that come together share one transaction, and at light load the
+        /// reporter takes the queue's lock at most ten times a second — not at the moment the
+        /// scheduler leases the message that woke it.
+        public var minimumPassInterval: TimeInterval = 0.1
+        /// Seconds between scans for delay warnings.
+        public var delayScanInterval: TimeInterval = 30
+        /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
+        public var dsnHold: TimeInterval = 600
+    }
+
+    /// Where the passes stand (touched by the loop thread, or by a test calling `runOnce`).
+    private struct Progress: Sendable {
+        var lastDelayScan = Date.distantPast
+        /// Messages received at or before this time (seconds since 1970) were scanned for delay warnings.
+        var delayScanWatermark: Double = 0
+        var lastSuppressionPurge = Date.distantPast
+        var lastPass = ContinuousClock.now - .seconds(3600)
+    }
+
     private let config: ClusterConfig
     private let store: QueueStore
     private let deliveryLog: DeliveryLog
@@ -26,30 +50,34 @@ public final class DeliveryReporter: @unchecked Sendable {
     private let clock: any WallClock
     private let onEnqueued: @Sendable () -> Void
     private let log = Logger(label: "coordinator.reporting")
-    private let condition = NSCondition()
-    private var running = false
-    private var woken = false
-    private var lastDelayScan = Date.distantPast
-    /// Messages received at or before this time (seconds since 1970) were scanned for delay warnings.
-    private var delayScanWatermark: Double = 0
-    private var lastSuppressionPurge = Date.distantPast
+    private let pace = Locked(Pace())
+    private let progress = Locked(Progress())
+    private let loop = Locked<BackgroundLoop?>(nil)
     /// Session details of recent outcomes by recipient id (TLS, timings), which the queue does not
     /// store: informational, kept in memory until the recipient's event is reported (bounded).
-    private let detailsLock = NSLock()
-    private var details: [Int64: RecipientResult] = [:]
+    private let details = Locked<[Int64: RecipientResult]>([:])
     private static let maxDetails = 50_000
+
     /// Seconds between polls of the event table when not woken.
-    public var pollInterval: TimeInterval = 0.25
-    /// The least time between the starts of two passes (seconds): a wake-up sooner than that
-    /// waits, so events that come together share one transaction, and at light load the
-    /// reporter takes the queue's lock at most ten times a second — not at the moment the
-    /// scheduler leases the message that woke it.
-    public var minimumPassInterval: TimeInterval = 0.1
-    private var lastPass = Date.distantPast
+    public var pollInterval: TimeInterval {
+        get { pace.withLock { $0.pollInterval } }
+        set { pace.withLock { $0.pollInterval = newValue } }
+    }
+    /// The least time between the starts of two passes (seconds).
+    public var minimumPassInterval: TimeInterval {
+        get { pace.withLock { $0.minimumPassInterval } }
+        set { pace.withLock { $0.minimumPassInterval = newValue } }
+    }
     /// Seconds between scans for delay warnings.
-    public var delayScanInterval: TimeInterval = 30
+    public var delayScanInterval: TimeInterval {
+        get { pace.withLock { $0.delayScanInterval } }
+        set { pace.withLock { $0.delayScanInterval = newValue } }
+    }
     /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
-    public var dsnHold: TimeInterval = 600
+    public var dsnHold: TimeInterval {
+        get { pace.withLock { $0.dsnHold } }
+        set { pace.withLock { $0.dsnHold = newValue } }
+    }
 
     /// - Parameters:
     ///   - config: the cluster configuration (`dsn`, `suppression`, `webhooks`, `smtp.hostname`, `routing.default_pool`).
@@ -68,7 +96,7 @@ public final class DeliveryReporter: @unchecked Sendable {
     /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
     /// recipients. Call it for every result the coordinator applies.
     public func noteResult(_ result: ResultMessage) {
-        detailsLock.withLock {
+        details.withLock { details in
             if details.count + result.outcomes.count > Self.maxDetails { details.removeAll() }
             for o in result.outcomes { details[o.recipientID] = o }
         }
@@ -76,37 +104,35 @@ public final class DeliveryReporter: @unchecked Sendable {
 
     /// Starts the background thread.
     public func start() {
-        condition.lock(); running = true; condition.unlock()
-        Thread.detachNewThread { [self] in loop() }
+        let background = BackgroundLoop(name: "reporter") { [self] in pass() }
+        loop.withLock { $0 = background }
+        background.start()
     }
 
     /// Stops the background thread after its current pass.
     public func stop() {
-        condition.lock(); running = false; condition.broadcast(); condition.unlock()
+        loop.withLock { $0 }?.stop()
     }
 
     /// Asks for a pass now (new mail, new results).
     public func wake() {
-        condition.lock(); woken = true; condition.signal(); condition.unlock()
+        loop.withLock { $0 }?.wake()
     }
 
-    private func loop() {
-        while true {
-            condition.lock()
-            if !woken && running { _ = condition.wait(until: Date().addingTimeInterval(pollInterval)) }
-            woken = false
-            let go = running
-            condition.unlock()
-            guard go else { return }
-            let wait = minimumPassInterval - Date().timeIntervalSince(lastPass)
-            if wait > 0 { Thread.sleep(forTimeInterval: wait) }
-            lastPass = Date()
-            do {
-                while try runOnce() {}
-            } catch {
-                log.error("reporting pass failed; retried", ["error": "\(error)"])
-            }
+    /// One pass of the background loop: waits out `minimumPassInterval` since the last pass
+    /// started, then works until no work is left. - Returns: the pause before the next poll.
+    private func pass() -> Duration {
+        let (minimum, poll) = pace.withLock { ($0.minimumPassInterval, $0.pollInterval) }
+        let since = progress.withLock { $0.lastPass }.duration(to: .now)
+        let wait = Duration.milliseconds(Int(minimum * 1000)) - since
+        if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
+        progress.withLock { $0.lastPass = .now }
+        do {
+            while try runOnce() {}
+        } catch {
+            log.error("reporting pass failed; retried", ["error": "\(error)"])
         }
+        return .milliseconds(Int(poll * 1000))
     }
 
     /// One pass: process a batch of events, scan for delay warnings when due, send ready DSNs.
@@ -133,16 +159,21 @@ public final class DeliveryReporter: @unchecked Sendable {
             if !d.webhooks.isEmpty { webhooks?.wake() }
             if let age = config.dsn.delayWarning { try warnLateDeferrals(events, age: age, now: now) }
         }
-        if let age = config.dsn.delayWarning, now.timeIntervalSince(lastDelayScan) >= delayScanInterval {
-            lastDelayScan = now
+        let (scanInterval, hold) = pace.withLock { ($0.delayScanInterval, $0.dsnHold) }
+        if let age = config.dsn.delayWarning, progress.withLock({ p in
+            defer { if now.timeIntervalSince(p.lastDelayScan) >= scanInterval { p.lastDelayScan = now } }
+            return now.timeIntervalSince(p.lastDelayScan) >= scanInterval
+        }) {
             try scanDelays(age: age, now: now)
         }
-        for source in try store.readyDSNs(now: now, hold: dsnHold, limit: 50) {
+        for source in try store.readyDSNs(now: now, hold: hold, limit: 50) {
             try send(source, now: now)
             worked = true
         }
-        if now.timeIntervalSince(lastSuppressionPurge) >= 3600 {
-            lastSuppressionPurge = now
+        if progress.withLock({ p in
+            defer { if now.timeIntervalSince(p.lastSuppressionPurge) >= 3600 { p.lastSuppressionPurge = now } }
+            return now.timeIntervalSince(p.lastSuppressionPurge) >= 3600
+        }) {
             let n = try store.purgeExpiredSuppressions(now: now)
             if n > 0 { log.info("expired suppression entries removed", ["entries": "\(n)"]) }
         }
@@ -171,7 +202,7 @@ public final class DeliveryReporter: @unchecked Sendable {
             r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
             r.attempt = e.attempts
             r.attemptTime = e.leaseGrantedAt.map { Self.rounded(max(0, e.at.timeIntervalSince($0))) }
-            if let rid = e.recipientID, let o = detailsLock.withLock({ details.removeValue(forKey: rid) }) {
+            if let rid = e.recipientID, let o = details.withLock({ $0.removeValue(forKey: rid) }) {
                 if o.mxHost != nil { r.tls = o.tlsVersion != nil }
                 r.tlsVersion = o.tlsVersion; r.tlsCipher = o.tlsCipher; r.remoteAddress = o.remoteAddress
                 r.reusedConnection = o.reusedConnection; r.dkim = o.dkim; r.timings = o.timings
@@ -270,28 +301,29 @@ public final class DeliveryReporter: @unchecked Sendable {
         let limit = 500
         // At most 20 batches per scan: a large backlog is warned over a few scans.
         for _ in 0..<20 {
-            let candidates = try store.delayWarningCandidates(receivedAfter: delayScanWatermark, upTo: cutoff, limit: limit)
+            let watermark = progress.withLock { $0.delayScanWatermark }
+            let candidates = try store.delayWarningCandidates(receivedAfter: watermark, upTo: cutoff, limit: limit)
             try warnDelays(candidates, now: now)
             guard candidates.count == limit, let last = candidates.last?.receivedAt.timeIntervalSince1970 else {
-                delayScanWatermark = max(delayScanWatermark, cutoff)
+                progress.withLock { $0.delayScanWatermark = max($0.delayScanWatermark, cutoff) }
                 return
             }
             // Cut at the limit: the last message may have more candidates; scan it again.
-            delayScanWatermark = max(delayScanWatermark, last.nextDown)
+            progress.withLock { $0.delayScanWatermark = max($0.delayScanWatermark, last.nextDown) }
         }
     }
 
     /// Delay warnings for recipients deferred only now, though their message is already behind
     /// the scan's watermark (the scan will not see them again).
     private func warnLateDeferrals(_ events: [QueueEvent], age: TimeInterval, now: Date) throws {
-        let upTo = min(delayScanWatermark, now.timeIntervalSince1970 - age)
+        let upTo = min(progress.withLock { $0.delayScanWatermark }, now.timeIntervalSince1970 - age)
         let late = events.filter { $0.kind == .deferred && $0.recipientID != nil && $0.receivedAt.timeIntervalSince1970 <= upTo }
         guard let oldest = late.map(\.receivedAt.timeIntervalSince1970).min() else { return }
         do {
             try warnDelays(try store.delayWarningCandidates(recipientIDs: late.compactMap(\.recipientID), receivedUpTo: upTo), now: now)
         } catch {
             // Their events are gone: let the scan reach their messages again.
-            delayScanWatermark = min(delayScanWatermark, oldest.nextDown)
+            progress.withLock { $0.delayScanWatermark = min($0.delayScanWatermark, oldest.nextDown) }
             throw error
         }
     }

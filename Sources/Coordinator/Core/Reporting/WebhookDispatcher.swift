@@ -37,15 +37,14 @@ public enum WebhookSignature {
 /// The outbox lives in the queue database, so undelivered events survive a coordinator
 /// restart. Delivery is at-least-once: receivers deduplicate on the event `id`.
 /// Threads, not Tasks: each POST blocks its own thread on a semaphore (never a pool thread).
-public final class WebhookDispatcher: @unchecked Sendable {
+public final class WebhookDispatcher: Sendable {
     private let hooks: [WebhookSettings]
     private let store: QueueStore
     private let clock: any WallClock
     private let metrics: CoordinatorMetrics?
     private let log = Logger(label: "coordinator.webhooks")
-    private let condition = NSCondition()
-    private var running = false
-    private var wakeGeneration = 0
+    /// One loop per hook, once started.
+    private let loops = Locked<[BackgroundLoop]>([])
     private let session: URLSession
 
     /// - Parameters:
@@ -68,21 +67,20 @@ public final class WebhookDispatcher: @unchecked Sendable {
         } catch {
             log.error("cannot clean the webhook outbox", ["error": "\(error)"])
         }
-        condition.lock(); running = true; condition.unlock()
-        for hook in hooks {
-            Thread.detachNewThread { [self] in loop(hook) }
-        }
+        let started = hooks.map { hook in BackgroundLoop(name: "webhook") { [self] in pass(hook) } }
+        loops.withLock { $0 = started }
+        for loop in started { loop.start() }
     }
 
     /// Stops the threads after their current POST.
     public func stop() {
-        condition.lock(); running = false; condition.broadcast(); condition.unlock()
+        for loop in loops.withLock({ $0 }) { loop.stop() }
         session.invalidateAndCancel()
     }
 
     /// New events are in the outbox.
     public func wake() {
-        condition.lock(); wakeGeneration += 1; condition.broadcast(); condition.unlock()
+        for loop in loops.withLock({ $0 }) { loop.wake() }
     }
 
     /// The URL for logs and metric labels: without user, password and query (they may hold credentials).
@@ -98,31 +96,18 @@ public final class WebhookDispatcher: @unchecked Sendable {
         return min(hook.maxBackoff, hook.initialBackoff * pow(2, Double(exp)))
     }
 
-    private func loop(_ hook: WebhookSettings) {
-        var generation = -1
-        while true {
-            condition.lock()
-            let go = running
-            condition.unlock()
-            guard go else { return }
-            var nextWait: TimeInterval = 1
-            do {
-                if try deliverDue(hook) {
-                    nextWait = 0
-                } else if let due = try store.nextWebhookDue() {
-                    nextWait = min(1, max(0.05, due.timeIntervalSince(clock.now())))
-                }
-            } catch {
-                log.error("webhook outbox failed", ["url": Self.redacted(hook.url), "error": "\(error)"])
+    /// One pass for `hook`: POSTs what is due. - Returns: the pause before the next pass
+    /// (none after a full batch, until the next row is due otherwise, at most a second).
+    private func pass(_ hook: WebhookSettings) -> Duration {
+        do {
+            if try deliverDue(hook) { return .zero }
+            if let due = try store.nextWebhookDue() {
+                return .milliseconds(Int(min(1, max(0.05, due.timeIntervalSince(clock.now()))) * 1000))
             }
-            guard nextWait > 0 else { continue }
-            condition.lock()
-            if generation == wakeGeneration && running {
-                _ = condition.wait(until: Date().addingTimeInterval(nextWait))
-            }
-            generation = wakeGeneration
-            condition.unlock()
+        } catch {
+            log.error("webhook outbox failed", ["url": Self.redacted(hook.url), "error": "\(error)"])
         }
+        return .seconds(1)
     }
 
     /// POSTs one batch of due events for `hook`.
@@ -159,7 +144,7 @@ public final class WebhookDispatcher: @unchecked Sendable {
         }
     }
 
-    private enum PostResult { case success, failure(String) }
+    private enum PostResult: Sendable { case success, failure(String) }
 
     private func post(_ hook: WebhookSettings, body: [UInt8], timestamp: Int, attempt: Int) -> PostResult {
         guard let url = URL(string: hook.url) else { return .failure("bad URL") }
@@ -171,19 +156,18 @@ public final class WebhookDispatcher: @unchecked Sendable {
         req.setValue(WebhookSignature.header(secret: hook.secret, body: body), forHTTPHeaderField: "X-Hato-Signature")
         req.setValue("\(timestamp)", forHTTPHeaderField: "X-Hato-Timestamp")
         req.setValue("\(attempt)", forHTTPHeaderField: "X-Hato-Attempt")
-        final class Box: @unchecked Sendable { var result: PostResult = .failure("no response") }
-        let box = Box()
+        let box = Locked<PostResult>(.failure("no response"))
         let done = DispatchSemaphore(value: 0)
         session.dataTask(with: req) { _, resp, err in
             if let err {
-                box.result = .failure(err.localizedDescription)
+                box.withLock { $0 = .failure(err.localizedDescription) }
             } else if let status = (resp as? HTTPURLResponse)?.statusCode {
-                box.result = (200..<300).contains(status) ? .success : .failure("HTTP \(status)")
+                box.withLock { $0 = (200..<300).contains(status) ? .success : .failure("HTTP \(status)") }
             }
             done.signal()
         }.resume()
         // URLSession enforces the request timeout; this bound only guards against a lost callback.
         if done.wait(timeout: .now() + hook.timeout + 5) == .timedOut { return .failure("timeout") }
-        return box.result
+        return box.snapshot
     }
 }

@@ -12,13 +12,16 @@ import HatoShared
 ///   PBKDF2 once, not on every AUTH. Only successes are cached; the cache holds no password.
 ///
 /// Thread-safe: the limiter and cache sit behind one lock; PBKDF2 runs outside it.
-public final class SubmissionAuthenticator: @unchecked Sendable {
+public final class SubmissionAuthenticator: Sendable {
+    /// The failure limiter and the cache of verified pairs.
+    private struct State: Sendable {
+        var limiter: AuthFailureLimiter
+        var cache: [[UInt8]: Date] = [:]
+    }
     private let users: [String: PasswordHash]
     private let decoy: PasswordHash
     private let clock: any WallClock
-    private let lock = NSLock()
-    private var limiter: AuthFailureLimiter
-    private var cache: [[UInt8]: Date] = [:]
+    private let state: Locked<State>
     private let cacheKey = Crypto.randomBytes(32)
     /// How long a verified user/password pair is remembered, in seconds.
     public let cacheLifetime: TimeInterval
@@ -39,7 +42,7 @@ public final class SubmissionAuthenticator: @unchecked Sendable {
         self.users = table
         let iterations = users.map(\.passwordHash.iterations).max() ?? PasswordHash.minimumIterations
         decoy = PasswordHash.make(password: Crypto.randomBytes(16), iterations: iterations)
-        limiter = AuthFailureLimiter(maxFailures: maxFailures, window: failureWindow)
+        state = Locked(State(limiter: AuthFailureLimiter(maxFailures: maxFailures, window: failureWindow)))
         self.cacheLifetime = cacheLifetime
         self.clock = clock
     }
@@ -55,24 +58,24 @@ public final class SubmissionAuthenticator: @unchecked Sendable {
         fingerprint.append(0)
         fingerprint += credentials.password
         let key = Crypto.hmacSHA256(key: cacheKey, data: fingerprint)
-        let cached: Bool = lock.withLock {
-            if let expiry = cache[key], expiry > now { return true }
-            return false
+        let (cached, blocked) = state.withLock { s in
+            ((s.cache[key].map { $0 > now } ?? false), s.limiter.isBlocked(client, now: now))
         }
-        if lock.withLock({ limiter.isBlocked(client, now: now) }) { return .rateLimited }
+        if blocked { return .rateLimited }
         if cached { return .succeeded(user: credentials.username) }
         guard let hash = users[credentials.username] else {
             _ = decoy.verify(credentials.password)
-            lock.withLock { limiter.recordFailure(client, now: now) }
+            state.withLock { $0.limiter.recordFailure(client, now: now) }
             return .failed
         }
         guard hash.verify(credentials.password) else {
-            lock.withLock { limiter.recordFailure(client, now: now) }
+            state.withLock { $0.limiter.recordFailure(client, now: now) }
             return .failed
         }
-        lock.withLock {
-            if cache.count >= cacheCapacity { cache.removeAll(keepingCapacity: true) }
-            cache[key] = now.addingTimeInterval(cacheLifetime)
+        let capacity = cacheCapacity, expiry = now.addingTimeInterval(cacheLifetime)
+        state.withLock { s in
+            if s.cache.count >= capacity { s.cache.removeAll(keepingCapacity: true) }
+            s.cache[key] = expiry
         }
         return .succeeded(user: credentials.username)
     }
