@@ -121,6 +121,7 @@ struct SchedulerCoreTests {
           - { address: 127.0.0.20, helo: f.test, pool: t, nodes: [node-a, node-b, node-c] }
           - { address: 127.0.0.21, helo: g.test, pool: t, nodes: [node-a, node-b, node-c] }
         routing: { default_pool: t }
+        delivery: { connections_per_ip: 50 }
         """
 
     /// Nodes a and b with their bindable IPs: a gets .10, .20, .21; b gets .11.
@@ -218,9 +219,9 @@ struct SchedulerCoreTests {
         let leases = d.granted[1] ?? []
         #expect(leases.count == 40)
         #expect(!leases.contains { $0.domain == "gmail.com" && $0.sendingIP == "127.0.0.10" }, "the suspended pair gets nothing")
-        // gmail.com went to .20 only; other.test then found .10 the least loaded: the IP still serves other providers.
+        // gmail.com went to .20 only; other.test alternates over both: the IP still serves other providers.
         #expect(leases.filter { $0.domain == "gmail.com" }.allSatisfy { $0.sendingIP == "127.0.0.20" })
-        #expect(leases.filter { $0.domain == "other.test" && $0.sendingIP == "127.0.0.10" }.count == 20)
+        #expect(leases.filter { $0.domain == "other.test" && $0.sendingIP == "127.0.0.10" }.count == 10)
         d.reportAll(1)
         try d.enqueue(10, domain: "gmail.com")
         d.clock.advance(301)
@@ -310,6 +311,53 @@ struct SchedulerCoreTests {
         #expect(d.scheduler.membership.rebalancePlan().isEmpty, "balanced: nothing more to move")
         let counts = ["node-a", "node-b", "node-c"].map { d.scheduler.membership.table.owned(by: $0).count }
         #expect(counts.max()! - counts.min()! <= 1, "\(counts)")
+    }
+
+    @Test("even spread: over 1 000 messages each IP of a pool gets its weight's share within ±15 %, per provider, at low and high load")
+    func weightedSpread() throws {
+        let yaml = Self.yaml.replacingOccurrences(of: "{ address: 127.0.0.20, helo: f.test, pool: t, nodes: [node-a, node-b, node-c] }",
+                                                  with: "{ address: 127.0.0.20, helo: f.test, pool: t, nodes: [node-a, node-b, node-c], weight: 2 }")
+            .replacingOccurrences(of: "{ address: 127.0.0.21, helo: g.test, pool: t, nodes: [node-a, node-b, node-c] }",
+                                  with: "{ address: 127.0.0.21, helo: g.test, pool: t, nodes: [node-a, node-b, node-c], weight: 4 }")
+        let d = try SchedulerDriver(yaml: yaml)
+        // Credits as a node asks for them: 2 IPs × 8 delivery workers × 2 leases each.
+        d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20"], credits: 32)
+        d.join("node-b", 2, bindable: ["127.0.0.11", "127.0.0.21"], credits: 32)
+        // Weights 1 (.10), 1 (.11), 2 (.20), 4 (.21): shares 1/8, 1/8, 2/8, 4/8.
+        var perIP: [String: Int] = [:]
+        var perProvider: [String: [String: Int]] = [:]
+        // Low load: one message at a time, each delivered before the next (the case that used
+        // to pile onto the first IP); then bursts of 50.
+        for i in 0..<1000 {
+            try d.enqueue(1, domain: i % 3 == 0 ? "gmail.com" : "example.net")
+            if i < 500 || i % 50 == 49 {
+                d.tick()
+                for c: ConnectionID in [1, 2] {
+                    for l in d.granted[c] ?? [] { perIP[l.sendingIP, default: 0] += 1; perProvider[l.domain, default: [:]][l.sendingIP, default: 0] += 1 }
+                    d.reportAll(c)
+                }
+            }
+        }
+        while perIP.values.reduce(0, +) < 1000 {
+            d.tick()
+            for c: ConnectionID in [1, 2] {
+                for l in d.granted[c] ?? [] { perIP[l.sendingIP, default: 0] += 1; perProvider[l.domain, default: [:]][l.sendingIP, default: 0] += 1 }
+                d.reportAll(c)
+            }
+        }
+        let weights = ["127.0.0.10": 1.0, "127.0.0.11": 1.0, "127.0.0.20": 2.0, "127.0.0.21": 4.0]
+        func check(_ counts: [String: Int], _ label: String) {
+            let total = Double(counts.values.reduce(0, +))
+            for (ip, w) in weights {
+                let expected = total * w / 8
+                let got = Double(counts[ip] ?? 0)
+                #expect(abs(got - expected) <= 0.15 * expected, "\(label) \(ip): \(Int(got)) of \(Int(total)), expected \(Int(expected)) ± 15 %")
+            }
+        }
+        print("spread per IP: \(perIP.sorted { $0.key < $1.key })")
+        check(perIP, "all")
+        check(perProvider["gmail.com"] ?? [:], "gmail")
+        check(perProvider["example.net"] ?? [:], "example.net")
     }
 
     @Test("a node whose connection is backed up gets no grant while the others do; results end leases, ack them and teach providers")

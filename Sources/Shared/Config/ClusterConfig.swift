@@ -213,6 +213,9 @@ public struct SendingIPSettings: Sendable, Equatable {
     public var nodes: [String]
     /// `warmup`: the warm-up plan this IP follows; nil = warmed (no daily cap). Default nil.
     public var warmup: IPWarmup? = nil
+    /// `weight`: this IP's share of its pool's mail relative to the pool's other IPs (1–1000),
+    /// per mailbox provider, by smooth weighted round robin. Default 1 (an even spread).
+    public var weight: Int = 1
 
     /// Creates sending-IP settings.
     public init(address: String, helo: String, pool: String, nodes: [String] = []) {

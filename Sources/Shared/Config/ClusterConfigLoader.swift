@@ -229,7 +229,7 @@ struct ClusterConfigDecoder {
         var ips: [SendingIPSettings] = []
         var seen: [String: Int] = [:]
         for item in items {
-            let sec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup"])
+            let sec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup", "weight"])
             let address = try sec.require("address", ConfigValue.ipAddress)
             let addressLine = try sec.scalar("address")?.line ?? item.node.line
             if let first = seen[address] {
@@ -252,7 +252,9 @@ struct ClusterConfigDecoder {
                 if allowed.contains(s.text) { throw fail(s.line, s.path, "node \"\(s.text)\" is listed twice") }
                 allowed.append(s.text)
             }
-            ips.append(SendingIPSettings(address: address, helo: helo, pool: pool, nodes: allowed))
+            var ip = SendingIPSettings(address: address, helo: helo, pool: pool, nodes: allowed)
+            if let weight = try sec.get("weight", { try ConfigValue.integer($0, in: 1...1000) }) { ip.weight = weight }
+            ips.append(ip)
         }
         return ips
     }

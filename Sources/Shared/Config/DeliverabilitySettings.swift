@@ -110,7 +110,7 @@ extension ClusterConfigDecoder {
         }
         config.warmup = plans
         for (i, item) in (try top.list("ips") ?? []).enumerated() where i < config.ips.count {
-            let ipSec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup"])
+            let ipSec = try item.section(allowed: ["address", "helo", "pool", "nodes", "warmup", "weight"])
             guard let w = try ipSec.section("warmup", allowed: ["plan", "start"]) else { continue }
             let plan = try w.require("plan") { name -> String in
                 guard plans.contains(where: { $0.name == name }) else {

@@ -79,3 +79,97 @@ public enum LeasePlanner {
         return out
     }
 }
+
+/// Smooth weighted round robin over a pool's sending IPs, one rotation per (pool, provider)
+/// (the algorithm of nginx's upstream balancer): each pick adds every eligible IP's weight to
+/// its running score, takes the highest, and subtracts the eligible weights' sum from it. Over
+/// any stretch of picks each IP's share follows its weight, interleaved rather than in runs, so
+/// no IP of a pool goes cold at low load (a cold IP loses reputation with providers).
+public struct SpreadState: Sendable, Equatable {
+    /// Running score per rotation key, per sending IP.
+    private var scores: [String: [String: Int]] = [:]
+
+    /// An empty state (every IP starts at score 0).
+    public init() {}
+
+    /// The IPs of `eligible` in the order a pick for `key` prefers them (highest score after the
+    /// weights are added first; ties by input order). Does not change the state.
+    public func preference(_ key: String, eligible: [(address: String, weight: Int)]) -> [String] {
+        let s = scores[key] ?? [:]
+        return eligible.enumerated().sorted { a, b in
+            let sa = s[a.element.address, default: 0] + a.element.weight, sb = s[b.element.address, default: 0] + b.element.weight
+            return sa != sb ? sa > sb : a.offset < b.offset
+        }.map(\.element.address)
+    }
+
+    /// Records that `chosen` was picked for `key` among `eligible`.
+    public mutating func picked(_ chosen: String, key: String, eligible: [(address: String, weight: Int)]) {
+        var s = scores[key] ?? [:]
+        var total = 0
+        for e in eligible { s[e.address, default: 0] += e.weight; total += e.weight }
+        s[chosen, default: 0] -= total
+        // Forget IPs that are no longer candidates so scores stay bounded.
+        let known = Set(eligible.map(\.address))
+        s = s.filter { known.contains($0.key) || $0.value != 0 }
+        scores[key] = s
+    }
+}
+
+extension LeasePlanner {
+    /// A sending IP that can take leases now: the IP, the node that owns it, its weight.
+    public struct Candidate: Sendable, Equatable {
+        public var ip: AssignedIP
+        public var node: String
+        public var weight: Int
+        public init(ip: AssignedIP, node: String, weight: Int) { self.ip = ip; self.node = node; self.weight = weight }
+    }
+
+    /// Assigns groups to sending IPs across nodes by smooth weighted round robin per
+    /// (pool, provider), respecting node credits, a cap of leases in flight per IP, warm-up
+    /// budgets and backoffs.
+    /// - Parameters:
+    ///   - groups: candidate groups, in priority order (oldest due first).
+    ///   - candidates: the leasable IPs of ready nodes.
+    ///   - credits: leases each node may still take; reduced as groups are assigned.
+    ///   - inFlight: leases in flight per sending IP; increased as groups are assigned.
+    ///   - perIPCap: the most leases in flight on one IP.
+    ///   - budget: recipients each IP may still take today (warm-up); IPs absent are unlimited.
+    ///     A group goes only to an IP whose budget covers all its recipients; budgets are reduced.
+    ///   - spread: the rotation state, carried from round to round.
+    ///   - provider: the provider a group's destination belongs to (the rotation key with the pool).
+    ///   - allow: whether an IP may take a group now (e.g. no suspension for its provider); called
+    ///     in preference order until one allows.
+    /// - Returns: (group, chosen candidate) pairs, in group order.
+    public static func spread(_ groups: [DeliveryGroup], candidates: [Candidate], credits: inout [String: Int],
+                              inFlight: inout [String: Int], perIPCap: Int, budget: inout [String: Int], spread: inout SpreadState,
+                              provider: (DeliveryGroup) -> String,
+                              allow: (AssignedIP, DeliveryGroup) -> Bool) -> [(DeliveryGroup, Candidate)] {
+        var out: [(DeliveryGroup, Candidate)] = []
+        let byAddress = Dictionary(candidates.map { ($0.ip.address, $0) }, uniquingKeysWith: { a, _ in a })
+        for g in groups {
+            let need = g.recipients.count
+            let eligible = candidates.filter { c in
+                c.ip.pool == g.pool && credits[c.node, default: 0] > 0 && inFlight[c.ip.address, default: 0] < perIPCap
+                    && (budget[c.ip.address].map { $0 >= need } ?? true)
+            }
+            guard !eligible.isEmpty else { continue }
+            let key = g.pool + "|" + provider(g)
+            var weights = eligible.map { (address: $0.ip.address, weight: $0.weight) }
+            var refused = Set<String>()
+            guard let chosenAddress = spread.preference(key, eligible: weights).first(where: { address in
+                if allow(byAddress[address]!.ip, g) { return true }
+                refused.insert(address)
+                return false
+            }), let chosen = byAddress[chosenAddress] else { continue }
+            // An IP that may not take this provider now (a backoff) does not gain score meanwhile:
+            // it would otherwise get a burst when the backoff ends.
+            weights.removeAll { refused.contains($0.address) }
+            spread.picked(chosenAddress, key: key, eligible: weights)
+            credits[chosen.node, default: 0] -= 1
+            inFlight[chosenAddress, default: 0] += 1
+            if let b = budget[chosenAddress] { budget[chosenAddress] = b - need }
+            out.append((g, chosen))
+        }
+        return out
+    }
+}

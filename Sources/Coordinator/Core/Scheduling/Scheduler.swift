@@ -120,6 +120,8 @@ public struct Scheduler: Sendable {
     private var nextExpirySweep = Date.distantPast
     private var nextAgeSweep = Date.distantPast
     private var roundRobin = 0
+    /// The weighted round robin over each pool's IPs, per (pool, provider).
+    public private(set) var spread = SpreadState()
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -452,88 +454,70 @@ public struct Scheduler: Sendable {
             warmupUsed = try queue.dailyAttempts(day: day)
             warmupDay = day
         }
-        var taken = Set<Int64>()
-        var cache: DueCache?
-        var grants: [PlannedGrant] = []
-        for session in ready {
-            if let g = try planGrant(for: session, now: now, queue: queue, taken: &taken, cache: &cache, cap: leasesPerNode) { grants.append(g) }
+        let weights = Dictionary(config.ips.map { ($0.address, $0.weight) }, uniquingKeysWith: { a, _ in a })
+        let candidates = ready.flatMap { s in
+            membership.table.leasable(by: s.nodeID).map { LeasePlanner.Candidate(ip: $0, node: s.nodeID, weight: weights[$0.address] ?? 1) }
         }
-        if !grants.isEmpty { out.append(.grant(grants)) }
-        return out
-    }
-
-    /// Due rows fetched in this round: nodes of the same pools share one query.
-    struct DueCache {
-        var pools: Set<String>
-        var limit: Int
-        var rows: [DueRecipient]
-        /// Rows for `pools` (a subset of the cached pools) and at most `limit`, or nil when the
-        /// cache cannot answer: other pools, or a fetch cut at its limit that is smaller than
-        /// this one or spread over more pools (it may hold fewer of the wanted rows than exist).
-        func rows(pools wantedPools: Set<String>, limit wantedLimit: Int) -> [DueRecipient]? {
-            let complete = rows.count < limit
-            guard wantedPools.isSubset(of: pools), complete || (wantedPools == pools && limit >= wantedLimit) else { return nil }
-            let matching = wantedPools == pools ? rows : rows.filter { wantedPools.contains($0.pool) }
-            return Array(matching.prefix(wantedLimit))
-        }
-    }
-
-    /// Plans one node's leases: a few due rows per credit first (most messages have one
-    /// recipient per domain; a bigger group is leased in parts); when that does not fill the
-    /// credits — rows held back by warm-up caps or backoffs — it looks further, up to 5000 rows.
-    /// The plan is reserved at once (credits, in-flight, warm-up counts) and confirmed or given
-    /// back by `grantsRecorded`.
-    private mutating func planGrant(for session: Membership.Session, now: Date, queue: any SchedulerQueue, taken: inout Set<Int64>,
-                                    cache: inout DueCache?, cap: Int) throws -> PlannedGrant? {
-        let credits = min(leases.credits[session.nodeID] ?? 0, cap)
-        let ips = membership.table.leasable(by: session.nodeID)
-        guard credits > 0, !ips.isEmpty else { return nil }
-        var limit = min(max(credits * 4, 64), 5000)
-        var plan: [(DeliveryGroup, AssignedIP)] = []
-        var admitted: BackoffTable?
-        let pools = Set(ips.map(\.pool))
+        guard !candidates.isEmpty else { return out }
+        var credits: [String: Int] = [:]
+        for s in ready { credits[s.nodeID] = min(leases.credits[s.nodeID] ?? 0, leasesPerNode) }
+        let totalCredits = credits.values.reduce(0, +)
+        var inFlight: [String: Int] = [:]
+        for s in ready { for (ip, n) in leases.inFlight(node: s.nodeID) { inFlight[ip, default: 0] += n } }
+        // Leases in flight per IP at most: what the owner's delivery workers for it hold
+        // (connections_per_ip workers, each with one lease in progress and one waiting).
+        let perIPCap = max(1, config.delivery.connectionsPerIP * 2)
+        let pools = Set(candidates.map(\.ip.pool))
+        // A few rows per credit first (most messages have one recipient per domain; a bigger group
+        // is leased in parts); when that does not fill the credits — rows held back by warm-up
+        // caps, backoffs or busy IPs — look further, up to 5000 rows.
+        var limit = min(max(totalCredits * 4, 64), 5000)
+        var plan: [(DeliveryGroup, LeasePlanner.Candidate)] = []
+        var admitted = backoffs
+        var rotated = spread
         while true {
-            let fetched: [DueRecipient]
-            if let hit = cache?.rows(pools: pools, limit: limit + taken.count) {
-                fetched = hit
-            } else {
-                fetched = try queue.dueRecipients(pools: pools, now: now, limit: limit + taken.count)
-                cache = DueCache(pools: pools, limit: limit + taken.count, rows: fetched)
-            }
-            let due = fetched.filter { !taken.contains($0.id) }
-            guard !due.isEmpty else { return nil }
+            let due = try queue.dueRecipients(pools: pools, now: now, limit: limit)
+            guard !due.isEmpty else { return out }
             let groups = LeasePlanner.group(due)
-            var inFlight = leases.inFlight(node: session.nodeID)
             var budget: [String: Int] = [:]
-            for ip in ips {
-                if let (_, dayCap) = config.warmupCap(for: ip.address, now: now) { budget[ip.address] = max(0, dayCap - warmupUsed[ip.address, default: 0]) }
+            for c in candidates {
+                if let (_, dayCap) = config.warmupCap(for: c.ip.address, now: now) { budget[c.ip.address] = max(0, dayCap - warmupUsed[c.ip.address, default: 0]) }
             }
-            // A throttle counts the grants it admits: count on a copy, kept for the final plan only.
-            var trial = backoffs
+            // A throttle counts the grants it admits, and the rotation moves: both on copies,
+            // kept for the final plan only.
+            var trialBackoffs = backoffs
+            var trialSpread = spread
+            var trialCredits = credits
+            var trialInFlight = inFlight
             let providers = providerOfDomain
-            plan = LeasePlanner.assign(groups, ips: ips, inFlight: &inFlight, limit: credits, budget: &budget) { ip, g in
-                trial.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now)
+            plan = LeasePlanner.spread(groups, candidates: candidates, credits: &trialCredits, inFlight: &trialInFlight, perIPCap: perIPCap,
+                                       budget: &budget, spread: &trialSpread,
+                                       provider: { providers[$0.domain] ?? "domain:" + $0.domain }) { ip, g in
+                trialBackoffs.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now)
             }
-            admitted = trial
-            if plan.count >= credits || fetched.count < limit + taken.count || limit >= 5000 { break }
+            admitted = trialBackoffs
+            rotated = trialSpread
+            if plan.count >= totalCredits || due.count < limit || limit >= 5000 { break }
             limit = min(limit * 8, 5000)
         }
-        if let admitted { backoffs = admitted }
-        guard !plan.isEmpty else { return nil }
+        guard !plan.isEmpty else { return out }
+        backoffs = admitted
+        spread = rotated
         let leaseTime = config.coordinator.leaseTime
         let expiresAt = now.addingTimeInterval(leaseTime)
-        var planned: [String: (group: DeliveryGroup, ip: AssignedIP)] = [:]
-        var records: [LeaseRecord] = []
-        for (g, ip) in plan {
-            let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: session.nodeID, instance: session.instanceID, sendingIP: ip.address,
+        var grants: [String: PlannedGrant] = [:]
+        for (g, c) in plan {
+            guard let session = membership.sessions[c.node] else { continue }
+            let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: c.node, instance: session.instanceID, sendingIP: c.ip.address,
                                   messageID: g.messageID, domain: g.domain, recipientIDs: g.recipients.map(\.id), grantedAt: now, expiresAt: expiresAt)
-            planned[rec.id] = (g, ip)
-            records.append(rec)
-            taken.formUnion(rec.recipientIDs)
+            grants[c.node, default: PlannedGrant(node: c.node, connection: session.connection, records: [], planned: [:], leaseTime: leaseTime)]
+                .records.append(rec)
+            grants[c.node]?.planned[rec.id] = (g, c.ip)
             leases.granted(rec)
-            warmupUsed[ip.address, default: 0] += rec.recipientIDs.count
+            warmupUsed[c.ip.address, default: 0] += rec.recipientIDs.count
         }
-        return PlannedGrant(node: session.nodeID, connection: session.connection, records: records, planned: planned, leaseTime: leaseTime)
+        out.append(.grant(grants.values.sorted { $0.node < $1.node }))
+        return out
     }
 
     /// Turns membership changes into sends to the nodes' current connections.
