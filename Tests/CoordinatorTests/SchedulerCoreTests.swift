@@ -48,6 +48,7 @@ final class SchedulerDriver {
             case .expireOld(let age): _ = try! store.expireOld(maxAge: age, now: now)
             case .reconcile(let node, let instance): _ = try! store.requeueLeases(node: node, exceptInstance: instance, now: now)
             case .persistBackoff(let e): try! store.saveBackoff(e)
+            case .persistIPOwners(let owners): try! store.saveIPOwners(owners)
             case .log(let line): logs.append(line)
             case .scheduleNextTick(let after): nextTick = min(nextTick, now.addingTimeInterval(after))
             }
@@ -358,6 +359,52 @@ struct SchedulerCoreTests {
         check(perIP, "all")
         check(perProvider["gmail.com"] ?? [:], "gmail")
         check(perProvider["example.net"] ?? [:], "example.net")
+    }
+
+    @Test("the IP table survives a coordinator restart: each IP waits for its owner to rejoin, then goes back to it; unclaimed IPs move after the reservation")
+    func ownersRestored() throws {
+        let d = try twoNodes()
+        d.join("node-c", 3, bindable: ["127.0.0.20", "127.0.0.21"])
+        d.perform(d.scheduler.rebalanceRequested().directives)
+        for (c, from) in [(ConnectionID(1), "node-a"), (2, "node-b")] {
+            let moving = d.scheduler.membership.table.entries.filter { $0.owner == from && $0.handoverTo != nil }.map(\.ip.address)
+            if !moving.isEmpty { d.perform(d.scheduler.ipReleased(moving, on: c, now: d.now)) }
+        }
+        d.tick()
+        let before = d.scheduler.membership.owners
+        #expect(try d.store.ipOwners() == before, "stored after the pass")
+        #expect(Set(before.values).count == 3, "\(before)")
+        // A new coordinator process over the same queue: node-c and node-b come back first.
+        var fresh = Scheduler(config: d.scheduler.config)
+        fresh.restoreOwners(try d.store.ipOwners(), until: ["node-a": d.now + 30, "node-b": d.now + 30, "node-c": d.now + 30])
+        d.scheduler = fresh
+        d.sent = [:]
+        d.join("node-c", 13, bindable: ["127.0.0.20", "127.0.0.21"])
+        d.join("node-b", 12, bindable: ["127.0.0.11", "127.0.0.20", "127.0.0.21"])
+        d.tick()
+        #expect(d.scheduler.membership.owners.filter { $0.value == "node-a" }.isEmpty)
+        #expect(d.scheduler.membership.owners.values.allSatisfy { $0 != "node-a" })
+        for (ip, owner) in before where owner == "node-a" {
+            #expect(d.scheduler.membership.table.owner(of: ip) == nil, "\(ip) waits for node-a")
+        }
+        d.clock.advance(5)
+        d.join("node-a", 11, bindable: ["127.0.0.10", "127.0.0.20", "127.0.0.21"])
+        d.tick()
+        #expect(d.scheduler.membership.owners == before, "exactly the table from before the restart")
+        #expect(d.scheduler.membership.rebalancePlan().isEmpty, "no rebalance needed")
+        // Had node-a not come back, its floating IPs would have moved once its reservation ended.
+        var lonely = Scheduler(config: d.scheduler.config)
+        lonely.restoreOwners(before, until: ["node-a": d.now + 30])
+        d.scheduler = lonely
+        d.join("node-b", 22, bindable: ["127.0.0.11", "127.0.0.20", "127.0.0.21"])
+        d.join("node-c", 23, bindable: ["127.0.0.20", "127.0.0.21"])
+        d.tick()
+        let floatingOfA = before.filter { $0.value == "node-a" && $0.key != "127.0.0.10" }.map(\.key)
+        #expect(!floatingOfA.isEmpty, "node-a owned a floating IP: \(before)")
+        for ip in floatingOfA { #expect(d.scheduler.membership.table.owner(of: ip) == nil) }
+        d.clock.advance(31)
+        d.tick()
+        for ip in floatingOfA { #expect(d.scheduler.membership.table.owner(of: ip) != nil, "\(ip) moved after the reservation") }
     }
 
     @Test("a node whose connection is backed up gets no grant while the others do; results end leases, ack them and teach providers")

@@ -236,6 +236,35 @@ struct ClusterOperationsTests {
         }
     }
 
+    @Test("a coordinator restart restores the IP assignment table exactly: every node gets its IPs back, no rebalance needed")
+    func ipTableSurvivesRestart() throws {
+        let cluster = try LocalCluster(nodeIDs: ["node-a", "node-b", "node-c"], ipsYAML: LocalCluster.floatingIPs(6))
+        defer { cluster.shutdown() }
+        do {
+            try startBalanced(cluster, ["node-a", "node-b", "node-c"])
+            func owners() throws -> [String: String] {
+                var out: [String: String] = [:]
+                for row in try cluster.admin("/v1/ips") as? [[String: Any]] ?? [] {
+                    if let ip = row["address"] as? String, let owner = row["owner"] as? String { out[ip] = owner }
+                }
+                return out
+            }
+            let before = try owners()
+            #expect(before.count == 6 && Set(before.values).count == 3, "\(before)")
+            // Restart: the nodes reconnect in whatever order their back-off gives.
+            #expect(cluster.stopCoordinator() == 0)
+            try cluster.startCoordinator()
+            try cluster.waitForNodes(["node-a", "node-b", "node-c"], state: "active")
+            try waitUntil("every IP owned again", timeout: 20) { try owners().count == 6 }
+            #expect(try owners() == before)
+            let plan = try cluster.admin("/v1/rebalance") as? [String: Any] ?? [:]
+            #expect((plan["moves"] as? [Any])?.isEmpty == true, "no rebalance needed: \(plan)")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+
     @Test("restart on a new boot after an unclean stop: no lease before the stored lease horizon; after a clean stop: no hold")
     func restartHoldAfterHostCrash() throws {
         let cluster = try LocalCluster()

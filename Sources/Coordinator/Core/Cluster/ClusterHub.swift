@@ -77,7 +77,16 @@ public final class ClusterHub: Sendable {
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) throws {
         self.store = store
         self.clock = clock
-        let scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()))
+        var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()))
+        // The IP table as it was: each IP waits for its previous owner to rejoin, at least a
+        // grace period (its reconnect) and until every lease it held has expired.
+        let now = clock.now()
+        let grace = max(30, 3 * config.coordinator.nodeTimeout)
+        var until: [String: Date] = [:]
+        let owners = try store.ipOwners()
+        for node in Set(owners.values) { until[node] = now.addingTimeInterval(grace) }
+        for lease in try store.allLeases() where until[lease.node] != nil { until[lease.node] = max(until[lease.node]!, lease.expiresAt) }
+        scheduler.restoreOwners(owners, until: until)
         initial = Locked(scheduler)
         let published = Locked(Snapshot(config: config, membership: scheduler.membership, leaseCounts: [:], backoffs: scheduler.backoffs,
                                         warmupDay: -1, warmupUsed: [:]))
@@ -353,6 +362,10 @@ public final class ClusterHub: Sendable {
                     if n > 0 { log.info("requeued leases of a previous instance", ["node": node, "leases": "\(n)"]) }
                 } catch {
                     log.error("reconciling a node's earlier leases failed; they expire instead", ["node": node, "error": "\(error)"])
+                }
+            case .persistIPOwners(let owners):
+                do { try store.saveIPOwners(owners) } catch {
+                    log.error("storing the IP assignment table failed", ["error": "\(error)"])
                 }
             case .persistBackoff(let entry):
                 do { try store.saveBackoff(entry) } catch {

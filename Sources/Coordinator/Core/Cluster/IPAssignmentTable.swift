@@ -39,6 +39,15 @@ public struct IPAssignmentTable: Sendable, Equatable {
     private var bindable: [String: Set<String>] = [:]
     /// For each disconnected node: the time after which its floating IPs may move.
     private var fencedUntil: [String: Date] = [:]
+    /// IPs kept for their owner before a coordinator restart until it rejoins, or until the
+    /// time given (by then every lease it held has expired): IP → (node, until).
+    public private(set) var reservations: [String: Reservation] = [:]
+
+    /// An IP kept for a node.
+    public struct Reservation: Sendable, Equatable {
+        public var node: String
+        public var until: Date
+    }
 
     /// - Parameter ips: the configured sending IPs with their eligible nodes (empty = any).
     public init(ips: [(AssignedIP, [String])]) {
@@ -60,17 +69,43 @@ public struct IPAssignmentTable: Sendable, Equatable {
         return e.eligible.isEmpty || e.eligible.contains(node)
     }
 
+    /// Whether `address` is kept for a node other than `node` at `now`.
+    func isReserved(_ address: String, against node: String, now: Date) -> Bool {
+        guard let r = reservations[address] else { return false }
+        return r.node != node && now < r.until
+    }
+
+    /// Keeps IPs for their previous owners (after a coordinator restart): an unowned IP in
+    /// `owners` goes to no other node before its owner's `until` time; when the owner
+    /// connects and can bind it, it gets it back.
+    /// - Parameters:
+    ///   - owners: IP → node as stored before the restart.
+    ///   - until: per node, when its reservations end.
+    public mutating func reserve(_ owners: [String: String], until: [String: Date]) {
+        for (address, node) in owners where entries.contains(where: { $0.ip.address == address && $0.owner == nil }) {
+            reservations[address] = Reservation(node: node, until: until[node] ?? .distantPast)
+        }
+    }
+
     /// A node connected and can bind `bindableIPs`. It keeps what it owns and can still bind,
     /// and takes every unowned IP it is eligible for and can bind (if `takeUnowned`).
     /// - Returns: the IPs the node owns now.
-    public mutating func nodeConnected(_ node: String, bindable binds: [String], takeUnowned: Bool = true) -> [AssignedIP] {
+    public mutating func nodeConnected(_ node: String, bindable binds: [String], takeUnowned: Bool = true, now: Date = .distantPast) -> [AssignedIP] {
         bindable[node] = Set(binds)
         fencedUntil[node] = nil
         for i in entries.indices {
-            if entries[i].owner == node && !binds.contains(entries[i].ip.address) {
+            let address = entries[i].ip.address
+            if entries[i].owner == node && !binds.contains(address) {
                 entries[i].owner = nil; entries[i].handoverTo = nil
             }
-            if takeUnowned && entries[i].owner == nil && canOwn(node, entries[i]) { entries[i].owner = node }
+            guard entries[i].owner == nil, canOwn(node, entries[i]) else { continue }
+            if reservations[address]?.node == node {
+                // Its own IP from before the coordinator restarted.
+                entries[i].owner = node
+                reservations[address] = nil
+            } else if takeUnowned && !isReserved(address, against: node, now: now) {
+                entries[i].owner = node
+            }
         }
         return owned(by: node)
     }
@@ -119,7 +154,9 @@ public struct IPAssignmentTable: Sendable, Equatable {
     /// Gives an unowned IP to `node` if it can own it.
     /// - Returns: the IP when assigned.
     public mutating func assignUnowned(_ address: String, to node: String) -> AssignedIP? {
-        guard let i = entries.firstIndex(where: { $0.ip.address == address }), entries[i].owner == nil, canOwn(node, entries[i]) else { return nil }
+        guard let i = entries.firstIndex(where: { $0.ip.address == address }), entries[i].owner == nil, canOwn(node, entries[i]),
+              reservations[address] == nil || reservations[address]?.node == node else { return nil }
+        reservations[address] = nil
         entries[i].owner = node
         return entries[i].ip
     }
@@ -138,6 +175,11 @@ public struct IPAssignmentTable: Sendable, Equatable {
                 entries[i].owner = nil
             }
             guard entries[i].owner == nil else { continue }
+            let address = entries[i].ip.address
+            if let r = reservations[address] {
+                if now < r.until { continue }
+                reservations[address] = nil
+            }
             let candidates = bindable.keys.sorted().filter { !excluded.contains($0) && canOwn($0, entries[i]) }
             guard let target = candidates.min(by: { owned(by: $0).count < owned(by: $1).count }) else { continue }
             entries[i].owner = target
@@ -188,7 +230,8 @@ public struct IPAssignmentTable: Sendable, Equatable {
         }
         let pools = Array(Set(entries.map(\.ip.pool))).sorted()
         // 1. Unowned IPs go to the eligible node with the fewest IPs of that pool.
-        for e in entries.sorted(by: { $0.ip.address < $1.ip.address }) where owner[e.ip.address] == .some(nil) && e.handoverTo == nil {
+        for e in entries.sorted(by: { $0.ip.address < $1.ip.address }) where owner[e.ip.address] == .some(nil) && e.handoverTo == nil
+            && reservations[e.ip.address] == nil {
             let cands = live.filter { canOwn($0, e) }
             guard let t = cands.min(by: { (count($0, pool: e.ip.pool), count($0, pool: nil), $0) < (count($1, pool: e.ip.pool), count($1, pool: nil), $1) }) else { continue }
             owner[e.ip.address] = t

@@ -150,7 +150,17 @@ public struct Membership: Sendable, Equatable {
         sessions[node] = Session(nodeID: node, instanceID: instance, connection: connection, address: address, lastHeard: now)
         left.remove(node)
         lastSeen[node] = Seen(instanceID: instance, address: address, at: now)
-        return table.nodeConnected(node, bindable: bindable, takeUnowned: !draining.contains(node))
+        return table.nodeConnected(node, bindable: bindable, takeUnowned: !draining.contains(node), now: now)
+    }
+
+    /// Keeps IPs for the nodes that owned them before a coordinator restart (see `IPAssignmentTable.reserve`).
+    public mutating func restore(owners: [String: String], until: [String: Date]) {
+        table.reserve(owners, until: until)
+    }
+
+    /// The owner of each owned sending IP.
+    public var owners: [String: String] {
+        Dictionary(table.entries.compactMap { e in e.owner.map { (e.ip.address, $0) } }, uniquingKeysWith: { a, _ in a })
     }
 
     /// A frame arrived from `connection`.
@@ -189,10 +199,10 @@ public struct Membership: Sendable, Equatable {
 
     /// A node announced the configured IPs it can bind now (e.g. after its host's addresses changed).
     /// - Returns: the IPs newly assigned to it.
-    public mutating func announced(node: String, bindable: [String]) -> [AssignedIP] {
+    public mutating func announced(node: String, bindable: [String], now: Date) -> [AssignedIP] {
         guard sessions[node] != nil else { return [] }
         let before = table.owned(by: node)
-        let after = table.nodeConnected(node, bindable: bindable, takeUnowned: !draining.contains(node))
+        let after = table.nodeConnected(node, bindable: bindable, takeUnowned: !draining.contains(node), now: now)
         return after.filter { !before.contains($0) }
     }
 

@@ -26,6 +26,34 @@ extension QueueStore {
         }
     }
 
+    private func ensureOwnersTable() throws {
+        try db.execute("CREATE TABLE IF NOT EXISTS ip_owners(ip TEXT PRIMARY KEY, node TEXT NOT NULL)")
+    }
+
+    /// The owner of each sending IP as last stored (restored when the nodes rejoin after a
+    /// coordinator restart, so no rebalance is needed).
+    /// - Returns: sending IP → node.
+    /// - Throws: `SQLiteError`.
+    public func ipOwners() throws -> [String: String] {
+        try lock.withLock {
+            try ensureOwnersTable()
+            return Dictionary(try db.prepare("SELECT ip, node FROM ip_owners").query([]) { ($0.text(0), $0.text(1)) }, uniquingKeysWith: { a, _ in a })
+        }
+    }
+
+    /// Replaces the stored owners with `owners` (sending IP → node; unowned IPs absent).
+    /// - Throws: `SQLiteError`.
+    public func saveIPOwners(_ owners: [String: String]) throws {
+        try lock.withLock {
+            try ensureOwnersTable()
+            try db.transaction {
+                try db.execute("DELETE FROM ip_owners")
+                let ins = try db.prepare("INSERT INTO ip_owners(ip, node) VALUES(?,?)")
+                for (ip, node) in owners.sorted(by: { $0.key < $1.key }) { try ins.run([.text(ip), .text(node)]) }
+            }
+        }
+    }
+
     /// Recipients whose address matches, newest first (recipient lookup).
     /// - Throws: `SQLiteError`.
     public func messages(forRecipient address: String, limit: Int) throws -> [String] {

@@ -93,6 +93,8 @@ public struct Scheduler: Sendable {
         case reconcile(node: String, exceptInstance: String)
         /// Store an active backoff (it survives a restart).
         case persistBackoff(BackoffTable.Entry)
+        /// Store the owner of every owned sending IP (restored after a restart): IP → node.
+        case persistIPOwners([String: String])
         /// Write a log line.
         case log(SchedulerLogLine)
         /// Run `tick` again after this many seconds at the latest.
@@ -122,6 +124,8 @@ public struct Scheduler: Sendable {
     private var roundRobin = 0
     /// The weighted round robin over each pool's IPs, per (pool, provider).
     public private(set) var spread = SpreadState()
+    /// The IP owners last handed to the shell to store.
+    private var storedOwners: [String: String]?
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -140,6 +144,16 @@ public struct Scheduler: Sendable {
         self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
         self.backoffs = BackoffTable(entries: backoffs)
         self.leaseHoldUntil = leaseHoldUntil
+    }
+
+    /// Keeps each sending IP for the node that owned it before the coordinator restarted, until
+    /// that node rejoins or its reservation ends (`until`: by then its earlier leases have expired).
+    /// - Parameters:
+    ///   - owners: IP → node, as stored.
+    ///   - until: per node, when its IPs may go to others.
+    public mutating func restoreOwners(_ owners: [String: String], until: [String: Date]) {
+        membership.restore(owners: owners, until: until)
+        storedOwners = owners
     }
 
     /// No new lease before `date` (see `QueueStore.beginRun`).
@@ -239,7 +253,7 @@ public struct Scheduler: Sendable {
     /// The node on `connection` announced the configured IPs it can bind now.
     public mutating func announced(_ bindable: [String], on connection: ConnectionID, now: Date) -> [Directive] {
         guard let s = membership.session(on: connection) else { return [] }
-        let added = membership.announced(node: s.nodeID, bindable: bindable)
+        let added = membership.announced(node: s.nodeID, bindable: bindable, now: now)
         var out: [Directive] = [.log(.init(.info, "node announced bindable IPs", ["node": s.nodeID, "bindable": bindable.joined(separator: ","),
                                                                                   "assigned": added.map(\.address).joined(separator: ",")]))]
         if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added)))) }
@@ -390,6 +404,16 @@ public struct Scheduler: Sendable {
             out += rebalanceRequested().directives.filter { if case .scheduleNextTick = $0 { return false } else { return true } }
         }
         out += try planGrants(now: now, queue: queue, canSend: canSend, leasesPerNode: leasesPerNode)
+        let owners = membership.owners
+        if owners != storedOwners && (!owners.isEmpty || storedOwners != nil) {
+            // Reserved (not yet rejoined) owners stay stored until their IPs move.
+            var stored = owners
+            for (ip, r) in membership.table.reservations where stored[ip] == nil { stored[ip] = r.node }
+            if stored != storedOwners {
+                storedOwners = stored
+                out.append(.persistIPOwners(stored))
+            }
+        }
         var next = Self.maximumTickInterval
         next = min(next, max(0, nextHeartbeat.timeIntervalSince(now)))
         if let hold = leaseHoldUntil { next = min(next, max(0, hold.timeIntervalSince(now))) }
