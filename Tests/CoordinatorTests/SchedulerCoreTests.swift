@@ -407,6 +407,49 @@ struct SchedulerCoreTests {
         for ip in floatingOfA { #expect(d.scheduler.membership.table.owner(of: ip) != nil, "\(ip) moved after the reservation") }
     }
 
+    @Test("pauses: a provider's mail waits while other mail flows; a paused IP and a paused pool take nothing; every waiting recipient says why")
+    func pausesAndReasons() throws {
+        let d = try twoNodes()
+        let now = d.now
+        d.perform(d.scheduler.paused(Pause(target: PauseTarget(kind: .provider, name: "gmail"), by: "ops", reason: "complaints", at: 0)))
+        d.perform(d.scheduler.paused(Pause(target: PauseTarget(kind: .ip, name: "127.0.0.20"), by: "ops", reason: "", at: 0)))
+        try d.enqueue(6, domain: "gmail.com")
+        try d.enqueue(6, domain: "example.net")
+        d.tick()
+        let granted: [LeaseRecord] = (d.granted[1] ?? []) + (d.granted[2] ?? [])
+        #expect(granted.count == 6 && granted.allSatisfy { $0.domain == "example.net" })
+        #expect(!granted.contains { $0.sendingIP == "127.0.0.20" }, "a paused IP takes nothing")
+        #expect(d.scheduler.waitReason(pool: "t", domain: "gmail.com", state: "queued", nextAttemptAt: now, now: now)
+                == "paused: provider gmail (by ops: complaints)")
+        #expect(d.scheduler.waitReason(pool: "t", domain: "x.test", state: "deferred", nextAttemptAt: now + 90, now: now)
+                == "retry at \(Logger.timestamp(now + 90))")
+        #expect(d.scheduler.waitReason(pool: "nope", domain: "x.test", state: "queued", nextAttemptAt: now, now: now) == "no sending IP in pool nope")
+        let (was, directives) = d.scheduler.unpaused(PauseTarget(kind: .provider, name: "gmail"), by: "ops")
+        #expect(was)
+        d.perform(directives)
+        d.tick()
+        let afterResume: [LeaseRecord] = (d.granted[1] ?? []) + (d.granted[2] ?? [])
+        #expect(afterResume.filter { $0.domain == "gmail.com" }.count == 6)
+        d.perform(d.scheduler.paused(Pause(target: PauseTarget(kind: .pool, name: "t"), by: "ops", reason: "maintenance", at: 0)))
+        try d.enqueue(3)
+        func grantedCount() -> Int { (d.granted[1]?.count ?? 0) + (d.granted[2]?.count ?? 0) }
+        let before = grantedCount()
+        d.tick()
+        #expect(grantedCount() == before)
+        #expect(d.scheduler.waitReason(pool: "t", domain: "x.test", state: "queued", nextAttemptAt: now, now: d.now) == "paused: pool t (by ops: maintenance)")
+        // A suspension of every IP for a provider is named with its expiry.
+        _ = d.scheduler.unpaused(PauseTarget(kind: .pool, name: "t"), by: "ops")
+        _ = d.scheduler.unpaused(PauseTarget(kind: .ip, name: "127.0.0.20"), by: "ops")
+        for ip in ["127.0.0.10", "127.0.0.11", "127.0.0.20", "127.0.0.21"] {
+            d.perform(d.scheduler.backoffReported(BackoffMessage(sendingIP: ip, provider: "mx:mx.y.test", domain: "y.test", action: "suspend",
+                                                                 duration: 600, ratePerMinute: nil, reply: "421 4.7.0 slow down"), on: 1, now: d.now))
+        }
+        let reason = d.scheduler.waitReason(pool: "t", domain: "y.test", state: "queued", nextAttemptAt: d.now, now: d.now)
+        #expect(reason.hasPrefix("suspended: other backoff on 127.0.0.10, 127.0.0.11, 127.0.0.20, 127.0.0.21 until \(Logger.timestamp(d.now + 600))"), "\(reason)")
+        let lifted = d.scheduler.liftProvider("other", now: d.now)
+        #expect(lifted.count == 4 && d.scheduler.backoffs.active(now: d.now).isEmpty)
+    }
+
     @Test("a node whose connection is backed up gets no grant while the others do; results end leases, ack them and teach providers")
     func backedUpNodeAndResults() throws {
         let d = try twoNodes()

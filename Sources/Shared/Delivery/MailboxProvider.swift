@@ -16,6 +16,23 @@ public enum MailboxProvider {
         ("barracudanetworks.com", "barracuda"),
     ]
 
+    /// Well-known mailbox domains and their provider, for destinations whose MX hosts have not
+    /// been seen yet (a provider pause or report applies to them from the first message).
+    public static let domains: [String: String] = [
+        "gmail.com": "gmail", "googlemail.com": "gmail",
+        "outlook.com": "microsoft", "hotmail.com": "microsoft", "live.com": "microsoft", "msn.com": "microsoft",
+        "hotmail.co.uk": "microsoft", "outlook.de": "microsoft", "hotmail.fr": "microsoft",
+        "yahoo.com": "yahoo", "ymail.com": "yahoo", "aol.com": "yahoo", "yahoo.co.uk": "yahoo", "yahoo.co.jp": "yahoo",
+        "yahoo.fr": "yahoo", "yahoo.de": "yahoo",
+        "icloud.com": "apple", "me.com": "apple", "mac.com": "apple",
+        "gmx.de": "gmx", "gmx.net": "gmx", "gmx.com": "gmx", "web.de": "gmx",
+        "mail.ru": "mailru", "yandex.ru": "yandex", "yandex.com": "yandex",
+        "protonmail.com": "proton", "proton.me": "proton", "zoho.com": "zoho", "fastmail.com": "fastmail", "comcast.net": "comcast",
+    ]
+
+    /// The provider of a well-known mailbox domain, nil for others (learn it from the MX host).
+    public static func name(forDomain domain: String) -> String? { domains[domain.lowercased()] }
+
     /// The provider for an MX host (case-insensitive, trailing dot ignored): `gmail` for
     /// `gmail-smtp-in.l.google.com`, `other` when unknown, `unknown` without a host.
     public static func name(forMXHost host: String?) -> String {

@@ -32,14 +32,13 @@ public final class ClusterHub: Sendable {
         var running = true
     }
 
-    /// What other threads read: published by the scheduler thread after each pass.
+    /// What other threads read: published by the scheduler thread after each pass (a copy of
+    /// the scheduler value; copies share storage until the scheduler changes).
     private struct Snapshot: Sendable {
-        var config: ClusterConfig
-        var membership: Membership
+        var scheduler: Scheduler
         var leaseCounts: [String: Int]
-        var backoffs: BackoffTable
-        var warmupDay: Int
-        var warmupUsed: [String: Int]
+        var config: ClusterConfig { scheduler.config }
+        var membership: Membership { scheduler.membership }
     }
 
     /// Counts of connections that have not authenticated yet (issue 13: capped in total and per peer).
@@ -77,7 +76,8 @@ public final class ClusterHub: Sendable {
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) throws {
         self.store = store
         self.clock = clock
-        var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()))
+        var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()),
+                                  pauses: try store.pauses())
         // The IP table as it was: each IP waits for its previous owner to rejoin, at least a
         // grace period (its reconnect) and until every lease it held has expired.
         let now = clock.now()
@@ -88,8 +88,7 @@ public final class ClusterHub: Sendable {
         for lease in try store.allLeases() where until[lease.node] != nil { until[lease.node] = max(until[lease.node]!, lease.expiresAt) }
         scheduler.restoreOwners(owners, until: until)
         initial = Locked(scheduler)
-        let published = Locked(Snapshot(config: config, membership: scheduler.membership, leaseCounts: [:], backoffs: scheduler.backoffs,
-                                        warmupDay: -1, warmupUsed: [:]))
+        let published = Locked(Snapshot(scheduler: scheduler, leaseCounts: [:]))
         self.published = published
         let inbox = self.inbox
         let observer = self.resultObserver
@@ -441,8 +440,7 @@ public final class ClusterHub: Sendable {
     private func publish(_ scheduler: Scheduler, now: Date) {
         var counts: [String: Int] = [:]
         for node in scheduler.membership.sessions.keys { counts[node] = scheduler.leases.count(node: node) }
-        let snapshot = Snapshot(config: scheduler.config, membership: scheduler.membership, leaseCounts: counts, backoffs: scheduler.backoffs,
-                                warmupDay: scheduler.warmupDay, warmupUsed: scheduler.warmupUsed)
+        let snapshot = Snapshot(scheduler: scheduler, leaseCounts: counts)
         published.withLock { $0 = snapshot }
     }
 
@@ -511,7 +509,7 @@ public final class ClusterHub: Sendable {
     /// Active backoffs (suspensions and throttles).
     public func activeBackoffs() -> [BackoffTable.Entry] {
         let now = clock.now()
-        return published.withLock { $0.backoffs.active(now: now) }
+        return published.withLock { $0.scheduler.backoffs.active(now: now) }
     }
 
     /// Lifts a backoff early.
@@ -527,10 +525,7 @@ public final class ClusterHub: Sendable {
     /// Warm-up state of an IP today: (day of plan, cap, recipients leased so far); nil when warmed or without a plan.
     public func warmupStatus(_ address: String) -> (day: Int, cap: Int, used: Int)? {
         let now = clock.now()
-        return published.withLock { s in
-            guard let (day, cap) = s.config.warmupCap(for: address, now: now) else { return nil }
-            return (day, cap, s.warmupDay == QueueStore.utcDay(now) ? s.warmupUsed[address, default: 0] : 0)
-        }
+        return published.withLock { $0.scheduler.warmupStatus(address, now: now) }
     }
 
     /// The IP assignment table rows.
@@ -541,9 +536,50 @@ public final class ClusterHub: Sendable {
     /// - Returns: what changed.
     /// - Throws: `AdminError.busy`.
     public func reload(_ new: ClusterConfig) throws -> ReloadReport {
-        let report = try command("reload") { scheduler, _ in scheduler.reloaded(new) }
-        published.withLock { $0.config = new }
-        return report
+        try command("reload") { scheduler, _ in scheduler.reloaded(new) }
+    }
+
+    /// Pauses a provider, pool or sending IP: stored, then no new leases for it until resumed.
+    /// - Throws: `SQLiteError`, `AdminError.busy`.
+    public func pause(_ pause: Pause) throws {
+        try store.savePause(pause)
+        try command("pause \(pause.target)") { scheduler, _ in ((), scheduler.paused(pause)) }
+    }
+
+    /// Ends a pause. - Returns: whether it was paused.
+    /// - Throws: `SQLiteError`, `AdminError.busy`.
+    public func resume(_ target: PauseTarget, by: String) throws -> Bool {
+        try store.deletePause(target)
+        return try command("resume \(target)") { scheduler, _ in scheduler.unpaused(target, by: by) }
+    }
+
+    /// Active pauses.
+    public func pauses() -> [Pause] {
+        published.withLock { $0.scheduler.pauses.values.sorted { ($0.target.kind.rawValue, $0.target.name) < ($1.target.kind.rawValue, $1.target.name) } }
+    }
+
+    /// Lifts every backoff of one provider (`lift --provider gmail`).
+    /// - Returns: the backoffs lifted.
+    /// - Throws: `AdminError.busy`.
+    public func liftProvider(_ label: String) throws -> [BackoffTable.Entry] {
+        let lifted = try command("lift provider \(label)") { scheduler, now in (scheduler.liftProvider(label, now: now), [Scheduler.Directive.scheduleNextTick(after: 0)]) }
+        for e in lifted {
+            do { try store.deleteBackoff(ip: e.sendingIP, provider: e.provider) } catch {
+                log.error("deleting a stored backoff failed", ["ip": e.sendingIP, "provider": e.provider, "error": "\(error)"])
+            }
+        }
+        return lifted
+    }
+
+    /// Why a waiting recipient waits (see `Scheduler.waitReason`).
+    public func waitReason(pool: String, domain: String, state: String, nextAttemptAt: Date?) -> String {
+        let now = clock.now()
+        return published.withLock { $0.scheduler.waitReason(pool: pool, domain: domain, state: state, nextAttemptAt: nextAttemptAt, now: now) }
+    }
+
+    /// The provider label of a destination domain (learned from MX hosts, or well known).
+    public func providerLabel(ofDomain domain: String) -> String {
+        published.withLock { $0.scheduler.providerLabel(ofDomain: domain) }
     }
 
     /// The configuration in force.

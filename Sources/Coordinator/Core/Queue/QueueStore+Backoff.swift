@@ -39,3 +39,43 @@ extension QueueStore {
         }
     }
 }
+
+/// Operator pauses survive a coordinator restart.
+extension QueueStore {
+    private func ensurePauseTable() throws {
+        try db.execute("CREATE TABLE IF NOT EXISTS pauses(kind TEXT NOT NULL, name TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(kind, name))")
+    }
+
+    /// Records (or replaces) a pause.
+    /// - Throws: `SQLiteError`.
+    public func savePause(_ p: Pause) throws {
+        try lock.withLock {
+            try ensurePauseTable()
+            try db.prepare("INSERT OR REPLACE INTO pauses(kind, name, by, reason, at) VALUES(?,?,?,?,?)")
+                .run([.text(p.target.kind.rawValue), .text(p.target.name), .text(p.by), .text(p.reason), .double(p.at)])
+        }
+    }
+
+    /// Forgets a pause. - Returns: whether one was stored.
+    /// - Throws: `SQLiteError`.
+    @discardableResult
+    public func deletePause(_ target: PauseTarget) throws -> Bool {
+        try lock.withLock {
+            try ensurePauseTable()
+            try db.prepare("DELETE FROM pauses WHERE kind=? AND name=?").run([.text(target.kind.rawValue), .text(target.name)])
+            return db.changes > 0
+        }
+    }
+
+    /// Every stored pause.
+    /// - Throws: `SQLiteError`.
+    public func pauses() throws -> [Pause] {
+        try lock.withLock {
+            try ensurePauseTable()
+            return try db.prepare("SELECT kind, name, by, reason, at FROM pauses ORDER BY kind, name").query([]) {
+                Pause(target: PauseTarget(kind: PauseTarget.Kind(rawValue: $0.text(0)) ?? .provider, name: $0.text(1)), by: $0.text(2),
+                      reason: $0.text(3), at: $0.double(4))
+            }
+        }
+    }
+}

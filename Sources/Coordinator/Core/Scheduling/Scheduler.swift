@@ -109,8 +109,14 @@ public struct Scheduler: Sendable {
     public private(set) var leases = LeaseTable()
     /// Active suspensions and throttles per (sending IP, provider).
     public private(set) var backoffs: BackoffTable
-    /// Destination domain → provider, learned from results' MX hosts and backoff reports.
+    /// Destination domain → shaping group (the key of backoffs: a `shaping.providers` name or
+    /// `mx:<host>`), learned from results' MX hosts and backoff reports.
     public private(set) var providerOfDomain: [String: String] = [:]
+    /// Destination domain → provider label (`gmail`, `microsoft`, a `shaping.providers` name,
+    /// `other`), learned from results' MX hosts; well-known domains are known from the start.
+    public private(set) var labelOfDomain: [String: String] = [:]
+    /// Operator pauses (providers, pools, sending IPs).
+    public private(set) var pauses: [PauseTarget: Pause] = [:]
     /// Warm-up: recipients leased per sending IP on `warmupDay` (UTC day number).
     public private(set) var warmupDay = -1
     public private(set) var warmupUsed: [String: Int] = [:]
@@ -138,9 +144,12 @@ public struct Scheduler: Sendable {
     ///   - config: the cluster configuration.
     ///   - draining: nodes in drain when the coordinator started (from the queue).
     ///   - backoffs: backoffs still active at start (from the queue).
+    ///   - pauses: operator pauses (from the queue).
     ///   - leaseHoldUntil: no new lease before this time (see `QueueStore.beginRun`).
-    public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], leaseHoldUntil: Date? = nil) {
+    public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], pauses: [Pause] = [],
+                leaseHoldUntil: Date? = nil) {
         self.config = config
+        for p in pauses { self.pauses[p.target] = p }
         self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
         self.backoffs = BackoffTable(entries: backoffs)
         self.leaseHoldUntil = leaseHoldUntil
@@ -218,6 +227,7 @@ public struct Scheduler: Sendable {
         for r in results {
             if let lease = leases.finished(r.leaseID), let mx = r.mxHost {
                 providerOfDomain[lease.domain] = config.shaping.group(forMXHost: mx).name
+                labelOfDomain[lease.domain] = config.providerName(forMXHost: mx)
             }
             out.append(.send(r.connection, .resultAck(ResultAckMessage(leaseID: r.leaseID))))
         }
@@ -315,6 +325,44 @@ public struct Scheduler: Sendable {
     /// - Returns: whether one was active.
     public mutating func liftRequested(ip: String, provider: String) -> Bool {
         backoffs.lift(ip: ip, provider: provider)
+    }
+
+    /// The provider label of a destination domain: learned from its MX hosts, else the
+    /// well-known domain table, else `unknown`.
+    public func providerLabel(ofDomain domain: String) -> String {
+        labelOfDomain[domain] ?? MailboxProvider.name(forDomain: domain) ?? "unknown"
+    }
+
+    /// The provider label of a backoff key (a `shaping.providers` name, or `mx:<host>` →
+    /// the label of that host).
+    public func providerLabel(ofBackoffKey key: String) -> String {
+        if key.hasPrefix("mx:") { return config.providerName(forMXHost: String(key.dropFirst(3))) }
+        if key.hasPrefix("domain:") { return providerLabel(ofDomain: String(key.dropFirst(7))) }
+        return key
+    }
+
+    /// Lifts every active backoff of one provider label (all its sending IPs at once).
+    /// The shell deletes the stored ones (the returned entries).
+    /// - Returns: the backoffs lifted.
+    public mutating func liftProvider(_ label: String, now: Date) -> [BackoffTable.Entry] {
+        let lifted = backoffs.active(now: now).filter { $0.provider == label || providerLabel(ofBackoffKey: $0.provider) == label }
+        for e in lifted { _ = backoffs.lift(ip: e.sendingIP, provider: e.provider) }
+        return lifted
+    }
+
+    /// Pauses a provider, pool or sending IP (the shell stored it first): no new leases for
+    /// its mail (or from that IP) until resumed; leases in flight finish.
+    public mutating func paused(_ pause: Pause) -> [Directive] {
+        pauses[pause.target] = pause
+        return [.log(.init(.warning, "paused", ["target": pause.target.description, "by": pause.by, "reason": pause.reason])),
+                .scheduleNextTick(after: 0)]
+    }
+
+    /// Ends a pause (the shell deleted it first).
+    /// - Returns: whether it was paused, and what to do.
+    public mutating func unpaused(_ target: PauseTarget, by: String) -> (Bool, [Directive]) {
+        guard pauses.removeValue(forKey: target) != nil else { return (false, []) }
+        return (true, [.log(.init(.info, "resumed", ["target": target.description, "by": by])), .scheduleNextTick(after: 0)])
     }
 
     /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
@@ -480,7 +528,9 @@ public struct Scheduler: Sendable {
         }
         let weights = Dictionary(config.ips.map { ($0.address, $0.weight) }, uniquingKeysWith: { a, _ in a })
         let candidates = ready.flatMap { s in
-            membership.table.leasable(by: s.nodeID).map { LeasePlanner.Candidate(ip: $0, node: s.nodeID, weight: weights[$0.address] ?? 1) }
+            membership.table.leasable(by: s.nodeID).filter { ip in
+                pauses[PauseTarget(kind: .ip, name: ip.address)] == nil && pauses[PauseTarget(kind: .pool, name: ip.pool)] == nil
+            }.map { LeasePlanner.Candidate(ip: $0, node: s.nodeID, weight: weights[$0.address] ?? 1) }
         }
         guard !candidates.isEmpty else { return out }
         var credits: [String: Int] = [:]
@@ -502,7 +552,10 @@ public struct Scheduler: Sendable {
         while true {
             let due = try queue.dueRecipients(pools: pools, now: now, limit: limit)
             guard !due.isEmpty else { return out }
-            let groups = LeasePlanner.group(due)
+            var groups = LeasePlanner.group(due)
+            if pauses.keys.contains(where: { $0.kind == .provider }) {
+                groups.removeAll { pauses[PauseTarget(kind: .provider, name: providerLabel(ofDomain: $0.domain))] != nil }
+            }
             var budget: [String: Int] = [:]
             for c in candidates {
                 if let (_, dayCap) = config.warmupCap(for: c.ip.address, now: now) { budget[c.ip.address] = max(0, dayCap - warmupUsed[c.ip.address, default: 0]) }
@@ -559,6 +612,60 @@ public struct Scheduler: Sendable {
     }
 
     // MARK: - Reading
+
+    /// Why a waiting recipient waits, in an operator's words (`queue list`): `retry at …`,
+    /// `paused: provider gmail (by ops: …)`, `no eligible IP in pool bulk`, `suspended: gmail
+    /// backoff until …`, `warm-up cap of 192.0.2.13 reached until 00:00 UTC`, `shaping: …`, or
+    /// `due: leased at the next scheduler pass`.
+    /// - Parameters:
+    ///   - pool: the message's pool.
+    ///   - domain: the recipient's domain.
+    ///   - state: its state (`queued`, `deferred`, `leased`, `held`).
+    ///   - nextAttemptAt: when it is due.
+    ///   - now: the current time.
+    public func waitReason(pool: String, domain: String, state: String, nextAttemptAt: Date?, now: Date) -> String {
+        func iso(_ d: Date) -> String { Logger.timestamp(d) }
+        switch state {
+        case "leased": return "leased: a delivery is in progress"
+        case "held": return "held by an operator (release to send)"
+        default: break
+        }
+        if let at = nextAttemptAt, at > now { return "retry at \(iso(at))" }
+        if let p = pauses[PauseTarget(kind: .pool, name: pool)] { return "paused: pool \(pool) (by \(p.by)\(p.reason.isEmpty ? "" : ": " + p.reason))" }
+        let label = providerLabel(ofDomain: domain)
+        if let p = pauses[PauseTarget(kind: .provider, name: label)] { return "paused: provider \(label) (by \(p.by)\(p.reason.isEmpty ? "" : ": " + p.reason))" }
+        if let hold = leaseHoldUntil, now < hold { return "restart hold: no leases until \(iso(hold))" }
+        let inPool = membership.table.entries.filter { $0.ip.pool == pool }
+        guard !inPool.isEmpty else { return "no sending IP in pool \(pool)" }
+        let usable = inPool.filter { e in e.owner.map { membership.isActive($0) } == true && e.handoverTo == nil }
+        guard !usable.isEmpty else {
+            return "no eligible IP in pool \(pool): none is owned by an active node (\(inPool.map { "\($0.ip.address) \($0.owner.map { "on \($0) (\(self.state(of: $0).rawValue))" } ?? "unowned")" }.joined(separator: ", ")))"
+        }
+        let unpaused = usable.filter { pauses[PauseTarget(kind: .ip, name: $0.ip.address)] == nil }
+        guard !unpaused.isEmpty else { return "paused: every IP of pool \(pool) (\(usable.map(\.ip.address).joined(separator: ", ")))" }
+        let key = providerOfDomain[domain] ?? "domain:" + domain
+        let open = unpaused.filter { !backoffs.blocks(ip: $0.ip.address, provider: key, now: now) }
+        guard !open.isEmpty else {
+            let entries = unpaused.compactMap { backoffs.entry(ip: $0.ip.address, provider: key) }
+            let until = entries.map(\.until).min().map { iso(Date(timeIntervalSince1970: $0)) } ?? "?"
+            let what = entries.first?.action == .throttle ? "throttled" : "suspended"
+            return "\(what): \(providerLabel(ofBackoffKey: key)) backoff on \(unpaused.map(\.ip.address).joined(separator: ", ")) until \(until) (\(entries.first?.reason ?? ""))"
+        }
+        let warm = open.filter { e in
+            guard let (_, cap) = config.warmupCap(for: e.ip.address, now: now) else { return true }
+            return warmupUsed[e.ip.address, default: 0] < cap || warmupDay != QueueStore.utcDay(now)
+        }
+        guard !warm.isEmpty else {
+            return "warm-up cap of \(open.map(\.ip.address).joined(separator: ", ")) reached until 00:00 UTC"
+        }
+        let cap = max(1, config.delivery.connectionsPerIP * 2)
+        var inFlight: [String: Int] = [:]
+        for node in membership.sessions.keys { for (ip, n) in leases.inFlight(node: node) { inFlight[ip, default: 0] += n } }
+        if warm.allSatisfy({ inFlight[$0.ip.address, default: 0] >= cap }) {
+            return "shaping: every usable IP of pool \(pool) has \(cap) leases in flight"
+        }
+        return "due: leased at the next scheduler pass"
+    }
 
     /// Warm-up state of an IP at `now`: (day of plan, cap, recipients leased today); nil when
     /// warmed or without a plan.
