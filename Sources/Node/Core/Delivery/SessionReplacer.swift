@@ -75,6 +75,8 @@ public final class SessionReplacer: Sendable {
         return accepted
     }
 
+    /// Requests waiting to be taken by the worker.
+    public var waiting: Int { queue.withLock { $0.requests.count } }
     /// Requests waiting or being opened.
     public var backlog: Int { queue.withLock { $0.requests.count + $0.inProgress } }
     /// Requests dropped because the queue was full.
