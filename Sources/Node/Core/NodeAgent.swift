@@ -290,8 +290,11 @@ public final class NodeAgent: Sendable {
                 return q
             }
             guard let q else { continue }
+            // Long-lived delivery workers: they end when the IP's queue is closed and empty.
             for _ in 0..<perIP {
-                Thread.detachNewThread { [self] in worker(q, ip: ip.address) }
+                let thread = Thread { [self] in worker(q, ip: ip.address) }
+                thread.name = "hato-node-delivery-\(ip.address)"
+                thread.start()
             }
         }
     }
