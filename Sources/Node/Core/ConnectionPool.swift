@@ -1,20 +1,21 @@
 import Foundation
 import HatoShared
 
-/// Outbound SMTP sessions kept open for reuse, and the shaping limits over them.
+/// Outbound SMTP sessions kept open for reuse, and the shaping limits over them: the locked
+/// shell around a `ShapingLedger`, which makes every decision.
 ///
-/// Every connection belongs to a (sending IP, provider) `ShapingKey`. The pool holds, per key:
-/// the number of open connections (busy, idle, or being opened) — never more than the rule's
-/// `max_connections`; the rate limiter for `max_rate`; and, per (sending IP, MX host, address),
-/// the idle sessions that wait for their next message. A session is used for at most
+/// Every connection belongs to a (sending IP, provider) `ShapingKey`. Per key: the number of
+/// open connections (busy, idle, or being opened) — never more than the rule's
+/// `max_connections`; the rate limiter for `max_rate`; and, per `SessionRoute`, the idle
+/// sessions that wait for their next message. A session is used for at most
 /// `messages_per_connection` messages and is closed (QUIT) after `idleTimeout` seconds unused.
 ///
 /// All delivery threads of a node share one pool, so the limits hold across every lease the
 /// node works on. Waiting for a slot blocks the calling thread (never a cooperative-pool
-/// thread) until a connection is returned, closed, or the caller's deadline passes.
-/// `@unchecked Sendable`: all state is behind one `NSCondition`; network I/O (QUIT) happens
-/// outside it.
-public final class SMTPConnectionPool: @unchecked Sendable {
+/// thread) until a connection is returned, closed, or the caller's deadline passes (monotonic
+/// clock). Network I/O (QUIT) always happens outside the lock; a closed session's slot is
+/// released only after its QUIT, so the receiver never sees more than the limit.
+public final class SMTPConnectionPool: Sendable {
     /// What `checkout` found.
     public enum Checkout {
         /// An idle session to this target: `prepareForReuse()` it before use (see `replace(_:)` if it fails).
@@ -26,33 +27,20 @@ public final class SMTPConnectionPool: @unchecked Sendable {
     }
 
     /// A reserved connection slot.
-    public struct Ticket: Sendable {
-        /// The key the slot counts against.
-        public let key: ShapingKey
-        /// The limits that apply.
-        public let limits: ShapingLimits
-    }
+    public typealias Ticket = ShapingTicket
 
-    private struct IdleKey: Hashable {
-        let sendingIP: String
-        let heloName: String
-        let host: String
-        let address: String
-        let port: UInt16
-    }
+    private typealias Ledger = ShapingLedger<SMTPClientConnection>
 
     /// The shaping rules.
     public let shaping: ShapingSettings
-    /// Seconds an idle session is kept.
+    /// Seconds an idle session is kept (0: closed after each delivery).
     public let idleTimeout: TimeInterval
 
-    private let cond = NSCondition()
-    private var openCount: [ShapingKey: Int] = [:]
-    private var idle: [IdleKey: [SMTPClientConnection]] = [:]
-    private var limiters: [ShapingKey: MessageRateLimiter] = [:]
-    private var stopped = false
-    private var reaperStarted = false
-    private var maxOpenSeen: [ShapingKey: Int] = [:]
+    private let state: LockedCondition<Ledger>
+    /// The idle reaper, started with the first idle session.
+    private let reaper = Locked<BackgroundLoop?>(nil)
+    /// How often the reaper looks for expired idle sessions.
+    private let reapInterval: Duration
 
     /// - Parameters:
     ///   - shaping: the limits (default: 10 connections, 100 messages per connection, no rate limit).
@@ -60,6 +48,9 @@ public final class SMTPConnectionPool: @unchecked Sendable {
     public init(shaping: ShapingSettings = ShapingSettings(), idleTimeout: TimeInterval = 30) {
         self.shaping = shaping
         self.idleTimeout = max(0, idleTimeout)
+        let ledger = Ledger(shaping: shaping, idleTimeout: .seconds(self.idleTimeout))
+        reapInterval = ledger.reapInterval
+        state = LockedCondition(ledger)
     }
 
     deinit { shutdown() }
@@ -76,49 +67,34 @@ public final class SMTPConnectionPool: @unchecked Sendable {
     ///   - heloName: the EHLO name (sessions are reused only with the same name).
     ///   - target: the MX host and address.
     ///   - requireTLS: whether only a TLS session will do.
-    ///   - deadline: the latest time to wait for a slot.
+    ///   - deadline: the latest monotonic instant to wait for a slot.
     ///   - evictingIdle: whether an idle session to another MX host of the same shaping key may
-    ///     be closed to free a slot (false for speculative opens).
+    ///     be closed to free a slot.
+    ///   - speculative: a checkout nobody waits for (a replacement session): refused for a
+    ///     revoked sending IP.
+    public func checkout(sendingIP: String, heloName: String, target: DeliveryTarget, requireTLS: Bool,
+                         until deadline: ContinuousClock.Instant, evictingIdle: Bool = true, speculative: Bool = false) -> Checkout {
+        let request = Ledger.CheckoutRequest(route: SessionRoute(sendingIP: sendingIP, heloName: heloName, target: target),
+                                             requireTLS: requireTLS, evictingIdle: evictingIdle, speculative: speculative)
+        while true {
+            let step = state.wait(until: deadline, for: { $0.mayCheckout(request) }) { ledger, _ in
+                ledger.checkout(request, now: .now, deadline: deadline)
+            }
+            retire(step.retirements)
+            switch step.decision {
+            case .reuse(let c): return .reuse(c)
+            case .open(let t): return .open(t)
+            case .unavailable(let why): return .unavailable(why)
+            case .wait: continue
+            }
+        }
+    }
+
+    /// `checkout` with a wall-clock deadline, converted once to the monotonic clock.
     public func checkout(sendingIP: String, heloName: String, target: DeliveryTarget, requireTLS: Bool, until deadline: Date,
                          evictingIdle: Bool = true) -> Checkout {
-        let (key, limits) = key(sendingIP: sendingIP, mxHost: target.host)
-        let idleKey = IdleKey(sendingIP: sendingIP, heloName: heloName, host: target.host, address: target.address, port: target.port)
-        var retire: [SMTPClientConnection] = []
-        defer { for c in retire { c.quit() } }
-        cond.lock()
-        defer { cond.unlock() }
-        while true {
-            if stopped { return .unavailable("the node is stopping") }
-            while var list = idle[idleKey], let conn = list.popLast() {
-                idle[idleKey] = list.isEmpty ? nil : list
-                if requireTLS && conn.tls == nil {
-                    // A plaintext session cannot serve a TLS-only route: it gives its slot to this caller.
-                    retire.append(conn)
-                    if conn.shapingKey == key { return .open(Ticket(key: key, limits: limits)) }
-                    release(key: conn.shapingKey ?? key)
-                    continue
-                }
-                return .reuse(conn)
-            }
-            if openCount[key, default: 0] < limits.maxConnections {
-                openCount[key, default: 0] += 1
-                maxOpenSeen[key] = max(maxOpenSeen[key] ?? 0, openCount[key] ?? 0)
-                return .open(Ticket(key: key, limits: limits))
-            }
-            // At the limit: an idle session of the same key to another MX host gives up its slot.
-            if evictingIdle, let (other, _) = idle.first(where: { $0.value.contains { $0.shapingKey == key } }),
-               var list = idle[other], let index = list.firstIndex(where: { $0.shapingKey == key }) {
-                let victim = list.remove(at: index)
-                idle[other] = list.isEmpty ? nil : list
-                retire.append(victim)
-                return .open(Ticket(key: key, limits: limits))
-            }
-            // Wait for a returned or closed session (spurious wake-ups just loop).
-            if Date() >= deadline {
-                return .unavailable("shaping: all \(limits.maxConnections) connection(s) for \(key) stayed busy until the lease's shaping deadline")
-            }
-            _ = cond.wait(until: deadline)
-        }
+        checkout(sendingIP: sendingIP, heloName: heloName, target: target, requireTLS: requireTLS,
+                 until: .from(deadline), evictingIdle: evictingIdle)
     }
 
     /// Registers a newly opened session on its slot.
@@ -129,133 +105,120 @@ public final class SMTPConnectionPool: @unchecked Sendable {
 
     /// Gives back a slot whose connection could not be opened.
     public func abandon(_ ticket: Ticket) {
-        cond.lock()
-        release(key: ticket.key)
-        cond.unlock()
+        state.withLockAndBroadcast { $0.release(ticket.key) }
     }
 
     /// Closes a dead reused session and turns its slot into a ticket at once (no waiting), so
     /// the message goes out on a fresh connection without delay.
     public func replace(_ connection: SMTPClientConnection) -> Ticket {
         connection.close()
-        let key = connection.shapingKey ?? ShapingKey(sendingIP: connection.sendingIP, group: "mx:" + connection.target.host)
-        return Ticket(key: key, limits: shaping.group(forMXHost: connection.target.host).limits)
+        return Ticket(key: slotKey(of: connection), limits: shaping.group(forMXHost: connection.target.host).limits)
     }
 
     /// Whether the session may carry another message (its messages-per-connection limit).
     public func hasRoom(_ connection: SMTPClientConnection) -> Bool {
-        !connection.isClosed && (connection.messageLimit == 0 || connection.transactions < connection.messageLimit)
+        Ledger.hasRoom(transactions: connection.transactions, limit: connection.messageLimit, isClosed: connection.isClosed)
     }
 
     /// Returns a session after a delivery: kept idle for reuse when `reusable`, it is healthy, it
-    /// has room for more messages and idle reuse is on; otherwise QUIT and closed (its slot freed).
+    /// has room for more messages, idle reuse is on and its sending IP is not revoked;
+    /// otherwise QUIT and closed (its slot freed after the server closed).
     public func checkin(_ connection: SMTPClientConnection, reusable: Bool) {
-        let keep = reusable && hasRoom(connection) && idleTimeout > 0
-        cond.lock()
-        if keep && !stopped {
-            let k = IdleKey(sendingIP: connection.sendingIP, heloName: connection.heloName, host: connection.target.host,
-                            address: connection.target.address, port: connection.target.port)
-            idle[k, default: []].append(connection)
-            startReaperLocked()
-            cond.broadcast()
-            cond.unlock()
+        let keepable = reusable && hasRoom(connection)
+        let kept = state.withLockAndBroadcast {
+            $0.checkin(connection, route: connection.route, key: slotKey(of: connection), hasTLS: connection.tls != nil,
+                       keepable: keepable, now: .now)
+        }
+        if kept {
+            startReaper()
             return
         }
-        cond.unlock()
         // The slot is freed only once the server has closed its side: the receiver never
         // sees more than the limit, not even while a retired session is still closing.
         connection.quit()
-        cond.withLock { release(key: connection.shapingKey ?? ShapingKey(sendingIP: connection.sendingIP, group: "mx:" + connection.target.host)) }
+        state.withLockAndBroadcast { $0.release(slotKey(of: connection)) }
     }
 
     /// Waits for the rate limit of the session's key (`max_rate`), booking a slot.
+    /// - Parameters:
+    ///   - connection: the session about to send.
+    ///   - deadline: the latest acceptable slot (monotonic).
     /// - Returns: false (nothing booked) when the slot would come after `deadline`.
-    public func awaitSendSlot(for connection: SMTPClientConnection, until deadline: Date) -> Bool {
+    public func awaitSendSlot(for connection: SMTPClientConnection, until deadline: ContinuousClock.Instant) -> Bool {
         guard let key = connection.shapingKey else { return true }
         let limits = shaping.group(forMXHost: connection.target.host).limits
-        guard let rate = limits.maxRate else { return true }
-        let at: Date? = cond.withLock {
-            var limiter = limiters[key] ?? MessageRateLimiter(rate: rate)
-            let slot = limiter.reserve(now: Date(), notAfter: deadline)
-            limiters[key] = limiter
-            return slot
+        guard limits.maxRate != nil else { return true }
+        let now = ContinuousClock.now
+        guard let at = state.withLock({ $0.reserveSendSlot(for: key, limits: limits, now: now, deadline: deadline) }) else {
+            return false
         }
-        guard let at else { return false }
-        let wait = at.timeIntervalSinceNow
-        if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+        let wait = at - ContinuousClock.now
+        if wait > .zero { Thread.sleep(forTimeInterval: wait.inSeconds) }
         return true
     }
 
     /// Open connections (busy and idle) per key, for metrics and tests.
-    public var openConnections: [ShapingKey: Int] { cond.withLock { openCount.filter { $0.value > 0 } } }
+    public var openConnections: [ShapingKey: Int] { state.withLock { $0.openConnections } }
     /// Idle sessions in the pool.
-    public var idleCount: Int { cond.withLock { idle.values.reduce(0) { $0 + $1.count } } }
+    public var idleCount: Int { state.withLock { $0.idleCount } }
     /// The most connections that were ever open at once per key.
-    public var peakConnections: [ShapingKey: Int] { cond.withLock { maxOpenSeen } }
+    public var peakConnections: [ShapingKey: Int] { state.withLock { $0.peakConnections } }
 
-    /// Closes the idle sessions (of one sending IP, or all), e.g. when an IP is revoked.
+    /// Closes the idle sessions (of one sending IP, or all) with QUIT.
     public func closeIdle(sendingIP: String? = nil) {
-        var closing: [SMTPClientConnection] = []
-        cond.lock()
-        for (k, list) in idle where sendingIP == nil || k.sendingIP == sendingIP {
-            closing += list
-            idle[k] = nil
-        }
-        cond.unlock()
-        for c in closing { c.quit() }
-        cond.withLock { for c in closing { release(key: c.shapingKey ?? ShapingKey(sendingIP: c.sendingIP, group: "mx:" + c.target.host)) } }
+        retire(state.withLock { $0.takeIdle(sendingIP: sendingIP) }.map { Ledger.Retirement(idle: $0, releasesSlot: true) })
     }
+
+    /// A sending IP was revoked: its idle sessions are closed (QUIT) now, none is kept idle or
+    /// opened in the background from it any more; deliveries in flight still get sessions.
+    public func revoke(sendingIP: String) {
+        retire(state.withLock { $0.revoke(sendingIP: sendingIP) }.map { Ledger.Retirement(idle: $0, releasesSlot: true) })
+    }
+
+    /// A sending IP was (again) assigned to this node: sessions from it are kept idle again.
+    public func reinstate(sendingIP: String) {
+        state.withLock { $0.reinstate(sendingIP: sendingIP) }
+    }
+
+    /// Whether `sendingIP` is revoked (see `revoke(sendingIP:)`).
+    public func isRevoked(sendingIP: String) -> Bool { state.withLock { $0.isRevoked(sendingIP) } }
 
     /// Closes every idle session and refuses further checkouts.
     public func shutdown() {
-        cond.lock()
-        stopped = true
-        cond.broadcast()
-        cond.unlock()
-        closeIdle()
+        let idle = state.withLockAndBroadcast { $0.stop() }
+        reaper.withLock { $0 }?.stop()
+        retire(idle.map { Ledger.Retirement(idle: $0, releasesSlot: true) })
     }
 
     // MARK: Private
 
-    /// Frees one slot of `key` and wakes waiters. Call with the lock held.
-    private func release(key: ShapingKey) {
-        let n = (openCount[key] ?? 1) - 1
-        openCount[key] = n > 0 ? n : nil
-        cond.broadcast()
+    /// The key a session's slot counts against.
+    private func slotKey(of connection: SMTPClientConnection) -> ShapingKey {
+        connection.shapingKey ?? ShapingKey(sendingIP: connection.sendingIP, group: "mx:" + connection.target.host)
     }
 
-    /// Starts the idle reaper thread once. Call with the lock held.
-    private func startReaperLocked() {
-        guard !reaperStarted else { return }
-        reaperStarted = true
-        let thread = Thread { [weak self] in
-            while let pool = self, pool.reapOnce() {}
-        }
-        thread.name = "hato-smtp-pool-reaper"
-        thread.start()
+    /// QUITs retired sessions (outside the lock), then releases the slots that were theirs.
+    private func retire(_ retirements: [Ledger.Retirement]) {
+        guard !retirements.isEmpty else { return }
+        for r in retirements { r.idle.session.quit() }
+        let keys = retirements.filter(\.releasesSlot).map(\.idle.key)
+        if !keys.isEmpty { state.withLockAndBroadcast { ledger in for k in keys { ledger.release(k) } } }
     }
 
-    /// Closes idle sessions older than `idleTimeout`, then sleeps a little.
-    /// - Returns: false once the pool is stopped.
-    private func reapOnce() -> Bool {
-        let interval = min(1.0, max(0.05, idleTimeout / 4))
-        var expired: [SMTPClientConnection] = []
-        cond.lock()
-        if stopped { cond.unlock(); return false }
-        _ = cond.wait(until: Date().addingTimeInterval(interval))
-        let now = Date()
-        for (k, list) in idle {
-            let (old, fresh) = (list.filter { now.timeIntervalSince($0.lastUsed) >= idleTimeout }, list.filter { now.timeIntervalSince($0.lastUsed) < idleTimeout })
-            if old.isEmpty { continue }
-            expired += old
-            idle[k] = fresh.isEmpty ? nil : fresh
+    /// Starts the idle reaper once: it closes sessions idle for `idleTimeout`.
+    private func startReaper() {
+        let interval = reapInterval
+        let loop: BackgroundLoop? = reaper.withLock { current in
+            guard current == nil else { return nil }
+            let loop = BackgroundLoop(name: "hato-smtp-pool-reaper") { [weak self] in
+                guard let self else { return .seconds(3600) }
+                self.retire(self.state.withLock { $0.expireIdle(now: .now) }.map { Ledger.Retirement(idle: $0, releasesSlot: true) })
+                return interval
+            }
+            current = loop
+            return loop
         }
-        let keepGoing = !stopped
-        cond.unlock()
-        for c in expired { c.quit() }
-        if !expired.isEmpty {
-            cond.withLock { for c in expired { release(key: c.shapingKey ?? ShapingKey(sendingIP: c.sendingIP, group: "mx:" + c.target.host)) } }
-        }
-        return keepGoing
+        if state.withLock({ $0.stopped }) { loop?.stop() }
+        loop?.start()
     }
 }

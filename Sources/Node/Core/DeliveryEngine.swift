@@ -70,14 +70,15 @@ public final class DeliveryEngine: Sendable {
     /// - Parameters:
     ///   - lease: the lease (one message, one destination, one sending IP).
     ///   - body: the message content.
-    ///   - deadline: the lease's local deadline; nothing is sent after it, and shaping waits
-    ///     end a little before it (a quarter of the lease time, at most 60 s).
+    ///   - deadline: the lease's local deadline on the monotonic clock; nothing is started or
+    ///     sent after it, and shaping waits end a little before it (a quarter of the lease
+    ///     time, at least 1 s, at most 60 s).
     /// - Returns: the results; never throws.
-    public func deliver(lease: Lease, body: [UInt8], deadline: Date) -> LeaseOutcome {
+    public func deliver(lease: Lease, body: [UInt8], deadline: ContinuousClock.Instant) -> LeaseOutcome {
         let route = config.route(for: lease.domain)
-        let resolveStart = Date()
+        let resolveStart = ContinuousClock.now
         let resolved = nextHops.targets(for: lease.domain, staticNextHop: route.map { ($0.nextHop.host, $0.nextHop.port) })
-        let resolveSeconds = Date().timeIntervalSince(resolveStart)
+        let resolveSeconds = (ContinuousClock.now - resolveStart).inSeconds
         switch resolved {
         case .failure(let f):
             let results = lease.recipients.map {
@@ -91,9 +92,9 @@ public final class DeliveryEngine: Sendable {
             var request = DeliveryRequest(reversePath: lease.reversePath,
                                           recipients: lease.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
                                           body: body, sendingIP: lease.sendingIP, heloName: lease.helo)
-            request.notAfter = deadline
+            request.leaseDeadline = deadline
             let margin = min(60, max(1, lease.expiresIn / 4))
-            request.shapingDeadline = deadline.addingTimeInterval(-margin)
+            request.shapingWaitDeadline = deadline - .seconds(margin)
             request.tlsPolicy = SMTPTLSPolicy(rawValue: (route?.tls ?? config.delivery.tls).rawValue) ?? .opportunistic
             let report = deliverer.deliver(request, to: targets)
             let results = report.outcomes.map { o -> RecipientResult in
@@ -124,13 +125,32 @@ public final class DeliveryEngine: Sendable {
         }
     }
 
-    /// Closes the idle sessions from one sending IP (e.g. when it is revoked), or all.
+    /// `deliver(lease:body:deadline:)` with a wall-clock deadline, converted once to the
+    /// monotonic clock.
+    public func deliver(lease: Lease, body: [UInt8], deadline: Date) -> LeaseOutcome {
+        deliver(lease: lease, body: body, deadline: .from(deadline))
+    }
+
+    /// Closes the idle sessions from one sending IP (e.g. when it is released), or all.
     public func closeIdleSessions(sendingIP: String? = nil) {
         deliverer.pool.closeIdle(sendingIP: sendingIP)
     }
 
-    /// Closes every idle session and stops reuse.
+    /// The coordinator revoked `sendingIP`: its idle sessions are closed (QUIT) at once and
+    /// no session from it is kept idle or opened in the background; deliveries in flight from
+    /// it still finish.
+    public func revokeSendingIP(_ sendingIP: String) {
+        deliverer.pool.revoke(sendingIP: sendingIP)
+    }
+
+    /// `sendingIP` was assigned to this node (again): its sessions are kept for reuse.
+    public func reinstateSendingIP(_ sendingIP: String) {
+        deliverer.pool.reinstate(sendingIP: sendingIP)
+    }
+
+    /// Closes every idle session, stops reuse and the replacement worker.
     public func shutdown() {
+        deliverer.replacer.stop()
         deliverer.pool.shutdown()
     }
 }

@@ -5,33 +5,62 @@ import HatoShared
 struct HeldLease: Sendable {
     var lease: Lease
     var body: [UInt8]
-    var deadline: Date
+    /// The local deadline on the monotonic clock (`NodeAgent.deadline(for:receivedAt:wallNow:)`).
+    var deadline: ContinuousClock.Instant
 }
 
 /// A blocking FIFO for one sending IP's leases.
-final class LeaseQueue: @unchecked Sendable {
-    private let cond = NSCondition()
-    private var items: [HeldLease] = []
-    private var closed = false
+final class LeaseQueue: Sendable {
+    private struct State: Sendable {
+        var items: [HeldLease] = []
+        var head = 0
+        var closed = false
+        var count: Int { items.count - head }
+    }
+    private let state = LockedCondition(State())
 
-    func push(_ l: HeldLease) { cond.lock(); items.append(l); cond.signal(); cond.unlock() }
+    /// Appends a lease and wakes a waiting worker.
+    func push(_ l: HeldLease) { state.withLockAndBroadcast { $0.items.append(l) } }
 
     /// The next lease, or nil once closed and empty.
     func pop() -> HeldLease? {
-        cond.lock(); defer { cond.unlock() }
-        while items.isEmpty && !closed { cond.wait() }
-        return items.isEmpty ? nil : items.removeFirst()
+        state.wait(until: nil, for: { $0.count > 0 || $0.closed }) { s, _ -> HeldLease? in
+            guard s.count > 0 else { return nil }
+            let next = s.items[s.head]
+            s.head += 1
+            if s.head > 64 && s.head * 2 > s.items.count { s.items.removeFirst(s.head); s.head = 0 }
+            return next
+        }
     }
 
-    func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
-    var count: Int { cond.lock(); defer { cond.unlock() }; return items.count }
+    /// No more leases: `pop` returns what is queued, then nil.
+    func close() { state.withLockAndBroadcast { $0.closed = true } }
+    /// Leases queued.
+    var count: Int { state.withLock { $0.count } }
 }
 
 /// A worker node: joins the coordinator, owns the sending IPs it is given,
 /// pulls leases (credit-based flow control), delivers each from its leased
 /// sending IP, journals and reports every recipient's outcome, and reconnects
-/// with backoff when the coordinator is gone.
-public final class NodeAgent: @unchecked Sendable {
+/// with backoff (`ReconnectBackoff`) when the coordinator is gone.
+///
+/// Threads: `run()`'s thread reads the cluster connection; a heartbeat loop per session;
+/// `connections_per_ip` delivery workers per owned sending IP. What they share is in one
+/// `LockedCondition`; everything else is immutable.
+public final class NodeAgent: Sendable {
+    /// What the agent's threads share.
+    private struct State: Sendable {
+        var connection: ClusterConnection?
+        var ips: [String: AssignedIP] = [:]
+        var queues: [String: LeaseQueue] = [:]
+        var workers: [String: Int] = [:]
+        var revoking: Set<String> = []
+        var inFlight = 0
+        var running = true
+        /// The `ips:` section as last read (updated by `reloadIPs`); empty: the start-up one.
+        var configuredIPs: [SendingIPSettings] = []
+    }
+
     private let config: ClusterConfig
     /// This node's id (`nodes[].id`).
     public let nodeID: String
@@ -42,15 +71,8 @@ public final class NodeAgent: @unchecked Sendable {
     /// One per agent, so the shaping limits hold across all its delivery threads.
     let engine: DeliveryEngine
     private let log: Logger
-    private let lock = NSLock()
-    private var connection: ClusterConnection?
-    private var ips: [String: AssignedIP] = [:]
-    private var queues: [String: LeaseQueue] = [:]
-    private var workers: [String: Int] = [:]
+    private let state = LockedCondition(State())
     private let backoffMatcher: BackoffMatcher
-    private var revoking: Set<String> = []
-    private var inFlight = 0
-    private var running = true
     /// Prometheus metrics (served on `nodes[].metrics_listen` by the CLI; NodeMetrics.swift).
     public let metrics: NodeMetrics
 
@@ -67,40 +89,39 @@ public final class NodeAgent: @unchecked Sendable {
         self.log = Logger(label: "node.\(nodeID)")
         self.engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
         self.metrics = NodeMetrics(shaping: config.shaping)
-        metrics.observe { [unowned self] in lock.withLock { (connection != nil, ips.count, inFlight) } }
+        metrics.observe { [unowned self] in state.withLock { ($0.connection != nil, $0.ips.count, $0.inFlight) } }
     }
 
     /// Leases per sending IP worked on at once.
     private var perIP: Int { max(1, config.delivery.connectionsPerIP) }
 
-    /// The `ips:` section as last read (updated by `reloadIPs`).
-    private var configuredIPs: [SendingIPSettings] = []
-
     /// Re-reads the sending IPs from a new configuration (SIGHUP) and tells the coordinator
     /// which of them this host can bind; other settings need a restart.
     public func reloadIPs(from new: ClusterConfig) {
-        lock.withLock { configuredIPs = new.ips }
+        state.withLock { $0.configuredIPs = new.ips }
         let binds = bindableIPs()
         log.info("configuration re-read; announcing bindable IPs", ["bindable": binds.joined(separator: ",")])
-        try? lock.withLock { connection }?.send(.announce(AnnounceMessage(bindableIPs: binds)))
+        try? state.withLock { $0.connection }?.send(.announce(AnnounceMessage(bindableIPs: binds)))
     }
 
     /// Configured sending IPs this node may own and this host can bind (bind test on port 0).
     public func bindableIPs() -> [String] {
-        let ips = lock.withLock { configuredIPs.isEmpty ? config.ips : configuredIPs }
+        let ips = state.withLock { $0.configuredIPs.isEmpty ? config.ips : $0.configuredIPs }
         return ips.filter { $0.nodes.isEmpty || $0.nodes.contains(nodeID) }.map(\.address).filter { addr in
             guard let s = try? Socket.listen(on: SocketAddress(host: addr, port: 0), backlog: 1) else { return false }
             s.close(); return true
         }
     }
 
-    /// Runs forever: connect, serve, and reconnect with backoff (0.5 s doubling to 10 s).
+    /// Runs until `stop()`: connect, serve, and reconnect after a wait from `ReconnectBackoff`
+    /// (0.5 s up to 10 s with jitter; back to the start after every successful join).
     public func run() {
-        var backoff = 0.5
-        while lock.withLock({ running }) {
+        var backoff = ReconnectBackoff()
+        var random = SystemRandomNumberGenerator()
+        while state.withLock({ $0.running }) {
             do {
-                try session()
-                backoff = 0.5
+                try session(joined: { backoff.joined() })
+                backoff.joined()
             } catch let e as ClusterProtocolError {
                 if case .rejected(let reason, retryable: false) = e {
                     log.error("coordinator refused this node; not retrying", ["reason": reason])
@@ -115,14 +136,16 @@ public final class NodeAgent: @unchecked Sendable {
             } catch {
                 log.warning("cluster connection ended", ["reason": "\(error)"])
             }
-            lock.withLock { connection = nil }
-            Thread.sleep(forTimeInterval: backoff)
-            backoff = min(backoff * 2, 10)
+            state.withLock { $0.connection = nil }
+            let wait = backoff.next(using: &random)
+            // Waits on the monotonic clock; `stop()` cuts the wait short.
+            state.wait(until: .now + wait, for: { !$0.running }) { _, _ in }
         }
     }
 
     /// One connection's life: handshake, journal replay, credits, then read until it ends.
-    private func session() throws {
+    /// - Parameter joined: called once the coordinator's `welcome` is verified.
+    private func session(joined: () -> Void) throws {
         let sock = try Socket.connect(to: config.coordinator.listen, timeout: 5)
         sock.setTimeouts(read: 10, write: 30)
         let conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
@@ -154,28 +177,33 @@ public final class NodeAgent: @unchecked Sendable {
         guard ClusterAuth.verify(welcome.proof, expected: ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: myNonce, nodeID: nodeID)) else {
             throw ClusterProtocolError.authenticationFailed
         }
+        joined()
         sock.setTimeouts(read: max(welcome.peerTimeout, welcome.heartbeatInterval * 3), write: 30)
         setOwned(welcome.assignedIPs)
         log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
         // Re-report what the journal still holds before asking for work (the coordinator
         // reconciles older instances' leases on our first request).
         for r in journal.pending { try conn.send(.result(r)) }
-        lock.withLock { connection = conn }
+        state.withLock { $0.connection = conn }
         try conn.send(.leaseRequest(LeaseRequestMessage(credits: freeCredits())))
-        let hb = Thread { [self] in heartbeats(conn, every: welcome.heartbeatInterval) }
-        hb.start()
-        defer { lock.withLock { if connection === conn { connection = nil } } }
+        let heartbeat = heartbeats(conn, every: welcome.heartbeatInterval)
+        heartbeat.start()
+        defer {
+            heartbeat.stop()
+            state.withLock { if $0.connection === conn { $0.connection = nil } }
+        }
         while true {
             switch try conn.receive() {
             case .heartbeat: break
             case .leaseGrant(let grant, let payload):
-                let now = Date()
+                // The deadline is taken at receipt, on the monotonic clock.
+                let now = ContinuousClock.now, wallNow = Date()
                 for l in grant.leases {
                     let body = Array(payload[l.bodyOffset..<(l.bodyOffset + l.bodyLength)])
-                    let held = HeldLease(lease: l, body: body, deadline: NodeAgent.deadline(for: l, receivedAt: now))
-                    guard let q = lock.withLock({ () -> LeaseQueue? in
-                        guard let q = queues[l.sendingIP] else { return nil }
-                        inFlight += 1
+                    let held = HeldLease(lease: l, body: body, deadline: NodeAgent.deadline(for: l, receivedAt: now, wallNow: wallNow))
+                    guard let q = state.withLock({ s -> LeaseQueue? in
+                        guard let q = s.queues[l.sendingIP] else { return nil }
+                        s.inFlight += 1
                         return q
                     }) else {
                         log.warning("lease for an IP this node does not own; left to expire", ["lease": l.leaseID, "ip": l.sendingIP])
@@ -207,31 +235,44 @@ public final class NodeAgent: @unchecked Sendable {
     static let prefetch = 2
 
     private func freeCredits() -> Int {
-        lock.withLock { max(0, perIP * NodeAgent.prefetch * ips.count - inFlight) }
+        state.withLock { max(0, perIP * NodeAgent.prefetch * $0.ips.count - $0.inFlight) }
     }
 
-    private func heartbeats(_ conn: ClusterConnection, every interval: Double) {
-        while lock.withLock({ connection === conn }) {
-            Thread.sleep(forTimeInterval: max(0.2, interval))
-            let n = lock.withLock { inFlight }
-            do { try conn.send(.heartbeat(HeartbeatMessage(leasesInFlight: n))) } catch { conn.close(); return }
+    /// The heartbeat loop of one session: a heartbeat every `interval` seconds (at least
+    /// 0.2 s) while `conn` is the current connection; a failed send closes it.
+    private func heartbeats(_ conn: ClusterConnection, every interval: Double) -> BackgroundLoop {
+        let period = Duration.seconds(max(0.2, interval))
+        let first = Locked(true)
+        return BackgroundLoop(name: "hato-node-heartbeat") { [self] in
+            // The first heartbeat goes one period after the join.
+            if first.withLock({ f -> Bool in defer { f = false }; return f }) { return period }
+            guard let n = state.withLock({ $0.connection === conn ? $0.inFlight : nil }) else { return period }
+            do { try conn.send(.heartbeat(HeartbeatMessage(leasesInFlight: n))) } catch { conn.close() }
+            return period
         }
     }
 
-    /// The local deadline of a lease: never after the coordinator's expiry, minus a safety
+    /// The local deadline of a lease on the monotonic clock: `expiresIn` from its receipt,
+    /// never after the coordinator's `expiresAt` (converted once, at receipt), minus a safety
     /// margin (10% of the lease time, at least 1 s, at most 10 s) so that this node has
     /// stopped before the coordinator re-leases the recipients or moves the IP (fencing).
-    static func deadline(for l: Lease, receivedAt now: Date) -> Date {
-        var end = now.addingTimeInterval(l.expiresIn)
-        if let at = l.expiresAt { end = min(end, Date(timeIntervalSince1970: at)) }
+    /// - Parameters:
+    ///   - l: the lease.
+    ///   - now: the monotonic instant of receipt.
+    ///   - wallNow: the wall clock at receipt (to convert `expiresAt`).
+    static func deadline(for l: Lease, receivedAt now: ContinuousClock.Instant, wallNow: Date) -> ContinuousClock.Instant {
+        var end = now + .seconds(l.expiresIn)
+        if let at = l.expiresAt {
+            end = min(end, ContinuousClock.Instant.from(Date(timeIntervalSince1970: at), wallNow: wallNow, monotonicNow: now))
+        }
         let margin = min(10, max(1, l.expiresIn * 0.1))
-        return end.addingTimeInterval(-margin)
+        return end - .seconds(margin)
     }
 
     /// Makes the owned set exactly `assigned` (welcome): new IPs get workers, IPs no longer
     /// owned are closed after their queued leases finish.
     private func setOwned(_ assigned: [AssignedIP]) {
-        let stale = lock.withLock { Set(ips.keys).subtracting(assigned.map(\.address)) }
+        let stale = state.withLock { Set($0.ips.keys).subtracting(assigned.map(\.address)) }
         if !stale.isEmpty { revoke(Array(stale), report: false) }
         assign(assigned)
     }
@@ -239,36 +280,43 @@ public final class NodeAgent: @unchecked Sendable {
     /// Takes ownership of sending IPs and starts their delivery workers.
     private func assign(_ assigned: [AssignedIP]) {
         for ip in assigned {
-            let q: LeaseQueue? = lock.withLock {
-                ips[ip.address] = ip
-                revoking.remove(ip.address)
-                guard queues[ip.address] == nil else { return nil }
-                let q = LeaseQueue(); queues[ip.address] = q
-                workers[ip.address, default: 0] += perIP
+            engine.reinstateSendingIP(ip.address)
+            let q: LeaseQueue? = state.withLock { s in
+                s.ips[ip.address] = ip
+                s.revoking.remove(ip.address)
+                guard s.queues[ip.address] == nil else { return nil }
+                let q = LeaseQueue(); s.queues[ip.address] = q
+                s.workers[ip.address, default: 0] += perIP
                 return q
             }
             guard let q else { continue }
+            // Long-lived delivery workers: they end when the IP's queue is closed and empty.
             for _ in 0..<perIP {
-                Thread.detachNewThread { [self] in worker(q, ip: ip.address) }
+                let thread = Thread { [self] in worker(q, ip: ip.address) }
+                thread.name = "hato-node-delivery-\(ip.address)"
+                thread.start()
             }
         }
     }
 
     /// Stops taking leases for `addresses`; their workers finish what is queued, and the
-    /// last one to exit reports the IP released.
+    /// last one to exit reports the IP released. Idle sessions from them are closed (QUIT)
+    /// at once, and none is kept or opened in the background from them any more.
     private func revoke(_ addresses: [String], report: Bool = true) {
-        var immediately: [String] = []
-        let qs: [LeaseQueue] = lock.withLock {
-            addresses.compactMap { a -> LeaseQueue? in
-                ips[a] = nil
-                if report { revoking.insert(a) }
-                guard let q = queues.removeValue(forKey: a) else {
-                    if report && (workers[a] ?? 0) == 0 { revoking.remove(a); immediately.append(a) }
+        let (qs, immediately) = state.withLock { s -> ([LeaseQueue], [String]) in
+            var immediately: [String] = []
+            let qs = addresses.compactMap { a -> LeaseQueue? in
+                s.ips[a] = nil
+                if report { s.revoking.insert(a) }
+                guard let q = s.queues.removeValue(forKey: a) else {
+                    if report && (s.workers[a] ?? 0) == 0 { s.revoking.remove(a); immediately.append(a) }
                     return nil
                 }
                 return q
             }
+            return (qs, immediately)
         }
+        for a in addresses { engine.revokeSendingIP(a) }
         for q in qs { q.close() }
         if !immediately.isEmpty { sendReleased(immediately) }
     }
@@ -277,7 +325,7 @@ public final class NodeAgent: @unchecked Sendable {
         // No session from a released IP may stay open: close the idle pooled ones (QUIT).
         for a in addresses { engine.closeIdleSessions(sendingIP: a) }
         log.info("sending IPs released", ["ips": addresses.joined(separator: ",")])
-        try? lock.withLock { connection }?.send(.ipReleased(IPReleasedMessage(addresses: addresses)))
+        try? state.withLock { $0.connection }?.send(.ipReleased(IPReleasedMessage(addresses: addresses)))
     }
 
     private func worker(_ queue: LeaseQueue, ip: String) {
@@ -286,10 +334,10 @@ public final class NodeAgent: @unchecked Sendable {
             if let result { reportBackoff(held.lease, result) }
             finish(result)
         }
-        let released = lock.withLock { () -> Bool in
-            workers[ip, default: 1] -= 1
-            guard workers[ip] == 0, queues[ip] == nil else { return false }
-            return revoking.remove(ip) != nil
+        let released = state.withLock { s -> Bool in
+            s.workers[ip, default: 1] -= 1
+            guard s.workers[ip] == 0, s.queues[ip] == nil else { return false }
+            return s.revoking.remove(ip) != nil
         }
         if released { sendReleased([ip]) }
     }
@@ -297,7 +345,7 @@ public final class NodeAgent: @unchecked Sendable {
     /// Delivers one lease and builds its result.
     func deliver(_ held: HeldLease) -> ResultMessage? {
         let l = held.lease
-        guard Date() < held.deadline else {
+        guard ContinuousClock.now < held.deadline else {
             log.warning("lease expired before delivery; the coordinator requeues it", ["lease": l.leaseID])
             return nil
         }
@@ -322,7 +370,7 @@ public final class NodeAgent: @unchecked Sendable {
             guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
             let reply = String("\(o.code) \(o.enhanced ?? "") \(o.text)".prefix(512))
             log.warning("backoff rule matched", ["ip": result.sendingIP, "provider": provider, "action": rule.action.rawValue, "reply": String(reply.prefix(200))])
-            try? lock.withLock { connection }?.send(.backoff(BackoffMessage(
+            try? state.withLock { $0.connection }?.send(.backoff(BackoffMessage(
                 sendingIP: result.sendingIP, provider: provider, domain: lease.domain, action: rule.action.rawValue,
                 duration: rule.duration, ratePerMinute: rule.ratePerMinute, reply: reply)))
             return
@@ -336,7 +384,7 @@ public final class NodeAgent: @unchecked Sendable {
                 log.error("journal write failed; result kept in memory only", ["lease": result.leaseID, "error": "\(error)"])
             }
         }
-        let conn = lock.withLock { () -> ClusterConnection? in inFlight -= 1; return connection }
+        let conn = state.withLock { s -> ClusterConnection? in s.inFlight -= 1; return s.connection }
         guard let conn else { return }
         do {
             if let result { try conn.send(.result(result)) }
@@ -348,8 +396,8 @@ public final class NodeAgent: @unchecked Sendable {
 
     /// Stops reconnecting (the current session ends when its connection does).
     public func stop() {
-        lock.withLock { running = false }
-        lock.withLock { connection }?.close()
+        let conn = state.withLockAndBroadcast { s -> ClusterConnection? in s.running = false; return s.connection }
+        conn?.close()
     }
 }
 

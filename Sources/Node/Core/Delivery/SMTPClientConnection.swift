@@ -50,10 +50,10 @@ public struct SMTPOpenFailure: Error, Sendable, Equatable, CustomStringConvertib
 /// One open SMTP client session (plain or STARTTLS) to one target from one sending IP, ready
 /// for mail transactions; the I/O shell around `SMTPClientHandshake` and `SMTPClientTransaction`.
 ///
-/// Blocking I/O on the calling thread with per-phase timeouts (RFC 5321 §4.5.3.2).
-/// `@unchecked Sendable`: a connection is used by one thread at a time — the pool hands it
-/// out to one delivery and takes it back before anyone else gets it (one `SSL*` is never used
-/// by two threads at once).
+/// Blocking I/O on the calling thread with per-phase timeouts (RFC 5321 §4.5.3.2), measured
+/// on the monotonic clock. A connection is used by one thread at a time: the pool hands it out
+/// to one delivery and takes it back before anyone else gets it.
+// @unchecked Sendable: it owns a socket (and maybe an `SSL*`), which one thread at a time uses.
 public final class SMTPClientConnection: @unchecked Sendable, CustomStringConvertible {
     /// Where the session goes.
     public let target: DeliveryTarget
@@ -65,16 +65,16 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     public let capabilities: RemoteSMTPCapabilities
     /// The TLS parameters, or nil for a plaintext session.
     public let tls: TLSSessionInfo?
-    /// When the TCP connection was made.
-    public let openedAt: Date
+    /// When the TCP connection was made (monotonic).
+    public let openedAt: ContinuousClock.Instant
     /// Seconds the TCP handshake took.
     public let connectSeconds: TimeInterval
     /// Seconds from connected to ready (greeting, EHLO, STARTTLS).
     public let setupSeconds: TimeInterval
     /// Mail transactions started on this session (MAIL FROM sent).
     public private(set) var transactions = 0
-    /// When the session last finished a command exchange.
-    public private(set) var lastUsed: Date
+    /// When the session last finished a command exchange (monotonic).
+    public private(set) var lastUsed: ContinuousClock.Instant
     /// Whether the connection was closed.
     public private(set) var isClosed = false
     /// Whether the server may still hold transaction state (the last transaction did not end
@@ -92,19 +92,22 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     private let timeouts: SMTPClientTimeouts
 
     private init(target: DeliveryTarget, sendingIP: String, heloName: String, capabilities: RemoteSMTPCapabilities,
-                 tls: TLSSessionInfo?, openedAt: Date, connectSeconds: TimeInterval, setupSeconds: TimeInterval,
+                 tls: TLSSessionInfo?, openedAt: ContinuousClock.Instant, connectSeconds: TimeInterval, setupSeconds: TimeInterval,
                  socket: Socket, stream: any ByteStream, reader: BufferedReader, timeouts: SMTPClientTimeouts) {
         self.target = target; self.sendingIP = sendingIP; self.heloName = heloName
         self.capabilities = capabilities; self.tls = tls; self.openedAt = openedAt
         self.connectSeconds = connectSeconds; self.setupSeconds = setupSeconds
         self.socket = socket; self.stream = stream; self.reader = reader; self.timeouts = timeouts
-        self.lastUsed = Date()
+        self.lastUsed = .now
     }
 
     deinit { if !isClosed { stream.close(); socket.close() } }
 
     /// `target from sendingIP`.
     public var description: String { "\(target) from \(sendingIP)" }
+
+    /// The route the session serves (sending IP, HELO name, target).
+    public var route: SessionRoute { SessionRoute(sendingIP: sendingIP, heloName: heloName, target: target) }
 
     /// Connects and sets the session up: greeting, EHLO/HELO, STARTTLS per `tlsPolicy`.
     /// - Parameters:
@@ -125,7 +128,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                                    tlsHandshakeFailed: f.tlsHandshakeFailed)
         }
         if handshake.state == .failed { return .failure(failure(handshake.failure)) }
-        let start = Date()
+        let start = ContinuousClock.now
         let socket: Socket
         do {
             socket = try Socket.connect(to: SocketAddress(host: target.address, port: target.port),
@@ -134,7 +137,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             return .failure(SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
                                             text: "cannot connect: \(error)", tlsHandshakeFailed: false))
         }
-        let connected = Date()
+        let connected = ContinuousClock.now
         var stream: any ByteStream = socket
         var reader = BufferedReader(stream: socket, chunkSize: 16 * 1024)
         var tls: TLSSessionInfo? = nil
@@ -176,8 +179,8 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                     let caps = handshake.capabilities ?? RemoteSMTPCapabilities()
                     return .success(SMTPClientConnection(
                         target: target, sendingIP: sendingIP, heloName: heloName, capabilities: caps, tls: tls,
-                        openedAt: start, connectSeconds: connected.timeIntervalSince(start),
-                        setupSeconds: Date().timeIntervalSince(connected), socket: socket, stream: stream,
+                        openedAt: start, connectSeconds: (connected - start).inSeconds,
+                        setupSeconds: (ContinuousClock.now - connected).inSeconds, socket: socket, stream: stream,
                         reader: reader, timeouts: timeouts))
                 case .close:
                     stream.close()
@@ -206,8 +209,8 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     /// - Parameters:
     ///   - transaction: a transaction built for `capabilities`; finished on return.
     ///   - message: the exact message bytes (CRLF line ends, signed), not dot-stuffed.
-    ///   - notAfter: the lease deadline, or nil.
-    public func run(_ transaction: inout SMTPClientTransaction, message: [UInt8], notAfter: Date? = nil) {
+    ///   - notAfter: the lease deadline on the monotonic clock, or nil.
+    public func run(_ transaction: inout SMTPClientTransaction, message: [UInt8], notAfter: ContinuousClock.Instant? = nil) {
         guard !isClosed else {
             _ = transaction.fail(.connectionClosed("the connection is closed"))
             return
@@ -224,23 +227,23 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                     case .sendData:
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
                         try SMTPDotStuffing.encode(message) { chunk in
-                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                            if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
                             try stream.write(chunk)
                         }
                     case .sendChunk(let offset, let length, let last):
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
-                        if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                        if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
                         try stream.write(Array("BDAT \(length)\(last ? " LAST" : "")\r\n".utf8))
                         var position = offset
                         let end = min(message.count, offset + length)
                         while position < end {
-                            if let notAfter, Date() >= notAfter { throw LeaseDeadlinePassed() }
+                            if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
                             let next = min(end, position + 64 * 1024)
                             try stream.write(Array(message[position..<next]))
                             position = next
                         }
                     case .finished(let reusable):
-                        lastUsed = Date()
+                        lastUsed = .now
                         needsReset = !transaction.endedAtContentReply
                         if !reusable { close() }
                         return
@@ -252,7 +255,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                 }
             }
             guard let wait = transaction.waitingFor else {
-                lastUsed = Date()
+                lastUsed = .now
                 return
             }
             do {
@@ -273,7 +276,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             try stream.write(Array("RSET\r\n".utf8))
             let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.reset)
             if reply.code / 100 == 2 {
-                lastUsed = Date()
+                lastUsed = .now
                 needsReset = false
                 return true
             }
@@ -299,7 +302,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     public func prepareForReuse() -> (usable: Bool, probedWithReset: Bool) {
         guard !isClosed else { return (false, false) }
         if needsReset || !reader.buffered.isEmpty || socket.hasPendingInput
-            || Date().timeIntervalSince(lastUsed) > timeouts.unprobedIdle {
+            || ContinuousClock.now - lastUsed > .seconds(timeouts.unprobedIdle) {
             return (reset(), true)
         }
         return (true, false)
@@ -313,10 +316,10 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             socket.setTimeouts(read: timeouts.quit, write: timeouts.quit)
             try stream.write(Array("QUIT\r\n".utf8))
             _ = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.quit)
-            let deadline = Date().addingTimeInterval(min(timeouts.quit, 2))
+            let deadline = ContinuousClock.now + .seconds(min(timeouts.quit, 2))
             reader.discardBuffered()
-            while deadline.timeIntervalSinceNow > 0 {
-                socket.setTimeouts(read: max(0.001, deadline.timeIntervalSinceNow), write: 1)
+            while ContinuousClock.now < deadline {
+                socket.setTimeouts(read: max(0.001, (deadline - ContinuousClock.now).inSeconds), write: 1)
                 if try reader.fill() == 0 { break }
                 reader.discardBuffered()
             }
@@ -334,10 +337,10 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
 
     // MARK: Reading
 
-    /// Reads one complete reply within `timeout` seconds overall.
+    /// Reads one complete reply within `timeout` seconds overall (monotonic).
     /// - Throws: `SocketError` (timeout, closed) or `SMTPProtocolError` (bad syntax, overlong).
     static func readReply(_ reader: BufferedReader, socket: Socket, timeout: TimeInterval) throws -> SMTPReply {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = ContinuousClock.now + .seconds(timeout)
         var parser = SMTPClientReplyParser()
         while true {
             let line = try readLine(reader, socket: socket, deadline: deadline)
@@ -350,7 +353,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     }
 
     /// Reads one LF-terminated line of at most `SMTPClientReplyParser.maxBytes` octets before `deadline`.
-    private static func readLine(_ reader: BufferedReader, socket: Socket, deadline: Date) throws -> [UInt8] {
+    private static func readLine(_ reader: BufferedReader, socket: Socket, deadline: ContinuousClock.Instant) throws -> [UInt8] {
         var scanned = 0
         while true {
             let buffered = reader.buffered
@@ -364,7 +367,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             if scanned > SMTPClientReplyParser.maxBytes {
                 throw SMTPProtocolError("reply line longer than \(SMTPClientReplyParser.maxBytes) octets")
             }
-            let remaining = deadline.timeIntervalSinceNow
+            let remaining = (deadline - ContinuousClock.now).inSeconds
             if remaining <= 0 { throw SocketError(.timeout, "read") }
             socket.setTimeouts(read: max(0.001, remaining), write: max(0.001, remaining))
             if try reader.fill() == 0 {

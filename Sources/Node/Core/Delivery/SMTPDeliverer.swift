@@ -24,13 +24,14 @@ public struct DeliveryRequest: Sendable {
     public let sendingIP: String
     /// The EHLO/HELO name announced (RFC 5321 §4.1.1.1).
     public let heloName: String
-    /// The lease deadline: the message body (and its final dot) is never sent after this
-    /// time, so a node that was stopped or partitioned cannot complete a delivery whose
-    /// recipients the coordinator has already re-leased (fencing). Nil = no deadline.
-    public var notAfter: Date? = nil
-    /// How long to wait for a shaping slot (connection or rate) before deferring; nil: `notAfter`,
-    /// or 5 minutes without one.
-    public var shapingDeadline: Date? = nil
+    /// The lease deadline on the monotonic clock: no transaction is started, and the message
+    /// body (and its final dot) is never sent, after this instant, so a node that was stopped
+    /// or partitioned cannot complete a delivery whose recipients the coordinator has already
+    /// re-leased (fencing). Nil = no deadline.
+    public var leaseDeadline: ContinuousClock.Instant? = nil
+    /// Until when to wait for a shaping slot (connection or rate) before deferring, on the
+    /// monotonic clock; nil: `leaseDeadline`, or 5 minutes without one.
+    public var shapingWaitDeadline: ContinuousClock.Instant? = nil
     /// The STARTTLS policy for this destination.
     public var tlsPolicy: SMTPTLSPolicy = .opportunistic
 
@@ -38,6 +39,19 @@ public struct DeliveryRequest: Sendable {
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
         self.reversePath = reversePath; self.recipients = recipients; self.body = body
         self.sendingIP = sendingIP; self.heloName = heloName
+    }
+
+    /// `leaseDeadline` as a wall-clock date, for callers that hold one: converted to the
+    /// monotonic clock once, when set (by the two clocks' offset at that moment).
+    public var notAfter: Date? {
+        get { leaseDeadline.map { Date().addingTimeInterval(($0 - .now).inSeconds) } }
+        set { leaseDeadline = newValue.map { .from($0) } }
+    }
+
+    /// `shapingWaitDeadline` as a wall-clock date, converted once when set (see `notAfter`).
+    public var shapingDeadline: Date? {
+        get { shapingWaitDeadline.map { Date().addingTimeInterval(($0 - .now).inSeconds) } }
+        set { shapingWaitDeadline = newValue.map { .from($0) } }
     }
 }
 
@@ -201,19 +215,16 @@ public struct SMTPClientTimeouts: Sendable, Equatable {
 }
 
 /// Delivers messages over SMTP with blocking sockets, on the calling thread (never call it
-/// from Swift's cooperative pool).
+/// from Swift's cooperative pool): the I/O shell around `DeliveryAttempt`.
 ///
-/// For one request (one message, recipients of one destination): targets are tried in order;
-/// a failed connect, a non-2xx greeting (e.g. 421), a rejected EHLO/HELO, missing TLS when it is
-/// required, or a timeout before the session is ready moves on to the next target (after a
-/// failed TLS handshake an opportunistic sender first retries that target in plaintext). Once
-/// a session is ready, its transactions decide the outcomes. Sessions come from, and go back
-/// to, the `SMTPConnectionPool`: an idle session is reused (`prepareForReuse`: RSET only when
-/// needed; a dead one is replaced at once, also when it dies unanswered at MAIL), and the pool's shaping limits (connections, messages per connection, rate) are
-/// waited for up to the request's shaping deadline, after which the recipients are deferred
-/// (4.4.5). Recipients a server refused with 452 "too many recipients" go into further
-/// transactions on the same or a new connection. If no target could be used, every recipient
-/// is deferred (never 5xx).
+/// For one request (one message, recipients of one destination), the attempt decides and this
+/// driver performs: pool checkouts and checkins (`SMTPConnectionPool`, which waits for the
+/// shaping limits), opening connections (`SMTPClientConnection.open`), probing reused ones,
+/// rate waits, content preparation (`MessagePreparer`) and transactions. See
+/// `DeliveryAttempt` for the rules (target order, plaintext retry, stale-session retries,
+/// lease and shaping deadlines, 452 carry-over, final deferrals). A session retired at its
+/// `messages_per_connection` limit is replaced by a new idle one, opened by a single
+/// background worker (`SessionReplacer`).
 public final class SMTPDeliverer: Sendable {
     /// The timeouts in use.
     public let timeouts: SMTPClientTimeouts
@@ -223,43 +234,49 @@ public final class SMTPDeliverer: Sendable {
     public let preparer: MessagePreparer
     /// The STARTTLS implementation (nil: no TLS; `required` destinations are deferred).
     public let tlsClient: (any OutboundTLSClient)?
+    /// Opens replacement sessions in the background.
+    public let replacer: SessionReplacer
+    /// The monotonic clock the attempt's deadlines and timings are read from.
+    private let clock: any MonotonicClock
 
     /// - Parameters:
     ///   - timeouts: connect and per-step timeouts in seconds.
     ///   - pool: the session pool (default: no reuse, no shaping limits that matter).
     ///   - preparer: conversion and signing (default: nothing signed).
     ///   - tlsClient: the TLS client for STARTTLS.
+    ///   - clock: the monotonic clock (default: the system's).
     public init(timeouts: SMTPClientTimeouts = .rfc5321, pool: SMTPConnectionPool = SMTPConnectionPool(idleTimeout: 0),
-                preparer: MessagePreparer = MessagePreparer(), tlsClient: (any OutboundTLSClient)? = nil) {
+                preparer: MessagePreparer = MessagePreparer(), tlsClient: (any OutboundTLSClient)? = nil,
+                clock: any MonotonicClock = SystemMonotonicClock()) {
         self.timeouts = timeouts; self.pool = pool; self.preparer = preparer; self.tlsClient = tlsClient
+        self.clock = clock
+        replacer = SessionReplacer { request in
+            SMTPDeliverer.openReplacement(request, pool: pool, tlsClient: tlsClient, timeouts: timeouts)
+        }
     }
 
     /// Opens a session to replace one retired at its `messages_per_connection` limit and
     /// leaves it idle in the pool, so the next message to this target does not wait for a
-    /// connect, greeting and EHLO. On a background thread (the delivery's result is not held
-    /// up by a slow or tarpitting server), after the retired session's QUIT, in a slot that
-    /// is free at once: nothing happens when reuse is off, a session is already idle or no
-    /// slot is free without closing another host's idle session.
-    private func openReplacement(for request: DeliveryRequest, target: DeliveryTarget, policy: SMTPTLSPolicy) {
-        guard pool.idleTimeout > 0 else { return }
-        let pool = self.pool, tlsClient = self.tlsClient, timeouts = self.timeouts
-        let sendingIP = request.sendingIP, heloName = request.heloName
-        Thread.detachNewThread {
-            switch pool.checkout(sendingIP: sendingIP, heloName: heloName, target: target,
-                                 requireTLS: policy == .required, until: Date(), evictingIdle: false) {
-            case .unavailable:
-                return
-            case .reuse(let idle):
-                pool.checkin(idle, reusable: true)
-            case .open(let ticket):
-                switch SMTPClientConnection.open(to: target, from: sendingIP, heloName: heloName,
-                                                 tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
-                case .success(let c):
-                    pool.attach(c, to: ticket)
-                    pool.checkin(c, reusable: true)
-                case .failure:
-                    pool.abandon(ticket)
-                }
+    /// connect, greeting and EHLO. Runs on the replacer's thread, after the retired session's
+    /// QUIT, in a slot that is free at once: nothing happens when a session is already idle,
+    /// no slot is free without closing another host's idle session, or the sending IP was
+    /// revoked.
+    static func openReplacement(_ request: SessionReplacer.Request, pool: SMTPConnectionPool,
+                                tlsClient: (any OutboundTLSClient)?, timeouts: SMTPClientTimeouts) {
+        switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: request.target,
+                             requireTLS: request.policy == .required, until: .now, evictingIdle: false, speculative: true) {
+        case .unavailable:
+            return
+        case .reuse(let idle):
+            pool.checkin(idle, reusable: true)
+        case .open(let ticket):
+            switch SMTPClientConnection.open(to: request.target, from: request.sendingIP, heloName: request.heloName,
+                                             tlsPolicy: request.policy, tlsClient: tlsClient, timeouts: timeouts) {
+            case .success(let c):
+                pool.attach(c, to: ticket)
+                pool.checkin(c, reusable: true)
+            case .failure:
+                pool.abandon(ticket)
             }
         }
     }
@@ -271,179 +288,74 @@ public final class SMTPDeliverer: Sendable {
     ///     than `request.sendingIP` are skipped.
     /// - Returns: one outcome per recipient; never throws.
     public func deliver(_ request: DeliveryRequest, to targets: [DeliveryTarget]) -> DeliveryReport {
-        var finals: [Int64: RecipientOutcome] = [:]
-        var sessions: [Int64: DeliverySession] = [:]
-        func report(_ mx: DeliveryTarget?) -> DeliveryReport {
-            let outcomes = request.recipients.map { r in
-                finals[r.id] ?? RecipientOutcome(recipientID: r.id, status: .deferred, code: 451, enhanced: "4.4.2", text: "delivery did not complete")
-            }
-            return DeliveryReport(outcomes: outcomes, mxHost: mx?.host, remoteAddress: mx?.address, sessions: sessions)
-        }
-        func resolve(_ rs: [DeliveryRecipient], _ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {
-            for r in rs {
-                finals[r.id] = RecipientOutcome(recipientID: r.id, status: status, code: code, enhanced: enhanced,
-                                                text: String(text.prefix(SMTPClientTransaction.maxTextLength)))
-            }
-        }
-
-        // Addresses that could break a command line are never sent.
-        var pending: [DeliveryRecipient] = []
-        if !SMTPClientTransaction.isSafeArgument(request.reversePath, allowEmpty: true) {
-            resolve(request.recipients, .failed, 553, "5.1.7", "invalid sender address syntax")
-        } else {
-            for r in request.recipients {
-                if SMTPClientTransaction.isSafeArgument(r.address, allowEmpty: false) { pending.append(r) } else {
-                    resolve([r], .failed, 553, "5.1.3", "invalid recipient address syntax")
-                }
-            }
-        }
-        guard !pending.isEmpty else { return report(nil) }
         let analysis = MessageAnalysis(request.body)
-        if analysis.longestLine > MessageText.maxLineLength {
-            resolve(pending, .failed, 554, "5.6.0", "message has a line of \(analysis.longestLine) octets; RFC 5321 §4.5.3.1.6 allows 998")
-            return report(nil)
+        var attempt = DeliveryAttempt(request: request, targets: targets, longestLine: analysis.longestLine, now: clock.now)
+        /// The session the attempt works on (checked out, or being opened).
+        var held: SMTPClientConnection? = nil
+        func session() -> SMTPClientConnection {
+            guard let held else { preconditionFailure("DeliveryAttempt asked for a session it does not hold") }
+            return held
         }
-        let shapingDeadline = request.shapingDeadline ?? request.notAfter ?? Date().addingTimeInterval(300)
-        var prepared: [Bool: PreparedMessage] = [:]
-        var lastFailure: SMTPOpenFailure? = nil
-        var plaintextRetry = Set<DeliveryTarget>()
-        var decided: DeliveryTarget? = nil
-        let sourceIsIPv6 = request.sendingIP.isEmpty ? nil : request.sendingIP.contains(":")
-        var index = 0
-        var staleRetries = 0
-
-        targets: while index < targets.count && !pending.isEmpty {
-            let target = targets[index]
-            if let sourceIsIPv6, target.address.contains(":") != sourceIsIPv6 {
-                lastFailure = SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
-                                              text: "address family differs from sending IP \(request.sendingIP)", tlsHandshakeFailed: false)
-                index += 1
-                continue
-            }
-            let policy: SMTPTLSPolicy = plaintextRetry.contains(target) ? .disabled : request.tlsPolicy
-            let waitStart = Date()
-            var opened: SMTPClientConnection? = nil
-            var reused = false
-            var unprobed = false
-            var ticket: SMTPConnectionPool.Ticket? = nil
-            switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
-                                 requireTLS: policy == .required, until: shapingDeadline) {
-            case .unavailable(let why):
-                resolve(pending, .deferred, 451, "4.4.5", why)
-                pending = []
-                break targets
-            case .reuse(let c):
-                let ready = c.prepareForReuse()
-                if ready.usable {
-                    opened = c
-                    reused = true
-                    unprobed = !ready.probedWithReset
-                } else {
-                    // A dead pooled session: replaced at once, the message is not delayed.
-                    ticket = pool.replace(c)
+        var action = attempt.start(now: clock.now)
+        while true {
+            switch action {
+            case .checkout(let target, let policy, let deadline):
+                switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
+                                     requireTLS: policy == .required, until: deadline) {
+                case .unavailable(let why):
+                    action = attempt.checkedOut(.unavailable(why), now: clock.now)
+                case .reuse(let c):
+                    held = c
+                    action = attempt.checkedOut(.reuse(facts(of: c)), now: clock.now)
+                case .open(let ticket):
+                    action = attempt.checkedOut(.slot(ticket), now: clock.now)
                 }
-            case .open(let t):
-                ticket = t
-            }
-            if let ticket {
+            case .prepareForReuse:
+                let ready = session().prepareForReuse()
+                action = attempt.probed(usable: ready.usable, probedWithReset: ready.probedWithReset, now: clock.now)
+            case .replaceDeadSession:
+                let ticket = pool.replace(session())
+                held = nil
+                action = attempt.deadSessionReplaced(ticket, now: clock.now)
+            case .open(let target, let policy, let ticket):
                 switch SMTPClientConnection.open(to: target, from: request.sendingIP, heloName: request.heloName,
                                                  tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
                 case .success(let c):
                     pool.attach(c, to: ticket)
-                    opened = c
+                    held = c
+                    action = attempt.opened(facts(of: c), now: clock.now)
                 case .failure(let f):
                     pool.abandon(ticket)
-                    lastFailure = f
-                    if f.tlsHandshakeFailed && request.tlsPolicy == .opportunistic && !plaintextRetry.contains(target) {
-                        plaintextRetry.insert(target)
-                    } else {
-                        index += 1
-                    }
-                    continue targets
+                    action = attempt.openFailed(f, now: clock.now)
                 }
-            }
-            guard let connection = opened else { continue targets }
-            let shapingWait = Date().timeIntervalSince(waitStart) - (reused ? 0 : connection.connectSeconds + connection.setupSeconds)
-            var firstOnThisCheckout = true
-            while true {
-                if let notAfter = request.notAfter, Date() >= notAfter {
-                    resolve(pending, .deferred, 451, "4.4.7", "lease deadline passed before the transaction started")
-                    pending = []
-                    pool.checkin(connection, reusable: true)
-                    break targets
+            case .awaitSendSlot(let deadline):
+                let granted = pool.awaitSendSlot(for: session(), until: deadline)
+                action = attempt.sendSlot(granted: granted, now: clock.now)
+            case .prepare(let eightBitMIME):
+                action = attempt.prepared(preparer.prepare(analysis, eightBitMIME: eightBitMIME), now: clock.now)
+            case .transact(var transaction, let message, let notAfter):
+                let c = session()
+                c.run(&transaction, message: message.bytes, notAfter: notAfter)
+                let status = SessionStatus(isClosed: c.isClosed, transactions: c.transactions, hasRoom: pool.hasRoom(c))
+                action = attempt.transacted(transaction, status: status, now: clock.now)
+            case .checkin(let reusable, let replacement):
+                let c = session()
+                held = nil
+                pool.checkin(c, reusable: reusable)
+                if let replacement, pool.idleTimeout > 0 {
+                    replacer.request(SessionReplacer.Request(sendingIP: request.sendingIP, heloName: request.heloName,
+                                                             target: replacement.target, policy: replacement.policy))
                 }
-                let rateStart = Date()
-                guard pool.awaitSendSlot(for: connection, until: shapingDeadline) else {
-                    resolve(pending, .deferred, 451, "4.4.5", "shaping: the message rate for \(connection.shapingKey.map(\.description) ?? request.sendingIP) leaves no slot before the lease deadline")
-                    pending = []
-                    pool.checkin(connection, reusable: true)
-                    break targets
-                }
-                let rateWait = Date().timeIntervalSince(rateStart)
-                let eightBit = connection.capabilities.eightBitMIME
-                let message: PreparedMessage
-                if let p = prepared[eightBit] {
-                    message = p
-                } else {
-                    switch preparer.prepare(analysis, eightBitMIME: eightBit) {
-                    case .success(let p):
-                        prepared[eightBit] = p
-                        message = p
-                    case .failure(let f):
-                        resolve(pending, f.permanent ? .failed : .deferred, f.code, f.enhanced, f.text)
-                        pending = []
-                        decided = target
-                        pool.checkin(connection, reusable: true)
-                        break targets
-                    }
-                }
-                var transaction = SMTPClientTransaction(reversePath: request.reversePath, recipients: pending,
-                                                        traits: message.traits, capabilities: connection.capabilities)
-                let started = Date()
-                connection.run(&transaction, message: message.bytes, notAfter: request.notAfter)
-                if unprobed && firstOnThisCheckout && transaction.repliesReceived == 0 && connection.isClosed && staleRetries < 3 {
-                    // The idle session died between the check and MAIL (the server timed it
-                    // out): nothing was answered, so nothing was taken. Same target, new session.
-                    staleRetries += 1
-                    pool.checkin(connection, reusable: false)
-                    continue targets
-                }
-                let session = DeliverySession(
-                    mxHost: target.host, remoteAddress: target.address, port: target.port, sendingIP: request.sendingIP,
-                    tls: connection.tls, reused: reused || !firstOnThisCheckout, messageOnConnection: connection.transactions,
-                    connectSeconds: reused ? nil : connection.connectSeconds, setupSeconds: reused ? nil : connection.setupSeconds,
-                    shapingWaitSeconds: max(0, (firstOnThisCheckout ? shapingWait : 0) + rateWait),
-                    transactionSeconds: Date().timeIntervalSince(started), dkim: message.signatures, converted7Bit: message.converted)
-                firstOnThisCheckout = false
-                decided = target
-                let carried = transaction.acceptedCount > 0 ? Set(transaction.carriedOver.map(\.id)) : []
-                for o in transaction.outcomes where !carried.contains(o.recipientID) {
-                    finals[o.recipientID] = o
-                    sessions[o.recipientID] = session
-                }
-                pending = pending.filter { carried.contains($0.id) }
-                if pending.isEmpty {
-                    let retiredAtLimit = transaction.reusable && !connection.isClosed && !pool.hasRoom(connection)
-                    pool.checkin(connection, reusable: transaction.reusable)
-                    if retiredAtLimit { openReplacement(for: request, target: target, policy: policy) }
-                    break targets
-                }
-                // Recipients over the server's limit: a new transaction here, or on a new connection.
-                if !transaction.reusable || !pool.hasRoom(connection) || !connection.prepareForReuse().usable {
-                    pool.checkin(connection, reusable: false)
-                    continue targets
-                }
+                action = attempt.checkedIn(now: clock.now)
+            case .done(let report):
+                return report
             }
         }
-        if !pending.isEmpty {
-            if let f = lastFailure {
-                let text = f.connectFailed ? "cannot connect: \(f.target): \(f.text)" : "\(f.target): \(f.text)"
-                resolve(pending, .deferred, f.code, f.enhanced, text)
-                if !f.connectFailed && decided == nil { decided = f.target }
-            } else {
-                resolve(pending, .deferred, 451, "4.4.1", "cannot connect: no delivery target")
-            }
-        }
-        return report(decided)
+    }
+
+    /// What the attempt needs to know about a ready session.
+    private func facts(of c: SMTPClientConnection) -> SessionFacts {
+        SessionFacts(capabilities: c.capabilities, tls: c.tls, connectSeconds: c.connectSeconds, setupSeconds: c.setupSeconds,
+                     shapingKey: c.shapingKey)
     }
 }

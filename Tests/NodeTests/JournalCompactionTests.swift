@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+@testable import HatoNode
+@testable import HatoShared
+
+/// The node journal's compaction, crash safety and group commit (filter: `JournalCompactionTests`).
+@Suite("JournalCompactionTests")
+struct JournalCompactionTests {
+    func result(_ id: String) -> ResultMessage {
+        ResultMessage(leaseID: id, instanceID: "i", sendingIP: "127.0.0.10", mxHost: "mx.dest.test", remoteAddress: "192.0.2.1",
+                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "ok: queued as X")],
+                      finishedAt: 1_800_000_000)
+    }
+
+    func directory() -> String { NSTemporaryDirectory() + "hato-jc-" + Identifier.random(bytes: 5) }
+
+    @Test("a long run of record and acknowledge keeps the file bounded; what is unacknowledged survives")
+    func bounded() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir, compactEvery: 50)
+        try j.record(result("L0"))
+        let line = j.fileSize
+        #expect(line > 100)
+        var largest = 0
+        for i in 1..<3000 {
+            try j.record(result("L\(i)"))
+            if i >= 3 { j.acknowledge(leaseID: "L\(i - 3)") }
+            largest = max(largest, j.fileSize)
+        }
+        // At most 50 acknowledged results and their ack lines since the last compaction, plus 3 pending.
+        #expect(largest < 60 * line)
+        #expect(j.compactions >= 2900 / 50)
+        #expect(j.pending.map(\.leaseID) == ["L2997", "L2998", "L2999"])
+        let size = (try FileManager.default.attributesOfItem(atPath: dir + "/journal.jsonl")[.size] as? Int) ?? -1
+        #expect(size == j.fileSize)
+        #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["L2997", "L2998", "L2999"])
+    }
+
+    @Test("the size trigger compacts a file over compactAboveBytes at the next acknowledgement")
+    func sizeTrigger() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir, compactEvery: 1_000_000, compactAboveBytes: 8192)
+        var largest = 0
+        for i in 0..<1000 {
+            try j.record(result("S\(i)"))
+            j.acknowledge(leaseID: "S\(i)")
+            largest = max(largest, j.fileSize)
+        }
+        #expect(largest < 8192 + 1024)
+        #expect(j.compactions > 10)
+        #expect(j.pending.isEmpty)
+    }
+
+    @Test("a crash during a compaction (a partial temporary file left behind) loses no unacknowledged result")
+    func crashMidCompaction() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var j: OutcomeJournal? = try OutcomeJournal(directory: dir, compactEvery: 1000)
+        for id in ["A", "B", "C", "D"] { try j!.record(result(id)) }
+        j!.acknowledge(leaseID: "B")
+        j = nil
+        // The compaction wrote part of its temporary file and the process died before the rename.
+        let partial = Array(try JSONEncoder().encode(["result": result("A")])) + [0x0A] + Array("{\"result\":{\"leaseID\":\"C".utf8)
+        #expect(FileManager.default.createFile(atPath: dir + "/journal.jsonl.tmp", contents: Data(partial)))
+        let reopened = try OutcomeJournal(directory: dir)
+        #expect(reopened.pending.map(\.leaseID) == ["A", "C", "D"])
+        #expect(!FileManager.default.fileExists(atPath: dir + "/journal.jsonl.tmp"))
+        // The reopened journal compacted: only the three results remain in the file, and new records append.
+        let lines = try String(contentsOfFile: dir + "/journal.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 3)
+        try reopened.record(result("E"))
+        #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["A", "C", "D", "E"])
+    }
+
+    @Test("group commit: records queued while a sync runs share the next write and fsync")
+    func groupCommit() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir)
+        let done = LockedCondition(0)
+        try j.holdingFile {
+            for i in 0..<10 {
+                Thread.detachNewThread {
+                    try? j.record(result("G\(i)"))
+                    done.withLockAndBroadcast { $0 += 1 }
+                }
+            }
+            // Every record has queued its line while the first batch waits for the file.
+            try waitFor("ten records queued") { j.recordsQueued == 10 }
+        }
+        let finished = done.wait(until: .now + .seconds(30), for: { $0 == 10 }) { n, _ in n }
+        #expect(finished == 10)
+        // The batch that was waiting for the file, then one batch with everything else.
+        #expect(j.batchSyncs >= 1 && j.batchSyncs <= 2)
+        #expect(Set(j.pending.map(\.leaseID)) == Set((0..<10).map { "G\($0)" }))
+        #expect(Set(try OutcomeJournal(directory: dir).pending.map(\.leaseID)).count == 10)
+    }
+}
