@@ -145,7 +145,7 @@ public struct SubmittedMessage: Sendable, Equatable {
 }
 
 /// Why the driver could not store a message (`SMTPServerSession.messageStoreFailed(_:)`).
-public enum StoreFailure: Sendable, Equatable {
+public enum StoreFailure: Error, Sendable, Equatable {
     /// A transient failure (an I/O error, a busy database): `451 4.3.0`.
     case temporary
     /// The queue's file system is full (`SQLITE_FULL`): `452 4.3.1 Insufficient system storage`.
