@@ -60,6 +60,23 @@ struct QueueHeadroomTests {
         #expect(gate.refusals == 5)
     }
 
+    @Test("mail queued between two measurements counts against the free space, so a burst stops near the minimum")
+    func gateCountsQueuedMail() {
+        var gate = QueueHeadroomGate(minFree: QueueMinFree(bytes: 16 * mib, percent: nil))
+        _ = gate.record(FileSystemSpace(available: 20 * mib, total: 24 * mib), now: 0)
+        gate.noteWritten(mib + mib / 2 - QueueHeadroomGate.commitOverhead / 2)
+        #expect(gate.estimatedFree == 17 * mib, "queued content counts twice (WAL and database file) plus the commit's pages")
+        #expect(gate.admit(declaredSize: nil, now: 0.1) == (true, nil))
+        gate.noteWritten(mib - QueueHeadroomGate.commitOverhead / 2)
+        #expect(gate.admit(declaredSize: nil, now: 0.2) == (false, .refusing(free: 15 * mib, minimum: 16 * mib)))
+        #expect(gate.refusing)
+        // The next measurement replaces the estimate (here the space was freed meanwhile).
+        #expect(gate.record(FileSystemSpace(available: 20 * mib, total: 24 * mib), now: 1)
+                == .resumed(free: 20 * mib, minimum: 16 * mib, refused: 1))
+        #expect(gate.writtenSinceSample == 0)
+        #expect(gate.admit(declaredSize: nil, now: 1) == (true, nil))
+    }
+
     @Test("the gate measures at most once per second, and at once after SQLITE_FULL")
     func gateCaching() {
         var gate = QueueHeadroomGate(minFree: .default, recheckInterval: 1)

@@ -307,6 +307,7 @@ public final class SubmissionServer: @unchecked Sendable {
                       ["error": "\(error)", "client": message.peer.host])
             return .failure(failure)
         }
+        guards.headroom.noteQueued(octets: record.content.count)
         var fields = ["id": id, "pool": route.pool, "route": route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }
