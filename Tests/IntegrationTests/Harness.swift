@@ -140,11 +140,12 @@ final class LocalCluster: @unchecked Sendable {
     ///   - nodeIDs: the `nodes:` list.
     ///   - ipsYAML: replaces the default `ips:` section (four fixed IPs, two per node).
     ///   - coordinatorYAML: extra keys of the `coordinator:` section (e.g. `lease_time: 6s`).
+    ///   - smtpYAML: extra keys of the `smtp:` flow map, comma-separated (e.g. `queue_min_free: 8MiB`).
     init(routesYAML: String? = nil, extraYAML: String = "", retrySchedule: String = "[1s]",
          captureAddress: String = "127.0.0.1", captureDelay: TimeInterval = 0,
          nodeIDs: [String] = ["node-a", "node-b"], ipsYAML: String? = nil,
          leaseTime: String = "30s", nodeTimeout: String = "5s", heartbeat: String = "1s", connectionsPerIP: Int = 4,
-         coordinatorYAML: String = "", poolsYAML: String = "pools:\n  - { name: transactional }",
+         coordinatorYAML: String = "", smtpYAML: String = "", poolsYAML: String = "pools:\n  - { name: transactional }",
          routingYAML: String = "routing: { default_pool: transactional }",
          capturePolicy: @escaping @Sendable (String, Int) -> CaptureVerdict = { _, _ in .accept },
          captureSourcePolicy: (@Sendable (String) -> CaptureVerdict)? = nil) throws {
@@ -165,7 +166,7 @@ final class LocalCluster: @unchecked Sendable {
               node_timeout: \(nodeTimeout)
               heartbeat_interval: \(heartbeat)
               \(coordinatorYAML.isEmpty ? "# no extra coordinator settings" : coordinatorYAML)
-            smtp: { listen: [127.0.0.1:\(smtpPort)], hostname: relay.it.test, relay_networks: [127.0.0.0/8], max_message_size: 10MiB, max_recipients: 100 }
+            smtp: { listen: [127.0.0.1:\(smtpPort)], hostname: relay.it.test, relay_networks: [127.0.0.0/8], max_message_size: 10MiB, max_recipients: 100\(smtpYAML.isEmpty ? "" : ", " + smtpYAML) }
             nodes:
             \(nodeIDs.map { "  - { id: \($0), data_dir: var/\($0) }" }.joined(separator: "\n"))
             \(poolsYAML)

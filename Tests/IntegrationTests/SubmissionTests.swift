@@ -37,7 +37,8 @@ extension Integration {
         // MARK: - Rules, byte for byte
 
         static let rules: [RawCase] = [
-            RawCase("bare LF ends no command: 500, then in sync", "EHLO c.test\nNOOP\r\n", ["500 5.5.2", "250 2.0.0"]),
+            RawCase("a bare LF ends no command: the whole line up to CRLF is one 500, then in sync",
+                    "EHLO c.test\nNOOP\r\nNOOP\r\n", ["500 5.5.2", "250 2.0.0"]),
             RawCase("bare CR inside a command: 500", "NOOP\rQUIT\r\nNOOP\r\n", ["500 5.5.2", "250 2.0.0"]),
             RawCase("NUL inside a command: 500", "NO\u{0}OP\r\nNOOP\r\n", ["500 5.5.2", "250 2.0.0"]),
             RawCase("512-octet command accepted, 513 is 500 and the next command works",
@@ -57,8 +58,8 @@ extension Integration {
             RawCase("UTF-8 addresses need SMTPUTF8 on MAIL",
                     ehlo + "MAIL FROM:<jöran@example.org>\r\nMAIL FROM:<jöran@example.org> SMTPUTF8\r\nRCPT TO:<ü@bücher.example>\r\n",
                     ["250", "553 5.6.7", "250 2.1.0", "250 2.1.5"]),
-            RawCase("MAIL/RCPT parameters: BODY, AUTH=<>, RET, ENVID, NOTIFY, ORCPT accepted; unknown 555; malformed 501",
-                    ehlo + "MAIL FROM:<a@example.org> BODY=8BITMIME AUTH=<> RET=FULL ENVID=id+2B1\r\n"
+            RawCase("MAIL/RCPT parameters: BODY, RET, ENVID, NOTIFY, ORCPT accepted; unknown 555; malformed 501",
+                    ehlo + "MAIL FROM:<a@example.org> BODY=8BITMIME RET=FULL ENVID=id+2B1\r\n"
                     + "RCPT TO:<b@hato.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b+40hato.test\r\nRCPT TO:<c@hato.test> XFOO=1\r\n"
                     + "RCPT TO:<c@hato.test> NOTIFY=NEVER,SUCCESS\r\nRSET\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n"
                     + "MAIL FROM:<a@example.org> XFORWARD=x\r\n",
@@ -87,6 +88,8 @@ extension Integration {
                     ["250", "250 2.1.0", "250 2.1.5", "550 5.6.0", "503 5.5.1", "250 2.0.0"]),
             RawCase("STARTTLS with arguments, EXPN, VRFY, HELP",
                     ehlo + "STARTTLS now\r\nEXPN list\r\nVRFY user\r\nHELP\r\n", ["250", "501 5.5.4", "502 5.5.1", "252 2.5.0", "214 2.0.0"]),
+            RawCase("AUTH= on MAIL before STARTTLS, where AUTH is not offered: 555 5.5.4 (RFC 4954 §5, RFC 5321 §4.1.1.11)",
+                    ehlo + "MAIL FROM:<a@example.org> AUTH=<>\r\nMAIL FROM:<a@example.org>\r\n", ["250", "555 5.5.4", "250 2.1.0"]),
             RawCase("AUTH before TLS without the loopback option: 538 5.7.11",
                     ehlo + "AUTH PLAIN \(base64("\u{0}app\u{0}app-password"))\r\n", ["250", "538 5.7.11"]),
         ]

@@ -312,11 +312,12 @@ struct SMTPServerTests {
 
     // MARK: - Policy
 
-    @Test("relay denied: RCPT is 554 5.7.1 and the recipient is not added")
+    @Test("relay denied: RCPT is 554 5.7.1 and the recipient is not added; postmaster without smtp.postmaster is 550 5.3.5")
     func relayDenied() {
         var d = Driver(relay: false)
         d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n")
-        #expect(d.replies.dropFirst(9) == ["554 5.7.1 Relay access denied", "554 5.7.1 Relay access denied",
+        #expect(d.replies.dropFirst(9) == ["554 5.7.1 Relay access denied",
+                                          "550 5.3.5 Postmaster address not configured on this server (smtp.postmaster)",
                                           "554 5.5.1 Error: no valid recipients"])
         #expect(d.stores.isEmpty)
     }
@@ -471,15 +472,17 @@ struct SMTPServerTests {
         #expect(d.stores.first?.body == Array("ok\r\n".utf8))
     }
 
-    @Test("a bare LF or CR in command lines is 500 5.5.2 and the line is ignored")
+    @Test("a bare LF, bare CR or NUL makes the whole line up to CRLF one 500 5.5.2; none of it runs")
     func bareLineEndingsInCommands() {
         var d = Driver()
         d.feed("EHLO c.test\nNOOP\r\n")
         d.feed("NOOP\rQUIT\r\n")
         d.feed(Array("NO\u{0}OP\r\n".utf8))
         d.feed("MAIL FROM:<a@x.test>\r\n")
-        #expect(d.codes == [500, 250, 500, 500, 503])
-        #expect(d.replies[0] == "500 5.5.2 Error: bare <LF> received")
+        #expect(d.codes == [500, 500, 500, 503], "the EHLO never ran, so MAIL is out of sequence")
+        #expect(d.replies[0] == "500 5.5.2 Syntax error: bare LF in command line; lines end with CRLF (RFC 5321 section 2.3.8)")
+        #expect(d.replies[1] == "500 5.5.2 Syntax error: bare CR in command line; lines end with CRLF (RFC 5321 section 2.3.8)")
+        #expect(d.replies[2] == "500 5.5.2 Syntax error: NUL in command line")
         #expect(!d.closed)
     }
 
@@ -614,7 +617,9 @@ struct SMTPServerTests {
         for round in 0..<400 {
             let relay = round % 2 == 0
             var d = Driver(relay: relay)
-            var input: [UInt8] = []
+            // Every fourth round (a relaying one) starts with a valid envelope, so random content reaches the
+            // end of DATA now and then (a stray bare LF or CR poisons its whole line up to CRLF).
+            var input: [UInt8] = round % 4 == 0 ? Array((words[0] + words[1] + words[2] + words[3]).utf8) : []
             for _ in 0..<80 { input += Array(words[Int(rng.next() % UInt64(words.count))].utf8) }
             var i = 0
             while i < input.count {

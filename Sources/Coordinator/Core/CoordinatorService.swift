@@ -24,7 +24,7 @@ public final class CoordinatorService: Sendable {
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() }, onEnqueued: { hub.wake() })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
-        submission = SubmissionServer(config: config, store: store, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         let path = config.sourcePath
         let lock = reloadLock
         let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {

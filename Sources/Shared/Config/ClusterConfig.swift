@@ -159,6 +159,20 @@ public struct SMTPSettings: Sendable, Equatable {
     public var authFailureLimit = 10
     /// `auth_failure_window`: seconds failed AUTH attempts are remembered. Default 900 (15m).
     public var authFailureWindow: TimeInterval = 900
+    /// `queue_min_free`: free space the queue's file system keeps (Postfix's `queue_minfree`); below
+    /// it MAIL gets `452 4.3.1` while delivery and result recording go on in the headroom. A size
+    /// (`512MiB`), a share of the file system (`5%`), or `0` to disable. Default: 1 GiB or 5 %,
+    /// whichever is smaller.
+    public var queueMinFree: QueueMinFree = .default
+    /// `postmaster`: the operator mailbox that `postmaster` and `postmaster@<hostname>` are delivered to,
+    /// accepted from any client (RFC 5321 §4.5.1). Default none: clients that may not relay get
+    /// `550 5.3.5` for postmaster, relaying clients relay it as `postmaster@<hostname>`.
+    public var postmaster: Mailbox? = nil
+    /// `postmaster_rate_limit`: postmaster recipients accepted per client address that may not relay
+    /// within `postmaster_rate_window`; more get `452 4.7.1`. Default 10.
+    public var postmasterRateLimit = 10
+    /// `postmaster_rate_window`: the sliding window of `postmaster_rate_limit`, in seconds. Default 3600 (1h).
+    public var postmasterRateWindow: TimeInterval = 3600
 
     /// The default `relay_networks`: loopback only.
     public static let defaultRelayNetworks: [IPNetwork] = {

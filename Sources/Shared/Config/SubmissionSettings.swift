@@ -38,11 +38,83 @@ public struct SMTPUser: Sendable, Equatable {
     }
 }
 
+/// `smtp.queue_min_free`: the free space the queue's file system keeps for the queue itself, like
+/// Postfix's `queue_minfree`. Below it new mail is refused at MAIL with `452 4.3.1 Insufficient
+/// system storage` (RFC 5321 §4.2.5, RFC 3463 4.3.1) while the scheduler and result recording
+/// keep writing in the headroom, so the queue drains by itself.
+///
+/// Written as a size (`512MiB`, any `ConfigValue.size` form), a share of the file system's size
+/// (`5%`, `2.5%`), or `0` (also `0%`) to disable. The default is 1 GiB or 5 % of the file system,
+/// whichever is smaller.
+public struct QueueMinFree: Sendable, Equatable, CustomStringConvertible {
+    /// A fixed amount in octets, nil when not part of the setting.
+    public var bytes: Int?
+    /// A share of the file system's size in percent (0 < percent < 100), nil when not part of the setting.
+    public var percent: Double?
+
+    /// Creates a setting; with both nil the check is disabled.
+    /// - Parameters:
+    ///   - bytes: octets.
+    ///   - percent: percent of the file system size.
+    public init(bytes: Int?, percent: Double?) {
+        self.bytes = bytes
+        self.percent = percent
+    }
+
+    /// 1 GiB or 5 % of the file system, whichever is smaller.
+    public static let `default` = QueueMinFree(bytes: 1 << 30, percent: 5)
+    /// No headroom check (`0`).
+    public static let disabled = QueueMinFree(bytes: nil, percent: nil)
+
+    /// Whether the check is off.
+    public var isDisabled: Bool { (bytes ?? 0) == 0 && (percent ?? 0) == 0 }
+
+    /// The free space to keep on a file system of `fileSystemSize` octets: the smaller of the
+    /// configured amounts, 0 when disabled.
+    /// - Parameter fileSystemSize: `f_blocks × f_frsize` in octets.
+    /// - Returns: octets.
+    public func threshold(fileSystemSize: Int) -> Int {
+        var candidates: [Int] = []
+        if let bytes, bytes > 0 { candidates.append(bytes) }
+        if let percent, percent > 0 { candidates.append(Int((Double(max(0, fileSystemSize)) * percent / 100).rounded(.up))) }
+        return candidates.min() ?? 0
+    }
+
+    public var description: String {
+        if isDisabled { return "0" }
+        func percentText(_ p: Double) -> String { p == p.rounded() ? "\(Int(p))%" : "\(p)%" }
+        switch (bytes, percent) {
+        case (let b?, let p?): return "\(b) bytes or \(percentText(p)), whichever is smaller"
+        case (let b?, nil): return "\(b) bytes"
+        case (nil, let p?): return percentText(p)
+        default: return "0"
+        }
+    }
+
+    /// Parses `512MiB`, `5%` or `0`.
+    /// - Throws: `ConfigValueError` for a malformed size or a percentage outside 0…99.
+    public static func parse(_ text: String) throws -> QueueMinFree {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasSuffix("%") {
+            let number = trimmed.dropLast().trimmingCharacters(in: .whitespaces)
+            guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
+                  let p = Double(number), p.isFinite else {
+                throw ConfigValueError("invalid percentage \"\(text)\": expected e.g. \"5%\"")
+            }
+            guard p < 100 else { throw ConfigValueError("\(text) is out of range (0%…99%)") }
+            return p == 0 ? .disabled : QueueMinFree(bytes: nil, percent: p)
+        }
+        let bytes = try ConfigValue.size(trimmed)
+        return bytes == 0 ? .disabled : QueueMinFree(bytes: bytes, percent: nil)
+    }
+}
+
 extension SMTPSettings {
     /// The `smtp:` keys decoded by `decodeSubmission`.
     static let submissionKeys = ["tls", "require_tls", "users", "auth_allow_plaintext_loopback", "max_connections",
                                  "max_connections_per_client", "command_timeout", "data_timeout",
-                                 "auth_failure_limit", "auth_failure_window"]
+                                 "auth_failure_limit", "auth_failure_window", "queue_min_free",
+                                 "postmaster", "postmaster_rate_limit", "postmaster_rate_window"]
 
     /// Whether `host` (numeric) is a loopback address: 127.0.0.0/8, `::1`, or `::ffff:127.x.y.z`.
     public static func isLoopback(_ host: String) -> Bool {
@@ -109,5 +181,21 @@ extension ClusterConfigDecoder {
         if let v = try sec.get("data_timeout", { try ConfigValue.duration($0) }) { s.dataTimeout = v }
         if let v = try sec.get("auth_failure_limit", { try ConfigValue.integer($0, in: 1...1_000_000) }) { s.authFailureLimit = v }
         if let v = try sec.get("auth_failure_window", { try ConfigValue.duration($0) }) { s.authFailureWindow = v }
+        if let v = try sec.get("queue_min_free", QueueMinFree.parse) { s.queueMinFree = v }
+        let hostname = s.hostname
+        if let v = try sec.get("postmaster", { text -> Mailbox in
+            let mailbox: Mailbox
+            do {
+                mailbox = try Mailbox(parsing: text)
+            } catch {
+                throw ConfigValueError("\"\(text)\" is not a mailbox (local-part@domain, ASCII)")
+            }
+            if mailbox.localPart.lowercased() == "postmaster" && mailbox.domain.lowercased() == hostname.lowercased() {
+                throw ConfigValueError("\(text) is this server's own postmaster (smtp.hostname): mail to it would loop")
+            }
+            return mailbox
+        }) { s.postmaster = v }
+        if let v = try sec.get("postmaster_rate_limit", { try ConfigValue.integer($0, in: 1...1_000_000) }) { s.postmasterRateLimit = v }
+        if let v = try sec.get("postmaster_rate_window", { try ConfigValue.duration($0) }) { s.postmasterRateWindow = v }
     }
 }

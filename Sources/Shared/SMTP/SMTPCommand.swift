@@ -159,8 +159,12 @@ public enum SMTPCommand: Sendable, Equatable {
     ///   - line: the command octets.
     ///   - smtputf8: the current transaction declared `SMTPUTF8` (RFC 6531 §3.4), so a RCPT
     ///     may carry a UTF-8 address. MAIL decides this from its own parameters.
+    ///   - authParameter: whether the AUTH extension is advertised in this session, so `MAIL`
+    ///     may carry `AUTH=` (RFC 4954 §5). When it is not, `AUTH=` is an unrecognised
+    ///     parameter: `555 5.5.4` (RFC 5321 §4.1.1.11, §4.1.2: an extension's parameters only
+    ///     after its EHLO keyword). Default true.
     /// - Returns: the command, or the reply to send instead.
-    public static func parse(_ line: ArraySlice<UInt8>, smtputf8: Bool = false) -> Result<SMTPCommand, SMTPReply> {
+    public static func parse(_ line: ArraySlice<UInt8>, smtputf8: Bool = false, authParameter: Bool = true) -> Result<SMTPCommand, SMTPReply> {
         let (verb, args) = split(line)
         guard let verb else {
             if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
@@ -178,7 +182,7 @@ public enum SMTPCommand: Sendable, Equatable {
             let name = String(decoding: domain, as: UTF8.self)
             return .success(verb == .ehlo ? .ehlo(name) : .helo(name))
         case .mail:
-            return parseMail(args)
+            return parseMail(args, authParameter: authParameter)
         case .rcpt:
             return parseRcpt(args, smtputf8: smtputf8)
         case .data, .rset, .quit, .starttls:
@@ -203,10 +207,11 @@ public enum SMTPCommand: Sendable, Equatable {
     /// Parses a command given as text (convenience for tests and tools).
     /// - Parameters:
     ///   - line: the command without CRLF.
-    ///   - smtputf8: as for `parse(_:smtputf8:)`.
+    ///   - smtputf8: as for `parse(_:smtputf8:authParameter:)`.
+    ///   - authParameter: as for `parse(_:smtputf8:authParameter:)`.
     /// - Returns: the command, or the reply to send instead.
-    public static func parse(_ line: String, smtputf8: Bool = false) -> Result<SMTPCommand, SMTPReply> {
-        parse(Array(line.utf8)[...], smtputf8: smtputf8)
+    public static func parse(_ line: String, smtputf8: Bool = false, authParameter: Bool = true) -> Result<SMTPCommand, SMTPReply> {
+        parse(Array(line.utf8)[...], smtputf8: smtputf8, authParameter: authParameter)
     }
 
     /// RFC 4422 §3.1 `sasl-mech`: 1 to 20 of upper-case letters, digits, `-`, `_` (matched
@@ -319,7 +324,7 @@ public enum SMTPCommand: Sendable, Equatable {
         return true
     }
 
-    private static func parseMail(_ args: ArraySlice<UInt8>) -> Result<SMTPCommand, SMTPReply> {
+    private static func parseMail(_ args: ArraySlice<UInt8>, authParameter: Bool) -> Result<SMTPCommand, SMTPReply> {
         guard let (pathBytes, rest) = splitPath(args, keyword: "FROM:") else {
             return .failure(SMTPReply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
         }
@@ -385,6 +390,11 @@ public enum SMTPCommand: Sendable, Equatable {
                 }
                 result.envelopeID = value
             case "AUTH":
+                // RFC 4954 §5 defines AUTH= only where AUTH is advertised (§3); elsewhere it is an
+                // unrecognised parameter (RFC 5321 §4.1.1.11), whatever its value.
+                guard authParameter else {
+                    return .failure(SMTPReply(555, "5.5.4", "Unsupported parameter AUTH (AUTH is not offered in this session)"))
+                }
                 // RFC 4954 §5: AUTH=<> or AUTH=xtext(mailbox).
                 guard let value, value == "<>" || (value.utf8.count <= 500 && isXText(value)) else {
                     return .failure(SMTPReply(501, "5.5.4", "Bad AUTH parameter"))

@@ -21,6 +21,10 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     public var authAvailable: Bool
     /// Longest AUTH command or SASL response line in octets including CRLF (RFC 4954 §4: 12288).
     public var maxAuthLineLength: Int
+    /// The operator mailbox that `postmaster` is delivered to (`smtp.postmaster`), nil when none is
+    /// configured. RFC 5321 §4.5.1: a server must accept mail to `<postmaster>` and
+    /// `postmaster@<its domain>` (here `hostname`, local part case-insensitive) from anyone.
+    public var postmaster: Mailbox?
 
     /// Creates a policy.
     /// - Parameters:
@@ -34,10 +38,11 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     ///   - requireTLS: refuse MAIL before TLS (default false).
     ///   - authAvailable: AUTH can be offered (default false).
     ///   - maxAuthLineLength: octets including CRLF (default 12288).
+    ///   - postmaster: where `postmaster` is delivered (default none).
     public init(hostname: String, maxMessageSize: Int = 10_240_000, maxRecipients: Int = 1000,
                 maxCommandLength: Int = 512, maxTextLineLength: Int = 1000, maxReceivedHeaders: Int = 100,
                 tlsAvailable: Bool = false, requireTLS: Bool = false, authAvailable: Bool = false,
-                maxAuthLineLength: Int = 12_288) {
+                maxAuthLineLength: Int = 12_288, postmaster: Mailbox? = nil) {
         self.hostname = hostname
         self.maxMessageSize = maxMessageSize
         self.maxRecipients = maxRecipients
@@ -48,6 +53,7 @@ public struct SMTPServerPolicy: Sendable, Equatable {
         self.requireTLS = requireTLS
         self.authAvailable = authAvailable
         self.maxAuthLineLength = maxAuthLineLength
+        self.postmaster = postmaster
     }
 }
 
@@ -74,8 +80,13 @@ public struct SubmittedMessage: Sendable, Equatable {
     public var peer: SocketAddress
     /// The `MAIL FROM:` path.
     public var reversePath: ReversePath
-    /// Accepted recipients in `RCPT` order (duplicates kept; `<Postmaster>` as `postmaster@<hostname>`).
+    /// Accepted recipients in `RCPT` order (duplicates kept). `<Postmaster>` and
+    /// `postmaster@<hostname>` are here as the configured operator mailbox (`smtp.postmaster`), or
+    /// as `postmaster@<hostname>` when none is configured (relaying clients only).
     public var recipients: [Mailbox]
+    /// For each recipient (parallel to `recipients`), the address the client gave when the server
+    /// rewrote it (postmaster to `smtp.postmaster`, RFC 5321 §4.5.1); nil when kept as given.
+    public var originalRecipients: [Mailbox?]
     /// Dot-unstuffed content with CRLF line endings, without the terminating `.CRLF`.
     public var body: [UInt8]
     /// The declared `BODY=` (RFC 6152), `.sevenBit` when not declared.
@@ -104,7 +115,8 @@ public struct SubmittedMessage: Sendable, Equatable {
     public init(heloName: String, peer: SocketAddress, reversePath: ReversePath, recipients: [Mailbox],
                 body: [UInt8], bodyType: BodyType, declaredSize: Int?, esmtp: Bool,
                 recipientParameters: [RecipientParameters]? = nil, smtputf8: Bool = false, dsnReturn: DSNReturn? = nil,
-                envelopeID: String? = nil, authenticatedUser: String? = nil, tls: NegotiatedTLS? = nil, chunked: Bool = false) {
+                envelopeID: String? = nil, authenticatedUser: String? = nil, tls: NegotiatedTLS? = nil, chunked: Bool = false,
+                originalRecipients: [Mailbox?]? = nil) {
         self.heloName = heloName
         self.peer = peer
         self.reversePath = reversePath
@@ -120,6 +132,7 @@ public struct SubmittedMessage: Sendable, Equatable {
         self.authenticatedUser = authenticatedUser
         self.tls = tls
         self.chunked = chunked
+        self.originalRecipients = originalRecipients ?? Array(repeating: nil, count: recipients.count)
     }
 
     /// The `with` keyword for `Received:` (RFC 3848, RFC 6531 §4.3): `SMTP`, `ESMTP`,
@@ -129,6 +142,14 @@ public struct SubmittedMessage: Sendable, Equatable {
         let base = smtputf8 ? "UTF8SMTP" : "ESMTP"
         return base + (tls != nil ? "S" : "") + (authenticatedUser != nil ? "A" : "")
     }
+}
+
+/// Why the driver could not store a message (`SMTPServerSession.messageStoreFailed(_:)`).
+public enum StoreFailure: Error, Sendable, Equatable {
+    /// A transient failure (an I/O error, a busy database): `451 4.3.0`.
+    case temporary
+    /// The queue's file system is full (`SQLITE_FULL`): `452 4.3.1 Insufficient system storage`.
+    case insufficientStorage
 }
 
 /// What the driver must do, in order.
@@ -165,14 +186,26 @@ public enum SMTPServerAction: Sendable, Equatable {
 /// not read while a verdict is pending. After `.startTLS`, received plaintext is
 /// discarded until `tlsStarted`.
 ///
-/// Command-line rules (RFC 5321 §2.3.8, §4.5.3.1.4): a line must end in CRLF; a
-/// line holding a bare LF, a bare CR or NUL is answered `500 5.5.2` and
-/// ignored; a line over `maxCommandLength` is answered `500 5.5.2 … line too
-/// long` once its LF arrives, its bytes discarded meanwhile.
+/// Command-line rules (RFC 5321 §2.3.8, §4.1.1, §4.5.3.1.4): only CRLF ends a line,
+/// so a bare LF or CR never splits one line into two commands. A line holding a bare
+/// LF, a bare CR or NUL before its CRLF is answered with exactly one `500 5.5.2` and
+/// none of it runs (the command-level relative of SMTP smuggling); commands pipelined
+/// after it (RFC 2920) are handled one by one as usual. A line over `maxCommandLength`
+/// is answered `500 5.5.2 … line too long` once its CRLF arrives, its bytes discarded
+/// meanwhile. SASL responses follow the same framing (`501 5.5.2`).
 public struct SMTPServerSession: Sendable {
     /// A per-recipient policy check run at RCPT after relay and count checks (e.g. the
     /// suppression list, `550 5.1.1 … suppressed`); nil accepts. Set by the driver.
     public var recipientCheck: (@Sendable (_ recipient: Mailbox, _ reversePath: ReversePath) -> SMTPReply?)?
+    /// A check run at MAIL after the sequence and `SIZE` checks, before the transaction starts:
+    /// e.g. the queue's disk headroom, `452 4.3.1` (RFC 5321 §4.2.5, RFC 1870 §6.1, RFC 3463
+    /// 4.3.1); nil accepts. Set by the driver.
+    public var mailCheck: (@Sendable (_ reversePath: ReversePath, _ parameters: MailParameters) -> SMTPReply?)?
+    /// Admission of one `postmaster` recipient from a client that may not relay (not in
+    /// `relay_networks`, not authenticated): e.g. a rate limit per client address, `452 4.7.1`
+    /// (RFC 3463 4.7.1); nil accepts. Called only when the recipient would otherwise be accepted,
+    /// so an accepting call may count it. Set by the driver.
+    public var postmasterAdmission: (@Sendable () -> SMTPReply?)?
 
     /// The EHLO/HELO identity of the client.
     struct Helo: Sendable {
@@ -186,6 +219,8 @@ public struct SMTPServerSession: Sendable {
         var parameters: MailParameters
         var recipients: [Mailbox] = []
         var recipientParameters: [RecipientParameters] = []
+        /// Parallel to `recipients`: the address given when it was rewritten (postmaster).
+        var originalRecipients: [Mailbox?] = []
         /// Whether any RCPT was attempted (to tell 503 from 554 at DATA).
         var rcptAttempted = false
         /// Content of the BDAT chunks received so far (RFC 3030), nil before the first.
@@ -252,8 +287,10 @@ public struct SMTPServerSession: Sendable {
     private var greeted = false
     /// Unprocessed input: a partial command line, or input held while a verdict is pending.
     private var buffer: [UInt8] = []
-    /// Inside an overlong command line: discard up to the next LF.
+    /// Inside an overlong command line: discard up to the next CRLF.
     private var discardingLine = false
+    /// While discarding: whether the last octet discarded was a CR (a CRLF split across reads).
+    private var discardedCR = false
     /// The user AUTH succeeded for (RFC 4954), nil before.
     public private(set) var authenticatedUser: String?
     /// The TLS parameters once STARTTLS completed (RFC 3207).
@@ -332,10 +369,11 @@ public struct SMTPServerSession: Sendable {
         var actions: [SMTPServerAction] = []
         var input = bytes
         if !buffer.isEmpty {
-            // Complete the buffered partial line, then continue straight from `input`.
+            // Complete the buffered partial line (up to its CRLF, whose CR may be the last
+            // buffered octet), then continue straight from `input`.
             var pending = buffer
             buffer = []
-            if let lf = input.firstIndex(of: 0x0A) {
+            if let lf = Self.endOfLine(in: input, afterCR: pending.last == 0x0D) {
                 pending.append(contentsOf: input[input.startIndex...lf])
                 input = input[(lf + 1)...]
             } else {
@@ -379,14 +417,21 @@ public struct SMTPServerSession: Sendable {
         return actions
     }
 
-    /// The driver could not store the message: `451 4.3.0` (transient, RFC 5321
-    /// §4.2.5), then continues with buffered input.
-    /// - Returns: the 451 and the replies for any buffered commands. Empty when no store was pending.
-    public mutating func messageStoreFailed() -> [SMTPServerAction] {
+    /// The driver could not store the message: `451 4.3.0` (transient, RFC 5321 §4.2.5), or
+    /// `452 4.3.1 Insufficient system storage` when the queue's file system is full (RFC 5321
+    /// §4.2.5, RFC 3463 4.3.1); never a 250. Then continues with buffered input.
+    /// - Parameter failure: why (default `.temporary`).
+    /// - Returns: the 4xx and the replies for any buffered commands. Empty when no store was pending.
+    public mutating func messageStoreFailed(_ failure: StoreFailure = .temporary) -> [SMTPServerAction] {
         guard isAwaitingStore else { return [] }
         state = .idle
         var actions: [SMTPServerAction] = []
-        emit(SMTPReply(451, "4.3.0", "Error: queue file write error"), &actions)
+        switch failure {
+        case .temporary:
+            emit(SMTPReply(451, "4.3.0", "Error: queue file write error"), &actions)
+        case .insufficientStorage:
+            emit(Self.insufficientStorage, &actions)
+        }
         resume(&actions)
         return actions
     }
@@ -426,6 +471,7 @@ public struct SMTPServerSession: Sendable {
         authenticatedUser = nil
         buffer = []
         discardingLine = false
+        discardedCR = false
         state = .idle
         return []
     }
@@ -479,6 +525,24 @@ public struct SMTPServerSession: Sendable {
         return policy.maxCommandLength
     }
 
+    /// Where a command line ends: the index of the LF of the first CRLF in `bytes` (RFC 5321
+    /// §2.3.8: only CRLF ends a line; a bare LF or CR is part of the line, which is then refused
+    /// whole, never split into two commands).
+    /// - Parameters:
+    ///   - bytes: the input after the start of the line (or a continuation of it).
+    ///   - afterCR: whether the octet just before `bytes` was a CR of the same line (a CRLF split
+    ///     across two reads).
+    /// - Returns: the index of the LF, or nil when `bytes` holds no complete CRLF.
+    static func endOfLine(in bytes: ArraySlice<UInt8>, afterCR: Bool) -> Int? {
+        if afterCR, bytes.first == 0x0A { return bytes.startIndex }
+        var from = bytes.startIndex
+        while let lf = bytes[from...].firstIndex(of: 0x0A) {
+            if lf > bytes.startIndex && bytes[lf - 1] == 0x0D { return lf }
+            from = lf + 1
+        }
+        return nil
+    }
+
     /// Processes as much of `input` as possible; returns the number of bytes consumed.
     /// Stops at a partial command line, a pending verdict, or close.
     private mutating func drive(_ input: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) -> Int {
@@ -493,9 +557,10 @@ public struct SMTPServerSession: Sendable {
                 i += feedChunk(input[i...], &actions)
             case .idle, .mail, .auth:
                 if discardingLine {
-                    if let lf = input[i...].firstIndex(of: 0x0A) {
+                    if let lf = Self.endOfLine(in: input[i...], afterCR: discardedCR) {
                         i = lf + 1
                         discardingLine = false
+                        discardedCR = false
                         if case .auth = state {
                             state = .idle
                             emit(SMTPReply(501, "5.5.2", "Error: authentication response too long"), &actions)
@@ -503,13 +568,15 @@ public struct SMTPServerSession: Sendable {
                             emit(Self.lineTooLong, &actions)
                         }
                     } else {
+                        discardedCR = input.last == 0x0D
                         i = input.endIndex
                     }
                     continue loop
                 }
-                guard let lf = input[i...].firstIndex(of: 0x0A) else {
+                guard let lf = Self.endOfLine(in: input[i...], afterCR: false) else {
                     if input.endIndex - i >= lineLimit(input[i...]) {
                         discardingLine = true
+                        discardedCR = input.last == 0x0D
                         i = input.endIndex
                     }
                     break loop
@@ -559,9 +626,21 @@ public struct SMTPServerSession: Sendable {
     }
 
     private static let lineTooLong = SMTPReply(500, "5.5.2", "Error: line too long")
+    /// `452 4.3.1`: no room to queue a message (RFC 5321 §4.2.5 452 "insufficient system
+    /// storage", RFC 3463 4.3.1 "mail system full"), at MAIL or at the end of DATA.
+    public static let insufficientStorage = SMTPReply(452, "4.3.1", "Insufficient system storage")
     private static let authFailed = SMTPReply(535, "5.7.8", "Error: authentication failed")
 
-    /// One command line, LF excluded.
+    /// `500 5.5.2` for a command line holding a bare LF (RFC 5321 §2.3.8, §4.1.1; RFC 3463
+    /// 5.5.2 syntax error): the whole line up to CRLF is refused and none of it runs.
+    static let bareLFInCommand = SMTPReply(500, "5.5.2", "Syntax error: bare LF in command line; lines end with CRLF (RFC 5321 section 2.3.8)")
+    /// `500 5.5.2` for a command line holding a bare CR (RFC 5321 §2.3.8).
+    static let bareCRInCommand = SMTPReply(500, "5.5.2", "Syntax error: bare CR in command line; lines end with CRLF (RFC 5321 section 2.3.8)")
+    /// `500 5.5.2` for a command line holding NUL (RFC 5321 §4.1.1: commands are printable US-ASCII).
+    static let nulInCommand = SMTPReply(500, "5.5.2", "Syntax error: NUL in command line")
+
+    /// One command line up to its CRLF, LF excluded (so it ends in CR). A bare LF, a bare CR
+    /// or NUL anywhere before the CRLF makes the whole line one `500 5.5.2`; nothing of it runs.
     private mutating func handleLine(_ line: ArraySlice<UInt8>, _ actions: inout [SMTPServerAction]) {
         let limit = SMTPAddressSyntax.hasPrefixIgnoringCase(line, "AUTH ")
             ? max(policy.maxCommandLength, policy.maxAuthLineLength) : policy.maxCommandLength
@@ -570,21 +649,21 @@ public struct SMTPServerSession: Sendable {
             return
         }
         guard line.last == 0x0D else {
-            emit(SMTPReply(500, "5.5.2", "Error: bare <LF> received"), &actions)
+            // Not reached: `endOfLine` ends lines at CRLF only. Kept so a line never runs without one.
+            emit(Self.bareLFInCommand, &actions)
             return
         }
         let content = line.dropLast()
-        if content.contains(where: { $0 == 0x0D || $0 == 0x00 }) {
-            emit(SMTPReply(500, "5.5.2", "Error: bare <CR> or NUL in command"), &actions)
-            return
-        }
+        if content.contains(0x0A) { return emit(Self.bareLFInCommand, &actions) }
+        if content.contains(0x0D) { return emit(Self.bareCRInCommand, &actions) }
+        if content.contains(0x00) { return emit(Self.nulInCommand, &actions) }
         let (verb, arguments) = SMTPCommand.split(content)
         if verb == .bdat {
             return handleBDAT(arguments, &actions)
         }
         var smtputf8 = false
         if case .mail(let transaction) = state { smtputf8 = transaction.parameters.smtputf8 }
-        switch SMTPCommand.parse(content, smtputf8: smtputf8) {
+        switch SMTPCommand.parse(content, smtputf8: smtputf8, authParameter: authOffered) {
         case .success(let command):
             execute(command, &actions)
         case .failure(let reply):
@@ -617,6 +696,26 @@ public struct SMTPServerSession: Sendable {
         guard case .mail(let transaction) = state else { return SMTPReply(503, "5.5.1", "Error: need MAIL command") }
         if transaction.chunks != nil { return SMTPReply(503, "5.5.1", "Error: RCPT after BDAT") }
         return nil
+    }
+
+    /// Whether `mailbox` is this server's postmaster: `postmaster@<hostname>`, both parts compared
+    /// case-insensitively (RFC 5321 §4.5.1, §2.4; `<Postmaster>` arrives here in that form).
+    func isPostmaster(_ mailbox: Mailbox) -> Bool {
+        mailbox.localPart.lowercased() == "postmaster" && mailbox.domain.lowercased() == policy.hostname.lowercased()
+    }
+
+    /// `text` as RFC 3461 §4 xtext: `+` `=` and octets outside `!`…`~` as `+XX`.
+    static func xtext(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        for b in text.utf8 {
+            if b >= 0x21 && b <= 0x7E && b != 0x2B && b != 0x3D {
+                out.append(b)
+            } else {
+                out += [0x2B, hex[Int(b >> 4)], hex[Int(b & 0x0F)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The EHLO keywords in effect now (RFC 5321 §4.1.1.1).
@@ -652,6 +751,9 @@ public struct SMTPServerSession: Sendable {
                 // RFC 1870 §6.1: the declared size exceeds the fixed maximum.
                 return emit(SMTPReply(552, "5.3.4", "Message size exceeds fixed limit"), &actions)
             }
+            if let check = mailCheck, let refusal = check(reversePath, parameters) {
+                return emit(refusal, &actions)
+            }
             state = .mail(MailTransaction(reversePath: reversePath, parameters: parameters))
             emit(SMTPReply(250, "2.1.0", "Ok"), &actions)
         case .rcpt(let forwardPath, let parameters):
@@ -664,9 +766,28 @@ public struct SMTPServerSession: Sendable {
             case .postmaster: mailbox = Mailbox(localPart: "postmaster", domain: policy.hostname)
             case .mailbox(let m): mailbox = m
             }
+            let mayRelay = relayPermitted || authenticatedUser != nil
+            let toPostmaster = isPostmaster(mailbox)
             let reply: SMTPReply
-            if !relayPermitted && authenticatedUser == nil {
-                reply = SMTPReply(554, "5.7.1", "Relay access denied")
+            if toPostmaster, let operatorMailbox = policy.postmaster {
+                // RFC 5321 §4.5.1: postmaster is accepted from anyone and delivered to the operator.
+                if transaction.recipients.count >= policy.maxRecipients {
+                    reply = SMTPReply(452, "4.5.3", "Too many recipients")
+                } else if !mayRelay, let admission = postmasterAdmission, let refusal = admission() {
+                    reply = refusal
+                } else {
+                    var rewritten = parameters
+                    // RFC 3461 §4.2: ORCPT carries the address the client gave, for DSNs.
+                    if rewritten.originalRecipient == nil { rewritten.originalRecipient = "rfc822;" + Self.xtext(mailbox.address) }
+                    transaction.recipients.append(operatorMailbox)
+                    transaction.recipientParameters.append(rewritten)
+                    transaction.originalRecipients.append(mailbox)
+                    reply = SMTPReply(250, "2.1.5", "Ok")
+                }
+            } else if !mayRelay {
+                reply = toPostmaster
+                    ? SMTPReply(550, "5.3.5", "Postmaster address not configured on this server (smtp.postmaster)")
+                    : SMTPReply(554, "5.7.1", "Relay access denied")
             } else if transaction.recipients.count >= policy.maxRecipients {
                 reply = SMTPReply(452, "4.5.3", "Too many recipients")
             } else if let check = recipientCheck, let refusal = check(mailbox, transaction.reversePath) {
@@ -674,6 +795,7 @@ public struct SMTPServerSession: Sendable {
             } else {
                 transaction.recipients.append(mailbox)
                 transaction.recipientParameters.append(parameters)
+                transaction.originalRecipients.append(nil)
                 reply = SMTPReply(250, "2.1.5", "Ok")
             }
             state = .mail(transaction)
@@ -777,7 +899,7 @@ public struct SMTPServerSession: Sendable {
         guard line.count + 1 <= policy.maxAuthLineLength else {
             return emit(SMTPReply(501, "5.5.2", "Error: authentication response too long"), &actions)
         }
-        guard line.last == 0x0D, !line.dropLast().contains(where: { $0 == 0x0D || $0 == 0x00 }) else {
+        guard line.last == 0x0D, !line.dropLast().contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }) else {
             return emit(SMTPReply(501, "5.5.2", "Error: bare <CR>, <LF> or NUL in authentication response"), &actions)
         }
         let text = String(decoding: line.dropLast(), as: UTF8.self)
@@ -912,7 +1034,8 @@ public struct SMTPServerSession: Sendable {
                 declaredSize: transaction.parameters.size, esmtp: helo.esmtp,
                 recipientParameters: transaction.recipientParameters, smtputf8: transaction.parameters.smtputf8,
                 dsnReturn: transaction.parameters.ret, envelopeID: transaction.parameters.envelopeID,
-                authenticatedUser: authenticatedUser, tls: tls, chunked: decoder.framing == .chunked)))
+                authenticatedUser: authenticatedUser, tls: tls, chunked: decoder.framing == .chunked,
+                originalRecipients: transaction.originalRecipients)))
         }
     }
 
@@ -920,6 +1043,7 @@ public struct SMTPServerSession: Sendable {
         state = .closed
         buffer = []
         discardingLine = false
+        discardedCR = false
         actions.append(.close)
     }
 

@@ -8,6 +8,9 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
     /// What failed and SQLite's message.
     public let message: String
     public var description: String { "sqlite error \(code): \(message)" }
+    /// Whether the database or its file system is full (`SQLITE_FULL`, also as an extended code):
+    /// the write was rolled back and nothing of it is stored.
+    public var isFull: Bool { code & 0xFF == SQLITE_FULL }
 }
 
 /// One SQLite database connection (owns the `sqlite3*` and closes it in deinit).

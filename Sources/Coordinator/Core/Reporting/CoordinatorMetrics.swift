@@ -44,6 +44,13 @@ public final class CoordinatorMetrics: Sendable {
     public let webhookOutbox: Gauge
     /// `hato_events_pending`: queue events not yet reported.
     public let eventsPending: Gauge
+    /// `hato_queue_free_bytes`: free octets of the queue's file system (`statvfs` f_bavail × f_frsize),
+    /// set by the submission server's headroom check (`smtp.queue_min_free`).
+    public let queueFreeBytes: Gauge
+    /// `hato_smtp_refusals_total{reason}`: submissions refused to protect the queue or the relay:
+    /// `queue_min_free` (`452 4.3.1` at MAIL), `storage_full` (`452 4.3.1` after DATA, `SQLITE_FULL`),
+    /// `postmaster_rate_limit` (`452 4.7.1` at RCPT).
+    public let smtpRefusals: Counter
 
     /// Latency buckets in seconds: 100 ms to 1 day.
     public static let latencyBuckets: [Double] = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -72,6 +79,9 @@ public final class CoordinatorMetrics: Sendable {
         suppressions = r.gauge("hato_suppressions", help: "Unexpired suppression list entries.")
         webhookOutbox = r.gauge("hato_webhook_outbox", help: "Webhook events waiting to be delivered.")
         eventsPending = r.gauge("hato_events_pending", help: "Queue events not yet reported.")
+        queueFreeBytes = r.gauge("hato_queue_free_bytes", help: "Free bytes of the queue's file system (statvfs f_bavail x f_frsize).")
+        smtpRefusals = r.counter("hato_smtp_refusals_total", help: "SMTP submissions refused to protect the queue or the relay, by reason.",
+                                 labels: ["reason"])
     }
 
     /// Registers the scrape-time collector for the gauges.

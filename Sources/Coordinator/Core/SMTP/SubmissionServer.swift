@@ -23,6 +23,9 @@ import HatoShared
 /// - **Queueing**: a `.store` is carried out synchronously: routing (`PoolRouter`), the RFC 6409
 ///   §8 fix-ups (`Message-ID`, `Date` when missing), one `Received:` field, then the message and
 ///   its recipients are written and fsync'd before the session is told and the `250` is sent.
+/// - **Guards** (`SubmissionGuards`): the queue's disk headroom at MAIL (`smtp.queue_min_free`,
+///   `452 4.3.1`), `452 4.3.1` for a write that fails with `SQLITE_FULL`, and the postmaster rate
+///   limit for clients that may not relay (`452 4.7.1`).
 ///
 /// Replies are written when the input is drained (nothing more readable right now) or 64 KiB of
 /// them are pending, so a pipelined group is answered with as few writes as possible and a client
@@ -34,6 +37,7 @@ public final class SubmissionServer: @unchecked Sendable {
     private let clock: any WallClock
     private let router: PoolRouter
     private let authenticator: SubmissionAuthenticator
+    private let guards: SubmissionGuards
     private let log = Logger(label: "coordinator.smtp")
     private let lock = NSLock()
     private var listeners: [Socket] = []
@@ -49,9 +53,13 @@ public final class SubmissionServer: @unchecked Sendable {
     ///   - config: cluster configuration (`smtp` and `routing` sections).
     ///   - store: the durable queue.
     ///   - clock: time source.
+    ///   - metrics: where refusals and the queue's free space are published (nil: nowhere).
+    ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
-    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), onAccepted: @escaping @Sendable () -> Void) {
+    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
+                headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted
+        self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom)
         self.router = PoolRouter(routing: config.routing, pools: config.pools)
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
                                                      failureWindow: config.smtp.authFailureWindow, clock: clock)
@@ -133,9 +141,11 @@ public final class SubmissionServer: @unchecked Sendable {
         }
         let tlsContext = lock.withLock { self.tlsContext }
         let policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
-                                      tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS, authAvailable: !smtp.users.isEmpty)
+                                      tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS, authAvailable: !smtp.users.isEmpty,
+                                      postmaster: smtp.postmaster)
         var session = SMTPServerSession(policy: policy, peer: peer, relayPermitted: smtp.mayRelay(peer.host),
                                         plaintextAuthPermitted: smtp.authAllowPlaintextLoopback && SMTPSettings.isLoopback(peer.host))
+        guards.install(on: &session, peer: peer)
         if config.suppression.mode == .rejectAtRcpt {
             let store = self.store, settings = config.suppression
             session.recipientCheck = { rcpt, sender in
@@ -164,11 +174,12 @@ public final class SubmissionServer: @unchecked Sendable {
                     out.append(contentsOf: bytes)
                 case .store(let message):
                     // Replies already produced stay before the DATA reply on the wire.
-                    if let id = accept(message) {
+                    switch accept(message) {
+                    case .success(let id):
                         queuedSinceWrite = true
                         more = session.messageStored(id: id)
-                    } else {
-                        more = session.messageStoreFailed()
+                    case .failure(let failure):
+                        more = session.messageStoreFailed(failure)
                     }
                 case .authenticate(let credentials):
                     let result = authenticator.verify(credentials, client: peer.host)
@@ -263,8 +274,8 @@ public final class SubmissionServer: @unchecked Sendable {
     }
 
     /// Routes, fixes up, stamps and durably queues a message.
-    /// - Returns: the queue id, or nil if it could not be stored (the client gets a 4xx and retries).
-    private func accept(_ message: SubmittedMessage) -> String? {
+    /// - Returns: the queue id, or why it could not be stored (the client gets a 4xx and retries).
+    private func accept(_ message: SubmittedMessage) -> Result<String, StoreFailure> {
         let now = clock.now()
         let id = Identifier.queueID(now: now)
         let hostname = config.smtp.hostname
@@ -272,11 +283,15 @@ public final class SubmissionServer: @unchecked Sendable {
         let route = router.route(authUser: message.authenticatedUser, reversePath: message.reversePath.address, content: message.body)
         // RFC 6409 §8.3: a submission server adds Date and Message-ID when missing.
         let fixed = SubmissionFixups.apply(to: route.content, messageID: "<\(id)@\(hostname)>", date: now)
+        // `for` names the recipient as the client gave it (postmaster, not the operator's mailbox).
+        let forRecipient = message.recipients.count == 1 ? (message.originalRecipients.first ?? nil) ?? message.recipients.first : nil
         let received = ReceivedHeader.build(heloName: message.heloName, peer: message.peer, hostname: hostname,
                                             protocol: message.protocolKeyword, tls: message.tls, id: id,
-                                            recipient: message.recipients.count == 1 ? message.recipients.first : nil, date: now)
+                                            recipient: forRecipient, date: now)
+        let originalTo = SubmissionGuards.originalRecipientField(message)
         var content = received
-        content.reserveCapacity(received.count + fixed.content.count)
+        content.reserveCapacity(received.count + originalTo.count + fixed.content.count)
+        content.append(contentsOf: originalTo)
         content.append(contentsOf: fixed.content)
         let record = NewMessage(id: id, reversePath: message.reversePath.address,
                                 recipients: message.recipients.map(\.address), pool: route.pool,
@@ -287,14 +302,19 @@ public final class SubmissionServer: @unchecked Sendable {
         do {
             try store.enqueue(record)
         } catch {
-            log.error("queue write failed; message refused with 451", ["error": "\(error)"])
-            return nil
+            let failure = guards.storeFailure(for: error)
+            log.error(failure == .insufficientStorage ? "queue full; message refused with 452 4.3.1" : "queue write failed; message refused with 451 4.3.0",
+                      ["error": "\(error)", "client": message.peer.host])
+            return .failure(failure)
         }
+        guards.headroom.noteQueued(octets: record.content.count)
         var fields = ["id": id, "pool": route.pool, "route": route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }
         if !fixed.added.isEmpty { fields["added"] = fixed.added.joined(separator: ",") }
+        let postmaster = message.originalRecipients.filter { $0 != nil }.count
+        if postmaster > 0 { fields["postmaster_recipients"] = "\(postmaster)" }
         log.info("message queued", fields)
-        return id
+        return .success(id)
     }
 }
