@@ -492,45 +492,62 @@ public enum ClusterAuth {
 
 /// One cluster protocol connection: a socket, a frame decoder and a write lock.
 ///
-/// One thread reads (`receive`); any thread may `send` (writes are serialised).
-/// `@unchecked Sendable`: the decoder is touched only by the reading thread, the
-/// socket's writes are under `writeLock`.
-public final class ClusterConnection: @unchecked Sendable {
+/// One thread reads (`receive`) and owns the connection: it alone calls `close()`. Any thread
+/// may `send` (writes are serialised), and any thread that wants the connection to end calls
+/// `shutdown()`: the reader's `receive` then throws `SocketError(.closed)` and the reader
+/// closes (see `Socket`'s close rule).
+///
+/// Checked `Sendable`: the decoder and read buffer live in a `Locked` that only the reading
+/// thread takes (held across its blocking read: a second reader would wait, not interleave);
+/// writes hold `writer` across the socket write so frames never interleave.
+public final class ClusterConnection: Sendable {
     /// The socket.
     public let socket: Socket
-    private var decoder: FrameDecoder
-    private let writeLock = NSLock()
-    private var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+    private struct ReadState: Sendable {
+        var decoder: FrameDecoder
+        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+    }
+    private let reader: Locked<ReadState>
+    private let writer = Locked(())
 
     /// - Parameters:
     ///   - socket: a connected socket.
     ///   - maximumFrameSize: the largest frame accepted, octets.
     public init(socket: Socket, maximumFrameSize: Int) {
         self.socket = socket
-        self.decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
+        self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize)))
     }
 
     /// Sends one message.
     /// - Throws: `SocketError` when the write fails.
     public func send(_ message: ClusterMessage) throws {
         let bytes = message.frame().encoded()
-        try writeLock.withLock { try socket.write(bytes) }
+        try writer.withLock { _ in try socket.write(bytes) }
     }
 
     /// Receives the next message, blocking up to the socket's read timeout.
-    /// - Throws: `SocketError` (timeout, closed), `FrameError` or `ClusterProtocolError.malformed`.
+    /// - Throws: `SocketError` (timeout, closed — also after `shutdown()`), `FrameError` or
+    ///   `ClusterProtocolError.malformed`.
     public func receive() throws -> ClusterMessage {
-        while true {
-            if let frame = try decoder.next() { return try ClusterMessage.decode(frame) }
-            let n = try readBuffer.withUnsafeMutableBytes { try socket.read(into: $0) }
-            if n == 0 {
-                try decoder.finish()
-                throw SocketError(.closed, "cluster read")
+        try reader.withLock { state in
+            while true {
+                if let frame = try state.decoder.next() { return try ClusterMessage.decode(frame) }
+                let n = try state.buffer.withUnsafeMutableBytes { try socket.read(into: $0) }
+                if n == 0 {
+                    try state.decoder.finish()
+                    throw SocketError(.closed, "cluster read")
+                }
+                state.decoder.feed(state.buffer[0..<n])
             }
-            decoder.feed(readBuffer[0..<n])
         }
     }
 
-    /// Closes the connection.
+    /// Ends the connection from any thread: wakes the reader, whose `receive` throws; the
+    /// reader then calls `close()`.
+    public func shutdown() { socket.shutdown() }
+
+    /// Closes the connection. **Owner only** (the thread that calls `receive`); other threads
+    /// call `shutdown()`. (A call from another thread is still safe: the descriptor is
+    /// released only after the reader's call returns.)
     public func close() { socket.close() }
 }

@@ -217,8 +217,7 @@ public final class SubmissionServer: @unchecked Sendable {
         /// Whether more input can be read without waiting (then replies may wait for it).
         func inputPending() -> Bool {
             if let tls = stream as? TLSStream, tls.bufferedByteCount > 0 { return true }
-            var pfd = pollfd(fd: conn.fd, events: Int16(POLLIN), revents: 0)
-            return poll(&pfd, 1, 0) > 0 && (pfd.revents & Int16(POLLIN)) != 0
+            return conn.hasReadableInput
         }
 
         guard perform(session.start()) else { return }
