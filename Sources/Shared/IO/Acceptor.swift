@@ -34,6 +34,25 @@ public struct AcceptedConnection: Sendable {
 ///
 /// The loop `poll`s the listener and the lingering sockets; it owns them and closes them.
 /// `stop()` from any thread shuts the listener down, which wakes the loop.
+///
+/// The cluster listener with the pre-authentication tier of issue 13 (unauthenticated links
+/// capped in total and per peer, and shut down when the handshake is not done in time):
+///
+///     let admission = AdmissionControl(limits: .cluster, preAuthentication: .cluster)
+///     let acceptor = try Acceptor(address: config.coordinator.listen, configuration: .init(name: "cluster"),
+///                                 admission: admission) { connection in
+///         // This thread owns connection.socket (it reads it); returning closes it and frees the slot.
+///         let conn = ClusterConnection(socket: connection.socket, maximumFrameSize: maxFrame)
+///         // … send the challenge, receive the hello, verify the HMAC proof …
+///         connection.admission.promote()  // authenticated: out of the unauthenticated tier, no deadline
+///         // … the session's receive loop; other threads end it with conn.shutdown(), never close() …
+///     }
+///     acceptor.start()
+///     // Stopping: acceptor.stop(), then shutdown() each session's connection.
+///
+/// A refused cluster connection is closed without a word (the default `refusal`); a link that
+/// stays silent past the deadline is shut down by this loop, so its handler's `receive` throws
+/// and the handler returns.
 public final class Acceptor: Sendable {
     /// How the loop behaves (not the limits: those are the `AdmissionControl`'s).
     public struct Configuration: Sendable {

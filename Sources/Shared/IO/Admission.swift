@@ -17,6 +17,10 @@ public struct AdmissionLimits: Sendable, Equatable {
 
     /// The admin/metrics HTTP listener's built-in limits: 64 in total, 16 per peer.
     public static let adminHTTP = AdmissionLimits(maxConnections: 64, maxConnectionsPerPeer: 16)
+
+    /// Suggested limits of the cluster listener: 256 node links in total, 8 per peer (a host
+    /// runs one node; a restart briefly holds two links).
+    public static let cluster = AdmissionLimits(maxConnections: 256, maxConnectionsPerPeer: 8)
 }
 
 /// The second tier of a listener whose peers must authenticate (the cluster listener, issue
@@ -38,6 +42,10 @@ public struct PreAuthenticationLimits: Sendable, Equatable {
         self.maxConnectionsPerPeer = max(1, maxConnectionsPerPeer)
         self.handshakeDeadline = max(.milliseconds(1), handshakeDeadline)
     }
+
+    /// Suggested pre-authentication tier of the cluster listener: 32 unauthenticated links at
+    /// once, 2 per peer, 10 s to complete the challenge/hello exchange.
+    public static let cluster = PreAuthenticationLimits(maxConnections: 32, maxConnectionsPerPeer: 2, handshakeDeadline: .seconds(10))
 }
 
 /// What `AdmissionControl.admit` decided.
