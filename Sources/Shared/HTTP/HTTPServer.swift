@@ -16,9 +16,13 @@ public struct HTTPRequest: Sendable {
 
 /// An HTTP response.
 public struct HTTPResponse: Sendable {
+    /// The status code (RFC 9110 §15), e.g. 200.
     public var status: Int
+    /// The `Content-Type` field value.
     public var contentType: String
+    /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
+    /// A response with `status`, `contentType` (JSON by default) and `body`.
     public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
         self.status = status; self.contentType = contentType; self.body = body
     }

@@ -25,10 +25,12 @@ public struct SocketError: Error, CustomStringConvertible, Sendable, Equatable {
     /// `errno` at the time of the failure (0 when not applicable).
     public let code: Int32
 
+    /// An error of `kind` from `operation`, with `errno` value `code` (0 when none).
     public init(_ kind: Kind, _ operation: String, code: Int32 = 0) {
         self.kind = kind; self.operation = operation; self.code = code
     }
 
+    /// `operation: reason`.
     public var description: String {
         switch kind {
         case .timeout: return "\(operation): timed out"
@@ -58,6 +60,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// The port in host byte order.
     public let port: UInt16
 
+    /// The address `host` (numeric) and `port` (host byte order).
     public init(host: String, port: UInt16) { self.host = host; self.port = port }
 
     /// `host:port`, with IPv6 hosts in brackets.
