@@ -87,7 +87,8 @@ extension Integration {
 
             // Three flooding peers: 3 × 16 admitted on the admin port (64 in total, 16 per peer),
             // 3 × 50 on the SMTP port (max_connections_per_client: 50); everyone else refused.
-            let floodSources = ["127.0.0.1", "127.0.1.1", "127.0.1.2"]
+            // (Not 127.0.0.1: the 10,000 local ports must not collide with other tests' binds there.)
+            let floodSources = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
             var admin = try openFlood(Self.floodSize, port: coordinator.adminPort, sources: floodSources)
             var smtp = try openFlood(Self.floodSize, port: coordinator.smtpPort, sources: floodSources)
             defer { (admin + smtp).forEach { $0.close() } }
@@ -176,7 +177,7 @@ extension Integration {
             // Hold more sessions than the coordinator has descriptors for.
             var held: [Socket] = []
             defer { held.forEach { $0.close() } }
-            for _ in 0..<200 { held.append(try Socket.connect(to: address, timeout: 5)) }
+            for _ in 0..<200 { held.append(try Socket.connect(to: address, from: "127.0.1.4", timeout: 5)) }
             try waitUntil("the back-off to be logged", timeout: 15) { process.log.contains("accept: out of descriptors or memory; backing off") }
             let deadline = ContinuousClock.now + .seconds(10)
             let greetedEarly = held.prefix(50).filter { firstLine($0, until: deadline)?.hasPrefix("220 ") == true }.count

@@ -24,12 +24,15 @@ struct SocketRaceTests {
 
     static let slots = 64
     static let iterationsPerSlot = 50
+    /// Both ends on an address of their own: the thousands of ports this test takes (and leaves
+    /// in TIME_WAIT) never collide with another test's `bind` on 127.0.0.1.
+    static let host = "127.0.0.99"
 
     @Test("64 connection pairs × 50 rounds: readers, writers, shutdown and close from other threads; no trap, no foreign bytes, no hang")
     func closeRule() throws {
         let seed = ProcessInfo.processInfo.environment["HATO_TEST_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64.max)
         let started = ContinuousClock.now
-        let listeners = try (0..<Self.slots).map { _ in try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0), backlog: 8) }
+        let listeners = try (0..<Self.slots).map { _ in try Socket.listen(on: SocketAddress(host: Self.host, port: 0), backlog: 8) }
         defer { listeners.forEach { $0.close() } }
         let totals = Locked((rounds: 0, bytes: 0, foreign: 0, disorder: 0, timeouts: 0, hung: 0, errors: [String]()))
         let finished = LockedCondition(0)
@@ -80,7 +83,7 @@ struct SocketRaceTests {
         var result = RoundResult()
         let client: Socket, server: Socket
         do {
-            client = try Socket.connect(to: listener.localAddress!, timeout: 5)
+            client = try Socket.connect(to: listener.localAddress!, from: Self.host, timeout: 5)
             (server, _) = try listener.accept()
         } catch {
             result.errors.append("slot \(slot) round \(round): connect/accept: \(error)")
