@@ -39,6 +39,8 @@ let usage = """
     """
 
 ignoreSIGPIPE()
+// Each SMTP session, admin request and node link holds a descriptor: take the hard limit.
+OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires"], flagOptions: ["json", "wait", "dry-run"])

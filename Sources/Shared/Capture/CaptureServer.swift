@@ -32,13 +32,21 @@ public enum CaptureVerdict: Sendable, Equatable {
 /// exact bytes received, and can be told to refuse recipients.
 ///
 /// RFC 5321 server subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with
-/// PIPELINING and 8BITMIME advertised. Not hardened: never expose it.
-public final class CaptureServer: @unchecked Sendable {
-    private let listener: Socket
-    private let lock = NSLock()
-    private var messages: [CapturedMessage] = []
-    private var rcptAttempts: [String: Int] = [:]
-    private var connectionCount = 0
+/// PIPELINING and 8BITMIME advertised. Not hardened: never expose it. Connections come
+/// through an `Acceptor` with generous limits (`CaptureServer.admissionLimits`).
+public final class CaptureServer: Sendable {
+    /// 4096 connections at once from anyone: a test MX receives every session of a load test
+    /// from a few loopback addresses.
+    public static let admissionLimits = AdmissionLimits(maxConnections: 4096, maxConnectionsPerPeer: 4096)
+
+    private struct State: Sendable {
+        var messages: [CapturedMessage] = []
+        var rcptAttempts: [String: Int] = [:]
+        var connectionCount = 0
+    }
+    private let state = Locked(State())
+    /// Set once in `init`, after the acceptor exists (its handler needs `self`).
+    private let acceptor = Locked<Acceptor?>(nil)
     private let policy: @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict
     private let sourcePolicy: (@Sendable (_ peer: String) -> CaptureVerdict)?
     private let directory: String?
@@ -60,35 +68,37 @@ public final class CaptureServer: @unchecked Sendable {
     public init(address: SocketAddress, hostname: String = "mx.capture.test", directory: String? = nil, dataDelay: TimeInterval = 0,
                 sourcePolicy: (@Sendable (_ peer: String) -> CaptureVerdict)? = nil,
                 policy: @escaping @Sendable (_ recipient: String, _ attempt: Int) -> CaptureVerdict = { _, _ in .accept }) throws {
-        listener = try Socket.listen(on: address)
-        self.address = listener.localAddress ?? address
         self.policy = policy
         self.directory = directory
         self.hostname = hostname
         self.dataDelay = dataDelay
         self.sourcePolicy = sourcePolicy
         if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-        Thread.detachNewThread { [self] in
-            while let (conn, peer) = try? listener.accept() {
-                lock.withLock { connectionCount += 1 }
-                Thread.detachNewThread { [self] in serve(conn, peer: peer) }
-            }
-        }
+        // The handler holds the server weakly: the acceptor must not keep it alive.
+        let box = WeakCaptureServer()
+        let acceptor = try Acceptor(address: address, configuration: Acceptor.Configuration(name: "capture"),
+                                    admission: AdmissionControl(limits: CaptureServer.admissionLimits),
+                                    refusal: { _, _ in Array("421 4.7.0 too many connections\r\n".utf8) },
+                                    handler: { connection in box.server?.serve(connection.socket, peer: connection.peer) })
+        self.address = acceptor.address
+        self.acceptor.withLock { $0 = acceptor }
+        box.server = self
+        acceptor.start()
     }
 
-    deinit { listener.close() }
+    deinit { stop() }
 
-    /// Stops accepting connections.
-    public func stop() { listener.close() }
+    /// Stops accepting connections (the listener is closed when this returns).
+    public func stop() { acceptor.snapshot?.stop() }
 
     /// Every message received so far, in order.
-    public var received: [CapturedMessage] { lock.withLock { messages } }
+    public var received: [CapturedMessage] { state.withLock { $0.messages } }
 
     /// TCP connections accepted so far.
-    public var connections: Int { lock.withLock { connectionCount } }
+    public var connections: Int { state.withLock { $0.connectionCount } }
 
     private func serve(_ conn: Socket, peer: SocketAddress) {
-        defer { conn.close() }
+        state.withLock { $0.connectionCount += 1 }
         conn.setTimeouts(read: 60, write: 60)
         let local = conn.localAddress?.host ?? address.host
         let reader = BufferedReader(stream: conn)
@@ -116,7 +126,7 @@ public final class CaptureServer: @unchecked Sendable {
                     if let v = sourcePolicy?(peer.host), case .reject(let code, let text) = v {
                         try reply("\(code) \(text)"); continue
                     }
-                    let n = lock.withLock { () -> Int in rcptAttempts[r, default: 0] += 1; return rcptAttempts[r]! }
+                    let n = state.withLock { s -> Int in s.rcptAttempts[r, default: 0] += 1; return s.rcptAttempts[r]! }
                     switch policy(r, n) {
                     case .accept: rcpts.append(r); try reply("250 2.1.5 Ok")
                     case .reject(let code, let text): try reply("\(code) \(text)")
@@ -133,7 +143,7 @@ public final class CaptureServer: @unchecked Sendable {
                     if dataDelay > 0 { Thread.sleep(forTimeInterval: dataDelay) }
                     let m = CapturedMessage(peerAddress: peer.host, localAddress: local, helo: helo, reversePath: from ?? "",
                                             recipients: rcpts, wire: wire, content: content, receivedAt: Date().timeIntervalSince1970)
-                    let index = lock.withLock { () -> Int in messages.append(m); return messages.count }
+                    let index = state.withLock { s -> Int in s.messages.append(m); return s.messages.count }
                     if let directory { save(m, index: index, in: directory) }
                     from = nil; rcpts = []
                     try reply("250 2.0.0 Ok: captured as \(index)")
@@ -153,5 +163,19 @@ public final class CaptureServer: @unchecked Sendable {
         struct Meta: Codable { var peerAddress, helo, reversePath: String; var recipients: [String]; var receivedAt: Double }
         let meta = Meta(peerAddress: m.peerAddress, helo: m.helo, reversePath: m.reversePath, recipients: m.recipients, receivedAt: m.receivedAt)
         if let d = try? JSONEncoder().encode(meta) { _ = FileManager.default.createFile(atPath: base + ".json", contents: d) }
+    }
+}
+
+/// The capture server as its acceptor's handler sees it: weakly, so that dropping the last
+/// reference to the server stops it.
+private final class WeakCaptureServer: Sendable {
+    private let reference = Locked<WeakReference>(WeakReference())
+    private struct WeakReference: Sendable {
+        weak var value: CaptureServer?
+    }
+
+    var server: CaptureServer? {
+        get { reference.withLock { $0.value } }
+        set { reference.withLock { $0.value = newValue } }
     }
 }

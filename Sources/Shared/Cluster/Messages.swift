@@ -492,23 +492,31 @@ public enum ClusterAuth {
 
 /// One cluster protocol connection: a socket, a frame decoder and a write lock.
 ///
-/// One thread reads (`receive`); any thread may `send` (writes are serialised).
-/// `@unchecked Sendable`: the decoder is touched only by the reading thread, the
-/// socket's writes are under `writeLock`.
-public final class ClusterConnection: @unchecked Sendable {
+/// One thread reads (`receive`) and owns the connection: it alone calls `close()`. Any thread
+/// may `send` (writes are serialised), and any thread that wants the connection to end calls
+/// `shutdown()`: the reader's `receive` then throws `SocketError(.closed)` and the reader
+/// closes (see `Socket`'s close rule).
+///
+/// Checked `Sendable`: the decoder and read buffer live in a `Locked` that only the reading
+/// thread takes (held across its blocking read: a second reader would wait, not interleave);
+/// writes hold `writer` across the socket write so frames never interleave.
+public final class ClusterConnection: Sendable {
     /// The socket.
     public let socket: Socket
-    private var decoder: FrameDecoder
-    private let writeLock = NSLock()
-    private var readBuffer: [UInt8]
+    private struct ReadState: Sendable {
+        var decoder: FrameDecoder
+        var buffer: [UInt8]
+    }
+    private let reader: Locked<ReadState>
+    private let writer = Locked(())
 
     /// - Parameters:
     ///   - socket: a connected socket.
     ///   - maximumFrameSize: the largest frame accepted, octets.
     public init(socket: Socket, maximumFrameSize: Int) {
         self.socket = socket
-        self.decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
-        self.readBuffer = [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))
+        self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
+                                       buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
     }
 
     /// Octets per read: 256 KiB, or less for a connection whose frames are small (before authentication).
@@ -518,47 +526,52 @@ public final class ClusterConnection: @unchecked Sendable {
     /// - Throws: `SocketError` when the write fails.
     public func send(_ message: ClusterMessage) throws {
         let bytes = message.frame().encoded()
-        try writeLock.withLock { try socket.write(bytes) }
+        try writer.withLock { _ in try socket.write(bytes) }
     }
 
     /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
     /// authenticated, the full one after). Call from the reading thread only.
     public func setMaximumFrameSize(_ octets: Int) {
-        decoder = FrameDecoder(maximumFrameSize: octets, continuing: decoder)
-        let size = ClusterConnection.readSize(octets)
-        if size != readBuffer.count { readBuffer = [UInt8](repeating: 0, count: size) }
+        reader.withLock { state in
+            state.decoder = FrameDecoder(maximumFrameSize: octets, continuing: state.decoder)
+            let size = ClusterConnection.readSize(octets)
+            if size != state.buffer.count { state.buffer = [UInt8](repeating: 0, count: size) }
+        }
     }
 
     /// Octets received but not yet returned as frames.
-    public var bufferedCount: Int { decoder.bufferedCount }
+    public var bufferedCount: Int { reader.withLock { $0.decoder.bufferedCount } }
 
     /// Receives the next message, blocking up to the socket's read timeout, or until
     /// `deadline` on the monotonic clock (a peer that trickles bytes cannot hold the read past
     /// it: each read waits at most the time left).
-    /// - Throws: `SocketError` (timeout, closed), `FrameError` or `ClusterProtocolError.malformed`.
+    /// - Throws: `SocketError` (timeout, closed — also after `shutdown()`), `FrameError` or
+    ///   `ClusterProtocolError.malformed`.
     public func receive(deadline: ContinuousClock.Instant? = nil) throws -> ClusterMessage {
-        while true {
-            if let frame = try decoder.next() { return try ClusterMessage.decode(frame) }
-            if let deadline {
-                let left = ContinuousClock.now.duration(to: deadline)
-                guard left > .zero else { throw SocketError(.timeout, "cluster read") }
-                let seconds = Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18
-                socket.setTimeouts(read: max(0.001, seconds), write: 30)
+        try reader.withLock { state in
+            while true {
+                if let frame = try state.decoder.next() { return try ClusterMessage.decode(frame) }
+                if let deadline {
+                    let left = ContinuousClock.now.duration(to: deadline)
+                    guard left > .zero else { throw SocketError(.timeout, "cluster read") }
+                    socket.setTimeouts(read: max(left, .milliseconds(1)), write: .seconds(30))
+                }
+                let n = try state.buffer.withUnsafeMutableBytes { try socket.read(into: $0) }
+                if n == 0 {
+                    try state.decoder.finish()
+                    throw SocketError(.closed, "cluster read")
+                }
+                state.decoder.feed(state.buffer[0..<n])
             }
-            let n = try readBuffer.withUnsafeMutableBytes { try socket.read(into: $0) }
-            if n == 0 {
-                try decoder.finish()
-                throw SocketError(.closed, "cluster read")
-            }
-            decoder.feed(readBuffer[0..<n])
         }
     }
 
-    /// Wakes a thread blocked in `receive` or `send` (both fail at once) without closing the
-    /// descriptor: the thread that reads closes it (another thread's close could let the
-    /// number be reused by a new connection while a read is about to use it).
+    /// Ends the connection from any thread: wakes the reader, whose `receive` throws; the
+    /// reader then calls `close()`.
     public func shutdown() { socket.shutdown() }
 
-    /// Closes the connection. Call only from the thread that reads it.
+    /// Closes the connection. **Owner only** (the thread that calls `receive`); other threads
+    /// call `shutdown()`. (A call from another thread is still safe: the descriptor is
+    /// released only after the reader's call returns.)
     public func close() { socket.close() }
 }

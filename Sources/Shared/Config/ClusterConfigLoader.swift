@@ -487,27 +487,10 @@ enum ConfigFiles {
     /// - Throws: `ConfigValueError` whose message is the `strerror` text, e.g. `No such file or directory`.
     static func readFile(_ path: String) throws(ConfigValueError) -> [UInt8] {
         guard !path.utf8.contains(0) else { throw ConfigValueError("invalid path") }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigValueError(errorText(errno)) }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw ConfigValueError(errorText(errno))
-            }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
-            if out.count > maxSize { throw ConfigValueError("file too large (more than 4 MiB)") }
-        }
-        return out
-    }
-
-    private static func errorText(_ code: Int32) -> String {
-        guard let p = strerror(code) else { return "errno \(code)" }
-        return String(cString: p)
+        let bytes: [UInt8]?
+        do { bytes = try File.readAll(path, limit: maxSize) } catch { throw ConfigValueError(error.reason) }
+        guard let bytes else { throw ConfigValueError("file too large (more than 4 MiB)") }
+        return bytes
     }
 
     /// `path` made absolute against `base` (unless already absolute), with `.`, `..` and repeated `/` removed.

@@ -16,9 +16,13 @@ public struct HTTPRequest: Sendable {
 
 /// An HTTP response.
 public struct HTTPResponse: Sendable {
+    /// The status code (RFC 9110 §15), e.g. 200.
     public var status: Int
+    /// The `Content-Type` field value.
     public var contentType: String
+    /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
+    /// A response with `status`, `contentType` (JSON by default) and `body`.
     public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
         self.status = status; self.contentType = contentType; self.body = body
     }
@@ -36,63 +40,109 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// A small blocking HTTP/1.1 server for the admin API: one thread per connection,
-/// one request per connection (`Connection: close`), bounded head (16 KiB) and body (1 MiB).
-public final class HTTPServer: @unchecked Sendable {
-    private let listener: Socket
-    private let handler: @Sendable (HTTPRequest) -> HTTPResponse
-    private let log = Logger(label: "http")
+/// Limits of an `HTTPServer`.
+public struct HTTPServerConfiguration: Sendable, Equatable {
+    /// The whole-request deadline: the request line, the headers and the body must all have
+    /// arrived this long after the connection was admitted, however the bytes trickle in;
+    /// otherwise `408 Request Timeout` and the connection is closed. Default 10 s.
+    public var requestTimeout: Duration = .seconds(10)
+    /// The deadline for writing the whole response. Default 10 s.
+    public var responseTimeout: Duration = .seconds(10)
+    /// The most octets of the request line and header fields together (`431` beyond). Default 16 KiB.
+    public var maxHeadSize = 16 * 1024
+    /// The most octets of one request or header line (`431` beyond). Default 8 KiB.
+    public var maxLineLength = 8 * 1024
+    /// The most octets of a body (`Content-Length`; `413` beyond). Default 1 MiB.
+    public var maxBodySize = 1 << 20
+    /// Connections open at once, in total and per peer (`503` beyond). Default 64 / 16 (`AdmissionLimits.adminHTTP`).
+    public var admission = AdmissionLimits.adminHTTP
+
+    /// The defaults (for the admin API and `/metrics`).
+    public init() {}
+}
+
+/// A small blocking HTTP/1.1 server for the admin API and `/metrics`: one request per
+/// connection (`Connection: close`), one thread per admitted connection.
+///
+/// Hardened for an address reachable by others (issue 13): connections are admitted by an
+/// `Acceptor` (64 at once, 16 per peer by default; others get `503` without a thread), each
+/// request must arrive completely within `requestTimeout` (RFC 9110 §15.5.9 `408`), the head
+/// and body are bounded, and the response is written within `responseTimeout`.
+public final class HTTPServer: Sendable {
+    private let acceptor: Acceptor
     /// The bound address (real port when bound to port 0).
     public let address: SocketAddress
+    /// The limits in force.
+    public let configuration: HTTPServerConfiguration
 
     /// Binds `address`.
-    /// - Throws: `SocketError`.
-    public init(address: SocketAddress, handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
-        listener = try Socket.listen(on: address)
-        self.address = listener.localAddress ?? address
-        self.handler = handler
+    /// - Parameters:
+    ///   - address: where to listen; port 0 picks a free port (see `address`).
+    ///   - configuration: deadlines, sizes and connection limits.
+    ///   - handler: answers one request (on the connection's thread).
+    /// - Throws: `SocketError` when the address cannot be bound.
+    public init(address: SocketAddress, configuration: HTTPServerConfiguration = HTTPServerConfiguration(),
+                handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
+        self.configuration = configuration
+        let admission = AdmissionControl(limits: configuration.admission)
+        acceptor = try Acceptor(address: address, configuration: Acceptor.Configuration(name: "http"), admission: admission,
+                                refusal: { _, _ in HTTPServer.encode(.error(503, "too many connections"), extraHeaders: "Retry-After: 1\r\n") },
+                                handler: { HTTPServer.serve($0, configuration: configuration, handler: handler) })
+        self.address = acceptor.address
     }
 
     /// Starts the accept loop on a background thread.
-    public func start() {
-        Thread.detachNewThread { [self] in
-            while let (conn, _) = try? listener.accept() {
-                Thread.detachNewThread { [self] in serve(conn) }
-            }
-        }
-    }
+    public func start() { acceptor.start() }
 
-    /// Closes the listener.
-    public func stop() { listener.close() }
+    /// Stops accepting and closes the listener (requests in progress finish).
+    public func stop() { acceptor.stop() }
+
+    /// Connections open now.
+    public var openConnections: Int { acceptor.admission.openConnections }
 
     private static let reasons: [Int: String] = [200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-                                                 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error"]
+                                                 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+                                                 413: "Content Too Large", 431: "Request Header Fields Too Large",
+                                                 500: "Internal Server Error", 503: "Service Unavailable"]
 
-    private func serve(_ conn: Socket) {
-        conn.setTimeouts(read: 10, write: 10)
-        let reader = BufferedReader(stream: conn, chunkSize: 16 * 1024)
+    /// The response's bytes, with `Connection: close`.
+    static func encode(_ response: HTTPResponse, extraHeaders: String = "") -> [UInt8] {
+        var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\n"
+        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\n\(extraHeaders)Connection: close\r\n\r\n"
+        return Array(head.utf8) + response.body
+    }
+
+    /// Serves one connection on its own thread (the socket's owner; the acceptor closes it after).
+    private static func serve(_ connection: AcceptedConnection, configuration: HTTPServerConfiguration,
+                              handler: @Sendable (HTTPRequest) -> HTTPResponse) {
+        let conn = connection.socket
+        let stream = DeadlineStream(socket: conn, deadline: .now + configuration.requestTimeout)
+        let reader = BufferedReader(stream: stream, chunkSize: 16 * 1024)
         let response: HTTPResponse
         do {
-            response = try handler(read(reader))
+            response = handler(try read(reader, configuration))
         } catch let e as HTTPParseError {
             response = .error(e.status, e.message)
+        } catch let e as SocketError where e.kind == .timeout {
+            response = .error(408, "request not complete within \(configuration.requestTimeout)")
         } catch {
-            conn.close(); return
+            return  // the client left (or reset) before its request was complete
         }
-        var head = "HTTP/1.1 \(response.status) \(HTTPServer.reasons[response.status] ?? "Status")\r\n"
-        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n\r\n"
-        try? conn.write(Array(head.utf8) + response.body)
-        conn.close()
+        try? conn.write(encode(response), before: .now + configuration.responseTimeout)
     }
 
     private struct HTTPParseError: Error { var status: Int; var message: String }
 
-    private func read(_ reader: BufferedReader) throws -> HTTPRequest {
+    private static func read(_ reader: BufferedReader, _ configuration: HTTPServerConfiguration) throws -> HTTPRequest {
         var total = 0
         func line() throws -> String {
-            guard let l = try reader.readLine(maxLength: 8192) else { throw SocketError(.closed, "http") }
+            let l: ArraySlice<UInt8>?
+            do { l = try reader.readLine(maxLength: configuration.maxLineLength) } catch is LineTooLong {
+                throw HTTPParseError(status: 431, message: "request line or header field too long")
+            }
+            guard let l else { throw SocketError(.closed, "http") }
             total += l.count
-            if total > 16384 { throw HTTPParseError(status: 400, message: "request head too large") }
+            if total > configuration.maxHeadSize { throw HTTPParseError(status: 431, message: "request head too large") }
             var bytes = Array(l)
             while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
             return String(decoding: bytes, as: UTF8.self)
@@ -109,7 +159,7 @@ public final class HTTPServer: @unchecked Sendable {
         var body: [UInt8] = []
         if let cl = headers["content-length"] {
             guard let n = Int(cl), n >= 0 else { throw HTTPParseError(status: 400, message: "bad Content-Length") }
-            guard n <= 1 << 20 else { throw HTTPParseError(status: 413, message: "body too large") }
+            guard n <= configuration.maxBodySize else { throw HTTPParseError(status: 413, message: "body too large") }
             body = try reader.readExact(n)
         }
         let target = String(requestLine[1])
@@ -125,4 +175,27 @@ public final class HTTPServer: @unchecked Sendable {
         }
         return HTTPRequest(method: String(requestLine[0]), path: path.removingPercentEncoding ?? path, query: query, headers: headers, body: body)
     }
+}
+
+/// A socket read against one deadline for a whole exchange: each `read` waits at most until
+/// the deadline (however slowly the bytes trickle in), then throws `SocketError(.timeout)`.
+final class DeadlineStream: ByteStream {
+    let socket: Socket
+    let deadline: ContinuousClock.Instant
+
+    init(socket: Socket, deadline: ContinuousClock.Instant) {
+        self.socket = socket
+        self.deadline = deadline
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining > .zero else { throw SocketError(.timeout, "read", code: ETIMEDOUT) }
+        socket.setTimeouts(read: remaining, write: remaining)
+        return try socket.read(into: buffer)
+    }
+
+    func write(_ bytes: [UInt8]) throws { try socket.write(bytes, before: deadline) }
+    func shutdown() { socket.shutdown() }
+    func close() { socket.close() }
 }

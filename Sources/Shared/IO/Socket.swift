@@ -25,10 +25,12 @@ public struct SocketError: Error, CustomStringConvertible, Sendable, Equatable {
     /// `errno` at the time of the failure (0 when not applicable).
     public let code: Int32
 
+    /// An error of `kind` from `operation`, with `errno` value `code` (0 when none).
     public init(_ kind: Kind, _ operation: String, code: Int32 = 0) {
         self.kind = kind; self.operation = operation; self.code = code
     }
 
+    /// `operation: reason`.
     public var description: String {
         switch kind {
         case .timeout: return "\(operation): timed out"
@@ -58,6 +60,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// The port in host byte order.
     public let port: UInt16
 
+    /// The address `host` (numeric) and `port` (host byte order).
     public init(host: String, port: UInt16) { self.host = host; self.port = port }
 
     /// `host:port`, with IPv6 hosts in brackets.
@@ -115,64 +118,215 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// A blocking TCP socket that owns its file descriptor and closes it on deinit.
+extension SocketError {
+    /// The socket failure for a failed system call: a reset, a broken pipe or a connection
+    /// that is gone (`ECONNRESET`, `EPIPE`, `ENOTCONN`, `ECONNABORTED`, `ESHUTDOWN`,
+    /// `ECONNREFUSED`) is `.closed`; anything else `.system` with the call's errno.
+    /// - Parameters:
+    ///   - error: the wrapper's error.
+    ///   - operation: what failed, e.g. `read` or `connect 127.0.0.1:25`.
+    public init(_ error: SystemCallError, operation: String) {
+        switch error.code {
+        case ECONNRESET, EPIPE, ENOTCONN, ECONNABORTED, ESHUTDOWN, ECONNREFUSED:
+            self.init(.closed, operation, code: error.code)
+        default:
+            self.init(.system, operation, code: error.code)
+        }
+    }
+
+    /// Whether this is the process or system running out of descriptors or memory (`EMFILE`,
+    /// `ENFILE`, `ENOBUFS`, `ENOMEM`): back off and retry.
+    public var isResourceExhaustion: Bool {
+        kind == .system && (code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM)
+    }
+}
+
+/// A blocking TCP socket that owns its file descriptor.
 ///
-/// Blocking I/O with `SO_RCVTIMEO`/`SO_SNDTIMEO` timeouts: Hato runs one thread
-/// per session (about 9 kB resident each on this platform), which keeps every
-/// protocol driver a straight-line loop. `@unchecked Sendable`: the descriptor is
-/// only closed once (guarded by a lock) and a socket is used by one reader and at
-/// most one writer thread at a time.
-public final class Socket: @unchecked Sendable {
-    private let lock = NSLock()
-    private var descriptor: Int32
+/// Blocking I/O with `SO_RCVTIMEO`/`SO_SNDTIMEO` timeouts: Hato runs one thread per session
+/// (about 9 kB resident each on this platform), which keeps every protocol driver a
+/// straight-line loop. Every system call goes through `SystemCall` (EINTR retried, EAGAIN a
+/// timeout, EBADF/EFAULT/ENOTSOCK a trap).
+///
+/// **The close rule.** The thread that reads a socket owns it and is the one that calls
+/// `close()`. Any other thread that wants the connection to end calls `shutdown()`: the
+/// owner's blocked `read` (or `accept`) returns end of stream (or `.closed`), and the owner
+/// then closes. The rule is also enforced structurally, so a mistake cannot turn into a use
+/// after close: every system call holds a use of the descriptor, and the descriptor is
+/// released (`close(2)`) exactly once — by `close()` when no call is in progress, otherwise by
+/// the last call in progress as it returns (after `close()` has shut the socket down to wake
+/// it), or in `deinit`. So a `recv` never runs on a number that was closed and handed to a new
+/// connection, and a late call on a closed socket throws `SocketError(.closed)` instead of
+/// reaching the kernel.
+///
+/// Checked `Sendable`: the descriptor, its use count and the close/shutdown flags live in a
+/// `Locked`; at most one reader and one writer use a connected socket at a time.
+public final class Socket: Sendable {
+    private struct State: Sendable {
+        /// -1 once released.
+        var descriptor: Int32
+        /// System calls in progress on `descriptor`.
+        var users = 0
+        /// `close()` was called: no new call may start; the last user releases the descriptor.
+        var closeRequested = false
+        /// `shutdown()` was called (a listener's `accept` failing with EINVAL is then expected).
+        var shutDown = false
+    }
 
-    /// The file descriptor (-1 once closed).
-    public var fd: Int32 { lock.withLock { descriptor } }
+    private let state: Locked<State>
 
-    init(fd: Int32) { self.descriptor = fd }
+    init(descriptor: Int32) { state = Locked(State(descriptor: descriptor)) }
 
-    deinit { if descriptor >= 0 { Glibc.close(descriptor) } }
+    deinit {
+        // No call can be in progress: each holds a reference to the socket.
+        let fd = state.snapshot.descriptor
+        if fd >= 0 { try? SystemCall.close(fd) }
+    }
+
+    /// Whether `close()` was called (the descriptor is released or about to be).
+    public var isClosed: Bool { state.withLock { $0.closeRequested || $0.descriptor < 0 } }
+
+    /// Whether `shutdown()` or `close()` was called.
+    public var isShutDown: Bool { state.withLock { $0.shutDown || $0.closeRequested || $0.descriptor < 0 } }
+
+    /// The descriptor for the owner thread's own `poll` sets (the `Acceptor`): valid while the
+    /// owner has not called `close()`, which only the owner does. -1 once closed.
+    var ownerDescriptor: Int32 { state.withLock { $0.closeRequested ? -1 : $0.descriptor } }
+
+    /// Runs `body` with the descriptor held open: `close()` from another thread meanwhile
+    /// shuts it down (waking `body`'s blocking call) and the release waits until `body` returns.
+    /// - Parameters:
+    ///   - operation: the call, for the error.
+    ///   - body: the system calls.
+    /// - Returns: what `body` returns.
+    /// - Throws: `SocketError(.closed)` when `close()` was already called; what `body` throws.
+    func withDescriptor<R>(_ operation: StaticString, _ body: (Int32) throws -> R) throws -> R {
+        let fd = try state.withLock { s -> Int32 in
+            guard !s.closeRequested, s.descriptor >= 0 else { throw SocketError(.closed, "\(operation)") }
+            s.users += 1
+            return s.descriptor
+        }
+        defer { endUse() }
+        return try body(fd)
+    }
+
+    private func endUse() {
+        let release = state.withLock { s -> Int32 in
+            s.users -= 1
+            guard s.users == 0, s.closeRequested, s.descriptor >= 0 else { return -1 }
+            defer { s.descriptor = -1 }
+            return s.descriptor
+        }
+        if release >= 0 { try? SystemCall.close(release) }
+    }
+
+    /// Sets an integer socket option (best effort: a failure leaves the default).
+    private func setOption(_ level: Int32, _ name: Int32, _ value: Int32) {
+        _ = try? withDescriptor("setsockopt") { fd in
+            var v = value
+            try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
+        }
+    }
+
+    private static func newTCP(ipv6: Bool) throws -> Socket {
+        do {
+            let fd = try SystemCall.runToCompletion("socket") {
+                Glibc.socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            }
+            return Socket(descriptor: fd)
+        } catch {
+            throw SocketError(error, operation: "socket")
+        }
+    }
 
     /// Opens a listening TCP socket with `SO_REUSEADDR`.
     /// - Parameters:
     ///   - address: numeric address and port; port 0 picks a free port (see `localAddress`).
     ///   - backlog: the kernel accept queue length.
-    /// - Throws: `SocketError` from `socket`, `bind` or `listen`.
+    /// - Throws: `SocketError` from `socket`, `bind` or `listen` (e.g. `EADDRINUSE`).
     public static func listen(on address: SocketAddress, backlog: Int32 = 1024) throws -> Socket {
-        let fd = Glibc.socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(.system, "socket", code: errno) }
-        let sock = Socket(fd: fd)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        try address.withSockAddr { sa, len in
-            guard Glibc.bind(fd, sa, len) == 0 else { throw SocketError(.system, "bind \(address)", code: errno) }
+        let sock = try newTCP(ipv6: address.isIPv6)
+        sock.setOption(SOL_SOCKET, SO_REUSEADDR, 1)
+        try sock.withDescriptor("bind") { fd in
+            try address.withSockAddr { sa, len in
+                do throws(SystemCallError) { try SystemCall.runToCompletion("bind") { Glibc.bind(fd, sa, len) } } catch {
+                    throw SocketError(error, operation: "bind \(address)")
+                }
+            }
+            do throws(SystemCallError) { try SystemCall.runToCompletion("listen") { Glibc.listen(fd, backlog) } } catch {
+                throw SocketError(error, operation: "listen \(address)")
+            }
         }
-        guard Glibc.listen(fd, backlog) == 0 else { throw SocketError(.system, "listen \(address)", code: errno) }
         return sock
     }
 
-    /// Accepts one connection, retrying `EINTR`/`ECONNABORTED`.
+    /// Makes `accept` (and every other call) return at once instead of waiting (`O_NONBLOCK`).
+    func setNonBlocking() throws {
+        try withDescriptor("fcntl") { fd in
+            do throws(SystemCallError) {
+                let flags = try SystemCall.runToCompletion("fcntl") { fcntl(fd, F_GETFL) }
+                try SystemCall.runToCompletion("fcntl") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+            } catch {
+                throw SocketError(error, operation: "fcntl")
+            }
+        }
+    }
+
+    /// Accepts one connection if one is pending (`accept4`, close-on-exec, blocking I/O).
+    /// - Returns: the connected socket (with `TCP_NODELAY`) and the peer's address; nil when
+    ///   none was pending (a non-blocking listener, the listener's timeout, or a connection
+    ///   that was reset before it was accepted).
+    /// - Throws: `SocketError(.closed)` once the listener is shut down or closed;
+    ///   `SocketError(.system)` with `isResourceExhaustion` on `EMFILE`/`ENFILE`/`ENOBUFS`/
+    ///   `ENOMEM` (back off, then retry); other `SocketError(.system)` failures.
+    public func acceptIfPending() throws -> (Socket, SocketAddress)? {
+        var storage = sockaddr_storage()
+        let result: IOResult<Int32>
+        do {
+            result = try withDescriptor("accept") { fd in
+                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                return try withUnsafeMutablePointer(to: &storage) { p in
+                    try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                        try SystemCall.run("accept") { Glibc.accept(fd, sa, &len) }
+                    }
+                }
+            }
+        } catch let e as SystemCallError {
+            switch e.code {
+            case EINVAL:
+                // Not listening: expected once shut down (stop()), a bug otherwise.
+                if isShutDown { throw SocketError(.closed, "accept", code: e.code) }
+                SystemCall.checkNotMisuse(e.code, "accept", misuse: .forbiddingEINVAL)
+                throw SocketError(e, operation: "accept")
+            case ECONNABORTED, EPROTO, EPERM, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH:
+                // accept(2): errors of the new connection, already gone; the listener is fine.
+                return nil
+            default:
+                throw SocketError(e, operation: "accept")
+            }
+        }
+        guard case .processed(let cfd) = result else { return nil }
+        // accept4(SOCK_CLOEXEC) is not exported by Glibc's module. The window between the two
+        // calls matters only to a process that spawns children; Hato's binaries spawn none.
+        _ = try? SystemCall.runToCompletion("fcntl") { fcntl(cfd, F_SETFD, FD_CLOEXEC) }
+        let peer = SocketAddress.from(storage: &storage) ?? SocketAddress(host: "unknown", port: 0)
+        let s = Socket(descriptor: cfd)
+        s.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+        return (s, peer)
+    }
+
+    /// Waits for and accepts one connection, retrying `EINTR`, aborted connections and (after
+    /// 10 ms) a shortage of descriptors. Prefer `Acceptor`, which adds admission limits.
     /// - Returns: the connected socket and the peer's address.
-    /// - Throws: `SocketError` when the listener is closed or `accept` fails otherwise.
+    /// - Throws: `SocketError(.closed)` once the listener is shut down or closed; other
+    ///   `SocketError` failures.
     public func accept() throws -> (Socket, SocketAddress) {
         while true {
-            var storage = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let listenFD = fd
-            guard listenFD >= 0 else { throw SocketError(.closed, "accept") }
-            let cfd = withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(listenFD, $0, &len) }
+            do {
+                if let accepted = try acceptIfPending() { return accepted }
+            } catch let e as SocketError where e.isResourceExhaustion {
+                usleep(10_000)
             }
-            if cfd < 0 {
-                let e = errno
-                if e == EINTR || e == ECONNABORTED || e == EAGAIN { continue }
-                if e == EMFILE || e == ENFILE { usleep(10_000); continue }
-                throw SocketError(e == EBADF || e == EINVAL ? .closed : .system, "accept", code: e)
-            }
-            let peer = SocketAddress.from(storage: &storage) ?? SocketAddress(host: "unknown", port: 0)
-            let s = Socket(fd: cfd)
-            s.setNoDelay()
-            return (s, peer)
         }
     }
 
@@ -182,147 +336,321 @@ public final class Socket: @unchecked Sendable {
     ///   - remote: the peer's numeric address and port.
     ///   - source: the local address to bind, or nil for the kernel's choice.
     ///   - timeout: seconds to wait for the TCP handshake.
-    /// - Throws: `SocketError` (`.timeout` when the handshake did not finish in time;
-    ///   `EADDRNOTAVAIL` from `bind` when `source` is not a local address).
+    /// - Throws: `SocketError` (`.timeout` when the handshake did not finish in time; `.closed`
+    ///   when refused; `EADDRNOTAVAIL` from `bind` when `source` is not a local address).
     public static func connect(to remote: SocketAddress, from source: String? = nil, timeout: TimeInterval) throws -> Socket {
-        let fd = Glibc.socket(remote.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(.system, "socket", code: errno) }
-        let sock = Socket(fd: fd)
-        if let source {
-            var one: Int32 = 1
-            // Lets many outbound connections share one sending IP without port exhaustion on bind().
-            setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, socklen_t(MemoryLayout<Int32>.size))
-            try SocketAddress(host: source, port: 0).withSockAddr { sa, len in
-                guard Glibc.bind(fd, sa, len) == 0 else { throw SocketError(.system, "bind \(source)", code: errno) }
+        let sock = try newTCP(ipv6: remote.isIPv6)
+        let deadline = ContinuousClock.now + .milliseconds(Int64(max(1, min(timeout * 1000, Double(Int32.max)))))
+        try sock.withDescriptor("connect") { fd in
+            if let source {
+                // Lets many outbound connections share one sending IP without port exhaustion on bind().
+                var one: Int32 = 1
+                _ = try? SystemCall.runToCompletion("setsockopt") {
+                    setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, socklen_t(MemoryLayout<Int32>.size))
+                }
+                try SocketAddress(host: source, port: 0).withSockAddr { sa, len in
+                    do throws(SystemCallError) { try SystemCall.runToCompletion("bind") { Glibc.bind(fd, sa, len) } } catch {
+                        throw SocketError(.system, "bind \(source)", code: error.code)
+                    }
+                }
+            }
+            // Non-blocking connect so the handshake timeout is ours, then back to blocking.
+            let flags: Int32
+            do throws(SystemCallError) {
+                flags = try SystemCall.runToCompletion("fcntl") { fcntl(fd, F_GETFL) }
+                try SystemCall.runToCompletion("fcntl") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+            } catch {
+                throw SocketError(error, operation: "fcntl")
+            }
+            do {
+                try remote.withSockAddr { sa, len in _ = try SystemCall.runToCompletion("connect") { Glibc.connect(fd, sa, len) } }
+            } catch let e as SystemCallError where e.code == EINPROGRESS {
+                while true {
+                    let remaining = ContinuousClock.now.duration(to: deadline)
+                    if remaining <= .zero { throw SocketError(.timeout, "connect \(remote)", code: ETIMEDOUT) }
+                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    let ready: Int32
+                    do throws(SystemCallError) {
+                        ready = try SystemCall.runToCompletion("poll") { poll(&pfd, 1, remaining.pollMilliseconds) }
+                    } catch {
+                        throw SocketError(error, operation: "connect \(remote)")
+                    }
+                    if ready > 0 { break }
+                }
+                var err: Int32 = 0
+                var elen = socklen_t(MemoryLayout<Int32>.size)
+                _ = try? SystemCall.runToCompletion("getsockopt") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) }
+                if err != 0 {
+                    throw SocketError(err == ECONNREFUSED ? .closed : .system, "connect \(remote)", code: err)
+                }
+            } catch let e as SystemCallError {
+                throw SocketError(e.code == ECONNREFUSED ? .closed : .system, "connect \(remote)", code: e.code)
+            }
+            do throws(SystemCallError) { try SystemCall.runToCompletion("fcntl") { fcntl(fd, F_SETFL, flags) } } catch {
+                throw SocketError(error, operation: "fcntl")
             }
         }
-        // Non-blocking connect so the handshake timeout is ours, then back to blocking.
-        let flags = fcntl(fd, F_GETFL)
-        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-        let rc = try remote.withSockAddr { sa, len in Glibc.connect(fd, sa, len) }
-        if rc != 0 {
-            guard errno == EINPROGRESS else { throw SocketError(errno == ECONNREFUSED ? .closed : .system, "connect \(remote)", code: errno) }
-            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let ms = Int32(max(1, min(timeout * 1000, Double(Int32.max))))
-            var pr: Int32
-            repeat { pr = poll(&pfd, 1, ms) } while pr < 0 && errno == EINTR
-            if pr == 0 { throw SocketError(.timeout, "connect \(remote)", code: ETIMEDOUT) }
-            var err: Int32 = 0
-            var elen = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen)
-            if err != 0 { throw SocketError(.system, "connect \(remote)", code: err) }
-        }
-        _ = fcntl(fd, F_SETFL, flags)
-        sock.setNoDelay()
+        sock.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         return sock
     }
 
-    private func setNoDelay() {
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    }
-
-    /// Sets the read and write timeouts in seconds (0 means wait forever).
+    /// Sets the read and write timeouts in seconds (0 means wait forever). No effect once closed.
     public func setTimeouts(read: TimeInterval, write: TimeInterval) {
         func tv(_ s: TimeInterval) -> timeval {
-            timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
+            let s = max(0, s)
+            return timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
         }
         var r = tv(read), w = tv(write)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, socklen_t(MemoryLayout<timeval>.size))
+        _ = try? withDescriptor("setsockopt") { fd in
+            let size = socklen_t(MemoryLayout<timeval>.size)
+            try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, size) }
+            try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, size) }
+        }
     }
 
-    /// The local address of this socket (for a listener bound to port 0: the real port).
+    /// Sets the read and write timeouts (`.zero` means wait forever; a positive duration below
+    /// a microsecond counts as one). No effect once closed.
+    public func setTimeouts(read: Duration, write: Duration) {
+        setTimeouts(read: read.timeoutSeconds, write: write.timeoutSeconds)
+    }
+
+    /// The local address of this socket (for a listener bound to port 0: the real port); nil once closed.
     public var localAddress: SocketAddress? {
         var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        let ok: Bool? = try? withDescriptor("getsockname") { fd in
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            return withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    (try? SystemCall.runToCompletion("getsockname") { getsockname(fd, sa, &len) }) != nil
+                }
+            }
         }
-        return ok == 0 ? SocketAddress.from(storage: &storage) : nil
+        return ok == true ? SocketAddress.from(storage: &storage) : nil
     }
 
     /// Reads up to `count` bytes into `buffer`.
-    /// - Returns: the number of bytes read; 0 at end of stream.
-    /// - Throws: `SocketError(.timeout)` when the read timeout passed, `.closed` on reset.
+    /// - Returns: the number of bytes read; 0 at end of stream (also after `shutdown()`).
+    /// - Throws: `SocketError(.timeout)` when the read timeout passed, `.closed` on reset or
+    ///   after `close()`, `.system` otherwise.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        while true {
-            let n = Glibc.recv(fd, buffer.baseAddress, buffer.count, 0)
-            if n >= 0 { return n }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { throw SocketError(.timeout, "read", code: e) }
-            if e == ECONNRESET || e == EBADF || e == ENOTCONN { throw SocketError(.closed, "read", code: e) }
-            throw SocketError(.system, "read", code: e)
+        let result: IOResult<Int>
+        do {
+            result = try withDescriptor("read") { fd in
+                try SystemCall.run("recv", misuse: .forbiddingEINVAL) { recv(fd, buffer.baseAddress, buffer.count, 0) }
+            }
+        } catch let e as SystemCallError {
+            throw SocketError(e, operation: "read")
+        }
+        guard case .processed(let n) = result else { throw SocketError(.timeout, "read", code: EAGAIN) }
+        return n
+    }
+
+    /// Reads what is already received, without waiting (`MSG_DONTWAIT`).
+    /// - Returns: `.processed(n)` (0 at end of stream) or `.wouldBlock` when nothing is pending.
+    /// - Throws: `SocketError(.closed)` on reset or after `close()`; `.system` otherwise.
+    func readIfReady(into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
+        do {
+            return try withDescriptor("read") { fd in
+                try SystemCall.run("recv", misuse: .forbiddingEINVAL) { recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)) }
+            }
+        } catch let e as SystemCallError {
+            throw SocketError(e, operation: "read")
+        }
+    }
+
+    /// Writes what fits in the send buffer now, without waiting (`MSG_DONTWAIT`).
+    /// - Returns: the number of bytes written (0 when the buffer is full).
+    /// - Throws: `SocketError(.closed)` when the peer is gone or after `close()`.
+    @discardableResult
+    func writeIfReady(_ bytes: [UInt8]) throws -> Int {
+        if bytes.isEmpty { return 0 }
+        do {
+            let result = try withDescriptor("write") { fd in
+                try bytes.withUnsafeBytes { raw in
+                    try SystemCall.run("send", misuse: .forbiddingEINVAL) {
+                        send(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                    }
+                }
+            }
+            if case .processed(let n) = result { return n }
+            return 0
+        } catch let e as SystemCallError {
+            throw SocketError(e, operation: "write")
         }
     }
 
     /// Writes every byte, retrying short writes and `EINTR`.
-    /// - Throws: `SocketError(.timeout)` when the write timeout passed, `.closed` when the peer is gone.
+    /// - Throws: `SocketError(.timeout)` when the write timeout passed, `.closed` when the peer
+    ///   is gone (or after `close()`/`shutdown()`), `.system` otherwise.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-            if n > 0 { offset += n; continue }
-            let e = errno
-            if n < 0 && e == EINTR { continue }
-            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) { throw SocketError(.timeout, "write", code: e) }
-            if n < 0 && (e == EPIPE || e == ECONNRESET || e == EBADF) { throw SocketError(.closed, "write", code: e) }
-            throw SocketError(.system, "write", code: e)
+        guard let base = bytes.baseAddress else { return }
+        do {
+            try withDescriptor("write") { fd in
+                var offset = 0
+                while offset < bytes.count {
+                    let result = try SystemCall.run("send", misuse: .forbiddingEINVAL) {
+                        send(fd, base + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+                    }
+                    guard case .processed(let n) = result else { throw SocketError(.timeout, "write", code: EAGAIN) }
+                    offset += n
+                }
+            }
+        } catch let e as SystemCallError {
+            throw SocketError(e, operation: "write")
+        }
+    }
+
+    /// Writes every byte before `deadline`: each `send` waits at most until the deadline, so a
+    /// peer that reads a byte at a time cannot stretch the write past it. Replaces the socket's
+    /// write timeout.
+    /// - Parameters:
+    ///   - bytes: what to send.
+    ///   - deadline: when to give up (monotonic).
+    /// - Throws: `SocketError(.timeout)` when the deadline passed first; otherwise as `write(_:)`.
+    public func write(_ bytes: [UInt8], before deadline: ContinuousClock.Instant) throws {
+        if bytes.isEmpty { return }
+        do {
+            try withDescriptor("write") { fd in
+                try bytes.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < raw.count {
+                        let remaining = ContinuousClock.now.duration(to: deadline)
+                        guard remaining > .zero else { throw SocketError(.timeout, "write", code: ETIMEDOUT) }
+                        let seconds = remaining.timeoutSeconds
+                        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
+                        try SystemCall.runToCompletion("setsockopt") {
+                            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                        }
+                        let result = try SystemCall.run("send", misuse: .forbiddingEINVAL) {
+                            send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                        }
+                        if case .processed(let n) = result { offset += n }
+                    }
+                }
+            }
+        } catch let e as SystemCallError {
+            throw SocketError(e, operation: "write")
         }
     }
 
     /// Writes every byte of `bytes`.
+    /// - Throws: as `write(_:)`.
     public func write(_ bytes: [UInt8]) throws {
         if bytes.isEmpty { return }
         try bytes.withUnsafeBytes { try write($0) }
     }
 
     /// Writes the UTF-8 bytes of `text`.
+    /// - Throws: as `write(_:)`.
     public func write(_ text: String) throws { try write(Array(text.utf8)) }
+
+    /// `poll`s the socket with a zero timeout; nil once closed.
+    private func pollNow(_ events: Int16) -> Int16? {
+        try? withDescriptor("poll") { fd in
+            var pfd = pollfd(fd: fd, events: events, revents: 0)
+            let r = try SystemCall.runToCompletion("poll") { poll(&pfd, 1, 0) }
+            return r > 0 ? pfd.revents : 0
+        }
+    }
 
     /// Whether a read would not block right now: data, end of stream or an error is pending
     /// (`poll` with a zero timeout). On an idle SMTP session any of these means the peer
     /// spoke or left unasked (a 421, a close); with TLS it may also be a post-handshake record.
     /// A closed socket counts as pending (the caller must not use it).
     public var hasPendingInput: Bool {
-        let f = fd
-        guard f >= 0 else { return true }
-        var pfd = pollfd(fd: f, events: Int16(POLLIN), revents: 0)
-        var r: Int32
-        repeat { r = poll(&pfd, 1, 0) } while r < 0 && errno == EINTR
-        return r != 0
+        guard let revents = pollNow(Int16(POLLIN)) else { return true }
+        return revents != 0
+    }
+
+    /// Whether bytes (or end of stream) can be read right now (`POLLIN`); false once closed.
+    /// A driver checks it before flushing pipelined replies (RFC 2920 §3.2).
+    public var hasReadableInput: Bool {
+        guard let revents = pollNow(Int16(POLLIN)) else { return false }
+        return revents & Int16(POLLIN) != 0
     }
 
     /// Bytes written but not yet sent, because the peer's receive window is full
     /// (`SIOCOUTQNSD`); 0 when unknown or closed. A peer that stops reading shows here
     /// before a write blocks.
     public var unsentBytes: Int {
-        let f = fd
-        guard f >= 0 else { return 0 }
-        var n: Int32 = 0
-        return ioctl(f, UInt(0x894B), &n) == 0 ? Int(n) : 0  // SIOCOUTQNSD, linux/sockios.h
+        let n: Int32? = try? withDescriptor("ioctl") { fd in
+            var n: Int32 = 0
+            try SystemCall.runToCompletion("ioctl") { ioctl(fd, UInt(0x894B), &n) }  // SIOCOUTQNSD, linux/sockios.h
+            return n
+        }
+        return Int(n ?? 0)
     }
 
-    /// Shuts down both directions (wakes a thread blocked in `read` or `accept`) without closing the descriptor.
+    /// Shuts down both directions without releasing the descriptor: a thread blocked in
+    /// `read` (or `accept`) returns, and the peer sees end of stream. Safe from any thread,
+    /// at any time, any number of times; the owner still calls `close()`.
     public func shutdown() {
-        let f = fd
-        if f >= 0 { _ = Glibc.shutdown(f, Int32(SHUT_RDWR)) }
+        let fd = state.withLock { s -> Int32 in
+            guard !s.closeRequested, s.descriptor >= 0 else { return -1 }
+            s.shutDown = true
+            s.users += 1
+            return s.descriptor
+        }
+        guard fd >= 0 else { return }
+        defer { endUse() }
+        // ENOTCONN (never connected, or already reset) leaves nothing to shut down.
+        _ = try? SystemCall.runToCompletion("shutdown") { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
-    /// Closes the descriptor (idempotent).
+    /// Shuts down the sending direction only: the peer reads end of stream after what was
+    /// written, and this side can still read (a lingering close).
+    func shutdownWrite() {
+        _ = try? withDescriptor("shutdown") { fd in
+            _ = try? SystemCall.runToCompletion("shutdown") { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+        }
+    }
+
+    /// Closes the socket (idempotent). **Owner only** (the thread that reads it); other
+    /// threads call `shutdown()`. Should another thread close it anyway while a call is in
+    /// progress, the socket is shut down to wake that call and the descriptor is released
+    /// when it returns — never under it.
     public func close() {
-        lock.withLock {
-            if descriptor >= 0 {
-                _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
-                Glibc.close(descriptor)
-                descriptor = -1
+        let (fd, now) = state.withLock { s -> (Int32, Bool) in
+            guard !s.closeRequested, s.descriptor >= 0 else { return (-1, false) }
+            s.closeRequested = true
+            if s.users == 0 {
+                defer { s.descriptor = -1 }
+                return (s.descriptor, true)
             }
+            s.users += 1  // held across the shutdown below
+            return (s.descriptor, false)
+        }
+        guard fd >= 0 else { return }
+        if now {
+            try? SystemCall.close(fd)
+        } else {
+            _ = try? SystemCall.runToCompletion("shutdown") { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            endUse()
         }
     }
 }
 
-/// A byte stream: plain socket today, TLS later (issues 3 and 4 wrap it).
+extension Duration {
+    /// Seconds for a socket timeout: `.zero` stays 0 ("forever"), other durations at least 1 µs.
+    var timeoutSeconds: TimeInterval {
+        if self <= .zero { return 0 }
+        let (s, atto) = components
+        return max(0.000_001, Double(s) + Double(atto) / 1e18)
+    }
+
+    /// Milliseconds for `poll`: rounded up, at least 0, at most `Int32.max`.
+    var pollMilliseconds: Int32 {
+        if self <= .zero { return 0 }
+        let (s, atto) = components
+        let ms = s * 1000 + (atto + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(clamping: ms)
+    }
+}
+
+/// A byte stream: a plain `Socket` or a `TLSStream` over one.
+///
+/// The close rule of `Socket` holds for every stream: the reading thread calls `close()`;
+/// other threads call `shutdown()`.
 public protocol ByteStream: AnyObject, Sendable {
     /// Reads up to `buffer.count` bytes; returns 0 at end of stream.
     /// - Throws: `SocketError` on timeout or failure.
@@ -330,7 +658,9 @@ public protocol ByteStream: AnyObject, Sendable {
     /// Writes all bytes.
     /// - Throws: `SocketError` on timeout or failure.
     func write(_ bytes: [UInt8]) throws
-    /// Closes the stream.
+    /// Wakes a blocked reader and ends the connection; safe from any thread.
+    func shutdown()
+    /// Closes the stream (owner only: the reading thread).
     func close()
 }
 
@@ -389,10 +719,12 @@ public final class BufferedReader {
     /// - Throws: `LineTooLong` when `maxLength` is exceeded (the overlong bytes up
     ///   to the next LF are discarded so the stream stays in sync), or `SocketError`.
     public func readLine(maxLength: Int) throws -> ArraySlice<UInt8>? {
-        var scanFrom = start
+        // Scanned octets are counted from `start`: `fill()` may move the buffered bytes to the
+        // front of the buffer, and an absolute index would then point past the end or skip an LF.
+        var scanned = 0
         var overlong = false
         while true {
-            if let lf = buffer[scanFrom...].firstIndex(of: 0x0A) {
+            if let lf = buffer[(start + scanned)...].firstIndex(of: 0x0A) {
                 if overlong || lf - start + 1 > maxLength {
                     consume(lf - start + 1)
                     throw LineTooLong()
@@ -406,7 +738,7 @@ public final class BufferedReader {
                 overlong = true
                 buffer.removeAll(keepingCapacity: true); start = 0
             }
-            scanFrom = buffer.count
+            scanned = buffer.count - start
             if try fill() == 0 {
                 if buffer.count - start == 0 && !overlong { return nil }
                 throw SocketError(.closed, "read line")

@@ -33,8 +33,10 @@
 //   reader had buffered past the STARTTLS line must be discarded (RFC 3207 §4.2, CVE-2011-0411).
 // - SIGPIPE: OpenSSL writes with write(2), so a closed peer would raise SIGPIPE. Creating a
 //   `TLSContext` ignores SIGPIPE for the process (the binaries also do it at start).
-// - One `TLSStream` serializes its own calls (an internal lock); `close()` from another thread
-//   wakes a blocked reader first.
+// - One `TLSStream` serializes its own calls (an internal lock). The close rule of `Socket`
+//   holds: the reading thread calls `close()`; another thread that wants the connection to end
+//   calls `shutdown()`, which wakes the reader. Every OpenSSL call that touches the socket
+//   holds a use of its descriptor (`Socket.withDescriptor`), so it is never released under one.
 
 import COpenSSL
 import Foundation
@@ -228,9 +230,9 @@ public final class TLSContext: @unchecked Sendable {
 
 /// A TLS connection over a connected blocking `Socket`, usable wherever a `ByteStream` is.
 ///
-/// `@unchecked Sendable`: every use of the `SSL` object happens under `lock` (OpenSSL forbids
-/// two threads on one `SSL`); `close()` may come from another thread and first shuts the
-/// socket down so a blocked reader returns and releases the lock.
+/// `@unchecked Sendable`: it owns an `SSL*`, and every use of it happens under `lock` (OpenSSL
+/// forbids two threads on one `SSL`). The reading thread closes it; other threads call
+/// `shutdown()` (see `Socket`'s close rule).
 public final class TLSStream: ByteStream, @unchecked Sendable {
     /// The underlying TCP socket (set its timeouts; do not read or write it directly).
     public let socket: Socket
@@ -275,7 +277,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         precondition(context.role == .server, "TLSStream.accept needs a server context")
         let ssl = try newSSL(socket: socket, context: context)
         do {
-            try handshake(ssl, client: false, context: context)
+            try socket.withDescriptor("TLS handshake") { _ in try handshake(ssl, client: false, context: context) }
         } catch {
             SSL_free(ssl)
             throw error
@@ -312,7 +314,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             }
         }
         do {
-            try handshake(ssl, client: true, context: context)
+            try socket.withDescriptor("TLS handshake") { _ in try handshake(ssl, client: true, context: context) }
         } catch {
             SSL_free(ssl)
             throw error
@@ -334,8 +336,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         guard let ssl = SSL_new(context.handle) else {
             throw TLSError(.configuration, "SSL_new failed: \(TLSError.drainOpenSSLErrors())")
         }
-        let fd = socket.fd
-        guard fd >= 0, SSL_set_fd(ssl, fd) == 1 else {
+        // The BIO keeps the descriptor's number; every later SSL call runs inside
+        // `socket.withDescriptor`, so the number stays this connection's.
+        let attached = (try? socket.withDescriptor("TLS handshake") { fd in SSL_set_fd(ssl, fd) == 1 }) ?? false
+        guard attached else {
             SSL_free(ssl)
             throw SocketError(.closed, "TLS handshake")
         }
@@ -359,6 +363,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             case SSL_ERROR_SYSCALL:
                 if e == EINTR { continue }
                 if e == EAGAIN || e == EWOULDBLOCK { throw SocketError(.timeout, "TLS handshake", code: e) }
+                SystemCall.checkNotMisuse(e, "TLS handshake")
                 let reasons = TLSError.drainOpenSSLErrors()
                 if e == 0 || e == ECONNRESET || e == EPIPE {
                     throw SocketError(.closed, reasons.isEmpty ? "TLS handshake" : "TLS handshake (\(reasons))", code: e)
@@ -404,7 +409,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !closed else { throw SocketError(.closed, "TLS read") }
-        let count = Int32(clamping: buffer.count)
+        return try socket.withDescriptor("TLS read") { _ in try readLocked(base, Int32(clamping: buffer.count)) }
+    }
+
+    /// `SSL_read` under `lock`, with the descriptor held.
+    private func readLocked(_ base: UnsafeMutableRawPointer, _ count: Int32) throws -> Int {
         var spurious = 0
         while true {
             ERR_clear_error()
@@ -424,7 +433,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 if e == EINTR { continue }
                 if e == EAGAIN || e == EWOULDBLOCK { throw SocketError(.timeout, "TLS read", code: e) }
                 if e == 0 { return 0 }
-                throw SocketError(e == ECONNRESET || e == EBADF || e == ENOTCONN ? .closed : .system, "TLS read", code: e)
+                SystemCall.checkNotMisuse(e, "TLS read")
+                throw SocketError(e == ECONNRESET || e == ENOTCONN ? .closed : .system, "TLS read", code: e)
             default:
                 let reasons = TLSError.drainOpenSSLErrors()
                 throw SocketError(.system, reasons.isEmpty ? "TLS read" : "TLS read (\(reasons))", code: EPROTO)
@@ -440,6 +450,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !closed else { throw SocketError(.closed, "TLS write") }
+        try socket.withDescriptor("TLS write") { _ in try writeLocked(bytes) }
+    }
+
+    /// `SSL_write` of every byte under `lock`, with the descriptor held.
+    private func writeLocked(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { raw in
             var offset = 0
             var spurious = 0
@@ -459,7 +474,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 case SSL_ERROR_SYSCALL:
                     if e == EINTR { continue }
                     if e == EAGAIN || e == EWOULDBLOCK { throw SocketError(.timeout, "TLS write", code: e) }
-                    throw SocketError(e == EPIPE || e == ECONNRESET || e == EBADF || e == 0 ? .closed : .system, "TLS write", code: e)
+                    SystemCall.checkNotMisuse(e, "TLS write")
+                    throw SocketError(e == EPIPE || e == ECONNRESET || e == 0 ? .closed : .system, "TLS write", code: e)
                 case SSL_ERROR_ZERO_RETURN:
                     throw SocketError(.closed, "TLS write")
                 default:
@@ -470,18 +486,24 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         }
     }
 
+    /// Wakes a thread blocked in `read` (its `SSL_read` sees end of stream) without closing
+    /// anything: safe from any thread; the reading thread then calls `close()`.
+    public func shutdown() { socket.shutdown() }
+
     /// Sends `close_notify` (without waiting for the peer's) and closes the socket. Idempotent.
+    /// **Owner only** (the reading thread; others call `shutdown()`). Should another thread call
+    /// it while a read is blocked, the socket is shut down first so the reader returns and
+    /// releases the lock, and no `close_notify` is sent.
     public func close() {
         if lock.try() {
             if !closed {
                 closed = true
                 ERR_clear_error()
-                _ = SSL_shutdown(ssl)
+                _ = try? socket.withDescriptor("TLS close") { _ in SSL_shutdown(ssl) }
                 ERR_clear_error()
             }
             lock.unlock()
         } else {
-            // Another thread is inside SSL_read/SSL_write: wake it, then mark closed.
             socket.shutdown()
             lock.lock()
             closed = true

@@ -41,18 +41,17 @@ public final class ClusterHub: Sendable {
         var membership: Membership { scheduler.membership }
     }
 
-    /// Counts of connections that have not authenticated yet (issue 13: capped in total and per peer).
-    private struct Unauthenticated: Sendable {
-        var total = 0
-        var perPeer: [String: Int] = [:]
-    }
-
     /// The largest frame accepted before a connection has authenticated, octets (a `hello` is < 1 KiB).
     public static let handshakeFrameLimit = 64 * 1024
-    /// How long a new connection has to complete the handshake (challenge → hello), seconds.
+    /// How long a new connection has to complete the handshake (challenge → hello).
     public static let handshakeTimeout: Duration = .seconds(10)
-    /// Connections that have not authenticated yet, at most, in total and from one peer address.
-    public static let unauthenticatedLimit = (total: 64, perPeer: 8)
+    /// Node links at most, in total and from one peer address (authenticated nodes: a host
+    /// may run several, e.g. a test or benchmark rig on one machine).
+    public static let linkLimits = AdmissionLimits(maxConnections: 1024, maxConnectionsPerPeer: 64)
+    /// Connections that have not authenticated yet (issue 13): at most 64 in total and 8 from
+    /// one peer address, each shut down when its handshake is not done within `handshakeTimeout`.
+    public static let unauthenticatedLimits = PreAuthenticationLimits(maxConnections: 64, maxConnectionsPerPeer: 8,
+                                                                      handshakeDeadline: handshakeTimeout)
 
     private let store: QueueStore
     private let clock: any WallClock
@@ -62,8 +61,7 @@ public final class ClusterHub: Sendable {
     private let lastConnectionID = Locked<ConnectionID>(0)
     private let published: Locked<Snapshot>
     private let initial: Locked<Scheduler?>
-    private let listener = Locked<Socket?>(nil)
-    private let unauthenticated = Locked(Unauthenticated())
+    private let acceptor = Locked<Acceptor?>(nil)
     private let resultObserver = Locked<(@Sendable (ResultMessage) -> Void)?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
@@ -123,22 +121,23 @@ public final class ClusterHub: Sendable {
         guard var scheduler = initial.withLock({ s -> Scheduler? in defer { s = nil }; return s }) else { return }
         let config = scheduler.config
         if let leaseHoldUntil { scheduler.holdLeases(until: leaseHoldUntil) }
-        let sock = try Socket.listen(on: config.coordinator.listen)
-        listener.withLock { $0 = sock }
-        log.info("cluster listener ready", ["listen": config.coordinator.listen.description])
+        let listener = try Acceptor(address: config.coordinator.listen, configuration: .init(name: "cluster"),
+                                    admission: AdmissionControl(limits: ClusterHub.linkLimits, preAuthentication: ClusterHub.unauthenticatedLimits)) {
+            [self] connection in serve(connection)
+        }
+        acceptor.withLock { $0 = listener }
+        log.info("cluster listener ready", ["listen": listener.address.description])
         resultWriter.start()
         let owner = Thread { [self, scheduler] in schedulerLoop(scheduler) }
         owner.name = "scheduler"
         owner.start()
-        let acceptor = Thread { [self] in acceptLoop(sock) }
-        acceptor.name = "cluster-accept"
-        acceptor.start()
+        listener.start()
     }
 
     /// Stops accepting, ends every node connection and the scheduler thread.
     public func stop() {
         inbox.withLockAndBroadcast { $0.running = false }
-        listener.withLock { $0 }?.shutdown()
+        acceptor.withLock { $0 }?.stop()
         for link in links.withLock({ Array($0.values) }) { link.shutdown() }
         resultWriter.stop()
         schedulerStopped.wait(until: .now + .seconds(5), for: { $0 }) { _, _ in }
@@ -158,43 +157,10 @@ public final class ClusterHub: Sendable {
 
     // MARK: - Connections
 
-    private func acceptLoop(_ sock: Socket) {
-        var refusedLogged = ContinuousClock.now - .seconds(60)
-        while inbox.withLock({ $0.running }) {
-            guard let (client, peer) = try? sock.accept() else { break }
-            let admitted = unauthenticated.withLock { u -> Bool in
-                let limit = ClusterHub.unauthenticatedLimit
-                guard u.total < limit.total, u.perPeer[peer.host, default: 0] < limit.perPeer else { return false }
-                u.total += 1
-                u.perPeer[peer.host, default: 0] += 1
-                return true
-            }
-            guard admitted else {
-                client.close()
-                if ContinuousClock.now - refusedLogged > .seconds(10) {
-                    refusedLogged = ContinuousClock.now
-                    log.warning("cluster connection refused: too many unauthenticated connections", ["peer": peer.description])
-                }
-                continue
-            }
-            let reader = Thread { [self] in serve(client, peer: peer) }
-            reader.name = "cluster-reader"
-            reader.start()
-        }
-        sock.close()
-    }
-
-    private func releaseUnauthenticated(_ peer: SocketAddress) {
-        unauthenticated.withLock { u in
-            u.total -= 1
-            let left = u.perPeer[peer.host, default: 1] - 1
-            u.perPeer[peer.host] = left > 0 ? left : nil
-        }
-    }
-
     /// The handshake, then the node's frames until the connection ends. This thread owns the
-    /// socket and closes it.
-    private func serve(_ sock: Socket, peer: SocketAddress) {
+    /// socket; the acceptor closes it when this returns (after `NodeLink.finish`).
+    private func serve(_ accepted: AcceptedConnection) {
+        let sock = accepted.socket, peer = accepted.peer
         let config = published.withLock { $0.config }
         let conn = ClusterConnection(socket: sock, maximumFrameSize: ClusterHub.handshakeFrameLimit)
         sock.setTimeouts(read: 10, write: 10)
@@ -212,7 +178,6 @@ public final class ClusterHub: Sendable {
             guard ClusterAuth.verify(h.proof, expected: expected) else { throw ClusterProtocolError.authenticationFailed }
             hello = h
         } catch {
-            releaseUnauthenticated(peer)
             log.warning("node connection refused", ["peer": peer.description, "reason": "\(error)"])
             if let pe = error as? ClusterProtocolError {
                 var retryable = true
@@ -223,10 +188,10 @@ public final class ClusterHub: Sendable {
                 }
                 try? conn.send(.reject(RejectMessage(reason: pe.description, retryable: retryable)))
             }
-            conn.close()
             return
         }
-        releaseUnauthenticated(peer)
+        // Authenticated: out of the unauthenticated tier and its deadline.
+        _ = accepted.admission.promote()
         let id = lastConnectionID.withLock { $0 += 1; return $0 }
         let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, connection: conn, log: log)
         links.withLock { $0[id] = link }

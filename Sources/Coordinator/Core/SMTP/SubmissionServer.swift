@@ -7,8 +7,10 @@ import HatoShared
 /// The coordinator's SMTP submission listener: a thin blocking driver around `SMTPServerSession`.
 ///
 /// One thread per client session. What it adds to the pure session:
-/// - **Admission**: at most `smtp.max_connections` sessions, and `smtp.max_connections_per_client`
-///   per client address; others get `421 4.7.0` and are closed (RFC 5321 §3.1, §4.5.3.1).
+/// - **Admission**: one `Acceptor` per `smtp.listen` address, sharing one `AdmissionControl`:
+///   at most `smtp.max_connections` sessions, and `smtp.max_connections_per_client` per client
+///   (an IPv4 address, an IPv6 /64); others get `421 4.7.0` on the accepting thread and are
+///   closed, without a session thread (RFC 5321 §3.1, §4.5.3.1, §3.8).
 /// - **Timeouts per phase** (RFC 5321 §4.5.3.2): a complete command line must arrive within
 ///   `smtp.command_timeout` of the previous reply (bytes trickled one at a time do not extend it);
 ///   DATA/BDAT content runs on a deadline of `smtp.data_timeout` that received octets push back at
@@ -30,7 +32,9 @@ import HatoShared
 /// Replies are written when the input is drained (nothing more readable right now) or 64 KiB of
 /// them are pending, so a pipelined group is answered with as few writes as possible and a client
 /// that never reads cannot make the server buffer without bound (RFC 2920 §3.2).
-public final class SubmissionServer: @unchecked Sendable {
+///
+/// Checked `Sendable`: the listeners, TLS context and data rate live in `Locked`s.
+public final class SubmissionServer: Sendable {
     private let config: ClusterConfig
     private let store: QueueStore
     private let onAccepted: @Sendable () -> Void
@@ -39,14 +43,17 @@ public final class SubmissionServer: @unchecked Sendable {
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
     private let log = Logger(label: "coordinator.smtp")
-    private let lock = NSLock()
-    private var listeners: [Socket] = []
-    private var tlsContext: TLSContext?
-    private var active = 0
-    private var perClient: [String: Int] = [:]
+    private let acceptors = Locked<[Acceptor]>([])
+    private let tls = Locked<TLSContext?>(nil)
+    private let dataRate = Locked<Double>(500)
+    /// The session counts and limits shared by every listen address.
+    private let admission: AdmissionControl
     /// The content rate in octets per second that keeps extending the DATA deadline (like
     /// Postfix's `smtpd_min_data_rate`). Default 500.
-    public var minimumDataRate: Double = 500
+    public var minimumDataRate: Double {
+        get { dataRate.snapshot }
+        set { dataRate.withLock { $0 = newValue } }
+    }
 
     /// Creates the listener (nothing is bound until `start`).
     /// - Parameters:
@@ -63,13 +70,15 @@ public final class SubmissionServer: @unchecked Sendable {
         self.router = PoolRouter(routing: config.routing, pools: config.pools)
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
                                                      failureWindow: config.smtp.authFailureWindow, clock: clock)
+        self.admission = AdmissionControl(limits: AdmissionLimits(maxConnections: config.smtp.maxConnections,
+                                                                  maxConnectionsPerPeer: config.smtp.maxConnectionsPerClient))
     }
 
     /// The bound addresses (real ports when configured with port 0).
-    public var boundAddresses: [SocketAddress] { lock.withLock { listeners.compactMap(\.localAddress) } }
+    public var boundAddresses: [SocketAddress] { acceptors.withLock { $0.map(\.address) } }
 
     /// Sessions in progress (admitted, not yet closed).
-    public var activeSessions: Int { lock.withLock { active } }
+    public var activeSessions: Int { admission.openConnections }
 
     /// Loads the STARTTLS certificate (when configured), binds every `smtp.listen` address and
     /// starts accepting.
@@ -78,68 +87,36 @@ public final class SubmissionServer: @unchecked Sendable {
     public func start() throws {
         if let tls = config.smtp.tls {
             let context = try TLSContext.server(certificateChainPath: tls.certificatePath, privateKeyPath: tls.privateKeyPath)
-            lock.withLock { tlsContext = context }
+            self.tls.withLock { $0 = context }
+        }
+        let hostname = config.smtp.hostname
+        // RFC 5321 §3.8: a server that cannot serve a connection answers 421 and closes.
+        let refusal: Acceptor.Refusal = { peer, reason in
+            let text = reason.isPerPeer ? "\(hostname) Error: too many connections from \(peer.host), try again later"
+                                        : "\(hostname) Error: too many connections, try again later"
+            return SMTPReply(421, "4.7.0", text).encoded()
         }
         for addr in config.smtp.listen {
-            let l = try Socket.listen(on: addr)
-            lock.withLock { listeners.append(l) }
-            log.info("smtp listener ready", ["listen": (l.localAddress ?? addr).description,
+            let acceptor = try Acceptor(address: addr, configuration: Acceptor.Configuration(name: "smtp"), admission: admission,
+                                        refusal: refusal, handler: { [self] in serve($0.socket, peer: $0.peer) })
+            acceptors.withLock { $0.append(acceptor) }
+            log.info("smtp listener ready", ["listen": acceptor.address.description,
                                              "starttls": config.smtp.tls == nil ? "no" : "yes",
                                              "auth_users": "\(config.smtp.users.count)"])
-            Thread.detachNewThread { [self] in
-                while let (conn, peer) = try? l.accept() {
-                    Thread.detachNewThread { [self] in serve(conn, peer: peer) }
-                }
-            }
+            acceptor.start()
         }
     }
 
     /// Closes the listeners (sessions in progress finish on their own).
-    public func stop() { for l in lock.withLock({ listeners }) { l.close() } }
+    public func stop() { for a in acceptors.snapshot { a.stop() } }
 
-    private enum Admission {
-        case admitted, serverFull, clientFull
-    }
-
-    private func admit(_ host: String) -> Admission {
-        lock.withLock {
-            if active >= config.smtp.maxConnections { return .serverFull }
-            if perClient[host, default: 0] >= config.smtp.maxConnectionsPerClient { return .clientFull }
-            active += 1
-            perClient[host, default: 0] += 1
-            return .admitted
-        }
-    }
-
-    private func release(_ host: String) {
-        lock.withLock {
-            active -= 1
-            let n = perClient[host, default: 1] - 1
-            perClient[host] = n > 0 ? n : nil
-        }
-    }
-
+    /// One admitted session, on its own thread (the socket's owner: it closes the stream at the
+    /// end; the acceptor then releases the slot).
     private func serve(_ conn: Socket, peer: SocketAddress) {
         let smtp = config.smtp
-        switch admit(peer.host) {
-        case .admitted:
-            break
-        case .serverFull, .clientFull:
-            let full = lock.withLock { active >= smtp.maxConnections }
-            let text = full ? "\(smtp.hostname) Error: too many connections, try again later"
-                            : "\(smtp.hostname) Error: too many connections from \(peer.host), try again later"
-            conn.setTimeouts(read: 5, write: 5)
-            try? conn.write(SMTPReply(421, "4.7.0", text).encoded())
-            conn.close()
-            log.warning("connection refused: limit reached", ["client": peer.host, "limit": full ? "max_connections" : "max_connections_per_client"])
-            return
-        }
         var stream: any ByteStream = conn
-        defer {
-            stream.close()
-            release(peer.host)
-        }
-        let tlsContext = lock.withLock { self.tlsContext }
+        defer { stream.close() }
+        let tlsContext = tls.snapshot
         let policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
                                       tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS, authAvailable: !smtp.users.isEmpty,
                                       postmaster: smtp.postmaster)
@@ -161,7 +138,11 @@ public final class SubmissionServer: @unchecked Sendable {
         }
         defer { announceQueued() }
         var buf = [UInt8](repeating: 0, count: 16 * 1024)  // per session: 2000 idle sessions cost 87 KiB each with 64 KiB
-        var deadline = Date().addingTimeInterval(smtp.commandTimeout)
+        // Deadlines on the monotonic clock: a step of the wall clock neither cuts a session off
+        // nor keeps a silent one open (RFC 5321 §4.5.3.2).
+        let commandTimeout = Duration.seconds(smtp.commandTimeout), dataTimeout = Duration.seconds(smtp.dataTimeout)
+        let minimumDataRate = self.minimumDataRate
+        var deadline = ContinuousClock.now + commandTimeout
         var readingContent = false
 
         /// Carries out actions; returns false when the session is over.
@@ -214,7 +195,7 @@ public final class SubmissionServer: @unchecked Sendable {
                     } else {
                         more = session.tlsFailed()
                     }
-                    deadline = Date().addingTimeInterval(smtp.commandTimeout)
+                    deadline = .now + commandTimeout
                 case .close:
                     try? stream.write(out)
                     out.removeAll()
@@ -228,8 +209,7 @@ public final class SubmissionServer: @unchecked Sendable {
         /// Whether more input can be read without waiting (then replies may wait for it).
         func inputPending() -> Bool {
             if let tls = stream as? TLSStream, tls.bufferedByteCount > 0 { return true }
-            var pfd = pollfd(fd: conn.fd, events: Int16(POLLIN), revents: 0)
-            return poll(&pfd, 1, 0) > 0 && (pfd.revents & Int16(POLLIN)) != 0
+            return conn.hasReadableInput
         }
 
         guard perform(session.start()) else { return }
@@ -242,16 +222,16 @@ public final class SubmissionServer: @unchecked Sendable {
             }
             if session.isReadingContent != readingContent {
                 readingContent = session.isReadingContent
-                deadline = Date().addingTimeInterval(readingContent ? smtp.dataTimeout : smtp.commandTimeout)
+                deadline = .now + (readingContent ? dataTimeout : commandTimeout)
             }
-            let remaining = deadline.timeIntervalSinceNow
-            guard remaining > 0 else {
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            guard remaining > .zero else {
                 _ = perform(session.timeout())
                 log.info("session timed out", ["client": peer.host, "phase": readingContent ? "data" : "command"])
                 return
             }
             // 0 would mean "no timeout" to SO_RCVTIMEO: never go below a millisecond.
-            conn.setTimeouts(read: max(0.001, remaining), write: smtp.commandTimeout)
+            conn.setTimeouts(read: max(.milliseconds(1), remaining), write: commandTimeout)
             let n: Int
             do {
                 n = try buf.withUnsafeMutableBytes { try stream.read(into: $0) }
@@ -263,13 +243,13 @@ public final class SubmissionServer: @unchecked Sendable {
             if n == 0 { return }
             if readingContent {
                 // Received content pushes the deadline back at the minimum rate, at most data_timeout ahead.
-                let extended = deadline.addingTimeInterval(Double(n) / max(1, minimumDataRate))
-                deadline = min(extended, Date().addingTimeInterval(smtp.dataTimeout))
+                let extended = deadline + .seconds(Double(n) / max(1, minimumDataRate))
+                deadline = min(extended, .now + dataTimeout)
             }
             let before = out.count
             guard perform(session.receive(buf[0..<n])) else { return }
             // A command was answered: the next one gets a fresh command_timeout.
-            if out.count != before && !session.isReadingContent { deadline = Date().addingTimeInterval(smtp.commandTimeout) }
+            if out.count != before && !session.isReadingContent { deadline = .now + commandTimeout }
         }
     }
 

@@ -1,0 +1,308 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How many connections a listener keeps open at once.
+public struct AdmissionLimits: Sendable, Equatable {
+    /// Connections open at once, in total (every tier).
+    public var maxConnections: Int
+    /// Connections open at once from one peer (`PeerKey`: an IPv4 address, an IPv6 /64).
+    public var maxConnectionsPerPeer: Int
+
+    /// Limits of `maxConnections` in total and `maxConnectionsPerPeer` per peer (each at least 1).
+    public init(maxConnections: Int, maxConnectionsPerPeer: Int) {
+        self.maxConnections = max(1, maxConnections)
+        self.maxConnectionsPerPeer = max(1, maxConnectionsPerPeer)
+    }
+
+    /// The admin/metrics HTTP listener's built-in limits: 64 in total, 16 per peer.
+    public static let adminHTTP = AdmissionLimits(maxConnections: 64, maxConnectionsPerPeer: 16)
+
+    /// Suggested limits of the cluster listener: 256 node links in total, 8 per peer (a host
+    /// runs one node; a restart briefly holds two links).
+    public static let cluster = AdmissionLimits(maxConnections: 256, maxConnectionsPerPeer: 8)
+}
+
+/// The second tier of a listener whose peers must authenticate (the cluster listener, issue
+/// 13): connections that have not yet completed their handshake are capped on their own, in
+/// total and per peer, and are shut down when the handshake takes longer than the deadline.
+/// The owner calls `AdmissionToken.promote()` once the peer has proven itself.
+public struct PreAuthenticationLimits: Sendable, Equatable {
+    /// Unauthenticated connections at once, in total.
+    public var maxConnections: Int
+    /// Unauthenticated connections at once from one peer.
+    public var maxConnectionsPerPeer: Int
+    /// How long a connection may stay unauthenticated before the acceptor shuts it down
+    /// (its reader then sees end of stream and closes it).
+    public var handshakeDeadline: Duration
+
+    /// Pre-authentication limits (counts at least 1, the deadline at least 1 ms).
+    public init(maxConnections: Int, maxConnectionsPerPeer: Int, handshakeDeadline: Duration) {
+        self.maxConnections = max(1, maxConnections)
+        self.maxConnectionsPerPeer = max(1, maxConnectionsPerPeer)
+        self.handshakeDeadline = max(.milliseconds(1), handshakeDeadline)
+    }
+
+    /// Suggested pre-authentication tier of the cluster listener: 32 unauthenticated links at
+    /// once, 2 per peer, 10 s to complete the challenge/hello exchange.
+    public static let cluster = PreAuthenticationLimits(maxConnections: 32, maxConnectionsPerPeer: 2, handshakeDeadline: .seconds(10))
+}
+
+/// What `AdmissionControl.admit` decided.
+public enum AdmissionDecision: Sendable {
+    /// Admitted: the token holds the connection's slot until released.
+    case admitted(AdmissionToken)
+    /// Refused because of this limit.
+    case refused(AdmissionRefusal)
+}
+
+/// Why a connection was refused.
+public enum AdmissionRefusal: Sendable, Equatable, CustomStringConvertible {
+    /// `AdmissionLimits.maxConnections` are open.
+    case listenerFull
+    /// `AdmissionLimits.maxConnectionsPerPeer` are open from this peer.
+    case peerFull
+    /// `PreAuthenticationLimits.maxConnections` unauthenticated connections are open.
+    case unauthenticatedFull
+    /// `PreAuthenticationLimits.maxConnectionsPerPeer` unauthenticated connections are open from this peer.
+    case unauthenticatedPeerFull
+
+    /// The limit's name for logs, e.g. `max_connections`.
+    public var description: String {
+        switch self {
+        case .listenerFull: return "max_connections"
+        case .peerFull: return "max_connections_per_peer"
+        case .unauthenticatedFull: return "max_unauthenticated"
+        case .unauthenticatedPeerFull: return "max_unauthenticated_per_peer"
+        }
+    }
+
+    /// Whether the limit is about this peer (rather than everyone).
+    public var isPerPeer: Bool { self == .peerFull || self == .unauthenticatedPeerFull }
+}
+
+/// The unit connections are counted per: an IPv4 address (/32; an IPv4-mapped IPv6 address
+/// counts as its IPv4 address) or an IPv6 /64 (one host or one customer network; hosts get a
+/// whole /64 and can pick any address in it).
+public struct PeerKey: Hashable, Sendable, CustomStringConvertible {
+    private let high: UInt64
+    private let low: UInt64
+    private let isIPv6: Bool
+
+    /// The key of `address` (an unparsable host text counts as one peer of its own).
+    public init(_ address: SocketAddress) {
+        var v6 = in6_addr()
+        var v4 = in_addr()
+        if inet_pton(AF_INET, address.host, &v4) == 1 {
+            self.init(high: UInt64(UInt32(bigEndian: v4.s_addr)), low: 0, isIPv6: false)
+        } else if inet_pton(AF_INET6, address.host, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+            let isMapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+            if isMapped {
+                self.init(high: bytes[12..<16].reduce(0) { $0 << 8 | UInt64($1) }, low: 0, isIPv6: false)
+            } else {
+                self.init(high: bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, low: 0, isIPv6: true)
+            }
+        } else {
+            // Not an address (never from accept): a key of its own that no address can have.
+            var hasher = Hasher()
+            hasher.combine(address.host)
+            self.init(high: UInt64(bitPattern: Int64(hasher.finalize())), low: 1, isIPv6: true)
+        }
+    }
+
+    private init(high: UInt64, low: UInt64, isIPv6: Bool) {
+        self.high = high
+        self.low = low
+        self.isIPv6 = isIPv6
+    }
+
+    /// `192.0.2.1` or `2001:db8:1:2::/64`.
+    public var description: String {
+        if !isIPv6 { return "\(high >> 24).\(high >> 16 & 0xFF).\(high >> 8 & 0xFF).\(high & 0xFF)" }
+        let groups = (0..<4).map { String(high >> (48 - 16 * UInt64($0)) & 0xFFFF, radix: 16) }
+        return groups.joined(separator: ":") + "::/64"
+    }
+}
+
+/// The connection counts of one or more listeners that share limits (the SMTP listen
+/// addresses share `smtp.max_connections`): admits or refuses each new connection, and hands
+/// an admitted one an `AdmissionToken` that holds its slot until released.
+///
+/// With `PreAuthenticationLimits`, a connection is born unauthenticated: it counts against
+/// both tiers until `promote()`, and is shut down at its handshake deadline by the `Acceptor`
+/// loop (`expireHandshakes`).
+public final class AdmissionControl: Sendable {
+    /// The limits of every connection.
+    public let limits: AdmissionLimits
+    /// The unauthenticated tier, if the listener has one.
+    public let preAuthentication: PreAuthenticationLimits?
+
+    private struct Pending: Sendable {
+        var deadline: ContinuousClock.Instant
+        var socket: Socket
+    }
+
+    private struct State: Sendable {
+        var open = 0
+        var openPerPeer: [PeerKey: Int] = [:]
+        var unauthenticated = 0
+        var unauthenticatedPerPeer: [PeerKey: Int] = [:]
+        var nextID: UInt64 = 0
+        /// Unauthenticated connections by token id, with their deadlines.
+        var pending: [UInt64: Pending] = [:]
+    }
+
+    private let state = Locked(State())
+
+    /// - Parameters:
+    ///   - limits: connections open at once, in total and per peer.
+    ///   - preAuthentication: the unauthenticated tier, or nil when connections need no handshake.
+    public init(limits: AdmissionLimits, preAuthentication: PreAuthenticationLimits? = nil) {
+        self.limits = limits
+        self.preAuthentication = preAuthentication
+    }
+
+    /// Admits `socket` from `peer`, or says which limit is reached.
+    /// - Parameters:
+    ///   - socket: the new connection (shut down at its handshake deadline, with a pre-authentication tier).
+    ///   - peer: where it comes from.
+    /// - Returns: the token holding the connection's slot, or the refusal.
+    public func admit(_ socket: Socket, from peer: SocketAddress) -> AdmissionDecision {
+        let key = PeerKey(peer)
+        let now = ContinuousClock.now
+        let outcome = state.withLock { s -> (id: UInt64, refusal: AdmissionRefusal?) in
+            if s.open >= limits.maxConnections { return (0, .listenerFull) }
+            if s.openPerPeer[key, default: 0] >= limits.maxConnectionsPerPeer { return (0, .peerFull) }
+            if let pre = preAuthentication {
+                if s.unauthenticated >= pre.maxConnections { return (0, .unauthenticatedFull) }
+                if s.unauthenticatedPerPeer[key, default: 0] >= pre.maxConnectionsPerPeer { return (0, .unauthenticatedPeerFull) }
+            }
+            s.nextID += 1
+            s.open += 1
+            s.openPerPeer[key, default: 0] += 1
+            if let pre = preAuthentication {
+                s.unauthenticated += 1
+                s.unauthenticatedPerPeer[key, default: 0] += 1
+                s.pending[s.nextID] = Pending(deadline: now + pre.handshakeDeadline, socket: socket)
+            }
+            return (s.nextID, nil)
+        }
+        if let refusal = outcome.refusal { return .refused(refusal) }
+        return .admitted(AdmissionToken(control: self, id: outcome.id, peer: peer, key: key, authenticated: preAuthentication == nil))
+    }
+
+    /// Connections holding a slot now.
+    public var openConnections: Int { state.withLock { $0.open } }
+
+    /// Connections not yet promoted (0 without a pre-authentication tier).
+    public var unauthenticatedConnections: Int { state.withLock { $0.unauthenticated } }
+
+    /// Connections holding a slot now from `peer`'s `PeerKey`.
+    public func openConnections(from peer: SocketAddress) -> Int {
+        let key = PeerKey(peer)
+        return state.withLock { $0.openPerPeer[key, default: 0] }
+    }
+
+    /// Shuts down every unauthenticated connection whose handshake deadline has passed (their
+    /// readers see end of stream and close them; the slots are released when they do).
+    /// - Parameter now: the current monotonic instant.
+    /// - Returns: the next deadline still ahead, nil when none.
+    @discardableResult
+    public func expireHandshakes(now: ContinuousClock.Instant = .now) -> ContinuousClock.Instant? {
+        guard preAuthentication != nil else { return nil }
+        let (expired, next) = state.withLock { s -> ([Socket], ContinuousClock.Instant?) in
+            var expired: [Socket] = []
+            var next: ContinuousClock.Instant?
+            for (id, p) in s.pending {
+                if p.deadline <= now {
+                    expired.append(p.socket)
+                    s.pending[id] = nil  // the slot stays taken until the owner releases it
+                } else if next == nil || p.deadline < next! {
+                    next = p.deadline
+                }
+            }
+            return (expired, next)
+        }
+        for socket in expired { socket.shutdown() }
+        return next
+    }
+
+    fileprivate func promote(id: UInt64, key: PeerKey) {
+        state.withLock { s in
+            s.pending[id] = nil
+            s.unauthenticated -= 1
+            Self.decrement(&s.unauthenticatedPerPeer, key)
+        }
+    }
+
+    fileprivate func release(id: UInt64, key: PeerKey, authenticated: Bool) {
+        state.withLock { s in
+            s.open -= 1
+            Self.decrement(&s.openPerPeer, key)
+            if !authenticated {
+                s.pending[id] = nil
+                s.unauthenticated -= 1
+                Self.decrement(&s.unauthenticatedPerPeer, key)
+            }
+        }
+    }
+
+    private static func decrement(_ counts: inout [PeerKey: Int], _ key: PeerKey) {
+        let n = counts[key, default: 1] - 1
+        counts[key] = n > 0 ? n : nil
+    }
+}
+
+/// The slot of one admitted connection: counted until `release()` (or deinit). With a
+/// pre-authentication tier it starts unauthenticated; `promote()` moves it to the
+/// authenticated tier and cancels its handshake deadline.
+public final class AdmissionToken: Sendable {
+    /// The peer the connection came from.
+    public let peer: SocketAddress
+    private let control: AdmissionControl
+    private let id: UInt64
+    private let key: PeerKey
+    private struct State: Sendable {
+        var released = false
+        var authenticated: Bool
+    }
+    private let state: Locked<State>
+
+    fileprivate init(control: AdmissionControl, id: UInt64, peer: SocketAddress, key: PeerKey, authenticated: Bool) {
+        self.control = control
+        self.id = id
+        self.peer = peer
+        self.key = key
+        self.state = Locked(State(authenticated: authenticated))
+    }
+
+    deinit { release() }
+
+    /// Whether the connection counts as authenticated (always true without a pre-authentication tier).
+    public var isAuthenticated: Bool { state.withLock { $0.authenticated } }
+
+    /// Moves the connection to the authenticated tier: it no longer counts against the
+    /// unauthenticated limits and its handshake deadline no longer applies. Idempotent.
+    /// - Returns: false when the token was already released.
+    @discardableResult
+    public func promote() -> Bool {
+        let (changed, holds) = state.withLock { s -> (Bool, Bool) in
+            guard !s.released else { return (false, false) }
+            defer { s.authenticated = true }
+            return (!s.authenticated, true)
+        }
+        if changed { control.promote(id: id, key: key) }
+        return holds
+    }
+
+    /// Gives the slot back (idempotent). The `Acceptor` calls it when the connection's handler returns.
+    public func release() {
+        let wasAuthenticated = state.withLock { s -> Bool? in
+            guard !s.released else { return nil }
+            s.released = true
+            return s.authenticated
+        }
+        if let wasAuthenticated { control.release(id: id, key: key, authenticated: wasAuthenticated) }
+    }
+}
