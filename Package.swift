@@ -1,6 +1,8 @@
 // swift-tools-version: 6.0
 // Hato — a clustered SMTP relay. No Swift package dependencies: the toolchain
 // and system C libraries (OpenSSL, SQLite, libresolv) only.
+// Linux only (glibc sockets, epoll-free blocking I/O, libresolv, /proc): building on another
+// system stops at the #error in Sources/Shared/Support/Platform.swift.
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -9,7 +11,6 @@ let strict: [SwiftSetting] = [
 
 let package = Package(
     name: "hato",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "hato-coordinator", targets: ["hato-coordinator"]),
         .executable(name: "hato-node", targets: ["hato-node"]),

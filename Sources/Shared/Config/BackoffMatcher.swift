@@ -1,8 +1,7 @@
 import Foundation
 
 /// Matches remote replies against backoff rules (node side).
-public struct BackoffMatcher: @unchecked Sendable {
-    // NSRegularExpression is immutable and thread-safe once built.
+public struct BackoffMatcher: Sendable {
     private let rules: [(BackoffRule, NSRegularExpression)]
 
     public init(settings: BackoffSettings) {

@@ -214,24 +214,23 @@ public final class DNSResolver: Sendable {
     }
 }
 
-/// The answer cache: (name, type) → answer until its expiry, behind one `NSLock`.
-final class DNSAnswerCache: @unchecked Sendable {
-    struct Key: Hashable {
+/// The answer cache: (name, type) → answer until its expiry, behind one lock.
+final class DNSAnswerCache: Sendable {
+    struct Key: Hashable, Sendable {
         let name: String
         let type: UInt16
     }
-    private struct Entry {
+    private struct Entry: Sendable {
         let answer: DNSAnswer
         let expires: Date
     }
-    private let lock = NSLock()
-    private var entries: [Key: Entry] = [:]
+    private let entries = Locked<[Key: Entry]>([:])
     private let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }
 
     func get(_ key: Key, now: Date) -> DNSAnswer? {
-        lock.withLock {
+        entries.withLock { entries in
             guard let e = entries[key] else { return nil }
             if e.expires <= now { entries[key] = nil; return nil }
             return e.answer
@@ -239,7 +238,8 @@ final class DNSAnswerCache: @unchecked Sendable {
     }
 
     func put(_ key: Key, answer: DNSAnswer, ttl: UInt32, now: Date) {
-        lock.withLock {
+        let capacity = self.capacity
+        entries.withLock { entries in
             if entries.count >= capacity {
                 entries = entries.filter { $0.value.expires > now }
                 if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
@@ -248,5 +248,5 @@ final class DNSAnswerCache: @unchecked Sendable {
         }
     }
 
-    func removeAll() { lock.withLock { entries.removeAll() } }
+    func removeAll() { entries.withLock { $0.removeAll() } }
 }

@@ -13,11 +13,10 @@ public struct SystemClock: WallClock {
 }
 
 /// A clock tests move by hand.
-public final class ManualClock: WallClock, @unchecked Sendable {
-    private let lock = NSLock()
-    private var current: Date
-    public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = start }
-    public func now() -> Date { lock.withLock { current } }
+public final class ManualClock: WallClock, Sendable {
+    private let current: Locked<Date>
+    public init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = Locked(start) }
+    public func now() -> Date { current.snapshot }
     /// Moves the clock forward by `seconds`.
-    public func advance(_ seconds: TimeInterval) { lock.withLock { current += seconds } }
+    public func advance(_ seconds: TimeInterval) { current.withLock { $0 += seconds } }
 }

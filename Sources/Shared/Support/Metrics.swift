@@ -3,14 +3,16 @@ import Foundation
 /// A small Prometheus metrics registry: counters, gauges and histograms with labels,
 /// rendered in the Prometheus text exposition format 0.0.4.
 ///
-/// Thread-safe: every family keeps its samples under one `NSLock` (cheap under contention,
-/// see PLATFORM-NOTES.md). Families are created once and kept; label values are free-form
+/// Thread-safe: every family keeps its samples in a `Locked` (an `NSLock`: cheap under
+/// contention, see PLATFORM-NOTES.md). Families are created once and kept; label values are free-form
 /// strings (escaped on output). Names must match `[a-zA-Z_:][a-zA-Z0-9_:]*`; label names
 /// `[a-zA-Z_][a-zA-Z0-9_]*` — both are the caller's constants, checked with a precondition.
-public final class MetricsRegistry: @unchecked Sendable {
-    private let lock = NSLock()
-    private var families: [MetricFamily] = []
-    private var collectors: [@Sendable () -> Void] = []
+public final class MetricsRegistry: Sendable {
+    private struct State: Sendable {
+        var families: [MetricFamily] = []
+        var collectors: [@Sendable () -> Void] = []
+    }
+    private let state = Locked(State())
 
     /// An empty registry.
     public init() {}
@@ -39,13 +41,13 @@ public final class MetricsRegistry: @unchecked Sendable {
     /// Adds a function run before every `render()`, to set gauges computed on scrape
     /// (queue depth, node states). It must not call `render()`.
     public func addCollector(_ collect: @escaping @Sendable () -> Void) {
-        lock.withLock { collectors.append(collect) }
+        state.withLock { $0.collectors.append(collect) }
     }
 
     /// The text exposition of every family, in registration order (content type
     /// `text/plain; version=0.0.4`).
     public func render() -> String {
-        let (fams, colls) = lock.withLock { (families, collectors) }
+        let (fams, colls) = state.withLock { ($0.families, $0.collectors) }
         for c in colls { c() }
         var out = ""
         for f in fams { f.render(into: &out) }
@@ -58,29 +60,30 @@ public final class MetricsRegistry: @unchecked Sendable {
     private func family(_ name: String, help: String, type: String, labels: [String], buckets: [Double]) -> MetricFamily {
         precondition(MetricFamily.isValidName(name), "invalid metric name \(name)")
         precondition(labels.allSatisfy(MetricFamily.isValidLabel), "invalid label name in \(labels)")
-        return lock.withLock {
-            if let f = families.first(where: { $0.name == name }) {
+        return state.withLock { s in
+            if let f = s.families.first(where: { $0.name == name }) {
                 precondition(f.type == type && f.labelNames == labels, "metric \(name) registered twice with different shapes")
                 return f
             }
             let f = MetricFamily(name: name, help: help, type: type, labelNames: labels, buckets: buckets)
-            families.append(f)
+            s.families.append(f)
             return f
         }
     }
 }
 
 /// One metric family's samples. Internal: use `Counter`, `Gauge`, `Histogram`.
-final class MetricFamily: @unchecked Sendable {
+final class MetricFamily: Sendable {
     let name: String
     let help: String
     let type: String
     let labelNames: [String]
     let buckets: [Double]
-    /// Guards the fields below.
-    private let lock = NSLock()
-    private var values: [[String]: Double] = [:]
-    private var histograms: [[String]: (counts: [UInt64], sum: Double, count: UInt64)] = [:]
+    private struct Samples: Sendable {
+        var values: [[String]: Double] = [:]
+        var histograms: [[String]: (counts: [UInt64], sum: Double, count: UInt64)] = [:]
+    }
+    private let samples = Locked(Samples())
 
     init(name: String, help: String, type: String, labelNames: [String], buckets: [Double]) {
         self.name = name; self.help = help; self.type = type; self.labelNames = labelNames; self.buckets = buckets
@@ -101,26 +104,27 @@ final class MetricFamily: @unchecked Sendable {
         return labels
     }
 
-    func add(_ labels: [String], _ delta: Double) { let k = key(labels); lock.withLock { values[k, default: 0] += delta } }
-    func set(_ labels: [String], _ value: Double) { let k = key(labels); lock.withLock { values[k] = value } }
-    func value(_ labels: [String]) -> Double { let k = key(labels); return lock.withLock { values[k] ?? 0 } }
-    func reset() { lock.withLock { values.removeAll(); histograms.removeAll() } }
+    func add(_ labels: [String], _ delta: Double) { let k = key(labels); samples.withLock { $0.values[k, default: 0] += delta } }
+    func set(_ labels: [String], _ value: Double) { let k = key(labels); samples.withLock { $0.values[k] = value } }
+    func value(_ labels: [String]) -> Double { let k = key(labels); return samples.withLock { $0.values[k] ?? 0 } }
+    func reset() { samples.withLock { $0.values.removeAll(); $0.histograms.removeAll() } }
 
     func observe(_ labels: [String], _ v: Double) {
         let k = key(labels)
-        lock.withLock {
-            var h = histograms[k] ?? (counts: Array(repeating: 0, count: buckets.count), sum: 0, count: 0)
+        let buckets = self.buckets
+        samples.withLock { s in
+            var h = s.histograms[k] ?? (counts: Array(repeating: 0, count: buckets.count), sum: 0, count: 0)
             for (i, b) in buckets.enumerated() where v <= b { h.counts[i] += 1 }
             h.sum += v; h.count += 1
-            histograms[k] = h
+            s.histograms[k] = h
         }
     }
 
-    func histogramCount(_ labels: [String]) -> UInt64 { let k = key(labels); return lock.withLock { histograms[k]?.count ?? 0 } }
+    func histogramCount(_ labels: [String]) -> UInt64 { let k = key(labels); return samples.withLock { $0.histograms[k]?.count ?? 0 } }
 
     func render(into out: inout String) {
         out += "# HELP \(name) \(Self.escapeHelp(help))\n# TYPE \(name) \(type)\n"
-        let (vals, hists) = lock.withLock { (values, histograms) }
+        let (vals, hists) = samples.withLock { ($0.values, $0.histograms) }
         if type == "histogram" {
             for (labels, h) in hists.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
                 for (i, b) in buckets.enumerated() {

@@ -180,15 +180,18 @@ public struct QueueHeadroomGate: Sendable {
 /// The queue's disk headroom check for the submission server: `QueueHeadroomGate` over `statvfs`
 /// of the queue directory, measured at most once per `recheckInterval` (and always after an
 /// `SQLITE_FULL`), with its notices logged. Thread-safe (one lock; `statvfs` is a few µs).
-public final class QueueHeadroom: @unchecked Sendable {
+public final class QueueHeadroom: Sendable {
+    /// The gate and when a failed measurement was last logged.
+    private struct State: Sendable {
+        var gate: QueueHeadroomGate
+        var lastProbeError: TimeInterval?
+    }
     private let directory: String
     /// `smtp.queue_min_free`.
     public let minFree: QueueMinFree
     private let probe: @Sendable (String) throws -> FileSystemSpace
     private let monotonicNow: @Sendable () -> TimeInterval
-    private let lock = NSLock()
-    private var gate: QueueHeadroomGate
-    private var lastProbeError: TimeInterval?
+    private let state: Locked<State>
     private let log = Logger(label: "coordinator.queue")
 
     /// Creates the check.
@@ -206,7 +209,7 @@ public final class QueueHeadroom: @unchecked Sendable {
         self.minFree = minFree
         self.probe = probe
         self.monotonicNow = monotonicNow
-        gate = QueueHeadroomGate(minFree: minFree, recheckInterval: recheckInterval, logInterval: logInterval)
+        state = Locked(State(gate: QueueHeadroomGate(minFree: minFree, recheckInterval: recheckInterval, logInterval: logInterval)))
     }
 
     /// Whether a new transaction may start (checked at MAIL).
@@ -214,10 +217,10 @@ public final class QueueHeadroom: @unchecked Sendable {
     /// - Returns: true to accept; false means `452 4.3.1`.
     public func admit(declaredSize: Int?) -> Bool {
         if minFree.isDisabled { return true }
-        return lock.withLock {
+        return state.withLock { s in
             let now = monotonicNow()
-            refresh(now: now)
-            let (accept, notice) = gate.admit(declaredSize: declaredSize, now: now)
+            refresh(&s, now: now)
+            let (accept, notice) = s.gate.admit(declaredSize: declaredSize, now: now)
             if let notice { report(notice, declaredSize: declaredSize) }
             return accept
         }
@@ -227,39 +230,39 @@ public final class QueueHeadroom: @unchecked Sendable {
     /// - Parameter octets: the stored content size.
     public func noteQueued(octets: Int) {
         if minFree.isDisabled { return }
-        lock.withLock { gate.noteWritten(octets) }
+        state.withLock { $0.gate.noteWritten(octets) }
     }
 
     /// A queue write failed with `SQLITE_FULL`: measure again at once (and log a crossing).
     public func noteStorageFull() {
-        lock.withLock {
-            gate.markStale()
-            refresh(now: monotonicNow())
+        state.withLock { s in
+            s.gate.markStale()
+            refresh(&s, now: monotonicNow())
         }
     }
 
     /// The free octets of the queue's file system (measured at most once per `recheckInterval`),
     /// nil when `statvfs` fails. For the `hato_queue_free_bytes` gauge.
     public func freeBytes() -> Int? {
-        lock.withLock {
-            refresh(now: monotonicNow())
-            return gate.sample?.available
+        state.withLock { s in
+            refresh(&s, now: monotonicNow())
+            return s.gate.sample?.available
         }
     }
 
     /// MAILs refused for space so far.
-    public var refusals: Int { lock.withLock { gate.refusals } }
+    public var refusals: Int { state.withLock { $0.gate.refusals } }
 
-    /// Measures when due. Call under `lock`.
-    private func refresh(now: TimeInterval) {
-        guard gate.needsSample(now: now) else { return }
+    /// Measures when due (inside the state's lock).
+    private func refresh(_ s: inout State, now: TimeInterval) {
+        guard s.gate.needsSample(now: now) else { return }
         do {
             let space = try probe(directory)
-            if let notice = gate.record(space, now: now) { report(notice, declaredSize: nil) }
+            if let notice = s.gate.record(space, now: now) { report(notice, declaredSize: nil) }
         } catch {
             // Without a measurement the last one stays in use (none: accept); said once a minute.
-            if lastProbeError.map({ now - $0 >= gate.logInterval }) ?? true {
-                lastProbeError = now
+            if s.lastProbeError.map({ now - $0 >= s.gate.logInterval }) ?? true {
+                s.lastProbeError = now
                 log.error("cannot measure the queue's file system; queue_min_free is not enforced meanwhile",
                           ["data_dir": directory, "error": "\(error)"])
             }

@@ -15,15 +15,14 @@ import HatoShared
 ///
 /// Refusals are counted in `hato_smtp_refusals_total{reason}`; the free space is the gauge
 /// `hato_queue_free_bytes`. Thread-safe.
-final class SubmissionGuards: @unchecked Sendable {
+final class SubmissionGuards: Sendable {
     /// The queue's disk headroom check.
     let headroom: QueueHeadroom
     private let settings: SMTPSettings
     private let clock: any WallClock
     private let metrics: CoordinatorMetrics?
-    private let lock = NSLock()
-    /// Postmaster recipients accepted per client address in the sliding window. Use only under `lock`.
-    private var postmasterLimiter: AuthFailureLimiter
+    /// Postmaster recipients accepted per client address in the sliding window.
+    private let postmasterLimiter: Locked<AuthFailureLimiter>
     private let log = Logger(label: "coordinator.smtp")
 
     /// Creates the guards.
@@ -38,7 +37,7 @@ final class SubmissionGuards: @unchecked Sendable {
         self.metrics = metrics
         let headroom = headroom ?? QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree)
         self.headroom = headroom
-        postmasterLimiter = AuthFailureLimiter(maxFailures: config.smtp.postmasterRateLimit, window: config.smtp.postmasterRateWindow)
+        postmasterLimiter = Locked(AuthFailureLimiter(maxFailures: config.smtp.postmasterRateLimit, window: config.smtp.postmasterRateWindow))
         if let metrics {
             let gauge = metrics.queueFreeBytes
             metrics.registry.addCollector {
@@ -70,10 +69,10 @@ final class SubmissionGuards: @unchecked Sendable {
     /// `452 4.7.1` over `postmaster_rate_limit` in `postmaster_rate_window`.
     func admitPostmaster(client: String) -> SMTPReply? {
         let now = clock.now()
-        let (blocked, limitReached) = lock.withLock { () -> (Bool, Bool) in
-            if postmasterLimiter.isBlocked(client, now: now) { return (true, false) }
-            postmasterLimiter.recordFailure(client, now: now)  // the limiter counts events: here, accepted postmaster recipients
-            return (false, postmasterLimiter.isBlocked(client, now: now))
+        let (blocked, limitReached) = postmasterLimiter.withLock { limiter -> (Bool, Bool) in
+            if limiter.isBlocked(client, now: now) { return (true, false) }
+            limiter.recordFailure(client, now: now)  // the limiter counts events: here, accepted postmaster recipients
+            return (false, limiter.isBlocked(client, now: now))
         }
         if blocked {
             metrics?.smtpRefusals.inc("postmaster_rate_limit")
