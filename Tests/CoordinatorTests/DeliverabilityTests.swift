@@ -117,16 +117,39 @@ struct DeliverabilityTests {
         #expect(!r10)
     }
 
-    @Test("default backoff rules recognise real throttling replies and leave ordinary failures alone", arguments: [
-        (421, "4.7.28", "Our system has detected an unusual rate of unsolicited mail originating from your IP address", BackoffRule.Action.suspend),
-        (450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages", .throttle),
-        (451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation", .throttle),
-        (421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints", .suspend),
-        (421, "4.7.0", "try again later", .suspend),
+    @Test("default backoff rules follow what each provider's reply means: one mailbox defers only that recipient; IP-level replies slow the pair", arguments: [
+        // Gmail (support.google.com/a/answer/3726730).
+        (450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered. Please resend your message at a later time.", BackoffRule.Action.none, 0.0),
+        (450, "4.2.1", "The user you are trying to contact is receiving mail too quickly. Please resend your message at a later time.", .none, 0),
+        (421, "4.7.28", "Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.", .suspend, 3600),
+        (421, "4.7.0", "Try again later, closing connection. (EHLO)", .suspend, 900),
+        // Microsoft (learn.microsoft.com, Exchange Online NDRs 4.7.650-4.7.652).
+        (451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.", .throttle, 1800),
+        (451, "4.7.651", "The mail server [192.0.2.1] has been temporarily rate limited.", .throttle, 1800),
+        // Yahoo/AOL (senders.yahooinc.com/smtp-error-codes).
+        (421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", .suspend, 3600),
+        (421, "4.7.0", "[TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed. See https://postmaster.yahooinc.com/error-codes", .suspend, 14_400),
+        // Apple iCloud, GMX.
+        (421, "4.7.1", "Too many concurrent SMTP connections; please try again later.", .throttle, 900),
+        (421, "", "gmx.net (mxgmx116) Nemesis ESMTP Service not available. Too many connections from your IP", .throttle, 900),
     ])
-    func defaultRules(code: Int, enhanced: String, text: String, action: BackoffRule.Action) {
+    func defaultRules(code: Int, enhanced: String, text: String, action: BackoffRule.Action, duration: Double) {
         let m = BackoffMatcher(settings: BackoffSettings())
-        #expect(m.match(code: code, enhanced: enhanced, text: text, provider: "gmail")?.action == action)
+        let rule = m.match(code: code, enhanced: enhanced.isEmpty ? nil : enhanced, text: text, provider: "gmail")
+        #expect(rule?.action == action, "\(code) \(enhanced) \(text)")
+        #expect(rule?.duration == duration)
+    }
+
+    @Test("mailbox-level replies never slow a sending IP")
+    func mailboxReplies() {
+        let m = BackoffMatcher(settings: BackoffSettings())
+        for (code, enhanced, text) in [(452, "4.2.2", "The email account that you tried to reach is over quota."),
+                                       (450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages"),
+                                       (421, "4.2.1", "mailbox temporarily unavailable, too many messages for this user, try again later"),
+                                       (452, "4.5.3", "Your message has too many recipients.")] {
+            let action = m.match(code: code, enhanced: enhanced, text: text, provider: "gmail")?.action
+            #expect(action == nil || action == BackoffRule.Action.none, "\(code) \(enhanced) \(text): \(String(describing: action))")
+        }
     }
 
     @Test("ordinary failures do not trigger backoff; configured rules come first and can be provider-specific")

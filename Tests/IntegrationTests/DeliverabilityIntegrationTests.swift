@@ -102,5 +102,64 @@ struct DeliverabilityIntegrationTests {
             throw error
         }
     }
+
+    @Test("Gmail's 450 4.2.1 'receiving mail at a rate' defers that one recipient and slows nothing; the other mail flows from every IP")
+    func mailboxRateDefersOnlyTheRecipient() throws {
+        let cluster = try LocalCluster(retrySchedule: "[1s]", capturePolicy: { rcpt, attempt in
+            rcpt == "busy@hato.test" && attempt <= 2
+                ? .reject(450, "4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered. Please resend your message at a later time.")
+                : .accept
+        })
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNodesAndWait()
+            var msgs: [(from: String, to: [String], content: [UInt8])] = [("s@example.org", ["busy@hato.test"], testMessage(0, to: "busy@hato.test"))]
+            msgs += (1..<60).map { i in ("s@example.org", ["u\(i)@hato.test"], testMessage(i, to: "u\(i)@hato.test")) }
+            let ids = try submitWithSmtplib(port: cluster.smtpPort, messages: msgs, connections: 4, dir: cluster.dir)
+            try waitUntil("every message delivered, the busy one after its retries", timeout: 60) {
+                Set(cluster.capture.received.compactMap(subjectNumber)).count == 60
+            }
+            #expect((try cluster.admin("/v1/suspensions") as? [Any])?.isEmpty == true, "no suspension or throttle")
+            let busy = try cluster.message(ids[0])
+            let rcpt = (busy["recipients"] as? [[String: Any]])?.first
+            #expect(rcpt?["state"] as? String == "delivered")
+            #expect(rcpt?["attempts"] as? Int == 3, "two deferrals, then delivered")
+            let byIP = Dictionary(grouping: cluster.capture.received.filter { subjectNumber($0) != 0 }, by: \.peerAddress).mapValues(\.count)
+            #expect(Set(byIP.keys) == ["127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"], "\(byIP)")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+
+    @Test("even volume: 1 000 messages over a pool's four IPs on two nodes follow the weights 1:1:2:4 within ±15 %")
+    func weightedSpreadEndToEnd() throws {
+        let ips = """
+            ips:
+              - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
+              - { address: 127.0.0.11, helo: mta11.it.test, pool: transactional, nodes: [node-a], weight: 2 }
+              - { address: 127.0.0.12, helo: mta12.it.test, pool: transactional, nodes: [node-b] }
+              - { address: 127.0.0.13, helo: mta13.it.test, pool: transactional, nodes: [node-b], weight: 4 }
+            """
+        let cluster = try LocalCluster(ipsYAML: ips, connectionsPerIP: 8)
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNodesAndWait()
+            let msgs = (0..<1000).map { i in ("s@example.org", ["w\(i)@hato.test"], testMessage(i, to: "w\(i)@hato.test", extraLines: 2)) }
+            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: msgs, connections: 4, dir: cluster.dir)
+            try waitUntil("1000 delivered", timeout: 120) { cluster.capture.received.count >= 1000 }
+            let byIP = Dictionary(grouping: cluster.capture.received, by: \.peerAddress).mapValues(\.count)
+            print("weighted spread of 1000 messages: \(byIP.sorted { $0.key < $1.key })")
+            for (ip, weight) in [("127.0.0.10", 1.0), ("127.0.0.11", 2.0), ("127.0.0.12", 1.0), ("127.0.0.13", 4.0)] {
+                let expected = 1000 * weight / 8
+                #expect(abs(Double(byIP[ip] ?? 0) - expected) <= 0.15 * expected, "\(ip): \(byIP[ip] ?? 0), expected \(Int(expected)) ± 15 %")
+            }
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
 }
 }

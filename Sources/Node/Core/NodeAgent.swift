@@ -368,6 +368,8 @@ public final class NodeAgent: Sendable {
         let provider = result.mxHost.map { config.shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
         for o in result.outcomes where o.status != .delivered {
             guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
+            // About one mailbox: that recipient is deferred, nothing is slowed.
+            if rule.action == .none { continue }
             let reply = String("\(o.code) \(o.enhanced ?? "") \(o.text)".prefix(512))
             log.warning("backoff rule matched", ["ip": result.sendingIP, "provider": provider, "action": rule.action.rawValue, "reply": String(reply.prefix(200))])
             try? state.withLock { $0.connection }?.send(.backoff(BackoffMessage(

@@ -46,6 +46,10 @@ public struct BackoffRule: Sendable, Equatable {
         case suspend
         /// At most `rate` deliveries per minute for the pair until the duration has passed.
         case throttle
+        /// The reply concerns one mailbox (e.g. Gmail's `450 4.2.1` "receiving mail at a rate"):
+        /// only that recipient is deferred (its retry schedule applies); the IP is not slowed.
+        /// A rule with this action stops the later rules from matching the reply.
+        case none
     }
     /// A regular expression (NSRegularExpression, case-insensitive) matched against
     /// `"<code> <enhanced> <text>"` of a deferral or failure reply.
@@ -72,18 +76,27 @@ public struct BackoffSettings: Sendable, Equatable {
 
     public init(rules: [BackoffRule] = [], useDefaults: Bool = true) { self.rules = rules; self.useDefaults = useDefaults }
 
-    /// Built-in rules for throttling replies seen from large mailbox providers.
+    /// Built-in rules for the throttling replies of large mailbox providers, as each provider
+    /// documents them (docs/bounces.md "Backoff rules" has the table with sources). Replies
+    /// about one mailbox come first, so a generic "rate" rule never slows an IP for them.
     public static let defaultRules: [BackoffRule] = [
-        // Gmail: "421-4.7.28 … unusual rate of unsolicited mail", "450-4.2.1 … receiving mail at a rate".
+        // Gmail, one mailbox: "450-4.2.1 The user you are trying to contact is receiving mail at a
+        // rate that prevents additional messages from being delivered" / "…receiving mail too quickly".
+        BackoffRule(match: #"^45\d 4\.2\.1\b.*receiving mail (at a rate|too quickly)"#, action: .none, duration: 0),
+        // Gmail, the sending IP: "421-4.7.28 … unusual rate of unsolicited mail originating from your IP address".
         BackoffRule(match: #"^4\d\d 4\.7\.28\b|unusual rate of unsolicited"#, action: .suspend, duration: 3600),
-        BackoffRule(match: #"^4\d\d 4\.2\.1\b.*rate"#, action: .throttle, duration: 1800, ratePerMinute: 10),
-        // Microsoft: "451 4.7.650 … temporarily rate limited due to IP reputation".
-        BackoffRule(match: #"4\.7\.650|rate limited due to IP reputation"#, action: .throttle, duration: 1800, ratePerMinute: 10),
-        // Yahoo: "421 4.7.0 [TSS04] Messages … temporarily deferred due to unexpected volume or user complaints".
-        BackoffRule(match: #"\[TS\d\d\]|temporarily deferred due to"#, action: .suspend, duration: 3600),
-        // Generic: "421 4.7.0 try again later", "too many connections / messages", "throttl…".
-        BackoffRule(match: #"^421 .*(try again later|too many|throttl|rate limit)"#, action: .suspend, duration: 900),
-        BackoffRule(match: #"^4\d\d .*(rate limit|throttl|too many (messages|connections))"#, action: .throttle, duration: 900, ratePerMinute: 20),
+        // Microsoft: "451 4.7.650 The mail server [IP] has been temporarily rate limited due to IP reputation";
+        // 4.7.651/4.7.652: rate limited / too many connections from this IP.
+        BackoffRule(match: #"4\.7\.65[0-2]\b|rate limited due to IP reputation"#, action: .throttle, duration: 1800, ratePerMinute: 10),
+        // Yahoo/AOL: "[TSS09] All messages from IP will be permanently deferred" / "[TS03] …permanently deferred": a long stop.
+        BackoffRule(match: #"\[TSS09\]|\[TS03\]|permanently deferred"#, action: .suspend, duration: 4 * 3600),
+        // Yahoo/AOL: "421 4.7.0 [TSS04] Messages from IP temporarily deferred due to unexpected volume or user complaints" ([TS01], [TS02]).
+        BackoffRule(match: #"\[TSS0[1-8]\]|\[TS0[12]\]|temporarily deferred due to"#, action: .suspend, duration: 3600),
+        // Apple iCloud, GMX/web.de and others: "421 4.7.1 Too many concurrent SMTP connections; please try again later".
+        BackoffRule(match: #"^4\d\d .*too many (concurrent )?(smtp )?connections"#, action: .throttle, duration: 900, ratePerMinute: 20),
+        // Generic: "421 4.7.0 try again later", "throttl…", "rate limit" — not about one mailbox.
+        BackoffRule(match: #"^421 (?!.*\b(mailbox|user|recipient)\b).*(try again later|too many|throttl|rate limit)"#, action: .suspend, duration: 900),
+        BackoffRule(match: #"^4\d\d (?!.*\b(mailbox|user|recipient)\b).*(rate limit|throttl|too many messages)"#, action: .throttle, duration: 900, ratePerMinute: 20),
     ]
 
     /// The rules in force, configured first.
@@ -167,10 +180,11 @@ extension ClusterConfigDecoder {
                     return text
                 }
                 let action = try r.require("action") { text -> BackoffRule.Action in
-                    guard let a = BackoffRule.Action(rawValue: text) else { throw ConfigValueError("expected suspend or throttle, got \"\(text)\"") }
+                    guard let a = BackoffRule.Action(rawValue: text) else { throw ConfigValueError("expected suspend, throttle or none, got \"\(text)\"") }
                     return a
                 }
-                let duration = try r.require("duration") { try ConfigValue.duration($0) }
+                let duration = action == .none ? (try r.get("duration") { try ConfigValue.duration($0) } ?? 0)
+                    : try r.require("duration") { try ConfigValue.duration($0) }
                 let rate = try r.get("rate") { text -> Int in
                     let parts = text.split(separator: "/")
                     guard parts.count == 2, let n = Int(parts[0]), n > 0, ["min", "m", "minute"].contains(parts[1].lowercased()) else {

@@ -63,6 +63,7 @@ public struct BackoffTable: Sendable, Equatable {
         if e.until <= t { entries[k] = nil; return true }
         switch e.action {
         case .suspend: return false
+        case .none: return true
         case .throttle:
             if t - e.windowStart >= 60 { e.windowStart = t; e.windowCount = 0 }
             guard e.windowCount < (e.ratePerMinute ?? 1) else { entries[k] = e; return false }

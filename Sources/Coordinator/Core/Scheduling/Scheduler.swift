@@ -251,6 +251,7 @@ public struct Scheduler: Sendable {
         let node = membership.session(on: connection)?.nodeID ?? "-"
         let action = BackoffRule.Action(rawValue: m.action) ?? .suspend
         providerOfDomain[m.domain] = m.provider
+        guard action != .none else { return [] }
         backoffs.apply(ip: m.sendingIP, provider: m.provider, action: action, duration: max(1, min(m.duration, 7 * 86_400)),
                        ratePerMinute: m.ratePerMinute, reason: String(m.reply.prefix(512)), now: now)
         var out: [Directive] = []
