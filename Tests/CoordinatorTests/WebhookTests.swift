@@ -7,7 +7,7 @@ import Testing
 /// POST's `X-Hato-Signature` with the shared secret and appends what it got to a JSON-lines file.
 final class PythonWebhookReceiver: @unchecked Sendable {
     static let script = """
-        import hashlib, hmac, http.server, json, sys
+        import hashlib, hmac, http.server, json, sys, time
         port, out_path, secret, fail_first = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode(), int(sys.argv[4])
         seen = {'n': 0}
         class H(http.server.BaseHTTPRequestHandler):
@@ -15,11 +15,13 @@ final class PythonWebhookReceiver: @unchecked Sendable {
                 body = self.rfile.read(int(self.headers['Content-Length']))
                 seen['n'] += 1
                 if seen['n'] <= fail_first:
+                    with open(out_path, 'a') as f:
+                        f.write(json.dumps({'failed': True, 'at': time.time(), 'attempt': self.headers.get('X-Hato-Attempt')}) + '\\n')
                     self.send_response(503); self.end_headers(); return
                 expected = 'sha256=' + hmac.new(secret, body, hashlib.sha256).hexdigest()
                 valid = hmac.compare_digest(self.headers.get('X-Hato-Signature', ''), expected)
                 with open(out_path, 'a') as f:
-                    f.write(json.dumps({'valid': valid, 'timestamp': self.headers.get('X-Hato-Timestamp'),
+                    f.write(json.dumps({'valid': valid, 'at': time.time(), 'timestamp': self.headers.get('X-Hato-Timestamp'),
                                         'attempt': self.headers.get('X-Hato-Attempt'), 'body': json.loads(body)}) + '\\n')
                 self.send_response(200 if valid else 401); self.end_headers()
             def log_message(self, *args): pass
@@ -46,12 +48,15 @@ final class PythonWebhookReceiver: @unchecked Sendable {
         throw PythonCheckError("webhook receiver did not start")
     }
 
-    /// Every POST received so far.
-    var received: [[String: Any]] {
+    /// Every POST received so far (503s included, marked `failed`).
+    var requests: [[String: Any]] {
         ((try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
     }
+
+    /// Every POST accepted so far.
+    var received: [[String: Any]] { requests.filter { $0["failed"] == nil } }
 
     /// SIGKILL: a child of a test thread may inherit a signal mask that blocks SIGTERM.
     func stop() {
@@ -129,6 +134,39 @@ struct WebhookTests {
             #expect((body["timestamp"] as? Int).map(String.init) == p["timestamp"] as? String, "the signed body carries the timestamp header's value")
         }
         #expect(posts.compactMap { Int($0["attempt"] as? String ?? "") }.max() ?? 0 >= 3, "retried after the failures before the restart and the 503")
+    }
+
+    @Test("a receiver that is down gets one POST per back-off interval for the whole hook, not one per batch; then every event in full batches")
+    func hookWideBackoff() throws {
+        let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
+        let port = probe.localAddress?.port ?? 0
+        probe.close()
+        let secret = "webhook-test-secret-0123"
+        let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 6, dir: dir)
+        defer { receiver.stop() }
+        let hook = WebhookSettings(url: "http://127.0.0.1:\(port)/hato", secret: secret, timeout: 2, initialBackoff: 0.2, maxBackoff: 0.8, batchSize: 10)
+        let store = try QueueStore(directory: dir)
+        try store.installReportingSchema()
+        var d = EventDisposition()
+        d.webhooks = (1...100).map { i in (hook: hook.url, eventID: "M\(i).1", body: Array("{\"id\":\"M\(i).1\"}".utf8)) }
+        try store.completeEvents(d, now: Date())
+        let dispatcher = WebhookDispatcher(hooks: [hook], store: store)
+        dispatcher.start()
+        defer { dispatcher.stop() }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while (try store.webhookOutboxCount()) > 0 && ContinuousClock.now < deadline { usleep(50_000) }
+        #expect(try store.webhookOutboxCount() == 0)
+        let requests = receiver.requests
+        let failed = requests.filter { $0["failed"] != nil }
+        let times = failed.compactMap { $0["at"] as? Double }
+        print("webhook back-off: \(requests.count) POSTs for 100 events (\(failed.count) refused over \(String(format: "%.1f", (times.last ?? 0) - (times.first ?? 0))) s)")
+        #expect(failed.count == 6)
+        #expect(requests.count == 16, "6 refused, then 10 batches of 10")
+        // Waits 0.2, 0.4, 0.8, 0.8, 0.8 s between the six refused POSTs: at least 2.5 s in all.
+        #expect((times.last ?? 0) - (times.first ?? 0) >= 2.5)
     }
 
     @Test("hooks removed from the configuration have their pending events dropped at start")

@@ -435,6 +435,16 @@ extension QueueStore {
         }
     }
 
+    /// Holds every row of `hook` due before `until` until then: a receiver that is down gets one
+    /// attempt per back-off interval, not one per batch.
+    /// - Throws: `SQLiteError`.
+    public func holdWebhooks(hook: String, until: Date) throws {
+        try lock.withLock {
+            try db.prepare("UPDATE webhook_outbox SET next_attempt_at=? WHERE hook=? AND next_attempt_at < ?")
+                .run([.double(until.timeIntervalSince1970), .text(hook), .double(until.timeIntervalSince1970)])
+        }
+    }
+
     /// Deletes outbox rows of hooks no longer configured.
     /// - Returns: how many were dropped.
     @discardableResult

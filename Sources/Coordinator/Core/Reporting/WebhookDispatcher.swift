@@ -137,6 +137,9 @@ public final class WebhookDispatcher: Sendable {
             let attempts = (rows.map(\.attempts).max() ?? 0) + 1
             let wait = Self.backoff(attempts: attempts, hook: hook)
             try store.deferWebhooks(rows.map(\.id), next: now.addingTimeInterval(wait), error: why)
+            // The whole hook waits, not just this batch: a receiver that is down gets one POST
+            // per back-off interval (the oldest batch again, its attempts doubling the wait).
+            try store.holdWebhooks(hook: hook.url, until: now.addingTimeInterval(wait))
             metrics?.webhookPosts.inc(Self.redacted(hook.url), "failed")
             log.warning("webhook delivery failed; will retry", ["url": Self.redacted(hook.url), "events": "\(rows.count)", "attempt": "\(attempts)",
                                                                 "retry_in": "\(Int(wait))s", "error": why])
