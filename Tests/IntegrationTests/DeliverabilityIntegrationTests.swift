@@ -50,6 +50,9 @@ struct DeliverabilityIntegrationTests {
             let ipRows = try cluster.admin("/v1/ips") as? [[String: Any]] ?? []
             let fresh = ipRows.first { $0["address"] as? String == "127.0.0.12" } ?? [:]
             #expect(fresh["warmup_day"] as? Int == 1 && fresh["warmup_cap"] as? Int == 50 && fresh["warmup_sent"] as? Int == 50)
+            let metrics = try httpGet(port: cluster.adminPort, path: "/metrics")
+            #expect(metrics.contains("hato_warmup_cap{ip=\"127.0.0.12\"} 50"), "\(metrics.split(separator: "\n").filter { $0.contains("warmup") })")
+            #expect(metrics.contains("hato_warmup_sent{ip=\"127.0.0.12\"} 50"))
             let h = cluster.capture.received.first { subjectNumber($0) == 999 }
             #expect(h != nil && h!.peerAddress != "127.0.0.12", "routed by header to transactional")
             #expect(h.map { !String(decoding: $0.content, as: UTF8.self).contains("X-Hato-Pool") } == true, "routing header removed")
@@ -79,6 +82,9 @@ struct DeliverabilityIntegrationTests {
                 (try cluster.admin("/v1/suspensions") as? [[String: Any]] ?? []).contains { $0["sending_ip"] as? String == "127.0.0.11" }
             }
             let suspendedAt = Date().timeIntervalSince1970
+            let metrics = try httpGet(port: cluster.adminPort, path: "/metrics")
+            #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("hato_ip_suspended{ip=\"127.0.0.11\"") && $0.contains("reason=\"suspend\"") && $0.hasSuffix(" 1") },
+                    "\(metrics.split(separator: "\n").filter { $0.contains("suspended") })")
             let s = (try cluster.admin("/v1/suspensions") as? [[String: Any]] ?? [])
             #expect(s.count == 1, "only the pair that got the 421: \(s)")
             _ = try stream.wait(timeout: 120)

@@ -217,6 +217,12 @@ struct ReportingIntegrationTests {
             #expect(value("hato_queue_recipients", ["state": "failed"]) == 1)
             #expect(value("hato_node_up", ["node": "node-a"]) == 1 && value("hato_node_up", ["node": "node-b"]) == 1)
             #expect(value("hato_suppressions", [:]) == 1)
+            // Inbound SMTP: the client's session and the coordinator's own DSN are not counted
+            // alike — only sessions of the submission server are.
+            #expect(value("hato_smtp_sessions_total", [:]) >= 1)
+            #expect(value("hato_smtp_replies_total", ["code": "354"]) >= 1)
+            #expect(value("hato_smtp_replies_total", ["code": "250"]) >= 4, "EHLO, MAIL, RCPT, end of DATA")
+            #expect(value("hato_smtp_replies_total", ["code": "220"]) >= 1)
 
             // Node metrics.
             let nodeText = try httpGet(port: nodeMetricsPort, path: "/metrics")

@@ -21,7 +21,8 @@ public final class CoordinatorService: Sendable {
         store = try QueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
-        let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() }, onEnqueued: { hub.wake() })
+        let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
+                                             cluster: { hub.gauges() }, onEnqueued: { hub.wake() })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
         submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })

@@ -542,6 +542,19 @@ public final class ClusterHub: Sendable {
         return published.withLock { $0.scheduler.waitReason(pool: pool, domain: domain, state: state, nextAttemptAt: nextAttemptAt, now: now) }
     }
 
+    /// Backoffs, pauses and warm-up counts for the metrics.
+    public func gauges() -> CoordinatorMetrics.ClusterGauges {
+        let now = clock.now()
+        return published.withLock { s in
+            var g = CoordinatorMetrics.ClusterGauges()
+            let sched = s.scheduler
+            g.backoffs = sched.backoffs.active(now: now).map { (ip: $0.sendingIP, provider: sched.providerLabel(ofBackoffKey: $0.provider), reason: $0.action.rawValue) }
+            g.pauses = sched.pauses.keys.sorted { ($0.kind.rawValue, $0.name) < ($1.kind.rawValue, $1.name) }
+            g.warmup = sched.config.ips.compactMap { ip in sched.warmupStatus(ip.address, now: now).map { (ip: ip.address, cap: $0.cap, sent: $0.used) } }
+            return g
+        }
+    }
+
     /// The provider label of a destination domain (learned from MX hosts, or well known).
     public func providerLabel(ofDomain domain: String) -> String {
         published.withLock { $0.scheduler.providerLabel(ofDomain: domain) }

@@ -51,6 +51,21 @@ public final class CoordinatorMetrics: Sendable {
     /// `queue_min_free` (`452 4.3.1` at MAIL), `storage_full` (`452 4.3.1` after DATA, `SQLITE_FULL`),
     /// `postmaster_rate_limit` (`452 4.7.1` at RCPT).
     public let smtpRefusals: Counter
+    /// `hato_smtp_sessions_total`: inbound SMTP sessions admitted.
+    public let smtpSessions: Counter
+    /// `hato_smtp_sessions_open`: inbound SMTP sessions open now.
+    public let smtpSessionsOpen: Gauge
+    /// `hato_smtp_replies_total{code}`: replies the submission server sent, by reply code (RFC 5321 §4.2).
+    public let smtpReplies: Counter
+    /// `hato_ip_suspended{ip,provider,reason}`: 1 per (sending IP, provider) pair held back
+    /// (`reason`: `suspend`, `throttle`).
+    public let ipSuspended: Gauge
+    /// `hato_paused{kind,name}`: 1 per operator pause (provider, pool, ip).
+    public let paused: Gauge
+    /// `hato_warmup_cap{ip}`: today's warm-up cap of a warming IP (recipients).
+    public let warmupCap: Gauge
+    /// `hato_warmup_sent{ip}`: recipients leased today from a warming IP.
+    public let warmupSent: Gauge
 
     /// Latency buckets in seconds: 100 ms to 1 day.
     public static let latencyBuckets: [Double] = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -82,6 +97,24 @@ public final class CoordinatorMetrics: Sendable {
         queueFreeBytes = r.gauge("hato_queue_free_bytes", help: "Free bytes of the queue's file system (statvfs f_bavail x f_frsize).")
         smtpRefusals = r.counter("hato_smtp_refusals_total", help: "SMTP submissions refused to protect the queue or the relay, by reason.",
                                  labels: ["reason"])
+        smtpSessions = r.counter("hato_smtp_sessions_total", help: "Inbound SMTP sessions admitted.")
+        smtpSessionsOpen = r.gauge("hato_smtp_sessions_open", help: "Inbound SMTP sessions open now.")
+        smtpReplies = r.counter("hato_smtp_replies_total", help: "Replies of the submission server by reply code.", labels: ["code"])
+        ipSuspended = r.gauge("hato_ip_suspended", help: "1 per (sending IP, provider) held back by a backoff.", labels: ["ip", "provider", "reason"])
+        paused = r.gauge("hato_paused", help: "1 per operator pause of a provider, pool or sending IP.", labels: ["kind", "name"])
+        warmupCap = r.gauge("hato_warmup_cap", help: "Today's warm-up cap of a warming sending IP (recipients).", labels: ["ip"])
+        warmupSent = r.gauge("hato_warmup_sent", help: "Recipients leased today from a warming sending IP.", labels: ["ip"])
+    }
+
+    /// What the cluster hub shows the metrics at scrape time.
+    public struct ClusterGauges: Sendable {
+        /// Active backoffs: sending IP, provider label, action.
+        public var backoffs: [(ip: String, provider: String, reason: String)] = []
+        /// Operator pauses.
+        public var pauses: [PauseTarget] = []
+        /// Warming IPs: today's cap and recipients leased so far.
+        public var warmup: [(ip: String, cap: Int, sent: Int)] = []
+        public init() {}
     }
 
     /// Registers the scrape-time collector for the gauges.
@@ -89,8 +122,19 @@ public final class CoordinatorMetrics: Sendable {
     ///   - store: the queue.
     ///   - nodes: the node statuses (the cluster hub's view), or nil when not running.
     ///   - clock: time source for suppression expiry.
-    public func collect(from store: QueueStore, nodes: (@Sendable () throws -> [NodeStatus])?, clock: any WallClock) {
+    ///   - cluster: backoffs, pauses and warm-up counts (the hub's view), or nil.
+    public func collect(from store: QueueStore, nodes: (@Sendable () throws -> [NodeStatus])?, clock: any WallClock,
+                        cluster: (@Sendable () -> ClusterGauges)? = nil) {
         registry.addCollector { [self] in
+            if let g = cluster?() {
+                ipSuspended.reset(); paused.reset(); warmupCap.reset(); warmupSent.reset()
+                for b in g.backoffs { ipSuspended.set(1, labels: [b.ip, b.provider, b.reason]) }
+                for p in g.pauses { paused.set(1, labels: [p.kind.rawValue, p.name]) }
+                for w in g.warmup {
+                    warmupCap.set(Double(w.cap), labels: [w.ip])
+                    warmupSent.set(Double(w.sent), labels: [w.ip])
+                }
+            }
             if let counts = try? store.countsByState() {
                 for (state, n) in counts { queueDepth.set(Double(n), labels: [state.rawValue]) }
             }

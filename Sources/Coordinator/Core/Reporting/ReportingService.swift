@@ -21,16 +21,18 @@ public final class ReportingService: Sendable {
     ///   - store: the queue.
     ///   - clock: time source.
     ///   - nodes: the cluster hub's node statuses, for the node gauges.
+    ///   - cluster: the hub's backoffs, pauses and warm-up counts, for their gauges.
     ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
     /// - Throws: `SQLiteError`, or a file system error for the log directory.
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(),
-                nodes: (@Sendable () throws -> [NodeStatus])? = nil, onEnqueued: @escaping @Sendable () -> Void) throws {
+                nodes: (@Sendable () throws -> [NodeStatus])? = nil, cluster: (@Sendable () -> CoordinatorMetrics.ClusterGauges)? = nil,
+                onEnqueued: @escaping @Sendable () -> Void) throws {
         try store.installReportingSchema()
         try store.configureSuppressionAtEnqueue(scope: config.suppression.mode == .markSuppressed ? config.suppression.scope : nil)
         deliveryLog = try DeliveryLog(directory: (config.coordinator.dataDir as NSString).appendingPathComponent("log"),
                                       maxFileSize: config.log.maxFileSize, keepFiles: config.log.keepFiles)
         let metrics = CoordinatorMetrics()
-        metrics.collect(from: store, nodes: nodes, clock: clock)
+        metrics.collect(from: store, nodes: nodes, clock: clock, cluster: cluster)
         self.metrics = metrics
         webhooks = config.webhooks.isEmpty ? nil : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock)
         reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,

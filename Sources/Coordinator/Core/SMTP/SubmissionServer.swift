@@ -42,6 +42,7 @@ public final class SubmissionServer: Sendable {
     private let router: PoolRouter
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
+    private let metrics: CoordinatorMetrics?
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     private let tls = Locked<TLSContext?>(nil)
@@ -65,7 +66,7 @@ public final class SubmissionServer: Sendable {
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
                 headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
-        self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted
+        self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
         self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom)
         self.router = PoolRouter(routing: config.routing, pools: config.pools)
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
@@ -114,6 +115,9 @@ public final class SubmissionServer: Sendable {
     /// end; the acceptor then releases the slot).
     private func serve(_ conn: Socket, peer: SocketAddress) {
         let smtp = config.smtp
+        metrics?.smtpSessions.inc()
+        metrics?.smtpSessionsOpen.add(1)
+        defer { metrics?.smtpSessionsOpen.add(-1) }
         var stream: any ByteStream = conn
         defer { stream.close() }
         let tlsContext = tls.snapshot
@@ -153,6 +157,7 @@ public final class SubmissionServer: Sendable {
                 switch action {
                 case .send(let bytes):
                     out.append(contentsOf: bytes)
+                    if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
                 case .store(let message):
                     // Replies already produced stay before the DATA reply on the wire.
                     switch accept(message) {
