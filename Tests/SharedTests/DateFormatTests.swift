@@ -73,6 +73,19 @@ struct DateFormatTests {
         #expect(RFC5322Date.parse("Thu, 3 Dez 2026 21:33:22 +0000") == nil)
     }
 
+    @Test("the lenient reader takes the obsolete forms found in reports: zone names, short years, wrong day names")
+    func lenientReader() {
+        let t = Date(timeIntervalSince1970: 1_110_304_800)  // 2005-03-08T18:00:00Z
+        #expect(RFC5322Date.parseLenient("Thu, 8 Mar 2005 14:00:00 -0400") == t, "8 March 2005 was a Tuesday (RFC 5965 B.2)")
+        #expect(RFC5322Date.parse("Thu, 8 Mar 2005 14:00:00 -0400") == nil)
+        #expect(RFC5322Date.parseLenient("Tue, 8 Mar 2005 13:00:00 EST") == t)
+        #expect(RFC5322Date.parseLenient("8 Mar 05 18:00:00 GMT") == t)
+        #expect(RFC5322Date.parseLenient("Tue, 8 Mar 2005 18:00:00 +0000 (UTC)") == t)
+        #expect(RFC5322Date.parseLenient("Tue, 8 Mar 2005 18:00:00 A") == t, "military zones read as -0000")
+        #expect(RFC5322Date.parseLenient("Tue, 31 Feb 2005 18:00:00 GMT") == nil)
+        #expect(RFC5322Date.parseLenient("yesterday") == nil)
+    }
+
     @Test("format and parse agree across month, year and century boundaries")
     func roundTrip() {
         for t in Self.instants() {

@@ -39,7 +39,20 @@ public enum RFC5322Date {
     ///   part, a day that does not exist in that month, an hour over 23, a minute over 59, a
     ///   second over 60 (60 is a leap second, read as 59), or a day-name that does not match
     ///   the date.
-    public static func parse(_ text: String) -> Date? {
+    public static func parse(_ text: String) -> Date? { parse(text, lenient: false) }
+
+    /// Parses a date-time as received from others (reports, returned messages): besides the
+    /// strict form, the obsolete syntax of RFC 5322 §4.3 — two- and three-digit years, the zone
+    /// names `UT`, `GMT`, `EST`/`EDT`, `CST`/`CDT`, `MST`/`MDT`, `PST`/`PDT` (military zones and
+    /// unknown names read as `-0000`) — and a day-name that does not match the date (common in
+    /// the wild, even in RFC 5965's examples) are accepted.
+    /// - Returns: the instant, or nil when even the lenient reading fails.
+    public static func parseLenient(_ text: String) -> Date? { parse(text, lenient: true) }
+
+    private static let obsoleteZones: [String: Int] = ["UT": 0, "GMT": 0, "Z": 0, "EST": -500, "EDT": -400, "CST": -600, "CDT": -500,
+                                                       "MST": -700, "MDT": -600, "PST": -800, "PDT": -700]
+
+    private static func parse(_ text: String, lenient: Bool) -> Date? {
         var parts = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }).map(String.init)
         var dayName: String?
         if let first = parts.first, first.hasSuffix(",") {
@@ -49,26 +62,35 @@ public enum RFC5322Date {
             dayName = parts[0]
             parts.removeFirst(2)
         }
-        if let dayName, !dayNames.contains(dayName) { return nil }
+        if let dayName, !dayNames.contains(dayName), !lenient { return nil }
+        if lenient && parts.count > 5 { parts = Array(parts.prefix(5)) }  // a trailing comment such as "(UTC)"
         guard parts.count == 5 else { return nil }
         func number(_ s: String, digits: ClosedRange<Int>) -> Int? {
             guard digits.contains(s.utf8.count), s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
             return Int(s)
         }
         guard let day = number(parts[0], digits: 1...2), let monthIndex = monthNames.firstIndex(of: parts[1]),
-              let year = number(parts[2], digits: 4...9), year >= 1900 else { return nil }
+              var year = number(parts[2], digits: lenient ? 2...9 : 4...9) else { return nil }
+        if lenient && parts[2].utf8.count == 2 { year += year < 50 ? 2000 : 1900 }
+        if lenient && parts[2].utf8.count == 3 { year += 1900 }
+        guard year >= 1900 else { return nil }
         let clock = parts[3].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         guard clock.count == 2 || clock.count == 3,
               let hour = number(clock[0], digits: 2...2), let minute = number(clock[1], digits: 2...2),
               let second = clock.count == 3 ? number(clock[2], digits: 2...2) : 0,
               hour <= 23, minute <= 59, second <= 60 else { return nil }
-        let zone = parts[4]
+        var zone = parts[4]
+        if lenient, !(zone.first == "+" || zone.first == "-") {
+            guard zone.utf8.allSatisfy({ ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) }), zone.utf8.count <= 5 else { return nil }
+            let hhmm = obsoleteZones[zone.uppercased()] ?? 0
+            zone = (hhmm < 0 ? "-" : "+") + String(format: "%04d", abs(hhmm))
+        }
         guard zone.utf8.count == 5, let sign = zone.first, sign == "+" || sign == "-",
               let zoneHours = number(String(zone.dropFirst().prefix(2)), digits: 2...2),
               let zoneMinutes = number(String(zone.suffix(2)), digits: 2...2), zoneMinutes <= 59 else { return nil }
         guard day >= 1, day <= daysInMonth(monthIndex + 1, year: year) else { return nil }
         let days = daysSince1970(year: year, month: monthIndex + 1, day: day)
-        if let dayName, dayNames[((days % 7) + 11) % 7] != dayName { return nil }
+        if let dayName, dayNames[((days % 7) + 11) % 7] != dayName, !lenient { return nil }
         let offset = (zoneHours * 3600 + zoneMinutes * 60) * (sign == "-" ? -1 : 1)
         let seconds = days * 86_400 + hour * 3600 + minute * 60 + Swift.min(second, 59) - offset
         return Date(timeIntervalSince1970: TimeInterval(seconds))
