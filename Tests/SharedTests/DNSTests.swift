@@ -613,6 +613,29 @@ extension DNSTests {
             }
         }
 
+        @Test("DNS blocklists (RFC 5782): a listed IP with its return code and reason, an unlisted one, a refused query and a dead server are told apart")
+        func blocklist() throws {
+            try withDnsmasq([
+                "--host-record=10.2.0.192.bl.test,127.0.0.2",
+                "--txt-record=10.2.0.192.bl.test,Listed: see https://bl.test/lookup?ip=192.0.2.10",
+                "--host-record=11.2.0.192.bl.test,127.255.255.254",
+                "--host-record=12.2.0.192.bl.test,192.0.2.99",
+                "--host-record=1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test,127.0.0.4",
+                "--local=/bl.test/",
+            ]) { server, _ in
+                let r = DNSResolver(nameservers: [server], timeout: 2)
+                #expect(DNSBL.check("192.0.2.10", zone: "bl.test", resolver: r)
+                        == .listed(codes: ["127.0.0.2"], reason: "Listed: see https://bl.test/lookup?ip=192.0.2.10"))
+                #expect(DNSBL.check("192.0.2.20", zone: "bl.test", resolver: r) == .notListed)
+                guard case .unknown = DNSBL.check("192.0.2.11", zone: "bl.test", resolver: r) else { Issue.record("a refused query is no listing"); return }
+                guard case .unknown = DNSBL.check("192.0.2.12", zone: "bl.test", resolver: r) else { Issue.record("an answer outside 127/8 is no listing"); return }
+                #expect(DNSBL.check("2001:db8::1", zone: "bl.test", resolver: r) == .listed(codes: ["127.0.0.4"], reason: nil))
+            }
+            // A server that does not answer: unknown, never a listing.
+            let dead = DNSResolver(nameservers: [SocketAddress(host: "127.0.0.1", port: 9)], timeout: 0.3)
+            guard case .unknown = DNSBL.check("192.0.2.10", zone: "bl.test", resolver: dead) else { Issue.record("a timeout must not list"); return }
+        }
+
         @Test("concurrent queries from many threads each use their own resolver state")
         func concurrent() throws {
             var records: [String] = []
@@ -656,5 +679,19 @@ extension DNSTests {
                 #expect(t.hasPrefix("4.4.3 "))
             }
         }
+    }
+}
+
+@Suite("DNSBL query names")
+struct DNSBLNameTests {
+    @Test("reversed octets for IPv4 and nibbles for IPv6 (RFC 5782 §2.1, §2.4); non-addresses refused")
+    func names() {
+        #expect(DNSBL.queryName(for: "192.0.2.10", zone: "zen.spamhaus.org") == "10.2.0.192.zen.spamhaus.org")
+        #expect(DNSBL.queryName(for: "192.0.2.10", zone: "bl.spamcop.net.") == "10.2.0.192.bl.spamcop.net")
+        #expect(DNSBL.queryName(for: "2001:db8:1:2:3:4:567:89ab", zone: "bl.test")
+                == "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.test")
+        #expect(DNSBL.queryName(for: "192.0.2", zone: "z") == nil)
+        #expect(DNSBL.queryName(for: "192.0.2.010", zone: "z") == nil)
+        #expect(DNSBL.queryName(for: "mail.example", zone: "z") == nil)
     }
 }
