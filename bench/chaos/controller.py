@@ -118,8 +118,7 @@ class Member:
     def __init__(self, role, args, log):
         self.role, self.args, self.log = role, args, log
         self.p = None
-        self.history = []        # dicts: pid, start, end, how ('killed', 'stopped', 'crashed', 'exit')
-        self.expect_exit = False
+        self.history = []        # dicts: pid, start, end, how ('killed', 'exit RC', 'crashed rc=RC')
         self.stopped = False     # under SIGSTOP
 
     @property
@@ -217,7 +216,6 @@ class Chaos:
         m = self.members[role]
         with open(m.log, "ab") as f:
             f.write(("=== chaos: starting %s at %.3f ===\n" % (role, now())).encode())
-        m.expect_exit = False
         m.stopped = False
         m.p = self.procs.spawn(m.args, m.log)
         m.history.append({"pid": m.p.pid, "start": now(), "end": None, "how": None})
@@ -244,7 +242,7 @@ class Chaos:
     def kill9(self, role):
         m = self.members[role]
         self.sample_mem(m)
-        m.expect_exit = True
+        m.p.chaos_expected = True
         t = now()
         os.kill(m.pid, signal.SIGKILL)
         try:
@@ -261,7 +259,7 @@ class Chaos:
         if m.p is None or m.p.poll() is not None:
             return None
         self.sample_mem(m)
-        m.expect_exit = True
+        m.p.chaos_expected = True
         t = now()
         self.procs.stop(m.p, timeout=15)
         rc = m.p.returncode
@@ -304,10 +302,12 @@ class Chaos:
                 if p is None:
                     continue
                 rc = p.poll()
-                if rc is not None and not m.expect_exit:
-                    m.expect_exit = True   # report once
+                if rc is not None and not getattr(p, "chaos_expected", False):
+                    p.chaos_expected = True   # report once
                     t = now()
-                    m.history[-1].update(end=t, how="crashed rc=%s" % rc)
+                    for h in m.history:
+                        if h["pid"] == p.pid:
+                            h.update(end=t, how="crashed rc=%s" % rc)
                     tail = ""
                     try:
                         with open(m.log, "rb") as f:
