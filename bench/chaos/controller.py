@@ -486,8 +486,11 @@ class Chaos:
                 "--admin", "127.0.0.1:%d" % self.ports["aport"], "--smtp", "%s:%d" % (SMTP_HOST, self.ports["sport"]),
                 "--connections", str(self.a.flood_connections), "--duration", "%.1f" % length,
                 "--source-base", FLOOD_SOURCE, "--seed", str(self.rng.randrange(1 << 30))]
-        self.note("flood: %d garbage/slow/idle connections on the cluster, admin and SMTP ports for %.1f s"
-                  % (self.a.flood_connections, length))
+        if self.a.flood_bulk:
+            args += ["--bulk", str(self.a.flood_bulk), "--bulk-size", str(9 << 20)]
+        self.note("flood: %d garbage/slow/idle connections on the cluster, admin and SMTP ports%s for %.1f s"
+                  % (self.a.flood_connections, " and %d SMTP transactions of 9 MiB held open" % self.a.flood_bulk
+                     if self.a.flood_bulk else "", length))
         p = self.procs.spawn(args, os.path.join(self.workdir, "flood.log"), stdout_path=out)
         try:
             p.wait(timeout=length + 40)

@@ -14,6 +14,12 @@ new one when the server closes it:
   per second;
 - `idle`: connect and say nothing.
 
+Opt-in (`--bulk N`): N more SMTP peers that the relay lets in (127.0.0.0/8 is in
+`relay_networks`) start a real transaction — MAIL, RCPT, DATA — send `--bulk-size`
+octets of content as fast as the server reads it, and then hold the transaction open
+without its final dot until the flood ends. They come from `--bulk-source` and the next
+addresses, at most 40 per address (below `max_connections_per_client`).
+
 Connections come from one source address per target (`--source-base`, then +1, +2) so the
 servers' per-client limits fall on the flooder and not on the real client. Prints a JSON
 summary (connections opened, refused, closed by the server, octets sent) on exit.
@@ -117,6 +123,52 @@ def peer(name, addr, source, kind, rnd, deadline, stats):
             pass
 
 
+def bulk(addr, source, size, deadline, stats):
+    """A transaction allowed to relay whose content is `size` octets and never ends."""
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.bind((source, 0))
+        s.connect(addr)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO bulk.flood.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        s.sendall(b"MAIL FROM:<bulk@flood.test>\r\n")
+        if not f.readline().startswith(b"250"):
+            raise OSError("MAIL refused")
+        s.sendall(b"RCPT TO:<bulk@flood.test>\r\n")
+        if not f.readline().startswith(b"250"):
+            raise OSError("RCPT refused")
+        s.sendall(b"DATA\r\n")
+        if not f.readline().startswith(b"354"):
+            raise OSError("DATA refused")
+        stats.add("smtp-bulk", "in_data")
+        block = (b"Y" * 998 + b"\r\n") * 64
+        sent = 0
+        while sent < size and time.time() < deadline:
+            s.sendall(block)
+            sent += len(block)
+        stats.add("smtp-bulk", "octets", sent)
+        stats.add("smtp-bulk", "held_at_end_of_content")
+        while time.time() < deadline:
+            s.settimeout(max(0.01, deadline - time.time()))
+            try:
+                if not s.recv(4096):
+                    stats.add("smtp-bulk", "closed_by_server")
+                    break
+            except socket.timeout:
+                pass
+    except OSError:
+        stats.add("smtp-bulk", "failed_or_reset")
+    finally:
+        try:
+            s.close()
+        except (OSError, UnboundLocalError):
+            pass
+
+
 def slot(name, addr, source, seed, deadline, stats):
     rnd = random.Random(seed)
     while time.time() < deadline:
@@ -133,6 +185,9 @@ def main():
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--source-base", default="127.0.0.111")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bulk", type=int, default=0, help="opt-in: SMTP transactions with large content held open (see above)")
+    ap.add_argument("--bulk-size", type=int, default=9 << 20, help="content octets per bulk transaction")
+    ap.add_argument("--bulk-source", default="127.0.0.120")
     a = ap.parse_args()
     targets = [(n, v) for n, v in (("cluster", a.cluster), ("admin", a.admin), ("smtp", a.smtp)) if v]
     base = [int(x) for x in a.source_base.split(".")]
@@ -147,6 +202,14 @@ def main():
         t = threading.Thread(target=slot, args=(name, (h, int(p)), src, a.seed * 10007 + i, deadline, stats), daemon=True)
         t.start()
         threads.append(t)
+    if a.bulk and a.smtp:
+        h, p = a.smtp.rsplit(":", 1)
+        bb = [int(x) for x in a.bulk_source.split(".")]
+        for i in range(a.bulk):
+            src = "%d.%d.%d.%d" % (bb[0], bb[1], bb[2], bb[3] + i // 40)
+            t = threading.Thread(target=bulk, args=((h, int(p)), src, a.bulk_size, deadline, stats), daemon=True)
+            t.start()
+            threads.append(t)
     for t in threads:
         t.join(timeout=max(0.1, deadline - time.time() + 10))
     json.dump(stats.d, sys.stdout)
