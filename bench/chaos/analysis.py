@@ -82,7 +82,7 @@ class Run:
     def node_faults(self):
         out = []
         for ph in self.phases:
-            if ph["kind"] in ("node-kill", "node-stop"):
+            if ph["kind"] in ("node-kill", "node-stop", "host-kill"):
                 out.append({"kind": ph["kind"], "node": ph["target"], "pid": ph["info"]["pid"], "t": ph["start"],
                             "end": ph["fault_end"], "charged": set(), "capacity": self.ch.capacity[ph["target"]]})
         return out
@@ -219,7 +219,7 @@ class Run:
             row["first250"] = min(t250) - fe if t250 else None
             rec = [first_copy[i] for i, r in self.accepted.items() if r["t1"] >= fe and i in first_copy]
             row["recover"] = min(rec) - fe if rec else None
-            if row["kind"] in ("node-kill", "node-stop"):
+            if row["kind"] in ("node-kill", "node-stop", "host-kill"):
                 back = [r["t_commit"] for r in self.msgs if r["node"] == row["target"] and r["t_dot"] >= fe]
                 row["node_back"] = min(back) - fe if back else None
         for pid, e in self.ch.mem.items():
@@ -227,6 +227,27 @@ class Run:
                 row = rows[self.phase_index(t)]
                 row["mem"][e["role"]] = max(row["mem"].get(e["role"], 0), rss)
         return rows
+
+    def ip_moves(self, node, t_fault):
+        """Floating IPs the table showed owned by `node` at `t_fault`, and how long after it each
+        was first shown owned by another node (None: not within the run)."""
+        tl = sorted(self.ch.ip_timeline)
+        owner = {}
+        for t, ip, o, state in tl:
+            if t > t_fault:
+                break
+            owner[ip] = o
+        floating = {"127.0.0.%d" % o for o, ns in IP_PLAN if len(ns) != 1}
+        out = {}
+        for ip, o in owner.items():
+            if o != node or ip not in floating:
+                continue
+            out[ip] = None
+            for t, ip2, o2, state in tl:
+                if t > t_fault and ip2 == ip and o2 not in (None, node):
+                    out[ip] = t - t_fault
+                    break
+        return out
 
     def held_outcome(self, held):
         """What became of a transaction the sink held while a fault struck."""
@@ -325,8 +346,13 @@ def report(ch, rc_setup=None):
                 what = "no record"
             p("      struck mid-delivery: the sink held a transaction from %s (pid %s) before its %s; it was %s"
               % (held["ip"], held["pid"], held["stage"], what))
-        elif ph["kind"] in ("node-kill", "node-stop", "coordinator-kill"):
+        elif ph["kind"] in ("node-kill", "node-stop", "coordinator-kill", "host-kill"):
             p("      no transaction was caught in flight (the node had none within 8 s)")
+        if ph["kind"] == "node-stop":
+            moves = run.ip_moves(ph["target"], ph["start"])
+            p("      its floating IPs (per /v1/ips, polled every second): %s" % (", ".join(
+                "%s moved after %s" % (ip, "%.1f s" % d if d is not None else "never") for ip, d in sorted(moves.items()))
+                or "none owned"))
         if flood:
             for tgt, st in sorted(flood.items()):
                 p("      flood %-7s %s" % (tgt, ", ".join("%s %s" % (k, v) for k, v in sorted(st.items()))))

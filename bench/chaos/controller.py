@@ -429,6 +429,28 @@ class Chaos:
         ph["info"].update(pid=pid, new_pid=newpid, leases_before=leases)
         self.recovery_window()
 
+    def fault_host_kill(self):
+        """kill -9 of the coordinator and of a node at once (one host running both died), both restarted."""
+        node = self.pick_node()
+        pid = self.members[node].pid
+        held = self.hold("250", pid=pid)
+        ph = self.phase("host-kill", node)
+        cpid = self.members["coordinator"].pid
+        self.kill9(node)
+        self.kill9("coordinator")
+        self.release()
+        ph["info"]["held"] = held
+        down = self.rng.uniform(0.5, 3.0)
+        self.note("kill -9 coordinator (pid %d) and %s (pid %d%s); restart both in %.1f s"
+                  % (cpid, node, pid, held_text(held), down))
+        time.sleep(down)
+        newc = self.start("coordinator")
+        self.wait_smtp(60)
+        newpid = self.start(node)
+        ph["fault_end"] = now()
+        ph["info"].update(pid=pid, new_pid=newpid, coordinator_pid=cpid, new_coordinator_pid=newc)
+        self.recovery_window()
+
     def fault_node_stop(self):
         node = self.pick_node()
         leases = self.leases_of(node)
@@ -512,6 +534,9 @@ class Chaos:
         est = {"coordinator-kill": 2 + sum(a.recovery) / 2, "node-kill": 2 + sum(a.recovery) / 2,
                "node-stop": a.lease_time + 6 + sum(a.recovery) / 2, "disk-full": sum(a.disk_seconds) / 2 + sum(a.recovery) / 2,
                "flood": sum(a.flood_seconds) / 2 + sum(a.recovery) / 2}
+        est["host-kill"] = est["node-kill"]
+        if a.faults:
+            return list(a.faults)
         kinds = ["coordinator-kill", "node-kill", "node-stop", "disk-full", "flood"]
         if a.no_disk:
             kinds.remove("disk-full")
