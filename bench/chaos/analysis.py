@@ -82,8 +82,9 @@ class Run:
     def node_faults(self):
         out = []
         for ph in self.phases:
-            if ph["kind"] in ("node-kill", "node-stop", "host-kill"):
-                out.append({"kind": ph["kind"], "node": ph["target"], "pid": ph["info"]["pid"], "t": ph["start"],
+            if ph["kind"] in ("node-kill", "node-stop", "host-kill", "flood-rejoin"):
+                out.append({"kind": ph["kind"], "node": ph["target"], "pid": ph["info"]["pid"],
+                            "t": ph["info"].get("t_kill", ph["start"]),
                             "end": ph["fault_end"], "charged": set(), "capacity": self.ch.capacity[ph["target"]]})
         return out
 
@@ -219,7 +220,7 @@ class Run:
             row["first250"] = min(t250) - fe if t250 else None
             rec = [first_copy[i] for i, r in self.accepted.items() if r["t1"] >= fe and i in first_copy]
             row["recover"] = min(rec) - fe if rec else None
-            if row["kind"] in ("node-kill", "node-stop", "host-kill"):
+            if row["kind"] in ("node-kill", "node-stop", "host-kill", "flood-rejoin"):
                 back = [r["t_commit"] for r in self.msgs if r["node"] == row["target"] and r["t_dot"] >= fe]
                 row["node_back"] = min(back) - fe if back else None
         for pid, e in self.ch.mem.items():
@@ -333,6 +334,8 @@ def report(ch, rc_setup=None):
         info = dict(ph["info"])
         flood = info.pop("flood", None)
         held = info.pop("held", None)
+        if "t_kill" in info:
+            info["killed_at"] = "t+%.1f" % (info.pop("t_kill") - ch.t0)
         p("  #%d %s %s at t+%.1f s: %s" % (i, ph["kind"], ph["target"], ph["start"] - ch.t0,
                                           ", ".join("%s=%s" % kv for kv in sorted(info.items()))))
         if held:
@@ -434,8 +437,15 @@ def report(ch, rc_setup=None):
         check(d["r452"] > 0 and d["drained"] == d["want"], "disk full: 452 4.3.1 and the queue drains",
               "%d MAILs refused with 452; %d of %d recipients accepted before the disk filled (or in its first seconds) and not yet "
               "delivered were delivered while it was full" % (d["r452"], d["drained"], d["want"]))
+    for ph in ch.phases:
+        if ph["kind"] == "flood-rejoin":
+            i = ph["info"]
+            check(i.get("rejoin_s") is not None and i.get("flood_left_s", -1) > 0, "a node rejoins under flood",
+                  "%s killed and restarted during the flood: %s" % (ph["target"], "active again after %.1f s, %.1f s before the flood ended"
+                                                                    % (i["rejoin_s"], i["flood_left_s"]) if i.get("rejoin_s") is not None
+                                                                    else "not active again"))
     for r in rows:
-        if r["kind"] == "flood":
+        if r["kind"] in ("flood", "flood-rejoin"):
             check(r["accepted"] > 0, "service under flood", "%d messages accepted from the real client during the flood" % r["accepted"])
     p("")
     p("also: %d deliveries of messages whose 250 the client never saw (ambiguous or in flight when it stopped); "

@@ -500,22 +500,23 @@ class Chaos:
         self.note("disk space freed")
         self.recovery_window()
 
-    def fault_flood(self):
-        ph = self.phase("flood", "all ports")
-        length = self.rng.uniform(*self.a.flood_seconds)
+    def start_flood(self, length):
         out = os.path.join(self.workdir, "flood-%d.json" % len(self.phases))
         args = [PY, os.path.join(HERE, "flood.py"), "--cluster", "127.0.0.1:%d" % self.ports["cport"],
                 "--admin", "127.0.0.1:%d" % self.ports["aport"], "--smtp", "%s:%d" % (SMTP_HOST, self.ports["sport"]),
                 "--connections", str(self.a.flood_connections), "--duration", "%.1f" % length,
-                "--source-base", FLOOD_SOURCE, "--seed", str(self.rng.randrange(1 << 30))]
+                "--source-base", FLOOD_SOURCE, "--spread", str(self.a.flood_spread),
+                "--seed", str(self.rng.randrange(1 << 30))]
         if self.a.flood_bulk:
             args += ["--bulk", str(self.a.flood_bulk), "--bulk-size", str(9 << 20)]
-        self.note("flood: %d garbage/slow/idle connections on the cluster, admin and SMTP ports%s for %.1f s"
-                  % (self.a.flood_connections, " and %d SMTP transactions of 9 MiB held open" % self.a.flood_bulk
+        self.note("flood: %d garbage/slow/idle connections on the cluster, admin and SMTP ports from %d addresses each%s for %.1f s"
+                  % (self.a.flood_connections, self.a.flood_spread, " and %d SMTP transactions of 9 MiB held open" % self.a.flood_bulk
                      if self.a.flood_bulk else "", length))
-        p = self.procs.spawn(args, os.path.join(self.workdir, "flood.log"), stdout_path=out)
+        return self.procs.spawn(args, os.path.join(self.workdir, "flood.log"), stdout_path=out), out
+
+    def finish_flood(self, p, out, ph, length):
         try:
-            p.wait(timeout=length + 40)
+            p.wait(timeout=max(1.0, ph["start"] + length + 40 - now()))
         except subprocess.TimeoutExpired:
             self.procs.stop(p)
         if p in self.procs.popen:
@@ -526,6 +527,37 @@ class Chaos:
                 ph["info"]["flood"] = json.load(f)
         except (OSError, ValueError):
             pass
+
+    def fault_flood(self):
+        ph = self.phase("flood", "all ports")
+        length = self.rng.uniform(*self.a.flood_seconds)
+        p, out = self.start_flood(length)
+        self.finish_flood(p, out, ph, length)
+        self.recovery_window()
+
+    def fault_flood_rejoin(self):
+        """A flood, and in its middle kill -9 and restart of a node: how long until it is active again."""
+        node = self.pick_node()
+        ph = self.phase("flood-rejoin", node)
+        length = self.rng.uniform(*self.a.flood_seconds) + 10
+        p, out = self.start_flood(length)
+        time.sleep(3)
+        pid = self.members[node].pid
+        ph["info"]["t_kill"] = self.kill9(node)
+        newpid = self.start(node)
+        t = now()
+        rejoined = None
+        while now() < ph["start"] + length + 30:
+            st = self.nodes_state()
+            if st and st.get(node, {}).get("state") == "active" and st.get(node, {}).get("instance"):
+                rejoined = now() - t
+                break
+            time.sleep(0.2)
+        self.note("kill -9 %s (pid %d) during the flood, restarted: %s" % (
+            node, pid, "active again after %.1f s" % rejoined if rejoined is not None else "NOT active again"))
+        ph["info"].update(pid=pid, new_pid=newpid, rejoin_s=None if rejoined is None else round(rejoined, 1),
+                          flood_left_s=round(ph["start"] + length - t - (rejoined or 0), 1))
+        self.finish_flood(p, out, ph, length)
         self.recovery_window()
 
     def schedule(self):
@@ -535,6 +567,7 @@ class Chaos:
                "node-stop": a.lease_time + 6 + sum(a.recovery) / 2, "disk-full": sum(a.disk_seconds) / 2 + sum(a.recovery) / 2,
                "flood": sum(a.flood_seconds) / 2 + sum(a.recovery) / 2}
         est["host-kill"] = est["node-kill"]
+        est["flood-rejoin"] = est["flood"] + 10
         if a.faults:
             return list(a.faults)
         kinds = ["coordinator-kill", "node-kill", "node-stop", "disk-full", "flood"]
@@ -542,6 +575,7 @@ class Chaos:
             kinds.remove("disk-full")
         if not a.quick:
             kinds.append("coordinator-kill")     # killed more often: it holds the queue
+            kinds.append("flood-rejoin")
         if a.quick:
             self.rng.shuffle(kinds)
             return kinds

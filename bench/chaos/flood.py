@@ -20,8 +20,9 @@ octets of content as fast as the server reads it, and then hold the transaction 
 without its final dot until the flood ends. They come from `--bulk-source` and the next
 addresses, at most 40 per address (below `max_connections_per_client`).
 
-Connections come from one source address per target (`--source-base`, then +1, +2) so the
-servers' per-client limits fall on the flooder and not on the real client. Prints a JSON
+Connections come from `--spread` source addresses per target (from `--source-base` on:
+the first target's, then the next target's), never the real client's, so the servers'
+per-client limits fall on the flooder. Prints a JSON
 summary (connections opened, refused, closed by the server, octets sent) on exit.
 """
 import argparse
@@ -184,10 +185,11 @@ def main():
     ap.add_argument("--connections", type=int, default=200, help="in total, split over the targets")
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--source-base", default="127.0.0.111")
+    ap.add_argument("--spread", type=int, default=1, help="source addresses per target")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bulk", type=int, default=0, help="opt-in: SMTP transactions with large content held open (see above)")
     ap.add_argument("--bulk-size", type=int, default=9 << 20, help="content octets per bulk transaction")
-    ap.add_argument("--bulk-source", default="127.0.0.120")
+    ap.add_argument("--bulk-source", default="127.0.0.200")
     a = ap.parse_args()
     targets = [(n, v) for n, v in (("cluster", a.cluster), ("admin", a.admin), ("smtp", a.smtp)) if v]
     base = [int(x) for x in a.source_base.split(".")]
@@ -198,7 +200,7 @@ def main():
         ti = i % len(targets)
         name, hp = targets[ti]
         h, p = hp.rsplit(":", 1)
-        src = "%d.%d.%d.%d" % (base[0], base[1], base[2], base[3] + ti)
+        src = "%d.%d.%d.%d" % (base[0], base[1], base[2], base[3] + ti * a.spread + (i // len(targets)) % a.spread)
         t = threading.Thread(target=slot, args=(name, (h, int(p)), src, a.seed * 10007 + i, deadline, stats), daemon=True)
         t.start()
         threads.append(t)
