@@ -623,6 +623,10 @@ class Chaos:
         time.sleep(a.baseline)
         for k in plan:
             getattr(self, "fault_" + k.replace("-", "_"))()
+        left = self.t0 + a.duration - now()
+        if left > 0 and not a.faults:
+            self.note("faults done; steady traffic for the remaining %.0f s of --duration" % left)
+            time.sleep(left)
         self.phase("drain")
         self.note("stopping the client; waiting until every accepted message is delivered (at most %d s)" % a.drain_timeout)
         self.client_p.chaos_expected = True
