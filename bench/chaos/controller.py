@@ -3,7 +3,6 @@
 `scripts/chaos --help` for the options; docs/chaos.md for what it does and what it checks.
 Python 3 standard library only; run with Debian's /usr/bin/python3, as root (tmpfs).
 """
-import argparse
 import json
 import os
 import random
@@ -11,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
