@@ -350,3 +350,81 @@ extension Integration {
         }
     }
 }
+
+extension Integration {
+    @Suite("smtp.max_content_memory: large transactions held open cannot exhaust the coordinator's memory")
+    struct ContentMemoryLimitTests {
+        /// One content line: 998 octets and CRLF.
+        static let line = String(repeating: "x", count: 998) + "\r\n"
+        static let header = "Subject: big\r\n\r\n"
+        static let lines = 9437
+        /// The content one session holds: 9 437 016 octets (just over 9 MiB).
+        static let contentSize = header.utf8.count + lines * line.utf8.count
+
+        static func metric(_ text: String, _ name: String) -> Double {
+            for l in text.split(separator: "\n") where l.hasPrefix(name + " ") {
+                return Double(l.split(separator: " ").last ?? "") ?? -1
+            }
+            return 0
+        }
+
+        @Test("10 sessions of 9 MiB each held open under a 40 MiB budget: 4 are kept and queued, 6 get 452 4.3.1, MAIL SIZE beyond what is left gets 452; VmHWM stays near the budget")
+        func heldTransactions() throws {
+            let coordinator = try CoordinatorProcess(smtpExtra: "relay_networks: [127.0.0.0/8]\nmax_message_size: 10MiB\nmax_content_memory: 40MiB")
+            defer { coordinator.shutdown() }
+            try coordinator.start()
+            let baselineKiB = coordinator.memoryKiB("VmRSS") ?? 0
+            let address = SocketAddress(host: "127.0.0.1", port: coordinator.smtpPort)
+            let body = [UInt8]((Self.header + String(repeating: Self.line, count: Self.lines)).utf8)
+            var sessions: [RawSMTPClient] = []
+            defer { sessions.forEach { $0.close() } }
+            func metrics() throws -> String { try httpGet(port: coordinator.adminPort, path: "/metrics") }
+
+            for i in 0..<10 {
+                let s = try RawSMTPClient(address, timeout: 30)
+                sessions.append(s)
+                let r = try s.exchange("EHLO big\(i).it.test\r\nMAIL FROM:<app@example.org>\r\nRCPT TO:<user\(i)@hato.test>\r\nDATA\r\n", replies: 4)
+                #expect(r[3].hasPrefix("354"), "session \(i): \(r)")
+                try s.send(body)
+                // Wait until the coordinator has read it all: kept (the gauge grows by it) or shed (a refusal is counted).
+                let kept = min(i + 1, 4)
+                try waitUntil("session \(i)'s content read", timeout: 30) {
+                    let m = try metrics()
+                    let held = Self.metric(m, "hato_smtp_content_memory_bytes")  // allocated: at most a segment of slack each
+                    return held >= Double(kept * Self.contentSize) && held <= Double(kept * (Self.contentSize + (1 << 20) + 4096))
+                        && Self.metric(m, "hato_smtp_refusals_total{reason=\"max_content_memory\"}") == Double(i + 1 - kept)
+                }
+            }
+            // A new MAIL whose SIZE does not fit what is left (40 MiB − 4 × 9 MiB) is refused before any content.
+            let late = try RawSMTPClient(address, timeout: 10)
+            defer { late.close() }
+            let lateReplies = try late.exchange("EHLO late.it.test\r\nMAIL FROM:<app@example.org> SIZE=\(Self.contentSize)\r\nMAIL FROM:<app@example.org> SIZE=1000\r\n", replies: 3)
+            #expect(lateReplies[1] == "452 4.3.1 Insufficient system storage", "\(lateReplies)")
+            #expect(lateReplies[2] == "250 2.1.0 Ok", "a small message still fits: \(lateReplies)")
+            let peakKiB = coordinator.memoryKiB("VmHWM") ?? Int.max
+
+            // End every message: the four kept ones are queued, the six shed ones get 452 4.3.1.
+            var ends: [String] = []
+            for s in sessions {
+                ends.append(try s.exchange(".\r\n").first ?? "")
+            }
+            #expect(ends.prefix(4).allSatisfy { $0.hasPrefix("250 2.0.0 Ok: queued as ") }, "\(ends)")
+            #expect(ends.dropFirst(4).allSatisfy { $0 == "452 4.3.1 Insufficient system storage" }, "\(ends)")
+            #expect(try coordinator.queueCounts()["queued", default: 0] == 4)
+            // Everything is given back; a full-size message fits again.
+            try waitUntil("content memory released", timeout: 10) {
+                Self.metric(try metrics(), "hato_smtp_content_memory_bytes") == 0
+            }
+            let again = try RawSMTPClient(address, timeout: 30)
+            defer { again.close() }
+            _ = try again.exchange("EHLO again.it.test\r\nMAIL FROM:<app@example.org> SIZE=\(Self.contentSize)\r\nRCPT TO:<again@hato.test>\r\nDATA\r\n", replies: 4)
+            try again.send(body)
+            #expect(try again.exchange(".\r\n").first?.hasPrefix("250 2.0.0 Ok: queued as ") == true)
+            // Unbounded, the ten sessions would hold 10 × 9 MiB (and more while copying); bounded, the
+            // peak stays within the budget plus the process's own working set.
+            let growthMiB = (peakKiB - baselineKiB) / 1024
+            #expect(growthMiB < 40 + 24, "VmHWM \(peakKiB) KiB, baseline \(baselineKiB) KiB")
+            print("max_content_memory 40 MiB, 10 sessions × \(Self.contentSize) octets held open: kept 4, shed 6; coordinator VmRSS \(baselineKiB) KiB at start, VmHWM \(peakKiB) KiB (+\(growthMiB) MiB)")
+        }
+    }
+}

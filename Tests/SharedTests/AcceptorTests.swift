@@ -168,6 +168,48 @@ struct AcceptorTests {
         #expect(!member.hasPendingInput)
     }
 
+    @Test("pre-authentication tier full: a newcomer from another peer evicts the oldest connection of the peer holding the most, which cannot then promote; the heaviest peer itself is refused")
+    func preAuthenticationEviction() throws {
+        let admission = AdmissionControl(limits: AdmissionLimits(maxConnections: 20, maxConnectionsPerPeer: 20),
+                                         preAuthentication: PreAuthenticationLimits(maxConnections: 4, maxConnectionsPerPeer: 4,
+                                                                                    handshakeDeadline: .seconds(30)))
+        let acceptor = try Acceptor(address: SocketAddress(host: "127.0.0.1", port: 0), configuration: .init(name: "cluster-test"),
+                                    admission: admission, handler: { connection in
+                                        guard readLine(connection.socket, timeout: 10) == "AUTH" else { return }
+                                        guard connection.admission.promote() else { return }
+                                        try? connection.socket.write("OK\n")
+                                        _ = readToEnd(connection.socket, timeout: 10)
+                                    })
+        acceptor.start()
+        defer { acceptor.stop() }
+        func connect(_ from: String) throws -> Socket { try Socket.connect(to: acceptor.address, from: from, timeout: 2) }
+
+        // A flood from one address fills the tier.
+        var flood: [Socket] = []
+        defer { flood.forEach { $0.close() } }
+        for i in 0..<4 {
+            flood.append(try connect("127.0.0.1"))
+            try waitFor("flood connection \(i)") { admission.unauthenticatedConnections == i + 1 }
+        }
+        // The flooder's own fifth is refused: it already holds the most.
+        let fifth = try connect("127.0.0.1")
+        #expect(readToEnd(fifth).closed)
+        fifth.close()
+        #expect(admission.evictions == 0)
+
+        // A node from another address gets in: the flood's oldest connection is shut down for it.
+        let node = try connect("127.0.0.2")
+        defer { node.close() }
+        #expect(readToEnd(flood[0]).closed, "the oldest flood connection was evicted")
+        try node.write("AUTH\n")
+        #expect(readLine(node) == "OK", "the newcomer completes its handshake")
+        #expect(admission.evictions == 1)
+        try waitFor("the evicted slot to be released") { admission.openConnections == 4 && admission.unauthenticatedConnections == 3 }
+
+        // An evicted connection cannot promote, even if its handshake line was already read.
+        #expect(!flood[1].hasPendingInput)
+    }
+
     @Test("stop(): the loop closes the listener at once; new connections are refused by the kernel")
     func stopIsPrompt() throws {
         let acceptor = try Acceptor(address: SocketAddress(host: "127.0.0.1", port: 0), configuration: .init(name: "test"),

@@ -378,3 +378,68 @@ private final class CallCount: @unchecked Sendable {
     func increment() -> Int { lock.withLock { count += 1; return count } }
     var value: Int { lock.withLock { count } }
 }
+
+@Suite("Content memory: a session sheds its content when the server's budget is spent")
+struct ContentSheddingTests {
+    private static let ehlo = "EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@hato.test>\r\n"
+
+    @Test("DATA: kept octets are reported, shedding drops them, the rest is read and the message gets 452 4.3.1")
+    func dataShed() {
+        var d = HardeningDriver()
+        d.feed(Self.ehlo + "DATA\r\n")
+        _ = d.take()
+        #expect(d.session.keptContentOctets == 0)
+        d.feed("Subject: x\r\n\r\n" + String(repeating: "a", count: 100) + "\r\n")
+        #expect(d.session.keptContentOctets == 116)
+        d.session.shedContent()
+        #expect(d.session.keptContentOctets == 0)
+        d.feed(String(repeating: "b", count: 200) + "\r\n")
+        #expect(d.session.keptContentOctets == 0, "nothing is kept after shedding")
+        #expect(d.take().isEmpty, "no reply before the end of the content")
+        d.feed(".\r\nNOOP\r\n")
+        #expect(d.take() == ["452 4.3.1 Insufficient system storage", "250 2.0.0 Ok"])
+        #expect(d.stores.isEmpty)
+        // The next transaction is unaffected.
+        d.feed("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@hato.test>\r\nDATA\r\nSubject: y\r\n\r\nok\r\n.\r\n")
+        #expect(d.take().last == "250 2.0.0 Ok: queued as Q1")
+        #expect(d.stores.count == 1)
+    }
+
+    @Test("a permanent rejection still wins over shedding: a bare LF in shed content is 550 5.6.0")
+    func permanentWins() {
+        var d = HardeningDriver()
+        d.feed(Self.ehlo + "DATA\r\nSubject: x\r\n\r\n")
+        _ = d.take()
+        d.session.shedContent()
+        d.feed("a\nb\r\n.\r\n")
+        #expect(d.take() == ["550 5.6.0 bare LF/CR not allowed"])
+    }
+
+    @Test("BDAT: chunks kept between commands count; shedding answers 452 4.3.1 at the end of the current chunk")
+    func bdatShed() {
+        var d = HardeningDriver()
+        d.feed(Self.ehlo + "BDAT 12\r\nSubject: x\r\n")
+        #expect(d.take().last == "250 2.0.0 Ok: 12 octets received")
+        #expect(d.session.keptContentOctets == 12, "the first chunk stays kept between commands")
+        d.feed("BDAT 10\r\n01234")
+        #expect(d.session.keptContentOctets == 17)
+        d.session.shedContent()
+        #expect(d.session.keptContentOctets == 0)
+        d.feed("56789")
+        #expect(d.take() == ["452 4.3.1 Insufficient system storage"])
+        #expect(d.session.keptContentOctets == 0)
+        d.feed("BDAT 3 LAST\r\nabc")
+        #expect(d.take() == ["503 5.5.1 Error: need MAIL command"], "the transaction ended with the 452")
+        #expect(d.stores.isEmpty)
+    }
+
+    @Test("shedding outside content changes nothing")
+    func shedOutsideContent() {
+        var d = HardeningDriver()
+        d.feed(Self.ehlo)
+        _ = d.take()
+        d.session.shedContent()
+        d.feed("DATA\r\nSubject: x\r\n\r\nhello\r\n.\r\n")
+        #expect(d.take().last == "250 2.0.0 Ok: queued as Q1")
+    }
+}

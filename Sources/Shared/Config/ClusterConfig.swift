@@ -164,6 +164,17 @@ public struct SMTPSettings: Sendable, Equatable {
     /// (`512MiB`), a share of the file system (`5%`), or `0` to disable. Default: 1 GiB or 5 %,
     /// whichever is smaller.
     public var queueMinFree: QueueMinFree = .default
+    /// `max_content_memory`: octets of message content all sessions together may hold in memory
+    /// while receiving it (DATA or BDAT). A message whose content would go past it is read to its
+    /// end and refused with `452 4.3.1` (the client retries later), and MAIL gets `452 4.3.1`
+    /// while less than its declared `SIZE` (or 1 MiB) is left, so many large transactions held
+    /// open cannot exhaust the coordinator's memory. Nil (the default): 128 MiB, or
+    /// 2 × `max_message_size` when that is larger (see `contentMemoryLimit`).
+    public var maxContentMemory: Int? = nil
+
+    /// The content memory limit in force, in octets: `max_content_memory`, or by default the
+    /// larger of 128 MiB and 2 × `max_message_size` (one message of the largest size always fits).
+    public var contentMemoryLimit: Int { maxContentMemory ?? max(128 << 20, 2 * maxMessageSize) }
     /// `postmaster`: the operator mailbox that `postmaster` and `postmaster@<hostname>` are delivered to,
     /// accepted from any client (RFC 5321 §4.5.1). Default none: clients that may not relay get
     /// `550 5.3.5` for postmaster, relaying clients relay it as `postmaster@<hostname>`.

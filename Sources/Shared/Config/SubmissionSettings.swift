@@ -113,7 +113,7 @@ extension SMTPSettings {
     /// The `smtp:` keys decoded by `decodeSubmission`.
     static let submissionKeys = ["tls", "require_tls", "users", "auth_allow_plaintext_loopback", "max_connections",
                                  "max_connections_per_client", "command_timeout", "data_timeout",
-                                 "auth_failure_limit", "auth_failure_window", "queue_min_free",
+                                 "auth_failure_limit", "auth_failure_window", "queue_min_free", "max_content_memory",
                                  "postmaster", "postmaster_rate_limit", "postmaster_rate_window"]
 
     /// Whether `host` (numeric) is a loopback address: 127.0.0.0/8, `::1`, or `::ffff:127.x.y.z`.
@@ -182,6 +182,13 @@ extension ClusterConfigDecoder {
         if let v = try sec.get("auth_failure_limit", { try ConfigValue.integer($0, in: 1...1_000_000) }) { s.authFailureLimit = v }
         if let v = try sec.get("auth_failure_window", { try ConfigValue.duration($0) }) { s.authFailureWindow = v }
         if let v = try sec.get("queue_min_free", QueueMinFree.parse) { s.queueMinFree = v }
+        if let v = try sec.get("max_content_memory", ConfigValue.size) {
+            guard v >= s.maxMessageSize else {
+                throw error(sec.entryLine("max_content_memory"), sec.keyPath("max_content_memory"),
+                            "must be at least smtp.max_message_size (\(s.maxMessageSize) octets): one message of the largest size must fit")
+            }
+            s.maxContentMemory = v
+        }
         let hostname = s.hostname
         if let v = try sec.get("postmaster", { text -> Mailbox in
             let mailbox: Mailbox

@@ -26,6 +26,8 @@ public struct AdmissionLimits: Sendable, Equatable {
 /// The second tier of a listener whose peers must authenticate (the cluster listener, issue
 /// 13): connections that have not yet completed their handshake are capped on their own, in
 /// total and per peer, and are shut down when the handshake takes longer than the deadline.
+/// When the tier is full, a newcomer from a peer holding fewer of its slots evicts the oldest
+/// connection of the peer holding the most (`AdmissionControl.admit`).
 /// The owner calls `AdmissionToken.promote()` once the peer has proven itself.
 public struct PreAuthenticationLimits: Sendable, Equatable {
     /// Unauthenticated connections at once, in total.
@@ -141,6 +143,7 @@ public final class AdmissionControl: Sendable {
     private struct Pending: Sendable {
         var deadline: ContinuousClock.Instant
         var socket: Socket
+        var key: PeerKey
     }
 
     private struct State: Sendable {
@@ -151,6 +154,11 @@ public final class AdmissionControl: Sendable {
         var nextID: UInt64 = 0
         /// Unauthenticated connections by token id, with their deadlines.
         var pending: [UInt64: Pending] = [:]
+        /// Unauthenticated connections evicted for a newcomer: already out of the
+        /// unauthenticated counts, their slots held until the owner releases them.
+        var evicted: Set<UInt64> = []
+        /// Connections evicted so far.
+        var evictions = 0
     }
 
     private let state = Locked(State())
@@ -171,12 +179,16 @@ public final class AdmissionControl: Sendable {
     public func admit(_ socket: Socket, from peer: SocketAddress) -> AdmissionDecision {
         let key = PeerKey(peer)
         let now = ContinuousClock.now
-        let outcome = state.withLock { s -> (id: UInt64, refusal: AdmissionRefusal?) in
-            if s.open >= limits.maxConnections { return (0, .listenerFull) }
-            if s.openPerPeer[key, default: 0] >= limits.maxConnectionsPerPeer { return (0, .peerFull) }
+        let outcome = state.withLock { s -> (id: UInt64, refusal: AdmissionRefusal?, evicted: Socket?) in
+            if s.open >= limits.maxConnections { return (0, .listenerFull, nil) }
+            if s.openPerPeer[key, default: 0] >= limits.maxConnectionsPerPeer { return (0, .peerFull, nil) }
+            var evicted: Socket?
             if let pre = preAuthentication {
-                if s.unauthenticated >= pre.maxConnections { return (0, .unauthenticatedFull) }
-                if s.unauthenticatedPerPeer[key, default: 0] >= pre.maxConnectionsPerPeer { return (0, .unauthenticatedPeerFull) }
+                if s.unauthenticatedPerPeer[key, default: 0] >= pre.maxConnectionsPerPeer { return (0, .unauthenticatedPeerFull, nil) }
+                if s.unauthenticated >= pre.maxConnections {
+                    guard let victim = Self.evictionVictim(&s, for: key) else { return (0, .unauthenticatedFull, nil) }
+                    evicted = victim
+                }
             }
             s.nextID += 1
             s.open += 1
@@ -184,16 +196,39 @@ public final class AdmissionControl: Sendable {
             if let pre = preAuthentication {
                 s.unauthenticated += 1
                 s.unauthenticatedPerPeer[key, default: 0] += 1
-                s.pending[s.nextID] = Pending(deadline: now + pre.handshakeDeadline, socket: socket)
+                s.pending[s.nextID] = Pending(deadline: now + pre.handshakeDeadline, socket: socket, key: key)
             }
-            return (s.nextID, nil)
+            return (s.nextID, nil, evicted)
         }
+        outcome.evicted?.shutdown()
         if let refusal = outcome.refusal { return .refused(refusal) }
         return .admitted(AdmissionToken(control: self, id: outcome.id, peer: peer, key: key, authenticated: preAuthentication == nil))
     }
 
+    /// The unauthenticated tier is full and a connection from `newcomer` arrives: the oldest
+    /// unauthenticated connection of the peer holding the most of them makes room, when that
+    /// peer holds at least two more than the newcomer's (fair shares: a flood from a few
+    /// addresses can fill the tier but not keep a node from another address out of it; only
+    /// as many flooding addresses as the tier has slots could). The victim leaves the
+    /// unauthenticated counts at once; its socket is returned to be shut down outside the lock.
+    private static func evictionVictim(_ s: inout State, for newcomer: PeerKey) -> Socket? {
+        guard let (heaviest, count) = s.unauthenticatedPerPeer.max(by: { $0.value < $1.value }),
+              count >= s.unauthenticatedPerPeer[newcomer, default: 0] + 2,
+              let (id, victim) = s.pending.filter({ $0.value.key == heaviest }).min(by: { $0.key < $1.key }) else { return nil }
+        s.pending[id] = nil
+        s.evicted.insert(id)
+        s.evictions += 1
+        s.unauthenticated -= 1
+        decrement(&s.unauthenticatedPerPeer, heaviest)
+        return victim.socket
+    }
+
     /// Connections holding a slot now.
     public var openConnections: Int { state.withLock { $0.open } }
+
+    /// Unauthenticated connections shut down so far to make room for a connection from a peer
+    /// holding fewer (see `admit`).
+    public var evictions: Int { state.withLock { $0.evictions } }
 
     /// Connections not yet promoted (0 without a pre-authentication tier).
     public var unauthenticatedConnections: Int { state.withLock { $0.unauthenticated } }
@@ -228,11 +263,14 @@ public final class AdmissionControl: Sendable {
         return next
     }
 
-    fileprivate func promote(id: UInt64, key: PeerKey) {
+    /// - Returns: false when the connection was evicted (it is being shut down).
+    fileprivate func promote(id: UInt64, key: PeerKey) -> Bool {
         state.withLock { s in
+            if s.evicted.contains(id) { return false }
             s.pending[id] = nil
             s.unauthenticated -= 1
             Self.decrement(&s.unauthenticatedPerPeer, key)
+            return true
         }
     }
 
@@ -240,7 +278,8 @@ public final class AdmissionControl: Sendable {
         state.withLock { s in
             s.open -= 1
             Self.decrement(&s.openPerPeer, key)
-            if !authenticated {
+            let wasEvicted = s.evicted.remove(id) != nil
+            if !authenticated && !wasEvicted {
                 s.pending[id] = nil
                 s.unauthenticated -= 1
                 Self.decrement(&s.unauthenticatedPerPeer, key)
@@ -284,16 +323,17 @@ public final class AdmissionToken: Sendable {
 
     /// Moves the connection to the authenticated tier: it no longer counts against the
     /// unauthenticated limits and its handshake deadline no longer applies. Idempotent.
-    /// - Returns: false when the token was already released.
+    /// - Returns: false when the token was already released, or the connection was evicted
+    ///   from the unauthenticated tier (it is being shut down: close it).
     @discardableResult
     public func promote() -> Bool {
-        let (changed, holds) = state.withLock { s -> (Bool, Bool) in
-            guard !s.released else { return (false, false) }
-            defer { s.authenticated = true }
-            return (!s.authenticated, true)
+        state.withLock { s -> Bool in
+            guard !s.released else { return false }
+            if s.authenticated { return true }
+            guard control.promote(id: id, key: key) else { return false }
+            s.authenticated = true
+            return true
         }
-        if changed { control.promote(id: id, key: key) }
-        return holds
     }
 
     /// Gives the slot back (idempotent). The `Acceptor` calls it when the connection's handler returns.

@@ -32,9 +32,13 @@
 /// with DATA without creating a smuggling vector downstream; content that does not end
 /// in CRLF gets one.
 ///
+/// - Memory: `shed()` (the server's content memory is exhausted) drops what is kept
+///   and keeps only counting; the message then gets `452 4.3.1` at its end (a
+///   temporary refusal: the client retries later, RFC 5321 §4.2.5, RFC 3463).
+///
 /// 8-bit octets are accepted whatever `BODY=` said (liberal, like Postfix).
 /// When several problems apply, the reply is chosen in this order: bare line
-/// ending, size, line length, hop count.
+/// ending, size, line length, shed for memory, hop count.
 public struct DataDecoder: Sendable {
     /// What became of the content once the terminator was seen.
     public enum Outcome: Sendable, Equatable {
@@ -75,7 +79,17 @@ public struct DataDecoder: Sendable {
     public let framing: Framing
 
     private var phase: Phase = .lineStart
+    /// The content kept so far: full segments, then `body` (the one being filled).
+    private var segments: [[UInt8]] = []
     private var body: [UInt8] = []
+    /// Octets in `segments`.
+    private var segmentedCount = 0
+    /// Allocated capacity of `segments`.
+    private var segmentedCapacity = 0
+    /// Content is kept in segments of this many octets: growth never copies what was kept and
+    /// wastes at most one segment's slack (a doubling array would hold up to twice the content
+    /// and copy it on every growth).
+    static let segmentSize = 1 << 20
     private var lineLength = 0
     /// Content octets seen so far (after unstuffing), kept or not.
     public private(set) var octetCount = 0
@@ -84,6 +98,7 @@ public struct DataDecoder: Sendable {
     private var bareLineEnding = false
     private var lineTooLong = false
     private var sizeExceeded = false
+    private var shedForMemory = false
 
     private static let crlf: [UInt8] = [0x0D, 0x0A]
     private static let cr: [UInt8] = [0x0D]
@@ -103,33 +118,92 @@ public struct DataDecoder: Sendable {
         self.maxReceivedHeaders = maxReceivedHeaders
         self.framing = framing
         if let expectedSize, expectedSize > 0 {
-            body.reserveCapacity(min(expectedSize, self.maxMessageSize, 1 << 20))
+            body.reserveCapacity(min(expectedSize, self.maxMessageSize, Self.segmentSize))
         }
     }
 
-    /// Octets currently held in memory (for tests of the size bound).
-    var keptByteCount: Int { body.count }
+    /// Octets of content currently held in memory (0 once the message is known to be refused).
+    public var keptByteCount: Int { segmentedCount + body.count }
 
-    private var keeping: Bool { !sizeExceeded && !bareLineEnding && !lineTooLong }
+    /// Octets of memory allocated for the content kept (at least `keptByteCount`): what a
+    /// memory budget must count.
+    public var allocatedByteCount: Int { segmentedCapacity + body.capacity }
+
+    /// Drops everything kept.
+    private mutating func discardKept() {
+        segments = []
+        segmentedCount = 0
+        segmentedCapacity = 0
+        body = []
+    }
+
+    /// Appends to the content, starting a new segment when the current one is full.
+    private mutating func append(_ bytes: ArraySlice<UInt8>) {
+        var rest = bytes
+        while !rest.isEmpty {
+            if body.capacity - body.count == 0 {
+                if body.count >= Self.segmentSize {
+                    segmentedCount += body.count
+                    segmentedCapacity += body.capacity
+                    segments.append(body)
+                    body = []
+                    body.reserveCapacity(Self.segmentSize)
+                } else {
+                    // Below a segment: grow by doubling (from 4 KiB) up to one segment.
+                    body.reserveCapacity(min(Self.segmentSize, max(4096, body.capacity * 2)))
+                }
+            }
+            let n = min(rest.count, body.capacity - body.count)
+            body.append(contentsOf: rest.prefix(n))
+            rest = rest.dropFirst(n)
+        }
+    }
+
+    /// The content as one array (the segments joined; allocated exactly).
+    private mutating func takeKept() -> [UInt8] {
+        if segments.isEmpty {
+            defer { body = [] }
+            return body
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(keptByteCount)
+        for segment in segments { out.append(contentsOf: segment) }
+        out.append(contentsOf: body)
+        discardKept()
+        return out
+    }
+
+    /// Whether `shed()` was called.
+    public var isShed: Bool { shedForMemory }
+
+    private var keeping: Bool { !sizeExceeded && !bareLineEnding && !lineTooLong && !shedForMemory }
+
+    /// Drops the content kept so far and keeps none of what follows (the octets are still
+    /// consumed and counted): the server ran out of memory for content, so the message gets
+    /// `452 4.3.1` at its end unless a permanent rejection applies.
+    public mutating func shed() {
+        shedForMemory = true
+        discardKept()
+    }
 
     private mutating func keep(_ bytes: ArraySlice<UInt8>) {
         octetCount += bytes.count
         if !sizeExceeded, octetCount > maxMessageSize {
             sizeExceeded = true
-            body = []
+            discardKept()
         }
-        if keeping { body.append(contentsOf: bytes) }
+        if keeping { append(bytes) }
     }
 
     private mutating func flagBareLineEnding() {
         bareLineEnding = true
-        body = []
+        discardKept()
     }
 
     private mutating func endLine() {
         if lineLength + 2 > maxLineLength, !lineTooLong {
             lineTooLong = true
-            body = []
+            discardKept()
         }
         lineLength = 0
     }
@@ -228,6 +302,7 @@ public struct DataDecoder: Sendable {
         if bareLineEnding { return SMTPReply(550, "5.6.0", "bare LF/CR not allowed") }
         if sizeExceeded { return SMTPReply(552, "5.3.4", "Message size exceeds fixed maximum message size") }
         if lineTooLong { return SMTPReply(550, "5.6.0", "line too long (max \(max(0, maxLineLength - 2)) octets plus CRLF)") }
+        if shedForMemory { return SMTPServerSession.insufficientStorage }
         return nil
     }
 
@@ -237,11 +312,10 @@ public struct DataDecoder: Sendable {
     public mutating func outcome() -> Outcome {
         guard isFinished else { return .rejected(SMTPReply(451, "4.3.0", "Error: message not complete")) }
         if let rejection { return .rejected(rejection) }
-        if maxReceivedHeaders > 0, Self.receivedCount(body, limit: maxReceivedHeaders) >= maxReceivedHeaders {
+        let out = takeKept()
+        if maxReceivedHeaders > 0, Self.receivedCount(out, limit: maxReceivedHeaders) >= maxReceivedHeaders {
             return .rejected(SMTPReply(554, "5.4.6", "Too many hops"))
         }
-        let out = body
-        body = []
         return .accepted(out)
     }
 

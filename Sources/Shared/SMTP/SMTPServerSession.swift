@@ -336,6 +336,54 @@ public struct SMTPServerSession: Sendable {
         }
     }
 
+    /// Octets of message content the session holds in memory now: the DATA content or the
+    /// BDAT chunks received so far (0 outside a transaction, or once the content is known to
+    /// be refused). The driver accounts it against the server's content memory.
+    public var keptContentOctets: Int {
+        switch state {
+        case .data(_, let decoder): return decoder.keptByteCount
+        case .chunk(let chunk): return chunk.decoder?.keptByteCount ?? chunk.transaction?.chunks?.keptByteCount ?? 0
+        case .mail(let transaction): return transaction.chunks?.keptByteCount ?? 0
+        default: return 0
+        }
+    }
+
+    /// Octets of memory allocated for the content `keptContentOctets` counts (at most one
+    /// segment of slack, `DataDecoder.segmentSize`): what a memory budget accounts.
+    public var contentMemoryOctets: Int {
+        switch state {
+        case .data(_, let decoder): return decoder.allocatedByteCount
+        case .chunk(let chunk): return chunk.decoder?.allocatedByteCount ?? chunk.transaction?.chunks?.allocatedByteCount ?? 0
+        case .mail(let transaction): return transaction.chunks?.allocatedByteCount ?? 0
+        default: return 0
+        }
+    }
+
+    /// The server has no memory left for this message's content: what was kept is dropped,
+    /// the rest of the content is read and discarded, and the message gets `452 4.3.1
+    /// Insufficient system storage` at its end (with BDAT, at the end of the current chunk),
+    /// unless a permanent rejection applies (RFC 5321 §4.2.5, RFC 3030 §2). No effect outside
+    /// content.
+    public mutating func shedContent() {
+        switch state {
+        case .data(let transaction, var decoder):
+            state = .idle  // drop the enum's reference first so the decoder is not copied
+            decoder.shed()
+            state = .data(transaction, decoder)
+        case .chunk(var chunk):
+            state = .idle
+            chunk.decoder?.shed()
+            chunk.transaction?.chunks?.shed()
+            state = .chunk(chunk)
+        case .mail(var transaction) where transaction.chunks != nil:
+            state = .idle
+            transaction.chunks?.shed()
+            state = .mail(transaction)
+        default:
+            break
+        }
+    }
+
     /// Whether AUTH is offered right now: users exist, and TLS is active or plaintext is allowed.
     public var authOffered: Bool {
         policy.authAvailable && (tls != nil || plaintextAuthPermitted)

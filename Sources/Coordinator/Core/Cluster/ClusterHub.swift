@@ -191,7 +191,10 @@ public final class ClusterHub: Sendable {
             return
         }
         // Authenticated: out of the unauthenticated tier and its deadline.
-        _ = accepted.admission.promote()
+        guard accepted.admission.promote() else {
+            log.warning("node connection closed: evicted from the unauthenticated tier during its handshake", ["peer": peer.description, "node": hello.nodeID])
+            return
+        }
         let id = lastConnectionID.withLock { $0 += 1; return $0 }
         let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, connection: conn, log: log)
         links.withLock { $0[id] = link }

@@ -49,12 +49,15 @@ public final class CoordinatorMetrics: Sendable {
     public let queueFreeBytes: Gauge
     /// `hato_smtp_refusals_total{reason}`: submissions refused to protect the queue or the relay:
     /// `queue_min_free` (`452 4.3.1` at MAIL), `storage_full` (`452 4.3.1` after DATA, `SQLITE_FULL`),
-    /// `postmaster_rate_limit` (`452 4.7.1` at RCPT).
+    /// `postmaster_rate_limit` (`452 4.7.1` at RCPT), `max_content_memory` (`452 4.3.1` at MAIL, or
+    /// at the end of a message whose content did not fit `smtp.max_content_memory`).
     public let smtpRefusals: Counter
     /// `hato_smtp_sessions_total`: inbound SMTP sessions admitted.
     public let smtpSessions: Counter
     /// `hato_smtp_sessions_open`: inbound SMTP sessions open now.
     public let smtpSessionsOpen: Gauge
+    /// `hato_smtp_content_memory_bytes`: octets of message content held by sessions receiving it (at most `smtp.max_content_memory`).
+    public let smtpContentMemory: Gauge
     /// `hato_smtp_replies_total{code}`: replies the submission server sent, by reply code (RFC 5321 §4.2).
     public let smtpReplies: Counter
     /// `hato_ip_suspended{ip,provider,reason}`: 1 per (sending IP, provider) pair held back
@@ -99,6 +102,7 @@ public final class CoordinatorMetrics: Sendable {
                                  labels: ["reason"])
         smtpSessions = r.counter("hato_smtp_sessions_total", help: "Inbound SMTP sessions admitted.")
         smtpSessionsOpen = r.gauge("hato_smtp_sessions_open", help: "Inbound SMTP sessions open now.")
+        smtpContentMemory = r.gauge("hato_smtp_content_memory_bytes", help: "Octets of message content held in memory by sessions receiving it (limit smtp.max_content_memory).")
         smtpReplies = r.counter("hato_smtp_replies_total", help: "Replies of the submission server by reply code.", labels: ["code"])
         ipSuspended = r.gauge("hato_ip_suspended", help: "1 per (sending IP, provider) held back by a backoff.", labels: ["ip", "provider", "reason"])
         paused = r.gauge("hato_paused", help: "1 per operator pause of a provider, pool or sending IP.", labels: ["kind", "name"])

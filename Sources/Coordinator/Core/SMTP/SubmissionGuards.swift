@@ -13,11 +13,16 @@ import HatoShared
 ///   `smtp.postmaster_rate_limit` recipients per `postmaster_rate_window` per client address;
 ///   more get `452 4.7.1` (RFC 3463 4.7.1), so postmaster is neither a relay nor a spam sink.
 ///
+/// - **Content memory** (`smtp.max_content_memory`): MAIL gets `452 4.3.1` while the content
+///   all sessions hold in memory leaves no room for the declared `SIZE` (1 MiB without one).
+///
 /// Refusals are counted in `hato_smtp_refusals_total{reason}`; the free space is the gauge
 /// `hato_queue_free_bytes`. Thread-safe.
 final class SubmissionGuards: Sendable {
     /// The queue's disk headroom check.
     let headroom: QueueHeadroom
+    /// The content memory of all sessions, nil when not checked at MAIL.
+    private let contentMemory: ContentMemory?
     private let settings: SMTPSettings
     private let clock: any WallClock
     private let metrics: CoordinatorMetrics?
@@ -31,7 +36,10 @@ final class SubmissionGuards: Sendable {
     ///   - clock: time source for the postmaster window.
     ///   - metrics: where refusals and free space are published, nil for none.
     ///   - headroom: the disk check (default: `statvfs` of `coordinator.data_dir`).
-    init(config: ClusterConfig, clock: any WallClock, metrics: CoordinatorMetrics?, headroom: QueueHeadroom? = nil) {
+    ///   - contentMemory: the content memory shared by all sessions (MAIL is refused when a new message would not fit).
+    init(config: ClusterConfig, clock: any WallClock, metrics: CoordinatorMetrics?, headroom: QueueHeadroom? = nil,
+         contentMemory: ContentMemory? = nil) {
+        self.contentMemory = contentMemory
         settings = config.smtp
         self.clock = clock
         self.metrics = metrics
@@ -58,8 +66,13 @@ final class SubmissionGuards: Sendable {
         }
     }
 
-    /// The MAIL check: nil to accept, `452 4.3.1` below `queue_min_free`.
+    /// The MAIL check: nil to accept, `452 4.3.1` below `queue_min_free` or when the content
+    /// memory has no room for the declared `SIZE` (1 MiB without one).
     func admitMail(declaredSize: Int?) -> SMTPReply? {
+        if let contentMemory, !contentMemory.admits(declaredSize: declaredSize) {
+            metrics?.smtpRefusals.inc("max_content_memory")
+            return SMTPServerSession.insufficientStorage
+        }
         if headroom.admit(declaredSize: declaredSize) { return nil }
         metrics?.smtpRefusals.inc("queue_min_free")
         return SMTPServerSession.insufficientStorage

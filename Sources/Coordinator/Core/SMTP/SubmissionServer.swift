@@ -49,6 +49,8 @@ public final class SubmissionServer: Sendable {
     private let dataRate = Locked<Double>(500)
     /// The session counts and limits shared by every listen address.
     private let admission: AdmissionControl
+    /// The memory all sessions may use for content being received (`smtp.max_content_memory`).
+    private let contentMemory: ContentMemory
     /// The content rate in octets per second that keeps extending the DATA deadline (like
     /// Postfix's `smtpd_min_data_rate`). Default 500.
     public var minimumDataRate: Double {
@@ -67,7 +69,13 @@ public final class SubmissionServer: Sendable {
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
                 headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
-        self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom)
+        let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
+        self.contentMemory = contentMemory
+        if let metrics {
+            let gauge = metrics.smtpContentMemory
+            metrics.registry.addCollector { gauge.set(Double(contentMemory.reserved)) }
+        }
+        self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom, contentMemory: contentMemory)
         self.router = PoolRouter(routing: config.routing, pools: config.pools)
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
                                                      failureWindow: config.smtp.authFailureWindow, clock: clock)
@@ -80,6 +88,9 @@ public final class SubmissionServer: Sendable {
 
     /// Sessions in progress (admitted, not yet closed).
     public var activeSessions: Int { admission.openConnections }
+
+    /// Octets of message content held in memory by all sessions now (at most `smtp.max_content_memory`).
+    public var contentMemoryInUse: Int { contentMemory.reserved }
 
     /// Loads the STARTTLS certificate (when configured), binds every `smtp.listen` address and
     /// starts accepting.
@@ -148,6 +159,18 @@ public final class SubmissionServer: Sendable {
         let minimumDataRate = self.minimumDataRate
         var deadline = ContinuousClock.now + commandTimeout
         var readingContent = false
+        let reservation = ContentMemory.Reservation(contentMemory)
+        /// Keeps the reservation equal to the content the session holds; sheds the content when
+        /// its growth does not fit the budget (the message then gets 452 4.3.1 at its end).
+        func accountContent(releasing: Bool) {
+            if !reservation.update(to: session.contentMemoryOctets, releasing: releasing) {
+                session.shedContent()
+                _ = reservation.update(to: session.contentMemoryOctets)
+                metrics?.smtpRefusals.inc("max_content_memory")
+                log.warning("content memory exhausted; message will get 452 4.3.1",
+                            ["client": peer.host, "limit": "\(contentMemory.limit)", "in_use": "\(contentMemory.reserved)"])
+            }
+        }
 
         /// Carries out actions; returns false when the session is over.
         func perform(_ actions: [SMTPServerAction]) -> Bool {
@@ -252,7 +275,10 @@ public final class SubmissionServer: Sendable {
                 deadline = min(extended, .now + dataTimeout)
             }
             let before = out.count
-            guard perform(session.receive(buf[0..<n])) else { return }
+            let actions = session.receive(buf[0..<n])
+            accountContent(releasing: false)  // a message handed over in `actions` stays reserved until stored
+            guard perform(actions) else { return }
+            accountContent(releasing: true)
             // A command was answered: the next one gets a fresh command_timeout.
             if out.count != before && !session.isReadingContent { deadline = .now + commandTimeout }
         }
