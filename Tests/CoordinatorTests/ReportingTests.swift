@@ -118,6 +118,40 @@ struct ReportingTests {
         #expect(try f.dsns().count == 1)
     }
 
+    @Test("a deferral because no MX could be connected to keeps the MX host, provider and address family in the log and the metrics")
+    func connectionFailureContext() throws {
+        let f = try ReportingFixture(extraYAML: "shaping: { providers: [ { name: examplemail, mx_suffixes: [example-mail.test] } ] }")
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["user@example-mail.test"]))
+        try f.report()
+        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 100)
+        let lease = LeaseRecord(id: "L-cf", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1",
+                                domain: "example-mail.test", recipientIDs: due.map(\.id), grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
+        _ = try f.store.recordLeases([lease])
+        var outcome = RecipientResult(recipientID: due[0].id, status: .deferred, code: 451, enhanced: "4.4.1",
+                                      text: "cannot connect: mx.example-mail.test[2001:db8::25]:25: connection refused")
+        outcome.connectionFailure = ConnectionFailureContext(mxHost: "mx.example-mail.test", remoteAddress: "2001:db8::25")
+        let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: nil, remoteAddress: nil,
+                                   outcomes: [outcome], finishedAt: f.clock.now().timeIntervalSince1970)
+        // Through the cluster frame, as a node sends it.
+        guard case .result(let decoded) = try ClusterMessage.decode(ClusterMessage.result(result).frame()) else { Issue.record("not a result"); return }
+        #expect(decoded.outcomes.first?.connectionFailure?.addressFamily == "ipv6")
+        f.reporter.noteResult(decoded)
+        _ = try f.store.applyResult(decoded, node: "node-a", retry: f.retry, now: f.clock.now())
+        try f.report()
+        let deferred = try #require(f.logLines().first { $0.event == "deferred" })
+        #expect(deferred.mx == "mx.example-mail.test")
+        #expect(deferred.provider == "examplemail")
+        #expect(deferred.addressFamily == "ipv6")
+        #expect(deferred.connectFailed == true)
+        #expect(deferred.remoteAddress == "2001:db8::25")
+        #expect(f.service.metrics.deferred.value("t", "127.0.0.10", "examplemail", "connection") == 1
+                || f.service.metrics.deferred.value("t", "127.0.0.10", "examplemail", deferred.category ?? "") == 1)
+        #expect(f.service.metrics.deferred.value("t", "127.0.0.10", "unknown", deferred.category ?? "") == 0)
+        let json = String(decoding: deferred.json(), as: UTF8.self)
+        #expect(json.contains("\"address_family\":\"ipv6\"") && json.contains("\"connect_failed\":true"))
+    }
+
     @Test("a message from <> never gets a DSN, even when it fails")
     func nullSenderNoDSN() throws {
         let f = try ReportingFixture()

@@ -163,6 +163,28 @@ extension DeliveryAttemptTests {
         #expect(o?.text == "cannot connect: mx6.dest.test[2001:db8::6]:25: address family differs from sending IP 198.51.100.7")
     }
 
+    @Test("every target refused: deferred 4.4.1, and the report keeps the last target tried (MX host, address) though no MX answered")
+    func unreachableContext() {
+        let clock = ManualMonotonicClock()
+        var a = DeliveryAttempt(request: makeRequest(), targets: [mx1, mx2], longestLine: 10, now: clock.now)
+        _ = a.start(now: clock.now)
+        _ = a.checkedOut(.slot(ticket), now: clock.now)
+        _ = a.openFailed(SMTPOpenFailure(target: mx1, connectFailed: true, code: 451, enhanced: "4.4.1", text: "refused", tlsHandshakeFailed: false), now: clock.now)
+        _ = a.checkedOut(.slot(ticket), now: clock.now)
+        let report = a.openFailed(SMTPOpenFailure(target: mx2, connectFailed: true, code: 451, enhanced: "4.4.1", text: "timed out", tlsHandshakeFailed: false), now: clock.now).report
+        #expect(report?.outcomes.map(\.status) == [.deferred])
+        #expect(report?.mxHost == nil, "no MX answered")
+        #expect(report?.unreachable == mx2)
+        #expect(ConnectionFailureContext(mxHost: mx2.host, remoteAddress: mx2.address).addressFamily == "ipv4")
+        #expect(ConnectionFailureContext(mxHost: "mx6.dest.test", remoteAddress: "2001:db8::6").addressFamily == "ipv6")
+        // A greeting refusal is not a connection failure.
+        var greeting = DeliveryAttempt(request: makeRequest(), targets: [mx1], longestLine: 10, now: clock.now)
+        _ = greeting.start(now: clock.now)
+        _ = greeting.checkedOut(.slot(ticket), now: clock.now)
+        let busy = greeting.openFailed(SMTPOpenFailure(target: mx1, connectFailed: false, code: 421, enhanced: "4.7.0", text: "busy", tlsHandshakeFailed: false), now: clock.now).report
+        #expect(busy?.unreachable == nil)
+    }
+
     @Test("a failed TLS handshake under the opportunistic policy retries the same target once in plaintext")
     func plaintextRetry() {
         let clock = ManualMonotonicClock()

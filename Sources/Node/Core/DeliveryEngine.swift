@@ -118,6 +118,9 @@ public final class DeliveryEngine: Sendable {
                     r.mxHost = report.mxHost
                     r.remoteAddress = report.remoteAddress
                     r.timings = DeliveryTimings(resolve: resolveSeconds)
+                    if o.status == .deferred, report.mxHost == nil, let t = report.unreachable {
+                        r.connectionFailure = ConnectionFailureContext(mxHost: t.host, remoteAddress: t.address)
+                    }
                 }
                 return r
             }

@@ -39,7 +39,8 @@ public final class NodeMetrics: Sendable {
     /// Counts the outcomes of one reported lease.
     public func record(_ result: ResultMessage) {
         for o in result.outcomes {
-            let provider = MailboxProvider.name(forMXHost: o.mxHost ?? result.mxHost, shaping: shaping)
+            // A connection failure counts under the provider of the MX it could not reach.
+            let provider = MailboxProvider.name(forMXHost: o.mxHost ?? result.mxHost ?? o.connectionFailure?.mxHost, shaping: shaping)
             recipients.inc(result.sendingIP, provider, o.status.rawValue)
             if o.status != .delivered {
                 failures.inc(result.sendingIP, provider, BounceClassifier.classify(code: o.code, enhanced: o.enhanced, text: o.text).rawValue)

@@ -164,8 +164,28 @@ public struct RecipientResult: Codable, Sendable, Equatable {
     public var dkim: [String]? = nil
     /// How long each step took.
     public var timings: DeliveryTimings? = nil
+    /// For a deferral because no MX could be connected to: the last target tried (so metrics and
+    /// the delivery log keep the MX host, its provider and the address family).
+    public var connectionFailure: ConnectionFailureContext? = nil
     public init(recipientID: Int64, status: Status, code: Int, enhanced: String?, text: String) {
         self.recipientID = recipientID; self.status = status; self.code = code; self.enhanced = enhanced; self.text = text
+    }
+}
+
+/// Where a delivery attempt failed to connect: the last MX (or next hop) tried.
+public struct ConnectionFailureContext: Codable, Sendable, Equatable {
+    /// The MX host name (or next hop) that could not be connected to.
+    public var mxHost: String
+    /// Its numeric address.
+    public var remoteAddress: String
+    /// `ipv4` or `ipv6`: the address family of that address (and of the sending IP used).
+    public var addressFamily: String
+
+    /// A context from its parts; the family is taken from the address (`:` means IPv6).
+    public init(mxHost: String, remoteAddress: String) {
+        self.mxHost = mxHost
+        self.remoteAddress = remoteAddress
+        self.addressFamily = remoteAddress.contains(":") ? "ipv6" : "ipv4"
     }
 }
 
@@ -363,6 +383,13 @@ public enum ClusterMessage: Sendable, Equatable {
         w.field("outcomes", objects: m.outcomes.map { r in
             var o = JSONObjectWriter(capacity: 320)
             o.field("code", r.code)
+            o.field("connectionFailure", object: r.connectionFailure.map { c in
+                var x = JSONObjectWriter(capacity: 128)
+                x.field("addressFamily", c.addressFamily)
+                x.field("mxHost", c.mxHost)
+                x.field("remoteAddress", c.remoteAddress)
+                return x
+            })
             o.field("dkim", r.dkim)
             o.field("enhanced", r.enhanced)
             o.field("mxHost", r.mxHost)

@@ -27,8 +27,14 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     public var node: String?
     /// The sending IP of the attempt.
     public var sendingIp: String?
-    /// The MX host that answered.
+    /// The MX host that answered; for a connection failure (`connect_failed`), the one that
+    /// could not be connected to.
     public var mx: String?
+    /// For a connection failure: true (then `mx`, `remote_address` and `address_family` name the
+    /// last target tried).
+    public var connectFailed: Bool?
+    /// `ipv4` or `ipv6`: the address family of a connection failure's target.
+    public var addressFamily: String?
     /// The MX host's provider (`MailboxProvider`).
     public var provider: String?
     /// The reply code (remote or locally generated).
@@ -85,11 +91,13 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     /// `.sortedKeys` and `.withoutEscapingSlashes` gives, built directly (a tenth of the cost).
     public func json() -> [UInt8] {
         var w = JSONObjectWriter(capacity: 512)
+        w.field("address_family", addressFamily)
         w.field("attempt", attempt)
         w.field("attempt_time", attemptTime)
         w.field("category", category)
         w.field("client", client)
         w.field("code", code)
+        w.field("connect_failed", connectFailed)
         w.field("dkim", dkim)
         w.field("dsn_message_id", dsnMessageId)
         w.field("enhanced", enhanced)

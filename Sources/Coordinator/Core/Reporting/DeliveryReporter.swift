@@ -199,6 +199,7 @@ public final class DeliveryReporter: Sendable {
             r.recipient = e.address
             r.node = e.node; r.sendingIp = e.sendingIP; r.mx = e.mxHost
             r.provider = e.mxHost.map { config.providerName(forMXHost: $0) }
+            var providerHost = e.mxHost
             r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
             r.attempt = e.attempts
             r.attemptTime = e.leaseGrantedAt.map { Self.rounded(max(0, e.at.timeIntervalSince($0))) }
@@ -206,12 +207,19 @@ public final class DeliveryReporter: Sendable {
                 if o.mxHost != nil { r.tls = o.tlsVersion != nil }
                 r.tlsVersion = o.tlsVersion; r.tlsCipher = o.tlsCipher; r.remoteAddress = o.remoteAddress
                 r.reusedConnection = o.reusedConnection; r.dkim = o.dkim; r.timings = o.timings
+                if e.kind == .deferred, e.mxHost == nil, let failure = o.connectionFailure {
+                    // No MX answered: keep where it failed, so metrics and the log name its provider.
+                    r.mx = failure.mxHost; r.remoteAddress = failure.remoteAddress
+                    r.addressFamily = failure.addressFamily; r.connectFailed = true
+                    r.provider = config.providerName(forMXHost: failure.mxHost)
+                    providerHost = failure.mxHost
+                }
             }
             let category = e.kind == .delivered || e.kind == .suppressed || e.code == nil ? nil
                 : BounceClassifier.classify(code: e.code ?? 0, enhanced: e.enhanced, text: e.text ?? "")
             r.category = category?.rawValue
             if e.kind == .deferred, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
-            count(e, category: category)
+            count(e, category: category, providerHost: providerHost)
             schedule(e, category: category, into: &d, now: now)
         }
         let hooks = config.webhooks.filter { $0.events.contains(e.kind) }
@@ -223,9 +231,11 @@ public final class DeliveryReporter: Sendable {
         return r
     }
 
-    private func count(_ e: QueueEvent, category: BounceCategory?) {
+    /// - Parameter providerHost: the MX host whose provider the event counts under (the one that
+    ///   answered, or the one a connection failed to).
+    private func count(_ e: QueueEvent, category: BounceCategory?, providerHost: String?) {
         let ip = e.sendingIP ?? "none"
-        let provider = config.providerName(forMXHost: e.mxHost)
+        let provider = config.providerName(forMXHost: providerHost)
         switch e.kind {
         case .delivered:
             metrics.delivered.inc(e.pool, ip, provider)

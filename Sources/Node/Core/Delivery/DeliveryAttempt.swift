@@ -200,6 +200,8 @@ public struct DeliveryAttempt: Sendable {
     private var lastFailure: SMTPOpenFailure? = nil
     private var plaintextRetry: Set<DeliveryTarget> = []
     private var decided: DeliveryTarget? = nil
+    /// The target whose connection failure deferred the pending recipients at the end.
+    private var unreachable: DeliveryTarget? = nil
     private var staleRetries = 0
 
     /// - Parameters:
@@ -439,6 +441,7 @@ public struct DeliveryAttempt: Sendable {
                 let text = f.connectFailed ? "cannot connect: \(f.target): \(f.text)" : "\(f.target): \(f.text)"
                 resolve(pending, .deferred, f.code, f.enhanced, text)
                 if !f.connectFailed && decided == nil { decided = f.target }
+                if f.connectFailed { unreachable = f.target }
             } else {
                 resolve(pending, .deferred, 451, "4.4.1", "cannot connect: no delivery target")
             }
@@ -448,7 +451,9 @@ public struct DeliveryAttempt: Sendable {
         let outcomes = recipients.map { r in
             finals[r.id] ?? RecipientOutcome(recipientID: r.id, status: .deferred, code: 451, enhanced: "4.4.2", text: "delivery did not complete")
         }
-        return .done(DeliveryReport(outcomes: outcomes, mxHost: decided?.host, remoteAddress: decided?.address, sessions: sessions))
+        var report = DeliveryReport(outcomes: outcomes, mxHost: decided?.host, remoteAddress: decided?.address, sessions: sessions)
+        report.unreachable = unreachable
+        return .done(report)
     }
 
     private mutating func resolve(_ rs: [DeliveryRecipient], _ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {

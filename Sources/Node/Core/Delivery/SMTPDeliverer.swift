@@ -125,6 +125,9 @@ public struct DeliveryReport: Sendable {
     public let remoteAddress: String?
     /// Per recipient id: the session its outcome came from (absent when it never reached a transaction).
     public var sessions: [Int64: DeliverySession] = [:]
+    /// The last target that could not be connected to, when recipients were deferred because
+    /// no target could be connected to (nil otherwise).
+    public var unreachable: DeliveryTarget? = nil
 
     /// A report from its parts.
     public init(outcomes: [RecipientOutcome], mxHost: String?, remoteAddress: String?, sessions: [Int64: DeliverySession] = [:]) {
