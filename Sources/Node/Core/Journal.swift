@@ -55,14 +55,6 @@ public final class OutcomeJournal: Sendable {
         var compactions = 0
     }
 
-    /// Records waiting for the group commit.
-    private struct CommitQueue: Sendable {
-        var waiting: [(result: ResultMessage, line: [UInt8], ticket: Int)] = []
-        var synced: [Int: Result<Void, any Error>] = [:]
-        var syncing = false
-        var nextTicket = 0
-    }
-
     /// The journal file's path.
     public let path: String
     /// The directory holding it.
@@ -73,7 +65,8 @@ public final class OutcomeJournal: Sendable {
     public let compactAboveBytes: Int
 
     private let file: Locked<FileState>
-    private let commits = LockedCondition(CommitQueue())
+    /// Group commit of result lines: one write and one fsync for every `record` waiting at once.
+    private let commits: GroupCommitter<Entry>
 
     /// Opens (creating) `directory/journal.jsonl`, loads the unacknowledged results and
     /// compacts the file. A `journal.jsonl.tmp` left by a crash during a compaction is deleted.
@@ -107,7 +100,9 @@ public final class OutcomeJournal: Sendable {
         }
         state.order = state.order.filter { state.pending[$0] != nil }
         try OutcomeJournal.compact(&state, path: path, directory: directory)
-        file = Locked(state)
+        let file = Locked(state)
+        self.file = file
+        commits = GroupCommitter { batch in try OutcomeJournal.append(batch, to: file) }
     }
 
     deinit {
@@ -129,7 +124,7 @@ public final class OutcomeJournal: Sendable {
     var batchSyncs: Int { file.withLock { $0.batchSyncs } }
 
     /// `record` calls that have queued their line so far (for tests).
-    var recordsQueued: Int { commits.withLock { $0.nextTicket } }
+    var recordsQueued: Int { commits.itemsSubmitted }
 
     /// Runs `body` while holding the file lock, so records pile up behind it (for tests).
     func holdingFile<R>(_ body: () throws -> R) rethrows -> R { try file.withLock { _ in try body() } }
@@ -142,45 +137,26 @@ public final class OutcomeJournal: Sendable {
     /// - Throws: `JournalError` (or an encoding error); the result must then not be sent as if journaled.
     public func record(_ result: ResultMessage) throws {
         let line = Array(try JSONEncoder().encode(Line(result: result))) + [0x0A]
-        let ticket = commits.withLock { q -> Int in
-            defer { q.nextTicket += 1 }
-            q.waiting.append((result, line, q.nextTicket))
-            return q.nextTicket
-        }
-        while true {
-            // Either our line is synced, or no sync runs and we lead the next batch.
-            let next = commits.wait(until: nil, for: { $0.synced[ticket] != nil || !$0.syncing }) { q, _ -> Result<Void, any Error>? in
-                if let done = q.synced.removeValue(forKey: ticket) { return done }
-                q.syncing = true
-                return nil
-            }
-            if let done = next { return try done.get() }
-            let batch = commits.withLock { q -> [(result: ResultMessage, line: [UInt8], ticket: Int)] in
-                defer { q.waiting.removeAll(keepingCapacity: true) }
-                return q.waiting
-            }
-            let outcome = Result<Void, any Error> {
-                try file.withLock { s in
-                    // After a failed write the file may end in a partial line: start on a new one.
-                    var bytes: [UInt8] = s.tornTail ? [0x0A] : []
-                    for b in batch { bytes += b.line }
-                    s.tornTail = true
-                    try OutcomeJournal.writeAll(s.fd, bytes, what: "journal write")
-                    s.tornTail = false
-                    guard fsync(s.fd) == 0 else { throw JournalError.system("journal fsync", errno) }
-                    s.batchSyncs += 1
-                    s.size += bytes.count
-                    for b in batch {
-                        let id = b.result.leaseID
-                        if let old = s.pending[id] { s.pendingBytes -= old.line.count } else { s.order.append(id) }
-                        s.pending[id] = Entry(result: b.result, line: b.line)
-                        s.pendingBytes += b.line.count
-                    }
-                }
-            }
-            commits.withLockAndBroadcast { q in
-                for b in batch { q.synced[b.ticket] = outcome }
-                q.syncing = false
+        try commits.submit(Entry(result: result, line: line))
+    }
+
+    /// Writes a batch of result lines and fsyncs them (the group commit's one write).
+    private static func append(_ batch: [Entry], to file: Locked<FileState>) throws {
+        try file.withLock { s in
+            // After a failed write the file may end in a partial line: start on a new one.
+            var bytes: [UInt8] = s.tornTail ? [0x0A] : []
+            for b in batch { bytes += b.line }
+            s.tornTail = true
+            try OutcomeJournal.writeAll(s.fd, bytes, what: "journal write")
+            s.tornTail = false
+            guard fsync(s.fd) == 0 else { throw JournalError.system("journal fsync", errno) }
+            s.batchSyncs += 1
+            s.size += bytes.count
+            for b in batch {
+                let id = b.result.leaseID
+                if let old = s.pending[id] { s.pendingBytes -= old.line.count } else { s.order.append(id) }
+                s.pending[id] = b
+                s.pendingBytes += b.line.count
             }
         }
     }

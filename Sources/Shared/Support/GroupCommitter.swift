@@ -59,6 +59,9 @@ public final class GroupCommitter<Item: Sendable>: Sendable {
         }
     }
 
+    /// Items submitted so far, committed or waiting (for tests).
+    public var itemsSubmitted: Int { state.withLock { $0.nextTicket } }
+
     /// Batches committed so far (for tests and benchmarks).
     public var batchesCommitted: Int { state.withLock { $0.batches } }
 }
