@@ -40,20 +40,26 @@ let package = Package(
         .executableTarget(
             name: "hato-node", dependencies: ["HatoNode"],
             path: "Sources/Node/CLI", swiftSettings: strict),
+        // Development and test tools, never linked into the product binaries: the capture MX,
+        // process spawning, header and DKIM helpers (HatoTestKit), and the demo's sink.
         .target(
-            name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+            name: "HatoTestKit", dependencies: ["HatoShared"],
+            path: "Sources/TestKit", swiftSettings: strict),
+        .executableTarget(
+            name: "hato-sink", dependencies: ["HatoTestKit", "HatoShared"],
+            path: "Sources/DevTools/hato-sink", swiftSettings: strict),
         .testTarget(
-            name: "SharedTests", dependencies: ["HatoShared", "TestSupport"],
+            name: "SharedTests", dependencies: ["HatoShared", "HatoTestKit"],
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
             name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
-            name: "NodeTests", dependencies: ["HatoNode", "HatoShared", "TestSupport"],
+            name: "NodeTests", dependencies: ["HatoNode", "HatoShared", "HatoTestKit"],
             path: "Tests/NodeTests", swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["TestSupport", "HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
+            dependencies: ["HatoTestKit", "HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
             path: "Tests/IntegrationTests", swiftSettings: strict),
     ]
 )

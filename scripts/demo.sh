@@ -9,16 +9,24 @@ cd "$(dirname "$0")/.."
 ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
 COUNT=${HATO_DEMO_MESSAGES:-8}
 
-echo "== building"
-swift build 2>&1 | tail -1
-BIN=$(swift build --show-bin-path)
+# A release build that is already there is used (brought up to date first: a no-op when
+# nothing changed); otherwise a debug build, which is quicker to make from scratch.
+if [ -x .build/release/hato-coordinator ] && [ -x .build/release/hato-node ]; then
+  echo "== building (release: an existing release build is used)"
+  swift build -c release 2>&1 | tail -1
+  BIN=$(swift build -c release --show-bin-path)
+else
+  echo "== building (debug)"
+  swift build 2>&1 | tail -1
+  BIN=$(swift build --show-bin-path)
+fi
 
 rm -rf var && mkdir -p var/logs
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-"$BIN/hato-node" sink --listen 127.0.0.1:2526 --dir var/capture >var/logs/capture.log 2>&1 & PIDS+=($!)
+"$BIN/hato-sink" --listen 127.0.0.1:2526 --dir var/capture >var/logs/capture.log 2>&1 & PIDS+=($!)
 "$BIN/hato-coordinator" serve --config cluster.yml >var/logs/coordinator.log 2>&1 & PIDS+=($!)
 "$BIN/hato-node" run --config cluster.yml --id node-a >var/logs/node-a.log 2>&1 & PIDS+=($!)
 "$BIN/hato-node" run --config cluster.yml --id node-b >var/logs/node-b.log 2>&1 & PIDS+=($!)

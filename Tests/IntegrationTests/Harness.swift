@@ -1,7 +1,7 @@
 import Foundation
 import HatoShared
 import Testing
-import TestSupport
+import HatoTestKit
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif

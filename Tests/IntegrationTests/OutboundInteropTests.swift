@@ -1,5 +1,5 @@
 import Foundation
-import TestSupport
+import HatoTestKit
 import HatoShared
 import Testing
 

@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import HatoCoordinator
 import HatoShared
 import Testing

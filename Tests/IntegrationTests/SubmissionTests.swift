@@ -2,7 +2,7 @@ import Foundation
 import HatoCoordinator
 import HatoShared
 import Testing
-import TestSupport
+import HatoTestKit
 
 /// Exact bytes in, exact reply codes out, against a real listener.
 struct RawCase: Sendable, CustomTestStringConvertible {

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import TestSupport
+import HatoTestKit
 import Testing
 @testable import HatoShared
 

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TestSupport
+import HatoTestKit
 @testable import HatoShared
 
 /// Dates written into messages (`Date:`, `Received:`, DSN fields) are checked against an

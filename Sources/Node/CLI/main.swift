@@ -10,9 +10,6 @@ let usage = """
       bindable --id NODE            list the configured sending IPs this host can bind for NODE
       dkim-keygen --domain D --selector S --out KEY.pem [--algorithm rsa-sha256|ed25519-sha256] [--bits N]
                                     make a DKIM key (mode 0600) and print its DNS TXT record
-      sink --listen HOST:PORT [--dir DIR]
-                                    a local capture server playing a recipient MX (demo/test only):
-                                    accepts everything, writes each message to DIR
 
     options:
       --config PATH                 cluster configuration (default ./cluster.yml)
@@ -22,7 +19,7 @@ let usage = """
 ignoreSIGPIPE()
 let args: CLIArguments
 do {
-    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "id", "listen", "dir",
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "id",
                                                                                          "domain", "selector", "out", "algorithm", "bits"], flagOptions: [])
 } catch {
     exitWithError("hato-node: \(error)\n\(usage)", status: 2)
@@ -42,16 +39,8 @@ case "dkim-keygen":
         exitWithError("hato-node dkim-keygen: \(error)")
     }
 case "sink":
-    guard let listen = args.options["listen"] else { exitWithError("hato-node sink: --listen HOST:PORT is required", status: 2) }
-    do {
-        let addr = try ConfigValue.hostPort(listen, defaultPort: 25)
-        guard addr.isIPLiteral else { exitWithError("hato-node sink: --listen needs a numeric address") }
-        let server = try CaptureServer(address: SocketAddress(host: addr.host, port: addr.port), directory: args.options["dir"])
-        Logger(label: "sink").info("capture server ready", ["listen": server.address.description, "dir": args.options["dir"] ?? "-"])
-        while true { sleep(3600); _ = server.connections }
-    } catch {
-        exitWithError("hato-node sink: \(error)")
-    }
+    // The demo's capture server is a development tool of its own, not part of the node.
+    exitWithError("hato-node sink: the capture server moved to the development tool hato-sink (swift build; .build/debug/hato-sink --listen HOST:PORT --dir DIR)", status: 2)
 case "run", "bindable":
     guard let id = args.options["id"] else { exitWithError("hato-node \(args.subcommand!): --id NODE is required", status: 2) }
     let config: ClusterConfig

@@ -1,4 +1,5 @@
 import Foundation
+import HatoShared
 
 /// A message received by a `CaptureServer`.
 public struct CapturedMessage: Sendable, Codable, Equatable {
@@ -28,7 +29,7 @@ public enum CaptureVerdict: Sendable, Equatable {
 }
 
 /// A recording SMTP server that plays a recipient's MX in tests and in the local
-/// demo cluster (`hato-node sink`): it records the peer's source address and the
+/// demo cluster (`hato-sink`): it records the peer's source address and the
 /// exact bytes received, and can be told to refuse recipients.
 ///
 /// RFC 5321 server subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with
