@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,6 +21,14 @@ public struct Logger: Sendable {
     public let minimum: LogLevel
     private static let lock = NSLock()
 
+    /// Whether every logger of the process is silent (`silenceProcess()`).
+    private static let silenced = Atomic<Bool>(false)
+
+    /// Silences every logger of the process, created before or after: one-shot commands (the
+    /// CLI's `status`, `queue`, `check`, …) print their own output and human-readable errors,
+    /// never JSON log lines on standard error.
+    public static func silenceProcess() { silenced.store(true, ordering: .relaxed) }
+
     public init(label: String, minimum: LogLevel = Logger.defaultLevel) {
         self.label = label; self.minimum = minimum
     }
@@ -40,7 +49,7 @@ public struct Logger: Sendable {
     ///   - message: a short constant text; put values in `fields`.
     ///   - fields: key/value pairs (strings).
     public func log(_ level: LogLevel, _ message: String, _ fields: [String: String] = [:]) {
-        guard level >= minimum else { return }
+        guard level >= minimum, !Logger.silenced.load(ordering: .relaxed) else { return }
         // Hand-built JSON (sorted keys, RFC 8259 escaping): this runs on every accepted
         // message and every delivery, so it avoids JSONSerialization and date formatters.
         var obj = fields
