@@ -8,11 +8,11 @@ import HatoShared
 //
 // Reads go through a second, read-only connection (`reader`): in WAL mode it sees a committed
 // snapshot without taking the queue's lock, so counting or paging a million recipients never
-// stalls submissions, leases or results. They walk two partial indexes that hold only waiting
+// stalls submissions, leases or results. They walk three partial indexes that hold only waiting
 // recipients: (state) — each state's rows in recipient id order, for keyset pagination and
-// batches — and (state, domain) — a covering index for counts per domain and for the rows of
-// one domain in id order. Queries name the index (`INDEXED BY`) and repeat its `WHERE` term,
-// so the plan never depends on the planner's guesses.
+// batches; (state, domain) — covering for counts per domain and ordered by id within a domain;
+// (state, pool, ip) — covering for counts per pool and per sending IP. Queries name the index
+// (`INDEXED BY`) and repeat its `WHERE` term, so the plan never depends on the planner's guesses.
 //
 // Writes go in bounded batches (1000 recipients by default), each its own synced transaction
 // under the queue's lock: a selector that matches a million recipients never holds the lock
@@ -152,11 +152,12 @@ extension QueueStore {
     /// The waiting states as the partial indexes' `WHERE` term spells them (queries repeat it verbatim).
     static let waitingStateList = "('queued','deferred','leased','held')"
 
-    /// The two partial indexes of waiting recipients (created by `init`, kept small: a final
+    /// The partial indexes of waiting recipients (created by `init`, kept small: a final
     /// recipient leaves them).
     static let waitingIndexes = """
         CREATE INDEX IF NOT EXISTS recipients_waiting_state ON recipients(state) WHERE state IN \(waitingStateList);
         CREATE INDEX IF NOT EXISTS recipients_waiting_domain ON recipients(state, domain) WHERE state IN \(waitingStateList);
+        CREATE INDEX IF NOT EXISTS recipients_waiting_pool ON recipients(state, pool, ip) WHERE state IN \(waitingStateList);
         """
 
     /// Runs `body` with the read-only connection, opened on first use.
@@ -193,30 +194,35 @@ extension QueueStore {
     ///   - now: for the ages.
     /// - Throws: `SQLiteError`.
     public func waitingSummary(by grouping: QueueGrouping, providerLabel: (String) -> String, now: Date) throws -> [QueueGroup] {
-        let sql: String
-        switch grouping {
-        case .domain, .provider:
-            sql = """
-                SELECT r.state, r.domain, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_domain
-                WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.domain
-                """
-        case .pool:
-            sql = """
-                SELECT r.state, \(Self.poolExpression), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                WHERE r.state IN \(Self.waitingStateList) GROUP BY 1, 2
-                """
-        case .ip:
-            sql = """
-                SELECT r.state, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                WHERE r.state IN \(Self.waitingStateList) GROUP BY 1, 2
-                """
-        case .state:
-            sql = """
-                SELECT r.state, r.state, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state
-                """
+        // Each statement walks one index in its order: the groups come out without a sort.
+        let rows: [(String, String, Int, Int64)] = try withReader { db in
+            switch grouping {
+            case .domain, .provider:
+                return try db.prepare("""
+                    SELECT r.state, r.domain, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_domain
+                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.domain
+                    """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
+            case .state:
+                return try db.prepare("""
+                    SELECT r.state, r.state, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
+                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state
+                    """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
+            case .pool, .ip:
+                // Per (state, pool, IP), then per pool or IP here: a few rows per pool and IP.
+                // Rows written before recipients had their pool take it from their message.
+                let column: Int32 = grouping == .pool ? 1 : 2
+                let stored = try db.prepare("""
+                    SELECT r.state, r.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_pool
+                    WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NOT NULL GROUP BY r.state, r.pool, r.ip
+                    """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
+                let legacy = try db.prepare("""
+                    SELECT r.state, m.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_pool
+                    JOIN messages m ON m.id = r.message_id
+                    WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NULL GROUP BY 1, 2, 3
+                    """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
+                return stored + legacy
+            }
         }
-        let rows = try withReader { db in try db.prepare(sql).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) } }
         var groups: [String: QueueGroup] = [:]
         var labels: [String: String] = [:]
         for (state, rawKey, count, minID) in rows {
@@ -435,63 +441,62 @@ extension QueueStore {
         return (matched, changed, batches)
     }
 
-    /// One batch of `applyQueueAction` in one synced transaction. - Returns: recipients changed.
+    /// One batch of `applyQueueAction` in one synced transaction: one set-based statement over
+    /// the batch's ids (in id order, so the table's pages are visited in file order), the events
+    /// its changes made stamped with the operator. - Returns: recipients changed.
     func applyQueueBatch(_ action: QueueAction, ids: [Int64], states: [RecipientState], by operatorName: String, target: String, note: String?,
                          now: Date) throws -> Int {
-        let t = now.timeIntervalSince1970
+        let t: SQLiteStatement.Value = .double(now.timeIntervalSince1970)
+        let idList: SQLiteStatement.Value = .text("[" + ids.sorted().map(String.init).joined(separator: ",") + "]")
         let stateList: SQLiteStatement.Value = .text("[" + states.map { "\"\($0.rawValue)\"" }.joined(separator: ",") + "]")
+        let selected = "id IN (SELECT value FROM json_each(?)) AND state IN (SELECT value FROM json_each(?))"
         return try lock.withLock {
             try db.transaction {
                 let events = try hasEventTable()
-                let firstSeq = events ? try db.prepare("SELECT COALESCE(MAX(seq), 0) FROM recipient_events").query { $0.int(0) }.first ?? 0 : 0
+                let firstSeq = events ? try db.prepare("SELECT MAX(seq) FROM recipient_events").query { $0.isNull(0) ? 0 : $0.int(0) }.first ?? 0 : 0
                 var changed = 0
-                var closed = Set<String>()
-                let inStates = "state IN (SELECT value FROM json_each(?))"
+                var closed: [String: Int] = [:]
                 switch action {
                 case .hold:
-                    let upd = try db.prepare("UPDATE recipients SET state='held', updated_at=? WHERE id=? AND \(inStates)")
-                    for id in ids { try upd.run([.double(t), .int(id), stateList]); changed += db.changes }
+                    try db.prepare("UPDATE recipients SET state='held', updated_at=? WHERE \(selected)").run([t, idList, stateList])
+                    changed = db.changes
                 case .release:
-                    let upd = try db.prepare("UPDATE recipients SET state='queued', next_attempt_at=?, updated_at=? WHERE id=? AND state='held'")
-                    for id in ids { try upd.run([.double(t), .double(t), .int(id)]); changed += db.changes }
+                    try db.prepare("UPDATE recipients SET state='queued', next_attempt_at=?, updated_at=? WHERE \(selected)").run([t, t, idList, stateList])
+                    changed = db.changes
                 case .flush:
-                    let upd = try db.prepare("""
-                        UPDATE recipients SET next_attempt_at=?, updated_at=? WHERE id=? AND \(inStates)
-                          AND (next_attempt_at IS NULL OR next_attempt_at > ?)
-                        """)
-                    let record = try db.prepare("""
-                        INSERT INTO recipient_events(kind, message_id, recipient_id, address, code, enhanced, text, node, ip, mx, attempts, next_attempt_at, at)
-                        SELECT 'flushed', message_id, id, address, last_code, last_enhanced, last_text, node, ip, mx, attempts, next_attempt_at, updated_at
-                        FROM recipients WHERE id=?
-                        """)
-                    for id in ids {
-                        try upd.run([.double(t), .double(t), .int(id), stateList, .double(t)])
-                        guard db.changes == 1 else { continue }
-                        changed += 1
-                        if events { try record.run([.int(id)]) }
+                    let flushed = try db.prepare("""
+                        UPDATE recipients SET next_attempt_at=?, updated_at=? WHERE \(selected) AND (next_attempt_at IS NULL OR next_attempt_at > ?) RETURNING id
+                        """).query([t, t, idList, stateList, t]) { $0.int(0) }
+                    changed = flushed.count
+                    if events && !flushed.isEmpty {
+                        // A flush changes no state, so no trigger records it.
+                        try db.prepare("""
+                            INSERT INTO recipient_events(kind, message_id, recipient_id, address, code, enhanced, text, node, ip, mx, attempts, next_attempt_at, at)
+                            SELECT 'flushed', message_id, id, address, last_code, last_enhanced, last_text, node, ip, mx, attempts, next_attempt_at, updated_at
+                            FROM recipients WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id
+                            """).run([.text("[" + flushed.sorted().map(String.init).joined(separator: ",") + "]")])
                     }
-                case .delete, .bounce:
-                    let upd = action == .delete
-                        ? try db.prepare("UPDATE recipients SET state='deleted', next_attempt_at=NULL, updated_at=? WHERE id=? AND \(inStates) RETURNING message_id")
-                        : try db.prepare("""
-                            UPDATE recipients SET state='failed', next_attempt_at=NULL, last_code=550, last_enhanced='5.0.0', last_text=?, updated_at=?
-                            WHERE id=? AND \(inStates) RETURNING message_id
-                            """)
+                case .delete:
+                    for mid in try db.prepare("UPDATE recipients SET state='deleted', next_attempt_at=NULL, updated_at=? WHERE \(selected) RETURNING message_id")
+                        .query([t, idList, stateList], { $0.text(0) }) { closed[mid, default: 0] += 1 }
+                case .bounce:
                     let text = String(("bounced by operator \(operatorName)" + (note.map { $0.isEmpty ? "" : ": " + $0 } ?? "")).prefix(512))
-                    let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
-                    for id in ids {
-                        let binds: [SQLiteStatement.Value] = action == .delete ? [.double(t), .int(id), stateList] : [.text(text), .double(t), .int(id), stateList]
-                        guard let mid = try upd.query(binds, { $0.text(0) }).first else { continue }
-                        try closeOne.run([.text(mid)])
-                        closed.insert(mid)
-                        changed += 1
-                    }
+                    for mid in try db.prepare("""
+                        UPDATE recipients SET state='failed', next_attempt_at=NULL, last_code=550, last_enhanced='5.0.0', last_text=?, updated_at=?
+                        WHERE \(selected) RETURNING message_id
+                        """).query([.text(text), t, idList, stateList], { $0.text(0) }) { closed[mid, default: 0] += 1 }
+                }
+                if !closed.isEmpty {
+                    // Final: their messages have that many open recipients fewer.
+                    let close = try db.prepare("UPDATE messages SET open_recipients=open_recipients-? WHERE id=?")
+                    for (mid, n) in closed { try close.run([.int(Int64(n)), .text(mid)]) }
+                    changed = closed.values.reduce(0, +)
                 }
                 if events && changed > 0 {
                     try db.prepare("UPDATE recipient_events SET operator=?, detail=?, note=? WHERE seq > ?")
                         .run([.text(operatorName), .text(target), note.map { .text($0) } ?? .null, .int(firstSeq)])
                 }
-                try purgeBodies(closed)
+                try purgeBodies(Set(closed.keys))
                 return changed
             }
         }
