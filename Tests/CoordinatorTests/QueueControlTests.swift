@@ -419,6 +419,49 @@ struct QueueControlTests {
         #expect(outcome.matched == 4 && outcome.changed == 4 && outcome.batches == 2)
     }
 
+    @Test("limit= outside 1…1000 (list) or 1…100000 (summary), or not a number, is a 400 naming the range; absent takes the default")
+    func limitsAreChecked() throws {
+        let f = try QueueControlFixture()
+        defer { f.cleanup() }
+        try f.fill(3)
+        for bad in ["abc", "0", "-1", "1001", "2.5"] {
+            let r = f.call("GET", "/v1/queue/recipients", query: ["limit": bad])
+            #expect(r.status == 400 && (r.json as? [String: Any])?["error"] as? String == "limit= must be a whole number from 1 to 1000", "\(bad): \(r)")
+        }
+        #expect(f.call("GET", "/v1/queue/summary", query: ["by": "domain", "limit": "0"]).status == 400)
+        #expect(f.call("GET", "/v1/queue/summary", query: ["by": "domain", "limit": "100001"]).status == 400)
+        #expect(((f.call("GET", "/v1/queue/summary", query: ["by": "domain", "limit": "2"]).json as? [String: Any])?["groups"] as? [Any])?.count == 2)
+        #expect(((f.call("GET", "/v1/queue/recipients", query: [:]).json as? [String: Any])?["recipients"] as? [Any])?.count == 15)
+        #expect(((f.call("GET", "/v1/queue/recipients", query: ["limit": "1000"]).json as? [String: Any])?["recipients"] as? [Any])?.count == 15)
+    }
+
+    @Test("the CLI's --limit: a whole number within the command's bounds, else a usage error that says which and why")
+    func cliLimits() throws {
+        let args = try CLIArguments(["queue", "list", "--limit", "abc"], valueOptions: ["limit"], flagOptions: [])
+        #expect(QueueCommands.limits("queue", options: args.options) == 1...1000)
+        #expect(QueueCommands.limits("queue", options: ["by": "domain"]) == 1...100_000)
+        #expect(QueueCommands.limits("messages", options: [:]) == nil)
+        #expect(throws: CLIArguments.UsageError.self) { try args.integer("limit", in: 1...1000) }
+        do { _ = try args.integer("limit", in: 1...1000) } catch { #expect("\(error)" == "--limit: 'abc' is not a whole number from 1 to 1000") }
+        do { _ = try CLIArguments.integer("0", option: "limit", in: 1...Int.max) } catch { #expect("\(error)" == "--limit: '0' is not a whole number of at least 1") }
+        #expect(try CLIArguments.integer("1000", option: "limit", in: 1...1000) == 1000)
+        #expect(try CLIArguments.integer(nil, option: "limit", in: 1...1000) == nil)
+    }
+
+    @Test("each queue command has a --help page with its usage, arguments and an example")
+    func helpPages() {
+        for command in ["queue", "flush", "hold", "release", "delete", "bounce", "pause", "resume", "pauses", "lift"] {
+            let page = QueueCommands.help(for: command) ?? ""
+            #expect(page.hasPrefix("usage: hato-coordinator \(["pauses", "resume"].contains(command) ? "pause" : command)"), "\(command)")
+            #expect(page.contains("hato-coordinator \(command)"), "\(command)")
+            #expect(page.contains("examples:\n  hato-coordinator "), "\(command)")
+            #expect(page.contains("\n  --") || command == "lift", "\(command) lists its arguments")
+        }
+        #expect(QueueCommands.help(for: "hold")?.contains("Applies to recipients that are queued or deferred.") == true)
+        #expect(QueueCommands.help(for: "release")?.contains("Applies to recipients that are held.") == true)
+        #expect(QueueCommands.help(for: "status") == nil)
+    }
+
     /// Polls `condition` every 10 ms for up to 5 s.
     func waitFor(_ condition: () throws -> Bool) throws {
         let deadline = ContinuousClock.now + .seconds(5)

@@ -32,7 +32,8 @@ let usage = """
     queue control (by ID… — message ids, or recipient ids of digits only — or by a selector:
     --domain D, --provider P, --pool P, --ip A (- = never tried), --sender ADDR|DOMAIN|'<>',
     --state S; --all to select every waiting recipient; --dry-run shows the count only;
-    --reason TEXT; --as NAME names the operator, default $SUDO_USER or $USER):
+    --reason TEXT; --operator NAME (or --as NAME) names the operator, default $SUDO_USER or $USER;
+    COMMAND --help shows each one's arguments and examples):
       flush ...             make due now and wake the scheduler
       hold ...              keep from delivery (state held) until released
       release ...           put held recipients back in the queue, due now
@@ -56,8 +57,9 @@ let usage = """
     options:
       --config PATH         cluster configuration (default ./cluster.yml)
       --json                print the admin API's JSON instead of a table
-      --as NAME             the operator named in logs and events (default $SUDO_USER or $USER)
-      --help                this text
+      --operator NAME       the operator named in logs and events (also --as; default $SUDO_USER or $USER)
+      --help                this text; COMMAND --help: that command's page (queue, flush, hold, release,
+                            delete, bounce, pause, resume, lift)
     """
 
 ignoreSIGPIPE()
@@ -66,10 +68,16 @@ OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
-                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as"],
+                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator"],
                           flagOptions: ["json", "wait", "dry-run", "all"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
+}
+// `COMMAND --help` and `help COMMAND`: the queue commands' own page (usage, arguments, examples).
+if let command = args.subcommand == "help" ? args.positional.first : args.flags.contains("help") ? args.subcommand : nil,
+   let page = QueueCommands.help(for: command) {
+    print(page)
+    exit(0)
 }
 if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "help" {
     print(usage)
@@ -78,10 +86,15 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
 
 if args.subcommand == "hash-password" { exit(HashPasswordCommand.run(iterations: args.options["iterations"])) }
 
+// Every --limit is a whole number of at least 1, within the command's bounds: checked before anything runs.
+do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "", options: args.options) ?? 1...Int.max) } catch {
+    exitWithError("hato-coordinator: \(error) (see hato-coordinator \(args.subcommand ?? "") --help)", status: 2)
+}
+
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }
 
-let operatorName = args.options["as"] ?? AdminClient.defaultOperator()
+let operatorName = args.options["operator"] ?? args.options["as"] ?? AdminClient.defaultOperator()
 
 switch args.subcommand! {
 case "serve":
@@ -117,6 +130,8 @@ case let c where QueueCommands.handles(c, positional: args.positional, options: 
     do {
         try QueueCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json"))
             .run(c, positional: args.positional, options: args.options, flags: args.flags)
+    } catch let error as CLIArguments.UsageError {
+        exitWithError("hato-coordinator: \(error) (see hato-coordinator \(c) --help)", status: 2)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -12,7 +12,8 @@ import HatoShared
 /// - `pause --provider P | --pool P | --ip A [--reason T]`, `resume --provider P | --pool P | --ip A`, `pauses`
 /// - `lift --provider P` (every backoff of a provider; `lift IP PROVIDER` stays with `AdminCommands`)
 ///
-/// Every command sends the operator (`--as NAME`, else `$SUDO_USER` or `$USER`) as `X-Hato-Operator`.
+/// Every command sends the operator (`--operator NAME` or `--as NAME`, else `$SUDO_USER` or
+/// `$USER`) as `X-Hato-Operator`. `COMMAND --help` prints `help(for:)`.
 public struct QueueCommands {
     let client: AdminClient
     let json: Bool
@@ -36,7 +37,8 @@ public struct QueueCommands {
     }
 
     /// Runs `command`.
-    /// - Throws: `AdminClient.Failure` for API and usage errors.
+    /// - Throws: `AdminClient.Failure` for API errors and a missing selector;
+    ///   `CLIArguments.UsageError` for an invalid number or cursor (`--limit abc`, `--limit 0`).
     public func run(_ command: String, positional: [String], options: [String: String], flags: Set<String>) throws {
         switch command {
         case "queue":
@@ -54,15 +56,153 @@ public struct QueueCommands {
         }
     }
 
+    /// The `--limit` values `queue --by` accepts (groups shown).
+    public static let summaryLimits = 1...100_000
+    /// The `--limit` values `queue list` accepts (recipients per page).
+    public static let pageLimits = 1...1000
+
+    /// The `--limit` values `command` accepts, when it is a queue command that takes one.
+    public static func limits(_ command: String, options: [String: String]) -> ClosedRange<Int>? {
+        guard command == "queue" else { return nil }
+        return options["by"] != nil ? summaryLimits : pageLimits
+    }
+
+    /// The detailed `--help` text of a queue command (usage, arguments, examples); nil for a
+    /// command this type does not own.
+    public static func help(for command: String) -> String? {
+        let selectors = """
+              ID…                  message queue ids (18 characters), or recipient ids (digits only, from queue list)
+              --domain D           recipients at this destination domain
+              --provider P         recipients of this mailbox provider (gmail, microsoft, yahoo, apple,
+                                   a shaping.providers name, unknown; see queue --by provider)
+              --pool P             recipients routed to this pool
+              --ip A               recipients last tried from this sending IP (- = never tried)
+              --sender S           by reverse-path: an address, a domain, or '<>' (DSNs)
+              --state S            only recipients in this state
+              --all                every waiting recipient (required when no ID or selector is given)
+              --dry-run            print how many recipients would be touched; change nothing
+              --reason TEXT        why (in the delivery log and webhooks; a bounce's DSN carries it)
+              --operator NAME      who acts (also --as; default $SUDO_USER, else $USER; sent as X-Hato-Operator)
+              --json               print the admin API's JSON answer
+
+            Criteria combine: every one given must hold. Recipients in a delivery now (leased) are never
+            touched; they are counted as "in a delivery now". Changes go in transactions of 1000 recipients.
+            """
+        func action(_ a: QueueAction, _ what: String, _ examples: [String]) -> String {
+            """
+            usage: hato-coordinator \(a.rawValue) [ID…] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S]
+                   [--state S] [--all] [--dry-run] [--reason TEXT] [--operator NAME] [--json]
+
+            \(what)
+            Applies to recipients that are \(a.states.map(\.rawValue).joined(separator: " or ")).
+
+            arguments:
+            \(selectors)
+
+            examples:
+            \(examples.map { "  " + $0 }.joined(separator: "\n"))
+            """
+        }
+        switch command {
+        case "queue":
+            return """
+                usage: hato-coordinator queue [--json]
+                       hato-coordinator queue --by domain|provider|pool|ip|state [--limit N] [--json]
+                       hato-coordinator queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A]
+                              [--sender S] [--limit N] [--after CURSOR] [--json]
+
+                Without arguments: recipient counts in every state. With --by: the waiting recipients
+                (queued, deferred, leased, held) per key and state, largest group first, with the age and
+                message id of the oldest. queue list: one page of waiting recipients in id order, each with
+                its attempts, age, last reply and why it waits (retry time, pause, backoff, warm-up cap,
+                no eligible IP, held by an operator).
+
+                arguments:
+                  --by KEY             domain; provider (gmail, microsoft, yahoo, …, unknown); pool; ip (the last
+                                       sending IP tried, - = never tried); state
+                  --limit N            --by: at most N groups (\(summaryLimits.lowerBound)–\(summaryLimits.upperBound), default 1000);
+                                       list: recipients per page (\(pageLimits.lowerBound)–\(pageLimits.upperBound), default 100)
+                  --after CURSOR       list: the page after CURSOR (printed as "more: add --after CURSOR")
+                  --state S            list: queued, deferred, leased or held (default: all four)
+                  --domain, --provider, --pool, --ip, --sender
+                                       list: only recipients that match (see hato-coordinator hold --help)
+                  --json               print the admin API's JSON answer
+
+                examples:
+                  hato-coordinator queue --by provider
+                  hato-coordinator queue --by domain --limit 20
+                  hato-coordinator queue list --domain gmail.com --state deferred --limit 50
+                  hato-coordinator queue list --domain gmail.com --state deferred --limit 50 --after 18342
+                """
+        case "flush":
+            return action(.flush, "Makes recipients due now and wakes the scheduler (a retry without waiting for the schedule).",
+                          ["hato-coordinator flush --domain gmail.com", "hato-coordinator flush 2BPHWGS7NDLJL4GKMK", "hato-coordinator flush --all --dry-run"])
+        case "hold":
+            return action(.hold, "Keeps recipients from delivery (state held) until released. Held recipients still get their\ndelay notice after dsn.delay_warning and expire by retry.max_age.",
+                          ["hato-coordinator hold --provider microsoft --reason \"complaint spike, ticket 7\"",
+                           "hato-coordinator hold --pool bulk --dry-run", "hato-coordinator hold 18342 18343"])
+        case "release":
+            return action(.release, "Puts held recipients back in the queue, due now.",
+                          ["hato-coordinator release --provider microsoft", "hato-coordinator release --all"])
+        case "delete":
+            return action(.delete, "Removes recipients from delivery without a DSN (state deleted; the record and its events stay).",
+                          ["hato-coordinator delete --sender spammer@customer.example --dry-run",
+                           "hato-coordinator delete --sender spammer@customer.example --reason \"compromised account\""])
+        case "bounce":
+            return action(.bounce, "Fails recipients with a DSN to the sender: 550 5.0.0 bounced by operator NAME[: REASON],\nbounce category admin.",
+                          ["hato-coordinator bounce --domain typo-domain.example --reason \"domain does not exist\"",
+                           "hato-coordinator bounce 2BPHWGS7NDLJL4GKMK"])
+        case "pause", "resume", "pauses":
+            return """
+                usage: hato-coordinator pause --provider P | --pool P | --ip A [--reason TEXT] [--operator NAME]
+                       hato-coordinator resume --provider P | --pool P | --ip A [--operator NAME]
+                       hato-coordinator resume NODE
+                       hato-coordinator pauses [--json]
+
+                pause: lease none of a provider's, pool's or sending IP's mail until resumed (it waits, gets its
+                delay notice and expires as usual; a delivery in progress finishes). The pause is stored and
+                outlives a coordinator restart. resume ends it; resume NODE makes a drained node active.
+                pauses lists the active pauses with who paused and why.
+
+                arguments:
+                  --provider P         a mailbox provider label (gmail, microsoft, yahoo, …)
+                  --pool P             a pool of cluster.yml
+                  --ip A               a sending IP of cluster.yml
+                  --reason TEXT        why (shown by pauses, queue list and in the delivery log)
+                  --operator NAME      who acts (also --as; default $SUDO_USER, else $USER)
+
+                examples:
+                  hato-coordinator pause --provider microsoft --reason "4.7.650 complaints, ticket 7"
+                  hato-coordinator pauses
+                  hato-coordinator resume --provider microsoft
+                """
+        case "lift":
+            return """
+                usage: hato-coordinator lift IP PROVIDER
+                       hato-coordinator lift --provider P [--operator NAME]
+
+                End a backoff (suspension or throttle) early: one sending IP's for one provider, or with
+                --provider every sending IP's backoff of that provider.
+
+                examples:
+                  hato-coordinator suspensions
+                  hato-coordinator lift 203.0.113.10 gmail
+                  hato-coordinator lift --provider gmail
+                """
+        default:
+            return nil
+        }
+    }
+
     private func usage(_ command: String) -> AdminClient.Failure {
         let selectors = "[--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--state S]"
         let text: String
         switch command {
         case "queue": text = "queue [--by domain|provider|pool|ip|state] | queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--limit N] [--after CURSOR]"
         case "pause", "resume": text = "\(command) --provider P | --pool P | --ip A" + (command == "pause" ? " [--reason TEXT]" : "")
-        default: text = "\(command) [ID…] \(selectors) [--all] [--dry-run] [--reason TEXT] [--as NAME]"
+        default: text = "\(command) [ID…] \(selectors) [--all] [--dry-run] [--reason TEXT] [--operator NAME]"
         }
-        return AdminClient.Failure(description: "usage: hato-coordinator \(text)")
+        return AdminClient.Failure(description: "usage: hato-coordinator \(text) (more: hato-coordinator \(command) --help)")
     }
 
     static func query(_ pairs: [(String, String?)]) -> String {
@@ -80,7 +220,8 @@ public struct QueueCommands {
     // MARK: Visibility
 
     private func summary(_ options: [String: String]) throws {
-        let data = try client.get("/v1/queue/summary" + Self.query([("by", options["by"]), ("limit", options["limit"])]))
+        let limit = try CLIArguments.integer(options["limit"], option: "limit", in: Self.summaryLimits)
+        let data = try client.get("/v1/queue/summary" + Self.query([("by", options["by"]), ("limit", limit.map(String.init))]))
         if json { FileHandle.standardOutput.write(data); return }
         let r = try decoder().decode(QueueSummaryReport.self, from: data)
         printTable([r.by.uppercased(), "QUEUED", "DEFERRED", "LEASED", "HELD", "TOTAL", "OLDEST", "OLDEST MESSAGE"], r.groups.map {
@@ -91,9 +232,13 @@ public struct QueueCommands {
     }
 
     private func list(_ options: [String: String]) throws {
+        let limit = try CLIArguments.integer(options["limit"], option: "limit", in: Self.pageLimits)
+        if let after = options["after"], Int64(after).map({ $0 < 0 }) ?? true {
+            throw CLIArguments.UsageError(description: "--after: '\(after)' is not a cursor (give the number printed as \"more: add --after N\")")
+        }
         let data = try client.get("/v1/queue/recipients" + Self.query([
             ("state", options["state"]), ("domain", options["domain"]), ("provider", options["provider"]), ("pool", options["pool"]),
-            ("ip", options["ip"]), ("sender", options["sender"]), ("limit", options["limit"]), ("after", options["after"])]))
+            ("ip", options["ip"]), ("sender", options["sender"]), ("limit", limit.map(String.init)), ("after", options["after"])]))
         if json { FileHandle.standardOutput.write(data); return }
         let page = try decoder().decode(QueueListPage.self, from: data)
         printTable(["ID", "MESSAGE", "RECIPIENT", "STATE", "ATTEMPTS", "AGE", "LAST REPLY", "WHY"], page.recipients.map {

@@ -143,7 +143,7 @@ public struct LiftReport: Codable, Sendable, Equatable {
 /// | DELETE | `/v1/pauses/{provider,pool,ip}/{name}` | | resume it |
 /// | DELETE | `/v1/suspensions?provider=P` | | lift every backoff of a provider (with `ip=`: one) |
 ///
-/// Who acts is the `X-Hato-Operator` header (the CLI sends `--as`, `$SUDO_USER` or `$USER`),
+/// Who acts is the `X-Hato-Operator` header (the CLI sends `--operator`, `$SUDO_USER` or `$USER`),
 /// else `admin`. Every action is logged with it and recorded as delivery log and webhook
 /// events. Actions run in transactions of 1000 recipients.
 public struct QueueControlAPI: Sendable {
@@ -205,7 +205,9 @@ public struct QueueControlAPI: Sendable {
         guard let by = QueueGrouping(rawValue: byText) else {
             return .error(400, "by= must be one of \(QueueGrouping.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let limit = min(max(Int(req.query["limit"] ?? "") ?? 1000, 1), 100_000)
+        guard let limit = Self.limit(req.query["limit"], default: 1000, in: QueueCommands.summaryLimits) else {
+            return .error(400, "limit= must be a whole number from 1 to \(QueueCommands.summaryLimits.upperBound)")
+        }
         let hub = self.hub
         let groups = try store.waitingSummary(by: by, providerLabel: { hub.providerLabel(ofDomain: $0) }, now: clock.now())
         return .json(QueueSummaryReport(by: by.rawValue, groups: Array(groups.prefix(limit)), groupCount: groups.count,
@@ -221,7 +223,9 @@ public struct QueueControlAPI: Sendable {
             }
             states = [st]
         }
-        let limit = min(max(Int(q["limit"] ?? "") ?? 100, 1), 1000)
+        guard let limit = Self.limit(q["limit"], default: 100, in: QueueCommands.pageLimits) else {
+            return .error(400, "limit= must be a whole number from 1 to \(QueueCommands.pageLimits.upperBound)")
+        }
         guard let after = Int64(q["after"].flatMap { $0.isEmpty ? nil : $0 } ?? "0"), after >= 0 else { return .error(400, "after= must be a cursor from next") }
         var selector = RecipientSelector(pool: nonEmpty(q["pool"]), sendingIP: nonEmpty(q["ip"]), sender: nonEmpty(q["sender"]), states: states)
         selector.domains = try domains(domain: nonEmpty(q["domain"]), provider: nonEmpty(q["provider"]))
@@ -368,6 +372,13 @@ public struct QueueControlAPI: Sendable {
             out = out.map { d in d.filter { ofProvider.contains($0) } } ?? ofProvider
         }
         return out
+    }
+
+    /// A `limit=` parameter: `fallback` when absent or empty, nil when not a whole number in `range`.
+    static func limit(_ text: String?, default fallback: Int, in range: ClosedRange<Int>) -> Int? {
+        guard let text, !text.isEmpty else { return fallback }
+        guard let n = Int(text), range.contains(n) else { return nil }
+        return n
     }
 
     private func nonEmpty(_ s: String?) -> String? {
