@@ -21,6 +21,9 @@ public struct QueueCommands {
     /// Actions on recipients.
     public static let actions: Set<String> = Set(QueueAction.allCases.map(\.rawValue))
 
+    /// - Parameters:
+    ///   - client: the admin API client (it carries the operator's name).
+    ///   - json: print the API's JSON answers instead of tables and sentences.
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
     /// Whether this type runs `command` with these arguments (`queue` with `--by` or `list`,

@@ -84,14 +84,21 @@ public struct QueueSummaryReport: Codable, Sendable, Equatable {
 
 /// One row of `GET /v1/queue/recipients`.
 public struct QueueListEntry: Codable, Sendable, Equatable {
+    /// The recipient's row id (a `flush`/`hold`/… argument, and the page cursor).
     public var recipientId: Int64
+    /// The message's queue id.
     public var messageId: String
+    /// The forward-path.
     public var address: String
+    /// The destination domain (lower case).
     public var domain: String
+    /// `queued`, `deferred`, `leased` or `held`.
     public var state: String
+    /// Delivery attempts so far (0: never attempted).
     public var attempts: Int
     /// Seconds since the message was accepted.
     public var age: Double
+    /// The pool the message is routed to.
     public var pool: String
     /// The reverse-path (`""` for `<>`).
     public var sender: String
@@ -107,6 +114,7 @@ public struct QueueListEntry: Codable, Sendable, Equatable {
 
 /// `GET /v1/queue/recipients` body: a page and the cursor of the next (nil at the end).
 public struct QueueListPage: Codable, Sendable, Equatable {
+    /// At most `limit` recipients, in recipient id order.
     public var recipients: [QueueListEntry]
     /// Pass as `after=` for the next page; nil when this is the last.
     public var next: String?
@@ -120,6 +128,7 @@ public struct PauseRequest: Codable, Sendable, Equatable {
     public var name: String
     /// Why (shown by `queue list` and in the delay notices of the mail it holds).
     public var reason: String?
+    /// A request; see the properties.
     public init(kind: String, name: String, reason: String? = nil) { self.kind = kind; self.name = name; self.reason = reason }
 }
 
