@@ -16,9 +16,11 @@ public struct SpawnError: Error, CustomStringConvertible {
 /// The caller reaps the child with `waitpid`.
 /// - Parameters:
 ///   - truncate: empty the log first instead of appending.
+///   - environment: the child's whole environment; nil inherits this process's.
 /// - Returns: the child's pid.
 /// - Throws: `SpawnError` when `posix_spawn` fails.
-public func spawnChild(_ path: String, _ arguments: [String], logPath: String, truncate: Bool = false) throws -> pid_t {
+public func spawnChild(_ path: String, _ arguments: [String], logPath: String, truncate: Bool = false,
+                       environment: [String: String]? = nil) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -35,8 +37,11 @@ public func spawnChild(_ path: String, _ arguments: [String], logPath: String, t
     posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for a in argv { free(a) } }
+    let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+    defer { for e in envp ?? [] { free(e) } }
     var child: pid_t = 0
-    let rc = posix_spawn(&child, path, &actions, &attr, argv, environ)
+    let rc = envp.map { e in e.withUnsafeBufferPointer { posix_spawn(&child, path, &actions, &attr, argv, $0.baseAddress) } }
+        ?? posix_spawn(&child, path, &actions, &attr, argv, environ)
     guard rc == 0 else { throw SpawnError(description: "posix_spawn \(path): \(String(validatingCString: strerror(rc)) ?? "errno \(rc)")") }
     return child
 }

@@ -23,11 +23,11 @@ struct DeliveryLogEncodingTests {
         func i() -> Int? { Bool.random(using: &rng) ? Int.random(in: -5...100_000, using: &rng) : nil }
         func b() -> Bool? { Bool.random(using: &rng) ? Bool.random(using: &rng) : nil }
         var r = DeliveryLogRecord(id: strings.randomElement(using: &rng)!, ts: "2026-11-29T16:03:32.641Z",
-                                  event: strings.randomElement(using: &rng)!, messageId: strings.randomElement(using: &rng)!)
+                                  event: strings.randomElement(using: &rng)!, messageId: s())
         r.recipient = s(); r.reversePath = s(); r.pool = s(); r.node = s(); r.sendingIp = s(); r.mx = s(); r.provider = s()
         r.code = i(); r.enhanced = s(); r.reply = s(); r.category = s(); r.attempt = i(); r.queueTime = d(); r.attemptTime = d()
         r.nextAttempt = s(); r.size = i(); r.recipients = i(); r.client = s(); r.dsnMessageId = s(); r.tls = b(); r.tlsVersion = s()
-        r.tlsCipher = s(); r.remoteAddress = s(); r.reusedConnection = b()
+        r.tlsCipher = s(); r.remoteAddress = s(); r.reusedConnection = b(); r.operatorName = s(); r.target = s(); r.note = s()
         if Bool.random(using: &rng) { r.dkim = (0..<Int.random(in: 0...3, using: &rng)).map { _ in strings.randomElement(using: &rng)! } }
         if Bool.random(using: &rng) { r.timings = DeliveryTimings(resolve: d(), shapingWait: d(), connect: d(), setup: d(), transaction: d()) }
         return r

@@ -44,10 +44,11 @@ final class ChildProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var exitStatus: Int32?
 
-    init(name: String, executable: String, arguments: [String], logDirectory: String) throws {
+    /// - Parameter environment: the child's whole environment; nil inherits this process's.
+    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String]? = nil) throws {
         self.name = name
         logPath = (logDirectory as NSString).appendingPathComponent("\(name).log")
-        do { pid = try spawnChild(executable, arguments, logPath: logPath) } catch { throw HarnessError("\(error)") }
+        do { pid = try spawnChild(executable, arguments, logPath: logPath, environment: environment) } catch { throw HarnessError("\(error)") }
     }
 
     /// Reaps the child if it exited; true while it runs.
@@ -94,6 +95,17 @@ func startCoordinatorProcess(name: String, configPath: String, smtpPort: UInt16,
         throw error
     }
     return c
+}
+
+/// Polls `condition` every 50 ms for `seconds` and throws as soon as it fails: for what must
+/// not happen (a paused pool's mail leased, a second notice sent) over a window.
+func expectStays(_ what: String, for seconds: TimeInterval, _ condition: () throws -> Bool) throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    repeat {
+        guard try condition() else { throw HarnessError("no longer true: \(what)") }
+        Thread.sleep(forTimeInterval: 0.05)
+    } while ContinuousClock.now < deadline
+    guard try condition() else { throw HarnessError("no longer true: \(what)") }
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` seconds pass.
@@ -265,9 +277,10 @@ final class LocalCluster: @unchecked Sendable {
     }
 
     /// Runs `hato-coordinator ARGS --config <this cluster>` and returns (exit status, output).
-    func cli(_ args: [String], timeout: TimeInterval = 120) throws -> (Int32, String) {
+    /// - Parameter environment: the CLI's whole environment (e.g. `USER`); nil inherits the test's.
+    func cli(_ args: [String], timeout: TimeInterval = 120, environment: [String: String]? = nil) throws -> (Int32, String) {
         let p = try ChildProcess(name: "cli-\(Identifier.random(bytes: 3))", executable: executablePath("hato-coordinator"),
-                                 arguments: args + ["--config", configPath], logDirectory: dir)
+                                 arguments: args + ["--config", configPath], logDirectory: dir, environment: environment)
         guard let status = p.wait(timeout: timeout) else { p.stop(signal: SIGKILL); throw HarnessError("CLI \(args) hung") }
         return ((status >> 8) & 0xFF, p.log)
     }
@@ -395,6 +408,33 @@ func subjectNumber(_ m: CapturedMessage) -> Int? {
 
 /// GETs `path` from 127.0.0.1:`port` over HTTP/1.1 (the admin API answers with `Connection: close`).
 /// - Returns: the response body.
+/// Sends one HTTP/1.1 request to 127.0.0.1:`port` and returns the status and body.
+/// - Parameters:
+///   - headers: extra header fields (e.g. `X-Hato-Operator`).
+///   - body: sent with `Content-Length` (and `Content-Type: application/json` when not empty).
+func httpRequest(port: UInt16, method: String, path: String, bearer: String? = nil, headers: [String: String] = [:],
+                 body: [UInt8] = []) throws -> (status: Int, body: [UInt8]) {
+    let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeout: 2)
+    sock.setTimeouts(read: 30, write: 5)
+    var head = "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + (bearer.map { "Authorization: Bearer \($0)\r\n" } ?? "")
+    for (k, v) in headers { head += "\(k): \(v)\r\n" }
+    if !body.isEmpty { head += "Content-Type: application/json\r\n" }
+    head += "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+    try sock.write(head)
+    if !body.isEmpty { try sock.write(body) }
+    var data = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = try buf.withUnsafeMutableBytes { try sock.read(into: $0) }
+        if n == 0 { break }
+        data += buf[0..<n]
+    }
+    guard let sep = data.firstRange(of: [13, 10, 13, 10]),
+          let statusLine = String(decoding: data[..<sep.lowerBound], as: UTF8.self).split(separator: "\r\n").first,
+          let status = statusLine.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { throw HarnessError("bad HTTP response") }
+    return (status, Array(data[sep.upperBound...]))
+}
+
 func httpGetBody(port: UInt16, path: String, bearer: String? = nil) throws -> [UInt8] {
     let sock = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeout: 2)
     sock.setTimeouts(read: 5, write: 5)

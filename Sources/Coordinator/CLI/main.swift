@@ -11,6 +11,11 @@ let usage = """
       nodes [--json]        nodes with state, owned IPs and leases in flight
       ips [--json]          the IP assignment table
       queue [--json]        recipient counts by state
+      queue --by domain|provider|pool|ip|state [--limit N]
+                            waiting recipients (queued, deferred, leased, held) per key, with the oldest
+      queue list [--state queued|deferred|leased|held] [--domain D] [--provider P] [--pool P]
+                 [--ip A] [--sender S] [--limit N] [--after CURSOR]
+                            a page of waiting recipients, each with why it waits
       messages [--limit N]  recent message ids
       message ID [--json]   one message and each recipient's state, node and sending IP
       recipient ADDRESS     messages for one recipient, with each recipient's state
@@ -22,6 +27,23 @@ let usage = """
       reload                re-read cluster.yml and apply it (also: SIGHUP to the coordinator)
       suspensions           active backoffs per (sending IP, provider)
       lift IP PROVIDER      end a suspension or throttle early
+      lift --provider P     end every backoff of a provider (all its sending IPs)
+
+    queue control (by ID… — message ids, or recipient ids of digits only — or by a selector:
+    --domain D, --provider P, --pool P, --ip A (- = never tried), --sender ADDR|DOMAIN|'<>',
+    --state S; --all to select every waiting recipient; --dry-run shows the count only;
+    --reason TEXT; --operator NAME (or --as NAME) names the operator, default $SUDO_USER or $USER;
+    COMMAND --help shows each one's arguments and examples):
+      flush ...             make due now and wake the scheduler
+      hold ...              keep from delivery (state held) until released
+      release ...           put held recipients back in the queue, due now
+      delete ...            remove from delivery without a DSN (state deleted)
+      bounce ...            fail with a DSN to the sender (550 5.0.0 bounced by operator NAME)
+      pause --provider P | --pool P | --ip A [--reason TEXT]
+                            lease none of its mail (it waits, gets its delay notice, expires as usual)
+      resume --provider P | --pool P | --ip A
+                            end a pause
+      pauses                the active pauses
       suppressions list [--address A]
       suppressions add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires 90d]
       suppressions remove ADDRESS [--scope DOMAIN|global]
@@ -35,7 +57,9 @@ let usage = """
     options:
       --config PATH         cluster configuration (default ./cluster.yml)
       --json                print the admin API's JSON instead of a table
-      --help                this text
+      --operator NAME       the operator named in logs and events (also --as; default $SUDO_USER or $USER)
+      --help                this text; COMMAND --help: that command's page (queue, flush, hold, release,
+                            delete, bounce, pause, resume, lift)
     """
 
 ignoreSIGPIPE()
@@ -43,9 +67,17 @@ ignoreSIGPIPE()
 OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
-    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires"], flagOptions: ["json", "wait", "dry-run"])
+    args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
+                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator"],
+                          flagOptions: ["json", "wait", "dry-run", "all"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
+}
+// `COMMAND --help` and `help COMMAND`: the queue commands' own page (usage, arguments, examples).
+if let command = args.subcommand == "help" ? args.positional.first : args.flags.contains("help") ? args.subcommand : nil,
+   let page = QueueCommands.help(for: command) {
+    print(page)
+    exit(0)
 }
 if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "help" {
     print(usage)
@@ -54,8 +86,15 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
 
 if args.subcommand == "hash-password" { exit(HashPasswordCommand.run(iterations: args.options["iterations"])) }
 
+// Every --limit is a whole number of at least 1, within the command's bounds: checked before anything runs.
+do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "", options: args.options) ?? 1...Int.max) } catch {
+    exitWithError("hato-coordinator: \(error) (see hato-coordinator \(args.subcommand ?? "") --help)", status: 2)
+}
+
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }
+
+let operatorName = args.options["operator"] ?? args.options["as"] ?? AdminClient.defaultOperator()
 
 switch args.subcommand! {
 case "serve":
@@ -87,8 +126,17 @@ case "serve":
     } catch {
         exitWithError("hato-coordinator: cannot start: \(error)")
     }
+case let c where QueueCommands.handles(c, positional: args.positional, options: args.options):
+    do {
+        try QueueCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json"))
+            .run(c, positional: args.positional, options: args.options, flags: args.flags)
+    } catch let error as CLIArguments.UsageError {
+        exitWithError("hato-coordinator: \(error) (see hato-coordinator \(c) --help)", status: 2)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
 case let c where AdminCommands.names.contains(c):
-    let client = AdminClient(config: config)
+    let client = AdminClient(config: config, operatorName: operatorName)
     do {
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch {
@@ -96,7 +144,7 @@ case let c where AdminCommands.names.contains(c):
     }
 case let c where ReportingCommands.names.contains(c):
     do {
-        try ReportingCommands(client: AdminClient(config: config), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
+        try ReportingCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

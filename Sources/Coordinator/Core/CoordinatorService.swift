@@ -22,7 +22,8 @@ public final class CoordinatorService: Sendable {
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
-                                             cluster: { hub.gauges() }, onEnqueued: { hub.wake() })
+                                             cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
+                                             waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
         submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })

@@ -16,6 +16,28 @@ public enum DeliveryEventKind: String, Sendable, Codable, CaseIterable, Hashable
     case suppressed
     /// A delivery status notification was queued to the reverse-path.
     case dsnSent = "dsn-sent"
+    /// An operator held a recipient (queue control): it is not leased until released.
+    case held
+    /// An operator released a held recipient: queued again, due at once.
+    case released
+    /// An operator deleted a recipient: removed from delivery without a DSN.
+    case deleted
+    /// An operator flushed a recipient: its next attempt is due at once.
+    case flushed
+    /// An operator paused a provider, a pool or a sending IP (no recipient, no message).
+    case paused
+    /// An operator resumed a paused provider, pool or sending IP (no recipient, no message).
+    case resumed
+    /// An operator lifted backoffs early (no recipient, no message).
+    case lifted
+
+    /// Whether the event records an operator's action (it carries `operator` and `target`).
+    public var isOperatorAction: Bool {
+        switch self {
+        case .held, .released, .deleted, .flushed, .paused, .resumed, .lifted: return true
+        default: return false
+        }
+    }
 }
 
 /// `dsn:` delivery status notifications (RFC 3464, RFC 3461).

@@ -27,6 +27,9 @@ public enum BounceCategory: String, Sendable, Codable, CaseIterable {
     case protocolError = "protocol-error"
     /// Nothing more specific is known.
     case other = "other"
+    /// Failed by an operator (`hato-coordinator bounce`: `550 5.0.0 bounced by operator <who>`),
+    /// not by the receiver.
+    case admin = "admin"
 
     /// Whether a permanent failure of this category means the address should not be tried
     /// again: the input to the suppression list.
@@ -64,6 +67,8 @@ public enum BounceClassifier {
 
     /// The text rules in the order they are tried.
     public static let textRules: [TextRule] = [
+        // An operator's bounce (queue control) first: its text names the operator, whatever that name says.
+        TextRule(.admin, ["bounced by operator"], replyClass: 5),
         TextRule(.tlsFailure, ["starttls", " tls ", " tls:", "tls negotiation", "tls handshake", "tls required", "tls is required",
                                "tls not available", "ssl handshake", "certificate", "encryption required", "encryption needed"]),
         TextRule(.routing, ["mail loop", "routing loop", "loops back to myself", "hop count exceeded", "too many hops", "loop detected"]),

@@ -16,6 +16,8 @@ public struct CLIArguments: Sendable {
     /// A command-line usage error (exit status 2).
     public struct UsageError: Error, CustomStringConvertible {
         public var description: String
+        /// A usage error that says `description`.
+        public init(description: String) { self.description = description }
     }
 
     /// Parses `arguments` (without the program name).
@@ -53,6 +55,27 @@ public struct CLIArguments: Sendable {
 
     /// `--config`, default `./cluster.yml`.
     public var configPath: String { options["config"] ?? "cluster.yml" }
+
+    /// The value of option `--name` as a whole number within `range`.
+    /// - Parameters:
+    ///   - name: the option without its dashes (e.g. `limit`).
+    ///   - range: the values allowed.
+    /// - Returns: the number; nil when the option was not given.
+    /// - Throws: `UsageError` naming the option, the value given and the range allowed.
+    public func integer(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
+        try Self.integer(options[name], option: name, in: range)
+    }
+
+    /// `text` (the value of `--option`) as a whole number within `range`; nil for nil.
+    /// - Throws: `UsageError` (`--limit: 'abc' is not a whole number from 1 to 1000`).
+    public static func integer(_ text: String?, option: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let text else { return nil }
+        let bounds = range.upperBound == Int.max ? "of at least \(range.lowerBound)" : "from \(range.lowerBound) to \(range.upperBound)"
+        guard let n = Int(text.trimmingCharacters(in: .whitespaces)), range.contains(n) else {
+            throw UsageError(description: "--\(option): '\(text)' is not a whole number \(bounds)")
+        }
+        return n
+    }
 }
 
 /// Writes `message` to standard error and exits with `status`.

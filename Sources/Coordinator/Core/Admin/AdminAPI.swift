@@ -51,20 +51,28 @@ public struct RebalanceReport: Codable, Sendable {
 /// | POST | `/v1/rebalance` | compute and apply the plan |
 /// | POST | `/v1/reload` | re-read cluster.yml; 400 with the error if invalid |
 /// | GET | `/v1/suspensions` | active backoffs per (sending IP, provider) |
-/// | DELETE | `/v1/suspensions?ip=A&provider=P` | lift one |
+/// | DELETE | `/v1/suspensions?ip=A&provider=P` | lift one; without `ip=`, every backoff of the provider |
+/// | GET | `/v1/queue/summary?by=…` | waiting recipients per domain, provider, pool, IP or state (`QueueControlAPI`) |
+/// | GET | `/v1/queue/recipients?…` | a page of waiting recipients and why each waits |
+/// | POST | `/v1/queue/{flush,delete,bounce,hold,release}` | queue actions by id or selector |
+/// | GET, POST | `/v1/pauses` | active pauses; pause a provider, pool or sending IP |
+/// | DELETE | `/v1/pauses/{kind}/{name}` | resume |
 ///
-/// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401.
+/// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401. Operators'
+/// actions take their author from `X-Hato-Operator` (default `admin`).
 public struct AdminAPI: Sendable {
     let token: String
     let store: QueueStore
     let hub: ClusterHub
     let reload: @Sendable () throws -> ReloadReport
+    let queueControl: QueueControlAPI
 
     /// - Parameters:
     ///   - token: the bearer token.
     ///   - reload: re-reads and applies the configuration file; throws `ConfigError` when invalid.
     public init(token: String, store: QueueStore, hub: ClusterHub, reload: @escaping @Sendable () throws -> ReloadReport) {
         self.token = token; self.store = store; self.hub = hub; self.reload = reload
+        queueControl = QueueControlAPI(store: store, hub: hub)
     }
 
     /// Handles one request.
@@ -73,6 +81,7 @@ public struct AdminAPI: Sendable {
         guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
             return .error(401, "missing or wrong bearer token")
         }
+        if let response = queueControl.handle(req) { return response }
         do {
             let p = req.path.split(separator: "/").map(String.init)
             switch (req.method, p) {
@@ -104,10 +113,6 @@ public struct AdminAPI: Sendable {
                 return .json(RebalanceReport(applied: true, moves: try hub.rebalance()), status: 202)
             case ("GET", ["v1", "suspensions"]):
                 return .json(hub.activeBackoffs())
-            case ("DELETE", ["v1", "suspensions"]):
-                guard let ip = req.query["ip"], let provider = req.query["provider"] else { return .error(400, "ip= and provider= are required") }
-                guard try hub.liftBackoff(ip: ip, provider: provider) else { return .error(404, "no active backoff for \(ip) / \(provider)") }
-                return .json(["lifted": "\(ip) \(provider)"])
             case ("POST", ["v1", "reload"]):
                 do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) }
             case (_, let p) where p.first == "v1":

@@ -8,11 +8,21 @@ import HatoShared
 public struct AdminClient: Sendable {
     let base: String
     let token: String
+    /// Sent as `X-Hato-Operator` with every request: who acts (the coordinator logs it with
+    /// every operator action); nil sends none (the coordinator then says `admin`).
+    public let operatorName: String?
 
     /// Talks to `coordinator.admin_listen` with `coordinator.admin_token`.
-    public init(config: ClusterConfig) {
+    /// - Parameter operatorName: who acts (`--as`, else `defaultOperator()`).
+    public init(config: ClusterConfig, operatorName: String? = AdminClient.defaultOperator()) {
         base = "http://\(config.coordinator.adminListen.description)"
         token = config.coordinator.adminToken
+        self.operatorName = operatorName.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The operator's name from the environment: `$SUDO_USER` (the person behind `sudo`), else `$USER`.
+    public static func defaultOperator(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        [environment["SUDO_USER"], environment["USER"]].compactMap { $0 }.first { !$0.isEmpty }
     }
 
     /// An admin API failure.
@@ -31,6 +41,7 @@ public struct AdminClient: Sendable {
         var req = URLRequest(url: url, timeoutInterval: 30)
         req.httpMethod = method
         req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        if let operatorName { req.setValue(operatorName, forHTTPHeaderField: "X-Hato-Operator") }
         if let body { req.httpBody = body; req.setValue("application/json", forHTTPHeaderField: "Content-Type") }
         let box = Locked<Result<(Data, Int), any Error>>(.failure(Failure(description: "no response")))
         let done = DispatchSemaphore(value: 0)

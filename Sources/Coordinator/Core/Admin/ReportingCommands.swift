@@ -79,8 +79,9 @@ public struct ReportingCommands {
         let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
         let records = try d.decode([DeliveryLogRecord].self, from: data)
         printTable(["TIME", "EVENT", "MESSAGE", "RECIPIENT", "NODE", "SENDING IP", "MX", "CATEGORY", "REPLY"], records.map { r in
-            let reply = r.code.map { "\($0) \(r.enhanced ?? "") \(r.reply ?? "")" } ?? (r.dsnMessageId.map { "dsn \($0)" } ?? "-")
-            return [r.ts, r.event, r.messageId, r.recipient ?? "-", r.node ?? "-", r.sendingIp ?? "-", r.mx ?? "-", r.category ?? "-",
+            var reply = r.code.map { "\($0) \(r.enhanced ?? "") \(r.reply ?? "")" } ?? (r.dsnMessageId.map { "dsn \($0)" } ?? "-")
+            if let who = r.operatorName, r.event != "failed" { reply = "by \(who): \(r.target ?? "")" + (r.note.map { " (\($0))" } ?? "") }
+            return [r.ts, r.event, r.messageId ?? "-", r.recipient ?? "-", r.node ?? "-", r.sendingIp ?? "-", r.mx ?? "-", r.category ?? "-",
                     String(reply.prefix(70))]
         })
     }

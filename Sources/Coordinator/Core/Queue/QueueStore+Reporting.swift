@@ -2,8 +2,11 @@ import Foundation
 import HatoShared
 
 // The queue's event outbox: every state change that matters to the sender (received,
-// delivered, deferred, failed, expired, suppressed) is recorded by SQLite triggers *in the
-// same transaction* as the change itself, into `recipient_events`. The `DeliveryReporter`
+// delivered, deferred, failed, expired, suppressed) or to the operator (held, released,
+// deleted) is recorded by SQLite triggers *in the same transaction* as the change itself, into
+// `recipient_events`; queue control adds `flushed` events and events without a recipient or a
+// message (paused, resumed, lifted), and stamps its events with the operator
+// (QueueStore+Control.swift). The `DeliveryReporter`
 // drains that table (delivery log, metrics, webhooks, DSNs, suppression). So a crash can
 // never lose a bounce: either the failure and its event are both on disk, or neither is.
 //
@@ -44,7 +47,8 @@ public struct QueueEvent: Sendable, Equatable {
     public var leaseGrantedAt: Date?
     /// When the change happened (the coordinator's clock).
     public var at: Date
-    /// Extra data: for `dsn-sent`, the DSN's queue id.
+    /// Extra data: for `dsn-sent`, the DSN's queue id; for an operator's action, what it was
+    /// applied to (`domain gmail.com`, `provider gmail`).
     public var detail: String?
     /// The message's reverse-path (`""` for `<>`).
     public var reversePath: String
@@ -62,6 +66,12 @@ public struct QueueEvent: Sendable, Equatable {
     public var recipientCount: Int
     /// The recipient's RFC 3461 NOTIFY parameter (`NEVER` or a comma list), nil when not given.
     public var notify: String?
+    /// The operator whose action this was (queue control), nil for the queue's own events.
+    public var by: String? = nil
+    /// The operator's reason, if given.
+    public var note: String? = nil
+    /// The recipient's state when read (delay-warning candidates: `deferred`, `queued`, `held`).
+    public var state: String? = nil
 }
 
 /// A DSN entry waiting to be sent: one recipient of one message.
@@ -153,7 +163,7 @@ extension QueueStore {
                 CREATE TABLE IF NOT EXISTS recipient_events(
                   seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, recipient_id INTEGER,
                   address TEXT, code INTEGER, enhanced TEXT, text TEXT, node TEXT, ip TEXT, mx TEXT, attempts INTEGER,
-                  next_attempt_at REAL, lease_granted_at REAL, at REAL NOT NULL, detail TEXT);
+                  next_attempt_at REAL, lease_granted_at REAL, at REAL NOT NULL, detail TEXT, operator TEXT, note TEXT);
                 CREATE INDEX IF NOT EXISTS recipient_events_message ON recipient_events(message_id);
                 CREATE TABLE IF NOT EXISTS dsn_pending(
                   recipient_id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, action TEXT NOT NULL, status TEXT NOT NULL,
@@ -172,10 +182,11 @@ extension QueueStore {
                   INSERT INTO recipient_events(kind, message_id, at) VALUES('received', NEW.id, NEW.received_at);
                 END;
                 CREATE TEMP TRIGGER IF NOT EXISTS hato_event_state AFTER UPDATE OF state ON recipients
-                WHEN NEW.state <> OLD.state AND NEW.state IN ('delivered','deferred','failed','expired','suppressed') BEGIN
+                WHEN NEW.state <> OLD.state AND (NEW.state IN ('delivered','deferred','failed','expired','suppressed','held','deleted')
+                                                 OR (OLD.state = 'held' AND NEW.state = 'queued')) BEGIN
                   INSERT INTO recipient_events(kind, message_id, recipient_id, address, code, enhanced, text, node, ip, mx, attempts,
                                                next_attempt_at, lease_granted_at, at)
-                  VALUES(NEW.state, NEW.message_id, NEW.id, NEW.address, NEW.last_code, NEW.last_enhanced, NEW.last_text, NEW.node,
+                  VALUES(CASE WHEN OLD.state = 'held' AND NEW.state = 'queued' THEN 'released' ELSE NEW.state END, NEW.message_id, NEW.id, NEW.address, NEW.last_code, NEW.last_enhanced, NEW.last_text, NEW.node,
                          NEW.ip, NEW.mx, NEW.attempts, NEW.next_attempt_at,
                          (SELECT granted_at FROM leases WHERE id = OLD.lease_id), NEW.updated_at);
                 END;
@@ -186,10 +197,14 @@ extension QueueStore {
                   SELECT RAISE(IGNORE);
                 END;
                 """)
+            // Operator columns for queue files created before queue control.
+            let columns = try db.prepare("SELECT name FROM pragma_table_info('recipient_events')").query { $0.text(0) }
+            for c in ["operator", "note"] where !columns.contains(c) { try db.execute("ALTER TABLE recipient_events ADD COLUMN \(c) TEXT") }
         }
     }
 
-    /// The oldest unprocessed events with their message's fields, oldest first.
+    /// The oldest unprocessed events with their message's fields, oldest first (an operator's
+    /// event about no message — a pause — has empty message fields).
     /// - Throws: `SQLiteError`.
     public func pendingEvents(limit: Int) throws -> [QueueEvent] {
         try lock.withLock {
@@ -197,8 +212,8 @@ extension QueueStore {
                 SELECT e.seq, e.kind, e.message_id, e.recipient_id, e.address, e.code, e.enhanced, e.text, e.node, e.ip, e.mx, e.attempts,
                        e.next_attempt_at, e.lease_granted_at, e.at, e.detail,
                        m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address,
-                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn)
-                FROM recipient_events e JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
+                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn), e.operator, e.note
+                FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
                 ORDER BY e.seq LIMIT ?
                 """).query([.int(Int64(limit))]) { s in
                 QueueEvent(seq: s.int(0), kind: DeliveryEventKind(rawValue: s.text(1)) ?? .received, messageID: s.text(2),
@@ -210,7 +225,7 @@ extension QueueStore {
                            at: Date(timeIntervalSince1970: s.double(14)), detail: s.optionalText(15),
                            reversePath: s.text(16), pool: s.text(17), receivedAt: Date(timeIntervalSince1970: s.double(18)),
                            size: Int(s.int(19)), heloName: s.text(20), clientAddress: s.text(21), recipientCount: Int(s.int(22)),
-                           notify: s.optionalText(23))
+                           notify: s.optionalText(23), by: s.optionalText(24), note: s.optionalText(25))
             }
         }
     }
@@ -269,14 +284,18 @@ extension QueueStore {
     }
 
     /// Messages whose pending DSN entries are ready: none of their recipients is still waiting
-    /// for its first result (queued or leased), or the oldest entry is older than `hold`.
+    /// for its first result (queued or leased, never attempted, and not itself reported — a
+    /// recipient that waits without an attempt gets a delay entry of its own), or the oldest
+    /// entry is older than `hold`.
     /// - Returns: at most `limit` messages with everything needed to build their DSN.
     /// - Throws: `SQLiteError`.
     public func readyDSNs(now: Date, hold: TimeInterval, limit: Int) throws -> [DSNSource] {
         try lock.withLock {
             let ids = try db.prepare("""
                 SELECT p.message_id, MIN(p.at) FROM dsn_pending p GROUP BY p.message_id
-                HAVING MIN(p.at) <= ? OR NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id = p.message_id AND r.state IN ('queued','leased'))
+                HAVING MIN(p.at) <= ? OR NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id = p.message_id AND r.state IN ('queued','leased')
+                                                    AND r.attempts = 0 AND NOT EXISTS(SELECT 1 FROM dsn_pending q WHERE q.recipient_id = r.id)
+                                                    AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id))
                 ORDER BY MIN(p.at) LIMIT ?
                 """).query([.double(now.timeIntervalSince1970 - hold), .int(Int64(limit))]) { $0.text(0) }
             let msg = try db.prepare("SELECT reverse_path, received_at, helo, \(Self.retColumn), \(Self.envidColumn), body FROM messages WHERE id=?")
@@ -333,16 +352,19 @@ extension QueueStore {
         try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients) VALUES(?,?,?,?,?,?,?,?,?)")
             .run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
                   .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count))])
-        let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at) VALUES(?,?,?,'queued',?,?)")
-        for r in m.recipients { try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t)]) }
+        let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, pool) VALUES(?,?,?,'queued',?,?,?)")
+        for r in m.recipients { try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t), .text(m.pool)]) }
     }
 
     private static let delayCandidateColumns = """
         SELECT r.id, r.message_id, r.address, r.last_code, r.last_enhanced, r.last_text, r.node, r.ip, r.mx, r.attempts,
-               r.next_attempt_at, r.updated_at, m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address, r.\(notifyColumn)
+               r.next_attempt_at, r.updated_at, m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address, r.\(notifyColumn),
+               r.state
         """
+    /// Waiting recipients not in a delivery (deferred; queued, including never attempted: paused,
+    /// over a warm-up cap, suspended; held by an operator), not yet warned.
     private static let delayCandidateConditions = """
-        r.state = 'deferred'
+        r.state IN ('deferred','queued','held')
           AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id)
           AND NOT EXISTS(SELECT 1 FROM dsn_pending p WHERE p.recipient_id = r.id)
         """
@@ -354,10 +376,10 @@ extension QueueStore {
                    nextAttemptAt: s.isNull(10) ? nil : Date(timeIntervalSince1970: s.double(10)), leaseGrantedAt: nil,
                    at: Date(timeIntervalSince1970: s.double(11)), detail: nil, reversePath: s.text(12), pool: s.text(13),
                    receivedAt: Date(timeIntervalSince1970: s.double(14)), size: Int(s.int(15)), heloName: s.text(16),
-                   clientAddress: s.text(17), recipientCount: 0, notify: s.optionalText(18))
+                   clientAddress: s.text(17), recipientCount: 0, notify: s.optionalText(18), state: s.text(19))
     }
 
-    /// Deferred recipients with no delay warning handled yet (for DELAY DSNs) of messages
+    /// Waiting recipients (deferred, queued, held) with no delay warning handled yet (for DELAY DSNs) of messages
     /// received in `(after, upTo]` (seconds since 1970), oldest message first, with their
     /// NOTIFY parameter and last reply. The range walks the `messages_open_age` index, so a
     /// scan that starts where the previous one ended costs only the newly aged messages.
@@ -373,9 +395,9 @@ extension QueueStore {
         }
     }
 
-    /// The recipients among `ids` that are deferred, of a message received at or before
-    /// `upTo`, with no delay warning handled yet (a recipient that was deferred only after its
-    /// message had aged past the delay-warning scan).
+    /// The recipients among `ids` that are waiting (deferred, queued, held), of a message received
+    /// at or before `upTo`, with no delay warning handled yet (a recipient that was deferred, held
+    /// or released only after its message had aged past the delay-warning scan).
     /// - Throws: `SQLiteError`.
     public func delayWarningCandidates(recipientIDs ids: [Int64], receivedUpTo upTo: Double) throws -> [QueueEvent] {
         try lock.withLock {

@@ -3,10 +3,18 @@ import HatoShared
 
 /// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired | suppressed`.
 /// `suppressed`: on the suppression list at enqueue, never attempted (QueueStore+Suppression.swift).
+/// Two more are set by an operator (queue control, QueueStore+Control.swift): `held` waits without
+/// ever being leased until it is released (back to `queued`, due at once), and is kept by the delay
+/// warning and the maximum queue age like any waiting recipient; `deleted` is final: removed from
+/// delivery without a DSN (the record stays for lookups).
 public enum RecipientState: String, Sendable, CaseIterable, Codable {
-    case queued, leased, deferred, delivered, failed, expired, suppressed
+    case queued, leased, deferred, delivered, failed, expired, suppressed, held, deleted
     /// Whether no further delivery attempt will be made.
-    public var isFinal: Bool { self == .delivered || self == .failed || self == .expired || self == .suppressed }
+    public var isFinal: Bool {
+        self == .delivered || self == .failed || self == .expired || self == .suppressed || self == .deleted
+    }
+    /// The states of a recipient still waiting in the queue: `queued`, `deferred`, `leased`, `held`.
+    public static let waiting: [RecipientState] = [.queued, .deferred, .leased, .held]
 }
 
 /// A message as accepted by the SMTP listener, ready to be written.
@@ -138,6 +146,10 @@ public final class QueueStore: Sendable {
     let db: SQLiteDatabase
     let lock = NSLock()
     let book = Locked(Bookkeeping())
+    /// A second, read-only connection for operators' queue queries (QueueStore+Control.swift),
+    /// opened on first use: in WAL mode it reads a snapshot without taking `lock`, so a scan of a
+    /// large queue never holds up submissions, leases or results. Its own lock serialises it.
+    let reader = Locked<SQLiteDatabase?>(nil)
     /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
     private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
@@ -199,11 +211,14 @@ public final class QueueStore: Sendable {
             CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
             """)
         // Submission columns (AUTH user, RFC 3461 parameters) for queue files created before they existed.
+        // The pool on each recipient (queue control groups and selects by it without reading the
+        // messages table): NULL on rows written before it existed, read through the message then.
         for (table, column) in [("messages", "auth_user"), ("messages", "dsn_ret"), ("messages", "dsn_envid"),
-                                ("recipients", "dsn_notify"), ("recipients", "dsn_orcpt")] {
+                                ("recipients", "dsn_notify"), ("recipients", "dsn_orcpt"), ("recipients", "pool")] {
             let existing = try db.prepare("SELECT name FROM pragma_table_info('\(table)')").query { $0.text(0) }
             if !existing.contains(column) { try db.execute("ALTER TABLE \(table) ADD COLUMN \(column) TEXT") }
         }
+        try db.execute(Self.waitingIndexes)
     }
 
     /// The destination domain of a forward-path: the part after the last `@`, lower-cased.
@@ -233,7 +248,7 @@ public final class QueueStore: Sendable {
     private static func insert(_ messages: [NewMessage], into db: SQLiteDatabase) throws {
         try db.transaction {
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
-            let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt) VALUES(?,?,?,'queued',?,?,?,?)")
+            let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool) VALUES(?,?,?,'queued',?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
             for m in messages {
                 let t = m.receivedAt.timeIntervalSince1970
@@ -243,7 +258,7 @@ public final class QueueStore: Sendable {
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
                     try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t),
-                                  optional(p.notify?.text), optional(p.originalRecipient)])
+                                  optional(p.notify?.text), optional(p.originalRecipient), .text(m.pool)])
                 }
             }
         }
@@ -417,7 +432,8 @@ public final class QueueStore: Sendable {
     }
 
     /// Drops the content of messages with no open recipients left (the record stays for lookups).
-    private func purgeBodies(_ ids: Set<String>) throws {
+    /// The caller holds `lock` inside a transaction.
+    func purgeBodies(_ ids: Set<String>) throws {
         let purge = try db.prepare("UPDATE messages SET body=NULL WHERE id=? AND open_recipients<=0")
         for id in ids { try purge.run([.text(id)]) }
     }
@@ -461,7 +477,8 @@ public final class QueueStore: Sendable {
         }
     }
 
-    /// Marks waiting recipients older than `maxAge` seconds `expired`.
+    /// Marks waiting recipients (`queued`, `deferred`, `held`) older than `maxAge` seconds
+    /// `expired`; one never attempted says so in its last reply (its DSN's diagnostic).
     /// - Returns: how many expired.
     /// - Throws: `SQLiteError`.
     @discardableResult
@@ -473,9 +490,15 @@ public final class QueueStore: Sendable {
                 // not a scan of every waiting recipient (a 1M-recipient queue took 0.7 s per sweep).
                 let rows = try db.prepare("""
                     SELECT r.id, r.message_id FROM messages m CROSS JOIN recipients r ON r.message_id = m.id
-                    WHERE m.received_at <= ? AND m.open_recipients > 0 AND r.state IN ('queued','deferred')
+                    WHERE m.received_at <= ? AND m.open_recipients > 0 AND r.state IN ('queued','deferred','held')
                     """).query([.double(cutoff)]) { ($0.int(0), $0.text(1)) }
-                let upd = try db.prepare("UPDATE recipients SET state='expired', next_attempt_at=NULL, last_text=COALESCE(last_text,'') || ' (expired: maximum queue age reached)', updated_at=? WHERE id=?")
+                let upd = try db.prepare("""
+                    UPDATE recipients SET state='expired', next_attempt_at=NULL, updated_at=?,
+                      last_text=CASE WHEN state='held' THEN 'held by an operator; ' ELSE '' END
+                                || COALESCE(last_text || ' ', CASE WHEN attempts=0 THEN 'not yet attempted ' ELSE '' END)
+                                || '(expired: maximum queue age reached)'
+                    WHERE id=?
+                    """)
                 let closeOne = try db.prepare("UPDATE messages SET open_recipients=open_recipients-1 WHERE id=?")
                 for (id, mid) in rows {
                     try upd.run([.double(now.timeIntervalSince1970), .int(id)])

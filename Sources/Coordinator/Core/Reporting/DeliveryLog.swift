@@ -13,10 +13,11 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     public var id: String
     /// When it happened, ISO 8601 UTC with milliseconds.
     public var ts: String
-    /// `received`, `delivered`, `deferred`, `failed`, `expired`, `suppressed`, `dsn-sent`.
+    /// `received`, `delivered`, `deferred`, `failed`, `expired`, `suppressed`, `dsn-sent`; an
+    /// operator's `held`, `released`, `deleted`, `flushed`, `paused`, `resumed`, `lifted`.
     public var event: String
-    /// The message's queue id.
-    public var messageId: String
+    /// The message's queue id (nil for an operator's event about no message: a pause, a lift).
+    public var messageId: String?
     /// The recipient (recipient events).
     public var recipient: String?
     /// The message's reverse-path (`""` for `<>`).
@@ -75,9 +76,23 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     public var dkim: [String]?
     /// Seconds per step of the attempt, as the node measured them.
     public var timings: DeliveryTimings?
+    /// For an operator's action (queue control; a bounce's `failed`): who did it (the
+    /// `X-Hato-Operator` the CLI sends, else `admin`).
+    public var operatorName: String?
+    /// For an operator's action: what it was applied to, e.g. `domain gmail.com pool bulk`, `provider gmail`.
+    public var target: String?
+    /// For an operator's action: the reason given, if any.
+    public var note: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, ts, event, messageId, recipient, reversePath, pool, node, sendingIp, mx, provider, code, enhanced, reply, category
+        case attempt, queueTime, attemptTime, nextAttempt, size, recipients, client, dsnMessageId, tls, tlsVersion, tlsCipher
+        case remoteAddress, reusedConnection, dkim, timings, target, note
+        case operatorName = "operator"
+    }
 
     /// Creates a record with the fields every event has.
-    public init(id: String, ts: String, event: String, messageId: String) {
+    public init(id: String, ts: String, event: String, messageId: String?) {
         self.id = id; self.ts = ts; self.event = event; self.messageId = messageId
     }
 
@@ -107,6 +122,8 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
         w.field("mx", mx)
         w.field("next_attempt", nextAttempt)
         w.field("node", node)
+        w.field("note", note)
+        w.field("operator", operatorName)
         w.field("pool", pool)
         w.field("provider", provider)
         w.field("queue_time", queueTime)
@@ -118,6 +135,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
         w.field("reverse_path", reversePath)
         w.field("sending_ip", sendingIp)
         w.field("size", size)
+        w.field("target", target)
         w.field("timings", object: timings.map { t in
             var o = JSONObjectWriter(capacity: 128)
             o.field("connect", t.connect)

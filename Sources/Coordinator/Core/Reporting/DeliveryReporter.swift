@@ -14,7 +14,11 @@ import HatoShared
 /// Failed, expired and suppressed recipients are reported unless NOTIFY excludes FAILURE
 /// (RFC 3461 §4.1; no NOTIFY means FAILURE and DELAY); SUCCESS gives a `relayed` report
 /// (the next hop is not asked for DSNs); DELAY gives one `delayed` report once a recipient
-/// has waited `dsn.delay_warning`. A message's failures are held until each of its
+/// has waited `dsn.delay_warning` — deferred, or never attempted (paused, over a warm-up cap,
+/// suspended) or held by an operator, whose diagnostic then says why it waits (RFC 3464 §2.3.6,
+/// type `X-Hato`). Operators' actions (queue control) are logged and sent to webhooks with
+/// who did them; an operator's bounce is a `failed` with a local diagnostic and category
+/// `admin`. A message's failures are held until each of its
 /// recipients has had a first result (at most `dsnHold`), so they share one DSN.
 /// Messages from `<>` never get a DSN: a DSN that fails is logged and dropped.
 public final class DeliveryReporter: Sendable {
@@ -49,6 +53,7 @@ public final class DeliveryReporter: Sendable {
     private let webhooks: WebhookDispatcher?
     private let clock: any WallClock
     private let onEnqueued: @Sendable () -> Void
+    private let waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)?
     private let log = Logger(label: "coordinator.reporting")
     private let pace = Locked(Pace())
     private let progress = Locked(Progress())
@@ -87,10 +92,13 @@ public final class DeliveryReporter: Sendable {
     ///   - webhooks: the dispatcher to wake after queueing webhook events, if any.
     ///   - clock: time source.
     ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
+    ///   - waitReason: why a waiting recipient waits (pool, domain, state, next attempt), for the
+    ///     delay notice of one never attempted or held (`ClusterHub.waitReason`); nil: a generic text.
     public init(config: ClusterConfig, store: QueueStore, deliveryLog: DeliveryLog, metrics: CoordinatorMetrics, webhooks: WebhookDispatcher?,
-                clock: any WallClock = SystemClock(), onEnqueued: @escaping @Sendable () -> Void) {
+                clock: any WallClock = SystemClock(), onEnqueued: @escaping @Sendable () -> Void,
+                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) {
         self.config = config; self.store = store; self.deliveryLog = deliveryLog; self.metrics = metrics
-        self.webhooks = webhooks; self.clock = clock; self.onEnqueued = onEnqueued
+        self.webhooks = webhooks; self.clock = clock; self.onEnqueued = onEnqueued; self.waitReason = waitReason
     }
 
     /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
@@ -159,7 +167,9 @@ public final class DeliveryReporter: Sendable {
             if !d.webhooks.isEmpty { webhooks?.wake() }
             if let age = config.dsn.delayWarning { try warnLateDeferrals(events, age: age, now: now) }
         }
-        let (scanInterval, hold) = pace.withLock { ($0.delayScanInterval, $0.dsnHold) }
+        var (scanInterval, hold) = pace.withLock { ($0.delayScanInterval, $0.dsnHold) }
+        // A short delay warning is looked for more often: at least twice per warning period (≥ 1 s).
+        if let age = config.dsn.delayWarning { scanInterval = min(scanInterval, max(1, age / 2)) }
         if let age = config.dsn.delayWarning, progress.withLock({ p in
             defer { if now.timeIntervalSince(p.lastDelayScan) >= scanInterval { p.lastDelayScan = now } }
             return now.timeIntervalSince(p.lastDelayScan) >= scanInterval
@@ -183,12 +193,24 @@ public final class DeliveryReporter: Sendable {
     // MARK: Events
 
     /// Builds the log record of one event and adds its webhook, DSN and suppression consequences.
-    func process(_ e: QueueEvent, into d: inout EventDisposition, now: Date) -> DeliveryLogRecord {
-        let id = "\(e.messageID).\(e.seq)"
-        var r = DeliveryLogRecord(id: id, ts: DeliveryLogRecord.timestamp(e.at), event: e.kind.rawValue, messageId: e.messageID)
-        r.reversePath = e.reversePath
-        r.pool = e.pool
-        r.queueTime = Self.rounded(max(0, e.at.timeIntervalSince(e.receivedAt)))
+    func process(_ event: QueueEvent, into d: inout EventDisposition, now: Date) -> DeliveryLogRecord {
+        var e = event
+        if e.kind == .failed && e.by != nil {
+            // An operator's bounce: the node, sending IP and MX of an earlier attempt had no part
+            // in it (the DSN's diagnostic is local: `X-Hato`, no Remote-MTA).
+            e.node = nil; e.sendingIP = nil; e.mxHost = nil; e.leaseGrantedAt = nil
+        }
+        // An operator's event about no message (a pause, a lift) has no message id.
+        let id = e.messageID.isEmpty ? "operator.\(e.seq)" : "\(e.messageID).\(e.seq)"
+        var r = DeliveryLogRecord(id: id, ts: DeliveryLogRecord.timestamp(e.at), event: e.kind.rawValue, messageId: e.messageID.isEmpty ? nil : e.messageID)
+        if !e.messageID.isEmpty {
+            r.reversePath = e.reversePath
+            r.pool = e.pool
+            r.queueTime = Self.rounded(max(0, e.at.timeIntervalSince(e.receivedAt)))
+        }
+        if e.by != nil {
+            r.operatorName = e.by; r.target = e.detail; r.note = e.note
+        }
         switch e.kind {
         case .received:
             r.size = e.size; r.recipients = e.recipientCount; r.client = e.clientAddress
@@ -221,6 +243,14 @@ public final class DeliveryReporter: Sendable {
             if e.kind == .deferred, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
             count(e, category: category, providerHost: providerHost)
             schedule(e, category: category, into: &d, now: now)
+        case .held, .released, .deleted, .flushed:
+            // The recipient and its last reply for context; no category (nobody answered).
+            r.recipient = e.address
+            r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
+            r.attempt = e.attempts
+            if e.kind != .deleted, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
+        case .paused, .resumed, .lifted:
+            break
         }
         let hooks = config.webhooks.filter { $0.events.contains(e.kind) }
         if !hooks.isEmpty {
@@ -301,7 +331,7 @@ public final class DeliveryReporter: Sendable {
 
     // MARK: Delay warnings
 
-    /// Delay warnings for deferred recipients whose message has aged past `age`. Each scan
+    /// Delay warnings for waiting recipients (deferred, queued, held) whose message has aged past `age`. Each scan
     /// starts where the last complete one ended (`delayScanWatermark`), so an old backlog
     /// that was already warned is not walked again every `delayScanInterval`; a recipient of
     /// a message behind the watermark that is deferred later is caught as its event is
@@ -323,11 +353,13 @@ public final class DeliveryReporter: Sendable {
         }
     }
 
-    /// Delay warnings for recipients deferred only now, though their message is already behind
-    /// the scan's watermark (the scan will not see them again).
+    /// Delay warnings for recipients deferred, held or released only now, though their message is
+    /// already behind the scan's watermark (the scan will not see them again).
     private func warnLateDeferrals(_ events: [QueueEvent], age: TimeInterval, now: Date) throws {
         let upTo = min(progress.withLock { $0.delayScanWatermark }, now.timeIntervalSince1970 - age)
-        let late = events.filter { $0.kind == .deferred && $0.recipientID != nil && $0.receivedAt.timeIntervalSince1970 <= upTo }
+        let late = events.filter {
+            [.deferred, .held, .released].contains($0.kind) && $0.recipientID != nil && $0.receivedAt.timeIntervalSince1970 <= upTo
+        }
         guard let oldest = late.map(\.receivedAt.timeIntervalSince1970).min() else { return }
         do {
             try warnDelays(try store.delayWarningCandidates(recipientIDs: late.compactMap(\.recipientID), receivedUpTo: upTo), now: now)
@@ -347,12 +379,29 @@ public final class DeliveryReporter: Sendable {
             d.delayHandled.append(rid)
             guard !c.reversePath.isEmpty, Self.notifyAllows(c.notify, "DELAY") else { continue }
             let reply = [c.code.map(String.init), c.enhanced, c.text].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+            let neverAttempted = c.attempts == 0 || c.code == nil
+            if neverAttempted || c.state == RecipientState.held.rawValue {
+                // Nobody answered yet, or an operator holds it: the diagnostic says why it waits
+                // (paused, warm-up cap, suspension, held), as `queue list` does.
+                let why = reason(for: c, state: c.state ?? RecipientState.queued.rawValue)
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: "4.0.0",
+                                             diagnostic: neverAttempted ? "not yet attempted: \(why)" : "\(why); last reply: \(reply)",
+                                             diagnosticType: "X-Hato", remoteMTA: nil, at: now))
+                continue
+            }
             let status = c.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.0.0"
             d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: status,
                                          diagnostic: reply.isEmpty ? nil : reply, diagnosticType: c.mxHost == nil ? "X-Hato" : "smtp",
                                          remoteMTA: c.mxHost, at: now))
         }
         try store.completeEvents(d, now: now)
+    }
+
+    /// Why a waiting recipient waits, from the scheduler (`ClusterHub.waitReason`) when wired.
+    private func reason(for c: QueueEvent, state: String) -> String {
+        let domain = QueueStore.domain(of: c.address ?? "")
+        if let waitReason { return waitReason(c.pool, domain, state, c.nextAttemptAt) }
+        return state == RecipientState.held.rawValue ? "held by an operator (release to send)" : "waiting to be scheduled"
     }
 
     // MARK: DSNs

@@ -23,10 +23,13 @@ public final class ReportingService: Sendable {
     ///   - nodes: the cluster hub's node statuses, for the node gauges.
     ///   - cluster: the hub's backoffs, pauses and warm-up counts, for their gauges.
     ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
+    ///   - waitReason: why a waiting recipient waits (pool, domain, state, next attempt), for the
+    ///     delay notices of recipients never attempted or held (`ClusterHub.waitReason`).
     /// - Throws: `SQLiteError`, or a file system error for the log directory.
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(),
                 nodes: (@Sendable () throws -> [NodeStatus])? = nil, cluster: (@Sendable () -> CoordinatorMetrics.ClusterGauges)? = nil,
-                onEnqueued: @escaping @Sendable () -> Void) throws {
+                onEnqueued: @escaping @Sendable () -> Void,
+                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) throws {
         try store.installReportingSchema()
         try store.configureSuppressionAtEnqueue(scope: config.suppression.mode == .markSuppressed ? config.suppression.scope : nil)
         deliveryLog = try DeliveryLog(directory: (config.coordinator.dataDir as NSString).appendingPathComponent("log"),
@@ -36,7 +39,7 @@ public final class ReportingService: Sendable {
         self.metrics = metrics
         webhooks = config.webhooks.isEmpty ? nil : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock)
         reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,
-                                    clock: clock, onEnqueued: onEnqueued)
+                                    clock: clock, onEnqueued: onEnqueued, waitReason: waitReason)
         api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock)
     }
 

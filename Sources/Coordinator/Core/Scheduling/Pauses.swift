@@ -14,9 +14,12 @@ public struct PauseTarget: Sendable, Hashable, Codable, CustomStringConvertible 
         /// A sending IP (`ips[].address`).
         case ip
     }
+    /// Provider, pool or sending IP.
     public var kind: Kind
+    /// The provider label (lower case), pool name or IP address.
     public var name: String
 
+    /// A target; see the properties.
     public init(kind: Kind, name: String) { self.kind = kind; self.name = name }
 
     /// `provider gmail`, `pool bulk`, `ip 192.0.2.10`.
@@ -25,6 +28,7 @@ public struct PauseTarget: Sendable, Hashable, Codable, CustomStringConvertible 
 
 /// One active pause.
 public struct Pause: Sendable, Equatable, Codable {
+    /// What is paused.
     public var target: PauseTarget
     /// Who paused it (the operator name the CLI sends, or `admin`).
     public var by: String
@@ -33,6 +37,7 @@ public struct Pause: Sendable, Equatable, Codable {
     /// Seconds since 1970 when it was paused.
     public var at: Double
 
+    /// A pause; see the properties (`at` in seconds since 1970).
     public init(target: PauseTarget, by: String, reason: String, at: Double) {
         self.target = target; self.by = by; self.reason = reason; self.at = at
     }
