@@ -75,13 +75,18 @@ public final class NodeAgent: Sendable {
     private let backoffMatcher: BackoffMatcher
     /// Prometheus metrics (served on `nodes[].metrics_listen` by the CLI; NodeMetrics.swift).
     public let metrics: NodeMetrics
+    /// `cluster.tls`: the client context of the cluster link (this node's certificate, the
+    /// trusted CA); nil for plaintext.
+    private let clusterTLS: TLSContext?
 
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - nodeID: which `nodes[]` entry this process is.
-    /// - Throws: `NodeError.unknownNode` or a journal error.
+    /// - Throws: `NodeError.unknownNode`, a journal error, `DKIMKeyError`, or `TLSError` when the
+    ///   cluster TLS certificate, key or CA cannot be loaded.
     public init(config: ClusterConfig, nodeID: String) throws {
         guard let me = config.nodes.first(where: { $0.id == nodeID }) else { throw NodeError.unknownNode(nodeID, known: config.nodes.map(\.id)) }
+        clusterTLS = try NodeAgent.clusterTLSContext(config, nodeID: nodeID)
         self.config = config
         self.backoffMatcher = BackoffMatcher(settings: config.backoff)
         self.nodeID = nodeID
@@ -90,6 +95,15 @@ public final class NodeAgent: Sendable {
         self.engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
         self.metrics = NodeMetrics(shaping: config.shaping)
         metrics.observe { [unowned self] in state.withLock { ($0.connection != nil, $0.ips.count, $0.inFlight) } }
+    }
+
+    /// The client context for the cluster link: verifies the coordinator against `cluster.tls.ca`
+    /// (the system roots without one) and presents this node's pair (`nodes[].tls`, or the
+    /// cluster-wide one).
+    static func clusterTLSContext(_ config: ClusterConfig, nodeID: String) throws -> TLSContext? {
+        guard let tls = config.cluster.tls, let pair = config.clusterTLSPair(forNode: nodeID) else { return nil }
+        return try TLSContext.client(verifyPeer: true, trustedCAFile: tls.caPath,
+                                     certificateChainPath: pair.certificatePath, privateKeyPath: pair.privateKeyPath)
     }
 
     /// Leases per sending IP worked on at once.
@@ -146,15 +160,35 @@ public final class NodeAgent: Sendable {
     /// One connection's life: handshake, journal replay, credits, then read until it ends.
     /// - Parameter joined: called once the coordinator's `welcome` is verified.
     private func session(joined: () -> Void) throws {
-        let sock = try Socket.connect(to: config.coordinator.listen, timeout: 5)
+        let listen = config.coordinator.listen
+        let sock = try Socket.connect(to: listen, timeout: 5)
         sock.setTimeouts(read: 10, write: 30)
-        let conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
+        let conn: ClusterConnection
+        if let clusterTLS {
+            // The coordinator's certificate must verify against cluster.tls.ca and name the
+            // host of coordinator.listen (an IP SAN for a numeric address).
+            do {
+                let tls = try TLSStream.connect(over: sock, context: clusterTLS, serverName: listen.host, duplex: true)
+                conn = ClusterConnection(tls: tls, maximumFrameSize: clusterFrameLimit)
+            } catch {
+                sock.close()
+                throw error
+            }
+        } else {
+            conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
+        }
+        conn.setTimeouts(read: .seconds(10), write: .seconds(30))
         defer { conn.close() }
         let challenge: ChallengeMessage
-        switch try conn.receive() {
-        case .challenge(let c): challenge = c
-        case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
-        default: throw ClusterProtocolError.unexpected("expected challenge")
+        do {
+            switch try conn.receive() {
+            case .challenge(let c): challenge = c
+            case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+            default: throw ClusterProtocolError.unexpected("expected challenge")
+            }
+        } catch let e as SocketError where (e.kind == .timeout || e.kind == .closed) && clusterTLS == nil {
+            // A coordinator that requires TLS waits for a ClientHello and cuts the link at its handshake deadline.
+            throw SocketError(e.kind, "no challenge from the coordinator (does it require TLS? see cluster.tls)", code: e.code)
         }
         guard challenge.versions.contains(clusterProtocolVersion) else {
             throw ClusterProtocolError.versionMismatch(ours: clusterProtocolVersion, theirs: challenge.versions)
@@ -178,7 +212,7 @@ public final class NodeAgent: Sendable {
             throw ClusterProtocolError.authenticationFailed
         }
         joined()
-        sock.setTimeouts(read: max(welcome.peerTimeout, welcome.heartbeatInterval * 3), write: 30)
+        conn.setTimeouts(read: .seconds(max(welcome.peerTimeout, welcome.heartbeatInterval * 3)), write: .seconds(30))
         setOwned(welcome.assignedIPs)
         log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
         // Re-report what the journal still holds before asking for work (the coordinator
