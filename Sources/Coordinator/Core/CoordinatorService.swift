@@ -15,9 +15,14 @@ public final class CoordinatorService: Sendable {
     private let reloadLock = NSLock()
 
     /// Opens the queue and binds every listener.
-    /// - Throws: `SQLiteError` or `SocketError`.
+    /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `TLSError` when a TLS
+    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `SocketError`.
     public init(config: ClusterConfig) throws {
         self.config = config
+        let token = try config.coordinator.requireAdminToken()
+        let adminTLS = try config.coordinator.adminTLS.map {
+            try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
+        }
         store = try QueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
@@ -28,10 +33,10 @@ public final class CoordinatorService: Sendable {
         submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         let path = config.sourcePath
         let lock = reloadLock
-        let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {
+        let api = AdminAPI(token: token, store: store, hub: hub, reload: {
             try lock.withLock { try hub.reload(try ClusterConfig.load(path: path)) }
         })
-        admin = try HTTPServer(address: config.coordinator.adminListen) { reporting.api.handle($0) ?? api.handle($0) }
+        admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { reporting.api.handle($0) ?? api.handle($0) }
     }
 
     /// Re-reads cluster.yml and applies it; an invalid file is refused and the running config stays.
@@ -54,7 +59,8 @@ public final class CoordinatorService: Sendable {
         try hub.start(leaseHoldUntil: leaseHold)
         try submission.start()
         admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])
+        log.info("coordinator started", ["cluster": config.cluster.name, "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+                                         "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 
     /// Stops for good (SIGTERM): closes the listeners and node connections, then marks the

@@ -4,15 +4,38 @@ import FoundationNetworking
 #endif
 import HatoShared
 
-/// A client of the admin API for the CLI subcommands (URLSession, bearer token).
+/// A client of the admin API for the CLI subcommands (bearer token): URLSession over plain
+/// HTTP; over HTTPS (`coordinator.admin_tls`) the project's own `HTTPClient` and OpenSSL layer,
+/// trusting `admin_tls.ca` or, without one, the admin certificate itself (URLSession on Linux
+/// cannot be given a private trust anchor).
 public struct AdminClient: Sendable {
     let base: String
     let token: String
+    /// Why the token is unavailable (`admin_token_file` unreadable on this host), if it is.
+    let tokenError: String?
+    /// HTTPS: where to connect and what to trust; nil for plain HTTP.
+    let https: HTTPS?
 
-    /// Talks to `coordinator.admin_listen` with `coordinator.admin_token`.
+    struct HTTPS: Sendable {
+        var address: SocketAddress
+        var trust: String
+    }
+
+    /// Talks to `coordinator.admin_listen` with `coordinator.admin_token` (or `admin_token_file`).
     public init(config: ClusterConfig) {
-        base = "http://\(config.coordinator.adminListen.description)"
+        let listen = config.coordinator.adminListen
         token = config.coordinator.adminToken
+        tokenError = config.coordinator.adminTokenError.map { "coordinator.admin_token_file: \($0)" }
+        if let tls = config.coordinator.adminTLS {
+            // An unspecified listen address is reached on loopback.
+            let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
+            let address = SocketAddress(host: host, port: listen.port)
+            https = HTTPS(address: address, trust: tls.trustPath)
+            base = "https://\(address)"
+        } else {
+            https = nil
+            base = "http://\(listen.description)"
+        }
     }
 
     /// An admin API failure.
@@ -27,6 +50,8 @@ public struct AdminClient: Sendable {
     ///   - body: a JSON body for POST, if any.
     /// - Throws: `Failure` when the coordinator cannot be reached or answers non-2xx.
     public func request(_ method: String, _ path: String, body: Data? = nil) throws -> Data {
+        if let tokenError { throw Failure(description: tokenError) }
+        if let https { return try requestHTTPS(https, method, path, body: body) }
         guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
         var req = URLRequest(url: url, timeoutInterval: 30)
         req.httpMethod = method
@@ -53,6 +78,27 @@ public struct AdminClient: Sendable {
             }
             return data
         }
+    }
+
+    /// One request over HTTPS with the project's TLS client: the certificate must verify
+    /// against `admin_tls.ca` (or be the pinned admin certificate) and carry the address as IP SAN.
+    private func requestHTTPS(_ https: HTTPS, _ method: String, _ path: String, body: Data?) throws -> Data {
+        let response: HTTPClientResponse
+        do {
+            let context = try TLSContext.client(verifyPeer: true, trustedCAFile: https.trust, trustPartialChain: true)
+            var headers = [("Authorization", "Bearer \(token)")]
+            if body != nil { headers.append(("Content-Type", "application/json")) }
+            response = try HTTPClient.send(method, to: https.address, path: path, headers: headers, body: body.map { Array($0) },
+                                           tls: context, timeout: 30)
+        } catch {
+            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(error)")
+        }
+        let data = Data(response.body)
+        guard (200..<300).contains(response.status) else {
+            let msg = (try? JSONDecoder().decode([String: String].self, from: data))?["error"] ?? "HTTP \(response.status)"
+            throw Failure(description: msg)
+        }
+        return data
     }
 
     /// GETs `path` and returns the body.
