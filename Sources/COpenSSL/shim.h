@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <openssl/crypto.h>
+#include <openssl/x509v3.h>
 
 static inline long hato_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return SSL_CTX_set_min_proto_version(ctx, version);

@@ -7,6 +7,9 @@ let usage = """
 
     commands:
       serve                 run the coordinator (SMTP listener, queue, scheduler, admin API)
+      check                 validate what serve needs: cluster.yml, the files it names (TLS certificates
+                            and keys, CA bundles, DKIM keys, admin_token_file), data_dir, bindable
+                            listen addresses; one line per item (ok/warning/error), exit 1 on an error
       status [--json]       nodes, sending IPs and queue counts, from the admin API
       nodes [--json]        nodes with state, owned IPs and leases in flight
       ips [--json]          the IP assignment table
@@ -19,7 +22,8 @@ let usage = """
                             --wait shows progress and exits when drained (non-zero on timeout)
       resume NODE           make a draining or drained node active again
       rebalance [--dry-run] even out sending IPs over active nodes with the fewest moves (handover)
-      reload                re-read cluster.yml and apply it (also: SIGHUP to the coordinator)
+      reload                re-read cluster.yml, check it, and apply it: prints what applied live, what
+                            needs a restart of which process, and each node's answer (also: SIGHUP)
       suspensions           active backoffs per (sending IP, provider)
       lift IP PROVIDER      end a suspension or throttle early
       suppressions list [--address A]
@@ -53,6 +57,13 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
 }
 
 if args.subcommand == "hash-password" { exit(HashPasswordCommand.run(iterations: args.options["iterations"])) }
+
+if args.subcommand == "check" {
+    var (loaded, report) = ConfigCheck.load(path: args.configPath)
+    if let loaded { report.items += ConfigCheck.coordinator(loaded).items }
+    print(report.rendered())
+    exit(report.hasErrors ? 1 : 0)
+}
 
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }

@@ -7,6 +7,10 @@ let usage = """
 
     commands:
       run --id NODE                 join the coordinator and deliver from this node's sending IPs
+      check --id NODE               validate what run needs on this host: cluster.yml, this node's TLS
+                                    certificate and key, the CA, DKIM keys, data_dir, metrics_listen,
+                                    the sending IPs it may own (unbindable ones are warnings); one line
+                                    per item (ok/warning/error), exit 1 on an error
       bindable --id NODE            list the configured sending IPs this host can bind for NODE
       dkim-keygen --domain D --selector S --out KEY.pem [--algorithm rsa-sha256|ed25519-sha256] [--bits N]
                                     make a DKIM key (mode 0600) and print its DNS TXT record
@@ -52,6 +56,12 @@ case "sink":
     } catch {
         exitWithError("hato-node sink: \(error)")
     }
+case "check":
+    guard let id = args.options["id"] else { exitWithError("hato-node check: --id NODE is required", status: 2) }
+    var (loaded, report) = ConfigCheck.load(path: args.configPath)
+    if let loaded { report.items += ConfigCheck.node(loaded, id: id).items }
+    print(report.rendered())
+    exit(report.hasErrors ? 1 : 0)
 case "run", "bindable":
     guard let id = args.options["id"] else { exitWithError("hato-node \(args.subcommand!): --id NODE is required", status: 2) }
     let config: ClusterConfig

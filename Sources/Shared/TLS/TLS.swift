@@ -796,6 +796,23 @@ public enum TLSCertificateFile {
         return summary
     }
 
+    /// Whether the first certificate of `path` names `host`: an IP literal against its IP SANs,
+    /// a host name against its DNS SANs (RFC 6125, as a client checks it).
+    /// - Throws: `TLSError(.configuration)` when the file cannot be read or holds no certificate.
+    public static func matches(_ path: String, host: String) throws(TLSError) -> Bool {
+        var matched: Bool?
+        try forEachCertificate(path, what: "certificate") { cert, index in
+            guard index == 0 else { return }
+            if SocketAddress(host: host, port: 0).isNumeric {
+                matched = X509_check_ip_asc(cert, host, 0) == 1
+            } else {
+                matched = X509_check_host(cert, host, host.utf8.count, 0, nil) == 1
+            }
+        }
+        guard let matched else { throw TLSError(.configuration, "\(path) holds no PEM certificate") }
+        return matched
+    }
+
     /// The number of PEM certificates in `path`.
     static func certificateCount(_ path: String, what: String) throws(TLSError) -> Int {
         var count = 0
