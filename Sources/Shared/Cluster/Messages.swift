@@ -14,6 +14,17 @@ public struct ChallengeMessage: Codable, Sendable, Equatable {
     public init(versions: [Int], nonce: String, cluster: String) { self.versions = versions; self.nonce = nonce; self.cluster = cluster }
 }
 
+/// Optional parts of the protocol a node speaks beyond version 1, named in `hello.features`.
+/// A peer sends a frame of a feature only to a node that named it, so nodes and coordinators
+/// of different builds keep working together (an unknown frame type closes a connection).
+public enum ClusterFeature {
+    /// `config_changed` / `config_applied`: the node re-reads cluster.yml when the coordinator
+    /// reloads it, applies what it can and answers.
+    public static let configChanged = "config_changed"
+    /// Every feature this build speaks.
+    public static let all = [configChanged]
+}
+
 /// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.
 public struct HelloMessage: Codable, Sendable, Equatable {
     /// The protocol version the node speaks.
@@ -30,9 +41,12 @@ public struct HelloMessage: Codable, Sendable, Equatable {
     public var bindableIPs: [String]
     /// Concurrent leases the node can work on (its initial lease credit).
     public var capacity: Int
-    public init(version: Int, nodeID: String, instanceID: String, proof: String, nodeNonce: String, bindableIPs: [String], capacity: Int) {
+    /// Optional features the node speaks (`ClusterFeature`); absent from older nodes.
+    public var features: [String]?
+    public init(version: Int, nodeID: String, instanceID: String, proof: String, nodeNonce: String, bindableIPs: [String], capacity: Int,
+                features: [String]? = nil) {
         self.version = version; self.nodeID = nodeID; self.instanceID = instanceID; self.proof = proof
-        self.nodeNonce = nodeNonce; self.bindableIPs = bindableIPs; self.capacity = capacity
+        self.nodeNonce = nodeNonce; self.bindableIPs = bindableIPs; self.capacity = capacity; self.features = features
     }
 }
 
@@ -262,6 +276,38 @@ public struct BackoffMessage: Codable, Sendable, Equatable {
     }
 }
 
+/// `config_changed` (coordinator → node, feature `config_changed`): the coordinator reloaded
+/// cluster.yml. The node re-reads its own copy (the same path on every host), checks it like
+/// `hato-node check`, applies what applies live, re-announces the sending IPs it may own and
+/// can bind, and answers `config_applied`. Unknown JSON keys are ignored by both sides.
+public struct ConfigChangedMessage: Codable, Sendable, Equatable {
+    /// The coordinator's reload counter (since its start); the answer carries it back.
+    public var generation: Int
+    /// SHA-256 (hex) of cluster.yml as the coordinator read it: a node whose file differs says so.
+    public var digest: String
+    public init(generation: Int, digest: String) { self.generation = generation; self.digest = digest }
+}
+
+/// `config_applied` (node → coordinator, answers `config_changed`): what the node did.
+public struct ConfigAppliedMessage: Codable, Sendable, Equatable {
+    /// The `generation` answered.
+    public var generation: Int
+    /// Whether the node took the file (false: refused, the node runs on unchanged).
+    public var applied: Bool
+    /// SHA-256 (hex) of the file the node read.
+    public var digest: String
+    /// Keys that changed and applied live on the node.
+    public var live: [String]
+    /// Keys that changed and wait for a restart of this node.
+    public var restartRequired: [String]
+    /// Why the file was refused (each naming the key and file), or other problems.
+    public var errors: [String]
+    public init(generation: Int, applied: Bool, digest: String, live: [String], restartRequired: [String], errors: [String]) {
+        self.generation = generation; self.applied = applied; self.digest = digest
+        self.live = live; self.restartRequired = restartRequired; self.errors = errors
+    }
+}
+
 /// A decoded cluster protocol message.
 public enum ClusterMessage: Sendable, Equatable {
     case challenge(ChallengeMessage)
@@ -279,6 +325,8 @@ public enum ClusterMessage: Sendable, Equatable {
     case ipReleased(IPReleasedMessage)
     case announce(AnnounceMessage)
     case backoff(BackoffMessage)
+    case configChanged(ConfigChangedMessage)
+    case configApplied(ConfigAppliedMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -297,6 +345,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased: return .ipReleased
         case .announce: return .announce
         case .backoff: return .backoff
+        case .configChanged: return .configChanged
+        case .configApplied: return .configApplied
         }
     }
 
@@ -408,6 +458,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased(let m): return Frame(type: .ipReleased, header: h(m))
         case .announce(let m): return Frame(type: .announce, header: h(m))
         case .backoff(let m): return Frame(type: .backoff, header: h(m))
+        case .configChanged(let m): return Frame(type: .configChanged, header: h(m))
+        case .configApplied(let m): return Frame(type: .configApplied, header: h(m))
         }
     }
 
@@ -444,6 +496,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased: return .ipReleased(try v(IPReleasedMessage.self))
         case .announce: return .announce(try v(AnnounceMessage.self))
         case .backoff: return .backoff(try v(BackoffMessage.self))
+        case .configChanged: return .configChanged(try v(ConfigChangedMessage.self))
+        case .configApplied: return .configApplied(try v(ConfigAppliedMessage.self))
         }
     }
 }
