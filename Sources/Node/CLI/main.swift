@@ -71,15 +71,11 @@ case "run", "bindable":
         if args.subcommand == "bindable" {
             for ip in agent.bindableIPs() { print(ip) }
         } else {
-            // SIGHUP re-reads cluster.yml and re-announces the sending IPs this host can bind.
+            // SIGHUP re-reads cluster.yml like the coordinator's `config_changed` does: applies
+            // what applies live, re-announces the sending IPs this host can bind, logs the rest.
             signal(SIGHUP, SIG_IGN)
             let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-            let path = args.configPath
-            hup.setEventHandler {
-                do { agent.reloadIPs(from: try ClusterConfig.load(path: path)) } catch {
-                    Logger(label: "node").error("reload refused; running configuration unchanged", ["error": "\(error)"])
-                }
-            }
+            hup.setEventHandler { agent.reload() }
             hup.resume()
             let metricsServer = try config.node(id: id)?.metricsListen.map { try agent.metrics.serve(on: $0) }
             withExtendedLifetime((hup, metricsServer)) { agent.run() }

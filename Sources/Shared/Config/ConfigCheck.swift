@@ -143,8 +143,13 @@ public enum ConfigCheck {
     /// What node `id` needs: its data directory, its cluster TLS pair and CA, the DKIM keys, its
     /// metrics address, and the sending IPs it may own (those it cannot bind are warnings: a
     /// floating IP may live on another host); whether the coordinator answers is a warning too.
+    /// - Parameters:
+    ///   - config: the loaded configuration.
+    ///   - id: the node's `nodes[].id`.
+    ///   - bindAddresses: test `metrics_listen`, the sending IPs and the coordinator's address
+    ///     (false for a reload: the running node holds them and announces what it can bind).
     /// - Returns: the items checked.
-    public static func node(_ config: ClusterConfig, id: String) -> ConfigCheckReport {
+    public static func node(_ config: ClusterConfig, id: String, bindAddresses: Bool = true) -> ConfigCheckReport {
         var r = ConfigCheckReport()
         guard let index = config.nodes.firstIndex(where: { $0.id == id }) else {
             r.error("nodes", "no node \"\(id)\" (cluster.yml nodes: \(config.nodes.map(\.id).joined(separator: ", ")))")
@@ -165,6 +170,7 @@ public enum ConfigCheck {
             r.ok("cluster.tls", "not set: the cluster protocol is plaintext TCP")
         }
         checkDKIM(config, into: &r)
+        guard bindAddresses else { return r }
         if let metrics = me.metricsListen { checkBind(metrics, key: "nodes[\(index)].metrics_listen", into: &r) }
         for (i, ip) in config.ips.enumerated() where ip.isAllowed(onNode: id) {
             let key = "ips[\(i)] \(ip.address)"
