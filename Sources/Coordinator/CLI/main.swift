@@ -73,14 +73,11 @@ case "serve":
     do {
         let service = try CoordinatorService(config: config)
         try service.start()
-        // SIGHUP re-reads cluster.yml; an invalid file is logged and the running config stays.
+        // SIGHUP reloads like `hato-coordinator reload`: the outcome (or why the file was
+        // refused, the running configuration unchanged) is logged by `reload()`.
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        hup.setEventHandler {
-            do { try service.reload() } catch {
-                Logger(label: "coordinator").error("reload refused; running configuration unchanged", ["error": "\(error)"])
-            }
-        }
+        hup.setEventHandler { _ = try? service.reload() }
         hup.resume()
         // SIGTERM/SIGINT: stop listening, mark the queue cleanly stopped, exit 0.
         var stops: [any DispatchSourceSignal] = []

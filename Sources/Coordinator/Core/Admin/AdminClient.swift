@@ -191,7 +191,15 @@ public struct AdminCommands {
                            ("pools added", r.poolsAdded), ("pools removed", r.poolsRemoved)] where !v.isEmpty {
                 print("  \(k): \(v.joined(separator: ", "))")
             }
-            if !r.restartRequired.isEmpty { print("  changed but needing a restart: \(r.restartRequired.joined(separator: ", "))") }
+            print(r.live.isEmpty ? "  applied live: nothing changed" : "  applied live: \(r.live.joined(separator: ", "))")
+            for line in r.restartRequired { print("  \(line)") }
+            for n in r.nodes {
+                var line = "  node \(n.node): \(n.status.rawValue)"
+                if !n.live.isEmpty { line += "; applied live: \(n.live.joined(separator: ", "))" }
+                if !n.restartRequired.isEmpty { line += "; needs restart of node \(n.node): \(n.restartRequired.joined(separator: ", "))" }
+                print(line)
+                for e in n.errors { print("    \(e)") }
+            }
         case "suspensions":
             let list = try client.get(path, as: [BackoffTable.Entry].self)
             if list.isEmpty { print("no active suspensions or throttles"); return }

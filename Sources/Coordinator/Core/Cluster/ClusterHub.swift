@@ -65,6 +65,10 @@ public final class ClusterHub: Sendable {
     private let resultObserver = Locked<(@Sendable (ResultMessage) -> Void)?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
+    /// Reloads since start (`config_changed.generation`).
+    private let reloadGeneration = Locked(0)
+    /// The last `config_applied` of each node.
+    private let configAnswers = LockedCondition<[String: ConfigAppliedMessage]>([:])
     /// `cluster.tls`: the server context of the cluster listener (mutual TLS when `ca` is set);
     /// nil for plaintext.
     private let clusterTLS: TLSContext?
@@ -231,7 +235,7 @@ public final class ClusterHub: Sendable {
             return
         }
         let id = lastConnectionID.withLock { $0 += 1; return $0 }
-        let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, connection: conn, log: log)
+        let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, features: Set(hello.features ?? []), connection: conn, log: log)
         links.withLock { $0[id] = link }
         link.start()
         conn.setMaximumFrameSize(clusterMaximumFrameSize(maxMessageSize: config.smtp.maxMessageSize))
@@ -256,6 +260,8 @@ public final class ClusterHub: Sendable {
                     post(.frame(id, message))
                 case .heartbeat, .ipReleased, .backoff, .announce:
                     post(.frame(id, message))
+                case .configApplied(let m):
+                    configAnswers.withLockAndBroadcast { $0[hello.nodeID] = m }
                 case .reject(let r):
                     throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
                 default:
@@ -534,12 +540,49 @@ public final class ClusterHub: Sendable {
     /// The IP assignment table rows.
     public func ipTable() -> [IPAssignmentTable.Entry] { published.withLock { $0.membership.table.entries } }
 
-    /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
-    /// lease/retry settings. Work in flight is not dropped: removed IPs are revoked from their owners.
-    /// - Returns: what changed.
+    /// How long `reload` waits for the nodes' `config_applied` answers.
+    public static let reloadAnswerTimeout: Duration = .seconds(8)
+
+    /// Applies a newly loaded, checked configuration file (`Scheduler.reloaded`), then tells every
+    /// connected node (`config_changed`) and waits up to `answerTimeout` for their answers. Work
+    /// in flight is not dropped: removed IPs are revoked from their owners.
+    /// - Parameters:
+    ///   - loaded: the file as loaded.
+    ///   - answerTimeout: how long to wait for the nodes' answers.
+    /// - Returns: what changed, what needs a restart, each node's answer; and the configuration
+    ///   the coordinator runs with now.
     /// - Throws: `AdminError.busy`.
-    public func reload(_ new: ClusterConfig) throws -> ReloadReport {
-        try command("reload") { scheduler, _ in scheduler.reloaded(new) }
+    public func reload(_ loaded: ClusterConfig, answerTimeout: Duration = ClusterHub.reloadAnswerTimeout) throws -> (ReloadReport, ClusterConfig) {
+        var (report, inForce) = try command("reload") { scheduler, _ in
+            let (report, directives) = scheduler.reloaded(loaded)
+            return ((report, scheduler.config), directives)
+        }
+        let generation = reloadGeneration.withLock { $0 += 1; return $0 }
+        report.generation = generation
+        // The newest link of each node (an older one may still be closing).
+        let current = links.withLock { all in
+            Dictionary(all.values.map { ($0.nodeID, $0) }, uniquingKeysWith: { $0.id > $1.id ? $0 : $1 })
+        }
+        var answers: [String: NodeReloadAnswer] = [:]
+        var asked: [String] = []
+        for node in loaded.nodes.map(\.id) {
+            guard let link = current[node] else { answers[node] = NodeReloadAnswer(node: node, status: .notConnected); continue }
+            guard link.features.contains(ClusterFeature.configChanged) else {
+                answers[node] = NodeReloadAnswer(node: node, status: .unsupported,
+                                                 errors: ["an older node without config_changed: send it SIGHUP (sending IPs only) or restart it"])
+                continue
+            }
+            link.send(.message(.configChanged(ConfigChangedMessage(generation: generation, digest: loaded.sourceDigest))))
+            asked.append(node)
+        }
+        let got = configAnswers.wait(until: .now + answerTimeout, for: { a in asked.allSatisfy { a[$0]?.generation == generation } }) { a, _ in a }
+        for node in asked {
+            guard let m = got[node], m.generation == generation else { answers[node] = NodeReloadAnswer(node: node, status: .noAnswer); continue }
+            answers[node] = NodeReloadAnswer(node: node, status: m.applied ? .applied : .refused, live: m.live,
+                                             restartRequired: m.restartRequired, errors: m.errors)
+        }
+        report.nodes = loaded.nodes.compactMap { answers[$0.id] }
+        return (report, inForce)
     }
 
     /// Pauses a provider, pool or sending IP: stored, then no new leases for it until resumed.
