@@ -70,6 +70,8 @@ struct ConfigReloadTests {
                                     with: "listen: [127.0.0.1:2526], hostname: relay2.test, max_recipients: 50")
         }
         #expect(r.coordinatorRestartKeys == ["smtp.listen", "smtp.hostname"])
+        let memory = try Self.reload { $0.replacingOccurrences(of: "max_recipients: 100", with: "max_recipients: 100, max_content_memory: 256MiB") }
+        #expect(memory.restartRequired == ["needs restart of coordinator: smtp.max_content_memory"])
         #expect(r.liveKeys == ["smtp.max_recipients"])
         #expect(r.restartRequired == ["needs restart of coordinator: smtp.listen, smtp.hostname"])
         let c = r.coordinatorConfig

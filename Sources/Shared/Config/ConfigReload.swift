@@ -57,7 +57,7 @@ public struct ConfigChange: Sendable, Equatable, Codable {
 /// |---|---|
 /// | `coordinator.lease_time`, `coordinator.auto_rebalance` | `cluster.*`, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`: coordinator and every node |
 /// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`: coordinator |
-/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup` | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `postmaster*`: coordinator |
+/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup` | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
 /// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`: coordinator |
 /// | `retry` | `delivery` timeouts and `idle_timeout`: every node |
 /// | `routes`, `dns`, `delivery.tls`, `delivery.port`, `delivery.allow_loopback_mx`, `dkim`, `shaping`, `backoff` (nodes rebuild those parts) | `nodes[].data_dir`, `metrics_listen`, `tls`: that node |
@@ -116,6 +116,7 @@ public struct ConfigReload: Sendable {
         diff("smtp.auth_failure_limit", os.authFailureLimit, ns.authFailureLimit, restart: .coordinator)
         diff("smtp.auth_failure_window", os.authFailureWindow, ns.authFailureWindow, restart: .coordinator)
         diff("smtp.queue_min_free", os.queueMinFree, ns.queueMinFree, restart: .coordinator)
+        diff("smtp.max_content_memory", os.maxContentMemory, ns.maxContentMemory, restart: .coordinator)
         diff("smtp.postmaster", os.postmaster, ns.postmaster, restart: .coordinator)
         diff("smtp.postmaster_rate_limit", os.postmasterRateLimit, ns.postmasterRateLimit, restart: .coordinator)
         diff("smtp.postmaster_rate_window", os.postmasterRateWindow, ns.postmasterRateWindow, restart: .coordinator)
