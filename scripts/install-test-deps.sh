@@ -13,6 +13,8 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # dkimpy verifies ed25519-sha256 signatures with PyNaCl (a Recommends, so name it).
 /usr/bin/python3 -c 'import nacl' 2>/dev/null || need+=(python3-nacl)
 command -v openssl >/dev/null || need+=(openssl)
+# curl checks the admin API over HTTPS as an independent client.
+command -v curl >/dev/null || need+=(curl ca-certificates)
 # faketime runs the suite under shifted clocks (scripts/test-clocks.sh); locales gives the
 # Japanese and German locales those runs use.
 command -v faketime >/dev/null || need+=(faketime)

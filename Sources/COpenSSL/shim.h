@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <openssl/crypto.h>
+#include <openssl/x509v3.h>
 
 static inline long hato_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return SSL_CTX_set_min_proto_version(ctx, version);
@@ -22,3 +23,9 @@ static inline unsigned long long hato_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { retur
 static inline unsigned long long hato_SSL_OP_NO_COMPRESSION_64(void) { return SSL_OP_NO_COMPRESSION; }
 static inline long hato_SSL_CTX_get_min_proto_version(SSL_CTX *ctx) { return SSL_CTX_get_min_proto_version(ctx); }
 static inline int hato_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }
+// Cluster and admin TLS (issue 14): per-connection modes, client CA lists, partial chains.
+static inline long hato_SSL_set_mode(SSL *ssl, long mode) { return SSL_set_mode(ssl, mode); }
+static inline long hato_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void) { return SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; }
+static inline int hato_SSL_VERIFY_PEER_REQUIRED(void) { return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT; }
+static inline unsigned long hato_X509_V_FLAG_PARTIAL_CHAIN(void) { return X509_V_FLAG_PARTIAL_CHAIN; }
+static inline int hato_NID_commonName(void) { return NID_commonName; }

@@ -35,19 +35,21 @@ struct DeliverabilityTests {
         let c = try config()
         let router = PoolRouter(routing: c.routing, pools: c.pools)
         let msg = Array("From: a@b.test\r\nX-Hato-Pool: bulk\r\nSubject: hi\r\n\r\nbody\r\n".utf8)
-        let d = router.route(authUser: nil, reversePath: "a@b.test", content: msg)
+        let d = try router.route(authUser: nil, reversePath: "a@b.test", content: msg)
         #expect(d.pool == "bulk")
         #expect(d.content == Array("From: a@b.test\r\nSubject: hi\r\n\r\nbody\r\n".utf8))
         let folded = Array("x-hato-pool:\r\n bulk\r\nSubject: s\r\n\r\nX-Hato-Pool: in the body stays\r\n".utf8)
-        let f = router.route(authUser: nil, reversePath: "", content: folded)
+        let f = try router.route(authUser: nil, reversePath: "", content: folded)
         #expect(f.pool == "bulk")
         #expect(f.content == Array("Subject: s\r\n\r\nX-Hato-Pool: in the body stays\r\n".utf8))
-        // An unknown pool in the header falls through to the next rules (header still removed).
-        let unknown = router.route(authUser: nil, reversePath: "a@x.test", content: Array("X-Hato-Pool: nope\r\n\r\nb\r\n".utf8))
-        #expect(unknown.pool == "transactional" && unknown.content == Array("\r\nb\r\n".utf8))
-        #expect(router.route(authUser: "newsletter", reversePath: "a@x.test", content: []).pool == "bulk")
-        #expect(router.route(authUser: "other", reversePath: "a@mail.news.example", content: []).pool == "bulk")
-        #expect(router.route(authUser: "other", reversePath: "a@news.example", content: []).pool == "transactional")
+        // An unknown pool in the header is refused (550 5.7.1), never the default pool in silence.
+        #expect(throws: PoolRouter.UnknownPool(header: "X-Hato-Pool", pool: "nope")) {
+            try router.route(authUser: nil, reversePath: "a@x.test", content: Array("X-Hato-Pool: nope\r\n\r\nb\r\n".utf8))
+        }
+        #expect(PoolRouter.UnknownPool(header: "X-Hato-Pool", pool: "nope").reply.encoded() == Array("550 5.7.1 unknown pool \"nope\" in X-Hato-Pool\r\n".utf8))
+        #expect(try router.route(authUser: "newsletter", reversePath: "a@x.test", content: []).pool == "bulk")
+        #expect(try router.route(authUser: "other", reversePath: "a@mail.news.example", content: []).pool == "bulk")
+        #expect(try router.route(authUser: "other", reversePath: "a@news.example", content: []).pool == "transactional")
     }
 
     @Test("config: warm-up caps by UTC day, unknown plan and bad rules are errors naming line and key")

@@ -22,12 +22,26 @@ struct ClusterProtocolTests {
                                   outcomes: [RecipientResult(recipientID: 7, status: .deferred, code: 451, enhanced: "4.7.1", text: "later")], finishedAt: 1)),
             .resultAck(ResultAckMessage(leaseID: "L1")),
             .ipAssign(IPAssignMessage(ips: [])), .ipRevoke(IPRevokeMessage(addresses: ["127.0.0.10"])), .ipReleased(IPReleasedMessage(addresses: [])),
+            .hello(HelloMessage(version: 1, nodeID: "n", instanceID: "i", proof: "p", nodeNonce: "nn", bindableIPs: [], capacity: 8,
+                                features: ClusterFeature.all)),
+            .configChanged(ConfigChangedMessage(generation: 3, digest: "ab12")),
+            .configApplied(ConfigAppliedMessage(generation: 3, applied: false, digest: "ab12", live: ["ips"], restartRequired: ["nodes[0].tls"],
+                                                errors: ["dkim[0].private_key: cannot read k.pem"])),
         ]
         var decoder = FrameDecoder(maximumFrameSize: 1 << 20)
         for m in messages { decoder.feed(m.frame().encoded()) }
         for m in messages { #expect(try ClusterMessage.decode(#require(try decoder.next())) == m) }
         #expect(try decoder.next() == nil)
         try decoder.finish()
+    }
+
+    @Test("config_changed is versioned by tolerance: a hello without features (an older node) decodes, unknown keys are ignored")
+    func backwardTolerant() throws {
+        let old = Frame(type: .hello, header: Array(#"{"bindableIPs":[],"capacity":8,"instanceID":"i","nodeID":"n","nodeNonce":"nn","proof":"p","version":1}"#.utf8))
+        guard case .hello(let h) = try ClusterMessage.decode(old) else { Issue.record("not a hello"); return }
+        #expect(h.features == nil, "the coordinator sends config_changed only to nodes that name it")
+        let newer = Frame(type: .configChanged, header: Array(#"{"generation":4,"digest":"ff","scope":"a later field"}"#.utf8))
+        #expect(try ClusterMessage.decode(newer) == .configChanged(ConfigChangedMessage(generation: 4, digest: "ff")))
     }
 
     @Test("bodies travel as raw bytes: NUL, CR, 8-bit octets are untouched")

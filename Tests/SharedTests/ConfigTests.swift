@@ -435,7 +435,7 @@ struct ConfigTests {
         let e = Self.configError(Self.base(replacingLine: 14, with: "    data_dri: var/node-a"))
         #expect(e?.line == 14)
         #expect(e?.key == "nodes[0].data_dri")
-        #expect(e?.message == "unknown key (allowed: id, data_dir, metrics_listen)")
+        #expect(e?.message == "unknown key (allowed: id, data_dir, metrics_listen, tls)")
         let top = Self.configError(Self.base + "smpt: {}\n")
         #expect(top?.line == 29)
         #expect(top?.key == "smpt")

@@ -7,6 +7,9 @@ let usage = """
 
     commands:
       serve                 run the coordinator (SMTP listener, queue, scheduler, admin API)
+      check                 validate what serve needs: cluster.yml, the files it names (TLS certificates
+                            and keys, CA bundles, DKIM keys, admin_token_file), data_dir, bindable
+                            listen addresses; one line per item (ok/warning/error), exit 1 on an error
       status [--json]       nodes, sending IPs and queue counts, from the admin API
       nodes [--json]        nodes with state, owned IPs and leases in flight
       ips [--json]          the IP assignment table
@@ -24,7 +27,8 @@ let usage = """
                             --wait shows progress and exits when drained (non-zero on timeout)
       resume NODE           make a draining or drained node active again
       rebalance [--dry-run] even out sending IPs over active nodes with the fewest moves (handover)
-      reload                re-read cluster.yml and apply it (also: SIGHUP to the coordinator)
+      reload                re-read cluster.yml, check it, and apply it: prints what applied live, what
+                            needs a restart of which process, and each node's answer (also: SIGHUP)
       suspensions           active backoffs per (sending IP, provider)
       lift IP PROVIDER      end a suspension or throttle early
       lift --provider P     end every backoff of a provider (all its sending IPs)
@@ -91,6 +95,13 @@ do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "
     exitWithError("hato-coordinator: \(error) (see hato-coordinator \(args.subcommand ?? "") --help)", status: 2)
 }
 
+if args.subcommand == "check" {
+    var (loaded, report) = ConfigCheck.load(path: args.configPath)
+    if let loaded { report.items += ConfigCheck.coordinator(loaded).items }
+    print(report.rendered())
+    exit(report.hasErrors ? 1 : 0)
+}
+
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }
 
@@ -101,14 +112,11 @@ case "serve":
     do {
         let service = try CoordinatorService(config: config)
         try service.start()
-        // SIGHUP re-reads cluster.yml; an invalid file is logged and the running config stays.
+        // SIGHUP reloads like `hato-coordinator reload`: the outcome (or why the file was
+        // refused, the running configuration unchanged) is logged by `reload()`.
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        hup.setEventHandler {
-            do { try service.reload() } catch {
-                Logger(label: "coordinator").error("reload refused; running configuration unchanged", ["error": "\(error)"])
-            }
-        }
+        hup.setEventHandler { _ = try? service.reload() }
         hup.resume()
         // SIGTERM/SIGINT: stop listening, mark the queue cleanly stopped, exit 0.
         var stops: [any DispatchSourceSignal] = []

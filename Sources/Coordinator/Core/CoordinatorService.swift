@@ -15,9 +15,14 @@ public final class CoordinatorService: Sendable {
     private let reloadLock = NSLock()
 
     /// Opens the queue and binds every listener.
-    /// - Throws: `SQLiteError` or `SocketError`.
+    /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `TLSError` when a TLS
+    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `SocketError`.
     public init(config: ClusterConfig) throws {
         self.config = config
+        let token = try config.coordinator.requireAdminToken()
+        let adminTLS = try config.coordinator.adminTLS.map {
+            try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
+        }
         store = try QueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
@@ -26,20 +31,52 @@ public final class CoordinatorService: Sendable {
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
-        submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        self.submission = submission
         let path = config.sourcePath
         let lock = reloadLock
-        let api = AdminAPI(token: config.coordinator.adminToken, store: store, hub: hub, reload: {
-            try lock.withLock { try hub.reload(try ClusterConfig.load(path: path)) }
+        let log = Logger(label: "coordinator")
+        let api = AdminAPI(token: token, store: store, hub: hub, reload: {
+            try CoordinatorService.reload(path: path, lock: lock, hub: hub, submission: submission, log: log)
         })
-        admin = try HTTPServer(address: config.coordinator.adminListen) { reporting.api.handle($0) ?? api.handle($0) }
+        admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { reporting.api.handle($0) ?? api.handle($0) }
     }
 
-    /// Re-reads cluster.yml and applies it; an invalid file is refused and the running config stays.
-    /// - Throws: `ConfigError`.
+    /// Re-reads cluster.yml, checks it and applies it (SIGHUP, `POST /v1/reload`): see
+    /// `reload(path:lock:hub:submission:log:)`.
+    /// - Throws: `ConfigError`, `ConfigReloadRefused`, `AdminError.busy`.
     @discardableResult
     public func reload() throws -> ReloadReport {
-        try reloadLock.withLock { try hub.reload(try ClusterConfig.load(path: config.sourcePath)) }
+        try CoordinatorService.reload(path: config.sourcePath, lock: reloadLock, hub: hub, submission: submission, log: log)
+    }
+
+    /// One reload, under `lock`: loads the file (a `ConfigError` names file, line and key), runs
+    /// the coordinator's `ConfigCheck` on it without bind tests (an error — a missing DKIM key,
+    /// a TLS pair that does not match — refuses it, naming the file), then applies it: the
+    /// scheduler takes the live keys (`ClusterHub.reload`, which also tells the nodes), the
+    /// submission listener the routing and session settings. A refused file changes nothing.
+    /// - Returns: what applied, what needs a restart of which process, each node's answer.
+    /// - Throws: `ConfigError`, `ConfigReloadRefused`, `AdminError.busy`.
+    static func reload(path: String, lock: NSLock, hub: ClusterHub, submission: SubmissionServer, log: Logger) throws -> ReloadReport {
+        try lock.withLock {
+            let loaded: ClusterConfig
+            do { loaded = try ClusterConfig.load(path: path) } catch {
+                log.error("reload refused; running configuration unchanged", ["error": "\(error)"])
+                throw error
+            }
+            let check = ConfigCheck.coordinator(loaded, bindAddresses: false)
+            guard !check.hasErrors else {
+                let refused = ConfigReloadRefused(file: loaded.sourcePath, errors: check.errors)
+                log.error("reload refused; running configuration unchanged", ["error": refused.description])
+                throw refused
+            }
+            let (report, inForce) = try hub.reload(loaded)
+            submission.apply(inForce)
+            log.info("reload done", ["generation": "\(report.generation)", "live": report.live.joined(separator: ","),
+                                     "needs_restart": report.restartRequired.joined(separator: "; "),
+                                     "nodes": report.nodes.map { "\($0.node)=\($0.status.rawValue)" }.joined(separator: ",")])
+            return report
+        }
     }
 
     /// Starts all listeners and background loops.
@@ -55,7 +92,8 @@ public final class CoordinatorService: Sendable {
         try hub.start(leaseHoldUntil: leaseHold)
         try submission.start()
         admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "admin": admin.address.description])
+        log.info("coordinator started", ["cluster": config.cluster.name, "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+                                         "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 
     /// Stops for good (SIGTERM): closes the listeners and node connections, then marks the

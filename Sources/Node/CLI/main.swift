@@ -7,6 +7,10 @@ let usage = """
 
     commands:
       run --id NODE                 join the coordinator and deliver from this node's sending IPs
+      check --id NODE               validate what run needs on this host: cluster.yml, this node's TLS
+                                    certificate and key, the CA, DKIM keys, data_dir, metrics_listen,
+                                    the sending IPs it may own (unbindable ones are warnings); one line
+                                    per item (ok/warning/error), exit 1 on an error
       bindable --id NODE            list the configured sending IPs this host can bind for NODE
       dkim-keygen --domain D --selector S --out KEY.pem [--algorithm rsa-sha256|ed25519-sha256] [--bits N]
                                     make a DKIM key (mode 0600) and print its DNS TXT record
@@ -41,6 +45,12 @@ case "dkim-keygen":
 case "sink":
     // The demo's capture server is a development tool of its own, not part of the node.
     exitWithError("hato-node sink: the capture server moved to the development tool hato-sink (swift build; .build/debug/hato-sink --listen HOST:PORT --dir DIR)", status: 2)
+case "check":
+    guard let id = args.options["id"] else { exitWithError("hato-node check: --id NODE is required", status: 2) }
+    var (loaded, report) = ConfigCheck.load(path: args.configPath)
+    if let loaded { report.items += ConfigCheck.node(loaded, id: id).items }
+    print(report.rendered())
+    exit(report.hasErrors ? 1 : 0)
 case "run", "bindable":
     guard let id = args.options["id"] else { exitWithError("hato-node \(args.subcommand!): --id NODE is required", status: 2) }
     let config: ClusterConfig
@@ -50,15 +60,11 @@ case "run", "bindable":
         if args.subcommand == "bindable" {
             for ip in agent.bindableIPs() { print(ip) }
         } else {
-            // SIGHUP re-reads cluster.yml and re-announces the sending IPs this host can bind.
+            // SIGHUP re-reads cluster.yml like the coordinator's `config_changed` does: applies
+            // what applies live, re-announces the sending IPs this host can bind, logs the rest.
             signal(SIGHUP, SIG_IGN)
             let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-            let path = args.configPath
-            hup.setEventHandler {
-                do { agent.reloadIPs(from: try ClusterConfig.load(path: path)) } catch {
-                    Logger(label: "node").error("reload refused; running configuration unchanged", ["error": "\(error)"])
-                }
-            }
+            hup.setEventHandler { agent.reload() }
             hup.resume()
             let metricsServer = try config.node(id: id)?.metricsListen.map { try agent.metrics.serve(on: $0) }
             withExtendedLifetime((hup, metricsServer)) { agent.run() }

@@ -24,10 +24,7 @@ public final class DeliveryEngine: Sendable {
         self.log = log
         var signers: [DKIMSigner] = []
         for k in config.dkim {
-            let key = try DKIMPrivateKey(pemFile: k.privateKeyPath)
-            guard key.algorithm.rawValue == k.algorithm else {
-                throw DKIMKeyError("\(k.privateKeyPath): the key is for \(key.algorithm.rawValue), but dkim \(k.selector)._domainkey.\(k.domain) says \(k.algorithm)")
-            }
+            let key = try k.loadKey()
             signers.append(DKIMSigner(domain: k.domain, selector: k.selector, key: key,
                                       headerCanonicalization: DKIMCanonicalization(rawValue: k.headerCanonicalization) ?? .relaxed,
                                       bodyCanonicalization: DKIMCanonicalization(rawValue: k.bodyCanonicalization) ?? .relaxed,

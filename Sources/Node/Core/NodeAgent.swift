@@ -57,56 +57,171 @@ public final class NodeAgent: Sendable {
         var revoking: Set<String> = []
         var inFlight = 0
         var running = true
-        /// The `ips:` section as last read (updated by `reloadIPs`); empty: the start-up one.
-        var configuredIPs: [SendingIPSettings] = []
     }
 
+    /// What a reload replaces while the node runs: the configuration in force (the file as
+    /// last applied, with the keys that wait for a restart at their start-up values) and the
+    /// parts built from it.
+    private struct LiveParts: Sendable {
+        var config: ClusterConfig
+        var engine: DeliveryEngine
+        var backoffMatcher: BackoffMatcher
+    }
+
+    /// The configuration the process started with: what only a restart changes (the cluster
+    /// link, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`).
     private let config: ClusterConfig
+    /// The configuration in force and what is built from it (`reload()` replaces them).
+    private let live: Locked<LiveParts>
+    /// One reload at a time (SIGHUP and `config_changed` may overlap).
+    private let reloadLock = NSLock()
     /// This node's id (`nodes[].id`).
     public let nodeID: String
     /// A fresh id per process start: a restart is a new instance.
     public let instanceID = Identifier.random(bytes: 8)
     private let journal: OutcomeJournal
     /// Outbound delivery: MX resolution, the shared session pool with shaping, DKIM, STARTTLS.
-    /// One per agent, so the shaping limits hold across all its delivery threads.
-    let engine: DeliveryEngine
+    /// One per agent at a time, so the shaping limits hold across all its delivery threads; a
+    /// reload that changes what it is built from replaces it.
+    var engine: DeliveryEngine { live.withLock { $0.engine } }
     private let log: Logger
     private let state = LockedCondition(State())
-    private let backoffMatcher: BackoffMatcher
     /// Prometheus metrics (served on `nodes[].metrics_listen` by the CLI; NodeMetrics.swift).
     public let metrics: NodeMetrics
+    /// `cluster.tls`: the client context of the cluster link (this node's certificate, the
+    /// trusted CA); nil for plaintext.
+    private let clusterTLS: TLSContext?
 
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - nodeID: which `nodes[]` entry this process is.
-    /// - Throws: `NodeError.unknownNode` or a journal error.
+    /// - Throws: `NodeError.unknownNode`, a journal error, `DKIMKeyError`, or `TLSError` when the
+    ///   cluster TLS certificate, key or CA cannot be loaded.
     public init(config: ClusterConfig, nodeID: String) throws {
         guard let me = config.nodes.first(where: { $0.id == nodeID }) else { throw NodeError.unknownNode(nodeID, known: config.nodes.map(\.id)) }
+        clusterTLS = try NodeAgent.clusterTLSContext(config, nodeID: nodeID)
         self.config = config
-        self.backoffMatcher = BackoffMatcher(settings: config.backoff)
         self.nodeID = nodeID
         self.journal = try OutcomeJournal(directory: me.dataDir)
         self.log = Logger(label: "node.\(nodeID)")
-        self.engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
+        let engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
+        self.live = Locked(LiveParts(config: config, engine: engine, backoffMatcher: BackoffMatcher(settings: config.backoff)))
         self.metrics = NodeMetrics(shaping: config.shaping)
         metrics.observe { [unowned self] in state.withLock { ($0.connection != nil, $0.ips.count, $0.inFlight) } }
+    }
+
+    /// The client context for the cluster link: verifies the coordinator against `cluster.tls.ca`
+    /// (the system roots without one) and presents this node's pair (`nodes[].tls`, or the
+    /// cluster-wide one).
+    static func clusterTLSContext(_ config: ClusterConfig, nodeID: String) throws -> TLSContext? {
+        guard let tls = config.cluster.tls, let pair = config.clusterTLSPair(forNode: nodeID) else { return nil }
+        return try TLSContext.client(verifyPeer: true, trustedCAFile: tls.caPath,
+                                     certificateChainPath: pair.certificatePath, privateKeyPath: pair.privateKeyPath)
     }
 
     /// Leases per sending IP worked on at once.
     private var perIP: Int { max(1, config.delivery.connectionsPerIP) }
 
-    /// Re-reads the sending IPs from a new configuration (SIGHUP) and tells the coordinator
-    /// which of them this host can bind; other settings need a restart.
-    public func reloadIPs(from new: ClusterConfig) {
-        state.withLock { $0.configuredIPs = new.ips }
-        let binds = bindableIPs()
-        log.info("configuration re-read; announcing bindable IPs", ["bindable": binds.joined(separator: ",")])
-        try? state.withLock { $0.connection }?.send(.announce(AnnounceMessage(bindableIPs: binds)))
+    /// The configuration in force (the last file applied, restart-bound keys at their start-up values).
+    public var configInForce: ClusterConfig { live.withLock { $0.config } }
+
+    /// What a node did with a re-read cluster.yml.
+    public struct ReloadOutcome: Sendable, Equatable {
+        /// Whether the file was taken (false: refused; the node runs on unchanged).
+        public var applied: Bool
+        /// SHA-256 (hex) of the file read (empty when it could not be read).
+        public var digest: String
+        /// Changed keys that applied on this node at once.
+        public var live: [String]
+        /// Changed keys that wait for a restart of this node.
+        public var restartRequired: [String]
+        /// Why the file was refused: each names the key and the file.
+        public var errors: [String]
+    }
+
+    /// Keys (and their sub-keys) a node applies live: which IPs it may own, and what its delivery
+    /// engine and backoff rules are built from.
+    static let liveKeys = ["nodes", "pools", "ips", "routes", "dns", "delivery", "dkim", "shaping", "backoff"]
+    /// Keys whose change rebuilds the delivery engine (a new session pool; the old one's idle
+    /// sessions are closed and it is shut down once its deliveries in flight are past their leases).
+    static let engineKeys = ["ips", "routes", "dns", "delivery.port", "delivery.tls", "delivery.allow_loopback_mx", "dkim", "shaping"]
+
+    /// Re-reads cluster.yml (the path this node started from), checks it as `hato-node check`
+    /// does (without bind tests), and applies it: the sending IPs it may own (re-announced to the
+    /// coordinator, which assigns those it can bind), DKIM keys, shaping, routes, DNS, outbound
+    /// TLS and port, backoff rules. Keys that need a restart (`ConfigReload.restartKeys(forNode:)`)
+    /// keep their values in force and are listed. On SIGHUP and on `config_changed`.
+    /// - Returns: what was applied, or why the file was refused (then nothing changed).
+    @discardableResult
+    public func reload() -> ReloadOutcome {
+        reloadLock.withLock {
+            let path = config.sourcePath
+            let new: ClusterConfig
+            do { new = try ClusterConfig.load(path: path) } catch {
+                log.error("reload refused; running configuration unchanged", ["error": "\(error)"])
+                return ReloadOutcome(applied: false, digest: "", live: [], restartRequired: [], errors: ["\(error)"])
+            }
+            let check = ConfigCheck.node(new, id: nodeID, bindAddresses: false)
+            guard !check.hasErrors else {
+                let errors = check.errors.map { "\($0.key): \($0.detail)" }
+                log.error("reload refused; running configuration unchanged", ["file": path, "errors": errors.joined(separator: "; ")])
+                return ReloadOutcome(applied: false, digest: new.sourceDigest, live: [], restartRequired: [], errors: errors)
+            }
+            let old = live.withLock { $0.config }
+            let diff = ConfigReload(from: old, to: new)
+            let applied = diff.nodeConfig(nodeID)
+            let changed = Set(diff.changes.map(\.key))
+            let matches = { (keys: [String], key: String) in keys.contains { key == $0 || key.hasPrefix($0 + ".") || key.hasPrefix($0 + "[") } }
+            var replaced: DeliveryEngine?
+            if changed.contains(where: { matches(NodeAgent.engineKeys, $0) }) {
+                do {
+                    let engine = try DeliveryEngine(config: applied, log: Logger(label: "node.\(nodeID).delivery"))
+                    for ip in state.withLock({ Set($0.revoking).union($0.workers.keys).subtracting($0.ips.keys) }) { engine.revokeSendingIP(ip) }
+                    replaced = live.withLock { l in defer { l.engine = engine }; return l.engine }
+                } catch {
+                    log.error("reload refused; running configuration unchanged", ["error": "\(error)"])
+                    return ReloadOutcome(applied: false, digest: new.sourceDigest, live: [], restartRequired: [], errors: ["\(error)"])
+                }
+            }
+            live.withLock { $0.config = applied; $0.backoffMatcher = BackoffMatcher(settings: applied.backoff) }
+            metrics.setShaping(applied.shaping)
+            if let replaced {
+                // Deliveries in flight finish on the old engine (their sessions go back to its
+                // pool); it is shut down once their leases are over.
+                replaced.closeIdleSessions()
+                let after = max(5, applied.coordinator.leaseTime) + 5
+                DispatchQueue.global().asyncAfter(deadline: .now() + after) { replaced.shutdown() }
+            }
+            let outcome = ReloadOutcome(applied: true, digest: new.sourceDigest,
+                                        live: diff.changes.filter { $0.live && matches(NodeAgent.liveKeys, $0.key) }.map(\.key),
+                                        restartRequired: diff.restartKeys(forNode: nodeID), errors: [])
+            let binds = bindableIPs()
+            log.info("configuration reloaded", ["live": outcome.live.joined(separator: ","), "needs_restart": outcome.restartRequired.joined(separator: ","),
+                                                "engine": replaced == nil ? "kept" : "rebuilt", "bindable": binds.joined(separator: ",")])
+            // The coordinator assigns the IPs this node may own now and can bind (added, or moved here).
+            try? state.withLock { $0.connection }?.send(.announce(AnnounceMessage(bindableIPs: binds)))
+            return outcome
+        }
+    }
+
+    /// Answers `config_changed` on a thread of its own (the reader keeps reading meanwhile).
+    private func configChanged(_ m: ConfigChangedMessage, on conn: ClusterConnection) {
+        let thread = Thread { [self] in
+            let o = reload()
+            var errors = o.errors
+            if o.applied && o.digest != m.digest {
+                errors.append("\(config.sourcePath) differs from the coordinator's cluster.yml (SHA-256 \(o.digest.prefix(12)) here, \(m.digest.prefix(12)) there)")
+            }
+            try? conn.send(.configApplied(ConfigAppliedMessage(generation: m.generation, applied: o.applied, digest: o.digest, live: o.live,
+                                                               restartRequired: o.restartRequired, errors: errors)))
+        }
+        thread.name = "hato-node-reload"
+        thread.start()
     }
 
     /// Configured sending IPs this node may own and this host can bind (bind test on port 0).
     public func bindableIPs() -> [String] {
-        let ips = state.withLock { $0.configuredIPs.isEmpty ? config.ips : $0.configuredIPs }
+        let ips = live.withLock { $0.config.ips }
         return ips.filter { $0.nodes.isEmpty || $0.nodes.contains(nodeID) }.map(\.address).filter { addr in
             guard let s = try? Socket.listen(on: SocketAddress(host: addr, port: 0), backlog: 1) else { return false }
             s.close(); return true
@@ -146,15 +261,35 @@ public final class NodeAgent: Sendable {
     /// One connection's life: handshake, journal replay, credits, then read until it ends.
     /// - Parameter joined: called once the coordinator's `welcome` is verified.
     private func session(joined: () -> Void) throws {
-        let sock = try Socket.connect(to: config.coordinator.listen, timeout: 5)
+        let listen = config.coordinator.listen
+        let sock = try Socket.connect(to: listen, timeout: 5)
         sock.setTimeouts(read: 10, write: 30)
-        let conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
+        let conn: ClusterConnection
+        if let clusterTLS {
+            // The coordinator's certificate must verify against cluster.tls.ca and name the
+            // host of coordinator.listen (an IP SAN for a numeric address).
+            do {
+                let tls = try TLSStream.connect(over: sock, context: clusterTLS, serverName: listen.host, duplex: true)
+                conn = ClusterConnection(tls: tls, maximumFrameSize: clusterFrameLimit)
+            } catch {
+                sock.close()
+                throw error
+            }
+        } else {
+            conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
+        }
+        conn.setTimeouts(read: .seconds(10), write: .seconds(30))
         defer { conn.close() }
         let challenge: ChallengeMessage
-        switch try conn.receive() {
-        case .challenge(let c): challenge = c
-        case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
-        default: throw ClusterProtocolError.unexpected("expected challenge")
+        do {
+            switch try conn.receive() {
+            case .challenge(let c): challenge = c
+            case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+            default: throw ClusterProtocolError.unexpected("expected challenge")
+            }
+        } catch let e as SocketError where (e.kind == .timeout || e.kind == .closed) && clusterTLS == nil {
+            // A coordinator that requires TLS waits for a ClientHello and cuts the link at its handshake deadline.
+            throw SocketError(e.kind, "no challenge from the coordinator (does it require TLS? see cluster.tls)", code: e.code)
         }
         guard challenge.versions.contains(clusterProtocolVersion) else {
             throw ClusterProtocolError.versionMismatch(ours: clusterProtocolVersion, theirs: challenge.versions)
@@ -167,7 +302,8 @@ public final class NodeAgent: Sendable {
         let capacity = perIP * NodeAgent.prefetch * max(bindable.count, 1)
         try conn.send(.hello(HelloMessage(version: clusterProtocolVersion, nodeID: nodeID, instanceID: instanceID,
                                           proof: ClusterAuth.nodeProof(secret: config.cluster.secret, nonce: challenge.nonce, nodeID: nodeID, instanceID: instanceID),
-                                          nodeNonce: myNonce, bindableIPs: bindable, capacity: capacity)))
+                                          nodeNonce: myNonce, bindableIPs: bindable, capacity: capacity,
+                                          features: ClusterFeature.all)))
         let welcome: WelcomeMessage
         switch try conn.receive() {
         case .welcome(let w): welcome = w
@@ -178,7 +314,7 @@ public final class NodeAgent: Sendable {
             throw ClusterProtocolError.authenticationFailed
         }
         joined()
-        sock.setTimeouts(read: max(welcome.peerTimeout, welcome.heartbeatInterval * 3), write: 30)
+        conn.setTimeouts(read: .seconds(max(welcome.peerTimeout, welcome.heartbeatInterval * 3)), write: .seconds(30))
         setOwned(welcome.assignedIPs)
         log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
         // Re-report what the journal still holds before asking for work (the coordinator
@@ -220,6 +356,8 @@ public final class NodeAgent: Sendable {
                 // Finish what is queued for these IPs, then report them released
                 // (the coordinator hands them over only after that).
                 revoke(m.addresses)
+            case .configChanged(let m):
+                configChanged(m, on: conn)
             case .reject(let r):
                 throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
             case let other:
@@ -365,7 +503,8 @@ public final class NodeAgent: Sendable {
     /// Tells the coordinator when a reply matched a backoff rule, so it stops or slows
     /// leases for this (sending IP, provider) pair (one report per lease at most).
     private func reportBackoff(_ lease: Lease, _ result: ResultMessage) {
-        let provider = result.mxHost.map { config.shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
+        let (shaping, backoffMatcher) = live.withLock { ($0.config.shaping, $0.backoffMatcher) }
+        let provider = result.mxHost.map { shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
         for o in result.outcomes where o.status != .delivered {
             guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
             // About one mailbox: that recipient is deferred, nothing is slowed.

@@ -18,11 +18,12 @@ public final class NodeMetrics: Sendable {
     let connected: Gauge
     let sendingIPs: Gauge
     let leasesInFlight: Gauge
-    let shaping: ShapingSettings
+    /// The provider rules in force (a reload replaces them: `setShaping`).
+    private let shaping: Locked<ShapingSettings>
 
     /// - Parameter shaping: the `shaping.providers` rules that name providers (see `MailboxProvider`).
     public init(shaping: ShapingSettings = ShapingSettings()) {
-        self.shaping = shaping
+        self.shaping = Locked(shaping)
         let r = registry
         recipients = r.counter("hato_node_recipients_total", help: "Recipient outcomes reported to the coordinator.",
                                labels: ["sending_ip", "provider", "result"])
@@ -36,8 +37,12 @@ public final class NodeMetrics: Sendable {
         leasesInFlight = r.gauge("hato_node_leases_in_flight", help: "Leases held and not yet reported.")
     }
 
+    /// Names providers by these rules from now on (a reload changed `shaping`).
+    public func setShaping(_ new: ShapingSettings) { shaping.withLock { $0 = new } }
+
     /// Counts the outcomes of one reported lease.
     public func record(_ result: ResultMessage) {
+        let shaping = self.shaping.snapshot
         for o in result.outcomes {
             // A connection failure counts under the provider of the MX it could not reach.
             let provider = MailboxProvider.name(forMXHost: o.mxHost ?? result.mxHost ?? o.connectionFailure?.mxHost, shaping: shaping)

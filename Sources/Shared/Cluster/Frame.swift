@@ -44,6 +44,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case leaseRequest = 6, leaseGrant = 7, result = 8, resultAck = 9
     case ipAssign = 10, ipRevoke = 11, ipReleased = 12
     case announce = 13, backoff = 14
+    /// Sent only to nodes whose `hello.features` name `config_changed` (see `ClusterFeature`).
+    case configChanged = 15, configApplied = 16
 }
 
 /// Why a byte stream is not a valid frame sequence. Any of these closes that connection only.

@@ -14,6 +14,17 @@ public struct ChallengeMessage: Codable, Sendable, Equatable {
     public init(versions: [Int], nonce: String, cluster: String) { self.versions = versions; self.nonce = nonce; self.cluster = cluster }
 }
 
+/// Optional parts of the protocol a node speaks beyond version 1, named in `hello.features`.
+/// A peer sends a frame of a feature only to a node that named it, so nodes and coordinators
+/// of different builds keep working together (an unknown frame type closes a connection).
+public enum ClusterFeature {
+    /// `config_changed` / `config_applied`: the node re-reads cluster.yml when the coordinator
+    /// reloads it, applies what it can and answers.
+    public static let configChanged = "config_changed"
+    /// Every feature this build speaks.
+    public static let all = [configChanged]
+}
+
 /// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.
 public struct HelloMessage: Codable, Sendable, Equatable {
     /// The protocol version the node speaks.
@@ -30,9 +41,12 @@ public struct HelloMessage: Codable, Sendable, Equatable {
     public var bindableIPs: [String]
     /// Concurrent leases the node can work on (its initial lease credit).
     public var capacity: Int
-    public init(version: Int, nodeID: String, instanceID: String, proof: String, nodeNonce: String, bindableIPs: [String], capacity: Int) {
+    /// Optional features the node speaks (`ClusterFeature`); absent from older nodes.
+    public var features: [String]?
+    public init(version: Int, nodeID: String, instanceID: String, proof: String, nodeNonce: String, bindableIPs: [String], capacity: Int,
+                features: [String]? = nil) {
         self.version = version; self.nodeID = nodeID; self.instanceID = instanceID; self.proof = proof
-        self.nodeNonce = nodeNonce; self.bindableIPs = bindableIPs; self.capacity = capacity
+        self.nodeNonce = nodeNonce; self.bindableIPs = bindableIPs; self.capacity = capacity; self.features = features
     }
 }
 
@@ -282,6 +296,38 @@ public struct BackoffMessage: Codable, Sendable, Equatable {
     }
 }
 
+/// `config_changed` (coordinator → node, feature `config_changed`): the coordinator reloaded
+/// cluster.yml. The node re-reads its own copy (the same path on every host), checks it like
+/// `hato-node check`, applies what applies live, re-announces the sending IPs it may own and
+/// can bind, and answers `config_applied`. Unknown JSON keys are ignored by both sides.
+public struct ConfigChangedMessage: Codable, Sendable, Equatable {
+    /// The coordinator's reload counter (since its start); the answer carries it back.
+    public var generation: Int
+    /// SHA-256 (hex) of cluster.yml as the coordinator read it: a node whose file differs says so.
+    public var digest: String
+    public init(generation: Int, digest: String) { self.generation = generation; self.digest = digest }
+}
+
+/// `config_applied` (node → coordinator, answers `config_changed`): what the node did.
+public struct ConfigAppliedMessage: Codable, Sendable, Equatable {
+    /// The `generation` answered.
+    public var generation: Int
+    /// Whether the node took the file (false: refused, the node runs on unchanged).
+    public var applied: Bool
+    /// SHA-256 (hex) of the file the node read.
+    public var digest: String
+    /// Keys that changed and applied live on the node.
+    public var live: [String]
+    /// Keys that changed and wait for a restart of this node.
+    public var restartRequired: [String]
+    /// Why the file was refused (each naming the key and file), or other problems.
+    public var errors: [String]
+    public init(generation: Int, applied: Bool, digest: String, live: [String], restartRequired: [String], errors: [String]) {
+        self.generation = generation; self.applied = applied; self.digest = digest
+        self.live = live; self.restartRequired = restartRequired; self.errors = errors
+    }
+}
+
 /// A decoded cluster protocol message.
 public enum ClusterMessage: Sendable, Equatable {
     case challenge(ChallengeMessage)
@@ -299,6 +345,8 @@ public enum ClusterMessage: Sendable, Equatable {
     case ipReleased(IPReleasedMessage)
     case announce(AnnounceMessage)
     case backoff(BackoffMessage)
+    case configChanged(ConfigChangedMessage)
+    case configApplied(ConfigAppliedMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -317,6 +365,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased: return .ipReleased
         case .announce: return .announce
         case .backoff: return .backoff
+        case .configChanged: return .configChanged
+        case .configApplied: return .configApplied
         }
     }
 
@@ -435,6 +485,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased(let m): return Frame(type: .ipReleased, header: h(m))
         case .announce(let m): return Frame(type: .announce, header: h(m))
         case .backoff(let m): return Frame(type: .backoff, header: h(m))
+        case .configChanged(let m): return Frame(type: .configChanged, header: h(m))
+        case .configApplied(let m): return Frame(type: .configApplied, header: h(m))
         }
     }
 
@@ -471,6 +523,8 @@ public enum ClusterMessage: Sendable, Equatable {
         case .ipReleased: return .ipReleased(try v(IPReleasedMessage.self))
         case .announce: return .announce(try v(AnnounceMessage.self))
         case .backoff: return .backoff(try v(BackoffMessage.self))
+        case .configChanged: return .configChanged(try v(ConfigChangedMessage.self))
+        case .configApplied: return .configApplied(try v(ConfigAppliedMessage.self))
         }
     }
 }
@@ -517,19 +571,27 @@ public enum ClusterAuth {
     }
 }
 
-/// One cluster protocol connection: a socket, a frame decoder and a write lock.
+/// One cluster protocol connection: a byte stream (a plain `Socket`, or a duplex `TLSStream`
+/// over one), a frame decoder and a write lock.
 ///
 /// One thread reads (`receive`) and owns the connection: it alone calls `close()`. Any thread
 /// may `send` (writes are serialised), and any thread that wants the connection to end calls
 /// `shutdown()`: the reader's `receive` then throws `SocketError(.closed)` and the reader
 /// closes (see `Socket`'s close rule).
 ///
+/// Over TLS the stream must be a duplex one (`TLSStream.accept/connect(…, duplex: true)`): the
+/// reader waits for frames while the writer sends, and OpenSSL's one-thread-per-`SSL*` rule is
+/// kept by the stream's own lock around each non-blocking call. The plaintext path reads and
+/// writes the socket directly, as before.
+///
 /// Checked `Sendable`: the decoder and read buffer live in a `Locked` that only the reading
 /// thread takes (held across its blocking read: a second reader would wait, not interleave);
-/// writes hold `writer` across the socket write so frames never interleave.
+/// writes hold `writer` across the stream write so frames never interleave.
 public final class ClusterConnection: Sendable {
-    /// The socket.
+    /// The TCP socket (for both kinds of connection).
     public let socket: Socket
+    /// The TLS stream over `socket`, nil for a plaintext connection.
+    public let tls: TLSStream?
     private struct ReadState: Sendable {
         var decoder: FrameDecoder
         var buffer: [UInt8]
@@ -537,23 +599,47 @@ public final class ClusterConnection: Sendable {
     private let reader: Locked<ReadState>
     private let writer = Locked(())
 
+    /// A plaintext connection.
     /// - Parameters:
     ///   - socket: a connected socket.
     ///   - maximumFrameSize: the largest frame accepted, octets.
     public init(socket: Socket, maximumFrameSize: Int) {
         self.socket = socket
+        self.tls = nil
         self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
                                        buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
     }
 
+    /// A connection over TLS (RFC 8446 / RFC 5246).
+    /// - Parameters:
+    ///   - tls: a duplex TLS stream (`isDuplex`), its handshake done.
+    ///   - maximumFrameSize: the largest frame accepted, octets.
+    public init(tls: TLSStream, maximumFrameSize: Int) {
+        precondition(tls.isDuplex, "a cluster connection's TLS stream must be duplex: a reader and a writer share it")
+        self.socket = tls.socket
+        self.tls = tls
+        self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
+                                       buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
+    }
+
+    /// Whether the connection is encrypted.
+    public var isEncrypted: Bool { tls != nil }
+
     /// Octets per read: 256 KiB, or less for a connection whose frames are small (before authentication).
     private static func readSize(_ maximumFrameSize: Int) -> Int { min(256 * 1024, max(4096, maximumFrameSize + 4)) }
+
+    /// Sets how long one `receive` waits for bytes and one `send` for room (`.zero`: forever).
+    public func setTimeouts(read: Duration, write: Duration) {
+        if let tls { tls.setTimeouts(read: read, write: write) } else { socket.setTimeouts(read: read, write: write) }
+    }
 
     /// Sends one message.
     /// - Throws: `SocketError` when the write fails.
     public func send(_ message: ClusterMessage) throws {
         let bytes = message.frame().encoded()
-        try writer.withLock { _ in try socket.write(bytes) }
+        try writer.withLock { _ in
+            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+        }
     }
 
     /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
@@ -569,9 +655,9 @@ public final class ClusterConnection: Sendable {
     /// Octets received but not yet returned as frames.
     public var bufferedCount: Int { reader.withLock { $0.decoder.bufferedCount } }
 
-    /// Receives the next message, blocking up to the socket's read timeout, or until
-    /// `deadline` on the monotonic clock (a peer that trickles bytes cannot hold the read past
-    /// it: each read waits at most the time left).
+    /// Receives the next message, blocking up to the read timeout, or until `deadline` on the
+    /// monotonic clock (a peer that trickles bytes cannot hold the read past it: each read
+    /// waits at most the time left).
     /// - Throws: `SocketError` (timeout, closed — also after `shutdown()`), `FrameError` or
     ///   `ClusterProtocolError.malformed`.
     public func receive(deadline: ContinuousClock.Instant? = nil) throws -> ClusterMessage {
@@ -581,9 +667,12 @@ public final class ClusterConnection: Sendable {
                 if let deadline {
                     let left = ContinuousClock.now.duration(to: deadline)
                     guard left > .zero else { throw SocketError(.timeout, "cluster read") }
-                    socket.setTimeouts(read: max(left, .milliseconds(1)), write: .seconds(30))
+                    setTimeouts(read: max(left, .milliseconds(1)), write: .seconds(30))
                 }
-                let n = try state.buffer.withUnsafeMutableBytes { try socket.read(into: $0) }
+                let n = try state.buffer.withUnsafeMutableBytes { buffer in
+                    if let tls { return try tls.read(into: buffer) }
+                    return try socket.read(into: buffer)
+                }
                 if n == 0 {
                     try state.decoder.finish()
                     throw SocketError(.closed, "cluster read")
@@ -597,8 +686,10 @@ public final class ClusterConnection: Sendable {
     /// reader then calls `close()`.
     public func shutdown() { socket.shutdown() }
 
-    /// Closes the connection. **Owner only** (the thread that calls `receive`); other threads
-    /// call `shutdown()`. (A call from another thread is still safe: the descriptor is
-    /// released only after the reader's call returns.)
-    public func close() { socket.close() }
+    /// Closes the connection (over TLS: `close_notify` first). **Owner only** (the thread that
+    /// calls `receive`); other threads call `shutdown()`. (A call from another thread is still
+    /// safe: the descriptor is released only after the reader's call returns.)
+    public func close() {
+        if let tls { tls.close() } else { socket.close() }
+    }
 }

@@ -7,6 +7,9 @@ import Foundation
 public struct ClusterConfig: Sendable, Equatable {
     /// Absolute path of the file the configuration was parsed from.
     public var sourcePath: String
+    /// SHA-256 (hex) of the file's bytes as loaded (empty for text given to `parse`): tells
+    /// whether two hosts read the same cluster.yml.
+    public var sourceDigest = ""
     /// `cluster:` name and shared secret. Required.
     public var cluster: ClusterIdentity
     /// `coordinator:` addresses, admin token, storage and timers. Required.
@@ -89,6 +92,9 @@ public struct ClusterIdentity: Sendable, Equatable {
     /// `secret_file` (relative to the config's directory; trailing line breaks removed).
     /// Exactly one of the two is required.
     public var secret: String
+    /// `tls`: TLS for the cluster protocol (`certificate`, `private_key`, `ca`). Default none:
+    /// plaintext TCP (the HMAC challenge–response still authenticates both sides).
+    public var tls: ClusterTLSSettings? = nil
 
     /// Creates an identity.
     public init(name: String, secret: String) { self.name = name; self.secret = secret }
@@ -100,8 +106,19 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var listen: SocketAddress
     /// `admin_listen`: the admin HTTP API address. Required.
     public var adminListen: SocketAddress
-    /// `admin_token`: bearer token for the admin API (printable ASCII, no spaces). Required.
+    /// The bearer token of the admin API (printable ASCII, no spaces): `admin_token` inline, or
+    /// the contents of `admin_token_file` (trailing line breaks removed). Exactly one of the two
+    /// is required. Empty when `admin_token_file` could not be read at load time (see
+    /// `adminTokenError`; use `requireAdminToken()` where the token is needed).
     public var adminToken: String
+    /// `admin_token_file`: absolute path of the file holding the token, nil when inline. Node
+    /// hosts need not have the file. Default nil.
+    public var adminTokenFile: String? = nil
+    /// Why `admin_token_file` could not be read at load time; nil when the token is resolved.
+    public var adminTokenError: String? = nil
+    /// `admin_tls`: HTTPS on `admin_listen` (`certificate`, `private_key`, and `ca` the CLI
+    /// trusts). Default none: plain HTTP.
+    public var adminTLS: AdminTLSSettings? = nil
     /// `data_dir`: absolute directory for the coordinator's database. Required.
     public var dataDir: String
     /// `lease_time`: seconds a node holds a message lease before it may be re-assigned. Default 300 (5m).
@@ -212,6 +229,9 @@ public struct NodeSettings: Sendable, Equatable {
     public var dataDir: String
     /// `metrics_listen`: where the node serves `/metrics` (Prometheus text format); nil for none. Default none.
     public var metricsListen: SocketAddress? = nil
+    /// `tls`: this node's own client certificate and key for the cluster link, overriding the
+    /// `cluster.tls` pair (so each node host holds only its own key). Default none.
+    public var tls: TLSPairSettings? = nil
 
     /// Creates node settings.
     public init(id: String, dataDir: String) { self.id = id; self.dataDir = dataDir }

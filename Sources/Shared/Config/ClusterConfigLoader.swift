@@ -22,7 +22,9 @@ extension ClusterConfig {
         guard text.utf8.elementsEqual(bytes) else {
             throw ConfigError(file: path, line: nil, key: nil, message: "not valid UTF-8")
         }
-        return try parse(text, path: path)
+        var config = try parse(text, path: path)
+        config.sourceDigest = Hex.encode(Crypto.sha256(bytes))
+        return config
     }
 
     /// Parses and validates configuration text.
@@ -64,7 +66,7 @@ struct ClusterConfigDecoder {
         let cluster = try decodeCluster(top)
         let coordinator = try decodeCoordinator(top)
         let smtp = try decodeSMTP(top, coordinator: coordinator)
-        let nodes = try decodeNodes(top, coordinator: coordinator)
+        let nodes = try decodeNodes(top, coordinator: coordinator, clusterTLS: cluster.tls != nil)
         let pools = try decodePools(top)
         let ips = try decodeIPs(top, nodes: nodes, pools: pools)
         let routing = try decodeRouting(top, pools: pools, ips: ips)
@@ -83,7 +85,7 @@ struct ClusterConfigDecoder {
     }
 
     private func decodeCluster(_ top: ConfigSection) throws -> ClusterIdentity {
-        let sec = try top.requiredSection("cluster", allowed: ["name", "secret", "secret_file"])
+        let sec = try top.requiredSection("cluster", allowed: ["name", "secret", "secret_file", "tls"])
         let name = try sec.require("name", ConfigValue.identifier)
         let inline = try sec.scalar("secret")
         let fromFile = try sec.scalar("secret_file")
@@ -113,25 +115,25 @@ struct ClusterConfigDecoder {
         guard secret.count >= 16 else {
             throw fail(secretAt.line, secretAt.path, "the secret must be at least 16 characters (found \(secret.count))")
         }
-        return ClusterIdentity(name: name, secret: secret)
+        var identity = ClusterIdentity(name: name, secret: secret)
+        identity.tls = try decodeClusterTLS(sec)  // SecuritySettings.swift
+        return identity
     }
 
     private func decodeCoordinator(_ top: ConfigSection) throws -> CoordinatorSettings {
-        let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "data_dir",
-                                                                   "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance"])
+        let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "admin_token_file", "admin_tls",
+                                                                   "data_dir", "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance"])
         let listen = try sec.require("listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
         let admin = try sec.require("admin_listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
         if admin == listen && admin.port != 0, let at = try sec.scalar("admin_listen") {
             throw fail(at.line, at.path, "same address as coordinator.listen")
         }
-        let token = try sec.require("admin_token") { text -> String in
-            guard !text.isEmpty, text.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
-                throw ConfigValueError("must be non-empty printable ASCII without spaces")
-            }
-            return text
-        }
+        let token = try decodeAdminToken(sec)  // SecuritySettings.swift
         let dataDir = try sec.require("data_dir", resolvePath)
-        var settings = CoordinatorSettings(listen: listen, adminListen: admin, adminToken: token, dataDir: dataDir)
+        var settings = CoordinatorSettings(listen: listen, adminListen: admin, adminToken: token.token, dataDir: dataDir)
+        settings.adminTokenFile = token.file
+        settings.adminTokenError = token.error
+        settings.adminTLS = try decodeAdminTLS(sec)
         if let v = try sec.get("lease_time", { try ConfigValue.duration($0) }) { settings.leaseTime = v }
         if let v = try sec.get("node_timeout", { try ConfigValue.duration($0) }) { settings.nodeTimeout = v }
         if let v = try sec.get("heartbeat_interval", { try ConfigValue.duration($0) }) { settings.heartbeatInterval = v }
@@ -178,14 +180,14 @@ struct ClusterConfigDecoder {
         return settings
     }
 
-    private func decodeNodes(_ top: ConfigSection, coordinator: CoordinatorSettings) throws -> [NodeSettings] {
+    private func decodeNodes(_ top: ConfigSection, coordinator: CoordinatorSettings, clusterTLS: Bool) throws -> [NodeSettings] {
         let items = try top.requireList("nodes")
         guard !items.isEmpty else { throw fail(top.entryLine("nodes"), "nodes", "must list at least one node") }
         var nodes: [NodeSettings] = []
         var ids: [String: Int] = [:]
         var dirs: [String: String] = [coordinator.dataDir: "coordinator.data_dir"]
         for item in items {
-            let sec = try item.section(allowed: ["id", "data_dir", "metrics_listen"])
+            let sec = try item.section(allowed: ["id", "data_dir", "metrics_listen", "tls"])
             let id = try sec.require("id", ConfigValue.identifier)
             if let first = ids[id], let at = try sec.scalar("id") {
                 throw fail(at.line, at.path, "duplicate node id \"\(id)\" (first on line \(first))")
@@ -198,6 +200,10 @@ struct ClusterConfigDecoder {
             dirs[dir] = sec.keyPath("data_dir")
             var node = NodeSettings(id: id, dataDir: dir)
             node.metricsListen = try decodeMetricsListen(sec)
+            node.tls = try decodeNodeTLS(sec)
+            if node.tls != nil && !clusterTLS {
+                throw fail(sec.entryLine("tls"), sec.keyPath("tls"), "a node's tls pair needs cluster.tls (certificate, private_key, ca)")
+            }
             nodes.append(node)
         }
         return nodes

@@ -75,19 +75,34 @@ public final class HTTPServer: Sendable {
     /// The limits in force.
     public let configuration: HTTPServerConfiguration
 
+    /// Whether the listener speaks HTTPS.
+    public let isTLS: Bool
+
     /// Binds `address`.
     /// - Parameters:
     ///   - address: where to listen; port 0 picks a free port (see `address`).
     ///   - configuration: deadlines, sizes and connection limits.
+    ///   - tls: a server context for HTTPS (RFC 9110 §4.2.2 over TLS, RFC 8446): every connection
+    ///     starts with the TLS handshake, which counts within `requestTimeout`; nil for plain HTTP.
+    ///     Refused connections of an HTTPS listener are closed without a `503` (the client
+    ///     expects a TLS record).
     ///   - handler: answers one request (on the connection's thread).
     /// - Throws: `SocketError` when the address cannot be bound.
-    public init(address: SocketAddress, configuration: HTTPServerConfiguration = HTTPServerConfiguration(),
+    public init(address: SocketAddress, configuration: HTTPServerConfiguration = HTTPServerConfiguration(), tls: TLSContext? = nil,
                 handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
         self.configuration = configuration
-        let admission = AdmissionControl(limits: configuration.admission)
-        acceptor = try Acceptor(address: address, configuration: Acceptor.Configuration(name: "http"), admission: admission,
-                                refusal: { _, _ in HTTPServer.encode(.error(503, "too many connections"), extraHeaders: "Retry-After: 1\r\n") },
-                                handler: { HTTPServer.serve($0, configuration: configuration, handler: handler) })
+        isTLS = tls != nil
+        // Over TLS a slow client could stretch the handshake read by read; the acceptor instead
+        // shuts every connection down at `requestTimeout` unless its request arrived by then.
+        let admission = AdmissionControl(limits: configuration.admission, preAuthentication: tls == nil ? nil
+            : PreAuthenticationLimits(maxConnections: configuration.admission.maxConnections,
+                                      maxConnectionsPerPeer: configuration.admission.maxConnectionsPerPeer,
+                                      handshakeDeadline: configuration.requestTimeout))
+        let busy = tls == nil ? HTTPServer.encode(.error(503, "too many connections"), extraHeaders: "Retry-After: 1\r\n") : []
+        let refusal: Acceptor.Refusal = { _, _ in busy }
+        acceptor = try Acceptor(address: address, configuration: Acceptor.Configuration(name: tls == nil ? "http" : "https"), admission: admission,
+                                refusal: refusal,
+                                handler: { HTTPServer.serve($0, configuration: configuration, tls: tls, handler: handler) })
         self.address = acceptor.address
     }
 
@@ -113,14 +128,23 @@ public final class HTTPServer: Sendable {
     }
 
     /// Serves one connection on its own thread (the socket's owner; the acceptor closes it after).
-    private static func serve(_ connection: AcceptedConnection, configuration: HTTPServerConfiguration,
+    private static func serve(_ connection: AcceptedConnection, configuration: HTTPServerConfiguration, tls: TLSContext?,
                               handler: @Sendable (HTTPRequest) -> HTTPResponse) {
         let conn = connection.socket
-        let stream = DeadlineStream(socket: conn, deadline: .now + configuration.requestTimeout)
+        let deadline = ContinuousClock.now + configuration.requestTimeout
+        var secure: TLSStream?
+        if let tls {
+            conn.setTimeouts(read: configuration.requestTimeout, write: configuration.requestTimeout)
+            do { secure = try TLSStream.accept(over: conn, context: tls) } catch { return }  // not TLS, or too slow
+        }
+        defer { secure?.close() }
+        let stream = DeadlineStream(socket: conn, tls: secure, deadline: deadline)
         let reader = BufferedReader(stream: stream, chunkSize: 16 * 1024)
         let response: HTTPResponse
         do {
-            response = handler(try read(reader, configuration))
+            let request = try read(reader, configuration)
+            _ = connection.admission.promote()  // the request arrived in time: no deadline shutdown while it is answered
+            response = handler(request)
         } catch let e as HTTPParseError {
             response = .error(e.status, e.message)
         } catch let e as SocketError where e.kind == .timeout {
@@ -128,7 +152,7 @@ public final class HTTPServer: Sendable {
         } catch {
             return  // the client left (or reset) before its request was complete
         }
-        try? conn.write(encode(response), before: .now + configuration.responseTimeout)
+        try? DeadlineStream(socket: conn, tls: secure, deadline: .now + configuration.responseTimeout).write(encode(response))
     }
 
     private struct HTTPParseError: Error { var status: Int; var message: String }
@@ -177,14 +201,17 @@ public final class HTTPServer: Sendable {
     }
 }
 
-/// A socket read against one deadline for a whole exchange: each `read` waits at most until
-/// the deadline (however slowly the bytes trickle in), then throws `SocketError(.timeout)`.
+/// A socket (or a TLS stream over it) read against one deadline for a whole exchange: each
+/// `read` waits at most until the deadline (however slowly the bytes trickle in), then throws
+/// `SocketError(.timeout)`; a `write` must finish by the deadline too.
 final class DeadlineStream: ByteStream {
     let socket: Socket
+    let tls: TLSStream?
     let deadline: ContinuousClock.Instant
 
-    init(socket: Socket, deadline: ContinuousClock.Instant) {
+    init(socket: Socket, tls: TLSStream? = nil, deadline: ContinuousClock.Instant) {
         self.socket = socket
+        self.tls = tls
         self.deadline = deadline
     }
 
@@ -192,10 +219,18 @@ final class DeadlineStream: ByteStream {
         let remaining = ContinuousClock.now.duration(to: deadline)
         guard remaining > .zero else { throw SocketError(.timeout, "read", code: ETIMEDOUT) }
         socket.setTimeouts(read: remaining, write: remaining)
+        if let tls { return try tls.read(into: buffer) }
         return try socket.read(into: buffer)
     }
 
-    func write(_ bytes: [UInt8]) throws { try socket.write(bytes, before: deadline) }
+    func write(_ bytes: [UInt8]) throws {
+        guard let tls else { return try socket.write(bytes, before: deadline) }
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining > .zero else { throw SocketError(.timeout, "write", code: ETIMEDOUT) }
+        socket.setTimeouts(read: remaining, write: remaining)
+        try tls.write(bytes)
+    }
+
     func shutdown() { socket.shutdown() }
-    func close() { socket.close() }
+    func close() { if let tls { tls.close() } else { socket.close() } }
 }

@@ -150,6 +150,9 @@ public enum StoreFailure: Error, Sendable, Equatable {
     case temporary
     /// The queue's file system is full (`SQLITE_FULL`): `452 4.3.1 Insufficient system storage`.
     case insufficientStorage
+    /// The message is refused for good by the relay's policy (e.g. `550 5.7.1 unknown pool`):
+    /// this reply is sent, nothing is queued.
+    case refused(SMTPReply)
 }
 
 /// What the driver must do, in order.
@@ -479,6 +482,8 @@ public struct SMTPServerSession: Sendable {
             emit(SMTPReply(451, "4.3.0", "Error: queue file write error"), &actions)
         case .insufficientStorage:
             emit(Self.insufficientStorage, &actions)
+        case .refused(let reply):
+            emit(reply, &actions)
         }
         resume(&actions)
         return actions

@@ -49,7 +49,7 @@ public struct RebalanceReport: Codable, Sendable {
 /// | GET | `/v1/recipients?address=A` | messages for a recipient, with their records |
 /// | GET | `/v1/rebalance` | the plan, not applied |
 /// | POST | `/v1/rebalance` | compute and apply the plan |
-/// | POST | `/v1/reload` | re-read cluster.yml; 400 with the error if invalid |
+/// | POST | `/v1/reload` | re-read cluster.yml, check it (like `check`) and apply it: `ReloadReport` (live keys, restart lines, each node's answer); 400 naming file and key if invalid or refused |
 /// | GET | `/v1/suspensions` | active backoffs per (sending IP, provider) |
 /// | DELETE | `/v1/suspensions?ip=A&provider=P` | lift one; without `ip=`, every backoff of the provider |
 /// | GET | `/v1/queue/summary?by=…` | waiting recipients per domain, provider, pool, IP or state (`QueueControlAPI`) |
@@ -114,7 +114,9 @@ public struct AdminAPI: Sendable {
             case ("GET", ["v1", "suspensions"]):
                 return .json(hub.activeBackoffs())
             case ("POST", ["v1", "reload"]):
-                do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) }
+                do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) } catch let e as ConfigReloadRefused {
+                    return .error(400, e.description)
+                }
             case (_, let p) where p.first == "v1":
                 return .error(404, "no route \(req.method) \(req.path)")
             default:

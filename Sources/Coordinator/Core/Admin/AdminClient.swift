@@ -4,20 +4,43 @@ import FoundationNetworking
 #endif
 import HatoShared
 
-/// A client of the admin API for the CLI subcommands (URLSession, bearer token).
+/// A client of the admin API for the CLI subcommands (bearer token): URLSession over plain
+/// HTTP; over HTTPS (`coordinator.admin_tls`) the project's own `HTTPClient` and OpenSSL layer,
+/// trusting `admin_tls.ca` or, without one, the admin certificate itself (URLSession on Linux
+/// cannot be given a private trust anchor).
 public struct AdminClient: Sendable {
     let base: String
     let token: String
     /// Sent as `X-Hato-Operator` with every request: who acts (the coordinator logs it with
     /// every operator action); nil sends none (the coordinator then says `admin`).
     public let operatorName: String?
+    /// Why the token is unavailable (`admin_token_file` unreadable on this host), if it is.
+    let tokenError: String?
+    /// HTTPS: where to connect and what to trust; nil for plain HTTP.
+    let https: HTTPS?
 
-    /// Talks to `coordinator.admin_listen` with `coordinator.admin_token`.
-    /// - Parameter operatorName: who acts (`--as`, else `defaultOperator()`).
+    struct HTTPS: Sendable {
+        var address: SocketAddress
+        var trust: String
+    }
+
+    /// Talks to `coordinator.admin_listen` with `coordinator.admin_token` (or `admin_token_file`).
+    /// - Parameter operatorName: who acts (`--operator`/`--as`, else `defaultOperator()`).
     public init(config: ClusterConfig, operatorName: String? = AdminClient.defaultOperator()) {
-        base = "http://\(config.coordinator.adminListen.description)"
+        let listen = config.coordinator.adminListen
         token = config.coordinator.adminToken
+        tokenError = config.coordinator.adminTokenError.map { "coordinator.admin_token_file: \($0)" }
         self.operatorName = operatorName.flatMap { $0.isEmpty ? nil : $0 }
+        if let tls = config.coordinator.adminTLS {
+            // An unspecified listen address is reached on loopback.
+            let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
+            let address = SocketAddress(host: host, port: listen.port)
+            https = HTTPS(address: address, trust: tls.trustPath)
+            base = "https://\(address)"
+        } else {
+            https = nil
+            base = "http://\(listen.description)"
+        }
     }
 
     /// The operator's name from the environment: `$SUDO_USER` (the person behind `sudo`), else `$USER`.
@@ -37,6 +60,8 @@ public struct AdminClient: Sendable {
     ///   - body: a JSON body for POST, if any.
     /// - Throws: `Failure` when the coordinator cannot be reached or answers non-2xx.
     public func request(_ method: String, _ path: String, body: Data? = nil) throws -> Data {
+        if let tokenError { throw Failure(description: tokenError) }
+        if let https { return try requestHTTPS(https, method, path, body: body) }
         guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
         var req = URLRequest(url: url, timeoutInterval: 30)
         req.httpMethod = method
@@ -64,6 +89,28 @@ public struct AdminClient: Sendable {
             }
             return data
         }
+    }
+
+    /// One request over HTTPS with the project's TLS client: the certificate must verify
+    /// against `admin_tls.ca` (or be the pinned admin certificate) and carry the address as IP SAN.
+    private func requestHTTPS(_ https: HTTPS, _ method: String, _ path: String, body: Data?) throws -> Data {
+        let response: HTTPClientResponse
+        do {
+            let context = try TLSContext.client(verifyPeer: true, trustedCAFile: https.trust, trustPartialChain: true)
+            var headers = [("Authorization", "Bearer \(token)")]
+            if body != nil { headers.append(("Content-Type", "application/json")) }
+            if let operatorName { headers.append(("X-Hato-Operator", operatorName)) }
+            response = try HTTPClient.send(method, to: https.address, path: path, headers: headers, body: body.map { Array($0) },
+                                           tls: context, timeout: 30)
+        } catch {
+            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(error)")
+        }
+        let data = Data(response.body)
+        guard (200..<300).contains(response.status) else {
+            let msg = (try? JSONDecoder().decode([String: String].self, from: data))?["error"] ?? "HTTP \(response.status)"
+            throw Failure(description: msg)
+        }
+        return data
     }
 
     /// GETs `path` and returns the body.
@@ -156,7 +203,15 @@ public struct AdminCommands {
                            ("pools added", r.poolsAdded), ("pools removed", r.poolsRemoved)] where !v.isEmpty {
                 print("  \(k): \(v.joined(separator: ", "))")
             }
-            if !r.restartRequired.isEmpty { print("  changed but needing a restart: \(r.restartRequired.joined(separator: ", "))") }
+            print(r.live.isEmpty ? "  applied live: nothing changed" : "  applied live: \(r.live.joined(separator: ", "))")
+            for line in r.restartRequired { print("  \(line)") }
+            for n in r.nodes {
+                var line = "  node \(n.node): \(n.status.rawValue)"
+                if !n.live.isEmpty { line += "; applied live: \(n.live.joined(separator: ", "))" }
+                if !n.restartRequired.isEmpty { line += "; needs restart of node \(n.node): \(n.restartRequired.joined(separator: ", "))" }
+                print(line)
+                for e in n.errors { print("    \(e)") }
+            }
         case "suspensions":
             let list = try client.get(path, as: [BackoffTable.Entry].self)
             if list.isEmpty { print("no active suspensions or throttles"); return }

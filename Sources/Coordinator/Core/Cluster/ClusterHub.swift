@@ -65,15 +65,26 @@ public final class ClusterHub: Sendable {
     private let resultObserver = Locked<(@Sendable (ResultMessage) -> Void)?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
+    /// Reloads since start (`config_changed.generation`).
+    private let reloadGeneration = Locked(0)
+    /// The last `config_applied` of each node.
+    private let configAnswers = LockedCondition<[String: ConfigAppliedMessage]>([:])
+    /// `cluster.tls`: the server context of the cluster listener (mutual TLS when `ca` is set);
+    /// nil for plaintext.
+    private let clusterTLS: TLSContext?
 
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - store: the durable queue.
     ///   - clock: wall-clock time (stored and sent instants).
-    /// - Throws: `SQLiteError` reading persisted drain state and backoffs.
+    /// - Throws: `SQLiteError` reading persisted drain state and backoffs; `TLSError` when the
+    ///   `cluster.tls` certificate, key or CA cannot be loaded.
     public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) throws {
         self.store = store
         self.clock = clock
+        clusterTLS = try config.cluster.tls.map {
+            try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath, clientCAFile: $0.caPath)
+        }
         var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()),
                                   pauses: try store.pauses())
         // The IP table as it was: each IP waits for its previous owner to rejoin, at least a
@@ -157,18 +168,42 @@ public final class ClusterHub: Sendable {
 
     // MARK: - Connections
 
-    /// The handshake, then the node's frames until the connection ends. This thread owns the
-    /// socket; the acceptor closes it when this returns (after `NodeLink.finish`).
+    /// The handshake — TLS first when `cluster.tls` is set (mutual when its `ca` is), then the
+    /// challenge and the node's HMAC proof, all within `handshakeTimeout` of the admission —
+    /// then the node's frames until the connection ends. This thread owns the socket; the
+    /// acceptor closes it when this returns (after `NodeLink.finish`).
     private func serve(_ accepted: AcceptedConnection) {
         let sock = accepted.socket, peer = accepted.peer
+        let deadline = ContinuousClock.now + ClusterHub.handshakeTimeout
         let config = published.withLock { $0.config }
-        let conn = ClusterConnection(socket: sock, maximumFrameSize: ClusterHub.handshakeFrameLimit)
         sock.setTimeouts(read: 10, write: 10)
+        let conn: ClusterConnection
+        var tlsFields: [String: String] = [:]
+        if let clusterTLS {
+            do {
+                // The acceptor shuts the socket down at the handshake deadline, so a client that
+                // never sends its ClientHello (a plaintext node) is cut off then too.
+                let tls = try TLSStream.accept(over: sock, context: clusterTLS, duplex: true)
+                tls.setTimeouts(read: .seconds(10), write: .seconds(10))
+                conn = ClusterConnection(tls: tls, maximumFrameSize: ClusterHub.handshakeFrameLimit)
+                tlsFields = ["tls": tls.protocolVersion, "cipher": tls.cipher]
+                if let cn = tls.peerCommonName { tlsFields["certificate"] = cn }
+            } catch {
+                var reason = "TLS: \(error)"
+                if let e = error as? SocketError, e.kind != .system {
+                    reason += " (no TLS handshake: a node without cluster.tls?)"
+                }
+                log.warning("node connection refused", ["peer": peer.description, "reason": reason])
+                return
+            }
+        } else {
+            conn = ClusterConnection(socket: sock, maximumFrameSize: ClusterHub.handshakeFrameLimit)
+        }
         let nonce = Identifier.random(bytes: 32)
         let hello: HelloMessage
         do {
             try conn.send(.challenge(ChallengeMessage(versions: [clusterProtocolVersion], nonce: nonce, cluster: config.cluster.name)))
-            guard case .hello(let h) = try conn.receive(deadline: .now + ClusterHub.handshakeTimeout) else {
+            guard case .hello(let h) = try conn.receive(deadline: deadline) else {
                 throw ClusterProtocolError.unexpected("expected hello")
             }
             guard h.version == clusterProtocolVersion else {
@@ -178,7 +213,7 @@ public final class ClusterHub: Sendable {
             guard ClusterAuth.verify(h.proof, expected: expected) else { throw ClusterProtocolError.authenticationFailed }
             hello = h
         } catch {
-            log.warning("node connection refused", ["peer": peer.description, "reason": "\(error)"])
+            log.warning("node connection refused", ["peer": peer.description, "reason": "\(error)"].merging(tlsFields) { a, _ in a })
             if let pe = error as? ClusterProtocolError {
                 var retryable = true
                 switch pe {
@@ -188,7 +223,11 @@ public final class ClusterHub: Sendable {
                 }
                 try? conn.send(.reject(RejectMessage(reason: pe.description, retryable: retryable)))
             }
+            conn.close()
             return
+        }
+        if !tlsFields.isEmpty {
+            log.info("node link over TLS", ["node": hello.nodeID, "peer": peer.description].merging(tlsFields) { a, _ in a })
         }
         // Authenticated: out of the unauthenticated tier and its deadline.
         guard accepted.admission.promote() else {
@@ -196,11 +235,11 @@ public final class ClusterHub: Sendable {
             return
         }
         let id = lastConnectionID.withLock { $0 += 1; return $0 }
-        let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, connection: conn, log: log)
+        let link = NodeLink(id: id, nodeID: hello.nodeID, peer: peer, features: Set(hello.features ?? []), connection: conn, log: log)
         links.withLock { $0[id] = link }
         link.start()
         conn.setMaximumFrameSize(clusterMaximumFrameSize(maxMessageSize: config.smtp.maxMessageSize))
-        sock.setTimeouts(read: config.coordinator.nodeTimeout, write: 30)
+        conn.setTimeouts(read: .seconds(config.coordinator.nodeTimeout), write: .seconds(30))
         post(.join(id, hello, peer: peer.host))
         var reason = "connection closed"
         var flushedOnce = false
@@ -221,6 +260,8 @@ public final class ClusterHub: Sendable {
                     post(.frame(id, message))
                 case .heartbeat, .ipReleased, .backoff, .announce:
                     post(.frame(id, message))
+                case .configApplied(let m):
+                    configAnswers.withLockAndBroadcast { $0[hello.nodeID] = m }
                 case .reject(let r):
                     throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
                 default:
@@ -499,12 +540,49 @@ public final class ClusterHub: Sendable {
     /// The IP assignment table rows.
     public func ipTable() -> [IPAssignmentTable.Entry] { published.withLock { $0.membership.table.entries } }
 
-    /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
-    /// lease/retry settings. Work in flight is not dropped: removed IPs are revoked from their owners.
-    /// - Returns: what changed.
+    /// How long `reload` waits for the nodes' `config_applied` answers.
+    public static let reloadAnswerTimeout: Duration = .seconds(8)
+
+    /// Applies a newly loaded, checked configuration file (`Scheduler.reloaded`), then tells every
+    /// connected node (`config_changed`) and waits up to `answerTimeout` for their answers. Work
+    /// in flight is not dropped: removed IPs are revoked from their owners.
+    /// - Parameters:
+    ///   - loaded: the file as loaded.
+    ///   - answerTimeout: how long to wait for the nodes' answers.
+    /// - Returns: what changed, what needs a restart, each node's answer; and the configuration
+    ///   the coordinator runs with now.
     /// - Throws: `AdminError.busy`.
-    public func reload(_ new: ClusterConfig) throws -> ReloadReport {
-        try command("reload") { scheduler, _ in scheduler.reloaded(new) }
+    public func reload(_ loaded: ClusterConfig, answerTimeout: Duration = ClusterHub.reloadAnswerTimeout) throws -> (ReloadReport, ClusterConfig) {
+        var (report, inForce) = try command("reload") { scheduler, _ in
+            let (report, directives) = scheduler.reloaded(loaded)
+            return ((report, scheduler.config), directives)
+        }
+        let generation = reloadGeneration.withLock { $0 += 1; return $0 }
+        report.generation = generation
+        // The newest link of each node (an older one may still be closing).
+        let current = links.withLock { all in
+            Dictionary(all.values.map { ($0.nodeID, $0) }, uniquingKeysWith: { $0.id > $1.id ? $0 : $1 })
+        }
+        var answers: [String: NodeReloadAnswer] = [:]
+        var asked: [String] = []
+        for node in loaded.nodes.map(\.id) {
+            guard let link = current[node] else { answers[node] = NodeReloadAnswer(node: node, status: .notConnected); continue }
+            guard link.features.contains(ClusterFeature.configChanged) else {
+                answers[node] = NodeReloadAnswer(node: node, status: .unsupported,
+                                                 errors: ["an older node without config_changed: send it SIGHUP (sending IPs only) or restart it"])
+                continue
+            }
+            link.send(.message(.configChanged(ConfigChangedMessage(generation: generation, digest: loaded.sourceDigest))))
+            asked.append(node)
+        }
+        let got = configAnswers.wait(until: .now + answerTimeout, for: { a in asked.allSatisfy { a[$0]?.generation == generation } }) { a, _ in a }
+        for node in asked {
+            guard let m = got[node], m.generation == generation else { answers[node] = NodeReloadAnswer(node: node, status: .noAnswer); continue }
+            answers[node] = NodeReloadAnswer(node: node, status: m.applied ? .applied : .refused, live: m.live,
+                                             restartRequired: m.restartRequired, errors: m.errors)
+        }
+        report.nodes = loaded.nodes.compactMap { answers[$0.id] }
+        return (report, inForce)
     }
 
     /// Pauses a provider, pool or sending IP: stored, then no new leases for it until resumed.

@@ -31,6 +31,8 @@ final class NodeLink: Sendable {
     /// The node id its `hello` proved.
     let nodeID: String
     let peer: SocketAddress
+    /// The optional protocol features its `hello` named (`ClusterFeature`).
+    let features: Set<String>
     let connection: ClusterConnection
     private let outbox = LockedCondition(Outbox())
     private let log: Logger
@@ -40,8 +42,8 @@ final class NodeLink: Sendable {
     /// Unsent octets in the socket beyond which a link counts as backed up.
     static let backlogBytes = 64 * 1024
 
-    init(id: ConnectionID, nodeID: String, peer: SocketAddress, connection: ClusterConnection, log: Logger) {
-        self.id = id; self.nodeID = nodeID; self.peer = peer; self.connection = connection; self.log = log
+    init(id: ConnectionID, nodeID: String, peer: SocketAddress, features: Set<String> = [], connection: ClusterConnection, log: Logger) {
+        self.id = id; self.nodeID = nodeID; self.peer = peer; self.features = features; self.connection = connection; self.log = log
     }
 
     /// Starts the writer thread.

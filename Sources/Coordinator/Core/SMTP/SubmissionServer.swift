@@ -35,11 +35,15 @@ import HatoShared
 ///
 /// Checked `Sendable`: the listeners, TLS context and data rate live in `Locked`s.
 public final class SubmissionServer: Sendable {
+    /// The configuration the listener started with (listen addresses, TLS, users, limits, guards).
     private let config: ClusterConfig
+    /// What a reload changes for the next session and the next message: the configuration in
+    /// force (`ConfigReload.coordinatorConfig`: relay networks, recipient limit, timeouts) and
+    /// the pool router built from its `routing` and `pools`.
+    private let current: Locked<(config: ClusterConfig, router: PoolRouter)>
     private let store: QueueStore
     private let onAccepted: @Sendable () -> Void
     private let clock: any WallClock
-    private let router: PoolRouter
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
     private let metrics: CoordinatorMetrics?
@@ -76,11 +80,19 @@ public final class SubmissionServer: Sendable {
             metrics.registry.addCollector { gauge.set(Double(contentMemory.reserved)) }
         }
         self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom, contentMemory: contentMemory)
-        self.router = PoolRouter(routing: config.routing, pools: config.pools)
+        self.current = Locked((config, PoolRouter(routing: config.routing, pools: config.pools)))
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
                                                      failureWindow: config.smtp.authFailureWindow, clock: clock)
         self.admission = AdmissionControl(limits: AdmissionLimits(maxConnections: config.smtp.maxConnections,
                                                                   maxConnectionsPerPeer: config.smtp.maxConnectionsPerClient))
+    }
+
+    /// Applies a reloaded configuration: `routing` and `pools` from the next message on, the
+    /// live `smtp` keys from the next session on (pass `ConfigReload.coordinatorConfig`, whose
+    /// other `smtp` keys are still the ones in force).
+    public func apply(_ config: ClusterConfig) {
+        let router = PoolRouter(routing: config.routing, pools: config.pools)
+        current.withLock { $0 = (config, router) }
     }
 
     /// The bound addresses (real ports when configured with port 0).
@@ -125,6 +137,7 @@ public final class SubmissionServer: Sendable {
     /// One admitted session, on its own thread (the socket's owner: it closes the stream at the
     /// end; the acceptor then releases the slot).
     private func serve(_ conn: Socket, peer: SocketAddress) {
+        let config = current.withLock { $0.config }
         let smtp = config.smtp
         metrics?.smtpSessions.inc()
         metrics?.smtpSessionsOpen.add(1)
@@ -291,7 +304,14 @@ public final class SubmissionServer: Sendable {
         let id = Identifier.queueID(now: now)
         let hostname = config.smtp.hostname
         // routing.rules pick the pool; routing headers (X-Hato-Pool) are removed before queueing.
-        let route = router.route(authUser: message.authenticatedUser, reversePath: message.reversePath.address, content: message.body)
+        let route: PoolRouter.Decision
+        do {
+            route = try current.withLock { $0.router }.route(authUser: message.authenticatedUser, reversePath: message.reversePath.address,
+                                                               content: message.body)
+        } catch {
+            log.warning("message refused: unknown pool", ["header": error.header, "pool": String(error.pool.prefix(64)), "client": message.peer.host])
+            return .failure(.refused(error.reply))
+        }
         // RFC 6409 §8.3: a submission server adds Date and Message-ID when missing.
         let fixed = SubmissionFixups.apply(to: route.content, messageID: "<\(id)@\(hostname)>", date: now)
         // `for` names the recipient as the client gave it (postmaster, not the operator's mailbox).

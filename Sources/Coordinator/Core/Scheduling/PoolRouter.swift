@@ -3,8 +3,22 @@ import HatoShared
 
 /// Picks the pool of a submitted message from `routing.rules` (first match wins) or the
 /// default pool, and removes routing headers (e.g. `X-Hato-Pool`) so they are never sent.
-/// Pure: no I/O.
+/// A routing header that names no configured pool refuses the message (`UnknownPool`), never
+/// the default pool in silence. Pure: no I/O.
 public struct PoolRouter: Sendable {
+    /// A `header` rule's field names a pool that `pools` does not have: the submission is
+    /// refused with `550 5.7.1` and nothing is queued.
+    public struct UnknownPool: Error, Sendable, Equatable {
+        /// The header field, as the rule names it (e.g. `X-Hato-Pool`).
+        public var header: String
+        /// The value it carried.
+        public var pool: String
+        /// `550 5.7.1 unknown pool "<pool>" in <header>`.
+        public var reply: SMTPReply {
+            SMTPReply(550, "5.7.1", "unknown pool \"\(pool.prefix(64))\" in \(header)")
+        }
+    }
+
     let rules: [RoutingRule]
     let defaultPool: String
     let pools: Set<String>
@@ -28,7 +42,10 @@ public struct PoolRouter: Sendable {
     ///   - authUser: the authenticated submitter, if any (RFC 4954).
     ///   - reversePath: the envelope sender (empty for `<>`).
     ///   - content: the message as received (CRLF line endings).
-    public func route(authUser: String?, reversePath: String, content: [UInt8]) -> Decision {
+    /// - Returns: the pool, the content without routing headers, and the reason.
+    /// - Throws: `UnknownPool` when a `header` rule without a fixed pool finds a value that names
+    ///   no configured pool.
+    public func route(authUser: String?, reversePath: String, content: [UInt8]) throws(UnknownPool) -> Decision {
         let headerNames = rules.compactMap { r -> String? in if case .header(let h) = r.match { return h.lowercased() }; return nil }
         var body = content
         var headerValues: [String: String] = [:]
@@ -48,7 +65,8 @@ public struct PoolRouter: Sendable {
                 guard let v = headerValues[h.lowercased()] else { continue }
                 let pool = r.pool ?? v
                 if r.pool != nil && r.pool != v { continue }
-                if pools.contains(pool) { return Decision(pool: pool, content: body, reason: "header \(h)") }
+                guard pools.contains(pool) else { throw UnknownPool(header: h, pool: v) }
+                return Decision(pool: pool, content: body, reason: "header \(h)")
             }
         }
         return Decision(pool: defaultPool, content: body, reason: "default")

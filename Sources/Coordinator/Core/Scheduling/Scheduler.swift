@@ -1,7 +1,9 @@
 import Foundation
 import HatoShared
 
-/// What a configuration reload changed.
+/// What a configuration reload changed: every changed key either applied live (`live`) or is
+/// listed as needing a restart of the coordinator, every node or a named node
+/// (`restartRequired`); and what each node did (`nodes`).
 public struct ReloadReport: Codable, Sendable, Equatable {
     public var ipsAdded: [String]
     public var ipsRemoved: [String]
@@ -9,8 +11,64 @@ public struct ReloadReport: Codable, Sendable, Equatable {
     public var nodesRemoved: [String]
     public var poolsAdded: [String]
     public var poolsRemoved: [String]
-    /// Settings that changed but only take effect after a restart.
+    /// Changed keys that applied at once (`ConfigReload.liveKeys`).
+    public var live: [String] = []
+    /// `needs restart of coordinator: …`, `needs restart of every node: …`, `needs restart of
+    /// node X: …` lines (`ConfigReload.restartRequired`).
     public var restartRequired: [String]
+    /// The coordinator's reload counter since its start (what `config_changed` carried).
+    public var generation = 0
+    /// Each configured node's answer to `config_changed`.
+    public var nodes: [NodeReloadAnswer] = []
+
+    public init(ipsAdded: [String], ipsRemoved: [String], nodesAdded: [String], nodesRemoved: [String], poolsAdded: [String],
+                poolsRemoved: [String], live: [String] = [], restartRequired: [String], generation: Int = 0, nodes: [NodeReloadAnswer] = []) {
+        self.ipsAdded = ipsAdded; self.ipsRemoved = ipsRemoved; self.nodesAdded = nodesAdded; self.nodesRemoved = nodesRemoved
+        self.poolsAdded = poolsAdded; self.poolsRemoved = poolsRemoved; self.live = live; self.restartRequired = restartRequired
+        self.generation = generation; self.nodes = nodes
+    }
+
+    /// Decodes a report; the keys an older coordinator does not send default to empty.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        ipsAdded = try c.decode([String].self, forKey: .ipsAdded); ipsRemoved = try c.decode([String].self, forKey: .ipsRemoved)
+        nodesAdded = try c.decode([String].self, forKey: .nodesAdded); nodesRemoved = try c.decode([String].self, forKey: .nodesRemoved)
+        poolsAdded = try c.decode([String].self, forKey: .poolsAdded); poolsRemoved = try c.decode([String].self, forKey: .poolsRemoved)
+        restartRequired = try c.decode([String].self, forKey: .restartRequired)
+        live = try c.decodeIfPresent([String].self, forKey: .live) ?? []
+        generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 0
+        nodes = try c.decodeIfPresent([NodeReloadAnswer].self, forKey: .nodes) ?? []
+    }
+}
+
+/// One node's part of a reload: its answer to `config_changed`, or why there is none.
+public struct NodeReloadAnswer: Codable, Sendable, Equatable {
+    /// How the node fared.
+    public enum Status: String, Codable, Sendable, Equatable {
+        /// It re-read cluster.yml and applied what applies live.
+        case applied
+        /// It refused the file (`errors` say why) and runs on unchanged.
+        case refused
+        /// It did not answer within the reload's wait (it may still apply the file).
+        case noAnswer = "no answer"
+        /// It is not connected: it reads cluster.yml when it starts.
+        case notConnected = "not connected"
+        /// An older node without `config_changed`: send it SIGHUP (IPs only) or restart it.
+        case unsupported
+    }
+    /// The node id.
+    public var node: String
+    public var status: Status
+    /// Changed keys that applied on the node.
+    public var live: [String] = []
+    /// Changed keys that wait for a restart of the node.
+    public var restartRequired: [String] = []
+    /// Why the node refused the file, or a warning (its file differs from the coordinator's).
+    public var errors: [String] = []
+
+    public init(node: String, status: Status, live: [String] = [], restartRequired: [String] = [], errors: [String] = []) {
+        self.node = node; self.status = status; self.live = live; self.restartRequired = restartRequired; self.errors = errors
+    }
 }
 
 /// Errors of operator actions, rendered by the admin API.
@@ -366,26 +424,25 @@ public struct Scheduler: Sendable {
         return (true, [.log(.init(.info, "resumed", ["target": target.description, "by": by])), .scheduleNextTick(after: 0)])
     }
 
-    /// Applies a new, already validated configuration: IPs, pools and nodes added or removed,
-    /// lease and retry settings. Work in flight is not dropped: removed IPs are revoked from
-    /// their owners; removed nodes are refused and disconnected.
+    /// Applies a newly loaded, checked configuration file: the keys that apply live on the
+    /// coordinator (`ConfigReload.coordinatorConfig`: IPs, pools and nodes added or removed,
+    /// eligibility, lease and retry settings, warm-up, routing); the others keep their values in
+    /// force and are listed as needing a restart. Work in flight is not dropped: removed IPs are
+    /// revoked from their owners; removed nodes are refused and disconnected.
+    /// - Parameter loaded: the file as loaded (`ClusterConfig.load`).
     /// - Returns: what changed and what to send.
-    public mutating func reloaded(_ new: ClusterConfig) -> (report: ReloadReport, directives: [Directive]) {
+    public mutating func reloaded(_ loaded: ClusterConfig) -> (report: ReloadReport, directives: [Directive]) {
         let old = config
-        var report = ReloadReport(
+        let diff = ConfigReload(from: old, to: loaded)
+        let new = diff.coordinatorConfig
+        let report = ReloadReport(
             ipsAdded: new.ips.map(\.address).filter { a in !old.ips.contains { $0.address == a } },
             ipsRemoved: old.ips.map(\.address).filter { a in !new.ips.contains { $0.address == a } },
             nodesAdded: new.nodes.map(\.id).filter { n in !old.nodes.contains { $0.id == n } },
             nodesRemoved: old.nodes.map(\.id).filter { n in !new.nodes.contains { $0.id == n } },
             poolsAdded: new.pools.map(\.name).filter { p in !old.pools.contains { $0.name == p } },
             poolsRemoved: old.pools.map(\.name).filter { p in !new.pools.contains { $0.name == p } },
-            restartRequired: [])
-        if old.smtp != new.smtp { report.restartRequired.append("smtp") }
-        if old.coordinator.listen != new.coordinator.listen || old.coordinator.adminListen != new.coordinator.adminListen
-            || old.coordinator.dataDir != new.coordinator.dataDir || old.coordinator.adminToken != new.coordinator.adminToken {
-            report.restartRequired.append("coordinator listen/admin_listen/admin_token/data_dir")
-        }
-        if old.cluster != new.cluster { report.restartRequired.append("cluster") }
+            live: diff.liveKeys, restartRequired: diff.restartRequired)
         let connections = membership.sessions.mapValues(\.connection)
         let (changes, removed) = membership.reconfigure(nodes: new.nodes.map(\.id), ips: Scheduler.tableRows(new))
         config = new
@@ -398,7 +455,9 @@ public struct Scheduler: Sendable {
         out.append(.log(.init(.info, "configuration reloaded", ["ips_added": report.ipsAdded.joined(separator: ","),
                                                                  "ips_removed": report.ipsRemoved.joined(separator: ","),
                                                                  "nodes_added": report.nodesAdded.joined(separator: ","),
-                                                                 "nodes_removed": report.nodesRemoved.joined(separator: ",")])))
+                                                                 "nodes_removed": report.nodesRemoved.joined(separator: ","),
+                                                                 "live": report.live.joined(separator: ","),
+                                                                 "needs_restart": report.restartRequired.joined(separator: "; ")])))
         out.append(.scheduleNextTick(after: 0))
         return (report, out)
     }
