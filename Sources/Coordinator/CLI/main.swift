@@ -62,8 +62,8 @@ let usage = """
       --config PATH         cluster configuration (default ./cluster.yml)
       --json                print the admin API's JSON instead of a table
       --operator NAME       the operator named in logs and events (also --as; default $SUDO_USER or $USER)
-      --help                this text; COMMAND --help: that command's page (queue, flush, hold, release,
-                            delete, bounce, pause, resume, lift)
+      --help                this text; COMMAND --help (or help COMMAND): that command's page
+      --version             print the version
     """
 
 ignoreSIGPIPE()
@@ -73,13 +73,17 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator"],
-                          flagOptions: ["json", "wait", "dry-run", "all"])
+                          flagOptions: ["json", "wait", "dry-run", "all", "version"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
 }
-// `COMMAND --help` and `help COMMAND`: the queue commands' own page (usage, arguments, examples).
+if args.flags.contains("version") || args.subcommand == "version" {
+    print(HatoVersion.banner(program: "hato-coordinator"))
+    exit(0)
+}
+// `COMMAND --help` and `help COMMAND`: that command's own page (usage, arguments, examples).
 if let command = args.subcommand == "help" ? args.positional.first : args.flags.contains("help") ? args.subcommand : nil,
-   let page = QueueCommands.help(for: command) {
+   let page = CommandHelp.page(command) {
     print(page)
     exit(0)
 }
@@ -101,6 +105,9 @@ if args.subcommand == "check" {
     print(report.rendered())
     exit(report.hasErrors ? 1 : 0)
 }
+
+// One-shot commands print their own output and plain errors: no JSON log lines on stderr.
+if args.subcommand != "serve" { Logger.silenceProcess() }
 
 let config: ClusterConfig
 do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithError("hato-coordinator: \(error)") }

@@ -1,0 +1,199 @@
+import HatoCoordinator
+
+/// `hato-coordinator COMMAND --help` (and `help COMMAND`) for the commands outside queue
+/// control (those pages are `QueueCommands.help(for:)`): usage, what it does, its arguments
+/// and an example.
+enum CommandHelp {
+    /// The page of `command`, nil when there is none.
+    static func page(_ command: String) -> String? {
+        if let page = QueueCommands.help(for: command) {
+            // `resume NODE` shares its name with `resume --provider|--pool|--ip`: show both.
+            return command == "resume" ? pages["resume"]! + "\n\n" + page : page
+        }
+        return pages[command]
+    }
+
+    private static let configOption = "  --config PATH        cluster configuration (default ./cluster.yml)"
+
+    private static let pages: [String: String] = [
+        "serve": """
+            usage: hato-coordinator serve [--config PATH]
+
+            Runs the coordinator: the SMTP submission listener, the durable queue, the scheduler that
+            leases mail to the nodes, the cluster listener and the admin API. Logs one JSON object per
+            line on standard error (HATO_LOG_LEVEL=debug|info|warning|error). SIGHUP reloads cluster.yml
+            (like `reload`); SIGTERM or SIGINT stops it cleanly (exit 0).
+
+            arguments:
+            \(configOption)
+
+            example:
+              hato-coordinator serve --config /etc/hato/cluster.yml
+            """,
+        "check": """
+            usage: hato-coordinator check [--config PATH]
+
+            Validates what `serve` needs without starting it: cluster.yml, every file it names (TLS
+            certificates and keys, CA bundles, DKIM keys, admin_token_file), data_dir, and that the listen
+            addresses can be bound. One line per item (ok, warning, error); exit status 1 on an error.
+
+            arguments:
+            \(configOption)
+
+            example:
+              hato-coordinator check --config /etc/hato/cluster.yml && systemctl reload hato-coordinator
+            """,
+        "status": """
+            usage: hato-coordinator status [--json] [--config PATH]
+
+            Nodes, sending IPs and queue counts from the running coordinator's admin API.
+
+            arguments:
+              --json               print the admin API's JSON answer
+            \(configOption)
+
+            example:
+              hato-coordinator status
+            """,
+        "nodes": """
+            usage: hato-coordinator nodes [--json] [--config PATH]
+
+            Every configured node with its state (active, draining, drained, lost), the sending IPs it
+            owns and its leases in flight.
+
+            example:
+              hato-coordinator nodes --json
+            """,
+        "ips": """
+            usage: hato-coordinator ips [--json] [--config PATH]
+
+            The IP assignment table: each sending IP, its pool, its owner node (or unowned), handovers in
+            progress, warm-up state and its share of recent deliveries.
+
+            example:
+              hato-coordinator ips
+            """,
+        "messages": """
+            usage: hato-coordinator messages [--limit N] [--json] [--config PATH]
+
+            The most recent message queue ids, newest first.
+
+            arguments:
+              --limit N            how many (a whole number of at least 1; default 20)
+
+            example:
+              hato-coordinator messages --limit 50
+            """,
+        "message": """
+            usage: hato-coordinator message ID [--json] [--config PATH]
+
+            One message: its reverse-path, pool, size and each recipient's state, attempts, node, sending
+            IP, MX and last reply.
+
+            example:
+              hato-coordinator message 1KX7Q2M4ZP9W3RTB8C
+            """,
+        "recipient": """
+            usage: hato-coordinator recipient ADDRESS [--limit N] [--json] [--config PATH]
+
+            The messages to one recipient address, newest first, with that recipient's state in each.
+
+            example:
+              hato-coordinator recipient user@example.com
+            """,
+        "drain": """
+            usage: hato-coordinator drain NODE [--wait] [--timeout DURATION] [--config PATH]
+
+            Stops leasing to NODE, lets its deliveries in flight finish and hands its floating sending IPs
+            to other nodes (a handover: the old owner releases an IP before the new one uses it). The node
+            stays connected; `resume NODE` makes it active again.
+
+            arguments:
+              NODE                 a node id from cluster.yml
+              --wait               show progress and exit when drained (exit 1 on timeout)
+              --timeout DURATION   with --wait: how long to wait (default 10m; e.g. 90s, 5m)
+
+            example:
+              hato-coordinator drain node-b --wait --timeout 5m
+            """,
+        "resume": """
+            usage: hato-coordinator resume NODE [--config PATH]
+
+            Makes a draining or drained node active again (it is leased mail and may own IPs).
+            """,
+        "rebalance": """
+            usage: hato-coordinator rebalance [--dry-run] [--config PATH]
+
+            Evens out the sending IPs over the active nodes with the fewest moves, each move a handover.
+
+            arguments:
+              --dry-run            print the moves without making them
+
+            example:
+              hato-coordinator rebalance --dry-run
+            """,
+        "reload": """
+            usage: hato-coordinator reload [--config PATH]
+
+            Makes the running coordinator re-read and check cluster.yml, apply every key that can change
+            live, and tell the nodes (they re-read their own copy). Prints what applied live, what needs a
+            restart of which process, and each node's answer. A file that fails the check is refused whole,
+            naming the key and the file; nothing changes then. Same as SIGHUP to the coordinator.
+
+            example:
+              hato-coordinator reload
+            """,
+        "suspensions": """
+            usage: hato-coordinator suspensions [--json] [--config PATH]
+
+            Active backoffs per (sending IP, provider): suspensions and throttles, with the reply that
+            caused each and when it ends.
+
+            example:
+              hato-coordinator suspensions
+            """,
+        "suppressions": """
+            usage: hato-coordinator suppressions list [--address A] [--json]
+                   hato-coordinator suppressions add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires DURATION]
+                   hato-coordinator suppressions remove ADDRESS [--scope DOMAIN|global]
+
+            The suppression list: addresses that hard-bounced (or were added by an operator) and are not
+            tried again; mail to them is marked suppressed (or refused at RCPT, by configuration).
+
+            arguments:
+              --address A          list: only this address
+              --scope DOMAIN       the sender domain the entry applies to (default: global)
+              --reason TEXT        why (shown in list and the delivery log)
+              --expires DURATION   add: remove the entry after this long (e.g. 90d)
+
+            example:
+              hato-coordinator suppressions add old@example.com --reason "customer request" --expires 180d
+            """,
+        "log": """
+            usage: hato-coordinator log --message ID | --recipient ADDRESS [--limit N] [--json] [--config PATH]
+
+            Delivery log events (received, delivered, deferred, failed, expired, suppressed, dsn-sent and
+            operator actions) of one message or one recipient, oldest first.
+
+            arguments:
+              --message ID         a message queue id
+              --recipient ADDRESS  a recipient address
+              --limit N            at most N events (a whole number of at least 1; default 100)
+
+            example:
+              hato-coordinator log --recipient user@example.com --limit 20
+            """,
+        "hash-password": """
+            usage: hato-coordinator hash-password [--iterations N]
+
+            Reads a password from standard input (prompted, without echo, on a terminal) and prints its
+            $pbkdf2-sha256$ hash for smtp.users[].password_hash. Needs no configuration file.
+
+            arguments:
+              --iterations N       PBKDF2 iterations (default 600000)
+
+            example:
+              hato-coordinator hash-password < password.txt
+            """,
+    ]
+}
