@@ -17,6 +17,7 @@ final class SchedulerDriver {
     var granted: [ConnectionID: [LeaseRecord]] = [:]
     var disconnected: Set<ConnectionID> = []
     var logs: [SchedulerLogLine] = []
+    var backoffEvents: [BackoffEvent] = []
     var backedUp: Set<String> = []
     var nextTick: Date
     private var messageCount = 0
@@ -48,6 +49,7 @@ final class SchedulerDriver {
             case .expireOld(let age): _ = try! store.expireOld(maxAge: age, now: now)
             case .reconcile(let node, let instance): _ = try! store.requeueLeases(node: node, exceptInstance: instance, now: now)
             case .persistBackoff(let e): try! store.saveBackoff(e)
+            case .backoffEvent(let e): backoffEvents.append(e)
             case .persistIPOwners(let owners): try! store.saveIPOwners(owners)
             case .log(let line): logs.append(line)
             case .scheduleNextTick(let after): nextTick = min(nextTick, now.addingTimeInterval(after))
@@ -228,6 +230,35 @@ struct SchedulerCoreTests {
         d.clock.advance(301)
         d.tick()
         #expect((d.granted[1] ?? []).filter { $0.sendingIP == "127.0.0.10" }.count == 5, "after expiry the pair takes its share again")
+    }
+
+    @Test("a backoff's start and end are one event each: suspended when the pair becomes blocked (not again when a report extends it), lifted when it runs out")
+    func backoffEvents() throws {
+        let d = try SchedulerDriver(yaml: Self.yaml)
+        d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20"], credits: 10)
+        func report(_ seconds: Double) {
+            d.perform(d.scheduler.backoffReported(BackoffMessage(sendingIP: "127.0.0.10", provider: "gmail", domain: "gmail.com", action: "suspend",
+                                                                 duration: seconds, ratePerMinute: nil, reply: "421 4.7.28 rate limited"),
+                                                  on: 1, now: d.now))
+        }
+        report(300)
+        guard case .started(let started)? = d.backoffEvents.first else { Issue.record("no start event"); return }
+        #expect(started.sendingIP == "127.0.0.10" && started.provider == "gmail" && started.action == .suspend)
+        #expect(started.until == d.now.timeIntervalSince1970 + 300)
+        d.clock.advance(100)
+        report(300)  // extends to now + 300
+        #expect(d.backoffEvents.count == 1, "an extension is not a new suspension")
+        d.clock.advance(299)
+        d.tick()
+        #expect(d.backoffEvents.count == 1, "still suspended 1 s before its end")
+        d.clock.advance(1)
+        d.tick()
+        guard d.backoffEvents.count == 2, case .ended(let ended) = d.backoffEvents[1] else { Issue.record("no end event: \(d.backoffEvents)"); return }
+        #expect(ended.sendingIP == "127.0.0.10" && ended.provider == "gmail")
+        d.tick()
+        #expect(d.backoffEvents.count == 2, "one end event")
+        report(60)
+        #expect(d.backoffEvents.count == 3, "a new suspension after the end is an event again")
     }
 
     @Test("drain: no new leases, floating IPs handed over one by one after release, drained once its leases finished")

@@ -104,6 +104,18 @@ struct DeliverabilityIntegrationTests {
             try cluster.waitForQueue(final: 480, timeout: 60)
             let after = cluster.capture.received.filter { $0.receivedAt >= expiredAt }
             #expect(after.contains { $0.peerAddress == "127.0.0.11" }, "127.0.0.11 delivers again after the suspension expired")
+            // The suspension's start and end are in the delivery log (and so in webhooks), by hato.
+            let log = try QueueControlIntegrationTests.deliveryLog(cluster, until: "suspended and lifted events") { lines in
+                lines.contains { $0["event"] as? String == "suspended" } && lines.contains { $0["event"] as? String == "lifted" }
+            }
+            let suspended = log.filter { $0["event"] as? String == "suspended" }
+            #expect(suspended.count == 1, "one event for the suspension, not one per 421: \(suspended)")
+            #expect(suspended.first?["operator"] as? String == "hato")
+            #expect((suspended.first?["target"] as? String)?.hasPrefix("ip 127.0.0.11 provider ") == true)
+            #expect((suspended.first?["note"] as? String)?.contains("try again later") == true)
+            let lifted = log.first { $0["event"] as? String == "lifted" }
+            #expect(lifted?["target"] as? String == suspended.first?["target"] as? String)
+            #expect(lifted?["note"] as? String == "backoff ended")
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error

@@ -28,13 +28,18 @@ public enum DeliveryEventKind: String, Sendable, Codable, CaseIterable, Hashable
     case paused
     /// An operator resumed a paused provider, pool or sending IP (no recipient, no message).
     case resumed
-    /// An operator lifted backoffs early (no recipient, no message).
+    /// Backoffs ended: lifted early by an operator, or run out (then the operator is `hato`;
+    /// no recipient, no message).
     case lifted
+    /// A backoff rule suspended or throttled a (sending IP, provider) pair after a provider's
+    /// reply (operator `hato`, target `ip A provider P`, note: the action, until when, the reply;
+    /// no recipient, no message). Its end is a `lifted`.
+    case suspended
 
     /// Whether the event records an operator's action (it carries `operator` and `target`).
     public var isOperatorAction: Bool {
         switch self {
-        case .held, .released, .deleted, .flushed, .paused, .resumed, .lifted: return true
+        case .held, .released, .deleted, .flushed, .paused, .resumed, .lifted, .suspended: return true
         default: return false
         }
     }

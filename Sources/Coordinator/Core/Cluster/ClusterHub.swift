@@ -335,6 +335,25 @@ public final class ClusterHub: Sendable {
 
     private func link(_ id: ConnectionID) -> NodeLink? { links.withLock { $0[id] } }
 
+    /// Records a backoff's start (`suspended`) or end (`lifted`) as an event by `hato` for the
+    /// delivery log and webhooks. A failure is logged; the backoff itself is unaffected.
+    private func recordBackoffEvent(_ event: BackoffEvent) {
+        let kind: DeliveryEventKind, entry: BackoffTable.Entry, note: String
+        switch event {
+        case .started(let e):
+            kind = .suspended; entry = e
+            let rate = e.action == .throttle ? " to \(e.ratePerMinute ?? 1)/min" : ""
+            note = "\(e.action.rawValue)\(rate) until \(Logger.timestamp(Date(timeIntervalSince1970: e.until))) after: \(e.reason)"
+        case .ended(let e):
+            kind = .lifted; entry = e; note = "backoff ended"
+        }
+        do {
+            try store.recordOperatorEvent(kind, by: "hato", target: "ip \(entry.sendingIP) provider \(entry.provider)", note: note, now: clock.now())
+        } catch {
+            log.error("recording a backoff event failed", ["ip": entry.sendingIP, "provider": entry.provider, "error": "\(error)"])
+        }
+    }
+
     private func link(ofNode node: String) -> NodeLink? {
         links.withLock { $0.values.first { $0.nodeID == node } }
     }
@@ -379,6 +398,8 @@ public final class ClusterHub: Sendable {
                 do { try store.saveBackoff(entry) } catch {
                     log.error("storing a backoff failed (it holds until a restart)", ["ip": entry.sendingIP, "error": "\(error)"])
                 }
+            case .backoffEvent(let event):
+                recordBackoffEvent(event)
             case .log(let line):
                 switch line.level {
                 case .info: log.info(line.message, line.fields)

@@ -249,7 +249,7 @@ public final class DeliveryReporter: Sendable {
             r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
             r.attempt = e.attempts
             if e.kind != .deleted, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
-        case .paused, .resumed, .lifted:
+        case .paused, .resumed, .lifted, .suspended:
             break
         }
         let hooks = config.webhooks.filter { $0.events.contains(e.kind) }

@@ -60,7 +60,7 @@ public struct BackoffTable: Sendable, Equatable {
         let k = BackoffTable.key(ip, provider)
         guard var e = entries[k] else { return true }
         let t = now.timeIntervalSince1970
-        if e.until <= t { entries[k] = nil; return true }
+        if e.until <= t { return true }  // ended: `takeEnded` reports and removes it
         switch e.action {
         case .suspend: return false
         case .none: return true
@@ -79,6 +79,19 @@ public struct BackoffTable: Sendable, Equatable {
         if e.action == .suspend { return true }
         let t = now.timeIntervalSince1970
         return t - e.windowStart < 60 && e.windowCount >= (e.ratePerMinute ?? 1)
+    }
+
+    /// Removes and returns the backoffs that have run out by `now` (for their `lifted` event).
+    public mutating func takeEnded(now: Date) -> [Entry] {
+        let t = now.timeIntervalSince1970
+        let ended = entries.filter { $0.value.until <= t }
+        for k in ended.keys { entries[k] = nil }
+        return ended.values.sorted { ($0.sendingIP, $0.provider) < ($1.sendingIP, $1.provider) }
+    }
+
+    /// Whether (ip, provider) has a backoff that has not run out.
+    public func isActive(ip: String, provider: String, now: Date) -> Bool {
+        (entries[BackoffTable.key(ip, provider)]?.until ?? 0) > now.timeIntervalSince1970
     }
 
     /// Lifts a backoff. - Returns: whether one was active.

@@ -85,6 +85,14 @@ public enum AdminError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// A backoff's start or end, as the delivery log and webhooks report it.
+public enum BackoffEvent: Sendable, Equatable {
+    /// The pair became suspended or throttled.
+    case started(BackoffTable.Entry)
+    /// Its backoff ran out (an operator's lift is recorded by the lift itself).
+    case ended(BackoffTable.Entry)
+}
+
 /// What the scheduler reads from the queue while it plans: due recipients and the day's
 /// warm-up counts. `QueueStore` is the production implementation.
 public protocol SchedulerQueue {
@@ -151,6 +159,9 @@ public struct Scheduler: Sendable {
         case reconcile(node: String, exceptInstance: String)
         /// Store an active backoff (it survives a restart).
         case persistBackoff(BackoffTable.Entry)
+        /// A (sending IP, provider) pair became suspended or throttled (`started`), or its backoff
+        /// ran out (`ended`): record the `suspended` / `lifted` event (delivery log, webhooks).
+        case backoffEvent(BackoffEvent)
         /// Store the owner of every owned sending IP (restored after a restart): IP → node.
         case persistIPOwners([String: String])
         /// Write a log line.
@@ -310,10 +321,15 @@ public struct Scheduler: Sendable {
         let action = BackoffRule.Action(rawValue: m.action) ?? .suspend
         providerOfDomain[m.domain] = m.provider
         guard action != .none else { return [] }
+        let wasActive = backoffs.isActive(ip: m.sendingIP, provider: m.provider, now: now)
         backoffs.apply(ip: m.sendingIP, provider: m.provider, action: action, duration: max(1, min(m.duration, 7 * 86_400)),
                        ratePerMinute: m.ratePerMinute, reason: String(m.reply.prefix(512)), now: now)
         var out: [Directive] = []
-        if let entry = backoffs.entry(ip: m.sendingIP, provider: m.provider) { out.append(.persistBackoff(entry)) }
+        if let entry = backoffs.entry(ip: m.sendingIP, provider: m.provider) {
+            out.append(.persistBackoff(entry))
+            // One event when the pair becomes blocked; reports that extend it are logged only.
+            if !wasActive { out.append(.backoffEvent(.started(entry))) }
+        }
         out.append(.log(.init(.warning, "backoff", ["node": node, "ip": m.sendingIP, "provider": m.provider, "action": action.rawValue,
                                                      "seconds": "\(Int(m.duration))", "reply": String(m.reply.prefix(200))])))
         return out
@@ -485,6 +501,7 @@ public struct Scheduler: Sendable {
                 out.append(.send(s.connection, .heartbeat(HeartbeatMessage(leasesInFlight: leases.count(node: s.nodeID)))))
             }
         }
+        for ended in backoffs.takeEnded(now: now) { out.append(.backoffEvent(.ended(ended))) }
         let expired = leases.expired(now: now)
         if now >= nextExpirySweep || !expired.isEmpty {
             nextExpirySweep = now.addingTimeInterval(Self.expirySweepInterval)
