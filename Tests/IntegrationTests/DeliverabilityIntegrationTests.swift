@@ -175,6 +175,21 @@ struct DeliverabilityIntegrationTests {
                 let expected = 1000 * weight / 8
                 #expect(abs(Double(byIP[ip] ?? 0) - expected) <= 0.15 * expected, "\(ip): \(byIP[ip] ?? 0), expected \(Int(expected)) ± 15 %")
             }
+            // ips --detail reports the same: each IP's weight, target share and real share.
+            let (status, json) = try cluster.cli(["ips", "--detail", "--json"])
+            #expect(status == 0)
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
+            for (ip, weight) in [("127.0.0.10", 1), ("127.0.0.11", 2), ("127.0.0.12", 1), ("127.0.0.13", 4)] {
+                let row = try #require(rows.first { $0["address"] as? String == ip })
+                #expect(row["weight"] as? Int == weight)
+                #expect(abs((row["target_share"] as? Double ?? 0) - Double(weight) / 8) < 1e-9)
+                #expect(row["recipients_leased"] as? Int ?? 0 >= byIP[ip] ?? 0, "\(ip): \(row)")
+                #expect(abs((row["share"] as? Double ?? 0) - Double(weight) / 8) <= 0.15 * Double(weight) / 8, "\(ip): \(row)")
+            }
+            let (_, table) = try cluster.cli(["ips", "--detail"])
+            #expect(table.contains("WEIGHT") && table.contains("TARGET") && table.contains("SHARE"), "\(table)")
+            #expect(table.contains("50.0%"), "127.0.0.13's target share: \(table)")
+            print("ips --detail:\n\(table)")
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error

@@ -65,13 +65,18 @@ enum CommandHelp {
               hato-coordinator nodes --json
             """,
         "ips": """
-            usage: hato-coordinator ips [--json] [--config PATH]
+            usage: hato-coordinator ips [--detail] [--json] [--config PATH]
 
             The IP assignment table: each sending IP, its pool, its owner node (or unowned), handovers in
-            progress, warm-up state and its share of recent deliveries.
+            progress and warm-up state.
+
+            arguments:
+              --detail             also WEIGHT (ips[].weight), TARGET (the share of its pool's mail the
+                                   weights give it), LEASED (recipients leased to it since the coordinator
+                                   started) and SHARE (its real share of its pool's leased recipients)
 
             example:
-              hato-coordinator ips
+              hato-coordinator ips --detail
             """,
         "messages": """
             usage: hato-coordinator messages [--limit N] [--json] [--config PATH]

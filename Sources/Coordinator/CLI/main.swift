@@ -12,7 +12,9 @@ let usage = """
                             listen addresses; one line per item (ok/warning/error), exit 1 on an error
       status [--json]       nodes, sending IPs and queue counts, from the admin API
       nodes [--json]        nodes with state, owned IPs and leases in flight
-      ips [--json]          the IP assignment table
+      ips [--detail] [--json]
+                            the IP assignment table; --detail adds each IP's weight, the share of its
+                            pool that gives it, and its real share of the recipients leased since start
       queue [--json]        recipient counts by state
       queue --by domain|provider|pool|ip|state [--limit N]
                             waiting recipients (queued, deferred, leased, held) per key, with the oldest
@@ -73,7 +75,7 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator"],
-                          flagOptions: ["json", "wait", "dry-run", "all", "version"])
+                          flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
 }

@@ -26,6 +26,15 @@ public struct IPStatus: Codable, Sendable, Equatable {
     public var warmupCap: Int?
     /// Warm-up: attempts counted today.
     public var warmupSent: Int?
+    /// `ips[].weight`: the IP's share of its pool's mail relative to the pool's other IPs.
+    public var weight: Int?
+    /// The share of its pool's mail the weights give it: weight / the pool's total weight (0…1).
+    public var targetShare: Double?
+    /// Recipients leased to this IP since the coordinator started.
+    public var recipientsLeased: Int?
+    /// Its share of the recipients leased in its pool since the coordinator started (0…1; nil
+    /// before the pool leased any).
+    public var share: Double?
 }
 
 /// `GET/POST /v1/rebalance` body.
@@ -135,10 +144,25 @@ public struct AdminAPI: Sendable {
     }
 
     private func ips() -> [IPStatus] {
-        hub.ipTable().map {
+        let table = hub.ipTable()
+        let leased = hub.recipientsLeased()
+        let weights = hub.ipWeights()
+        var poolWeight: [String: Int] = [:], poolLeased: [String: Int] = [:]
+        for e in table {
+            poolWeight[e.ip.pool, default: 0] += weights[e.ip.address, default: 1]
+            poolLeased[e.ip.pool, default: 0] += leased[e.ip.address, default: 0]
+        }
+        return table.map {
             let w = hub.warmupStatus($0.ip.address)
-            return IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, state: $0.state,
-                            handoverTo: $0.handoverTo, eligible: $0.eligible, warmupDay: w?.day, warmupCap: w?.cap, warmupSent: w?.used)
+            var row = IPStatus(address: $0.ip.address, helo: $0.ip.helo, pool: $0.ip.pool, owner: $0.owner, state: $0.state,
+                               handoverTo: $0.handoverTo, eligible: $0.eligible, warmupDay: w?.day, warmupCap: w?.cap, warmupSent: w?.used)
+            let weight = weights[$0.ip.address, default: 1]
+            row.weight = weight
+            row.targetShare = Double(weight) / Double(max(1, poolWeight[$0.ip.pool, default: 1]))
+            row.recipientsLeased = leased[$0.ip.address, default: 0]
+            let total = poolLeased[$0.ip.pool, default: 0]
+            row.share = total > 0 ? Double(row.recipientsLeased ?? 0) / Double(total) : nil
+            return row
         }
     }
 }

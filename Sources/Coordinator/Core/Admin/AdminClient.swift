@@ -188,7 +188,7 @@ public struct AdminCommands {
         case "drain", "resume":
             let n = try client.decode(method, path, as: NodeStatus.self)
             print("node \(n.id): \(n.state.rawValue) (leases \(n.leasesInFlight), IPs to hand over \(n.ipsToHandOver.count))")
-        case "ips": printIPs(try client.get(path, as: [IPStatus].self))
+        case "ips": printIPs(try client.get(path, as: [IPStatus].self), detail: flags.contains("detail"))
         case "queue": printQueue(try client.get(path, as: [String: Int].self))
         case "messages": for id in try client.get(path, as: [String].self) { print(id) }
         case "rebalance":
@@ -262,11 +262,17 @@ public struct AdminCommands {
         })
     }
 
-    private func printIPs(_ ips: [IPStatus]) {
-        printTable(["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP"], ips.map {
-            [$0.address, $0.helo, $0.pool, $0.owner ?? "-", $0.handoverTo.map { "handover→\($0)" } ?? $0.state,
-             $0.eligible.isEmpty ? "any" : $0.eligible.joined(separator: ","),
-             $0.warmupCap.map { "day \($0 == 0 ? 0 : 1) " + "\($0)" } == nil ? "warmed" : "day \($0.warmupDay ?? 0): \($0.warmupSent ?? 0)/\($0.warmupCap ?? 0)"]
+    /// - Parameter detail: `--detail`: also each IP's weight, the share of its pool the weights
+    ///   give it, the recipients leased to it since the coordinator started and its real share.
+    private func printIPs(_ ips: [IPStatus], detail: Bool = false) {
+        func percent(_ v: Double?) -> String { v.map { String(format: "%.1f%%", $0 * 100) } ?? "-" }
+        let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP"] + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE"] : [])
+        printTable(header, ips.map { ip -> [String] in
+            let base = [ip.address, ip.helo, ip.pool, ip.owner ?? "-", ip.handoverTo.map { "handover→\($0)" } ?? ip.state,
+                        ip.eligible.isEmpty ? "any" : ip.eligible.joined(separator: ","),
+                        ip.warmupCap == nil ? "warmed" : "day \(ip.warmupDay ?? 0): \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)"]
+            guard detail else { return base }
+            return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share)]
         })
     }
 

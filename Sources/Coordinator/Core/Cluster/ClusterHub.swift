@@ -558,6 +558,14 @@ public final class ClusterHub: Sendable {
         return published.withLock { $0.scheduler.warmupStatus(address, now: now) }
     }
 
+    /// Recipients leased per sending IP since the coordinator started.
+    public func recipientsLeased() -> [String: Int] { published.withLock { $0.scheduler.recipientsLeased } }
+
+    /// `ips[].weight` per sending IP, from the configuration in force.
+    public func ipWeights() -> [String: Int] {
+        published.withLock { Dictionary($0.scheduler.config.ips.map { ($0.address, $0.weight) }, uniquingKeysWith: { a, _ in a }) }
+    }
+
     /// The IP assignment table rows.
     public func ipTable() -> [IPAssignmentTable.Entry] { published.withLock { $0.membership.table.entries } }
 

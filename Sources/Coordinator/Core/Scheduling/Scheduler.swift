@@ -199,6 +199,9 @@ public struct Scheduler: Sendable {
     private var roundRobin = 0
     /// The weighted round robin over each pool's IPs, per (pool, provider).
     public private(set) var spread = SpreadState()
+    /// Recipients leased per sending IP since the scheduler started (`ips --detail`: each IP's
+    /// share of its pool's mail next to its weight).
+    public private(set) var recipientsLeased: [String: Int] = [:]
     /// The IP owners last handed to the shell to store.
     private var storedOwners: [String: String]?
 
@@ -558,6 +561,7 @@ public struct Scheduler: Sendable {
     /// planned but not granted gives its credit and warm-up count back.
     public mutating func grantsRecorded(_ grants: [PlannedGrant], granted: [LeaseRecord]) {
         let kept = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
+        for k in granted { recipientsLeased[k.sendingIP, default: 0] += k.recipientIDs.count }
         for g in grants {
             for rec in g.records {
                 if let k = kept[rec.id] {
