@@ -119,7 +119,7 @@ public enum BounceClassifier {
     ///   - text: the reply text (multi-line replies joined by spaces).
     /// - Returns: the first matching category of the text rules, the enhanced code, the basic code; `.other` otherwise.
     public static func classify(code: Int, enhanced: String?, text: String) -> BounceCategory {
-        let replyClass = enhanced.flatMap { $0.first?.wholeNumberValue } ?? (code / 100)
+        let replyClass = enhanced.flatMap { EnhancedStatusCode($0)?.statusClass.rawValue } ?? ReplyCode(code).replyClass?.rawValue ?? code / 100
         // Pad with spaces so phrases like " tls " match at either end.
         let haystack = " " + text.lowercased() + " "
         for rule in textRules where rule.replyClass.map({ $0 == replyClass }) ?? true {

@@ -13,6 +13,11 @@ public struct SMTPReply: Error, Sendable, Equatable, CustomStringConvertible {
     /// The text lines, without code or CRLF. An empty array encodes as one line with no text.
     public var lines: [String]
 
+    /// The code as a `ReplyCode`, for decisions by class (RFC 5321 §4.2.1).
+    public var replyCode: ReplyCode { ReplyCode(code) }
+    /// The enhanced status code parsed (RFC 3463), nil when absent or malformed.
+    public var enhancedStatus: EnhancedStatusCode? { enhanced.flatMap(EnhancedStatusCode.init) }
+
     /// Creates a reply from variadic text lines.
     /// - Parameters:
     ///   - code: the three-digit reply code.

@@ -87,7 +87,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case id, ts, event, messageId, recipient, reversePath, pool, node, sendingIp, mx, provider, code, enhanced, reply, category
         case attempt, queueTime, attemptTime, nextAttempt, size, recipients, client, dsnMessageId, tls, tlsVersion, tlsCipher
-        case remoteAddress, reusedConnection, dkim, timings, target, note
+        case remoteAddress, reusedConnection, dkim, timings, target, note, connectFailed, addressFamily
         case operatorName = "operator"
     }
 

@@ -291,7 +291,7 @@ public final class DeliveryReporter: Sendable {
         } else {
             switch e.kind {
             case .failed where Self.notifyAllows(e.notify, "FAILURE"):
-                let status = e.enhanced.flatMap { $0.hasPrefix("5.") ? $0 : nil } ?? "5.0.0"
+                let status = EnhancedStatusCode.status(e.enhanced, ofClass: .permanentFailure, orElse: EnhancedStatusCode(.permanentFailure, 0, 0))
                 d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: status, diagnostic: reply,
                                              diagnosticType: diagnosticType, remoteMTA: e.mxHost, at: e.at))
             case .expired where Self.notifyAllows(e.notify, "FAILURE"):
@@ -389,7 +389,7 @@ public final class DeliveryReporter: Sendable {
                                              diagnosticType: "X-Hato", remoteMTA: nil, at: now))
                 continue
             }
-            let status = c.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.0.0"
+            let status = EnhancedStatusCode.status(c.enhanced, ofClass: .persistentTransientFailure, orElse: EnhancedStatusCode(.persistentTransientFailure, 0, 0))
             d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: status,
                                          diagnostic: reply.isEmpty ? nil : reply, diagnosticType: c.mxHost == nil ? "X-Hato" : "smtp",
                                          remoteMTA: c.mxHost, at: now))

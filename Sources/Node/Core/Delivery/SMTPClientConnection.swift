@@ -275,7 +275,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             socket.setTimeouts(read: timeouts.reset, write: timeouts.reset)
             try stream.write(Array("RSET\r\n".utf8))
             let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.reset)
-            if reply.code / 100 == 2 {
+            if reply.replyCode.isPositiveCompletion {
                 lastUsed = .now
                 needsReset = false
                 return true

@@ -115,15 +115,12 @@ public struct SMTPClientReplyParser: Sendable {
         return SMTPReply(code: code, enhanced: enhanced, lines: lines)
     }
 
-    /// The RFC 2034/3463 enhanced status code at the start of `text`, if its class matches `code`.
+    /// The RFC 2034/3463 enhanced status code at the start of `text`, if its class matches the
+    /// reply code's class (RFC 3463 §2: the two must agree), as the server wrote it.
     static func enhancedCode(in text: String, code: Int) -> String? {
-        let token = text.prefix { $0 != " " }
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3,
-              parts[0].count == 1, let cls = Int(parts[0]), cls == code / 100, [2, 4, 5].contains(cls),
-              (1...3).contains(parts[1].count), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-              (1...3).contains(parts[2].count), parts[2].allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
-        return String(token)
+        let token = String(text.prefix { $0 != " " })
+        guard let enhanced = EnhancedStatusCode(token), enhanced.statusClass.rawValue == ReplyCode(code).replyClass?.rawValue else { return nil }
+        return token
     }
 
     /// Decodes bytes as UTF-8 (invalid sequences replaced) with control characters turned into spaces.
@@ -351,11 +348,11 @@ public struct SMTPClientHandshake: Sendable {
             return [.close]
         case .awaitingGreeting:
             greeting = reply
-            guard reply.code / 100 == 2 else { return reject(reply, stage: "greeting") }
+            guard reply.replyCode.isPositiveCompletion else { return reject(reply, stage: "greeting") }
             state = .awaitingEHLO(secured: false)
             return [.send(Array("EHLO \(heloName)\r\n".utf8))]
         case .awaitingEHLO(let isSecured):
-            if reply.code / 100 == 2 {
+            if reply.replyCode.isPositiveCompletion {
                 capabilities = RemoteSMTPCapabilities(ehloReply: reply)
                 return afterCapabilities()
             }
@@ -365,7 +362,7 @@ public struct SMTPClientHandshake: Sendable {
             }
             return reject(reply, stage: "EHLO")
         case .awaitingHELO:
-            guard reply.code / 100 == 2 else { return reject(reply, stage: "HELO") }
+            guard reply.replyCode.isPositiveCompletion else { return reject(reply, stage: "HELO") }
             capabilities = RemoteSMTPCapabilities()
             return afterCapabilities()
         case .awaitingSTARTTLS:
@@ -430,8 +427,10 @@ public struct SMTPClientHandshake: Sendable {
 
     /// A non-2xx reply during set-up: QUIT (or close after 421), deferral, next MX.
     private mutating func reject(_ reply: SMTPReply, stage: String, enhanced override: String? = nil) -> [Action] {
-        let code = reply.code / 100 == 4 ? reply.code : 451
-        let enhanced = override ?? reply.enhanced.flatMap { $0.hasPrefix("4.") ? $0 : nil } ?? "4.4.0"
+        // Set-up refusals defer: a 4yz keeps its code and enhanced status, anything else is 451 4.4.0.
+        let code = ReplyCode(reply.code).isTransient ? reply.code : 451
+        let enhanced = override ?? EnhancedStatusCode.status(reply.enhanced, ofClass: .persistentTransientFailure,
+                                                             orElse: EnhancedStatusCode(.persistentTransientFailure, 4, 0))
         failure = Failure(code: code, enhanced: enhanced, text: "\(stage) rejected: \(SMTPClientTransaction.summary(reply))",
                           tlsHandshakeFailed: false)
         if reply.code == 421 {
@@ -696,31 +695,31 @@ public struct SMTPClientTransaction: Sendable {
             }
             switch step {
             case .mail:
-                if reply.code / 100 == 2 {
+                if reply.replyCode.isPositiveCompletion {
                     mailAccepted = true
                 } else {
                     mailAccepted = false
-                    resolveUnfinished(from: reply, as: reply.code / 100 == 5 ? .failed : .deferred)
+                    resolveUnfinished(from: reply, as: reply.replyCode.isPermanent ? .failed : .deferred)
                 }
             case .rcpt(let i):
                 if mailAccepted == true, i < recipients.count, results[i] == nil {
-                    if reply.code / 100 == 2 {
+                    if reply.replyCode.isPositiveCompletion {
                         accepted[i] = true
                     } else if SMTPClientTransaction.isTooManyRecipients(reply) {
                         carried[i] = reply
                         limitReached = true
                     } else {
-                        results[i] = outcome(i, reply.code / 100 == 5 ? .failed : .deferred, reply)
+                        results[i] = outcome(i, reply.replyCode.isPermanent ? .failed : .deferred, reply)
                     }
                 }
             case .data:
                 let anyAccepted = mailAccepted == true && accepted.contains(true)
-                if reply.code / 100 == 3 {
+                if reply.replyCode.isPositiveIntermediate {
                     state = .awaitingFinalReply(bodySent: anyAccepted)
                     // RFC 2920 §3.1: a 354 after no accepted recipient still needs an (empty) body.
                     return anyAccepted ? [.sendData] : [.send(Array(".\r\n".utf8))]
                 }
-                if anyAccepted { resolveAccepted(from: reply, as: reply.code / 100 == 5 ? .failed : .deferred) }
+                if anyAccepted { resolveAccepted(from: reply, as: reply.replyCode.isPermanent ? .failed : .deferred) }
                 return finish(reusable: true)
             }
             if !steps.isEmpty {
@@ -733,9 +732,9 @@ public struct SMTPClientTransaction: Sendable {
                 resolveUnfinished(from: reply, as: .deferred)
                 return finish(reusable: false)
             }
-            guard reply.code / 100 == 2 else {
+            guard reply.replyCode.isPositiveCompletion else {
                 // RFC 3030 §2: a failed chunk ends the transaction; no further chunks.
-                resolveAccepted(from: reply, as: reply.code / 100 == 5 ? .failed : .deferred)
+                resolveAccepted(from: reply, as: reply.replyCode.isPermanent ? .failed : .deferred)
                 return finish(reusable: true)
             }
             if last {
@@ -746,10 +745,10 @@ public struct SMTPClientTransaction: Sendable {
             return nextChunk(from: end)
         case .awaitingFinalReply(let bodySent):
             if bodySent {
-                switch reply.code / 100 {
-                case 2: resolveAccepted(from: reply, as: .delivered)
-                case 5: resolveAccepted(from: reply, as: .failed)
-                default: resolveAccepted(from: reply, as: .deferred)
+                switch reply.replyCode.replyClass {
+                case .positiveCompletion: resolveAccepted(from: reply, as: .delivered)
+                case .permanentNegative: resolveAccepted(from: reply, as: .failed)
+                default: resolveAccepted(from: reply, as: .deferred)  // 4yz, and a 3yz or nonsense after the content
                 }
             }
             endedAtContentReply = true
