@@ -8,11 +8,14 @@ import HatoShared
 //
 // Reads go through a second, read-only connection (`reader`): in WAL mode it sees a committed
 // snapshot without taking the queue's lock, so counting or paging a million recipients never
-// stalls submissions, leases or results. They walk three partial indexes that hold only waiting
-// recipients: (state) — each state's rows in recipient id order, for keyset pagination and
-// batches; (state, domain) — covering for counts per domain and ordered by id within a domain;
-// (state, pool, ip) — covering for counts per pool and per sending IP. Queries name the index
-// (`INDEXED BY`) and repeat its `WHERE` term, so the plan never depends on the planner's guesses.
+// stalls submissions, leases or results. They walk one partial index that holds only waiting
+// recipients, (state): each state's rows in recipient id order, for keyset pagination and
+// batches; counts per domain, pool or sending IP read each waiting row once through it. One
+// index, not one per grouping: every message passes through the waiting states, and each
+// index it enters costs the hot path a b-tree insert and delete per state change (three such
+// indexes took a third more coordinator CPU per message in bench/relay-vs-postfix). Queries
+// name the index (`INDEXED BY`) and repeat its `WHERE` term, so the plan never depends on the
+// planner's guesses.
 //
 // Writes go in bounded batches (1000 recipients by default), each its own synced transaction
 // under the queue's lock: a selector that matches a million recipients never holds the lock
@@ -152,12 +155,12 @@ extension QueueStore {
     /// The waiting states as the partial indexes' `WHERE` term spells them (queries repeat it verbatim).
     static let waitingStateList = "('queued','deferred','leased','held')"
 
-    /// The partial indexes of waiting recipients (created by `init`, kept small: a final
-    /// recipient leaves them).
+    /// The partial index of waiting recipients (created by `init`, kept small: a final recipient
+    /// leaves it). Queue files made by an earlier build lose that build's two extra indexes.
     static let waitingIndexes = """
         CREATE INDEX IF NOT EXISTS recipients_waiting_state ON recipients(state) WHERE state IN \(waitingStateList);
-        CREATE INDEX IF NOT EXISTS recipients_waiting_domain ON recipients(state, domain) WHERE state IN \(waitingStateList);
-        CREATE INDEX IF NOT EXISTS recipients_waiting_pool ON recipients(state, pool, ip) WHERE state IN \(waitingStateList);
+        DROP INDEX IF EXISTS recipients_waiting_domain;
+        DROP INDEX IF EXISTS recipients_waiting_pool;
         """
 
     /// Runs `body` with the read-only connection, opened on first use.
@@ -179,27 +182,27 @@ extension QueueStore {
     public func waitingDomains() throws -> [String] {
         try withReader { db in
             try db.prepare("""
-                SELECT DISTINCT r.domain FROM recipients r INDEXED BY recipients_waiting_domain
+                SELECT DISTINCT r.domain FROM recipients r INDEXED BY recipients_waiting_state
                 WHERE r.state IN \(Self.waitingStateList)
                 """).query { $0.text(0) }
         }
     }
 
     /// Waiting recipients (`queued`, `deferred`, `leased`, `held`) counted per state and key,
-    /// with the oldest of each group, largest groups first. One `GROUP BY` over a partial index
-    /// of waiting recipients, on the read-only connection.
+    /// with the oldest of each group, largest groups first. One `GROUP BY` over the waiting
+    /// recipients (the partial (state) index), on the read-only connection.
     /// - Parameters:
     ///   - grouping: what to group by.
     ///   - providerLabel: a destination domain's provider (for `.provider`).
     ///   - now: for the ages.
     /// - Throws: `SQLiteError`.
     public func waitingSummary(by grouping: QueueGrouping, providerLabel: (String) -> String, now: Date) throws -> [QueueGroup] {
-        // Each statement walks one index in its order: the groups come out without a sort.
+        // Each statement walks the waiting rows once through the (state) index.
         let rows: [(String, String, Int, Int64)] = try withReader { db in
             switch grouping {
             case .domain, .provider:
                 return try db.prepare("""
-                    SELECT r.state, r.domain, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_domain
+                    SELECT r.state, r.domain, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
                     WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.domain
                     """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
             case .state:
@@ -212,11 +215,11 @@ extension QueueStore {
                 // Rows written before recipients had their pool take it from their message.
                 let column: Int32 = grouping == .pool ? 1 : 2
                 let stored = try db.prepare("""
-                    SELECT r.state, r.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_pool
+                    SELECT r.state, r.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
                     WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NOT NULL GROUP BY r.state, r.pool, r.ip
                     """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
                 let legacy = try db.prepare("""
-                    SELECT r.state, m.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_pool
+                    SELECT r.state, m.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
                     JOIN messages m ON m.id = r.message_id
                     WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NULL GROUP BY 1, 2, 3
                     """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
@@ -366,7 +369,7 @@ extension QueueStore {
             }
             partitions = [.init(state: nil, domain: nil)]
         } else {
-            from += " INDEXED BY " + (byDomain ? "recipients_waiting_domain" : "recipients_waiting_state")
+            from += " INDEXED BY recipients_waiting_state"
             conditions.append("r.state IN \(waitingStateList)")
             conditions.append("r.state = ?")
             if byDomain { conditions.append("r.domain = ?") }
