@@ -266,7 +266,7 @@ extension DeliveryScriptTests {
             let other = try ScriptedMX()
             defer { other.stop() }
             var t = testTimeouts
-            t.dataTermination = 0.5
+            t.dataDone = 0.5
             let start = Date()
             let report = deliverer(timeouts: t).deliver(request(recipients(2)), to: [target(stall), target(other, host: "mx2.dest.test")])
             #expect(Date().timeIntervalSince(start) < 5)

@@ -40,7 +40,7 @@ public final class DeliveryEngine: Sendable {
             tls = try OpenSSLTLSClient()
         }
         let pool = SMTPConnectionPool(shaping: config.shaping, idleTimeout: d.idleTimeout)
-        deliverer = SMTPDeliverer(timeouts: SMTPClientTimeouts(d.timeouts), pool: pool,
+        deliverer = SMTPDeliverer(timeouts: d.timeouts, pool: pool,
                                   preparer: MessagePreparer(dkim: DKIMSignerSet(signers)), tlsClient: tls)
         // Our own addresses: the cluster's sending IPs, the SMTP listeners and this host's
         // interfaces (its loopback ones only when loopback MX hosts are not allowed).

@@ -36,6 +36,9 @@ public struct DeliveryTimeouts: Sendable, Equatable {
     public var rset: TimeInterval
     /// `quit`: the reply to QUIT. Default 10s.
     public var quit: TimeInterval
+    /// How long a session may have been idle and still be reused without an RSET probe, in
+    /// seconds (not in cluster.yml; the SMTP client's `prepareForReuse`). Default 5.
+    public var unprobedIdle: TimeInterval = 5
 
     /// Timeouts in seconds; the defaults are the RFC 5321 §4.5.3.2 values.
     public init(connect: TimeInterval = 30, greeting: TimeInterval = 300, ehlo: TimeInterval = 300, startTLS: TimeInterval = 300,

@@ -272,9 +272,9 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
     public func reset() -> Bool {
         guard !isClosed else { return false }
         do {
-            socket.setTimeouts(read: timeouts.reset, write: timeouts.reset)
+            socket.setTimeouts(read: timeouts.rset, write: timeouts.rset)
             try stream.write(Array("RSET\r\n".utf8))
-            let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.reset)
+            let reply = try SMTPClientConnection.readReply(reader, socket: socket, timeout: timeouts.rset)
             if reply.replyCode.isPositiveCompletion {
                 lastUsed = .now
                 needsReset = false

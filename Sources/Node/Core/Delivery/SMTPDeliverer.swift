@@ -153,55 +153,23 @@ public struct DeliveryTarget: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(host)[\(address)]:\(port)" }
 }
 
-/// SMTP client timeouts in seconds (RFC 5321 §4.5.3.2 gives the defaults).
-public struct SMTPClientTimeouts: Sendable, Equatable {
-    /// The TCP handshake.
-    public var connect: TimeInterval
-    /// The 220 greeting (§4.5.3.2.1: 5 minutes).
-    public var greeting: TimeInterval
-    /// The reply to EHLO/HELO.
-    public var ehlo: TimeInterval
-    /// The reply to STARTTLS, and the TLS handshake.
-    public var startTLS: TimeInterval
-    /// The reply to MAIL (§4.5.3.2.2: 5 minutes); also the write timeout of commands.
-    public var mail: TimeInterval
-    /// The reply to each RCPT (§4.5.3.2.3: 5 minutes).
-    public var rcpt: TimeInterval
-    /// The 354 reply to DATA (§4.5.3.2.4: 2 minutes).
-    public var dataInitiation: TimeInterval
-    /// Each write of the content (§4.5.3.2.5: 3 minutes).
-    public var dataBlock: TimeInterval
-    /// The reply after the final dot or a BDAT chunk (§4.5.3.2.6: 10 minutes).
-    public var dataTermination: TimeInterval
-    /// The reply to RSET.
-    public var reset: TimeInterval
-    /// The reply to QUIT.
-    public var quit: TimeInterval
-    /// How long a session may have been idle and still be reused without an RSET probe
-    /// (see `SMTPClientConnection.prepareForReuse`).
-    public var unprobedIdle: TimeInterval = 5
+/// The SMTP client's timeouts: the one timeouts type, `DeliveryTimeouts`, decoded from
+/// `delivery.timeouts` in cluster.yml (seconds; RFC 5321 §4.5.3.2 gives the defaults).
+public typealias SMTPClientTimeouts = DeliveryTimeouts
 
+extension DeliveryTimeouts {
     /// Timeouts in seconds with one value for every command reply (greeting, EHLO, STARTTLS,
-    /// MAIL, RCPT); RSET and QUIT wait at most 20 s and 10 s. Defaults: the RFC 5321 §4.5.3.2
-    /// minimums (connect: 30 s).
-    public init(connect: TimeInterval = 30, command: TimeInterval = 300, dataInitiation: TimeInterval = 120,
+    /// MAIL, RCPT); RSET and QUIT wait at most 20 s and 10 s.
+    public init(connect: TimeInterval = 30, command: TimeInterval, dataInitiation: TimeInterval = 120,
                 dataBlock: TimeInterval = 180, dataTermination: TimeInterval = 600) {
-        self.connect = connect
-        greeting = command; ehlo = command; startTLS = command; mail = command; rcpt = command
-        self.dataInitiation = dataInitiation; self.dataBlock = dataBlock; self.dataTermination = dataTermination
-        reset = min(command, 20); quit = min(command, 10)
-    }
-
-    /// The per-step timeouts of `delivery.timeouts`.
-    public init(_ t: DeliveryTimeouts) {
-        connect = t.connect; greeting = t.greeting; ehlo = t.ehlo; startTLS = t.startTLS; mail = t.mail; rcpt = t.rcpt
-        dataInitiation = t.dataInit; dataBlock = t.dataBlock; dataTermination = t.dataDone; reset = t.rset; quit = t.quit
+        self.init(connect: connect, greeting: command, ehlo: command, startTLS: command, mail: command, rcpt: command,
+                  dataInit: dataInitiation, dataBlock: dataBlock, dataDone: dataTermination, rset: min(command, 20), quit: min(command, 10))
     }
 
     /// The RFC 5321 §4.5.3.2 values, with a 30 s connect timeout.
-    public static let rfc5321 = SMTPClientTimeouts()
+    public static let rfc5321 = DeliveryTimeouts()
 
-    /// The timeout for a reply of kind `wait`.
+    /// The timeout for a reply of kind `wait`, in seconds.
     public func seconds(for wait: SMTPClientWait) -> TimeInterval {
         switch wait {
         case .greeting: return greeting
@@ -209,9 +177,9 @@ public struct SMTPClientTimeouts: Sendable, Equatable {
         case .startTLS: return startTLS
         case .mail: return mail
         case .rcpt: return rcpt
-        case .dataInitiation: return dataInitiation
-        case .dataTermination: return dataTermination
-        case .reset: return reset
+        case .dataInitiation: return dataInit
+        case .dataTermination: return dataDone
+        case .reset: return rset
         case .quit: return quit
         }
     }
