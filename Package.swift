@@ -9,6 +9,10 @@ let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
 ]
 
+// Every target names each module it imports as a direct dependency: with Swift 6.3.1 an
+// executable whose only dependency was HatoCoordinator (importing HatoShared through it) was not
+// rebuilt when a struct nested in HatoShared's ClusterConfig gained a stored property, and
+// crashed at start copying ClusterConfig with the old layout (seen in debug and release builds).
 let package = Package(
     name: "hato",
     products: [
@@ -32,13 +36,13 @@ let package = Package(
             name: "HatoCoordinator", dependencies: ["HatoShared", "CSQLite"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(
-            name: "hato-coordinator", dependencies: ["HatoCoordinator"],
+            name: "hato-coordinator", dependencies: ["HatoCoordinator", "HatoShared"],
             path: "Sources/Coordinator/CLI", swiftSettings: strict),
         .target(
             name: "HatoNode", dependencies: ["HatoShared"],
             path: "Sources/Node/Core", swiftSettings: strict),
         .executableTarget(
-            name: "hato-node", dependencies: ["HatoNode"],
+            name: "hato-node", dependencies: ["HatoNode", "HatoShared"],
             path: "Sources/Node/CLI", swiftSettings: strict),
         // Development and test tools, never linked into the product binaries: the capture MX,
         // process spawning, header and DKIM helpers (HatoTestKit), and the demo's sink.
