@@ -79,6 +79,7 @@ cmd_start() {
   # As root the directory must be reachable by the server's user: /tmp, not root's $TMPDIR.
   if [ "$(id -u)" -eq 0 ]; then base=/tmp; else base=${TMPDIR:-/tmp}; fi
   dir=$(mktemp -d "$base/hato-pg-XXXXXX")
+  cd "$dir"   # the server's user may not be able to enter the caller's directory
   touch "$dir/$marker"
   (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/password"; echo >>"$dir/password")
   password=$(head -1 "$dir/password")
