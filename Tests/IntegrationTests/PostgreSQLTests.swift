@@ -78,7 +78,11 @@ extension Integration {
             let inline = expectPostgreSQLError { _ = try PostgreSQLConnection(config) }
             #expect(inline?.description.contains("hato:***@") == true, "\(inline?.description ?? "")")
             #expect(inline?.description.contains(wrong) == false)
-            #expect(PostgreSQLConfiguration.init(url: "postgresql://db/x?user=u&password=\(wrong)").redactedURL.contains(wrong) == false)
+            for url in ["postgresql://db/x?user=u&password=\(wrong)", "postgresql://u:\(wrong)@db/x", "postgresql://u:a/\(wrong)@db:5432/x",
+                        "postgresql://u:a@\(wrong)@db/x?sslmode=disable", "postgres://u:a%2F\(wrong)@[::1]:5432/x"] {
+                #expect(!PostgreSQLConfiguration(url: url).redactedURL.contains(wrong), "\(PostgreSQLConfiguration(url: url).redactedURL)")
+            }
+            #expect(PostgreSQLConfiguration(url: "postgresql://u:\(wrong)@db:5432/x").redactedURL == "postgresql://u:***@db:5432/x")
         }
 
         @Test("bytea: all 256 byte values round-trip exactly, in text and binary results, and the server sees exactly those bytes")

@@ -143,9 +143,11 @@ public struct PostgreSQLConfiguration: Sendable {
     static func redact(_ url: String) -> String {
         var s = url
         if let scheme = s.range(of: "://") {
+            // The last "@" before the query: a raw "@" or "/" in a password (which should have
+            // been percent-encoded) is masked too; masking too much is harmless.
             let rest = s[scheme.upperBound...]
-            let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
-            if let at = rest[..<authorityEnd].lastIndex(of: "@"),
+            let queryStart = rest.firstIndex(of: "?") ?? rest.endIndex
+            if let at = rest[..<queryStart].lastIndex(of: "@"),
                let colon = rest[..<at].firstIndex(of: ":") {
                 s.replaceSubrange(s.index(after: colon)..<at, with: "***")
             }
