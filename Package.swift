@@ -1,6 +1,6 @@
 // swift-tools-version: 6.0
 // Hato — a clustered SMTP relay. No Swift package dependencies: the toolchain
-// and system C libraries (OpenSSL, SQLite, libresolv) only.
+// and system C libraries (OpenSSL, SQLite, libpq, libresolv) only.
 // Linux only (glibc sockets, epoll-free blocking I/O, libresolv, /proc): building on another
 // system stops at the #error in Sources/Shared/Support/Platform.swift.
 import PackageDescription
@@ -27,13 +27,16 @@ let package = Package(
             name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
         .systemLibrary(
+            name: "CPostgreSQL", path: "Sources/CPostgreSQL", pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(
             name: "CResolv", path: "Sources/CResolv",
             providers: [.apt(["libc6-dev"])]),
         .target(
             name: "HatoShared", dependencies: ["COpenSSL", "CResolv"],
             path: "Sources/Shared", swiftSettings: strict),
         .target(
-            name: "HatoCoordinator", dependencies: ["HatoShared", "CSQLite"],
+            name: "HatoCoordinator", dependencies: ["HatoShared", "CSQLite", "CPostgreSQL"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(
             name: "hato-coordinator", dependencies: ["HatoCoordinator", "HatoShared"],

@@ -9,6 +9,19 @@ cd "$(dirname "$0")/.."
 ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
 COUNT=${HATO_DEMO_MESSAGES:-8}
 
+# The coordinator links libpq (PostgreSQL's client library, for the coming shared store):
+# its headers must be there to build. Installed once when run as root.
+if ! pkg-config --exists libpq 2>/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "== installing libpq-dev"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends libpq-dev >/dev/null
+  else
+    echo "demo: libpq-dev is missing (sudo apt-get install libpq-dev)" >&2
+    exit 1
+  fi
+fi
+
 # A release build that is already there is used (brought up to date first: a no-op when
 # nothing changed); otherwise a debug build, which is quicker to make from scratch.
 if [ -x .build/release/hato-coordinator ] && [ -x .build/release/hato-node ]; then

@@ -21,6 +21,10 @@ command -v faketime >/dev/null || need+=(faketime)
 command -v locale-gen >/dev/null || need+=(locales)
 # swaks --tls needs Net::SSLeay (a Recommends of swaks, so name it).
 perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
+# libpq (headers + pkg-config file) for the CPostgreSQL module, and a PostgreSQL server whose
+# binaries (/usr/lib/postgresql/*/bin) scripts/pg-test-server.sh runs as a private instance.
+pkg-config --exists libpq 2>/dev/null || need+=(libpq-dev)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +32,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Postfix's own system instance is never used by the tests.
   (postfix stop >/dev/null 2>&1 || true)
+  # Nor is PostgreSQL's system cluster (Debian creates and may start "main"): the tests run a
+  # private server (scripts/pg-test-server.sh).
+  (service postgresql stop >/dev/null 2>&1 || true)
 fi
 
 # The locales the clock/locale runs use (scripts/test-clocks.sh).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs the real peers the tests talk to (Debian packages),
-# builds debug and release with warnings treated as errors, then runs the suite.
+# builds debug and release with warnings treated as errors, starts one private PostgreSQL
+# server for the run (scripts/pg-test-server.sh), then runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
@@ -9,6 +10,13 @@ echo "== build (debug, warnings are errors)"
 swift build -Xswiftc -warnings-as-errors 2>&1 | tee /tmp/hato-build-debug.log | grep -E "error|warning|Compiling|Build" | tail -5
 echo "== build (release)"
 swift build -c release -Xswiftc -warnings-as-errors 2>&1 | tail -3
+echo "== PostgreSQL test server (one for the whole run)"
+# The PostgreSQL tests use it through these variables (without them they start their own);
+# stopped at exit, and by the script's watchdog should this shell be killed.
+pg_dir=$(bash scripts/pg-test-server.sh start --owner $$)
+trap 'bash scripts/pg-test-server.sh stop "$pg_dir"' EXIT
+HATO_TEST_PG_URL=$(bash scripts/pg-test-server.sh url "$pg_dir")
+export HATO_TEST_PG_URL HATO_TEST_PG_PASSWORD_FILE="$pg_dir/password"
 echo "== tests"
 swift test -Xswiftc -warnings-as-errors "$@"
 if [ $# -eq 0 ]; then
