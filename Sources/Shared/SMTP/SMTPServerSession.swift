@@ -339,28 +339,26 @@ public struct SMTPServerSession: Sendable {
         }
     }
 
-    /// Octets of message content the session holds in memory now: the DATA content or the
-    /// BDAT chunks received so far (0 outside a transaction, or once the content is known to
-    /// be refused). The driver accounts it against the server's content memory.
-    public var keptContentOctets: Int {
+    /// The decoder holding the content being received: the DATA content, or the BDAT chunks so
+    /// far (nil outside a transaction's content).
+    private var contentDecoder: DataDecoder? {
         switch state {
-        case .data(_, let decoder): return decoder.keptByteCount
-        case .chunk(let chunk): return chunk.decoder?.keptByteCount ?? chunk.transaction?.chunks?.keptByteCount ?? 0
-        case .mail(let transaction): return transaction.chunks?.keptByteCount ?? 0
-        default: return 0
+        case .data(_, let decoder): return decoder
+        case .chunk(let chunk): return chunk.decoder ?? chunk.transaction?.chunks
+        case .mail(let transaction): return transaction.chunks
+        default: return nil
         }
     }
 
+    /// Octets of message content the session holds in memory now: the DATA content or the
+    /// BDAT chunks received so far (0 outside a transaction, or once the content is known to
+    /// be refused).
+    public var keptContentOctets: Int { contentDecoder?.keptByteCount ?? 0 }
+
     /// Octets of memory allocated for the content `keptContentOctets` counts (at most one
-    /// segment of slack, `DataDecoder.segmentSize`): what a memory budget accounts.
-    public var contentMemoryOctets: Int {
-        switch state {
-        case .data(_, let decoder): return decoder.allocatedByteCount
-        case .chunk(let chunk): return chunk.decoder?.allocatedByteCount ?? chunk.transaction?.chunks?.allocatedByteCount ?? 0
-        case .mail(let transaction): return transaction.chunks?.allocatedByteCount ?? 0
-        default: return 0
-        }
-    }
+    /// segment of slack, `DataDecoder.segmentSize`): what the driver accounts against the
+    /// server's content memory.
+    public var contentMemoryOctets: Int { contentDecoder?.allocatedByteCount ?? 0 }
 
     /// The server has no memory left for this message's content: what was kept is dropped,
     /// the rest of the content is read and discarded, and the message gets `452 4.3.1

@@ -333,13 +333,4 @@ public struct QueueCommands {
         return "\(s / 86_400)d" + String(format: "%02dh", s % 86_400 / 3600)
     }
 
-    private func printTable(_ header: [String], _ rows: [[String]]) {
-        var widths = header.map(\.count)
-        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
-        func line(_ cells: [String]) -> String {
-            cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-        }
-        print(line(header))
-        for r in rows { print(line(r)) }
-    }
 }

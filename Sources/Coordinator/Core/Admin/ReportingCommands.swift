@@ -88,13 +88,4 @@ public struct ReportingCommands {
 
     private static func date(_ t: Double) -> String { DeliveryLogRecord.timestamp(Date(timeIntervalSince1970: t)) }
 
-    private func printTable(_ header: [String], _ rows: [[String]]) {
-        var widths = header.map(\.count)
-        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
-        func line(_ cells: [String]) -> String {
-            cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-        }
-        print(line(header))
-        for r in rows { print(line(r)) }
-    }
 }
