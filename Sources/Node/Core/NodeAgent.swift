@@ -55,6 +55,8 @@ public final class NodeAgent: Sendable {
     /// What the agent's threads share.
     private struct State: Sendable {
         var connection: ClusterConnection?
+        /// The highest coordinator term seen (kept across connections for the process's life).
+        var fence = TermFence()
         var ips: [String: AssignedIP] = [:]
         var queues: [String: LeaseQueue] = [:]
         var workers: [String: Int] = [:]
@@ -312,15 +314,33 @@ public final class NodeAgent: Sendable {
         switch try conn.receive() {
         case .welcome(let w): welcome = w
         case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+        case .redirect(let r): throw ClusterProtocolError.redirected(r)
         default: throw ClusterProtocolError.unexpected("expected welcome")
         }
         guard ClusterAuth.verify(welcome.proof, expected: ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: myNonce, nodeID: nodeID)) else {
             throw ClusterProtocolError.authenticationFailed
         }
+        // Fencing: a coordinator whose term is older than one this node has seen is a stale
+        // leader; nothing it says is acted upon.
+        let connectionTerm: Int64?
+        do {
+            connectionTerm = try state.withLock { try $0.fence.admitWelcome(term: welcome.term, storeID: welcome.storeID) }
+        } catch let refusal as TermFence.Refusal {
+            throw ClusterProtocolError.staleTerm(refusal)
+        }
+        func fenced(_ term: Int64?, _ what: String) throws {
+            do {
+                try state.withLock { try $0.fence.admitFrame(term: term, connectionTerm: connectionTerm) }
+            } catch let refusal as TermFence.Refusal {
+                log.warning("refused a frame from a stale coordinator; closing the connection", ["frame": what, "reason": refusal.description])
+                throw ClusterProtocolError.staleTerm(refusal)
+            }
+        }
         joined()
         conn.setTimeouts(read: .seconds(max(welcome.peerTimeout, welcome.heartbeatInterval * 3)), write: .seconds(30))
         setOwned(welcome.assignedIPs)
-        log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
+        log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ","),
+                                    "term": connectionTerm.map(String.init) ?? "-", "coordinator": welcome.coordinatorID ?? "-"])
         // Re-report what the journal still holds before asking for work (the coordinator
         // reconciles older instances' leases on our first request).
         for r in journal.pending { try conn.send(.result(r)) }
@@ -336,6 +356,7 @@ public final class NodeAgent: Sendable {
             switch try conn.receive() {
             case .heartbeat: break
             case .leaseGrant(let grant, let payload):
+                try fenced(grant.term, "lease_grant")
                 // The deadline is taken at receipt, on the monotonic clock.
                 let now = ContinuousClock.now, wallNow = Date()
                 for l in grant.leases {
@@ -354,9 +375,11 @@ public final class NodeAgent: Sendable {
             case .resultAck(let ack):
                 journal.acknowledge(leaseID: ack.leaseID)
             case .ipAssign(let m):
+                try fenced(m.term, "ip_assign")
                 assign(m.ips)
                 try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * NodeAgent.prefetch * m.ips.count)))
             case .ipRevoke(let m):
+                try fenced(m.term, "ip_revoke")
                 // Finish what is queued for these IPs, then report them released
                 // (the coordinator hands them over only after that).
                 revoke(m.addresses)

@@ -24,8 +24,11 @@ public enum ClusterFeature {
     /// `config_changed` / `config_applied`: the node re-reads cluster.yml when the coordinator
     /// reloads it, applies what it can and answers.
     public static let configChanged = "config_changed"
+    /// Leadership terms: frames carry the coordinator's term, and a standby coordinator answers
+    /// `hello` with `redirect` instead of `welcome` (several coordinators, issue 15).
+    public static let terms = "terms"
     /// Every feature this build speaks.
-    public static let all = [configChanged]
+    public static let all = [configChanged, terms]
 }
 
 /// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.
@@ -74,9 +77,31 @@ public struct WelcomeMessage: Codable, Sendable, Equatable {
     public var heartbeatInterval: Double
     /// Seconds of silence after which the peer is considered gone.
     public var peerTimeout: Double
-    public init(proof: String, assignedIPs: [AssignedIP], heartbeatInterval: Double, peerTimeout: Double) {
+    /// The coordinator's leadership term (absent from coordinators before terms): the node
+    /// refuses a welcome, and any later frame, from a term below the highest it has seen of the
+    /// same store (`TermFence`).
+    public var term: Int64? = nil
+    /// The store's identity: terms are compared only within one store.
+    public var storeID: String? = nil
+    /// The coordinator's id (`coordinators[].id`), for logs.
+    public var coordinatorID: String? = nil
+    public init(proof: String, assignedIPs: [AssignedIP], heartbeatInterval: Double, peerTimeout: Double,
+                term: Int64? = nil, storeID: String? = nil, coordinatorID: String? = nil) {
         self.proof = proof; self.assignedIPs = assignedIPs; self.heartbeatInterval = heartbeatInterval; self.peerTimeout = peerTimeout
+        self.term = term; self.storeID = storeID; self.coordinatorID = coordinatorID
     }
+}
+
+/// `redirect` (standby coordinator → node, instead of `welcome`): this coordinator does not lead;
+/// connect to the leader instead. Sent only to a node that named the `terms` feature.
+public struct RedirectMessage: Codable, Sendable, Equatable {
+    /// The leader's id, nil when no leader is known right now (the node tries the next coordinator).
+    public var leader: String?
+    /// The leader's cluster address (`host:port`), nil when unknown.
+    public var address: String?
+    /// The highest term this coordinator has seen.
+    public var term: Int64
+    public init(leader: String?, address: String?, term: Int64) { self.leader = leader; self.address = address; self.term = term }
 }
 
 /// `reject` (either way): the connection is refused or ended; `reason` is for the operator.
@@ -149,7 +174,9 @@ public struct Lease: Codable, Sendable, Equatable {
 public struct LeaseGrantMessage: Codable, Sendable, Equatable {
     /// The leases; each names its body's slice of the payload.
     public var leases: [Lease]
-    public init(leases: [Lease]) { self.leases = leases }
+    /// The granting coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(leases: [Lease], term: Int64? = nil) { self.leases = leases; self.term = term }
 }
 
 /// The outcome of one recipient of a lease.
@@ -255,13 +282,17 @@ public struct ResultAckMessage: Codable, Sendable, Equatable {
 /// `ip_assign` (coordinator → node): the node owns these IPs from now on.
 public struct IPAssignMessage: Codable, Sendable, Equatable {
     public var ips: [AssignedIP]
-    public init(ips: [AssignedIP]) { self.ips = ips }
+    /// The coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(ips: [AssignedIP], term: Int64? = nil) { self.ips = ips; self.term = term }
 }
 
 /// `ip_revoke` (coordinator → node): stop sending from these IPs, finish or abandon their work, then report `ip_released`.
 public struct IPRevokeMessage: Codable, Sendable, Equatable {
     public var addresses: [String]
-    public init(addresses: [String]) { self.addresses = addresses }
+    /// The coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(addresses: [String], term: Int64? = nil) { self.addresses = addresses; self.term = term }
 }
 
 /// `ip_released` (node → coordinator): no session from these IPs is open any more.
@@ -350,6 +381,7 @@ public enum ClusterMessage: Sendable, Equatable {
     case backoff(BackoffMessage)
     case configChanged(ConfigChangedMessage)
     case configApplied(ConfigAppliedMessage)
+    case redirect(RedirectMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -370,6 +402,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff: return .backoff
         case .configChanged: return .configChanged
         case .configApplied: return .configApplied
+        case .redirect: return .redirect
         }
     }
 
@@ -424,6 +457,7 @@ public enum ClusterMessage: Sendable, Equatable {
             o.field("sendingIP", l.sendingIP)
             return o
         })
+        w.field("term", m.term)
         return w.finish()
     }
 
@@ -490,6 +524,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff(let m): return Frame(type: .backoff, header: h(m))
         case .configChanged(let m): return Frame(type: .configChanged, header: h(m))
         case .configApplied(let m): return Frame(type: .configApplied, header: h(m))
+        case .redirect(let m): return Frame(type: .redirect, header: h(m))
         }
     }
 
@@ -528,6 +563,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff: return .backoff(try v(BackoffMessage.self))
         case .configChanged: return .configChanged(try v(ConfigChangedMessage.self))
         case .configApplied: return .configApplied(try v(ConfigAppliedMessage.self))
+        case .redirect: return .redirect(try v(RedirectMessage.self))
         }
     }
 }
@@ -544,6 +580,10 @@ public enum ClusterProtocolError: Error, Equatable, Sendable, CustomStringConver
     case authenticationFailed
     /// The peer refused us.
     case rejected(String, retryable: Bool)
+    /// A coordinator spoke under a term older than one already seen (a stale leader).
+    case staleTerm(TermFence.Refusal)
+    /// A standby coordinator named the leader to connect to instead.
+    case redirected(RedirectMessage)
 
     public var description: String {
         switch self {
@@ -552,6 +592,8 @@ public enum ClusterProtocolError: Error, Equatable, Sendable, CustomStringConver
         case .versionMismatch(let o, let t): return "protocol version mismatch: we speak \(o), peer speaks \(t)"
         case .authenticationFailed: return "authentication failed: cluster secret differs"
         case .rejected(let s, _): return "rejected by peer: \(s)"
+        case .staleTerm(let r): return "refused the coordinator: \(r)"
+        case .redirected(let r): return "redirected to the leader \(r.leader ?? "(unknown)") at \(r.address ?? "(unknown)") (term \(r.term))"
         }
     }
 }

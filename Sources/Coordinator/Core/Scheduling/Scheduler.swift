@@ -133,6 +133,26 @@ public struct PlannedGrant: Sendable {
     public var planned: [String: (group: DeliveryGroup, ip: AssignedIP)]
     /// Seconds each lease lasts.
     public var leaseTime: TimeInterval
+    /// The leadership term the grant is made under (nil before terms).
+    public var term: Int64? = nil
+}
+
+/// The leadership a scheduler acts under: stamped on every welcome, grant, assignment and
+/// revocation so that nodes can refuse a stale leader (`TermFence`).
+public struct LeadershipStamp: Sendable, Equatable {
+    /// The term (≥ 1).
+    public var term: Int64
+    /// The store's identity (terms are compared within one store).
+    public var storeID: String
+    /// This coordinator's id.
+    public var coordinatorID: String
+    /// - Parameters:
+    ///   - term: the term (≥ 1).
+    ///   - storeID: the store's identity.
+    ///   - coordinatorID: this coordinator's id.
+    public init(term: Int64, storeID: String, coordinatorID: String) {
+        self.term = term; self.storeID = storeID; self.coordinatorID = coordinatorID
+    }
 }
 
 /// The coordinator's scheduling core, as a value: node membership and the IP assignment
@@ -208,6 +228,8 @@ public struct Scheduler: Sendable {
     public private(set) var recipientsLeased: [String: Int] = [:]
     /// The IP owners last handed to the shell to store.
     private var storedOwners: [String: String]?
+    /// The leadership this scheduler acts under (nil: no terms, as before issue 15).
+    public private(set) var leadership: LeadershipStamp?
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -222,9 +244,11 @@ public struct Scheduler: Sendable {
     ///   - backoffs: backoffs still active at start (from the queue).
     ///   - pauses: operator pauses (from the queue).
     ///   - leaseHoldUntil: no new lease before this time (see `QueueStore.beginRun`).
+    ///   - leadership: the term, store and coordinator id to stamp on frames (nil: none).
     public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], pauses: [Pause] = [],
-                leaseHoldUntil: Date? = nil) {
+                leaseHoldUntil: Date? = nil, leadership: LeadershipStamp? = nil) {
         self.config = config
+        self.leadership = leadership
         for p in pauses { self.pauses[p.target] = p }
         self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
         self.backoffs = BackoffTable(entries: backoffs)
@@ -268,7 +292,8 @@ public struct Scheduler: Sendable {
         leases.nodeConnected(hello.nodeID)
         let proof = ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
         return [.send(connection, .welcome(WelcomeMessage(proof: proof, assignedIPs: owned, heartbeatInterval: config.coordinator.heartbeatInterval,
-                                                          peerTimeout: config.coordinator.nodeTimeout))),
+                                                          peerTimeout: config.coordinator.nodeTimeout, term: leadership?.term,
+                                                          storeID: leadership?.storeID, coordinatorID: leadership?.coordinatorID))),
                 .log(.init(.info, "node joined", ["node": hello.nodeID, "instance": hello.instanceID, "peer": peer,
                                                   "ips": owned.map(\.address).joined(separator: ",")]))]
     }
@@ -348,7 +373,7 @@ public struct Scheduler: Sendable {
         let added = membership.announced(node: s.nodeID, bindable: bindable, now: now)
         var out: [Directive] = [.log(.init(.info, "node announced bindable IPs", ["node": s.nodeID, "bindable": bindable.joined(separator: ","),
                                                                                   "assigned": added.map(\.address).joined(separator: ",")]))]
-        if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added)))) }
+        if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added, term: leadership?.term)))) }
         out.append(.scheduleNextTick(after: 0))
         return out
     }
@@ -672,7 +697,8 @@ public struct Scheduler: Sendable {
             guard let session = membership.sessions[c.node] else { continue }
             let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: c.node, instance: session.instanceID, sendingIP: c.ip.address,
                                   messageID: g.messageID, domain: g.domain, recipientIDs: g.recipients.map(\.id), grantedAt: now, expiresAt: expiresAt)
-            grants[c.node, default: PlannedGrant(node: c.node, connection: session.connection, records: [], planned: [:], leaseTime: leaseTime)]
+            grants[c.node, default: PlannedGrant(node: c.node, connection: session.connection, records: [], planned: [:], leaseTime: leaseTime,
+                                                    term: leadership?.term)]
                 .records.append(rec)
             grants[c.node]?.planned[rec.id] = (g, c.ip)
             leases.granted(rec)
@@ -688,10 +714,10 @@ public struct Scheduler: Sendable {
             switch change {
             case .assign(let node, let ips):
                 guard let c = membership.sessions[node]?.connection else { return nil }
-                return .send(c, .ipAssign(IPAssignMessage(ips: ips)))
+                return .send(c, .ipAssign(IPAssignMessage(ips: ips, term: leadership?.term)))
             case .revoke(let node, let addresses):
                 guard let c = membership.sessions[node]?.connection else { return nil }
-                return .send(c, .ipRevoke(IPRevokeMessage(addresses: addresses)))
+                return .send(c, .ipRevoke(IPRevokeMessage(addresses: addresses, term: leadership?.term)))
             }
         }
     }
