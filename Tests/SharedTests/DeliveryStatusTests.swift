@@ -86,4 +86,33 @@ struct DeliveryStatusTests {
         #expect(try JSONDecoder().decode(DeliveryStatus.self, from: Data(#"{"code":550,"enhanced":"x","text":"no"}"#.utf8)).enhanced == nil)
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(DeliveryStatus.self, from: Data(#"{"text":"no"}"#.utf8)) }
     }
+
+    @Test("a result frame's recipient keeps the flat keys: an older node's JSON decodes and re-encodes identically")
+    func legacyRecipientResult() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let legacy = [
+            #"{"code":550,"enhanced":"5.1.1","recipientID":7,"status":"failed","text":"no such user"}"#,
+            #"{"code":250,"dkim":["hato.test/s1/rsa-sha256"],"enhanced":"2.0.0","mxHost":"mx.x.test","recipientID":1,"remoteAddress":"192.0.2.1","reusedConnection":false,"status":"delivered","text":"ok: queued as X","timings":{"connect":0.01,"transaction":0.2},"tlsCipher":"TLS_AES_256_GCM_SHA384","tlsVersion":"TLSv1.3"}"#,
+            #"{"code":451,"connectionFailure":{"addressFamily":"ipv4","mxHost":"mx.x.test","remoteAddress":"192.0.2.9"},"enhanced":"4.4.1","recipientID":3,"status":"deferred","text":"cannot connect: refused"}"#,
+            #"{"code":552,"enhanced":"5.5.3","recipientID":4,"status":"deferred","text":"too many recipients"}"#,
+        ]
+        for json in legacy {
+            let r = try JSONDecoder().decode(RecipientResult.self, from: Data(json.utf8))
+            #expect(String(decoding: try encoder.encode(r), as: UTF8.self) == json)
+        }
+        let r = try JSONDecoder().decode(RecipientResult.self, from: Data(legacy[0].utf8))
+        #expect(r.reply == DeliveryStatus.localFailure(550, 1, 1, "no such user"))
+        #expect(r.status == .failed)
+        // The status stays the node's decision: a carried-over 552 5.5.3 is deferred.
+        #expect(try JSONDecoder().decode(RecipientResult.self, from: Data(legacy[3].utf8)).status == .deferred)
+
+        // The hand-built frame header writes the same bytes as JSONEncoder.
+        let message = ClusterMessage.result(ResultMessage(leaseID: "l1", instanceID: "i1", sendingIP: "192.0.2.7", mxHost: nil, remoteAddress: nil,
+                                                          outcomes: try legacy.map { try JSONDecoder().decode(RecipientResult.self, from: Data($0.utf8)) },
+                                                          finishedAt: 1_795_967_950.25))
+        let fast = message.frame(), slow = message.codableFrame()
+        #expect(fast.header == slow.header)
+        #expect(try ClusterMessage.decode(fast) == message)
+    }
 }

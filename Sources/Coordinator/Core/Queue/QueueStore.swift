@@ -387,6 +387,12 @@ public final class QueueStore: Sendable {
         try lock.withLock { try db.transaction { try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) } } }
     }
 
+    /// The values of `last_code`, `last_enhanced`, `last_text` for a reply (the text is at most
+    /// `DeliveryStatus.maxTextLength` characters).
+    static func replyColumns(_ reply: DeliveryStatus) -> [SQLiteStatement.Value] {
+        [.int(Int64(reply.code.rawValue)), reply.enhanced.map { .text($0.description) } ?? .null, .text(reply.text)]
+    }
+
     private func applyResultInTransaction(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
         var app = ResultApplication()
         let t = now.timeIntervalSince1970
@@ -401,8 +407,7 @@ public final class QueueStore: Sendable {
             guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
                   let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
             if state.isFinal { app.ignored += 1; continue }
-            let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
-                                                  .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            let common: [SQLiteStatement.Value] = QueueStore.replyColumns(o.reply) + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
             switch o.status {
             case .delivered, .failed:
                 try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])

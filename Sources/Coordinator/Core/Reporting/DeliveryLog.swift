@@ -96,6 +96,17 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
         self.id = id; self.ts = ts; self.event = event; self.messageId = messageId
     }
 
+    /// Sets `code`, `enhanced` and `reply` from a recipient's last reply, flat as the log and the
+    /// webhooks have always written them; `reply` alone when there is only a text.
+    /// - Parameters:
+    ///   - status: the last reply, if any.
+    ///   - textWithoutReply: the text recorded without a reply (an expiry before any attempt).
+    public mutating func setReply(_ status: DeliveryStatus?, textWithoutReply: String? = nil) {
+        code = status?.code.rawValue
+        enhanced = status?.enhanced?.description
+        reply = status?.text ?? textWithoutReply
+    }
+
     /// ISO 8601 UTC with milliseconds.
     public static func timestamp(_ d: Date) -> String {
         Logger.timestamp(d)  // RFC 3339 UTC with milliseconds, without a formatter per call
