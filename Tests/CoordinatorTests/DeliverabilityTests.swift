@@ -1,7 +1,9 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import SMTPCore
 
 @Suite("Deliverability: routing, warm-up, backoff")
 struct DeliverabilityTests {

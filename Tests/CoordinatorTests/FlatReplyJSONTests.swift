@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 @testable import HatoCoordinator
-import HatoShared
+@testable import SMTPCore
 
 /// The admin API's recipient record and the delivery log/webhook record keep their flat reply
 /// JSON (`lastCode`/`lastEnhanced`/`lastText`; `code`/`enhanced`/`reply`) while the code holds

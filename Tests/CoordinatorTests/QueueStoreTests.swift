@@ -1,7 +1,9 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import SMTPCore
 
 @Suite("Queue store")
 struct QueueStoreTests {

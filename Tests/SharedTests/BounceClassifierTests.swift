@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoDelivery
+@testable import SMTPCore
 
 /// Table-driven tests of `BounceClassifier` with replies as real receivers send them.
 @Suite("Bounce classification")

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import ClusterProtocol
+@testable import HatoCrypto
+@testable import SMTPCore
 
 @Suite("Cluster protocol frames")
 struct ClusterProtocolTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import ClusterProtocol
+@testable import SMTPCore
 
 /// `DeliveryStatus`: the one code / enhanced code / text value carried from connect to bounce.
 @Suite("Delivery status")

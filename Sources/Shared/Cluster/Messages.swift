@@ -1,4 +1,8 @@
 import Foundation
+import HatoCrypto
+import HatoIO
+import HatoSupport
+import SMTPCore
 
 /// The cluster protocol version this build speaks.
 public let clusterProtocolVersion = 1

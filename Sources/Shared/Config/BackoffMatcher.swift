@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// Matches remote replies against backoff rules (node side).
 public struct BackoffMatcher: Sendable {

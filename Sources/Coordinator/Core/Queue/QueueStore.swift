@@ -1,5 +1,7 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
+import SMTPCore
 
 /// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired | suppressed`.
 /// `suppressed`: on the suppression list at enqueue, never attempted (QueueStore+Suppression.swift).

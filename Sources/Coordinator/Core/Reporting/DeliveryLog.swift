@@ -3,8 +3,10 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
+import SMTPCore
 
 /// One delivery log line (JSON, snake_case keys, absent fields omitted). Also the body of
 /// each webhook event.
