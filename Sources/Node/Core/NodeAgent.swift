@@ -520,7 +520,7 @@ public final class NodeAgent: Sendable {
         let remote = delivered.remoteAddress
         for o in outcomes {
             log.info("delivery", ["lease": l.leaseID, "message": l.messageID, "ip": l.sendingIP, "mx": o.mxHost ?? mx ?? "",
-                                  "status": o.status.rawValue, "code": "\(o.code)", "tls": o.tlsVersion ?? "none",
+                                  "status": o.status.rawValue, "code": "\(o.reply.code)", "tls": o.tlsVersion ?? "none",
                                   "reused": o.reusedConnection.map { "\($0)" } ?? "", "dkim": o.dkim?.joined(separator: ",") ?? ""])
         }
         return ResultMessage(leaseID: l.leaseID, instanceID: instanceID, sendingIP: l.sendingIP, mxHost: mx, remoteAddress: remote,
@@ -533,10 +533,10 @@ public final class NodeAgent: Sendable {
         let (shaping, backoffMatcher) = live.withLock { ($0.config.shaping, $0.backoffMatcher) }
         let provider = result.mxHost.map { shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
         for o in result.outcomes where o.status != .delivered {
-            guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
+            guard let rule = backoffMatcher.match(o.reply, provider: provider) else { continue }
             // About one mailbox: that recipient is deferred, nothing is slowed.
             if rule.action == .none { continue }
-            let reply = String("\(o.code) \(o.enhanced ?? "") \(o.text)".prefix(512))
+            let reply = String("\(o.reply.code) \(o.reply.enhanced?.description ?? "") \(o.reply.text)".prefix(512))
             log.warning("backoff rule matched", ["ip": result.sendingIP, "provider": provider, "action": rule.action.rawValue, "reply": String(reply.prefix(200))])
             try? state.withLock { $0.connection }?.send(.backoff(BackoffMessage(
                 sendingIP: result.sendingIP, provider: provider, domain: lease.domain, action: rule.action.rawValue,

@@ -2,6 +2,7 @@ import Foundation
 import HatoCrypto
 import HatoIO
 import HatoSupport
+import SMTPCore
 
 /// The cluster protocol version this build speaks.
 public let clusterProtocolVersion = 1
@@ -180,19 +181,19 @@ public struct LeaseGrantMessage: Codable, Sendable, Equatable {
 }
 
 /// The outcome of one recipient of a lease.
+///
+/// On the wire the status is flat, as it always was: `status`, `code`, `enhanced`, `text`
+/// beside the delivery details (`init(from:)`/`encode(to:)`); frames from older nodes decode.
 public struct RecipientResult: Codable, Sendable, Equatable {
-    /// What happened.
-    public enum Status: String, Codable, Sendable { case delivered, deferred, failed }
+    /// What happened: the node's decision (normally `reply.disposition`; a recipient carried over
+    /// after a 452 or a 552 5.5.3 "too many recipients" is deferred whatever the code).
+    public typealias Status = DeliveryStatus.Disposition
     /// The recipient's row id.
     public var recipientID: Int64
     /// Delivered (2xx), deferred (4xx, connection failures, timeouts) or failed (5xx).
     public var status: Status
-    /// The SMTP reply code (or the synthetic code for local failures).
-    public var code: Int
-    /// The enhanced status code (RFC 3463), if any.
-    public var enhanced: String?
-    /// The reply text (at most 512 characters).
-    public var text: String
+    /// The reply behind the outcome: the server's, or the synthetic one of a local failure.
+    public var reply: DeliveryStatus
     // Delivery details (optional: absent in frames from older nodes, which still decode).
     /// The MX host whose session gave this outcome (nil when no server answered).
     public var mxHost: String? = nil
@@ -211,8 +212,51 @@ public struct RecipientResult: Codable, Sendable, Equatable {
     /// For a deferral because no MX could be connected to: the last target tried (so metrics and
     /// the delivery log keep the MX host, its provider and the address family).
     public var connectionFailure: ConnectionFailureContext? = nil
-    public init(recipientID: Int64, status: Status, code: Int, enhanced: String?, text: String) {
-        self.recipientID = recipientID; self.status = status; self.code = code; self.enhanced = enhanced; self.text = text
+
+    /// A result from its parts.
+    /// - Parameters:
+    ///   - recipientID: the recipient's row id.
+    ///   - status: delivered, deferred or failed.
+    ///   - reply: the reply behind it.
+    public init(recipientID: Int64, status: Status, reply: DeliveryStatus) {
+        self.recipientID = recipientID; self.status = status; self.reply = reply
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case recipientID, status, code, enhanced, text, mxHost, remoteAddress, tlsVersion, tlsCipher, reusedConnection, dkim, timings
+        case connectionFailure
+    }
+
+    /// Decodes the flat wire form (`code`, `enhanced`, `text` beside the other keys).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        recipientID = try c.decode(Int64.self, forKey: .recipientID)
+        status = try c.decode(Status.self, forKey: .status)
+        reply = try c.decodeDeliveryStatus(code: .code, enhanced: .enhanced, text: .text)
+        mxHost = try c.decodeIfPresent(String.self, forKey: .mxHost)
+        remoteAddress = try c.decodeIfPresent(String.self, forKey: .remoteAddress)
+        tlsVersion = try c.decodeIfPresent(String.self, forKey: .tlsVersion)
+        tlsCipher = try c.decodeIfPresent(String.self, forKey: .tlsCipher)
+        reusedConnection = try c.decodeIfPresent(Bool.self, forKey: .reusedConnection)
+        dkim = try c.decodeIfPresent([String].self, forKey: .dkim)
+        timings = try c.decodeIfPresent(DeliveryTimings.self, forKey: .timings)
+        connectionFailure = try c.decodeIfPresent(ConnectionFailureContext.self, forKey: .connectionFailure)
+    }
+
+    /// Encodes the flat wire form (absent details omitted).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(recipientID, forKey: .recipientID)
+        try c.encode(status, forKey: .status)
+        try c.encode(reply, code: .code, enhanced: .enhanced, text: .text)
+        try c.encodeIfPresent(mxHost, forKey: .mxHost)
+        try c.encodeIfPresent(remoteAddress, forKey: .remoteAddress)
+        try c.encodeIfPresent(tlsVersion, forKey: .tlsVersion)
+        try c.encodeIfPresent(tlsCipher, forKey: .tlsCipher)
+        try c.encodeIfPresent(reusedConnection, forKey: .reusedConnection)
+        try c.encodeIfPresent(dkim, forKey: .dkim)
+        try c.encodeIfPresent(timings, forKey: .timings)
+        try c.encodeIfPresent(connectionFailure, forKey: .connectionFailure)
     }
 }
 
@@ -469,7 +513,7 @@ public enum ClusterMessage: Sendable, Equatable {
         w.field("mxHost", m.mxHost)
         w.field("outcomes", objects: m.outcomes.map { r in
             var o = JSONObjectWriter(capacity: 320)
-            o.field("code", r.code)
+            o.field("code", r.reply.code.rawValue)
             o.field("connectionFailure", object: r.connectionFailure.map { c in
                 var x = JSONObjectWriter(capacity: 128)
                 x.field("addressFamily", c.addressFamily)
@@ -478,13 +522,13 @@ public enum ClusterMessage: Sendable, Equatable {
                 return x
             })
             o.field("dkim", r.dkim)
-            o.field("enhanced", r.enhanced)
+            o.field("enhanced", r.reply.enhanced?.description)
             o.field("mxHost", r.mxHost)
             o.field("recipientID", r.recipientID)
             o.field("remoteAddress", r.remoteAddress)
             o.field("reusedConnection", r.reusedConnection)
             o.field("status", r.status.rawValue)
-            o.field("text", r.text)
+            o.field("text", r.reply.text)
             o.field("timings", object: r.timings.map { t in
                 var x = JSONObjectWriter(capacity: 128)
                 x.field("connect", t.connect)

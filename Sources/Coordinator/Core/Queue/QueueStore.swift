@@ -90,24 +90,70 @@ public struct ResultApplication: Sendable, Equatable {
     public var leaseKnown = false
 }
 
-/// One recipient's record for lookups.
+/// One recipient's record for lookups. Its JSON (the admin API) keeps the flat `lastCode`,
+/// `lastEnhanced` and `lastText` keys.
 public struct RecipientRecord: Codable, Sendable, Equatable {
     public var id: Int64
     public var address: String
     public var state: RecipientState
     public var attempts: Int
     public var nextAttemptAt: Double?
-    public var lastCode: Int?
-    public var lastEnhanced: String?
-    public var lastText: String?
+    /// The last reply (remote or locally generated), nil before any.
+    public var lastReply: DeliveryStatus?
+    /// The last text when there is no reply (an expiry before any attempt), nil when `lastReply` is set.
+    public var lastTextWithoutReply: String?
     public var node: String?
     public var sendingIP: String?
     public var mxHost: String?
     public var updatedAt: Double
 
+    public init(id: Int64, address: String, state: RecipientState, attempts: Int, nextAttemptAt: Double?, lastReply: DeliveryStatus?,
+                lastTextWithoutReply: String?, node: String?, sendingIP: String?, mxHost: String?, updatedAt: Double) {
+        self.id = id; self.address = address; self.state = state; self.attempts = attempts; self.nextAttemptAt = nextAttemptAt
+        self.lastReply = lastReply; self.lastTextWithoutReply = lastTextWithoutReply; self.node = node; self.sendingIP = sendingIP
+        self.mxHost = mxHost; self.updatedAt = updatedAt
+    }
+
     enum CodingKeys: String, CodingKey {
         case id, address, state, attempts, nextAttemptAt, lastCode, lastEnhanced, lastText, node, mxHost, updatedAt
         case sendingIP = "sendingIp"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int64.self, forKey: .id)
+        address = try c.decode(String.self, forKey: .address)
+        state = try c.decode(RecipientState.self, forKey: .state)
+        attempts = try c.decode(Int.self, forKey: .attempts)
+        nextAttemptAt = try c.decodeIfPresent(Double.self, forKey: .nextAttemptAt)
+        let text = try c.decodeIfPresent(String.self, forKey: .lastText)
+        if let code = try c.decodeIfPresent(Int.self, forKey: .lastCode) {
+            lastReply = DeliveryStatus(code: code, enhanced: try c.decodeIfPresent(String.self, forKey: .lastEnhanced), text: text ?? "")
+        } else {
+            lastTextWithoutReply = text
+        }
+        node = try c.decodeIfPresent(String.self, forKey: .node)
+        sendingIP = try c.decodeIfPresent(String.self, forKey: .sendingIP)
+        mxHost = try c.decodeIfPresent(String.self, forKey: .mxHost)
+        updatedAt = try c.decode(Double.self, forKey: .updatedAt)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(address, forKey: .address)
+        try c.encode(state, forKey: .state)
+        try c.encode(attempts, forKey: .attempts)
+        try c.encodeIfPresent(nextAttemptAt, forKey: .nextAttemptAt)
+        if let lastReply {
+            try c.encode(lastReply, code: .lastCode, enhanced: .lastEnhanced, text: .lastText)
+        } else {
+            try c.encodeIfPresent(lastTextWithoutReply, forKey: .lastText)
+        }
+        try c.encodeIfPresent(node, forKey: .node)
+        try c.encodeIfPresent(sendingIP, forKey: .sendingIP)
+        try c.encodeIfPresent(mxHost, forKey: .mxHost)
+        try c.encode(updatedAt, forKey: .updatedAt)
     }
 }
 
@@ -389,6 +435,12 @@ public final class QueueStore: Sendable {
         try lock.withLock { try db.transaction { try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) } } }
     }
 
+    /// The values of `last_code`, `last_enhanced`, `last_text` for a reply (the text is at most
+    /// `DeliveryStatus.maxTextLength` characters).
+    static func replyColumns(_ reply: DeliveryStatus) -> [SQLiteStatement.Value] {
+        [.int(Int64(reply.code.rawValue)), reply.enhanced.map { .text($0.description) } ?? .null, .text(reply.text)]
+    }
+
     private func applyResultInTransaction(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
         var app = ResultApplication()
         let t = now.timeIntervalSince1970
@@ -403,8 +455,7 @@ public final class QueueStore: Sendable {
             guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
                   let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
             if state.isFinal { app.ignored += 1; continue }
-            let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
-                                                  .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            let common: [SQLiteStatement.Value] = QueueStore.replyColumns(o.reply) + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
             switch o.status {
             case .delivered, .failed:
                 try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
@@ -552,8 +603,8 @@ public final class QueueStore: Sendable {
             }).first else { return nil }
             m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
                 RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),
-                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastCode: $0.isNull(5) ? nil : Int($0.int(5)),
-                                lastEnhanced: $0.optionalText(6), lastText: $0.optionalText(7), node: $0.optionalText(8), sendingIP: $0.optionalText(9),
+                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastReply: QueueStore.reply($0, 5),
+                                lastTextWithoutReply: $0.isNull(5) ? $0.optionalText(7) : nil, node: $0.optionalText(8), sendingIP: $0.optionalText(9),
                                 mxHost: $0.optionalText(10), updatedAt: $0.double(11))
             }
             return m

@@ -215,12 +215,13 @@ public enum SMTPSessionFailure: Sendable, Equatable {
     /// The server broke the reply syntax or limits.
     case protocolError(String)
 
-    /// The deferral code, enhanced code and text for recipients caught by this failure.
-    var deferral: (code: Int, enhanced: String, text: String) {
+    /// The deferral for recipients caught by this failure: 451 4.4.2 for timeouts and lost
+    /// connections (RFC 3463 §3.5, bad connection), 451 4.5.0 for protocol errors.
+    var deferral: DeliveryStatus {
         switch self {
-        case .timeout(let what): return (451, "4.4.2", "timeout: \(what)")
-        case .connectionClosed(let what): return (451, "4.4.2", "connection lost: \(what)")
-        case .protocolError(let what): return (451, "4.5.0", "SMTP protocol error: \(what)")
+        case .timeout(let what): return .localDeferral(4, 2, "timeout: \(what)")
+        case .connectionClosed(let what): return .localDeferral(4, 2, "connection lost: \(what)")
+        case .protocolError(let what): return .localDeferral(5, 0, "SMTP protocol error: \(what)")
         }
     }
 }
@@ -282,12 +283,9 @@ public struct SMTPClientHandshake: Sendable {
 
     /// Why the session could not be set up: the deferral every recipient gets if no other MX works.
     public struct Failure: Sendable, Equatable {
-        /// A 4xx code: the server's 4xx reply, or 451.
-        public var code: Int
-        /// A `4.x.x` enhanced status code.
-        public var enhanced: String
-        /// What happened, for the recipients' outcome text.
-        public var text: String
+        /// The deferral: a 4yz code (the server's 4yz reply, or 451) with a `4.x.x` enhanced
+        /// status code, and what happened as the text.
+        public var reply: DeliveryStatus
         /// The TLS handshake itself failed (an opportunistic client may retry this MX in plaintext).
         public var tlsHandshakeFailed: Bool
     }
@@ -319,7 +317,7 @@ public struct SMTPClientHandshake: Sendable {
         self.tlsPolicy = tlsPolicy
         self.tlsAvailable = tlsAvailable
         if !SMTPClientTransaction.isSafeArgument(heloName, allowEmpty: false) {
-            failure = Failure(code: 451, enhanced: "4.3.5", text: "invalid HELO name configured", tlsHandshakeFailed: false)
+            failure = Failure(reply: .localDeferral(3, 5, "invalid HELO name configured"), tlsHandshakeFailed: false)
             state = .failed
         }
     }
@@ -372,7 +370,7 @@ public struct SMTPClientHandshake: Sendable {
                 return [.startTLS]
             }
             if reply.code == 421 || tlsPolicy == .required {
-                return reject(reply, stage: "STARTTLS", enhanced: tlsPolicy == .required ? "4.7.4" : nil)
+                return reject(reply, stage: "STARTTLS", enhanced: tlsPolicy == .required ? EnhancedStatusCode(.persistentTransientFailure, 7, 4) : nil)
             }
             // Opportunistic: the session stays usable in plaintext (RFC 3207 §4).
             state = .ready
@@ -392,7 +390,7 @@ public struct SMTPClientHandshake: Sendable {
     /// Reports that the TLS handshake failed; the connection is unusable.
     public mutating func tlsFailed(_ reason: String) -> [Action] {
         guard state == .negotiatingTLS else { return [] }
-        failure = Failure(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: \(reason)", tlsHandshakeFailed: true)
+        failure = Failure(reply: .localDeferral(7, 5, "TLS handshake failed: \(reason)"), tlsHandshakeFailed: true)
         state = .failed
         return [.close]
     }
@@ -404,8 +402,7 @@ public struct SMTPClientHandshake: Sendable {
             state = .failed
             return [.close]
         }
-        let d = sessionFailure.deferral
-        failure = Failure(code: d.code, enhanced: d.enhanced, text: d.text, tlsHandshakeFailed: false)
+        failure = Failure(reply: sessionFailure.deferral, tlsHandshakeFailed: false)
         state = .failed
         return [.close]
     }
@@ -418,7 +415,7 @@ public struct SMTPClientHandshake: Sendable {
         }
         if !secured && tlsPolicy == .required {
             let why = !tlsAvailable ? "this node has no TLS client" : "the server does not offer STARTTLS"
-            failure = Failure(code: 451, enhanced: "4.7.4", text: "TLS is required but \(why)", tlsHandshakeFailed: false)
+            failure = Failure(reply: .localDeferral(7, 4, "TLS is required but \(why)"), tlsHandshakeFailed: false)
             state = .awaitingQUIT
             return [.send(Array("QUIT\r\n".utf8))]
         }
@@ -427,12 +424,12 @@ public struct SMTPClientHandshake: Sendable {
     }
 
     /// A non-2xx reply during set-up: QUIT (or close after 421), deferral, next MX.
-    private mutating func reject(_ reply: SMTPReply, stage: String, enhanced override: String? = nil) -> [Action] {
+    private mutating func reject(_ reply: SMTPReply, stage: String, enhanced override: EnhancedStatusCode? = nil) -> [Action] {
         // Set-up refusals defer: a 4yz keeps its code and enhanced status, anything else is 451 4.4.0.
-        let code = ReplyCode(reply.code).isTransient ? reply.code : 451
-        let enhanced = override ?? EnhancedStatusCode.status(reply.enhanced, ofClass: .persistentTransientFailure,
-                                                             orElse: EnhancedStatusCode(.persistentTransientFailure, 4, 0))
-        failure = Failure(code: code, enhanced: enhanced, text: "\(stage) rejected: \(SMTPClientTransaction.summary(reply))",
+        let code: ReplyCode = reply.replyCode.isTransient ? reply.replyCode : 451
+        let enhanced = override ?? DeliveryStatus(reply: reply).enhancedStatus(ofClass: .persistentTransientFailure,
+                                                                               orElse: EnhancedStatusCode(.persistentTransientFailure, 4, 0))
+        failure = Failure(reply: DeliveryStatus(code, enhanced, "\(stage) rejected: \(SMTPClientTransaction.summary(reply))"),
                           tlsHandshakeFailed: false)
         if reply.code == 421 {
             state = .failed
@@ -551,8 +548,8 @@ public struct SMTPClientTransaction: Sendable {
     private var mailAccepted: Bool? = nil
     private var limitReached = false
 
-    /// Longest outcome text kept, in characters.
-    public static let maxTextLength = 512
+    /// Longest outcome text kept, in characters (`DeliveryStatus.maxTextLength`).
+    public static let maxTextLength = DeliveryStatus.maxTextLength
 
     /// - Parameters:
     ///   - reversePath: the reverse path without brackets; `""` for the null path (RFC 5321 §4.5.5).
@@ -573,11 +570,11 @@ public struct SMTPClientTransaction: Sendable {
         sent = Array(repeating: false, count: recipients.count)
         // Addresses that could break the command line are never sent (no command injection).
         if !SMTPClientTransaction.isSafeArgument(reversePath, allowEmpty: true) {
-            resolveAll(.failed, 553, "5.1.7", "invalid sender address syntax")
+            resolveAll(.failed, .localFailure(553, 1, 7, "invalid sender address syntax"))
         }
         for (i, r) in recipients.enumerated() where results[i] == nil {
             if !SMTPClientTransaction.isSafeArgument(r.address, allowEmpty: false) {
-                results[i] = SMTPClientTransaction.outcome(r.id, .failed, 553, "5.1.3", "invalid recipient address syntax")
+                results[i] = SMTPClientTransaction.outcome(r.id, .failed, .localFailure(553, 1, 3, "invalid recipient address syntax"))
             }
         }
     }
@@ -618,7 +615,7 @@ public struct SMTPClientTransaction: Sendable {
         results.enumerated().map { i, r in
             if let r { return r }
             if let reply = carried[i] { return outcome(i, .deferred, reply) }
-            return SMTPClientTransaction.outcome(recipients[i].id, .deferred, 451, "4.4.2", "delivery did not complete")
+            return SMTPClientTransaction.outcome(recipients[i].id, .deferred, .localDeferral(4, 2, "delivery did not complete"))
         }
     }
 
@@ -629,13 +626,13 @@ public struct SMTPClientTransaction: Sendable {
         guard state == .notStarted else { return [] }
         let caps = capabilities
         if let limit = caps.size, limit > 0, traits.size > limit {
-            resolveAll(.failed, 552, "5.3.4", "message size \(traits.size) exceeds the server's limit of \(limit) octets")
+            resolveAll(.failed, .localFailure(552, 3, 4, "message size \(traits.size) exceeds the server's limit of \(limit) octets"))
             return finish(reusable: true)
         }
         let senderNonASCII = reversePath.utf8.contains { $0 >= 0x80 }
         if !caps.smtpUTF8 && (senderNonASCII || traits.needsSMTPUTF8) {
             let what = senderNonASCII ? "a non-ASCII sender address" : "UTF-8 header fields"
-            resolveAll(.failed, 553, "5.6.7", "the server does not support SMTPUTF8 (RFC 6531), needed for \(what)")
+            resolveAll(.failed, .localFailure(553, 6, 7, "the server does not support SMTPUTF8 (RFC 6531), needed for \(what)"))
             return finish(reusable: true)
         }
         var needUTF8 = senderNonASCII || traits.needsSMTPUTF8
@@ -643,11 +640,11 @@ public struct SMTPClientTransaction: Sendable {
             if caps.smtpUTF8 {
                 needUTF8 = true
             } else {
-                results[i] = SMTPClientTransaction.outcome(r.id, .failed, 553, "5.6.7", "the server does not support SMTPUTF8 (RFC 6531), needed for a non-ASCII recipient address")
+                results[i] = SMTPClientTransaction.outcome(r.id, .failed, .localFailure(553, 6, 7, "the server does not support SMTPUTF8 (RFC 6531), needed for a non-ASCII recipient address"))
             }
         }
         if traits.has8Bit && !caps.eightBitMIME && !needUTF8 {
-            resolveAll(.failed, 554, "5.6.3", "8-bit content and the server does not offer 8BITMIME")
+            resolveAll(.failed, .localFailure(554, 6, 3, "8-bit content and the server does not offer 8BITMIME"))
             return finish(reusable: true)
         }
         usedSMTPUTF8 = needUTF8
@@ -764,7 +761,7 @@ public struct SMTPClientTransaction: Sendable {
         guard state != .finished else { return [] }
         let d = failure.deferral
         for i in recipients.indices where results[i] == nil {
-            results[i] = SMTPClientTransaction.outcome(recipients[i].id, .deferred, d.code, d.enhanced, d.text)
+            results[i] = SMTPClientTransaction.outcome(recipients[i].id, .deferred, d)
         }
         return finish(reusable: false)
     }
@@ -809,9 +806,9 @@ public struct SMTPClientTransaction: Sendable {
         return [.sendChunk(offset: offset, length: length, last: last)]
     }
 
-    private mutating func resolveAll(_ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {
+    private mutating func resolveAll(_ status: OutcomeStatus, _ reply: DeliveryStatus) {
         for i in recipients.indices where results[i] == nil {
-            results[i] = SMTPClientTransaction.outcome(recipients[i].id, status, code, enhanced, text)
+            results[i] = SMTPClientTransaction.outcome(recipients[i].id, status, reply)
         }
     }
 
@@ -828,7 +825,7 @@ public struct SMTPClientTransaction: Sendable {
     }
 
     private func outcome(_ index: Int, _ status: OutcomeStatus, _ reply: SMTPReply) -> RecipientOutcome {
-        SMTPClientTransaction.outcome(recipients[index].id, status, reply.code, reply.enhanced, reply.lines.joined(separator: " "))
+        SMTPClientTransaction.outcome(recipients[index].id, status, DeliveryStatus(reply: reply))
     }
 
     /// RFC 5321 §4.5.3.1.10: 452 (and the older 552 with 5.5.3) to RCPT means too many recipients.
@@ -836,9 +833,8 @@ public struct SMTPClientTransaction: Sendable {
         reply.code == 452 || (reply.code == 552 && reply.enhanced == "5.5.3")
     }
 
-    static func outcome(_ id: Int64, _ status: OutcomeStatus, _ code: Int, _ enhanced: String?, _ text: String) -> RecipientOutcome {
-        RecipientOutcome(recipientID: id, status: status, code: code, enhanced: enhanced,
-                         text: String(text.prefix(maxTextLength)))
+    static func outcome(_ id: Int64, _ status: OutcomeStatus, _ reply: DeliveryStatus) -> RecipientOutcome {
+        RecipientOutcome(recipientID: id, status: status, reply: reply)
     }
 
     static func summary(_ reply: SMTPReply) -> String {

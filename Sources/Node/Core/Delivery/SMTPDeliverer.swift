@@ -57,33 +57,24 @@ public struct DeliveryRequest: Sendable {
     }
 }
 
-/// The result class of one recipient's delivery attempt.
-public enum OutcomeStatus: String, Sendable, Hashable {
-    /// The final reply after DATA was 2xx: the next hop took responsibility (RFC 5321 §4.2.5).
-    case delivered
-    /// A temporary failure (4xx, timeout, connection failure): retry later.
-    case deferred
-    /// A permanent failure (5xx): bounce.
-    case failed
-}
+/// The result class of one recipient's delivery attempt: delivered (2xx to the content, RFC 5321
+/// §4.2.5), deferred (4xx, timeout, connection failure: retry later) or failed (5xx: bounce).
+public typealias OutcomeStatus = DeliveryStatus.Disposition
 
 /// What happened to one recipient.
 public struct RecipientOutcome: Sendable, Hashable {
     /// The recipient's id from `DeliveryRecipient.id`.
     public let recipientID: Int64
-    /// Delivered, deferred or failed.
+    /// Delivered, deferred or failed: normally `reply.disposition`, but a recipient carried over
+    /// to a later transaction (452, or 552 5.5.3, to RCPT) is deferred whatever the code.
     public let status: OutcomeStatus
-    /// The SMTP reply code behind the outcome (e.g. 250, 451, 550); synthetic 451 for local failures.
-    public let code: Int
-    /// The RFC 3463 enhanced status code, when the server sent one or the failure is local.
-    public let enhanced: String?
-    /// The reply text (lines joined by spaces), at most 512 characters.
-    public let text: String
+    /// The reply behind the outcome (e.g. 250, 451 4.4.2, 550 5.1.1): the server's, or a
+    /// synthetic one for a local failure.
+    public let reply: DeliveryStatus
 
     /// An outcome from its parts.
-    public init(recipientID: Int64, status: OutcomeStatus, code: Int, enhanced: String?, text: String) {
-        self.recipientID = recipientID; self.status = status; self.code = code
-        self.enhanced = enhanced; self.text = text
+    public init(recipientID: Int64, status: OutcomeStatus, reply: DeliveryStatus) {
+        self.recipientID = recipientID; self.status = status; self.reply = reply
     }
 }
 
