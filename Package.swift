@@ -66,8 +66,8 @@ let package = Package(
             path: "Sources/Shared/Cluster", swiftSettings: strict),
         .target(
             name: "HatoCoordinator", dependencies: [
-                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoHTTP", "HatoIO",
-                "HatoSupport", "SMTPCore", "CSQLite", "CPostgreSQL"],
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoDNS", "HatoHTTP",
+                "HatoIO", "HatoSupport", "SMTPCore", "CSQLite", "CPostgreSQL"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(
             name: "hato-coordinator", dependencies: [
@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "CoordinatorTests", dependencies: [
                 "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoHTTP", "HatoIO",
-                "HatoSupport", "SMTPCore"],
+                "HatoSupport", "SMTPCore", "HatoDNS"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
             name: "NodeTests", dependencies: [

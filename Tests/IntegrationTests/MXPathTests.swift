@@ -30,6 +30,9 @@ final class TestDNS: @unchecked Sendable {
     }
 
     func stop() { process.stop() }
+
+    /// SIGHUP: dnsmasq clears its cache and re-reads its `--addn-hosts` files.
+    func reload() { kill(process.pid, SIGHUP) }
 }
 
 extension Integration {

@@ -14,6 +14,8 @@ public final class CoordinatorService: Sendable {
     public let admin: HTTPServer
     /// Delivery log, metrics, webhooks, DSNs and suppression (Reporting/).
     public let reporting: ReportingService
+    /// DNS blocklist checks of the sending IPs (`reputation.dnsbl`; idle without zones).
+    public let blocklists: BlocklistChecker
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -29,6 +31,9 @@ public final class CoordinatorService: Sendable {
         store = try QueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
+        blocklists = BlocklistChecker(config: config) { change in
+            hub.blocklistChanged(ip: change.ip, holdReason: change.holdReason, event: (change.kind, change.note))
+        }
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
                                              cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
@@ -93,6 +98,7 @@ public final class CoordinatorService: Sendable {
         }
         reporting.start()
         try hub.start(leaseHoldUntil: leaseHold)
+        blocklists.start()
         try submission.start()
         admin.start()
         log.info("coordinator started", ["cluster": config.cluster.name, "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
@@ -103,6 +109,7 @@ public final class CoordinatorService: Sendable {
     /// queue cleanly stopped with one synced commit (`QueueStore.endRun`). The queue takes no
     /// writes afterwards; the caller exits.
     public func stopForExit() {
+        blocklists.stop()
         submission.stop()
         hub.stop()
         do { try store.endRun() } catch { log.error("clean-stop mark not written", ["error": "\(error)"]) }

@@ -50,6 +50,8 @@ public struct ClusterConfig: Sendable, Equatable {
     public var warmup: [WarmupPlan] = []
     /// `backoff:` adaptive backoff rules. Default: the built-in rules.
     public var backoff = BackoffSettings()
+    /// `reputation:` blocklist checks of the sending IPs (issue 18). Default none.
+    public var reputation = ReputationSettings()
 
     /// Creates a configuration from parts (no validation; `load`/`parse` validate).
     public init(sourcePath: String, cluster: ClusterIdentity, coordinator: CoordinatorSettings, smtp: SMTPSettings,

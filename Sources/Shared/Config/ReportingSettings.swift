@@ -36,11 +36,16 @@ public enum DeliveryEventKind: String, Sendable, Codable, CaseIterable, Hashable
     /// reply (operator `hato`, target `ip A provider P`, note: the action, until when, the reply;
     /// no recipient, no message). Its end is a `lifted`.
     case suspended
+    /// A DNS blocklist lists a sending IP: it gets no new leases (operator `hato`, target
+    /// `ip A`, note: the zone, return codes and the list's reason; issue 18).
+    case listed
+    /// A sending IP is no longer on a blocklist (operator `hato`, target `ip A`, note: the zone).
+    case delisted
 
     /// Whether the event records an operator's action (it carries `operator` and `target`).
     public var isOperatorAction: Bool {
         switch self {
-        case .held, .released, .deleted, .flushed, .paused, .resumed, .lifted, .suspended: return true
+        case .held, .released, .deleted, .flushed, .paused, .resumed, .lifted, .suspended, .listed, .delisted: return true
         default: return false
         }
     }

@@ -37,6 +37,10 @@ public struct IPStatus: Codable, Sendable, Equatable {
     /// Its share of the recipients leased in its pool since the coordinator started (0…1; nil
     /// before the pool leased any).
     public var share: Double?
+    /// `listed` when a DNS blocklist lists the IP (no new leases), else `ok` (issue 18).
+    public var health: String?
+    /// Why it is held: the zones, return codes and the lists' reasons; nil when `ok`.
+    public var healthReason: String?
 }
 
 /// `GET/POST /v1/rebalance` body.
@@ -149,6 +153,7 @@ public struct AdminAPI: Sendable {
         let table = hub.ipTable()
         let leased = hub.recipientsLeased()
         let weights = hub.ipWeights()
+        let listed = hub.blocklisted()
         var poolWeight: [String: Int] = [:], poolLeased: [String: Int] = [:]
         for e in table {
             poolWeight[e.ip.pool, default: 0] += weights[e.ip.address, default: 1]
@@ -164,6 +169,8 @@ public struct AdminAPI: Sendable {
             row.recipientsLeased = leased[$0.ip.address, default: 0]
             let total = poolLeased[$0.ip.pool, default: 0]
             row.share = total > 0 ? Double(row.recipientsLeased ?? 0) / Double(total) : nil
+            row.healthReason = listed[$0.ip.address]
+            row.health = row.healthReason == nil ? "ok" : "listed"
             return row
         }
     }

@@ -269,13 +269,15 @@ public struct AdminCommands {
     ///   give it, the recipients leased to it since the coordinator started and its real share.
     private func printIPs(_ ips: [IPStatus], detail: Bool = false) {
         func percent(_ v: Double?) -> String { v.map { String(format: "%.1f%%", $0 * 100) } ?? "-" }
-        let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP"] + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE"] : [])
+        let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP", "HEALTH"]
+            + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE", "WHY"] : [])
         printTable(header, ips.map { ip -> [String] in
             let base = [ip.address, ip.helo, ip.pool, ip.owner ?? "-", ip.handoverTo.map { "handover→\($0)" } ?? ip.state,
                         ip.eligible.isEmpty ? "any" : ip.eligible.joined(separator: ","),
-                        ip.warmupCap == nil ? "warmed" : "day \(ip.warmupDay ?? 0): \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)"]
+                        ip.warmupCap == nil ? "warmed" : "day \(ip.warmupDay ?? 0): \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)",
+                        ip.health ?? "ok"]
             guard detail else { return base }
-            return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share)]
+            return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share), ip.healthReason ?? "-"]
         })
     }
 

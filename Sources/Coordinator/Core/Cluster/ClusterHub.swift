@@ -633,6 +633,26 @@ public final class ClusterHub: Sendable {
         return try command("resume \(target)") { scheduler, _ in scheduler.unpaused(target, by: by) }
     }
 
+    /// A blocklist check changed whether `ip` is listed: the scheduler holds it (no new leases)
+    /// or resumes it, and the change is recorded as a `listed`/`delisted` event for the delivery
+    /// log and webhooks (operator `hato`).
+    /// - Parameters:
+    ///   - ip: the sending IP.
+    ///   - holdReason: why it is held (`BlocklistWatch.holdReason`), nil to resume it.
+    ///   - event: `.listed` or `.delisted`, with its note (zone, codes, reason).
+    public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?) {
+        post(.command { scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: holdReason) })
+        guard let event else { return }
+        do {
+            try store.recordOperatorEvent(event.kind, by: "hato", target: "ip \(ip)", note: event.note, now: clock.now())
+        } catch {
+            log.error("recording a blocklist event failed", ["ip": ip, "error": "\(error)"])
+        }
+    }
+
+    /// Sending IPs held because a blocklist lists them: address → why.
+    public func blocklisted() -> [String: String] { published.withLock { $0.scheduler.blocklisted } }
+
     /// Active pauses.
     public func pauses() -> [Pause] {
         published.withLock { $0.scheduler.pauses.values.sorted { ($0.target.kind.rawValue, $0.target.name) < ($1.target.kind.rawValue, $1.target.name) } }

@@ -253,7 +253,7 @@ public final class DeliveryReporter: Sendable {
             r.setReply(e.reply, textWithoutReply: e.textWithoutReply)
             r.attempt = e.attempts
             if e.kind != .deleted, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
-        case .paused, .resumed, .lifted, .suspended:
+        case .paused, .resumed, .lifted, .suspended, .listed, .delisted:
             break
         }
         let hooks = config.webhooks.filter { $0.events.contains(e.kind) }

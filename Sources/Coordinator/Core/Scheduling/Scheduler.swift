@@ -128,6 +128,9 @@ public struct Scheduler: Sendable {
     private var storedOwners: [String: String]?
     /// The leadership this scheduler acts under (nil: no terms, as before issue 15).
     public private(set) var leadership: LeadershipStamp?
+    /// Sending IPs a DNS blocklist lists (`reputation.dnsbl`): address → why. No new lease
+    /// goes to them (unless `hold_when_all_listed: false` and their whole pool is listed).
+    public private(set) var blocklisted: [String: String] = [:]
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -363,6 +366,28 @@ public struct Scheduler: Sendable {
                 .scheduleNextTick(after: 0)]
     }
 
+    /// A blocklist check changed whether `ip` is listed (`BlocklistWatch`): nil `holdReason`
+    /// resumes it.
+    /// - Returns: a log line and a tick, when something changed.
+    public mutating func blocklistChanged(ip: String, holdReason: String?) -> [Directive] {
+        guard blocklisted[ip] != holdReason else { return [] }
+        let was = blocklisted[ip] != nil
+        blocklisted[ip] = holdReason
+        if let holdReason {
+            return [.log(.init(.warning, was ? "sending IP still held: blocklist" : "sending IP held: blocklist", ["ip": ip, "reason": holdReason])),
+                    .scheduleNextTick(after: 0)]
+        }
+        return [.log(.init(.info, "sending IP resumed: no longer on a blocklist", ["ip": ip])), .scheduleNextTick(after: 0)]
+    }
+
+    /// Whether the blocklist holds leave `ip` leasable.
+    private func blocklistAllows(_ ip: AssignedIP) -> Bool {
+        guard blocklisted[ip.address] != nil else { return true }
+        guard !config.reputation.holdWhenAllListed else { return false }
+        // The whole pool is listed and the operator chose to send anyway.
+        return config.ips.filter { $0.pool == ip.pool }.allSatisfy { blocklisted[$0.address] != nil }
+    }
+
     /// Ends a pause (the shell deleted it first).
     /// - Returns: whether it was paused, and what to do.
     public mutating func unpaused(_ target: PauseTarget, by: String) -> (Bool, [Directive]) {
@@ -538,6 +563,7 @@ public struct Scheduler: Sendable {
         let candidates = ready.flatMap { s in
             membership.table.leasable(by: s.nodeID).filter { ip in
                 pauses[PauseTarget(kind: .ip, name: ip.address)] == nil && pauses[PauseTarget(kind: .pool, name: ip.pool)] == nil
+                    && blocklistAllows(ip)
             }.map { LeasePlanner.Candidate(ip: $0, node: s.nodeID, weight: weights[$0.address] ?? 1) }
         }
         guard !candidates.isEmpty else { return out }
@@ -652,13 +678,17 @@ public struct Scheduler: Sendable {
         }
         let unpaused = usable.filter { pauses[PauseTarget(kind: .ip, name: $0.ip.address)] == nil }
         guard !unpaused.isEmpty else { return "paused: every IP of pool \(pool) (\(usable.map(\.ip.address).joined(separator: ", ")))" }
+        let unlisted = unpaused.filter { blocklistAllows($0.ip) }
+        guard !unlisted.isEmpty else {
+            return "held: every IP of pool \(pool) is on a blocklist (\(unpaused.map { "\($0.ip.address) \(blocklisted[$0.ip.address] ?? "")" }.joined(separator: "; ")))"
+        }
         let key = providerOfDomain[domain] ?? "domain:" + domain
-        let open = unpaused.filter { !backoffs.blocks(ip: $0.ip.address, provider: key, now: now) }
+        let open = unlisted.filter { !backoffs.blocks(ip: $0.ip.address, provider: key, now: now) }
         guard !open.isEmpty else {
-            let entries = unpaused.compactMap { backoffs.entry(ip: $0.ip.address, provider: key) }
+            let entries = unlisted.compactMap { backoffs.entry(ip: $0.ip.address, provider: key) }
             let until = entries.map(\.until).min().map { iso(Date(timeIntervalSince1970: $0)) } ?? "?"
             let what = entries.first?.action == .throttle ? "throttled" : "suspended"
-            return "\(what): \(providerLabel(ofBackoffKey: key)) backoff on \(unpaused.map(\.ip.address).joined(separator: ", ")) until \(until) (\(entries.first?.reason ?? ""))"
+            return "\(what): \(providerLabel(ofBackoffKey: key)) backoff on \(unlisted.map(\.ip.address).joined(separator: ", ")) until \(until) (\(entries.first?.reason ?? ""))"
         }
         let warm = open.filter { e in
             guard let (_, cap) = config.warmupCap(for: e.ip.address, now: now) else { return true }
