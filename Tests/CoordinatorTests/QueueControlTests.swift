@@ -10,7 +10,7 @@ final class QueueControlFixture: @unchecked Sendable {
     let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
     let retry = RetryPolicy(schedule: [1800], maxAge: 3600)
     let config: ClusterConfig
-    let store: QueueStore
+    let store: SQLiteQueueStore
     let service: ReportingService
     let hub: ClusterHub
     let api: QueueControlAPI
@@ -30,7 +30,7 @@ final class QueueControlFixture: @unchecked Sendable {
             \(extraYAML)
             """
         config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store, clock: clock)
         self.hub = hub
         service = try ReportingService(config: config, store: store, clock: clock, onEnqueued: {},

@@ -9,7 +9,7 @@ final class ReportingFixture: @unchecked Sendable {
     let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
     let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
     let config: ClusterConfig
-    let store: QueueStore
+    let store: SQLiteQueueStore
     let service: ReportingService
     final class Count: @unchecked Sendable { let lock = NSLock(); var n = 0 }
     private let count = Count()
@@ -29,7 +29,7 @@ final class ReportingFixture: @unchecked Sendable {
             \(extraYAML)
             """
         config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
         let c = count
         service = try ReportingService(config: config, store: store, clock: clock, onEnqueued: { c.lock.withLock { c.n += 1 } })
     }
@@ -412,7 +412,7 @@ struct ReportingTests {
             routing: { default_pool: t }
             """, path: "/tmp/x.yml")
         defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
-        let store = try QueueStore(directory: dir)
+        let store = try SQLiteQueueStore(directory: dir)
         let service = try ReportingService(config: config, store: store, onEnqueued: {})
         while try service.reporter.runOnce() {}
         let dsn = try store.lock.withLock { try store.db.prepare("SELECT COUNT(*) FROM messages WHERE reverse_path=''").query { $0.int(0) } }

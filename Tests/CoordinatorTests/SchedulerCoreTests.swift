@@ -8,7 +8,7 @@ import Testing
 /// connection, and time is a manual clock.
 final class SchedulerDriver {
     var scheduler: Scheduler
-    let store: QueueStore
+    let store: any QueueStore
     let clock: ManualClock
     let dir: String
     /// Frames sent, per connection, in order.
@@ -25,7 +25,7 @@ final class SchedulerDriver {
     init(yaml: String, start: Date = Date(timeIntervalSince1970: 1_800_000_000)) throws {
         dir = NSTemporaryDirectory() + "hato-sched-" + Identifier.random(bytes: 5)
         let config = try ClusterConfig.parse(yaml.replacingOccurrences(of: "DATA_DIR", with: dir), path: dir + "/cluster.yml")
-        store = try QueueStore(directory: dir + "/queue")
+        store = try SQLiteQueueStore(directory: dir + "/queue")
         clock = ManualClock(start)
         scheduler = Scheduler(config: config)
         nextTick = start
@@ -40,7 +40,7 @@ final class SchedulerDriver {
             switch d {
             case .send(let c, let m): sent[c, default: []].append(m)
             case .grant(let grants):
-                let all = try! store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: QueueStore.utcDay(now))
+                let all = try! store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
                 scheduler.grantsRecorded(grants, granted: all)
                 let ids = Set(all.map(\.id))
                 for g in grants { granted[g.connection, default: []] += all.filter { r in ids.contains(r.id) && g.records.contains { $0.id == r.id } } }
@@ -176,7 +176,7 @@ struct SchedulerCoreTests {
     @Test("warm-up: a day-1 IP never takes more than its cap over many rounds; the other IP takes the rest; the next UTC day raises the cap")
     func warmupCapAcrossRounds() throws {
         let start = Date(timeIntervalSince1970: 1_800_000_000)   // 2027-01-15T08:00:00Z
-        let day = QueueStore.utcDay(start)
+        let day = Queue.utcDay(start)
         let iso = RFC5322Date.isoDate(daysSince1970: day)
         let yaml = Self.yaml.replacingOccurrences(of: "{ address: 127.0.0.10, helo: a.test, pool: t, nodes: [node-a] }",
                                                   with: "{ address: 127.0.0.10, helo: a.test, pool: t, nodes: [node-a], warmup: { plan: gentle, start: \(iso) } }")

@@ -97,7 +97,7 @@ struct WebhookTests {
 
         // 1. The receiver is down: attempts fail and are rescheduled, nothing is lost.
         do {
-            let store = try QueueStore(directory: dir)
+            let store = try SQLiteQueueStore(directory: dir)
             try store.installReportingSchema()
             var d = EventDisposition()
             d.webhooks = events
@@ -116,7 +116,7 @@ struct WebhookTests {
         //    and answers 503 once before accepting.
         let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 1, dir: dir)
         defer { receiver.stop() }
-        let store = try QueueStore(directory: dir)
+        let store = try SQLiteQueueStore(directory: dir)
         try store.installReportingSchema()
         let dispatcher = WebhookDispatcher(hooks: [hook], store: store)
         dispatcher.start()
@@ -148,7 +148,7 @@ struct WebhookTests {
         let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 6, dir: dir)
         defer { receiver.stop() }
         let hook = WebhookSettings(url: "http://127.0.0.1:\(port)/hato", secret: secret, timeout: 2, initialBackoff: 0.2, maxBackoff: 0.8, batchSize: 10)
-        let store = try QueueStore(directory: dir)
+        let store = try SQLiteQueueStore(directory: dir)
         try store.installReportingSchema()
         var d = EventDisposition()
         d.webhooks = (1...100).map { i in (hook: hook.url, eventID: "M\(i).1", body: Array("{\"id\":\"M\(i).1\"}".utf8)) }
@@ -173,7 +173,7 @@ struct WebhookTests {
     func removedHook() throws {
         let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try QueueStore(directory: dir)
+        let store = try SQLiteQueueStore(directory: dir)
         try store.installReportingSchema()
         var d = EventDisposition()
         d.webhooks = [(hook: "http://gone.test/", eventID: "e1", body: Array("{}".utf8))]

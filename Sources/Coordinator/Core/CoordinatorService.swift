@@ -5,7 +5,7 @@ import HatoShared
 public final class CoordinatorService: Sendable {
     /// The configuration the process started with (the hub holds the one in force after reloads).
     public let config: ClusterConfig
-    public let store: QueueStore
+    public let store: any QueueStore
     public let hub: ClusterHub
     public let submission: SubmissionServer
     public let admin: HTTPServer
@@ -23,7 +23,7 @@ public final class CoordinatorService: Sendable {
         let adminTLS = try config.coordinator.adminTLS.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
@@ -82,8 +82,8 @@ public final class CoordinatorService: Sendable {
     /// Starts all listeners and background loops.
     /// - Throws: `SocketError`.
     public func start() throws {
-        let leaseHold = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
-        try store.startBackgroundCheckpoints()
+        let leaseHold = try store.beginRun(bootID: Queue.currentBootID(), now: Date())
+        try store.startBackgroundWork()
         let leased = try store.allLeases()
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])

@@ -151,7 +151,7 @@ public enum QueueAction: String, Sendable, CaseIterable, Codable {
     }
 }
 
-extension QueueStore {
+extension SQLiteQueueStore {
     /// The waiting states as the partial indexes' `WHERE` term spells them (queries repeat it verbatim).
     static let waitingStateList = "('queued','deferred','leased','held')"
 
@@ -427,7 +427,7 @@ extension QueueStore {
     ///   due) and the transactions it took.
     /// - Throws: `SQLiteError`; the batches before the failing one stay applied.
     public func applyQueueAction(_ action: QueueAction, to selector: RecipientSelector, by operatorName: String, target: String, note: String?,
-                                 batchSize: Int = 1000, now: () -> Date) throws -> (matched: Int, changed: Int, batches: Int) {
+                                 batchSize: Int, now: () -> Date) throws -> (matched: Int, changed: Int, batches: Int) {
         var s = selector
         s.states = selector.states.filter { action.states.contains($0) }
         var cursor: Int64 = 0

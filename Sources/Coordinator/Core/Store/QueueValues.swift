@@ -1,0 +1,124 @@
+import Foundation
+import HatoShared
+
+// The values the queue store takes and returns (both implementations: SQLiteQueueStore,
+// PostgreSQLQueueStore).
+
+/// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired | suppressed`.
+/// `suppressed`: on the suppression list at enqueue, never attempted (QueueStore+Suppression.swift).
+/// Two more are set by an operator (queue control, QueueStore+Control.swift): `held` waits without
+/// ever being leased until it is released (back to `queued`, due at once), and is kept by the delay
+/// warning and the maximum queue age like any waiting recipient; `deleted` is final: removed from
+/// delivery without a DSN (the record stays for lookups).
+public enum RecipientState: String, Sendable, CaseIterable, Codable {
+    case queued, leased, deferred, delivered, failed, expired, suppressed, held, deleted
+    /// Whether no further delivery attempt will be made.
+    public var isFinal: Bool {
+        self == .delivered || self == .failed || self == .expired || self == .suppressed || self == .deleted
+    }
+    /// The states of a recipient still waiting in the queue: `queued`, `deferred`, `leased`, `held`.
+    public static let waiting: [RecipientState] = [.queued, .deferred, .leased, .held]
+}
+
+/// A message as accepted by the SMTP listener, ready to be written.
+public struct NewMessage: Sendable {
+    /// Queue id.
+    public var id: String
+    /// Reverse-path (empty for `<>`).
+    public var reversePath: String
+    /// Forward-paths.
+    public var recipients: [String]
+    /// The pool the message is routed to.
+    public var pool: String
+    /// Content with the trace header prepended, CRLF line endings.
+    public var content: [UInt8]
+    /// The client's EHLO/HELO name.
+    public var heloName: String
+    /// The client's address.
+    public var clientAddress: String
+    /// Time of acceptance.
+    public var receivedAt: Date
+    /// The SMTP AUTH user that submitted the message (RFC 4954), nil when unauthenticated.
+    public var authenticatedUser: String?
+    /// `RET=` (RFC 3461 §4.3), nil when not given.
+    public var dsnReturn: DSNReturn?
+    /// `ENVID=` as received (xtext, RFC 3461 §4.4), nil when not given.
+    public var envelopeID: String?
+    /// NOTIFY/ORCPT per recipient (RFC 3461 §4.1–4.2), parallel to `recipients`; missing entries mean none.
+    public var recipientParameters: [RecipientParameters]
+    public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date,
+                authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = []) {
+        self.id = id; self.reversePath = reversePath; self.recipients = recipients; self.pool = pool
+        self.content = content; self.heloName = heloName; self.clientAddress = clientAddress; self.receivedAt = receivedAt
+        self.authenticatedUser = authenticatedUser; self.dsnReturn = dsnReturn; self.envelopeID = envelopeID
+        self.recipientParameters = recipientParameters
+    }
+}
+
+/// A recipient due for delivery, as the scheduler sees it.
+public struct DueRecipient: Sendable, Equatable {
+    public var id: Int64
+    public var messageID: String
+    public var address: String
+    public var domain: String
+    public var pool: String
+    public var reversePath: String
+    public init(id: Int64, messageID: String, address: String, domain: String, pool: String, reversePath: String) {
+        self.id = id; self.messageID = messageID; self.address = address; self.domain = domain; self.pool = pool; self.reversePath = reversePath
+    }
+}
+
+/// A granted lease as recorded in the queue.
+public struct LeaseRecord: Sendable, Equatable {
+    public var id: String
+    public var node: String
+    public var instance: String
+    public var sendingIP: String
+    public var messageID: String
+    public var domain: String
+    public var recipientIDs: [Int64]
+    public var grantedAt: Date
+    public var expiresAt: Date
+}
+
+/// What applying one result changed.
+public struct ResultApplication: Sendable, Equatable {
+    /// Recipients moved to delivered/failed/deferred/expired by this result.
+    public var applied = 0
+    /// Outcomes ignored (recipient already final, or re-leased to someone else).
+    public var ignored = 0
+    /// Whether the lease was still known (false for a late or duplicate report).
+    public var leaseKnown = false
+}
+
+/// One recipient's record for lookups.
+public struct RecipientRecord: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var address: String
+    public var state: RecipientState
+    public var attempts: Int
+    public var nextAttemptAt: Double?
+    public var lastCode: Int?
+    public var lastEnhanced: String?
+    public var lastText: String?
+    public var node: String?
+    public var sendingIP: String?
+    public var mxHost: String?
+    public var updatedAt: Double
+
+    enum CodingKeys: String, CodingKey {
+        case id, address, state, attempts, nextAttemptAt, lastCode, lastEnhanced, lastText, node, mxHost, updatedAt
+        case sendingIP = "sendingIp"
+    }
+}
+
+/// One message's record for lookups.
+public struct MessageRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var reversePath: String
+    public var pool: String
+    public var size: Int
+    public var receivedAt: Double
+    public var clientAddress: String
+    public var recipients: [RecipientRecord]
+}
