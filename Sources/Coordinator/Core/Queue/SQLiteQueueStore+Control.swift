@@ -226,27 +226,7 @@ extension SQLiteQueueStore {
                 return stored + legacy
             }
         }
-        var groups: [String: QueueGroup] = [:]
-        var labels: [String: String] = [:]
-        for (state, rawKey, count, minID) in rows {
-            var key = rawKey
-            if grouping == .provider {
-                if let l = labels[rawKey] { key = l } else { key = providerLabel(rawKey); labels[rawKey] = key }
-            }
-            var g = groups[key] ?? QueueGroup(key: key, queued: 0, deferred: 0, leased: 0, held: 0, total: 0,
-                                              oldestRecipientId: minID, oldestMessageId: "", oldestAge: 0)
-            switch RecipientState(rawValue: state) {
-            case .queued?: g.queued += count
-            case .deferred?: g.deferred += count
-            case .leased?: g.leased += count
-            case .held?: g.held += count
-            default: break
-            }
-            g.total += count
-            g.oldestRecipientId = min(g.oldestRecipientId, minID)
-            groups[key] = g
-        }
-        var out = Array(groups.values)
+        var out = QueueGroup.groups(rows, grouping: grouping, providerLabel: providerLabel)
         try withReader { db in
             let oldest = try db.prepare("SELECT r.message_id, m.received_at FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ?")
             for i in out.indices {

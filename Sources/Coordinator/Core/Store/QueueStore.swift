@@ -296,3 +296,32 @@ public enum Queue {
         return id.isEmpty ? nil : id
     }
 }
+
+extension QueueGroup {
+    /// Folds `(state, key, count, lowest recipient id)` rows into one group per key (a
+    /// domain becomes its provider for `.provider`); the oldest message's id and age are left
+    /// for the store to fill in.
+    static func groups(_ rows: [(String, String, Int, Int64)], grouping: QueueGrouping, providerLabel: (String) -> String) -> [QueueGroup] {
+        var groups: [String: QueueGroup] = [:]
+        var labels: [String: String] = [:]
+        for (state, rawKey, count, minID) in rows {
+            var key = rawKey
+            if grouping == .provider {
+                if let l = labels[rawKey] { key = l } else { key = providerLabel(rawKey); labels[rawKey] = key }
+            }
+            var g = groups[key] ?? QueueGroup(key: key, queued: 0, deferred: 0, leased: 0, held: 0, total: 0,
+                                              oldestRecipientId: minID, oldestMessageId: "", oldestAge: 0)
+            switch RecipientState(rawValue: state) {
+            case .queued?: g.queued += count
+            case .deferred?: g.deferred += count
+            case .leased?: g.leased += count
+            case .held?: g.held += count
+            default: break
+            }
+            g.total += count
+            g.oldestRecipientId = min(g.oldestRecipientId, minID)
+            groups[key] = g
+        }
+        return Array(groups.values)
+    }
+}
