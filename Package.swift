@@ -59,7 +59,7 @@ let package = Package(
             name: "SharedTests", dependencies: ["HatoShared", "HatoTestKit"],
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
-            name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared"],
+            name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared", "HatoTestKit"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
             name: "NodeTests", dependencies: ["HatoNode", "HatoShared", "HatoTestKit"],

@@ -1,11 +1,11 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import HatoCoordinator
 @testable import HatoShared
 
 @Suite("Queue store")
 struct QueueStoreTests {
-    let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
     let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
     let t0 = Date(timeIntervalSince1970: 2_000_000_000)
 
@@ -24,10 +24,10 @@ struct QueueStoreTests {
                       outcomes: outcomes.map { RecipientResult(recipientID: $0.0, status: $0.1, code: $0.2, enhanced: nil, text: "t") }, finishedAt: 0)
     }
 
-    @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final")
-    func lifecycle() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+    @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final", arguments: StoreKind.allCases)
+    func lifecycle(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test", "b@x.test"]))
         let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
         #expect(due.map(\.address) == ["a@x.test", "b@x.test"])
@@ -46,26 +46,26 @@ struct QueueStoreTests {
         #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
     }
 
-    @Test("a deferral schedules the retry; it survives reopening the store (restart)")
-    func deferralAndRestart() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var q: QueueStore? = try SQLiteQueueStore(directory: dir)
+    @Test("a deferral schedules the retry; it survives reopening the store (restart)", arguments: StoreKind.allCases)
+    func deferralAndRestart(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        var q: (any QueueStore)? = try place.open()
         try q!.enqueue(message("M1", ["a@x.test"]))
         let r = try q!.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
         _ = try q!.recordLeases([lease("L1", "M1", [r.id], at: t0)])
         _ = try q!.applyResult(result("L1", [(r.id, .deferred, 451)]), node: "node-a", retry: retry, now: t0 + 5)
         q = nil
-        let reopened = try SQLiteQueueStore(directory: dir)
+        let reopened = try place.open()
         #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 64, limit: 10).isEmpty)
         #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 65, limit: 10).map(\.id) == [r.id])
         #expect(try reopened.message(id: "M1")?.recipients.first?.attempts == 1)
         #expect(try reopened.content(of: "M1") == Array("Subject: x\r\n\r\nbody\r\n".utf8))
     }
 
-    @Test("expired leases return to the queue; a late delivered report is still applied")
-    func leaseExpiry() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+    @Test("expired leases return to the queue; a late delivered report is still applied", arguments: StoreKind.allCases)
+    func leaseExpiry(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         let r = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
         _ = try q.recordLeases([lease("L1", "M1", [r.id], at: t0)])
@@ -81,10 +81,10 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.delivered] == 1)
     }
 
-    @Test("leases of a previous node instance are requeued, the current instance's are kept")
-    func instanceReconciliation() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+    @Test("leases of a previous node instance are requeued, the current instance's are kept", arguments: StoreKind.allCases)
+    func instanceReconciliation(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         try q.enqueue(message("M2", ["b@x.test"]))
         let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
@@ -94,10 +94,10 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.queued] == 1)
     }
 
-    @Test("recipients older than max age expire")
-    func maxAge() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+    @Test("recipients older than max age expire", arguments: StoreKind.allCases)
+    func maxAge(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         #expect(try q.expireOld(maxAge: 3600, now: t0 + 3599) == 0)
         #expect(try q.expireOld(maxAge: 3600, now: t0 + 3600) == 1)
@@ -105,10 +105,10 @@ struct QueueStoreTests {
         #expect(try q.content(of: "M1") == nil)
     }
 
-    @Test("group commit: 64 concurrent submissions are all stored, in fewer transactions than messages")
-    func groupCommit() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+    @Test("group commit: 64 concurrent submissions are all stored, in fewer transactions than messages", arguments: StoreKind.allCases)
+    func groupCommit(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         let group = DispatchGroup()
         let errors = NSLock()
         nonisolated(unsafe) var failures = 0
@@ -122,21 +122,21 @@ struct QueueStoreTests {
         #expect(group.wait(timeout: .now() + 30) == .success)
         #expect(errors.withLock { failures } == 0)
         #expect(try q.countsByState()[.queued] == 64)
-        let batches = q.batchesCommittedForTests
+        let batches = TestStore.batchesCommitted(q)
         print("group commit: 64 messages in \(batches) transactions")
         #expect(batches >= 1 && batches < 64, "concurrent messages share transactions")
     }
 
-    @Test("active backoffs survive reopening the queue; expired ones are dropped; a lifted one is gone")
-    func backoffPersistence() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var q: QueueStore? = try SQLiteQueueStore(directory: dir)
+    @Test("active backoffs survive reopening the queue; expired ones are dropped; a lifted one is gone", arguments: StoreKind.allCases)
+    func backoffPersistence(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        var q: (any QueueStore)? = try place.open()
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.10", provider: "gmail", action: .suspend, until: t0.timeIntervalSince1970 + 600, ratePerMinute: nil, reason: "421 4.7.0 try again later"))
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.11", provider: "yahoo", action: .throttle, until: t0.timeIntervalSince1970 + 60, ratePerMinute: 5, reason: "rate"))
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.12", provider: "outlook", action: .suspend, until: t0.timeIntervalSince1970 + 60, ratePerMinute: nil, reason: "x"))
         try q!.deleteBackoff(ip: "127.0.0.12", provider: "outlook")
         q = nil
-        let reopened = try SQLiteQueueStore(directory: dir)
+        let reopened = try place.open()
         let active = try reopened.activeBackoffs(now: t0.addingTimeInterval(120))
         #expect(active.map(\.sendingIP) == ["127.0.0.10"])
         var table = BackoffTable(entries: active)

@@ -1,0 +1,66 @@
+import Foundation
+import HatoTestKit
+import Testing
+@testable import HatoCoordinator
+@testable import HatoShared
+
+/// The two queue store implementations, for tests parameterized over both.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgresql
+    var testDescription: String { rawValue }
+}
+
+/// The place one test's queue lives: a temporary directory (SQLite) or a fresh schema on the
+/// test run's PostgreSQL server (`PostgreSQLTestServer.shared()`). `open()` opens a store on it
+/// (again, for a restart); the directory or schema is removed when the value is released.
+final class TestStore: Sendable {
+    let kind: StoreKind
+    /// The SQLite directory (also the `coordinator.data_dir` of configurations built around it).
+    let directory: String
+    /// The PostgreSQL schema, nil for SQLite.
+    let schema: String?
+    private let server: PostgreSQLTestServer?
+
+    /// - Throws: when the PostgreSQL server cannot be had or the schema not made: the test fails, never skips.
+    init(_ kind: StoreKind, directory: String = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)) throws {
+        self.kind = kind
+        self.directory = directory
+        switch kind {
+        case .sqlite:
+            schema = nil
+            server = nil
+        case .postgresql:
+            let server = try PostgreSQLTestServer.shared()
+            let schema = "q_" + Identifier.random(bytes: 6).lowercased()
+            try PostgreSQLConnection(server.configuration()).execute("CREATE SCHEMA \(schema)")
+            self.server = server
+            self.schema = schema
+        }
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
+        if let server, let schema {
+            _ = try? PostgreSQLConnection(server.configuration()).execute("DROP SCHEMA \(schema) CASCADE")
+        }
+    }
+
+    /// The PostgreSQL configuration of the schema (nil for SQLite).
+    var configuration: PostgreSQLConfiguration? { server.map { $0.configuration(schema: schema) } }
+
+    /// Opens a store on this place.
+    /// - Throws: the store's error.
+    func open() throws -> any QueueStore {
+        switch kind {
+        case .sqlite: return try SQLiteQueueStore(directory: directory)
+        case .postgresql: return try PostgreSQLQueueStore(configuration: configuration!, poolSize: 4)
+        }
+    }
+
+    /// Group-commit transactions a store opened here wrote so far.
+    static func batchesCommitted(_ q: any QueueStore) -> Int {
+        if let s = q as? SQLiteQueueStore { return s.batchesCommittedForTests }
+        if let p = q as? PostgreSQLQueueStore { return p.batchesCommittedForTests }
+        return -1
+    }
+}
