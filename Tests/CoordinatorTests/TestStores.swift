@@ -64,3 +64,32 @@ final class TestStore: Sendable {
         return -1
     }
 }
+
+extension TestStore {
+    /// Messages with the null reverse-path (DSNs), oldest first, with their content; with
+    /// `helo`, only those whose client said that name. Read straight from the tables.
+    static func nullSenderMessages(_ q: any QueueStore, helo: String? = nil) throws -> [(id: String, content: [UInt8])] {
+        if let s = q as? SQLiteQueueStore {
+            return try s.lock.withLock {
+                try s.db.prepare("SELECT id, body FROM messages WHERE reverse_path='' AND (?1 IS NULL OR helo=?1) ORDER BY received_at, id")
+                    .query([helo.map { .text($0) } ?? .null]) { ($0.text(0), $0.blob(1)) }
+            }
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        return try p.pool.withConnection { c in
+            try c.query("""
+                SELECT id, body FROM messages WHERE reverse_path = '' AND ($1::text IS NULL OR helo = $1::text) ORDER BY received_at, id COLLATE "C"
+                """, [helo.map { .text($0) } ?? .null], binaryResults: true).map { (try $0.text(0), try $0.optionalBytea(1) ?? []) }
+        }
+    }
+
+    /// Sets the NOTIFY parameter of every recipient of `message` straight in the table.
+    static func setNotify(_ q: any QueueStore, _ value: String, message: String) throws {
+        if let s = q as? SQLiteQueueStore {
+            try s.lock.withLock { try s.db.prepare("UPDATE recipients SET dsn_notify=? WHERE message_id=?").run([.text(value), .text(message)]) }
+            return
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        try p.pool.withConnection { c in try c.run("UPDATE recipients SET dsn_notify = $1 WHERE message_id = $2", [.text(value), .text(message)]) }
+    }
+}

@@ -325,3 +325,16 @@ extension QueueGroup {
         return Array(groups.values)
     }
 }
+
+/// The two steps of `QueueStore.applyQueueAction`, for tests that interleave them with other
+/// changes (both stores conform).
+protocol QueueActionSteps {
+    /// The ids of up to `limit` recipients matching `selector` after `after`, in id order.
+    func selectWaiting(_ selector: RecipientSelector, after: Int64, limit: Int) throws -> (ids: [Int64], more: Bool)
+    /// One batch of an action in one transaction. - Returns: recipients changed.
+    func applyQueueBatch(_ action: QueueAction, ids: [Int64], states: [RecipientState], by operatorName: String, target: String, note: String?,
+                         now: Date) throws -> Int
+}
+
+extension SQLiteQueueStore: QueueActionSteps {}
+extension PostgreSQLQueueStore: QueueActionSteps {}
