@@ -10,8 +10,8 @@ let strict: [SwiftSetting] = [
 ]
 
 // Every target names each module it imports as a direct dependency: with Swift 6.3.1 an
-// executable whose only dependency was HatoCoordinator (importing HatoShared through it) was not
-// rebuilt when a struct nested in HatoShared's ClusterConfig gained a stored property, and
+// executable whose only dependency was HatoCoordinator (importing the shared code through it) was
+// not rebuilt when a struct nested in ClusterConfig gained a stored property, and
 // crashed at start copying ClusterConfig with the old layout (seen in debug and release builds).
 let package = Package(
     name: "hato",
@@ -32,41 +32,83 @@ let package = Package(
         .systemLibrary(
             name: "CResolv", path: "Sources/CResolv",
             providers: [.apt(["libc6-dev"])]),
+        // The shared layers, lowest first; each names only the layers below it.
         .target(
-            name: "HatoShared", dependencies: ["COpenSSL", "CResolv"],
-            path: "Sources/Shared", swiftSettings: strict),
+            name: "HatoSupport", dependencies: [],
+            path: "Sources/Shared/Support", swiftSettings: strict),
         .target(
-            name: "HatoCoordinator", dependencies: ["HatoShared", "CSQLite", "CPostgreSQL"],
+            name: "HatoCrypto", dependencies: ["COpenSSL"],
+            path: "Sources/Shared/Crypto", swiftSettings: strict),
+        .target(
+            name: "HatoIO", dependencies: ["HatoSupport", "COpenSSL"],
+            path: "Sources/Shared/IO", swiftSettings: strict),
+        .target(
+            name: "HatoHTTP", dependencies: ["HatoIO", "HatoSupport"],
+            path: "Sources/Shared/HTTP", swiftSettings: strict),
+        .target(
+            name: "SMTPCore", dependencies: ["HatoIO", "HatoCrypto", "HatoSupport", "COpenSSL"],
+            path: "Sources/Shared/SMTP", swiftSettings: strict),
+        .target(
+            name: "HatoDKIM", dependencies: ["HatoCrypto", "COpenSSL"],
+            path: "Sources/Shared/DKIM", swiftSettings: strict),
+        .target(
+            name: "HatoDNS", dependencies: ["HatoIO", "HatoSupport", "CResolv"],
+            path: "Sources/Shared/DNS", swiftSettings: strict),
+        .target(
+            name: "HatoConfig",
+            dependencies: ["SMTPCore", "HatoDKIM", "HatoIO", "HatoCrypto", "HatoSupport"],
+            path: "Sources/Shared/Config", swiftSettings: strict),
+        .target(
+            name: "HatoDelivery", dependencies: ["HatoConfig", "SMTPCore", "HatoCrypto", "HatoSupport"],
+            path: "Sources/Shared/Delivery", swiftSettings: strict),
+        .target(
+            name: "ClusterProtocol", dependencies: ["HatoIO", "HatoCrypto", "HatoSupport"],
+            path: "Sources/Shared/Cluster", swiftSettings: strict),
+        .target(
+            name: "HatoCoordinator", dependencies: [
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoHTTP", "HatoIO",
+                "HatoSupport", "SMTPCore", "CSQLite", "CPostgreSQL"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(
-            name: "hato-coordinator", dependencies: ["HatoCoordinator", "HatoShared"],
+            name: "hato-coordinator", dependencies: [
+                "HatoCoordinator", "HatoConfig", "HatoIO", "HatoSupport"],
             path: "Sources/Coordinator/CLI", swiftSettings: strict),
         .target(
-            name: "HatoNode", dependencies: ["HatoShared"],
+            name: "HatoNode", dependencies: [
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoDNS", "HatoDelivery",
+                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore"],
             path: "Sources/Node/Core", swiftSettings: strict),
         .executableTarget(
-            name: "hato-node", dependencies: ["HatoNode", "HatoShared"],
+            name: "hato-node", dependencies: ["HatoNode", "HatoConfig", "HatoIO", "HatoSupport"],
             path: "Sources/Node/CLI", swiftSettings: strict),
         // Development and test tools, never linked into the product binaries: the capture MX,
         // process spawning, header and DKIM helpers (HatoTestKit), and the demo's sink.
         .target(
-            name: "HatoTestKit", dependencies: ["HatoShared"],
+            name: "HatoTestKit", dependencies: ["HatoCrypto", "HatoIO", "HatoSupport"],
             path: "Sources/TestKit", swiftSettings: strict),
         .executableTarget(
-            name: "hato-sink", dependencies: ["HatoTestKit", "HatoShared"],
+            name: "hato-sink", dependencies: ["HatoTestKit", "HatoConfig", "HatoIO", "HatoSupport"],
             path: "Sources/DevTools/hato-sink", swiftSettings: strict),
         .testTarget(
-            name: "SharedTests", dependencies: ["HatoShared", "HatoTestKit"],
+            name: "SharedTests", dependencies: [
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoDNS", "HatoDelivery",
+                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore", "HatoTestKit"],
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
-            name: "CoordinatorTests", dependencies: ["HatoCoordinator", "HatoShared", "HatoTestKit"],
+            name: "CoordinatorTests", dependencies: [
+                "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoHTTP", "HatoIO",
+                "HatoSupport", "SMTPCore", "HatoTestKit"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
-            name: "NodeTests", dependencies: ["HatoNode", "HatoShared", "HatoTestKit"],
+            name: "NodeTests", dependencies: [
+                "HatoNode", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoDNS", "HatoIO",
+                "HatoSupport", "SMTPCore", "HatoTestKit"],
             path: "Tests/NodeTests", swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["HatoTestKit", "HatoShared", "HatoCoordinator", "hato-coordinator", "hato-node"],
+            dependencies: [
+                "HatoTestKit", "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDNS",
+                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore", "hato-coordinator", "hato-node"],
             path: "Tests/IntegrationTests", swiftSettings: strict),
     ]
 )

@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoIO
+import HatoSupport
 
 /// A message received by a `CaptureServer`.
 public struct CapturedMessage: Sendable, Codable, Equatable {

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoCrypto
 import Synchronization
 
 /// A PostgreSQL test server that could not be had.

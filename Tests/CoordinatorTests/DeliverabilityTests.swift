@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
 
 @Suite("Deliverability: routing, warm-up, backoff")
 struct DeliverabilityTests {

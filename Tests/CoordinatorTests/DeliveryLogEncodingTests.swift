@@ -1,7 +1,7 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
 @testable import HatoCoordinator
-@testable import HatoShared
 
 /// The hand-built delivery log line against Foundation's encoder: the same bytes.
 @Suite("Delivery log encoding")

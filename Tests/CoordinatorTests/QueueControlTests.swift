@@ -1,8 +1,12 @@
 import Foundation
 import HatoTestKit
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoHTTP
+@testable import HatoSupport
 
 /// A queue with reporting, a cluster hub (not started unless a test pauses) and the queue
 /// control routes, on a temporary directory with a manual clock.

@@ -1,7 +1,11 @@
 import Foundation
 import Testing
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoIO
+@testable import HatoSupport
+@testable import SMTPCore
 
 /// A file system and a monotonic clock the tests set by hand.
 private final class FakeDisk: @unchecked Sendable {

@@ -1,8 +1,9 @@
 import Foundation
 import HatoTestKit
 import Testing
+@testable import ClusterProtocol
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
 
 @Suite("Queue store")
 struct QueueStoreTests {

@@ -1,8 +1,12 @@
 import Foundation
 import HatoTestKit
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoHTTP
+@testable import HatoSupport
 
 /// A queue + reporter on a temporary directory with a manual clock.
 final class ReportingFixture: @unchecked Sendable {

@@ -1,7 +1,11 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoSupport
+@testable import SMTPCore
 
 /// Plays `ClusterHub`'s part for a `Scheduler` without sockets or threads: directives are
 /// carried out against a real queue in a temporary directory, frames are collected per

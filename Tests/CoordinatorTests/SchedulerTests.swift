@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoSupport
 
 @Suite("Scheduler logic")
 struct SchedulerTests {

@@ -2,7 +2,7 @@ import Foundation
 import HatoTestKit
 import Testing
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
 
 /// The two queue store implementations, for tests parameterized over both.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {

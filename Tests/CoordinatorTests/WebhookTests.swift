@@ -1,8 +1,11 @@
 import Foundation
 import HatoTestKit
 import Testing
+@testable import HatoConfig
 @testable import HatoCoordinator
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoHTTP
+@testable import HatoIO
 
 /// A webhook receiver played by Python's http.server (`/usr/bin/python3`): it checks each
 /// POST's `X-Hato-Signature` with the shared secret and appends what it got to a JSON-lines file.

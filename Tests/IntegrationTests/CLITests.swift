@@ -1,6 +1,6 @@
 import Foundation
+import HatoSupport
 import HatoTestKit
-import HatoShared
 import Testing
 
 extension Integration {

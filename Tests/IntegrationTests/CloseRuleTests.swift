@@ -1,6 +1,8 @@
+import ClusterProtocol
 import Foundation
+import HatoIO
+import HatoSupport
 import HatoTestKit
-import HatoShared
 import Testing
 
 extension Integration {

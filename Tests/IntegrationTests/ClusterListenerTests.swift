@@ -1,6 +1,6 @@
 import Foundation
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// Reads one `/proc/<pid>/status` field in kB (`VmHWM` peak resident, `VmRSS` current).

@@ -1,7 +1,6 @@
 import Foundation
-import HatoTestKit
 import HatoCoordinator
-import HatoShared
+import HatoTestKit
 import Testing
 
 /// Delivery accounting of one run: what the capture MX saw, against what was accepted.

@@ -1,6 +1,7 @@
 import Foundation
+import HatoIO
+import HatoSupport
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// A connected TLS pair on loopback: the server side accepted with `serverContext`, the client

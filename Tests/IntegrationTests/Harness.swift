@@ -1,7 +1,8 @@
 import Foundation
-import HatoShared
-import Testing
+import HatoCrypto
+import HatoIO
 import HatoTestKit
+import Testing
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif

@@ -1,6 +1,6 @@
 import Foundation
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// Opens `count` connections to `port`, spread round-robin over `sources` (local addresses).

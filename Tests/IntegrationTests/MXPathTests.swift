@@ -1,6 +1,8 @@
 import Foundation
+import HatoCrypto
+import HatoDNS
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// A dnsmasq instance serving a test zone on a loopback port (Debian's dnsmasq-base).

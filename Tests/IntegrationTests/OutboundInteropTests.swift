@@ -1,6 +1,7 @@
 import Foundation
+import HatoCrypto
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// Outbound delivery from a real cluster to receivers nobody here wrote: Python's aiosmtpd

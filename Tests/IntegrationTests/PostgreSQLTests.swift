@@ -1,6 +1,6 @@
 import Foundation
 import HatoCoordinator
-import HatoShared
+import HatoCrypto
 import HatoTestKit
 import Synchronization
 import Testing

@@ -1,6 +1,5 @@
 import Foundation
 import HatoTestKit
-import HatoShared
 import Testing
 
 extension Integration {

@@ -1,6 +1,6 @@
 import Foundation
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 extension Integration {

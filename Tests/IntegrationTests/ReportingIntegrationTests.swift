@@ -1,6 +1,7 @@
 import Foundation
+import HatoCrypto
+import HatoHTTP
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// Submits one message with Python's smtplib, with ESMTP MAIL and RCPT parameters (RFC 3461).

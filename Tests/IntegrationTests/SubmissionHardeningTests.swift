@@ -1,7 +1,8 @@
 import Foundation
-import HatoTestKit
 import HatoCoordinator
-import HatoShared
+import HatoCrypto
+import HatoIO
+import HatoTestKit
 import Testing
 
 /// A tmpfs mounted for one test (CI runs as root), unmounted by `unmount()`.

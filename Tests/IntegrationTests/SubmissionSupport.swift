@@ -1,7 +1,10 @@
 import Foundation
-import HatoTestKit
+import HatoConfig
 import HatoCoordinator
-import HatoShared
+import HatoCrypto
+import HatoIO
+import HatoTestKit
+import SMTPCore
 import Testing
 
 /// Runs a program to completion (bounded), its output going to a log file in `dir`.

@@ -1,8 +1,9 @@
 import Foundation
 import HatoCoordinator
-import HatoShared
-import Testing
+import HatoIO
 import HatoTestKit
+import SMTPCore
+import Testing
 
 /// Exact bytes in, exact reply codes out, against a real listener.
 struct RawCase: Sendable, CustomTestStringConvertible {

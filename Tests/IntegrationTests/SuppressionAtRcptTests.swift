@@ -1,7 +1,7 @@
 import Foundation
-import HatoTestKit
 import HatoCoordinator
-import HatoShared
+import HatoIO
+import HatoTestKit
 import Testing
 
 extension Integration {

@@ -1,6 +1,6 @@
 import Foundation
+import HatoIO
 import HatoTestKit
-import HatoShared
 import Testing
 
 /// A one-connection TLS server on loopback for the `TLSStream` tests.

@@ -1,6 +1,5 @@
 import Foundation
 import HatoTestKit
-import HatoShared
 
 /// A test certificate authority made at test time with the openssl CLI (never committed): a
 /// self-signed EC P-256 root, and leaf certificates it signs.

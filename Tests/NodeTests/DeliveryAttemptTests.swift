@@ -1,7 +1,10 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoNode
-@testable import HatoShared
+@testable import HatoSupport
+@testable import SMTPCore
 
 /// `DeliveryAttempt` as a value: every branch of an outbound attempt driven by hand, without
 /// sockets and without sleeps; time comes from a manual monotonic clock (filter:

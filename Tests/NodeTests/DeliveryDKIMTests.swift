@@ -1,7 +1,7 @@
 import Foundation
 import Testing
+@testable import HatoDKIM
 @testable import HatoNode
-@testable import HatoShared
 
 /// DKIM signing on the node, verified by dkimpy on the bytes captured at the test MX; and the
 /// 8-bit → 7-bit MIME conversion checked with Python's `email` package (filter: `DeliveryDKIMTests`).

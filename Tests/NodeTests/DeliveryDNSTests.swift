@@ -3,8 +3,12 @@ import Glibc
 #endif
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
+@testable import HatoCrypto
+@testable import HatoDNS
+@testable import HatoIO
 @testable import HatoNode
-@testable import HatoShared
 
 /// MX resolution through a real DNS server (dnsmasq on loopback) into real deliveries to
 /// scripted MX servers, through the same `DeliveryEngine` the node agent uses

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
+@testable import HatoConfig
+@testable import HatoIO
 @testable import HatoNode
-@testable import HatoShared
+@testable import SMTPCore
 
 /// The SMTP client against the scripted MX: every server behaviour the issue lists, exact wire
 /// bytes, STARTTLS, BDAT, connection reuse (filter: `DeliveryScriptTests`).

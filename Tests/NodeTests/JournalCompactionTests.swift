@@ -1,7 +1,9 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoCrypto
 @testable import HatoNode
-@testable import HatoShared
+@testable import HatoSupport
 
 /// The node journal's compaction, crash safety and group commit (filter: `JournalCompactionTests`).
 @Suite("JournalCompactionTests")

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoCrypto
 @testable import HatoNode
-@testable import HatoShared
 
 @Suite("Outcome journal")
 struct JournalTests {

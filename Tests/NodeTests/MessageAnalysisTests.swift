@@ -1,7 +1,7 @@
 import Foundation
 import Testing
+@testable import HatoDKIM
 @testable import HatoNode
-@testable import HatoShared
 
 /// `MessageAnalysis`'s one-pass fast path against the plain definition (canonical line
 /// endings, then `ParsedMessage`'s header/body split, then the longest line).

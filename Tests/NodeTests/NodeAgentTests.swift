@@ -1,7 +1,9 @@
 import Foundation
 import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
 @testable import HatoNode
-@testable import HatoShared
+@testable import HatoSupport
 
 /// The node agent's parts as values: reconnect backoff, lease deadlines, the lease queue, and
 /// what a revoked sending IP does to pooled sessions (filter: `NodeAgentTests`).

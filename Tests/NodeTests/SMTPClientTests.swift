@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+@testable import HatoDNS
 @testable import HatoNode
-@testable import HatoShared
+@testable import SMTPCore
 
 /// Outbound SMTP client tests: reply parser, session set-up and transaction state machines,
 /// dot-stuffing, the socket driver against a scripted MX, and next-hop resolution

@@ -4,8 +4,9 @@ import Glibc
 import Foundation
 import HatoTestKit
 import Testing
+@testable import HatoCrypto
+@testable import HatoIO
 @testable import HatoNode
-@testable import HatoShared
 
 /// A scriptable SMTP server playing a recipient's MX in tests.
 ///

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+@testable import HatoConfig
 @testable import HatoNode
-@testable import HatoShared
+@testable import HatoSupport
 
 /// `ShapingLedger` as a value with a manual monotonic clock, `SessionReplacer`'s bounded queue,
 /// and revoked sending IPs in the pool (filter: `ShapingLedgerTests`).

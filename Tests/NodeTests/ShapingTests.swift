@@ -1,7 +1,7 @@
 import Foundation
 import Testing
+@testable import HatoConfig
 @testable import HatoNode
-@testable import HatoShared
 
 /// Shaping: provider rules, the rate limiter, and the session pool's limits under concurrent
 /// load, observed by the receiving side (filter: `ShapingTests`).

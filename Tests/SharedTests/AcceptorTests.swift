@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
+@testable import HatoSupport
 
 /// Reads from `socket` until end of stream (bounded by its timeout).
 /// - Returns: what arrived, and whether it ended with end of stream (rather than a timeout).

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoDelivery
 
 /// Table-driven tests of `BounceClassifier` with replies as real receivers send them.
 @Suite("Bounce classification")

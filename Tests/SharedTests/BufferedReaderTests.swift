@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
 
 /// A byte stream that hands out fixed chunks, one per read.
 final class ChunkStream: ByteStream, @unchecked Sendable {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import ClusterProtocol
+@testable import HatoCrypto
 
 @Suite("Cluster protocol frames")
 struct ClusterProtocolTests {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
 
 /// `ConfigReload` as a value: which changed key applies live and which waits for a restart of
 /// the coordinator, every node or one node; and what each process runs with afterwards.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
+@testable import HatoIO
 
 /// Tests for the YAML-subset parser, the `cluster.yml` model, its validation and value parsers.
 @Suite("Cluster configuration")

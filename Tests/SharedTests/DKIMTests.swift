@@ -4,7 +4,8 @@ import Glibc
 import Foundation
 import HatoTestKit
 import Testing
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoDKIM
 
 /// DKIM canonicalization, keys and signatures, checked against RFC 6376 vectors and the
 /// independent verifier dkimpy (Debian's python3-dkim) (filter: `DKIMTests`).

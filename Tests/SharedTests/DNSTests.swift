@@ -4,7 +4,9 @@ import Glibc
 import Foundation
 import HatoTestKit
 import Testing
-@testable import HatoShared
+@testable import HatoDNS
+@testable import HatoIO
+@testable import HatoSupport
 
 /// DNS parser, resolver and MX resolution tests (filter: `DNSTests`).
 @Suite("DNSTests")

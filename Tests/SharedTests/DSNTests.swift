@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoDelivery
 
 /// Runs Debian's Python (`/usr/bin/python3`) on a script with one input file and returns its JSON output.
 enum PythonCheck {

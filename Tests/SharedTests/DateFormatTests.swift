@@ -1,7 +1,9 @@
 import Foundation
-import Testing
 import HatoTestKit
-@testable import HatoShared
+import Testing
+@testable import HatoDelivery
+@testable import HatoIO
+@testable import SMTPCore
 
 /// Dates written into messages (`Date:`, `Received:`, DSN fields) are checked against an
 /// independent reader, Python's `email.utils.parsedate_to_datetime`, for every day of several

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoDelivery
 
 @Suite("Abuse feedback reports (RFC 5965)")
 struct FeedbackReportTests {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import ClusterProtocol
 
 /// The hand-built headers of the per-delivery frames against `JSONEncoder`: the same bytes,
 /// and they decode back to the same message.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoHTTP
+@testable import HatoIO
 
 @Suite("HTTP server: deadlines, bounds, admission", .serialized)
 struct HTTPServerTests {

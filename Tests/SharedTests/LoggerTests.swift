@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoSupport
 
 @Suite("Logger")
 struct LoggerTests {

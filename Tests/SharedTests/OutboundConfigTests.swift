@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
 
 /// `dkim:`, `shaping:`, `delivery.tls/timeouts/idle_timeout/allow_loopback_mx` and `routes[].tls`.
 extension ConfigTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
+@testable import HatoIO
 
 /// The `dsn`, `suppression`, `webhooks`, `log` sections and `nodes[].metrics_listen`.
 @Suite("Reporting configuration")

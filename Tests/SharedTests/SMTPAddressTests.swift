@@ -1,5 +1,5 @@
 import Testing
-@testable import HatoShared
+@testable import SMTPCore
 
 @Suite("SMTP addresses")
 struct SMTPAddressTests {

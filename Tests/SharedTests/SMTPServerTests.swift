@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
+@testable import SMTPCore
 
 /// A test stand-in for the socket driver: carries out actions in order and
 /// answers every `.store` immediately.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
+@testable import HatoCrypto
 
 /// `cluster.tls`, `nodes[].tls`, `coordinator.admin_tls` and `coordinator.admin_token_file`.
 @Suite("Configuration: cluster TLS, admin TLS, admin token file")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
+@testable import HatoSupport
 
 /// The close rule under fire: many connections read, written, shut down and closed from
 /// several threads at once. A use after close would trap (EBADF is a programming error in

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
 
 @Suite("Socket")
 struct SocketTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import HatoShared
+@testable import SMTPCore
 
 @Suite("ReplyCode and EnhancedStatusCode (RFC 5321 §4.2, RFC 3463)")
 struct StatusCodeTests {

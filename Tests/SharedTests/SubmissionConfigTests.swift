@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
 
 /// The submission keys of `smtp:` (SubmissionSettings.swift).
 extension ConfigTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoConfig
+@testable import SMTPCore
 
 /// `smtp.queue_min_free`, `smtp.postmaster` and its rate limit (SubmissionSettings.swift).
 extension ConfigTests {

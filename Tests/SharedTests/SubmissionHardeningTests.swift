@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoIO
+@testable import SMTPCore
 
 /// A driver for the hardening rules: answers `.store` with a queue id (or the configured
 /// failure), `.authenticate` with a failure, `.startTLS` with success.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoIO
+@testable import SMTPCore
 
 /// A driver for the submission features: answers `.store` with a queue id, `.authenticate`
 /// with `authResult(credentials)`, and `.startTLS` with `tlsStarted` (or `tlsFailed`).

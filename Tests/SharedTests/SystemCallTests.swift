@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import HatoShared
+@testable import HatoCrypto
+@testable import HatoIO
 
 @Suite("SystemCall and File")
 struct SystemCallTests {

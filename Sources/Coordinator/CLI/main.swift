@@ -1,6 +1,8 @@
 import Foundation
+import HatoConfig
 import HatoCoordinator
-import HatoShared
+import HatoIO
+import HatoSupport
 
 let usage = """
     usage: hato-coordinator <command> [--config PATH] [options]

@@ -1,5 +1,8 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoHTTP
+import HatoIO
+import HatoSupport
 
 /// The running coordinator: queue, cluster hub, SMTP listener and admin API wired together.
 public final class CoordinatorService: Sendable {

@@ -2,7 +2,9 @@
 // (scripts/demo.sh). A development tool, not part of a deployment: it accepts every message
 // and writes each one to a directory. Never point real mail at it.
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoIO
+import HatoSupport
 import HatoTestKit
 
 let usage = """

@@ -1,6 +1,8 @@
 import Foundation
+import HatoConfig
+import HatoIO
 import HatoNode
-import HatoShared
+import HatoSupport
 
 let usage = """
     usage: hato-node <command> [--config PATH] [options]

@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoSupport
 
 /// Outbound SMTP sessions kept open for reuse, and the shaping limits over them: the locked
 /// shell around a `ShapingLedger`, which makes every decision.

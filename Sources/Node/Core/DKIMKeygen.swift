@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDKIM
+import HatoIO
 
 /// `hato-node dkim-keygen`: makes a DKIM private key file and prints the DNS record to publish.
 public enum DKIMKeygen {

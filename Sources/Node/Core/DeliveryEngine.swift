@@ -1,5 +1,10 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDKIM
+import HatoDNS
+import HatoSupport
+import SMTPCore
 
 /// The node's outbound delivery machinery, built once from the configuration and shared by
 /// every delivery thread: MX resolution with loop refusal, the session pool with shaping,

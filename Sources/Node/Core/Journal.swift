@@ -1,8 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// The node's local journal of results not yet acknowledged by the coordinator.
 ///

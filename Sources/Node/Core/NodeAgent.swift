@@ -1,5 +1,9 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoIO
+import HatoSupport
 
 /// A lease as held by the node, with its body and local deadline.
 struct HeldLease: Sendable {

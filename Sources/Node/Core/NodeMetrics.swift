@@ -1,5 +1,10 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDelivery
+import HatoHTTP
+import HatoIO
+import HatoSupport
 
 /// A node's Prometheus metrics, served at `/metrics` on `nodes[].metrics_listen`.
 ///

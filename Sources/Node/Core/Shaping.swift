@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 /// A (sending IP, provider) pair: the unit shaping limits apply to.
 public struct ShapingKey: Sendable, Hashable, CustomStringConvertible {

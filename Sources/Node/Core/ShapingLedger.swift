@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 /// What a reusable outbound session is for: it is reused only for the same sending IP, HELO
 /// name, MX host, address and port.

@@ -1,4 +1,7 @@
 import Foundation
+import HatoCrypto
+import HatoIO
+import HatoSupport
 
 /// The cluster protocol version this build speaks.
 public let clusterProtocolVersion = 1

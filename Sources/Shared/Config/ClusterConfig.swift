@@ -1,4 +1,6 @@
 import Foundation
+import HatoIO
+import SMTPCore
 
 /// The whole cluster's configuration, loaded from `cluster.yml` and shared by the
 /// coordinator and every node. Load with `ClusterConfig.load(path:)`; every value is

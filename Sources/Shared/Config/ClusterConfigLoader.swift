@@ -4,6 +4,8 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import HatoCrypto
+import HatoIO
 
 extension ClusterConfig {
     /// Reads and validates a cluster configuration file.

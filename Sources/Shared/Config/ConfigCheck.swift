@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import HatoDKIM
+import HatoIO
 
 /// The result of checking a configuration for one process: one line per item, each `ok`,
 /// `warning` or `error`.

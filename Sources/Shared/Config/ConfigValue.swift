@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import HatoIO
 
 /// Parsers for the scalar value syntaxes of `cluster.yml` (durations, sizes,
 /// addresses, names). Each returns the parsed value or throws `ConfigValueError`.

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// `warmup: [ { name, daily: [...] } ]` — a per-IP daily volume ramp for new sending IPs.
 public struct WarmupPlan: Sendable, Equatable {

@@ -1,3 +1,4 @@
+import HatoIO
 /// An IPv4 or IPv6 network in CIDR form (`127.0.0.0/8`, `::1/128`); a bare address is a
 /// single-host network (/32 or /128).
 public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {

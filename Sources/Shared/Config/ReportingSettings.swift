@@ -1,4 +1,5 @@
 import Foundation
+import HatoIO
 
 /// The kinds of delivery events the coordinator records (delivery log, webhooks, metrics).
 public enum DeliveryEventKind: String, Sendable, Codable, CaseIterable, Hashable {

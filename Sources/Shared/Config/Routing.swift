@@ -1,3 +1,4 @@
+import HatoIO
 /// A domain a route applies to: an exact domain (`hato.test`) or a wildcard
 /// (`*.example`, any subdomain of `example` at any depth, but not `example` itself).
 /// Matching is case-insensitive and ignores a trailing dot.

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// `smtp.tls:` the certificate STARTTLS presents (RFC 3207). Both files are PEM; paths are
 /// resolved against the configuration file's directory. The files are read when the

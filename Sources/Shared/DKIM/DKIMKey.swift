@@ -1,5 +1,6 @@
 import COpenSSL
 import Foundation
+import HatoCrypto
 
 /// A DKIM signing algorithm (RFC 6376 §3.3, RFC 8463 §3).
 public enum DKIMAlgorithm: String, Sendable, Hashable, CaseIterable {

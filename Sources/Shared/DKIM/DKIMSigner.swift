@@ -1,4 +1,5 @@
 import Foundation
+import HatoCrypto
 
 /// Signs messages for one (domain, selector) with DKIM (RFC 6376 §5, RFC 8463).
 ///

@@ -5,6 +5,8 @@ import Darwin
 #endif
 import CResolv
 import Foundation
+import HatoIO
+import HatoSupport
 
 /// The outcome of one DNS lookup for a (name, type) pair.
 public enum DNSAnswer: Sendable, Equatable {

@@ -1,3 +1,4 @@
+import SMTPCore
 /// What kind of problem a failed or deferred delivery ran into: the category of a
 /// bounce (5xx) or deferral (4xx, timeout). The rules are documented in docs/bounces.md.
 public enum BounceCategory: String, Sendable, Codable, CaseIterable {

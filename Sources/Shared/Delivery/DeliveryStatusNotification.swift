@@ -1,4 +1,6 @@
 import Foundation
+import HatoCrypto
+import SMTPCore
 
 /// RFC 3461 §4 `xtext`: printable ASCII except `+` and `=` as is, anything else as `+XX`.
 public enum XText {

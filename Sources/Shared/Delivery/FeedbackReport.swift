@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// An abuse feedback report (ARF, RFC 5965): what a mailbox provider's feedback loop sends
 /// back when a user presses "this is spam". A `multipart/report; report-type=feedback-report`

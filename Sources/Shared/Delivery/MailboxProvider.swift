@@ -1,3 +1,4 @@
+import HatoConfig
 /// Recognises a mailbox provider by the suffix of an MX host name (DESIGN.md: "provider").
 ///
 /// Used as a metrics and delivery-log label. The table is small on purpose: the big

@@ -1,4 +1,5 @@
 import Foundation
+import HatoIO
 
 /// An HTTP/1.1 response as `HTTPClient` reads it.
 public struct HTTPClientResponse: Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import HatoIO
 
 /// A parsed HTTP/1.1 request (RFC 9112), as the admin API needs it.
 public struct HTTPRequest: Sendable {

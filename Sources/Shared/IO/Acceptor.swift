@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import HatoSupport
 
 /// One admitted connection, handed to an `Acceptor`'s handler on a thread of its own.
 ///

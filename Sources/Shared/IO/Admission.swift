@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HatoSupport
 
 /// How many connections a listener keeps open at once.
 public struct AdmissionLimits: Sendable, Equatable {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HatoSupport
 
 /// An open file descriptor for durable writes (journals, spools) and whole-file reads, over
 /// the syscall wrapper (`SystemCall`): `EINTR` retried, short writes completed, errors with the

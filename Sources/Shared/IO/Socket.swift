@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import HatoSupport
 
 /// An error from a socket system call, with the call's name and `errno`.
 public struct SocketError: Error, CustomStringConvertible, Sendable, Equatable {

@@ -107,7 +107,7 @@ public enum RFC5322Date {
 
     /// Days since 1970-01-01 of an ISO 8601 calendar date `YYYY-MM-DD` (four-digit year from
     /// 1900, two-digit month and day), or nil when the text is not one or the day does not exist.
-    static func daysSince1970(isoDate text: String) -> Int? {
+    package static func daysSince1970(isoDate text: String) -> Int? {
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0].utf8.count == 4, parts[1].utf8.count == 2, parts[2].utf8.count == 2,
               parts.allSatisfy({ $0.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }),

@@ -1,4 +1,5 @@
 import Foundation
+import HatoIO
 
 /// Builds the `Received:` trace field a relay prepends (RFC 5321 §4.4; RFC 5322 §3.6.7).
 public enum ReceivedHeader {

@@ -91,14 +91,14 @@ public enum SMTPAddressError: Error, Sendable, Equatable {
 }
 
 /// The RFC 5321 §4.1.2/§4.1.3 address grammar over raw octets.
-enum SMTPAddressSyntax {
+package enum SMTPAddressSyntax {
     static let maxLocalPart = 64
     static let maxDomain = 255
     static let maxPath = 256
 
-    static func isAlpha(_ b: UInt8) -> Bool { (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) }
-    static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
-    static func isLetDig(_ b: UInt8) -> Bool { isAlpha(b) || isDigit(b) }
+    package static func isAlpha(_ b: UInt8) -> Bool { (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) }
+    package static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+    package static func isLetDig(_ b: UInt8) -> Bool { isAlpha(b) || isDigit(b) }
     static func isHex(_ b: UInt8) -> Bool { isDigit(b) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66) }
 
     /// RFC 5322 §3.2.3 `atext`.

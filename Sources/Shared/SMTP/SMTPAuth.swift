@@ -1,5 +1,6 @@
 import COpenSSL
 import Foundation
+import HatoCrypto
 
 /// Why a password hash string was refused.
 public struct PasswordHashError: Error, Sendable, Equatable, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import HatoIO
 /// Limits and identity for an SMTP server session.
 public struct SMTPServerPolicy: Sendable, Equatable {
     /// The name in the greeting, the EHLO reply and `Received:` (RFC 5321 §4.1.3, §4.3.1).

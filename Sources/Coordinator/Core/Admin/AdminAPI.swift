@@ -1,5 +1,7 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoHTTP
 
 /// `GET /v1/status` body.
 public struct StatusReport: Codable, Sendable {

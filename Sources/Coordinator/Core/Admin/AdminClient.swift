@@ -2,7 +2,10 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import HatoShared
+import HatoConfig
+import HatoHTTP
+import HatoIO
+import HatoSupport
 
 /// A client of the admin API for the CLI subcommands (bearer token): URLSession over plain
 /// HTTP; over HTTPS (`coordinator.admin_tls`) the project's own `HTTPClient` and OpenSSL layer,

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// The operator CLI's queue visibility and control commands (admin API `/v1/queue/…`,
 /// `/v1/pauses`, `/v1/suspensions`), as Postfix's postqueue/postsuper, PowerMTA's

@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoHTTP
+import HatoSupport
 
 /// The body of `POST /v1/queue/{flush|delete|bounce|hold|release}`: which recipients (ids or a
 /// selector; every criterion given must hold), and how.

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 /// The operator CLI's `suppressions` and `log` commands (admin API `/v1/suppressions`, `/v1/log`).
 ///

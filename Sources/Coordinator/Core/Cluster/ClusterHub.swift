@@ -1,5 +1,9 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoIO
+import HatoSupport
 
 /// Maximum cluster frame size for a configuration: two maximum messages plus headers.
 public func clusterMaximumFrameSize(maxMessageSize: Int) -> Int { maxMessageSize * 2 + 1 << 20 }

@@ -1,5 +1,5 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
 
 /// The IP assignment table: which node owns each sending IP, and the handovers in progress.
 ///

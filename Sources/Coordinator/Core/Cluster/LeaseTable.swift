@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// The leases in flight as the scheduler sees them: each connected node's lease credits,
 /// each lease's node, sending IP, destination and expiry, the leases in flight per

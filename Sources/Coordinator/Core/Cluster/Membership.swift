@@ -1,5 +1,5 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
 
 /// Node membership states (docs/operations.md).
 public enum NodeState: String, Codable, Sendable, CaseIterable {

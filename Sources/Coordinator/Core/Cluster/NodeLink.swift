@@ -1,5 +1,7 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoIO
+import HatoSupport
 
 /// One authenticated node connection as the coordinator's shell holds it: the connection,
 /// and a writer thread of its own that sends what is queued for it, so that a node that

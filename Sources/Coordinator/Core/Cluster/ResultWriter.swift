@@ -1,5 +1,6 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// Applies node results to the queue in batches — every result waiting is applied in one
 /// transaction with one fsync (group commit) — on a thread of its own, so the scheduler

@@ -2,7 +2,8 @@
 import Glibc
 #endif
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoSupport
 
 /// The size and free space of a file system, from `statvfs(3)`.
 public struct FileSystemSpace: Sendable, Equatable {

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 /// Active backoffs survive a coordinator restart: a provider that pushed back is not hit again at once.
 extension SQLiteQueueStore {

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// WAL checkpoints off the commit path.
 ///

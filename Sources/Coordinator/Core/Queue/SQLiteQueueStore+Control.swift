@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 // Queue control (issue 14): what an operator sees of the waiting recipients and what they can
 // do to them — the reads behind `hato-coordinator queue --by …` and `queue list`, and the

@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// Operator decisions about nodes that must survive a coordinator restart.
 extension SQLiteQueueStore {

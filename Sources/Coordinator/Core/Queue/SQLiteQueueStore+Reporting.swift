@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDelivery
 
 // The queue's event outbox: every state change that matters to the sender (received,
 // delivered, deferred, failed, expired, suppressed) or to the operator (held, released,

@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// Run bookkeeping that lets lease records skip their fsync without ever leasing a recipient
 /// twice at once.

@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// What the submission server recorded about a message beyond its envelope: the AUTH user
 /// (routing to pools uses it) and the RFC 3461 parameters (DSNs use them).

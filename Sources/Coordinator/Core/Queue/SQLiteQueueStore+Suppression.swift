@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import SMTPCore
 
 /// One suppression list entry: an address that is not tried again.
 public struct SuppressionEntry: Codable, Sendable, Equatable {

@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// Per sending IP, per UTC day: recipients leased (delivery attempts), for warm-up caps.
 extension SQLiteQueueStore {

@@ -1,5 +1,8 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
+import SMTPCore
+
 /// The coordinator's durable global queue: SQLite in WAL mode with `synchronous=FULL`.
 ///
 /// Every public method is one transaction; when `enqueue` returns, the message

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// The coordinator's Prometheus metrics (served at `/metrics` on `admin_listen`).
 ///

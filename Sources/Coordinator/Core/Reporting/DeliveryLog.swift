@@ -3,8 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// One delivery log line (JSON, snake_case keys, absent fields omitted). Also the body of
 /// each webhook event.

@@ -1,5 +1,10 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoDelivery
+import HatoSupport
+import SMTPCore
 
 /// Turns the queue's recorded events into what the sender and the operator see: delivery
 /// log lines, metrics, webhook deliveries, DSNs (RFC 3464) and suppression entries.

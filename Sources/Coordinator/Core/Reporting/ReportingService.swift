@@ -1,5 +1,10 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoHTTP
+import HatoSupport
+import SMTPCore
 
 /// The coordinator's reporting side wired together: delivery log, metrics, webhooks,
 /// DSN/suppression reporter, and their admin API routes.

@@ -2,7 +2,9 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoSupport
 
 /// Signs webhook bodies: `X-Hato-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
 public enum WebhookSignature {

@@ -1,4 +1,4 @@
-import HatoShared
+import HatoSupport
 
 /// The memory all submission sessions together may use for message content while receiving it
 /// (`smtp.max_content_memory`): each session reserves what its content holds as it grows and

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import HatoShared
+import SMTPCore
 
 /// `hato-coordinator hash-password [--iterations N]`: prints a `$pbkdf2-sha256$…` hash for
 /// `smtp.users[].password_hash`.

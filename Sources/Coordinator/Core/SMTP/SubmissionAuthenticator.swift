@@ -1,5 +1,8 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoSupport
+import SMTPCore
 
 /// Checks AUTH credentials against `smtp.users` for the submission server.
 ///

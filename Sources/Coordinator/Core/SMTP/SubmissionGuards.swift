@@ -1,5 +1,8 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoIO
+import HatoSupport
+import SMTPCore
 
 /// The submission rules that need state shared by all sessions, installed on each session by
 /// `SubmissionServer`:

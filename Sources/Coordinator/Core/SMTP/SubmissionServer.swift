@@ -2,7 +2,11 @@
 import Glibc
 #endif
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoIO
+import HatoSupport
+import SMTPCore
 
 /// The coordinator's SMTP submission listener: a thin blocking driver around `SMTPServerSession`.
 ///

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 /// Active backoffs per (sending IP, provider): suspensions and throttles reported by nodes.
 /// Pure value type: time is passed in.

@@ -1,5 +1,5 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
 
 /// Recipients of one message for one destination domain: the unit of a lease.
 public struct DeliveryGroup: Sendable, Equatable {

@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// What an operator can pause: a mailbox provider, a pool or a sending IP (as PowerMTA's
 /// `pmta pause queue` and KumoMTA's `kcli suspend`). Paused mail stays queued — it is not

@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import SMTPCore
 
 /// Picks the pool of a submitted message from `routing.rules` (first match wins) or the
 /// default pool, and removes routing headers (e.g. `X-Hato-Pool`) so they are never sent.

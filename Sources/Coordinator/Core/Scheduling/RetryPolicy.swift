@@ -1,5 +1,4 @@
 import Foundation
-import HatoShared
 
 /// When a deferred recipient is tried again, and when it gives up.
 ///

@@ -1,5 +1,9 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoCrypto
+import HatoDelivery
+import HatoSupport
 
 /// What a configuration reload changed: every changed key either applied live (`live`) or is
 /// listed as needing a restart of the coordinator, every node or a named node

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoSupport
 
 /// A fixed number of PostgreSQL connections shared by the threads of one process.
 ///

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 // Queue control on PostgreSQL (see SQLiteQueueStore+Control.swift for the operator's view).
 // Reads run on any pool connection: PostgreSQL's snapshots never block writers, so no second

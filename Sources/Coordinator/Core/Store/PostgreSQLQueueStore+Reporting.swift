@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDelivery
 
 // The event outbox, DSN and webhook outboxes on PostgreSQL (see SQLiteQueueStore+Reporting.swift
 // for what each does). The event triggers are PL/pgSQL functions (created by the migrations)

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoConfig
 
 // Membership, backoffs, pauses and suppressions on PostgreSQL: the SQL of the SQLite store's
 // extensions of the same names, with PostgreSQL's upsert (`ON CONFLICT … DO UPDATE`) for

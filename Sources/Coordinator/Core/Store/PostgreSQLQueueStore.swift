@@ -1,5 +1,8 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoSupport
+import SMTPCore
 
 /// The coordinator's durable state in a PostgreSQL database (`store: {kind: postgresql}`).
 ///

@@ -1,5 +1,8 @@
+import ClusterProtocol
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoDelivery
+import SMTPCore
 
 /// The coordinator's durable state: messages and their content, recipients and their states,
 /// leases, the IP owners and node admin state, warm-up counts, backoffs and pauses,

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import SMTPCore
 
 // The values the queue store takes and returns (both implementations: SQLiteQueueStore,
 // PostgreSQLQueueStore).

@@ -1,5 +1,7 @@
 import Foundation
-import HatoShared
+import HatoDKIM
+import HatoSupport
+import SMTPCore
 
 /// What the driver tells a `DeliveryAttempt` about a session that is ready for a transaction
 /// (just opened, or taken idle from the pool).

@@ -1,5 +1,7 @@
 import Foundation
-import HatoShared
+import HatoDKIM
+import HatoSupport
+import SMTPCore
 
 /// What the node knows about a message's content before sending it.
 public struct MessageAnalysis: Sendable {

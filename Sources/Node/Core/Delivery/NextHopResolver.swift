@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import HatoShared
+import HatoDNS
 
 /// Why no next hop could be found for a domain.
 public struct NextHopFailure: Error, Sendable, Equatable, CustomStringConvertible {

@@ -1,5 +1,5 @@
 import Foundation
-import HatoShared
+import HatoIO
 
 /// STARTTLS for outbound SMTP over the shared OpenSSL layer (`TLSContext`, `TLSStream`).
 ///

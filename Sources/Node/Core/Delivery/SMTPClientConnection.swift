@@ -1,5 +1,7 @@
 import Foundation
-import HatoShared
+import HatoIO
+import HatoSupport
+import SMTPCore
 
 /// The negotiated parameters of a TLS session.
 public struct TLSSessionInfo: Sendable, Equatable, Hashable {

@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoIO
+import SMTPCore
 
 // MARK: - Reply parsing
 

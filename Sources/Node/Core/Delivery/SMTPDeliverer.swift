@@ -1,5 +1,7 @@
 import Foundation
-import HatoShared
+import HatoConfig
+import HatoSupport
+import SMTPCore
 
 /// One recipient of a delivery attempt.
 public struct DeliveryRecipient: Sendable, Hashable {

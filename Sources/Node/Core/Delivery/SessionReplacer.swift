@@ -1,5 +1,6 @@
 import Foundation
-import HatoShared
+import HatoSupport
+import SMTPCore
 
 /// Opens replacement sessions in the background: one long-lived thread (a `BackgroundLoop`,
 /// started with the first request) drains a bounded queue of requests, so a delivery's result

@@ -55,6 +55,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import HatoSupport
 
 /// A TLS failure that is about TLS itself rather than the network.
 public struct TLSError: Error, CustomStringConvertible, Sendable, Equatable {
