@@ -19,14 +19,15 @@ public final class CoordinatorService: Sendable {
 
     /// Opens the queue and binds every listener.
     /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `TLSError` when a TLS
-    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `SocketError`.
+    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `PostgreSQLError` when
+    ///   the queue store (`store:`) cannot be opened; `SocketError`.
     public init(config: ClusterConfig) throws {
         self.config = config
         let token = try config.coordinator.requireAdminToken()
         let adminTLS = try config.coordinator.adminTLS.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
-        store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
+        store = try config.openQueueStore()
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
@@ -95,7 +96,7 @@ public final class CoordinatorService: Sendable {
         try hub.start(leaseHoldUntil: leaseHold)
         try submission.start()
         admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+        log.info("coordinator started", ["cluster": config.cluster.name, "store": "\(config.store.kind.rawValue) \(store.location)", "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
                                          "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 
