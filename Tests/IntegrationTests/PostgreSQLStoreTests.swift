@@ -1,0 +1,115 @@
+import Foundation
+import HatoCoordinator
+import HatoCrypto
+import HatoIO
+import HatoTestKit
+import Testing
+
+extension Integration {
+    /// A coordinator process whose queue is PostgreSQL (`store: {kind: postgresql}`), on a fresh
+    /// schema of the run's test server, with two nodes and the capture MX.
+    @Suite("PostgreSQL store: a coordinator on PostgreSQL, end to end", .serialized)
+    struct PostgreSQLStoreTests {
+        /// A schema on the shared server and the `store:` section that points the coordinator at it.
+        final class Schema: Sendable {
+            let server: PostgreSQLTestServer
+            let name: String
+            init() throws {
+                server = try PostgreSQLTestServer.shared()
+                name = "it_" + Identifier.random(bytes: 6).lowercased()
+                try PostgreSQLConnection(server.configuration()).execute("CREATE SCHEMA \(name)")
+            }
+            deinit { _ = try? PostgreSQLConnection(server.configuration()).execute("DROP SCHEMA \(name) CASCADE") }
+            /// The schema goes in the URL as a session option, as an operator would give it.
+            var yaml: String {
+                "store: { kind: postgresql, url: \"\(server.url)?options=-csearch_path%3D\(name)\", password_file: \(server.passwordFile), pool_size: 4 }"
+            }
+            /// A connection with the schema on its search path.
+            func connect() throws -> PostgreSQLConnection { try PostgreSQLConnection(server.configuration(schema: name)) }
+        }
+
+        @Test("mail submitted over SMTP to a coordinator on PostgreSQL is delivered exactly once; the rows are in PostgreSQL, no queue.db; it survives a restart")
+        func endToEnd() throws {
+            let schema = try Schema()
+            let cluster = try LocalCluster(extraYAML: schema.yaml)
+            defer { cluster.shutdown() }
+            do {
+                let (status, output) = try cluster.cli(["check"])
+                #expect(status == 0, "check: \(output)")
+                #expect(output.contains("store.url: postgresql://hato@127.0.0.1:"), "check: \(output)")
+                #expect(output.contains("connected, PostgreSQL 1"), "check: \(output)")
+                #expect(!output.contains(try String(contentsOfFile: schema.server.passwordFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+
+                try cluster.startCoordinator()
+                try cluster.startNodesAndWait()
+                let count = 60
+                let originals = (0..<count).map { testMessage($0, to: "user\($0)@hato.test") }
+                let started = Date()
+                let ids = try submitWithSmtplib(port: cluster.smtpPort,
+                                                messages: originals.enumerated().map { ("sender@example.org", ["user\($0.offset)@hato.test"], $0.element) },
+                                                connections: 4, dir: cluster.dir)
+                #expect(ids.count == count)
+                #expect(Set(ids).count == count)
+                try cluster.waitForQueue(final: count, timeout: 120)
+                let elapsed = Date().timeIntervalSince(started)
+                print("end-to-end on PostgreSQL: \(count) messages in \(String(format: "%.2f", elapsed)) s = \(String(format: "%.1f", Double(count) / elapsed)) msg/s")
+                #expect(try cluster.queue()["delivered"] == count)
+
+                let received = cluster.capture.received
+                #expect(received.count == count, "every message arrives exactly once")
+                let subjects = received.compactMap(subjectNumber)
+                #expect(Set(subjects) == Set(0..<count))
+                // Byte-identical after the trace header.
+                for m in received {
+                    guard let n = subjectNumber(m), let split = EndToEndTests.splitTrace(m.content) else { Issue.record("unexpected capture"); continue }
+                    #expect(split.rest == originals[n], "message \(n) differs")
+                }
+
+                // The queue is in PostgreSQL, not in a SQLite file.
+                #expect(!FileManager.default.fileExists(atPath: cluster.queueDBPath))
+                let db = try schema.connect()
+                #expect(try db.query("SELECT COUNT(*) FROM messages WHERE id = ANY($1::text[])", [.text("{" + ids.joined(separator: ",") + "}")]).first?.int(0) == Int64(count))
+                #expect(try db.query("SELECT COUNT(*) FROM recipients WHERE state = 'delivered'").first?.int(0) == Int64(count))
+                #expect(try db.query("SELECT COUNT(*) FROM leases").first?.int(0) == 0)
+                // Once the reporter has processed the delivery events, the content is purged.
+                try waitUntil("delivered content purged", timeout: 20) {
+                    try db.query("SELECT COUNT(*) FROM messages WHERE body IS NOT NULL AND id = ANY($1::text[])",
+                                 [.text("{" + ids.joined(separator: ",") + "}")]).first?.int(0) == 0
+                }
+                #expect(try db.query("SELECT COUNT(*) FROM recipient_events").first?.int(0) == 0, "every event processed")
+                #expect(try PostgreSQLMigrations.appliedVersions(on: db) == [1])
+
+                // A restart reads the same queue back.
+                #expect(cluster.stopCoordinator() == 0)
+                try cluster.startCoordinator()
+                try waitUntil("admin API back", timeout: 30) { (try? cluster.status()) != nil }
+                let record = try cluster.message(ids[0])
+                #expect(record["id"] as? String == ids[0])
+                #expect(((record["recipients"] as? [[String: Any]])?.first?["state"] as? String) == "delivered")
+                #expect(try cluster.queue()["delivered"] == count)
+            } catch {
+                Issue.record("\(error)\n\(cluster.logs)")
+                throw error
+            }
+        }
+
+        @Test("a coordinator whose PostgreSQL cannot be reached does not start, and says why without the password; check reports the same")
+        func unreachable() throws {
+            let server = try PostgreSQLTestServer.shared()
+            let port = try freePort()
+            let cluster = try LocalCluster(extraYAML: "store: { kind: postgresql, url: \"postgresql://hato@127.0.0.1:\(port)/hato_test\", password_file: \(server.passwordFile) }")
+            defer { cluster.shutdown() }
+            let (status, output) = try cluster.cli(["check"])
+            #expect(status == 1)
+            #expect(output.contains("error    store.url: postgresql connection failed: cannot connect to postgresql://hato@127.0.0.1:\(port)/hato_test"), "check: \(output)")
+            let password = try String(contentsOfFile: server.passwordFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(!output.contains(password))
+            let p = try ChildProcess(name: "coordinator-unreachable", executable: executablePath("hato-coordinator"),
+                                     arguments: ["serve", "--config", cluster.configPath], logDirectory: cluster.dir)
+            let exit = p.wait(timeout: 30)
+            #expect(exit != nil && exit != 0, "the coordinator exits")
+            #expect(p.log.contains("cannot connect to postgresql://hato@127.0.0.1:\(port)/hato_test"), "log: \(p.log)")
+            #expect(!p.log.contains(password))
+        }
+    }
+}
