@@ -10,28 +10,10 @@ extension Integration {
     /// schema of the run's test server, with two nodes and the capture MX.
     @Suite("PostgreSQL store: a coordinator on PostgreSQL, end to end", .serialized)
     struct PostgreSQLStoreTests {
-        /// A schema on the shared server and the `store:` section that points the coordinator at it.
-        final class Schema: Sendable {
-            let server: PostgreSQLTestServer
-            let name: String
-            init() throws {
-                server = try PostgreSQLTestServer.shared()
-                name = "it_" + Identifier.random(bytes: 6).lowercased()
-                try PostgreSQLConnection(server.configuration()).execute("CREATE SCHEMA \(name)")
-            }
-            deinit { _ = try? PostgreSQLConnection(server.configuration()).execute("DROP SCHEMA \(name) CASCADE") }
-            /// The schema goes in the URL as a session option, as an operator would give it.
-            var yaml: String {
-                "store: { kind: postgresql, url: \"\(server.url)?options=-csearch_path%3D\(name)\", password_file: \(server.passwordFile), pool_size: 4 }"
-            }
-            /// A connection with the schema on its search path.
-            func connect() throws -> PostgreSQLConnection { try PostgreSQLConnection(server.configuration(schema: name)) }
-        }
-
         @Test("mail submitted over SMTP to a coordinator on PostgreSQL is delivered exactly once; the rows are in PostgreSQL, no queue.db; it survives a restart")
         func endToEnd() throws {
-            let schema = try Schema()
-            let cluster = try LocalCluster(extraYAML: schema.yaml)
+            let schema = try TestSchema()
+            let cluster = try LocalCluster(extraYAML: schema.storeYAML)
             defer { cluster.shutdown() }
             do {
                 let (status, output) = try cluster.cli(["check"])
