@@ -268,17 +268,31 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// Applies a node's report, idempotently, with the rules of `SQLiteQueueStore.applyResult`.
     /// - Throws: `PostgreSQLError`; nothing is applied then (the node re-sends).
     public func applyResult(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
-        try pool.transaction { c in try Self.apply(result, node: node, retry: retry, now: now, on: c) }
+        try pool.transaction { c in
+            var closed: [String: Int] = [:]
+            let app = try Self.apply(result, node: node, retry: retry, now: now, closing: &closed, on: c)
+            try Self.closeRecipients(closed, on: c)
+            return app
+        }
     }
 
     /// Applies several reports in one durable transaction.
     /// - Returns: one `ResultApplication` per report, in order.
     /// - Throws: `PostgreSQLError`; nothing is applied then.
     public func applyResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date) throws -> [ResultApplication] {
-        try pool.transaction { c in try results.map { try Self.apply($0.result, node: $0.node, retry: retry, now: now, on: c) } }
+        try pool.transaction { c in
+            // Open-recipient counts and content purges once for the whole batch, at its end.
+            var closed: [String: Int] = [:]
+            let apps = try results.map { try Self.apply($0.result, node: $0.node, retry: retry, now: now, closing: &closed, on: c) }
+            try Self.closeRecipients(closed, on: c)
+            return apps
+        }
     }
 
-    private static func apply(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date, on c: PostgreSQLConnection) throws -> ResultApplication {
+    /// Applies one report inside the caller's transaction; the recipients that became final
+    /// are added to `closed` (message id → count) for `closeRecipients`.
+    private static func apply(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date, closing closed: inout [String: Int],
+                              on c: PostgreSQLConnection) throws -> ResultApplication {
         var app = ResultApplication()
         let t = now.timeIntervalSince1970
         // The lease row is locked: two reports of one lease apply one after the other.
@@ -296,7 +310,6 @@ public final class PostgreSQLQueueStore: QueueStore {
                                           receivedAt: try r.double(4), messageID: try r.text(5))
             }
         }
-        var closed: [String: Int] = [:]
         for o in result.outcomes {
             guard var row = rows[o.recipientID] else { app.ignored += 1; continue }
             if row.state.isFinal { app.ignored += 1; continue }
@@ -336,11 +349,12 @@ public final class PostgreSQLQueueStore: QueueStore {
             rows[o.recipientID] = row
             app.applied += 1
         }
-        // Recipients of this lease that the report did not mention go back to the queue.
-        try c.run("UPDATE recipients SET state = 'queued', lease_id = NULL, updated_at = $1 WHERE lease_id = $2 AND state = 'leased'",
-                  [.double(t), .text(result.leaseID)])
-        try c.run("DELETE FROM leases WHERE id = $1", [.text(result.leaseID)])
-        try closeRecipients(closed, on: c)
+        // Recipients of this lease that the report did not mention go back to the queue, and the
+        // lease is forgotten (one statement).
+        try c.run("""
+            WITH requeued AS (UPDATE recipients SET state = 'queued', lease_id = NULL, updated_at = $1 WHERE lease_id = $2 AND state = 'leased')
+            DELETE FROM leases WHERE id = $2
+            """, [.double(t), .text(result.leaseID)])
         return app
     }
 
@@ -348,10 +362,12 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// purges the content of those with none left (the keep-body trigger keeps it while events
     /// or DSN entries about the message remain).
     static func closeRecipients(_ closed: [String: Int], on c: PostgreSQLConnection) throws {
-        for (mid, n) in closed.sorted(by: { $0.key < $1.key }) {
-            try c.run("UPDATE messages SET open_recipients = open_recipients - $1 WHERE id = $2", [.int(Int64(n)), .text(mid)])
-        }
-        try purgeBodies(Array(closed.keys), on: c)
+        guard !closed.isEmpty else { return }
+        let sorted = closed.sorted { $0.key < $1.key }
+        try c.run("""
+            UPDATE messages m SET open_recipients = m.open_recipients - u.n FROM unnest($1::text[], $2::bigint[]) AS u(id, n) WHERE m.id = u.id
+            """, [.text(array(sorted.map(\.key))), .text(array(sorted.map { Int64($0.value) }))])
+        try purgeBodies(sorted.map(\.key), on: c)
     }
 
     /// Drops the content of messages with no open recipients left (the record stays for lookups).
