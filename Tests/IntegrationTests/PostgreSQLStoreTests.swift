@@ -59,7 +59,8 @@ extension Integration {
                                  [.text("{" + ids.joined(separator: ",") + "}")]).first?.int(0) == 0
                 }
                 #expect(try db.query("SELECT COUNT(*) FROM recipient_events").first?.int(0) == 0, "every event processed")
-                #expect(try PostgreSQLMigrations.appliedVersions(on: db) == [1])
+                #expect(try PostgreSQLMigrations.appliedVersions(on: db) == PostgreSQLQueueStore.migrations.migrations.map(\.version))
+                #expect(try db.query("SELECT term FROM leadership").first?.int(0) == 0, "the leadership row exists, no leader yet")
 
                 // A restart reads the same queue back.
                 #expect(cluster.stopCoordinator() == 0)

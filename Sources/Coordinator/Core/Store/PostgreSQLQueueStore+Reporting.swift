@@ -11,8 +11,11 @@ import HatoDelivery
 extension PostgreSQLQueueStore {
     /// Attaches the event triggers (`received`, recipient state changes, keep-body); idempotent
     /// and safe when several coordinators start at once (under the migrations' advisory lock).
+    /// Triggers already attached (found at open) are left alone: attaching locks the tables
+    /// against every other session for a moment.
     /// - Throws: `PostgreSQLError`.
     public func installReportingSchema() throws {
+        guard !reportingInstalled.snapshot else { return }
         try pool.transaction { c in
             try c.query("SELECT pg_advisory_xact_lock($1)", [.int(PostgreSQLMigrations.lockKey)])
             try c.execute("""

@@ -7,7 +7,7 @@ extension PostgreSQLQueueStore {
     /// The tables mirror the SQLite store's: times are `double precision` seconds since 1970,
     /// ids are `bigint` identity columns. `leases.term` is reserved for the leadership term of
     /// several coordinators (NULL until that exists).
-    static let migrations: PostgreSQLMigrations = {
+    public static let migrations: PostgreSQLMigrations = {
         // The versions are fixed literals in ascending order: init cannot fail.
         // swiftlint:disable:next force_try
         try! PostgreSQLMigrations([
@@ -88,6 +88,9 @@ extension PostgreSQLQueueStore {
                   RETURN NEW;
                 END $$;
                 """),
+            // The leadership row of several coordinators (PostgreSQLLeadership); nothing in the
+            // store reads it yet.
+            PostgreSQLMigration(version: 2, sql: PostgreSQLLeadership.schemaSQL),
         ])
     }()
 }
