@@ -76,6 +76,36 @@ extension Integration {
             }
         }
 
+        @Test("the database stops under the submission server: the next message gets 451 4.3.0, never 250; what got 250 is in the database")
+        func outageRefusesWith451() throws {
+            // A server of this test's own: it is stopped.
+            let db = try PostgreSQLTestServer.startPrivate()
+            defer { db.stop() }
+            let s = try InProcessSubmission(smtpExtra: "", extraYAML: """
+                store: { kind: postgresql, url: "\(db.url)", password_file: \(db.passwordFile), pool_size: 2 }
+                """)
+            defer { s.shutdown() }
+            func submit(_ n: Int) throws -> String {
+                let c = try RawSMTPClient(s.address)
+                defer { c.close() }
+                _ = try c.exchange("EHLO client.test\r\n")
+                #expect(try c.exchange("MAIL FROM:<sender@example.org>\r\n").first?.hasPrefix("250") == true)
+                #expect(try c.exchange("RCPT TO:<user\(n)@hato.test>\r\n").first?.hasPrefix("250") == true)
+                #expect(try c.exchange("DATA\r\n").first?.hasPrefix("354") == true)
+                return try c.exchange("Subject: message \(n)\r\n\r\nbody \(n)\r\n.\r\n").first ?? ""
+            }
+            let accepted = try submit(1)
+            #expect(accepted.hasPrefix("250 2.0.0"), "\(accepted)")
+            let id = try #require(accepted.split(separator: " ").last.map(String.init))
+            let connection = try PostgreSQLConnection(db.configuration())
+            #expect(try connection.query("SELECT COUNT(*) FROM messages WHERE id = $1", [.text(id)]).first?.int(0) == 1)
+            db.stop()
+            for n in 2...3 {
+                let refused = try submit(n)
+                #expect(refused.hasPrefix("451 4.3.0"), "message \(n): \(refused)")
+            }
+        }
+
         @Test("a coordinator whose PostgreSQL cannot be reached does not start, and says why without the password; check reports the same")
         func unreachable() throws {
             let server = try PostgreSQLTestServer.shared()

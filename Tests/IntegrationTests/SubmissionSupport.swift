@@ -84,7 +84,7 @@ final class InProcessSubmission: @unchecked Sendable {
         dir = try existing ?? makeTempDirectory("hato-sub-")
         let yaml = submissionClusterYAML(smtpPort: 0, clusterPort: try freePort(), adminPort: try freePort(), smtpExtra: smtpExtra, extraYAML: extraYAML)
         config = try ClusterConfig.parse(yaml, path: (dir as NSString).appendingPathComponent("cluster.yml"))
-        store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
+        store = try config.openQueueStore()  // SQLite unless extraYAML names a store
         server = SubmissionServer(config: config, store: store, onAccepted: {})
         try server.start()
         guard let p = server.boundAddresses.first?.port else { throw HarnessError("no SMTP port") }
