@@ -229,22 +229,40 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Throws: `PostgreSQLError`.
     public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
         guard !leases.isEmpty else { return [] }
+        // A recipient listed in two leases goes to the first (as one UPDATE per lease in order
+        // would decide); then one UPDATE marks every recipient and one INSERT records every lease.
+        var claimed = Set<Int64>()
+        var rids: [Int64] = [], owners: [String] = [], nodes: [String] = [], ips: [String] = [], times: [String] = []
+        for l in leases {
+            for rid in l.recipientIDs where claimed.insert(rid).inserted {
+                rids.append(rid); owners.append(l.id); nodes.append(l.node); ips.append(l.sendingIP)
+                times.append(String(l.grantedAt.timeIntervalSince1970))
+            }
+        }
         return try pool.transaction { c in
+            var marked: [String: Set<Int64>] = [:]
+            for r in try c.query("""
+                UPDATE recipients r SET state = 'leased', lease_id = u.lease, node = u.node, ip = u.ip, updated_at = u.at
+                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[]) AS u(id, lease, node, ip, at)
+                WHERE r.id = u.id AND r.state IN ('queued', 'deferred') RETURNING r.id, r.lease_id
+                """, [.text(Self.array(rids)), .text(Self.array(owners)), .text(Self.array(nodes)), .text(Self.array(ips)), .text(Self.array(times))]) {
+                marked[try r.text(1), default: []].insert(try r.int(0))
+            }
             var out: [LeaseRecord] = []
             for var l in leases {
-                let marked = Set(try c.query("""
-                    UPDATE recipients SET state = 'leased', lease_id = $1, node = $2, ip = $3, updated_at = $4
-                    WHERE id = ANY($5::bigint[]) AND state IN ('queued', 'deferred') RETURNING id
-                    """, [.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970),
-                          .text(Self.array(l.recipientIDs))]).map { try $0.int(0) })
-                let kept = l.recipientIDs.filter { marked.contains($0) }
+                let kept = l.recipientIDs.filter { marked[l.id]?.remove($0) != nil }
                 guard !kept.isEmpty else { continue }
                 l.recipientIDs = kept
-                try c.run("""
-                    INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES($1, $2, $3, $4, $5, $6, $7, $8)
-                    """, [.text(l.id), .text(l.node), .text(l.instance), .text(l.sendingIP), .text(l.messageID), .text(l.domain),
-                          .double(l.grantedAt.timeIntervalSince1970), .double(l.expiresAt.timeIntervalSince1970)])
                 out.append(l)
+            }
+            if !out.isEmpty {
+                try c.run("""
+                    INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::float8[])
+                    """, [.text(Self.array(out.map(\.id))), .text(Self.array(out.map(\.node))), .text(Self.array(out.map(\.instance))),
+                          .text(Self.array(out.map(\.sendingIP))), .text(Self.array(out.map(\.messageID))), .text(Self.array(out.map(\.domain))),
+                          .text(Self.array(out.map { String($0.grantedAt.timeIntervalSince1970) })),
+                          .text(Self.array(out.map { String($0.expiresAt.timeIntervalSince1970) }))])
             }
             if let day {
                 var counts: [String: Int] = [:]
