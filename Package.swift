@@ -62,7 +62,7 @@ let package = Package(
             name: "HatoDelivery", dependencies: ["HatoConfig", "SMTPCore", "HatoCrypto", "HatoSupport"],
             path: "Sources/Shared/Delivery", swiftSettings: strict),
         .target(
-            name: "ClusterProtocol", dependencies: ["HatoIO", "HatoCrypto", "HatoSupport"],
+            name: "ClusterProtocol", dependencies: ["SMTPCore", "HatoIO", "HatoCrypto", "HatoSupport"],
             path: "Sources/Shared/Cluster", swiftSettings: strict),
         .target(
             name: "HatoCoordinator", dependencies: [

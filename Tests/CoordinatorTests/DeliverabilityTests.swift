@@ -3,6 +3,7 @@ import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
 @testable import HatoCoordinator
+@testable import SMTPCore
 
 @Suite("Deliverability: routing, warm-up, backoff")
 struct DeliverabilityTests {
@@ -138,7 +139,7 @@ struct DeliverabilityTests {
     ])
     func defaultRules(code: Int, enhanced: String, text: String, action: BackoffRule.Action, duration: Double) {
         let m = BackoffMatcher(settings: BackoffSettings())
-        let rule = m.match(code: code, enhanced: enhanced.isEmpty ? nil : enhanced, text: text, provider: "gmail")
+        let rule = m.match(DeliveryStatus(code: code, enhanced: enhanced.isEmpty ? nil : enhanced, text: text), provider: "gmail")
         #expect(rule?.action == action, "\(code) \(enhanced) \(text)")
         #expect(rule?.duration == duration)
     }
@@ -150,7 +151,7 @@ struct DeliverabilityTests {
                                        (450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages"),
                                        (421, "4.2.1", "mailbox temporarily unavailable, too many messages for this user, try again later"),
                                        (452, "4.5.3", "Your message has too many recipients.")] {
-            let action = m.match(code: code, enhanced: enhanced, text: text, provider: "gmail")?.action
+            let action = m.match(DeliveryStatus(code: code, enhanced: enhanced, text: text), provider: "gmail")?.action
             #expect(action == nil || action == BackoffRule.Action.none, "\(code) \(enhanced) \(text): \(String(describing: action))")
         }
     }
@@ -158,11 +159,11 @@ struct DeliverabilityTests {
     @Test("ordinary failures do not trigger backoff; configured rules come first and can be provider-specific")
     func noFalsePositives() throws {
         let m = BackoffMatcher(settings: try config().backoff)
-        #expect(m.match(code: 550, enhanced: "5.1.1", text: "The email account that you tried to reach does not exist", provider: "gmail") == nil)
-        #expect(m.match(code: 452, enhanced: "4.2.2", text: "The email account that you tried to reach is over quota", provider: "gmail") == nil)
-        #expect(m.match(code: 451, enhanced: "4.3.0", text: "quota exceeded for sender", provider: "x")?.ratePerMinute == 5)
+        #expect(m.match(DeliveryStatus(code: 550, enhanced: "5.1.1", text: "The email account that you tried to reach does not exist"), provider: "gmail") == nil)
+        #expect(m.match(DeliveryStatus(code: 452, enhanced: "4.2.2", text: "The email account that you tried to reach is over quota"), provider: "gmail") == nil)
+        #expect(m.match(DeliveryStatus(code: 451, enhanced: "4.3.0", text: "quota exceeded for sender"), provider: "x")?.ratePerMinute == 5)
         let scoped = BackoffMatcher(settings: BackoffSettings(rules: [BackoffRule(match: "slow down", provider: "gmail", action: .suspend, duration: 60)], useDefaults: false))
-        #expect(scoped.match(code: 451, enhanced: nil, text: "slow down", provider: "gmail") != nil)
-        #expect(scoped.match(code: 451, enhanced: nil, text: "slow down", provider: "outlook") == nil)
+        #expect(scoped.match(DeliveryStatus(code: 451, enhanced: nil, text: "slow down"), provider: "gmail") != nil)
+        #expect(scoped.match(DeliveryStatus(code: 451, enhanced: nil, text: "slow down"), provider: "outlook") == nil)
     }
 }

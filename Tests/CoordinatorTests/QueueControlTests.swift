@@ -7,6 +7,7 @@ import Testing
 @testable import HatoCrypto
 @testable import HatoHTTP
 @testable import HatoSupport
+@testable import SMTPCore
 
 /// A queue with reporting, a cluster hub (not started unless a test pauses) and the queue
 /// control routes, on a temporary directory with a manual clock.
@@ -119,8 +120,8 @@ final class QueueControlFixture: @unchecked Sendable {
         _ = try store.recordLeases(leases)
         let results = leases.map { l in
             (result: ResultMessage(leaseID: l.id, instanceID: "i1", sendingIP: l.sendingIP, mxHost: "mx.\(domain)", remoteAddress: "127.0.0.1",
-                                   outcomes: [RecipientResult(recipientID: l.recipientIDs[0], status: .deferred, code: 451, enhanced: "4.3.0",
-                                                              text: "temporary local problem")], finishedAt: 0), node: "node-a")
+                                   outcomes: [RecipientResult(recipientID: l.recipientIDs[0], status: .deferred, reply: DeliveryStatus(code: 451, enhanced: "4.3.0",
+                                                              text: "temporary local problem"))], finishedAt: 0), node: "node-a")
         }
         _ = try store.applyResults(results, retry: retry, now: clock.now())
     }

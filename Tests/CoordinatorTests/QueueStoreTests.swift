@@ -4,6 +4,7 @@ import Testing
 @testable import ClusterProtocol
 @testable import HatoCoordinator
 @testable import HatoCrypto
+@testable import SMTPCore
 
 @Suite("Queue store")
 struct QueueStoreTests {
@@ -22,7 +23,7 @@ struct QueueStoreTests {
 
     func result(_ lease: String, _ outcomes: [(Int64, RecipientResult.Status, Int)]) -> ResultMessage {
         ResultMessage(leaseID: lease, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
-                      outcomes: outcomes.map { RecipientResult(recipientID: $0.0, status: $0.1, code: $0.2, enhanced: nil, text: "t") }, finishedAt: 0)
+                      outcomes: outcomes.map { RecipientResult(recipientID: $0.0, status: $0.1, reply: DeliveryStatus(code: $0.2, enhanced: nil, text: "t")) }, finishedAt: 0)
     }
 
     @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final", arguments: StoreKind.allCases)

@@ -7,6 +7,7 @@ import Testing
 @testable import HatoCrypto
 @testable import HatoHTTP
 @testable import HatoSupport
+@testable import SMTPCore
 
 /// A queue + reporter on a temporary directory with a manual clock.
 final class ReportingFixture: @unchecked Sendable {
@@ -60,7 +61,7 @@ final class ReportingFixture: @unchecked Sendable {
         _ = try store.recordLeases([lease])
         clock.advance(2)
         let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: mx, remoteAddress: "127.0.0.1",
-                                   outcomes: due.map { RecipientResult(recipientID: $0.id, status: status, code: code, enhanced: enhanced, text: text) },
+                                   outcomes: due.map { RecipientResult(recipientID: $0.id, status: status, reply: DeliveryStatus(code: code, enhanced: enhanced, text: text)) },
                                    finishedAt: clock.now().timeIntervalSince1970)
         _ = try store.applyResult(result, node: "node-a", retry: retry, now: clock.now())
     }
@@ -134,8 +135,8 @@ struct ReportingTests {
         let lease = LeaseRecord(id: "L-cf", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1",
                                 domain: "example-mail.test", recipientIDs: due.map(\.id), grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
         _ = try f.store.recordLeases([lease])
-        var outcome = RecipientResult(recipientID: due[0].id, status: .deferred, code: 451, enhanced: "4.4.1",
-                                      text: "cannot connect: mx.example-mail.test[2001:db8::25]:25: connection refused")
+        var outcome = RecipientResult(recipientID: due[0].id, status: .deferred, reply: DeliveryStatus(code: 451, enhanced: "4.4.1",
+                                      text: "cannot connect: mx.example-mail.test[2001:db8::25]:25: connection refused"))
         outcome.connectionFailure = ConnectionFailureContext(mxHost: "mx.example-mail.test", remoteAddress: "2001:db8::25")
         let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: nil, remoteAddress: nil,
                                    outcomes: [outcome], finishedAt: f.clock.now().timeIntervalSince1970)
@@ -238,7 +239,7 @@ struct ReportingTests {
         _ = try f.store.recordLeases(leases)
         func defer_(_ i: Int) throws {
             let result = ResultMessage(leaseID: leases[i].id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.hato.test", remoteAddress: "127.0.0.1",
-                                       outcomes: [RecipientResult(recipientID: due[i].id, status: .deferred, code: 451, enhanced: "4.4.1", text: "try later")],
+                                       outcomes: [RecipientResult(recipientID: due[i].id, status: .deferred, reply: DeliveryStatus(code: 451, enhanced: "4.4.1", text: "try later"))],
                                        finishedAt: f.clock.now().timeIntervalSince1970)
             _ = try f.store.applyResult(result, node: "node-a", retry: f.retry, now: f.clock.now())
         }
@@ -273,12 +274,12 @@ struct ReportingTests {
             _ = try f.store.recordLeases([lease])
         }
         _ = try f.store.applyResult(ResultMessage(leaseID: "L0", instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.one.test", remoteAddress: nil,
-                                                  outcomes: [RecipientResult(recipientID: due[0].id, status: .failed, code: 550, enhanced: "5.1.1", text: "unknown")],
+                                                  outcomes: [RecipientResult(recipientID: due[0].id, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "unknown"))],
                                                   finishedAt: 0), node: "node-a", retry: f.retry, now: f.clock.now())
         try f.report()
         #expect(try f.dsns().isEmpty, "b@two.test is still in flight")
         _ = try f.store.applyResult(ResultMessage(leaseID: "L1", instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.two.test", remoteAddress: nil,
-                                                  outcomes: [RecipientResult(recipientID: due[1].id, status: .failed, code: 552, enhanced: "5.2.2", text: "mailbox full")],
+                                                  outcomes: [RecipientResult(recipientID: due[1].id, status: .failed, reply: DeliveryStatus(code: 552, enhanced: "5.2.2", text: "mailbox full"))],
                                                   finishedAt: 0), node: "node-a", retry: f.retry, now: f.clock.now())
         try f.report()
         let dsns = try f.dsns()

@@ -97,7 +97,7 @@ final class SchedulerDriver {
         guard !leases.isEmpty else { return }
         let results = leases.map { l in
             ResultMessage(leaseID: l.id, instanceID: "i1", sendingIP: l.sendingIP, mxHost: mx, remoteAddress: "127.0.0.1",
-                          outcomes: l.recipientIDs.map { RecipientResult(recipientID: $0, status: status, code: code, enhanced: nil, text: "ok") },
+                          outcomes: l.recipientIDs.map { RecipientResult(recipientID: $0, status: status, reply: DeliveryStatus(code: code, enhanced: nil, text: "ok")) },
                           finishedAt: now.timeIntervalSince1970)
         }
         _ = try! store.applyResults(results.map { ($0, "n") }, retry: RetryPolicy(schedule: [60], maxAge: 86_400), now: now)

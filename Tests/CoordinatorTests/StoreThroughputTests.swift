@@ -6,6 +6,7 @@ import Testing
 @testable import HatoCoordinator
 @testable import HatoCrypto
 import HatoSupport
+import SMTPCore
 
 /// The hot path on both stores: group-committed submissions from several threads, leases and
 /// result application, with the rates printed (figures for the issue note, not limits).
@@ -58,7 +59,7 @@ struct StoreThroughputTests {
         for chunk in stride(from: 0, to: leased.count, by: 50) {
             let results = leased[chunk..<min(chunk + 50, leased.count)].map { l in
                 (result: ResultMessage(leaseID: l.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
-                                       outcomes: [RecipientResult(recipientID: l.recipientIDs[0], status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")],
+                                       outcomes: [RecipientResult(recipientID: l.recipientIDs[0], status: .delivered, reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "ok"))],
                                        finishedAt: 0), node: "node-a")
             }
             let apps = try q.applyResults(results, retry: retry, now: t0 + 1)

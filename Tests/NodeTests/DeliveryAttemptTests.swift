@@ -104,8 +104,8 @@ extension DeliveryAttemptTests {
     func unsafeSender() {
         var a = DeliveryAttempt(request: makeRequest(recipients(2), from: "evil\r\nRCPT TO:<x@y>"), targets: [mx1], longestLine: 10, now: .now)
         let report = a.start(now: .now).report
-        #expect(report?.outcomes.map(\.code) == [553, 553])
-        #expect(report?.outcomes.map(\.enhanced) == ["5.1.7", "5.1.7"])
+        #expect(report?.outcomes.map(\.reply.code) == [553, 553])
+        #expect(report?.outcomes.map { $0.reply.enhanced?.description } == ["5.1.7", "5.1.7"])
         #expect(report?.outcomes.allSatisfy { $0.status == .failed } == true)
         #expect(report?.mxHost == nil)
         #expect(a.isFinished)
@@ -123,17 +123,17 @@ extension DeliveryAttemptTests {
         #expect(checkin.name == "checkin reusable=true")
         let report = a.checkedIn(now: clock.now).report
         #expect(report?.outcomes.map(\.status) == [.delivered, .failed])
-        #expect(report?.outcomes.last?.code == 553)
-        #expect(report?.outcomes.last?.enhanced == "5.1.3")
+        #expect(report?.outcomes.last?.reply.code == 553)
+        #expect(report?.outcomes.last?.reply.enhanced?.description == "5.1.3")
     }
 
     @Test("a line over 998 octets fails 554 5.6.0 without a checkout (RFC 5321 §4.5.3.1.6)")
     func longLine() {
         var a = DeliveryAttempt(request: makeRequest(recipients(2)), targets: [mx1], longestLine: 999, now: .now)
         let report = a.start(now: .now).report
-        #expect(report?.outcomes.map(\.code) == [554, 554])
-        #expect(report?.outcomes.first?.enhanced == "5.6.0")
-        #expect(report?.outcomes.first?.text.contains("999 octets") == true)
+        #expect(report?.outcomes.map(\.reply.code) == [554, 554])
+        #expect(report?.outcomes.first?.reply.enhanced?.description == "5.6.0")
+        #expect(report?.outcomes.first?.reply.text.contains("999 octets") == true)
         var ok = DeliveryAttempt(request: makeRequest(), targets: [mx1], longestLine: 998, now: .now)
         #expect(ok.start(now: .now).name == "checkout mx1.dest.test opportunistic")
     }
@@ -144,7 +144,7 @@ extension DeliveryAttemptTests {
         var a = DeliveryAttempt(request: makeRequest(), targets: [mx1, mx2], longestLine: 10, now: clock.now)
         #expect(a.start(now: clock.now).name == "checkout mx1.dest.test opportunistic")
         #expect(a.checkedOut(.slot(ticket), now: clock.now).name == "open mx1.dest.test opportunistic")
-        let refused = SMTPOpenFailure(target: mx1, connectFailed: true, code: 451, enhanced: "4.4.1", text: "cannot connect: refused", tlsHandshakeFailed: false)
+        let refused = SMTPOpenFailure(target: mx1, connectFailed: true, reply: DeliveryStatus(code: 451, enhanced: "4.4.1", text: "cannot connect: refused"), tlsHandshakeFailed: false)
         #expect(a.openFailed(refused, now: clock.now).name == "checkout mx2.dest.test opportunistic")
         let transact = openAndReachTransaction(&a, clock: clock)
         _ = a.transacted(delivered(transact.transaction!), status: SessionStatus(isClosed: false, transactions: 1, hasRoom: true), now: clock.now)
@@ -162,8 +162,8 @@ extension DeliveryAttemptTests {
         var only6 = DeliveryAttempt(request: makeRequest(), targets: [mx6], longestLine: 10, now: .now)
         let o = only6.start(now: .now).report?.outcomes.first
         #expect(o?.status == .deferred)
-        #expect(o?.enhanced == "4.4.1")
-        #expect(o?.text == "cannot connect: mx6.dest.test[2001:db8::6]:25: address family differs from sending IP 198.51.100.7")
+        #expect(o?.reply.enhanced?.description == "4.4.1")
+        #expect(o?.reply.text == "cannot connect: mx6.dest.test[2001:db8::6]:25: address family differs from sending IP 198.51.100.7")
     }
 
     @Test("every target refused: deferred 4.4.1, and the report keeps the last target tried (MX host, address) though no MX answered")
@@ -172,9 +172,9 @@ extension DeliveryAttemptTests {
         var a = DeliveryAttempt(request: makeRequest(), targets: [mx1, mx2], longestLine: 10, now: clock.now)
         _ = a.start(now: clock.now)
         _ = a.checkedOut(.slot(ticket), now: clock.now)
-        _ = a.openFailed(SMTPOpenFailure(target: mx1, connectFailed: true, code: 451, enhanced: "4.4.1", text: "refused", tlsHandshakeFailed: false), now: clock.now)
+        _ = a.openFailed(SMTPOpenFailure(target: mx1, connectFailed: true, reply: DeliveryStatus(code: 451, enhanced: "4.4.1", text: "refused"), tlsHandshakeFailed: false), now: clock.now)
         _ = a.checkedOut(.slot(ticket), now: clock.now)
-        let report = a.openFailed(SMTPOpenFailure(target: mx2, connectFailed: true, code: 451, enhanced: "4.4.1", text: "timed out", tlsHandshakeFailed: false), now: clock.now).report
+        let report = a.openFailed(SMTPOpenFailure(target: mx2, connectFailed: true, reply: DeliveryStatus(code: 451, enhanced: "4.4.1", text: "timed out"), tlsHandshakeFailed: false), now: clock.now).report
         #expect(report?.outcomes.map(\.status) == [.deferred])
         #expect(report?.mxHost == nil, "no MX answered")
         #expect(report?.unreachable == mx2)
@@ -184,7 +184,7 @@ extension DeliveryAttemptTests {
         var greeting = DeliveryAttempt(request: makeRequest(), targets: [mx1], longestLine: 10, now: clock.now)
         _ = greeting.start(now: clock.now)
         _ = greeting.checkedOut(.slot(ticket), now: clock.now)
-        let busy = greeting.openFailed(SMTPOpenFailure(target: mx1, connectFailed: false, code: 421, enhanced: "4.7.0", text: "busy", tlsHandshakeFailed: false), now: clock.now).report
+        let busy = greeting.openFailed(SMTPOpenFailure(target: mx1, connectFailed: false, reply: DeliveryStatus(code: 421, enhanced: "4.7.0", text: "busy"), tlsHandshakeFailed: false), now: clock.now).report
         #expect(busy?.unreachable == nil)
     }
 
@@ -194,7 +194,7 @@ extension DeliveryAttemptTests {
         var a = DeliveryAttempt(request: makeRequest(), targets: [mx1, mx2], longestLine: 10, now: clock.now)
         _ = a.start(now: clock.now)
         _ = a.checkedOut(.slot(ticket), now: clock.now)
-        let handshake = SMTPOpenFailure(target: mx1, connectFailed: false, code: 451, enhanced: "4.7.5", text: "TLS handshake failed", tlsHandshakeFailed: true)
+        let handshake = SMTPOpenFailure(target: mx1, connectFailed: false, reply: DeliveryStatus(code: 451, enhanced: "4.7.5", text: "TLS handshake failed"), tlsHandshakeFailed: true)
         #expect(a.openFailed(handshake, now: clock.now).name == "checkout mx1.dest.test disabled")
         #expect(a.checkedOut(.slot(ticket), now: clock.now).name == "open mx1.dest.test disabled")
         // A second handshake failure (cannot happen in plaintext, but the rule holds): next target.
@@ -204,8 +204,8 @@ extension DeliveryAttemptTests {
         #expect(required.start(now: clock.now).name == "checkout mx1.dest.test required")
         _ = required.checkedOut(.slot(ticket), now: clock.now)
         let o = required.openFailed(handshake, now: clock.now).report?.outcomes.first
-        #expect(o?.enhanced == "4.7.5")
-        #expect(o?.text == "mx1.dest.test[192.0.2.1]:25: TLS handshake failed")
+        #expect(o?.reply.enhanced?.description == "4.7.5")
+        #expect(o?.reply.text == "mx1.dest.test[192.0.2.1]:25: TLS handshake failed")
     }
 
     @Test("a dead pooled session is replaced at once on its own slot")
@@ -248,7 +248,7 @@ extension DeliveryAttemptTests {
         #expect(action.name == "checkin reusable=false")
         let o = a.checkedIn(now: clock.now).report?.outcomes.first
         #expect(o?.status == .deferred)
-        #expect(o?.enhanced == "4.4.2")
+        #expect(o?.reply.enhanced?.description == "4.4.2")
 
         // A session that was probed with RSET is not retried: its death is the outcome.
         var probed = DeliveryAttempt(request: makeRequest(), targets: [mx1], longestLine: 10, now: clock.now)
@@ -275,9 +275,9 @@ extension DeliveryAttemptTests {
         clock.advance(by: .seconds(61))
         #expect(a.opened(facts(), now: clock.now).name == "checkin reusable=true")
         let o = a.checkedIn(now: clock.now).report?.outcomes.first
-        #expect(o?.code == 451)
-        #expect(o?.enhanced == "4.4.7")
-        #expect(o?.text == "lease deadline passed before the transaction started")
+        #expect(o?.reply.code == 451)
+        #expect(o?.reply.enhanced?.description == "4.4.7")
+        #expect(o?.reply.text == "lease deadline passed before the transaction started")
 
         r.leaseDeadline = clock.now + .seconds(60)
         var c = DeliveryAttempt(request: r, targets: [mx1], longestLine: 10, now: clock.now)
@@ -297,9 +297,9 @@ extension DeliveryAttemptTests {
         #expect(until == clock.now + .seconds(450))
         let busy = "shaping: all 2 connection(s) for \(key) stayed busy until the lease's shaping deadline"
         let o = a.checkedOut(.unavailable(busy), now: clock.now).report?.outcomes.first
-        #expect(o?.code == 451)
-        #expect(o?.enhanced == "4.4.5")
-        #expect(o?.text == busy)
+        #expect(o?.reply.code == 451)
+        #expect(o?.reply.enhanced?.description == "4.4.5")
+        #expect(o?.reply.text == busy)
 
         // Without a shaping deadline the lease deadline bounds the wait; without either, 5 minutes.
         var leaseOnly = makeRequest()
@@ -314,8 +314,8 @@ extension DeliveryAttemptTests {
         #expect(slotUntil == clock.now + .seconds(450))
         #expect(rate.sendSlot(granted: false, now: clock.now).name == "checkin reusable=true")
         let deferred = rate.checkedIn(now: clock.now).report?.outcomes.first
-        #expect(deferred?.enhanced == "4.4.5")
-        #expect(deferred?.text == "shaping: the message rate for \(key) leaves no slot before the lease deadline")
+        #expect(deferred?.reply.enhanced?.description == "4.4.5")
+        #expect(deferred?.reply.text == "shaping: the message rate for \(key) leaves no slot before the lease deadline")
     }
 
     @Test("timings: shaping wait excludes connect and set-up and adds the rate wait; transaction time from the clock")
@@ -381,7 +381,7 @@ extension DeliveryAttemptTests {
         #expect(a.transacted(none, status: SessionStatus(isClosed: false, transactions: 1, hasRoom: true), now: clock.now).name == "checkin reusable=true")
         let report = a.checkedIn(now: clock.now).report
         #expect(report?.outcomes.map(\.status) == [.delivered, .deferred])
-        #expect(report?.outcomes.last?.code == 452)
+        #expect(report?.outcomes.last?.reply.code == 452)
     }
 
     @Test("retirement at messages_per_connection: checked in and a replacement asked for the same target and policy")
@@ -409,18 +409,18 @@ extension DeliveryAttemptTests {
         let clock = ManualMonotonicClock()
         var none = DeliveryAttempt(request: makeRequest(), targets: [], longestLine: 10, now: clock.now)
         let o = none.start(now: clock.now).report?.outcomes.first
-        #expect(o?.code == 451)
-        #expect(o?.enhanced == "4.4.1")
-        #expect(o?.text == "cannot connect: no delivery target")
+        #expect(o?.reply.code == 451)
+        #expect(o?.reply.enhanced?.description == "4.4.1")
+        #expect(o?.reply.text == "cannot connect: no delivery target")
 
         // A refused greeting is not a connect failure: the report names its MX.
         var greeting = DeliveryAttempt(request: makeRequest(), targets: [mx1], longestLine: 10, now: clock.now)
         _ = greeting.start(now: clock.now)
         _ = greeting.checkedOut(.slot(ticket), now: clock.now)
-        let busy = SMTPOpenFailure(target: mx1, connectFailed: false, code: 421, enhanced: "4.7.0", text: "greeting: 421 busy", tlsHandshakeFailed: false)
+        let busy = SMTPOpenFailure(target: mx1, connectFailed: false, reply: DeliveryStatus(code: 421, enhanced: "4.7.0", text: "greeting: 421 busy"), tlsHandshakeFailed: false)
         let report = greeting.openFailed(busy, now: clock.now).report
-        #expect(report?.outcomes.first?.text == "mx1.dest.test[192.0.2.1]:25: greeting: 421 busy")
-        #expect(report?.outcomes.first?.code == 421)
+        #expect(report?.outcomes.first?.reply.text == "mx1.dest.test[192.0.2.1]:25: greeting: 421 busy")
+        #expect(report?.outcomes.first?.reply.code == 421)
         #expect(report?.mxHost == "mx1.dest.test")
 
         // The content cannot be made 7-bit for this server: failed, session kept.
@@ -429,11 +429,11 @@ extension DeliveryAttemptTests {
         _ = prep.checkedOut(.slot(ticket), now: clock.now)
         _ = prep.opened(facts(RemoteSMTPCapabilities()), now: clock.now)
         #expect(prep.sendSlot(granted: true, now: clock.now).name == "prepare 8bit=false")
-        let failure = PreparationFailure(permanent: true, code: 554, enhanced: "5.6.3", text: "8-bit header fields cannot be converted")
+        let failure = PreparationFailure(DeliveryStatus(code: 554, enhanced: "5.6.3", text: "8-bit header fields cannot be converted"))
         #expect(prep.prepared(.failure(failure), now: clock.now).name == "checkin reusable=true")
         let failed = prep.checkedIn(now: clock.now).report
         #expect(failed?.outcomes.first?.status == .failed)
-        #expect(failed?.outcomes.first?.enhanced == "5.6.3")
+        #expect(failed?.outcomes.first?.reply.enhanced?.description == "5.6.3")
         #expect(failed?.mxHost == "mx1.dest.test")
     }
 
@@ -448,7 +448,7 @@ extension DeliveryAttemptTests {
         _ = t.fail(.timeout("waiting for the end-of-data reply"))
         #expect(a.transacted(t, status: SessionStatus(isClosed: true, transactions: 1, hasRoom: false), now: clock.now).name == "checkin reusable=false")
         let report = a.checkedIn(now: clock.now).report
-        #expect(report?.outcomes.allSatisfy { $0.status == .deferred && $0.enhanced == "4.4.2" } == true)
+        #expect(report?.outcomes.allSatisfy { $0.status == .deferred && $0.reply.enhanced?.description == "4.4.2" } == true)
         #expect(report?.mxHost == "mx1.dest.test")
     }
 }

@@ -132,7 +132,7 @@ extension DeliveryDNSTests {
 
         let null = lenient.deliver(lease: lease("nullmx.test"), body: sampleMessage(), deadline: deadline)
         #expect(null.results.map(\.status) == [.failed])
-        #expect(null.results.first?.enhanced == "5.1.10")
+        #expect(null.results.first?.reply.enhanced?.description == "5.1.10")
         #expect(nullA.connectionCount == 0)
 
         let implicit = lenient.deliver(lease: lease("aonly.test", recipients: 2), body: sampleMessage(), deadline: deadline)
@@ -172,11 +172,11 @@ extension DeliveryDNSTests {
         defer { strict.shutdown() }
         let loop = strict.deliver(lease: lease("selfloop.test"), body: sampleMessage(), deadline: deadline)
         #expect(loop.results.map(\.status) == [.failed])
-        #expect(loop.results.first?.enhanced == "5.4.6")
-        #expect(loop.results.first?.text.contains("loops back to myself") == true)
+        #expect(loop.results.first?.reply.enhanced?.description == "5.4.6")
+        #expect(loop.results.first?.reply.text.contains("loops back to myself") == true)
         #expect(localhost.connectionCount == 0)
         // The strict engine also refuses the loopback test MX hosts; an explicit route is honoured.
-        #expect(strict.deliver(lease: lease("aonly.test"), body: sampleMessage(), deadline: deadline).results.first?.enhanced == "5.4.6")
+        #expect(strict.deliver(lease: lease("aonly.test"), body: sampleMessage(), deadline: deadline).results.first?.reply.enhanced?.description == "5.4.6")
         let routed = try DeliveryEngine(config: engineConfig(dns: dns.address, port: nullA.port, dir: dir,
                                                              extra: "routes: [ { domain: selfloop.test, next_hop: \"127.0.0.1:\(localhost.port)\" } ]"),
                                         tlsClient: .some(nil))
@@ -206,10 +206,10 @@ extension DeliveryDNSTests {
         #expect(fb.results.first?.mxHost == "mx2.fallback.test")
         let nx = engine.deliver(lease: lease("nothere.test"), body: sampleMessage(), deadline: deadline)
         #expect(nx.results.first?.status == .failed)
-        #expect(nx.results.first?.enhanced == "5.1.2")
+        #expect(nx.results.first?.reply.enhanced?.description == "5.1.2")
         // Outside the test zone dnsmasq refuses: temporary.
         let refused = engine.deliver(lease: lease("example.invalid"), body: sampleMessage(), deadline: deadline)
         #expect(refused.results.first?.status == .deferred)
-        #expect(refused.results.first?.enhanced == "4.4.3")
+        #expect(refused.results.first?.reply.enhanced?.description == "4.4.3")
     }
 }

@@ -42,8 +42,8 @@ extension DeliveryScriptTests {
             let report = deliverer().deliver(request(recipients(2), body: body, ip: "127.0.0.10"), to: [target(mx)])
             mx.stop()
             #expect(report.outcomes == [
-                RecipientOutcome(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "ok: queued as C1T1"),
-                RecipientOutcome(recipientID: 2, status: .failed, code: 550, enhanced: "5.1.1", text: "no such user"),
+                RecipientOutcome(recipientID: 1, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "ok: queued as C1T1")),
+                RecipientOutcome(recipientID: 2, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "no such user")),
             ])
             #expect(report.mxHost == "mx.dest.test")
             #expect(mx.connections.map(\.peer) == ["127.0.0.10"])
@@ -71,8 +71,8 @@ extension DeliveryScriptTests {
             defer { mx.stop() }
             let report = deliverer().deliver(request(recipients(2)), to: [target(mx)])
             #expect(report.outcomes.map(\.status) == [.delivered, .delivered])
-            #expect(report.outcomes.first?.enhanced == "2.0.0")
-            #expect(report.outcomes.first?.text == "queued as ABC")
+            #expect(report.outcomes.first?.reply.enhanced?.description == "2.0.0")
+            #expect(report.outcomes.first?.reply.text == "queued as ABC")
             #expect(mx.messages.count == 1)
         }
 
@@ -83,7 +83,7 @@ extension DeliveryScriptTests {
             defer { mx.stop() }
             let report = deliverer().deliver(request(recipients(1)), to: [target(mx)])
             #expect(report.outcomes.first?.status == .deferred)
-            #expect(report.outcomes.first?.enhanced == "4.5.0")
+            #expect(report.outcomes.first?.reply.enhanced?.description == "4.5.0")
         }
 
         @Test("421 at EHLO: the next MX is tried and delivers; the first gets no QUIT")
@@ -116,8 +116,8 @@ extension DeliveryScriptTests {
                 let report = deliverer().deliver(request(recipients(1)), to: [target(mx), target(other, host: "mx2.dest.test")])
                 mx.stop(); other.stop()
                 #expect(report.outcomes.first?.status == .deferred, "\(name)")
-                #expect(report.outcomes.first?.code == 421, "\(name)")
-                #expect(report.outcomes.first?.enhanced == "4.3.2", "\(name)")
+                #expect(report.outcomes.first?.reply.code == 421, "\(name)")
+                #expect(report.outcomes.first?.reply.enhanced?.description == "4.3.2", "\(name)")
                 #expect(mx.connections.first?.commands == commands, "\(name)")
                 // A transaction already under way is not repeated on another MX.
                 #expect(other.connectionCount == 0, "\(name)")
@@ -149,7 +149,7 @@ extension DeliveryScriptTests {
             defer { mx.stop() }
             let report = deliverer().deliver(request(recipients(3)), to: [target(mx)])
             mx.stop()
-            #expect(report.outcomes.allSatisfy { $0.status == .deferred && $0.code == 452 })
+            #expect(report.outcomes.allSatisfy { $0.status == .deferred && $0.reply.code == 452 })
             #expect(mx.connections.first?.commands.filter { $0.hasPrefix("MAIL") }.count == 1)
         }
     }
@@ -197,8 +197,8 @@ extension DeliveryScriptTests {
             let report = deliverer().deliver(request(recipients(2), body: body), to: [target(mx)])
             let utf8Sender = deliverer().deliver(request(recipients(1), from: "n\u{E9}ws@example.org"), to: [target(mx)])
             mx.stop()
-            #expect(report.outcomes.allSatisfy { $0.status == .failed && $0.code == 553 && $0.enhanced == "5.6.7" })
-            #expect(utf8Sender.outcomes.first?.enhanced == "5.6.7")
+            #expect(report.outcomes.allSatisfy { $0.status == .failed && $0.reply.code == 553 && $0.reply.enhanced?.description == "5.6.7" })
+            #expect(utf8Sender.outcomes.first?.reply.enhanced?.description == "5.6.7")
             #expect(mx.connections.allSatisfy { !$0.commands.contains { $0.hasPrefix("MAIL") } })
             #expect(mx.connections.first?.commands == ["EHLO mta.example.org", "QUIT"])
             // With SMTPUTF8 offered the same message goes out, flagged.
@@ -233,7 +233,7 @@ extension DeliveryScriptTests {
             let report = deliverer().deliver(request(recipients(1), body: body), to: [target(mx)])
             mx.stop()
             #expect(report.outcomes.first?.status == .failed)
-            #expect(report.outcomes.first?.enhanced == "5.6.0")
+            #expect(report.outcomes.first?.reply.enhanced?.description == "5.6.0")
             #expect(mx.connectionCount == 0)
         }
     }
@@ -257,8 +257,8 @@ extension DeliveryScriptTests {
             let alone = deliverer(timeouts: t).deliver(request(recipients(1)), to: [target(silent)])
             #expect(Date().timeIntervalSince(start) < 5)
             #expect(alone.outcomes.first?.status == .deferred)
-            #expect(alone.outcomes.first?.enhanced == "4.4.2")
-            #expect(alone.outcomes.first?.text.contains("greeting") == true)
+            #expect(alone.outcomes.first?.reply.enhanced?.description == "4.4.2")
+            #expect(alone.outcomes.first?.reply.text.contains("greeting") == true)
         }
 
         @Test("a server that never answers the final dot: data_done timeout, deferred 4.4.2, no other MX tried")
@@ -272,8 +272,8 @@ extension DeliveryScriptTests {
             let start = Date()
             let report = deliverer(timeouts: t).deliver(request(recipients(2)), to: [target(stall), target(other, host: "mx2.dest.test")])
             #expect(Date().timeIntervalSince(start) < 5)
-            #expect(report.outcomes.allSatisfy { $0.status == .deferred && $0.enhanced == "4.4.2" })
-            #expect(report.outcomes.first?.text.contains("end-of-data") == true)
+            #expect(report.outcomes.allSatisfy { $0.status == .deferred && $0.reply.enhanced?.description == "4.4.2" })
+            #expect(report.outcomes.first?.reply.text.contains("end-of-data") == true)
             #expect(other.connectionCount == 0)
         }
 
@@ -285,8 +285,8 @@ extension DeliveryScriptTests {
             let report = deliverer(tls: try OpenSSLTLSClient()).deliver(request(recipients(1)), to: [target(mx)])
             mx.stop()
             #expect(report.outcomes.first?.status == .deferred)
-            #expect(report.outcomes.first?.enhanced == "4.5.0")
-            #expect(report.outcomes.first?.text.contains("after its 220 reply to STARTTLS") == true)
+            #expect(report.outcomes.first?.reply.enhanced?.description == "4.5.0")
+            #expect(report.outcomes.first?.reply.text.contains("after its 220 reply to STARTTLS") == true)
             #expect(mx.connections.first?.commands == ["EHLO mta.example.org", "STARTTLS"])
             #expect(mx.messages.isEmpty)
         }
@@ -327,13 +327,13 @@ extension DeliveryScriptTests {
             defer { strict.stop() }
             let required = deliverer(tls: try OpenSSLTLSClient()).deliver(request(recipients(1), tls: .required), to: [target(strict)])
             #expect(required.outcomes.first?.status == .deferred)
-            #expect(required.outcomes.first?.enhanced == "4.7.5")
+            #expect(required.outcomes.first?.reply.enhanced?.description == "4.7.5")
             #expect(strict.connectionCount == 1)
 
             let plain = try ScriptedMX()
             defer { plain.stop() }
             let notOffered = deliverer(tls: try OpenSSLTLSClient()).deliver(request(recipients(1), tls: .required), to: [target(plain)])
-            #expect(notOffered.outcomes.first?.enhanced == "4.7.4")
+            #expect(notOffered.outcomes.first?.reply.enhanced?.description == "4.7.4")
             #expect(plain.messages.isEmpty)
         }
 
@@ -359,13 +359,13 @@ extension DeliveryScriptTests {
             #expect(report.mxHost == nil)
             for o in report.outcomes {
                 #expect(o.status == .deferred)
-                #expect(o.code == 451)
-                #expect(o.enhanced == "4.4.1")
-                #expect(o.text.contains("mx2[127.0.0.1]:\(p2)"))
+                #expect(o.reply.code == 451)
+                #expect(o.reply.enhanced?.description == "4.4.1")
+                #expect(o.reply.text.contains("mx2[127.0.0.1]:\(p2)"))
             }
             let v6 = deliverer().deliver(request(recipients(1)), to: [DeliveryTarget(host: "mx6", address: "::1", port: p1)])
-            #expect(v6.outcomes.allSatisfy { $0.status == .deferred && $0.enhanced == "4.4.1" })
-            #expect(deliverer().deliver(request(recipients(1)), to: []).outcomes.map(\.code) == [451])
+            #expect(v6.outcomes.allSatisfy { $0.status == .deferred && $0.reply.enhanced?.description == "4.4.1" })
+            #expect(deliverer().deliver(request(recipients(1)), to: []).outcomes.map(\.reply.code) == [451])
         }
     }
 }

@@ -4,13 +4,14 @@ import Testing
 @testable import HatoCrypto
 @testable import HatoNode
 @testable import HatoSupport
+@testable import SMTPCore
 
 /// The node journal's compaction, crash safety and group commit (filter: `JournalCompactionTests`).
 @Suite("JournalCompactionTests")
 struct JournalCompactionTests {
     func result(_ id: String) -> ResultMessage {
         ResultMessage(leaseID: id, instanceID: "i", sendingIP: "127.0.0.10", mxHost: "mx.dest.test", remoteAddress: "192.0.2.1",
-                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "ok: queued as X")],
+                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "ok: queued as X"))],
                       finishedAt: 1_800_000_000)
     }
 

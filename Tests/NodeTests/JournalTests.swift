@@ -3,12 +3,13 @@ import Testing
 @testable import ClusterProtocol
 @testable import HatoCrypto
 @testable import HatoNode
+@testable import SMTPCore
 
 @Suite("Outcome journal")
 struct JournalTests {
     func result(_ id: String) -> ResultMessage {
         ResultMessage(leaseID: id, instanceID: "i", sendingIP: "127.0.0.10", mxHost: nil, remoteAddress: nil,
-                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")], finishedAt: 1)
+                      outcomes: [RecipientResult(recipientID: 1, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "ok"))], finishedAt: 1)
     }
 
     @Test("unacknowledged results survive a restart in order; acknowledged ones and torn lines do not")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import SMTPCore
 @testable import ClusterProtocol
 @testable import HatoConfig
 @testable import HatoNode

@@ -169,12 +169,12 @@ extension SMTPClientTests {
             }
             var busy = SMTPClientHandshake(heloName: "client.test")
             #expect(run(&busy, ["220 x\r\n", "421 4.7.0 too busy\r\n"]) == ["EHLO client.test\r\n", "<CLOSE>"])
-            #expect(busy.failure?.code == 421)
-            #expect(busy.failure?.enhanced == "4.7.0")
+            #expect(busy.failure?.reply.code == 421)
+            #expect(busy.failure?.reply.enhanced?.description == "4.7.0")
             var refused = SMTPClientHandshake(heloName: "client.test")
             #expect(run(&refused, ["220 x\r\n", "550 5.7.1 go away\r\n", "221 bye\r\n"]) == ["EHLO client.test\r\n", "QUIT\r\n", "<CLOSE>"])
-            #expect(refused.failure?.code == 451)
-            #expect(refused.failure?.text.contains("550 5.7.1 go away") == true)
+            #expect(refused.failure?.reply.code == 451)
+            #expect(refused.failure?.reply.text.contains("550 5.7.1 go away") == true)
             var helo5xx = SMTPClientHandshake(heloName: "client.test")
             _ = run(&helo5xx, ["220 x\r\n", "500 what\r\n", "550 no HELO for you\r\n"])
             #expect(helo5xx.state == .awaitingQUIT)
@@ -184,10 +184,10 @@ extension SMTPClientTests {
         func greeting() {
             var g421 = SMTPClientHandshake(heloName: "client.test")
             #expect(run(&g421, ["421 mx.test busy\r\n"]) == ["<CLOSE>"])
-            #expect(g421.failure?.code == 421)
+            #expect(g421.failure?.reply.code == 421)
             var g554 = SMTPClientHandshake(heloName: "client.test")
             #expect(run(&g554, ["554 5.7.1 no service\r\n", "221 bye\r\n"]) == ["QUIT\r\n", "<CLOSE>"])
-            #expect(g554.failure == SMTPClientHandshake.Failure(code: 451, enhanced: "4.4.0", text: "greeting rejected: 554 5.7.1 no service", tlsHandshakeFailed: false))
+            #expect(g554.failure == SMTPClientHandshake.Failure(reply: DeliveryStatus(code: 451, enhanced: "4.4.0", text: "greeting rejected: 554 5.7.1 no service"), tlsHandshakeFailed: false))
         }
 
         @Test("STARTTLS when offered: 220, handshake, EHLO again over TLS")
@@ -218,13 +218,13 @@ extension SMTPClientTests {
             #expect(!opportunistic.secured)
             var required454 = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: true)
             #expect(run(&required454, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "454 4.7.0 TLS not available\r\n"]).last == "QUIT\r\n")
-            #expect(required454.failure?.enhanced == "4.7.4")
+            #expect(required454.failure?.reply.enhanced?.description == "4.7.4")
             var notOffered = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: true)
             #expect(run(&notOffered, ["220 x\r\n", "250 x\r\n"]) == ["EHLO c.test\r\n", "QUIT\r\n"])
-            #expect(notOffered.failure?.text == "TLS is required but the server does not offer STARTTLS")
+            #expect(notOffered.failure?.reply.text == "TLS is required but the server does not offer STARTTLS")
             var noClient = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .required, tlsAvailable: false)
             _ = run(&noClient, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n"])
-            #expect(noClient.failure?.text == "TLS is required but this node has no TLS client")
+            #expect(noClient.failure?.reply.text == "TLS is required but this node has no TLS client")
         }
 
         @Test("a failed handshake is reported as such; timeouts and protocol errors defer")
@@ -232,16 +232,16 @@ extension SMTPClientTests {
             var hs = SMTPClientHandshake(heloName: "c.test", tlsPolicy: .opportunistic, tlsAvailable: true)
             _ = run(&hs, ["220 x\r\n", "250-x\r\n250 STARTTLS\r\n", "220 go\r\n"])
             #expect(render(hs.tlsFailed("alert 40")) == "<CLOSE>")
-            #expect(hs.failure == SMTPClientHandshake.Failure(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: alert 40", tlsHandshakeFailed: true))
+            #expect(hs.failure == SMTPClientHandshake.Failure(reply: DeliveryStatus(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: alert 40"), tlsHandshakeFailed: true))
             var timeout = SMTPClientHandshake(heloName: "c.test")
             #expect(render(timeout.fail(.timeout("greeting"))) == "<CLOSE>")
-            #expect(timeout.failure?.enhanced == "4.4.2")
+            #expect(timeout.failure?.reply.enhanced?.description == "4.4.2")
             var garbage = SMTPClientHandshake(heloName: "c.test")
             _ = garbage.fail(.protocolError("bad line"))
-            #expect(garbage.failure?.enhanced == "4.5.0")
+            #expect(garbage.failure?.reply.enhanced?.description == "4.5.0")
             let badName = SMTPClientHandshake(heloName: "bad name\r\nRSET")
             #expect(badName.state == .failed)
-            #expect(badName.failure?.enhanced == "4.3.5")
+            #expect(badName.failure?.reply.enhanced?.description == "4.3.5")
         }
     }
 }
@@ -262,8 +262,8 @@ extension SMTPClientTests {
             #expect(tx.isFinished)
             #expect(tx.reusable)
             #expect(tx.outcomes == [
-                RecipientOutcome(recipientID: 1, status: .delivered, code: 250, enhanced: "2.0.0", text: "queued as X"),
-                RecipientOutcome(recipientID: 2, status: .failed, code: 550, enhanced: "5.1.1", text: "no such user"),
+                RecipientOutcome(recipientID: 1, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "queued as X")),
+                RecipientOutcome(recipientID: 2, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "no such user")),
             ])
         }
 
@@ -280,7 +280,7 @@ extension SMTPClientTests {
             #expect(tx.waitingFor == .dataTermination)
             #expect(run(&tx, ["250 2.0.0 ok\r\n"]) == ["<FINISHED true>"])
             #expect(status(tx) == [.delivered, .deferred, .failed])
-            #expect(tx.outcomes[1].code == 450)
+            #expect(tx.outcomes[1].reply.code == 450)
             #expect(tx.carriedOver.isEmpty)
         }
 
@@ -291,7 +291,7 @@ extension SMTPClientTests {
             #expect(run(&tx, ["250 ok\r\n", "550 5.1.1 unknown\r\n", "250 ok\r\n", "421 4.3.2 shutting down\r\n"]) == ["", "", "", "<FINISHED false>"])
             #expect(!tx.reusable)
             #expect(status(tx) == [.failed, .deferred, .deferred])
-            #expect(tx.outcomes[2] == RecipientOutcome(recipientID: 3, status: .deferred, code: 421, enhanced: "4.3.2", text: "shutting down"))
+            #expect(tx.outcomes[2] == RecipientOutcome(recipientID: 3, status: .deferred, reply: DeliveryStatus(code: 421, enhanced: "4.3.2", text: "shutting down")))
         }
 
         @Test("421 to MAIL, to DATA, and after the final dot: deferred, not reusable")
@@ -303,7 +303,7 @@ extension SMTPClientTests {
             var atData = transaction([alice])
             _ = atData.start()
             #expect(run(&atData, ["250 ok\r\n", "250 ok\r\n", "421 4.3.0 bye\r\n"]) == ["RCPT TO:<alice@dest.test>\r\n", "DATA\r\n", "<FINISHED false>"])
-            #expect(atData.outcomes.first?.code == 421)
+            #expect(atData.outcomes.first?.reply.code == 421)
             var afterDot = transaction([alice])
             _ = afterDot.start()
             _ = run(&afterDot, ["250 ok\r\n", "250 ok\r\n", "354 go\r\n"])
@@ -321,7 +321,7 @@ extension SMTPClientTests {
             #expect(tx.acceptedCount == 2)
             #expect(tx.carriedOver == [carol, dave])
             #expect(status(tx) == [.delivered, .delivered, .deferred, .deferred])
-            #expect(tx.outcomes[3].code == 452)
+            #expect(tx.outcomes[3].reply.code == 452)
         }
 
         @Test("452 without pipelining stops the RCPTs; the unsent recipients are carried over too")
@@ -361,12 +361,12 @@ extension SMTPClientTests {
             _ = perm.start()
             #expect(run(&perm, ["553 5.7.1 sender rejected\r\n"]) == ["<FINISHED true>"])
             #expect(status(perm) == [.failed, .failed])
-            #expect(perm.outcomes[0].enhanced == "5.7.1")
+            #expect(perm.outcomes[0].reply.enhanced?.description == "5.7.1")
             var temp = transaction(ehlo: pipeliningEHLO)
             _ = temp.start()
             #expect(run(&temp, ["451 4.3.0 try later\r\n", "503 5.5.1 need MAIL\r\n", "503 need MAIL\r\n", "503 no\r\n"]) == ["", "", "", "<FINISHED true>"])
             #expect(status(temp) == [.deferred, .deferred])
-            #expect(temp.outcomes[1].code == 451)
+            #expect(temp.outcomes[1].reply.code == 451)
         }
 
         @Test("final reply 4xx defers and 5xx fails only the accepted recipients; DATA refused")
@@ -375,7 +375,7 @@ extension SMTPClientTests {
             _ = tx.start()
             _ = run(&tx, ["250 ok\r\n", "250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n", "554 5.6.0 content rejected\r\n"])
             #expect(status(tx) == [.failed, .failed, .failed])
-            #expect(tx.outcomes.map(\.code) == [554, 550, 554])
+            #expect(tx.outcomes.map(\.reply.code) == [554, 550, 554])
             var deferred = transaction()
             _ = deferred.start()
             _ = run(&deferred, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "451 4.3.0 try again\r\n"])
@@ -400,7 +400,7 @@ extension SMTPClientTests {
             var big = transaction([alice], size: 2000, ehlo: "250-x\r\n250 SIZE 1000\r\n")
             #expect(render(big.start()) == "<FINISHED true>")
             #expect(big.outcomes[0].status == .failed)
-            #expect(big.outcomes[0].enhanced == "5.3.4")
+            #expect(big.outcomes[0].reply.enhanced?.description == "5.3.4")
             var null = transaction([alice], reversePath: "", ehlo: "250 x\r\n")
             #expect(render(null.start()) == "MAIL FROM:<>\r\n")
         }
@@ -409,12 +409,12 @@ extension SMTPClientTests {
         func noSMTPUTF8() {
             var headers = transaction([alice, bob], utf8Headers: true, ehlo: "250-x\r\n250 8BITMIME\r\n")
             #expect(render(headers.start()) == "<FINISHED true>")
-            #expect(headers.outcomes.map(\.enhanced) == ["5.6.7", "5.6.7"])
-            #expect(headers.outcomes.allSatisfy { $0.status == .failed && $0.code == 553 })
+            #expect(headers.outcomes.map { $0.reply.enhanced?.description } == ["5.6.7", "5.6.7"])
+            #expect(headers.outcomes.allSatisfy { $0.status == .failed && $0.reply.code == 553 })
             // A non-ASCII recipient fails alone; the others go ahead.
             var rcpt = transaction([DeliveryRecipient(id: 9, address: "\u{5F20}@dest.test"), alice], ehlo: "250 x\r\n")
             #expect(render(rcpt.start()) == "MAIL FROM:<sender@origin.test>\r\n")
-            #expect(rcpt.outcomes[0].enhanced == "5.6.7")
+            #expect(rcpt.outcomes[0].reply.enhanced?.description == "5.6.7")
         }
 
         @Test("CHUNKING: BDAT after the envelope, no DATA; chunks of the configured size; a failed chunk ends it")
@@ -457,12 +457,12 @@ extension SMTPClientTests {
             _ = run(&mid, ["250 ok\r\n", "550 no\r\n", "250 ok\r\n", "354 go\r\n"])
             #expect(render(mid.fail(.timeout("end-of-data"))) == "<FINISHED false>")
             #expect(status(mid) == [.failed, .deferred])
-            #expect(mid.outcomes[1].code == 451)
-            #expect(mid.outcomes[1].enhanced == "4.4.2")
+            #expect(mid.outcomes[1].reply.code == 451)
+            #expect(mid.outcomes[1].reply.enhanced?.description == "4.4.2")
             var proto = transaction()
             _ = proto.start()
             _ = proto.fail(.protocolError("garbage"))
-            #expect(proto.outcomes.map(\.enhanced) == ["4.5.0", "4.5.0"])
+            #expect(proto.outcomes.map { $0.reply.enhanced?.description } == ["4.5.0", "4.5.0"])
             var done = transaction([alice])
             _ = done.start()
             _ = run(&done, ["250 ok\r\n", "250 ok\r\n", "354 go\r\n", "250 ok\r\n"])
@@ -489,7 +489,7 @@ extension SMTPClientTests {
                 if !tx.isFinished { _ = tx.fail(.timeout("test")) }
                 #expect(tx.isFinished)
                 #expect(tx.outcomes.count == 3)
-                #expect(tx.outcomes.allSatisfy { $0.status != .delivered || $0.code / 100 == 2 })
+                #expect(tx.outcomes.allSatisfy { $0.status != .delivered || $0.reply.code.rawValue / 100 == 2 })
             }
         }
     }
@@ -610,17 +610,17 @@ extension SMTPClientTests {
                 Issue.record("expected failure"); return
             }
             #expect(!f.permanent)
-            #expect(f.enhanced == "4.4.3")
+            #expect(f.reply.enhanced?.description == "4.4.3")
         }
 
         @Test("null MX and NXDOMAIN are permanent with their enhanced codes; literals skip DNS")
         func failures() throws {
             let hops = NextHopResolver(resolver: resolver, mxPort: 25)
             #expect(hops.targets(for: "null.test", staticNextHop: nil) == .failure(
-                NextHopFailure(permanent: true, enhanced: "5.1.10", text: "domain null.test does not accept mail (null MX)")))
+                NextHopFailure(permanent: true, enhanced: EnhancedStatusCode("5.1.10")!, text: "domain null.test does not accept mail (null MX)")))
             guard case .failure(let nx) = hops.targets(for: "gone.test", staticNextHop: nil) else { Issue.record("NXDOMAIN"); return }
             #expect(nx.permanent)
-            #expect(nx.enhanced == "5.1.2")
+            #expect(nx.reply.enhanced?.description == "5.1.2")
             #expect(try hops.targets(for: "[192.0.2.9]", staticNextHop: nil).get() == [
                 DeliveryTarget(host: "[192.0.2.9]", address: "192.0.2.9", port: 25)])
         }
@@ -629,13 +629,13 @@ extension SMTPClientTests {
         func loops() throws {
             let hops = NextHopResolver(resolver: resolver, mxPort: 25, localAddresses: ["203.0.113.5"])
             #expect(hops.targets(for: "self.test", staticNextHop: nil) == .failure(NextHopFailure(
-                permanent: true, enhanced: "5.4.6", text: "mail for self.test loops back to myself (MX mx.self.test[127.0.0.1])")))
+                permanent: true, enhanced: EnhancedStatusCode("5.4.6")!, text: "mail for self.test loops back to myself (MX mx.self.test[127.0.0.1])")))
             // Our own address is skipped; the other MX is used.
             #expect(try hops.targets(for: "mixed.test", staticNextHop: nil).get() == [DeliveryTarget(host: "other.mixed.test", address: "203.0.113.9", port: 25)])
             guard case .failure(let zero) = hops.targets(for: "zero.test", staticNextHop: nil) else { Issue.record("0.0.0.0 and mapped loopback"); return }
-            #expect(zero.enhanced == "5.4.6")
+            #expect(zero.reply.enhanced?.description == "5.4.6")
             guard case .failure(let literal) = hops.targets(for: "[127.0.0.1]", staticNextHop: nil) else { Issue.record("literal"); return }
-            #expect(literal.enhanced == "5.4.6")
+            #expect(literal.reply.enhanced?.description == "5.4.6")
             // An explicit route may point anywhere.
             #expect(try hops.targets(for: "self.test", staticNextHop: ("127.0.0.1", 2525)).get() == [DeliveryTarget(host: "127.0.0.1", address: "127.0.0.1", port: 2525)])
             // allow_loopback_mx lets loopback MX hosts through (tests), but not our own addresses.

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import HatoTestKit
 import Testing
+@testable import SMTPCore
 @testable import HatoCrypto
 @testable import HatoIO
 @testable import HatoNode

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import SMTPCore
 @testable import HatoConfig
 @testable import HatoNode
 
@@ -150,8 +151,8 @@ extension ShapingTests {
         let report = d.deliver(r, to: [target(mx)])
         #expect(Date().timeIntervalSince(waited) >= 0.25)
         #expect(report.outcomes.first?.status == .deferred)
-        #expect(report.outcomes.first?.enhanced == "4.4.5")
-        #expect(report.outcomes.first?.text.contains("shaping") == true)
+        #expect(report.outcomes.first?.reply.enhanced?.description == "4.4.5")
+        #expect(report.outcomes.first?.reply.text.contains("shaping") == true)
         pool.abandon(ticket)
     }
 }

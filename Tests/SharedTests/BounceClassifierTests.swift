@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import HatoDelivery
+@testable import SMTPCore
 
 /// Table-driven tests of `BounceClassifier` with replies as real receivers send them.
 @Suite("Bounce classification")
@@ -100,47 +101,47 @@ struct BounceClassifierTests {
 
     @Test("Gmail replies", arguments: gmail)
     func gmailReplies(_ c: Case) {
-        #expect(BounceClassifier.classify(code: c.code, enhanced: c.enhanced, text: c.text) == c.expected)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: c.code, enhanced: c.enhanced, text: c.text)) == c.expected)
     }
 
     @Test("Outlook replies", arguments: outlook)
     func outlookReplies(_ c: Case) {
-        #expect(BounceClassifier.classify(code: c.code, enhanced: c.enhanced, text: c.text) == c.expected)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: c.code, enhanced: c.enhanced, text: c.text)) == c.expected)
     }
 
     @Test("Yahoo replies", arguments: yahoo)
     func yahooReplies(_ c: Case) {
-        #expect(BounceClassifier.classify(code: c.code, enhanced: c.enhanced, text: c.text) == c.expected)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: c.code, enhanced: c.enhanced, text: c.text)) == c.expected)
     }
 
     @Test("Postfix, Exim and local outcomes", arguments: others)
     func otherReplies(_ c: Case) {
-        #expect(BounceClassifier.classify(code: c.code, enhanced: c.enhanced, text: c.text) == c.expected)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: c.code, enhanced: c.enhanced, text: c.text)) == c.expected)
     }
 
     @Test("enhanced codes without helpful text follow RFC 3463")
     func enhancedOnly() {
-        #expect(BounceClassifier.category(enhanced: "5.1.1") == .badMailbox)
-        #expect(BounceClassifier.category(enhanced: "5.1.2") == .badDomain)
-        #expect(BounceClassifier.category(enhanced: "4.2.2") == .mailboxFull)
-        #expect(BounceClassifier.category(enhanced: "5.2.3") == .messageTooLarge)
-        #expect(BounceClassifier.category(enhanced: "5.7.10") == .tlsFailure)
-        #expect(BounceClassifier.category(enhanced: "5.7.23") == .policyRelated)
-        #expect(BounceClassifier.category(enhanced: "4.4.3") == .dnsFailure)
-        #expect(BounceClassifier.category(enhanced: "5.4.4") == .badDomain)
-        #expect(BounceClassifier.category(enhanced: "5.0.0") == nil)
-        #expect(BounceClassifier.category(enhanced: "2.1.5") == nil)
-        #expect(BounceClassifier.category(enhanced: "garbage") == nil)
-        #expect(BounceClassifier.classify(code: 550, enhanced: "5.1.1", text: "") == .badMailbox)
-        #expect(BounceClassifier.classify(code: 550, enhanced: "5.0.0", text: "") == .other)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.1.1")!) == .badMailbox)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.1.2")!) == .badDomain)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("4.2.2")!) == .mailboxFull)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.2.3")!) == .messageTooLarge)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.7.10")!) == .tlsFailure)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.7.23")!) == .policyRelated)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("4.4.3")!) == .dnsFailure)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.4.4")!) == .badDomain)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("5.0.0")!) == nil)
+        #expect(BounceClassifier.category(enhanced: EnhancedStatusCode("2.1.5")!) == nil)
+        #expect(EnhancedStatusCode("garbage") == nil)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: 550, enhanced: "5.1.1", text: "")) == .badMailbox)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: 550, enhanced: "5.0.0", text: "")) == .other)
     }
 
     @Test("a text rule bound to a reply class applies only to that class")
     func replyClassRules() {
         let text = "Host or domain name not found. Name service error for name=example.com type=MX: Host not found, try again"
-        #expect(BounceClassifier.classify(code: 550, enhanced: "5.4.4", text: text) == .badDomain)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: 550, enhanced: "5.4.4", text: text)) == .badDomain)
         // The same text as a deferral: the DNS rule (before the rate-limit "try again" phrases do not match "try again,").
-        #expect(BounceClassifier.classify(code: 450, enhanced: "4.4.3", text: text) == .dnsFailure)
+        #expect(BounceClassifier.classify(DeliveryStatus(code: 450, enhanced: "4.4.3", text: text)) == .dnsFailure)
     }
 
     @Test("only bad-mailbox and bad-domain are hard bounces")

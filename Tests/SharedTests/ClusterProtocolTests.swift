@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import ClusterProtocol
 @testable import HatoCrypto
+@testable import SMTPCore
 
 @Suite("Cluster protocol frames")
 struct ClusterProtocolTests {
@@ -20,7 +21,7 @@ struct ClusterProtocolTests {
             .leaseRequest(LeaseRequestMessage(credits: 4)),
             .leaseGrant(LeaseGrantMessage(leases: [Self.lease]), payload: Array("hello".utf8)),
             .result(ResultMessage(leaseID: "L1", instanceID: "i", sendingIP: "127.0.0.10", mxHost: "mx", remoteAddress: "127.0.0.1",
-                                  outcomes: [RecipientResult(recipientID: 7, status: .deferred, code: 451, enhanced: "4.7.1", text: "later")], finishedAt: 1)),
+                                  outcomes: [RecipientResult(recipientID: 7, status: .deferred, reply: DeliveryStatus(code: 451, enhanced: "4.7.1", text: "later"))], finishedAt: 1)),
             .resultAck(ResultAckMessage(leaseID: "L1")),
             .ipAssign(IPAssignMessage(ips: [])), .ipRevoke(IPRevokeMessage(addresses: ["127.0.0.10"])), .ipReleased(IPReleasedMessage(addresses: [])),
             .hello(HelloMessage(version: 1, nodeID: "n", instanceID: "i", proof: "p", nodeNonce: "nn", bindableIPs: [], capacity: 8,

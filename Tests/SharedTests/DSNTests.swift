@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import HatoCrypto
 @testable import HatoDelivery
+@testable import SMTPCore
 
 /// Runs Debian's Python (`/usr/bin/python3`) on a script with one input file and returns its JSON output.
 enum PythonCheck {
@@ -67,11 +68,11 @@ struct DSNTests {
     }
 
     static let failed = DeliveryStatusNotification.Recipient(
-        finalRecipient: "nobody@hato.test", originalRecipient: "rfc822;Nobody+40hato.test", action: .failed, status: "5.1.1",
+        finalRecipient: "nobody@hato.test", originalRecipient: "rfc822;Nobody+40hato.test", action: .failed, status: EnhancedStatusCode("5.1.1")!,
         remoteMTA: "mx.hato.test", diagnostic: "550 5.1.1 <nobody@hato.test>: Recipient address rejected: User unknown in virtual mailbox table",
         lastAttempt: Date(timeIntervalSince1970: 1_767_229_000))
     static let expired = DeliveryStatusNotification.Recipient(
-        finalRecipient: "later@hato.test", action: .failed, status: "4.4.7", remoteMTA: "mx2.hato.test",
+        finalRecipient: "later@hato.test", action: .failed, status: EnhancedStatusCode("4.4.7")!, remoteMTA: "mx2.hato.test",
         diagnostic: "451 4.7.1 try again later")
 
     @Test("a failure report parses in Python's email package with every RFC 3464 field")
@@ -143,7 +144,7 @@ struct DSNTests {
 
     @Test("a delay warning says delayed with Will-Retry-Until")
     func delayWarning() throws {
-        let r = DeliveryStatusNotification.Recipient(finalRecipient: "slow@hato.test", action: .delayed, status: "4.7.1", remoteMTA: "mx.hato.test",
+        let r = DeliveryStatusNotification.Recipient(finalRecipient: "slow@hato.test", action: .delayed, status: EnhancedStatusCode("4.7.1")!, remoteMTA: "mx.hato.test",
                                                      diagnostic: "451 4.7.1 greylisted", willRetryUntil: Date(timeIntervalSince1970: 1_767_657_600))
         let out = try PythonCheck.run(PythonCheck.parseReport, input: Self.dsn([r]).build()) as? [String: Any] ?? [:]
         #expect((out["headers"] as? [String: String])?["Subject"] == "Delayed Mail (still being retried)")
@@ -155,7 +156,7 @@ struct DSNTests {
 
     @Test("a UTF-8 recipient gives an RFC 6533 report with the utf-8 address type")
     func utf8Report() throws {
-        let r = DeliveryStatusNotification.Recipient(finalRecipient: "用户@例子.test", action: .failed, status: "5.1.1", diagnostic: "550 5.1.1 unknown")
+        let r = DeliveryStatusNotification.Recipient(finalRecipient: "用户@例子.test", action: .failed, status: EnhancedStatusCode("5.1.1")!, diagnostic: "550 5.1.1 unknown")
         let bytes = Self.dsn([r]).build()
         let text = String(decoding: bytes, as: UTF8.self)
         #expect(text.contains("report-type=global-delivery-status"))
@@ -171,7 +172,7 @@ struct DSNTests {
     @Test("the boundary is extended when the returned content contains it; control characters in replies are neutralised")
     func boundaryAndSanitising() throws {
         let content = Array("Subject: x\r\nX-Trap: --hato-b1\r\n\r\nbody\r\n".utf8)
-        let r = DeliveryStatusNotification.Recipient(finalRecipient: "a@hato.test", action: .failed, status: "5.0.0",
+        let r = DeliveryStatusNotification.Recipient(finalRecipient: "a@hato.test", action: .failed, status: EnhancedStatusCode("5.0.0")!,
                                                      diagnostic: "550 evil\r\nInjected: yes")
         let bytes = Self.dsn([r], content: content).build()
         let text = String(decoding: bytes, as: UTF8.self)

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ClusterProtocol
+@testable import SMTPCore
 
 /// The hand-built headers of the per-delivery frames against `JSONEncoder`: the same bytes,
 /// and they decode back to the same message.
@@ -8,6 +9,7 @@ import Testing
 struct FrameEncodingTests {
     static let strings = ["", "x", "127.0.0.10", "mta10.it.test", "a \"quoted\" \\ text/with slash", "tab\tnl\n\u{1}",
                           "caf\u{E9} 😀", "550 5.1.1 <x@y.test>: unknown"]
+    static let enhancedCodes: [String?] = [nil, "2.0.0", "4.4.1", "5.1.1", "5.7.651", "not a code"]
     static let doubles: [Double] = [0, 300, 1795967950.23, 0.003, 1.049041748046875e-05, 1e20, 0.1 + 0.2]
 
     static func s(_ rng: inout some RandomNumberGenerator) -> String { strings.randomElement(using: &rng)! }
@@ -28,7 +30,8 @@ struct FrameEncodingTests {
                       outcomes: (0..<Int.random(in: 0...3, using: &rng)).map { _ in
                           var r = RecipientResult(recipientID: Int64.random(in: 0...9_999_999, using: &rng),
                                                   status: [.delivered, .deferred, .failed].randomElement(using: &rng)!,
-                                                  code: Int.random(in: 200...599, using: &rng), enhanced: os(&rng), text: s(&rng))
+                                                  reply: DeliveryStatus(code: Int.random(in: 200...599, using: &rng),
+                                                                        enhanced: enhancedCodes.randomElement(using: &rng)!, text: s(&rng)))
                           r.mxHost = os(&rng); r.remoteAddress = os(&rng); r.tlsVersion = os(&rng); r.tlsCipher = os(&rng)
                           r.reusedConnection = Bool.random(using: &rng) ? Bool.random(using: &rng) : nil
                           r.dkim = Bool.random(using: &rng) ? [s(&rng), s(&rng)] : nil

@@ -84,8 +84,7 @@ public final class DeliveryEngine: Sendable {
         switch resolved {
         case .failure(let f):
             let results = lease.recipients.map {
-                var r = RecipientResult(recipientID: $0.id, status: f.permanent ? .failed : .deferred, code: f.permanent ? 550 : 451,
-                                        enhanced: f.enhanced, text: f.text)
+                var r = RecipientResult(recipientID: $0.id, status: f.reply.disposition, reply: f.reply)
                 r.timings = DeliveryTimings(resolve: resolveSeconds)
                 return r
             }
@@ -100,13 +99,7 @@ public final class DeliveryEngine: Sendable {
             request.tlsPolicy = SMTPTLSPolicy(rawValue: (route?.tls ?? config.delivery.tls).rawValue) ?? .opportunistic
             let report = deliverer.deliver(request, to: targets)
             let results = report.outcomes.map { o -> RecipientResult in
-                let status: RecipientResult.Status
-                switch o.status {
-                case .delivered: status = .delivered
-                case .deferred: status = .deferred
-                case .failed: status = .failed
-                }
-                var r = RecipientResult(recipientID: o.recipientID, status: status, code: o.code, enhanced: o.enhanced, text: o.text)
+                var r = RecipientResult(recipientID: o.recipientID, status: o.status, reply: o.reply)
                 if let s = report.sessions[o.recipientID] {
                     r.mxHost = s.mxHost
                     r.remoteAddress = s.remoteAddress

@@ -55,6 +55,8 @@ public final class NodeAgent: Sendable {
     /// What the agent's threads share.
     private struct State: Sendable {
         var connection: ClusterConnection?
+        /// The highest coordinator term seen (kept across connections for the process's life).
+        var fence = TermFence()
         var ips: [String: AssignedIP] = [:]
         var queues: [String: LeaseQueue] = [:]
         var workers: [String: Int] = [:]
@@ -312,15 +314,33 @@ public final class NodeAgent: Sendable {
         switch try conn.receive() {
         case .welcome(let w): welcome = w
         case .reject(let r): throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
+        case .redirect(let r): throw ClusterProtocolError.redirected(r)
         default: throw ClusterProtocolError.unexpected("expected welcome")
         }
         guard ClusterAuth.verify(welcome.proof, expected: ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: myNonce, nodeID: nodeID)) else {
             throw ClusterProtocolError.authenticationFailed
         }
+        // Fencing: a coordinator whose term is older than one this node has seen is a stale
+        // leader; nothing it says is acted upon.
+        let connectionTerm: Int64?
+        do {
+            connectionTerm = try state.withLock { try $0.fence.admitWelcome(term: welcome.term, storeID: welcome.storeID) }
+        } catch let refusal as TermFence.Refusal {
+            throw ClusterProtocolError.staleTerm(refusal)
+        }
+        func fenced(_ term: Int64?, _ what: String) throws {
+            do {
+                try state.withLock { try $0.fence.admitFrame(term: term, connectionTerm: connectionTerm) }
+            } catch let refusal as TermFence.Refusal {
+                log.warning("refused a frame from a stale coordinator; closing the connection", ["frame": what, "reason": refusal.description])
+                throw ClusterProtocolError.staleTerm(refusal)
+            }
+        }
         joined()
         conn.setTimeouts(read: .seconds(max(welcome.peerTimeout, welcome.heartbeatInterval * 3)), write: .seconds(30))
         setOwned(welcome.assignedIPs)
-        log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ",")])
+        log.info("joined cluster", ["instance": instanceID, "ips": welcome.assignedIPs.map(\.address).joined(separator: ","),
+                                    "term": connectionTerm.map(String.init) ?? "-", "coordinator": welcome.coordinatorID ?? "-"])
         // Re-report what the journal still holds before asking for work (the coordinator
         // reconciles older instances' leases on our first request).
         for r in journal.pending { try conn.send(.result(r)) }
@@ -336,6 +356,7 @@ public final class NodeAgent: Sendable {
             switch try conn.receive() {
             case .heartbeat: break
             case .leaseGrant(let grant, let payload):
+                try fenced(grant.term, "lease_grant")
                 // The deadline is taken at receipt, on the monotonic clock.
                 let now = ContinuousClock.now, wallNow = Date()
                 for l in grant.leases {
@@ -354,9 +375,11 @@ public final class NodeAgent: Sendable {
             case .resultAck(let ack):
                 journal.acknowledge(leaseID: ack.leaseID)
             case .ipAssign(let m):
+                try fenced(m.term, "ip_assign")
                 assign(m.ips)
                 try conn.send(.leaseRequest(LeaseRequestMessage(credits: perIP * NodeAgent.prefetch * m.ips.count)))
             case .ipRevoke(let m):
+                try fenced(m.term, "ip_revoke")
                 // Finish what is queued for these IPs, then report them released
                 // (the coordinator hands them over only after that).
                 revoke(m.addresses)
@@ -497,7 +520,7 @@ public final class NodeAgent: Sendable {
         let remote = delivered.remoteAddress
         for o in outcomes {
             log.info("delivery", ["lease": l.leaseID, "message": l.messageID, "ip": l.sendingIP, "mx": o.mxHost ?? mx ?? "",
-                                  "status": o.status.rawValue, "code": "\(o.code)", "tls": o.tlsVersion ?? "none",
+                                  "status": o.status.rawValue, "code": "\(o.reply.code)", "tls": o.tlsVersion ?? "none",
                                   "reused": o.reusedConnection.map { "\($0)" } ?? "", "dkim": o.dkim?.joined(separator: ",") ?? ""])
         }
         return ResultMessage(leaseID: l.leaseID, instanceID: instanceID, sendingIP: l.sendingIP, mxHost: mx, remoteAddress: remote,
@@ -510,10 +533,10 @@ public final class NodeAgent: Sendable {
         let (shaping, backoffMatcher) = live.withLock { ($0.config.shaping, $0.backoffMatcher) }
         let provider = result.mxHost.map { shaping.group(forMXHost: $0).name } ?? "domain:" + lease.domain
         for o in result.outcomes where o.status != .delivered {
-            guard let rule = backoffMatcher.match(code: o.code, enhanced: o.enhanced, text: o.text, provider: provider) else { continue }
+            guard let rule = backoffMatcher.match(o.reply, provider: provider) else { continue }
             // About one mailbox: that recipient is deferred, nothing is slowed.
             if rule.action == .none { continue }
-            let reply = String("\(o.code) \(o.enhanced ?? "") \(o.text)".prefix(512))
+            let reply = String("\(o.reply.code) \(o.reply.enhanced?.description ?? "") \(o.reply.text)".prefix(512))
             log.warning("backoff rule matched", ["ip": result.sendingIP, "provider": provider, "action": rule.action.rawValue, "reply": String(reply.prefix(200))])
             try? state.withLock { $0.connection }?.send(.backoff(BackoffMessage(
                 sendingIP: result.sendingIP, provider: provider, domain: lease.domain, action: rule.action.rawValue,

@@ -53,7 +53,7 @@ public final class NodeMetrics: Sendable {
             let provider = MailboxProvider.name(forMXHost: o.mxHost ?? result.mxHost ?? o.connectionFailure?.mxHost, shaping: shaping)
             recipients.inc(result.sendingIP, provider, o.status.rawValue)
             if o.status != .delivered {
-                failures.inc(result.sendingIP, provider, BounceClassifier.classify(code: o.code, enhanced: o.enhanced, text: o.text).rawValue)
+                failures.inc(result.sendingIP, provider, BounceClassifier.classify(o.reply).rawValue)
             }
             if o.mxHost != nil || o.tlsVersion != nil { tls.inc(result.sendingIP, o.tlsVersion ?? "none") }
             if let t = o.timings?.transaction { transaction.observe(t, labels: [result.sendingIP]) }

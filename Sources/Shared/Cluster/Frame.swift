@@ -46,6 +46,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case announce = 13, backoff = 14
     /// Sent only to nodes whose `hello.features` name `config_changed` (see `ClusterFeature`).
     case configChanged = 15, configApplied = 16
+    /// A standby coordinator names the leader (feature `terms`).
+    case redirect = 17
 }
 
 /// Why a byte stream is not a valid frame sequence. Any of these closes that connection only.

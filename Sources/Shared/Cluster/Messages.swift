@@ -2,6 +2,7 @@ import Foundation
 import HatoCrypto
 import HatoIO
 import HatoSupport
+import SMTPCore
 
 /// The cluster protocol version this build speaks.
 public let clusterProtocolVersion = 1
@@ -24,8 +25,11 @@ public enum ClusterFeature {
     /// `config_changed` / `config_applied`: the node re-reads cluster.yml when the coordinator
     /// reloads it, applies what it can and answers.
     public static let configChanged = "config_changed"
+    /// Leadership terms: frames carry the coordinator's term, and a standby coordinator answers
+    /// `hello` with `redirect` instead of `welcome` (several coordinators, issue 15).
+    public static let terms = "terms"
     /// Every feature this build speaks.
-    public static let all = [configChanged]
+    public static let all = [configChanged, terms]
 }
 
 /// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.
@@ -74,9 +78,31 @@ public struct WelcomeMessage: Codable, Sendable, Equatable {
     public var heartbeatInterval: Double
     /// Seconds of silence after which the peer is considered gone.
     public var peerTimeout: Double
-    public init(proof: String, assignedIPs: [AssignedIP], heartbeatInterval: Double, peerTimeout: Double) {
+    /// The coordinator's leadership term (absent from coordinators before terms): the node
+    /// refuses a welcome, and any later frame, from a term below the highest it has seen of the
+    /// same store (`TermFence`).
+    public var term: Int64? = nil
+    /// The store's identity: terms are compared only within one store.
+    public var storeID: String? = nil
+    /// The coordinator's id (`coordinators[].id`), for logs.
+    public var coordinatorID: String? = nil
+    public init(proof: String, assignedIPs: [AssignedIP], heartbeatInterval: Double, peerTimeout: Double,
+                term: Int64? = nil, storeID: String? = nil, coordinatorID: String? = nil) {
         self.proof = proof; self.assignedIPs = assignedIPs; self.heartbeatInterval = heartbeatInterval; self.peerTimeout = peerTimeout
+        self.term = term; self.storeID = storeID; self.coordinatorID = coordinatorID
     }
+}
+
+/// `redirect` (standby coordinator → node, instead of `welcome`): this coordinator does not lead;
+/// connect to the leader instead. Sent only to a node that named the `terms` feature.
+public struct RedirectMessage: Codable, Sendable, Equatable {
+    /// The leader's id, nil when no leader is known right now (the node tries the next coordinator).
+    public var leader: String?
+    /// The leader's cluster address (`host:port`), nil when unknown.
+    public var address: String?
+    /// The highest term this coordinator has seen.
+    public var term: Int64
+    public init(leader: String?, address: String?, term: Int64) { self.leader = leader; self.address = address; self.term = term }
 }
 
 /// `reject` (either way): the connection is refused or ended; `reason` is for the operator.
@@ -149,23 +175,25 @@ public struct Lease: Codable, Sendable, Equatable {
 public struct LeaseGrantMessage: Codable, Sendable, Equatable {
     /// The leases; each names its body's slice of the payload.
     public var leases: [Lease]
-    public init(leases: [Lease]) { self.leases = leases }
+    /// The granting coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(leases: [Lease], term: Int64? = nil) { self.leases = leases; self.term = term }
 }
 
 /// The outcome of one recipient of a lease.
+///
+/// On the wire the status is flat, as it always was: `status`, `code`, `enhanced`, `text`
+/// beside the delivery details (`init(from:)`/`encode(to:)`); frames from older nodes decode.
 public struct RecipientResult: Codable, Sendable, Equatable {
-    /// What happened.
-    public enum Status: String, Codable, Sendable { case delivered, deferred, failed }
+    /// What happened: the node's decision (normally `reply.disposition`; a recipient carried over
+    /// after a 452 or a 552 5.5.3 "too many recipients" is deferred whatever the code).
+    public typealias Status = DeliveryStatus.Disposition
     /// The recipient's row id.
     public var recipientID: Int64
     /// Delivered (2xx), deferred (4xx, connection failures, timeouts) or failed (5xx).
     public var status: Status
-    /// The SMTP reply code (or the synthetic code for local failures).
-    public var code: Int
-    /// The enhanced status code (RFC 3463), if any.
-    public var enhanced: String?
-    /// The reply text (at most 512 characters).
-    public var text: String
+    /// The reply behind the outcome: the server's, or the synthetic one of a local failure.
+    public var reply: DeliveryStatus
     // Delivery details (optional: absent in frames from older nodes, which still decode).
     /// The MX host whose session gave this outcome (nil when no server answered).
     public var mxHost: String? = nil
@@ -184,8 +212,51 @@ public struct RecipientResult: Codable, Sendable, Equatable {
     /// For a deferral because no MX could be connected to: the last target tried (so metrics and
     /// the delivery log keep the MX host, its provider and the address family).
     public var connectionFailure: ConnectionFailureContext? = nil
-    public init(recipientID: Int64, status: Status, code: Int, enhanced: String?, text: String) {
-        self.recipientID = recipientID; self.status = status; self.code = code; self.enhanced = enhanced; self.text = text
+
+    /// A result from its parts.
+    /// - Parameters:
+    ///   - recipientID: the recipient's row id.
+    ///   - status: delivered, deferred or failed.
+    ///   - reply: the reply behind it.
+    public init(recipientID: Int64, status: Status, reply: DeliveryStatus) {
+        self.recipientID = recipientID; self.status = status; self.reply = reply
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case recipientID, status, code, enhanced, text, mxHost, remoteAddress, tlsVersion, tlsCipher, reusedConnection, dkim, timings
+        case connectionFailure
+    }
+
+    /// Decodes the flat wire form (`code`, `enhanced`, `text` beside the other keys).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        recipientID = try c.decode(Int64.self, forKey: .recipientID)
+        status = try c.decode(Status.self, forKey: .status)
+        reply = try c.decodeDeliveryStatus(code: .code, enhanced: .enhanced, text: .text)
+        mxHost = try c.decodeIfPresent(String.self, forKey: .mxHost)
+        remoteAddress = try c.decodeIfPresent(String.self, forKey: .remoteAddress)
+        tlsVersion = try c.decodeIfPresent(String.self, forKey: .tlsVersion)
+        tlsCipher = try c.decodeIfPresent(String.self, forKey: .tlsCipher)
+        reusedConnection = try c.decodeIfPresent(Bool.self, forKey: .reusedConnection)
+        dkim = try c.decodeIfPresent([String].self, forKey: .dkim)
+        timings = try c.decodeIfPresent(DeliveryTimings.self, forKey: .timings)
+        connectionFailure = try c.decodeIfPresent(ConnectionFailureContext.self, forKey: .connectionFailure)
+    }
+
+    /// Encodes the flat wire form (absent details omitted).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(recipientID, forKey: .recipientID)
+        try c.encode(status, forKey: .status)
+        try c.encode(reply, code: .code, enhanced: .enhanced, text: .text)
+        try c.encodeIfPresent(mxHost, forKey: .mxHost)
+        try c.encodeIfPresent(remoteAddress, forKey: .remoteAddress)
+        try c.encodeIfPresent(tlsVersion, forKey: .tlsVersion)
+        try c.encodeIfPresent(tlsCipher, forKey: .tlsCipher)
+        try c.encodeIfPresent(reusedConnection, forKey: .reusedConnection)
+        try c.encodeIfPresent(dkim, forKey: .dkim)
+        try c.encodeIfPresent(timings, forKey: .timings)
+        try c.encodeIfPresent(connectionFailure, forKey: .connectionFailure)
     }
 }
 
@@ -255,13 +326,17 @@ public struct ResultAckMessage: Codable, Sendable, Equatable {
 /// `ip_assign` (coordinator → node): the node owns these IPs from now on.
 public struct IPAssignMessage: Codable, Sendable, Equatable {
     public var ips: [AssignedIP]
-    public init(ips: [AssignedIP]) { self.ips = ips }
+    /// The coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(ips: [AssignedIP], term: Int64? = nil) { self.ips = ips; self.term = term }
 }
 
 /// `ip_revoke` (coordinator → node): stop sending from these IPs, finish or abandon their work, then report `ip_released`.
 public struct IPRevokeMessage: Codable, Sendable, Equatable {
     public var addresses: [String]
-    public init(addresses: [String]) { self.addresses = addresses }
+    /// The coordinator's term (absent from coordinators before terms).
+    public var term: Int64? = nil
+    public init(addresses: [String], term: Int64? = nil) { self.addresses = addresses; self.term = term }
 }
 
 /// `ip_released` (node → coordinator): no session from these IPs is open any more.
@@ -350,6 +425,7 @@ public enum ClusterMessage: Sendable, Equatable {
     case backoff(BackoffMessage)
     case configChanged(ConfigChangedMessage)
     case configApplied(ConfigAppliedMessage)
+    case redirect(RedirectMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -370,6 +446,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff: return .backoff
         case .configChanged: return .configChanged
         case .configApplied: return .configApplied
+        case .redirect: return .redirect
         }
     }
 
@@ -424,6 +501,7 @@ public enum ClusterMessage: Sendable, Equatable {
             o.field("sendingIP", l.sendingIP)
             return o
         })
+        w.field("term", m.term)
         return w.finish()
     }
 
@@ -435,7 +513,7 @@ public enum ClusterMessage: Sendable, Equatable {
         w.field("mxHost", m.mxHost)
         w.field("outcomes", objects: m.outcomes.map { r in
             var o = JSONObjectWriter(capacity: 320)
-            o.field("code", r.code)
+            o.field("code", r.reply.code.rawValue)
             o.field("connectionFailure", object: r.connectionFailure.map { c in
                 var x = JSONObjectWriter(capacity: 128)
                 x.field("addressFamily", c.addressFamily)
@@ -444,13 +522,13 @@ public enum ClusterMessage: Sendable, Equatable {
                 return x
             })
             o.field("dkim", r.dkim)
-            o.field("enhanced", r.enhanced)
+            o.field("enhanced", r.reply.enhanced?.description)
             o.field("mxHost", r.mxHost)
             o.field("recipientID", r.recipientID)
             o.field("remoteAddress", r.remoteAddress)
             o.field("reusedConnection", r.reusedConnection)
             o.field("status", r.status.rawValue)
-            o.field("text", r.text)
+            o.field("text", r.reply.text)
             o.field("timings", object: r.timings.map { t in
                 var x = JSONObjectWriter(capacity: 128)
                 x.field("connect", t.connect)
@@ -490,6 +568,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff(let m): return Frame(type: .backoff, header: h(m))
         case .configChanged(let m): return Frame(type: .configChanged, header: h(m))
         case .configApplied(let m): return Frame(type: .configApplied, header: h(m))
+        case .redirect(let m): return Frame(type: .redirect, header: h(m))
         }
     }
 
@@ -528,6 +607,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .backoff: return .backoff(try v(BackoffMessage.self))
         case .configChanged: return .configChanged(try v(ConfigChangedMessage.self))
         case .configApplied: return .configApplied(try v(ConfigAppliedMessage.self))
+        case .redirect: return .redirect(try v(RedirectMessage.self))
         }
     }
 }
@@ -544,6 +624,10 @@ public enum ClusterProtocolError: Error, Equatable, Sendable, CustomStringConver
     case authenticationFailed
     /// The peer refused us.
     case rejected(String, retryable: Bool)
+    /// A coordinator spoke under a term older than one already seen (a stale leader).
+    case staleTerm(TermFence.Refusal)
+    /// A standby coordinator named the leader to connect to instead.
+    case redirected(RedirectMessage)
 
     public var description: String {
         switch self {
@@ -552,6 +636,8 @@ public enum ClusterProtocolError: Error, Equatable, Sendable, CustomStringConver
         case .versionMismatch(let o, let t): return "protocol version mismatch: we speak \(o), peer speaks \(t)"
         case .authenticationFailed: return "authentication failed: cluster secret differs"
         case .rejected(let s, _): return "rejected by peer: \(s)"
+        case .staleTerm(let r): return "refused the coordinator: \(r)"
+        case .redirected(let r): return "redirected to the leader \(r.leader ?? "(unknown)") at \(r.address ?? "(unknown)") (term \(r.term))"
         }
     }
 }

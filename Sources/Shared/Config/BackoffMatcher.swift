@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// Matches remote replies against backoff rules (node side).
 public struct BackoffMatcher: Sendable {
@@ -10,14 +11,13 @@ public struct BackoffMatcher: Sendable {
         }
     }
 
-    /// The first rule matching a reply, if any.
+    /// The first rule matching a reply, if any: the rules' patterns are matched against the
+    /// line `code enhanced text` (`DeliveryStatus.description`).
     /// - Parameters:
-    ///   - code: the reply code.
-    ///   - enhanced: the enhanced status code.
-    ///   - text: the reply text.
+    ///   - status: the reply.
     ///   - provider: the provider the reply came from.
-    public func match(code: Int, enhanced: String?, text: String, provider: String) -> BackoffRule? {
-        let line = "\(code) \(enhanced.map { $0 + " " } ?? "")\(text)"
+    public func match(_ status: DeliveryStatus, provider: String) -> BackoffRule? {
+        let line = "\(status.code) \(status.enhanced.map { $0.description + " " } ?? "")\(status.text)"
         let range = NSRange(line.startIndex..., in: line)
         for (r, re) in rules where r.provider == nil || r.provider == provider {
             if re.firstMatch(in: line, range: range) != nil { return r }

@@ -114,28 +114,26 @@ public enum BounceClassifier {
     ]
 
     /// Classifies one failure or deferral.
-    /// - Parameters:
-    ///   - code: the basic reply code (RFC 5321 §4.2), e.g. 550; locally generated failures use 4xx/5xx too.
-    ///   - enhanced: the enhanced status code `class.subject.detail` (RFC 3463), if any.
-    ///   - text: the reply text (multi-line replies joined by spaces).
+    /// - Parameter status: the reply (remote or locally generated: 4xx/5xx too): its code (RFC 5321
+    ///   §4.2), its enhanced status code (RFC 3463), if any, and its text (lines joined by spaces).
     /// - Returns: the first matching category of the text rules, the enhanced code, the basic code; `.other` otherwise.
-    public static func classify(code: Int, enhanced: String?, text: String) -> BounceCategory {
-        let replyClass = enhanced.flatMap { EnhancedStatusCode($0)?.statusClass.rawValue } ?? ReplyCode(code).replyClass?.rawValue ?? code / 100
+    public static func classify(_ status: DeliveryStatus) -> BounceCategory {
+        let code = status.code.rawValue
+        let replyClass = status.enhanced?.statusClass.rawValue ?? status.code.replyClass?.rawValue ?? code / 100
         // Pad with spaces so phrases like " tls " match at either end.
-        let haystack = " " + text.lowercased() + " "
+        let haystack = " " + status.text.lowercased() + " "
         for rule in textRules where rule.replyClass.map({ $0 == replyClass }) ?? true {
             if rule.phrases.contains(where: { matches(haystack, $0) }) { return rule.category }
         }
-        if let enhanced, let c = category(enhanced: enhanced) { return c }
+        if let enhanced = status.enhanced, let c = category(enhanced: enhanced) { return c }
         return category(code: code)
     }
 
     /// The category of an enhanced status code alone (RFC 3463 §3), nil for codes that
     /// say nothing specific (`X.0.0`, success codes, unknown subjects).
-    public static func category(enhanced: String) -> BounceCategory? {
-        let parts = enhanced.split(separator: ".")
-        guard parts.count == 3, let cls = Int(parts[0]), let subject = Int(parts[1]), let detail = Int(parts[2]),
-              cls == 4 || cls == 5 else { return nil }
+    public static func category(enhanced: EnhancedStatusCode) -> BounceCategory? {
+        guard !enhanced.isSuccess else { return nil }
+        let cls = enhanced.statusClass.rawValue, subject = enhanced.subject, detail = enhanced.detail
         switch (subject, detail) {
         case (1, 1), (1, 3), (1, 4), (1, 6), (2, 1): return .badMailbox
         case (1, 2), (1, 10): return .badDomain

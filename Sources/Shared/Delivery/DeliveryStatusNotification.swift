@@ -65,7 +65,7 @@ public struct DeliveryStatusNotification: Sendable {
         /// `Action` (§2.3.3).
         public var action: Action
         /// `Status`: an RFC 3463 code such as `5.1.1` (§2.3.4).
-        public var status: String
+        public var status: EnhancedStatusCode
         /// The MX host that gave the reply, if any (`Remote-MTA: dns; host`, §2.3.5).
         public var remoteMTA: String?
         /// The remote reply, e.g. `550 5.1.1 no such user` (`Diagnostic-Code: smtp; …`, §2.3.6), or nil.
@@ -78,7 +78,7 @@ public struct DeliveryStatusNotification: Sendable {
         public var willRetryUntil: Date?
 
         /// Creates a recipient entry.
-        public init(finalRecipient: String, originalRecipient: String? = nil, action: Action, status: String, remoteMTA: String? = nil,
+        public init(finalRecipient: String, originalRecipient: String? = nil, action: Action, status: EnhancedStatusCode, remoteMTA: String? = nil,
                     diagnostic: String? = nil, diagnosticType: String = "smtp", lastAttempt: Date? = nil, willRetryUntil: Date? = nil) {
             self.finalRecipient = finalRecipient; self.originalRecipient = originalRecipient; self.action = action; self.status = status
             self.remoteMTA = remoteMTA; self.diagnostic = diagnostic; self.diagnosticType = diagnosticType
@@ -254,7 +254,7 @@ public struct DeliveryStatusNotification: Sendable {
             default: s += "delivery failed"
             }
             if let mta = r.remoteMTA, !mta.isEmpty { s += "; host \(Self.sanitize(mta, utf8: false)) said" }
-            s += ": \(Self.sanitize(r.diagnostic ?? r.status, utf8: utf8))"
+            s += ": \(Self.sanitize(r.diagnostic ?? r.status.description, utf8: utf8))"
             lines += Self.wrap(s, width: 76)
         }
         return lines

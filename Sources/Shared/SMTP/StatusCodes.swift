@@ -99,17 +99,3 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible, L
     /// `5.1.1`.
     public var description: String { "\(statusClass.rawValue).\(subject).\(detail)" }
 }
-
-extension EnhancedStatusCode {
-    /// `text` when it is an enhanced status code of `statusClass`, else `fallback` (RFC 3464 §2.3.4:
-    /// a DSN's Status must agree with its Action; a deferral's status is 4.X.X).
-    /// - Parameters:
-    ///   - text: a reported enhanced code, if any.
-    ///   - statusClass: the class the status must have.
-    ///   - fallback: used when `text` is absent, malformed or of another class.
-    /// - Returns: the status text.
-    public static func status(_ text: String?, ofClass statusClass: Class, orElse fallback: EnhancedStatusCode) -> String {
-        guard let text, let code = EnhancedStatusCode(text), code.statusClass == statusClass else { return fallback.description }
-        return code.description
-    }
-}

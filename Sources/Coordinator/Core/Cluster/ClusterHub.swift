@@ -89,8 +89,9 @@ public final class ClusterHub: Sendable {
         clusterTLS = try config.cluster.tls.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath, clientCAFile: $0.caPath)
         }
+        // A single coordinator on SQLite leads under a new term at every start.
         var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()),
-                                  pauses: try store.pauses())
+                                  pauses: try store.pauses(), leadership: try store.beginTerm(coordinatorID: "coordinator"))
         // The IP table as it was: each IP waits for its previous owner to rejoin, at least a
         // grace period (its reconnect) and until every lease it held has expired.
         let now = clock.now()
@@ -457,7 +458,7 @@ public final class ClusterHub: Sendable {
             }
             let body = bodies[rec.messageID] ?? []
             if !batch.isEmpty && payload.count + body.count > maxSize {
-                out.append(.leaseGrant(LeaseGrantMessage(leases: batch), payload: payload))
+                out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload))
                 batch = []; payload = []
             }
             let kept = Set(rec.recipientIDs)
@@ -467,7 +468,7 @@ public final class ClusterHub: Sendable {
                                bodyOffset: payload.count, bodyLength: body.count))
             payload.append(contentsOf: body)
         }
-        if !batch.isEmpty { out.append(.leaseGrant(LeaseGrantMessage(leases: batch), payload: payload)) }
+        if !batch.isEmpty { out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload)) }
         return out
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import HatoConfig
+import SMTPCore
 
 // Queue control (issue 14): what an operator sees of the waiting recipients and what they can
 // do to them — the reads behind `hato-coordinator queue --by …` and `queue list`, and the
@@ -253,8 +254,7 @@ extension SQLiteQueueStore {
                 """)
             return try ids.compactMap { id in
                 try get.query([.int(id)]) { s -> WaitingRecipient in
-                    let reply = s.isNull(11) ? nil : [String(s.int(11)), s.optionalText(12), s.optionalText(13)].compactMap { $0 }
-                        .filter { !$0.isEmpty }.joined(separator: " ")
+                    let reply = SQLiteQueueStore.reply(s, 11)?.description
                     return WaitingRecipient(recipientId: s.int(0), messageId: s.text(1), address: s.text(2), domain: s.text(3),
                                             state: RecipientState(rawValue: s.text(4)) ?? .queued, attempts: Int(s.int(5)), pool: s.text(6),
                                             sender: s.text(7), receivedAt: s.double(8), nextAttemptAt: s.isNull(9) ? nil : s.double(9),

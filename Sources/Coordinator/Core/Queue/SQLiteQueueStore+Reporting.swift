@@ -1,6 +1,7 @@
 import Foundation
 import HatoConfig
 import HatoDelivery
+import SMTPCore
 
 // The queue's event outbox: every state change that matters to the sender (received,
 // delivered, deferred, failed, expired, suppressed) or to the operator (held, released,
@@ -28,12 +29,11 @@ public struct QueueEvent: Sendable, Equatable {
     public var recipientID: Int64?
     /// The recipient's forward-path.
     public var address: String?
-    /// The last reply code (remote or locally generated).
-    public var code: Int?
-    /// The last reply's enhanced status code (RFC 3463).
-    public var enhanced: String?
-    /// The last reply's text.
-    public var text: String?
+    /// The recipient's last reply (remote or locally generated), nil when it has none.
+    public var reply: DeliveryStatus?
+    /// The recipient's last text when it has no reply: what an expiry before any attempt
+    /// recorded (nil when `reply` is set).
+    public var textWithoutReply: String?
     /// The node that reported the outcome.
     public var node: String?
     /// The sending IP of the attempt.
@@ -75,6 +75,12 @@ public struct QueueEvent: Sendable, Equatable {
     public var state: String? = nil
 }
 
+extension QueueEvent {
+    /// The last reply as one line, `550 5.1.1 no such user` (or the text without a reply; `""`
+    /// when there is neither): a DSN's `Diagnostic-Code`, a suppression's reason.
+    public var diagnostic: String { reply?.description ?? textWithoutReply ?? "" }
+}
+
 /// A DSN entry waiting to be sent: one recipient of one message.
 public struct PendingDSNEntry: Sendable, Equatable {
     /// The recipient row id.
@@ -83,8 +89,8 @@ public struct PendingDSNEntry: Sendable, Equatable {
     public var messageID: String
     /// RFC 3464 `Action`.
     public var action: DeliveryStatusNotification.Action
-    /// RFC 3463 status, e.g. `5.1.1`.
-    public var status: String
+    /// RFC 3463 status, e.g. `5.1.1` (RFC 3464 §2.3.4: its class agrees with `action`).
+    public var status: EnhancedStatusCode
     /// `Diagnostic-Code` without the type, e.g. `550 5.1.1 no such user`.
     public var diagnostic: String?
     /// `smtp` for a remote reply, `X-Hato` for a locally generated one.
@@ -95,7 +101,7 @@ public struct PendingDSNEntry: Sendable, Equatable {
     public var at: Date
 
     /// Creates an entry; see the properties.
-    public init(recipientID: Int64, messageID: String, action: DeliveryStatusNotification.Action, status: String, diagnostic: String?,
+    public init(recipientID: Int64, messageID: String, action: DeliveryStatusNotification.Action, status: EnhancedStatusCode, diagnostic: String?,
                 diagnosticType: String = "smtp", remoteMTA: String?, at: Date) {
         self.recipientID = recipientID; self.messageID = messageID; self.action = action; self.status = status
         self.diagnostic = diagnostic; self.diagnosticType = diagnosticType; self.remoteMTA = remoteMTA; self.at = at
@@ -218,8 +224,8 @@ extension SQLiteQueueStore {
                 ORDER BY e.seq LIMIT ?
                 """).query([.int(Int64(limit))]) { s in
                 QueueEvent(seq: s.int(0), kind: DeliveryEventKind(rawValue: s.text(1)) ?? .received, messageID: s.text(2),
-                           recipientID: s.isNull(3) ? nil : s.int(3), address: s.optionalText(4), code: s.isNull(5) ? nil : Int(s.int(5)),
-                           enhanced: s.optionalText(6), text: s.optionalText(7), node: s.optionalText(8), sendingIP: s.optionalText(9),
+                           recipientID: s.isNull(3) ? nil : s.int(3), address: s.optionalText(4), reply: Self.reply(s, 5),
+                           textWithoutReply: s.isNull(5) ? s.optionalText(7) : nil, node: s.optionalText(8), sendingIP: s.optionalText(9),
                            mxHost: s.optionalText(10), attempts: s.isNull(11) ? nil : Int(s.int(11)),
                            nextAttemptAt: s.isNull(12) ? nil : Date(timeIntervalSince1970: s.double(12)),
                            leaseGrantedAt: s.isNull(13) ? nil : Date(timeIntervalSince1970: s.double(13)),
@@ -253,7 +259,7 @@ extension SQLiteQueueStore {
                       WHERE dsn_pending.action = 'delayed'
                     """)
                 for e in d.dsn {
-                    try dsn.run([.int(e.recipientID), .text(e.messageID), .text(e.action.rawValue), .text(e.status),
+                    try dsn.run([.int(e.recipientID), .text(e.messageID), .text(e.action.rawValue), .text(e.status.description),
                                  e.diagnostic.map { .text($0) } ?? .null, .text(e.diagnosticType), e.remoteMTA.map { .text($0) } ?? .null,
                                  .double(e.at.timeIntervalSince1970)])
                 }
@@ -311,7 +317,7 @@ extension SQLiteQueueStore {
                 }).first else { return nil }
                 src.entries = try entries.query([.text(id)]) { s in
                     (PendingDSNEntry(recipientID: s.int(0), messageID: id, action: DeliveryStatusNotification.Action(rawValue: s.text(1)) ?? .failed,
-                                     status: s.text(2), diagnostic: s.optionalText(3), diagnosticType: s.text(4), remoteMTA: s.optionalText(5),
+                                     status: EnhancedStatusCode(s.text(2)) ?? EnhancedStatusCode(.permanentFailure, 0, 0), diagnostic: s.optionalText(3), diagnosticType: s.text(4), remoteMTA: s.optionalText(5),
                                      at: Date(timeIntervalSince1970: s.double(6))),
                      s.text(7), s.optionalText(8))
                 }
@@ -370,9 +376,14 @@ extension SQLiteQueueStore {
           AND NOT EXISTS(SELECT 1 FROM dsn_pending p WHERE p.recipient_id = r.id)
         """
 
+    /// The reply stored in three columns from `column` (code, enhanced, text), nil when the code is NULL.
+    static func reply(_ s: SQLiteStatement, _ column: Int32) -> DeliveryStatus? {
+        s.isNull(column) ? nil : DeliveryStatus(code: Int(s.int(column)), enhanced: s.optionalText(column + 1), text: s.optionalText(column + 2) ?? "")
+    }
+
     private static func delayCandidate(_ s: SQLiteStatement) -> QueueEvent {
         QueueEvent(seq: 0, kind: .deferred, messageID: s.text(1), recipientID: s.int(0), address: s.text(2),
-                   code: s.isNull(3) ? nil : Int(s.int(3)), enhanced: s.optionalText(4), text: s.optionalText(5), node: s.optionalText(6),
+                   reply: reply(s, 3), textWithoutReply: s.isNull(3) ? s.optionalText(5) : nil, node: s.optionalText(6),
                    sendingIP: s.optionalText(7), mxHost: s.optionalText(8), attempts: Int(s.int(9)),
                    nextAttemptAt: s.isNull(10) ? nil : Date(timeIntervalSince1970: s.double(10)), leaseGrantedAt: nil,
                    at: Date(timeIntervalSince1970: s.double(11)), detail: nil, reversePath: s.text(12), pool: s.text(13),

@@ -266,6 +266,12 @@ public final class SQLiteQueueStore: QueueStore {
         try lock.withLock { try db.transaction { try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) } } }
     }
 
+    /// The values of `last_code`, `last_enhanced`, `last_text` for a reply (the text is at most
+    /// `DeliveryStatus.maxTextLength` characters).
+    static func replyColumns(_ reply: DeliveryStatus) -> [SQLiteStatement.Value] {
+        [.int(Int64(reply.code.rawValue)), reply.enhanced.map { .text($0.description) } ?? .null, .text(reply.text)]
+    }
+
     private func applyResultInTransaction(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
         var app = ResultApplication()
         let t = now.timeIntervalSince1970
@@ -280,8 +286,7 @@ public final class SQLiteQueueStore: QueueStore {
             guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
                   let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
             if state.isFinal { app.ignored += 1; continue }
-            let common: [SQLiteStatement.Value] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
-                                                  .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            let common: [SQLiteStatement.Value] = SQLiteQueueStore.replyColumns(o.reply) + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
             switch o.status {
             case .delivered, .failed:
                 try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
@@ -429,8 +434,8 @@ public final class SQLiteQueueStore: QueueStore {
             }).first else { return nil }
             m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
                 RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),
-                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastCode: $0.isNull(5) ? nil : Int($0.int(5)),
-                                lastEnhanced: $0.optionalText(6), lastText: $0.optionalText(7), node: $0.optionalText(8), sendingIP: $0.optionalText(9),
+                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastReply: SQLiteQueueStore.reply($0, 5),
+                                lastTextWithoutReply: $0.isNull(5) ? $0.optionalText(7) : nil, node: $0.optionalText(8), sendingIP: $0.optionalText(9),
                                 mxHost: $0.optionalText(10), updatedAt: $0.double(11))
             }
             return m

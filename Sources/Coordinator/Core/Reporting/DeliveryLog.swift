@@ -6,6 +6,7 @@ import Darwin
 import ClusterProtocol
 import Foundation
 import HatoSupport
+import SMTPCore
 
 /// One delivery log line (JSON, snake_case keys, absent fields omitted). Also the body of
 /// each webhook event.
@@ -95,6 +96,17 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     /// Creates a record with the fields every event has.
     public init(id: String, ts: String, event: String, messageId: String?) {
         self.id = id; self.ts = ts; self.event = event; self.messageId = messageId
+    }
+
+    /// Sets `code`, `enhanced` and `reply` from a recipient's last reply, flat as the log and the
+    /// webhooks have always written them; `reply` alone when there is only a text.
+    /// - Parameters:
+    ///   - status: the last reply, if any.
+    ///   - textWithoutReply: the text recorded without a reply (an expiry before any attempt).
+    public mutating func setReply(_ status: DeliveryStatus?, textWithoutReply: String? = nil) {
+        code = status?.code.rawValue
+        enhanced = status?.enhanced?.description
+        reply = status?.text ?? textWithoutReply
     }
 
     /// ISO 8601 UTC with milliseconds.

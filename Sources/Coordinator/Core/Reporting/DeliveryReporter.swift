@@ -227,7 +227,7 @@ public final class DeliveryReporter: Sendable {
             r.node = e.node; r.sendingIp = e.sendingIP; r.mx = e.mxHost
             r.provider = e.mxHost.map { config.providerName(forMXHost: $0) }
             var providerHost = e.mxHost
-            r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
+            r.setReply(e.reply, textWithoutReply: e.textWithoutReply)
             r.attempt = e.attempts
             r.attemptTime = e.leaseGrantedAt.map { Self.rounded(max(0, e.at.timeIntervalSince($0))) }
             if let rid = e.recipientID, let o = details.withLock({ $0.removeValue(forKey: rid) }) {
@@ -242,8 +242,7 @@ public final class DeliveryReporter: Sendable {
                     providerHost = failure.mxHost
                 }
             }
-            let category = e.kind == .delivered || e.kind == .suppressed || e.code == nil ? nil
-                : BounceClassifier.classify(code: e.code ?? 0, enhanced: e.enhanced, text: e.text ?? "")
+            let category = e.kind == .delivered || e.kind == .suppressed ? nil : e.reply.map(BounceClassifier.classify)
             r.category = category?.rawValue
             if e.kind == .deferred, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
             count(e, category: category, providerHost: providerHost)
@@ -251,7 +250,7 @@ public final class DeliveryReporter: Sendable {
         case .held, .released, .deleted, .flushed:
             // The recipient and its last reply for context; no category (nobody answered).
             r.recipient = e.address
-            r.code = e.code; r.enhanced = e.enhanced; r.reply = e.text
+            r.setReply(e.reply, textWithoutReply: e.textWithoutReply)
             r.attempt = e.attempts
             if e.kind != .deleted, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
         case .paused, .resumed, .lifted, .suspended:
@@ -286,35 +285,36 @@ public final class DeliveryReporter: Sendable {
     /// DSN entries and suppression entries for a recipient event.
     private func schedule(_ e: QueueEvent, category: BounceCategory?, into d: inout EventDisposition, now: Date) {
         guard let rid = e.recipientID, let address = e.address else { return }
-        let reply = [e.code.map(String.init), e.enhanced, e.text].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+        let reply = e.diagnostic
         let diagnosticType = e.mxHost == nil ? "X-Hato" : "smtp"
         if e.reversePath.isEmpty {
             if e.kind == .failed || e.kind == .expired {
                 log.warning("undeliverable notification dropped (null reverse-path: never bounced)",
-                            ["id": e.messageID, "recipient_id": "\(rid)", "code": "\(e.code ?? 0)"])
+                            ["id": e.messageID, "recipient_id": "\(rid)", "code": "\(e.reply?.code.rawValue ?? 0)"])
             }
         } else {
             switch e.kind {
             case .failed where Self.notifyAllows(e.notify, "FAILURE"):
-                let status = EnhancedStatusCode.status(e.enhanced, ofClass: .permanentFailure, orElse: EnhancedStatusCode(.permanentFailure, 0, 0))
+                let status = e.reply?.enhancedStatus(ofClass: .permanentFailure, orElse: EnhancedStatusCode(.permanentFailure, 0, 0))
+                    ?? EnhancedStatusCode(.permanentFailure, 0, 0)
                 d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: status, diagnostic: reply,
                                              diagnosticType: diagnosticType, remoteMTA: e.mxHost, at: e.at))
             case .expired where Self.notifyAllows(e.notify, "FAILURE"):
-                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: "4.4.7",
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: EnhancedStatusCode(.persistentTransientFailure, 4, 7),
                                              diagnostic: reply.isEmpty ? "delivery time expired" : reply,
                                              diagnosticType: reply.isEmpty ? "X-Hato" : diagnosticType, remoteMTA: e.mxHost, at: e.at))
             case .suppressed where Self.notifyAllows(e.notify, "FAILURE"):
-                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: "5.1.1",
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .failed, status: EnhancedStatusCode(.permanentFailure, 1, 1),
                                              diagnostic: reply.isEmpty ? "recipient address is on the suppression list" : reply,
                                              diagnosticType: "X-Hato", remoteMTA: nil, at: e.at))
             case .delivered where Self.notifyAllows(e.notify, "SUCCESS"):
-                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .relayed, status: "2.0.0",
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: e.messageID, action: .relayed, status: EnhancedStatusCode(.success, 0, 0),
                                              diagnostic: reply, diagnosticType: diagnosticType, remoteMTA: e.mxHost, at: e.at))
             default:
                 break
             }
         }
-        if e.kind == .failed, config.suppression.autoAdd, (e.code ?? 0) >= 500, let category, category.isHardBounce {
+        if e.kind == .failed, config.suppression.autoAdd, (e.reply?.code.rawValue ?? 0) >= 500, let category, category.isHardBounce {
             let domain = Queue.senderDomain(of: e.reversePath)
             let scope: String? = config.suppression.scope == .global || domain.isEmpty ? nil : domain
             d.suppressions.append(SuppressionEntry(address: address, scope: scope, category: category.rawValue, reason: reply, source: "bounce",
@@ -383,18 +383,19 @@ public final class DeliveryReporter: Sendable {
             guard let rid = c.recipientID else { continue }
             d.delayHandled.append(rid)
             guard !c.reversePath.isEmpty, Self.notifyAllows(c.notify, "DELAY") else { continue }
-            let reply = [c.code.map(String.init), c.enhanced, c.text].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
-            let neverAttempted = c.attempts == 0 || c.code == nil
+            let reply = c.diagnostic
+            let neverAttempted = c.attempts == 0 || c.reply == nil
             if neverAttempted || c.state == RecipientState.held.rawValue {
                 // Nobody answered yet, or an operator holds it: the diagnostic says why it waits
                 // (paused, warm-up cap, suspension, held), as `queue list` does.
                 let why = reason(for: c, state: c.state ?? RecipientState.queued.rawValue)
-                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: "4.0.0",
+                d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: EnhancedStatusCode(.persistentTransientFailure, 0, 0),
                                              diagnostic: neverAttempted ? "not yet attempted: \(why)" : "\(why); last reply: \(reply)",
                                              diagnosticType: "X-Hato", remoteMTA: nil, at: now))
                 continue
             }
-            let status = EnhancedStatusCode.status(c.enhanced, ofClass: .persistentTransientFailure, orElse: EnhancedStatusCode(.persistentTransientFailure, 0, 0))
+            let fallback = EnhancedStatusCode(.persistentTransientFailure, 0, 0)
+            let status = c.reply?.enhancedStatus(ofClass: .persistentTransientFailure, orElse: fallback) ?? fallback
             d.dsn.append(PendingDSNEntry(recipientID: rid, messageID: c.messageID, action: .delayed, status: status,
                                          diagnostic: reply.isEmpty ? nil : reply, diagnosticType: c.mxHost == nil ? "X-Hato" : "smtp",
                                          remoteMTA: c.mxHost, at: now))

@@ -5,90 +5,6 @@ import HatoCrypto
 import HatoDelivery
 import HatoSupport
 
-/// What a configuration reload changed: every changed key either applied live (`live`) or is
-/// listed as needing a restart of the coordinator, every node or a named node
-/// (`restartRequired`); and what each node did (`nodes`).
-public struct ReloadReport: Codable, Sendable, Equatable {
-    public var ipsAdded: [String]
-    public var ipsRemoved: [String]
-    public var nodesAdded: [String]
-    public var nodesRemoved: [String]
-    public var poolsAdded: [String]
-    public var poolsRemoved: [String]
-    /// Changed keys that applied at once (`ConfigReload.liveKeys`).
-    public var live: [String] = []
-    /// `needs restart of coordinator: …`, `needs restart of every node: …`, `needs restart of
-    /// node X: …` lines (`ConfigReload.restartRequired`).
-    public var restartRequired: [String]
-    /// The coordinator's reload counter since its start (what `config_changed` carried).
-    public var generation = 0
-    /// Each configured node's answer to `config_changed`.
-    public var nodes: [NodeReloadAnswer] = []
-
-    public init(ipsAdded: [String], ipsRemoved: [String], nodesAdded: [String], nodesRemoved: [String], poolsAdded: [String],
-                poolsRemoved: [String], live: [String] = [], restartRequired: [String], generation: Int = 0, nodes: [NodeReloadAnswer] = []) {
-        self.ipsAdded = ipsAdded; self.ipsRemoved = ipsRemoved; self.nodesAdded = nodesAdded; self.nodesRemoved = nodesRemoved
-        self.poolsAdded = poolsAdded; self.poolsRemoved = poolsRemoved; self.live = live; self.restartRequired = restartRequired
-        self.generation = generation; self.nodes = nodes
-    }
-
-    /// Decodes a report; the keys an older coordinator does not send default to empty.
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        ipsAdded = try c.decode([String].self, forKey: .ipsAdded); ipsRemoved = try c.decode([String].self, forKey: .ipsRemoved)
-        nodesAdded = try c.decode([String].self, forKey: .nodesAdded); nodesRemoved = try c.decode([String].self, forKey: .nodesRemoved)
-        poolsAdded = try c.decode([String].self, forKey: .poolsAdded); poolsRemoved = try c.decode([String].self, forKey: .poolsRemoved)
-        restartRequired = try c.decode([String].self, forKey: .restartRequired)
-        live = try c.decodeIfPresent([String].self, forKey: .live) ?? []
-        generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 0
-        nodes = try c.decodeIfPresent([NodeReloadAnswer].self, forKey: .nodes) ?? []
-    }
-}
-
-/// One node's part of a reload: its answer to `config_changed`, or why there is none.
-public struct NodeReloadAnswer: Codable, Sendable, Equatable {
-    /// How the node fared.
-    public enum Status: String, Codable, Sendable, Equatable {
-        /// It re-read cluster.yml and applied what applies live.
-        case applied
-        /// It refused the file (`errors` say why) and runs on unchanged.
-        case refused
-        /// It did not answer within the reload's wait (it may still apply the file).
-        case noAnswer = "no answer"
-        /// It is not connected: it reads cluster.yml when it starts.
-        case notConnected = "not connected"
-        /// An older node without `config_changed`: send it SIGHUP (IPs only) or restart it.
-        case unsupported
-    }
-    /// The node id.
-    public var node: String
-    public var status: Status
-    /// Changed keys that applied on the node.
-    public var live: [String] = []
-    /// Changed keys that wait for a restart of the node.
-    public var restartRequired: [String] = []
-    /// Why the node refused the file, or a warning (its file differs from the coordinator's).
-    public var errors: [String] = []
-
-    public init(node: String, status: Status, live: [String] = [], restartRequired: [String] = [], errors: [String] = []) {
-        self.node = node; self.status = status; self.live = live; self.restartRequired = restartRequired; self.errors = errors
-    }
-}
-
-/// Errors of operator actions, rendered by the admin API.
-public enum AdminError: Error, CustomStringConvertible, Sendable {
-    /// No `nodes[]` entry has this id.
-    case unknownNode(String)
-    /// The coordinator did not get to the request in time (its scheduler thread is busy or stuck).
-    case busy(String)
-    public var description: String {
-        switch self {
-        case .unknownNode(let n): return "unknown node \(n)"
-        case .busy(let what): return "the coordinator did not answer in time: \(what)"
-        }
-    }
-}
-
 /// A backoff's start or end, as the delivery log and webhooks report it.
 public enum BackoffEvent: Sendable, Equatable {
     /// The pair became suspended or throttled.
@@ -131,6 +47,8 @@ public struct PlannedGrant: Sendable {
     public var planned: [String: (group: DeliveryGroup, ip: AssignedIP)]
     /// Seconds each lease lasts.
     public var leaseTime: TimeInterval
+    /// The leadership term the grant is made under (nil before terms).
+    public var term: Int64? = nil
 }
 
 /// The coordinator's scheduling core, as a value: node membership and the IP assignment
@@ -206,6 +124,8 @@ public struct Scheduler: Sendable {
     public private(set) var recipientsLeased: [String: Int] = [:]
     /// The IP owners last handed to the shell to store.
     private var storedOwners: [String: String]?
+    /// The leadership this scheduler acts under (nil: no terms, as before issue 15).
+    public private(set) var leadership: LeadershipStamp?
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -220,9 +140,11 @@ public struct Scheduler: Sendable {
     ///   - backoffs: backoffs still active at start (from the queue).
     ///   - pauses: operator pauses (from the queue).
     ///   - leaseHoldUntil: no new lease before this time (see `QueueStore.beginRun`).
+    ///   - leadership: the term, store and coordinator id to stamp on frames (nil: none).
     public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], pauses: [Pause] = [],
-                leaseHoldUntil: Date? = nil) {
+                leaseHoldUntil: Date? = nil, leadership: LeadershipStamp? = nil) {
         self.config = config
+        self.leadership = leadership
         for p in pauses { self.pauses[p.target] = p }
         self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
         self.backoffs = BackoffTable(entries: backoffs)
@@ -266,7 +188,8 @@ public struct Scheduler: Sendable {
         leases.nodeConnected(hello.nodeID)
         let proof = ClusterAuth.coordinatorProof(secret: config.cluster.secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
         return [.send(connection, .welcome(WelcomeMessage(proof: proof, assignedIPs: owned, heartbeatInterval: config.coordinator.heartbeatInterval,
-                                                          peerTimeout: config.coordinator.nodeTimeout))),
+                                                          peerTimeout: config.coordinator.nodeTimeout, term: leadership?.term,
+                                                          storeID: leadership?.storeID, coordinatorID: leadership?.coordinatorID))),
                 .log(.init(.info, "node joined", ["node": hello.nodeID, "instance": hello.instanceID, "peer": peer,
                                                   "ips": owned.map(\.address).joined(separator: ",")]))]
     }
@@ -346,7 +269,7 @@ public struct Scheduler: Sendable {
         let added = membership.announced(node: s.nodeID, bindable: bindable, now: now)
         var out: [Directive] = [.log(.init(.info, "node announced bindable IPs", ["node": s.nodeID, "bindable": bindable.joined(separator: ","),
                                                                                   "assigned": added.map(\.address).joined(separator: ",")]))]
-        if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added)))) }
+        if !added.isEmpty { out.append(.send(s.connection, .ipAssign(IPAssignMessage(ips: added, term: leadership?.term)))) }
         out.append(.scheduleNextTick(after: 0))
         return out
     }
@@ -670,7 +593,8 @@ public struct Scheduler: Sendable {
             guard let session = membership.sessions[c.node] else { continue }
             let rec = LeaseRecord(id: Identifier.random(bytes: 12), node: c.node, instance: session.instanceID, sendingIP: c.ip.address,
                                   messageID: g.messageID, domain: g.domain, recipientIDs: g.recipients.map(\.id), grantedAt: now, expiresAt: expiresAt)
-            grants[c.node, default: PlannedGrant(node: c.node, connection: session.connection, records: [], planned: [:], leaseTime: leaseTime)]
+            grants[c.node, default: PlannedGrant(node: c.node, connection: session.connection, records: [], planned: [:], leaseTime: leaseTime,
+                                                    term: leadership?.term)]
                 .records.append(rec)
             grants[c.node]?.planned[rec.id] = (g, c.ip)
             leases.granted(rec)
@@ -686,10 +610,10 @@ public struct Scheduler: Sendable {
             switch change {
             case .assign(let node, let ips):
                 guard let c = membership.sessions[node]?.connection else { return nil }
-                return .send(c, .ipAssign(IPAssignMessage(ips: ips)))
+                return .send(c, .ipAssign(IPAssignMessage(ips: ips, term: leadership?.term)))
             case .revoke(let node, let addresses):
                 guard let c = membership.sessions[node]?.connection else { return nil }
-                return .send(c, .ipRevoke(IPRevokeMessage(addresses: addresses)))
+                return .send(c, .ipRevoke(IPRevokeMessage(addresses: addresses, term: leadership?.term)))
             }
         }
     }

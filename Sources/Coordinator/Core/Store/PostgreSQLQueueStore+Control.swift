@@ -53,9 +53,7 @@ extension PostgreSQLQueueStore {
                        r.next_attempt_at, r.ip, r.last_code, r.last_enhanced, r.last_text
                 FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ANY($1::bigint[]) ORDER BY r.id
                 """, [.text(Self.array(ids))]).map { s -> WaitingRecipient in
-                let reply = try s.optionalInt(11).map { code in
-                    [String(code), try s.optionalText(12), try s.optionalText(13)].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
-                }
+                let reply = try Self.reply(s, 11)?.description
                 return WaitingRecipient(recipientId: try s.int(0), messageId: try s.text(1), address: try s.text(2), domain: try s.text(3),
                                         state: RecipientState(rawValue: try s.text(4)) ?? .queued, attempts: Int(try s.int(5)), pool: try s.text(6),
                                         sender: try s.text(7), receivedAt: try s.double(8), nextAttemptAt: try s.optionalDouble(9),

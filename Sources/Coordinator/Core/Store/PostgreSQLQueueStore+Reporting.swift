@@ -1,6 +1,7 @@
 import Foundation
 import HatoConfig
 import HatoDelivery
+import SMTPCore
 
 // The event outbox, DSN and webhook outboxes on PostgreSQL (see SQLiteQueueStore+Reporting.swift
 // for what each does). The event triggers are PL/pgSQL functions (created by the migrations)
@@ -47,8 +48,8 @@ extension PostgreSQLQueueStore {
                 ORDER BY e.seq LIMIT $1
                 """, [.int(Int64(limit))]).map { s in
                 QueueEvent(seq: try s.int(0), kind: DeliveryEventKind(rawValue: try s.text(1)) ?? .received, messageID: try s.text(2),
-                           recipientID: try s.optionalInt(3), address: try s.optionalText(4), code: try s.optionalInt(5).map { Int($0) },
-                           enhanced: try s.optionalText(6), text: try s.optionalText(7), node: try s.optionalText(8), sendingIP: try s.optionalText(9),
+                           recipientID: try s.optionalInt(3), address: try s.optionalText(4), reply: try Self.reply(s, 5),
+                           textWithoutReply: s.isNull(5) ? try s.optionalText(7) : nil, node: try s.optionalText(8), sendingIP: try s.optionalText(9),
                            mxHost: try s.optionalText(10), attempts: try s.optionalInt(11).map { Int($0) },
                            nextAttemptAt: try s.optionalDouble(12).map { Date(timeIntervalSince1970: $0) },
                            leaseGrantedAt: try s.optionalDouble(13).map { Date(timeIntervalSince1970: $0) },
@@ -78,7 +79,7 @@ extension PostgreSQLQueueStore {
                     ON CONFLICT(recipient_id) DO UPDATE SET action = excluded.action, status = excluded.status, diagnostic = excluded.diagnostic,
                       diagnostic_type = excluded.diagnostic_type, remote_mta = excluded.remote_mta, at = excluded.at
                       WHERE dsn_pending.action = 'delayed'
-                    """, [.int(e.recipientID), .text(e.messageID), .text(e.action.rawValue), .text(e.status), e.diagnostic.map { .text($0) } ?? .null,
+                    """, [.int(e.recipientID), .text(e.messageID), .text(e.action.rawValue), .text(e.status.description), e.diagnostic.map { .text($0) } ?? .null,
                           .text(e.diagnosticType), e.remoteMTA.map { .text($0) } ?? .null, .double(e.at.timeIntervalSince1970)])
             }
             try Self.insertSuppressions(d.suppressions, on: c)
@@ -117,7 +118,7 @@ extension PostgreSQLQueueStore {
                     FROM dsn_pending p JOIN recipients r ON r.id = p.recipient_id WHERE p.message_id = $1 ORDER BY p.recipient_id
                     """, [.text(id)]).map { s in
                     (PendingDSNEntry(recipientID: try s.int(0), messageID: id, action: DeliveryStatusNotification.Action(rawValue: try s.text(1)) ?? .failed,
-                                     status: try s.text(2), diagnostic: try s.optionalText(3), diagnosticType: try s.text(4), remoteMTA: try s.optionalText(5),
+                                     status: EnhancedStatusCode(try s.text(2)) ?? EnhancedStatusCode(.permanentFailure, 0, 0), diagnostic: try s.optionalText(3), diagnosticType: try s.text(4), remoteMTA: try s.optionalText(5),
                                      at: Date(timeIntervalSince1970: try s.double(6))),
                      try s.text(7), try s.optionalText(8))
                 }
@@ -157,7 +158,7 @@ extension PostgreSQLQueueStore {
 
     private static func delayCandidate(_ s: PostgreSQLRow) throws -> QueueEvent {
         QueueEvent(seq: 0, kind: .deferred, messageID: try s.text(1), recipientID: try s.int(0), address: try s.text(2),
-                   code: try s.optionalInt(3).map { Int($0) }, enhanced: try s.optionalText(4), text: try s.optionalText(5), node: try s.optionalText(6),
+                   reply: try reply(s, 3), textWithoutReply: s.isNull(3) ? try s.optionalText(5) : nil, node: try s.optionalText(6),
                    sendingIP: try s.optionalText(7), mxHost: try s.optionalText(8), attempts: Int(try s.int(9)),
                    nextAttemptAt: try s.optionalDouble(10).map { Date(timeIntervalSince1970: $0) }, leaseGrantedAt: nil,
                    at: Date(timeIntervalSince1970: try s.double(11)), detail: nil, reversePath: try s.text(12), pool: try s.text(13),

@@ -89,6 +89,19 @@ public final class PostgreSQLQueueStore: QueueStore {
         pool.stop()
     }
 
+    /// Starts a new term on the database's `leadership` row (migration 2): the term is
+    /// incremented and the row names this coordinator; the store's identity is the row's
+    /// `store_id`. One term sequence per database, the one `PostgreSQLLeadership` continues.
+    /// - Returns: the stamp for the scheduler.
+    /// - Throws: `PostgreSQLError`.
+    public func beginTerm(coordinatorID: String) throws -> LeadershipStamp {
+        try pool.transaction { c in
+            let row = try c.query("UPDATE leadership SET term = term + 1, leader = $1 WHERE id = 1 RETURNING term, store_id", [.text(coordinatorID)])
+            guard let r = row.first else { throw PostgreSQLError.misuse("the leadership row is missing (migration 2)") }
+            return LeadershipStamp(term: try r.int(0), storeID: try r.text(1), coordinatorID: coordinatorID)
+        }
+    }
+
     /// Nothing runs in the background for PostgreSQL (the server checkpoints by itself).
     public func startBackgroundWork() throws {}
 
@@ -154,6 +167,17 @@ public final class PostgreSQLQueueStore: QueueStore {
                     """, suppression == .senderDomain ? [.text(m.id), .text(m.reversePath)] : [.text(m.id)])
             }
         }
+    }
+
+    /// The values of `last_code`, `last_enhanced`, `last_text` for a reply (as the SQLite store writes them).
+    static func replyColumns(_ reply: DeliveryStatus) -> [PostgreSQLValue] {
+        [.int(Int64(reply.code.rawValue)), reply.enhanced.map { .text($0.description) } ?? .null, .text(reply.text)]
+    }
+
+    /// The reply stored in three columns from `column` (code, enhanced, text), nil when the code is NULL.
+    static func reply(_ s: PostgreSQLRow, _ column: Int) throws -> DeliveryStatus? {
+        guard let code = try s.optionalInt(column) else { return nil }
+        return DeliveryStatus(code: Int(code), enhanced: try s.optionalText(column + 1), text: try s.optionalText(column + 2) ?? "")
     }
 
     /// A PostgreSQL array literal (`{"a","b",NULL}`) of texts, for a `$n::text[]` parameter.
@@ -331,8 +355,8 @@ public final class PostgreSQLQueueStore: QueueStore {
         for o in result.outcomes {
             guard var row = rows[o.recipientID] else { app.ignored += 1; continue }
             if row.state.isFinal { app.ignored += 1; continue }
-            let common: [PostgreSQLValue] = [.int(Int64(o.code)), o.enhanced.map { .text($0) } ?? .null, .text(String(o.text.prefix(512))),
-                                             .text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            let common: [PostgreSQLValue] = Self.replyColumns(o.reply)
+                + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
             func setFinal(_ state: RecipientState) throws {
                 try c.run("""
                     UPDATE recipients SET state = $1, lease_id = NULL, attempts = attempts + 1, next_attempt_at = NULL, last_code = $2,
@@ -511,8 +535,8 @@ public final class PostgreSQLQueueStore: QueueStore {
                 FROM recipients WHERE message_id = $1 ORDER BY id
                 """, [.text(id)]).map {
                 RecipientRecord(id: try $0.int(0), address: try $0.text(1), state: RecipientState(rawValue: try $0.text(2)) ?? .queued,
-                                attempts: Int(try $0.int(3)), nextAttemptAt: try $0.optionalDouble(4), lastCode: try $0.optionalInt(5).map { Int($0) },
-                                lastEnhanced: try $0.optionalText(6), lastText: try $0.optionalText(7), node: try $0.optionalText(8),
+                                attempts: Int(try $0.int(3)), nextAttemptAt: try $0.optionalDouble(4), lastReply: try Self.reply($0, 5),
+                                lastTextWithoutReply: $0.isNull(5) ? try $0.optionalText(7) : nil, node: try $0.optionalText(8),
                                 sendingIP: try $0.optionalText(9), mxHost: try $0.optionalText(10), updatedAt: try $0.double(11))
             }
             return m

@@ -38,6 +38,12 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue {
     /// off the commit path). Idempotent.
     /// - Throws: a store error when it cannot start.
     func startBackgroundWork() throws
+    /// Starts a new leadership term for this (single) coordinator: increments the stored term
+    /// durably and returns it with the store's identity, so nodes refuse frames of an earlier run.
+    /// - Parameter coordinatorID: this coordinator's id, for the stamp.
+    /// - Returns: the stamp for the scheduler.
+    /// - Throws: a store error.
+    func beginTerm(coordinatorID: String) throws -> LeadershipStamp
     /// A description of where the store keeps its data, for logs (never with a password).
     var location: String { get }
 

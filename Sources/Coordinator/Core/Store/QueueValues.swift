@@ -91,24 +91,70 @@ public struct ResultApplication: Sendable, Equatable {
     public var leaseKnown = false
 }
 
-/// One recipient's record for lookups.
+/// One recipient's record for lookups. Its JSON (the admin API) keeps the flat `lastCode`,
+/// `lastEnhanced` and `lastText` keys.
 public struct RecipientRecord: Codable, Sendable, Equatable {
     public var id: Int64
     public var address: String
     public var state: RecipientState
     public var attempts: Int
     public var nextAttemptAt: Double?
-    public var lastCode: Int?
-    public var lastEnhanced: String?
-    public var lastText: String?
+    /// The last reply (remote or locally generated), nil before any.
+    public var lastReply: DeliveryStatus?
+    /// The last text when there is no reply (an expiry before any attempt), nil when `lastReply` is set.
+    public var lastTextWithoutReply: String?
     public var node: String?
     public var sendingIP: String?
     public var mxHost: String?
     public var updatedAt: Double
 
+    public init(id: Int64, address: String, state: RecipientState, attempts: Int, nextAttemptAt: Double?, lastReply: DeliveryStatus?,
+                lastTextWithoutReply: String?, node: String?, sendingIP: String?, mxHost: String?, updatedAt: Double) {
+        self.id = id; self.address = address; self.state = state; self.attempts = attempts; self.nextAttemptAt = nextAttemptAt
+        self.lastReply = lastReply; self.lastTextWithoutReply = lastTextWithoutReply; self.node = node; self.sendingIP = sendingIP
+        self.mxHost = mxHost; self.updatedAt = updatedAt
+    }
+
     enum CodingKeys: String, CodingKey {
         case id, address, state, attempts, nextAttemptAt, lastCode, lastEnhanced, lastText, node, mxHost, updatedAt
         case sendingIP = "sendingIp"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int64.self, forKey: .id)
+        address = try c.decode(String.self, forKey: .address)
+        state = try c.decode(RecipientState.self, forKey: .state)
+        attempts = try c.decode(Int.self, forKey: .attempts)
+        nextAttemptAt = try c.decodeIfPresent(Double.self, forKey: .nextAttemptAt)
+        let text = try c.decodeIfPresent(String.self, forKey: .lastText)
+        if let code = try c.decodeIfPresent(Int.self, forKey: .lastCode) {
+            lastReply = DeliveryStatus(code: code, enhanced: try c.decodeIfPresent(String.self, forKey: .lastEnhanced), text: text ?? "")
+        } else {
+            lastTextWithoutReply = text
+        }
+        node = try c.decodeIfPresent(String.self, forKey: .node)
+        sendingIP = try c.decodeIfPresent(String.self, forKey: .sendingIP)
+        mxHost = try c.decodeIfPresent(String.self, forKey: .mxHost)
+        updatedAt = try c.decode(Double.self, forKey: .updatedAt)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(address, forKey: .address)
+        try c.encode(state, forKey: .state)
+        try c.encode(attempts, forKey: .attempts)
+        try c.encodeIfPresent(nextAttemptAt, forKey: .nextAttemptAt)
+        if let lastReply {
+            try c.encode(lastReply, code: .lastCode, enhanced: .lastEnhanced, text: .lastText)
+        } else {
+            try c.encodeIfPresent(lastTextWithoutReply, forKey: .lastText)
+        }
+        try c.encodeIfPresent(node, forKey: .node)
+        try c.encodeIfPresent(sendingIP, forKey: .sendingIP)
+        try c.encodeIfPresent(mxHost, forKey: .mxHost)
+        try c.encode(updatedAt, forKey: .updatedAt)
     }
 }
 

@@ -230,17 +230,17 @@ public struct DeliveryAttempt: Sendable {
         guard case .initial = state else { preconditionFailure("DeliveryAttempt.start called twice") }
         // Addresses that could break a command line are never sent.
         if !SMTPClientTransaction.isSafeArgument(reversePath, allowEmpty: true) {
-            resolve(recipients, .failed, 553, "5.1.7", "invalid sender address syntax")
+            resolve(recipients, .failed, .localFailure(553, 1, 7, "invalid sender address syntax"))
         } else {
             for r in recipients {
                 if SMTPClientTransaction.isSafeArgument(r.address, allowEmpty: false) { pending.append(r) } else {
-                    resolve([r], .failed, 553, "5.1.3", "invalid recipient address syntax")
+                    resolve([r], .failed, .localFailure(553, 1, 3, "invalid recipient address syntax"))
                 }
             }
         }
         guard !pending.isEmpty else { return finish() }
         if longestLine > MessageText.maxLineLength {
-            resolve(pending, .failed, 554, "5.6.0", "message has a line of \(longestLine) octets; RFC 5321 §4.5.3.1.6 allows 998")
+            resolve(pending, .failed, .localFailure(554, 6, 0, "message has a line of \(longestLine) octets; RFC 5321 §4.5.3.1.6 allows 998"))
             pending = []
             return finish()
         }
@@ -252,7 +252,7 @@ public struct DeliveryAttempt: Sendable {
         guard case .checkingOut(let round) = state else { invalid("checkedOut") }
         switch result {
         case .unavailable(let why):
-            resolve(pending, .deferred, 451, "4.4.5", why)
+            resolve(pending, .deferred, .localDeferral(4, 5, why))
             pending = []
             return finish()
         case .reuse(let facts):
@@ -321,7 +321,7 @@ public struct DeliveryAttempt: Sendable {
         let rateWait = now - since
         guard granted else {
             let key = session.facts.shapingKey.map(\.description) ?? sendingIP
-            resolve(pending, .deferred, 451, "4.4.5", "shaping: the message rate for \(key) leaves no slot before the lease deadline")
+            resolve(pending, .deferred, .localDeferral(4, 5, "shaping: the message rate for \(key) leaves no slot before the lease deadline"))
             pending = []
             return checkin(reusable: true, then: .finish)
         }
@@ -339,7 +339,7 @@ public struct DeliveryAttempt: Sendable {
             prepared[session.facts.capabilities.eightBitMIME] = message
             return transact(session, message, rateWait: rateWait, now: now)
         case .failure(let f):
-            resolve(pending, f.permanent ? .failed : .deferred, f.code, f.enhanced, f.text)
+            resolve(pending, f.reply.disposition, f.reply)
             pending = []
             decided = session.round.target
             return checkin(reusable: true, then: .finish)
@@ -401,8 +401,9 @@ public struct DeliveryAttempt: Sendable {
         while index < targets.count && !pending.isEmpty {
             let target = targets[index]
             if let sourceIsIPv6, target.address.contains(":") != sourceIsIPv6 {
-                lastFailure = SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
-                                              text: "address family differs from sending IP \(sendingIP)", tlsHandshakeFailed: false)
+                lastFailure = SMTPOpenFailure(target: target, connectFailed: true,
+                                              reply: .localDeferral(4, 1, "address family differs from sending IP \(sendingIP)"),
+                                              tlsHandshakeFailed: false)
                 index += 1
                 continue
             }
@@ -416,7 +417,7 @@ public struct DeliveryAttempt: Sendable {
     /// Before a transaction: the lease deadline, then the rate slot.
     private mutating func sessionReady(_ session: Session, now: ContinuousClock.Instant) -> Action {
         if let notAfter, now >= notAfter {
-            resolve(pending, .deferred, 451, "4.4.7", "lease deadline passed before the transaction started")
+            resolve(pending, .deferred, .localDeferral(4, 7, "lease deadline passed before the transaction started"))
             pending = []
             return checkin(reusable: true, then: .finish)
         }
@@ -440,29 +441,26 @@ public struct DeliveryAttempt: Sendable {
     private mutating func finish() -> Action {
         if !pending.isEmpty {
             if let f = lastFailure {
-                let text = f.connectFailed ? "cannot connect: \(f.target): \(f.text)" : "\(f.target): \(f.text)"
-                resolve(pending, .deferred, f.code, f.enhanced, text)
+                let text = f.connectFailed ? "cannot connect: \(f.target): \(f.reply.text)" : "\(f.target): \(f.reply.text)"
+                resolve(pending, .deferred, DeliveryStatus(f.reply.code, f.reply.enhanced, text))
                 if !f.connectFailed && decided == nil { decided = f.target }
                 if f.connectFailed { unreachable = f.target }
             } else {
-                resolve(pending, .deferred, 451, "4.4.1", "cannot connect: no delivery target")
+                resolve(pending, .deferred, .localDeferral(4, 1, "cannot connect: no delivery target"))
             }
             pending = []
         }
         state = .finished
         let outcomes = recipients.map { r in
-            finals[r.id] ?? RecipientOutcome(recipientID: r.id, status: .deferred, code: 451, enhanced: "4.4.2", text: "delivery did not complete")
+            finals[r.id] ?? RecipientOutcome(recipientID: r.id, status: .deferred, reply: .localDeferral(4, 2, "delivery did not complete"))
         }
         var report = DeliveryReport(outcomes: outcomes, mxHost: decided?.host, remoteAddress: decided?.address, sessions: sessions)
         report.unreachable = unreachable
         return .done(report)
     }
 
-    private mutating func resolve(_ rs: [DeliveryRecipient], _ status: OutcomeStatus, _ code: Int, _ enhanced: String, _ text: String) {
-        for r in rs {
-            finals[r.id] = RecipientOutcome(recipientID: r.id, status: status, code: code, enhanced: enhanced,
-                                            text: String(text.prefix(SMTPClientTransaction.maxTextLength)))
-        }
+    private mutating func resolve(_ rs: [DeliveryRecipient], _ status: OutcomeStatus, _ reply: DeliveryStatus) {
+        for r in rs { finals[r.id] = RecipientOutcome(recipientID: r.id, status: status, reply: reply) }
     }
 
     private func invalid(_ event: String) -> Never {

@@ -61,14 +61,15 @@ public struct PreparedMessage: Sendable {
 
 /// Why a message cannot be prepared for a server.
 public struct PreparationFailure: Error, Sendable, Equatable {
+    /// The outcome for every recipient: a synthetic 5yz (bounce) or 4yz (retry) reply with its
+    /// enhanced status code and what went wrong.
+    public let reply: DeliveryStatus
+
+    /// A failure from its status.
+    public init(_ reply: DeliveryStatus) { self.reply = reply }
+
     /// Whether the failure is permanent (bounce) or temporary (retry).
-    public let permanent: Bool
-    /// The SMTP-style code for the outcome.
-    public let code: Int
-    /// The enhanced status code.
-    public let enhanced: String
-    /// What went wrong.
-    public let text: String
+    public var permanent: Bool { reply.code.isPermanent }
 }
 
 /// Turns stored content into the bytes for one server: CRLF line ends, 8-bit → 7-bit MIME
@@ -95,15 +96,15 @@ public struct MessagePreparer: Sendable {
     /// - Returns: the bytes to send, or a failure for every recipient.
     public func prepare(_ analysis: MessageAnalysis, eightBitMIME: Bool) -> Result<PreparedMessage, PreparationFailure> {
         if analysis.longestLine > MessageText.maxLineLength {
-            return .failure(PreparationFailure(permanent: true, code: 554, enhanced: "5.6.0",
-                                               text: "message has a line of \(analysis.longestLine) octets; RFC 5322 §2.1.1 allows 998"))
+            return .failure(PreparationFailure(.localFailure(554, 6, 0,
+                                               "message has a line of \(analysis.longestLine) octets; RFC 5322 §2.1.1 allows 998")))
         }
         var bytes = analysis.bytes
         var converted = false
         if analysis.body8Bit && !eightBitMIME {
             guard let downgraded = MIMEDowngrade.convert(bytes) else {
-                return .failure(PreparationFailure(permanent: true, code: 554, enhanced: "5.6.3",
-                                                   text: "the server does not offer 8BITMIME and the 8-bit content cannot be converted to 7-bit MIME"))
+                return .failure(PreparationFailure(.localFailure(554, 6, 3,
+                                                   "the server does not offer 8BITMIME and the 8-bit content cannot be converted to 7-bit MIME")))
             }
             bytes = downgraded
             converted = true
@@ -112,12 +113,12 @@ public struct MessagePreparer: Sendable {
         do {
             (bytes, signatures) = try dkim.sign(bytes, time: clock.now())
         } catch {
-            return .failure(PreparationFailure(permanent: false, code: 451, enhanced: "4.3.0", text: "DKIM signing failed: \(error)"))
+            return .failure(PreparationFailure(.localDeferral(3, 0, "DKIM signing failed: \(error)")))
         }
         // Unchanged content keeps the analysis it came with; converted or signed content is analysed again.
         let final = converted || !signatures.isEmpty ? MessageAnalysis(bytes) : analysis
         if final.longestLine > MessageText.maxLineLength {
-            return .failure(PreparationFailure(permanent: true, code: 554, enhanced: "5.6.0", text: "message has a line longer than 998 octets"))
+            return .failure(PreparationFailure(.localFailure(554, 6, 0, "message has a line longer than 998 octets")))
         }
         let traits = SMTPMessageTraits(size: bytes.count, has8Bit: final.headers8Bit || final.body8Bit, needsSMTPUTF8: final.headers8Bit)
         return .success(PreparedMessage(bytes: bytes, traits: traits, converted: converted, signatures: signatures))

@@ -3,23 +3,29 @@ import Glibc
 #endif
 import Foundation
 import HatoDNS
+import SMTPCore
 
 /// Why no next hop could be found for a domain.
 public struct NextHopFailure: Error, Sendable, Equatable, CustomStringConvertible {
-    /// True when retrying cannot help (NXDOMAIN, null MX, no MX/A/AAAA): bounce the recipients.
-    public let permanent: Bool
-    /// The RFC 3463 enhanced status code, e.g. `5.1.10` or `4.4.3`.
-    public let enhanced: String
-    /// A human-readable explanation (without the enhanced code).
-    public let text: String
+    /// The outcome for every recipient of the domain: 550 when retrying cannot help (NXDOMAIN,
+    /// null MX, no MX/A/AAAA: bounce), 451 otherwise, with the RFC 3463 enhanced status code
+    /// (e.g. `5.1.10`, `4.4.3`) and a human-readable explanation (without the enhanced code).
+    public let reply: DeliveryStatus
 
     /// A failure from its parts.
-    public init(permanent: Bool, enhanced: String, text: String) {
-        self.permanent = permanent; self.enhanced = enhanced; self.text = text
+    /// - Parameters:
+    ///   - permanent: whether retrying cannot help (550) or can (451).
+    ///   - enhanced: the enhanced status code.
+    ///   - text: the explanation.
+    public init(permanent: Bool, enhanced: EnhancedStatusCode, text: String) {
+        reply = DeliveryStatus(permanent ? 550 : 451, enhanced, text)
     }
 
+    /// True when retrying cannot help: bounce the recipients.
+    public var permanent: Bool { reply.code.isPermanent }
+
     /// `enhanced text`, e.g. `5.1.10 domain … does not accept mail (null MX)`.
-    public var description: String { "\(enhanced) \(text)" }
+    public var description: String { "\(reply.enhanced?.description ?? "") \(reply.text)" }
 }
 
 /// Turns a recipient domain (or a configured static next hop) into connection targets.
@@ -65,7 +71,7 @@ public struct NextHopResolver: Sendable {
             case .addresses(let addresses):
                 return .success(NextHopResolver.unique(addresses.map { DeliveryTarget(host: hop.host, address: $0, port: hop.port) }))
             case .notFound(let why), .temporaryFailure(let why):
-                return .failure(NextHopFailure(permanent: false, enhanced: "4.4.3", text: "static next hop \(hop.host) does not resolve: \(why)"))
+                return .failure(NextHopFailure(permanent: false, enhanced: EnhancedStatusCode(.persistentTransientFailure, 4, 3), text: "static next hop \(hop.host) does not resolve: \(why)"))
             }
         }
         switch resolver.resolveMailExchangers(domain: domain) {
@@ -83,18 +89,18 @@ public struct NextHopResolver: Sendable {
             }
             let result = NextHopResolver.unique(targets)
             if result.isEmpty && !loops.isEmpty {
-                return .failure(NextHopFailure(permanent: true, enhanced: "5.4.6",
+                return .failure(NextHopFailure(permanent: true, enhanced: EnhancedStatusCode(.permanentFailure, 4, 6),
                                                text: "mail for \(domain) loops back to myself (MX \(loops.prefix(3).joined(separator: ", ")))"))
             }
             if result.isEmpty {
-                return .failure(NextHopFailure(permanent: false, enhanced: "4.4.4", text: "no address for any MX host of \(domain)"))
+                return .failure(NextHopFailure(permanent: false, enhanced: EnhancedStatusCode(.persistentTransientFailure, 4, 4), text: "no address for any MX host of \(domain)"))
             }
             return .success(result)
         case .permanentFailure(let message):
-            let (enhanced, text) = NextHopResolver.split(message, default: "5.1.2")
+            let (enhanced, text) = NextHopResolver.split(message, default: EnhancedStatusCode(.permanentFailure, 1, 2))
             return .failure(NextHopFailure(permanent: true, enhanced: enhanced, text: text))
         case .temporaryFailure(let message):
-            let (enhanced, text) = NextHopResolver.split(message, default: "4.4.3")
+            let (enhanced, text) = NextHopResolver.split(message, default: EnhancedStatusCode(.persistentTransientFailure, 4, 3))
             return .failure(NextHopFailure(permanent: false, enhanced: enhanced, text: text))
         }
     }
@@ -166,12 +172,9 @@ public struct NextHopResolver: Sendable {
     }
 
     /// Splits `"5.1.10 text"` into the enhanced code and the text.
-    static func split(_ message: String, default fallback: String) -> (String, String) {
+    static func split(_ message: String, default fallback: EnhancedStatusCode) -> (EnhancedStatusCode, String) {
         let token = message.prefix { $0 != " " }
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && $0.isNumber } }) else {
-            return (fallback, message)
-        }
-        return (String(token), String(message.dropFirst(token.count).drop { $0 == " " }))
+        guard let enhanced = EnhancedStatusCode(String(token)) else { return (fallback, message) }
+        return (enhanced, String(message.dropFirst(token.count).drop { $0 == " " }))
     }
 }

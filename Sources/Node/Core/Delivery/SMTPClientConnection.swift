@@ -36,17 +36,27 @@ public struct SMTPOpenFailure: Error, Sendable, Equatable, CustomStringConvertib
     public let target: DeliveryTarget
     /// True when the TCP connection itself failed (refused, unreachable, timeout).
     public let connectFailed: Bool
-    /// The deferral for the recipients if no other target works (4xx).
-    public let code: Int
-    /// The `4.x.x` enhanced status code.
-    public let enhanced: String
-    /// What happened.
-    public let text: String
+    /// The deferral for the recipients if no other target works: a 4yz code with a `4.x.x`
+    /// enhanced status code.
+    public let reply: DeliveryStatus
     /// The TLS handshake failed: an opportunistic sender may retry this target in plaintext.
     public let tlsHandshakeFailed: Bool
 
+    /// A failure from its parts.
+    public init(target: DeliveryTarget, connectFailed: Bool, reply: DeliveryStatus, tlsHandshakeFailed: Bool) {
+        self.target = target; self.connectFailed = connectFailed; self.reply = reply; self.tlsHandshakeFailed = tlsHandshakeFailed
+    }
+
+    /// The TCP connection to `target` failed: 451 4.4.1 (RFC 3463 §3.5, no answer from host).
+    /// - Parameters:
+    ///   - target: the target.
+    ///   - why: what the connect call reported.
+    public static func cannotConnect(to target: DeliveryTarget, _ why: String) -> SMTPOpenFailure {
+        SMTPOpenFailure(target: target, connectFailed: true, reply: .localDeferral(4, 1, "cannot connect: \(why)"), tlsHandshakeFailed: false)
+    }
+
     /// `target: text`.
-    public var description: String { "\(target): \(text)" }
+    public var description: String { "\(target): \(reply.text)" }
 }
 
 /// One open SMTP client session (plain or STARTTLS) to one target from one sending IP, ready
@@ -125,9 +135,8 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                             timeouts: SMTPClientTimeouts) -> Result<SMTPClientConnection, SMTPOpenFailure> {
         var handshake = SMTPClientHandshake(heloName: heloName, tlsPolicy: tlsPolicy, tlsAvailable: tlsClient != nil)
         func failure(_ f: SMTPClientHandshake.Failure?) -> SMTPOpenFailure {
-            let f = f ?? SMTPClientHandshake.Failure(code: 451, enhanced: "4.4.0", text: "session set-up failed", tlsHandshakeFailed: false)
-            return SMTPOpenFailure(target: target, connectFailed: false, code: f.code, enhanced: f.enhanced, text: f.text,
-                                   tlsHandshakeFailed: f.tlsHandshakeFailed)
+            let f = f ?? SMTPClientHandshake.Failure(reply: .localDeferral(4, 0, "session set-up failed"), tlsHandshakeFailed: false)
+            return SMTPOpenFailure(target: target, connectFailed: false, reply: f.reply, tlsHandshakeFailed: f.tlsHandshakeFailed)
         }
         if handshake.state == .failed { return .failure(failure(handshake.failure)) }
         let start = ContinuousClock.now
@@ -136,8 +145,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             socket = try Socket.connect(to: SocketAddress(host: target.address, port: target.port),
                                         from: sendingIP.isEmpty ? nil : sendingIP, timeout: timeouts.connect)
         } catch {
-            return .failure(SMTPOpenFailure(target: target, connectFailed: true, code: 451, enhanced: "4.4.1",
-                                            text: "cannot connect: \(error)", tlsHandshakeFailed: false))
+            return .failure(.cannotConnect(to: target, "\(error)"))
         }
         let connected = ContinuousClock.now
         var stream: any ByteStream = socket

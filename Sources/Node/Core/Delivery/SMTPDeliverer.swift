@@ -3,17 +3,6 @@ import HatoConfig
 import HatoSupport
 import SMTPCore
 
-/// One recipient of a delivery attempt.
-public struct DeliveryRecipient: Sendable, Hashable {
-    /// The caller's recipient id (echoed in `RecipientOutcome.recipientID`).
-    public let id: Int64
-    /// The forward path without angle brackets, e.g. `user@example.com`.
-    public let address: String
-
-    /// A recipient from its id and address.
-    public init(id: Int64, address: String) { self.id = id; self.address = address }
-}
-
 /// One message to deliver to recipients that share a next hop.
 public struct DeliveryRequest: Sendable {
     /// The reverse path without angle brackets; `""` for the null reverse path (RFC 5321 §4.5.5).
@@ -54,36 +43,6 @@ public struct DeliveryRequest: Sendable {
     public var shapingDeadline: Date? {
         get { shapingWaitDeadline.map { Date().addingTimeInterval(($0 - .now).inSeconds) } }
         set { shapingWaitDeadline = newValue.map { .from($0) } }
-    }
-}
-
-/// The result class of one recipient's delivery attempt.
-public enum OutcomeStatus: String, Sendable, Hashable {
-    /// The final reply after DATA was 2xx: the next hop took responsibility (RFC 5321 §4.2.5).
-    case delivered
-    /// A temporary failure (4xx, timeout, connection failure): retry later.
-    case deferred
-    /// A permanent failure (5xx): bounce.
-    case failed
-}
-
-/// What happened to one recipient.
-public struct RecipientOutcome: Sendable, Hashable {
-    /// The recipient's id from `DeliveryRecipient.id`.
-    public let recipientID: Int64
-    /// Delivered, deferred or failed.
-    public let status: OutcomeStatus
-    /// The SMTP reply code behind the outcome (e.g. 250, 451, 550); synthetic 451 for local failures.
-    public let code: Int
-    /// The RFC 3463 enhanced status code, when the server sent one or the failure is local.
-    public let enhanced: String?
-    /// The reply text (lines joined by spaces), at most 512 characters.
-    public let text: String
-
-    /// An outcome from its parts.
-    public init(recipientID: Int64, status: OutcomeStatus, code: Int, enhanced: String?, text: String) {
-        self.recipientID = recipientID; self.status = status; self.code = code
-        self.enhanced = enhanced; self.text = text
     }
 }
 
