@@ -60,7 +60,7 @@ extension Integration {
                 }
                 #expect(try db.query("SELECT COUNT(*) FROM recipient_events").first?.int(0) == 0, "every event processed")
                 #expect(try PostgreSQLMigrations.appliedVersions(on: db) == PostgreSQLQueueStore.migrations.migrations.map(\.version))
-                #expect(try db.query("SELECT term FROM leadership").first?.int(0) == 0, "the leadership row exists, no leader yet")
+                #expect(try db.query("SELECT term FROM leadership").first?.int(0) == 1, "one start, one term")
 
                 // A restart reads the same queue back.
                 #expect(cluster.stopCoordinator() == 0)
@@ -70,6 +70,7 @@ extension Integration {
                 #expect(record["id"] as? String == ids[0])
                 #expect(((record["recipients"] as? [[String: Any]])?.first?["state"] as? String) == "delivered")
                 #expect(try cluster.queue()["delivered"] == count)
+                #expect(try db.query("SELECT term FROM leadership").first?.int(0) == 2, "the restart began a new term")
             } catch {
                 Issue.record("\(error)\n\(cluster.logs)")
                 throw error
