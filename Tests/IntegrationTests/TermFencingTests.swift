@@ -14,8 +14,10 @@ extension Integration {
         let secret = "integration-test-secret-0123456789"
 
         /// Accepts the node's next connection (polling, bounded) and runs the handshake with a
-        /// welcome under `term` of `store`.
-        private func join(_ listener: Socket, term: Int64, store: String, ips: [AssignedIP]) throws -> ClusterConnection {
+        /// welcome under `term` of `store` — or, with `redirectTo`, answers `hello` with a
+        /// redirect naming that address.
+        private func join(_ listener: Socket, term: Int64, store: String, ips: [AssignedIP],
+                          redirectTo: String? = nil) throws -> ClusterConnection {
             let deadline = ContinuousClock.now + .seconds(20)
             var accepted: Socket?
             while accepted == nil, ContinuousClock.now < deadline {
@@ -28,6 +30,10 @@ extension Integration {
             try conn.send(.challenge(ChallengeMessage(versions: [clusterProtocolVersion], nonce: Identifier.random(bytes: 16), cluster: "it")))
             guard case .hello(let hello) = try conn.receive() else { throw HarnessError("expected hello") }
             #expect(hello.features?.contains(ClusterFeature.terms) == true)
+            if let redirectTo {
+                try conn.send(.redirect(RedirectMessage(leader: "coord-leader", address: redirectTo, term: term)))
+                return conn
+            }
             let proof = ClusterAuth.coordinatorProof(secret: secret, nodeNonce: hello.nodeNonce, nodeID: hello.nodeID)
             try conn.send(.welcome(WelcomeMessage(proof: proof, assignedIPs: ips, heartbeatInterval: 1, peerTimeout: 5,
                                                   term: term, storeID: store, coordinatorID: "coord-\(term)")))
@@ -86,6 +92,25 @@ extension Integration {
             c4.close()
             let log = (try? String(contentsOfFile: cluster.nodeProcess("node-a")?.logPath ?? "", encoding: .utf8)) ?? ""
             #expect(log.contains("stale"), "the node logs why it refused")
+        }
+    
+        @Test("a standby's redirect is followed at once to the leader it names, where the node joins")
+        func redirectIsFollowed() throws {
+            let cluster = try LocalCluster()
+            defer { cluster.shutdown() }
+            let standby = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: cluster.clusterPort))
+            defer { standby.close() }
+            let leaderPort = try freePort()
+            let leader = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: leaderPort))
+            defer { leader.close() }
+            let ip10 = AssignedIP(address: "127.0.0.10", helo: "mta10.it.test", pool: "transactional")
+            try cluster.startNode("node-a")
+            let c1 = try join(standby, term: 2, store: "s", ips: [], redirectTo: "127.0.0.1:\(leaderPort)")
+            let redirectedAt = ContinuousClock.now
+            let c2 = try join(leader, term: 2, store: "s", ips: [ip10])
+            #expect(ContinuousClock.now - redirectedAt < .milliseconds(400), "no backoff wait before following a redirect")
+            guard case .leaseRequest = nextFrame(c2) else { Issue.record("the leader should be served"); return }
+            c1.close(); c2.close()
         }
     }
 }

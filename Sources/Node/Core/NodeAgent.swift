@@ -239,10 +239,19 @@ public final class NodeAgent: Sendable {
     public func run() {
         var backoff = ReconnectBackoff()
         var random = SystemRandomNumberGenerator()
+        var targets = CoordinatorTargets(configured: [config.coordinator.listen])
         while state.withLock({ $0.running }) {
+            let target = targets.next
             do {
-                try session(joined: { backoff.joined() })
+                try session(to: target, joined: { backoff.joined(); targets.joined() })
                 backoff.joined()
+            } catch ClusterProtocolError.redirected(let r) {
+                // A standby named the leader: go there at once (a loop of redirects falls back
+                // to the configured order and the backoff).
+                log.info("coordinator is a standby; following its redirect",
+                         ["coordinator": target.description, "leader": r.leader ?? "(unknown)", "address": r.address ?? "(unknown)", "term": String(r.term)])
+                targets.redirected(to: r.address)
+                if targets.followingRedirect { continue }
             } catch let e as ClusterProtocolError {
                 if case .rejected(let reason, retryable: false) = e {
                     log.error("coordinator refused this node; not retrying", ["reason": reason])
@@ -253,9 +262,11 @@ public final class NodeAgent: Sendable {
                     return
                 }
                 if case .versionMismatch = e { log.error("\(e)"); return }
-                log.warning("cluster connection ended", ["reason": e.description])
+                log.warning("cluster connection ended", ["coordinator": target.description, "reason": e.description])
+                targets.failed()
             } catch {
-                log.warning("cluster connection ended", ["reason": "\(error)"])
+                log.warning("cluster connection ended", ["coordinator": target.description, "reason": "\(error)"])
+                targets.failed()
             }
             state.withLock { $0.connection = nil }
             let wait = backoff.next(using: &random)
@@ -266,8 +277,7 @@ public final class NodeAgent: Sendable {
 
     /// One connection's life: handshake, journal replay, credits, then read until it ends.
     /// - Parameter joined: called once the coordinator's `welcome` is verified.
-    private func session(joined: () -> Void) throws {
-        let listen = config.coordinator.listen
+    private func session(to listen: SocketAddress, joined: () -> Void) throws {
         let sock = try Socket.connect(to: listen, timeout: 5)
         sock.setTimeouts(read: 10, write: 30)
         let conn: ClusterConnection
