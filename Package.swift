@@ -84,7 +84,7 @@ let package = Package(
         // Development and test tools, never linked into the product binaries: the capture MX,
         // process spawning, header and DKIM helpers (HatoTestKit), and the demo's sink.
         .target(
-            name: "HatoTestKit", dependencies: ["HatoIO", "HatoSupport"],
+            name: "HatoTestKit", dependencies: ["HatoCrypto", "HatoIO", "HatoSupport"],
             path: "Sources/TestKit", swiftSettings: strict),
         .executableTarget(
             name: "hato-sink", dependencies: ["HatoTestKit", "HatoConfig", "HatoIO", "HatoSupport"],
@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "CoordinatorTests", dependencies: [
                 "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoHTTP", "HatoIO",
-                "HatoSupport", "SMTPCore", "HatoDNS"],
+                "HatoSupport", "SMTPCore", "HatoDNS", "HatoTestKit"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
             name: "NodeTests", dependencies: [

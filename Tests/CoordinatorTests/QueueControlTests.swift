@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
@@ -15,13 +16,15 @@ final class QueueControlFixture: @unchecked Sendable {
     let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
     let retry = RetryPolicy(schedule: [1800], maxAge: 3600)
     let config: ClusterConfig
-    let store: QueueStore
+    let store: any QueueStore
+    /// Where the store lives (a directory or a PostgreSQL schema, removed with the fixture).
+    let place: TestStore
     let service: ReportingService
     let hub: ClusterHub
     let api: QueueControlAPI
     static let domains = ["gmail.com", "googlemail.com", "outlook.com", "yahoo.com", "example.test"]
 
-    init(extraYAML: String = "", batchSize: Int = 97) throws {
+    init(kind: StoreKind = .sqlite, extraYAML: String = "", batchSize: Int = 97) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let yaml = """
             cluster: { name: t, secret: "0123456789abcdef0123" }
@@ -35,7 +38,8 @@ final class QueueControlFixture: @unchecked Sendable {
             \(extraYAML)
             """
         config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        place = try TestStore(kind, directory: config.coordinator.dataDir)
+        store = try place.open()
         let hub = try ClusterHub(config: config, store: store, clock: clock)
         self.hub = hub
         service = try ReportingService(config: config, store: store, clock: clock, onEnqueued: {},
@@ -128,10 +132,8 @@ final class QueueControlFixture: @unchecked Sendable {
 
     /// Queued DSNs (reverse-path `<>`, from the reporter) with their content, header fields unfolded.
     func dsns() throws -> [(id: String, content: String)] {
-        try store.lock.withLock {
-            try store.db.prepare("SELECT id, body FROM messages WHERE reverse_path='' AND helo='relay.hato.test' ORDER BY received_at, id").query {
-                ($0.text(0), String(decoding: $0.blob(1), as: UTF8.self).replacingOccurrences(of: "\r\n ", with: " "))
-            }
+        try TestStore.nullSenderMessages(store, helo: "relay.hato.test").map {
+            ($0.id, String(decoding: $0.content, as: UTF8.self).replacingOccurrences(of: "\r\n ", with: " "))
         }
     }
 }
@@ -143,9 +145,9 @@ struct HarnessFailure: Error, CustomStringConvertible {
 
 @Suite("Queue control")
 struct QueueControlTests {
-    @Test("queue --by domain, provider, pool, ip and state count 3000 waiting recipients exactly, with the oldest entry")
-    func summaries() throws {
-        let f = try QueueControlFixture()
+    @Test("queue --by domain, provider, pool, ip and state count 3000 waiting recipients exactly, with the oldest entry", arguments: StoreKind.allCases)
+    func summaries(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         let ids = try f.fill(600)
         f.clock.advance(90)
@@ -171,9 +173,9 @@ struct QueueControlTests {
         #expect(f.call("GET", "/v1/queue/summary", query: ["by": "colour"]).status == 400)
     }
 
-    @Test("queue list pages through every matching recipient exactly once, in id order, with why each waits")
-    func listing() throws {
-        let f = try QueueControlFixture()
+    @Test("queue list pages through every matching recipient exactly once, in id order, with why each waits", arguments: StoreKind.allCases)
+    func listing(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         try f.fill(600)
         try f.deferAll(domain: "yahoo.com")
@@ -205,9 +207,9 @@ struct QueueControlTests {
         #expect(f.call("GET", "/v1/queue/recipients", query: ["after": "x"]).status == 400)
     }
 
-    @Test("flush, hold, release, delete and bounce by selector on 3000 recipients: exact counts after each, in bounded batches, with events and a DSN")
-    func actions() throws {
-        let f = try QueueControlFixture(batchSize: 97)
+    @Test("flush, hold, release, delete and bounce by selector on 3000 recipients: exact counts after each, in bounded batches, with events and a DSN", arguments: StoreKind.allCases)
+    func actions(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind, batchSize: 97)
         defer { f.cleanup() }
         let ids = try f.fill(600)
         try f.report()
@@ -302,9 +304,9 @@ struct QueueControlTests {
         #expect(fullyClosed?.recipients.map(\.state).contains(.failed) == true)
     }
 
-    @Test("pause and resume by provider and by pool change why recipients wait; pauses and lifts are events with the operator")
-    func pauses() throws {
-        let f = try QueueControlFixture()
+    @Test("pause and resume by provider and by pool change why recipients wait; pauses and lifts are events with the operator", arguments: StoreKind.allCases)
+    func pauses(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         try f.hub.start()
         defer { f.hub.stop() }
@@ -338,9 +340,9 @@ struct QueueControlTests {
         #expect(QueueControlAPI.operatorName(HTTPRequest(method: "GET", path: "/", query: [:], headers: ["x-hato-operator": "ops.alice@corp"], body: [])) == "ops.alice@corp")
     }
 
-    @Test("a held recipient gets its delay notice after dsn.delay_warning saying why, and expires by retry.max_age with a failure DSN")
-    func heldDelayAndExpiry() throws {
-        let f = try QueueControlFixture(extraYAML: "dsn: { delay_warning: 10m }")
+    @Test("a held recipient gets its delay notice after dsn.delay_warning saying why, and expires by retry.max_age with a failure DSN", arguments: StoreKind.allCases)
+    func heldDelayAndExpiry(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind, extraYAML: "dsn: { delay_warning: 10m }")
         defer { f.cleanup() }
         f.service.reporter.delayScanInterval = 0
         let ids = try f.fill(1)
@@ -368,9 +370,9 @@ struct QueueControlTests {
         #expect(try f.store.message(id: ids[0])?.recipients.allSatisfy { $0.state == .expired } == true)
     }
 
-    @Test("a queued recipient never attempted gets its delay notice; a deferred one keeps its reply; <> gets none")
-    func neverAttemptedDelay() throws {
-        let f = try QueueControlFixture(extraYAML: "dsn: { delay_warning: 10m }")
+    @Test("a queued recipient never attempted gets its delay notice; a deferred one keeps its reply; <> gets none", arguments: StoreKind.allCases)
+    func neverAttemptedDelay(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind, extraYAML: "dsn: { delay_warning: 10m }")
         defer { f.cleanup() }
         f.service.reporter.delayScanInterval = 0
         try f.store.enqueue(NewMessage(id: "NULL1", reversePath: "", recipients: ["x@gmail.com"], pool: "t", content: Array("Subject: b\r\n\r\nb\r\n".utf8),
@@ -389,9 +391,9 @@ struct QueueControlTests {
         #expect(text.contains("Diagnostic-Code: smtp; 451 4.3.0 temporary local problem"))
     }
 
-    @Test("a bounce of one recipient is reported at once when the message's others are held, deferred or already reported")
-    func bounceNotHeldBack() throws {
-        let f = try QueueControlFixture()
+    @Test("a bounce of one recipient is reported at once when the message's others are held, deferred or already reported", arguments: StoreKind.allCases)
+    func bounceNotHeldBack(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         try f.fill(1)
         _ = try f.act("hold", "{\"provider\": \"gmail\"}")
@@ -402,9 +404,9 @@ struct QueueControlTests {
         #expect(try f.dsns().count == 1)
     }
 
-    @Test("actions re-check state: leased recipients are counted as in flight and never touched")
-    func leasedUntouched() throws {
-        let f = try QueueControlFixture()
+    @Test("actions re-check state: leased recipients are counted as in flight and never touched", arguments: StoreKind.allCases)
+    func leasedUntouched(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         try f.fill(4)
         let due = try f.store.dueRecipients(pools: ["t", "bulk"], now: f.clock.now(), limit: 100).filter { $0.domain == "gmail.com" }
@@ -415,18 +417,19 @@ struct QueueControlTests {
         #expect(try f.counts()[.leased] == 1)
         // A recipient that moved between selection and write is left alone.
         let s = RecipientSelector(domains: ["outlook.com"], states: [.queued])
-        let picked = try f.store.selectWaiting(s, after: 0, limit: 10).ids
+        let steps = try #require(f.store as? any QueueActionSteps)
+        let picked = try steps.selectWaiting(s, after: 0, limit: 10).ids
         #expect(picked.count == 4)
-        _ = try f.store.applyQueueBatch(.hold, ids: [picked[0]], states: [.queued], by: "x", target: "t", note: nil, now: f.clock.now())
-        #expect(try f.store.applyQueueBatch(.release, ids: picked, states: [.held], by: "x", target: "t", note: nil, now: f.clock.now()) == 1)
+        _ = try steps.applyQueueBatch(.hold, ids: [picked[0]], states: [.queued], by: "x", target: "t", note: nil, now: f.clock.now())
+        #expect(try steps.applyQueueBatch(.release, ids: picked, states: [.held], by: "x", target: "t", note: nil, now: f.clock.now()) == 1)
         let outcome = try f.store.applyQueueAction(.hold, to: RecipientSelector(domains: ["outlook.com"]), by: "x", target: "t", note: nil,
                                                    batchSize: 3, now: { f.clock.now() })
         #expect(outcome.matched == 4 && outcome.changed == 4 && outcome.batches == 2)
     }
 
-    @Test("limit= outside 1…1000 (list) or 1…100000 (summary), or not a number, is a 400 naming the range; absent takes the default")
-    func limitsAreChecked() throws {
-        let f = try QueueControlFixture()
+    @Test("limit= outside 1…1000 (list) or 1…100000 (summary), or not a number, is a 400 naming the range; absent takes the default", arguments: StoreKind.allCases)
+    func limitsAreChecked(kind: StoreKind) throws {
+        let f = try QueueControlFixture(kind: kind)
         defer { f.cleanup() }
         try f.fill(3)
         for bad in ["abc", "0", "-1", "1001", "2.5"] {

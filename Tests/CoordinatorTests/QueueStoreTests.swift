@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import ClusterProtocol
 @testable import HatoCoordinator
@@ -7,7 +8,6 @@ import Testing
 
 @Suite("Queue store")
 struct QueueStoreTests {
-    let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
     let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
     let t0 = Date(timeIntervalSince1970: 2_000_000_000)
 
@@ -26,10 +26,10 @@ struct QueueStoreTests {
                       outcomes: outcomes.map { RecipientResult(recipientID: $0.0, status: $0.1, reply: DeliveryStatus(code: $0.2, enhanced: nil, text: "t")) }, finishedAt: 0)
     }
 
-    @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final")
-    func lifecycle() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+    @Test("enqueue → due → lease → delivered, and the body is purged when every recipient is final", arguments: StoreKind.allCases)
+    func lifecycle(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test", "b@x.test"]))
         let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
         #expect(due.map(\.address) == ["a@x.test", "b@x.test"])
@@ -48,26 +48,26 @@ struct QueueStoreTests {
         #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
     }
 
-    @Test("a deferral schedules the retry; it survives reopening the store (restart)")
-    func deferralAndRestart() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var q: QueueStore? = try QueueStore(directory: dir)
+    @Test("a deferral schedules the retry; it survives reopening the store (restart)", arguments: StoreKind.allCases)
+    func deferralAndRestart(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        var q: (any QueueStore)? = try place.open()
         try q!.enqueue(message("M1", ["a@x.test"]))
         let r = try q!.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
         _ = try q!.recordLeases([lease("L1", "M1", [r.id], at: t0)])
         _ = try q!.applyResult(result("L1", [(r.id, .deferred, 451)]), node: "node-a", retry: retry, now: t0 + 5)
         q = nil
-        let reopened = try QueueStore(directory: dir)
+        let reopened = try place.open()
         #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 64, limit: 10).isEmpty)
         #expect(try reopened.dueRecipients(pools: ["t"], now: t0 + 65, limit: 10).map(\.id) == [r.id])
         #expect(try reopened.message(id: "M1")?.recipients.first?.attempts == 1)
         #expect(try reopened.content(of: "M1") == Array("Subject: x\r\n\r\nbody\r\n".utf8))
     }
 
-    @Test("expired leases return to the queue; a late delivered report is still applied")
-    func leaseExpiry() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+    @Test("expired leases return to the queue; a late delivered report is still applied", arguments: StoreKind.allCases)
+    func leaseExpiry(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         let r = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)[0]
         _ = try q.recordLeases([lease("L1", "M1", [r.id], at: t0)])
@@ -83,10 +83,10 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.delivered] == 1)
     }
 
-    @Test("leases of a previous node instance are requeued, the current instance's are kept")
-    func instanceReconciliation() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+    @Test("leases of a previous node instance are requeued, the current instance's are kept", arguments: StoreKind.allCases)
+    func instanceReconciliation(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         try q.enqueue(message("M2", ["b@x.test"]))
         let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
@@ -96,10 +96,10 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.queued] == 1)
     }
 
-    @Test("recipients older than max age expire")
-    func maxAge() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+    @Test("recipients older than max age expire", arguments: StoreKind.allCases)
+    func maxAge(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         try q.enqueue(message("M1", ["a@x.test"]))
         #expect(try q.expireOld(maxAge: 3600, now: t0 + 3599) == 0)
         #expect(try q.expireOld(maxAge: 3600, now: t0 + 3600) == 1)
@@ -107,10 +107,10 @@ struct QueueStoreTests {
         #expect(try q.content(of: "M1") == nil)
     }
 
-    @Test("group commit: 64 concurrent submissions are all stored, in fewer transactions than messages")
-    func groupCommit() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+    @Test("group commit: 64 concurrent submissions are all stored, in fewer transactions than messages", arguments: StoreKind.allCases)
+    func groupCommit(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
         let group = DispatchGroup()
         let errors = NSLock()
         nonisolated(unsafe) var failures = 0
@@ -124,21 +124,21 @@ struct QueueStoreTests {
         #expect(group.wait(timeout: .now() + 30) == .success)
         #expect(errors.withLock { failures } == 0)
         #expect(try q.countsByState()[.queued] == 64)
-        let batches = q.batchesCommittedForTests
+        let batches = TestStore.batchesCommitted(q)
         print("group commit: 64 messages in \(batches) transactions")
         #expect(batches >= 1 && batches < 64, "concurrent messages share transactions")
     }
 
-    @Test("active backoffs survive reopening the queue; expired ones are dropped; a lifted one is gone")
-    func backoffPersistence() throws {
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var q: QueueStore? = try QueueStore(directory: dir)
+    @Test("active backoffs survive reopening the queue; expired ones are dropped; a lifted one is gone", arguments: StoreKind.allCases)
+    func backoffPersistence(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        var q: (any QueueStore)? = try place.open()
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.10", provider: "gmail", action: .suspend, until: t0.timeIntervalSince1970 + 600, ratePerMinute: nil, reason: "421 4.7.0 try again later"))
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.11", provider: "yahoo", action: .throttle, until: t0.timeIntervalSince1970 + 60, ratePerMinute: 5, reason: "rate"))
         try q!.saveBackoff(BackoffTable.Entry(sendingIP: "127.0.0.12", provider: "outlook", action: .suspend, until: t0.timeIntervalSince1970 + 60, ratePerMinute: nil, reason: "x"))
         try q!.deleteBackoff(ip: "127.0.0.12", provider: "outlook")
         q = nil
-        let reopened = try QueueStore(directory: dir)
+        let reopened = try place.open()
         let active = try reopened.activeBackoffs(now: t0.addingTimeInterval(120))
         #expect(active.map(\.sendingIP) == ["127.0.0.10"])
         var table = BackoffTable(entries: active)
@@ -153,7 +153,7 @@ struct LeaseDurabilityTests {
     let dir = NSTemporaryDirectory() + "hato-run-" + Identifier.random(bytes: 5)
     let t0 = Date(timeIntervalSince1970: 2_000_000_000)
 
-    func queued(_ q: QueueStore, _ n: Int) throws -> [Int64] {
+    func queued(_ q: any QueueStore, _ n: Int) throws -> [Int64] {
         for i in 0..<n {
             try q.enqueue(NewMessage(id: "M\(i)", reversePath: "s@example.org", recipients: ["r\(i)@x.test"], pool: "t",
                                      content: Array("Subject: x\r\n\r\nbody\r\n".utf8), heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0))
@@ -169,12 +169,12 @@ struct LeaseDurabilityTests {
     @Test("with a boot id: one synced commit moves the horizon, leases inside it commit without fsync, a later expiry syncs again")
     func horizon() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+        let q = try SQLiteQueueStore(directory: dir)
         let rids = try queued(q, 4)
         #expect(try q.beginRun(bootID: "boot-1", now: t0) == nil)
         _ = try q.recordLeases([lease(1, rids[0], at: t0)])
         #expect(q.lock.withLock { q.leaseCommits.synced == 1 && q.leaseCommits.unsynced == 0 })
-        #expect(q.lock.withLock { q.leaseHorizon } == (t0 + 300).timeIntervalSince1970 + QueueStore.leaseHorizonSlack)
+        #expect(q.lock.withLock { q.leaseHorizon } == (t0 + 300).timeIntervalSince1970 + Queue.leaseHorizonSlack)
         _ = try q.recordLeases([lease(2, rids[1], at: t0 + 30)])
         _ = try q.recordLeases([lease(3, rids[2], at: t0 + 59)])
         #expect(q.lock.withLock { q.leaseCommits.synced == 1 && q.leaseCommits.unsynced == 2 })
@@ -186,7 +186,7 @@ struct LeaseDurabilityTests {
     @Test("without a boot id every lease commit is synced")
     func noBootID() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+        let q = try SQLiteQueueStore(directory: dir)
         let rids = try queued(q, 2)
         #expect(try q.beginRun(bootID: nil, now: t0) == nil)
         _ = try q.recordLeases([lease(1, rids[0], at: t0)])
@@ -198,30 +198,30 @@ struct LeaseDurabilityTests {
     func restartHold() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         do {
-            let q = try QueueStore(directory: dir)
+            let q = try SQLiteQueueStore(directory: dir)
             let rids = try queued(q, 1)
             _ = try q.beginRun(bootID: "boot-1", now: t0)
             _ = try q.recordLeases([lease(1, rids[0], at: t0)])
         }  // the process "crashes": no endRun
-        let horizon = Date(timeIntervalSince1970: (t0 + 300).timeIntervalSince1970 + QueueStore.leaseHorizonSlack)
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 10) == nil)
+        let horizon = Date(timeIntervalSince1970: (t0 + 300).timeIntervalSince1970 + Queue.leaseHorizonSlack)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 10) == nil)
         // The same unclean state seen from a new boot (a kernel crash or power loss).
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-2", now: t0 + 20) == horizon)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-2", now: t0 + 20) == horizon)
         // Still unclean, and the boot changed again: the hold is over once the horizon passed.
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-3", now: horizon + 1) == nil)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-3", now: horizon + 1) == nil)
         // Another new boot after an unclean stop holds again. The hold is stored: restarting
         // during it — after a crash on the same boot, or after a clean stop — keeps it.
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 20) == horizon)
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 21) == horizon)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 20) == horizon)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 21) == horizon)
         do {
-            let q = try QueueStore(directory: dir)
+            let q = try SQLiteQueueStore(directory: dir)
             #expect(try q.beginRun(bootID: "boot-5", now: t0 + 25) == horizon)
             try q.endRun()
         }
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 26) == horizon)
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-6", now: horizon + 1) == nil)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-5", now: t0 + 26) == horizon)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-6", now: horizon + 1) == nil)
         // A clean stop with a lease horizon ahead: a new boot does not hold.
-        let q = try QueueStore(directory: dir)
+        let q = try SQLiteQueueStore(directory: dir)
         _ = try q.beginRun(bootID: "boot-6", now: horizon + 2)
         let rids = try q.dueRecipients(pools: ["t"], now: horizon + 2, limit: 10).map(\.id)
         try q.enqueue(NewMessage(id: "M9", reversePath: "s@example.org", recipients: ["z@x.test"], pool: "t",
@@ -230,14 +230,14 @@ struct LeaseDurabilityTests {
         _ = try q.recordLeases([LeaseRecord(id: "L9", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M9", domain: "x.test",
                                             recipientIDs: m9, grantedAt: horizon + 2, expiresAt: horizon + 302)])
         try q.endRun()
-        #expect(try QueueStore(directory: dir).beginRun(bootID: "boot-7", now: horizon + 10) == nil)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-7", now: horizon + 10) == nil)
     }
 
     @Test("the real boot id is read from the kernel")
     func bootID() {
-        let id = QueueStore.currentBootID()
+        let id = Queue.currentBootID()
         #expect(id?.count == 36)
-        #expect(id == QueueStore.currentBootID())
+        #expect(id == Queue.currentBootID())
     }
 }
 
@@ -248,7 +248,7 @@ struct BackgroundCheckpointTests {
     @Test("the queue's connection no longer checkpoints; the thread does and starts the WAL over, so it stays far below what was written")
     func bounded() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try QueueStore(directory: dir)
+        let q = try SQLiteQueueStore(directory: dir)
         try q.startBackgroundCheckpoints(interval: 0.01, restartSize: 1 << 20)
         #expect(try q.lock.withLock { try q.db.prepare("PRAGMA wal_autocheckpoint").query { $0.int(0) } } == [0])
         let body = Array("Subject: x\r\n\r\n".utf8) + Array(repeating: UInt8(ascii: "y"), count: 16 * 1024) + [0x0D, 0x0A]

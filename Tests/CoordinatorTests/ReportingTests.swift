@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
@@ -14,13 +15,15 @@ final class ReportingFixture: @unchecked Sendable {
     let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
     let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
     let config: ClusterConfig
-    let store: QueueStore
+    let store: any QueueStore
+    /// Where the store lives (a directory or a PostgreSQL schema, removed with the fixture).
+    let place: TestStore
     let service: ReportingService
     final class Count: @unchecked Sendable { let lock = NSLock(); var n = 0 }
     private let count = Count()
     var enqueued: Int { count.lock.withLock { count.n } }
 
-    init(extraYAML: String = "") throws {
+    init(kind: StoreKind = .sqlite, extraYAML: String = "") throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let yaml = """
             cluster: { name: t, secret: "0123456789abcdef0123" }
@@ -34,7 +37,8 @@ final class ReportingFixture: @unchecked Sendable {
             \(extraYAML)
             """
         config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        place = try TestStore(kind, directory: config.coordinator.dataDir)
+        store = try place.open()
         let c = count
         service = try ReportingService(config: config, store: store, clock: clock, onEnqueued: { c.lock.withLock { c.n += 1 } })
     }
@@ -67,15 +71,13 @@ final class ReportingFixture: @unchecked Sendable {
 
     /// Messages queued with a null reverse-path (DSNs), with their content.
     func dsns() throws -> [(id: String, to: [String], content: [UInt8])] {
-        try store.lock.withLock {
-            try store.db.prepare("SELECT id, body FROM messages WHERE reverse_path='' ORDER BY received_at, id").query { ($0.text(0), $0.blob(1)) }
-        }.map { id, body in
+        try TestStore.nullSenderMessages(store).map { id, body in
             (id, try store.message(id: id)?.recipients.map(\.address) ?? [], body)
         }
     }
 
     func setNotify(_ value: String, message: String) throws {
-        try store.lock.withLock { try store.db.prepare("UPDATE recipients SET dsn_notify=? WHERE message_id=?").run([.text(value), .text(message)]) }
+        try TestStore.setNotify(store, value, message: message)
     }
 
     func logLines() -> [DeliveryLogRecord] { service.deliveryLog.query(messageID: nil, recipient: nil, limit: 100_000) }
@@ -83,9 +85,9 @@ final class ReportingFixture: @unchecked Sendable {
 
 @Suite("Reporting: events, DSNs, suppression, delivery log")
 struct ReportingTests {
-    @Test("a 550 produces one DSN to the sender from <>, logged as failed and dsn-sent; the original body is purged afterwards")
-    func failureDSN() throws {
-        let f = try ReportingFixture()
+    @Test("a 550 produces one DSN to the sender from <>, logged as failed and dsn-sent; the original body is purged afterwards", arguments: StoreKind.allCases)
+    func failureDSN(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["nobody@hato.test", "other@hato.test"]))
         try f.report()
@@ -123,9 +125,9 @@ struct ReportingTests {
         #expect(try f.dsns().count == 1)
     }
 
-    @Test("a deferral because no MX could be connected to keeps the MX host, provider and address family in the log and the metrics")
-    func connectionFailureContext() throws {
-        let f = try ReportingFixture(extraYAML: "shaping: { providers: [ { name: examplemail, mx_suffixes: [example-mail.test] } ] }")
+    @Test("a deferral because no MX could be connected to keeps the MX host, provider and address family in the log and the metrics", arguments: StoreKind.allCases)
+    func connectionFailureContext(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "shaping: { providers: [ { name: examplemail, mx_suffixes: [example-mail.test] } ] }")
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["user@example-mail.test"]))
         try f.report()
@@ -157,9 +159,9 @@ struct ReportingTests {
         #expect(json.contains("\"address_family\":\"ipv6\"") && json.contains("\"connect_failed\":true"))
     }
 
-    @Test("a message from <> never gets a DSN, even when it fails")
-    func nullSenderNoDSN() throws {
-        let f = try ReportingFixture()
+    @Test("a message from <> never gets a DSN, even when it fails", arguments: StoreKind.allCases)
+    func nullSenderNoDSN(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", from: "", ["nobody@hato.test"]))
         try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
@@ -169,9 +171,9 @@ struct ReportingTests {
         #expect(try f.store.content(of: "M1") == nil)
     }
 
-    @Test("NOTIFY=NEVER suppresses the DSN; NOTIFY=SUCCESS gives a relayed report for a delivery")
-    func notify() throws {
-        let f = try ReportingFixture()
+    @Test("NOTIFY=NEVER suppresses the DSN; NOTIFY=SUCCESS gives a relayed report for a delivery", arguments: StoreKind.allCases)
+    func notify(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
         try f.setNotify("NEVER", message: "M1")
@@ -191,9 +193,9 @@ struct ReportingTests {
         #expect(DeliveryReporter.notifyAllows("SUCCESS, DELAY", "DELAY"))
     }
 
-    @Test("expired recipients get a 4.4.7 failure report; a long-deferred one gets one delay warning first")
-    func expiryAndDelay() throws {
-        let f = try ReportingFixture(extraYAML: "dsn: { delay_warning: 30m }")
+    @Test("expired recipients get a 4.4.7 failure report; a long-deferred one gets one delay warning first", arguments: StoreKind.allCases)
+    func expiryAndDelay(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "dsn: { delay_warning: 30m }")
         defer { f.cleanup() }
         f.reporter.delayScanInterval = 0
         try f.store.enqueue(f.message("M1", ["slow@hato.test"]))
@@ -221,9 +223,9 @@ struct ReportingTests {
         #expect(f.logLines().contains { $0.event == "expired" && $0.recipient == "slow@hato.test" })
     }
 
-    @Test("a recipient deferred only after its message is behind the delay-warning scan still gets exactly one warning")
-    func lateDeferralWarned() throws {
-        let f = try ReportingFixture(extraYAML: "dsn: { delay_warning: 30m }")
+    @Test("a recipient deferred only after its message is behind the delay-warning scan still gets exactly one warning", arguments: StoreKind.allCases)
+    func lateDeferralWarned(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "dsn: { delay_warning: 30m }")
         defer { f.cleanup() }
         f.reporter.delayScanInterval = 0
         try f.store.enqueue(f.message("M1", ["early@hato.test", "late@hato.test"]))
@@ -260,9 +262,9 @@ struct ReportingTests {
         #expect(texts.filter { $0.contains("early@hato.test") }.count == 1)
     }
 
-    @Test("failures of one message wait for its other recipients' first results, then share one DSN")
-    func oneDSNPerMessage() throws {
-        let f = try ReportingFixture()
+    @Test("failures of one message wait for its other recipients' first results, then share one DSN", arguments: StoreKind.allCases)
+    func oneDSNPerMessage(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["a@one.test", "b@two.test"]))
         let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 10)
@@ -286,9 +288,9 @@ struct ReportingTests {
         #expect(text.contains("Final-Recipient: rfc822; a@one.test") && text.contains("Final-Recipient: rfc822; b@two.test"))
     }
 
-    @Test("a hard bounce suppresses the address; the next message to it is marked suppressed without an attempt and reported")
-    func hardBounceSuppression() throws {
-        let f = try ReportingFixture(extraYAML: "suppression: { expire_after: 1d }")
+    @Test("a hard bounce suppresses the address; the next message to it is marked suppressed without an attempt and reported", arguments: StoreKind.allCases)
+    func hardBounceSuppression(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "suppression: { expire_after: 1d }")
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["Nobody@Hato.test"]))
         try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "user unknown")
@@ -322,9 +324,9 @@ struct ReportingTests {
         #expect(try f.store.message(id: "M4")?.recipients.first?.state == .queued)
     }
 
-    @Test("suppression scope sender_domain: an entry blocks only that sender domain; global entries block all")
-    func senderDomainScope() throws {
-        let f = try ReportingFixture(extraYAML: "suppression: { scope: sender_domain }")
+    @Test("suppression scope sender_domain: an entry blocks only that sender domain; global entries block all", arguments: StoreKind.allCases)
+    func senderDomainScope(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "suppression: { scope: sender_domain }")
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", from: "app@shop.example", ["gone@hato.test"]))
         try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "user unknown")
@@ -346,9 +348,9 @@ struct ReportingTests {
         #expect(try f.store.suppressions(now: f.clock.now()).isEmpty)
     }
 
-    @Test("reject_at_rcpt mode does not mark at enqueue; isSuppressed answers for the SMTP session")
-    func rejectMode() throws {
-        let f = try ReportingFixture(extraYAML: "suppression: { mode: reject_at_rcpt }")
+    @Test("reject_at_rcpt mode does not mark at enqueue; isSuppressed answers for the SMTP session", arguments: StoreKind.allCases)
+    func rejectMode(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind, extraYAML: "suppression: { mode: reject_at_rcpt }")
         defer { f.cleanup() }
         try f.store.addSuppressions([SuppressionEntry(address: "x@hato.test", source: "operator", createdAt: 0)])
         try f.store.enqueue(f.message("M1", ["x@hato.test"]))
@@ -361,9 +363,9 @@ struct ReportingTests {
                 "mark_suppressed mode accepts at RCPT")
     }
 
-    @Test("the admin routes list, add and remove suppressions and query the log; /metrics needs no token")
-    func api() throws {
-        let f = try ReportingFixture()
+    @Test("the admin routes list, add and remove suppressions and query the log; /metrics needs no token", arguments: StoreKind.allCases)
+    func api(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
         let api = f.service.api
         func req(_ method: String, _ path: String, query: [String: String] = [:], body: String = "", token: Bool = true) -> HTTPResponse? {
@@ -397,12 +399,14 @@ struct ReportingTests {
         #expect(text.contains("hato_delivery_latency_seconds_count{pool=\"t\"} 1"))
     }
 
-    @Test("the events survive a restart: a failure recorded before a crash still gets its DSN")
-    func eventsSurviveRestart() throws {
+    @Test("the events survive a restart: a failure recorded before a crash still gets its DSN", arguments: StoreKind.allCases)
+    func eventsSurviveRestart(kind: StoreKind) throws {
         let dir: String
+        let place: TestStore
         do {
-            let f = try ReportingFixture()
+            let f = try ReportingFixture(kind: kind)
             dir = f.config.coordinator.dataDir
+            place = f.place
             try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
             try f.deliver("M1", status: .failed, code: 550, enhanced: "5.1.1", text: "no such user")
             // No reporter pass: the "crash" happens here.
@@ -417,11 +421,10 @@ struct ReportingTests {
             routing: { default_pool: t }
             """, path: "/tmp/x.yml")
         defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
-        let store = try QueueStore(directory: dir)
+        let store = try place.open()
         let service = try ReportingService(config: config, store: store, onEnqueued: {})
         while try service.reporter.runOnce() {}
-        let dsn = try store.lock.withLock { try store.db.prepare("SELECT COUNT(*) FROM messages WHERE reverse_path=''").query { $0.int(0) } }
-        #expect(dsn == [1])
+        #expect(try TestStore.nullSenderMessages(store).count == 1)
     }
 }
 

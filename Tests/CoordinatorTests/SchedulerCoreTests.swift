@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
@@ -12,7 +13,7 @@ import Testing
 /// connection, and time is a manual clock.
 final class SchedulerDriver {
     var scheduler: Scheduler
-    let store: QueueStore
+    let store: any QueueStore
     let clock: ManualClock
     let dir: String
     /// Frames sent, per connection, in order.
@@ -26,10 +27,14 @@ final class SchedulerDriver {
     var nextTick: Date
     private var messageCount = 0
 
-    init(yaml: String, start: Date = Date(timeIntervalSince1970: 1_800_000_000)) throws {
+    /// Where the queue lives (a directory or a PostgreSQL schema, removed with the driver).
+    let place: TestStore
+
+    init(yaml: String, start: Date = Date(timeIntervalSince1970: 1_800_000_000), kind: StoreKind = .sqlite) throws {
         dir = NSTemporaryDirectory() + "hato-sched-" + Identifier.random(bytes: 5)
         let config = try ClusterConfig.parse(yaml.replacingOccurrences(of: "DATA_DIR", with: dir), path: dir + "/cluster.yml")
-        store = try QueueStore(directory: dir + "/queue")
+        place = try TestStore(kind, directory: dir + "/queue")
+        store = try place.open()
         clock = ManualClock(start)
         scheduler = Scheduler(config: config)
         nextTick = start
@@ -44,7 +49,7 @@ final class SchedulerDriver {
             switch d {
             case .send(let c, let m): sent[c, default: []].append(m)
             case .grant(let grants):
-                let all = try! store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: QueueStore.utcDay(now))
+                let all = try! store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
                 scheduler.grantsRecorded(grants, granted: all)
                 let ids = Set(all.map(\.id))
                 for g in grants { granted[g.connection, default: []] += all.filter { r in ids.contains(r.id) && g.records.contains { $0.id == r.id } } }
@@ -132,16 +137,16 @@ struct SchedulerCoreTests {
         """
 
     /// Nodes a and b with their bindable IPs: a gets .10, .20, .21; b gets .11.
-    func twoNodes() throws -> SchedulerDriver {
-        let d = try SchedulerDriver(yaml: Self.yaml)
+    func twoNodes(_ kind: StoreKind = .sqlite) throws -> SchedulerDriver {
+        let d = try SchedulerDriver(yaml: Self.yaml, kind: kind)
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20", "127.0.0.21"])
         d.join("node-b", 2, bindable: ["127.0.0.11", "127.0.0.20", "127.0.0.21"])
         return d
     }
 
-    @Test("join: welcome with the IPs owned; an unknown node and a second connection of a node are refused and disconnected")
-    func joining() throws {
-        let d = try twoNodes()
+    @Test("join: welcome with the IPs owned; an unknown node and a second connection of a node are refused and disconnected", arguments: StoreKind.allCases)
+    func joining(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         guard case .welcome(let w) = d.messages(1).first else { Issue.record("no welcome: \(d.messages(1))"); return }
         #expect(w.assignedIPs.map(\.address) == ["127.0.0.10", "127.0.0.20", "127.0.0.21"])
         #expect(w.proof == ClusterAuth.coordinatorProof(secret: "0123456789abcdef0123", nodeNonce: "n", nodeID: "node-a"))
@@ -157,9 +162,9 @@ struct SchedulerCoreTests {
         #expect(d.scheduler.state(of: "node-c") == .down)
     }
 
-    @Test("the first lease request reconciles the node's earlier instances; a heartbeat goes to each node per interval")
-    func reconcileAndHeartbeats() throws {
-        let d = try SchedulerDriver(yaml: Self.yaml)
+    @Test("the first lease request reconciles the node's earlier instances; a heartbeat goes to each node per interval", arguments: StoreKind.allCases)
+    func reconcileAndHeartbeats(kind: StoreKind) throws {
+        let d = try SchedulerDriver(yaml: Self.yaml, kind: kind)
         let hello = HelloMessage(version: 1, nodeID: "node-a", instanceID: "i7", proof: "", nodeNonce: "n", bindableIPs: ["127.0.0.10"], capacity: 4)
         d.perform(d.scheduler.joinRequested(hello, connection: 9, peer: "127.0.0.1", now: d.now))
         #expect(d.scheduler.state(of: "node-a") == .joining)
@@ -177,14 +182,14 @@ struct SchedulerCoreTests {
         #expect(beats.count == 2, "at 0 s and 2 s (interval 2 s), not at 1 s")
     }
 
-    @Test("warm-up: a day-1 IP never takes more than its cap over many rounds; the other IP takes the rest; the next UTC day raises the cap")
-    func warmupCapAcrossRounds() throws {
+    @Test("warm-up: a day-1 IP never takes more than its cap over many rounds; the other IP takes the rest; the next UTC day raises the cap", arguments: StoreKind.allCases)
+    func warmupCapAcrossRounds(kind: StoreKind) throws {
         let start = Date(timeIntervalSince1970: 1_800_000_000)   // 2027-01-15T08:00:00Z
-        let day = QueueStore.utcDay(start)
+        let day = Queue.utcDay(start)
         let iso = RFC5322Date.isoDate(daysSince1970: day)
         let yaml = Self.yaml.replacingOccurrences(of: "{ address: 127.0.0.10, helo: a.test, pool: t, nodes: [node-a] }",
                                                   with: "{ address: 127.0.0.10, helo: a.test, pool: t, nodes: [node-a], warmup: { plan: gentle, start: \(iso) } }")
-        let d = try SchedulerDriver(yaml: yaml, start: start)
+        let d = try SchedulerDriver(yaml: yaml, start: start, kind: kind)
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.11"], credits: 20)
         try d.enqueue(300)
         var perIP: [String: Int] = [:]
@@ -212,9 +217,9 @@ struct SchedulerCoreTests {
         #expect(d.scheduler.warmupStatus("127.0.0.10", now: d.now)! == (2, 100, 100))
     }
 
-    @Test("a backoff stops only its (IP, provider) pair: other providers still use that IP; the pair resumes after it expires")
-    func backoffOnlyItsPair() throws {
-        let d = try SchedulerDriver(yaml: Self.yaml)
+    @Test("a backoff stops only its (IP, provider) pair: other providers still use that IP; the pair resumes after it expires", arguments: StoreKind.allCases)
+    func backoffOnlyItsPair(kind: StoreKind) throws {
+        let d = try SchedulerDriver(yaml: Self.yaml, kind: kind)
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20"], credits: 1000)
         d.perform(d.scheduler.backoffReported(BackoffMessage(sendingIP: "127.0.0.10", provider: "gmail", domain: "gmail.com", action: "suspend",
                                                              duration: 300, ratePerMinute: nil, reply: "421 4.7.0 try again later"),
@@ -236,9 +241,9 @@ struct SchedulerCoreTests {
         #expect((d.granted[1] ?? []).filter { $0.sendingIP == "127.0.0.10" }.count == 5, "after expiry the pair takes its share again")
     }
 
-    @Test("a backoff's start and end are one event each: suspended when the pair becomes blocked (not again when a report extends it), lifted when it runs out")
-    func backoffEvents() throws {
-        let d = try SchedulerDriver(yaml: Self.yaml)
+    @Test("a backoff's start and end are one event each: suspended when the pair becomes blocked (not again when a report extends it), lifted when it runs out", arguments: StoreKind.allCases)
+    func backoffEvents(kind: StoreKind) throws {
+        let d = try SchedulerDriver(yaml: Self.yaml, kind: kind)
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20"], credits: 10)
         func report(_ seconds: Double) {
             d.perform(d.scheduler.backoffReported(BackoffMessage(sendingIP: "127.0.0.10", provider: "gmail", domain: "gmail.com", action: "suspend",
@@ -265,9 +270,9 @@ struct SchedulerCoreTests {
         #expect(d.backoffEvents.count == 3, "a new suspension after the end is an event again")
     }
 
-    @Test("drain: no new leases, floating IPs handed over one by one after release, drained once its leases finished")
-    func drainHandsOver() throws {
-        let d = try twoNodes()
+    @Test("drain: no new leases, floating IPs handed over one by one after release, drained once its leases finished", arguments: StoreKind.allCases)
+    func drainHandsOver(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         try d.enqueue(10)
         d.backedUp = ["node-b"]
         d.tick()
@@ -293,9 +298,9 @@ struct SchedulerCoreTests {
         #expect(throws: AdminError.self) { try d.scheduler.drainRequested("node-x") }
     }
 
-    @Test("a node lost mid-lease: its floating IPs move only once its last grant has expired (fencing)")
-    func fencingAfterNodeLoss() throws {
-        let d = try twoNodes()
+    @Test("a node lost mid-lease: its floating IPs move only once its last grant has expired (fencing)", arguments: StoreKind.allCases)
+    func fencingAfterNodeLoss(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         try d.enqueue(4)
         d.backedUp = ["node-b"]
         d.tick()
@@ -328,9 +333,9 @@ struct SchedulerCoreTests {
         #expect(Set((d.granted[2] ?? []).flatMap(\.recipientIDs)) == Set(grants.flatMap(\.recipientIDs)))
     }
 
-    @Test("rebalance: the dry-run plan equals what apply does; the moves complete on release")
-    func rebalancePlanEqualsApply() throws {
-        let d = try twoNodes()
+    @Test("rebalance: the dry-run plan equals what apply does; the moves complete on release", arguments: StoreKind.allCases)
+    func rebalancePlanEqualsApply(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         d.join("node-c", 3, bindable: ["127.0.0.20", "127.0.0.21"])
         let plan = d.scheduler.membership.rebalancePlan()
         #expect(!plan.isEmpty)
@@ -349,13 +354,13 @@ struct SchedulerCoreTests {
         #expect(counts.max()! - counts.min()! <= 1, "\(counts)")
     }
 
-    @Test("even spread: over 1 000 messages each IP of a pool gets its weight's share within ±15 %, per provider, at low and high load")
-    func weightedSpread() throws {
+    @Test("even spread: over 1 000 messages each IP of a pool gets its weight's share within ±15 %, per provider, at low and high load", arguments: StoreKind.allCases)
+    func weightedSpread(kind: StoreKind) throws {
         let yaml = Self.yaml.replacingOccurrences(of: "{ address: 127.0.0.20, helo: f.test, pool: t, nodes: [node-a, node-b, node-c] }",
                                                   with: "{ address: 127.0.0.20, helo: f.test, pool: t, nodes: [node-a, node-b, node-c], weight: 2 }")
             .replacingOccurrences(of: "{ address: 127.0.0.21, helo: g.test, pool: t, nodes: [node-a, node-b, node-c] }",
                                   with: "{ address: 127.0.0.21, helo: g.test, pool: t, nodes: [node-a, node-b, node-c], weight: 4 }")
-        let d = try SchedulerDriver(yaml: yaml)
+        let d = try SchedulerDriver(yaml: yaml, kind: kind)
         // Credits as a node asks for them: 2 IPs × 8 delivery workers × 2 leases each.
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20"], credits: 32)
         d.join("node-b", 2, bindable: ["127.0.0.11", "127.0.0.21"], credits: 32)
@@ -396,9 +401,9 @@ struct SchedulerCoreTests {
         check(perProvider["example.net"] ?? [:], "example.net")
     }
 
-    @Test("the IP table survives a coordinator restart: each IP waits for its owner to rejoin, then goes back to it; unclaimed IPs move after the reservation")
-    func ownersRestored() throws {
-        let d = try twoNodes()
+    @Test("the IP table survives a coordinator restart: each IP waits for its owner to rejoin, then goes back to it; unclaimed IPs move after the reservation", arguments: StoreKind.allCases)
+    func ownersRestored(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         d.join("node-c", 3, bindable: ["127.0.0.20", "127.0.0.21"])
         d.perform(d.scheduler.rebalanceRequested().directives)
         for (c, from) in [(ConnectionID(1), "node-a"), (2, "node-b")] {
@@ -442,9 +447,9 @@ struct SchedulerCoreTests {
         for ip in floatingOfA { #expect(d.scheduler.membership.table.owner(of: ip) != nil, "\(ip) moved after the reservation") }
     }
 
-    @Test("pauses: a provider's mail waits while other mail flows; a paused IP and a paused pool take nothing; every waiting recipient says why")
-    func pausesAndReasons() throws {
-        let d = try twoNodes()
+    @Test("pauses: a provider's mail waits while other mail flows; a paused IP and a paused pool take nothing; every waiting recipient says why", arguments: StoreKind.allCases)
+    func pausesAndReasons(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         let now = d.now
         d.perform(d.scheduler.paused(Pause(target: PauseTarget(kind: .provider, name: "gmail"), by: "ops", reason: "complaints", at: 0)))
         d.perform(d.scheduler.paused(Pause(target: PauseTarget(kind: .ip, name: "127.0.0.20"), by: "ops", reason: "", at: 0)))
@@ -485,9 +490,9 @@ struct SchedulerCoreTests {
         #expect(lifted.count == 4 && d.scheduler.backoffs.active(now: d.now).isEmpty)
     }
 
-    @Test("a node whose connection is backed up gets no grant while the others do; results end leases, ack them and teach providers")
-    func backedUpNodeAndResults() throws {
-        let d = try twoNodes()
+    @Test("a node whose connection is backed up gets no grant while the others do; results end leases, ack them and teach providers", arguments: StoreKind.allCases)
+    func backedUpNodeAndResults(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         d.backedUp = ["node-a"]
         try d.enqueue(6)
         d.tick()
@@ -502,9 +507,9 @@ struct SchedulerCoreTests {
         #expect(d.scheduler.providerOfDomain["x.test"] == d.scheduler.config.shaping.group(forMXHost: "alt1.gmail-smtp-in.l.google.com").name)
     }
 
-    @Test("planned leases the queue did not record give their credit and warm-up count back")
-    func withdrawnGrants() throws {
-        let d = try twoNodes()
+    @Test("planned leases the queue did not record give their credit and warm-up count back", arguments: StoreKind.allCases)
+    func withdrawnGrants(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         try d.enqueue(3)
         let credits = d.scheduler.leases.credits["node-a"]!
         let directives = try d.scheduler.tick(now: d.now, queue: d.store, canSend: { $0 == "node-a" })
@@ -518,9 +523,9 @@ struct SchedulerCoreTests {
         #expect(d.scheduler.warmupUsed.values.reduce(0, +) == 0)
     }
 
-    @Test("after an unclean host restart no lease is granted before the hold ends")
-    func leaseHold() throws {
-        let d = try twoNodes()
+    @Test("after an unclean host restart no lease is granted before the hold ends", arguments: StoreKind.allCases)
+    func leaseHold(kind: StoreKind) throws {
+        let d = try twoNodes(kind)
         d.scheduler.holdLeases(until: d.now.addingTimeInterval(30))
         try d.enqueue(2)
         d.tick()

@@ -7,7 +7,7 @@ import Testing
 @Suite("Scheduler logic")
 struct SchedulerTests {
     func due(_ id: Int64, _ msg: String, _ addr: String, pool: String = "t") -> DueRecipient {
-        DueRecipient(id: id, messageID: msg, address: addr, domain: QueueStore.domain(of: addr), pool: pool, reversePath: "s@x.test")
+        DueRecipient(id: id, messageID: msg, address: addr, domain: Queue.domain(of: addr), pool: pool, reversePath: "s@x.test")
     }
 
     @Test("recipients are grouped by (message, destination domain) in order of first appearance")

@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import HatoConfig
 @testable import HatoCoordinator
@@ -86,9 +87,10 @@ struct WebhookTests {
         #expect((1...6).map { WebhookDispatcher.backoff(attempts: $0, hook: hook) } == [5, 10, 20, 40, 60, 60])
     }
 
-    @Test("events reach a Python receiver with valid signatures after it was down and the coordinator restarted")
-    func downThenRestart() throws {
+    @Test("events reach a Python receiver with valid signatures after it was down and the coordinator restarted", arguments: StoreKind.allCases)
+    func downThenRestart(kind: StoreKind) throws {
         let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        let place = try TestStore(kind, directory: dir + "/queue")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
@@ -100,7 +102,7 @@ struct WebhookTests {
 
         // 1. The receiver is down: attempts fail and are rescheduled, nothing is lost.
         do {
-            let store = try QueueStore(directory: dir)
+            let store = try place.open()
             try store.installReportingSchema()
             var d = EventDisposition()
             d.webhooks = events
@@ -119,7 +121,7 @@ struct WebhookTests {
         //    and answers 503 once before accepting.
         let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 1, dir: dir)
         defer { receiver.stop() }
-        let store = try QueueStore(directory: dir)
+        let store = try place.open()
         try store.installReportingSchema()
         let dispatcher = WebhookDispatcher(hooks: [hook], store: store)
         dispatcher.start()
@@ -139,9 +141,10 @@ struct WebhookTests {
         #expect(posts.compactMap { Int($0["attempt"] as? String ?? "") }.max() ?? 0 >= 3, "retried after the failures before the restart and the 503")
     }
 
-    @Test("a receiver that is down gets one POST per back-off interval for the whole hook, not one per batch; then every event in full batches")
-    func hookWideBackoff() throws {
+    @Test("a receiver that is down gets one POST per back-off interval for the whole hook, not one per batch; then every event in full batches", arguments: StoreKind.allCases)
+    func hookWideBackoff(kind: StoreKind) throws {
         let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        let place = try TestStore(kind, directory: dir + "/queue")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
@@ -151,7 +154,7 @@ struct WebhookTests {
         let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 6, dir: dir)
         defer { receiver.stop() }
         let hook = WebhookSettings(url: "http://127.0.0.1:\(port)/hato", secret: secret, timeout: 2, initialBackoff: 0.2, maxBackoff: 0.8, batchSize: 10)
-        let store = try QueueStore(directory: dir)
+        let store = try place.open()
         try store.installReportingSchema()
         var d = EventDisposition()
         d.webhooks = (1...100).map { i in (hook: hook.url, eventID: "M\(i).1", body: Array("{\"id\":\"M\(i).1\"}".utf8)) }
@@ -172,11 +175,12 @@ struct WebhookTests {
         #expect((times.last ?? 0) - (times.first ?? 0) >= 2.5)
     }
 
-    @Test("hooks removed from the configuration have their pending events dropped at start")
-    func removedHook() throws {
+    @Test("hooks removed from the configuration have their pending events dropped at start", arguments: StoreKind.allCases)
+    func removedHook(kind: StoreKind) throws {
         let dir = NSTemporaryDirectory() + "hato-wh-" + Identifier.random(bytes: 5)
+        let place = try TestStore(kind, directory: dir + "/queue")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try QueueStore(directory: dir)
+        let store = try place.open()
         try store.installReportingSchema()
         var d = EventDisposition()
         d.webhooks = [(hook: "http://gone.test/", eventID: "e1", body: Array("{}".utf8))]

@@ -267,7 +267,9 @@ struct ClusterOperationsTests {
 
     @Test("restart on a new boot after an unclean stop: no lease before the stored lease horizon; after a clean stop: no hold")
     func restartHoldAfterHostCrash() throws {
-        let cluster = try LocalCluster()
+        // SQLite's fsync-free lease records and their hold (the PostgreSQL store commits every
+        // lease durably): this test reads queue.db, so it names its store.
+        let cluster = try LocalCluster(extraYAML: "store: { kind: sqlite }")
         defer { cluster.shutdown() }
         do {
             try cluster.startCoordinator()

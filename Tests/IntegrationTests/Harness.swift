@@ -189,8 +189,19 @@ final class LocalCluster: @unchecked Sendable {
             delivery: { connections_per_ip: \(connectionsPerIP), connect_timeout: 5s, command_timeout: 30s, data_timeout: 60s }
             \(extraYAML)
             """
-        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        // HATO_TEST_STORE=postgresql runs the cluster on a fresh schema of the run's PostgreSQL
+        // server (unless the test names a store itself): the whole suite against the other store.
+        if ProcessInfo.processInfo.environment["HATO_TEST_STORE"] == "postgresql" && !extraYAML.contains("store:") {
+            let schema = try TestSchema()
+            storeSchema = schema
+            try (yaml + "\n" + schema.storeYAML + "\n").write(toFile: configPath, atomically: true, encoding: .utf8)
+        } else {
+            try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        }
     }
+
+    /// The PostgreSQL schema of the store when the suite runs on PostgreSQL (HATO_TEST_STORE), else nil.
+    private(set) var storeSchema: TestSchema?
 
     static let fixedIPs = """
         ips:

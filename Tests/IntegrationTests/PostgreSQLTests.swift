@@ -1,6 +1,7 @@
 import Foundation
 import HatoCoordinator
 import HatoCrypto
+import HatoTestKit
 import Synchronization
 import Testing
 

@@ -192,7 +192,8 @@ extension Integration {
 
         @Test("queue_min_free on a 24 MiB tmpfs: 452 4.3.1 at MAIL below it, accepted mail drains, 250 again once space returns")
         func queueMinFreeOnTmpfs() throws {
-            let cluster = try LocalCluster(smtpYAML: "queue_min_free: 8MiB")
+            // The queue must be on the tmpfs it fills: SQLite in coordinator.data_dir.
+            let cluster = try LocalCluster(extraYAML: "store: { kind: sqlite }", smtpYAML: "queue_min_free: 8MiB")
             let queueDir = (cluster.dir as NSString).appendingPathComponent("var/coordinator")
             let mount: TmpfsMount
             switch TmpfsMount.mount(at: queueDir, size: "24m") {

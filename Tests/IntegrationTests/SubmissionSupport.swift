@@ -75,7 +75,7 @@ func submissionClusterYAML(smtpPort: UInt16, clusterPort: UInt16, adminPort: UIn
 final class InProcessSubmission: @unchecked Sendable {
     let dir: String
     let config: ClusterConfig
-    let store: QueueStore
+    let store: any QueueStore
     let server: SubmissionServer
     let port: UInt16
 
@@ -84,7 +84,7 @@ final class InProcessSubmission: @unchecked Sendable {
         dir = try existing ?? makeTempDirectory("hato-sub-")
         let yaml = submissionClusterYAML(smtpPort: 0, clusterPort: try freePort(), adminPort: try freePort(), smtpExtra: smtpExtra, extraYAML: extraYAML)
         config = try ClusterConfig.parse(yaml, path: (dir as NSString).appendingPathComponent("cluster.yml"))
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        store = try config.openQueueStore()  // SQLite unless extraYAML names a store
         server = SubmissionServer(config: config, store: store, onAccepted: {})
         try server.start()
         guard let p = server.boundAddresses.first?.port else { throw HarnessError("no SMTP port") }

@@ -105,7 +105,7 @@ do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "
 
 if args.subcommand == "check" {
     var (loaded, report) = ConfigCheck.load(path: args.configPath)
-    if let loaded { report.items += ConfigCheck.coordinator(loaded).items }
+    if let loaded { report.items += ConfigCheck.coordinator(loaded).items + StoreCheck.report(loaded).items }
     print(report.rendered())
     exit(report.hasErrors ? 1 : 0)
 }

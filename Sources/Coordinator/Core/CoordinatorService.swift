@@ -8,7 +8,7 @@ import HatoSupport
 public final class CoordinatorService: Sendable {
     /// The configuration the process started with (the hub holds the one in force after reloads).
     public let config: ClusterConfig
-    public let store: QueueStore
+    public let store: any QueueStore
     public let hub: ClusterHub
     public let submission: SubmissionServer
     public let admin: HTTPServer
@@ -21,14 +21,15 @@ public final class CoordinatorService: Sendable {
 
     /// Opens the queue and binds every listener.
     /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `TLSError` when a TLS
-    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `SocketError`.
+    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `PostgreSQLError` when
+    ///   the queue store (`store:`) cannot be opened; `SocketError`.
     public init(config: ClusterConfig) throws {
         self.config = config
         let token = try config.coordinator.requireAdminToken()
         let adminTLS = try config.coordinator.adminTLS.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
-        store = try QueueStore(directory: config.coordinator.dataDir)
+        store = try config.openQueueStore()
         let hub = try ClusterHub(config: config, store: store)
         self.hub = hub
         blocklists = BlocklistChecker(config: config) { change in
@@ -90,8 +91,8 @@ public final class CoordinatorService: Sendable {
     /// Starts all listeners and background loops.
     /// - Throws: `SocketError`.
     public func start() throws {
-        let leaseHold = try store.beginRun(bootID: QueueStore.currentBootID(), now: Date())
-        try store.startBackgroundCheckpoints()
+        let leaseHold = try store.beginRun(bootID: Queue.currentBootID(), now: Date())
+        try store.startBackgroundWork()
         let leased = try store.allLeases()
         if !leased.isEmpty {
             log.info("leases from before the restart will be reconciled or expire", ["leases": "\(leased.count)"])
@@ -101,7 +102,7 @@ public final class CoordinatorService: Sendable {
         blocklists.start()
         try submission.start()
         admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+        log.info("coordinator started", ["cluster": config.cluster.name, "store": "\(config.store.kind.rawValue) \(store.location)", "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
                                          "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 

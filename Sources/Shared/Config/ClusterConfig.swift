@@ -34,6 +34,8 @@ public struct ClusterConfig: Sendable, Equatable {
     public var retry: RetrySettings
     /// `delivery:` outbound SMTP settings. Default: see `DeliverySettings`.
     public var delivery: DeliverySettings
+    /// `store:` where the coordinator keeps its queue. Default SQLite in `coordinator.data_dir`.
+    public var store = StoreSettings()
     /// `dsn:` delivery status notifications. Default: see `DSNSettings`.
     public var dsn = DSNSettings()
     /// `suppression:` the hard-bounce suppression list. Default: see `SuppressionSettings`.

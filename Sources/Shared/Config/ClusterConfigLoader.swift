@@ -64,7 +64,7 @@ struct ClusterConfigDecoder {
         let top = try ConfigSection(root.isNull ? .map([], line: 1, column: 1) : root, file: file, path: "", line: nil,
                                     allowed: ["cluster", "coordinator", "smtp", "nodes", "pools", "ips", "routing",
                                               "routes", "dns", "retry", "delivery", "dsn", "suppression", "webhooks", "log",
-                                              "dkim", "shaping", "warmup", "backoff", "reputation"])
+                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store"])
         let cluster = try decodeCluster(top)
         let coordinator = try decodeCoordinator(top)
         let smtp = try decodeSMTP(top, coordinator: coordinator)
@@ -80,6 +80,7 @@ struct ClusterConfigDecoder {
         try decodeOutbound(top, into: &config)  // OutboundSettings.swift
         try decodeDeliverability(top, into: &config)  // DeliverabilitySettings.swift
         try decodeReputation(top, into: &config)  // ReputationSettings.swift
+        try decodeStore(top, into: &config)  // StoreSettings.swift
         return config
     }
 

@@ -150,6 +150,7 @@ public struct ConfigReload: Sendable {
         diff("suppression", old.suppression, new.suppression, restart: .coordinator)
         diff("webhooks", old.webhooks, new.webhooks, restart: .coordinator)
         diff("log", old.log, new.log, restart: .coordinator)
+        diff("store", old.store, new.store, restart: .coordinator)
         diff("dkim", old.dkim, new.dkim, live: true)
         let labels = { (s: ShapingSettings) in s.providers.map { [$0.name] + $0.mxSuffixes } }
         if old.shaping != new.shaping {
@@ -212,6 +213,7 @@ public struct ConfigReload: Sendable {
         c.smtp = smtp
         c.delivery.connectionsPerIP = old.delivery.connectionsPerIP
         c.dsn = old.dsn
+        c.store = old.store
         c.suppression = old.suppression
         c.webhooks = old.webhooks
         c.log = old.log

@@ -77,7 +77,7 @@ public struct RebalanceReport: Codable, Sendable {
 /// actions take their author from `X-Hato-Operator` (default `admin`).
 public struct AdminAPI: Sendable {
     let token: String
-    let store: QueueStore
+    let store: any QueueStore
     let hub: ClusterHub
     let reload: @Sendable () throws -> ReloadReport
     let queueControl: QueueControlAPI
@@ -85,7 +85,7 @@ public struct AdminAPI: Sendable {
     /// - Parameters:
     ///   - token: the bearer token.
     ///   - reload: re-reads and applies the configuration file; throws `ConfigError` when invalid.
-    public init(token: String, store: QueueStore, hub: ClusterHub, reload: @escaping @Sendable () throws -> ReloadReport) {
+    public init(token: String, store: any QueueStore, hub: ClusterHub, reload: @escaping @Sendable () throws -> ReloadReport) {
         self.token = token; self.store = store; self.hub = hub; self.reload = reload
         queueControl = QueueControlAPI(store: store, hub: hub)
     }

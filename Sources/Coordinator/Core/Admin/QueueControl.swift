@@ -18,7 +18,7 @@ import HatoSupport
 /// else `admin`. Every action is logged with it and recorded as delivery log and webhook
 /// events. Actions run in transactions of 1000 recipients.
 public struct QueueControlAPI: Sendable {
-    let store: QueueStore
+    let store: any QueueStore
     let hub: ClusterHub
     let clock: any WallClock
     let batchSize: Int
@@ -26,7 +26,7 @@ public struct QueueControlAPI: Sendable {
 
     /// - Parameters:
     ///   - batchSize: recipients per transaction of an action.
-    public init(store: QueueStore, hub: ClusterHub, clock: any WallClock = SystemClock(), batchSize: Int = 1000) {
+    public init(store: any QueueStore, hub: ClusterHub, clock: any WallClock = SystemClock(), batchSize: Int = 1000) {
         self.store = store; self.hub = hub; self.clock = clock; self.batchSize = max(1, batchSize)
     }
 

@@ -57,7 +57,7 @@ public final class ClusterHub: Sendable {
     public static let unauthenticatedLimits = PreAuthenticationLimits(maxConnections: 64, maxConnectionsPerPeer: 8,
                                                                       handshakeDeadline: handshakeTimeout)
 
-    private let store: QueueStore
+    private let store: any QueueStore
     private let clock: any WallClock
     private let log = Logger(label: "coordinator.cluster")
     private let inbox = LockedCondition(Inbox())
@@ -83,7 +83,7 @@ public final class ClusterHub: Sendable {
     ///   - clock: wall-clock time (stored and sent instants).
     /// - Throws: `SQLiteError` reading persisted drain state and backoffs; `TLSError` when the
     ///   `cluster.tls` certificate, key or CA cannot be loaded.
-    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock()) throws {
+    public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock()) throws {
         self.store = store
         self.clock = clock
         clusterTLS = try config.cluster.tls.map {
@@ -423,7 +423,7 @@ public final class ClusterHub: Sendable {
     private func recordAndSend(_ grants: [PlannedGrant], _ scheduler: inout Scheduler, now: Date) {
         let granted: [LeaseRecord]
         do {
-            granted = try store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: QueueStore.utcDay(now))
+            granted = try store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
         } catch {
             scheduler.grantsFailed(grants)
             log.error("recording leases failed; nothing granted this round", ["error": "\(error)"])
@@ -443,7 +443,7 @@ public final class ClusterHub: Sendable {
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A message whose body cannot be read goes with an empty
     /// body (its recipients fail or expire like any delivery of it).
-    static func grantMessages(_ grant: PlannedGrant, records: [LeaseRecord], maxSize: Int, store: QueueStore, log: Logger) -> [ClusterMessage] {
+    static func grantMessages(_ grant: PlannedGrant, records: [LeaseRecord], maxSize: Int, store: any QueueStore, log: Logger) -> [ClusterMessage] {
         var out: [ClusterMessage] = []
         var bodies: [String: [UInt8]] = [:]
         var batch: [Lease] = []

@@ -25,7 +25,7 @@ final class ResultWriter: Sendable {
     }
 
     private let state = LockedCondition(State())
-    private let store: QueueStore
+    private let store: any QueueStore
     private let retryPolicy: @Sendable () -> RetryPolicy
     private let clock: any WallClock
     private let log: Logger
@@ -37,7 +37,7 @@ final class ResultWriter: Sendable {
     ///   - clock: wall-clock time for the stored instants.
     ///   - log: where failures go.
     ///   - applied: called on the writer thread after each committed batch, in order.
-    init(store: QueueStore, retryPolicy: @escaping @Sendable () -> RetryPolicy, clock: any WallClock, log: Logger,
+    init(store: any QueueStore, retryPolicy: @escaping @Sendable () -> RetryPolicy, clock: any WallClock, log: Logger,
          applied: @escaping @Sendable ([Item], [ResultApplication]) -> Void) {
         self.store = store; self.retryPolicy = retryPolicy; self.clock = clock; self.log = log; self.applied = applied
     }

@@ -127,7 +127,7 @@ public final class CoordinatorMetrics: Sendable {
     ///   - nodes: the node statuses (the cluster hub's view), or nil when not running.
     ///   - clock: time source for suppression expiry.
     ///   - cluster: backoffs, pauses and warm-up counts (the hub's view), or nil.
-    public func collect(from store: QueueStore, nodes: (@Sendable () throws -> [NodeStatus])?, clock: any WallClock,
+    public func collect(from store: any QueueStore, nodes: (@Sendable () throws -> [NodeStatus])?, clock: any WallClock,
                         cluster: (@Sendable () -> ClusterGauges)? = nil) {
         registry.addCollector { [self] in
             if let g = cluster?() {

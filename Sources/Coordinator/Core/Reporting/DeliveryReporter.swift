@@ -52,7 +52,7 @@ public final class DeliveryReporter: Sendable {
     }
 
     private let config: ClusterConfig
-    private let store: QueueStore
+    private let store: any QueueStore
     private let deliveryLog: DeliveryLog
     private let metrics: CoordinatorMetrics
     private let webhooks: WebhookDispatcher?
@@ -99,7 +99,7 @@ public final class DeliveryReporter: Sendable {
     ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
     ///   - waitReason: why a waiting recipient waits (pool, domain, state, next attempt), for the
     ///     delay notice of one never attempted or held (`ClusterHub.waitReason`); nil: a generic text.
-    public init(config: ClusterConfig, store: QueueStore, deliveryLog: DeliveryLog, metrics: CoordinatorMetrics, webhooks: WebhookDispatcher?,
+    public init(config: ClusterConfig, store: any QueueStore, deliveryLog: DeliveryLog, metrics: CoordinatorMetrics, webhooks: WebhookDispatcher?,
                 clock: any WallClock = SystemClock(), onEnqueued: @escaping @Sendable () -> Void,
                 waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) {
         self.config = config; self.store = store; self.deliveryLog = deliveryLog; self.metrics = metrics
@@ -315,7 +315,7 @@ public final class DeliveryReporter: Sendable {
             }
         }
         if e.kind == .failed, config.suppression.autoAdd, (e.reply?.code.rawValue ?? 0) >= 500, let category, category.isHardBounce {
-            let domain = QueueStore.senderDomain(of: e.reversePath)
+            let domain = Queue.senderDomain(of: e.reversePath)
             let scope: String? = config.suppression.scope == .global || domain.isEmpty ? nil : domain
             d.suppressions.append(SuppressionEntry(address: address, scope: scope, category: category.rawValue, reason: reply, source: "bounce",
                                                    messageID: e.messageID, createdAt: now.timeIntervalSince1970,
@@ -405,7 +405,7 @@ public final class DeliveryReporter: Sendable {
 
     /// Why a waiting recipient waits, from the scheduler (`ClusterHub.waitReason`) when wired.
     private func reason(for c: QueueEvent, state: String) -> String {
-        let domain = QueueStore.domain(of: c.address ?? "")
+        let domain = Queue.domain(of: c.address ?? "")
         if let waitReason { return waitReason(c.pool, domain, state, c.nextAttemptAt) }
         return state == RecipientState.held.rawValue ? "held by an operator (release to send)" : "waiting to be scheduled"
     }

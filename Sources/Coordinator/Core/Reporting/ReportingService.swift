@@ -31,7 +31,7 @@ public final class ReportingService: Sendable {
     ///   - waitReason: why a waiting recipient waits (pool, domain, state, next attempt), for the
     ///     delay notices of recipients never attempted or held (`ClusterHub.waitReason`).
     /// - Throws: `SQLiteError`, or a file system error for the log directory.
-    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(),
+    public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(),
                 nodes: (@Sendable () throws -> [NodeStatus])? = nil, cluster: (@Sendable () -> CoordinatorMetrics.ClusterGauges)? = nil,
                 onEnqueued: @escaping @Sendable () -> Void,
                 waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) throws {
@@ -81,7 +81,7 @@ public final class ReportingService: Sendable {
 /// Every `/v1/` route needs `Authorization: Bearer <admin_token>`.
 public struct ReportingAPI: Sendable {
     let config: ClusterConfig
-    let store: QueueStore
+    let store: any QueueStore
     let deliveryLog: DeliveryLog
     let metrics: MetricsRegistry
     let clock: any WallClock

@@ -41,7 +41,7 @@ public enum WebhookSignature {
 /// Threads, not Tasks: each POST blocks its own thread on a semaphore (never a pool thread).
 public final class WebhookDispatcher: Sendable {
     private let hooks: [WebhookSettings]
-    private let store: QueueStore
+    private let store: any QueueStore
     private let clock: any WallClock
     private let metrics: CoordinatorMetrics?
     private let log = Logger(label: "coordinator.webhooks")
@@ -54,7 +54,7 @@ public final class WebhookDispatcher: Sendable {
     ///   - store: the queue holding the outbox.
     ///   - metrics: counters for posts (optional).
     ///   - clock: time source for backoff and ages.
-    public init(hooks: [WebhookSettings], store: QueueStore, metrics: CoordinatorMetrics? = nil, clock: any WallClock = SystemClock()) {
+    public init(hooks: [WebhookSettings], store: any QueueStore, metrics: CoordinatorMetrics? = nil, clock: any WallClock = SystemClock()) {
         self.hooks = hooks; self.store = store; self.metrics = metrics; self.clock = clock
         let cfg = URLSessionConfiguration.ephemeral
         cfg.httpMaximumConnectionsPerHost = 2

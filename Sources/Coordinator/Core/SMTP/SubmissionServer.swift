@@ -45,7 +45,7 @@ public final class SubmissionServer: Sendable {
     /// force (`ConfigReload.coordinatorConfig`: relay networks, recipient limit, timeouts) and
     /// the pool router built from its `routing` and `pools`.
     private let current: Locked<(config: ClusterConfig, router: PoolRouter)>
-    private let store: QueueStore
+    private let store: any QueueStore
     private let onAccepted: @Sendable () -> Void
     private let clock: any WallClock
     private let authenticator: SubmissionAuthenticator
@@ -74,7 +74,7 @@ public final class SubmissionServer: Sendable {
     ///   - metrics: where refusals and the queue's free space are published (nil: nowhere).
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
-    public init(config: ClusterConfig, store: QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
+    public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
                 headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)

@@ -53,7 +53,7 @@ public struct PoolRouter: Sendable {
         if !headerNames.isEmpty {
             (body, headerValues) = PoolRouter.strip(fields: Set(headerNames), from: content)
         }
-        let senderDomain = QueueStore.domain(of: reversePath)
+        let senderDomain = Queue.domain(of: reversePath)
         for r in rules {
             switch r.match {
             case .authUser(let u):

@@ -24,8 +24,6 @@ public protocol SchedulerQueue {
     func dailyAttempts(day: Int) throws -> [String: Int]
 }
 
-extension QueueStore: SchedulerQueue {}
-
 /// A log line the scheduler asks its shell to write.
 public struct SchedulerLogLine: Sendable, Equatable {
     /// Severity.
@@ -554,7 +552,7 @@ public struct Scheduler: Sendable {
         }
         let ready = readyNodes(canSend: canSend)
         guard !ready.isEmpty else { return out }
-        let day = QueueStore.utcDay(now)
+        let day = Queue.utcDay(now)
         if warmupDay != day {
             warmupUsed = try queue.dailyAttempts(day: day)
             warmupDay = day
@@ -692,7 +690,7 @@ public struct Scheduler: Sendable {
         }
         let warm = open.filter { e in
             guard let (_, cap) = config.warmupCap(for: e.ip.address, now: now) else { return true }
-            return warmupUsed[e.ip.address, default: 0] < cap || warmupDay != QueueStore.utcDay(now)
+            return warmupUsed[e.ip.address, default: 0] < cap || warmupDay != Queue.utcDay(now)
         }
         guard !warm.isEmpty else {
             return "warm-up cap of \(open.map(\.ip.address).joined(separator: ", ")) reached until 00:00 UTC"
@@ -710,7 +708,7 @@ public struct Scheduler: Sendable {
     /// warmed or without a plan.
     public func warmupStatus(_ address: String, now: Date) -> (day: Int, cap: Int, used: Int)? {
         guard let (day, cap) = config.warmupCap(for: address, now: now) else { return nil }
-        let used = warmupDay == QueueStore.utcDay(now) ? warmupUsed[address, default: 0] : 0
+        let used = warmupDay == Queue.utcDay(now) ? warmupUsed[address, default: 0] : 0
         return (day, cap, used)
     }
 }

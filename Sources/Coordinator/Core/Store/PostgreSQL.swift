@@ -217,7 +217,10 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         if let t = configuration.statementTimeout { settings["statement_timeout"] = String(Self.milliseconds(t)) }
         if !settings.isEmpty {
             let escape = { (s: String) in s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: " ", with: "\\ ") }
-            params.append(("options", settings.sorted { $0.key < $1.key }.map { "-c \(escape($0.key))=\(escape($0.value))" }.joined(separator: " ")))
+            // An `options` given here replaces the URL's own (libpq: later keywords win), so the
+            // URL's options (e.g. `?options=-csearch_path%3Dhato`) come first, ours after them.
+            let ours = settings.sorted { $0.key < $1.key }.map { "-c \(escape($0.key))=\(escape($0.value))" }.joined(separator: " ")
+            params.append(("options", Self.urlOptions(configuration.url).map { $0 + " " + ours } ?? ours))
         }
         let conn = Self.withCStrings(params.map(\.0)) { keys in
             Self.withCStrings(params.map(\.1)) { values in PQconnectdbParams(keys, values, 1) }
@@ -425,6 +428,16 @@ public final class PostgreSQLConnection: @unchecked Sendable {
             }
             throw PostgreSQLError(kind: .server, sqlState: sqlState, message: message, detail: field(UInt8(ascii: "D")))
         }
+    }
+
+    /// The percent-decoded `options` query parameter of a connection URL, nil when absent.
+    static func urlOptions(_ url: String) -> String? {
+        guard let q = url.firstIndex(of: "?") else { return nil }
+        for pair in url[url.index(after: q)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, parts[0] == "options" { return String(parts[1]).removingPercentEncoding ?? String(parts[1]) }
+        }
+        return nil
     }
 
     static func readPassword(_ path: String) throws -> String {

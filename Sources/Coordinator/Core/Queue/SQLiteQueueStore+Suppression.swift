@@ -29,10 +29,7 @@ public struct SuppressionEntry: Codable, Sendable, Equatable {
     }
 }
 
-extension QueueStore {
-    /// The domain of a reverse-path, lower-cased ("" for `<>`).
-    public static func senderDomain(of reversePath: String) -> String { domain(of: reversePath) }
-
+extension SQLiteQueueStore {
     /// Whether mail from `sender` to `recipient` is suppressed now.
     ///
     /// An entry applies when it is unexpired and global, or scoped to the sender's domain;
@@ -49,21 +46,10 @@ extension QueueStore {
             var binds: [SQLiteStatement.Value] = [.text(recipient.lowercased()), .double(now.timeIntervalSince1970)]
             if scope == .senderDomain {
                 sql += " AND (scope = '' OR scope = ?)"
-                binds.append(.text(Self.senderDomain(of: sender)))
+                binds.append(.text(Queue.senderDomain(of: sender)))
             }
             return try !db.prepare(sql + " LIMIT 1").query(binds) { _ in 1 }.isEmpty
         }
-    }
-
-    /// The RCPT reply for a suppressed recipient when `suppression.mode` is `reject_at_rcpt`:
-    /// `550 5.1.1 <addr>: recipient address is suppressed`; nil when the recipient may be
-    /// accepted (not listed, or the mode is `mark_suppressed`). For the SMTP session's RCPT
-    /// handling; a database error accepts the recipient (the enqueue-time check still applies
-    /// in `mark_suppressed` mode, and delivery would bounce it again otherwise).
-    public func suppressionReply(recipient: String, sender: String, settings: SuppressionSettings, now: Date) -> SMTPReply? {
-        guard settings.mode == .rejectAtRcpt,
-              (try? isSuppressed(recipient: recipient, sender: sender, scope: settings.scope, now: now)) == true else { return nil }
-        return SMTPReply(550, "5.1.1", "<\(recipient)>: recipient address is suppressed")
     }
 
     /// Adds or replaces entries (same address and scope).
@@ -106,7 +92,7 @@ extension QueueStore {
 
     /// Unexpired entries, newest first; with `address`, only that address.
     /// - Throws: `SQLiteError`.
-    public func suppressions(address: String? = nil, now: Date, limit: Int = 1000) throws -> [SuppressionEntry] {
+    public func suppressions(address: String?, now: Date, limit: Int) throws -> [SuppressionEntry] {
         try lock.withLock {
             let filter = address == nil ? "" : "address = ? AND "
             var binds: [SQLiteStatement.Value] = address.map { [.text($0.lowercased())] } ?? []

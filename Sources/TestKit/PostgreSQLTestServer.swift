@@ -1,8 +1,13 @@
 import Foundation
-import HatoCoordinator
 import HatoCrypto
-import HatoTestKit
 import Synchronization
+
+/// A PostgreSQL test server that could not be had.
+public struct PostgreSQLTestServerError: Error, CustomStringConvertible {
+    /// What went wrong.
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
 
 /// A PostgreSQL server for the tests, run by `scripts/pg-test-server.sh`.
 ///
@@ -11,21 +16,21 @@ import Synchronization
 /// `swift test`), one this process starts on first use. A server this process starts is
 /// stopped by the script's watchdog once the process exits (`--owner`), or by `stop()`.
 /// Tests that need PostgreSQL fail (never skip) when no server can be had.
-struct PostgreSQLTestServer: Sendable {
+public struct PostgreSQLTestServer: Sendable {
     /// `postgresql://hato@127.0.0.1:PORT/hato_test` (no password in it).
-    let url: String
+    public let url: String
     /// The file holding the role's password.
-    let passwordFile: String
+    public let passwordFile: String
     /// The server's directory when this process started it; nil for the run's shared server.
-    let directory: String?
+    public let directory: String?
     /// How long `start` took (initdb, server start, role and database), when this process started it.
-    let startTime: Duration?
+    public let startTime: Duration?
 
     private static let sharedServer = Mutex<PostgreSQLTestServer?>(nil)
 
     /// The run's server (see the type's documentation).
-    /// - Throws: `HarnessError` when only one of the variables is set or the server does not start.
-    static func shared() throws -> PostgreSQLTestServer {
+    /// - Throws: `PostgreSQLTestServerError` when only one of the variables is set or the server does not start.
+    public static func shared() throws -> PostgreSQLTestServer {
         try sharedServer.withLock { server in
             if let server { return server }
             let env = ProcessInfo.processInfo.environment
@@ -34,7 +39,7 @@ struct PostgreSQLTestServer: Sendable {
             switch (url, file) {
             case let (url?, file?): found = PostgreSQLTestServer(url: url, passwordFile: file, directory: nil, startTime: nil)
             case (nil, nil): found = try startPrivate()
-            default: throw HarnessError("set both HATO_TEST_PG_URL and HATO_TEST_PG_PASSWORD_FILE, or neither")
+            default: throw PostgreSQLTestServerError("set both HATO_TEST_PG_URL and HATO_TEST_PG_PASSWORD_FILE, or neither")
             }
             server = found
             return found
@@ -42,8 +47,8 @@ struct PostgreSQLTestServer: Sendable {
     }
 
     /// Starts a server of this test's own (for a test that stops it); `stop()` removes it.
-    /// - Throws: `HarnessError` with the script's output when it does not start within 120 s.
-    static func startPrivate() throws -> PostgreSQLTestServer {
+    /// - Throws: `PostgreSQLTestServerError` with the script's output when it does not start within 120 s.
+    public static func startPrivate() throws -> PostgreSQLTestServer {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let script = root.appendingPathComponent("scripts/pg-test-server.sh").path
         let log = NSTemporaryDirectory() + "hato-pg-start-" + Identifier.random(bytes: 6) + ".log"
@@ -53,7 +58,7 @@ struct PostgreSQLTestServer: Sendable {
         let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         let dir = output.split(separator: "\n").last.map(String.init) ?? ""
         guard status == 0, dir.hasPrefix("/"), let url = try? String(contentsOfFile: dir + "/url", encoding: .utf8) else {
-            throw HarnessError("pg-test-server.sh start failed (status \(status)): \(output)")
+            throw PostgreSQLTestServerError("pg-test-server.sh start failed (status \(status)): \(output)")
         }
         return PostgreSQLTestServer(url: url.trimmingCharacters(in: .whitespacesAndNewlines), passwordFile: dir + "/password",
                                     directory: dir, startTime: ContinuousClock.now - started)
@@ -61,18 +66,12 @@ struct PostgreSQLTestServer: Sendable {
 
     /// Stops a server this process started (fast shutdown by its postmaster.pid) and removes
     /// its directory; does nothing for the run's shared server.
-    func stop() {
+    public func stop() {
         guard let directory else { return }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let log = NSTemporaryDirectory() + "hato-pg-stop-" + Identifier.random(bytes: 6) + ".log"
         defer { try? FileManager.default.removeItem(atPath: log) }
         _ = try? Self.runScript(root.appendingPathComponent("scripts/pg-test-server.sh").path, ["stop", directory], log: log, timeout: .seconds(30))
-    }
-
-    /// A configuration for this server, optionally with `search_path` set to `schema`.
-    func configuration(schema: String? = nil, statementTimeout: Duration? = .seconds(30)) -> PostgreSQLConfiguration {
-        PostgreSQLConfiguration(url: url, passwordFile: passwordFile, connectTimeout: .seconds(5), statementTimeout: statementTimeout,
-                                applicationName: "hato-tests", settings: schema.map { ["search_path": $0] } ?? [:])
     }
 
     /// Runs `bash script arguments` with output to `log`; returns its exit status (-1 on timeout, after SIGKILL).

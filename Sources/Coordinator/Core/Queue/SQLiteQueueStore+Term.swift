@@ -5,7 +5,7 @@ import HatoCrypto
 /// always leads): a new term at every start, stamped on the frames it sends, so that a node
 /// refuses anything from an earlier run of it that somehow still speaks (the same fencing the
 /// PostgreSQL leadership gives several coordinators).
-extension QueueStore {
+extension SQLiteQueueStore {
     /// Starts a new term: increments the stored term (synced) and returns it with the store's
     /// identity, created on first use (a random id: a new data directory is a new store).
     /// - Parameter coordinatorID: this coordinator's id, for the stamp.

@@ -19,9 +19,9 @@ import Foundation
 ///   it does not lift it) — by then every lease from before has expired at
 ///   the nodes too (their own deadline is earlier still), and their results, kept in the
 ///   nodes' journals, are applied whenever they arrive.
-extension QueueStore {
+extension SQLiteQueueStore {
     /// Seconds a synced horizon update reaches past the lease that caused it.
-    static let leaseHorizonSlack: Double = 60
+    static let leaseHorizonSlack: Double = Queue.leaseHorizonSlack
 
     private func ensureRunStateTable() throws {
         try db.execute("CREATE TABLE IF NOT EXISTS run_state(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -37,13 +37,6 @@ extension QueueStore {
     private func runState(_ key: String) throws -> String? {
         try ensureRunStateTable()
         return try db.prepare("SELECT value FROM run_state WHERE key=?").query([.text(key)]) { $0.text(0) }.first
-    }
-
-    /// This host's boot id, or nil where the kernel does not provide one.
-    public static func currentBootID() -> String? {
-        guard let s = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) else { return nil }
-        let id = s.trimmingCharacters(in: .whitespacesAndNewlines)
-        return id.isEmpty ? nil : id
     }
 
     /// Starts a run (call once, before the first lease): decides whether leasing must wait,

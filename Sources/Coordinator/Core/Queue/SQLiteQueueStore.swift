@@ -3,177 +3,12 @@ import Foundation
 import HatoSupport
 import SMTPCore
 
-/// Recipient states (DESIGN.md): `queued → leased → delivered | deferred(→ queued) | failed | expired | suppressed`.
-/// `suppressed`: on the suppression list at enqueue, never attempted (QueueStore+Suppression.swift).
-/// Two more are set by an operator (queue control, QueueStore+Control.swift): `held` waits without
-/// ever being leased until it is released (back to `queued`, due at once), and is kept by the delay
-/// warning and the maximum queue age like any waiting recipient; `deleted` is final: removed from
-/// delivery without a DSN (the record stays for lookups).
-public enum RecipientState: String, Sendable, CaseIterable, Codable {
-    case queued, leased, deferred, delivered, failed, expired, suppressed, held, deleted
-    /// Whether no further delivery attempt will be made.
-    public var isFinal: Bool {
-        self == .delivered || self == .failed || self == .expired || self == .suppressed || self == .deleted
-    }
-    /// The states of a recipient still waiting in the queue: `queued`, `deferred`, `leased`, `held`.
-    public static let waiting: [RecipientState] = [.queued, .deferred, .leased, .held]
-}
-
-/// A message as accepted by the SMTP listener, ready to be written.
-public struct NewMessage: Sendable {
-    /// Queue id.
-    public var id: String
-    /// Reverse-path (empty for `<>`).
-    public var reversePath: String
-    /// Forward-paths.
-    public var recipients: [String]
-    /// The pool the message is routed to.
-    public var pool: String
-    /// Content with the trace header prepended, CRLF line endings.
-    public var content: [UInt8]
-    /// The client's EHLO/HELO name.
-    public var heloName: String
-    /// The client's address.
-    public var clientAddress: String
-    /// Time of acceptance.
-    public var receivedAt: Date
-    /// The SMTP AUTH user that submitted the message (RFC 4954), nil when unauthenticated.
-    public var authenticatedUser: String?
-    /// `RET=` (RFC 3461 §4.3), nil when not given.
-    public var dsnReturn: DSNReturn?
-    /// `ENVID=` as received (xtext, RFC 3461 §4.4), nil when not given.
-    public var envelopeID: String?
-    /// NOTIFY/ORCPT per recipient (RFC 3461 §4.1–4.2), parallel to `recipients`; missing entries mean none.
-    public var recipientParameters: [RecipientParameters]
-    public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date,
-                authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = []) {
-        self.id = id; self.reversePath = reversePath; self.recipients = recipients; self.pool = pool
-        self.content = content; self.heloName = heloName; self.clientAddress = clientAddress; self.receivedAt = receivedAt
-        self.authenticatedUser = authenticatedUser; self.dsnReturn = dsnReturn; self.envelopeID = envelopeID
-        self.recipientParameters = recipientParameters
-    }
-}
-
-/// A recipient due for delivery, as the scheduler sees it.
-public struct DueRecipient: Sendable, Equatable {
-    public var id: Int64
-    public var messageID: String
-    public var address: String
-    public var domain: String
-    public var pool: String
-    public var reversePath: String
-    public init(id: Int64, messageID: String, address: String, domain: String, pool: String, reversePath: String) {
-        self.id = id; self.messageID = messageID; self.address = address; self.domain = domain; self.pool = pool; self.reversePath = reversePath
-    }
-}
-
-/// A granted lease as recorded in the queue.
-public struct LeaseRecord: Sendable, Equatable {
-    public var id: String
-    public var node: String
-    public var instance: String
-    public var sendingIP: String
-    public var messageID: String
-    public var domain: String
-    public var recipientIDs: [Int64]
-    public var grantedAt: Date
-    public var expiresAt: Date
-}
-
-/// What applying one result changed.
-public struct ResultApplication: Sendable, Equatable {
-    /// Recipients moved to delivered/failed/deferred/expired by this result.
-    public var applied = 0
-    /// Outcomes ignored (recipient already final, or re-leased to someone else).
-    public var ignored = 0
-    /// Whether the lease was still known (false for a late or duplicate report).
-    public var leaseKnown = false
-}
-
-/// One recipient's record for lookups. Its JSON (the admin API) keeps the flat `lastCode`,
-/// `lastEnhanced` and `lastText` keys.
-public struct RecipientRecord: Codable, Sendable, Equatable {
-    public var id: Int64
-    public var address: String
-    public var state: RecipientState
-    public var attempts: Int
-    public var nextAttemptAt: Double?
-    /// The last reply (remote or locally generated), nil before any.
-    public var lastReply: DeliveryStatus?
-    /// The last text when there is no reply (an expiry before any attempt), nil when `lastReply` is set.
-    public var lastTextWithoutReply: String?
-    public var node: String?
-    public var sendingIP: String?
-    public var mxHost: String?
-    public var updatedAt: Double
-
-    public init(id: Int64, address: String, state: RecipientState, attempts: Int, nextAttemptAt: Double?, lastReply: DeliveryStatus?,
-                lastTextWithoutReply: String?, node: String?, sendingIP: String?, mxHost: String?, updatedAt: Double) {
-        self.id = id; self.address = address; self.state = state; self.attempts = attempts; self.nextAttemptAt = nextAttemptAt
-        self.lastReply = lastReply; self.lastTextWithoutReply = lastTextWithoutReply; self.node = node; self.sendingIP = sendingIP
-        self.mxHost = mxHost; self.updatedAt = updatedAt
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case id, address, state, attempts, nextAttemptAt, lastCode, lastEnhanced, lastText, node, mxHost, updatedAt
-        case sendingIP = "sendingIp"
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.decode(Int64.self, forKey: .id)
-        address = try c.decode(String.self, forKey: .address)
-        state = try c.decode(RecipientState.self, forKey: .state)
-        attempts = try c.decode(Int.self, forKey: .attempts)
-        nextAttemptAt = try c.decodeIfPresent(Double.self, forKey: .nextAttemptAt)
-        let text = try c.decodeIfPresent(String.self, forKey: .lastText)
-        if let code = try c.decodeIfPresent(Int.self, forKey: .lastCode) {
-            lastReply = DeliveryStatus(code: code, enhanced: try c.decodeIfPresent(String.self, forKey: .lastEnhanced), text: text ?? "")
-        } else {
-            lastTextWithoutReply = text
-        }
-        node = try c.decodeIfPresent(String.self, forKey: .node)
-        sendingIP = try c.decodeIfPresent(String.self, forKey: .sendingIP)
-        mxHost = try c.decodeIfPresent(String.self, forKey: .mxHost)
-        updatedAt = try c.decode(Double.self, forKey: .updatedAt)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(address, forKey: .address)
-        try c.encode(state, forKey: .state)
-        try c.encode(attempts, forKey: .attempts)
-        try c.encodeIfPresent(nextAttemptAt, forKey: .nextAttemptAt)
-        if let lastReply {
-            try c.encode(lastReply, code: .lastCode, enhanced: .lastEnhanced, text: .lastText)
-        } else {
-            try c.encodeIfPresent(lastTextWithoutReply, forKey: .lastText)
-        }
-        try c.encodeIfPresent(node, forKey: .node)
-        try c.encodeIfPresent(sendingIP, forKey: .sendingIP)
-        try c.encodeIfPresent(mxHost, forKey: .mxHost)
-        try c.encode(updatedAt, forKey: .updatedAt)
-    }
-}
-
-/// One message's record for lookups.
-public struct MessageRecord: Codable, Sendable, Equatable {
-    public var id: String
-    public var reversePath: String
-    public var pool: String
-    public var size: Int
-    public var receivedAt: Double
-    public var clientAddress: String
-    public var recipients: [RecipientRecord]
-}
-
 /// The coordinator's durable global queue: SQLite in WAL mode with `synchronous=FULL`.
 ///
 /// Every public method is one transaction; when `enqueue` returns, the message
 /// and its recipients are on disk (fsync'd), so the SMTP `250` may be sent.
 /// Thread-safe: one connection behind one lock.
-public final class QueueStore: Sendable {
+public final class SQLiteQueueStore: QueueStore {
     /// Counters and run state kept beside the connection (read and written under `lock`).
     struct Bookkeeping: Sendable {
         /// Seconds since 1970: no lease granted so far expires later (durable in `run_state`;
@@ -204,6 +39,8 @@ public final class QueueStore: Sendable {
     var batchesCommittedForTests: Int { committer.batchesCommitted }
     /// The database file path.
     public let path: String
+    /// The database file path (`QueueStore.location`).
+    public var location: String { path }
     var leaseHorizon: Double {
         get { book.withLock { $0.leaseHorizon } }
         set { book.withLock { $0.leaseHorizon = newValue } }
@@ -233,7 +70,7 @@ public final class QueueStore: Sendable {
         let db = try SQLiteDatabase(path: path)
         self.db = db
         let lock = self.lock
-        committer = GroupCommitter { batch in try lock.withLock { try QueueStore.insert(batch, into: db) } }
+        committer = GroupCommitter { batch in try lock.withLock { try SQLiteQueueStore.insert(batch, into: db) } }
         try db.execute("""
             PRAGMA journal_mode=WAL;
             PRAGMA synchronous=FULL;
@@ -269,12 +106,6 @@ public final class QueueStore: Sendable {
         try db.execute(Self.waitingIndexes)
     }
 
-    /// The destination domain of a forward-path: the part after the last `@`, lower-cased.
-    public static func domain(of address: String) -> String {
-        guard let at = address.lastIndex(of: "@") else { return "" }
-        return address[address.index(after: at)...].lowercased()
-    }
-
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.
     /// - Throws: `SQLiteError`; nothing is written then.
     ///
@@ -289,7 +120,7 @@ public final class QueueStore: Sendable {
     /// Writes several messages in one fsync'd transaction (group commit).
     /// - Throws: `SQLiteError`; nothing is written then.
     public func enqueue(_ messages: [NewMessage]) throws {
-        try lock.withLock { try QueueStore.insert(messages, into: db) }
+        try lock.withLock { try SQLiteQueueStore.insert(messages, into: db) }
     }
 
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
@@ -305,7 +136,7 @@ public final class QueueStore: Sendable {
                               optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
-                    try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t),
+                    try insR.run([.text(m.id), .text(r), .text(Queue.domain(of: r)), .double(t), .double(t),
                                   optional(p.notify?.text), optional(p.originalRecipient), .text(m.pool)])
                 }
             }
@@ -361,7 +192,7 @@ public final class QueueStore: Sendable {
     /// leased twice at once. Without a boot id every lease commit is fsync'd.
     /// - Returns: the leases as granted (recipient lists trimmed; leases left empty dropped).
     /// - Throws: `SQLiteError`.
-    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int? = nil) throws -> [LeaseRecord] {
+    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
         try lock.withLock {
             if day != nil { try ensureWarmupTable() }
             // Within the durable lease horizon the commit skips its fsync (QueueStore+RunState.swift);
@@ -455,7 +286,7 @@ public final class QueueStore: Sendable {
             guard let row = try get.query([.int(o.recipientID)], { ($0.text(0), $0.optionalText(1), Int($0.int(2)), $0.double(3), $0.text(4)) }).first,
                   let state = RecipientState(rawValue: row.0) else { app.ignored += 1; continue }
             if state.isFinal { app.ignored += 1; continue }
-            let common: [SQLiteStatement.Value] = QueueStore.replyColumns(o.reply) + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
+            let common: [SQLiteStatement.Value] = SQLiteQueueStore.replyColumns(o.reply) + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
             switch o.status {
             case .delivered, .failed:
                 try setFinal.run([.text(o.status == .delivered ? "delivered" : "failed")] + common + [.int(o.recipientID)])
@@ -603,7 +434,7 @@ public final class QueueStore: Sendable {
             }).first else { return nil }
             m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
                 RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),
-                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastReply: QueueStore.reply($0, 5),
+                                nextAttemptAt: $0.isNull(4) ? nil : $0.double(4), lastReply: SQLiteQueueStore.reply($0, 5),
                                 lastTextWithoutReply: $0.isNull(5) ? $0.optionalText(7) : nil, node: $0.optionalText(8), sendingIP: $0.optionalText(9),
                                 mxHost: $0.optionalText(10), updatedAt: $0.double(11))
             }

@@ -1,14 +1,11 @@
 import Foundation
 
 /// Per sending IP, per UTC day: recipients leased (delivery attempts), for warm-up caps.
-extension QueueStore {
+extension SQLiteQueueStore {
     /// Creates the warm-up table if needed (caller holds `lock`).
     func ensureWarmupTable() throws {
         try db.execute("CREATE TABLE IF NOT EXISTS ip_daily(ip TEXT NOT NULL, day INTEGER NOT NULL, attempts INTEGER NOT NULL, PRIMARY KEY(ip, day))")
     }
-
-    /// The UTC day number (days since 1970) of `date`.
-    public static func utcDay(_ date: Date) -> Int { Int(floor(date.timeIntervalSince1970 / 86400)) }
 
     /// Attempts counted per IP on `day`.
     /// - Throws: `SQLiteError`.

@@ -12,7 +12,7 @@ import HatoSupport
 /// so SQLite could never start it over: once the WAL file passes `restartSize`, the thread
 /// takes the queue's lock for a TRUNCATE checkpoint, which then only copies the few frames
 /// written since the passive one and empties the WAL file.
-extension QueueStore {
+extension SQLiteQueueStore {
     /// Starts the checkpoint thread and turns off the automatic checkpoint of the queue's
     /// connection. Idempotent. The thread ends when the store is released.
     /// - Parameters:
@@ -58,6 +58,10 @@ extension QueueStore {
             return pause
         }.start()
     }
+
+    /// Starts the background WAL checkpoints with their defaults (`QueueStore.startBackgroundWork`).
+    /// - Throws: `SQLiteError` when the second connection cannot be opened.
+    public func startBackgroundWork() throws { try startBackgroundCheckpoints() }
 
     /// The size of the WAL file in bytes (0 when there is none).
     var walFileSize: Int { ((try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? Int) ?? 0 }

@@ -30,7 +30,7 @@ public struct SubmissionRecord: Sendable, Equatable {
     public var recipients: [Recipient]
 }
 
-extension QueueStore {
+extension SQLiteQueueStore {
     /// The AUTH user and DSN parameters stored with a message.
     /// - Parameter messageID: the queue id.
     /// - Returns: the record, nil for an unknown id.

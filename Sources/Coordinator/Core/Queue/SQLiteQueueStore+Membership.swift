@@ -1,7 +1,7 @@
 import Foundation
 
 /// Operator decisions about nodes that must survive a coordinator restart.
-extension QueueStore {
+extension SQLiteQueueStore {
     private func ensureMembershipTable() throws {
         try db.execute("CREATE TABLE IF NOT EXISTS node_admin(node TEXT PRIMARY KEY, draining INTEGER NOT NULL, updated_at REAL NOT NULL)")
     }

@@ -152,7 +152,7 @@ public enum QueueAction: String, Sendable, CaseIterable, Codable {
     }
 }
 
-extension QueueStore {
+extension SQLiteQueueStore {
     /// The waiting states as the partial indexes' `WHERE` term spells them (queries repeat it verbatim).
     static let waitingStateList = "('queued','deferred','leased','held')"
 
@@ -227,27 +227,7 @@ extension QueueStore {
                 return stored + legacy
             }
         }
-        var groups: [String: QueueGroup] = [:]
-        var labels: [String: String] = [:]
-        for (state, rawKey, count, minID) in rows {
-            var key = rawKey
-            if grouping == .provider {
-                if let l = labels[rawKey] { key = l } else { key = providerLabel(rawKey); labels[rawKey] = key }
-            }
-            var g = groups[key] ?? QueueGroup(key: key, queued: 0, deferred: 0, leased: 0, held: 0, total: 0,
-                                              oldestRecipientId: minID, oldestMessageId: "", oldestAge: 0)
-            switch RecipientState(rawValue: state) {
-            case .queued?: g.queued += count
-            case .deferred?: g.deferred += count
-            case .leased?: g.leased += count
-            case .held?: g.held += count
-            default: break
-            }
-            g.total += count
-            g.oldestRecipientId = min(g.oldestRecipientId, minID)
-            groups[key] = g
-        }
-        var out = Array(groups.values)
+        var out = QueueGroup.groups(rows, grouping: grouping, providerLabel: providerLabel)
         try withReader { db in
             let oldest = try db.prepare("SELECT r.message_id, m.received_at FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ?")
             for i in out.indices {
@@ -274,7 +254,7 @@ extension QueueStore {
                 """)
             return try ids.compactMap { id in
                 try get.query([.int(id)]) { s -> WaitingRecipient in
-                    let reply = QueueStore.reply(s, 11)?.description
+                    let reply = SQLiteQueueStore.reply(s, 11)?.description
                     return WaitingRecipient(recipientId: s.int(0), messageId: s.text(1), address: s.text(2), domain: s.text(3),
                                             state: RecipientState(rawValue: s.text(4)) ?? .queued, attempts: Int(s.int(5)), pool: s.text(6),
                                             sender: s.text(7), receivedAt: s.double(8), nextAttemptAt: s.isNull(9) ? nil : s.double(9),
@@ -427,7 +407,7 @@ extension QueueStore {
     ///   due) and the transactions it took.
     /// - Throws: `SQLiteError`; the batches before the failing one stay applied.
     public func applyQueueAction(_ action: QueueAction, to selector: RecipientSelector, by operatorName: String, target: String, note: String?,
-                                 batchSize: Int = 1000, now: () -> Date) throws -> (matched: Int, changed: Int, batches: Int) {
+                                 batchSize: Int, now: () -> Date) throws -> (matched: Int, changed: Int, batches: Int) {
         var s = selector
         s.states = selector.states.filter { action.states.contains($0) }
         var cursor: Int64 = 0

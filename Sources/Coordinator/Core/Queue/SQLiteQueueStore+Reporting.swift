@@ -160,7 +160,7 @@ public struct WebhookOutboxRow: Sendable, Equatable {
     public var attempts: Int
 }
 
-extension QueueStore {
+extension SQLiteQueueStore {
     /// Creates the reporting tables (durable) and the event triggers (TEMP, this connection).
     /// Called by `ReportingService.init` before anything is queued; idempotent.
     /// - Throws: `SQLiteError`.
@@ -360,7 +360,7 @@ extension QueueStore {
             .run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
                   .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count))])
         let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, pool) VALUES(?,?,?,'queued',?,?,?)")
-        for r in m.recipients { try insR.run([.text(m.id), .text(r), .text(QueueStore.domain(of: r)), .double(t), .double(t), .text(m.pool)]) }
+        for r in m.recipients { try insR.run([.text(m.id), .text(r), .text(Queue.domain(of: r)), .double(t), .double(t), .text(m.pool)]) }
     }
 
     private static let delayCandidateColumns = """

@@ -2,7 +2,7 @@ import Foundation
 import HatoConfig
 
 /// Active backoffs survive a coordinator restart: a provider that pushed back is not hit again at once.
-extension QueueStore {
+extension SQLiteQueueStore {
     private func ensureBackoffTable() throws {
         try db.execute("CREATE TABLE IF NOT EXISTS backoffs(ip TEXT NOT NULL, provider TEXT NOT NULL, action TEXT NOT NULL, until REAL NOT NULL, rate INTEGER, reason TEXT NOT NULL, PRIMARY KEY(ip, provider))")
     }
@@ -41,7 +41,7 @@ extension QueueStore {
 }
 
 /// Operator pauses survive a coordinator restart.
-extension QueueStore {
+extension SQLiteQueueStore {
     private func ensurePauseTable() throws {
         try db.execute("CREATE TABLE IF NOT EXISTS pauses(kind TEXT NOT NULL, name TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(kind, name))")
     }

@@ -1,0 +1,95 @@
+import Foundation
+import HatoTestKit
+import Testing
+@testable import HatoCoordinator
+@testable import HatoCrypto
+
+/// The two queue store implementations, for tests parameterized over both.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgresql
+    var testDescription: String { rawValue }
+}
+
+/// The place one test's queue lives: a temporary directory (SQLite) or a fresh schema on the
+/// test run's PostgreSQL server (`PostgreSQLTestServer.shared()`). `open()` opens a store on it
+/// (again, for a restart); the directory or schema is removed when the value is released.
+final class TestStore: Sendable {
+    let kind: StoreKind
+    /// The SQLite directory (also the `coordinator.data_dir` of configurations built around it).
+    let directory: String
+    /// The PostgreSQL schema, nil for SQLite.
+    let schema: String?
+    private let server: PostgreSQLTestServer?
+
+    /// - Throws: when the PostgreSQL server cannot be had or the schema not made: the test fails, never skips.
+    init(_ kind: StoreKind, directory: String = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)) throws {
+        self.kind = kind
+        self.directory = directory
+        switch kind {
+        case .sqlite:
+            schema = nil
+            server = nil
+        case .postgresql:
+            let server = try PostgreSQLTestServer.shared()
+            let schema = "q_" + Identifier.random(bytes: 6).lowercased()
+            try PostgreSQLConnection(server.configuration()).execute("CREATE SCHEMA \(schema)")
+            self.server = server
+            self.schema = schema
+        }
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
+        if let server, let schema {
+            _ = try? PostgreSQLConnection(server.configuration()).execute("DROP SCHEMA \(schema) CASCADE")
+        }
+    }
+
+    /// The PostgreSQL configuration of the schema (nil for SQLite).
+    var configuration: PostgreSQLConfiguration? { server.map { $0.configuration(schema: schema) } }
+
+    /// Opens a store on this place.
+    /// - Throws: the store's error.
+    func open() throws -> any QueueStore {
+        switch kind {
+        case .sqlite: return try SQLiteQueueStore(directory: directory)
+        case .postgresql: return try PostgreSQLQueueStore(configuration: configuration!, poolSize: 4)
+        }
+    }
+
+    /// Group-commit transactions a store opened here wrote so far.
+    static func batchesCommitted(_ q: any QueueStore) -> Int {
+        if let s = q as? SQLiteQueueStore { return s.batchesCommittedForTests }
+        if let p = q as? PostgreSQLQueueStore { return p.batchesCommittedForTests }
+        return -1
+    }
+}
+
+extension TestStore {
+    /// Messages with the null reverse-path (DSNs), oldest first, with their content; with
+    /// `helo`, only those whose client said that name. Read straight from the tables.
+    static func nullSenderMessages(_ q: any QueueStore, helo: String? = nil) throws -> [(id: String, content: [UInt8])] {
+        if let s = q as? SQLiteQueueStore {
+            return try s.lock.withLock {
+                try s.db.prepare("SELECT id, body FROM messages WHERE reverse_path='' AND (?1 IS NULL OR helo=?1) ORDER BY received_at, id")
+                    .query([helo.map { .text($0) } ?? .null]) { ($0.text(0), $0.blob(1)) }
+            }
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        return try p.pool.withConnection { c in
+            try c.query("""
+                SELECT id, body FROM messages WHERE reverse_path = '' AND ($1::text IS NULL OR helo = $1::text) ORDER BY received_at, id COLLATE "C"
+                """, [helo.map { .text($0) } ?? .null], binaryResults: true).map { (try $0.text(0), try $0.optionalBytea(1) ?? []) }
+        }
+    }
+
+    /// Sets the NOTIFY parameter of every recipient of `message` straight in the table.
+    static func setNotify(_ q: any QueueStore, _ value: String, message: String) throws {
+        if let s = q as? SQLiteQueueStore {
+            try s.lock.withLock { try s.db.prepare("UPDATE recipients SET dsn_notify=? WHERE message_id=?").run([.text(value), .text(message)]) }
+            return
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        try p.pool.withConnection { c in try c.run("UPDATE recipients SET dsn_notify = $1 WHERE message_id = $2", [.text(value), .text(message)]) }
+    }
+}
