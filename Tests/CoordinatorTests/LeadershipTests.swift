@@ -108,13 +108,19 @@ import Testing
     }
 
     /// Two coordinators against a model of the store (expiry on the store's own clock, which is
-    /// offset from the coordinators'), with random delays before the store runs a request and
-    /// before its answer arrives, and random store failures: at no sampled instant do both hold
-    /// authority, and every granted authority lies inside a term the store gave that coordinator.
+    /// offset from the coordinators' and runs up to 5 % fast or slow), with random delays before
+    /// the store runs a request and before its answer arrives, and random failures — some after
+    /// the store committed the change: at no sampled instant do both hold authority, and a
+    /// leader's authority always ends before the store's expiry of its term.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
     func neverTwoLeadersAtOnce(seed: UInt64) {
         var rng = LeadershipRandom(seed: seed)
         let storeOffset = Duration.milliseconds(Int64(rng.next() % 5_000))  // the store's clock is ahead by this
+        let rate = 0.95 + Double(rng.next() % 101) / 1000  // and runs at this rate (0.95…1.05)
+        let t0 = self.t0
+        func storeTime(_ t: ContinuousClock.Instant) -> ContinuousClock.Instant {
+            t0 + storeOffset + .seconds((t - t0).inSecondsForTest * rate)
+        }
         var store = (term: Int64(0), leader: String?.none, expires: ContinuousClock.Instant?.none)
         var nodes = [Leadership(id: "a", timing: timing, now: t0), Leadership(id: "b", timing: timing, now: t0)]
         // Each coordinator's outstanding request: when the store runs it, when the answer arrives.
@@ -126,10 +132,11 @@ import Testing
             now = now + .milliseconds(Int64(50 + rng.next() % 200))
             for i in 0..<2 {
                 if let p = pending[i], answer[i] == nil, now >= p.runAt {
-                    let storeNow = p.runAt + storeOffset
+                    let storeNow = storeTime(p.runAt)
                     let me = nodes[i].id
-                    if rng.next() % 20 == 0 {
-                        answer[i] = .failed("injected")
+                    let roll = rng.next() % 20
+                    if roll == 0 {
+                        answer[i] = .failed("injected before the store ran it")
                     } else if case .renew(let term) = p.directive {
                         if store.term == term && store.leader == me {
                             store.expires = storeNow + timing.lease
@@ -143,6 +150,7 @@ import Testing
                     } else {
                         answer[i] = .heldBy(leader: store.leader!, term: store.term)
                     }
+                    if roll == 1 { answer[i] = .failed("injected after the store committed") }
                 }
                 if let p = pending[i], let a = answer[i], now >= p.answerAt {
                     pending[i] = nil; answer[i] = nil
@@ -166,7 +174,7 @@ import Testing
             // A leader's authority always ends before the store's expiry of its term.
             for n in nodes {
                 if let term = n.term(at: now), let until = n.leaderUntil, store.term == term, let expires = store.expires {
-                    #expect(until + storeOffset <= expires, "seed \(seed): authority outlives the store's expiry")
+                    #expect(storeTime(until) <= expires, "seed \(seed): authority outlives the store's expiry")
                 }
             }
         }
@@ -184,5 +192,13 @@ struct LeadershipRandom: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension Duration {
+    /// Seconds as a Double (test helper).
+    var inSecondsForTest: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
     }
 }

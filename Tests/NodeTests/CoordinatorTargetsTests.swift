@@ -52,8 +52,9 @@ import Testing
         }
         t.redirected(to: "127.0.0.2:7601")
         #expect(!t.followingRedirect, "the fourth redirect in a row is not followed")
-        t.joined()
         t.redirected(to: "127.0.0.2:7601")
-        #expect(t.followingRedirect, "a join resets the guard")
+        #expect(t.followingRedirect, "after one round in the configured order, redirects are followed again")
+        t.joined()
+        #expect(t.redirectsInARow == 0, "a join resets the guard")
     }
 }

@@ -28,7 +28,8 @@ import Testing
         var fence = TermFence()
         let old = try fence.admitWelcome(term: 2, storeID: "s")
         try fence.admitFrame(term: 2, connectionTerm: old)
-        try fence.admitFrame(term: nil, connectionTerm: old)  // a coordinator without terms
+        try fence.admitFrame(term: nil, connectionTerm: nil)  // a coordinator without terms
+        #expect(throws: TermFence.Refusal(term: 0, highest: 2)) { try fence.admitFrame(term: nil, connectionTerm: old) }
         #expect(throws: TermFence.Refusal(term: 1, highest: 2)) { try fence.admitFrame(term: 1, connectionTerm: old) }
         #expect(throws: TermFence.Refusal(term: 3, highest: 2)) { try fence.admitFrame(term: 3, connectionTerm: old) }
         // Another connection welcomed a newer leader: the old connection's frames are refused.

@@ -38,6 +38,9 @@ public struct CoordinatorTargets: Sendable, Equatable {
         redirectsInARow += 1
         guard redirectsInARow <= Self.maximumRedirectsInARow, let address,
               let target = try? ConfigValue.socketAddress(address, defaultPort: nil) else {
+            // Not followed: the configured order and the backoff, once; the next redirect is
+            // followed again (the leader may just have been restarting).
+            if redirectsInARow > Self.maximumRedirectsInARow { redirectsInARow = 0 }
             redirect = nil
             advance()
             return

@@ -49,10 +49,15 @@ public struct TermFence: Sendable, Equatable {
     /// - Parameters:
     ///   - term: the frame's term, nil from a coordinator without terms.
     ///   - connectionTerm: the term the connection's welcome carried.
-    /// - Throws: `Refusal` when the frame's term is not the connection's, or another connection
-    ///   has since seen a higher term of the store.
+    /// - Throws: `Refusal` when the frame's term is not the connection's (a frame without a term
+    ///   on a connection welcomed with one included), or another connection has since seen a
+    ///   higher term of the store.
     public func admitFrame(term: Int64?, connectionTerm: Int64?) throws {
-        guard let term else { return }
+        guard let term else {
+            // Only a connection welcomed without a term may send frames without one.
+            if let connectionTerm { throw Refusal(term: 0, highest: max(highest, connectionTerm)) }
+            return
+        }
         guard let connectionTerm, term == connectionTerm else {
             throw Refusal(term: term, highest: max(highest, connectionTerm ?? 0))
         }

@@ -29,6 +29,7 @@ public final class LeaderElector: Sendable {
     private let state: Locked<Leadership>
     private let events: @Sendable (Leadership.Directive) -> Void
     private let loop = Locked<BackgroundLoop?>(nil)
+    private let stopped = Locked(false)
 
     /// - Parameters:
     ///   - id: this coordinator's id.
@@ -56,19 +57,25 @@ public final class LeaderElector: Sendable {
     /// The role now.
     public var role: Leadership.Role { state.withLock { $0.role } }
 
-    /// Stops the thread; a leader resigns in the store so that a standby takes over at once.
+    /// Stops the thread (waiting for a store call in progress to end: its statement timeout
+    /// bounds it); a leader steps down, then resigns in the store so that a standby takes over
+    /// at once.
     public func stop() {
-        _ = loop.withLock { $0 }?.stop(waiting: true)
+        stopped.withLock { $0 = true }
+        if let l = loop.withLock({ $0 }) {
+            while !l.stop(waiting: true) {}
+        }
         let directives = state.withLock { $0.resign(now: .now) }
         for d in directives {
+            events(d)  // the scheduler stops before a standby can take over
             if case .stepDown(let term, _) = d { try? store.resign(id: id, term: term) }
-            events(d)
         }
     }
 
     /// One round: tick, perform a store request if one is due, feed its answer back.
     /// - Returns: how long to sleep.
     private func step() -> Duration? {
+        guard !stopped.withLock({ $0 }) else { return nil }
         var wake: Duration = .seconds(1)
         var directives = state.withLock { $0.tick(now: .now) }
         while !directives.isEmpty {
@@ -87,7 +94,9 @@ public final class LeaderElector: Sendable {
                 } catch {
                     answer = .failed(String(describing: error))
                 }
+                // Stopped meanwhile: a late acquire is recorded (so `stop` resigns it), nothing acted upon.
                 directives += state.withLock { $0.answered(answer, sentAt: sentAt, now: .now) }
+                if stopped.withLock({ $0 }) { return nil }
             case .wake(let after):
                 wake = after
             case .becomeLeader, .stepDown, .leaderChanged:

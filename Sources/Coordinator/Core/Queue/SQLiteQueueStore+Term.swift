@@ -23,7 +23,9 @@ extension SQLiteQueueStore {
                         .run([.text(key), .text(value)])
                 }
                 let storeID = try read("store_id") ?? Identifier.random(bytes: 16).lowercased()
-                let term = (try read("term").flatMap { Int64($0) } ?? 0) + 1
+                // Never below the wall clock's seconds: a queue restored from a backup keeps its
+                // store id and an old term, which nodes that saw a later one would refuse.
+                let term = max((try read("term").flatMap { Int64($0) } ?? 0) + 1, Int64(Date().timeIntervalSince1970))
                 try write("store_id", storeID)
                 try write("term", String(term))
                 return LeadershipStamp(term: term, storeID: storeID, coordinatorID: coordinatorID)

@@ -1,16 +1,20 @@
 import Foundation
+import HatoCrypto
 import HatoSupport
 
 /// The leadership record of the coordinators sharing one PostgreSQL database: one row holding
 /// the **term**, the leader's id and the expiry of its leadership on the database's clock, plus
 /// the store's random identity (nodes compare terms only within one store).
 ///
-/// Every time used is the server's `now()`, so the coordinators' clocks never need to agree.
-/// A coordinator acquires the row when it has expired or already names it, which increments the
-/// term; the leader extends the expiry while the term and leader still match. Writes of lease
-/// state take `fence(term:)` in their transaction: it locks the row `FOR SHARE` until commit, so
-/// an acquire (which updates the row) waits for them and every later write of the old term fails
-/// with `LeadershipFenced`.
+/// Every time used is the server's `now()`, so the coordinators' clocks never need to agree
+/// (the database host's clock must not step forward by more than the leader's margin; NTP slews).
+/// A coordinator acquires the row when it has expired, was resigned, or is held by this same
+/// process (`incarnation`: another process started with the same id waits like any standby),
+/// which increments the term; the leader extends the expiry while the term still matches.
+/// Writes of lease state take `fence(term:)` in their transaction: it locks the row
+/// `FOR KEY SHARE` until commit. An acquire first locks the row `FOR UPDATE`, which waits for
+/// those writers (a renewal, an update that changes no key, does not), so every write of the old
+/// term either commits before the new term exists or fails with `LeadershipFenced`.
 public struct PostgreSQLLeadership: Sendable {
     /// The migration that creates the row; part of the store's migration list.
     public static let schemaSQL = """
@@ -18,6 +22,7 @@ public struct PostgreSQLLeadership: Sendable {
             id smallint PRIMARY KEY CHECK (id = 1),
             term bigint NOT NULL,
             leader text,
+            incarnation text,
             expires_at timestamptz NOT NULL,
             store_id text NOT NULL
         );
@@ -43,26 +48,33 @@ public struct PostgreSQLLeadership: Sendable {
     /// - Parameter connection: an open connection to a migrated database.
     public init(connection: PostgreSQLConnection) { self.connection = connection }
 
-    /// Acquires the leadership for `id` when it has expired, was resigned, or is already `id`'s
-    /// (the term is incremented in every case).
+    /// Acquires the leadership for `id` when it has expired, was resigned, or is held by this
+    /// same process (`incarnation`); the term is incremented in every case. Waits for writers
+    /// still holding `fence` of the current term to commit.
     /// - Parameters:
     ///   - id: the coordinator's id.
+    ///   - incarnation: this process's random identity (a restart of the same id is another).
     ///   - lease: how long the leadership lasts from the server's `now()`.
-    /// - Returns: `.acquired(term:)`, or `.heldBy` naming the live leader.
+    /// - Returns: `.acquired(term:)`, `.heldBy` naming the live leader, or `.failed` when the row
+    ///   was vacant but changed under the attempt (the next attempt takes it).
     /// - Throws: `PostgreSQLError`.
-    public func acquire(id: String, lease: Duration) throws -> Leadership.Answer {
-        let won = try connection.query("""
-            UPDATE leadership SET term = term + 1, leader = $1, expires_at = now() + make_interval(secs => $2)
-            WHERE id = 1 AND (leader = $1 OR leader IS NULL OR expires_at <= now())
-            RETURNING term
-            """, [.text(id), .double(lease.inSeconds)])
-        if let row = won.first { return .acquired(term: try row.int(0)) }
-        let record = try current()
-        guard let leader = record.leader, record.live else {
-            // It expired between the two statements: the next attempt takes it.
-            return .heldBy(leader: record.leader ?? "nobody", term: record.term)
+    public func acquire(id: String, incarnation: String, lease: Duration) throws -> Leadership.Answer {
+        try connection.transaction(isolation: .readCommitted) {
+            let row = try connection.query("""
+                SELECT term, leader, incarnation, expires_at > now() FROM leadership WHERE id = 1 FOR UPDATE
+                """)
+            guard let r = row.first else { throw PostgreSQLError.misuse("the leadership row is missing (schema not migrated?)") }
+            let term = try r.int(0), leader = try r.optionalText(1), holder = try r.optionalText(2), live = try r.bool(3)
+            if let leader, live, !(leader == id && holder == incarnation) {
+                return .heldBy(leader: leader, term: term)
+            }
+            let won = try connection.query("""
+                UPDATE leadership SET term = term + 1, leader = $1, incarnation = $2, expires_at = now() + make_interval(secs => $3)
+                WHERE id = 1 RETURNING term
+                """, [.text(id), .text(incarnation), .double(lease.inSeconds)])
+            guard let w = won.first else { return .failed("the leadership row vanished") }
+            return .acquired(term: try w.int(0))
         }
-        return .heldBy(leader: leader, term: record.term)
     }
 
     /// Extends `id`'s leadership under `term`.
@@ -83,7 +95,7 @@ public struct PostgreSQLLeadership: Sendable {
     /// - Throws: `PostgreSQLError`.
     public func resign(id: String, term: Int64) throws {
         try connection.run("""
-            UPDATE leadership SET leader = NULL, expires_at = '-infinity'
+            UPDATE leadership SET leader = NULL, incarnation = NULL, expires_at = '-infinity'
             WHERE id = 1 AND leader = $1 AND term = $2
             """, [.text(id), .int(term)])
     }
@@ -105,7 +117,7 @@ public struct PostgreSQLLeadership: Sendable {
     ///   - term: the writer's term.
     /// - Throws: `LeadershipFenced` when the term is no longer current; `PostgreSQLError`.
     public static func fence(_ connection: PostgreSQLConnection, term: Int64) throws {
-        let rows = try connection.query("SELECT term FROM leadership WHERE id = 1 FOR SHARE")
+        let rows = try connection.query("SELECT term FROM leadership WHERE id = 1 FOR KEY SHARE")
         let current = try rows.first?.int(0) ?? -1
         guard current == term else { throw LeadershipFenced(term: term, current: current) }
     }
@@ -131,13 +143,15 @@ public struct LeadershipFenced: Error, Sendable, Equatable, CustomStringConverti
 public final class PostgreSQLLeadershipStore: LeadershipStore {
     private let configuration: PostgreSQLConfiguration
     private let connection = Locked<PostgreSQLConnection?>(nil)
+    /// This process's identity in the row (random, new at every start).
+    public let incarnation = Identifier.random(bytes: 12)
 
     /// - Parameter configuration: how to reach the database. Its statement timeout should be
     ///   well below the leadership lease (the elector's calls block its thread).
     public init(configuration: PostgreSQLConfiguration) { self.configuration = configuration }
 
     public func acquire(id: String, lease: Duration) throws -> Leadership.Answer {
-        try use { try PostgreSQLLeadership(connection: $0).acquire(id: id, lease: lease) }
+        try use { try PostgreSQLLeadership(connection: $0).acquire(id: id, incarnation: incarnation, lease: lease) }
     }
 
     public func renew(id: String, term: Int64, lease: Duration) throws -> Leadership.Answer {

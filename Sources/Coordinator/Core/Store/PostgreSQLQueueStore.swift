@@ -96,7 +96,8 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Throws: `PostgreSQLError`.
     public func beginTerm(coordinatorID: String) throws -> LeadershipStamp {
         try pool.transaction { c in
-            let row = try c.query("UPDATE leadership SET term = term + 1, leader = $1 WHERE id = 1 RETURNING term, store_id", [.text(coordinatorID)])
+            let row = try c.query("UPDATE leadership SET term = term + 1, leader = $1, incarnation = NULL WHERE id = 1 RETURNING term, store_id",
+                                  [.text(coordinatorID)])
             guard let r = row.first else { throw PostgreSQLError.misuse("the leadership row is missing (migration 2)") }
             return LeadershipStamp(term: try r.int(0), storeID: try r.text(1), coordinatorID: coordinatorID)
         }
