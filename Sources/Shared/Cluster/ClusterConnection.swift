@@ -1,0 +1,128 @@
+import Foundation
+import HatoCrypto
+import HatoIO
+import HatoSupport
+import SMTPCore
+
+/// One cluster protocol connection: a byte stream (a plain `Socket`, or a duplex `TLSStream`
+/// over one), a frame decoder and a write lock.
+///
+/// One thread reads (`receive`) and owns the connection: it alone calls `close()`. Any thread
+/// may `send` (writes are serialised), and any thread that wants the connection to end calls
+/// `shutdown()`: the reader's `receive` then throws `SocketError(.closed)` and the reader
+/// closes (see `Socket`'s close rule).
+///
+/// Over TLS the stream must be a duplex one (`TLSStream.accept/connect(…, duplex: true)`): the
+/// reader waits for frames while the writer sends, and OpenSSL's one-thread-per-`SSL*` rule is
+/// kept by the stream's own lock around each non-blocking call. The plaintext path reads and
+/// writes the socket directly, as before.
+///
+/// Checked `Sendable`: the decoder and read buffer live in a `Locked` that only the reading
+/// thread takes (held across its blocking read: a second reader would wait, not interleave);
+/// writes hold `writer` across the stream write so frames never interleave.
+public final class ClusterConnection: Sendable {
+    /// The TCP socket (for both kinds of connection).
+    public let socket: Socket
+    /// The TLS stream over `socket`, nil for a plaintext connection.
+    public let tls: TLSStream?
+    private struct ReadState: Sendable {
+        var decoder: FrameDecoder
+        var buffer: [UInt8]
+    }
+    private let reader: Locked<ReadState>
+    private let writer = Locked(())
+
+    /// A plaintext connection.
+    /// - Parameters:
+    ///   - socket: a connected socket.
+    ///   - maximumFrameSize: the largest frame accepted, octets.
+    public init(socket: Socket, maximumFrameSize: Int) {
+        self.socket = socket
+        self.tls = nil
+        self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
+                                       buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
+    }
+
+    /// A connection over TLS (RFC 8446 / RFC 5246).
+    /// - Parameters:
+    ///   - tls: a duplex TLS stream (`isDuplex`), its handshake done.
+    ///   - maximumFrameSize: the largest frame accepted, octets.
+    public init(tls: TLSStream, maximumFrameSize: Int) {
+        precondition(tls.isDuplex, "a cluster connection's TLS stream must be duplex: a reader and a writer share it")
+        self.socket = tls.socket
+        self.tls = tls
+        self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
+                                       buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
+    }
+
+    /// Whether the connection is encrypted.
+    public var isEncrypted: Bool { tls != nil }
+
+    /// Octets per read: 256 KiB, or less for a connection whose frames are small (before authentication).
+    private static func readSize(_ maximumFrameSize: Int) -> Int { min(256 * 1024, max(4096, maximumFrameSize + 4)) }
+
+    /// Sets how long one `receive` waits for bytes and one `send` for room (`.zero`: forever).
+    public func setTimeouts(read: Duration, write: Duration) {
+        if let tls { tls.setTimeouts(read: read, write: write) } else { socket.setTimeouts(read: read, write: write) }
+    }
+
+    /// Sends one message.
+    /// - Throws: `SocketError` when the write fails.
+    public func send(_ message: ClusterMessage) throws {
+        let bytes = message.frame().encoded()
+        try writer.withLock { _ in
+            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+        }
+    }
+
+    /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
+    /// authenticated, the full one after). Call from the reading thread only.
+    public func setMaximumFrameSize(_ octets: Int) {
+        reader.withLock { state in
+            state.decoder = FrameDecoder(maximumFrameSize: octets, continuing: state.decoder)
+            let size = ClusterConnection.readSize(octets)
+            if size != state.buffer.count { state.buffer = [UInt8](repeating: 0, count: size) }
+        }
+    }
+
+    /// Octets received but not yet returned as frames.
+    public var bufferedCount: Int { reader.withLock { $0.decoder.bufferedCount } }
+
+    /// Receives the next message, blocking up to the read timeout, or until `deadline` on the
+    /// monotonic clock (a peer that trickles bytes cannot hold the read past it: each read
+    /// waits at most the time left).
+    /// - Throws: `SocketError` (timeout, closed — also after `shutdown()`), `FrameError` or
+    ///   `ClusterProtocolError.malformed`.
+    public func receive(deadline: ContinuousClock.Instant? = nil) throws -> ClusterMessage {
+        try reader.withLock { state in
+            while true {
+                if let frame = try state.decoder.next() { return try ClusterMessage.decode(frame) }
+                if let deadline {
+                    let left = ContinuousClock.now.duration(to: deadline)
+                    guard left > .zero else { throw SocketError(.timeout, "cluster read") }
+                    setTimeouts(read: max(left, .milliseconds(1)), write: .seconds(30))
+                }
+                let n = try state.buffer.withUnsafeMutableBytes { buffer in
+                    if let tls { return try tls.read(into: buffer) }
+                    return try socket.read(into: buffer)
+                }
+                if n == 0 {
+                    try state.decoder.finish()
+                    throw SocketError(.closed, "cluster read")
+                }
+                state.decoder.feed(state.buffer[0..<n])
+            }
+        }
+    }
+
+    /// Ends the connection from any thread: wakes the reader, whose `receive` throws; the
+    /// reader then calls `close()`.
+    public func shutdown() { socket.shutdown() }
+
+    /// Closes the connection (over TLS: `close_notify` first). **Owner only** (the thread that
+    /// calls `receive`); other threads call `shutdown()`. (A call from another thread is still
+    /// safe: the descriptor is released only after the reader's call returns.)
+    public func close() {
+        if let tls { tls.close() } else { socket.close() }
+    }
+}

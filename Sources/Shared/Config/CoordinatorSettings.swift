@@ -1,0 +1,41 @@
+import Foundation
+import HatoIO
+import SMTPCore
+
+/// `coordinator:` where the coordinator listens, its storage and cluster timers.
+public struct CoordinatorSettings: Sendable, Equatable {
+    /// `listen`: the cluster protocol address nodes connect to (numeric IP, `[v6]:port`). Required.
+    public var listen: SocketAddress
+    /// `admin_listen`: the admin HTTP API address. Required.
+    public var adminListen: SocketAddress
+    /// The bearer token of the admin API (printable ASCII, no spaces): `admin_token` inline, or
+    /// the contents of `admin_token_file` (trailing line breaks removed). Exactly one of the two
+    /// is required. Empty when `admin_token_file` could not be read at load time (see
+    /// `adminTokenError`; use `requireAdminToken()` where the token is needed).
+    public var adminToken: String
+    /// `admin_token_file`: absolute path of the file holding the token, nil when inline. Node
+    /// hosts need not have the file. Default nil.
+    public var adminTokenFile: String? = nil
+    /// Why `admin_token_file` could not be read at load time; nil when the token is resolved.
+    public var adminTokenError: String? = nil
+    /// `admin_tls`: HTTPS on `admin_listen` (`certificate`, `private_key`, and `ca` the CLI
+    /// trusts). Default none: plain HTTP.
+    public var adminTLS: AdminTLSSettings? = nil
+    /// `data_dir`: absolute directory for the coordinator's database. Required.
+    public var dataDir: String
+    /// `lease_time`: seconds a node holds a message lease before it may be re-assigned. Default 300 (5m).
+    public var leaseTime: TimeInterval
+    /// `node_timeout`: seconds without a heartbeat after which a node is considered down. Default 10.
+    public var nodeTimeout: TimeInterval
+    /// `heartbeat_interval`: seconds between node heartbeats; must be below `node_timeout`. Default 2.
+    public var heartbeatInterval: TimeInterval
+    /// `auto_rebalance`: re-spread floating sending IPs when a node becomes active or leaves. Default false.
+    public var autoRebalance: Bool = false
+
+    /// Creates coordinator settings.
+    public init(listen: SocketAddress, adminListen: SocketAddress, adminToken: String, dataDir: String,
+                leaseTime: TimeInterval = 300, nodeTimeout: TimeInterval = 10, heartbeatInterval: TimeInterval = 2) {
+        self.listen = listen; self.adminListen = adminListen; self.adminToken = adminToken; self.dataDir = dataDir
+        self.leaseTime = leaseTime; self.nodeTimeout = nodeTimeout; self.heartbeatInterval = heartbeatInterval
+    }
+}
