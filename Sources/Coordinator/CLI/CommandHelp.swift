@@ -17,7 +17,7 @@ enum CommandHelp {
 
     private static let pages: [String: String] = [
         "serve": """
-            usage: hato-coordinator serve [--config PATH]
+            usage: hato-coordinator serve [--config PATH] [--id ID]
 
             Runs the coordinator: the SMTP submission listener, the durable queue, the scheduler that
             leases mail to the nodes, the cluster listener and the admin API. Logs one JSON object per
@@ -26,6 +26,8 @@ enum CommandHelp {
 
             arguments:
             \(configOption)
+              --id ID              with a coordinators: list, which one this is (its listen, admin_listen
+                                   and smtp_listen); optional when the list has one entry
 
             example:
               hato-coordinator serve --config /etc/hato/cluster.yml

@@ -76,7 +76,7 @@ OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
-                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator"],
+                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
@@ -121,6 +121,12 @@ let operatorName = args.options["operator"] ?? args.options["as"] ?? AdminClient
 switch args.subcommand! {
 case "serve":
     do {
+        // With a coordinators: list, --id names this one (its own addresses).
+        let config = try config.selectingCoordinator(args.options["id"])
+        if config.coordinators.count > 1 {
+            exitWithError("hato-coordinator: \(config.coordinators.count) coordinators are configured (\(config.coordinators.map(\.id).joined(separator: ", "))): "
+                          + "leader election between them is not wired into serve yet; configure one coordinator")
+        }
         let service = try CoordinatorService(config: config)
         try service.start()
         // SIGHUP reloads like `hato-coordinator reload`: the outcome (or why the file was

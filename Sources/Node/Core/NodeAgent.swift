@@ -239,7 +239,7 @@ public final class NodeAgent: Sendable {
     public func run() {
         var backoff = ReconnectBackoff()
         var random = SystemRandomNumberGenerator()
-        var targets = CoordinatorTargets(configured: [config.coordinator.listen])
+        var targets = CoordinatorTargets(configured: config.coordinatorAddresses)
         while state.withLock({ $0.running }) {
             let target = targets.next
             do {

@@ -36,6 +36,10 @@ public struct ClusterConfig: Sendable, Equatable {
     public var delivery: DeliverySettings
     /// `store:` where the coordinator keeps its queue. Default SQLite in `coordinator.data_dir`.
     public var store = StoreSettings()
+    /// `coordinators:` several coordinators, each with its own addresses (empty for the single
+    /// `coordinator:` form). With a list, `coordinator.listen`, `coordinator.admin_listen` and
+    /// `smtp.listen` hold the first entry's until `selectingCoordinator` picks one.
+    public var coordinators: [CoordinatorInstance] = []
     /// `dsn:` delivery status notifications. Default: see `DSNSettings`.
     public var dsn = DSNSettings()
     /// `suppression:` the hard-bounce suppression list. Default: see `SuppressionSettings`.
@@ -87,5 +91,41 @@ public struct ClusterConfig: Sendable, Equatable {
             if best.map({ r.domain.pattern.count > $0.domain.pattern.count }) ?? true { best = r }
         }
         return best
+    }
+}
+
+extension ClusterConfig {
+    /// The cluster addresses of every coordinator, in configuration order (one for the single form).
+    public var coordinatorAddresses: [SocketAddress] {
+        coordinators.isEmpty ? [coordinator.listen] : coordinators.map(\.listen)
+    }
+
+    /// This configuration as coordinator `id` runs it: its own cluster, admin and SMTP addresses.
+    /// - Parameter id: a `coordinators[].id`; nil picks the only one (or the single form).
+    /// - Returns: the configuration with `coordinator.listen`, `coordinator.admin_listen` and
+    ///   `smtp.listen` taken from that entry.
+    /// - Throws: `ConfigValueError` naming the known ids when `id` is unknown, or missing while
+    ///   several coordinators are configured.
+    public func selectingCoordinator(_ id: String?) throws -> ClusterConfig {
+        guard !coordinators.isEmpty else {
+            if let id { throw ConfigValueError("--id \(id): \(sourcePath) has no coordinators: list (one coordinator)") }
+            return self
+        }
+        let known = coordinators.map(\.id).joined(separator: ", ")
+        let chosen: CoordinatorInstance
+        if let id {
+            guard let c = coordinators.first(where: { $0.id == id }) else {
+                throw ConfigValueError("--id \(id) is not in coordinators: of \(sourcePath) (known: \(known))")
+            }
+            chosen = c
+        } else {
+            guard coordinators.count == 1 else { throw ConfigValueError("several coordinators are configured: pass --id (one of \(known))") }
+            chosen = coordinators[0]
+        }
+        var c = self
+        c.coordinator.listen = chosen.listen
+        c.coordinator.adminListen = chosen.adminListen
+        c.smtp.listen = chosen.smtpListen
+        return c
     }
 }

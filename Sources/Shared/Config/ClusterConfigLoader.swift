@@ -64,10 +64,11 @@ struct ClusterConfigDecoder {
         let top = try ConfigSection(root.isNull ? .map([], line: 1, column: 1) : root, file: file, path: "", line: nil,
                                     allowed: ["cluster", "coordinator", "smtp", "nodes", "pools", "ips", "routing",
                                               "routes", "dns", "retry", "delivery", "dsn", "suppression", "webhooks", "log",
-                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store"])
+                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store", "coordinators"])
         let cluster = try decodeCluster(top)
-        let coordinator = try decodeCoordinator(top)
-        let smtp = try decodeSMTP(top, coordinator: coordinator)
+        let instances = try decodeCoordinatorList(top)
+        let coordinator = try decodeCoordinator(top, instances: instances)
+        let smtp = try decodeSMTP(top, coordinator: coordinator, instances: instances)
         let nodes = try decodeNodes(top, coordinator: coordinator, clusterTLS: cluster.tls != nil)
         let pools = try decodePools(top)
         let ips = try decodeIPs(top, nodes: nodes, pools: pools)
@@ -81,6 +82,11 @@ struct ClusterConfigDecoder {
         try decodeDeliverability(top, into: &config)  // DeliverabilitySettings.swift
         try decodeReputation(top, into: &config)  // ReputationSettings.swift
         try decodeStore(top, into: &config)  // StoreSettings.swift
+        config.coordinators = instances
+        if instances.count > 1 && config.store.kind != .postgresql {
+            throw fail(top.entryLine("coordinators"), "coordinators",
+                       "\(instances.count) coordinators share one queue only on PostgreSQL: set store: { kind: postgresql, url: … }")
+        }
         return config
     }
 
@@ -124,11 +130,55 @@ struct ClusterConfigDecoder {
         return identity
     }
 
-    private func decodeCoordinator(_ top: ConfigSection) throws -> CoordinatorSettings {
+    /// `coordinators:` the list form (several coordinators); empty when absent.
+    private func decodeCoordinatorList(_ top: ConfigSection) throws -> [CoordinatorInstance] {
+        guard let items = try top.list("coordinators") else { return [] }
+        guard !items.isEmpty else { throw fail(top.entryLine("coordinators"), "coordinators", "must list at least one coordinator") }
+        var out: [CoordinatorInstance] = []
+        var used: [SocketAddress: String] = [:]
+        for item in items {
+            let sec = try item.section(allowed: ["id", "listen", "admin_listen", "smtp_listen"])
+            let id = try sec.require("id", ConfigValue.identifier)
+            if out.contains(where: { $0.id == id }), let at = try sec.scalar("id") {
+                throw fail(at.line, at.path, "duplicate coordinator id \"\(id)\"")
+            }
+            func address(_ key: String) throws -> SocketAddress {
+                try sec.require(key) { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
+            }
+            let listen = try address("listen"), admin = try address("admin_listen")
+            var smtp: [SocketAddress] = []
+            for s in try sec.requireList("smtp_listen", allowScalar: true) {
+                let scalar = try s.scalar()
+                smtp.append(try scalar.convert { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) })
+            }
+            guard !smtp.isEmpty else { throw fail(sec.entryLine("smtp_listen"), sec.keyPath("smtp_listen"), "must list at least one address") }
+            for (key, a) in [("listen", listen), ("admin_listen", admin)] + smtp.map({ ("smtp_listen", $0) }) where a.port != 0 {
+                if let other = used[a] {
+                    let at = try sec.scalar(key)
+                    throw fail(at?.line ?? sec.entryLine(key), sec.keyPath(key), "\(a) is already used by \(other)")
+                }
+                used[a] = "\(id).\(key)"
+            }
+            out.append(CoordinatorInstance(id: id, listen: listen, adminListen: admin, smtpListen: smtp))
+        }
+        return out
+    }
+
+    private func decodeCoordinator(_ top: ConfigSection, instances: [CoordinatorInstance]) throws -> CoordinatorSettings {
         let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "admin_token_file", "admin_tls",
                                                                    "data_dir", "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance"])
-        let listen = try sec.require("listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
-        let admin = try sec.require("admin_listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
+        if !instances.isEmpty {
+            // With a coordinators: list, each one's addresses are given there only.
+            for key in ["listen", "admin_listen"] {
+                if let at = try sec.scalar(key) {
+                    throw fail(at.line, at.path, "with a coordinators: list, give each coordinator's \(key) there (coordinators[].\(key))")
+                }
+            }
+        }
+        let listen = try instances.first?.listen
+            ?? sec.require("listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
+        let admin = try instances.first?.adminListen
+            ?? sec.require("admin_listen") { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
         if admin == listen && admin.port != 0, let at = try sec.scalar("admin_listen") {
             throw fail(at.line, at.path, "same address as coordinator.listen")
         }
@@ -150,9 +200,15 @@ struct ClusterConfigDecoder {
         return settings
     }
 
-    private func decodeSMTP(_ top: ConfigSection, coordinator: CoordinatorSettings) throws -> SMTPSettings {
+    private func decodeSMTP(_ top: ConfigSection, coordinator: CoordinatorSettings, instances: [CoordinatorInstance]) throws -> SMTPSettings {
         let sec = try top.requiredSection("smtp", allowed: ["listen", "hostname", "relay_networks", "max_message_size", "max_recipients"]
                                           + SMTPSettings.submissionKeys)
+        if let first = instances.first {
+            if let at = sec.item("listen") {
+                throw fail(at.node.line, sec.keyPath("listen"), "with a coordinators: list, give each coordinator's SMTP addresses there (coordinators[].smtp_listen)")
+            }
+            return try decodeSMTPRest(sec, listen: first.smtpListen)
+        }
         let listenItems = try sec.requireList("listen", allowScalar: true)
         guard !listenItems.isEmpty else { throw fail(sec.entryLine("listen"), sec.keyPath("listen"), "must list at least one address") }
         var listen: [SocketAddress] = []
@@ -167,6 +223,10 @@ struct ClusterConfigDecoder {
             }
             listen.append(address)
         }
+        return try decodeSMTPRest(sec, listen: listen)
+    }
+
+    private func decodeSMTPRest(_ sec: ConfigSection, listen: [SocketAddress]) throws -> SMTPSettings {
         let hostname = try sec.require("hostname", ConfigValue.hostname)
         var settings = SMTPSettings(listen: listen, hostname: hostname)
         if let items = try sec.list("relay_networks") {

@@ -39,3 +39,21 @@ public struct CoordinatorSettings: Sendable, Equatable {
         self.leaseTime = leaseTime; self.nodeTimeout = nodeTimeout; self.heartbeatInterval = heartbeatInterval
     }
 }
+
+/// One entry of `coordinators:` (several coordinators sharing one PostgreSQL store, issue 15):
+/// its id and the addresses that are its own. The shared settings stay under `coordinator:`.
+public struct CoordinatorInstance: Sendable, Equatable {
+    /// `id`: the name `hato-coordinator serve --id` takes.
+    public var id: String
+    /// `listen`: the cluster protocol address nodes connect to.
+    public var listen: SocketAddress
+    /// `admin_listen`: the admin HTTP API address.
+    public var adminListen: SocketAddress
+    /// `smtp_listen`: the SMTP submission addresses (at least one).
+    public var smtpListen: [SocketAddress]
+
+    /// - Parameters: see the properties.
+    public init(id: String, listen: SocketAddress, adminListen: SocketAddress, smtpListen: [SocketAddress]) {
+        self.id = id; self.listen = listen; self.adminListen = adminListen; self.smtpListen = smtpListen
+    }
+}
