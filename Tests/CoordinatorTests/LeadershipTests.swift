@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import HatoCoordinator
+import HatoSupport
+import HatoTestKit
 
 /// The leadership value, driven with a manual monotonic clock: no store, no sockets, no sleeps.
 @Suite struct LeadershipTests {
@@ -114,12 +116,12 @@ import Testing
     /// leader's authority always ends before the store's expiry of its term.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
     func neverTwoLeadersAtOnce(seed: UInt64) {
-        var rng = LeadershipRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let storeOffset = Duration.milliseconds(Int64(rng.next() % 5_000))  // the store's clock is ahead by this
         let rate = 0.95 + Double(rng.next() % 101) / 1000  // and runs at this rate (0.95…1.05)
         let t0 = self.t0
         func storeTime(_ t: ContinuousClock.Instant) -> ContinuousClock.Instant {
-            t0 + storeOffset + .seconds((t - t0).inSecondsForTest * rate)
+            t0 + storeOffset + .seconds((t - t0).inSeconds * rate)
         }
         var store = (term: Int64(0), leader: String?.none, expires: ContinuousClock.Instant?.none)
         var nodes = [Leadership(id: "a", timing: timing, now: t0), Leadership(id: "b", timing: timing, now: t0)]
@@ -179,26 +181,5 @@ import Testing
             }
         }
         #expect(leaderChanges >= 2, "seed \(seed): the simulation should see the leadership move")
-    }
-}
-
-/// SplitMix64 for the leadership simulation (seeded: each argument replays the same run).
-struct LeadershipRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-extension Duration {
-    /// Seconds as a Double (test helper).
-    var inSecondsForTest: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
     }
 }

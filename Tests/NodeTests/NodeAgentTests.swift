@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import SMTPCore
 @testable import ClusterProtocol
@@ -10,18 +11,6 @@ import Testing
 /// what a revoked sending IP does to pooled sessions (filter: `NodeAgentTests`).
 @Suite("NodeAgentTests")
 struct NodeAgentTests {}
-
-/// A deterministic random source (SplitMix64), so a policy with jitter replays the same waits.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// A random source that always draws the top of the range (the longest wait).
 private struct AlwaysMax: RandomNumberGenerator {
@@ -46,7 +35,7 @@ extension NodeAgentTests {
         #expect(backoff.next(using: &top).inSeconds.rounded(toPlaces: 3) == 1.5)
 
         // Random draws: always within [base, cap]; after a join the next wait is again at most 1.5 s.
-        var random = SplitMix64(state: 42)
+        var random = SplitMix64(seed: 42)
         var jittered = ReconnectBackoff()
         var seen = Set<Int>()
         for round in 0..<200 {
