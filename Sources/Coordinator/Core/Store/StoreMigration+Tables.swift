@@ -98,6 +98,21 @@ extension StoreMigration {
         let pageSize: Int
 
         var keyIndexes: [Int] { key.map { k in columns.firstIndex { $0.name == k }! } }
+
+        /// Whether rows carry content (a blob column): pages are then sized by octets too.
+        var hasContent: Bool { columns.contains { $0.kind == .blob } }
+
+        /// The first page's rows: small for content, whose size is not known yet.
+        var firstPageSize: Int { hasContent ? min(16, pageSize) : pageSize }
+
+        /// The next page's rows after `rows`: about `StoreMigration.pageOctets` of content at
+        /// the last page's average, at most `pageSize` (so a queue of large messages is never
+        /// held in memory a few hundred at a time).
+        func nextPageSize(after rows: [[Cell]]) -> Int {
+            guard hasContent, !rows.isEmpty else { return pageSize }
+            let octets = rows.reduce(0) { $0 + StoreMigration.contentOctets($1) }
+            return max(1, min(pageSize, StoreMigration.pageOctets / max(1, octets / rows.count)))
+        }
     }
 
     /// Every table copied, parents before children (recipients reference messages).

@@ -69,6 +69,13 @@ public struct StoreMigration {
     public static let lockKey: Int64 = 0x4861_746F_4D69_6753
     /// The `run_state` key of the marker a migration leaves in PostgreSQL.
     public static let markerKey = "migrated_from_sqlite"
+    /// Content octets read, or sent in one statement, at a time (about).
+    static let pageOctets = 32 << 20
+
+    /// The octets of a row's blob columns.
+    static func contentOctets(_ row: [Cell]) -> Int {
+        row.reduce(0) { if case .blob(let b) = $1 { return $0 + b.count }; return $0 }
+    }
 
     let sqlite: SQLiteDatabase
     let sqlitePath: String
@@ -319,8 +326,8 @@ public struct StoreMigration {
             var start = 0
             while start < rows.count {
                 var end = start, size = 0
-                while end < rows.count && (end - start) * perRow + perRow <= 65_000 && (end == start || size < 32 << 20) {
-                    size += rows[end].reduce(0) { if case .blob(let b) = $1 { return $0 + b.count }; return $0 }
+                while end < rows.count && (end - start) * perRow + perRow <= 65_000 && (end == start || size < Self.pageOctets) {
+                    size += Self.contentOctets(rows[end])
                     end += 1
                 }
                 inserted += try Self.insert(t, rows[start..<end], on: c)
@@ -354,6 +361,7 @@ public struct StoreMigration {
         for t in Self.tables {
             var fingerprint = Fingerprint()
             var after: [Cell]?
+            var limit = t.firstPageSize
             while true {
                 let keys = t.key.map(Self.quoted).joined(separator: ", ")
                 var sql = "SELECT \(t.columns.map { Self.quoted($0.name) }.joined(separator: ", ")) FROM \(Self.quoted(t.name))"
@@ -363,8 +371,9 @@ public struct StoreMigration {
                     parameters = after.map { if case .int(let x) = $0 { return .int(x) }; if case .text(let s) = $0 { return .text(s) }; return .null }
                 }
                 sql += " ORDER BY \(keys) LIMIT $\(parameters.count + 1)"
-                parameters.append(.int(Int64(t.pageSize)))
+                parameters.append(.int(Int64(limit)))
                 let rows = try c.query(sql, parameters, binaryResults: true)
+                var page: [[Cell]] = []
                 for r in rows {
                     let cells = try t.columns.enumerated().map { i, column -> Cell in
                         if r.isNull(i) { return .null }
@@ -377,8 +386,10 @@ public struct StoreMigration {
                     }
                     fingerprint.add(cells)
                     after = t.keyIndexes.map { cells[$0] }
+                    if t.hasContent { page.append(cells) }
                 }
-                if rows.count < t.pageSize { break }
+                if rows.count < limit { break }
+                limit = t.nextPageSize(after: page)
             }
             out[t.name] = fingerprint.hex
         }
@@ -576,8 +587,9 @@ extension StoreMigration {
             let first = "SELECT \(select) FROM \(StoreMigration.quoted(t.name)) ORDER BY \(keys) LIMIT ?"
             let next = "SELECT \(select) FROM \(StoreMigration.quoted(t.name)) WHERE (\(keys)) > (\(t.key.map { _ in "?" }.joined(separator: ", "))) ORDER BY \(keys) LIMIT ?"
             var after: [SQLiteStatement.Value]?
+            var limit = t.firstPageSize
             while true {
-                let binds = (after ?? []) + [.int(Int64(t.pageSize))]
+                let binds = (after ?? []) + [.int(Int64(limit))]
                 let rows = try db.prepare(after == nil ? first : next).query(binds) { s in
                     t.columns.enumerated().map { i, column -> Cell in
                         let i = Int32(i)
@@ -592,7 +604,8 @@ extension StoreMigration {
                 }
                 if rows.isEmpty { return }
                 try body(rows)
-                guard rows.count == t.pageSize, let last = rows.last else { return }
+                guard rows.count == limit, let last = rows.last else { return }
+                limit = t.nextPageSize(after: rows)
                 after = t.keyIndexes.map { i -> SQLiteStatement.Value in
                     switch last[i] {
                     case .int(let x): return .int(x)
