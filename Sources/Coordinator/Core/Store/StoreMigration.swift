@@ -138,7 +138,7 @@ public struct StoreMigration {
             schemaPresent = true
         }
         var report = try postgreSQL.transaction(isolation: .readCommitted) {
-            try migrate(source: source, counts: counts, sourceID: sourceID, hold: hold, schemaPresent: schemaPresent, started: started)
+            try migrate(source: source, counts: counts, sourceID: sourceID, hold: hold, schemaPresent: schemaPresent)
         }
         if report.outcome == .copied || report.outcome == .copiedAgain {
             // After the commit, once more: the row counts as anyone now reads them.
@@ -152,6 +152,7 @@ public struct StoreMigration {
                     + differ.map { "\($0.table) \($0.sqlite) in SQLite, \($0.postgreSQL) in PostgreSQL" }.joined(separator: "; "))
             }
         }
+        report.totalSeconds = (ContinuousClock.now - started).inSeconds
         return report
     }
 
@@ -160,8 +161,7 @@ public struct StoreMigration {
     /// What a run does to the target.
     enum Plan { case copy, copyAgain }
 
-    private func migrate(source: SQLiteSource, counts: [String: Int], sourceID: String, hold: Double?, schemaPresent: Bool,
-                         started: ContinuousClock.Instant) throws -> Report {
+    private func migrate(source: SQLiteSource, counts: [String: Int], sourceID: String, hold: Double?, schemaPresent: Bool) throws -> Report {
         let c = postgreSQL
         var report = Report(outcome: .dryRun, sqlitePath: sqlitePath, target: c.configuration.redactedURL,
                             tables: Self.tables.map { Report.TableCount(table: $0.name, sqlite: counts[$0.name] ?? 0, copied: 0, postgreSQL: 0) })
@@ -293,7 +293,6 @@ public struct StoreMigration {
         report.verifySeconds = (ContinuousClock.now - verifyStarted).inSeconds
         report.verified = true
         report.outcome = plan == .copy ? .copied : .copiedAgain
-        report.totalSeconds = (ContinuousClock.now - started).inSeconds
         return report
     }
 
