@@ -162,9 +162,26 @@ cmd_stop() {
   rm -rf "$dir"
 }
 
+# An outage for tests: the server stops (fast shutdown) but keeps its directory; resume
+# starts it again on the same port and data.
+cmd_pause() {
+  local dir=${1:-}
+  check_dir "$dir"
+  as_server_user "$(bindir)/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+}
+
+cmd_resume() {
+  local dir=${1:-}
+  check_dir "$dir"
+  cd "$dir"
+  as_server_user "$(bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) cmd_stop "${2:-}" ;;
+  pause) cmd_pause "${2:-}" ;;
+  resume) cmd_resume "${2:-}" ;;
   url) check_dir "${2:-}"; cat "$2/url" ;;
-  *) echo "usage: $0 start [--owner PID] | url DIR | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--owner PID] | url DIR | pause DIR | resume DIR | stop DIR" >&2; exit 2 ;;
 esac

@@ -130,11 +130,7 @@ case "serve":
     do {
         // With a coordinators: list, --id names this one (its own addresses).
         let config = try config.selectingCoordinator(args.options["id"])
-        if config.coordinators.count > 1 {
-            exitWithError("hato-coordinator: \(config.coordinators.count) coordinators are configured (\(config.coordinators.map(\.id).joined(separator: ", "))): "
-                          + "leader election between them is not wired into serve yet; configure one coordinator")
-        }
-        let service = try CoordinatorService(config: config)
+        let service = try CoordinatorService(config: config, coordinatorID: args.options["id"])
         try service.start()
         // SIGHUP reloads like `hato-coordinator reload`: the outcome (or why the file was
         // refused, the running configuration unchanged) is logged by `reload()`.
