@@ -64,8 +64,8 @@ public enum StoreCommand {
         row count and the same rows (SHA-256 of every row) on both sides; exit 1 otherwise.
 
         Refuses while a coordinator serves: another process has the SQLite file open (its pid is
-        named), a coordinator holds the PostgreSQL leadership, or a store records a running
-        coordinator whose admin API answers. Stop the coordinator first.
+        named), a coordinator holds the PostgreSQL leadership, or a coordinator answers on an admin
+        address of cluster.yml while a store records it serving. Stop the coordinators first.
 
         Idempotent: a second run finds the same rows and copies nothing ("already migrated"); if the
         SQLite queue changed and no coordinator has served from PostgreSQL since, the copy is replaced

@@ -29,9 +29,11 @@ import HatoSupport
 /// changed → refused (the two queues went separate ways). A PostgreSQL store holding rows
 /// that did not come from this queue is never written to.
 ///
-/// **Refuses** while a coordinator serves either side: `options.coordinatorAnswering` (the
-/// CLI: the admin API of cluster.yml) when the store's `run_state` says a run has not stopped,
-/// and a live leader in PostgreSQL's `leadership` row. The SQLite file's lock is checked by the
+/// **Refuses** while a coordinator serves either side: a live leader in PostgreSQL's
+/// `leadership` row; `options.coordinatorAnswering` (the CLI: the admin API addresses of
+/// cluster.yml) when the SQLite `run_state` records a run that has not stopped, or when
+/// coordinators have served from the PostgreSQL store at all (with several, one may have
+/// stopped cleanly while others serve). The SQLite file's lock is checked by the
 /// caller before the file is opened (`sqliteHolder(databasePath:)`).
 ///
 /// Blocking: call from a thread of its own (the CLI's main thread), not from a Swift
@@ -187,12 +189,16 @@ public struct StoreMigration {
         }
         let targetRunState = try Dictionary(c.query("SELECT key, value FROM run_state").map { (try $0.text(0), try $0.text(1)) },
                                             uniquingKeysWith: { a, _ in a })
-        if targetRunState["clean_stop"] == "0" {
+        // A coordinator has served from this database (its beginRun wrote clean_stop). With
+        // several coordinators one may have stopped cleanly while the others still serve, so
+        // any answering admin address refuses, whatever the last recorded stop says.
+        if let stop = targetRunState["clean_stop"] {
             if let address = options.coordinatorAnswering?() {
-                throw StoreMigrationError.coordinatorRunning(
-                    "a coordinator is serving from the PostgreSQL store (run_state clean_stop=0) and answers on its admin API at \(address): stop it first")
+                throw StoreMigrationError.coordinatorRunning(stop == "0"
+                    ? "a coordinator is serving from the PostgreSQL store (run_state clean_stop=0) and answers on its admin API at \(address): stop it first"
+                    : "a coordinator answers on its admin API at \(address), and coordinators have served from the PostgreSQL store: stop every coordinator first")
             }
-            report.notes.append("the last coordinator run on the PostgreSQL store did not stop cleanly")
+            if stop == "0" { report.notes.append("the last coordinator run on the PostgreSQL store did not stop cleanly") }
         }
         var targetCounts: [String: Int] = [:]
         for t in Self.tables { targetCounts[t.name] = try Self.count(t, on: c) }
