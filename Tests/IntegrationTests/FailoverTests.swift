@@ -70,6 +70,13 @@ extension Integration {
                 let status = try ha.status("coord-2")
                 #expect(status["leader"] as? String == "coord-2")
                 #expect((status["term"] as? Int ?? 0) > termBefore)
+                // The CLI without --id goes to the first coordinator that answers (coord-1 is gone).
+                let (rc, out) = try ha.cli(["status", "--json"])
+                #expect(rc == 0, "\(out)")
+                let cliStatus = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
+                #expect(cliStatus["leader"] as? String == "coord-2" && cliStatus["role"] as? String == "leader", "\(out)")
+                let (rcDead, outDead) = try ha.cli(["status", "--id", "coord-1"])
+                #expect(rcDead != 0 && outDead.contains("cannot reach the coordinator's admin API"), "\(outDead)")
 
                 let received = ha.capture.received
                 let numbers = received.compactMap(subjectNumber)
@@ -122,6 +129,17 @@ extension Integration {
                         let q = try ha.queue(id)
                         return q["delivered"] == n && (q["queued"] ?? 0) + (q["leased"] ?? 0) + (q["deferred"] ?? 0) == 0
                     }
+                }
+                // Operator commands against the standby act on the leader (forwarded).
+                let (rc, out) = try ha.cli(["drain", "node-a", "--id", "coord-2"])
+                #expect(rc == 0, "\(out)")
+                #expect(((try ha.admin("coord-1", "/v1/nodes")) as? [[String: Any]] ?? []).contains {
+                    $0["id"] as? String == "node-a" && ["draining", "drained"].contains($0["state"] as? String ?? "")
+                })
+                let (rcResume, outResume) = try ha.cli(["resume", "node-a", "--id", "coord-2"])
+                #expect(rcResume == 0, "\(outResume)")
+                try waitUntil("node-a active again", timeout: 20) {
+                    ((try ha.admin("coord-2", "/v1/nodes")) as? [[String: Any]] ?? []).contains { $0["id"] as? String == "node-a" && $0["state"] as? String == "active" }
                 }
                 try submit(0..<20, via: "coord-1")
                 try waitDelivered(20, via: "coord-1")

@@ -132,6 +132,14 @@ final class HACluster: @unchecked Sendable {
         }
     }
 
+    /// Runs `hato-coordinator ARGS --config <coordinator id's copy>` and returns (exit status, output).
+    func cli(_ args: [String], configOf id: String = "coord-1", timeout: TimeInterval = 60) throws -> (Int32, String) {
+        let p = try ChildProcess(name: "cli-\(Identifier.random(bytes: 3))", executable: executablePath("hato-coordinator"),
+                                 arguments: args + ["--config", configPath(id)], logDirectory: dir)
+        guard let status = p.wait(timeout: timeout) else { p.stop(signal: SIGKILL); throw HarnessError("CLI \(args) hung") }
+        return ((status >> 8) & 0xFF, p.log)
+    }
+
     /// Recipient counts by state as coordinator `id` answers (the shared store).
     func queue(_ id: String) throws -> [String: Int] { try admin(id, "/v1/queue") as? [String: Int] ?? [:] }
 

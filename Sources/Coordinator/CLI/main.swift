@@ -156,7 +156,7 @@ case "serve":
     }
 case let c where QueueCommands.handles(c, positional: args.positional, options: args.options):
     do {
-        try QueueCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json"))
+        try QueueCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
             .run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch let error as CLIArguments.UsageError {
         exitWithError("hato-coordinator: \(error) (see hato-coordinator \(c) --help)", status: 2)
@@ -164,15 +164,15 @@ case let c where QueueCommands.handles(c, positional: args.positional, options: 
         exitWithError("hato-coordinator: \(error)")
     }
 case let c where AdminCommands.names.contains(c):
-    let client = AdminClient(config: config, operatorName: operatorName)
     do {
+        let client = try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName)
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }
 case let c where ReportingCommands.names.contains(c):
     do {
-        try ReportingCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
+        try ReportingCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

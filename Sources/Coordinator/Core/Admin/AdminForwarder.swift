@@ -9,7 +9,9 @@ import HatoSupport
 /// leader's admin listener with the caller's token and operator, and the leader's answer is
 /// returned as it is. So every `hato-coordinator` subcommand works against any live coordinator.
 ///
-/// What a standby answers itself: `/metrics` (its own submission figures); and, while no leader
+/// What a standby answers itself: `/metrics` (its own submission figures), `POST /v1/reload`
+/// (each coordinator re-reads its own copy of cluster.yml: a standby takes over with the
+/// configuration in force; reload every coordinator, or send each SIGHUP); and, while no leader
 /// can be reached (an election under way, the leader's host gone), `GET /v1/status` with the
 /// queue counts from the shared store, `"role": "standby"` and the leader as far as known. Every
 /// other request then gets `503` naming the reason. A forwarded request is never forwarded again
@@ -44,7 +46,7 @@ public struct AdminForwarder: Sendable {
     /// `/metrics`): the caller then handles the request itself.
     public func handle(_ req: HTTPRequest) -> HTTPResponse? {
         let info = leader()
-        guard !info.isSelf, req.path != "/metrics" else { return nil }
+        guard !info.isSelf, req.path != "/metrics", req.path != "/v1/reload" else { return nil }
         let forwardedBy = req.headers[Self.forwardedHeader.lowercased()]
         var reason: String
         if let forwardedBy {

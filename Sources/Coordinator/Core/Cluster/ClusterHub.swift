@@ -27,8 +27,9 @@ public final class ClusterHub: Sendable {
         case frame(ConnectionID, ClusterMessage)
         case closed(ConnectionID, reason: String)
         case resultsApplied([(leaseID: String, connection: ConnectionID, mxHost: String?)])
-        /// An operator command; `refuse` answers it when this coordinator does not lead.
-        case command(@Sendable (inout Scheduler, Date) -> [Scheduler.Directive], refuse: @Sendable (any Error) -> Void)
+        /// An operator command; `refuse` answers it when this coordinator does not lead, unless
+        /// `standbyToo` (a reload: a standby keeps the configuration it will lead with).
+        case command(@Sendable (inout Scheduler, Date) -> [Scheduler.Directive], refuse: @Sendable (any Error) -> Void, standbyToo: Bool = false)
         /// Elected (several coordinators): lead under `term` from now on.
         case becomeLeader(term: Int64)
         /// No longer the leader: drop the scheduler, close every node link.
@@ -502,8 +503,16 @@ public final class ClusterHub: Sendable {
         switch event {
         case .join(let c, let hello, _):
             standbyAnswer(to: hello, on: c, config: published.withLock { $0.config })
-        case .command(_, let refuse):
-            refuse(AdminError.notLeader(leaderInfo.snapshot.leader))
+        case .command(let body, let refuse, let standbyToo):
+            guard standbyToo else {
+                refuse(AdminError.notLeader(leaderInfo.snapshot.leader))
+                return
+            }
+            // On the standby's idle scheduler (no nodes, no leases): its configuration is the
+            // one a takeover starts from.
+            var idle = published.withLock { $0.scheduler }
+            _ = body(&idle, clock.now())
+            publish(idle, now: clock.now())
         case .frame(let c, _):
             link(c)?.shutdown()
         case .closed, .resultsApplied, .becomeLeader, .stepDown:
@@ -528,7 +537,7 @@ public final class ClusterHub: Sendable {
             return scheduler.connectionClosed(c, reason: reason, now: now)
         case .resultsApplied(let results):
             return scheduler.resultsApplied(results, now: now)
-        case .command(let body, _):
+        case .command(let body, _, _):
             return body(&scheduler, now)
         case .becomeLeader, .stepDown:
             return []  // handled by the loop
@@ -691,7 +700,7 @@ public final class ClusterHub: Sendable {
 
     /// Runs `body` on the scheduler thread and waits for its answer.
     /// - Throws: what `body` throws; `AdminError.busy` when the scheduler thread does not get to it within `timeout`.
-    private func command<R: Sendable>(_ what: String, timeout: Duration = .seconds(15),
+    private func command<R: Sendable>(_ what: String, timeout: Duration = .seconds(15), standbyToo: Bool = false,
                                       _ body: @escaping @Sendable (inout Scheduler, Date) throws -> (R, [Scheduler.Directive])) throws -> R {
         let reply = LockedCondition<Result<R, any Error>?>(nil)
         post(.command({ scheduler, now in
@@ -703,7 +712,7 @@ public final class ClusterHub: Sendable {
                 reply.withLockAndBroadcast { $0 = .failure(error) }
                 return []
             }
-        }, refuse: { error in reply.withLockAndBroadcast { $0 = .failure(error) } }))
+        }, refuse: { error in reply.withLockAndBroadcast { $0 = .failure(error) } }, standbyToo: standbyToo))
         guard let result = reply.wait(until: .now + timeout, for: { $0 != nil }, then: { v, _ in v }) else { throw AdminError.busy(what) }
         return try result.get()
     }
@@ -797,7 +806,7 @@ public final class ClusterHub: Sendable {
     ///   the coordinator runs with now.
     /// - Throws: `AdminError.busy`.
     public func reload(_ loaded: ClusterConfig, answerTimeout: Duration = ClusterHub.reloadAnswerTimeout) throws -> (ReloadReport, ClusterConfig) {
-        var (report, inForce) = try command("reload") { scheduler, _ in
+        var (report, inForce) = try command("reload", standbyToo: true) { scheduler, _ in
             let (report, directives) = scheduler.reloaded(loaded)
             return ((report, scheduler.config), directives)
         }
