@@ -58,6 +58,10 @@ let usage = """
                             the suppression list (hard-bounced addresses that are not tried again)
       log --message ID | --recipient ADDRESS [--limit N]
                             delivery log events of one message or one recipient
+      store migrate --from sqlite --to postgresql [--sqlite PATH] [--dry-run]
+                            copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
+                            store of cluster.yml's store:, in one verified transaction; refuses while a
+                            coordinator serves; a second run copies nothing
       hash-password [--iterations N]
                             read a password from stdin (prompted on a terminal) and print its
                             $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
@@ -76,7 +80,8 @@ OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
-                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id"],
+                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
+                                                                                       "from", "to", "sqlite"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
@@ -119,6 +124,8 @@ do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithEr
 let operatorName = args.options["operator"] ?? args.options["as"] ?? AdminClient.defaultOperator()
 
 switch args.subcommand! {
+case "store":
+    exit(StoreCommand.run(positional: args.positional, options: args.options, flags: args.flags, config: config))
 case "serve":
     do {
         // With a coordinators: list, --id names this one (its own addresses).
