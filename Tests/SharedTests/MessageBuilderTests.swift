@@ -371,6 +371,7 @@ struct MessageBuilderTests {
         } catch {
             #expect(error.code == code, "\(error)")
             #expect(error.field == field, "\(error)")
+            if body.contains("5]") { #expect(error.message == "`to[1]` should be an address string or an object {\"name\", \"address\"}") }
         }
     }
 

@@ -24,13 +24,17 @@ public struct EmailAddress: Sendable, Hashable, Codable {
     }
 
     /// Reads a string or a `{name, address}` object; other keys are refused.
-    /// - Throws: `DecodingError` for another JSON type; `MessageBuildError` (`invalid_field`) for an unknown key.
+    /// - Throws: `DecodingError.typeMismatch` for another JSON type; `MessageBuildError`
+    ///   (`invalid_field`) for an unknown key.
     public init(from decoder: any Decoder) throws {
         if let single = try? decoder.singleValueContainer(), let text = try? single.decode(String.self) {
             self.init(text)
             return
         }
-        let container = try decoder.container(keyedBy: CodingKeys.self)
+        guard let container = try? decoder.container(keyedBy: CodingKeys.self) else {
+            throw DecodingError.typeMismatch(EmailAddress.self, .init(codingPath: decoder.codingPath,
+                                                                      debugDescription: "neither an address string nor an object"))
+        }
         try JSONFields.refuseUnknownKeys(in: decoder, known: CodingKeys.allCases.map(\.rawValue))
         self.init(try container.decode(String.self, forKey: .address),
                   name: try container.decodeIfPresent(String.self, forKey: .name))
