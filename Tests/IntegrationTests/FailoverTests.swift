@@ -176,6 +176,33 @@ extension Integration {
             }
         }
 
+        @Test("a coordinator restarted within its leadership lease waits as a standby (status says another process with its id holds it), then leads under a new term")
+        func restartWithinLease() throws {
+            let schema = try TestSchema()
+            let ha = try HACluster(storeYAML: schema.storeYAML)
+            defer { ha.shutdown() }
+            do {
+                try ha.startCoordinator("coord-1")
+                try ha.waitLeader("coord-1", timeout: 20)
+                let first = try #require(try ha.status("coord-1")["term"] as? Int)
+                ha.signal("coord-1", SIGKILL)
+                let killedAt = Date()
+                try ha.startCoordinator("coord-1")
+                try waitUntil("the new process has asked the store", timeout: 10) {
+                    ((try ha.status("coord-1"))["note"] as? String)?.contains("another process with this coordinator's id") == true
+                }
+                let waiting = try ha.status("coord-1")
+                #expect(waiting["role"] as? String == "standby" && waiting["leader"] as? String == "coord-1", "\(waiting)")
+                #expect(try ha.gauge("coord-1", "hato_leader") == 0)
+                try ha.waitLeader("coord-1", timeout: 15)
+                #expect(Date().timeIntervalSince(killedAt) < 4 + 3, "led again once the old lease (4 s) ran out")
+                #expect((try ha.status("coord-1")["term"] as? Int ?? 0) > first)
+            } catch {
+                Issue.record("\(error)\n\(ha.logs)")
+                throw error
+            }
+        }
+
         @Test("the database stops during a stream to two coordinators: clients get 451 4.3.0, never 250, while it is down; once it is back a leader is elected and everything accepted is delivered")
         func databaseOutage() throws {
             let db = try PostgreSQLTestServer.startPrivate()

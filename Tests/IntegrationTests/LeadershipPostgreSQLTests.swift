@@ -87,6 +87,35 @@ extension Integration {
             }
         }
 
+        @Test("a leader frozen inside a fenced transaction does not stall the takeover: the database ends its idle session after idle_in_transaction_session_timeout, the standby acquires, the frozen write commits nothing")
+        func frozenWriterIsCutOff() throws {
+            try withSchema { config in
+                var frozenConfig = config
+                frozenConfig.settings["idle_in_transaction_session_timeout"] = "1000"
+                let writer = try PostgreSQLConnection(frozenConfig)
+                try writer.execute("CREATE TABLE grants (lease text PRIMARY KEY, term bigint NOT NULL)")
+                let a = PostgreSQLLeadership(connection: try PostgreSQLConnection(config))
+                let b = PostgreSQLLeadership(connection: try PostgreSQLConnection(config))
+                #expect(try a.acquire(id: "coord-1", incarnation: "p1", lease: .milliseconds(300)) == .acquired(term: 1))
+                // The leader freezes (SIGSTOP, a VM pause) between two statements of a fenced write.
+                try writer.execute("BEGIN")
+                try PostgreSQLLeadership.fence(writer, term: 1)
+                try writer.run("INSERT INTO grants VALUES ('L1', 1)")
+                usleep(400_000)  // its leadership has expired on the database's clock
+                let started = ContinuousClock.now
+                var answer = try b.acquire(id: "coord-2", incarnation: "p2", lease: .seconds(30))
+                while answer != .acquired(term: 2), ContinuousClock.now - started < .seconds(10) {
+                    usleep(50_000)
+                    answer = try b.acquire(id: "coord-2", incarnation: "p2", lease: .seconds(30))
+                }
+                #expect(answer == .acquired(term: 2))
+                #expect(ContinuousClock.now - started < .seconds(5), "taken over once the server ended the frozen session (1 s), not after it wakes")
+                // Woken up, the old leader's transaction is gone: nothing of it was committed.
+                #expect(throws: PostgreSQLError.self) { try writer.execute("COMMIT") }
+                #expect(try PostgreSQLConnection(config).query("SELECT count(*) FROM grants").first?.int(0) == 0)
+            }
+        }
+
         @Test("fencing: a write under the current term commits; under an old term it throws LeadershipFenced and commits nothing; an acquire waits for a fenced writer's commit")
         func fencing() throws {
             try withSchema { config in

@@ -14,6 +14,12 @@ enum CommandHelp {
     }
 
     private static let configOption = "  --config PATH        cluster configuration (default ./cluster.yml)"
+    /// Every command that talks to the admin API: which coordinator to ask.
+    private static let configAndIDOptions = configOption + """
+
+          --id ID              with several coordinators: ask this one (default: the first of
+                               coordinators: that answers; a standby forwards to the leader)
+        """
 
     private static let pages: [String: String] = [
         "serve": """
@@ -33,7 +39,7 @@ enum CommandHelp {
               hato-coordinator serve --config /etc/hato/cluster.yml
             """,
         "check": """
-            usage: hato-coordinator check [--config PATH]
+            usage: hato-coordinator check [--config PATH] [--id ID]
 
             Validates what `serve` needs without starting it: cluster.yml, every file it names (TLS
             certificates and keys, CA bundles, DKIM keys, admin_token_file), data_dir, and that the listen
@@ -41,6 +47,8 @@ enum CommandHelp {
 
             arguments:
             \(configOption)
+              --id ID              with a coordinators: list, the coordinator of this host (its addresses are
+                                   bind-tested)
 
             example:
               hato-coordinator check --config /etc/hato/cluster.yml && systemctl reload hato-coordinator
@@ -52,7 +60,7 @@ enum CommandHelp {
 
             arguments:
               --json               print the admin API's JSON answer
-            \(configOption)
+            \(configAndIDOptions)
 
             example:
               hato-coordinator status

@@ -110,7 +110,15 @@ do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "
 
 if args.subcommand == "check" {
     var (loaded, report) = ConfigCheck.load(path: args.configPath)
-    if let loaded { report.items += ConfigCheck.coordinator(loaded).items + StoreCheck.report(loaded).items }
+    if let loaded {
+        // With a coordinators: list, --id names the coordinator of this host (its addresses are bind-tested).
+        do {
+            let mine = try loaded.selectingCoordinator(args.options["id"])
+            report.items += ConfigCheck.coordinator(mine).items + StoreCheck.report(mine).items
+        } catch {
+            report.items.append(.init(.error, "coordinators", "\(error)"))
+        }
+    }
     print(report.rendered())
     exit(report.hasErrors ? 1 : 0)
 }

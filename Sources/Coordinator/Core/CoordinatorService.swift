@@ -53,9 +53,12 @@ public final class CoordinatorService: Sendable {
             guard var pg = config.postgreSQLConfiguration else {
                 throw ConfigValueError("several coordinators share one queue only on PostgreSQL: set store: { kind: postgresql, url: … }")
             }
-            // The elector's calls block its thread: bounded well below the leadership lease.
-            pg.statementTimeout = .milliseconds(Int(config.coordinator.leadershipLease * 1000 / 4))
-            pg.connectTimeout = .milliseconds(Int(config.coordinator.leadershipLease * 1000 / 4))
+            // The elector's calls block its thread: bounded well below the leadership lease, on
+            // the server (statement) and on the wire (a database that hangs).
+            let quarter = Duration.milliseconds(Int(config.coordinator.leadershipLease * 1000 / 4))
+            pg.statementTimeout = quarter
+            pg.connectTimeout = quarter
+            pg.networkTimeout = quarter
             let storeID = try PostgreSQLLeadership(connection: PostgreSQLConnection(pg)).current().storeID
             leadershipStore = PostgreSQLLeadershipStore(configuration: pg)
             mode = .elected(coordinatorID: id, storeID: storeID, mayLead: { term in electorRef.snapshot?.term(at: .now) == term })
@@ -81,7 +84,7 @@ public final class CoordinatorService: Sendable {
         let lock = reloadLock
         let log = Logger(label: "coordinator")
         let api = AdminAPI(token: token, store: store, hub: hub, reload: {
-            try CoordinatorService.reload(path: path, lock: lock, hub: hub, submission: submission, log: log)
+            try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, log: log)
         })
         if let leadershipStore {
             reporting.setActive(false)
@@ -126,7 +129,8 @@ public final class CoordinatorService: Sendable {
     /// - Throws: `ConfigError`, `ConfigReloadRefused`, `AdminError.busy`.
     @discardableResult
     public func reload() throws -> ReloadReport {
-        try CoordinatorService.reload(path: config.sourcePath, lock: reloadLock, hub: hub, submission: submission, log: log)
+        try CoordinatorService.reload(path: config.sourcePath, id: config.coordinators.isEmpty ? nil : coordinatorID, lock: reloadLock,
+                                      hub: hub, submission: submission, log: log)
     }
 
     /// One reload, under `lock`: loads the file (a `ConfigError` names file, line and key), runs
@@ -136,10 +140,11 @@ public final class CoordinatorService: Sendable {
     /// submission listener the routing and session settings. A refused file changes nothing.
     /// - Returns: what applied, what needs a restart of which process, each node's answer.
     /// - Throws: `ConfigError`, `ConfigReloadRefused`, `AdminError.busy`.
-    static func reload(path: String, lock: NSLock, hub: ClusterHub, submission: SubmissionServer, log: Logger) throws -> ReloadReport {
+    static func reload(path: String, id: String?, lock: NSLock, hub: ClusterHub, submission: SubmissionServer, log: Logger) throws -> ReloadReport {
         try lock.withLock {
             let loaded: ClusterConfig
-            do { loaded = try ClusterConfig.load(path: path) } catch {
+            // This coordinator's own entry of `coordinators:` (its addresses), as at start.
+            do { loaded = try ClusterConfig.load(path: path).selectingCoordinator(id) } catch {
                 log.error("reload refused; running configuration unchanged", ["error": "\(error)"])
                 throw error
             }

@@ -146,6 +146,14 @@ struct ClusterConfigDecoder {
                 try sec.require(key) { try ConfigValue.socketAddress($0, defaultPort: nil, allowZeroPort: true) }
             }
             let listen = try address("listen"), admin = try address("admin_listen")
+            if items.count > 1 {
+                // The others reach these: nodes (listen) and standbys forwarding (admin_listen).
+                for (key, a) in [("listen", listen), ("admin_listen", admin)] where a.host == "0.0.0.0" || a.host == "::" || a.port == 0 {
+                    let at = try sec.scalar(key)
+                    throw fail(at?.line ?? sec.entryLine(key), sec.keyPath(key),
+                               "\(a): with several coordinators, give the address the others reach this one at (not a wildcard host or port 0)")
+                }
+            }
             var smtp: [SocketAddress] = []
             for s in try sec.requireList("smtp_listen", allowScalar: true) {
                 let scalar = try s.scalar()

@@ -97,6 +97,8 @@ public struct ConfigReload: Sendable {
         diff("coordinator.node_timeout", oc.nodeTimeout, nc.nodeTimeout, restart: .coordinator)
         diff("coordinator.heartbeat_interval", oc.heartbeatInterval, nc.heartbeatInterval, restart: .coordinator)
         diff("coordinator.auto_rebalance", oc.autoRebalance, nc.autoRebalance, live: true)
+        diff("coordinator.leadership_lease", oc.leadershipLease, nc.leadershipLease, restart: .coordinator)
+        diff("coordinators", old.coordinators, new.coordinators, restart: .all)
         // smtp: session settings apply to the next session; listeners, TLS, users, limits and
         // the guards are built at start.
         let os = old.smtp, ns = new.smtp

@@ -1,16 +1,15 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import HatoConfig
 import HatoHTTP
 import HatoIO
 import HatoSupport
 
-/// A client of the admin API for the CLI subcommands (bearer token): URLSession over plain
-/// HTTP; over HTTPS (`coordinator.admin_tls`) the project's own `HTTPClient` and OpenSSL layer,
-/// trusting `admin_tls.ca` or, without one, the admin certificate itself (URLSession on Linux
-/// cannot be given a private trust anchor).
+/// A client of the admin API for the CLI subcommands (bearer token), over the project's own
+/// `HTTPClient`: over HTTPS (`coordinator.admin_tls`) with the OpenSSL layer, trusting
+/// `admin_tls.ca` or, without one, the admin certificate itself (URLSession on Linux cannot be
+/// given a private trust anchor); over plain HTTP too, because URLSession on Linux ignored its
+/// timeout against a coordinator that accepts but never answers (40–60 s of a busy core, seen
+/// with a stopped coordinator), and the CLI must fall over to the next coordinator on time.
 public struct AdminClient: Sendable {
     let base: String
     let token: String
@@ -21,6 +20,8 @@ public struct AdminClient: Sendable {
     let tokenError: String?
     /// HTTPS: where to connect and what to trust; nil for plain HTTP.
     let https: HTTPS?
+    /// Where the admin API listens (an unspecified listen address is reached on loopback).
+    let address: SocketAddress
 
     struct HTTPS: Sendable {
         var address: SocketAddress
@@ -50,10 +51,11 @@ public struct AdminClient: Sendable {
         token = config.coordinator.adminToken
         tokenError = config.coordinator.adminTokenError.map { "coordinator.admin_token_file: \($0)" }
         self.operatorName = operatorName.flatMap { $0.isEmpty ? nil : $0 }
+        // An unspecified listen address is reached on loopback.
+        let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
+        let address = SocketAddress(host: host, port: listen.port)
+        self.address = address
         if let tls = config.coordinator.adminTLS {
-            // An unspecified listen address is reached on loopback.
-            let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
-            let address = SocketAddress(host: host, port: listen.port)
             https = HTTPS(address: address, trust: tls.trustPath)
             base = "https://\(address)"
         } else {
@@ -94,47 +96,17 @@ public struct AdminClient: Sendable {
 
     private func requestOne(_ method: String, _ path: String, body: Data?) throws -> Data {
         if let tokenError { throw Failure(description: tokenError) }
-        if let https { return try requestHTTPS(https, method, path, body: body) }
-        guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
-        var req = URLRequest(url: url, timeoutInterval: 30)
-        req.httpMethod = method
-        req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-        if let operatorName { req.setValue(operatorName, forHTTPHeaderField: "X-Hato-Operator") }
-        if let body { req.httpBody = body; req.setValue("application/json", forHTTPHeaderField: "Content-Type") }
-        let box = Locked<Result<(Data, Int), any Error>>(.failure(Failure(description: "no response")))
-        let done = DispatchSemaphore(value: 0)
-        let session = URLSession(configuration: .ephemeral)
-        session.dataTask(with: req) { data, resp, err in
-            if let err { box.withLock { $0 = .failure(err) } } else {
-                box.withLock { $0 = .success((data ?? Data(), (resp as? HTTPURLResponse)?.statusCode ?? 0)) }
-            }
-            done.signal()
-        }.resume()
-        done.wait()
-        session.finishTasksAndInvalidate()
-        switch box.snapshot {
-        case .failure(let e):
-            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(e.localizedDescription)", unreachable: true)
-        case .success(let (data, status)):
-            guard (200..<300).contains(status) else {
-                let msg = (try? JSONDecoder().decode([String: String].self, from: data))?["error"] ?? "HTTP \(status)"
-                throw Failure(description: msg)
-            }
-            return data
-        }
-    }
-
-    /// One request over HTTPS with the project's TLS client: the certificate must verify
-    /// against `admin_tls.ca` (or be the pinned admin certificate) and carry the address as IP SAN.
-    private func requestHTTPS(_ https: HTTPS, _ method: String, _ path: String, body: Data?) throws -> Data {
         let response: HTTPClientResponse
         do {
-            let context = try TLSContext.client(verifyPeer: true, trustedCAFile: https.trust, trustPartialChain: true)
+            let context = try https.map { try TLSContext.client(verifyPeer: true, trustedCAFile: $0.trust, trustPartialChain: true) }
             var headers = [("Authorization", "Bearer \(token)")]
             if body != nil { headers.append(("Content-Type", "application/json")) }
             if let operatorName { headers.append(("X-Hato-Operator", operatorName)) }
-            response = try HTTPClient.send(method, to: https.address, path: path, headers: headers, body: body.map { Array($0) },
-                                           tls: context, timeout: 30)
+            // Bounded: a coordinator that accepts but does not answer (stopped, overloaded) is
+            // given up after this long, and with several coordinators the next one is asked.
+            let timeout: TimeInterval = method == "GET" && !alternates.isEmpty ? 10 : 30
+            response = try HTTPClient.send(method, to: address, path: path, headers: headers, body: body.map { Array($0) },
+                                           tls: context, timeout: timeout)
         } catch {
             throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(error)", unreachable: true)
         }
@@ -211,7 +183,11 @@ public struct AdminCommands {
         switch command {
         case "status":
             let s = try client.get(path, as: StatusReport.self)
-            print("cluster \(s.cluster)\n")
+            var leadership = ""
+            if let term = s.term {
+                leadership = ", answered by \(s.coordinator ?? "?") (\(s.role ?? "?")); leader \(s.leader ?? "none known"), term \(term)"
+            }
+            print("cluster \(s.cluster)\(leadership)\(s.note.map { "\n\($0)" } ?? "")\n")
             printNodes(s.nodes)
             print("")
             printIPs(s.ips)

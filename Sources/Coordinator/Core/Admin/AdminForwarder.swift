@@ -1,5 +1,6 @@
 import Foundation
 import HatoConfig
+import HatoCrypto
 import HatoHTTP
 import HatoIO
 import HatoSupport
@@ -21,6 +22,7 @@ public struct AdminForwarder: Sendable {
     public static let forwardedHeader = "X-Hato-Forwarded-By"
 
     let coordinatorID: String
+    let token: String
     let coordinators: [CoordinatorInstance]
     let tls: TLSContext?
     let leader: @Sendable () -> ClusterHub.LeaderInfo
@@ -36,6 +38,7 @@ public struct AdminForwarder: Sendable {
     public init(config: ClusterConfig, coordinatorID: String, leader: @escaping @Sendable () -> ClusterHub.LeaderInfo,
                 localStatus: @escaping @Sendable () throws -> StatusReport) throws {
         self.coordinatorID = coordinatorID
+        token = config.coordinator.adminToken
         coordinators = config.coordinators
         tls = try config.coordinator.adminTLS.map { try TLSContext.client(verifyPeer: true, trustedCAFile: $0.trustPath, trustPartialChain: true) }
         self.leader = leader
@@ -47,10 +50,18 @@ public struct AdminForwarder: Sendable {
     public func handle(_ req: HTTPRequest) -> HTTPResponse? {
         let info = leader()
         guard !info.isSelf, req.path != "/metrics", req.path != "/v1/reload" else { return nil }
+        // Nothing is said (not even who leads) without the token; the leader checks it again.
+        let expected = "Bearer " + token
+        guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
+            return .error(401, "missing or wrong bearer token")
+        }
         let forwardedBy = req.headers[Self.forwardedHeader.lowercased()]
         var reason: String
         if let forwardedBy {
             reason = "\(coordinatorID) is a standby too (the request came forwarded from \(forwardedBy))"
+        } else if info.leader == coordinatorID {
+            reason = "another process with this coordinator's id (\(coordinatorID)) holds the leadership: a restart within the leadership lease "
+                + "(it passes when the lease runs out), or a second coordinator started with the same --id"
         } else if let id = info.leader, let target = coordinators.first(where: { $0.id == id }) {
             do {
                 return try forward(req, to: target)
@@ -86,8 +97,10 @@ public struct AdminForwarder: Sendable {
             if let v = req.headers[name] { headers.append((name, v)) }
         }
         let host = leader.adminListen.host == "0.0.0.0" ? "127.0.0.1" : leader.adminListen.host == "::" ? "::1" : leader.adminListen.host
+        // A frozen leader must not hold a reading operator for long: 5 s for reads (a new leader
+        // is elected within the lease anyway), 30 s for actions.
         let response = try HTTPClient.send(req.method, to: SocketAddress(host: host, port: leader.adminListen.port), path: target, headers: headers,
-                                           body: req.body.isEmpty ? nil : req.body, tls: tls, timeout: 30)
+                                           body: req.body.isEmpty ? nil : req.body, tls: tls, timeout: req.method == "GET" ? 5 : 30)
         return HTTPResponse(status: response.status, contentType: response.headers["content-type"] ?? "application/json", body: response.body)
     }
 }

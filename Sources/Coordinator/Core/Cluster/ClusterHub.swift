@@ -253,7 +253,9 @@ public final class ClusterHub: Sendable {
     /// The leader changed (for redirects and status): `leader` under `term`, nil when unknown.
     public func leaderChanged(leader: String?, term: Int64) {
         let me: String? = if case .elected(let id, _, _) = mode { id } else { nil }
-        leaderInfo.withLock { $0 = LeaderInfo(leader: leader, term: max(term, $0.term), isSelf: leader != nil && leader == me) }
+        // Only `becomeLeader` makes this process the leader: the store may name this id while
+        // another process holds it (a restart within the lease, a duplicate --id).
+        leaderInfo.withLock { $0 = LeaderInfo(leader: leader, term: max(term, $0.term), isSelf: $0.isSelf && leader != nil && leader == me) }
     }
 
     /// Who leads, as far as this coordinator knows.
@@ -279,7 +281,9 @@ public final class ClusterHub: Sendable {
     /// knows terms), else a retryable reject; then the connection is closed.
     private func standbyAnswer(to hello: HelloMessage, on c: ConnectionID, config: ClusterConfig) {
         let info = leaderInfo.snapshot
-        let address = info.leader.flatMap { id in config.coordinators.first { $0.id == id }?.listen.description }
+        // This id held by another process (a restart within the lease): name no address, so
+        // that the node asks the next coordinator rather than this one again.
+        let address = info.leader.flatMap { id in id == coordinatorID ? nil : config.coordinators.first { $0.id == id }?.listen.description }
         let features = link(c)?.features ?? []
         if info.isSelf {
             // Elected, but still taking over the queue: the node tries again shortly.

@@ -146,7 +146,8 @@ public final class DeliveryReporter: Sendable {
         if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
         progress.withLock { $0.lastPass = .now }
         do {
-            while try runOnce() {}
+            // Stops between batches once this coordinator no longer leads.
+            while active.snapshot, try runOnce() {}
         } catch {
             log.error("reporting pass failed; retried", ["error": "\(error)"])
         }

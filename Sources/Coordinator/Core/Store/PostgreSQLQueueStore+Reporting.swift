@@ -65,9 +65,12 @@ extension PostgreSQLQueueStore {
     /// Applies what processing a batch decided, in one transaction that does not wait for
     /// `synchronous_commit` (everything in it derives from the events it deletes, which were
     /// committed durably with the changes that made them).
-    /// - Throws: `PostgreSQLError`; nothing is applied then (the events are processed again).
+    /// Fenced like lease state (`fenceLeaseWrites`): a coordinator that no longer leads cannot
+    /// complete a batch the new leader also works on.
+    /// - Throws: `LeadershipFenced`; `PostgreSQLError`; nothing is applied then (the events are processed again).
     public func completeEvents(_ d: EventDisposition, now: Date) throws {
         try pool.transaction(synchronousCommit: false) { c in
+            try fence(c)
             let t = now.timeIntervalSince1970
             for w in d.webhooks {
                 try c.run("INSERT INTO webhook_outbox(hook, event_id, body, created_at, next_attempt_at) VALUES($1, $2, $3, $4, $5)",
@@ -128,10 +131,12 @@ extension PostgreSQLQueueStore {
     }
 
     /// Queues a DSN (or drops entries that need none) for one message, in one transaction.
-    /// - Throws: `PostgreSQLError`; nothing is written then.
+    /// Fenced like lease state: a coordinator that no longer leads sends no second DSN.
+    /// - Throws: `LeadershipFenced`; `PostgreSQLError`; nothing is written then.
     public func commitDSN(originalID: String, recipientIDs: [Int64], dsn: NewMessage?, now: Date) throws {
         let scope = suppressAtEnqueue.snapshot
         try pool.transaction { c in
+            try fence(c)
             if let dsn {
                 try Self.insert([dsn], suppression: scope, on: c)
                 try c.run("INSERT INTO recipient_events(kind, message_id, at, detail) VALUES('dsn-sent', $1, $2, $3)",

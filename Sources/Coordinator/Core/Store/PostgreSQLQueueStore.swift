@@ -99,6 +99,12 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Throws: `PostgreSQLError`.
     public func beginTerm(coordinatorID: String) throws -> LeadershipStamp {
         let stamp = try pool.transaction { c in
+            // Coordinators elected through this row (several, `coordinators:`) are not deposed by
+            // a single one started with another file (a one-entry list, a file from before).
+            if let r = try c.query("SELECT leader, term FROM leadership WHERE id = 1 AND incarnation IS NOT NULL AND expires_at > now() FOR UPDATE").first {
+                throw PostgreSQLError.misuse("coordinator \(try r.optionalText(0) ?? "?") leads this store as one of several (term \(try r.int(1))): "
+                                             + "this configuration names a single coordinator; list every coordinator under coordinators: and start this one with --id")
+            }
             let row = try c.query("UPDATE leadership SET term = term + 1, leader = $1, incarnation = NULL WHERE id = 1 RETURNING term, store_id",
                                   [.text(coordinatorID)])
             guard let r = row.first else { throw PostgreSQLError.misuse("the leadership row is missing (migration 2)") }

@@ -6,7 +6,15 @@ extension ClusterConfig {
     /// file as configured, `hato-coordinator` as the application name.
     public var postgreSQLConfiguration: PostgreSQLConfiguration? {
         guard store.kind == .postgresql, let url = store.url else { return nil }
-        return PostgreSQLConfiguration(url: url, passwordFile: store.passwordFile, applicationName: "hato-coordinator")
+        var c = PostgreSQLConfiguration(url: url, passwordFile: store.passwordFile, applicationName: "hato-coordinator")
+        if coordinators.count > 1 {
+            // A leader frozen or cut off inside a transaction of lease state holds the
+            // leadership row (`fence`) until its session ends: the server ends such a session
+            // after a third of the leadership lease, so that a standby can take over (a dead
+            // host would otherwise hold it until TCP keepalive gives up, hours).
+            c.settings["idle_in_transaction_session_timeout"] = String(max(1000, Int(coordinator.leadershipLease * 1000 / 3)))
+        }
+        return c
     }
 
     /// Opens the queue store `store:` names: SQLite in `coordinator.data_dir` (the default), or

@@ -118,6 +118,7 @@ public enum StoreCommand {
         }
         // One long transaction: no statement timeout (a lost server still ends it: tcp_user_timeout).
         target.statementTimeout = nil
+        target.settings["idle_in_transaction_session_timeout"] = nil  // reading SQLite pages between inserts
         target.applicationName = "hato-coordinator store migrate"
         let dryRun = flags.contains("dry-run")
         do {
