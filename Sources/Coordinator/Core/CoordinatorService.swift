@@ -94,12 +94,7 @@ public final class CoordinatorService: Sendable {
                 switch directive {
                 case .becomeLeader(let term):
                     log.info("elected leader", ["coordinator": me, "term": "\(term)"])
-                    hub.becomeLeader(term: term)
-                    // Blocklist state found while a standby goes to the new scheduler.
-                    let watch = blocklists.snapshot
-                    for ip in watch.listings.keys.sorted() {
-                        if let reason = watch.holdReason(ip) { hub.blocklistChanged(ip: ip, holdReason: reason, event: nil) }
-                    }
+                    hub.becomeLeader(term: term)  // with the blocklist holds the checker reported meanwhile
                     reporting.setActive(true)
                 case .stepDown(let term, let reason):
                     log.warning("leadership lost", ["coordinator": me, "term": "\(term)", "reason": reason])

@@ -113,6 +113,8 @@ public final class ClusterHub: Sendable {
     private let fencedTerm = Locked<Int64?>(nil)
     /// Leases recorded and sent by this process since it started.
     private let leasesGranted = Locked(0)
+    /// The blocklist holds as last reported (IP → why), for a scheduler made on election.
+    private let blocklistHolds = Locked<[String: String]>([:])
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -489,6 +491,8 @@ public final class ClusterHub: Sendable {
             var scheduler = try Self.leadingScheduler(config: published.withLock { $0.config }, store: store, now: now,
                                                       leadership: LeadershipStamp(term: term, storeID: storeID, coordinatorID: id))
             if let hold = leaseHoldUntil.snapshot, hold > now { scheduler.holdLeases(until: hold) }
+            // Blocklist holds found while a standby (the checker runs on every coordinator).
+            for (ip, reason) in blocklistHolds.snapshot.sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason) }
             let leases = try store.allLeases()
             log.info("leading: took over the queue", ["term": "\(term)", "leases_of_earlier_terms": "\(leases.count)",
                                                        "ip_owners": "\(try store.ipOwners().count)"])
@@ -864,8 +868,10 @@ public final class ClusterHub: Sendable {
     ///   - holdReason: why it is held (`BlocklistWatch.holdReason`), nil to resume it.
     ///   - event: `.listed` or `.delisted`, with its note (zone, codes, reason).
     public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?) {
+        blocklistHolds.withLock { $0[ip] = holdReason }
         post(.command({ scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: holdReason) }, refuse: { _ in }))
-        guard let event else { return }
+        // Every coordinator checks; only the leader records the event (one per change).
+        guard let event, leaderInfo.snapshot.isSelf else { return }
         do {
             try store.recordOperatorEvent(event.kind, by: "hato", target: "ip \(ip)", note: event.note, now: clock.now())
         } catch {
