@@ -215,6 +215,37 @@ extension Integration {
             }
         }
 
+        @Test("pipelined statements run in order, over several syncs; the first failure throws with its SQLSTATE, skips the rest and aborts the transaction; the connection stays usable")
+        func pipelined() throws {
+            try withSchema { _, _, db in
+                try db.execute("CREATE TABLE p (k bigint PRIMARY KEY, v text NOT NULL, n bigint NOT NULL DEFAULT 0)")
+                // 600 inserts then 600 updates that each depend on the insert before them: more
+                // statements than one sync carries.
+                let inserts = (0..<600).map { (sql: "INSERT INTO p(k, v) VALUES($1, $2)", parameters: [PostgreSQLValue.int(Int64($0)), .text("v\($0)")]) }
+                let updates = (0..<600).map { (sql: "UPDATE p SET n = n + $1, v = v || 'x' WHERE k = $2", parameters: [PostgreSQLValue.int(1), .int(Int64($0))]) }
+                let counts = try db.transaction { try db.runPipelined(inserts + updates + [("DELETE FROM p WHERE k >= $1", [.int(590)])]) }
+                #expect(counts == Array(repeating: 1, count: 1200) + [10])
+                #expect(try db.query("SELECT count(*), sum(n) FROM p").map { [try $0.int(0), try $0.int(1)] } == [[590, 590]])
+                #expect(try db.query("SELECT v FROM p WHERE k = 7")[0].text(0) == "v7x")
+                #expect(try db.runPipelined([]) == [])
+
+                // A duplicate key in the middle: 23505, nothing after it ran, nothing of it kept.
+                let failed = expectPostgreSQLError {
+                    _ = try db.transaction {
+                        try db.runPipelined([("UPDATE p SET n = 100 WHERE k = $1", [.int(1)]), ("INSERT INTO p(k, v) VALUES($1, $2)", [.int(2), .text("dup")]),
+                                             ("UPDATE p SET n = 200 WHERE k = $1", [.int(3)])])
+                    }
+                }
+                #expect(failed?.sqlState == "23505")
+                #expect(try db.query("SELECT k, n FROM p WHERE k IN (1, 3) ORDER BY k").map { [try $0.int(0), try $0.int(1)] } == [[1, 1], [3, 1]])
+                // The connection works as before: plain statements, a transaction, another pipeline.
+                #expect(db.isConnected)
+                _ = try db.transaction { try db.run("UPDATE p SET n = 5 WHERE k = $1", [.int(4)]) }
+                #expect(try db.runPipelined([("UPDATE p SET n = n + 1 WHERE k = $1", [.int(4)]), ("UPDATE p SET n = n + 1 WHERE k = $1", [.int(4)])]) == [1, 1])
+                #expect(try db.query("SELECT n FROM p WHERE k = 4")[0].int(0) == 7)
+            }
+        }
+
         @Test("errors carry SQLSTATE: 23505 on a duplicate key (row values only in detail), 40001 on a serialization conflict")
         func sqlStates() throws {
             try withSchema { server, schema, db in

@@ -190,6 +190,8 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     private var statements: [String: String] = [:]
     private var nextStatement = 0
     private var inTransaction = false
+    /// Set when a pipeline could not be left: the connection counts as lost until `reset`.
+    private var abandoned = false
     /// A timeout set with `setStatementTimeout` (re-applied after `reset`), nil for the configured one.
     private var statementTimeoutOverride: Duration??
 
@@ -269,20 +271,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         try locked {
             try checkConnected()
             let encoded = try EncodedParameters(parameters)
-            let key = sql + "\u{0}" + encoded.types.map(String.init).joined(separator: ",")
-            let name: String
-            if let cached = statements[key] {
-                name = cached
-            } else {
-                name = "hato_\(nextStatement)"
-                let prepared = encoded.types.withUnsafeBufferPointer {
-                    PQprepare(connection, name, sql, Int32(encoded.types.count), $0.baseAddress)
-                }
-                defer { PQclear(prepared) }
-                try check(prepared, sql: sql)
-                nextStatement += 1
-                statements[key] = name
-            }
+            let (key, name) = try prepared(sql, encoded)
             let result = encoded.withParameterPointers { values, lengths, formats in
                 PQexecPrepared(connection, name, Int32(encoded.types.count), values, lengths, formats, binaryResults ? 1 : 0)
             }
@@ -290,13 +279,116 @@ public final class PostgreSQLConnection: @unchecked Sendable {
                 try check(result, sql: sql)
             } catch let error as PostgreSQLError {
                 PQclear(result)
-                // A statement dropped on the server (26000) or whose plan no longer fits the
-                // tables (0A000): prepare it afresh next time.
-                if error.sqlState == "26000" || error.sqlState == "0A000" { statements[key] = nil }
+                forgetIfStale(error, key)
                 throw error
             }
             return PostgreSQLResult(result!)
         }
+    }
+
+    /// Runs statements one after the other, as `run` would, but in one round trip (libpq's
+    /// pipeline mode: every statement is sent, then one sync, then the results are read).
+    ///
+    /// Each statement sees the effects of the ones before it; the first that fails makes the
+    /// server skip the rest up to the sync, and its error is thrown. Meant for a transaction's
+    /// writes (inside `transaction`, a failure leaves it aborted and it rolls back; outside one,
+    /// the sync commits what ran before the failure). Large lists go in several syncs, so
+    /// neither side's buffers fill while the other waits.
+    /// - Parameter statements: the statements (each one statement with parameters `$1`…`$n`).
+    /// - Returns: the affected row count of each, in order.
+    /// - Throws: `PostgreSQLError`, as `query`.
+    @discardableResult
+    public func runPipelined(_ statements: [(sql: String, parameters: [PostgreSQLValue])]) throws -> [Int] {
+        try locked {
+            try checkConnected()
+            let encoded = try statements.map { try EncodedParameters($0.parameters) }
+            // Prepared outside the pipeline (a prepare waits for its reply).
+            var keys: [String] = [], names: [String] = []
+            for (s, e) in zip(statements, encoded) {
+                let (key, name) = try prepared(s.sql, e)
+                keys.append(key)
+                names.append(name)
+            }
+            var counts: [Int] = []
+            counts.reserveCapacity(statements.count)
+            for start in stride(from: 0, to: statements.count, by: Self.pipelineDepth) {
+                let range = start..<min(start + Self.pipelineDepth, statements.count)
+                counts += try pipeline(range.map { (sql: statements[$0].sql, key: keys[$0], name: names[$0], parameters: encoded[$0]) })
+            }
+            return counts
+        }
+    }
+
+    /// Statements sent before one sync and its results: their replies (a few dozen bytes each)
+    /// fit the socket buffers, so the blocking sends never wait for a server waiting on us.
+    static let pipelineDepth = 256
+
+    /// Sends prepared statements in pipeline mode with one sync and reads every result up to it.
+    private func pipeline(_ batch: [(sql: String, key: String, name: String, parameters: EncodedParameters)]) throws -> [Int] {
+        guard PQenterPipelineMode(connection) == 1 else { throw PostgreSQLError.misuse("cannot enter pipeline mode: \(lastMessage)") }
+        // Leaving fails only with results unread (a read given up on): the connection is then
+        // unusable for anything else, so it counts as lost until `reset`.
+        defer { if PQexitPipelineMode(connection) != 1 { abandoned = true } }
+        var sent = 0
+        var failure: PostgreSQLError?
+        for s in batch {
+            let ok = s.parameters.withParameterPointers { values, lengths, formats in
+                PQsendQueryPrepared(connection, s.name, Int32(s.parameters.types.count), values, lengths, formats, 0)
+            }
+            guard ok == 1 else { failure = lostOrMisuse("cannot send a pipelined statement"); break }
+            sent += 1
+        }
+        guard PQpipelineSync(connection) == 1 else { throw failure ?? lostOrMisuse("cannot send the pipeline's sync") }
+        var counts: [Int] = []
+        // Each statement: its result, then NULL; the first failure's result is an error, the
+        // later ones' PIPELINE_ABORTED. Then the sync's result.
+        for s in batch.prefix(sent) {
+            guard let result = PQgetResult(connection) else { throw lostOrMisuse("a pipelined statement has no result") }
+            defer { PQclear(result) }
+            while let extra = PQgetResult(connection) { PQclear(extra) }
+            if PQresultStatus(result) == PGRES_PIPELINE_ABORTED { continue }
+            do {
+                try check(result, sql: s.sql)
+                counts.append(Int(String(cString: PQcmdTuples(result))) ?? 0)
+            } catch let error as PostgreSQLError {
+                forgetIfStale(error, s.key)
+                if failure == nil { failure = error }
+            }
+        }
+        guard let sync = PQgetResult(connection) else { throw lostOrMisuse("the pipeline's sync has no result") }
+        let status = PQresultStatus(sync)
+        PQclear(sync)
+        if let failure { throw failure }
+        guard status == PGRES_PIPELINE_SYNC else { throw lostOrMisuse("the pipeline's sync failed") }
+        return counts
+    }
+
+    /// The name of `sql` prepared on this connection for `parameters`' types (prepared now if new),
+    /// and its cache key.
+    private func prepared(_ sql: String, _ parameters: EncodedParameters) throws -> (key: String, name: String) {
+        let key = sql + "\u{0}" + parameters.types.map(String.init).joined(separator: ",")
+        if let cached = statements[key] { return (key, cached) }
+        let name = "hato_\(nextStatement)"
+        let result = parameters.types.withUnsafeBufferPointer {
+            PQprepare(connection, name, sql, Int32(parameters.types.count), $0.baseAddress)
+        }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+        nextStatement += 1
+        statements[key] = name
+        return (key, name)
+    }
+
+    /// A statement dropped on the server (26000) or whose plan no longer fits the tables
+    /// (0A000): prepare it afresh next time.
+    private func forgetIfStale(_ error: PostgreSQLError, _ key: String) {
+        if error.sqlState == "26000" || error.sqlState == "0A000" { statements[key] = nil }
+    }
+
+    /// `.connectionLost` when the connection broke, else `.misuse` with libpq's message.
+    private func lostOrMisuse(_ what: String) -> PostgreSQLError {
+        PQstatus(connection) == CONNECTION_OK ? .misuse("\(what): \(lastMessage)")
+            : .connectionLost("\(what): the connection to \(configuration.redactedURL) is lost: \(lastMessage)")
     }
 
     /// Runs one statement with parameters and returns how many rows it inserted, updated or
@@ -365,7 +457,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
 
     /// Whether the connection is up as far as libpq knows (it learns of a loss at the next
     /// call that talks to the server).
-    public var isConnected: Bool { locked { PQstatus(connection) == CONNECTION_OK } }
+    public var isConnected: Bool { locked { PQstatus(connection) == CONNECTION_OK && !abandoned } }
 
     /// The server's version as a number (e.g. 150018 for 15.18).
     public var serverVersion: Int { locked { Int(PQserverVersion(connection)) } }
@@ -382,6 +474,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
             guard !inTransaction else { throw PostgreSQLError.misuse("reset inside a transaction") }
             PQreset(connection)
             statements.removeAll()
+            abandoned = false
             guard PQstatus(connection) == CONNECTION_OK else {
                 throw PostgreSQLError.connectionFailed("cannot reconnect to \(configuration.redactedURL): \(lastMessage)")
             }
@@ -400,7 +493,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     private var lastMessage: String { Self.clean(String(cString: PQerrorMessage(connection))) }
 
     private func checkConnected() throws {
-        guard PQstatus(connection) == CONNECTION_OK else {
+        guard PQstatus(connection) == CONNECTION_OK && !abandoned else {
             throw PostgreSQLError.connectionLost("the connection to \(configuration.redactedURL) is lost (reset() reconnects)")
         }
     }
