@@ -190,6 +190,9 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     private var statements: [String: String] = [:]
     private var nextStatement = 0
     private var inTransaction = false
+    /// The `BEGIN` of the transaction in progress while it is not sent yet: it goes to the
+    /// server with the transaction's first statement, in the same round trip.
+    private var pendingBegin: String?
     /// Set when a pipeline could not be left: the connection counts as lost until `reset`.
     private var abandoned = false
     /// A timeout set with `setStatementTimeout` (re-applied after `reset`), nil for the configured one.
@@ -250,7 +253,9 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     public func execute(_ sql: String) throws {
         try locked {
             try checkConnected()
-            let result = PQexec(connection, sql)
+            // A transaction's BEGIN not yet sent goes first in the same query string.
+            let text = takeBegin().map { $0 + ";\n" + sql } ?? sql
+            let result = PQexec(connection, text)
             defer { PQclear(result) }
             try check(result, sql: sql)
         }
@@ -272,6 +277,11 @@ public final class PostgreSQLConnection: @unchecked Sendable {
             try checkConnected()
             let encoded = try EncodedParameters(parameters)
             let (key, name) = try prepared(sql, encoded)
+            if pendingBegin != nil {
+                // A transaction's first statement: its BEGIN goes with it, in one round trip.
+                let entries = try withBegin([PipelineEntry(sql: sql, key: key, name: name, parameters: encoded, binaryResults: binaryResults)])
+                return try pipeline(entries)[1]
+            }
             let result = encoded.withParameterPointers { values, lengths, formats in
                 PQexecPrepared(connection, name, Int32(encoded.types.count), values, lengths, formats, binaryResults ? 1 : 0)
             }
@@ -286,45 +296,71 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         }
     }
 
-    /// Runs statements one after the other, as `run` would, but in one round trip (libpq's
+    /// Runs statements one after the other, as `query` would, but in one round trip (libpq's
     /// pipeline mode: every statement is sent, then one sync, then the results are read).
     ///
     /// Each statement sees the effects of the ones before it; the first that fails makes the
     /// server skip the rest up to the sync, and its error is thrown. Meant for a transaction's
-    /// writes (inside `transaction`, a failure leaves it aborted and it rolls back; outside one,
-    /// the sync commits what ran before the failure). Large lists go in several syncs, so
+    /// statements (inside `transaction`, a failure leaves it aborted and it rolls back; outside
+    /// one, the sync commits what ran before the failure). Large lists go in several syncs, so
     /// neither side's buffers fill while the other waits.
     /// - Parameter statements: the statements (each one statement with parameters `$1`…`$n`).
-    /// - Returns: the affected row count of each, in order.
+    /// - Returns: the result of each (rows in text format, affected row counts), in order.
     /// - Throws: `PostgreSQLError`, as `query`.
     @discardableResult
-    public func runPipelined(_ statements: [(sql: String, parameters: [PostgreSQLValue])]) throws -> [Int] {
+    public func queryPipelined(_ statements: [(sql: String, parameters: [PostgreSQLValue])]) throws -> [PostgreSQLResult] {
         try locked {
             try checkConnected()
-            let encoded = try statements.map { try EncodedParameters($0.parameters) }
+            guard !statements.isEmpty else { return [] }
             // Prepared outside the pipeline (a prepare waits for its reply).
-            var keys: [String] = [], names: [String] = []
-            for (s, e) in zip(statements, encoded) {
-                let (key, name) = try prepared(s.sql, e)
-                keys.append(key)
-                names.append(name)
+            var entries = try statements.map { s in
+                let encoded = try EncodedParameters(s.parameters)
+                let (key, name) = try prepared(s.sql, encoded)
+                return PipelineEntry(sql: s.sql, key: key, name: name, parameters: encoded, binaryResults: false)
             }
-            var counts: [Int] = []
-            counts.reserveCapacity(statements.count)
-            for start in stride(from: 0, to: statements.count, by: Self.pipelineDepth) {
-                let range = start..<min(start + Self.pipelineDepth, statements.count)
-                counts += try pipeline(range.map { (sql: statements[$0].sql, key: keys[$0], name: names[$0], parameters: encoded[$0]) })
+            // A transaction's BEGIN not yet sent goes first (its result is not returned).
+            let begun = pendingBegin != nil
+            entries = try withBegin(entries)
+            var results: [PostgreSQLResult] = []
+            results.reserveCapacity(entries.count)
+            for start in stride(from: 0, to: entries.count, by: Self.pipelineDepth) {
+                results += try pipeline(Array(entries[start..<min(start + Self.pipelineDepth, entries.count)]))
             }
-            return counts
+            return begun ? Array(results.dropFirst()) : results
         }
     }
 
-    /// Statements sent before one sync and its results: their replies (a few dozen bytes each)
-    /// fit the socket buffers, so the blocking sends never wait for a server waiting on us.
+    /// Statements sent before one sync and its results: the replies of a transaction's writes
+    /// (a few dozen bytes each) fit the socket buffers, so the blocking sends never wait for a
+    /// server waiting on us.
     static let pipelineDepth = 256
 
+    /// A prepared statement ready to be sent in a pipeline.
+    private struct PipelineEntry {
+        var sql: String
+        var key: String
+        var name: String
+        var parameters: EncodedParameters
+        var binaryResults: Bool
+    }
+
+    /// `entries` after the transaction's BEGIN when it is not sent yet (then counted as sent).
+    private func withBegin(_ entries: [PipelineEntry]) throws -> [PipelineEntry] {
+        guard let begin = pendingBegin else { return entries }
+        let none = try EncodedParameters([])
+        let (key, name) = try prepared(begin, none)
+        pendingBegin = nil
+        return [PipelineEntry(sql: begin, key: key, name: name, parameters: none, binaryResults: false)] + entries
+    }
+
+    /// The transaction's BEGIN when it is not sent yet, counted as sent from now on.
+    private func takeBegin() -> String? {
+        defer { pendingBegin = nil }
+        return pendingBegin
+    }
+
     /// Sends prepared statements in pipeline mode with one sync and reads every result up to it.
-    private func pipeline(_ batch: [(sql: String, key: String, name: String, parameters: EncodedParameters)]) throws -> [Int] {
+    private func pipeline(_ batch: [PipelineEntry]) throws -> [PostgreSQLResult] {
         guard PQenterPipelineMode(connection) == 1 else { throw PostgreSQLError.misuse("cannot enter pipeline mode: \(lastMessage)") }
         // Leaving fails only with results unread (a read given up on): the connection is then
         // unusable for anything else, so it counts as lost until `reset`.
@@ -333,24 +369,24 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         var failure: PostgreSQLError?
         for s in batch {
             let ok = s.parameters.withParameterPointers { values, lengths, formats in
-                PQsendQueryPrepared(connection, s.name, Int32(s.parameters.types.count), values, lengths, formats, 0)
+                PQsendQueryPrepared(connection, s.name, Int32(s.parameters.types.count), values, lengths, formats, s.binaryResults ? 1 : 0)
             }
             guard ok == 1 else { failure = lostOrMisuse("cannot send a pipelined statement"); break }
             sent += 1
         }
         guard PQpipelineSync(connection) == 1 else { throw failure ?? lostOrMisuse("cannot send the pipeline's sync") }
-        var counts: [Int] = []
+        var results: [PostgreSQLResult] = []
         // Each statement: its result, then NULL; the first failure's result is an error, the
         // later ones' PIPELINE_ABORTED. Then the sync's result.
         for s in batch.prefix(sent) {
             guard let result = PQgetResult(connection) else { throw lostOrMisuse("a pipelined statement has no result") }
-            defer { PQclear(result) }
             while let extra = PQgetResult(connection) { PQclear(extra) }
-            if PQresultStatus(result) == PGRES_PIPELINE_ABORTED { continue }
+            if PQresultStatus(result) == PGRES_PIPELINE_ABORTED { PQclear(result); continue }
             do {
                 try check(result, sql: s.sql)
-                counts.append(Int(String(cString: PQcmdTuples(result))) ?? 0)
+                results.append(PostgreSQLResult(result))
             } catch let error as PostgreSQLError {
+                PQclear(result)
                 forgetIfStale(error, s.key)
                 if failure == nil { failure = error }
             }
@@ -360,7 +396,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         PQclear(sync)
         if let failure { throw failure }
         guard status == PGRES_PIPELINE_SYNC else { throw lostOrMisuse("the pipeline's sync failed") }
-        return counts
+        return results
     }
 
     /// The name of `sql` prepared on this connection for `parameters`' types (prepared now if new),
@@ -417,16 +453,20 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     public func transaction<T>(isolation: PostgreSQLIsolation? = nil, _ body: () throws -> T) throws -> T {
         try locked {
             guard !inTransaction else { throw PostgreSQLError.misuse("transaction inside a transaction") }
-            try execute(isolation.map { "BEGIN ISOLATION LEVEL \($0.rawValue)" } ?? "BEGIN")
+            try checkConnected()
+            // Sent with the first statement (one round trip less per transaction).
+            pendingBegin = isolation.map { "BEGIN ISOLATION LEVEL \($0.rawValue)" } ?? "BEGIN"
             inTransaction = true
-            defer { inTransaction = false }
+            defer { inTransaction = false; pendingBegin = nil }
             let value: T
             do {
                 value = try body()
             } catch {
-                if PQstatus(connection) == CONNECTION_OK { _ = try? execute("ROLLBACK") }
+                if pendingBegin == nil && PQstatus(connection) == CONNECTION_OK { _ = try? execute("ROLLBACK") }
                 throw error
             }
+            // A body that sent nothing began no transaction on the server: nothing to commit.
+            guard pendingBegin == nil else { return value }
             if PQtransactionStatus(connection) == PQTRANS_INERROR {
                 _ = try? execute("ROLLBACK")
                 throw PostgreSQLError.misuse("a statement in the transaction failed (its error was caught): rolled back")

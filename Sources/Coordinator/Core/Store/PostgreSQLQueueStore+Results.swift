@@ -4,14 +4,15 @@ import HatoConfig
 import HatoSupport
 import SMTPCore
 
-// Node results on PostgreSQL, with the rules of `SQLiteQueueStore.applyResult`. A round trip per
-// statement is what PostgreSQL costs (SQLite's calls are in-process), so a batch of reports is
-// applied in a fixed handful of round trips whatever its size: one locks the batch's leases, one
-// locks and reads its recipients, the outcomes are decided here as the reports would be applied
-// one after the other, then the writes go in one pipeline — one `UPDATE` per outcome, the
-// statements of applying the reports one by one, in the same order, so the state trigger sees
-// the same rows and writes the same events in the same order — and the leases are ended, and the
-// messages closed, by one statement each for the whole batch.
+// Node results on PostgreSQL, with the rules of `SQLiteQueueStore.applyResult`. Each round trip
+// to the server costs (SQLite's calls are in-process; on a busy host each one also waits for the
+// server's process to be scheduled), and a lease stays in flight until its result is committed,
+// so a batch of reports takes three whatever its size: one pipeline with the transaction's BEGIN
+// that locks and reads the batch's leases and recipients; then, the outcomes decided here as the
+// reports would be applied one after the other, one pipeline of every write — one `UPDATE` per
+// outcome, the statements of applying the reports one by one in the same order (so the state
+// trigger sees the same rows and writes the same events in the same order), one statement ending
+// the batch's leases, two closing the messages; and the COMMIT.
 extension PostgreSQLQueueStore {
     // MARK: Results
 
@@ -29,9 +30,8 @@ extension PostgreSQLQueueStore {
         guard !results.isEmpty else { return [] }
         return try pool.transaction { c in
             let plan = try Self.planResults(results, retry: retry, now: now, on: c)
-            try c.runPipelined(plan.writes)
-            try c.run(Self.endLeasesSQL, [.double(now.timeIntervalSince1970), .text(Self.array(plan.leasesToEnd.sorted()))])
-            try Self.closeRecipients(plan.closed, on: c)
+            try c.queryPipelined(plan.writes + [(Self.endLeasesSQL, [.double(now.timeIntervalSince1970), .text(Self.array(plan.leasesToEnd.sorted()))])]
+                                 + Self.closingStatements(plan.closed))
             return plan.applications
         }
     }
@@ -72,29 +72,32 @@ extension PostgreSQLQueueStore {
 
     /// Locks the batch's leases and recipients (leases first, each in id order, as the lease
     /// requeues do) and decides every outcome as the reports would be applied one by one.
+    /// Writes nothing.
     private static func planResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date,
                                     on c: PostgreSQLConnection) throws -> ResultPlan {
         var plan = ResultPlan()
         let t = now.timeIntervalSince1970
-        // The lease rows are locked: two reports of one lease apply one after the other.
-        var knownLeases = Set(try c.query("SELECT id FROM leases WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-                                          [.text(array(Set(results.map(\.result.leaseID)).sorted()))]).map { try $0.text(0) })
+        // The lease rows are locked (two reports of one lease apply one after the other), then the
+        // recipients: both reads in one round trip.
+        let ids = Set(results.flatMap { $0.result.outcomes.map(\.recipientID) }).sorted()
+        let read = try c.queryPipelined([
+            ("SELECT id FROM leases WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", [.text(array(Set(results.map(\.result.leaseID)).sorted()))]),
+            ("""
+             SELECT r.id, r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id
+             WHERE r.id = ANY($1::bigint[]) ORDER BY r.id FOR UPDATE OF r
+             """, [.text(array(ids))]),
+        ])
+        var knownLeases = Set(try read[0].map { try $0.text(0) })
         var rows: [Int64: ResultRow] = [:]
         // The recipients read, by the lease holding them (a lease is only ever cleared here).
         var heldBy: [String: [Int64]] = [:]
-        let ids = Set(results.flatMap { $0.result.outcomes.map(\.recipientID) }).sorted()
-        if !ids.isEmpty {
-            for r in try c.query("""
-                SELECT r.id, r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id
-                WHERE r.id = ANY($1::bigint[]) ORDER BY r.id FOR UPDATE OF r
-                """, [.text(array(ids))]) {
-                guard let state = RecipientState(rawValue: try r.text(1)) else { continue }
-                let id = try r.int(0)
-                let row = ResultRow(state: state, leaseID: try r.optionalText(2), attempts: Int(try r.int(3)),
-                                    receivedAt: try r.double(4), messageID: try r.text(5))
-                rows[id] = row
-                if let lease = row.leaseID { heldBy[lease, default: []].append(id) }
-            }
+        for r in read[1] {
+            guard let state = RecipientState(rawValue: try r.text(1)) else { continue }
+            let id = try r.int(0)
+            let row = ResultRow(state: state, leaseID: try r.optionalText(2), attempts: Int(try r.int(3)),
+                                receivedAt: try r.double(4), messageID: try r.text(5))
+            rows[id] = row
+            if let lease = row.leaseID { heldBy[lease, default: []].append(id) }
         }
         // Mentions of each recipient in the reports not yet planned.
         var mentions: [Int64: Int] = [:]

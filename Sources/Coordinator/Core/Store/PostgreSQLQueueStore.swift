@@ -310,19 +310,29 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// purges the content of those with none left (the keep-body trigger keeps it while events
     /// or DSN entries about the message remain).
     static func closeRecipients(_ closed: [String: Int], on c: PostgreSQLConnection) throws {
-        guard !closed.isEmpty else { return }
+        for s in closingStatements(closed) { try c.run(s.sql, s.parameters) }
+    }
+
+    /// The statements of `closeRecipients` (none when nothing closed), for a pipeline.
+    static func closingStatements(_ closed: [String: Int]) -> [(sql: String, parameters: [PostgreSQLValue])] {
+        guard !closed.isEmpty else { return [] }
         let sorted = closed.sorted { $0.key < $1.key }
-        try c.run("""
+        return [("""
             UPDATE messages m SET open_recipients = m.open_recipients - u.n FROM unnest($1::text[], $2::bigint[]) AS u(id, n) WHERE m.id = u.id
-            """, [.text(array(sorted.map(\.key))), .text(array(sorted.map { Int64($0.value) }))])
-        try purgeBodies(sorted.map(\.key), on: c)
+            """, [.text(array(sorted.map(\.key))), .text(array(sorted.map { Int64($0.value) }))]),
+                purgeStatement(sorted.map(\.key))]
     }
 
     /// Drops the content of messages with no open recipients left (the record stays for lookups).
     static func purgeBodies(_ ids: [String], on c: PostgreSQLConnection) throws {
         guard !ids.isEmpty else { return }
-        try c.run("UPDATE messages SET body = NULL WHERE id = ANY($1::text[]) AND open_recipients <= 0 AND body IS NOT NULL",
-                  [.text(array(ids.sorted()))])
+        let s = purgeStatement(ids)
+        try c.run(s.sql, s.parameters)
+    }
+
+    /// The statement of `purgeBodies`.
+    static func purgeStatement(_ ids: [String]) -> (sql: String, parameters: [PostgreSQLValue]) {
+        ("UPDATE messages SET body = NULL WHERE id = ANY($1::text[]) AND open_recipients <= 0 AND body IS NOT NULL", [.text(array(ids.sorted()))])
     }
 
     /// Returns the recipients of leases past their expiry to `queued` and forgets those leases.
