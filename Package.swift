@@ -49,6 +49,9 @@ let package = Package(
             name: "SMTPCore", dependencies: ["HatoIO", "HatoCrypto", "HatoSupport", "COpenSSL"],
             path: "Sources/Shared/SMTP", swiftSettings: strict),
         .target(
+            name: "HatoMIME", dependencies: ["SMTPCore"],
+            path: "Sources/Shared/MIME", swiftSettings: strict),
+        .target(
             name: "HatoDKIM", dependencies: ["HatoCrypto", "COpenSSL"],
             path: "Sources/Shared/DKIM", swiftSettings: strict),
         .target(
@@ -92,7 +95,7 @@ let package = Package(
         .testTarget(
             name: "SharedTests", dependencies: [
                 "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoDNS", "HatoDelivery",
-                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore", "HatoTestKit"],
+                "HatoHTTP", "HatoIO", "HatoMIME", "HatoSupport", "SMTPCore", "HatoTestKit"],
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
             name: "CoordinatorTests", dependencies: [

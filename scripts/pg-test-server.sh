@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private PostgreSQL server for a test run, never the system service:
 #
-#   dir=$(bash scripts/pg-test-server.sh start [--owner PID])   # prints the server's directory
+#   dir=$(bash scripts/pg-test-server.sh start [--owner PID] [--durable])   # prints the server's directory
 #   bash scripts/pg-test-server.sh url DIR     # postgresql://hato@127.0.0.1:PORT/hato_test
 #   bash scripts/pg-test-server.sh stop DIR    # stops it by its postmaster.pid, removes DIR
 #
@@ -12,8 +12,10 @@
 # and `server.log`. initdb and the server refuse to run as root: as root they run as
 # $HATO_PG_TEST_USER (default: Debian's `postgres`), which owns DIR; otherwise as the caller.
 # With --owner PID a watchdog stops the server once process PID has gone, so a test process
-# that crashes leaves no server behind. The binaries come from /usr/lib/postgresql/*/bin
-# (the newest), else from PATH.
+# that crashes leaves no server behind. With --durable the server keeps PostgreSQL's durable
+# defaults (fsync, synchronous_commit and full_page_writes on, initdb's files synced): for
+# benchmarks, where a commit must cost what it costs an operator's server. The binaries come
+# from /usr/lib/postgresql/*/bin (the newest), else from PATH.
 set -euo pipefail
 
 script=$(readlink -f "$0")
@@ -65,14 +67,26 @@ check_dir() {
 }
 
 cmd_start() {
-  local owner=""
+  local owner="" durable=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --owner) owner=$2; shift 2 ;;
+      --durable) durable=1; shift ;;
       *) die "start: unknown argument $1" ;;
     esac
   done
-  local t0 bin user base dir password port tries=0
+  local t0 bin user base dir password port tries=0 nosync=--no-sync sync_settings
+  # Test data may be lost in a crash, so tests skip every flush; a benchmark keeps them (a fair
+  # operator runs with durability on, and a commit then waits for its WAL fdatasync).
+  sync_settings="fsync = off
+synchronous_commit = off
+full_page_writes = off"
+  if [ -n "$durable" ]; then
+    nosync=""
+    sync_settings="fsync = on
+synchronous_commit = on
+full_page_writes = on"
+  fi
   t0=$(date +%s%N)
   bin=$(bindir)
   user=$(server_user)
@@ -87,7 +101,7 @@ cmd_start() {
   chmod 700 "$dir"
 
   if ! as_server_user "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust \
-      --auth-host=scram-sha-256 --encoding=UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1; then
+      --auth-host=scram-sha-256 --encoding=UTF8 --locale=C $nosync >"$dir/initdb.log" 2>&1; then
     cat "$dir/initdb.log" >&2
     rm -rf "$dir"
     die "initdb failed"
@@ -101,9 +115,7 @@ cmd_start() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+$sync_settings
 max_connections = 50
 log_min_messages = warning
 EOF
@@ -137,7 +149,7 @@ EOF
       watchdog "$owner" "$dir" "$script" </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/watchdog.pid"
   fi
-  echo "pg-test-server: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port in $dir, started in $(( ($(date +%s%N) - t0) / 1000000 )) ms" >&2
+  echo "pg-test-server: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port in $dir ($([ -n "$durable" ] && echo durable || echo "fsync off")), started in $(( ($(date +%s%N) - t0) / 1000000 )) ms" >&2
   echo "$dir"
 }
 
@@ -162,9 +174,26 @@ cmd_stop() {
   rm -rf "$dir"
 }
 
+# An outage for tests: the server stops (fast shutdown) but keeps its directory; resume
+# starts it again on the same port and data.
+cmd_pause() {
+  local dir=${1:-}
+  check_dir "$dir"
+  as_server_user "$(bindir)/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+}
+
+cmd_resume() {
+  local dir=${1:-}
+  check_dir "$dir"
+  cd "$dir"
+  as_server_user "$(bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) cmd_stop "${2:-}" ;;
+  pause) cmd_pause "${2:-}" ;;
+  resume) cmd_resume "${2:-}" ;;
   url) check_dir "${2:-}"; cat "$2/url" ;;
-  *) echo "usage: $0 start [--owner PID] | url DIR | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--owner PID] [--durable] | url DIR | pause DIR | resume DIR | stop DIR" >&2; exit 2 ;;
 esac

@@ -74,6 +74,26 @@ public struct PostgreSQLTestServer: Sendable {
         _ = try? Self.runScript(root.appendingPathComponent("scripts/pg-test-server.sh").path, ["stop", directory], log: log, timeout: .seconds(30))
     }
 
+    /// Stops a server this process started without removing it (an outage); `resume()` starts
+    /// it again on the same port with the same data.
+    /// - Throws: `PostgreSQLTestServerError` when it cannot be stopped or is the shared server.
+    public func pause() throws { try control("pause") }
+
+    /// Starts a paused server again (same port, same data).
+    /// - Throws: `PostgreSQLTestServerError` when it does not start within 60 s.
+    public func resume() throws { try control("resume") }
+
+    private func control(_ command: String) throws {
+        guard let directory else { throw PostgreSQLTestServerError("\(command): not a server of this test's own") }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let log = NSTemporaryDirectory() + "hato-pg-\(command)-" + Identifier.random(bytes: 6) + ".log"
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let status = try Self.runScript(root.appendingPathComponent("scripts/pg-test-server.sh").path, [command, directory], log: log, timeout: .seconds(70))
+        guard status == 0 else {
+            throw PostgreSQLTestServerError("pg-test-server.sh \(command) failed (status \(status)): \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        }
+    }
+
     /// Runs `bash script arguments` with output to `log`; returns its exit status (-1 on timeout, after SIGKILL).
     private static func runScript(_ script: String, _ arguments: [String], log: String, timeout: Duration) throws -> Int32 {
         let pid = try spawnChild("/bin/bash", [script] + arguments, logPath: log, truncate: true)

@@ -8,7 +8,7 @@ extension Integration {
     struct CLITests {
         static let coordinatorCommands = ["serve", "check", "status", "nodes", "ips", "queue", "messages", "message", "recipient",
                                           "drain", "resume", "rebalance", "reload", "suspensions", "lift", "flush", "hold", "release",
-                                          "delete", "bounce", "pause", "pauses", "suppressions", "log", "hash-password"]
+                                          "delete", "bounce", "pause", "pauses", "suppressions", "log", "hash-password", "store"]
         static let nodeCommands = ["run", "check", "bindable", "dkim-keygen"]
 
         @Test("--version on both binaries; COMMAND --help and help COMMAND print that command's usage and an example")

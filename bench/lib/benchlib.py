@@ -5,11 +5,14 @@ remembered by PID and stopped by PID (SIGTERM, then SIGKILL after a bounded
 wait); every wait loop has a deadline.
 """
 import atexit
+import glob
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ class Procs:
     def __init__(self):
         self.popen = []      # subprocess.Popen objects we started
         self.extra = []      # (pid, name) of daemons that detached (Postfix master)
+        self.cleanups = []   # callables run once by stop_all, after the processes (a PostgreSQL server)
         atexit.register(self.stop_all)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
@@ -59,6 +63,10 @@ class Procs:
 
     def adopt(self, pid, name):
         self.extra.append((pid, name))
+
+    def add_cleanup(self, fn):
+        """Runs `fn` once at `stop_all` (exit, Ctrl-C, an error), after every process is stopped."""
+        self.cleanups.append(fn)
 
     @staticmethod
     def _alive(pid):
@@ -111,6 +119,12 @@ class Procs:
                 pass
         for pid, _ in list(self.extra):
             self.stop_pid(pid, timeout=5, kill_tree=descendants(pid))
+        while self.cleanups:
+            fn = self.cleanups.pop()
+            try:
+                fn()
+            except Exception as e:
+                say("cleanup failed: %s" % e)
 
 
 # ---------------------------------------------------------------- /proc
@@ -651,6 +665,152 @@ class HatoCluster:
             self.procs.stop(self.coordinator)
         self.nodes = []
         self.coordinator = None
+
+
+# ---------------------------------------------------------------- the queue store's commits
+
+def sqlite_wal_commits(db_path, tries=20):
+    """SQLite's count of write transactions committed to `db_path`'s WAL, or None.
+
+    Read from the wal-index header at the start of `DB-shm` (`WalIndexHdr.iChange`, a u32
+    that SQLite's wal.c increments once for every commit that writes frames, and that a WAL
+    restart after a checkpoint leaves alone). Transactions that wrote nothing are not counted.
+    The header is kept twice (written second copy first); the two copies must agree.
+    """
+    for _ in range(tries):
+        try:
+            with open(db_path + "-shm", "rb") as f:
+                h = f.read(96)
+        except OSError:
+            return None
+        if len(h) < 96:
+            return None
+        if h[:48] == h[48:96]:
+            version, _unused, change = struct.unpack("<III", h[:12])
+            return change if version == 3007000 else None
+        time.sleep(0.001)
+    return None
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+PG_SCRIPT = os.path.join(REPO, "scripts", "pg-test-server.sh")
+
+
+def postgres_bindir():
+    """The newest /usr/lib/postgresql/*/bin with initdb, else initdb's directory on PATH, else None."""
+    def version(d):
+        return [int(x) if x.isdigit() else 0 for x in d.split("/")[-2].split(".")]
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True):
+        if os.access(os.path.join(d, "initdb"), os.X_OK):
+            return d
+    w = shutil.which("initdb")
+    return os.path.dirname(w) if w else None
+
+
+def postgres_unavailable():
+    """Why `PostgresServer` cannot start on this machine, or None when it can."""
+    d = postgres_bindir()
+    if d is None:
+        return "no PostgreSQL server binaries (initdb) in /usr/lib/postgresql/*/bin or on PATH (apt-get install postgresql)"
+    if not os.access(os.path.join(d, "psql"), os.X_OK) and shutil.which("psql") is None:
+        return "no psql (apt-get install postgresql-client)"
+    if os.geteuid() == 0:
+        user = os.environ.get("HATO_PG_TEST_USER", "postgres")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return "user %r does not exist (PostgreSQL refuses to run as root; set HATO_PG_TEST_USER)" % user
+    return None
+
+
+class PostgresServer:
+    """A private PostgreSQL server for one benchmark run (`scripts/pg-test-server.sh start --durable`).
+
+    Durable settings (fsync, synchronous_commit, full_page_writes on): a fair operator keeps
+    durability on, and the SQLite store it is compared with fsyncs before every 250. The server
+    is stopped by its postmaster's PID (the script's `stop`) through `procs` at exit, on Ctrl-C
+    and on errors; a watchdog stops it too should this process die without cleaning up.
+    Queries run as the `postgres` superuser over the server's unix socket (trust), so the
+    bench never handles the `hato` role's password: Hato reads it from `password_file`.
+    """
+
+    ROLE = "hato"
+
+    def __init__(self, procs):
+        self.dir = None
+        r = subprocess.run(["bash", PG_SCRIPT, "start", "--durable", "--owner", str(os.getpid())],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+        err = r.stderr.decode(errors="replace").strip()
+        if r.returncode != 0:
+            raise BenchError("could not start a PostgreSQL server: %s" % err[-2000:])
+        self.dir = r.stdout.decode().strip().splitlines()[-1]
+        procs.add_cleanup(self.stop)
+        if err:
+            say(err.splitlines()[-1])
+        with open(os.path.join(self.dir, "port")) as f:
+            self.port = int(f.read().strip())
+        with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+            self.postmaster = int(f.readline().strip())
+        self.password_file = os.path.join(self.dir, "password")
+        bindir = postgres_bindir()
+        self.psql_bin = os.path.join(bindir, "psql") if os.access(os.path.join(bindir, "psql"), os.X_OK) else shutil.which("psql")
+        self.version = self.query("SHOW server_version")[0][0]
+
+    def query(self, sql, db="postgres", timeout=120):
+        """Rows (lists of text fields) of `sql`, run as the superuser over the unix socket."""
+        r = subprocess.run([self.psql_bin, "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", db,
+                            "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        if r.returncode != 0:
+            raise BenchError("psql: %s: %s" % (sql[:80], r.stderr.decode(errors="replace").strip()[-500:]))
+        return [line.split("\t") for line in r.stdout.decode().splitlines() if line]
+
+    def settings(self):
+        """The server's settings that decide what a commit costs, as `name=value` strings."""
+        rows = self.query("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                          "('fsync', 'synchronous_commit', 'full_page_writes', 'wal_sync_method', 'shared_buffers',"
+                          " 'max_wal_size', 'checkpoint_timeout', 'wal_level') ORDER BY name")
+        return ["%s=%s" % (n, v) for n, v in rows]
+
+    def create_database(self, name):
+        """A new empty database owned by the `hato` role; returns its URL (no password in it).
+
+        A checkpoint follows, so that each run starts with nothing of earlier runs left to write.
+        """
+        self.query('CREATE DATABASE "%s" OWNER %s' % (name, self.ROLE))
+        self.query("CHECKPOINT")
+        return "postgresql://%s@127.0.0.1:%d/%s" % (self.ROLE, self.port, name)
+
+    def drop_database(self, name):
+        self.query('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+
+    def counters(self, db):
+        """The bench database's committed and rolled back transactions (pg_stat_database; read-only
+        transactions included), the server's next transaction id (ids are assigned only to
+        transactions that write) and its WAL position in bytes.
+
+        pg_stat_database lags: a backend reports its counts at most once a second (an idle one
+        within a second). Read it a moment after the activity to count.
+        """
+        row = self.query("SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = '%s'),"
+                         " (SELECT xact_rollback FROM pg_stat_database WHERE datname = '%s'),"
+                         " pg_snapshot_xmax(pg_current_snapshot())::text::bigint,"
+                         " pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint" % (db, db))[0]
+        keys = ("xact_commit", "xact_rollback", "next_xid", "wal_bytes")
+        return {k: int(v) if v != "" else None for k, v in zip(keys, row)}
+
+    def pids(self):
+        return [self.postmaster] + descendants(self.postmaster)
+
+    def stop(self):
+        """Stops the server by its postmaster.pid (fast shutdown) and removes its directory."""
+        if self.dir is None:
+            return
+        d, self.dir = self.dir, None
+        r = subprocess.run(["bash", PG_SCRIPT, "stop", d], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if r.returncode != 0:
+            say("stopping the PostgreSQL server in %s failed: %s" % (d, r.stdout.decode(errors="replace").strip()))
 
 
 def make_workdir(prefix):

@@ -190,6 +190,7 @@ enum CommandHelp {
             example:
               hato-coordinator log --recipient user@example.com --limit 20
             """,
+        "store": StoreCommand.help,
         "hash-password": """
             usage: hato-coordinator hash-password [--iterations N]
 

@@ -58,6 +58,10 @@ let usage = """
                             the suppression list (hard-bounced addresses that are not tried again)
       log --message ID | --recipient ADDRESS [--limit N]
                             delivery log events of one message or one recipient
+      store migrate --from sqlite --to postgresql [--sqlite PATH] [--dry-run]
+                            copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
+                            store of cluster.yml's store:, in one verified transaction; refuses while a
+                            coordinator serves; a second run copies nothing
       hash-password [--iterations N]
                             read a password from stdin (prompted on a terminal) and print its
                             $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
@@ -76,7 +80,8 @@ OpenFileLimit.raiseSoftLimit()
 let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
-                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id"],
+                                                                                       "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
+                                                                                       "from", "to", "sqlite"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
@@ -119,15 +124,13 @@ do { config = try ClusterConfig.load(path: args.configPath) } catch { exitWithEr
 let operatorName = args.options["operator"] ?? args.options["as"] ?? AdminClient.defaultOperator()
 
 switch args.subcommand! {
+case "store":
+    exit(StoreCommand.run(positional: args.positional, options: args.options, flags: args.flags, config: config))
 case "serve":
     do {
         // With a coordinators: list, --id names this one (its own addresses).
         let config = try config.selectingCoordinator(args.options["id"])
-        if config.coordinators.count > 1 {
-            exitWithError("hato-coordinator: \(config.coordinators.count) coordinators are configured (\(config.coordinators.map(\.id).joined(separator: ", "))): "
-                          + "leader election between them is not wired into serve yet; configure one coordinator")
-        }
-        let service = try CoordinatorService(config: config)
+        let service = try CoordinatorService(config: config, coordinatorID: args.options["id"])
         try service.start()
         // SIGHUP reloads like `hato-coordinator reload`: the outcome (or why the file was
         // refused, the running configuration unchanged) is logged by `reload()`.
@@ -153,7 +156,7 @@ case "serve":
     }
 case let c where QueueCommands.handles(c, positional: args.positional, options: args.options):
     do {
-        try QueueCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json"))
+        try QueueCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
             .run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch let error as CLIArguments.UsageError {
         exitWithError("hato-coordinator: \(error) (see hato-coordinator \(c) --help)", status: 2)
@@ -161,15 +164,15 @@ case let c where QueueCommands.handles(c, positional: args.positional, options: 
         exitWithError("hato-coordinator: \(error)")
     }
 case let c where AdminCommands.names.contains(c):
-    let client = AdminClient(config: config, operatorName: operatorName)
     do {
+        let client = try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName)
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }
 case let c where ReportingCommands.names.contains(c):
     do {
-        try ReportingCommands(client: AdminClient(config: config, operatorName: operatorName), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
+        try ReportingCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -16,25 +16,60 @@ public final class CoordinatorService: Sendable {
     public let reporting: ReportingService
     /// DNS blocklist checks of the sending IPs (`reputation.dnsbl`; idle without zones).
     public let blocklists: BlocklistChecker
+    /// With several coordinators: the election of the leader through the store (nil for one).
+    public let elector: LeaderElector?
+    /// This coordinator's id (`coordinators[].id`; `coordinator` for the single form).
+    public let coordinatorID: String
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
     /// Opens the queue and binds every listener.
-    /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `TLSError` when a TLS
-    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or `PostgreSQLError` when
-    ///   the queue store (`store:`) cannot be opened; `SocketError`.
-    public init(config: ClusterConfig) throws {
+    ///
+    /// With several coordinators (`coordinators:` with more than one entry, on PostgreSQL) this
+    /// one starts as a standby: it accepts mail and answers the admin API (forwarding to the
+    /// leader, `AdminForwarder`), and runs the scheduler, grants, heartbeats and the reporting
+    /// outboxes only while a `LeaderElector` says it leads (issue 15).
+    /// - Parameters:
+    ///   - config: the configuration as this coordinator runs it (`selectingCoordinator(id)`).
+    ///   - coordinatorID: this coordinator's `coordinators[].id`; required with several.
+    /// - Throws: `ConfigError` when `admin_token_file` cannot be read; `ConfigValueError` for
+    ///   several coordinators without an id or without PostgreSQL; `TLSError` when a TLS
+    ///   certificate or key (`cluster.tls`, `admin_tls`) cannot be loaded; `SQLiteError` or
+    ///   `PostgreSQLError` when the queue store (`store:`) cannot be opened; `SocketError`.
+    public init(config: ClusterConfig, coordinatorID requestedID: String? = nil) throws {
         self.config = config
         let token = try config.coordinator.requireAdminToken()
         let adminTLS = try config.coordinator.adminTLS.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
         store = try config.openQueueStore()
-        let hub = try ClusterHub(config: config, store: store)
+        let electorRef = Locked<LeaderElector?>(nil)
+        let mode: ClusterHub.LeadershipMode
+        var leadershipStore: PostgreSQLLeadershipStore? = nil
+        if config.coordinators.count > 1 {
+            guard let id = requestedID, config.coordinators.contains(where: { $0.id == id }) else {
+                throw ConfigValueError("several coordinators are configured: pass --id (one of \(config.coordinators.map(\.id).joined(separator: ", ")))")
+            }
+            guard var pg = config.postgreSQLConfiguration else {
+                throw ConfigValueError("several coordinators share one queue only on PostgreSQL: set store: { kind: postgresql, url: … }")
+            }
+            // The elector's calls block its thread: bounded well below the leadership lease.
+            pg.statementTimeout = .milliseconds(Int(config.coordinator.leadershipLease * 1000 / 4))
+            pg.connectTimeout = .milliseconds(Int(config.coordinator.leadershipLease * 1000 / 4))
+            let storeID = try PostgreSQLLeadership(connection: PostgreSQLConnection(pg)).current().storeID
+            leadershipStore = PostgreSQLLeadershipStore(configuration: pg)
+            mode = .elected(coordinatorID: id, storeID: storeID, mayLead: { term in electorRef.snapshot?.term(at: .now) == term })
+            self.coordinatorID = id
+        } else {
+            mode = .single
+            self.coordinatorID = requestedID ?? config.coordinators.first?.id ?? "coordinator"
+        }
+        let hub = try ClusterHub(config: config, store: store, mode: mode)
         self.hub = hub
-        blocklists = BlocklistChecker(config: config) { change in
+        let blocklists = BlocklistChecker(config: config) { change in
             hub.blocklistChanged(ip: change.ip, holdReason: change.holdReason, event: (change.kind, change.note))
         }
+        self.blocklists = blocklists
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
                                              cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
@@ -48,7 +83,42 @@ public final class CoordinatorService: Sendable {
         let api = AdminAPI(token: token, store: store, hub: hub, reload: {
             try CoordinatorService.reload(path: path, lock: lock, hub: hub, submission: submission, log: log)
         })
-        admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { reporting.api.handle($0) ?? api.handle($0) }
+        if let leadershipStore {
+            reporting.setActive(false)
+            let me = self.coordinatorID
+            let elector = LeaderElector(id: me, timing: Leadership.Timing(lease: .milliseconds(Int(config.coordinator.leadershipLease * 1000))),
+                                        store: leadershipStore) { directive in
+                switch directive {
+                case .becomeLeader(let term):
+                    log.info("elected leader", ["coordinator": me, "term": "\(term)"])
+                    hub.becomeLeader(term: term)
+                    // Blocklist state found while a standby goes to the new scheduler.
+                    let watch = blocklists.snapshot
+                    for ip in watch.listings.keys.sorted() {
+                        if let reason = watch.holdReason(ip) { hub.blocklistChanged(ip: ip, holdReason: reason, event: nil) }
+                    }
+                    reporting.setActive(true)
+                case .stepDown(let term, let reason):
+                    log.warning("leadership lost", ["coordinator": me, "term": "\(term)", "reason": reason])
+                    reporting.setActive(false)
+                    hub.stepDown(term: term, reason: reason)
+                case .leaderChanged(let leader, let term):
+                    log.info("leader changed", ["leader": leader ?? "(none)", "term": "\(term)"])
+                    hub.leaderChanged(leader: leader, term: term)
+                case .acquire, .renew, .wake:
+                    break
+                }
+            }
+            electorRef.withLock { $0 = elector }
+            self.elector = elector
+            let forwarder = try AdminForwarder(config: config, coordinatorID: me, leader: { hub.leader }, localStatus: { try api.status() })
+            admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { req in
+                forwarder.handle(req) ?? reporting.api.handle(req) ?? api.handle(req)
+            }
+        } else {
+            elector = nil
+            admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { reporting.api.handle($0) ?? api.handle($0) }
+        }
     }
 
     /// Re-reads cluster.yml, checks it and applies it (SIGHUP, `POST /v1/reload`): see
@@ -102,7 +172,8 @@ public final class CoordinatorService: Sendable {
         blocklists.start()
         try submission.start()
         admin.start()
-        log.info("coordinator started", ["cluster": config.cluster.name, "store": "\(config.store.kind.rawValue) \(store.location)", "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+        elector?.start()
+        log.info("coordinator started", ["cluster": config.cluster.name, "id": coordinatorID, "role": elector == nil ? "single" : "standby until elected", "store": "\(config.store.kind.rawValue) \(store.location)", "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
                                          "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 
@@ -112,6 +183,8 @@ public final class CoordinatorService: Sendable {
     public func stopForExit() {
         blocklists.stop()
         submission.stop()
+        // A leader resigns in the store, so that a standby takes over at once.
+        elector?.stop()
         hub.stop()
         do { try store.endRun() } catch { log.error("clean-stop mark not written", ["error": "\(error)"]) }
         log.info("coordinator stopped")

@@ -251,7 +251,18 @@ public final class NodeAgent: Sendable {
                 log.info("coordinator is a standby; following its redirect",
                          ["coordinator": target.description, "leader": r.leader ?? "(unknown)", "address": r.address ?? "(unknown)", "term": String(r.term)])
                 targets.redirected(to: r.address)
+                // A coordinator answered: the cluster is there, only its leader moved. The
+                // backoff starts over, so the node finds the new leader within a second or so.
+                backoff.joined()
                 if targets.followingRedirect { continue }
+                if r.address == nil {
+                    // A live standby that knows no leader: an election is under way. Ask the
+                    // next coordinator soon rather than after a growing backoff.
+                    state.withLock { $0.connection = nil }
+                    let wait = Duration.milliseconds(Int.random(in: 300...700))
+                    state.wait(until: .now + wait, for: { !$0.running }) { _, _ in }
+                    continue
+                }
             } catch let e as ClusterProtocolError {
                 if case .rejected(let reason, retryable: false) = e {
                     log.error("coordinator refused this node; not retrying", ["reason": reason])

@@ -166,7 +166,8 @@ struct ClusterConfigDecoder {
 
     private func decodeCoordinator(_ top: ConfigSection, instances: [CoordinatorInstance]) throws -> CoordinatorSettings {
         let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "admin_token_file", "admin_tls",
-                                                                   "data_dir", "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance"])
+                                                                   "data_dir", "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance",
+                                                                   "leadership_lease"])
         if !instances.isEmpty {
             // With a coordinators: list, each one's addresses are given there only.
             for key in ["listen", "admin_listen"] {
@@ -190,6 +191,13 @@ struct ClusterConfigDecoder {
         settings.adminTLS = try decodeAdminTLS(sec)
         if let v = try sec.get("lease_time", { try ConfigValue.duration($0) }) { settings.leaseTime = v }
         if let v = try sec.get("node_timeout", { try ConfigValue.duration($0) }) { settings.nodeTimeout = v }
+        if let v = try sec.get("leadership_lease", { try ConfigValue.duration($0) }) {
+            if v < 3 {
+                let at = try sec.scalar("leadership_lease")
+                throw fail(at?.line ?? sec.line, at?.path ?? sec.keyPath("leadership_lease"), "must be at least 3s (renewed every third of it)")
+            }
+            settings.leadershipLease = v
+        }
         if let v = try sec.get("heartbeat_interval", { try ConfigValue.duration($0) }) { settings.heartbeatInterval = v }
         if let v = try sec.get("auto_rebalance", { try ConfigValue.bool($0) }) { settings.autoRebalance = v }
         if settings.heartbeatInterval >= settings.nodeTimeout {

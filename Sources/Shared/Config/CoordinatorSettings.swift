@@ -31,6 +31,11 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var heartbeatInterval: TimeInterval
     /// `auto_rebalance`: re-spread floating sending IPs when a node becomes active or leaves. Default false.
     public var autoRebalance: Bool = false
+    /// `leadership_lease`: with several coordinators, seconds one renewal of the leadership holds
+    /// it in the store; a standby takes over at most this long after the leader died (then the
+    /// nodes reconnect). The leader renews every third of it and stops a tenth of it early on its
+    /// own clock. Default 10; at least 3.
+    public var leadershipLease: TimeInterval = 10
 
     /// Creates coordinator settings.
     public init(listen: SocketAddress, adminListen: SocketAddress, adminToken: String, dataDir: String,

@@ -9,6 +9,23 @@ public struct StatusReport: Codable, Sendable {
     public var nodes: [NodeStatus]
     public var ips: [IPStatus]
     public var queue: [String: Int]
+    /// The id of the coordinator that answered (`coordinators[].id`; the single form's `coordinator`).
+    public var coordinator: String?
+    /// `leader` or `standby`.
+    public var role: String?
+    /// The leader's id as the answering coordinator knows it (nil: none known right now).
+    public var leader: String?
+    /// The leadership term (issue 15): a new one at every start of a single coordinator and at
+    /// every change of leader.
+    public var term: Int64?
+    /// Why a standby answered itself instead of the leader (the leader unreachable), else nil.
+    public var note: String?
+
+    public init(cluster: String, nodes: [NodeStatus], ips: [IPStatus], queue: [String: Int], coordinator: String? = nil,
+                role: String? = nil, leader: String? = nil, term: Int64? = nil, note: String? = nil) {
+        self.cluster = cluster; self.nodes = nodes; self.ips = ips; self.queue = queue
+        self.coordinator = coordinator; self.role = role; self.leader = leader; self.term = term; self.note = note
+    }
 }
 
 /// One row of `GET /v1/ips`.
@@ -101,7 +118,7 @@ public struct AdminAPI: Sendable {
             let p = req.path.split(separator: "/").map(String.init)
             switch (req.method, p) {
             case ("GET", ["v1", "status"]):
-                return .json(StatusReport(cluster: hub.currentConfig.cluster.name, nodes: try hub.nodeStatuses(), ips: ips(), queue: try queueCounts()))
+                return .json(try status())
             case ("GET", ["v1", "nodes"]):
                 return .json(try hub.nodeStatuses())
             case ("POST", let p) where p.count == 4 && p[0] == "v1" && p[1] == "nodes" && (p[3] == "drain" || p[3] == "resume"):
@@ -138,11 +155,25 @@ public struct AdminAPI: Sendable {
                 return .error(404, "no route \(req.path)")
             }
         } catch let e as AdminError {
-            if case .busy = e { return .error(503, e.description) }
+            switch e {
+            case .busy, .notLeader: return .error(503, e.description)
+            case .unknownNode: break
+            }
             return .error(404, e.description)
         } catch {
             return .error(500, "\(error)")
         }
+    }
+
+    /// `GET /v1/status` as this coordinator answers it (a standby's without nodes or IPs, see
+    /// `AdminForwarder`).
+    /// - Throws: a store error counting the queue.
+    public func status() throws -> StatusReport {
+        let info = hub.leader
+        let leading = info.isSelf
+        return StatusReport(cluster: hub.currentConfig.cluster.name, nodes: leading ? try hub.nodeStatuses() : [], ips: leading ? ips() : [],
+                            queue: try queueCounts(), coordinator: hub.coordinatorID, role: leading ? "leader" : "standby",
+                            leader: info.leader, term: info.term)
     }
 
     private func queueCounts() throws -> [String: Int] {

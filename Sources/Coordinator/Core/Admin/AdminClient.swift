@@ -27,6 +27,22 @@ public struct AdminClient: Sendable {
         var trust: String
     }
 
+    /// With several coordinators and no `--id`: the other coordinators' clients, tried in turn
+    /// when this one cannot be reached (every coordinator answers for the leader).
+    var alternates: [AdminClient] = []
+
+    /// The client for `hato-coordinator` subcommands: `--id` (`id`) picks one coordinator of
+    /// `coordinators:`; without it, the first that answers, in the order of `coordinators:`.
+    /// - Throws: `ConfigValueError` when `id` is not a configured coordinator.
+    public static func forCoordinators(config: ClusterConfig, id: String?, operatorName: String? = AdminClient.defaultOperator()) throws -> AdminClient {
+        if let id { return AdminClient(config: try config.selectingCoordinator(id), operatorName: operatorName) }
+        guard config.coordinators.count > 1 else { return AdminClient(config: config, operatorName: operatorName) }
+        var clients = try config.coordinators.map { AdminClient(config: try config.selectingCoordinator($0.id), operatorName: operatorName) }
+        var first = clients.removeFirst()
+        first.alternates = clients
+        return first
+    }
+
     /// Talks to `coordinator.admin_listen` with `coordinator.admin_token` (or `admin_token_file`).
     /// - Parameter operatorName: who acts (`--operator`/`--as`, else `defaultOperator()`).
     public init(config: ClusterConfig, operatorName: String? = AdminClient.defaultOperator()) {
@@ -54,6 +70,8 @@ public struct AdminClient: Sendable {
     /// An admin API failure.
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+        /// Whether the coordinator could not be reached at all (another one is then tried).
+        public var unreachable = false
     }
 
     /// Sends a request and returns the body.
@@ -63,6 +81,18 @@ public struct AdminClient: Sendable {
     ///   - body: a JSON body for POST, if any.
     /// - Throws: `Failure` when the coordinator cannot be reached or answers non-2xx.
     public func request(_ method: String, _ path: String, body: Data? = nil) throws -> Data {
+        var unreachable: [String] = []
+        for client in [self] + alternates {
+            do {
+                return try client.requestOne(method, path, body: body)
+            } catch let failure as Failure where failure.unreachable {
+                unreachable.append(failure.description)
+            }
+        }
+        throw Failure(description: unreachable.joined(separator: "; "), unreachable: true)
+    }
+
+    private func requestOne(_ method: String, _ path: String, body: Data?) throws -> Data {
         if let tokenError { throw Failure(description: tokenError) }
         if let https { return try requestHTTPS(https, method, path, body: body) }
         guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
@@ -84,7 +114,7 @@ public struct AdminClient: Sendable {
         session.finishTasksAndInvalidate()
         switch box.snapshot {
         case .failure(let e):
-            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(e.localizedDescription)")
+            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(e.localizedDescription)", unreachable: true)
         case .success(let (data, status)):
             guard (200..<300).contains(status) else {
                 let msg = (try? JSONDecoder().decode([String: String].self, from: data))?["error"] ?? "HTTP \(status)"
@@ -106,7 +136,7 @@ public struct AdminClient: Sendable {
             response = try HTTPClient.send(method, to: https.address, path: path, headers: headers, body: body.map { Array($0) },
                                            tls: context, timeout: 30)
         } catch {
-            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(error)")
+            throw Failure(description: "cannot reach the coordinator's admin API at \(base): \(error)", unreachable: true)
         }
         let data = Data(response.body)
         guard (200..<300).contains(response.status) else {

@@ -27,7 +27,35 @@ public final class ClusterHub: Sendable {
         case frame(ConnectionID, ClusterMessage)
         case closed(ConnectionID, reason: String)
         case resultsApplied([(leaseID: String, connection: ConnectionID, mxHost: String?)])
-        case command(@Sendable (inout Scheduler, Date) -> [Scheduler.Directive])
+        /// An operator command; `refuse` answers it when this coordinator does not lead, unless
+        /// `standbyToo` (a reload: a standby keeps the configuration it will lead with).
+        case command(@Sendable (inout Scheduler, Date) -> [Scheduler.Directive], refuse: @Sendable (any Error) -> Void, standbyToo: Bool = false)
+        /// Elected (several coordinators): lead under `term` from now on.
+        case becomeLeader(term: Int64)
+        /// No longer the leader: drop the scheduler, close every node link.
+        case stepDown(term: Int64, reason: String)
+    }
+
+    /// How this coordinator comes to lead.
+    public enum LeadershipMode: Sendable {
+        /// The only coordinator: it leads from the start, under a new term from the store
+        /// (`QueueStore.beginTerm`).
+        case single
+        /// One of several (issue 15): it leads only while elected (`becomeLeader`/`stepDown`,
+        /// driven by a `LeaderElector`). `mayLead(term)` says whether `term` is still this
+        /// coordinator's authority now; it is asked before every frame is sent and every grant
+        /// is recorded, so a leader whose renewal hangs stops on time.
+        case elected(coordinatorID: String, storeID: String, mayLead: @Sendable (Int64) -> Bool)
+    }
+
+    /// What a standby tells nodes and operators about the leader.
+    public struct LeaderInfo: Sendable, Equatable {
+        /// The leader's id, nil when unknown (an election is under way or the store is unreachable).
+        public var leader: String?
+        /// The highest term seen.
+        public var term: Int64
+        /// Whether this coordinator is the leader.
+        public var isSelf: Bool
     }
 
     private struct Inbox: Sendable {
@@ -69,6 +97,8 @@ public final class ClusterHub: Sendable {
     private let resultObserver = Locked<(@Sendable (ResultMessage) -> Void)?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
+    /// No lease before this time (`start(leaseHoldUntil:)`), for a scheduler made later on election.
+    private let leaseHoldUntil = Locked<Date?>(nil)
     /// Reloads since start (`config_changed.generation`).
     private let reloadGeneration = Locked(0)
     /// The last `config_applied` of each node.
@@ -76,32 +106,41 @@ public final class ClusterHub: Sendable {
     /// `cluster.tls`: the server context of the cluster listener (mutual TLS when `ca` is set);
     /// nil for plaintext.
     private let clusterTLS: TLSContext?
+    private let mode: LeadershipMode
+    /// Who leads, as far as known (updated by `leaderChanged`, `becomeLeader`, `stepDown`).
+    private let leaderInfo = Locked(LeaderInfo(leader: nil, term: 0, isSelf: false))
+    /// Terms the store refused a write of (`LeadershipFenced`): nothing more is sent under them.
+    private let fencedTerm = Locked<Int64?>(nil)
+    /// Leases recorded and sent by this process since it started.
+    private let leasesGranted = Locked(0)
 
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - store: the durable queue.
     ///   - clock: wall-clock time (stored and sent instants).
+    ///   - mode: `.single` (leads from the start) or `.elected` (leads only while elected).
     /// - Throws: `SQLiteError` reading persisted drain state and backoffs; `TLSError` when the
     ///   `cluster.tls` certificate, key or CA cannot be loaded.
-    public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock()) throws {
+    public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), mode: LeadershipMode = .single) throws {
         self.store = store
         self.clock = clock
+        self.mode = mode
         clusterTLS = try config.cluster.tls.map {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath, clientCAFile: $0.caPath)
         }
-        // A single coordinator on SQLite leads under a new term at every start.
-        var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: clock.now()),
-                                  pauses: try store.pauses(), leadership: try store.beginTerm(coordinatorID: "coordinator"))
-        // The IP table as it was: each IP waits for its previous owner to rejoin, at least a
-        // grace period (its reconnect) and until every lease it held has expired.
-        let now = clock.now()
-        let grace = max(30, 3 * config.coordinator.nodeTimeout)
-        var until: [String: Date] = [:]
-        let owners = try store.ipOwners()
-        for node in Set(owners.values) { until[node] = now.addingTimeInterval(grace) }
-        for lease in try store.allLeases() where until[lease.node] != nil { until[lease.node] = max(until[lease.node]!, lease.expiresAt) }
-        scheduler.restoreOwners(owners, until: until)
-        initial = Locked(scheduler)
+        let scheduler: Scheduler
+        switch mode {
+        case .single:
+            // A single coordinator leads under a new term at every start.
+            let stamp = try store.beginTerm(coordinatorID: config.coordinators.first?.id ?? "coordinator")
+            scheduler = try Self.leadingScheduler(config: config, store: store, now: clock.now(), leadership: stamp)
+            initial = Locked(scheduler)
+            leaderInfo.withLock { $0 = LeaderInfo(leader: stamp.coordinatorID, term: stamp.term, isSelf: true) }
+        case .elected:
+            // A standby until elected: this scheduler only answers reads (nothing is granted).
+            scheduler = Scheduler(config: config)
+            initial = Locked(nil)
+        }
         let published = Locked(Snapshot(scheduler: scheduler, leaseCounts: [:]))
         self.published = published
         let inbox = self.inbox
@@ -123,6 +162,23 @@ public final class ClusterHub: Sendable {
         }
     }
 
+    /// A scheduler that takes over the queue as it is in the store: drain state, backoffs,
+    /// pauses, and the IP table as it was — each IP waits for its previous owner to rejoin, at
+    /// least a grace period (its reconnect) and until every lease it held (under any term) has
+    /// expired, so a floating IP never has two owners across a restart or a change of leader.
+    /// - Throws: a store error.
+    static func leadingScheduler(config: ClusterConfig, store: any QueueStore, now: Date, leadership: LeadershipStamp) throws -> Scheduler {
+        var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: now),
+                                  pauses: try store.pauses(), leadership: leadership)
+        let grace = max(30, 3 * config.coordinator.nodeTimeout)
+        var until: [String: Date] = [:]
+        let owners = try store.ipOwners()
+        for node in Set(owners.values) { until[node] = now.addingTimeInterval(grace) }
+        for lease in try store.allLeases() where until[lease.node] != nil { until[lease.node] = max(until[lease.node]!, lease.expiresAt) }
+        scheduler.restoreOwners(owners, until: until)
+        return scheduler
+    }
+
     /// Sets what is called with every node result once it is committed (reporting keeps its TLS
     /// and timing details). Call before `start()`.
     public func setResultObserver(_ observer: @escaping @Sendable (ResultMessage) -> Void) {
@@ -134,9 +190,13 @@ public final class ClusterHub: Sendable {
     ///   have lost lease records, see `QueueStore.beginRun`).
     /// - Throws: `SocketError` when the listen address cannot be bound.
     public func start(leaseHoldUntil: Date? = nil) throws {
-        guard var scheduler = initial.withLock({ s -> Scheduler? in defer { s = nil }; return s }) else { return }
-        let config = scheduler.config
-        if let leaseHoldUntil { scheduler.holdLeases(until: leaseHoldUntil) }
+        guard acceptor.withLock({ $0 }) == nil else { return }
+        var scheduler = initial.withLock { s -> Scheduler? in defer { s = nil }; return s }
+        let config = published.withLock { $0.config }
+        if let leaseHoldUntil {
+            scheduler?.holdLeases(until: leaseHoldUntil)
+            self.leaseHoldUntil.withLock { $0 = leaseHoldUntil }
+        }
         let listener = try Acceptor(address: config.coordinator.listen, configuration: .init(name: "cluster"),
                                     admission: AdmissionControl(limits: ClusterHub.linkLimits, preAuthentication: ClusterHub.unauthenticatedLimits)) {
             [self] connection in serve(connection)
@@ -169,6 +229,68 @@ public final class ClusterHub: Sendable {
 
     private func post(_ event: Event) {
         inbox.withLockAndBroadcast { $0.events.append(event) }
+    }
+
+    // MARK: - Leadership (several coordinators)
+
+    /// Elected: lead under `term` from now on. The scheduler thread builds a scheduler from the
+    /// store as it is (`leadingScheduler`), fences the store's lease writes with `term`, and
+    /// welcomes nodes; leases of earlier terms are reconciled as after a restart (results
+    /// applied as they come, expired ones requeued, earlier node instances' leases requeued).
+    public func becomeLeader(term: Int64) {
+        if case .elected(let id, _, _) = mode { leaderInfo.withLock { $0 = LeaderInfo(leader: id, term: term, isSelf: true) } }
+        post(.becomeLeader(term: term))
+    }
+
+    /// No longer the leader: nothing more is sent at once (`mayLead` already says so), and the
+    /// scheduler thread drops the scheduler and closes every node link, so that the nodes go
+    /// to the new leader.
+    public func stepDown(term: Int64, reason: String) {
+        leaderInfo.withLock { if $0.isSelf { $0.isSelf = false; $0.leader = nil } }
+        post(.stepDown(term: term, reason: reason))
+    }
+
+    /// The leader changed (for redirects and status): `leader` under `term`, nil when unknown.
+    public func leaderChanged(leader: String?, term: Int64) {
+        let me: String? = if case .elected(let id, _, _) = mode { id } else { nil }
+        leaderInfo.withLock { $0 = LeaderInfo(leader: leader, term: max(term, $0.term), isSelf: leader != nil && leader == me) }
+    }
+
+    /// Who leads, as far as this coordinator knows.
+    public var leader: LeaderInfo { leaderInfo.snapshot }
+
+    /// This coordinator's id (`coordinators[].id`, or `coordinator` for the single form).
+    public var coordinatorID: String {
+        switch mode {
+        case .single: return leaderInfo.snapshot.leader ?? "coordinator"
+        case .elected(let id, _, _): return id
+        }
+    }
+
+    /// Whether this coordinator may act as leader under `term` right now.
+    private func mayAct(under term: Int64?) -> Bool {
+        guard let term else { return true }
+        if fencedTerm.snapshot == term { return false }
+        if case .elected(_, _, let mayLead) = mode { return mayLead(term) }
+        return true
+    }
+
+    /// The answer of a standby to a node's `hello`: a redirect naming the leader (a node that
+    /// knows terms), else a retryable reject; then the connection is closed.
+    private func standbyAnswer(to hello: HelloMessage, on c: ConnectionID, config: ClusterConfig) {
+        let info = leaderInfo.snapshot
+        let address = info.leader.flatMap { id in config.coordinators.first { $0.id == id }?.listen.description }
+        let features = link(c)?.features ?? []
+        if info.isSelf {
+            // Elected, but still taking over the queue: the node tries again shortly.
+            link(c)?.send(.message(.reject(RejectMessage(reason: "the leader is taking over the queue; try again", retryable: true))))
+        } else if features.contains(ClusterFeature.terms) {
+            link(c)?.send(.message(.redirect(RedirectMessage(leader: info.leader, address: address, term: info.term))))
+        } else {
+            link(c)?.send(.message(.reject(RejectMessage(reason: "this coordinator is a standby; the leader is \(info.leader ?? "not known yet")", retryable: true))))
+        }
+        link(c)?.shutdownWhenSent()
+        log.info("node redirected to the leader", ["node": hello.nodeID, "leader": info.leader ?? "(unknown)", "address": address ?? "(unknown)", "term": "\(info.term)"])
     }
 
     // MARK: - Connections
@@ -283,8 +405,10 @@ public final class ClusterHub: Sendable {
 
     // MARK: - The scheduler thread
 
-    private func schedulerLoop(_ initial: Scheduler) {
-        var scheduler = initial
+    private func schedulerLoop(_ initial: Scheduler?) {
+        var leading = initial
+        /// Elected under this term but the queue could not be read yet: tried again every tick.
+        var pendingTerm: Int64? = nil
         var nextTick = clock.now()
         while true {
             let wait = max(0, nextTick.timeIntervalSince(clock.now()))
@@ -297,8 +421,41 @@ public final class ClusterHub: Sendable {
             var now = clock.now()
             if wake { nextTick = now }
             for event in events {
+                switch event {
+                case .becomeLeader(let term):
+                    leading = takeOver(term: term, now: now)
+                    pendingTerm = leading == nil ? term : nil
+                    nextTick = now
+                    continue
+                case .stepDown(let term, let reason):
+                    leading = nil
+                    pendingTerm = nil
+                    log.warning("stepped down: no longer the leader; closing node links", ["term": "\(term)", "reason": reason])
+                    for link in links.withLock({ Array($0.values) }) { link.shutdown() }
+                    continue
+                default: break
+                }
+                guard var scheduler = leading else {
+                    standby(event)
+                    continue
+                }
+                leading = nil  // `scheduler` is the only reference while it changes (no copy)
                 perform(handle(event, &scheduler, now: now), &scheduler, now: now, nextTick: &nextTick)
+                leading = scheduler
             }
+            if leading == nil, let term = pendingTerm, clock.now() >= nextTick {
+                if mayAct(under: term) {
+                    leading = takeOver(term: term, now: clock.now())
+                    if leading != nil { pendingTerm = nil }
+                } else {
+                    pendingTerm = nil
+                }
+            }
+            guard var scheduler = leading else {
+                nextTick = clock.now().addingTimeInterval(Scheduler.maximumTickInterval)
+                continue
+            }
+            leading = nil
             now = clock.now()
             if now >= nextTick {
                 nextTick = now.addingTimeInterval(Scheduler.maximumTickInterval)
@@ -312,8 +469,55 @@ public final class ClusterHub: Sendable {
                 }
             }
             publish(scheduler, now: now)
+            leading = scheduler
         }
         schedulerStopped.withLockAndBroadcast { $0 = true }
+    }
+
+    /// Elected under `term`: a scheduler over the store as it is now, its lease writes fenced
+    /// with `term`. Nil (logged) when the store cannot be read: the loop tries again every tick
+    /// while the term is still this coordinator's; until then it grants nothing.
+    private func takeOver(term: Int64, now: Date) -> Scheduler? {
+        guard case .elected(let id, let storeID, _) = mode else { return nil }
+        store.fenceLeaseWrites(term: term)
+        fencedTerm.withLock { if $0 != nil && $0! < term { $0 = nil } }
+        do {
+            var scheduler = try Self.leadingScheduler(config: published.withLock { $0.config }, store: store, now: now,
+                                                      leadership: LeadershipStamp(term: term, storeID: storeID, coordinatorID: id))
+            if let hold = leaseHoldUntil.snapshot, hold > now { scheduler.holdLeases(until: hold) }
+            let leases = try store.allLeases()
+            log.info("leading: took over the queue", ["term": "\(term)", "leases_of_earlier_terms": "\(leases.count)",
+                                                       "ip_owners": "\(try store.ipOwners().count)"])
+            publish(scheduler, now: now)
+            return scheduler
+        } catch {
+            log.error("elected, but the queue could not be read yet; trying again", ["term": "\(term)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// An event while this coordinator does not lead: a node's hello is answered with a
+    /// redirect; an operator command is refused with `AdminError.notLeader`; the rest is dropped
+    /// (its node is being disconnected).
+    private func standby(_ event: Event) {
+        switch event {
+        case .join(let c, let hello, _):
+            standbyAnswer(to: hello, on: c, config: published.withLock { $0.config })
+        case .command(let body, let refuse, let standbyToo):
+            guard standbyToo else {
+                refuse(AdminError.notLeader(leaderInfo.snapshot.leader))
+                return
+            }
+            // On the standby's idle scheduler (no nodes, no leases): its configuration is the
+            // one a takeover starts from.
+            var idle = published.withLock { $0.scheduler }
+            _ = body(&idle, clock.now())
+            publish(idle, now: clock.now())
+        case .frame(let c, _):
+            link(c)?.shutdown()
+        case .closed, .resultsApplied, .becomeLeader, .stepDown:
+            break
+        }
     }
 
     private func handle(_ event: Event, _ scheduler: inout Scheduler, now: Date) -> [Scheduler.Directive] {
@@ -333,8 +537,10 @@ public final class ClusterHub: Sendable {
             return scheduler.connectionClosed(c, reason: reason, now: now)
         case .resultsApplied(let results):
             return scheduler.resultsApplied(results, now: now)
-        case .command(let body):
+        case .command(let body, _, _):
             return body(&scheduler, now)
+        case .becomeLeader, .stepDown:
+            return []  // handled by the loop
         }
     }
 
@@ -366,11 +572,18 @@ public final class ClusterHub: Sendable {
     /// Carries out directives on the scheduler thread. A queue error ends that directive only
     /// (logged); nothing else is dropped.
     private func perform(_ directives: [Scheduler.Directive], _ scheduler: inout Scheduler, now: Date, nextTick: inout Date) {
+        let term = scheduler.leadership?.term
         for directive in directives {
             switch directive {
             case .send(let c, let message):
+                // A stale leader sends nothing (the nodes would refuse its term anyway).
+                guard mayAct(under: term) else { continue }
                 link(c)?.send(.message(message))
             case .grant(let grants):
+                guard mayAct(under: term) else {
+                    scheduler.grantsFailed(grants)
+                    continue
+                }
                 recordAndSend(grants, &scheduler, now: now)
             case .disconnect(let c):
                 link(c)?.shutdownWhenSent()
@@ -424,12 +637,18 @@ public final class ClusterHub: Sendable {
         let granted: [LeaseRecord]
         do {
             granted = try store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
+        } catch let fenced as LeadershipFenced {
+            scheduler.grantsFailed(grants)
+            fencedTerm.withLock { $0 = fenced.term }
+            log.error("the store refused this leader's leases: a newer leader exists; granting nothing more", ["error": fenced.description])
+            return
         } catch {
             scheduler.grantsFailed(grants)
             log.error("recording leases failed; nothing granted this round", ["error": "\(error)"])
             return
         }
         scheduler.grantsRecorded(grants, granted: granted)
+        leasesGranted.withLock { $0 += granted.count }
         let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
         let maxSize = scheduler.config.smtp.maxMessageSize
         for grant in grants {
@@ -481,10 +700,10 @@ public final class ClusterHub: Sendable {
 
     /// Runs `body` on the scheduler thread and waits for its answer.
     /// - Throws: what `body` throws; `AdminError.busy` when the scheduler thread does not get to it within `timeout`.
-    private func command<R: Sendable>(_ what: String, timeout: Duration = .seconds(15),
+    private func command<R: Sendable>(_ what: String, timeout: Duration = .seconds(15), standbyToo: Bool = false,
                                       _ body: @escaping @Sendable (inout Scheduler, Date) throws -> (R, [Scheduler.Directive])) throws -> R {
         let reply = LockedCondition<Result<R, any Error>?>(nil)
-        post(.command { scheduler, now in
+        post(.command({ scheduler, now in
             do {
                 let (value, directives) = try body(&scheduler, now)
                 reply.withLockAndBroadcast { $0 = .success(value) }
@@ -493,7 +712,7 @@ public final class ClusterHub: Sendable {
                 reply.withLockAndBroadcast { $0 = .failure(error) }
                 return []
             }
-        })
+        }, refuse: { error in reply.withLockAndBroadcast { $0 = .failure(error) } }, standbyToo: standbyToo))
         guard let result = reply.wait(until: .now + timeout, for: { $0 != nil }, then: { v, _ in v }) else { throw AdminError.busy(what) }
         return try result.get()
     }
@@ -587,7 +806,7 @@ public final class ClusterHub: Sendable {
     ///   the coordinator runs with now.
     /// - Throws: `AdminError.busy`.
     public func reload(_ loaded: ClusterConfig, answerTimeout: Duration = ClusterHub.reloadAnswerTimeout) throws -> (ReloadReport, ClusterConfig) {
-        var (report, inForce) = try command("reload") { scheduler, _ in
+        var (report, inForce) = try command("reload", standbyToo: true) { scheduler, _ in
             let (report, directives) = scheduler.reloaded(loaded)
             return ((report, scheduler.config), directives)
         }
@@ -641,7 +860,7 @@ public final class ClusterHub: Sendable {
     ///   - holdReason: why it is held (`BlocklistWatch.holdReason`), nil to resume it.
     ///   - event: `.listed` or `.delisted`, with its note (zone, codes, reason).
     public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?) {
-        post(.command { scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: holdReason) })
+        post(.command({ scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: holdReason) }, refuse: { _ in }))
         guard let event else { return }
         do {
             try store.recordOperatorEvent(event.kind, by: "hato", target: "ip \(ip)", note: event.note, now: clock.now())
@@ -686,6 +905,10 @@ public final class ClusterHub: Sendable {
             g.backoffs = sched.backoffs.active(now: now).map { (ip: $0.sendingIP, provider: sched.providerLabel(ofBackoffKey: $0.provider), reason: $0.action.rawValue) }
             g.pauses = sched.pauses.keys.sorted { ($0.kind.rawValue, $0.name) < ($1.kind.rawValue, $1.name) }
             g.warmup = sched.config.ips.compactMap { ip in sched.warmupStatus(ip.address, now: now).map { (ip: ip.address, cap: $0.cap, sent: $0.used) } }
+            let info = leaderInfo.snapshot
+            g.leader = info.isSelf
+            g.term = info.term
+            g.leasesGranted = leasesGranted.snapshot
             return g
         }
     }

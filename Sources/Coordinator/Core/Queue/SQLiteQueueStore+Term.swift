@@ -32,4 +32,8 @@ extension SQLiteQueueStore {
             }
         }
     }
+
+    /// Nothing to fence on SQLite: one coordinator owns the file (`hato-coordinator serve`
+    /// refuses several coordinators on SQLite), so no other term can exist.
+    public func fenceLeaseWrites(term: Int64) {}
 }

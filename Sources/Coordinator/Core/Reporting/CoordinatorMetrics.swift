@@ -69,6 +69,13 @@ public final class CoordinatorMetrics: Sendable {
     public let warmupCap: Gauge
     /// `hato_warmup_sent{ip}`: recipients leased today from a warming IP.
     public let warmupSent: Gauge
+    /// `hato_leader`: 1 while this coordinator leads, else 0 (issue 15).
+    public let leader: Gauge
+    /// `hato_leadership_term`: the highest leadership term this coordinator has seen.
+    public let leadershipTerm: Gauge
+    /// `hato_leases_granted`: leases this coordinator process has granted (recorded and sent)
+    /// since it started; a stale leader's figure stops growing.
+    public let leasesGranted: Gauge
 
     /// Latency buckets in seconds: 100 ms to 1 day.
     public static let latencyBuckets: [Double] = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -108,6 +115,9 @@ public final class CoordinatorMetrics: Sendable {
         paused = r.gauge("hato_paused", help: "1 per operator pause of a provider, pool or sending IP.", labels: ["kind", "name"])
         warmupCap = r.gauge("hato_warmup_cap", help: "Today's warm-up cap of a warming sending IP (recipients).", labels: ["ip"])
         warmupSent = r.gauge("hato_warmup_sent", help: "Recipients leased today from a warming sending IP.", labels: ["ip"])
+        leader = r.gauge("hato_leader", help: "1 while this coordinator leads the cluster, else 0.")
+        leadershipTerm = r.gauge("hato_leadership_term", help: "The highest leadership term this coordinator has seen.")
+        leasesGranted = r.gauge("hato_leases_granted", help: "Leases this coordinator process has granted since it started.")
     }
 
     /// What the cluster hub shows the metrics at scrape time.
@@ -118,6 +128,12 @@ public final class CoordinatorMetrics: Sendable {
         public var pauses: [PauseTarget] = []
         /// Warming IPs: today's cap and recipients leased so far.
         public var warmup: [(ip: String, cap: Int, sent: Int)] = []
+        /// Whether this coordinator leads now.
+        public var leader = false
+        /// The highest leadership term seen.
+        public var term: Int64 = 0
+        /// Leases granted by this process since it started.
+        public var leasesGranted = 0
         public init() {}
     }
 
@@ -138,6 +154,9 @@ public final class CoordinatorMetrics: Sendable {
                     warmupCap.set(Double(w.cap), labels: [w.ip])
                     warmupSent.set(Double(w.sent), labels: [w.ip])
                 }
+                leader.set(g.leader ? 1 : 0)
+                leadershipTerm.set(Double(g.term))
+                leasesGranted.set(Double(g.leasesGranted))
             }
             if let counts = try? store.countsByState() {
                 for (state, n) in counts { queueDepth.set(Double(n), labels: [state.rawValue]) }

@@ -115,6 +115,10 @@ public final class DeliveryReporter: Sendable {
         }
     }
 
+    /// Whether the background thread works (several coordinators: only the leader processes
+    /// the shared store's events, DSNs and delay warnings, so nothing is reported twice).
+    public let active = Locked(true)
+
     /// Starts the background thread.
     public func start() {
         let background = BackgroundLoop(name: "reporter") { [self] in pass() }
@@ -136,6 +140,7 @@ public final class DeliveryReporter: Sendable {
     /// started, then works until no work is left. - Returns: the pause before the next poll.
     private func pass() -> Duration {
         let (minimum, poll) = pace.withLock { ($0.minimumPassInterval, $0.pollInterval) }
+        guard active.snapshot else { return .milliseconds(Int(poll * 1000)) }
         let since = progress.withLock { $0.lastPass }.duration(to: .now)
         let wait = Duration.milliseconds(Int(minimum * 1000)) - since
         if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }

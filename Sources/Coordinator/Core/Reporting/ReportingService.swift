@@ -63,6 +63,16 @@ public final class ReportingService: Sendable {
     /// New mail or results: report soon.
     public func wake() { reporter.wake() }
 
+    /// Whether this coordinator works the shared outboxes (events, DSNs, delay warnings,
+    /// webhooks): always with one coordinator; with several, only while it leads. The delivery
+    /// log is written by whichever coordinator leads at the time, in its own `data_dir/log`.
+    /// - Parameter active: true to work them, false to leave them to the leader.
+    public func setActive(_ active: Bool) {
+        reporter.active.withLock { $0 = active }
+        webhooks?.active.withLock { $0 = active }
+        if active { reporter.wake(); webhooks?.wake() }
+    }
+
     /// A node's result was applied: keep its session details (TLS, timings) for the log and report soon.
     public func noteResult(_ result: ResultMessage) {
         reporter.noteResult(result)

@@ -61,6 +61,10 @@ public final class WebhookDispatcher: Sendable {
         session = URLSession(configuration: cfg)
     }
 
+    /// Whether the threads post (several coordinators: only the leader empties the shared
+    /// outbox, so no event is posted by two coordinators).
+    public let active = Locked(true)
+
     /// Drops outbox rows of hooks no longer configured and starts one thread per hook.
     public func start() {
         do {
@@ -101,6 +105,7 @@ public final class WebhookDispatcher: Sendable {
     /// One pass for `hook`: POSTs what is due. - Returns: the pause before the next pass
     /// (none after a full batch, until the next row is due otherwise, at most a second).
     private func pass(_ hook: WebhookSettings) -> Duration {
+        guard active.snapshot else { return .seconds(1) }
         do {
             if try deliverDue(hook) { return .zero }
             if let due = try store.nextWebhookDue() {

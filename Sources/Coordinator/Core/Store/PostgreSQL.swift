@@ -40,6 +40,9 @@ public struct PostgreSQLError: Error, CustomStringConvertible, Sendable {
     public let message: String
     /// The server's DETAIL line, which may quote row values: not part of `description`.
     public let detail: String?
+    /// Whether the failure came with the `COMMIT` of a transaction: on a connection error the
+    /// transaction's outcome is then unknown (it may have committed), so it must not be retried.
+    public internal(set) var duringCommit = false
 
     init(kind: Kind, sqlState: String? = nil, message: String, detail: String? = nil) {
         self.kind = kind
@@ -471,10 +474,20 @@ public final class PostgreSQLConnection: @unchecked Sendable {
                 _ = try? execute("ROLLBACK")
                 throw PostgreSQLError.misuse("a statement in the transaction failed (its error was caught): rolled back")
             }
-            try checkConnected()
+            do {
+                try checkConnected()
+            } catch var e as PostgreSQLError {
+                e.duringCommit = true  // nothing was sent: but keep the rule simple, never retried
+                throw e
+            }
             let result = PQexec(connection, "COMMIT")
             defer { PQclear(result) }
-            try check(result, sql: "COMMIT")
+            do {
+                try check(result, sql: "COMMIT")
+            } catch var e as PostgreSQLError {
+                e.duringCommit = true
+                throw e
+            }
             if String(cString: PQcmdStatus(result)) == "ROLLBACK" {
                 throw PostgreSQLError.misuse("the transaction was aborted on the server: rolled back")
             }

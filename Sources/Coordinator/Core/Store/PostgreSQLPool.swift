@@ -52,12 +52,19 @@ public final class PostgreSQLPool: Sendable {
     public func withConnection<T>(_ body: (PostgreSQLConnection) throws -> T) throws -> T {
         let connection = try checkOut()
         defer { checkIn(connection) }
-        return try body(connection)
+        do {
+            return try body(connection)
+        } catch let error as PostgreSQLError where error.isConnectionError {
+            // The server went away: the other idle connections went with it.
+            dropIdle()
+            throw error
+        }
     }
 
     /// Runs `body` inside one transaction on a connection of its own, trying it again (up to
     /// `transactionAttempts` times in all) when PostgreSQL reports a serialization failure or
-    /// a deadlock; `body` must therefore have no effect outside the transaction.
+    /// a deadlock, and once more on a fresh connection when the connection was found broken
+    /// before the commit; `body` must therefore have no effect outside the transaction.
     /// - Parameters:
     ///   - synchronousCommit: whether the commit waits until it is durable (default true);
     ///     false sets `synchronous_commit = off` for this transaction only.
@@ -67,6 +74,7 @@ public final class PostgreSQLPool: Sendable {
     @discardableResult
     public func transaction<T>(synchronousCommit: Bool = true, _ body: (PostgreSQLConnection) throws -> T) throws -> T {
         var attempt = 1
+        var reconnected = false
         while true {
             do {
                 return try withConnection { c in
@@ -80,6 +88,14 @@ public final class PostgreSQLPool: Sendable {
                 retries.withLock { $0 += 1 }
                 // A short, growing, jittered pause so the two sides do not collide again.
                 usleep(useconds_t(UInt32.random(in: 1_000...5_000) * UInt32(attempt)))
+            } catch let error as PostgreSQLError where error.isConnectionError && !error.duringCommit && !reconnected {
+                // An idle connection the server dropped (a restart, a failover, an idle timeout)
+                // fails at its first statement: nothing was committed, so the transaction is
+                // tried once more on a fresh connection, and the other idle ones are dropped
+                // (they went with the same server). A failure at COMMIT is never retried: its
+                // outcome is unknown.
+                reconnected = true
+                dropIdle()
             }
         }
     }
@@ -124,6 +140,14 @@ public final class PostgreSQLPool: Sendable {
     private func checkIn(_ c: PostgreSQLConnection) {
         state.withLockAndBroadcast { s in
             if s.stopped { s.opened -= 1 } else { s.idle.append(c) }
+        }
+    }
+
+    /// Closes every idle connection (after one was found broken: they likely all are).
+    private func dropIdle() {
+        state.withLockAndBroadcast { s in
+            s.opened -= s.idle.count
+            s.idle.removeAll()
         }
     }
 

@@ -36,6 +36,7 @@ extension PostgreSQLQueueStore {
     /// - Throws: `PostgreSQLError`.
     public func saveIPOwners(_ owners: [String: String]) throws {
         try pool.transaction { c in
+            try fence(c)
             try c.run("DELETE FROM ip_owners")
             let sorted = owners.sorted { $0.key < $1.key }
             guard !sorted.isEmpty else { return }

@@ -23,8 +23,9 @@ import SMTPCore
 /// - Schema: created and upgraded by versioned migrations at start (`Self.migrations`); the
 ///   reporting triggers are created by `installReportingSchema` and, unlike SQLite's TEMP
 ///   triggers, stay in the database.
-/// - `leases.term` exists (NULL) for the leadership terms of several coordinators; nothing
-///   reads it yet.
+/// - Leadership: the `leadership` row (`PostgreSQLLeadership`) holds the term; once a term
+///   is set (`beginTerm`, or `fenceLeaseWrites` by an elected leader) every write of lease state
+///   proves it in its transaction (`PostgreSQLLeadership.fence`) and `leases.term` records it.
 public final class PostgreSQLQueueStore: QueueStore {
     /// The connections.
     let pool: PostgreSQLPool
@@ -34,6 +35,8 @@ public final class PostgreSQLQueueStore: QueueStore {
     let suppressAtEnqueue = Locked<SuppressionSettings.Scope?>(nil)
     /// Whether the reporting triggers are installed (checked at open, set by `installReportingSchema`).
     let reportingInstalled = Locked(false)
+    /// The term that fences writes of lease state (`fenceLeaseWrites`), nil before any.
+    let leaseTerm = Locked<Int64?>(nil)
 
     /// The database, with any password masked.
     public var location: String { pool.configuration.redactedURL }
@@ -95,12 +98,26 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Returns: the stamp for the scheduler.
     /// - Throws: `PostgreSQLError`.
     public func beginTerm(coordinatorID: String) throws -> LeadershipStamp {
-        try pool.transaction { c in
+        let stamp = try pool.transaction { c in
             let row = try c.query("UPDATE leadership SET term = term + 1, leader = $1, incarnation = NULL WHERE id = 1 RETURNING term, store_id",
                                   [.text(coordinatorID)])
             guard let r = row.first else { throw PostgreSQLError.misuse("the leadership row is missing (migration 2)") }
             return LeadershipStamp(term: try r.int(0), storeID: try r.text(1), coordinatorID: coordinatorID)
         }
+        fenceLeaseWrites(term: stamp.term)
+        return stamp
+    }
+
+    public func fenceLeaseWrites(term: Int64) { leaseTerm.withLock { $0 = term } }
+
+    /// In a transaction writing lease state: proves the fencing term is current (see
+    /// `fenceLeaseWrites`), and returns it (nil when none is set).
+    /// - Throws: `LeadershipFenced`; `PostgreSQLError`.
+    @discardableResult
+    func fence(_ c: PostgreSQLConnection) throws -> Int64? {
+        guard let term = leaseTerm.snapshot else { return nil }
+        try PostgreSQLLeadership.fence(c, term: term)
+        return term
     }
 
     /// Nothing runs in the background for PostgreSQL (the server checkpoints by itself).
@@ -265,6 +282,7 @@ public final class PostgreSQLQueueStore: QueueStore {
             }
         }
         return try pool.transaction { c in
+            let term = try fence(c)
             var marked: [String: Set<Int64>] = [:]
             for r in try c.query("""
                 UPDATE recipients r SET state = 'leased', lease_id = u.lease, node = u.node, ip = u.ip, updated_at = u.at
@@ -282,12 +300,12 @@ public final class PostgreSQLQueueStore: QueueStore {
             }
             if !out.isEmpty {
                 try c.run("""
-                    INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::float8[])
+                    INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at, term)
+                    SELECT *, $9::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::float8[])
                     """, [.text(Self.array(out.map(\.id))), .text(Self.array(out.map(\.node))), .text(Self.array(out.map(\.instance))),
                           .text(Self.array(out.map(\.sendingIP))), .text(Self.array(out.map(\.messageID))), .text(Self.array(out.map(\.domain))),
                           .text(Self.array(out.map { String($0.grantedAt.timeIntervalSince1970) })),
-                          .text(Self.array(out.map { String($0.expiresAt.timeIntervalSince1970) }))])
+                          .text(Self.array(out.map { String($0.expiresAt.timeIntervalSince1970) })), term.map { .int($0) } ?? .null])
             }
             if let day {
                 var counts: [String: Int] = [:]
@@ -341,6 +359,7 @@ public final class PostgreSQLQueueStore: QueueStore {
     @discardableResult
     public func requeueExpiredLeases(now: Date) throws -> [String] {
         try pool.transaction { c in
+            try fence(c)
             let t = now.timeIntervalSince1970
             let ids = try c.query("SELECT id FROM leases WHERE expires_at <= $1 ORDER BY id FOR UPDATE", [.double(t)]).map { try $0.text(0) }
             try Self.requeue(ids, now: t, on: c)
@@ -354,6 +373,7 @@ public final class PostgreSQLQueueStore: QueueStore {
     @discardableResult
     public func requeueLeases(node: String, exceptInstance instance: String, now: Date) throws -> Int {
         try pool.transaction { c in
+            try fence(c)
             let ids = try c.query("SELECT id FROM leases WHERE node = $1 AND instance <> $2 ORDER BY id FOR UPDATE", [.text(node), .text(instance)])
                 .map { try $0.text(0) }
             try Self.requeue(ids, now: now.timeIntervalSince1970, on: c)

@@ -44,6 +44,13 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue {
     /// - Returns: the stamp for the scheduler.
     /// - Throws: a store error.
     func beginTerm(coordinatorID: String) throws -> LeadershipStamp
+    /// Fences every later write of lease state (recording leases, requeueing expired or earlier
+    /// instances' leases, the IP assignment table) with `term`: inside its transaction the store
+    /// proves `term` is still its current leadership term and holds it until commit, and throws
+    /// `LeadershipFenced` when a newer term exists (issue 15: the store rejects writes of lease
+    /// state from an old term). SQLite, with one coordinator, has nothing to fence against.
+    /// - Parameter term: the writer's term.
+    func fenceLeaseWrites(term: Int64)
     /// A description of where the store keeps its data, for logs (never with a password).
     var location: String { get }
 
