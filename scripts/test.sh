@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs the real peers the tests talk to (Debian packages),
 # builds debug and release with warnings treated as errors, starts one private PostgreSQL
-# server for the run (scripts/pg-test-server.sh), then runs the suite.
+# server for the run (scripts/pg-test-server.sh), then runs the suite, the LocalCluster
+# integration suites again with every cluster on PostgreSQL, and the unit tests under
+# shifted clocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
@@ -20,6 +22,23 @@ export HATO_TEST_PG_URL HATO_TEST_PG_PASSWORD_FILE="$pg_dir/password"
 echo "== tests"
 swift test -Xswiftc -warnings-as-errors "$@"
 if [ $# -eq 0 ]; then
+  # The integration suites built on LocalCluster again, every cluster on PostgreSQL (a fresh
+  # schema of the same server each, HATO_TEST_STORE): end to end, MX path, durability, cluster
+  # operations, deliverability, reporting… against the other store. The suites are the files of
+  # Tests/IntegrationTests with a `LocalCluster(` that names no store (file name = suite name);
+  # those whose clusters all name theirs (store: / storeYAML) would only run again the same way.
+  # A suite the test binary does not know stops the run.
+  echo "== integration tests on PostgreSQL"
+  suites=()
+  for f in Tests/IntegrationTests/*Tests.swift; do
+    grep 'LocalCluster(' "$f" | grep -qvE 'store:|storeYAML' && suites+=("$(basename "$f" .swift)")
+  done
+  known=$(swift test --skip-build list 2>/dev/null)
+  for name in "${suites[@]}"; do
+    grep -q "^IntegrationTests\.Integration/$name/" <<<"$known" || { echo "no suite Integration/$name in the test binary"; exit 1; }
+  done
+  pg_filter="^IntegrationTests\.Integration/($(IFS='|'; echo "${suites[*]}"))/"
+  HATO_TEST_STORE=postgresql swift test --skip-build --filter "$pg_filter"
   # The unit tests again under shifted clocks, time zones and locales: the 1st of a month,
   # a year end, a DST change, a Japanese locale (the whole suite: scripts/test-clocks.sh).
   echo "== unit tests under shifted clocks"

@@ -83,6 +83,51 @@ struct QueueStoreTests {
         #expect(try q.countsByState()[.delivered] == 1)
     }
 
+    @Test("a batch of results applies as its reports one after the other: a duplicate, a recipient requeued then deferred by a later lease, one reported twice; events in report order",
+          arguments: StoreKind.allCases)
+    func resultBatchIsSequential(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        try q.installReportingSchema()
+        try q.enqueue(message("M1", ["a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test"]))
+        let r = try q.dueRecipients(pools: ["t"], now: t0, limit: 10).map(\.id)
+        _ = try q.recordLeases([lease("L1", "M1", [r[0], r[1]], at: t0), lease("L2", "M1", [r[2]], at: t0 + 1),
+                                lease("L3", "M1", [r[3]], at: t0 + 2), lease("L4", "M1", [r[4]], at: t0 + 3)])
+        var received = EventDisposition()
+        received.processed = try q.pendingEvents(limit: 10).map(\.seq)
+        try q.completeEvents(received, now: t0)
+        let apps = try q.applyResults([
+            (result("L1", [(r[0], .delivered, 250)]), "node-a"),                   // b not reported: back to the queue
+            (result("L1", [(r[0], .delivered, 250), (r[1], .deferred, 451)]), "node-a"), // a duplicate: the lease is gone
+            (result("L2", [(r[1], .deferred, 452), (r[2], .deferred, 453)]), "node-a"),  // b waiting and L2 known: deferred
+            (result("L2", [(r[2], .delivered, 251)]), "node-a"),                   // c deferred, then delivered
+            (result("L3", [(r[3], .failed, 550)]), "node-a"),
+        ], retry: retry, now: t0 + 10)
+        #expect(apps == [ResultApplication(applied: 1, ignored: 0, leaseKnown: true), ResultApplication(applied: 0, ignored: 2, leaseKnown: false),
+                         ResultApplication(applied: 2, ignored: 0, leaseKnown: true), ResultApplication(applied: 1, ignored: 0, leaseKnown: false),
+                         ResultApplication(applied: 1, ignored: 0, leaseKnown: true)])
+        let rows = try #require(try q.message(id: "M1")).recipients
+        #expect(rows.map(\.state) == [.delivered, .deferred, .delivered, .failed, .leased])
+        #expect(rows.map(\.attempts) == [1, 1, 2, 1, 0])
+        #expect(rows.map { $0.lastReply?.code.rawValue } == [250, 452, 251, 550, nil])
+        #expect(rows[1].nextAttemptAt == (t0 + 70).timeIntervalSince1970)
+        #expect(try q.allLeases().map(\.id) == ["L4"])
+        #expect(try q.countsByState()[.leased] == 1)
+        // One event per change of state, in the order of the reports; the lease's grant time only
+        // while the recipient still held it (b was requeued by L1's report before L2 deferred it).
+        let events = try q.pendingEvents(limit: 10)
+        #expect(events.map(\.kind) == [.delivered, .deferred, .deferred, .delivered, .failed])
+        #expect(events.map(\.recipientID) == [r[0], r[1], r[2], r[2], r[3]])
+        #expect(events.map { $0.leaseGrantedAt?.timeIntervalSince1970 } == [t0.timeIntervalSince1970, nil, (t0 + 1).timeIntervalSince1970, nil,
+                                                                          (t0 + 2).timeIntervalSince1970])
+        #expect(events.map(\.reply?.code.rawValue) == [250, 452, 453, 251, 550])
+        // The same batch again changes nothing.
+        let again = try q.applyResults([(result("L1", [(r[0], .delivered, 250)]), "node-a"), (result("L3", [(r[3], .failed, 550)]), "node-a")],
+                                       retry: retry, now: t0 + 20)
+        #expect(again == [ResultApplication(applied: 0, ignored: 1, leaseKnown: false), ResultApplication(applied: 0, ignored: 1, leaseKnown: false)])
+        #expect(try q.pendingEvents(limit: 10).count == 5)
+    }
+
     @Test("leases of a previous node instance are requeued, the current instance's are kept", arguments: StoreKind.allCases)
     func instanceReconciliation(kind: StoreKind) throws {
         let place = try TestStore(kind)

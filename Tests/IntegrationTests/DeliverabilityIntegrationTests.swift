@@ -160,7 +160,13 @@ struct DeliverabilityIntegrationTests {
               - { address: 127.0.0.12, helo: mta12.it.test, pool: transactional, nodes: [node-b] }
               - { address: 127.0.0.13, helo: mta13.it.test, pool: transactional, nodes: [node-b], weight: 4 }
             """
-        let cluster = try LocalCluster(ipsYAML: ips, connectionsPerIP: 8)
+        // The weights decide the spread only while no IP is at its cap of leases in flight
+        // (2 × connections_per_ip): at the cap the planner gives the next message to another IP,
+        // by design. A lease is in flight until its result is committed, so the heaviest IP holds
+        // rate × (delivery + commit) leases: with connections_per_ip 8 it reached the cap of 16 on
+        // SQLite already on a busy 2-core host, and past it when results commit more slowly
+        // (PostgreSQL, a round trip to another process per statement). 16 leaves it room on both.
+        let cluster = try LocalCluster(ipsYAML: ips, connectionsPerIP: 16)
         defer { cluster.shutdown() }
         do {
             try cluster.startCoordinator()

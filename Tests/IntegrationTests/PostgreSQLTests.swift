@@ -209,9 +209,63 @@ extension Integration {
                 let nested = expectPostgreSQLError { try db.transaction { try db.transaction {} } }
                 #expect(nested?.kind == .misuse)
                 #expect(try db.query("SELECT k FROM t ORDER BY k").map { try $0.text(0) } == ["kept"])
+                // BEGIN goes with the first statement, whichever call sends it, with its isolation level.
+                #expect(try db.transaction(isolation: .serializable) { try db.query("SHOW transaction_isolation")[0].text(0) } == "serializable")
+                #expect(try db.transaction(isolation: .repeatableRead) {
+                    try db.queryPipelined([("SELECT 1", []), ("SELECT current_setting('transaction_isolation')", [])])[1][0].text(0)
+                } == "repeatable read")
+                try db.transaction {
+                    try db.execute("INSERT INTO t VALUES ('by-execute'); INSERT INTO t VALUES ('by-execute-2')")
+                    #expect(try db.query("SELECT count(*) FROM t")[0].int(0) == 3)
+                    try db.execute("SAVEPOINT inside")  // only in a transaction block
+                }
+                #expect(throws: Boom.self) {
+                    try db.transaction { try db.execute("DELETE FROM t WHERE k LIKE 'by-execute%'"); throw Boom() }
+                }
+                #expect(try db.query("SELECT count(*) FROM t")[0].int(0) == 3)
+                try db.run("DELETE FROM t WHERE k LIKE 'by-execute%'")
+                // A transaction that sends nothing commits nothing and leaves nothing open.
+                #expect(try db.transaction { 5 } == 5)
+                #expect(throws: Boom.self) { try db.transaction { throw Boom() } }
+                #expect(expectPostgreSQLError { try db.execute("SAVEPOINT outside") }?.sqlState == "25P01", "no transaction block left open")
                 // The connection is usable afterwards, outside any transaction.
                 try db.run("INSERT INTO t VALUES ($1)", [.text("after")])
                 #expect(try db.query("SELECT count(*) FROM t")[0].int(0) == 2)
+            }
+        }
+
+        @Test("pipelined statements run in order, over several syncs, with their rows; the first failure throws with its SQLSTATE, skips the rest and aborts the transaction; the connection stays usable")
+        func pipelined() throws {
+            try withSchema { _, _, db in
+                try db.execute("CREATE TABLE p (k bigint PRIMARY KEY, v text NOT NULL, n bigint NOT NULL DEFAULT 0)")
+                // 600 inserts then 600 updates that each depend on the insert before them: more
+                // statements than one sync carries.
+                let inserts = (0..<600).map { (sql: "INSERT INTO p(k, v) VALUES($1, $2)", parameters: [PostgreSQLValue.int(Int64($0)), .text("v\($0)")]) }
+                let updates = (0..<600).map { (sql: "UPDATE p SET n = n + $1, v = v || 'x' WHERE k = $2", parameters: [PostgreSQLValue.int(1), .int(Int64($0))]) }
+                let results = try db.transaction {
+                    try db.queryPipelined(inserts + updates + [("DELETE FROM p WHERE k >= $1", [.int(590)]), ("SELECT k, v FROM p WHERE k < $1 ORDER BY k", [.int(2)])])
+                }
+                #expect(results.map(\.affectedRows) == Array(repeating: 1, count: 1200) + [10, 2])
+                #expect(try results.last?.map { [try $0.text(0), try $0.text(1)] } == [["0", "v0x"], ["1", "v1x"]])
+                #expect(try db.query("SELECT count(*), sum(n) FROM p").map { [try $0.int(0), try $0.int(1)] } == [[590, 590]])
+                #expect(try db.query("SELECT v FROM p WHERE k = 7")[0].text(0) == "v7x")
+                #expect(try db.queryPipelined([]).isEmpty)
+
+                // A duplicate key in the middle: 23505, nothing after it ran, nothing of it kept.
+                let failed = expectPostgreSQLError {
+                    _ = try db.transaction {
+                        try db.queryPipelined([("UPDATE p SET n = 100 WHERE k = $1", [.int(1)]), ("INSERT INTO p(k, v) VALUES($1, $2)", [.int(2), .text("dup")]),
+                                             ("UPDATE p SET n = 200 WHERE k = $1", [.int(3)])])
+                    }
+                }
+                #expect(failed?.sqlState == "23505")
+                #expect(try db.query("SELECT k, n FROM p WHERE k IN (1, 3) ORDER BY k").map { [try $0.int(0), try $0.int(1)] } == [[1, 1], [3, 1]])
+                // The connection works as before: plain statements, a transaction, another pipeline.
+                #expect(db.isConnected)
+                _ = try db.transaction { try db.run("UPDATE p SET n = 5 WHERE k = $1", [.int(4)]) }
+                #expect(try db.queryPipelined([("UPDATE p SET n = n + 1 WHERE k = $1", [.int(4)]), ("UPDATE p SET n = n + 1 WHERE k = $1", [.int(4)])])
+                    .map(\.affectedRows) == [1, 1])
+                #expect(try db.query("SELECT n FROM p WHERE k = 4")[0].int(0) == 7)
             }
         }
 

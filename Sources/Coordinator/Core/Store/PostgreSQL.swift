@@ -193,6 +193,11 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     private var statements: [String: String] = [:]
     private var nextStatement = 0
     private var inTransaction = false
+    /// The `BEGIN` of the transaction in progress while it is not sent yet: it goes to the
+    /// server with the transaction's first statement, in the same round trip.
+    private var pendingBegin: String?
+    /// Set when a pipeline could not be left: the connection counts as lost until `reset`.
+    private var abandoned = false
     /// A timeout set with `setStatementTimeout` (re-applied after `reset`), nil for the configured one.
     private var statementTimeoutOverride: Duration??
 
@@ -251,7 +256,9 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     public func execute(_ sql: String) throws {
         try locked {
             try checkConnected()
-            let result = PQexec(connection, sql)
+            // A transaction's BEGIN not yet sent goes first in the same query string.
+            let text = takeBegin().map { $0 + ";\n" + sql } ?? sql
+            let result = PQexec(connection, text)
             defer { PQclear(result) }
             try check(result, sql: sql)
         }
@@ -272,19 +279,11 @@ public final class PostgreSQLConnection: @unchecked Sendable {
         try locked {
             try checkConnected()
             let encoded = try EncodedParameters(parameters)
-            let key = sql + "\u{0}" + encoded.types.map(String.init).joined(separator: ",")
-            let name: String
-            if let cached = statements[key] {
-                name = cached
-            } else {
-                name = "hato_\(nextStatement)"
-                let prepared = encoded.types.withUnsafeBufferPointer {
-                    PQprepare(connection, name, sql, Int32(encoded.types.count), $0.baseAddress)
-                }
-                defer { PQclear(prepared) }
-                try check(prepared, sql: sql)
-                nextStatement += 1
-                statements[key] = name
+            let (key, name) = try prepared(sql, encoded)
+            if pendingBegin != nil {
+                // A transaction's first statement: its BEGIN goes with it, in one round trip.
+                let entries = try withBegin([PipelineEntry(sql: sql, key: key, name: name, parameters: encoded, binaryResults: binaryResults)])
+                return try pipeline(entries)[1]
             }
             let result = encoded.withParameterPointers { values, lengths, formats in
                 PQexecPrepared(connection, name, Int32(encoded.types.count), values, lengths, formats, binaryResults ? 1 : 0)
@@ -293,13 +292,142 @@ public final class PostgreSQLConnection: @unchecked Sendable {
                 try check(result, sql: sql)
             } catch let error as PostgreSQLError {
                 PQclear(result)
-                // A statement dropped on the server (26000) or whose plan no longer fits the
-                // tables (0A000): prepare it afresh next time.
-                if error.sqlState == "26000" || error.sqlState == "0A000" { statements[key] = nil }
+                forgetIfStale(error, key)
                 throw error
             }
             return PostgreSQLResult(result!)
         }
+    }
+
+    /// Runs statements one after the other, as `query` would, but in one round trip (libpq's
+    /// pipeline mode: every statement is sent, then one sync, then the results are read).
+    ///
+    /// Each statement sees the effects of the ones before it; the first that fails makes the
+    /// server skip the rest up to the sync, and its error is thrown. Meant for a transaction's
+    /// statements (inside `transaction`, a failure leaves it aborted and it rolls back; outside
+    /// one, the sync commits what ran before the failure). Large lists go in several syncs, so
+    /// neither side's buffers fill while the other waits.
+    /// - Parameter statements: the statements (each one statement with parameters `$1`…`$n`).
+    /// - Returns: the result of each (rows in text format, affected row counts), in order.
+    /// - Throws: `PostgreSQLError`, as `query`.
+    @discardableResult
+    public func queryPipelined(_ statements: [(sql: String, parameters: [PostgreSQLValue])]) throws -> [PostgreSQLResult] {
+        try locked {
+            try checkConnected()
+            guard !statements.isEmpty else { return [] }
+            // Prepared outside the pipeline (a prepare waits for its reply).
+            var entries = try statements.map { s in
+                let encoded = try EncodedParameters(s.parameters)
+                let (key, name) = try prepared(s.sql, encoded)
+                return PipelineEntry(sql: s.sql, key: key, name: name, parameters: encoded, binaryResults: false)
+            }
+            // A transaction's BEGIN not yet sent goes first (its result is not returned).
+            let begun = pendingBegin != nil
+            entries = try withBegin(entries)
+            var results: [PostgreSQLResult] = []
+            results.reserveCapacity(entries.count)
+            for start in stride(from: 0, to: entries.count, by: Self.pipelineDepth) {
+                results += try pipeline(Array(entries[start..<min(start + Self.pipelineDepth, entries.count)]))
+            }
+            return begun ? Array(results.dropFirst()) : results
+        }
+    }
+
+    /// Statements sent before one sync and its results: the replies of a transaction's writes
+    /// (a few dozen bytes each) fit the socket buffers, so the blocking sends never wait for a
+    /// server waiting on us.
+    static let pipelineDepth = 256
+
+    /// A prepared statement ready to be sent in a pipeline.
+    private struct PipelineEntry {
+        var sql: String
+        var key: String
+        var name: String
+        var parameters: EncodedParameters
+        var binaryResults: Bool
+    }
+
+    /// `entries` after the transaction's BEGIN when it is not sent yet (then counted as sent).
+    private func withBegin(_ entries: [PipelineEntry]) throws -> [PipelineEntry] {
+        guard let begin = pendingBegin else { return entries }
+        let none = try EncodedParameters([])
+        let (key, name) = try prepared(begin, none)
+        pendingBegin = nil
+        return [PipelineEntry(sql: begin, key: key, name: name, parameters: none, binaryResults: false)] + entries
+    }
+
+    /// The transaction's BEGIN when it is not sent yet, counted as sent from now on.
+    private func takeBegin() -> String? {
+        defer { pendingBegin = nil }
+        return pendingBegin
+    }
+
+    /// Sends prepared statements in pipeline mode with one sync and reads every result up to it.
+    private func pipeline(_ batch: [PipelineEntry]) throws -> [PostgreSQLResult] {
+        guard PQenterPipelineMode(connection) == 1 else { throw PostgreSQLError.misuse("cannot enter pipeline mode: \(lastMessage)") }
+        // Leaving fails only with results unread (a read given up on): the connection is then
+        // unusable for anything else, so it counts as lost until `reset`.
+        defer { if PQexitPipelineMode(connection) != 1 { abandoned = true } }
+        var sent = 0
+        var failure: PostgreSQLError?
+        for s in batch {
+            let ok = s.parameters.withParameterPointers { values, lengths, formats in
+                PQsendQueryPrepared(connection, s.name, Int32(s.parameters.types.count), values, lengths, formats, s.binaryResults ? 1 : 0)
+            }
+            guard ok == 1 else { failure = lostOrMisuse("cannot send a pipelined statement"); break }
+            sent += 1
+        }
+        guard PQpipelineSync(connection) == 1 else { throw failure ?? lostOrMisuse("cannot send the pipeline's sync") }
+        var results: [PostgreSQLResult] = []
+        // Each statement: its result, then NULL; the first failure's result is an error, the
+        // later ones' PIPELINE_ABORTED. Then the sync's result.
+        for s in batch.prefix(sent) {
+            guard let result = PQgetResult(connection) else { throw lostOrMisuse("a pipelined statement has no result") }
+            while let extra = PQgetResult(connection) { PQclear(extra) }
+            if PQresultStatus(result) == PGRES_PIPELINE_ABORTED { PQclear(result); continue }
+            do {
+                try check(result, sql: s.sql)
+                results.append(PostgreSQLResult(result))
+            } catch let error as PostgreSQLError {
+                PQclear(result)
+                forgetIfStale(error, s.key)
+                if failure == nil { failure = error }
+            }
+        }
+        guard let sync = PQgetResult(connection) else { throw lostOrMisuse("the pipeline's sync has no result") }
+        let status = PQresultStatus(sync)
+        PQclear(sync)
+        if let failure { throw failure }
+        guard status == PGRES_PIPELINE_SYNC else { throw lostOrMisuse("the pipeline's sync failed") }
+        return results
+    }
+
+    /// The name of `sql` prepared on this connection for `parameters`' types (prepared now if new),
+    /// and its cache key.
+    private func prepared(_ sql: String, _ parameters: EncodedParameters) throws -> (key: String, name: String) {
+        let key = sql + "\u{0}" + parameters.types.map(String.init).joined(separator: ",")
+        if let cached = statements[key] { return (key, cached) }
+        let name = "hato_\(nextStatement)"
+        let result = parameters.types.withUnsafeBufferPointer {
+            PQprepare(connection, name, sql, Int32(parameters.types.count), $0.baseAddress)
+        }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+        nextStatement += 1
+        statements[key] = name
+        return (key, name)
+    }
+
+    /// A statement dropped on the server (26000) or whose plan no longer fits the tables
+    /// (0A000): prepare it afresh next time.
+    private func forgetIfStale(_ error: PostgreSQLError, _ key: String) {
+        if error.sqlState == "26000" || error.sqlState == "0A000" { statements[key] = nil }
+    }
+
+    /// `.connectionLost` when the connection broke, else `.misuse` with libpq's message.
+    private func lostOrMisuse(_ what: String) -> PostgreSQLError {
+        PQstatus(connection) == CONNECTION_OK ? .misuse("\(what): \(lastMessage)")
+            : .connectionLost("\(what): the connection to \(configuration.redactedURL) is lost: \(lastMessage)")
     }
 
     /// Runs one statement with parameters and returns how many rows it inserted, updated or
@@ -328,16 +456,20 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     public func transaction<T>(isolation: PostgreSQLIsolation? = nil, _ body: () throws -> T) throws -> T {
         try locked {
             guard !inTransaction else { throw PostgreSQLError.misuse("transaction inside a transaction") }
-            try execute(isolation.map { "BEGIN ISOLATION LEVEL \($0.rawValue)" } ?? "BEGIN")
+            try checkConnected()
+            // Sent with the first statement (one round trip less per transaction).
+            pendingBegin = isolation.map { "BEGIN ISOLATION LEVEL \($0.rawValue)" } ?? "BEGIN"
             inTransaction = true
-            defer { inTransaction = false }
+            defer { inTransaction = false; pendingBegin = nil }
             let value: T
             do {
                 value = try body()
             } catch {
-                if PQstatus(connection) == CONNECTION_OK { _ = try? execute("ROLLBACK") }
+                if pendingBegin == nil && PQstatus(connection) == CONNECTION_OK { _ = try? execute("ROLLBACK") }
                 throw error
             }
+            // A body that sent nothing began no transaction on the server: nothing to commit.
+            guard pendingBegin == nil else { return value }
             if PQtransactionStatus(connection) == PQTRANS_INERROR {
                 _ = try? execute("ROLLBACK")
                 throw PostgreSQLError.misuse("a statement in the transaction failed (its error was caught): rolled back")
@@ -378,7 +510,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
 
     /// Whether the connection is up as far as libpq knows (it learns of a loss at the next
     /// call that talks to the server).
-    public var isConnected: Bool { locked { PQstatus(connection) == CONNECTION_OK } }
+    public var isConnected: Bool { locked { PQstatus(connection) == CONNECTION_OK && !abandoned } }
 
     /// The server's version as a number (e.g. 150018 for 15.18).
     public var serverVersion: Int { locked { Int(PQserverVersion(connection)) } }
@@ -395,6 +527,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
             guard !inTransaction else { throw PostgreSQLError.misuse("reset inside a transaction") }
             PQreset(connection)
             statements.removeAll()
+            abandoned = false
             guard PQstatus(connection) == CONNECTION_OK else {
                 throw PostgreSQLError.connectionFailed("cannot reconnect to \(configuration.redactedURL): \(lastMessage)")
             }
@@ -413,7 +546,7 @@ public final class PostgreSQLConnection: @unchecked Sendable {
     private var lastMessage: String { Self.clean(String(cString: PQerrorMessage(connection))) }
 
     private func checkConnected() throws {
-        guard PQstatus(connection) == CONNECTION_OK else {
+        guard PQstatus(connection) == CONNECTION_OK && !abandoned else {
             throw PostgreSQLError.connectionLost("the connection to \(configuration.redactedURL) is lost (reset() reconnects)")
         }
     }

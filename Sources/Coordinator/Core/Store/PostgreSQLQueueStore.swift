@@ -330,118 +330,33 @@ public final class PostgreSQLQueueStore: QueueStore {
         }
     }
 
-    // MARK: Results
-
-    /// Applies a node's report, idempotently, with the rules of `SQLiteQueueStore.applyResult`.
-    /// - Throws: `PostgreSQLError`; nothing is applied then (the node re-sends).
-    public func applyResult(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date) throws -> ResultApplication {
-        try pool.transaction { c in
-            var closed: [String: Int] = [:]
-            let app = try Self.apply(result, node: node, retry: retry, now: now, closing: &closed, on: c)
-            try Self.closeRecipients(closed, on: c)
-            return app
-        }
-    }
-
-    /// Applies several reports in one durable transaction.
-    /// - Returns: one `ResultApplication` per report, in order.
-    /// - Throws: `PostgreSQLError`; nothing is applied then.
-    public func applyResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date) throws -> [ResultApplication] {
-        try pool.transaction { c in
-            // Open-recipient counts and content purges once for the whole batch, at its end.
-            var closed: [String: Int] = [:]
-            let apps = try results.map { try Self.apply($0.result, node: $0.node, retry: retry, now: now, closing: &closed, on: c) }
-            try Self.closeRecipients(closed, on: c)
-            return apps
-        }
-    }
-
-    /// Applies one report inside the caller's transaction; the recipients that became final
-    /// are added to `closed` (message id → count) for `closeRecipients`.
-    private static func apply(_ result: ResultMessage, node: String, retry: RetryPolicy, now: Date, closing closed: inout [String: Int],
-                              on c: PostgreSQLConnection) throws -> ResultApplication {
-        var app = ResultApplication()
-        let t = now.timeIntervalSince1970
-        // The lease row is locked: two reports of one lease apply one after the other.
-        app.leaseKnown = !(try c.query("SELECT id FROM leases WHERE id = $1 FOR UPDATE", [.text(result.leaseID)]).isEmpty)
-        struct Row { var state: RecipientState; var leaseID: String?; var attempts: Int; var receivedAt: Double; var messageID: String }
-        var rows: [Int64: Row] = [:]
-        let ids = Array(Set(result.outcomes.map(\.recipientID))).sorted()
-        if !ids.isEmpty {
-            for r in try c.query("""
-                SELECT r.id, r.state, r.lease_id, r.attempts, m.received_at, r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id
-                WHERE r.id = ANY($1::bigint[]) ORDER BY r.id FOR UPDATE OF r
-                """, [.text(Self.array(ids))]) {
-                guard let state = RecipientState(rawValue: try r.text(1)) else { continue }
-                rows[try r.int(0)] = Row(state: state, leaseID: try r.optionalText(2), attempts: Int(try r.int(3)),
-                                          receivedAt: try r.double(4), messageID: try r.text(5))
-            }
-        }
-        for o in result.outcomes {
-            guard var row = rows[o.recipientID] else { app.ignored += 1; continue }
-            if row.state.isFinal { app.ignored += 1; continue }
-            let common: [PostgreSQLValue] = Self.replyColumns(o.reply)
-                + [.text(node), .text(result.sendingIP), result.mxHost.map { .text($0) } ?? .null, .double(t)]
-            func setFinal(_ state: RecipientState) throws {
-                try c.run("""
-                    UPDATE recipients SET state = $1, lease_id = NULL, attempts = attempts + 1, next_attempt_at = NULL, last_code = $2,
-                      last_enhanced = $3, last_text = $4, node = $5, ip = $6, mx = $7, updated_at = $8 WHERE id = $9
-                    """, [.text(state.rawValue)] + common + [.int(o.recipientID)])
-                closed[row.messageID, default: 0] += 1
-                row.state = state
-                row.leaseID = nil
-                row.attempts += 1
-            }
-            switch o.status {
-            case .delivered, .failed:
-                try setFinal(o.status == .delivered ? .delivered : .failed)
-            case .deferred:
-                let heldHere = row.leaseID == result.leaseID
-                let waiting = row.state == .queued || row.state == .deferred
-                guard heldHere || (waiting && row.leaseID == nil && app.leaseKnown) else { app.ignored += 1; continue }
-                let attempts = row.attempts + 1
-                switch retry.afterDeferral(attempts: attempts, receivedAt: Date(timeIntervalSince1970: row.receivedAt), now: now) {
-                case .retry(let at):
-                    try c.run("""
-                        UPDATE recipients SET state = 'deferred', lease_id = NULL, attempts = $1, next_attempt_at = $2, last_code = $3,
-                          last_enhanced = $4, last_text = $5, node = $6, ip = $7, mx = $8, updated_at = $9 WHERE id = $10
-                        """, [.int(Int64(attempts)), .double(at.timeIntervalSince1970)] + common + [.int(o.recipientID)])
-                    row.state = .deferred
-                    row.leaseID = nil
-                    row.attempts = attempts
-                case .expire:
-                    try setFinal(.expired)
-                }
-            }
-            rows[o.recipientID] = row
-            app.applied += 1
-        }
-        // Recipients of this lease that the report did not mention go back to the queue, and the
-        // lease is forgotten (one statement).
-        try c.run("""
-            WITH requeued AS (UPDATE recipients SET state = 'queued', lease_id = NULL, updated_at = $1 WHERE lease_id = $2 AND state = 'leased')
-            DELETE FROM leases WHERE id = $2
-            """, [.double(t), .text(result.leaseID)])
-        return app
-    }
-
     /// Lowers the open-recipient counts of messages by the recipients that became final, and
     /// purges the content of those with none left (the keep-body trigger keeps it while events
     /// or DSN entries about the message remain).
     static func closeRecipients(_ closed: [String: Int], on c: PostgreSQLConnection) throws {
-        guard !closed.isEmpty else { return }
+        for s in closingStatements(closed) { try c.run(s.sql, s.parameters) }
+    }
+
+    /// The statements of `closeRecipients` (none when nothing closed), for a pipeline.
+    static func closingStatements(_ closed: [String: Int]) -> [(sql: String, parameters: [PostgreSQLValue])] {
+        guard !closed.isEmpty else { return [] }
         let sorted = closed.sorted { $0.key < $1.key }
-        try c.run("""
+        return [("""
             UPDATE messages m SET open_recipients = m.open_recipients - u.n FROM unnest($1::text[], $2::bigint[]) AS u(id, n) WHERE m.id = u.id
-            """, [.text(array(sorted.map(\.key))), .text(array(sorted.map { Int64($0.value) }))])
-        try purgeBodies(sorted.map(\.key), on: c)
+            """, [.text(array(sorted.map(\.key))), .text(array(sorted.map { Int64($0.value) }))]),
+                purgeStatement(sorted.map(\.key))]
     }
 
     /// Drops the content of messages with no open recipients left (the record stays for lookups).
     static func purgeBodies(_ ids: [String], on c: PostgreSQLConnection) throws {
         guard !ids.isEmpty else { return }
-        try c.run("UPDATE messages SET body = NULL WHERE id = ANY($1::text[]) AND open_recipients <= 0 AND body IS NOT NULL",
-                  [.text(array(ids.sorted()))])
+        let s = purgeStatement(ids)
+        try c.run(s.sql, s.parameters)
+    }
+
+    /// The statement of `purgeBodies`.
+    static func purgeStatement(_ ids: [String]) -> (sql: String, parameters: [PostgreSQLValue]) {
+        ("UPDATE messages SET body = NULL WHERE id = ANY($1::text[]) AND open_recipients <= 0 AND body IS NOT NULL", [.text(array(ids.sorted()))])
     }
 
     /// Returns the recipients of leases past their expiry to `queued` and forgets those leases.
