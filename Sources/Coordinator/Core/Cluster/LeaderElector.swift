@@ -30,6 +30,10 @@ public final class LeaderElector: Sendable {
     private let events: @Sendable (Leadership.Directive) -> Void
     private let loop = Locked<BackgroundLoop?>(nil)
     private let stopped = Locked(false)
+    private let log = Logger(label: "coordinator.leadership")
+    /// Since when the store answers nothing useful (failures, or this id held by another
+    /// process), and when that was last logged: a warning every 30 s while it lasts.
+    private let trouble = Locked<(since: ContinuousClock.Instant, what: String, logged: ContinuousClock.Instant?)?>(nil)
 
     /// - Parameters:
     ///   - id: this coordinator's id.
@@ -72,6 +76,34 @@ public final class LeaderElector: Sendable {
         }
     }
 
+    /// Warns (every 30 s, after two leases) while no answer lets anyone be known as leader
+    /// through this coordinator: the store unreachable, or this id held by another process.
+    private func noteTrouble(_ answer: Leadership.Answer) {
+        let what: String?
+        switch answer {
+        case .failed(let why): what = "the leadership store cannot be asked (\(why)): this coordinator can neither lead nor name the leader"
+        case .heldBy(let leader, let term) where leader == id:
+            what = "another process with this coordinator's id (\(id)) holds the leadership under term \(term): a second coordinator started with the same --id?"
+        default: what = nil
+        }
+        let now = ContinuousClock.now
+        let lease = state.withLock { $0.timing.lease }
+        let due: (String, Duration)? = trouble.withLock { t in
+            guard let what else {
+                if t?.logged != nil { log.info("the leadership trouble warned about has ended", ["coordinator": id]) }
+                t = nil
+                return nil
+            }
+            if t == nil || t!.what != what { t = (now, what, nil) }
+            guard now - t!.since >= lease * 2, t!.logged.map({ now - $0 >= .seconds(30) }) ?? true else { return nil }
+            t!.logged = now
+            return (what, now - t!.since)
+        }
+        if let (what, lasting) = due {
+            log.warning(what, ["coordinator": id, "for_s": String(Int(lasting.inSeconds))])
+        }
+    }
+
     /// One round: tick, perform a store request if one is due, feed its answer back.
     /// - Returns: how long to sleep.
     private func step() -> Duration? {
@@ -96,6 +128,7 @@ public final class LeaderElector: Sendable {
                 }
                 // Stopped meanwhile: a late acquire is recorded (so `stop` resigns it), nothing acted upon.
                 directives += state.withLock { $0.answered(answer, sentAt: sentAt, now: .now) }
+                noteTrouble(answer)
                 if stopped.withLock({ $0 }) { return nil }
             case .wake(let after):
                 wake = after
