@@ -438,6 +438,9 @@ public final class ClusterHub: Sendable {
                     pendingTerm = nil
                     log.warning("stepped down: no longer the leader; closing node links", ["term": "\(term)", "reason": reason])
                     for link in links.withLock({ Array($0.values) }) { link.shutdown() }
+                    // What other threads read (metrics, status) no longer shows the nodes and
+                    // leases of the term that ended.
+                    publish(Scheduler(config: published.withLock { $0.config }), now: now)
                     continue
                 default: break
                 }
