@@ -39,16 +39,16 @@ extension Integration {
             let schema = try TestSchema()
             let ha = try HACluster(storeYAML: schema.storeYAML, captureDelay: 0.1)
             defer { ha.shutdown() }
-            do {
-                try ha.startCoordinator("coord-1")
-                try ha.waitLeader("coord-1", timeout: 20)
-                try ha.startCoordinator("coord-2")
+            try ha.recordingLogs {
+                try ha.startLeaderAndStandby()
                 // The standby answers the admin API for the leader (forwarded), once it has
                 // asked the store who leads.
                 try waitUntil("the standby knows the leader", timeout: 10) { (try ha.status("coord-2"))["leader"] as? String == "coord-1" }
                 let viaStandby = try ha.status("coord-2")
                 #expect(viaStandby["coordinator"] as? String == "coord-1" && viaStandby["role"] as? String == "leader", "\(viaStandby)")
                 #expect(try ha.gauge("coord-2", "hato_leader") == 0)
+                // A standby says nothing, not even who leads, without the token.
+                #expect(try httpRequest(port: ha.adminPorts[1], method: "GET", path: "/v1/status").status == 401)
                 try ha.startNodesAndWait(via: "coord-2")
                 let termBefore = try #require(try ha.status("coord-1")["term"] as? Int)
 
@@ -104,9 +104,6 @@ extension Integration {
                 #expect((resumed ?? .infinity) <= 5 + 5, "deliveries resumed after \(resumed ?? -1) s (node_timeout 5 s)")
                 let overlaps = ipOverlaps(try deliveredRows(schema))
                 #expect(overlaps.isEmpty, "\(overlaps)")
-            } catch {
-                Issue.record("\(error)\n\(ha.logs)")
-                throw error
             }
         }
 
@@ -115,10 +112,8 @@ extension Integration {
             let schema = try TestSchema()
             let ha = try HACluster(storeYAML: schema.storeYAML)
             defer { ha.shutdown() }
-            do {
-                try ha.startCoordinator("coord-1")
-                try ha.waitLeader("coord-1", timeout: 20)
-                try ha.startCoordinator("coord-2")
+            try ha.recordingLogs {
+                try ha.startLeaderAndStandby()
                 try ha.startNodesAndWait(via: "coord-1")
                 func submit(_ range: Range<Int>, via id: String) throws {
                     let msgs = range.map { ("sender@example.org", ["user\($0)@hato.test"], testMessage($0, to: "user\($0)@hato.test")) }
@@ -170,9 +165,6 @@ extension Integration {
                 #expect(log.contains("leadership lost") || log.contains("stepped down"), "the old leader logs its step-down")
                 let numbers = ha.capture.received.compactMap(subjectNumber)
                 #expect(numbers.count == 60 && Set(numbers) == Set(0..<60), "delivered \(numbers.count): each once")
-            } catch {
-                Issue.record("\(error)\n\(ha.logs)")
-                throw error
             }
         }
 
@@ -181,7 +173,7 @@ extension Integration {
             let schema = try TestSchema()
             let ha = try HACluster(storeYAML: schema.storeYAML)
             defer { ha.shutdown() }
-            do {
+            try ha.recordingLogs {
                 try ha.startCoordinator("coord-1")
                 try ha.waitLeader("coord-1", timeout: 20)
                 let first = try #require(try ha.status("coord-1")["term"] as? Int)
@@ -197,9 +189,6 @@ extension Integration {
                 try ha.waitLeader("coord-1", timeout: 15)
                 #expect(Date().timeIntervalSince(killedAt) < 4 + 3, "led again once the old lease (4 s) ran out")
                 #expect((try ha.status("coord-1")["term"] as? Int ?? 0) > first)
-            } catch {
-                Issue.record("\(error)\n\(ha.logs)")
-                throw error
             }
         }
 
@@ -210,10 +199,8 @@ extension Integration {
             let storeYAML = "store: { kind: postgresql, url: \"\(db.url)\", password_file: \(db.passwordFile), pool_size: 4 }"
             let ha = try HACluster(storeYAML: storeYAML)
             defer { ha.shutdown() }
-            do {
-                try ha.startCoordinator("coord-1")
-                try ha.waitLeader("coord-1", timeout: 20)
-                try ha.startCoordinator("coord-2")
+            try ha.recordingLogs {
+                try ha.startLeaderAndStandby()
                 try ha.startNodesAndWait(via: "coord-2")
                 let stream = StreamSubmitter(ports: ha.smtpPorts, total: 200, pause: 0.03)
                 try waitUntil("a quarter accepted", timeout: 60) { stream.accepted.count >= 50 }
@@ -244,9 +231,6 @@ extension Integration {
                 #expect(!after.isEmpty && after.allSatisfy { $0.queueID != nil }, "refused after the database was back: \(after.filter { $0.queueID == nil }.map { ($0.number, $0.replies) })")
                 print("database outage: sent \(outcomes.count), accepted \(accepted.count), refused during the 4 s outage \(during.count), "
                       + "refused in all \(outcomes.count - accepted.count), delivered \(Set(ha.capture.received.compactMap(subjectNumber)).count)")
-            } catch {
-                Issue.record("\(error)\n\(ha.logs)")
-                throw error
             }
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import HatoCrypto
 import HatoIO
 import HatoTestKit
+import Testing
 
 /// Several coordinators sharing one PostgreSQL store (issue 15), two nodes and the capture MX,
 /// all on loopback. Each coordinator runs with its own copy of cluster.yml in a directory of its
@@ -78,6 +79,23 @@ final class HACluster: @unchecked Sendable {
         try waitUntil("\(id) SMTP listener", timeout: 20) {
             guard c.isRunning else { throw HarnessError("\(id) exited:\n\(c.log)") }
             return (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: smtpPorts[i]), timeout: 1)) != nil
+        }
+    }
+
+    /// Starts coord-1, waits until it leads, then starts coord-2 (a standby).
+    func startLeaderAndStandby() throws {
+        try startCoordinator("coord-1")
+        try waitLeader("coord-1", timeout: 20)
+        try startCoordinator("coord-2")
+    }
+
+    /// Runs `body`; when it throws, records the error with every process's log tail first.
+    func recordingLogs(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch {
+            Issue.record("\(error)\n\(logs)")
+            throw error
         }
     }
 

@@ -96,10 +96,10 @@ public struct AdminForwarder: Sendable {
         for name in ["authorization", "x-hato-operator", "content-type"] {
             if let v = req.headers[name] { headers.append((name, v)) }
         }
-        let host = leader.adminListen.host == "0.0.0.0" ? "127.0.0.1" : leader.adminListen.host == "::" ? "::1" : leader.adminListen.host
+        // (Wildcard addresses are refused in a list of several coordinators: the address is reachable.)
         // A frozen leader must not hold a reading operator for long: 5 s for reads (a new leader
         // is elected within the lease anyway), 30 s for actions.
-        let response = try HTTPClient.send(req.method, to: SocketAddress(host: host, port: leader.adminListen.port), path: target, headers: headers,
+        let response = try HTTPClient.send(req.method, to: leader.adminListen, path: target, headers: headers,
                                            body: req.body.isEmpty ? nil : req.body, tls: tls, timeout: req.method == "GET" ? 5 : 30)
         return HTTPResponse(status: response.status, contentType: response.headers["content-type"] ?? "application/json", body: response.body)
     }
