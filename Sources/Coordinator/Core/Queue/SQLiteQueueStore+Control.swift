@@ -44,12 +44,14 @@ public struct RecipientSelector: Sendable, Equatable {
     public var sender: String?
     /// The states considered, a subset of `RecipientState.waiting`.
     public var states: [RecipientState] = RecipientState.waiting
+    /// The message's tenant (issue 16); nil for any.
+    public var tenant: String?
 
     /// A selector; see the properties.
     public init(recipientIDs: [Int64] = [], messageIDs: [String] = [], domains: [String]? = nil, pool: String? = nil,
-                sendingIP: String? = nil, sender: String? = nil, states: [RecipientState] = RecipientState.waiting) {
+                sendingIP: String? = nil, sender: String? = nil, states: [RecipientState] = RecipientState.waiting, tenant: String? = nil) {
         self.recipientIDs = recipientIDs; self.messageIDs = messageIDs; self.domains = domains; self.pool = pool
-        self.sendingIP = sendingIP; self.sender = sender; self.states = states
+        self.sendingIP = sendingIP; self.sender = sender; self.states = states; self.tenant = tenant
     }
 }
 

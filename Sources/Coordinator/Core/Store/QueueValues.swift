@@ -46,12 +46,17 @@ public struct NewMessage: Sendable {
     public var envelopeID: String?
     /// NOTIFY/ORCPT per recipient (RFC 3461 §4.1–4.2), parallel to `recipients`; missing entries mean none.
     public var recipientParameters: [RecipientParameters]
+    /// The tenant the message belongs to (issue 16), nil for mail of no tenant.
+    public var tenant: String?
+    /// The HTTP API's `Idempotency-Key` record, written in the same transaction (nil: none).
+    public var idempotency: IdempotencyRecord?
     public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date,
-                authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = []) {
+                authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = [],
+                tenant: String? = nil, idempotency: IdempotencyRecord? = nil) {
         self.id = id; self.reversePath = reversePath; self.recipients = recipients; self.pool = pool
         self.content = content; self.heloName = heloName; self.clientAddress = clientAddress; self.receivedAt = receivedAt
         self.authenticatedUser = authenticatedUser; self.dsnReturn = dsnReturn; self.envelopeID = envelopeID
-        self.recipientParameters = recipientParameters
+        self.recipientParameters = recipientParameters; self.tenant = tenant; self.idempotency = idempotency
     }
 }
 
@@ -167,4 +172,6 @@ public struct MessageRecord: Codable, Sendable, Equatable {
     public var receivedAt: Double
     public var clientAddress: String
     public var recipients: [RecipientRecord]
+    /// The tenant the message belongs to, nil for none (issue 16).
+    public var tenant: String? = nil
 }
