@@ -20,6 +20,8 @@ public final class CoordinatorService: Sendable {
     public let elector: LeaderElector?
     /// This coordinator's id (`coordinators[].id`; `coordinator` for the single form).
     public let coordinatorID: String
+    /// The tenant tables as submission sees them (SMTP users, API keys, domains, limits; issue 16).
+    public let tenants: TenantDirectory
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -43,6 +45,8 @@ public final class CoordinatorService: Sendable {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
         store = try config.openQueueStore()
+        let tenants = TenantDirectory(store: store)
+        self.tenants = tenants
         let electorRef = Locked<LeaderElector?>(nil)
         let mode: ClusterHub.LeadershipMode
         var leadershipStore: PostgreSQLLeadershipStore? = nil
@@ -78,7 +82,7 @@ public final class CoordinatorService: Sendable {
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
-        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let path = config.sourcePath
         let lock = reloadLock

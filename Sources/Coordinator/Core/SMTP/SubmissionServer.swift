@@ -51,6 +51,8 @@ public final class SubmissionServer: Sendable {
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
     private let metrics: CoordinatorMetrics?
+    /// The tenant tables (issue 16): tenant SMTP users, their domains, limits and state.
+    private let tenants: TenantDirectory?
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     private let tls = Locked<TLSContext?>(nil)
@@ -73,10 +75,12 @@ public final class SubmissionServer: Sendable {
     ///   - clock: time source.
     ///   - metrics: where refusals and the queue's free space are published (nil: nowhere).
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
+    ///   - tenants: the tenant tables (nil: no tenants, only `smtp.users`).
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
-                headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
+                headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
+        self.tenants = tenants
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
         self.contentMemory = contentMemory
         if let metrics {
