@@ -22,6 +22,8 @@ public final class CoordinatorService: Sendable {
     public let coordinatorID: String
     /// The tenant tables as submission sees them (SMTP users, API keys, domains, limits; issue 16).
     public let tenants: TenantDirectory
+    /// Key-use records, holds of suspended tenants' mail, purges of old tenant data.
+    public let tenantMaintenance: TenantMaintenance
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -82,12 +84,14 @@ public final class CoordinatorService: Sendable {
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
+        tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf })
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let path = config.sourcePath
         let lock = reloadLock
         let log = Logger(label: "coordinator")
-        let api = AdminAPI(token: token, store: store, hub: hub, reload: {
+        let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
+        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, log: log)
         })
         if let leadershipStore {
@@ -174,6 +178,7 @@ public final class CoordinatorService: Sendable {
         reporting.start()
         try hub.start(leaseHoldUntil: leaseHold)
         blocklists.start()
+        tenantMaintenance.start()
         try submission.start()
         admin.start()
         elector?.start()
@@ -186,6 +191,7 @@ public final class CoordinatorService: Sendable {
     /// writes afterwards; the caller exits.
     public func stopForExit() {
         blocklists.stop()
+        tenantMaintenance.stop()
         submission.stop()
         // A leader resigns in the store, so that a standby takes over at once.
         elector?.stop()
