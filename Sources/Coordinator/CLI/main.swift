@@ -71,6 +71,9 @@ let usage = """
                             a tenant's SMTP AUTH users (password from stdin or prompted; only its hash is sent)
       tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
                             a tenant's HTTP API keys (the key is printed once; Hato keeps its hash)
+      operator add NAME | list | remove NAME
+                            the web dashboard's operator accounts (/ui/ on admin_listen): add reads the
+                            password from stdin (prompted twice on a terminal); only its hash is sent
       hash-password [--iterations N]
                             read a password from stdin (prompted on a terminal) and print its
                             $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
@@ -191,6 +194,13 @@ case let c where TenantCommands.names.contains(c):
     do {
         try TenantCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
             .run(positional: c == "tenants" ? ["list"] + args.positional : args.positional, options: args.options)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
+case let c where OperatorCommands.names.contains(c):
+    do {
+        try OperatorCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
+            .run(positional: c == "operators" ? ["list"] : args.positional)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

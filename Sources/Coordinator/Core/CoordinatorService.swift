@@ -24,6 +24,8 @@ public final class CoordinatorService: Sendable {
     public let tenants: TenantDirectory
     /// Key-use records, holds of suspended tenants' mail, purges of old tenant data.
     public let tenantMaintenance: TenantMaintenance
+    /// The web dashboard under `/ui/` on the admin listener (issue 17).
+    public let dashboard: Dashboard
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -95,6 +97,7 @@ public final class CoordinatorService: Sendable {
         let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, log: log)
         })
+        let adminChain: @Sendable (HTTPRequest) -> HTTPResponse
         if let leadershipStore {
             reporting.setActive(false)
             let me = self.coordinatorID
@@ -119,13 +122,18 @@ public final class CoordinatorService: Sendable {
             electorRef.withLock { $0 = elector }
             self.elector = elector
             let forwarder = try AdminForwarder(config: config, coordinatorID: me, leader: { hub.leader }, localStatus: { try api.status() })
-            admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { req in
-                forwarder.handle(req) ?? reporting.api.handle(req) ?? api.handle(req)
-            }
+            adminChain = { req in forwarder.handle(req) ?? reporting.api.handle(req) ?? api.handle(req) }
         } else {
             elector = nil
-            admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { reporting.api.handle($0) ?? api.handle($0) }
+            adminChain = { reporting.api.handle($0) ?? api.handle($0) }
         }
+        // The dashboard first: its /ui/ routes use session cookies, not the bearer token; its
+        // data comes from the chain below, in process (a standby forwards to the leader there).
+        let dashboard = Dashboard(token: token, accounts: store, secureCookie: adminTLS != nil, maxFailures: config.smtp.authFailureLimit,
+                                  failureWindow: config.smtp.authFailureWindow,
+                                  data: DashboardData(token: token, admin: adminChain, activity: reporting.metrics.activity))
+        self.dashboard = dashboard
+        admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { req in dashboard.handle(req) ?? adminChain(req) }
     }
 
     /// Re-reads cluster.yml, checks it and applies it (SIGHUP, `POST /v1/reload`): see

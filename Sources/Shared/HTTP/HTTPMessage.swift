@@ -13,10 +13,13 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     /// The body (at most the server's body limit).
     public var body: [UInt8]
+    /// The client's numeric address (without port), nil when the request came without a socket.
+    public var peer: String?
 
     /// A request from its parts (for handlers called without a socket, and tests).
-    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = []) {
-        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = [],
+                peer: String? = nil) {
+        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body; self.peer = peer
     }
 }
 
@@ -28,9 +31,13 @@ public struct HTTPResponse: Sendable {
     public var contentType: String
     /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
-    /// A response with `status`, `contentType` (JSON by default) and `body`.
-    public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
-        self.status = status; self.contentType = contentType; self.body = body
+    /// More header fields, in order (`Set-Cookie`, `Location`, `Cache-Control`, …). The server
+    /// writes `Content-Type`, `Content-Length` and `Connection` itself; fields whose name or value
+    /// holds CR or LF are dropped, never sent.
+    public var headers: [(name: String, value: String)]
+    /// A response with `status`, `contentType` (JSON by default), `body` and more `headers`.
+    public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [(name: String, value: String)] = []) {
+        self.status = status; self.contentType = contentType; self.body = body; self.headers = headers
     }
     /// A JSON response of an `Encodable` value (snake_case keys, sorted, pretty).
     public static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {

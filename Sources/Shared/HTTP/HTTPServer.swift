@@ -76,15 +76,20 @@ public final class HTTPServer: Sendable {
     /// Connections open now.
     public var openConnections: Int { acceptor.admission.openConnections }
 
-    private static let reasons: [Int: String] = [200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    private static let reasons: [Int: String] = [200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
+                                                 403: "Forbidden", 404: "Not Found",
                                                  405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-                                                 413: "Content Too Large", 431: "Request Header Fields Too Large",
+                                                 413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
                                                  500: "Internal Server Error", 503: "Service Unavailable"]
 
     /// The response's bytes, with `Connection: close`.
     static func encode(_ response: HTTPResponse, extraHeaders: String = "") -> [UInt8] {
         var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\n"
-        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\n\(extraHeaders)Connection: close\r\n\r\n"
+        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\n\(extraHeaders)"
+        for field in response.headers where !(field.name + field.value).contains(where: { $0 == "\r" || $0 == "\n" }) && !field.name.isEmpty {
+            head += "\(field.name): \(field.value)\r\n"
+        }
+        head += "Connection: close\r\n\r\n"
         return Array(head.utf8) + response.body
     }
 
@@ -103,7 +108,8 @@ public final class HTTPServer: Sendable {
         let reader = BufferedReader(stream: stream, chunkSize: 16 * 1024)
         let response: HTTPResponse
         do {
-            let request = try read(reader, configuration)
+            var request = try read(reader, configuration)
+            request.peer = connection.peer.host
             _ = connection.admission.promote()  // the request arrived in time: no deadline shutdown while it is answered
             response = handler(request)
         } catch let e as HTTPParseError {

@@ -90,6 +90,7 @@ public struct RebalanceReport: Codable, Sendable {
 /// | GET, POST | `/v1/pauses` | active pauses; pause a provider, pool or sending IP |
 /// | DELETE | `/v1/pauses/{kind}/{name}` | resume |
 /// | … | `/v1/tenants…` | tenants, their SMTP users, API keys, domains (`TenantAdminAPI`) |
+/// | GET, POST, DELETE | `/v1/operators[/{name}]` | the dashboard's operator accounts (`OperatorAdminAPI`) |
 ///
 /// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401. Operators'
 /// actions take their author from `X-Hato-Operator` (default `admin`).
@@ -120,6 +121,7 @@ public struct AdminAPI: Sendable {
         }
         if let response = queueControl.handle(req) { return response }
         if let response = tenants?.handle(req) { return response }
+        if let response = OperatorAdminAPI(store: store).handle(req) { return response }
         do {
             let p = req.path.split(separator: "/").map(String.init)
             switch (req.method, p) {

@@ -104,6 +104,7 @@ public final class SQLiteQueueStore: QueueStore {
             if !existing.contains(column) { try db.execute("ALTER TABLE \(table) ADD COLUMN \(column) TEXT") }
         }
         try db.execute(Self.waitingIndexes)
+        try installOperatorSchema()
     }
 
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.

@@ -8,6 +8,8 @@ import HatoSupport
 public final class CoordinatorMetrics: Sendable {
     /// The registry rendered at `/metrics`.
     public let registry = MetricsRegistry()
+    /// Per-minute counts of the last 24 hours for the dashboard's chart (this process only).
+    public let activity = ActivityRecorder()
     /// `hato_messages_received_total{pool}`.
     public let received: Counter
     /// `hato_recipients_delivered_total{pool,sending_ip,provider}`.

@@ -91,6 +91,8 @@ extension PostgreSQLQueueStore {
             // The leadership row of several coordinators (PostgreSQLLeadership); nothing in the
             // store reads it yet.
             PostgreSQLMigration(version: 2, sql: PostgreSQLLeadership.schemaSQL),
+            // The dashboard's operator accounts (issue 17). Version 3 is the tenant tables'.
+            PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
         ])
     }()
 }

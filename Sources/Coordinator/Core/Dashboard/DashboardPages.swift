@@ -1,0 +1,119 @@
+import Foundation
+import HatoHTTP
+
+/// The dashboard's HTML: a small server-rendered shell per page (navigation, the CSRF token,
+/// the logout form); the page's data is drawn by `/ui/assets/app.js` from `/ui/api/…`. No
+/// inline script or style (the Content-Security-Policy allows neither).
+enum DashboardPages {
+    /// The operator pages: path, `data-page` name, title, whether it is in the navigation.
+    static let pages: [(path: String, name: String, title: String)] = [
+        ("/ui/", "overview", "Overview"), ("/ui/nodes", "nodes", "Nodes"), ("/ui/ips", "ips", "Sending IPs"),
+        ("/ui/queue", "queue", "Queue & messages"), ("/ui/suppressions", "suppressions", "Suppressions"),
+    ]
+
+    /// The page at `path` for `session`, nil when there is none.
+    static func page(_ path: String, session: DashboardSession) -> HTTPResponse? {
+        if let p = pages.first(where: { $0.path == path }) {
+            return shell(name: p.name, title: p.title, current: p.path, param: nil, session: session)
+        }
+        if path == "/ui/rebalance" {
+            return shell(name: "rebalance", title: "Rebalance", current: "/ui/nodes", param: nil, session: session)
+        }
+        if path.hasPrefix("/ui/messages/") {
+            let id = String(path.dropFirst("/ui/messages/".count))
+            guard !id.isEmpty, id.utf8.count <= 128, !id.contains("/") else { return nil }
+            return shell(name: "message", title: "Message \(id)", current: "/ui/queue", param: id, session: session)
+        }
+        return nil
+    }
+
+    /// HTML-escapes text for element content and quoted attribute values.
+    static func escape(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.count)
+        for c in s {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&#39;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+
+    private static func head(_ title: String, csrf: String?) -> String {
+        """
+        <!doctype html>
+        <html lang="en">
+        <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        \(csrf.map { "<meta name=\"csrf-token\" content=\"\(escape($0))\">" } ?? "")
+        <title>\(escape(title)) · Hato</title>
+        <link rel="stylesheet" href="/ui/assets/app.css">
+        <script src="/ui/assets/app.js" defer></script>
+        </head>
+        """
+    }
+
+    private static func shell(name: String, title: String, current: String, param: String?, session: DashboardSession) -> HTTPResponse {
+        let nav = pages.map { p in
+            "<li><a href=\"\(p.path)\"\(p.path == current ? " aria-current=\"page\"" : "")>\(escape(p.title))</a></li>"
+        }.joined()
+        let html = head(title, csrf: session.csrfToken) + """
+            <body data-page="\(name)"\(param.map { " data-param=\"\(escape($0))\"" } ?? "")>
+            <a class="skip" href="#main">Skip to content</a>
+            <header class="top">
+            <a class="brand" href="/ui/">鳩 Hato</a>
+            <nav aria-label="Main"><ul>\(nav)</ul></nav>
+            <form method="post" action="/ui/logout" class="logout">
+            <input type="hidden" name="csrf" value="\(escape(session.csrfToken))">
+            <span class="who">\(escape(session.principal.displayName))</span>
+            <button type="submit" id="logout">Log out</button>
+            </form>
+            </header>
+            <main id="main" tabindex="-1">
+            <h1>\(escape(title))</h1>
+            <p id="notice" role="status" hidden></p>
+            <div id="app" aria-live="polite" aria-busy="true"><p>Loading…</p></div>
+            <noscript><p>The dashboard draws its pages with JavaScript; the admin API and the CLI work without it.</p></noscript>
+            </main>
+            </body>
+            </html>
+            """
+        return HTTPResponse(status: 200, contentType: "text/html; charset=utf-8", body: Array(html.utf8))
+    }
+
+    /// The login page; `error` is shown above the form.
+    static func login(error: String?, status: Int) -> HTTPResponse {
+        let html = head("Log in", csrf: nil) + """
+            <body data-page="login" class="login">
+            <main id="main">
+            <h1>鳩 Hato</h1>
+            <form method="post" action="/ui/login" class="card login-form">
+            <h2>Log in</h2>
+            \(error.map { "<p class=\"error\" role=\"alert\" id=\"login-error\">\(escape($0))</p>" } ?? "")
+            <label for="user">Operator name <small>(leave empty to use the admin token)</small></label>
+            <input id="user" name="user" autocomplete="username" maxlength="64">
+            <label for="password">Password or admin token</label>
+            <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="4096">
+            <button type="submit" id="login">Log in</button>
+            </form>
+            </main>
+            </body>
+            </html>
+            """
+        return HTTPResponse(status: status, contentType: "text/html; charset=utf-8", body: Array(html.utf8))
+    }
+
+    /// A page with only a heading (not found, forbidden).
+    static func message(_ text: String, status: Int) -> HTTPResponse {
+        let html = head(text, csrf: nil) + """
+            <body><main id="main"><h1>\(escape(text))</h1><p><a href="/ui/">Back to the dashboard</a></p></main></body></html>
+            """
+        return HTTPResponse(status: status, contentType: "text/html; charset=utf-8", body: Array(html.utf8))
+    }
+}
