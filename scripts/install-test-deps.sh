@@ -25,6 +25,11 @@ perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
 # binaries (/usr/lib/postgresql/*/bin) scripts/pg-test-server.sh runs as a private instance.
 pkg-config --exists libpq 2>/dev/null || need+=(libpq-dev)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# The dashboard's browser tests (scripts/browser-tests.sh): a real headless Chromium driven
+# by Selenium from Debian's interpreter.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || need+=(python3-selenium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

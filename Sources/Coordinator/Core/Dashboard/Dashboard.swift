@@ -172,9 +172,10 @@ public final class Dashboard: Sendable {
         "\(Self.cookieName)=\(value); Path=/ui; HttpOnly; SameSite=Strict" + (secureCookie ? "; Secure" : "") + (expire ? "; Max-Age=0" : "")
     }
 
-    /// A cross-site `Origin` (another host than `Host`) is refused; no `Origin` is allowed.
+    /// A cross-site `Origin` (another host than `Host`) is refused. No `Origin`, or the opaque
+    /// `null` some privacy settings send, passes here: the CSRF token still has to match.
     private func sameOrigin(_ req: HTTPRequest) -> Bool {
-        guard let origin = req.headers["origin"], origin != "null" else { return req.headers["origin"] == nil }
+        guard let origin = req.headers["origin"], origin != "null" else { return true }
         guard let host = req.headers["host"], let url = URL(string: origin), let oh = url.host else { return false }
         return (url.port.map { "\(oh):\($0)" } ?? oh) == host || oh == host
     }
@@ -195,7 +196,7 @@ public final class Dashboard: Sendable {
         var r = response
         let isAsset = r.headers.contains { $0.name == "Cache-Control" }
         r.headers += [("Content-Security-Policy", contentSecurityPolicy), ("X-Content-Type-Options", "nosniff"),
-                      ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer")]
+                      ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin")]
         if !isAsset { r.headers.append(("Cache-Control", "no-store")) }
         return r
     }

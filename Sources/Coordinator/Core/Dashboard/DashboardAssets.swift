@@ -62,7 +62,8 @@ enum DashboardAssets {
         .error { color: var(--bad); }
         .muted { color: var(--muted); }
         .chart { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: .5rem; }
-        .chart svg { width: 100%; height: auto; display: block; }
+        .chart { margin: 0; }
+        .chart svg { width: 100%; height: auto; max-height: 320px; display: block; }
         .legend { display: flex; flex-wrap: wrap; gap: .75rem; font-size: .85rem; list-style: none; padding: 0; margin: .25rem 0 0; }
         .swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .3rem; vertical-align: -1px; }
         .sw-accepted { background: #1f5fbf; } .sw-delivered { background: #1a7f37; }

@@ -53,6 +53,7 @@ enum DashboardPages {
         <meta name="viewport" content="width=device-width, initial-scale=1">
         \(csrf.map { "<meta name=\"csrf-token\" content=\"\(escape($0))\">" } ?? "")
         <title>\(escape(title)) · Hato</title>
+        <link rel="icon" href="data:,">
         <link rel="stylesheet" href="/ui/assets/app.css">
         <script src="/ui/assets/app.js" defer></script>
         </head>
@@ -67,7 +68,7 @@ enum DashboardPages {
             <body data-page="\(name)"\(param.map { " data-param=\"\(escape($0))\"" } ?? "")>
             <a class="skip" href="#main">Skip to content</a>
             <header class="top">
-            <a class="brand" href="/ui/">鳩 Hato</a>
+            <a class="brand" href="/ui/">Hato</a>
             <nav aria-label="Main"><ul>\(nav)</ul></nav>
             <form method="post" action="/ui/logout" class="logout">
             <input type="hidden" name="csrf" value="\(escape(session.csrfToken))">
@@ -92,7 +93,7 @@ enum DashboardPages {
         let html = head("Log in", csrf: nil) + """
             <body data-page="login" class="login">
             <main id="main">
-            <h1>鳩 Hato</h1>
+            <h1>Hato</h1>
             <form method="post" action="/ui/login" class="card login-form">
             <h2>Log in</h2>
             \(error.map { "<p class=\"error\" role=\"alert\" id=\"login-error\">\(escape($0))</p>" } ?? "")

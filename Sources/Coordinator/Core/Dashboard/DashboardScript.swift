@@ -115,9 +115,10 @@ enum DashboardScript {
             svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6470" }, String(v)));
           }
           if (points.length) {
-            for (const i of [0, Math.floor((points.length - 1) / 2), points.length - 1]) {
+            const marks = [[0, "start"], [Math.floor((points.length - 1) / 2), "middle"], [points.length - 1, "end"]];
+            for (const [i, anchor] of marks) {
               const t = new Date(points[i].at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-              svg.append(s("text", { x: x(i), y: H - 6, "text-anchor": "middle", "font-size": 11, fill: "#5b6470" }, t));
+              svg.append(s("text", { x: x(i), y: H - 6, "text-anchor": anchor, "font-size": 11, fill: "#5b6470" }, t));
             }
           }
           for (const [k, color] of KINDS) {
