@@ -2,8 +2,8 @@
 # Runs every test: installs the real peers the tests talk to (Debian packages),
 # builds debug and release with warnings treated as errors, starts one private PostgreSQL
 # server for the run (scripts/pg-test-server.sh), then runs the suite, the LocalCluster
-# integration suites again with every cluster on PostgreSQL, and the unit tests under
-# shifted clocks.
+# integration suites again with every cluster on PostgreSQL, the unit tests under shifted
+# clocks, and the dashboard's browser tests in headless Chromium (scripts/browser-tests.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
@@ -43,4 +43,8 @@ if [ $# -eq 0 ]; then
   # a year end, a DST change, a Japanese locale (the whole suite: scripts/test-clocks.sh).
   echo "== unit tests under shifted clocks"
   bash scripts/test-clocks.sh --unit
+  # The dashboard in a real headless Chromium against a real loopback cluster (the debug
+  # binaries built above; one browser for the run; every process stopped by its PID).
+  echo "== browser tests (dashboard)"
+  HATO_BIN=$(swift build --show-bin-path) HATO_BROWSER_TIMEOUT=600 timeout --kill-after=15 900 bash scripts/browser-tests.sh
 fi
