@@ -22,6 +22,23 @@ enum CommandHelp {
         """
 
     private static let pages: [String: String] = [
+        "operator": """
+            usage: hato-coordinator operator add NAME | list | remove NAME [--config PATH] [--id ID] [--json]
+
+            The web dashboard's operator accounts (/ui/ on admin_listen; docs/dashboard.md). `add` reads
+            the password from standard input (its first line), or prompts twice with echo off on a
+            terminal, and sends only its PBKDF2 hash; an existing NAME gets the new password and its
+            dashboard sessions end. `remove` ends the account's sessions too. Names: 1-64 of
+            A-Z a-z 0-9 . _ @ -
+
+            arguments:
+            \(configAndIDOptions)
+              --json               print the admin API's JSON
+
+            example:
+              hato-coordinator operator add alice
+              echo "$PASSWORD" | hato-coordinator operator add deploy-bot
+            """,
         "serve": """
             usage: hato-coordinator serve [--config PATH] [--id ID]
 
