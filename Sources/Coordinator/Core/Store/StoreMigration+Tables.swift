@@ -22,6 +22,7 @@ import Foundation
 //   dsn_pending [recipient_id]    DSN entries waiting for their message's DSN
 //   dsn_delay_handled [recipient_id]
 //   webhook_outbox [id]           body BLOB → bytea
+//   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -171,6 +172,8 @@ extension StoreMigration {
             Column("id", .int), Column("hook", .text), Column("event_id", .text), Column("body", .blob), Column("created_at", .double),
             Column("attempts", .int), Column("next_attempt_at", .double), Column("last_error", .text, nullable: true),
         ], key: ["id"], identity: "id", pageSize: 200),
+        Table(name: "operators", columns: [Column("name", .text), Column("password_hash", .text), Column("created_at", .double)],
+              key: ["name"], identity: nil, pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.
