@@ -367,6 +367,10 @@ extension SQLiteQueueStore {
             conditions.append("\(poolExpression) = ?")
             fixed.append(.text(pool))
         }
+        if let tenant = s.tenant {
+            conditions.append("EXISTS(SELECT 1 FROM messages m WHERE m.id = r.message_id AND m.tenant = ?)")
+            fixed.append(.text(tenant))
+        }
         if let ip = s.sendingIP {
             if ip == "-" { conditions.append("r.ip IS NULL") } else {
                 conditions.append("r.ip = ?")
