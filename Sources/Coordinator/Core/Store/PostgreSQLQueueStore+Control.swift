@@ -97,6 +97,9 @@ extension PostgreSQLQueueStore {
         }
         if let domains = s.domains { conditions.append("r.domain = ANY(\(bind(.text(array(domains))))::text[])") }
         if let pool = s.pool { conditions.append("r.pool = \(bind(.text(pool)))") }
+        if let tenant = s.tenant {
+            conditions.append("EXISTS(SELECT 1 FROM messages m WHERE m.id = r.message_id AND m.tenant = \(bind(.text(tenant))))")
+        }
         if let ip = s.sendingIP {
             conditions.append(ip == "-" ? "r.ip IS NULL" : "r.ip = \(bind(.text(ip)))")
         }
