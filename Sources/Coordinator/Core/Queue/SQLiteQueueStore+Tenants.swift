@@ -36,7 +36,7 @@ extension SQLiteQueueStore {
         CREATE INDEX IF NOT EXISTS tenant_events_tenant ON tenant_events(tenant, id);
         CREATE INDEX IF NOT EXISTS tenant_events_message ON tenant_events(message_id);
         CREATE TABLE IF NOT EXISTS tenant_version(id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
-        CREATE INDEX IF NOT EXISTS messages_tenant ON messages(tenant) WHERE tenant IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS messages_tenant_open ON messages(tenant) WHERE tenant IS NOT NULL AND open_recipients > 0;
         """
 
     /// Runs `body` in one synced transaction under the queue's lock.

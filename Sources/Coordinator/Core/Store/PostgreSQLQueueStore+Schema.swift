@@ -100,7 +100,7 @@ extension PostgreSQLQueueStore {
     /// Migration 3: the tenant layer's tables (see `SQLiteQueueStore.tenantSchema`).
     static let tenantSchemaSQL = """
         ALTER TABLE messages ADD COLUMN tenant text;
-        CREATE INDEX messages_tenant ON messages(tenant) WHERE tenant IS NOT NULL;
+        CREATE INDEX messages_tenant_open ON messages(tenant) WHERE tenant IS NOT NULL AND open_recipients > 0;
         CREATE TABLE tenants(
           name text PRIMARY KEY, state text NOT NULL, state_reason text, pool text,
           messages_per_hour bigint, messages_per_day bigint, messages_per_month bigint, recipients_per_message bigint,
