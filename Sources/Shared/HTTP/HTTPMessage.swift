@@ -13,6 +13,10 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     /// The body (at most the server's body limit).
     public var body: [UInt8]
+    /// The client's address (nil for a request made in-process, e.g. in tests).
+    public var peer: SocketAddress? = nil
+    /// Whether the request arrived over TLS (HTTPS).
+    public var isTLS = false
 }
 
 /// An HTTP response.
@@ -23,9 +27,14 @@ public struct HTTPResponse: Sendable {
     public var contentType: String
     /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
-    /// A response with `status`, `contentType` (JSON by default) and `body`.
-    public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
-        self.status = status; self.contentType = contentType; self.body = body
+    /// Further header fields (e.g. `Retry-After`, RFC 9110 §10.2.3; `WWW-Authenticate`, §11.6.1),
+    /// name → value. Names and values must be tokens and visible ASCII: anything else (CR, LF,
+    /// control characters) is dropped when the response is written. `Content-Type`,
+    /// `Content-Length` and `Connection` are the server's and are ignored here.
+    public var headers: [String: String]
+    /// A response with `status`, `contentType` (JSON by default), `body` and extra `headers`.
+    public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [String: String] = [:]) {
+        self.status = status; self.contentType = contentType; self.body = body; self.headers = headers
     }
     /// A JSON response of an `Encodable` value (snake_case keys, sorted, pretty).
     public static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
