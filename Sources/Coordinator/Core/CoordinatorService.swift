@@ -24,6 +24,8 @@ public final class CoordinatorService: Sendable {
     public let tenants: TenantDirectory
     /// The tenants' HTTP send API (`http_api:`), nil when not configured.
     public let httpAPI: HTTPAPIListener?
+    /// Key-use records, holds of suspended tenants' mail, purges of old tenant data.
+    public let tenantMaintenance: TenantMaintenance
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -84,18 +86,22 @@ public final class CoordinatorService: Sendable {
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
+        // http_api's retention and TTL; the defaults (30 d, 24 h) without the section.
+        let apiSettings = config.httpAPI ?? HTTPAPISettings(listen: [])
+        tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf },
+                                              eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
                                 headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
                                 onAccepted: { reporting.wake(); hub.dispatchNewMail() })
-        let queueStore = store
-        let httpAPI = config.httpAPI.map { HTTPAPIListener(settings: $0, api: sendAPI, store: queueStore, tenants: tenants) }
+        let httpAPI = config.httpAPI.map { HTTPAPIListener(settings: $0, api: sendAPI) }
         self.httpAPI = httpAPI
         let path = config.sourcePath
         let lock = reloadLock
         let log = Logger(label: "coordinator")
-        let api = AdminAPI(token: token, store: store, hub: hub, reload: {
+        let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
+        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, httpAPI: httpAPI?.api, log: log)
         })
         if let leadershipStore {
@@ -184,6 +190,7 @@ public final class CoordinatorService: Sendable {
         reporting.start()
         try hub.start(leaseHoldUntil: leaseHold)
         blocklists.start()
+        tenantMaintenance.start()
         try submission.start()
         try httpAPI?.start()
         admin.start()
@@ -198,6 +205,7 @@ public final class CoordinatorService: Sendable {
     /// writes afterwards; the caller exits.
     public func stopForExit() {
         blocklists.stop()
+        tenantMaintenance.stop()
         submission.stop()
         httpAPI?.stop()
         // A leader resigns in the store, so that a standby takes over at once.

@@ -17,6 +17,13 @@ public struct HTTPRequest: Sendable {
     public var peer: SocketAddress? = nil
     /// Whether the request arrived over TLS (HTTPS).
     public var isTLS = false
+
+    /// A request from its parts (for handlers called without a socket, and tests).
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = [],
+                peer: SocketAddress? = nil, isTLS: Bool = false) {
+        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body
+        self.peer = peer; self.isTLS = isTLS
+    }
 }
 
 /// An HTTP response.

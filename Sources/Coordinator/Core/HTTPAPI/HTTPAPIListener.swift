@@ -5,9 +5,8 @@ import HatoIO
 import HatoSupport
 
 /// The HTTP send API's listeners (`http_api.listen`, HTTPS with `http_api.tls`) over one
-/// `TenantHTTPAPI`, and the upkeep of the tenant tables: API keys' last-used times written every
-/// `flushInterval` (30 s), events and idempotency records past their retention deleted every
-/// `purgeInterval` (1 h).
+/// `TenantHTTPAPI`. (API keys' last use and the purge of events and idempotency records past
+/// `http_api.event_retention` / `idempotency_ttl` are `TenantMaintenance`'s work.)
 ///
 /// Connections persist (up to 1000 requests each, RFC 9112 §9.3); a request must arrive
 /// completely within 60 s; at most 256 connections (64 per client address); request bodies held
@@ -16,46 +15,15 @@ public final class HTTPAPIListener: Sendable {
     /// The API the listeners answer with.
     public let api: TenantHTTPAPI
     private let settings: HTTPAPISettings
-    private let store: any QueueStore
-    private let tenants: TenantDirectory
-    private let clock: any WallClock
     private let servers = Locked<[HTTPServer]>([])
-    private let upkeep: BackgroundLoop
     private let log = Logger(label: "coordinator.http_api")
-
-    /// Seconds between writes of the API keys' last-used times.
-    public static let flushInterval: Duration = .seconds(30)
-    /// Seconds between purges of expired events and idempotency records.
-    public static let purgeInterval: TimeInterval = 3600
 
     /// Creates the listeners (nothing is bound until `start`).
     /// - Parameters:
     ///   - settings: `http_api:`.
     ///   - api: the API.
-    ///   - store: the store to purge.
-    ///   - tenants: the tenant tables (key use is flushed through them).
-    ///   - clock: the wall clock for the retention cut-offs.
-    public init(settings: HTTPAPISettings, api: TenantHTTPAPI, store: any QueueStore, tenants: TenantDirectory, clock: any WallClock = SystemClock()) {
-        self.settings = settings; self.api = api; self.store = store; self.tenants = tenants; self.clock = clock
-        let lastPurge = Locked<Date?>(nil)
-        let log = self.log
-        upkeep = BackgroundLoop(name: "http-api-upkeep", every: Self.flushInterval) {
-            tenants.flushKeyUse()
-            let now = clock.now()
-            let due = lastPurge.withLock { last -> Bool in
-                guard last.map({ now.timeIntervalSince($0) >= Self.purgeInterval || now < $0 }) ?? true else { return false }
-                last = now
-                return true
-            }
-            guard due else { return }
-            do {
-                let deleted = try store.purgeTenantData(eventsBefore: now.addingTimeInterval(-settings.eventRetention),
-                                                        idempotencyBefore: now.addingTimeInterval(-settings.idempotencyTTL), now: now)
-                if deleted > 0 { log.info("tenant data purged", ["rows": "\(deleted)"]) }
-            } catch {
-                log.warning("cannot purge old tenant events and idempotency records", ["error": "\(error)"])
-            }
-        }
+    public init(settings: HTTPAPISettings, api: TenantHTTPAPI) {
+        self.settings = settings; self.api = api
     }
 
     /// The server limits for the API.
@@ -70,7 +38,7 @@ public final class HTTPAPIListener: Sendable {
         return c
     }
 
-    /// Loads the TLS pair (when configured), binds every address and starts serving and the upkeep.
+    /// Loads the TLS pair (when configured), binds every address and starts serving.
     /// - Throws: `TLSError` when the certificate or key cannot be loaded; `SocketError` when an
     ///   address cannot be bound (the listeners bound so far are closed again).
     public func start() throws {
@@ -94,14 +62,11 @@ public final class HTTPAPIListener: Sendable {
             s.start()
             log.info("http api listener ready", ["listen": (s.isTLS ? "https://" : "http://") + s.address.description])
         }
-        upkeep.start()
     }
 
-    /// Closes the listeners (requests in progress finish) and stops the upkeep after one last flush.
+    /// Closes the listeners (requests in progress finish).
     public func stop() {
         for s in servers.snapshot { s.stop() }
-        upkeep.stop()
-        tenants.flushKeyUse()
     }
 
     /// The bound addresses (real ports when configured with port 0).

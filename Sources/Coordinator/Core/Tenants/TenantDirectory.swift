@@ -70,6 +70,9 @@ public final class TenantDirectory: Sendable {
     /// The rules over the current tables.
     public var rules: TenantRules { current().rules }
 
+    /// Whether any tenant has an SMTP user (then the submission server offers AUTH).
+    public var hasSMTPUsers: Bool { !current().users.isEmpty }
+
     /// The tenant named `name`, nil when unknown.
     public func tenant(named name: String) -> Tenant? { current().rules.tenants[name] }
 
