@@ -83,7 +83,8 @@ public final class CoordinatorService: Sendable {
         self.blocklists = blocklists
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
                                              cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
-                                             waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
+                                             waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) },
+                                             tenants: tenants)
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
         // http_api's retention and TTL; the defaults (30 d, 24 h) without the section.

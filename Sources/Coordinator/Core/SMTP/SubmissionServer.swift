@@ -386,7 +386,10 @@ public final class SubmissionServer: Sendable {
         var fields = ["id": id, "pool": pool, "route": tenant?.pool != nil ? "tenant" : route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }
-        if let tenant { fields["tenant"] = tenant.name }
+        if let tenant {
+            fields["tenant"] = tenant.name
+            metrics?.tenantMessages.inc(tenant.name, "accepted")
+        }
         if !fixed.added.isEmpty { fields["added"] = fixed.added.joined(separator: ",") }
         let postmaster = message.originalRecipients.filter { $0 != nil }.count
         if postmaster > 0 { fields["postmaster_recipients"] = "\(postmaster)" }

@@ -1,4 +1,5 @@
 import Foundation
+import HatoCrypto
 import HatoHTTP
 import HatoSupport
 import SMTPCore
@@ -48,6 +49,8 @@ public struct TenantAdminAPI: Sendable {
         public var pool: String?
         public var limits: TenantLimits
         public var webhookUrl: String?
+        /// The webhook signing secret Hato generated, in the answer that generated it only.
+        public var webhookSecret: String?
         public var usage: TenantUsage?
         public var createdAt: Double
     }
@@ -177,7 +180,7 @@ public struct TenantAdminAPI: Sendable {
 
     func view(_ t: Tenant, usage: TenantUsage?) -> TenantView {
         TenantView(name: t.name, state: t.state.rawValue, stateReason: t.stateReason, pool: t.pool, limits: t.limits,
-                   webhookUrl: t.webhookURL, usage: usage, createdAt: t.createdAt)
+                   webhookUrl: t.webhookURL, webhookSecret: nil, usage: usage, createdAt: t.createdAt)
     }
 
     private func keyView(_ k: APIKeyRecord, text: String? = nil) -> KeyView {
@@ -199,18 +202,30 @@ public struct TenantAdminAPI: Sendable {
         }
     }
 
+    /// A tenant with a webhook URL and no secret gets a random one (32 octets, hex), returned
+    /// to be shown once: its webhook bodies are always signed (`X-Hato-Signature`).
+    private static func generateSecretIfNeeded(_ t: inout Tenant) -> String? {
+        guard t.webhookURL != nil, t.webhookSecret == nil else { return nil }
+        let secret = Hex.encode(Crypto.randomBytes(32))
+        t.webhookSecret = secret
+        return secret
+    }
+
     private func create(_ req: HTTPRequest) throws -> HTTPResponse {
         let body = try Self.decode(TenantRequest.self, req)
         guard let name = body.name, Tenant.isValidName(name) else {
             throw TenantRequestError(message: "name is required: 1-64 of a-z, 0-9, '-', '_', '.'")
         }
         try Self.validate(body.limits, webhook: body.webhookUrl)
-        let t = Tenant(name: name, pool: body.pool, limits: body.limits ?? TenantLimits(), webhookURL: body.webhookUrl,
+        var t = Tenant(name: name, pool: body.pool, limits: body.limits ?? TenantLimits(), webhookURL: body.webhookUrl,
                        webhookSecret: body.webhookSecret, createdAt: clock.now().timeIntervalSince1970)
+        let generated = Self.generateSecretIfNeeded(&t)
         try store.createTenant(t)
         directory.invalidate()
         log.info("tenant created", ["tenant": name, "by": QueueControlAPI.operatorName(req)])
-        return .json(view(t, usage: TenantUsage(hour: 0, day: 0, month: 0)), status: 201)
+        var v = view(t, usage: TenantUsage(hour: 0, day: 0, month: 0))
+        v.webhookSecret = generated
+        return .json(v, status: 201)
     }
 
     private func detail(_ name: String) throws -> HTTPResponse {
@@ -229,10 +244,13 @@ public struct TenantAdminAPI: Sendable {
         if let limits = body.limits { t.limits = limits }
         if let w = body.webhookUrl { t.webhookURL = w.isEmpty ? nil : w }
         if let s = body.webhookSecret { t.webhookSecret = s.isEmpty ? nil : s }
+        let generated = Self.generateSecretIfNeeded(&t)
         try store.updateTenant(t)
         directory.invalidate()
         log.info("tenant changed", ["tenant": name, "by": QueueControlAPI.operatorName(req)])
-        return .json(view(t, usage: try store.usage(tenant: name, now: clock.now())))
+        var v = view(t, usage: try store.usage(tenant: name, now: clock.now()))
+        v.webhookSecret = generated
+        return .json(v)
     }
 
     /// Suspends (state, then hold of its queued and deferred mail) or resumes (state, then

@@ -142,13 +142,21 @@ public struct TenantCommands {
 
     private func add(_ name: String, _ o: [String: String]) throws {
         let data = try client.request("POST", "/v1/tenants", body: try Self.body(try request(name, o, base: nil)))
-        if json { FileHandle.standardOutput.write(data) } else { print("created tenant \(name)") }
+        if json { FileHandle.standardOutput.write(data); return }
+        print("created tenant \(name)")
+        if let secret = try Self.decoder.decode(TenantAdminAPI.TenantView.self, from: data).webhookSecret {
+            print("webhook signing secret (shown this once): \(secret)")
+        }
     }
 
     private func set(_ name: String, _ o: [String: String]) throws {
         let current = try Self.decoder.decode(TenantAdminAPI.TenantDetail.self, from: try client.get("/v1/tenants/\(Self.path(name))"))
         let data = try client.request("PATCH", "/v1/tenants/\(Self.path(name))", body: try Self.body(try request(nil, o, base: current.tenant.limits)))
-        if json { FileHandle.standardOutput.write(data) } else { print("changed tenant \(name)") }
+        if json { FileHandle.standardOutput.write(data); return }
+        print("changed tenant \(name)")
+        if let secret = try Self.decoder.decode(TenantAdminAPI.TenantView.self, from: data).webhookSecret {
+            print("webhook signing secret (shown this once): \(secret)")
+        }
     }
 
     private func show(_ name: String) throws {

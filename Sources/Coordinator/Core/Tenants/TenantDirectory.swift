@@ -1,4 +1,5 @@
 import Foundation
+import HatoConfig
 import HatoCrypto
 import HatoSupport
 import SMTPCore
@@ -69,6 +70,19 @@ public final class TenantDirectory: Sendable {
 
     /// The rules over the current tables.
     public var rules: TenantRules { current().rules }
+
+    /// The tenants' webhooks: outbox key `tenant:<name>` with the tenant's URL and secret
+    /// (the other settings are `WebhookSettings`' defaults: 10 s timeout, 5 s doubling to
+    /// 600 s between attempts, abandoned after a day, 100 events a POST).
+    public func webhooks() -> [(key: String, hook: WebhookSettings)] {
+        current().rules.tenants.values.sorted { $0.name < $1.name }.compactMap { t in
+            guard let url = t.webhookURL, let secret = t.webhookSecret else { return nil }
+            return (TenantDirectory.webhookKey(t.name), WebhookSettings(url: url, secret: secret))
+        }
+    }
+
+    /// The webhook outbox key of a tenant's hook.
+    public static func webhookKey(_ tenant: String) -> String { "tenant:" + tenant }
 
     /// Whether any tenant has an SMTP user (then the submission server offers AUTH).
     public var hasSMTPUsers: Bool { !current().users.isEmpty }

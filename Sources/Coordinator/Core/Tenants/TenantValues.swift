@@ -51,7 +51,8 @@ public struct Tenant: Sendable, Equatable {
     public var limits: TenantLimits
     /// Where its delivery events are posted (HTTPS or loopback HTTP), nil for none.
     public var webhookURL: String?
-    /// The HMAC-SHA256 key its webhook bodies are signed with (sealed in the store), nil for none.
+    /// The HMAC-SHA256 key its webhook bodies are signed with (`X-Hato-Signature`); generated
+    /// when a webhook URL is set without one. Nil for none.
     public var webhookSecret: String?
     /// When it was created, seconds since 1970.
     public var createdAt: Double
