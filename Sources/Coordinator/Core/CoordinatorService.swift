@@ -95,7 +95,7 @@ public final class CoordinatorService: Sendable {
         self.submission = submission
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
                                 headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
-                                onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+                                metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         let httpAPI = config.httpAPI.map { HTTPAPIListener(settings: $0, api: sendAPI) }
         self.httpAPI = httpAPI
         let path = config.sourcePath

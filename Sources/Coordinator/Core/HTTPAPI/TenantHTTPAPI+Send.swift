@@ -144,6 +144,7 @@ extension TenantHTTPAPI {
                                          : APIError.unavailable("the message could not be queued; nothing was stored, try again").response
         }
         headroom?.noteQueued(octets: record.content.count)
+        metrics?.tenantMessages.inc(tenant.name, "accepted")
         onAccepted()
         var fields = ["id": id, "tenant": tenant.name, "key": keyID, "client": peer.host, "size": "\(record.content.count)",
                       "recipients": "\(record.recipients.count)", "pool": pool, "route": routeReason,

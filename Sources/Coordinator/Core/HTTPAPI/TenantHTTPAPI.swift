@@ -53,6 +53,7 @@ public final class TenantHTTPAPI: Sendable {
     let tenants: TenantDirectory
     let clock: any WallClock
     let headroom: QueueHeadroom?
+    let metrics: CoordinatorMetrics?
     let onAccepted: @Sendable () -> Void
     /// The settings and router in force (`apply` swaps them on reload).
     let current: Locked<(settings: Settings, router: PoolRouter)>
@@ -67,11 +68,13 @@ public final class TenantHTTPAPI: Sendable {
     ///   - tenants: the cached tenant tables (keys, domains, limits).
     ///   - clock: the wall clock for `Date:`, `Received:` and the limits' windows.
     ///   - headroom: the queue's disk headroom check (`smtp.queue_min_free`; `507` below it), nil for none.
+    ///   - metrics: where accepted messages are counted (`hato_tenant_messages_total`), nil for nowhere.
     ///   - onAccepted: called after a message was queued and before the `202` is returned
     ///     (wakes the scheduler and the reporter, as SMTP's).
     public init(config: ClusterConfig, store: any QueueStore, tenants: TenantDirectory, clock: any WallClock = SystemClock(),
-                headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void = {}) {
-        self.store = store; self.tenants = tenants; self.clock = clock; self.headroom = headroom; self.onAccepted = onAccepted
+                headroom: QueueHeadroom? = nil, metrics: CoordinatorMetrics? = nil, onAccepted: @escaping @Sendable () -> Void = {}) {
+        self.store = store; self.tenants = tenants; self.clock = clock; self.headroom = headroom; self.metrics = metrics
+        self.onAccepted = onAccepted
         current = Locked((Settings(config), PoolRouter(routing: config.routing, pools: config.pools)))
     }
 
