@@ -238,7 +238,8 @@ extension SQLiteQueueStore {
     }
 
     /// Applies what processing a batch decided, in one transaction: webhook outbox rows,
-    /// DSN entries, suppressions; deletes the processed events; purges the content of
+    /// DSN entries, suppressions; copies the processed events of tenants' messages into the
+    /// tenant event log (`tenantEvents`); deletes the processed events; purges the content of
     /// messages that no longer need it.
     ///
     /// The commit does not wait for fsync: everything in it can be derived again from the
@@ -266,6 +267,8 @@ extension SQLiteQueueStore {
                 try insertSuppressions(d.suppressions)
                 let handled = try db.prepare("INSERT OR IGNORE INTO dsn_delay_handled(recipient_id, at) VALUES(?,?)")
                 for r in d.delayHandled { try handled.run([.int(r), .double(t)]) }
+                // The events API keeps tenants' events after the outbox forgets them.
+                try copyTenantEvents(d.processed)
                 let messages = try deleteEvents(d.processed)
                 try purgeIfDone(messages)
             }

@@ -64,7 +64,8 @@ extension PostgreSQLQueueStore {
 
     /// Applies what processing a batch decided, in one transaction that does not wait for
     /// `synchronous_commit` (everything in it derives from the events it deletes, which were
-    /// committed durably with the changes that made them).
+    /// committed durably with the changes that made them). The processed events of tenants'
+    /// messages are copied into the tenant event log before they are deleted.
     /// Fenced like lease state (`fenceLeaseWrites`): a coordinator that no longer leads cannot
     /// complete a batch the new leader also works on.
     /// - Throws: `LeadershipFenced`; `PostgreSQLError`; nothing is applied then (the events are processed again).
@@ -92,6 +93,8 @@ extension PostgreSQLQueueStore {
                     """, [.text(Self.array(d.delayHandled)), .double(t)])
             }
             if !d.processed.isEmpty {
+                // The events API keeps tenants' events after the outbox forgets them.
+                try Self.copyTenantEvents(d.processed, on: c)
                 let messages = Set(try c.query("DELETE FROM recipient_events WHERE seq = ANY($1::bigint[]) RETURNING message_id",
                                                [.text(Self.array(d.processed))]).map { try $0.text(0) })
                 try Self.purgeBodies(messages.filter { !$0.isEmpty }.sorted(), on: c)
