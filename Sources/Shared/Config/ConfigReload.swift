@@ -162,6 +162,8 @@ public struct ConfigReload: Sendable {
         }
         diff("warmup", old.warmup, new.warmup, live: true)
         diff("backoff", old.backoff, new.backoff, live: true)
+        // Read by `domain add`/`domain check` each time they run.
+        diff("tenants", old.tenants, new.tenants, live: true)
         // The same key may be listed twice (flat and per-step timeouts): keep the first.
         var seen = Set<String>()
         changes = c.filter { seen.insert($0.key).inserted }
