@@ -69,7 +69,7 @@ let package = Package(
             path: "Sources/Shared/Cluster", swiftSettings: strict),
         .target(
             name: "HatoCoordinator", dependencies: [
-                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoDNS", "HatoHTTP",
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoDKIM", "HatoDNS", "HatoHTTP",
                 "HatoIO", "HatoSupport", "SMTPCore", "CSQLite", "CPostgreSQL"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(
@@ -99,7 +99,7 @@ let package = Package(
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
             name: "CoordinatorTests", dependencies: [
-                "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoHTTP", "HatoIO",
+                "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoHTTP", "HatoIO",
                 "HatoSupport", "SMTPCore", "HatoDNS", "HatoTestKit"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(
