@@ -69,7 +69,7 @@ let package = Package(
             path: "Sources/Shared/Cluster", swiftSettings: strict),
         .target(
             name: "HatoCoordinator", dependencies: [
-                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoDKIM", "HatoDNS", "HatoHTTP",
+                "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDelivery", "HatoDKIM", "HatoDNS", "HatoHTTP", "HatoMIME",
                 "HatoIO", "HatoSupport", "SMTPCore", "CSQLite", "CPostgreSQL"],
             path: "Sources/Coordinator/Core", swiftSettings: strict),
         .executableTarget(

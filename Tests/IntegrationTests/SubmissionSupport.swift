@@ -79,13 +79,18 @@ final class InProcessSubmission: @unchecked Sendable {
     let server: SubmissionServer
     let port: UInt16
 
+    /// The tenant tables, when made `withTenants`.
+    let tenants: TenantDirectory?
+
     /// - Parameter smtpExtra: YAML lines for the `smtp:` section (besides listen and hostname).
-    init(smtpExtra: String, extraYAML: String = "", dir existing: String? = nil) throws {
+    /// - Parameter withTenants: give the server a `TenantDirectory` over the store (issue 16).
+    init(smtpExtra: String, extraYAML: String = "", dir existing: String? = nil, withTenants: Bool = false) throws {
         dir = try existing ?? makeTempDirectory("hato-sub-")
         let yaml = submissionClusterYAML(smtpPort: 0, clusterPort: try freePort(), adminPort: try freePort(), smtpExtra: smtpExtra, extraYAML: extraYAML)
         config = try ClusterConfig.parse(yaml, path: (dir as NSString).appendingPathComponent("cluster.yml"))
         store = try config.openQueueStore()  // SQLite unless extraYAML names a store
-        server = SubmissionServer(config: config, store: store, onAccepted: {})
+        tenants = withTenants ? TenantDirectory(store: store) : nil
+        server = SubmissionServer(config: config, store: store, tenants: tenants, onAccepted: {})
         try server.start()
         guard let p = server.boundAddresses.first?.port else { throw HarnessError("no SMTP port") }
         port = p

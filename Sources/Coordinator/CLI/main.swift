@@ -62,6 +62,15 @@ let usage = """
                             copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
                             store of cluster.yml's store:, in one verified transaction; refuses while a
                             coordinator serves; a second run copies nothing
+      tenant list | add NAME [--pool P] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N]
+                 [--webhook URL] [--webhook-secret-file F] | show NAME | set NAME [...] | delete NAME
+      tenant suspend NAME [--reason TEXT] | resume NAME
+                            customers of the relay service: suspend refuses their new mail (550 5.7.1)
+                            and holds their waiting mail; resume releases it
+      tenant user add TENANT USER | user remove TENANT USER
+                            a tenant's SMTP AUTH users (password from stdin or prompted; only its hash is sent)
+      tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
+                            a tenant's HTTP API keys (the key is printed once; Hato keeps its hash)
       hash-password [--iterations N]
                             read a password from stdin (prompted on a terminal) and print its
                             $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
@@ -81,7 +90,7 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
-                                                                                       "from", "to", "sqlite"],
+                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
@@ -175,6 +184,13 @@ case let c where AdminCommands.names.contains(c):
     do {
         let client = try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName)
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
+case let c where TenantCommands.names.contains(c):
+    do {
+        try TenantCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
+            .run(positional: c == "tenants" ? ["list"] + args.positional : args.positional, options: args.options)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

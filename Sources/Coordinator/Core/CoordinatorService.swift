@@ -20,6 +20,10 @@ public final class CoordinatorService: Sendable {
     public let elector: LeaderElector?
     /// This coordinator's id (`coordinators[].id`; `coordinator` for the single form).
     public let coordinatorID: String
+    /// The tenant tables as submission sees them (SMTP users, API keys, domains, limits; issue 16).
+    public let tenants: TenantDirectory
+    /// Key-use records, holds of suspended tenants' mail, purges of old tenant data.
+    public let tenantMaintenance: TenantMaintenance
     private let log = Logger(label: "coordinator")
     private let reloadLock = NSLock()
 
@@ -43,6 +47,8 @@ public final class CoordinatorService: Sendable {
             try TLSContext.server(certificateChainPath: $0.pair.certificatePath, privateKeyPath: $0.pair.privateKeyPath)
         }
         store = try config.openQueueStore()
+        let tenants = TenantDirectory(store: store)
+        self.tenants = tenants
         let electorRef = Locked<LeaderElector?>(nil)
         let mode: ClusterHub.LeadershipMode
         var leadershipStore: PostgreSQLLeadershipStore? = nil
@@ -75,15 +81,18 @@ public final class CoordinatorService: Sendable {
         self.blocklists = blocklists
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
                                              cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
-                                             waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) })
+                                             waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) },
+                                             tenants: tenants)
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
-        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf })
+        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let path = config.sourcePath
         let lock = reloadLock
         let log = Logger(label: "coordinator")
-        let api = AdminAPI(token: token, store: store, hub: hub, reload: {
+        let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
+        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, log: log)
         })
         if let leadershipStore {
@@ -170,6 +179,7 @@ public final class CoordinatorService: Sendable {
         reporting.start()
         try hub.start(leaseHoldUntil: leaseHold)
         blocklists.start()
+        tenantMaintenance.start()
         try submission.start()
         admin.start()
         elector?.start()
@@ -182,6 +192,7 @@ public final class CoordinatorService: Sendable {
     /// writes afterwards; the caller exits.
     public func stopForExit() {
         blocklists.stop()
+        tenantMaintenance.stop()
         submission.stop()
         // A leader resigns in the store, so that a standby takes over at once.
         elector?.stop()

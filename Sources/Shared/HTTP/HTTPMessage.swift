@@ -13,6 +13,11 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     /// The body (at most the server's body limit).
     public var body: [UInt8]
+
+    /// A request from its parts (for handlers called without a socket, and tests).
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = []) {
+        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body
+    }
 }
 
 /// An HTTP response.

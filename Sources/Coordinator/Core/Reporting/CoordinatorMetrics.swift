@@ -28,6 +28,11 @@ public final class CoordinatorMetrics: Sendable {
     public let webhookPosts: Counter
     /// `hato_delivery_log_errors_total`.
     public let logErrors: Counter
+    /// `hato_tenant_messages_total{tenant,event}` (issue 16): a tenant's messages `accepted`
+    /// (SMTP or HTTP) and recipients `delivered`, `deferred`, `bounced` (failed or expired) and
+    /// `suppressed`. One series per tenant and event: a relay service has hundreds of tenants,
+    /// not millions; mail of no tenant is not counted here.
+    public let tenantMessages: Counter
     /// `hato_queue_recipients{state}`.
     public let queueDepth: Gauge
     /// `hato_leases{node}`.
@@ -95,6 +100,8 @@ public final class CoordinatorMetrics: Sendable {
         latency = r.histogram("hato_delivery_latency_seconds", help: "Time from acceptance to delivery.", labels: ["pool"], buckets: Self.latencyBuckets)
         webhookPosts = r.counter("hato_webhook_posts_total", help: "Webhook POSTs by result.", labels: ["url", "result"])
         logErrors = r.counter("hato_delivery_log_errors_total", help: "Delivery log write failures.")
+        tenantMessages = r.counter("hato_tenant_messages_total", help: "A tenant's messages accepted and recipients delivered, deferred, bounced, suppressed.",
+                                   labels: ["tenant", "event"])
         queueDepth = r.gauge("hato_queue_recipients", help: "Recipients in the queue by state.", labels: ["state"])
         leases = r.gauge("hato_leases", help: "Leases in flight by node.", labels: ["node"])
         nodeUp = r.gauge("hato_node_up", help: "1 while the node is connected, else 0.", labels: ["node"])

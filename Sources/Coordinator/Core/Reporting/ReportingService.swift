@@ -30,11 +30,13 @@ public final class ReportingService: Sendable {
     ///   - onEnqueued: called after a DSN was queued (wakes the scheduler).
     ///   - waitReason: why a waiting recipient waits (pool, domain, state, next attempt), for the
     ///     delay notices of recipients never attempted or held (`ClusterHub.waitReason`).
+    ///   - tenants: the tenant tables: each tenant's webhook gets its events (issue 16).
     /// - Throws: `SQLiteError`, or a file system error for the log directory.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(),
                 nodes: (@Sendable () throws -> [NodeStatus])? = nil, cluster: (@Sendable () -> CoordinatorMetrics.ClusterGauges)? = nil,
                 onEnqueued: @escaping @Sendable () -> Void,
-                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) throws {
+                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil,
+                tenants: TenantDirectory? = nil) throws {
         try store.installReportingSchema()
         try store.configureSuppressionAtEnqueue(scope: config.suppression.mode == .markSuppressed ? config.suppression.scope : nil)
         deliveryLog = try DeliveryLog(directory: (config.coordinator.dataDir as NSString).appendingPathComponent("log"),
@@ -42,10 +44,18 @@ public final class ReportingService: Sendable {
         let metrics = CoordinatorMetrics()
         metrics.collect(from: store, nodes: nodes, clock: clock, cluster: cluster)
         self.metrics = metrics
-        webhooks = config.webhooks.isEmpty ? nil : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock)
+        webhooks = config.webhooks.isEmpty && tenants == nil ? nil
+            : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock,
+                                tenantHooks: ReportingService.tenantHooks(tenants))
         reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,
                                     clock: clock, onEnqueued: onEnqueued, waitReason: waitReason)
         api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock)
+    }
+
+    /// The tenants' webhooks for the dispatcher (nil without tenants).
+    private static func tenantHooks(_ tenants: TenantDirectory?) -> (@Sendable () throws -> [(key: String, hook: WebhookSettings)])? {
+        guard let tenants else { return nil }
+        return { tenants.webhooks() }
     }
 
     /// Starts the reporter and webhook threads.

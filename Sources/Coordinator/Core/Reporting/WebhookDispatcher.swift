@@ -41,6 +41,8 @@ public enum WebhookSignature {
 /// Threads, not Tasks: each POST blocks its own thread on a semaphore (never a pool thread).
 public final class WebhookDispatcher: Sendable {
     private let hooks: [WebhookSettings]
+    /// The tenants' webhooks now (issue 16): outbox key `tenant:<name>` and its settings.
+    private let tenantHooks: (@Sendable () throws -> [(key: String, hook: WebhookSettings)])?
     private let store: any QueueStore
     private let clock: any WallClock
     private let metrics: CoordinatorMetrics?
@@ -54,8 +56,11 @@ public final class WebhookDispatcher: Sendable {
     ///   - store: the queue holding the outbox.
     ///   - metrics: counters for posts (optional).
     ///   - clock: time source for backoff and ages.
-    public init(hooks: [WebhookSettings], store: any QueueStore, metrics: CoordinatorMetrics? = nil, clock: any WallClock = SystemClock()) {
-        self.hooks = hooks; self.store = store; self.metrics = metrics; self.clock = clock
+    ///   - tenantHooks: the tenants' webhooks, read at every pass of their thread (throws: a
+    ///     store error, the pass is skipped); nil without tenants.
+    public init(hooks: [WebhookSettings], store: any QueueStore, metrics: CoordinatorMetrics? = nil, clock: any WallClock = SystemClock(),
+                tenantHooks: (@Sendable () throws -> [(key: String, hook: WebhookSettings)])? = nil) {
+        self.hooks = hooks; self.store = store; self.metrics = metrics; self.clock = clock; self.tenantHooks = tenantHooks
         let cfg = URLSessionConfiguration.ephemeral
         cfg.httpMaximumConnectionsPerHost = 2
         session = URLSession(configuration: cfg)
@@ -65,15 +70,19 @@ public final class WebhookDispatcher: Sendable {
     /// outbox, so no event is posted by two coordinators).
     public let active = Locked(true)
 
-    /// Drops outbox rows of hooks no longer configured and starts one thread per hook.
+    /// Drops outbox rows of hooks no longer configured (and of tenants without a webhook now)
+    /// and starts one thread per configured hook, and one for every tenant's hook.
     public func start() {
         do {
-            let dropped = try store.dropWebhooks(notIn: Set(hooks.map(\.url)))
+            var keep = Set(hooks.map(\.url))
+            if let tenantHooks { keep.formUnion(try tenantHooks().map(\.key)) }
+            let dropped = try store.dropWebhooks(notIn: keep)
             if dropped > 0 { log.warning("dropped webhook events of hooks no longer configured", ["events": "\(dropped)"]) }
         } catch {
             log.error("cannot clean the webhook outbox", ["error": "\(error)"])
         }
-        let started = hooks.map { hook in BackgroundLoop(name: "webhook") { [self] in pass(hook) } }
+        var started = hooks.map { hook in BackgroundLoop(name: "webhook") { [self] in pass(hook) } }
+        if tenantHooks != nil { started.append(BackgroundLoop(name: "webhook-tenants") { [self] in tenantPass() }) }
         loops.withLock { $0 = started }
         for loop in started { loop.start() }
     }
@@ -117,12 +126,31 @@ public final class WebhookDispatcher: Sendable {
         return .seconds(1)
     }
 
+    /// One pass over the tenants' hooks. - Returns: the pause before the next (none after a
+    /// full batch of any tenant, else a second).
+    private func tenantPass() -> Duration {
+        guard active.snapshot, let tenantHooks else { return .seconds(1) }
+        var more = false
+        do {
+            for (key, hook) in try tenantHooks() {
+                do { if try deliverDue(hook, key: key) { more = true } } catch {
+                    log.error("webhook outbox failed", ["tenant_hook": key, "error": "\(error)"])
+                }
+            }
+        } catch {
+            log.error("cannot read the tenants' webhooks", ["error": "\(error)"])
+        }
+        return more ? .zero : .seconds(1)
+    }
+
     /// POSTs one batch of due events for `hook`.
+    /// - Parameter key: the outbox rows' hook key (default: the hook's URL; `tenant:<name>` for a tenant's).
     /// - Returns: true when a full batch went out (more may be due at once).
     @discardableResult
-    func deliverDue(_ hook: WebhookSettings) throws -> Bool {
+    func deliverDue(_ hook: WebhookSettings, key: String? = nil) throws -> Bool {
+        let key = key ?? hook.url
         let now = clock.now()
-        var rows = try store.dueWebhooks(hook: hook.url, now: now, limit: hook.batchSize)
+        var rows = try store.dueWebhooks(hook: key, now: now, limit: hook.batchSize)
         guard !rows.isEmpty else { return false }
         let stale = rows.filter { now.timeIntervalSince($0.createdAt) > hook.maxAge }
         if !stale.isEmpty {
@@ -146,7 +174,7 @@ public final class WebhookDispatcher: Sendable {
             try store.deferWebhooks(rows.map(\.id), next: now.addingTimeInterval(wait), error: why)
             // The whole hook waits, not just this batch: a receiver that is down gets one POST
             // per back-off interval (the oldest batch again, its attempts doubling the wait).
-            try store.holdWebhooks(hook: hook.url, until: now.addingTimeInterval(wait))
+            try store.holdWebhooks(hook: key, until: now.addingTimeInterval(wait))
             metrics?.webhookPosts.inc(Self.redacted(hook.url), "failed")
             log.warning("webhook delivery failed; will retry", ["url": Self.redacted(hook.url), "events": "\(rows.count)", "attempt": "\(attempts)",
                                                                 "retry_in": "\(Int(wait))s", "error": why])

@@ -40,8 +40,16 @@ public enum HashPasswordCommand {
         return 0
     }
 
-    struct PasswordInputError: Error {
-        let message: String
+    /// A password from standard input: prompted twice on a terminal, else its first line.
+    /// - Throws: `PasswordInputError` (empty, too long, not UTF-8, the two differ, unreadable).
+    public static func readPassword() throws -> [UInt8] {
+        isatty(0) == 1 ? try promptTwice() : try readFirstLine()
+    }
+
+    /// Why no password could be read.
+    public struct PasswordInputError: Error {
+        /// What went wrong.
+        public let message: String
     }
 
     private static func fail(_ message: String) {

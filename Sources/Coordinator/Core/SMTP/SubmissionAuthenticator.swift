@@ -22,6 +22,8 @@ public final class SubmissionAuthenticator: Sendable {
         var cache: [[UInt8]: Date] = [:]
     }
     private let users: [String: PasswordHash]
+    /// Accounts kept outside cluster.yml (tenant SMTP users, issue 16), looked up per check.
+    private let moreUsers: (@Sendable (String) -> PasswordHash?)?
     private let decoy: PasswordHash
     private let clock: any WallClock
     private let state: Locked<State>
@@ -38,8 +40,10 @@ public final class SubmissionAuthenticator: Sendable {
     ///   - failureWindow: seconds.
     ///   - cacheLifetime: seconds a success is remembered (default 600).
     ///   - clock: time source.
+    ///   - moreUsers: looks up accounts not in `users` (tenant SMTP users); `users` win.
     public init(users: [SMTPUser], maxFailures: Int, failureWindow: TimeInterval, cacheLifetime: TimeInterval = 600,
-                clock: any WallClock = SystemClock()) {
+                clock: any WallClock = SystemClock(), moreUsers: (@Sendable (String) -> PasswordHash?)? = nil) {
+        self.moreUsers = moreUsers
         var table: [String: PasswordHash] = [:]
         for u in users { table[u.name] = u.passwordHash }
         self.users = table
@@ -57,16 +61,21 @@ public final class SubmissionAuthenticator: Sendable {
     /// - Returns: `.succeeded(user:)`, `.failed`, or `.rateLimited`.
     public func verify(_ credentials: SASLCredentials, client: String) -> AuthenticationResult {
         let now = clock.now()
+        let hash = users[credentials.username] ?? moreUsers?(credentials.username)
+        // The stored hash is part of the cached fingerprint: a removed account or a changed
+        // password stops matching the cache at once.
         var fingerprint = Array(credentials.username.utf8)
         fingerprint.append(0)
         fingerprint += credentials.password
+        fingerprint.append(0)
+        fingerprint += hash.map { Array($0.description.utf8) } ?? []
         let key = Crypto.hmacSHA256(key: cacheKey, data: fingerprint)
         let (cached, blocked) = state.withLock { s in
             ((s.cache[key].map { $0 > now } ?? false), s.limiter.isBlocked(client, now: now))
         }
         if blocked { return .rateLimited }
-        if cached { return .succeeded(user: credentials.username) }
-        guard let hash = users[credentials.username] else {
+        if cached && hash != nil { return .succeeded(user: credentials.username) }
+        guard let hash else {
             _ = decoy.verify(credentials.password)
             state.withLock { $0.limiter.recordFailure(client, now: now) }
             return .failed

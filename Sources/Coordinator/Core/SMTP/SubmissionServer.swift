@@ -51,6 +51,8 @@ public final class SubmissionServer: Sendable {
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
     private let metrics: CoordinatorMetrics?
+    /// The tenant tables (issue 16): tenant SMTP users, their domains, limits and state.
+    private let tenants: TenantDirectory?
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     private let tls = Locked<TLSContext?>(nil)
@@ -73,10 +75,12 @@ public final class SubmissionServer: Sendable {
     ///   - clock: time source.
     ///   - metrics: where refusals and the queue's free space are published (nil: nowhere).
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
+    ///   - tenants: the tenant tables (nil: no tenants, only `smtp.users`).
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
-                headroom: QueueHeadroom? = nil, onAccepted: @escaping @Sendable () -> Void) {
+                headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
+        self.tenants = tenants
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
         self.contentMemory = contentMemory
         if let metrics {
@@ -86,9 +90,16 @@ public final class SubmissionServer: Sendable {
         self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom, contentMemory: contentMemory)
         self.current = Locked((config, PoolRouter(routing: config.routing, pools: config.pools)))
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
-                                                     failureWindow: config.smtp.authFailureWindow, clock: clock)
+                                                     failureWindow: config.smtp.authFailureWindow, clock: clock,
+                                                     moreUsers: SubmissionServer.tenantUsers(tenants))
         self.admission = AdmissionControl(limits: AdmissionLimits(maxConnections: config.smtp.maxConnections,
                                                                   maxConnectionsPerPeer: config.smtp.maxConnectionsPerClient))
+    }
+
+    /// The tenant SMTP users' lookup for the authenticator (nil without tenants).
+    private static func tenantUsers(_ tenants: TenantDirectory?) -> (@Sendable (String) -> PasswordHash?)? {
+        guard let tenants else { return nil }
+        return { name in tenants.smtpUser(name)?.hash }
     }
 
     /// Applies a reloaded configuration: `routing` and `pools` from the next message on, the
@@ -150,7 +161,8 @@ public final class SubmissionServer: Sendable {
         defer { stream.close() }
         let tlsContext = tls.snapshot
         let policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
-                                      tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS, authAvailable: !smtp.users.isEmpty,
+                                      tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS,
+                                      authAvailable: !smtp.users.isEmpty || (tenants?.hasSMTPUsers ?? false),
                                       postmaster: smtp.postmaster)
         var session = SMTPServerSession(policy: policy, peer: peer, relayPermitted: smtp.mayRelay(peer.host),
                                         plaintextAuthPermitted: smtp.authAllowPlaintextLoopback && SMTPSettings.isLoopback(peer.host))
@@ -161,6 +173,9 @@ public final class SubmissionServer: Sendable {
                 store.suppressionReply(recipient: rcpt.address, sender: sender.address, settings: settings, now: Date())
             }
         }
+        // The tenant of the AUTH user (issue 16), set when AUTH succeeds.
+        let tenantSession = TenantSMTPSession()
+        if let tenants { tenantSession.install(on: &session, tenants: tenants, clock: clock) }
         var out: [UInt8] = []
         // Messages queued whose 250 is not yet written: the scheduler is told once it is
         // (`onAccepted` may grant the lease on this thread, which must not delay the reply).
@@ -211,7 +226,11 @@ public final class SubmissionServer: Sendable {
                     let result = authenticator.verify(credentials, client: peer.host)
                     switch result {
                     case .succeeded(let user):
-                        log.info("authenticated", ["client": peer.host, "user": user, "mechanism": credentials.mechanism])
+                        let tenant = tenants?.tenant(ofUser: user)
+                        tenantSession.authenticated(tenant: tenant?.name)
+                        var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
+                        if let tenant { fields["tenant"] = tenant.name }
+                        log.info("authenticated", fields)
                     case .failed:
                         log.warning("authentication failed", ["client": peer.host, "mechanism": credentials.mechanism])
                     case .rateLimited:
@@ -316,6 +335,25 @@ public final class SubmissionServer: Sendable {
             log.warning("message refused: unknown pool", ["header": error.header, "pool": String(error.pool.prefix(64)), "client": message.peer.host])
             return .failure(.refused(error.reply))
         }
+        // The tenant of the AUTH user: its From: domains, its limits, its pool (issue 16).
+        let tenant = message.authenticatedUser.flatMap { tenants?.tenant(ofUser: $0) }
+        if let tenant, let tenants {
+            if let refusal = tenants.rules.stateRefusal(tenant) ?? tenants.rules.authorRefusal(tenant: tenant.name, content: route.content) {
+                log.info("message refused", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
+                return .failure(.refused(refusal.reply))
+            }
+            do {
+                if let refusal = try tenants.admit(tenant, now: now) {
+                    metrics?.smtpRefusals.inc("tenant_limit")
+                    log.info("message refused: tenant limit", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
+                    return .failure(.refused(refusal.reply))
+                }
+            } catch {
+                log.error("tenant limits cannot be counted; message refused with 451 4.3.0", ["tenant": tenant.name, "error": "\(error)"])
+                return .failure(.temporary)
+            }
+        }
+        let pool = tenant?.pool ?? route.pool
         // RFC 6409 §8.3: a submission server adds Date and Message-ID when missing.
         let fixed = SubmissionFixups.apply(to: route.content, messageID: "<\(id)@\(hostname)>", date: now)
         // `for` names the recipient as the client gave it (postmaster, not the operator's mailbox).
@@ -329,23 +367,29 @@ public final class SubmissionServer: Sendable {
         content.append(contentsOf: originalTo)
         content.append(contentsOf: fixed.content)
         let record = NewMessage(id: id, reversePath: message.reversePath.address,
-                                recipients: message.recipients.map(\.address), pool: route.pool,
+                                recipients: message.recipients.map(\.address), pool: pool,
                                 content: content, heloName: message.heloName,
                                 clientAddress: message.peer.host, receivedAt: now,
                                 authenticatedUser: message.authenticatedUser, dsnReturn: message.dsnReturn,
-                                envelopeID: message.envelopeID, recipientParameters: message.recipientParameters)
+                                envelopeID: message.envelopeID, recipientParameters: message.recipientParameters,
+                                tenant: tenant?.name)
         do {
             try store.enqueue(record)
         } catch {
+            if let tenant { tenants?.release(tenant, reservedAt: now) }
             let failure = guards.storeFailure(for: error)
             log.error(failure == .insufficientStorage ? "queue full; message refused with 452 4.3.1" : "queue write failed; message refused with 451 4.3.0",
                       ["error": "\(error)", "client": message.peer.host])
             return .failure(failure)
         }
         guards.headroom.noteQueued(octets: record.content.count)
-        var fields = ["id": id, "pool": route.pool, "route": route.reason, "client": message.peer.host,
+        var fields = ["id": id, "pool": pool, "route": tenant?.pool != nil ? "tenant" : route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
         if let user = message.authenticatedUser { fields["user"] = user }
+        if let tenant {
+            fields["tenant"] = tenant.name
+            metrics?.tenantMessages.inc(tenant.name, "accepted")
+        }
         if !fixed.added.isEmpty { fields["added"] = fixed.added.joined(separator: ",") }
         let postmaster = message.originalRecipients.filter { $0 != nil }.count
         if postmaster > 0 { fields["postmaster_recipients"] = "\(postmaster)" }

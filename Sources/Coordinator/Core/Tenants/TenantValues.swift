@@ -18,6 +18,8 @@ public enum TenantState: String, Sendable, Codable, CaseIterable {
 /// The hour, day and month windows are UTC calendar windows (an hour starts at :00, a day at
 /// 00:00 UTC, a month on the 1st at 00:00 UTC), counted in messages accepted (one SMTP
 /// transaction or one HTTP request is one message, whatever its number of recipients).
+/// In JSON (admin API, snake_case): `messages_per_hour`, `messages_per_day`, `messages_per_month`,
+/// `recipients_per_message`.
 public struct TenantLimits: Sendable, Codable, Equatable {
     /// Messages per UTC hour.
     public var messagesPerHour: Int?
@@ -32,11 +34,6 @@ public struct TenantLimits: Sendable, Codable, Equatable {
     public init(messagesPerHour: Int? = nil, messagesPerDay: Int? = nil, messagesPerMonth: Int? = nil, recipientsPerMessage: Int? = nil) {
         self.messagesPerHour = messagesPerHour; self.messagesPerDay = messagesPerDay
         self.messagesPerMonth = messagesPerMonth; self.recipientsPerMessage = recipientsPerMessage
-    }
-
-    private enum CodingKeys: String, CodingKey {
-        case messagesPerHour = "messages_per_hour", messagesPerDay = "messages_per_day"
-        case messagesPerMonth = "messages_per_month", recipientsPerMessage = "recipients_per_message"
     }
 }
 
@@ -54,7 +51,8 @@ public struct Tenant: Sendable, Equatable {
     public var limits: TenantLimits
     /// Where its delivery events are posted (HTTPS or loopback HTTP), nil for none.
     public var webhookURL: String?
-    /// The HMAC-SHA256 key its webhook bodies are signed with (sealed in the store), nil for none.
+    /// The HMAC-SHA256 key its webhook bodies are signed with (`X-Hato-Signature`); generated
+    /// when a webhook URL is set without one. Nil for none.
     public var webhookSecret: String?
     /// When it was created, seconds since 1970.
     public var createdAt: Double

@@ -1,0 +1,162 @@
+import Foundation
+import HatoDKIM
+import SMTPCore
+
+/// Why a tenant's submission is refused, in both protocols' terms (issue 16).
+public struct TenantRefusal: Error, Sendable, Equatable {
+    /// The SMTP reply (RFC 5321 §4.2, enhanced codes RFC 3463): `550 5.7.1` for a permanent
+    /// refusal (suspended, a domain not added), `452 4.7.1`/`452 4.5.3` for limits.
+    public var reply: SMTPReply
+    /// The HTTP status: 403 (refused), 429 (over a limit), 400 (too many recipients).
+    public var httpStatus: Int
+    /// A stable machine code for the HTTP API's error body: `tenant_suspended`,
+    /// `sender_domain_not_allowed`, `from_domain_not_allowed`, `rate_limited`, `too_many_recipients`.
+    public var code: String
+    /// The human-readable reason (both protocols).
+    public var message: String
+    /// Seconds until a limit's window ends (HTTP `Retry-After`), nil for permanent refusals.
+    public var retryAfter: Int?
+
+    /// A refusal from its parts.
+    public init(reply: SMTPReply, httpStatus: Int, code: String, message: String, retryAfter: Int? = nil) {
+        self.reply = reply; self.httpStatus = httpStatus; self.code = code; self.message = message; self.retryAfter = retryAfter
+    }
+}
+
+/// The tenant rules as pure functions over a snapshot of the tenant tables (no I/O): what
+/// SMTP and the HTTP API both enforce.
+public struct TenantRules: Sendable {
+    /// Tenants by name.
+    public var tenants: [String: Tenant]
+    /// The owning tenant of each sending domain (lower-case).
+    public var domainOwners: [String: String]
+
+    /// Rules over the given tables.
+    public init(tenants: [Tenant], domains: [SendingDomain]) {
+        var t: [String: Tenant] = [:]
+        for x in tenants { t[x.name] = x }
+        var d: [String: String] = [:]
+        for x in domains { d[x.domain.lowercased()] = x.tenant }
+        self.tenants = t; self.domainOwners = d
+    }
+
+    /// A suspended tenant's refusal (`550 5.7.1`, HTTP 403), nil when it may send.
+    public func stateRefusal(_ tenant: Tenant) -> TenantRefusal? {
+        guard tenant.state == .suspended else { return nil }
+        let why = tenant.stateReason.map { ": \($0)" } ?? ""
+        let text = "tenant \(tenant.name) is suspended\(why)"
+        return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "tenant_suspended", message: text)
+    }
+
+    /// The refusal of a reverse-path whose domain the tenant has not added (`550 5.7.1`, 403).
+    /// The null reverse-path `<>` is refused too: a tenant's mail always has a sender of its own
+    /// domains, so bounces reach it (RFC 5321 §4.5.5 reserves `<>` for notifications).
+    public func senderRefusal(tenant: String, reversePath: String) -> TenantRefusal? {
+        guard reversePath.contains("@") else {
+            let text = "tenant \(tenant) must send with an envelope sender of one of its domains, not <>"
+            return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "sender_domain_not_allowed", message: text)
+        }
+        let domain = Queue.senderDomain(of: reversePath)
+        guard domainOwners[domain] != tenant else { return nil }
+        let text = "sender domain \(domain) is not a sending domain of tenant \(tenant)"
+        return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "sender_domain_not_allowed", message: text)
+    }
+
+    /// The refusal of a message whose `From:` (RFC 5322 §3.6.2) is missing or names a domain
+    /// the tenant has not added (`550 5.7.1`, 403): every author address must be of its domains.
+    /// - Parameter content: the message (header section first).
+    public func authorRefusal(tenant: String, content: [UInt8]) -> TenantRefusal? {
+        let domains = TenantRules.authorDomains(content)
+        guard let domains, !domains.isEmpty else {
+            let text = "the message has no From: address of a sending domain of tenant \(tenant)"
+            return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "from_domain_not_allowed", message: text)
+        }
+        for d in domains where domainOwners[d] != tenant {
+            let text = "From: domain \(d) is not a sending domain of tenant \(tenant)"
+            return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "from_domain_not_allowed", message: text)
+        }
+        return nil
+    }
+
+    /// The refusal of one recipient more than the tenant's `recipients_per_message`
+    /// (`452 4.5.3`, RFC 5321 §4.5.3.1.10; HTTP 400), nil when `count` (this one included) fits.
+    public func recipientRefusal(_ tenant: Tenant, count: Int) -> TenantRefusal? {
+        guard let limit = tenant.limits.recipientsPerMessage, count > limit else { return nil }
+        let text = "tenant \(tenant.name) may send to at most \(limit) recipients per message"
+        return TenantRefusal(reply: SMTPReply(452, "4.5.3", text), httpStatus: 400, code: "too_many_recipients", message: text)
+    }
+
+    /// The refusal for a full window (`452 4.7.1`, HTTP 429 with `Retry-After`).
+    public static func quotaRefusal(tenant: String, window: String, limit: Int, retryAfter: Int) -> TenantRefusal {
+        let per = window == "hour" ? "hourly" : window == "day" ? "daily" : "monthly"
+        let text = "tenant \(tenant) has reached its \(per) limit of \(limit) messages; try again in \(retryAfter) s"
+        return TenantRefusal(reply: SMTPReply(452, "4.7.1", text), httpStatus: 429, code: "rate_limited", message: text, retryAfter: retryAfter)
+    }
+
+    /// The refusal a usage already at a limit gets before any counting (an early `452` at the
+    /// first RCPT, so a client does not send DATA in vain), nil when every window has room.
+    public static func usageRefusal(_ tenant: Tenant, usage: TenantUsage, now: Date) -> TenantRefusal? {
+        let l = tenant.limits
+        for (window, count, limit) in [("hour", usage.hour, l.messagesPerHour), ("day", usage.day, l.messagesPerDay),
+                                       ("month", usage.month, l.messagesPerMonth)] {
+            if let limit, count >= limit {
+                return quotaRefusal(tenant: tenant.name, window: window, limit: limit, retryAfter: secondsUntilEnd(of: window, now: now))
+            }
+        }
+        return nil
+    }
+
+    /// Seconds (at least 1) until the UTC `hour`, `day` or calendar `month` holding `now` ends.
+    public static func secondsUntilEnd(of window: String, now: Date) -> Int {
+        let t = now.timeIntervalSince1970
+        let end: Double
+        switch window {
+        case "hour": end = (floor(t / 3600) + 1) * 3600
+        case "day": end = (floor(t / 86400) + 1) * 86400
+        default:
+            var calendar = Calendar(identifier: .gregorian)
+            calendar.timeZone = TimeZone(identifier: "UTC")!
+            let start = calendar.dateInterval(of: .month, for: now)
+            end = start.map { $0.end.timeIntervalSince1970 } ?? t + 1
+        }
+        return max(1, Int(ceil(end - t)))
+    }
+
+    /// The lower-case domains of every address in the `From:` fields of `content`, nil when it
+    /// has none. Group syntax and comments are tolerated; an address without `@` is skipped.
+    public static func authorDomains(_ content: [UInt8]) -> [String]? {
+        let values = ParsedMessage(content).values("from")
+        guard !values.isEmpty else { return nil }
+        var domains: [String] = []
+        for v in values {
+            for part in splitAddressList(v) {
+                if let d = DKIMSignerSet.addressDomain(part), !d.isEmpty { domains.append(d.lowercased()) }
+            }
+        }
+        return domains
+    }
+
+    /// Splits an RFC 5322 address list at commas outside quotes, comments and angle brackets.
+    static func splitAddressList(_ value: String) -> [String] {
+        var parts: [String] = []
+        var current = ""
+        var quoted = false, escaped = false, depth = 0, angle = false
+        for ch in value {
+            if escaped { escaped = false; current.append(ch); continue }
+            switch ch {
+            case "\\" where quoted: escaped = true
+            case "\"" where depth == 0: quoted.toggle()
+            case "(" where !quoted: depth += 1
+            case ")" where !quoted && depth > 0: depth -= 1
+            case "<" where !quoted && depth == 0: angle = true
+            case ">" where !quoted && depth == 0: angle = false
+            case "," where !quoted && depth == 0 && !angle:
+                parts.append(current); current = ""; continue
+            default: break
+            }
+            current.append(ch)
+        }
+        parts.append(current)
+        return parts.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import HatoCoordinator
+import HatoHTTP
+import HatoIO
+import HatoTestKit
+import SMTPCore
+import Testing
+
+extension Integration {
+/// Tenants over SMTP (issue 16): a tenant's SMTP user, its domains, limits and suspension,
+/// through a real submission listener on loopback and the real SQLite store.
+@Suite("Tenant submission")
+struct TenantSubmissionTests {
+    /// A listener with tenants; `acme` (pool `bulk`, at most 3 recipients per message and
+    /// `perHour` messages an hour) owns acme.example with SMTP user `acme-app`.
+    static func start(perHour: Int? = nil) throws -> (InProcessSubmission, TenantAdminAPI) {
+        let s = try InProcessSubmission(smtpExtra: "relay_networks: [10.99.0.0/16]\nauth_allow_plaintext_loopback: true",
+                                        extraYAML: "", withTenants: true)
+        try s.store.installReportingSchema()
+        let now = Date().timeIntervalSince1970
+        try s.store.createTenant(Tenant(name: "acme", pool: "transactional",
+                                        limits: TenantLimits(messagesPerHour: perHour, recipientsPerMessage: 3), createdAt: now))
+        try s.store.createTenant(Tenant(name: "other", createdAt: now))
+        try s.store.addSendingDomain(SendingDomain(domain: "acme.example", tenant: "acme", keys: [], createdAt: now))
+        try s.store.addSendingDomain(SendingDomain(domain: "other.example", tenant: "other", keys: [], createdAt: now))
+        try s.store.addTenantUser(TenantSMTPUser(name: "acme-app", tenant: "acme",
+                                                 passwordHash: PasswordHash.make(password: Array("s3cret".utf8), iterations: 10_000).encoded, createdAt: now))
+        s.tenants?.invalidate()
+        let api = TenantAdminAPI(store: s.store, directory: s.tenants!, onReleased: {})
+        return (s, api)
+    }
+
+    static func login(_ s: InProcessSubmission, user: String = "acme-app", password: String = "s3cret") throws -> (RawSMTPClient, String) {
+        let c = try RawSMTPClient(s.address)
+        _ = try c.exchange("EHLO app.test\r\n")
+        let plain = Data("\0\(user)\0\(password)".utf8).base64EncodedString()
+        return (c, try c.exchange("AUTH PLAIN \(plain)\r\n")[0])
+    }
+
+    static func message(from: String, to: String = "rcpt@dest.test") -> String {
+        "From: \(from)\r\nTo: \(to)\r\nSubject: hello\r\n\r\nbody\r\n.\r\n"
+    }
+
+    @Test("a tenant's SMTP user sends from its own domain; the message is stored with the tenant and its pool")
+    func acceptedWithTenant() throws {
+        let (s, _) = try Self.start()
+        defer { s.shutdown() }
+        let (c, auth) = try Self.login(s)
+        #expect(auth.hasPrefix("235 "), "\(auth)")
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("DATA\r\n")[0].hasPrefix("354"))
+        let done = try c.exchange(Self.message(from: "Acme Billing <billing@acme.example>"))[0]
+        #expect(done.hasPrefix("250 2.0.0 Ok: queued as "), "\(done)")
+        let ids = try s.messageIDs()
+        #expect(ids.count == 1)
+        let record = try s.store.message(id: ids[0])
+        #expect(record?.tenant == "acme")
+        #expect(record?.pool == "transactional")
+        #expect(try s.store.usage(tenant: "acme", now: Date()).hour == 1)
+    }
+
+    @Test("sender and From: domains the tenant has not added get 550 5.7.1; a 4th recipient gets 452 4.5.3")
+    func domainsAndRecipients() throws {
+        let (s, _) = try Self.start()
+        defer { s.shutdown() }
+        let (c, _) = try Self.login(s)
+        #expect(try c.exchange("MAIL FROM:<x@other.example>\r\n")[0] == "550 5.7.1 sender domain other.example is not a sending domain of tenant acme")
+        #expect(try c.exchange("MAIL FROM:<>\r\n")[0].hasPrefix("550 5.7.1 "))
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        for i in 1...3 { #expect(try c.exchange("RCPT TO:<r\(i)@dest.test>\r\n")[0].hasPrefix("250 ")) }
+        #expect(try c.exchange("RCPT TO:<r4@dest.test>\r\n")[0] == "452 4.5.3 tenant acme may send to at most 3 recipients per message")
+        #expect(try c.exchange("DATA\r\n")[0].hasPrefix("354"))
+        let refused = try c.exchange(Self.message(from: "someone@other.example"))[0]
+        #expect(refused == "550 5.7.1 From: domain other.example is not a sending domain of tenant acme")
+        #expect(try s.messageIDs().isEmpty)
+        // A refused message is not counted.
+        #expect(try s.store.usage(tenant: "acme", now: Date()).hour == 0)
+    }
+
+    @Test("over the hourly limit: 452 4.7.1 at the first RCPT, with the wait; nothing queued beyond the limit")
+    func hourlyLimit() throws {
+        let (s, _) = try Self.start(perHour: 2)
+        defer { s.shutdown() }
+        let (c, _) = try Self.login(s)
+        for _ in 1...2 {
+            #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+            #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+            _ = try c.exchange("DATA\r\n")
+            #expect(try c.exchange(Self.message(from: "billing@acme.example"))[0].hasPrefix("250 "))
+        }
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        let over = try c.exchange("RCPT TO:<a@dest.test>\r\n")[0]
+        #expect(over.hasPrefix("452 4.7.1 tenant acme has reached its hourly limit of 2 messages; try again in "), "\(over)")
+        #expect(try s.messageIDs().count == 2)
+    }
+
+    @Test("suspending holds the tenant's waiting mail and refuses new mail with the reason; resuming releases it")
+    func suspendAndResume() throws {
+        let (s, api) = try Self.start()
+        defer { s.shutdown() }
+        let (c, _) = try Self.login(s)
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        _ = try c.exchange("DATA\r\n")
+        #expect(try c.exchange(Self.message(from: "billing@acme.example"))[0].hasPrefix("250 "))
+        let suspended = api.handle(HTTPRequest(method: "POST", path: "/v1/tenants/acme/suspend", query: [:], headers: [:],
+                                               body: Array(#"{"reason": "unpaid invoice"}"#.utf8)))
+        #expect(suspended?.status == 200)
+        #expect(try s.store.countsByState()[.held] == 1)
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0] == "550 5.7.1 tenant acme is suspended: unpaid invoice")
+        let resumed = api.handle(HTTPRequest(method: "POST", path: "/v1/tenants/acme/resume", query: [:], headers: [:], body: []))
+        #expect(resumed?.status == 200)
+        #expect(try s.store.countsByState()[.held] == 0)
+        #expect(try s.store.countsByState()[.queued] == 1)
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+    }
+
+    @Test("a removed SMTP user cannot authenticate any more, even right after a cached success")
+    func removedUser() throws {
+        let (s, api) = try Self.start()
+        defer { s.shutdown() }
+        #expect(try Self.login(s).1.hasPrefix("235 "))
+        #expect(try Self.login(s, password: "wrong").1.hasPrefix("535 "))
+        let removed = api.handle(HTTPRequest(method: "DELETE", path: "/v1/tenants/acme/users/acme-app", query: [:], headers: [:], body: []))
+        #expect(removed?.status == 200)
+        #expect(try Self.login(s).1.hasPrefix("535 "))
+    }
+}
+}
