@@ -72,6 +72,8 @@ struct DomainCheckTests {
             ])
             #expect(bad[0].found == ["v=DKIM1; k=ed25519; p=AAAAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="])
             #expect(bad[2].detail == "the SPF record lacks include:_spf.relay.test")
+            #expect(bad[2].description == "wrong         spf     bad.test: the SPF record lacks include:_spf.relay.test (found: \"v=spf1 ip4:198.51.100.0/24 -all\")")
+            #expect(ok[0].description == "ok            dkim    hato20261205e._domainkey.ok.test")
 
             let none = run("none.test")
             #expect(none.prefix(4).map(\.status) == [.missing, .missing, .missing, .missing])

@@ -3,7 +3,7 @@ import HatoConfig
 import HatoDNS
 
 /// What `domain check` found for one record.
-public struct DomainCheckItem: Sendable, Equatable, Codable {
+public struct DomainCheckItem: Sendable, Equatable, Codable, CustomStringConvertible {
     /// The verdict.
     public enum Status: String, Sendable, Equatable, Codable {
         /// Published as required.
@@ -33,6 +33,17 @@ public struct DomainCheckItem: Sendable, Equatable, Codable {
     public init(kind: DomainRecords.Kind, name: String, status: Status, expected: String, found: [String] = [], detail: String? = nil) {
         self.kind = kind; self.name = name; self.status = status; self.expected = expected; self.found = found; self.detail = detail
     }
+
+    /// One line for the CLI: `ok      dkim  hato20261205e._domainkey.shop.example`, then for
+    /// anything not ok the reason and what was found.
+    public var description: String {
+        var line = status.rawValue.padding(toLength: 14, withPad: " ", startingAt: 0) + kind.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0) + name
+        if status != .ok {
+            if let detail { line += ": \(detail)" }
+            if !found.isEmpty { line += " (found: \(found.map { "\"\($0)\"" }.joined(separator: ", ")))" }
+        }
+        return line
+    }
 }
 
 /// `hato-coordinator domain check`: looks up every record of `DomainRecords` through the
@@ -49,6 +60,13 @@ public struct DomainCheck: Sendable {
 
     /// A check of `records`.
     public init(records: DomainRecords) { self.records = records }
+
+    /// Looks every record up through the resolvers of `config.dns` (the system's only when
+    /// `dns.nameservers` is empty, as for delivery).
+    /// - Returns: one item per record, in the order of `records`.
+    public func run(config: ClusterConfig) -> [DomainCheckItem] {
+        run(using: DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout))
+    }
 
     /// Looks every record up.
     /// - Parameter resolver: the cluster's resolver (`DNSResolver(nameservers: config.dns.nameservers,
