@@ -20,6 +20,7 @@ extension ClusterHub {
             log.warning("node joined before the tenants' signing keys could be read; they follow when the store answers", ["node": link.nodeID])
             return
         }
+        guard fitsOneFrame(message) else { return }
         message.term = term
         link.send(.message(.signingKeys(message)))
     }
@@ -29,11 +30,23 @@ extension ClusterHub {
     func pollSigningKeys(term: Int64?) {
         let outcome = signingKeyFeed.withLock { $0.poll(store, now: .now) }
         report(outcome)
-        guard case .changed(var message) = outcome, mayAct(under: term) else { return }
+        guard case .changed(var message) = outcome, mayAct(under: term), fitsOneFrame(message) else { return }
         message.term = term
         for link in links.withLock({ Array($0.values) }) where link.isWelcomed && link.features.contains(ClusterFeature.signingKeys) {
             link.send(.message(.signingKeys(message)))
         }
+    }
+
+    /// Whether the set fits the nodes' maximum frame (`clusterMaximumFrameSize`: 1 MiB plus twice
+    /// `smtp.max_message_size`; about 2.6 kB a domain, so some 20 000 domains at the default
+    /// 25 MiB). A larger set is not sent (a node would close the link on it): logged as an error.
+    private func fitsOneFrame(_ message: SigningKeysMessage) -> Bool {
+        let estimate = message.keys.reduce(256) { $0 + $1.sealedPrivateKey.utf8.count + $1.domain.utf8.count + $1.selector.utf8.count + 96 }
+        let limit = clusterMaximumFrameSize(maxMessageSize: currentConfig.smtp.maxMessageSize)
+        guard estimate > limit else { return true }
+        log.error("the tenants' signing keys do not fit one cluster frame; not sent (raise smtp.max_message_size)",
+                  ["keys": "\(message.keys.count)", "octets": "\(estimate)", "limit": "\(limit)"])
+        return false
     }
 
     /// Logs a poll's outcome: counts only, never keys.
