@@ -13,10 +13,16 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     /// The body (at most the server's body limit).
     public var body: [UInt8]
+    /// The client's address (nil for a request made in-process, e.g. in tests).
+    public var peer: SocketAddress? = nil
+    /// Whether the request arrived over TLS (HTTPS).
+    public var isTLS = false
 
     /// A request from its parts (for handlers called without a socket, and tests).
-    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = []) {
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = [],
+                peer: SocketAddress? = nil, isTLS: Bool = false) {
         self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body
+        self.peer = peer; self.isTLS = isTLS
     }
 }
 
@@ -28,9 +34,14 @@ public struct HTTPResponse: Sendable {
     public var contentType: String
     /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
-    /// A response with `status`, `contentType` (JSON by default) and `body`.
-    public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
-        self.status = status; self.contentType = contentType; self.body = body
+    /// Further header fields (e.g. `Retry-After`, RFC 9110 §10.2.3; `WWW-Authenticate`, §11.6.1),
+    /// name → value. Names and values must be tokens and visible ASCII: anything else (CR, LF,
+    /// control characters) is dropped when the response is written. `Content-Type`,
+    /// `Content-Length` and `Connection` are the server's and are ignored here.
+    public var headers: [String: String]
+    /// A response with `status`, `contentType` (JSON by default), `body` and extra `headers`.
+    public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [String: String] = [:]) {
+        self.status = status; self.contentType = contentType; self.body = body; self.headers = headers
     }
     /// A JSON response of an `Encodable` value (snake_case keys, sorted, pretty).
     public static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
