@@ -99,7 +99,7 @@ let package = Package(
             path: "Tests/SharedTests", swiftSettings: strict),
         .testTarget(
             name: "CoordinatorTests", dependencies: [
-                "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoHTTP", "HatoIO",
+                "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoHTTP", "HatoIO",
                 "HatoSupport", "SMTPCore", "HatoDNS", "HatoTestKit"],
             path: "Tests/CoordinatorTests", swiftSettings: strict),
         .testTarget(

@@ -29,3 +29,7 @@ static inline long hato_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void) { return SSL_M
 static inline int hato_SSL_VERIFY_PEER_REQUIRED(void) { return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT; }
 static inline unsigned long hato_X509_V_FLAG_PARTIAL_CHAIN(void) { return X509_V_FLAG_PARTIAL_CHAIN; }
 static inline int hato_NID_commonName(void) { return NID_commonName; }
+// SecretBox (AES-256-GCM): the GCM control codes are macros of macros.
+static inline int hato_EVP_CTRL_GCM_SET_IVLEN(void) { return EVP_CTRL_GCM_SET_IVLEN; }
+static inline int hato_EVP_CTRL_GCM_GET_TAG(void) { return EVP_CTRL_GCM_GET_TAG; }
+static inline int hato_EVP_CTRL_GCM_SET_TAG(void) { return EVP_CTRL_GCM_SET_TAG; }

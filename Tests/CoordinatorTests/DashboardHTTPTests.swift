@@ -116,8 +116,8 @@ final class DashboardHTTPTests {
         let tlsDashboard = Dashboard(token: token, accounts: store, secureCookie: true, maxFailures: 3, failureWindow: 600,
                                      data: DashboardData(token: token, admin: { _ in .error(500, "unused") }, activity: ActivityRecorder()))
         let secure = tlsDashboard.handle(HTTPRequest(method: "POST", path: "/ui/login", headers: ["content-type": "application/x-www-form-urlencoded"],
-                                                     body: Array("user=&password=\(token)".utf8), peer: "127.0.0.1"))
-        #expect(secure?.headers.first { $0.name == "Set-Cookie" }?.value.contains("; Secure") == true)
+                                                     body: Array("user=&password=\(token)".utf8), peer: SocketAddress(host: "127.0.0.1", port: 1)))
+        #expect(secure?.headers["Set-Cookie"]?.contains("; Secure") == true)
 
         let (session, _) = try login()
         for p in Self.pages {

@@ -34,6 +34,14 @@ private struct QueueSnapshot: Equatable {
     var nextDue: Date?
     var waiting: [WaitingRecipient] = []
     var delayCandidates: [QueueEvent] = []
+    var tenants: [Tenant] = []
+    var tenantUsers: [TenantSMTPUser] = []
+    var apiKeys: [APIKeyRecord] = []
+    var sendingDomains: [SendingDomain] = []
+    var usage: [TenantUsage] = []
+    var tenantsVersion: Int64 = 0
+    var tenantEvents: [TenantEvent] = []
+    var idempotency: IdempotencyRecord?
 
     init(_ s: any QueueStore, ids: [String], hooks: [String], days: [Int], now: Date) throws {
         for id in ids {
@@ -59,6 +67,14 @@ private struct QueueSnapshot: Equatable {
         nextDue = try s.nextDueTime()
         waiting = try s.waitingRecipients(RecipientSelector(), after: 0, limit: 100_000).rows
         delayCandidates = try s.delayWarningCandidates(receivedAfter: 0, upTo: now.timeIntervalSince1970 + 1, limit: 100_000)
+        tenants = try s.tenants()
+        tenantUsers = try s.tenantUsers(tenant: nil)
+        apiKeys = try s.apiKeys(tenant: nil)
+        sendingDomains = try s.sendingDomains(tenant: nil)
+        usage = try ["acme", "beta"].map { try s.usage(tenant: $0, now: now) }
+        tenantsVersion = try s.tenantsVersion()
+        tenantEvents = try s.tenantEvents(tenant: "acme", after: 0, limit: 100_000)
+        idempotency = try s.idempotencyRecord(tenant: "acme", key: "order-4")
     }
 }
 
@@ -91,6 +107,21 @@ private struct FilledQueue {
                                    SuppressionEntry(address: "scoped@d2.test", scope: "example.org", category: "policy", reason: "complaint",
                                                     source: "operator", createdAt: now.timeIntervalSince1970 - 5, expiresAt: now.timeIntervalSince1970 + 86_400)])
         try store.configureSuppressionAtEnqueue(scope: .global)
+        // The tenant layer: a tenant of every kind of row, one message in ten its own.
+        try store.createTenant(Tenant(name: "acme", pool: "transactional", limits: TenantLimits(messagesPerHour: 100, messagesPerMonth: 5000, recipientsPerMessage: 10),
+                                      webhookURL: "https://hooks.acme.test/events", webhookSecret: "sealed-secret", createdAt: now.timeIntervalSince1970 - 100))
+        try store.createTenant(Tenant(name: "beta", state: .suspended, stateReason: "unpaid invoice", createdAt: now.timeIntervalSince1970 - 50))
+        try store.addTenantUser(TenantSMTPUser(name: "acme-smtp", tenant: "acme", passwordHash: "$pbkdf2-sha256$1000$c2FsdA$aGFzaA", createdAt: now.timeIntervalSince1970 - 90))
+        let secretHash = (0..<32).map { UInt8($0 * 8) }
+        try store.addAPIKey(APIKeyRecord(id: "0123456789abcdef", tenant: "acme", label: "billing app", secretHash: secretHash, createdAt: now.timeIntervalSince1970 - 80))
+        try store.addAPIKey(APIKeyRecord(id: "fedcba9876543210", tenant: "beta", label: "old", secretHash: secretHash.reversed(), createdAt: now.timeIntervalSince1970 - 70))
+        try store.revokeAPIKey(id: "fedcba9876543210", tenant: "beta", now: now - 60)
+        try store.touchAPIKeys(["0123456789abcdef"], now: now - 30)
+        try store.addSendingDomain(SendingDomain(domain: "acme.test", tenant: "acme", keys: [
+            DomainSigningKey(selector: "hato20261205e", algorithm: "ed25519-sha256", sealedPrivateKey: (0...255).map { UInt8($0) }, publicKey: "MCowBQYDK2VwAyEA"),
+            DomainSigningKey(selector: "hato20261205r", algorithm: "rsa-sha256", sealedPrivateKey: [0, 0xFF, 0, 13, 10], publicKey: "MIIBIjANBgkq"),
+        ], createdAt: now.timeIntervalSince1970 - 20))
+        _ = try store.reserveQuota(tenant: "acme", limits: TenantLimits(messagesPerHour: 100), messages: 7, now: now)
         var messages: [NewMessage] = []
         for i in 0..<count {
             let rcpts = ["r\(i)a@d\(i % 3).test", i == 7 ? "gone@d1.test" : "r\(i)b@d\(i % 3).test"]
@@ -99,7 +130,10 @@ private struct FilledQueue {
                 content: Self.content(i), heloName: "client\(i).test", clientAddress: "127.0.0.\(1 + i % 200)",
                 receivedAt: now - Double(count - i), authenticatedUser: i % 2 == 0 ? "user\(i)" : nil,
                 dsnReturn: i % 3 == 0 ? .headers : nil, envelopeID: i % 3 == 0 ? "env+2B\(i)" : nil,
-                recipientParameters: i % 4 == 1 ? [RecipientParameters(notify: .on(success: true, failure: true, delay: false), originalRecipient: "rfc822;orig\(i)@x.test")] : []))
+                recipientParameters: i % 4 == 1 ? [RecipientParameters(notify: .on(success: true, failure: true, delay: false), originalRecipient: "rfc822;orig\(i)@x.test")] : [],
+                tenant: i % 10 == 4 ? "acme" : nil,
+                idempotency: i == 4 ? IdempotencyRecord(tenant: "acme", key: "order-4", requestHash: "9f86d081", messageID: "M00004",
+                                                        createdAt: now.timeIntervalSince1970 - 1) : nil))
         }
         try store.enqueue(messages)
         ids = messages.map(\.id)
@@ -183,6 +217,10 @@ extension Integration {
             expectEveryState(before.counts)
             #expect(!before.leases.isEmpty && !before.events.isEmpty && !before.dsns.isEmpty && before.webhookCount > 0)
             #expect(!before.backoffs.isEmpty && !before.pauses.isEmpty && !before.owners.isEmpty && !before.draining.isEmpty)
+            #expect(before.tenants.count == 2 && before.tenantUsers.count == 1 && before.apiKeys.count == 2 && before.sendingDomains.first?.keys.count == 2)
+            #expect(before.usage.first == TenantUsage(hour: 7, day: 7, month: 7) && before.idempotency?.messageID == "M00004" && before.tenantsVersion > 0)
+            #expect(before.messages.filter { $0.tenant == "acme" }.count == 6)
+            #expect(!before.tenantEvents.isEmpty, "the failures of the tenant's messages were processed")
 
             let schema = try TestSchema()
             let lines = Locked<[String]>([])
@@ -214,6 +252,10 @@ extension Integration {
             #expect(after.webhooks == before.webhooks)
             #expect(after.dsns == before.dsns)
             #expect(after.suppressions == before.suppressions)
+            #expect(after.tenants == before.tenants && after.tenantUsers == before.tenantUsers && after.apiKeys == before.apiKeys)
+            #expect(after.sendingDomains == before.sendingDomains, "sealed keys byte for byte")
+            #expect(after.usage == before.usage && after.tenantsVersion == before.tenantsVersion && after.idempotency == before.idempotency)
+            #expect(after.tenantEvents == before.tenantEvents)
             #expect(after == before)
             let leaseHold = try pg.beginRun(bootID: "boot-after", now: filled.now)
             #expect(leaseHold.map { abs($0.timeIntervalSince(hold)) < 0.001 } == true, "PostgreSQL's beginRun keeps the SQLite lease hold")
@@ -235,6 +277,19 @@ extension Integration {
             #expect(again.outcome == .alreadyMigrated, "\(again.rendered)")
             #expect(again.rowsCopied == 0)
             #expect(again.rendered.contains("already migrated: 61 messages present, nothing copied"), "\(again.rendered)")
+
+            // Tenant events and the version go on after the copied ones.
+            try pg.createTenant(Tenant(name: "gamma", createdAt: filled.now.timeIntervalSince1970))
+            #expect(try pg.tenantsVersion() == before.tenantsVersion + 1)
+            try pg.enqueue(NewMessage(id: "MTEN", reversePath: "a@acme.test", recipients: ["t@d1.test"], pool: "transactional", content: [1],
+                                      heloName: "c", clientAddress: "127.0.0.1", receivedAt: filled.now + 11, tenant: "acme"))
+            let received = try pg.pendingEvents(limit: 100_000).filter { $0.messageID == "MTEN" }.map(\.seq)
+            var disposition = EventDisposition()
+            disposition.processed = received
+            try pg.completeEvents(disposition, now: filled.now + 12)
+            let tenantEvents = try pg.tenantEvents(tenant: "acme", after: 0, limit: 100_000)
+            #expect(tenantEvents.dropLast() == before.tenantEvents[...] && tenantEvents.last?.messageID == "MTEN")
+            #expect((tenantEvents.last?.id ?? 0) > (before.tenantEvents.last?.id ?? 0))
         }
 
         @Test("a second run is idempotent: the same rows → nothing copied; a changed SQLite queue → the copy replaced; PostgreSQL served since → refused; a foreign target or a live leader → refused")

@@ -25,6 +25,8 @@ struct TenantSubmissionTests {
         try s.store.addSendingDomain(SendingDomain(domain: "other.example", tenant: "other", keys: [], createdAt: now))
         try s.store.addTenantUser(TenantSMTPUser(name: "acme-app", tenant: "acme",
                                                  passwordHash: PasswordHash.make(password: Array("s3cret".utf8), iterations: 10_000).encoded, createdAt: now))
+        try s.store.addTenantUser(TenantSMTPUser(name: "other-app", tenant: "other",
+                                                 passwordHash: PasswordHash.make(password: Array("other".utf8), iterations: 10_000).encoded, createdAt: now))
         s.tenants?.invalidate()
         let api = TenantAdminAPI(store: s.store, directory: s.tenants!, onReleased: {})
         return (s, api)

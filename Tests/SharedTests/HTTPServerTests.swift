@@ -124,3 +124,46 @@ struct HTTPServerTests {
         #expect(received < big.count)
     }
 }
+
+@Suite("HTTP server: persistent connections and response fields", .serialized)
+struct HTTPServerKeepAliveTests {
+    @Test("with maxRequestsPerConnection 3: two pipelined requests on one connection, the third gets Connection: close; extra fields are written, bad ones dropped")
+    func keepAlive() throws {
+        var configuration = HTTPServerConfiguration()
+        configuration.maxRequestsPerConnection = 3
+        let server = try HTTPServer(address: SocketAddress(host: "127.0.0.1", port: 0), configuration: configuration) { request in
+            HTTPResponse(status: 429, contentType: "text/plain", body: Array(request.path.utf8),
+                         headers: ["Retry-After": "7", "Bad\r\nName": "x", "X-Evil": "a\r\nInjected: yes"])
+        }
+        server.start()
+        defer { server.stop() }
+        let client = try Socket.connect(to: server.address, timeout: 2)
+        defer { client.close() }
+        try client.write(Array("GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        let (bytes, closed) = readToEnd(client)
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(closed)
+        #expect(text.components(separatedBy: "HTTP/1.1 429 Too Many Requests\r\n").count == 4, "\(text)")
+        #expect(text.components(separatedBy: "Connection: keep-alive\r\n").count == 3)
+        #expect(text.components(separatedBy: "Connection: close\r\n").count == 2)
+        #expect(text.components(separatedBy: "Retry-After: 7\r\n").count == 4)
+        #expect(text.hasSuffix("/three"))
+        #expect(!text.contains("Injected") && !text.contains("Bad"))
+    }
+
+    @Test("the default stays one request per connection; a chunked body is refused with 400")
+    func defaults() throws {
+        let server = try HTTPServer(address: SocketAddress(host: "127.0.0.1", port: 0)) { _ in HTTPResponse(status: 200, body: []) }
+        server.start()
+        defer { server.stop() }
+        let client = try Socket.connect(to: server.address, timeout: 2)
+        try client.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        let text = String(decoding: readToEnd(client).bytes, as: UTF8.self)
+        client.close()
+        #expect(text.components(separatedBy: "HTTP/1.1 200 OK").count == 2 && text.contains("Connection: close"))
+        let chunked = try Socket.connect(to: server.address, timeout: 2)
+        defer { chunked.close() }
+        try chunked.write(Array("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8))
+        #expect(String(decoding: readToEnd(chunked).bytes, as: UTF8.self).hasPrefix("HTTP/1.1 400 "))
+    }
+}

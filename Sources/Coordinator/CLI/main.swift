@@ -62,12 +62,13 @@ let usage = """
                             copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
                             store of cluster.yml's store:, in one verified transaction; refuses while a
                             coordinator serves; a second run copies nothing
-      tenant list | add NAME [--pool P] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N]
-                 [--webhook URL] [--webhook-secret-file F] | show NAME | set NAME [...] | delete NAME
+      tenant list | create NAME [--pool P] [--limit 10000/day,500/hour,50/message] [--webhook URL]
+                 [--webhook-secret-file F] | show NAME | set NAME [...] | delete NAME
+                            create prints the tenant's first API key once
       tenant suspend NAME [--reason TEXT] | resume NAME
                             customers of the relay service: suspend refuses their new mail (550 5.7.1)
                             and holds their waiting mail; resume releases it
-      tenant user add TENANT USER | user remove TENANT USER
+      tenant smtp-user add TENANT USER | smtp-user remove TENANT USER
                             a tenant's SMTP AUTH users (password from stdin or prompted; only its hash is sent)
       tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
                             a tenant's HTTP API keys (the key is printed once; Hato keeps its hash)
@@ -93,7 +94,7 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
-                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file"],
+                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "tenant"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)
@@ -116,7 +117,8 @@ if args.flags.contains("help") || args.subcommand == nil || args.subcommand == "
 if args.subcommand == "hash-password" { exit(HashPasswordCommand.run(iterations: args.options["iterations"])) }
 
 // Every --limit is a whole number of at least 1, within the command's bounds: checked before anything runs.
-do { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "", options: args.options) ?? 1...Int.max) } catch {
+// (`tenant --limit` is a plan, 10000/day: TenantCommands checks it.)
+do { if args.subcommand != "tenant" { _ = try args.integer("limit", in: QueueCommands.limits(args.subcommand ?? "", options: args.options) ?? 1...Int.max) } } catch {
     exitWithError("hato-coordinator: \(error) (see hato-coordinator \(args.subcommand ?? "") --help)", status: 2)
 }
 

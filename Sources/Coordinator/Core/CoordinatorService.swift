@@ -4,7 +4,7 @@ import HatoHTTP
 import HatoIO
 import HatoSupport
 
-/// The running coordinator: queue, cluster hub, SMTP listener and admin API wired together.
+/// The running coordinator: queue, cluster hub, SMTP listener, HTTP send API and admin API wired together.
 public final class CoordinatorService: Sendable {
     /// The configuration the process started with (the hub holds the one in force after reloads).
     public let config: ClusterConfig
@@ -22,6 +22,8 @@ public final class CoordinatorService: Sendable {
     public let coordinatorID: String
     /// The tenant tables as submission sees them (SMTP users, API keys, domains, limits; issue 16).
     public let tenants: TenantDirectory
+    /// The tenants' HTTP send API (`http_api:`), nil when not configured.
+    public let httpAPI: HTTPAPIListener?
     /// Key-use records, holds of suspended tenants' mail, purges of old tenant data.
     public let tenantMaintenance: TenantMaintenance
     /// The web dashboard under `/ui/` on the admin listener (issue 17).
@@ -87,15 +89,23 @@ public final class CoordinatorService: Sendable {
                                              tenants: tenants)
         self.reporting = reporting
         hub.setResultObserver { reporting.noteResult($0) }
-        tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf })
+        // http_api's retention and TTL; the defaults (30 d, 24 h) without the section.
+        let apiSettings = config.httpAPI ?? HTTPAPISettings(listen: [])
+        tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf },
+                                              eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
+        let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
+                                headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
+                                metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+        let httpAPI = config.httpAPI.map { HTTPAPIListener(settings: $0, api: sendAPI) }
+        self.httpAPI = httpAPI
         let path = config.sourcePath
         let lock = reloadLock
         let log = Logger(label: "coordinator")
         let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
         let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
-            try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, log: log)
+            try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, httpAPI: httpAPI?.api, log: log)
         })
         let adminChain: @Sendable (HTTPRequest) -> HTTPResponse
         if let leadershipStore {
@@ -142,7 +152,7 @@ public final class CoordinatorService: Sendable {
     @discardableResult
     public func reload() throws -> ReloadReport {
         try CoordinatorService.reload(path: config.sourcePath, id: config.coordinators.isEmpty ? nil : coordinatorID, lock: reloadLock,
-                                      hub: hub, submission: submission, log: log)
+                                      hub: hub, submission: submission, httpAPI: httpAPI?.api, log: log)
     }
 
     /// One reload, under `lock`: loads the file (a `ConfigError` names file, line and key), runs
@@ -152,7 +162,8 @@ public final class CoordinatorService: Sendable {
     /// submission listener the routing and session settings. A refused file changes nothing.
     /// - Returns: what applied, what needs a restart of which process, each node's answer.
     /// - Throws: `ConfigError`, `ConfigReloadRefused`, `AdminError.busy`.
-    static func reload(path: String, id: String?, lock: NSLock, hub: ClusterHub, submission: SubmissionServer, log: Logger) throws -> ReloadReport {
+    static func reload(path: String, id: String?, lock: NSLock, hub: ClusterHub, submission: SubmissionServer, httpAPI: TenantHTTPAPI? = nil,
+                       log: Logger) throws -> ReloadReport {
         try lock.withLock {
             let loaded: ClusterConfig
             // This coordinator's own entry of `coordinators:` (its addresses), as at start.
@@ -168,6 +179,7 @@ public final class CoordinatorService: Sendable {
             }
             let (report, inForce) = try hub.reload(loaded)
             submission.apply(inForce)
+            httpAPI?.apply(inForce)
             log.info("reload done", ["generation": "\(report.generation)", "live": report.live.joined(separator: ","),
                                      "needs_restart": report.restartRequired.joined(separator: "; "),
                                      "nodes": report.nodes.map { "\($0.node)=\($0.status.rawValue)" }.joined(separator: ",")])
@@ -189,9 +201,11 @@ public final class CoordinatorService: Sendable {
         blocklists.start()
         tenantMaintenance.start()
         try submission.start()
+        try httpAPI?.start()
         admin.start()
         elector?.start()
         log.info("coordinator started", ["cluster": config.cluster.name, "id": coordinatorID, "role": elector == nil ? "single" : "standby until elected", "store": "\(config.store.kind.rawValue) \(store.location)", "admin": (admin.isTLS ? "https://" : "http://") + admin.address.description,
+                                         "http_api": httpAPI.map { $0.boundAddresses.map(\.description).joined(separator: ",") } ?? "off",
                                          "cluster_tls": config.cluster.tls == nil ? "off" : (config.cluster.tls?.caPath == nil ? "on" : "mutual")])
     }
 
@@ -202,6 +216,7 @@ public final class CoordinatorService: Sendable {
         blocklists.stop()
         tenantMaintenance.stop()
         submission.stop()
+        httpAPI?.stop()
         // A leader resigns in the store, so that a standby takes over at once.
         elector?.stop()
         hub.stop()

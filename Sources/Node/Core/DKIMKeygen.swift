@@ -54,13 +54,5 @@ public enum DKIMKeygen {
     }
 
     /// The record as quoted strings of at most 255 octets each.
-    static func txtStrings(_ value: String) -> String {
-        var parts: [String] = []
-        var rest = Substring(value)
-        while !rest.isEmpty {
-            parts.append("\"" + rest.prefix(255) + "\"")
-            rest = rest.dropFirst(255)
-        }
-        return parts.joined(separator: " ")
-    }
+    static func txtStrings(_ value: String) -> String { TXTStrings.quoted(value) }
 }

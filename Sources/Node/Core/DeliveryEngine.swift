@@ -22,9 +22,12 @@ public final class DeliveryEngine: Sendable {
     ///   - log: where delivery events are logged.
     ///   - tlsClient: the STARTTLS implementation: nil (the default) uses OpenSSL, or none when
     ///     every policy is `disabled`; `.some(nil)` means no TLS at all.
+    ///   - tenantKeys: the tenants' DKIM keys (`signing_keys`), shared with the agent so that
+    ///     they outlive a rebuilt engine; nil for none.
     /// - Throws: `DKIMKeyError` when a configured DKIM key cannot be loaded or does not match
     ///   its `algorithm`; `TLSError` when the TLS client cannot be created.
-    public init(config: ClusterConfig, log: Logger = Logger(label: "node.delivery"), tlsClient: (any OutboundTLSClient)?? = nil) throws {
+    public init(config: ClusterConfig, log: Logger = Logger(label: "node.delivery"), tlsClient: (any OutboundTLSClient)?? = nil,
+                tenantKeys: TenantSigningKeys? = nil) throws {
         self.config = config
         self.log = log
         var signers: [DKIMSigner] = []
@@ -46,7 +49,7 @@ public final class DeliveryEngine: Sendable {
         }
         let pool = SMTPConnectionPool(shaping: config.shaping, idleTimeout: d.idleTimeout)
         deliverer = SMTPDeliverer(timeouts: d.timeouts, pool: pool,
-                                  preparer: MessagePreparer(dkim: DKIMSignerSet(signers)), tlsClient: tls)
+                                  preparer: MessagePreparer(dkim: DKIMSignerSet(signers), tenantKeys: tenantKeys), tlsClient: tls)
         // Our own addresses: the cluster's sending IPs, the SMTP listeners and this host's
         // interfaces (its loopback ones only when loopback MX hosts are not allowed).
         var own = Set(config.ips.map(\.address))

@@ -97,6 +97,8 @@ public final class NodeAgent: Sendable {
     /// `cluster.tls`: the client context of the cluster link (this node's certificate, the
     /// trusted CA); nil for plaintext.
     private let clusterTLS: TLSContext?
+    /// The tenants' DKIM keys the coordinator sent (`signing_keys`); every engine signs with them.
+    public let tenantKeys = TenantSigningKeys()
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -110,7 +112,7 @@ public final class NodeAgent: Sendable {
         self.nodeID = nodeID
         self.journal = try OutcomeJournal(directory: me.dataDir)
         self.log = Logger(label: "node.\(nodeID)")
-        let engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"))
+        let engine = try DeliveryEngine(config: config, log: Logger(label: "node.\(nodeID).delivery"), tenantKeys: tenantKeys)
         self.live = Locked(LiveParts(config: config, engine: engine, backoffMatcher: BackoffMatcher(settings: config.backoff)))
         self.metrics = NodeMetrics(shaping: config.shaping)
         metrics.observe { [unowned self] in state.withLock { ($0.connection != nil, $0.ips.count, $0.inFlight) } }
@@ -181,7 +183,7 @@ public final class NodeAgent: Sendable {
             var replaced: DeliveryEngine?
             if changed.contains(where: { matches(NodeAgent.engineKeys, $0) }) {
                 do {
-                    let engine = try DeliveryEngine(config: applied, log: Logger(label: "node.\(nodeID).delivery"))
+                    let engine = try DeliveryEngine(config: applied, log: Logger(label: "node.\(nodeID).delivery"), tenantKeys: tenantKeys)
                     for ip in state.withLock({ Set($0.revoking).union($0.workers.keys).subtracting($0.ips.keys) }) { engine.revokeSendingIP(ip) }
                     replaced = live.withLock { l in defer { l.engine = engine }; return l.engine }
                 } catch {
@@ -406,11 +408,25 @@ public final class NodeAgent: Sendable {
                 revoke(m.addresses)
             case .configChanged(let m):
                 configChanged(m, on: conn)
+            case .signingKeys(let m):
+                try fenced(m.term, "signing_keys")
+                signingKeys(m)
             case .reject(let r):
                 throw ClusterProtocolError.rejected(r.reason, retryable: r.retryable)
             case let other:
                 throw ClusterProtocolError.unexpected("\(other.frameType) from the coordinator")
             }
+        }
+    }
+
+    /// `signing_keys`: opens the tenants' keys and replaces the table (the grants that follow
+    /// on this link sign with them). Logs counts and `domain/selector` only.
+    private func signingKeys(_ m: SigningKeysMessage) {
+        let update = tenantKeys.replace(with: m, clusterSecret: config.cluster.secret)
+        log.info("tenant signing keys updated", ["version": "\(update.version)", "domains": "\(update.domains)", "keys": "\(update.keys)"])
+        if !update.failed.isEmpty {
+            log.error("tenant signing keys that do not open with this node's cluster secret; their domains sign without them",
+                      ["keys": update.failed.joined(separator: ",")])
         }
     }
 

@@ -27,6 +27,7 @@ public enum ClusterMessage: Sendable, Equatable {
     case configChanged(ConfigChangedMessage)
     case configApplied(ConfigAppliedMessage)
     case redirect(RedirectMessage)
+    case signingKeys(SigningKeysMessage)
 
     /// The frame type of this message.
     public var frameType: FrameType {
@@ -48,6 +49,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .configChanged: return .configChanged
         case .configApplied: return .configApplied
         case .redirect: return .redirect
+        case .signingKeys: return .signingKeys
         }
     }
 
@@ -170,6 +172,7 @@ public enum ClusterMessage: Sendable, Equatable {
         case .configChanged(let m): return Frame(type: .configChanged, header: h(m))
         case .configApplied(let m): return Frame(type: .configApplied, header: h(m))
         case .redirect(let m): return Frame(type: .redirect, header: h(m))
+        case .signingKeys(let m): return Frame(type: .signingKeys, header: h(m))
         }
     }
 
@@ -209,6 +212,10 @@ public enum ClusterMessage: Sendable, Equatable {
         case .configChanged: return .configChanged(try v(ConfigChangedMessage.self))
         case .configApplied: return .configApplied(try v(ConfigAppliedMessage.self))
         case .redirect: return .redirect(try v(RedirectMessage.self))
+        case .signingKeys:
+            let m = try v(SigningKeysMessage.self)
+            try m.validate()
+            return .signingKeys(m)
         }
     }
 }

@@ -48,6 +48,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case configChanged = 15, configApplied = 16
     /// A standby coordinator names the leader (feature `terms`).
     case redirect = 17
+    /// The tenants' sealed DKIM keys (feature `signing_keys`).
+    case signingKeys = 18
 }
 
 /// Why a byte stream is not a valid frame sequence. Any of these closes that connection only.

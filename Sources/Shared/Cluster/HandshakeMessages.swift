@@ -25,8 +25,11 @@ public enum ClusterFeature {
     /// Leadership terms: frames carry the coordinator's term, and a standby coordinator answers
     /// `hello` with `redirect` instead of `welcome` (several coordinators, issue 15).
     public static let terms = "terms"
+    /// `signing_keys`: the coordinator sends the tenants' sealed DKIM keys (issue 16); the node
+    /// signs tenants' mail with them.
+    public static let signingKeys = "signing_keys"
     /// Every feature this build speaks.
-    public static let all = [configChanged, terms]
+    public static let all = [configChanged, terms, signingKeys]
 }
 
 /// `hello` (node → coordinator): identity, proof of the cluster secret and what the node can do.

@@ -58,6 +58,10 @@ public struct ClusterConfig: Sendable, Equatable {
     public var backoff = BackoffSettings()
     /// `reputation:` blocklist checks of the sending IPs (issue 18). Default none.
     public var reputation = ReputationSettings()
+    /// `tenants:` cluster-wide tenant settings (issue 16). Default: see `TenantSettings`.
+    public var tenants = TenantSettings()
+    /// `http_api:` the tenants' HTTP send API (issue 16). Default nil: no listener.
+    public var httpAPI: HTTPAPISettings?
 
     /// Creates a configuration from parts (no validation; `load`/`parse` validate).
     public init(sourcePath: String, cluster: ClusterIdentity, coordinator: CoordinatorSettings, smtp: SMTPSettings,

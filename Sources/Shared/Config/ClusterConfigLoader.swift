@@ -64,7 +64,7 @@ struct ClusterConfigDecoder {
         let top = try ConfigSection(root.isNull ? .map([], line: 1, column: 1) : root, file: file, path: "", line: nil,
                                     allowed: ["cluster", "coordinator", "smtp", "nodes", "pools", "ips", "routing",
                                               "routes", "dns", "retry", "delivery", "dsn", "suppression", "webhooks", "log",
-                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store", "coordinators"])
+                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store", "coordinators", "http_api", "tenants"])
         let cluster = try decodeCluster(top)
         let instances = try decodeCoordinatorList(top)
         let coordinator = try decodeCoordinator(top, instances: instances)
@@ -82,7 +82,9 @@ struct ClusterConfigDecoder {
         try decodeDeliverability(top, into: &config)  // DeliverabilitySettings.swift
         try decodeReputation(top, into: &config)  // ReputationSettings.swift
         try decodeStore(top, into: &config)  // StoreSettings.swift
+        try decodeTenants(top, into: &config)  // TenantSettings.swift
         config.coordinators = instances
+        try decodeHTTPAPI(top, into: &config)  // HTTPAPISettings.swift
         if instances.count > 1 && config.store.kind != .postgresql {
             throw fail(top.entryLine("coordinators"), "coordinators",
                        "\(instances.count) coordinators share one queue only on PostgreSQL: set store: { kind: postgresql, url: … }")

@@ -107,6 +107,7 @@ public enum ConfigCheck {
             checkBind(c.listen, key: "coordinator.listen", into: &r)
             checkBind(c.adminListen, key: "coordinator.admin_listen", into: &r)
             for (i, a) in config.smtp.listen.enumerated() { checkBind(a, key: "smtp.listen[\(i)]", into: &r) }
+            for (i, a) in (config.httpAPI?.listen ?? []).enumerated() { checkBind(a, key: "http_api.listen[\(i)]", into: &r) }
         }
         if let tls = config.cluster.tls {
             r.record("cluster.tls") {
@@ -137,6 +138,17 @@ public enum ConfigCheck {
                 return "certificate and key match"
             }
             checkCertificate(tls.certificatePath, key: "smtp.tls.certificate", names: nil, into: &r, mismatch: .warning, why: "")
+        }
+        if let api = config.httpAPI {
+            if let tls = api.tls {
+                r.record("http_api.tls") {
+                    _ = try TLSContext.server(certificateChainPath: tls.certificatePath, privateKeyPath: tls.privateKeyPath)
+                    return "certificate and key match"
+                }
+                checkCertificate(tls.certificatePath, key: "http_api.tls.certificate", names: nil, into: &r, mismatch: .warning, why: "")
+            } else if api.listen.contains(where: { !SMTPSettings.isLoopback($0.host) }) {
+                r.warning("http_api.tls", "not set on a non-loopback address: API keys would cross the network in clear text")
+            }
         }
         checkDKIM(config, into: &r)
         return r

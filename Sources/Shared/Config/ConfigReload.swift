@@ -57,8 +57,8 @@ public struct ConfigChange: Sendable, Equatable, Codable {
 /// |---|---|
 /// | `coordinator.lease_time`, `coordinator.auto_rebalance` | `cluster.*`, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`: coordinator and every node |
 /// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`: coordinator |
-/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup` | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
-/// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`: coordinator |
+/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
+/// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`, `http_api`: coordinator |
 /// | `retry` | `delivery` timeouts and `idle_timeout`: every node |
 /// | `routes`, `dns`, `delivery.tls`, `delivery.port`, `delivery.allow_loopback_mx`, `dkim`, `shaping`, `backoff` (nodes rebuild those parts) | `nodes[].data_dir`, `metrics_listen`, `tls`: that node |
 ///
@@ -122,6 +122,8 @@ public struct ConfigReload: Sendable {
         diff("smtp.postmaster", os.postmaster, ns.postmaster, restart: .coordinator)
         diff("smtp.postmaster_rate_limit", os.postmasterRateLimit, ns.postmasterRateLimit, restart: .coordinator)
         diff("smtp.postmaster_rate_window", os.postmasterRateWindow, ns.postmasterRateWindow, restart: .coordinator)
+        // http_api: the listener, its TLS and limits are built at start.
+        diff("http_api", old.httpAPI, new.httpAPI, restart: .coordinator)
         // nodes: membership is live; a node's own settings need that node restarted.
         diff("nodes", old.nodes.map(\.id), new.nodes.map(\.id), live: true)
         for (i, n) in new.nodes.enumerated() {
@@ -162,6 +164,8 @@ public struct ConfigReload: Sendable {
         }
         diff("warmup", old.warmup, new.warmup, live: true)
         diff("backoff", old.backoff, new.backoff, live: true)
+        // Read by `domain add`/`domain check` each time they run.
+        diff("tenants", old.tenants, new.tenants, live: true)
         // The same key may be listed twice (flat and per-step timeouts): keep the first.
         var seen = Set<String>()
         changes = c.filter { seen.insert($0.key).inserted }
@@ -213,6 +217,7 @@ public struct ConfigReload: Sendable {
         smtp.commandTimeout = new.smtp.commandTimeout
         smtp.dataTimeout = new.smtp.dataTimeout
         c.smtp = smtp
+        c.httpAPI = old.httpAPI
         c.delivery.connectionsPerIP = old.delivery.connectionsPerIP
         c.dsn = old.dsn
         c.store = old.store

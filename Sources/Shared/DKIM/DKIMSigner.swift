@@ -167,9 +167,23 @@ public struct DKIMSignerSet: Sendable {
     /// of the closest parent domain (relaxed alignment, RFC 7489 §3.1.1). Several signers for one
     /// domain (e.g. an RSA and an Ed25519 key) all sign.
     public func signers(forFromDomain fromDomain: String) -> [DKIMSigner] {
+        signers(forFromDomain: fromDomain, overriding: nil)
+    }
+
+    /// The signers for a domain, where `overriding` (the tenants' keys, issue 16) is asked first
+    /// at each level: the closest domain with keys wins, and at one domain the overriding keys
+    /// replace this set's keys for it.
+    /// - Parameters:
+    ///   - fromDomain: the author domain (RFC 5322.From).
+    ///   - overriding: keys of a domain that replace this set's for that domain (nil: none).
+    public func signers(forFromDomain fromDomain: String, overriding: ((String) -> [DKIMSigner])?) -> [DKIMSigner] {
         var d = fromDomain.lowercased()
         if d.hasSuffix(".") { d.removeLast() }
         while !d.isEmpty {
+            if let overriding {
+                let own = overriding(d)
+                if !own.isEmpty { return own }
+            }
             let matching = signers.filter { $0.domain == d }
             if !matching.isEmpty { return matching }
             guard let dot = d.firstIndex(of: ".") else { break }
@@ -184,11 +198,31 @@ public struct DKIMSignerSet: Sendable {
     ///   or the message has no single From address: the message is returned unchanged).
     /// - Throws: `DKIMKeyError` when a signature cannot be made.
     public func sign(_ message: [UInt8], time: Date = Date()) throws -> (message: [UInt8], signatures: [String]) {
-        guard !signers.isEmpty else { return (message, []) }
+        try sign(message, time: time, overriding: nil, fallbackDomain: nil)
+    }
+
+    /// Signs `message` with every signer for its author domain, `overriding` keys first (see
+    /// `signers(forFromDomain:overriding:)`).
+    ///
+    /// The author domain is the domain of the single From address (RFC 5322 §3.6.2). A message
+    /// without one (no From, several, or no domain in it) is signed only with `overriding` keys
+    /// of `fallbackDomain` (the reverse-path domain), never with this set's keys.
+    /// - Returns: the signed message and `domain/selector/algorithm` of each signature (empty:
+    ///   unchanged).
+    /// - Throws: `DKIMKeyError` when a signature cannot be made.
+    public func sign(_ message: [UInt8], time: Date = Date(), overriding: ((String) -> [DKIMSigner])?,
+                     fallbackDomain: String?) throws -> (message: [UInt8], signatures: [String]) {
+        guard !signers.isEmpty || overriding != nil else { return (message, []) }
         let parsed = ParsedMessage(message)
         let froms = parsed.values("from")
-        guard froms.count == 1, let domain = DKIMSignerSet.addressDomain(froms[0]) else { return (message, []) }
-        let chosen = signers(forFromDomain: domain)
+        let chosen: [DKIMSigner]
+        if froms.count == 1, let domain = DKIMSignerSet.addressDomain(froms[0]) {
+            chosen = signers(forFromDomain: domain, overriding: overriding)
+        } else if let overriding, let fallbackDomain, !fallbackDomain.isEmpty {
+            chosen = DKIMSignerSet([]).signers(forFromDomain: fallbackDomain, overriding: overriding)
+        } else {
+            chosen = []
+        }
         guard !chosen.isEmpty else { return (message, []) }
         var fields: [UInt8] = []
         for signer in chosen {

@@ -120,6 +120,11 @@ public struct DNSMessage: Sendable, Equatable {
             let target = try r.name()
             guard r.position <= end else { throw .badRecord("CNAME overruns RDATA") }
             return .cname(target)
+        case .ptr:
+            r.position = start
+            let target = try r.name()
+            guard r.position <= end else { throw .badRecord("PTR overruns RDATA") }
+            return .ptr(target)
         case .mx:
             guard length >= 3 else { throw .badRecord("MX RDLENGTH \(length)") }
             r.position = start

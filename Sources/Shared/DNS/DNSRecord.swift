@@ -11,6 +11,8 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CustomStringConvertible {
     case a = 1
     /// A canonical name alias (RFC 1035 §3.3.1).
     case cname = 5
+    /// A domain name pointer, e.g. the name of an address in `in-addr.arpa` (RFC 1035 §3.3.12).
+    case ptr = 12
     /// A mail exchanger (RFC 1035 §3.3.9).
     case mx = 15
     /// Text strings (RFC 1035 §3.3.14), e.g. DKIM keys.
@@ -23,6 +25,7 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .a: return "A"
         case .cname: return "CNAME"
+        case .ptr: return "PTR"
         case .mx: return "MX"
         case .txt: return "TXT"
         case .aaaa: return "AAAA"
@@ -38,6 +41,8 @@ public enum DNSRecordData: Sendable, Hashable {
     case aaaa(String)
     /// The canonical name an alias points at (lowercase, no trailing dot).
     case cname(String)
+    /// The name a PTR record points at (lowercase, no trailing dot).
+    case ptr(String)
     /// A mail exchanger: `preference` (lower is preferred) and the `exchange` host name
     /// (lowercase, no trailing dot; the root name is `""`, which is a null MX per RFC 7505).
     case mx(preference: UInt16, exchange: String)

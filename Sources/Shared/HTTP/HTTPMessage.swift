@@ -13,13 +13,16 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     /// The body (at most the server's body limit).
     public var body: [UInt8]
-    /// The client's numeric address (without port), nil when the request came without a socket.
-    public var peer: String?
+    /// The client's address (nil for a request made in-process, e.g. in tests).
+    public var peer: SocketAddress? = nil
+    /// Whether the request arrived over TLS (HTTPS).
+    public var isTLS = false
 
     /// A request from its parts (for handlers called without a socket, and tests).
     public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:], body: [UInt8] = [],
-                peer: String? = nil) {
-        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body; self.peer = peer
+                peer: SocketAddress? = nil, isTLS: Bool = false) {
+        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body
+        self.peer = peer; self.isTLS = isTLS
     }
 }
 
@@ -31,12 +34,13 @@ public struct HTTPResponse: Sendable {
     public var contentType: String
     /// The body; its length is sent as `Content-Length`.
     public var body: [UInt8]
-    /// More header fields, in order (`Set-Cookie`, `Location`, `Cache-Control`, …). The server
-    /// writes `Content-Type`, `Content-Length` and `Connection` itself; fields whose name or value
-    /// holds CR or LF are dropped, never sent.
-    public var headers: [(name: String, value: String)]
-    /// A response with `status`, `contentType` (JSON by default), `body` and more `headers`.
-    public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [(name: String, value: String)] = []) {
+    /// Further header fields (e.g. `Retry-After`, RFC 9110 §10.2.3; `WWW-Authenticate`, §11.6.1),
+    /// name → value. Names and values must be tokens and visible ASCII: anything else (CR, LF,
+    /// control characters) is dropped when the response is written. `Content-Type`,
+    /// `Content-Length` and `Connection` are the server's and are ignored here.
+    public var headers: [String: String]
+    /// A response with `status`, `contentType` (JSON by default), `body` and extra `headers`.
+    public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [String: String] = [:]) {
         self.status = status; self.contentType = contentType; self.body = body; self.headers = headers
     }
     /// A JSON response of an `Encodable` value (snake_case keys, sorted, pretty).

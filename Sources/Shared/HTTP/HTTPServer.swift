@@ -1,5 +1,6 @@
 import Foundation
 import HatoIO
+import HatoSupport
 
 /// Limits of an `HTTPServer`.
 public struct HTTPServerConfiguration: Sendable, Equatable {
@@ -17,6 +18,17 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     public var maxBodySize = 1 << 20
     /// Connections open at once, in total and per peer (`503` beyond). Default 64 / 16 (`AdmissionLimits.adminHTTP`).
     public var admission = AdmissionLimits.adminHTTP
+    /// Requests served on one connection (HTTP/1.1 persistent connections, RFC 9112 §9.3).
+    /// Default 1: every response has `Connection: close`. Above 1, a connection stays open
+    /// after a response unless the client asked `Connection: close` (or spoke HTTP/1.0 without
+    /// `keep-alive`), the request failed to parse, or this many were served; the next request
+    /// must then arrive completely within `requestTimeout`.
+    public var maxRequestsPerConnection = 1
+    /// The most body octets all connections may hold in memory at once (each body counts its
+    /// `Content-Length` from before it is read until its response is written); a body that
+    /// does not fit gets `503` with `Retry-After: 1` without being read. Default nil: no bound
+    /// beyond `admission.maxConnections × maxBodySize`.
+    public var maxBodyMemory: Int? = nil
 
     /// The defaults (for the admin API and `/metrics`).
     public init() {}
@@ -39,6 +51,10 @@ public final class HTTPServer: Sendable {
     /// Whether the listener speaks HTTPS.
     public let isTLS: Bool
 
+    /// Renders an error the server answers itself (a malformed request, `408`, `413`, `431`,
+    /// `503`): status and a sentence → response. The default is `HTTPResponse.error`.
+    public typealias ErrorRenderer = @Sendable (_ status: Int, _ message: String) -> HTTPResponse
+
     /// Binds `address`.
     /// - Parameters:
     ///   - address: where to listen; port 0 picks a free port (see `address`).
@@ -47,9 +63,11 @@ public final class HTTPServer: Sendable {
     ///     starts with the TLS handshake, which counts within `requestTimeout`; nil for plain HTTP.
     ///     Refused connections of an HTTPS listener are closed without a `503` (the client
     ///     expects a TLS record).
+    ///   - errors: renders the errors the server answers itself (default `HTTPResponse.error`).
     ///   - handler: answers one request (on the connection's thread).
     /// - Throws: `SocketError` when the address cannot be bound.
     public init(address: SocketAddress, configuration: HTTPServerConfiguration = HTTPServerConfiguration(), tls: TLSContext? = nil,
+                errors: @escaping ErrorRenderer = { HTTPResponse.error($0, $1) },
                 handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
         self.configuration = configuration
         isTLS = tls != nil
@@ -59,11 +77,15 @@ public final class HTTPServer: Sendable {
             : PreAuthenticationLimits(maxConnections: configuration.admission.maxConnections,
                                       maxConnectionsPerPeer: configuration.admission.maxConnectionsPerPeer,
                                       handshakeDeadline: configuration.requestTimeout))
-        let busy = tls == nil ? HTTPServer.encode(.error(503, "too many connections"), extraHeaders: "Retry-After: 1\r\n") : []
+        var busyResponse = errors(503, "too many connections")
+        busyResponse.headers["Retry-After"] = "1"
+        let busy = tls == nil ? HTTPServer.encode(busyResponse) : []
+        let bodyMemory = BodyMemory(limit: configuration.maxBodyMemory)
         let refusal: Acceptor.Refusal = { _, _ in busy }
         acceptor = try Acceptor(address: address, configuration: Acceptor.Configuration(name: tls == nil ? "http" : "https"), admission: admission,
                                 refusal: refusal,
-                                handler: { HTTPServer.serve($0, configuration: configuration, tls: tls, handler: handler) })
+                                handler: { HTTPServer.serve($0, configuration: configuration, tls: tls, bodyMemory: bodyMemory,
+                                                                     errors: errors, handler: handler) })
         self.address = acceptor.address
     }
 
@@ -76,55 +98,100 @@ public final class HTTPServer: Sendable {
     /// Connections open now.
     public var openConnections: Int { acceptor.admission.openConnections }
 
-    private static let reasons: [Int: String] = [200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
-                                                 403: "Forbidden", 404: "Not Found",
-                                                 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-                                                 413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-                                                 500: "Internal Server Error", 503: "Service Unavailable"]
+    /// Reason phrases (RFC 9110 §15).
+    private static let reasons: [Int: String] = [200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+                                                 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+                                                 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+                                                 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+                                                 500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage"]
 
-    /// The response's bytes, with `Connection: close`.
-    static func encode(_ response: HTTPResponse, extraHeaders: String = "") -> [UInt8] {
+    /// The response's bytes: the status line, `Content-Type`, `Content-Length`, the response's
+    /// own fields (those that are not a token and visible ASCII dropped), then `Connection`.
+    /// - Parameter keepAlive: `Connection: keep-alive` instead of `close`.
+    static func encode(_ response: HTTPResponse, keepAlive: Bool = false) -> [UInt8] {
         var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\n"
-        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\n\(extraHeaders)"
-        for field in response.headers where !(field.name + field.value).contains(where: { $0 == "\r" || $0 == "\n" }) && !field.name.isEmpty {
-            head += "\(field.name): \(field.value)\r\n"
+        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\n"
+        for (name, value) in response.headers.sorted(by: { $0.key < $1.key }) where isToken(name) && isFieldValue(value) {
+            let lower = name.lowercased()
+            guard lower != "content-type" && lower != "content-length" && lower != "connection" else { continue }
+            head += "\(name): \(value)\r\n"
         }
-        head += "Connection: close\r\n\r\n"
+        head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
         return Array(head.utf8) + response.body
     }
 
-    /// Serves one connection on its own thread (the socket's owner; the acceptor closes it after).
+    /// Whether `name` is an RFC 9110 §5.6.2 token.
+    private static func isToken(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(b)
+        }
+    }
+
+    /// Whether `value` is visible ASCII and spaces (RFC 9110 §5.5, without obs-text).
+    private static func isFieldValue(_ value: String) -> Bool {
+        value.utf8.allSatisfy { $0 == 0x20 || $0 == 0x09 || ($0 > 0x20 && $0 < 0x7F) }
+    }
+
+    /// Serves one connection on its own thread (the socket's owner; the acceptor closes it after):
+    /// one request, or several when `maxRequestsPerConnection` allows.
     private static func serve(_ connection: AcceptedConnection, configuration: HTTPServerConfiguration, tls: TLSContext?,
-                              handler: @Sendable (HTTPRequest) -> HTTPResponse) {
+                              bodyMemory: BodyMemory, errors: ErrorRenderer, handler: @Sendable (HTTPRequest) -> HTTPResponse) {
         let conn = connection.socket
-        let deadline = ContinuousClock.now + configuration.requestTimeout
         var secure: TLSStream?
         if let tls {
             conn.setTimeouts(read: configuration.requestTimeout, write: configuration.requestTimeout)
             do { secure = try TLSStream.accept(over: conn, context: tls) } catch { return }  // not TLS, or too slow
         }
         defer { secure?.close() }
-        let stream = DeadlineStream(socket: conn, tls: secure, deadline: deadline)
+        let stream = DeadlineStream(socket: conn, tls: secure, deadline: .now + configuration.requestTimeout)
         let reader = BufferedReader(stream: stream, chunkSize: 16 * 1024)
-        let response: HTTPResponse
-        do {
-            var request = try read(reader, configuration)
-            request.peer = connection.peer.host
-            _ = connection.admission.promote()  // the request arrived in time: no deadline shutdown while it is answered
-            response = handler(request)
-        } catch let e as HTTPParseError {
-            response = .error(e.status, e.message)
-        } catch let e as SocketError where e.kind == .timeout {
-            response = .error(408, "request not complete within \(configuration.requestTimeout)")
-        } catch {
-            return  // the client left (or reset) before its request was complete
+        var served = 0
+        while true {
+            // Each request must arrive completely within requestTimeout of the previous response.
+            if served > 0 { stream.deadline.withLock { $0 = .now + configuration.requestTimeout } }
+            var response: HTTPResponse
+            var keepAlive = false
+            var reserved = 0
+            do {
+                var (request, http10) = try read(reader, configuration, bodyMemory: bodyMemory, reserved: &reserved)
+                if served == 0 { _ = connection.admission.promote() }  // arrived in time: no deadline shutdown while answered
+                request.peer = connection.peer
+                request.isTLS = secure != nil
+                served += 1
+                keepAlive = served < configuration.maxRequestsPerConnection && wantsKeepAlive(request, http10: http10)
+                response = handler(request)
+            } catch let e as HTTPParseError {
+                response = errors(e.status, e.message)
+                if e.status == 503 { response.headers["Retry-After"] = "1" }
+            } catch let e as SocketError where e.kind == .timeout {
+                if served > 0 { return }  // a persistent connection idle (or trickling) past requestTimeout: closed
+                response = errors(408, "request not complete within \(configuration.requestTimeout)")
+            } catch {
+                bodyMemory.release(reserved)
+                return  // the client left (or reset) before its request was complete, or between requests
+            }
+            let written: Void? = try? DeadlineStream(socket: conn, tls: secure, deadline: .now + configuration.responseTimeout)
+                .write(encode(response, keepAlive: keepAlive))
+            bodyMemory.release(reserved)
+            guard keepAlive, written != nil else { return }
         }
-        try? DeadlineStream(socket: conn, tls: secure, deadline: .now + configuration.responseTimeout).write(encode(response))
+    }
+
+    /// Whether the client lets the connection persist (RFC 9112 §9.3): HTTP/1.1 unless
+    /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    private static func wantsKeepAlive(_ request: HTTPRequest, http10: Bool) -> Bool {
+        let options = (request.headers["connection"] ?? "").lowercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        if options.contains("close") { return false }
+        return http10 ? options.contains("keep-alive") : true
     }
 
     private struct HTTPParseError: Error { var status: Int; var message: String }
 
-    private static func read(_ reader: BufferedReader, _ configuration: HTTPServerConfiguration) throws -> HTTPRequest {
+    /// Reads one request; a body's `Content-Length` is reserved in `bodyMemory` first (`reserved`
+    /// says how much, for the caller to release once the response is written).
+    /// - Returns: the request, and whether it was HTTP/1.0.
+    private static func read(_ reader: BufferedReader, _ configuration: HTTPServerConfiguration, bodyMemory: BodyMemory,
+                             reserved: inout Int) throws -> (HTTPRequest, Bool) {
         var total = 0
         func line() throws -> String {
             let l: ArraySlice<UInt8>?
@@ -147,10 +214,18 @@ public final class HTTPServer: Sendable {
             guard let colon = h.firstIndex(of: ":") else { throw HTTPParseError(status: 400, message: "bad header line") }
             headers[h[..<colon].lowercased()] = h[h.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
+        // A chunked body would be left unread and parsed as the next request (RFC 9112 §6.1).
+        if headers["transfer-encoding"] != nil {
+            throw HTTPParseError(status: 400, message: "Transfer-Encoding is not supported: send Content-Length")
+        }
         var body: [UInt8] = []
         if let cl = headers["content-length"] {
             guard let n = Int(cl), n >= 0 else { throw HTTPParseError(status: 400, message: "bad Content-Length") }
-            guard n <= configuration.maxBodySize else { throw HTTPParseError(status: 413, message: "body too large") }
+            guard n <= configuration.maxBodySize else {
+                throw HTTPParseError(status: 413, message: "body too large: \(n) octets; at most \(configuration.maxBodySize) are accepted")
+            }
+            guard bodyMemory.reserve(n) else { throw HTTPParseError(status: 503, message: "too many request bodies in progress; try again") }
+            reserved = n
             body = try reader.readExact(n)
         }
         let target = String(requestLine[1])
@@ -164,7 +239,8 @@ public final class HTTPServer: Sendable {
                 query[k] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
             }
         }
-        return HTTPRequest(method: String(requestLine[0]), path: path.removingPercentEncoding ?? path, query: query, headers: headers, body: body)
+        return (HTTPRequest(method: String(requestLine[0]), path: path.removingPercentEncoding ?? path, query: query, headers: headers, body: body),
+                requestLine[2] == "HTTP/1.0")
     }
 }
 
@@ -174,16 +250,17 @@ public final class HTTPServer: Sendable {
 final class DeadlineStream: ByteStream {
     let socket: Socket
     let tls: TLSStream?
-    let deadline: ContinuousClock.Instant
+    /// The deadline in force (moved on for each request of a persistent connection).
+    let deadline: Locked<ContinuousClock.Instant>
 
     init(socket: Socket, tls: TLSStream? = nil, deadline: ContinuousClock.Instant) {
         self.socket = socket
         self.tls = tls
-        self.deadline = deadline
+        self.deadline = Locked(deadline)
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let remaining = ContinuousClock.now.duration(to: deadline)
+        let remaining = ContinuousClock.now.duration(to: deadline.snapshot)
         guard remaining > .zero else { throw SocketError(.timeout, "read", code: ETIMEDOUT) }
         socket.setTimeouts(read: remaining, write: remaining)
         if let tls { return try tls.read(into: buffer) }
@@ -191,6 +268,7 @@ final class DeadlineStream: ByteStream {
     }
 
     func write(_ bytes: [UInt8]) throws {
+        let deadline = deadline.snapshot
         guard let tls else { return try socket.write(bytes, before: deadline) }
         let remaining = ContinuousClock.now.duration(to: deadline)
         guard remaining > .zero else { throw SocketError(.timeout, "write", code: ETIMEDOUT) }
@@ -200,4 +278,28 @@ final class DeadlineStream: ByteStream {
 
     func shutdown() { socket.shutdown() }
     func close() { if let tls { tls.close() } else { socket.close() } }
+}
+
+/// The body octets all connections of a server hold at once (`maxBodyMemory`).
+final class BodyMemory: Sendable {
+    private let limit: Int?
+    private let inUse = Locked(0)
+
+    init(limit: Int?) { self.limit = limit }
+
+    /// Reserves `octets`; false (nothing reserved) when that would pass the limit.
+    func reserve(_ octets: Int) -> Bool {
+        guard let limit else { return true }
+        return inUse.withLock { used in
+            guard used + octets <= limit || used == 0 else { return false }
+            used += octets
+            return true
+        }
+    }
+
+    /// Gives back a reservation.
+    func release(_ octets: Int) {
+        guard limit != nil, octets > 0 else { return }
+        inUse.withLock { $0 -= octets }
+    }
 }

@@ -81,6 +81,7 @@ public struct QueueCommands {
               --pool P             recipients routed to this pool
               --ip A               recipients last tried from this sending IP (- = never tried)
               --sender S           by reverse-path: an address, a domain, or '<>' (DSNs)
+              --tenant T           by the message's tenant
               --state S            only recipients in this state
               --all                every waiting recipient (required when no ID or selector is given)
               --dry-run            print how many recipients would be touched; change nothing
@@ -198,7 +199,7 @@ public struct QueueCommands {
     }
 
     private func usage(_ command: String) -> AdminClient.Failure {
-        let selectors = "[--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--state S]"
+        let selectors = "[--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--tenant T] [--state S]"
         let text: String
         switch command {
         case "queue": text = "queue [--by domain|provider|pool|ip|state] | queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--limit N] [--after CURSOR]"
@@ -241,7 +242,8 @@ public struct QueueCommands {
         }
         let data = try client.get("/v1/queue/recipients" + Self.query([
             ("state", options["state"]), ("domain", options["domain"]), ("provider", options["provider"]), ("pool", options["pool"]),
-            ("ip", options["ip"]), ("sender", options["sender"]), ("limit", limit.map(String.init)), ("after", options["after"])]))
+            ("ip", options["ip"]), ("sender", options["sender"]), ("tenant", options["tenant"]), ("limit", limit.map(String.init)),
+            ("after", options["after"])]))
         if json { FileHandle.standardOutput.write(data); return }
         let page = try decoder().decode(QueueListPage.self, from: data)
         printTable(["ID", "MESSAGE", "RECIPIENT", "STATE", "ATTEMPTS", "AGE", "LAST REPLY", "WHY"], page.recipients.map {
@@ -262,7 +264,7 @@ public struct QueueCommands {
         let body = QueueActionRequest(recipientIds: recipientIDs.isEmpty ? nil : recipientIDs, messageIds: messageIDs.isEmpty ? nil : messageIDs,
                                       domain: options["domain"], provider: options["provider"], pool: options["pool"], ip: options["ip"],
                                       sender: options["sender"], state: options["state"], all: flags.contains("all") ? true : nil,
-                                      dryRun: flags.contains("dry-run") ? true : nil, reason: options["reason"])
+                                      dryRun: flags.contains("dry-run") ? true : nil, reason: options["reason"], tenant: options["tenant"])
         guard body.hasSelector || body.all == true else {
             throw AdminClient.Failure(description: "\(action.rawValue): give recipient or message ids or a selector (--domain, --provider, --pool, --ip, --sender, --state); --all selects every waiting recipient")
         }

@@ -7,7 +7,7 @@ import HatoSupport
 /// | method | path | body / query | what |
 /// |---|---|---|---|
 /// | GET | `/v1/queue/summary` | `by=domain\|provider\|pool\|ip\|state`, `limit=N` | waiting recipients per key and state, oldest entry |
-/// | GET | `/v1/queue/recipients` | `state`, `domain`, `provider`, `pool`, `ip`, `sender`, `limit`, `after` | a page of waiting recipients with why each waits |
+/// | GET | `/v1/queue/recipients` | `state`, `domain`, `provider`, `pool`, `ip`, `sender`, `tenant`, `limit`, `after` | a page of waiting recipients with why each waits |
 /// | POST | `/v1/queue/{flush,delete,bounce,hold,release}` | `QueueActionRequest` | the action (or its count with `dry_run`) |
 /// | GET | `/v1/pauses` | | active pauses |
 /// | POST | `/v1/pauses` | `PauseRequest` | pause a provider, pool or sending IP |
@@ -98,7 +98,8 @@ public struct QueueControlAPI: Sendable {
             return .error(400, "limit= must be a whole number from 1 to \(QueueCommands.pageLimits.upperBound)")
         }
         guard let after = Int64(q["after"].flatMap { $0.isEmpty ? nil : $0 } ?? "0"), after >= 0 else { return .error(400, "after= must be a cursor from next") }
-        var selector = RecipientSelector(pool: nonEmpty(q["pool"]), sendingIP: nonEmpty(q["ip"]), sender: nonEmpty(q["sender"]), states: states)
+        var selector = RecipientSelector(pool: nonEmpty(q["pool"]), sendingIP: nonEmpty(q["ip"]), sender: nonEmpty(q["sender"]), states: states,
+                                         tenant: nonEmpty(q["tenant"]))
         selector.domains = try domains(domain: nonEmpty(q["domain"]), provider: nonEmpty(q["provider"]))
         let (rows, more) = try store.waitingRecipients(selector, after: after, limit: limit)
         let now = clock.now()
@@ -142,7 +143,7 @@ public struct QueueControlAPI: Sendable {
         }
         let who = Self.operatorName(req)
         var selector = RecipientSelector(recipientIDs: body.recipientIds ?? [], messageIDs: body.messageIds ?? [], pool: nonEmpty(body.pool),
-                                         sendingIP: nonEmpty(body.ip), sender: nonEmpty(body.sender), states: states)
+                                         sendingIP: nonEmpty(body.ip), sender: nonEmpty(body.sender), states: states, tenant: nonEmpty(body.tenant))
         selector.domains = try domains(domain: nonEmpty(body.domain), provider: nonEmpty(body.provider))
         var leased = selector
         leased.states = body.state == nil ? [.leased] : []

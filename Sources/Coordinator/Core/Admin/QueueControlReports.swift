@@ -21,6 +21,8 @@ public struct QueueActionRequest: Codable, Sendable, Equatable {
     public var sender: String?
     /// One state (`queued`, `deferred`, `held`; `leased` is never touched).
     public var state: String?
+    /// The message's tenant (issue 16).
+    public var tenant: String?
     /// Required to select every waiting recipient without another criterion.
     public var all: Bool?
     /// Count what would be touched; change nothing.
@@ -30,15 +32,17 @@ public struct QueueActionRequest: Codable, Sendable, Equatable {
 
     /// A request; see the properties.
     public init(recipientIds: [Int64]? = nil, messageIds: [String]? = nil, domain: String? = nil, provider: String? = nil, pool: String? = nil,
-                ip: String? = nil, sender: String? = nil, state: String? = nil, all: Bool? = nil, dryRun: Bool? = nil, reason: String? = nil) {
+                ip: String? = nil, sender: String? = nil, state: String? = nil, all: Bool? = nil, dryRun: Bool? = nil, reason: String? = nil,
+                tenant: String? = nil) {
         self.recipientIds = recipientIds; self.messageIds = messageIds; self.domain = domain; self.provider = provider; self.pool = pool
         self.ip = ip; self.sender = sender; self.state = state; self.all = all; self.dryRun = dryRun; self.reason = reason
+        self.tenant = tenant
     }
 
     /// Whether the request names any recipient or criterion (else it needs `all`).
     var hasSelector: Bool {
         !(recipientIds ?? []).isEmpty || !(messageIds ?? []).isEmpty
-            || [domain, provider, pool, ip, sender, state].contains { !($0 ?? "").isEmpty }
+            || [domain, provider, pool, ip, sender, state, tenant].contains { !($0 ?? "").isEmpty }
     }
 
     /// The criteria in an operator's words: `domain gmail.com pool bulk`, `all`.
@@ -46,7 +50,7 @@ public struct QueueActionRequest: Codable, Sendable, Equatable {
         var parts: [String] = []
         if let r = recipientIds, !r.isEmpty { parts.append("recipient " + r.map(String.init).joined(separator: ",")) }
         if let m = messageIds, !m.isEmpty { parts.append("message " + m.joined(separator: ",")) }
-        for (k, v) in [("domain", domain), ("provider", provider), ("pool", pool), ("ip", ip), ("sender", sender), ("state", state)] {
+        for (k, v) in [("domain", domain), ("provider", provider), ("pool", pool), ("ip", ip), ("sender", sender), ("state", state), ("tenant", tenant)] {
             if let v, !v.isEmpty { parts.append("\(k) \(v)") }
         }
         return parts.isEmpty ? "all" : parts.joined(separator: " ")

@@ -85,11 +85,11 @@ public final class ClusterHub: Sendable {
     public static let unauthenticatedLimits = PreAuthenticationLimits(maxConnections: 64, maxConnectionsPerPeer: 8,
                                                                       handshakeDeadline: handshakeTimeout)
 
-    private let store: any QueueStore
+    let store: any QueueStore
     private let clock: any WallClock
-    private let log = Logger(label: "coordinator.cluster")
+    let log = Logger(label: "coordinator.cluster")
     private let inbox = LockedCondition(Inbox())
-    private let links = Locked<[ConnectionID: NodeLink]>([:])
+    let links = Locked<[ConnectionID: NodeLink]>([:])
     private let lastConnectionID = Locked<ConnectionID>(0)
     private let published: Locked<Snapshot>
     private let initial: Locked<Scheduler?>
@@ -115,6 +115,8 @@ public final class ClusterHub: Sendable {
     private let leasesGranted = Locked(0)
     /// The blocklist holds as last reported (IP → why), for a scheduler made on election.
     private let blocklistHolds = Locked<[String: String]>([:])
+    /// The tenants' DKIM keys as last read from the store (scheduler thread; ClusterHub+SigningKeys.swift).
+    let signingKeyFeed = Locked(SigningKeyFeed())
 
     /// - Parameters:
     ///   - config: the cluster configuration.
@@ -272,7 +274,7 @@ public final class ClusterHub: Sendable {
     }
 
     /// Whether this coordinator may act as leader under `term` right now.
-    private func mayAct(under term: Int64?) -> Bool {
+    func mayAct(under term: Int64?) -> Bool {
         guard let term else { return true }
         if fencedTerm.snapshot == term { return false }
         if case .elected(_, _, let mayLead) = mode { return mayLead(term) }
@@ -466,6 +468,7 @@ public final class ClusterHub: Sendable {
             }
             leading = nil
             now = clock.now()
+            pollSigningKeys(term: scheduler.leadership?.term)
             if now >= nextTick {
                 nextTick = now.addingTimeInterval(Scheduler.maximumTickInterval)
                 do {
@@ -590,6 +593,11 @@ public final class ClusterHub: Sendable {
                 // A stale leader sends nothing (the nodes would refuse its term anyway).
                 guard mayAct(under: term) else { continue }
                 link(c)?.send(.message(message))
+                if case .welcome = message, let l = link(c) {
+                    // The keys go before anything granted on this link later.
+                    l.markWelcomed()
+                    sendSigningKeys(to: l, term: term)
+                }
             case .grant(let grants):
                 guard mayAct(under: term) else {
                     scheduler.grantsFailed(grants)

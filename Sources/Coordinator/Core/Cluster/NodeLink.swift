@@ -38,6 +38,9 @@ final class NodeLink: Sendable {
     let connection: ClusterConnection
     private let outbox = LockedCondition(Outbox())
     private let log: Logger
+    /// Set once `welcome` is queued (on the scheduler thread): frames that only a joined node
+    /// understands (`signing_keys`) are queued only after it.
+    private let welcomedFlag = Locked(false)
 
     /// Items queued beyond which a link counts as backed up (no new grants for it).
     static let backlogItems = 256
@@ -47,6 +50,12 @@ final class NodeLink: Sendable {
     init(id: ConnectionID, nodeID: String, peer: SocketAddress, features: Set<String> = [], connection: ClusterConnection, log: Logger) {
         self.id = id; self.nodeID = nodeID; self.peer = peer; self.features = features; self.connection = connection; self.log = log
     }
+
+    /// Whether `welcome` has been queued on this link.
+    var isWelcomed: Bool { welcomedFlag.snapshot }
+
+    /// Records that `welcome` has been queued.
+    func markWelcomed() { welcomedFlag.withLock { $0 = true } }
 
     /// Starts the writer thread.
     func start() {

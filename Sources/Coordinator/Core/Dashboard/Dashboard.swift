@@ -98,7 +98,7 @@ public final class Dashboard: Sendable {
     // MARK: Login
 
     private func login(_ req: HTTPRequest) -> HTTPResponse {
-        let client = req.peer ?? "unknown"
+        let client = req.peer?.host ?? "unknown"
         let now = clock.now()
         if limiter.withLock({ $0.isBlocked(client, now: now) }) {
             log.warning("dashboard login rate-limited", ["client": client])
@@ -182,8 +182,8 @@ public final class Dashboard: Sendable {
 
     static func redirect(_ location: String, cookie: String? = nil) -> HTTPResponse {
         var r = HTTPResponse(status: 303, contentType: "text/plain; charset=utf-8", body: Array("See \(location)\n".utf8),
-                             headers: [("Location", location)])
-        if let cookie { r.headers.append(("Set-Cookie", cookie)) }
+                             headers: ["Location": location])
+        if let cookie { r.headers["Set-Cookie"] = cookie }
         return r
     }
 
@@ -194,10 +194,11 @@ public final class Dashboard: Sendable {
     /// Adds the security headers every `/ui/` response carries.
     static func secured(_ response: HTTPResponse) -> HTTPResponse {
         var r = response
-        let isAsset = r.headers.contains { $0.name == "Cache-Control" }
-        r.headers += [("Content-Security-Policy", contentSecurityPolicy), ("X-Content-Type-Options", "nosniff"),
-                      ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin")]
-        if !isAsset { r.headers.append(("Cache-Control", "no-store")) }
+        r.headers["Content-Security-Policy"] = contentSecurityPolicy
+        r.headers["X-Content-Type-Options"] = "nosniff"
+        r.headers["X-Frame-Options"] = "DENY"
+        r.headers["Referrer-Policy"] = "same-origin"
+        if r.headers["Cache-Control"] == nil { r.headers["Cache-Control"] = "no-store" }  // assets set their own
         return r
     }
 }

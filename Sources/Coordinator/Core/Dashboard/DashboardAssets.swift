@@ -12,7 +12,7 @@ enum DashboardAssets {
         case "app.js": (type, text) = ("text/javascript; charset=utf-8", DashboardScript.source)
         default: return nil
         }
-        return HTTPResponse(status: 200, contentType: type, body: Array(text.utf8), headers: [("Cache-Control", "no-cache")])
+        return HTTPResponse(status: 200, contentType: type, body: Array(text.utf8), headers: ["Cache-Control": "no-cache"])
     }
 
     static let css = """

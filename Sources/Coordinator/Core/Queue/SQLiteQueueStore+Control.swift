@@ -333,10 +333,24 @@ extension SQLiteQueueStore {
         var conditions: [String] = []
         var fixed: [SQLiteStatement.Value] = []
         let byIDs = !s.recipientIDs.isEmpty || !s.messageIDs.isEmpty
-        let byDomain = !byIDs && s.domains != nil
+        // A tenant's waiting recipients are found through its open messages (the small partial
+        // index `messages_tenant_open`), not by walking every waiting recipient of the queue.
+        let byTenant = !byIDs && s.tenant != nil
+        let byState = !byIDs && !byTenant
+        let byDomain = byState && s.domains != nil
         var from = "recipients r"
         var partitions: [SelectorPlan.Partition] = []
-        if byIDs {
+        if byTenant, let tenant = s.tenant {
+            conditions.append("r.message_id IN (SELECT id FROM messages WHERE tenant = ? AND open_recipients > 0)")
+            fixed.append(.text(tenant))
+            conditions.append("+r.state IN (SELECT value FROM json_each(?))")
+            fixed.append(.text(json(states.map(\.rawValue))))
+            if let domains = s.domains {
+                conditions.append("r.domain IN (SELECT value FROM json_each(?))")
+                fixed.append(.text(json(domains)))
+            }
+            partitions = [.init(state: nil, domain: nil)]
+        } else if byIDs {
             // A few ids: the primary key and the message index find them; states and domains are filters.
             conditions.append("""
                 r.id IN (SELECT value FROM json_each(?) UNION SELECT id FROM recipients WHERE message_id IN (SELECT value FROM json_each(?)))
@@ -367,6 +381,10 @@ extension SQLiteQueueStore {
             conditions.append("\(poolExpression) = ?")
             fixed.append(.text(pool))
         }
+        if byIDs, let tenant = s.tenant {
+            conditions.append("EXISTS(SELECT 1 FROM messages m WHERE m.id = r.message_id AND m.tenant = ?)")
+            fixed.append(.text(tenant))
+        }
         if let ip = s.sendingIP {
             if ip == "-" { conditions.append("r.ip IS NULL") } else {
                 conditions.append("r.ip = ?")
@@ -389,7 +407,7 @@ extension SQLiteQueueStore {
         let whereClause = conditions.joined(separator: " AND ")
         return SelectorPlan(selectSQL: "SELECT r.id FROM \(from) WHERE \(whereClause) AND r.id > ? ORDER BY r.id LIMIT ?",
                             countSQL: "SELECT COUNT(*) FROM \(from) WHERE \(whereClause)",
-                            partitions: partitions, fixed: fixed, byState: !byIDs, byDomain: byDomain)
+                            partitions: partitions, fixed: fixed, byState: byState, byDomain: byDomain)
     }
 
     // MARK: Writing

@@ -73,6 +73,8 @@ public struct QueueEvent: Sendable, Equatable {
     public var note: String? = nil
     /// The recipient's state when read (delay-warning candidates: `deferred`, `queued`, `held`).
     public var state: String? = nil
+    /// The message's tenant (issue 16), nil for mail of no tenant.
+    public var tenant: String? = nil
 }
 
 extension QueueEvent {
@@ -219,11 +221,11 @@ extension SQLiteQueueStore {
                 SELECT e.seq, e.kind, e.message_id, e.recipient_id, e.address, e.code, e.enhanced, e.text, e.node, e.ip, e.mx, e.attempts,
                        e.next_attempt_at, e.lease_granted_at, e.at, e.detail,
                        m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address,
-                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn), e.operator, e.note
+                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn), e.operator, e.note, m.tenant
                 FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
                 ORDER BY e.seq LIMIT ?
                 """).query([.int(Int64(limit))]) { s in
-                QueueEvent(seq: s.int(0), kind: DeliveryEventKind(rawValue: s.text(1)) ?? .received, messageID: s.text(2),
+                var e = QueueEvent(seq: s.int(0), kind: DeliveryEventKind(rawValue: s.text(1)) ?? .received, messageID: s.text(2),
                            recipientID: s.isNull(3) ? nil : s.int(3), address: s.optionalText(4), reply: Self.reply(s, 5),
                            textWithoutReply: s.isNull(5) ? s.optionalText(7) : nil, node: s.optionalText(8), sendingIP: s.optionalText(9),
                            mxHost: s.optionalText(10), attempts: s.isNull(11) ? nil : Int(s.int(11)),
@@ -233,12 +235,15 @@ extension SQLiteQueueStore {
                            reversePath: s.text(16), pool: s.text(17), receivedAt: Date(timeIntervalSince1970: s.double(18)),
                            size: Int(s.int(19)), heloName: s.text(20), clientAddress: s.text(21), recipientCount: Int(s.int(22)),
                            notify: s.optionalText(23), by: s.optionalText(24), note: s.optionalText(25))
+                e.tenant = s.optionalText(26)
+                return e
             }
         }
     }
 
     /// Applies what processing a batch decided, in one transaction: webhook outbox rows,
-    /// DSN entries, suppressions; deletes the processed events; purges the content of
+    /// DSN entries, suppressions; copies the processed events of tenants' messages into the
+    /// tenant event log (`tenantEvents`); deletes the processed events; purges the content of
     /// messages that no longer need it.
     ///
     /// The commit does not wait for fsync: everything in it can be derived again from the
@@ -266,6 +271,8 @@ extension SQLiteQueueStore {
                 try insertSuppressions(d.suppressions)
                 let handled = try db.prepare("INSERT OR IGNORE INTO dsn_delay_handled(recipient_id, at) VALUES(?,?)")
                 for r in d.delayHandled { try handled.run([.int(r), .double(t)]) }
+                // The events API keeps tenants' events after the outbox forgets them.
+                try copyTenantEvents(d.processed)
                 let messages = try deleteEvents(d.processed)
                 try purgeIfDone(messages)
             }

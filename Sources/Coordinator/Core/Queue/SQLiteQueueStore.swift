@@ -98,12 +98,15 @@ public final class SQLiteQueueStore: QueueStore {
         // Submission columns (AUTH user, RFC 3461 parameters) for queue files created before they existed.
         // The pool on each recipient (queue control groups and selects by it without reading the
         // messages table): NULL on rows written before it existed, read through the message then.
+        // The message's tenant (issue 16): NULL for mail of no tenant.
         for (table, column) in [("messages", "auth_user"), ("messages", "dsn_ret"), ("messages", "dsn_envid"),
-                                ("recipients", "dsn_notify"), ("recipients", "dsn_orcpt"), ("recipients", "pool")] {
+                                ("recipients", "dsn_notify"), ("recipients", "dsn_orcpt"), ("recipients", "pool"),
+                                ("messages", "tenant")] {
             let existing = try db.prepare("SELECT name FROM pragma_table_info('\(table)')").query { $0.text(0) }
             if !existing.contains(column) { try db.execute("ALTER TABLE \(table) ADD COLUMN \(column) TEXT") }
         }
         try db.execute(Self.waitingIndexes)
+        try db.execute(Self.tenantSchema)
         try installOperatorSchema()
     }
 
@@ -127,14 +130,15 @@ public final class SQLiteQueueStore: QueueStore {
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
     private static func insert(_ messages: [NewMessage], into db: SQLiteDatabase) throws {
         try db.transaction {
-            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
+            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool) VALUES(?,?,?,'queued',?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
             for m in messages {
                 let t = m.receivedAt.timeIntervalSince1970
                 try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
                               .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
-                              optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
+                              optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant)])
+                try recordIdempotency(of: m, in: db)
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
                     try insR.run([.text(m.id), .text(r), .text(Queue.domain(of: r)), .double(t), .double(t),
@@ -430,8 +434,9 @@ public final class SQLiteQueueStore: QueueStore {
     /// A message and its recipients, nil if unknown.
     public func message(id: String) throws -> MessageRecord? {
         try lock.withLock {
-            guard var m = try db.prepare("SELECT id, reverse_path, pool, size, received_at, client_address FROM messages WHERE id=?").query([.text(id)], {
-                MessageRecord(id: $0.text(0), reversePath: $0.text(1), pool: $0.text(2), size: Int($0.int(3)), receivedAt: $0.double(4), clientAddress: $0.text(5), recipients: [])
+            guard var m = try db.prepare("SELECT id, reverse_path, pool, size, received_at, client_address, tenant FROM messages WHERE id=?").query([.text(id)], {
+                MessageRecord(id: $0.text(0), reversePath: $0.text(1), pool: $0.text(2), size: Int($0.int(3)), receivedAt: $0.double(4), clientAddress: $0.text(5), recipients: [],
+                              tenant: $0.optionalText(6))
             }).first else { return nil }
             m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
                 RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),

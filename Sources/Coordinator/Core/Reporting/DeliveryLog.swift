@@ -26,6 +26,8 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     public var reversePath: String?
     /// The message's pool.
     public var pool: String?
+    /// The message's tenant (issue 16), nil for mail of no tenant.
+    public var tenant: String?
     /// The node that reported the outcome.
     public var node: String?
     /// The sending IP of the attempt.
@@ -87,7 +89,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
     public var note: String?
 
     enum CodingKeys: String, CodingKey {
-        case id, ts, event, messageId, recipient, reversePath, pool, node, sendingIp, mx, provider, code, enhanced, reply, category
+        case id, ts, event, messageId, recipient, reversePath, pool, tenant, node, sendingIp, mx, provider, code, enhanced, reply, category
         case attempt, queueTime, attemptTime, nextAttempt, size, recipients, client, dsnMessageId, tls, tlsVersion, tlsCipher
         case remoteAddress, reusedConnection, dkim, timings, target, note, connectFailed, addressFamily
         case operatorName = "operator"
@@ -149,6 +151,7 @@ public struct DeliveryLogRecord: Codable, Sendable, Equatable {
         w.field("sending_ip", sendingIp)
         w.field("size", size)
         w.field("target", target)
+        w.field("tenant", tenant)
         w.field("timings", object: timings.map { t in
             var o = JSONObjectWriter(capacity: 128)
             o.field("connect", t.connect)

@@ -101,10 +101,19 @@ public final class DeliveryReporter: Sendable {
     ///     delay notice of one never attempted or held (`ClusterHub.waitReason`); nil: a generic text.
     public init(config: ClusterConfig, store: any QueueStore, deliveryLog: DeliveryLog, metrics: CoordinatorMetrics, webhooks: WebhookDispatcher?,
                 clock: any WallClock = SystemClock(), onEnqueued: @escaping @Sendable () -> Void,
-                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil) {
+                waitReason: (@Sendable (_ pool: String, _ domain: String, _ state: String, _ nextAttemptAt: Date?) -> String)? = nil,
+                tenantWebhooks: (@Sendable () -> Set<String>)? = nil) {
         self.config = config; self.store = store; self.deliveryLog = deliveryLog; self.metrics = metrics
         self.webhooks = webhooks; self.clock = clock; self.onEnqueued = onEnqueued; self.waitReason = waitReason
+        self.tenantWebhooks = tenantWebhooks
     }
+
+    /// The tenants that have a webhook now (issue 16); nil without tenants.
+    private let tenantWebhooks: (@Sendable () -> Set<String>)?
+
+    /// The events a tenant's webhook gets: those about its own messages.
+    static let tenantWebhookEvents: Set<DeliveryEventKind> = [.received, .delivered, .deferred, .failed, .expired, .suppressed,
+                                                              .held, .released, .deleted, .dsnSent]
 
     /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
     /// recipients. Call it for every result the coordinator applies.
@@ -217,6 +226,7 @@ public final class DeliveryReporter: Sendable {
         if !e.messageID.isEmpty {
             r.reversePath = e.reversePath
             r.pool = e.pool
+            r.tenant = e.tenant
             r.queueTime = Self.rounded(max(0, e.at.timeIntervalSince(e.receivedAt)))
         }
         if e.by != nil {
@@ -264,9 +274,13 @@ public final class DeliveryReporter: Sendable {
             break
         }
         let hooks = config.webhooks.filter { $0.events.contains(e.kind) }
-        if !hooks.isEmpty {
+        let tenantHook = e.tenant.flatMap { t in
+            Self.tenantWebhookEvents.contains(e.kind) && (tenantWebhooks?().contains(t) ?? false) ? TenantDirectory.webhookKey(t) : nil
+        }
+        if !hooks.isEmpty || tenantHook != nil {
             let body = r.json()
             for hook in hooks { d.webhooks.append((hook: hook.url, eventID: id, body: body)) }
+            if let tenantHook { d.webhooks.append((hook: tenantHook, eventID: id, body: body)) }
         }
         d.processed.append(e.seq)
         return r
@@ -293,6 +307,15 @@ public final class DeliveryReporter: Sendable {
             metrics.activity.record(.bounced, at: e.at)
         case .suppressed: metrics.suppressed.inc(e.pool)
         default: break
+        }
+        if let tenant = e.tenant {
+            switch e.kind {
+            case .delivered: metrics.tenantMessages.inc(tenant, "delivered")
+            case .deferred: metrics.tenantMessages.inc(tenant, "deferred")
+            case .failed, .expired: metrics.tenantMessages.inc(tenant, "bounced")
+            case .suppressed: metrics.tenantMessages.inc(tenant, "suppressed")
+            default: break
+            }
         }
     }
 

@@ -48,7 +48,8 @@ public final class ReportingService: Sendable {
             : WebhookDispatcher(hooks: config.webhooks, store: store, metrics: metrics, clock: clock,
                                 tenantHooks: ReportingService.tenantHooks(tenants))
         reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,
-                                    clock: clock, onEnqueued: onEnqueued, waitReason: waitReason)
+                                    clock: clock, onEnqueued: onEnqueued, waitReason: waitReason,
+                                    tenantWebhooks: ReportingService.tenantsWithWebhooks(tenants))
         api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock)
     }
 
@@ -56,6 +57,12 @@ public final class ReportingService: Sendable {
     private static func tenantHooks(_ tenants: TenantDirectory?) -> (@Sendable () throws -> [(key: String, hook: WebhookSettings)])? {
         guard let tenants else { return nil }
         return { tenants.webhooks() }
+    }
+
+    /// The names of the tenants with a webhook, for the reporter (nil without tenants).
+    private static func tenantsWithWebhooks(_ tenants: TenantDirectory?) -> (@Sendable () -> Set<String>)? {
+        guard let tenants else { return nil }
+        return { Set(tenants.webhooks().map { String($0.key.dropFirst("tenant:".count)) }) }
     }
 
     /// Starts the reporter and webhook threads.

@@ -97,6 +97,10 @@ extension PostgreSQLQueueStore {
         }
         if let domains = s.domains { conditions.append("r.domain = ANY(\(bind(.text(array(domains))))::text[])") }
         if let pool = s.pool { conditions.append("r.pool = \(bind(.text(pool)))") }
+        if let tenant = s.tenant {
+            // Through the tenant's open messages (the partial index `messages_tenant_open`).
+            conditions.append("r.message_id IN (SELECT id FROM messages WHERE tenant = \(bind(.text(tenant))) AND open_recipients > 0)")
+        }
         if let ip = s.sendingIP {
             conditions.append(ip == "-" ? "r.ip IS NULL" : "r.ip = \(bind(.text(ip)))")
         }

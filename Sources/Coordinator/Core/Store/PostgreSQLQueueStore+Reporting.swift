@@ -43,11 +43,11 @@ extension PostgreSQLQueueStore {
                 SELECT e.seq, e.kind, e.message_id, e.recipient_id, e.address, e.code, e.enhanced, e.text, e.node, e.ip, e.mx, e.attempts,
                        e.next_attempt_at, e.lease_granted_at, e.at, e.detail,
                        m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address,
-                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.dsn_notify, e.operator, e.note
+                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.dsn_notify, e.operator, e.note, m.tenant
                 FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
                 ORDER BY e.seq LIMIT $1
                 """, [.int(Int64(limit))]).map { s in
-                QueueEvent(seq: try s.int(0), kind: DeliveryEventKind(rawValue: try s.text(1)) ?? .received, messageID: try s.text(2),
+                var e = QueueEvent(seq: try s.int(0), kind: DeliveryEventKind(rawValue: try s.text(1)) ?? .received, messageID: try s.text(2),
                            recipientID: try s.optionalInt(3), address: try s.optionalText(4), reply: try Self.reply(s, 5),
                            textWithoutReply: s.isNull(5) ? try s.optionalText(7) : nil, node: try s.optionalText(8), sendingIP: try s.optionalText(9),
                            mxHost: try s.optionalText(10), attempts: try s.optionalInt(11).map { Int($0) },
@@ -58,13 +58,16 @@ extension PostgreSQLQueueStore {
                            receivedAt: Date(timeIntervalSince1970: try s.optionalDouble(18) ?? 0),
                            size: Int(try s.optionalInt(19) ?? 0), heloName: try s.optionalText(20) ?? "", clientAddress: try s.optionalText(21) ?? "",
                            recipientCount: Int(try s.int(22)), notify: try s.optionalText(23), by: try s.optionalText(24), note: try s.optionalText(25))
+                e.tenant = try s.optionalText(26)
+                return e
             }
         }
     }
 
     /// Applies what processing a batch decided, in one transaction that does not wait for
     /// `synchronous_commit` (everything in it derives from the events it deletes, which were
-    /// committed durably with the changes that made them).
+    /// committed durably with the changes that made them). The processed events of tenants'
+    /// messages are copied into the tenant event log before they are deleted.
     /// Fenced like lease state (`fenceLeaseWrites`): a coordinator that no longer leads cannot
     /// complete a batch the new leader also works on.
     /// - Throws: `LeadershipFenced`; `PostgreSQLError`; nothing is applied then (the events are processed again).
@@ -92,6 +95,8 @@ extension PostgreSQLQueueStore {
                     """, [.text(Self.array(d.delayHandled)), .double(t)])
             }
             if !d.processed.isEmpty {
+                // The events API keeps tenants' events after the outbox forgets them.
+                try Self.copyTenantEvents(d.processed, on: c)
                 let messages = Set(try c.query("DELETE FROM recipient_events WHERE seq = ANY($1::bigint[]) RETURNING message_id",
                                                [.text(Self.array(d.processed))]).map { try $0.text(0) })
                 try Self.purgeBodies(messages.filter { !$0.isEmpty }.sorted(), on: c)

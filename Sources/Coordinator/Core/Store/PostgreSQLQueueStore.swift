@@ -161,11 +161,12 @@ public final class PostgreSQLQueueStore: QueueStore {
         for m in messages {
             let t = m.receivedAt.timeIntervalSince1970
             try c.run("""
-                INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid)
-                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant)
+                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                 """, [.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t), .text(m.heloName),
                       .text(m.clientAddress), .bytea(m.content), .int(Int64(m.recipients.count)), optional(m.authenticatedUser),
-                      optional(m.dsnReturn?.rawValue), optional(m.envelopeID)])
+                      optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant)])
+            try recordIdempotency(of: m, on: c)
             guard !m.recipients.isEmpty else { continue }
             let parameters = m.recipients.indices.map { $0 < m.recipientParameters.count ? m.recipientParameters[$0] : RecipientParameters() }
             // One statement for every recipient, ids assigned in RCPT order.
@@ -468,9 +469,9 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Throws: `PostgreSQLError`.
     public func message(id: String) throws -> MessageRecord? {
         try pool.withConnection { c in
-            guard var m = try c.query("SELECT id, reverse_path, pool, size, received_at, client_address FROM messages WHERE id = $1", [.text(id)]).first.map({
+            guard var m = try c.query("SELECT id, reverse_path, pool, size, received_at, client_address, tenant FROM messages WHERE id = $1", [.text(id)]).first.map({
                 MessageRecord(id: try $0.text(0), reversePath: try $0.text(1), pool: try $0.text(2), size: Int(try $0.int(3)),
-                              receivedAt: try $0.double(4), clientAddress: try $0.text(5), recipients: [])
+                              receivedAt: try $0.double(4), clientAddress: try $0.text(5), recipients: [], tenant: try $0.optionalText(6))
             }) else { return nil }
             m.recipients = try c.query("""
                 SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at

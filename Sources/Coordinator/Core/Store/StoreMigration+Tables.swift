@@ -22,8 +22,13 @@ import Foundation
 //   dsn_pending [recipient_id]    DSN entries waiting for their message's DSN
 //   dsn_delay_handled [recipient_id]
 //   webhook_outbox [id]           body BLOB → bytea
+//   tenants [name], tenant_users [name], api_keys [id], sending_domains [domain],
+//   sending_domain_keys [domain, selector], tenant_usage [tenant, time_window],
+//   idempotency_keys [tenant, key], tenant_events [id], tenant_version [id]
+//                                 the tenant layer (issue 16), with `messages.tenant`;
+//                                 sealed keys and key hashes BLOB → bytea
 //   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
-// The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id) keep their
+// The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
 // is never given twice.
@@ -122,7 +127,7 @@ extension StoreMigration {
             Column("id", .text), Column("reverse_path", .text), Column("pool", .text), Column("size", .int),
             Column("received_at", .double), Column("helo", .text), Column("client_address", .text),
             Column("body", .blob, nullable: true), Column("open_recipients", .int), Column("auth_user", .text, nullable: true),
-            Column("dsn_ret", .text, nullable: true), Column("dsn_envid", .text, nullable: true),
+            Column("dsn_ret", .text, nullable: true), Column("dsn_envid", .text, nullable: true), Column("tenant", .text, nullable: true),
         ], key: ["id"], identity: nil, pageSize: 200),
         Table(name: "recipients", columns: [
             Column("id", .int), Column("message_id", .text), Column("address", .text), Column("domain", .text), Column("state", .text),
@@ -172,6 +177,35 @@ extension StoreMigration {
             Column("id", .int), Column("hook", .text), Column("event_id", .text), Column("body", .blob), Column("created_at", .double),
             Column("attempts", .int), Column("next_attempt_at", .double), Column("last_error", .text, nullable: true),
         ], key: ["id"], identity: "id", pageSize: 200),
+        // The tenant layer (issue 16: SQLiteQueueStore+Tenants.swift, migration 3).
+        Table(name: "tenants", columns: [
+            Column("name", .text), Column("state", .text), Column("state_reason", .text, nullable: true), Column("pool", .text, nullable: true),
+            Column("messages_per_hour", .int, nullable: true), Column("messages_per_day", .int, nullable: true),
+            Column("messages_per_month", .int, nullable: true), Column("recipients_per_message", .int, nullable: true),
+            Column("webhook_url", .text, nullable: true), Column("webhook_secret", .text, nullable: true), Column("created_at", .double),
+        ], key: ["name"], identity: nil, pageSize: 2000),
+        Table(name: "tenant_users", columns: [Column("name", .text), Column("tenant", .text), Column("password_hash", .text), Column("created_at", .double)],
+              key: ["name"], identity: nil, pageSize: 2000),
+        Table(name: "api_keys", columns: [
+            Column("id", .text), Column("tenant", .text), Column("label", .text), Column("secret_hash", .blob), Column("created_at", .double),
+            Column("last_used_at", .double, nullable: true), Column("revoked_at", .double, nullable: true),
+        ], key: ["id"], identity: nil, pageSize: 2000),
+        Table(name: "sending_domains", columns: [Column("domain", .text), Column("tenant", .text), Column("created_at", .double)],
+              key: ["domain"], identity: nil, pageSize: 2000),
+        Table(name: "sending_domain_keys", columns: [
+            Column("domain", .text), Column("selector", .text), Column("algorithm", .text), Column("sealed_private_key", .blob), Column("public_key", .text),
+        ], key: ["domain", "selector"], identity: nil, pageSize: 2000),
+        Table(name: "tenant_usage", columns: [Column("tenant", .text), Column("time_window", .text), Column("count", .int)],
+              key: ["tenant", "time_window"], identity: nil, pageSize: 2000),
+        Table(name: "idempotency_keys", columns: [
+            Column("tenant", .text), Column("key", .text), Column("request_hash", .text), Column("message_id", .text), Column("created_at", .double),
+        ], key: ["tenant", "key"], identity: nil, pageSize: 2000),
+        Table(name: "tenant_events", columns: [
+            Column("id", .int), Column("tenant", .text), Column("kind", .text), Column("message_id", .text), Column("recipient", .text, nullable: true),
+            Column("code", .int, nullable: true), Column("enhanced", .text, nullable: true), Column("text", .text, nullable: true),
+            Column("mx", .text, nullable: true), Column("ip", .text, nullable: true), Column("at", .double),
+        ], key: ["id"], identity: "id", pageSize: 2000),
+        Table(name: "tenant_version", columns: [Column("id", .int), Column("version", .int)], key: ["id"], identity: nil, pageSize: 2000),
         Table(name: "operators", columns: [Column("name", .text), Column("password_hash", .text), Column("created_at", .double)],
               key: ["name"], identity: nil, pageSize: 2000),
     ]

@@ -9,7 +9,9 @@ import HatoSupport
 /// values (StoreMigration+Tables.swift has the map and what is only on one side): messages with
 /// their content byte for byte, recipients with their states, attempts and next attempt times,
 /// leases, the IP owners, node drain state, warm-up counts, backoffs, pauses, suppressions,
-/// unprocessed events, DSN entries and the webhook outbox, and the lease hold of `run_state`.
+/// unprocessed events, DSN entries and the webhook outbox, the tenant layer (tenants, users, API
+/// keys, sending domains, counts, idempotency records, the tenant event log), and the lease
+/// hold of `run_state`.
 ///
 /// **One transaction** on the PostgreSQL side: either everything is copied and verified, or
 /// nothing is written. The SQLite side is read in one transaction as well (`BEGIN IMMEDIATE`,

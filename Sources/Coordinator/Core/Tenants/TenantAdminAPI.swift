@@ -9,7 +9,7 @@ import SMTPCore
 /// | method | path | body | what |
 /// |---|---|---|---|
 /// | GET | `/v1/tenants` | | every tenant with its usage |
-/// | POST | `/v1/tenants` | `TenantRequest` | create (201) |
+/// | POST | `/v1/tenants` | `TenantRequest` | create (201: `Created`, with its first API key, shown this once) |
 /// | GET | `/v1/tenants/{t}` | | one tenant: usage, SMTP users, API keys (never secrets), domains |
 /// | PATCH | `/v1/tenants/{t}` | `TenantRequest` | change pool, limits, webhook (absent keys unchanged) |
 /// | DELETE | `/v1/tenants/{t}` | | delete (409 while it has waiting mail) |
@@ -90,6 +90,13 @@ public struct TenantAdminAPI: Sendable {
         public init(name: String? = nil, pool: String? = nil, limits: TenantLimits? = nil, webhookUrl: String? = nil, webhookSecret: String? = nil) {
             self.name = name; self.pool = pool; self.limits = limits; self.webhookUrl = webhookUrl; self.webhookSecret = webhookSecret
         }
+    }
+
+    /// The answer of `POST /v1/tenants`: the tenant and its first API key (shown this once).
+    public struct Created: Codable, Sendable {
+        public var tenant: TenantView
+        public var apiKey: String
+        public var apiKeyId: String
     }
 
     /// The body of `POST /v1/tenants/{t}/users`.
@@ -221,11 +228,15 @@ public struct TenantAdminAPI: Sendable {
                        webhookSecret: body.webhookSecret, createdAt: clock.now().timeIntervalSince1970)
         let generated = Self.generateSecretIfNeeded(&t)
         try store.createTenant(t)
+        // Its first API key, shown once in this answer.
+        let made = APIKeyText.generate()
+        let key = APIKeyRecord(id: made.id, tenant: name, label: "first key", secretHash: made.secretHash, createdAt: clock.now().timeIntervalSince1970)
+        try store.addAPIKey(key)
         directory.invalidate()
-        log.info("tenant created", ["tenant": name, "by": QueueControlAPI.operatorName(req)])
+        log.info("tenant created", ["tenant": name, "key": made.id, "by": QueueControlAPI.operatorName(req)])
         var v = view(t, usage: TenantUsage(hour: 0, day: 0, month: 0))
         v.webhookSecret = generated
-        return .json(v, status: 201)
+        return .json(Created(tenant: v, apiKey: made.text, apiKeyId: made.id), status: 201)
     }
 
     private func detail(_ name: String) throws -> HTTPResponse {

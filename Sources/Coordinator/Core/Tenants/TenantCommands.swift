@@ -5,11 +5,12 @@ import SMTPCore
 /// The operator CLI's `tenant` commands (admin API `/v1/tenants…`, `TenantAdminAPI`):
 ///
 /// - `tenant list`
-/// - `tenant add NAME [--pool P] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N] [--webhook URL] [--webhook-secret-file F]`
+/// - `tenant create NAME [--pool P] [--limit N/day,…] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N] [--webhook URL] [--webhook-secret-file F]`
+///   (prints its first API key once; `add` is the same)
 /// - `tenant show NAME` · `tenant set NAME [the options of add; 0 removes a limit]` · `tenant delete NAME`
 /// - `tenant suspend NAME [--reason TEXT]` · `tenant resume NAME`
-/// - `tenant user add TENANT USER` (the password from stdin, or prompted twice on a terminal; only its hash is sent)
-/// - `tenant user remove TENANT USER`
+/// - `tenant smtp-user add TENANT USER` (or `user add`; the password from stdin, or prompted twice on a terminal; only its hash is sent)
+/// - `tenant smtp-user remove TENANT USER`
 /// - `tenant key create TENANT [--label TEXT]` (prints the key once) · `tenant key list TENANT` · `tenant key revoke TENANT ID`
 public struct TenantCommands {
     let client: AdminClient
@@ -18,15 +19,16 @@ public struct TenantCommands {
     /// Commands this type runs.
     public static let names: Set<String> = ["tenant", "tenants"]
     /// The value options the commands take.
-    public static let valueOptions: Set<String> = ["label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file"]
+    public static let valueOptions: Set<String> = ["limit", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file"]
 
     static let usage = """
         usage: hato-coordinator tenant list
-               hato-coordinator tenant add NAME [--pool P] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N]
-                                           [--webhook URL] [--webhook-secret-file FILE]
+               hato-coordinator tenant create NAME [--pool P] [--limit 10000/day[,500/hour,1000000/month,50/message]]
+                                           [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N]
+                                           [--webhook URL] [--webhook-secret-file FILE]     (prints its first API key once)
                hato-coordinator tenant show NAME | set NAME [options of add; 0 removes a limit] | delete NAME
                hato-coordinator tenant suspend NAME [--reason TEXT] | resume NAME
-               hato-coordinator tenant user add TENANT USER | user remove TENANT USER
+               hato-coordinator tenant smtp-user add TENANT USER | smtp-user remove TENANT USER
                hato-coordinator tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
         """
 
@@ -56,7 +58,7 @@ public struct TenantCommands {
         let rest = Array(positional.dropFirst())
         switch (sub, rest.count) {
         case ("list", 0): try list()
-        case ("add", 1): try add(rest[0], options)
+        case ("create", 1), ("add", 1): try add(rest[0], options)
         case ("set", 1): try set(rest[0], options)
         case ("show", 1): try show(rest[0])
         case ("delete", 1):
@@ -69,7 +71,7 @@ public struct TenantCommands {
             let change = try Self.decoder.decode(TenantAdminAPI.StateChange.self, from: data)
             print(sub == "suspend" ? "suspended tenant \(rest[0]): \(change.recipients) waiting recipients held"
                                    : "resumed tenant \(rest[0]): \(change.recipients) held recipients released")
-        case ("user", 3) where rest[0] == "add":
+        case ("smtp-user", 3) where rest[0] == "add", ("user", 3) where rest[0] == "add":
             let password: [UInt8]
             do { password = try HashPasswordCommand.readPassword() } catch let e as HashPasswordCommand.PasswordInputError {
                 throw AdminClient.Failure(description: e.message)
@@ -78,7 +80,7 @@ public struct TenantCommands {
             let data = try client.request("POST", "/v1/tenants/\(Self.path(rest[1]))/users",
                                           body: try Self.body(TenantAdminAPI.UserRequest(name: rest[2], passwordHash: hash)))
             if json { FileHandle.standardOutput.write(data) } else { print("added SMTP user \(rest[2]) to tenant \(rest[1])") }
-        case ("user", 3) where rest[0] == "remove":
+        case ("smtp-user", 3) where rest[0] == "remove", ("user", 3) where rest[0] == "remove":
             let data = try client.request("DELETE", "/v1/tenants/\(Self.path(rest[1]))/users/\(Self.path(rest[2]))")
             if json { FileHandle.standardOutput.write(data) } else { print("removed SMTP user \(rest[2]) of tenant \(rest[1])") }
         case ("key", 2) where rest[0] == "create":
@@ -127,6 +129,22 @@ public struct TenantCommands {
         }
         var limits = base ?? TenantLimits()
         var changed = base == nil
+        // --limit 10000/day[,500/hour,…]: the issue's form of the same limits.
+        for item in (o["limit"] ?? "").split(separator: ",") {
+            let parts = item.split(separator: "/")
+            guard parts.count == 2, let n = Int(parts[0].trimmingCharacters(in: .whitespaces)), n >= 0 else {
+                throw AdminClient.Failure(description: "--limit: '\(item)' is not N/hour, N/day, N/month or N/message (0: no limit)")
+            }
+            let v: Int? = n == 0 ? nil : n
+            switch parts[1].trimmingCharacters(in: .whitespaces) {
+            case "hour", "h": limits.messagesPerHour = v
+            case "day", "d": limits.messagesPerDay = v
+            case "month": limits.messagesPerMonth = v
+            case "message", "msg": limits.recipientsPerMessage = v
+            default: throw AdminClient.Failure(description: "--limit: '\(item)' is not N/hour, N/day, N/month or N/message")
+            }
+            changed = true
+        }
         if let v = try int("per-hour") { limits.messagesPerHour = v; changed = true }
         if let v = try int("per-day") { limits.messagesPerDay = v; changed = true }
         if let v = try int("per-month") { limits.messagesPerMonth = v; changed = true }
@@ -142,11 +160,17 @@ public struct TenantCommands {
 
     private func add(_ name: String, _ o: [String: String]) throws {
         let data = try client.request("POST", "/v1/tenants", body: try Self.body(try request(name, o, base: nil)))
-        if json { FileHandle.standardOutput.write(data); return }
-        print("created tenant \(name)")
-        if let secret = try Self.decoder.decode(TenantAdminAPI.TenantView.self, from: data).webhookSecret {
-            print("webhook signing secret (shown this once): \(secret)")
+        let created = try Self.decoder.decode(TenantAdminAPI.Created.self, from: data)
+        if json {
+            // The issue's shape: {"tenant": …, "api_key": …}.
+            struct Out: Encodable { var tenant: TenantAdminAPI.TenantView; var apiKey: String; var apiKeyId: String }
+            FileHandle.standardOutput.write(try Self.body(Out(tenant: created.tenant, apiKey: created.apiKey, apiKeyId: created.apiKeyId)))
+            return
         }
+        print("created tenant \(name)")
+        print("API key \(created.apiKeyId) (shown this once; Hato keeps only its hash):")
+        print(created.apiKey)
+        if let secret = created.tenant.webhookSecret { print("webhook signing secret (shown this once): \(secret)") }
     }
 
     private func set(_ name: String, _ o: [String: String]) throws {

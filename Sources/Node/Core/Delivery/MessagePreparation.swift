@@ -79,22 +79,32 @@ public struct PreparationFailure: Error, Sendable, Equatable {
 /// `DataDecoder`); the node never sends one: content that still has such a line fails with
 /// `554 5.6.0` here rather than being cut or re-encoded after signing.
 public struct MessagePreparer: Sendable {
-    /// The DKIM keys (empty: nothing is signed).
+    /// The DKIM keys of cluster.yml `dkim:` (empty: only tenant keys sign).
     public let dkim: DKIMSignerSet
+    /// The tenants' keys from the coordinator (`signing_keys`), nil for none: for a domain that
+    /// has tenant keys they sign instead of `dkim` keys of that domain.
+    public let tenantKeys: TenantSigningKeys?
     /// The signature time source.
     public let clock: any WallClock
 
     /// - Parameters:
     ///   - dkim: the signers, chosen per message by its From domain.
+    ///   - tenantKeys: the tenants' keys, asked first for each domain.
     ///   - clock: the time for `t=`.
-    public init(dkim: DKIMSignerSet = DKIMSignerSet([]), clock: any WallClock = SystemClock()) {
+    public init(dkim: DKIMSignerSet = DKIMSignerSet([]), tenantKeys: TenantSigningKeys? = nil, clock: any WallClock = SystemClock()) {
         self.dkim = dkim
+        self.tenantKeys = tenantKeys
         self.clock = clock
     }
 
     /// Prepares the content for a server with the given capabilities.
+    /// - Parameters:
+    ///   - analysis: the content.
+    ///   - eightBitMIME: whether the server offers 8BITMIME.
+    ///   - reversePath: the envelope sender: its domain picks tenant keys for a message without
+    ///     a single From address.
     /// - Returns: the bytes to send, or a failure for every recipient.
-    public func prepare(_ analysis: MessageAnalysis, eightBitMIME: Bool) -> Result<PreparedMessage, PreparationFailure> {
+    public func prepare(_ analysis: MessageAnalysis, eightBitMIME: Bool, reversePath: String = "") -> Result<PreparedMessage, PreparationFailure> {
         if analysis.longestLine > MessageText.maxLineLength {
             return .failure(PreparationFailure(.localFailure(554, 6, 0,
                                                "message has a line of \(analysis.longestLine) octets; RFC 5322 §2.1.1 allows 998")))
@@ -111,7 +121,9 @@ public struct MessagePreparer: Sendable {
         }
         var signatures: [String] = []
         do {
-            (bytes, signatures) = try dkim.sign(bytes, time: clock.now())
+            let fallback = reversePath.lastIndex(of: "@").map { String(reversePath[reversePath.index(after: $0)...]).lowercased() }
+            (bytes, signatures) = try dkim.sign(bytes, time: clock.now(), overriding: tenantKeys.map { keys in { keys.signers(forDomain: $0) } },
+                                                fallbackDomain: fallback)
         } catch {
             return .failure(PreparationFailure(.localDeferral(3, 0, "DKIM signing failed: \(error)")))
         }

@@ -264,7 +264,7 @@ public final class SMTPDeliverer: Sendable {
                 let granted = pool.awaitSendSlot(for: session(), until: deadline)
                 action = attempt.sendSlot(granted: granted, now: clock.now)
             case .prepare(let eightBitMIME):
-                action = attempt.prepared(preparer.prepare(analysis, eightBitMIME: eightBitMIME), now: clock.now)
+                action = attempt.prepared(preparer.prepare(analysis, eightBitMIME: eightBitMIME, reversePath: request.reversePath), now: clock.now)
             case .transact(var transaction, let message, let notAfter):
                 let c = session()
                 c.run(&transaction, message: message.bytes, notAfter: notAfter)
