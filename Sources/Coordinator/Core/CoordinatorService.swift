@@ -141,7 +141,10 @@ public final class CoordinatorService: Sendable {
         // data comes from the chain below, in process (a standby forwards to the leader there).
         let dashboard = Dashboard(token: token, accounts: store, secureCookie: adminTLS != nil, maxFailures: config.smtp.authFailureLimit,
                                   failureWindow: config.smtp.authFailureWindow,
-                                  data: DashboardData(token: token, admin: adminChain, activity: reporting.metrics.activity))
+                                  data: DashboardData(token: token, admin: adminChain, activity: reporting.metrics.activity),
+                                  tenantData: DashboardTenantData(store: store, token: token, admin: adminChain, activity: reporting.metrics.activity,
+                                                                  config: { hub.currentConfig }),
+                                  tenantUsers: { tenants.smtpUser($0) })
         self.dashboard = dashboard
         admin = try HTTPServer(address: config.coordinator.adminListen, tls: adminTLS) { req in dashboard.handle(req) ?? adminChain(req) }
     }

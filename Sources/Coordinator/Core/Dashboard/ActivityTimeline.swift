@@ -75,18 +75,36 @@ public struct ActivityTimeline: Sendable, Equatable {
     }
 }
 
-/// An `ActivityTimeline` behind a lock, shared by the reporter (writer) and the dashboard.
+/// The cluster's `ActivityTimeline` and one per tenant (issue 16's tenants see their own on
+/// the dashboard), behind a lock, shared by the reporter (writer) and the dashboard.
 public final class ActivityRecorder: Sendable {
-    private let timeline = Locked(ActivityTimeline())
+    private struct Timelines: Sendable {
+        var all = ActivityTimeline()
+        var tenants: [String: ActivityTimeline] = [:]
+    }
+    private let timelines = Locked(Timelines())
+    /// The most tenants with a timeline of their own (about 46 KB each); more are not counted
+    /// per tenant (the cluster's timeline still counts them).
+    public let maxTenants: Int
 
     /// An empty recorder.
-    public init() {}
+    /// - Parameter maxTenants: tenants tracked at most (default 2000).
+    public init(maxTenants: Int = 2000) { self.maxTenants = maxTenants }
 
-    /// Counts one event (see `ActivityTimeline.record`).
-    public func record(_ kind: ActivityTimeline.Kind, at: Date) { timeline.withLock { $0.record(kind, at: at) } }
+    /// Counts one event (see `ActivityTimeline.record`), also in its tenant's timeline.
+    public func record(_ kind: ActivityTimeline.Kind, at: Date, tenant: String? = nil) {
+        let limit = maxTenants
+        timelines.withLock {
+            $0.all.record(kind, at: at)
+            if let tenant, $0.tenants[tenant] != nil || $0.tenants.count < limit { $0.tenants[tenant, default: ActivityTimeline()].record(kind, at: at) }
+        }
+    }
 
-    /// The series (see `ActivityTimeline.series`).
-    public func series(span: TimeInterval, bucket: TimeInterval, now: Date) -> [ActivityTimeline.Point] {
-        timeline.withLock { $0.series(span: span, bucket: bucket, now: now) }
+    /// The series of the cluster, or of `tenant` (see `ActivityTimeline.series`).
+    public func series(span: TimeInterval, bucket: TimeInterval, now: Date, tenant: String? = nil) -> [ActivityTimeline.Point] {
+        timelines.withLock { t in
+            guard let tenant else { return t.all.series(span: span, bucket: bucket, now: now) }
+            return (t.tenants[tenant] ?? ActivityTimeline()).series(span: span, bucket: bucket, now: now)
+        }
     }
 }

@@ -12,7 +12,8 @@ import SMTPCore
 ///   (`/ui/api/…`) and actions (`POST /ui/actions/…`) answer `401`. Assets
 ///   (`/ui/assets/…`) are public: they hold no data.
 /// - Login (`POST /ui/login`): the admin token, or an operator account's name and password
-///   (`OperatorStore`). Failures count per client address like SMTP AUTH (`AuthFailureLimiter`,
+///   (`OperatorStore`), or a tenant SMTP user's (the tenant view under `/ui/t/`, its own data only;
+///   operator pages and endpoints answer it `403`, as the tenant view does an operator). Failures count per client address like SMTP AUTH (`AuthFailureLimiter`,
 ///   `smtp.auth_failure_limit` per `smtp.auth_failure_window`); past the limit `429`.
 /// - Every `POST` but the login needs the session's CSRF token (`X-CSRF-Token` header or the
 ///   `csrf` form field, compared in constant time), else `403`; a cross-site `Origin` is `403`.
@@ -28,6 +29,8 @@ public final class Dashboard: Sendable {
     let secureCookie: Bool
     let clock: any WallClock
     let data: DashboardData
+    let tenantData: DashboardTenantData?
+    let tenantUsers: (@Sendable (String) -> (tenant: String, hash: PasswordHash)?)?
     private let sessions: Locked<DashboardSessionTable>
     private let limiter: Locked<AuthFailureLimiter>
     private let decoy = Locked<PasswordHash?>(nil)
@@ -42,9 +45,13 @@ public final class Dashboard: Sendable {
     ///   - sessions: the session table (its timeouts).
     ///   - clock: time source.
     ///   - data: the JSON endpoints and actions.
+    ///   - tenantData: the tenant view's (nil: no tenant logins).
+    ///   - tenantUsers: a tenant SMTP user's tenant and password hash (`TenantDirectory.smtpUser`).
     public init(token: String, accounts: any OperatorStore & Sendable, secureCookie: Bool, maxFailures: Int, failureWindow: TimeInterval,
-                sessions: DashboardSessionTable = DashboardSessionTable(), clock: any WallClock = SystemClock(), data: DashboardData) {
+                sessions: DashboardSessionTable = DashboardSessionTable(), clock: any WallClock = SystemClock(), data: DashboardData,
+                tenantData: DashboardTenantData? = nil, tenantUsers: (@Sendable (String) -> (tenant: String, hash: PasswordHash)?)? = nil) {
         self.token = token; self.accounts = accounts; self.secureCookie = secureCookie; self.clock = clock; self.data = data
+        self.tenantData = tenantData; self.tenantUsers = tenantUsers
         self.sessions = Locked(sessions)
         limiter = Locked(AuthFailureLimiter(maxFailures: maxFailures, window: failureWindow))
     }
@@ -64,7 +71,7 @@ public final class Dashboard: Sendable {
         }
         if path == "/ui/login" {
             switch req.method {
-            case "GET": return currentSession(req) != nil ? Self.redirect("/ui/") : DashboardPages.login(error: nil, status: 200)
+            case "GET": return currentSession(req) != nil ? Self.redirect("/ui/") : DashboardPages.login(error: nil, status: 200, tenants: tenantData != nil)
             case "POST": return login(req)
             default: return .error(405, "GET or POST")
             }
@@ -73,7 +80,19 @@ public final class Dashboard: Sendable {
         guard let session = currentSession(req) else {
             return isJSON || req.method != "GET" ? .error(401, "log in first: /ui/login") : Self.redirect("/ui/login")
         }
-        guard session.principal.isOperator else { return isJSON ? .error(403, "operators only") : Self.notFound(html: true, status: 403) }
+        // Tenants see only /ui/t/… (their own data); operators use the operator pages.
+        let tenantPath = path == "/ui/t" || path.hasPrefix("/ui/t/") || path.hasPrefix("/ui/api/t/") || path.hasPrefix("/ui/actions/t/")
+        var tenant: String?
+        switch session.principal {
+        case .tenant(let t, _):
+            tenant = t
+            if path == "/ui/" || path == "/ui/t" { return Self.redirect("/ui/t/") }
+            guard tenantPath || path == "/ui/logout", tenantData != nil else {
+                return isJSON ? .error(403, "this page is for operators") : Self.notFound(html: true, status: 403)
+            }
+        case .operator:
+            if tenantPath { return isJSON ? .error(403, "this page is for tenants") : Self.notFound(html: true, status: 403) }
+        }
         if req.method == "POST" {
             guard sameOrigin(req) else { return .error(403, "cross-origin request refused") }
             let form = DashboardForm(req)
@@ -86,9 +105,16 @@ public final class Dashboard: Sendable {
                 return Self.redirect("/ui/login", cookie: cookie(value: "", expire: true))
             }
             guard path.hasPrefix("/ui/actions/") else { return .error(404, "no action \(path)") }
+            if let tenant, let tenantData {
+                return tenantData.act(String(path.dropFirst("/ui/actions/t/".count)), form: form, session: session, tenant: tenant)
+            }
             return data.act(String(path.dropFirst("/ui/actions/".count)), form: form, session: session)
         }
         guard req.method == "GET" else { return .error(405, "GET or POST") }
+        if let tenant, let tenantData {
+            if path.hasPrefix("/ui/api/t/") { return tenantData.json(String(path.dropFirst("/ui/api/t/".count)), query: req.query, tenant: tenant) }
+            return DashboardPages.tenantPage(path, session: session) ?? Self.notFound(html: true)
+        }
         if path.hasPrefix("/ui/api/") {
             return data.json(String(path.dropFirst("/ui/api/".count)), query: req.query, session: session)
         }
@@ -102,7 +128,8 @@ public final class Dashboard: Sendable {
         let now = clock.now()
         if limiter.withLock({ $0.isBlocked(client, now: now) }) {
             log.warning("dashboard login rate-limited", ["client": client])
-            return DashboardPages.login(error: "Too many failed logins from your address. Wait a while and try again.", status: 429)
+            return DashboardPages.login(error: "Too many failed logins from your address. Wait a while and try again.", status: 429,
+                                        tenants: tenantData != nil)
         }
         let form = DashboardForm(req)
         let name = (form["user"] ?? "").trimmingCharacters(in: .whitespaces)
@@ -115,6 +142,9 @@ public final class Dashboard: Sendable {
             let stored = OperatorAccount.isValidName(name) ? (try? accounts.operatorAccount(named: name)) ?? nil : nil
             if let stored, let hash = try? PasswordHash(parsing: stored.passwordHash) {
                 if hash.verify(password) { principal = .operator(name: stored.name); digest = Self.digest(stored) }
+            } else if tenantData != nil, let user = tenantUsers?(name) {
+                // A tenant's SMTP user (`tenant smtp-user add`) logs in to its tenant's view.
+                if user.hash.verify(password) { principal = .tenant(tenant: user.tenant, user: name); digest = Self.digest(user.hash.encoded) }
             } else {
                 _ = decoyHash().verify(password)  // an unknown name costs the same time as a known one
             }
@@ -122,13 +152,13 @@ public final class Dashboard: Sendable {
         guard let principal else {
             limiter.withLock { $0.recordFailure(client, now: now) }
             log.warning("dashboard login failed", ["client": client])
-            return DashboardPages.login(error: "Wrong name, password or token.", status: 401)
+            return DashboardPages.login(error: "Wrong name, password or token.", status: 401, tenants: tenantData != nil)
         }
         let session = sessions.withLock {
             $0.create(principal, id: Hex.encode(Crypto.randomBytes(32)), csrfToken: Hex.encode(Crypto.randomBytes(32)), accountDigest: digest, now: now)
         }
         log.info("dashboard login", ["user": principal.displayName, "client": client])
-        return Self.redirect("/ui/", cookie: cookie(value: session.id, expire: false))
+        return Self.redirect(principal.isOperator ? "/ui/" : "/ui/t/", cookie: cookie(value: session.id, expire: false))
     }
 
     private func decoyHash() -> PasswordHash {
@@ -145,10 +175,15 @@ public final class Dashboard: Sendable {
         guard let id = Self.cookie(Self.cookieName, in: req.headers["cookie"]), id.utf8.count == 64 else { return nil }
         let now = clock.now()
         guard let s = sessions.withLock({ $0.use(id, now: now) }) else { return nil }
-        if let digest = s.accountDigest, case .operator(let name) = s.principal {
+        if let digest = s.accountDigest {
             // An account removed, or given a new password, since login ends its sessions.
-            let stored = (try? accounts.operatorAccount(named: name)) ?? nil
-            guard let stored, Crypto.constantTimeEquals(Array(Self.digest(stored).utf8), Array(digest.utf8)) else {
+            let current: String?
+            switch s.principal {
+            case .operator(let name): current = ((try? accounts.operatorAccount(named: name)) ?? nil).map(Self.digest)
+            case .tenant(let tenant, let user):
+                current = tenantUsers?(user).flatMap { $0.tenant == tenant ? Self.digest($0.hash.encoded) : nil }
+            }
+            guard let current, Crypto.constantTimeEquals(Array(current.utf8), Array(digest.utf8)) else {
                 sessions.withLock { _ = $0.remove(id) }
                 return nil
             }
@@ -156,7 +191,8 @@ public final class Dashboard: Sendable {
         return s
     }
 
-    private static func digest(_ account: OperatorAccount) -> String { Hex.encode(Crypto.sha256(Array(account.passwordHash.utf8))) }
+    private static func digest(_ account: OperatorAccount) -> String { digest(account.passwordHash) }
+    private static func digest(_ hash: String) -> String { Hex.encode(Crypto.sha256(Array(hash.utf8))) }
 
     /// The value of cookie `name` in a `Cookie` header.
     static func cookie(_ name: String, in header: String?) -> String? {

@@ -11,6 +11,36 @@ enum DashboardPages {
         ("/ui/queue", "queue", "Queue & messages"), ("/ui/suppressions", "suppressions", "Suppressions"),
     ]
 
+    /// The tenant view's pages (its own data only).
+    static let tenantPages: [(path: String, name: String, title: String)] = [
+        ("/ui/t/", "t-overview", "Overview"), ("/ui/t/messages", "t-messages", "Messages"), ("/ui/t/domains", "t-domains", "Sending domains"),
+        ("/ui/t/keys", "t-keys", "API keys"),
+    ]
+
+    /// The tenant page at `path` for `session`, nil when there is none.
+    static func tenantPage(_ path: String, session: DashboardSession) -> HTTPResponse? {
+        if let p = tenantPages.first(where: { $0.path == path }) {
+            return shell(name: p.name, title: p.title, current: p.path, param: nil, session: session, nav: tenantPages)
+        }
+        if path.hasPrefix("/ui/t/messages/") {
+            let id = String(path.dropFirst("/ui/t/messages/".count))
+            guard !id.isEmpty, id.utf8.count <= 128, !id.contains("/") else { return nil }
+            return shell(name: "t-message", title: "Message \(id)", current: "/ui/t/messages", param: id, session: session, nav: tenantPages)
+        }
+        return nil
+    }
+
+    /// The answer to creating an API key: the key, shown this once (never stored in a URL).
+    static func newKey(id: String, key: String, session: DashboardSession) -> HTTPResponse {
+        var r = shell(name: "t-newkey", title: "New API key", current: "/ui/t/keys", param: nil, session: session, nav: tenantPages)
+        let html = String(decoding: r.body, as: UTF8.self).replacingOccurrences(of: "<div id=\"app\" aria-busy=\"true\"><p>Loading…</p></div>", with: """
+            <div id="app"><p>API key <strong>\(escape(id))</strong> was created. Copy it now: it is shown this once, Hato keeps only its hash.</p>
+            <p><code id="new-key" class="reply">\(escape(key))</code></p><p><a href="/ui/t/keys">Back to the API keys</a></p></div>
+            """)
+        r.body = Array(html.utf8)
+        return r
+    }
+
     /// The page at `path` for `session`, nil when there is none.
     static func page(_ path: String, session: DashboardSession) -> HTTPResponse? {
         if let p = pages.first(where: { $0.path == path }) {
@@ -60,15 +90,16 @@ enum DashboardPages {
         """
     }
 
-    private static func shell(name: String, title: String, current: String, param: String?, session: DashboardSession) -> HTTPResponse {
-        let nav = pages.map { p in
+    private static func shell(name: String, title: String, current: String, param: String?, session: DashboardSession,
+                              nav navPages: [(path: String, name: String, title: String)] = pages) -> HTTPResponse {
+        let nav = navPages.map { p in
             "<li><a href=\"\(p.path)\"\(p.path == current ? " aria-current=\"page\"" : "")>\(escape(p.title))</a></li>"
         }.joined()
         let html = head(title, csrf: session.csrfToken) + """
             <body data-page="\(name)"\(param.map { " data-param=\"\(escape($0))\"" } ?? "")>
             <a class="skip" href="#main">Skip to content</a>
             <header class="top">
-            <a class="brand" href="/ui/">Hato</a>
+            <a class="brand" href="\(navPages[0].path)">Hato</a>
             <nav aria-label="Main"><ul>\(nav)</ul></nav>
             <form method="post" action="/ui/logout" class="logout">
             <input type="hidden" name="csrf" value="\(escape(session.csrfToken))">
@@ -79,7 +110,7 @@ enum DashboardPages {
             <main id="main" tabindex="-1">
             <h1>\(escape(title))</h1>
             <p id="notice" role="status" hidden></p>
-            <div id="app" aria-live="polite" aria-busy="true"><p>Loading…</p></div>
+            <div id="app" aria-busy="true"><p>Loading…</p></div>
             <noscript><p>The dashboard draws its pages with JavaScript; the admin API and the CLI work without it.</p></noscript>
             </main>
             </body>
@@ -89,7 +120,7 @@ enum DashboardPages {
     }
 
     /// The login page; `error` is shown above the form.
-    static func login(error: String?, status: Int) -> HTTPResponse {
+    static func login(error: String?, status: Int, tenants: Bool = false) -> HTTPResponse {
         let html = head("Log in", csrf: nil) + """
             <body data-page="login" class="login">
             <main id="main">
@@ -97,7 +128,7 @@ enum DashboardPages {
             <form method="post" action="/ui/login" class="card login-form">
             <h2>Log in</h2>
             \(error.map { "<p class=\"error\" role=\"alert\" id=\"login-error\">\(escape($0))</p>" } ?? "")
-            <label for="user">Operator name <small>(leave empty to use the admin token)</small></label>
+            <label for="user">\(tenants ? "Operator or tenant user name" : "Operator name") <small>(leave empty to use the admin token)</small></label>
             <input id="user" name="user" autocomplete="username" maxlength="64">
             <label for="password">Password or admin token</label>
             <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="4096">

@@ -5,7 +5,7 @@
 enum DashboardScript {
     /// The whole script: helpers and the overview, nodes and IP pages here, the queue, message
     /// and suppression pages in `pagesSource`.
-    static var source: String { core + pagesSource + boot }
+    static var source: String { core + pagesSource + tenantSource + boot }
 
     static let core = #"""
         "use strict";

@@ -236,7 +236,7 @@ public final class DeliveryReporter: Sendable {
         case .received:
             r.size = e.size; r.recipients = e.recipientCount; r.client = e.clientAddress
             metrics.received.inc(e.pool)
-            metrics.activity.record(.accepted, at: e.at)
+            metrics.activity.record(.accepted, at: e.at, tenant: e.tenant)
         case .dsnSent:
             r.dsnMessageId = e.detail
         case .delivered, .deferred, .failed, .expired, .suppressed:
@@ -295,16 +295,16 @@ public final class DeliveryReporter: Sendable {
         case .delivered:
             metrics.delivered.inc(e.pool, ip, provider)
             metrics.latency.observe(max(0, e.at.timeIntervalSince(e.receivedAt)), labels: [e.pool])
-            metrics.activity.record(.delivered, at: e.at)
+            metrics.activity.record(.delivered, at: e.at, tenant: e.tenant)
         case .deferred:
             metrics.deferred.inc(e.pool, ip, provider, (category ?? .other).rawValue)
-            metrics.activity.record(.deferred, at: e.at)
+            metrics.activity.record(.deferred, at: e.at, tenant: e.tenant)
         case .failed:
             metrics.failed.inc(e.pool, ip, provider, (category ?? .other).rawValue)
-            metrics.activity.record(.bounced, at: e.at)
+            metrics.activity.record(.bounced, at: e.at, tenant: e.tenant)
         case .expired:
             metrics.expired.inc(e.pool)
-            metrics.activity.record(.bounced, at: e.at)
+            metrics.activity.record(.bounced, at: e.at, tenant: e.tenant)
         case .suppressed: metrics.suppressed.inc(e.pool)
         default: break
         }

@@ -1,0 +1,166 @@
+import Foundation
+import HatoConfig
+import HatoDelivery
+import HatoHTTP
+import HatoSupport
+import SMTPCore
+
+/// The tenant view's JSON (`GET /ui/api/t/…`) and actions (`POST /ui/actions/t/…`): only the
+/// logged-in tenant's own data. The tenant is always the session's; no request names it.
+///
+/// | GET `/ui/api/t/…` | what |
+/// |---|---|
+/// | `overview?range=hour\|day` | the tenant (state, pool, limits, webhook URL — never its secret), usage this hour/day/month, its activity chart |
+/// | `events?since=N` | its delivery events, 100 a page, oldest first, each bounce with its category in plain words |
+/// | `messages/{id}` | one of its messages with its events; another tenant's id is `404` like an unknown one |
+/// | `keys` | its API keys (never the secrets) |
+/// | `domains` | its sending domains with the DNS records to publish |
+///
+/// Actions: `keys/create` (`label`; the answer is a page showing the key once) and
+/// `keys/{id}/revoke`.
+public struct DashboardTenantData: Sendable {
+    let store: any QueueStore
+    let token: String
+    let admin: @Sendable (HTTPRequest) -> HTTPResponse
+    let activity: ActivityRecorder
+    let config: @Sendable () -> ClusterConfig
+    let clock: any WallClock
+
+    /// - Parameters:
+    ///   - store: the queue (messages, tenant events, usage, domains).
+    ///   - token: the admin token the in-process key requests carry.
+    ///   - admin: the admin listener's handler chain without the dashboard.
+    ///   - activity: the per-tenant counts for the chart.
+    ///   - config: the configuration in force (the sending IPs a domain's records name).
+    ///   - clock: time source.
+    public init(store: any QueueStore, token: String, admin: @escaping @Sendable (HTTPRequest) -> HTTPResponse, activity: ActivityRecorder,
+                config: @escaping @Sendable () -> ClusterConfig, clock: any WallClock = SystemClock()) {
+        self.store = store; self.token = token; self.admin = admin; self.activity = activity; self.config = config; self.clock = clock
+    }
+
+    /// What the overview shows of the tenant.
+    struct TenantView: Codable {
+        var name: String
+        var state: String
+        var stateReason: String?
+        var pool: String?
+        var limits: TenantLimits
+        var webhookUrl: String?
+        var usage: TenantUsage
+    }
+
+    /// One event as the tenant view shows it.
+    struct EventRow: Codable {
+        var id: Int64
+        var kind: String
+        var messageId: String
+        var recipient: String?
+        var reply: String?
+        var mx: String?
+        var at: Double
+        /// For deferrals and bounces: the category (`bad-mailbox`, …) and what it means.
+        var category: String?
+        var meaning: String?
+
+        init(_ e: TenantEvent) {
+            id = e.id; kind = e.kind; messageId = e.messageID; recipient = e.recipient; mx = e.mx; at = e.at
+            reply = [e.code.map(String.init), e.enhanced, e.text].compactMap { $0 }.joined(separator: " ")
+            if reply?.isEmpty == true { reply = nil }
+            if ["deferred", "failed", "expired"].contains(e.kind), let code = e.code {
+                let c = BounceClassifier.classify(DeliveryStatus(code: code, enhanced: e.enhanced, text: e.text ?? ""))
+                category = c.rawValue
+                meaning = Self.meaning(c)
+            } else if e.kind == "expired" {
+                category = "expired"; meaning = "Every retry failed until the message was too old; the recipient was given up."
+            } else if e.kind == "suppressed" {
+                meaning = "Not sent: the address is on the suppression list (an earlier hard bounce)."
+            }
+        }
+
+        static func meaning(_ c: BounceCategory) -> String {
+            switch c {
+            case .badMailbox: return "The mailbox does not exist at the recipient's provider."
+            case .badDomain: return "The recipient's domain does not exist or accepts no mail."
+            case .mailboxFull: return "The recipient's mailbox is full."
+            case .messageTooLarge: return "The message is larger than the recipient's server accepts."
+            case .policyRelated: return "The recipient's server refused it by its policy (authentication, content or sender rules)."
+            case .spamRelated: return "The recipient's server took it for spam."
+            case .reputation: return "The recipient's provider distrusts the sending IP or domain right now."
+            case .rateLimited: return "The recipient's provider asked us to slow down; it is retried later."
+            case .dnsFailure: return "The recipient's mail servers could not be found in DNS."
+            case .tlsFailure: return "A secure (TLS) connection to the recipient's server could not be made."
+            case .routing: return "No route to the recipient's mail server."
+            case .protocolError: return "The recipient's server broke off the SMTP conversation."
+            case .admin: return "An operator of this relay stopped it."
+            default: return "The recipient's server refused it for another reason (see the reply)."
+            }
+        }
+    }
+
+    private static func encode<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse { .json(value, status: status) }
+
+    /// Answers `GET /ui/api/t/{path}` for `tenant`.
+    func json(_ path: String, query: [String: String], tenant: String) -> HTTPResponse {
+        let p = path.split(separator: "/").map(String.init)
+        do {
+            switch p {
+            case ["overview"]:
+                guard let t = try store.tenant(named: tenant) else { return .error(404, "no tenant \(tenant)") }
+                let day = query["range"] == "day"
+                struct Overview: Codable { var tenant: TenantView; var activity: [ActivityTimeline.Point]; var range: String }
+                let view = TenantView(name: t.name, state: t.state.rawValue, stateReason: t.stateReason, pool: t.pool, limits: t.limits,
+                                      webhookUrl: t.webhookURL, usage: try store.usage(tenant: t.name, now: clock.now()))
+                return Self.encode(Overview(tenant: view, activity: activity.series(span: day ? 86_400 : 3600, bucket: day ? 600 : 60,
+                                                                                     now: clock.now(), tenant: t.name), range: day ? "day" : "hour"))
+            case ["events"]:
+                guard let since = Int64(query["since"] ?? "0"), since >= 0 else { return .error(400, "since= must be an event id") }
+                let events = try store.tenantEvents(tenant: tenant, after: since, limit: 100)
+                struct Page: Codable { var events: [EventRow]; var next: Int64; var hasMore: Bool }
+                return Self.encode(Page(events: events.map(EventRow.init), next: events.last?.id ?? since, hasMore: events.count == 100))
+            case let p where p.count == 2 && p[0] == "messages":
+                // Another tenant's message is answered exactly like an unknown one.
+                guard let m = try store.message(id: p[1]), m.tenant == tenant else { return .error(404, "no message \(p[1])") }
+                struct Detail: Codable { var message: MessageRecord; var events: [EventRow] }
+                return Self.encode(Detail(message: m, events: try store.tenantEvents(messageID: m.id).map(EventRow.init)))
+            case ["keys"]:
+                return call("GET", "/v1/tenants/\(tenant)/keys", tenant: tenant)
+            case ["domains"]:
+                let cfg = config()
+                return Self.encode(try store.sendingDomains(tenant: tenant).map { DomainRecords(domain: $0, config: cfg) })
+            default:
+                return .error(404, "no tenant endpoint \(path)")
+            }
+        } catch {
+            return .error(503, "the queue cannot be read now; try again")
+        }
+    }
+
+    private func call(_ method: String, _ path: String, body: [UInt8] = [], tenant: String) -> HTTPResponse {
+        admin(HTTPRequest(method: method, path: path, headers: ["authorization": "Bearer " + token, "x-hato-operator": "tenant:\(tenant)",
+                                                                  "content-type": "application/json"], body: body))
+    }
+
+    /// Carries out `POST /ui/actions/t/{path}` for `tenant`.
+    func act(_ path: String, form: DashboardForm, session: DashboardSession, tenant: String) -> HTTPResponse {
+        let p = path.split(separator: "/").map(String.init)
+        switch p {
+        case ["keys", "create"]:
+            let label = String((form["label"] ?? "").trimmingCharacters(in: .whitespaces).prefix(100))
+            let body = Array((try? JSONSerialization.data(withJSONObject: ["label": label.isEmpty ? "dashboard" : label])) ?? Data())
+            let r = call("POST", "/v1/tenants/\(tenant)/keys", body: body, tenant: tenant)
+            guard (200..<300).contains(r.status),
+                  let o = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any],
+                  let key = o["key"] as? String, let id = o["id"] as? String else {
+                return Dashboard.redirect("/ui/t/keys?notice=" + "Refused (\(r.status))".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)
+            }
+            return DashboardPages.newKey(id: id, key: key, session: session)
+        case let p where p.count == 3 && p[0] == "keys" && p[2] == "revoke":
+            guard p[1].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else { return .error(400, "bad key id") }
+            let r = call("DELETE", "/v1/tenants/\(tenant)/keys/\(p[1])", tenant: tenant)
+            let notice = (200..<300).contains(r.status) ? "Revoked key \(p[1])" : "Refused (\(r.status))"
+            return Dashboard.redirect("/ui/t/keys?notice=" + (notice.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
+        default:
+            return .error(404, "no action \(path)")
+        }
+    }
+}
