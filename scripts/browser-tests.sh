@@ -61,6 +61,7 @@ smtp:
   hostname: relay.browser.test
   relay_networks: [127.0.0.0/8]
   auth_failure_limit: 5
+  auth_allow_plaintext_loopback: true   # tenant users submit with AUTH over loopback
 nodes:
   - { id: node-a, data_dir: $OUT/node-a }
   - { id: node-b, data_dir: $OUT/node-b }
@@ -100,9 +101,26 @@ done
 OP_PASSWORD="browser-op-password-$RANDOM"
 echo "$OP_PASSWORD" | "$BIN/hato-coordinator" operator add browser-op --config "$OUT/cluster.yml"
 
+# Two tenants, each with an SMTP user (who also logs in to the tenant view) and a sending
+# domain. The domain routes are not on main yet: the domains go into the queue file directly
+# (the coordinator follows tenant_version).
+T_PASSWORD="tenant-password-$RANDOM"
+for t in acme other; do
+  "$BIN/hato-coordinator" tenant create "$t" --config "$OUT/cluster.yml" >/dev/null
+  echo "$T_PASSWORD" | "$BIN/hato-coordinator" tenant smtp-user add "$t" "$t-app" --config "$OUT/cluster.yml"
+done
+"$PY" - "$OUT/coordinator/queue.db" <<'PYEOF'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=10)
+with db:
+    for domain, tenant in (("acme.test", "acme"), ("other.test", "other")):
+        db.execute("INSERT INTO sending_domains(domain, tenant, created_at) VALUES(?,?,?)", (domain, tenant, time.time()))
+    db.execute("INSERT INTO tenant_version(id, version) VALUES(1, 1) ON CONFLICT(id) DO UPDATE SET version = version + 1")
+PYEOF
+
 echo "== browser tests (headless Chromium, limit ${LIMIT}s)"
 status=0
-HATO_UI="http://127.0.0.1:$P_ADMIN" HATO_SMTP_PORT=$P_SMTP HATO_OPERATOR=browser-op HATO_OPERATOR_PASSWORD="$OP_PASSWORD" \
+HATO_UI="http://127.0.0.1:$P_ADMIN" HATO_SMTP_PORT=$P_SMTP HATO_OPERATOR=browser-op HATO_OPERATOR_PASSWORD="$OP_PASSWORD" HATO_TENANT_PASSWORD="$T_PASSWORD" \
   HATO_SCREENSHOTS="$SHOTS" HATO_OUTPUT="$OUT" \
   timeout --kill-after=10 "$LIMIT" "$PY" "$ROOT/tests/browser/test_dashboard.py" || status=$?
 if [ "$status" != 0 ]; then
@@ -110,7 +128,7 @@ if [ "$status" != 0 ]; then
   tail -n 20 "$OUT"/logs/*.log
 else
   # Nothing secret may reach the logs: not the token, the password or a session id.
-  if grep -q -e "$TOKEN" -e "$OP_PASSWORD" "$OUT"/logs/*.log; then echo "a secret appeared in a log"; status=1; fi
+  if grep -q -e "$TOKEN" -e "$OP_PASSWORD" -e "$T_PASSWORD" "$OUT"/logs/*.log; then echo "a secret appeared in a log"; status=1; fi
 fi
 echo "screenshots: $SHOTS"
 exit "$status"

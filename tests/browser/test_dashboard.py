@@ -23,6 +23,7 @@ SMTP_PORT = int(os.environ["HATO_SMTP_PORT"])
 OPERATOR = os.environ["HATO_OPERATOR"]
 PASSWORD = os.environ["HATO_OPERATOR_PASSWORD"]
 SHOTS = os.environ["HATO_SCREENSHOTS"]
+TENANT_PASSWORD = os.environ["HATO_TENANT_PASSWORD"]
 
 
 def browser():
@@ -234,9 +235,71 @@ def test_logout(d):
     assert status == 401, status
 
 
+def send_as_tenant(user, domain, count):
+    """Submits `count` messages with AUTH as a tenant's SMTP user; returns their queue ids."""
+    ids = []
+    with smtplib.SMTP("127.0.0.1", SMTP_PORT, timeout=30) as s:
+        s.ehlo("browser.test")
+        s.login(user, TENANT_PASSWORD)
+        for i in range(count):
+            msg = ("From: App <app@%s>\r\nTo: <t%d@sink.test>\r\nSubject: tenant %d\r\n\r\nHello.\r\n" % (domain, i, i)).encode()
+            s.mail("app@" + domain)
+            s.rcpt("t%d@sink.test" % i)
+            code, reply = s.data(msg)
+            assert code == 250, (code, reply)
+            ids.append(reply.decode().rsplit(" ", 1)[-1])
+    return ids
+
+
+def test_tenant_sees_only_its_own(d):
+    acme = wait_for("tenant mail accepted (the domains reach the coordinator)", lambda: send_as_tenant("acme-app", "acme.test", 3), timeout=30)
+    other = send_as_tenant("other-app", "other.test", 1)
+    d.get(UI + "/ui/login")
+    d.find_element(By.ID, "user").send_keys("acme-app")
+    d.find_element(By.ID, "password").send_keys(TENANT_PASSWORD)
+    d.find_element(By.ID, "login").click()
+    wait_for("the tenant overview", lambda: d.current_url.endswith("/ui/t/") and loaded(d))
+    assert text(d, "#tenant-name") == "acme"
+    wait_for("its 3 messages counted", lambda: text(d, "#t-count-accepted") == "3" and text(d, "#t-count-delivered") == "3", timeout=60)
+    shot(d, "12-tenant-overview")
+    go(d, "/ui/t/messages")
+    links = {a.text for a in d.find_elements(By.CSS_SELECTOR, "#t-events a.message-link")}
+    assert set(acme) <= links, (acme, links)
+    assert other[0] not in links, "another tenant's message is not listed"
+    shot(d, "13-tenant-messages")
+    go(d, "/ui/t/messages/" + acme[0])
+    assert "delivered" in text(d, "#recipients")
+    go(d, "/ui/t/messages/" + other[0])
+    assert "no message" in text(d, "#app"), text(d, "#app")
+    status = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch("/ui/api/t/messages/" + arguments[0], {credentials: "same-origin"}).then(r => done(r.status));""", other[0])
+    assert status == 404, status
+    # Operator pages are not for tenants.
+    d.get(UI + "/ui/nodes")
+    assert "Operators only" in text(d, "h1")
+    go(d, "/ui/t/domains")
+    assert d.find_elements(By.CSS_SELECTOR, 'section[data-domain="acme.test"]') and not d.find_elements(By.CSS_SELECTOR, 'section[data-domain="other.test"]')
+    shot(d, "14-tenant-domains")
+    go(d, "/ui/t/keys")
+    d.find_element(By.ID, "t-key-label").send_keys("browser")
+    d.find_element(By.ID, "t-key-go").click()
+    key = wait_for("the new key, shown once", lambda: text(d, "#new-key"))
+    assert len(key) > 20
+    go(d, "/ui/t/keys")
+    row = [r for r in d.find_elements(By.CSS_SELECTOR, "#t-keys tr[data-key]") if "browser" in r.text][0]
+    key_id = row.get_attribute("data-key")
+    assert key not in d.find_element(By.TAG_NAME, "body").text, "the key is never shown again"
+    shot(d, "15-tenant-keys")
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for("the key revoked", lambda: loaded(d) and "revoked" in d.find_element(By.CSS_SELECTOR, 'tr[data-key="%s"]' % key_id).text)
+    d.find_element(By.ID, "logout").click()
+    wait_for("the login page", lambda: d.current_url.endswith("/ui/login"))
+
+
 TESTS = [test_login_wrong_then_operator, test_overview_counts_after_50_messages, test_search_by_recipient_and_open_message,
          test_lift_a_suspension, test_drain_a_node, test_suppressions_add_and_remove, test_form_without_csrf_is_refused,
-         test_phone_width, test_logout]
+         test_phone_width, test_logout, test_tenant_sees_only_its_own]
 
 
 def main():
