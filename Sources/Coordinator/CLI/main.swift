@@ -72,6 +72,9 @@ let usage = """
                             a tenant's SMTP AUTH users (password from stdin or prompted; only its hash is sent)
       tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
                             a tenant's HTTP API keys (the key is printed once; Hato keeps its hash)
+      domain add DOMAIN --tenant T | list [--tenant T] | records DOMAIN | check DOMAIN | remove DOMAIN
+                            a tenant's sending domains: add makes its DKIM keys (ed25519 and rsa-2048) and
+                            prints the DNS records to publish; check looks each up (ok/missing/wrong)
       hash-password [--iterations N]
                             read a password from stdin (prompted on a terminal) and print its
                             $pbkdf2-sha256$ hash for smtp.users[].password_hash; needs no config
@@ -193,6 +196,15 @@ case let c where TenantCommands.names.contains(c):
     do {
         try TenantCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
             .run(positional: c == "tenants" ? ["list"] + args.positional : args.positional, options: args.options)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
+case let c where DomainCommands.names.contains(c):
+    do {
+        let status = try DomainCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName),
+                                        json: args.flags.contains("json"))
+            .run(positional: c == "domains" ? ["list"] + args.positional : args.positional, options: args.options)
+        exit(status)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }
