@@ -20,11 +20,15 @@ public struct DomainAdminAPI: Sendable {
     /// The configuration in force (sending IPs, `tenants.spf_include`, `dns:`, the cluster secret).
     let config: @Sendable () -> ClusterConfig
     let clock: any WallClock
+    /// Called after a domain was added or removed (sends the keys to the nodes at once).
+    let keysChanged: @Sendable () -> Void
     private let log = Logger(label: "coordinator.tenants")
 
-    /// The routes over `store`; `config` gives the configuration in force.
-    public init(store: any QueueStore, directory: TenantDirectory, clock: any WallClock = SystemClock(), config: @escaping @Sendable () -> ClusterConfig) {
-        self.store = store; self.directory = directory; self.clock = clock; self.config = config
+    /// The routes over `store`; `config` gives the configuration in force; `keysChanged` is
+    /// called after a domain was added or removed.
+    public init(store: any QueueStore, directory: TenantDirectory, clock: any WallClock = SystemClock(), config: @escaping @Sendable () -> ClusterConfig,
+                keysChanged: @escaping @Sendable () -> Void = {}) {
+        self.store = store; self.directory = directory; self.clock = clock; self.config = config; self.keysChanged = keysChanged
     }
 
     /// One row of `GET /v1/domains`.
@@ -75,6 +79,7 @@ public struct DomainAdminAPI: Sendable {
                 guard let d = try find(r[0]) else { return .error(404, "no sending domain \(r[0])") }
                 try store.removeSendingDomain(d.domain, tenant: d.tenant)
                 directory.invalidate()
+                keysChanged()
                 log.info("sending domain removed", ["domain": d.domain, "tenant": d.tenant, "by": QueueControlAPI.operatorName(req)])
                 return .json(["removed": d.domain])
             default:
@@ -112,6 +117,7 @@ public struct DomainAdminAPI: Sendable {
         }
         try store.addSendingDomain(domain)
         directory.invalidate()
+        keysChanged()
         log.info("sending domain added", ["domain": domain.domain, "tenant": body.tenant, "selectors": domain.keys.map(\.selector).joined(separator: ","),
                                           "by": QueueControlAPI.operatorName(req)])
         let records = DomainRecords(domain: domain, config: c)
