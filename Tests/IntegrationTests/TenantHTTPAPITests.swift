@@ -246,5 +246,39 @@ struct TenantHTTPAPITests {
         #expect(try s.request("GET", "/api/v1/events?limit=1001", key: acme).status == 400)
         #expect(try s.request("GET", "/api/v1/events?since=-1", key: acme).status == 400)
     }
+    @Test("suppressions and stats: a tenant sees and removes only entries of its own domains; stats give its state, limits and counts")
+    func suppressionsAndStats() throws {
+        let s = try InProcessHTTPAPI()
+        defer { s.shutdown() }
+        let acme = try s.addTenant("acme", domains: ["acme.example"], limits: TenantLimits(messagesPerHour: 50))
+        let beta = try s.addTenant("beta", domains: ["beta.example"])
+        let now = Date().timeIntervalSince1970
+        try s.store.addSuppressions([
+            SuppressionEntry(address: "gone@dest.test", scope: "acme.example", category: "bad-mailbox", reason: "550 5.1.1", source: "bounce", createdAt: now),
+            SuppressionEntry(address: "gone@dest.test", scope: "beta.example", reason: "550 5.1.1", source: "bounce", createdAt: now),
+            SuppressionEntry(address: "global@dest.test", reason: "operator", source: "operator", createdAt: now),
+        ])
+        let list = try s.request("GET", "/api/v1/suppressions", key: acme)
+        #expect(list.status == 200)
+        let entries = list.json?["suppressions"] as? [[String: Any]] ?? []
+        #expect(entries.count == 1)
+        #expect(entries.first?["address"] as? String == "gone@dest.test")
+        #expect(entries.first?["domain"] as? String == "acme.example")
+        #expect(try s.request("DELETE", "/api/v1/suppressions/gone@dest.test", key: acme).status == 200)
+        #expect(try s.request("DELETE", "/api/v1/suppressions/gone@dest.test", key: acme).status == 404)
+        #expect(try s.request("DELETE", "/api/v1/suppressions/global@dest.test", key: acme).status == 404, "not the tenant's entry")
+        // beta's entry and the global one are untouched.
+        #expect(try s.store.suppressions(address: "gone@dest.test", now: Date()).map(\.scope) == ["beta.example"])
+        #expect(try s.store.suppressions(address: "global@dest.test", now: Date()).count == 1)
+        #expect(try s.send(sendJSON(from: "a@acme.example", to: ["r@dest.test"]), key: acme).status == 202)
+        let stats = try s.request("GET", "/api/v1/stats", key: acme)
+        #expect(stats.status == 200)
+        #expect(stats.json?["tenant"] as? String == "acme")
+        #expect((stats.json?["usage"] as? [String: Any])?["hour"] as? Int == 1)
+        #expect((stats.json?["limits"] as? [String: Any])?["messages_per_hour"] as? Int == 50)
+        #expect(stats.json?["domains"] as? [String] == ["acme.example"])
+        #expect((try s.request("GET", "/api/v1/stats", key: beta).json?["usage"] as? [String: Any])?["hour"] as? Int == 0)
+        #expect(try s.request("POST", "/api/v1/stats", key: acme).status == 405)
+    }
 }
 }

@@ -72,6 +72,9 @@ let usage = """
                             a tenant's SMTP AUTH users (password from stdin or prompted; only its hash is sent)
       tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
                             a tenant's HTTP API keys (the key is printed once; Hato keeps its hash)
+      domain add DOMAIN --tenant T | list [--tenant T] | records DOMAIN | check DOMAIN | remove DOMAIN
+                            a tenant's sending domains: add makes its DKIM keys (ed25519 and rsa-2048) and
+                            prints the DNS records to publish; check looks each up (ok/missing/wrong)
       operator add NAME | list | remove NAME
                             the web dashboard's operator accounts (/ui/ on admin_listen): add reads the
                             password from stdin (prompted twice on a terminal); only its hash is sent
@@ -203,6 +206,15 @@ case let c where OperatorCommands.names.contains(c):
     do {
         try OperatorCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName), json: args.flags.contains("json"))
             .run(positional: c == "operators" ? ["list"] : args.positional)
+    } catch {
+        exitWithError("hato-coordinator: \(error)")
+    }
+case let c where DomainCommands.names.contains(c):
+    do {
+        let status = try DomainCommands(client: try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName),
+                                        json: args.flags.contains("json"))
+            .run(positional: c == "domains" ? ["list"] + args.positional : args.positional, options: args.options)
+        exit(status)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -104,7 +104,10 @@ public final class CoordinatorService: Sendable {
         let lock = reloadLock
         let log = Logger(label: "coordinator")
         let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
-        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, reload: {
+        let domainAPI = DomainAdminAPI(store: store, directory: tenants, config: { hub.currentConfig }, keysChanged: {
+            do { try hub.signingKeysChanged() } catch { log.warning("signing keys not sent at once; the next poll sends them", ["error": "\(error)"]) }
+        })
+        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, domains: domainAPI, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, httpAPI: httpAPI?.api, log: log)
         })
         let adminChain: @Sendable (HTTPRequest) -> HTTPResponse

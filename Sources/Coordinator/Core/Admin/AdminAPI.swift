@@ -89,7 +89,8 @@ public struct RebalanceReport: Codable, Sendable {
 /// | POST | `/v1/queue/{flush,delete,bounce,hold,release}` | queue actions by id or selector |
 /// | GET, POST | `/v1/pauses` | active pauses; pause a provider, pool or sending IP |
 /// | DELETE | `/v1/pauses/{kind}/{name}` | resume |
-/// | … | `/v1/tenants…` | tenants, their SMTP users, API keys, domains (`TenantAdminAPI`) |
+/// | … | `/v1/tenants…` | tenants, their SMTP users, API keys (`TenantAdminAPI`) |
+/// | … | `/v1/domains…` | sending domains, their DNS records and checks (`DomainAdminAPI`) |
 /// | GET, POST, DELETE | `/v1/operators[/{name}]` | the dashboard's operator accounts (`OperatorAdminAPI`) |
 ///
 /// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401. Operators'
@@ -102,14 +103,16 @@ public struct AdminAPI: Sendable {
     let queueControl: QueueControlAPI
     /// The tenant routes (`/v1/tenants…`, issue 16), nil without them.
     let tenants: TenantAdminAPI?
+    /// The sending-domain routes (`/v1/domains…`, issue 16), nil without them.
+    let domains: DomainAdminAPI?
 
     /// - Parameters:
     ///   - token: the bearer token.
     ///   - tenants: the tenant routes (nil: 404 for them).
     ///   - reload: re-reads and applies the configuration file; throws `ConfigError` when invalid.
-    public init(token: String, store: any QueueStore, hub: ClusterHub, tenants: TenantAdminAPI? = nil,
+    public init(token: String, store: any QueueStore, hub: ClusterHub, tenants: TenantAdminAPI? = nil, domains: DomainAdminAPI? = nil,
                 reload: @escaping @Sendable () throws -> ReloadReport) {
-        self.token = token; self.store = store; self.hub = hub; self.reload = reload; self.tenants = tenants
+        self.token = token; self.store = store; self.hub = hub; self.reload = reload; self.tenants = tenants; self.domains = domains
         queueControl = QueueControlAPI(store: store, hub: hub)
     }
 
@@ -121,6 +124,7 @@ public struct AdminAPI: Sendable {
         }
         if let response = queueControl.handle(req) { return response }
         if let response = tenants?.handle(req) { return response }
+        if let response = domains?.handle(req) { return response }
         if let response = OperatorAdminAPI(store: store).handle(req) { return response }
         do {
             let p = req.path.split(separator: "/").map(String.init)

@@ -27,8 +27,9 @@ extension ClusterHub {
 
     /// Polls the store's version (at most every `SigningKeyFeed.pollInterval`) and queues a
     /// changed set on every welcomed link that speaks `signing_keys`.
-    func pollSigningKeys(term: Int64?) {
-        let outcome = signingKeyFeed.withLock { $0.poll(store, now: .now) }
+    /// - Parameter force: read the store now, whatever the interval.
+    func pollSigningKeys(term: Int64?, force: Bool = false) {
+        let outcome = signingKeyFeed.withLock { $0.poll(store, now: .now, force: force) }
         report(outcome)
         guard case .changed(var message) = outcome, mayAct(under: term), fitsOneFrame(message) else { return }
         message.term = term

@@ -738,6 +738,23 @@ public final class ClusterHub: Sendable {
 
     // MARK: - Operators
 
+    /// The tenants' signing keys changed through this coordinator (`domain add`, `domain
+    /// remove`): reads them now and queues them on every node link before this returns, so
+    /// every grant of mail from the new domain follows its keys on the wire (the periodic poll
+    /// would leave up to 2 s in which the first messages went out unsigned). A standby does
+    /// nothing (its leader's poll picks the change up).
+    /// - Throws: `AdminError.busy` when the scheduler thread does not answer within 15 s.
+    public func signingKeysChanged() throws {
+        do {
+            try command("signing keys") { [self] scheduler, _ in
+                pollSigningKeys(term: scheduler.leadership?.term, force: true)
+                return ((), [])
+            }
+        } catch AdminError.notLeader {
+            return
+        }
+    }
+
     /// The state of `node`.
     public func state(of node: String) -> NodeState {
         published.withLock { $0.membership.state(of: node, leasesInFlight: $0.leaseCounts[node] ?? 0) }

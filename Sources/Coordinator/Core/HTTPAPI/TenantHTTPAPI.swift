@@ -16,6 +16,9 @@ import SMTPCore
 ///   `250` (`TenantHTTPAPI+Send.swift`).
 /// - `GET /api/v1/messages/{id}`: one of the tenant's messages with its recipients and events.
 /// - `GET /api/v1/events?since=&limit=`: the tenant's delivery events, paged.
+/// - `GET /api/v1/suppressions[?address=]`, `DELETE /api/v1/suppressions/{address}`: the
+///   tenant's suppression list (entries scoped to its sending domains).
+/// - `GET /api/v1/stats`: the tenant's state, limits and counts this hour, day and month.
 ///
 /// Every request needs `Authorization: Bearer <api key>` (RFC 6750 §2.1); a missing, malformed,
 /// unknown or revoked key gets `401` with `WWW-Authenticate: Bearer` (RFC 9110 §11.6.1). A key
@@ -95,6 +98,9 @@ public final class TenantHTTPAPI: Sendable {
         case send
         case message(id: String)
         case events
+        case suppressions
+        case removeSuppression(address: String)
+        case stats
     }
 
     /// The route of `path`, or the error for an unknown path or a method the path does not take.
@@ -110,6 +116,18 @@ public final class TenantHTTPAPI: Sendable {
         }
         if path == "/api/v1/events" {
             return method == "GET" || method == "HEAD" ? .success(.events) : .failure(.methodNotAllowed(method, allow: "GET"))
+        }
+        if path == "/api/v1/stats" {
+            return method == "GET" || method == "HEAD" ? .success(.stats) : .failure(.methodNotAllowed(method, allow: "GET"))
+        }
+        let suppressions = "/api/v1/suppressions"
+        if path == suppressions {
+            return method == "GET" || method == "HEAD" ? .success(.suppressions) : .failure(.methodNotAllowed(method, allow: "GET"))
+        }
+        if path.hasPrefix(suppressions + "/") {
+            let address = String(path.dropFirst(suppressions.count + 1)).removingPercentEncoding ?? ""
+            guard !address.isEmpty, address.utf8.count <= 320, !address.contains("/") else { return .failure(.notFound("no such path")) }
+            return method == "DELETE" ? .success(.removeSuppression(address: address)) : .failure(.methodNotAllowed(method, allow: "DELETE"))
         }
         return .failure(.notFound("no such path; the API lives under /api/v1/ (docs/http-api.md)"))
     }
@@ -151,6 +169,9 @@ public final class TenantHTTPAPI: Sendable {
         case .send: response = send(request, tenant: caller.tenant, keyID: caller.keyID)
         case .message(let id): response = message(id: id, tenant: caller.tenant)
         case .events: response = events(request.query, tenant: caller.tenant)
+        case .suppressions: response = suppressions(request.query, tenant: caller.tenant)
+        case .removeSuppression(let address): response = removeSuppression(address, tenant: caller.tenant)
+        case .stats: response = stats(tenant: caller.tenant)
         }
         if request.method == "HEAD" { response.body = [] }
         return response

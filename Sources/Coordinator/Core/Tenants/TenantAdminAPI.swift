@@ -27,18 +27,14 @@ public struct TenantAdminAPI: Sendable {
     let clock: any WallClock
     /// Called after mail was released (wakes the scheduler).
     let onReleased: @Sendable () -> Void
-    /// The domain routes (`/v1/tenants/{t}/domains…`), when this coordinator has them.
-    let domains: (@Sendable (_ tenant: String, _ rest: [String], _ req: HTTPRequest) throws -> HTTPResponse?)?
     private let log = Logger(label: "coordinator.tenants")
 
     /// The routes over `store`.
     /// - Parameters:
     ///   - onReleased: called after a resume released held mail.
-    ///   - domains: handles `/v1/tenants/{t}/domains…` (nil: 404).
     public init(store: any QueueStore, directory: TenantDirectory, clock: any WallClock = SystemClock(),
-                domains: (@Sendable (String, [String], HTTPRequest) throws -> HTTPResponse?)? = nil,
                 onReleased: @escaping @Sendable () -> Void) {
-        self.store = store; self.directory = directory; self.clock = clock; self.domains = domains; self.onReleased = onReleased
+        self.store = store; self.directory = directory; self.clock = clock; self.onReleased = onReleased
     }
 
     /// A tenant as the API shows it.
@@ -154,9 +150,6 @@ public struct TenantAdminAPI: Sendable {
                 directory.invalidate()
                 log.info("API key revoked", ["tenant": r[0], "key": r[2], "by": QueueControlAPI.operatorName(req)])
                 return .json(["revoked": r[2]])
-            case (_, let r) where r.count >= 2 && r[1] == "domains":
-                guard try store.tenant(named: r[0]) != nil else { return .error(404, "no tenant \(r[0])") }
-                return try domains?(r[0], Array(r.dropFirst(2)), req) ?? .error(404, "no such route")
             default:
                 return nil
             }

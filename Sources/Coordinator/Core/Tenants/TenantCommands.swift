@@ -202,3 +202,77 @@ public struct TenantCommands {
         print("domains:    \(d.domains.isEmpty ? "none" : d.domains.joined(separator: ", "))")
     }
 }
+
+/// The operator CLI's `domain` commands (admin API `/v1/domains…`, `DomainAdminAPI`):
+///
+/// - `domain add DOMAIN --tenant T`: makes its DKIM keys and prints the DNS records to publish
+/// - `domain list [--tenant T]` · `domain records DOMAIN` · `domain remove DOMAIN`
+/// - `domain check DOMAIN`: each record looked up through the `dns:` resolvers; exit status 1
+///   when any is not `ok`
+public struct DomainCommands {
+    let client: AdminClient
+    let json: Bool
+
+    /// Commands this type runs.
+    public static let names: Set<String> = ["domain", "domains"]
+
+    static let usage = """
+        usage: hato-coordinator domain add DOMAIN --tenant T | list [--tenant T] | records DOMAIN | check DOMAIN | remove DOMAIN
+        """
+
+    /// Commands over `client`; `json` prints the API's JSON.
+    public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
+
+    private static let decoder: JSONDecoder = {
+        let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase; return d
+    }()
+
+    private static func path(_ s: String) -> String {
+        var allowed = CharacterSet.urlPathAllowed
+        allowed.remove(charactersIn: "/?")
+        return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
+    }
+
+    /// Runs `domain …`.
+    /// - Returns: the exit status (1 when `check` found a record that is not `ok`).
+    /// - Throws: `AdminClient.Failure` for API and usage errors.
+    public func run(positional: [String], options: [String: String]) throws -> Int32 {
+        let fail = AdminClient.Failure(description: Self.usage)
+        guard let sub = positional.first else { throw fail }
+        let rest = Array(positional.dropFirst())
+        switch (sub, rest.count) {
+        case ("add", 1):
+            guard let tenant = options["tenant"] else { throw fail }
+            let e = JSONEncoder(); e.keyEncodingStrategy = .convertToSnakeCase
+            let data = try client.request("POST", "/v1/domains", body: try e.encode(DomainAdminAPI.AddRequest(domain: rest[0], tenant: tenant)))
+            if json { FileHandle.standardOutput.write(data); return 0 }
+            let answer = try Self.decoder.decode(DomainAdminAPI.RecordsAnswer.self, from: data)
+            print("added sending domain \(answer.records.domain) to tenant \(tenant); publish these DNS records:\n")
+            print(answer.zoneText)
+        case ("list", 0):
+            var q = ""
+            if let t = options["tenant"] { q = "?tenant=" + (t.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? t) }
+            let data = try client.get("/v1/domains" + q)
+            if json { FileHandle.standardOutput.write(data); return 0 }
+            let rows = try Self.decoder.decode([DomainAdminAPI.DomainView].self, from: data)
+            printTable(["DOMAIN", "TENANT", "DKIM SELECTORS", "ADDED"], rows.map {
+                [$0.domain, $0.tenant, $0.selectors.joined(separator: ","), DeliveryLogRecord.timestamp(Date(timeIntervalSince1970: $0.createdAt))]
+            })
+        case ("records", 1):
+            let data = try client.get("/v1/domains/\(Self.path(rest[0]))")
+            if json { FileHandle.standardOutput.write(data); return 0 }
+            print(try Self.decoder.decode(DomainAdminAPI.RecordsAnswer.self, from: data).zoneText)
+        case ("check", 1):
+            let data = try client.get("/v1/domains/\(Self.path(rest[0]))/check")
+            let items = try Self.decoder.decode([DomainCheckItem].self, from: data)
+            if json { FileHandle.standardOutput.write(data) } else { for i in items { print(i.description) } }
+            return items.allSatisfy { $0.status == .ok } ? 0 : 1
+        case ("remove", 1):
+            let data = try client.request("DELETE", "/v1/domains/\(Self.path(rest[0]))")
+            if json { FileHandle.standardOutput.write(data) } else { print("removed sending domain \(rest[0])") }
+        default:
+            throw fail
+        }
+        return 0
+    }
+}
