@@ -19,10 +19,16 @@ final class DashboardTenantHTTPTests {
 
     init() throws {
         store = try SQLiteQueueStore(directory: dir)
+        try store.installReportingSchema()  // the suppression table, as ReportingService makes it
         let hash = PasswordHash.make(password: Array("acme-pw".utf8), iterations: PasswordHash.minimumIterations).encoded
         for t in ["acme", "other"] { try store.createTenant(Tenant(name: t, createdAt: 0)) }
         try store.addTenantUser(TenantSMTPUser(name: "acme-app", tenant: "acme", passwordHash: hash, createdAt: 0))
         let now = Date()
+        for t in ["acme", "other"] {
+            try store.addSendingDomain(SendingDomain(domain: "\(t).test", tenant: t, keys: [], createdAt: 0))
+            try store.addSuppressions([SuppressionEntry(address: "gone@\(t)-rcpt.test", scope: "\(t).test", reason: "550 5.1.1 no such user",
+                                                        source: "bounce", createdAt: now.timeIntervalSince1970)])
+        }
         for (id, tenant) in [("MSGACME", "acme"), ("MSGOTHER", "other")] {
             try store.enqueue(NewMessage(id: id, reversePath: "a@\(tenant).test", recipients: ["r@x.test"], pool: "p",
                                          content: Array("Subject: x\r\n\r\nx\r\n".utf8), heloName: "h", clientAddress: "127.0.0.1",
@@ -89,6 +95,11 @@ final class DashboardTenantHTTPTests {
         #expect(try send("GET", "/ui/api/t/events", cookie: session).status == 200)
         #expect(try send("GET", "/ui/api/t/domains", cookie: session).status == 200)
         #expect(try send("GET", "/ui/api/t/keys", cookie: session).status == 200)
+        let suppressions = String(decoding: try send("GET", "/ui/api/t/suppressions", cookie: session).body, as: UTF8.self)
+        #expect(suppressions.contains("gone@acme-rcpt.test") && !suppressions.contains("gone@other-rcpt.test"), "\(suppressions)")
+        #expect(try send("GET", "/ui/api/t/domains/other.test/check", cookie: session).status == 404, "another tenant's domain")
+        let domains = String(decoding: try send("GET", "/ui/api/t/domains", cookie: session).body, as: UTF8.self)
+        #expect(domains.contains("acme.test") && !domains.contains("other.test"))
         for p in ["/ui/nodes", "/ui/ips", "/ui/queue", "/ui/suppressions", "/ui/messages/MSGOTHER"] {
             #expect(try send("GET", p, cookie: session).status == 403, "\(p)")
         }

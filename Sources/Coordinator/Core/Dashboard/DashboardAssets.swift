@@ -49,7 +49,8 @@ enum DashboardAssets {
         .state { display: inline-block; padding: 0 .4rem; border-radius: 3px; font-size: .8rem; font-weight: 600; background: #e6e9ed; }
         .state-active, .state-delivered, .state-ok, .state-owned { background: #dcf3e3; color: var(--ok); }
         .state-draining, .state-drained, .state-deferred, .state-handover, .state-throttle, .state-held { background: #fff3cd; color: var(--warn); }
-        .state-down, .state-failed, .state-expired, .state-listed, .state-suspend, .state-bounced { background: #fde2e1; color: var(--bad); }
+        .state-down, .state-failed, .state-expired, .state-listed, .state-suspend, .state-bounced, .state-revoked,
+          .state-missing, .state-wrong, .state-lookup_failed, .state-suspended { background: #fde2e1; color: var(--bad); }
         button, .button { font: inherit; padding: .3rem .8rem; border: 1px solid var(--accent); border-radius: 4px;
           background: var(--accent); color: #fff; cursor: pointer; }
         button.secondary { background: var(--card); color: var(--accent); }

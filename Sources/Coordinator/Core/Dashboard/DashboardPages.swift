@@ -14,7 +14,7 @@ enum DashboardPages {
     /// The tenant view's pages (its own data only).
     static let tenantPages: [(path: String, name: String, title: String)] = [
         ("/ui/t/", "t-overview", "Overview"), ("/ui/t/messages", "t-messages", "Messages"), ("/ui/t/domains", "t-domains", "Sending domains"),
-        ("/ui/t/keys", "t-keys", "API keys"),
+        ("/ui/t/suppressions", "t-suppressions", "Suppressions"), ("/ui/t/keys", "t-keys", "API keys"),
     ]
 
     /// The tenant page at `path` for `session`, nil when there is none.

@@ -105,7 +105,7 @@ extension DashboardScript {
           const pages = { overview: [overview, 5000], nodes: [nodesPage, 0], rebalance: [rebalancePage, 0], ips: [ipsPage, 5000],
             queue: [queuePage, 0], message: [() => messagePage(param), 0], suppressions: [suppressionsPage, 0],
             "t-overview": [tenantOverview, 5000], "t-messages": [tenantMessages, 0], "t-message": [() => tenantMessage(param), 0],
-            "t-domains": [tenantDomains, 0], "t-keys": [tenantKeys, 0] };
+            "t-domains": [tenantDomains, 0], "t-keys": [tenantKeys, 0], "t-suppressions": [tenantSuppressions, 0] };
           const p = pages[page];
           if (p) render(p[0], p[1]);
         });

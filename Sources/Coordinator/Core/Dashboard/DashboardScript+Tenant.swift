@@ -76,7 +76,37 @@ extension DashboardScript {
           return d.map(dom => h("section", { "data-domain": dom.domain }, h("h2", {}, dom.domain),
             h("p", { class: "muted" }, "Publish these records in your domain's DNS (suggested ones are marked)."),
             table([col("Kind"), col("Name"), col("Type"), col("Value")], dom.records.map(r => ({
-              cells: [r.kind + (r.suggestion ? " (suggested)" : ""), h("code", {}, r.name), r.type, h("code", { class: "reply" }, r.value)] })))));
+              cells: [r.kind + (r.suggestion ? " (suggested)" : ""), h("code", {}, r.name), r.type, h("code", { class: "reply" }, r.value)] }))),
+            checkButton(dom.domain)));
+        }
+        function checkButton(domain) {
+          const out = h("div", { class: "check-result" });
+          const b = h("button", { type: "button", class: "secondary", "data-check": domain }, "Check DNS now");
+          b.addEventListener("click", async () => {
+            b.disabled = true;
+            out.replaceChildren(h("p", { role: "status" }, "Looking the records up…"));
+            try {
+              const items = await api("t/domains/" + encodeURIComponent(domain) + "/check");
+              out.replaceChildren(table([col("Kind"), col("Name"), col("Status"), col("Found")], items.map(i => ({
+                cells: [i.kind, h("code", {}, i.name), state(i.status), h("span", { class: "reply" }, (i.found || []).join(" ") || i.detail || "—")] }))));
+            } catch (e) { out.replaceChildren(h("p", { class: "error", role: "alert" }, "Check failed: " + e.message)); }
+            b.disabled = false;
+          });
+          return h("div", {}, h("p", {}, b), out);
+        }
+        async function tenantSuppressions() {
+          const q = new URLSearchParams(location.search).get("q") || "";
+          const entries = await api("t/suppressions" + (q ? "?q=" + encodeURIComponent(q) : ""));
+          const search = h("form", { method: "get", action: "/ui/t/suppressions", class: "toolbar", role: "search" },
+            h("label", {}, "Address", h("input", { name: "q", value: q, type: "search" })), h("button", { type: "submit" }, "Search"));
+          return [h("p", { class: "muted" }, "Addresses that hard-bounced from your sending domains are not tried again. Remove one " +
+              "when you know it works again (a new hard bounce puts it back)."), search,
+            table([col("Address"), col("Domain"), col("Why"), col("Added"), col("Expires"), col("")],
+              entries.map(e => ({ attrs: { "data-address": e.address }, cells: [e.address, e.scope || "—",
+                h("span", {}, e.category ? h("strong", {}, e.category + ": ") : null, h("span", { class: "reply" }, e.reason || "—")),
+                time(e.created_at), time(e.expires_at),
+                actionForm("t/suppressions/remove", { address: e.address }, "Remove", { aria: "Remove " + e.address, cls: "secondary" })] })),
+              { id: "t-suppressions", empty: q ? "Not on your list." : "Your suppression list is empty." })];
         }
         async function tenantKeys() {
           const keys = await api("t/keys");

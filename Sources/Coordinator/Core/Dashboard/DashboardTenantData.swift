@@ -15,9 +15,11 @@ import SMTPCore
 /// | `messages/{id}` | one of its messages with its events; another tenant's id is `404` like an unknown one |
 /// | `keys` | its API keys (never the secrets) |
 /// | `domains` | its sending domains with the DNS records to publish |
+/// | `domains/{d}/check` | each record of one of its domains looked up in DNS (`GET /v1/domains/{d}/check`) |
+/// | `suppressions?q=ADDRESS` | its suppression list: the entries scoped to its sending domains (as the HTTP API's) |
 ///
-/// Actions: `keys/create` (`label`; the answer is a page showing the key once) and
-/// `keys/{id}/revoke`.
+/// Actions: `keys/create` (`label`; the answer is a page showing the key once),
+/// `keys/{id}/revoke`, `suppressions/remove` (`address`: from every domain of the tenant).
 public struct DashboardTenantData: Sendable {
     let store: any QueueStore
     let token: String
@@ -127,6 +129,18 @@ public struct DashboardTenantData: Sendable {
             case ["domains"]:
                 let cfg = config()
                 return Self.encode(try store.sendingDomains(tenant: tenant).map { DomainRecords(domain: $0, config: cfg) })
+            case let p where p.count == 3 && p[0] == "domains" && p[2] == "check":
+                // Only its own domains: another's answers like an unknown one.
+                guard try store.sendingDomains(tenant: tenant).contains(where: { $0.domain == p[1].lowercased() }) else {
+                    return .error(404, "no sending domain \(p[1])")
+                }
+                return call("GET", "/v1/domains/\(p[1].lowercased())/check", tenant: tenant)
+            case ["suppressions"]:
+                let mine = Set(try store.sendingDomains(tenant: tenant).map(\.domain))
+                let q = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
+                let entries = try store.suppressions(address: q.isEmpty ? nil : q, now: clock.now(), limit: 10_000)
+                    .filter { mine.contains($0.scope ?? "") }.prefix(1000)
+                return Self.encode(Array(entries))
             default:
                 return .error(404, "no tenant endpoint \(path)")
             }
@@ -154,6 +168,18 @@ public struct DashboardTenantData: Sendable {
                 return Dashboard.redirect("/ui/t/keys?notice=" + "Refused (\(r.status))".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)
             }
             return DashboardPages.newKey(id: id, key: key, session: session)
+        case ["suppressions", "remove"]:
+            guard let address = form["address"]?.trimmingCharacters(in: .whitespaces), address.contains("@"), address.utf8.count <= 320 else {
+                return .error(400, "address must be an email address")
+            }
+            var removed = 0
+            do {
+                for d in try store.sendingDomains(tenant: tenant) { removed += try store.removeSuppression(address: address, scope: d.domain) }
+            } catch {
+                return .error(503, "the suppression list cannot be changed now; try again")
+            }
+            let notice = removed > 0 ? "Removed \(address)" : "\(address) is not on your suppression list"
+            return Dashboard.redirect("/ui/t/suppressions?notice=" + (notice.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
         case let p where p.count == 3 && p[0] == "keys" && p[2] == "revoke":
             guard p[1].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else { return .error(400, "bad key id") }
             let r = call("DELETE", "/v1/tenants/\(tenant)/keys/\(p[1])", tenant: tenant)
