@@ -1,0 +1,68 @@
+import Foundation
+import HatoCoordinator
+import HatoCrypto
+import HatoHTTP
+import HatoIO
+import HatoTestKit
+import SMTPCore
+import Testing
+
+extension Integration {
+/// Defects found in review of issue 16 (tenants), each over real loopback sockets.
+@Suite("Tenant review")
+struct TenantReviewTests {
+    /// One transaction of `acme-app` from billing@acme.example with `fromField` as the From: value.
+    /// - Returns: the reply to the end of DATA.
+    static func sendSMTP(_ s: InProcessSubmission, fromField: String) throws -> String {
+        let (c, auth) = try TenantSubmissionTests.login(s)
+        #expect(auth.hasPrefix("235 "), "\(auth)")
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("DATA\r\n")[0].hasPrefix("354"))
+        return try c.exchange("From: \(fromField)\r\nTo: a@dest.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")[0]
+    }
+
+    /// `From:` values whose author (as a mail reader parses it) is at other.example, dressed so
+    /// that a lax reading finds acme.example.
+    static let spoofedFroms = [
+        "boss@other.example (<billing@acme.example>)",           // a comment holding an angle-addr
+        "<boss@other.example> \"<billing@acme.example>\"",       // a quoted string after the address
+        "<billing@acme.example>, boss@other.example <x>",        // an address before a bogus angle-addr
+        "boss@other.example\t(billing@acme.example) <>",         // an empty angle-addr
+    ]
+
+    @Test("SMTP: a From: whose real address is another tenant's domain is refused however it is dressed")
+    func spoofedFromOverSMTP() throws {
+        let (s, _) = try TenantSubmissionTests.start()
+        defer { s.shutdown() }
+        for from in Self.spoofedFroms {
+            let reply = try Self.sendSMTP(s, fromField: from)
+            #expect(reply.hasPrefix("550 5.7.1 "), "From: \(from) → \(reply)")
+        }
+        #expect(try s.messageIDs().isEmpty)
+        // Plain and legitimately decorated forms still pass.
+        for from in ["billing@acme.example", "\"Acme, Billing <ops@other.example>\" <billing@acme.example>",
+                     "billing@acme.example (Acme Billing)", "Billing <billing@acme.example>, ops@acme.example",
+                     "Team: billing@acme.example, <ops@acme.example>;", "\"a b\"@acme.example"] {
+            let reply = try Self.sendSMTP(s, fromField: from)
+            #expect(reply.hasPrefix("250 "), "From: \(from) → \(reply)")
+        }
+    }
+
+    @Test("HTTP raw: a From: whose real address is another tenant's domain is refused with 403")
+    func spoofedFromOverHTTPRaw() throws {
+        let api = try InProcessHTTPAPI()
+        defer { api.shutdown() }
+        let key = try api.addTenant("acme", domains: ["acme.example"])
+        try api.addTenant("other", domains: ["other.example"])
+        for from in Self.spoofedFroms {
+            let raw = base64("From: \(from)\r\nTo: a@dest.test\r\nSubject: hi\r\n\r\nbody\r\n")
+            let r = try api.send(#"{"raw":"\#(raw)","envelope":{"mail_from":"billing@acme.example","rcpt_to":["a@dest.test"]}}"#, key: key)
+            #expect(r.status == 403, "From: \(from) → \(r.status) \(r.body)")
+            #expect(r.errorCode == "from_domain_not_allowed", "\(r.body)")
+        }
+        #expect(try api.messageIDs().isEmpty)
+    }
+
+}
+}
