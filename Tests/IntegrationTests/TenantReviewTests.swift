@@ -64,5 +64,27 @@ struct TenantReviewTests {
         #expect(try api.messageIDs().isEmpty)
     }
 
+    @Test("a tenant SMTP user removed mid-session cannot finish or start mail as a tenant-less user")
+    func userRemovedMidSession() throws {
+        let (s, api) = try TenantSubmissionTests.start(perHour: 1)
+        defer { s.shutdown() }
+        let (c, _) = try TenantSubmissionTests.login(s)
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        let removed = api.handle(HTTPRequest(method: "DELETE", path: "/v1/tenants/acme/users/acme-app", query: [:], headers: [:], body: []))
+        #expect(removed?.status == 200)
+        #expect(try c.exchange("DATA\r\n")[0].hasPrefix("354"))
+        // Another tenant's From: domain: before the fix the message was queued as no tenant's mail.
+        let reply = try c.exchange("From: boss@other.example\r\nTo: a@dest.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")[0]
+        #expect(reply.hasPrefix("5"), "\(reply)")
+        for i in 1...3 {
+            if try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0].hasPrefix("250 "),
+               try c.exchange("RCPT TO:<a\(i)@dest.test>\r\n")[0].hasPrefix("250 "),
+               try c.exchange("DATA\r\n")[0].hasPrefix("354") {
+                _ = try c.exchange("From: billing@acme.example\r\nTo: a@dest.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")
+            }
+        }
+        #expect(try s.messageIDs().isEmpty)
+    }
 }
 }

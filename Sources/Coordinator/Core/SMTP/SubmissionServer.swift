@@ -215,7 +215,7 @@ public final class SubmissionServer: Sendable {
                     if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
                 case .store(let message):
                     // Replies already produced stay before the DATA reply on the wire.
-                    switch accept(message) {
+                    switch accept(message, tenantSession: tenantSession) {
                     case .success(let id):
                         queuedSinceWrite = true
                         more = session.messageStored(id: id)
@@ -227,7 +227,7 @@ public final class SubmissionServer: Sendable {
                     switch result {
                     case .succeeded(let user):
                         let tenant = tenants?.tenant(ofUser: user)
-                        tenantSession.authenticated(tenant: tenant?.name)
+                        tenantSession.authenticated(user: user, tenant: tenant?.name)
                         var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
                         if let tenant { fields["tenant"] = tenant.name }
                         log.info("authenticated", fields)
@@ -322,7 +322,7 @@ public final class SubmissionServer: Sendable {
 
     /// Routes, fixes up, stamps and durably queues a message.
     /// - Returns: the queue id, or why it could not be stored (the client gets a 4xx and retries).
-    private func accept(_ message: SubmittedMessage) -> Result<String, StoreFailure> {
+    private func accept(_ message: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
         let now = clock.now()
         let id = Identifier.queueID(now: now)
         let hostname = config.smtp.hostname
@@ -336,7 +336,18 @@ public final class SubmissionServer: Sendable {
             return .failure(.refused(error.reply))
         }
         // The tenant of the AUTH user: its From: domains, its limits, its pool (issue 16).
-        let tenant = message.authenticatedUser.flatMap { tenants?.tenant(ofUser: $0) }
+        // The session's, as found at AUTH: a user removed (or a tenant deleted) since is refused,
+        // never taken for a user of no tenant.
+        var tenant: Tenant?
+        if let tenants {
+            switch tenantSession.current(tenants) {
+            case nil: break
+            case .failure(let refusal)?:
+                log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
+                return .failure(.refused(refusal.reply))
+            case .success(let t)?: tenant = t
+            }
+        }
         if let tenant, let tenants {
             if let refusal = tenants.rules.stateRefusal(tenant) ?? tenants.rules.authorRefusal(tenant: tenant.name, content: route.content) {
                 log.info("message refused", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
