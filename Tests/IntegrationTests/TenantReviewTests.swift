@@ -64,6 +64,34 @@ struct TenantReviewTests {
         #expect(try api.messageIDs().isEmpty)
     }
 
+    @Test("a cluster.yml user keeps its own rights when a tenant SMTP user of the same name is added")
+    func clusterUserNameClash() throws {
+        let hash = PasswordHash.make(password: Array("app-password".utf8), iterations: 10_000).encoded
+        let s = try InProcessSubmission(smtpExtra: """
+            auth_allow_plaintext_loopback: true
+            users: [ { name: app, password_hash: "\(hash)" } ]
+            """, withTenants: true)
+        defer { s.shutdown() }
+        let now = Date().timeIntervalSince1970
+        try s.store.createTenant(Tenant(name: "acme", pool: "transactional", limits: TenantLimits(messagesPerHour: 0), createdAt: now))
+        try s.store.addSendingDomain(SendingDomain(domain: "acme.example", tenant: "acme", keys: [], createdAt: now))
+        try s.store.addTenantUser(TenantSMTPUser(name: "app", tenant: "acme",
+                                                 passwordHash: PasswordHash.make(password: Array("tenant".utf8), iterations: 10_000).encoded, createdAt: now))
+        s.tenants?.invalidate()
+        let (c, auth) = try TenantSubmissionTests.login(s, user: "app", password: "app-password")
+        #expect(auth.hasPrefix("235 "), "\(auth)")
+        // The operator's user is no tenant's: its own sender domain, no tenant limit.
+        #expect(try c.exchange("MAIL FROM:<ops@operator.example>\r\n")[0].hasPrefix("250 "))
+        let rcpt = try c.exchange("RCPT TO:<a@dest.test>\r\n")[0]
+        #expect(rcpt.hasPrefix("250 "), "\(rcpt)")
+        _ = try c.exchange("DATA\r\n")
+        let done = try c.exchange("From: ops@operator.example\r\nTo: a@dest.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")[0]
+        #expect(done.hasPrefix("250 "), "\(done)")
+        let ids = try s.messageIDs()
+        #expect(ids.count == 1)
+        if let id = ids.first { #expect(try s.store.message(id: id)?.tenant == nil) }
+    }
+
     @Test("a tenant SMTP user removed mid-session cannot finish or start mail as a tenant-less user")
     func userRemovedMidSession() throws {
         let (s, api) = try TenantSubmissionTests.start(perHour: 1)

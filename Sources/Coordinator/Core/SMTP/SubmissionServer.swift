@@ -226,7 +226,9 @@ public final class SubmissionServer: Sendable {
                     let result = authenticator.verify(credentials, client: peer.host)
                     switch result {
                     case .succeeded(let user):
-                        let tenant = tenants?.tenant(ofUser: user)
+                        // A cluster.yml user wins over a tenant user of the same name (as in
+                        // the authenticator): its mail is no tenant's.
+                        let tenant = self.config.smtp.users.contains { $0.name == user } ? nil : tenants?.tenant(ofUser: user)
                         tenantSession.authenticated(user: user, tenant: tenant?.name)
                         var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
                         if let tenant { fields["tenant"] = tenant.name }
