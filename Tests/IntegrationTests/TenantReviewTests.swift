@@ -114,5 +114,19 @@ struct TenantReviewTests {
         }
         #expect(try s.messageIDs().isEmpty)
     }
+
+    @Test("SMTP: a tenant whose pool the cluster does not have gets a 4xx, as over HTTP, not a 250 for mail no IP will send")
+    func unknownTenantPool() throws {
+        let (s, api) = try TenantSubmissionTests.start()
+        defer { s.shutdown() }
+        // A typo the admin API takes as it is (or a pool a reload removed).
+        let changed = api.handle(HTTPRequest(method: "PATCH", path: "/v1/tenants/acme", query: [:], headers: [:],
+                                             body: Array(#"{"pool": "transactinal"}"#.utf8)))
+        #expect(changed?.status == 200)
+        let reply = try Self.sendSMTP(s, fromField: "billing@acme.example")
+        #expect(reply.hasPrefix("451 4.3.0 "), "\(reply)")
+        #expect(try s.messageIDs().isEmpty)
+        #expect(try s.store.usage(tenant: "acme", now: Date()).hour == 0)
+    }
 }
 }

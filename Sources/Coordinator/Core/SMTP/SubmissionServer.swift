@@ -355,6 +355,12 @@ public final class SubmissionServer: Sendable {
                 log.info("message refused", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
                 return .failure(.refused(refusal.reply))
             }
+            // As the HTTP API's 503: mail for a pool this cluster lacks (a typo in the tenant's
+            // pool, a pool a reload removed) would wait in the queue with no IP to send it.
+            if let pool = tenant.pool, !current.withLock({ $0.config }).pools.contains(where: { $0.name == pool }) {
+                log.error("tenant's pool is not configured; message refused with 451 4.3.0", ["tenant": tenant.name, "pool": pool])
+                return .failure(.refused(SMTPReply(451, "4.3.0", "the pool \(pool) of tenant \(tenant.name) is not configured on this cluster; contact the operator")))
+            }
             do {
                 if let refusal = try tenants.admit(tenant, now: now) {
                     metrics?.smtpRefusals.inc("tenant_limit")
