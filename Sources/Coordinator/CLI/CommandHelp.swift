@@ -198,6 +198,56 @@ enum CommandHelp {
             example:
               hato-coordinator log --recipient user@example.com --limit 20
             """,
+        "tenant": """
+            usage: hato-coordinator tenant list
+                   hato-coordinator tenant create NAME [--pool P] [--limit 10000/day[,500/hour,1000000/month,50/message]]
+                                                [--webhook URL] [--webhook-secret-file FILE]
+                   hato-coordinator tenant show NAME | set NAME [options of create] | delete NAME
+                   hato-coordinator tenant suspend NAME [--reason TEXT] | resume NAME
+                   hato-coordinator tenant smtp-user add TENANT USER | smtp-user remove TENANT USER
+                   hato-coordinator tenant key create TENANT [--label TEXT] | key list TENANT | key revoke TENANT ID
+
+            The customers of a relay service (docs/tenants.md). create prints the tenant's first API
+            key once (Hato keeps only its hash); with --json: {"tenant": …, "api_key": …}. suspend
+            refuses the tenant's new mail (550 5.7.1, HTTP 403) and holds its waiting mail; resume
+            releases it. delete is refused while the tenant has waiting mail. smtp-user add reads
+            the password from standard input (prompted twice on a terminal) and sends only its hash.
+
+            arguments:
+              --pool P             the pool of the tenant's mail (default: the routing rules)
+              --limit N/W,…        messages per hour, day or month, recipients per message (0: none)
+              --per-hour N, --per-day N, --per-month N, --max-recipients N   the same, one by one
+              --webhook URL        where its delivery events are posted (signed with its own secret)
+              --webhook-secret-file F   that secret (default: generated and printed once)
+              --reason TEXT        why it is suspended (in the 550 reply and the 403 body)
+              --label TEXT         what an API key is for
+              --json               print the admin API's JSON
+            \(configAndIDOptions)
+
+            example:
+              hato-coordinator tenant create acme --pool transactional --limit 10000/day,50/message
+              echo "$PASSWORD" | hato-coordinator tenant smtp-user add acme acme-billing
+            """,
+        "domain": """
+            usage: hato-coordinator domain add DOMAIN --tenant T | list [--tenant T] | records DOMAIN
+                   hato-coordinator domain check DOMAIN | remove DOMAIN
+
+            A tenant's sending domains (docs/tenants.md): the only domains its envelope sender and
+            From: may use. add makes the domain's DKIM keys (ed25519 and rsa-2048, selectors with the
+            date, sealed with the cluster secret), sends them to the nodes, and prints the DNS records
+            to publish: DKIM TXT, SPF, a DMARC suggestion, PTR and forward records of the sending IPs.
+            check looks each up through the dns: resolvers and prints ok, missing, wrong or
+            lookup_failed; its exit status is 1 unless every record is ok.
+
+            arguments:
+              --tenant T           the owning tenant (add), or only its domains (list)
+              --json               print the admin API's JSON
+            \(configAndIDOptions)
+
+            example:
+              hato-coordinator domain add acme.example --tenant acme
+              hato-coordinator domain check acme.example
+            """,
         "store": StoreCommand.help,
         "hash-password": """
             usage: hato-coordinator hash-password [--iterations N]

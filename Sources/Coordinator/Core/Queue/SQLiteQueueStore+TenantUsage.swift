@@ -17,13 +17,19 @@ extension SQLiteQueueStore {
 
     /// Counts `messages` in the tenant's hour, day and month at `now`, unless that would pass a
     /// limit (then nothing is counted). Windows without a limit are counted too.
+    ///
+    /// The commit does not wait for fsync (`processCrashSafe`): the message it is for is
+    /// enqueued next with a synced commit, which makes every earlier WAL frame durable with it
+    /// — so the count is on disk whenever its message is, and a count lost to a power cut
+    /// belongs to a message that was not accepted either. (A synced reservation cost one fsync
+    /// per message under the store's lock: 320 HTTP messages/s against 1500 by SMTP.)
     /// - Returns: `.reserved`, or `.overLimit` naming the first full window (hour, day, month).
     /// - Throws: `SQLiteError` (nothing counted).
     public func reserveQuota(tenant: String, limits: TenantLimits, messages: Int, now: Date) throws -> QuotaDecision {
         guard messages > 0 else { return .reserved }
         let windows = TenantWindows(now)
         return try lock.withLock {
-            try db.transaction {
+            try db.transaction(durability: .processCrashSafe) {
                 let counts = try usageCounts(tenant, windows)
                 if let refusal = windows.decision(counts: counts, adding: messages, limits: limits, now: now) { return refusal }
                 let add = try db.prepare("""
@@ -36,13 +42,14 @@ extension SQLiteQueueStore {
         }
     }
 
-    /// Takes `messages` back from the windows that held `at` (never below zero).
+    /// Takes `messages` back from the windows that held `at` (never below zero). Not synced
+    /// either: a release lost to a power cut leaves a count one too high, never too low.
     /// - Throws: `SQLiteError`.
     public func releaseQuota(tenant: String, messages: Int, reservedAt at: Date) throws {
         guard messages > 0 else { return }
         let windows = TenantWindows(at)
         try lock.withLock {
-            try db.transaction {
+            try db.transaction(durability: .processCrashSafe) {
                 let take = try db.prepare("UPDATE tenant_usage SET count = MAX(count - ?, 0) WHERE tenant=? AND time_window=?")
                 for w in windows.all { try take.run([.int(Int64(messages)), .text(tenant), .text(w.key)]) }
             }

@@ -15,6 +15,10 @@ extension PostgreSQLQueueStore {
 
     /// Counts `messages` in the tenant's hour, day and month at `now`, unless that would pass a
     /// limit (then nothing is counted). Windows without a limit are counted too.
+    ///
+    /// Committed with `synchronous_commit = off`: visible to every coordinator at once, and made
+    /// durable by the synced commit of the message it is for, which flushes the WAL up to its
+    /// own record, past this one (as on SQLite: the count is durable whenever its message is).
     /// - Returns: `.reserved`, or `.overLimit` naming the first full window (hour, day, month).
     /// - Throws: `PostgreSQLError` (nothing counted).
     public func reserveQuota(tenant: String, limits: TenantLimits, messages: Int, now: Date) throws -> QuotaDecision {
@@ -22,6 +26,7 @@ extension PostgreSQLQueueStore {
         let windows = TenantWindows(now)
         do {
             return try pool.transaction { c in
+                try c.run("SET LOCAL synchronous_commit = off")
                 var counts: [String: Int] = [:]
                 for r in try c.query("""
                     INSERT INTO tenant_usage(tenant, time_window, count) SELECT $1, w, $2 FROM unnest($3::text[]) WITH ORDINALITY AS u(w, i) ORDER BY u.i
@@ -46,6 +51,7 @@ extension PostgreSQLQueueStore {
         guard messages > 0 else { return }
         let keys = TenantWindows(at).all.map(\.key)
         try pool.transaction { c in
+            try c.run("SET LOCAL synchronous_commit = off")
             try c.run("UPDATE tenant_usage SET count = GREATEST(count - $1, 0) WHERE tenant = $2 AND time_window = ANY($3::text[])",
                       [.int(Int64(messages)), .text(tenant), .text(Self.array(keys))])
         }
