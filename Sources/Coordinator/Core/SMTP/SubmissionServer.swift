@@ -215,7 +215,7 @@ public final class SubmissionServer: Sendable {
                     if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
                 case .store(let message):
                     // Replies already produced stay before the DATA reply on the wire.
-                    switch accept(message) {
+                    switch accept(message, tenantSession: tenantSession) {
                     case .success(let id):
                         queuedSinceWrite = true
                         more = session.messageStored(id: id)
@@ -226,8 +226,10 @@ public final class SubmissionServer: Sendable {
                     let result = authenticator.verify(credentials, client: peer.host)
                     switch result {
                     case .succeeded(let user):
-                        let tenant = tenants?.tenant(ofUser: user)
-                        tenantSession.authenticated(tenant: tenant?.name)
+                        // A cluster.yml user wins over a tenant user of the same name (as in
+                        // the authenticator): its mail is no tenant's.
+                        let tenant = self.config.smtp.users.contains { $0.name == user } ? nil : tenants?.tenant(ofUser: user)
+                        tenantSession.authenticated(user: user, tenant: tenant?.name)
                         var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
                         if let tenant { fields["tenant"] = tenant.name }
                         log.info("authenticated", fields)
@@ -322,7 +324,7 @@ public final class SubmissionServer: Sendable {
 
     /// Routes, fixes up, stamps and durably queues a message.
     /// - Returns: the queue id, or why it could not be stored (the client gets a 4xx and retries).
-    private func accept(_ message: SubmittedMessage) -> Result<String, StoreFailure> {
+    private func accept(_ message: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
         let now = clock.now()
         let id = Identifier.queueID(now: now)
         let hostname = config.smtp.hostname
@@ -336,11 +338,28 @@ public final class SubmissionServer: Sendable {
             return .failure(.refused(error.reply))
         }
         // The tenant of the AUTH user: its From: domains, its limits, its pool (issue 16).
-        let tenant = message.authenticatedUser.flatMap { tenants?.tenant(ofUser: $0) }
+        // The session's, as found at AUTH: a user removed (or a tenant deleted) since is refused,
+        // never taken for a user of no tenant.
+        var tenant: Tenant?
+        if let tenants {
+            switch tenantSession.current(tenants) {
+            case nil: break
+            case .failure(let refusal)?:
+                log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
+                return .failure(.refused(refusal.reply))
+            case .success(let t)?: tenant = t
+            }
+        }
         if let tenant, let tenants {
             if let refusal = tenants.rules.stateRefusal(tenant) ?? tenants.rules.authorRefusal(tenant: tenant.name, content: route.content) {
                 log.info("message refused", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
                 return .failure(.refused(refusal.reply))
+            }
+            // As the HTTP API's 503: mail for a pool this cluster lacks (a typo in the tenant's
+            // pool, a pool a reload removed) would wait in the queue with no IP to send it.
+            if let pool = tenant.pool, !current.withLock({ $0.config }).pools.contains(where: { $0.name == pool }) {
+                log.error("tenant's pool is not configured; message refused with 451 4.3.0", ["tenant": tenant.name, "pool": pool])
+                return .failure(.refused(SMTPReply(451, "4.3.0", "the pool \(pool) of tenant \(tenant.name) is not configured on this cluster; contact the operator")))
             }
             do {
                 if let refusal = try tenants.admit(tenant, now: now) {

@@ -16,25 +16,45 @@ import SMTPCore
 final class TenantSMTPSession: Sendable {
     private struct State: Sendable {
         var tenant: String?
+        var user: String?
         var recipients = 0
     }
     private let state = Locked(State())
 
-    /// Records the tenant of the user that authenticated (nil: not a tenant's user).
-    func authenticated(tenant: String?) { state.withLock { $0.tenant = tenant } }
+    /// Records the user that authenticated and its tenant (nil: not a tenant's user).
+    func authenticated(user: String, tenant: String?) { state.withLock { $0.user = user; $0.tenant = tenant } }
+
+    /// The tenant of the session's AUTH user as it was at AUTH (nil: none, or not a tenant's user).
+    var tenant: String? { state.withLock { $0.tenant } }
+
+    /// The tenant mail of this session belongs to now: the AUTH user's tenant, still existing
+    /// and still owning that user (removing a user or deleting its tenant takes effect inside a
+    /// session too, rather than turning the session into a tenant-less one).
+    /// - Returns: `.none` for a session without a tenant user; else the tenant, or the refusal.
+    func current(_ tenants: TenantDirectory) -> Result<Tenant, TenantRefusal>? {
+        let (name, user) = state.withLock { ($0.tenant, $0.user) }
+        guard let name else { return nil }
+        guard let user, tenants.smtpUser(user)?.tenant == name, let tenant = tenants.tenant(named: name) else {
+            let text = "SMTP user \(user ?? "-") of tenant \(name) no longer exists"
+            return .failure(TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "unauthorized", message: text))
+        }
+        return .success(tenant)
+    }
 
     /// Chains the tenant checks after the session's existing MAIL and RCPT checks.
     func install(on session: inout SMTPServerSession, tenants: TenantDirectory, clock: any WallClock) {
         let mailBefore = session.mailCheck, rcptBefore = session.recipientCheck
         session.mailCheck = { [self] reversePath, parameters in
             if let refusal = mailBefore?(reversePath, parameters) { return refusal }
-            let name = state.withLock { s -> String? in s.recipients = 0; return s.tenant }
-            guard let name else { return nil }
-            guard let tenant = tenants.tenant(named: name) else {
-                return SMTPReply(550, "5.7.1", "tenant \(name) no longer exists")
+            state.withLock { $0.recipients = 0 }
+            let tenant: Tenant
+            switch current(tenants) {
+            case nil: return nil
+            case .failure(let refusal)?: return refusal.reply
+            case .success(let t)?: tenant = t
             }
             let rules = tenants.rules
-            return (rules.stateRefusal(tenant) ?? rules.senderRefusal(tenant: name, reversePath: reversePath.address))?.reply
+            return (rules.stateRefusal(tenant) ?? rules.senderRefusal(tenant: tenant.name, reversePath: reversePath.address))?.reply
         }
         session.recipientCheck = { [self] recipient, reversePath in
             if let refusal = rcptBefore?(recipient, reversePath) { return refusal }

@@ -72,7 +72,8 @@ public struct TenantRules: Sendable {
             return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "from_domain_not_allowed", message: text)
         }
         for d in domains where domainOwners[d] != tenant {
-            let text = "From: domain \(d) is not a sending domain of tenant \(tenant)"
+            let text = d.isEmpty ? "a From: address cannot be read as RFC 5322 section 3.4 writes one; tenant \(tenant) must send from its own domains"
+                : "From: domain \(d) is not a sending domain of tenant \(tenant)"
             return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "from_domain_not_allowed", message: text)
         }
         return nil
@@ -123,17 +124,76 @@ public struct TenantRules: Sendable {
     }
 
     /// The lower-case domains of every address in the `From:` fields of `content`, nil when it
-    /// has none. Group syntax and comments are tolerated; an address without `@` is skipped.
+    /// has none. Group syntax, comments and quoted strings are read as RFC 5322 §3.4 has them;
+    /// a mailbox that cannot be read gets the domain `""` (which no tenant owns), so a field a
+    /// mail reader might read differently is refused rather than guessed at.
     public static func authorDomains(_ content: [UInt8]) -> [String]? {
         let values = ParsedMessage(content).values("from")
         guard !values.isEmpty else { return nil }
         var domains: [String] = []
         for v in values {
-            for part in splitAddressList(v) {
-                if let d = DKIMSignerSet.addressDomain(part), !d.isEmpty { domains.append(d.lowercased()) }
+            for part in splitAddressList(skeleton(v)) {
+                if let d = mailboxDomain(part) { domains.append(d) }
             }
         }
         return domains
+    }
+
+    /// `value` without its comments and with each quoted string made `"q"` (RFC 5322 §3.2.2,
+    /// §3.2.4), every non-ASCII scalar made `x` (RFC 6532 allows it only in atoms and quoted
+    /// strings; read by scalar, so a combining mark cannot hide a `"` or `<`): what is left is
+    /// ASCII with no `(`, `)`, `\` or `"` that could hide an address. An unterminated quoted
+    /// string or comment makes the whole value `<>` (unreadable).
+    static func skeleton(_ value: String) -> String {
+        var out = ""
+        var quoted = false, escaped = false, depth = 0
+        for scalar in value.unicodeScalars {
+            let ch = Character(scalar.isASCII ? scalar : "x")
+            if escaped { escaped = false; continue }
+            if quoted {
+                if ch == "\\" { escaped = true } else if ch == "\"" { quoted = false; out += "q\"" }
+                continue
+            }
+            if depth > 0 {
+                if ch == "\\" { escaped = true } else if ch == "(" { depth += 1 } else if ch == ")" { depth -= 1 }
+                if depth == 0 { out += " " }
+                continue
+            }
+            switch ch {
+            case "\"": quoted = true; out.append(ch)
+            case "(": depth = 1
+            default: out.append(ch)
+            }
+        }
+        return quoted || depth > 0 || escaped ? "<>" : out
+    }
+
+    /// The lower-case domain of one mailbox of a skeleton address list (group name and `;`
+    /// dropped): nil for an empty group member, `""` when the mailbox is not `addr-spec` or
+    /// `[display-name] <addr-spec>` with a plain domain.
+    static func mailboxDomain(_ part: String) -> String? {
+        var text = Substring(part)
+        // A group: `display-name ":" [group-list] ";"` (the ":" before any "<").
+        if let colon = text.firstIndex(of: ":"), text.firstIndex(of: "<").map({ colon < $0 }) ?? true {
+            text = text[text.index(after: colon)...]
+        }
+        text = Substring(text.trimmingCharacters(in: .whitespaces))
+        if text.hasSuffix(";") { text = Substring(text.dropLast().trimmingCharacters(in: .whitespaces)) }
+        guard !text.isEmpty else { return nil }
+        var address = text
+        if let open = text.firstIndex(of: "<") {
+            guard let close = text.firstIndex(of: ">"), open < close,
+                  !text[..<open].contains("@"), !text[..<open].contains(">"),
+                  text[text.index(after: close)...].allSatisfy({ $0 == " " || $0 == "\t" }) else { return "" }
+            address = text[text.index(after: open)..<close]
+            if let route = address.lastIndex(of: ":") { address = address[address.index(after: route)...] }  // obs-route
+        }
+        let pieces = address.split(separator: "@", omittingEmptySubsequences: false)
+        guard pieces.count == 2, !pieces[0].isEmpty else { return "" }
+        let domain = pieces[1].lowercased()
+        let plain = domain.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E }
+        let literal = domain.hasPrefix("[") && domain.hasSuffix("]") && !domain.dropFirst().dropLast().contains { "[]\\ \t".contains($0) }
+        return plain || literal ? domain : ""
     }
 
     /// Splits an RFC 5322 address list at commas outside quotes, comments and angle brackets.
