@@ -1,5 +1,6 @@
 import ClusterProtocol
 import Foundation
+import SMTPCore
 import HatoConfig
 import HatoCoordinator
 import HatoCrypto
@@ -81,7 +82,7 @@ extension Integration {
             let cluster = try LocalCluster(nodeIDs: ["node-a"], ipsYAML: """
                 ips:
                   - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
-                """)
+                """, smtpYAML: "auth_allow_plaintext_loopback: true")
             defer { cluster.shutdown() }
             try cluster.startCoordinator()
             try cluster.startNode("node-a")
@@ -93,6 +94,10 @@ extension Integration {
             try store.createTenant(Tenant(name: "acme", createdAt: Date().timeIntervalSince1970))
             let domain = try SendingDomainKeys.generate(domain: "shop.example", tenant: "acme", date: Date(), clusterSecret: config.cluster.secret)
             try store.addSendingDomain(domain)
+            // Only the tenant may send from its domain: its SMTP user submits.
+            try store.addTenantUser(TenantSMTPUser(name: "acme-app", tenant: "acme",
+                                                   passwordHash: PasswordHash.make(password: Array("acme-password".utf8), iterations: 10_000).encoded,
+                                                   createdAt: Date().timeIntervalSince1970))
             let records = DomainRecords(domain: domain, config: config).records.filter { $0.kind == .dkim }
             #expect(records.count == 2)
             // Within the poll interval the node has them.
@@ -101,8 +106,14 @@ extension Integration {
                     && cluster.nodeProcess("node-a")?.log.contains("\"keys\":\"2\"") == true
             }
             let message = Array("From: Shop <news@shop.example>\r\nTo: <u1@hato.test>\r\nSubject: receipt\r\nDate: Sat, 05 Dec 2026 10:00:00 +0000\r\nMessage-ID: <r1@shop.example>\r\n\r\nThanks.\r\n".utf8)
-            _ = try submitWithSmtplib(port: cluster.smtpPort, messages: [(from: "news@shop.example", to: ["u1@hato.test"], content: message)],
-                                      connections: 1, dir: cluster.dir)
+            try Data(message).write(to: URL(fileURLWithPath: cluster.dir + "/receipt.eml"))
+            _ = try OutboundInteropTests.python("""
+                import smtplib, sys
+                s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=20)
+                s.login('acme-app', 'acme-password')
+                s.sendmail('news@shop.example', ['u1@hato.test'], open(sys.argv[2], 'rb').read())
+                s.quit()
+                """, ["\(cluster.smtpPort)", cluster.dir + "/receipt.eml"], dir: cluster.dir)
             try cluster.waitForQueue(final: 1, timeout: 30)
             let captured = try #require(cluster.capture.received.first)
             let path = cluster.dir + "/signed.eml"

@@ -280,5 +280,26 @@ struct TenantHTTPAPITests {
         #expect((try s.request("GET", "/api/v1/stats", key: beta).json?["usage"] as? [String: Any])?["hour"] as? Int == 0)
         #expect(try s.request("POST", "/api/v1/stats", key: acme).status == 405)
     }
+    @Test("a tenant made again under a deleted tenant's name does not see the old tenant's messages or events")
+    func reusedName() throws {
+        let s = try InProcessHTTPAPI()
+        defer { s.shutdown() }
+        let old = try s.addTenant("acme", domains: ["acme.example"])
+        let sent = try s.send(sendJSON(from: "a@acme.example", to: ["r@dest.test"]), key: old)
+        let id = try #require(sent.id)
+        _ = try s.store.applyQueueAction(.delete, to: RecipientSelector(messageIDs: [id]), by: "test", target: "m", note: nil, now: { Date() })
+        // The reporter copies the message's events (received, deleted) into the tenant event log.
+        let reporting = try ReportingService(config: s.config, store: s.store, onEnqueued: {})
+        while try reporting.reporter.runOnce() {}
+        #expect(try s.store.tenantEvents(tenant: "acme", after: 0, limit: 10).count == 2)
+        try s.store.deleteTenant(named: "acme")
+        s.tenants.invalidate()
+        usleep(20_000)
+        let again = try s.addTenant("acme", domains: ["acme.example"])
+        #expect(try s.request("GET", "/api/v1/messages/\(id)", key: again).status == 404)
+        let events = try s.request("GET", "/api/v1/events", key: again).json?["events"] as? [Any]
+        #expect(events?.isEmpty == true)
+        #expect(try s.request("GET", "/api/v1/messages/\(id)", key: old).status == 401, "the old key went with the old tenant")
+    }
 }
 }

@@ -128,5 +128,26 @@ struct TenantSubmissionTests {
         #expect(removed?.status == 200)
         #expect(try Self.login(s).1.hasPrefix("535 "))
     }
+    @Test("mail of no tenant (a relay network) may not use a tenant's domain, in the envelope or in From:; other domains pass")
+    func foreignDomain() throws {
+        let s = try InProcessSubmission(smtpExtra: "relay_networks: [127.0.0.0/8]", withTenants: true)
+        defer { s.shutdown() }
+        try s.store.createTenant(Tenant(name: "acme", createdAt: Date().timeIntervalSince1970))
+        try s.store.addSendingDomain(SendingDomain(domain: "acme.example", tenant: "acme", keys: [], createdAt: Date().timeIntervalSince1970))
+        s.tenants?.invalidate()
+        let c = try RawSMTPClient(s.address)
+        _ = try c.exchange("EHLO relay.client\r\n")
+        #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0]
+                == "550 5.7.1 acme.example is a sending domain of tenant acme: send with one of its SMTP users or API keys")
+        #expect(try c.exchange("MAIL FROM:<app@free.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        _ = try c.exchange("DATA\r\n")
+        #expect(try c.exchange(Self.message(from: "Acme <billing@acme.example>"))[0].hasPrefix("550 5.7.1 acme.example is a sending domain of tenant acme"))
+        #expect(try c.exchange("MAIL FROM:<app@free.example>\r\n")[0].hasPrefix("250 "))
+        #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
+        _ = try c.exchange("DATA\r\n")
+        #expect(try c.exchange(Self.message(from: "app@free.example"))[0].hasPrefix("250 2.0.0 Ok: queued as "))
+        #expect(try s.messageIDs().count == 1)
+    }
 }
 }

@@ -117,11 +117,13 @@ public struct DashboardTenantData: Sendable {
             case ["events"]:
                 guard let since = Int64(query["since"] ?? "0"), since >= 0 else { return .error(400, "since= must be an event id") }
                 let events = try store.tenantEvents(tenant: tenant, after: since, limit: 100)
+                let owner = try store.tenant(named: tenant)
                 struct Page: Codable { var events: [EventRow]; var next: Int64; var hasMore: Bool }
-                return Self.encode(Page(events: events.map(EventRow.init), next: events.last?.id ?? since, hasMore: events.count == 100))
+                return Self.encode(Page(events: events.filter { owner?.owns($0) == true }.map(EventRow.init), next: events.last?.id ?? since,
+                                        hasMore: events.count == 100))
             case let p where p.count == 2 && p[0] == "messages":
                 // Another tenant's message is answered exactly like an unknown one.
-                guard let m = try store.message(id: p[1]), m.tenant == tenant else { return .error(404, "no message \(p[1])") }
+                guard let m = try store.message(id: p[1]), try store.tenant(named: tenant)?.owns(m) == true else { return .error(404, "no message \(p[1])") }
                 struct Detail: Codable { var message: MessageRecord; var events: [EventRow] }
                 return Self.encode(Detail(message: m, events: try store.tenantEvents(messageID: m.id).map(EventRow.init)))
             case ["keys"]:

@@ -74,12 +74,12 @@ extension TenantHTTPAPI {
         let events: [TenantEvent]
         do {
             record = try store.message(id: id)
-            events = record?.tenant == tenant.name ? try store.tenantEvents(messageID: id) : []
+            events = record.map(tenant.owns) == true ? try store.tenantEvents(messageID: id) : []
         } catch {
             log.error("cannot read a message", ["id": id, "error": "\(error)"])
             return APIError.unavailable("the queue cannot be read now; try again").response
         }
-        guard let record, record.tenant == tenant.name else { return APIError.notFound("no message \(id) for this API key").response }
+        guard let record, tenant.owns(record) else { return APIError.notFound("no message \(id) for this API key").response }
         let recipients = record.recipients.map { r in
             RecipientView(address: r.address, state: r.state.rawValue, attempts: r.attempts, nextAttemptAt: r.nextAttemptAt.map(Self.timestamp),
                           lastReply: r.lastReply.map { ReplyView(code: $0.code.rawValue, enhanced: $0.enhanced?.description, text: $0.text) }
@@ -115,7 +115,9 @@ extension TenantHTTPAPI {
         }
         do {
             let events = try store.tenantEvents(tenant: tenant.name, after: since, limit: limit)
-            return APIJSON.response(EventPage(events: events.map(EventView.init), next: events.last?.id ?? since, hasMore: events.count == limit))
+            // The cursor moves over every event read; a deleted namesake's are not shown.
+            return APIJSON.response(EventPage(events: events.filter(tenant.owns).map(EventView.init), next: events.last?.id ?? since,
+                                              hasMore: events.count == limit))
         } catch {
             log.error("cannot read events", ["tenant": tenant.name, "error": "\(error)"])
             return APIError.unavailable("the events cannot be read now; try again").response

@@ -343,7 +343,12 @@ public final class SubmissionServer: Sendable {
         var tenant: Tenant?
         if let tenants {
             switch tenantSession.current(tenants) {
-            case nil: break
+            case nil:
+                // Mail of no tenant may not use a tenant's domain (the nodes would sign it with the tenant's keys).
+                if let refusal = tenants.rules.foreignDomainRefusal(reversePath: message.reversePath.address, content: route.content) {
+                    log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
+                    return .failure(.refused(refusal.reply))
+                }
             case .failure(let refusal)?:
                 log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
                 return .failure(.refused(refusal.reply))

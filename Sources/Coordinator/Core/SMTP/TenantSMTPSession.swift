@@ -12,7 +12,8 @@ import SMTPCore
 ///   limit gets `452 4.7.1` with the time to wait, so the client does not send DATA in vain.
 /// - At the end of DATA (SubmissionServer.accept): the `From:` domains, then the count.
 ///
-/// Checks of mail without a tenant (cluster.yml users, relay networks) are unchanged.
+/// Mail without a tenant (cluster.yml users, relay networks) is checked as before, except
+/// that it may not use a tenant's sending domain (`550 5.7.1`, `TenantRules.foreignDomainRefusal`).
 final class TenantSMTPSession: Sendable {
     private struct State: Sendable {
         var tenant: String?
@@ -49,7 +50,7 @@ final class TenantSMTPSession: Sendable {
             state.withLock { $0.recipients = 0 }
             let tenant: Tenant
             switch current(tenants) {
-            case nil: return nil
+            case nil: return tenants.rules.foreignDomainRefusal(reversePath: reversePath.address, content: nil)?.reply
             case .failure(let refusal)?: return refusal.reply
             case .success(let t)?: tenant = t
             }

@@ -79,6 +79,27 @@ public struct TenantRules: Sendable {
         return nil
     }
 
+    /// The refusal of mail of no tenant (a `smtp.users` account, a relay network) that uses a
+    /// tenant's sending domain as its envelope sender or in `From:` (`550 5.7.1`): a sending
+    /// domain is its tenant's alone — the nodes sign its mail with the tenant's keys, so other
+    /// mail from it would pass DMARC in the tenant's name. Nil when no domain involved is a
+    /// tenant's (also for `<>` and a message without `From:`).
+    /// - Parameters:
+    ///   - reversePath: the envelope sender.
+    ///   - content: the message, or nil at MAIL (only the envelope is checked then).
+    public func foreignDomainRefusal(reversePath: String, content: [UInt8]?) -> TenantRefusal? {
+        guard !domainOwners.isEmpty else { return nil }
+        var domains = reversePath.contains("@") ? [Queue.senderDomain(of: reversePath)] : []
+        if let content { domains += TenantRules.authorDomains(content) ?? [] }
+        for d in domains {
+            if let owner = domainOwners[d] {
+                let text = "\(d) is a sending domain of tenant \(owner): send with one of its SMTP users or API keys"
+                return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "sender_domain_not_allowed", message: text)
+            }
+        }
+        return nil
+    }
+
     /// The refusal of one recipient more than the tenant's `recipients_per_message`
     /// (`452 4.5.3`, RFC 5321 §4.5.3.1.10; HTTP 400), nil when `count` (this one included) fits.
     public func recipientRefusal(_ tenant: Tenant, count: Int) -> TenantRefusal? {

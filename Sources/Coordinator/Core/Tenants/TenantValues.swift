@@ -64,6 +64,17 @@ public struct Tenant: Sendable, Equatable {
         self.webhookURL = webhookURL; self.webhookSecret = webhookSecret; self.createdAt = createdAt
     }
 
+    /// Whether a message is this tenant's: stored with its name and received since it was
+    /// created — a tenant made again under a deleted one's name does not see the old one's mail.
+    public func owns(_ message: MessageRecord) -> Bool {
+        message.tenant == name && message.receivedAt >= createdAt
+    }
+
+    /// Whether an event is of this tenant's mail (its name, and since it was created).
+    public func owns(_ event: TenantEvent) -> Bool {
+        event.tenant == name && event.at >= createdAt
+    }
+
     /// Whether `name` is a valid tenant name (1–64 of lower-case letters, digits, `-`, `_`, `.`).
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 64
