@@ -254,6 +254,9 @@ struct TenantEndToEndTests {
         #expect((stranger.body["error"] as? [String: Any])?["code"] as? String == "sender_domain_not_allowed")
         #expect(try s.smtp("acme", from: "x@stranger.example").first == "550 5.7.1 sender domain stranger.example is not a sending domain of tenant acme")
         #expect(try s.smtp("acme", from: "billing@beta.example").first?.hasPrefix("550 5.7.1 ") == true, "another tenant's domain")
+        let (typo, typoOut) = try c.cli(["tenant", "create", "typo", "--pool", "transactinal"])
+        #expect(typo != 0)
+        #expect(typoOut.contains("pool transactinal is not configured (pools: bulk, transactional)"), "\(typoOut)")
 
         // Idempotency-Key: three tries, one message.
         var ids: Set<String> = []

@@ -301,5 +301,26 @@ struct TenantHTTPAPITests {
         #expect(events?.isEmpty == true)
         #expect(try s.request("GET", "/api/v1/messages/\(id)", key: old).status == 401, "the old key went with the old tenant")
     }
+    @Test("an expired Idempotency-Key record is replaced: the new request queues once and its retries replay it")
+    func expiredIdempotencyKey() throws {
+        let s = try InProcessHTTPAPI()
+        defer { s.shutdown() }
+        let key = try s.addTenant("acme", domains: ["acme.example"])
+        // A record from two days ago (the default TTL is 24 h), not purged yet.
+        let old = Date().addingTimeInterval(-2 * 86400)
+        try s.store.enqueue(NewMessage(id: "OLD0000000000000AA", reversePath: "a@acme.example", recipients: ["r@dest.test"], pool: "transactional",
+                                       content: Array("From: a@acme.example\r\n\r\nx\r\n".utf8), heloName: "api", clientAddress: "127.0.0.1",
+                                       receivedAt: old, tenant: "acme",
+                                       idempotency: IdempotencyRecord(tenant: "acme", key: "k-1", requestHash: "x", messageID: "OLD0000000000000AA",
+                                                                      createdAt: old.timeIntervalSince1970)))
+        let body = sendJSON(from: "a@acme.example", to: ["r@dest.test"])
+        let first = try s.send(body, key: key, idempotencyKey: "k-1")
+        #expect(first.status == 202)
+        #expect(first.id != "OLD0000000000000AA")
+        let retry = try s.send(body, key: key, idempotencyKey: "k-1")
+        #expect(retry.status == 202)
+        #expect(retry.id == first.id, "the retry replays the new record")
+        #expect(try s.messageIDs().count == 2, "the old message and one new one")
+    }
 }
 }

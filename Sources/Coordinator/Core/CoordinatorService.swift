@@ -103,7 +103,8 @@ public final class CoordinatorService: Sendable {
         let path = config.sourcePath
         let lock = reloadLock
         let log = Logger(label: "coordinator")
-        let tenantAPI = TenantAdminAPI(store: store, directory: tenants, onReleased: { hub.wake() })
+        let tenantAPI = TenantAdminAPI(store: store, directory: tenants, pools: { Set(hub.currentConfig.pools.map(\.name)) },
+                                       onReleased: { hub.wake() })
         let domainAPI = DomainAdminAPI(store: store, directory: tenants, config: { hub.currentConfig }, keysChanged: {
             do { try hub.signingKeysChanged() } catch { log.warning("signing keys not sent at once; the next poll sends them", ["error": "\(error)"]) }
         })

@@ -42,6 +42,11 @@ extension TenantHTTPAPI {
             let ttl = current.withLock { $0.settings.idempotencyTTL }
             let now = clock.now()
             do {
+                if let earlier = try store.idempotencyRecord(tenant: tenant.name, key: key), earlier.createdAt < now.timeIntervalSince1970 - ttl {
+                    // Expired but not purged yet: purge now, or the new record (written only when
+                    // the key is free) would be lost and every retry queue again.
+                    try store.purgeTenantData(eventsBefore: .distantPast, idempotencyBefore: now.addingTimeInterval(-ttl), now: now)
+                }
                 if let earlier = try store.idempotencyRecord(tenant: tenant.name, key: key),
                    earlier.createdAt >= now.timeIntervalSince1970 - ttl {
                     guard earlier.requestHash == hash else {

@@ -27,14 +27,17 @@ public struct TenantAdminAPI: Sendable {
     let clock: any WallClock
     /// Called after mail was released (wakes the scheduler).
     let onReleased: @Sendable () -> Void
+    /// The pools of the configuration in force (a tenant's pool must be one); nil: not checked.
+    let pools: (@Sendable () -> Set<String>)?
     private let log = Logger(label: "coordinator.tenants")
 
     /// The routes over `store`.
     /// - Parameters:
     ///   - onReleased: called after a resume released held mail.
+    ///   - pools: the configured pool names (a tenant's pool must be one; nil: not checked).
     public init(store: any QueueStore, directory: TenantDirectory, clock: any WallClock = SystemClock(),
-                onReleased: @escaping @Sendable () -> Void) {
-        self.store = store; self.directory = directory; self.clock = clock; self.onReleased = onReleased
+                pools: (@Sendable () -> Set<String>)? = nil, onReleased: @escaping @Sendable () -> Void) {
+        self.store = store; self.directory = directory; self.clock = clock; self.onReleased = onReleased; self.pools = pools
     }
 
     /// A tenant as the API shows it.
@@ -187,6 +190,12 @@ public struct TenantAdminAPI: Sendable {
         KeyView(id: k.id, label: k.label, createdAt: k.createdAt, lastUsedAt: k.lastUsedAt, revokedAt: k.revokedAt, key: text)
     }
 
+    /// Checks that `pool` (when given and not empty) is a configured pool.
+    private func validate(pool: String?) throws {
+        guard let pool, !pool.isEmpty, let known = pools?(), !known.contains(pool) else { return }
+        throw TenantRequestError(message: "pool \(pool) is not configured (pools: \(known.sorted().joined(separator: ", ")))")
+    }
+
     /// Checks limits (positive) and the webhook URL (http or https).
     private static func validate(_ limits: TenantLimits?, webhook: String?) throws {
         if let l = limits {
@@ -217,6 +226,7 @@ public struct TenantAdminAPI: Sendable {
             throw TenantRequestError(message: "name is required: 1-64 of a-z, 0-9, '-', '_', '.'")
         }
         try Self.validate(body.limits, webhook: body.webhookUrl)
+        try validate(pool: body.pool)
         var t = Tenant(name: name, pool: body.pool, limits: body.limits ?? TenantLimits(), webhookURL: body.webhookUrl,
                        webhookSecret: body.webhookSecret, createdAt: clock.now().timeIntervalSince1970)
         let generated = Self.generateSecretIfNeeded(&t)
@@ -244,6 +254,7 @@ public struct TenantAdminAPI: Sendable {
         guard var t = try store.tenant(named: name) else { return .error(404, "no tenant \(name)") }
         let body = try Self.decode(TenantRequest.self, req)
         try Self.validate(body.limits, webhook: body.webhookUrl)
+        try validate(pool: body.pool)
         if let pool = body.pool { t.pool = pool.isEmpty ? nil : pool }
         if let limits = body.limits { t.limits = limits }
         if let w = body.webhookUrl { t.webhookURL = w.isEmpty ? nil : w }
