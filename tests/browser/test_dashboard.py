@@ -200,6 +200,33 @@ def test_suppressions_add_and_remove(d):
              and not d.find_elements(By.CSS_SELECTOR, 'tr[data-address="blocked@sink.test"]'))
 
 
+def test_tenants_page(d):
+    go(d, "/ui/tenants")
+    wait_for("the tenants", lambda: loaded(d) and d.find_elements(By.CSS_SELECTOR, 'tr[data-tenant="acme"]')
+             and d.find_elements(By.CSS_SELECTOR, 'tr[data-tenant="other"]'))
+    assert "acme.test" in d.find_element(By.CSS_SELECTOR, 'tr[data-tenant="acme"]').text
+    d.find_element(By.ID, "tenant-name").send_keys("newco")
+    d.find_element(By.NAME, "per_hour").send_keys("100")
+    d.find_element(By.ID, "tenant-go").click()
+    wait_for("the first API key, shown once", lambda: d.find_elements(By.ID, "new-key")
+             and d.find_element(By.ID, "new-key").text.startswith("hato_"))
+    shot(d, "17-tenant-created")
+    go(d, "/ui/tenants")
+    row = lambda: d.find_element(By.CSS_SELECTOR, 'tr[data-tenant="newco"]')
+    wait_for("newco listed with its limit", lambda: loaded(d) and "0 / 100" in row().text)
+    row().find_element(By.CSS_SELECTOR, 'button[data-action="tenants/suspend"]').click()
+    wait_for("newco suspended", lambda: "Suspended newco" in text(d, "#notice") and loaded(d) and "suspended" in row().text)
+    shot(d, "18-tenants")
+    row().find_element(By.CSS_SELECTOR, 'button[data-action="tenants/resume"]').click()
+    wait_for("newco resumed", lambda: "Resumed newco" in text(d, "#notice") and loaded(d) and "active" in row().text)
+    row().find_element(By.CSS_SELECTOR, 'button[data-action="tenants/delete"]').click()
+    wait_for("newco deleted", lambda: "Deleted newco" in text(d, "#notice") and loaded(d)
+             and not d.find_elements(By.CSS_SELECTOR, 'tr[data-tenant="newco"]'))
+    # The queue page searches a tenant's waiting mail.
+    go(d, "/ui/queue?by=tenant&q=acme")
+    wait_for("the tenant search", lambda: loaded(d) and d.find_elements(By.ID, "results"))
+
+
 def test_form_without_csrf_is_refused(d):
     go(d, "/ui/nodes")
     assert post_status(d, "/ui/actions/nodes/node-a/drain", {}) == 403
@@ -306,7 +333,7 @@ def test_tenant_sees_only_its_own(d):
 
 
 TESTS = [test_login_wrong_then_operator, test_overview_counts_after_50_messages, test_search_by_recipient_and_open_message,
-         test_lift_a_suspension, test_drain_a_node, test_suppressions_add_and_remove, test_form_without_csrf_is_refused,
+         test_lift_a_suspension, test_drain_a_node, test_suppressions_add_and_remove, test_tenants_page, test_form_without_csrf_is_refused,
          test_phone_width, test_logout, test_tenant_sees_only_its_own]
 
 

@@ -20,10 +20,13 @@ import HatoSupport
 /// | `messages?q=…&by=id\|recipient\|sender` | search |
 /// | `messages/{id}` | one message, its recipients, its delivery log events (attempts, DSNs) |
 /// | `suppressions?q=ADDRESS` | the suppression list (newest 1000), or one address |
+/// | `tenants` | every tenant with its usage, and every sending domain |
 ///
 /// Actions (form fields; each answers `303` back to the page with a notice): `nodes/{id}/drain`,
 /// `nodes/{id}/resume`, `rebalance`, `suspensions/lift` (`ip`, `provider`), `suppressions/add`
-/// (`address`, `scope`, `reason`), `suppressions/remove` (`address`, `scope`).
+/// (`address`, `scope`, `reason`), `suppressions/remove` (`address`, `scope`), `tenants/create`
+/// (`name`, `pool`, `per_hour`, `per_day`, `per_month`, `max_recipients`; answers a page with the
+/// first API key, shown once), `tenants/suspend` (`name`, `reason`), `tenants/resume`, `tenants/delete` (`name`).
 public struct DashboardData: Sendable {
     let token: String
     let admin: @Sendable (HTTPRequest) -> HTTPResponse
@@ -94,6 +97,8 @@ public struct DashboardData: Sendable {
         case ["suppressions"]:
             let q = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
             return combine([("entries", call("GET", "/v1/suppressions", query: q.isEmpty ? [:] : ["address": q], as: session))])
+        case ["tenants"]:
+            return combine([("tenants", call("GET", "/v1/tenants", as: session)), ("domains", call("GET", "/v1/domains", as: session))])
         default:
             return .error(404, "no dashboard endpoint \(path)")
         }
@@ -111,11 +116,14 @@ public struct DashboardData: Sendable {
             return HTTPResponse(status: 200, body: Array("{\"messages\":[".utf8) + r.body + Array("]}\n".utf8))
         case "recipient":
             return combine([("messages", call("GET", "/v1/recipients", query: ["address": q, "limit": "50"], as: session))])
+        case "tenant":
+            // The tenant's waiting recipients (queue control's selector), newest page first.
+            return combine([("waiting", call("GET", "/v1/queue/recipients", query: ["tenant": q, "limit": "100"], as: session))])
         case "sender":
             // Messages by reverse-path: their `received` events in the delivery log (newest 50).
             return combine([("received", call("GET", "/v1/log", query: ["recipient": q, "limit": "200"], as: session))])
         default:
-            return .error(400, "by= must be id, recipient or sender")
+            return .error(400, "by= must be id, recipient, sender or tenant")
         }
     }
 
@@ -151,6 +159,31 @@ public struct DashboardData: Sendable {
             let scope = form["scope"] ?? ""
             r = call("DELETE", "/v1/suppressions/\(address)", query: scope.isEmpty ? [:] : ["scope": scope], as: session)
             back = "/ui/suppressions"; done = "Removed \(address)"
+        case ["tenants", "create"]:
+            guard let name = form["name"], Tenant.isValidName(name) else { return .error(400, "name: 1-64 of a-z, 0-9, '-', '_', '.'") }
+            func limit(_ key: String) -> Int? { form[key].flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }.flatMap { $0 > 0 ? $0 : nil } }
+            let pool = (form["pool"] ?? "").trimmingCharacters(in: .whitespaces)
+            let body = Self.encode(TenantAdminAPI.TenantRequest(name: name, pool: pool.isEmpty ? nil : pool,
+                                                                limits: TenantLimits(messagesPerHour: limit("per_hour"), messagesPerDay: limit("per_day"),
+                                                                                     messagesPerMonth: limit("per_month"),
+                                                                                     recipientsPerMessage: limit("max_recipients"))))
+            r = call("POST", "/v1/tenants", body: body, as: session)
+            if r.status == 201, let o = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any], let key = o["api_key"] as? String {
+                return DashboardPages.createdTenant(name: name, key: key, session: session)
+            }
+            back = "/ui/tenants"; done = "Created \(name)"
+        case let p where p.count == 2 && p[0] == "tenants" && ["suspend", "resume", "delete"].contains(p[1]):
+            guard let name = form["name"], Tenant.isValidName(name) else { return .error(400, "name is required") }
+            if p[1] == "delete" {
+                r = call("DELETE", "/v1/tenants/\(name)", as: session)
+                done = "Deleted \(name)"
+            } else {
+                let reason = (form["reason"] ?? "").trimmingCharacters(in: .whitespaces)
+                r = call("POST", "/v1/tenants/\(name)/\(p[1])", body: p[1] == "suspend" && !reason.isEmpty ? Self.encode(["reason": reason]) : [],
+                         as: session)
+                done = p[1] == "suspend" ? "Suspended \(name); its waiting mail is held" : "Resumed \(name); its held mail is released"
+            }
+            back = "/ui/tenants"
         default:
             return .error(404, "no action \(path)")
         }

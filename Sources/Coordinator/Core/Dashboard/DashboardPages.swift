@@ -8,7 +8,7 @@ enum DashboardPages {
     /// The operator pages: path, `data-page` name, title, whether it is in the navigation.
     static let pages: [(path: String, name: String, title: String)] = [
         ("/ui/", "overview", "Overview"), ("/ui/nodes", "nodes", "Nodes"), ("/ui/ips", "ips", "Sending IPs"),
-        ("/ui/queue", "queue", "Queue & messages"), ("/ui/suppressions", "suppressions", "Suppressions"),
+        ("/ui/queue", "queue", "Queue & messages"), ("/ui/suppressions", "suppressions", "Suppressions"), ("/ui/tenants", "tenants", "Tenants"),
     ]
 
     /// The tenant view's pages (its own data only).
@@ -36,6 +36,17 @@ enum DashboardPages {
         let html = String(decoding: r.body, as: UTF8.self).replacingOccurrences(of: "<div id=\"app\" aria-busy=\"true\"><p>Loading…</p></div>", with: """
             <div id="app"><p>API key <strong>\(escape(id))</strong> was created. Copy it now: it is shown this once, Hato keeps only its hash.</p>
             <p><code id="new-key" class="reply">\(escape(key))</code></p><p><a href="/ui/t/keys">Back to the API keys</a></p></div>
+            """)
+        r.body = Array(html.utf8)
+        return r
+    }
+
+    /// The answer to creating a tenant: its first API key, shown this once (never in a URL).
+    static func createdTenant(name: String, key: String, session: DashboardSession) -> HTTPResponse {
+        var r = shell(name: "tenant-created", title: "Tenant \(name)", current: "/ui/tenants", param: nil, session: session)
+        let html = String(decoding: r.body, as: UTF8.self).replacingOccurrences(of: "<div id=\"app\" aria-busy=\"true\"><p>Loading…</p></div>", with: """
+            <div id="app"><p>Tenant <strong>\(escape(name))</strong> was created. Its first API key is shown this once (Hato keeps only its hash):</p>
+            <p><code id="new-key" class="reply">\(escape(key))</code></p><p><a href="/ui/tenants">Back to the tenants</a></p></div>
             """)
         r.body = Array(html.utf8)
         return r

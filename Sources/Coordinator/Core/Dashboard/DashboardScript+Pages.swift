@@ -5,7 +5,7 @@ extension DashboardScript {
         // Queue and search
         function searchForm(q, by) {
           const sel = h("select", { id: "search-by", name: "by" },
-            [["recipient", "Recipient"], ["id", "Message id"], ["sender", "Sender"]].map(o => h("option", { value: o[0], selected: o[0] === by }, o[1])));
+            [["recipient", "Recipient"], ["id", "Message id"], ["sender", "Sender"], ["tenant", "Tenant"]].map(o => h("option", { value: o[0], selected: o[0] === by }, o[1])));
           return h("form", { method: "get", action: "/ui/queue", class: "toolbar", role: "search" },
             h("label", {}, "Search", h("input", { id: "search-q", name: "q", value: q, required: true, maxlength: 512, type: "search" })),
             h("label", {}, "by", sel), h("button", { type: "submit", id: "search-go" }, "Search"));
@@ -26,6 +26,9 @@ extension DashboardScript {
             if (d.messages) {
               rows = d.messages.map(m => ({ cells: [messageLink(m.id), m.reverse_path || "<>", m.recipients.map(r => r.address).join(", "),
                 recipientStates(m), time(m.received_at)] }));
+            } else if (d.waiting) {
+              rows = d.waiting.recipients.map(r => ({ cells: [messageLink(r.message_id), r.sender || "<>", r.address, state(r.state),
+                h("span", { class: "reply" }, r.reason)] }));
             } else {
               rows = (d.received || []).filter(e => e.event === "received").reverse().slice(0, 50)
                 .map(e => ({ cells: [messageLink(e.message_id), e.reverse_path || "<>", String(e.recipients || ""), "—", isoTime(e.ts)] }));
@@ -73,6 +76,38 @@ extension DashboardScript {
               { id: "dsns", empty: "No DSN was sent for this message." })];
         }
 
+        // Tenants (operator view)
+        async function tenantsPage() {
+          const q = (new URLSearchParams(location.search).get("q") || "").toLowerCase();
+          const d = await api("tenants");
+          const domains = {};
+          for (const x of d.domains) (domains[x.tenant] = domains[x.tenant] || []).push(x.domain);
+          const use = (n, l) => String(n || 0) + " / " + (l ? String(l) : "—");
+          const search = h("form", { method: "get", action: "/ui/tenants", class: "toolbar", role: "search" },
+            h("label", {}, "Tenant", h("input", { name: "q", value: q, type: "search", id: "tenant-q" })), h("button", { type: "submit" }, "Search"));
+          const rows = d.tenants.filter(t => !q || t.name.includes(q)).map(t => ({ attrs: { "data-tenant": t.name },
+            cells: [t.name, t.state, t.state_reason || "", t.pool || "(routing)",
+              use(t.usage && t.usage.hour, t.limits.messages_per_hour), use(t.usage && t.usage.day, t.limits.messages_per_day),
+              use(t.usage && t.usage.month, t.limits.messages_per_month), (domains[t.name] || []).join(", ") || "—",
+              h("a", { href: "/ui/queue?by=tenant&q=" + encodeURIComponent(t.name) }, "Waiting mail"),
+              t.state === "active"
+                ? actionForm("tenants/suspend", { name: t.name, reason: "suspended from the dashboard" }, "Suspend", { aria: "Suspend " + t.name, cls: "secondary" })
+                : actionForm("tenants/resume", { name: t.name }, "Resume", { aria: "Resume " + t.name }),
+              actionForm("tenants/delete", { name: t.name }, "Delete", { aria: "Delete " + t.name, cls: "secondary" })] }));
+          const add = h("form", { method: "post", action: "/ui/actions/tenants/create", class: "toolbar", id: "add-tenant" },
+            h("input", { type: "hidden", name: "csrf", value: csrf }),
+            h("label", {}, "Name", h("input", { name: "name", required: true, maxlength: 64, pattern: "[a-z0-9._\\-]+", id: "tenant-name" })),
+            h("label", {}, "Pool", h("input", { name: "pool", maxlength: 64 })),
+            h("label", {}, "Per hour", h("input", { name: "per_hour", type: "number", min: 0 })),
+            h("label", {}, "Per day", h("input", { name: "per_day", type: "number", min: 0 })),
+            h("label", {}, "Per month", h("input", { name: "per_month", type: "number", min: 0 })),
+            h("label", {}, "Recipients per message", h("input", { name: "max_recipients", type: "number", min: 0 })),
+            h("button", { type: "submit", id: "tenant-go" }, "Create"));
+          return [search, table([col("Tenant"), col("State"), col("Reason"), col("Pool"), col("This hour"), col("Today"), col("This month"),
+              col("Sending domains"), col(""), col(""), col("")], rows, { id: "tenants", empty: q ? "No tenant matches." : "No tenant yet." }),
+            h("h2", {}, "Create a tenant"), add];
+        }
+
         // Suppressions
         async function suppressionsPage() {
           const q = new URLSearchParams(location.search).get("q") || "";
@@ -103,7 +138,7 @@ extension DashboardScript {
           showNotice();
           const page = document.body.dataset.page, param = document.body.dataset.param || "";
           const pages = { overview: [overview, 5000], nodes: [nodesPage, 0], rebalance: [rebalancePage, 0], ips: [ipsPage, 5000],
-            queue: [queuePage, 0], message: [() => messagePage(param), 0], suppressions: [suppressionsPage, 0],
+            queue: [queuePage, 0], message: [() => messagePage(param), 0], suppressions: [suppressionsPage, 0], tenants: [tenantsPage, 0],
             "t-overview": [tenantOverview, 5000], "t-messages": [tenantMessages, 0], "t-message": [() => tenantMessage(param), 0],
             "t-domains": [tenantDomains, 0], "t-keys": [tenantKeys, 0], "t-suppressions": [tenantSuppressions, 0] };
           const p = pages[page];
