@@ -40,6 +40,9 @@ public final class TenantSigningKeys: Sendable {
     /// An empty table.
     public init() {}
 
+    /// Whether no tenant domain has keys (then messages need no look at their From).
+    public var isEmpty: Bool { table.withLock { $0.byDomain.isEmpty } }
+
     /// The version of the set in use, nil before the first `signing_keys`.
     public var version: Int64? { table.withLock { $0.version } }
 
