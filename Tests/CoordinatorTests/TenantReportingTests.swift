@@ -63,4 +63,24 @@ struct TenantReportingTests {
         #expect(((got.first?["body"] as? [String: Any])?["events"] as? [Any])?.count == 2)
         #expect(try f.store.dueWebhooks(hook: "tenant:acme", now: f.clock.now().addingTimeInterval(1), limit: 100).isEmpty)
     }
+    @Test("suppressions by scope: only entries of the given sender domains, newest first, one address on request", arguments: StoreKind.allCases)
+    func suppressionsByScope(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        let t = f.clock.now().timeIntervalSince1970
+        let scopes: [String?] = ["acme.example", "beta.example", nil]
+        var entries: [SuppressionEntry] = []
+        for i in 0..<30 {
+            entries.append(SuppressionEntry(address: "u\(i)@dest.test", scope: scopes[i % 3], reason: "550", source: "bounce", createdAt: t + Double(i)))
+        }
+        try f.store.addSuppressions(entries)
+        let acme = try f.store.suppressions(scopes: ["acme.example", "ACME2.example"], address: nil, now: f.clock.now(), limit: 100)
+        let expected: [String] = stride(from: 27, through: 0, by: -3).map { (i: Int) -> String in "u\(i)@dest.test" }
+        #expect(acme.map(\.address) == expected)
+        #expect(acme.allSatisfy { $0.scope == "acme.example" })
+        #expect(try f.store.suppressions(scopes: ["acme.example"], address: "U3@dest.test", now: f.clock.now(), limit: 100).map(\.address) == ["u3@dest.test"])
+        #expect(try f.store.suppressions(scopes: ["acme.example"], address: "u1@dest.test", now: f.clock.now(), limit: 100).isEmpty)
+        #expect(try f.store.suppressions(scopes: [], address: nil, now: f.clock.now(), limit: 100).isEmpty)
+        #expect(try f.store.suppressions(scopes: ["beta.example"], address: nil, now: f.clock.now(), limit: 4).count == 4)
+    }
 }

@@ -138,11 +138,10 @@ public struct DashboardTenantData: Sendable {
                 }
                 return call("GET", "/v1/domains/\(p[1].lowercased())/check", tenant: tenant)
             case ["suppressions"]:
-                let mine = Set(try store.sendingDomains(tenant: tenant).map(\.domain))
                 let q = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
-                let entries = try store.suppressions(address: q.isEmpty ? nil : q, now: clock.now(), limit: 10_000)
-                    .filter { mine.contains($0.scope ?? "") }.prefix(1000)
-                return Self.encode(Array(entries))
+                let entries = try store.suppressions(scopes: try store.sendingDomains(tenant: tenant).map(\.domain), address: q.isEmpty ? nil : q,
+                                                     now: clock.now(), limit: 1000)
+                return Self.encode(entries)
             default:
                 return .error(404, "no tenant endpoint \(path)")
             }

@@ -43,10 +43,8 @@ extension TenantHTTPAPI {
     /// The entries scoped to the tenant's domains, newest first (at most 1000; `address=` for one).
     func suppressions(_ query: [String: String], tenant: Tenant) -> HTTPResponse {
         do {
-            let mine = Set(try domains(of: tenant))
             let address = query["address"].flatMap { $0.isEmpty ? nil : $0 }
-            let entries = try store.suppressions(address: address, now: clock.now(), limit: 10_000)
-                .filter { mine.contains($0.scope ?? "") }.prefix(1000)
+            let entries = try store.suppressions(scopes: try domains(of: tenant), address: address, now: clock.now(), limit: 1000)
             return APIJSON.response(["suppressions": entries.map { e in
                 SuppressionView(address: e.address, domain: e.scope ?? "", category: e.category, reason: e.reason, source: e.source,
                                 messageId: e.messageID, createdAt: Self.timestamp(e.createdAt), expiresAt: e.expiresAt.map(Self.timestamp))

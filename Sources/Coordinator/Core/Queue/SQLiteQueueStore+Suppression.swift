@@ -107,6 +107,26 @@ extension SQLiteQueueStore {
         }
     }
 
+    /// Unexpired entries scoped to one of `scopes`, newest first (one address with `address`).
+    /// - Throws: `SQLiteError`.
+    public func suppressions(scopes: [String], address: String?, now: Date, limit: Int) throws -> [SuppressionEntry] {
+        guard !scopes.isEmpty else { return [] }
+        return try lock.withLock {
+            let filter = address == nil ? "" : "address = ? AND "
+            var binds: [SQLiteStatement.Value] = address.map { [.text($0.lowercased())] } ?? []
+            binds += scopes.map { .text($0.lowercased()) }
+            binds += [.double(now.timeIntervalSince1970), .int(Int64(limit))]
+            return try db.prepare("""
+                SELECT address, scope, category, reason, source, message_id, created_at, expires_at FROM suppressions
+                WHERE \(filter)scope IN (\(Array(repeating: "?", count: scopes.count).joined(separator: ",")))
+                  AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at DESC, address LIMIT ?
+                """).query(binds) { s in
+                SuppressionEntry(address: s.text(0), scope: s.text(1).isEmpty ? nil : s.text(1), category: s.optionalText(2), reason: s.optionalText(3),
+                                 source: s.text(4), messageID: s.optionalText(5), createdAt: s.double(6), expiresAt: s.isNull(7) ? nil : s.double(7))
+            }
+        }
+    }
+
     /// Deletes entries past their expiry.
     /// - Returns: how many were deleted.
     @discardableResult

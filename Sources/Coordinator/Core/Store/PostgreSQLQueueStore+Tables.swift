@@ -177,6 +177,29 @@ extension PostgreSQLQueueStore {
         }
     }
 
+    /// Unexpired entries scoped to one of `scopes`, newest first (one address with `address`).
+    /// - Throws: `PostgreSQLError`.
+    public func suppressions(scopes: [String], address: String?, now: Date, limit: Int) throws -> [SuppressionEntry] {
+        guard !scopes.isEmpty else { return [] }
+        return try pool.withConnection { c in
+            var binds: [PostgreSQLValue] = [.double(now.timeIntervalSince1970), .int(Int64(limit)), .text(Self.array(scopes.map { $0.lowercased() }))]
+            var filter = ""
+            if let address {
+                filter = "address = $4 AND "
+                binds.append(.text(address.lowercased()))
+            }
+            return try c.query("""
+                SELECT address, scope, category, reason, source, message_id, created_at, expires_at FROM suppressions
+                WHERE \(filter)scope = ANY($3::text[]) AND (expires_at IS NULL OR expires_at > $1) ORDER BY created_at DESC, address COLLATE "C" LIMIT $2
+                """, binds).map { s in
+                let scope = try s.text(1)
+                return SuppressionEntry(address: try s.text(0), scope: scope.isEmpty ? nil : scope, category: try s.optionalText(2),
+                                        reason: try s.optionalText(3), source: try s.text(4), messageID: try s.optionalText(5),
+                                        createdAt: try s.double(6), expiresAt: try s.optionalDouble(7))
+            }
+        }
+    }
+
     /// Deletes entries past their expiry. - Returns: how many were deleted.
     /// - Throws: `PostgreSQLError`.
     @discardableResult

@@ -169,6 +169,10 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// Unexpired entries, newest first; with `address`, only that address.
     /// - Throws: a store error.
     func suppressions(address: String?, now: Date, limit: Int) throws -> [SuppressionEntry]
+    /// Unexpired entries scoped to one of `scopes` (sender domains), newest first; with
+    /// `address`, only that address. Empty `scopes`: none. (A tenant's list: its domains.)
+    /// - Throws: a store error.
+    func suppressions(scopes: [String], address: String?, now: Date, limit: Int) throws -> [SuppressionEntry]
     /// Deletes entries past their expiry. - Returns: how many were deleted.
     /// - Throws: a store error.
     @discardableResult func purgeExpiredSuppressions(now: Date) throws -> Int
