@@ -139,6 +139,8 @@ struct TenantSubmissionTests {
         _ = try c.exchange("EHLO relay.client\r\n")
         #expect(try c.exchange("MAIL FROM:<billing@acme.example>\r\n")[0]
                 == "550 5.7.1 acme.example is a sending domain of tenant acme: send with one of its SMTP users or API keys")
+        #expect(try c.exchange("MAIL FROM:<x@mail.acme.example>\r\n")[0]
+                == "550 5.7.1 mail.acme.example is under a sending domain of tenant acme: send with one of its SMTP users or API keys")
         #expect(try c.exchange("MAIL FROM:<app@free.example>\r\n")[0].hasPrefix("250 "))
         #expect(try c.exchange("RCPT TO:<a@dest.test>\r\n")[0].hasPrefix("250 "))
         _ = try c.exchange("DATA\r\n")

@@ -92,9 +92,15 @@ public struct TenantRules: Sendable {
         var domains = reversePath.contains("@") ? [Queue.senderDomain(of: reversePath)] : []
         if let content { domains += TenantRules.authorDomains(content) ?? [] }
         for d in domains {
-            if let owner = domainOwners[d] {
-                let text = "\(d) is a sending domain of tenant \(owner): send with one of its SMTP users or API keys"
-                return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "sender_domain_not_allowed", message: text)
+            // The domain or a parent of it (nodes sign a subdomain's mail with its parent's tenant keys).
+            var candidate = Substring(d)
+            while !candidate.isEmpty {
+                if let owner = domainOwners[String(candidate)] {
+                    let text = "\(d) is \(candidate == d ? "" : "under ")a sending domain of tenant \(owner): send with one of its SMTP users or API keys"
+                    return TenantRefusal(reply: SMTPReply(550, "5.7.1", text), httpStatus: 403, code: "sender_domain_not_allowed", message: text)
+                }
+                guard let dot = candidate.firstIndex(of: ".") else { break }
+                candidate = candidate[candidate.index(after: dot)...]
             }
         }
         return nil
