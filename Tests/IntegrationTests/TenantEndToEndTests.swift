@@ -31,6 +31,14 @@ struct TenantEndToEndTests {
                   - { address: 127.0.0.11, helo: mta11.it.test, pool: bulk, nodes: [node-a] }
                 """, smtpYAML: "auth_allow_plaintext_loopback: true",
                 poolsYAML: "pools:\n  - { name: transactional }\n  - { name: bulk }")
+            // A set-up that fails stops what it started (the test's `defer` does not exist yet).
+            do { try prepare(acmeLimit: acmeLimit, startNode: startNode) } catch {
+                cluster.shutdown()
+                throw error
+            }
+        }
+
+        private func prepare(acmeLimit: String?, startNode: Bool) throws {
             try cluster.startCoordinator()
             if startNode {
                 try cluster.startNode("node-a")
