@@ -40,17 +40,6 @@ public struct DashboardTenantData: Sendable {
         self.store = store; self.token = token; self.admin = admin; self.activity = activity; self.config = config; self.clock = clock
     }
 
-    /// What the overview shows of the tenant.
-    struct TenantView: Codable {
-        var name: String
-        var state: String
-        var stateReason: String?
-        var pool: String?
-        var limits: TenantLimits
-        var webhookUrl: String?
-        var usage: TenantUsage
-    }
-
     /// One event as the tenant view shows it.
     struct EventRow: Codable {
         var id: Int64
@@ -109,9 +98,8 @@ public struct DashboardTenantData: Sendable {
             case ["overview"]:
                 guard let t = try store.tenant(named: tenant) else { return .error(404, "no tenant \(tenant)") }
                 let day = query["range"] == "day"
-                struct Overview: Codable { var tenant: TenantView; var activity: [ActivityTimeline.Point]; var range: String }
-                let view = TenantView(name: t.name, state: t.state.rawValue, stateReason: t.stateReason, pool: t.pool, limits: t.limits,
-                                      webhookUrl: t.webhookURL, usage: try store.usage(tenant: t.name, now: clock.now()))
+                struct Overview: Codable { var tenant: TenantAdminAPI.TenantView; var activity: [ActivityTimeline.Point]; var range: String }
+                let view = TenantAdminAPI.TenantView(t, usage: try store.usage(tenant: t.name, now: clock.now()))
                 return Self.encode(Overview(tenant: view, activity: activity.series(span: day ? 86_400 : 3600, bucket: day ? 600 : 60,
                                                                                      now: clock.now(), tenant: t.name), range: day ? "day" : "hour"))
             case ["events"]:

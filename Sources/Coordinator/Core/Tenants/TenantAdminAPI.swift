@@ -52,6 +52,12 @@ public struct TenantAdminAPI: Sendable {
         public var webhookSecret: String?
         public var usage: TenantUsage?
         public var createdAt: Double
+
+        /// The view of `t` with its counts (never its webhook secret).
+        public init(_ t: Tenant, usage: TenantUsage?) {
+            name = t.name; state = t.state.rawValue; stateReason = t.stateReason; pool = t.pool; limits = t.limits
+            webhookUrl = t.webhookURL; webhookSecret = nil; self.usage = usage; createdAt = t.createdAt
+        }
     }
 
     /// One SMTP user as the API shows it (no hash).
@@ -181,10 +187,7 @@ public struct TenantAdminAPI: Sendable {
         }
     }
 
-    func view(_ t: Tenant, usage: TenantUsage?) -> TenantView {
-        TenantView(name: t.name, state: t.state.rawValue, stateReason: t.stateReason, pool: t.pool, limits: t.limits,
-                   webhookUrl: t.webhookURL, webhookSecret: nil, usage: usage, createdAt: t.createdAt)
-    }
+    func view(_ t: Tenant, usage: TenantUsage?) -> TenantView { TenantView(t, usage: usage) }
 
     private func keyView(_ k: APIKeyRecord, text: String? = nil) -> KeyView {
         KeyView(id: k.id, label: k.label, createdAt: k.createdAt, lastUsedAt: k.lastUsedAt, revokedAt: k.revokedAt, key: text)
