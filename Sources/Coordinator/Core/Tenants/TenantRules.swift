@@ -124,30 +124,12 @@ public struct TenantRules: Sendable {
     /// The refusal a usage already at a limit gets before any counting (an early `452` at the
     /// first RCPT, so a client does not send DATA in vain), nil when every window has room.
     public static func usageRefusal(_ tenant: Tenant, usage: TenantUsage, now: Date) -> TenantRefusal? {
-        let l = tenant.limits
-        for (window, count, limit) in [("hour", usage.hour, l.messagesPerHour), ("day", usage.day, l.messagesPerDay),
-                                       ("month", usage.month, l.messagesPerMonth)] {
-            if let limit, count >= limit {
-                return quotaRefusal(tenant: tenant.name, window: window, limit: limit, retryAfter: secondsUntilEnd(of: window, now: now))
-            }
-        }
-        return nil
-    }
-
-    /// Seconds (at least 1) until the UTC `hour`, `day` or calendar `month` holding `now` ends.
-    public static func secondsUntilEnd(of window: String, now: Date) -> Int {
-        let t = now.timeIntervalSince1970
-        let end: Double
-        switch window {
-        case "hour": end = (floor(t / 3600) + 1) * 3600
-        case "day": end = (floor(t / 86400) + 1) * 86400
-        default:
-            var calendar = Calendar(identifier: .gregorian)
-            calendar.timeZone = TimeZone(identifier: "UTC")!
-            let start = calendar.dateInterval(of: .month, for: now)
-            end = start.map { $0.end.timeIntervalSince1970 } ?? t + 1
-        }
-        return max(1, Int(ceil(end - t)))
+        // The store's window rules (`TenantWindows`): at a limit means one more would pass it.
+        let windows = TenantWindows(now)
+        let counts = [windows.hour.key: usage.hour, windows.day.key: usage.day, windows.month.key: usage.month]
+        guard case .overLimit(let window, let limit, let retryAfter)? = windows.decision(counts: counts, adding: 1, limits: tenant.limits, now: now)
+        else { return nil }
+        return quotaRefusal(tenant: tenant.name, window: window, limit: limit, retryAfter: retryAfter)
     }
 
     /// The lower-case domains of every address in the `From:` fields of `content`, nil when it
