@@ -151,5 +151,21 @@ struct TenantSubmissionTests {
         #expect(try c.exchange(Self.message(from: "app@free.example"))[0].hasPrefix("250 2.0.0 Ok: queued as "))
         #expect(try s.messageIDs().count == 1)
     }
+    @Test("a tenant created with a webhook URL and no secret gets one generated, shown in that answer only; its first API key likewise")
+    func generatedWebhookSecret() throws {
+        let (s, api) = try Self.start()
+        defer { s.shutdown() }
+        let created = api.handle(HTTPRequest(method: "POST", path: "/v1/tenants",
+                                             body: Array(#"{"name": "hooked", "webhook_url": "http://127.0.0.1:9/hook"}"#.utf8)))
+        #expect(created?.status == 201)
+        let body = (try? JSONSerialization.jsonObject(with: Data(created?.body ?? []))) as? [String: Any]
+        let secret = (body?["tenant"] as? [String: Any])?["webhook_secret"] as? String
+        #expect(secret?.count == 64)
+        #expect(try s.store.tenant(named: "hooked")?.webhookSecret == secret)
+        let key = try #require(body?["api_key"] as? String)
+        #expect(s.tenants?.verifyAPIKey(key)?.tenant.name == "hooked")
+        let detail = String(decoding: api.handle(HTTPRequest(method: "GET", path: "/v1/tenants/hooked"))?.body ?? [], as: UTF8.self)
+        #expect(!detail.contains("webhook_secret") && !detail.contains(key), "shown once: never in later answers")
+    }
 }
 }
