@@ -320,6 +320,7 @@ class EximInstance:
                                      port=self.port, sink_port=sink_port, bind=bind_address))
         os.chmod(self.config, 0o644)   # Exim refuses a configuration writable by others
         self.p = procs.spawn([binary, "-C", self.config, "-bdf", "-q30m"], os.path.join(self.dir, "exim.stderr"))
+        procs.add_cleanup(self.stop)   # on Ctrl-C or an error too: what is left of its session, by PID
         try:
             wait_banner(host, self.port, 20)
         except BenchError:
@@ -440,6 +441,7 @@ class OpenSmtpdInstance:
         # unshare and sh exec into smtpd: the Popen's PID is smtpd's.
         self.p = procs.spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", _OPENSMTPD_NS, "sh",
                               self.spool, OPENSMTPD_SPOOL, resolv, binary, self.config], self.log)
+        procs.add_cleanup(self.stop)   # on Ctrl-C or an error too: what is left of its session, by PID
         try:
             wait_banner(host, self.port, 20)
         except BenchError:
@@ -517,6 +519,7 @@ class HarakaInstance:
             with open(os.path.join(cfg, name), "w") as f:
                 f.write(text)
         self.p = procs.spawn(["haraka", "-c", self.dir], os.path.join(self.dir, "haraka.log"))
+        procs.add_cleanup(self.stop)
         try:
             wait_banner(host, self.port, 30)
         except BenchError:
