@@ -493,8 +493,8 @@ class HarakaInstance:
     Settings (config/ files written below): listen on one loopback address; the `relay` plugin with an
     ACL for 127.0.0.0/8; `queue/smtp_forward` to the sink with enable_outbound, so relayed mail goes
     through Haraka's outbound queue on disk (outbound mode) and is delivered from there; outbound
-    allowed to a loopback next hop (local_mx_ok). Haraka's outbound queue writes its files without
-    fsync: its 250 does not follow a sync (the strace check will say so).
+    allowed to a loopback next hop (local_mx_ok). Whether Haraka syncs its outbound queue file before
+    the 250 is not known here: the strace check will say.
     """
 
     def __init__(self, procs, workdir, sink_port, host="127.0.0.26", bind_address="127.0.0.27"):
