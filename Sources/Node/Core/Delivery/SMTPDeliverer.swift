@@ -268,6 +268,10 @@ public final class SMTPDeliverer: Sendable {
                 case .success(let c):
                     pool.attach(c, to: ticket)
                     held = c
+                    if c.tls == nil, let policyClient = request.tlsClient as? PolicyTLSClient {
+                        // Under an MTA-STS `testing` policy the session went on without TLS: reported.
+                        policyClient.noteSTARTTLSMissing(host: target.host)
+                    }
                     action = attempt.opened(facts(of: c), now: clock.now)
                 case .failure(let f):
                     pool.abandon(ticket)
