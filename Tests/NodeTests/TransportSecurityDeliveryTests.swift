@@ -92,13 +92,20 @@ struct TransportSecurityDeliveryTests {
         let goodMX = try ca.issue("mx-good", names: ["mx.good.test"])
         let wrongName = try ca.issue("mx-wrongname", names: ["elsewhere.test"])
         let daneCert = try ca.issue("mx-dane", names: ["mx.dane.test"], selfSigned: true)
+        // DANE-TA: a leaf from the test CA, served with the CA in its chain; TLSA 2 0 1 names the CA.
+        let taLeaf = try ca.issue("mx-ta", names: ["mx.danta.test"])
+        let taChain = dir + "/mx-ta-chain.pem"
+        try (String(contentsOfFile: taLeaf.cert, encoding: .utf8) + String(contentsOfFile: ca.cert, encoding: .utf8))
+            .write(toFile: taChain, atomically: true, encoding: .utf8)
+        try CA.run(["x509", "-in", ca.cert, "-outform", "DER", "-out", dir + "/ca.der"], dir: dir)
+        let caDigest = Crypto.sha256(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/ca.der"))))
 
         // MX hosts: .81 wrong.test's real MX (outside its policy), .82 mx.good.test, .83 a certificate
         // for another name (badcert.test and testing.test), .84 DANE (self-signed, only TLSA vouches for it).
-        let mxs = try Self.tlsMXs(["127.0.0.81", "127.0.0.82", "127.0.0.83", "127.0.0.84"],
-                                  certs: [goodMX, goodMX, wrongName, daneCert])
+        let mxs = try Self.tlsMXs(["127.0.0.81", "127.0.0.82", "127.0.0.83", "127.0.0.84", "127.0.0.85"],
+                                  certs: [goodMX, goodMX, wrongName, daneCert, (taChain, taLeaf.key)])
         defer { for m in mxs { m.stop() } }
-        let (outsideMX, good, badName, dane) = (mxs[0], mxs[1], mxs[2], mxs[3])
+        let (outsideMX, good, badName, dane, danta) = (mxs[0], mxs[1], mxs[2], mxs[3], mxs[4])
 
         // The HTTPS policy server (test CA), policies by Host.
         let policies: [String: String] = [
@@ -133,9 +140,13 @@ struct TransportSecurityDeliveryTests {
             R.mx("testing.test", 10, "mx.testing.test"), R.a("mx.testing.test", "127.0.0.83"),
             R.txt("_mta-sts.testing.test", "v=STSv1; id=t1"), R.a("mta-sts.testing.test", "127.0.0.80"),
             R.mx("dane.test", 10, "mx.dane.test"), R.a("mx.dane.test", "127.0.0.84"),
+            // The same MX host for a domain without a policy (its opportunistic session must not be reused under the policy).
+            R.mx("nopolicy.test", 10, "mx.good.test"),
+            R.mx("danta.test", 10, "mx.danta.test"), R.a("mx.danta.test", "127.0.0.85"),
+            R.tlsa("_\(good.port)._tcp.mx.danta.test", 2, 0, 1, caDigest),
             R.tlsa(tlsaName, 3, 1, 1, matching),
         ]
-        let dns = try SecureTestDNS(records: records, secure: [tlsaName])
+        let dns = try SecureTestDNS(records: records, secure: [tlsaName, "_\(good.port)._tcp.mx.danta.test"])
         defer { dns.stop() }
 
         let config = try engineConfig(dns: dns.address, port: good.port, delivery: """
@@ -155,17 +166,27 @@ struct TransportSecurityDeliveryTests {
             #expect(outsideMX.connectionCount == 0, "never sent in clear, never even connected")
             #expect(out.results.first?.tlsReports == [TLSReportEntry(policyDomain: "wrong.test", policyType: "sts", result: "validation-failure", mxHost: "mx.other.test")])
 
-            // Enforce, the right MX with a valid certificate: delivered over TLS.
+            // A domain without a policy on the same MX: an opportunistic TLS session, left idle in the pool.
+            let plain = engine.deliver(lease: lease("nopolicy.test"), body: sampleMessage(), deadline: deadline)
+            #expect(plain.results.map(\.status) == [.delivered])
+            #expect(plain.results.first?.tlsReports == nil)
+            #expect(good.connectionCount == 1)
+
+            // Enforce, the right MX with a valid certificate: delivered over TLS, on a new session
+            // (the idle one was not authenticated for the policy).
             let ok = engine.deliver(lease: lease("good.test"), body: sampleMessage(), deadline: deadline)
             #expect(ok.results.map(\.status) == [.delivered], "\(ok.results.map(\.reply))")
             #expect(ok.results.first?.tlsVersion != nil)
-            #expect(good.messages.count == 1)
+            #expect(good.messages.count == 2)
+            #expect(good.connectionCount == 2)
             #expect(ok.results.first?.tlsReports == [TLSReportEntry(policyDomain: "good.test", policyType: "sts", result: "success", mxHost: "mx.good.test")])
             // The policy is cached: a second delivery fetches nothing.
             let before = fetches.withLock { $0.count }
-            _ = engine.deliver(lease: lease("good.test"), body: sampleMessage("2"), deadline: deadline)
+            let again = engine.deliver(lease: lease("good.test"), body: sampleMessage("2"), deadline: deadline)
             #expect(fetches.withLock { $0.count } == before)
-            #expect(good.messages.count == 2)
+            #expect(good.messages.count == 3)
+            #expect(again.results.first?.reusedConnection == true, "the policy-authenticated session is reused")
+            #expect(good.connectionCount == 2)
 
             // Enforce, a certificate for another name: deferred, nothing sent (no plaintext retry).
             let bad = engine.deliver(lease: lease("badcert.test"), body: sampleMessage(), deadline: deadline)
@@ -189,12 +210,20 @@ struct TransportSecurityDeliveryTests {
             #expect(daneOK.results.first?.tlsVersion != nil)
             #expect(dane.messages.count == 1)
             #expect(daneOK.results.first?.tlsReports == [TLSReportEntry(policyDomain: "mx.dane.test", policyType: "tlsa", result: "success", mxHost: "mx.dane.test")])
+
+            // DANE-TA: the CA named by a 2 0 1 record, the leaf's name checked.
+            let ta = engine.deliver(lease: lease("danta.test"), body: sampleMessage(), deadline: deadline)
+            #expect(ta.results.map(\.status) == [.delivered], "\(ta.results.map(\.reply))")
+            #expect(danta.messages.count == 1)
+            #expect(ta.results.first?.tlsReports?.map(\.result) == ["success"])
         }
 
         // DANE mismatch (a fresh engine: DNS answers are cached per resolver).
-        records.removeLast()
+        // The DANE-TA host too: its chain would verify against ca_file, but DANE decides.
+        records.removeLast(2)
+        records.append(R.tlsa("_\(good.port)._tcp.mx.danta.test", 2, 0, 1, [UInt8](repeating: 0x42, count: 32)))
         records.append(R.tlsa(tlsaName, 3, 1, 1, [UInt8](repeating: 0x42, count: 32)))
-        dns.update(records: records, secure: [tlsaName])
+        dns.update(records: records, secure: [tlsaName, "_\(good.port)._tcp.mx.danta.test"])
         do {
             let engine = try DeliveryEngine(config: config)
             defer { engine.shutdown() }
@@ -204,6 +233,10 @@ struct TransportSecurityDeliveryTests {
                     "\(out.results.first?.reply.text ?? "")")
             #expect(dane.messages.count == 1, "nothing more was sent")
             #expect(out.results.first?.tlsReports?.map(\.result) == ["validation-failure"])
+            let ta = engine.deliver(lease: lease("danta.test"), body: sampleMessage(), deadline: deadline)
+            #expect(ta.results.map(\.status) == [.deferred])
+            #expect(ta.results.first?.reply.text.contains("DANE: certificate of mx.danta.test does not match its TLSA records") == true)
+            #expect(danta.messages.count == 1, "nothing more was sent")
         }
 
         // The same mismatching records without the AD bit: no DANE, opportunistic TLS delivers.
