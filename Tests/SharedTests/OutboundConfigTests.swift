@@ -116,3 +116,19 @@ extension ConfigTests {
         #expect(error?.line != nil)
     }
 }
+
+extension ConfigTests {
+    @Test("hato-node check: an unreadable delivery.mta_sts.ca_file is an error; DANE without configured resolvers is a warning")
+    func transportSecurityCheck() throws {
+        let c = try Self.parse(Self.base + "delivery: { mta_sts: { enabled: true, ca_file: /nonexistent/roots.pem }, dane: { enabled: true } }\n",
+                               path: "/etc/hato/cluster.yml")
+        var r = ConfigCheckReport()
+        ConfigCheck.checkTransportSecurity(c, into: &r)
+        #expect(r.errors.map(\.key) == ["delivery.mta_sts.ca_file"])
+        #expect(r.errors.first?.detail.contains("/nonexistent/roots.pem") == true, "\(r.errors)")
+        #expect(r.warnings.map(\.key) == ["delivery.dane"])
+        var off = ConfigCheckReport()
+        ConfigCheck.checkTransportSecurity(try Self.parse(Self.base, path: "/etc/hato/cluster.yml"), into: &off)
+        #expect(off.items.isEmpty)
+    }
+}
