@@ -88,7 +88,8 @@ struct TransportSecurityDeliveryTests {
         let dir = try temporaryDirectory("hato-mtasts")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try CA(dir: dir)
-        let policyHost = try ca.issue("policy", names: ["mta-sts.wrong.test", "mta-sts.good.test", "mta-sts.badcert.test", "mta-sts.testing.test"])
+        let policyHost = try ca.issue("policy", names: ["mta-sts.wrong.test", "mta-sts.good.test", "mta-sts.badcert.test", "mta-sts.testing.test",
+                                                          "mta-sts.nofetch.test"])
         let goodMX = try ca.issue("mx-good", names: ["mx.good.test"])
         let wrongName = try ca.issue("mx-wrongname", names: ["elsewhere.test"])
         let daneCert = try ca.issue("mx-dane", names: ["mx.dane.test"], selfSigned: true)
@@ -142,6 +143,9 @@ struct TransportSecurityDeliveryTests {
             R.mx("dane.test", 10, "mx.dane.test"), R.a("mx.dane.test", "127.0.0.84"),
             // The same MX host for a domain without a policy (its opportunistic session must not be reused under the policy).
             R.mx("nopolicy.test", 10, "mx.good.test"),
+            // A TXT record but no policy file (404): delivered without a policy, the fetch error counted.
+            R.mx("nofetch.test", 10, "mx.good.test"),
+            R.txt("_mta-sts.nofetch.test", "v=STSv1; id=n1"), R.a("mta-sts.nofetch.test", "127.0.0.80"),
             R.mx("danta.test", 10, "mx.danta.test"), R.a("mx.danta.test", "127.0.0.85"),
             R.tlsa("_\(good.port)._tcp.mx.danta.test", 2, 0, 1, caDigest),
             R.tlsa(tlsaName, 3, 1, 1, matching),
@@ -187,6 +191,17 @@ struct TransportSecurityDeliveryTests {
             #expect(good.messages.count == 3)
             #expect(again.results.first?.reusedConnection == true, "the policy-authenticated session is reused")
             #expect(good.connectionCount == 2)
+
+            // A policy that cannot be fetched: no policy, reported; not fetched again at once.
+            let nofetch = engine.deliver(lease: lease("nofetch.test"), body: sampleMessage(), deadline: deadline)
+            #expect(nofetch.results.map(\.status) == [.delivered])
+            #expect(nofetch.results.first?.tlsReports == [TLSReportEntry(policyDomain: "nofetch.test", policyType: "sts", result: "sts-policy-fetch-error")])
+            let fetched = fetches.withLock { $0.filter { $0.hasPrefix("mta-sts.nofetch.test") }.count }
+            #expect(fetched == 1)
+            let nofetch2 = engine.deliver(lease: lease("nofetch.test"), body: sampleMessage("3"), deadline: deadline)
+            #expect(nofetch2.results.map(\.status) == [.delivered])
+            #expect(nofetch2.results.first?.tlsReports == nil)
+            #expect(fetches.withLock { $0.filter { $0.hasPrefix("mta-sts.nofetch.test") }.count } == 1, "a failed fetch waits before the next")
 
             // Enforce, a certificate for another name: deferred, nothing sent (no plaintext retry).
             let bad = engine.deliver(lease: lease("badcert.test"), body: sampleMessage(), deadline: deadline)

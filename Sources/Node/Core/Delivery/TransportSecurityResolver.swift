@@ -20,6 +20,10 @@ public final class TransportSecurityResolver: Sendable {
     /// The verifying TLS context for MX sessions under a policy (trust roots of `ca_file`, DANE on).
     public let context: TLSContext
     private let cache: Locked<MTASTSPolicyCache>
+    /// Domains whose last fetch failed: no new fetch before the instant (seconds since 1970).
+    private let failedFetches = Locked<[String: Double]>([:])
+    /// Seconds a failed policy fetch is not retried (the cached policy, if any, is used meanwhile).
+    public static let fetchRetryDelay: Double = 300
     private let clock: any WallClock
     private let log: Logger
 
@@ -39,7 +43,8 @@ public final class TransportSecurityResolver: Sendable {
     }
 
     /// The domain's MTA-STS policy (RFC 8461 §5.1), and TLS-RPT entries for fetch failures.
-    /// A fetch failure falls back to a cached unexpired policy, otherwise to no policy.
+    /// A fetch failure falls back to a cached unexpired policy, otherwise to no policy, and the
+    /// domain is not fetched again for `fetchRetryDelay` seconds.
     public func policy(for domain: String) -> (MTASTSPolicy?, [TLSReportEntry]) {
         guard settings.enabled else { return (nil, []) }
         let d = domain.lowercased()
@@ -53,11 +58,17 @@ public final class TransportSecurityResolver: Sendable {
         case .use(let p): return (p, [])
         case .fetch(let fallback):
             guard let record else { return (fallback, []) }
+            if let until = failedFetches.withLock({ $0[d] }), now < until { return (fallback, []) }
             switch fetch(d) {
             case .success(let p):
                 cache.withLock { $0.store(domain: d, policy: p, id: record.id, now: now) }
+                failedFetches.withLock { _ = $0.removeValue(forKey: d) }
                 return (p, [])
             case .failure(let f):
+                failedFetches.withLock { failed in
+                    if failed.count >= settings.cacheSize { failed = failed.filter { $0.value > now } }
+                    if failed.count < settings.cacheSize { failed[d] = now + Self.fetchRetryDelay }
+                }
                 log.warning("MTA-STS policy fetch failed", ["domain": d, "reason": f.reason])
                 return (fallback, [TLSReportEntry(policyDomain: d, policyType: TLSReportPolicyType.sts.rawValue, result: f.type.rawValue)])
             }
