@@ -146,6 +146,9 @@ struct TransportSecurityDeliveryTests {
             // A TXT record but no policy file (404): delivered without a policy, the fetch error counted.
             R.mx("nofetch.test", 10, "mx.good.test"),
             R.txt("_mta-sts.nofetch.test", "v=STSv1; id=n1"), R.a("mta-sts.nofetch.test", "127.0.0.80"),
+            // The policy host's certificate does not name it: sts-webpki-invalid.
+            R.mx("webpki.test", 10, "mx.good.test"),
+            R.txt("_mta-sts.webpki.test", "v=STSv1; id=p1"), R.a("mta-sts.webpki.test", "127.0.0.80"),
             R.mx("danta.test", 10, "mx.danta.test"), R.a("mx.danta.test", "127.0.0.85"),
             R.tlsa("_\(good.port)._tcp.mx.danta.test", 2, 0, 1, caDigest),
             R.tlsa(tlsaName, 3, 1, 1, matching),
@@ -202,6 +205,10 @@ struct TransportSecurityDeliveryTests {
             #expect(nofetch2.results.map(\.status) == [.delivered])
             #expect(nofetch2.results.first?.tlsReports == nil)
             #expect(fetches.withLock { $0.filter { $0.hasPrefix("mta-sts.nofetch.test") }.count } == 1, "a failed fetch waits before the next")
+
+            let webpki = engine.deliver(lease: lease("webpki.test"), body: sampleMessage(), deadline: deadline)
+            #expect(webpki.results.map(\.status) == [.delivered])
+            #expect(webpki.results.first?.tlsReports?.map(\.result) == ["sts-webpki-invalid"])
 
             // Enforce, a certificate for another name: deferred, nothing sent (no plaintext retry).
             let bad = engine.deliver(lease: lease("badcert.test"), body: sampleMessage(), deadline: deadline)
