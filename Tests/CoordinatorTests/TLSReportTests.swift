@@ -68,6 +68,8 @@ struct TLSReportTests {
         #expect(rows.first?["successes"] as? Int == 1)
         #expect((rows.first?["failures"] as? [String: Int]) == ["certificate-expired": 1])
         #expect(rows.first?["day"] as? String == TLSReportTally.day(f.clock.now()))
+        let metrics = f.service.metrics.registry.render()
+        #expect(metrics.contains("hato_tls_rpt_sessions_total{policy_type=\"sts\",result=\"success\"} 1"), "\(metrics.split(separator: "\n").filter { $0.contains("tls_rpt") })")
         let empty = try JSONSerialization.jsonObject(with: Data(get(["domain": "other.test"])?.body ?? [])) as? [Any]
         #expect(empty?.isEmpty == true)
     }

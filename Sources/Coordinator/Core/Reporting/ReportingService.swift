@@ -98,6 +98,7 @@ public final class ReportingService: Sendable {
     public func noteResult(_ result: ResultMessage) {
         reporter.noteResult(result)
         tlsReports.note(result)
+        for o in result.outcomes { for e in o.tlsReports ?? [] { metrics.tlsReportSessions.inc(e.policyType, e.result) } }
         reporter.wake()
     }
 }
