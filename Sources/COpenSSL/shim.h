@@ -33,3 +33,5 @@ static inline int hato_NID_commonName(void) { return NID_commonName; }
 static inline int hato_EVP_CTRL_GCM_SET_IVLEN(void) { return EVP_CTRL_GCM_SET_IVLEN; }
 static inline int hato_EVP_CTRL_GCM_GET_TAG(void) { return EVP_CTRL_GCM_GET_TAG; }
 static inline int hato_EVP_CTRL_GCM_SET_TAG(void) { return EVP_CTRL_GCM_SET_TAG; }
+// DANE for outbound SMTP (RFC 7672, issue 18): the flag is a macro.
+static inline unsigned long hato_DANE_FLAG_NO_DANE_EE_NAMECHECKS(void) { return DANE_FLAG_NO_DANE_EE_NAMECHECKS; }

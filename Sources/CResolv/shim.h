@@ -29,6 +29,9 @@ static inline void hato_res_set_nscount(res_state s, int count) { s->nscount = c
 static inline void hato_res_set_timeouts(res_state s, int retrans_seconds, int retry) {
     s->retrans = retrans_seconds; s->retry = retry;
 }
+/// Keeps the AD bit of answers (glibc clears it unless `trust-ad`): used only for the DNSSEC
+/// status queries of DANE (RFC 7672), towards the configured, trusted validating resolvers.
+static inline void hato_res_trust_ad(res_state s) { s->options |= RES_TRUSTAD; }
 static inline int hato_res_nsend(res_state s, const unsigned char *msg, int msglen, unsigned char *answer, int anslen) {
     return res_nsend(s, msg, msglen, answer, anslen);
 }

@@ -208,6 +208,20 @@ extension DeliveryAttemptTests {
         #expect(o?.reply.text == "mx1.dest.test[192.0.2.1]:25: TLS handshake failed")
     }
 
+    @Test("an MX host under an enforced MTA-STS/DANE policy gets STARTTLS required and no plaintext retry; the others stay opportunistic")
+    func requiredTLSHosts() {
+        let clock = ManualMonotonicClock()
+        var a = DeliveryAttempt(request: makeRequest(), targets: [mx1, mx2], longestLine: 10, now: clock.now)
+        a.requiredTLSHosts = ["mx1.dest.test"]
+        #expect(a.start(now: clock.now).name == "checkout mx1.dest.test required")
+        #expect(a.checkedOut(.slot(ticket), now: clock.now).name == "open mx1.dest.test required")
+        let handshake = SMTPOpenFailure(target: mx1, connectFailed: false, reply: DeliveryStatus(code: 451, enhanced: "4.7.5", text: "TLS handshake failed: MTA-STS policy of dest.test: certificate not valid for mx1.dest.test"), tlsHandshakeFailed: true)
+        #expect(a.openFailed(handshake, now: clock.now).name == "checkout mx2.dest.test opportunistic", "never mx1 in plaintext")
+        _ = a.checkedOut(.slot(ticket), now: clock.now)
+        let o = a.openFailed(SMTPOpenFailure(target: mx2, connectFailed: true, reply: DeliveryStatus(code: 451, enhanced: "4.4.1", text: "refused"), tlsHandshakeFailed: false), now: clock.now).report?.outcomes.first
+        #expect(o?.status == .deferred)
+    }
+
     @Test("a dead pooled session is replaced at once on its own slot")
     func deadSessionReplaced() {
         let clock = ManualMonotonicClock()

@@ -37,6 +37,8 @@ struct FrameEncodingTests {
                           r.dkim = Bool.random(using: &rng) ? [s(&rng), s(&rng)] : nil
                           r.timings = Bool.random(using: &rng) ? DeliveryTimings(resolve: od(&rng), shapingWait: od(&rng), connect: od(&rng),
                                                                                  setup: od(&rng), transaction: od(&rng)) : nil
+                          r.tlsReports = Bool.random(using: &rng) ? [TLSReportEntry(policyDomain: s(&rng), policyType: "sts", result: s(&rng), mxHost: os(&rng)),
+                                                                     TLSReportEntry(policyDomain: s(&rng), policyType: "tlsa", result: "success")] : nil
                           return r
                       }, finishedAt: doubles.randomElement(using: &rng)!)
     }

@@ -15,6 +15,8 @@ extension ConfigTests {
               command_timeout: 1m
               idle_timeout: 45s
               allow_loopback_mx: true
+              mta_sts: { enabled: true, ca_file: certs/roots.pem, fetch_timeout: 4s, cache_size: 500, https_port: 8443 }
+              dane: { enabled: true }
               timeouts: { connect: 10s, greeting: 2m, rcpt: 90s, data_done: 15m, rset: 5s }
             dkim:
               - { domain: Example.ORG, selector: s2026, private_key: keys/example.pem }
@@ -38,6 +40,10 @@ extension ConfigTests {
         #expect(c.delivery.tls == .opportunistic)
         #expect(c.delivery.idleTimeout == 45)
         #expect(c.delivery.allowLoopbackMX)
+        #expect(c.delivery.mtaSTS.enabled && c.delivery.daneEnabled)
+        #expect(c.delivery.mtaSTS.caFile == "/etc/hato/certs/roots.pem", "relative to cluster.yml")
+        #expect(c.delivery.mtaSTS.fetchTimeout == 4 && c.delivery.mtaSTS.cacheSize == 500 && c.delivery.mtaSTS.httpsPort == 8443)
+        #expect(try Self.parse(Self.base, path: "/etc/hato/cluster.yml").delivery.mtaSTS == MTASTSSettings(), "off by default")
         let t = c.delivery.timeouts
         #expect(t.connect == 10)
         #expect(t.greeting == 120)
@@ -97,6 +103,10 @@ extension ConfigTests {
         ("delivery: { timeouts: { data_done: 0s } }", "delivery.timeouts.data_done", "greater than zero"),
         ("delivery: { timeouts: { helo: 1s } }", "delivery.timeouts.helo", "unknown key"),
         ("delivery: { allow_loopback_mx: sometimes }", "delivery.allow_loopback_mx", "expected true or false"),
+        ("delivery: { mta_sts: { enabled: yes-ish } }", "delivery.mta_sts.enabled", "expected true or false"),
+        ("delivery: { mta_sts: { mode: enforce } }", "delivery.mta_sts.mode", "unknown key"),
+        ("delivery: { mta_sts: { cache_size: 0 } }", "delivery.mta_sts.cache_size", "out of range"),
+        ("delivery: { dane: { enabled: true, strict: true } }", "delivery.dane.strict", "unknown key"),
         ("routes: [ { domain: a.test, next_hop: x.test, tls: always } ]", "routes[0].tls", "expected disabled, opportunistic or required"),
     ])
     func outboundValidation(snippet: String, key: String, message: String) {
@@ -104,5 +114,21 @@ extension ConfigTests {
         #expect(error?.key == key, "\(snippet)")
         #expect(error?.message.contains(message) == true, "\(snippet): \(error?.message ?? "no error")")
         #expect(error?.line != nil)
+    }
+}
+
+extension ConfigTests {
+    @Test("hato-node check: an unreadable delivery.mta_sts.ca_file is an error; DANE without configured resolvers is a warning")
+    func transportSecurityCheck() throws {
+        let c = try Self.parse(Self.base + "delivery: { mta_sts: { enabled: true, ca_file: /nonexistent/roots.pem }, dane: { enabled: true } }\n",
+                               path: "/etc/hato/cluster.yml")
+        var r = ConfigCheckReport()
+        ConfigCheck.checkTransportSecurity(c, into: &r)
+        #expect(r.errors.map(\.key) == ["delivery.mta_sts.ca_file"])
+        #expect(r.errors.first?.detail.contains("/nonexistent/roots.pem") == true, "\(r.errors)")
+        #expect(r.warnings.map(\.key) == ["delivery.dane"])
+        var off = ConfigCheckReport()
+        ConfigCheck.checkTransportSecurity(try Self.parse(Self.base, path: "/etc/hato/cluster.yml"), into: &off)
+        #expect(off.items.isEmpty)
     }
 }

@@ -201,6 +201,22 @@ enum CommandHelp {
             example:
               hato-coordinator suppressions add old@example.com --reason "customer request" --expires 180d
             """,
+        "tls-reports": """
+            usage: hato-coordinator tls-reports [--day YYYY-MM-DD] [--domain D] [--json] [--config PATH]
+
+            TLS-RPT counts (RFC 8460) of outbound sessions under an MTA-STS (RFC 8461) or DANE (RFC 7672)
+            policy: per UTC day and policy domain (the recipient domain for MTA-STS, the MX host for DANE),
+            the successful sessions and the failures by result type (certificate-host-mismatch,
+            validation-failure, starttls-not-supported, sts-policy-fetch-error, …). Counted in memory by
+            the coordinator the nodes report to, since it started.
+
+            arguments:
+              --day YYYY-MM-DD     only this UTC day
+              --domain D           only this policy domain
+
+            example:
+              hato-coordinator tls-reports --day 2026-12-05
+            """,
         "log": """
             usage: hato-coordinator log --message ID | --recipient ADDRESS [--limit N] [--json] [--config PATH]
 

@@ -14,6 +14,8 @@ public final class DeliveryEngine: Sendable {
     public let deliverer: SMTPDeliverer
     /// MX and next-hop resolution.
     public let nextHops: NextHopResolver
+    /// MTA-STS and DANE (nil when both are off: `delivery.mta_sts.enabled`, `delivery.dane.enabled`).
+    public let transportSecurity: TransportSecurityResolver?
     private let config: ClusterConfig
     private let log: Logger
 
@@ -42,7 +44,8 @@ public final class DeliveryEngine: Sendable {
         let tls: (any OutboundTLSClient)?
         if let tlsClient {
             tls = tlsClient
-        } else if d.tls == .disabled && config.routes.allSatisfy({ ($0.tls ?? .disabled) == .disabled }) {
+        } else if d.tls == .disabled && config.routes.allSatisfy({ ($0.tls ?? .disabled) == .disabled })
+                    && !d.mtaSTS.enabled && !d.daneEnabled {
             tls = nil
         } else {
             tls = try OpenSSLTLSClient()
@@ -55,8 +58,12 @@ public final class DeliveryEngine: Sendable {
         var own = Set(config.ips.map(\.address))
         for l in config.smtp.listen { own.insert(l.host) }
         for a in NextHopResolver.interfaceAddresses() where !(d.allowLoopbackMX && NextHopResolver.isLoopback(a)) { own.insert(a) }
-        nextHops = NextHopResolver(resolver: DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout),
-                                   mxPort: d.port, localAddresses: own, allowLoopback: d.allowLoopbackMX)
+        let resolver = DNSResolver(nameservers: config.dns.nameservers, timeout: config.dns.timeout)
+        nextHops = NextHopResolver(resolver: resolver, mxPort: d.port, localAddresses: own, allowLoopback: d.allowLoopbackMX)
+        transportSecurity = d.mtaSTS.enabled || d.daneEnabled
+            ? try TransportSecurityResolver(settings: d.mtaSTS, daneEnabled: d.daneEnabled, resolver: resolver,
+                                            log: Logger(label: log.label + ".mta-sts"))
+            : nil
         log.info("delivery engine ready", ["dkim_keys": "\(signers.count)", "tls": tls == nil ? "none" : d.tls.rawValue,
                                            "shaping_providers": "\(config.shaping.providers.count)", "idle_timeout": "\(d.idleTimeout)"])
     }
@@ -83,16 +90,34 @@ public final class DeliveryEngine: Sendable {
         let route = config.route(for: lease.domain)
         let resolveStart = ContinuousClock.now
         let resolved = nextHops.targets(for: lease.domain, staticNextHop: route.map { ($0.nextHop.host, $0.nextHop.port) })
-        let resolveSeconds = (ContinuousClock.now - resolveStart).inSeconds
         switch resolved {
         case .failure(let f):
+            let resolveSeconds = (ContinuousClock.now - resolveStart).inSeconds
             let results = lease.recipients.map {
                 var r = RecipientResult(recipientID: $0.id, status: f.reply.disposition, reply: f.reply)
                 r.timings = DeliveryTimings(resolve: resolveSeconds)
                 return r
             }
             return LeaseOutcome(results: results, mxHost: nil, remoteAddress: nil)
-        case .success(let targets):
+        case .success(var targets):
+            // MTA-STS (RFC 8461) and DANE (RFC 7672) apply to MX delivery, not to static routes.
+            var plan: TransportSecurityPlan? = nil
+            if route == nil, let transportSecurity, deliverer.tlsClient != nil {
+                let p = transportSecurity.plan(domain: lease.domain, targets: targets)
+                if let f = p.failure {
+                    log.warning("delivery refused by MTA-STS policy", ["domain": lease.domain, "reason": f.reply.text])
+                    var results = lease.recipients.map {
+                        var r = RecipientResult(recipientID: $0.id, status: f.reply.disposition, reply: f.reply)
+                        r.timings = DeliveryTimings(resolve: (ContinuousClock.now - resolveStart).inSeconds)
+                        return r
+                    }
+                    if !results.isEmpty && !p.reports.isEmpty { results[0].tlsReports = p.reports }
+                    return LeaseOutcome(results: results, mxHost: nil, remoteAddress: nil)
+                }
+                targets = p.targets
+                plan = p
+            }
+            let resolveSeconds = (ContinuousClock.now - resolveStart).inSeconds
             var request = DeliveryRequest(reversePath: lease.reversePath,
                                           recipients: lease.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
                                           body: body, sendingIP: lease.sendingIP, heloName: lease.helo)
@@ -100,8 +125,15 @@ public final class DeliveryEngine: Sendable {
             let margin = min(60, max(1, lease.expiresIn / 4))
             request.shapingWaitDeadline = deadline - .seconds(margin)
             request.tlsPolicy = SMTPTLSPolicy(rawValue: (route?.tls ?? config.delivery.tls).rawValue) ?? .opportunistic
+            var policyClient: PolicyTLSClient? = nil
+            if let plan, !plan.requirements.isEmpty, let base = deliverer.tlsClient, let transportSecurity {
+                let client = PolicyTLSClient(base: base, context: transportSecurity.context, requirements: plan.requirements)
+                request.tlsClient = client
+                request.authenticatedTLSHosts = plan.requirements.filter(\.value.isEnforced).mapValues(\.tag)
+                policyClient = client
+            }
             let report = deliverer.deliver(request, to: targets)
-            let results = report.outcomes.map { o -> RecipientResult in
+            var results = report.outcomes.map { o -> RecipientResult in
                 var r = RecipientResult(recipientID: o.recipientID, status: o.status, reply: o.reply)
                 if let s = report.sessions[o.recipientID] {
                     r.mxHost = s.mxHost
@@ -122,6 +154,8 @@ public final class DeliveryEngine: Sendable {
                 }
                 return r
             }
+            let tlsReports = (plan?.reports ?? []) + (policyClient?.reports ?? [])
+            if !results.isEmpty && !tlsReports.isEmpty { results[0].tlsReports = tlsReports }
             return LeaseOutcome(results: results, mxHost: report.mxHost, remoteAddress: report.remoteAddress)
         }
     }

@@ -152,7 +152,8 @@ public final class NodeAgent: Sendable {
     static let liveKeys = ["nodes", "pools", "ips", "routes", "dns", "delivery", "dkim", "shaping", "backoff"]
     /// Keys whose change rebuilds the delivery engine (a new session pool; the old one's idle
     /// sessions are closed and it is shut down once its deliveries in flight are past their leases).
-    static let engineKeys = ["ips", "routes", "dns", "delivery.port", "delivery.tls", "delivery.allow_loopback_mx", "dkim", "shaping"]
+    static let engineKeys = ["ips", "routes", "dns", "delivery.port", "delivery.tls", "delivery.allow_loopback_mx", "delivery.mta_sts",
+                             "delivery.dane", "dkim", "shaping"]
 
     /// Re-reads cluster.yml (the path this node started from), checks it as `hato-node check`
     /// does (without bind tests), and applies it: the sending IPs it may own (re-announced to the

@@ -142,6 +142,16 @@ public enum ClusterMessage: Sendable, Equatable {
                 return x
             })
             o.field("tlsCipher", r.tlsCipher)
+            o.field("tlsReports", objects: r.tlsReports.map { entries in
+                entries.map { e in
+                    var x = JSONObjectWriter(capacity: 128)
+                    x.field("mxHost", e.mxHost)
+                    x.field("policyDomain", e.policyDomain)
+                    x.field("policyType", e.policyType)
+                    x.field("result", e.result)
+                    return x
+                }
+            })
             o.field("tlsVersion", r.tlsVersion)
             return o
         })

@@ -95,6 +95,10 @@ public struct RecipientResult: Codable, Sendable, Equatable {
     /// For a deferral because no MX could be connected to: the last target tried (so metrics and
     /// the delivery log keep the MX host, its provider and the address family).
     public var connectionFailure: ConnectionFailureContext? = nil
+    /// TLS sessions attempted under an MTA-STS or DANE policy for this delivery, successful or
+    /// not (RFC 8460 TLS-RPT counts); carried on the first result of a lease only. Nil: none
+    /// (and from nodes that predate it).
+    public var tlsReports: [TLSReportEntry]? = nil
 
     /// A result from its parts.
     /// - Parameters:
@@ -107,7 +111,7 @@ public struct RecipientResult: Codable, Sendable, Equatable {
 
     private enum CodingKeys: String, CodingKey {
         case recipientID, status, code, enhanced, text, mxHost, remoteAddress, tlsVersion, tlsCipher, reusedConnection, dkim, timings
-        case connectionFailure
+        case connectionFailure, tlsReports
     }
 
     /// Decodes the flat wire form (`code`, `enhanced`, `text` beside the other keys).
@@ -124,6 +128,7 @@ public struct RecipientResult: Codable, Sendable, Equatable {
         dkim = try c.decodeIfPresent([String].self, forKey: .dkim)
         timings = try c.decodeIfPresent(DeliveryTimings.self, forKey: .timings)
         connectionFailure = try c.decodeIfPresent(ConnectionFailureContext.self, forKey: .connectionFailure)
+        tlsReports = try c.decodeIfPresent([TLSReportEntry].self, forKey: .tlsReports)
     }
 
     /// Encodes the flat wire form (absent details omitted).
@@ -140,6 +145,7 @@ public struct RecipientResult: Codable, Sendable, Equatable {
         try c.encodeIfPresent(dkim, forKey: .dkim)
         try c.encodeIfPresent(timings, forKey: .timings)
         try c.encodeIfPresent(connectionFailure, forKey: .connectionFailure)
+        try c.encodeIfPresent(tlsReports, forKey: .tlsReports)
     }
 }
 
@@ -204,4 +210,25 @@ public struct ResultAckMessage: Codable, Sendable, Equatable {
     /// The lease whose result is durable.
     public var leaseID: String
     public init(leaseID: String) { self.leaseID = leaseID }
+}
+
+/// One TLS session attempted under a policy, as a node reports it for TLS-RPT (RFC 8460).
+public struct TLSReportEntry: Codable, Sendable, Equatable, Hashable {
+    /// The policy domain: the recipient domain for MTA-STS, the MX host for DANE (RFC 8460 §4.4).
+    public var policyDomain: String
+    /// `sts` (MTA-STS, RFC 8461) or `tlsa` (DANE, RFC 7672).
+    public var policyType: String
+    /// `success`, or an RFC 8460 §4.3 result type such as `certificate-host-mismatch`,
+    /// `validation-failure`, `starttls-not-supported`, `sts-policy-fetch-error`.
+    public var result: String
+    /// The MX host the session was with (nil for policy fetch failures).
+    public var mxHost: String?
+
+    /// An entry from its parts.
+    public init(policyDomain: String, policyType: String, result: String, mxHost: String? = nil) {
+        self.policyDomain = policyDomain; self.policyType = policyType; self.result = result; self.mxHost = mxHost
+    }
+
+    /// Whether the session succeeded.
+    public var isSuccess: Bool { result == "success" }
 }

@@ -405,7 +405,7 @@ struct ClusterConfigDecoder {
     private func decodeDelivery(_ top: ConfigSection) throws -> DeliverySettings {
         guard let sec = try top.section("delivery", allowed: ["connections_per_ip", "port", "connect_timeout",
                                                               "command_timeout", "data_timeout", "tls", "timeouts",
-                                                              "idle_timeout", "allow_loopback_mx"]) else { return DeliverySettings() }
+                                                              "idle_timeout", "allow_loopback_mx", "mta_sts", "dane"]) else { return DeliverySettings() }
         var s = DeliverySettings()
         if let v = try sec.get("connections_per_ip", { try ConfigValue.integer($0, in: 1...10_000) }) { s.connectionsPerIP = v }
         if let v = try sec.get("port", { try ConfigValue.integer($0, in: 1...65_535) }) { s.port = UInt16(truncatingIfNeeded: v) }

@@ -184,6 +184,7 @@ public enum ConfigCheck {
             r.ok("cluster.tls", "not set: the cluster protocol is plaintext TCP")
         }
         checkDKIM(config, into: &r)
+        checkTransportSecurity(config, into: &r)
         guard bindAddresses else { return r }
         if let metrics = me.metricsListen { checkBind(metrics, key: "nodes[\(index)].metrics_listen", into: &r) }
         for (i, ip) in config.ips.enumerated() where ip.isAllowed(onNode: id) {
@@ -205,6 +206,26 @@ public enum ConfigCheck {
             r.warning("coordinator.listen", "\(config.coordinator.listen) does not answer now (\(error))")
         }
         return r
+    }
+
+    /// `delivery.mta_sts` and `delivery.dane` (RFC 8461, RFC 7672): the CA file loads, and DANE
+    /// has configured (validating) resolvers rather than the system's.
+    static func checkTransportSecurity(_ config: ClusterConfig, into r: inout ConfigCheckReport) {
+        let d = config.delivery
+        if d.mtaSTS.enabled {
+            if let ca = d.mtaSTS.caFile {
+                checkCertificateFile(ca, key: "delivery.mta_sts.ca_file", into: &r)
+            } else {
+                r.ok("delivery.mta_sts", "enabled; policy hosts and MX certificates are verified against the system's roots")
+            }
+        }
+        if d.daneEnabled {
+            if config.dns.nameservers.isEmpty {
+                r.warning("delivery.dane", "enabled with the system's resolvers: DANE needs dns.nameservers that validate DNSSEC (the AD bit is trusted from them)")
+            } else {
+                r.ok("delivery.dane", "enabled; TLSA answers with the AD bit from \(config.dns.nameservers.map(\.description).joined(separator: ", ")) are trusted")
+            }
+        }
     }
 
     /// Loads each `dkim[]` key and checks it against its `algorithm`.

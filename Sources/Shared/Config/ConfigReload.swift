@@ -146,6 +146,8 @@ public struct ConfigReload: Sendable {
         diff("delivery.port", od.port, nd.port, live: true)
         diff("delivery.tls", od.tls, nd.tls, live: true)
         diff("delivery.allow_loopback_mx", od.allowLoopbackMX, nd.allowLoopbackMX, live: true)
+        diff("delivery.mta_sts", od.mtaSTS, nd.mtaSTS, live: true)
+        diff("delivery.dane", od.daneEnabled, nd.daneEnabled, live: true)
         diff("delivery.timeouts", [od.connectTimeout, od.commandTimeout, od.dataTimeout], [nd.connectTimeout, nd.commandTimeout, nd.dataTimeout],
              restart: .nodes)
         diff("delivery.timeouts", od.timeouts, nd.timeouts, restart: .nodes)

@@ -189,6 +189,16 @@ extension ClusterConfigDecoder {
         s.timeouts = flat.timeouts
         if let v = try sec.get("tls", Self.tlsMode) { s.tls = v }
         if let v = try sec.get("allow_loopback_mx", ConfigValue.bool) { s.allowLoopbackMX = v }
+        if let m = try sec.section("mta_sts", allowed: ["enabled", "ca_file", "fetch_timeout", "cache_size", "https_port"]) {
+            if let v = try m.get("enabled", ConfigValue.bool) { s.mtaSTS.enabled = v }
+            s.mtaSTS.caFile = try decodeOptionalPath(m, "ca_file")
+            if let v = try m.get("fetch_timeout", { try ConfigValue.duration($0) }) { s.mtaSTS.fetchTimeout = v }
+            if let v = try m.get("cache_size", { try ConfigValue.integer($0, in: 1...1_000_000) }) { s.mtaSTS.cacheSize = v }
+            if let v = try m.get("https_port", { try ConfigValue.integer($0, in: 1...65_535) }) { s.mtaSTS.httpsPort = UInt16(truncatingIfNeeded: v) }
+        }
+        if let d = try sec.section("dane", allowed: ["enabled"]) {
+            if let v = try d.get("enabled", ConfigValue.bool) { s.daneEnabled = v }
+        }
         let idle = try sec.get("idle_timeout") { try ConfigValue.duration($0) }
         if let t = try sec.section("timeouts", allowed: ["connect", "greeting", "ehlo", "starttls", "mail", "rcpt", "data_init",
                                                          "data_block", "data_done", "rset", "quit", "idle"]) {

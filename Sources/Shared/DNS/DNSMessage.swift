@@ -41,6 +41,9 @@ public struct DNSMessage: Sendable, Equatable {
     public var isTruncated: Bool
     /// Whether the answer is authoritative (AA bit).
     public var isAuthoritative: Bool
+    /// Whether the resolver vouches that every record of the answer was validated with DNSSEC
+    /// (AD bit, RFC 4035 §3.2.3, RFC 6840 §5.8). Only meaningful from a trusted, validating resolver.
+    public var isAuthenticData: Bool = false
     /// The response code (RCODE, RFC 1035 §4.1.1): 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED.
     public var rcode: UInt8
     /// The answer section's IN-class records, in message order.
@@ -57,9 +60,9 @@ public struct DNSMessage: Sendable, Equatable {
 
     /// A message from its parts (for tests and injected resolvers: see `DNSResolver.init(clock:exchange:)`).
     public init(id: UInt16 = 0, isResponse: Bool = true, isTruncated: Bool = false,
-                isAuthoritative: Bool = false, rcode: UInt8, answers: [DNSRecord]) {
+                isAuthoritative: Bool = false, isAuthenticData: Bool = false, rcode: UInt8, answers: [DNSRecord]) {
         self.id = id; self.isResponse = isResponse; self.isTruncated = isTruncated
-        self.isAuthoritative = isAuthoritative; self.rcode = rcode; self.answers = answers
+        self.isAuthoritative = isAuthoritative; self.isAuthenticData = isAuthenticData; self.rcode = rcode; self.answers = answers
     }
 
     /// Parses a DNS message in wire format (RFC 1035 §4.1).
@@ -101,6 +104,7 @@ public struct DNSMessage: Sendable, Equatable {
             isResponse: flags & 0x8000 != 0,
             isTruncated: flags & 0x0200 != 0,
             isAuthoritative: flags & 0x0400 != 0,
+            isAuthenticData: flags & 0x0020 != 0,
             rcode: UInt8(flags & 0x000F),
             answers: answers)
     }
@@ -142,6 +146,10 @@ public struct DNSMessage: Sendable, Equatable {
                 p += 1 + n
             }
             return .txt(strings)
+        case .tlsa:
+            guard length >= 3 else { throw .badRecord("TLSA RDLENGTH \(length)") }
+            let b = r.bytes
+            return .tlsa(usage: b[start], selector: b[start + 1], matchingType: b[start + 2], data: Array(b[(start + 3)..<end]))
         case nil:
             return .other(Array(r.bytes[start..<end]))
         }

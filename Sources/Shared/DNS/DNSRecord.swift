@@ -19,6 +19,8 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CustomStringConvertible {
     case txt = 16
     /// An IPv6 host address (RFC 3596 §2.1).
     case aaaa = 28
+    /// A TLS certificate association for DANE (RFC 6698 §2, RFC 7672 for SMTP).
+    case tlsa = 52
 
     /// The type mnemonic, e.g. `MX`.
     public var description: String {
@@ -29,6 +31,7 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CustomStringConvertible {
         case .mx: return "MX"
         case .txt: return "TXT"
         case .aaaa: return "AAAA"
+        case .tlsa: return "TLSA"
         }
     }
 }
@@ -49,6 +52,10 @@ public enum DNSRecordData: Sendable, Hashable {
     /// The character-strings of a TXT record, in order (each at most 255 octets on the wire,
     /// decoded as UTF-8 with invalid bytes replaced). Join them for DKIM keys (RFC 6376 §3.6.2.2).
     case txt([String])
+    /// A TLSA record (RFC 6698 §2.1): certificate usage (0–3), selector (0 full certificate,
+    /// 1 SubjectPublicKeyInfo), matching type (0 exact, 1 SHA-256, 2 SHA-512) and the
+    /// certificate association data octets.
+    case tlsa(usage: UInt8, selector: UInt8, matchingType: UInt8, data: [UInt8])
     /// Any other TYPE: the raw RDATA octets.
     case other([UInt8])
 }

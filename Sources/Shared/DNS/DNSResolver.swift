@@ -53,8 +53,13 @@ public final class DNSResolver: Sendable {
     public static let negativeCacheTTL: UInt32 = 60
 
     private let exchange: @Sendable (String, DNSRecordType) -> DNSExchangeResult
+    /// The exchange for `secureQuery`: asks for DNSSEC (AD and DO bits) and keeps the AD bit.
+    private let secureExchange: @Sendable (String, DNSRecordType) -> DNSExchangeResult
     private let clock: any WallClock
     private let cache = DNSAnswerCache(capacity: 50_000)
+    private let secureCache = Locked<[DNSAnswerCache.Key: (answer: SecureDNSAnswer, expires: Date)]>([:])
+    /// The most answers `secureQuery` keeps; the cache is emptied when it is full.
+    public static let secureCacheCapacity = 10_000
 
     /// A resolver that asks real nameservers through libresolv.
     /// - Parameters:
@@ -64,9 +69,11 @@ public final class DNSResolver: Sendable {
     ///   - clock: the time source for cache expiry.
     public convenience init(nameservers: [SocketAddress] = [], timeout: TimeInterval = 5, clock: any WallClock = SystemClock()) {
         let servers = nameservers
-        self.init(nameservers: servers, timeout: timeout, clock: clock) { name, type in
+        self.init(nameservers: servers, timeout: timeout, clock: clock, exchange: { name, type in
             DNSResolver.libresolvExchange(name: name, type: type, nameservers: servers, timeout: timeout)
-        }
+        }, secureExchange: { name, type in
+            DNSResolver.libresolvExchange(name: name, type: type, nameservers: servers, timeout: timeout, dnssec: true)
+        })
     }
 
     /// A resolver over an injected exchange function, for tests and alternative transports.
@@ -77,15 +84,66 @@ public final class DNSResolver: Sendable {
     ///     returns the nameserver's response or a failure.
     public convenience init(clock: any WallClock = SystemClock(),
                             exchange: @escaping @Sendable (_ name: String, _ type: DNSRecordType) -> DNSExchangeResult) {
-        self.init(nameservers: [], timeout: 0, clock: clock, exchange: exchange)
+        self.init(nameservers: [], timeout: 0, clock: clock, exchange: exchange, secureExchange: exchange)
     }
 
     private init(nameservers: [SocketAddress], timeout: TimeInterval, clock: any WallClock,
-                 exchange: @escaping @Sendable (String, DNSRecordType) -> DNSExchangeResult) {
+                 exchange: @escaping @Sendable (String, DNSRecordType) -> DNSExchangeResult,
+                 secureExchange: @escaping @Sendable (String, DNSRecordType) -> DNSExchangeResult) {
         self.nameservers = nameservers
         self.timeout = timeout
         self.clock = clock
         self.exchange = exchange
+        self.secureExchange = secureExchange
+    }
+
+    /// Looks up `name`/`type` asking the resolver for its DNSSEC verdict (the query sets the AD
+    /// bit, RFC 6840 §5.7, and EDNS0 DO, RFC 3225): `authenticated` is the answer's AD bit
+    /// (RFC 4035 §3.2.3), trusted because the nameservers are the configured ones. Used for DANE
+    /// TLSA lookups (RFC 7672 §2.2). CNAMEs are not followed (a CNAME answer is `.noData`).
+    /// Cached for the records' TTL (at most `maxCacheTTL`; NXDOMAIN/NODATA `negativeCacheTTL`;
+    /// failures not cached), apart from `query`'s cache.
+    /// - Parameters:
+    ///   - name: a domain name such as `_25._tcp.mx.example.com`.
+    ///   - type: the record type wanted.
+    /// - Returns: the answer and whether it was authenticated; never throws.
+    public func secureQuery(_ name: String, type: DNSRecordType) -> SecureDNSAnswer {
+        let qname = DNSResolver.normalize(name)
+        guard DNSResolver.isValidName(qname) else { return SecureDNSAnswer(answer: .nxdomain, authenticated: false) }
+        let key = DNSAnswerCache.Key(name: qname, type: type.rawValue)
+        let now = clock.now()
+        if let hit = secureCache.withLock({ $0[key] }), hit.expires > now { return hit.answer }
+        let result: SecureDNSAnswer
+        var ttl: UInt32 = 0
+        switch secureExchange(qname, type) {
+        case .failure(let text):
+            result = SecureDNSAnswer(answer: .temporaryFailure(text), authenticated: false)
+        case .response(let m):
+            switch m.rcode {
+            case DNSMessage.noError:
+                let matches = m.answers.filter { $0.type == type.rawValue && $0.name == qname }
+                if matches.isEmpty {
+                    result = SecureDNSAnswer(answer: .noData, authenticated: m.isAuthenticData)
+                    ttl = DNSResolver.negativeCacheTTL
+                } else {
+                    result = SecureDNSAnswer(answer: .records(matches), authenticated: m.isAuthenticData)
+                    ttl = min(matches.map(\.ttl).min() ?? 0, DNSResolver.maxCacheTTL)
+                }
+            case DNSMessage.nameError:
+                result = SecureDNSAnswer(answer: .nxdomain, authenticated: m.isAuthenticData)
+                ttl = DNSResolver.negativeCacheTTL
+            default:
+                result = SecureDNSAnswer(answer: .temporaryFailure("DNS rcode \(m.rcode) for \(qname)/\(type)"), authenticated: false)
+            }
+        }
+        if ttl > 0 {
+            let expires = now.addingTimeInterval(TimeInterval(ttl))
+            secureCache.withLock { entries in
+                if entries.count >= DNSResolver.secureCacheCapacity { entries.removeAll() }
+                entries[key] = (result, expires)
+            }
+        }
+        return result
     }
 
     /// Drops every cached answer.
@@ -181,7 +239,10 @@ public final class DNSResolver: Sendable {
     }
 
     /// One libresolv exchange with a fresh resolver state.
-    static func libresolvExchange(name: String, type: DNSRecordType, nameservers: [SocketAddress], timeout: TimeInterval) -> DNSExchangeResult {
+    /// With `dnssec`, the query is built here with the AD bit (RFC 6840 §5.7) and an EDNS0 OPT
+    /// record with DO (RFC 3225), and the answer's AD bit is kept (glibc's `trust-ad`).
+    static func libresolvExchange(name: String, type: DNSRecordType, nameservers: [SocketAddress], timeout: TimeInterval,
+                                  dnssec: Bool = false) -> DNSExchangeResult {
         let ipv4 = nameservers.filter { !$0.isIPv6 }.prefix(Int(MAXNS))
         if !nameservers.isEmpty && ipv4.isEmpty { return .failure("no IPv4 nameserver configured") }
         guard let state = hato_res_alloc() else { return .failure("out of memory for resolver state") }
@@ -198,7 +259,17 @@ public final class DNSResolver: Sendable {
         hato_res_set_timeouts(state, seconds, 1)
 
         var query = [UInt8](repeating: 0, count: 512)
-        let queryLength = hato_res_nmkquery(state, 0 /* QUERY */, name, 1 /* C_IN */, Int32(type.rawValue), &query, Int32(query.count))
+        var queryLength: Int32
+        if dnssec {
+            hato_res_trust_ad(state)
+            guard let built = DNSResolver.dnssecQuery(name: name, type: type, id: UInt16.random(in: 0...UInt16.max)) else {
+                return .failure("cannot build a DNS query for \(name)")
+            }
+            query = built
+            queryLength = Int32(built.count)
+        } else {
+            queryLength = hato_res_nmkquery(state, 0 /* QUERY */, name, 1 /* C_IN */, Int32(type.rawValue), &query, Int32(query.count))
+        }
         guard queryLength > 0 else { return .failure("cannot build a DNS query for \(name)") }
         var answer = [UInt8](repeating: 0, count: 65_536)
         let answerLength = hato_res_nsend(state, query, queryLength, &answer, Int32(answer.count))
@@ -214,6 +285,37 @@ public final class DNSResolver: Sendable {
             return .failure("\(error) for \(name)/\(type)")
         }
     }
+}
+
+extension DNSResolver {
+    /// A recursive query (RD) for `name`/`type` that asks for the DNSSEC status: AD set
+    /// (RFC 6840 §5.7) and an EDNS0 OPT record (RFC 6891 §6) advertising 1232 octets with DO
+    /// (RFC 3225). Nil when `name` cannot be encoded (a label over 63 octets, an empty label).
+    static func dnssecQuery(name: String, type: DNSRecordType, id: UInt16) -> [UInt8]? {
+        var q: [UInt8] = [UInt8(id >> 8), UInt8(id & 0xFF), 0x01, 0x20, 0, 1, 0, 0, 0, 0, 0, 1]
+        for label in name.split(separator: ".", omittingEmptySubsequences: false) {
+            let bytes = Array(label.utf8)
+            guard !bytes.isEmpty, bytes.count <= 63 else { return nil }
+            q.append(UInt8(bytes.count))
+            q += bytes
+        }
+        q.append(0)
+        q += [UInt8(type.rawValue >> 8), UInt8(type.rawValue & 0xFF), 0, 1]
+        // OPT: root name, TYPE 41, CLASS = UDP payload size 1232, TTL = ext-rcode 0, version 0, DO.
+        q += [0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]
+        return q
+    }
+}
+
+/// A `DNSResolver.secureQuery` answer: the records and the resolver's DNSSEC verdict.
+public struct SecureDNSAnswer: Sendable, Equatable {
+    /// The answer (as `DNSResolver.query` gives it).
+    public var answer: DNSAnswer
+    /// Whether the resolver set the AD bit: the records (or their absence) are DNSSEC-validated.
+    public var authenticated: Bool
+
+    /// An answer from its parts.
+    public init(answer: DNSAnswer, authenticated: Bool) { self.answer = answer; self.authenticated = authenticated }
 }
 
 /// The answer cache: (name, type) → answer until its expiry, behind one lock.

@@ -37,12 +37,16 @@ public enum HTTPClient {
     ///   - tls: a client context for HTTPS (it decides how the certificate is checked), nil for HTTP.
     ///   - serverName: the name (or IP literal) the certificate must match; default the address.
     ///   - timeout: seconds for the connection and for each read and write.
+    ///   - host: the `Host` field (default the address), e.g. `mta-sts.example.com`.
+    ///   - maximumSize: the largest response accepted, octets (default `maximumResponseSize`).
+    ///   - deadline: a monotonic instant after which reading stops with a failure (nil: none).
     /// - Returns: the response.
     /// - Throws: `Failure` (wrapping `SocketError`, `TLSError`) when the exchange fails or the
     ///   response is malformed or too large.
     public static func send(_ method: String, to address: SocketAddress, path: String, headers: [(String, String)] = [],
                             body: [UInt8]? = nil, tls: TLSContext? = nil, serverName: String? = nil,
-                            timeout: TimeInterval = 30) throws -> HTTPClientResponse {
+                            timeout: TimeInterval = 30, host: String? = nil, maximumSize: Int = maximumResponseSize,
+                            deadline: ContinuousClock.Instant? = nil) throws -> HTTPClientResponse {
         do {
             let socket = try Socket.connect(to: address, timeout: timeout)
             socket.setTimeouts(read: timeout, write: timeout)
@@ -58,7 +62,7 @@ public enum HTTPClient {
                 stream = socket
             }
             defer { stream.close() }
-            var head = "\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nConnection: close\r\n"
+            var head = "\(method) \(path) HTTP/1.1\r\nHost: \(host ?? address.description)\r\nConnection: close\r\n"
             for (name, value) in headers { head += "\(name): \(value)\r\n" }
             if let body { head += "Content-Length: \(body.count)\r\n" }
             head += "\r\n"
@@ -69,7 +73,8 @@ public enum HTTPClient {
                 let n = try buf.withUnsafeMutableBytes { try stream.read(into: $0) }
                 if n == 0 { break }
                 data += buf[0..<n]
-                guard data.count <= maximumResponseSize else { throw Failure(description: "response larger than \(maximumResponseSize) octets") }
+                guard data.count <= maximumSize else { throw Failure(description: "response larger than \(maximumSize) octets") }
+                if let deadline, ContinuousClock.now >= deadline { throw Failure(description: "response not complete in time") }
             }
             return try parse(data)
         } catch let e as Failure {

@@ -190,11 +190,14 @@ public final class TLSContext: @unchecked Sendable {
     ///   - trustPartialChain: accept a chain that ends at any certificate of `trustedCAFile`, not
     ///     only at a self-signed root, so that a server's own (leaf) certificate can be trusted
     ///     directly (certificate pinning, as the admin CLI does).
+    ///   - dane: make the context able to verify against TLSA records (`TLSStream.connect(…, dane:)`,
+    ///     RFC 7672); OpenSSL's `SSL_CTX_dane_enable`.
     /// - Returns: the context.
     /// - Throws: `TLSError(.configuration)` when the CA file or the client pair cannot be loaded
     ///   (or the key does not match the certificate).
     public static func client(verifyPeer: Bool = false, trustedCAFile: String? = nil, certificateChainPath: String? = nil,
-                              privateKeyPath: String? = nil, trustPartialChain: Bool = false) throws(TLSError) -> TLSContext {
+                              privateKeyPath: String? = nil, trustPartialChain: Bool = false,
+                              dane: Bool = false) throws(TLSError) -> TLSContext {
         if let trustedCAFile { try checkReadable(trustedCAFile, "CA file") }
         if let certificateChainPath {
             try checkReadable(certificateChainPath, "certificate")
@@ -215,6 +218,12 @@ public final class TLSContext: @unchecked Sendable {
         }
         if let certificateChainPath, let privateKeyPath {
             try loadPair(ctx, certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath)
+        }
+        if dane {
+            // RFC 7672 / RFC 6698: the digests TLSA matching types 1 and 2 name.
+            guard SSL_CTX_dane_enable(ctx) > 0 else {
+                throw TLSError(.configuration, "cannot enable DANE: \(TLSError.drainOpenSSLErrors())")
+            }
         }
         SSL_CTX_set_verify(ctx, verifyPeer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
         return context

@@ -36,6 +36,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// Client side: why the certificate did not verify (OpenSSL's text), nil when it did or on
     /// the server side.
     public let verificationError: String?
+    /// Client side: OpenSSL's verification result code (`X509_V_OK` = 0, e.g.
+    /// `X509_V_ERR_HOSTNAME_MISMATCH`, `X509_V_ERR_CERT_HAS_EXPIRED`, `X509_V_ERR_DANE_NO_MATCH`).
+    public let verificationResult: Int
+    /// Client side with TLSA records: whether the certificate was authenticated by one of them
+    /// (`SSL_get0_dane_authority`), false otherwise.
+    public let daneAuthenticated: Bool
     /// The common name (CN) of the peer certificate's subject, nil when the peer sent none.
     public let peerCommonName: String?
     /// Whether reads and writes may run on two threads at once (see the type's documentation).
@@ -53,7 +59,9 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
 
     private init(socket: Socket, context: TLSContext, ssl: OpaquePointer, verified: Bool, verificationError: String?,
-                 peerCommonName: String?, duplex: Bool) {
+                 peerCommonName: String?, duplex: Bool, verificationResult: Int = 0, daneAuthenticated: Bool = false) {
+        self.verificationResult = verificationResult
+        self.daneAuthenticated = daneAuthenticated
         self.socket = socket
         self.context = context
         self.ssl = ssl
@@ -106,16 +114,41 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     ///   - serverName: the host name the client meant to reach (the MX host name), or nil to
     ///     send no SNI and check no name (then `peerCertificateVerified` covers the chain only).
     ///   - duplex: make the stream usable by a reader and a writer thread at once.
+    ///   - dane: TLSA records to verify the server against instead of the trust roots (RFC 7672;
+    ///     the context must be made with `dane: true`); `serverName` is then required. The result
+    ///     is `peerCertificateVerified` / `daneAuthenticated`; unusable records are skipped.
     /// - Returns: the encrypted stream; see `peerCertificateVerified` when the context does not
     ///   enforce verification.
     /// - Throws: `SocketError(.timeout)`/`SocketError(.closed)` on stall or disconnect;
     ///   `TLSError(.certificateVerification)` when the context verifies and the certificate does
-    ///   not; `TLSError(.handshake)` for other negotiation failures (also when the server refused
+    ///   not, or when `dane` holds no usable record; `TLSError(.handshake)` for other negotiation failures (also when the server refused
     ///   our client certificate).
-    public static func connect(over socket: Socket, context: TLSContext, serverName: String?, duplex: Bool = false) throws -> TLSStream {
+    public static func connect(over socket: Socket, context: TLSContext, serverName: String?, duplex: Bool = false,
+                               dane: [TLSAssociation]? = nil) throws -> TLSStream {
         precondition(context.role == .client, "TLSStream.connect needs a client context")
         let ssl = try newSSL(socket: socket, context: context)
-        if let serverName, !serverName.isEmpty {
+        if let dane {
+            // RFC 7672 §3: the reference identifier is the MX host name; DANE-EE(3) ignores names
+            // (§3.1.1), DANE-TA(2) checks them (§3.2.2).
+            guard let serverName, !serverName.isEmpty, SSL_dane_enable(ssl, serverName) > 0 else {
+                SSL_free(ssl)
+                throw TLSError(.configuration, "cannot enable DANE for \(serverName ?? "no name"): \(TLSError.drainOpenSSLErrors())")
+            }
+            _ = SSL_dane_set_flags(ssl, hato_DANE_FLAG_NO_DANE_EE_NAMECHECKS())
+            var usable = 0
+            for a in dane {
+                let added = a.data.withUnsafeBufferPointer { p in
+                    SSL_dane_tlsa_add(ssl, a.usage, a.selector, a.matchingType, p.baseAddress, p.count)
+                }
+                if added > 0 { usable += 1 }
+            }
+            ERR_clear_error()
+            guard usable > 0 else {
+                SSL_free(ssl)
+                throw TLSError(.certificateVerification, "no usable TLSA record for \(serverName)")
+            }
+            _ = hato_SSL_set_tlsext_host_name(ssl, serverName)
+        } else if let serverName, !serverName.isEmpty {
             let isIP = SocketAddress(host: serverName, port: 0).isNumeric
             if !isIP { _ = hato_SSL_set_tlsext_host_name(ssl, serverName) }
             let param = SSL_get0_param(ssl)
@@ -133,8 +166,15 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             throw error
         }
         let (verified, reason, name) = peerVerification(ssl)
+        var authority = false
+        if dane != nil {
+            var mcert: OpaquePointer? = nil
+            var mspki: OpaquePointer? = nil
+            authority = SSL_get0_dane_authority(ssl, &mcert, &mspki) >= 0 && verified
+        }
         return TLSStream(socket: socket, context: context, ssl: ssl, verified: verified, verificationError: reason,
-                         peerCommonName: name, duplex: duplex)
+                         peerCommonName: name, duplex: duplex, verificationResult: SSL_get_verify_result(ssl),
+                         daneAuthenticated: authority)
     }
 
     /// The verification result of the peer's certificate and its subject's common name.

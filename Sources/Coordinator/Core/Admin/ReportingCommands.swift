@@ -7,12 +7,13 @@ import HatoConfig
 /// - `suppressions add ADDRESS [--scope DOMAIN] [--reason TEXT] [--expires 90d]`
 /// - `suppressions remove ADDRESS [--scope DOMAIN|global]`
 /// - `log --message ID | --recipient ADDRESS [--limit N]`
+/// - `tls-reports [--day YYYY-MM-DD] [--domain D]` (admin API `/v1/tls-reports`)
 public struct ReportingCommands {
     let client: AdminClient
     let json: Bool
 
     /// Commands this type runs.
-    public static let names: Set<String> = ["suppressions", "log"]
+    public static let names: Set<String> = ["suppressions", "log", "tls-reports"]
 
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
@@ -21,6 +22,7 @@ public struct ReportingCommands {
     public func run(_ command: String, positional: [String], options: [String: String]) throws {
         switch command {
         case "log": try log(options)
+        case "tls-reports": try tlsReports(options)
         default: try suppressions(positional, options)
         }
     }
@@ -30,6 +32,20 @@ public struct ReportingCommands {
         allowed.remove(charactersIn: "&=+?")
         let items = pairs.compactMap { k, v in v.map { "\(k)=\($0.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0)" } }
         return items.isEmpty ? "" : "?" + items.joined(separator: "&")
+    }
+
+    /// `tls-reports`: TLS-RPT counts per day and policy domain.
+    private func tlsReports(_ options: [String: String]) throws {
+        let data = try client.get("/v1/tls-reports" + Self.query([("day", options["day"]), ("domain", options["domain"])]))
+        if json { FileHandle.standardOutput.write(data); return }
+        let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
+        let rows = try d.decode([TLSReportTally.Row].self, from: data)
+        if rows.isEmpty { print("no TLS sessions under an MTA-STS or DANE policy counted yet"); return }
+        printTable(["DAY", "POLICY DOMAIN", "TYPE", "SUCCESSES", "FAILURES", "BY RESULT", "MX HOSTS"], rows.map { r in
+            [r.day, r.policyDomain, r.policyType, "\(r.successes)", "\(r.failureCount)",
+             r.failures.isEmpty ? "-" : r.failures.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "),
+             r.mxHosts.isEmpty ? "-" : r.mxHosts.joined(separator: ",")]
+        })
     }
 
     private func suppressions(_ positional: [String], _ options: [String: String]) throws {

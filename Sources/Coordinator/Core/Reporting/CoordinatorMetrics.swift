@@ -67,6 +67,9 @@ public final class CoordinatorMetrics: Sendable {
     public let smtpContentMemory: Gauge
     /// `hato_smtp_replies_total{code}`: replies the submission server sent, by reply code (RFC 5321 §4.2).
     public let smtpReplies: Counter
+    /// `hato_tls_rpt_sessions_total{policy_type,result}`: outbound TLS sessions under an MTA-STS
+    /// (`sts`) or DANE (`tlsa`) policy the nodes reported, by `success` or RFC 8460 result type.
+    public let tlsReportSessions: Counter
     /// `hato_ip_suspended{ip,provider,reason}`: 1 per (sending IP, provider) pair held back
     /// (`reason`: `suspend`, `throttle`).
     public let ipSuspended: Gauge
@@ -120,6 +123,8 @@ public final class CoordinatorMetrics: Sendable {
         smtpSessionsOpen = r.gauge("hato_smtp_sessions_open", help: "Inbound SMTP sessions open now.")
         smtpContentMemory = r.gauge("hato_smtp_content_memory_bytes", help: "Octets of message content held in memory by sessions receiving it (limit smtp.max_content_memory).")
         smtpReplies = r.counter("hato_smtp_replies_total", help: "Replies of the submission server by reply code.", labels: ["code"])
+        tlsReportSessions = r.counter("hato_tls_rpt_sessions_total", help: "Outbound TLS sessions under an MTA-STS or DANE policy, by result (RFC 8460).",
+                                      labels: ["policy_type", "result"])
         ipSuspended = r.gauge("hato_ip_suspended", help: "1 per (sending IP, provider) held back by a backoff.", labels: ["ip", "provider", "reason"])
         paused = r.gauge("hato_paused", help: "1 per operator pause of a provider, pool or sending IP.", labels: ["kind", "name"])
         warmupCap = r.gauge("hato_warmup_cap", help: "Today's warm-up cap of a warming sending IP (recipients).", labels: ["ip"])

@@ -19,6 +19,8 @@ public final class ReportingService: Sendable {
     public let reporter: DeliveryReporter
     /// The admin API routes of this part.
     public let api: ReportingAPI
+    /// TLS-RPT counts from the nodes' results (RFC 8460), per day and policy domain (in memory).
+    public let tlsReports: TLSReportBook
 
     /// Prepares the queue's reporting tables and triggers and builds the parts (nothing runs yet).
     /// - Parameters:
@@ -50,7 +52,9 @@ public final class ReportingService: Sendable {
         reporter = DeliveryReporter(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics, webhooks: webhooks,
                                     clock: clock, onEnqueued: onEnqueued, waitReason: waitReason,
                                     tenantWebhooks: ReportingService.tenantsWithWebhooks(tenants))
-        api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock)
+        let book = TLSReportBook(clock: clock)
+        tlsReports = book
+        api = ReportingAPI(config: config, store: store, deliveryLog: deliveryLog, metrics: metrics.registry, clock: clock, tlsReports: book)
     }
 
     /// The tenants' webhooks for the dispatcher (nil without tenants).
@@ -93,6 +97,8 @@ public final class ReportingService: Sendable {
     /// A node's result was applied: keep its session details (TLS, timings) for the log and report soon.
     public func noteResult(_ result: ResultMessage) {
         reporter.noteResult(result)
+        tlsReports.note(result)
+        for o in result.outcomes { for e in o.tlsReports ?? [] { metrics.tlsReportSessions.inc(e.policyType, e.result) } }
         reporter.wake()
     }
 }
@@ -105,6 +111,9 @@ public final class ReportingService: Sendable {
 ///   `{"address": A, "scope": "domain"|null, "reason": R, "expires_in": seconds|null}`,
 ///   `DELETE /v1/suppressions/{address}[?scope=domain|global]`.
 /// - `GET /v1/log?message=ID` or `?recipient=ADDR` (`&limit=N`, default 1000).
+/// - `GET /v1/tls-reports[?day=YYYY-MM-DD][&domain=D]`: TLS-RPT counts (RFC 8460) per UTC day and
+///   policy domain: `[{day, policy_domain, policy_type, successes, failures: {result-type: n}, mx_hosts}]`,
+///   newest day first; counted by this coordinator since it started.
 /// Every `/v1/` route needs `Authorization: Bearer <admin_token>`.
 public struct ReportingAPI: Sendable {
     let config: ClusterConfig
@@ -112,6 +121,7 @@ public struct ReportingAPI: Sendable {
     let deliveryLog: DeliveryLog
     let metrics: MetricsRegistry
     let clock: any WallClock
+    var tlsReports: TLSReportBook = TLSReportBook()
 
     /// The body of `POST /v1/suppressions`.
     public struct AddSuppression: Codable, Sendable {
@@ -136,7 +146,7 @@ public struct ReportingAPI: Sendable {
             return HTTPResponse(status: 200, contentType: MetricsRegistry.contentType, body: Array(metrics.render().utf8))
         }
         let parts = req.path.split(separator: "/").map(String.init)
-        guard parts.count >= 2, parts[0] == "v1", parts[1] == "suppressions" || parts[1] == "log" else { return nil }
+        guard parts.count >= 2, parts[0] == "v1", ["suppressions", "log", "tls-reports"].contains(parts[1]) else { return nil }
         let expected = "Bearer " + config.coordinator.adminToken
         guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
             return .error(401, "missing or wrong bearer token")
@@ -149,6 +159,12 @@ public struct ReportingAPI: Sendable {
                 let recipient = req.query["recipient"].flatMap { $0.isEmpty ? nil : $0 }
                 guard (message == nil) != (recipient == nil) else { return .error(400, "give exactly one of message=ID or recipient=ADDR") }
                 return .json(deliveryLog.query(messageID: message, recipient: recipient, limit: limit))
+            case ("GET", 2, "tls-reports"):
+                let day = req.query["day"].flatMap { $0.isEmpty ? nil : $0 }
+                if let day, day.count != 10 || TLSReportTally.day(ISO8601DateFormatter().date(from: day + "T00:00:00Z") ?? .distantPast) != day {
+                    return .error(400, "day must be YYYY-MM-DD")
+                }
+                return .json(tlsReports.report(day: day, domain: req.query["domain"].flatMap { $0.isEmpty ? nil : $0.lowercased() }))
             case ("GET", 2, "suppressions"):
                 return .json(try store.suppressions(address: req.query["address"], now: clock.now()))
             case ("POST", 2, "suppressions"):

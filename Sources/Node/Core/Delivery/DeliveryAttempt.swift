@@ -193,6 +193,10 @@ public struct DeliveryAttempt: Sendable {
     /// The longest line of the content, octets without CRLF.
     public let longestLine: Int
 
+    /// MX host names (lowercase) where STARTTLS is required whatever `tlsPolicy` says (an
+    /// enforced MTA-STS or DANE policy): no plaintext retry, never sent in clear.
+    public var requiredTLSHosts: Set<String> = []
+
     private var state: State = .initial
     private var index = 0
     private var pending: [DeliveryRecipient] = []
@@ -307,7 +311,7 @@ public struct DeliveryAttempt: Sendable {
     public mutating func openFailed(_ failure: SMTPOpenFailure, now: ContinuousClock.Instant) -> Action {
         guard case .opening(let round) = state else { invalid("openFailed") }
         lastFailure = failure
-        if failure.tlsHandshakeFailed && tlsPolicy == .opportunistic && !plaintextRetry.contains(round.target) {
+        if failure.tlsHandshakeFailed && round.policy == .opportunistic && !plaintextRetry.contains(round.target) {
             plaintextRetry.insert(round.target)
         } else {
             index += 1
@@ -407,7 +411,8 @@ public struct DeliveryAttempt: Sendable {
                 index += 1
                 continue
             }
-            let policy: SMTPTLSPolicy = plaintextRetry.contains(target) ? .disabled : tlsPolicy
+            let policy: SMTPTLSPolicy = requiredTLSHosts.contains(target.host.lowercased()) ? .required
+                : plaintextRetry.contains(target) ? .disabled : tlsPolicy
             state = .checkingOut(Round(target: target, policy: policy, startedAt: now))
             return .checkout(target, policy, until: shapingDeadline)
         }

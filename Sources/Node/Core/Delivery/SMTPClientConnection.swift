@@ -11,6 +11,10 @@ public struct TLSSessionInfo: Sendable, Equatable, Hashable {
     public var cipher: String
     /// Whether the server's certificate verified for the MX host name (reported, not enforced).
     public var verified: Bool
+    /// How the session was authenticated under a policy: `dane` (RFC 7672) or `mta-sts`
+    /// (RFC 8461); nil for opportunistic TLS. A pooled session is reused under a policy only
+    /// when this matches.
+    public var authentication: String? = nil
 
     /// Session parameters from their parts.
     public init(version: String, cipher: String, verified: Bool = false) {

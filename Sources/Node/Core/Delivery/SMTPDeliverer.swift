@@ -25,6 +25,13 @@ public struct DeliveryRequest: Sendable {
     public var shapingWaitDeadline: ContinuousClock.Instant? = nil
     /// The STARTTLS policy for this destination.
     public var tlsPolicy: SMTPTLSPolicy = .opportunistic
+    /// The STARTTLS client for this request instead of the deliverer's (an MTA-STS/DANE
+    /// `PolicyTLSClient`); nil uses the deliverer's.
+    public var tlsClient: (any OutboundTLSClient)? = nil
+    /// MX host names (lowercase) that may only be reached over TLS authenticated as the tag says
+    /// (`TLSRequirement.tag`): STARTTLS is required there, and a pooled session is reused only
+    /// when its `TLSSessionInfo.authentication` matches (RFC 8461 §5, RFC 7672 §2.2).
+    public var authenticatedTLSHosts: [String: String] = [:]
 
     /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
@@ -222,6 +229,7 @@ public final class SMTPDeliverer: Sendable {
     public func deliver(_ request: DeliveryRequest, to targets: [DeliveryTarget]) -> DeliveryReport {
         let analysis = MessageAnalysis(request.body)
         var attempt = DeliveryAttempt(request: request, targets: targets, longestLine: analysis.longestLine, now: clock.now)
+        attempt.requiredTLSHosts = Set(request.authenticatedTLSHosts.keys)
         /// The session the attempt works on (checked out, or being opened).
         var held: SMTPClientConnection? = nil
         func session() -> SMTPClientConnection {
@@ -237,6 +245,11 @@ public final class SMTPDeliverer: Sendable {
                 case .unavailable(let why):
                     action = attempt.checkedOut(.unavailable(why), now: clock.now)
                 case .reuse(let c):
+                    if let tag = request.authenticatedTLSHosts[target.host.lowercased()], c.tls?.authentication != tag {
+                        // An idle session not authenticated for this policy: its slot opens a new one.
+                        action = attempt.checkedOut(.slot(pool.replace(c)), now: clock.now)
+                        continue
+                    }
                     held = c
                     action = attempt.checkedOut(.reuse(facts(of: c)), now: clock.now)
                 case .open(let ticket):
@@ -251,13 +264,21 @@ public final class SMTPDeliverer: Sendable {
                 action = attempt.deadSessionReplaced(ticket, now: clock.now)
             case .open(let target, let policy, let ticket):
                 switch SMTPClientConnection.open(to: target, from: request.sendingIP, heloName: request.heloName,
-                                                 tlsPolicy: policy, tlsClient: tlsClient, timeouts: timeouts) {
+                                                 tlsPolicy: policy, tlsClient: request.tlsClient ?? tlsClient, timeouts: timeouts) {
                 case .success(let c):
                     pool.attach(c, to: ticket)
                     held = c
+                    if c.tls == nil, let policyClient = request.tlsClient as? PolicyTLSClient {
+                        // Under an MTA-STS `testing` policy the session went on without TLS: reported.
+                        policyClient.noteSTARTTLSMissing(host: target.host)
+                    }
                     action = attempt.opened(facts(of: c), now: clock.now)
                 case .failure(let f):
                     pool.abandon(ticket)
+                    if let policyClient = request.tlsClient as? PolicyTLSClient, !f.connectFailed, !f.tlsHandshakeFailed,
+                       f.reply.enhanced == EnhancedStatusCode(.persistentTransientFailure, 7, 4) {
+                        policyClient.noteSTARTTLSMissing(host: target.host)
+                    }
                     action = attempt.openFailed(f, now: clock.now)
                 }
             case .awaitSendSlot(let deadline):
