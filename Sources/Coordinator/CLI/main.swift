@@ -58,6 +58,8 @@ let usage = """
                             the suppression list (hard-bounced addresses that are not tried again)
       log --message ID | --recipient ADDRESS [--limit N]
                             delivery log events of one message or one recipient
+      complaints [--since 24h]
+                            complaints from feedback loops per sending IP, provider, sender domain, tenant
       store migrate --from sqlite --to postgresql [--sqlite PATH] [--dry-run]
                             copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
                             store of cluster.yml's store:, in one verified transaction; refuses while a

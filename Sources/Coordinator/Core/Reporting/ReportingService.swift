@@ -105,6 +105,9 @@ public final class ReportingService: Sendable {
 ///   `{"address": A, "scope": "domain"|null, "reason": R, "expires_in": seconds|null}`,
 ///   `DELETE /v1/suppressions/{address}[?scope=domain|global]`.
 /// - `GET /v1/log?message=ID` or `?recipient=ADDR` (`&limit=N`, default 1000).
+/// - `GET /v1/complaints[?since=24h]`: complaints from feedback loops since a duration back
+///   from now (`ComplaintSummary`: total, per sending IP, provider, sender domain, tenant and
+///   (IP, provider) pair).
 /// Every `/v1/` route needs `Authorization: Bearer <admin_token>`.
 public struct ReportingAPI: Sendable {
     let config: ClusterConfig
@@ -136,7 +139,7 @@ public struct ReportingAPI: Sendable {
             return HTTPResponse(status: 200, contentType: MetricsRegistry.contentType, body: Array(metrics.render().utf8))
         }
         let parts = req.path.split(separator: "/").map(String.init)
-        guard parts.count >= 2, parts[0] == "v1", parts[1] == "suppressions" || parts[1] == "log" else { return nil }
+        guard parts.count >= 2, parts[0] == "v1", parts[1] == "suppressions" || parts[1] == "log" || parts[1] == "complaints" else { return nil }
         let expected = "Bearer " + config.coordinator.adminToken
         guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
             return .error(401, "missing or wrong bearer token")
@@ -149,6 +152,14 @@ public struct ReportingAPI: Sendable {
                 let recipient = req.query["recipient"].flatMap { $0.isEmpty ? nil : $0 }
                 guard (message == nil) != (recipient == nil) else { return .error(400, "give exactly one of message=ID or recipient=ADDR") }
                 return .json(deliveryLog.query(messageID: message, recipient: recipient, limit: limit))
+            case ("GET", 2, "complaints"):
+                // Complaints from feedback loops (issue 18) since `since` (a duration back from now, default 24h).
+                let text = req.query["since"].flatMap { $0.isEmpty ? nil : $0 } ?? "24h"
+                guard let back = try? ConfigValue.duration(text), back > 0 else {
+                    return .error(400, "since must be a duration back from now, e.g. 1h, 24h, 7d (got \(text))")
+                }
+                let since = clock.now().addingTimeInterval(-back)
+                return .json(ComplaintSummary(groups: try store.complaintGroups(since: since), since: since))
             case ("GET", 2, "suppressions"):
                 return .json(try store.suppressions(address: req.query["address"], now: clock.now()))
             case ("POST", 2, "suppressions"):
