@@ -101,11 +101,11 @@ struct ComplaintTests {
             ComplaintGroup(ip: "127.0.0.11", provider: "yahoo", senderDomain: "a.test", tenant: "acme", count: 4),
         ], since: Date(timeIntervalSince1970: 100))
         #expect(s.total == 7)
-        #expect(s.byIP.map { "\($0.key)=\($0.count)" } == ["127.0.0.11=4", "127.0.0.10=3"])
+        #expect(s.byIp.map { "\($0.key)=\($0.count)" } == ["127.0.0.11=4", "127.0.0.10=3"])
         #expect(s.byProvider.map { "\($0.key)=\($0.count)" } == ["yahoo=6", "gmail=1"])
         #expect(s.bySenderDomain.map { "\($0.key)=\($0.count)" } == ["a.test=6", "b.test=1"])
         #expect(s.byTenant.map { "\($0.key)=\($0.count)" } == ["acme=6", "=1"])
-        #expect(s.byIPProvider == [ComplaintCount(ip: "127.0.0.10", provider: "gmail", count: 1), ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 2),
+        #expect(s.byIpProvider == [ComplaintCount(ip: "127.0.0.10", provider: "gmail", count: 1), ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 2),
                                    ComplaintCount(ip: "127.0.0.11", provider: "yahoo", count: 4)])
     }
 

@@ -84,7 +84,7 @@ public struct ReportingCommands {
         let s = try d.decode(ComplaintSummary.self, from: data)
         print("\(s.total) complaint\(s.total == 1 ? "" : "s") since \(Self.date(s.since))")
         guard s.total > 0 else { return }
-        let rows = [("sending IP", s.byIP), ("provider", s.byProvider), ("sender domain", s.bySenderDomain), ("tenant", s.byTenant)]
+        let rows = [("sending IP", s.byIp), ("provider", s.byProvider), ("sender domain", s.bySenderDomain), ("tenant", s.byTenant)]
             .flatMap { kind, entries in entries.map { [kind, $0.key.isEmpty ? "-" : $0.key, "\($0.count)"] } }
         print("")
         printTable(["BY", "KEY", "COMPLAINTS"], rows)

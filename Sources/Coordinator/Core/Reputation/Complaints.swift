@@ -258,7 +258,7 @@ public struct ComplaintSummary: Sendable, Equatable, Codable {
     /// Complaints in the period.
     public var total: Int
     /// Per sending IP, most first (then by key).
-    public var byIP: [Entry]
+    public var byIp: [Entry]
     /// Per provider.
     public var byProvider: [Entry]
     /// Per sender domain.
@@ -266,7 +266,7 @@ public struct ComplaintSummary: Sendable, Equatable, Codable {
     /// Per tenant.
     public var byTenant: [Entry]
     /// Per (sending IP, provider): what reputation rules read (`ComplaintStore.complaintCounts`).
-    public var byIPProvider: [ComplaintCount]
+    public var byIpProvider: [ComplaintCount]
 
     /// Sums `groups` (from `ComplaintStore.complaintGroups(since:)`).
     /// - Parameters:
@@ -280,12 +280,12 @@ public struct ComplaintSummary: Sendable, Equatable, Codable {
         }
         self.since = since.timeIntervalSince1970
         total = groups.reduce(0) { $0 + $1.count }
-        byIP = sum(\.ip)
+        byIp = sum(\.ip)
         byProvider = sum(\.provider)
         bySenderDomain = sum(\.senderDomain)
         byTenant = sum { $0.tenant ?? "" }
         var pairs: [String: ComplaintCount] = [:]
         for g in groups { pairs["\(g.ip)\u{0}\(g.provider)", default: ComplaintCount(ip: g.ip, provider: g.provider, count: 0)].count += g.count }
-        byIPProvider = pairs.values.sorted { ($0.ip, $0.provider) < ($1.ip, $1.provider) }
+        byIpProvider = pairs.values.sorted { ($0.ip, $0.provider) < ($1.ip, $1.provider) }
     }
 }
