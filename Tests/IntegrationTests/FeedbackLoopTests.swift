@@ -178,5 +178,37 @@ struct FeedbackLoopTests {
             throw error
         }
     }
+
+    @Test("several coordinators on PostgreSQL: a report taken in by the standby suppresses at once, and the leader reports its complained event exactly once")
+    func reportToStandby() throws {
+        let schema = try TestSchema()
+        let ha = try HACluster(storeYAML: schema.storeYAML + "\nreputation: { feedback_addresses: [fbl@relay.it.test] }")
+        defer { ha.shutdown() }
+        try ha.recordingLogs {
+            try ha.startLeaderAndStandby()
+            try waitUntil("the standby knows the leader", timeout: 10) { (try ha.status("coord-2"))["leader"] as? String == "coord-1" }
+            try ha.startNodesAndWait(via: "coord-1")
+            let content = Array("From: <news@shop.test>\r\nTo: <frank@hato.test>\r\nSubject: hi\r\n\r\nx\r\n".utf8)
+            let id = try submitWithOptions(port: ha.smtpPorts[0], from: "bounce@shop.test", to: ["frank@hato.test"], content: content, dir: ha.dir)
+            try waitUntil("delivered", timeout: 30) { ha.capture.received.contains { $0.recipients == ["frank@hato.test"] } }
+            let delivered = try #require(ha.capture.received.first { $0.recipients == ["frank@hato.test"] })
+            let report = ARFSamples.microsoftJMRP(returned: delivered.content, mailFrom: "bounce@shop.test")
+            let r = try sendAsOutsider(port: ha.smtpPorts[1], source: "127.0.0.1", from: "", to: ["fbl@relay.it.test"], content: report, dir: ha.dir)
+            #expect(r.data == 250, "\(r)")
+            // Written by the standby into the shared store before its 250: the leader sees it at once.
+            let entries = try ha.admin("coord-1", "/v1/suppressions?address=frank@hato.test") as? [[String: Any]] ?? []
+            #expect(entries.first?["source"] as? String == "complaint" && entries.first?["message_id"] as? String == id, "\(entries)")
+            try waitUntil("the leader logs the complained event", timeout: 15) {
+                ((try? ha.admin("coord-1", "/v1/log?recipient=frank@hato.test")) as? [[String: Any]] ?? []).contains { $0["event"] as? String == "complained" }
+            }
+            Thread.sleep(forTimeInterval: 1)
+            let events = (try ha.admin("coord-1", "/v1/log?recipient=frank@hato.test") as? [[String: Any]] ?? []).compactMap { $0["event"] as? String }
+            #expect(events.filter { $0 == "complained" }.count == 1, "\(events)")
+            #expect(try ha.metrics("coord-1").contains("hato_complaints_total{provider=\"other\"} 1"))
+            #expect(!(try ha.metrics("coord-2").contains("hato_complaints_total{")), "the standby reports nothing")
+            let summary = try ha.admin("coord-2", "/v1/complaints") as? [String: Any] ?? [:]
+            #expect(summary["total"] as? Int == 1, "\(summary)")
+        }
+    }
 }
 }
