@@ -5,6 +5,7 @@ import Testing
 @testable import HatoCoordinator
 @testable import HatoCrypto
 @testable import HatoDelivery
+@testable import SMTPCore
 
 /// The complaint intake (issue 18): which message, recipient, IP, provider, domain and tenant a
 /// feedback report counts against (pure), and the complaints table of both stores.
@@ -155,5 +156,68 @@ struct ComplaintTests {
         d.processed = try q.pendingEvents(limit: 100).map(\.seq)
         try q.completeEvents(d, now: now)
         #expect(try q.tenantEvents(tenant: "acme", after: 0, limit: 100).map(\.kind).contains("complained"))
+    }
+
+    @Test("a tenant's complaint: its own webhook, its event log, the delivery log, hato_complaints_total and the tenant metric; another tenant sees nothing",
+          arguments: StoreKind.allCases)
+    func tenantComplaint(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        let now = f.clock.now().timeIntervalSince1970
+        try f.store.createTenant(Tenant(name: "acme", webhookURL: "http://127.0.0.1:9/acme", webhookSecret: "acme-secret-0123456789", createdAt: now))
+        try f.store.createTenant(Tenant(name: "other", webhookURL: "http://127.0.0.1:9/other", webhookSecret: "other-secret-0123456789", createdAt: now))
+        let directory = TenantDirectory(store: f.store)
+        let service = try ReportingService(config: f.config, store: f.store, clock: f.clock, onEnqueued: {}, tenants: directory)
+        var mine = f.message("M1", ["a@yahoo.test"]); mine.tenant = "acme"
+        try f.store.enqueue([mine])
+        try f.deliver("M1", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        while try service.reporter.runOnce() {}
+        let original = try #require(try f.store.complaintOriginal(queueID: "M1"))
+        let report = try FeedbackReport.parse(ARFSamples.headersOnly(returned: ARFSamples.crlf("X-Hato-Recipient: M1.\(original.recipients[0].id)\n\n"),
+                                                                   sourceIP: "192.0.2.1"))
+        let d = ComplaintIntake.decide(report, original: original, matchedBy: "tracking", sendingIPs: [], providerName: { _ in "yahoo" },
+                                       suppression: f.config.suppression, now: f.clock.now())
+        #expect(d.complaint.tenant == "acme" && d.complaint.recipient == "a@yahoo.test")
+        try f.store.recordComplaint(d.complaint, suppression: d.suppression)
+        while try service.reporter.runOnce() {}
+        let bodies = try f.store.dueWebhooks(hook: "tenant:acme", now: f.clock.now().addingTimeInterval(1), limit: 100)
+            .map { String(decoding: $0.body, as: UTF8.self) }
+        #expect(bodies.filter { $0.contains("\"event\":\"complained\"") }.count == 1, "\(bodies)")
+        #expect(try f.store.dueWebhooks(hook: "tenant:other", now: f.clock.now().addingTimeInterval(1), limit: 100).isEmpty)
+        #expect(try f.store.tenantEvents(tenant: "acme", after: 0, limit: 100).map(\.kind).last == "complained")
+        #expect(try f.store.tenantEvents(tenant: "other", after: 0, limit: 100).isEmpty)
+        let logged = service.deliveryLog.query(messageID: nil, recipient: "a@yahoo.test", limit: 100).filter { $0.event == "complained" }
+        #expect(logged.count == 1)
+        #expect(logged.first?.tenant == "acme" && logged.first?.provider == "yahoo" && logged.first?.category == "abuse" && logged.first?.messageId == "M1")
+        #expect(service.metrics.complaints.value("yahoo") == 1)
+        #expect(service.metrics.tenantMessages.value("acme", "complained") == 1)
+    }
+
+    @Test("reputation.feedback_addresses: mailboxes, case-insensitive match; a bad address or a duplicate names the key")
+    func config() throws {
+        func parse(_ extra: String) throws -> ClusterConfig {
+            try ClusterConfig.parse("""
+                cluster: { name: t, secret: "0123456789abcdef-secret" }
+                coordinator: { listen: 127.0.0.1:1, admin_listen: 127.0.0.1:2, admin_token: "0123456789abcdef-token", data_dir: /tmp/x }
+                smtp: { listen: [127.0.0.1:3], hostname: relay.t.test }
+                nodes: [{ id: n, data_dir: /tmp/x/n }]
+                pools: [{ name: p }]
+                ips: [{ address: 127.0.0.10, helo: h.t.test, pool: p, nodes: [n] }]
+                routing: { default_pool: p }
+                \(extra)
+                """, path: "/tmp/x/cluster.yml")
+        }
+        let c = try parse("reputation: { feedback_addresses: [fbl@relay.example, Abuse-FBL@Relay.Example] }")
+        #expect(c.reputation.feedbackAddresses.count == 2)
+        #expect(c.reputation.isFeedbackAddress(Mailbox(localPart: "FBL", domain: "RELAY.example")))
+        #expect(!c.reputation.isFeedbackAddress(Mailbox(localPart: "fbl2", domain: "relay.example")))
+        #expect(try parse("").reputation.acceptsFeedback == false)
+        #expect(throws: ConfigError.self) { try parse("reputation: { feedback_addresses: [not an address] }") }
+        do {
+            _ = try parse("reputation: { feedback_addresses: [fbl@relay.example, FBL@relay.example] }")
+            Issue.record("a duplicate is refused")
+        } catch let e as ConfigError {
+            #expect("\(e)".contains("feedback_addresses") && "\(e)".contains("twice"), "\(e)")
+        }
     }
 }
