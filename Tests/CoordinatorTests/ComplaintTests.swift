@@ -220,4 +220,11 @@ struct ComplaintTests {
             #expect("\(e)".contains("feedback_addresses") && "\(e)".contains("twice"), "\(e)")
         }
     }
+
+    @Test("the tenant overview's complaints per chart point: each time in its bucket, none outside the series")
+    func perPoint() {
+        let points = (0..<3).map { ActivityTimeline.Point(at: Double(600 + 60 * $0), accepted: 0, delivered: 0, deferred: 0, bounced: 0) }
+        #expect(DashboardTenantData.perPoint([599, 600, 659.9, 660, 779, 780, 1000], points: points, bucket: 60) == [2, 1, 1])
+        #expect(DashboardTenantData.perPoint([1], points: [], bucket: 60) == [])
+    }
 }
