@@ -29,7 +29,8 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     public var postmaster: Mailbox?
     /// Addresses that take abuse feedback reports (`reputation.feedback_addresses`, RFC 5965):
     /// like postmaster, accepted from any client, relay rights or not (providers' feedback loops
-    /// send from the internet), under the same per-client admission limit. Default none.
+    /// send from the internet), but not under postmaster's per-client rate limit (a provider's
+    /// loop sends many reports an hour from few addresses). Default none.
     public var feedbackAddresses: [Mailbox] = []
 
     /// Whether `mailbox` is one of `feedbackAddresses` (both parts case-insensitive).

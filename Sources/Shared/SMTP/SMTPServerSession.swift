@@ -49,7 +49,7 @@ public struct SMTPServerSession: Sendable {
     /// e.g. the queue's disk headroom, `452 4.3.1` (RFC 5321 §4.2.5, RFC 1870 §6.1, RFC 3463
     /// 4.3.1); nil accepts. Set by the driver.
     public var mailCheck: (@Sendable (_ reversePath: ReversePath, _ parameters: MailParameters) -> SMTPReply?)?
-    /// Admission of one `postmaster` (or feedback address) recipient from a client that may not relay (not in
+    /// Admission of one `postmaster` recipient from a client that may not relay (not in
     /// `relay_networks`, not authenticated): e.g. a rate limit per client address, `452 4.7.1`
     /// (RFC 3463 4.7.1); nil accepts. Called only when the recipient would otherwise be accepted,
     /// so an accepting call may count it. Set by the driver.
@@ -682,10 +682,9 @@ public struct SMTPServerSession: Sendable {
                 }
             } else if policy.isFeedbackAddress(mailbox) {
                 // A feedback loop's abuse report (RFC 5965): from anyone, consumed by the driver.
+                // Not under the postmaster rate limit: a provider's loop sends many an hour.
                 if transaction.recipients.count >= policy.maxRecipients {
                     reply = SMTPReply(452, "4.5.3", "Too many recipients")
-                } else if !mayRelay, let admission = postmasterAdmission, let refusal = admission() {
-                    reply = refusal
                 } else {
                     transaction.recipients.append(mailbox)
                     transaction.recipientParameters.append(parameters)
