@@ -10,9 +10,9 @@ import HatoSupport
 ///
 /// Nothing is ever bounced: a malformed report, or one that is no complaint (`not-spam`,
 /// `auth-failure`), is logged without its content and dropped with `250` — a bounce to a
-/// feedback loop's sender would at best be discarded, at worst loop (RFC 5965 §8.2 asks report
-/// consumers not to answer reports). Only a store that cannot write makes the client retry
-/// (`451 4.3.0`), so that no accepted complaint is lost.
+/// feedback loop's (usually null) sender would at best be discarded, at worst loop (a report
+/// about a report). Only a store that cannot write makes the client retry (`451 4.3.0`), so
+/// that no accepted complaint is lost.
 ///
 /// Any coordinator may take a report in: the store is shared; with several coordinators the
 /// leader's reporter sends the event out (delivery log, webhooks, metrics).
