@@ -80,6 +80,8 @@ retry: { schedule: [30m], max_age: 1d }
 delivery: { connect_timeout: 5s }
 # No DNS here: the tenants' domain check gets quick lookup failures from a closed port.
 dns: { nameservers: ["127.0.0.1:$P_CLUSTER"], timeout: 1s }
+# Feedback loops' abuse reports (issue 18): the tenant overview shows its complaint rate.
+reputation: { feedback_addresses: [fbl@relay.browser.test] }
 EOF
 
 "$BIN/hato-sink" --listen "127.0.0.1:$P_SINK" >"$OUT/logs/sink.log" 2>&1 & PIDS+=($!)

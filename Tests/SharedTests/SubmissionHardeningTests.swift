@@ -331,6 +331,22 @@ struct SubmissionHardeningTests {
         #expect(r.stores.first?.originalRecipients == [Mailbox(localPart: "postmaster", domain: "relay.test"), nil])
     }
 
+    @Test("a feedback address (reputation.feedback_addresses) is accepted from a client that may not relay, any case, not rate limited, never rewritten; other recipients still refused")
+    func feedbackAddressFromAnyone() throws {
+        var policy = SMTPServerPolicy(hostname: "relay.test", maxMessageSize: 5000, maxRecipients: 4)
+        policy.feedbackAddresses = [Mailbox(localPart: "fbl", domain: "relay.test")]
+        let calls = CallCount()
+        var d = HardeningDriver(policy: policy, relay: false)
+        d.session.postmasterAdmission = { calls.increment(); return SMTPReply(452, "4.7.1", "no") }
+        d.feed("EHLO isp.test\r\nMAIL FROM:<>\r\nRCPT TO:<FBL@Relay.Test>\r\nRCPT TO:<user@example.net>\r\nRCPT TO:<fbl2@relay.test>\r\n"
+               + "DATA\r\nSubject: report\r\n\r\nx\r\n.\r\n")
+        #expect(d.finals == ["250 CHUNKING", "250 2.1.0 Ok", "250 2.1.5 Ok", "554 5.7.1 Relay access denied", "554 5.7.1 Relay access denied",
+                             "354 End data with <CR><LF>.<CR><LF>", "250 2.0.0 Ok: queued as Q1"])
+        #expect(calls.value == 0, "not under the postmaster rate limit")
+        let m = try #require(d.stores.first)
+        #expect(m.recipients == [Mailbox(localPart: "FBL", domain: "Relay.Test")] && m.originalRecipients == [nil])
+    }
+
     @Test("postmaster counts against max_recipients; the admission is not asked for a refused one")
     func postmasterRecipientLimit() {
         let calls = CallCount()

@@ -278,6 +278,22 @@ def send_as_tenant(user, domain, count):
     return ids
 
 
+def send_complaint(queue_id, recipient):
+    """Sends an abuse report about message `queue_id` (its Received field and recipient) to the feedback address."""
+    report = (
+        "From: fbl@isp.test\r\nTo: fbl@relay.browser.test\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/report; report-type=feedback-report; boundary=b1\r\n\r\n"
+        "--b1\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n"
+        "--b1\r\nContent-Type: message/feedback-report\r\n\r\n"
+        "Feedback-Type: abuse\r\nUser-Agent: BrowserTest/1\r\nVersion: 1\r\nOriginal-Rcpt-To: %s\r\n\r\n"
+        "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "Received: from client.test ([127.0.0.1])\r\n\tby relay.browser.test (Hato) with ESMTPA id %s\r\n\tfor <%s>; Thu, 3 Dec 2026 10:00:00 +0000\r\n"
+        "Subject: tenant 0\r\n\r\n--b1--\r\n" % (recipient, queue_id, recipient)).encode()
+    with smtplib.SMTP("127.0.0.1", SMTP_PORT, timeout=30) as s:
+        refused = s.sendmail("", ["fbl@relay.browser.test"], report)
+    assert not refused, refused
+
+
 def test_tenant_sees_only_its_own(d):
     acme = wait_for("tenant mail accepted (the domains reach the coordinator)", lambda: send_as_tenant("acme-app", "acme.test", 3), timeout=30)
     other = send_as_tenant("other-app", "other.test", 1)
@@ -288,6 +304,11 @@ def test_tenant_sees_only_its_own(d):
     wait_for("the tenant overview", lambda: d.current_url.endswith("/ui/t/") and loaded(d))
     assert text(d, "#tenant-name") == "acme"
     wait_for("its 3 messages counted", lambda: text(d, "#t-count-accepted") == "3" and text(d, "#t-count-delivered") == "3", timeout=60)
+    assert text(d, "#t-rate-complained") == "0.0 %", text(d, "#t-rate-complained")
+    # A feedback loop's complaint about one of them (ARF, RFC 5965; issue 18), sent as a
+    # provider does — no AUTH — to the feedback address: 1 complaint of 3 delivered.
+    send_complaint(acme[0], "t0@sink.test")
+    wait_for("the complaint rate", lambda: text(d, "#t-rate-complained") == "33.3 %", timeout=30)
     shot(d, "12-tenant-overview")
     go(d, "/ui/t/messages")
     links = {a.text for a in d.find_elements(By.CSS_SELECTOR, "#t-events a.message-link")}

@@ -217,6 +217,19 @@ enum CommandHelp {
             example:
               hato-coordinator tls-reports --day 2026-12-05
             """,
+        "complaints": """
+            usage: hato-coordinator complaints [--since DURATION] [--json] [--config PATH]
+
+            Complaints from mailbox providers' feedback loops (ARF reports sent to
+            reputation.feedback_addresses) since DURATION ago: the total, and per sending IP,
+            provider, sender domain and tenant. Each complaint also suppressed its recipient.
+
+            arguments:
+              --since DURATION     how far back (default 24h; e.g. 1h, 7d)
+
+            example:
+              hato-coordinator complaints --since 7d
+            """,
         "log": """
             usage: hato-coordinator log --message ID | --recipient ADDRESS [--limit N] [--json] [--config PATH]
 

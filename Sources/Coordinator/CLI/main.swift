@@ -60,6 +60,8 @@ let usage = """
                             delivery log events of one message or one recipient
       tls-reports [--day YYYY-MM-DD] [--domain D]
                             TLS-RPT counts (MTA-STS, DANE) per day and policy domain
+      complaints [--since 24h]
+                            complaints from feedback loops per sending IP, provider, sender domain, tenant
       store migrate --from sqlite --to postgresql [--sqlite PATH] [--dry-run]
                             copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
                             store of cluster.yml's store:, in one verified transaction; refuses while a
@@ -99,7 +101,7 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
-                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "tenant"],
+                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "tenant", "since"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)

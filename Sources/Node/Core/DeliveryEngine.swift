@@ -68,6 +68,19 @@ public final class DeliveryEngine: Sendable {
                                            "shaping_providers": "\(config.shaping.providers.count)", "idle_timeout": "\(d.idleTimeout)"])
     }
 
+    /// The tracking field added ahead of DKIM signing when `reputation.feedback_addresses` is
+    /// set (issue 18): `X-Hato-Recipient: <queue id>.<recipient id>` for a delivery to one
+    /// recipient, `X-Hato-Recipient: <queue id>` for several (then a feedback report is matched
+    /// to the recipient by its `Original-Rcpt-To` or `To:`). Feedback loops return the header,
+    /// also when they redact the complainant's address (RFC 6590), so the complaint still finds
+    /// its recipient. Ids only: no address goes into it.
+    /// - Parameter lease: the lease being delivered.
+    /// - Returns: the field with its CRLF.
+    public static func trackingField(_ lease: Lease) -> [UInt8] {
+        let value = lease.recipients.count == 1 ? "\(lease.messageID).\(lease.recipients[0].id)" : lease.messageID
+        return Array("X-Hato-Recipient: \(value)\r\n".utf8)
+    }
+
     /// What one lease's delivery produced.
     public struct LeaseOutcome: Sendable {
         /// One result per leased recipient, with reply, MX, TLS and timings.
@@ -118,9 +131,10 @@ public final class DeliveryEngine: Sendable {
                 plan = p
             }
             let resolveSeconds = (ContinuousClock.now - resolveStart).inSeconds
+            let tracked = config.reputation.acceptsFeedback ? Self.trackingField(lease) + body : body
             var request = DeliveryRequest(reversePath: lease.reversePath,
                                           recipients: lease.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
-                                          body: body, sendingIP: lease.sendingIP, heloName: lease.helo)
+                                          body: tracked, sendingIP: lease.sendingIP, heloName: lease.helo)
             request.leaseDeadline = deadline
             let margin = min(60, max(1, lease.expiresIn / 4))
             request.shapingWaitDeadline = deadline - .seconds(margin)

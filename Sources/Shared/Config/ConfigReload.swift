@@ -57,7 +57,7 @@ public struct ConfigChange: Sendable, Equatable, Codable {
 /// |---|---|
 /// | `coordinator.lease_time`, `coordinator.auto_rebalance` | `cluster.*`, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`: coordinator and every node |
 /// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`: coordinator |
-/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
+/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands), `reputation.feedback_addresses` (the nodes' tracking field: every node) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
 /// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`, `http_api`: coordinator |
 /// | `retry` | `delivery` timeouts and `idle_timeout`: every node |
 /// | `routes`, `dns`, `delivery.tls`, `delivery.port`, `delivery.allow_loopback_mx`, `dkim`, `shaping`, `backoff` (nodes rebuild those parts) | `nodes[].data_dir`, `metrics_listen`, `tls`: that node |
@@ -168,6 +168,13 @@ public struct ConfigReload: Sendable {
         diff("backoff", old.backoff, new.backoff, live: true)
         // Read by `domain add`/`domain check` each time they run.
         diff("tenants", old.tenants, new.tenants, live: true)
+        // The SMTP listener takes reports at the new addresses from the next session on; the
+        // nodes add (or stop adding) the X-Hato-Recipient field only once restarted.
+        if old.reputation.feedbackAddresses != new.reputation.feedbackAddresses {
+            let nodes = old.reputation.acceptsFeedback != new.reputation.acceptsFeedback
+            c.append(ConfigChange(key: "reputation.feedback_addresses", live: true, restart: nodes ? .nodes : .none,
+                                  note: nodes ? "the nodes' X-Hato-Recipient field" : nil))
+        }
         // The same key may be listed twice (flat and per-step timeouts): keep the first.
         var seen = Set<String>()
         changes = c.filter { seen.insert($0.key).inserted }

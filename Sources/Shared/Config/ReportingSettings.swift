@@ -41,6 +41,10 @@ public enum DeliveryEventKind: String, Sendable, Codable, CaseIterable, Hashable
     case listed
     /// A sending IP is no longer on a blocklist (operator `hato`, target `ip A`, note: the zone).
     case delisted
+    /// A mailbox provider's feedback loop reported a message as spam (ARF, RFC 5965; issue 18):
+    /// the recipient, sending IP, provider (and the message, when matched); the feedback type is
+    /// the record's `category`, the reporting MTA its `note`. The recipient is suppressed.
+    case complained
 
     /// Whether the event records an operator's action (it carries `operator` and `target`).
     public var isOperatorAction: Bool {

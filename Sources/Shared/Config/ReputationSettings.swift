@@ -1,10 +1,12 @@
 import Foundation
+import SMTPCore
 
 /// `reputation:` how the coordinator looks after its sending IPs' reputation on its own
 /// (issue 18). Absent: no blocklist checks.
 ///
 /// ```yaml
-/// reputation: { dnsbl: [zen.spamhaus.org, b.barracudacentral.org, bl.spamcop.net], check_interval: 1h }
+/// reputation: { dnsbl: [zen.spamhaus.org, b.barracudacentral.org, bl.spamcop.net], check_interval: 1h,
+///               feedback_addresses: [fbl@relay.example] }
 /// ```
 public struct ReputationSettings: Sendable, Equatable {
     /// `dnsbl`: DNS blocklist zones each sending IP is looked up in (RFC 5782), through the
@@ -16,19 +18,34 @@ public struct ReputationSettings: Sendable, Equatable {
     /// `hold_when_all_listed`: when every IP of a pool is listed, hold the pool's mail (true) or
     /// send from the listed IPs after all (false). Default true.
     public var holdWhenAllListed = true
+    /// `feedback_addresses`: the addresses mailbox providers' feedback loops send abuse reports
+    /// to (ARF, RFC 5965), e.g. `fbl@relay.example`. The coordinator's SMTP listener accepts mail
+    /// to them from any client (no relay rights needed) and consumes it: each report suppresses
+    /// the complained-about recipient and counts a complaint; nothing is queued for delivery.
+    /// When set, nodes also add `X-Hato-Recipient: <queue id>.<recipient id>` to every message
+    /// they send, so that redacted reports (RFC 6590) still name the recipient. Default none.
+    public var feedbackAddresses: [Mailbox] = []
 
     /// Defaults: no zones, hourly, hold.
     public init() {}
 
     /// Whether blocklist checks run at all.
     public var checksBlocklists: Bool { !dnsblZones.isEmpty }
+
+    /// Whether abuse reports are taken in (and nodes add the tracking field).
+    public var acceptsFeedback: Bool { !feedbackAddresses.isEmpty }
+
+    /// Whether `mailbox` is one of `feedback_addresses` (both parts compared case-insensitively).
+    public func isFeedbackAddress(_ mailbox: Mailbox) -> Bool {
+        feedbackAddresses.contains { $0.localPart.lowercased() == mailbox.localPart.lowercased() && $0.domain.lowercased() == mailbox.domain.lowercased() }
+    }
 }
 
 extension ClusterConfigDecoder {
     /// Decodes `reputation:` into `config.reputation`.
     /// - Throws: `ConfigError` naming the file, line and key of a bad value.
     func decodeReputation(_ top: ConfigSection, into config: inout ClusterConfig) throws {
-        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed"]) else { return }
+        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed", "feedback_addresses"]) else { return }
         var settings = ReputationSettings()
         for item in try sec.list("dnsbl", allowScalar: true) ?? [] {
             let s = try item.scalar()
@@ -50,6 +67,18 @@ extension ClusterConfigDecoder {
             settings.checkInterval = v
         }
         if let v = try sec.get("hold_when_all_listed", { try ConfigValue.bool($0) }) { settings.holdWhenAllListed = v }
+        for item in try sec.list("feedback_addresses", allowScalar: true) ?? [] {
+            let s = try item.scalar()
+            let mailbox = try s.convert { text -> Mailbox in
+                do { return try Mailbox(parsing: text) } catch {
+                    throw ConfigValueError("\"\(text)\" is not a mailbox (local-part@domain, ASCII), e.g. fbl@relay.example")
+                }
+            }
+            if settings.isFeedbackAddress(mailbox) {
+                throw ConfigError(file: file, line: s.line, key: s.path, message: "\(mailbox.address) is listed twice")
+            }
+            settings.feedbackAddresses.append(mailbox)
+        }
         config.reputation = settings
     }
 }

@@ -27,6 +27,16 @@ public struct SMTPServerPolicy: Sendable, Equatable {
     /// configured. RFC 5321 §4.5.1: a server must accept mail to `<postmaster>` and
     /// `postmaster@<its domain>` (here `hostname`, local part case-insensitive) from anyone.
     public var postmaster: Mailbox?
+    /// Addresses that take abuse feedback reports (`reputation.feedback_addresses`, RFC 5965):
+    /// like postmaster, accepted from any client, relay rights or not (providers' feedback loops
+    /// send from the internet), but not under postmaster's per-client rate limit (a provider's
+    /// loop sends many reports an hour from few addresses). Default none.
+    public var feedbackAddresses: [Mailbox] = []
+
+    /// Whether `mailbox` is one of `feedbackAddresses` (both parts case-insensitive).
+    public func isFeedbackAddress(_ mailbox: Mailbox) -> Bool {
+        feedbackAddresses.contains { $0.localPart.lowercased() == mailbox.localPart.lowercased() && $0.domain.lowercased() == mailbox.domain.lowercased() }
+    }
 
     /// Creates a policy.
     /// - Parameters:

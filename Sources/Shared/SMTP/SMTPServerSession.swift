@@ -680,6 +680,17 @@ public struct SMTPServerSession: Sendable {
                     transaction.originalRecipients.append(mailbox)
                     reply = SMTPReply(250, "2.1.5", "Ok")
                 }
+            } else if policy.isFeedbackAddress(mailbox) {
+                // A feedback loop's abuse report (RFC 5965): from anyone, consumed by the driver.
+                // Not under the postmaster rate limit: a provider's loop sends many an hour.
+                if transaction.recipients.count >= policy.maxRecipients {
+                    reply = SMTPReply(452, "4.5.3", "Too many recipients")
+                } else {
+                    transaction.recipients.append(mailbox)
+                    transaction.recipientParameters.append(parameters)
+                    transaction.originalRecipients.append(nil)
+                    reply = SMTPReply(250, "2.1.5", "Ok")
+                }
             } else if !mayRelay {
                 reply = toPostmaster
                     ? SMTPReply(550, "5.3.5", "Postmaster address not configured on this server (smtp.postmaster)")

@@ -8,12 +8,13 @@ import HatoConfig
 /// - `suppressions remove ADDRESS [--scope DOMAIN|global]`
 /// - `log --message ID | --recipient ADDRESS [--limit N]`
 /// - `tls-reports [--day YYYY-MM-DD] [--domain D]` (admin API `/v1/tls-reports`)
+/// - `complaints [--since 24h]` (admin API `/v1/complaints`; issue 18)
 public struct ReportingCommands {
     let client: AdminClient
     let json: Bool
 
     /// Commands this type runs.
-    public static let names: Set<String> = ["suppressions", "log", "tls-reports"]
+    public static let names: Set<String> = ["suppressions", "log", "tls-reports", "complaints"]
 
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
@@ -23,6 +24,7 @@ public struct ReportingCommands {
         switch command {
         case "log": try log(options)
         case "tls-reports": try tlsReports(options)
+        case "complaints": try complaints(options)
         default: try suppressions(positional, options)
         }
     }
@@ -83,6 +85,25 @@ public struct ReportingCommands {
         default:
             throw AdminClient.Failure(description: usage)
         }
+    }
+
+    /// `complaints [--since 24h]`: complaints from feedback loops, in total and per sending IP,
+    /// provider, sender domain and tenant.
+    private func complaints(_ options: [String: String]) throws {
+        let since = options["since"] ?? "24h"
+        guard (try? ConfigValue.duration(since)) != nil else {
+            throw AdminClient.Failure(description: "--since: '\(since)' is not a duration (e.g. 1h, 24h, 7d) (see hato-coordinator complaints --help)")
+        }
+        let data = try client.get("/v1/complaints" + Self.query([("since", since)]))
+        if json { FileHandle.standardOutput.write(data); return }
+        let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
+        let s = try d.decode(ComplaintSummary.self, from: data)
+        print("\(s.total) complaint\(s.total == 1 ? "" : "s") since \(Self.date(s.since))")
+        guard s.total > 0 else { return }
+        let rows = [("sending IP", s.byIp), ("provider", s.byProvider), ("sender domain", s.bySenderDomain), ("tenant", s.byTenant)]
+            .flatMap { kind, entries in entries.map { [kind, $0.key.isEmpty ? "-" : $0.key, "\($0.count)"] } }
+        print("")
+        printTable(["BY", "KEY", "COMPLAINTS"], rows)
     }
 
     private func log(_ options: [String: String]) throws {

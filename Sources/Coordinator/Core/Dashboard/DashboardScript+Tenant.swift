@@ -9,6 +9,7 @@ extension DashboardScript {
           const t = d.tenant, u = t.usage, l = t.limits || {};
           const sum = k => d.activity.reduce((a, p) => a + p[k], 0);
           const acc = sum("accepted"), del = sum("delivered"), bnc = sum("bounced"), dfr = sum("deferred");
+          const cmp = (d.complaints || []).reduce((a, n) => a + n, 0);
           const limit = (n, cap) => cap ? n + " / " + cap : String(n);
           const toggle = h("div", { class: "toolbar", role: "group", "aria-label": "Chart range" },
             ["hour", "day"].map(r => {
@@ -23,7 +24,8 @@ extension DashboardScript {
             h("section", { "aria-labelledby": "h-activity" }, h("h2", { id: "h-activity" }, "Your mail (" + (range === "day" ? "last day" : "last hour") + ")"),
               h("div", { class: "cards" }, KINDS.map(k => card(k[0][0].toUpperCase() + k[0].slice(1), sum(k[0]), "t-count-" + k[0])),
                 card("Delivery rate", pct(del, del + bnc), "t-rate-delivered"), card("Bounce rate", pct(bnc, del + bnc), "t-rate-bounced"),
-                card("Deferrals per message", acc ? (dfr / acc).toFixed(2) : "—"), card("Complaint rate (not reported yet)", "—")),
+                card("Deferrals per message", acc ? (dfr / acc).toFixed(2) : "—"),
+                card("Complaint rate (" + cmp + " complaint" + (cmp === 1 ? "" : "s") + ")", pct(cmp, del), "t-rate-complained")),
               toggle, chart(d.activity, d.range)),
             h("section", { "aria-labelledby": "h-usage" }, h("h2", { id: "h-usage" }, "Usage and limits (messages)"),
               h("div", { class: "cards" }, card("This hour", limit(u.hour, l.messages_per_hour), "t-usage-hour"),

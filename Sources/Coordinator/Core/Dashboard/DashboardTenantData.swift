@@ -10,7 +10,7 @@ import SMTPCore
 ///
 /// | GET `/ui/api/t/…` | what |
 /// |---|---|
-/// | `overview?range=hour\|day` | the tenant (state, pool, limits, webhook URL — never its secret), usage this hour/day/month, its activity chart |
+/// | `overview?range=hour\|day` | the tenant (state, pool, limits, webhook URL — never its secret), usage this hour/day/month, its activity chart, its complaints per chart point |
 /// | `events?since=N` | its delivery events, 100 a page, oldest first, each bounce with its category in plain words |
 /// | `messages/{id}` | one of its messages with its events; another tenant's id is `404` like an unknown one |
 /// | `keys` | its API keys (never the secrets) |
@@ -88,6 +88,22 @@ public struct DashboardTenantData: Sendable {
         }
     }
 
+    /// How many of `times` (seconds since 1970, any order) fall in each point's bucket.
+    /// - Parameters:
+    ///   - times: event times.
+    ///   - points: the series (each point starts a bucket of `bucket` seconds).
+    ///   - bucket: seconds per point.
+    /// - Returns: one count per point.
+    static func perPoint(_ times: [Double], points: [ActivityTimeline.Point], bucket: TimeInterval) -> [Int] {
+        var counts = [Int](repeating: 0, count: points.count)
+        guard let first = points.first?.at, bucket > 0 else { return counts }
+        for t in times {
+            let i = Int(floor((t - first) / bucket))
+            if i >= 0 && i < counts.count { counts[i] += 1 }
+        }
+        return counts
+    }
+
     private static func encode<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse { .json(value, status: status) }
 
     /// Answers `GET /ui/api/t/{path}` for `tenant`.
@@ -98,10 +114,16 @@ public struct DashboardTenantData: Sendable {
             case ["overview"]:
                 guard let t = try store.tenant(named: tenant) else { return .error(404, "no tenant \(tenant)") }
                 let day = query["range"] == "day"
-                struct Overview: Codable { var tenant: TenantAdminAPI.TenantView; var activity: [ActivityTimeline.Point]; var range: String }
+                // `complaints`: the tenant's stored complaints (feedback loops, issue 18) per point of `activity`.
+                struct Overview: Codable {
+                    var tenant: TenantAdminAPI.TenantView; var activity: [ActivityTimeline.Point]; var complaints: [Int]; var range: String
+                }
                 let view = TenantAdminAPI.TenantView(t, usage: try store.usage(tenant: t.name, now: clock.now()))
-                return Self.encode(Overview(tenant: view, activity: activity.series(span: day ? 86_400 : 3600, bucket: day ? 600 : 60,
-                                                                                     now: clock.now(), tenant: t.name), range: day ? "day" : "hour"))
+                let bucket: TimeInterval = day ? 600 : 60
+                let series = activity.series(span: day ? 86_400 : 3600, bucket: bucket, now: clock.now(), tenant: t.name)
+                let since = Date(timeIntervalSince1970: series.first?.at ?? clock.now().timeIntervalSince1970)
+                let complaints = Self.perPoint(try store.complaintTimes(tenant: t.name, since: since, limit: 100_000), points: series, bucket: bucket)
+                return Self.encode(Overview(tenant: view, activity: series, complaints: complaints, range: day ? "day" : "hour"))
             case ["events"]:
                 guard let since = Int64(query["since"] ?? "0"), since >= 0 else { return .error(400, "since= must be an event id") }
                 let events = try store.tenantEvents(tenant: tenant, after: since, limit: 100)

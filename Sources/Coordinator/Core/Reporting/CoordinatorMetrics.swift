@@ -35,6 +35,12 @@ public final class CoordinatorMetrics: Sendable {
     /// `suppressed`. One series per tenant and event: a relay service has hundreds of tenants,
     /// not millions; mail of no tenant is not counted here.
     public let tenantMessages: Counter
+    /// `hato_complaints_total{provider}` (issue 18): complaints from feedback loops (ARF
+    /// reports), counted as their `complained` events are reported (the leader's reporter).
+    public let complaints: Counter
+    /// `hato_feedback_reports_total{result}`: reports taken in by this coordinator's SMTP
+    /// listener: `complaint`, `ignored` (not-spam, auth-failure), `malformed`.
+    public let feedbackReports: Counter
     /// `hato_queue_recipients{state}`.
     public let queueDepth: Gauge
     /// `hato_leases{node}`.
@@ -107,6 +113,9 @@ public final class CoordinatorMetrics: Sendable {
         logErrors = r.counter("hato_delivery_log_errors_total", help: "Delivery log write failures.")
         tenantMessages = r.counter("hato_tenant_messages_total", help: "A tenant's messages accepted and recipients delivered, deferred, bounced, suppressed.",
                                    labels: ["tenant", "event"])
+        complaints = r.counter("hato_complaints_total", help: "Complaints from feedback loops (ARF reports), by provider.", labels: ["provider"])
+        feedbackReports = r.counter("hato_feedback_reports_total", help: "Feedback reports received: complaint, ignored, malformed.",
+                                    labels: ["result"])
         queueDepth = r.gauge("hato_queue_recipients", help: "Recipients in the queue by state.", labels: ["state"])
         leases = r.gauge("hato_leases", help: "Leases in flight by node.", labels: ["node"])
         nodeUp = r.gauge("hato_node_up", help: "1 while the node is connected, else 0.", labels: ["node"])

@@ -113,7 +113,7 @@ public final class DeliveryReporter: Sendable {
 
     /// The events a tenant's webhook gets: those about its own messages.
     static let tenantWebhookEvents: Set<DeliveryEventKind> = [.received, .delivered, .deferred, .failed, .expired, .suppressed,
-                                                              .held, .released, .deleted, .dsnSent]
+                                                              .held, .released, .deleted, .dsnSent, .complained]
 
     /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
     /// recipients. Call it for every result the coordinator applies.
@@ -221,7 +221,7 @@ public final class DeliveryReporter: Sendable {
             e.node = nil; e.sendingIP = nil; e.mxHost = nil; e.leaseGrantedAt = nil
         }
         // An operator's event about no message (a pause, a lift) has no message id.
-        let id = e.messageID.isEmpty ? "operator.\(e.seq)" : "\(e.messageID).\(e.seq)"
+        let id = e.messageID.isEmpty ? (e.kind == .complained ? "complaint.\(e.seq)" : "operator.\(e.seq)") : "\(e.messageID).\(e.seq)"
         var r = DeliveryLogRecord(id: id, ts: DeliveryLogRecord.timestamp(e.at), event: e.kind.rawValue, messageId: e.messageID.isEmpty ? nil : e.messageID)
         if !e.messageID.isEmpty {
             r.reversePath = e.reversePath
@@ -270,6 +270,16 @@ public final class DeliveryReporter: Sendable {
             r.setReply(e.reply, textWithoutReply: e.textWithoutReply)
             r.attempt = e.attempts
             if e.kind != .deleted, let next = e.nextAttemptAt { r.nextAttempt = DeliveryLogRecord.timestamp(next) }
+        case .complained:
+            // From a feedback loop (ComplaintIntake): the feedback type in `text`, the provider
+            // in `detail`, the reporting MTA in `note` (RecordComplaint).
+            r.recipient = e.address
+            r.sendingIp = e.sendingIP
+            r.provider = e.detail
+            r.category = e.textWithoutReply
+            r.note = e.note.map { "reported by " + $0 }
+            metrics.complaints.inc(e.detail ?? "unknown")
+            if let tenant = e.tenant { metrics.tenantMessages.inc(tenant, "complained") }
         case .paused, .resumed, .lifted, .suspended, .listed, .delisted:
             break
         }

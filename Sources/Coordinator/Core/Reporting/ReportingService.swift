@@ -114,6 +114,9 @@ public final class ReportingService: Sendable {
 /// - `GET /v1/tls-reports[?day=YYYY-MM-DD][&domain=D]`: TLS-RPT counts (RFC 8460) per UTC day and
 ///   policy domain: `[{day, policy_domain, policy_type, successes, failures: {result-type: n}, mx_hosts}]`,
 ///   newest day first; counted by this coordinator since it started.
+/// - `GET /v1/complaints[?since=24h]`: complaints from feedback loops since a duration back
+///   from now (`ComplaintSummary`: total, per sending IP, provider, sender domain, tenant and
+///   (IP, provider) pair).
 /// Every `/v1/` route needs `Authorization: Bearer <admin_token>`.
 public struct ReportingAPI: Sendable {
     let config: ClusterConfig
@@ -146,7 +149,7 @@ public struct ReportingAPI: Sendable {
             return HTTPResponse(status: 200, contentType: MetricsRegistry.contentType, body: Array(metrics.render().utf8))
         }
         let parts = req.path.split(separator: "/").map(String.init)
-        guard parts.count >= 2, parts[0] == "v1", ["suppressions", "log", "tls-reports"].contains(parts[1]) else { return nil }
+        guard parts.count >= 2, parts[0] == "v1", ["suppressions", "log", "tls-reports", "complaints"].contains(parts[1]) else { return nil }
         let expected = "Bearer " + config.coordinator.adminToken
         guard let auth = req.headers["authorization"], Crypto.constantTimeEquals(Array(auth.utf8), Array(expected.utf8)) else {
             return .error(401, "missing or wrong bearer token")
@@ -165,6 +168,14 @@ public struct ReportingAPI: Sendable {
                     return .error(400, "day must be YYYY-MM-DD")
                 }
                 return .json(tlsReports.report(day: day, domain: req.query["domain"].flatMap { $0.isEmpty ? nil : $0.lowercased() }))
+            case ("GET", 2, "complaints"):
+                // Complaints from feedback loops (issue 18) since `since` (a duration back from now, default 24h).
+                let text = req.query["since"].flatMap { $0.isEmpty ? nil : $0 } ?? "24h"
+                guard let back = try? ConfigValue.duration(text), back > 0 else {
+                    return .error(400, "since must be a duration back from now, e.g. 1h, 24h, 7d (got \(text))")
+                }
+                let since = clock.now().addingTimeInterval(-back)
+                return .json(ComplaintSummary(groups: try store.complaintGroups(since: since), since: since))
             case ("GET", 2, "suppressions"):
                 return .json(try store.suppressions(address: req.query["address"], now: clock.now()))
             case ("POST", 2, "suppressions"):

@@ -29,6 +29,9 @@ import SMTPCore
 /// - **Queueing**: a `.store` is carried out synchronously: routing (`PoolRouter`), the RFC 6409
 ///   §8 fix-ups (`Message-ID`, `Date` when missing), one `Received:` field, then the message and
 ///   its recipients are written and fsync'd before the session is told and the `250` is sent.
+/// - **Feedback reports** (issue 18): mail to `reputation.feedback_addresses` is accepted from
+///   any client and consumed by `FeedbackIntake` (a complaint recorded, the recipient
+///   suppressed) instead of being queued; other recipients of the same message are queued as usual.
 /// - **Guards** (`SubmissionGuards`): the queue's disk headroom at MAIL (`smtp.queue_min_free`,
 ///   `452 4.3.1`), `452 4.3.1` for a write that fails with `SQLITE_FULL`, and the postmaster rate
 ///   limit for clients that may not relay (`452 4.7.1`).
@@ -53,6 +56,8 @@ public final class SubmissionServer: Sendable {
     private let metrics: CoordinatorMetrics?
     /// The tenant tables (issue 16): tenant SMTP users, their domains, limits and state.
     private let tenants: TenantDirectory?
+    /// Abuse feedback reports to `reputation.feedback_addresses` (issue 18).
+    private let feedback: FeedbackIntake
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     private let tls = Locked<TLSContext?>(nil)
@@ -81,6 +86,7 @@ public final class SubmissionServer: Sendable {
                 headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
         self.tenants = tenants
+        self.feedback = FeedbackIntake(config: config, store: store, metrics: metrics, clock: clock)
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
         self.contentMemory = contentMemory
         if let metrics {
@@ -108,6 +114,7 @@ public final class SubmissionServer: Sendable {
     public func apply(_ config: ClusterConfig) {
         let router = PoolRouter(routing: config.routing, pools: config.pools)
         current.withLock { $0 = (config, router) }
+        feedback.apply(config)
     }
 
     /// The bound addresses (real ports when configured with port 0).
@@ -160,10 +167,11 @@ public final class SubmissionServer: Sendable {
         var stream: any ByteStream = conn
         defer { stream.close() }
         let tlsContext = tls.snapshot
-        let policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
+        var policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
                                       tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS,
                                       authAvailable: !smtp.users.isEmpty || (tenants?.hasSMTPUsers ?? false),
                                       postmaster: smtp.postmaster)
+        policy.feedbackAddresses = config.reputation.feedbackAddresses
         var session = SMTPServerSession(policy: policy, peer: peer, relayPermitted: smtp.mayRelay(peer.host),
                                         plaintextAuthPermitted: smtp.authAllowPlaintextLoopback && SMTPSettings.isLoopback(peer.host))
         guards.install(on: &session, peer: peer)
@@ -324,7 +332,23 @@ public final class SubmissionServer: Sendable {
 
     /// Routes, fixes up, stamps and durably queues a message.
     /// - Returns: the queue id, or why it could not be stored (the client gets a 4xx and retries).
-    private func accept(_ message: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
+    private func accept(_ submitted: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
+        var message = submitted
+        let reputation = current.withLock { $0.config.reputation }
+        if reputation.acceptsFeedback, message.recipients.contains(where: reputation.isFeedbackAddress) {
+            // A feedback loop's report: consumed here, never queued (nor bounced).
+            do {
+                try feedback.consume(message.body, client: message.peer.host)
+            } catch {
+                log.error("complaint not recorded; report refused with 451 4.3.0", ["error": "\(error)", "client": message.peer.host])
+                return .failure(guards.storeFailure(for: error))
+            }
+            let keep = message.recipients.indices.filter { !reputation.isFeedbackAddress(message.recipients[$0]) }
+            guard !keep.isEmpty else { return .success(Identifier.queueID(now: clock.now())) }
+            message.recipients = keep.map { message.recipients[$0] }
+            message.originalRecipients = keep.map { message.originalRecipients[$0] }
+            message.recipientParameters = keep.map { message.recipientParameters[$0] }
+        }
         let now = clock.now()
         let id = Identifier.queueID(now: now)
         let hostname = config.smtp.hostname

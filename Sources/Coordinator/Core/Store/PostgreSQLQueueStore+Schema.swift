@@ -96,6 +96,8 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 3, sql: tenantSchemaSQL),
             // The dashboard's operator accounts (issue 17).
             PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
+            // Complaints from feedback loops (issue 18; PostgreSQLQueueStore+Complaints.swift).
+            PostgreSQLMigration(version: 5, sql: PostgreSQLQueueStore.complaintsSchemaSQL),
         ])
     }()
 

@@ -28,7 +28,8 @@ import Foundation
 //                                 the tenant layer (issue 16), with `messages.tenant`;
 //                                 sealed keys and key hashes BLOB → bytea
 //   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
-// The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id) keep their
+//   complaints [id]               complaints from feedback loops (issue 18, PostgreSQL migration 5)
+// The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id, complaints.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
 // is never given twice.
@@ -208,6 +209,12 @@ extension StoreMigration {
         Table(name: "tenant_version", columns: [Column("id", .int), Column("version", .int)], key: ["id"], identity: nil, pageSize: 2000),
         Table(name: "operators", columns: [Column("name", .text), Column("password_hash", .text), Column("created_at", .double)],
               key: ["name"], identity: nil, pageSize: 2000),
+        // Complaints from feedback loops (issue 18: SQLiteQueueStore+Complaints.swift, migration 5).
+        Table(name: "complaints", columns: [
+            Column("id", .int), Column("at", .double), Column("ip", .text), Column("provider", .text), Column("sender_domain", .text),
+            Column("tenant", .text, nullable: true), Column("recipient", .text, nullable: true), Column("queue_id", .text, nullable: true),
+            Column("recipient_id", .int, nullable: true), Column("feedback_type", .text), Column("reporting_mta", .text, nullable: true),
+        ], key: ["id"], identity: "id", pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.

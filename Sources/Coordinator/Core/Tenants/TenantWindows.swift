@@ -75,5 +75,5 @@ struct TenantWindows: Sendable, Equatable {
     /// The kinds of queue events kept in the tenant event log (the events API's kinds): the
     /// message's and its recipients' delivery states and the operator's holds and deletions;
     /// not `dsn-sent`, `flushed` or the operator's pauses.
-    static let eventKinds = ["received", "delivered", "deferred", "failed", "expired", "suppressed", "held", "released", "deleted", "leased"]
+    static let eventKinds = ["received", "delivered", "deferred", "failed", "expired", "suppressed", "held", "released", "deleted", "leased", "complained"]
 }
