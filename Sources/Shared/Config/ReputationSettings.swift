@@ -4,7 +4,8 @@ import Foundation
 /// (issue 18). Absent: no blocklist checks.
 ///
 /// ```yaml
-/// reputation: { dnsbl: [zen.spamhaus.org, b.barracudacentral.org, bl.spamcop.net], check_interval: 1h }
+/// reputation: { dnsbl: [zen.spamhaus.org, b.barracudacentral.org, bl.spamcop.net], check_interval: 1h,
+///               require_fcrdns: true, fcrdns_interval: 1d }
 /// ```
 public struct ReputationSettings: Sendable, Equatable {
     /// `dnsbl`: DNS blocklist zones each sending IP is looked up in (RFC 5782), through the
@@ -16,6 +17,13 @@ public struct ReputationSettings: Sendable, Equatable {
     /// `hold_when_all_listed`: when every IP of a pool is listed, hold the pool's mail (true) or
     /// send from the listed IPs after all (false). Default true.
     public var holdWhenAllListed = true
+    /// `require_fcrdns`: hold a sending IP whose forward-confirmed reverse DNS fails (no PTR, or
+    /// a PTR that does not resolve back to it) like a listed IP, until a check finds it fixed.
+    /// Default false: such an IP is only a warning (`ips`, `doctor`).
+    public var requireFCrDNS = false
+    /// `fcrdns_interval`: seconds between two FCrDNS/HELO checks of every IP (also run at start
+    /// and on reload). Default 86400 (1 d); at least 1 s.
+    public var fcrdnsInterval: TimeInterval = 86_400
 
     /// Defaults: no zones, hourly, hold.
     public init() {}
@@ -28,7 +36,7 @@ extension ClusterConfigDecoder {
     /// Decodes `reputation:` into `config.reputation`.
     /// - Throws: `ConfigError` naming the file, line and key of a bad value.
     func decodeReputation(_ top: ConfigSection, into config: inout ClusterConfig) throws {
-        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed"]) else { return }
+        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed", "require_fcrdns", "fcrdns_interval"]) else { return }
         var settings = ReputationSettings()
         for item in try sec.list("dnsbl", allowScalar: true) ?? [] {
             let s = try item.scalar()
@@ -50,6 +58,14 @@ extension ClusterConfigDecoder {
             settings.checkInterval = v
         }
         if let v = try sec.get("hold_when_all_listed", { try ConfigValue.bool($0) }) { settings.holdWhenAllListed = v }
+        if let v = try sec.get("require_fcrdns", { try ConfigValue.bool($0) }) { settings.requireFCrDNS = v }
+        if let v = try sec.get("fcrdns_interval", { try ConfigValue.duration($0) }) {
+            guard v >= 1 else {
+                let at = try sec.scalar("fcrdns_interval")
+                throw ConfigError(file: file, line: at?.line, key: at?.path, message: "must be at least 1s")
+            }
+            settings.fcrdnsInterval = v
+        }
         config.reputation = settings
     }
 }

@@ -108,6 +108,7 @@ public final class SQLiteQueueStore: QueueStore {
         try db.execute(Self.waitingIndexes)
         try db.execute(Self.tenantSchema)
         try installOperatorSchema()
+        try installIPHealthSchema()
     }
 
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.

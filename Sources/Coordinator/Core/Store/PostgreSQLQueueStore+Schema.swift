@@ -96,6 +96,8 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 3, sql: tenantSchemaSQL),
             // The dashboard's operator accounts (issue 17).
             PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
+            // The sending IPs' health history: blocklist listings, FCrDNS verdicts (issue 18).
+            PostgreSQLMigration(version: 7, sql: PostgreSQLQueueStore.ipHealthSchemaSQL),
         ])
     }()
 

@@ -28,6 +28,8 @@ import Foundation
 //                                 the tenant layer (issue 16), with `messages.tenant`;
 //                                 sealed keys and key hashes BLOB → bytea
 //   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
+//   ip_health_history [ip, zone, at, event]
+//                                 the sending IPs' blocklist/FCrDNS history (migration 7)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -208,6 +210,10 @@ extension StoreMigration {
         Table(name: "tenant_version", columns: [Column("id", .int), Column("version", .int)], key: ["id"], identity: nil, pageSize: 2000),
         Table(name: "operators", columns: [Column("name", .text), Column("password_hash", .text), Column("created_at", .double)],
               key: ["name"], identity: nil, pageSize: 2000),
+        Table(name: "ip_health_history", columns: [
+            Column("ip", .text), Column("zone", .text), Column("at", .double), Column("event", .text), Column("codes", .text),
+            Column("reason", .text, nullable: true),
+        ], key: ["ip", "zone", "at", "event"], identity: nil, pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.
