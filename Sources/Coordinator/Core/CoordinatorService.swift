@@ -215,7 +215,9 @@ public final class CoordinatorService: Sendable {
         try hub.start(leaseHoldUntil: leaseHold)
         // Listings stored before this start hold their IPs until a check says otherwise.
         do {
-            let held = blocklists.restore(IPHealthHistory.listings(from: try store.ipHealthHistory(ip: nil, limit: IPHealthHistory.maxRows)))
+            let history = try store.ipHealthHistory(ip: nil, limit: IPHealthHistory.maxRows)
+            fcrdns.restore(failing: IPHealthHistory.fcrdnsFailing(from: history))
+            let held = blocklists.restore(IPHealthHistory.listings(from: history))
             for (ip, reason) in held.sorted(by: { $0.key < $1.key }) { hub.blocklistChanged(ip: ip, holdReason: reason, event: nil) }
             if !held.isEmpty { log.info("blocklist listings restored from the store", ["ips": held.keys.sorted().joined(separator: ",")]) }
         } catch {

@@ -137,6 +137,11 @@ public struct FCrDNSWatch: Sendable, Equatable {
     /// No verdicts yet.
     public init() {}
 
+    /// A watch that knows which IPs failed before a restart (`IPHealthHistory.fcrdnsFailing`):
+    /// a first check that finds them failing still is not a new change.
+    /// - Parameter failing: the sending IPs whose last stored verdict failed.
+    public init(failing: Set<String>) { self.failing = failing }
+
     /// Records one verdict.
     /// - Parameters:
     ///   - verdict: what `FCrDNS.check` answered.

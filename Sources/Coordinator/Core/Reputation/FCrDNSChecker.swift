@@ -61,6 +61,11 @@ public final class FCrDNSChecker: Sendable {
     /// Stops the thread.
     public func stop() { _ = loop.withLock { $0 }?.stop(waiting: true) }
 
+    /// Starts from the failures of a stored history (before `start`), so that a restart does
+    /// not record them again.
+    /// - Parameter failing: `IPHealthHistory.fcrdnsFailing(from:)`.
+    public func restore(failing: Set<String>) { watch.withLock { $0 = FCrDNSWatch(failing: failing) } }
+
     /// The verdicts so far.
     public var snapshot: FCrDNSWatch { watch.withLock { $0 } }
     /// Rounds completed since start.

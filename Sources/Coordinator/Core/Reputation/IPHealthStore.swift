@@ -33,6 +33,16 @@ public enum IPHealthHistory {
     /// The return codes from their stored text.
     static func codes(_ text: String) -> [String] { text.split(separator: ",").map(String.init) }
 
+    /// The sending IPs whose newest stored FCrDNS change is `fcrdns_failed`.
+    /// - Parameter history: stored changes, oldest first.
+    public static func fcrdnsFailing(from history: [BlocklistWatch.Change]) -> Set<String> {
+        var out: Set<String> = []
+        for c in history where c.zone == FCrDNSWatch.historyZone {
+            if c.event == "fcrdns_failed" { out.insert(c.ip) } else { out.remove(c.ip) }
+        }
+        return out
+    }
+
     /// The current listings that a stored history implies: for each (IP, zone) whose newest
     /// change is `listed`, that listing (since that change). FCrDNS rows are skipped.
     /// - Parameter history: stored changes, oldest first.
