@@ -1,7 +1,11 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import ClusterProtocol
 import HatoConfig
 import HatoDNS
+import HatoSupport
 import HatoTestKit
 import Testing
 @testable import HatoCoordinator
@@ -205,5 +209,45 @@ struct ReputationCareTests {
         // A change far later drops what is older than the retention.
         try store.recordIPHealthChange(.init(at: t + IPHealthHistory.retention + 120, ip: "127.0.0.12", zone: "bl.test", event: "listed", codes: ["127.0.0.2"], reason: nil))
         #expect(try store.ipHealthHistory(ip: nil, limit: 100).map(\.at) == [t + IPHealthHistory.retention + 120])
+    }
+
+    @Test("a DNS timeout pauses nothing: blocklist and FCrDNS checks against a resolver that never answers hold no IP")
+    func dnsTimeoutHoldsNothing() throws {
+        // A UDP socket on loopback that reads nothing and answers nothing: every query times out.
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        #expect(bound)
+        let port = UInt16(bigEndian: addr.sin_port)
+        let config = try ClusterConfig.parse("""
+            cluster: { name: t, secret: "0123456789abcdef0123" }
+            coordinator: { listen: 127.0.0.1:7601, admin_listen: 127.0.0.1:7680, admin_token: tok, data_dir: /tmp/x }
+            smtp: { listen: [127.0.0.1:2525], hostname: relay.test }
+            nodes: [ { id: node-a, data_dir: /tmp/a } ]
+            pools: [ { name: transactional } ]
+            ips:
+              - { address: 127.0.0.10, helo: a.test, pool: transactional }
+            routing: { default_pool: transactional }
+            dns: { nameservers: ["127.0.0.1:\(port)"], timeout: 1s }
+            reputation: { dnsbl: [bl.test], require_fcrdns: true }
+            """, path: "/tmp/cluster.yml")
+        let changes = Locked<[String]>([])
+        let blocklists = BlocklistChecker(config: config) { c in changes.withLock { $0.append("dnsbl \(c.ip) \(c.holdReason ?? "-")") } }
+        let began = ContinuousClock.now
+        blocklists.checkAll()
+        #expect(blocklists.snapshot.listings.isEmpty && blocklists.snapshot.unanswered["127.0.0.10"]?["bl.test"] != nil)
+        #expect(blocklists.counts == (checks: 1, errors: 1))
+        let fcrdns = FCrDNSChecker(config: { config }) { c in changes.withLock { $0.append("fcrdns \(c.ip) \(c.holdReason ?? "-")") } }
+        fcrdns.checkAll(config)
+        #expect(fcrdns.snapshot.verdicts["127.0.0.10"]?.status == .unknown && fcrdns.snapshot.failing.isEmpty)
+        #expect(changes.snapshot.isEmpty, "a timeout changed something: \(changes.snapshot)")
+        #expect(ContinuousClock.now - began >= .seconds(1), "the lookups really waited for the timeout")
     }
 }
