@@ -248,6 +248,12 @@ struct ReputationCareTests {
         fcrdns.checkAll(config)
         #expect(fcrdns.snapshot.verdicts["127.0.0.10"]?.status == .unknown && fcrdns.snapshot.failing.isEmpty)
         #expect(changes.snapshot.isEmpty, "a timeout changed something: \(changes.snapshot)")
-        #expect(ContinuousClock.now - began >= .seconds(1), "the lookups really waited for the timeout")
+        // An IP held before a restart stays held through a round of timeouts (never released by one).
+        let restarted = FCrDNSChecker(config: { config }) { c in changes.withLock { $0.append("fcrdns \(c.ip) \(c.holdReason == nil ? "released" : "held")") } }
+        #expect(restarted.restore(failing: ["127.0.0.10"], required: true).keys.sorted() == ["127.0.0.10"])
+        restarted.checkAll(config)
+        #expect(!changes.snapshot.contains("fcrdns 127.0.0.10 released"), "\(changes.snapshot)")
+        #expect(restarted.snapshot.holdReason("127.0.0.10", required: true)?.contains("no answer") == true)
+        #expect(ContinuousClock.now - began >= .seconds(2), "the lookups really waited for the timeout")
     }
 }

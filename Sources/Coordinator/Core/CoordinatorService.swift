@@ -216,7 +216,8 @@ public final class CoordinatorService: Sendable {
         // Listings stored before this start hold their IPs until a check says otherwise.
         do {
             let history = try store.ipHealthHistory(ip: nil, limit: IPHealthHistory.maxRows)
-            fcrdns.restore(failing: IPHealthHistory.fcrdnsFailing(from: history))
+            let fcrdnsHeld = fcrdns.restore(failing: IPHealthHistory.fcrdnsFailing(from: history), required: config.reputation.requireFCrDNS)
+            for (ip, reason) in fcrdnsHeld.sorted(by: { $0.key < $1.key }) { hub.fcrdnsChanged(ip: ip, holdReason: reason, history: nil) }
             let held = blocklists.restore(IPHealthHistory.listings(from: history))
             for (ip, reason) in held.sorted(by: { $0.key < $1.key }) { hub.blocklistChanged(ip: ip, holdReason: reason, event: nil) }
             if !held.isEmpty { log.info("blocklist listings restored from the store", ["ips": held.keys.sorted().joined(separator: ",")]) }

@@ -168,6 +168,9 @@ public struct FCrDNSWatch: Sendable, Equatable {
     ///   - required: `reputation.require_fcrdns`.
     public func holdReason(_ ip: String, required: Bool) -> String? {
         guard required, failing.contains(ip), let v = verdicts[ip] else { return nil }
+        if v.status == .unknown {
+            return "FCrDNS failed at the last answered check; the latest lookup gave no answer (\(v.detail ?? "")) — require_fcrdns holds it"
+        }
         return "FCrDNS fails (\(v.status.rawValue)): \(v.detail ?? "") — require_fcrdns holds it"
     }
 

@@ -62,9 +62,21 @@ public final class FCrDNSChecker: Sendable {
     public func stop() { _ = loop.withLock { $0 }?.stop(waiting: true) }
 
     /// Starts from the failures of a stored history (before `start`), so that a restart does
-    /// not record them again.
-    /// - Parameter failing: `IPHealthHistory.fcrdnsFailing(from:)`.
-    public func restore(failing: Set<String>) { watch.withLock { $0 = FCrDNSWatch(failing: failing) } }
+    /// not record them again, and — under `require_fcrdns` — keeps them held until the first
+    /// round has answered.
+    /// - Parameters:
+    ///   - failing: `IPHealthHistory.fcrdnsFailing(from:)`.
+    ///   - required: `reputation.require_fcrdns`.
+    /// - Returns: the holds to apply now (sending IP → why).
+    @discardableResult
+    public func restore(failing: Set<String>, required: Bool) -> [String: String] {
+        watch.withLock { $0 = FCrDNSWatch(failing: failing) }
+        let holds = required ? Dictionary(uniqueKeysWithValues: failing.map {
+            ($0, "FCrDNS failed at the last check before this start — require_fcrdns holds it until the next check")
+        }) : [:]
+        round.withLock { $0.holds = holds }
+        return holds
+    }
 
     /// The verdicts so far.
     public var snapshot: FCrDNSWatch { watch.withLock { $0 } }
