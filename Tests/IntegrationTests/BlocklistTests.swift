@@ -59,6 +59,13 @@ extension Integration {
             let rows = try cluster.admin("/v1/ips") as? [[String: Any]] ?? []
             let reason = rows.first { $0["address"] as? String == "127.0.0.12" }?["health_reason"] as? String
             #expect(reason == "listed on bl.test (127.0.0.2: listed for a test)")
+            let listedMetrics = String(decoding: try httpGetBody(port: cluster.adminPort, path: "/metrics", bearer: cluster.token), as: UTF8.self)
+            #expect(listedMetrics.contains("hato_ip_listed{ip=\"127.0.0.12\",zone=\"bl.test\"} 1"))
+            #expect(listedMetrics.contains("hato_ip_listed{ip=\"127.0.0.10\",zone=\"bl.test\"} 0"))
+            #expect(listedMetrics.contains("hato_dnsbl_check_errors_total"))
+            let listing = (rows.first { $0["address"] as? String == "127.0.0.12" }?["reputation"] as? [String: Any])?["listings"] as? [[String: Any]] ?? []
+            #expect(listing.first?["zone"] as? String == "bl.test" && listing.first?["codes"] as? [String] == ["127.0.0.2"]
+                    && listing.first?["reason"] as? String == "listed for a test" && listing.first?["since"] as? String != nil)
             let during = try send(60, from: 100)
             let fromListed = during.filter { $0 == "127.0.0.12" }.count
             #expect(fromListed == 0, "deliveries from the listed IP after the hold: \(fromListed)")
@@ -68,6 +75,8 @@ extension Integration {
             try "".write(toFile: hosts, atomically: true, encoding: .utf8)
             dns.reload()
             try waitUntil("127.0.0.12 resumed", timeout: 20) { try health()["127.0.0.12"] == "ok" }
+            let health = try cluster.admin("/v1/ips/127.0.0.12/health") as? [String: Any] ?? [:]
+            #expect((health["history"] as? [[String: Any]] ?? []).map { "\($0["event"] ?? "") \($0["zone"] ?? "")" } == ["listed bl.test", "delisted bl.test"])
             let after = try send(60, from: 200)
             #expect(after.contains("127.0.0.12"), "the delisted IP sends again: \(Set(after).sorted())")
             let log = cluster.coordinator?.log ?? ""

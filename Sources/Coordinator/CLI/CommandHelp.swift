@@ -95,15 +95,35 @@ enum CommandHelp {
             usage: hato-coordinator ips [--detail] [--json] [--config PATH]
 
             The IP assignment table: each sending IP, its pool, its owner node (or unowned), handovers in
-            progress and warm-up state.
+            progress, warm-up state, HEALTH (ok; listed: a DNS blocklist lists it; fcrdns: held by
+            reputation.require_fcrdns) and FCRDNS (ok, or a warning: no_ptr, not_confirmed — the PTR does not
+            resolve back —, helo_mismatch, unknown — the lookup failed, never acted upon).
 
             arguments:
               --detail             also WEIGHT (ips[].weight), TARGET (the share of its pool's mail the
                                    weights give it), LEASED (recipients leased to it since the coordinator
-                                   started) and SHARE (its real share of its pool's leased recipients)
+                                   started), SHARE (its real share of its pool's leased recipients), WHY it
+                                   is held, and for each IP that is or was listed or fails FCrDNS: its
+                                   listings (zone, return code, reason, since) and its stored history
 
             example:
               hato-coordinator ips --detail
+            """,
+        "doctor": """
+            usage: hato-coordinator doctor [--json] [--config PATH]
+
+            Every finding for the whole cluster, each with its severity (ok, warning, error) and a one-line
+            fix: each sending IP's PTR and FCrDNS (fcrdns) and its HELO name against the PTR (helo); SPF of
+            every sending domain (the tenants' and cluster.yml's dkim: domains) evaluated for each sending
+            IP (RFC 7208, at most 10 lookups); the DKIM key records against the keys; the TLS certificates
+            of the coordinator's listeners (warning under 14 days, error when expired); the clock of each
+            node against the coordinator's (warning beyond 2 s). DNS goes through dns.nameservers only.
+
+            Exit status 1 when any finding is an error (also with --json), else 0.
+
+            example:
+              hato-coordinator doctor
+              hato-coordinator doctor --json | jq '.findings[] | select(.severity != "ok")'
             """,
         "messages": """
             usage: hato-coordinator messages [--limit N] [--json] [--config PATH]

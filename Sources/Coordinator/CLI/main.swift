@@ -34,6 +34,8 @@ let usage = """
       reload                re-read cluster.yml, check it, and apply it: prints what applied live, what
                             needs a restart of which process, and each node's answer (also: SIGHUP)
       suspensions           active backoffs per (sending IP, provider)
+      doctor [--json]       every finding for the cluster (PTR/FCrDNS, HELO, SPF, DKIM, TLS expiry, clock
+                            skew) with severity and a fix; exit status 1 when any is an error
       lift IP PROVIDER      end a suspension or throttle early
       lift --provider P     end every backoff of a provider (all its sending IPs)
 
@@ -196,6 +198,9 @@ case let c where AdminCommands.names.contains(c):
     do {
         let client = try AdminClient.forCoordinators(config: config, id: args.options["id"], operatorName: operatorName)
         try AdminCommands(client: client, json: args.flags.contains("json")).run(c, positional: args.positional, options: args.options, flags: args.flags)
+    } catch let e as DoctorFailed {
+        FileHandle.standardError.write(Data("hato-coordinator: \(e)\n".utf8))
+        exit(1)
     } catch {
         exitWithError("hato-coordinator: \(error)")
     }

@@ -16,6 +16,8 @@ public final class CoordinatorService: Sendable {
     public let reporting: ReportingService
     /// DNS blocklist checks of the sending IPs (`reputation.dnsbl`; idle without zones).
     public let blocklists: BlocklistChecker
+    /// FCrDNS/HELO checks of the sending IPs (at start, on reload, every `reputation.fcrdns_interval`).
+    public let fcrdns: FCrDNSChecker
     /// With several coordinators: the election of the leader through the store (nil for one).
     public let elector: LeaderElector?
     /// This coordinator's id (`coordinators[].id`; `coordinator` for the single form).
@@ -80,14 +82,20 @@ public final class CoordinatorService: Sendable {
         let hub = try ClusterHub(config: config, store: store, mode: mode)
         self.hub = hub
         let blocklists = BlocklistChecker(config: config) { change in
-            hub.blocklistChanged(ip: change.ip, holdReason: change.holdReason, event: (change.kind, change.note))
+            hub.blocklistChanged(ip: change.ip, holdReason: change.holdReason, event: (change.kind, change.note), history: change.history)
         }
         self.blocklists = blocklists
+        let fcrdns = FCrDNSChecker(config: { hub.currentConfig }) { change in
+            hub.fcrdnsChanged(ip: change.ip, holdReason: change.holdReason, history: change.history)
+        }
+        self.fcrdns = fcrdns
+        let reputation = ReputationAdminAPI(blocklists: blocklists, fcrdns: fcrdns, store: store, hub: hub)
         let reporting = try ReportingService(config: config, store: store, nodes: { try hub.nodeStatuses() },
                                              cluster: { hub.gauges() }, onEnqueued: { hub.wake() },
                                              waitReason: { hub.waitReason(pool: $0, domain: $1, state: $2, nextAttemptAt: $3) },
                                              tenants: tenants)
         self.reporting = reporting
+        reputation.registerMetrics(reporting.metrics.registry)
         hub.setResultObserver { reporting.noteResult($0) }
         // http_api's retention and TTL; the defaults (30 d, 24 h) without the section.
         let apiSettings = config.httpAPI ?? HTTPAPISettings(listen: [])
@@ -108,7 +116,7 @@ public final class CoordinatorService: Sendable {
         let domainAPI = DomainAdminAPI(store: store, directory: tenants, config: { hub.currentConfig }, keysChanged: {
             do { try hub.signingKeysChanged() } catch { log.warning("signing keys not sent at once; the next poll sends them", ["error": "\(error)"]) }
         })
-        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, domains: domainAPI, reload: {
+        let api = AdminAPI(token: token, store: store, hub: hub, tenants: tenantAPI, domains: domainAPI, reputation: reputation, reload: {
             try CoordinatorService.reload(path: path, id: requestedID, lock: lock, hub: hub, submission: submission, httpAPI: httpAPI?.api, log: log)
         })
         let adminChain: @Sendable (HTTPRequest) -> HTTPResponse
@@ -205,7 +213,19 @@ public final class CoordinatorService: Sendable {
         }
         reporting.start()
         try hub.start(leaseHoldUntil: leaseHold)
+        // Listings stored before this start hold their IPs until a check says otherwise.
+        do {
+            let history = try store.ipHealthHistory(ip: nil, limit: IPHealthHistory.maxRows)
+            let fcrdnsHeld = fcrdns.restore(failing: IPHealthHistory.fcrdnsFailing(from: history), required: config.reputation.requireFCrDNS)
+            for (ip, reason) in fcrdnsHeld.sorted(by: { $0.key < $1.key }) { hub.fcrdnsChanged(ip: ip, holdReason: reason, history: nil) }
+            let held = blocklists.restore(IPHealthHistory.listings(from: history))
+            for (ip, reason) in held.sorted(by: { $0.key < $1.key }) { hub.blocklistChanged(ip: ip, holdReason: reason, event: nil) }
+            if !held.isEmpty { log.info("blocklist listings restored from the store", ["ips": held.keys.sorted().joined(separator: ",")]) }
+        } catch {
+            log.error("the stored IP health history could not be read", ["error": "\(error)"])
+        }
         blocklists.start()
+        fcrdns.start()
         tenantMaintenance.start()
         try submission.start()
         try httpAPI?.start()
@@ -221,6 +241,7 @@ public final class CoordinatorService: Sendable {
     /// writes afterwards; the caller exits.
     public func stopForExit() {
         blocklists.stop()
+        fcrdns.stop()
         tenantMaintenance.stop()
         submission.stop()
         httpAPI?.stop()

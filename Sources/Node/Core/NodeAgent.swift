@@ -450,7 +450,7 @@ public final class NodeAgent: Sendable {
             // The first heartbeat goes one period after the join.
             if first.withLock({ f -> Bool in defer { f = false }; return f }) { return period }
             guard let n = state.withLock({ $0.connection === conn ? $0.inFlight : nil }) else { return period }
-            do { try conn.send(.heartbeat(HeartbeatMessage(leasesInFlight: n))) } catch { conn.close() }
+            do { try conn.send(.heartbeat(HeartbeatMessage(leasesInFlight: n, sentAt: Date().timeIntervalSince1970))) } catch { conn.close() }
             return period
         }
     }

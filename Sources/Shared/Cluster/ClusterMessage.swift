@@ -76,7 +76,7 @@ public enum ClusterMessage: Sendable, Equatable {
             var w = JSONObjectWriter(capacity: 24); w.field("credits", m.credits)
             return Frame(type: .leaseRequest, header: w.finish())
         case .heartbeat(let m):
-            var w = JSONObjectWriter(capacity: 32); w.field("leasesInFlight", m.leasesInFlight)
+            var w = JSONObjectWriter(capacity: 48); w.field("leasesInFlight", m.leasesInFlight); w.field("sentAt", m.sentAt)
             return Frame(type: .heartbeat, header: w.finish())
         default: return codableFrame()
         }

@@ -118,5 +118,12 @@ public struct RejectMessage: Codable, Sendable, Equatable {
 public struct HeartbeatMessage: Codable, Sendable, Equatable {
     /// Leases the sender is working on (node) or has granted to this node (coordinator).
     public var leasesInFlight: Int
-    public init(leasesInFlight: Int) { self.leasesInFlight = leasesInFlight }
+    /// The sender's wall clock when it sent the heartbeat, seconds since 1970 (UTC). Nodes send
+    /// it from issue 18 on so that `doctor` can show clock skew; absent from older nodes (and
+    /// ignored by older coordinators: unknown keys are skipped), so old and new interoperate.
+    public var sentAt: Double?
+    /// - Parameters:
+    ///   - leasesInFlight: leases in flight.
+    ///   - sentAt: the sender's wall clock (seconds since 1970), nil to leave it out.
+    public init(leasesInFlight: Int, sentAt: Double? = nil) { self.leasesInFlight = leasesInFlight; self.sentAt = sentAt }
 }

@@ -103,6 +103,10 @@ public enum ConfigCheck {
             r.ok("coordinator.admin_token", "set inline (admin_token_file keeps it out of cluster.yml)")
         }
         checkDirectory(c.dataDir, key: "coordinator.data_dir", into: &r)
+        // The reputation checks use only the configured resolvers (issue 18).
+        if config.dns.nameservers.isEmpty && (config.reputation.requireFCrDNS || config.reputation.checksBlocklists) {
+            r.warning("reputation", "dns.nameservers is empty: the DNSBL checks use the system's resolver and FCrDNS is not checked (require_fcrdns holds nothing)")
+        }
         if bindAddresses {
             checkBind(c.listen, key: "coordinator.listen", into: &r)
             checkBind(c.adminListen, key: "coordinator.admin_listen", into: &r)

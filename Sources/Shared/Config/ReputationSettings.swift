@@ -6,7 +6,8 @@ import SMTPCore
 ///
 /// ```yaml
 /// reputation: { dnsbl: [zen.spamhaus.org, b.barracudacentral.org, bl.spamcop.net], check_interval: 1h,
-///               feedback_addresses: [fbl@relay.example] }
+///               feedback_addresses: [fbl@relay.example],
+///               require_fcrdns: true, fcrdns_interval: 1d }
 /// ```
 public struct ReputationSettings: Sendable, Equatable {
     /// `dnsbl`: DNS blocklist zones each sending IP is looked up in (RFC 5782), through the
@@ -25,6 +26,13 @@ public struct ReputationSettings: Sendable, Equatable {
     /// When set, nodes also add `X-Hato-Recipient: <queue id>.<recipient id>` to every message
     /// they send, so that redacted reports (RFC 6590) still name the recipient. Default none.
     public var feedbackAddresses: [Mailbox] = []
+    /// `require_fcrdns`: hold a sending IP whose forward-confirmed reverse DNS fails (no PTR, or
+    /// a PTR that does not resolve back to it) like a listed IP, until a check finds it fixed.
+    /// Default false: such an IP is only a warning (`ips`, `doctor`).
+    public var requireFCrDNS = false
+    /// `fcrdns_interval`: seconds between two FCrDNS/HELO checks of every IP (also run at start
+    /// and on reload). Default 86400 (1 d); at least 1 s.
+    public var fcrdnsInterval: TimeInterval = 86_400
 
     /// Defaults: no zones, hourly, hold.
     public init() {}
@@ -45,7 +53,7 @@ extension ClusterConfigDecoder {
     /// Decodes `reputation:` into `config.reputation`.
     /// - Throws: `ConfigError` naming the file, line and key of a bad value.
     func decodeReputation(_ top: ConfigSection, into config: inout ClusterConfig) throws {
-        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed", "feedback_addresses"]) else { return }
+        guard let sec = try top.section("reputation", allowed: ["dnsbl", "check_interval", "hold_when_all_listed", "feedback_addresses", "require_fcrdns", "fcrdns_interval"]) else { return }
         var settings = ReputationSettings()
         for item in try sec.list("dnsbl", allowScalar: true) ?? [] {
             let s = try item.scalar()
@@ -78,6 +86,14 @@ extension ClusterConfigDecoder {
                 throw ConfigError(file: file, line: s.line, key: s.path, message: "\(mailbox.address) is listed twice")
             }
             settings.feedbackAddresses.append(mailbox)
+        }
+        if let v = try sec.get("require_fcrdns", { try ConfigValue.bool($0) }) { settings.requireFCrDNS = v }
+        if let v = try sec.get("fcrdns_interval", { try ConfigValue.duration($0) }) {
+            guard v >= 1 else {
+                let at = try sec.scalar("fcrdns_interval")
+                throw ConfigError(file: file, line: at?.line, key: at?.path, message: "must be at least 1s")
+            }
+            settings.fcrdnsInterval = v
         }
         config.reputation = settings
     }

@@ -54,10 +54,16 @@ public struct IPStatus: Codable, Sendable, Equatable {
     /// Its share of the recipients leased in its pool since the coordinator started (0…1; nil
     /// before the pool leased any).
     public var share: Double?
-    /// `listed` when a DNS blocklist lists the IP (no new leases), else `ok` (issue 18).
+    /// `listed` when a DNS blocklist lists the IP (no new leases), `fcrdns` when
+    /// `reputation.require_fcrdns` holds it (FCrDNS fails), else `ok` (issue 18).
     public var health: String?
-    /// Why it is held: the zones, return codes and the lists' reasons; nil when `ok`.
+    /// Why it is held: the zones, return codes and the lists' reasons, the FCrDNS failure; nil when `ok`.
     public var healthReason: String?
+    /// The FCrDNS/HELO verdict (`ok`, `helo_mismatch`, `no_ptr`, `not_confirmed`, `unknown`;
+    /// anything but `ok` is a warning), nil before the first check.
+    public var fcrdns: String?
+    /// Listings, FCrDNS detail and the stored history of changes (`IPHealthView`).
+    public var reputation: IPHealthView?
 }
 
 /// `GET/POST /v1/rebalance` body.
@@ -92,6 +98,8 @@ public struct RebalanceReport: Codable, Sendable {
 /// | … | `/v1/tenants…` | tenants, their SMTP users, API keys (`TenantAdminAPI`) |
 /// | … | `/v1/domains…` | sending domains, their DNS records and checks (`DomainAdminAPI`) |
 /// | GET, POST, DELETE | `/v1/operators[/{name}]` | the dashboard's operator accounts (`OperatorAdminAPI`) |
+/// | GET | `/v1/ips/{ip}/health` | one sending IP's listings, FCrDNS verdict and history (`ReputationAdminAPI`) |
+/// | GET | `/v1/doctor` | every finding of `hato-coordinator doctor` (`DoctorReport`) |
 ///
 /// Every request needs `Authorization: Bearer <admin_token>`; otherwise 401. Operators'
 /// actions take their author from `X-Hato-Operator` (default `admin`).
@@ -105,14 +113,18 @@ public struct AdminAPI: Sendable {
     let tenants: TenantAdminAPI?
     /// The sending-domain routes (`/v1/domains…`, issue 16), nil without them.
     let domains: DomainAdminAPI?
+    /// The reputation routes (`/v1/doctor`, `/v1/ips/{ip}/health`) and each IP's health in
+    /// `/v1/ips` (issue 18), nil without them.
+    let reputation: ReputationAdminAPI?
 
     /// - Parameters:
     ///   - token: the bearer token.
     ///   - tenants: the tenant routes (nil: 404 for them).
     ///   - reload: re-reads and applies the configuration file; throws `ConfigError` when invalid.
     public init(token: String, store: any QueueStore, hub: ClusterHub, tenants: TenantAdminAPI? = nil, domains: DomainAdminAPI? = nil,
-                reload: @escaping @Sendable () throws -> ReloadReport) {
+                reputation: ReputationAdminAPI? = nil, reload: @escaping @Sendable () throws -> ReloadReport) {
         self.token = token; self.store = store; self.hub = hub; self.reload = reload; self.tenants = tenants; self.domains = domains
+        self.reputation = reputation
         queueControl = QueueControlAPI(store: store, hub: hub)
     }
 
@@ -126,6 +138,7 @@ public struct AdminAPI: Sendable {
         if let response = tenants?.handle(req) { return response }
         if let response = domains?.handle(req) { return response }
         if let response = OperatorAdminAPI(store: store).handle(req) { return response }
+        if let response = reputation?.handle(req) { return response }
         do {
             let p = req.path.split(separator: "/").map(String.init)
             switch (req.method, p) {
@@ -197,6 +210,8 @@ public struct AdminAPI: Sendable {
         let leased = hub.recipientsLeased()
         let weights = hub.ipWeights()
         let listed = hub.blocklisted()
+        let dnsblHeld = hub.blocklistHoldReasons()
+        let health = reputation?.health(table.map(\.ip.address)) ?? [:]
         var poolWeight: [String: Int] = [:], poolLeased: [String: Int] = [:]
         for e in table {
             poolWeight[e.ip.pool, default: 0] += weights[e.ip.address, default: 1]
@@ -213,7 +228,9 @@ public struct AdminAPI: Sendable {
             let total = poolLeased[$0.ip.pool, default: 0]
             row.share = total > 0 ? Double(row.recipientsLeased ?? 0) / Double(total) : nil
             row.healthReason = listed[$0.ip.address]
-            row.health = row.healthReason == nil ? "ok" : "listed"
+            row.health = row.healthReason == nil ? "ok" : dnsblHeld[$0.ip.address] != nil ? "listed" : "fcrdns"
+            row.reputation = health[$0.ip.address]
+            row.fcrdns = row.reputation?.fcrdns
             return row
         }
     }

@@ -139,7 +139,7 @@ public struct AdminCommands {
     public init(client: AdminClient, json: Bool) { self.client = client; self.json = json }
 
     /// Commands this type runs.
-    public static let names: Set<String> = ["status", "nodes", "ips", "queue", "messages", "message", "recipient", "drain", "resume", "rebalance", "reload", "suspensions", "lift"]
+    public static let names: Set<String> = ["status", "nodes", "ips", "queue", "messages", "message", "recipient", "drain", "resume", "rebalance", "reload", "suspensions", "lift", "doctor"]
 
     /// Runs `command`.
     /// - Parameters:
@@ -166,6 +166,7 @@ public struct AdminCommands {
         case "rebalance": (method, path) = flags.contains("dry-run") ? ("GET", "/v1/rebalance") : ("POST", "/v1/rebalance")
         case "reload": (method, path) = ("POST", "/v1/reload")
         case "suspensions": (method, path) = ("GET", "/v1/suspensions")
+        case "doctor": (method, path) = ("GET", "/v1/doctor")
         case "lift":
             guard positional.count == 2 else { throw AdminClient.Failure(description: "usage: hato-coordinator lift IP PROVIDER") }
             let q = CharacterSet.urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))
@@ -174,6 +175,16 @@ public struct AdminCommands {
         }
         if command == "drain" && flags.contains("wait") {
             try waitForDrain(node: positional[0], timeout: try options["timeout"].map { try ConfigValue.duration($0) } ?? 600)
+            return
+        }
+        if command == "doctor" {
+            // Exit status 1 when any finding is an error (also with --json).
+            let raw = try client.request(method, path)
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            let report = try decoder.decode(DoctorReport.self, from: Data(raw))
+            if json { FileHandle.standardOutput.write(raw) } else { printDoctor(report) }
+            if report.errors > 0 { throw DoctorFailed(errors: report.errors) }
             return
         }
         if json {
@@ -275,16 +286,33 @@ public struct AdminCommands {
     ///   give it, the recipients leased to it since the coordinator started and its real share.
     private func printIPs(_ ips: [IPStatus], detail: Bool = false) {
         func percent(_ v: Double?) -> String { v.map { String(format: "%.1f%%", $0 * 100) } ?? "-" }
-        let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP", "HEALTH"]
+        let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP", "HEALTH", "FCRDNS"]
             + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE", "WHY"] : [])
         printTable(header, ips.map { ip -> [String] in
             let base = [ip.address, ip.helo, ip.pool, ip.owner ?? "-", ip.handoverTo.map { "handover→\($0)" } ?? ip.state,
                         ip.eligible.isEmpty ? "any" : ip.eligible.joined(separator: ","),
                         ip.warmupCap == nil ? "warmed" : "day \(ip.warmupDay ?? 0): \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)",
-                        ip.health ?? "ok"]
+                        ip.health ?? "ok", ip.fcrdns.map { $0 == "ok" ? "ok" : "\($0) (warning)" } ?? "-"]
             guard detail else { return base }
             return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share), ip.healthReason ?? "-"]
         })
+        if detail { printHealth(ips) }
+    }
+
+    private func printDoctor(_ r: DoctorReport) {
+        for f in r.findings { print(f.line) }
+        print("\n\(r.ok) ok, \(r.warnings) warning(s), \(r.errors) error(s)")
+    }
+
+    private func printHealth(_ ips: [IPStatus]) {
+        for ip in ips {
+            guard let h = ip.reputation, !(h.listings.isEmpty && h.history.isEmpty && (h.fcrdns ?? "ok") == "ok") else { continue }
+            print("\n\(ip.address): health \(ip.health ?? "ok"), FCrDNS \(h.fcrdns ?? "not checked yet")"
+                  + (h.ptr.map { " (PTR \($0.isEmpty ? "none" : $0.joined(separator: ",")), HELO \(ip.helo))" } ?? "")
+                  + (h.fcrdnsDetail.map { ": \($0)" } ?? ""))
+            for l in h.listings { print("  listed on \(l.zone) since \(l.since): \(l.codes.joined(separator: ","))\(l.reason.map { " \($0)" } ?? "")") }
+            for c in h.history { print("  \(c.at)  \(c.event.padding(toLength: 14, withPad: " ", startingAt: 0)) \(c.zone)  \(c.codes.joined(separator: ","))\(c.reason.map { " \($0)" } ?? "")") }
+        }
     }
 
     private func printQueue(_ q: [String: Int]) {
@@ -292,4 +320,11 @@ public struct AdminCommands {
         printTable(order.map { $0.uppercased() }, [order.map { "\(q[$0] ?? 0)" }])
     }
 
+}
+
+/// `doctor` found errors: the CLI exits non-zero (status 1) after printing the report.
+public struct DoctorFailed: Error, CustomStringConvertible {
+    /// How many findings are errors.
+    public var errors: Int
+    public var description: String { "doctor: \(errors) error(s)" }
 }

@@ -115,6 +115,10 @@ public final class ClusterHub: Sendable {
     private let leasesGranted = Locked(0)
     /// The blocklist holds as last reported (IP → why), for a scheduler made on election.
     private let blocklistHolds = Locked<[String: String]>([:])
+    /// The FCrDNS holds (`reputation.require_fcrdns`) as last reported (IP → why).
+    private let fcrdnsHolds = Locked<[String: String]>([:])
+    /// The nodes' clocks as last seen in their heartbeats (node → sample; issue 18 `doctor`).
+    private let nodeClocks = Locked<[String: ClockSkew.Sample]>([:])
     /// The tenants' DKIM keys as last read from the store (scheduler thread; ClusterHub+SigningKeys.swift).
     let signingKeyFeed = Locked(SigningKeyFeed())
 
@@ -393,7 +397,13 @@ public final class ClusterHub: Sendable {
                         resultWriter.flush()
                     }
                     post(.frame(id, message))
-                case .heartbeat, .ipReleased, .backoff, .announce:
+                case .heartbeat(let h):
+                    if let sent = h.sentAt {
+                        let sample = ClockSkew.Sample(nodeTime: Date(timeIntervalSince1970: sent), receivedAt: clock.now())
+                        nodeClocks.withLock { $0[hello.nodeID] = sample }
+                    }
+                    post(.frame(id, message))
+                case .ipReleased, .backoff, .announce:
                     post(.frame(id, message))
                 case .configApplied(let m):
                     configAnswers.withLockAndBroadcast { $0[hello.nodeID] = m }
@@ -498,7 +508,7 @@ public final class ClusterHub: Sendable {
                                                       leadership: LeadershipStamp(term: term, storeID: storeID, coordinatorID: id))
             if let hold = leaseHoldUntil.snapshot, hold > now { scheduler.holdLeases(until: hold) }
             // Blocklist holds found while a standby (the checker runs on every coordinator).
-            for (ip, reason) in blocklistHolds.snapshot.sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason) }
+            for (ip, reason) in combinedHolds().sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason) }
             let leases = try store.allLeases()
             log.info("leading: took over the queue", ["term": "\(term)", "leases_of_earlier_terms": "\(leases.count)",
                                                        "ip_owners": "\(try store.ipOwners().count)"])
@@ -895,17 +905,65 @@ public final class ClusterHub: Sendable {
     ///   - ip: the sending IP.
     ///   - holdReason: why it is held (`BlocklistWatch.holdReason`), nil to resume it.
     ///   - event: `.listed` or `.delisted`, with its note (zone, codes, reason).
-    public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?) {
+    ///   - history: the change for the stored health history (`IPHealthStore`), recorded by the
+    ///     leader only.
+    public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?,
+                                 history: BlocklistWatch.Change? = nil) {
         blocklistHolds.withLock { $0[ip] = holdReason }
-        post(.command({ scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: holdReason) }, refuse: { _ in }))
+        postHold(ip)
         // Every coordinator checks; only the leader records the event (one per change).
-        guard let event, leaderInfo.snapshot.isSelf else { return }
+        guard leaderInfo.snapshot.isSelf else { return }
+        if let history { recordHealthHistory(history) }
+        guard let event else { return }
         do {
             try store.recordOperatorEvent(event.kind, by: "hato", target: "ip \(ip)", note: event.note, now: clock.now())
         } catch {
             log.error("recording a blocklist event failed", ["ip": ip, "error": "\(error)"])
         }
     }
+
+    /// An FCrDNS check changed whether `ip` is held (`reputation.require_fcrdns`) or its
+    /// verdict: the scheduler holds or resumes it (with its blocklist hold, if any), and the
+    /// leader stores the history row.
+    /// - Parameters:
+    ///   - ip: the sending IP.
+    ///   - holdReason: why it is held (`FCrDNSWatch.holdReason`), nil when it is not.
+    ///   - history: the verdict change for the stored history, if any.
+    public func fcrdnsChanged(ip: String, holdReason: String?, history: BlocklistWatch.Change?) {
+        let changed = fcrdnsHolds.withLock { h -> Bool in
+            defer { h[ip] = holdReason }
+            return h[ip] != holdReason
+        }
+        if changed { postHold(ip) }
+        if let history, leaderInfo.snapshot.isSelf { recordHealthHistory(history) }
+    }
+
+    /// The holds of both checks, joined per IP.
+    private func combinedHolds() -> [String: String] {
+        let b = blocklistHolds.snapshot, f = fcrdnsHolds.snapshot
+        var out: [String: String] = [:]
+        for ip in Set(b.keys).union(f.keys) { out[ip] = [b[ip], f[ip]].compactMap { $0 }.joined(separator: "; ") }
+        return out
+    }
+
+    private func postHold(_ ip: String) {
+        let reason = combinedHolds()[ip]
+        post(.command({ scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: reason) }, refuse: { _ in }))
+    }
+
+    private func recordHealthHistory(_ change: BlocklistWatch.Change) {
+        do { try store.recordIPHealthChange(change) } catch {
+            log.error("recording an IP health change failed", ["ip": change.ip, "error": "\(error)"])
+        }
+    }
+
+    /// Sending IPs held by the blocklist checks: address → why (without FCrDNS holds).
+    public func blocklistHoldReasons() -> [String: String] { blocklistHolds.snapshot }
+    /// Sending IPs held under `reputation.require_fcrdns`: address → why.
+    public func fcrdnsHoldReasons() -> [String: String] { fcrdnsHolds.snapshot }
+
+    /// The nodes' clocks as last seen in their heartbeats (node id → sample), for `doctor`.
+    public func nodeClockSamples() -> [String: ClockSkew.Sample] { nodeClocks.snapshot }
 
     /// Sending IPs held because a blocklist lists them: address → why.
     public func blocklisted() -> [String: String] { published.withLock { $0.scheduler.blocklisted } }

@@ -109,6 +109,7 @@ public final class SQLiteQueueStore: QueueStore {
         try db.execute(Self.tenantSchema)
         try installOperatorSchema()
         try installComplaintSchema()
+        try installIPHealthSchema()
     }
 
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.

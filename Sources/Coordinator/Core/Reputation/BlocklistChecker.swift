@@ -20,6 +20,8 @@ public final class BlocklistChecker: Sendable {
         public var kind: DeliveryEventKind
         /// The event's note: zone, return codes and reason, or how long the listing lasted.
         public var note: String
+        /// The row for the stored health history (`IPHealthStore`).
+        public var history: BlocklistWatch.Change?
     }
 
     private let settings: ReputationSettings
@@ -28,6 +30,7 @@ public final class BlocklistChecker: Sendable {
     private let clock: any WallClock
     private let onChange: @Sendable (Change) -> Void
     private let watch = Locked(BlocklistWatch())
+    private let lookups = Locked((checks: 0, errors: 0))
     private let loop = Locked<BackgroundLoop?>(nil)
     private let log = Logger(label: "coordinator.dnsbl")
 
@@ -63,6 +66,25 @@ public final class BlocklistChecker: Sendable {
     /// What the checks found so far.
     public var snapshot: BlocklistWatch { watch.withLock { $0 } }
 
+    /// Lookups made and lookups that gave no answer, since start (`hato_dnsbl_checks_total`).
+    public var counts: (checks: Int, errors: Int) { lookups.snapshot }
+
+    /// Starts from the listings a stored history implies (after a restart or on a new leader),
+    /// before the first round: a still-listed IP stays held and is not announced again.
+    /// - Parameter listings: sending IP → zone → listing (`IPHealthHistory.listings(from:)`).
+    /// - Returns: the hold reason of each restored IP.
+    @discardableResult
+    public func restore(_ listings: [String: [String: BlocklistWatch.Listing]]) -> [String: String] {
+        let ips = Set(self.ips), zones = Set(settings.dnsblZones)
+        return watch.withLock { w in
+            w = BlocklistWatch(listings: listings)
+            _ = w.keep(ips: ips, zones: zones)
+            var holds: [String: String] = [:]
+            for ip in w.listings.keys { holds[ip] = w.holdReason(ip) }
+            return holds
+        }
+    }
+
     /// One round: every IP on every zone.
     public func checkAll() {
         for ip in ips {
@@ -70,6 +92,10 @@ public final class BlocklistChecker: Sendable {
                 let verdict = DNSBL.check(ip, zone: zone, resolver: resolver)
                 let now = clock.now()
                 let (events, reason) = watch.withLock { w in (w.record(verdict, ip: ip, zone: zone, now: now), w.holdReason(ip)) }
+                lookups.withLock { c in
+                    c.checks += 1
+                    if case .unknown = verdict { c.errors += 1 }
+                }
                 if case .unknown(let why) = verdict {
                     log.warning("blocklist lookup gave no answer (the IP is not held for it)", ["ip": ip, "zone": zone, "reason": why])
                 }
@@ -79,11 +105,13 @@ public final class BlocklistChecker: Sendable {
                         let note = "\(zone) \(listing.codes.joined(separator: ","))\(listing.reason.map { ": " + $0 } ?? "")"
                         log.warning("sending IP is on a blocklist: held", ["ip": ip, "zone": zone, "codes": listing.codes.joined(separator: ","),
                                                                           "reason": listing.reason ?? ""])
-                        onChange(Change(ip: ip, holdReason: reason, kind: .listed, note: note))
+                        onChange(Change(ip: ip, holdReason: reason, kind: .listed, note: note,
+                                        history: .init(at: now, ip: ip, zone: zone, event: "listed", codes: listing.codes, reason: listing.reason)))
                     case .delisted(_, _, let seconds, let clear):
                         log.info(clear ? "sending IP is off every blocklist: resumed" : "sending IP is off one blocklist",
                                  ["ip": ip, "zone": zone, "listed_for": "\(Int(seconds))s"])
-                        onChange(Change(ip: ip, holdReason: reason, kind: .delisted, note: "\(zone) after \(Int(seconds))s"))
+                        onChange(Change(ip: ip, holdReason: reason, kind: .delisted, note: "\(zone) after \(Int(seconds))s",
+                                        history: .init(at: now, ip: ip, zone: zone, event: "delisted", codes: [], reason: nil)))
                     }
                 }
             }

@@ -98,6 +98,8 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
             // Complaints from feedback loops (issue 18; PostgreSQLQueueStore+Complaints.swift).
             PostgreSQLMigration(version: 5, sql: PostgreSQLQueueStore.complaintsSchemaSQL),
+            // The sending IPs' health history: blocklist listings, FCrDNS verdicts (issue 18).
+            PostgreSQLMigration(version: 7, sql: PostgreSQLQueueStore.ipHealthSchemaSQL),
         ])
     }()
 

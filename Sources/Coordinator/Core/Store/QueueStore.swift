@@ -20,7 +20,7 @@ import SMTPCore
 /// its own or a background loop, not from a Swift concurrency task that must not block.
 /// Errors thrown are the implementation's (`SQLiteError`, `PostgreSQLError`); a thrown error
 /// means the transaction did not commit.
-public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, OperatorStore, ComplaintStore {
+public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, OperatorStore, ComplaintStore, IPHealthStore {
     // MARK: Lifecycle
 
     /// Starts a run (call once, before the first lease); see `SQLiteQueueStore.beginRun`.

@@ -29,6 +29,8 @@ import Foundation
 //                                 sealed keys and key hashes BLOB → bytea
 //   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
 //   complaints [id]               complaints from feedback loops (issue 18, PostgreSQL migration 5)
+//   ip_health_history [ip, zone, at, event]
+//                                 the sending IPs' blocklist/FCrDNS history (migration 7)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id, complaints.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -215,6 +217,10 @@ extension StoreMigration {
             Column("tenant", .text, nullable: true), Column("recipient", .text, nullable: true), Column("queue_id", .text, nullable: true),
             Column("recipient_id", .int, nullable: true), Column("feedback_type", .text), Column("reporting_mta", .text, nullable: true),
         ], key: ["id"], identity: "id", pageSize: 2000),
+        Table(name: "ip_health_history", columns: [
+            Column("ip", .text), Column("zone", .text), Column("at", .double), Column("event", .text), Column("codes", .text),
+            Column("reason", .text, nullable: true),
+        ], key: ["ip", "zone", "at", "event"], identity: nil, pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.
