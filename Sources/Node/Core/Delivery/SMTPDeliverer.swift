@@ -25,6 +25,9 @@ public struct DeliveryRequest: Sendable {
     public var shapingWaitDeadline: ContinuousClock.Instant? = nil
     /// The STARTTLS policy for this destination.
     public var tlsPolicy: SMTPTLSPolicy = .opportunistic
+    /// The message's priority class (issue 18): a bulk delivery never takes the connection
+    /// slots `priority.bulk_reserve` keeps for transactional mail. Default transactional.
+    public var priority: MessagePriority = .transactional
 
     /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
@@ -233,7 +236,7 @@ public final class SMTPDeliverer: Sendable {
             switch action {
             case .checkout(let target, let policy, let deadline):
                 switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
-                                     requireTLS: policy == .required, until: deadline) {
+                                     requireTLS: policy == .required, until: deadline, priority: request.priority) {
                 case .unavailable(let why):
                     action = attempt.checkedOut(.unavailable(why), now: clock.now)
                 case .reuse(let c):
