@@ -61,6 +61,9 @@ struct PriorityIntegrationTests {
             let byPriority = try JSONSerialization.jsonObject(with: Data(httpGetBody(port: cluster.adminPort, path: "/v1/queue/summary?by=priority",
                                                                                         bearer: cluster.token)))
             print("priority: queue by priority \(byPriority)")
+            let metrics = try httpGet(port: cluster.adminPort, path: "/metrics")
+            let bulkGauge = metrics.split(separator: "\n").first { $0.hasPrefix("hato_queue_waiting_recipients{priority=\"bulk\"}") }
+            #expect(bulkGauge.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 > 10_000 } == true, "\(bulkGauge ?? "no gauge")")
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error
