@@ -4,6 +4,7 @@ import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
 @testable import HatoCoordinator
+import HatoMIME
 @testable import HatoSupport
 @testable import SMTPCore
 
@@ -147,6 +148,22 @@ struct PriorityTests {
             try ClusterConfig.parse(Self.yaml.replacingOccurrences(of: "DATA_DIR", with: "/tmp/x").replacingOccurrences(of: "bulk_reserve: 1", with: "bulk_reserve: -1"),
                                     path: "/tmp/x/cluster.yml")
         }
+    }
+
+    @Test("the HTTP send API's priority field: transactional or bulk; anything else is refused as invalid_field")
+    func sendRequestField() throws {
+        let bulk = try SendRequest(json: Array(#"{"from":"a@x.test","to":"b@y.test","text":"hi","priority":"bulk"}"#.utf8))
+        #expect(bulk.priority == .bulk)
+        let none = try SendRequest(json: Array(#"{"from":"a@x.test","to":"b@y.test","text":"hi"}"#.utf8))
+        #expect(none.priority == nil)
+        #expect(throws: MessageBuildError.self) { try SendRequest(json: Array(#"{"from":"a@x.test","to":"b@y.test","priority":"urgent"}"#.utf8)) }
+        do {
+            _ = try SendRequest(json: Array(#"{"from":"a@x.test","to":"b@y.test","priority":"urgent"}"#.utf8))
+        } catch {
+            #expect("\(error)".contains("priority"), "\(error)")
+        }
+        let round = try SendRequest(json: Array(try JSONEncoder().encode(bulk)))
+        #expect(round.priority == .bulk)
     }
 
     @Test("a tenant's class is stored and read back, and cleared", arguments: StoreKind.allCases)
