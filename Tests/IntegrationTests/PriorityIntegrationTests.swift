@@ -71,3 +71,36 @@ struct PriorityIntegrationTests {
     }
 }
 }
+
+/// The class a message gets through the HTTP send API: the request's field and header against
+/// the tenant's class (issue 18).
+@Suite("Priority over the HTTP send API", .serialized)
+struct PriorityHTTPAPITests {
+    @Test("the lowest class wins: a transactional tenant's message may ask for bulk (field or header); a bulk tenant's cannot ask its way up; the header is not stored")
+    func precedence() throws {
+        let s = try InProcessHTTPAPI()
+        defer { s.shutdown() }
+        let open = try s.addTenant("open", domains: ["open.test"])
+        let news = try s.addTenant("news", domains: ["news.test"])
+        var t = try #require(try s.store.tenant(named: "news"))
+        t.priority = .bulk
+        try s.store.updateTenant(t)
+        s.tenants.invalidate()
+        func send(_ key: String, _ from: String, _ extra: String) throws -> (priority: String?, content: String) {
+            let r = try s.send(sendJSON(from: from, to: ["u@x.test"], extra: extra), key: key)
+            #expect(r.status == 202, "\(r.body)")
+            let id = try #require(r.id)
+            return (try s.store.message(id: id)?.priority?.rawValue, try s.content(id))
+        }
+        #expect(try send(open, "a@open.test", "").priority == "transactional")
+        #expect(try send(open, "a@open.test", #""priority":"bulk""#).priority == "bulk")
+        let viaHeader = try send(open, "a@open.test", #""headers":{"X-Hato-Priority":"bulk"}"#)
+        #expect(viaHeader.priority == "bulk")
+        #expect(!viaHeader.content.lowercased().contains("x-hato-priority"), "the header is removed before the message is stored")
+        #expect(try send(news, "a@news.test", "").priority == "bulk")
+        #expect(try send(news, "a@news.test", #""priority":"transactional""#).priority == "bulk", "a bulk tenant cannot be raised by the field")
+        #expect(try send(news, "a@news.test", #""headers":{"X-Hato-Priority":"transactional"}"#).priority == "bulk", "…nor by the header")
+        let bad = try s.send(sendJSON(from: "a@open.test", to: ["u@x.test"], extra: #""priority":"urgent""#), key: open)
+        #expect(bad.status == 400 && bad.errorCode == "invalid_field", "\(bad.body)")
+    }
+}
