@@ -159,9 +159,12 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
     /// caller sleeps on).
     public func mayCheckout(_ request: CheckoutRequest) -> Bool {
         if stopped || (request.speculative && revoked.contains(request.route.sendingIP)) { return true }
-        let (key, limits) = key(sendingIP: request.route.sendingIP, mxHost: request.route.host)
-        if bulkMustWait(request, key: key, limits: limits) { return false }
+        if request.priority == .bulk {
+            let (key, limits) = key(sendingIP: request.route.sendingIP, mxHost: request.route.host)
+            if bulkMustWait(request, key: key, limits: limits) { return false }
+        }
         if idle[request.route] != nil { return true }
+        let (key, limits) = key(sendingIP: request.route.sendingIP, mxHost: request.route.host)
         if openCount[key, default: 0] < limits.maxConnections { return true }
         return request.evictingIdle && idle.values.contains { $0.contains { $0.key == key } }
     }

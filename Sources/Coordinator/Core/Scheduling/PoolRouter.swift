@@ -67,6 +67,8 @@ public struct PoolRouter: Sendable {
         return decision.decision
     }
 
+    /// `route`'s rule walk: strips the routing fields and `X-Hato-Priority` once, then picks the
+    /// pool. - Returns: the decision and the raw `X-Hato-Priority` value (nil without one).
     private func routeByRules(authUser: String?, reversePath: String, content: [UInt8]) throws(UnknownPool) -> (decision: Decision, priorityField: String?) {
         let priorityName = PrioritySettings.headerField.lowercased()
         let headerNames = rules.compactMap { r -> String? in if case .header(let h) = r.match { return h.lowercased() }; return nil }
