@@ -20,6 +20,8 @@ final class SchedulerDriver {
     var sent: [ConnectionID: [ClusterMessage]] = [:]
     /// Lease records granted (recorded and sent), per connection.
     var granted: [ConnectionID: [LeaseRecord]] = [:]
+    /// Every grant planned, with the records the queue kept.
+    var plannedGrants: [(grant: PlannedGrant, records: [LeaseRecord])] = []
     var disconnected: Set<ConnectionID> = []
     var logs: [SchedulerLogLine] = []
     var backoffEvents: [BackoffEvent] = []
@@ -52,6 +54,7 @@ final class SchedulerDriver {
                 let all = try! store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
                 scheduler.grantsRecorded(grants, granted: all)
                 let ids = Set(all.map(\.id))
+                for g in grants { plannedGrants.append((g, all.filter { r in g.records.contains { $0.id == r.id } })) }
                 for g in grants { granted[g.connection, default: []] += all.filter { r in ids.contains(r.id) && g.records.contains { $0.id == r.id } } }
             case .disconnect(let c): disconnected.insert(c)
             case .requeueExpired: perform(scheduler.leasesExpired(try! store.requeueExpiredLeases(now: now)))

@@ -42,6 +42,8 @@ private struct QueueSnapshot: Equatable {
     var tenantsVersion: Int64 = 0
     var tenantEvents: [TenantEvent] = []
     var idempotency: IdempotencyRecord?
+    /// The lease query's answer: transactional first (`recipients.priority` copied).
+    var due: [DueRecipient] = []
 
     init(_ s: any QueueStore, ids: [String], hooks: [String], days: [Int], now: Date) throws {
         for id in ids {
@@ -68,6 +70,7 @@ private struct QueueSnapshot: Equatable {
         waiting = try s.waitingRecipients(RecipientSelector(), after: 0, limit: 100_000).rows
         delayCandidates = try s.delayWarningCandidates(receivedAfter: 0, upTo: now.timeIntervalSince1970 + 1, limit: 100_000)
         tenants = try s.tenants()
+        due = try s.dueRecipients(pools: ["transactional"], now: now + 86_400, limit: 100_000)
         tenantUsers = try s.tenantUsers(tenant: nil)
         apiKeys = try s.apiKeys(tenant: nil)
         sendingDomains = try s.sendingDomains(tenant: nil)
@@ -110,7 +113,8 @@ private struct FilledQueue {
         // The tenant layer: a tenant of every kind of row, one message in ten its own.
         try store.createTenant(Tenant(name: "acme", pool: "transactional", limits: TenantLimits(messagesPerHour: 100, messagesPerMonth: 5000, recipientsPerMessage: 10),
                                       webhookURL: "https://hooks.acme.test/events", webhookSecret: "sealed-secret", createdAt: now.timeIntervalSince1970 - 100))
-        try store.createTenant(Tenant(name: "beta", state: .suspended, stateReason: "unpaid invoice", createdAt: now.timeIntervalSince1970 - 50))
+        try store.createTenant(Tenant(name: "beta", state: .suspended, stateReason: "unpaid invoice", createdAt: now.timeIntervalSince1970 - 50,
+                                      priority: .bulk))
         try store.addTenantUser(TenantSMTPUser(name: "acme-smtp", tenant: "acme", passwordHash: "$pbkdf2-sha256$1000$c2FsdA$aGFzaA", createdAt: now.timeIntervalSince1970 - 90))
         let secretHash = (0..<32).map { UInt8($0 * 8) }
         try store.addAPIKey(APIKeyRecord(id: "0123456789abcdef", tenant: "acme", label: "billing app", secretHash: secretHash, createdAt: now.timeIntervalSince1970 - 80))
@@ -134,6 +138,8 @@ private struct FilledQueue {
                 tenant: i % 10 == 4 ? "acme" : nil,
                 idempotency: i == 4 ? IdempotencyRecord(tenant: "acme", key: "order-4", requestHash: "9f86d081", messageID: "M00004",
                                                         createdAt: now.timeIntervalSince1970 - 1) : nil))
+            // The priority class (issue 18): one message in three bulk.
+            if i % 3 == 1 { messages[messages.count - 1].priority = .bulk }
         }
         try store.enqueue(messages)
         ids = messages.map(\.id)

@@ -167,5 +167,37 @@ struct TenantSubmissionTests {
         let detail = String(decoding: api.handle(HTTPRequest(method: "GET", path: "/v1/tenants/hooked"))?.body ?? [], as: UTF8.self)
         #expect(!detail.contains("webhook_secret") && !detail.contains(key), "shown once: never in later answers")
     }
+
+    @Test("priority: a tenant set to bulk through the admin API stays bulk whatever its SMTP mail's X-Hato-Priority says; the field is never stored; \"\" resets it")
+    func tenantPriorityOverSMTP() throws {
+        let (s, api) = try Self.start()
+        defer { s.shutdown() }
+        let set = api.handle(HTTPRequest(method: "PATCH", path: "/v1/tenants/acme", body: Array(#"{"priority": "bulk"}"#.utf8)))
+        #expect(set?.status == 200, "\(String(decoding: set?.body ?? [], as: UTF8.self))")
+        let shown = (try? JSONSerialization.jsonObject(with: Data(api.handle(HTTPRequest(method: "GET", path: "/v1/tenants/acme"))?.body ?? []))) as? [String: Any]
+        #expect((shown?["tenant"] as? [String: Any])?["priority"] as? String == "bulk", "\(shown ?? [:])")
+        let bad = api.handle(HTTPRequest(method: "PATCH", path: "/v1/tenants/acme", body: Array(#"{"priority": "urgent"}"#.utf8)))
+        #expect(bad?.status == 400)
+        s.tenants?.invalidate()
+        func send(_ header: String) throws -> String {
+            let (c, auth) = try Self.login(s)
+            #expect(auth.hasPrefix("235 "), "\(auth)")
+            _ = try c.exchange("MAIL FROM:<billing@acme.example>\r\n")
+            _ = try c.exchange("RCPT TO:<a@dest.test>\r\n")
+            _ = try c.exchange("DATA\r\n")
+            let done = try c.exchange(header + Self.message(from: "billing@acme.example"))[0]
+            #expect(done.hasPrefix("250 "), "\(done)")
+            return try #require(try s.messageIDs().last)
+        }
+        let raised = try send("X-Hato-Priority: transactional\r\n")
+        #expect(try s.store.message(id: raised)?.priority == .bulk)
+        let content = String(decoding: try s.store.content(of: raised) ?? [], as: UTF8.self)
+        #expect(!content.lowercased().contains("x-hato-priority"), "removed before the message is stored")
+        #expect(api.handle(HTTPRequest(method: "PATCH", path: "/v1/tenants/acme", body: Array(#"{"priority": ""}"#.utf8)))?.status == 200)
+        #expect(try s.store.tenant(named: "acme")?.priority == nil)
+        s.tenants?.invalidate()
+        #expect(try s.store.message(id: try send(""))?.priority == .transactional)
+        #expect(try s.store.message(id: try send("X-Hato-Priority: bulk\r\n"))?.priority == .bulk, "a header may lower")
+    }
 }
 }

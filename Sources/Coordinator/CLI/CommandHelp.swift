@@ -266,7 +266,7 @@ enum CommandHelp {
             """,
         "tenant": """
             usage: hato-coordinator tenant list
-                   hato-coordinator tenant create NAME [--pool P] [--limit 10000/day[,500/hour,1000000/month,50/message]]
+                   hato-coordinator tenant create NAME [--pool P] [--priority transactional|bulk] [--limit 10000/day[,500/hour,1000000/month,50/message]]
                                                 [--webhook URL] [--webhook-secret-file FILE]
                    hato-coordinator tenant show NAME | set NAME [options of create] | delete NAME
                    hato-coordinator tenant suspend NAME [--reason TEXT] | resume NAME
@@ -281,6 +281,8 @@ enum CommandHelp {
 
             arguments:
               --pool P             the pool of the tenant's mail (default: the routing rules)
+              --priority C         transactional or bulk: the class of its mail (default: its pool's;
+                                   a message may lower it to bulk, never raise it; "" resets)
               --limit N/W,…        messages per hour, day or month, recipients per message (0: none)
               --per-hour N, --per-day N, --per-month N, --max-recipients N   the same, one by one
               --webhook URL        where its delivery events are posted (signed with its own secret)

@@ -18,7 +18,7 @@ let usage = """
                             the IP assignment table; --detail adds each IP's weight, the share of its
                             pool that gives it, and its real share of the recipients leased since start
       queue [--json]        recipient counts by state
-      queue --by domain|provider|pool|ip|state [--limit N]
+      queue --by domain|provider|pool|ip|state|priority [--limit N]
                             waiting recipients (queued, deferred, leased, held) per key, with the oldest
       queue list [--state queued|deferred|leased|held] [--domain D] [--provider P] [--pool P]
                  [--ip A] [--sender S] [--limit N] [--after CURSOR]
@@ -103,7 +103,7 @@ let args: CLIArguments
 do {
     args = try CLIArguments(Array(CommandLine.arguments.dropFirst()), valueOptions: ["config", "iterations", "limit", "timeout", "message", "recipient", "address", "scope", "reason", "expires",
                                                                                        "by", "state", "domain", "provider", "pool", "ip", "sender", "after", "as", "operator", "id",
-                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "tenant", "since"],
+                                                                                       "from", "to", "sqlite", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "tenant", "since", "priority"],
                           flagOptions: ["json", "wait", "dry-run", "all", "version", "detail"])
 } catch {
     exitWithError("hato-coordinator: \(error)\n\(usage)", status: 2)

@@ -1,5 +1,6 @@
 import Foundation
 import HatoConfig
+import SMTPCore
 import HatoSupport
 
 /// Outbound SMTP sessions kept open for reuse, and the shaping limits over them: the locked
@@ -46,10 +47,11 @@ public final class SMTPConnectionPool: Sendable {
     /// - Parameters:
     ///   - shaping: the limits (default: 10 connections, 100 messages per connection, no rate limit).
     ///   - idleTimeout: seconds an unused session stays open (0 closes sessions after each delivery).
-    public init(shaping: ShapingSettings = ShapingSettings(), idleTimeout: TimeInterval = 30) {
+    ///   - priority: the slots per key kept for transactional mail (`priority.bulk_reserve`).
+    public init(shaping: ShapingSettings = ShapingSettings(), idleTimeout: TimeInterval = 30, priority: PrioritySettings = PrioritySettings()) {
         self.shaping = shaping
         self.idleTimeout = max(0, idleTimeout)
-        let ledger = Ledger(shaping: shaping, idleTimeout: .seconds(self.idleTimeout))
+        let ledger = Ledger(shaping: shaping, idleTimeout: .seconds(self.idleTimeout), priority: priority)
         reapInterval = ledger.reapInterval
         state = LockedCondition(ledger)
     }
@@ -73,10 +75,13 @@ public final class SMTPConnectionPool: Sendable {
     ///     be closed to free a slot.
     ///   - speculative: a checkout nobody waits for (a replacement session): refused for a
     ///     revoked sending IP.
+    ///   - priority: the delivery's class: bulk never takes the `priority.bulk_reserve` last
+    ///     slots of the key (it waits for one of the others instead).
     public func checkout(sendingIP: String, heloName: String, target: DeliveryTarget, requireTLS: Bool,
-                         until deadline: ContinuousClock.Instant, evictingIdle: Bool = true, speculative: Bool = false) -> Checkout {
+                         until deadline: ContinuousClock.Instant, evictingIdle: Bool = true, speculative: Bool = false,
+                         priority: MessagePriority = .transactional) -> Checkout {
         let request = Ledger.CheckoutRequest(route: SessionRoute(sendingIP: sendingIP, heloName: heloName, target: target),
-                                             requireTLS: requireTLS, evictingIdle: evictingIdle, speculative: speculative)
+                                             requireTLS: requireTLS, evictingIdle: evictingIdle, speculative: speculative, priority: priority)
         while true {
             let step = state.wait(until: deadline, for: { $0.mayCheckout(request) }) { ledger, _ in
                 ledger.checkout(request, now: .now, deadline: deadline)

@@ -50,7 +50,7 @@ public final class DeliveryEngine: Sendable {
         } else {
             tls = try OpenSSLTLSClient()
         }
-        let pool = SMTPConnectionPool(shaping: config.shaping, idleTimeout: d.idleTimeout)
+        let pool = SMTPConnectionPool(shaping: config.shaping, idleTimeout: d.idleTimeout, priority: config.priority)
         deliverer = SMTPDeliverer(timeouts: d.timeouts, pool: pool,
                                   preparer: MessagePreparer(dkim: DKIMSignerSet(signers), tenantKeys: tenantKeys), tlsClient: tls)
         // Our own addresses: the cluster's sending IPs, the SMTP listeners and this host's
@@ -136,6 +136,7 @@ public final class DeliveryEngine: Sendable {
                                           recipients: lease.recipients.map { DeliveryRecipient(id: $0.id, address: $0.address) },
                                           body: tracked, sendingIP: lease.sendingIP, heloName: lease.helo)
             request.leaseDeadline = deadline
+            request.priority = lease.effectivePriority
             let margin = min(60, max(1, lease.expiresIn / 4))
             request.shapingWaitDeadline = deadline - .seconds(margin)
             request.tlsPolicy = SMTPTLSPolicy(rawValue: (route?.tls ?? config.delivery.tls).rawValue) ?? .opportunistic

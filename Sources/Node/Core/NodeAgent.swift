@@ -4,6 +4,7 @@ import HatoConfig
 import HatoCrypto
 import HatoIO
 import HatoSupport
+import SMTPCore
 
 /// A lease as held by the node, with its body and local deadline.
 struct HeldLease: Sendable {
@@ -13,27 +14,47 @@ struct HeldLease: Sendable {
     var deadline: ContinuousClock.Instant
 }
 
-/// A blocking FIFO for one sending IP's leases.
+/// A FIFO of leases (one priority class's).
+private struct LeaseFIFO: Sendable {
+    var items: [HeldLease] = []
+    var head = 0
+    var count: Int { items.count - head }
+    mutating func append(_ l: HeldLease) { items.append(l) }
+    mutating func removeFirst() -> HeldLease {
+        let next = items[head]
+        head += 1
+        if head > 64 && head * 2 > items.count { items.removeFirst(head); head = 0 }
+        return next
+    }
+}
+
+/// A blocking queue for one sending IP's leases: transactional leases leave before bulk ones
+/// (each class in arrival order), and a worker kept for transactional mail never takes a bulk
+/// one (issue 18).
 final class LeaseQueue: Sendable {
     private struct State: Sendable {
-        var items: [HeldLease] = []
-        var head = 0
+        var transactional = LeaseFIFO()
+        var bulk = LeaseFIFO()
         var closed = false
-        var count: Int { items.count - head }
+        var count: Int { transactional.count + bulk.count }
     }
     private let state = LockedCondition(State())
 
-    /// Appends a lease and wakes a waiting worker.
-    func push(_ l: HeldLease) { state.withLockAndBroadcast { $0.items.append(l) } }
+    /// Appends a lease and wakes the waiting workers.
+    func push(_ l: HeldLease) {
+        state.withLockAndBroadcast { s in
+            if l.lease.effectivePriority == .bulk { s.bulk.append(l) } else { s.transactional.append(l) }
+        }
+    }
 
-    /// The next lease, or nil once closed and empty.
-    func pop() -> HeldLease? {
-        state.wait(until: nil, for: { $0.count > 0 || $0.closed }) { s, _ -> HeldLease? in
-            guard s.count > 0 else { return nil }
-            let next = s.items[s.head]
-            s.head += 1
-            if s.head > 64 && s.head * 2 > s.items.count { s.items.removeFirst(s.head); s.head = 0 }
-            return next
+    /// The next lease — the oldest transactional one, else (when `takingBulk`) the oldest bulk
+    /// one — waiting for one; nil once closed and nothing this caller takes is left.
+    /// - Parameter takingBulk: false for a worker kept for transactional leases.
+    func pop(takingBulk: Bool = true) -> HeldLease? {
+        state.wait(until: nil, for: { $0.transactional.count > 0 || (takingBulk && $0.bulk.count > 0) || $0.closed }) { s, _ -> HeldLease? in
+            if s.transactional.count > 0 { return s.transactional.removeFirst() }
+            if takingBulk && s.bulk.count > 0 { return s.bulk.removeFirst() }
+            return nil
         }
     }
 
@@ -493,9 +514,13 @@ public final class NodeAgent: Sendable {
                 return q
             }
             guard let q else { continue }
-            // Long-lived delivery workers: they end when the IP's queue is closed and empty.
-            for _ in 0..<perIP {
-                let thread = Thread { [self] in worker(q, ip: ip.address) }
+            // Long-lived delivery workers: they end when the IP's queue is closed and empty. The
+            // last `priority.bulk_reserve` of them take transactional leases only, so one is free
+            // for a transactional lease under any bulk backlog (issue 18).
+            let general = config.priority.usable(perIP, by: .bulk)
+            for index in 0..<perIP {
+                let takingBulk = index < general
+                let thread = Thread { [self] in worker(q, ip: ip.address, takingBulk: takingBulk) }
                 thread.name = "hato-node-delivery-\(ip.address)"
                 thread.start()
             }
@@ -531,8 +556,8 @@ public final class NodeAgent: Sendable {
         try? state.withLock { $0.connection }?.send(.ipReleased(IPReleasedMessage(addresses: addresses)))
     }
 
-    private func worker(_ queue: LeaseQueue, ip: String) {
-        while let held = queue.pop() {
+    private func worker(_ queue: LeaseQueue, ip: String, takingBulk: Bool) {
+        while let held = queue.pop(takingBulk: takingBulk) {
             let result = deliver(held)
             if let result { reportBackoff(held.lease, result) }
             finish(result)

@@ -1,5 +1,6 @@
 import Foundation
 import HatoConfig
+import SMTPCore
 
 /// What a reusable outbound session is for: it is reused only for the same sending IP, HELO
 /// name, MX host, address and port.
@@ -80,10 +81,14 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
         /// A speculative checkout (a replacement session nobody waits for): refused for a
         /// revoked sending IP.
         public let speculative: Bool
+        /// The delivery's class (issue 18): a bulk one never takes the key's reserved slots.
+        public let priority: MessagePriority
 
         /// A request from its parts.
-        public init(route: SessionRoute, requireTLS: Bool, evictingIdle: Bool = true, speculative: Bool = false) {
+        public init(route: SessionRoute, requireTLS: Bool, evictingIdle: Bool = true, speculative: Bool = false,
+                    priority: MessagePriority = .transactional) {
             self.route = route; self.requireTLS = requireTLS; self.evictingIdle = evictingIdle; self.speculative = speculative
+            self.priority = priority
         }
     }
 
@@ -111,6 +116,8 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
     public let shaping: ShapingSettings
     /// How long an idle session is kept (zero: never kept).
     public let idleTimeout: Duration
+    /// The slots per key only transactional deliveries may take (`priority.bulk_reserve`).
+    public let priority: PrioritySettings
 
     private var openCount: [ShapingKey: Int] = [:]
     private var peak: [ShapingKey: Int] = [:]
@@ -123,9 +130,23 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
     /// - Parameters:
     ///   - shaping: the limits.
     ///   - idleTimeout: how long an unused session stays open (zero: closed after each use).
-    public init(shaping: ShapingSettings, idleTimeout: Duration) {
+    ///   - priority: the slots per key kept for transactional deliveries (default: one).
+    public init(shaping: ShapingSettings, idleTimeout: Duration, priority: PrioritySettings = PrioritySettings()) {
         self.shaping = shaping
         self.idleTimeout = max(.zero, idleTimeout)
+        self.priority = priority
+    }
+
+    /// Sessions of `key` in use (open, not idle): what a bulk checkout counts against the
+    /// slots it may take.
+    public func busyConnections(_ key: ShapingKey) -> Int {
+        openCount[key, default: 0] - idle.values.reduce(0) { $0 + $1.filter { $0.key == key }.count }
+    }
+
+    /// Whether a bulk delivery must wait because the key's sessions in use already reach what
+    /// bulk may use (`max_connections` less the reserve).
+    private func bulkMustWait(_ request: CheckoutRequest, key: ShapingKey, limits: ShapingLimits) -> Bool {
+        request.priority == .bulk && busyConnections(key) >= priority.usable(limits.maxConnections, by: .bulk)
     }
 
     /// The shaping key and limits for a session from `sendingIP` to `mxHost`.
@@ -138,6 +159,10 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
     /// caller sleeps on).
     public func mayCheckout(_ request: CheckoutRequest) -> Bool {
         if stopped || (request.speculative && revoked.contains(request.route.sendingIP)) { return true }
+        if request.priority == .bulk {
+            let (key, limits) = key(sendingIP: request.route.sendingIP, mxHost: request.route.host)
+            if bulkMustWait(request, key: key, limits: limits) { return false }
+        }
         if idle[request.route] != nil { return true }
         let (key, limits) = key(sendingIP: request.route.sendingIP, mxHost: request.route.host)
         if openCount[key, default: 0] < limits.maxConnections { return true }
@@ -150,7 +175,8 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
     /// TLS-only request: it is retired and its slot goes to the caller); a free slot under
     /// `max_connections` is taken; at the limit, an idle session of the same key to another
     /// MX host gives up its slot (when `evictingIdle`); otherwise the caller waits until
-    /// `deadline`.
+    /// `deadline`. A bulk request waits first while the key's sessions in use reach
+    /// `max_connections` less `priority.bulk_reserve`, idle sessions or not (issue 18).
     /// - Parameters:
     ///   - request: the route and conditions.
     ///   - now: the current monotonic instant.
@@ -166,6 +192,13 @@ public struct ShapingLedger<Session: Sendable>: Sendable {
         let (key, limits) = key(sendingIP: route.sendingIP, mxHost: route.host)
         let ticket = ShapingTicket(key: key, limits: limits)
         var retirements: [Retirement] = []
+        if bulkMustWait(request, key: key, limits: limits) {
+            if now >= deadline {
+                return CheckoutStep(decision: .unavailable("shaping: the connection(s) for \(key) open to bulk mail stayed busy until the lease's shaping deadline (\(priority.reserve(of: limits.maxConnections)) kept for transactional mail)"),
+                                    retirements: [])
+            }
+            return CheckoutStep(decision: .wait, retirements: [])
+        }
         while var list = idle[route], let entry = list.popLast() {
             idle[route] = list.isEmpty ? nil : list
             if request.requireTLS && !entry.hasTLS {

@@ -45,8 +45,16 @@ public struct Lease: Codable, Sendable, Equatable {
     public var bodyOffset: Int
     /// Length of the message content in the frame payload, octets.
     public var bodyLength: Int
+    /// The message's priority class (issue 18); absent (from coordinators before priorities)
+    /// means transactional. A node works transactional leases of an IP before bulk ones, and
+    /// keeps `priority.bulk_reserve` of its workers and connections for transactional ones.
+    public var priority: MessagePriority? = nil
+    /// The class the node applies: `priority`, or transactional when absent.
+    public var effectivePriority: MessagePriority { priority ?? .transactional }
     public init(leaseID: String, sendingIP: String, helo: String, messageID: String, reversePath: String, domain: String,
-                recipients: [LeasedRecipient], expiresIn: Double, expiresAt: Double? = nil, bodyOffset: Int = 0, bodyLength: Int = 0) {
+                recipients: [LeasedRecipient], expiresIn: Double, expiresAt: Double? = nil, bodyOffset: Int = 0, bodyLength: Int = 0,
+                priority: MessagePriority? = nil) {
+        self.priority = priority
         self.leaseID = leaseID; self.sendingIP = sendingIP; self.helo = helo; self.messageID = messageID
         self.reversePath = reversePath; self.domain = domain; self.recipients = recipients; self.expiresIn = expiresIn
         self.expiresAt = expiresAt

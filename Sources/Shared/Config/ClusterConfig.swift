@@ -60,6 +60,8 @@ public struct ClusterConfig: Sendable, Equatable {
     public var reputation = ReputationSettings()
     /// `tenants:` cluster-wide tenant settings (issue 16). Default: see `TenantSettings`.
     public var tenants = TenantSettings()
+    /// `priority`: transactional before bulk (issue 18).
+    public var priority = PrioritySettings()
     /// `http_api:` the tenants' HTTP send API (issue 16). Default nil: no listener.
     public var httpAPI: HTTPAPISettings?
 

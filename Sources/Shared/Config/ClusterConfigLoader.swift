@@ -6,6 +6,7 @@ import Darwin
 import Foundation
 import HatoCrypto
 import HatoIO
+import SMTPCore
 
 extension ClusterConfig {
     /// Reads and validates a cluster configuration file.
@@ -64,7 +65,7 @@ struct ClusterConfigDecoder {
         let top = try ConfigSection(root.isNull ? .map([], line: 1, column: 1) : root, file: file, path: "", line: nil,
                                     allowed: ["cluster", "coordinator", "smtp", "nodes", "pools", "ips", "routing",
                                               "routes", "dns", "retry", "delivery", "dsn", "suppression", "webhooks", "log",
-                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store", "coordinators", "http_api", "tenants"])
+                                              "dkim", "shaping", "warmup", "backoff", "reputation", "store", "coordinators", "http_api", "tenants", "priority"])
         let cluster = try decodeCluster(top)
         let instances = try decodeCoordinatorList(top)
         let coordinator = try decodeCoordinator(top, instances: instances)
@@ -83,6 +84,7 @@ struct ClusterConfigDecoder {
         try decodeReputation(top, into: &config)  // ReputationSettings.swift
         try decodeStore(top, into: &config)  // StoreSettings.swift
         try decodeTenants(top, into: &config)  // TenantSettings.swift
+        try decodePriority(top, into: &config)  // PrioritySettings.swift
         config.coordinators = instances
         try decodeHTTPAPI(top, into: &config)  // HTTPAPISettings.swift
         if instances.count > 1 && config.store.kind != .postgresql {
@@ -297,14 +299,18 @@ struct ClusterConfigDecoder {
         var pools: [PoolSettings] = []
         var names: [String: Int] = [:]
         for item in items {
-            let sec = try item.section(allowed: ["name"])
+            let sec = try item.section(allowed: ["name", "priority"])
             let name = try sec.require("name", ConfigValue.identifier)
+            let priority = try sec.get("priority") { text -> MessagePriority in
+                guard let p = MessagePriority(parsing: text) else { throw ConfigValueError("must be transactional or bulk, not \"\(text.prefix(64))\"") }
+                return p
+            }
             let line = try sec.scalar("name")?.line ?? item.node.line
             if let first = names[name] {
                 throw fail(line, sec.keyPath("name"), "duplicate pool name \"\(name)\" (first on line \(first))")
             }
             names[name] = line
-            pools.append(PoolSettings(name: name))
+            pools.append(PoolSettings(name: name, priority: priority ?? .transactional))
         }
         return pools
     }

@@ -143,6 +143,8 @@ public struct ConfigReload: Sendable {
         // the client's timeouts are fixed at start.
         let od = old.delivery, nd = new.delivery
         diff("delivery.connections_per_ip", od.connectionsPerIP, nd.connectionsPerIP, restart: .all)
+        // The reserve splits the workers (fixed at start) and the lease cap: both sides at once.
+        diff("priority", old.priority, new.priority, restart: .all)
         diff("delivery.port", od.port, nd.port, live: true)
         diff("delivery.tls", od.tls, nd.tls, live: true)
         diff("delivery.allow_loopback_mx", od.allowLoopbackMX, nd.allowLoopbackMX, live: true)
@@ -228,6 +230,7 @@ public struct ConfigReload: Sendable {
         c.smtp = smtp
         c.httpAPI = old.httpAPI
         c.delivery.connectionsPerIP = old.delivery.connectionsPerIP
+        c.priority = old.priority
         c.dsn = old.dsn
         c.store = old.store
         c.suppression = old.suppression
@@ -245,6 +248,7 @@ public struct ConfigReload: Sendable {
         c.coordinator = old.coordinator
         c.smtp = old.smtp
         c.delivery.connectionsPerIP = old.delivery.connectionsPerIP
+        c.priority = old.priority
         c.delivery.connectTimeout = old.delivery.connectTimeout
         c.delivery.commandTimeout = old.delivery.commandTimeout
         c.delivery.dataTimeout = old.delivery.dataTimeout

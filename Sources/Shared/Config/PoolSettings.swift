@@ -6,9 +6,12 @@ import SMTPCore
 public struct PoolSettings: Sendable, Equatable {
     /// `name`: unique pool name (`[A-Za-z0-9._-]{1,64}`). Required.
     public var name: String
+    /// `priority`: the class of the pool's mail, `transactional` or `bulk` (issue 18); a
+    /// message's header or API field may lower it to bulk, never raise it. Default transactional.
+    public var priority: MessagePriority
 
     /// Creates pool settings.
-    public init(name: String) { self.name = name }
+    public init(name: String, priority: MessagePriority = .transactional) { self.name = name; self.priority = priority }
 }
 
 /// One `ips:` entry: a local address outbound connections are bound to.

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 /// The body of a send request (`POST /api/v1/messages`, JSON with snake_case keys): either the
 /// parts of a message for `MessageBuilder` to write, or a complete message (`raw`) with its
@@ -66,13 +67,17 @@ public struct SendRequest: Sendable, Hashable, Codable {
     public var raw: String?
     /// The SMTP envelope; required with `raw`.
     public var envelope: Envelope?
+    /// `priority`: `transactional` or `bulk` (issue 18); may lower the class the tenant's pool or
+    /// the tenant sets, never raise it. Nil: theirs. Not written into the message.
+    public var priority: MessagePriority?
 
     /// Creates a request.
     /// - Parameters: see the properties.
     public init(from: EmailAddress? = nil, to: [EmailAddress] = [], cc: [EmailAddress] = [], bcc: [EmailAddress] = [],
                 replyTo: [EmailAddress] = [], subject: String? = nil, text: String? = nil, html: String? = nil,
                 headers: [String: String] = [:], attachments: [MessageAttachment] = [], tags: [String] = [],
-                metadata: [String: String] = [:], raw: String? = nil, envelope: Envelope? = nil) {
+                metadata: [String: String] = [:], raw: String? = nil, envelope: Envelope? = nil, priority: MessagePriority? = nil) {
+        self.priority = priority
         self.from = from; self.to = to; self.cc = cc; self.bcc = bcc; self.replyTo = replyTo
         self.subject = subject; self.text = text; self.html = html; self.headers = headers
         self.attachments = attachments; self.tags = tags; self.metadata = metadata
@@ -82,7 +87,7 @@ public struct SendRequest: Sendable, Hashable, Codable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case from, to, cc, bcc
         case replyTo = "reply_to"
-        case subject, text, html, headers, attachments, tags, metadata, raw, envelope
+        case subject, text, html, headers, attachments, tags, metadata, raw, envelope, priority
     }
 
     /// Reads a request from a JSON body.
@@ -121,7 +126,11 @@ public struct SendRequest: Sendable, Hashable, Codable {
                   tags: try c.decodeIfPresent([String].self, forKey: .tags) ?? [],
                   metadata: try c.decodeIfPresent([String: String].self, forKey: .metadata) ?? [:],
                   raw: try c.decodeIfPresent(String.self, forKey: .raw),
-                  envelope: try c.decodeIfPresent(Envelope.self, forKey: .envelope))
+                  envelope: try c.decodeIfPresent(Envelope.self, forKey: .envelope),
+                  priority: try c.decodeIfPresent(String.self, forKey: .priority).map { text throws(MessageBuildError) -> MessagePriority in
+                      guard let p = MessagePriority(parsing: text) else { throw .invalidField("priority", "must be \"transactional\" or \"bulk\"") }
+                      return p
+                  })
     }
 
     /// Writes the JSON object (snake_case keys, empty lists and absent fields left out).
@@ -141,5 +150,6 @@ public struct SendRequest: Sendable, Hashable, Codable {
         if !metadata.isEmpty { try c.encode(metadata, forKey: .metadata) }
         try c.encodeIfPresent(raw, forKey: .raw)
         try c.encodeIfPresent(envelope, forKey: .envelope)
+        try c.encodeIfPresent(priority?.rawValue, forKey: .priority)
     }
 }

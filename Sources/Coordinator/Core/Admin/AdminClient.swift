@@ -269,7 +269,7 @@ public struct AdminCommands {
     }
 
     private func printMessage(_ m: MessageRecord) {
-        print("message \(m.id)  from <\(m.reversePath)>  pool \(m.pool)\(m.tenant.map { "  tenant \($0)" } ?? "")  \(m.size) octets  client \(m.clientAddress)")
+        print("message \(m.id)  from <\(m.reversePath)>  pool \(m.pool)  priority \((m.priority ?? .transactional).rawValue)\(m.tenant.map { "  tenant \($0)" } ?? "")  \(m.size) octets  client \(m.clientAddress)")
         printTable(["RECIPIENT", "STATE", "ATTEMPTS", "NODE", "SENDING IP", "MX", "LAST REPLY"], m.recipients.map { r in
             let reply = r.lastReply.map { String("\($0.code) \($0.enhanced?.description ?? "") \($0.text)".prefix(70)) } ?? "-"
             return [r.address, r.state.rawValue, "\(r.attempts)", r.node ?? "-", r.sendingIP ?? "-", r.mxHost ?? "-", reply]

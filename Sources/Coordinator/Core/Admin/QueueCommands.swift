@@ -5,7 +5,7 @@ import HatoSupport
 /// `/v1/pauses`, `/v1/suspensions`), as Postfix's postqueue/postsuper, PowerMTA's
 /// `pmta pause queue` and KumoMTA's `kcli suspend`/`bounce` offer them:
 ///
-/// - `queue --by domain|provider|pool|ip|state [--limit N]`
+/// - `queue --by domain|provider|pool|ip|state|priority [--limit N]`
 /// - `queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--limit N] [--after CURSOR]`
 /// - `flush|delete|bounce|hold|release [ID…] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--state S] [--all] [--dry-run] [--reason T]`
 ///   (an ID of digits only, shorter than a queue id's 18 characters, is a recipient id; anything else a message id)
@@ -111,7 +111,7 @@ public struct QueueCommands {
         case "queue":
             return """
                 usage: hato-coordinator queue [--json]
-                       hato-coordinator queue --by domain|provider|pool|ip|state [--limit N] [--json]
+                       hato-coordinator queue --by domain|provider|pool|ip|state|priority [--limit N] [--json]
                        hato-coordinator queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A]
                               [--sender S] [--limit N] [--after CURSOR] [--json]
 
@@ -202,7 +202,7 @@ public struct QueueCommands {
         let selectors = "[--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--tenant T] [--state S]"
         let text: String
         switch command {
-        case "queue": text = "queue [--by domain|provider|pool|ip|state] | queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--limit N] [--after CURSOR]"
+        case "queue": text = "queue [--by domain|provider|pool|ip|state|priority] | queue list [--state S] [--domain D] [--provider P] [--pool P] [--ip A] [--sender S] [--limit N] [--after CURSOR]"
         case "pause", "resume": text = "\(command) --provider P | --pool P | --ip A" + (command == "pause" ? " [--reason TEXT]" : "")
         default: text = "\(command) [ID…] \(selectors) [--all] [--dry-run] [--reason TEXT] [--operator NAME]"
         }

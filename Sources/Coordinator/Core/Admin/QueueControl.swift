@@ -6,7 +6,7 @@ import HatoSupport
 ///
 /// | method | path | body / query | what |
 /// |---|---|---|---|
-/// | GET | `/v1/queue/summary` | `by=domain\|provider\|pool\|ip\|state`, `limit=N` | waiting recipients per key and state, oldest entry |
+/// | GET | `/v1/queue/summary` | `by=domain\|provider\|pool\|ip\|state\|priority`, `limit=N` | waiting recipients per key and state, oldest entry |
 /// | GET | `/v1/queue/recipients` | `state`, `domain`, `provider`, `pool`, `ip`, `sender`, `tenant`, `limit`, `after` | a page of waiting recipients with why each waits |
 /// | POST | `/v1/queue/{flush,delete,bounce,hold,release}` | `QueueActionRequest` | the action (or its count with `dry_run`) |
 /// | GET | `/v1/pauses` | | active pauses |

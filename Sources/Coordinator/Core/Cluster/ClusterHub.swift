@@ -713,7 +713,7 @@ public final class ClusterHub: Sendable {
             let recipients = group.recipients.filter { kept.contains($0.id) }.map { LeasedRecipient(id: $0.id, address: $0.address) }
             batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
                                domain: rec.domain, recipients: recipients, expiresIn: grant.leaseTime, expiresAt: rec.expiresAt.timeIntervalSince1970,
-                               bodyOffset: payload.count, bodyLength: body.count))
+                               bodyOffset: payload.count, bodyLength: body.count, priority: group.priority))
             payload.append(contentsOf: body)
         }
         if !batch.isEmpty { out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload)) }

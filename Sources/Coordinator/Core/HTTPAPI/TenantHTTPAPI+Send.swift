@@ -72,8 +72,10 @@ extension TenantHTTPAPI {
         let now = clock.now()
         // Parse and build: a malformed request is refused before anything is counted or stored.
         let built: BuiltMessage
+        let requested: MessagePriority?
         do throws(MessageBuildError) {
             let send = try SendRequest(json: request.body)
+            requested = send.priority
             // Limits are checked below, in the documented order; these bounds only cap the work.
             let builder = MessageBuilder(hostname: settings.hostname, maximumSize: max(settings.maxMessageSize, 2 * request.body.count + 65_536),
                                          maximumRecipients: Int.max)
@@ -110,10 +112,11 @@ extension TenantHTTPAPI {
             }
         }
         // Routing: the tenant's pool, else the cluster's rules (as SMTP without an AUTH user).
-        let pool: String, content: [UInt8], routeReason: String
+        let pool: String, content: [UInt8], routeReason: String, headerPriority: MessagePriority?
         do throws(PoolRouter.UnknownPool) {
             let decision = try router.route(authUser: nil, reversePath: sender, content: built.content)
             content = decision.content
+            headerPriority = decision.requestedPriority
             (pool, routeReason) = tenant.pool.map { ($0, "tenant \(tenant.name)") } ?? (decision.pool, decision.reason)
         } catch {
             return APIError(status: 400, code: "unknown_pool", message: "\(error.header) names a pool this cluster does not have").response
@@ -137,6 +140,8 @@ extension TenantHTTPAPI {
                                 content: received + content, heloName: "api", clientAddress: peer.host, receivedAt: now,
                                 tenant: tenant.name, idempotency: idempotency)
         record.idempotency?.messageID = id
+        // The lowest class named wins: the pool's, the tenant's, the request's field or header (issue 18).
+        record.priority = MessagePriority.resolved([router.priority(ofPool: pool), tenant.priority, requested, headerPriority])
         do {
             try store.enqueue(record)
         } catch {
@@ -152,7 +157,7 @@ extension TenantHTTPAPI {
         metrics?.tenantMessages.inc(tenant.name, "accepted")
         onAccepted()
         var fields = ["id": id, "tenant": tenant.name, "key": keyID, "client": peer.host, "size": "\(record.content.count)",
-                      "recipients": "\(record.recipients.count)", "pool": pool, "route": routeReason,
+                      "recipients": "\(record.recipients.count)", "pool": pool, "route": routeReason, "priority": record.priority.rawValue,
                       "protocol": request.isTLS ? "HTTPS" : "HTTP"]
         if idempotency != nil { fields["idempotency_key"] = "yes" }
         log.info("message queued", fields)

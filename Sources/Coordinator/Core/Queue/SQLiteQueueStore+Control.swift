@@ -67,6 +67,8 @@ public enum QueueGrouping: String, Sendable, CaseIterable, Codable {
     case ip
     /// The recipient's state.
     case state
+    /// The message's priority class (`transactional`, `bulk`; issue 18).
+    case priority
 }
 
 /// One group of `queue --by`: waiting recipients per state and the oldest of them.
@@ -212,6 +214,11 @@ extension SQLiteQueueStore {
                 return try db.prepare("""
                     SELECT r.state, r.state, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
                     WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state
+                    """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
+            case .priority:
+                return try db.prepare("""
+                    SELECT r.state, r.priority, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
+                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.priority
                     """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
             case .pool, .ip:
                 // Per (state, pool, IP), then per pool or IP here: a few rows per pool and IP.

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 // The tenant layer's tables in the SQLite store (issue 16; `TenantStore` has the contract):
 // tenants, their SMTP users, API keys, sending domains with their DKIM keys, and the version
@@ -62,14 +63,15 @@ extension SQLiteQueueStore {
 
     private static let tenantColumns = """
         name, state, state_reason, pool, messages_per_hour, messages_per_day, messages_per_month, recipients_per_message,
-        webhook_url, webhook_secret, created_at
+        webhook_url, webhook_secret, created_at, priority
         """
 
     private static func tenantRow(_ s: SQLiteStatement) -> Tenant {
         func int(_ c: Int32) -> Int? { s.isNull(c) ? nil : Int(s.int(c)) }
         return Tenant(name: s.text(0), state: TenantState(rawValue: s.text(1)) ?? .suspended, stateReason: s.optionalText(2), pool: s.optionalText(3),
                       limits: TenantLimits(messagesPerHour: int(4), messagesPerDay: int(5), messagesPerMonth: int(6), recipientsPerMessage: int(7)),
-                      webhookURL: s.optionalText(8), webhookSecret: s.optionalText(9), createdAt: s.double(10))
+                      webhookURL: s.optionalText(8), webhookSecret: s.optionalText(9), createdAt: s.double(10),
+                      priority: s.optionalText(11).flatMap { MessagePriority(parsing: $0) })
     }
 
     /// The values of every column but `name` and `created_at`, in `tenantColumns` order.
@@ -81,8 +83,8 @@ extension SQLiteQueueStore {
     /// Creates a tenant. - Throws: `TenantStoreError.exists`, or `SQLiteError`.
     public func createTenant(_ tenant: Tenant) throws {
         try tenantWrite {
-            try db.prepare("INSERT INTO tenants(\(Self.tenantColumns)) VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
-                .run([.text(tenant.name)] + Self.tenantValues(tenant) + [.double(tenant.createdAt)])
+            try db.prepare("INSERT INTO tenants(\(Self.tenantColumns)) VALUES(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+                .run([.text(tenant.name)] + Self.tenantValues(tenant) + [.double(tenant.createdAt), Self.optional(tenant.priority?.rawValue)])
             guard db.changes == 1 else { throw TenantStoreError.exists("tenant \(tenant.name)") }
             try bumpTenantsVersion()
         }
@@ -104,8 +106,8 @@ extension SQLiteQueueStore {
         try tenantWrite {
             try db.prepare("""
                 UPDATE tenants SET state=?, state_reason=?, pool=?, messages_per_hour=?, messages_per_day=?, messages_per_month=?,
-                  recipients_per_message=?, webhook_url=?, webhook_secret=? WHERE name=?
-                """).run(Self.tenantValues(tenant) + [.text(tenant.name)])
+                  recipients_per_message=?, webhook_url=?, webhook_secret=?, priority=? WHERE name=?
+                """).run(Self.tenantValues(tenant) + [Self.optional(tenant.priority?.rawValue), .text(tenant.name)])
             guard db.changes == 1 else { throw TenantStoreError.notFound("tenant \(tenant.name)") }
             try bumpTenantsVersion()
         }

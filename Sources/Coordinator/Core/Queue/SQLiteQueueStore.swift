@@ -107,6 +107,14 @@ public final class SQLiteQueueStore: QueueStore {
         }
         try db.execute(Self.waitingIndexes)
         try db.execute(Self.tenantSchema)
+        // The priority class (issue 18): the message's, copied onto its recipients so that the
+        // lease query reads due transactional rows before bulk ones through one index.
+        for (table, definition) in [("messages", "TEXT NOT NULL DEFAULT 'transactional'"), ("recipients", "TEXT NOT NULL DEFAULT 'transactional'"),
+                                    ("tenants", "TEXT")] {
+            let existing = try db.prepare("SELECT name FROM pragma_table_info('\(table)')").query { $0.text(0) }
+            if !existing.contains("priority") { try db.execute("ALTER TABLE \(table) ADD COLUMN priority \(definition)") }
+        }
+        try db.execute("CREATE INDEX IF NOT EXISTS recipients_due_priority ON recipients(state, priority, next_attempt_at)")
         try installOperatorSchema()
         try installComplaintSchema()
         try installIPHealthSchema()
@@ -132,25 +140,27 @@ public final class SQLiteQueueStore: QueueStore {
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
     private static func insert(_ messages: [NewMessage], into db: SQLiteDatabase) throws {
         try db.transaction {
-            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)")
-            let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool) VALUES(?,?,?,'queued',?,?,?,?,?)")
+            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+            let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
             for m in messages {
                 let t = m.receivedAt.timeIntervalSince1970
                 try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
                               .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
-                              optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant)])
+                              optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant),
+                              .text(m.priority.rawValue)])
                 try recordIdempotency(of: m, in: db)
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
                     try insR.run([.text(m.id), .text(r), .text(Queue.domain(of: r)), .double(t), .double(t),
-                                  optional(p.notify?.text), optional(p.originalRecipient), .text(m.pool)])
+                                  optional(p.notify?.text), optional(p.originalRecipient), .text(m.pool), .text(m.priority.rawValue)])
                 }
             }
         }
     }
 
-    /// Recipients in state queued/deferred whose next attempt is due, oldest first.
+    /// Recipients in state queued/deferred whose next attempt is due: every due transactional
+    /// one first, oldest first, then bulk ones, oldest first (issue 18).
     /// - Parameters:
     ///   - pools: only messages routed to these pools.
     ///   - now: the current time.
@@ -159,25 +169,32 @@ public final class SQLiteQueueStore: QueueStore {
     public func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
         guard !pools.isEmpty, limit > 0 else { return [] }
         let placeholders = Array(repeating: "?", count: pools.count).joined(separator: ",")
-        // One indexed range scan per waiting state (no sort of the whole queue): the
-        // (state, next_attempt_at) index yields rows in order, and LIMIT stops early.
+        // One indexed range scan per (waiting state, priority) (no sort of the whole queue): the
+        // (state, priority, next_attempt_at) index yields rows in order, and LIMIT stops early.
         let sql = """
             SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path, r.next_attempt_at FROM recipients r
             JOIN messages m ON m.id = r.message_id
-            WHERE r.state = ? AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
+            WHERE r.state = ? AND r.priority = ? AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
             ORDER BY r.next_attempt_at LIMIT ?
             """
         return try lock.withLock {
-            var rows: [(DueRecipient, Double)] = []
-            for state in ["queued", "deferred"] {
-                var binds: [SQLiteStatement.Value] = [.text(state), .double(now.timeIntervalSince1970)]
-                binds += pools.sorted().map { .text($0) }
-                binds.append(.int(Int64(limit)))
-                rows += try db.prepare(sql).query(binds) {
-                    (DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4), reversePath: $0.text(5)), $0.double(6))
+            var out: [DueRecipient] = []
+            for priority in [MessagePriority.transactional, .bulk] {
+                let wanted = limit - out.count
+                guard wanted > 0 else { break }
+                var rows: [(DueRecipient, Double)] = []
+                for state in ["queued", "deferred"] {
+                    var binds: [SQLiteStatement.Value] = [.text(state), .text(priority.rawValue), .double(now.timeIntervalSince1970)]
+                    binds += pools.sorted().map { .text($0) }
+                    binds.append(.int(Int64(wanted)))
+                    rows += try db.prepare(sql).query(binds) {
+                        (DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4),
+                                      reversePath: $0.text(5), priority: priority), $0.double(6))
+                    }
                 }
+                out += rows.sorted { ($0.1, $0.0.id) < ($1.1, $1.0.id) }.prefix(wanted).map(\.0)
             }
-            return rows.sorted { ($0.1, $0.0.id) < ($1.1, $1.0.id) }.prefix(limit).map(\.0)
+            return out
         }
     }
 
@@ -436,9 +453,9 @@ public final class SQLiteQueueStore: QueueStore {
     /// A message and its recipients, nil if unknown.
     public func message(id: String) throws -> MessageRecord? {
         try lock.withLock {
-            guard var m = try db.prepare("SELECT id, reverse_path, pool, size, received_at, client_address, tenant FROM messages WHERE id=?").query([.text(id)], {
+            guard var m = try db.prepare("SELECT id, reverse_path, pool, size, received_at, client_address, tenant, priority FROM messages WHERE id=?").query([.text(id)], {
                 MessageRecord(id: $0.text(0), reversePath: $0.text(1), pool: $0.text(2), size: Int($0.int(3)), receivedAt: $0.double(4), clientAddress: $0.text(5), recipients: [],
-                              tenant: $0.optionalText(6))
+                              tenant: $0.optionalText(6), priority: MessagePriority(parsing: $0.text(7)))
             }).first else { return nil }
             m.recipients = try db.prepare("SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at FROM recipients WHERE message_id=? ORDER BY id").query([.text(id)]) {
                 RecipientRecord(id: $0.int(0), address: $0.text(1), state: RecipientState(rawValue: $0.text(2)) ?? .queued, attempts: Int($0.int(3)),

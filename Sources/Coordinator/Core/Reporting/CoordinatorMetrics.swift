@@ -1,5 +1,6 @@
 import Foundation
 import HatoSupport
+import SMTPCore
 
 /// The coordinator's Prometheus metrics (served at `/metrics` on `admin_listen`).
 ///
@@ -43,6 +44,9 @@ public final class CoordinatorMetrics: Sendable {
     public let feedbackReports: Counter
     /// `hato_queue_recipients{state}`.
     public let queueDepth: Gauge
+    /// `hato_queue_waiting_recipients{priority}`: recipients waiting (queued, deferred, leased,
+    /// held) per priority class, `transactional` or `bulk` (issue 18).
+    public let queueWaitingByPriority: Gauge
     /// `hato_leases{node}`.
     public let leases: Gauge
     /// `hato_node_up{node}`: 1 while the node is connected.
@@ -117,6 +121,8 @@ public final class CoordinatorMetrics: Sendable {
         feedbackReports = r.counter("hato_feedback_reports_total", help: "Feedback reports received: complaint, ignored, malformed.",
                                     labels: ["result"])
         queueDepth = r.gauge("hato_queue_recipients", help: "Recipients in the queue by state.", labels: ["state"])
+        queueWaitingByPriority = r.gauge("hato_queue_waiting_recipients", help: "Recipients waiting (queued, deferred, leased, held) by priority class.",
+                                         labels: ["priority"])
         leases = r.gauge("hato_leases", help: "Leases in flight by node.", labels: ["node"])
         nodeUp = r.gauge("hato_node_up", help: "1 while the node is connected, else 0.", labels: ["node"])
         nodeState = r.gauge("hato_node_state", help: "1 for the node's current state (joining, active, draining, drained, down, left).",
@@ -183,6 +189,11 @@ public final class CoordinatorMetrics: Sendable {
             }
             if let counts = try? store.countsByState() {
                 for (state, n) in counts { queueDepth.set(Double(n), labels: [state.rawValue]) }
+            }
+            if let groups = try? store.waitingSummary(by: .priority, providerLabel: { $0 }, now: clock.now()) {
+                for p in MessagePriority.allCases {
+                    queueWaitingByPriority.set(Double(groups.first { $0.key == p.rawValue }?.total ?? 0), labels: [p.rawValue])
+                }
             }
             if let nodes, let list = try? nodes() {
                 leases.reset(); nodeUp.reset(); nodeIPs.reset(); nodeState.reset()

@@ -421,8 +421,14 @@ public final class SubmissionServer: Sendable {
                                 authenticatedUser: message.authenticatedUser, dsnReturn: message.dsnReturn,
                                 envelopeID: message.envelopeID, recipientParameters: message.recipientParameters,
                                 tenant: tenant?.name)
+        // The lowest class named wins: the pool's, the tenant's, the X-Hato-Priority field's (issue 18).
+        var stored = record
+        stored.priority = MessagePriority.resolved([current.withLock { $0.router }.priority(ofPool: pool), tenant?.priority, route.requestedPriority])
+        if let unknown = route.unknownPriority {
+            log.info("X-Hato-Priority names no class; ignored (field removed)", ["id": id, "value": unknown])
+        }
         do {
-            try store.enqueue(record)
+            try store.enqueue(stored)
         } catch {
             if let tenant { tenants?.release(tenant, reservedAt: now) }
             let failure = guards.storeFailure(for: error)
@@ -432,7 +438,8 @@ public final class SubmissionServer: Sendable {
         }
         guards.headroom.noteQueued(octets: record.content.count)
         var fields = ["id": id, "pool": pool, "route": tenant?.pool != nil ? "tenant" : route.reason, "client": message.peer.host,
-                      "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword]
+                      "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword,
+                      "priority": stored.priority.rawValue]
         if let user = message.authenticatedUser { fields["user"] = user }
         if let tenant {
             fields["tenant"] = tenant.name

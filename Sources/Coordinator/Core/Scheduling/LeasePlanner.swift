@@ -1,5 +1,6 @@
 import ClusterProtocol
 import Foundation
+import SMTPCore
 
 /// Recipients of one message for one destination domain: the unit of a lease.
 public struct DeliveryGroup: Sendable, Equatable {
@@ -8,6 +9,8 @@ public struct DeliveryGroup: Sendable, Equatable {
     public var pool: String
     public var reversePath: String
     public var recipients: [DueRecipient]
+    /// The message's priority class (issue 18).
+    public var priority: MessagePriority = .transactional
 }
 
 /// The scheduler's pure planning: grouping due recipients and choosing sending IPs.
@@ -22,7 +25,8 @@ public enum LeasePlanner {
             let key = r.messageID + "\u{0}" + r.domain
             if groups[key] == nil {
                 order.append(key)
-                groups[key] = DeliveryGroup(messageID: r.messageID, domain: r.domain, pool: r.pool, reversePath: r.reversePath, recipients: [])
+                groups[key] = DeliveryGroup(messageID: r.messageID, domain: r.domain, pool: r.pool, reversePath: r.reversePath, recipients: [],
+                                            priority: r.priority)
             }
             groups[key]?.recipients.append(r)
         }
@@ -133,6 +137,8 @@ extension LeasePlanner {
     ///   - credits: leases each node may still take; reduced as groups are assigned.
     ///   - inFlight: leases in flight per sending IP; increased as groups are assigned.
     ///   - perIPCap: the most leases in flight on one IP.
+    ///   - bulkPerIPCap: the most leases in flight on one IP after which a bulk group may not
+    ///     take another (issue 18: `perIPCap` less the transactional reserve); default `perIPCap`.
     ///   - budget: recipients each IP may still take today (warm-up); IPs absent are unlimited.
     ///     A group goes only to an IP whose budget covers all its recipients; budgets are reduced.
     ///   - spread: the rotation state, carried from round to round.
@@ -141,15 +147,16 @@ extension LeasePlanner {
     ///     in preference order until one allows.
     /// - Returns: (group, chosen candidate) pairs, in group order.
     public static func spread(_ groups: [DeliveryGroup], candidates: [Candidate], credits: inout [String: Int],
-                              inFlight: inout [String: Int], perIPCap: Int, budget: inout [String: Int], spread: inout SpreadState,
+                              inFlight: inout [String: Int], perIPCap: Int, bulkPerIPCap: Int? = nil, budget: inout [String: Int], spread: inout SpreadState,
                               provider: (DeliveryGroup) -> String,
                               allow: (AssignedIP, DeliveryGroup) -> Bool) -> [(DeliveryGroup, Candidate)] {
         var out: [(DeliveryGroup, Candidate)] = []
         let byAddress = Dictionary(candidates.map { ($0.ip.address, $0) }, uniquingKeysWith: { a, _ in a })
         for g in groups {
             let need = g.recipients.count
+            let cap = g.priority == .bulk ? min(perIPCap, bulkPerIPCap ?? perIPCap) : perIPCap
             let eligible = candidates.filter { c in
-                c.ip.pool == g.pool && credits[c.node, default: 0] > 0 && inFlight[c.ip.address, default: 0] < perIPCap
+                c.ip.pool == g.pool && credits[c.node, default: 0] > 0 && inFlight[c.ip.address, default: 0] < cap
                     && (budget[c.ip.address].map { $0 >= need } ?? true)
             }
             guard !eligible.isEmpty else { continue }

@@ -3,7 +3,8 @@ import HatoConfig
 import SMTPCore
 
 /// Picks the pool of a submitted message from `routing.rules` (first match wins) or the
-/// default pool, and removes routing headers (e.g. `X-Hato-Pool`) so they are never sent.
+/// default pool, and removes routing headers (e.g. `X-Hato-Pool`) and `X-Hato-Priority` so
+/// they are never sent (nor signed: DKIM signs on the node, after this).
 /// A routing header that names no configured pool refuses the message (`UnknownPool`), never
 /// the default pool in silence. Pure: no I/O.
 public struct PoolRouter: Sendable {
@@ -23,10 +24,16 @@ public struct PoolRouter: Sendable {
     let rules: [RoutingRule]
     let defaultPool: String
     let pools: Set<String>
+    /// Each pool's priority class (`pools[].priority`).
+    let poolPriority: [String: MessagePriority]
 
     public init(routing: RoutingSettings, pools: [PoolSettings]) {
         rules = routing.rules; defaultPool = routing.defaultPool; self.pools = Set(pools.map(\.name))
+        poolPriority = Dictionary(pools.map { ($0.name, $0.priority) }, uniquingKeysWith: { a, _ in a })
     }
+
+    /// The priority class of `pool` (`pools[].priority`; transactional for a pool not configured).
+    public func priority(ofPool pool: String) -> MessagePriority { poolPriority[pool] ?? .transactional }
 
     /// The routing decision.
     public struct Decision: Sendable, Equatable {
@@ -36,6 +43,11 @@ public struct PoolRouter: Sendable {
         public var content: [UInt8]
         /// Which rule matched, for the log (`default` when none).
         public var reason: String
+        /// The class the message's `X-Hato-Priority` field asked for (removed from `content`);
+        /// nil without the field or with a value that is neither `transactional` nor `bulk`.
+        public var requestedPriority: MessagePriority? = nil
+        /// The raw value of an `X-Hato-Priority` field that named no class (for the log), else nil.
+        public var unknownPriority: String? = nil
     }
 
     /// Routes one message.
@@ -47,30 +59,42 @@ public struct PoolRouter: Sendable {
     /// - Throws: `UnknownPool` when a `header` rule without a fixed pool finds a value that names
     ///   no configured pool.
     public func route(authUser: String?, reversePath: String, content: [UInt8]) throws(UnknownPool) -> Decision {
+        var decision = try routeByRules(authUser: authUser, reversePath: reversePath, content: content)
+        if let value = decision.priorityField {
+            decision.decision.requestedPriority = MessagePriority(parsing: value)
+            if decision.decision.requestedPriority == nil { decision.decision.unknownPriority = String(value.prefix(64)) }
+        }
+        return decision.decision
+    }
+
+    /// `route`'s rule walk: strips the routing fields and `X-Hato-Priority` once, then picks the
+    /// pool. - Returns: the decision and the raw `X-Hato-Priority` value (nil without one).
+    private func routeByRules(authUser: String?, reversePath: String, content: [UInt8]) throws(UnknownPool) -> (decision: Decision, priorityField: String?) {
+        let priorityName = PrioritySettings.headerField.lowercased()
         let headerNames = rules.compactMap { r -> String? in if case .header(let h) = r.match { return h.lowercased() }; return nil }
-        var body = content
-        var headerValues: [String: String] = [:]
-        if !headerNames.isEmpty {
-            (body, headerValues) = PoolRouter.strip(fields: Set(headerNames), from: content)
+        let (body, headerValues) = PoolRouter.strip(fields: Set(headerNames + [priorityName]), from: content)
+        let field = headerValues[priorityName]
+        func decided(pool: String, content: [UInt8], reason: String) -> (decision: Decision, priorityField: String?) {
+            (Decision(pool: pool, content: content, reason: reason), field)
         }
         let senderDomain = Queue.domain(of: reversePath)
         for r in rules {
             switch r.match {
             case .authUser(let u):
-                if let authUser, authUser == u, let p = r.pool { return Decision(pool: p, content: body, reason: "auth_user \(u)") }
+                if let authUser, authUser == u, let p = r.pool { return decided(pool: p, content: body, reason: "auth_user \(u)") }
             case .senderDomain(let d):
                 if !senderDomain.isEmpty, d.matches(senderDomain) || d.pattern.lowercased() == senderDomain, let p = r.pool {
-                    return Decision(pool: p, content: body, reason: "sender_domain \(d.pattern)")
+                    return decided(pool: p, content: body, reason: "sender_domain \(d.pattern)")
                 }
             case .header(let h):
                 guard let v = headerValues[h.lowercased()] else { continue }
                 let pool = r.pool ?? v
                 if r.pool != nil && r.pool != v { continue }
                 guard pools.contains(pool) else { throw UnknownPool(header: h, pool: v) }
-                return Decision(pool: pool, content: body, reason: "header \(h)")
+                return decided(pool: pool, content: body, reason: "header \(h)")
             }
         }
-        return Decision(pool: defaultPool, content: body, reason: "default")
+        return decided(pool: defaultPool, content: body, reason: "default")
     }
 
     /// Removes header fields named in `fields` (lower-case), folded lines included, from the

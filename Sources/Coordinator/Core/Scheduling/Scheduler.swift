@@ -573,6 +573,9 @@ public struct Scheduler: Sendable {
         // Leases in flight per IP at most: what the owner's delivery workers for it hold
         // (connections_per_ip workers, each with one lease in progress and one waiting).
         let perIPCap = max(1, config.delivery.connectionsPerIP * 2)
+        // Bulk leases stop short of the workers kept for transactional mail (priority.bulk_reserve),
+        // so a transactional lease always finds a slot, and a free worker at the node.
+        let bulkPerIPCap = max(1, config.priority.usable(config.delivery.connectionsPerIP, by: .bulk) * 2)
         let pools = Set(candidates.map(\.ip.pool))
         // A few rows per credit first (most messages have one recipient per domain; a bigger group
         // is leased in parts); when that does not fill the credits — rows held back by warm-up
@@ -600,7 +603,7 @@ public struct Scheduler: Sendable {
             var trialInFlight = inFlight
             let providers = providerOfDomain
             plan = LeasePlanner.spread(groups, candidates: candidates, credits: &trialCredits, inFlight: &trialInFlight, perIPCap: perIPCap,
-                                       budget: &budget, spread: &trialSpread,
+                                       bulkPerIPCap: bulkPerIPCap, budget: &budget, spread: &trialSpread,
                                        provider: { providers[$0.domain] ?? "domain:" + $0.domain }) { ip, g in
                 trialBackoffs.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now)
             }

@@ -24,6 +24,7 @@ extension PostgreSQLQueueStore {
             case .state: key = "r.state"
             case .pool: key = "r.pool"
             case .ip: key = "COALESCE(r.ip, '-')"
+            case .priority: key = "r.priority"
             }
             let rows = try c.query("""
                 SELECT r.state, \(key), COUNT(*), MIN(r.id) FROM recipients r

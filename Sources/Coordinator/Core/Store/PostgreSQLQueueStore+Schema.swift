@@ -98,10 +98,21 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
             // Complaints from feedback loops (issue 18; PostgreSQLQueueStore+Complaints.swift).
             PostgreSQLMigration(version: 5, sql: PostgreSQLQueueStore.complaintsSchemaSQL),
+            // The priority class (issue 18): per message, copied onto its recipients for the lease
+            // query's index (transactional rows are read before bulk ones), and a tenant's class.
+            PostgreSQLMigration(version: 6, sql: PostgreSQLQueueStore.prioritySchemaSQL),
             // The sending IPs' health history: blocklist listings, FCrDNS verdicts (issue 18).
             PostgreSQLMigration(version: 7, sql: PostgreSQLQueueStore.ipHealthSchemaSQL),
         ])
     }()
+
+    /// Migration 6: the priority class of messages, recipients and tenants (issue 18).
+    static let prioritySchemaSQL = """
+        ALTER TABLE messages ADD COLUMN priority text NOT NULL DEFAULT 'transactional';
+        ALTER TABLE recipients ADD COLUMN priority text NOT NULL DEFAULT 'transactional';
+        ALTER TABLE tenants ADD COLUMN priority text;
+        CREATE INDEX recipients_due_priority ON recipients(priority, next_attempt_at) WHERE state IN ('queued','deferred');
+        """
 
     /// Migration 3: the tenant layer's tables (see `SQLiteQueueStore.tenantSchema`).
     static let tenantSchemaSQL = """

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 // The tenant layer's tables on PostgreSQL (issue 16; migration 3; `TenantStore` has the
 // contract, SQLiteQueueStore+Tenants.swift the same rules on SQLite). Several coordinators share
@@ -29,7 +30,7 @@ extension PostgreSQLQueueStore {
 
     private static let tenantColumns = """
         name, state, state_reason, pool, messages_per_hour, messages_per_day, messages_per_month, recipients_per_message,
-        webhook_url, webhook_secret, created_at
+        webhook_url, webhook_secret, created_at, priority
         """
 
     private static func tenantRow(_ s: PostgreSQLRow) throws -> Tenant {
@@ -37,7 +38,8 @@ extension PostgreSQLQueueStore {
         return Tenant(name: try s.text(0), state: TenantState(rawValue: try s.text(1)) ?? .suspended, stateReason: try s.optionalText(2),
                       pool: try s.optionalText(3),
                       limits: TenantLimits(messagesPerHour: try int(4), messagesPerDay: try int(5), messagesPerMonth: try int(6), recipientsPerMessage: try int(7)),
-                      webhookURL: try s.optionalText(8), webhookSecret: try s.optionalText(9), createdAt: try s.double(10))
+                      webhookURL: try s.optionalText(8), webhookSecret: try s.optionalText(9), createdAt: try s.double(10),
+                      priority: try s.optionalText(11).flatMap { MessagePriority(parsing: $0) })
     }
 
     /// The values of every column but `name` and `created_at`, in `tenantColumns` order.
@@ -49,8 +51,8 @@ extension PostgreSQLQueueStore {
     /// Creates a tenant. - Throws: `TenantStoreError.exists`, or `PostgreSQLError`.
     public func createTenant(_ tenant: Tenant) throws {
         try pool.transaction { c in
-            let n = try c.run("INSERT INTO tenants(\(Self.tenantColumns)) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-                              [.text(tenant.name)] + Self.tenantValues(tenant) + [.double(tenant.createdAt)])
+            let n = try c.run("INSERT INTO tenants(\(Self.tenantColumns)) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+                              [.text(tenant.name)] + Self.tenantValues(tenant) + [.double(tenant.createdAt), Self.optional(tenant.priority?.rawValue)])
             guard n == 1 else { throw TenantStoreError.exists("tenant \(tenant.name)") }
             try Self.bumpTenantsVersion(on: c)
         }
@@ -72,8 +74,8 @@ extension PostgreSQLQueueStore {
         try pool.transaction { c in
             let n = try c.run("""
                 UPDATE tenants SET state = $1, state_reason = $2, pool = $3, messages_per_hour = $4, messages_per_day = $5, messages_per_month = $6,
-                  recipients_per_message = $7, webhook_url = $8, webhook_secret = $9 WHERE name = $10
-                """, Self.tenantValues(tenant) + [.text(tenant.name)])
+                  recipients_per_message = $7, webhook_url = $8, webhook_secret = $9, priority = $10 WHERE name = $11
+                """, Self.tenantValues(tenant) + [Self.optional(tenant.priority?.rawValue), .text(tenant.name)])
             guard n == 1 else { throw TenantStoreError.notFound("tenant \(tenant.name)") }
             try Self.bumpTenantsVersion(on: c)
         }

@@ -161,21 +161,22 @@ public final class PostgreSQLQueueStore: QueueStore {
         for m in messages {
             let t = m.receivedAt.timeIntervalSince1970
             try c.run("""
-                INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant)
-                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority)
+                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 """, [.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t), .text(m.heloName),
                       .text(m.clientAddress), .bytea(m.content), .int(Int64(m.recipients.count)), optional(m.authenticatedUser),
-                      optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant)])
+                      optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant), .text(m.priority.rawValue)])
             try recordIdempotency(of: m, on: c)
             guard !m.recipients.isEmpty else { continue }
             let parameters = m.recipients.indices.map { $0 < m.recipientParameters.count ? m.recipientParameters[$0] : RecipientParameters() }
             // One statement for every recipient, ids assigned in RCPT order.
             try c.run("""
-                INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool)
-                SELECT $1, u.a, u.d, 'queued', $2, $2, u.n, u.o, $3
+                INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority)
+                SELECT $1, u.a, u.d, 'queued', $2, $2, u.n, u.o, $3, $8
                 FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS u(a, d, n, o, i) ORDER BY u.i
                 """, [.text(m.id), .double(t), .text(m.pool), .text(Self.array(m.recipients)), .text(Self.array(m.recipients.map(Queue.domain(of:)))),
-                      .text(Self.array(parameters.map { $0.notify?.text })), .text(Self.array(parameters.map(\.originalRecipient)))])
+                      .text(Self.array(parameters.map { $0.notify?.text })), .text(Self.array(parameters.map(\.originalRecipient))),
+                      .text(m.priority.rawValue)])
             if let suppression {
                 // The sender domain as SQLite's trigger computes it: the text after the last '@'.
                 let scopeCondition = suppression == .senderDomain
@@ -221,20 +222,28 @@ public final class PostgreSQLQueueStore: QueueStore {
 
     // MARK: Scheduling
 
-    /// Recipients in state queued/deferred whose next attempt is due, oldest first.
+    /// Recipients in state queued/deferred whose next attempt is due: every due transactional
+    /// one first, oldest first, then bulk ones, oldest first (issue 18).
     /// - Throws: `PostgreSQLError`.
     public func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
         guard !pools.isEmpty, limit > 0 else { return [] }
         return try pool.withConnection { c in
-            try c.query("""
-                SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path FROM recipients r
-                JOIN messages m ON m.id = r.message_id
-                WHERE r.state IN ('queued', 'deferred') AND r.next_attempt_at <= $1 AND m.pool = ANY($2::text[])
-                ORDER BY r.next_attempt_at, r.id LIMIT $3
-                """, [.double(now.timeIntervalSince1970), .text(Self.array(pools.sorted())), .int(Int64(limit))]).map {
-                DueRecipient(id: try $0.int(0), messageID: try $0.text(1), address: try $0.text(2), domain: try $0.text(3),
-                             pool: try $0.text(4), reversePath: try $0.text(5))
+            var out: [DueRecipient] = []
+            // One range scan of the partial (priority, next_attempt_at) index per class.
+            for priority in [MessagePriority.transactional, .bulk] {
+                let wanted = limit - out.count
+                guard wanted > 0 else { break }
+                out += try c.query("""
+                    SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path FROM recipients r
+                    JOIN messages m ON m.id = r.message_id
+                    WHERE r.state IN ('queued', 'deferred') AND r.priority = $4 AND r.next_attempt_at <= $1 AND m.pool = ANY($2::text[])
+                    ORDER BY r.next_attempt_at, r.id LIMIT $3
+                    """, [.double(now.timeIntervalSince1970), .text(Self.array(pools.sorted())), .int(Int64(wanted)), .text(priority.rawValue)]).map {
+                    DueRecipient(id: try $0.int(0), messageID: try $0.text(1), address: try $0.text(2), domain: try $0.text(3),
+                                 pool: try $0.text(4), reversePath: try $0.text(5), priority: priority)
+                }
             }
+            return out
         }
     }
 
@@ -469,9 +478,10 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// - Throws: `PostgreSQLError`.
     public func message(id: String) throws -> MessageRecord? {
         try pool.withConnection { c in
-            guard var m = try c.query("SELECT id, reverse_path, pool, size, received_at, client_address, tenant FROM messages WHERE id = $1", [.text(id)]).first.map({
+            guard var m = try c.query("SELECT id, reverse_path, pool, size, received_at, client_address, tenant, priority FROM messages WHERE id = $1", [.text(id)]).first.map({
                 MessageRecord(id: try $0.text(0), reversePath: try $0.text(1), pool: try $0.text(2), size: Int(try $0.int(3)),
-                              receivedAt: try $0.double(4), clientAddress: try $0.text(5), recipients: [], tenant: try $0.optionalText(6))
+                              receivedAt: try $0.double(4), clientAddress: try $0.text(5), recipients: [], tenant: try $0.optionalText(6),
+                              priority: MessagePriority(parsing: try $0.text(7)))
             }) else { return nil }
             m.recipients = try c.query("""
                 SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, node, ip, mx, updated_at

@@ -50,6 +50,8 @@ public struct NewMessage: Sendable {
     public var tenant: String?
     /// The HTTP API's `Idempotency-Key` record, written in the same transaction (nil: none).
     public var idempotency: IdempotencyRecord?
+    /// The priority class (issue 18), stored with the message and each of its recipients. Default transactional.
+    public var priority: MessagePriority = .transactional
     public init(id: String, reversePath: String, recipients: [String], pool: String, content: [UInt8], heloName: String, clientAddress: String, receivedAt: Date,
                 authenticatedUser: String? = nil, dsnReturn: DSNReturn? = nil, envelopeID: String? = nil, recipientParameters: [RecipientParameters] = [],
                 tenant: String? = nil, idempotency: IdempotencyRecord? = nil) {
@@ -68,8 +70,12 @@ public struct DueRecipient: Sendable, Equatable {
     public var domain: String
     public var pool: String
     public var reversePath: String
-    public init(id: Int64, messageID: String, address: String, domain: String, pool: String, reversePath: String) {
+    /// The message's priority class (issue 18).
+    public var priority: MessagePriority
+    public init(id: Int64, messageID: String, address: String, domain: String, pool: String, reversePath: String,
+                priority: MessagePriority = .transactional) {
         self.id = id; self.messageID = messageID; self.address = address; self.domain = domain; self.pool = pool; self.reversePath = reversePath
+        self.priority = priority
     }
 }
 
@@ -174,4 +180,6 @@ public struct MessageRecord: Codable, Sendable, Equatable {
     public var recipients: [RecipientRecord]
     /// The tenant the message belongs to, nil for none (issue 16).
     public var tenant: String? = nil
+    /// Its priority class (issue 18): `transactional` or `bulk`.
+    public var priority: MessagePriority? = nil
 }

@@ -31,6 +31,8 @@ import Foundation
 //   complaints [id]               complaints from feedback loops (issue 18, PostgreSQL migration 5)
 //   ip_health_history [ip, zone, at, event]
 //                                 the sending IPs' blocklist/FCrDNS history (migration 7)
+//   messages.priority, recipients.priority, tenants.priority
+//                                 the priority class (issue 18, PostgreSQL migration 6)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id, complaints.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -131,6 +133,7 @@ extension StoreMigration {
             Column("received_at", .double), Column("helo", .text), Column("client_address", .text),
             Column("body", .blob, nullable: true), Column("open_recipients", .int), Column("auth_user", .text, nullable: true),
             Column("dsn_ret", .text, nullable: true), Column("dsn_envid", .text, nullable: true), Column("tenant", .text, nullable: true),
+            Column("priority", .text),
         ], key: ["id"], identity: nil, pageSize: 200),
         Table(name: "recipients", columns: [
             Column("id", .int), Column("message_id", .text), Column("address", .text), Column("domain", .text), Column("state", .text),
@@ -139,6 +142,7 @@ extension StoreMigration {
             Column("node", .text, nullable: true), Column("ip", .text, nullable: true), Column("mx", .text, nullable: true),
             Column("updated_at", .double), Column("dsn_notify", .text, nullable: true), Column("dsn_orcpt", .text, nullable: true),
             Column("pool", .text, sqliteExpression: "COALESCE(%@, (SELECT m.\"pool\" FROM \"messages\" m WHERE m.\"id\" = \"recipients\".\"message_id\"))"),
+            Column("priority", .text),
         ], key: ["id"], identity: "id", pageSize: 2000),
         Table(name: "leases", columns: [
             Column("id", .text), Column("node", .text), Column("instance", .text), Column("ip", .text), Column("message_id", .text),
@@ -186,6 +190,7 @@ extension StoreMigration {
             Column("messages_per_hour", .int, nullable: true), Column("messages_per_day", .int, nullable: true),
             Column("messages_per_month", .int, nullable: true), Column("recipients_per_message", .int, nullable: true),
             Column("webhook_url", .text, nullable: true), Column("webhook_secret", .text, nullable: true), Column("created_at", .double),
+            Column("priority", .text, nullable: true),
         ], key: ["name"], identity: nil, pageSize: 2000),
         Table(name: "tenant_users", columns: [Column("name", .text), Column("tenant", .text), Column("password_hash", .text), Column("created_at", .double)],
               key: ["name"], identity: nil, pageSize: 2000),

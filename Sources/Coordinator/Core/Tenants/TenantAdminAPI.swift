@@ -11,7 +11,7 @@ import SMTPCore
 /// | GET | `/v1/tenants` | | every tenant with its usage |
 /// | POST | `/v1/tenants` | `TenantRequest` | create (201: `Created`, with its first API key, shown this once) |
 /// | GET | `/v1/tenants/{t}` | | one tenant: usage, SMTP users, API keys (never secrets), domains |
-/// | PATCH | `/v1/tenants/{t}` | `TenantRequest` | change pool, limits, webhook (absent keys unchanged) |
+/// | PATCH | `/v1/tenants/{t}` | `TenantRequest` | change pool, priority, limits, webhook (absent keys unchanged) |
 /// | DELETE | `/v1/tenants/{t}` | | delete (409 while it has waiting mail) |
 /// | POST | `/v1/tenants/{t}/suspend` | `{"reason": …}` | refuse its new mail, hold its waiting mail |
 /// | POST | `/v1/tenants/{t}/resume` | | accept again, release the held mail |
@@ -46,6 +46,8 @@ public struct TenantAdminAPI: Sendable {
         public var state: String
         public var stateReason: String?
         public var pool: String?
+        /// `transactional` or `bulk` (issue 18); nil: the pool's class.
+        public var priority: String?
         public var limits: TenantLimits
         public var webhookUrl: String?
         /// The webhook signing secret Hato generated, in the answer that generated it only.
@@ -56,6 +58,7 @@ public struct TenantAdminAPI: Sendable {
         /// The view of `t` with its counts (never its webhook secret).
         public init(_ t: Tenant, usage: TenantUsage?) {
             name = t.name; state = t.state.rawValue; stateReason = t.stateReason; pool = t.pool; limits = t.limits
+            priority = t.priority?.rawValue
             webhookUrl = t.webhookURL; webhookSecret = nil; self.usage = usage; createdAt = t.createdAt
         }
     }
@@ -92,8 +95,12 @@ public struct TenantAdminAPI: Sendable {
         public var limits: TenantLimits?
         public var webhookUrl: String?
         public var webhookSecret: String?
-        public init(name: String? = nil, pool: String? = nil, limits: TenantLimits? = nil, webhookUrl: String? = nil, webhookSecret: String? = nil) {
+        /// `transactional` or `bulk` (issue 18); empty: back to the pool's class.
+        public var priority: String?
+        public init(name: String? = nil, pool: String? = nil, limits: TenantLimits? = nil, webhookUrl: String? = nil, webhookSecret: String? = nil,
+                    priority: String? = nil) {
             self.name = name; self.pool = pool; self.limits = limits; self.webhookUrl = webhookUrl; self.webhookSecret = webhookSecret
+            self.priority = priority
         }
     }
 
@@ -193,6 +200,15 @@ public struct TenantAdminAPI: Sendable {
         KeyView(id: k.id, label: k.label, createdAt: k.createdAt, lastUsedAt: k.lastUsedAt, revokedAt: k.revokedAt, key: text)
     }
 
+    /// The class a request's `priority` names: nil for absent, `.some(nil)` for empty (the pool's).
+    /// - Throws: `TenantRequestError` for anything but `transactional`, `bulk` or empty.
+    private static func priority(_ text: String?) throws -> MessagePriority?? {
+        guard let text else { return .none }
+        if text.isEmpty { return .some(nil) }
+        guard let p = MessagePriority(parsing: text) else { throw TenantRequestError(message: "priority must be transactional or bulk (empty: the pool's)") }
+        return .some(p)
+    }
+
     /// Checks that `pool` (when given and not empty) is a configured pool.
     private func validate(pool: String?) throws {
         guard let pool, !pool.isEmpty, let known = pools?(), !known.contains(pool) else { return }
@@ -230,8 +246,9 @@ public struct TenantAdminAPI: Sendable {
         }
         try Self.validate(body.limits, webhook: body.webhookUrl)
         try validate(pool: body.pool)
+        let priority = try Self.priority(body.priority)
         var t = Tenant(name: name, pool: body.pool, limits: body.limits ?? TenantLimits(), webhookURL: body.webhookUrl,
-                       webhookSecret: body.webhookSecret, createdAt: clock.now().timeIntervalSince1970)
+                       webhookSecret: body.webhookSecret, createdAt: clock.now().timeIntervalSince1970, priority: priority ?? nil)
         let generated = Self.generateSecretIfNeeded(&t)
         try store.createTenant(t)
         // Its first API key, shown once in this answer.
@@ -259,6 +276,7 @@ public struct TenantAdminAPI: Sendable {
         try Self.validate(body.limits, webhook: body.webhookUrl)
         try validate(pool: body.pool)
         if let pool = body.pool { t.pool = pool.isEmpty ? nil : pool }
+        if let priority = try Self.priority(body.priority) { t.priority = priority }
         if let limits = body.limits { t.limits = limits }
         if let w = body.webhookUrl { t.webhookURL = w.isEmpty ? nil : w }
         if let s = body.webhookSecret { t.webhookSecret = s.isEmpty ? nil : s }

@@ -5,7 +5,7 @@ import SMTPCore
 /// The operator CLI's `tenant` commands (admin API `/v1/tenants…`, `TenantAdminAPI`):
 ///
 /// - `tenant list`
-/// - `tenant create NAME [--pool P] [--limit N/day,…] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N] [--webhook URL] [--webhook-secret-file F]`
+/// - `tenant create NAME [--pool P] [--priority transactional|bulk] [--limit N/day,…] [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N] [--webhook URL] [--webhook-secret-file F]`
 ///   (prints its first API key once; `add` is the same)
 /// - `tenant show NAME` · `tenant set NAME [the options of add; 0 removes a limit]` · `tenant delete NAME`
 /// - `tenant suspend NAME [--reason TEXT]` · `tenant resume NAME`
@@ -19,11 +19,11 @@ public struct TenantCommands {
     /// Commands this type runs.
     public static let names: Set<String> = ["tenant", "tenants"]
     /// The value options the commands take.
-    public static let valueOptions: Set<String> = ["limit", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file"]
+    public static let valueOptions: Set<String> = ["limit", "label", "per-hour", "per-day", "per-month", "max-recipients", "webhook", "webhook-secret-file", "priority"]
 
     static let usage = """
         usage: hato-coordinator tenant list
-               hato-coordinator tenant create NAME [--pool P] [--limit 10000/day[,500/hour,1000000/month,50/message]]
+               hato-coordinator tenant create NAME [--pool P] [--priority transactional|bulk] [--limit 10000/day[,500/hour,1000000/month,50/message]]
                                            [--per-hour N] [--per-day N] [--per-month N] [--max-recipients N]
                                            [--webhook URL] [--webhook-secret-file FILE]     (prints its first API key once)
                hato-coordinator tenant show NAME | set NAME [options of add; 0 removes a limit] | delete NAME
@@ -155,7 +155,8 @@ public struct TenantCommands {
                 throw AdminClient.Failure(description: "--webhook-secret-file: cannot read \(f)")
             }
         }
-        return TenantAdminAPI.TenantRequest(name: name, pool: o["pool"], limits: changed ? limits : nil, webhookUrl: o["webhook"], webhookSecret: secret)
+        return TenantAdminAPI.TenantRequest(name: name, pool: o["pool"], limits: changed ? limits : nil, webhookUrl: o["webhook"], webhookSecret: secret,
+                                            priority: o["priority"])
     }
 
     private func add(_ name: String, _ o: [String: String]) throws {
@@ -192,6 +193,7 @@ public struct TenantCommands {
         print("tenant:     \(t.name)")
         print("state:      \(t.state)\(t.stateReason.map { " (\($0))" } ?? "")")
         print("pool:       \(t.pool ?? "(routing rules)")")
+        print("priority:   \(t.priority ?? "(the pool's)")")
         print("this hour:  \(t.usage?.hour ?? 0) of \(limit(t.limits.messagesPerHour)) messages")
         print("today:      \(t.usage?.day ?? 0) of \(limit(t.limits.messagesPerDay)) messages")
         print("this month: \(t.usage?.month ?? 0) of \(limit(t.limits.messagesPerMonth)) messages")

@@ -1,4 +1,5 @@
 import Foundation
+import SMTPCore
 
 // The values of the tenant layer (issue 16): a relay service's customers, their credentials,
 // sending domains, limits and delivery events. Stored by both queue stores (`TenantStore`),
@@ -56,12 +57,16 @@ public struct Tenant: Sendable, Equatable {
     public var webhookSecret: String?
     /// When it was created, seconds since 1970.
     public var createdAt: Double
+    /// The priority class of its mail (issue 18); nil: its pool's. `bulk` here cannot be raised
+    /// by a message's `X-Hato-Priority` or the HTTP API's `priority` (see `MessagePriority.resolved`).
+    public var priority: MessagePriority?
 
     /// A tenant from its parts.
     public init(name: String, state: TenantState = .active, stateReason: String? = nil, pool: String? = nil,
-                limits: TenantLimits = TenantLimits(), webhookURL: String? = nil, webhookSecret: String? = nil, createdAt: Double) {
+                limits: TenantLimits = TenantLimits(), webhookURL: String? = nil, webhookSecret: String? = nil, createdAt: Double,
+                priority: MessagePriority? = nil) {
         self.name = name; self.state = state; self.stateReason = stateReason; self.pool = pool; self.limits = limits
-        self.webhookURL = webhookURL; self.webhookSecret = webhookSecret; self.createdAt = createdAt
+        self.webhookURL = webhookURL; self.webhookSecret = webhookSecret; self.createdAt = createdAt; self.priority = priority
     }
 
     /// Whether a message is this tenant's: stored with its name and received since it was

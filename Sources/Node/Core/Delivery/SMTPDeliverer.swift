@@ -32,6 +32,9 @@ public struct DeliveryRequest: Sendable {
     /// (`TLSRequirement.tag`): STARTTLS is required there, and a pooled session is reused only
     /// when its `TLSSessionInfo.authentication` matches (RFC 8461 §5, RFC 7672 §2.2).
     public var authenticatedTLSHosts: [String: String] = [:]
+    /// The message's priority class (issue 18): a bulk delivery never takes the connection
+    /// slots `priority.bulk_reserve` keeps for transactional mail. Default transactional.
+    public var priority: MessagePriority = .transactional
 
     /// A request from its parts (see the properties).
     public init(reversePath: String, recipients: [DeliveryRecipient], body: [UInt8], sendingIP: String, heloName: String) {
@@ -241,7 +244,7 @@ public final class SMTPDeliverer: Sendable {
             switch action {
             case .checkout(let target, let policy, let deadline):
                 switch pool.checkout(sendingIP: request.sendingIP, heloName: request.heloName, target: target,
-                                     requireTLS: policy == .required, until: deadline) {
+                                     requireTLS: policy == .required, until: deadline, priority: request.priority) {
                 case .unavailable(let why):
                     action = attempt.checkedOut(.unavailable(why), now: clock.now)
                 case .reuse(let c):

@@ -1,0 +1,69 @@
+import ClusterProtocol
+import Foundation
+import Testing
+@testable import HatoConfig
+@testable import HatoNode
+@testable import SMTPCore
+
+/// Issue 18, priority at the node: the lease queue and the connection slots kept for
+/// transactional mail (filter: `PriorityNodeTests`).
+@Suite("PriorityNodeTests")
+struct PriorityNodeTests {
+    static func held(_ id: String, _ p: MessagePriority?) -> HeldLease {
+        HeldLease(lease: Lease(leaseID: id, sendingIP: "127.0.0.10", helo: "a.test", messageID: id, reversePath: "", domain: "x.test",
+                               recipients: [], expiresIn: 60, priority: p),
+                  body: [], deadline: .now + .seconds(60))
+    }
+
+    @Test("the lease queue gives transactional leases before bulk ones; a worker kept for transactional mail never takes bulk")
+    func leaseQueue() {
+        let q = LeaseQueue()
+        q.push(Self.held("b1", .bulk)); q.push(Self.held("t1", .transactional)); q.push(Self.held("b2", .bulk)); q.push(Self.held("t2", nil))
+        #expect(q.pop()?.lease.leaseID == "t1")
+        #expect(q.pop(takingBulk: false)?.lease.leaseID == "t2", "a lease without a class (an older coordinator's) is transactional")
+        q.close()
+        #expect(q.pop(takingBulk: false) == nil, "only bulk is left: the reserved worker ends, the bulk stays for the others")
+        #expect(q.pop()?.lease.leaseID == "b1")
+        #expect(q.pop()?.lease.leaseID == "b2")
+        #expect(q.pop() == nil)
+    }
+
+    @Test("bulk never takes the last bulk_reserve connection slots of a (sending IP, provider) pair, idle sessions or not")
+    func ledgerReserve() {
+        typealias Ledger = ShapingLedger<Int>
+        let t0 = ContinuousClock.now
+        var l = Ledger(shaping: ShapingSettings(defaults: ShapingLimits(maxConnections: 3)), idleTimeout: .seconds(30), priority: PrioritySettings(bulkReserve: 1))
+        let target = DeliveryTarget(host: "mx.x.test", address: "192.0.2.1", port: 25)
+        let route = SessionRoute(sendingIP: "127.0.0.10", heloName: "a.test", target: target)
+        func request(_ p: MessagePriority) -> Ledger.CheckoutRequest { Ledger.CheckoutRequest(route: route, requireTLS: false, priority: p) }
+        func isOpen(_ d: Ledger.Decision) -> Bool { if case .open = d { return true } else { return false } }
+        func isWait(_ d: Ledger.Decision) -> Bool { if case .wait = d { return true } else { return false } }
+        let later = t0 + .seconds(10)
+        // Two bulk sessions take the two slots bulk may use; the third waits.
+        let a = l.checkout(request(.bulk), now: t0, deadline: later)
+        let b = l.checkout(request(.bulk), now: t0, deadline: later)
+        #expect(isOpen(a.decision) && isOpen(b.decision))
+        #expect(isWait(l.checkout(request(.bulk), now: t0, deadline: later).decision))
+        #expect(!l.mayCheckout(request(.bulk)) && l.mayCheckout(request(.transactional)))
+        // The reserved slot goes to transactional mail.
+        let t = l.checkout(request(.transactional), now: t0, deadline: later)
+        #expect(isOpen(t.decision))
+        let key = l.key(sendingIP: "127.0.0.10", mxHost: "mx.x.test").0
+        // The transactional session goes idle: bulk may not reuse it while two bulk sessions are busy.
+        let kept = l.checkin(3, route: route, key: key, hasTLS: false, keepable: true, now: t0)
+        #expect(kept)
+        #expect(l.busyConnections(key) == 2)
+        #expect(isWait(l.checkout(request(.bulk), now: t0, deadline: later).decision))
+        // Past the deadline a bulk request is unavailable with a reason naming the reserve.
+        if case .unavailable(let why) = l.checkout(request(.bulk), now: later, deadline: later).decision {
+            #expect(why.contains("transactional"))
+        } else { Issue.record("expected unavailable") }
+        // One bulk session ends: bulk may reuse the idle session now.
+        l.release(key)
+        if case .reuse(let s) = l.checkout(request(.bulk), now: t0, deadline: later).decision { #expect(s == 3) } else { Issue.record("expected reuse") }
+        // A pair limited to one connection keeps no reserve (bulk could never send).
+        var one = Ledger(shaping: ShapingSettings(defaults: ShapingLimits(maxConnections: 1)), idleTimeout: .zero, priority: PrioritySettings(bulkReserve: 1))
+        let only = one.checkout(request(.bulk), now: t0, deadline: later)
+        #expect(isOpen(only.decision))
+    }
+}
