@@ -22,6 +22,15 @@ public protocol SchedulerQueue {
     /// Recipients leased per sending IP on a UTC day (warm-up counts).
     /// - Throws: a store error.
     func dailyAttempts(day: Int) throws -> [String: Int]
+    /// Recipients leased per sending IP and provider label on a UTC day (per-provider warm-up
+    /// caps): IP → provider → count.
+    /// - Throws: a store error.
+    func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]]
+}
+
+extension SchedulerQueue {
+    /// None (a queue without per-provider counts).
+    public func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]] { [:] }
 }
 
 /// A log line the scheduler asks its shell to write.

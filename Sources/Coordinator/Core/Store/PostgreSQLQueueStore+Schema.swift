@@ -96,6 +96,8 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 3, sql: tenantSchemaSQL),
             // The dashboard's operator accounts (issue 17).
             PostgreSQLMigration(version: 4, sql: PostgreSQLQueueStore.operatorsSchemaSQL),
+            // Reputation signals and per-provider warm-up counts (issue 18; PostgreSQLQueueStore+Reputation.swift).
+            PostgreSQLMigration(version: 8, sql: PostgreSQLQueueStore.reputationSchemaSQL),
         ])
     }()
 

@@ -28,6 +28,8 @@ import Foundation
 //                                 the tenant layer (issue 16), with `messages.tenant`;
 //                                 sealed keys and key hashes BLOB → bytea
 //   operators [name]              the dashboard's operator accounts (PostgreSQL migration 4)
+//   reputation_counts [ip, provider, bucket, kind], ip_provider_daily [ip, provider, day]
+//                                 reputation signals and per-provider warm-up counts (migration 8)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -208,6 +210,12 @@ extension StoreMigration {
         Table(name: "tenant_version", columns: [Column("id", .int), Column("version", .int)], key: ["id"], identity: nil, pageSize: 2000),
         Table(name: "operators", columns: [Column("name", .text), Column("password_hash", .text), Column("created_at", .double)],
               key: ["name"], identity: nil, pageSize: 2000),
+        // Reputation signals and per-provider warm-up counts (issue 18, migration 8).
+        Table(name: "reputation_counts", columns: [
+            Column("ip", .text), Column("provider", .text), Column("bucket", .int), Column("kind", .text), Column("count", .int),
+        ], key: ["ip", "provider", "bucket", "kind"], identity: nil, pageSize: 2000),
+        Table(name: "ip_provider_daily", columns: [Column("ip", .text), Column("provider", .text), Column("day", .int), Column("attempts", .int)],
+              key: ["ip", "provider", "day"], identity: nil, pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.
