@@ -100,7 +100,10 @@ enum CommandHelp {
             arguments:
               --detail             also WEIGHT (ips[].weight), TARGET (the share of its pool's mail the
                                    weights give it), LEASED (recipients leased to it since the coordinator
-                                   started) and SHARE (its real share of its pool's leased recipients)
+                                   started), SHARE (its real share of its pool's leased recipients),
+                                   PROVIDER-CAPS (per-provider warm-up caps today: used/cap), and a second
+                                   table of the rolling reputation signals per (IP, provider) with the
+                                   pause or throttle a reputation rule set and why
 
             example:
               hato-coordinator ips --detail
