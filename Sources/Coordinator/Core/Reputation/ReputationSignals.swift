@@ -223,11 +223,11 @@ public enum RewarmRamp {
     ///   - since: when the IP resumed.
     ///   - now: the current time.
     ///   - settings: the ramp.
-    /// - Returns: the cap (at least 1), or nil when the ramp is over.
+    /// - Returns: the cap (rounded down, at least 1), or nil when the ramp is over.
     public static func cap(full: Int, since: Date, now: Date, settings: RewarmSettings) -> Int? {
         let elapsed = max(0, now.timeIntervalSince(since))
         guard elapsed < settings.over else { return nil }
         let share = settings.start + (1 - settings.start) * elapsed / settings.over
-        return max(1, Int((Double(full) * share).rounded(.up)))
+        return max(1, Int((Double(full) * share).rounded(.down)))
     }
 }
