@@ -126,5 +126,61 @@ extension Integration {
                 throw error
             }
         }
+    
+        @Test("a per-provider warm-up cap (gmail 5/day per IP on day 1) is exact cluster-wide over two nodes and a coordinator restart; other mail flows")
+        func providerCapClusterWide() throws {
+            waitOutUTCMidnight(ifWithin: 90)
+            let today = Integration.DeliverabilityIntegrationTests.today()
+            let ips = "ips:\n" + [(10, "node-a"), (11, "node-a"), (12, "node-b"), (13, "node-b")].map { n, node in
+                "  - { address: 127.0.0.\(n), helo: mta\(n).it.test, pool: transactional, nodes: [\(node)], warmup: { plan: w, start: \(today) } }"
+            }.joined(separator: "\n") + "\nwarmup:\n  - { name: w, daily: [1000], providers: { gmail: [5] } }"
+            let cluster = try LocalCluster(routesYAML: """
+                routes:
+                  - { domain: hato.test, next_hop: "127.0.0.1:PORT1" }
+                  - { domain: gmail.com, next_hop: "127.0.0.1:PORT1" }
+
+                """, ipsYAML: ips)
+            defer { cluster.shutdown() }
+            let yaml = try String(contentsOfFile: cluster.configPath, encoding: .utf8)
+                .replacingOccurrences(of: "127.0.0.1:PORT1", with: "127.0.0.1:\(cluster.capture.address.port)")
+            try yaml.write(toFile: cluster.configPath, atomically: true, encoding: .utf8)
+            do {
+                try cluster.startCoordinator()
+                try cluster.startNodesAndWait()
+                func send(_ range: Range<Int>, domain: String) throws {
+                    _ = try submitWithSmtplib(port: cluster.smtpPort, messages: range.map { i in
+                        ("", ["u\(i)@\(domain)"], testMessage(i, to: "u\(i)@\(domain)"))
+                    }, connections: 4, dir: cluster.dir)
+                }
+                func gmail() -> [String: Int] {
+                    Dictionary(grouping: cluster.capture.received.filter { $0.recipients.first?.hasSuffix("@gmail.com") == true }, by: \.peerAddress)
+                        .mapValues(\.count)
+                }
+                try send(0..<40, domain: "gmail.com")
+                try send(100..<140, domain: "hato.test")
+                try waitUntil("20 gmail and 40 other delivered", timeout: 60) { cluster.capture.received.count >= 60 }
+                Thread.sleep(forTimeInterval: 2)  // time to (wrongly) send more
+                #expect(gmail() == ["127.0.0.10": 5, "127.0.0.11": 5, "127.0.0.12": 5, "127.0.0.13": 5], "\(gmail())")
+                #expect(cluster.capture.received.count == 60)
+                let rows = try cluster.admin("/v1/ips") as? [[String: Any]] ?? []
+                let caps = rows.compactMap { ($0["warmup_providers"] as? [[String: Any]])?.first }
+                #expect(caps.count == 4 && caps.allSatisfy { $0["provider"] as? String == "gmail" && $0["cap"] as? Int == 5 && $0["sent"] as? Int == 5 }, "\(rows)")
+                let (_, list) = try cluster.cli(["queue", "list", "--domain", "gmail.com"])
+                #expect(list.contains("warm-up cap for provider gmail"), "\(list)")
+
+                // A restarted coordinator (a new leader) counts from the store: still none over the cap.
+                cluster.stopCoordinator()
+                try cluster.startCoordinator()
+                try cluster.waitForNodes(["node-a", "node-b"], state: "active", timeout: 60)
+                try send(200..<210, domain: "hato.test")
+                try waitUntil("10 more other delivered", timeout: 60) { cluster.capture.received.count >= 70 }
+                Thread.sleep(forTimeInterval: 2)
+                #expect(gmail().values.reduce(0, +) == 20, "after the restart: \(gmail())")
+                print("per-provider cap: gmail deliveries per IP \(gmail().sorted { $0.key < $1.key }) (cap 5 each), 20 still waiting; after a coordinator restart still \(gmail().values.reduce(0, +))")
+            } catch {
+                Issue.record("\(error)\n\(cluster.logs)")
+                throw error
+            }
+        }
     }
 }

@@ -251,7 +251,10 @@ public struct Scheduler: Sendable {
         for r in results {
             if let lease = leases.finished(r.leaseID), let mx = r.mxHost {
                 providerOfDomain[lease.domain] = config.shaping.group(forMXHost: mx).name
-                labelOfDomain[lease.domain] = config.providerName(forMXHost: mx)
+                // A well-known domain keeps its label when its MX host says nothing more (a
+                // route to a smarthost): gmail.com stays gmail (pauses, per-provider warm-up caps).
+                let label = config.providerName(forMXHost: mx)
+                if label != "other" || MailboxProvider.name(forDomain: lease.domain) == nil { labelOfDomain[lease.domain] = label }
             }
             out.append(.send(r.connection, .resultAck(ResultAckMessage(leaseID: r.leaseID))))
         }
