@@ -138,6 +138,9 @@ struct ReputationRulesTests {
         ])
         #expect(c.reputation.rewarm == RewarmSettings(start: 0.25, over: 3 * 86_400, daily: 5000))
         #expect(c.reputation.rules[0].summary == "spam_bounces > 2% of ≥500 attempts in 1h → pause 2h")
+        // Rules and the ramp apply on reload, without a restart.
+        let reload = ConfigReload(from: try ClusterConfig.parse(Self.base, path: "/etc/hato/cluster.yml"), to: c)
+        #expect(reload.liveKeys.contains("reputation.rules") && reload.liveKeys.contains("reputation.rewarm") && reload.restartRequired.isEmpty)
         let bad: [(String, String, Int)] = [
             ("reputation: { rules: [ { signal: spammy, above: 2%, action: pause, duration: 1h } ] }", "reputation.rules[0].signal", 8),
             ("reputation: { rules: [ { signal: bounces, above: 2, action: pause, duration: 1h } ] }", "reputation.rules[0].above", 8),
