@@ -248,6 +248,35 @@ struct ReputationRulesTests {
         #expect(d.backoffEvents.count == eventsBefore, "no re-firing on the old figures")
     }
 
+    @Test("complaints count against their pair and fire a complaints rule; a pair already paused is not evaluated again")
+    func complaints() throws {
+        let yaml = Self.yaml.replacingOccurrences(of: "- { signal: spam_bounces, above: 2%, min_volume: 50, window: 1h, action: pause, duration: 2h }",
+                                                  with: "- { signal: complaints, above: 1%, min_volume: 100, window: 1d, action: throttle, rate: 5/min, duration: 1h }")
+        let d = try SchedulerDriver(yaml: yaml, start: Self.t0, kind: .sqlite)
+        d.join("node-a", 1, bindable: ["127.0.0.10"], credits: 200)
+        try d.enqueue(150, domain: "x.test")
+        for _ in 0..<2 {   // at most 100 leases in flight per IP: two rounds
+            d.tick()
+            d.report(1) { _ in (.delivered, Self.ok) }
+        }
+        let provider = "mx:mx.x.test"
+        #expect(d.scheduler.signals.counts(ip: "127.0.0.10", provider: provider, window: 86_400, now: d.now).delivered == 150)
+        d.perform(d.scheduler.complaintRecorded(ip: "127.0.0.10", provider: provider, at: d.now, now: d.now))
+        #expect(d.backoffEvents.isEmpty, "1 of 150 is not above 1%")
+        d.perform(d.scheduler.complaintRecorded(ip: "127.0.0.10", provider: provider, at: d.now, now: d.now))
+        let e = try #require(d.scheduler.backoffs.entry(ip: "127.0.0.10", provider: provider))
+        #expect(e.action == .throttle && e.ratePerMinute == 5)
+        #expect(e.reason == "reputation rule 1 (complaints > 1% of ≥100 attempts in 1d → throttle 5/min 1h): 2 complaints in 150 attempts (1.3%)")
+        #expect(try d.store.reputationCounts(since: 0).filter { $0.kind == "complaint" }.map(\.count).reduce(0, +) == 2)
+        d.perform(d.scheduler.complaintRecorded(ip: "127.0.0.10", provider: provider, at: d.now, now: d.now))
+        #expect(d.backoffEvents.count == 1, "one event per action")
+        // When the action runs out, the pair's figures start afresh (no immediate re-firing).
+        d.clock.advance(3601)
+        d.tick()
+        #expect(d.backoffEvents.count == 2 && d.scheduler.signals.counts(ip: "127.0.0.10", provider: provider, window: 86_400, now: d.now).attempts == 0)
+        #expect(try d.store.reputationCounts(since: 0).isEmpty)
+    }
+
     @Test("a per-provider warm-up cap holds one IP's mail to that provider, counted with what the store already holds (other coordinators' leases)",
           arguments: StoreKind.allCases)
     func providerCap(kind: StoreKind) throws {

@@ -166,7 +166,8 @@ public final class ClusterHub: Sendable {
                 }
             }
             let done = batch.map { (leaseID: $0.result.leaseID, connection: $0.connection, mxHost: $0.result.mxHost) }
-            let results = batch.map(\.result)
+            // A duplicate report (re-sent from a node's journal) changed nothing: not counted twice.
+            let results = zip(batch, apps).filter { $0.1.applied > 0 }.map(\.0.result)
             inbox.withLockAndBroadcast { $0.events.append(.resultsApplied(done)); $0.events.append(.committed(results)) }
         }
     }
