@@ -226,7 +226,9 @@ struct ReputationRulesTests {
         let view = try #require(d.scheduler.pairSignals(now: d.now).first { $0.ip == pair.ip && $0.provider == pair.provider })
         #expect(view.attempts == 60 && view.counts.bouncedBy["spam-related"] == 6 && view.ruleAction?.hasPrefix("pause: reputation rule 1") == true)
 
-        // A new leader (restart or takeover) starts from the stored counts.
+        // A new leader (restart or takeover) starts from the stored counts (written once a second).
+        d.clock.advance(1)
+        d.tick()
         let stored = try d.store.reputationCounts(since: 0)
         let fresh = Scheduler(config: d.scheduler.config, backoffs: try d.store.activeBackoffs(now: d.now), signals: stored)
         #expect(fresh.signals.counts(ip: pair.ip, provider: pair.provider, window: 3600, now: d.now)

@@ -839,7 +839,10 @@ public final class ClusterHub: Sendable {
         } catch {
             log.error("deleting a stored backoff failed", ["ip": ip, "provider": provider, "error": "\(error)"])
         }
-        return try command("lift") { scheduler, _ in (scheduler.liftRequested(ip: ip, provider: provider), [.scheduleNextTick(after: 0)]) }
+        // Forgotten again on the scheduler thread: counts it had not stored yet go too.
+        return try command("lift") { scheduler, _ in
+            (scheduler.liftRequested(ip: ip, provider: provider), [.forgetSignals(ip: ip, provider: provider), .scheduleNextTick(after: 0)])
+        }
     }
 
     /// Warm-up state of an IP today: (day of plan, cap, recipients leased so far); nil when warmed or without a plan.
@@ -981,7 +984,10 @@ public final class ClusterHub: Sendable {
     /// - Returns: the backoffs lifted.
     /// - Throws: `AdminError.busy`.
     public func liftProvider(_ label: String) throws -> [BackoffTable.Entry] {
-        let lifted = try command("lift provider \(label)") { scheduler, now in (scheduler.liftProvider(label, now: now), [Scheduler.Directive.scheduleNextTick(after: 0)]) }
+        let lifted = try command("lift provider \(label)") { scheduler, now in
+            let lifted = scheduler.liftProvider(label, now: now)
+            return (lifted, lifted.map { Scheduler.Directive.forgetSignals(ip: $0.sendingIP, provider: $0.provider) } + [.scheduleNextTick(after: 0)])
+        }
         for e in lifted {
             do {
                 try store.deleteBackoff(ip: e.sendingIP, provider: e.provider)

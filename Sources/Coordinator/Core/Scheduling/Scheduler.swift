@@ -150,6 +150,9 @@ public struct Scheduler: Sendable {
     /// Per-provider warm-up counts on `warmupDay`: sending IP → provider label → recipients leased.
     public private(set) var warmupProviderUsed: [String: [String: Int]] = [:]
     private var nextSignalPrune = Date.distantPast
+    /// Signal counts not yet handed to the shell to store (written at most once per second).
+    private var pendingSignalRows: [ReputationCount] = []
+    private var nextSignalFlush = Date.distantPast
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -359,7 +362,7 @@ public struct Scheduler: Sendable {
     /// The pair's signal counts are forgotten too (the shell deletes the stored ones), so a
     /// reputation rule does not fire again on the figures that made it act.
     public mutating func liftRequested(ip: String, provider: String) -> Bool {
-        signals.reset(ip: ip, provider: provider)
+        forgetSignals(ip: ip, provider: provider)
         return backoffs.lift(ip: ip, provider: provider)
     }
 
@@ -384,7 +387,7 @@ public struct Scheduler: Sendable {
         let lifted = backoffs.active(now: now).filter { $0.provider == label || providerLabel(ofBackoffKey: $0.provider) == label }
         for e in lifted {
             _ = backoffs.lift(ip: e.sendingIP, provider: e.provider)
-            signals.reset(ip: e.sendingIP, provider: e.provider)
+            forgetSignals(ip: e.sendingIP, provider: e.provider)
         }
         return lifted
     }
@@ -505,9 +508,14 @@ public struct Scheduler: Sendable {
             out.append(.backoffEvent(.ended(ended)))
             if ended.reason.hasPrefix(RuleFiring.prefix) {
                 // A rule's action ran out: start the pair's figures afresh.
-                signals.reset(ip: ended.sendingIP, provider: ended.provider)
+                forgetSignals(ip: ended.sendingIP, provider: ended.provider)
                 out.append(.forgetSignals(ip: ended.sendingIP, provider: ended.provider))
             }
+        }
+        if now >= nextSignalFlush, !pendingSignalRows.isEmpty {
+            nextSignalFlush = now.addingTimeInterval(1)
+            out.append(.persistSignals(Self.merged(pendingSignalRows)))
+            pendingSignalRows = []
         }
         if now >= nextSignalPrune {
             nextSignalPrune = now.addingTimeInterval(60)
@@ -835,8 +843,10 @@ public struct Scheduler: Sendable {
     /// Results were committed to the queue: each recipient's outcome is counted against its
     /// (sending IP, provider) pair (the provider of the MX host that answered; outcomes without
     /// an MX host, e.g. no server reachable, are not counted), and `reputation.rules` are
-    /// evaluated for the pairs that changed.
-    /// - Returns: the counts to store, and for a rule that fired: the backoff, its event, a log line.
+    /// evaluated for the pairs that changed. The counts are handed to the shell to store by
+    /// `tick`, at most once per second (one write per second rather than one per batch), and at
+    /// once when a rule fires.
+    /// - Returns: for a rule that fired: the counts to store, the backoff, its event, a log line.
     public mutating func resultsCommitted(_ results: [ResultMessage], now: Date) -> [Directive] {
         var rows: [ReputationCount] = []
         var touched = Set<ReputationSignals.Pair>()
@@ -850,8 +860,13 @@ public struct Scheduler: Sendable {
             }
         }
         guard !rows.isEmpty else { return [] }
-        var out: [Directive] = [.persistSignals(Self.merged(rows))]
+        pendingSignalRows += rows
+        var out: [Directive] = []
         for pair in touched.sorted() { out += evaluateRules(pair, now: now) }
+        if !out.isEmpty {
+            out.insert(.persistSignals(Self.merged(pendingSignalRows)), at: 0)
+            pendingSignalRows = []
+        }
         return out
     }
 
@@ -865,6 +880,12 @@ public struct Scheduler: Sendable {
     public mutating func complaintRecorded(ip: String, provider: String, at: Date, now: Date) -> [Directive] {
         let row = signals.record(.complaint, ip: ip, provider: provider, at: min(at, now))
         return [.persistSignals([row])] + evaluateRules(.init(ip: ip, provider: provider), now: now)
+    }
+
+    /// Forgets a pair's counts, in memory and not yet stored (the shell deletes the stored ones).
+    private mutating func forgetSignals(ip: String, provider: String) {
+        signals.reset(ip: ip, provider: provider)
+        pendingSignalRows.removeAll { $0.ip == ip && $0.provider == provider }
     }
 
     private mutating func evaluateRules(_ pair: ReputationSignals.Pair, now: Date) -> [Directive] {
