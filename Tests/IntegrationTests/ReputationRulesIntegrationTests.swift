@@ -182,5 +182,47 @@ extension Integration {
                 throw error
             }
         }
+    
+        @Test("after a delisting 127.0.0.12 resumes on the re-warm ramp: 50% of 8/day, exactly 4 deliveries today while the others carry the rest")
+        func rewarmAfterDelisting() throws {
+            waitOutUTCMidnight(ifWithin: 120)
+            let dir = NSTemporaryDirectory() + "hato-rewarm-" + Identifier.random(bytes: 4)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let hosts = dir + "/bl.hosts"
+            // Listed from the start: it sends nothing before its delisting.
+            try "127.0.0.2 12.0.0.127.bl.test\n".write(toFile: hosts, atomically: true, encoding: .utf8)
+            let dns = try TestDNS(records: ["--addn-hosts=\(hosts)"], logDirectory: dir)
+            defer { dns.stop() }
+            let cluster = try LocalCluster(extraYAML: """
+                dns: { nameservers: ["127.0.0.1:\(dns.port)"], timeout: 1s }
+                reputation: { dnsbl: [bl.test], check_interval: 1s, rewarm: { start: 50%, over: 1d, daily: 8 } }
+                """)
+            defer { cluster.shutdown() }
+            do {
+                try cluster.startCoordinator()
+                try cluster.startNodesAndWait()
+                func ip12() throws -> [String: Any] {
+                    (try cluster.admin("/v1/ips") as? [[String: Any]] ?? []).first { $0["address"] as? String == "127.0.0.12" } ?? [:]
+                }
+                try waitUntil("127.0.0.12 held", timeout: 20) { try ip12()["health"] as? String == "listed" }
+                try "".write(toFile: hosts, atomically: true, encoding: .utf8)
+                dns.reload()
+                try waitUntil("127.0.0.12 resumed", timeout: 20) { try ip12()["health"] as? String == "ok" }
+                let row = try ip12()
+                #expect(row["rewarming_since"] != nil && row["warmup_cap"] as? Int == 4, "\(row)")
+                _ = try submitWithSmtplib(port: cluster.smtpPort, messages: (0..<80).map { i in
+                    ("", ["r\(i)@hato.test"], testMessage(i, to: "r\(i)@hato.test"))
+                }, connections: 4, dir: cluster.dir)
+                try waitUntil("80 delivered", timeout: 60) { cluster.capture.received.count >= 80 }
+                let by = Dictionary(grouping: cluster.capture.received, by: \.peerAddress).mapValues(\.count)
+                #expect(by["127.0.0.12"] == 4, "the ramp's cap today: \(by)")
+                #expect(try ip12()["warmup_sent"] as? Int == 4)
+                print("re-warm: deliveries per IP after the delisting \(by.sorted { $0.key < $1.key }) (127.0.0.12 capped at 50% of 8)")
+            } catch {
+                Issue.record("\(error)\n\(cluster.logs)")
+                throw error
+            }
+        }
     }
 }
