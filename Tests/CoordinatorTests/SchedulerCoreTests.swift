@@ -63,6 +63,8 @@ final class SchedulerDriver {
             case .persistBackoff(let e): try! store.saveBackoff(e)
             case .backoffEvent(let e): backoffEvents.append(e)
             case .persistIPOwners(let owners): try! store.saveIPOwners(owners)
+            case .persistSignals(let rows): try! store.addReputationCounts(rows)
+            case .forgetSignals(let ip, let provider): try! store.deleteReputationCounts(ip: ip, provider: provider)
             case .log(let line): logs.append(line)
             case .scheduleNextTick(let after): nextTick = min(nextTick, now.addingTimeInterval(after))
             }

@@ -102,8 +102,11 @@ enum CommandHelp {
             arguments:
               --detail             also WEIGHT (ips[].weight), TARGET (the share of its pool's mail the
                                    weights give it), LEASED (recipients leased to it since the coordinator
-                                   started), SHARE (its real share of its pool's leased recipients), WHY it
-                                   is held, and for each IP that is or was listed or fails FCrDNS: its
+                                   started), SHARE (its real share of its pool's leased recipients),
+                                   PROVIDER-CAPS (per-provider warm-up caps today: used/cap), WHY it
+                                   is held, a second table of the rolling reputation signals per (IP,
+                                   provider) with the pause or throttle a reputation rule set and why, and
+                                   for each IP that is or was listed or fails FCrDNS: its
                                    listings (zone, return code, reason, since) and its stored history
 
             example:

@@ -541,6 +541,17 @@ struct ConfigSection {
         return try ConfigSection(e.value, file: file, path: keyPath(key), line: e.keyLine, allowed: allowed)
     }
 
+    /// An optional nested map whose keys the operator names (any key is allowed).
+    func openSection(_ key: String) throws -> ConfigSection? {
+        guard let e = entry(key), !e.value.isNull else { return nil }
+        var keys: [String] = []
+        if case .map(let entries, _, _) = e.value { keys = entries.map(\.key) }
+        return try ConfigSection(e.value, file: file, path: keyPath(key), line: e.keyLine, allowed: keys)
+    }
+
+    /// This map's keys, in file order.
+    var allKeys: [String] { entries.map(\.key) }
+
     /// A required nested map.
     func requiredSection(_ key: String, allowed: [String]) throws -> ConfigSection {
         let item = try requireItem(key)

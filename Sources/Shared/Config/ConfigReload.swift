@@ -168,6 +168,9 @@ public struct ConfigReload: Sendable {
         }
         diff("warmup", old.warmup, new.warmup, live: true)
         diff("backoff", old.backoff, new.backoff, live: true)
+        // Read by the scheduler at each result and each round.
+        diff("reputation.rules", old.reputation.rules, new.reputation.rules, live: true)
+        diff("reputation.rewarm", old.reputation.rewarm, new.reputation.rewarm, live: true)
         // Read by `domain add`/`domain check` each time they run.
         diff("tenants", old.tenants, new.tenants, live: true)
         // The SMTP listener takes reports at the new addresses from the next session on; the

@@ -7,8 +7,17 @@ public struct WarmupPlan: Sendable, Equatable {
     public var name: String
     /// Deliveries (recipients attempted) allowed on day 1, 2, …; after the last day the IP is warmed (no cap).
     public var daily: [Int]
+    /// `providers: { gmail: [50, 100] }`: per provider label (`gmail`, `microsoft`, `yahoo`, a
+    /// `shaping.providers` name, …), deliveries one IP may make to that provider on day 1, 2, …
+    /// of the plan, counted cluster-wide inside the IP's total `daily` cap. After a provider's
+    /// last listed day only the total applies. Default none.
+    public var providers: [String: [Int]]
 
-    public init(name: String, daily: [Int]) { self.name = name; self.daily = daily }
+    /// - Parameters:
+    ///   - name: the plan's name.
+    ///   - daily: the total daily caps, day 1 first.
+    ///   - providers: per provider label, its daily caps, day 1 first.
+    public init(name: String, daily: [Int], providers: [String: [Int]] = [:]) { self.name = name; self.daily = daily; self.providers = providers }
 }
 
 /// `ips[].warmup: { plan, start }` — which plan an IP follows and from which UTC day.
@@ -109,7 +118,7 @@ extension ClusterConfigDecoder {
     func decodeDeliverability(_ top: ConfigSection, into config: inout ClusterConfig) throws {
         var plans: [WarmupPlan] = []
         for item in try top.list("warmup") ?? [] {
-            let sec = try item.section(allowed: ["name", "daily"])
+            let sec = try item.section(allowed: ["name", "daily", "providers"])
             let name = try sec.require("name", ConfigValue.identifier)
             if plans.contains(where: { $0.name == name }) {
                 throw ConfigError(file: file, line: try sec.scalar("name")?.line, key: sec.keyPath("name"), message: "duplicate warm-up plan \"\(name)\"")
@@ -120,7 +129,22 @@ extension ClusterConfigDecoder {
                 daily.append(try s.convert { try ConfigValue.integer($0, in: 1...100_000_000) })
             }
             guard !daily.isEmpty else { throw ConfigError(file: file, line: sec.entryLine("daily"), key: sec.keyPath("daily"), message: "must list at least one daily cap") }
-            plans.append(WarmupPlan(name: name, daily: daily))
+            var providers: [String: [Int]] = [:]
+            if let ps = try sec.openSection("providers") {
+                for label in ps.allKeys {
+                    let name = label.lowercased()
+                    guard !name.isEmpty, name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }) else {
+                        throw ConfigError(file: file, line: ps.entryLine(label), key: ps.keyPath(label), message: "not a provider name (e.g. gmail, microsoft, yahoo)")
+                    }
+                    var caps: [Int] = []
+                    for d in try ps.requireList(label, allowScalar: true) {
+                        caps.append(try d.scalar().convert { try ConfigValue.integer($0, in: 0...100_000_000) })
+                    }
+                    guard !caps.isEmpty else { throw ConfigError(file: file, line: ps.entryLine(label), key: ps.keyPath(label), message: "must list at least one daily cap") }
+                    providers[name] = caps
+                }
+            }
+            plans.append(WarmupPlan(name: name, daily: daily, providers: providers))
         }
         config.warmup = plans
         for (i, item) in (try top.list("ips") ?? []).enumerated() where i < config.ips.count {
@@ -214,5 +238,24 @@ extension ClusterConfig {
         guard day >= 1 else { return (day, 0) }
         guard day <= plan.daily.count else { return nil }
         return (day, plan.daily[day - 1])
+    }
+
+    /// The per-provider warm-up cap of `address` towards provider `label` on the UTC day
+    /// containing `now` (`warmup[].providers`): nil when none applies that day.
+    /// - Returns: deliveries allowed to that provider from that IP on that day.
+    public func warmupProviderCap(for address: String, provider label: String, now: Date) -> Int? {
+        guard let (day, _) = warmupCap(for: address, now: now), day >= 1,
+              let ip = ips.first(where: { $0.address == address }), let w = ip.warmup,
+              let caps = warmup.first(where: { $0.name == w.plan })?.providers[label], day <= caps.count else { return nil }
+        return caps[day - 1]
+    }
+
+    /// Every per-provider cap of `address` on the UTC day containing `now`: provider label → cap.
+    public func warmupProviderCaps(for address: String, now: Date) -> [String: Int] {
+        guard let ip = ips.first(where: { $0.address == address }), let w = ip.warmup,
+              let plan = warmup.first(where: { $0.name == w.plan }) else { return [:] }
+        var out: [String: Int] = [:]
+        for label in plan.providers.keys { if let c = warmupProviderCap(for: address, provider: label, now: now) { out[label] = c } }
+        return out
     }
 }

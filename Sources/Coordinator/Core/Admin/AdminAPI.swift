@@ -64,6 +64,24 @@ public struct IPStatus: Codable, Sendable, Equatable {
     public var fcrdns: String?
     /// Listings, FCrDNS detail and the stored history of changes (`IPHealthView`).
     public var reputation: IPHealthView?
+    /// Per-provider warm-up caps today (`warmup[].providers`), by provider label; nil when none.
+    public var warmupProviders: [ProviderWarmup]?
+    /// When the IP resumed after a blocklist delisting, while it is on the re-warm ramp
+    /// (`reputation.rewarm`; its `warmupCap` is the ramp's); nil otherwise.
+    public var rewarmingSince: Date?
+    /// The rolling reputation signals of the IP per provider, with the active rule actions
+    /// (`reputation.rules`); nil when there are none.
+    public var signals: [Scheduler.PairSignals]?
+}
+
+/// One per-provider warm-up cap of a sending IP today.
+public struct ProviderWarmup: Codable, Sendable, Equatable {
+    /// The provider label (`gmail`, …).
+    public var provider: String
+    /// Deliveries allowed today from the IP to the provider.
+    public var cap: Int
+    /// Recipients leased today from the IP to the provider, cluster-wide.
+    public var sent: Int
 }
 
 /// `GET/POST /v1/rebalance` body.
@@ -89,6 +107,7 @@ public struct RebalanceReport: Codable, Sendable {
 /// | POST | `/v1/rebalance` | compute and apply the plan |
 /// | POST | `/v1/reload` | re-read cluster.yml, check it (like `check`) and apply it: `ReloadReport` (live keys, restart lines, each node's answer); 400 naming file and key if invalid or refused |
 /// | GET | `/v1/suspensions` | active backoffs per (sending IP, provider) |
+/// | GET | `/v1/reputation` | rolling signals per (sending IP, provider) and active rule actions (`Scheduler.PairSignals`) |
 /// | DELETE | `/v1/suspensions?ip=A&provider=P` | lift one; without `ip=`, every backoff of the provider |
 /// | GET | `/v1/queue/summary?by=…` | waiting recipients per domain, provider, pool, IP or state (`QueueControlAPI`) |
 /// | GET | `/v1/queue/recipients?…` | a page of waiting recipients and why each waits |
@@ -170,6 +189,8 @@ public struct AdminAPI: Sendable {
                 return .json(RebalanceReport(applied: true, moves: try hub.rebalance()), status: 202)
             case ("GET", ["v1", "suspensions"]):
                 return .json(hub.activeBackoffs())
+            case ("GET", ["v1", "reputation"]):
+                return .json(hub.pairSignals())
             case ("POST", ["v1", "reload"]):
                 do { return .json(try reload()) } catch let e as ConfigError { return .error(400, e.description) } catch let e as ConfigReloadRefused {
                     return .error(400, e.description)
@@ -212,6 +233,8 @@ public struct AdminAPI: Sendable {
         let listed = hub.blocklisted()
         let dnsblHeld = hub.blocklistHoldReasons()
         let health = reputation?.health(table.map(\.ip.address)) ?? [:]
+        let signals = Dictionary(grouping: hub.pairSignals(), by: \.ip)
+        let rewarming = hub.rewarming()
         var poolWeight: [String: Int] = [:], poolLeased: [String: Int] = [:]
         for e in table {
             poolWeight[e.ip.pool, default: 0] += weights[e.ip.address, default: 1]
@@ -231,6 +254,10 @@ public struct AdminAPI: Sendable {
             row.health = row.healthReason == nil ? "ok" : dnsblHeld[$0.ip.address] != nil ? "listed" : "fcrdns"
             row.reputation = health[$0.ip.address]
             row.fcrdns = row.reputation?.fcrdns
+            let caps = hub.warmupProviderStatus($0.ip.address)
+            row.warmupProviders = caps.isEmpty ? nil : caps.keys.sorted().map { ProviderWarmup(provider: $0, cap: caps[$0]!.cap, sent: caps[$0]!.used) }
+            row.rewarmingSince = rewarming[$0.ip.address]
+            row.signals = signals[$0.ip.address]
             return row
         }
     }

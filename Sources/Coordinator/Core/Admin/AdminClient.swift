@@ -287,14 +287,31 @@ public struct AdminCommands {
     private func printIPs(_ ips: [IPStatus], detail: Bool = false) {
         func percent(_ v: Double?) -> String { v.map { String(format: "%.1f%%", $0 * 100) } ?? "-" }
         let header = ["IP", "HELO", "POOL", "OWNER", "STATE", "ELIGIBLE", "WARM-UP", "HEALTH", "FCRDNS"]
-            + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE", "WHY"] : [])
+            + (detail ? ["WEIGHT", "TARGET", "LEASED", "SHARE", "PROVIDER-CAPS", "WHY"] : [])
         printTable(header, ips.map { ip -> [String] in
+            let warm = ip.warmupCap == nil ? "warmed"
+                : (ip.rewarmingSince != nil ? "re-warm" : "day \(ip.warmupDay ?? 0)") + ": \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)"
             let base = [ip.address, ip.helo, ip.pool, ip.owner ?? "-", ip.handoverTo.map { "handover→\($0)" } ?? ip.state,
-                        ip.eligible.isEmpty ? "any" : ip.eligible.joined(separator: ","),
-                        ip.warmupCap == nil ? "warmed" : "day \(ip.warmupDay ?? 0): \(ip.warmupSent ?? 0)/\(ip.warmupCap ?? 0)",
+                        ip.eligible.isEmpty ? "any" : ip.eligible.joined(separator: ","), warm,
                         ip.health ?? "ok", ip.fcrdns.map { $0 == "ok" ? "ok" : "\($0) (warning)" } ?? "-"]
             guard detail else { return base }
-            return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share), ip.healthReason ?? "-"]
+            let caps = ip.warmupProviders.map { $0.map { "\($0.provider) \($0.sent)/\($0.cap)" }.joined(separator: ", ") } ?? "-"
+            return base + ["\(ip.weight ?? 1)", percent(ip.targetShare), "\(ip.recipientsLeased ?? 0)", percent(ip.share), caps.isEmpty ? "-" : caps,
+                           ip.healthReason ?? "-"]
+        })
+        guard detail else { return }
+        // The rolling reputation signals per (IP, provider) and what the rules did.
+        let pairs = ips.flatMap { $0.signals ?? [] }
+        guard !pairs.isEmpty else { return }
+        print("")
+        printTable(["IP", "PROVIDER", "WINDOW", "ATTEMPTS", "DELIVERED", "DEFERRED", "BOUNCED", "SPAM", "POLICY", "BAD-MAILBOX", "COMPLAINTS", "RULE ACTION"],
+                   pairs.map { p in
+            let c = p.counts
+            func n(_ v: Int) -> String { "\(v) (\(percent(Double(v) / Double(max(1, p.attempts)))))" }
+            return [p.ip, p.providerLabel == p.provider ? p.provider : "\(p.providerLabel) (\(p.provider))", ReputationRule.span(p.windowSeconds), "\(p.attempts)",
+                    "\(c.delivered)", n(c.deferred), n(c.bounced), n(c.bouncedBy["spam-related", default: 0]), n(c.bouncedBy["policy-related", default: 0]),
+                    n(c.bouncedBy["bad-mailbox", default: 0]), n(c.complaints),
+                    p.ruleAction.map { a in "\(a)\(p.ruleActionUntil.map { " until " + Logger.timestamp($0) } ?? "")" } ?? "-"]
         })
         if detail { printHealth(ips) }
     }

@@ -27,6 +27,8 @@ public final class ClusterHub: Sendable {
         case frame(ConnectionID, ClusterMessage)
         case closed(ConnectionID, reason: String)
         case resultsApplied([(leaseID: String, connection: ConnectionID, mxHost: String?)])
+        /// The same results, for the reputation signals.
+        case committed([ResultMessage])
         /// An operator command; `refuse` answers it when this coordinator does not lead, unless
         /// `standbyToo` (a reload: a standby keeps the configuration it will lead with).
         case command(@Sendable (inout Scheduler, Date) -> [Scheduler.Directive], refuse: @Sendable (any Error) -> Void, standbyToo: Bool = false)
@@ -119,6 +121,8 @@ public final class ClusterHub: Sendable {
     private let fcrdnsHolds = Locked<[String: String]>([:])
     /// The nodes' clocks as last seen in their heartbeats (node → sample; issue 18 `doctor`).
     private let nodeClocks = Locked<[String: ClockSkew.Sample]>([:])
+    /// Sending IPs that resumed after a delisting, and when (the re-warm ramp), for a scheduler made on election.
+    private let rewarmStarts = Locked<[String: Date]>([:])
     /// The tenants' DKIM keys as last read from the store (scheduler thread; ClusterHub+SigningKeys.swift).
     let signingKeyFeed = Locked(SigningKeyFeed())
 
@@ -166,7 +170,9 @@ public final class ClusterHub: Sendable {
                 }
             }
             let done = batch.map { (leaseID: $0.result.leaseID, connection: $0.connection, mxHost: $0.result.mxHost) }
-            inbox.withLockAndBroadcast { $0.events.append(.resultsApplied(done)) }
+            // A duplicate report (re-sent from a node's journal) changed nothing: not counted twice.
+            let results = zip(batch, apps).filter { $0.1.applied > 0 }.map(\.0.result)
+            inbox.withLockAndBroadcast { $0.events.append(.resultsApplied(done)); $0.events.append(.committed(results)) }
         }
     }
 
@@ -176,8 +182,10 @@ public final class ClusterHub: Sendable {
     /// expired, so a floating IP never has two owners across a restart or a change of leader.
     /// - Throws: a store error.
     static func leadingScheduler(config: ClusterConfig, store: any QueueStore, now: Date, leadership: LeadershipStamp) throws -> Scheduler {
+        // The reputation signals as the cluster counted them (every leader stores its counts).
+        let oldest = ReputationSignals.bucket(of: now.addingTimeInterval(-config.reputation.signalHistory)) - ReputationSignals.bucketSeconds
         var scheduler = Scheduler(config: config, draining: try store.drainingNodes(), backoffs: try store.activeBackoffs(now: now),
-                                  pauses: try store.pauses(), leadership: leadership)
+                                  pauses: try store.pauses(), leadership: leadership, signals: try store.reputationCounts(since: oldest))
         let grace = max(30, 3 * config.coordinator.nodeTimeout)
         var until: [String: Date] = [:]
         let owners = try store.ipOwners()
@@ -508,7 +516,8 @@ public final class ClusterHub: Sendable {
                                                       leadership: LeadershipStamp(term: term, storeID: storeID, coordinatorID: id))
             if let hold = leaseHoldUntil.snapshot, hold > now { scheduler.holdLeases(until: hold) }
             // Blocklist holds found while a standby (the checker runs on every coordinator).
-            for (ip, reason) in combinedHolds().sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason) }
+            for (ip, reason) in combinedHolds().sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }
+            scheduler.restoreRewarm(rewarmStarts.snapshot)
             let leases = try store.allLeases()
             log.info("leading: took over the queue", ["term": "\(term)", "leases_of_earlier_terms": "\(leases.count)",
                                                        "ip_owners": "\(try store.ipOwners().count)"])
@@ -539,7 +548,7 @@ public final class ClusterHub: Sendable {
             publish(idle, now: clock.now())
         case .frame(let c, _):
             link(c)?.shutdown()
-        case .closed, .resultsApplied, .becomeLeader, .stepDown:
+        case .closed, .resultsApplied, .committed, .becomeLeader, .stepDown:
             break
         }
     }
@@ -561,6 +570,8 @@ public final class ClusterHub: Sendable {
             return scheduler.connectionClosed(c, reason: reason, now: now)
         case .resultsApplied(let results):
             return scheduler.resultsApplied(results, now: now)
+        case .committed(let results):
+            return scheduler.resultsCommitted(results, now: now)
         case .command(let body, _, _):
             return body(&scheduler, now)
         case .becomeLeader, .stepDown:
@@ -647,6 +658,14 @@ public final class ClusterHub: Sendable {
                 }
             case .backoffEvent(let event):
                 recordBackoffEvent(event)
+            case .persistSignals(let rows):
+                do { try store.addReputationCounts(rows) } catch {
+                    log.error("storing reputation signal counts failed (a new leader will not see them)", ["error": "\(error)"])
+                }
+            case .forgetSignals(let ip, let provider):
+                do { try store.deleteReputationCounts(ip: ip, provider: provider) } catch {
+                    log.error("deleting a pair's reputation signal counts failed", ["ip": ip, "provider": provider, "error": "\(error)"])
+                }
             case .log(let line):
                 switch line.level {
                 case .info: log.info(line.message, line.fields)
@@ -678,6 +697,12 @@ public final class ClusterHub: Sendable {
         }
         scheduler.grantsRecorded(grants, granted: granted)
         leasesGranted.withLock { $0 += granted.count }
+        // Per-provider warm-up counts (warmup[].providers), cluster-wide in the store.
+        var perProvider: [String: [String: Int]] = [:]
+        for rec in granted { perProvider[rec.sendingIP, default: [:]][scheduler.providerLabel(ofDomain: rec.domain), default: 0] += rec.recipientIDs.count }
+        do { try store.addDailyProviderAttempts(perProvider, day: Queue.utcDay(now)) } catch {
+            log.error("storing per-provider warm-up counts failed", ["error": "\(error)"])
+        }
         let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
         let maxSize = scheduler.config.smtp.maxMessageSize
         for grant in grants {
@@ -815,11 +840,19 @@ public final class ClusterHub: Sendable {
     /// Lifts a backoff early.
     /// - Returns: whether one was active.
     /// - Throws: `AdminError.busy`.
+    /// The pair's reputation signal counts are forgotten too (a rule does not fire again on the
+    /// figures that made it act).
     public func liftBackoff(ip: String, provider: String) throws -> Bool {
-        do { try store.deleteBackoff(ip: ip, provider: provider) } catch {
+        do {
+            try store.deleteBackoff(ip: ip, provider: provider)
+            try store.deleteReputationCounts(ip: ip, provider: provider)
+        } catch {
             log.error("deleting a stored backoff failed", ["ip": ip, "provider": provider, "error": "\(error)"])
         }
-        return try command("lift") { scheduler, _ in (scheduler.liftRequested(ip: ip, provider: provider), [.scheduleNextTick(after: 0)]) }
+        // Forgotten again on the scheduler thread: counts it had not stored yet go too.
+        return try command("lift") { scheduler, _ in
+            (scheduler.liftRequested(ip: ip, provider: provider), [.forgetSignals(ip: ip, provider: provider), .scheduleNextTick(after: 0)])
+        }
     }
 
     /// Warm-up state of an IP today: (day of plan, cap, recipients leased so far); nil when warmed or without a plan.
@@ -909,7 +942,9 @@ public final class ClusterHub: Sendable {
     ///     leader only.
     public func blocklistChanged(ip: String, holdReason: String?, event: (kind: DeliveryEventKind, note: String)?,
                                  history: BlocklistWatch.Change? = nil) {
-        blocklistHolds.withLock { $0[ip] = holdReason }
+        let resumedAt = clock.now()
+        let wasHeld = blocklistHolds.withLock { h in defer { h[ip] = holdReason }; return h[ip] != nil }
+        rewarmStarts.withLock { $0[ip] = holdReason == nil && wasHeld ? resumedAt : (holdReason == nil ? $0[ip] : nil) }
         postHold(ip)
         // Every coordinator checks; only the leader records the event (one per change).
         guard leaderInfo.snapshot.isSelf else { return }
@@ -948,7 +983,7 @@ public final class ClusterHub: Sendable {
 
     private func postHold(_ ip: String) {
         let reason = combinedHolds()[ip]
-        post(.command({ scheduler, _ in scheduler.blocklistChanged(ip: ip, holdReason: reason) }, refuse: { _ in }))
+        post(.command({ scheduler, now in scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }, refuse: { _ in }))
     }
 
     private func recordHealthHistory(_ change: BlocklistWatch.Change) {
@@ -965,6 +1000,36 @@ public final class ClusterHub: Sendable {
     /// The nodes' clocks as last seen in their heartbeats (node id → sample), for `doctor`.
     public func nodeClockSamples() -> [String: ClockSkew.Sample] { nodeClocks.snapshot }
 
+    /// A feedback-loop complaint (RFC 5965) about mail a (sending IP, provider) pair delivered:
+    /// counted in the pair's reputation signals (`complaints` in `reputation.rules`), which may
+    /// fire a rule. Only the leader counts; elsewhere the call does nothing.
+    ///
+    /// TODO(issue 18, FBL intake): the complaint intake calls this for each accepted report,
+    /// with the IP and provider of the complained-about recipient (its stored `ip` and
+    /// `config.shaping.group(forMXHost: mx).name`).
+    /// - Parameters:
+    ///   - ip: the sending IP.
+    ///   - provider: the provider key (a `shaping.providers` name or `mx:<host>`).
+    ///   - at: when the complaint arrived.
+    public func recordComplaint(ip: String, provider: String, at: Date) {
+        post(.command({ scheduler, now in scheduler.complaintRecorded(ip: ip, provider: provider, at: at, now: now) }, refuse: { _ in }))
+    }
+
+    /// Sending IPs on the re-warm ramp: address → when they resumed.
+    public func rewarming() -> [String: Date] { published.withLock { $0.scheduler.rewarmSince } }
+
+    /// The reputation signals per (sending IP, provider) pair, with active rule actions.
+    public func pairSignals() -> [Scheduler.PairSignals] {
+        let now = clock.now()
+        return published.withLock { $0.scheduler.pairSignals(now: now) }
+    }
+
+    /// Per-provider warm-up caps of an IP today: provider label → (cap, recipients leased).
+    public func warmupProviderStatus(_ address: String) -> [String: (cap: Int, used: Int)] {
+        let now = clock.now()
+        return published.withLock { $0.scheduler.warmupProviderStatus(address, now: now) }
+    }
+
     /// Sending IPs held because a blocklist lists them: address → why.
     public func blocklisted() -> [String: String] { published.withLock { $0.scheduler.blocklisted } }
 
@@ -977,9 +1042,15 @@ public final class ClusterHub: Sendable {
     /// - Returns: the backoffs lifted.
     /// - Throws: `AdminError.busy`.
     public func liftProvider(_ label: String) throws -> [BackoffTable.Entry] {
-        let lifted = try command("lift provider \(label)") { scheduler, now in (scheduler.liftProvider(label, now: now), [Scheduler.Directive.scheduleNextTick(after: 0)]) }
+        let lifted = try command("lift provider \(label)") { scheduler, now in
+            let lifted = scheduler.liftProvider(label, now: now)
+            return (lifted, lifted.map { Scheduler.Directive.forgetSignals(ip: $0.sendingIP, provider: $0.provider) } + [.scheduleNextTick(after: 0)])
+        }
         for e in lifted {
-            do { try store.deleteBackoff(ip: e.sendingIP, provider: e.provider) } catch {
+            do {
+                try store.deleteBackoff(ip: e.sendingIP, provider: e.provider)
+                try store.deleteReputationCounts(ip: e.sendingIP, provider: e.provider)
+            } catch {
                 log.error("deleting a stored backoff failed", ["ip": e.sendingIP, "provider": e.provider, "error": "\(error)"])
             }
         }

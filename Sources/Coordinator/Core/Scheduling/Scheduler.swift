@@ -22,6 +22,15 @@ public protocol SchedulerQueue {
     /// Recipients leased per sending IP on a UTC day (warm-up counts).
     /// - Throws: a store error.
     func dailyAttempts(day: Int) throws -> [String: Int]
+    /// Recipients leased per sending IP and provider label on a UTC day (per-provider warm-up
+    /// caps): IP → provider → count.
+    /// - Throws: a store error.
+    func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]]
+}
+
+extension SchedulerQueue {
+    /// None (a queue without per-provider counts).
+    public func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]] { [:] }
 }
 
 /// A log line the scheduler asks its shell to write.
@@ -84,6 +93,11 @@ public struct Scheduler: Sendable {
         case backoffEvent(BackoffEvent)
         /// Store the owner of every owned sending IP (restored after a restart): IP → node.
         case persistIPOwners([String: String])
+        /// Add reputation signal counts to the store (`QueueStore.addReputationCounts`).
+        case persistSignals([ReputationCount])
+        /// Forget a (sending IP, provider) pair's stored signal counts (after a lift, or when a
+        /// rule's action ended).
+        case forgetSignals(ip: String, provider: String)
         /// Write a log line.
         case log(SchedulerLogLine)
         /// Run `tick` again after this many seconds at the latest.
@@ -129,6 +143,16 @@ public struct Scheduler: Sendable {
     /// Sending IPs a DNS blocklist lists (`reputation.dnsbl`): address → why. No new lease
     /// goes to them (unless `hold_when_all_listed: false` and their whole pool is listed).
     public private(set) var blocklisted: [String: String] = [:]
+    /// Rolling per (sending IP, provider) counts of outcomes and complaints (`reputation.rules`).
+    public private(set) var signals: ReputationSignals
+    /// Sending IPs on the re-warm ramp (`reputation.rewarm`): address → when it resumed.
+    public private(set) var rewarmSince: [String: Date] = [:]
+    /// Per-provider warm-up counts on `warmupDay`: sending IP → provider label → recipients leased.
+    public private(set) var warmupProviderUsed: [String: [String: Int]] = [:]
+    private var nextSignalPrune = Date.distantPast
+    /// Signal counts not yet handed to the shell to store (written at most once per second).
+    private var pendingSignalRows: [ReputationCount] = []
+    private var nextSignalFlush = Date.distantPast
 
     /// How often leases past their expiry are looked for in the queue, seconds.
     public static let expirySweepInterval: TimeInterval = 1
@@ -144,9 +168,12 @@ public struct Scheduler: Sendable {
     ///   - pauses: operator pauses (from the queue).
     ///   - leaseHoldUntil: no new lease before this time (see `QueueStore.beginRun`).
     ///   - leadership: the term, store and coordinator id to stamp on frames (nil: none).
+    ///   - signals: reputation signal counts as stored (`QueueStore.reputationCounts`).
     public init(config: ClusterConfig, draining: Set<String> = [], backoffs: [BackoffTable.Entry] = [], pauses: [Pause] = [],
-                leaseHoldUntil: Date? = nil, leadership: LeadershipStamp? = nil) {
+                leaseHoldUntil: Date? = nil, leadership: LeadershipStamp? = nil, signals: [ReputationCount] = []) {
         self.config = config
+        self.signals = ReputationSignals(history: config.reputation.signalHistory)
+        self.signals.load(signals)
         self.leadership = leadership
         for p in pauses { self.pauses[p.target] = p }
         self.membership = Membership(nodes: config.nodes.map(\.id), ips: Scheduler.tableRows(config), draining: draining)
@@ -227,7 +254,10 @@ public struct Scheduler: Sendable {
         for r in results {
             if let lease = leases.finished(r.leaseID), let mx = r.mxHost {
                 providerOfDomain[lease.domain] = config.shaping.group(forMXHost: mx).name
-                labelOfDomain[lease.domain] = config.providerName(forMXHost: mx)
+                // A well-known domain keeps its label when its MX host says nothing more (a
+                // route to a smarthost): gmail.com stays gmail (pauses, per-provider warm-up caps).
+                let label = config.providerName(forMXHost: mx)
+                if label != "other" || MailboxProvider.name(forDomain: lease.domain) == nil { labelOfDomain[lease.domain] = label }
             }
             out.append(.send(r.connection, .resultAck(ResultAckMessage(leaseID: r.leaseID))))
         }
@@ -329,8 +359,11 @@ public struct Scheduler: Sendable {
 
     /// Lifts a backoff early (the shell deleted the stored one first).
     /// - Returns: whether one was active.
+    /// The pair's signal counts are forgotten too (the shell deletes the stored ones), so a
+    /// reputation rule does not fire again on the figures that made it act.
     public mutating func liftRequested(ip: String, provider: String) -> Bool {
-        backoffs.lift(ip: ip, provider: provider)
+        forgetSignals(ip: ip, provider: provider)
+        return backoffs.lift(ip: ip, provider: provider)
     }
 
     /// The provider label of a destination domain: learned from its MX hosts, else the
@@ -352,7 +385,10 @@ public struct Scheduler: Sendable {
     /// - Returns: the backoffs lifted.
     public mutating func liftProvider(_ label: String, now: Date) -> [BackoffTable.Entry] {
         let lifted = backoffs.active(now: now).filter { $0.provider == label || providerLabel(ofBackoffKey: $0.provider) == label }
-        for e in lifted { _ = backoffs.lift(ip: e.sendingIP, provider: e.provider) }
+        for e in lifted {
+            _ = backoffs.lift(ip: e.sendingIP, provider: e.provider)
+            forgetSignals(ip: e.sendingIP, provider: e.provider)
+        }
         return lifted
     }
 
@@ -367,15 +403,28 @@ public struct Scheduler: Sendable {
     /// A blocklist check changed whether `ip` is listed (`BlocklistWatch`): nil `holdReason`
     /// resumes it.
     /// - Returns: a log line and a tick, when something changed.
-    public mutating func blocklistChanged(ip: String, holdReason: String?) -> [Directive] {
+    /// With `reputation.rewarm`, an IP that resumes starts on the re-warm ramp at `now`.
+    public mutating func blocklistChanged(ip: String, holdReason: String?, now: Date) -> [Directive] {
         guard blocklisted[ip] != holdReason else { return [] }
         let was = blocklisted[ip] != nil
         blocklisted[ip] = holdReason
         if let holdReason {
+            rewarmSince[ip] = nil
             return [.log(.init(.warning, was ? "sending IP still held: blocklist" : "sending IP held: blocklist", ["ip": ip, "reason": holdReason])),
                     .scheduleNextTick(after: 0)]
         }
-        return [.log(.init(.info, "sending IP resumed: no longer on a blocklist", ["ip": ip])), .scheduleNextTick(after: 0)]
+        var fields = ["ip": ip]
+        if was, let rewarm = config.reputation.rewarm {
+            rewarmSince[ip] = now
+            fields["rewarm"] = "from \(ReputationRule.percent(rewarm.start)) over \(ReputationRule.span(rewarm.over))"
+        }
+        return [.log(.init(.info, "sending IP resumed: no longer on a blocklist", fields)), .scheduleNextTick(after: 0)]
+    }
+
+    /// Puts sending IPs on the re-warm ramp as another coordinator saw them resume (a new
+    /// leader's start): address → when it resumed.
+    public mutating func restoreRewarm(_ since: [String: Date]) {
+        for (ip, at) in since where blocklisted[ip] == nil { rewarmSince[ip] = at }
     }
 
     /// Whether the blocklist holds leave `ip` leasable.
@@ -415,6 +464,7 @@ public struct Scheduler: Sendable {
         let connections = membership.sessions.mapValues(\.connection)
         let (changes, removed) = membership.reconfigure(nodes: new.nodes.map(\.id), ips: Scheduler.tableRows(new))
         config = new
+        signals.history = new.reputation.signalHistory
         var out = send(changes)
         for node in removed {
             guard let c = connections[node] else { continue }
@@ -454,7 +504,24 @@ public struct Scheduler: Sendable {
                 out.append(.send(s.connection, .heartbeat(HeartbeatMessage(leasesInFlight: leases.count(node: s.nodeID)))))
             }
         }
-        for ended in backoffs.takeEnded(now: now) { out.append(.backoffEvent(.ended(ended))) }
+        for ended in backoffs.takeEnded(now: now) {
+            out.append(.backoffEvent(.ended(ended)))
+            if ended.reason.hasPrefix(RuleFiring.prefix) {
+                // A rule's action ran out: start the pair's figures afresh.
+                forgetSignals(ip: ended.sendingIP, provider: ended.provider)
+                out.append(.forgetSignals(ip: ended.sendingIP, provider: ended.provider))
+            }
+        }
+        if now >= nextSignalFlush, !pendingSignalRows.isEmpty {
+            nextSignalFlush = now.addingTimeInterval(1)
+            out.append(.persistSignals(Self.merged(pendingSignalRows)))
+            pendingSignalRows = []
+        }
+        if now >= nextSignalPrune {
+            nextSignalPrune = now.addingTimeInterval(60)
+            signals.prune(now: now)
+            for (ip, since) in rewarmSince where rewarmCap(ip, full: 1, since: since, now: now) == nil { rewarmSince[ip] = nil }
+        }
         let expired = leases.expired(now: now)
         if now >= nextExpirySweep || !expired.isEmpty {
             nextExpirySweep = now.addingTimeInterval(Self.expirySweepInterval)
@@ -514,11 +581,16 @@ public struct Scheduler: Sendable {
         for k in granted { recipientsLeased[k.sendingIP, default: 0] += k.recipientIDs.count }
         for g in grants {
             for rec in g.records {
+                let label = providerLabel(ofDomain: rec.domain)
                 if let k = kept[rec.id] {
-                    if k.recipientIDs.count < rec.recipientIDs.count { warmupUsed[rec.sendingIP, default: 0] -= rec.recipientIDs.count - k.recipientIDs.count }
+                    if k.recipientIDs.count < rec.recipientIDs.count {
+                        warmupUsed[rec.sendingIP, default: 0] -= rec.recipientIDs.count - k.recipientIDs.count
+                        warmupProviderUsed[rec.sendingIP, default: [:]][label, default: 0] -= rec.recipientIDs.count - k.recipientIDs.count
+                    }
                 } else {
                     leases.withdrawn(rec)
                     warmupUsed[rec.sendingIP, default: 0] -= rec.recipientIDs.count
+                    warmupProviderUsed[rec.sendingIP, default: [:]][label, default: 0] -= rec.recipientIDs.count
                 }
             }
         }
@@ -555,6 +627,7 @@ public struct Scheduler: Sendable {
         let day = Queue.utcDay(now)
         if warmupDay != day {
             warmupUsed = try queue.dailyAttempts(day: day)
+            warmupProviderUsed = try queue.dailyProviderAttempts(day: day)
             warmupDay = day
         }
         let weights = Dictionary(config.ips.map { ($0.address, $0.weight) }, uniquingKeysWith: { a, _ in a })
@@ -592,8 +665,12 @@ public struct Scheduler: Sendable {
                 groups.removeAll { pauses[PauseTarget(kind: .provider, name: providerLabel(ofDomain: $0.domain))] != nil }
             }
             var budget: [String: Int] = [:]
+            var providerBudget: [String: [String: Int]] = [:]
             for c in candidates {
-                if let (_, dayCap) = config.warmupCap(for: c.ip.address, now: now) { budget[c.ip.address] = max(0, dayCap - warmupUsed[c.ip.address, default: 0]) }
+                if let dayCap = dailyCap(for: c.ip.address, now: now) { budget[c.ip.address] = max(0, dayCap - warmupUsed[c.ip.address, default: 0]) }
+                for (label, cap) in config.warmupProviderCaps(for: c.ip.address, now: now) {
+                    providerBudget[c.ip.address, default: [:]][label] = max(0, cap - (warmupProviderUsed[c.ip.address]?[label] ?? 0))
+                }
             }
             // A throttle counts the grants it admits, and the rotation moves: both on copies,
             // kept for the final plan only.
@@ -602,10 +679,16 @@ public struct Scheduler: Sendable {
             var trialCredits = credits
             var trialInFlight = inFlight
             let providers = providerOfDomain
+            let me = self
             plan = LeasePlanner.spread(groups, candidates: candidates, credits: &trialCredits, inFlight: &trialInFlight, perIPCap: perIPCap,
                                        bulkPerIPCap: bulkPerIPCap, budget: &budget, spread: &trialSpread,
                                        provider: { providers[$0.domain] ?? "domain:" + $0.domain }) { ip, g in
-                trialBackoffs.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now)
+                // A per-provider warm-up cap (warmup[].providers) must cover the whole group.
+                let label = providerBudget[ip.address] == nil ? nil : me.providerLabel(ofDomain: g.domain)
+                if let label, let left = providerBudget[ip.address]?[label], left < g.recipients.count { return false }
+                guard trialBackoffs.admit(ip: ip.address, provider: providers[g.domain] ?? "domain:" + g.domain, now: now) else { return false }
+                if let label, let left = providerBudget[ip.address]?[label] { providerBudget[ip.address]?[label] = left - g.recipients.count }
+                return true
             }
             admitted = trialBackoffs
             rotated = trialSpread
@@ -628,6 +711,7 @@ public struct Scheduler: Sendable {
             grants[c.node]?.planned[rec.id] = (g, c.ip)
             leases.granted(rec)
             warmupUsed[c.ip.address, default: 0] += rec.recipientIDs.count
+            warmupProviderUsed[c.ip.address, default: [:]][providerLabel(ofDomain: rec.domain), default: 0] += rec.recipientIDs.count
         }
         out.append(.grant(grants.values.sorted { $0.node < $1.node }))
         return out
@@ -692,11 +776,19 @@ public struct Scheduler: Sendable {
             return "\(what): \(providerLabel(ofBackoffKey: key)) backoff on \(unlisted.map(\.ip.address).joined(separator: ", ")) until \(until) (\(entries.first?.reason ?? ""))"
         }
         let warm = open.filter { e in
-            guard let (_, cap) = config.warmupCap(for: e.ip.address, now: now) else { return true }
+            guard let cap = dailyCap(for: e.ip.address, now: now) else { return true }
             return warmupUsed[e.ip.address, default: 0] < cap || warmupDay != Queue.utcDay(now)
         }
         guard !warm.isEmpty else {
-            return "warm-up cap of \(open.map(\.ip.address).joined(separator: ", ")) reached until 00:00 UTC"
+            let ramp = open.contains { rewarmSince[$0.ip.address] != nil } ? " (re-warm ramp after a delisting)" : ""
+            return "warm-up cap of \(open.map(\.ip.address).joined(separator: ", ")) reached until 00:00 UTC\(ramp)"
+        }
+        let providerWarm = warm.filter { e in
+            guard let cap = config.warmupProviderCap(for: e.ip.address, provider: label, now: now) else { return true }
+            return (warmupProviderUsed[e.ip.address]?[label] ?? 0) < cap || warmupDay != Queue.utcDay(now)
+        }
+        guard !providerWarm.isEmpty else {
+            return "warm-up cap for provider \(label) of \(warm.map(\.ip.address).joined(separator: ", ")) reached until 00:00 UTC"
         }
         let cap = max(1, config.delivery.connectionsPerIP * 2)
         var inFlight: [String: Int] = [:]
@@ -709,9 +801,157 @@ public struct Scheduler: Sendable {
 
     /// Warm-up state of an IP at `now`: (day of plan, cap, recipients leased today); nil when
     /// warmed or without a plan.
+    /// On the re-warm ramp the cap is the ramp's (day 0 for an IP without a plan).
     public func warmupStatus(_ address: String, now: Date) -> (day: Int, cap: Int, used: Int)? {
-        guard let (day, cap) = config.warmupCap(for: address, now: now) else { return nil }
+        guard let cap = dailyCap(for: address, now: now) else { return nil }
+        let day = config.warmupCap(for: address, now: now)?.day ?? 0
         let used = warmupDay == Queue.utcDay(now) ? warmupUsed[address, default: 0] : 0
         return (day, cap, used)
+    }
+
+    /// Per-provider warm-up caps of an IP today: provider label → (cap, recipients leased).
+    public func warmupProviderStatus(_ address: String, now: Date) -> [String: (cap: Int, used: Int)] {
+        let today = warmupDay == Queue.utcDay(now)
+        return config.warmupProviderCaps(for: address, now: now).reduce(into: [:]) { out, e in
+            out[e.key] = (e.value, today ? warmupProviderUsed[address]?[e.key] ?? 0 : 0)
+        }
+    }
+
+    /// The daily cap of an IP at `now`: its warm-up cap, lowered by the re-warm ramp while it is
+    /// on one; nil when neither applies.
+    public func dailyCap(for address: String, now: Date) -> Int? {
+        let warm = config.warmupCap(for: address, now: now)?.cap
+        guard let since = rewarmSince[address] else { return warm }
+        guard let full = warm ?? fullDailyCap(address) else { return nil }
+        let ramp = rewarmCap(address, full: full, since: since, now: now)
+        return ramp.map { min($0, full) } ?? warm
+    }
+
+    /// The full cap the re-warm ramp rises to for an IP past (or without) its plan: the plan's
+    /// last daily cap, else `reputation.rewarm.daily`.
+    private func fullDailyCap(_ address: String) -> Int? {
+        if let w = config.ips.first(where: { $0.address == address })?.warmup, let last = config.warmup.first(where: { $0.name == w.plan })?.daily.last {
+            return last
+        }
+        return config.reputation.rewarm?.daily
+    }
+
+    private func rewarmCap(_ address: String, full: Int, since: Date, now: Date) -> Int? {
+        guard let settings = config.reputation.rewarm else { return nil }
+        return RewarmRamp.cap(full: full, since: since, now: now, settings: settings)
+    }
+
+    // MARK: - Reputation signals
+
+    /// Results were committed to the queue: each recipient's outcome is counted against its
+    /// (sending IP, provider) pair (the provider of the MX host that answered; outcomes without
+    /// an MX host, e.g. no server reachable, are not counted), and `reputation.rules` are
+    /// evaluated for the pairs that changed. The counts are handed to the shell to store by
+    /// `tick`, at most once per second (one write per second rather than one per batch), and at
+    /// once when a rule fires.
+    /// - Returns: for a rule that fired: the counts to store, the backoff, its event, a log line.
+    public mutating func resultsCommitted(_ results: [ResultMessage], now: Date) -> [Directive] {
+        var rows: [ReputationCount] = []
+        var touched = Set<ReputationSignals.Pair>()
+        for r in results {
+            let at = min(now, Date(timeIntervalSince1970: r.finishedAt))
+            for o in r.outcomes {
+                guard let mx = o.mxHost ?? r.mxHost else { continue }
+                let provider = config.shaping.group(forMXHost: mx).name
+                rows.append(signals.record(SignalOutcome(o), ip: r.sendingIP, provider: provider, at: at))
+                touched.insert(.init(ip: r.sendingIP, provider: provider))
+            }
+        }
+        guard !rows.isEmpty else { return [] }
+        pendingSignalRows += rows
+        var out: [Directive] = []
+        for pair in touched.sorted() { out += evaluateRules(pair, now: now) }
+        if !out.isEmpty {
+            out.insert(.persistSignals(Self.merged(pendingSignalRows)), at: 0)
+            pendingSignalRows = []
+        }
+        return out
+    }
+
+    /// A feedback-loop complaint (RFC 5965) about mail a pair delivered.
+    /// - Parameters:
+    ///   - ip: the sending IP the complained-about message left from.
+    ///   - provider: the provider key of its MX host (`config.shaping.group(forMXHost:)`, as
+    ///     the recipient's stored `mx` gives it).
+    ///   - at: when the complaint arrived.
+    ///   - now: the current time.
+    public mutating func complaintRecorded(ip: String, provider: String, at: Date, now: Date) -> [Directive] {
+        let row = signals.record(.complaint, ip: ip, provider: provider, at: min(at, now))
+        return [.persistSignals([row])] + evaluateRules(.init(ip: ip, provider: provider), now: now)
+    }
+
+    /// Forgets a pair's counts, in memory and not yet stored (the shell deletes the stored ones).
+    private mutating func forgetSignals(ip: String, provider: String) {
+        signals.reset(ip: ip, provider: provider)
+        pendingSignalRows.removeAll { $0.ip == ip && $0.provider == provider }
+    }
+
+    private mutating func evaluateRules(_ pair: ReputationSignals.Pair, now: Date) -> [Directive] {
+        guard !config.reputation.rules.isEmpty, !backoffs.isActive(ip: pair.ip, provider: pair.provider, now: now),
+              let firing = signals.evaluate(config.reputation.rules, ip: pair.ip, provider: pair.provider, now: now) else { return [] }
+        let action: BackoffRule.Action = firing.rule.action == .throttle ? .throttle : .suspend
+        backoffs.apply(ip: pair.ip, provider: pair.provider, action: action, duration: firing.rule.duration,
+                       ratePerMinute: firing.rule.ratePerMinute, reason: firing.reason, now: now)
+        guard let entry = backoffs.entry(ip: pair.ip, provider: pair.provider) else { return [] }
+        return [.persistBackoff(entry), .backoffEvent(.started(entry)),
+                .log(.init(.warning, "reputation rule fired", ["ip": pair.ip, "provider": pair.provider, "action": firing.rule.action.rawValue,
+                                                               "reason": firing.reason])),
+                .scheduleNextTick(after: 0)]
+    }
+
+    private static func merged(_ rows: [ReputationCount]) -> [ReputationCount] {
+        var sum: [String: ReputationCount] = [:]
+        var order: [String] = []
+        for r in rows {
+            let k = "\(r.ip)\u{0}\(r.provider)\u{0}\(r.bucket)\u{0}\(r.kind)"
+            if sum[k] == nil { order.append(k); sum[k] = r } else { sum[k]!.count += r.count }
+        }
+        return order.compactMap { sum[$0] }
+    }
+
+    /// One pair's figures for operators (`ips --detail`, `GET /v1/reputation`).
+    public struct PairSignals: Sendable, Equatable, Codable {
+        /// The sending IP.
+        public var ip: String
+        /// The provider key (as in the backoff table).
+        public var provider: String
+        /// Its label (`gmail`, …).
+        public var providerLabel: String
+        /// Seconds the figures cover (the longest rule window, 1h without rules).
+        public var windowSeconds: Double
+        /// The counts over that window.
+        public var counts: SignalCounts
+        /// Attempts in the window.
+        public var attempts: Int
+        /// Shares of attempts: deferrals, bounces, complaints (0…1).
+        public var deferralRate: Double
+        public var bounceRate: Double
+        public var complaintRate: Double
+        /// The active pause or throttle a reputation rule set on the pair (its reason), if any.
+        public var ruleAction: String?
+        /// Until when, for `ruleAction`.
+        public var ruleActionUntil: Date?
+    }
+
+    /// Every pair with counts or an active rule action, by IP then provider.
+    public func pairSignals(now: Date) -> [PairSignals] {
+        let window = config.reputation.signalHistory
+        var pairs = Set(signals.pairs)
+        for e in backoffs.active(now: now) where e.reason.hasPrefix(RuleFiring.prefix) { pairs.insert(.init(ip: e.sendingIP, provider: e.provider)) }
+        return pairs.sorted().map { p in
+            let c = signals.counts(ip: p.ip, provider: p.provider, window: window, now: now)
+            let n = Double(max(1, c.attempts))
+            let e = backoffs.active(now: now).first { $0.sendingIP == p.ip && $0.provider == p.provider && $0.reason.hasPrefix(RuleFiring.prefix) }
+            return PairSignals(ip: p.ip, provider: p.provider, providerLabel: providerLabel(ofBackoffKey: p.provider), windowSeconds: window, counts: c,
+                               attempts: c.attempts, deferralRate: Double(c.deferred) / n, bounceRate: Double(c.bounced) / n,
+                               complaintRate: Double(c.complaints) / n,
+                               ruleAction: e.map { "\($0.action == .throttle ? "throttle \($0.ratePerMinute ?? 1)/min" : "pause"): \($0.reason)" },
+                               ruleActionUntil: e.map { Date(timeIntervalSince1970: $0.until) })
+        }
     }
 }

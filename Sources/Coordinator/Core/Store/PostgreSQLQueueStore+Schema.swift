@@ -103,6 +103,8 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 6, sql: PostgreSQLQueueStore.prioritySchemaSQL),
             // The sending IPs' health history: blocklist listings, FCrDNS verdicts (issue 18).
             PostgreSQLMigration(version: 7, sql: PostgreSQLQueueStore.ipHealthSchemaSQL),
+            // Reputation signals and per-provider warm-up counts (issue 18; PostgreSQLQueueStore+Reputation.swift).
+            PostgreSQLMigration(version: 8, sql: PostgreSQLQueueStore.reputationSchemaSQL),
         ])
     }()
 

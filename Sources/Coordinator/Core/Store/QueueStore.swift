@@ -135,6 +135,17 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// Adds attempts to IPs' counts for UTC `day`.
     /// - Throws: a store error.
     func addDailyAttempts(_ counts: [String: Int], day: Int) throws
+    /// Adds to the per-provider warm-up counts of UTC `day` (IP → provider label → recipients).
+    func addDailyProviderAttempts(_ counts: [String: [String: Int]], day: Int) throws
+
+    // MARK: Reputation signals (issue 18)
+
+    /// Adds reputation signal counts (rows with the same key are summed).
+    func addReputationCounts(_ rows: [ReputationCount]) throws
+    /// The counts of buckets starting at `since` (seconds since 1970) or later; older rows are deleted.
+    func reputationCounts(since: Int) throws -> [ReputationCount]
+    /// Forgets every count of one (sending IP, provider) pair.
+    func deleteReputationCounts(ip: String, provider: String) throws
     /// Records (or replaces) an active backoff.
     /// - Throws: a store error.
     func saveBackoff(_ e: BackoffTable.Entry) throws

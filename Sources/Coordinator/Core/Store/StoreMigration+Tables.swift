@@ -33,6 +33,8 @@ import Foundation
 //                                 the sending IPs' blocklist/FCrDNS history (migration 7)
 //   messages.priority, recipients.priority, tenants.priority
 //                                 the priority class (issue 18, PostgreSQL migration 6)
+//   reputation_counts [ip, provider, bucket, kind], ip_provider_daily [ip, provider, day]
+//                                 reputation signals and per-provider warm-up counts (migration 8)
 // The identity columns (recipients.id, recipient_events.seq, webhook_outbox.id, tenant_events.id, complaints.id) keep their
 // values, and their PostgreSQL sequences continue after the SQLite high-water mark
 // (`sqlite_sequence`), so a recipient id or an event id (`message.seq`, the webhook event id)
@@ -226,6 +228,12 @@ extension StoreMigration {
             Column("ip", .text), Column("zone", .text), Column("at", .double), Column("event", .text), Column("codes", .text),
             Column("reason", .text, nullable: true),
         ], key: ["ip", "zone", "at", "event"], identity: nil, pageSize: 2000),
+        // Reputation signals and per-provider warm-up counts (issue 18, migration 8).
+        Table(name: "reputation_counts", columns: [
+            Column("ip", .text), Column("provider", .text), Column("bucket", .int), Column("kind", .text), Column("count", .int),
+        ], key: ["ip", "provider", "bucket", "kind"], identity: nil, pageSize: 2000),
+        Table(name: "ip_provider_daily", columns: [Column("ip", .text), Column("provider", .text), Column("day", .int), Column("attempts", .int)],
+              key: ["ip", "provider", "day"], identity: nil, pageSize: 2000),
     ]
 
     /// The names of the copied tables, in copy order.
