@@ -103,6 +103,8 @@ public final class CoordinatorService: Sendable {
                                               eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
+        // Complaints taken in here count in the (IP, provider) reputation signals (issue 18).
+        submission.feedback.observeComplaints { ip, pair, at in hub.recordComplaint(ip: ip, provider: pair, at: at) }
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
                                 headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
                                 metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })

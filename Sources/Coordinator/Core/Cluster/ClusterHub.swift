@@ -1004,9 +1004,10 @@ public final class ClusterHub: Sendable {
     /// counted in the pair's reputation signals (`complaints` in `reputation.rules`), which may
     /// fire a rule. Only the leader counts; elsewhere the call does nothing.
     ///
-    /// TODO(issue 18, FBL intake): the complaint intake calls this for each accepted report,
-    /// with the IP and provider of the complained-about recipient (its stored `ip` and
-    /// `config.shaping.group(forMXHost: mx).name`).
+    /// The feedback-loop intake (`FeedbackIntake.observeComplaints`) calls this for each
+    /// complaint it records, with the complained-about recipient's stored `ip` and
+    /// `config.shaping.group(forMXHost: mx).name`. A report taken in by a standby coordinator
+    /// is stored and reported but not counted in the leader's signals.
     /// - Parameters:
     ///   - ip: the sending IP.
     ///   - provider: the provider key (a `shaping.providers` name or `mx:<host>`).

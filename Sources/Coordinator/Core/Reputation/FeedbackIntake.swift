@@ -22,6 +22,7 @@ public final class FeedbackIntake: Sendable {
     private let metrics: CoordinatorMetrics?
     private let clock: any WallClock
     private let log = Logger(label: "coordinator.feedback")
+    private let complaintObserver = Locked<(@Sendable (_ ip: String, _ pair: String, _ at: Date) -> Void)?>(nil)
 
     /// What one report came to.
     public enum Outcome: Sendable, Equatable {
@@ -44,6 +45,15 @@ public final class FeedbackIntake: Sendable {
 
     /// Applies a reloaded configuration from the next report on.
     public func apply(_ config: ClusterConfig) { self.config.withLock { $0 = config } }
+
+    /// Sets what is told of every recorded complaint whose delivery is known: the sending IP,
+    /// the (IP, provider) pair's provider key (`shaping.group(forMXHost:)`: a `shaping.providers`
+    /// name or `mx:<host>`) and when. The coordinator counts it in the reputation signals
+    /// (`ClusterHub.recordComplaint`), which `reputation.rules` read.
+    /// - Parameter observer: called on the session's thread after the complaint is stored.
+    public func observeComplaints(_ observer: @escaping @Sendable (_ ip: String, _ pair: String, _ at: Date) -> Void) {
+        complaintObserver.withLock { $0 = observer }
+    }
 
     /// Consumes one report.
     /// - Parameters:
@@ -83,6 +93,11 @@ public final class FeedbackIntake: Sendable {
         try store.recordComplaint(decision.complaint, suppression: decision.suppression)
         metrics?.feedbackReports.inc("complaint")
         let c = decision.complaint
+        // The pair the signals count it against: the provider key of the MX that took the complained-about delivery.
+        if let address = c.recipient?.lowercased(), let mx = original?.recipients.first(where: { $0.address.lowercased() == address })?.mx,
+           !mx.isEmpty, !c.ip.isEmpty, let observer = complaintObserver.snapshot {
+            observer(c.ip, config.shaping.group(forMXHost: mx).name, now)
+        }
         var fields = ["client": client, "feedback_type": c.feedbackType, "ip": c.ip, "provider": c.provider, "sender_domain": c.senderDomain,
                       "matched_by": decision.matchedBy, "recipient_by": decision.recipientBy]
         if let id = c.queueID { fields["id"] = id }
