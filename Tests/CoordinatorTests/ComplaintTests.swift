@@ -70,6 +70,20 @@ struct ComplaintTests {
         #expect(u.complaint.provider == "microsoft" || u.complaint.provider == "other")
     }
 
+    @Test("the (IP, provider) pair a complaint counts in for reputation rules: the recorded IP and the MX's shaping key; none without a known MX")
+    func signalPair() throws {
+        let d = try Self.decide(ARFSamples.yahoo(returned: Self.returned, recipient: "alice@yahoo.test", mailFrom: "bounce@shop.test", sourceIP: "127.0.0.99"), original: Self.original)
+        var shaping = ShapingSettings()
+        #expect(ComplaintIntake.signalPair(d.complaint, original: Self.original, shaping: shaping).map { [$0.ip, $0.provider] }
+                == ["127.0.0.10", "mx:mta6.am0.yahoodns.net"])
+        shaping.providers = [ShapingProvider(name: "yahoo", mxSuffixes: ["yahoodns.net"], limits: shaping.defaults)]
+        #expect(ComplaintIntake.signalPair(d.complaint, original: Self.original, shaping: shaping).map { [$0.ip, $0.provider] } == ["127.0.0.10", "yahoo"])
+        var noMX = Self.original
+        noMX.recipients[1].mx = nil
+        #expect(ComplaintIntake.signalPair(d.complaint, original: noMX, shaping: shaping) == nil)
+        #expect(ComplaintIntake.signalPair(d.complaint, original: nil, shaping: shaping) == nil)
+    }
+
     @Test("headers only (text/rfc822-headers): matched by the tracking field; a report about an unknown message still suppresses an unredacted Original-Rcpt-To")
     func headersOnlyAndUnknown() throws {
         let d = try Self.decide(ARFSamples.headersOnly(returned: Self.returned, sourceIP: "192.0.2.99"), original: Self.original)

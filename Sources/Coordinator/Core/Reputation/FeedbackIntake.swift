@@ -94,9 +94,8 @@ public final class FeedbackIntake: Sendable {
         metrics?.feedbackReports.inc("complaint")
         let c = decision.complaint
         // The pair the signals count it against: the provider key of the MX that took the complained-about delivery.
-        if let address = c.recipient?.lowercased(), let mx = original?.recipients.first(where: { $0.address.lowercased() == address })?.mx,
-           !mx.isEmpty, !c.ip.isEmpty, let observer = complaintObserver.snapshot {
-            observer(c.ip, config.shaping.group(forMXHost: mx).name, now)
+        if let pair = ComplaintIntake.signalPair(c, original: original, shaping: config.shaping), let observer = complaintObserver.snapshot {
+            observer(pair.ip, pair.provider, now)
         }
         var fields = ["client": client, "feedback_type": c.feedbackType, "ip": c.ip, "provider": c.provider, "sender_domain": c.senderDomain,
                       "matched_by": decision.matchedBy, "recipient_by": decision.recipientBy]
@@ -110,5 +109,21 @@ public final class FeedbackIntake: Sendable {
             log.info("complaint recorded; recipient suppressed", fields)
         }
         return .complaint(decision)
+    }
+}
+
+extension ComplaintIntake {
+    /// The (sending IP, provider key) pair whose reputation signals a complaint counts against:
+    /// the recorded IP and the `shaping.group(forMXHost:)` key (a `shaping.providers` name or
+    /// `mx:<host>`, as the backoff table and `reputation.rules` key pairs) of the MX that took
+    /// the complained-about recipient. Nil when the recipient or its MX is not known.
+    /// - Parameters:
+    ///   - complaint: the recorded complaint.
+    ///   - original: the matched message with its recipients' recorded IP and MX.
+    ///   - shaping: `shaping:` (its provider groups).
+    public static func signalPair(_ complaint: Complaint, original: ComplaintOriginal?, shaping: ShapingSettings) -> (ip: String, provider: String)? {
+        guard let address = complaint.recipient?.lowercased(), !complaint.ip.isEmpty,
+              let mx = original?.recipients.first(where: { $0.address.lowercased() == address })?.mx, !mx.isEmpty else { return nil }
+        return (complaint.ip, shaping.group(forMXHost: mx).name)
     }
 }
