@@ -959,18 +959,30 @@ public final class ClusterHub: Sendable {
 
     /// An FCrDNS check changed whether `ip` is held (`reputation.require_fcrdns`) or its
     /// verdict: the scheduler holds or resumes it (with its blocklist hold, if any), and the
-    /// leader stores the history row.
+    /// leader stores the history row and, when a check held or released the IP, a `paused` or
+    /// `resumed` event (operator `hato`, target `ip A`) with the reason.
     /// - Parameters:
     ///   - ip: the sending IP.
     ///   - holdReason: why it is held (`FCrDNSWatch.holdReason`), nil when it is not.
     ///   - history: the verdict change for the stored history, if any.
     public func fcrdnsChanged(ip: String, holdReason: String?, history: BlocklistWatch.Change?) {
-        let changed = fcrdnsHolds.withLock { h -> Bool in
+        let (changed, wasHeld) = fcrdnsHolds.withLock { h -> (Bool, Bool) in
             defer { h[ip] = holdReason }
-            return h[ip] != holdReason
+            return (h[ip] != holdReason, h[ip] != nil)
         }
         if changed { postHold(ip) }
-        if let history, leaderInfo.snapshot.isSelf { recordHealthHistory(history) }
+        guard let history, leaderInfo.snapshot.isSelf else { return }
+        recordHealthHistory(history)
+        // An automatic hold or release is an event with its reason (delivery log, webhooks),
+        // recorded when a check found the change — not when a restart re-applies a stored hold.
+        guard wasHeld != (holdReason != nil) else { return }
+        let kind: DeliveryEventKind = holdReason == nil ? .resumed : .paused
+        let note = holdReason.map { "reputation.require_fcrdns: \($0)" } ?? "reputation.require_fcrdns: FCrDNS confirmed again (\(history.event))"
+        do {
+            try store.recordOperatorEvent(kind, by: "hato", target: "ip \(ip)", note: note, now: clock.now())
+        } catch {
+            log.error("recording an FCrDNS event failed", ["ip": ip, "error": "\(error)"])
+        }
     }
 
     /// The holds of both checks, joined per IP.
