@@ -5,6 +5,7 @@ import Testing
 @testable import HatoCoordinator
 @testable import HatoCrypto
 @testable import HatoDelivery
+@testable import HatoSupport
 @testable import SMTPCore
 
 /// The complaint intake (issue 18): which message, recipient, IP, provider, domain and tenant a
@@ -68,20 +69,6 @@ struct ComplaintTests {
         #expect(u.matchedBy == "received")
         #expect(u.complaint.recipient == nil && u.suppression == nil)
         #expect(u.complaint.provider == "microsoft" || u.complaint.provider == "other")
-    }
-
-    @Test("the (IP, provider) pair a complaint counts in for reputation rules: the recorded IP and the MX's shaping key; none without a known MX")
-    func signalPair() throws {
-        let d = try Self.decide(ARFSamples.yahoo(returned: Self.returned, recipient: "alice@yahoo.test", mailFrom: "bounce@shop.test", sourceIP: "127.0.0.99"), original: Self.original)
-        var shaping = ShapingSettings()
-        #expect(ComplaintIntake.signalPair(d.complaint, original: Self.original, shaping: shaping).map { [$0.ip, $0.provider] }
-                == ["127.0.0.10", "mx:mta6.am0.yahoodns.net"])
-        shaping.providers = [ShapingProvider(name: "yahoo", mxSuffixes: ["yahoodns.net"], limits: shaping.defaults)]
-        #expect(ComplaintIntake.signalPair(d.complaint, original: Self.original, shaping: shaping).map { [$0.ip, $0.provider] } == ["127.0.0.10", "yahoo"])
-        var noMX = Self.original
-        noMX.recipients[1].mx = nil
-        #expect(ComplaintIntake.signalPair(d.complaint, original: noMX, shaping: shaping) == nil)
-        #expect(ComplaintIntake.signalPair(d.complaint, original: nil, shaping: shaping) == nil)
     }
 
     @Test("headers only (text/rfc822-headers): matched by the tracking field; a report about an unknown message still suppresses an unredacted Original-Rcpt-To")
@@ -192,8 +179,12 @@ struct ComplaintTests {
         let d = ComplaintIntake.decide(report, original: original, matchedBy: "tracking", sendingIPs: [], providerName: { _ in "yahoo" },
                                        suppression: f.config.suppression, now: f.clock.now())
         #expect(d.complaint.tenant == "acme" && d.complaint.recipient == "a@yahoo.test")
+        let observed = Locked<[String]>([])
+        service.reporter.observeComplaints { ip, mx, at in observed.withLock { $0.append("\(ip) \(mx) \(at.timeIntervalSince1970)") } }
         try f.store.recordComplaint(d.complaint, suppression: d.suppression)
         while try service.reporter.runOnce() {}
+        // The reporter tells the reputation signals once: the recorded IP and the MX that took the delivery.
+        #expect(observed.snapshot == ["127.0.0.10 mx.hato.test \(d.complaint.at)"])
         let bodies = try f.store.dueWebhooks(hook: "tenant:acme", now: f.clock.now().addingTimeInterval(1), limit: 100)
             .map { String(decoding: $0.body, as: UTF8.self) }
         #expect(bodies.filter { $0.contains("\"event\":\"complained\"") }.count == 1, "\(bodies)")

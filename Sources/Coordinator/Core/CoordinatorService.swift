@@ -97,14 +97,17 @@ public final class CoordinatorService: Sendable {
         self.reporting = reporting
         reputation.registerMetrics(reporting.metrics.registry)
         hub.setResultObserver { reporting.noteResult($0) }
+        // Complaints (any coordinator may take a report in; the leader reports each once) count in
+        // the (IP, provider key) reputation signals that `reputation.rules` read (issue 18).
+        reporting.reporter.observeComplaints { ip, mx, at in
+            hub.recordComplaint(ip: ip, provider: hub.currentConfig.shaping.group(forMXHost: mx).name, at: at)
+        }
         // http_api's retention and TTL; the defaults (30 d, 24 h) without the section.
         let apiSettings = config.httpAPI ?? HTTPAPISettings(listen: [])
         tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf },
                                               eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
-        // Complaints taken in here count in the (IP, provider) reputation signals (issue 18).
-        submission.feedback.observeComplaints { ip, pair, at in hub.recordComplaint(ip: ip, provider: pair, at: at) }
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
                                 headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
                                 metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })

@@ -1016,10 +1016,9 @@ public final class ClusterHub: Sendable {
     /// counted in the pair's reputation signals (`complaints` in `reputation.rules`), which may
     /// fire a rule. Only the leader counts; elsewhere the call does nothing.
     ///
-    /// The feedback-loop intake (`FeedbackIntake.observeComplaints`) calls this for each
-    /// complaint it records, with the complained-about recipient's stored `ip` and
-    /// `config.shaping.group(forMXHost: mx).name`. A report taken in by a standby coordinator
-    /// is stored and reported but not counted in the leader's signals.
+    /// The leader's reporter (`DeliveryReporter.observeComplaints`) calls this for each
+    /// `complained` event, with the complained-about recipient's stored `ip` and
+    /// `config.shaping.group(forMXHost: mx).name`, whichever coordinator took the report in.
     /// - Parameters:
     ///   - ip: the sending IP.
     ///   - provider: the provider key (a `shaping.providers` name or `mx:<host>`).

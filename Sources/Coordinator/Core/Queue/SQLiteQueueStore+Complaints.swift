@@ -43,12 +43,14 @@ extension SQLiteQueueStore: ComplaintStore {
                               c.recipientID.map { .int($0) } ?? .null, .text(c.feedbackType), c.reportingMTA.map { .text($0) } ?? .null])
                 if let suppression { try insertSuppressions([suppression]) }
                 if events {
-                    // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA.
+                    // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA,
+                    // `mx` the MX that took the complained-about delivery (the leader's reputation signals).
                     try db.prepare("""
-                        INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note) VALUES('complained',?,?,?,?,?,?,?,?)
+                        INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note, mx)
+                        VALUES('complained',?,?,?,?,?,?,?,?,(SELECT mx FROM recipients WHERE id = ?))
                         """).run([.text(c.queueID ?? ""), c.recipientID.map { .int($0) } ?? .null, c.recipient.map { .text($0) } ?? .null,
                                   .text(c.feedbackType), c.ip.isEmpty ? .null : .text(c.ip), .double(c.at), .text(c.provider),
-                                  c.reportingMTA.map { .text($0) } ?? .null])
+                                  c.reportingMTA.map { .text($0) } ?? .null, c.recipientID.map { .int($0) } ?? .null])
                 }
             }
         }

@@ -22,7 +22,6 @@ public final class FeedbackIntake: Sendable {
     private let metrics: CoordinatorMetrics?
     private let clock: any WallClock
     private let log = Logger(label: "coordinator.feedback")
-    private let complaintObserver = Locked<(@Sendable (_ ip: String, _ pair: String, _ at: Date) -> Void)?>(nil)
 
     /// What one report came to.
     public enum Outcome: Sendable, Equatable {
@@ -45,15 +44,6 @@ public final class FeedbackIntake: Sendable {
 
     /// Applies a reloaded configuration from the next report on.
     public func apply(_ config: ClusterConfig) { self.config.withLock { $0 = config } }
-
-    /// Sets what is told of every recorded complaint whose delivery is known: the sending IP,
-    /// the (IP, provider) pair's provider key (`shaping.group(forMXHost:)`: a `shaping.providers`
-    /// name or `mx:<host>`) and when. The coordinator counts it in the reputation signals
-    /// (`ClusterHub.recordComplaint`), which `reputation.rules` read.
-    /// - Parameter observer: called on the session's thread after the complaint is stored.
-    public func observeComplaints(_ observer: @escaping @Sendable (_ ip: String, _ pair: String, _ at: Date) -> Void) {
-        complaintObserver.withLock { $0 = observer }
-    }
 
     /// Consumes one report.
     /// - Parameters:
@@ -93,10 +83,6 @@ public final class FeedbackIntake: Sendable {
         try store.recordComplaint(decision.complaint, suppression: decision.suppression)
         metrics?.feedbackReports.inc("complaint")
         let c = decision.complaint
-        // The pair the signals count it against: the provider key of the MX that took the complained-about delivery.
-        if let pair = ComplaintIntake.signalPair(c, original: original, shaping: config.shaping), let observer = complaintObserver.snapshot {
-            observer(pair.ip, pair.provider, now)
-        }
         var fields = ["client": client, "feedback_type": c.feedbackType, "ip": c.ip, "provider": c.provider, "sender_domain": c.senderDomain,
                       "matched_by": decision.matchedBy, "recipient_by": decision.recipientBy]
         if let id = c.queueID { fields["id"] = id }
@@ -109,21 +95,5 @@ public final class FeedbackIntake: Sendable {
             log.info("complaint recorded; recipient suppressed", fields)
         }
         return .complaint(decision)
-    }
-}
-
-extension ComplaintIntake {
-    /// The (sending IP, provider key) pair whose reputation signals a complaint counts against:
-    /// the recorded IP and the `shaping.group(forMXHost:)` key (a `shaping.providers` name or
-    /// `mx:<host>`, as the backoff table and `reputation.rules` key pairs) of the MX that took
-    /// the complained-about recipient. Nil when the recipient or its MX is not known.
-    /// - Parameters:
-    ///   - complaint: the recorded complaint.
-    ///   - original: the matched message with its recipients' recorded IP and MX.
-    ///   - shaping: `shaping:` (its provider groups).
-    public static func signalPair(_ complaint: Complaint, original: ComplaintOriginal?, shaping: ShapingSettings) -> (ip: String, provider: String)? {
-        guard let address = complaint.recipient?.lowercased(), !complaint.ip.isEmpty,
-              let mx = original?.recipients.first(where: { $0.address.lowercased() == address })?.mx, !mx.isEmpty else { return nil }
-        return (complaint.ip, shaping.group(forMXHost: mx).name)
     }
 }

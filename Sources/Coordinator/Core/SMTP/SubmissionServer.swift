@@ -57,7 +57,7 @@ public final class SubmissionServer: Sendable {
     /// The tenant tables (issue 16): tenant SMTP users, their domains, limits and state.
     private let tenants: TenantDirectory?
     /// Abuse feedback reports to `reputation.feedback_addresses` (issue 18).
-    public let feedback: FeedbackIntake
+    private let feedback: FeedbackIntake
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     private let tls = Locked<TLSContext?>(nil)
