@@ -38,17 +38,17 @@ struct ComplaintTests {
                                       suppression: SuppressionSettings(scope: scope), now: Date(timeIntervalSince1970: 1_800_000_000))
     }
 
-    @Test("Yahoo/AOL style: the tracked recipient, the Source-IP, the provider from the MX, the sender domain and the tenant")
+    @Test("Yahoo/AOL style: the tracked recipient, the recorded IP, the provider from the MX, the sender domain and the tenant")
     func yahooStyle() throws {
         let bytes = ARFSamples.yahoo(returned: Self.returned, recipient: "alice@yahoo.test", mailFrom: "bounce@shop.test", sourceIP: "127.0.0.11")
         let report = try FeedbackReport.parse(bytes)
         #expect(ComplaintIntake.candidateQueueIDs(report) == ["QID0000000000000A"], "the tracking id first, Received's is the same")
         let d = try Self.decide(bytes, original: Self.original)
         #expect(d.matchedBy == "tracking" && d.recipientBy == "tracking")
-        #expect(d.complaint == Complaint(at: 1_800_000_000, ip: "127.0.0.11", provider: "yahoo", senderDomain: "shop.test", tenant: "acme",
+        #expect(d.complaint == Complaint(at: 1_800_000_000, ip: "127.0.0.10", provider: "yahoo", senderDomain: "shop.test", tenant: "acme",
                                          recipient: "alice@yahoo.test", queueID: "QID0000000000000A", recipientID: 12, feedbackType: "abuse",
                                          reportingMTA: "mta1.mail.gq1.yahoo.com"),
-                "Source-IP (one of ours) wins over the recorded 127.0.0.10")
+                "the recorded 127.0.0.10 wins over the report's Source-IP 127.0.0.11 (a report's author chooses it)")
         #expect(d.suppression == SuppressionEntry(address: "alice@yahoo.test", scope: nil, category: "complaint",
                                                   reason: "complaint (abuse reported by mta1.mail.gq1.yahoo.com)", source: "complaint",
                                                   messageID: "QID0000000000000A", createdAt: 1_800_000_000, expiresAt: 1_800_000_000 + 90 * 86_400))
@@ -71,7 +71,7 @@ struct ComplaintTests {
         #expect(u.complaint.provider == "microsoft" || u.complaint.provider == "other")
     }
 
-    @Test("headers only (text/rfc822-headers): matched by the tracking field; a report about an unknown message still suppresses an unredacted Original-Rcpt-To")
+    @Test("headers only (text/rfc822-headers): matched by the tracking field; a report about a message that is not ours is counted but suppresses nobody (anyone can send one)")
     func headersOnlyAndUnknown() throws {
         let d = try Self.decide(ARFSamples.headersOnly(returned: Self.returned, sourceIP: "192.0.2.99"), original: Self.original)
         #expect(d.complaint.recipient == "alice@yahoo.test")
@@ -81,7 +81,8 @@ struct ComplaintTests {
         #expect(unknown.matchedBy == "none")
         #expect(unknown.complaint.recipient == "carol@yahoo.test" && unknown.complaint.queueID == nil && unknown.complaint.tenant == nil)
         #expect(unknown.complaint.senderDomain == "other.test", "from Original-Mail-From")
-        #expect(unknown.suppression?.address == "carol@yahoo.test")
+        #expect(unknown.suppression == nil, "an address of the reporter's choosing is not suppressed")
+        #expect(unknown.complaint.ip == "127.0.0.10", "with no recorded delivery, a Source-IP of ours stands in")
     }
 
     @Test("only queue-id-like strings are looked up: a foreign Message-ID's local part with dots or dashes is not")
@@ -134,21 +135,27 @@ struct ComplaintTests {
                                         recipient: nil, queueID: nil, recipientID: nil, feedbackType: "fraud", reportingMTA: nil), suppression: nil)
         try q.recordComplaint(Complaint(at: now.timeIntervalSince1970 - 7200, ip: "127.0.0.11", provider: "gmail", senderDomain: "shop.test", tenant: "acme",
                                         recipient: "old@gmail.test", queueID: nil, recipientID: nil, feedbackType: "abuse", reportingMTA: nil), suppression: nil)
+        // The same recipient of the same message again (a replayed report): nothing is written.
+        var replay = c1; replay.at += 1; replay.feedbackType = "fraud"
+        #expect(try q.recordComplaint(replay, suppression: nil) == false)
+        #expect(try q.recordComplaint(Complaint(at: now.timeIntervalSince1970 - 4, ip: "127.0.0.10", provider: "yahoo", senderDomain: "other.test",
+                                                tenant: nil, recipient: nil, queueID: nil, recipientID: nil, feedbackType: "abuse", reportingMTA: nil),
+                                      suppression: nil) == true, "complaints about unknown messages are not duplicates of each other")
         #expect(try q.isSuppressed(recipient: "Alice@yahoo.test", sender: "x@any.test", scope: .global, now: now))
         #expect(try q.suppressions(address: "alice@yahoo.test", now: now).first?.source == "complaint")
         // The events: `complained` with the recipient, IP, feedback type, provider, reporting MTA and the message's tenant.
         let events = try q.pendingEvents(limit: 100).filter { $0.kind == .complained }
-        #expect(events.count == 3)
+        #expect(events.count == 4, "the replay wrote no event")
         let e = try #require(events.first)
         #expect(e.messageID == "QIDSTORE0001" && e.recipientID == rid && e.address == "alice@yahoo.test" && e.sendingIP == "127.0.0.10")
         #expect(e.textWithoutReply == "abuse" && e.detail == "yahoo" && e.note == "mta.yahoo.test" && e.tenant == "acme")
         #expect(events[1].messageID == "" && events[1].address == nil)
         // Counts.
         let hour = now.addingTimeInterval(-3600)
-        #expect(try q.complaintCounts(since: hour) == [ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 2)])
-        #expect(try q.complaintCounts(since: now.addingTimeInterval(-86_400)) == [ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 2),
+        #expect(try q.complaintCounts(since: hour) == [ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 3)])
+        #expect(try q.complaintCounts(since: now.addingTimeInterval(-86_400)) == [ComplaintCount(ip: "127.0.0.10", provider: "yahoo", count: 3),
                                                                              ComplaintCount(ip: "127.0.0.11", provider: "gmail", count: 1)])
-        #expect(try q.complaintGroups(since: hour) == [ComplaintGroup(ip: "127.0.0.10", provider: "yahoo", senderDomain: "other.test", tenant: nil, count: 1),
+        #expect(try q.complaintGroups(since: hour) == [ComplaintGroup(ip: "127.0.0.10", provider: "yahoo", senderDomain: "other.test", tenant: nil, count: 2),
                                                        ComplaintGroup(ip: "127.0.0.10", provider: "yahoo", senderDomain: "shop.test", tenant: "acme", count: 1)])
         #expect(try q.complaintTimes(tenant: "acme", since: hour, limit: 10) == [c1.at])
         #expect(try q.complaintTimes(tenant: "other", since: hour, limit: 10).isEmpty)

@@ -516,7 +516,8 @@ public final class ClusterHub: Sendable {
                                                       leadership: LeadershipStamp(term: term, storeID: storeID, coordinatorID: id))
             if let hold = leaseHoldUntil.snapshot, hold > now { scheduler.holdLeases(until: hold) }
             // Blocklist holds found while a standby (the checker runs on every coordinator).
-            for (ip, reason) in combinedHolds().sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }
+            for (ip, reason) in blocklistHolds.snapshot.sorted(by: { $0.key < $1.key }) { _ = scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }
+            for (ip, reason) in fcrdnsHolds.snapshot.sorted(by: { $0.key < $1.key }) { _ = scheduler.fcrdnsChanged(ip: ip, holdReason: reason) }
             scheduler.restoreRewarm(rewarmStarts.snapshot)
             let leases = try store.allLeases()
             log.info("leading: took over the queue", ["term": "\(term)", "leases_of_earlier_terms": "\(leases.count)",
@@ -945,7 +946,7 @@ public final class ClusterHub: Sendable {
         let resumedAt = clock.now()
         let wasHeld = blocklistHolds.withLock { h in defer { h[ip] = holdReason }; return h[ip] != nil }
         rewarmStarts.withLock { $0[ip] = holdReason == nil && wasHeld ? resumedAt : (holdReason == nil ? $0[ip] : nil) }
-        postHold(ip)
+        postBlocklistHold(ip)
         // Every coordinator checks; only the leader records the event (one per change).
         guard leaderInfo.snapshot.isSelf else { return }
         if let history { recordHealthHistory(history) }
@@ -970,7 +971,7 @@ public final class ClusterHub: Sendable {
             defer { h[ip] = holdReason }
             return (h[ip] != holdReason, h[ip] != nil)
         }
-        if changed { postHold(ip) }
+        if changed { postFCrDNSHold(ip) }
         guard let history, leaderInfo.snapshot.isSelf else { return }
         recordHealthHistory(history)
         // An automatic hold or release is an event with its reason (delivery log, webhooks),
@@ -985,17 +986,14 @@ public final class ClusterHub: Sendable {
         }
     }
 
-    /// The holds of both checks, joined per IP.
-    private func combinedHolds() -> [String: String] {
-        let b = blocklistHolds.snapshot, f = fcrdnsHolds.snapshot
-        var out: [String: String] = [:]
-        for ip in Set(b.keys).union(f.keys) { out[ip] = [b[ip], f[ip]].compactMap { $0 }.joined(separator: "; ") }
-        return out
+    private func postBlocklistHold(_ ip: String) {
+        let reason = blocklistHolds.snapshot[ip]
+        post(.command({ scheduler, now in scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }, refuse: { _ in }))
     }
 
-    private func postHold(_ ip: String) {
-        let reason = combinedHolds()[ip]
-        post(.command({ scheduler, now in scheduler.blocklistChanged(ip: ip, holdReason: reason, now: now) }, refuse: { _ in }))
+    private func postFCrDNSHold(_ ip: String) {
+        let reason = fcrdnsHolds.snapshot[ip]
+        post(.command({ scheduler, _ in scheduler.fcrdnsChanged(ip: ip, holdReason: reason) }, refuse: { _ in }))
     }
 
     private func recordHealthHistory(_ change: BlocklistWatch.Change) {
@@ -1042,8 +1040,9 @@ public final class ClusterHub: Sendable {
         return published.withLock { $0.scheduler.warmupProviderStatus(address, now: now) }
     }
 
-    /// Sending IPs held because a blocklist lists them: address → why.
-    public func blocklisted() -> [String: String] { published.withLock { $0.scheduler.blocklisted } }
+    /// Sending IPs held by the reputation checks (blocklist listings, FCrDNS under
+    /// `require_fcrdns`): address → why.
+    public func blocklisted() -> [String: String] { published.withLock { $0.scheduler.heldIPs } }
 
     /// Active pauses.
     public func pauses() -> [Pause] {

@@ -13,6 +13,7 @@ extension SQLiteQueueStore: ComplaintStore {
               feedback_type TEXT NOT NULL, reporting_mta TEXT);
             CREATE INDEX IF NOT EXISTS complaints_at ON complaints(at);
             CREATE INDEX IF NOT EXISTS complaints_tenant ON complaints(tenant, at);
+            CREATE UNIQUE INDEX IF NOT EXISTS complaints_once ON complaints(queue_id, recipient_id);
             """)
     }
 
@@ -31,16 +32,21 @@ extension SQLiteQueueStore: ComplaintStore {
 
     /// Records a complaint, its suppression and its `complained` event in one synced transaction.
     /// - Throws: `SQLiteError`; nothing is written then.
-    public func recordComplaint(_ c: Complaint, suppression: SuppressionEntry?) throws {
+    @discardableResult
+    public func recordComplaint(_ c: Complaint, suppression: SuppressionEntry?) throws -> Bool {
         try lock.withLock {
+            var recorded = false
             let events = !(try db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='recipient_events'").query { $0.int(0) }.isEmpty)
             try db.transaction {
+                // One complaint per delivered recipient (the unique index; NULLs never collide).
                 try db.prepare("""
-                    INSERT INTO complaints(at, ip, provider, sender_domain, tenant, recipient, queue_id, recipient_id, feedback_type, reporting_mta)
+                    INSERT OR IGNORE INTO complaints(at, ip, provider, sender_domain, tenant, recipient, queue_id, recipient_id, feedback_type, reporting_mta)
                     VALUES(?,?,?,?,?,?,?,?,?,?)
                     """).run([.double(c.at), .text(c.ip), .text(c.provider), .text(c.senderDomain), c.tenant.map { .text($0) } ?? .null,
                               c.recipient.map { .text($0) } ?? .null, c.queueID.map { .text($0) } ?? .null,
                               c.recipientID.map { .int($0) } ?? .null, .text(c.feedbackType), c.reportingMTA.map { .text($0) } ?? .null])
+                guard db.changes > 0 else { return }
+                recorded = true
                 if let suppression { try insertSuppressions([suppression]) }
                 if events {
                     // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA,
@@ -53,6 +59,7 @@ extension SQLiteQueueStore: ComplaintStore {
                                   c.reportingMTA.map { .text($0) } ?? .null, c.recipientID.map { .int($0) } ?? .null])
                 }
             }
+            return recorded
         }
     }
 

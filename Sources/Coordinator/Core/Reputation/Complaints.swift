@@ -111,9 +111,12 @@ public protocol ComplaintStore {
     /// Records a complaint in one durable transaction: the `complaints` row, the suppression
     /// entry (replacing one of the same address and scope), and a `complained` event for the
     /// delivery log and webhooks (when the reporting tables exist; the leading coordinator's
-    /// reporter sends it out).
+    /// reporter sends it out). A second complaint about the same recipient of the same message
+    /// (a replayed or repeated report) writes nothing: one delivery is one complaint at most.
+    /// - Returns: whether it was recorded (false: a duplicate).
     /// - Throws: the store's error; nothing is written then.
-    func recordComplaint(_ complaint: Complaint, suppression: SuppressionEntry?) throws
+    @discardableResult
+    func recordComplaint(_ complaint: Complaint, suppression: SuppressionEntry?) throws -> Bool
 
     /// Complaints per (sending IP, provider) at or after `since`, by IP then provider.
     /// - Throws: the store's error.
@@ -184,7 +187,7 @@ public enum ComplaintIntake {
     ///   - report: the parsed report (its feedback type must be a complaint: not in `notComplaints`).
     ///   - original: the matched message, nil when none was found.
     ///   - matchedBy: how `original` was found (`matchSource`), ignored without it.
-    ///   - sendingIPs: the configured sending IPs: a `Source-IP` among them wins over the recorded IP.
+    ///   - sendingIPs: the configured sending IPs: a `Source-IP` among them stands in when the delivery (its recorded IP) is not known.
     ///   - providerName: the provider label of an MX host (`ClusterConfig.providerName(forMXHost:)`).
     ///   - suppression: `suppression:` (scope and expiry of the entry).
     ///   - now: the current time.
@@ -211,11 +214,15 @@ public enum ComplaintIntake {
             recipient = (address, nil); recipientBy = "original-rcpt-to"
         }
         let row = recipient?.row
+        // The IP Hato recorded for the delivery is authoritative; a report's Source-IP (which
+        // anyone writing a report chooses) only stands in when the delivery is not known.
         let ip: String
-        if let source = report.sourceIP, sendingIPs.contains(source) {
+        if let recorded = row?.ip, !recorded.isEmpty {
+            ip = recorded
+        } else if let source = report.sourceIP, sendingIPs.contains(source) {
             ip = source
         } else {
-            ip = row?.ip ?? report.sourceIP ?? ""
+            ip = report.sourceIP ?? ""
         }
         let provider: String
         if let mx = row?.mx {
@@ -231,7 +238,9 @@ public enum ComplaintIntake {
         let complaint = Complaint(at: now.timeIntervalSince1970, ip: ip, provider: provider, senderDomain: senderDomain,
                                   tenant: original?.tenant, recipient: recipient?.address, queueID: original?.queueID,
                                   recipientID: row?.id, feedbackType: report.feedbackType, reportingMTA: report.reportingMTA)
-        let entry = recipient.map { r in
+        // Only a recipient of a message Hato sent is suppressed: anyone can send a report, and a
+        // report about a message that is not ours must not suppress an address of its choosing.
+        let entry = row.flatMap { _ in recipient }.map { r in
             SuppressionEntry(address: r.address, scope: suppression.scope == .global || senderDomain.isEmpty ? nil : senderDomain,
                              category: "complaint",
                              reason: "complaint (\(report.feedbackType)\(report.reportingMTA.map { " reported by " + $0 } ?? ""))",

@@ -80,7 +80,12 @@ public final class FeedbackIntake: Sendable {
         let now = clock.now()
         let decision = ComplaintIntake.decide(report, original: original, matchedBy: matchedBy, sendingIPs: Set(config.ips.map(\.address)),
                                               providerName: { config.providerName(forMXHost: $0) }, suppression: config.suppression, now: now)
-        try store.recordComplaint(decision.complaint, suppression: decision.suppression)
+        guard try store.recordComplaint(decision.complaint, suppression: decision.suppression) else {
+            metrics?.feedbackReports.inc("duplicate")
+            log.info("feedback report ignored: this recipient's complaint about this message is recorded already",
+                     ["client": client, "id": decision.complaint.queueID ?? "", "reporting_mta": report.reportingMTA ?? ""])
+            return .ignored(feedbackType: report.feedbackType)
+        }
         metrics?.feedbackReports.inc("complaint")
         let c = decision.complaint
         var fields = ["client": client, "feedback_type": c.feedbackType, "ip": c.ip, "provider": c.provider, "sender_domain": c.senderDomain,

@@ -143,6 +143,13 @@ public struct Scheduler: Sendable {
     /// Sending IPs a DNS blocklist lists (`reputation.dnsbl`): address → why. No new lease
     /// goes to them (unless `hold_when_all_listed: false` and their whole pool is listed).
     public private(set) var blocklisted: [String: String] = [:]
+    /// Sending IPs whose forward-confirmed reverse DNS fails under `reputation.require_fcrdns`:
+    /// address → why. No new lease goes to them, whatever `hold_when_all_listed` says.
+    public private(set) var fcrdnsHeld: [String: String] = [:]
+    /// Every held sending IP with why: blocklist listings and FCrDNS failures, joined.
+    public var heldIPs: [String: String] {
+        blocklisted.merging(fcrdnsHeld) { listed, fcrdns in listed + "; " + fcrdns }
+    }
     /// Rolling per (sending IP, provider) counts of outcomes and complaints (`reputation.rules`).
     public private(set) var signals: ReputationSignals
     /// Sending IPs on the re-warm ramp (`reputation.rewarm`): address → when it resumed.
@@ -421,6 +428,21 @@ public struct Scheduler: Sendable {
         return [.log(.init(.info, "sending IP resumed: no longer on a blocklist", fields)), .scheduleNextTick(after: 0)]
     }
 
+    /// An FCrDNS check changed whether `ip` is held (`reputation.require_fcrdns`): no new
+    /// leases while it is. A release does not start the re-warm ramp (nothing was listed).
+    /// - Parameters:
+    ///   - ip: the sending IP.
+    ///   - holdReason: why it is held, nil when it is not.
+    /// - Returns: a log line and a tick when it changed.
+    public mutating func fcrdnsChanged(ip: String, holdReason: String?) -> [Directive] {
+        guard fcrdnsHeld[ip] != holdReason else { return [] }
+        fcrdnsHeld[ip] = holdReason
+        if let holdReason {
+            return [.log(.init(.warning, "sending IP held: FCrDNS", ["ip": ip, "reason": holdReason])), .scheduleNextTick(after: 0)]
+        }
+        return [.log(.init(.info, "sending IP resumed: FCrDNS confirmed", ["ip": ip])), .scheduleNextTick(after: 0)]
+    }
+
     /// Puts sending IPs on the re-warm ramp as another coordinator saw them resume (a new
     /// leader's start): address → when it resumed.
     public mutating func restoreRewarm(_ since: [String: Date]) {
@@ -429,6 +451,8 @@ public struct Scheduler: Sendable {
 
     /// Whether the blocklist holds leave `ip` leasable.
     private func blocklistAllows(_ ip: AssignedIP) -> Bool {
+        // `require_fcrdns` is strict: an IP failing FCrDNS never sends.
+        guard fcrdnsHeld[ip.address] == nil else { return false }
         guard blocklisted[ip.address] != nil else { return true }
         guard !config.reputation.holdWhenAllListed else { return false }
         // The whole pool is listed and the operator chose to send anyway.
@@ -765,7 +789,9 @@ public struct Scheduler: Sendable {
         guard !unpaused.isEmpty else { return "paused: every IP of pool \(pool) (\(usable.map(\.ip.address).joined(separator: ", ")))" }
         let unlisted = unpaused.filter { blocklistAllows($0.ip) }
         guard !unlisted.isEmpty else {
-            return "held: every IP of pool \(pool) is on a blocklist (\(unpaused.map { "\($0.ip.address) \(blocklisted[$0.ip.address] ?? "")" }.joined(separator: "; ")))"
+            let held = heldIPs
+            let what = unpaused.allSatisfy { blocklisted[$0.ip.address] != nil } ? "is on a blocklist" : "is held (blocklist or FCrDNS)"
+            return "held: every IP of pool \(pool) \(what) (\(unpaused.map { "\($0.ip.address) \(held[$0.ip.address] ?? "")" }.joined(separator: "; ")))"
         }
         let key = providerOfDomain[domain] ?? "domain:" + domain
         let open = unlisted.filter { !backoffs.blocks(ip: $0.ip.address, provider: key, now: now) }

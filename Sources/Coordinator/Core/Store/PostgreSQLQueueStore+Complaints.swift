@@ -13,6 +13,7 @@ extension PostgreSQLQueueStore: ComplaintStore {
           feedback_type text NOT NULL, reporting_mta text);
         CREATE INDEX complaints_at ON complaints(at);
         CREATE INDEX complaints_tenant ON complaints(tenant, at);
+        CREATE UNIQUE INDEX complaints_once ON complaints(queue_id, recipient_id);
         """
 
     /// The message `queueID` and its recipients, nil when unknown.
@@ -29,15 +30,18 @@ extension PostgreSQLQueueStore: ComplaintStore {
 
     /// Records a complaint, its suppression and its `complained` event in one transaction.
     /// - Throws: `PostgreSQLError`; nothing is written then.
-    public func recordComplaint(_ x: Complaint, suppression: SuppressionEntry?) throws {
+    @discardableResult
+    public func recordComplaint(_ x: Complaint, suppression: SuppressionEntry?) throws -> Bool {
         let events = reportingInstalled.snapshot
-        try pool.transaction { c in
-            try c.run("""
+        return try pool.transaction { c -> Bool in
+            // One complaint per delivered recipient (the unique index; NULLs never collide).
+            let inserted = try c.query("""
                 INSERT INTO complaints(at, ip, provider, sender_domain, tenant, recipient, queue_id, recipient_id, feedback_type, reporting_mta)
-                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING id
                 """, [.double(x.at), .text(x.ip), .text(x.provider), .text(x.senderDomain), x.tenant.map { .text($0) } ?? .null,
                       x.recipient.map { .text($0) } ?? .null, x.queueID.map { .text($0) } ?? .null, x.recipientID.map { .int($0) } ?? .null,
                       .text(x.feedbackType), x.reportingMTA.map { .text($0) } ?? .null])
+            guard !inserted.isEmpty else { return false }
             if let suppression { try Self.insertSuppressions([suppression], on: c) }
             if events {
                 // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA,
@@ -49,6 +53,7 @@ extension PostgreSQLQueueStore: ComplaintStore {
                           .text(x.feedbackType), x.ip.isEmpty ? .null : .text(x.ip), .double(x.at), .text(x.provider),
                           x.reportingMTA.map { .text($0) } ?? .null])
             }
+            return true
         }
     }
 
