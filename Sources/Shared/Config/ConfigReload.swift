@@ -57,8 +57,8 @@ public struct ConfigChange: Sendable, Equatable, Codable {
 /// |---|---|
 /// | `coordinator.lease_time`, `coordinator.auto_rebalance` | `cluster.*`, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`: coordinator and every node |
 /// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`: coordinator |
-/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands), `reputation.feedback_addresses` (the nodes' tracking field: every node) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
-/// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`, `http_api`: coordinator |
+/// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands), `reputation.hold_when_all_listed`, `require_fcrdns`, `fcrdns_interval`, `rules`, `rewarm`, `reputation.feedback_addresses` (the nodes' tracking field: every node) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
+/// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`, `http_api`, `reputation.dnsbl`, `reputation.check_interval`: coordinator |
 /// | `retry` | `delivery` timeouts and `idle_timeout`: every node |
 /// | `routes`, `dns`, `delivery.tls`, `delivery.port`, `delivery.allow_loopback_mx`, `dkim`, `shaping`, `backoff` (nodes rebuild those parts) | `nodes[].data_dir`, `metrics_listen`, `tls`: that node |
 ///
@@ -170,6 +170,13 @@ public struct ConfigReload: Sendable {
         diff("backoff", old.backoff, new.backoff, live: true)
         // Read by the scheduler at each result and each round.
         diff("reputation.rules", old.reputation.rules, new.reputation.rules, live: true)
+        // The blocklist checker reads its zones and interval once, at start.
+        diff("reputation.dnsbl", old.reputation.dnsblZones, new.reputation.dnsblZones, restart: .coordinator)
+        diff("reputation.check_interval", old.reputation.checkInterval, new.reputation.checkInterval, restart: .coordinator)
+        // The scheduler (holds) and the FCrDNS checker follow the configuration in force.
+        diff("reputation.hold_when_all_listed", old.reputation.holdWhenAllListed, new.reputation.holdWhenAllListed, live: true)
+        diff("reputation.require_fcrdns", old.reputation.requireFCrDNS, new.reputation.requireFCrDNS, live: true)
+        diff("reputation.fcrdns_interval", old.reputation.fcrdnsInterval, new.reputation.fcrdnsInterval, live: true)
         diff("reputation.rewarm", old.reputation.rewarm, new.reputation.rewarm, live: true)
         // Read by `domain add`/`domain check` each time they run.
         diff("tenants", old.tenants, new.tenants, live: true)
