@@ -68,7 +68,7 @@ let usage = """
                             copy the SQLite queue (coordinator.data_dir/queue.db) into the PostgreSQL
                             store of cluster.yml's store:, in one verified transaction; refuses while a
                             coordinator serves; a second run copies nothing
-      tenant list | create NAME [--pool P] [--limit 10000/day,500/hour,50/message] [--webhook URL]
+      tenant list | create NAME [--pool P] [--priority bulk] [--limit 10000/day,500/hour,50/message] [--webhook URL]
                  [--webhook-secret-file F] | show NAME | set NAME [...] | delete NAME
                             create prints the tenant's first API key once
       tenant suspend NAME [--reason TEXT] | resume NAME
