@@ -56,6 +56,15 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
     /// Whether the host of `address` lies in this network.
     public func contains(_ address: SocketAddress) -> Bool { contains(address.host) }
 
+    /// Whether `address` and `network` (numeric addresses of the same family, network byte
+    /// order) agree in their first `prefix` bits — the CIDR test without requiring the
+    /// network's host bits to be zero, as SPF's `ip4:192.0.2.1/24` allows (RFC 7208 §5.6).
+    /// - Returns: false for different families or a prefix out of range.
+    public static func covers(network: [UInt8], prefix: Int, address: [UInt8]) -> Bool {
+        guard network.count == address.count, (0...network.count * 8).contains(prefix) else { return false }
+        return mask(network, prefix) == mask(address, prefix)
+    }
+
     private static func mask(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
         var out = bytes
         for i in out.indices {

@@ -145,7 +145,7 @@ public struct SPFEvaluator {
                   net.count == (name == "ip4" ? 4 : 16) else { return .error(.permerror("bad term \(mechanism)")) }
             let prefix = parts.count == 2 ? (Int(parts[1]) ?? -1) : net.count * 8
             guard prefix >= 0, prefix <= net.count * 8 else { return .error(.permerror("bad term \(mechanism)")) }
-            return Self.covers(net, prefix, ip) ? .matched : .noMatch
+            return IPNetwork.covers(network: net, prefix: prefix, address: ip) ? .matched : .noMatch
         case "a", "mx":
             if let e = countLookup() { return .error(e) }
             guard let (d, v4, v6) = Self.split(rest) else { return .error(.permerror("bad term \(mechanism)")) }
@@ -216,18 +216,11 @@ public struct SPFEvaluator {
                 switch r.data {
                 case .a(let a), .aaaa(let a):
                     if let net = try? IPNetwork(parsing: a).addressBytes, net.count == ip.count,
-                       Self.covers(net, ip.count == 4 ? v4 : v6, ip) { return .matched }
+                       IPNetwork.covers(network: net, prefix: ip.count == 4 ? v4 : v6, address: ip) { return .matched }
                 default: continue
                 }
             }
             return .noMatch
         }
-    }
-
-    /// Whether `ip` is in `net`/`prefix` (same family).
-    static func covers(_ net: [UInt8], _ prefix: Int, _ ip: [UInt8]) -> Bool {
-        guard net.count == ip.count, prefix <= net.count * 8 else { return false }
-        for bit in 0..<prefix where (net[bit / 8] >> (7 - bit % 8)) & 1 != (ip[bit / 8] >> (7 - bit % 8)) & 1 { return false }
-        return true
     }
 }

@@ -222,9 +222,6 @@ public struct DomainCheck: Sendable {
         let parts = spec.split(separator: "/", maxSplits: 1)
         guard let first = parts.first, let net = try? IPNetwork(parsing: String(first)).addressBytes,
               let ip = try? IPNetwork(parsing: address).addressBytes, net.count == ip.count else { return false }
-        let prefix = parts.count == 2 ? (Int(parts[1]) ?? -1) : net.count * 8
-        guard prefix >= 0, prefix <= net.count * 8 else { return false }
-        for bit in 0..<prefix where (net[bit / 8] >> (7 - bit % 8)) & 1 != (ip[bit / 8] >> (7 - bit % 8)) & 1 { return false }
-        return true
+        return IPNetwork.covers(network: net, prefix: parts.count == 2 ? (Int(parts[1]) ?? -1) : net.count * 8, address: ip)
     }
 }
