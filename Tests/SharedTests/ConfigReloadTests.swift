@@ -36,6 +36,17 @@ struct ConfigReloadTests {
         return ConfigReload(from: old, to: new)
     }
 
+    @Test("reputation: the blocklist zones and interval need a coordinator restart; hold_when_all_listed and the FCrDNS keys apply live")
+    func reputationKeys() throws {
+        let r = try Self.reload {
+            $0 + "\nreputation: { dnsbl: [bl.test], check_interval: 10m, hold_when_all_listed: false, require_fcrdns: true, fcrdns_interval: 6h }"
+        }
+        #expect(Set(r.liveKeys) == ["reputation.hold_when_all_listed", "reputation.require_fcrdns", "reputation.fcrdns_interval"])
+        #expect(Set(r.coordinatorRestartKeys.map { $0.split(separator: " ").first.map(String.init) ?? $0 })
+                == ["reputation.dnsbl", "reputation.check_interval"])
+        #expect(r.restartKeys(forNode: "node-a").isEmpty)
+    }
+
     @Test("an unchanged file changes nothing and needs no restart")
     func unchanged() throws {
         let r = ConfigReload(from: try Self.config(), to: try Self.config())
