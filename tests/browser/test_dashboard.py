@@ -96,7 +96,9 @@ def test_login_wrong_then_operator(d):
     d.find_element(By.ID, "user").send_keys(OPERATOR)
     d.find_element(By.ID, "password").send_keys("not-the-password")
     d.find_element(By.ID, "login").click()
-    assert "Wrong name" in text(d, "#login-error"), "a wrong password is refused"
+    # The click posts the form: wait for the answer page rather than race its load.
+    error = wait_for("the login error after a wrong password", lambda: text(d, "#login-error"))
+    assert "Wrong name" in error, "a wrong password is refused"
     d.find_element(By.ID, "user").clear()
     d.find_element(By.ID, "user").send_keys(OPERATOR)
     d.find_element(By.ID, "password").send_keys(PASSWORD)
