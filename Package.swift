@@ -92,6 +92,11 @@ let package = Package(
         .executableTarget(
             name: "hato-sink", dependencies: ["HatoTestKit", "HatoConfig", "HatoIO", "HatoSupport"],
             path: "Sources/DevTools/hato-sink", swiftSettings: strict),
+        // Simulated worker nodes for bench/coordinator-ceiling: the real cluster protocol, every
+        // recipient reported delivered at once, no SMTP.
+        .executableTarget(
+            name: "hato-simnode", dependencies: ["ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoIO", "HatoSupport", "SMTPCore"],
+            path: "Sources/DevTools/hato-simnode", swiftSettings: strict),
         .testTarget(
             name: "SharedTests", dependencies: [
                 "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDKIM", "HatoDNS", "HatoDelivery",
@@ -111,7 +116,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "HatoTestKit", "HatoCoordinator", "ClusterProtocol", "HatoConfig", "HatoCrypto", "HatoDNS",
-                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore", "hato-coordinator", "hato-node"],
+                "HatoHTTP", "HatoIO", "HatoSupport", "SMTPCore", "hato-coordinator", "hato-node", "hato-simnode"],
             path: "Tests/IntegrationTests", swiftSettings: strict),
     ]
 )
