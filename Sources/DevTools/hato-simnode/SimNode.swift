@@ -6,7 +6,8 @@ import HatoIO
 import HatoSupport
 
 /// The thin I/O driver of one simulated node: one cluster connection (plaintext, or TLS when
-/// cluster.yml sets `cluster.tls`), read on the node's own thread, each message handed to
+/// cluster.yml sets `cluster.tls`) from the node's first sending IP when it is local, read on
+/// the node's own thread, each message handed to
 /// `SimNodeState` and its answers written back at once; heartbeats come from `SimNodeFleet`'s
 /// shared loop. A lost connection is retried after 0.5 s (1 s after a refusal), against the
 /// next configured coordinator or the leader a standby named; a final refusal (wrong secret,
@@ -27,6 +28,11 @@ final class SimNode: Sendable {
     private let state: Locked<SimNodeState>
     private let link = LockedCondition(Link())
     private let log: Logger
+    /// The local address the connection is opened from: the node's first configured sending IP
+    /// when this host can bind it (each simulated node then is a peer of its own, as real nodes on
+    /// their own hosts are, and the coordinator's per-peer admission limits apply per node), else
+    /// nil (the kernel's choice).
+    private let source: String?
 
     /// - Parameters:
     ///   - config: the cluster configuration (coordinator addresses, secret, frame size).
@@ -40,6 +46,11 @@ final class SimNode: Sendable {
         state = Locked(SimNodeState(nodeID: nodeID, clusterName: config.cluster.name, secret: config.cluster.secret,
                                     configuredIPs: ips, window: window))
         log = Logger(label: "simnode.\(nodeID)")
+        source = ips.first { addr in
+            guard let s = try? Socket.listen(on: SocketAddress(host: addr, port: 0), backlog: 1) else { return false }
+            s.close()
+            return true
+        }
         if let t = config.cluster.tls, let pair = config.clusterTLSPair(forNode: nodeID) {
             tls = try TLSContext.client(verifyPeer: true, trustedCAFile: t.caPath, certificateChainPath: pair.certificatePath,
                                         privateKeyPath: pair.privateKeyPath)
@@ -101,7 +112,7 @@ final class SimNode: Sendable {
 
     /// One connection: handshake, then frames until it ends.
     private func session(to target: SocketAddress) throws {
-        let sock = try Socket.connect(to: target, timeout: 5)
+        let sock = try Socket.connect(to: target, from: source, timeout: 5)
         let frameLimit = config.smtp.maxMessageSize * 2 + 1 << 20
         let conn: ClusterConnection
         if let tls {
