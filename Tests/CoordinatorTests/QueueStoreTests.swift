@@ -311,3 +311,74 @@ struct BackgroundCheckpointTests {
         #expect(try q.countsByState()[.queued] == 400)
     }
 }
+
+/// What issue 19's profile changed in the store's hot statements, checked for their results.
+@Suite("Queue store: hot statements")
+struct QueueStoreHotPathTests {
+    let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+
+    func message(_ id: String, _ rcpts: [String], pool: String) -> NewMessage {
+        NewMessage(id: id, reversePath: "s@example.org", recipients: rcpts, pool: pool, content: Array("Subject: x\r\n\r\nbody\r\n".utf8),
+                   heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0)
+    }
+
+    @Test("the due query takes recipients of every pool asked for and none of the others", arguments: StoreKind.allCases)
+    func dueOverSeveralPools(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        try q.enqueue(message("M1", ["a@x.test"], pool: "p1"))
+        try q.enqueue(message("M2", ["b@x.test"], pool: "p2"))
+        try q.enqueue(message("M3", ["c@x.test"], pool: "p3"))
+        #expect(Set(try q.dueRecipients(pools: ["p1", "p3"], now: t0, limit: 10).map(\.address)) == ["a@x.test", "c@x.test"])
+        #expect(try q.dueRecipients(pools: ["p2"], now: t0, limit: 10).map(\.address) == ["b@x.test"])
+        #expect(try q.dueRecipients(pools: ["p1", "p2", "p3"], now: t0, limit: 2).count == 2)
+    }
+
+    @Test("recording leases adds the granted recipients to the per-IP and per-provider warm-up counts in the same call; recipients no longer waiting add nothing",
+          arguments: StoreKind.allCases)
+    func leasesCountPerProvider(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        try q.enqueue(message("M1", ["a@gmail.test", "b@gmail.test", "c@other.test"], pool: "t"))
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        let gmail = due.filter { $0.domain == "gmail.test" }.map(\.id), other = due.filter { $0.domain == "other.test" }.map(\.id)
+        func lease(_ id: String, _ domain: String, _ rids: [Int64]) -> LeaseRecord {
+            LeaseRecord(id: id, node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1", domain: domain,
+                        recipientIDs: rids, grantedAt: t0, expiresAt: t0 + 300)
+        }
+        let day = Queue.utcDay(t0)
+        let providers = ["gmail.test": "gmail", "other.test": "other"]
+        let granted = try q.recordLeases([lease("L1", "gmail.test", gmail), lease("L2", "other.test", other)], countAttemptsOnDay: day, providerOfDomain: providers)
+        #expect(granted.count == 2)
+        #expect(try q.dailyProviderAttempts(day: day) == ["127.0.0.10": ["gmail": 2, "other": 1]])
+        #expect(try q.dailyAttempts(day: day) == ["127.0.0.10": 3])
+        // The same recipients again (already leased): nothing granted, nothing counted.
+        #expect(try q.recordLeases([lease("L3", "gmail.test", gmail)], countAttemptsOnDay: day, providerOfDomain: providers).isEmpty)
+        #expect(try q.dailyProviderAttempts(day: day) == ["127.0.0.10": ["gmail": 2, "other": 1]])
+    }
+
+    @Test("a queue file whose waiting-recipients index an earlier build made with `state IN (…)` gets the OR form on opening, and queue counts still use it")
+    func waitingIndexRebuilt() throws {
+        let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let q = try SQLiteQueueStore(directory: dir)
+            try q.enqueue(message("M1", ["a@x.test", "b@x.test"], pool: "t"))
+        }
+        let path = dir + "/queue.db"
+        do {
+            let db = try SQLiteDatabase(path: path)
+            try db.execute("""
+                DROP INDEX recipients_waiting_state;
+                CREATE INDEX recipients_waiting_state ON recipients(state) WHERE state IN ('queued','deferred','leased','held');
+                """)
+        }
+        let q = try SQLiteQueueStore(directory: dir)
+        let sql = try SQLiteDatabase(path: path).prepare("SELECT sql FROM sqlite_master WHERE name='recipients_waiting_state'").query { $0.text(0) }
+        #expect(sql.count == 1)
+        #expect(sql.first?.contains(" IN ") == false)
+        #expect(sql.first?.contains("state='queued' OR state='deferred' OR state='leased' OR state='held'") == true)
+        #expect(try q.waitingDomains() == ["x.test"])
+        #expect(try q.countsByState()[.queued] == 2)
+    }
+}

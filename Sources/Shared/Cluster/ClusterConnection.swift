@@ -100,7 +100,8 @@ public final class ClusterConnection: Sendable {
                 if let deadline {
                     let left = ContinuousClock.now.duration(to: deadline)
                     guard left > .zero else { throw SocketError(.timeout, "cluster read") }
-                    setTimeouts(read: max(left, .milliseconds(1)), write: .seconds(30))
+                    let read = max(left, .milliseconds(1))
+                    if let tls { tls.setTimeouts(readAtMost: read, write: .seconds(30)) } else { socket.setTimeouts(readAtMost: read, write: .seconds(30)) }
                 }
                 let n = try state.buffer.withUnsafeMutableBytes { buffer in
                     if let tls { return try tls.read(into: buffer) }

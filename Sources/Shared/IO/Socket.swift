@@ -52,6 +52,11 @@ public final class Socket: Sendable {
 
     private let state: Locked<State>
 
+    /// The `SO_RCVTIMEO`/`SO_SNDTIMEO` values last set (seconds; nil: unknown), so that setting
+    /// the same value again costs no system call. Held while the options are set, so the
+    /// values here are the kernel's.
+    private let timeouts = Locked<(read: TimeInterval?, write: TimeInterval?)>((nil, nil))
+
     init(descriptor: Int32) { state = Locked(State(descriptor: descriptor)) }
 
     deinit {
@@ -272,16 +277,54 @@ public final class Socket: Sendable {
     }
 
     /// Sets the read and write timeouts in seconds (0 means wait forever). No effect once closed.
+    /// A timeout equal to the one already set costs no system call.
     public func setTimeouts(read: TimeInterval, write: TimeInterval) {
+        applyTimeouts(read: max(0, read), readIsLimit: false, write: max(0, write))
+    }
+
+    /// Sets the write timeout and bounds the read timeout by `read` seconds, for a reader
+    /// working to a deadline (each read waits at most the time left): a read timeout already set
+    /// that is neither longer than `read` (within 1 % + 1 ms) nor shorter than half of it is
+    /// kept, so a session reading command after command does not reset it before each read —
+    /// a read that times out early just lets the caller check its deadline and come back.
+    /// `read` 0 means wait forever (set exactly). No effect once closed.
+    public func setTimeouts(readAtMost read: TimeInterval, write: TimeInterval) {
+        applyTimeouts(read: max(0, read), readIsLimit: true, write: max(0, write))
+    }
+
+    /// `setTimeouts(readAtMost:write:)` with durations (a positive duration below a microsecond counts as one).
+    public func setTimeouts(readAtMost read: Duration, write: Duration) {
+        setTimeouts(readAtMost: read.timeoutSeconds, write: write.timeoutSeconds)
+    }
+
+    private func applyTimeouts(read: TimeInterval, readIsLimit: Bool, write: TimeInterval) {
         func tv(_ s: TimeInterval) -> timeval {
-            let s = max(0, s)
-            return timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
+            timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
         }
-        var r = tv(read), w = tv(write)
-        _ = try? withDescriptor("setsockopt") { fd in
-            let size = socklen_t(MemoryLayout<timeval>.size)
-            try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, size) }
-            try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, size) }
+        timeouts.withLock { current in
+            let keepRead: Bool
+            switch current.read {
+            case nil: keepRead = false
+            case let r? where readIsLimit && read > 0: keepRead = r > 0 && r <= read * 1.01 + 0.001 && r >= read / 2
+            case let r?: keepRead = r == read
+            }
+            let keepWrite = current.write == write
+            if keepRead && keepWrite { return }
+            _ = try? withDescriptor("setsockopt") { fd in
+                let size = socklen_t(MemoryLayout<timeval>.size)
+                if !keepRead {
+                    current.read = nil
+                    var r = tv(read)
+                    try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, size) }
+                    current.read = read
+                }
+                if !keepWrite {
+                    current.write = nil
+                    var w = tv(write)
+                    try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, size) }
+                    current.write = write
+                }
+            }
         }
     }
 
@@ -386,6 +429,9 @@ public final class Socket: Sendable {
     /// - Throws: `SocketError(.timeout)` when the deadline passed first; otherwise as `write(_:)`.
     public func write(_ bytes: [UInt8], before deadline: ContinuousClock.Instant) throws {
         if bytes.isEmpty { return }
+        // The write timeout is set here per send: whatever `setTimeouts` remembered is stale.
+        timeouts.withLock { $0.write = nil }
+        defer { timeouts.withLock { $0.write = nil } }
         do {
             try withDescriptor("write") { fd in
                 try bytes.withUnsafeBytes { raw in

@@ -275,6 +275,16 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         }
     }
 
+    /// Sets the write timeout and bounds the read timeout, for a reader working to a deadline
+    /// (see `Socket.setTimeouts(readAtMost:write:)`; a duplex stream sets them exactly).
+    public func setTimeouts(readAtMost read: Duration, write: Duration) {
+        if isDuplex {
+            setTimeouts(read: read, write: write)
+        } else {
+            socket.setTimeouts(readAtMost: read, write: write)
+        }
+    }
+
     /// Reads up to `buffer.count` decrypted bytes.
     /// - Returns: the number of bytes read; 0 at the end of the stream (close_notify, or the
     ///   peer closing TCP without it, or `shutdown()`).

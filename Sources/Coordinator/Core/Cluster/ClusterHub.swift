@@ -685,7 +685,12 @@ public final class ClusterHub: Sendable {
     private func recordAndSend(_ grants: [PlannedGrant], _ scheduler: inout Scheduler, now: Date) {
         let granted: [LeaseRecord]
         do {
-            granted = try store.recordLeases(grants.flatMap(\.records), countAttemptsOnDay: Queue.utcDay(now))
+            // Per-provider warm-up counts (warmup[].providers), cluster-wide in the store, in
+            // the leases' own transaction (one commit per round, not two).
+            let records = grants.flatMap(\.records)
+            var providers: [String: String] = [:]
+            for rec in records where providers[rec.domain] == nil { providers[rec.domain] = scheduler.providerLabel(ofDomain: rec.domain) }
+            granted = try store.recordLeases(records, countAttemptsOnDay: Queue.utcDay(now), providerOfDomain: providers)
         } catch let fenced as LeadershipFenced {
             scheduler.grantsFailed(grants)
             fencedTerm.withLock { $0 = fenced.term }
@@ -698,12 +703,6 @@ public final class ClusterHub: Sendable {
         }
         scheduler.grantsRecorded(grants, granted: granted)
         leasesGranted.withLock { $0 += granted.count }
-        // Per-provider warm-up counts (warmup[].providers), cluster-wide in the store.
-        var perProvider: [String: [String: Int]] = [:]
-        for rec in granted { perProvider[rec.sendingIP, default: [:]][scheduler.providerLabel(ofDomain: rec.domain), default: 0] += rec.recipientIDs.count }
-        do { try store.addDailyProviderAttempts(perProvider, day: Queue.utcDay(now)) } catch {
-            log.error("storing per-provider warm-up counts failed", ["error": "\(error)"])
-        }
         let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
         let maxSize = scheduler.config.smtp.maxMessageSize
         for grant in grants {

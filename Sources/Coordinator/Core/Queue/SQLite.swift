@@ -54,6 +54,28 @@ public final class SQLiteDatabase: @unchecked Sendable {
         }
     }
 
+    /// Schema statements `executeOnce` has run and committed on this connection.
+    private var executedOnce: Set<String> = []
+
+    /// Runs schema SQL (`CREATE … IF NOT EXISTS`) the first time it is given on this connection;
+    /// later calls with the same text return at once instead of parsing it again (the store's
+    /// lazily created tables are ensured on hot paths such as every lease round). Remembered
+    /// only when it ran outside a transaction, so a rolled-back creation is run again.
+    /// - Throws: `SQLiteError`.
+    public func executeOnce(_ sql: String) throws {
+        if executedOnce.contains(sql) { return }
+        try execute(sql)
+        if sqlite3_get_autocommit(handle) != 0 { executedOnce.insert(sql) }
+    }
+
+    /// Runs one statement without parameters or results through the statement cache (no
+    /// parsing after the first time): the transaction brackets and `PRAGMA synchronous`, run
+    /// several times per message.
+    /// - Throws: `SQLiteError`.
+    private func run(cached sql: String) throws {
+        try prepare(sql).run([])
+    }
+
     /// A prepared statement for `sql`, cached per connection and reset for reuse.
     /// - Throws: `SQLiteError` when the SQL does not compile.
     public func prepare(_ sql: String) throws -> SQLiteStatement {
@@ -84,23 +106,23 @@ public final class SQLiteDatabase: @unchecked Sendable {
         // FULL back failed after an unsynced one, it is retried here and its error refuses
         // this transaction (an SMTP client then gets a 4xx rather than a 250 without fsync).
         if durability == .synced && !synchronousFull {
-            try execute("PRAGMA synchronous=FULL")
+            try run(cached: "PRAGMA synchronous=FULL")
             synchronousFull = true
         }
         if durability == .processCrashSafe {
-            try execute("PRAGMA synchronous=NORMAL")
+            try run(cached: "PRAGMA synchronous=NORMAL")
             synchronousFull = false
         }
         defer {
-            if durability == .processCrashSafe, (try? execute("PRAGMA synchronous=FULL")) != nil { synchronousFull = true }
+            if durability == .processCrashSafe, (try? run(cached: "PRAGMA synchronous=FULL")) != nil { synchronousFull = true }
         }
-        try execute("BEGIN IMMEDIATE")
+        try run(cached: "BEGIN IMMEDIATE")
         do {
             let r = try body()
-            try execute("COMMIT")
+            try run(cached: "COMMIT")
             return r
         } catch {
-            try? execute("ROLLBACK")
+            try? run(cached: "ROLLBACK")
             throw error
         }
     }

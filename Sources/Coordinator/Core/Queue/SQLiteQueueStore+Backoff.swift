@@ -4,7 +4,7 @@ import HatoConfig
 /// Active backoffs survive a coordinator restart: a provider that pushed back is not hit again at once.
 extension SQLiteQueueStore {
     private func ensureBackoffTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS backoffs(ip TEXT NOT NULL, provider TEXT NOT NULL, action TEXT NOT NULL, until REAL NOT NULL, rate INTEGER, reason TEXT NOT NULL, PRIMARY KEY(ip, provider))")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS backoffs(ip TEXT NOT NULL, provider TEXT NOT NULL, action TEXT NOT NULL, until REAL NOT NULL, rate INTEGER, reason TEXT NOT NULL, PRIMARY KEY(ip, provider))")
     }
 
     /// Records (or replaces) an active backoff.
@@ -43,7 +43,7 @@ extension SQLiteQueueStore {
 /// Operator pauses survive a coordinator restart.
 extension SQLiteQueueStore {
     private func ensurePauseTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS pauses(kind TEXT NOT NULL, name TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(kind, name))")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS pauses(kind TEXT NOT NULL, name TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(kind, name))")
     }
 
     /// Records (or replaces) a pause.

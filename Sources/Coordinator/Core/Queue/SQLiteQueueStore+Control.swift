@@ -157,16 +157,38 @@ public enum QueueAction: String, Sendable, CaseIterable, Codable {
 }
 
 extension SQLiteQueueStore {
-    /// The waiting states as the partial indexes' `WHERE` term spells them (queries repeat it verbatim).
-    static let waitingStateList = "('queued','deferred','leased','held')"
+    /// The waiting states as the partial index's `WHERE` term spells them, for `column`
+    /// (queries repeat it verbatim so that SQLite sees the index applies).
+    ///
+    /// An `OR` of equalities, not `state IN (…)`: SQLite evaluates a constant `IN` list by
+    /// building an ephemeral b-tree (a pager and a page cache of its own) each time the statement
+    /// runs — and the partial index's term runs on every insert and every state change of a
+    /// recipient. That cost about a tenth of the coordinator's CPU per message (issue 19's profile).
+    static func waitingStates(_ column: String) -> String {
+        "(" + RecipientState.waiting.map { "\(column)='\($0.rawValue)'" }.joined(separator: " OR ") + ")"
+    }
+
+    /// `waitingStates` for the column `r.state` (the queries' alias).
+    static let waitingStateTerm = waitingStates("r.state")
 
     /// The partial index of waiting recipients (created by `init`, kept small: a final recipient
     /// leaves it). Queue files made by an earlier build lose that build's two extra indexes.
     static let waitingIndexes = """
-        CREATE INDEX IF NOT EXISTS recipients_waiting_state ON recipients(state) WHERE state IN \(waitingStateList);
+        CREATE INDEX IF NOT EXISTS recipients_waiting_state ON recipients(state) WHERE \(waitingStates("state"));
         DROP INDEX IF EXISTS recipients_waiting_domain;
         DROP INDEX IF EXISTS recipients_waiting_pool;
         """
+
+    /// Creates the partial index of waiting recipients, first dropping one an earlier build made
+    /// with `state IN (…)` as its term (rebuilt once: a few seconds per million recipients).
+    func installWaitingIndexes() throws {
+        let existing = try db.prepare("SELECT sql FROM sqlite_master WHERE type='index' AND name='recipients_waiting_state'")
+            .query { $0.isNull(0) ? "" : $0.text(0) }
+        if let sql = existing.first, sql.contains(" IN ") {
+            try db.execute("DROP INDEX recipients_waiting_state")
+        }
+        try db.execute(Self.waitingIndexes)
+    }
 
     /// Runs `body` with the read-only connection, opened on first use.
     func withReader<R>(_ body: (SQLiteDatabase) throws -> R) throws -> R {
@@ -188,7 +210,7 @@ extension SQLiteQueueStore {
         try withReader { db in
             try db.prepare("""
                 SELECT DISTINCT r.domain FROM recipients r INDEXED BY recipients_waiting_state
-                WHERE r.state IN \(Self.waitingStateList)
+                WHERE \(Self.waitingStateTerm)
                 """).query { $0.text(0) }
         }
     }
@@ -208,17 +230,17 @@ extension SQLiteQueueStore {
             case .domain, .provider:
                 return try db.prepare("""
                     SELECT r.state, r.domain, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.domain
+                    WHERE \(Self.waitingStateTerm) GROUP BY r.state, r.domain
                     """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
             case .state:
                 return try db.prepare("""
                     SELECT r.state, r.state, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state
+                    WHERE \(Self.waitingStateTerm) GROUP BY r.state
                     """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
             case .priority:
                 return try db.prepare("""
                     SELECT r.state, r.priority, COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                    WHERE r.state IN \(Self.waitingStateList) GROUP BY r.state, r.priority
+                    WHERE \(Self.waitingStateTerm) GROUP BY r.state, r.priority
                     """).query { ($0.text(0), $0.text(1), Int($0.int(2)), $0.int(3)) }
             case .pool, .ip:
                 // Per (state, pool, IP), then per pool or IP here: a few rows per pool and IP.
@@ -226,12 +248,12 @@ extension SQLiteQueueStore {
                 let column: Int32 = grouping == .pool ? 1 : 2
                 let stored = try db.prepare("""
                     SELECT r.state, r.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
-                    WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NOT NULL GROUP BY r.state, r.pool, r.ip
+                    WHERE \(Self.waitingStateTerm) AND r.pool IS NOT NULL GROUP BY r.state, r.pool, r.ip
                     """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
                 let legacy = try db.prepare("""
                     SELECT r.state, m.pool, COALESCE(r.ip, '-'), COUNT(*), MIN(r.id) FROM recipients r INDEXED BY recipients_waiting_state
                     JOIN messages m ON m.id = r.message_id
-                    WHERE r.state IN \(Self.waitingStateList) AND r.pool IS NULL GROUP BY 1, 2, 3
+                    WHERE \(Self.waitingStateTerm) AND r.pool IS NULL GROUP BY 1, 2, 3
                     """).query { ($0.text(0), $0.text(column), Int($0.int(3)), $0.int(4)) }
                 return stored + legacy
             }
@@ -373,7 +395,7 @@ extension SQLiteQueueStore {
             partitions = [.init(state: nil, domain: nil)]
         } else {
             from += " INDEXED BY recipients_waiting_state"
-            conditions.append("r.state IN \(waitingStateList)")
+            conditions.append(waitingStateTerm)
             conditions.append("r.state = ?")
             if byDomain { conditions.append("r.domain = ?") }
             for st in states {

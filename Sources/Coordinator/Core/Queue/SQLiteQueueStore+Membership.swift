@@ -3,7 +3,7 @@ import Foundation
 /// Operator decisions about nodes that must survive a coordinator restart.
 extension SQLiteQueueStore {
     private func ensureMembershipTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS node_admin(node TEXT PRIMARY KEY, draining INTEGER NOT NULL, updated_at REAL NOT NULL)")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS node_admin(node TEXT PRIMARY KEY, draining INTEGER NOT NULL, updated_at REAL NOT NULL)")
     }
 
     /// Nodes an operator has put into drain.
@@ -26,7 +26,7 @@ extension SQLiteQueueStore {
     }
 
     private func ensureOwnersTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS ip_owners(ip TEXT PRIMARY KEY, node TEXT NOT NULL)")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS ip_owners(ip TEXT PRIMARY KEY, node TEXT NOT NULL)")
     }
 
     /// The owner of each sending IP as last stored (restored when the nodes rejoin after a

@@ -191,8 +191,9 @@ extension SQLiteQueueStore {
                   INSERT INTO recipient_events(kind, message_id, at) VALUES('received', NEW.id, NEW.received_at);
                 END;
                 CREATE TEMP TRIGGER IF NOT EXISTS hato_event_state AFTER UPDATE OF state ON recipients
-                WHEN NEW.state <> OLD.state AND (NEW.state IN ('delivered','deferred','failed','expired','suppressed','held','deleted')
-                                                 OR (OLD.state = 'held' AND NEW.state = 'queued')) BEGIN
+                WHEN NEW.state <> OLD.state AND (NEW.state = 'delivered' OR NEW.state = 'deferred' OR NEW.state = 'failed'
+                                                 OR NEW.state = 'expired' OR NEW.state = 'suppressed' OR NEW.state = 'held'
+                                                 OR NEW.state = 'deleted' OR (OLD.state = 'held' AND NEW.state = 'queued')) BEGIN
                   INSERT INTO recipient_events(kind, message_id, recipient_id, address, code, enhanced, text, node, ip, mx, attempts,
                                                next_attempt_at, lease_granted_at, at)
                   VALUES(CASE WHEN OLD.state = 'held' AND NEW.state = 'queued' THEN 'released' ELSE NEW.state END, NEW.message_id, NEW.id, NEW.address, NEW.last_code, NEW.last_enhanced, NEW.last_text, NEW.node,

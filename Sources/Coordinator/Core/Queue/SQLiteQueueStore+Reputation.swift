@@ -5,8 +5,8 @@ import Foundation
 /// so that they are the cluster's and survive a restart or a change of leader.
 extension SQLiteQueueStore {
     /// Creates the tables if needed (caller holds `lock`).
-    private func ensureReputationTables() throws {
-        try db.execute("""
+    func ensureReputationTables() throws {
+        try db.executeOnce("""
             CREATE TABLE IF NOT EXISTS reputation_counts(ip TEXT NOT NULL, provider TEXT NOT NULL, bucket INTEGER NOT NULL, kind TEXT NOT NULL,
               count INTEGER NOT NULL, PRIMARY KEY(ip, provider, bucket, kind));
             CREATE TABLE IF NOT EXISTS ip_provider_daily(ip TEXT NOT NULL, provider TEXT NOT NULL, day INTEGER NOT NULL, attempts INTEGER NOT NULL,
@@ -71,13 +71,17 @@ extension SQLiteQueueStore {
         guard !counts.isEmpty else { return }
         try lock.withLock {
             try ensureReputationTables()
-            try db.transaction {
-                let up = try db.prepare("""
-                    INSERT INTO ip_provider_daily(ip, provider, day, attempts) VALUES(?,?,?,?)
-                    ON CONFLICT(ip, provider, day) DO UPDATE SET attempts=attempts+excluded.attempts
-                    """)
-                for (ip, byProvider) in counts { for (p, n) in byProvider { try up.run([.text(ip), .text(p), .int(Int64(day)), .int(Int64(n))]) } }
-            }
+            try db.transaction { try addDailyProviderAttemptsInTransaction(counts, day: day) }
         }
+    }
+
+    /// `addDailyProviderAttempts` inside the caller's transaction (caller holds `lock`; the table exists).
+    func addDailyProviderAttemptsInTransaction(_ counts: [String: [String: Int]], day: Int) throws {
+        guard !counts.isEmpty else { return }
+        let up = try db.prepare("""
+            INSERT INTO ip_provider_daily(ip, provider, day, attempts) VALUES(?,?,?,?)
+            ON CONFLICT(ip, provider, day) DO UPDATE SET attempts=attempts+excluded.attempts
+            """)
+        for (ip, byProvider) in counts { for (p, n) in byProvider { try up.run([.text(ip), .text(p), .int(Int64(day)), .int(Int64(n))]) } }
     }
 }

@@ -24,7 +24,7 @@ extension SQLiteQueueStore {
     static let leaseHorizonSlack: Double = Queue.leaseHorizonSlack
 
     private func ensureRunStateTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS run_state(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS run_state(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     }
 
     /// Writes one run-state value (inside the caller's transaction).

@@ -122,7 +122,7 @@ extension SQLiteQueueStore {
             guard try tenantExists(name) else { throw TenantStoreError.notFound("tenant \(name)") }
             let waiting = try db.prepare("""
                 SELECT COUNT(*) FROM messages m JOIN recipients r ON r.message_id = m.id
-                WHERE m.tenant = ? AND m.open_recipients > 0 AND r.state IN \(Self.waitingStateList)
+                WHERE m.tenant = ? AND m.open_recipients > 0 AND \(Self.waitingStateTerm)
                 """).query([.text(name)]) { Int($0.int(0)) }.first ?? 0
             guard waiting == 0 else {
                 throw TenantStoreError.conflict("tenant \(name) still has \(waiting) waiting recipient\(waiting == 1 ? "" : "s"): delete or bounce them first")

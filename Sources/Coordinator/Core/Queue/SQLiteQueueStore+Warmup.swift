@@ -4,7 +4,7 @@ import Foundation
 extension SQLiteQueueStore {
     /// Creates the warm-up table if needed (caller holds `lock`).
     func ensureWarmupTable() throws {
-        try db.execute("CREATE TABLE IF NOT EXISTS ip_daily(ip TEXT NOT NULL, day INTEGER NOT NULL, attempts INTEGER NOT NULL, PRIMARY KEY(ip, day))")
+        try db.executeOnce("CREATE TABLE IF NOT EXISTS ip_daily(ip TEXT NOT NULL, day INTEGER NOT NULL, attempts INTEGER NOT NULL, PRIMARY KEY(ip, day))")
     }
 
     /// Attempts counted per IP on `day`.

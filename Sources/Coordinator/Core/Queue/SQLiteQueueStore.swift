@@ -105,7 +105,7 @@ public final class SQLiteQueueStore: QueueStore {
             let existing = try db.prepare("SELECT name FROM pragma_table_info('\(table)')").query { $0.text(0) }
             if !existing.contains(column) { try db.execute("ALTER TABLE \(table) ADD COLUMN \(column) TEXT") }
         }
-        try db.execute(Self.waitingIndexes)
+        try installWaitingIndexes()
         try db.execute(Self.tenantSchema)
         // The priority class (issue 18): the message's, copied onto its recipients so that the
         // lease query reads due transactional rows before bulk ones through one index.
@@ -168,13 +168,15 @@ public final class SQLiteQueueStore: QueueStore {
     /// - Throws: `SQLiteError`.
     public func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
         guard !pools.isEmpty, limit > 0 else { return [] }
-        let placeholders = Array(repeating: "?", count: pools.count).joined(separator: ",")
+        // `m.pool = ? OR …`, not `m.pool IN (…)`: SQLite builds an ephemeral b-tree for an IN
+        // list each time the statement runs (four runs per scheduler round).
+        let poolTerm = Array(repeating: "m.pool = ?", count: pools.count).joined(separator: " OR ")
         // One indexed range scan per (waiting state, priority) (no sort of the whole queue): the
         // (state, priority, next_attempt_at) index yields rows in order, and LIMIT stops early.
         let sql = """
             SELECT r.id, r.message_id, r.address, r.domain, m.pool, m.reverse_path, r.next_attempt_at FROM recipients r
             JOIN messages m ON m.id = r.message_id
-            WHERE r.state = ? AND r.priority = ? AND r.next_attempt_at <= ? AND m.pool IN (\(placeholders))
+            WHERE r.state = ? AND r.priority = ? AND r.next_attempt_at <= ? AND (\(poolTerm))
             ORDER BY r.next_attempt_at LIMIT ?
             """
         return try lock.withLock {
@@ -216,9 +218,10 @@ public final class SQLiteQueueStore: QueueStore {
     /// leased twice at once. Without a boot id every lease commit is fsync'd.
     /// - Returns: the leases as granted (recipient lists trimmed; leases left empty dropped).
     /// - Throws: `SQLiteError`.
-    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
+    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord] {
         try lock.withLock {
             if day != nil { try ensureWarmupTable() }
+            if day != nil && !providerOfDomain.isEmpty { try ensureReputationTables() }
             // Within the durable lease horizon the commit skips its fsync (QueueStore+RunState.swift);
             // a lease expiring beyond it moves the horizon in a synced commit first.
             let latest = leases.map(\.expiresAt.timeIntervalSince1970).max() ?? 0
@@ -226,7 +229,7 @@ public final class SQLiteQueueStore: QueueStore {
             let newHorizon = latest + Self.leaseHorizonSlack
             let granted = try db.transaction(durability: extend ? .synced : .processCrashSafe) { () -> [LeaseRecord] in
                 if extend && leasesSkipFsync { try setRunState("lease_horizon", String(newHorizon)) }
-                return try recordLeasesInTransaction(leases, countAttemptsOnDay: day)
+                return try recordLeasesInTransaction(leases, countAttemptsOnDay: day, providerOfDomain: providerOfDomain)
             }
             if extend && leasesSkipFsync { leaseHorizon = newHorizon }
             if extend { leaseCommits.synced += 1 } else { leaseCommits.unsynced += 1 }
@@ -234,8 +237,8 @@ public final class SQLiteQueueStore: QueueStore {
         }
     }
 
-    private func recordLeasesInTransaction(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
-        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND state IN ('queued','deferred')")
+    private func recordLeasesInTransaction(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord] {
+        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND (state='queued' OR state='deferred')")
         let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
         var out: [LeaseRecord] = []
         for var l in leases {
@@ -254,6 +257,7 @@ public final class SQLiteQueueStore: QueueStore {
             // Warm-up accounting in the same transaction as the leases.
             let up = try db.prepare("INSERT INTO ip_daily(ip, day, attempts) VALUES(?,?,?) ON CONFLICT(ip, day) DO UPDATE SET attempts=attempts+excluded.attempts")
             for l in out { try up.run([.text(l.sendingIP), .int(Int64(day)), .int(Int64(l.recipientIDs.count))]) }
+            try addDailyProviderAttemptsInTransaction(Self.providerCounts(out, providerOfDomain: providerOfDomain), day: day)
         }
         return out
     }

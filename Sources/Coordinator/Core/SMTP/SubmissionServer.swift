@@ -305,7 +305,7 @@ public final class SubmissionServer: Sendable {
                 return
             }
             // 0 would mean "no timeout" to SO_RCVTIMEO: never go below a millisecond.
-            conn.setTimeouts(read: max(.milliseconds(1), remaining), write: commandTimeout)
+            conn.setTimeouts(readAtMost: max(.milliseconds(1), remaining), write: commandTimeout)
             let n: Int
             do {
                 n = try buf.withUnsafeMutableBytes { try stream.read(into: $0) }

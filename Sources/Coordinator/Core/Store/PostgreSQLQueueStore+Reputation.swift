@@ -61,15 +61,19 @@ extension PostgreSQLQueueStore {
     /// Adds to the per-provider counts of UTC `day` (IP → provider label → recipients).
     /// - Throws: `PostgreSQLError`.
     public func addDailyProviderAttempts(_ counts: [String: [String: Int]], day: Int) throws {
+        guard !counts.isEmpty else { return }
+        try pool.transaction { c in try Self.addDailyProviderAttempts(counts, day: day, on: c) }
+    }
+
+    /// `addDailyProviderAttempts` inside the caller's transaction on `c` (rows in key order, so
+    /// that two writers lock them in the same order).
+    static func addDailyProviderAttempts(_ counts: [String: [String: Int]], day: Int, on c: PostgreSQLConnection) throws {
         let rows = counts.flatMap { ip, m in m.map { (ip, $0.key, $0.value) } }.sorted { ($0.0, $0.1) < ($1.0, $1.1) }
-        guard !rows.isEmpty else { return }
-        try pool.transaction { c in
-            for (ip, p, n) in rows {
-                try c.run("""
-                    INSERT INTO ip_provider_daily(ip, provider, day, attempts) VALUES($1, $2, $3, $4)
-                    ON CONFLICT(ip, provider, day) DO UPDATE SET attempts = ip_provider_daily.attempts + excluded.attempts
-                    """, [.text(ip), .text(p), .int(Int64(day)), .int(Int64(n))])
-            }
+        for (ip, p, n) in rows {
+            try c.run("""
+                INSERT INTO ip_provider_daily(ip, provider, day, attempts) VALUES($1, $2, $3, $4)
+                ON CONFLICT(ip, provider, day) DO UPDATE SET attempts = ip_provider_daily.attempts + excluded.attempts
+                """, [.text(ip), .text(p), .int(Int64(day)), .int(Int64(n))])
         }
     }
 }

@@ -285,7 +285,7 @@ public final class PostgreSQLQueueStore: QueueStore {
     /// recipients no longer waiting are left out, leases left empty are dropped.
     /// - Returns: the leases as granted.
     /// - Throws: `PostgreSQLError`.
-    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
+    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord] {
         guard !leases.isEmpty else { return [] }
         // A recipient listed in two leases goes to the first (as one UPDATE per lease in order
         // would decide); then one UPDATE marks every recipient and one INSERT records every lease.
@@ -327,6 +327,7 @@ public final class PostgreSQLQueueStore: QueueStore {
                 var counts: [String: Int] = [:]
                 for l in out { counts[l.sendingIP, default: 0] += l.recipientIDs.count }
                 for (ip, n) in counts.sorted(by: { $0.key < $1.key }) { try Self.countAttempts(ip: ip, day: day, n: n, on: c) }
+                try Self.addDailyProviderAttempts(Self.providerCounts(out, providerOfDomain: providerOfDomain), day: day, on: c)
             }
             return out
         }

@@ -71,9 +71,12 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// - Parameters:
     ///   - leases: the planned leases.
     ///   - day: the UTC day whose warm-up counts the recipients add to (nil: not counted).
+    ///   - providerOfDomain: destination domain → provider label; with `day`, the granted
+    ///     recipients also add to the per-provider warm-up counts (`addDailyProviderAttempts`)
+    ///     of their lease's IP, in the same transaction (a domain not in it is not counted).
     /// - Returns: the leases as granted.
     /// - Throws: a store error; nothing is recorded then.
-    func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord]
+    func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord]
     /// The stored content of a message, nil if unknown or already purged.
     /// - Throws: a store error.
     func content(of messageID: String) throws -> [UInt8]?
@@ -273,7 +276,23 @@ extension QueueStore {
     /// `recordLeases` without warm-up counting.
     /// - Throws: a store error.
     public func recordLeases(_ leases: [LeaseRecord]) throws -> [LeaseRecord] {
-        try recordLeases(leases, countAttemptsOnDay: nil)
+        try recordLeases(leases, countAttemptsOnDay: nil, providerOfDomain: [:])
+    }
+
+    /// `recordLeases` with the per-IP warm-up counts only (no per-provider counts).
+    /// - Throws: a store error; nothing is recorded then.
+    public func recordLeases(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?) throws -> [LeaseRecord] {
+        try recordLeases(leases, countAttemptsOnDay: day, providerOfDomain: [:])
+    }
+
+    /// Granted recipients per sending IP and provider label, for the per-provider warm-up counts.
+    static func providerCounts(_ granted: [LeaseRecord], providerOfDomain: [String: String]) -> [String: [String: Int]] {
+        var counts: [String: [String: Int]] = [:]
+        for l in granted {
+            guard let provider = providerOfDomain[l.domain] else { continue }
+            counts[l.sendingIP, default: [:]][provider, default: 0] += l.recipientIDs.count
+        }
+        return counts
     }
 
     /// `suppressions(address:now:limit:)` with at most 1000 rows.
