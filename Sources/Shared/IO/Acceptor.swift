@@ -88,6 +88,8 @@ public final class Acceptor: Sendable {
     private let refusal: Refusal
     private let handler: Handler
     private let log: Logger
+    /// The sessions' threads, kept a while after a session for the next one.
+    private let sessionThreads: ThreadReuse
 
     private struct State: Sendable {
         var started = false
@@ -120,6 +122,7 @@ public final class Acceptor: Sendable {
         self.refusal = refusal
         self.handler = handler
         self.log = Logger(label: "acceptor.\(configuration.name)")
+        self.sessionThreads = ThreadReuse(name: "\(configuration.name)-conn")
     }
 
     /// Starts the accepting thread (once).
@@ -240,16 +243,15 @@ public final class Acceptor: Sendable {
         }
     }
 
-    /// Runs the handler on a thread of its own; that thread closes the socket and releases the slot.
+    /// Runs the handler on a thread of its own (a reused one when a finished session's thread
+    /// waits, see `ThreadReuse`); that thread closes the socket and releases the slot.
     private func dispatch(_ connection: AcceptedConnection) {
         let handler = self.handler
-        let thread = Thread {
+        sessionThreads.run {
             handler(connection)
             connection.socket.close()
             connection.admission.release()
         }
-        thread.name = "\(configuration.name)-conn"
-        thread.start()
     }
 
     /// Writes the refusal without waiting and shuts the sending side down.

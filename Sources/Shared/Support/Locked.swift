@@ -90,6 +90,15 @@ public final class LockedCondition<Value> {
         return try body(&value)
     }
 
+    /// Changes the value and wakes one thread waiting in `wait` (for a hand-over that any one
+    /// waiter may take: fewer wake-ups than `withLockAndBroadcast` when many wait).
+    /// - Returns: what `body` returns.
+    public func withLockAndSignal<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_cond_signal(condition); pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
     /// Waits until `ready` holds or the monotonic `deadline` passes, then runs `body` under
     /// the lock. Spurious wake-ups are absorbed.
     /// - Parameters:
