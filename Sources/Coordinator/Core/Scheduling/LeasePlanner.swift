@@ -100,21 +100,29 @@ public struct SpreadState: Sendable, Equatable {
     /// weights are added first; ties by input order). Does not change the state.
     public func preference(_ key: String, eligible: [(address: String, weight: Int)]) -> [String] {
         let s = scores[key] ?? [:]
-        return eligible.enumerated().sorted { a, b in
-            let sa = s[a.element.address, default: 0] + a.element.weight, sb = s[b.element.address, default: 0] + b.element.weight
-            return sa != sb ? sa > sb : a.offset < b.offset
-        }.map(\.element.address)
+        // Each IP's score looked up once (one hash of its address), then a sort on integers: the
+        // comparator used to hash two addresses per comparison, which topped the coordinator's
+        // profile with tens of IPs per pool (issue 19, bench/coordinator-ceiling).
+        var ranked: [(score: Int, offset: Int)] = []
+        ranked.reserveCapacity(eligible.count)
+        for (offset, e) in eligible.enumerated() { ranked.append((s[e.address, default: 0] + e.weight, offset)) }
+        ranked.sort { $0.score != $1.score ? $0.score > $1.score : $0.offset < $1.offset }
+        return ranked.map { eligible[$0.offset].address }
     }
 
     /// Records that `chosen` was picked for `key` among `eligible`.
     public mutating func picked(_ chosen: String, key: String, eligible: [(address: String, weight: Int)]) {
-        var s = scores[key] ?? [:]
+        let old = scores[key] ?? [:]
+        // Rebuilt from the eligible IPs (so scores stay bounded), plus the nonzero scores of IPs
+        // not eligible this time.
+        var s: [String: Int] = [:]
+        s.reserveCapacity(eligible.count)
         var total = 0
-        for e in eligible { s[e.address, default: 0] += e.weight; total += e.weight }
-        s[chosen, default: 0] -= total
-        // Forget IPs that are no longer candidates so scores stay bounded.
-        let known = Set(eligible.map(\.address))
-        s = s.filter { known.contains($0.key) || $0.value != 0 }
+        for e in eligible { s[e.address, default: old[e.address, default: 0]] += e.weight; total += e.weight }
+        s[chosen, default: old[chosen, default: 0]] -= total
+        if old.count > 0 {
+            for (address, score) in old where score != 0 && s[address] == nil { s[address] = score }
+        }
         scores[key] = s
     }
 }
