@@ -18,7 +18,7 @@ command -v faketime >/dev/null || { echo "faketime missing"; exit 1; }
 
 filter=()
 case "${1:-}" in
-  --unit) filter=(--filter 'SharedTests|CoordinatorTests|NodeTests') ;;
+  --unit) filter=(--filter '^(SharedTests|CoordinatorTests|NodeTests)\.') ;;
   --filter) filter=(--filter "$2") ;;
 esac
 
