@@ -103,9 +103,17 @@ public final class ClusterConnection: Sendable {
                     let read = max(left, .milliseconds(1))
                     if let tls { tls.setTimeouts(readAtMost: read, write: .seconds(30)) } else { socket.setTimeouts(readAtMost: read, write: .seconds(30)) }
                 }
-                let n = try state.buffer.withUnsafeMutableBytes { buffer in
-                    if let tls { return try tls.read(into: buffer) }
-                    return try socket.read(into: buffer)
+                let n: Int
+                do {
+                    n = try state.buffer.withUnsafeMutableBytes { buffer in
+                        if let tls { return try tls.read(into: buffer) }
+                        return try socket.read(into: buffer)
+                    }
+                } catch let e as SocketError where e.kind == .timeout && deadline != nil {
+                    // The read timeout is only bounded by the time left (`readAtMost`): one that
+                    // passes before the deadline just means read again; the check above throws
+                    // once the deadline itself has passed.
+                    continue
                 }
                 if n == 0 {
                     try state.decoder.finish()

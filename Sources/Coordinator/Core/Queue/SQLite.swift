@@ -177,18 +177,20 @@ public final class SQLiteStatement: @unchecked Sendable {
     }
 
     /// Runs to completion, ignoring rows. - Throws: `SQLiteError`.
+    /// Reset also when a step fails, so that a cached statement (`BEGIN IMMEDIATE` refused
+    /// with SQLITE_BUSY, say) does not stay active and hold the connection's read snapshot.
     public func run(_ values: [Value] = []) throws {
+        defer { sqlite3_reset(stmt) }
         try bind(values)
         while try step() {}
-        sqlite3_reset(stmt)
     }
 
     /// Runs and collects every row through `row`. - Throws: `SQLiteError`.
     public func query<T>(_ values: [Value] = [], _ row: (SQLiteStatement) throws -> T) throws -> [T] {
+        defer { sqlite3_reset(stmt) }
         try bind(values)
         var out: [T] = []
         while try step() { out.append(try row(self)) }
-        sqlite3_reset(stmt)
         return out
     }
 
