@@ -113,20 +113,8 @@ final class SimNode: Sendable {
     /// One connection: handshake, then frames until it ends.
     private func session(to target: SocketAddress) throws {
         let sock = try Socket.connect(to: target, from: source, timeout: 5)
-        let frameLimit = config.smtp.maxMessageSize * 2 + 1 << 20
-        let conn: ClusterConnection
-        if let tls {
-            do {
-                conn = ClusterConnection(tls: try TLSStream.connect(over: sock, context: tls, serverName: target.host, duplex: true),
-                                         maximumFrameSize: frameLimit)
-            } catch {
-                sock.close()
-                throw error
-            }
-        } else {
-            conn = ClusterConnection(socket: sock, maximumFrameSize: frameLimit)
-        }
-        conn.setTimeouts(read: .seconds(10), write: .seconds(30))
+        let conn = try ClusterConnection.open(over: sock, tls: tls, serverName: target.host,
+                                              maximumFrameSize: clusterMaximumFrameSize(maxMessageSize: config.smtp.maxMessageSize))
         defer {
             link.withLock { if $0.connection === conn { $0.connection = nil } }
             conn.close()

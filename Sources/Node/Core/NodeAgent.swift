@@ -315,21 +315,9 @@ public final class NodeAgent: Sendable {
     private func session(to listen: SocketAddress, joined: () -> Void) throws {
         let sock = try Socket.connect(to: listen, timeout: 5)
         sock.setTimeouts(read: 10, write: 30)
-        let conn: ClusterConnection
-        if let clusterTLS {
-            // The coordinator's certificate must verify against cluster.tls.ca and name the
-            // host of coordinator.listen (an IP SAN for a numeric address).
-            do {
-                let tls = try TLSStream.connect(over: sock, context: clusterTLS, serverName: listen.host, duplex: true)
-                conn = ClusterConnection(tls: tls, maximumFrameSize: clusterFrameLimit)
-            } catch {
-                sock.close()
-                throw error
-            }
-        } else {
-            conn = ClusterConnection(socket: sock, maximumFrameSize: clusterFrameLimit)
-        }
-        conn.setTimeouts(read: .seconds(10), write: .seconds(30))
+        // With TLS, the coordinator's certificate must verify against cluster.tls.ca and name
+        // the host of coordinator.listen (an IP SAN for a numeric address).
+        let conn = try ClusterConnection.open(over: sock, tls: clusterTLS, serverName: listen.host, maximumFrameSize: clusterFrameLimit)
         defer { conn.close() }
         let challenge: ChallengeMessage
         do {
@@ -452,7 +440,7 @@ public final class NodeAgent: Sendable {
         }
     }
 
-    private var clusterFrameLimit: Int { config.smtp.maxMessageSize * 2 + 1 << 20 }
+    private var clusterFrameLimit: Int { clusterMaximumFrameSize(maxMessageSize: config.smtp.maxMessageSize) }
 
     /// Leases held per delivery worker: one in progress and one waiting, so a worker never
     /// idles for the round trip of result → credit → grant (the lease deadline covers the wait).

@@ -4,6 +4,10 @@ import HatoIO
 import HatoSupport
 import SMTPCore
 
+/// Maximum cluster frame size for a configuration (bytes): two maximum messages plus 1 MiB of
+/// headers — the limit of the coordinator, of its nodes and of hato-simnode alike.
+public func clusterMaximumFrameSize(maxMessageSize: Int) -> Int { maxMessageSize * 2 + 1 << 20 }
+
 /// One cluster protocol connection: a byte stream (a plain `Socket`, or a duplex `TLSStream`
 /// over one), a frame decoder and a write lock.
 ///
@@ -53,6 +57,28 @@ public final class ClusterConnection: Sendable {
         self.tls = tls
         self.reader = Locked(ReadState(decoder: FrameDecoder(maximumFrameSize: maximumFrameSize),
                                        buffer: [UInt8](repeating: 0, count: ClusterConnection.readSize(maximumFrameSize))))
+    }
+
+    /// Opens the connection of a node (or a simulated one) to a coordinator over a connected
+    /// socket: TLS first when `tls` is given (the certificate must name `serverName`; duplex, so
+    /// the reader and the writer work at once), closing the socket if the handshake fails.
+    /// Timeouts: 10 s per read, 30 s per write, until the caller sets others.
+    /// - Throws: what `TLSStream.connect` throws.
+    public static func open(over socket: Socket, tls: TLSContext?, serverName: String, maximumFrameSize: Int) throws -> ClusterConnection {
+        let conn: ClusterConnection
+        if let tls {
+            do {
+                conn = ClusterConnection(tls: try TLSStream.connect(over: socket, context: tls, serverName: serverName, duplex: true),
+                                         maximumFrameSize: maximumFrameSize)
+            } catch {
+                socket.close()
+                throw error
+            }
+        } else {
+            conn = ClusterConnection(socket: socket, maximumFrameSize: maximumFrameSize)
+        }
+        conn.setTimeouts(read: .seconds(10), write: .seconds(30))
+        return conn
     }
 
     /// Whether the connection is encrypted.

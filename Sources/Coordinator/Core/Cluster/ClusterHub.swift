@@ -5,9 +5,6 @@ import HatoCrypto
 import HatoIO
 import HatoSupport
 
-/// Maximum cluster frame size for a configuration: two maximum messages plus headers.
-public func clusterMaximumFrameSize(maxMessageSize: Int) -> Int { maxMessageSize * 2 + 1 << 20 }
-
 /// The coordinator's side of the cluster protocol: a thin shell around the `Scheduler` value.
 ///
 /// One thread — the scheduler thread — owns the `Scheduler`: it drains an inbox of events
