@@ -1,6 +1,7 @@
 import ClusterProtocol
 import Foundation
 import Testing
+import HatoSupport
 @testable import HatoConfig
 @testable import HatoNode
 @testable import SMTPCore
@@ -26,6 +27,48 @@ struct PriorityNodeTests {
         #expect(q.pop()?.lease.leaseID == "b1")
         #expect(q.pop()?.lease.leaseID == "b2")
         #expect(q.pop() == nil)
+    }
+
+    @Test("a push wakes a worker that can take the lease: bulk with only a transactional worker woken first is still taken, every lease is taken once")
+    func leaseQueueWakeUps() {
+        let q = LeaseQueue()
+        let taken = Locked<[String: Int]>([:])
+        // Workers waiting before anything is queued: one kept for transactional mail, three general.
+        var threads: [Thread] = []
+        for takingBulk in [false, true, true, true] {
+            let t = Thread {
+                while let l = q.pop(takingBulk: takingBulk) {
+                    taken.withLock { $0[l.lease.leaseID, default: 0] += 1 }
+                    if !takingBulk && l.lease.effectivePriority == .bulk { taken.withLock { $0["bulk-to-reserved"] = 1 } }
+                }
+            }
+            t.start(); threads.append(t)
+        }
+        func waitFor(_ n: Int) -> Bool {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                if taken.withLock({ $0.values.reduce(0, +) }) >= n { return true }
+                usleep(1000)
+            }
+            return false
+        }
+        usleep(20_000)  // let the workers reach their wait
+        // Bulk leases one at a time: each wake-up must reach a worker that takes bulk.
+        for i in 0..<20 {
+            q.push(Self.held("b\(i)", .bulk))
+            #expect(waitFor(i + 1), "bulk lease b\(i) was not taken (lost wake-up)")
+        }
+        // A burst of transactional and bulk leases.
+        for i in 0..<200 { q.push(Self.held("t\(i)", i % 3 == 0 ? .bulk : .transactional)) }
+        #expect(waitFor(220))
+        q.close()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while threads.contains(where: { !$0.isFinished }) && ContinuousClock.now < deadline { usleep(1000) }
+        let counts = taken.snapshot
+        #expect(counts["bulk-to-reserved"] == nil, "the transactional-only worker took a bulk lease")
+        #expect(counts.count == 220 && counts.values.allSatisfy { $0 == 1 }, "every lease taken exactly once")
+        let allFinished = threads.allSatisfy { $0.isFinished }
+        #expect(allFinished)
     }
 
     @Test("bulk never takes the last bulk_reserve connection slots of a (sending IP, provider) pair, idle sessions or not")

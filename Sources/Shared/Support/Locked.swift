@@ -99,6 +99,25 @@ public final class LockedCondition<Value> {
         return try body(&value)
     }
 
+    /// Runs `body` under the lock, then wakes as many waiters as the `LockedConditionWake` it
+    /// returns says (none, one or all) before unlocking.
+    /// - Returns: the first element of what `body` returns.
+    public func withLockThenWake<R>(_ body: (inout Value) throws -> (R, LockedConditionWake)) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        var wake = LockedConditionWake.none
+        defer {
+            switch wake {
+            case .none: break
+            case .one: pthread_cond_signal(condition)
+            case .all: pthread_cond_broadcast(condition)
+            }
+            pthread_mutex_unlock(mutex)
+        }
+        let (result, w) = try body(&value)
+        wake = w
+        return result
+    }
+
     /// Waits until `ready` holds or the monotonic `deadline` passes, then runs `body` under
     /// the lock. Spurious wake-ups are absorbed.
     /// - Parameters:
@@ -129,6 +148,16 @@ public final class LockedCondition<Value> {
         }
         return try body(&value, ready(value))
     }
+}
+
+/// Whom `LockedCondition.withLockThenWake` wakes.
+public enum LockedConditionWake: Sendable {
+    /// No waiter.
+    case none
+    /// One waiter (`pthread_cond_signal`): when any waiter can take what was added.
+    case one
+    /// Every waiter (`pthread_cond_broadcast`): when only some waiters can use the change.
+    case all
 }
 
 // @unchecked: `value` is read and written only while `mutex` is held; the pthread objects are

@@ -36,6 +36,11 @@ public final class DeliveryReporter: Sendable {
         /// reporter takes the queue's lock at most ten times a second — not at the moment the
         /// scheduler leases the message that woke it.
         public var minimumPassInterval: TimeInterval = 0.1
+        /// The least time between a wake-up and the pass it starts (seconds): the new message
+        /// that woke the reporter is leased first (the scheduler was woken at the same moment
+        /// and needs the same write lock). Measured at light load: without it the reporter's
+        /// transaction ran first and the lease waited for it.
+        public var settleDelay: TimeInterval = 0.02
         /// Seconds between scans for delay warnings.
         public var delayScanInterval: TimeInterval = 30
         /// The longest a failure waits for the message's other recipients before its DSN goes out (seconds).
@@ -160,10 +165,10 @@ public final class DeliveryReporter: Sendable {
     /// One pass of the background loop: waits out `minimumPassInterval` since the last pass
     /// started, then works until no work is left. - Returns: the pause before the next poll.
     private func pass() -> Duration {
-        let (minimum, poll) = pace.withLock { ($0.minimumPassInterval, $0.pollInterval) }
+        let (minimum, poll, settle) = pace.withLock { ($0.minimumPassInterval, $0.pollInterval, $0.settleDelay) }
         guard active.snapshot else { return .milliseconds(Int(poll * 1000)) }
         let since = progress.withLock { $0.lastPass }.duration(to: .now)
-        let wait = Duration.milliseconds(Int(minimum * 1000)) - since
+        let wait = max(Duration.milliseconds(Int(minimum * 1000)) - since, .milliseconds(Int(settle * 1000)))
         if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
         progress.withLock { $0.lastPass = .now }
         do {
