@@ -617,8 +617,10 @@ public final class NodeAgent: Sendable {
         let conn = state.withLock { s -> ClusterConnection? in s.inFlight -= 1; return s.connection }
         guard let conn else { return }
         do {
-            if let result { try conn.send(.result(result)) }
-            try conn.send(.leaseRequest(LeaseRequestMessage(credits: 1)))
+            // The result and the credit it frees in one write: one send here, one read and
+            // one wake-up of the coordinator's reader instead of two.
+            let credit = ClusterMessage.leaseRequest(LeaseRequestMessage(credits: 1))
+            try conn.send(result.map { [.result($0), credit] } ?? [credit])
         } catch {
             conn.close()
         }

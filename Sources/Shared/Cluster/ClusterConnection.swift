@@ -101,6 +101,19 @@ public final class ClusterConnection: Sendable {
         }
     }
 
+    /// Sends several messages, in order, with one write (one system call, one TLS record
+    /// where they fit): e.g. a result and the credit its lease frees, which the peer then reads
+    /// together.
+    /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
+    public func send(_ messages: [ClusterMessage]) throws {
+        var bytes: [UInt8] = []
+        for m in messages { bytes.append(contentsOf: m.frame().encoded()) }
+        guard !bytes.isEmpty else { return }
+        try writer.withLock { _ in
+            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+        }
+    }
+
     /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
     /// authenticated, the full one after). Call from the reading thread only.
     public func setMaximumFrameSize(_ octets: Int) {

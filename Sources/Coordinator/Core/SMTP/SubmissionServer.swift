@@ -280,9 +280,15 @@ public final class SubmissionServer: Sendable {
             return true
         }
 
+        // Whether the last plaintext read returned less than the buffer holds: the kernel had
+        // no more input then, so the replies go out without asking it again (`poll`, one
+        // system call per reply). Input that arrives in between only means one write more
+        // than needed: flushing replies early is always allowed (RFC 2920 §3.2).
+        var lastReadDrained = true
         /// Whether more input can be read without waiting (then replies may wait for it).
         func inputPending() -> Bool {
-            if let tls = stream as? TLSStream, tls.bufferedByteCount > 0 { return true }
+            if let tls = stream as? TLSStream { return tls.bufferedByteCount > 0 || conn.hasReadableInput }
+            if lastReadDrained { return false }
             return conn.hasReadableInput
         }
 
@@ -315,6 +321,7 @@ public final class SubmissionServer: Sendable {
                 return
             }
             if n == 0 { return }
+            lastReadDrained = n < buf.count
             if readingContent {
                 // Received content pushes the deadline back at the minimum rate, at most data_timeout ahead.
                 let extended = deadline + .seconds(Double(n) / max(1, minimumDataRate))
