@@ -86,7 +86,6 @@ public final class SQLiteQueueStore: QueueStore {
               attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, lease_id TEXT,
               last_code INTEGER, last_enhanced TEXT, last_text TEXT, node TEXT, ip TEXT, mx TEXT,
               updated_at REAL NOT NULL, dsn_notify TEXT, dsn_orcpt TEXT);
-            CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
             CREATE INDEX IF NOT EXISTS recipients_lease ON recipients(lease_id);
             CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
             CREATE INDEX IF NOT EXISTS messages_open_age ON messages(received_at) WHERE open_recipients > 0;
@@ -115,6 +114,11 @@ public final class SQLiteQueueStore: QueueStore {
             if !existing.contains("priority") { try db.execute("ALTER TABLE \(table) ADD COLUMN priority \(definition)") }
         }
         try db.execute("CREATE INDEX IF NOT EXISTS recipients_due_priority ON recipients(state, priority, next_attempt_at)")
+        // (state, next_attempt_at), the lease query's index before priorities: every lookup by
+        // state is served by recipients_due_priority (or the waiting index), and each index a
+        // recipient enters costs every state change a b-tree delete and insert (issue 19). An
+        // older build re-creates it on opening; nothing depends on it either way.
+        try db.execute("DROP INDEX IF EXISTS recipients_due")
         try installOperatorSchema()
         try installComplaintSchema()
         try installIPHealthSchema()
@@ -203,7 +207,11 @@ public final class SQLiteQueueStore: QueueStore {
     /// The earliest next-attempt time of any waiting recipient, if any.
     public func nextDueTime() throws -> Date? {
         try lock.withLock {
-            let rows = try db.prepare("SELECT MIN(next_attempt_at) FROM recipients WHERE state IN ('queued','deferred')").query { $0.isNull(0) ? nil : $0.double(0) }
+            // One MIN per (state, priority): each is a single seek in recipients_due_priority.
+            let mins = ["queued", "deferred"].flatMap { state in
+                MessagePriority.allCases.map { "SELECT MIN(next_attempt_at) AS t FROM recipients WHERE state='\(state)' AND priority='\($0.rawValue)'" }
+            }
+            let rows = try db.prepare("SELECT MIN(t) FROM (\(mins.joined(separator: " UNION ALL ")))").query { $0.isNull(0) ? nil : $0.double(0) }
             return rows.first.flatMap { $0 }.map { Date(timeIntervalSince1970: $0) }
         }
     }
