@@ -137,7 +137,14 @@ public final class OutcomeJournal: Sendable {
     /// before their line is on disk.
     /// - Throws: `JournalError` (or an encoding error); the result must then not be sent as if journaled.
     public func record(_ result: ResultMessage) throws {
-        let line = Array(try JSONEncoder().encode(Line(result: result))) + [0x0A]
+        // `{"result":{…}}` with the frame's own encoder (JSONEncoder took a tenth of a node's
+        // journal time); read back by `Line`'s Decodable.
+        let object = ClusterMessage.encodedResult(result)
+        var line: [UInt8] = []
+        line.reserveCapacity(object.count + 12)
+        line.append(contentsOf: Array(#"{"result":"#.utf8))
+        line.append(contentsOf: object)
+        line.append(contentsOf: [0x7D, 0x0A])
         try commits.submit(Entry(result: result, line: line))
     }
 
@@ -165,7 +172,9 @@ public final class OutcomeJournal: Sendable {
     /// Forgets an acknowledged result (the ack line is not fsync'd: losing it only causes a
     /// harmless re-send), and compacts the file when due (see the type's doc).
     public func acknowledge(leaseID: String) {
-        guard let d = try? JSONEncoder().encode(Line(ack: leaseID)) else { return }
+        var w = JSONObjectWriter(capacity: leaseID.utf8.count + 16)
+        w.field("ack", leaseID)
+        let d = w.finish()
         file.withLock { s in
             guard let entry = s.pending.removeValue(forKey: leaseID) else { return }
             s.pendingBytes -= entry.line.count

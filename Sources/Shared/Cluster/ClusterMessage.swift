@@ -108,6 +108,10 @@ public enum ClusterMessage: Sendable, Equatable {
         return w.finish()
     }
 
+    /// A result as the JSON object of its frame header (UTF-8, sorted keys: what `JSONEncoder`
+    /// gives, at a tenth of the cost) — also what the node's journal stores for it.
+    public static func encodedResult(_ m: ResultMessage) -> [UInt8] { json(m) }
+
     static func json(_ m: ResultMessage) -> [UInt8] {
         var w = JSONObjectWriter(capacity: 256 + 320 * m.outcomes.count)
         w.field("finishedAt", m.finishedAt)
