@@ -381,4 +381,27 @@ struct QueueStoreHotPathTests {
         #expect(try q.waitingDomains() == ["x.test"])
         #expect(try q.countsByState()[.queued] == 2)
     }
+
+    @Test("freeing a message's content writes no copy of it: secure_delete=FAST (Debian's SQLite zeroes every freed page by default), and the unused recipients_due index is gone")
+    func freedContentNotRewritten() throws {
+        let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            // A queue file of an earlier build, with recipients_due.
+            let q = try SQLiteQueueStore(directory: dir)
+            try q.db.execute("CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at)")
+        }
+        let q = try SQLiteQueueStore(directory: dir)
+        #expect(try q.db.prepare("SELECT name FROM sqlite_master WHERE name='recipients_due'").query { $0.text(0) }.isEmpty)
+        #expect(try q.db.prepare("PRAGMA secure_delete").query { $0.int(0) } == [2], "2 is FAST")
+        var m = message("M1", ["a@x.test"], pool: "t")
+        m.content = Array(repeating: 0x61, count: 400 * 1024)  // about 100 overflow pages
+        try q.enqueue(m)
+        try q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        #expect(q.walFileSize == 0)
+        try q.db.execute("UPDATE messages SET body=NULL WHERE id='M1'")
+        // SECURE_DELETE on: every freed page zeroed into the WAL (> 400 KiB). FAST: the freelist
+        // and the row's pages only.
+        #expect(q.walFileSize < 64 * 1024, "WAL after freeing 400 KiB of content: \(q.walFileSize) octets")
+    }
 }
