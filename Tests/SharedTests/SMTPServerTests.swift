@@ -499,6 +499,41 @@ struct SMTPServerTests {
         #expect(d.replies.suffix(2) == ["552 5.3.4 Message size exceeds fixed maximum message size", "250 2.0.0 Ok"])
     }
 
+    @Test("DataDecoder gives the same verdict, body and counts whether the content comes at once, octet by octet or in random pieces (runs of whole lines vs the state machine)")
+    func decoderChunkingInvariant() {
+        var random = SplitMix64(seed: 19)
+        // Mostly ordinary text, with leading dots, bare CR/LF, long lines and the terminator.
+        let pieces: [[UInt8]] = [Array("abc".utf8), Array("\r\n".utf8), Array("\r\n".utf8), Array("\r\n".utf8), Array(".".utf8),
+                                 Array("..x".utf8), [0x0D], [0x0A], Array(repeating: 0x7A, count: 300), [0xC3, 0xA9], Array("\r\n.".utf8)]
+        func decode(_ input: [UInt8], framing: DataDecoder.Framing, chunk: (Int) -> Int) -> (DataDecoder.Outcome?, Int, Int) {
+            var d = DataDecoder(maxMessageSize: 5000, maxLineLength: 1000, framing: framing)
+            var i = 0
+            while i < input.count {
+                let n = min(input.count - i, max(1, chunk(i)))
+                let (used, finished) = d.feed(input[i..<(i + n)])
+                i += used
+                if finished { return (d.outcome(), i, d.octetCount) }
+                if used < n { break }
+            }
+            if framing == .chunked { d.finishChunks(); return (d.outcome(), i, d.octetCount) }
+            return (nil, i, d.octetCount)
+        }
+        for round in 0..<400 {
+            var input: [UInt8] = []
+            for _ in 0..<Int(random.next() % 40) { input += pieces[Int(random.next() % UInt64(pieces.count))] }
+            if round % 3 != 0 { input += Array("\r\n.\r\nQUIT\r\n".utf8) }
+            for framing in [DataDecoder.Framing.dotTerminated, .chunked] {
+                let whole = decode(input, framing: framing) { _ in input.count }
+                let octets = decode(input, framing: framing) { _ in 1 }
+                var r = SplitMix64(seed: UInt64(round))
+                let pieces = decode(input, framing: framing) { _ in Int(r.next() % 17) + 1 }
+                #expect(whole.0 == octets.0 && whole.0 == pieces.0, "round \(round) \(framing): verdicts differ")
+                #expect(whole.1 == octets.1 && whole.1 == pieces.1, "round \(round) \(framing): consumed differs")
+                #expect(whole.2 == octets.2 && whole.2 == pieces.2, "round \(round) \(framing): octet counts differ")
+            }
+        }
+    }
+
     @Test("DataDecoder keeps memory bounded past the size limit but still finds the terminator")
     func decoderBounded() {
         var decoder = DataDecoder(maxMessageSize: 1000, expectedSize: 1 << 40)
