@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import HatoDKIM
 @testable import HatoNode
@@ -47,6 +48,35 @@ struct MessageAnalysisTests {
             let fast = Self.analysed(content), ref = Self.reference(content)
             if fast != ref {
                 Issue.record("differs for \(content): \(fast) vs \(ref)")
+                return
+            }
+        }
+    }
+
+    @Test("long plain runs between the bytes that matter (the word-at-a-time path) agree with the reference, for the analysis and the CRLF check")
+    func longRuns() {
+        var rng = SplitMix64(seed: 1919)
+        let specials: [[UInt8]] = [[0x0D, 0x0A], [0x0A], [0x0D], [0xC3, 0xA9], [0x80], [0x2E], [0x3A, 0x20], [0x0D, 0x0A, 0x0D, 0x0A]]
+        for _ in 0..<3000 {
+            var content: [UInt8] = []
+            for _ in 0..<Int(rng.next() % 12) {
+                content += Array(repeating: 0x41, count: Int(rng.next() % 30))
+                content += specials[Int(rng.next() % UInt64(specials.count))]
+            }
+            let fast = Self.analysed(content), ref = Self.reference(content)
+            if fast != ref {
+                Issue.record("differs for \(content): \(fast) vs \(ref)")
+                return
+            }
+            // The plain definition of canonical line endings: ends with CRLF (or is empty), every
+            // CR is followed by LF and every LF follows a CR.
+            var canonical = content.isEmpty || content.suffix(2) == [0x0D, 0x0A]
+            for (k, b) in content.enumerated() {
+                if b == 0x0D && (k + 1 >= content.count || content[k + 1] != 0x0A) { canonical = false }
+                if b == 0x0A && (k == 0 || content[k - 1] != 0x0D) { canonical = false }
+            }
+            if MessageText.hasCanonicalLineEndings(content) != canonical {
+                Issue.record("hasCanonicalLineEndings differs for \(content)")
                 return
             }
         }

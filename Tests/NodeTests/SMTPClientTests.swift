@@ -1,4 +1,5 @@
 import Foundation
+import HatoTestKit
 import Testing
 @testable import HatoDNS
 @testable import HatoNode
@@ -523,6 +524,44 @@ extension SMTPClientTests {
                 SMTPDotStuffing.encode(body, chunkSize: Int.random(in: 1...64, using: &rng)) { chunks.append($0) }
                 #expect(Array(chunks.joined()) == whole)
                 #expect(whole.suffix(3) == [0x2E, 0x0D, 0x0A])
+            }
+        }
+
+        @Test("long lines, bare LFs, leading dots and no final line end: the same bytes as the line-by-line definition, whole or in chunks")
+        func againstDefinition() {
+            var rng = SplitMix64(seed: 2920)
+            let specials: [[UInt8]] = [[0x0D, 0x0A], [0x0A], [0x2E], [0x0D, 0x0A, 0x2E], [0x0A, 0x2E, 0x2E], [0x0D]]
+            // RFC 5321 §4.5.2 line by line: split at LF (a CR before it belongs to the line end),
+            // double a leading dot, end every line with CRLF, then ".CRLF".
+            func reference(_ body: [UInt8]) -> [UInt8] {
+                var out: [UInt8] = []
+                var lines = body.split(separator: 0x0A, omittingEmptySubsequences: false).map { Array($0) }
+                // The piece after the last LF is a line only when it is not empty (a last line
+                // without a line end keeps a trailing CR as content).
+                let unterminated = lines.removeLast()
+                for var line in lines {
+                    if line.last == 0x0D { line.removeLast() }
+                    if line.first == 0x2E { out.append(0x2E) }
+                    out += line + [0x0D, 0x0A]
+                }
+                if !unterminated.isEmpty {
+                    if unterminated.first == 0x2E { out.append(0x2E) }
+                    out += unterminated + [0x0D, 0x0A]
+                }
+                return out + [0x2E, 0x0D, 0x0A]
+            }
+            for _ in 0..<2000 {
+                var body: [UInt8] = []
+                for _ in 0..<Int(rng.next() % 10) {
+                    body += Array(repeating: 0x62, count: Int(rng.next() % 40))
+                    body += specials[Int(rng.next() % UInt64(specials.count))]
+                }
+                if rng.next() % 2 == 0 { body += Array(repeating: 0x62, count: Int(rng.next() % 20)) }
+                let expected = reference(body)
+                #expect(SMTPDotStuffing.encoded(body) == expected, "body \(body)")
+                var chunks: [[UInt8]] = []
+                SMTPDotStuffing.encode(body, chunkSize: Int(rng.next() % 50) + 1) { chunks.append($0) }
+                #expect(Array(chunks.joined()) == expected)
             }
         }
 

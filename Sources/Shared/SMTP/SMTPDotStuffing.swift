@@ -1,11 +1,15 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 
 /// The DATA body encoding of RFC 5321 §4.5.2 (transparency) and §4.1.1.4 (end of data).
 public enum SMTPDotStuffing {
     /// Streams `body` as it goes on the wire after a 354: a `.` is prepended to every line
     /// that starts with `.`, bare LFs become CRLF, a final CRLF is added when the body does
-    /// not end in one, and `.CRLF` ends the data. Lines are found with `firstIndex(of:)` and
-    /// copied as slices; output is handed over in chunks of about `chunkSize` octets.
+    /// not end in one, and `.CRLF` ends the data. Line ends are found with `memchr` and runs
+    /// of lines that need no change are copied in one piece; output is handed over in chunks
+    /// of about `chunkSize` octets.
     /// - Parameters:
     ///   - body: the stored message (CRLF line ends).
     ///   - chunkSize: the preferred write size in octets.
@@ -14,27 +18,43 @@ public enum SMTPDotStuffing {
         let limit = max(1, chunkSize)
         var out: [UInt8] = []
         out.reserveCapacity(min(body.count, limit) + 512)
-        let n = body.count
-        var i = 0
-        while i < n {
-            if body[i] == 0x2E { out.append(0x2E) }
-            if let lf = body[i..<n].firstIndex(of: 0x0A) {
-                if lf > i && body[lf - 1] == 0x0D {
-                    out.append(contentsOf: body[i...lf])
-                } else {
-                    out.append(contentsOf: body[i..<lf])
-                    out.append(0x0D); out.append(0x0A)
+        try body.withUnsafeBufferPointer { p in
+            let n = p.count
+            // Octets from `run` up to `i` go out unchanged (copied when a change or a chunk needs it).
+            var run = 0
+            var i = 0
+            while i < n {
+                if p[i] == 0x2E {
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<i]))
+                    out.append(0x2E)
+                    run = i
                 }
-                i = lf + 1
-            } else {
-                out.append(contentsOf: body[i..<n])
-                out.append(0x0D); out.append(0x0A)
-                i = n
+                guard let found = memchr(p.baseAddress! + i, 0x0A, n - i) else {
+                    // The last line has no line end: add CRLF.
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<n]))
+                    out.append(0x0D); out.append(0x0A)
+                    run = n
+                    i = n
+                    break
+                }
+                let lf = p.baseAddress!.distance(to: found.assumingMemoryBound(to: UInt8.self))
+                if lf > i && p[lf - 1] == 0x0D {
+                    i = lf + 1
+                } else {
+                    // A bare LF becomes CRLF.
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<lf]))
+                    out.append(0x0D); out.append(0x0A)
+                    i = lf + 1
+                    run = i
+                }
+                if out.count + (i - run) >= limit {
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<i]))
+                    run = i
+                    try emit(out)
+                    out.removeAll(keepingCapacity: true)
+                }
             }
-            if out.count >= limit {
-                try emit(out)
-                out.removeAll(keepingCapacity: true)
-            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<i]))
         }
         out.append(contentsOf: [0x2E, 0x0D, 0x0A])
         try emit(out)

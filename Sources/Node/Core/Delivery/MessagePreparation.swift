@@ -28,6 +28,11 @@ public struct MessageAnalysis: Sendable {
             var lineStart = 0
             var i = 0
             while i < n {
+                // Eight plain octets (no 8-bit, no LF) at a time: most of a message.
+                if i + 8 <= n {
+                    let w = ByteWords.load(p, i)
+                    if !ByteWords.hasHighBit(w) && !ByteWords.contains(w, 0x0A) { i += 8; continue }
+                }
                 let b = p[i]
                 if b >= 0x80 {
                     if inHeader { headers8 = true } else { body8 = true }
