@@ -1,5 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
-import HatoSupport
 
 /// A DKIM canonicalization algorithm (RFC 6376 §3.4).
 public enum DKIMCanonicalization: String, Sendable, Hashable, CaseIterable {
@@ -105,21 +107,18 @@ public enum MessageText {
             let n = p.count
             guard n > 0 else { return true }
             guard n >= 2, p[n - 2] == 0x0D, p[n - 1] == 0x0A else { return false }
+            // Every CR is followed by LF, and every LF follows a CR: two `memchr` walks.
+            guard let base = p.baseAddress else { return true }
+            func index(_ r: UnsafeMutableRawPointer?) -> Int? { r.map { base.distance(to: $0.assumingMemoryBound(to: UInt8.self)) } }
             var i = 0
-            while i < n {
-                // Eight octets without CR or LF at a time (most of a message).
-                if i + 8 <= n {
-                    let w = ByteWords.load(p, i)
-                    if !ByteWords.contains(w, 0x0D) && !ByteWords.contains(w, 0x0A) { i += 8; continue }
-                }
-                let b = p[i]
-                if b == 0x0D {
-                    guard i + 1 < n, p[i + 1] == 0x0A else { return false }
-                    i += 2
-                    continue
-                }
-                if b == 0x0A { return false }
-                i += 1
+            while i < n, let cr = index(memchr(base + i, 0x0D, n - i)) {
+                guard cr + 1 < n, p[cr + 1] == 0x0A else { return false }
+                i = cr + 2
+            }
+            i = 0
+            while i < n, let lf = index(memchr(base + i, 0x0A, n - i)) {
+                guard lf > 0, p[lf - 1] == 0x0D else { return false }
+                i = lf + 1
             }
             return true
         }

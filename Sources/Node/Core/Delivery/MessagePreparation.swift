@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import HatoDKIM
 import HatoSupport
@@ -24,27 +27,35 @@ public struct MessageAnalysis: Sendable {
         var headers8 = false, body8 = false, longest = 0
         bytes.withUnsafeBufferPointer { p in
             let n = p.count
+            guard let base = p.baseAddress else { return }
             var inHeader = true
             var lineStart = 0
-            var i = 0
-            while i < n {
-                // Eight plain octets (no 8-bit, no LF) at a time: most of a message.
-                if i + 8 <= n {
-                    let w = ByteWords.load(p, i)
-                    if !ByteWords.hasHighBit(w) && !ByteWords.contains(w, 0x0A) { i += 8; continue }
+            // Line by line: `memchr` finds the LF; the 8-bit test reads eight octets at a time
+            // and stops once the section in question is known to be 8-bit.
+            while lineStart < n {
+                let lf = memchr(base + lineStart, 0x0A, n - lineStart).map { base.distance(to: $0.assumingMemoryBound(to: UInt8.self)) }
+                let end = lf ?? n
+                if inHeader ? !headers8 : !body8 {
+                    var k = lineStart
+                    var high = false
+                    while k + 8 <= end {
+                        if ByteWords.hasHighBit(ByteWords.load(p, k)) { high = true; break }
+                        k += 8
+                    }
+                    if !high {
+                        while k < end { if p[k] >= 0x80 { high = true; break }; k += 1 }
+                    }
+                    if high { if inHeader { headers8 = true } else { body8 = true } }
                 }
-                let b = p[i]
-                if b >= 0x80 {
-                    if inHeader { headers8 = true } else { body8 = true }
-                } else if b == 0x0A {
-                    let length = i - lineStart - (i > lineStart && p[i - 1] == 0x0D ? 1 : 0)
-                    if length > longest { longest = length }
-                    if inHeader && length == 0 { inHeader = false }
-                    lineStart = i + 1
+                guard let lf else {
+                    longest = max(longest, n - lineStart)
+                    break
                 }
-                i += 1
+                let length = lf - lineStart - (lf > lineStart && p[lf - 1] == 0x0D ? 1 : 0)
+                if length > longest { longest = length }
+                if inHeader && length == 0 { inHeader = false }
+                lineStart = lf + 1
             }
-            longest = max(longest, n - lineStart)
         }
         headers8Bit = headers8
         body8Bit = body8
