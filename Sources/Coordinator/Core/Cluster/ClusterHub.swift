@@ -130,6 +130,10 @@ public final class ClusterHub: Sendable {
     ///   - mode: `.single` (leads from the start) or `.elected` (leads only while elected).
     /// - Throws: `SQLiteError` reading persisted drain state and backoffs; `TLSError` when the
     ///   `cluster.tls` certificate, key or CA cannot be loaded.
+    /// Content of messages queued a moment ago, sent in grants without a store read (the
+    /// submission listeners add to it; see `RecentContent`).
+    public let recentContent = RecentContent()
+
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), mode: LeadershipMode = .single) throws {
         self.store = store
         self.clock = clock
@@ -705,15 +709,16 @@ public final class ClusterHub: Sendable {
         for grant in grants {
             let records = grant.records.compactMap { byID[$0.id] }
             guard !records.isEmpty, let link = link(grant.connection) else { continue }
-            let store = self.store, log = self.log
-            link.send(.build { ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, log: log) })
+            let store = self.store, log = self.log, recent = self.recentContent
+            link.send(.build { ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log) })
         }
     }
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A message whose body cannot be read goes with an empty
     /// body (its recipients fail or expire like any delivery of it).
-    static func grantMessages(_ grant: PlannedGrant, records: [LeaseRecord], maxSize: Int, store: any QueueStore, log: Logger) -> [ClusterMessage] {
+    static func grantMessages(_ grant: PlannedGrant, records: [LeaseRecord], maxSize: Int, store: any QueueStore, recent: RecentContent? = nil,
+                              log: Logger) -> [ClusterMessage] {
         var out: [ClusterMessage] = []
         var bodies: [String: [UInt8]] = [:]
         var batch: [Lease] = []
@@ -721,9 +726,14 @@ public final class ClusterHub: Sendable {
         for rec in records {
             guard let (group, ip) = grant.planned[rec.id] else { continue }
             if bodies[rec.messageID] == nil {
-                do { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] } catch {
-                    log.error("reading a message body failed", ["message": rec.messageID, "error": "\(error)"])
-                    bodies[rec.messageID] = []
+                // Content queued a moment ago is usually still in memory (`recentContent`).
+                if let kept = recent?.take(rec.messageID) {
+                    bodies[rec.messageID] = kept
+                } else {
+                    do { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] } catch {
+                        log.error("reading a message body failed", ["message": rec.messageID, "error": "\(error)"])
+                        bodies[rec.messageID] = []
+                    }
                 }
             }
             let body = bodies[rec.messageID] ?? []
