@@ -106,7 +106,7 @@ public final class CoordinatorService: Sendable {
         let apiSettings = config.httpAPI ?? HTTPAPISettings(listen: [])
         tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf },
                                               eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
-        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, recentContent: hub.recentContent,
+        let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, keepContent: { hub.keepContent($0, $1) },
                                           onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,

@@ -43,8 +43,9 @@ final class LeaseQueue: Sendable {
     }
     private let state = LockedCondition(State())
 
-    /// Appends a lease and wakes one waiting worker — every worker only when the lease is bulk
-    /// and a worker kept for transactional mail might be the one woken (it would not take it).
+    /// Appends a lease and wakes one waiting worker — every worker while a worker kept for
+    /// transactional mail waits (a wake-up it absorbs, or one it takes from a general worker
+    /// that then takes a later transactional lease, would leave a bulk lease unclaimed).
     /// One wake-up per lease instead of a broadcast: with `connections_per_ip` workers idle on
     /// an IP, a broadcast woke all of them to let one win (measured: 8 threads woken and 16
     /// context switches per granted lease at light load).
@@ -52,7 +53,7 @@ final class LeaseQueue: Sendable {
         let bulk = l.lease.effectivePriority == .bulk
         state.withLockThenWake { s in
             if bulk { s.bulk.append(l) } else { s.transactional.append(l) }
-            return ((), bulk && s.transactionalOnlyWaiters > 0 ? .all : .one)
+            return ((), s.transactionalOnlyWaiters > 0 ? .all : .one)
         }
     }
 

@@ -123,6 +123,19 @@ public final class ClusterHub: Sendable {
     /// The tenants' DKIM keys as last read from the store (scheduler thread; ClusterHub+SigningKeys.swift).
     let signingKeyFeed = Locked(SigningKeyFeed())
 
+    /// Content of messages queued a moment ago, sent in grants without a store read (see
+    /// `RecentContent` and `keepContent`).
+    public let recentContent = RecentContent()
+
+    /// Remembers a just-queued message's content for its grant — only while this coordinator
+    /// leads: a standby grants nothing, so what it kept would only wait for eviction.
+    /// - Parameters:
+    ///   - messageID: the queue id.
+    ///   - content: the content as stored.
+    public func keepContent(_ messageID: String, _ content: [UInt8]) {
+        if leader.isSelf { recentContent.insert(messageID, content) }
+    }
+
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - store: the durable queue.
@@ -130,10 +143,6 @@ public final class ClusterHub: Sendable {
     ///   - mode: `.single` (leads from the start) or `.elected` (leads only while elected).
     /// - Throws: `SQLiteError` reading persisted drain state and backoffs; `TLSError` when the
     ///   `cluster.tls` certificate, key or CA cannot be loaded.
-    /// Content of messages queued a moment ago, sent in grants without a store read (the
-    /// submission listeners add to it; see `RecentContent`).
-    public let recentContent = RecentContent()
-
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), mode: LeadershipMode = .single) throws {
         self.store = store
         self.clock = clock

@@ -50,8 +50,9 @@ public final class SubmissionServer: Sendable {
     private let current: Locked<(config: ClusterConfig, router: PoolRouter)>
     private let store: any QueueStore
     private let onAccepted: @Sendable () -> Void
-    /// Content just queued, for the grant that follows (`RecentContent`); nil keeps none.
-    private let recentContent: RecentContent?
+    /// Called with each queued message's id and content, for the grant that follows
+    /// (`ClusterHub.keepContent`); nil keeps none.
+    private let keepContent: (@Sendable (String, [UInt8]) -> Void)?
     private let clock: any WallClock
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
@@ -83,13 +84,13 @@ public final class SubmissionServer: Sendable {
     ///   - metrics: where refusals and the queue's free space are published (nil: nowhere).
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
     ///   - tenants: the tenant tables (nil: no tenants, only `smtp.users`).
-    ///   - recentContent: where the content of each queued message is remembered for its first grant (nil: nowhere).
+    ///   - keepContent: called with each queued message's id and content, so its first grant need not read it back (nil: not called).
     ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
-                headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, recentContent: RecentContent? = nil,
+                headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, keepContent: (@Sendable (String, [UInt8]) -> Void)? = nil,
                 onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
-        self.recentContent = recentContent
+        self.keepContent = keepContent
         self.tenants = tenants
         self.feedback = FeedbackIntake(config: config, store: store, metrics: metrics, clock: clock)
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
@@ -448,7 +449,7 @@ public final class SubmissionServer: Sendable {
                       ["error": "\(error)", "client": message.peer.host])
             return .failure(failure)
         }
-        recentContent?.insert(id, stored.content)
+        keepContent?(id, stored.content)
         guards.headroom.noteQueued(octets: record.content.count)
         var fields = ["id": id, "pool": pool, "route": tenant?.pool != nil ? "tenant" : route.reason, "client": message.peer.host,
                       "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword,
