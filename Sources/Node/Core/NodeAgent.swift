@@ -43,30 +43,42 @@ final class LeaseQueue: Sendable {
     }
     private let state = LockedCondition(State())
 
-    /// Appends a lease and wakes one waiting worker — every worker while a worker kept for
-    /// transactional mail waits (a wake-up it absorbs, or one it takes from a general worker
-    /// that then takes a later transactional lease, would leave a bulk lease unclaimed).
-    /// One wake-up per lease instead of a broadcast: with `connections_per_ip` workers idle on
-    /// an IP, a broadcast woke all of them to let one win (measured: 8 threads woken and 16
+    /// Whom to wake for the leases queued: nobody when none is, every waiter when a bulk lease
+    /// is queued while a worker kept for transactional mail waits (one wake-up might reach only
+    /// that worker, which would not take it), else one waiter (any waiter takes any lease).
+    private static func wake(for s: State) -> LockedConditionWake {
+        if s.count == 0 { return .none }
+        return s.bulk.count > 0 && s.transactionalOnlyWaiters > 0 ? .all : .one
+    }
+
+    /// Appends a lease and wakes one waiting worker (all only as `wake(for:)` says). One
+    /// wake-up per lease instead of a broadcast: with `connections_per_ip` workers idle on an
+    /// IP, a broadcast woke all of them to let one win (measured: 8 threads woken and 16
     /// context switches per granted lease at light load).
     func push(_ l: HeldLease) {
-        let bulk = l.lease.effectivePriority == .bulk
         state.withLockThenWake { s in
-            if bulk { s.bulk.append(l) } else { s.transactional.append(l) }
-            return ((), s.transactionalOnlyWaiters > 0 ? .all : .one)
+            if l.lease.effectivePriority == .bulk { s.bulk.append(l) } else { s.transactional.append(l) }
+            return ((), LeaseQueue.wake(for: s))
         }
     }
 
     /// The next lease — the oldest transactional one, else (when `takingBulk`) the oldest bulk
-    /// one — waiting for one; nil once closed and nothing this caller takes is left.
+    /// one — waiting for one; nil once closed and nothing this caller takes is left. A worker
+    /// that leaves leases queued passes a wake-up on: the one it used may have been meant for
+    /// another lease (a bulk lease's wake-up used by a general worker that took a transactional
+    /// lease pushed after it, whose own wake-up went to a worker kept for transactional mail).
     /// - Parameter takingBulk: false for a worker kept for transactional leases.
     func pop(takingBulk: Bool = true) -> HeldLease? {
         if !takingBulk { state.withLock { $0.transactionalOnlyWaiters += 1 } }
-        return state.wait(until: nil, for: { $0.transactional.count > 0 || (takingBulk && $0.bulk.count > 0) || $0.closed }) { s, _ -> HeldLease? in
+        return state.wait(until: nil, for: { $0.transactional.count > 0 || (takingBulk && $0.bulk.count > 0) || $0.closed }) { s, _ -> (HeldLease?, LockedConditionWake) in
             if !takingBulk { s.transactionalOnlyWaiters -= 1 }
-            if s.transactional.count > 0 { return s.transactional.removeFirst() }
-            if takingBulk && s.bulk.count > 0 { return s.bulk.removeFirst() }
-            return nil
+            var taken: HeldLease?
+            if s.transactional.count > 0 {
+                taken = s.transactional.removeFirst()
+            } else if takingBulk && s.bulk.count > 0 {
+                taken = s.bulk.removeFirst()
+            }
+            return (taken, LeaseQueue.wake(for: s))
         }
     }
 

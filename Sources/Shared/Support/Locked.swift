@@ -118,6 +118,23 @@ public final class LockedCondition<Value> {
         return result
     }
 
+    /// `wait(until:for:then:)` whose `body` also says whom to wake (none, one or all waiters)
+    /// before the lock is released — e.g. to pass a wake-up on when work is left over.
+    /// - Returns: the first element of what `body` returns.
+    public func wait<R>(until deadline: ContinuousClock.Instant?, for ready: (Value) -> Bool,
+                        thenWake body: (inout Value, Bool) throws -> (R, LockedConditionWake)) rethrows -> R {
+        try wait(until: deadline, for: ready) { value, ok -> R in
+            let (r, w) = try body(&value, ok)
+            // Still under the lock (`wait` unlocks after `body` returns).
+            switch w {
+            case .none: break
+            case .one: pthread_cond_signal(condition)
+            case .all: pthread_cond_broadcast(condition)
+            }
+            return r
+        }
+    }
+
     /// Waits until `ready` holds or the monotonic `deadline` passes, then runs `body` under
     /// the lock. Spurious wake-ups are absorbed.
     /// - Parameters:
