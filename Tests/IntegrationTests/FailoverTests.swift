@@ -202,7 +202,9 @@ extension Integration {
             try ha.recordingLogs {
                 try ha.startLeaderAndStandby()
                 try ha.startNodesAndWait(via: "coord-2")
-                let stream = StreamSubmitter(ports: ha.smtpPorts, total: 200, pause: 0.03)
+                // Long enough to go on well past the outage: refusals come back fast, and 200
+                // messages were sometimes all tried before the server had been back a second.
+                let stream = StreamSubmitter(ports: ha.smtpPorts, total: 320, pause: 0.03)
                 try waitUntil("a quarter accepted", timeout: 60) { stream.accepted.count >= 50 }
                 let downAt = Date()
                 try db.pause()
