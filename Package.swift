@@ -52,7 +52,7 @@ let package = Package(
             name: "HatoMIME", dependencies: ["SMTPCore"],
             path: "Sources/Shared/MIME", swiftSettings: strict),
         .target(
-            name: "HatoDKIM", dependencies: ["HatoCrypto", "COpenSSL"],
+            name: "HatoDKIM", dependencies: ["HatoCrypto", "HatoSupport", "COpenSSL"],
             path: "Sources/Shared/DKIM", swiftSettings: strict),
         .target(
             name: "HatoDNS", dependencies: ["HatoIO", "HatoSupport", "CResolv"],

@@ -2,7 +2,6 @@ import Foundation
 import Testing
 @testable import ClusterProtocol
 @testable import HatoConfig
-import HatoCrypto
 @testable import HatoCoordinator
 @testable import HatoSupport
 
@@ -57,19 +56,9 @@ struct RecentContentTests {
 
     @Test("only the leading coordinator keeps content: a standby (elected mode, not leading) keeps none")
     func onlyTheLeaderKeeps() throws {
-        let dir = NSTemporaryDirectory() + "hato-rc-" + Identifier.random(bytes: 5)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let yaml = """
-            cluster: { name: t, secret: "0123456789abcdef0123" }
-            coordinator: { listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token: tok, data_dir: \(dir)/coordinator }
-            smtp: { listen: [127.0.0.1:0], hostname: relay.hato.test }
-            nodes: [ { id: node-a, data_dir: \(dir)/node-a } ]
-            pools: [ { name: t } ]
-            ips: [ { address: 127.0.0.10, helo: mta10.hato.test, pool: t } ]
-            routing: { default_pool: t }
-            """
-        let config = try ClusterConfig.parse(yaml, path: dir + "/cluster.yml")
-        let store = try SQLiteQueueStore(directory: config.coordinator.dataDir)
+        let f = try ReportingFixture()
+        defer { f.cleanup() }
+        let config = f.config, store = f.store
         let leader = try ClusterHub(config: config, store: store)
         leader.keepContent("M1", [1, 2, 3])
         #expect(leader.recentContent.usage.messages == 1)

@@ -142,7 +142,7 @@ public final class OutcomeJournal: Sendable {
         let object = ClusterMessage.encodedResult(result)
         var line: [UInt8] = []
         line.reserveCapacity(object.count + 12)
-        line.append(contentsOf: Array(#"{"result":"#.utf8))
+        line.append(contentsOf: #"{"result":"#.utf8)
         line.append(contentsOf: object)
         line.append(contentsOf: [0x7D, 0x0A])
         try commits.submit(Entry(result: result, line: line))

@@ -1,7 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
+import HatoSupport
 
 /// A DKIM canonicalization algorithm (RFC 6376 §3.4).
 public enum DKIMCanonicalization: String, Sendable, Hashable, CaseIterable {
@@ -108,15 +106,13 @@ public enum MessageText {
             guard n > 0 else { return true }
             guard n >= 2, p[n - 2] == 0x0D, p[n - 1] == 0x0A else { return false }
             // Every CR is followed by LF, and every LF follows a CR: two `memchr` walks.
-            guard let base = p.baseAddress else { return true }
-            func index(_ r: UnsafeMutableRawPointer?) -> Int? { r.map { base.distance(to: $0.assumingMemoryBound(to: UInt8.self)) } }
             var i = 0
-            while i < n, let cr = index(memchr(base + i, 0x0D, n - i)) {
+            while let cr = ByteScan.index(of: 0x0D, in: p, from: i) {
                 guard cr + 1 < n, p[cr + 1] == 0x0A else { return false }
                 i = cr + 2
             }
             i = 0
-            while i < n, let lf = index(memchr(base + i, 0x0A, n - i)) {
+            while let lf = ByteScan.index(of: 0x0A, in: p, from: i) {
                 guard lf > 0, p[lf - 1] == 0x0D else { return false }
                 i = lf + 1
             }

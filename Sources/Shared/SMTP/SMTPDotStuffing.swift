@@ -1,7 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
+import HatoSupport
 
 /// The DATA body encoding of RFC 5321 §4.5.2 (transparency) and §4.1.1.4 (end of data).
 public enum SMTPDotStuffing {
@@ -29,7 +27,7 @@ public enum SMTPDotStuffing {
                     out.append(0x2E)
                     run = i
                 }
-                guard let found = memchr(p.baseAddress! + i, 0x0A, n - i) else {
+                guard let lf = ByteScan.index(of: 0x0A, in: p, from: i) else {
                     // The last line has no line end: add CRLF.
                     out.append(contentsOf: UnsafeBufferPointer(rebasing: p[run..<n]))
                     out.append(0x0D); out.append(0x0A)
@@ -37,7 +35,6 @@ public enum SMTPDotStuffing {
                     i = n
                     break
                 }
-                let lf = p.baseAddress!.distance(to: found.assumingMemoryBound(to: UInt8.self))
                 if lf > i && p[lf - 1] == 0x0D {
                     i = lf + 1
                 } else {

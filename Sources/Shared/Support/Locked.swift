@@ -104,18 +104,19 @@ public final class LockedCondition<Value> {
     /// - Returns: the first element of what `body` returns.
     public func withLockThenWake<R>(_ body: (inout Value) throws -> (R, LockedConditionWake)) rethrows -> R {
         pthread_mutex_lock(mutex)
-        var wake = LockedConditionWake.none
-        defer {
-            switch wake {
-            case .none: break
-            case .one: pthread_cond_signal(condition)
-            case .all: pthread_cond_broadcast(condition)
-            }
-            pthread_mutex_unlock(mutex)
-        }
+        defer { pthread_mutex_unlock(mutex) }
         let (result, w) = try body(&value)
-        wake = w
+        wake(w)
         return result
+    }
+
+    /// Signals or broadcasts the condition as `w` says; the caller holds the lock.
+    private func wake(_ w: LockedConditionWake) {
+        switch w {
+        case .none: break
+        case .one: pthread_cond_signal(condition)
+        case .all: pthread_cond_broadcast(condition)
+        }
     }
 
     /// `wait(until:for:then:)` whose `body` also says whom to wake (none, one or all waiters)
@@ -125,12 +126,7 @@ public final class LockedCondition<Value> {
                         thenWake body: (inout Value, Bool) throws -> (R, LockedConditionWake)) rethrows -> R {
         try wait(until: deadline, for: ready) { value, ok -> R in
             let (r, w) = try body(&value, ok)
-            // Still under the lock (`wait` unlocks after `body` returns).
-            switch w {
-            case .none: break
-            case .one: pthread_cond_signal(condition)
-            case .all: pthread_cond_broadcast(condition)
-            }
+            wake(w)  // still under the lock: `wait` unlocks after `body` returns
             return r
         }
     }

@@ -163,7 +163,7 @@ public final class DeliveryReporter: Sendable {
     }
 
     /// One pass of the background loop: waits out `minimumPassInterval` since the last pass
-    /// started, then works until no work is left. - Returns: the pause before the next poll.
+    /// started (and at least `settleDelay`), then works until no work is left. - Returns: the pause before the next poll.
     private func pass() -> Duration {
         let (minimum, poll, settle) = pace.withLock { ($0.minimumPassInterval, $0.pollInterval, $0.settleDelay) }
         guard active.snapshot else { return .milliseconds(Int(poll * 1000)) }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import HatoDKIM
 import HatoSupport
@@ -27,19 +24,18 @@ public struct MessageAnalysis: Sendable {
         var headers8 = false, body8 = false, longest = 0
         bytes.withUnsafeBufferPointer { p in
             let n = p.count
-            guard let base = p.baseAddress else { return }
             var inHeader = true
             var lineStart = 0
             // Line by line: `memchr` finds the LF; the 8-bit test reads eight octets at a time
             // and stops once the section in question is known to be 8-bit.
             while lineStart < n {
-                let lf = memchr(base + lineStart, 0x0A, n - lineStart).map { base.distance(to: $0.assumingMemoryBound(to: UInt8.self)) }
+                let lf = ByteScan.index(of: 0x0A, in: p, from: lineStart)
                 let end = lf ?? n
                 if inHeader ? !headers8 : !body8 {
                     var k = lineStart
                     var high = false
                     while k + 8 <= end {
-                        if ByteWords.hasHighBit(ByteWords.load(p, k)) { high = true; break }
+                        if ByteScan.hasHighBit(ByteScan.load(p, k)) { high = true; break }
                         k += 8
                     }
                     if !high {
