@@ -312,6 +312,58 @@ struct BackgroundCheckpointTests {
     }
 }
 
+extension BackgroundCheckpointTests {
+    /// The WAL header's salts (octets 16..<24): SQLite draws new ones each time it starts the WAL over.
+    func walSalts(_ q: SQLiteQueueStore) throws -> [UInt8] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: q.path + "-wal"))
+        return Array(data[16..<24])
+    }
+
+    func message(_ id: String) -> NewMessage {
+        NewMessage(id: id, reversePath: "s@example.org", recipients: ["r@x.test"], pool: "t", content: Array("Subject: x\r\n\r\nbody\r\n".utf8),
+                   heloName: "c", clientAddress: "127.0.0.1", receivedAt: Date())
+    }
+
+    @Test("after a checkpoint that copied everything, the checkpointer starts the WAL over, not the next commit (whose fsync of the new header sat on the lease's path)")
+    func restartOffTheCommitPath() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.lock.withLock { try q.db.execute("PRAGMA wal_autocheckpoint=0") }
+        let checkpointer = try SQLiteDatabase(path: q.path)
+        try checkpointer.execute("PRAGMA busy_timeout=100")
+        for i in 0..<5 { try q.enqueue(message("A\(i)")) }
+
+        // What SQLite does on its own: after a passive checkpoint copied every frame, the next
+        // commit starts the WAL over (new salts, and an fsync of the new header in that commit).
+        try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        let beforeCommit = try walSalts(q)
+        try q.enqueue(message("B0"))
+        #expect(try walSalts(q) != beforeCommit)
+
+        // A pass of the checkpoint thread starts it over itself; the next commit only appends.
+        var memory = SQLiteQueueStore.CheckpointMemory()
+        try q.checkpointPass(checkpointer, restartSize: 1 << 30, memory: &memory)
+        #expect(memory.restarts == 1)
+        let afterPass = try walSalts(q)
+        #expect(afterPass != beforeCommit)
+        try q.enqueue(message("B1"))
+        #expect(try walSalts(q) == afterPass)
+
+        // Nothing committed since a complete pass: the next pass does nothing (an idle queue
+        // is not checkpointed, nor its WAL started over, four times a second).
+        try q.checkpointPass(checkpointer, restartSize: 1 << 30, memory: &memory)
+        #expect(memory.restarts == 2)
+        let idleSalts = try walSalts(q)
+        try q.checkpointPass(checkpointer, restartSize: 1 << 30, memory: &memory)
+        #expect(memory.idlePasses == 1)
+        #expect(memory.restarts == 2)
+        #expect(try walSalts(q) == idleSalts)
+        // The rewritten user_version is the one it was; the queue is whole.
+        #expect(try checkpointer.prepare("PRAGMA user_version").query { $0.int(0) } == [0])
+        #expect(try q.countsByState()[.queued] == 7)
+    }
+}
+
 /// What issue 19's profile changed in the store's hot statements, checked for their results.
 @Suite("Queue store: hot statements")
 struct QueueStoreHotPathTests {

@@ -12,7 +12,64 @@ import HatoSupport
 /// so SQLite could never start it over: once the WAL file passes `restartSize`, the thread
 /// takes the queue's lock for a TRUNCATE checkpoint, which then only copies the few frames
 /// written since the passive one and empties the WAL file.
+///
+/// **Starting the WAL over off the commit path.** Once a checkpoint has copied every frame,
+/// the next write transaction starts the WAL over: it writes a new WAL header and fsyncs it
+/// before its first frame (SQLite does so at any `synchronous` but OFF, so that a frame of the
+/// new WAL can never be taken for one of the old). That was a lease commit (otherwise never
+/// synced) or a message's commit paying a second fsync, about four times a second at light
+/// load — the tail of the relay's latency. So after a checkpoint that copied everything (or
+/// emptied the file) the thread starts the WAL over itself, under the queue's lock: a write
+/// transaction of one page (`user_version`, rewritten with its own value) on its own
+/// connection. A pass finds nothing to do when no other connection committed since the
+/// previous complete one (`PRAGMA data_version`), so an idle queue is left alone.
 extension SQLiteQueueStore {
+    /// What the checkpoint thread remembers between passes.
+    struct CheckpointMemory {
+        /// `PRAGMA data_version` of the checkpointer's connection at the last complete pass.
+        var lastCompleteVersion: Int64?
+        /// Times the thread started the WAL over itself.
+        var restarts = 0
+        /// Passes that found nothing committed since the last complete one.
+        var idlePasses = 0
+    }
+
+    /// One pass of the checkpoint thread (see the extension's doc).
+    /// - Parameters:
+    ///   - checkpointer: the thread's own connection to the queue file.
+    ///   - restartSize: WAL file size (bytes) from which the WAL is emptied.
+    ///   - memory: what the previous passes left.
+    /// - Throws: `SQLiteError` from the checkpoint or the restarting write.
+    func checkpointPass(_ checkpointer: SQLiteDatabase, restartSize: Int, memory: inout CheckpointMemory) throws {
+        let version = try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first ?? -1
+        let walSize = walFileSize
+        if version == memory.lastCompleteVersion && walSize < restartSize {
+            memory.idlePasses += 1
+            return
+        }
+        // (busy, frames in the WAL, frames copied into the database file)
+        let passive = try checkpointer.prepare("PRAGMA wal_checkpoint(PASSIVE)").query { ($0.int(0), $0.int(1), $0.int(2)) }.first
+        let copiedAll = passive.map { $0.0 == 0 && $0.1 > 0 && $0.2 == $0.1 } ?? false
+        try lock.withLock {
+            var emptied = false
+            if walSize >= restartSize {
+                try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                emptied = true
+            }
+            if copiedAll || emptied {
+                // A write in between (the queue's lock was free) already started it over, or
+                // appended: then this only appends one frame.
+                try checkpointer.transaction(durability: .processCrashSafe) {
+                    let v = try checkpointer.prepare("PRAGMA user_version").query { $0.int(0) }.first ?? 0
+                    try checkpointer.execute("PRAGMA user_version=\(v)")
+                }
+                memory.restarts += 1
+                memory.lastCompleteVersion = version
+            }
+        }
+    }
+
+
     /// Starts the checkpoint thread and turns off the automatic checkpoint of the queue's
     /// connection. Idempotent. The thread ends when the store is released.
     /// - Parameters:
@@ -34,16 +91,13 @@ extension SQLiteQueueStore {
         let log = Logger(label: "coordinator.queue")
         let failures = Locked(0)
         let pause = Duration.milliseconds(Int(interval * 1000))
+        let memory = Locked(CheckpointMemory())
         // The loop holds the store weakly: it ends when the store is released.
         BackgroundLoop(name: "wal-checkpoint") { [weak self] in
             guard let store = self else { return nil }
             do {
-                try checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                let walSize = store.walFileSize
-                try store.lock.withLock {
-                    if walSize >= restartSize { try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
-                    store.backgroundCheckpoints += 1
-                }
+                try memory.withLock { try store.checkpointPass(checkpointer, restartSize: restartSize, memory: &$0) }
+                store.lock.withLock { store.backgroundCheckpoints += 1 }
                 failures.withLock { $0 = 0 }
             } catch {
                 guard failures.withLock({ $0 += 1; return $0 }) >= 10 else { return pause }
