@@ -374,6 +374,26 @@ struct QueueStoreHotPathTests {
                    heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0)
     }
 
+    @Test("the due query is compiled once: running it for queued and deferred, transactional and bulk rows never compiles it again")
+    func dueQueryNotRecompiled() throws {
+        let dir = NSTemporaryDirectory() + "hato-due-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test"], pool: "p1"))
+        var bulk = message("M2", ["b@x.test"], pool: "p1")
+        bulk.priority = .bulk
+        try q.enqueue(bulk)
+        for round in 0..<6 {
+            let due = try q.dueRecipients(pools: ["p1"], now: t0.addingTimeInterval(Double(round)), limit: 10)
+            #expect(due.map(\.address) == ["a@x.test", "b@x.test"])
+        }
+        let statements = q.lock.withLock { q.db.cachedStatements(containing: "FROM recipients r") }
+        #expect(statements.count == 4)
+        // A bound state compared with the partial index recipients_waiting_state made SQLite
+        // compile the statement again at every run alternating the value: 24 times in these rounds.
+        #expect(statements.map(\.reprepareCount).reduce(0, +) == 0)
+    }
+
     @Test("the due query takes recipients of every pool asked for and none of the others", arguments: StoreKind.allCases)
     func dueOverSeveralPools(kind: StoreKind) throws {
         let place = try TestStore(kind)

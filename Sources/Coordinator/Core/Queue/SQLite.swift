@@ -88,6 +88,11 @@ public final class SQLiteDatabase: @unchecked Sendable {
         return s
     }
 
+    /// The cached statements whose SQL contains `fragment` (for tests).
+    func cachedStatements(containing fragment: String) -> [SQLiteStatement] {
+        statements.filter { $0.key.contains(fragment) }.map(\.value)
+    }
+
     /// When a commit is on stable storage.
     public enum CommitDurability: Sendable {
         /// The commit returns after the WAL is fsync'd (the connection's `synchronous=FULL`).
@@ -142,6 +147,10 @@ public final class SQLiteStatement: @unchecked Sendable {
     deinit { sqlite3_finalize(stmt) }
 
     func reset() { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+
+    /// Times SQLite compiled this statement again since it was prepared
+    /// (`SQLITE_STMTSTATUS_REPREPARE`: a schema change, or a bound value the plan depended on).
+    var reprepareCount: Int { Int(sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_REPREPARE, 0)) }
 
     /// A bindable value.
     public enum Value: Sendable {
