@@ -30,4 +30,39 @@ struct SocketTests {
         client.close()
         #expect(client.unsentBytes == 0)
     }
+
+    /// The kernel's SO_RCVTIMEO / SO_SNDTIMEO of `socket`, in seconds.
+    func kernelTimeouts(_ socket: Socket) throws -> (read: Double, write: Double) {
+        try socket.withDescriptor("getsockopt") { fd in
+            func get(_ name: Int32) -> Double {
+                var tv = timeval()
+                var size = socklen_t(MemoryLayout<timeval>.size)
+                _ = getsockopt(fd, SOL_SOCKET, name, &tv, &size)
+                return Double(tv.tv_sec) + Double(tv.tv_usec) / 1_000_000
+            }
+            return (get(SO_RCVTIMEO), get(SO_SNDTIMEO))
+        }
+    }
+
+    @Test("setReadTimeout(notBefore:) keeps a read timeout at least as long and at most 1 % longer, and never touches the write timeout")
+    func readTimeoutNotBefore() throws {
+        let listener = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let client = try Socket.connect(to: listener.localAddress!, timeout: 2)
+        defer { client.close() }
+        client.setTimeouts(read: 300, write: 300)
+        #expect(try kernelTimeouts(client) == (300, 300))
+        // An SMTP client awaiting a reply with 299.5 s left: 300 s stands (no system call).
+        client.setReadTimeout(notBefore: 299.5)
+        #expect(try kernelTimeouts(client) == (300, 300))
+        // Longer than what is set: set (a read must not time out early).
+        client.setReadTimeout(notBefore: 600)
+        #expect(try kernelTimeouts(client) == (600, 300))
+        // Much shorter: set, so the read does not wait far past its deadline.
+        client.setReadTimeout(notBefore: 100)
+        #expect(try kernelTimeouts(client) == (100, 300))
+        // The server's writes before reading to a deadline: a read timeout within range stands.
+        client.setTimeouts(readAtMost: 100.5, write: 30)
+        #expect(try kernelTimeouts(client) == (100, 30))
+    }
 }

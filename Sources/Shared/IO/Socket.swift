@@ -292,12 +292,22 @@ public final class Socket: Sendable {
         applyTimeouts(read: max(0, read), readIsLimit: true, write: max(0, write))
     }
 
+    /// Sets the read timeout to `read` seconds, keeping one already set that is at least that
+    /// long and at most 1 % + 1 ms longer (so a read never times out before `read`, nor much
+    /// after it), and leaves the write timeout as it is: for a reader between two writes to a
+    /// deadline (an SMTP client awaiting a reply), usually no system call at all. `read` 0
+    /// means wait forever (set exactly). No effect once closed.
+    public func setReadTimeout(notBefore read: TimeInterval) {
+        applyTimeouts(read: max(0, read), readIsLimit: false, readSlack: true, write: nil)
+    }
+
     /// `setTimeouts(readAtMost:write:)` with durations (a positive duration below a microsecond counts as one).
     public func setTimeouts(readAtMost read: Duration, write: Duration) {
         setTimeouts(readAtMost: read.timeoutSeconds, write: write.timeoutSeconds)
     }
 
-    private func applyTimeouts(read: TimeInterval, readIsLimit: Bool, write: TimeInterval) {
+    /// `write` nil: left as it is.
+    private func applyTimeouts(read: TimeInterval, readIsLimit: Bool, readSlack: Bool = false, write: TimeInterval?) {
         func tv(_ s: TimeInterval) -> timeval {
             timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
         }
@@ -306,9 +316,10 @@ public final class Socket: Sendable {
             switch current.read {
             case nil: keepRead = false
             case let r? where readIsLimit && read > 0: keepRead = r > 0 && r <= read * 1.01 + 0.001 && r >= read / 2
+            case let r? where readSlack && read > 0: keepRead = r >= read && r <= read * 1.01 + 0.001
             case let r?: keepRead = r == read
             }
-            let keepWrite = current.write == write
+            let keepWrite = write == nil || current.write == write
             if keepRead && keepWrite { return }
             _ = try? withDescriptor("setsockopt") { fd in
                 let size = socklen_t(MemoryLayout<timeval>.size)
@@ -318,7 +329,7 @@ public final class Socket: Sendable {
                     try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, size) }
                     current.read = read
                 }
-                if !keepWrite {
+                if !keepWrite, let write {
                     current.write = nil
                     var w = tv(write)
                     try SystemCall.runToCompletion("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, size) }

@@ -301,7 +301,8 @@ public final class SubmissionServer: Sendable {
         guard perform(session.start()) else { return }
         while true {
             if !out.isEmpty && (out.count >= 64 * 1024 || !inputPending()) {
-                conn.setTimeouts(read: smtp.commandTimeout, write: smtp.commandTimeout)
+                // The read timeout is the next read's business (`readAtMost` below): only the write's is set.
+                conn.setTimeouts(readAtMost: smtp.commandTimeout, write: smtp.commandTimeout)
                 do { try stream.write(out) } catch { return }
                 out.removeAll(keepingCapacity: true)
                 announceQueued()

@@ -383,7 +383,9 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
             }
             let remaining = (deadline - ContinuousClock.now).inSeconds
             if remaining <= 0 { throw SocketError(.timeout, "read") }
-            socket.setTimeouts(read: max(0.001, remaining), write: max(0.001, remaining))
+            // The read waits the time left (a timeout already set that is at most 1 % longer is
+            // kept: no system call per reply while a phase's timeout stands).
+            socket.setReadTimeout(notBefore: max(0.001, remaining))
             if try reader.fill() == 0 {
                 throw SocketError(.closed, "read")
             }
