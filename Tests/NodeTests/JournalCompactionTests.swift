@@ -106,5 +106,31 @@ struct JournalCompactionTests {
         // One fsync for the ten lines written while it was held back (two if a pass started in between).
         #expect(j.batchSyncs - syncsBefore >= 1 && j.batchSyncs - syncsBefore <= 2)
         #expect(Set(j.pending.map(\.leaseID)) == Set((0..<10).map { "G\($0)" } + ["G-first"]))
+        // All of them read back by a new process.
+        #expect(Set(try OutcomeJournal(directory: dir).pending.map(\.leaseID)).count == 11)
+    }
+
+    @Test("a failed fsync is not retried on the same file: the unacknowledged results are rewritten to a new one")
+    func failedFsyncRewrites() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir)
+        try j.record(result("F1"))
+        #expect(j.waitUntilSynced())
+        j.acknowledge(leaseID: "F1")
+        let compactionsBefore = j.compactions
+        j.failFsyncs(1)
+        try j.record(result("F2"))
+        try j.record(result("F3"))
+        #expect(j.waitUntilSynced())
+        // Rewritten: a compaction holding only what is unacknowledged, no ack line.
+        #expect(j.compactions == compactionsBefore + 1)
+        let lines = try String(contentsOfFile: dir + "/journal.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.allSatisfy { $0.hasPrefix("{\"result\":") })
+        // Appends go on in the new file.
+        try j.record(result("F4"))
+        #expect(j.waitUntilSynced())
+        #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["F2", "F3", "F4"])
     }
 }

@@ -9,8 +9,8 @@ import HatoSupport
 ///
 /// **The guarantee.** A result is written to the journal (`write(2)`, so it survives a crash
 /// of the node process: the kernel holds the line) before it is reported, and fsync'd within
-/// a few milliseconds (`syncSpacing` and one fsync) by the journal's sync thread, which nobody
-/// waits for; a journaled result is re-sent after any crash or reconnect until the coordinator
+/// a few milliseconds (`syncSpacing` and up to two fsyncs) by the journal's sync thread, which
+/// nobody waits for; a journaled result is re-sent after any crash or reconnect until the coordinator
 /// acknowledges it; acknowledged entries are dropped at the next compaction; a torn last line
 /// is ignored because its result was never sent. A crash of the whole host (power, kernel)
 /// before that fsync can lose a result the coordinator did not commit either: its recipients
@@ -20,7 +20,7 @@ import HatoSupport
 /// committed meanwhile is safe (it acknowledges only what it committed). (When the journal
 /// cannot be written at all, `record` throws; the agent logs an error and still reports the
 /// result — the lease's expiry then covers it, at the price of a possible duplicate, never a
-/// loss. A failed fsync is logged and tried again.)
+/// loss. After a failed fsync the unacknowledged results are rewritten to a new file.)
 ///
 /// The file is `journal.jsonl` in the node's data directory: JSON lines, `{"result":{…}}`
 /// (written before the result is sent) and `{"ack":"<lease id>"}` (written when the
@@ -73,8 +73,12 @@ public final class OutcomeJournal: Sendable {
         var synced = 0
         /// fsyncs of written lines (for the group commit test).
         var batchSyncs = 0
-        /// fsyncs that failed (each logged).
+        /// fsyncs and rewrites that failed (each logged).
         var failures = 0
+        /// An fsync failed: the results are rewritten to a new file before anything counts as synced.
+        var rewriteNeeded = false
+        /// Fsyncs still to be treated as failed (for tests).
+        var failingFsyncs = 0
     }
 
     /// The journal file's path.
@@ -132,15 +136,18 @@ public final class OutcomeJournal: Sendable {
         let sync = self.sync
         let log = Logger(label: "node.journal")
         let lastSync = Locked<ContinuousClock.Instant?>(nil)
+        let (journalPath, journalDirectory) = (path, directory)
         syncer = BackgroundLoop(name: "journal-sync") {
             // At most one fsync per `syncSpacing`: lines written meanwhile share the next one.
             if let last = lastSync.snapshot, file.withLock({ $0.written }) > sync.withLock({ $0.synced }) {
                 let pause = ContinuousClock.now.duration(to: last + syncSpacing)
                 if pause > .zero { Thread.sleep(forTimeInterval: Double(pause.components.seconds) + Double(pause.components.attoseconds) / 1e18) }
             }
-            let ok = OutcomeJournal.syncWritten(file, sync, log: log)
-            lastSync.withLock { $0 = .now }
-            return ok ? .seconds(60) : .milliseconds(100)
+            switch OutcomeJournal.syncWritten(file, sync, path: journalPath, directory: journalDirectory, log: log) {
+            case .nothing: return .seconds(60)
+            case .synced: lastSync.withLock { $0 = .now }; return .seconds(60)
+            case .failed: lastSync.withLock { $0 = .now }; return .milliseconds(100)
+            }
         }
         syncer.start()
     }
@@ -148,7 +155,7 @@ public final class OutcomeJournal: Sendable {
     deinit {
         syncer.stop()
         // Lines written since the last pass: durable before the file is closed.
-        _ = OutcomeJournal.syncWritten(file, sync, log: Logger(label: "node.journal"))
+        _ = OutcomeJournal.syncWritten(file, sync, path: path, directory: directory, log: Logger(label: "node.journal"))
         file.withLock { $0.file = nil }
     }
 
@@ -169,6 +176,9 @@ public final class OutcomeJournal: Sendable {
 
     /// Result lines known fsync'd (for tests; waits while `holdingSync` holds the sync back).
     var syncedLines: Int { sync.withLock { $0.synced } }
+
+    /// Makes the next `count` fsyncs of written lines count as failed (for tests).
+    func failFsyncs(_ count: Int) { sync.withLock { $0.failingFsyncs = count } }
 
     /// Runs `body` while holding the sync thread back (its lock), so written lines pile up
     /// unsynced (for tests).
@@ -214,23 +224,51 @@ public final class OutcomeJournal: Sendable {
         syncer.wake()
     }
 
+    /// What a pass of the sync thread did.
+    private enum SyncOutcome { case nothing, synced, failed }
+
     /// One pass of the sync thread: fsyncs the file if lines were written since the last pass.
     /// The fsync runs outside the file lock (workers keep appending); the file stays open for it
     /// even if a compaction replaces it meanwhile (`JournalFile` closes when the last holder lets go).
-    /// - Returns: false when the fsync failed (logged; the caller tries again soon).
-    private static func syncWritten(_ file: Locked<FileState>, _ sync: LockedCondition<SyncState>, log: Logger) -> Bool {
+    ///
+    /// A failed fsync cannot simply be tried again: Linux may have dropped the dirty pages it
+    /// could not write, and the next fsync then succeeds without them. So the unacknowledged
+    /// results, still in memory, are written to a new file (a compaction: fsync'd, renamed over
+    /// the journal, directory fsync'd) — until that succeeds, every pass tries it again.
+    private static func syncWritten(_ file: Locked<FileState>, _ sync: LockedCondition<SyncState>, path: String, directory: String,
+                                    log: Logger) -> SyncOutcome {
         sync.withLockAndBroadcast { st in
             let (handle, target) = file.withLock { ($0.file, $0.written) }
-            guard target > st.synced, let handle else { return true }
-            guard fsync(handle.fd) == 0 else {
+            guard target > st.synced || st.rewriteNeeded, let handle else { return .nothing }
+            if !st.rewriteNeeded {
+                let failing = st.failingFsyncs > 0
+                if failing { st.failingFsyncs -= 1 }
+                if fsync(handle.fd) == 0 && !failing {
+                    st.synced = target
+                    st.batchSyncs += 1
+                    return .synced
+                }
                 let code = errno
+                st.rewriteNeeded = true
                 st.failures += 1
-                log.error("journal fsync failed; trying again", ["error": String(cString: strerror(code)), "failures": "\(st.failures)"])
-                return false
+                log.error("journal fsync failed; rewriting the unacknowledged results to a new file",
+                          ["error": String(cString: strerror(code)), "failures": "\(st.failures)"])
             }
-            st.synced = target
-            st.batchSyncs += 1
-            return true
+            do {
+                let written = try file.withLock { s -> Int in
+                    try OutcomeJournal.compact(&s, path: path, directory: directory)
+                    s.compactions += 1
+                    return s.written
+                }
+                st.rewriteNeeded = false
+                st.synced = written
+                st.batchSyncs += 1
+                return .synced
+            } catch {
+                st.failures += 1
+                log.error("journal rewrite failed; trying again", ["error": "\(error)", "failures": "\(st.failures)"])
+                return .failed
+            }
         }
     }
 
@@ -277,15 +315,16 @@ public final class OutcomeJournal: Sendable {
             unlink(tmp)
             throw error
         }
-        // The rename is durable only once the directory is: until then a crash may bring
-        // back the old file, which still holds every unacknowledged result.
-        try fsyncDirectory(directory)
-        // The old file closes once the sync thread (if fsyncing it now) lets go of it.
+        // Appends go to the new file from now on; the old one closes once the sync thread (if
+        // fsyncing it now) lets go of it.
         s.file = JournalFile(fd: fd)
         s.size = bytes.count
         s.pendingBytes = bytes.count
         s.acksSinceCompaction = 0
         s.tornTail = false
+        // The rename is durable only once the directory is: until then a crash may bring
+        // back the old file, which still holds every unacknowledged result.
+        try fsyncDirectory(directory)
     }
 
     private static func fsyncDirectory(_ directory: String) throws {

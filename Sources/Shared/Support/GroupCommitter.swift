@@ -59,7 +59,8 @@ public final class GroupCommitter<Item: Sendable>: Sendable {
             state.withLock { $0.wakeUps += 1 }
             switch word {
             case .done(let outcome): return try outcome.get()
-            case .waiting, .lead:
+            case .waiting: preconditionFailure("GroupCommitter: woken without a word")
+            case .lead:
                 // Handed the next batch (this caller is its first item).
                 batch = state.withLock { s in
                     defer { s.waiting.removeAll(keepingCapacity: true) }

@@ -19,17 +19,23 @@ import HatoSupport
 /// new WAL can never be taken for one of the old). That was a lease commit (otherwise never
 /// synced) or a message's commit paying a second fsync, about four times a second at light
 /// load — the tail of the relay's latency. So after a checkpoint that copied everything (or
-/// emptied the file) the thread starts the WAL over itself, under the queue's lock: a write
-/// transaction of one page (`user_version`, rewritten with its own value) on its own
-/// connection. A pass finds nothing to do when no other connection committed since the
-/// previous complete one (`PRAGMA data_version`), so an idle queue is left alone.
+/// emptied the file) the thread starts the WAL over itself, under the queue's lock, unless a
+/// commit came in between (which then did it): a write transaction of one page
+/// (`user_version`, rewritten with its own value) on its own connection. The fsync is moved
+/// off the queue's commits, not saved; under a steady stream of commits one nearly always
+/// comes first and nothing is written. A pass finds nothing to do when no other connection
+/// committed since the previous complete one (`PRAGMA data_version`), so an idle queue is
+/// left alone.
 extension SQLiteQueueStore {
     /// What the checkpoint thread remembers between passes.
     struct CheckpointMemory {
         /// `PRAGMA data_version` of the checkpointer's connection at the last complete pass.
         var lastCompleteVersion: Int64?
-        /// Times the thread started the WAL over itself.
+        /// Writes made to start the WAL over (SQLite appends instead while a reader still uses
+        /// the old WAL; harmless).
         var restarts = 0
+        /// Such writes that failed (the pass goes on; the next commit starts the WAL over).
+        var restartFailures = 0
         /// Passes that found nothing committed since the last complete one.
         var idlePasses = 0
     }
@@ -39,7 +45,7 @@ extension SQLiteQueueStore {
     ///   - checkpointer: the thread's own connection to the queue file.
     ///   - restartSize: WAL file size (bytes) from which the WAL is emptied.
     ///   - memory: what the previous passes left.
-    /// - Throws: `SQLiteError` from the checkpoint or the restarting write.
+    /// - Throws: `SQLiteError` from the checkpoints (not from the restarting write).
     func checkpointPass(_ checkpointer: SQLiteDatabase, restartSize: Int, memory: inout CheckpointMemory) throws {
         let version = try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first ?? -1
         let walSize = walFileSize
@@ -53,22 +59,29 @@ extension SQLiteQueueStore {
         try lock.withLock {
             var emptied = false
             if walSize >= restartSize {
-                try checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                emptied = true
+                let busy = try checkpointer.prepare("PRAGMA wal_checkpoint(TRUNCATE)").query { $0.int(0) }.first ?? 1
+                emptied = busy == 0
             }
-            if copiedAll || emptied {
-                // A write in between (the queue's lock was free) already started it over, or
-                // appended: then this only appends one frame.
+            if copiedAll || emptied { memory.lastCompleteVersion = version }
+            // Under the queue's lock no commit can come now. One that came after the passive
+            // checkpoint has started the WAL over itself (or appended): then nothing is written
+            // here — each write by this connection also makes the queue's connection drop its
+            // page cache at its next transaction.
+            let committedSince = try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first != version
+            guard emptied || (copiedAll && !committedSince) else { return }
+            do {
                 try checkpointer.transaction(durability: .processCrashSafe) {
                     let v = try checkpointer.prepare("PRAGMA user_version").query { $0.int(0) }.first ?? 0
                     try checkpointer.execute("PRAGMA user_version=\(v)")
                 }
                 memory.restarts += 1
-                memory.lastCompleteVersion = version
+            } catch {
+                // Only a saving missed (another process holding the write lock, say): the next
+                // commit starts the WAL over, as SQLite does on its own.
+                memory.restartFailures += 1
             }
         }
     }
-
 
     /// Starts the checkpoint thread and turns off the automatic checkpoint of the queue's
     /// connection. Idempotent. The thread ends when the store is released.
