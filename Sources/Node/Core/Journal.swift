@@ -143,7 +143,7 @@ public final class OutcomeJournal: Sendable {
             // At most one fsync per `syncSpacing`: lines written meanwhile share the next one.
             if let last = lastSync.snapshot, file.withLock({ $0.written }) > sync.withLock({ $0.synced }) {
                 let pause = ContinuousClock.now.duration(to: last + syncSpacing)
-                if pause > .zero { Thread.sleep(forTimeInterval: Double(pause.components.seconds) + Double(pause.components.attoseconds) / 1e18) }
+                if pause > .zero { Thread.sleep(forTimeInterval: pause.inSeconds) }
             }
             switch OutcomeJournal.syncWritten(file, sync, path: journalPath, directory: journalDirectory, log: log) {
             case .nothing: return .seconds(60)

@@ -279,7 +279,7 @@ public final class Socket: Sendable {
     /// Sets the read and write timeouts in seconds (0 means wait forever). No effect once closed.
     /// A timeout equal to the one already set costs no system call.
     public func setTimeouts(read: TimeInterval, write: TimeInterval) {
-        applyTimeouts(read: max(0, read), readIsLimit: false, write: max(0, write))
+        applyTimeouts(read: max(0, read), rule: .exact, write: max(0, write))
     }
 
     /// Sets the write timeout and bounds the read timeout by `read` seconds, for a reader
@@ -289,7 +289,7 @@ public final class Socket: Sendable {
     /// a read that times out early just lets the caller check its deadline and come back.
     /// `read` 0 means wait forever (set exactly). No effect once closed.
     public func setTimeouts(readAtMost read: TimeInterval, write: TimeInterval) {
-        applyTimeouts(read: max(0, read), readIsLimit: true, write: max(0, write))
+        applyTimeouts(read: max(0, read), rule: .atMost, write: max(0, write))
     }
 
     /// Sets the read timeout to `read` seconds, keeping one already set that is at least that
@@ -298,7 +298,7 @@ public final class Socket: Sendable {
     /// deadline (an SMTP client awaiting a reply), usually no system call at all. `read` 0
     /// means wait forever (set exactly). No effect once closed.
     public func setReadTimeout(notBefore read: TimeInterval) {
-        applyTimeouts(read: max(0, read), readIsLimit: false, readSlack: true, write: nil)
+        applyTimeouts(read: max(0, read), rule: .notBefore, write: nil)
     }
 
     /// `setTimeouts(readAtMost:write:)` with durations (a positive duration below a microsecond counts as one).
@@ -306,8 +306,18 @@ public final class Socket: Sendable {
         setTimeouts(readAtMost: read.timeoutSeconds, write: write.timeoutSeconds)
     }
 
+    /// When a read timeout already set is kept instead of setting `read` (0 is always set exactly).
+    private enum ReadTimeoutRule {
+        /// Only the same value.
+        case exact
+        /// At most 1 % + 1 ms longer and at least half as long (`setTimeouts(readAtMost:write:)`).
+        case atMost
+        /// At least as long and at most 1 % + 1 ms longer (`setReadTimeout(notBefore:)`).
+        case notBefore
+    }
+
     /// `write` nil: left as it is.
-    private func applyTimeouts(read: TimeInterval, readIsLimit: Bool, readSlack: Bool = false, write: TimeInterval?) {
+    private func applyTimeouts(read: TimeInterval, rule: ReadTimeoutRule, write: TimeInterval?) {
         func tv(_ s: TimeInterval) -> timeval {
             timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
         }
@@ -315,8 +325,8 @@ public final class Socket: Sendable {
             let keepRead: Bool
             switch current.read {
             case nil: keepRead = false
-            case let r? where readIsLimit && read > 0: keepRead = r > 0 && r <= read * 1.01 + 0.001 && r >= read / 2
-            case let r? where readSlack && read > 0: keepRead = r >= read && r <= read * 1.01 + 0.001
+            case let r? where read > 0 && rule == .atMost: keepRead = r > 0 && r <= read * 1.01 + 0.001 && r >= read / 2
+            case let r? where read > 0 && rule == .notBefore: keepRead = r >= read && r <= read * 1.01 + 0.001
             case let r?: keepRead = r == read
             }
             let keepWrite = write == nil || current.write == write

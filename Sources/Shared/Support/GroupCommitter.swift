@@ -51,8 +51,7 @@ public final class GroupCommitter<Item: Sendable>: Sendable {
             s.waiting.append((item, me))
             guard !s.committing else { return [] }
             s.committing = true
-            defer { s.waiting.removeAll(keepingCapacity: true) }
-            return s.waiting
+            return Self.takeWaiting(&s)
         }
         if batch.isEmpty {
             let word = me.word.wait(until: nil, for: { if case .waiting = $0 { false } else { true } }) { w, _ in w }
@@ -62,10 +61,7 @@ public final class GroupCommitter<Item: Sendable>: Sendable {
             case .waiting: preconditionFailure("GroupCommitter: woken without a word")
             case .lead:
                 // Handed the next batch (this caller is its first item).
-                batch = state.withLock { s in
-                    defer { s.waiting.removeAll(keepingCapacity: true) }
-                    return s.waiting
-                }
+                batch = state.withLock { Self.takeWaiting(&$0) }
             }
         }
         let outcome = Result<Void, any Error> { try commit(batch.map(\.item)) }
@@ -79,6 +75,12 @@ public final class GroupCommitter<Item: Sendable>: Sendable {
         next?.word.withLockAndSignal { $0 = .lead }
         for (_, slot) in batch where slot !== me { slot.word.withLockAndSignal { $0 = .done(outcome) } }
         try outcome.get()
+    }
+
+    /// Everything waiting, in arrival order: the batch its caller leads.
+    private static func takeWaiting(_ s: inout State) -> [(item: Item, slot: Slot)] {
+        defer { s.waiting.removeAll(keepingCapacity: true) }
+        return s.waiting
     }
 
     /// Items submitted so far, committed or waiting (for tests).

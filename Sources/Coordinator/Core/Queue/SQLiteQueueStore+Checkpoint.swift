@@ -47,7 +47,8 @@ extension SQLiteQueueStore {
     ///   - memory: what the previous passes left.
     /// - Throws: `SQLiteError` from the checkpoints (not from the restarting write).
     func checkpointPass(_ checkpointer: SQLiteDatabase, restartSize: Int, memory: inout CheckpointMemory) throws {
-        let version = try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first ?? -1
+        func dataVersion() throws -> Int64 { try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first ?? -1 }
+        let version = try dataVersion()
         let walSize = walFileSize
         if version == memory.lastCompleteVersion && walSize < restartSize {
             memory.idlePasses += 1
@@ -67,7 +68,7 @@ extension SQLiteQueueStore {
             // checkpoint has started the WAL over itself (or appended): then nothing is written
             // here — each write by this connection also makes the queue's connection drop its
             // page cache at its next transaction.
-            let committedSince = try checkpointer.prepare("PRAGMA data_version").query { $0.int(0) }.first != version
+            let committedSince = try dataVersion() != version
             guard emptied || (copiedAll && !committedSince) else { return }
             do {
                 try checkpointer.transaction(durability: .processCrashSafe) {

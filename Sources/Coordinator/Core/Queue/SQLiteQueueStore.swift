@@ -200,6 +200,7 @@ public final class SQLiteQueueStore: QueueStore {
             ORDER BY r.next_attempt_at LIMIT ?
             """
         }
+        let poolBinds: [SQLiteStatement.Value] = pools.sorted().map { .text($0) }
         return try lock.withLock {
             var out: [DueRecipient] = []
             for priority in [MessagePriority.transactional, .bulk] {
@@ -207,9 +208,7 @@ public final class SQLiteQueueStore: QueueStore {
                 guard wanted > 0 else { break }
                 var rows: [(DueRecipient, Double)] = []
                 for state in ["queued", "deferred"] {
-                    var binds: [SQLiteStatement.Value] = [.double(now.timeIntervalSince1970)]
-                    binds += pools.sorted().map { .text($0) }
-                    binds.append(.int(Int64(wanted)))
+                    let binds: [SQLiteStatement.Value] = [.double(now.timeIntervalSince1970)] + poolBinds + [.int(Int64(wanted))]
                     rows += try db.prepare(sql(state, priority)).query(binds) {
                         (DueRecipient(id: $0.int(0), messageID: $0.text(1), address: $0.text(2), domain: $0.text(3), pool: $0.text(4),
                                       reversePath: $0.text(5), priority: priority), $0.double(6))
