@@ -1,6 +1,7 @@
 import Foundation
 import HatoCrypto
 import HatoIO
+import HatoSupport
 import HatoTestKit
 import Testing
 #if canImport(FoundationNetworking)
@@ -26,12 +27,20 @@ func executablePath(_ name: String) throws -> String {
     throw HarnessError("\(name) not built; looked in \(candidates)")
 }
 
-/// A free TCP port on 127.0.0.1 (bound once and released).
+/// Ports `freePort` has handed out in this test process.
+private let handedOutPorts = Locked<Set<UInt16>>([])
+
+/// A free TCP port on 127.0.0.1 (bound once and released), never one handed out before in this
+/// test process: the kernel may give a port just released again, and two calls in a row then
+/// named one port for two listeners (CI: a coordinator refused `admin_listen` equal to `listen`).
 func freePort(host: String = "127.0.0.1") throws -> UInt16 {
-    let s = try Socket.listen(on: SocketAddress(host: host, port: 0))
-    defer { s.close() }
-    guard let p = s.localAddress?.port else { throw HarnessError("no port") }
-    return p
+    for _ in 0..<1000 {
+        let s = try Socket.listen(on: SocketAddress(host: host, port: 0))
+        defer { s.close() }
+        guard let p = s.localAddress?.port else { throw HarnessError("no port") }
+        if handedOutPorts.withLock({ $0.insert(p).inserted }) { return p }
+    }
+    throw HarnessError("no free port not handed out before")
 }
 
 /// A child process started with `posix_spawn`: default signal dispositions and an empty
