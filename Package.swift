@@ -32,6 +32,10 @@ let package = Package(
         .systemLibrary(
             name: "CResolv", path: "Sources/CResolv",
             providers: [.apt(["libc6-dev"])]),
+        // epoll(7) and eventfd(2) of glibc, for HatoIO's EventLoop (nothing to link).
+        .systemLibrary(
+            name: "CEpoll", path: "Sources/CEpoll",
+            providers: [.apt(["libc6-dev"])]),
         // The shared layers, lowest first; each names only the layers below it.
         .target(
             name: "HatoSupport", dependencies: [],
@@ -40,7 +44,7 @@ let package = Package(
             name: "HatoCrypto", dependencies: ["COpenSSL"],
             path: "Sources/Shared/Crypto", swiftSettings: strict),
         .target(
-            name: "HatoIO", dependencies: ["HatoSupport", "COpenSSL"],
+            name: "HatoIO", dependencies: ["HatoSupport", "COpenSSL", "CEpoll"],
             path: "Sources/Shared/IO", swiftSettings: strict),
         .target(
             name: "HatoHTTP", dependencies: ["HatoIO", "HatoSupport"],

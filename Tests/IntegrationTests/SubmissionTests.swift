@@ -381,6 +381,51 @@ extension Integration {
             #expect(try server.messageIDs().count == 1)
         }
 
+        @Test("a client that pipelines commands and never reads the replies: reading it stops, others are served, the session ends after command_timeout")
+        func clientThatNeverReads() throws {
+            let dir = try makeTempDirectory("hato-sub-")
+            let cert = try TestCertificate.make(in: dir)
+            let server = try InProcessSubmission(smtpExtra: standardSubmissionSMTP(cert, extra: "command_timeout: 1s"), dir: dir)
+            defer { server.shutdown() }
+            let flooder = try RawSMTPClient(server.address)
+            let chunk = Array(String(repeating: "NOOP\r\n", count: 10_000).utf8)
+            var pending = chunk[...]
+            var sent = 0
+            let started = ContinuousClock.now
+            var lastProgress = started
+            var refused = false
+            // Writes without waiting until the server stops taking input or closes: its replies
+            // pile up unread, and it must neither buffer them without bound nor keep reading.
+            while started.duration(to: .now) < .seconds(20) && lastProgress.duration(to: .now) < .milliseconds(700) {
+                let n: Int
+                do { n = try flooder.socket.writeIfReady(Array(pending)) } catch {
+                    refused = true  // closed by the server (its replies not taken within command_timeout)
+                    break
+                }
+                if n > 0 {
+                    sent += n
+                    lastProgress = .now
+                    pending = pending.dropFirst(n)
+                    if pending.isEmpty { pending = chunk[...] }
+                } else {
+                    usleep(5_000)
+                }
+            }
+            #expect(started.duration(to: .now) < .seconds(10), "the server kept taking input: \(sent) octets")
+            // The kernel's buffers on both sides, and at most 64 KiB of replies held by the server.
+            #expect(sent < 48 << 20, "\(sent) octets taken")
+            // Others are served meanwhile.
+            let other = try RawSMTPClient(server.address)
+            #expect(try other.exchange("NOOP\r\n") == ["250 2.0.0 Ok"])
+            other.close()
+            // Its replies not taken within command_timeout, the server closes the session.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while server.server.activeSessions > 0 && ContinuousClock.now < deadline { usleep(20_000) }
+            #expect(server.server.activeSessions == 0)
+            flooder.close()
+            print("client that never reads: \(sent) octets of NOOPs taken; \(refused ? "closed by the server" : "the server stopped reading") after \(started.duration(to: .now))")
+        }
+
         // MARK: - Coordinator process: memory, slow clients, real clients
 
         @Test("a 50 MB line without LF (as a command and inside DATA): memory stays bounded, other clients are served")

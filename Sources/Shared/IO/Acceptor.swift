@@ -67,6 +67,11 @@ public final class Acceptor: Sendable {
         public var maxLingering = 256
         /// The pause after `accept` ran out of descriptors or memory. Default 100 ms.
         public var exhaustionBackoff: Duration = .milliseconds(100)
+        /// Whether the handler takes each admitted connection over instead of running on a
+        /// thread of its own: it is then called on the accepting thread, must return at once
+        /// (hand the connection to an `EventLoop`), and its new owner closes the socket and
+        /// releases the admission slot. Default false.
+        public var handsOff = false
 
         /// A configuration named `name` with the defaults.
         public init(name: String) { self.name = name }
@@ -74,7 +79,7 @@ public final class Acceptor: Sendable {
 
     /// What to write to a refused connection (empty: close without a word).
     public typealias Refusal = @Sendable (_ peer: SocketAddress, _ reason: AdmissionRefusal) -> [UInt8]
-    /// Serves one admitted connection (on its own thread).
+    /// Serves one admitted connection (on its own thread; with `Configuration.handsOff`, takes it over).
     public typealias Handler = @Sendable (AcceptedConnection) -> Void
 
     /// The bound address (the real port when bound to port 0).
@@ -244,9 +249,14 @@ public final class Acceptor: Sendable {
     }
 
     /// Runs the handler on a thread of its own (a reused one when a finished session's thread
-    /// waits, see `ThreadReuse`); that thread closes the socket and releases the slot.
+    /// waits, see `ThreadReuse`); that thread closes the socket and releases the slot. With
+    /// `handsOff`, calls the handler here: the connection is its own from then on.
     private func dispatch(_ connection: AcceptedConnection) {
         let handler = self.handler
+        if configuration.handsOff {
+            handler(connection)
+            return
+        }
         sessionThreads.run {
             handler(connection)
             connection.socket.close()

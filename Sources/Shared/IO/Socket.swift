@@ -389,7 +389,7 @@ public final class Socket: Sendable {
     /// Reads what is already received, without waiting (`MSG_DONTWAIT`).
     /// - Returns: `.processed(n)` (0 at end of stream) or `.wouldBlock` when nothing is pending.
     /// - Throws: `SocketError(.closed)` on reset or after `close()`; `.system` otherwise.
-    func readIfReady(into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
+    public func readIfReady(into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
         do {
             return try withDescriptor("read") { fd in
                 try SystemCall.run("recv", misuse: .forbiddingEINVAL) { recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)) }
@@ -403,7 +403,7 @@ public final class Socket: Sendable {
     /// - Returns: the number of bytes written (0 when the buffer is full).
     /// - Throws: `SocketError(.closed)` when the peer is gone or after `close()`.
     @discardableResult
-    func writeIfReady(_ bytes: [UInt8]) throws -> Int {
+    public func writeIfReady(_ bytes: [UInt8]) throws -> Int {
         if bytes.isEmpty { return 0 }
         do {
             let result = try withDescriptor("write") { fd in

@@ -63,6 +63,8 @@ public final class SubmissionServer: Sendable {
     private let feedback: FeedbackIntake
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
+    /// The event loops sessions run on (`SubmissionLoop`), and the next one to get a session.
+    private let loops = Locked<(all: [SubmissionLoop], next: Int)>(([], 0))
     private let tls = Locked<TLSContext?>(nil)
     private let dataRate = Locked<Double>(500)
     /// The session counts and limits shared by every listen address.
@@ -148,9 +150,15 @@ public final class SubmissionServer: Sendable {
                                         : "\(hostname) Error: too many connections, try again later"
             return SMTPReply(421, "4.7.0", text).encoded()
         }
+        if loops.withLock({ $0.all.isEmpty }) {
+            let made = try (0..<SubmissionServer.loopCount).map { try SubmissionLoop(server: self, index: $0) }
+            loops.withLock { $0.all = made }
+        }
+        var acceptorConfiguration = Acceptor.Configuration(name: "smtp")
+        acceptorConfiguration.handsOff = true
         for addr in config.smtp.listen {
-            let acceptor = try Acceptor(address: addr, configuration: Acceptor.Configuration(name: "smtp"), admission: admission,
-                                        refusal: refusal, handler: { [self] in serve($0.socket, peer: $0.peer) })
+            let acceptor = try Acceptor(address: addr, configuration: acceptorConfiguration, admission: admission,
+                                        refusal: refusal, handler: { [self] in nextLoop().adopt($0) })
             acceptors.withLock { $0.append(acceptor) }
             log.info("smtp listener ready", ["listen": acceptor.address.description,
                                              "starttls": config.smtp.tls == nil ? "no" : "yes",
@@ -159,19 +167,32 @@ public final class SubmissionServer: Sendable {
         }
     }
 
-    /// Closes the listeners (sessions in progress finish on their own).
-    public func stop() { for a in acceptors.snapshot { a.stop() } }
+    /// Closes the listeners (sessions in progress finish on their own; then the event loops end).
+    public func stop() {
+        for a in acceptors.snapshot { a.stop() }
+        for l in loops.withLock({ $0.all }) { l.stop() }
+    }
 
-    /// One admitted session, on its own thread (the socket's owner: it closes the stream at the
-    /// end; the acceptor then releases the slot).
-    private func serve(_ conn: Socket, peer: SocketAddress) {
+    /// Event loops for sessions: one per two cores, at most four (each serves thousands of
+    /// sessions; queue writes, AUTH and TLS run on other threads).
+    static var loopCount: Int { max(1, min(4, ProcessInfo.processInfo.activeProcessorCount / 2)) }
+
+    /// The loop for the next session (round robin).
+    private func nextLoop() -> SubmissionLoop {
+        loops.withLock { l in
+            defer { l.next = (l.next + 1) % l.all.count }
+            return l.all[l.next]
+        }
+    }
+
+    /// A new session's state: the policy and checks of the configuration in force now.
+    /// Counts the session in the metrics (`finish` counts it out).
+    func makeSession(_ accepted: AcceptedConnection) -> SubmissionSessionState {
         let config = current.withLock { $0.config }
         let smtp = config.smtp
+        let peer = accepted.peer
         metrics?.smtpSessions.inc()
         metrics?.smtpSessionsOpen.add(1)
-        defer { metrics?.smtpSessionsOpen.add(-1) }
-        var stream: any ByteStream = conn
-        defer { stream.close() }
         let tlsContext = tls.snapshot
         var policy = SMTPServerPolicy(hostname: smtp.hostname, maxMessageSize: smtp.maxMessageSize, maxRecipients: smtp.maxRecipients,
                                       tlsAvailable: tlsContext != nil, requireTLS: smtp.requireTLS,
@@ -190,157 +211,201 @@ public final class SubmissionServer: Sendable {
         // The tenant of the AUTH user (issue 16), set when AUTH succeeds.
         let tenantSession = TenantSMTPSession()
         if let tenants { tenantSession.install(on: &session, tenants: tenants, clock: clock) }
-        var out: [UInt8] = []
-        // Messages queued whose 250 is not yet written: the scheduler is told once it is
-        // (`onAccepted` may grant the lease on this thread, which must not delay the reply).
-        var queuedSinceWrite = false
-        func announceQueued() {
-            if queuedSinceWrite { queuedSinceWrite = false; onAccepted() }
-        }
-        defer { announceQueued() }
-        var buf = [UInt8](repeating: 0, count: 16 * 1024)  // per session: 2000 idle sessions cost 87 KiB each with 64 KiB
-        // Deadlines on the monotonic clock: a step of the wall clock neither cuts a session off
-        // nor keeps a silent one open (RFC 5321 §4.5.3.2).
-        let commandTimeout = Duration.seconds(smtp.commandTimeout), dataTimeout = Duration.seconds(smtp.dataTimeout)
-        let minimumDataRate = self.minimumDataRate
-        var deadline = ContinuousClock.now + commandTimeout
-        var readingContent = false
-        let reservation = ContentMemory.Reservation(contentMemory)
-        /// Keeps the reservation equal to the content the session holds; sheds the content when
-        /// its growth does not fit the budget (the message then gets 452 4.3.1 at its end).
-        func accountContent(releasing: Bool) {
-            if !reservation.update(to: session.contentMemoryOctets, releasing: releasing) {
-                session.shedContent()
-                _ = reservation.update(to: session.contentMemoryOctets)
-                metrics?.smtpRefusals.inc("max_content_memory")
-                log.warning("content memory exhausted; message will get 452 4.3.1",
-                            ["client": peer.host, "limit": "\(contentMemory.limit)", "in_use": "\(contentMemory.reserved)"])
-            }
-        }
+        let state = SubmissionSessionState(accepted: accepted, session: session, tenantSession: tenantSession,
+                                           reservation: ContentMemory.Reservation(contentMemory), smtp: smtp, tlsContext: tlsContext,
+                                           minimumDataRate: minimumDataRate)
+        state.checksReadStore = config.suppression.mode == .rejectAtRcpt
+        return state
+    }
 
-        /// Carries out actions; returns false when the session is over.
-        func perform(_ actions: [SMTPServerAction]) -> Bool {
-            var pending = actions[...]
-            while let action = pending.popFirst() {
-                var more: [SMTPServerAction] = []
-                switch action {
-                case .send(let bytes):
-                    out.append(contentsOf: bytes)
-                    if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
-                case .store(let message):
-                    // Replies already produced stay before the DATA reply on the wire.
-                    switch accept(message, tenantSession: tenantSession) {
-                    case .success(let id):
-                        queuedSinceWrite = true
-                        more = session.messageStored(id: id)
-                    case .failure(let failure):
-                        more = session.messageStoreFailed(failure)
+    /// Ends a session on the thread that owns it: tells the scheduler about messages whose
+    /// `250` went out, closes the stream and gives the admission slot back.
+    func finish(_ s: SubmissionSessionState) {
+        announceQueued(s)
+        s.stream.close()
+        s.admission.release()
+        metrics?.smtpSessionsOpen.add(-1)
+    }
+
+    /// Messages queued whose `250` is written: the scheduler is told once it is (`onAccepted`
+    /// may grant the lease at once, which must not delay the reply).
+    func announceQueued(_ s: SubmissionSessionState) {
+        if s.queuedSinceWrite { s.queuedSinceWrite = false; onAccepted() }
+    }
+
+    /// Keeps the reservation equal to the content the session holds; sheds the content when
+    /// its growth does not fit the budget (the message then gets 452 4.3.1 at its end).
+    func accountContent(_ s: SubmissionSessionState, releasing: Bool) {
+        if !s.reservation.update(to: s.session.contentMemoryOctets, releasing: releasing) {
+            s.session.shedContent()
+            _ = s.reservation.update(to: s.session.contentMemoryOctets)
+            metrics?.smtpRefusals.inc("max_content_memory")
+            log.warning("content memory exhausted; message will get 452 4.3.1",
+                        ["client": s.peer.host, "limit": "\(contentMemory.limit)", "in_use": "\(contentMemory.reserved)"])
+        }
+    }
+
+    /// Counts a reply in `hato_smtp_replies_total{code}` and queues it for writing.
+    func queueReply(_ s: SubmissionSessionState, _ bytes: [UInt8]) {
+        s.out.append(contentsOf: bytes)
+        if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
+    }
+
+    /// Queues the message durably (this thread waits for the fsync) and tells the session.
+    /// - Returns: the session's next actions.
+    func store(_ message: SubmittedMessage, for s: SubmissionSessionState) -> [SMTPServerAction] {
+        switch accept(message, tenantSession: s.tenantSession) {
+        case .success(let id):
+            s.queuedSinceWrite = true
+            return s.session.messageStored(id: id)
+        case .failure(let failure):
+            return s.session.messageStoreFailed(failure)
+        }
+    }
+
+    /// Checks AUTH credentials (PBKDF2: this thread computes) and tells the session.
+    /// - Returns: the session's next actions.
+    func authenticate(_ credentials: SASLCredentials, for s: SubmissionSessionState) -> [SMTPServerAction] {
+        let peer = s.peer
+        let result = authenticator.verify(credentials, client: peer.host)
+        switch result {
+        case .succeeded(let user):
+            // A cluster.yml user wins over a tenant user of the same name (as in
+            // the authenticator): its mail is no tenant's.
+            let tenant = self.config.smtp.users.contains { $0.name == user } ? nil : tenants?.tenant(ofUser: user)
+            s.tenantSession.authenticated(user: user, tenant: tenant?.name)
+            var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
+            if let tenant { fields["tenant"] = tenant.name }
+            log.info("authenticated", fields)
+        case .failed:
+            log.warning("authentication failed", ["client": peer.host, "mechanism": credentials.mechanism])
+        case .rateLimited:
+            log.warning("authentication refused: too many failures", ["client": peer.host])
+        case .temporaryFailure:
+            break
+        }
+        return s.session.authenticationFinished(result)
+    }
+
+    /// Carries out actions on a session thread (blocking: queue writes, AUTH, the TLS
+    /// handshake). Returns false when the session is over.
+    func performBlocking(_ s: SubmissionSessionState, _ actions: [SMTPServerAction]) -> Bool {
+        var pending = actions[...]
+        while let action = pending.popFirst() {
+            var more: [SMTPServerAction] = []
+            switch action {
+            case .send(let bytes):
+                queueReply(s, bytes)
+            case .store(let message):
+                // Replies already produced stay before the DATA reply on the wire.
+                more = store(message, for: s)
+            case .authenticate(let credentials):
+                more = authenticate(credentials, for: s)
+            case .startTLS:
+                do { try s.stream.write(s.out) } catch { return false }
+                s.out.removeAll(keepingCapacity: true)
+                announceQueued(s)
+                if let tlsContext = s.tlsContext {
+                    s.conn.setTimeouts(read: s.smtp.commandTimeout, write: s.smtp.commandTimeout)
+                    do {
+                        let tls = try TLSStream.accept(over: s.conn, context: tlsContext)
+                        s.stream = tls
+                        more = s.session.tlsStarted(NegotiatedTLS(protocolVersion: tls.protocolVersion, cipher: tls.cipher))
+                        var fields = ["client": s.peer.host, "protocol": tls.protocolVersion, "cipher": tls.cipher]
+                        if s.session.discardedAfterSTARTTLS > 0 { fields["discarded_octets"] = "\(s.session.discardedAfterSTARTTLS)" }
+                        log.info("TLS established", fields)
+                    } catch {
+                        log.warning("TLS handshake failed", ["client": s.peer.host, "error": "\(error)"])
+                        more = s.session.tlsFailed()
                     }
-                case .authenticate(let credentials):
-                    let result = authenticator.verify(credentials, client: peer.host)
-                    switch result {
-                    case .succeeded(let user):
-                        // A cluster.yml user wins over a tenant user of the same name (as in
-                        // the authenticator): its mail is no tenant's.
-                        let tenant = self.config.smtp.users.contains { $0.name == user } ? nil : tenants?.tenant(ofUser: user)
-                        tenantSession.authenticated(user: user, tenant: tenant?.name)
-                        var fields = ["client": peer.host, "user": user, "mechanism": credentials.mechanism]
-                        if let tenant { fields["tenant"] = tenant.name }
-                        log.info("authenticated", fields)
-                    case .failed:
-                        log.warning("authentication failed", ["client": peer.host, "mechanism": credentials.mechanism])
-                    case .rateLimited:
-                        log.warning("authentication refused: too many failures", ["client": peer.host])
-                    case .temporaryFailure:
-                        break
-                    }
-                    more = session.authenticationFinished(result)
-                case .startTLS:
-                    do { try stream.write(out) } catch { return false }
-                    out.removeAll(keepingCapacity: true)
-                    announceQueued()
-                    if let tlsContext {
-                        conn.setTimeouts(read: smtp.commandTimeout, write: smtp.commandTimeout)
-                        do {
-                            let tls = try TLSStream.accept(over: conn, context: tlsContext)
-                            stream = tls
-                            more = session.tlsStarted(NegotiatedTLS(protocolVersion: tls.protocolVersion, cipher: tls.cipher))
-                            var fields = ["client": peer.host, "protocol": tls.protocolVersion, "cipher": tls.cipher]
-                            if session.discardedAfterSTARTTLS > 0 { fields["discarded_octets"] = "\(session.discardedAfterSTARTTLS)" }
-                            log.info("TLS established", fields)
-                        } catch {
-                            log.warning("TLS handshake failed", ["client": peer.host, "error": "\(error)"])
-                            more = session.tlsFailed()
-                        }
-                    } else {
-                        more = session.tlsFailed()
-                    }
-                    deadline = .now + commandTimeout
-                case .close:
-                    try? stream.write(out)
-                    out.removeAll()
-                    return false
+                } else {
+                    more = s.session.tlsFailed()
                 }
-                pending = (more + Array(pending))[...]
+                s.deadline = .now + s.commandTimeout
+            case .close:
+                try? s.stream.write(s.out)
+                s.out.removeAll()
+                return false
             }
-            return true
+            pending = (more + Array(pending))[...]
         }
+        return true
+    }
 
-        // Whether the last plaintext read returned less than the buffer holds: the kernel had
-        // no more input then, so the replies go out without asking it again (`poll`, one
-        // system call per reply). Input that arrives in between only means one write more
-        // than needed: flushing replies early is always allowed (RFC 2920 §3.2).
-        var lastReadDrained = true
+    /// The rest of a session on a thread of its own, from where the event loop handed it over
+    /// (AUTH or STARTTLS): blocking reads and writes with the phase's timeouts.
+    /// - Parameter actions: the session's actions not carried out yet.
+    func runBlocking(_ s: SubmissionSessionState, after actions: [SMTPServerAction]) {
+        defer { finish(s) }
+        guard performBlocking(s, actions) else { return }
+        let smtp = s.smtp
+        let conn = s.conn
+        var buf = [UInt8](repeating: 0, count: 16 * 1024)
         /// Whether more input can be read without waiting (then replies may wait for it).
         func inputPending() -> Bool {
-            if let tls = stream as? TLSStream { return tls.bufferedByteCount > 0 || conn.hasReadableInput }
-            if lastReadDrained { return false }
+            if let tls = s.stream as? TLSStream { return tls.bufferedByteCount > 0 || conn.hasReadableInput }
+            if s.lastReadDrained { return false }
             return conn.hasReadableInput
         }
-
-        guard perform(session.start()) else { return }
         while true {
-            if !out.isEmpty && (out.count >= 64 * 1024 || !inputPending()) {
+            if !s.out.isEmpty && (s.out.count >= 64 * 1024 || !inputPending()) {
                 // The read timeout is the next read's business (`readAtMost` below): only the write's is set.
                 conn.setTimeouts(readAtMost: smtp.commandTimeout, write: smtp.commandTimeout)
-                do { try stream.write(out) } catch { return }
-                out.removeAll(keepingCapacity: true)
-                announceQueued()
+                do { try s.stream.write(s.out) } catch { return }
+                s.out.removeAll(keepingCapacity: true)
+                announceQueued(s)
             }
-            if session.isReadingContent != readingContent {
-                readingContent = session.isReadingContent
-                deadline = .now + (readingContent ? dataTimeout : commandTimeout)
-            }
-            let remaining = ContinuousClock.now.duration(to: deadline)
+            noteContentPhase(s)
+            let remaining = ContinuousClock.now.duration(to: s.deadline)
             guard remaining > .zero else {
-                _ = perform(session.timeout())
-                log.info("session timed out", ["client": peer.host, "phase": readingContent ? "data" : "command"])
+                _ = performBlocking(s, s.session.timeout())
+                log.info("session timed out", ["client": s.peer.host, "phase": s.readingContent ? "data" : "command"])
                 return
             }
             // 0 would mean "no timeout" to SO_RCVTIMEO: never go below a millisecond.
-            conn.setTimeouts(readAtMost: max(.milliseconds(1), remaining), write: commandTimeout)
+            conn.setTimeouts(readAtMost: max(.milliseconds(1), remaining), write: s.commandTimeout)
             let n: Int
             do {
-                n = try buf.withUnsafeMutableBytes { try stream.read(into: $0) }
+                n = try buf.withUnsafeMutableBytes { try s.stream.read(into: $0) }
             } catch let e as SocketError where e.kind == .timeout {
                 continue  // the deadline check above answers 421
             } catch {
                 return
             }
             if n == 0 { return }
-            lastReadDrained = n < buf.count
-            if readingContent {
-                // Received content pushes the deadline back at the minimum rate, at most data_timeout ahead.
-                let extended = deadline + .seconds(Double(n) / max(1, minimumDataRate))
-                deadline = min(extended, .now + dataTimeout)
-            }
-            let before = out.count
-            let actions = session.receive(buf[0..<n])
-            accountContent(releasing: false)  // a message handed over in `actions` stays reserved until stored
-            guard perform(actions) else { return }
-            accountContent(releasing: true)
-            // A command was answered: the next one gets a fresh command_timeout.
-            if out.count != before && !session.isReadingContent { deadline = .now + commandTimeout }
+            s.lastReadDrained = n < buf.count
+            let before = received(s, n)
+            let actions = s.session.receive(buf[0..<n])
+            accountContent(s, releasing: false)  // a message handed over in `actions` stays reserved until stored
+            guard performBlocking(s, actions) else { return }
+            accountContent(s, releasing: true)
+            answered(s, outBefore: before)
+        }
+    }
+
+    /// Before input is fed to the session: content pushes the DATA deadline back at the
+    /// minimum rate, at most `data_timeout` ahead.
+    /// - Returns: the octets of replies pending before the input (for `answered`).
+    func received(_ s: SubmissionSessionState, _ octets: Int) -> Int {
+        if s.readingContent {
+            let extended = s.deadline + .seconds(Double(octets) / max(1, s.minimumDataRate))
+            s.deadline = min(extended, .now + s.dataTimeout)
+        }
+        return s.out.count
+    }
+
+    /// After input was handled: a command that was answered gives the next one a fresh
+    /// `command_timeout`.
+    func answered(_ s: SubmissionSessionState, outBefore: Int) {
+        if s.out.count != outBefore && !s.session.isReadingContent { s.deadline = .now + s.commandTimeout }
+    }
+
+    /// Entering or leaving DATA/BDAT content: the deadline of the new phase starts now
+    /// (RFC 5321 §4.5.3.2).
+    func noteContentPhase(_ s: SubmissionSessionState) {
+        if s.session.isReadingContent != s.readingContent {
+            s.readingContent = s.session.isReadingContent
+            s.deadline = .now + (s.readingContent ? s.dataTimeout : s.commandTimeout)
         }
     }
 

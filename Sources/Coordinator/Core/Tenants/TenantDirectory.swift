@@ -7,10 +7,14 @@ import SMTPCore
 /// The coordinator's view of the tenant tables for submission (SMTP and the HTTP API): a
 /// snapshot of tenants, SMTP users, API keys and sending domains, re-read from the store when
 /// `tenantsVersion()` changes (checked at most every `refreshInterval` seconds, and at once
-/// after `invalidate()`), so a change made on another coordinator takes effect within that
-/// interval, one made through this coordinator at once.
+/// by `invalidate()`), so a change made on another coordinator takes effect within that
+/// interval (and the time to read the tables), one made through this coordinator at once.
 ///
-/// Thread-safe; every method may block on the store (call it from a session's thread).
+/// Lookups never wait for the store once the tables were read: a due check runs on a thread
+/// of its own while the lookup answers from the snapshot — SMTP sessions look tenants up on
+/// the submission event loop, which must not stop for a slow or unreachable database.
+/// Thread-safe; `invalidate`, the first lookup, `admit`, `release` and `usageRefusal` block on
+/// the store.
 public final class TenantDirectory: Sendable {
     /// The tables as last read.
     struct Snapshot: Sendable {
@@ -24,6 +28,8 @@ public final class TenantDirectory: Sendable {
     private let store: any TenantStore
     private let clock: any WallClock
     private let snapshot = Locked(Snapshot())
+    /// A background check of the version is running.
+    private let refreshing = Locked(false)
     /// Key ids used since the last flush, with the minute they were last recorded.
     private let used = Locked<(pending: Set<String>, recorded: [String: Int])>(([], [:]))
     private let log = Logger(label: "coordinator.tenants")
@@ -37,18 +43,34 @@ public final class TenantDirectory: Sendable {
         self.store = store; self.clock = clock; self.refreshInterval = refreshInterval
     }
 
-    /// Makes the next lookup re-read the version (after a change through this process).
-    public func invalidate() { snapshot.withLock { $0.checkedAt = nil } }
+    /// Re-reads the tables now, on the caller's thread (after a change through this process).
+    public func invalidate() { _ = reload(now: .now) }
 
-    /// The current snapshot, refreshed first when due. A store error keeps the last snapshot
-    /// (logged); with none yet, the tables look empty.
+    /// The current snapshot. Read on the caller's thread only the first time; a due check of
+    /// the version runs in the background (the lookup answers from the snapshot meanwhile).
     func current() -> Snapshot {
         let now = ContinuousClock.now
-        let due = snapshot.withLock { s in
-            guard let at = s.checkedAt, at.duration(to: now) < .seconds(refreshInterval) else { return true }
-            return false
+        let (due, loaded) = snapshot.withLock { s -> (Bool, Bool) in
+            guard let at = s.checkedAt else { return (true, false) }
+            return (at.duration(to: now) >= .seconds(refreshInterval), true)
         }
         guard due else { return snapshot.snapshot }
+        guard loaded else { return reload(now: now) }
+        let start = refreshing.withLock { r -> Bool in defer { r = true }; return !r }
+        if start {
+            let thread = Thread { [self] in
+                _ = reload(now: .now)
+                refreshing.withLock { $0 = false }
+            }
+            thread.name = "tenant-tables"
+            thread.start()
+        }
+        return snapshot.snapshot
+    }
+
+    /// Reads the version, and the tables when it changed. A store error keeps the last
+    /// snapshot (logged); with none yet, the tables look empty.
+    private func reload(now: ContinuousClock.Instant) -> Snapshot {
         do {
             let version = try store.tenantsVersion()
             if version == snapshot.withLock({ $0.version }) {
@@ -60,8 +82,11 @@ public final class TenantDirectory: Sendable {
                 if let hash = try? PasswordHash(parsing: u.passwordHash) { fresh.users[u.name] = (u.tenant, hash) }
             }
             for k in try store.apiKeys(tenant: nil) where k.revokedAt == nil { fresh.keys[k.id] = k }
-            snapshot.withLock { $0 = fresh }
-            return fresh
+            // A background check that read an older version must not undo a newer read.
+            return snapshot.withLock { s in
+                if fresh.version >= s.version { s = fresh }
+                return s
+            }
         } catch {
             log.warning("cannot read the tenant tables; using the last copy", ["error": "\(error)"])
             return snapshot.withLock { $0.checkedAt = now; return $0 }
