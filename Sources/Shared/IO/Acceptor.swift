@@ -4,7 +4,8 @@ import Glibc
 import Foundation
 import HatoSupport
 
-/// One admitted connection, handed to an `Acceptor`'s handler on a thread of its own.
+/// One admitted connection, handed to an `Acceptor`'s handler on a thread of its own (or, with
+/// `Configuration.handsOff`, given to the handler on the accepting thread).
 ///
 /// The handler's thread owns `socket` (see `Socket`'s close rule): it may close it early;
 /// otherwise the acceptor closes it, on that same thread, when the handler returns, and then

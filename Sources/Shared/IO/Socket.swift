@@ -20,9 +20,10 @@ func cString(_ buf: [CChar]) -> String {
 
 /// A blocking TCP socket that owns its file descriptor.
 ///
-/// Blocking I/O with `SO_RCVTIMEO`/`SO_SNDTIMEO` timeouts: Hato runs one thread per session
-/// (about 9 kB resident each on this platform), which keeps every protocol driver a
-/// straight-line loop. Every system call goes through `SystemCall` (EINTR retried, EAGAIN a
+/// Blocking I/O with `SO_RCVTIMEO`/`SO_SNDTIMEO` timeouts: most of Hato runs one thread per
+/// connection (about 9 kB resident each on this platform), which keeps every protocol driver a
+/// straight-line loop; SMTP submission sessions run on an `EventLoop` with `readIfReady` and
+/// `writeIfReady` (`MSG_DONTWAIT`), the descriptor staying blocking for a later hand-over. Every system call goes through `SystemCall` (EINTR retried, EAGAIN a
 /// timeout, EBADF/EFAULT/ENOTSOCK a trap).
 ///
 /// **The close rule.** The thread that reads a socket owns it and is the one that calls

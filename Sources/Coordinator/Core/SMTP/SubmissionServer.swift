@@ -8,9 +8,12 @@ import HatoIO
 import HatoSupport
 import SMTPCore
 
-/// The coordinator's SMTP submission listener: a thin blocking driver around `SMTPServerSession`.
+/// The coordinator's SMTP submission listener: thin drivers around `SMTPServerSession`.
 ///
-/// One thread per client session. What it adds to the pure session:
+/// Sessions run on event loops (`SubmissionLoop`: non-blocking, many sessions per thread); a
+/// queue write runs on a store thread, and AUTH, STARTTLS and store-backed RCPT checks hand the
+/// session to a thread of its own with the blocking driver (`runBlocking`). What the drivers
+/// add to the pure session:
 /// - **Admission**: one `Acceptor` per `smtp.listen` address, sharing one `AdmissionControl`:
 ///   at most `smtp.max_connections` sessions, and `smtp.max_connections_per_client` per client
 ///   (an IPv4 address, an IPv6 /64); others get `421 4.7.0` on the accepting thread and are
@@ -26,7 +29,7 @@ import SMTPCore
 ///   executed (RFC 3207 §4.2, CVE-2011-0411). The session then starts over.
 /// - **AUTH** (RFC 4954): credentials are checked by `SubmissionAuthenticator` (PBKDF2, per
 ///   client address failure limit, success cache).
-/// - **Queueing**: a `.store` is carried out synchronously: routing (`PoolRouter`), the RFC 6409
+/// - **Queueing**: a `.store` is carried out on a store thread: routing (`PoolRouter`), the RFC 6409
 ///   §8 fix-ups (`Message-ID`, `Date` when missing), one `Received:` field, then the message and
 ///   its recipients are written and fsync'd before the session is told and the `250` is sent.
 /// - **Feedback reports** (issue 18): mail to `reputation.feedback_addresses` is accepted from
