@@ -381,6 +381,31 @@ extension Integration {
             #expect(try server.messageIDs().count == 1)
         }
 
+        @Test("a busy session is not cut off: each queued message restarts command_timeout (pipelined BDAT transactions for twice the timeout)")
+        func queuedMessagesRestartTheCommandTimeout() throws {
+            let dir = try makeTempDirectory("hato-sub-")
+            let cert = try TestCertificate.make(in: dir)
+            let server = try InProcessSubmission(smtpExtra: standardSubmissionSMTP(cert, extra: "command_timeout: 1s"), dir: dir)
+            defer { server.shutdown() }
+            let client = try RawSMTPClient(server.address)
+            #expect(try client.exchange(ehlo).first?.hasPrefix("250") == true)
+            let started = ContinuousClock.now
+            var queued = 0
+            // One write per transaction (MAIL, RCPT and BDAT … LAST with the body): the only
+            // replies the client waits for come after a store.
+            while started.duration(to: .now) < .milliseconds(2500) {
+                let body = "Subject: busy \(queued)\r\n\r\nhello\r\n"
+                let replies = try client.exchange("MAIL FROM:<app@example.org>\r\nRCPT TO:<user@hato.test>\r\nBDAT \(body.utf8.count) LAST\r\n" + body, replies: 3)
+                #expect(replies[2].hasPrefix("250 2.0.0 Ok: queued as "), "transaction \(queued): \(replies)")
+                guard replies[2].hasPrefix("250") else { break }
+                queued += 1
+                usleep(400_000)
+            }
+            #expect(queued >= 5)
+            #expect(try client.exchange("QUIT\r\n") == ["221 2.0.0 Bye"])
+            #expect(try server.messageIDs().count == queued)
+        }
+
         @Test("a client that pipelines commands and never reads the replies: reading it stops, others are served, the session ends after command_timeout")
         func clientThatNeverReads() throws {
             let dir = try makeTempDirectory("hato-sub-")

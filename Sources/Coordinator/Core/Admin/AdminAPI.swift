@@ -233,7 +233,7 @@ public struct AdminAPI: Sendable {
         let listed = hub.blocklisted()
         let dnsblHeld = hub.blocklistHoldReasons()
         // The holds as the checkers decided them (the scheduler applies them at its next
-        // round): an IP whose FCrDNS verdict shows as failing shows as held too.
+        // round): an IP whose DNSBL or FCrDNS verdict shows as failing shows as held too.
         let fcrdnsHeld = hub.fcrdnsHoldReasons()
         let health = reputation?.health(table.map(\.ip.address)) ?? [:]
         let signals = Dictionary(grouping: hub.pairSignals(), by: \.ip)
@@ -253,7 +253,7 @@ public struct AdminAPI: Sendable {
             row.recipientsLeased = leased[$0.ip.address, default: 0]
             let total = poolLeased[$0.ip.pool, default: 0]
             row.share = total > 0 ? Double(row.recipientsLeased ?? 0) / Double(total) : nil
-            row.healthReason = listed[$0.ip.address] ?? fcrdnsHeld[$0.ip.address]
+            row.healthReason = listed[$0.ip.address] ?? dnsblHeld[$0.ip.address] ?? fcrdnsHeld[$0.ip.address]
             row.health = row.healthReason == nil ? "ok" : dnsblHeld[$0.ip.address] != nil ? "listed" : "fcrdns"
             row.reputation = health[$0.ip.address]
             row.fcrdns = row.reputation?.fcrdns

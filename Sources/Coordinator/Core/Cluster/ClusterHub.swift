@@ -773,9 +773,12 @@ public final class ClusterHub: Sendable {
     private func command<R: Sendable>(_ what: String, timeout: Duration = .seconds(15), standbyToo: Bool = false,
                                       _ body: @escaping @Sendable (inout Scheduler, Date) throws -> (R, [Scheduler.Directive])) throws -> R {
         let reply = LockedCondition<Result<R, any Error>?>(nil)
-        post(.command({ scheduler, now in
+        post(.command({ [self] scheduler, now in
             do {
                 let (value, directives) = try body(&scheduler, now)
+                // What the command changed is visible to readers (status, nodes) before the
+                // caller hears back: a read right after `drain` shows the node draining.
+                publish(scheduler, now: now)
                 reply.withLockAndBroadcast { $0 = .success(value) }
                 return directives
             } catch {

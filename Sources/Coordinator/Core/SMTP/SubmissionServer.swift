@@ -67,7 +67,7 @@ public final class SubmissionServer: Sendable {
     private let log = Logger(label: "coordinator.smtp")
     private let acceptors = Locked<[Acceptor]>([])
     /// The event loops sessions run on (`SubmissionLoop`), and the next one to get a session.
-    private let loops = Locked<(all: [SubmissionLoop], next: Int)>(([], 0))
+    private let loops = Locked<(all: [SubmissionLoop], next: Int, committer: SubmissionCommitter?, ended: Int)>(([], 0, nil, 0))
     private let tls = Locked<TLSContext?>(nil)
     private let dataRate = Locked<Double>(500)
     /// The session counts and limits shared by every listen address.
@@ -153,9 +153,12 @@ public final class SubmissionServer: Sendable {
                                         : "\(hostname) Error: too many connections, try again later"
             return SMTPReply(421, "4.7.0", text).encoded()
         }
+        // The tenant tables are read once here, not by the first session on a loop.
+        _ = tenants?.hasSMTPUsers
         if loops.withLock({ $0.all.isEmpty }) {
-            let made = try (0..<SubmissionServer.loopCount).map { try SubmissionLoop(server: self, index: $0) }
-            loops.withLock { $0.all = made }
+            let committer = SubmissionCommitter(server: self, store: store)
+            let made = try (0..<SubmissionServer.loopCount).map { try SubmissionLoop(server: self, committer: committer, index: $0) }
+            loops.withLock { $0 = (made, 0, committer, 0) }
         }
         var acceptorConfiguration = Acceptor.Configuration(name: "smtp")
         acceptorConfiguration.handsOff = true
@@ -174,6 +177,15 @@ public final class SubmissionServer: Sendable {
     public func stop() {
         for a in acceptors.snapshot { a.stop() }
         for l in loops.withLock({ $0.all }) { l.stop() }
+    }
+
+    /// A loop ended after `stop` (its last session gone): the committer ends with the last one.
+    func loopEnded() {
+        let committer = loops.withLock { l -> SubmissionCommitter? in
+            l.ended += 1
+            return l.ended == l.all.count ? l.committer : nil
+        }
+        committer?.stop()
     }
 
     /// Event loops for sessions: one per two cores, at most four (each serves thousands of
@@ -251,6 +263,7 @@ public final class SubmissionServer: Sendable {
     /// Counts a reply in `hato_smtp_replies_total{code}` and queues it for writing.
     func queueReply(_ s: SubmissionSessionState, _ bytes: [UInt8]) {
         s.out.append(contentsOf: bytes)
+        s.repliesQueued += 1
         if let metrics, bytes.count >= 3 { metrics.smtpReplies.inc(String(decoding: bytes[0..<3], as: UTF8.self)) }
     }
 
@@ -340,7 +353,12 @@ public final class SubmissionServer: Sendable {
     /// - Parameter actions: the session's actions not carried out yet.
     func runBlocking(_ s: SubmissionSessionState, after actions: [SMTPServerAction]) {
         defer { finish(s) }
+        // The loop set no socket timeouts: the replies it left (written first) must not wait
+        // without bound for a client that does not read.
+        s.conn.setTimeouts(read: s.smtp.commandTimeout, write: s.smtp.commandTimeout)
+        let before = s.repliesQueued
         guard performBlocking(s, actions) else { return }
+        answered(s, repliesBefore: before)
         let smtp = s.smtp
         let conn = s.conn
         var buf = [UInt8](repeating: 0, count: 16 * 1024)
@@ -382,25 +400,25 @@ public final class SubmissionServer: Sendable {
             accountContent(s, releasing: false)  // a message handed over in `actions` stays reserved until stored
             guard performBlocking(s, actions) else { return }
             accountContent(s, releasing: true)
-            answered(s, outBefore: before)
+            answered(s, repliesBefore: before)
         }
     }
 
     /// Before input is fed to the session: content pushes the DATA deadline back at the
     /// minimum rate, at most `data_timeout` ahead.
-    /// - Returns: the octets of replies pending before the input (for `answered`).
+    /// - Returns: the count of replies queued before the input (for `answered`).
     func received(_ s: SubmissionSessionState, _ octets: Int) -> Int {
         if s.readingContent {
             let extended = s.deadline + .seconds(Double(octets) / max(1, s.minimumDataRate))
             s.deadline = min(extended, .now + s.dataTimeout)
         }
-        return s.out.count
+        return s.repliesQueued
     }
 
     /// After input was handled: a command that was answered gives the next one a fresh
     /// `command_timeout`.
-    func answered(_ s: SubmissionSessionState, outBefore: Int) {
-        if s.out.count != outBefore && !s.session.isReadingContent { s.deadline = .now + s.commandTimeout }
+    func answered(_ s: SubmissionSessionState, repliesBefore: Int) {
+        if s.repliesQueued != repliesBefore && !s.session.isReadingContent { s.deadline = .now + s.commandTimeout }
     }
 
     /// Entering or leaving DATA/BDAT content: the deadline of the new phase starts now
@@ -412,9 +430,42 @@ public final class SubmissionServer: Sendable {
         }
     }
 
-    /// Routes, fixes up, stamps and durably queues a message.
+    /// Routes, fixes up, stamps and durably queues a message (this thread waits for the fsync).
     /// - Returns: the queue id, or why it could not be stored (the client gets a 4xx and retries).
-    private func accept(_ submitted: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
+    func accept(_ submitted: SubmittedMessage, tenantSession: TenantSMTPSession) -> Result<String, StoreFailure> {
+        switch prepare(submitted, tenantSession: tenantSession) {
+        case .finished(let result):
+            return result
+        case .ready(let prepared):
+            do {
+                try store.enqueue(prepared.record)
+                return complete(prepared, failure: nil)
+            } catch {
+                return complete(prepared, failure: error)
+            }
+        }
+    }
+
+    /// A message ready for the queue: its record, and what `complete` logs and counts.
+    struct PreparedMessage: Sendable {
+        /// What `QueueStore.enqueue` writes.
+        var record: NewMessage
+        var submitted: SubmittedMessage
+        var tenant: Tenant?
+        var routeReason: String
+        var added: [String]
+    }
+
+    /// What `prepare` decided: answered already (a feedback report consumed, a refusal), or ready to write.
+    enum Preparation: Sendable {
+        case finished(Result<String, StoreFailure>)
+        case ready(PreparedMessage)
+    }
+
+    /// Everything before the queue write: feedback reports, routing, the tenant's checks and
+    /// count, the RFC 6409 fix-ups and the `Received:` field. May read and write the store
+    /// (a feedback report, a tenant's count).
+    func prepare(_ submitted: SubmittedMessage, tenantSession: TenantSMTPSession) -> Preparation {
         var message = submitted
         let reputation = current.withLock { $0.config.reputation }
         if reputation.acceptsFeedback, message.recipients.contains(where: reputation.isFeedbackAddress) {
@@ -423,10 +474,10 @@ public final class SubmissionServer: Sendable {
                 try feedback.consume(message.body, client: message.peer.host)
             } catch {
                 log.error("complaint not recorded; report refused with 451 4.3.0", ["error": "\(error)", "client": message.peer.host])
-                return .failure(guards.storeFailure(for: error))
+                return .finished(.failure(guards.storeFailure(for: error)))
             }
             let keep = message.recipients.indices.filter { !reputation.isFeedbackAddress(message.recipients[$0]) }
-            guard !keep.isEmpty else { return .success(Identifier.queueID(now: clock.now())) }
+            guard !keep.isEmpty else { return .finished(.success(Identifier.queueID(now: clock.now()))) }
             message.recipients = keep.map { message.recipients[$0] }
             message.originalRecipients = keep.map { message.originalRecipients[$0] }
             message.recipientParameters = keep.map { message.recipientParameters[$0] }
@@ -441,7 +492,7 @@ public final class SubmissionServer: Sendable {
                                                                content: message.body)
         } catch {
             log.warning("message refused: unknown pool", ["header": error.header, "pool": String(error.pool.prefix(64)), "client": message.peer.host])
-            return .failure(.refused(error.reply))
+            return .finished(.failure(.refused(error.reply)))
         }
         // The tenant of the AUTH user: its From: domains, its limits, its pool (issue 16).
         // The session's, as found at AUTH: a user removed (or a tenant deleted) since is refused,
@@ -453,34 +504,34 @@ public final class SubmissionServer: Sendable {
                 // Mail of no tenant may not use a tenant's domain (the nodes would sign it with the tenant's keys).
                 if let refusal = tenants.rules.foreignDomainRefusal(reversePath: message.reversePath.address, content: route.content) {
                     log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
-                    return .failure(.refused(refusal.reply))
+                    return .finished(.failure(.refused(refusal.reply)))
                 }
             case .failure(let refusal)?:
                 log.info("message refused", ["client": message.peer.host, "reason": refusal.message])
-                return .failure(.refused(refusal.reply))
+                return .finished(.failure(.refused(refusal.reply)))
             case .success(let t)?: tenant = t
             }
         }
         if let tenant, let tenants {
             if let refusal = tenants.rules.stateRefusal(tenant) ?? tenants.rules.authorRefusal(tenant: tenant.name, content: route.content) {
                 log.info("message refused", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
-                return .failure(.refused(refusal.reply))
+                return .finished(.failure(.refused(refusal.reply)))
             }
             // As the HTTP API's 503: mail for a pool this cluster lacks (a typo in the tenant's
             // pool, a pool a reload removed) would wait in the queue with no IP to send it.
             if let pool = tenant.pool, !current.withLock({ $0.config }).pools.contains(where: { $0.name == pool }) {
                 log.error("tenant's pool is not configured; message refused with 451 4.3.0", ["tenant": tenant.name, "pool": pool])
-                return .failure(.refused(SMTPReply(451, "4.3.0", "the pool \(pool) of tenant \(tenant.name) is not configured on this cluster; contact the operator")))
+                return .finished(.failure(.refused(SMTPReply(451, "4.3.0", "the pool \(pool) of tenant \(tenant.name) is not configured on this cluster; contact the operator"))))
             }
             do {
                 if let refusal = try tenants.admit(tenant, now: now) {
                     metrics?.smtpRefusals.inc("tenant_limit")
                     log.info("message refused: tenant limit", ["tenant": tenant.name, "client": message.peer.host, "reason": refusal.message])
-                    return .failure(.refused(refusal.reply))
+                    return .finished(.failure(.refused(refusal.reply)))
                 }
             } catch {
                 log.error("tenant limits cannot be counted; message refused with 451 4.3.0", ["tenant": tenant.name, "error": "\(error)"])
-                return .failure(.temporary)
+                return .finished(.failure(.temporary))
             }
         }
         let pool = tenant?.pool ?? route.pool
@@ -509,26 +560,36 @@ public final class SubmissionServer: Sendable {
         if let unknown = route.unknownPriority {
             log.info("X-Hato-Priority names no class; ignored (field removed)", ["id": id, "value": unknown])
         }
-        do {
-            try store.enqueue(stored)
-        } catch {
-            if let tenant { tenants?.release(tenant, reservedAt: now) }
+        return .ready(PreparedMessage(record: stored, submitted: message, tenant: tenant,
+                                      routeReason: tenant?.pool != nil ? "tenant" : route.reason, added: fixed.added))
+    }
+
+    /// After the queue write: on failure, the tenant's count given back and the reply kind;
+    /// on success, the content kept for the first grant, the headroom counted, one log line.
+    /// - Parameters:
+    ///   - prepared: what `prepare` made.
+    ///   - failure: what `QueueStore.enqueue` threw, nil when the message is durably queued.
+    /// - Returns: the queue id, or why it could not be stored.
+    func complete(_ prepared: PreparedMessage, failure error: (any Error)?) -> Result<String, StoreFailure> {
+        let stored = prepared.record, message = prepared.submitted, tenant = prepared.tenant, id = stored.id
+        if let error {
+            if let tenant { tenants?.release(tenant, reservedAt: stored.receivedAt) }
             let failure = guards.storeFailure(for: error)
             log.error(failure == .insufficientStorage ? "queue full; message refused with 452 4.3.1" : "queue write failed; message refused with 451 4.3.0",
                       ["error": "\(error)", "client": message.peer.host])
             return .failure(failure)
         }
         keepContent?(id, stored.content)
-        guards.headroom.noteQueued(octets: record.content.count)
-        var fields = ["id": id, "pool": pool, "route": tenant?.pool != nil ? "tenant" : route.reason, "client": message.peer.host,
-                      "size": "\(record.content.count)", "recipients": "\(record.recipients.count)", "protocol": message.protocolKeyword,
+        guards.headroom.noteQueued(octets: stored.content.count)
+        var fields = ["id": id, "pool": stored.pool, "route": prepared.routeReason, "client": message.peer.host,
+                      "size": "\(stored.content.count)", "recipients": "\(stored.recipients.count)", "protocol": message.protocolKeyword,
                       "priority": stored.priority.rawValue]
         if let user = message.authenticatedUser { fields["user"] = user }
         if let tenant {
             fields["tenant"] = tenant.name
             metrics?.tenantMessages.inc(tenant.name, "accepted")
         }
-        if !fixed.added.isEmpty { fields["added"] = fixed.added.joined(separator: ",") }
+        if !prepared.added.isEmpty { fields["added"] = prepared.added.joined(separator: ",") }
         let postmaster = message.originalRecipients.filter { $0 != nil }.count
         if postmaster > 0 { fields["postmaster_recipients"] = "\(postmaster)" }
         log.info("message queued", fields)

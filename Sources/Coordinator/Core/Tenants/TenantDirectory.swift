@@ -19,6 +19,8 @@ public final class TenantDirectory: Sendable {
     /// The tables as last read.
     struct Snapshot: Sendable {
         var version: Int64 = -1
+        /// The number of the read that made it (`readsStarted`).
+        var ticket: UInt64 = 0
         var rules = TenantRules(tenants: [], domains: [])
         var users: [String: (tenant: String, hash: PasswordHash)] = [:]
         var keys: [String: APIKeyRecord] = [:]
@@ -30,6 +32,8 @@ public final class TenantDirectory: Sendable {
     private let snapshot = Locked(Snapshot())
     /// A background check of the version is running.
     private let refreshing = Locked(false)
+    /// Reads of the tables started so far (a snapshot keeps the number of the read that made it).
+    private let readsStarted = Locked<UInt64>(0)
     /// Key ids used since the last flush, with the minute they were last recorded.
     private let used = Locked<(pending: Set<String>, recorded: [String: Int])>(([], [:]))
     private let log = Logger(label: "coordinator.tenants")
@@ -44,7 +48,12 @@ public final class TenantDirectory: Sendable {
     }
 
     /// Re-reads the tables now, on the caller's thread (after a change through this process).
-    public func invalidate() { _ = reload(now: .now) }
+    public func invalidate() {
+        if !reload(now: .now).fresh {
+            // The store could not be read: the next lookup starts a background read at once.
+            snapshot.withLock { $0.checkedAt = ContinuousClock.now - .seconds(refreshInterval) }
+        }
+    }
 
     /// The current snapshot. Read on the caller's thread only the first time; a due check of
     /// the version runs in the background (the lookup answers from the snapshot meanwhile).
@@ -55,7 +64,7 @@ public final class TenantDirectory: Sendable {
             return (at.duration(to: now) >= .seconds(refreshInterval), true)
         }
         guard due else { return snapshot.snapshot }
-        guard loaded else { return reload(now: now) }
+        guard loaded else { return reload(now: now).snapshot }
         let start = refreshing.withLock { r -> Bool in defer { r = true }; return !r }
         if start {
             let thread = Thread { [self] in
@@ -70,11 +79,13 @@ public final class TenantDirectory: Sendable {
 
     /// Reads the version, and the tables when it changed. A store error keeps the last
     /// snapshot (logged); with none yet, the tables look empty.
-    private func reload(now: ContinuousClock.Instant) -> Snapshot {
+    /// - Returns: the snapshot now, and whether the store was read.
+    private func reload(now: ContinuousClock.Instant) -> (snapshot: Snapshot, fresh: Bool) {
+        let ticket = readsStarted.withLock { n -> UInt64 in n += 1; return n }
         do {
             let version = try store.tenantsVersion()
             if version == snapshot.withLock({ $0.version }) {
-                return snapshot.withLock { $0.checkedAt = now; return $0 }
+                return (snapshot.withLock { $0.checkedAt = now; return $0 }, true)
             }
             var fresh = Snapshot(version: version, checkedAt: now)
             fresh.rules = TenantRules(tenants: try store.tenants(), domains: try store.sendingDomains(tenant: nil))
@@ -82,14 +93,16 @@ public final class TenantDirectory: Sendable {
                 if let hash = try? PasswordHash(parsing: u.passwordHash) { fresh.users[u.name] = (u.tenant, hash) }
             }
             for k in try store.apiKeys(tenant: nil) where k.revokedAt == nil { fresh.keys[k.id] = k }
-            // A background check that read an older version must not undo a newer read.
-            return snapshot.withLock { s in
-                if fresh.version >= s.version { s = fresh }
+            fresh.ticket = ticket
+            // A read that started before the installed one's must not undo it (a background
+            // check racing `invalidate`).
+            return (snapshot.withLock { s in
+                if ticket > s.ticket { s = fresh }
                 return s
-            }
+            }, true)
         } catch {
             log.warning("cannot read the tenant tables; using the last copy", ["error": "\(error)"])
-            return snapshot.withLock { $0.checkedAt = now; return $0 }
+            return (snapshot.withLock { $0.checkedAt = now; return $0 }, false)
         }
     }
 
