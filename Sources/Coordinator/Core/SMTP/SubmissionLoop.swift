@@ -404,13 +404,15 @@ final class SubmissionCommitter: Sendable {
             case .ready(let message): prepared.append((i, message))
             }
         }
+        var failure: (any Error)?
         if !prepared.isEmpty {
-            var failure: (any Error)?
             do { try store.enqueue(prepared.map(\.message.record)) } catch { failure = error }
             batches.withLock { $0 += 1 }
-            for (i, message) in prepared { results[i] = server.complete(message, failure: failure) }
+            for (i, message) in prepared { results[i] = server.settle(message, failure: failure) }
         }
-        // Each session told on this thread (its loop does not touch it until handed back).
+        // Each session told on this thread (its loop does not touch it until handed back),
+        // and handed back at once: the replies go out before the log lines are written (a
+        // crash in between would leave a message queued whose client never heard so).
         var byLoop: [ObjectIdentifier: (loop: SubmissionLoop, answers: [(SubmissionSessionState, [SMTPServerAction])])] = [:]
         for (i, job) in jobs.enumerated() {
             let actions: [SMTPServerAction]
@@ -424,5 +426,6 @@ final class SubmissionCommitter: Sendable {
             byLoop[ObjectIdentifier(job.loop), default: (job.loop, [])].answers.append((job.session, actions + job.rest))
         }
         for (_, entry) in byLoop { entry.loop.answered(entry.answers) }
+        if failure == nil { for (_, message) in prepared { server.logQueued(message) } }
     }
 }

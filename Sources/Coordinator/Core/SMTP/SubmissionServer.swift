@@ -571,6 +571,13 @@ public final class SubmissionServer: Sendable {
     ///   - failure: what `QueueStore.enqueue` threw, nil when the message is durably queued.
     /// - Returns: the queue id, or why it could not be stored.
     func complete(_ prepared: PreparedMessage, failure error: (any Error)?) -> Result<String, StoreFailure> {
+        let result = settle(prepared, failure: error)
+        if case .success = result { logQueued(prepared) }
+        return result
+    }
+
+    /// `complete` without the log line: what must happen before the client hears back.
+    func settle(_ prepared: PreparedMessage, failure error: (any Error)?) -> Result<String, StoreFailure> {
         let stored = prepared.record, message = prepared.submitted, tenant = prepared.tenant, id = stored.id
         if let error {
             if let tenant { tenants?.release(tenant, reservedAt: stored.receivedAt) }
@@ -581,18 +588,21 @@ public final class SubmissionServer: Sendable {
         }
         keepContent?(id, stored.content)
         guards.headroom.noteQueued(octets: stored.content.count)
+        if let tenant { metrics?.tenantMessages.inc(tenant.name, "accepted") }
+        return .success(id)
+    }
+
+    /// The `message queued` line of a durably queued message.
+    func logQueued(_ prepared: PreparedMessage) {
+        let stored = prepared.record, message = prepared.submitted, tenant = prepared.tenant, id = stored.id
         var fields = ["id": id, "pool": stored.pool, "route": prepared.routeReason, "client": message.peer.host,
                       "size": "\(stored.content.count)", "recipients": "\(stored.recipients.count)", "protocol": message.protocolKeyword,
                       "priority": stored.priority.rawValue]
         if let user = message.authenticatedUser { fields["user"] = user }
-        if let tenant {
-            fields["tenant"] = tenant.name
-            metrics?.tenantMessages.inc(tenant.name, "accepted")
-        }
+        if let tenant { fields["tenant"] = tenant.name }
         if !prepared.added.isEmpty { fields["added"] = prepared.added.joined(separator: ",") }
         let postmaster = message.originalRecipients.filter { $0 != nil }.count
         if postmaster > 0 { fields["postmaster_recipients"] = "\(postmaster)" }
         log.info("message queued", fields)
-        return .success(id)
     }
 }
