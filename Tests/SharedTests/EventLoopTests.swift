@@ -98,4 +98,18 @@ struct EventLoopTests {
         loop.stop()
         #expect(loop.waitUntilStopped(timeout: .seconds(5)))
     }
+
+    @Test("tasks queued before stop run; once the loop has ended, execute refuses (the caller cleans up)")
+    func executeAfterStop() throws {
+        let loop = try EventLoop(name: "test-loop")
+        loop.start()
+        let ran = Locked(0)
+        for _ in 0..<10 { #expect(loop.execute { ran.withLock { $0 += 1 } }) }
+        loop.stop()
+        #expect(loop.waitUntilStopped(timeout: .seconds(5)))
+        #expect(ran.snapshot == 10)
+        #expect(!loop.execute { ran.withLock { $0 += 100 } })
+        usleep(20_000)
+        #expect(ran.snapshot == 10)
+    }
 }

@@ -65,7 +65,7 @@ public final class EventLoop: @unchecked Sendable {
     private let name: String
     private let sweepInterval: Duration
     private let sweep: () -> Void
-    private let tasks = Locked<(items: [@Sendable () -> Void], wakePending: Bool, stopping: Bool)>(([], false, false))
+    private let tasks = Locked<(items: [@Sendable () -> Void], wakePending: Bool, stopping: Bool, closed: Bool)>(([], false, false, false))
     private let finished = LockedCondition(false)
     /// Loop thread only: registrations by descriptor, and the next registration's token.
     private var registrations: [Int32: Registration] = [:]
@@ -136,13 +136,17 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Runs `task` on the loop's thread, after what is queued before it (any thread).
-    public func execute(_ task: @escaping @Sendable () -> Void) {
-        let wake = tasks.withLock { t -> Bool in
+    /// - Returns: false when the loop has ended: the task will never run (the caller cleans up).
+    @discardableResult
+    public func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let (accepted, wake) = tasks.withLock { t -> (Bool, Bool) in
+            guard !t.closed else { return (false, false) }
             t.items.append(task)
             defer { t.wakePending = true }
-            return !t.wakePending
+            return (true, !t.wakePending)
         }
         if wake { signal() }
+        return accepted
     }
 
     /// Registers a socket the loop thread owns (loop thread only).
@@ -233,7 +237,18 @@ public final class EventLoop: @unchecked Sendable {
                 return (t.items, t.stopping)
             }
             for task in queued { task() }
-            if stopping { return }
+            if stopping {
+                // Tasks queued while the last ones ran still run; after this, `execute` refuses.
+                while true {
+                    let late = tasks.withLock { t -> [@Sendable () -> Void] in
+                        if t.items.isEmpty { t.closed = true }
+                        defer { t.items.removeAll() }
+                        return t.items
+                    }
+                    if late.isEmpty { return }
+                    for task in late { task() }
+                }
+            }
             let now = ContinuousClock.now
             if now >= nextSweep {
                 sweep()

@@ -125,9 +125,15 @@ final class SubmissionLoop: @unchecked Sendable {
         loop.start()
     }
 
-    /// Takes an admitted connection over (any thread).
+    /// Takes an admitted connection over (any thread). After the loop ended (the listener
+    /// stopped), the connection is closed at once and its slot given back.
     func adopt(_ accepted: AcceptedConnection) {
-        loop.execute { [self] in start(accepted) }
+        if !loop.execute({ [self] in start(accepted) }) { Self.refuse(accepted) }
+    }
+
+    private static func refuse(_ accepted: AcceptedConnection) {
+        accepted.socket.close()
+        accepted.admission.release()
     }
 
     /// The listener stopped: sessions in progress finish on their own, then the loop ends.
@@ -148,6 +154,11 @@ final class SubmissionLoop: @unchecked Sendable {
     }
 
     private func start(_ accepted: AcceptedConnection) {
+        // The listener stopped and this loop is ending: no new session on it.
+        guard !ended else {
+            Self.refuse(accepted)
+            return
+        }
         let s = server.makeSession(accepted)
         sessions[ObjectIdentifier(s)] = s
         do {
