@@ -275,7 +275,7 @@ final class SubmissionLoop: @unchecked Sendable {
     }
 
     /// The committer answered these sessions (any thread): each goes on where it paused.
-    func answered(_ answers: [(SubmissionSessionState, [SMTPServerAction])]) {
+    func resume(_ answers: [(SubmissionSessionState, [SMTPServerAction])]) {
         loop.execute { [self] in for (s, actions) in answers { stored(s, actions) } }
     }
 
@@ -371,8 +371,6 @@ final class SubmissionCommitter: Sendable {
     private let server: SubmissionServer
     private let store: any QueueStore
     private let waiting = LockedCondition<(jobs: [Job], stopping: Bool)>(([], false))
-    /// Batches written so far (for tests and benchmarks).
-    private let batches = Locked(0)
 
     init(server: SubmissionServer, store: any QueueStore) {
         self.server = server
@@ -391,9 +389,6 @@ final class SubmissionCommitter: Sendable {
     func stop() {
         waiting.withLockAndSignal { $0.stopping = true }
     }
-
-    /// Batches written so far.
-    var batchesWritten: Int { batches.snapshot }
 
     private func run() {
         while true {
@@ -418,7 +413,6 @@ final class SubmissionCommitter: Sendable {
         var failure: (any Error)?
         if !prepared.isEmpty {
             do { try store.enqueue(prepared.map(\.message.record)) } catch { failure = error }
-            batches.withLock { $0 += 1 }
             for (i, message) in prepared { results[i] = server.settle(message, failure: failure) }
         }
         // Each session told on this thread (its loop does not touch it until handed back),
@@ -436,7 +430,7 @@ final class SubmissionCommitter: Sendable {
             }
             byLoop[ObjectIdentifier(job.loop), default: (job.loop, [])].answers.append((job.session, actions + job.rest))
         }
-        for (_, entry) in byLoop { entry.loop.answered(entry.answers) }
+        for (_, entry) in byLoop { entry.loop.resume(entry.answers) }
         if failure == nil { for (_, message) in prepared { server.logQueued(message) } }
     }
 }
