@@ -44,6 +44,14 @@ struct DeliverabilityTests {
         let f = try router.route(authUser: nil, reversePath: "", content: folded)
         #expect(f.pool == "bulk")
         #expect(f.content == Array("Subject: s\r\n\r\nX-Hato-Pool: in the body stays\r\n".utf8))
+        // Nothing to remove: the content as it came (issue 19: returned without a copy).
+        let plain = Array("From: a@b.test\r\nSubject: hi\r\n \tfolded\r\n\r\nX-Hato-Pool: bulk\r\n".utf8)
+        let p = try router.route(authUser: nil, reversePath: "a@x.test", content: plain)
+        #expect(p.content == plain && p.pool == "transactional")
+        // A header section with no body: the field removed, the lines around it kept.
+        let headerOnly = Array("Subject: s\r\nX-Hato-Pool: bulk\r\nTo: t@x.test\r\n".utf8)
+        let h = try router.route(authUser: nil, reversePath: "", content: headerOnly)
+        #expect(h.pool == "bulk" && h.content == Array("Subject: s\r\nTo: t@x.test\r\n".utf8))
         // An unknown pool in the header is refused (550 5.7.1), never the default pool in silence.
         #expect(throws: PoolRouter.UnknownPool(header: "X-Hato-Pool", pool: "nope")) {
             try router.route(authUser: nil, reversePath: "a@x.test", content: Array("X-Hato-Pool: nope\r\n\r\nb\r\n".utf8))

@@ -16,8 +16,8 @@ import sys
 
 ACTIVITIES = {
     "hato-coordinato": [
-        ("submission: queue insert (group commit)", r"GroupCommitter|SQLiteQueueStore.*insert|PostgreSQLQueueStore.*insert"),
-        ("submission: SMTP session", r"SubmissionServer|SMTPServerSession"),
+        ("submission: queue insert (group commit)", r"GroupCommitter|SQLiteQueueStore.*(insert|enqueue)|PostgreSQLQueueStore.*(insert|enqueue)"),
+        ("submission: SMTP sessions on the event loops", r"SubmissionServer|SMTPServerSession|SubmissionLoop|SubmissionCommitter|EventLoop"),
         ("cluster: receive and decode frames", r"ClusterHub.*serve|ClusterConnection.*receive|ClusterMessage.*decode"),
         ("cluster: node link writes (grants)", r"NodeLink"),
         ("scheduler: due query, lease planning and recording", r"schedulerLoop|Scheduler"),

@@ -114,6 +114,29 @@ public final class ClusterConnection: Sendable {
         }
     }
 
+    /// Sends what of `messages` fits in the socket's send buffer now, without waiting
+    /// (`MSG_DONTWAIT`), on a plaintext connection; a TLS connection writes nothing.
+    /// - Returns: the encoded octets not written (empty when every frame went; the caller must
+    ///   send them, with `send(encoded:)`, before anything else), or nil for a TLS connection.
+    /// - Throws: `SocketError` when the write fails; the connection should then be closed.
+    public func sendIfReady(_ messages: [ClusterMessage]) throws -> [UInt8]? {
+        guard tls == nil else { return nil }
+        var bytes: [UInt8] = []
+        for m in messages { bytes.append(contentsOf: m.frame().encoded()) }
+        guard !bytes.isEmpty else { return [] }
+        let written = try writer.withLock { _ in try socket.writeIfReady(bytes) }
+        return written == bytes.count ? [] : Array(bytes[written...])
+    }
+
+    /// Sends octets already framed (what `sendIfReady` left), waiting as `send` does.
+    /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
+    public func send(encoded bytes: [UInt8]) throws {
+        guard !bytes.isEmpty else { return }
+        try writer.withLock { _ in
+            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+        }
+    }
+
     /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has
     /// authenticated, the full one after). Call from the reading thread only.
     public func setMaximumFrameSize(_ octets: Int) {

@@ -719,9 +719,22 @@ public final class ClusterHub: Sendable {
             let records = grant.records.compactMap { byID[$0.id] }
             guard !records.isEmpty, let link = link(grant.connection) else { continue }
             let store = self.store, log = self.log, recent = self.recentContent
-            link.send(.build { ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log) })
+            let build: @Sendable () -> [ClusterMessage] = {
+                ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log)
+            }
+            // Bodies still in memory and small: written from here when the link is idle (no
+            // writer wake-up); otherwise the link's writer reads and encodes them.
+            if let octets = recent.keptOctets(of: Set(records.map(\.messageID))), octets <= ClusterHub.directGrantOctets,
+               link.sendNow(build) {
+                continue
+            }
+            link.send(.build(build))
         }
     }
+
+    /// The most body octets of one node's grants this thread encodes and writes itself on an
+    /// idle link (`NodeLink.sendNow`); larger grants go through the link's writer thread.
+    static let directGrantOctets = 256 * 1024
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A message whose body cannot be read goes with an empty

@@ -19,6 +19,8 @@ final class NodeLink: Sendable {
         /// Messages built on the writer thread (lease grants with their bodies read from the
         /// queue), so the scheduler thread does not read bodies or encode them.
         case build(@Sendable () -> [ClusterMessage])
+        /// Framed octets: the part of a direct write (`sendNow`) the socket did not take.
+        case encoded([UInt8])
     }
 
     private struct Outbox: Sendable {
@@ -26,6 +28,10 @@ final class NodeLink: Sendable {
         var closed = false
         var shutdownWhenSent = false
         var writerDone = false
+        /// The writer thread is sending a batch it took.
+        var writing = false
+        /// Another thread is writing directly (`sendNow`); the writer waits until it is done.
+        var direct = false
     }
 
     /// Unique for the life of the process.
@@ -69,6 +75,38 @@ final class NodeLink: Sendable {
         outbox.withLockAndBroadcast { o in if !o.closed { o.items.append(item) } }
     }
 
+    /// Writes `make()`'s frames on the calling thread, without waiting, when nothing is queued
+    /// or being written on this link (plaintext only): what the socket does not take at once
+    /// is queued first for the writer thread, so order is kept and the caller never blocks on
+    /// a node that stops reading. Saves the writer's wake-up on an idle link (issue 19: the
+    /// light-load latency of a grant, and a context switch per node per scheduler round).
+    /// - Returns: false when nothing was done (queue it with `send` instead).
+    func sendNow(_ make: () -> [ClusterMessage]) -> Bool {
+        guard connection.tls == nil else { return false }
+        let mayWrite = outbox.withLock { o in
+            guard o.items.isEmpty, !o.writing, !o.direct, !o.closed, !o.shutdownWhenSent else { return false }
+            o.direct = true
+            return true
+        }
+        guard mayWrite else { return false }
+        var rest: [UInt8] = []
+        var failure: (any Error)?
+        do { rest = try connection.sendIfReady(make()) ?? [] } catch { failure = error }
+        // The writer is woken only when it has something to send (the rest, or what was queued
+        // meanwhile) or the link closed meanwhile: an idle link stays asleep.
+        let wakeWriter = outbox.withLock { o in
+            o.direct = false
+            if !rest.isEmpty && !o.closed { o.items.insert(.encoded(rest), at: 0) }
+            return !o.items.isEmpty || o.closed || o.shutdownWhenSent
+        }
+        if wakeWriter { outbox.withLockAndBroadcast { _ in } }
+        if let failure {
+            log.warning("cluster write failed; closing the connection", ["node": nodeID, "error": "\(failure)"])
+            shutdown()
+        }
+        return true
+    }
+
     /// Whether the node is not keeping up: frames queued here, or unsent in its socket.
     var isBackedUp: Bool {
         outbox.withLock { $0.items.count } > NodeLink.backlogItems || connection.socket.unsentBytes > NodeLink.backlogBytes
@@ -96,9 +134,11 @@ final class NodeLink: Sendable {
 
     private func writeLoop() {
         while true {
-            let batch: [Item]? = outbox.wait(until: nil, for: { !$0.items.isEmpty || $0.closed || $0.shutdownWhenSent }) { o, _ in
+            // Never while another thread writes directly: its rest must go first, whole.
+            let batch: [Item]? = outbox.wait(until: nil, for: { !$0.direct && (!$0.items.isEmpty || $0.closed || $0.shutdownWhenSent) }) { o, _ in
                 if o.items.isEmpty { return nil }  // closed, or asked to stop once sent
                 defer { o.items.removeAll(keepingCapacity: true) }
+                o.writing = true
                 return o.items
             }
             guard let batch else {
@@ -110,14 +150,16 @@ final class NodeLink: Sendable {
                     switch item {
                     case .message(let m): try connection.send(m)
                     case .build(let make): for m in make() { try connection.send(m) }
+                    case .encoded(let bytes): try connection.send(encoded: bytes)
                     }
                 }
+                outbox.withLockAndBroadcast { $0.writing = false }
             } catch {
                 log.warning("cluster write failed; closing the connection", ["node": nodeID, "error": "\(error)"])
                 shutdown()
                 break
             }
         }
-        outbox.withLockAndBroadcast { $0.writerDone = true; $0.items.removeAll() }
+        outbox.withLockAndBroadcast { $0.writerDone = true; $0.writing = false; $0.items.removeAll() }
     }
 }

@@ -63,6 +63,19 @@ public final class RecentContent: Sendable {
         }
     }
 
+    /// The octets kept for all of `messageIDs`, or nil when one of them is not kept (it would
+    /// be read from the store).
+    public func keptOctets<S: Sequence>(of messageIDs: S) -> Int? where S.Element == String {
+        state.withLock { s in
+            var total = 0
+            for id in messageIDs {
+                guard let content = s.content[id] else { return nil }
+                total += content.count
+            }
+            return total
+        }
+    }
+
     /// Octets and messages kept now, and ids listed in the eviction order (for tests and metrics).
     public var usage: (octets: Int, messages: Int, listed: Int) { state.withLock { ($0.octets, $0.content.count, $0.order.count - $0.head) } }
 }

@@ -419,11 +419,12 @@ final class SubmissionCommitter: Sendable {
         // and handed back at once: the replies go out before the log lines are written (a
         // crash in between would leave a message queued whose client never heard so).
         var byLoop: [ObjectIdentifier: (loop: SubmissionLoop, answers: [(SubmissionSessionState, [SMTPServerAction])])] = [:]
+        var queued = false
         for (i, job) in jobs.enumerated() {
             let actions: [SMTPServerAction]
             switch results[i] ?? .failure(.temporary) {
             case .success(let id):
-                job.session.queuedSinceWrite = true
+                queued = true
                 actions = job.session.session.messageStored(id: id)
             case .failure(let failure):
                 actions = job.session.session.messageStoreFailed(failure)
@@ -431,6 +432,11 @@ final class SubmissionCommitter: Sendable {
             byLoop[ObjectIdentifier(job.loop), default: (job.loop, [])].answers.append((job.session, actions + job.rest))
         }
         for (_, entry) in byLoop { entry.loop.resume(entry.answers) }
+        // The scheduler is woken now, while the loops write the 250s on their own threads:
+        // the message is durable, and waking it after the write (as the blocking driver
+        // does) put a loop wake-up and the write in front of every lease (issue 19: ~0.1 ms
+        // of the light-load latency). Waking is a signal; it does not delay the replies.
+        if queued { server.announceAccepted() }
         if failure == nil { for (_, message) in prepared { server.logQueued(message) } }
     }
 }

@@ -248,6 +248,10 @@ public final class SubmissionServer: Sendable {
         if s.queuedSinceWrite { s.queuedSinceWrite = false; onAccepted() }
     }
 
+    /// Durably queued messages, from the committer thread: wakes the scheduler and the
+    /// reporter (a signal each; nothing is granted on the calling thread).
+    func announceAccepted() { onAccepted() }
+
     /// Keeps the reservation equal to the content the session holds; sheds the content when
     /// its growth does not fit the budget (the message then gets 452 4.3.1 at its end).
     func accountContent(_ s: SubmissionSessionState, releasing: Bool) {

@@ -99,10 +99,12 @@ public struct PoolRouter: Sendable {
 
     /// Removes header fields named in `fields` (lower-case), folded lines included, from the
     /// header section (up to the first empty line, RFC 5322 §2.2).
-    /// - Returns: the new content and the unfolded, trimmed value of each removed field (last wins).
+    /// - Returns: the new content and the unfolded, trimmed value of each removed field (last wins);
+    ///   `content` itself (no copy) when no field is removed — the usual case, where copying a
+    ///   100 KiB body cost a pass over it per message (issue 19).
     static func strip(fields: Set<String>, from content: [UInt8]) -> ([UInt8], [String: String]) {
-        var out: [UInt8] = []
-        out.reserveCapacity(content.count)
+        // Nil until the first removed line: what precedes it is the content's own prefix.
+        var out: [UInt8]?
         var values: [String: String] = [:]
         var i = 0
         var dropping = false
@@ -113,31 +115,39 @@ public struct PoolRouter: Sendable {
                 current = nil
             }
         }
+        func keep(_ line: ArraySlice<UInt8>) { out?.append(contentsOf: line) }
         while i < content.count {
             let end = content[i...].firstIndex(of: 0x0A).map { $0 + 1 } ?? content.count
             let line = content[i..<end]
             if line.first == 0x0D || line.first == 0x0A {  // end of the header section
                 close()
-                out.append(contentsOf: content[i...])
-                return (out, values)
+                guard var kept = out else { return (content, values) }
+                kept.append(contentsOf: content[i...])
+                return (kept, values)
             }
             let continuation = line.first == 0x20 || line.first == 0x09
             if continuation {
                 if dropping {
                     current?.value.append(contentsOf: line.filter { $0 != 0x0D && $0 != 0x0A })
-                } else { out.append(contentsOf: line) }
+                } else { keep(line) }
             } else {
                 close()
                 let name = line.prefix { $0 != 0x3A }
                 let lname = String(decoding: name, as: UTF8.self).lowercased()
                 dropping = name.count < line.count && fields.contains(lname)
                 if dropping {
+                    if out == nil {
+                        var prefix: [UInt8] = []
+                        prefix.reserveCapacity(content.count)
+                        prefix.append(contentsOf: content[0..<i])
+                        out = prefix
+                    }
                     current = (lname, Array(line.dropFirst(name.count + 1).filter { $0 != 0x0D && $0 != 0x0A }))
-                } else { out.append(contentsOf: line) }
+                } else { keep(line) }
             }
             i = end
         }
         close()
-        return (out, values)
+        return (out ?? content, values)
     }
 }
