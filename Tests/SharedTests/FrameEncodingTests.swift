@@ -21,8 +21,8 @@ struct FrameEncodingTests {
             Lease(leaseID: s(&rng), sendingIP: s(&rng), helo: s(&rng), messageID: s(&rng), reversePath: s(&rng), domain: s(&rng),
                   recipients: (0..<Int.random(in: 0...3, using: &rng)).map { _ in LeasedRecipient(id: Int64.random(in: 0...Int64.max, using: &rng), address: s(&rng)) },
                   expiresIn: doubles.randomElement(using: &rng)!, expiresAt: od(&rng), bodyOffset: Int.random(in: 0...99999, using: &rng),
-                  bodyLength: Int.random(in: 0...99999, using: &rng))
-        })
+                  bodyLength: Int.random(in: 0...99999, using: &rng), priority: [nil, .transactional, .bulk].randomElement(using: &rng)!)
+        }, term: Bool.random(using: &rng) ? Int64.random(in: 1...99, using: &rng) : nil)
     }
 
     static func result(_ rng: inout some RandomNumberGenerator) -> ResultMessage {

@@ -94,6 +94,7 @@ public enum ClusterMessage: Sendable, Equatable {
             o.field("helo", l.helo)
             o.field("leaseID", l.leaseID)
             o.field("messageID", l.messageID)
+            o.field("priority", l.priority?.rawValue)
             o.field("recipients", objects: l.recipients.map { r in
                 var x = JSONObjectWriter(capacity: 64)
                 x.field("address", r.address)
@@ -190,25 +191,25 @@ public enum ClusterMessage: Sendable, Equatable {
         }
     }
 
-    /// Decodes a frame.
+    /// Decodes a frame (the delivery frames with `JSONObjectReader`, the others with `JSONDecoder`).
+    ///
+    /// `decodeWithJSONDecoder` is the same through `JSONDecoder` for every type (tests compare them).
     /// - Throws: `ClusterProtocolError.malformed` when the header is not the JSON the type requires,
     ///   or a lease's body slice lies outside the payload.
-    public static func decode(_ frame: Frame) throws -> ClusterMessage {
+    public static func decode(_ frame: Frame) throws -> ClusterMessage { try decode(frame, byHand: true) }
+
+    /// Decodes a frame with `JSONDecoder` only (the reference the hand-written readers are tested against).
+    /// - Throws: as `decode(_:)`.
+    public static func decodeWithJSONDecoder(_ frame: Frame) throws -> ClusterMessage { try decode(frame, byHand: false) }
+
+    private static func decode(_ frame: Frame, byHand: Bool) throws -> ClusterMessage {
         let d = decoder()
         func v<T: Decodable>(_ t: T.Type) throws -> T {
             do { return try d.decode(t, from: Data(frame.header)) } catch {
                 throw ClusterProtocolError.malformed("\(frame.type) header: \(error)")
             }
         }
-        switch frame.type {
-        case .challenge: return .challenge(try v(ChallengeMessage.self))
-        case .hello: return .hello(try v(HelloMessage.self))
-        case .welcome: return .welcome(try v(WelcomeMessage.self))
-        case .reject: return .reject(try v(RejectMessage.self))
-        case .heartbeat: return .heartbeat(try v(HeartbeatMessage.self))
-        case .leaseRequest: return .leaseRequest(try v(LeaseRequestMessage.self))
-        case .leaseGrant:
-            let m = try v(LeaseGrantMessage.self)
+        func checked(_ m: LeaseGrantMessage) throws -> ClusterMessage {
             for l in m.leases {
                 guard l.bodyOffset >= 0, l.bodyLength >= 0, l.bodyOffset <= frame.payload.count,
                       l.bodyLength <= frame.payload.count - l.bodyOffset else {
@@ -216,6 +217,25 @@ public enum ClusterMessage: Sendable, Equatable {
                 }
             }
             return .leaseGrant(m, payload: frame.payload)
+        }
+        // The frames of every delivery: read by hand (`readDeliveryHeader`), the same values.
+        if byHand { do {
+            switch try readDeliveryHeader(frame.type, frame.header) {
+            case .leaseGrant(let m, _)?: return try checked(m)
+            case let m?: return m
+            case nil: break
+            }
+        } catch let e as JSONReadError {
+            throw ClusterProtocolError.malformed("\(frame.type) header: \(e)")
+        } }
+        switch frame.type {
+        case .challenge: return .challenge(try v(ChallengeMessage.self))
+        case .hello: return .hello(try v(HelloMessage.self))
+        case .welcome: return .welcome(try v(WelcomeMessage.self))
+        case .reject: return .reject(try v(RejectMessage.self))
+        case .heartbeat: return .heartbeat(try v(HeartbeatMessage.self))
+        case .leaseRequest: return .leaseRequest(try v(LeaseRequestMessage.self))
+        case .leaseGrant: return try checked(try v(LeaseGrantMessage.self))
         case .result: return .result(try v(ResultMessage.self))
         case .resultAck: return .resultAck(try v(ResultAckMessage.self))
         case .ipAssign: return .ipAssign(try v(IPAssignMessage.self))

@@ -734,7 +734,7 @@ public final class ClusterHub: Sendable {
 
     /// The most body octets of one node's grants this thread encodes and writes itself on an
     /// idle link (`NodeLink.sendNow`); larger grants go through the link's writer thread.
-    static let directGrantOctets = 256 * 1024
+    static let directGrantOctets = 32 * 1024
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A message whose body cannot be read goes with an empty
