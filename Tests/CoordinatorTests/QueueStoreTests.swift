@@ -5,6 +5,7 @@ import Testing
 @testable import HatoCoordinator
 @testable import HatoCrypto
 @testable import SMTPCore
+@testable import HatoSupport
 
 @Suite("Queue store")
 struct QueueStoreTests {
@@ -46,6 +47,44 @@ struct QueueStoreTests {
         // A duplicate report changes nothing.
         let again = try q.applyResult(result("L1", [(due[0].id, .delivered, 250)]), node: "node-a", retry: retry, now: t0 + 2)
         #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
+    }
+
+    @Test("results committed without an fsync of their own are durable with the next synced commit of queued mail; with none within the wait, with one of their own")
+    func resultsRideTheNextSync() throws {
+        let dir = NSTemporaryDirectory() + "hato-results-sync-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.enqueue([message("M1", ["a@x.test"]), message("M2", ["b@x.test"])])
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        _ = try q.recordLeases([lease("L1", "M1", [due[0].id], at: t0), lease("L2", "M2", [due[1].id], at: t0)])
+        let before = q.syncedCommitsForTests
+        let (apps, mark) = try q.applyResultsUnsynced([(result("L1", [(due[0].id, .delivered, 250)]), "node-a")], retry: retry, now: t0 + 1)
+        #expect(apps == [ResultApplication(applied: 1, ignored: 0, leaseKnown: true)])
+        #expect(mark == before && q.syncedCommitsForTests == before, "the results' commit did not sync")
+        // Mail queued meanwhile syncs the WAL: the wait ends with it, without a commit of its own.
+        let third = message("M3", ["c@x.test"])
+        let queued = Locked(false)
+        Thread.detachNewThread {
+            usleep(50_000)
+            try? q.enqueue(third)
+            queued.withLock { $0 = true }
+        }
+        let started = ContinuousClock.now
+        try q.awaitSync(after: mark, wait: .seconds(20))
+        #expect(ContinuousClock.now - started < .seconds(10))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !queued.snapshot && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(queued.snapshot, "the mail was queued")
+        #expect(q.syncedCommitsForTests == mark + 1)
+        #expect(try q.db.prepare("SELECT count(*) FROM sqlite_master WHERE name='wal_sync_marks'").query { $0.int(0) } == [0])
+        // Nothing else commits: after the wait, a synced commit of its own.
+        let (_, mark2) = try q.applyResultsUnsynced([(result("L2", [(due[1].id, .delivered, 250)]), "node-a")], retry: retry, now: t0 + 2)
+        let waited = ContinuousClock.now
+        try q.awaitSync(after: mark2, wait: .milliseconds(30))
+        #expect(ContinuousClock.now - waited >= .milliseconds(30))
+        #expect(q.syncedCommitsForTests == mark2 + 1)
+        #expect(try q.db.prepare("SELECT mark FROM wal_sync_marks").query { $0.int(0) } == [Int64(mark2)])
+        #expect(try q.countsByState()[.delivered] == 2)
     }
 
     @Test("a deferral schedules the retry; it survives reopening the store (restart)", arguments: StoreKind.allCases)

@@ -22,6 +22,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private var statements: [String: SQLiteStatement] = [:]
     /// Whether the connection is known to be at `synchronous=FULL` (see `transaction`).
     private var synchronousFull = true
+    /// Called after each synced commit returns (its fsync done), under the caller's lock: every
+    /// frame this connection wrote before it is on stable storage from then on.
+    public var onSyncedCommit: (@Sendable () -> Void)?
 
     /// Opens (creating if needed) the database file.
     /// - Throws: `SQLiteError` when the file cannot be opened.
@@ -125,6 +128,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
         do {
             let r = try body()
             try run(cached: "COMMIT")
+            if durability == .synced { onSyncedCommit?() }
             return r
         } catch {
             try? run(cached: "ROLLBACK")

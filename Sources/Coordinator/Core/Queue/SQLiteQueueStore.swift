@@ -33,6 +33,9 @@ public final class SQLiteQueueStore: QueueStore {
     /// opened on first use: in WAL mode it reads a snapshot without taking `lock`, so a scan of a
     /// large queue never holds up submissions, leases or results. Its own lock serialises it.
     let reader = Locked<SQLiteDatabase?>(nil)
+    /// Synced commits on `db` so far: the WAL is on stable storage up to each one's frames
+    /// (`applyResultsUnsynced`, `awaitSync`).
+    private let walSyncs = LockedCondition<UInt64>(0)
     /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
     private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
@@ -71,6 +74,8 @@ public final class SQLiteQueueStore: QueueStore {
         self.db = db
         let lock = self.lock
         committer = GroupCommitter { batch in try lock.withLock { try SQLiteQueueStore.insert(batch, into: db) } }
+        let walSyncs = self.walSyncs
+        db.onSyncedCommit = { walSyncs.withLockAndBroadcast { $0 += 1 } }
         // secure_delete=FAST: Debian builds SQLite with SECURE_DELETE on, which overwrites every
         // freed page with zeros — each delivered message's body was written to the WAL a second
         // time (and checkpointed) when it was deleted: at 100 KiB, 13 % of the coordinator's
@@ -316,6 +321,41 @@ public final class SQLiteQueueStore: QueueStore {
     /// - Throws: `SQLiteError`; nothing is applied then (the nodes re-send).
     public func applyResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date) throws -> [ResultApplication] {
         try lock.withLock { try db.transaction { try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) } } }
+    }
+
+    /// Applies several reports in one transaction that does not wait for its own fsync, with
+    /// the rules of `applyResult`: they are durable from the next synced commit on this
+    /// connection (queued mail commits several times a second under load: one WAL fsync then
+    /// covers them too) — `awaitSync(after:wait:)` waits for it, or syncs.
+    /// - Returns: one `ResultApplication` per report, in order, and the mark to wait for.
+    /// - Throws: `SQLiteError`; nothing is applied then (the nodes re-send).
+    public func applyResultsUnsynced(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy,
+                                     now: Date) throws -> (applications: [ResultApplication], mark: UInt64) {
+        try lock.withLock {
+            let apps = try db.transaction(durability: .processCrashSafe) {
+                try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) }
+            }
+            return (apps, walSyncs.withLock { $0 })  // under `lock`: a later synced commit counts past it
+        }
+    }
+
+    /// Synced commits on the connection so far (for tests).
+    var syncedCommitsForTests: UInt64 { walSyncs.withLock { $0 } }
+
+    /// Returns once what was committed before `mark` was taken is on stable storage: when a
+    /// synced commit came after it within `wait`, at once; otherwise after a synced commit of
+    /// its own (a one-row write and the WAL's fsync).
+    /// - Throws: `SQLiteError` when that commit fails (the results are then not known durable).
+    public func awaitSync(after mark: UInt64, wait: Duration) throws {
+        let synced = walSyncs.wait(until: .now + wait, for: { $0 > mark }) { _, ok in ok }
+        if synced { return }
+        try lock.withLock {
+            guard walSyncs.withLock({ $0 }) <= mark else { return }
+            try db.executeOnce("CREATE TABLE IF NOT EXISTS wal_sync_marks(id INTEGER PRIMARY KEY, mark INTEGER NOT NULL)")
+            try db.transaction(durability: .synced) {
+                try db.prepare("INSERT OR REPLACE INTO wal_sync_marks(id, mark) VALUES(1, ?)").run([.int(Int64(truncatingIfNeeded: mark))])
+            }
+        }
     }
 
     /// The values of `last_code`, `last_enhanced`, `last_text` for a reply (the text is at most

@@ -87,6 +87,17 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// - Returns: one `ResultApplication` per report, in order.
     /// - Throws: a store error; nothing is applied then.
     func applyResults(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy, now: Date) throws -> [ResultApplication]
+    /// Applies several reports in one transaction whose durability may come from a later
+    /// synced commit (`awaitSync`); a store without that notion applies them durably
+    /// (`applyResults`) and returns mark 0.
+    /// - Returns: one `ResultApplication` per report, in order, and the mark for `awaitSync`.
+    /// - Throws: a store error; nothing is applied then.
+    func applyResultsUnsynced(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy,
+                              now: Date) throws -> (applications: [ResultApplication], mark: UInt64)
+    /// Returns once everything committed before `mark` is durable, waiting at most `wait` for
+    /// another commit to make it so before syncing itself.
+    /// - Throws: a store error when its own sync fails.
+    func awaitSync(after mark: UInt64, wait: Duration) throws
     /// Returns the recipients of leases past their expiry to `queued` and forgets those leases.
     /// - Returns: the expired leases' ids.
     /// - Throws: a store error.
@@ -273,6 +284,16 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
 }
 
 extension QueueStore {
+    /// Durable at once (`applyResults`): mark 0.
+    /// - Throws: a store error; nothing is applied then.
+    public func applyResultsUnsynced(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy,
+                                     now: Date) throws -> (applications: [ResultApplication], mark: UInt64) {
+        (try applyResults(results, retry: retry, now: now), 0)
+    }
+
+    /// Nothing to wait for: `applyResultsUnsynced` committed durably.
+    public func awaitSync(after mark: UInt64, wait: Duration) throws {}
+
     /// `recordLeases` without warm-up counting.
     /// - Throws: a store error.
     public func recordLeases(_ leases: [LeaseRecord]) throws -> [LeaseRecord] {
