@@ -79,6 +79,9 @@ struct QueueStoreTests {
         #expect(try q.db.prepare("SELECT count(*) FROM sqlite_master WHERE name='wal_sync_marks'").query { $0.int(0) } == [0])
         // Nothing else commits: after the wait, a synced commit of its own.
         let (_, mark2) = try q.applyResultsUnsynced([(result("L2", [(due[1].id, .delivered, 250)]), "node-a")], retry: retry, now: t0 + 2)
+        // A synced commit that changed nothing wrote and synced nothing: it does not count.
+        #expect(try q.requeueExpiredLeases(now: t0).isEmpty)
+        #expect(q.syncedCommitsForTests == mark2)
         let waited = ContinuousClock.now
         try q.awaitSync(after: mark2, wait: .milliseconds(30))
         #expect(ContinuousClock.now - waited >= .milliseconds(30))

@@ -104,6 +104,9 @@ struct JSONObjectReaderTests {
         for frame in frames {
             for cut in stride(from: 0, to: frame.header.count, by: max(1, frame.header.count / 40)) {
                 _ = Self.agree(Frame(type: frame.type, header: Array(frame.header.prefix(cut)), payload: frame.payload), "\(frame.type) cut at \(cut)")
+                #expect(throws: JSONReadError.self, "\(frame.type) cut at \(cut)") {
+                    try ClusterMessage.readDeliveryHeader(frame.type, Array(frame.header.prefix(cut)))
+                }
             }
         }
         let alphabet = Array(#"{}[]:,"\ 0123456789.-+eEtrufalsn"#.utf8) + [0x00, 0x1F, 0x80, 0xC3, 0xFF]
@@ -122,10 +125,20 @@ struct JSONObjectReaderTests {
         }
     }
 
+    @Test("linear in what a peer sends: 30000 leading zeros of an integer, 20000 keys of one object")
+    func largeInputs() throws {
+        let zeros = "{\"credits\":0." + String(repeating: "0", count: 29_999) + "1e30001}"
+        #expect(try ClusterMessage.readDeliveryHeader(.leaseRequest, Array(zeros.utf8)) == .leaseRequest(LeaseRequestMessage(credits: 10)))
+        let keys = "{" + (0..<20_000).map { "\"k\($0)\":\($0)," }.joined() + "\"credits\":3,\"k7\":\"again\"}"
+        #expect(try ClusterMessage.readDeliveryHeader(.leaseRequest, Array(keys.utf8)) == .leaseRequest(LeaseRequestMessage(credits: 3)))
+        #expect(throws: JSONReadError.self) { try ClusterMessage.readDeliveryHeader(.resultAck, Array(#"{"leaseID":"x","j":"\u"}"#.utf8)) }
+    }
+
     @Test("nesting deeper than 64 in an unknown member is refused, not followed down the stack")
     func depth() throws {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         let frame = Frame(type: .resultAck, header: Array("{\"leaseID\":\"x\",\"junk\":\(deep)}".utf8))
+        #expect(throws: JSONReadError.self) { try ClusterMessage.readDeliveryHeader(.resultAck, frame.header) }
         #expect(throws: ClusterProtocolError.self) { try ClusterMessage.decode(frame) }
         let fine = String(repeating: "[", count: 60) + String(repeating: "]", count: 60)
         #expect(try ClusterMessage.decode(Frame(type: .resultAck, header: Array("{\"leaseID\":\"x\",\"junk\":\(fine)}".utf8)))

@@ -40,19 +40,27 @@ public struct JSONObjectReader {
     public mutating func object(_ member: (inout JSONObjectReader, String) throws -> Void) throws {
         try expect(UInt8(ascii: "{"), "an object")
         try enter()
-        var seen: [String] = []
+        // Keys seen: a list while short (the frames' objects have a dozen keys), a set beyond,
+        // so that a header of thousands of keys costs linear time.
+        var seenList: [String] = []
+        var seenSet: Set<String>?
         while true {
             skipWhitespace()
             if peek() == UInt8(ascii: "}") { i += 1; depth -= 1; return }
             guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
             let key = try string()
             try expect(UInt8(ascii: ":"), "':'")
-            if seen.contains(key) {
-                try skipValue()
+            let repeated: Bool
+            if seenSet != nil {
+                repeated = !seenSet!.insert(key).inserted
+            } else if seenList.contains(key) {
+                repeated = true
             } else {
-                seen.append(key)
-                try member(&self, key)
+                repeated = false
+                seenList.append(key)
+                if seenList.count > 16 { seenSet = Set(seenList); seenList = [] }
             }
+            if repeated { try skipValue() } else { try member(&self, key) }
             skipWhitespace()
             switch peek() {
             case UInt8(ascii: ","): i += 1
@@ -101,7 +109,16 @@ public struct JSONObjectReader {
             // A string nobody reads is taken as `JSONDecoder` takes it: up to the closing
             // quote, its escapes and bytes checked only when read.
             i += 1
-            while i < bytes.count, bytes[i] != UInt8(ascii: "\"") { i += bytes[i] == UInt8(ascii: "\\") ? 2 : 1 }
+            while i < bytes.count, bytes[i] != UInt8(ascii: "\"") {
+                guard bytes[i] == UInt8(ascii: "\\") else { i += 1; continue }
+                // `\u` needs four more bytes, none of them the closing quote (as JSONDecoder scans).
+                if i + 1 < bytes.count, bytes[i + 1] == UInt8(ascii: "u") {
+                    guard i + 6 <= bytes.count, !bytes[(i + 2)..<(i + 6)].contains(UInt8(ascii: "\"")) else { throw error("short \\u escape") }
+                    i += 6
+                } else {
+                    i += 2
+                }
+            }
             guard i < bytes.count else { throw error("unterminated string") }
             i += 1
         case UInt8(ascii: "t"), UInt8(ascii: "f"): _ = try bool()
@@ -234,8 +251,8 @@ public struct JSONObjectReader {
             if inFraction { fractionDigits += 1 }
             k += 1
         }
-        while let first = digits.first, first == 0, digits.count > 1 { digits.removeFirst() }
-        if digits.allSatisfy({ $0 == 0 }) { return 0 }
+        guard let firstSignificant = digits.firstIndex(where: { $0 != 0 }) else { return 0 }
+        digits.removeFirst(firstSignificant)
         let shift = exponent - fractionDigits
         if shift < 0 {
             guard -shift <= digits.count, digits.suffix(-shift).allSatisfy({ $0 == 0 }) else {

@@ -80,7 +80,23 @@ final class ResultWriter: Sendable {
                 // usually by the next commit of queued mail, which syncs the WAL anyway (issue 19:
                 // one fsync fewer per batch of results).
                 let (apps, mark) = try store.applyResultsUnsynced(batch.map { ($0.result, $0.node) }, retry: retryPolicy(), now: clock.now())
-                try store.awaitSync(after: mark, wait: ResultWriter.syncWait)
+                // Committed: from here the batch is only ever handed on once durable. A failing
+                // sync (a disk error) is tried again, once a second, while the writer runs — not
+                // reported as "not applied": the rows are in, and a re-sent result would find
+                // them applied (found in review).
+                var failures = 0
+                while true {
+                    do {
+                        try store.awaitSync(after: mark, wait: ResultWriter.syncWait)
+                        break
+                    } catch {
+                        failures += 1
+                        if failures == 1 || failures % 60 == 0 {
+                            log.error("syncing applied results failed; retrying before acknowledging them", ["results": "\(batch.count)", "attempts": "\(failures)", "error": "\(error)"])
+                        }
+                        guard state.wait(until: .now + .seconds(1), for: { !$0.running }, then: { _, stopped in !stopped }) else { throw error }
+                    }
+                }
                 applied(batch, apps)
             } catch {
                 log.error("applying results failed; nodes will re-send", ["results": "\(batch.count)", "error": "\(error)"])

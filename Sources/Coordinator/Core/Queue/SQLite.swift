@@ -22,8 +22,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private var statements: [String: SQLiteStatement] = [:]
     /// Whether the connection is known to be at `synchronous=FULL` (see `transaction`).
     private var synchronousFull = true
-    /// Called after each synced commit returns (its fsync done), under the caller's lock: every
-    /// frame this connection wrote before it is on stable storage from then on.
+    /// Called after each synced commit that changed rows returns (its fsync done), under the
+    /// caller's lock: every frame this connection wrote before it is on stable storage from then
+    /// on. (A commit that changed nothing is not counted: SQLite writes and syncs nothing for it.)
     public var onSyncedCommit: (@Sendable () -> Void)?
 
     /// Opens (creating if needed) the database file.
@@ -125,10 +126,14 @@ public final class SQLiteDatabase: @unchecked Sendable {
             if durability == .processCrashSafe, (try? run(cached: "PRAGMA synchronous=FULL")) != nil { synchronousFull = true }
         }
         try run(cached: "BEGIN IMMEDIATE")
+        let changesBefore = sqlite3_total_changes64(handle)
         do {
             let r = try body()
+            // A commit that changed no row writes no frame and syncs nothing (SQLite skips
+            // both): only one that changed rows counts as a sync (found in review).
+            let wrote = sqlite3_total_changes64(handle) != changesBefore
             try run(cached: "COMMIT")
-            if durability == .synced { onSyncedCommit?() }
+            if durability == .synced && wrote { onSyncedCommit?() }
             return r
         } catch {
             try? run(cached: "ROLLBACK")

@@ -248,9 +248,11 @@ extension SQLiteQueueStore {
     /// messages that no longer need it.
     ///
     /// The commit does not wait for fsync: everything in it can be derived again from the
-    /// events it deletes, which were committed (synced) with the state changes that made
-    /// them. A power loss that undoes it only makes the events be processed again
-    /// (reporting is at-least-once), and the queue's lock is not held across an fsync here.
+    /// events it deletes, which were committed with the state changes that made them (a node
+    /// result's are durable before the node is acknowledged, `ResultWriter`). A power loss that
+    /// undoes it, or the unacknowledged result before it, only makes the events be processed
+    /// again — the node re-sends the result — (reporting is at-least-once), and the queue's
+    /// lock is not held across an fsync here.
     /// - Throws: `SQLiteError`; nothing is applied then (the events are processed again).
     public func completeEvents(_ d: EventDisposition, now: Date) throws {
         try lock.withLock {

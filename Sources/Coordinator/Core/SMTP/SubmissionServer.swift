@@ -90,7 +90,8 @@ public final class SubmissionServer: Sendable {
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
     ///   - tenants: the tenant tables (nil: no tenants, only `smtp.users`).
     ///   - keepContent: called with each queued message's id and content, so its first grant need not read it back (nil: not called).
-    ///   - onAccepted: called on the session's thread once the `250` for a durably queued message is written (or the session ended): dispatches it.
+    ///   - onAccepted: called once a message is durably queued — on the committer thread as its batch commits (event-loop
+    ///     sessions), or on the session's thread once its `250` is written (sessions on the blocking driver) —: dispatches it.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
                 headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, keepContent: (@Sendable (String, [UInt8]) -> Void)? = nil,
                 onAccepted: @escaping @Sendable () -> Void) {
