@@ -54,9 +54,11 @@ struct QueueStoreTests {
         let dir = NSTemporaryDirectory() + "hato-results-sync-" + Identifier.random(bytes: 5)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let q = try SQLiteQueueStore(directory: dir)
-        try q.enqueue([message("M1", ["a@x.test"]), message("M2", ["b@x.test"])])
+        q.setSyncsExpectedWithinForTests(.seconds(600))  // mail commits count as coming (the test's pace is not the point)
+        try q.enqueue([message("M1", ["a@x.test"]), message("M2", ["b@x.test"]), message("M4", ["d@x.test"])])
         let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
-        _ = try q.recordLeases([lease("L1", "M1", [due[0].id], at: t0), lease("L2", "M2", [due[1].id], at: t0)])
+        _ = try q.recordLeases([lease("L1", "M1", [due[0].id], at: t0), lease("L2", "M2", [due[1].id], at: t0),
+                                lease("L4", "M4", [due[2].id], at: t0)])
         let before = q.syncedCommitsForTests
         let (apps, mark) = try q.applyResultsUnsynced([(result("L1", [(due[0].id, .delivered, 250)]), "node-a")], retry: retry, now: t0 + 1)
         #expect(apps == [ResultApplication(applied: 1, ignored: 0, leaseKnown: true)])
@@ -88,6 +90,14 @@ struct QueueStoreTests {
         #expect(q.syncedCommitsForTests == mark2 + 1)
         #expect(try q.db.prepare("SELECT mark FROM wal_sync_marks").query { $0.int(0) } == [Int64(mark2)])
         #expect(try q.countsByState()[.delivered] == 2)
+        // No other synced commit lately (a backlog drained, no mail coming in): no wait at all.
+        q.setSyncsExpectedWithinForTests(.zero)
+        let (_, mark3) = try q.applyResultsUnsynced([(result("L4", [(due[2].id, .delivered, 250)]), "node-a")], retry: retry, now: t0 + 3)
+        let unwaited = ContinuousClock.now
+        try q.awaitSync(after: mark3, wait: .seconds(30))
+        #expect(ContinuousClock.now - unwaited < .seconds(10), "synced at once, not after the wait")
+        #expect(q.syncedCommitsForTests == mark3 + 1)
+        #expect(try q.db.prepare("SELECT mark FROM wal_sync_marks").query { $0.int(0) } == [Int64(mark3)])
     }
 
     @Test("a deferral schedules the retry; it survives reopening the store (restart)", arguments: StoreKind.allCases)

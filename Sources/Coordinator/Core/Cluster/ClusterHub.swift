@@ -715,6 +715,10 @@ public final class ClusterHub: Sendable {
         leasesGranted.withLock { $0 += granted.count }
         let byID = Dictionary(uniqueKeysWithValues: granted.map { ($0.id, $0) })
         let maxSize = scheduler.config.smtp.maxMessageSize
+        // A light round (few leases: the latency of each matters) is written from here; a heavy
+        // one goes to the links' writers, so that this thread — the one a backlog's drain waits
+        // on — does not also encode and write every grant (coordinator-ceiling drain −10 %).
+        let mayWriteHere = granted.count <= ClusterHub.directGrantLeases
         for grant in grants {
             let records = grant.records.compactMap { byID[$0.id] }
             guard !records.isEmpty, let link = link(grant.connection) else { continue }
@@ -724,7 +728,7 @@ public final class ClusterHub: Sendable {
             }
             // Bodies still in memory and small: written from here when the link is idle (no
             // writer wake-up); otherwise the link's writer reads and encodes them.
-            if let octets = recent.keptOctets(of: Set(records.map(\.messageID))), octets <= ClusterHub.directGrantOctets,
+            if mayWriteHere, let octets = recent.keptOctets(of: Set(records.map(\.messageID))), octets <= ClusterHub.directGrantOctets,
                link.sendNow(build) {
                 continue
             }
@@ -735,6 +739,8 @@ public final class ClusterHub: Sendable {
     /// The most body octets of one node's grants this thread encodes and writes itself on an
     /// idle link (`NodeLink.sendNow`); larger grants go through the link's writer thread.
     static let directGrantOctets = 32 * 1024
+    /// The most leases a scheduler round may have for its grants to be written by this thread.
+    static let directGrantLeases = 8
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A message whose body cannot be read goes with an empty

@@ -35,7 +35,17 @@ public final class SQLiteQueueStore: QueueStore {
     let reader = Locked<SQLiteDatabase?>(nil)
     /// Synced commits on `db` so far: the WAL is on stable storage up to each one's frames
     /// (`applyResultsUnsynced`, `awaitSync`).
-    private let walSyncs = LockedCondition<UInt64>(0)
+    private let walSyncs = LockedCondition(WALSyncs())
+    /// Synced commits so far, and when the last one made by someone other than `awaitSync` was.
+    struct WALSyncs: Sendable {
+        var count: UInt64 = 0
+        var lastOther: ContinuousClock.Instant?
+        var awaiting = false
+        /// How recent another synced commit must be for `awaitSync` to wait for the next one:
+        /// mail being queued commits every few milliseconds under load; with none (a backlog
+        /// drained, a quiet hour) a batch of results syncs at once instead of waiting for nothing.
+        var expectedWithin: Duration = .milliseconds(20)
+    }
     /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
     private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
@@ -75,7 +85,12 @@ public final class SQLiteQueueStore: QueueStore {
         let lock = self.lock
         committer = GroupCommitter { batch in try lock.withLock { try SQLiteQueueStore.insert(batch, into: db) } }
         let walSyncs = self.walSyncs
-        db.onSyncedCommit = { walSyncs.withLockAndBroadcast { $0 += 1 } }
+        db.onSyncedCommit = {
+            walSyncs.withLockAndBroadcast { w in
+                w.count += 1
+                if !w.awaiting { w.lastOther = .now }
+            }
+        }
         // secure_delete=FAST: Debian builds SQLite with SECURE_DELETE on, which overwrites every
         // freed page with zeros — each delivered message's body was written to the WAL a second
         // time (and checkpointed) when it was deleted: at 100 KiB, 13 % of the coordinator's
@@ -335,22 +350,28 @@ public final class SQLiteQueueStore: QueueStore {
             let apps = try db.transaction(durability: .processCrashSafe) {
                 try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) }
             }
-            return (apps, walSyncs.withLock { $0 })  // under `lock`: a later synced commit counts past it
+            return (apps, walSyncs.withLock { $0.count })  // under `lock`: a later synced commit counts past it
         }
     }
 
     /// Synced commits on the connection so far (for tests).
-    var syncedCommitsForTests: UInt64 { walSyncs.withLock { $0 } }
+    var syncedCommitsForTests: UInt64 { walSyncs.withLock { $0.count } }
+    /// Sets how recent another synced commit must be for `awaitSync` to wait (for tests).
+    func setSyncsExpectedWithinForTests(_ d: Duration) { walSyncs.withLock { $0.expectedWithin = d } }
 
     /// Returns once what was committed before `mark` was taken is on stable storage: when a
-    /// synced commit came after it within `wait`, at once; otherwise after a synced commit of
-    /// its own (a one-row write and the WAL's fsync).
+    /// synced commit came after it within `wait` — waited for only while others' synced commits
+    /// are coming (one within the last 20 ms) —, at once; otherwise after a synced commit
+    /// of its own (a one-row write and the WAL's fsync).
     /// - Throws: `SQLiteError` when that commit fails (the results are then not known durable).
     public func awaitSync(after mark: UInt64, wait: Duration) throws {
-        let synced = walSyncs.wait(until: .now + wait, for: { $0 > mark }) { _, ok in ok }
+        let expected = walSyncs.withLock { w in w.lastOther.map { ContinuousClock.now - $0 < w.expectedWithin } ?? false }
+        let synced = walSyncs.wait(until: .now + (expected ? wait : .zero), for: { $0.count > mark }) { _, ok in ok }
         if synced { return }
         try lock.withLock {
-            guard walSyncs.withLock({ $0 }) <= mark else { return }
+            guard walSyncs.withLock({ $0.count }) <= mark else { return }
+            walSyncs.withLock { $0.awaiting = true }
+            defer { walSyncs.withLock { $0.awaiting = false } }
             try db.executeOnce("CREATE TABLE IF NOT EXISTS wal_sync_marks(id INTEGER PRIMARY KEY, mark INTEGER NOT NULL)")
             try db.transaction(durability: .synced) {
                 try db.prepare("INSERT OR REPLACE INTO wal_sync_marks(id, mark) VALUES(1, ?)").run([.int(Int64(truncatingIfNeeded: mark))])
