@@ -219,17 +219,13 @@ public enum ClusterMessage: Sendable, Equatable {
             return .leaseGrant(m, payload: frame.payload)
         }
         // The frames of every delivery: read by hand (`readDeliveryHeader`), the same values.
-        if byHand { do {
-            switch try readDeliveryHeader(frame.type, frame.header) {
-            case .leaseGrant(let m, _)?: return try checked(m)
-            case let m?: return m
-            case nil: break
-            }
-        } catch is JSONReadError {
-            // Where the hand reader is stricter than JSONDecoder (numbers it would round, keys
-            // of skipped objects, nesting past 64), JSONDecoder decides: the same outcome on
-            // every input; a well-formed frame never gets here.
-        } }
+        // Where the hand reader is stricter than JSONDecoder (numbers it would round, keys of
+        // skipped objects, nesting past 64) it throws, and JSONDecoder below decides: the same
+        // outcome on every input; a well-formed frame never goes there.
+        if byHand, let m = try? readDeliveryHeader(frame.type, frame.header) {
+            if case .leaseGrant(let g, _) = m { return try checked(g) }
+            return m
+        }
         switch frame.type {
         case .challenge: return .challenge(try v(ChallengeMessage.self))
         case .hello: return .hello(try v(HelloMessage.self))

@@ -94,12 +94,11 @@ final class NodeLink: Sendable {
         do { rest = try connection.sendIfReady(make()) ?? [] } catch { failure = error }
         // The writer is woken only when it has something to send (the rest, or what was queued
         // meanwhile) or the link closed meanwhile: an idle link stays asleep.
-        let wakeWriter = outbox.withLock { o in
+        outbox.withLockThenWake { o in
             o.direct = false
             if !rest.isEmpty && !o.closed { o.items.insert(.encoded(rest), at: 0) }
-            return !o.items.isEmpty || o.closed || o.shutdownWhenSent
+            return ((), !o.items.isEmpty || o.closed || o.shutdownWhenSent ? .all : .none)
         }
-        if wakeWriter { outbox.withLockAndBroadcast { _ in } }
         if let failure {
             log.warning("cluster write failed; closing the connection", ["node": nodeID, "error": "\(failure)"])
             shutdown()
