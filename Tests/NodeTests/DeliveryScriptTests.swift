@@ -223,6 +223,31 @@ extension DeliveryScriptTests {
             #expect(m.content == body)
             #expect(mx.connections.first?.commands.contains("BDAT \(body.count) LAST") == true)
             #expect(mx.connections.first?.commands.contains("DATA") == false)
+            // PIPELINING too: MAIL, the RCPTs and BDAT LAST with the content went before any reply (RFC 3030 §4.2).
+            #expect(mx.connections.first?.text == "EHLO mta.example.org\r\n" +
+                    "MAIL FROM:<news@example.org>\r\nRCPT TO:<r1@dest.test>\r\nRCPT TO:<r2@dest.test>\r\nBDAT \(body.count) LAST\r\n" +
+                    String(decoding: body, as: UTF8.self) + "QUIT\r\n")
+            #expect(mx.connections.first?.arrivedWithMail.first.map { String(decoding: $0, as: UTF8.self) } ==
+                    "RCPT TO:<r1@dest.test>\r\nRCPT TO:<r2@dest.test>\r\nBDAT \(body.count) LAST\r\n" + String(decoding: body, as: UTF8.self))
+        }
+
+        @Test("pipelined BDAT with every recipient refused: the RCPT replies decide, the chunk's refusal is read, the session stays in step")
+        func bdatNoRecipient() throws {
+            let mx = try ScriptedMX(ScriptedMX.Script(
+                ehlo: { _ in ScriptedMX.ehlo(["PIPELINING", "CHUNKING"]) },
+                rcpt: { _, a in a.hasPrefix("r1") ? "550 5.1.1 no such user\r\n" : "450 4.2.1 mailbox busy\r\n" },
+                final: { c in c.acceptedInTransaction == 0 ? "554 5.5.1 no valid recipients\r\n" : "250 2.0.0 ok\r\n" }))
+            defer { mx.stop() }
+            let body = sampleMessage("refused")
+            let report = deliverer().deliver(request(recipients(2), body: body), to: [target(mx)])
+            mx.stop()
+            #expect(report.outcomes == [
+                RecipientOutcome(recipientID: 1, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "no such user")),
+                RecipientOutcome(recipientID: 2, status: .deferred, reply: DeliveryStatus(code: 450, enhanced: "4.2.1", text: "mailbox busy")),
+            ])
+            #expect(mx.messages.isEmpty)
+            // The 554 to the chunk was read as the chunk's reply: QUIT came after it, nothing else.
+            #expect(mx.connections.first?.commands.suffix(2) == ["BDAT \(body.count) LAST", "QUIT"])
         }
 
         @Test("a line over 998 octets is never sent: 554 5.6.0 without connecting")

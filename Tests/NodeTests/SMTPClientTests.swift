@@ -420,14 +420,16 @@ extension SMTPClientTests {
 
         @Test("CHUNKING: BDAT after the envelope, no DATA; chunks of the configured size; a failed chunk ends it")
         func chunking() {
+            // PIPELINING too, content larger than one chunk: the envelope first, then the chunks.
             let ehlo = "250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
-            var one = transaction([alice, bob], size: 25, ehlo: ehlo)
+            var one = transaction([alice, bob], size: 25, ehlo: ehlo, chunkSize: 24)
             #expect(render(one.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\n")
-            #expect(run(&one, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n"]) == ["", "", "<BDAT 0+25 LAST>"])
+            #expect(run(&one, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n"]) == ["", "", "<BDAT 0+24>"])
             #expect(one.waitingFor == .dataTermination)
-            #expect(run(&one, ["250 2.0.0 queued\r\n"]) == ["<FINISHED true>"])
+            #expect(run(&one, ["250 2.0.0 chunk\r\n", "250 2.0.0 queued\r\n"]) == ["<BDAT 24+1 LAST>", "<FINISHED true>"])
             #expect(status(one) == [.delivered, .delivered])
             #expect(one.usedChunking)
+            #expect(one.endedAtContentReply)
             var many = transaction([alice], size: 25, ehlo: "250-x\r\n250 CHUNKING\r\n", chunkSize: 10)
             _ = many.start()
             #expect(run(&many, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "250 ok\r\n", "250 done\r\n"])
@@ -437,6 +439,60 @@ extension SMTPClientTests {
             _ = failed.start()
             #expect(run(&failed, ["250 ok\r\n", "250 ok\r\n", "554 5.6.0 bad chunk\r\n"]).last == "<FINISHED true>")
             #expect(status(failed) == [.failed])
+        }
+
+        @Test("PIPELINING and CHUNKING, content within one chunk: MAIL, RCPTs and BDAT LAST in one go (RFC 3030 §4.2), one round trip")
+        func pipelinedChunk() {
+            let ehlo = "250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+            var all = transaction([alice, bob], size: 25, ehlo: ehlo)
+            #expect(render(all.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\n<BDAT 0+25 LAST>")
+            #expect(all.waitingFor == .mail)
+            #expect(run(&all, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n"]) == ["", "", ""])
+            #expect(all.waitingFor == .dataTermination)
+            #expect(run(&all, ["250 2.0.0 queued\r\n"]) == ["<FINISHED true>"])
+            #expect(status(all) == [.delivered, .delivered])
+            #expect(all.endedAtContentReply && all.reusable && all.pipelined && all.usedChunking)
+
+            // One recipient refused: the other gets the chunk's verdict; the refused keeps its own.
+            var some = transaction([alice, bob], size: 25, ehlo: ehlo)
+            _ = some.start()
+            #expect(run(&some, ["250 ok\r\n", "250 ok\r\n", "550 5.1.1 no such user\r\n", "451 4.3.0 try later\r\n"]).last == "<FINISHED true>")
+            #expect(status(some) == [.deferred, .failed])
+            #expect(some.outcomes[0].reply.code == 451 && some.outcomes[1].reply.code == 550)
+            #expect(!some.endedAtContentReply)  // the driver resets the session before reusing it
+
+            // No recipient accepted: the server still reads the chunk and refuses it; the
+            // outcomes stay the RCPT replies, the session stays usable (after RSET).
+            var none = transaction([alice, bob], size: 25, ehlo: ehlo)
+            _ = none.start()
+            #expect(run(&none, ["250 ok\r\n", "550 5.1.1 no\r\n", "450 4.2.1 busy\r\n", "554 5.5.1 no valid recipients\r\n"]).last == "<FINISHED true>")
+            #expect(status(none) == [.failed, .deferred])
+            #expect(none.outcomes.map { $0.reply.code.rawValue } == [550, 450])
+            #expect(none.reusable && !none.endedAtContentReply)
+
+            // MAIL refused: every recipient takes MAIL's reply, not the 503s after it.
+            var mail = transaction([alice], size: 25, ehlo: ehlo)
+            _ = mail.start()
+            #expect(run(&mail, ["452 4.3.1 full\r\n", "503 5.5.1 need MAIL\r\n", "503 5.5.1 need MAIL\r\n"]).last == "<FINISHED true>")
+            #expect(status(mail) == [.deferred])
+            #expect(mail.outcomes[0].reply.code == 452)
+
+            // "Too many recipients": the accepted ones get the content, the rest are carried over.
+            var limit = transaction([alice, bob], size: 25, ehlo: ehlo)
+            _ = limit.start()
+            #expect(run(&limit, ["250 ok\r\n", "250 ok\r\n", "452 4.5.3 too many\r\n", "250 2.0.0 queued\r\n"]).last == "<FINISHED true>")
+            #expect(status(limit) == [.delivered, .deferred])
+            #expect(limit.carriedOver == [bob])
+
+            // 421 in reply to the chunk: the accepted recipients deferred, the session closed.
+            var closing = transaction([alice], size: 25, ehlo: ehlo)
+            _ = closing.start()
+            #expect(run(&closing, ["250 ok\r\n", "250 ok\r\n", "421 4.3.2 shutting down\r\n"]).last == "<FINISHED false>")
+            #expect(status(closing) == [.deferred])
+
+            // Without PIPELINING: the envelope step by step, then BDAT (as before).
+            var plain = transaction([alice], size: 25, ehlo: "250-x\r\n250 CHUNKING\r\n")
+            #expect(render(plain.start()) == "MAIL FROM:<sender@origin.test>\r\n")
         }
 
         @Test("addresses with CR/LF or brackets are never sent")

@@ -78,6 +78,9 @@ final class ScriptedMX: @unchecked Sendable {
         var transcript: [UInt8]
         var commands: [String]
         var messages: Int
+        /// For each MAIL, what had already arrived behind it when it was read (before any reply to
+        /// it): a pipelined envelope's RCPTs, DATA or BDAT and content.
+        var arrivedWithMail: [[UInt8]] = []
         var text: String { String(decoding: transcript, as: UTF8.self) }
     }
 
@@ -226,6 +229,8 @@ final class ScriptedMX: @unchecked Sendable {
                 mailFrom = text
                 recipients = []
                 chunks = []
+                let behind = Array(reader.buffered)
+                lock.withLock { records[index]?.arrivedWithMail.append(behind) }
                 if script.hangUpAtMail(ctx) { return }
                 guard reply(script.mail(ctx)) else { return }
             } else if upper.hasPrefix("RCPT") {

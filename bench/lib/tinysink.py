@@ -1,7 +1,9 @@
 """A small asyncio SMTP sink that records, per message, when it sent its 250 after DATA.
 
 Messages are keyed by the value of a header (default `X-Bench-ID`). Advertises
-PIPELINING and 8BITMIME; commands are read line by line, so pipelined input works.
+PIPELINING and 8BITMIME, and with `chunking=True` also CHUNKING (BDAT, RFC 3030, as the
+large mailbox providers' MX hosts do); commands are read line by line, so pipelined input
+works.
 Optional `hold`: after the greeting, keep the connection open without reading
 (for holding many idle client sessions).
 """
@@ -11,7 +13,8 @@ import time
 
 
 class TinySink:
-    def __init__(self, host="127.0.0.1", port=0, header=b"x-bench-id", name=b"sink.bench.test", log=None):
+    def __init__(self, host="127.0.0.1", port=0, header=b"x-bench-id", name=b"sink.bench.test", log=None, chunking=False):
+        self.chunking = chunking     # advertise CHUNKING and take BDAT
         self.log = log               # an open text file: one "id time" line per message, flushed
         self.host = host
         self.port = port
@@ -64,6 +67,15 @@ class TinySink:
         asyncio.run_coroutine_threadsafe(_close(), self.loop)
         self._thread.join(timeout=5)
 
+    def _arrived(self, key):
+        t = time.time()
+        self.messages += 1
+        if key is not None:
+            self.arrivals[key] = t
+            if self.log is not None:
+                self.log.write("%s %.6f\n" % (key, t))
+                self.log.flush()
+
     async def _session(self, reader, writer):
         self.sessions += 1
         self.peak_sessions = max(self.peak_sessions, self.sessions)
@@ -71,6 +83,7 @@ class TinySink:
             if self.hold:
                 await self._release.wait()
             writer.write(b"220 " + self.name + b" ESMTP tinysink\r\n")
+            chunks = []
             await writer.drain()
             while True:
                 line = await reader.readline()
@@ -78,7 +91,8 @@ class TinySink:
                     return
                 verb = line[:4].upper()
                 if verb == b"EHLO":
-                    writer.write(b"250-" + self.name + b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n")
+                    writer.write(b"250-" + self.name + b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n" +
+                                 (b"250-CHUNKING\r\n" if self.chunking else b"") + b"250 SIZE 52428800\r\n")
                 elif verb == b"HELO":
                     writer.write(b"250 " + self.name + b"\r\n")
                 elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
@@ -99,14 +113,31 @@ class TinySink:
                                 in_headers = False
                             elif key is None and l2.lower().startswith(self.header + b":"):
                                 key = l2.split(b":", 1)[1].strip().decode(errors="replace")
-                    t = time.time()
-                    self.messages += 1
-                    if key is not None:
-                        self.arrivals[key] = t
-                        if self.log is not None:
-                            self.log.write("%s %.6f\n" % (key, t))
-                            self.log.flush()
+                    self._arrived(key)
                     writer.write(b"250 2.0.0 Ok: sunk\r\n")
+                elif verb == b"BDAT" and self.chunking:
+                    parts = line.split()
+                    try:
+                        n = int(parts[1])
+                    except (IndexError, ValueError):
+                        writer.write(b"501 5.5.4 Syntax: BDAT size [LAST]\r\n")
+                        await writer.drain()
+                        continue
+                    chunks.append(await reader.readexactly(n))
+                    if len(parts) > 2 and parts[2].upper() == b"LAST":
+                        content = b"".join(chunks)
+                        chunks = []
+                        key = None
+                        for l2 in content.split(b"\r\n"):
+                            if not l2:
+                                break
+                            if l2.lower().startswith(self.header + b":"):
+                                key = l2.split(b":", 1)[1].strip().decode(errors="replace")
+                                break
+                        self._arrived(key)
+                        writer.write(b"250 2.0.0 Ok: sunk\r\n")
+                    else:
+                        writer.write(b"250 2.0.0 Ok: chunk\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
                     await writer.drain()
@@ -125,14 +156,14 @@ class TinySink:
 
 
 def main():
-    """Runs the sink as its own process: `tinysink.py HOST PORTFILE LOGFILE`; stops on SIGTERM."""
+    """Runs the sink as its own process: `tinysink.py HOST PORTFILE LOGFILE [chunking]`; stops on SIGTERM."""
     import os
     import signal
     import sys
     sys.setswitchinterval(0.0001)
     host, portfile, logfile = sys.argv[1:4]
     log = open(logfile, "a")
-    sink = TinySink(host=host, log=log).start()
+    sink = TinySink(host=host, log=log, chunking=sys.argv[4:5] == ["chunking"]).start()
     tmp = portfile + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(sink.port))

@@ -232,12 +232,19 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
         var actions = transaction.start()
         if case .awaitingEnvelope = transaction.state { transactions += 1 }
         while true {
-            for action in actions {
+            // Commands followed by a BDAT chunk (pipelined with the envelope) go out with the
+            // chunk's first octets: one write.
+            var held: [UInt8] = []
+            for (k, action) in actions.enumerated() {
                 do {
                     switch action {
                     case .send(let bytes):
                         socket.setTimeouts(read: timeouts.mail, write: timeouts.mail)
-                        try stream.write(bytes)
+                        if k + 1 < actions.count, case .sendChunk = actions[k + 1] {
+                            held = bytes
+                        } else {
+                            try stream.write(bytes)
+                        }
                     case .sendData:
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
                         try SMTPDotStuffing.encode(message) { chunk in
@@ -247,15 +254,19 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                     case .sendChunk(let offset, let length, let last):
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
                         if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
-                        try stream.write(Array("BDAT \(length)\(last ? " LAST" : "")\r\n".utf8))
+                        var out = held
+                        held = []
+                        out.append(contentsOf: "BDAT \(length)\(last ? " LAST" : "")\r\n".utf8)
                         var position = offset
                         let end = min(message.count, offset + length)
-                        while position < end {
+                        repeat {
                             if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
                             let next = min(end, position + 64 * 1024)
-                            try stream.write(Array(message[position..<next]))
+                            out.append(contentsOf: message[position..<next])
+                            try stream.write(out)
+                            out.removeAll(keepingCapacity: true)
                             position = next
-                        }
+                        } while position < end
                     case .finished(let reusable):
                         lastUsed = .now
                         needsReset = !transaction.endedAtContentReply
