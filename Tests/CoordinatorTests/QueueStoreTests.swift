@@ -49,6 +49,29 @@ struct QueueStoreTests {
         #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
     }
 
+    @Test("a delivered body's pages are still in the page cache when it is dropped, after 4 MiB more mail was queued: its overflow chain is not read back")
+    func purgeReadsNoPagesBack() throws {
+        let dir = NSTemporaryDirectory() + "hato-page-cache-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        func big(_ id: String, _ octets: Int) -> NewMessage {
+            var m = message(id, ["\(id.lowercased())@x.test"])
+            m.content = Array("Subject: \(id)\r\n\r\n".utf8) + Array(repeating: 0x61, count: octets)
+            return m
+        }
+        try q.enqueue(big("M0", 256 * 1024))
+        // A stream of 100 KiB messages behind it: twice SQLite's default page cache of 2000 KiB.
+        for i in 1...40 { try q.enqueue(big("M\(i)", 100 * 1024)) }
+        let due = try #require(try q.dueRecipients(pools: ["t"], now: t0, limit: 100).first { $0.messageID == "M0" })
+        _ = try q.recordLeases([lease("L0", "M0", [due.id], at: t0)])
+        let before = q.cacheMissesForTests
+        _ = try q.applyResult(result("L0", [(due.id, .delivered, 250)]), node: "node-a", retry: retry, now: t0 + 1)
+        let misses = q.cacheMissesForTests - before
+        #expect(try q.content(of: "M0") == nil, "the body was dropped")
+        // 256 KiB is 64 overflow pages of 4 KiB: all still cached (a few pages of the tables may not be).
+        #expect(misses < 8, "\(misses) pages read back from the file")
+    }
+
     @Test("results committed without an fsync of their own are durable with the next synced commit of queued mail; with none within the wait, with one of their own")
     func resultsRideTheNextSync() throws {
         let dir = NSTemporaryDirectory() + "hato-results-sync-" + Identifier.random(bytes: 5)

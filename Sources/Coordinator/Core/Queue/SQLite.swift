@@ -144,6 +144,14 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Rows changed by the last statement.
     public var changes: Int { Int(sqlite3_changes(handle)) }
 
+    /// Pages this connection had to read from the file (the WAL or the database) because they
+    /// were not in its page cache, since it opened (`SQLITE_DBSTATUS_CACHE_MISS`).
+    var cacheMisses: Int {
+        var current: Int32 = 0, highest: Int32 = 0
+        sqlite3_db_status(handle, SQLITE_DBSTATUS_CACHE_MISS, &current, &highest, 0)
+        return Int(current)
+    }
+
     var lastMessage: String { String(cString: sqlite3_errmsg(handle)) }
 }
 

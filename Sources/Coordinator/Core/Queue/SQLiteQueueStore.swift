@@ -46,10 +46,21 @@ public final class SQLiteQueueStore: QueueStore {
         /// drained, a quiet hour) a batch of results syncs at once instead of waiting for nothing.
         var expectedWithin: Duration = .milliseconds(20)
     }
+    /// The queue connection's page cache, KiB (`PRAGMA cache_size`; SQLite's default is 2000).
+    ///
+    /// A delivered message's content is dropped (`purgeBodies`) milliseconds to seconds after it
+    /// was queued, and SQLite frees a body's overflow pages by walking their chain: each page
+    /// it no longer has in its cache is read back from the WAL or the file. With 2000 KiB, a
+    /// stream of 100 KiB messages had pushed the body out of the cache before its delivery
+    /// came back: 68 `pread` calls per message on the coordinator, 23 with 16 MiB (issue 19,
+    /// bench/README.md). The cache fills only with pages used: a small queue stays small.
+    static let pageCacheKiB = 16384
     /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
     private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
     var batchesCommittedForTests: Int { committer.batchesCommitted }
+    /// Pages the queue connection read from the file for want of them in its cache (for tests).
+    var cacheMissesForTests: Int { lock.withLock { db.cacheMisses } }
     /// The database file path.
     public let path: String
     /// The database file path (`QueueStore.location`).
@@ -91,6 +102,7 @@ public final class SQLiteQueueStore: QueueStore {
                 if !w.awaiting { w.lastOther = .now }
             }
         }
+        // cache_size: see `pageCacheKiB`.
         // secure_delete=FAST: Debian builds SQLite with SECURE_DELETE on, which overwrites every
         // freed page with zeros — each delivered message's body was written to the WAL a second
         // time (and checkpointed) when it was deleted: at 100 KiB, 13 % of the coordinator's
@@ -102,6 +114,7 @@ public final class SQLiteQueueStore: QueueStore {
             PRAGMA journal_mode=WAL;
             PRAGMA synchronous=FULL;
             PRAGMA secure_delete=FAST;
+            PRAGMA cache_size=-\(Self.pageCacheKiB);
             PRAGMA foreign_keys=ON;
             CREATE TABLE IF NOT EXISTS messages(
               id TEXT PRIMARY KEY, reverse_path TEXT NOT NULL, pool TEXT NOT NULL, size INTEGER NOT NULL,
