@@ -61,6 +61,16 @@ struct FrameEncodingTests {
                 if case .leaseGrant(let g, _) = m, g.leases.contains(where: { $0.bodyOffset + $0.bodyLength > 3 }) { continue }
                 #expect(try ClusterMessage.decode(fast) == m)
             }
+            // Several frames for one write: each frame's bytes, in order, and they decode back in order.
+            let picked = messages.shuffled(using: &rng).prefix(Int.random(in: 0...messages.count, using: &rng))
+            let joined = ClusterConnection.encoded(Array(picked))
+            #expect(joined == Array(picked.map { $0.frame().encoded() }.joined()))
+            #expect(joined.count == picked.reduce(0) { $0 + $1.frame().encodedCount })
+            var decoder = FrameDecoder(maximumFrameSize: 1 << 20)
+            decoder.feed(joined)
+            var types: [FrameType] = []
+            while let f = try decoder.next() { types.append(f.type) }
+            #expect(types == picked.map { $0.frame().type })
         }
     }
 }

@@ -417,7 +417,9 @@ public final class NodeAgent: Sendable {
                 // The deadline is taken at receipt, on the monotonic clock.
                 let now = ContinuousClock.now, wallNow = Date()
                 for l in grant.leases {
-                    let body = Array(payload[l.bodyOffset..<(l.bodyOffset + l.bodyLength)])
+                    // A grant of one message (the common case) carries just its body: no copy.
+                    let body = l.bodyOffset == 0 && l.bodyLength == payload.count ? payload
+                        : Array(payload[l.bodyOffset..<(l.bodyOffset + l.bodyLength)])
                     let held = HeldLease(lease: l, body: body, deadline: NodeAgent.deadline(for: l, receivedAt: now, wallNow: wallNow))
                     guard let q = state.withLock({ s -> LeaseQueue? in
                         guard let q = s.queues[l.sendingIP] else { return nil }

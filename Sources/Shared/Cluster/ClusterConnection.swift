@@ -106,8 +106,7 @@ public final class ClusterConnection: Sendable {
     /// together.
     /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
     public func send(_ messages: [ClusterMessage]) throws {
-        var bytes: [UInt8] = []
-        for m in messages { bytes.append(contentsOf: m.frame().encoded()) }
+        let bytes = ClusterConnection.encoded(messages)
         guard !bytes.isEmpty else { return }
         try writer.withLock { _ in
             if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
@@ -121,11 +120,20 @@ public final class ClusterConnection: Sendable {
     /// - Throws: `SocketError` when the write fails; the connection should then be closed.
     public func sendIfReady(_ messages: [ClusterMessage]) throws -> [UInt8]? {
         guard tls == nil else { return nil }
-        var bytes: [UInt8] = []
-        for m in messages { bytes.append(contentsOf: m.frame().encoded()) }
+        let bytes = ClusterConnection.encoded(messages)
         guard !bytes.isEmpty else { return [] }
         let written = try writer.withLock { _ in try socket.writeIfReady(bytes) }
         return written == bytes.count ? [] : Array(bytes[written...])
+    }
+
+    /// The frames of `messages`, in order, in one buffer (each payload copied once).
+    static func encoded(_ messages: [ClusterMessage]) -> [UInt8] {
+        if messages.count == 1 { return messages[0].frame().encoded() }
+        let frames = messages.map { $0.frame() }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(frames.reduce(0) { $0 + $1.encodedCount })
+        for f in frames { f.encode(into: &bytes) }
+        return bytes
     }
 
     /// Sends octets already framed (what `sendIfReady` left), waiting as `send` does.

@@ -25,16 +25,24 @@ public struct Frame: Sendable, Equatable {
     /// Octets of fixed framing around header and payload.
     public static let overhead = 9
 
+    /// Octets of the frame on the wire.
+    public var encodedCount: Int { 4 + 1 + 4 + header.count + payload.count }
+
     /// Serialises the frame.
     public func encoded() -> [UInt8] {
-        let length = 1 + 4 + header.count + payload.count
-        var out = [UInt8](); out.reserveCapacity(4 + length)
-        out.appendUInt32(UInt32(length))
+        var out = [UInt8](); out.reserveCapacity(encodedCount)
+        encode(into: &out)
+        return out
+    }
+
+    /// Appends the serialised frame to `out` (several frames in one buffer with one copy of
+    /// each payload).
+    public func encode(into out: inout [UInt8]) {
+        out.appendUInt32(UInt32(1 + 4 + header.count + payload.count))
         out.append(type.rawValue)
         out.appendUInt32(UInt32(header.count))
         out.append(contentsOf: header)
         out.append(contentsOf: payload)
-        return out
     }
 }
 

@@ -774,7 +774,9 @@ public final class ClusterHub: Sendable {
             batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
                                domain: rec.domain, recipients: recipients, expiresIn: grant.leaseTime, expiresAt: rec.expiresAt.timeIntervalSince1970,
                                bodyOffset: payload.count, bodyLength: body.count, priority: group.priority))
-            payload.append(contentsOf: body)
+            // The first body is the payload as it is (no copy: a grant of one message, the
+            // common case, is then copied once, into the frame).
+            if payload.isEmpty { payload = body } else { payload.append(contentsOf: body) }
         }
         if !batch.isEmpty { out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload)) }
         return out

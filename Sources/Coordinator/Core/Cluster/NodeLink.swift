@@ -148,7 +148,7 @@ final class NodeLink: Sendable {
                 for item in batch {
                     switch item {
                     case .message(let m): try connection.send(m)
-                    case .build(let make): for m in make() { try connection.send(m) }
+                    case .build(let make): try connection.send(make())
                     case .encoded(let bytes): try connection.send(encoded: bytes)
                     }
                 }
