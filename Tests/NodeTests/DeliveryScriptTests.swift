@@ -507,6 +507,40 @@ extension DeliveryScriptTests {
             #expect(pool.openConnections.values.reduce(0, +) == 1)
         }
 
+        @Test("pipelined BDAT on a session the server had closed: found before anything is written (the reuse check), the message goes out at once on a new one")
+        func deadConnectionPipelined() throws {
+            let mx = try ScriptedMX(ScriptedMX.Script(ehlo: { _ in ScriptedMX.ehlo(["PIPELINING", "CHUNKING"]) }, closeAfterMessage: true))
+            defer { mx.stop() }
+            let pool = SMTPConnectionPool(idleTimeout: 30)
+            defer { pool.shutdown() }
+            let d = deliverer(pool: pool)
+            #expect(d.deliver(request(recipients(1)), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+            try waitFor("the server closed the session") { mx.activeCount == 0 }
+            let second = d.deliver(request(recipients(1), body: sampleMessage("2")), to: [target(mx)])
+            #expect(second.outcomes.map(\.status) == [.delivered])
+            #expect(second.sessions[1]?.reused == false)
+            #expect(mx.connectionCount == 2)
+            #expect(mx.messages.map(\.viaBDAT) == [true, true])
+            // The dead session got no byte of the second message.
+            #expect(mx.connections.first { $0.index == 1 }?.commands.filter { $0.hasPrefix("MAIL") }.count == 1)
+        }
+
+        @Test("pipelined BDAT, the server hangs up without a reply after the content went out: deferred, not sent again at once (it may have been taken)")
+        func droppedAfterPipelinedContent() throws {
+            let mx = try ScriptedMX(ScriptedMX.Script(ehlo: { _ in ScriptedMX.ehlo(["PIPELINING", "CHUNKING"]) },
+                                                      hangUpAtMail: { ctx in ctx.connection == 1 && ctx.transaction == 2 }))
+            defer { mx.stop() }
+            let pool = SMTPConnectionPool(idleTimeout: 30)
+            defer { pool.shutdown() }
+            let d = deliverer(pool: pool)
+            #expect(d.deliver(request(recipients(1)), to: [target(mx)]).outcomes.map(\.status) == [.delivered])
+            let second = d.deliver(request(recipients(1), body: sampleMessage("2")), to: [target(mx)])
+            #expect(second.outcomes.map(\.status) == [.deferred])
+            #expect(second.outcomes.first?.reply.enhanced?.description == "4.4.2")
+            #expect(mx.connectionCount == 1)
+            #expect(mx.messages.count == 1)
+        }
+
         @Test("messages_per_connection: the session is retired at the limit and a replacement is opened at once, in the same slot")
         func perConnectionLimit() throws {
             let mx = try ScriptedMX()

@@ -446,7 +446,9 @@ extension SMTPClientTests {
             let ehlo = "250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
             var all = transaction([alice, bob], size: 25, ehlo: ehlo)
             #expect(render(all.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\nRCPT TO:<bob@dest.test>\r\n<BDAT 0+25 LAST>")
-            #expect(all.waitingFor == .mail)
+            // Every reply of the group may wait for the content to be taken: the final reply's timeout.
+            #expect(all.waitingFor == .dataTermination)
+            #expect(!all.contentWritten)  // the driver says when it writes
             #expect(run(&all, ["250 ok\r\n", "250 ok\r\n", "250 ok\r\n"]) == ["", "", ""])
             #expect(all.waitingFor == .dataTermination)
             #expect(run(&all, ["250 2.0.0 queued\r\n"]) == ["<FINISHED true>"])
@@ -493,6 +495,15 @@ extension SMTPClientTests {
             // Without PIPELINING: the envelope step by step, then BDAT (as before).
             var plain = transaction([alice], size: 25, ehlo: "250-x\r\n250 CHUNKING\r\n")
             #expect(render(plain.start()) == "MAIL FROM:<sender@origin.test>\r\n")
+
+            // Content over the pipelining limit waits for the envelope's replies (RFC 2920 §3.1).
+            let most = SMTPClientTransaction.pipelinedContentLimit
+            var atLimit = transaction([alice], size: most, ehlo: ehlo)
+            #expect(render(atLimit.start()).hasSuffix("<BDAT 0+\(most) LAST>"))
+            var over = transaction([alice], size: most + 1, ehlo: ehlo)
+            #expect(render(over.start()) == "MAIL FROM:<sender@origin.test>\r\nRCPT TO:<alice@dest.test>\r\n")
+            #expect(over.waitingFor == .mail)
+            #expect(run(&over, ["250 ok\r\n", "250 ok\r\n"]) == ["", "<BDAT 0+\(most + 1) LAST>"])
         }
 
         @Test("addresses with CR/LF or brackets are never sent")

@@ -68,9 +68,9 @@ struct FrameEncodingTests {
             #expect(joined.count == picked.reduce(0) { $0 + $1.frame().encodedCount })
             var decoder = FrameDecoder(maximumFrameSize: 1 << 20)
             decoder.feed(joined)
-            var types: [FrameType] = []
-            while let f = try decoder.next() { types.append(f.type) }
-            #expect(types == picked.map { $0.frame().type })
+            var frames: [Frame] = []
+            while let f = try decoder.next() { frames.append(f) }
+            #expect(frames == picked.map { $0.frame() })
         }
     }
 }

@@ -96,6 +96,8 @@ class TinySink:
                 elif verb == b"HELO":
                     writer.write(b"250 " + self.name + b"\r\n")
                 elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    if verb in (b"MAIL", b"RSET"):
+                        chunks = []  # a new transaction: no chunk of an abandoned one
                     writer.write(b"250 2.0.0 Ok\r\n")
                 elif verb == b"DATA":
                     writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
@@ -128,9 +130,8 @@ class TinySink:
                         content = b"".join(chunks)
                         chunks = []
                         key = None
-                        for l2 in content.split(b"\r\n"):
-                            if not l2:
-                                break
+                        end = content.find(b"\r\n\r\n")
+                        for l2 in content[:end if end >= 0 else len(content)].split(b"\r\n"):
                             if l2.lower().startswith(self.header + b":"):
                                 key = l2.split(b":", 1)[1].strip().decode(errors="replace")
                                 break

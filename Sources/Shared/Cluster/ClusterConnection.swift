@@ -102,14 +102,23 @@ public final class ClusterConnection: Sendable {
     }
 
     /// Sends several messages, in order, with one write (one system call, one TLS record
-    /// where they fit): e.g. a result and the credit its lease frees, which the peer then reads
-    /// together.
+    /// where they fit) when they come to at most `joinedWriteLimit` octets: e.g. a result and
+    /// the credit its lease frees, which the peer then reads together. More go frame by frame
+    /// (no second copy of a large grant in one buffer).
     /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
     public func send(_ messages: [ClusterMessage]) throws {
-        let bytes = ClusterConnection.encoded(messages)
-        guard !bytes.isEmpty else { return }
+        let frames = messages.map { $0.frame() }
+        let joined = frames.reduce(0) { $0 + $1.encodedCount } <= ClusterConnection.joinedWriteLimit
         try writer.withLock { _ in
-            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+            func write(_ bytes: [UInt8]) throws {
+                guard !bytes.isEmpty else { return }
+                if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
+            }
+            if joined {
+                try write(ClusterConnection.encoded(frames))
+            } else {
+                for f in frames { try write(f.encoded()) }
+            }
         }
     }
 
@@ -126,10 +135,15 @@ public final class ClusterConnection: Sendable {
         return written == bytes.count ? [] : Array(bytes[written...])
     }
 
+    /// The most octets `send(_ messages:)` joins into one write (1 MiB).
+    static let joinedWriteLimit = 1 << 20
+
     /// The frames of `messages`, in order, in one buffer (each payload copied once).
-    static func encoded(_ messages: [ClusterMessage]) -> [UInt8] {
-        if messages.count == 1 { return messages[0].frame().encoded() }
-        let frames = messages.map { $0.frame() }
+    static func encoded(_ messages: [ClusterMessage]) -> [UInt8] { encoded(messages.map { $0.frame() }) }
+
+    /// `frames` serialised in order into one buffer.
+    static func encoded(_ frames: [Frame]) -> [UInt8] {
+        if frames.count == 1 { return frames[0].encoded() }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(frames.reduce(0) { $0 + $1.encodedCount })
         for f in frames { f.encode(into: &bytes) }

@@ -22,10 +22,12 @@ public struct SMTPMessageTraits: Sendable, Equatable {
 /// 8BITMIME server, ` SMTPUTF8` when an address or the headers need it) → RCPT TO for each
 /// recipient → DATA, 354, dot-stuffed content — or, when CHUNKING is offered, `BDAT n LAST`
 /// chunks without dot-stuffing (RFC 3030). With PIPELINING (RFC 2920) MAIL, the RCPTs and DATA
-/// go in one write; with PIPELINING and CHUNKING, and content of at most one chunk, MAIL, the
-/// RCPTs and `BDAT n LAST` with the content go in one write (RFC 3030 §4.2: BDAT may be
-/// pipelined; a server that accepted no recipient still reads the chunk and refuses it) — one
-/// round trip per message on a kept session instead of two.
+/// go in one write; with PIPELINING and CHUNKING, and content of at most
+/// `pipelinedContentLimit` octets, MAIL, the RCPTs and `BDAT n LAST` with the content go in one
+/// write (RFC 3030 §4.2: BDAT may be pipelined; a server that accepted no recipient still reads
+/// the chunk and refuses it) — one round trip per message on a kept session instead of two.
+/// Every reply of such a group waits as long as the final one (`dataTermination`): a server may
+/// hold its MAIL and RCPT replies until it has taken the content.
 ///
 /// Per recipient: RCPT 2xx → pending until the final reply (2xx delivered, 4xx deferred, 5xx
 /// failed); RCPT 5xx → failed; other 4xx → deferred; **452** (or 552 with 5.5.3, RFC 5321
@@ -83,6 +85,11 @@ public struct SMTPClientTransaction: Sendable {
     public let capabilities: RemoteSMTPCapabilities
     /// The BDAT chunk size in octets.
     public let chunkSize: Int
+    /// The most content, in octets, pipelined with the envelope (64 KiB): with blocking writes
+    /// a client must not pipeline more than the connection takes without the server reading
+    /// (RFC 2920 §3.1), and a server that refuses MAIL and hangs up would otherwise cut the
+    /// write off before its reply is read. Larger content waits for the envelope's replies.
+    public static let pipelinedContentLimit = 64 * 1024
 
     /// The current state.
     public private(set) var state: State = .notStarted
@@ -96,9 +103,12 @@ public struct SMTPClientTransaction: Sendable {
     public private(set) var reusable = true
     /// The last reply received (for logs).
     public private(set) var lastReply: SMTPReply? = nil
-    /// Replies received so far. Zero after a failure means the server answered nothing: no
-    /// content was sent, so the message was certainly not taken (safe to retry elsewhere).
+    /// Replies received so far. Zero after a failure, with `contentWritten` false, means the
+    /// server answered nothing and saw no content: the message was certainly not taken (safe
+    /// to retry elsewhere). With content pipelined and written, zero replies proves nothing.
     public private(set) var repliesReceived = 0
+    /// Whether any octet of the content reached the connection (`contentWillBeWritten()`).
+    public private(set) var contentWritten = false
     /// Whether the transaction ended at the reply to the content (end of data, or the last
     /// BDAT chunk accepted): the server has cleared its transaction state (RFC 5321 §4.1.1.4),
     /// so the session can carry the next MAIL without RSET.
@@ -157,11 +167,17 @@ public struct SMTPClientTransaction: Sendable {
         recipients.indices.filter { results[$0] == nil && carried[$0] != nil }.map { recipients[$0] }
     }
 
+    /// The driver calls this just before it writes the first octet of the content (the
+    /// pipelined group, the dot-stuffed DATA, the first BDAT chunk).
+    public mutating func contentWillBeWritten() { contentWritten = true }
+
     /// Which timeout applies to the next read, or nil when no reply is awaited.
     public var waitingFor: SMTPClientWait? {
         switch state {
         case .notStarted, .finished: return nil
         case .awaitingEnvelope(let steps):
+            // Content pipelined: every reply of the group may come only once it was taken.
+            if steps.last == .lastChunk { return .dataTermination }
             switch steps.first {
             case .mail: return .mail
             case .rcpt: return .rcpt
@@ -232,7 +248,7 @@ public struct SMTPClientTransaction: Sendable {
             if !usedChunking {
                 batch += "DATA\r\n"
                 steps.append(.data)
-            } else if traits.size <= chunkSize {
+            } else if traits.size <= min(chunkSize, Self.pipelinedContentLimit) {
                 steps.append(.lastChunk)
                 state = .awaitingEnvelope(steps)
                 return [.send(Array(batch.utf8)), .sendChunk(offset: 0, length: traits.size, last: true)]

@@ -62,8 +62,8 @@ public struct SessionStatus: Sendable, Equatable {
 ///   a new connection on its slot.
 /// - Nothing is started after the lease deadline (`451 4.4.7`); no connection slot or rate
 ///   slot before the shaping deadline defers with `451 4.4.5`.
-/// - A reused session that was not probed and dies at MAIL without any reply took nothing:
-///   the message goes out on a new session (at most 3 times).
+/// - A reused session that was not probed and dies at MAIL without any reply, before any
+///   content was written, took nothing: the message goes out on a new session (at most 3 times).
 /// - Recipients refused with 452 "too many recipients" (RFC 5321 §4.5.3.1.10) go into a
 ///   further transaction on the same session, or on a new one when it may not carry more.
 /// - A session retired at its `messages_per_connection` limit asks for a replacement.
@@ -354,10 +354,12 @@ public struct DeliveryAttempt: Sendable {
     public mutating func transacted(_ transaction: SMTPClientTransaction, status: SessionStatus, now: ContinuousClock.Instant) -> Action {
         guard case .transacting(var session, let message, let startedAt, let rateWait) = state else { invalid("transacted") }
         let round = session.round
-        if session.unprobed && session.firstInRound && transaction.repliesReceived == 0 && status.isClosed
-            && staleRetries < DeliveryAttempt.maxStaleRetries {
+        if session.unprobed && session.firstInRound && transaction.repliesReceived == 0 && !transaction.contentWritten
+            && status.isClosed && staleRetries < DeliveryAttempt.maxStaleRetries {
             // The idle session died between the check and MAIL (the server timed it out):
-            // nothing was answered, so nothing was taken. Same target, new session.
+            // nothing was answered and no content went out, so nothing was taken. Same target,
+            // new session. (Content pipelined with the envelope and written: the server may
+            // have taken it before the connection died; the recipients are deferred instead.)
             staleRetries += 1
             return checkin(reusable: false, then: .nextRound)
         }

@@ -241,6 +241,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                     case .send(let bytes):
                         socket.setTimeouts(read: timeouts.mail, write: timeouts.mail)
                         if k + 1 < actions.count, case .sendChunk = actions[k + 1] {
+                            // The envelope and the content in one write.
                             held = bytes
                         } else {
                             try stream.write(bytes)
@@ -249,6 +250,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
                         try SMTPDotStuffing.encode(message) { chunk in
                             if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
+                            transaction.contentWillBeWritten()
                             try stream.write(chunk)
                         }
                     case .sendChunk(let offset, let length, let last):
@@ -263,6 +265,7 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                             if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
                             let next = min(end, position + 64 * 1024)
                             out.append(contentsOf: message[position..<next])
+                            transaction.contentWillBeWritten()
                             try stream.write(out)
                             out.removeAll(keepingCapacity: true)
                             position = next
