@@ -39,7 +39,7 @@ private func render(_ actions: [SMTPClientTransaction.Action]) -> String {
         switch action {
         case .send(let bytes): return String(decoding: bytes, as: UTF8.self)
         case .sendData: return "<DATA>"
-        case .sendChunk(let o, let l, let last): return "<BDAT \(o)+\(l)\(last ? " LAST" : "")>"
+        case .sendChunk(let commands, let o, let l, let last): return String(decoding: commands, as: UTF8.self) + "<BDAT \(o)+\(l)\(last ? " LAST" : "")>"
         case .finished(let reusable): return "<FINISHED \(reusable)>"
         }
     }.joined()

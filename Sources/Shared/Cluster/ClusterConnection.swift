@@ -94,12 +94,7 @@ public final class ClusterConnection: Sendable {
 
     /// Sends one message.
     /// - Throws: `SocketError` when the write fails.
-    public func send(_ message: ClusterMessage) throws {
-        let bytes = message.frame().encoded()
-        try writer.withLock { _ in
-            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
-        }
-    }
+    public func send(_ message: ClusterMessage) throws { try send([message]) }
 
     /// Sends several messages, in order, with one write (one system call, one TLS record
     /// where they fit) when they come to at most `joinedWriteLimit` octets: e.g. a result and
@@ -110,16 +105,18 @@ public final class ClusterConnection: Sendable {
         let frames = messages.map { $0.frame() }
         let joined = frames.reduce(0) { $0 + $1.encodedCount } <= ClusterConnection.joinedWriteLimit
         try writer.withLock { _ in
-            func write(_ bytes: [UInt8]) throws {
-                guard !bytes.isEmpty else { return }
-                if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
-            }
             if joined {
-                try write(ClusterConnection.encoded(frames))
+                try writeHoldingLock(ClusterConnection.encoded(frames))
             } else {
-                for f in frames { try write(f.encoded()) }
+                for f in frames { try writeHoldingLock(f.encoded()) }
             }
         }
+    }
+
+    /// Writes `bytes` whole (TLS or plain); the caller holds `writer`.
+    private func writeHoldingLock(_ bytes: [UInt8]) throws {
+        guard !bytes.isEmpty else { return }
+        if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
     }
 
     /// Sends what of `messages` fits in the socket's send buffer now, without waiting
@@ -153,10 +150,7 @@ public final class ClusterConnection: Sendable {
     /// Sends octets already framed (what `sendIfReady` left), waiting as `send` does.
     /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
     public func send(encoded bytes: [UInt8]) throws {
-        guard !bytes.isEmpty else { return }
-        try writer.withLock { _ in
-            if let tls { try tls.write(bytes) } else { try socket.write(bytes) }
-        }
+        try writer.withLock { _ in try writeHoldingLock(bytes) }
     }
 
     /// Changes the largest frame accepted from now on (e.g. a small bound until the peer has

@@ -26,7 +26,7 @@ public struct Frame: Sendable, Equatable {
     public static let overhead = 9
 
     /// Octets of the frame on the wire.
-    public var encodedCount: Int { 4 + 1 + 4 + header.count + payload.count }
+    public var encodedCount: Int { Frame.overhead + header.count + payload.count }
 
     /// Serialises the frame.
     public func encoded() -> [UInt8] {

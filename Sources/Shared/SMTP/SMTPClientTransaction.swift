@@ -69,8 +69,10 @@ public struct SMTPClientTransaction: Sendable {
         case send([UInt8])
         /// Write the message dot-stuffed and terminated by CRLF.CRLF (RFC 5321 §4.5.2), see `SMTPDotStuffing`.
         case sendData
-        /// Write `BDAT <length>[ LAST]` and then octets `offset..<offset+length` of the message as they are.
-        case sendChunk(offset: Int, length: Int, last: Bool)
+        /// Write `commands` (the envelope pipelined with the chunk, or none), `BDAT <length>[ LAST]`
+        /// and then octets `offset..<offset+length` of the message as they are — the commands, the
+        /// BDAT line and the first octets in one write.
+        case sendChunk(commands: [UInt8], offset: Int, length: Int, last: Bool)
         /// The transaction is over; the session may be reused or must be closed.
         case finished(reusable: Bool)
     }
@@ -251,7 +253,7 @@ public struct SMTPClientTransaction: Sendable {
             } else if traits.size <= min(chunkSize, Self.pipelinedContentLimit) {
                 steps.append(.lastChunk)
                 state = .awaitingEnvelope(steps)
-                return [.send(Array(batch.utf8)), .sendChunk(offset: 0, length: traits.size, last: true)]
+                return [.sendChunk(commands: Array(batch.utf8), offset: 0, length: traits.size, last: true)]
             }
             state = .awaitingEnvelope(steps)
             return [.send(Array(batch.utf8))]
@@ -398,7 +400,7 @@ public struct SMTPClientTransaction: Sendable {
         let length = min(chunkSize, max(0, traits.size - offset))
         let last = offset + length >= traits.size
         state = .awaitingChunkReply(end: offset + length, last: last)
-        return [.sendChunk(offset: offset, length: length, last: last)]
+        return [.sendChunk(commands: [], offset: offset, length: length, last: last)]
     }
 
     private mutating func resolveAll(_ status: OutcomeStatus, _ reply: DeliveryStatus) {

@@ -232,20 +232,12 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
         var actions = transaction.start()
         if case .awaitingEnvelope = transaction.state { transactions += 1 }
         while true {
-            // Commands followed by a BDAT chunk (pipelined with the envelope) go out with the
-            // chunk's first octets: one write.
-            var held: [UInt8] = []
-            for (k, action) in actions.enumerated() {
+            for action in actions {
                 do {
                     switch action {
                     case .send(let bytes):
                         socket.setTimeouts(read: timeouts.mail, write: timeouts.mail)
-                        if k + 1 < actions.count, case .sendChunk = actions[k + 1] {
-                            // The envelope and the content in one write.
-                            held = bytes
-                        } else {
-                            try stream.write(bytes)
-                        }
+                        try stream.write(bytes)
                     case .sendData:
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
                         try SMTPDotStuffing.encode(message) { chunk in
@@ -253,11 +245,9 @@ public final class SMTPClientConnection: @unchecked Sendable, CustomStringConver
                             transaction.contentWillBeWritten()
                             try stream.write(chunk)
                         }
-                    case .sendChunk(let offset, let length, let last):
+                    case .sendChunk(let commands, let offset, let length, let last):
                         socket.setTimeouts(read: timeouts.dataBlock, write: timeouts.dataBlock)
-                        if let notAfter, ContinuousClock.now >= notAfter { throw LeaseDeadlinePassed() }
-                        var out = held
-                        held = []
+                        var out = commands
                         out.append(contentsOf: "BDAT \(length)\(last ? " LAST" : "")\r\n".utf8)
                         var position = offset
                         let end = min(message.count, offset + length)
