@@ -373,6 +373,12 @@ def report(ch, rc_setup=None):
     check(not run.lost, "no loss",
           "%d recipients of %d accepted messages, %d delivered at least once, %d lost"
           % (n_acc, len(run.accepted), n_acc - len(run.lost), len(run.lost)))
+    bdat = sum(1 for r in run.msgs if r.get("bdat"))
+    chunking = getattr(a, "sink_chunking", "none")
+    if chunking != "none":
+        check(bdat > 0 and (chunking == "all" or bdat < len(run.msgs)), "both delivery paths under faults",
+              "%d transactions the sink took by pipelined BDAT (RFC 3030), %d by DATA (CHUNKING offered: %s connections)"
+              % (bdat, len(run.msgs) - bdat, chunking))
     for k, t in sorted(run.lost.items(), key=lambda kv: kv[1])[:10]:
         p("        lost %s <%s> accepted at t+%.1f s (queue id %s)" % (k[0], k[1], t - ch.t0, run.accepted[k[0]].get("q")))
     faults, by_resub, unexplained = run.duplicates()

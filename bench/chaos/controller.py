@@ -600,7 +600,7 @@ class Chaos:
                   % (self.workdir, a.seed, a.duration, a.lease_time, a.node_timeout, a.heartbeat))
         self.sink_p = self.procs.spawn([PY, os.path.join(HERE, "sink.py"), "--listen", "127.0.0.1:%d" % self.sink_port,
                                         "--out", self.sink_out, "--pids", self.pidfile, "--delay", str(a.sink_delay),
-                                        "--hold", self.holdfile],
+                                        "--hold", self.holdfile, "--chunking", a.sink_chunking],
                                        os.path.join(self.workdir, "sink.log"))
         wait_banner("127.0.0.1", self.sink_port, 10)
         self.start("coordinator")

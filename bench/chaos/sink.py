@@ -106,7 +106,8 @@ class Hold:
 
     The controller writes `--hold` as {"token", "stage": "354"|"250", "pid": PID or null,
     "ips": [...] or null}. The first session from a matching process and source IP that reaches
-    `stage` (about to answer DATA with 354, or end of data with 250) claims it, writes
+    `stage` (about to answer DATA with 354, or end of data with 250 — on a BDAT session, the
+    reply to the `LAST` chunk; it has no 354: its content came with MAIL) claims it, writes
     `<hold>.<token>.held` ({"ip", "pid", "t"}), and waits until the hold file is gone or names
     another token (at most `max_hold` seconds) before it answers.
     """
@@ -172,6 +173,27 @@ class Session(threading.Thread):
         super().__init__(daemon=True)
         self.sink, self.sock, self.peer, self.cid = sink, sock, peer, cid
         self.buf = b""
+        # CHUNKING on every other connection (--chunking odd): the nodes then deliver part of
+        # the mail with pipelined BDAT (MAIL, RCPT and `BDAT n LAST` with the content in one
+        # write, RFC 3030 §4.2) and part with DATA, so faults strike both paths.
+        self.chunking = sink.chunking == "all" or (sink.chunking == "odd" and cid % 2 == 1)
+
+    def readexact(self, n):
+        while len(self.buf) < n:
+            data = self.sock.recv(max(65536, n - len(self.buf)))
+            if not data:
+                raise ConnectionError("closed")
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    @staticmethod
+    def chaos_id_of(content):
+        """The X-Chaos-Id of a message (in its header, or a DSN's returned header in its body)."""
+        for l in content.split(b"\r\n"):
+            if l[:12].lower() == b"x-chaos-id: ":
+                return l[12:].decode(errors="replace").strip()
+        return None
 
     def readline(self, limit=65536):
         while b"\r\n" not in self.buf:
@@ -196,6 +218,7 @@ class Session(threading.Thread):
         rec.write({"k": "conn", "c": self.cid, "t": t0, "ip": self.peer[0], "port": self.peer[1], "pid": pid})
         mail_from, rcpts, t_mail, t_last = None, [], None, None
         held354 = held250 = None
+        chunks = []
         try:
             self.sock.settimeout(600)
             self.send("220 sink.chaos.test ESMTP chaos sink")
@@ -205,11 +228,13 @@ class Session(threading.Thread):
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
                     if verb == b"EHLO":
-                        self.send("250-sink.chaos.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 52428800\r\n250 ENHANCEDSTATUSCODES")
+                        self.send("250-sink.chaos.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 52428800\r\n"
+                                  + ("250-CHUNKING\r\n" if self.chunking else "") + "250 ENHANCEDSTATUSCODES")
                     else:
                         self.send("250 sink.chaos.test")
                 elif verb == b"MAIL":
                     held354 = held250 = None
+                    chunks = []
                     mail_from, rcpts, t_mail, t_last = line[10:].decode(errors="replace").strip().split(" ")[0].strip("<>"), [], now, now
                     self.send("250 2.1.0 Ok")
                 elif verb == b"RCPT":
@@ -260,6 +285,48 @@ class Session(threading.Thread):
                     mail_from, rcpts, t_mail = None, [], None
                     if not ok:
                         return
+                elif verb == b"BDAT" and self.chunking:
+                    # RFC 3030: the chunk's octets follow the command line at once. A chunk
+                    # without MAIL and RCPT is read and refused (§2: the server must read it).
+                    words = line.split()
+                    try:
+                        n = int(words[1])
+                    except (IndexError, ValueError):
+                        self.send("501 5.5.4 BDAT size required")
+                        continue
+                    last = len(words) > 2 and words[2].upper() == b"LAST"
+                    data = self.readexact(n)
+                    t_last = time.time()
+                    if t_mail is None or not rcpts:
+                        self.send("554 5.5.1 no valid recipients")
+                        mail_from, rcpts, t_mail, chunks = None, [], None, []
+                        continue
+                    chunks.append(data)
+                    if not last:
+                        self.send("250 2.0.0 %d octets received" % n)
+                        continue
+                    content = b"".join(chunks)
+                    chunks = []
+                    t_dot = t_last
+                    held250 = sink.hold.claim("250", pid, self.peer[0])
+                    if held250:
+                        sink.hold.wait(held250)
+                    elif sink.delay > 0:
+                        time.sleep(sink.delay)
+                    mid = "%d.%d" % (self.cid, sink.next_msg())
+                    rec.write({"k": "msg", "m": mid, "c": self.cid, "ip": self.peer[0], "pid": pid,
+                               "t_mail": t_mail, "t_dot": t_dot, "t_commit": time.time(), "from": mail_from,
+                               "rcpts": rcpts, "id": self.chaos_id_of(content), "size": len(content),
+                               "held": held250, "bdat": True})
+                    ok = True
+                    try:
+                        self.send("250 2.0.0 Ok: stored " + mid)
+                    except OSError:
+                        ok = False
+                    rec.write({"k": "reply", "m": mid, "t": time.time(), "sent": ok})
+                    mail_from, rcpts, t_mail = None, [], None
+                    if not ok:
+                        return
                 elif verb == b"RSET":
                     if t_mail is not None:
                         rec.write({"k": "abort", "c": self.cid, "ip": self.peer[0], "pid": pid, "t_mail": t_mail,
@@ -287,8 +354,9 @@ class Session(threading.Thread):
 
 
 class Sink:
-    def __init__(self, host, port, out, pids, delay, hold):
+    def __init__(self, host, port, out, pids, delay, hold, chunking="none"):
         self.addr = (host, port)
+        self.chunking = chunking
         self.rec = Recorder(out)
         self.pids = PidFile(pids)
         self.delay = delay
@@ -320,9 +388,11 @@ def main():
     ap.add_argument("--pids", required=True, help="JSON file with the node PIDs to search first")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds between end of data and the 250")
     ap.add_argument("--hold", default=None, help="hold-request file written by the controller (see Hold)")
+    ap.add_argument("--chunking", choices=("none", "odd", "all"), default="none",
+                    help="offer CHUNKING (RFC 3030) on no connection, every other one, or all")
     a = ap.parse_args()
     host, port = a.listen.rsplit(":", 1)
-    sink = Sink(host, int(port), a.out, a.pids, a.delay, a.hold)
+    sink = Sink(host, int(port), a.out, a.pids, a.delay, a.hold, a.chunking)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # every record is already flushed
     sys.stderr.write("sink listening on %s\n" % a.listen)
     sys.stderr.flush()
