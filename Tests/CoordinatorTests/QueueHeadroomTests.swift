@@ -68,11 +68,15 @@ struct QueueHeadroomTests {
     func gateCountsQueuedMail() {
         var gate = QueueHeadroomGate(minFree: QueueMinFree(bytes: 16 * mib, percent: nil))
         _ = gate.record(FileSystemSpace(available: 20 * mib, total: 24 * mib), now: 0)
-        gate.noteWritten(mib + mib / 2 - QueueHeadroomGate.commitOverhead / 2)
-        #expect(gate.estimatedFree == 17 * mib, "queued content counts twice (WAL and database file) plus the commit's pages")
+        gate.noteWritten(16 << 10)
+        #expect(gate.estimatedFree == 20 * mib - 64 * 1024,
+                "content kept in its row counts twice (WAL and database file) plus the commit's pages")
+        gate.noteWritten(mib + mib / 2 - QueueHeadroomGate.commitOverhead - 100)
+        #expect(gate.estimatedFree == 20 * mib - 64 * 1024 - (mib + mib / 2),
+                "spooled content (32 KiB and more) counts once, in whole 4 KiB blocks, plus the commit's pages")
         #expect(gate.admit(declaredSize: nil, now: 0.1) == (true, nil))
-        gate.noteWritten(mib - QueueHeadroomGate.commitOverhead / 2)
-        #expect(gate.admit(declaredSize: nil, now: 0.2) == (false, .refusing(free: 15 * mib, minimum: 16 * mib)))
+        gate.noteWritten(3 * mib - QueueHeadroomGate.commitOverhead)
+        #expect(gate.admit(declaredSize: nil, now: 0.2) == (false, .refusing(free: 20 * mib - 64 * 1024 - (mib + mib / 2) - 3 * mib, minimum: 16 * mib)))
         #expect(gate.refusing)
         // The next measurement replaces the estimate (here the space was freed meanwhile).
         #expect(gate.record(FileSystemSpace(available: 20 * mib, total: 24 * mib), now: 1)

@@ -53,7 +53,9 @@ struct QueueStoreTests {
     func purgeReadsNoPagesBack() throws {
         let dir = NSTemporaryDirectory() + "hato-page-cache-" + Identifier.random(bytes: 5)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+        // Every body in its row (bodies from 32 KiB go to the spool by default; smaller ones,
+        // and queues from before the spool, still free overflow pages).
+        let q = try SQLiteQueueStore(directory: dir, spoolThreshold: .max)
         func big(_ id: String, _ octets: Int) -> NewMessage {
             var m = message(id, ["\(id.lowercased())@x.test"])
             m.content = Array("Subject: \(id)\r\n\r\n".utf8) + Array(repeating: 0x61, count: octets)
@@ -539,7 +541,9 @@ struct QueueStoreHotPathTests {
             let q = try SQLiteQueueStore(directory: dir)
             try q.db.execute("CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at)")
         }
-        let q = try SQLiteQueueStore(directory: dir)
+        // Every body in its row: from 32 KiB bodies go to the spool (BodySpoolTests), but smaller
+        // ones and those of queues from before it are freed from overflow pages.
+        let q = try SQLiteQueueStore(directory: dir, spoolThreshold: .max)
         #expect(try q.db.prepare("SELECT name FROM sqlite_master WHERE name='recipients_due'").query { $0.text(0) }.isEmpty)
         #expect(try q.db.prepare("PRAGMA secure_delete").query { $0.int(0) } == [2], "2 is FAST")
         var m = message("M1", ["a@x.test"], pool: "t")

@@ -299,7 +299,7 @@ extension Integration {
             }
         }
 
-        @Test("a commit that fails with SQLITE_FULL at the end of DATA is 452 4.3.1, never 250; accepted mail is kept")
+        @Test("a queue write that finds the file system full at the end of DATA (the spool's ENOSPC for these 768 KiB messages, SQLITE_FULL for small ones) is 452 4.3.1, never 250; accepted mail is kept")
         func sqliteFullAtEndOfData() throws {
             let dir = try makeTempDirectory("hato-full-")
             let queueDir = (dir as NSString).appendingPathComponent("var/coordinator")
@@ -340,7 +340,7 @@ extension Integration {
                 if r.hasPrefix("452") { break }
             }
             #expect(outcomes.last == "452 4.3.1 Insufficient system storage", "\(outcomes)")
-            #expect(!outcomes.contains { $0.hasPrefix("451") }, "SQLITE_FULL is told apart from other write errors: \(outcomes)")
+            #expect(!outcomes.contains { $0.hasPrefix("451") }, "a full file system is told apart from other write errors: \(outcomes)")
             let accepted = outcomes.filter { $0.hasPrefix("250") }.count + 1
             #expect(try client.exchange("NOOP\r\n") == ["250 2.0.0 Ok"], "the session stays in sync")
             let ids = try server.messageIDs()

@@ -89,6 +89,10 @@ def message(seed, n, domain):
     cid = "%d-%06d" % (seed, n)
     rcpts = ["r%d.%d@%s" % (n, i, domain) for i in range(r.choice((1, 1, 1, 2, 3)))]
     size = r.randint(200, 6000)
+    if r.random() < 0.1:
+        # one in ten from 40 to 120 KiB: over the coordinator's spool threshold (32 KiB), so
+        # faults strike bodies kept in spool segments as well as in the queue's rows
+        size = r.randint(40000, 120000)
     filler = "".join(r.choice("abcdefghijklmnopqrstuvwxyz     ") for _ in range(size))
     body = "\r\n".join(filler[i:i + 70] for i in range(0, len(filler), 70))
     if r.random() < 0.2:

@@ -146,7 +146,7 @@ extension TenantHTTPAPI {
             try store.enqueue(record)
         } catch {
             tenants.release(tenant, reservedAt: now)
-            let full = (error as? SQLiteError)?.isFull == true
+            let full = QueueWriteFailure.isStorageFull(error)
             if full { headroom?.noteStorageFull() }
             log.error(full ? "queue full; message refused with 507" : "queue write failed; message refused with 503",
                       ["error": "\(error)", "tenant": tenant.name, "client": peer.host])

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import HatoConfig
+import HatoIO
 import HatoSupport
 
 /// The size and free space of a file system, from `statvfs(3)`.
@@ -132,12 +133,17 @@ public struct QueueHeadroomGate: Sendable {
     public static let commitOverhead = 32 << 10
 
     /// A message of `octets` was queued: until the next measurement the free space is taken to be
-    /// `2 × octets + commitOverhead` smaller. SQLite writes the content to the WAL, the checkpoint
+    /// `2 × octets + commitOverhead` smaller — SQLite writes the content to the WAL, the checkpoint
     /// copies it into the database file, and each commit rewrites a few b-tree pages (measured on
-    /// tmpfs: 115 KB per 41 KB message in a burst, against 114 KB estimated).
+    /// tmpfs: 115 KB per 41 KB message in a burst, against 114 KB estimated) — or, for content
+    /// the spool takes (`SQLiteQueueStore.defaultSpoolThreshold` and more: written once, in whole
+    /// 4 KiB blocks), `octets` rounded up to 4 KiB + `commitOverhead`.
     /// - Parameter octets: the stored content size.
     public mutating func noteWritten(_ octets: Int) {
-        let (twice, o1) = max(0, octets).multipliedReportingOverflow(by: 2)
+        let octets = max(0, octets)
+        let spooled = octets >= SQLiteQueueStore.defaultSpoolThreshold
+        let (twice, o1) = spooled ? (octets / 4096 * 4096).addingReportingOverflow(octets % 4096 == 0 ? 0 : 4096)
+                                  : octets.multipliedReportingOverflow(by: 2)
         let (cost, o2) = twice.addingReportingOverflow(Self.commitOverhead)
         let (sum, o3) = writtenSinceSample.addingReportingOverflow(cost)
         writtenSinceSample = o1 || o2 || o3 ? Int.max : sum
@@ -286,5 +292,18 @@ public final class QueueHeadroom: Sendable {
             if let declaredSize { fields["declared_size"] = "\(declaredSize)" }
             log.warning("submission refused: a declared SIZE does not fit above smtp.queue_min_free", fields)
         }
+    }
+}
+
+/// Why a queue write failed, as the submission paths answer it.
+public enum QueueWriteFailure {
+    /// Whether `error` (what `QueueStore.enqueue` threw) says the queue's file system is full:
+    /// `SQLITE_FULL` from the database, `ENOSPC` or `EDQUOT` from the spool of large bodies
+    /// (BodySpool.swift). Such a message is refused with a temporary `452 4.3.1` (RFC 3463),
+    /// and the file system is measured again at once.
+    public static func isStorageFull(_ error: any Error) -> Bool {
+        if let sqlite = error as? SQLiteError { return sqlite.isFull }
+        if let system = error as? SystemCallError { return system.code == ENOSPC || system.code == EDQUOT }
+        return false
     }
 }

@@ -38,6 +38,16 @@ extension SQLiteQueueStore {
         var restartFailures = 0
         /// Passes that found nothing committed since the last complete one.
         var idlePasses = 0
+        /// Passes after which every commit made before the pass was on stable storage: idle
+        /// ones, and those whose checkpoint found the WAL empty or copied all of it (a
+        /// checkpoint syncs the WAL before copying). The spool's removals wait for one.
+        var durablePasses = 0
+        /// Sealed spool segments found unreferenced, with `durablePasses` and the synced commit
+        /// count when found: removed once either has moved on (the change that dropped the
+        /// last reference is then durable).
+        var spoolUnreferenced: [Int64: (durablePasses: Int, syncs: UInt64)] = [:]
+        /// Spooled bodies moved into their rows so far.
+        var spoolEvacuated = 0
     }
 
     /// One pass of the checkpoint thread (see the extension's doc).
@@ -52,11 +62,13 @@ extension SQLiteQueueStore {
         let walSize = walFileSize
         if version == memory.lastCompleteVersion && walSize < restartSize {
             memory.idlePasses += 1
+            memory.durablePasses += 1
             return
         }
         // (busy, frames in the WAL, frames copied into the database file)
         let passive = try checkpointer.prepare("PRAGMA wal_checkpoint(PASSIVE)").query { ($0.int(0), $0.int(1), $0.int(2)) }.first
         let copiedAll = passive.map { $0.0 == 0 && $0.1 > 0 && $0.2 == $0.1 } ?? false
+        if let passive, passive.0 == 0, passive.2 == passive.1 { memory.durablePasses += 1 }
         try lock.withLock {
             var emptied = false
             if walSize >= restartSize {
@@ -106,22 +118,37 @@ extension SQLiteQueueStore {
         let failures = Locked(0)
         let pause = Duration.milliseconds(Int(interval * 1000))
         let memory = Locked(CheckpointMemory())
-        // The loop holds the store weakly: it ends when the store is released.
+        let checkpointing = Locked(true)
+        let spoolFailures = Locked(0)
+        // The loop holds the store weakly: it ends when the store is released. When the
+        // checkpoints are given back to SQLite it goes on for the spool's upkeep alone.
         BackgroundLoop(name: "wal-checkpoint") { [weak self] in
             guard let store = self else { return nil }
-            do {
-                try memory.withLock { try store.checkpointPass(checkpointer, restartSize: restartSize, memory: &$0) }
-                store.lock.withLock { store.backgroundCheckpoints += 1 }
-                failures.withLock { $0 = 0 }
-            } catch {
-                guard failures.withLock({ $0 += 1; return $0 }) >= 10 else { return pause }
-                // Give the work back to SQLite rather than let the WAL grow without bound.
-                log.error("background WAL checkpoints keep failing; automatic checkpoints restored", ["error": "\(error)"])
-                store.lock.withLock {
-                    try? store.db.execute("PRAGMA wal_autocheckpoint=1000")
-                    store.checkpointsInBackground = false
+            if checkpointing.snapshot {
+                do {
+                    try memory.withLock { try store.checkpointPass(checkpointer, restartSize: restartSize, memory: &$0) }
+                    store.lock.withLock { store.backgroundCheckpoints += 1 }
+                    failures.withLock { $0 = 0 }
+                } catch {
+                    if failures.withLock({ $0 += 1; return $0 }) >= 10 {
+                        // Give the work back to SQLite rather than let the WAL grow without bound.
+                        log.error("background WAL checkpoints keep failing; automatic checkpoints restored", ["error": "\(error)"])
+                        store.lock.withLock {
+                            try? store.db.execute("PRAGMA wal_autocheckpoint=1000")
+                            store.checkpointsInBackground = false
+                        }
+                        checkpointing.withLock { $0 = false }
+                    }
                 }
-                return nil
+            }
+            do {
+                try memory.withLock { try store.spoolPass(checkpointer, memory: &$0) }
+                spoolFailures.withLock { $0 = 0 }
+            } catch {
+                // Logged once per run of failures; the spool only grows meanwhile.
+                if spoolFailures.withLock({ $0 += 1; return $0 }) == 1 {
+                    log.error("the message spool's upkeep failed; retrying", ["error": "\(error)"])
+                }
             }
             return pause
         }.start()

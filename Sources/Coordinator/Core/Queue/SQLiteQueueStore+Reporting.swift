@@ -200,8 +200,8 @@ extension SQLiteQueueStore {
                          NEW.ip, NEW.mx, NEW.attempts, NEW.next_attempt_at,
                          (SELECT granted_at FROM leases WHERE id = OLD.lease_id), NEW.updated_at);
                 END;
-                CREATE TEMP TRIGGER IF NOT EXISTS hato_keep_body BEFORE UPDATE OF body ON messages
-                WHEN NEW.body IS NULL AND OLD.body IS NOT NULL
+                CREATE TEMP TRIGGER IF NOT EXISTS hato_keep_body BEFORE UPDATE OF body, body_segment ON messages
+                WHEN NEW.body IS NULL AND NEW.body_segment IS NULL AND (OLD.body IS NOT NULL OR OLD.body_segment IS NOT NULL)
                   AND (EXISTS(SELECT 1 FROM recipient_events WHERE message_id = OLD.id)
                        OR EXISTS(SELECT 1 FROM dsn_pending WHERE message_id = OLD.id)) BEGIN
                   SELECT RAISE(IGNORE);
@@ -296,7 +296,10 @@ extension SQLiteQueueStore {
     /// Drops the content of finished messages (the `hato_keep_body` trigger keeps it while
     /// events or DSN entries about the message remain).
     private func purgeIfDone(_ ids: Set<String>) throws {
-        let purge = try db.prepare("UPDATE messages SET body=NULL WHERE id=? AND open_recipients<=0 AND body IS NOT NULL")
+        let purge = try db.prepare("""
+            UPDATE messages SET body=NULL, body_segment=NULL, body_offset=NULL
+            WHERE id=? AND open_recipients<=0 AND (body IS NOT NULL OR body_segment IS NOT NULL)
+            """)
         for id in ids { try purge.run([.text(id)]) }
     }
 
@@ -315,7 +318,7 @@ extension SQLiteQueueStore {
                                                     AND NOT EXISTS(SELECT 1 FROM dsn_delay_handled d WHERE d.recipient_id = r.id))
                 ORDER BY MIN(p.at) LIMIT ?
                 """).query([.double(now.timeIntervalSince1970 - hold), .int(Int64(limit))]) { $0.text(0) }
-            let msg = try db.prepare("SELECT reverse_path, received_at, helo, \(Self.retColumn), \(Self.envidColumn), body FROM messages WHERE id=?")
+            let msg = try db.prepare("SELECT reverse_path, received_at, helo, \(Self.retColumn), \(Self.envidColumn) FROM messages WHERE id=?")
             let entries = try db.prepare("""
                 SELECT p.recipient_id, p.action, p.status, p.diagnostic, p.diagnostic_type, p.remote_mta, p.at, r.address, r.\(Self.orcptColumn)
                 FROM dsn_pending p JOIN recipients r ON r.id = p.recipient_id WHERE p.message_id=? ORDER BY p.recipient_id
@@ -323,8 +326,11 @@ extension SQLiteQueueStore {
             return try ids.compactMap { id -> DSNSource? in
                 guard var src = try msg.query([.text(id)], { s in
                     DSNSource(messageID: id, reversePath: s.text(0), receivedAt: Date(timeIntervalSince1970: s.double(1)), heloName: s.text(2),
-                              ret: s.optionalText(3), envelopeID: s.optionalText(4), content: s.isNull(5) ? nil : s.blob(5), entries: [])
+                              ret: s.optionalText(3), envelopeID: s.optionalText(4), content: nil, entries: [])
                 }).first else { return nil }
+                // A spooled body that cannot be read leaves the DSN without the returned content
+                // (as a purged one does) rather than holding every DSN back.
+                src.content = try? bodyUnderLock(of: id)
                 src.entries = try entries.query([.text(id)]) { s in
                     (PendingDSNEntry(recipientID: s.int(0), messageID: id, action: DeliveryStatusNotification.Action(rawValue: s.text(1)) ?? .failed,
                                      status: EnhancedStatusCode(s.text(2)) ?? EnhancedStatusCode(.permanentFailure, 0, 0), diagnostic: s.optionalText(3), diagnosticType: s.text(4), remoteMTA: s.optionalText(5),

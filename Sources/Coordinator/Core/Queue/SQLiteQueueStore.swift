@@ -35,7 +35,7 @@ public final class SQLiteQueueStore: QueueStore {
     let reader = Locked<SQLiteDatabase?>(nil)
     /// Synced commits on `db` so far: the WAL is on stable storage up to each one's frames
     /// (`applyResultsUnsynced`, `awaitSync`).
-    private let walSyncs = LockedCondition(WALSyncs())
+    let walSyncs = LockedCondition(WALSyncs())
     /// Synced commits so far, and when the last one made by someone other than `awaitSync` was.
     struct WALSyncs: Sendable {
         var count: UInt64 = 0
@@ -55,6 +55,20 @@ public final class SQLiteQueueStore: QueueStore {
     /// came back: 68 `pread` calls per message on the coordinator, 23 with 16 MiB (issue 19,
     /// bench/README.md). The cache fills only with pages used: a small queue stays small.
     static let pageCacheKiB = 16384
+    /// Bodies of at least this many octets go to the spool (`BodySpool`) instead of the
+    /// b-tree: from here a body spans several overflow pages (issue 19: at 100 KiB the WAL's
+    /// page writes, checksums and the checkpoint's second copy were a quarter of the
+    /// coordinator's CPU). Smaller ones stay in their row: the spool's separate `fdatasync`
+    /// would cost a batch of small mail more than the few pages it saves.
+    public static let defaultSpoolThreshold = 32 << 10
+    /// This store's threshold (`defaultSpoolThreshold` unless a test chose another; `Int.max`:
+    /// every body in its row).
+    public let spoolThreshold: Int
+    /// How long a sealed spool segment keeps bodies still referenced (mail not yet delivered)
+    /// before the background pass moves them into their rows so the segment can go.
+    static let spoolEvacuateAfter: Duration = .seconds(30)
+    /// Large bodies outside the b-tree (`spoolThreshold`).
+    public let spool: BodySpool
     /// Concurrent `enqueue(_:)` calls share one transaction and one fsync.
     private let committer: GroupCommitter<NewMessage>
     /// Group-commit transactions written so far (for tests and benchmarks).
@@ -86,15 +100,23 @@ public final class SQLiteQueueStore: QueueStore {
         set { book.withLock { $0.backgroundCheckpoints = newValue } }
     }
 
-    /// Opens or creates the queue at `directory/queue.db`.
+    /// Opens or creates the queue at `directory/queue.db`, with its spool of large bodies in
+    /// `directory/spool` (BodySpool.swift).
+    /// - Parameters:
+    ///   - directory: the queue's directory (created if missing).
+    ///   - spoolThreshold: octets from which a body goes to the spool (`Int.max`: never).
+    ///   - spoolSegmentLimit: octets per spool segment file before the next is started.
     /// - Throws: `SQLiteError` or a file system error when the directory cannot be created.
-    public init(directory: String) throws {
+    public init(directory: String, spoolThreshold: Int = SQLiteQueueStore.defaultSpoolThreshold, spoolSegmentLimit: Int = 16 << 20) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         path = (directory as NSString).appendingPathComponent("queue.db")
         let db = try SQLiteDatabase(path: path)
         self.db = db
         let lock = self.lock
-        committer = GroupCommitter { batch in try lock.withLock { try SQLiteQueueStore.insert(batch, into: db) } }
+        let spool = try BodySpool(directory: (directory as NSString).appendingPathComponent("spool"), segmentLimit: spoolSegmentLimit)
+        self.spool = spool
+        self.spoolThreshold = spoolThreshold
+        committer = GroupCommitter { batch in try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db) }
         let walSyncs = self.walSyncs
         db.onSyncedCommit = {
             walSyncs.withLockAndBroadcast { w in
@@ -155,6 +177,12 @@ public final class SQLiteQueueStore: QueueStore {
             if !existing.contains("priority") { try db.execute("ALTER TABLE \(table) ADD COLUMN priority \(definition)") }
         }
         try db.execute("CREATE INDEX IF NOT EXISTS recipients_due_priority ON recipients(state, priority, next_attempt_at)")
+        // Where a spooled body is (BodySpool.swift): NULL for a body in the row or purged.
+        let messageColumns = try db.prepare("SELECT name FROM pragma_table_info('messages')").query { $0.text(0) }
+        for column in ["body_segment", "body_offset"] where !messageColumns.contains(column) {
+            try db.execute("ALTER TABLE messages ADD COLUMN \(column) INTEGER")
+        }
+        try db.execute("CREATE INDEX IF NOT EXISTS messages_spooled ON messages(body_segment) WHERE body_segment IS NOT NULL")
         // (state, next_attempt_at), the lease query's index before priorities: every lookup by
         // state is served by recipients_due_priority (or the waiting index), and each index a
         // recipient enters costs every state change a b-tree delete and insert (issue 19). An
@@ -179,21 +207,32 @@ public final class SQLiteQueueStore: QueueStore {
     /// Writes several messages in one fsync'd transaction (group commit).
     /// - Throws: `SQLiteError`; nothing is written then.
     public func enqueue(_ messages: [NewMessage]) throws {
-        try lock.withLock { try SQLiteQueueStore.insert(messages, into: db) }
+        try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db)
+    }
+
+    /// Writes a batch: bodies of at least `spoolThreshold` octets to the spool (durable first),
+    /// then every row in one fsync'd transaction under `lock`.
+    /// - Throws: `SystemCallError` from the spool, `SQLiteError`; nothing is queued then.
+    private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase) throws {
+        let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
+        defer { spool.finishedWriting(locations) }
+        try lock.withLock { try insert(messages, locations: locations, into: db) }
     }
 
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
-    private static func insert(_ messages: [NewMessage], into db: SQLiteDatabase) throws {
+    /// - Parameter locations: per message, where the spool holds its body (nil: in the row).
+    private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase) throws {
         try db.transaction {
-            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+            let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
-            for m in messages {
+            for (i, m) in messages.enumerated() {
                 let t = m.receivedAt.timeIntervalSince1970
+                let spooled = i < locations.count ? locations[i] : nil
                 try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
-                              .text(m.heloName), .text(m.clientAddress), .blob(m.content), .int(Int64(m.recipients.count)),
+                              .text(m.heloName), .text(m.clientAddress), spooled == nil ? .blob(m.content) : .null, .int(Int64(m.recipients.count)),
                               optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant),
-                              .text(m.priority.rawValue)])
+                              .text(m.priority.rawValue), spooled.map { .int($0.segment) } ?? .null, spooled.map { .int($0.offset) } ?? .null])
                 try recordIdempotency(of: m, in: db)
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
@@ -320,9 +359,47 @@ public final class SQLiteQueueStore: QueueStore {
     }
 
     /// The stored content of a message, nil if unknown or already purged.
+    /// - Throws: `SQLiteError`; `BodySpool.MissingBody` or `SystemCallError` when its spooled
+    ///   body cannot be read.
     public func content(of messageID: String) throws -> [UInt8]? {
-        try lock.withLock {
-            try db.prepare("SELECT body FROM messages WHERE id=?").query([.text(messageID)]) { $0.isNull(0) ? nil : $0.blob(0) }.first.flatMap { $0 }
+        // A spooled body is read outside the lock. Its segment is removed only once no row
+        // points at it; if the body was moved into its row in between, the second look finds it.
+        for attempt in 0..<2 {
+            let stored = try lock.withLock { try storedBody(of: messageID) }
+            switch stored {
+            case nil: return nil
+            case .inRow(let body): return body
+            case .spooled(let location):
+                do { return try spool.read(location) } catch let error as BodySpool.MissingBody where attempt == 0 { _ = error; continue }
+            }
+        }
+        return nil
+    }
+
+    /// Where a message's body is.
+    enum StoredBody {
+        case inRow([UInt8])
+        case spooled(BodySpool.Location)
+    }
+
+    /// The body of `messageID` as its row has it, nil when unknown or purged (caller holds `lock`).
+    /// - Throws: `SQLiteError`.
+    func storedBody(of messageID: String) throws -> StoredBody? {
+        try db.prepare("SELECT body, body_segment, body_offset, size FROM messages WHERE id=?").query([.text(messageID)]) { s -> StoredBody? in
+            if !s.isNull(0) { return .inRow(s.blob(0)) }
+            if s.isNull(1) { return nil }
+            return .spooled(BodySpool.Location(segment: s.int(1), offset: s.int(2), length: Int(s.int(3))))
+        }.first.flatMap { $0 }
+    }
+
+    /// The body of `messageID` (read from the spool under `lock`: for rare callers), nil when
+    /// unknown or purged.
+    /// - Throws: `SQLiteError`, `BodySpool.MissingBody`, `SystemCallError`.
+    func bodyUnderLock(of messageID: String) throws -> [UInt8]? {
+        switch try storedBody(of: messageID) {
+        case nil: return nil
+        case .inRow(let body): return body
+        case .spooled(let location): return try spool.read(location)
         }
     }
 
@@ -444,7 +521,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// Drops the content of messages with no open recipients left (the record stays for lookups).
     /// The caller holds `lock` inside a transaction.
     func purgeBodies(_ ids: Set<String>) throws {
-        let purge = try db.prepare("UPDATE messages SET body=NULL WHERE id=? AND open_recipients<=0")
+        let purge = try db.prepare("UPDATE messages SET body=NULL, body_segment=NULL, body_offset=NULL WHERE id=? AND open_recipients<=0")
         for id in ids { try purge.run([.text(id)]) }
     }
 

@@ -102,11 +102,12 @@ final class SubmissionGuards: Sendable {
         return nil
     }
 
-    /// The reply kind for a queue write that failed: `SQLITE_FULL` is `452 4.3.1` (and the
+    /// The reply kind for a queue write that failed: a full file system (`SQLITE_FULL`, or
+    /// `ENOSPC` from the spool: `QueueWriteFailure.isStorageFull`) is `452 4.3.1` (and the
     /// file system is measured again at once), anything else `451 4.3.0`.
     /// - Parameter error: what `QueueStore.enqueue` threw.
     func storeFailure(for error: any Error) -> StoreFailure {
-        guard let sqlite = error as? SQLiteError, sqlite.isFull else { return .temporary }
+        guard QueueWriteFailure.isStorageFull(error) else { return .temporary }
         headroom.noteStorageFull()
         metrics?.smtpRefusals.inc("storage_full")
         return .insufficientStorage

@@ -7,7 +7,9 @@ import Foundation
 // bytea.
 //
 // Copied, column for column (primary key in brackets):
-//   messages [id]                 body BLOB → bytea, NULL when already purged
+//   messages [id]                 body BLOB → bytea, NULL when already purged; a body in the
+//                                 spool (`body_segment`, `body_offset`: BodySpool.swift) is read
+//                                 from it into `body` — PostgreSQL keeps every body in its row
 //   recipients [id]               `pool` is NULL on rows written before it existed: filled
 //                                 from the message (PostgreSQL's column is NOT NULL)
 //   leases [id]                   PostgreSQL's `term` stays NULL (an SQLite run had no shared

@@ -123,7 +123,7 @@ public struct StoreMigration {
         // takes the write lock (IMMEDIATE) so that no coordinator can commit while it copies.
         try sqlite.execute(options.dryRun ? "BEGIN" : "BEGIN IMMEDIATE")
         defer { try? sqlite.execute("ROLLBACK") }
-        let source = try SQLiteSource(sqlite)
+        let source = try SQLiteSource(sqlite, spoolDirectory: (sqlitePath as NSString).deletingLastPathComponent + "/spool")
         let runState = try source.runState()
         if runState["clean_stop"] == "0", let address = options.coordinatorAnswering?() {
             throw StoreMigrationError.coordinatorRunning(
@@ -553,10 +553,39 @@ extension StoreMigration {
         /// Each table's columns in this file (empty: no such table).
         private var columns: [String: Set<String>] = [:]
 
-        init(_ db: SQLiteDatabase) throws {
+        /// The queue's spool (large bodies outside the file, BodySpool.swift), when the file has
+        /// spooled rows' columns and the directory exists.
+        private var spool: BodySpool?
+
+        /// - Parameters:
+        ///   - db: the queue file, in the migration's read transaction.
+        ///   - spoolDirectory: where the queue's spool is (`<queue directory>/spool`).
+        init(_ db: SQLiteDatabase, spoolDirectory: String) throws {
             self.db = db
             for name in StoreMigration.tables.map(\.name) + ["run_state", "sqlite_sequence"] {
                 columns[name] = Set(try db.prepare("SELECT name FROM pragma_table_info(?)").query([.text(name)]) { $0.text(0) })
+            }
+            if columns["messages"]?.contains("body_segment") == true, FileManager.default.fileExists(atPath: spoolDirectory) {
+                spool = try BodySpool(directory: spoolDirectory)
+            }
+        }
+
+        /// `rows` of `messages` with each spooled body read into its `body` cell, as if it had
+        /// been in the row (PostgreSQL keeps every body in its row).
+        /// - Throws: `SQLiteError`; `BodySpool.MissingBody` when a row's body is not in the spool.
+        func withSpooledBodies(_ t: Table, _ rows: [[Cell]]) throws -> [[Cell]] {
+            guard t.name == "messages", let spool,
+                  let bodyIndex = t.columns.firstIndex(where: { $0.name == "body" }),
+                  let idIndex = t.columns.firstIndex(where: { $0.name == "id" }) else { return rows }
+            let locate = try db.prepare("SELECT body_segment, body_offset, size FROM messages WHERE id=? AND body IS NULL AND body_segment IS NOT NULL")
+            return try rows.map { row in
+                guard case .null = row[bodyIndex], case .text(let id) = row[idIndex],
+                      let location = try locate.query([.text(id)], {
+                          BodySpool.Location(segment: $0.int(0), offset: $0.int(1), length: Int($0.int(2)))
+                      }).first else { return row }
+                var filled = row
+                filled[bodyIndex] = .blob(try spool.read(location))
+                return filled
             }
         }
 
@@ -597,7 +626,7 @@ extension StoreMigration {
             var limit = t.firstPageSize
             while true {
                 let binds = (after ?? []) + [.int(Int64(limit))]
-                let rows = try db.prepare(after == nil ? first : next).query(binds) { s in
+                let rows = try withSpooledBodies(t, db.prepare(after == nil ? first : next).query(binds) { s in
                     t.columns.enumerated().map { i, column -> Cell in
                         let i = Int32(i)
                         if s.isNull(i) { return .null }
@@ -608,7 +637,7 @@ extension StoreMigration {
                         case .blob: return .blob(s.blob(i))
                         }
                     }
-                }
+                })
                 if rows.isEmpty { return }
                 try body(rows)
                 guard rows.count == limit, let last = rows.last else { return }
