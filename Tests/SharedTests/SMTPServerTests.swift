@@ -504,7 +504,10 @@ struct SMTPServerTests {
         var random = SplitMix64(seed: 19)
         // Mostly ordinary text, with leading dots, bare CR/LF, long lines and the terminator.
         let pieces: [[UInt8]] = [Array("abc".utf8), Array("\r\n".utf8), Array("\r\n".utf8), Array("\r\n".utf8), Array(".".utf8),
-                                 Array("..x".utf8), [0x0D], [0x0A], Array(repeating: 0x7A, count: 300), [0xC3, 0xA9], Array("\r\n.".utf8)]
+                                 Array("..x".utf8), [0x0D], [0x0A], Array(repeating: 0x7A, count: 300), [0xC3, 0xA9], Array("\r\n.".utf8),
+                                 // around the 32-octet steps of the line-break search
+                                 Array(repeating: 0x61, count: 31), Array(repeating: 0x62, count: 32), Array(repeating: 0x63, count: 33),
+                                 Array(repeating: 0x64, count: 63)]
         func decode(_ input: [UInt8], framing: DataDecoder.Framing, chunk: (Int) -> Int) -> (DataDecoder.Outcome?, Int, Int) {
             var d = DataDecoder(maxMessageSize: 5000, maxLineLength: 1000, framing: framing)
             var i = 0
@@ -531,6 +534,22 @@ struct SMTPServerTests {
                 #expect(whole.1 == octets.1 && whole.1 == pieces.1, "round \(round) \(framing): consumed differs")
                 #expect(whole.2 == octets.2 && whole.2 == pieces.2, "round \(round) \(framing): octet counts differ")
             }
+        }
+    }
+
+    @Test("the line-break search (32 octets at a time) finds the first CR or LF wherever it is, from any start")
+    func lineBreakSearch() {
+        var random = SplitMix64(seed: 77)
+        for _ in 0..<2000 {
+            let count = Int(random.next() % 200)
+            var bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: 0x20 + random.next() % 90) }
+            for _ in 0..<Int(random.next() % 3) where count > 0 {
+                bytes[Int(random.next() % UInt64(count))] = random.next() % 2 == 0 ? 0x0D : 0x0A
+            }
+            let start = count == 0 ? 0 : Int(random.next() % UInt64(count + 1))
+            let expected = bytes[start...].firstIndex { $0 == 0x0D || $0 == 0x0A } ?? count
+            let found = bytes.withUnsafeBufferPointer { DataDecoder.firstLineBreak($0, from: start) }
+            #expect(found == expected, "\(count) octets from \(start)")
         }
     }
 

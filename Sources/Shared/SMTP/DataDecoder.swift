@@ -302,12 +302,7 @@ public struct DataDecoder: Sendable {
             var k = start - base
             var length = lineLength
             while k < n {
-                var j = k
-                while j < n {
-                    let b = p[j]
-                    if b == 0x0D || b == 0x0A { break }
-                    j += 1
-                }
+                let j = firstLineBreak(p, from: k)
                 length += j - k
                 // The line goes on past the input, or ends in something the machine decides.
                 guard j + 1 < n, p[j] == 0x0D, p[j + 1] == 0x0A, length + 2 <= maxLineLength else {
@@ -319,6 +314,30 @@ public struct DataDecoder: Sendable {
             }
             return (base + k, length, false)
         }
+    }
+
+    /// The index of the first CR or LF in `p` at or after `start`, or `p.count`. Compares 32
+    /// octets at a time (vector instructions; issue 19: the octet-by-octet scan was most of the
+    /// DATA reader's time at 100 KiB), then octet by octet within the 32 that hold one.
+    @inline(__always)
+    static func firstLineBreak(_ p: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+        let n = p.count
+        var j = start
+        if let base = p.baseAddress, n - j >= 32 {
+            let raw = UnsafeRawPointer(base)
+            let cr = SIMD32<UInt8>(repeating: 0x0D), lf = SIMD32<UInt8>(repeating: 0x0A)
+            while n - j >= 32 {
+                let v = raw.loadUnaligned(fromByteOffset: j, as: SIMD32<UInt8>.self)
+                if any((v .== cr) .| (v .== lf)) { break }
+                j += 32
+            }
+        }
+        while j < n {
+            let b = p[j]
+            if b == 0x0D || b == 0x0A { return j }
+            j += 1
+        }
+        return n
     }
 
     /// BDAT: ends the content after the `LAST` chunk (RFC 3030 §2). A trailing bare CR
