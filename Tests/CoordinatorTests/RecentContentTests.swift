@@ -54,6 +54,30 @@ struct RecentContentTests {
         #expect(payloads(nil) == [Array("Subject: T1\r\n\r\nbody\r\n".utf8)])
     }
 
+    @Test("a grant of several messages: each lease's offset and length find its own body in the payload, also where the size limit splits the frames")
+    func severalBodiesInOneGrant() throws {
+        let d = try SchedulerDriver(yaml: PriorityTests.yaml, kind: .sqlite)
+        d.join("node-a", 1, bindable: ["127.0.0.10"], credits: 100)
+        for id in ["T1", "T2", "T3"] { try PriorityTests.enqueue(d, id: id, priority: .transactional) }
+        d.tick()
+        let grant = try #require(d.plannedGrants.first)
+        try #require(grant.records.count == 3)
+        for maxSize in [1 << 24, 40] {
+            let frames = ClusterHub.grantMessages(grant.grant, records: grant.records, maxSize: maxSize, store: d.store, log: Logger(label: "t"))
+            var seen: [String] = []
+            for case .leaseGrant(let m, let payload) in frames {
+                #expect(payload.count == m.leases.reduce(0) { $0 + $1.bodyLength }, "no slack in the payload")
+                for lease in m.leases {
+                    let body = Array(payload[lease.bodyOffset..<(lease.bodyOffset + lease.bodyLength)])
+                    #expect(body == Array("Subject: \(lease.messageID)\r\n\r\nbody\r\n".utf8), "\(lease.messageID), limit \(maxSize)")
+                    seen.append(lease.messageID)
+                }
+            }
+            #expect(seen.sorted() == ["T1", "T2", "T3"])
+            #expect(frames.count == (maxSize == 40 ? 3 : 1), "limit \(maxSize): \(frames.count) frames")
+        }
+    }
+
     @Test("only the leading coordinator keeps content: a standby (elected mode, not leading) keeps none")
     func onlyTheLeaderKeeps() throws {
         let f = try ReportingFixture()

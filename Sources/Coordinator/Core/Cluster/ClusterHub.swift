@@ -750,7 +750,22 @@ public final class ClusterHub: Sendable {
         var out: [ClusterMessage] = []
         var bodies: [String: [UInt8]] = [:]
         var batch: [Lease] = []
-        var payload: [UInt8] = []
+        // The batch's bodies, joined into its payload when it is complete: one allocation of
+        // the exact size (appending one by one grew the array and copied it again).
+        var parts: [[UInt8]] = []
+        var payloadCount = 0
+        func flush() {
+            var payload: [UInt8]
+            if parts.count == 1 {
+                payload = parts[0]  // a grant of one message, the common case: no copy here
+            } else {
+                payload = []
+                payload.reserveCapacity(payloadCount)
+                for part in parts { payload.append(contentsOf: part) }
+            }
+            out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload))
+            batch = []; parts = []; payloadCount = 0
+        }
         for rec in records {
             guard let (group, ip) = grant.planned[rec.id] else { continue }
             if bodies[rec.messageID] == nil {
@@ -765,20 +780,16 @@ public final class ClusterHub: Sendable {
                 }
             }
             let body = bodies[rec.messageID] ?? []
-            if !batch.isEmpty && payload.count + body.count > maxSize {
-                out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload))
-                batch = []; payload = []
-            }
+            if !batch.isEmpty && payloadCount + body.count > maxSize { flush() }
             let kept = Set(rec.recipientIDs)
             let recipients = group.recipients.filter { kept.contains($0.id) }.map { LeasedRecipient(id: $0.id, address: $0.address) }
             batch.append(Lease(leaseID: rec.id, sendingIP: ip.address, helo: ip.helo, messageID: rec.messageID, reversePath: group.reversePath,
                                domain: rec.domain, recipients: recipients, expiresIn: grant.leaseTime, expiresAt: rec.expiresAt.timeIntervalSince1970,
-                               bodyOffset: payload.count, bodyLength: body.count, priority: group.priority))
-            // The first body is the payload as it is (no copy: a grant of one message, the
-            // common case, is then copied once, into the frame).
-            if payload.isEmpty { payload = body } else { payload.append(contentsOf: body) }
+                               bodyOffset: payloadCount, bodyLength: body.count, priority: group.priority))
+            parts.append(body)
+            payloadCount += body.count
         }
-        if !batch.isEmpty { out.append(.leaseGrant(LeaseGrantMessage(leases: batch, term: grant.term), payload: payload)) }
+        if !batch.isEmpty { flush() }
         return out
     }
 
