@@ -150,13 +150,40 @@ struct BodySpoolTests {
         #expect(try row(q, "A").segment == segA, "not yet: sealed a moment ago")
         try q.spoolPass(checkpointer, memory: &memory, now: .now + SQLiteQueueStore.spoolEvacuateAfter + .seconds(1))
         #expect(try row(q, "A") == (a.count, nil), "moved into its row")
-        #expect(memory.spoolEvacuated == 1)
+        #expect(try row(q, "B").inline == 40 * 1024, "B's segment, idle as long by this clock, was sealed and moved too")
+        #expect(memory.spoolEvacuated == 2)
         #expect(try q.content(of: "A") == a)
         try q.spoolPass(checkpointer, memory: &memory)  // found unreferenced (the move was a synced commit, before)
         try q.enqueue(message("C", body(13, 10)))
         try q.spoolPass(checkpointer, memory: &memory)
         #expect(!FileManager.default.fileExists(atPath: q.spool.path(of: segA)))
         #expect(try q.content(of: "A") == a)
+    }
+
+    @Test("the current segment, idle for the evacuation delay (no new mail sealed it), is sealed; its bodies then move into their rows and it goes")
+    func idleCurrentSegment() throws {
+        let dir = temporaryDirectory("idle")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        let checkpointer = try SQLiteDatabase(path: q.path)
+        var memory = SQLiteQueueStore.CheckpointMemory()
+        let a = body(16, 50 * 1024)
+        try q.enqueue(message("A", a))  // deferred for days, say: nothing else arrives
+        let segA = try #require(q.spool.currentSegment)
+        try q.spoolPass(checkpointer, memory: &memory)
+        #expect(q.spool.currentSegment == segA, "a segment started a moment ago stays current")
+        let later = ContinuousClock.now + SQLiteQueueStore.spoolEvacuateAfter + .seconds(1)
+        try q.spoolPass(checkpointer, memory: &memory, now: later)
+        #expect(q.spool.currentSegment == nil && q.spool.isSealed(segA), "sealed once idle that long")
+        try q.spoolPass(checkpointer, memory: &memory, now: later + SQLiteQueueStore.spoolEvacuateAfter + .seconds(1))
+        #expect(try row(q, "A") == (a.count, nil), "moved into its row")
+        try q.spoolPass(checkpointer, memory: &memory)
+        try q.checkpointPass(checkpointer, restartSize: 1 << 30, memory: &memory)
+        try q.spoolPass(checkpointer, memory: &memory)
+        #expect(q.spool.onDisk.segments == 0)
+        #expect(try q.content(of: "A") == a)
+        try q.enqueue(message("B", body(17, 40 * 1024)))
+        #expect(q.spool.currentSegment.map { $0 > segA } == true, "new mail starts a new segment")
     }
 
     @Test("a segment left by an earlier run that no row points at (a batch that never committed) is removed; one still referenced is kept")

@@ -78,6 +78,28 @@ struct RecentContentTests {
         }
     }
 
+    @Test("a lease whose body cannot be read is not sent (it expires and is leased again), never sent with an empty body; the others of the round go")
+    func unreadableBodyNotSent() throws {
+        let d = try SchedulerDriver(yaml: PriorityTests.yaml, kind: .sqlite)
+        d.join("node-a", 1, bindable: ["127.0.0.10"], credits: 100)
+        let q = try #require(d.store as? SQLiteQueueStore)
+        let large = Array("Subject: L\r\n\r\n".utf8) + Array(repeating: 0x6C, count: 40 << 10)
+        try d.store.enqueue(NewMessage(id: "L", reversePath: "s@example.org", recipients: ["l@x.test"], pool: "t", content: large,
+                                       heloName: "c", clientAddress: "127.0.0.1", receivedAt: d.now))
+        try PriorityTests.enqueue(d, id: "T1", priority: .transactional)
+        // The spooled body's segment gone (a disk error, an operator's mistake).
+        let segment = try #require(q.spool.currentSegment)
+        try FileManager.default.removeItem(atPath: q.spool.path(of: segment))
+        #expect(throws: BodySpool.MissingBody.self) { try q.content(of: "L") }
+        d.tick()
+        let grant = try #require(d.plannedGrants.first)
+        #expect(Set(grant.records.map(\.messageID)) == ["L", "T1"])
+        let frames = ClusterHub.grantMessages(grant.grant, records: grant.records, maxSize: 1 << 24, store: d.store, log: Logger(label: "t"))
+        var sent: [String] = []
+        for case .leaseGrant(let m, _) in frames { sent += m.leases.map(\.messageID) }
+        #expect(sent == ["T1"])
+    }
+
     @Test("only the leading coordinator keeps content: a standby (elected mode, not leading) keeps none")
     func onlyTheLeaderKeeps() throws {
         let f = try ReportingFixture()

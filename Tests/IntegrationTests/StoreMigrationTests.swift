@@ -382,6 +382,26 @@ extension Integration {
             #expect(try ledConnection.query("SELECT count(*) FROM messages").first?.int(0) == 0)
         }
 
+        @Test("a queue whose spooled bodies' directory is missing is refused, naming it, and nothing is copied")
+        func missingSpoolRefused() throws {
+            let dir = NSTemporaryDirectory() + "hato-migrate-spool-" + Identifier.random(bytes: 5)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sqlite = try SQLiteQueueStore(directory: dir)
+            try sqlite.enqueue(NewMessage(id: "MBIG", reversePath: "a@example.org", recipients: ["r@hato.test"], pool: "transactional",
+                                          content: Array(repeating: 0x62, count: 40 << 10), heloName: "c", clientAddress: "127.0.0.1",
+                                          receivedAt: Date(timeIntervalSince1970: 1_800_000_000)))
+            try FileManager.default.moveItem(atPath: dir + "/spool", toPath: dir + "/spool-elsewhere")
+            let schema = try TestSchema()
+            do {
+                _ = try StoreMigration.run(from: sqlite, to: try schema.connect())
+                Issue.record("the migration ran without the spool")
+            } catch let error as StoreMigrationError {
+                #expect(error.reason == .sourceMissing && error.description.contains(dir + "/spool"), "\(error)")
+            }
+            // Refused before PostgreSQL was written: not even the schema was made.
+            #expect(throws: (any Error).self) { try StoreMigration.count(StoreMigration.tables[0], on: try schema.connect()) }
+        }
+
         @Test("large messages: pages and statements are sized by content (about 32 MiB), and every octet arrives")
         func largeMessages() throws {
             let dir = NSTemporaryDirectory() + "hato-migrate-" + Identifier.random(bytes: 6)

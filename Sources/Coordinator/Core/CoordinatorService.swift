@@ -110,7 +110,8 @@ public final class CoordinatorService: Sendable {
                                           onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
-                                headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree),
+                                headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree,
+                                                        spoolThreshold: (store as? SQLiteQueueStore)?.spoolThreshold),
                                 metrics: reporting.metrics, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         let httpAPI = config.httpAPI.map { HTTPAPIListener(settings: $0, api: sendAPI) }
         self.httpAPI = httpAPI

@@ -743,12 +743,14 @@ public final class ClusterHub: Sendable {
     static let directGrantLeases = 8
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
-    /// maximum message size per frame. A message whose body cannot be read goes with an empty
-    /// body (its recipients fail or expire like any delivery of it).
+    /// maximum message size per frame. A lease whose body cannot be read (an I/O error) is not
+    /// sent: it expires after the lease time and its recipients wait for the next round, as
+    /// after a lost grant — never a delivery of an empty message.
     static func grantMessages(_ grant: PlannedGrant, records: [LeaseRecord], maxSize: Int, store: any QueueStore, recent: RecentContent? = nil,
                               log: Logger) -> [ClusterMessage] {
         var out: [ClusterMessage] = []
         var bodies: [String: [UInt8]] = [:]
+        var unreadable: Set<String> = []
         var batch: [Lease] = []
         // The batch's bodies, joined into its payload when it is complete: one allocation of
         // the exact size (appending one by one grew the array and copied it again).
@@ -767,15 +769,17 @@ public final class ClusterHub: Sendable {
             batch = []; parts = []; payloadCount = 0
         }
         for rec in records {
-            guard let (group, ip) = grant.planned[rec.id] else { continue }
+            guard let (group, ip) = grant.planned[rec.id], !unreadable.contains(rec.messageID) else { continue }
             if bodies[rec.messageID] == nil {
                 // Content queued a moment ago is usually still in memory (`recentContent`).
                 if let kept = recent?.take(rec.messageID) {
                     bodies[rec.messageID] = kept
                 } else {
                     do { bodies[rec.messageID] = try store.content(of: rec.messageID) ?? [] } catch {
-                        log.error("reading a message body failed", ["message": rec.messageID, "error": "\(error)"])
-                        bodies[rec.messageID] = []
+                        log.error("reading a message body failed; its lease is left to expire", ["message": rec.messageID, "lease": rec.id,
+                                                                                                "error": "\(error)"])
+                        unreadable.insert(rec.messageID)
+                        continue
                     }
                 }
             }

@@ -62,8 +62,9 @@ public final class BodySpool: Sendable {
     }
 
     private struct State: Sendable {
-        /// The segment being appended to (nil until the first append of this process).
-        var current: (number: Int64, file: File, size: Int)?
+        /// The segment being appended to (nil until the first append of this process), and
+        /// when it was started.
+        var current: (number: Int64, file: File, size: Int, started: ContinuousClock.Instant)?
         /// The number the next new segment gets.
         var nextNumber: Int64
         /// Segments other than `current` and when this process first knew them sealed.
@@ -89,7 +90,11 @@ public final class BodySpool: Sendable {
     ///   - segmentLimit: octets per segment before the next is started (default 16 MiB).
     /// - Throws: a file system error when the directory cannot be created or listed.
     public init(directory: String, segmentLimit: Int = 16 << 20) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: directory) {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // The directory's own name must survive a power cut before a row points into it.
+            try File.syncDirectory(containing: directory)
+        }
         self.directory = directory
         self.segmentLimit = max(1, segmentLimit)
         let existing = try Self.segmentNumbers(in: directory)
@@ -147,6 +152,7 @@ public final class BodySpool: Sendable {
             state.withLock { s in for n in touched { s.writing[n, default: 1] -= 1; if s.writing[n] == 0 { s.writing[n] = nil } } }
             // A write that failed part-way leaves the file's end unknown: start a new segment.
             sealCurrent()
+            for f in toSync { try? f.close() }
             throw error
         }
         for f in toSync where f !== state.withLock({ $0.current?.file }) { try? f.close() }
@@ -172,7 +178,7 @@ public final class BodySpool: Sendable {
                 try? File.remove(path(of: number))
                 throw error
             }
-            state.withLock { $0.current = (number, file, 0) }
+            state.withLock { $0.current = (number, file, 0, .now) }
         }
         return state.withLock { s in
             let c = s.current!
@@ -243,14 +249,29 @@ public final class BodySpool: Sendable {
     /// to the current segment or one being written.
     /// - Throws: `SystemCallError` (`unlink`).
     public func remove(_ segment: Int64) throws {
-        let removable = state.withLock { s -> Bool in
-            guard s.sealed[segment] != nil, s.writing[segment] == nil else { return false }
+        // Sealed segments are never written again: nothing can start writing to it meanwhile.
+        guard state.withLock({ $0.sealed[segment] != nil && $0.writing[segment] == nil }) else { return }
+        try File.remove(path(of: segment))  // on failure it stays listed, for the next pass
+        state.withLock { s in
             s.sealed[segment] = nil
             s.removed += 1
-            return true
         }
-        guard removable else { return }
-        try File.remove(path(of: segment))
+    }
+
+    /// Seals the current segment when it was started more than `age` ago and no append is
+    /// running, so that its bodies can be moved into their rows and the file removed even when
+    /// no new mail comes to start the next segment.
+    /// - Parameters:
+    ///   - age: how old the current segment must be.
+    ///   - now: the current instant.
+    /// - Returns: whether a segment was sealed.
+    @discardableResult
+    public func sealCurrent(ifOlderThan age: Duration, now: ContinuousClock.Instant = .now) -> Bool {
+        guard appendLock.try() else { return false }  // an append is running: it is not idle
+        defer { appendLock.unlock() }
+        guard let started = state.withLock({ $0.current?.started }), now - started >= age else { return false }
+        sealCurrent()
+        return true
     }
 
     /// Segments removed by this process so far (for tests and metrics).

@@ -77,12 +77,18 @@ public struct QueueHeadroomGate: Sendable {
     private var unreportedRefusals = 0
     private var lastNotice: TimeInterval?
 
+    /// Octets from which content goes to the SQLite store's spool (nil: every body in its row).
+    public let spoolThreshold: Int?
+
     /// Creates the rule.
     /// - Parameters:
     ///   - minFree: `smtp.queue_min_free`.
     ///   - recheckInterval: seconds a measurement stays valid.
     ///   - logInterval: seconds between repeated notices.
-    public init(minFree: QueueMinFree, recheckInterval: TimeInterval = 1, logInterval: TimeInterval = 60) {
+    ///   - spoolThreshold: the store's spool threshold in octets (`SQLiteQueueStore.spoolThreshold`; nil: none).
+    public init(minFree: QueueMinFree, recheckInterval: TimeInterval = 1, logInterval: TimeInterval = 60,
+                spoolThreshold: Int? = SQLiteQueueStore.defaultSpoolThreshold) {
+        self.spoolThreshold = spoolThreshold
         self.minFree = minFree
         self.recheckInterval = recheckInterval
         self.logInterval = logInterval
@@ -136,12 +142,12 @@ public struct QueueHeadroomGate: Sendable {
     /// `2 × octets + commitOverhead` smaller — SQLite writes the content to the WAL, the checkpoint
     /// copies it into the database file, and each commit rewrites a few b-tree pages (measured on
     /// tmpfs: 115 KB per 41 KB message in a burst, against 114 KB estimated) — or, for content
-    /// the spool takes (`SQLiteQueueStore.defaultSpoolThreshold` and more: written once, in whole
-    /// 4 KiB blocks), `octets` rounded up to 4 KiB + `commitOverhead`.
+    /// the spool takes (`spoolThreshold` and more: written once, in whole 4 KiB blocks), `octets`
+    /// rounded up to 4 KiB + `commitOverhead`.
     /// - Parameter octets: the stored content size.
     public mutating func noteWritten(_ octets: Int) {
         let octets = max(0, octets)
-        let spooled = octets >= SQLiteQueueStore.defaultSpoolThreshold
+        let spooled = spoolThreshold.map { octets >= $0 } ?? false
         let (twice, o1) = spooled ? (octets / 4096 * 4096).addingReportingOverflow(octets % 4096 == 0 ? 0 : 4096)
                                   : octets.multipliedReportingOverflow(by: 2)
         let (cost, o2) = twice.addingReportingOverflow(Self.commitOverhead)
@@ -207,16 +213,20 @@ public final class QueueHeadroom: Sendable {
     ///   - minFree: `smtp.queue_min_free`.
     ///   - recheckInterval: seconds a measurement is used (default 1).
     ///   - logInterval: seconds between repeated log lines of one episode (default 60).
+    ///   - spoolThreshold: the store's spool threshold in octets (nil: bodies always in rows, as
+    ///     in PostgreSQL).
     ///   - monotonicNow: monotonic seconds (default: system uptime).
     ///   - probe: measures a file system (default `statvfs`).
     public init(directory: String, minFree: QueueMinFree, recheckInterval: TimeInterval = 1, logInterval: TimeInterval = 60,
+                spoolThreshold: Int? = SQLiteQueueStore.defaultSpoolThreshold,
                 monotonicNow: @escaping @Sendable () -> TimeInterval = { ProcessInfo.processInfo.systemUptime },
                 probe: @escaping @Sendable (String) throws -> FileSystemSpace = { try FileSystemSpace.of(path: $0) }) {
         self.directory = directory
         self.minFree = minFree
         self.probe = probe
         self.monotonicNow = monotonicNow
-        state = Locked(State(gate: QueueHeadroomGate(minFree: minFree, recheckInterval: recheckInterval, logInterval: logInterval)))
+        state = Locked(State(gate: QueueHeadroomGate(minFree: minFree, recheckInterval: recheckInterval, logInterval: logInterval,
+                                                     spoolThreshold: spoolThreshold)))
     }
 
     /// Whether a new transaction may start (checked at MAIL).

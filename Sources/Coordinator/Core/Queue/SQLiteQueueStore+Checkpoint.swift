@@ -48,6 +48,8 @@ extension SQLiteQueueStore {
         var spoolUnreferenced: [Int64: (durablePasses: Int, syncs: UInt64)] = [:]
         /// Spooled bodies moved into their rows so far.
         var spoolEvacuated = 0
+        /// Segments holding a body that could not be read: not evacuated again in this run.
+        var spoolUnreadable: Set<Int64> = []
     }
 
     /// One pass of the checkpoint thread (see the extension's doc).

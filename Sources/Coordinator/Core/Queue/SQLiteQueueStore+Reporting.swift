@@ -1,6 +1,7 @@
 import Foundation
 import HatoConfig
 import HatoDelivery
+import HatoSupport
 import SMTPCore
 
 // The queue's event outbox: every state change that matters to the sender (received,
@@ -328,9 +329,15 @@ extension SQLiteQueueStore {
                     DSNSource(messageID: id, reversePath: s.text(0), receivedAt: Date(timeIntervalSince1970: s.double(1)), heloName: s.text(2),
                               ret: s.optionalText(3), envelopeID: s.optionalText(4), content: nil, entries: [])
                 }).first else { return nil }
-                // A spooled body that cannot be read leaves the DSN without the returned content
-                // (as a purged one does) rather than holding every DSN back.
-                src.content = try? bodyUnderLock(of: id)
+                // A spooled body gone from the spool leaves the DSN without the returned content
+                // (as a purged one does); any other read error keeps this DSN for the next round.
+                do { src.content = try bodyUnderLock(of: id) } catch is BodySpool.MissingBody {
+                    src.content = nil
+                } catch {
+                    Logger(label: "coordinator.queue").warning("a DSN's returned content cannot be read; the DSN waits for the next round",
+                                                               ["message": id, "error": "\(error)"])
+                    return nil
+                }
                 src.entries = try entries.query([.text(id)]) { s in
                     (PendingDSNEntry(recipientID: s.int(0), messageID: id, action: DeliveryStatusNotification.Action(rawValue: s.text(1)) ?? .failed,
                                      status: EnhancedStatusCode(s.text(2)) ?? EnhancedStatusCode(.permanentFailure, 0, 0), diagnostic: s.optionalText(3), diagnosticType: s.text(4), remoteMTA: s.optionalText(5),

@@ -29,6 +29,8 @@ extension SQLiteQueueStore {
     ///   - now: the current instant (tests pass a later one to evacuate at once).
     /// - Throws: `SQLiteError`; a segment that cannot be removed or read is left for the next pass.
     func spoolPass(_ checkpointer: SQLiteDatabase, memory: inout CheckpointMemory, now: ContinuousClock.Instant = .now) throws {
+        // A current segment idle that long is sealed too (no new mail would ever seal it).
+        spool.sealCurrent(ifOlderThan: Self.spoolEvacuateAfter, now: now)
         let sealed = spool.sealedSegments
         let sealedNumbers = Set(sealed.map(\.segment))
         memory.spoolUnreferenced = memory.spoolUnreferenced.filter { sealedNumbers.contains($0.key) }
@@ -54,15 +56,19 @@ extension SQLiteQueueStore {
         }
         var budget = Self.evacuateBudget
         for (segment, sealedAt) in sealed where referenced.contains(segment) && now - sealedAt >= Self.spoolEvacuateAfter && budget > 0 {
+            guard !memory.spoolUnreadable.contains(segment) else { continue }
             let rows = try checkpointer.prepare("SELECT id, body_offset, size FROM messages WHERE body_segment=? LIMIT 512")
                 .query([.int(segment)]) { ($0.text(0), $0.int(1), Int($0.int(2))) }
             var moved: [(id: String, body: [UInt8])] = []
             for (id, offset, size) in rows where budget > 0 {
                 let body: [UInt8]
                 do { body = try spool.read(BodySpool.Location(segment: segment, offset: offset, length: size)) } catch {
-                    // Not expected: the row's bytes were durable before it committed.
-                    Logger(label: "coordinator.queue").error("a spooled message body cannot be read", ["message": id, "error": "\(error)"])
-                    continue
+                    // Not expected: the row's bytes were durable before it committed. The segment
+                    // is kept (it is still referenced) and not tried again in this run; logged once.
+                    Logger(label: "coordinator.queue").error("a spooled message body cannot be read; its segment is kept",
+                                                             ["message": id, "segment": spool.path(of: segment), "error": "\(error)"])
+                    memory.spoolUnreadable.insert(segment)
+                    break
                 }
                 budget -= size
                 moved.append((id, body))

@@ -105,7 +105,10 @@ public final class SubmissionServer: Sendable {
             let gauge = metrics.smtpContentMemory
             metrics.registry.addCollector { gauge.set(Double(contentMemory.reserved)) }
         }
-        self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics, headroom: headroom, contentMemory: contentMemory)
+        self.guards = SubmissionGuards(config: config, clock: clock, metrics: metrics,
+                                       headroom: headroom ?? QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree,
+                                                                           spoolThreshold: (store as? SQLiteQueueStore)?.spoolThreshold),
+                                       contentMemory: contentMemory)
         self.current = Locked((config, PoolRouter(routing: config.routing, pools: config.pools)))
         self.authenticator = SubmissionAuthenticator(users: config.smtp.users, maxFailures: config.smtp.authFailureLimit,
                                                      failureWindow: config.smtp.authFailureWindow, clock: clock,

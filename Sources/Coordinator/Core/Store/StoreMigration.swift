@@ -565,8 +565,13 @@ extension StoreMigration {
             for name in StoreMigration.tables.map(\.name) + ["run_state", "sqlite_sequence"] {
                 columns[name] = Set(try db.prepare("SELECT name FROM pragma_table_info(?)").query([.text(name)]) { $0.text(0) })
             }
-            if columns["messages"]?.contains("body_segment") == true, FileManager.default.fileExists(atPath: spoolDirectory) {
-                spool = try BodySpool(directory: spoolDirectory)
+            if columns["messages"]?.contains("body_segment") == true {
+                if FileManager.default.fileExists(atPath: spoolDirectory) {
+                    spool = try BodySpool(directory: spoolDirectory)
+                } else if try !db.prepare("SELECT 1 FROM messages WHERE body_segment IS NOT NULL LIMIT 1").query([], { $0.int(0) }).isEmpty {
+                    throw StoreMigrationError.sourceMissing(
+                        "messages of the SQLite queue keep their content in the spool directory \(spoolDirectory), which is missing: copy it with queue.db")
+                }
             }
         }
 
