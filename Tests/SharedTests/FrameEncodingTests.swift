@@ -1,4 +1,7 @@
 import Foundation
+@testable import HatoIO
+import HatoTestKit
+import HatoSupport
 import Testing
 @testable import ClusterProtocol
 @testable import SMTPCore
@@ -48,7 +51,7 @@ struct FrameEncodingTests {
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<1000 {
             let messages: [ClusterMessage] = [
-                .leaseGrant(Self.grant(&rng), payload: [1, 2, 3]), .result(Self.result(&rng)),
+                .leaseGrant(LeaseGrantMessage(leases: []), payload: [1, 2, 3]), .result(Self.result(&rng)),
                 .resultAck(ResultAckMessage(leaseID: Self.s(&rng))), .leaseRequest(LeaseRequestMessage(credits: Int.random(in: 0...64, using: &rng))),
                 .heartbeat(HeartbeatMessage(leasesInFlight: Int.random(in: 0...64, using: &rng))),
             ]
@@ -71,6 +74,69 @@ struct FrameEncodingTests {
             var frames: [Frame] = []
             while let f = try decoder.next() { frames.append(f) }
             #expect(frames == picked.map { $0.frame() })
+        }
+    }
+
+    @Test("large payloads go in a gathered write (sendmsg: prefix and payload where it lies) over a real connection whose reader is slow: the peer decodes every frame as sent, in order")
+    func gatheredWrites() throws {
+        let listener = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
+        let client = try Socket.connect(to: listener.localAddress!, timeout: 5)
+        let (server, _) = try listener.accept()
+        let sender = ClusterConnection(socket: client, maximumFrameSize: 64 << 20)
+        let receiver = ClusterConnection(socket: server, maximumFrameSize: 64 << 20)
+        defer { sender.close(); receiver.close() }
+        func payload(_ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ n) } }
+        // Sizes around the threshold and past the socket buffers (partial writes), mixed with small frames.
+        let batches: [[ClusterMessage]] = [
+            [.leaseGrant(LeaseGrantMessage(leases: []), payload: payload(ClusterConnection.gatheredPayloadMinimum))],
+            [.leaseGrant(LeaseGrantMessage(leases: []), payload: payload(ClusterConnection.gatheredPayloadMinimum - 1))],
+            [.heartbeat(HeartbeatMessage(leasesInFlight: 3)), .leaseGrant(LeaseGrantMessage(leases: []), payload: payload(100 << 10)),
+             .leaseGrant(LeaseGrantMessage(leases: []), payload: payload(700)), .leaseGrant(LeaseGrantMessage(leases: []), payload: payload(3 << 20)),
+             .heartbeat(HeartbeatMessage(leasesInFlight: 4))],
+        ]
+        let expected = batches.flatMap { $0 }
+        let received = Locked<[ClusterMessage]>([])
+        let reader = Thread {
+            for _ in expected {
+                let m: ClusterMessage
+                do { m = try receiver.receive() } catch {
+                    received.withLock { _ in print("gatheredWrites: receive failed: \(error)") }
+                    return
+                }
+                received.withLock { $0.append(m) }
+                Thread.sleep(forTimeInterval: 0.002)  // slow: the sender's writes come back short
+            }
+        }
+        reader.start()
+        for batch in batches { try sender.send(batch) }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while received.withLock({ $0.count }) < expected.count && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        let got = received.withLock { $0 }
+        #expect(got.count == expected.count)
+        for (g, e) in zip(got, expected) { #expect(g.frame() == e.frame()) }
+    }
+
+    @Test("a short gathered write resumes at the right octet: after any split, the iovecs left hold exactly the rest of the stream")
+    func gatheredWriteResumes() {
+        var random = SplitMix64(seed: 3)
+        for _ in 0..<500 {
+            let parts: [[UInt8]] = (0..<Int(1 + random.next() % 5)).map { p in (0..<Int(1 + random.next() % 40)).map { UInt8(truncatingIfNeeded: $0 + p * 50) } }
+            let stream = parts.flatMap { $0 }
+            var storage = parts  // kept alive for the pointers below
+            var sent = 0
+            storage.withUnsafeMutableBufferPointer { all in
+                var iov = all.indices.map { i in all[i].withUnsafeMutableBytes { iovec(iov_base: $0.baseAddress, iov_len: $0.count) } }
+                var first = 0
+                while first < iov.count {
+                    let left = iov[first...].reduce(0) { $0 + $1.iov_len }
+                    let n = Int(random.next() % UInt64(left + 1))
+                    Socket.advance(&iov, first: &first, by: n)
+                    sent += n
+                    let rest = iov[first...].flatMap { Array(UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len)) }
+                    #expect(rest == Array(stream[sent...]))
+                }
+            }
+            #expect(sent == stream.count)
         }
     }
 }

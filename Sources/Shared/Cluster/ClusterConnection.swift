@@ -103,6 +103,26 @@ public final class ClusterConnection: Sendable {
     /// - Throws: `SocketError` or a TLS error; the connection should then be closed.
     public func send(_ messages: [ClusterMessage]) throws {
         let frames = messages.map { $0.frame() }
+        // Plaintext with a large payload: one gathered write (`sendmsg`) of each frame's prefix
+        // and its payload where it lies, no copy of the payload into a frame buffer (issue 19:
+        // a 100 KiB grant was copied once more only to be written).
+        if tls == nil, frames.contains(where: { $0.payload.count >= ClusterConnection.gatheredPayloadMinimum }) {
+            var parts: [[UInt8]] = []
+            var prefix: [UInt8] = []
+            for f in frames {
+                f.encodePrefix(into: &prefix)
+                if f.payload.count >= ClusterConnection.gatheredPayloadMinimum {
+                    parts.append(prefix)
+                    parts.append(f.payload)
+                    prefix = []
+                } else {
+                    prefix.append(contentsOf: f.payload)
+                }
+            }
+            if !prefix.isEmpty { parts.append(prefix) }
+            try writer.withLock { _ in try socket.write(parts: parts) }
+            return
+        }
         let joined = frames.reduce(0) { $0 + $1.encodedCount } <= ClusterConnection.joinedWriteLimit
         try writer.withLock { _ in
             if joined {
@@ -134,6 +154,11 @@ public final class ClusterConnection: Sendable {
 
     /// The most octets `send(_ messages:)` joins into one write (1 MiB).
     static let joinedWriteLimit = 1 << 20
+
+    /// Payloads of at least this many octets are written from where they are, with the frame's
+    /// prefix, in one gathered write on a plaintext connection (16 KiB: below it one copy costs
+    /// less than the extra iovec).
+    static let gatheredPayloadMinimum = 16 << 10
 
     /// The frames of `messages`, in order, in one buffer (each payload copied once).
     static func encoded(_ messages: [ClusterMessage]) -> [UInt8] { encoded(messages.map { $0.frame() }) }

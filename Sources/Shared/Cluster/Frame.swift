@@ -38,11 +38,17 @@ public struct Frame: Sendable, Equatable {
     /// Appends the serialised frame to `out` (several frames in one buffer with one copy of
     /// each payload).
     public func encode(into out: inout [UInt8]) {
+        encodePrefix(into: &out)
+        out.append(contentsOf: payload)
+    }
+
+    /// Appends what precedes the payload on the wire: the length prefix, the type, the header
+    /// length and the header (a gathered write sends the payload from where it is).
+    public func encodePrefix(into out: inout [UInt8]) {
         out.appendUInt32(UInt32(1 + 4 + header.count + payload.count))
         out.append(type.rawValue)
         out.appendUInt32(UInt32(header.count))
         out.append(contentsOf: header)
-        out.append(contentsOf: payload)
     }
 }
 

@@ -442,6 +442,71 @@ public final class Socket: Sendable {
         }
     }
 
+    /// Writes the octets of `parts`, in order, every one, with one `sendmsg` per round (an iovec
+    /// per part, at most `IOV_MAX`): no copy of the parts into one buffer. Short writes and
+    /// `EINTR` are continued where they stopped.
+    /// - Parameter parts: the buffers, written one after the other as one stream of octets.
+    /// - Throws: as `write(_:)`.
+    public func write(parts: [[UInt8]]) throws {
+        let nonEmpty = parts.filter { !$0.isEmpty }
+        if nonEmpty.isEmpty { return }
+        if nonEmpty.count == 1 { return try nonEmpty[0].withUnsafeBytes { try write($0) } }
+        var buffers: [UnsafeRawBufferPointer] = []
+        buffers.reserveCapacity(nonEmpty.count)
+        try Socket.withBuffers(nonEmpty[...], &buffers) { buffers in
+            var iov = buffers.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+            var first = 0
+            do {
+                try withDescriptor("write") { fd in
+                    while first < iov.count {
+                        let count = min(iov.count - first, Socket.maximumIOVectors)
+                        let result = try iov.withUnsafeMutableBufferPointer { all -> IOResult<Int> in
+                            var message = msghdr()
+                            message.msg_iov = all.baseAddress! + first
+                            message.msg_iovlen = count
+                            return try SystemCall.run("sendmsg", misuse: .forbiddingEINVAL) { sendmsg(fd, &message, Int32(MSG_NOSIGNAL)) }
+                        }
+                        guard case .processed(let n) = result else { throw SocketError(.timeout, "write", code: EAGAIN) }
+                        Socket.advance(&iov, first: &first, by: n)
+                    }
+                }
+            } catch let e as SystemCallError {
+                throw SocketError(e, operation: "write")
+            }
+        }
+    }
+
+    /// After `written` octets of `iov[first...]` went out: `first` moves past the iovecs sent
+    /// whole and the next one is trimmed to what is left of it.
+    static func advance(_ iov: inout [iovec], first: inout Int, by written: Int) {
+        var n = written
+        while n > 0 && first < iov.count {
+            if n >= iov[first].iov_len {
+                n -= iov[first].iov_len
+                first += 1
+            } else {
+                iov[first].iov_base = iov[first].iov_base! + n
+                iov[first].iov_len -= n
+                n = 0
+            }
+        }
+    }
+
+    /// The most iovecs one `sendmsg` takes (`IOV_MAX`, 1024 on Linux; glibc's macro is not
+    /// imported into Swift).
+    static let maximumIOVectors = 1024
+
+    /// Calls `body` with the bytes of every array in `parts` (nested `withUnsafeBytes`: each
+    /// pointer valid for the whole call).
+    private static func withBuffers<R>(_ parts: ArraySlice<[UInt8]>, _ collected: inout [UnsafeRawBufferPointer],
+                                       _ body: ([UnsafeRawBufferPointer]) throws -> R) throws -> R {
+        guard let first = parts.first else { return try body(collected) }
+        return try first.withUnsafeBytes { raw in
+            collected.append(raw)
+            return try withBuffers(parts.dropFirst(), &collected, body)
+        }
+    }
+
     /// Writes every byte before `deadline`: each `send` waits at most until the deadline, so a
     /// peer that reads a byte at a time cannot stretch the write past it. Replaces the socket's
     /// write timeout.
