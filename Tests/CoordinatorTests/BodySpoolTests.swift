@@ -174,7 +174,7 @@ struct BodySpoolTests {
         #expect(q.spool.currentSegment == segA, "a segment started a moment ago stays current")
         let later = ContinuousClock.now + SQLiteQueueStore.spoolEvacuateAfter + .seconds(1)
         try q.spoolPass(checkpointer, memory: &memory, now: later)
-        #expect(q.spool.currentSegment == nil && q.spool.isSealed(segA), "sealed once idle that long")
+        #expect(q.spool.currentSegment == nil && q.spool.sealedSegments.contains { $0.segment == segA }, "sealed once idle that long")
         try q.spoolPass(checkpointer, memory: &memory, now: later + SQLiteQueueStore.spoolEvacuateAfter + .seconds(1))
         #expect(try row(q, "A") == (a.count, nil), "moved into its row")
         try q.spoolPass(checkpointer, memory: &memory)

@@ -187,6 +187,30 @@ class Session(threading.Thread):
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    def store(self, pid, t_mail, t_dot, mail_from, rcpts, chaos_id, size, held354, bdat=False):
+        """The end of a transaction's content: the controller's 250 hold (or the sink's delay),
+        the message record, the 250 and its reply record. Returns whether the 250 was sent."""
+        sink = self.sink
+        held250 = sink.hold.claim("250", pid, self.peer[0])
+        if held250:
+            sink.hold.wait(held250)
+        elif sink.delay > 0:
+            time.sleep(sink.delay)
+        mid = "%d.%d" % (self.cid, sink.next_msg())
+        record = {"k": "msg", "m": mid, "c": self.cid, "ip": self.peer[0], "pid": pid,
+                  "t_mail": t_mail, "t_dot": t_dot, "t_commit": time.time(), "from": mail_from,
+                  "rcpts": rcpts, "id": chaos_id, "size": size, "held": held354 or held250}
+        if bdat:
+            record["bdat"] = True
+        sink.rec.write(record)
+        ok = True
+        try:
+            self.send("250 2.0.0 Ok: stored " + mid)
+        except OSError:
+            ok = False
+        sink.rec.write({"k": "reply", "m": mid, "t": time.time(), "sent": ok})
+        return ok
+
     @staticmethod
     def chaos_id_of(content):
         """The X-Chaos-Id of a message (in its header, or a DSN's returned header in its body)."""
@@ -217,7 +241,7 @@ class Session(threading.Thread):
         pid = pid_holding(inode, sink.pids.current()) if inode else None
         rec.write({"k": "conn", "c": self.cid, "t": t0, "ip": self.peer[0], "port": self.peer[1], "pid": pid})
         mail_from, rcpts, t_mail, t_last = None, [], None, None
-        held354 = held250 = None
+        held354 = None
         chunks = []
         try:
             self.sock.settimeout(600)
@@ -233,7 +257,7 @@ class Session(threading.Thread):
                     else:
                         self.send("250 sink.chaos.test")
                 elif verb == b"MAIL":
-                    held354 = held250 = None
+                    held354 = None
                     chunks = []
                     mail_from, rcpts, t_mail, t_last = line[10:].decode(errors="replace").strip().split(" ")[0].strip("<>"), [], now, now
                     self.send("250 2.1.0 Ok")
@@ -265,23 +289,7 @@ class Session(threading.Thread):
                         elif chaos_id is None and l[:12].lower() == b"x-chaos-id: ":
                             # a DSN returns the original headers in its body
                             chaos_id = l[12:].decode(errors="replace").strip()
-                    t_dot = t_last
-                    held250 = sink.hold.claim("250", pid, self.peer[0])
-                    if held250:
-                        sink.hold.wait(held250)
-                    elif sink.delay > 0:
-                        time.sleep(sink.delay)
-                    mid = "%d.%d" % (self.cid, sink.next_msg())
-                    rec.write({"k": "msg", "m": mid, "c": self.cid, "ip": self.peer[0], "pid": pid,
-                               "t_mail": t_mail, "t_dot": t_dot, "t_commit": time.time(), "from": mail_from,
-                               "rcpts": rcpts, "id": chaos_id, "size": size,
-                               "held": held354 or held250})
-                    ok = True
-                    try:
-                        self.send("250 2.0.0 Ok: stored " + mid)
-                    except OSError:
-                        ok = False
-                    rec.write({"k": "reply", "m": mid, "t": time.time(), "sent": ok})
+                    ok = self.store(pid, t_mail, t_last, mail_from, rcpts, chaos_id, size, held354)
                     mail_from, rcpts, t_mail = None, [], None
                     if not ok:
                         return
@@ -307,23 +315,7 @@ class Session(threading.Thread):
                         continue
                     content = b"".join(chunks)
                     chunks = []
-                    t_dot = t_last
-                    held250 = sink.hold.claim("250", pid, self.peer[0])
-                    if held250:
-                        sink.hold.wait(held250)
-                    elif sink.delay > 0:
-                        time.sleep(sink.delay)
-                    mid = "%d.%d" % (self.cid, sink.next_msg())
-                    rec.write({"k": "msg", "m": mid, "c": self.cid, "ip": self.peer[0], "pid": pid,
-                               "t_mail": t_mail, "t_dot": t_dot, "t_commit": time.time(), "from": mail_from,
-                               "rcpts": rcpts, "id": self.chaos_id_of(content), "size": len(content),
-                               "held": held250, "bdat": True})
-                    ok = True
-                    try:
-                        self.send("250 2.0.0 Ok: stored " + mid)
-                    except OSError:
-                        ok = False
-                    rec.write({"k": "reply", "m": mid, "t": time.time(), "sent": ok})
+                    ok = self.store(pid, t_mail, t_last, mail_from, rcpts, self.chaos_id_of(content), len(content), None, bdat=True)
                     mail_from, rcpts, t_mail = None, [], None
                     if not ok:
                         return

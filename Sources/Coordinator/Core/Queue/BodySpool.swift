@@ -73,6 +73,22 @@ public final class BodySpool: Sendable {
         var writing: [Int64: Int] = [:]
         /// Segments removed by this process (for tests and metrics).
         var removed = 0
+
+        /// Seals the current segment, if any, and hands back its file to close.
+        mutating func sealCurrent() -> File? {
+            guard let c = current else { return nil }
+            sealed[c.number] = .now
+            current = nil
+            return c.file
+        }
+
+        /// Ends one append's protection of each of `segments`.
+        mutating func doneWriting<S: Sequence>(_ segments: S) where S.Element == Int64 {
+            for n in segments {
+                writing[n, default: 1] -= 1
+                if writing[n]! <= 0 { writing[n] = nil }
+            }
+        }
     }
 
     /// The spool directory.
@@ -119,23 +135,22 @@ public final class BodySpool: Sendable {
     }
 
     /// Appends `bodies` (nil entries are skipped) to the current segment, starting new segments
-    /// as they fill, and makes them durable. Every segment written stays unremovable until
-    /// `finishedWriting(_:)` is called with the result.
-    /// - Parameters:
-    ///   - bodies: the bodies to store, or nil for those kept elsewhere.
-    ///   - sync: whether to `fdatasync` before returning (false only for stores that promise
-    ///     no more than the process's own crash).
+    /// as they fill, and makes them durable (`fdatasync`). Every segment written stays
+    /// unremovable until `finishedWriting(_:)` is called with the result.
+    /// - Parameter bodies: the bodies to store, or nil for those kept elsewhere.
     /// - Returns: one location per entry of `bodies` (nil where the entry was nil).
     /// - Throws: `SystemCallError` (`ENOSPC`, `EIO`, …): nothing appended may then be used;
     ///   `finishedWriting` is not needed.
-    public func append(_ bodies: [[UInt8]?], sync: Bool = true) throws -> [Location?] {
+    public func append(_ bodies: [[UInt8]?]) throws -> [Location?] {
         guard bodies.contains(where: { $0 != nil }) else { return bodies.map { _ in nil } }
         appendLock.lock()
         defer { appendLock.unlock() }
         var out: [Location?] = []
         out.reserveCapacity(bodies.count)
         var touched: [Int64] = []
+        // Segments filled and sealed by this append: synced with the batch, then closed.
         var toSync: [File] = []
+        defer { for f in toSync { try? f.close() } }
         do {
             for body in bodies {
                 guard let body else { out.append(nil); continue }
@@ -144,31 +159,22 @@ public final class BodySpool: Sendable {
                 state.withLock { $0.current?.size += body.count }
                 out.append(Location(segment: number, offset: Int64(offset), length: body.count))
             }
-            if sync {
-                for f in toSync { try f.syncData() }
-                if let current = state.withLock({ $0.current?.file }) { try current.syncData() }
-            }
+            for f in toSync { try f.syncData() }
+            if let current = state.withLock({ $0.current?.file }) { try current.syncData() }
         } catch {
-            state.withLock { s in for n in touched { s.writing[n, default: 1] -= 1; if s.writing[n] == 0 { s.writing[n] = nil } } }
+            state.withLock { $0.doneWriting(touched) }
             // A write that failed part-way leaves the file's end unknown: start a new segment.
             sealCurrent()
-            for f in toSync { try? f.close() }
             throw error
         }
-        for f in toSync where f !== state.withLock({ $0.current?.file }) { try? f.close() }
         return out
     }
 
     /// The segment to append to (starting one when there is none or it is full), registering
     /// this append as writing to it.
     private func segmentForAppend(touched: inout [Int64], toSync: inout [File]) throws -> (Int64, File, Int) {
-        if let full = state.withLock({ s -> File? in
-            guard let c = s.current, c.size >= segmentLimit else { return nil }
-            s.sealed[c.number] = .now
-            s.current = nil
-            return c.file
-        }) {
-            toSync.append(full)  // synced with the batch (its last bodies are in this batch), then closed
+        if let full = state.withLock({ s in (s.current?.size ?? 0) >= segmentLimit ? s.sealCurrent() : nil }) {
+            toSync.append(full)  // its last bodies may be in this batch
         }
         if state.withLock({ $0.current == nil }) {
             let number = state.withLock { s -> Int64 in defer { s.nextNumber += 1 }; return s.nextNumber }
@@ -192,13 +198,7 @@ public final class BodySpool: Sendable {
 
     /// Seals the current segment (after a failed append; the next append starts a new one).
     private func sealCurrent() {
-        let file = state.withLock { s -> File? in
-            guard let c = s.current else { return nil }
-            s.sealed[c.number] = .now
-            s.current = nil
-            return c.file
-        }
-        try? file?.close()
+        try? state.withLock { $0.sealCurrent() }?.close()
     }
 
     /// Ends the protection `append` gave the segments of `locations` (call once the rows
@@ -207,12 +207,7 @@ public final class BodySpool: Sendable {
     public func finishedWriting(_ locations: [Location?]) {
         let segments = Set(locations.compactMap { $0?.segment })
         guard !segments.isEmpty else { return }
-        state.withLock { s in
-            for n in segments {
-                s.writing[n, default: 1] -= 1
-                if s.writing[n]! <= 0 { s.writing[n] = nil }
-            }
-        }
+        state.withLock { $0.doneWriting(segments) }
     }
 
     /// Reads a body back.
@@ -238,9 +233,6 @@ public final class BodySpool: Sendable {
     public var sealedSegments: [(segment: Int64, sealedAt: ContinuousClock.Instant)] {
         state.withLock { s in s.sealed.filter { s.writing[$0.key] == nil }.map { ($0.key, $0.value) }.sorted { $0.segment < $1.segment } }
     }
-
-    /// Whether `segment` is sealed (known and not the current one).
-    public func isSealed(_ segment: Int64) -> Bool { state.withLock { $0.sealed[segment] != nil } }
 
     /// The segment being appended to, if any.
     public var currentSegment: Int64? { state.withLock { $0.current?.number } }

@@ -37,10 +37,12 @@ extension SQLiteQueueStore {
         guard !sealed.isEmpty else { return }
         // Remove what an earlier pass found unreferenced, once durably so.
         let syncsBefore = walSyncs.withLock { $0.count }
+        var removed: Set<Int64> = []
         for (segment, found) in memory.spoolUnreferenced where memory.durablePasses > found.durablePasses || syncsBefore > found.syncs {
             do {
                 try spool.remove(segment)
                 memory.spoolUnreferenced[segment] = nil
+                removed.insert(segment)
             } catch {
                 Logger(label: "coordinator.queue").warning("cannot remove a spool segment", ["segment": spool.path(of: segment), "error": "\(error)"])
             }
@@ -51,7 +53,7 @@ extension SQLiteQueueStore {
         // Read after the query: a synced commit counted later began after every change the
         // query saw (commits on the queue's connection are serialized), so it covers them.
         let syncs = walSyncs.withLock { $0.count }
-        for (segment, _) in sealed where !referenced.contains(segment) && memory.spoolUnreferenced[segment] == nil && spool.isSealed(segment) {
+        for (segment, _) in sealed where !referenced.contains(segment) && memory.spoolUnreferenced[segment] == nil && !removed.contains(segment) {
             memory.spoolUnreferenced[segment] = (memory.durablePasses, syncs)
         }
         var budget = Self.evacuateBudget

@@ -220,15 +220,15 @@ public final class SQLiteQueueStore: QueueStore {
     }
 
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
-    /// - Parameter locations: per message, where the spool holds its body (nil: in the row).
+    /// - Parameter locations: per message, where the spool holds its body (nil: in the row); as
+    ///   many as `messages` (`BodySpool.append` returns one per entry).
     private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase) throws {
         try db.transaction {
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
-            for (i, m) in messages.enumerated() {
+            for (m, spooled) in zip(messages, locations) {
                 let t = m.receivedAt.timeIntervalSince1970
-                let spooled = i < locations.count ? locations[i] : nil
                 try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
                               .text(m.heloName), .text(m.clientAddress), spooled == nil ? .blob(m.content) : .null, .int(Int64(m.recipients.count)),
                               optional(m.authenticatedUser), optional(m.dsnReturn?.rawValue), optional(m.envelopeID), optional(m.tenant),
@@ -364,22 +364,27 @@ public final class SQLiteQueueStore: QueueStore {
     public func content(of messageID: String) throws -> [UInt8]? {
         // A spooled body is read outside the lock. Its segment is removed only once no row
         // points at it; if the body was moved into its row in between, the second look finds it.
-        for attempt in 0..<2 {
-            let stored = try lock.withLock { try storedBody(of: messageID) }
-            switch stored {
-            case nil: return nil
-            case .inRow(let body): return body
-            case .spooled(let location):
-                do { return try spool.read(location) } catch let error as BodySpool.MissingBody where attempt == 0 { _ = error; continue }
-            }
+        do {
+            return try body(lock.withLock { try storedBody(of: messageID) })
+        } catch is BodySpool.MissingBody {
+            return try body(lock.withLock { try storedBody(of: messageID) })
         }
-        return nil
     }
 
     /// Where a message's body is.
     enum StoredBody {
         case inRow([UInt8])
         case spooled(BodySpool.Location)
+    }
+
+    /// The octets of `stored` (read from the spool when it is there), nil for none.
+    /// - Throws: `BodySpool.MissingBody`, `SystemCallError`.
+    private func body(_ stored: StoredBody?) throws -> [UInt8]? {
+        switch stored {
+        case nil: return nil
+        case .inRow(let body): return body
+        case .spooled(let location): return try spool.read(location)
+        }
     }
 
     /// The body of `messageID` as its row has it, nil when unknown or purged (caller holds `lock`).
@@ -395,13 +400,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// The body of `messageID` (read from the spool under `lock`: for rare callers), nil when
     /// unknown or purged.
     /// - Throws: `SQLiteError`, `BodySpool.MissingBody`, `SystemCallError`.
-    func bodyUnderLock(of messageID: String) throws -> [UInt8]? {
-        switch try storedBody(of: messageID) {
-        case nil: return nil
-        case .inRow(let body): return body
-        case .spooled(let location): return try spool.read(location)
-        }
-    }
+    func bodyUnderLock(of messageID: String) throws -> [UInt8]? { try body(storedBody(of: messageID)) }
 
     /// Applies a node's report, idempotently.
     ///
