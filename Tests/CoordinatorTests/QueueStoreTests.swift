@@ -472,6 +472,44 @@ struct QueueStoreHotPathTests {
         #expect(statements.map(\.reprepareCount).reduce(0, +) == 0)
     }
 
+    @Test("lease and result rounds compile nothing again, and each synced commit that wrote syncs the WAL once")
+    func unsyncedRoundsCompileNothing() throws {
+        let dir = NSTemporaryDirectory() + "hato-sync-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        let syncsAtOpen = q.lock.withLock { q.db.walSyncsIssued }
+        // (Opening compiles a few schema queries again after its ALTER TABLEs: not counted.)
+        let compiledAtOpen = Dictionary(q.lock.withLock { q.db.cachedStatements(containing: "") }.map { ($0.sql, $0.reprepareCount) },
+                                        uniquingKeysWith: { a, _ in a })
+        for i in 0..<3 { try q.enqueue(message("M\(i)", ["r\(i)@x.test"], pool: "p1")) }
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsAtOpen + 3, "one WAL sync per queued message (each its own batch here)")
+        #expect(q.syncedCommitsForTests >= 3)
+        for round in 0..<3 {
+            let due = try q.dueRecipients(pools: ["p1"], now: t0, limit: 10)
+            let lease = LeaseRecord(id: "L\(round)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: due[0].messageID,
+                                    domain: due[0].domain, recipientIDs: [due[0].id], grantedAt: t0, expiresAt: t0 + 300)
+            #expect(try q.recordLeases([lease], countAttemptsOnDay: nil).count == 1)
+            let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
+                                       outcomes: [RecipientResult(recipientID: due[0].id, status: .delivered,
+                                                                  reply: DeliveryStatus(code: 250, enhanced: "2.0.0", text: "ok"))], finishedAt: 0)
+            _ = try q.applyResultsUnsynced([(result: result, node: "node-a")], retry: RetryPolicy(schedule: [60], maxAge: 3600), now: t0)
+        }
+        #expect(try q.countsByState()[.queued] ?? 0 == 0)
+        // Before, each unsynced round set PRAGMA synchronous=NORMAL and FULL again: SQLite
+        // compiles that pragma anew at every run (12 recompilations in these three rounds).
+        let all = q.lock.withLock { q.db.cachedStatements(containing: "") }
+        #expect(all.count > 10)
+        let recompiled = all.filter { $0.reprepareCount > (compiledAtOpen[$0.sql] ?? 0) }.map(\.sql)
+        #expect(recompiled == [])
+        #expect(try q.lock.withLock { try q.db.prepare("PRAGMA synchronous").query { $0.int(0) } } == [1], "the connection stays at NORMAL")
+        // The unsynced commits issued no sync; a synced one does, one that wrote nothing does not.
+        let before = q.lock.withLock { q.db.walSyncsIssued }
+        try q.lock.withLock { try q.db.transaction { try q.db.execute("UPDATE messages SET size=size WHERE id='none'") } }
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == before)
+        try q.lock.withLock { try q.db.transaction { try q.db.execute("UPDATE messages SET size=size+0 WHERE id='M0'") } }
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == before + 1)
+    }
+
     @Test("the due query takes recipients of every pool asked for and none of the others", arguments: StoreKind.allCases)
     func dueOverSeveralPools(kind: StoreKind) throws {
         let place = try TestStore(kind)

@@ -113,6 +113,35 @@ struct EndToEndTests {
         }
     }
 
+    @Test("on an idle cluster new mail is leased from its inserted rows while its commit runs (hato_leases_granted_at_queueing), and delivered once")
+    func leasedAtQueueing() throws {
+        let cluster = try LocalCluster()
+        defer { cluster.shutdown() }
+        do {
+            try cluster.startCoordinator()
+            try cluster.startNodesAndWait()
+            // One message at a time: each finds nothing else due (a first round drains the empty queue).
+            for i in 1...5 {
+                _ = try submitWithSmtplib(port: cluster.smtpPort, messages: [("sender@hato.test", ["r\(i)@hato.test"], testMessage(i, to: "r\(i)@hato.test"))],
+                                          connections: 1, dir: cluster.dir)
+                try cluster.waitForQueue(final: i, timeout: 30)
+            }
+            #expect(cluster.capture.received.count == 5)
+            #expect(Set(cluster.capture.received.flatMap(\.recipients)).count == 5, "each recipient once")
+            let metrics = try httpGet(port: cluster.adminPort, path: "/metrics")
+            func value(_ name: String) -> Int? {
+                metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "").map { Int($0) } }
+            }
+            let all = try #require(value("hato_leases_granted"))
+            let atQueueing = try #require(value("hato_leases_granted_at_queueing"))
+            #expect(all == 5)
+            #expect(atQueueing >= 4, "all but perhaps the first (before any round had drained the queue): \(atQueueing) of \(all)")
+        } catch {
+            Issue.record("\(error)\n\(cluster.logs)")
+            throw error
+        }
+    }
+
     @Test("a 451 is retried and delivered; a 550 marks the recipient failed")
     func deferralAndFailure() throws {
         let cluster = try LocalCluster(retrySchedule: "[1s]") { rcpt, attempt in

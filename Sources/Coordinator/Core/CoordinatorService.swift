@@ -81,6 +81,8 @@ public final class CoordinatorService: Sendable {
         }
         let hub = try ClusterHub(config: config, store: store, mode: mode)
         self.hub = hub
+        // New mail's leases are planned while its commit's fsync runs (issue 19's latency).
+        (store as? SQLiteQueueStore)?.observeInsertedRecipients { hub.newMailInserted($0) }
         let blocklists = BlocklistChecker(config: config) { change in
             hub.blocklistChanged(ip: change.ip, holdReason: change.holdReason, event: (change.kind, change.note), history: change.history)
         }

@@ -61,6 +61,8 @@ public final class ClusterHub: Sendable {
         var events: [Event] = []
         var wake = false
         var running = true
+        /// Recipients of mail being committed right now (`newMailInserted`), not yet looked at.
+        var fresh: [DueRecipient] = []
     }
 
     /// What other threads read: published by the scheduler thread after each pass (a copy of
@@ -112,6 +114,8 @@ public final class ClusterHub: Sendable {
     private let fencedTerm = Locked<Int64?>(nil)
     /// Leases recorded and sent by this process since it started.
     private let leasesGranted = Locked(0)
+    /// Of `leasesGranted`, those planned from new mail's inserted rows (`Scheduler.leaseFresh`).
+    private let leasesGrantedAtQueueing = Locked(0)
     /// The blocklist holds as last reported (IP → why), for a scheduler made on election.
     private let blocklistHolds = Locked<[String: String]>([:])
     /// The FCrDNS holds (`reputation.require_fcrdns`) as last reported (IP → why).
@@ -252,6 +256,22 @@ public final class ClusterHub: Sendable {
 
     /// New mail was queued: the scheduler thread leases it at once. Call after the `250` was written.
     public func dispatchNewMail() { wake() }
+
+    /// The most inserted rows held for `leaseFresh` at once; a bigger burst (a backlog forming)
+    /// waits for the due query like everything else.
+    static let freshRowsLimit = 256
+
+    /// The recipients of mail whose rows were just written and whose commit (and fsync) is
+    /// under way (`SQLiteQueueStore.observeInsertedRecipients`): the scheduler thread plans
+    /// their leases meanwhile (`Scheduler.leaseFresh`) and records them as soon as the commit
+    /// lets go of the queue — the light-load path from the client's `250` to the grant loses the
+    /// wake-up after the fsync and the due query (issue 19). Returns at once.
+    public func newMailInserted(_ rows: [DueRecipient]) {
+        inbox.withLockAndBroadcast { box in
+            guard box.fresh.count + rows.count <= ClusterHub.freshRowsLimit else { return }
+            box.fresh += rows
+        }
+    }
 
     private func post(_ event: Event) {
         inbox.withLockAndBroadcast { $0.events.append(event) }
@@ -448,10 +468,10 @@ public final class ClusterHub: Sendable {
         var nextTick = clock.now()
         while true {
             let wait = max(0, nextTick.timeIntervalSince(clock.now()))
-            let (events, wake, running) = inbox.wait(until: .now + .milliseconds(Int(wait * 1000)),
-                                                     for: { !$0.events.isEmpty || $0.wake || !$0.running }) { box, _ in
-                defer { box.events.removeAll(keepingCapacity: true); box.wake = false }
-                return (box.events, box.wake, box.running)
+            let (events, wake, running, fresh) = inbox.wait(until: .now + .milliseconds(Int(wait * 1000)),
+                                                            for: { !$0.events.isEmpty || $0.wake || !$0.running || !$0.fresh.isEmpty }) { box, _ in
+                defer { box.events.removeAll(keepingCapacity: true); box.wake = false; box.fresh.removeAll(keepingCapacity: true) }
+                return (box.events, box.wake, box.running, box.fresh)
             }
             guard running else { break }
             var now = clock.now()
@@ -497,6 +517,20 @@ public final class ClusterHub: Sendable {
             leading = nil
             now = clock.now()
             pollSigningKeys(term: scheduler.leadership?.term)
+            if !fresh.isEmpty {
+                // Planned while the batch's commit runs; recording waits for the queue's lock.
+                do {
+                    let directives = try scheduler.leaseFresh(fresh, now: now, queue: store, canSend: { node in
+                        !(self.link(ofNode: node)?.isBackedUp ?? true)
+                    })
+                    let before = leasesGranted.snapshot
+                    perform(directives, &scheduler, now: now, nextTick: &nextTick)
+                    let granted = leasesGranted.snapshot - before
+                    if granted > 0 { leasesGrantedAtQueueing.withLock { $0 += granted } }
+                } catch {
+                    log.error("leasing new mail failed; the next round takes it", ["error": "\(error)"])
+                }
+            }
             if now >= nextTick {
                 nextTick = now.addingTimeInterval(Scheduler.maximumTickInterval)
                 do {
@@ -1141,6 +1175,7 @@ public final class ClusterHub: Sendable {
             g.leader = info.isSelf
             g.term = info.term
             g.leasesGranted = leasesGranted.snapshot
+            g.leasesGrantedAtQueueing = leasesGrantedAtQueueing.snapshot
             return g
         }
     }

@@ -116,7 +116,10 @@ public final class SQLiteQueueStore: QueueStore {
         let spool = try BodySpool(directory: (directory as NSString).appendingPathComponent("spool"), segmentLimit: spoolSegmentLimit)
         self.spool = spool
         self.spoolThreshold = spoolThreshold
-        committer = GroupCommitter { batch in try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db) }
+        let inserted = self.inserted
+        committer = GroupCommitter { batch in
+            try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
+        }
         let walSyncs = self.walSyncs
         db.onSyncedCommit = {
             walSyncs.withLockAndBroadcast { w in
@@ -191,6 +194,9 @@ public final class SQLiteQueueStore: QueueStore {
         try installOperatorSchema()
         try installComplaintSchema()
         try installIPHealthSchema()
+        // From here on the connection stays at synchronous=NORMAL: a synced commit syncs the
+        // WAL itself after COMMIT (no pragma compiled around every lease and result round).
+        try db.syncWALAfterCommits()
     }
 
     /// Writes a message and its recipients (state `queued`, due now) in one fsync'd transaction.
@@ -207,26 +213,48 @@ public final class SQLiteQueueStore: QueueStore {
     /// Writes several messages in one fsync'd transaction (group commit).
     /// - Throws: `SQLiteError`; nothing is written then.
     public func enqueue(_ messages: [NewMessage]) throws {
-        try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db)
+        try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
+    }
+
+    /// Told, for each batch of new mail, its recipients as the due query would return them,
+    /// once their rows are written and *before* their commit and its fsync (see
+    /// `observeInsertedRecipients`).
+    private let inserted = Locked<(@Sendable ([DueRecipient]) -> Void)?>(nil)
+
+    /// Calls `observer` with the recipients of each batch of new mail — ids, addresses, pool and
+    /// priority as `dueRecipients` gives them — while the batch's transaction is still open,
+    /// under the queue's lock, just before its commit and fsync: the scheduler plans their
+    /// leases during the fsync instead of after it and a due query (issue 19's latency). The
+    /// rows are not committed yet when it is called, and may never be (a failed commit): a lease
+    /// recorded for them afterwards keeps only rows that exist, waiting, for the same message
+    /// (`recordLeases`). It must return at once and must not use the store.
+    public func observeInsertedRecipients(_ observer: @escaping @Sendable ([DueRecipient]) -> Void) {
+        inserted.withLock { $0 = observer }
     }
 
     /// Writes a batch: bodies of at least `spoolThreshold` octets to the spool (durable first),
     /// then every row in one fsync'd transaction under `lock`.
     /// - Throws: `SystemCallError` from the spool, `SQLiteError`; nothing is queued then.
-    private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase) throws {
+    private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase,
+                               inserted: Locked<(@Sendable ([DueRecipient]) -> Void)?>) throws {
         let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
         defer { spool.finishedWriting(locations) }
-        try lock.withLock { try insert(messages, locations: locations, into: db) }
+        let observer = inserted.withLock { $0 }
+        try lock.withLock { try insert(messages, locations: locations, into: db, observer: observer) }
     }
 
     /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
-    /// - Parameter locations: per message, where the spool holds its body (nil: in the row); as
-    ///   many as `messages` (`BodySpool.append` returns one per entry).
-    private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase) throws {
+    /// - Parameters:
+    ///   - locations: per message, where the spool holds its body (nil: in the row); as
+    ///     many as `messages` (`BodySpool.append` returns one per entry).
+    ///   - observer: told the new recipients before the commit (`observeInsertedRecipients`).
+    private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase,
+                               observer: (@Sendable ([DueRecipient]) -> Void)? = nil) throws {
         try db.transaction {
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
+            var fresh: [DueRecipient] = []
             for (m, spooled) in zip(messages, locations) {
                 let t = m.receivedAt.timeIntervalSince1970
                 try insM.run([.text(m.id), .text(m.reversePath), .text(m.pool), .int(Int64(m.content.count)), .double(t),
@@ -236,10 +264,16 @@ public final class SQLiteQueueStore: QueueStore {
                 try recordIdempotency(of: m, in: db)
                 for (index, r) in m.recipients.enumerated() {
                     let p = index < m.recipientParameters.count ? m.recipientParameters[index] : RecipientParameters()
-                    try insR.run([.text(m.id), .text(r), .text(Queue.domain(of: r)), .double(t), .double(t),
+                    let domain = Queue.domain(of: r)
+                    try insR.run([.text(m.id), .text(r), .text(domain), .double(t), .double(t),
                                   optional(p.notify?.text), optional(p.originalRecipient), .text(m.pool), .text(m.priority.rawValue)])
+                    if observer != nil {
+                        fresh.append(DueRecipient(id: db.lastInsertedRowID, messageID: m.id, address: r, domain: domain, pool: m.pool,
+                                                  reversePath: m.reversePath, priority: m.priority))
+                    }
                 }
             }
+            if let observer, !fresh.isEmpty { observer(fresh) }
         }
     }
 
@@ -334,13 +368,15 @@ public final class SQLiteQueueStore: QueueStore {
     }
 
     private func recordLeasesInTransaction(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord] {
-        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND (state='queued' OR state='deferred')")
+        // The message too: a lease planned from rows seen before their commit (`observeInsertedRecipients`)
+        // whose commit failed must not take a later row that got the same id.
+        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND message_id=? AND (state='queued' OR state='deferred')")
         let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
         var out: [LeaseRecord] = []
         for var l in leases {
             var kept: [Int64] = []
             for rid in l.recipientIDs {
-                try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid)])
+                try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid), .text(l.messageID)])
                 if db.changes == 1 { kept.append(rid) }
             }
             guard !kept.isEmpty else { continue }

@@ -96,6 +96,9 @@ public final class CoordinatorMetrics: Sendable {
     /// `hato_leases_granted`: leases this coordinator process has granted (recorded and sent)
     /// since it started; a stale leader's figure stops growing.
     public let leasesGranted: Gauge
+    /// `hato_leases_granted_at_queueing`: of those, leases planned from new mail's rows while
+    /// its commit ran (`Scheduler.leaseFresh`), without a due query: at a light load most are.
+    public let leasesGrantedAtQueueing: Gauge
 
     /// Latency buckets in seconds: 100 ms to 1 day.
     public static let latencyBuckets: [Double] = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -147,6 +150,8 @@ public final class CoordinatorMetrics: Sendable {
         leader = r.gauge("hato_leader", help: "1 while this coordinator leads the cluster, else 0.")
         leadershipTerm = r.gauge("hato_leadership_term", help: "The highest leadership term this coordinator has seen.")
         leasesGranted = r.gauge("hato_leases_granted", help: "Leases this coordinator process has granted since it started.")
+        leasesGrantedAtQueueing = r.gauge("hato_leases_granted_at_queueing",
+                                          help: "Leases granted from new mail's rows while its commit ran, without a due query, since the process started.")
     }
 
     /// What the cluster hub shows the metrics at scrape time.
@@ -163,6 +168,8 @@ public final class CoordinatorMetrics: Sendable {
         public var term: Int64 = 0
         /// Leases granted by this process since it started.
         public var leasesGranted = 0
+        /// Of those, leases planned from new mail's inserted rows (`Scheduler.leaseFresh`).
+        public var leasesGrantedAtQueueing = 0
         public init() {}
     }
 
@@ -186,6 +193,7 @@ public final class CoordinatorMetrics: Sendable {
                 leader.set(g.leader ? 1 : 0)
                 leadershipTerm.set(Double(g.term))
                 leasesGranted.set(Double(g.leasesGranted))
+                leasesGrantedAtQueueing.set(Double(g.leasesGrantedAtQueueing))
             }
             if let counts = try? store.countsByState() {
                 for (state, n) in counts { queueDepth.set(Double(n), labels: [state.rawValue]) }

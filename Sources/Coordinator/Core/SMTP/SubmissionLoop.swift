@@ -412,8 +412,9 @@ final class SubmissionCommitter: Sendable {
         }
         var failure: (any Error)?
         if !prepared.isEmpty {
+            for (_, message) in prepared { server.keepForGrant(message) }
             do { try store.enqueue(prepared.map(\.message.record)) } catch { failure = error }
-            for (i, message) in prepared { results[i] = server.settle(message, failure: failure) }
+            for (i, message) in prepared { results[i] = server.settle(message, failure: failure, kept: true) }
         }
         // Each session told on this thread (its loop does not touch it until handed back),
         // and handed back at once: the replies go out before the log lines are written (a

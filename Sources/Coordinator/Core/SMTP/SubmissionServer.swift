@@ -584,8 +584,18 @@ public final class SubmissionServer: Sendable {
         return result
     }
 
+    /// Keeps the content for the message's first grant before its commit (the scheduler may
+    /// lease it from its inserted rows while the commit runs, `ClusterHub.newMailInserted`).
+    /// Content of a commit that then fails stays until newer content pushes it out of the
+    /// bounded memory (`RecentContent`); it is never granted (no lease is recorded for rows
+    /// that were not committed).
+    func keepForGrant(_ prepared: PreparedMessage) {
+        keepContent?(prepared.record.id, prepared.record.content)
+    }
+
     /// `complete` without the log line: what must happen before the client hears back.
-    func settle(_ prepared: PreparedMessage, failure error: (any Error)?) -> Result<String, StoreFailure> {
+    /// - Parameter kept: whether `keepForGrant` already kept the content.
+    func settle(_ prepared: PreparedMessage, failure error: (any Error)?, kept: Bool = false) -> Result<String, StoreFailure> {
         let stored = prepared.record, message = prepared.submitted, tenant = prepared.tenant, id = stored.id
         if let error {
             if let tenant { tenants?.release(tenant, reservedAt: stored.receivedAt) }
@@ -594,7 +604,7 @@ public final class SubmissionServer: Sendable {
                       ["error": "\(error)", "client": message.peer.host])
             return .failure(failure)
         }
-        keepContent?(id, stored.content)
+        if !kept { keepContent?(id, stored.content) }
         guards.headroom.noteQueued(octets: stored.content.count)
         if let tenant { metrics?.tenantMessages.inc(tenant.name, "accepted") }
         return .success(id)

@@ -156,6 +156,11 @@ public struct Scheduler: Sendable {
     public private(set) var rewarmSince: [String: Date] = [:]
     /// Per-provider warm-up counts on `warmupDay`: sending IP → provider label → recipients leased.
     public private(set) var warmupProviderUsed: [String: [String: Int]] = [:]
+    /// Whether the last round that read the queue leased everything due it found, with rows
+    /// to spare under its limit: nothing older waits, so new mail may be leased from its
+    /// inserted rows at once (`leaseFresh`). False until a first round, and after any round
+    /// that left due recipients behind (credits, caps, backoffs or pauses held them).
+    public private(set) var queueDrained = false
     private var nextSignalPrune = Date.distantPast
     /// Signal counts not yet handed to the shell to store (written at most once per second).
     private var pendingSignalRows: [ReputationCount] = []
@@ -590,6 +595,36 @@ public struct Scheduler: Sendable {
         return out
     }
 
+    /// Leases just-queued mail from its inserted rows (`SQLiteQueueStore.observeInsertedRecipients`)
+    /// instead of the queue's due query, with every rule of a round (pauses, blocklist holds,
+    /// backoffs, warm-up caps, per-IP caps, credits, the IP spread) — only while nothing older
+    /// waits (`queueDrained`); otherwise nothing, and the next round's due query takes the new
+    /// rows in their turn. The rows may not be committed yet: recording the leases keeps only
+    /// the ones that exist and wait (`QueueStore.recordLeases`).
+    /// - Parameters:
+    ///   - rows: the new recipients, as the due query would return them.
+    ///   - now: the current time.
+    ///   - queue: where warm-up counts are read (its due query is not used).
+    ///   - canSend: as for `tick`.
+    /// - Returns: the directives (a `grant`, log lines); empty when the fast path does not apply.
+    /// - Throws: what `queue` throws for warm-up counts.
+    public mutating func leaseFresh(_ rows: [DueRecipient], now: Date, queue: any SchedulerQueue,
+                                    canSend: (String) -> Bool = { _ in true }) throws -> [Directive] {
+        guard queueDrained, !rows.isEmpty else { return [] }
+        return try planGrants(now: now, queue: FreshRows(rows: rows, base: queue), canSend: canSend, leasesPerNode: .max, fresh: true)
+    }
+
+    /// The queue as `leaseFresh` shows it to `planGrants`: the new rows are all that is due.
+    private struct FreshRows: SchedulerQueue {
+        let rows: [DueRecipient]
+        let base: any SchedulerQueue
+        func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
+            Array(rows.lazy.filter { pools.contains($0.pool) }.prefix(limit))
+        }
+        func dailyAttempts(day: Int) throws -> [String: Int] { try base.dailyAttempts(day: day) }
+        func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]] { try base.dailyProviderAttempts(day: day) }
+    }
+
     /// The queue returned expired leases to the waiting state.
     public mutating func leasesExpired(_ ids: [String]) -> [Directive] {
         for id in ids { leases.finished(id) }
@@ -634,7 +669,11 @@ public struct Scheduler: Sendable {
         return Array(all[k...] + all[..<k])
     }
 
-    private mutating func planGrants(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool, leasesPerNode: Int) throws -> [Directive] {
+    private mutating func planGrants(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool, leasesPerNode: Int,
+                                     fresh: Bool = false) throws -> [Directive] {
+        // A round that reads the queue says afterwards whether it left anything due behind; on
+        // any early return below it did not lease everything (no node ready, a hold, …).
+        if !fresh { queueDrained = false }
         var out: [Directive] = []
         if let hold = leaseHoldUntil {
             if now < hold {
@@ -681,9 +720,14 @@ public struct Scheduler: Sendable {
         var plan: [(DeliveryGroup, LeasePlanner.Candidate)] = []
         var admitted = backoffs
         var rotated = spread
+        var dueCount = 0
         while true {
             let due = try queue.dueRecipients(pools: pools, now: now, limit: limit)
-            guard !due.isEmpty else { return out }
+            guard !due.isEmpty else {
+                if !fresh && pools == Set(config.ips.map(\.pool)) { queueDrained = true }
+                return out
+            }
+            dueCount = due.count
             var groups = LeasePlanner.group(due)
             if pauses.keys.contains(where: { $0.kind == .provider }) {
                 groups.removeAll { pauses[PauseTarget(kind: .provider, name: providerLabel(ofDomain: $0.domain))] != nil }
@@ -718,6 +762,10 @@ public struct Scheduler: Sendable {
             rotated = trialSpread
             if plan.count >= totalCredits || due.count < limit || limit >= 5000 { break }
             limit = min(limit * 8, 5000)
+        }
+        if !fresh {
+            let planned = plan.reduce(0) { $0 + $1.0.recipients.count }
+            queueDrained = dueCount < limit && planned == dueCount && pools == Set(config.ips.map(\.pool))
         }
         guard !plan.isEmpty else { return out }
         backoffs = admitted
