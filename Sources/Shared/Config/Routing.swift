@@ -66,5 +66,5 @@ public struct NextHop: Sendable, Hashable, CustomStringConvertible {
     public var socketAddress: SocketAddress? { isIPLiteral ? SocketAddress(host: host, port: port) : nil }
 
     /// `host:port`, IPv6 in brackets.
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

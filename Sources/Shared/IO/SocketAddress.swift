@@ -17,7 +17,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     public init(host: String, port: UInt16) { self.host = host; self.port = port }
 
     /// `host:port`, with IPv6 hosts in brackets.
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// Whether `host` is an IPv6 literal.
     public var isIPv6: Bool { host.contains(":") }

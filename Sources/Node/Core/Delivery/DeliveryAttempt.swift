@@ -403,10 +403,10 @@ public struct DeliveryAttempt: Sendable {
 
     /// The next target's checkout, or the report when none is left or nothing is pending.
     private mutating func nextRound(now: ContinuousClock.Instant) -> Action {
-        let sourceIsIPv6 = sendingIP.isEmpty ? nil : sendingIP.contains(":")
+        let sourceIsIPv6 = sendingIP.isEmpty ? nil : sendingIP.utf8.contains(UInt8(ascii: ":"))
         while index < targets.count && !pending.isEmpty {
             let target = targets[index]
-            if let sourceIsIPv6, target.address.contains(":") != sourceIsIPv6 {
+            if let sourceIsIPv6, target.address.utf8.contains(UInt8(ascii: ":")) != sourceIsIPv6 {
                 lastFailure = SMTPOpenFailure(target: target, connectFailed: true,
                                               reply: .localDeferral(4, 1, "address family differs from sending IP \(sendingIP)"),
                                               tlsHandshakeFailed: false)
