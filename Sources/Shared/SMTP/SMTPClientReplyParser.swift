@@ -115,7 +115,7 @@ public struct SMTPClientReplyParser: Sendable {
     /// The RFC 2034/3463 enhanced status code at the start of `text`, if its class matches the
     /// reply code's class (RFC 3463 §2: the two must agree), as the server wrote it.
     static func enhancedCode(in text: String, code: Int) -> String? {
-        let token = String(text.prefix { $0 != " " })
+        let token = String(Substring(text.utf8.prefix { $0 != UInt8(ascii: " ") }))
         guard let enhanced = EnhancedStatusCode(token), enhanced.statusClass.rawValue == ReplyCode(code).replyClass?.rawValue else { return nil }
         return token
     }

@@ -77,12 +77,23 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible, L
     /// Parses `class.subject.detail` exactly as RFC 3463 §2 writes it: a class digit of 2, 4 or 5,
     /// then one to three ASCII digits for each of subject and detail; nil for anything else.
     public init?(_ text: String) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0].count == 1, let c = Int(parts[0]), let cls = Class(rawValue: c),
-              (1...3).contains(parts[1].count), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-              (1...3).contains(parts[2].count), parts[2].allSatisfy({ $0.isASCII && $0.isNumber }),
-              let subject = Int(parts[1]), let detail = Int(parts[2]) else { return nil }
-        self.init(cls, subject, detail)
+        // Octet by octet (every reply a node reads goes through here; splitting the String
+        // walked grapheme clusters).
+        var fields = [0, 0, 0], digits = [0, 0, 0], field = 0
+        for octet in text.utf8 {
+            if octet == UInt8(ascii: ".") {
+                field += 1
+                guard field < 3 else { return nil }
+            } else if octet >= UInt8(ascii: "0") && octet <= UInt8(ascii: "9") {
+                digits[field] += 1
+                guard digits[field] <= (field == 0 ? 1 : 3) else { return nil }
+                fields[field] = fields[field] * 10 + Int(octet - UInt8(ascii: "0"))
+            } else {
+                return nil
+            }
+        }
+        guard field == 2, digits[0] == 1, digits[1] >= 1, digits[2] >= 1, let cls = Class(rawValue: fields[0]) else { return nil }
+        self.init(cls, fields[1], fields[2])
     }
 
     /// Success (2.X.X).

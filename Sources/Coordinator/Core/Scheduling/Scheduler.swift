@@ -618,8 +618,10 @@ public struct Scheduler: Sendable {
     private struct FreshRows: SchedulerQueue {
         let rows: [DueRecipient]
         let base: any SchedulerQueue
+        /// Transactional rows before bulk ones, as the due query orders them (issue 18).
         func dueRecipients(pools: Set<String>, now: Date, limit: Int) throws -> [DueRecipient] {
-            Array(rows.lazy.filter { pools.contains($0.pool) }.prefix(limit))
+            let wanted = rows.filter { pools.contains($0.pool) }
+            return Array((wanted.filter { $0.priority == .transactional } + wanted.filter { $0.priority != .transactional }).prefix(limit))
         }
         func dailyAttempts(day: Int) throws -> [String: Int] { try base.dailyAttempts(day: day) }
         func dailyProviderAttempts(day: Int) throws -> [String: [String: Int]] { try base.dailyProviderAttempts(day: day) }
