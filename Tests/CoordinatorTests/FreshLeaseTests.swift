@@ -83,8 +83,28 @@ struct FreshLeaseTests {
         let rows = inserted.take()
         let directives = try leaseFresh(d, rows)
         #expect(!directives.contains { if case .grant = $0 { true } else { false } })
+        d.perform(directives)
         #expect(grantedIDs(d).isEmpty)
         #expect(try d.store.countsByState()[.queued] == 1)
+        #expect(!d.scheduler.queueDrained, "the paused mail waits: the next new mail must not pass it")
+    }
+
+    @Test("a row planned from inserted rows that a round meanwhile leased, tried and deferred is not leased again before its retry time")
+    func deferredMeanwhileWaits() throws {
+        let (d, inserted) = try driver()
+        d.tick()
+        try d.enqueue(1)
+        let rows = inserted.take()
+        // A round (its due query saw the committed rows) leases it first; the node defers it.
+        d.tick()
+        #expect(grantedIDs(d) == Set(rows.map(\.id)))
+        d.reportAll(1, status: .deferred, code: 451)
+        d.reportAll(2, status: .deferred, code: 451)
+        #expect(try d.store.countsByState()[.deferred] == 1)
+        // Then the inserted rows reach the scheduler.
+        d.perform(try leaseFresh(d, rows))
+        #expect(try d.store.countsByState()[.deferred] == 1, "the retry waits for its time (60 s)")
+        #expect(try d.store.countsByState()[.leased] ?? 0 == 0)
     }
 
     @Test("the store reports new recipients as the due query returns them, before their commit is visible")

@@ -112,7 +112,9 @@ struct QueueStoreTests {
         let waited = ContinuousClock.now
         try q.awaitSync(after: mark2, wait: .milliseconds(30))
         #expect(ContinuousClock.now - waited >= .milliseconds(30))
-        #expect(q.syncedCommitsForTests == mark2 + 1)
+        // Two: creating the marks table (the first time: a synced write of its own, as every
+        // write outside a transaction is) and the mark's commit.
+        #expect(q.syncedCommitsForTests == mark2 + 2)
         #expect(try q.db.prepare("SELECT mark FROM wal_sync_marks").query { $0.int(0) } == [Int64(mark2)])
         #expect(try q.countsByState()[.delivered] == 2)
         // No other synced commit lately (a backlog drained, no mail coming in): no wait at all.
@@ -506,8 +508,18 @@ struct QueueStoreHotPathTests {
         let before = q.lock.withLock { q.db.walSyncsIssued }
         try q.lock.withLock { try q.db.transaction { try q.db.execute("UPDATE messages SET size=size WHERE id='none'") } }
         #expect(q.lock.withLock { q.db.walSyncsIssued } == before)
-        try q.lock.withLock { try q.db.transaction { try q.db.execute("UPDATE messages SET size=size+0 WHERE id='M0'") } }
+        try q.lock.withLock { try q.db.transaction { try q.db.execute("UPDATE messages SET size=size+1 WHERE id='M0'") } }
         #expect(q.lock.withLock { q.db.walSyncsIssued } == before + 1)
+        // A write outside any transaction (an operator's pause, a backoff) is synced as FULL did;
+        // a read is not; nor is an unsynced transaction.
+        try q.savePause(Pause(target: PauseTarget(kind: .pool, name: "p1"), by: "ops", reason: "test", at: 0))
+        #expect(q.lock.withLock { q.db.walSyncsIssued } >= before + 2)  // (its table may be created first: one more)
+        let afterPause = q.lock.withLock { q.db.walSyncsIssued }
+        try q.savePause(Pause(target: PauseTarget(kind: .pool, name: "p1"), by: "ops", reason: "again", at: 1))
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == afterPause + 1)
+        _ = try q.countsByState()
+        try q.lock.withLock { try q.db.transaction(durability: .processCrashSafe) { try q.db.execute("UPDATE messages SET size=size+1 WHERE id='M1'") } }
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == afterPause + 1)
     }
 
     @Test("the due query takes recipients of every pool asked for and none of the others", arguments: StoreKind.allCases)

@@ -109,7 +109,7 @@ public final class CoordinatorService: Sendable {
         tenantMaintenance = TenantMaintenance(store: store, directory: tenants, isLeader: { hub.leader.isSelf },
                                               eventRetention: apiSettings.eventRetention, idempotencyTTL: apiSettings.idempotencyTTL)
         let submission = SubmissionServer(config: config, store: store, metrics: reporting.metrics, tenants: tenants, keepContent: { hub.keepContent($0, $1) },
-                                          onAccepted: { reporting.wake(); hub.dispatchNewMail() })
+                                          forgetContent: { hub.forgetContent($0) }, onAccepted: { reporting.wake(); hub.dispatchNewMail() })
         self.submission = submission
         let sendAPI = TenantHTTPAPI(config: config, store: store, tenants: tenants,
                                 headroom: QueueHeadroom(directory: config.coordinator.dataDir, minFree: config.smtp.queueMinFree,

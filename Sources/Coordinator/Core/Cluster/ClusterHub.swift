@@ -140,6 +140,11 @@ public final class ClusterHub: Sendable {
         if leader.isSelf { recentContent.insert(messageID, content) }
     }
 
+    /// Drops content kept for a message whose commit then failed (it is never granted).
+    public func forgetContent(_ messageID: String) {
+        _ = recentContent.take(messageID)
+    }
+
     /// - Parameters:
     ///   - config: the cluster configuration.
     ///   - store: the durable queue.
@@ -517,8 +522,9 @@ public final class ClusterHub: Sendable {
             leading = nil
             now = clock.now()
             pollSigningKeys(term: scheduler.leadership?.term)
-            if !fresh.isEmpty {
+            if !fresh.isEmpty && now < nextTick {
                 // Planned while the batch's commit runs; recording waits for the queue's lock.
+                // (A round due now reads the queue, new rows included, in their turn.)
                 do {
                     let directives = try scheduler.leaseFresh(fresh, now: now, queue: store, canSend: { node in
                         !(self.link(ofNode: node)?.isBackedUp ?? true)

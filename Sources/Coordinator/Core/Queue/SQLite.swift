@@ -27,6 +27,15 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private var walSyncAfterCommit = false
     /// Syncs of the WAL file this connection issued after synced commits (`syncWALAfterCommits`).
     public private(set) var walSyncsIssued = 0
+    /// Set while `transactionSyncingWAL` runs its brackets and body: no statement syncs on its own then.
+    private var inTransaction = false
+    /// The first failed sync of the WAL (`syncWALAfterCommits`): from then on every write is
+    /// refused. What was committed but maybe not synced stays visible to this connection, and
+    /// after a failed fsync the kernel may report later ones as successful although pages of
+    /// that write never reached the disk (Linux drops the error once reported): the only safe
+    /// course is to write nothing more until the process restarts and SQLite recovers the WAL
+    /// from what the disk holds (as PostgreSQL stops on a failed fsync).
+    public private(set) var walSyncFailure: SQLiteError?
     /// Called after each synced commit that changed rows returns (its fsync done), under the
     /// caller's lock: every frame this connection wrote before it is on stable storage from then
     /// on. (A commit that changed nothing is not counted: SQLite writes and syncs nothing for it.)
@@ -54,13 +63,16 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Runs one or more SQL statements without results.
     /// - Throws: `SQLiteError`.
     public func execute(_ sql: String) throws {
+        let version = try versionBeforeAutocommitWrite(readOnly: false)
         var err: UnsafeMutablePointer<CChar>?
         let rc = sqlite3_exec(handle, sql, nil, nil, &err)
         if rc != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "unknown"
             sqlite3_free(err)
+            try? syncIfWritten(since: version)  // statements before the failing one may have committed
             throw SQLiteError(code: rc, message: msg)
         }
+        try syncIfWritten(since: version)
     }
 
     /// Schema statements `executeOnce` has run and committed on this connection.
@@ -135,17 +147,52 @@ public final class SQLiteDatabase: @unchecked Sendable {
     }
 
     /// `fdatasync` of the write-ahead log through SQLite's own file handle for it
-    /// (`SQLITE_FCNTL_JOURNAL_POINTER`, the VFS's `xSync`).
+    /// (`SQLITE_FCNTL_JOURNAL_POINTER`, the VFS's `xSync`), then `onSyncedCommit`. A failure
+    /// stops every later write on this connection (`walSyncFailure`).
     /// - Throws: `SQLiteError` when the log is not open or the sync fails.
     private func syncWAL() throws {
         var file: UnsafeMutablePointer<sqlite3_file>?
         let rc = sqlite3_file_control(handle, "main", SQLITE_FCNTL_JOURNAL_POINTER, &file)
         guard rc == SQLITE_OK, let file, let sync = file.pointee.pMethods?.pointee.xSync else {
-            throw SQLiteError(code: rc == SQLITE_OK ? SQLITE_MISUSE : rc, message: "the write-ahead log is not open: cannot sync it")
+            let failure = SQLiteError(code: rc == SQLITE_OK ? SQLITE_MISUSE : rc, message: "the write-ahead log is not open: cannot sync it")
+            walSyncFailure = failure
+            throw failure
         }
         let synced = sync(file, SQLITE_SYNC_NORMAL)
-        guard synced == SQLITE_OK else { throw SQLiteError(code: synced, message: "syncing the write-ahead log failed") }
+        guard synced == SQLITE_OK else {
+            let failure = SQLiteError(code: synced, message: "syncing the write-ahead log failed: no more queue writes until a restart")
+            walSyncFailure = failure
+            throw failure
+        }
         walSyncsIssued += 1
+        onSyncedCommit?()
+    }
+
+    /// Pages this connection has written to the WAL so far (`SQLITE_DBSTATUS_CACHE_WRITE`): it
+    /// moves exactly when a commit (or a schema change) writes frames — not for a write that
+    /// changed nothing, which SQLite's own FULL commit did not sync either.
+    private var pagesWritten: Int32 {
+        var current: Int32 = 0, highest: Int32 = 0
+        sqlite3_db_status(handle, SQLITE_DBSTATUS_CACHE_WRITE, &current, &highest, 0)
+        return current
+    }
+
+    /// Before a statement that may write outside a transaction on a connection that syncs the WAL
+    /// itself: the pages written so far, to compare with afterwards (nil when nothing is to be done).
+    /// - Throws: `walSyncFailure` once a sync failed (for statements that may write).
+    func versionBeforeAutocommitWrite(readOnly: Bool) throws -> Int32? {
+        guard walSyncAfterCommit, !readOnly else { return nil }
+        if let walSyncFailure { throw walSyncFailure }
+        guard !inTransaction, sqlite3_get_autocommit(handle) != 0 else { return nil }
+        return pagesWritten
+    }
+
+    /// After such a statement: when it committed a write on its own (autocommit), the WAL is
+    /// synced now — as `synchronous=FULL` did for it (an operator's pause, a backoff, a drain).
+    /// - Throws: `SQLiteError` when the sync fails.
+    func syncIfWritten(since version: Int32?) throws {
+        guard let version, !inTransaction, sqlite3_get_autocommit(handle) != 0, pagesWritten != version else { return }
+        try syncWAL()
     }
 
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.
@@ -185,8 +232,12 @@ public final class SQLiteDatabase: @unchecked Sendable {
 
     /// `transaction` on a connection that stays at `synchronous=NORMAL` (`syncWALAfterCommits`).
     private func transactionSyncingWAL<T>(durability: CommitDurability, _ body: () throws -> T) throws -> T {
+        if let walSyncFailure { throw walSyncFailure }
+        let outermost = !inTransaction
+        inTransaction = true
+        defer { if outermost { inTransaction = false } }
+        let pagesBefore = pagesWritten
         try run(cached: "BEGIN IMMEDIATE")
-        let changesBefore = sqlite3_total_changes64(handle)
         let r: T
         do {
             r = try body()
@@ -194,18 +245,14 @@ public final class SQLiteDatabase: @unchecked Sendable {
             try? run(cached: "ROLLBACK")
             throw error
         }
-        // A commit that changed no row writes no frame: there is nothing to sync.
-        let wrote = sqlite3_total_changes64(handle) != changesBefore
         do {
             try run(cached: "COMMIT")
         } catch {
             try? run(cached: "ROLLBACK")
             throw error
         }
-        if durability == .synced && wrote {
-            try syncWAL()
-            onSyncedCommit?()
-        }
+        // A transaction that wrote no frame: there is nothing to sync.
+        if durability == .synced && pagesWritten != pagesBefore { try syncWAL() }
         return r
     }
 
@@ -229,12 +276,17 @@ public final class SQLiteDatabase: @unchecked Sendable {
 /// A prepared statement (finalised in deinit).
 public final class SQLiteStatement: @unchecked Sendable {
     private let stmt: OpaquePointer
-    private unowned let db: SQLiteDatabase
+    /// Weak: the connection caches its statements, and a statement may outlive a connection
+    /// that was only opened to prepare it (SQLite keeps the handle until it is finalised).
+    private weak var db: SQLiteDatabase?
 
     init(_ stmt: OpaquePointer, db: SQLiteDatabase) { self.stmt = stmt; self.db = db }
     deinit { sqlite3_finalize(stmt) }
 
     func reset() { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+
+    /// The connection's last error message.
+    private var lastMessage: String { String(cString: sqlite3_errmsg(sqlite3_db_handle(stmt))) }
 
     /// Times SQLite compiled this statement again since it was prepared
     /// (`SQLITE_STMTSTATUS_REPREPARE`: a schema change, or a bound value the plan depended on).
@@ -262,7 +314,7 @@ public final class SQLiteStatement: @unchecked Sendable {
             case .blob(let b):
                 rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(b.count), hato_sqlite_transient()) }
             }
-            guard rc == SQLITE_OK else { throw SQLiteError(code: rc, message: "bind: \(db.lastMessage)") }
+            guard rc == SQLITE_OK else { throw SQLiteError(code: rc, message: "bind: \(lastMessage)") }
         }
         return self
     }
@@ -272,24 +324,32 @@ public final class SQLiteStatement: @unchecked Sendable {
         let rc = sqlite3_step(stmt)
         if rc == SQLITE_ROW { return true }
         if rc == SQLITE_DONE { return false }
-        throw SQLiteError(code: rc, message: "step: \(db.lastMessage)")
+        throw SQLiteError(code: rc, message: "step: \(lastMessage)")
     }
 
     /// Runs to completion, ignoring rows. - Throws: `SQLiteError`.
     /// Reset also when a step fails, so that a cached statement (`BEGIN IMMEDIATE` refused
     /// with SQLITE_BUSY, say) does not stay active and hold the connection's read snapshot.
     public func run(_ values: [Value] = []) throws {
-        defer { sqlite3_reset(stmt) }
-        try bind(values)
-        while try step() {}
+        let version = try db?.versionBeforeAutocommitWrite(readOnly: sqlite3_stmt_readonly(stmt) != 0)
+        do {
+            defer { sqlite3_reset(stmt) }
+            try bind(values)
+            while try step() {}
+        }
+        try db?.syncIfWritten(since: version)
     }
 
     /// Runs and collects every row through `row`. - Throws: `SQLiteError`.
     public func query<T>(_ values: [Value] = [], _ row: (SQLiteStatement) throws -> T) throws -> [T] {
-        defer { sqlite3_reset(stmt) }
-        try bind(values)
+        let version = try db?.versionBeforeAutocommitWrite(readOnly: sqlite3_stmt_readonly(stmt) != 0)
         var out: [T] = []
-        while try step() { out.append(try row(self)) }
+        do {
+            defer { sqlite3_reset(stmt) }
+            try bind(values)
+            while try step() { out.append(try row(self)) }
+        }
+        try db?.syncIfWritten(since: version)
         return out
     }
 

@@ -369,14 +369,20 @@ public final class SQLiteQueueStore: QueueStore {
 
     private func recordLeasesInTransaction(_ leases: [LeaseRecord], countAttemptsOnDay day: Int?, providerOfDomain: [String: String]) throws -> [LeaseRecord] {
         // The message too: a lease planned from rows seen before their commit (`observeInsertedRecipients`)
-        // whose commit failed must not take a later row that got the same id.
-        let mark = try db.prepare("UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=? WHERE id=? AND message_id=? AND (state='queued' OR state='deferred')")
+        // whose commit failed must not take a later row that got the same id. And only a row due
+        // at the grant: one planned from inserted rows may meanwhile have been leased by a round,
+        // tried and deferred — its retry waits for its time.
+        let mark = try db.prepare("""
+            UPDATE recipients SET state='leased', lease_id=?, node=?, ip=?, updated_at=?
+            WHERE id=? AND message_id=? AND (state='queued' OR state='deferred') AND next_attempt_at <= ?
+            """)
         let ins = try db.prepare("INSERT INTO leases(id, node, instance, ip, message_id, domain, granted_at, expires_at) VALUES(?,?,?,?,?,?,?,?)")
         var out: [LeaseRecord] = []
         for var l in leases {
             var kept: [Int64] = []
             for rid in l.recipientIDs {
-                try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(l.grantedAt.timeIntervalSince1970), .int(rid), .text(l.messageID)])
+                let at = l.grantedAt.timeIntervalSince1970
+                try mark.run([.text(l.id), .text(l.node), .text(l.sendingIP), .double(at), .int(rid), .text(l.messageID), .double(at)])
                 if db.changes == 1 { kept.append(rid) }
             }
             guard !kept.isEmpty else { continue }

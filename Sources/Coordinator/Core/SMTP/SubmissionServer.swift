@@ -56,6 +56,8 @@ public final class SubmissionServer: Sendable {
     /// Called with each queued message's id and content, for the grant that follows
     /// (`ClusterHub.keepContent`); nil keeps none.
     private let keepContent: (@Sendable (String, [UInt8]) -> Void)?
+    /// Drops content kept before a commit that failed (`ClusterHub.forgetContent`); nil: nothing.
+    private let forgetContent: (@Sendable (String) -> Void)?
     private let clock: any WallClock
     private let authenticator: SubmissionAuthenticator
     private let guards: SubmissionGuards
@@ -90,13 +92,15 @@ public final class SubmissionServer: Sendable {
     ///   - headroom: the queue's disk headroom check (default: `statvfs` of `coordinator.data_dir`).
     ///   - tenants: the tenant tables (nil: no tenants, only `smtp.users`).
     ///   - keepContent: called with each queued message's id and content, so its first grant need not read it back (nil: not called).
+    ///   - forgetContent: called with the id of a message kept before its commit (`keepForGrant`) whose commit failed.
     ///   - onAccepted: called once a message is durably queued — on the committer thread as its batch commits (event-loop
     ///     sessions), or on the session's thread once its `250` is written (sessions on the blocking driver) —: dispatches it.
     public init(config: ClusterConfig, store: any QueueStore, clock: any WallClock = SystemClock(), metrics: CoordinatorMetrics? = nil,
                 headroom: QueueHeadroom? = nil, tenants: TenantDirectory? = nil, keepContent: (@Sendable (String, [UInt8]) -> Void)? = nil,
-                onAccepted: @escaping @Sendable () -> Void) {
+                forgetContent: (@Sendable (String) -> Void)? = nil, onAccepted: @escaping @Sendable () -> Void) {
         self.config = config; self.store = store; self.clock = clock; self.onAccepted = onAccepted; self.metrics = metrics
         self.keepContent = keepContent
+        self.forgetContent = forgetContent
         self.tenants = tenants
         self.feedback = FeedbackIntake(config: config, store: store, metrics: metrics, clock: clock)
         let contentMemory = ContentMemory(limit: config.smtp.contentMemoryLimit)
@@ -586,9 +590,7 @@ public final class SubmissionServer: Sendable {
 
     /// Keeps the content for the message's first grant before its commit (the scheduler may
     /// lease it from its inserted rows while the commit runs, `ClusterHub.newMailInserted`).
-    /// Content of a commit that then fails stays until newer content pushes it out of the
-    /// bounded memory (`RecentContent`); it is never granted (no lease is recorded for rows
-    /// that were not committed).
+    /// If the commit fails, `settle(…, kept: true)` drops it again.
     func keepForGrant(_ prepared: PreparedMessage) {
         keepContent?(prepared.record.id, prepared.record.content)
     }
@@ -598,6 +600,7 @@ public final class SubmissionServer: Sendable {
     func settle(_ prepared: PreparedMessage, failure error: (any Error)?, kept: Bool = false) -> Result<String, StoreFailure> {
         let stored = prepared.record, message = prepared.submitted, tenant = prepared.tenant, id = stored.id
         if let error {
+            if kept { forgetContent?(id) }
             if let tenant { tenants?.release(tenant, reservedAt: stored.receivedAt) }
             let failure = guards.storeFailure(for: error)
             log.error(failure == .insufficientStorage ? "queue full; message refused with 452 4.3.1" : "queue write failed; message refused with 451 4.3.0",

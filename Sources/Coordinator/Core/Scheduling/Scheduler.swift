@@ -660,6 +660,7 @@ public struct Scheduler: Sendable {
     /// Recording the planned leases failed: nothing was granted.
     public mutating func grantsFailed(_ grants: [PlannedGrant]) {
         grantsRecorded(grants, granted: [])
+        queueDrained = false  // what was planned still waits
     }
 
     /// Active nodes with credits, rotated so each round starts with another node.
@@ -673,9 +674,9 @@ public struct Scheduler: Sendable {
 
     private mutating func planGrants(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool, leasesPerNode: Int,
                                      fresh: Bool = false) throws -> [Directive] {
-        // A round that reads the queue says afterwards whether it left anything due behind; on
-        // any early return below it did not lease everything (no node ready, a hold, …).
-        if !fresh { queueDrained = false }
+        // A round says afterwards whether it left anything due behind (for `leaseFresh`, whether
+        // it left any of the new rows); on any early return below it did (no node ready, a hold, …).
+        queueDrained = false
         var out: [Directive] = []
         if let hold = leaseHoldUntil {
             if now < hold {
@@ -765,10 +766,9 @@ public struct Scheduler: Sendable {
             if plan.count >= totalCredits || due.count < limit || limit >= 5000 { break }
             limit = min(limit * 8, 5000)
         }
-        if !fresh {
-            let planned = plan.reduce(0) { $0 + $1.0.recipients.count }
-            queueDrained = dueCount < limit && planned == dueCount && pools == Set(config.ips.map(\.pool))
-        }
+        let planned = plan.reduce(0) { $0 + $1.0.recipients.count }
+        // (New rows left waiting: the next new mail must not pass them.)
+        queueDrained = planned == dueCount && (fresh || (dueCount < limit && pools == Set(config.ips.map(\.pool))))
         guard !plan.isEmpty else { return out }
         backoffs = admitted
         spread = rotated
