@@ -57,6 +57,15 @@ struct FreshLeaseTests {
         d.perform(directives)
         #expect(grantedIDs(d) == Set((first + second).map(\.id)))
         #expect(try d.store.countsByState()[.leased] == 3)
+        #expect(d.scheduler.lastDueCount <= Scheduler.freshLeaseMaximumRows)
+
+        // A bigger batch (a load building up) waits for the next round's due query.
+        try d.enqueue(Scheduler.freshLeaseMaximumRows + 1)
+        let burst = inserted.take()
+        #expect(try leaseFresh(d, burst).isEmpty)
+        d.tick()
+        #expect(grantedIDs(d).isSuperset(of: burst.map(\.id)))
+        #expect(d.scheduler.queueDrained)
 
         // Both nodes stop reading: the round leases nothing and leaves mail due.
         d.backedUp = ["node-a", "node-b"]
