@@ -82,6 +82,23 @@ struct FreshLeaseTests {
         #expect(d.scheduler.queueDrained)
     }
 
+    @Test("a new row of a pool no IP can take now is not leased, and the next new mail does not pass it")
+    func rowOfAnUnservedPoolWaits() throws {
+        let (d, inserted) = try driver()
+        d.tick()
+        try d.enqueue(1)
+        var rows = inserted.take()
+        #expect(rows.count == 1)
+        var stranger = rows[0]
+        stranger.id = rows[0].id + 1000
+        stranger.pool = "nowhere"
+        rows.append(stranger)
+        let directives = try leaseFresh(d, rows)
+        d.perform(directives)
+        #expect(grantedIDs(d) == [rows[0].id], "the served pool's row goes")
+        #expect(!d.scheduler.queueDrained)
+    }
+
     @Test("the rules of a round hold for new mail: a paused pool's new mail is not leased from its rows")
     func rulesApply() throws {
         let (d, inserted) = try driver()

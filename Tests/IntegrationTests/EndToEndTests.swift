@@ -135,7 +135,11 @@ struct EndToEndTests {
             let all = try #require(value("hato_leases_granted"))
             let atQueueing = try #require(value("hato_leases_granted_at_queueing"))
             #expect(all == 5)
-            #expect(atQueueing >= 4, "all but perhaps the first (before any round had drained the queue): \(atQueueing) of \(all)")
+            if cluster.storeSchema != nil {
+                #expect(atQueueing == 0, "PostgreSQL's store does not report inserted rows: every lease from the due query")
+            } else {
+                #expect(atQueueing >= 4, "all but perhaps the first (before any round had drained the queue): \(atQueueing) of \(all)")
+            }
         } catch {
             Issue.record("\(error)\n\(cluster.logs)")
             throw error

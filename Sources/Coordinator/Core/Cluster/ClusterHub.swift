@@ -262,9 +262,6 @@ public final class ClusterHub: Sendable {
     /// New mail was queued: the scheduler thread leases it at once. Call after the `250` was written.
     public func dispatchNewMail() { wake() }
 
-    /// The most inserted rows held for `leaseFresh` at once; a bigger burst (a backlog forming)
-    /// waits for the due query like everything else.
-    static let freshRowsLimit = 256
 
     /// The recipients of mail whose rows were just written and whose commit (and fsync) is
     /// under way (`SQLiteQueueStore.observeInsertedRecipients`): the scheduler thread plans
@@ -272,8 +269,11 @@ public final class ClusterHub: Sendable {
     /// lets go of the queue — the light-load path from the client's `250` to the grant loses the
     /// wake-up after the fsync and the due query (issue 19). Returns at once.
     public func newMailInserted(_ rows: [DueRecipient]) {
+        // More than `leaseFresh` takes (a load building up) waits for the due query, without
+        // waking the scheduler thread for it.
+        guard rows.count <= Scheduler.freshLeaseMaximumRows else { return }
         inbox.withLockAndBroadcast { box in
-            guard box.fresh.count + rows.count <= ClusterHub.freshRowsLimit else { return }
+            guard box.fresh.count + rows.count <= Scheduler.freshLeaseMaximumRows else { return }
             box.fresh += rows
         }
     }
@@ -480,6 +480,10 @@ public final class ClusterHub: Sendable {
             }
             guard running else { break }
             var now = clock.now()
+            // A round due by its time (retries falling due, requeued leases) goes before new
+            // mail's leases from its rows; one due only because of a wake-up (new mail — often
+            // this very batch, once its commit was quicker than this thread —, results) does not.
+            let roundDueByTime = now >= nextTick
             if wake { nextTick = now }
             for event in events {
                 switch event {
@@ -522,9 +526,8 @@ public final class ClusterHub: Sendable {
             leading = nil
             now = clock.now()
             pollSigningKeys(term: scheduler.leadership?.term)
-            if !fresh.isEmpty && now < nextTick {
+            if !fresh.isEmpty && !roundDueByTime {
                 // Planned while the batch's commit runs; recording waits for the queue's lock.
-                // (A round due now reads the queue, new rows included, in their turn.)
                 do {
                     let directives = try scheduler.leaseFresh(fresh, now: now, queue: store, canSend: { node in
                         !(self.link(ofNode: node)?.isBackedUp ?? true)

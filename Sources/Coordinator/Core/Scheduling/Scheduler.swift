@@ -619,7 +619,14 @@ public struct Scheduler: Sendable {
     public mutating func leaseFresh(_ rows: [DueRecipient], now: Date, queue: any SchedulerQueue,
                                     canSend: (String) -> Bool = { _ in true }) throws -> [Directive] {
         guard queueDrained, !rows.isEmpty, rows.count <= Self.freshLeaseMaximumRows, lastDueCount <= Self.freshLeaseMaximumRows else { return [] }
-        return try planGrants(now: now, queue: FreshRows(rows: rows, base: queue), canSend: canSend, leasesPerNode: .max, fresh: true)
+        let directives = try planGrants(now: now, queue: FreshRows(rows: rows, base: queue), canSend: canSend, leasesPerNode: .max, fresh: true)
+        // Rows of a pool no IP could take now were not even offered to the plan: they wait too.
+        let planned = directives.reduce(0) { n, d in
+            if case .grant(let grants) = d { return n + grants.reduce(0) { $0 + $1.records.reduce(0) { $0 + $1.recipientIDs.count } } }
+            return n
+        }
+        if planned < rows.count { queueDrained = false }
+        return directives
     }
 
     /// The queue as `leaseFresh` shows it to `planGrants`: the new rows are all that is due.
