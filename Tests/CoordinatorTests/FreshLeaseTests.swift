@@ -135,9 +135,8 @@ struct FreshLeaseTests {
 
     @Test("the store reports new recipients as the due query returns them, before their commit is visible")
     func insertedRowsMatchTheDueQuery() throws {
-        let dir = NSTemporaryDirectory() + "hato-fresh-" + Identifier.random(bytes: 5)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+        let place = try TestStore(.sqlite)
+        let q = try #require(try place.open() as? SQLiteQueueStore)
         let other = try SQLiteDatabase(path: q.path)
         let inserted = Inserted()
         let visibleThen = Locked<[Int64]>([])
@@ -160,9 +159,8 @@ struct FreshLeaseTests {
 
     @Test("a lease for a row id under another message takes nothing (rows seen before a commit that failed, the id reused)")
     func staleRowsTakeNothing() throws {
-        let dir = NSTemporaryDirectory() + "hato-fresh-" + Identifier.random(bytes: 5)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let q = try SQLiteQueueStore(directory: dir)
+        let place = try TestStore(.sqlite)
+        let q = try #require(try place.open() as? SQLiteQueueStore)
         let t0 = Date(timeIntervalSince1970: 2_000_000_000)
         try q.enqueue(NewMessage(id: "M2", reversePath: "s@example.org", recipients: ["a@x.test"], pool: "p1",
                                  content: Array("Subject: x\r\n\r\nbody\r\n".utf8), heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0))

@@ -262,7 +262,6 @@ public final class ClusterHub: Sendable {
     /// New mail was queued: the scheduler thread leases it at once. Call after the `250` was written.
     public func dispatchNewMail() { wake() }
 
-
     /// The recipients of mail whose rows were just written and whose commit (and fsync) is
     /// under way (`SQLiteQueueStore.observeInsertedRecipients`): the scheduler thread plans
     /// their leases meanwhile (`Scheduler.leaseFresh`) and records them as soon as the commit

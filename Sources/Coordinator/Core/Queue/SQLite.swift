@@ -26,7 +26,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// (`syncWALAfterCommits()`), the connection staying at `synchronous=NORMAL`.
     private var walSyncAfterCommit = false
     /// Syncs of the WAL file this connection issued after synced commits (`syncWALAfterCommits`).
-    public private(set) var walSyncsIssued = 0
+    private(set) var walSyncsIssued = 0
     /// Set while `transactionSyncingWAL` runs its brackets and body: no statement syncs on its own then.
     private var inTransaction = false
     /// The first failed sync of the WAL (`syncWALAfterCommits`): from then on every write is
@@ -36,9 +36,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// course is to write nothing more until the process restarts and SQLite recovers the WAL
     /// from what the disk holds (as PostgreSQL stops on a failed fsync).
     public private(set) var walSyncFailure: SQLiteError?
-    /// Called after each synced commit that changed rows returns (its fsync done), under the
+    /// Called after each synced commit that wrote returns (its fsync done), under the
     /// caller's lock: every frame this connection wrote before it is on stable storage from then
-    /// on. (A commit that changed nothing is not counted: SQLite writes and syncs nothing for it.)
+    /// on. (A commit that wrote nothing is not counted: there is nothing to sync for it.)
     public var onSyncedCommit: (@Sendable () -> Void)?
 
     /// Opens (creating if needed) the database file.
@@ -63,16 +63,16 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Runs one or more SQL statements without results.
     /// - Throws: `SQLiteError`.
     public func execute(_ sql: String) throws {
-        let version = try versionBeforeAutocommitWrite(readOnly: false)
+        let pages = try pagesBeforeAutocommitWrite(readOnly: false)
         var err: UnsafeMutablePointer<CChar>?
         let rc = sqlite3_exec(handle, sql, nil, nil, &err)
         if rc != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "unknown"
             sqlite3_free(err)
-            try? syncIfWritten(since: version)  // statements before the failing one may have committed
+            try? syncIfWritten(since: pages)  // statements before the failing one may have committed
             throw SQLiteError(code: rc, message: msg)
         }
-        try syncIfWritten(since: version)
+        try syncIfWritten(since: pages)
     }
 
     /// Schema statements `executeOnce` has run and committed on this connection.
@@ -180,7 +180,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Before a statement that may write outside a transaction on a connection that syncs the WAL
     /// itself: the pages written so far, to compare with afterwards (nil when nothing is to be done).
     /// - Throws: `walSyncFailure` once a sync failed (for statements that may write).
-    func versionBeforeAutocommitWrite(readOnly: Bool) throws -> Int32? {
+    func pagesBeforeAutocommitWrite(readOnly: Bool) throws -> Int32? {
         guard walSyncAfterCommit, !readOnly else { return nil }
         if let walSyncFailure { throw walSyncFailure }
         guard !inTransaction, sqlite3_get_autocommit(handle) != 0 else { return nil }
@@ -190,8 +190,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// After such a statement: when it committed a write on its own (autocommit), the WAL is
     /// synced now — as `synchronous=FULL` did for it (an operator's pause, a backoff, a drain).
     /// - Throws: `SQLiteError` when the sync fails.
-    func syncIfWritten(since version: Int32?) throws {
-        guard let version, !inTransaction, sqlite3_get_autocommit(handle) != 0, pagesWritten != version else { return }
+    func syncIfWritten(since pages: Int32?) throws {
+        guard let pages, !inTransaction, sqlite3_get_autocommit(handle) != 0, pagesWritten != pages else { return }
         try syncWAL()
     }
 
@@ -288,10 +288,10 @@ public final class SQLiteStatement: @unchecked Sendable {
     /// The connection's last error message.
     private var lastMessage: String { String(cString: sqlite3_errmsg(sqlite3_db_handle(stmt))) }
 
-    /// Times SQLite compiled this statement again since it was prepared
-    /// (`SQLITE_STMTSTATUS_REPREPARE`: a schema change, or a bound value the plan depended on).
     /// The statement's SQL text.
     var sql: String { String(cString: sqlite3_sql(stmt)) }
+    /// Times SQLite compiled this statement again since it was prepared
+    /// (`SQLITE_STMTSTATUS_REPREPARE`: a schema change, or a bound value the plan depended on).
     var reprepareCount: Int { Int(sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_REPREPARE, 0)) }
 
     /// A bindable value.
@@ -331,25 +331,19 @@ public final class SQLiteStatement: @unchecked Sendable {
     /// Reset also when a step fails, so that a cached statement (`BEGIN IMMEDIATE` refused
     /// with SQLITE_BUSY, say) does not stay active and hold the connection's read snapshot.
     public func run(_ values: [Value] = []) throws {
-        let version = try db?.versionBeforeAutocommitWrite(readOnly: sqlite3_stmt_readonly(stmt) != 0)
-        do {
-            defer { sqlite3_reset(stmt) }
-            try bind(values)
-            while try step() {}
-        }
-        try db?.syncIfWritten(since: version)
+        _ = try query(values) { _ in () }
     }
 
     /// Runs and collects every row through `row`. - Throws: `SQLiteError`.
     public func query<T>(_ values: [Value] = [], _ row: (SQLiteStatement) throws -> T) throws -> [T] {
-        let version = try db?.versionBeforeAutocommitWrite(readOnly: sqlite3_stmt_readonly(stmt) != 0)
+        let pages = try db?.pagesBeforeAutocommitWrite(readOnly: sqlite3_stmt_readonly(stmt) != 0)
         var out: [T] = []
         do {
             defer { sqlite3_reset(stmt) }
             try bind(values)
             while try step() { out.append(try row(self)) }
         }
-        try db?.syncIfWritten(since: version)
+        try db?.syncIfWritten(since: pages)
         return out
     }
 

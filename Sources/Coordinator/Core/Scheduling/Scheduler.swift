@@ -607,8 +607,9 @@ public struct Scheduler: Sendable {
     /// instead of the queue's due query, with every rule of a round (pauses, blocklist holds,
     /// backoffs, warm-up caps, per-IP caps, credits, the IP spread) — only while nothing older
     /// waits (`queueDrained`) and the load is light (`freshLeaseMaximumRows`); otherwise nothing,
-    /// and the next round's due query takes the new rows in their turn. The rows may not be committed yet: recording the leases keeps only
-    /// the ones that exist and wait (`QueueStore.recordLeases`).
+    /// and the next round's due query takes the new rows in their turn. The rows may not be
+    /// committed yet: recording the leases keeps only the ones that exist and wait
+    /// (`QueueStore.recordLeases`).
     /// - Parameters:
     ///   - rows: the new recipients, as the due query would return them.
     ///   - now: the current time.
@@ -619,14 +620,7 @@ public struct Scheduler: Sendable {
     public mutating func leaseFresh(_ rows: [DueRecipient], now: Date, queue: any SchedulerQueue,
                                     canSend: (String) -> Bool = { _ in true }) throws -> [Directive] {
         guard queueDrained, !rows.isEmpty, rows.count <= Self.freshLeaseMaximumRows, lastDueCount <= Self.freshLeaseMaximumRows else { return [] }
-        let directives = try planGrants(now: now, queue: FreshRows(rows: rows, base: queue), canSend: canSend, leasesPerNode: .max, fresh: true)
-        // Rows of a pool no IP could take now were not even offered to the plan: they wait too.
-        let planned = directives.reduce(0) { n, d in
-            if case .grant(let grants) = d { return n + grants.reduce(0) { $0 + $1.records.reduce(0) { $0 + $1.recipientIDs.count } } }
-            return n
-        }
-        if planned < rows.count { queueDrained = false }
-        return directives
+        return try planGrants(now: now, queue: FreshRows(rows: rows, base: queue), canSend: canSend, leasesPerNode: .max, freshRows: rows.count)
     }
 
     /// The queue as `leaseFresh` shows it to `planGrants`: the new rows are all that is due.
@@ -687,11 +681,15 @@ public struct Scheduler: Sendable {
         return Array(all[k...] + all[..<k])
     }
 
+    /// - Parameter freshRows: for `leaseFresh`, how many new rows it was given (rows of a pool no
+    ///   IP can take now are not even offered to the plan, yet they wait); nil for a round that
+    ///   reads the queue.
     private mutating func planGrants(now: Date, queue: any SchedulerQueue, canSend: (String) -> Bool, leasesPerNode: Int,
-                                     fresh: Bool = false) throws -> [Directive] {
+                                     freshRows: Int? = nil) throws -> [Directive] {
         // A round says afterwards whether it left anything due behind (for `leaseFresh`, whether
         // it left any of the new rows); on any early return below it did (no node ready, a hold, …).
         queueDrained = false
+        let fresh = freshRows != nil
         var out: [Directive] = []
         if let hold = leaseHoldUntil {
             if now < hold {
@@ -744,7 +742,7 @@ public struct Scheduler: Sendable {
             guard !due.isEmpty else {
                 if !fresh {
                     lastDueCount = 0
-                    if pools == Set(config.ips.map(\.pool)) { queueDrained = true }
+                    queueDrained = pools == Set(config.ips.map(\.pool))
                 }
                 return out
             }
@@ -787,7 +785,7 @@ public struct Scheduler: Sendable {
         }
         let planned = plan.reduce(0) { $0 + $1.0.recipients.count }
         // (New rows left waiting: the next new mail must not pass them.)
-        queueDrained = planned == dueCount && (fresh || (dueCount < limit && pools == Set(config.ips.map(\.pool))))
+        queueDrained = planned == (freshRows ?? dueCount) && (fresh || (dueCount < limit && pools == Set(config.ips.map(\.pool))))
         guard !plan.isEmpty else { return out }
         backoffs = admitted
         spread = rotated
