@@ -1,5 +1,7 @@
 import CSQLite
 import Foundation
+import HatoSupport
+import Synchronization
 
 /// An SQLite failure with the library's message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {
@@ -25,8 +27,22 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Whether a synced commit is made durable by syncing the WAL file after `COMMIT`
     /// (`syncWALAfterCommits()`), the connection staying at `synchronous=NORMAL`.
     private var walSyncAfterCommit = false
-    /// Syncs of the WAL file this connection issued after synced commits (`syncWALAfterCommits`).
-    private(set) var walSyncsIssued = 0
+    /// Syncs of the WAL file this connection issued after synced commits (`syncWALAfterCommits`),
+    /// with the lock of its caller or without (`completeSync`).
+    var walSyncsIssued: Int { syncState.withLock { $0.issued } }
+    /// Commits on this connection that wrote frames, numbered in commit order (`committedWrites`).
+    private let writeCommits = Atomic<UInt64>(0)
+    /// What is known synced, the first failed sync, syncs issued: shared with `completeSync`,
+    /// which runs without the caller's lock.
+    private let syncState = Locked(SyncState())
+    private struct SyncState {
+        var durable: UInt64 = 0
+        var failure: SQLiteError?
+        var issued = 0
+    }
+    /// Our own descriptor of the WAL file for syncs outside the caller's lock (`completeSync`),
+    /// opened after the first sync through SQLite's handle.
+    private var walFile: WALFile?
     /// Set while `transactionSyncingWAL` runs its brackets and body: no statement syncs on its own then.
     private var inTransaction = false
     /// The first failed sync of the WAL (`syncWALAfterCommits`): from then on every write is
@@ -35,11 +51,23 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// that write never reached the disk (Linux drops the error once reported): the only safe
     /// course is to write nothing more until the process restarts and SQLite recovers the WAL
     /// from what the disk holds (as PostgreSQL stops on a failed fsync).
-    public private(set) var walSyncFailure: SQLiteError?
-    /// Called after each synced commit that wrote returns (its fsync done), under the
-    /// caller's lock: every frame this connection wrote before it is on stable storage from then
-    /// on. (A commit that wrote nothing is not counted: there is nothing to sync for it.)
-    public var onSyncedCommit: (@Sendable () -> Void)?
+    public var walSyncFailure: SQLiteError? { syncState.withLock { $0.failure } }
+    /// Called after each sync of the WAL (a synced commit's, or `completeSync`), with the number
+    /// of the last commit it covers (`committedWrites`): every frame of that commit and of every
+    /// earlier one is on stable storage from then on. Called under the caller's lock or (for
+    /// `completeSync`) without it; must return at once. (A commit that wrote nothing has no
+    /// number and syncs nothing.)
+    public var onSynced: (@Sendable (_ coveredCommit: UInt64) -> Void)?
+
+    /// The number of the last commit on this connection that wrote frames (1, 2, … in commit
+    /// order; 0 before the first). Read under the caller's lock, it is the newest commit a
+    /// snapshot can see; without it, a commit may be visible that is not counted yet (at most
+    /// one: commits are serialised by that lock). A sync covers the commits numbered up to what
+    /// it read before it started (`onSynced`).
+    public var committedWrites: UInt64 { writeCommits.load(ordering: .acquiring) }
+
+    /// The number of the last commit known to be on stable storage (see `committedWrites`).
+    public var durableWrites: UInt64 { syncState.withLock { $0.durable } }
 
     /// Opens (creating if needed) the database file.
     /// - Throws: `SQLiteError` when the file cannot be opened.
@@ -151,21 +179,104 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// stops every later write on this connection (`walSyncFailure`).
     /// - Throws: `SQLiteError` when the log is not open or the sync fails.
     private func syncWAL() throws {
+        let covered = committedWrites
         var file: UnsafeMutablePointer<sqlite3_file>?
         let rc = sqlite3_file_control(handle, "main", SQLITE_FCNTL_JOURNAL_POINTER, &file)
         guard rc == SQLITE_OK, let file, let sync = file.pointee.pMethods?.pointee.xSync else {
-            let failure = SQLiteError(code: rc == SQLITE_OK ? SQLITE_MISUSE : rc, message: "the write-ahead log is not open: cannot sync it")
-            walSyncFailure = failure
-            throw failure
+            throw failSync(SQLiteError(code: rc == SQLITE_OK ? SQLITE_MISUSE : rc, message: "the write-ahead log is not open: cannot sync it"))
         }
-        let synced = sync(file, SQLITE_SYNC_NORMAL)
-        guard synced == SQLITE_OK else {
-            let failure = SQLiteError(code: synced, message: "syncing the write-ahead log failed: no more queue writes until a restart")
-            walSyncFailure = failure
-            throw failure
+        let rcSync = sync(file, SQLITE_SYNC_NORMAL)
+        // A sync that failed meanwhile without this lock (`completeSync`): this one's success may
+        // be the kernel's forgetting that error, not these frames on disk.
+        if let failure = walSyncFailure { throw failure }
+        guard rcSync == SQLITE_OK else {
+            throw failSync(SQLiteError(code: rcSync, message: "syncing the write-ahead log failed: no more queue writes until a restart"))
         }
-        walSyncsIssued += 1
-        onSyncedCommit?()
+        synced(upTo: covered)
+    }
+
+    /// Records a sync that covered the commits up to `covered`, then tells `onSynced`.
+    private func synced(upTo covered: UInt64) {
+        syncState.withLock { s in
+            s.durable = max(s.durable, covered)
+            s.issued += 1
+        }
+        onSynced?(covered)
+    }
+
+    /// Records the first failed sync (every later write is refused) and returns the error to throw.
+    private func failSync(_ error: SQLiteError) -> SQLiteError {
+        syncState.withLock { s in if s.failure == nil { s.failure = error } }
+        return error
+    }
+
+    /// Numbers a commit that wrote frames (`committedWrites`).
+    /// - Returns: its number.
+    @discardableResult
+    private func countWriteCommit() -> UInt64 {
+        writeCommits.add(1, ordering: .releasing).newValue
+    }
+
+    /// A synced commit whose WAL sync is still to be issued, by `completeSync(_:)`.
+    public struct PendingSync: Sendable {
+        /// The commit's number (`committedWrites`).
+        public let commit: UInt64
+        fileprivate let file: WALFile
+    }
+
+    /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT` like a `.synced` `transaction`, but leaves
+    /// the WAL's sync to the caller, who issues it with `completeSync(_:)` after letting go of
+    /// the lock that serialises this connection: other writers (leases, results) commit during
+    /// that `fdatasync` instead of waiting for it (issue 19: new mail's leases are recorded and
+    /// granted while its sync runs). The rows are visible to this connection and to readers from
+    /// the commit on, before they are durable; the caller must not report them durable (an SMTP
+    /// `250`) before `completeSync` returns. Only on a connection that syncs the WAL itself
+    /// (`syncWALAfterCommits`); otherwise, and for the connection's first sync (SQLite's own
+    /// handle syncs the WAL's directory entry once), the commit is synced here and no pending
+    /// sync is returned.
+    /// - Returns: what `body` returns, and the sync still to issue (nil: nothing to sync, or
+    ///   already synced).
+    /// - Throws: what `body` throws, or `SQLiteError`; nothing is committed then.
+    public func transactionSyncingLater<T>(_ body: () throws -> T) throws -> (value: T, pending: PendingSync?) {
+        guard walSyncAfterCommit else { return (try transaction(durability: .synced, body), nil) }
+        let before = committedWrites
+        let value = try transactionSyncingWAL(durability: .processCrashSafe, body)
+        let commit = committedWrites
+        guard commit != before else { return (value, nil) }
+        guard let file = walFile else {
+            try syncWAL()
+            walFile = try? WALFile(path: walPath)
+            return (value, nil)
+        }
+        // The frames' write-out starts now, before the lock goes: the thread that takes the lock
+        // next (a lease commit) may run on this CPU before this one reaches its fdatasync.
+        _ = hato_start_writeout(file.descriptor)
+        return (value, PendingSync(commit: commit, file: file))
+    }
+
+    /// Issues a pending commit's WAL sync (`transactionSyncingLater`), without the lock that
+    /// serialises this connection (it touches no SQLite state: `fdatasync` of its own descriptor of
+    /// the same file, which flushes the file's pages whoever wrote them). Returns at once when a
+    /// sync since has covered the commit. A failure stops every later write on this connection,
+    /// as in `syncWAL`.
+    /// - Throws: `SQLiteError` when the sync fails (or one failed before): the commit is not
+    ///   known to be durable.
+    public func completeSync(_ pending: PendingSync) throws {
+        if let failure = syncState.withLock({ s -> SQLiteError? in s.failure }) { throw failure }
+        if durableWrites >= pending.commit { return }
+        let covered = committedWrites
+        guard fdatasync(pending.file.descriptor) == 0 else {
+            let code = errno
+            throw failSync(SQLiteError(code: SQLITE_IOERR | (4 << 8),  // SQLITE_IOERR_FSYNC
+                                       message: "syncing the write-ahead log failed (\(String(cString: strerror(code)))): no more queue writes until a restart"))
+        }
+        if let failure = walSyncFailure { throw failure }  // another sync failed meanwhile (see `syncWAL`)
+        synced(upTo: covered)
+    }
+
+    /// The WAL file's path (`sqlite3_filename_wal`).
+    private var walPath: String {
+        String(cString: sqlite3_filename_wal(sqlite3_db_filename(handle, "main")))
     }
 
     /// Pages this connection has written to the WAL so far (`SQLITE_DBSTATUS_CACHE_WRITE`): it
@@ -192,6 +303,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// - Throws: `SQLiteError` when the sync fails.
     func syncIfWritten(since pages: Int32?) throws {
         guard let pages, !inTransaction, sqlite3_get_autocommit(handle) != 0, pagesWritten != pages else { return }
+        countWriteCommit()
         try syncWAL()
     }
 
@@ -222,7 +334,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
             // both): only one that changed rows counts as a sync (found in review).
             let wrote = sqlite3_total_changes64(handle) != changesBefore
             try run(cached: "COMMIT")
-            if durability == .synced && wrote { onSyncedCommit?() }
+            if wrote {
+                let commit = countWriteCommit()
+                if durability == .synced { synced(upTo: commit) }
+            }
             return r
         } catch {
             try? run(cached: "ROLLBACK")
@@ -246,13 +361,17 @@ public final class SQLiteDatabase: @unchecked Sendable {
             throw error
         }
         do {
+            // A sync failed meanwhile without this connection's lock (`completeSync`): commit nothing more.
+            if let walSyncFailure { throw walSyncFailure }
             try run(cached: "COMMIT")
         } catch {
             try? run(cached: "ROLLBACK")
             throw error
         }
-        // A transaction that wrote no frame: there is nothing to sync.
-        if durability == .synced && pagesWritten != pagesBefore { try syncWAL() }
+        // A transaction that wrote no frame: there is nothing to count or sync.
+        guard pagesWritten != pagesBefore else { return r }
+        countWriteCommit()
+        if durability == .synced { try syncWAL() }
         return r
     }
 
@@ -360,4 +479,26 @@ public final class SQLiteStatement: @unchecked Sendable {
         guard n > 0, let p = sqlite3_column_blob(stmt, col) else { return [] }
         return Array(UnsafeRawBufferPointer(start: p, count: n))
     }
+}
+
+/// A descriptor of a database's WAL file of our own (`SQLiteDatabase.completeSync`): `fdatasync`
+/// acts on the file, whichever descriptor wrote its pages. SQLite keeps the WAL file while any
+/// connection of this process has the database open (a checkpoint resets or truncates it in
+/// place; it is removed only when the last connection closes, and the queue's connection lives
+/// as long as the store), so the descriptor stays the file's. Closed in deinit.
+final class WALFile: Sendable {
+    /// The open descriptor (read-write, close-on-exec).
+    let descriptor: Int32
+
+    /// Opens an existing WAL file.
+    /// - Throws: `SQLiteError` (`SQLITE_CANTOPEN`) when it cannot be opened.
+    init(path: String) throws {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw SQLiteError(code: SQLITE_CANTOPEN, message: "\(path): \(String(cString: strerror(errno)))")
+        }
+        descriptor = fd
+    }
+
+    deinit { close(descriptor) }
 }

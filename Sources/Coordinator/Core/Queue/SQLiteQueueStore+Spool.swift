@@ -36,7 +36,7 @@ extension SQLiteQueueStore {
         memory.spoolUnreferenced = memory.spoolUnreferenced.filter { sealedNumbers.contains($0.key) }
         guard !sealed.isEmpty else { return }
         // Remove what an earlier pass found unreferenced, once durably so.
-        let syncsBefore = walSyncs.withLock { $0.count }
+        let syncsBefore = walSyncs.withLock { $0.durable }
         var removed: Set<Int64> = []
         for (segment, found) in memory.spoolUnreferenced where memory.durablePasses > found.durablePasses || syncsBefore > found.syncs {
             do {
@@ -50,9 +50,11 @@ extension SQLiteQueueStore {
         // Sealed segments (no append to them awaiting its commit: `sealedSegments`) that rows
         // still point at. A row committed before the segment was listed is visible here.
         let referenced = Set(try checkpointer.prepare("SELECT DISTINCT body_segment FROM messages WHERE body_segment IS NOT NULL").query { $0.int(0) })
-        // Read after the query: a synced commit counted later began after every change the
-        // query saw (commits on the queue's connection are serialized), so it covers them.
-        let syncs = walSyncs.withLock { $0.count }
+        // Read after the query, without the queue's lock: every change the query saw is in a
+        // commit numbered up to this, or in the one commit that may have written its frames but
+        // not been numbered yet (commits on the queue's connection are serialised) — the next
+        // number. A sync covering a later number than this covers them all.
+        let syncs = db.committedWrites
         for (segment, _) in sealed where !referenced.contains(segment) && memory.spoolUnreferenced[segment] == nil && !removed.contains(segment) {
             memory.spoolUnreferenced[segment] = (memory.durablePasses, syncs)
         }

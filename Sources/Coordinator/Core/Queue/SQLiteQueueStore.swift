@@ -33,12 +33,12 @@ public final class SQLiteQueueStore: QueueStore {
     /// opened on first use: in WAL mode it reads a snapshot without taking `lock`, so a scan of a
     /// large queue never holds up submissions, leases or results. Its own lock serialises it.
     let reader = Locked<SQLiteDatabase?>(nil)
-    /// Synced commits on `db` so far: the WAL is on stable storage up to each one's frames
-    /// (`applyResultsUnsynced`, `awaitSync`).
+    /// How far the WAL of `db` is on stable storage, by commit number (`SQLiteDatabase.committedWrites`;
+    /// `applyResultsUnsynced`, `awaitSync`, the spool's removals).
     let walSyncs = LockedCondition(WALSyncs())
-    /// Synced commits so far, and when the last one made by someone other than `awaitSync` was.
+    /// The last commit known synced, and when the last sync made by someone other than `awaitSync` was.
     struct WALSyncs: Sendable {
-        var count: UInt64 = 0
+        var durable: UInt64 = 0
         var lastOther: ContinuousClock.Instant?
         var awaiting = false
         /// How recent another synced commit must be for `awaitSync` to wait for the next one:
@@ -121,9 +121,9 @@ public final class SQLiteQueueStore: QueueStore {
             try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
         }
         let walSyncs = self.walSyncs
-        db.onSyncedCommit = {
+        db.onSynced = { covered in
             walSyncs.withLockAndBroadcast { w in
-                w.count += 1
+                w.durable = max(w.durable, covered)
                 if !w.awaiting { w.lastOther = .now }
             }
         }
@@ -235,22 +235,30 @@ public final class SQLiteQueueStore: QueueStore {
     /// Writes a batch: bodies of at least `spoolThreshold` octets to the spool (durable first),
     /// then every row in one fsync'd transaction under `lock`.
     /// - Throws: `SystemCallError` from the spool, `SQLiteError`; nothing is queued then.
+    ///
+    /// The WAL's fsync runs after `lock` is let go (`transactionSyncingLater`): leases and results
+    /// commit meanwhile — new mail's own leases among them, so its grant can leave during the
+    /// fsync (issue 19) — and this returns (the `250`) only once the batch is synced.
     private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase,
                                inserted: Locked<(@Sendable ([DueRecipient]) -> Void)?>) throws {
         let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
         defer { spool.finishedWriting(locations) }
         let observer = inserted.withLock { $0 }
-        try lock.withLock { try insert(messages, locations: locations, into: db, observer: observer) }
+        let pending = try lock.withLock { try insert(messages, locations: locations, into: db, observer: observer) }
+        if let pending { try db.completeSync(pending) }
     }
 
-    /// Inserts messages and their recipients in one fsync'd transaction (caller holds `lock`).
+    /// Inserts messages and their recipients in one transaction (caller holds `lock`) whose
+    /// fsync is left to the caller (`SQLiteDatabase.transactionSyncingLater`).
     /// - Parameters:
     ///   - locations: per message, where the spool holds its body (nil: in the row); as
-    ///     many as `messages` (`BodySpool.append` returns one per entry).
+    ///   many as `messages` (`BodySpool.append` returns one per entry).
     ///   - observer: told the new recipients before the commit (`observeInsertedRecipients`).
+    /// - Returns: the sync to complete (`SQLiteDatabase.completeSync`) before the batch may be
+    ///   reported durable; nil when it is already synced.
     private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase,
-                               observer: (@Sendable ([DueRecipient]) -> Void)? = nil) throws {
-        try db.transaction {
+                               observer: (@Sendable ([DueRecipient]) -> Void)? = nil) throws -> SQLiteDatabase.PendingSync? {
+        try db.transactionSyncingLater {
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
@@ -274,7 +282,7 @@ public final class SQLiteQueueStore: QueueStore {
                 }
             }
             if let observer, !fresh.isEmpty { observer(fresh) }
-        }
+        }.pending
     }
 
     /// Recipients in state queued/deferred whose next attempt is due: every due transactional
@@ -481,26 +489,28 @@ public final class SQLiteQueueStore: QueueStore {
             let apps = try db.transaction(durability: .processCrashSafe) {
                 try results.map { try applyResultInTransaction($0.result, node: $0.node, retry: retry, now: now) }
             }
-            return (apps, walSyncs.withLock { $0.count })  // under `lock`: a later synced commit counts past it
+            return (apps, db.committedWrites)  // under `lock`: this commit's number (or an earlier one's, if it wrote nothing)
         }
     }
 
-    /// Synced commits on the connection so far (for tests).
-    var syncedCommitsForTests: UInt64 { walSyncs.withLock { $0.count } }
+    /// The last commit on the connection known synced (for tests).
+    var durableCommitsForTests: UInt64 { walSyncs.withLock { $0.durable } }
+    /// The last commit on the connection that wrote (for tests).
+    var commitsForTests: UInt64 { lock.withLock { db.committedWrites } }
     /// Sets how recent another synced commit must be for `awaitSync` to wait (for tests).
     func setSyncsExpectedWithinForTests(_ d: Duration) { walSyncs.withLock { $0.expectedWithin = d } }
 
-    /// Returns once what was committed before `mark` was taken is on stable storage: when a
-    /// synced commit came after it within `wait` — waited for only while others' synced commits
-    /// are coming (one within the last 20 ms) —, at once; otherwise after a synced commit
-    /// of its own (a one-row write and the WAL's fsync).
+    /// Returns once the commits up to `mark` (`applyResultsUnsynced`: a commit number) are on
+    /// stable storage: when another sync covers them within `wait` — waited for only while
+    /// others' syncs are coming (one within the last 20 ms) —, at once; otherwise after a synced
+    /// commit of its own (a one-row write and the WAL's fsync).
     /// - Throws: `SQLiteError` when that commit fails (the results are then not known durable).
     public func awaitSync(after mark: UInt64, wait: Duration) throws {
         let expected = walSyncs.withLock { w in w.lastOther.map { ContinuousClock.now - $0 < w.expectedWithin } ?? false }
-        let synced = walSyncs.wait(until: .now + (expected ? wait : .zero), for: { $0.count > mark }) { _, ok in ok }
+        let synced = walSyncs.wait(until: .now + (expected ? wait : .zero), for: { $0.durable >= mark }) { _, ok in ok }
         if synced { return }
         try lock.withLock {
-            guard walSyncs.withLock({ $0.count }) <= mark else { return }
+            guard walSyncs.withLock({ $0.durable }) < mark else { return }
             walSyncs.withLock { $0.awaiting = true }
             defer { walSyncs.withLock { $0.awaiting = false } }
             try db.executeOnce("CREATE TABLE IF NOT EXISTS wal_sync_marks(id INTEGER PRIMARY KEY, mark INTEGER NOT NULL)")

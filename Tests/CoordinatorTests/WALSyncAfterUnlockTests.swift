@@ -1,0 +1,159 @@
+import Foundation
+import HatoTestKit
+import Testing
+@testable import ClusterProtocol
+@testable import HatoCoordinator
+@testable import HatoCrypto
+@testable import SMTPCore
+@testable import HatoSupport
+
+/// Issue 19: a batch of new mail is committed under the queue's lock and synced after it is let
+/// go (`SQLiteDatabase.transactionSyncingLater` / `completeSync`), so that leases and results
+/// commit during its fsync; nothing is reported durable before a sync that began after it.
+@Suite("Queue store: the WAL synced after the lock")
+struct WALSyncAfterUnlockTests {
+    let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+    let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
+
+    func message(_ id: String, _ rcpts: [String]) -> NewMessage {
+        NewMessage(id: id, reversePath: "s@example.org", recipients: rcpts, pool: "t", content: Array("Subject: x\r\n\r\nbody\r\n".utf8),
+                   heloName: "c", clientAddress: "127.0.0.1", receivedAt: t0)
+    }
+
+    func storeDirectory() -> String { NSTemporaryDirectory() + "hato-wal-after-" + Identifier.random(bytes: 5) }
+
+    @Test("a commit whose sync is left to the caller is visible at once, another writer commits before that sync, and the sync covers both")
+    func otherWritersCommitDuringTheSync() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        // The first such commit is synced through SQLite's own handle (it syncs the WAL's
+        // directory entry once) and opens the store's own descriptor of the WAL.
+        try q.lock.withLock { try q.db.execute("CREATE TABLE wal_test(k TEXT)") }
+        try q.enqueue(message("M0", ["a@x.test"]))
+        #expect(q.durableCommitsForTests == q.commitsForTests)
+        let syncsBefore = q.lock.withLock { q.db.walSyncsIssued }
+
+        let pending = try #require(try q.lock.withLock {
+            try q.db.transactionSyncingLater {
+                try q.db.prepare("INSERT INTO wal_test(k) VALUES('wal-test-1')").run()
+            }
+        }.pending)
+        #expect(pending.commit == q.commitsForTests)
+        #expect(q.durableCommitsForTests < pending.commit, "not durable before its sync")
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore, "no sync under the lock")
+
+        // Meanwhile (the lock is free): a lease round commits without an fsync of its own.
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        let granted = try q.recordLeases([LeaseRecord(id: "L1", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M0",
+                                                      domain: "x.test", recipientIDs: due.map(\.id), grantedAt: t0, expiresAt: t0 + 300)])
+        #expect(granted.count == 1)
+        let leaseCommit = q.commitsForTests
+        #expect(leaseCommit > pending.commit)
+        // Both visible to another connection before any sync.
+        let other = try SQLiteDatabase(path: dir + "/queue.db")
+        #expect(try other.prepare("SELECT count(*) FROM wal_test WHERE k='wal-test-1'").query { $0.int(0) } == [1])
+        #expect(try other.prepare("SELECT count(*) FROM leases WHERE id='L1'").query { $0.int(0) } == [1])
+
+        // The sync began after the lease's commit: it covers it too.
+        try q.db.completeSync(pending)
+        #expect(q.durableCommitsForTests == leaseCommit)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1)
+        // Completing it again (or a sync that a later one covered) issues nothing.
+        try q.db.completeSync(pending)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1)
+    }
+
+    @Test("results committed while a batch's sync is pending are durable only from a sync that began after them")
+    func resultsWaitForALaterSync() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        q.setSyncsExpectedWithinForTests(.zero)
+        try q.lock.withLock { try q.db.execute("CREATE TABLE wal_test(k TEXT)") }
+        try q.enqueue(message("M0", ["a@x.test"]))
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        _ = try q.recordLeases([LeaseRecord(id: "L1", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M0",
+                                            domain: "x.test", recipientIDs: due.map(\.id), grantedAt: t0, expiresAt: t0 + 300)])
+        let pending = try #require(try q.lock.withLock {
+            try q.db.transactionSyncingLater {
+                try q.db.prepare("INSERT INTO wal_test(k) VALUES('wal-test-2')").run()
+            }
+        }.pending)
+        let outcome = RecipientResult(recipientID: due[0].id, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: nil, text: "ok"))
+        let (_, mark) = try q.applyResultsUnsynced([(ResultMessage(leaseID: "L1", instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test",
+                                                                   remoteAddress: "127.0.0.1", outcomes: [outcome], finishedAt: 0), "node-a")],
+                                                  retry: retry, now: t0 + 1)
+        #expect(mark > pending.commit, "the results' commit is numbered after the pending one")
+        #expect(q.durableCommitsForTests < mark)
+        // awaitSync with nobody else syncing: a synced commit of its own covers the results.
+        try q.awaitSync(after: mark, wait: .zero)
+        #expect(q.durableCommitsForTests >= mark)
+        // The pending sync is covered by that one already: completing it issues nothing.
+        let syncs = q.lock.withLock { q.db.walSyncsIssued }
+        try q.db.completeSync(pending)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncs)
+    }
+
+    @Test("batches, lease rounds and results from several threads: every enqueue returns synced, every awaited mark is covered")
+    func concurrentWritersNeverOverclaim() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        q.setSyncsExpectedWithinForTests(.milliseconds(5))
+        let failures = Locked<[String]>([])
+        let group = DispatchGroup()
+        for w in 0..<3 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                for i in 0..<40 {
+                    do {
+                        // The batch's commit is numbered after `before`; once enqueue returns it
+                        // (and every earlier one) is synced.
+                        let before = q.commitsForTests
+                        try q.enqueue(message("M\(w)-\(i)", ["r\(i)@x.test"]))
+                        let durable = q.durableCommitsForTests
+                        if durable <= before { failures.withLock { $0.append("enqueue returned at \(durable), its commit is after \(before)") } }
+                    } catch {
+                        failures.withLock { $0.append("enqueue: \(error)") }
+                    }
+                }
+            }
+        }
+        group.enter()
+        Thread.detachNewThread {
+            defer { group.leave() }
+            var delivered = 0
+            let deadline = ContinuousClock.now + .seconds(30)
+            while delivered < 120 && ContinuousClock.now < deadline {
+                do {
+                    let due = try q.dueRecipients(pools: ["t"], now: t0 + 10, limit: 5)
+                    guard !due.isEmpty else { usleep(1000); continue }
+                    let leases = due.map { LeaseRecord(id: "L\($0.id)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: $0.messageID,
+                                                       domain: $0.domain, recipientIDs: [$0.id], grantedAt: t0 + 10, expiresAt: t0 + 300) }
+                    let granted = try q.recordLeases(leases)
+                    let results = granted.map { l in
+                        (result: ResultMessage(leaseID: l.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
+                                               outcomes: [RecipientResult(recipientID: l.recipientIDs[0], status: .delivered,
+                                                                          reply: DeliveryStatus(code: 250, enhanced: nil, text: "ok"))], finishedAt: 0),
+                         node: "node-a")
+                    }
+                    let (_, mark) = try q.applyResultsUnsynced(results, retry: retry, now: t0 + 11)
+                    try q.awaitSync(after: mark, wait: .milliseconds(2))
+                    let durable = q.durableCommitsForTests
+                    if durable < mark { failures.withLock { $0.append("awaitSync returned at \(durable) before mark \(mark)") } }
+                    delivered += granted.count
+                } catch {
+                    failures.withLock { $0.append("results: \(error)") }
+                }
+            }
+        }
+        #expect(group.wait(timeout: .now() + 60) == .success)
+        #expect(failures.snapshot.isEmpty, "\(failures.snapshot.prefix(5))")
+        #expect(try q.countsByState().values.reduce(0, +) == 120)
+        // Nothing left unsynced that a caller was told is durable: a final sync only adds what
+        // the result thread committed after its last wait.
+        #expect(q.durableCommitsForTests <= q.commitsForTests)
+    }
+}
