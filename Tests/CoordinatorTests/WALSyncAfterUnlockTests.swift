@@ -22,16 +22,25 @@ struct WALSyncAfterUnlockTests {
 
     func storeDirectory() -> String { NSTemporaryDirectory() + "hato-wal-after-" + Identifier.random(bytes: 5) }
 
-    @Test("a commit whose sync is left to the caller is visible at once, another writer commits before that sync, and the sync covers both")
+    @Test("a commit whose sync is left to the caller is visible at once, a lease round commits before that sync without one of its own, the sync covers both and not a commit made after it began")
     func otherWritersCommitDuringTheSync() throws {
         let dir = storeDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let q = try SQLiteQueueStore(directory: dir)
-        // The first such commit is synced through SQLite's own handle (it syncs the WAL's
-        // directory entry once) and opens the store's own descriptor of the WAL.
         try q.lock.withLock { try q.db.execute("CREATE TABLE wal_test(k TEXT)") }
-        try q.enqueue(message("M0", ["a@x.test"]))
+        // Lease records skip their fsync within the durable lease horizon once the run knows its
+        // boot id; the first lease round moves the horizon (a synced commit).
+        _ = try q.beginRun(bootID: "wal-test-boot", now: t0)
+        // The first batch is synced through SQLite's own handle (it syncs the WAL's directory
+        // entry once) and opens the store's own descriptor of the WAL.
+        try q.enqueue([message("M0", ["a@x.test"]), message("M1", ["b@x.test"])])
         #expect(q.durableCommitsForTests == q.commitsForTests)
+        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+        func lease(_ id: String, _ row: DueRecipient) -> LeaseRecord {
+            LeaseRecord(id: id, node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: row.messageID,
+                        domain: "x.test", recipientIDs: [row.id], grantedAt: t0, expiresAt: t0 + 300)
+        }
+        #expect(try q.recordLeases([lease("L0", due[0])]).count == 1)
         let syncsBefore = q.lock.withLock { q.db.walSyncsIssued }
 
         let pending = try #require(try q.lock.withLock {
@@ -43,22 +52,28 @@ struct WALSyncAfterUnlockTests {
         #expect(q.durableCommitsForTests < pending.commit, "not durable before its sync")
         #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore, "no sync under the lock")
 
-        // Meanwhile (the lock is free): a lease round commits without an fsync of its own.
-        let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
-        let granted = try q.recordLeases([LeaseRecord(id: "L1", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M0",
-                                                      domain: "x.test", recipientIDs: due.map(\.id), grantedAt: t0, expiresAt: t0 + 300)])
-        #expect(granted.count == 1)
+        // Meanwhile (the lock is free): a lease round commits, without an fsync of its own.
+        #expect(try q.recordLeases([lease("L1", due[1])]).count == 1)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore, "the lease commit did not sync")
         let leaseCommit = q.commitsForTests
-        #expect(leaseCommit > pending.commit)
+        #expect(leaseCommit == pending.commit + 1)
         // Both visible to another connection before any sync.
         let other = try SQLiteDatabase(path: dir + "/queue.db")
         #expect(try other.prepare("SELECT count(*) FROM wal_test WHERE k='wal-test-1'").query { $0.int(0) } == [1])
         #expect(try other.prepare("SELECT count(*) FROM leases WHERE id='L1'").query { $0.int(0) } == [1])
 
-        // The sync began after the lease's commit: it covers it too.
+        // The sync takes the last commit's number before it begins: it covers the lease's commit,
+        // and not one made after that (here: between the two, by the hook).
+        q.db.beforeSyncForTests = {
+            _ = try? q.lock.withLock {
+                try q.db.transaction(durability: .processCrashSafe) { try q.db.prepare("INSERT INTO wal_test(k) VALUES('late')").run() }
+            }
+        }
         try q.db.completeSync(pending)
+        q.db.beforeSyncForTests = nil
+        #expect(q.commitsForTests == leaseCommit + 1, "the hook committed")
         #expect(q.durableCommitsForTests == leaseCommit)
-        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1, "completeSync synced once")
         // Completing it again (or a sync that a later one covered) issues nothing.
         try q.db.completeSync(pending)
         #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1)
@@ -100,6 +115,7 @@ struct WALSyncAfterUnlockTests {
         let dir = storeDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let q = try SQLiteQueueStore(directory: dir)
+        _ = try q.beginRun(bootID: "wal-test-boot", now: t0)  // lease commits without fsync, as in production
         q.setSyncsExpectedWithinForTests(.milliseconds(5))
         let failures = Locked<[String]>([])
         let group = DispatchGroup()
@@ -109,12 +125,10 @@ struct WALSyncAfterUnlockTests {
                 defer { group.leave() }
                 for i in 0..<40 {
                     do {
-                        // The batch's commit is numbered after `before`; once enqueue returns it
-                        // (and every earlier one) is synced.
-                        let before = q.commitsForTests
-                        try q.enqueue(message("M\(w)-\(i)", ["r\(i)@x.test"]))
+                        // Once the batch's write returns, its commit (and every earlier one) is synced.
+                        let commit = try q.enqueueReturningCommitForTests([message("M\(w)-\(i)", ["r\(i)@x.test"])])
                         let durable = q.durableCommitsForTests
-                        if durable <= before { failures.withLock { $0.append("enqueue returned at \(durable), its commit is after \(before)") } }
+                        if durable < commit { failures.withLock { $0.append("enqueue returned at \(durable), its commit is \(commit)") } }
                     } catch {
                         failures.withLock { $0.append("enqueue: \(error)") }
                     }

@@ -18,7 +18,9 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
 /// One SQLite database connection (owns the `sqlite3*` and closes it in deinit).
 ///
 /// Opened with `SQLITE_OPEN_NOMUTEX`: callers serialise access (the queue store
-/// holds one lock around every use), which is why `@unchecked Sendable` is safe.
+/// holds one lock around every use of the handle), which is why `@unchecked Sendable` is safe.
+/// The exceptions touch no SQLite state and are safe without that lock: `completeSync`, and
+/// reading `committedWrites`, `durableWrites` and `walSyncFailure`.
 public final class SQLiteDatabase: @unchecked Sendable {
     private var handle: OpaquePointer?
     private var statements: [String: SQLiteStatement] = [:]
@@ -27,8 +29,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Whether a synced commit is made durable by syncing the WAL file after `COMMIT`
     /// (`syncWALAfterCommits()`), the connection staying at `synchronous=NORMAL`.
     private var walSyncAfterCommit = false
-    /// Syncs of the WAL file this connection issued after synced commits (`syncWALAfterCommits`),
-    /// with the lock of its caller or without (`completeSync`).
+    /// Syncs of the WAL this connection issued or made (after synced commits with
+    /// `syncWALAfterCommits`, with the caller's lock or without it in `completeSync`; a
+    /// `synchronous=FULL` commit's own sync otherwise).
     var walSyncsIssued: Int { syncState.withLock { $0.issued } }
     /// Commits on this connection that wrote frames, numbered in commit order (`committedWrites`).
     private let writeCommits = Atomic<UInt64>(0)
@@ -175,7 +178,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     }
 
     /// `fdatasync` of the write-ahead log through SQLite's own file handle for it
-    /// (`SQLITE_FCNTL_JOURNAL_POINTER`, the VFS's `xSync`), then `onSyncedCommit`. A failure
+    /// (`SQLITE_FCNTL_JOURNAL_POINTER`, the VFS's `xSync`), then `onSynced`. A failure
     /// stops every later write on this connection (`walSyncFailure`).
     /// - Throws: `SQLiteError` when the log is not open or the sync fails.
     private func syncWAL() throws {
@@ -265,7 +268,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
         if let failure = syncState.withLock({ s -> SQLiteError? in s.failure }) { throw failure }
         if durableWrites >= pending.commit { return }
         let covered = committedWrites
-        guard fdatasync(pending.file.descriptor) == 0 else {
+        beforeSyncForTests?()
+        var rc: Int32
+        repeat { rc = fdatasync(pending.file.descriptor) } while rc != 0 && errno == EINTR
+        guard rc == 0 else {
             let code = errno
             throw failSync(SQLiteError(code: SQLITE_IOERR | (4 << 8),  // SQLITE_IOERR_FSYNC
                                        message: "syncing the write-ahead log failed (\(String(cString: strerror(code)))): no more queue writes until a restart"))
@@ -273,6 +279,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
         if let failure = walSyncFailure { throw failure }  // another sync failed meanwhile (see `syncWAL`)
         synced(upTo: covered)
     }
+
+    /// Called by `completeSync` between taking the number of the last commit it covers and its
+    /// `fdatasync` (tests commit there to check that the later commit is not counted).
+    nonisolated(unsafe) var beforeSyncForTests: (() -> Void)?
 
     /// The WAL file's path (`sqlite3_filename_wal`).
     private var walPath: String {

@@ -42,8 +42,9 @@ extension SQLiteQueueStore {
         /// ones, and those whose checkpoint found the WAL empty or copied all of it (a
         /// checkpoint syncs the WAL before copying). The spool's removals wait for one.
         var durablePasses = 0
-        /// Sealed spool segments found unreferenced, with `durablePasses` and the synced commit
-        /// count when found: removed once either has moved on (the change that dropped the
+        /// Sealed spool segments found unreferenced, with `durablePasses` and the queue
+        /// connection's last commit number (`SQLiteDatabase.committedWrites`) when found: removed
+        /// once a complete pass or a sync of a later commit came (the change that dropped the
         /// last reference is then durable).
         var spoolUnreferenced: [Int64: (durablePasses: Int, syncs: UInt64)] = [:]
         /// Spooled bodies moved into their rows so far.

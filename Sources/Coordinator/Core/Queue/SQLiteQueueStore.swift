@@ -118,7 +118,7 @@ public final class SQLiteQueueStore: QueueStore {
         self.spoolThreshold = spoolThreshold
         let inserted = self.inserted
         committer = GroupCommitter { batch in
-            try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
+            _ = try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
         }
         let walSyncs = self.walSyncs
         db.onSynced = { covered in
@@ -213,7 +213,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// Writes several messages in one fsync'd transaction (group commit).
     /// - Throws: `SQLiteError`; nothing is written then.
     public func enqueue(_ messages: [NewMessage]) throws {
-        try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
+        _ = try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
     }
 
     /// Told, for each batch of new mail, its recipients as the due query would return them,
@@ -233,19 +233,26 @@ public final class SQLiteQueueStore: QueueStore {
     }
 
     /// Writes a batch: bodies of at least `spoolThreshold` octets to the spool (durable first),
-    /// then every row in one fsync'd transaction under `lock`.
+    /// then every row in one transaction under `lock`, fsync'd after it.
     /// - Throws: `SystemCallError` from the spool, `SQLiteError`; nothing is queued then.
     ///
     /// The WAL's fsync runs after `lock` is let go (`transactionSyncingLater`): leases and results
     /// commit meanwhile — new mail's own leases among them, so its grant can leave during the
     /// fsync (issue 19) — and this returns (the `250`) only once the batch is synced.
+    /// - Returns: the batch's commit number (`SQLiteDatabase.committedWrites`), durable on return.
     private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase,
-                               inserted: Locked<(@Sendable ([DueRecipient]) -> Void)?>) throws {
+                               inserted: Locked<(@Sendable ([DueRecipient]) -> Void)?>) throws -> UInt64 {
         let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
         defer { spool.finishedWriting(locations) }
         let observer = inserted.withLock { $0 }
-        let pending = try lock.withLock { try insert(messages, locations: locations, into: db, observer: observer) }
+        let (pending, number) = try lock.withLock { (try insert(messages, locations: locations, into: db, observer: observer), db.committedWrites) }
         if let pending { try db.completeSync(pending) }
+        return pending?.commit ?? number
+    }
+
+    /// `enqueue` without the group commit, returning the batch's commit number (for tests).
+    func enqueueReturningCommitForTests(_ messages: [NewMessage]) throws -> UInt64 {
+        try Self.commit(messages, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
     }
 
     /// Inserts messages and their recipients in one transaction (caller holds `lock`) whose

@@ -436,10 +436,10 @@ final class SubmissionCommitter: Sendable {
             byLoop[ObjectIdentifier(job.loop), default: (job.loop, [])].answers.append((job.session, rest + job.rest, before))
         }
         for (_, entry) in byLoop { entry.loop.resume(entry.answers) }
-        // The scheduler is woken now, while the loops write the 250s on their own threads:
-        // the message is durable, and waking it after the write (as the blocking driver
-        // does) put a loop wake-up and the write in front of every lease (issue 19: ~0.1 ms
-        // of the light-load latency). Waking is a signal; it does not delay the replies.
+        // The scheduler is woken once the 250s are written (above): the thread woken may run
+        // on this CPU first, in front of the replies (issue 19). New mail's leases need no
+        // wake-up at light load: they were planned and recorded during the fsync
+        // (`Scheduler.leaseFresh`).
         if queued { server.announceAccepted() }
         if failure == nil { for (_, message) in prepared { server.logQueued(message) } }
     }
@@ -460,8 +460,10 @@ final class SubmissionCommitter: Sendable {
         guard !s.out.isEmpty, let written = try? s.conn.writeIfReady(s.out), written > 0 else { return Array(rest) }
         if written == s.out.count {
             s.out.removeAll(keepingCapacity: s.out.capacity <= 64 * 1024)
+            s.writeDeadline = nil  // as `flush` does: nothing is waiting for the client to read
         } else {
             s.out.removeFirst(written)
+            s.writeDeadline = .now + s.commandTimeout
         }
         return Array(rest)
     }

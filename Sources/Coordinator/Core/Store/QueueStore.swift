@@ -94,8 +94,8 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// - Throws: a store error; nothing is applied then.
     func applyResultsUnsynced(_ results: [(result: ResultMessage, node: String)], retry: RetryPolicy,
                               now: Date) throws -> (applications: [ResultApplication], mark: UInt64)
-    /// Returns once everything committed before `mark` is durable, waiting at most `wait` for
-    /// another commit to make it so before syncing itself.
+    /// Returns once everything committed up to `mark` (the results' own commit included) is
+    /// durable, waiting at most `wait` for another commit to make it so before syncing itself.
     /// - Throws: a store error when its own sync fails.
     func awaitSync(after mark: UInt64, wait: Duration) throws
     /// Returns the recipients of leases past their expiry to `queued` and forgets those leases.
