@@ -2,10 +2,12 @@
 that every `250 ... queued` reply was written only after an fsync/fdatasync that started
 after the message's last DATA bytes were read and finished before the reply was sent.
 
-Uses `strace -f -ff -ttt -T` (one output file per thread, so no call is split across
-lines); works for thread-per-session servers (Hato: the same thread reads a session's
-socket and writes its replies) and process-per-session ones (Postfix: smtpd reads and
-replies, cleanup fsyncs the queue file).
+Uses `strace -f -ff -ttt -T -y` (one output file per thread, so no call is split across
+lines; each descriptor named by its file, a session's socket by its inode): a session's reads
+and replies are matched by that socket whichever thread or process made them — Hato reads on
+an event loop thread and its committer thread writes the 250, Postfix's smtpd reads and replies
+while cleanup fsyncs the queue file, Exim writes to a dup of the socket it reads. Only fsync and
+fdatasync count as syncs (sync_file_range without its wait flags only starts the write-out).
 """
 import glob
 import os
@@ -17,9 +19,9 @@ from benchlib import say
 _LINE = re.compile(r'^(\d+\.\d+) (\w+)\((\d+)?(.*)\) += (-?\d+)(?: [A-Z]\w*.*?)? <(\d+\.\d+)>\s*$')
 
 
-def start_strace(procs, pids, workdir, name, fd_paths=False):
+def start_strace(procs, pids, workdir, name, fd_paths=True):
     """`fd_paths`: strace -y, so that a session's socket is known by its inode whatever descriptor
-    it is used through (Exim reads a session from one descriptor and writes to a dup of it)."""
+    and thread it is used through (see the module's doc)."""
     out = os.path.join(workdir, "strace-%s" % name)
     os.makedirs(out, exist_ok=True)
     args = ["strace", "-f", "-ff", "-ttt", "-T", "-s", "64", "-qq"] + (["-y"] if fd_paths else []) + [
@@ -47,9 +49,8 @@ def is_accept_reply(rest, accept=None):
 def analyse(out_dir, accept=None):
     """Returns (replies_checked, replies_ok, fsync_calls, examples_of_failures); `accept` as in is_accept_reply."""
     fsyncs = []
-    per_thread = {}
+    calls = []
     for path in glob.glob(os.path.join(out_dir, "t.*")):
-        calls = []
         with open(path, errors="replace") as f:
             for line in f:
                 m = _LINE.match(line)
@@ -57,38 +58,40 @@ def analyse(out_dir, accept=None):
                     continue
                 start, name, fd, rest, ret, dur = m.groups()
                 start = float(start); dur = float(dur); ret = int(ret)
-                if name in ("fsync", "fdatasync", "sync_file_range"):
+                if name == "sync_file_range":
+                    continue
+                if name in ("fsync", "fdatasync"):
                     if ret == 0:
                         fsyncs.append((start, start + dur))
                     continue
                 if fd is None:
                     continue
-                # With strace -y the descriptor is followed by <its file>: key by that (socket:[inode]).
-                key = rest[:rest.index(">") + 1] if rest.startswith("<") and ">" in rest else int(fd)
-                calls.append((start, dur, name, key, rest, ret))
-        per_thread[path] = calls
+                # With strace -y the descriptor is followed by <its file>: key by that (socket:[inode]),
+                # across threads and processes; a bare number only within its thread.
+                key = rest[:rest.index(">") + 1] if rest.startswith("<") and ">" in rest else (path, int(fd))
+                calls.append((start, dur, name, key, rest, ret, path))
     fsyncs.sort()
+    calls.sort(key=lambda c: c[0])
     checked = ok = 0
     failures = []
-    for path, calls in per_thread.items():
-        last_read = {}
-        for (start, dur, name, fd, rest, ret) in calls:
-            if name in ("read", "recvfrom", "recvmsg"):
-                if ret > 0:
-                    last_read[fd] = start
-            elif is_accept_reply(rest, accept):
-                t0 = last_read.get(fd)
-                if t0 is None:
-                    continue
-                checked += 1
-                if any(s >= t0 and e <= start for (s, e) in fsyncs if s >= t0 - 1 and s <= start):
-                    ok += 1
-                elif len(failures) < 3:
-                    failures.append("%s fd %s: data read at %.6f, 250 written at %.6f, no fsync between" % (os.path.basename(path), fd, t0, start))
+    last_read = {}
+    for (start, dur, name, fd, rest, ret, path) in calls:
+        if name in ("read", "recvfrom", "recvmsg"):
+            if ret > 0:
+                last_read[fd] = start
+        elif is_accept_reply(rest, accept):
+            t0 = last_read.get(fd)
+            if t0 is None:
+                continue
+            checked += 1
+            if any(s >= t0 and e <= start for (s, e) in fsyncs if s >= t0 - 1 and s <= start):
+                ok += 1
+            elif len(failures) < 3:
+                failures.append("%s fd %s: data read at %.6f, 250 written at %.6f, no fsync between" % (os.path.basename(path), fd, t0, start))
     return checked, ok, len(fsyncs), failures
 
 
-def check(procs, pids, workdir, name, inject, accept=None, fd_paths=False):
+def check(procs, pids, workdir, name, inject, accept=None, fd_paths=True):
     """Straces `pids` (following new threads/children) while `inject()` runs; returns a result dict.
 
     `accept`: how the relay's 250 to DATA looks (see is_accept_reply; None: Postfix/Hato).
