@@ -24,7 +24,7 @@ struct FreshLeaseTests {
         let d = try SchedulerDriver(yaml: SchedulerCoreTests.yaml)
         let inserted = Inserted()
         let store = try #require(d.store as? SQLiteQueueStore)
-        store.observeInsertedRecipients { inserted.add($0) }
+        store.observeInsertedRecipients { inserted.add($0); return false }
         d.join("node-a", 1, bindable: ["127.0.0.10", "127.0.0.20", "127.0.0.21"])
         d.join("node-b", 2, bindable: ["127.0.0.11", "127.0.0.20", "127.0.0.21"])
         return (d, inserted)
@@ -144,6 +144,7 @@ struct FreshLeaseTests {
             inserted.add(rows)
             // Another connection still reads the queue as it was before this batch.
             visibleThen.withLock { $0 = (try? other.prepare("SELECT count(*) FROM recipients").query { $0.int(0) }) ?? [-1] }
+            return false
         }
         let t0 = Date(timeIntervalSince1970: 2_000_000_000)
         var m = NewMessage(id: "M1", reversePath: "s@example.org", recipients: ["a@x.test", "b@y.test"], pool: "p1",

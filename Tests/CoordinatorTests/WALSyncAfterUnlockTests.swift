@@ -44,7 +44,8 @@ struct WALSyncAfterUnlockTests {
         let syncsBefore = q.lock.withLock { q.db.walSyncsIssued }
 
         let pending = try #require(try q.lock.withLock {
-            try q.db.transactionSyncingLater {
+            try q.db.transactionSyncingLater { later in
+                later = true
                 try q.db.prepare("INSERT INTO wal_test(k) VALUES('wal-test-1')").run()
             }
         }.pending)
@@ -79,6 +80,36 @@ struct WALSyncAfterUnlockTests {
         #expect(q.lock.withLock { q.db.walSyncsIssued } == syncsBefore + 1)
     }
 
+    @Test("a batch whose new rows the scheduler takes is synced after the lock is let go; any other batch under it")
+    func onlyBatchesLeasedAtOnceSyncAfterTheLock() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.enqueue(message("M0", ["a@x.test"]))  // the first synced batch opens the WAL descriptor
+        let takes = Locked(false)
+        q.observeInsertedRecipients { _ in takes.withLock { $0 } }
+        let syncedOutside = Locked<[Bool]>([])
+        q.db.beforeSyncForTests = {
+            // Called only by a sync after the lock (completeSync): the queue's lock is free then.
+            let free = q.lock.try()
+            if free { q.lock.unlock() }
+            syncedOutside.withLock { $0.append(free) }
+        }
+        defer { q.db.beforeSyncForTests = nil }
+        let syncs0 = q.lock.withLock { q.db.walSyncsIssued }
+        // Not taken (a load, or a queue not drained): synced under the lock, as before.
+        let c1 = try q.enqueueReturningCommitForTests([message("M1", ["b@x.test"])])
+        #expect(syncedOutside.snapshot.isEmpty)
+        #expect(q.durableCommitsForTests >= c1)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncs0 + 1)
+        // Taken: its leases commit during the fsync, which runs after the lock.
+        takes.withLock { $0 = true }
+        let c2 = try q.enqueueReturningCommitForTests([message("M2", ["c@x.test"])])
+        #expect(syncedOutside.snapshot == [true])
+        #expect(q.durableCommitsForTests >= c2)
+        #expect(q.lock.withLock { q.db.walSyncsIssued } == syncs0 + 2)
+    }
+
     @Test("results committed while a batch's sync is pending are durable only from a sync that began after them")
     func resultsWaitForALaterSync() throws {
         let dir = storeDirectory()
@@ -91,7 +122,8 @@ struct WALSyncAfterUnlockTests {
         _ = try q.recordLeases([LeaseRecord(id: "L1", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M0",
                                             domain: "x.test", recipientIDs: due.map(\.id), grantedAt: t0, expiresAt: t0 + 300)])
         let pending = try #require(try q.lock.withLock {
-            try q.db.transactionSyncingLater {
+            try q.db.transactionSyncingLater { later in
+                later = true
                 try q.db.prepare("INSERT INTO wal_test(k) VALUES('wal-test-2')").run()
             }
         }.pending)
@@ -117,6 +149,7 @@ struct WALSyncAfterUnlockTests {
         let q = try SQLiteQueueStore(directory: dir)
         _ = try q.beginRun(bootID: "wal-test-boot", now: t0)  // lease commits without fsync, as in production
         q.setSyncsExpectedWithinForTests(.milliseconds(5))
+        q.observeInsertedRecipients { _ in true }  // every batch synced after the lock
         let failures = Locked<[String]>([])
         let group = DispatchGroup()
         for w in 0..<3 {

@@ -267,15 +267,23 @@ public final class ClusterHub: Sendable {
     /// their leases meanwhile (`Scheduler.leaseFresh`) and records them as soon as the commit
     /// lets go of the queue — the light-load path from the client's `250` to the grant loses the
     /// wake-up after the fsync and the due query (issue 19). Returns at once.
-    public func newMailInserted(_ rows: [DueRecipient]) {
+    /// - Returns: whether the scheduler thread takes them (the last pass it published found the
+    ///   queue drained at a light load: `Scheduler.takesFreshRows`); the store then runs the
+    ///   batch's fsync after letting go of the queue, so that their leases commit during it.
+    public func newMailInserted(_ rows: [DueRecipient]) -> Bool {
         // More than `leaseFresh` takes (a load building up) waits for the due query, without
         // waking the scheduler thread for it.
-        guard rows.count <= Scheduler.freshLeaseMaximumRows else { return }
-        inbox.withLockAndBroadcast { box in
-            guard box.fresh.count + rows.count <= Scheduler.freshLeaseMaximumRows else { return }
+        guard rows.count <= Scheduler.freshLeaseMaximumRows, freshOpen.withLock({ $0 }) else { return false }
+        return inbox.withLockAndBroadcast { box in
+            guard box.fresh.count + rows.count <= Scheduler.freshLeaseMaximumRows else { return false }
             box.fresh += rows
+            return true
         }
     }
+
+    /// `Scheduler.takesFreshRows` of the last pass the scheduler thread published (false while
+    /// not leading).
+    private let freshOpen = Locked(false)
 
     private func post(_ event: Event) {
         inbox.withLockAndBroadcast { $0.events.append(event) }
@@ -840,6 +848,7 @@ public final class ClusterHub: Sendable {
     }
 
     private func publish(_ scheduler: Scheduler, now: Date) {
+        freshOpen.withLock { $0 = scheduler.takesFreshRows }
         var counts: [String: Int] = [:]
         for node in scheduler.membership.sessions.keys { counts[node] = scheduler.leases.count(node: node) }
         let snapshot = Snapshot(scheduler: scheduler, leaseCounts: counts)

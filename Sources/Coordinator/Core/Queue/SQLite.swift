@@ -233,22 +233,24 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// that `fdatasync` instead of waiting for it (issue 19: new mail's leases are recorded and
     /// granted while its sync runs). The rows are visible to this connection and to readers from
     /// the commit on, before they are durable; the caller must not report them durable (an SMTP
-    /// `250`) before `completeSync` returns. Only on a connection that syncs the WAL itself
-    /// (`syncWALAfterCommits`); otherwise, and for the connection's first sync (SQLite's own
-    /// handle syncs the WAL's directory entry once), the commit is synced here and no pending
-    /// sync is returned.
+    /// `250`) before `completeSync` returns. Only when `body` sets its argument (whether the sync
+    /// should run after the lock: false by default), and only on a connection that syncs the WAL
+    /// itself (`syncWALAfterCommits`); otherwise, and for the connection's first sync (SQLite's own
+    /// handle syncs the WAL's directory entry once), the commit is synced here, under the lock,
+    /// and no pending sync is returned.
     /// - Returns: what `body` returns, and the sync still to issue (nil: nothing to sync, or
     ///   already synced).
     /// - Throws: what `body` throws, or `SQLiteError`; nothing is committed then.
-    public func transactionSyncingLater<T>(_ body: () throws -> T) throws -> (value: T, pending: PendingSync?) {
-        guard walSyncAfterCommit else { return (try transaction(durability: .synced, body), nil) }
+    public func transactionSyncingLater<T>(_ body: (_ syncAfterUnlock: inout Bool) throws -> T) throws -> (value: T, pending: PendingSync?) {
+        var later = false
+        guard walSyncAfterCommit else { return (try transaction(durability: .synced) { try body(&later) }, nil) }
         let before = committedWrites
-        let value = try transactionSyncingWAL(durability: .processCrashSafe, body)
+        let value = try transactionSyncingWAL(durability: .processCrashSafe) { try body(&later) }
         let commit = committedWrites
         guard commit != before else { return (value, nil) }
-        guard let file = walFile else {
+        guard later, let file = walFile else {
             try syncWAL()
-            walFile = try? WALFile(path: walPath)
+            if walFile == nil { walFile = try? WALFile(path: walPath) }
             return (value, nil)
         }
         // The frames' write-out starts now, before the lock goes: the thread that takes the lock

@@ -219,7 +219,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// Told, for each batch of new mail, its recipients as the due query would return them,
     /// once their rows are written and *before* their commit and its fsync (see
     /// `observeInsertedRecipients`).
-    private let inserted = Locked<(@Sendable ([DueRecipient]) -> Void)?>(nil)
+    private let inserted = Locked<(@Sendable ([DueRecipient]) -> Bool)?>(nil)
 
     /// Calls `observer` with the recipients of each batch of new mail — ids, addresses, pool and
     /// priority as `dueRecipients` gives them — while the batch's transaction is still open,
@@ -227,8 +227,13 @@ public final class SQLiteQueueStore: QueueStore {
     /// leases during the fsync instead of after it and a due query (issue 19's latency). The
     /// rows are not committed yet when it is called, and may never be (a failed commit): a lease
     /// recorded for them afterwards keeps only rows that exist, waiting, for the same message
-    /// (`recordLeases`). It must return at once and must not use the store.
-    public func observeInsertedRecipients(_ observer: @escaping @Sendable ([DueRecipient]) -> Void) {
+    /// (`recordLeases`). It must return at once and must not use the store. It returns whether
+    /// leases for them will be recorded right away: the batch's fsync then runs after the lock is
+    /// let go (`SQLiteDatabase.transactionSyncingLater`), so that they commit during it; otherwise
+    /// under the lock, as every synced commit (under load that keeps lease and result rounds
+    /// batching behind it: leaving the lock for the fsync cost 6–10 % more CPU per message at
+    /// 1600–1800 msg/s in `bench/profile` pairs).
+    public func observeInsertedRecipients(_ observer: @escaping @Sendable ([DueRecipient]) -> Bool) {
         inserted.withLock { $0 = observer }
     }
 
@@ -241,7 +246,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// fsync (issue 19) — and this returns (the `250`) only once the batch is synced.
     /// - Returns: the batch's commit number (`SQLiteDatabase.committedWrites`), durable on return.
     private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase,
-                               inserted: Locked<(@Sendable ([DueRecipient]) -> Void)?>) throws -> UInt64 {
+                               inserted: Locked<(@Sendable ([DueRecipient]) -> Bool)?>) throws -> UInt64 {
         let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
         defer { spool.finishedWriting(locations) }
         let observer = inserted.withLock { $0 }
@@ -264,8 +269,8 @@ public final class SQLiteQueueStore: QueueStore {
     /// - Returns: the sync to complete (`SQLiteDatabase.completeSync`) before the batch may be
     ///   reported durable; nil when it is already synced.
     private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase,
-                               observer: (@Sendable ([DueRecipient]) -> Void)? = nil) throws -> SQLiteDatabase.PendingSync? {
-        try db.transactionSyncingLater {
+                               observer: (@Sendable ([DueRecipient]) -> Bool)? = nil) throws -> SQLiteDatabase.PendingSync? {
+        try db.transactionSyncingLater { syncAfterUnlock in
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")
             func optional(_ text: String?) -> SQLiteStatement.Value { text.map { .text($0) } ?? .null }
@@ -288,7 +293,7 @@ public final class SQLiteQueueStore: QueueStore {
                     }
                 }
             }
-            if let observer, !fresh.isEmpty { observer(fresh) }
+            if let observer, !fresh.isEmpty { syncAfterUnlock = observer(fresh) }
         }.pending
     }
 

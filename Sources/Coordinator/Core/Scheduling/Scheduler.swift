@@ -169,6 +169,10 @@ public struct Scheduler: Sendable {
     /// per batch would only add work (at 1800 msg/s, 18 % of leases went this way and the
     /// coordinator's CPU per message rose).
     public static let freshLeaseMaximumRows = 4
+
+    /// Whether `leaseFresh` would lease a batch of new mail now (of at most
+    /// `freshLeaseMaximumRows` recipients): the last round drained the queue at a light load.
+    public var takesFreshRows: Bool { queueDrained && lastDueCount <= Self.freshLeaseMaximumRows }
     private var nextSignalPrune = Date.distantPast
     /// Signal counts not yet handed to the shell to store (written at most once per second).
     private var pendingSignalRows: [ReputationCount] = []
