@@ -281,8 +281,9 @@ public final class ClusterHub: Sendable {
         }
     }
 
-    /// `Scheduler.takesFreshRows` of the last pass the scheduler thread published (false while
-    /// not leading).
+    /// `Scheduler.takesFreshRows` of the last pass the scheduler thread published (false until
+    /// the first; a standby keeps its last value — new rows it is told are then dropped by the
+    /// loop, and their batch merely syncs after the queue's lock).
     private let freshOpen = Locked(false)
 
     private func post(_ event: Event) {
