@@ -203,4 +203,56 @@ struct WALSyncAfterUnlockTests {
         // the result thread committed after its last wait.
         #expect(q.durableCommitsForTests <= q.commitsForTests)
     }
+
+    @Test("a failed sync — under the lock or after it — refuses every later write and leaves a marker; the next start on the same boot holds new leases until the lease horizon, as after a new boot", arguments: [false, true])
+    func failedSyncHoldsLeasesAfterARestart(afterUnlock: Bool) throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let marker = dir + "/queue.db-sync-failed"
+        let horizon = Date(timeIntervalSince1970: (t0 + 300).timeIntervalSince1970 + Queue.leaseHorizonSlack)
+        do {
+            let q = try SQLiteQueueStore(directory: dir)
+            #expect(try q.beginRun(bootID: "boot-1", now: t0) == nil)
+            try q.enqueue([message("M0", ["a@x.test"]), message("M1", ["b@x.test"])])
+            let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+            // The first lease moves the durable horizon (a synced commit); the second skips its fsync.
+            for (i, row) in due.enumerated() {
+                _ = try q.recordLeases([LeaseRecord(id: "L\(i)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: row.messageID,
+                                                    domain: "x.test", recipientIDs: [row.id], grantedAt: t0, expiresAt: t0 + 300)])
+            }
+            #expect(!FileManager.default.fileExists(atPath: marker))
+            q.db.syncErrorForTests = { EIO }
+            if afterUnlock {
+                let pending = try #require(try q.lock.withLock {
+                    try q.db.transactionSyncingLater { later in
+                        later = true
+                        try q.db.execute("CREATE TABLE IF NOT EXISTS wal_test(k TEXT); INSERT INTO wal_test(k) VALUES('x')")
+                    }
+                }.pending)
+                #expect(throws: SQLiteError.self) { try q.db.completeSync(pending) }
+            } else {
+                #expect(throws: SQLiteError.self) { try q.enqueue([message("M2", ["c@x.test"])]) }
+            }
+            q.db.syncErrorForTests = nil
+            #expect(q.db.walSyncFailure != nil)
+            // Latched: later writes are refused although the disk "works" again, the run cannot end cleanly.
+            #expect(throws: SQLiteError.self) { try q.enqueue([message("M3", ["d@x.test"])]) }
+            #expect(throws: SQLiteError.self) { try q.endRun() }
+            let text = try String(contentsOfFile: marker, encoding: .utf8)
+            #expect(text.contains("boot_id=") && text.contains("write-ahead log failed"), "\(text)")
+        }
+        // Restarted on the same boot: without the marker this start would hold nothing.
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 10) == horizon)
+        #expect(!FileManager.default.fileExists(atPath: marker), "removed once the hold is stored")
+        // The hold is stored: a restart during it keeps it without the marker; after it, none.
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 20) == horizon)
+        #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: horizon + 1) == nil)
+    }
+
+    @Test("the migration to PostgreSQL keeps the hold a failed sync calls for")
+    func migrationHoldAfterAFailedSync() {
+        let state = ["clean_stop": "0", "boot_id": "boot-1", "lease_horizon": "\(t0.timeIntervalSince1970 + 400)"]
+        #expect(StoreMigration.leaseHold(runState: state, bootID: "boot-1", now: t0) == nil)
+        #expect(StoreMigration.leaseHold(runState: state, bootID: "boot-1", now: t0, syncFailed: true) == t0.timeIntervalSince1970 + 400)
+    }
 }

@@ -188,7 +188,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
         guard rc == SQLITE_OK, let file, let sync = file.pointee.pMethods?.pointee.xSync else {
             throw failSync(SQLiteError(code: rc == SQLITE_OK ? SQLITE_MISUSE : rc, message: "the write-ahead log is not open: cannot sync it"))
         }
-        let rcSync = sync(file, SQLITE_SYNC_NORMAL)
+        let rcSync = (syncErrorForTests?() ?? 0) != 0 ? SQLITE_IOERR | (4 << 8) : sync(file, SQLITE_SYNC_NORMAL)
         // A sync that failed meanwhile without this lock (`completeSync`): this one's success may
         // be the kernel's forgetting that error, not these frames on disk.
         if let failure = walSyncFailure { throw failure }
@@ -207,11 +207,26 @@ public final class SQLiteDatabase: @unchecked Sendable {
         onSynced?(covered)
     }
 
-    /// Records the first failed sync (every later write is refused) and returns the error to throw.
+    /// Records the first failed sync (every later write is refused), tells `onSyncFailed` the
+    /// first time, and returns the error to throw.
     private func failSync(_ error: SQLiteError) -> SQLiteError {
-        syncState.withLock { s in if s.failure == nil { s.failure = error } }
+        let first = syncState.withLock { s -> Bool in
+            guard s.failure == nil else { return false }
+            s.failure = error
+            return true
+        }
+        if first { onSyncFailed?(error) }
         return error
     }
+
+    /// Called once, when a sync of the WAL first fails (`walSyncFailure` is set): the store
+    /// records it where its next start finds it (`SyncFailureMarker`). Called with or without
+    /// the caller's lock; must not use this connection.
+    public var onSyncFailed: (@Sendable (SQLiteError) -> Void)?
+
+    /// Tests only: when set, each sync of the WAL asks it first, and a non-zero answer is taken
+    /// as that sync's failure (an `errno` value; `EIO` as a failing disk gives) without syncing.
+    nonisolated(unsafe) var syncErrorForTests: (() -> Int32)?
 
     /// Numbers a commit that wrote frames (`committedWrites`).
     /// - Returns: its number.
@@ -272,9 +287,12 @@ public final class SQLiteDatabase: @unchecked Sendable {
         let covered = committedWrites
         beforeSyncForTests?()
         var rc: Int32
-        repeat { rc = fdatasync(pending.file.descriptor) } while rc != 0 && errno == EINTR
+        let injected = syncErrorForTests?() ?? 0
+        if injected != 0 { rc = -1 } else {
+            repeat { rc = fdatasync(pending.file.descriptor) } while rc != 0 && errno == EINTR
+        }
         guard rc == 0 else {
-            let code = errno
+            let code = injected != 0 ? injected : errno
             throw failSync(SQLiteError(code: SQLITE_IOERR | (4 << 8),  // SQLITE_IOERR_FSYNC
                                        message: "syncing the write-ahead log failed (\(String(cString: strerror(code)))): no more queue writes until a restart"))
         }

@@ -1,4 +1,6 @@
+import CSQLite
 import Foundation
+import HatoSupport
 
 /// Run bookkeeping that lets lease records skip their fsync without ever leasing a recipient
 /// twice at once.
@@ -19,6 +21,14 @@ import Foundation
 ///   it does not lift it) — by then every lease from before has expired at
 ///   the nodes too (their own deadline is earlier still), and their results, kept in the
 ///   nodes' journals, are applied whenever they arrive.
+///
+/// A failed sync of the WAL is treated like a new boot: after it the kernel may have dropped
+/// pages it never wrote (Linux marks them clean and reports the error once), so lease frames
+/// written since the last good sync may be gone once the cache lets them go, while a batch's
+/// frames survive — a restart on the same boot would see lease records that the disk does not
+/// hold, or miss ones a node still delivers. The failure is recorded in a marker file next to
+/// the queue (`SyncFailureMarker`) when it latches; `beginRun` holds new leases until the
+/// horizon as after a new boot, then removes the marker.
 extension SQLiteQueueStore {
     /// Seconds a synced horizon update reaches past the lease that caused it.
     static let leaseHorizonSlack: Double = Queue.leaseHorizonSlack
@@ -56,7 +66,8 @@ extension SQLiteQueueStore {
             // A hold decided by an earlier start stays in force until it ends, whatever
             // happened since (a restart during the hold must not lift it).
             let earlierHold = try runState("lease_hold_until").flatMap(Double.init) ?? 0
-            let leasesMayBeLost = !clean && storedBoot != nil && storedBoot != bootID
+            let syncFailed = SyncFailureMarker.exists(at: syncFailureMarkerPath)
+            let leasesMayBeLost = syncFailed || (!clean && storedBoot != nil && storedBoot != bootID)
             var holdUntil = earlierHold
             if leasesMayBeLost { holdUntil = max(holdUntil, horizon) }
             if holdUntil <= now.timeIntervalSince1970 { holdUntil = 0 }
@@ -64,6 +75,16 @@ extension SQLiteQueueStore {
                 try setRunState("clean_stop", "0")
                 try setRunState("lease_hold_until", String(holdUntil))
                 if let bootID { try setRunState("boot_id", bootID) }
+            }
+            if syncFailed {
+                // The hold is stored (synced above): a restart from here on keeps it without the marker.
+                let log = Logger(label: "coordinator.queue")
+                log.warning("the last run stopped after a failed sync of the queue's write-ahead log: no new lease until the lease horizon",
+                            ["marker": syncFailureMarkerPath,
+                             "hold_until": holdUntil > 0 ? "\(Date(timeIntervalSince1970: holdUntil))" : "passed"])
+                do { try SyncFailureMarker.remove(at: syncFailureMarkerPath) } catch {
+                    log.warning("cannot remove the failed-sync marker; the next start holds leases again", ["marker": syncFailureMarkerPath, "error": "\(error)"])
+                }
             }
             leaseHorizon = horizon
             leasesSkipFsync = bootID != nil
@@ -84,5 +105,52 @@ extension SQLiteQueueStore {
             throw error
         }
         // The lock stays held on purpose (see above).
+    }
+}
+
+/// The file that records a failed sync of the queue's write-ahead log (`queue.db-sync-failed`
+/// next to `queue.db`), for the next start: see `SQLiteQueueStore.beginRun`. It is written
+/// when the failure latches (`SQLiteDatabase.onSyncFailed`) and synced with its directory as
+/// far as the failing disk lets it; its text (time, boot id, error) is for the operator.
+enum SyncFailureMarker {
+    /// The marker's path for the database file at `database`.
+    static func path(forDatabase database: String) -> String { database + "-sync-failed" }
+
+    /// Whether a marker is at `path`.
+    static func exists(at path: String) -> Bool { access(path, F_OK) == 0 }
+
+    /// Writes the marker and syncs it and its directory.
+    /// - Parameters:
+    ///   - path: the marker's path.
+    ///   - text: what it says (one line; no secrets: the time, the boot id, the error).
+    /// - Throws: `SQLiteError` (`SQLITE_IOERR`) naming the path and the system's error.
+    static func write(at path: String, text: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw error(path, "open") }
+        defer { close(fd) }
+        let bytes = Array((text + "\n").utf8)
+        let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count else { throw error(path, "write") }
+        guard fsync(fd) == 0 else { throw error(path, "fsync") }
+        try syncDirectory(of: path)
+    }
+
+    /// Removes the marker (when present) and syncs its directory.
+    /// - Throws: `SQLiteError` (`SQLITE_IOERR`) naming the path and the system's error.
+    static func remove(at path: String) throws {
+        guard unlink(path) == 0 || errno == ENOENT else { throw error(path, "unlink") }
+        try syncDirectory(of: path)
+    }
+
+    private static func syncDirectory(of path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw error(directory, "open") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw error(directory, "fsync") }
+    }
+
+    private static func error(_ path: String, _ call: String) -> SQLiteError {
+        SQLiteError(code: SQLITE_IOERR, message: "\(path): \(call): \(String(cString: strerror(errno)))")
     }
 }

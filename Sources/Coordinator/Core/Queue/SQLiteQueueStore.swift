@@ -79,6 +79,8 @@ public final class SQLiteQueueStore: QueueStore {
     public let path: String
     /// The database file path (`QueueStore.location`).
     public var location: String { path }
+    /// Where a failed sync of the WAL is recorded for the next start (`SyncFailureMarker`).
+    var syncFailureMarkerPath: String { SyncFailureMarker.path(forDatabase: path) }
     var leaseHorizon: Double {
         get { book.withLock { $0.leaseHorizon } }
         set { book.withLock { $0.leaseHorizon = newValue } }
@@ -119,6 +121,18 @@ public final class SQLiteQueueStore: QueueStore {
         let inserted = self.inserted
         committer = GroupCommitter { batch in
             _ = try SQLiteQueueStore.commit(batch, threshold: spoolThreshold, spool: spool, lock: lock, db: db, inserted: inserted)
+        }
+        let marker = SyncFailureMarker.path(forDatabase: path)
+        db.onSyncFailed = { failure in
+            let text = "\(Date()) boot_id=\(Queue.currentBootID() ?? "unknown") \(failure)"
+            do {
+                try SyncFailureMarker.write(at: marker, text: text)
+                Logger(label: "coordinator.queue").error("a sync of the queue's write-ahead log failed: no more queue writes; restart the coordinator (it holds new leases until the lease horizon)",
+                                                         ["error": "\(failure)", "marker": marker])
+            } catch {
+                Logger(label: "coordinator.queue").error("a sync of the queue's write-ahead log failed, and so did recording it: no more queue writes; before restarting, wait coordinator.lease_time plus a minute (the lease horizon slack) so that no node still delivers a lease from before",
+                                                         ["error": "\(failure)", "marker": marker, "marker_error": "\(error)"])
+            }
         }
         let walSyncs = self.walSyncs
         db.onSynced = { covered in

@@ -132,7 +132,8 @@ public struct StoreMigration {
         var counts: [String: Int] = [:]
         for t in Self.tables { counts[t.name] = try source.count(t) }
         let sourceID = runState["store_id"].map { "sqlite store \($0)" } ?? "sqlite file \(URL(fileURLWithPath: sqlitePath).standardizedFileURL.path)"
-        let hold = Self.leaseHold(runState: runState, bootID: options.bootID, now: options.now())
+        let hold = Self.leaseHold(runState: runState, bootID: options.bootID, now: options.now(),
+                                  syncFailed: SyncFailureMarker.exists(at: SyncFailureMarker.path(forDatabase: sqlitePath)))
 
         let schemaPresent: Bool
         if options.dryRun {
@@ -459,12 +460,14 @@ public struct StoreMigration {
     ///   - runState: the SQLite `run_state` rows.
     ///   - bootID: this host's boot id.
     ///   - now: the current time.
+    ///   - syncFailed: whether the SQLite queue's last run recorded a failed WAL sync
+    ///     (`SyncFailureMarker`): lease records may be lost as after a new boot.
     /// - Returns: seconds since 1970 before which no new lease may be granted, or nil.
-    static func leaseHold(runState: [String: String], bootID: String?, now: Date) -> Double? {
+    static func leaseHold(runState: [String: String], bootID: String?, now: Date, syncFailed: Bool = false) -> Double? {
         let clean = runState["clean_stop"] == "1"
         let storedBoot = runState["boot_id"]
         var hold = runState["lease_hold_until"].flatMap(Double.init) ?? 0
-        if !clean && storedBoot != nil && storedBoot != bootID {
+        if syncFailed || (!clean && storedBoot != nil && storedBoot != bootID) {
             hold = max(hold, runState["lease_horizon"].flatMap(Double.init) ?? 0)
         }
         return hold > now.timeIntervalSince1970 ? hold : nil
