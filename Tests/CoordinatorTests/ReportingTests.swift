@@ -125,6 +125,28 @@ struct ReportingTests {
         #expect(try f.dsns().count == 1)
     }
 
+    @Test("a finished message leaves the store once coordinator.message_retention (7 days) has passed since its receipt; the delivery log keeps its history", arguments: StoreKind.allCases)
+    func messageRetention(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["a@hato.test"]))
+        try f.store.enqueue(f.message("M2", ["b@hato.test"]))
+        try f.deliver("M1", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.deliver("M2", status: .deferred, code: 451, enhanced: "4.3.0", text: "later")
+        try f.report()
+        #expect(try f.store.content(of: "M1") == nil, "purged")
+        #expect(try f.store.message(id: "M1") != nil, "kept within the retention")
+        f.clock.advance(7 * 86_400 - 60)
+        try f.report()
+        #expect(try f.store.message(id: "M1") != nil, "a minute short of 7 days")
+        f.clock.advance(120)
+        try f.report()
+        #expect(try f.store.message(id: "M1") == nil)
+        #expect(try f.store.message(id: "M2")?.recipients.map(\.state) == [.deferred], "still open: never deleted")
+        #expect(f.service.metrics.messagesExpunged.value() == 1)
+        #expect(f.logLines().filter { $0.messageId == "M1" }.map(\.event) == ["received", "delivered"])
+    }
+
     @Test("a deferral because no MX could be connected to keeps the MX host, provider and address family in the log and the metrics", arguments: StoreKind.allCases)
     func connectionFailureContext(kind: StoreKind) throws {
         let f = try ReportingFixture(kind: kind, extraYAML: "shaping: { providers: [ { name: examplemail, mx_suffixes: [example-mail.test] } ] }")

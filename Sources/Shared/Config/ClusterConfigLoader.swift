@@ -179,7 +179,7 @@ struct ClusterConfigDecoder {
     private func decodeCoordinator(_ top: ConfigSection, instances: [CoordinatorInstance]) throws -> CoordinatorSettings {
         let sec = try top.requiredSection("coordinator", allowed: ["listen", "admin_listen", "admin_token", "admin_token_file", "admin_tls",
                                                                    "data_dir", "lease_time", "node_timeout", "heartbeat_interval", "auto_rebalance",
-                                                                   "leadership_lease"])
+                                                                   "leadership_lease", "message_retention"])
         if !instances.isEmpty {
             // With a coordinators: list, each one's addresses are given there only.
             for key in ["listen", "admin_listen"] {
@@ -209,6 +209,14 @@ struct ClusterConfigDecoder {
                 throw fail(at?.line ?? sec.line, at?.path ?? sec.keyPath("leadership_lease"), "must be at least 3s (renewed every third of it)")
             }
             settings.leadershipLease = v
+        }
+        if let v = try sec.get("message_retention", { try ConfigValue.duration($0) }) {
+            if v < 3600 {
+                let at = try sec.scalar("message_retention")
+                throw fail(at?.line ?? sec.line, at?.path ?? sec.keyPath("message_retention"),
+                           "must be at least 1h (finished messages stay that long for `queue show` and the API's message status)")
+            }
+            settings.messageRetention = v
         }
         if let v = try sec.get("heartbeat_interval", { try ConfigValue.duration($0) }) { settings.heartbeatInterval = v }
         if let v = try sec.get("auto_rebalance", { try ConfigValue.bool($0) }) { settings.autoRebalance = v }

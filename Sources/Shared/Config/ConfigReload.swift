@@ -56,7 +56,7 @@ public struct ConfigChange: Sendable, Equatable, Codable {
 /// | applies live | needs a restart |
 /// |---|---|
 /// | `coordinator.lease_time`, `coordinator.auto_rebalance` | `cluster.*`, `coordinator.listen`, `smtp.max_message_size`, `delivery.connections_per_ip`: coordinator and every node |
-/// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`: coordinator |
+/// | `smtp.relay_networks`, `max_recipients`, `auth_allow_plaintext_loopback`, `command_timeout`, `data_timeout` (next session) | `coordinator.admin_listen`, `admin_token(_file)`, `admin_tls`, `data_dir`, `node_timeout`, `heartbeat_interval`, `leadership_lease`, `message_retention`: coordinator |
 /// | `nodes` added or removed, `pools`, `ips` (nodes re-announce what they can bind), `warmup`, `tenants` (read by `domain` commands), `reputation.hold_when_all_listed`, `require_fcrdns`, `fcrdns_interval`, `rules`, `rewarm`, `reputation.feedback_addresses` (the nodes' tracking field: every node) | `smtp.listen`, `hostname`, `tls`, `require_tls`, `users`, `max_connections(_per_client)`, `auth_failure_*`, `queue_min_free`, `max_content_memory`, `postmaster*`: coordinator |
 /// | `routing.default_pool`, `routing.rules` (next submission) | `dsn`, `suppression`, `webhooks`, `log`, `http_api`, `reputation.dnsbl`, `reputation.check_interval`: coordinator |
 /// | `retry` | `delivery` timeouts and `idle_timeout`: every node |
@@ -98,6 +98,7 @@ public struct ConfigReload: Sendable {
         diff("coordinator.heartbeat_interval", oc.heartbeatInterval, nc.heartbeatInterval, restart: .coordinator)
         diff("coordinator.auto_rebalance", oc.autoRebalance, nc.autoRebalance, live: true)
         diff("coordinator.leadership_lease", oc.leadershipLease, nc.leadershipLease, restart: .coordinator)
+        diff("coordinator.message_retention", oc.messageRetention, nc.messageRetention, restart: .coordinator)
         diff("coordinators", old.coordinators, new.coordinators, restart: .all)
         // smtp: session settings apply to the next session; listeners, TLS, users, limits and
         // the guards are built at start.
@@ -231,6 +232,8 @@ public struct ConfigReload: Sendable {
         c.coordinator.dataDir = keep.dataDir
         c.coordinator.nodeTimeout = keep.nodeTimeout
         c.coordinator.heartbeatInterval = keep.heartbeatInterval
+        c.coordinator.leadershipLease = keep.leadershipLease
+        c.coordinator.messageRetention = keep.messageRetention
         var smtp = old.smtp
         smtp.relayNetworks = new.smtp.relayNetworks
         smtp.maxRecipients = new.smtp.maxRecipients

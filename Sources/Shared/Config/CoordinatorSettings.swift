@@ -36,6 +36,12 @@ public struct CoordinatorSettings: Sendable, Equatable {
     /// nodes reconnect). The leader renews every third of it and stops a tenth of it early on its
     /// own clock. Default 10; at least 3.
     public var leadershipLease: TimeInterval = 10
+    /// `message_retention`: seconds after its receipt that a finished message (every recipient
+    /// delivered, bounced, expired, suppressed or deleted) is deleted from the queue store with
+    /// its recipients' states; until then `queue show` and the HTTP API's message status find
+    /// it. Messages still open are never deleted. The delivery log and the tenants' event log
+    /// (`http_api.event_retention`) keep their own history. Default 604800 (7d); at least 3600.
+    public var messageRetention: TimeInterval = 7 * 86_400
 
     /// Creates coordinator settings.
     public init(listen: SocketAddress, adminListen: SocketAddress, adminToken: String, dataDir: String,

@@ -554,7 +554,7 @@ extension SQLiteQueueStore {
     }
 
     /// Whether the reporting tables exist (`installReportingSchema`); the caller holds `lock`.
-    private func hasEventTable() throws -> Bool {
+    func hasEventTable() throws -> Bool {
         !(try db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='recipient_events'").query { $0.int(0) }.isEmpty)
     }
 }

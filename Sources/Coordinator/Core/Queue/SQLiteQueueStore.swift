@@ -36,6 +36,9 @@ public final class SQLiteQueueStore: QueueStore {
     /// How far the WAL of `db` is on stable storage, by commit number (`SQLiteDatabase.committedWrites`;
     /// `applyResultsUnsynced`, `awaitSync`, the spool's removals).
     let walSyncs = LockedCondition(WALSyncs())
+    /// Where the search for finished messages to delete goes on (`deleteFinishedMessages`): the
+    /// last message rowid it read, 0 to start over.
+    let retentionCursor = Locked<Int64>(0)
     /// The last commit known synced, and when the last sync made by someone other than `awaitSync` was.
     struct WALSyncs: Sendable {
         var durable: UInt64 = 0

@@ -25,6 +25,9 @@ public final class CoordinatorMetrics: Sendable {
     public let suppressed: Counter
     /// `hato_dsn_queued_total{action}`.
     public let dsnQueued: Counter
+    /// `hato_messages_expunged_total`: finished messages deleted from the queue store after
+    /// `coordinator.message_retention`.
+    public let messagesExpunged: Counter
     /// `hato_delivery_latency_seconds{pool}`: acceptance to delivery.
     public let latency: Histogram
     /// `hato_webhook_posts_total{url,result}` (`ok`, `failed`, `abandoned`).
@@ -115,6 +118,7 @@ public final class CoordinatorMetrics: Sendable {
         expired = r.counter("hato_recipients_expired_total", help: "Recipients expired after retry.max_age.", labels: ["pool"])
         suppressed = r.counter("hato_recipients_suppressed_total", help: "Recipients not attempted: on the suppression list.", labels: ["pool"])
         dsnQueued = r.counter("hato_dsn_queued_total", help: "Delivery status notifications queued, by report kind.", labels: ["action"])
+        messagesExpunged = r.counter("hato_messages_expunged_total", help: "Finished messages deleted from the queue store after coordinator.message_retention.")
         latency = r.histogram("hato_delivery_latency_seconds", help: "Time from acceptance to delivery.", labels: ["pool"], buckets: Self.latencyBuckets)
         webhookPosts = r.counter("hato_webhook_posts_total", help: "Webhook POSTs by result.", labels: ["url", "result"])
         logErrors = r.counter("hato_delivery_log_errors_total", help: "Delivery log write failures.")

@@ -53,8 +53,12 @@ public final class DeliveryReporter: Sendable {
         /// Messages received at or before this time (seconds since 1970) were scanned for delay warnings.
         var delayScanWatermark: Double = 0
         var lastSuppressionPurge = Date.distantPast
+        var lastRetentionPass = Date.distantPast
         var lastPass = ContinuousClock.now - .seconds(3600)
     }
+
+    /// The most finished messages deleted per retention pass (one a minute).
+    static let retentionBatch = 10_000
 
     private let config: ClusterConfig
     private let store: any QueueStore
@@ -223,6 +227,20 @@ public final class DeliveryReporter: Sendable {
         }) {
             let n = try store.purgeExpiredSuppressions(now: now)
             if n > 0 { log.info("expired suppression entries removed", ["entries": "\(n)"]) }
+        }
+        // Finished messages past `coordinator.message_retention`, once a minute, at most
+        // `retentionBatch` per pass (each a few bounded transactions): a backlog after a long
+        // stop goes at ~10 000 a minute without holding the queue for long.
+        if progress.withLock({ p in
+            defer { if now.timeIntervalSince(p.lastRetentionPass) >= 60 { p.lastRetentionPass = now } }
+            return now.timeIntervalSince(p.lastRetentionPass) >= 60
+        }) {
+            let n = try store.deleteFinishedMessages(receivedBefore: now.addingTimeInterval(-config.coordinator.messageRetention),
+                                                     limit: Self.retentionBatch)
+            if n > 0 {
+                metrics.messagesExpunged.inc(by: Double(n))
+                log.info("finished messages past their retention deleted", ["messages": "\(n)"])
+            }
         }
         return worked
     }

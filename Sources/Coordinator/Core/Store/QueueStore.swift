@@ -201,6 +201,18 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// Deletes entries past their expiry. - Returns: how many were deleted.
     /// - Throws: a store error.
     @discardableResult func purgeExpiredSuppressions(now: Date) throws -> Int
+    /// Deletes finished messages received before `receivedBefore` — every recipient final
+    /// (delivered, failed, expired, suppressed or deleted), the content already purged, no
+    /// event or DSN entry about it left — with their recipient rows (`coordinator.message_retention`:
+    /// the queue is not an archive; the delivery log and the tenants' events keep the history).
+    /// Works in bounded batches (`limit` messages per transaction, the lock let go between them);
+    /// messages still open are left, however old.
+    /// - Parameters:
+    ///   - receivedBefore: the retention cut-off.
+    ///   - limit: the most messages deleted in this call.
+    /// - Returns: how many messages were deleted (fewer than `limit`: none older is left for now).
+    /// - Throws: a store error.
+    @discardableResult func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int
     /// Unexpired entries in total (for metrics).
     /// - Throws: a store error.
     func suppressionCount(now: Date) throws -> Int

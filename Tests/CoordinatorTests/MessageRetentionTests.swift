@@ -1,0 +1,84 @@
+import Foundation
+import HatoTestKit
+import Testing
+@testable import ClusterProtocol
+@testable import HatoConfig
+@testable import HatoCoordinator
+@testable import HatoCrypto
+@testable import SMTPCore
+@testable import HatoSupport
+
+/// `coordinator.message_retention`: finished messages leave the queue store with their
+/// recipients; open ones, recent ones and ones whose events or DSNs are still due stay.
+@Suite("Queue store: finished messages past their retention")
+struct MessageRetentionTests {
+    let retry = RetryPolicy(schedule: [60, 600], maxAge: 3600)
+    let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+
+    func message(_ id: String, _ rcpts: [String], at: Date) -> NewMessage {
+        NewMessage(id: id, reversePath: "s@example.org", recipients: rcpts, pool: "t", content: Array("Subject: x\r\n\r\nbody\r\n".utf8),
+                   heloName: "c", clientAddress: "127.0.0.1", receivedAt: at)
+    }
+
+    /// Leases every due recipient of `id` and reports each with `status`.
+    func finish(_ q: any QueueStore, _ id: String, _ status: RecipientResult.Status, code: Int, now: Date) throws {
+        let due = try q.dueRecipients(pools: ["t"], now: now, limit: 100).filter { $0.messageID == id }
+        #expect(!due.isEmpty)
+        let lease = LeaseRecord(id: "L-\(id)-\(Identifier.random(bytes: 3))", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: id,
+                                domain: "x.test", recipientIDs: due.map(\.id), grantedAt: now, expiresAt: now + 300)
+        _ = try q.recordLeases([lease])
+        _ = try q.applyResult(ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
+                                            outcomes: due.map { RecipientResult(recipientID: $0.id, status: status, reply: DeliveryStatus(code: code, enhanced: nil, text: "t")) },
+                                            finishedAt: 0),
+                              node: "node-a", retry: retry, now: now)
+    }
+
+    @Test("old finished messages go with their recipients, in batches of the limit; old open and recent ones stay; one that finishes later goes on a later pass; ids are never reused",
+          arguments: StoreKind.allCases)
+    func deletesOnlyFinishedAndOld(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        for i in 0..<3 { try q.enqueue(message("OLD\(i)", ["a\(i)@x.test", "b\(i)@x.test"], at: t0 + Double(i))) }
+        try q.enqueue(message("OPEN", ["o@x.test"], at: t0 + 5))
+        try q.enqueue(message("RECENT", ["r@x.test"], at: t0 + 1000))
+        for i in 0..<3 { try finish(q, "OLD\(i)", i == 1 ? .failed : .delivered, code: i == 1 ? 550 : 250, now: t0 + 1100) }
+        try finish(q, "RECENT", .delivered, code: 250, now: t0 + 1100)
+        try finish(q, "OPEN", .deferred, code: 451, now: t0 + 1100)
+        #expect(try q.countsByState().values.reduce(0, +) == 8)
+        let highest = try #require(try q.message(id: "RECENT")?.recipients.map(\.id).max())
+
+        let cutoff = t0 + 500
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 2) == 2)
+        #expect(try q.message(id: "OLD0") == nil && q.message(id: "OLD1") == nil)
+        #expect(try q.message(id: "OLD2") != nil)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 1)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 0)
+        let counts = try q.countsByState()
+        #expect(counts.values.reduce(0, +) == 2, "only OPEN's and RECENT's recipients are left: \(counts)")
+        #expect(counts[.deferred] == 1 && counts[.delivered] == 1)
+        #expect(try q.message(id: "OPEN")?.recipients.count == 1)
+        #expect(try q.message(id: "RECENT")?.recipients.count == 1)
+
+        // OPEN finishes at its retry: the next pass finds it although an earlier one passed it by.
+        try finish(q, "OPEN", .delivered, code: 250, now: t0 + 1200)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 1)
+        #expect(try q.message(id: "OPEN") == nil)
+        // A later cut-off takes RECENT too; a new recipient's id is above every deleted one.
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 2000, limit: 10) == 1)
+        #expect(try q.countsByState().values.reduce(0, +) == 0)
+        try q.enqueue(message("NEW", ["n@x.test"], at: t0 + 3000))
+        #expect(try #require(try q.message(id: "NEW")?.recipients.first?.id) > highest)
+    }
+
+    @Test("a finished message whose events are not reported yet, or whose DSN is not sent, stays", arguments: StoreKind.allCases)
+    func keepsMessagesWithPendingReports(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        try q.installReportingSchema()
+        try q.enqueue(message("M1", ["a@x.test"], at: t0))
+        try finish(q, "M1", .failed, code: 550, now: t0 + 10)
+        // The events (received, failed) are still to be reported: the content and the rows stay.
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, limit: 10) == 0)
+        #expect(try q.message(id: "M1") != nil)
+    }
+}
