@@ -81,4 +81,21 @@ struct MessageRetentionTests {
         #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, limit: 10) == 0)
         #expect(try q.message(id: "M1") != nil)
     }
+
+    @Test("counting recipients by state does not take the queue's lock: a metrics scrape never stalls submissions")
+    func countsWithoutTheLock() throws {
+        let dir = NSTemporaryDirectory() + "hato-counts-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.enqueue(message("M1", ["a@x.test", "b@x.test"], at: t0))
+        let counted = Locked<[RecipientState: Int]?>(nil)
+        let seen = q.lock.withLock { () -> [RecipientState: Int]? in
+            let thread = Thread { counted.withLock { $0 = try? q.countsByState() } }
+            thread.start()
+            let deadline = Date() + 5
+            while counted.withLock({ $0 }) == nil && Date() < deadline { usleep(1000) }
+            return counted.withLock { $0 }
+        }
+        #expect(seen?[.queued] == 2, "counted while the lock was held")
+    }
 }

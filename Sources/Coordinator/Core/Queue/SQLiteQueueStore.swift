@@ -677,9 +677,12 @@ public final class SQLiteQueueStore: QueueStore {
         }
     }
 
-    /// Recipient counts by state (every state present, zero when none).
+    /// Recipient counts by state (every state present, zero when none). Read on the read-only
+    /// connection (a committed snapshot, without the queue's lock): it reads every recipient
+    /// row kept — the finished ones of `coordinator.message_retention` too —, which at millions
+    /// of rows takes a second a scrape, and under the lock that second stalled every submission.
     public func countsByState() throws -> [RecipientState: Int] {
-        try lock.withLock {
+        try withReader { db in
             var out: [RecipientState: Int] = [:]
             for s in RecipientState.allCases { out[s] = 0 }
             let rows = try db.prepare("SELECT state, COUNT(*) FROM recipients GROUP BY state").query([]) { ($0.text(0), Int($0.int(1))) }
