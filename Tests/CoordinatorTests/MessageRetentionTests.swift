@@ -70,16 +70,23 @@ struct MessageRetentionTests {
         #expect(try #require(try q.message(id: "NEW")?.recipients.first?.id) > highest)
     }
 
-    @Test("a finished message whose events are not reported yet, or whose DSN is not sent, stays", arguments: StoreKind.allCases)
+    @Test("a finished message whose events are not reported yet — a complaint recorded after its content was purged — stays until they are", arguments: StoreKind.allCases)
     func keepsMessagesWithPendingReports(kind: StoreKind) throws {
-        let place = try TestStore(kind)
-        let q = try place.open()
-        try q.installReportingSchema()
-        try q.enqueue(message("M1", ["a@x.test"], at: t0))
-        try finish(q, "M1", .failed, code: 550, now: t0 + 10)
-        // The events (received, failed) are still to be reported: the content and the rows stay.
-        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, limit: 10) == 0)
-        #expect(try q.message(id: "M1") != nil)
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["a@hato.test"]))
+        try f.deliver("M1", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        #expect(try f.store.content(of: "M1") == nil, "purged: every event reported")
+        let original = try #require(try f.store.complaintOriginal(queueID: "M1"))
+        try f.store.recordComplaint(Complaint(at: f.clock.now().timeIntervalSince1970, ip: "127.0.0.10", provider: "other", senderDomain: "example.org",
+                                              tenant: nil, recipient: "a@hato.test", queueID: "M1", recipientID: original.recipients[0].id,
+                                              feedbackType: "abuse", reportingMTA: nil), suppression: nil)
+        let later = f.clock.now() + 100 * 86_400
+        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 0, "its complained event waits")
+        try f.report()
+        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 1)
+        #expect(try f.store.message(id: "M1") == nil)
     }
 
     @Test("counting recipients by state does not take the queue's lock: a metrics scrape never stalls submissions")

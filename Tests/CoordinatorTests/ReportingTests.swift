@@ -125,7 +125,7 @@ struct ReportingTests {
         #expect(try f.dsns().count == 1)
     }
 
-    @Test("a finished message leaves the store once coordinator.message_retention (7 days) has passed since its receipt; the delivery log keeps its history", arguments: StoreKind.allCases)
+    @Test("a finished message leaves the store once coordinator.message_retention (30 days) has passed since its receipt; the delivery log keeps its history", arguments: StoreKind.allCases)
     func messageRetention(kind: StoreKind) throws {
         let f = try ReportingFixture(kind: kind)
         defer { f.cleanup() }
@@ -136,9 +136,9 @@ struct ReportingTests {
         try f.report()
         #expect(try f.store.content(of: "M1") == nil, "purged")
         #expect(try f.store.message(id: "M1") != nil, "kept within the retention")
-        f.clock.advance(7 * 86_400 - 60)
+        f.clock.advance(30 * 86_400 - 60)
         try f.report()
-        #expect(try f.store.message(id: "M1") != nil, "a minute short of 7 days")
+        #expect(try f.store.message(id: "M1") != nil, "a minute short of 30 days")
         f.clock.advance(120)
         try f.report()
         #expect(try f.store.message(id: "M1") == nil)

@@ -210,8 +210,11 @@ struct WALSyncAfterUnlockTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let marker = dir + "/queue.db-sync-failed"
         let horizon = Date(timeIntervalSince1970: (t0 + 300).timeIntervalSince1970 + Queue.leaseHorizonSlack)
+        // The failed run's store stays open, as in a crash: closing the last connection would
+        // checkpoint the WAL itself.
+        let failedRun = try SQLiteQueueStore(directory: dir)
         do {
-            let q = try SQLiteQueueStore(directory: dir)
+            let q = failedRun
             #expect(try q.beginRun(bootID: "boot-1", now: t0) == nil)
             try q.enqueue([message("M0", ["a@x.test"]), message("M1", ["b@x.test"])])
             let due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
@@ -241,9 +244,26 @@ struct WALSyncAfterUnlockTests {
             let text = try String(contentsOfFile: marker, encoding: .utf8)
             #expect(text.contains("boot_id=") && text.contains("write-ahead log failed"), "\(text)")
         }
+        // Before the restart the messages are only in the WAL, not in the database file.
+        func inDatabaseFile() throws -> Int64 {
+            // A copy of the database file alone, without its WAL.
+            let copy = storeDirectory()
+            defer { try? FileManager.default.removeItem(atPath: copy) }
+            try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: dir + "/queue.db", toPath: copy + "/queue.db")
+            let file = try SQLiteDatabase(path: copy + "/queue.db")
+            // Not even the schema is there before the first checkpoint.
+            guard try file.prepare("SELECT count(*) FROM sqlite_master WHERE name='messages'").query([], { $0.int(0) }).first == 1 else { return 0 }
+            return try file.prepare("SELECT count(*) FROM messages").query { $0.int(0) }.first ?? -1
+        }
+        #expect(try inDatabaseFile() == 0)
         // Restarted on the same boot: without the marker this start would hold nothing.
         #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 10) == horizon)
         #expect(!FileManager.default.fileExists(atPath: marker), "removed once the hold is stored")
+        // It first checkpointed what the WAL held into the database file (and synced it).
+        // (A commit whose sync failed stays committed: its client got a 451 and sends again.)
+        #expect(try inDatabaseFile() == (afterUnlock ? 2 : 3))
+        withExtendedLifetime(failedRun) {}
         // The hold is stored: a restart during it keeps it without the marker; after it, none.
         #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: t0 + 20) == horizon)
         #expect(try SQLiteQueueStore(directory: dir).beginRun(bootID: "boot-1", now: horizon + 1) == nil)
@@ -254,5 +274,21 @@ struct WALSyncAfterUnlockTests {
         let state = ["clean_stop": "0", "boot_id": "boot-1", "lease_horizon": "\(t0.timeIntervalSince1970 + 400)"]
         #expect(StoreMigration.leaseHold(runState: state, bootID: "boot-1", now: t0) == nil)
         #expect(StoreMigration.leaseHold(runState: state, bootID: "boot-1", now: t0, syncFailed: true) == t0.timeIntervalSince1970 + 400)
+    }
+
+    @Test("an I/O error SQLite itself meets writing or syncing the queue's files latches like a failed sync of ours; a read error or a full disk does not")
+    func sqliteIOErrorsLatch() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        try q.enqueue([message("M0", ["a@x.test"])])
+        q.db.noteIOError(code: 266, message: "read")  // SQLITE_IOERR_READ
+        q.db.noteIOError(code: 13, message: "full")  // SQLITE_FULL
+        #expect(q.db.walSyncFailure == nil)
+        try q.enqueue([message("M1", ["b@x.test"])])
+        q.db.noteIOError(code: 1034, message: "COMMIT")  // SQLITE_IOERR_FSYNC, e.g. a restarted WAL's header
+        #expect(q.db.walSyncFailure != nil)
+        #expect(throws: SQLiteError.self) { try q.enqueue([message("M2", ["c@x.test"])]) }
+        #expect(FileManager.default.fileExists(atPath: dir + "/queue.db-sync-failed"))
     }
 }

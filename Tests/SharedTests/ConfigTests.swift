@@ -401,13 +401,13 @@ struct ConfigTests {
         }
     }
 
-    @Test("coordinator.message_retention: 7 days by default, a duration of at least 1h, else file, line and key")
+    @Test("coordinator.message_retention: 30 days by default, a duration of at least 1d and of http_api.idempotency_ttl, else file, line and key")
     func messageRetention() throws {
-        #expect(try Self.parse(Self.base).coordinator.messageRetention == 7 * 86_400)
+        #expect(try Self.parse(Self.base).coordinator.messageRetention == 30 * 86_400)
         let set = try Self.parse(Self.base(replacingLine: 8, with: "  data_dir: var/coordinator\n  message_retention: 36h"))
         #expect(set.coordinator.messageRetention == 36 * 3600)
-        let short = Self.configError(Self.base(replacingLine: 8, with: "  data_dir: var/coordinator\n  message_retention: 10m"))
-        #expect(short?.description.hasPrefix("test.yml:9: coordinator.message_retention: must be at least 1h") == true, "\(String(describing: short))")
+        let short = Self.configError(Self.base(replacingLine: 8, with: "  data_dir: var/coordinator\n  message_retention: 20h"))
+        #expect(short?.description.hasPrefix("test.yml:9: coordinator.message_retention: must be at least 1d") == true, "\(String(describing: short))")
         let bad = Self.configError(Self.base(replacingLine: 8, with: "  data_dir: var/coordinator\n  message_retention: forever"))
         #expect(bad?.line == 9 && bad?.key == "coordinator.message_retention")
     }

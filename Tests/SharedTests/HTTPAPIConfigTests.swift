@@ -30,7 +30,7 @@ struct HTTPAPIConfigTests {
     }
 
     @Test("an unknown key, a missing listen, an address taken by SMTP and a too-short TTL name file, line and key")
-    func errors() {
+    func errors() throws {
         let lines = ConfigTests.base.split(separator: "\n", omittingEmptySubsequences: false).count
         let unknown = ConfigTests.configError(ConfigTests.base + "http_api:\n  listen: [127.0.0.1:8025]\n  max_body: 1MiB\n")
         #expect(unknown?.key == "http_api.max_body")
@@ -41,6 +41,11 @@ struct HTTPAPIConfigTests {
         #expect(taken?.message.contains("already used by the coordinator") == true, "\(String(describing: taken))")
         let ttl = ConfigTests.configError(ConfigTests.base + "http_api: { listen: [127.0.0.1:8025], idempotency_ttl: 5s }\n")
         #expect(ttl?.key == "http_api.idempotency_ttl" && ttl?.message == "must be at least 60s")
+        // A replay answers with a message id: the message must outlive the key.
+        let longer = ConfigTests.configError(ConfigTests.base + "http_api: { listen: [127.0.0.1:8025], idempotency_ttl: 31d }\n")
+        #expect(longer?.key == "http_api.idempotency_ttl" && longer?.message.hasPrefix("must not be longer than coordinator.message_retention (2592000s)") == true,
+                "\(String(describing: longer))")
+        #expect(try ConfigTests.parse(ConfigTests.base + "http_api: { listen: [127.0.0.1:8025], idempotency_ttl: 30d }\n").httpAPI?.idempotencyTTL == 30 * 86_400)
     }
 
     @Test("a changed http_api needs a coordinator restart and stays in force until then")

@@ -211,10 +211,10 @@ struct ClusterConfigDecoder {
             settings.leadershipLease = v
         }
         if let v = try sec.get("message_retention", { try ConfigValue.duration($0) }) {
-            if v < 3600 {
+            if v < 86_400 {
                 let at = try sec.scalar("message_retention")
                 throw fail(at?.line ?? sec.line, at?.path ?? sec.keyPath("message_retention"),
-                           "must be at least 1h (finished messages stay that long for `queue show` and the API's message status)")
+                           "must be at least 1d (finished messages stay that long for `queue show`, the API's message status and matching complaints)")
             }
             settings.messageRetention = v
         }

@@ -39,9 +39,12 @@ public struct CoordinatorSettings: Sendable, Equatable {
     /// `message_retention`: seconds after its receipt that a finished message (every recipient
     /// delivered, bounced, expired, suppressed or deleted) is deleted from the queue store with
     /// its recipients' states; until then `queue show` and the HTTP API's message status find
-    /// it. Messages still open are never deleted. The delivery log and the tenants' event log
-    /// (`http_api.event_retention`) keep their own history. Default 604800 (7d); at least 3600.
-    public var messageRetention: TimeInterval = 7 * 86_400
+    /// it, and a feedback-loop complaint about it is matched to its recipient, sending IP and
+    /// tenant (later ones are recorded unmatched: nobody is suppressed). Messages still open are
+    /// never deleted. The delivery log and the tenants' event log (`http_api.event_retention`)
+    /// keep their own history. Default 2592000 (30d); at least 86400 (1d), and at least
+    /// `http_api.idempotency_ttl`.
+    public var messageRetention: TimeInterval = 30 * 86_400
 
     /// Creates coordinator settings.
     public init(listen: SocketAddress, adminListen: SocketAddress, adminToken: String, dataDir: String,

@@ -83,6 +83,13 @@ extension ClusterConfigDecoder {
             }
             if key == "idempotency_ttl" { settings.idempotencyTTL = v } else { settings.eventRetention = v }
         }
+        // A replayed request answers with the first one's message id: that message must still
+        // be there to look up (`coordinator.message_retention`).
+        if settings.idempotencyTTL > config.coordinator.messageRetention {
+            let at = try sec.scalar("idempotency_ttl")
+            throw ConfigError(file: file, line: at?.line ?? sec.line, key: at?.path ?? sec.keyPath("idempotency_ttl"),
+                              message: "must not be longer than coordinator.message_retention (\(Int(config.coordinator.messageRetention))s): a replay answers with a message id that must still be found")
+        }
         config.httpAPI = settings
     }
 }

@@ -100,6 +100,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
         if rc != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "unknown"
             sqlite3_free(err)
+            if rc & 0xff == SQLITE_IOERR { noteIOError(code: sqlite3_extended_errcode(handle), message: msg) }
             try? syncIfWritten(since: pages)  // statements before the failing one may have committed
             throw SQLiteError(code: rc, message: msg)
         }
@@ -217,6 +218,19 @@ public final class SQLiteDatabase: @unchecked Sendable {
         }
         if first { onSyncFailed?(error) }
         return error
+    }
+
+    /// After a statement failed with `code` (an `SQLITE_IOERR…`, read through
+    /// `sqlite3_extended_errcode`): a failed write, sync or truncation of the WAL or the database
+    /// file — SQLite's own, such as the fsync of a restarted WAL's header inside a `COMMIT` —
+    /// latches like a failed sync of ours (`walSyncFailure`): the kernel reports such an error
+    /// once, and the next sync may succeed without those pages. Only on a connection that syncs
+    /// the WAL itself (`syncWALAfterCommits`: the queue's); a full disk (`SQLITE_FULL`) is not one.
+    func noteIOError(code: Int32, message: String) {
+        guard walSyncAfterCommit else { return }
+        let latching: Set<Int32> = [SQLITE_IOERR | (3 << 8), SQLITE_IOERR | (4 << 8), SQLITE_IOERR | (5 << 8), SQLITE_IOERR | (6 << 8)]
+        guard latching.contains(code) else { return }  // WRITE, FSYNC, DIR_FSYNC, TRUNCATE
+        _ = failSync(SQLiteError(code: code, message: "\(message): no more queue writes until a restart"))
     }
 
     /// Called once, when a sync of the WAL first fails (`walSyncFailure` is set): the store
@@ -473,6 +487,7 @@ public final class SQLiteStatement: @unchecked Sendable {
         let rc = sqlite3_step(stmt)
         if rc == SQLITE_ROW { return true }
         if rc == SQLITE_DONE { return false }
+        if rc & 0xff == SQLITE_IOERR { db?.noteIOError(code: sqlite3_extended_errcode(sqlite3_db_handle(stmt)), message: "step: \(lastMessage)") }
         throw SQLiteError(code: rc, message: "step: \(lastMessage)")
     }
 

@@ -57,7 +57,7 @@ extension SQLiteQueueStore {
     ///   - now: the current time.
     /// - Returns: until when no new lease may be granted (a new boot after an unclean stop,
     ///   with a lease horizon still ahead), or nil.
-    /// - Throws: `SQLiteError`.
+    /// - Throws: `SQLiteError` (also when that checkpoint fails or cannot finish).
     public func beginRun(bootID: String?, now: Date) throws -> Date? {
         try lock.withLock {
             let storedBoot = try runState("boot_id")
@@ -67,6 +67,16 @@ extension SQLiteQueueStore {
             // happened since (a restart during the hold must not lift it).
             let earlierHold = try runState("lease_hold_until").flatMap(Double.init) ?? 0
             let syncFailed = SyncFailureMarker.exists(at: syncFailureMarkerPath)
+            if syncFailed {
+                // What this restart reads may be pages the kernel holds but failed to write: a
+                // checkpoint copies the whole WAL as SQLite sees it into the database file and
+                // syncs it, so nothing depends on those pages from here on (if the disk still
+                // fails, this throws and the coordinator does not start).
+                let result = try db.prepare("PRAGMA wal_checkpoint(TRUNCATE)").query { ($0.int(0), $0.int(1), $0.int(2)) }
+                if let (busy, _, _) = result.first, busy != 0 {
+                    throw SQLiteError(code: SQLITE_BUSY, message: "\(path): the last run's WAL sync failed and the checkpoint that secures the queue could not finish (another process reads the queue): stop it and start again")
+                }
+            }
             let leasesMayBeLost = syncFailed || (!clean && storedBoot != nil && storedBoot != bootID)
             var holdUntil = earlierHold
             if leasesMayBeLost { holdUntil = max(holdUntil, horizon) }
@@ -110,16 +120,19 @@ extension SQLiteQueueStore {
 
 /// The file that records a failed sync of the queue's write-ahead log (`queue.db-sync-failed`
 /// next to `queue.db`), for the next start: see `SQLiteQueueStore.beginRun`. It is written
-/// when the failure latches (`SQLiteDatabase.onSyncFailed`) and synced with its directory as
-/// far as the failing disk lets it; its text (time, boot id, error) is for the operator.
+/// when the failure latches (`SQLiteDatabase.onSyncFailed`), without an fsync: it only matters
+/// to a restart on the same boot, which reads the kernel's page cache (after a new boot the boot
+/// id already holds leases), and an fsync on a failing disk could stall the queue's lock. Its
+/// text (time, boot id, error) is for the operator.
 enum SyncFailureMarker {
     /// The marker's path for the database file at `database`.
     static func path(forDatabase database: String) -> String { database + "-sync-failed" }
 
-    /// Whether a marker is at `path`.
-    static func exists(at path: String) -> Bool { access(path, F_OK) == 0 }
+    /// Whether a marker is at `path`: yes unless the file system says there is none (an error
+    /// reading the directory counts as a marker: the safe side).
+    static func exists(at path: String) -> Bool { access(path, F_OK) == 0 || errno != ENOENT }
 
-    /// Writes the marker and syncs it and its directory.
+    /// Writes the marker (no fsync: see above).
     /// - Parameters:
     ///   - path: the marker's path.
     ///   - text: what it says (one line; no secrets: the time, the boot id, the error).
@@ -131,23 +144,13 @@ enum SyncFailureMarker {
         let bytes = Array((text + "\n").utf8)
         let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count else { throw error(path, "write") }
-        guard fsync(fd) == 0 else { throw error(path, "fsync") }
-        try syncDirectory(of: path)
     }
 
-    /// Removes the marker (when present) and syncs its directory.
+    /// Removes the marker (when present). (A removal lost in a power loss is harmless: the
+    /// new boot holds leases anyway.)
     /// - Throws: `SQLiteError` (`SQLITE_IOERR`) naming the path and the system's error.
     static func remove(at path: String) throws {
         guard unlink(path) == 0 || errno == ENOENT else { throw error(path, "unlink") }
-        try syncDirectory(of: path)
-    }
-
-    private static func syncDirectory(of path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw error(directory, "open") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw error(directory, "fsync") }
     }
 
     private static func error(_ path: String, _ call: String) -> SQLiteError {

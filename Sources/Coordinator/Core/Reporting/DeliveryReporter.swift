@@ -54,11 +54,14 @@ public final class DeliveryReporter: Sendable {
         var delayScanWatermark: Double = 0
         var lastSuppressionPurge = Date.distantPast
         var lastRetentionPass = Date.distantPast
+        /// The last retention pass deleted a full batch: the next pass runs at once.
+        var retentionBacklog = false
         var lastPass = ContinuousClock.now - .seconds(3600)
     }
 
-    /// The most finished messages deleted per retention pass (one a minute).
-    static let retentionBatch = 10_000
+    /// The most finished messages deleted per retention pass (a pass a minute, or at once
+    /// after a full one).
+    static let retentionBatch = 2000
 
     private let config: ClusterConfig
     private let store: any QueueStore
@@ -228,18 +231,23 @@ public final class DeliveryReporter: Sendable {
             let n = try store.purgeExpiredSuppressions(now: now)
             if n > 0 { log.info("expired suppression entries removed", ["entries": "\(n)"]) }
         }
-        // Finished messages past `coordinator.message_retention`, once a minute, at most
-        // `retentionBatch` per pass (each a few bounded transactions): a backlog after a long
-        // stop goes at ~10 000 a minute without holding the queue for long.
+        // Finished messages past `coordinator.message_retention`: a pass a minute of at most
+        // `retentionBatch` (bounded transactions that let the queue's lock go); after a full
+        // batch the next pass runs at once, between the event batches, until the backlog is
+        // gone — deletion keeps up with any rate the relay accepts.
         if progress.withLock({ p in
-            defer { if now.timeIntervalSince(p.lastRetentionPass) >= 60 { p.lastRetentionPass = now } }
-            return now.timeIntervalSince(p.lastRetentionPass) >= 60
+            let due = p.retentionBacklog || now.timeIntervalSince(p.lastRetentionPass) >= 60
+            if due { p.lastRetentionPass = now }
+            return due
         }) {
             let n = try store.deleteFinishedMessages(receivedBefore: now.addingTimeInterval(-config.coordinator.messageRetention),
                                                      limit: Self.retentionBatch)
+            let backlog = n >= Self.retentionBatch
+            progress.withLock { $0.retentionBacklog = backlog }
+            if backlog { worked = true }
             if n > 0 {
                 metrics.messagesExpunged.inc(by: Double(n))
-                log.info("finished messages past their retention deleted", ["messages": "\(n)"])
+                log.debug("finished messages past their retention deleted", ["messages": "\(n)"])
             }
         }
         return worked

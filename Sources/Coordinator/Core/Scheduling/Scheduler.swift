@@ -699,7 +699,7 @@ public struct Scheduler: Sendable {
             if now < hold {
                 if holdLogged { return [] }
                 holdLogged = true
-                return [.log(.init(.warning, "host restarted after an unclean stop: no new leases until every earlier lease has expired",
+                return [.log(.init(.warning, "restarted after an unclean stop on a new boot, or after a failed sync of the queue: no new leases until every earlier lease has expired",
                                    ["until": Logger.timestamp(hold)]))]
             }
             leaseHoldUntil = nil

@@ -3,11 +3,22 @@ import Foundation
 // Finished messages leave the store after `coordinator.message_retention` (QueueStore's
 // `deleteFinishedMessages`; the SQLite store's SQLiteQueueStore+Retention.swift says why).
 // Here the `messages_received` index yields the oldest first; one statement deletes a batch
-// and its recipient rows (the foreign key is checked at the statement's end, when both are gone).
+// with its recipient rows and their delay-warning marks (the foreign key is checked at the
+// statement's end, when both are gone; every part sees the same snapshot).
 extension PostgreSQLQueueStore {
     /// Messages deleted per statement.
     static let retentionBatch = 500
 
+    /// Deletes finished messages received before `receivedBefore` with their recipient rows
+    /// (see `QueueStore.deleteFinishedMessages`): a message whose recipients are all final,
+    /// whose content is purged, and about which no event waits to be reported and no DSN entry
+    /// is pending. Rows another transaction holds are skipped (`SKIP LOCKED`): several
+    /// coordinators never wait on each other here. `retentionBatch` messages per transaction.
+    /// - Parameters:
+    ///   - receivedBefore: the retention cut-off.
+    ///   - limit: the most messages deleted in this call.
+    /// - Returns: how many messages were deleted.
+    /// - Throws: `PostgreSQLError`; what earlier statements of the call deleted stays deleted.
     @discardableResult
     public func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int {
         var deleted = 0
@@ -21,6 +32,8 @@ extension PostgreSQLQueueStore {
                         AND NOT EXISTS(SELECT 1 FROM recipient_events e WHERE e.message_id = m.id)
                         AND NOT EXISTS(SELECT 1 FROM dsn_pending d WHERE d.message_id = m.id)
                       ORDER BY m.received_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+                    marks AS (DELETE FROM dsn_delay_handled h USING recipients r, doomed
+                              WHERE h.recipient_id = r.id AND r.message_id = doomed.id),
                     gone AS (DELETE FROM recipients r USING doomed WHERE r.message_id = doomed.id)
                     DELETE FROM messages m USING doomed WHERE m.id = doomed.id
                     """, [.double(receivedBefore.timeIntervalSince1970), .int(Int64(batch))])
