@@ -85,8 +85,12 @@ struct MessageRetentionTests {
         let later = f.clock.now() + 100 * 86_400
         #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 0, "its complained event waits")
         try f.report()
+        // A delay warning's mark for its recipient goes with it (another message's stays).
+        try TestStore.execute(f.store, "INSERT INTO dsn_delay_handled(recipient_id, at) VALUES(\(original.recipients[0].id), 1), (999999, 1)")
         #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 1)
         #expect(try f.store.message(id: "M1") == nil)
+        #expect(try TestStore.count(f.store, "SELECT count(*) FROM dsn_delay_handled") == 1)
+        #expect(try TestStore.count(f.store, "SELECT count(*) FROM dsn_delay_handled WHERE recipient_id = 999999") == 1)
     }
 
     @Test("counting recipients by state does not take the queue's lock: a metrics scrape never stalls submissions")
@@ -104,5 +108,29 @@ struct MessageRetentionTests {
             return counted.withLock { $0 }
         }
         #expect(seen?[.queued] == 2, "counted while the lock was held")
+    }
+
+    @Test("a batch of messages with many recipients is deleted over several transactions of at most about 5000 recipients each")
+    func transactionsCappedByRecipients() throws {
+        let dir = NSTemporaryDirectory() + "hato-retain-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        for m in 0..<3 {
+            try q.enqueue(message("BULK\(m)", (0..<2600).map { "r\($0)@x.test" }, at: t0 + Double(m)))
+            let due = try q.dueRecipients(pools: ["t"], now: t0 + 10, limit: 5000).filter { $0.messageID == "BULK\(m)" }
+            #expect(due.count == 2600)
+            let lease = LeaseRecord(id: "LB\(m)", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "BULK\(m)",
+                                    domain: "x.test", recipientIDs: due.map(\.id), grantedAt: t0 + 10, expiresAt: t0 + 300)
+            _ = try q.recordLeases([lease])
+            _ = try q.applyResult(ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.x.test", remoteAddress: "127.0.0.1",
+                                                outcomes: due.map { RecipientResult(recipientID: $0.id, status: .delivered, reply: DeliveryStatus(code: 250, enhanced: nil, text: "ok")) },
+                                                finishedAt: 0),
+                                  node: "node-a", retry: retry, now: t0 + 11)
+        }
+        let commitsBefore = q.commitsForTests
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, limit: 10) == 3)
+        // 2600 + 2600 ≥ 5000: the first transaction stops after the second message; the third goes in another.
+        #expect(q.commitsForTests - commitsBefore == 2)
+        #expect(try q.countsByState().values.reduce(0, +) == 0)
     }
 }

@@ -92,4 +92,23 @@ extension TestStore {
         let p = try #require(q as? PostgreSQLQueueStore)
         try p.pool.withConnection { c in try c.run("UPDATE recipients SET dsn_notify = $1 WHERE message_id = $2", [.text(value), .text(message)]) }
     }
+
+    /// Runs one statement without parameters on either store (test set-up and checks).
+    static func execute(_ q: any QueueStore, _ sql: String) throws {
+        if let s = q as? SQLiteQueueStore {
+            try s.lock.withLock { try s.db.execute(sql) }
+            return
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        try p.pool.withConnection { c in _ = try c.run(sql) }
+    }
+
+    /// The first column of the first row of `sql` as an integer, on either store.
+    static func count(_ q: any QueueStore, _ sql: String) throws -> Int64 {
+        if let s = q as? SQLiteQueueStore {
+            return try s.lock.withLock { try s.db.prepare(sql).query { $0.int(0) }.first ?? -1 }
+        }
+        let p = try #require(q as? PostgreSQLQueueStore)
+        return try p.pool.withConnection { c in try c.query(sql).first?.int(0) ?? -1 }
+    }
 }

@@ -276,7 +276,7 @@ struct WALSyncAfterUnlockTests {
         #expect(StoreMigration.leaseHold(runState: state, bootID: "boot-1", now: t0, syncFailed: true) == t0.timeIntervalSince1970 + 400)
     }
 
-    @Test("an I/O error SQLite itself meets writing or syncing the queue's files latches like a failed sync of ours; a read error or a full disk does not")
+    @Test("a failed fsync SQLite issues itself latches like a failed sync of ours; a read error, a failed write or a full disk does not")
     func sqliteIOErrorsLatch() throws {
         let dir = storeDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -284,6 +284,7 @@ struct WALSyncAfterUnlockTests {
         try q.enqueue([message("M0", ["a@x.test"])])
         q.db.noteIOError(code: 266, message: "read")  // SQLITE_IOERR_READ
         q.db.noteIOError(code: 13, message: "full")  // SQLITE_FULL
+        q.db.noteIOError(code: 778, message: "quota")  // SQLITE_IOERR_WRITE: a quota's EDQUOT comes so; nothing written counts
         #expect(q.db.walSyncFailure == nil)
         try q.enqueue([message("M1", ["b@x.test"])])
         q.db.noteIOError(code: 1034, message: "COMMIT")  // SQLITE_IOERR_FSYNC, e.g. a restarted WAL's header

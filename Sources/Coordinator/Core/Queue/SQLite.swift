@@ -48,7 +48,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private var walFile: WALFile?
     /// Set while `transactionSyncingWAL` runs its brackets and body: no statement syncs on its own then.
     private var inTransaction = false
-    /// The first failed sync of the WAL (`syncWALAfterCommits`): from then on every write is
+    /// The first failed sync of the WAL (`syncWALAfterCommits`), or of the database file or the
+    /// WAL's header by SQLite itself (`noteIOError`): from then on every write is
     /// refused. What was committed but maybe not synced stays visible to this connection, and
     /// after a failed fsync the kernel may report later ones as successful although pages of
     /// that write never reached the disk (Linux drops the error once reported): the only safe
@@ -221,15 +222,18 @@ public final class SQLiteDatabase: @unchecked Sendable {
     }
 
     /// After a statement failed with `code` (an `SQLITE_IOERR…`, read through
-    /// `sqlite3_extended_errcode`): a failed write, sync or truncation of the WAL or the database
-    /// file — SQLite's own, such as the fsync of a restarted WAL's header inside a `COMMIT` —
-    /// latches like a failed sync of ours (`walSyncFailure`): the kernel reports such an error
-    /// once, and the next sync may succeed without those pages. Only on a connection that syncs
-    /// the WAL itself (`syncWALAfterCommits`: the queue's); a full disk (`SQLITE_FULL`) is not one.
+    /// `sqlite3_extended_errcode`): a failed fsync SQLite issued itself — the WAL's header when a
+    /// `COMMIT` starts the log over, the database file in a checkpoint — latches like a failed
+    /// sync of ours (`walSyncFailure`): the kernel reports such an error once and may have dropped
+    /// the pages, and the next sync may succeed without them. A failed `write` does not: the
+    /// statement fails and nothing it wrote counts (SQLite maps ENOSPC to `SQLITE_FULL`, while a
+    /// quota's EDQUOT comes as `SQLITE_IOERR_WRITE`; both must leave the store writable once
+    /// space returns). Only on a connection that syncs the WAL itself (`syncWALAfterCommits`: the
+    /// queue's).
     func noteIOError(code: Int32, message: String) {
         guard walSyncAfterCommit else { return }
-        let latching: Set<Int32> = [SQLITE_IOERR | (3 << 8), SQLITE_IOERR | (4 << 8), SQLITE_IOERR | (5 << 8), SQLITE_IOERR | (6 << 8)]
-        guard latching.contains(code) else { return }  // WRITE, FSYNC, DIR_FSYNC, TRUNCATE
+        let latching: Set<Int32> = [SQLITE_IOERR | (4 << 8), SQLITE_IOERR | (5 << 8)]
+        guard latching.contains(code) else { return }  // FSYNC, DIR_FSYNC
         _ = failSync(SQLiteError(code: code, message: "\(message): no more queue writes until a restart"))
     }
 

@@ -23,7 +23,9 @@ extension SQLiteQueueStore {
     /// waits to be reported and no DSN entry is pending. Each transaction reads at most
     /// `retentionScanBatch` messages and deletes at most about `retentionRecipientsPerTransaction`
     /// recipients, without an fsync (a delete lost in a crash is done again by the next pass);
-    /// the queue's lock is let go between transactions. Forty transactions per call at most.
+    /// the queue's lock is let go between transactions, and after each one that deleted
+    /// something this thread pauses as long as it took (at most 50 ms), so that a backlog takes
+    /// at most half of the lock's time. Forty transactions per call at most.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
     ///   - limit: the most messages deleted in this call.
@@ -36,6 +38,7 @@ extension SQLiteQueueStore {
         var rounds = 0
         while deleted < limit && rounds < 40 {
             rounds += 1
+            let began = ContinuousClock.now
             let (count, more) = try lock.withLock { () throws -> (Int, Bool) in
                 let reporting = try hasEventTable()
                 let settled = reporting
@@ -79,7 +82,12 @@ extension SQLiteQueueStore {
                 return (removed, stopped || !reachedEnd)
             }
             deleted += count
-            if !more { break }
+            if !more || deleted >= limit { break }
+            if count > 0 {
+                // Writers waiting for the lock (a fair share: NSLock is not fair).
+                let took = ContinuousClock.now - began
+                Thread.sleep(forTimeInterval: min(0.05, Double(took.components.attoseconds) / 1e18 + Double(took.components.seconds)))
+            }
         }
         return deleted
     }

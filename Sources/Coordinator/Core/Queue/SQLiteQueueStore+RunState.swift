@@ -73,8 +73,10 @@ extension SQLiteQueueStore {
                 // syncs it, so nothing depends on those pages from here on (if the disk still
                 // fails, this throws and the coordinator does not start).
                 let result = try db.prepare("PRAGMA wal_checkpoint(TRUNCATE)").query { ($0.int(0), $0.int(1), $0.int(2)) }
-                if let (busy, _, _) = result.first, busy != 0 {
-                    throw SQLiteError(code: SQLITE_BUSY, message: "\(path): the last run's WAL sync failed and the checkpoint that secures the queue could not finish (another process reads the queue): stop it and start again")
+                // Busy (a reader in another process) only stops the truncation once every frame
+                // is copied and synced; frames left over are not secured.
+                if let (busy, frames, copied) = result.first, busy != 0, copied < frames {
+                    throw SQLiteError(code: SQLITE_BUSY, message: "\(path): the last run's WAL sync failed and the checkpoint that secures the queue could not copy every frame (\(copied) of \(frames); another process reads an old snapshot of the queue): stop it and start again")
                 }
             }
             let leasesMayBeLost = syncFailed || (!clean && storedBoot != nil && storedBoot != bootID)

@@ -54,7 +54,7 @@ public final class DeliveryReporter: Sendable {
         var delayScanWatermark: Double = 0
         var lastSuppressionPurge = Date.distantPast
         var lastRetentionPass = Date.distantPast
-        /// The last retention pass deleted a full batch: the next pass runs at once.
+        /// The last retention pass deleted a full batch: the next reporter pass runs one too.
         var retentionBacklog = false
         var lastPass = ContinuousClock.now - .seconds(3600)
     }
@@ -232,19 +232,20 @@ public final class DeliveryReporter: Sendable {
             if n > 0 { log.info("expired suppression entries removed", ["entries": "\(n)"]) }
         }
         // Finished messages past `coordinator.message_retention`: a pass a minute of at most
-        // `retentionBatch` (bounded transactions that let the queue's lock go); after a full
-        // batch the next pass runs at once, between the event batches, until the backlog is
-        // gone — deletion keeps up with any rate the relay accepts.
+        // `retentionBatch` (bounded transactions that let the queue's lock go, paced by the
+        // store); after a full batch the next pass runs with the reporter's next one (every
+        // 250 ms at most, not at once: a backlog of millions after an upgrade must not crowd
+        // submissions, leases and results off the lock) — up to ~8000 messages a second, more
+        // than the relay accepts. A failed pass waits a minute like any other.
         if progress.withLock({ p in
             let due = p.retentionBacklog || now.timeIntervalSince(p.lastRetentionPass) >= 60
-            if due { p.lastRetentionPass = now }
+            if due { p.lastRetentionPass = now; p.retentionBacklog = false }
             return due
         }) {
             let n = try store.deleteFinishedMessages(receivedBefore: now.addingTimeInterval(-config.coordinator.messageRetention),
                                                      limit: Self.retentionBatch)
             let backlog = n >= Self.retentionBatch
             progress.withLock { $0.retentionBacklog = backlog }
-            if backlog { worked = true }
             if n > 0 {
                 metrics.messagesExpunged.inc(by: Double(n))
                 log.debug("finished messages past their retention deleted", ["messages": "\(n)"])

@@ -205,12 +205,13 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// (delivered, failed, expired, suppressed or deleted), the content already purged, no
     /// event or DSN entry about it left — with their recipient rows (`coordinator.message_retention`:
     /// the queue is not an archive; the delivery log and the tenants' events keep the history).
-    /// Works in bounded batches (`limit` messages per transaction, the lock let go between them);
+    /// Works in bounded transactions (a few hundred messages each, the lock let go between them);
     /// messages still open are left, however old.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
     ///   - limit: the most messages deleted in this call.
-    /// - Returns: how many messages were deleted (fewer than `limit`: none older is left for now).
+    /// - Returns: how many messages were deleted (`limit`: more may be left; fewer: a later call
+    ///   may still find some, e.g. a message that finished since).
     /// - Throws: a store error.
     @discardableResult func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int
     /// Unexpired entries in total (for metrics).
