@@ -1,4 +1,5 @@
 import Foundation
+import HatoSupport
 
 // Finished messages leave the queue after `coordinator.message_retention` (QueueStore's
 // `deleteFinishedMessages`). Without it every message and recipient row stayed forever (only
@@ -85,8 +86,7 @@ extension SQLiteQueueStore {
             if !more || deleted >= limit { break }
             if count > 0 {
                 // Writers waiting for the lock (a fair share: NSLock is not fair).
-                let took = ContinuousClock.now - began
-                Thread.sleep(forTimeInterval: min(0.05, Double(took.components.attoseconds) / 1e18 + Double(took.components.seconds)))
+                Thread.sleep(forTimeInterval: min(0.05, (ContinuousClock.now - began).inSeconds))
             }
         }
         return deleted

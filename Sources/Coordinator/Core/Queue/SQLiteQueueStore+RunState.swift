@@ -138,24 +138,17 @@ enum SyncFailureMarker {
     /// - Parameters:
     ///   - path: the marker's path.
     ///   - text: what it says (one line; no secrets: the time, the boot id, the error).
-    /// - Throws: `SQLiteError` (`SQLITE_IOERR`) naming the path and the system's error.
+    /// - Throws: Foundation's file error naming the path and the reason.
     static func write(at path: String, text: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw error(path, "open") }
-        defer { close(fd) }
-        let bytes = Array((text + "\n").utf8)
-        let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count else { throw error(path, "write") }
+        try Data((text + "\n").utf8).write(to: URL(fileURLWithPath: path))
     }
 
     /// Removes the marker (when present). (A removal lost in a power loss is harmless: the
     /// new boot holds leases anyway.)
     /// - Throws: `SQLiteError` (`SQLITE_IOERR`) naming the path and the system's error.
     static func remove(at path: String) throws {
-        guard unlink(path) == 0 || errno == ENOENT else { throw error(path, "unlink") }
-    }
-
-    private static func error(_ path: String, _ call: String) -> SQLiteError {
-        SQLiteError(code: SQLITE_IOERR, message: "\(path): \(call): \(String(cString: strerror(errno)))")
+        guard unlink(path) == 0 || errno == ENOENT else {
+            throw SQLiteError(code: SQLITE_IOERR, message: "\(path): unlink: \(String(cString: strerror(errno)))")
+        }
     }
 }
