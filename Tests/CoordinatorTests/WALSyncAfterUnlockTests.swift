@@ -142,6 +142,22 @@ struct WALSyncAfterUnlockTests {
         #expect(q.lock.withLock { q.db.walSyncsIssued } == syncs)
     }
 
+    /// The observer is read once per batch; kept as a bare function in a `Locked` it came back
+    /// wrapped in two more reabstraction thunks at every read (issue 19: thousands deep after a
+    /// benchmark, 14.6 % of the coordinator's samples; a stack overflow after ~a million batches).
+    @Test("the new-mail observer is called as deep at the 40th batch as at the first")
+    func insertObserverKeepsItsDepth() throws {
+        let dir = storeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let q = try SQLiteQueueStore(directory: dir)
+        let depths = Locked<[Int]>([])
+        q.observeInsertedRecipients { _ in depths.withLock { $0.append(Thread.callStackReturnAddresses.count) }; return false }
+        for i in 0..<40 { try q.enqueue(message("D\(i)", ["a@x.test"])) }
+        let seen = depths.snapshot
+        #expect(seen.count == 40)
+        #expect(Set(seen).count == 1, "depths seen: \(Set(seen).sorted())")
+    }
+
     @Test("batches, lease rounds and results from several threads: every enqueue returns synced, every awaited mark is covered")
     func concurrentWritersNeverOverclaim() throws {
         let dir = storeDirectory()

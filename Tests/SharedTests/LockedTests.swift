@@ -14,6 +14,28 @@ struct LockedTests {
         #expect(box.tryWithLock { $0 } == 80_000)
     }
 
+    /// A function read out of a `Locked` many times must not be wrapped once more at every
+    /// read (a reabstraction thunk per `withLock { $0 }` made a coordinator's observers
+    /// thousands of calls deep, issue 19): the stack under the function stays as deep.
+    @Test("a Callback read through withLock, and a bare function read by snapshot, are called as deep after 500 reads as after one")
+    func functionsKeepTheirDepth() throws {
+        let kept = Locked<Callback<Void, Int>?>(nil)
+        kept.withLock { $0 = Callback { Thread.callStackReturnAddresses.count } }
+        let bare = Locked<(@Sendable () -> Int)?>(nil)
+        bare.withLock { $0 = { Thread.callStackReturnAddresses.count } }
+        func depths() throws -> (Int, Int) {
+            let callback = try #require(kept.withLock { $0 })
+            let function = try #require(bare.snapshot)
+            return (callback(()), function())
+        }
+        let first = try depths()
+        for _ in 0..<500 { _ = kept.withLock { $0 }; _ = bare.snapshot }
+        let later = try depths()
+        #expect(first.0 > 0 && first.1 > 0)
+        #expect(later.0 == first.0, "the Callback's call went \(later.0 - first.0) frames deeper")
+        #expect(later.1 == first.1, "the bare function's call went \(later.1 - first.1) frames deeper")
+    }
+
     @Test("LockedCondition: a waiter sees the change made by another thread; a timed wait gives up at its monotonic deadline")
     func conditionWaits() {
         let box = LockedCondition([Int]())

@@ -13,6 +13,15 @@ import Foundation
 ///
 /// An `NSLock` underneath: on this platform it holds up under contention where
 /// `Synchronization.Mutex` collapses (PLATFORM-NOTES.md).
+///
+/// Keep a function in a `Callback`, never as the `Value` itself (`Locked<(() -> Void)?>`):
+/// Swift hands a generic `inout` function value to a closure written for the concrete
+/// function type through a reabstraction thunk and stores it back wrapped in a second one,
+/// so every `withLock { $0 }` at such a call site made the stored function two calls deeper
+/// and two allocations larger — the store's new-mail observer, read so once per group commit,
+/// was thousands of thunks deep after a benchmark run (14.6 % of the coordinator's CPU
+/// samples, issue 19) and would have overflowed its thread's stack after about a million
+/// batches. A struct around the function is never re-wrapped.
 public final class Locked<Value> {
     private let lock = NSLock()
     private var value: Value
@@ -37,8 +46,25 @@ public final class Locked<Value> {
         return try body(&value)
     }
 
-    /// A copy of the value.
+    /// A copy of the value. Safe for a function value too: inside this generic type the
+    /// closure `{ $0 }` needs no reabstraction (see the type's notes).
     public var snapshot: Value { withLock { $0 } }
+}
+
+/// A function kept as a value: what a `Locked` (or any generic box read through an `inout`
+/// closure) holds instead of a bare function type, which each read through `withLock` would
+/// re-wrap in two more reabstraction thunks (see `Locked`). Called like the function:
+/// `callback(argument)`; several arguments go as one tuple.
+public struct Callback<Argument, Output>: Sendable {
+    /// The function.
+    public let call: @Sendable (Argument) -> Output
+
+    /// Keeps `call`.
+    public init(_ call: @escaping @Sendable (Argument) -> Output) { self.call = call }
+
+    /// Calls the function with `argument`.
+    /// - Returns: what the function returns.
+    public func callAsFunction(_ argument: Argument) -> Output { call(argument) }
 }
 
 // @unchecked: `value` is read and written only while the lock is held, so the box may cross

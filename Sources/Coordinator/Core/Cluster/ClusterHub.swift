@@ -95,7 +95,7 @@ public final class ClusterHub: Sendable {
     private let published: Locked<Snapshot>
     private let initial: Locked<Scheduler?>
     private let acceptor = Locked<Acceptor?>(nil)
-    private let resultObserver = Locked<(@Sendable (ResultMessage) -> Void)?>(nil)
+    private let resultObserver = Locked<Callback<ResultMessage, Void>?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
     /// No lease before this time (`start(leaseHoldUntil:)`), for a scheduler made later on election.
@@ -217,7 +217,7 @@ public final class ClusterHub: Sendable {
     /// Sets what is called with every node result once it is committed (reporting keeps its TLS
     /// and timing details). Call before `start()`.
     public func setResultObserver(_ observer: @escaping @Sendable (ResultMessage) -> Void) {
-        resultObserver.withLock { $0 = observer }
+        resultObserver.withLock { $0 = Callback(observer) }
     }
 
     /// Binds the cluster listener and starts the accept thread, the scheduler thread and the result writer.

@@ -236,7 +236,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// Told, for each batch of new mail, its recipients as the due query would return them,
     /// once their rows are written and *before* their commit and its fsync (see
     /// `observeInsertedRecipients`).
-    private let inserted = Locked<(@Sendable ([DueRecipient]) -> Bool)?>(nil)
+    private let inserted = Locked<Callback<[DueRecipient], Bool>?>(nil)
 
     /// Calls `observer` with the recipients of each batch of new mail — ids, addresses, pool and
     /// priority as `dueRecipients` gives them — while the batch's transaction is still open,
@@ -251,7 +251,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// batching behind it: leaving the lock for the fsync cost 6–10 % more CPU per message at
     /// 1600–1800 msg/s in `bench/profile` pairs).
     public func observeInsertedRecipients(_ observer: @escaping @Sendable ([DueRecipient]) -> Bool) {
-        inserted.withLock { $0 = observer }
+        inserted.withLock { $0 = Callback(observer) }
     }
 
     /// Writes a batch: bodies of at least `spoolThreshold` octets to the spool (durable first),
@@ -263,10 +263,10 @@ public final class SQLiteQueueStore: QueueStore {
     /// fsync (issue 19) — and this returns (the `250`) only once the batch is synced.
     /// - Returns: the batch's commit number (`SQLiteDatabase.committedWrites`), durable on return.
     private static func commit(_ messages: [NewMessage], threshold: Int, spool: BodySpool, lock: NSLock, db: SQLiteDatabase,
-                               inserted: Locked<(@Sendable ([DueRecipient]) -> Bool)?>) throws -> UInt64 {
+                               inserted: Locked<Callback<[DueRecipient], Bool>?>) throws -> UInt64 {
         let locations = try spool.append(messages.map { $0.content.count >= threshold ? $0.content : nil })
         defer { spool.finishedWriting(locations) }
-        let observer = inserted.withLock { $0 }
+        let observer = inserted.snapshot
         let (pending, number) = try lock.withLock { (try insert(messages, locations: locations, into: db, observer: observer), db.committedWrites) }
         if let pending { try db.completeSync(pending) }
         return pending?.commit ?? number
@@ -286,7 +286,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// - Returns: the sync to complete (`SQLiteDatabase.completeSync`) before the batch may be
     ///   reported durable; nil when it is already synced.
     private static func insert(_ messages: [NewMessage], locations: [BodySpool.Location?], into db: SQLiteDatabase,
-                               observer: (@Sendable ([DueRecipient]) -> Bool)? = nil) throws -> SQLiteDatabase.PendingSync? {
+                               observer: Callback<[DueRecipient], Bool>? = nil) throws -> SQLiteDatabase.PendingSync? {
         try db.transactionSyncingLater { syncAfterUnlock in
             let insM = try db.prepare("INSERT INTO messages(id, reverse_path, pool, size, received_at, helo, client_address, body, open_recipients, auth_user, dsn_ret, dsn_envid, tenant, priority, body_segment, body_offset) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
             let insR = try db.prepare("INSERT INTO recipients(message_id, address, domain, state, next_attempt_at, updated_at, dsn_notify, dsn_orcpt, pool, priority) VALUES(?,?,?,'queued',?,?,?,?,?,?)")

@@ -123,7 +123,7 @@ public final class DeliveryReporter: Sendable {
     /// The tenants that have a webhook now (issue 16); nil without tenants.
     private let tenantWebhooks: (@Sendable () -> Set<String>)?
     /// Told of each reported complaint whose delivery is known (sending IP, MX host, when).
-    private let complaintObserver = Locked<(@Sendable (_ ip: String, _ mxHost: String, _ at: Date) -> Void)?>(nil)
+    private let complaintObserver = Locked<Callback<(ip: String, mxHost: String, at: Date), Void>?>(nil)
 
     /// Sets what is told of each `complained` event this reporter processes whose sending IP
     /// and MX host are known: the leader counts it in the (IP, provider) reputation signals
@@ -132,7 +132,7 @@ public final class DeliveryReporter: Sendable {
     /// - Parameter observer: called on the reporting thread with the sending IP, the MX host
     ///   and the complaint's time.
     public func observeComplaints(_ observer: @escaping @Sendable (_ ip: String, _ mxHost: String, _ at: Date) -> Void) {
-        complaintObserver.withLock { $0 = observer }
+        complaintObserver.withLock { $0 = Callback { observer($0.ip, $0.mxHost, $0.at) } }
     }
 
     /// The events a tenant's webhook gets: those about its own messages.
@@ -323,7 +323,7 @@ public final class DeliveryReporter: Sendable {
             r.category = e.textWithoutReply
             r.note = e.note.map { "reported by " + $0 }
             metrics.complaints.inc(e.detail ?? "unknown")
-            if let ip = e.sendingIP, !ip.isEmpty, let mx = e.mxHost, !mx.isEmpty, let observer = complaintObserver.snapshot { observer(ip, mx, e.at) }
+            if let ip = e.sendingIP, !ip.isEmpty, let mx = e.mxHost, !mx.isEmpty, let observer = complaintObserver.snapshot { observer((ip, mx, e.at)) }
             if let tenant = e.tenant { metrics.tenantMessages.inc(tenant, "complained") }
         case .paused, .resumed, .lifted, .suspended, .listed, .delisted:
             break
