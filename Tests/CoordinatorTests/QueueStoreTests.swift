@@ -49,6 +49,62 @@ struct QueueStoreTests {
         #expect(again == ResultApplication(applied: 0, ignored: 1, leaseKnown: false))
     }
 
+    @Test("a queue file of an earlier build (a lease index of every recipient, a leases table with rowids) gets the partial index and a WITHOUT ROWID table on opening; the lease in flight is kept and its result applies")
+    func leaseSchemaMigrated() throws {
+        let dir = NSTemporaryDirectory() + "hato-q-" + Identifier.random(bytes: 5)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/queue.db"
+        func schema(_ name: String) throws -> String {
+            try SQLiteDatabase(path: path).prepare("SELECT sql FROM sqlite_master WHERE name=?").query([.text(name)]) { $0.text(0) }.first ?? ""
+        }
+        var due: [DueRecipient] = []
+        do {
+            let q = try SQLiteQueueStore(directory: dir)
+            #expect(try schema("recipients_lease").contains("WHERE lease_id IS NOT NULL"), "a new file has the partial index")
+            #expect(try schema("leases").contains("WITHOUT ROWID"))
+            try q.enqueue(message("M1", ["a@x.test", "b@x.test"]))
+            due = try q.dueRecipients(pools: ["t"], now: t0, limit: 10)
+            _ = try q.recordLeases([lease("L1", "M1", due.map(\.id), at: t0)])
+            // Back to the earlier build's schema, the lease row copied over.
+            try q.db.execute("""
+                DROP INDEX recipients_lease;
+                CREATE INDEX recipients_lease ON recipients(lease_id);
+                CREATE TABLE leases_old(
+                  id TEXT PRIMARY KEY, node TEXT NOT NULL, instance TEXT NOT NULL, ip TEXT NOT NULL,
+                  message_id TEXT NOT NULL, domain TEXT NOT NULL, granted_at REAL NOT NULL, expires_at REAL NOT NULL);
+                INSERT INTO leases_old SELECT * FROM leases;
+                DROP TABLE leases;
+                ALTER TABLE leases_old RENAME TO leases;
+                CREATE INDEX leases_expiry ON leases(expires_at);
+                """)
+        }
+        #expect(try schema("leases").contains("WITHOUT ROWID") == false)
+        #expect(try schema("recipients_lease").contains("WHERE") == false)
+        let q = try SQLiteQueueStore(directory: dir)
+        #expect(try schema("recipients_lease").contains("WHERE lease_id IS NOT NULL"))
+        #expect(try schema("leases").contains("WITHOUT ROWID"))
+        #expect(try schema("leases_expiry").contains("expires_at"))
+        let kept = try q.allLeases()
+        #expect(kept.map(\.id) == ["L1"])
+        #expect(kept.first?.recipientIDs.sorted() == due.map(\.id).sorted())
+        #expect(kept.first?.grantedAt == t0 && kept.first?.expiresAt == t0 + 300)
+        // The lookups by lease id use the partial index.
+        let plan = try q.db.prepare("EXPLAIN QUERY PLAN SELECT id FROM recipients WHERE lease_id=?").query([.text("L1")]) { $0.text(3) }
+        #expect(plan.joined().contains("recipients_lease"), "\(plan)")
+        // The delivery events' trigger still reads the lease's grant time from the new table.
+        try q.installReportingSchema()
+        let app = try q.applyResult(result("L1", [(due[0].id, .delivered, 250), (due[1].id, .delivered, 250)]), node: "node-a", retry: retry, now: t0 + 1)
+        #expect(app == ResultApplication(applied: 2, ignored: 0, leaseKnown: true))
+        let events = try q.pendingEvents(limit: 10).filter { $0.kind == .delivered }
+        #expect(events.count == 2)
+        #expect(events.allSatisfy { $0.leaseGrantedAt == t0 })
+        #expect(try q.allLeases().isEmpty)
+        #expect(try q.db.prepare("SELECT count(*) FROM recipients INDEXED BY recipients_lease WHERE lease_id IS NOT NULL").query { $0.int(0) } == [0])
+        // Opening it again changes nothing.
+        _ = try SQLiteQueueStore(directory: dir)
+        #expect(try schema("leases").contains("WITHOUT ROWID"))
+    }
+
     @Test("a delivered body's pages are still in the page cache when it is dropped, after 4 MiB more mail was queued: its overflow chain is not read back")
     func purgeReadsNoPagesBack() throws {
         let dir = NSTemporaryDirectory() + "hato-page-cache-" + Identifier.random(bytes: 5)
