@@ -33,6 +33,27 @@ struct MessageRetentionTests {
                               node: "node-a", retry: retry, now: now)
     }
 
+    @Test("a finished message stamped in the future (queued while the clock was ahead) stays until its own date and does not hold back the old ones queued after it",
+          arguments: StoreKind.allCases)
+    func futureStampDoesNotStopThePass(kind: StoreKind) throws {
+        let place = try TestStore(kind)
+        let q = try place.open()
+        let day = 86_400.0
+        try q.enqueue(message("OLD0", ["a@x.test"], at: t0))
+        try q.enqueue(message("AHEAD", ["f@x.test"], at: t0 + 10 * day))
+        try q.enqueue(message("OLD1", ["b@x.test"], at: t0 + 1))
+        for id in ["OLD0", "OLD1"] { try finish(q, id, .delivered, code: 250, now: t0 + 100) }
+        try finish(q, "AHEAD", .delivered, code: 250, now: t0 + 10 * day)
+        // Now is t0 + 1000 s: AHEAD is in the future, OLD0 and OLD1 are past a 500 s retention.
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, now: t0 + 1000, limit: 10) == 2)
+        #expect(try q.message(id: "OLD1") == nil, "the message queued after the future-stamped one went too")
+        #expect(try q.message(id: "AHEAD") != nil)
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, now: t0 + 1000, limit: 10) == 0)
+        // Its own date plus the retention: it goes.
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 10 * day + 500, now: t0 + 10 * day + 1000, limit: 10) == 1)
+        #expect(try q.countsByState().values.reduce(0, +) == 0)
+    }
+
     @Test("old finished messages go with their recipients, in batches of the limit; old open and recent ones stay; one that finishes later goes on a later pass; ids are never reused",
           arguments: StoreKind.allCases)
     func deletesOnlyFinishedAndOld(kind: StoreKind) throws {
@@ -48,11 +69,11 @@ struct MessageRetentionTests {
         let highest = try #require(try q.message(id: "RECENT")?.recipients.map(\.id).max())
 
         let cutoff = t0 + 500
-        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 2) == 2)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, now: t0 + 86_400, limit: 2) == 2)
         #expect(try q.message(id: "OLD0") == nil && q.message(id: "OLD1") == nil)
         #expect(try q.message(id: "OLD2") != nil)
-        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 1)
-        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 0)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, now: t0 + 86_400, limit: 10) == 1)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, now: t0 + 86_400, limit: 10) == 0)
         let counts = try q.countsByState()
         #expect(counts.values.reduce(0, +) == 2, "only OPEN's and RECENT's recipients are left: \(counts)")
         #expect(counts[.deferred] == 1 && counts[.delivered] == 1)
@@ -61,10 +82,10 @@ struct MessageRetentionTests {
 
         // OPEN finishes at its retry: the next pass finds it although an earlier one passed it by.
         try finish(q, "OPEN", .delivered, code: 250, now: t0 + 1200)
-        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, limit: 10) == 1)
+        #expect(try q.deleteFinishedMessages(receivedBefore: cutoff, now: t0 + 86_400, limit: 10) == 1)
         #expect(try q.message(id: "OPEN") == nil)
         // A later cut-off takes RECENT too; a new recipient's id is above every deleted one.
-        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 2000, limit: 10) == 1)
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 2000, now: t0 + 86_400, limit: 10) == 1)
         #expect(try q.countsByState().values.reduce(0, +) == 0)
         try q.enqueue(message("NEW", ["n@x.test"], at: t0 + 3000))
         #expect(try #require(try q.message(id: "NEW")?.recipients.first?.id) > highest)
@@ -83,11 +104,11 @@ struct MessageRetentionTests {
                                               tenant: nil, recipient: "a@hato.test", queueID: "M1", recipientID: original.recipients[0].id,
                                               feedbackType: "abuse", reportingMTA: nil), suppression: nil)
         let later = f.clock.now() + 100 * 86_400
-        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 0, "its complained event waits")
+        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, now: t0 + 86_400, limit: 10) == 0, "its complained event waits")
         try f.report()
         // A delay warning's mark for its recipient goes with it (another message's stays).
         try TestStore.execute(f.store, "INSERT INTO dsn_delay_handled(recipient_id, at) VALUES(\(original.recipients[0].id), 1), (999999, 1)")
-        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, limit: 10) == 1)
+        #expect(try f.store.deleteFinishedMessages(receivedBefore: later, now: t0 + 86_400, limit: 10) == 1)
         #expect(try f.store.message(id: "M1") == nil)
         #expect(try TestStore.count(f.store, "SELECT count(*) FROM dsn_delay_handled") == 1)
         #expect(try TestStore.count(f.store, "SELECT count(*) FROM dsn_delay_handled WHERE recipient_id = 999999") == 1)
@@ -128,7 +149,7 @@ struct MessageRetentionTests {
                                   node: "node-a", retry: retry, now: t0 + 11)
         }
         let commitsBefore = q.commitsForTests
-        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, limit: 10) == 3)
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, now: t0 + 86_400, limit: 10) == 3)
         // 2600 + 2600 ≥ 5000: the first transaction stops after the second message; the third goes in another.
         #expect(q.commitsForTests - commitsBefore == 2)
         #expect(try q.countsByState().values.reduce(0, +) == 0)

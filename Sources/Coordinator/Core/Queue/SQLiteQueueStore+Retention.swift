@@ -10,7 +10,10 @@ import HatoSupport
 // result commit. Messages are read in rowid order instead — the order they were queued in, so
 // received_at grows along it — from a cursor kept between calls: a pass stops at the first
 // message received after the cut-off, and skips old ones still open (held mail, say) without
-// reading them again until the scan has reached the recent end and starts over.
+// reading them again until the scan has reached the recent end and starts over. A message
+// stamped in the future (queued while the clock was ahead) is not taken for the recent end:
+// it is passed over like an open one, or every pass would stop there until its date and
+// nothing queued after it would ever leave.
 extension SQLiteQueueStore {
     /// Message rows read per transaction while looking for finished messages.
     static let retentionScanBatch = 500
@@ -29,12 +32,15 @@ extension SQLiteQueueStore {
     /// at most half of the lock's time. Forty transactions per call at most.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
+    ///   - now: the current time: a message received after it is passed over, not taken for
+    ///     the recent end of the queue.
     ///   - limit: the most messages deleted in this call.
     /// - Returns: how many messages were deleted.
     /// - Throws: `SQLiteError`; what earlier transactions of the call deleted stays deleted.
     @discardableResult
-    public func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int {
+    public func deleteFinishedMessages(receivedBefore: Date, now: Date, limit: Int) throws -> Int {
         let cutoff = receivedBefore.timeIntervalSince1970
+        let present = now.timeIntervalSince1970
         var deleted = 0
         var rounds = 0
         while deleted < limit && rounds < 40 {
@@ -61,7 +67,11 @@ extension SQLiteQueueStore {
                         }
                     reachedEnd = rows.count < Self.retentionScanBatch
                     for row in rows {
-                        if row.receivedAt >= cutoff { reachedEnd = true; break }
+                        if row.receivedAt >= cutoff {
+                            if row.receivedAt <= present { reachedEnd = true; break }
+                            cursor = row.rowid  // stamped in the future: passed over
+                            continue
+                        }
                         if row.finished {
                             if reporting {
                                 // The delay-warning marks of its recipients (one per warned recipient).

@@ -243,7 +243,7 @@ public final class DeliveryReporter: Sendable {
             return due
         }) {
             let n = try store.deleteFinishedMessages(receivedBefore: now.addingTimeInterval(-config.coordinator.messageRetention),
-                                                     limit: Self.retentionBatch)
+                                                     now: now, limit: Self.retentionBatch)
             let backlog = n >= Self.retentionBatch
             progress.withLock { $0.retentionBacklog = backlog }
             if n > 0 {

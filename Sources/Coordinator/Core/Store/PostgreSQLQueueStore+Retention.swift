@@ -16,11 +16,12 @@ extension PostgreSQLQueueStore {
     /// coordinators never wait on each other here. `retentionBatch` messages per transaction.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
+    ///   - now: the current time (unused: the search is by `received_at`, not in queue order).
     ///   - limit: the most messages deleted in this call.
     /// - Returns: how many messages were deleted.
     /// - Throws: `PostgreSQLError`; what earlier statements of the call deleted stays deleted.
     @discardableResult
-    public func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int {
+    public func deleteFinishedMessages(receivedBefore: Date, now: Date, limit: Int) throws -> Int {
         var deleted = 0
         while deleted < limit {
             let batch = min(Self.retentionBatch, limit - deleted)

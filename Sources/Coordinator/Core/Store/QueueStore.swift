@@ -207,13 +207,16 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// the queue is not an archive; the delivery log and the tenants' events keep the history).
     /// Works in bounded transactions (a few hundred messages each, the lock let go between them);
     /// messages still open are left, however old.
+    /// A message stamped after `now` (received while the clock was ahead) waits for its own
+    /// date and does not hold back the messages queued after it.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
+    ///   - now: the current time.
     ///   - limit: the most messages deleted in this call.
     /// - Returns: how many messages were deleted (`limit`: more may be left; fewer: a later call
     ///   may still find some, e.g. a message that finished since).
     /// - Throws: a store error.
-    @discardableResult func deleteFinishedMessages(receivedBefore: Date, limit: Int) throws -> Int
+    @discardableResult func deleteFinishedMessages(receivedBefore: Date, now: Date, limit: Int) throws -> Int
     /// Unexpired entries in total (for metrics).
     /// - Throws: a store error.
     func suppressionCount(now: Date) throws -> Int
