@@ -49,6 +49,13 @@ struct MessageRetentionTests {
         #expect(try q.message(id: "OLD1") == nil, "the message queued after the future-stamped one went too")
         #expect(try q.message(id: "AHEAD") != nil)
         #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, now: t0 + 1000, limit: 10) == 0)
+        // Its date has come but not its retention: still not taken for the recent end of the
+        // queue — OLD2, queued after it with an older stamp, goes.
+        try q.enqueue(message("OLD2", ["c@x.test"], at: t0 + 2))
+        try finish(q, "OLD2", .delivered, code: 250, now: t0 + 100)
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 1000, now: t0 + 10 * day + 100, limit: 10) == 1)
+        #expect(try q.message(id: "OLD2") == nil)
+        #expect(try q.message(id: "AHEAD") != nil)
         // Its own date plus the retention: it goes.
         #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 10 * day + 500, now: t0 + 10 * day + 1000, limit: 10) == 1)
         #expect(try q.countsByState().values.reduce(0, +) == 0)

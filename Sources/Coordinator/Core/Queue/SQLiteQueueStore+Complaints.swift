@@ -36,7 +36,7 @@ extension SQLiteQueueStore: ComplaintStore {
     public func recordComplaint(_ c: Complaint, suppression: SuppressionEntry?) throws -> Bool {
         try lock.withLock {
             var recorded = false
-            let events = !(try db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='recipient_events'").query { $0.int(0) }.isEmpty)
+            let events = try hasEventTable()
             try db.transaction {
                 // One complaint per delivered recipient (the unique index; NULLs never collide).
                 try db.prepare("""

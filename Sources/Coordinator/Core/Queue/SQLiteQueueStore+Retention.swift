@@ -11,9 +11,12 @@ import HatoSupport
 // received_at grows along it — from a cursor kept between calls: a pass stops at the first
 // message received after the cut-off, and skips old ones still open (held mail, say) without
 // reading them again until the scan has reached the recent end and starts over. A message
-// stamped in the future (queued while the clock was ahead) is not taken for the recent end:
-// it is passed over like an open one, or every pass would stop there until its date and
-// nothing queued after it would ever leave.
+// stamped out of order (queued while the clock was ahead) is not taken for the recent end: one
+// stamped in the future is passed over like an open one, and so is a recent one followed in
+// its batch by older ones — or every pass would stop there until its date plus the retention
+// and nothing queued after it would leave meanwhile. (A run of them longer than a batch is
+// the recent end until then: mail queued after a long stretch of a fast clock leaves that
+// much later.)
 extension SQLiteQueueStore {
     /// Message rows read per transaction while looking for finished messages.
     static let retentionScanBatch = 500
@@ -32,8 +35,8 @@ extension SQLiteQueueStore {
     /// at most half of the lock's time. Forty transactions per call at most.
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
-    ///   - now: the current time: a message received after it is passed over, not taken for
-    ///     the recent end of the queue.
+    ///   - now: the current time: a message received after it, or a recent one followed by
+    ///     older ones, is passed over, not taken for the recent end of the queue.
     ///   - limit: the most messages deleted in this call.
     /// - Returns: how many messages were deleted.
     /// - Throws: `SQLiteError`; what earlier transactions of the call deleted stays deleted.
@@ -66,10 +69,13 @@ extension SQLiteQueueStore {
                             (rowid: $0.int(0), id: $0.text(1), receivedAt: $0.double(2), finished: $0.int(3) != 0)
                         }
                     reachedEnd = rows.count < Self.retentionScanBatch
+                    // Whether this batch ends among recent (or future) rows: then a recent row is
+                    // the recent end; otherwise it is an island among older rows.
+                    let endsRecent = (rows.last?.receivedAt ?? 0) >= cutoff
                     for row in rows {
                         if row.receivedAt >= cutoff {
-                            if row.receivedAt <= present { reachedEnd = true; break }
-                            cursor = row.rowid  // stamped in the future: passed over
+                            if row.receivedAt <= present && endsRecent { reachedEnd = true; break }
+                            cursor = row.rowid  // stamped out of order: passed over
                             continue
                         }
                         if row.finished {

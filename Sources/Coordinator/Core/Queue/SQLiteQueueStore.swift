@@ -237,23 +237,24 @@ public final class SQLiteQueueStore: QueueStore {
         func sql(_ type: String, _ name: String) throws -> String {
             try db.prepare("SELECT sql FROM sqlite_master WHERE type=? AND name=?").query([.text(type), .text(name)]) { $0.isNull(0) ? "" : $0.text(0) }.first ?? ""
         }
-        let index = try sql("index", "recipients_lease")
-        let table = try sql("table", "leases")
-        let partialIndex = index.contains("WHERE")
-        let withoutRowID = table.uppercased().contains("WITHOUT ROWID")
-        guard !partialIndex || !withoutRowID else { return }
-        // Renaming a table checks every trigger that names it (recipient_events' trigger reads
-        // `leases`), and fails while the old one is dropped: the legacy rename leaves triggers be.
-        try db.execute("PRAGMA legacy_alter_table=ON")
-        defer { try? db.execute("PRAGMA legacy_alter_table=OFF") }
+        func outdated() throws -> (index: Bool, table: Bool) {
+            (!(try sql("index", "recipients_lease").contains("WHERE")), !(try sql("table", "leases").uppercased().contains("WITHOUT ROWID")))
+        }
+        // A current file: no transaction (its BEGIN and COMMIT would be compiled before the
+        // schema changes that follow, and compiled again at their next use).
+        let first = try outdated()
+        guard first.index || first.table else { return }
+        // No trigger names `leases` at this point (the reporting schema's triggers are TEMP ones,
+        // created later on this connection), so the rename below checks nothing that is gone.
         try db.transaction(durability: .synced) {
-            if !partialIndex {
+            let now = try outdated()  // again under the write lock: another process may have done it
+            if now.index {
                 try db.execute("""
-                    DROP INDEX recipients_lease;
+                    DROP INDEX IF EXISTS recipients_lease;
                     CREATE INDEX recipients_lease ON recipients(lease_id) WHERE lease_id IS NOT NULL;
                     """)
             }
-            if !withoutRowID {
+            if now.table {
                 try db.execute("""
                     DROP TABLE IF EXISTS leases_without_rowid;
                     \(Self.leasesTable("leases_without_rowid"))
@@ -754,7 +755,7 @@ public final class SQLiteQueueStore: QueueStore {
     /// Every recorded lease (for reconciliation and status).
     public func allLeases() throws -> [LeaseRecord] {
         try lock.withLock {
-            let leases = try db.prepare("SELECT id, node, instance, ip, message_id, domain, granted_at, expires_at FROM leases").query {
+            let leases = try db.prepare("SELECT id, node, instance, ip, message_id, domain, granted_at, expires_at FROM leases ORDER BY granted_at, id").query {
                 LeaseRecord(id: $0.text(0), node: $0.text(1), instance: $0.text(2), sendingIP: $0.text(3), messageID: $0.text(4), domain: $0.text(5),
                             recipientIDs: [], grantedAt: Date(timeIntervalSince1970: $0.double(6)), expiresAt: Date(timeIntervalSince1970: $0.double(7)))
             }

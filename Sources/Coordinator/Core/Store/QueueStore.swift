@@ -207,8 +207,9 @@ public protocol QueueStore: AnyObject, Sendable, SchedulerQueue, TenantStore, Op
     /// the queue is not an archive; the delivery log and the tenants' events keep the history).
     /// Works in bounded transactions (a few hundred messages each, the lock let go between them);
     /// messages still open are left, however old.
-    /// A message stamped after `now` (received while the clock was ahead) waits for its own
-    /// date and does not hold back the messages queued after it.
+    /// A message stamped out of order (received while the clock was ahead) waits for its own
+    /// date plus the retention and does not hold back the messages queued after it (a long
+    /// run of them does, by as much as the clock was ahead, on the SQLite store).
     /// - Parameters:
     ///   - receivedBefore: the retention cut-off.
     ///   - now: the current time.
