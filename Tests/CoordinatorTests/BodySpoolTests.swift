@@ -237,5 +237,10 @@ struct BodySpoolTests {
         #expect(!QueueWriteFailure.isStorageFull(SystemCallError("write /q/spool/0000000000000001.body", code: EIO)))
         #expect(QueueWriteFailure.isStorageFull(SQLiteError(code: 13, message: "database or disk is full")))
         #expect(!QueueWriteFailure.isStorageFull(SQLiteError(code: 5, message: "database is locked")))
+        // A disk quota: SQLite reports EDQUOT as SQLITE_IOERR_WRITE (778) with the errno beside it.
+        #expect(QueueWriteFailure.isStorageFull(SQLiteError(code: 778, message: "disk I/O error", systemErrno: EDQUOT)))
+        #expect(QueueWriteFailure.isStorageFull(SQLiteError(code: 10, message: "disk I/O error", systemErrno: EDQUOT)))
+        #expect(!QueueWriteFailure.isStorageFull(SQLiteError(code: 778, message: "disk I/O error", systemErrno: EIO)))
+        #expect(!QueueWriteFailure.isStorageFull(SQLiteError(code: 778, message: "disk I/O error")))
     }
 }

@@ -308,7 +308,8 @@ public final class QueueHeadroom: Sendable {
 /// Why a queue write failed, as the submission paths answer it.
 public enum QueueWriteFailure {
     /// Whether `error` (what `QueueStore.enqueue` threw) says the queue's file system is full:
-    /// `SQLITE_FULL` from the database, `ENOSPC` or `EDQUOT` from the spool of large bodies
+    /// `SQLITE_FULL` or a quota's EDQUOT from the database (`SQLiteError.isFull`), `ENOSPC` or
+    /// `EDQUOT` from the spool of large bodies
     /// (BodySpool.swift). Such a message is refused with a temporary `452 4.3.1` (RFC 3463),
     /// and the file system is measured again at once.
     public static func isStorageFull(_ error: any Error) -> Bool {

@@ -9,10 +9,15 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
     public let code: Int32
     /// What failed and SQLite's message.
     public let message: String
+    /// The `errno` of the system call behind an `SQLITE_IOERR` (`sqlite3_system_errno`), 0 when
+    /// none is known.
+    public var systemErrno: Int32 = 0
     public var description: String { "sqlite error \(code): \(message)" }
-    /// Whether the database or its file system is full (`SQLITE_FULL`, also as an extended code):
-    /// the write was rolled back and nothing of it is stored.
-    public var isFull: Bool { code & 0xFF == SQLITE_FULL }
+    /// Whether the database or its file system is full: `SQLITE_FULL` (also as an extended
+    /// code; SQLite's name for ENOSPC), or an `SQLITE_IOERR` whose write failed with EDQUOT (a
+    /// disk quota, which SQLite reports as `SQLITE_IOERR_WRITE`). The write was rolled back and
+    /// nothing of it is stored.
+    public var isFull: Bool { code & 0xFF == SQLITE_FULL || (code & 0xFF == SQLITE_IOERR && systemErrno == EDQUOT) }
 }
 
 /// One SQLite database connection (owns the `sqlite3*` and closes it in deinit).
@@ -103,7 +108,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
             sqlite3_free(err)
             if rc & 0xff == SQLITE_IOERR { noteIOError(code: sqlite3_extended_errcode(handle), message: msg) }
             try? syncIfWritten(since: pages)  // statements before the failing one may have committed
-            throw SQLiteError(code: rc, message: msg)
+            throw SQLiteError(code: rc, message: msg, systemErrno: rc & 0xff == SQLITE_IOERR ? sqlite3_system_errno(handle) : 0)
         }
         try syncIfWritten(since: pages)
     }
@@ -492,7 +497,8 @@ public final class SQLiteStatement: @unchecked Sendable {
         if rc == SQLITE_ROW { return true }
         if rc == SQLITE_DONE { return false }
         if rc & 0xff == SQLITE_IOERR { db?.noteIOError(code: sqlite3_extended_errcode(sqlite3_db_handle(stmt)), message: "step: \(lastMessage)") }
-        throw SQLiteError(code: rc, message: "step: \(lastMessage)")
+        throw SQLiteError(code: rc, message: "step: \(lastMessage)",
+                          systemErrno: rc & 0xff == SQLITE_IOERR ? sqlite3_system_errno(sqlite3_db_handle(stmt)) : 0)
     }
 
     /// Runs to completion, ignoring rows. - Throws: `SQLiteError`.

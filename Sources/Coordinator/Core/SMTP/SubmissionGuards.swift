@@ -10,7 +10,7 @@ import SMTPCore
 ///   `452 4.3.1 Insufficient system storage` while the queue's file system is below the minimum
 ///   (plus a declared `SIZE`), checked with `statvfs` at most once a second (`QueueHeadroom`);
 ///   messages queued in between count against the last measurement.
-///   A queue write that still fails with `SQLITE_FULL` is answered `452 4.3.1` too (never 250)
+///   A queue write that still fails with `SQLITE_FULL` (or a quota's EDQUOT) is answered `452 4.3.1` too (never 250)
 ///   and makes the next MAIL measure again (RFC 5321 §4.2.5, RFC 1870 §6.1, RFC 3463 4.3.1).
 /// - **Postmaster** (RFC 5321 §4.5.1): a client that may not relay can send to postmaster, at most
 ///   `smtp.postmaster_rate_limit` recipients per `postmaster_rate_window` per client address;
