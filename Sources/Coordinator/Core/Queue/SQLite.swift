@@ -106,9 +106,11 @@ public final class SQLiteDatabase: @unchecked Sendable {
         if rc != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "unknown"
             sqlite3_free(err)
-            // Read before anything else touches the connection.
-            let systemErrno = rc & 0xff == SQLITE_IOERR ? sqlite3_system_errno(handle) : 0
-            if rc & 0xff == SQLITE_IOERR { noteIOError(code: sqlite3_extended_errcode(handle), message: msg) }
+            var systemErrno: Int32 = 0
+            if rc & 0xff == SQLITE_IOERR {
+                systemErrno = sqlite3_system_errno(handle)  // before anything else touches the connection
+                noteIOError(code: sqlite3_extended_errcode(handle), message: msg)
+            }
             try? syncIfWritten(since: pages)  // statements before the failing one may have committed
             throw SQLiteError(code: rc, message: msg, systemErrno: systemErrno)
         }
@@ -498,9 +500,12 @@ public final class SQLiteStatement: @unchecked Sendable {
         let rc = sqlite3_step(stmt)
         if rc == SQLITE_ROW { return true }
         if rc == SQLITE_DONE { return false }
-        // Read before anything else touches the connection.
-        let systemErrno = rc & 0xff == SQLITE_IOERR ? sqlite3_system_errno(sqlite3_db_handle(stmt)) : 0
-        if rc & 0xff == SQLITE_IOERR { db?.noteIOError(code: sqlite3_extended_errcode(sqlite3_db_handle(stmt)), message: "step: \(lastMessage)") }
+        var systemErrno: Int32 = 0
+        if rc & 0xff == SQLITE_IOERR {
+            let handle = sqlite3_db_handle(stmt)
+            systemErrno = sqlite3_system_errno(handle)  // before anything else touches the connection
+            db?.noteIOError(code: sqlite3_extended_errcode(handle), message: "step: \(lastMessage)")
+        }
         throw SQLiteError(code: rc, message: "step: \(lastMessage)", systemErrno: systemErrno)
     }
 
