@@ -734,6 +734,58 @@ struct SMTPServerTests {
                           "\tfor <\(local)@example.net>;", "\tThu, 1 Jan 1970 00:00:00 +0000", ""])
     }
 
+    @Test("Received header written as bytes: the same field as the string-built one, over many names, ids, recipients and TLS")
+    func receivedHeaderSameAsStringBuilt() {
+        // The earlier implementation (strings joined, each value cleaned scalar by scalar), kept
+        // here as the reference the byte writer must match exactly.
+        func clean(_ text: String, allowSpace: Bool = false) -> String {
+            String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
+                (scalar.value > 0x20 && scalar.value < 0x7F) || (allowSpace && scalar.value == 0x20) ? scalar : "?"
+            }))
+        }
+        func reference(heloName: String, peer: SocketAddress, hostname: String, keyword: String, tls: NegotiatedTLS?,
+                       id: String, recipient: Mailbox?, date: Date) -> [UInt8] {
+            var host = peer.host
+            if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
+            let literal = peer.isIPv6 ? "[IPv6:\(host)]" : "[\(host)]"
+            var lines = ["Received: from \(clean(heloName.isEmpty ? "unknown" : heloName)) (\(clean(literal)))"]
+            if let tls {
+                lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword))")
+                lines.append("\t(\(clean(tls.protocolVersion)) \(clean(tls.cipher))) id \(clean(id))")
+            } else {
+                lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword)) id \(clean(id))")
+            }
+            if let recipient, recipient.address.unicodeScalars.allSatisfy({ $0.isASCII }) {
+                lines.append("\tfor <\(clean(recipient.address, allowSpace: true))>")
+            }
+            let stamp = ReceivedHeader.rfc5322Date(date)
+            let last = lines.count - 1
+            if lines[last].utf8.count + 2 + stamp.utf8.count <= 78 { lines[last] += "; " + stamp } else { lines[last] += ";"; lines.append("\t" + stamp) }
+            return Array((lines.joined(separator: "\r\n") + "\r\n").utf8)
+        }
+        let names = ["", "c.test", "[IPv6:2001:db8::5]", "h\u{e9}llo.test", "\u{1F600}.x", "a b\tc\r\nd\u{7F}", String(repeating: "n", count: 70)]
+        let peers = [SocketAddress(host: "192.0.2.7", port: 1), SocketAddress(host: "2001:db8::5", port: 2), SocketAddress(host: "fe80::1%eth0", port: 3)]
+        let ids = ["ABC123", "Q\r\nX", "\u{e9}", String(repeating: "I", count: 40)]
+        let recipients: [Mailbox?] = [nil, Mailbox(localPart: "bob", domain: "example.net"),
+                                      Mailbox(localPart: "\"a b\"", domain: "example.net"),
+                                      Mailbox(localPart: "j\u{f6}rg", domain: "example.net"),
+                                      Mailbox(localPart: String(repeating: "r", count: 40), domain: "example.net"),
+                                      Mailbox(localPart: String(repeating: "r", count: 33), domain: "example.net")]
+        let tlses: [NegotiatedTLS?] = [nil, NegotiatedTLS(protocolVersion: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384")]
+        let dates = [Date(timeIntervalSince1970: 0), Date(timeIntervalSince1970: 1_700_000_000)]
+        var compared = 0
+        for helo in names { for peer in peers { for id in ids { for rcpt in recipients { for tls in tlses { for date in dates {
+            for (hostname, keyword) in [("mx.test", "ESMTP"), ("m\u{fc}x.test", "UTF8SMTPSA")] {
+                let built = ReceivedHeader.build(heloName: helo, peer: peer, hostname: hostname, protocol: keyword, tls: tls,
+                                                 id: id, recipient: rcpt, date: date)
+                let expected = reference(heloName: helo, peer: peer, hostname: hostname, keyword: keyword, tls: tls, id: id, recipient: rcpt, date: date)
+                #expect(built == expected, "helo \(helo.debugDescription) peer \(peer.host) id \(id.debugDescription) rcpt \(rcpt?.address ?? "-")")
+                compared += 1
+            }
+        } } } } } }
+        #expect(compared == 7 * 3 * 4 * 6 * 2 * 2 * 2)
+    }
+
     @Test("RFC 5322 dates: leap day, year ends, pre-1970, and clamping")
     func rfc5322Dates() {
         #expect(ReceivedHeader.rfc5322Date(Date(timeIntervalSince1970: 951_782_400)) == "Tue, 29 Feb 2000 00:00:00 +0000")

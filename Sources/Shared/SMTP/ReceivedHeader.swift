@@ -53,34 +53,58 @@ public enum ReceivedHeader {
                              tls: NegotiatedTLS?, id: String, recipient: Mailbox?, date: Date) -> [UInt8] {
         var host = peer.host
         if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
-        let literal = peer.isIPv6 ? "[IPv6:\(host)]" : "[\(host)]"
-        let helo = heloName.isEmpty ? "unknown" : heloName
-        var lines = ["Received: from \(clean(helo)) (\(clean(literal)))"]
+        // Written as bytes, each value through `clean` (issue 19: the string-building version
+        // was 2 % of the coordinator's CPU at 1000 messages per second).
+        var out: [UInt8] = []
+        out.reserveCapacity(200 + hostname.utf8.count + heloName.utf8.count)
+        out.append(contentsOf: "Received: from ".utf8)
+        clean(heloName.isEmpty ? "unknown" : heloName, into: &out)
+        out.append(contentsOf: " (".utf8)
+        clean(peer.isIPv6 ? "[IPv6:" : "[", into: &out)
+        clean(host, into: &out)
+        out.append(contentsOf: "])\r\n\tby ".utf8)
+        clean(hostname, into: &out)
+        out.append(contentsOf: " (Hato) with ".utf8)
+        clean(keyword, into: &out)
         if let tls {
-            lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword))")
-            lines.append("\t(\(clean(tls.protocolVersion)) \(clean(tls.cipher))) id \(clean(id))")
-        } else {
-            lines.append("\tby \(clean(hostname)) (Hato) with \(clean(keyword)) id \(clean(id))")
+            out.append(contentsOf: "\r\n\t(".utf8)
+            clean(tls.protocolVersion, into: &out)
+            out.append(0x20)
+            clean(tls.cipher, into: &out)
+            out.append(contentsOf: ")".utf8)
         }
-        if let recipient, recipient.address.unicodeScalars.allSatisfy({ $0.isASCII }) {
-            lines.append("\tfor <\(clean(recipient.address, allowSpace: true))>")
+        out.append(contentsOf: " id ".utf8)
+        clean(id, into: &out)
+        var lineStart = out.lastIndex(of: 0x09).map { $0 - 2 } ?? 0  // the last line's CRLF
+        if let recipient, recipient.address.utf8.allSatisfy({ $0 < 0x80 }) {
+            lineStart = out.count
+            out.append(contentsOf: "\r\n\tfor <".utf8)
+            clean(recipient.address, allowSpace: true, into: &out)
+            out.append(0x3E)  // ">"
         }
         let stamp = rfc5322Date(date)
-        let last = lines.count - 1
-        if lines[last].utf8.count + 2 + stamp.utf8.count <= 78 {
-            lines[last] += "; " + stamp
+        // The last line as it stands, without its leading CRLF, plus "; " and the date: at most 78.
+        if out.count - (lineStart + 2) + 2 + stamp.utf8.count <= 78 {
+            out.append(contentsOf: "; ".utf8)
         } else {
-            lines[last] += ";"
-            lines.append("\t" + stamp)
+            out.append(contentsOf: ";\r\n\t".utf8)
         }
-        return Array((lines.joined(separator: "\r\n") + "\r\n").utf8)
+        out.append(contentsOf: stamp.utf8)
+        out.append(contentsOf: "\r\n".utf8)
+        return out
     }
 
-    /// Keeps printable US-ASCII (and optionally space); anything else becomes `?`.
-    private static func clean(_ text: String, allowSpace: Bool = false) -> String {
-        String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
-            (scalar.value > 0x20 && scalar.value < 0x7F) || (allowSpace && scalar.value == 0x20) ? scalar : "?"
-        }))
+    /// Appends `text` as printable US-ASCII (and optionally space): every other character —
+    /// a control, DEL, or a non-ASCII scalar, whatever its UTF-8 length — becomes one `?`.
+    private static func clean(_ text: String, allowSpace: Bool = false, into out: inout [UInt8]) {
+        for byte in text.utf8 {
+            switch byte {
+            case 0x21..<0x7F: out.append(byte)
+            case 0x20 where allowSpace: out.append(byte)
+            case 0x80..<0xC0: continue  // a continuation byte: its scalar's lead byte gave the "?"
+            default: out.append(0x3F)
+            }
+        }
     }
 
     /// RFC 5322 §3.3 `date-time` in UTC; see `RFC5322Date.format`.
