@@ -98,6 +98,34 @@ struct MessageRetentionTests {
         #expect(try #require(try q.message(id: "NEW")?.recipients.first?.id) > highest)
     }
 
+    @Test("PostgreSQL: the pass reads finished messages only (messages_finished), not the old open ones in front of them")
+    func postgresPassSkipsOpenMessages() throws {
+        let place = try TestStore(.postgresql)
+        let q = try place.open()
+        // 3000 old messages still open (a retention shorter than the retry schedule), and two
+        // finished ones received after them (finished first: `finish` leases what is due).
+        for i in 0..<2 {
+            try q.enqueue(message("DONE\(i)", ["d\(i)@x.test"], at: t0 + 100 + Double(i)))
+            try finish(q, "DONE\(i)", .delivered, code: 250, now: t0 + 200)
+        }
+        try q.enqueue((0..<3000).map { message("OPEN\($0)", ["o\($0)@x.test"], at: t0 + Double($0) / 100) })
+        try TestStore.execute(q, "ANALYZE messages")
+        let p = try #require(q as? PostgreSQLQueueStore)
+        let plan = try p.pool.withConnection { c in
+            try c.query("""
+                EXPLAIN SELECT m.id FROM messages m
+                WHERE m.received_at < \(t0.timeIntervalSince1970 + 500) AND m.open_recipients <= 0 AND m.body IS NULL
+                  AND NOT EXISTS(SELECT 1 FROM recipient_events e WHERE e.message_id = m.id)
+                  AND NOT EXISTS(SELECT 1 FROM dsn_pending d WHERE d.message_id = m.id)
+                ORDER BY m.received_at LIMIT 500 FOR UPDATE SKIP LOCKED
+                """).map { try $0.text(0) }
+        }
+        #expect(plan.contains { $0.contains("messages_finished") }, "plan: \(plan.joined(separator: " | "))")
+        #expect(try TestStore.count(q, "SELECT count(*) FROM messages WHERE open_recipients <= 0") == 2)
+        #expect(try q.deleteFinishedMessages(receivedBefore: t0 + 500, now: t0 + 86_400, limit: 10) == 2)
+        #expect(try TestStore.count(q, "SELECT count(*) FROM messages") == 3000)
+    }
+
     @Test("a finished message whose events are not reported yet — a complaint recorded after its content was purged — stays until they are", arguments: StoreKind.allCases)
     func keepsMessagesWithPendingReports(kind: StoreKind) throws {
         let f = try ReportingFixture(kind: kind)

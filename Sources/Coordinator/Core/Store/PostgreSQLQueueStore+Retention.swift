@@ -2,12 +2,26 @@ import Foundation
 
 // Finished messages leave the store after `coordinator.message_retention` (QueueStore's
 // `deleteFinishedMessages`; the SQLite store's SQLiteQueueStore+Retention.swift says why).
-// Here the `messages_received` index yields the oldest first; one statement deletes a batch
-// with its recipient rows and their delay-warning marks (the foreign key is checked at the
-// statement's end, when both are gone; every part sees the same snapshot).
+// Here the partial index `messages_finished` (migration 9) yields the oldest finished messages
+// first and holds no open one: a pass reads only what it may delete, however many old messages
+// are still deferred or held (a retention shorter than the retry schedule's last attempt, an
+// operator's hold); the `messages_received` index it used before made every pass read all of
+// those first. One statement deletes a batch with its recipient rows and their delay-warning
+// marks (the foreign key is checked at the statement's end, when both are gone; every part
+// sees the same snapshot).
 extension PostgreSQLQueueStore {
     /// Messages deleted per statement.
     static let retentionBatch = 500
+
+    /// Migration 9: the index of finished messages by arrival, the retention pass's (its
+    /// `open_recipients <= 0` implies the predicate, so the planner can use it). An entry is
+    /// added once per message, by the update that takes its last open recipient: that update
+    /// changes `open_recipients`, already in another partial index's predicate, so it was never
+    /// a HOT update. `body` stays out of the predicate: the purge of the content, a separate
+    /// update, can stay a HOT one.
+    static let retentionIndexSQL = """
+        CREATE INDEX messages_finished ON messages(received_at) WHERE open_recipients <= 0;
+        """
 
     /// Deletes finished messages received before `receivedBefore` with their recipient rows
     /// (see `QueueStore.deleteFinishedMessages`): a message whose recipients are all final,

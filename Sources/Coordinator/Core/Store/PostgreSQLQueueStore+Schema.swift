@@ -105,6 +105,10 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 7, sql: PostgreSQLQueueStore.ipHealthSchemaSQL),
             // Reputation signals and per-provider warm-up counts (issue 18; PostgreSQLQueueStore+Reputation.swift).
             PostgreSQLMigration(version: 8, sql: PostgreSQLQueueStore.reputationSchemaSQL),
+            // The retention pass's own index (PostgreSQLQueueStore+Retention.swift): finished
+            // messages only, so a pass no longer reads every old open message before the first
+            // one it may delete.
+            PostgreSQLMigration(version: 9, sql: PostgreSQLQueueStore.retentionIndexSQL),
         ])
     }()
 
