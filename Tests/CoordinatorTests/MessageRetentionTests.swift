@@ -149,6 +149,43 @@ struct MessageRetentionTests {
         #expect(try TestStore.count(f.store, "SELECT count(*) FROM dsn_delay_handled WHERE recipient_id = 999999") == 1)
     }
 
+    @Test("a complaint matched to a message that retention deletes before the complaint is recorded still reaches the message's tenant (event log, webhook routing)",
+          arguments: StoreKind.allCases)
+    func complaintOutlivesItsMessage(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        var m = f.message("M1", ["a@hato.test"])
+        m.tenant = "acme"
+        try f.store.enqueue(m)
+        try f.deliver("M1", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        // The intake's match (its own read), then the retention pass deletes the message before
+        // the complaint's transaction.
+        let original = try #require(try f.store.complaintOriginal(queueID: "M1"))
+        #expect(original.tenant == "acme")
+        #expect(try f.store.deleteFinishedMessages(receivedBefore: f.clock.now() + 86_400, now: f.clock.now(), limit: 10) == 1)
+        #expect(try f.store.message(id: "M1") == nil)
+        try f.store.recordComplaint(Complaint(at: f.clock.now().timeIntervalSince1970, ip: "127.0.0.10", provider: "other", senderDomain: "example.org",
+                                              tenant: original.tenant, recipient: "a@hato.test", queueID: "M1", recipientID: original.recipients[0].id,
+                                              feedbackType: "abuse", reportingMTA: nil), suppression: nil)
+        let event = try #require(try f.store.pendingEvents(limit: 10).first { $0.kind == .complained })
+        #expect(event.messageID == "M1" && event.tenant == "acme", "the event's own tenant, its message gone")
+        var d = EventDisposition()
+        d.processed = [event.seq]
+        try f.store.completeEvents(d, now: f.clock.now())
+        let logged = try f.store.tenantEvents(tenant: "acme", after: 0, limit: 100).filter { $0.kind == "complained" }
+        #expect(logged.map(\.messageID) == ["M1"] && logged.first?.recipient == "a@hato.test")
+        // A complaint about a message of no tenant still reaches no tenant.
+        try f.store.enqueue(f.message("M2", ["b@hato.test"]))
+        try f.deliver("M2", status: .delivered, code: 250, enhanced: "2.0.0", text: "ok")
+        try f.report()
+        let plain = try #require(try f.store.complaintOriginal(queueID: "M2"))
+        try f.store.recordComplaint(Complaint(at: f.clock.now().timeIntervalSince1970, ip: "127.0.0.10", provider: "other", senderDomain: "example.org",
+                                              tenant: plain.tenant, recipient: "b@hato.test", queueID: "M2", recipientID: plain.recipients[0].id,
+                                              feedbackType: "abuse", reportingMTA: nil), suppression: nil)
+        #expect(try f.store.pendingEvents(limit: 10).first { $0.kind == .complained }?.tenant == nil)
+    }
+
     @Test("counting recipients by state does not take the queue's lock: a metrics scrape never stalls submissions")
     func countsWithoutTheLock() throws {
         let dir = NSTemporaryDirectory() + "hato-counts-" + Identifier.random(bytes: 5)

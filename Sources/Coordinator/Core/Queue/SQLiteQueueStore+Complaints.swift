@@ -31,6 +31,9 @@ extension SQLiteQueueStore: ComplaintStore {
     }
 
     /// Records a complaint, its suppression and its `complained` event in one synced transaction.
+    /// The event carries the complaint's tenant itself: the message it was matched to may be
+    /// deleted (`coordinator.message_retention`) between the match and this transaction, and the
+    /// tenant's webhook and event log must still get it.
     /// - Throws: `SQLiteError`; nothing is written then.
     @discardableResult
     public func recordComplaint(_ c: Complaint, suppression: SuppressionEntry?) throws -> Bool {
@@ -52,11 +55,12 @@ extension SQLiteQueueStore: ComplaintStore {
                     // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA,
                     // `mx` the MX that took the complained-about delivery (the leader's reputation signals).
                     try db.prepare("""
-                        INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note, mx)
-                        VALUES('complained',?,?,?,?,?,?,?,?,(SELECT mx FROM recipients WHERE id = ?))
+                        INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note, mx, tenant)
+                        VALUES('complained',?,?,?,?,?,?,?,?,(SELECT mx FROM recipients WHERE id = ?),?)
                         """).run([.text(c.queueID ?? ""), c.recipientID.map { .int($0) } ?? .null, c.recipient.map { .text($0) } ?? .null,
                                   .text(c.feedbackType), c.ip.isEmpty ? .null : .text(c.ip), .double(c.at), .text(c.provider),
-                                  c.reportingMTA.map { .text($0) } ?? .null, c.recipientID.map { .int($0) } ?? .null])
+                                  c.reportingMTA.map { .text($0) } ?? .null, c.recipientID.map { .int($0) } ?? .null,
+                                  c.tenant.map { .text($0) } ?? .null])
                 }
             }
             return recorded

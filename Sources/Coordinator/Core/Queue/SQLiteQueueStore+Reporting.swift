@@ -173,7 +173,7 @@ extension SQLiteQueueStore {
                 CREATE TABLE IF NOT EXISTS recipient_events(
                   seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message_id TEXT NOT NULL, recipient_id INTEGER,
                   address TEXT, code INTEGER, enhanced TEXT, text TEXT, node TEXT, ip TEXT, mx TEXT, attempts INTEGER,
-                  next_attempt_at REAL, lease_granted_at REAL, at REAL NOT NULL, detail TEXT, operator TEXT, note TEXT);
+                  next_attempt_at REAL, lease_granted_at REAL, at REAL NOT NULL, detail TEXT, operator TEXT, note TEXT, tenant TEXT);
                 CREATE INDEX IF NOT EXISTS recipient_events_message ON recipient_events(message_id);
                 CREATE TABLE IF NOT EXISTS dsn_pending(
                   recipient_id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, action TEXT NOT NULL, status TEXT NOT NULL,
@@ -208,9 +208,10 @@ extension SQLiteQueueStore {
                   SELECT RAISE(IGNORE);
                 END;
                 """)
-            // Operator columns for queue files created before queue control.
+            // Operator columns for queue files created before queue control; the event's own
+            // tenant (a complaint's) for files created before it.
             let columns = try db.prepare("SELECT name FROM pragma_table_info('recipient_events')").query { $0.text(0) }
-            for c in ["operator", "note"] where !columns.contains(c) { try db.execute("ALTER TABLE recipient_events ADD COLUMN \(c) TEXT") }
+            for c in ["operator", "note", "tenant"] where !columns.contains(c) { try db.execute("ALTER TABLE recipient_events ADD COLUMN \(c) TEXT") }
         }
     }
 
@@ -223,7 +224,8 @@ extension SQLiteQueueStore {
                 SELECT e.seq, e.kind, e.message_id, e.recipient_id, e.address, e.code, e.enhanced, e.text, e.node, e.ip, e.mx, e.attempts,
                        e.next_attempt_at, e.lease_granted_at, e.at, e.detail,
                        m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address,
-                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn), e.operator, e.note, m.tenant
+                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.\(Self.notifyColumn), e.operator, e.note,
+                       COALESCE(m.tenant, e.tenant)
                 FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
                 ORDER BY e.seq LIMIT ?
                 """).query([.int(Int64(limit))]) { s in

@@ -94,9 +94,10 @@ extension SQLiteQueueStore {
         let kinds = "[" + TenantWindows.eventKinds.map { "\"\($0)\"" }.joined(separator: ",") + "]"
         try db.prepare("""
             INSERT INTO tenant_events(tenant, kind, message_id, recipient, code, enhanced, text, mx, ip, at)
-            SELECT m.tenant, e.kind, e.message_id, e.address, e.code, e.enhanced, e.text, e.mx, e.ip, e.at
-            FROM recipient_events e JOIN messages m ON m.id = e.message_id
-            WHERE e.seq IN (SELECT value FROM json_each(?)) AND m.tenant IS NOT NULL AND e.kind IN (SELECT value FROM json_each(?))
+            SELECT COALESCE(m.tenant, e.tenant), e.kind, e.message_id, e.address, e.code, e.enhanced, e.text, e.mx, e.ip, e.at
+            FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id
+            WHERE e.seq IN (SELECT value FROM json_each(?)) AND COALESCE(m.tenant, e.tenant) IS NOT NULL
+              AND e.kind IN (SELECT value FROM json_each(?))
             ORDER BY e.seq
             """).run([.text(list), .text(kinds)])
     }

@@ -47,11 +47,11 @@ extension PostgreSQLQueueStore: ComplaintStore {
                 // `text` carries the feedback type, `detail` the provider, `note` the reporting MTA,
                 // `mx` the MX that took the complained-about delivery (the leader's reputation signals).
                 try c.run("""
-                    INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note, mx)
-                    VALUES('complained', $1, $2, $3, $4, $5, $6, $7, $8, (SELECT mx FROM recipients WHERE id = $2))
+                    INSERT INTO recipient_events(kind, message_id, recipient_id, address, text, ip, at, detail, note, mx, tenant)
+                    VALUES('complained', $1, $2, $3, $4, $5, $6, $7, $8, (SELECT mx FROM recipients WHERE id = $2), $9)
                     """, [.text(x.queueID ?? ""), x.recipientID.map { .int($0) } ?? .null, x.recipient.map { .text($0) } ?? .null,
                           .text(x.feedbackType), x.ip.isEmpty ? .null : .text(x.ip), .double(x.at), .text(x.provider),
-                          x.reportingMTA.map { .text($0) } ?? .null])
+                          x.reportingMTA.map { .text($0) } ?? .null, x.tenant.map { .text($0) } ?? .null])
             }
             return true
         }

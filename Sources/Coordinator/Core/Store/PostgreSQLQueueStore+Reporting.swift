@@ -43,7 +43,8 @@ extension PostgreSQLQueueStore {
                 SELECT e.seq, e.kind, e.message_id, e.recipient_id, e.address, e.code, e.enhanced, e.text, e.node, e.ip, e.mx, e.attempts,
                        e.next_attempt_at, e.lease_granted_at, e.at, e.detail,
                        m.reverse_path, m.pool, m.received_at, m.size, m.helo, m.client_address,
-                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.dsn_notify, e.operator, e.note, m.tenant
+                       (SELECT COUNT(*) FROM recipients WHERE message_id = e.message_id), r.dsn_notify, e.operator, e.note,
+                       COALESCE(m.tenant, e.tenant)
                 FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id LEFT JOIN recipients r ON r.id = e.recipient_id
                 ORDER BY e.seq LIMIT $1
                 """, [.int(Int64(limit))]).map { s in

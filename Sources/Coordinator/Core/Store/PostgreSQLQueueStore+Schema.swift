@@ -109,6 +109,9 @@ extension PostgreSQLQueueStore {
             // messages only, so a pass no longer reads every old open message before the first
             // one it may delete.
             PostgreSQLMigration(version: 9, sql: PostgreSQLQueueStore.retentionIndexSQL),
+            // A complaint's event carries its tenant itself (PostgreSQLQueueStore+Complaints.swift):
+            // its message may be deleted between the match and the event.
+            PostgreSQLMigration(version: 10, sql: "ALTER TABLE recipient_events ADD COLUMN tenant text;"),
         ])
     }()
 

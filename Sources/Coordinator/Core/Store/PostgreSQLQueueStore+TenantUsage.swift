@@ -98,9 +98,9 @@ extension PostgreSQLQueueStore {
         guard !seqs.isEmpty else { return }
         try c.run("""
             INSERT INTO tenant_events(tenant, kind, message_id, recipient, code, enhanced, text, mx, ip, at)
-            SELECT m.tenant, e.kind, e.message_id, e.address, e.code, e.enhanced, e.text, e.mx, e.ip, e.at
-            FROM recipient_events e JOIN messages m ON m.id = e.message_id
-            WHERE e.seq = ANY($1::bigint[]) AND m.tenant IS NOT NULL AND e.kind = ANY($2::text[])
+            SELECT COALESCE(m.tenant, e.tenant), e.kind, e.message_id, e.address, e.code, e.enhanced, e.text, e.mx, e.ip, e.at
+            FROM recipient_events e LEFT JOIN messages m ON m.id = e.message_id
+            WHERE e.seq = ANY($1::bigint[]) AND COALESCE(m.tenant, e.tenant) IS NOT NULL AND e.kind = ANY($2::text[])
             ORDER BY e.seq
             """, [.text(array(seqs.sorted())), .text(array(TenantWindows.eventKinds))])
     }

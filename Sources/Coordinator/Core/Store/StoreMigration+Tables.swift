@@ -175,7 +175,7 @@ extension StoreMigration {
             Column("text", .text, nullable: true), Column("node", .text, nullable: true), Column("ip", .text, nullable: true),
             Column("mx", .text, nullable: true), Column("attempts", .int, nullable: true), Column("next_attempt_at", .double, nullable: true),
             Column("lease_granted_at", .double, nullable: true), Column("at", .double), Column("detail", .text, nullable: true),
-            Column("operator", .text, nullable: true), Column("note", .text, nullable: true),
+            Column("operator", .text, nullable: true), Column("note", .text, nullable: true), Column("tenant", .text, nullable: true),
         ], key: ["seq"], identity: "seq", pageSize: 2000),
         Table(name: "dsn_pending", columns: [
             Column("recipient_id", .int), Column("message_id", .text), Column("action", .text), Column("status", .text),
