@@ -19,8 +19,30 @@ extension PostgreSQLQueueStore {
     /// changes `open_recipients`, already in another partial index's predicate, so it was never
     /// a HOT update. `body` stays out of the predicate: the purge of the content, a separate
     /// update, can stay a HOT one.
+    ///
+    /// Building it reads the whole `messages` table (the retention's worth of mail: tens of
+    /// millions of rows on a busy relay) under a lock that holds queue writes back meanwhile,
+    /// so the migration lifts the connection's statement timeout for itself (a build cut off at
+    /// 30 s would fail every start the same way), and an operator may build it beforehand
+    /// without blocking writes (`CREATE INDEX CONCURRENTLY IF NOT EXISTS …`, docs/postgresql.md):
+    /// the migration then finds it.
     static let retentionIndexSQL = """
-        CREATE INDEX messages_finished ON messages(received_at) WHERE open_recipients <= 0;
+        SET LOCAL statement_timeout = 0;
+        CREATE INDEX IF NOT EXISTS messages_finished ON messages(received_at) WHERE open_recipients <= 0;
+        """
+
+    /// The retention pass's statement: $1 the cut-off (seconds since 1970), $2 the batch size.
+    static let retentionStatement = """
+        WITH doomed AS (
+          SELECT m.id FROM messages m
+          WHERE m.received_at < $1 AND m.open_recipients <= 0 AND m.body IS NULL
+            AND NOT EXISTS(SELECT 1 FROM recipient_events e WHERE e.message_id = m.id)
+            AND NOT EXISTS(SELECT 1 FROM dsn_pending d WHERE d.message_id = m.id)
+          ORDER BY m.received_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+        marks AS (DELETE FROM dsn_delay_handled h USING recipients r, doomed
+                  WHERE h.recipient_id = r.id AND r.message_id = doomed.id),
+        gone AS (DELETE FROM recipients r USING doomed WHERE r.message_id = doomed.id)
+        DELETE FROM messages m USING doomed WHERE m.id = doomed.id
         """
 
     /// Deletes finished messages received before `receivedBefore` with their recipient rows
@@ -40,18 +62,7 @@ extension PostgreSQLQueueStore {
         while deleted < limit {
             let batch = min(Self.retentionBatch, limit - deleted)
             let n = try pool.transaction { c in
-                try c.run("""
-                    WITH doomed AS (
-                      SELECT m.id FROM messages m
-                      WHERE m.received_at < $1 AND m.open_recipients <= 0 AND m.body IS NULL
-                        AND NOT EXISTS(SELECT 1 FROM recipient_events e WHERE e.message_id = m.id)
-                        AND NOT EXISTS(SELECT 1 FROM dsn_pending d WHERE d.message_id = m.id)
-                      ORDER BY m.received_at LIMIT $2 FOR UPDATE SKIP LOCKED),
-                    marks AS (DELETE FROM dsn_delay_handled h USING recipients r, doomed
-                              WHERE h.recipient_id = r.id AND r.message_id = doomed.id),
-                    gone AS (DELETE FROM recipients r USING doomed WHERE r.message_id = doomed.id)
-                    DELETE FROM messages m USING doomed WHERE m.id = doomed.id
-                    """, [.double(receivedBefore.timeIntervalSince1970), .int(Int64(batch))])
+                try c.run(Self.retentionStatement, [.double(receivedBefore.timeIntervalSince1970), .int(Int64(batch))])
             }
             deleted += n
             if n < batch { break }

@@ -111,7 +111,7 @@ extension PostgreSQLQueueStore {
             PostgreSQLMigration(version: 9, sql: PostgreSQLQueueStore.retentionIndexSQL),
             // A complaint's event carries its tenant itself (PostgreSQLQueueStore+Complaints.swift):
             // its message may be deleted between the match and the event.
-            PostgreSQLMigration(version: 10, sql: "ALTER TABLE recipient_events ADD COLUMN tenant text;"),
+            PostgreSQLMigration(version: 10, sql: "ALTER TABLE recipient_events ADD COLUMN IF NOT EXISTS tenant text;"),
         ])
     }()
 
