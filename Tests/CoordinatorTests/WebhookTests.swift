@@ -68,6 +68,26 @@ final class PythonWebhookReceiver: @unchecked Sendable {
     }
 }
 
+/// A free port on 127.0.0.1 below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768–60999 by default), for a receiver that is down for a while before it starts: a port
+/// the kernel handed out (a probe bound to port 0) can be handed out again meanwhile to any
+/// socket of the parallel test run — a listener, a client's source port — and the posts then
+/// went to that one (CI, under faketime: nothing received); below the range only a fixed port
+/// could take it.
+func portOutsideEphemeralRange() throws -> UInt16 {
+    let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    let low = range.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32768
+    let upper = max(2048, min(low, 65536))
+    let lower = max(1024, upper - 12_000)
+    for _ in 0..<200 {
+        let p = UInt16(Int.random(in: lower..<upper))
+        guard let s = try? Socket.listen(on: SocketAddress(host: "127.0.0.1", port: p)) else { continue }
+        s.close()
+        return p
+    }
+    throw PythonCheckError("no free port between \(lower) and \(upper)")
+}
+
 struct PythonCheckError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
@@ -93,9 +113,7 @@ struct WebhookTests {
         let place = try TestStore(kind, directory: dir + "/queue")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
-        let port = probe.localAddress?.port ?? 0
-        probe.close()
+        let port = try portOutsideEphemeralRange()
         let secret = "webhook-test-secret-0123"
         let hook = WebhookSettings(url: "http://127.0.0.1:\(port)/hato", secret: secret, timeout: 2, initialBackoff: 0.2, maxBackoff: 0.5, batchSize: 2)
         let events = (1...3).map { i in (hook: hook.url, eventID: "M\(i).\(i)", body: Array("{\"id\":\"M\(i).\(i)\",\"event\":\"delivered\"}".utf8)) }
@@ -147,9 +165,7 @@ struct WebhookTests {
         let place = try TestStore(kind, directory: dir + "/queue")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let probe = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0))
-        let port = probe.localAddress?.port ?? 0
-        probe.close()
+        let port = try portOutsideEphemeralRange()
         let secret = "webhook-test-secret-0123"
         let receiver = try PythonWebhookReceiver(port: port, secret: secret, failFirst: 6, dir: dir)
         defer { receiver.stop() }
