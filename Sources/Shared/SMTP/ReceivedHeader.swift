@@ -54,7 +54,7 @@ public enum ReceivedHeader {
         var host = peer.host
         if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
         // Written as bytes, each value through `clean` (issue 19: the string-building version
-        // was 2 % of the coordinator's CPU at 1000 messages per second).
+        // was 1.6 % of the relay's profile samples at 1000 messages per second).
         var out: [UInt8] = []
         out.reserveCapacity(200 + hostname.utf8.count + heloName.utf8.count)
         out.append(contentsOf: "Received: from ".utf8)
@@ -62,11 +62,14 @@ public enum ReceivedHeader {
         out.append(contentsOf: " (".utf8)
         clean(peer.isIPv6 ? "[IPv6:" : "[", into: &out)
         clean(host, into: &out)
-        out.append(contentsOf: "])\r\n\tby ".utf8)
+        out.append(contentsOf: "])".utf8)
+        var lineStart = out.count  // where the last line's CRLF is: the folding rule measures that line
+        out.append(contentsOf: "\r\n\tby ".utf8)
         clean(hostname, into: &out)
         out.append(contentsOf: " (Hato) with ".utf8)
         clean(keyword, into: &out)
         if let tls {
+            lineStart = out.count
             out.append(contentsOf: "\r\n\t(".utf8)
             clean(tls.protocolVersion, into: &out)
             out.append(0x20)
@@ -75,7 +78,6 @@ public enum ReceivedHeader {
         }
         out.append(contentsOf: " id ".utf8)
         clean(id, into: &out)
-        var lineStart = out.lastIndex(of: 0x09).map { $0 - 2 } ?? 0  // the last line's CRLF
         if let recipient, recipient.address.utf8.allSatisfy({ $0 < 0x80 }) {
             lineStart = out.count
             out.append(contentsOf: "\r\n\tfor <".utf8)
