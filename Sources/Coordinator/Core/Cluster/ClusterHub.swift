@@ -91,6 +91,9 @@ public final class ClusterHub: Sendable {
     let log = Logger(label: "coordinator.cluster")
     private let inbox = LockedCondition(Inbox())
     let links = Locked<[ConnectionID: NodeLink]>([:])
+    /// Frames `perform` queued and not yet written (`flushOutgoing`, the grants); only the
+    /// scheduler thread touches it.
+    private let outgoing = Locked(OutgoingFrames())
     private let lastConnectionID = Locked<ConnectionID>(0)
     private let published: Locked<Snapshot>
     private let initial: Locked<Scheduler?>
@@ -480,7 +483,11 @@ public final class ClusterHub: Sendable {
         var pendingTerm: Int64? = nil
         var nextTick = clock.now()
         while true {
-            let wait = max(0, nextTick.timeIntervalSince(clock.now()))
+            // What the last pass queued for the nodes and no grant took along (held acks once
+            // they are due: the wait below ends by then).
+            let heldUntil = flushOutgoing()
+            var wait = max(0, nextTick.timeIntervalSince(clock.now()))
+            if let heldUntil { wait = min(wait, max(0.001, ContinuousClock.now.duration(to: heldUntil).inSeconds)) }
             let (events, wake, running, fresh) = inbox.wait(until: .now + .milliseconds(Int(wait * 1000)),
                                                             for: { !$0.events.isEmpty || $0.wake || !$0.running || !$0.fresh.isEmpty }) { box, _ in
                 defer { box.events.removeAll(keepingCapacity: true); box.wake = false; box.fresh.removeAll(keepingCapacity: true) }
@@ -503,6 +510,7 @@ public final class ClusterHub: Sendable {
                 case .stepDown(let term, let reason):
                     leading = nil
                     pendingTerm = nil
+                    outgoing.withLock { $0.removeAll() }  // nothing more from this term
                     log.warning("stepped down: no longer the leader; closing node links", ["term": "\(term)", "reason": reason])
                     for link in links.withLock({ Array($0.values) }) { link.shutdown() }
                     // What other threads read (metrics, status) no longer shows the nodes and
@@ -675,11 +683,16 @@ public final class ClusterHub: Sendable {
             case .send(let c, let message):
                 // A stale leader sends nothing (the nodes would refuse its term anyway).
                 guard mayAct(under: term) else { continue }
-                link(c)?.send(.message(message))
-                if case .welcome = message, let l = link(c) {
-                    // The keys go before anything granted on this link later.
-                    l.markWelcomed()
-                    sendSigningKeys(to: l, term: term)
+                // Queued until a grant to the node takes it along or the pass ends; a
+                // `result_ack` may wait a little longer for a grant (`OutgoingFrames`).
+                outgoing.withLock { $0.append(message, to: c, now: .now) }
+                if case .welcome = message {
+                    flushOutgoing(force: true)
+                    if let l = link(c) {
+                        // The keys go before anything granted on this link later.
+                        l.markWelcomed()
+                        sendSigningKeys(to: l, term: term)
+                    }
                 }
             case .grant(let grants):
                 guard mayAct(under: term) else {
@@ -688,6 +701,7 @@ public final class ClusterHub: Sendable {
                 }
                 recordAndSend(grants, &scheduler, now: now)
             case .disconnect(let c):
+                flushOutgoing(force: true)  // what was queued for it (a `reject`) goes first
                 link(c)?.shutdownWhenSent()
             case .requeueExpired:
                 do {
@@ -740,6 +754,21 @@ public final class ClusterHub: Sendable {
         }
     }
 
+    /// Sends what `perform` queued and is due (`OutgoingFrames.takeDue`; everything when
+    /// `force`): to each link in one write, from this thread when the link is idle
+    /// (`NodeLink.sendNow`: no wake-up of its writer), else through its writer thread. Called at
+    /// every pass of the scheduler loop.
+    /// - Returns: when held frames fall due next (the loop wakes by then), nil when none are held.
+    @discardableResult
+    private func flushOutgoing(force: Bool = false) -> ContinuousClock.Instant? {
+        let (due, next) = outgoing.withLock { o in (o.takeDue(now: .now, force: force), o.nextDue) }
+        for (c, messages) in due {
+            guard let l = link(c) else { continue }
+            if !l.sendNow({ messages }) { l.send(.messages(messages)) }
+        }
+        return next
+    }
+
     /// Records every planned lease of the round in one transaction (with the warm-up counts),
     /// then queues each node's grant on its link; bodies are read and frames built on the
     /// link's writer thread.
@@ -769,17 +798,23 @@ public final class ClusterHub: Sendable {
         // A light round (few leases: the latency of each matters) is written from here; a heavy
         // one goes to the links' writers, so that this thread — the one a backlog's drain waits
         // on — does not also encode and write every grant (coordinator-ceiling drain −10 %).
-        let mayWriteHere = granted.count <= ClusterHub.directGrantLeases
+        // Light per link and in all: a round of 20 leases over four nodes is four light grants
+        // (each written from a writer thread cost a wake-up of that writer per node and round).
+        let mayWriteHere = granted.count <= ClusterHub.directRoundLeases
         for grant in grants {
             let records = grant.records.compactMap { byID[$0.id] }
             guard !records.isEmpty, let link = link(grant.connection) else { continue }
             let store = self.store, log = self.log, recent = self.recentContent
+            // Frames queued for this node in this pass (the acks of the results whose credits
+            // these leases use) go first, in the same write.
+            let before = outgoing.withLock { $0.take(grant.connection) }
             let build: @Sendable () -> [ClusterMessage] = {
-                ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log)
+                before + ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log)
             }
             // Bodies still in memory and small: written from here when the link is idle (no
             // writer wake-up); otherwise the link's writer reads and encodes them.
-            if mayWriteHere, let octets = recent.keptOctets(of: Set(records.map(\.messageID))), octets <= ClusterHub.directGrantOctets,
+            if mayWriteHere, records.count <= ClusterHub.directGrantLeases,
+               let octets = recent.keptOctets(of: Set(records.map(\.messageID))), octets <= ClusterHub.directGrantOctets,
                link.sendNow(build) {
                 continue
             }
@@ -790,8 +825,11 @@ public final class ClusterHub: Sendable {
     /// The most body octets of one node's grants this thread encodes and writes itself on an
     /// idle link (`NodeLink.sendNow`); larger grants go through the link's writer thread.
     static let directGrantOctets = 32 * 1024
-    /// The most leases a scheduler round may have for its grants to be written by this thread.
+    /// The most leases of one node's grant this thread writes itself.
     static let directGrantLeases = 8
+    /// The most leases a scheduler round may have for any of its grants to be written by this
+    /// thread (a backlog's drain: rounds of hundreds go to the writers).
+    static let directRoundLeases = 32
 
     /// The `lease_grant` frames for recorded leases, with their bodies, batched up to the
     /// maximum message size per frame. A lease whose body cannot be read (an I/O error) is not

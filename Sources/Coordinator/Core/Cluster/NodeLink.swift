@@ -16,6 +16,8 @@ final class NodeLink: Sendable {
     enum Item: Sendable {
         /// One message.
         case message(ClusterMessage)
+        /// Messages sent with one write where they fit (`ClusterConnection.send(_:)`).
+        case messages([ClusterMessage])
         /// Messages built on the writer thread (lease grants with their bodies read from the
         /// queue), so the scheduler thread does not read bodies or encode them.
         case build(@Sendable () -> [ClusterMessage])
@@ -148,6 +150,7 @@ final class NodeLink: Sendable {
                 for item in batch {
                     switch item {
                     case .message(let m): try connection.send(m)
+                    case .messages(let ms): try connection.send(ms)
                     case .build(let make): try connection.send(make())
                     case .encoded(let bytes): try connection.send(encoded: bytes)
                     }
