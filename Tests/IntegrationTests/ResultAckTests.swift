@@ -61,7 +61,7 @@ extension Integration {
             #expect(grants == 0, "no mail was left to lease")
             // The hold (20 ms) plus the batch's commit and sync; seconds would mean the acks
             // waited for something else (a grant, a heartbeat).
-            #expect(waited < .seconds(1), "acks took \(waited)")
+            #expect(waited < .milliseconds(500), "acks took \(waited)")
             // Nothing more for these leases: each acknowledged once.
             let more = TenantDKIMTests.frames(node, for: 1).filter { if case .resultAck = $0 { return true } else { return false } }
             #expect(more.isEmpty, "extra acks: \(more)")

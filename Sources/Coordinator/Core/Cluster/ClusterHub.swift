@@ -484,8 +484,9 @@ public final class ClusterHub: Sendable {
         var nextTick = clock.now()
         while true {
             // What the last pass queued for the nodes and no grant took along (held acks once
-            // they are due: the wait below ends by then).
-            let heldUntil = flushOutgoing()
+            // they are due: the wait below ends by then). Nothing once not leading.
+            var heldUntil: ContinuousClock.Instant?
+            if let leader = leading { heldUntil = flushOutgoing(term: leader.leadership?.term) } else { outgoing.withLock { $0.removeAll() } }
             var wait = max(0, nextTick.timeIntervalSince(clock.now()))
             if let heldUntil { wait = min(wait, max(0.001, ContinuousClock.now.duration(to: heldUntil).inSeconds)) }
             let (events, wake, running, fresh) = inbox.wait(until: .now + .milliseconds(Int(wait * 1000)),
@@ -493,7 +494,11 @@ public final class ClusterHub: Sendable {
                 defer { box.events.removeAll(keepingCapacity: true); box.wake = false; box.fresh.removeAll(keepingCapacity: true) }
                 return (box.events, box.wake, box.running, box.fresh)
             }
-            guard running else { break }
+            guard running else {
+                // Stopping: what is queued goes (acks held for a grant, too).
+                if let leader = leading { flushOutgoing(force: true, term: leader.leadership?.term) }
+                break
+            }
             var now = clock.now()
             // A round due by its time (retries falling due, requeued leases) goes before new
             // mail's leases from its rows; one due only because of a wake-up (new mail — often
@@ -687,7 +692,7 @@ public final class ClusterHub: Sendable {
                 // `result_ack` may wait a little longer for a grant (`OutgoingFrames`).
                 outgoing.withLock { $0.append(message, to: c, now: .now) }
                 if case .welcome = message {
-                    flushOutgoing(force: true)
+                    flushOutgoing(force: true, term: term)
                     if let l = link(c) {
                         // The keys go before anything granted on this link later.
                         l.markWelcomed()
@@ -701,7 +706,7 @@ public final class ClusterHub: Sendable {
                 }
                 recordAndSend(grants, &scheduler, now: now)
             case .disconnect(let c):
-                flushOutgoing(force: true)  // what was queued for it (a `reject`) goes first
+                flushOutgoing(force: true, term: term)  // what was queued for it (a `reject`) goes first
                 link(c)?.shutdownWhenSent()
             case .requeueExpired:
                 do {
@@ -758,9 +763,16 @@ public final class ClusterHub: Sendable {
     /// `force`): to each link in one write, from this thread when the link is idle
     /// (`NodeLink.sendNow`: no wake-up of its writer), else through its writer thread. Called at
     /// every pass of the scheduler loop.
+    /// - Parameter term: the leader's term the frames were queued under: a coordinator that may
+    ///   no longer act under it (fenced, or its leadership lapsed) drops them instead, as
+    ///   `perform` would have.
     /// - Returns: when held frames fall due next (the loop wakes by then), nil when none are held.
     @discardableResult
-    private func flushOutgoing(force: Bool = false) -> ContinuousClock.Instant? {
+    private func flushOutgoing(force: Bool = false, term: Int64?) -> ContinuousClock.Instant? {
+        guard mayAct(under: term) else {
+            outgoing.withLock { $0.removeAll() }
+            return nil
+        }
         let (due, next) = outgoing.withLock { o in (o.takeDue(now: .now, force: force), o.nextDue) }
         for (c, messages) in due {
             guard let l = link(c) else { continue }
@@ -770,8 +782,9 @@ public final class ClusterHub: Sendable {
     }
 
     /// Records every planned lease of the round in one transaction (with the warm-up counts),
-    /// then queues each node's grant on its link; bodies are read and frames built on the
-    /// link's writer thread.
+    /// then sends each node's grant: a light one written from this thread on an idle link
+    /// (`NodeLink.sendNow`), else queued on the link, whose writer thread reads the bodies and
+    /// builds the frames.
     private func recordAndSend(_ grants: [PlannedGrant], _ scheduler: inout Scheduler, now: Date) {
         let granted: [LeaseRecord]
         do {
@@ -805,8 +818,9 @@ public final class ClusterHub: Sendable {
             let records = grant.records.compactMap { byID[$0.id] }
             guard !records.isEmpty, let link = link(grant.connection) else { continue }
             let store = self.store, log = self.log, recent = self.recentContent
-            // Frames queued for this node in this pass (the acks of the results whose credits
-            // these leases use) go first, in the same write.
+            // Frames queued for this node and not yet written (mostly `result_ack`s held for a
+            // grant: those of results committed in the last few milliseconds) go first, in the
+            // same write.
             let before = outgoing.withLock { $0.take(grant.connection) }
             let build: @Sendable () -> [ClusterMessage] = {
                 before + ClusterHub.grantMessages(grant, records: records, maxSize: maxSize, store: store, recent: recent, log: log)

@@ -9,8 +9,9 @@ import HatoSupport
 /// scheduler thread.
 ///
 /// Ownership (docs/threads.md): the connection's reader thread owns the socket and is the
-/// only one to close it (`finish`); the writer thread and every other thread only queue
-/// frames or call `shutdown`.
+/// only one to close it (`finish`); the writer thread writes what is queued; the scheduler
+/// thread may also write on an idle link (`sendNow`); every other thread only queues frames or
+/// calls `shutdown`.
 final class NodeLink: Sendable {
     /// What the writer sends, in order.
     enum Item: Sendable {

@@ -8,16 +8,20 @@ import Foundation
 /// Why frames wait at all: a node reads every write of the coordinator with one wake-up of its
 /// reader thread. A batch of results used to be acknowledged with one write per `result_ack`
 /// (each a wake-up of the link's writer and of the node); now each node's acks of a batch go in
-/// one write, together with the next lease grant to that node when one follows within
-/// `ackHold` (the grant takes them along) — with four nodes, where each gets a grant frame per
-/// message or so, the acks then cost a node no wake-up of their own (issue 19: CPU per message
-/// flat with the node count).
+/// one write, together with the next lease grant to that node when one goes within `ackHold`
+/// (the grant takes them along). That is a grant for mail queued meanwhile: the grant a
+/// result's own credit buys usually leaves before the result is committed. Under load, with
+/// four nodes each getting a grant frame per message or so, most acks then cost a node no
+/// wake-up of their own (issue 19: CPU per message with the node count); at light load they go
+/// alone, `ackHold` after the commit.
 ///
 /// Only `result_ack` is held: it promises the node that a result is on the coordinator's disk,
 /// so the node may drop it from its journal; it is sent only after that commit either way, and
 /// waiting longer to send it costs nothing but a re-send of that result after a reconnect
-/// (applied idempotently). Every other frame goes at the end of the scheduler loop's pass at
-/// the latest, and releases what is held for its link with it, in order.
+/// (applied idempotently). Every other frame the scheduler queues goes at the end of the
+/// scheduler loop's pass at the latest, and takes what is held for its link with it, in order
+/// (frames other threads send — `signing_keys`, `config_changed` — go through the link's
+/// writer at once and may pass held acks; nothing depends on that order).
 struct OutgoingFrames: Sendable {
     /// The longest a `result_ack` waits for a grant to ride with (20 ms).
     static let ackHold: Duration = .milliseconds(20)
