@@ -14,13 +14,8 @@ extension Integration {
         func acksGoWithoutAGrant() throws {
             // Coordinator heartbeats (frames of their own, which take held acks along) far apart:
             // the acks must go by their hold.
-            let cluster = try LocalCluster(nodeIDs: ["node-a"], ipsYAML: """
-                ips:
-                  - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
-                """, nodeTimeout: "60s", heartbeat: "20s")
+            let cluster = try TenantDKIMTests.coordinatorForScriptedNode(nodeTimeout: "60s", heartbeat: "20s")
             defer { cluster.shutdown() }
-            try cluster.startCoordinator()
-            try waitUntil("the coordinator listening", timeout: 20) { (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: cluster.clusterPort), timeout: 1))?.close() != nil }
             let node = try TenantDKIMTests.join(cluster, features: ClusterFeature.all)
             defer { node.close() }
             _ = try submitWithSmtplib(port: cluster.smtpPort, messages: [

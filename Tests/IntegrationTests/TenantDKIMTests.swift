@@ -34,6 +34,25 @@ extension Integration {
             return conn
         }
 
+        /// A coordinator (no node process) whose one sending IP, 127.0.0.10, belongs to
+        /// node-a — for a scripted node-a (`join`) — once its cluster port answers.
+        static func coordinatorForScriptedNode(nodeTimeout: String = "5s", heartbeat: String = "1s") throws -> LocalCluster {
+            let cluster = try LocalCluster(nodeIDs: ["node-a"], ipsYAML: """
+                ips:
+                  - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
+                """, nodeTimeout: nodeTimeout, heartbeat: heartbeat)
+            do {
+                try cluster.startCoordinator()
+                try waitUntil("the coordinator listening", timeout: 20) {
+                    (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: cluster.clusterPort), timeout: 1))?.close() != nil
+                }
+            } catch {
+                cluster.shutdown()
+                throw error
+            }
+            return cluster
+        }
+
         /// The frames other than heartbeats received within `seconds`.
         static func frames(_ conn: ClusterConnection, for seconds: Int) -> [ClusterMessage] {
             var out: [ClusterMessage] = []
@@ -48,13 +67,8 @@ extension Integration {
 
         @Test("signing_keys follows welcome at once for a node that speaks it, before any grant; never to one that does not")
         func keysFollowWelcome() throws {
-            let cluster = try LocalCluster(nodeIDs: ["node-a"], ipsYAML: """
-                ips:
-                  - { address: 127.0.0.10, helo: mta10.it.test, pool: transactional, nodes: [node-a] }
-                """)
+            let cluster = try Self.coordinatorForScriptedNode()
             defer { cluster.shutdown() }
-            try cluster.startCoordinator()
-            try waitUntil("the coordinator listening", timeout: 20) { (try? Socket.connect(to: SocketAddress(host: "127.0.0.1", port: cluster.clusterPort), timeout: 1))?.close() != nil }
 
             let speaking = try Self.join(cluster, features: ClusterFeature.all)
             // Mail waits, so that a grant would follow as soon as the node asks.
