@@ -764,16 +764,17 @@ public final class ClusterHub: Sendable {
     /// (`NodeLink.sendNow`: no wake-up of its writer), else through its writer thread. Called at
     /// every pass of the scheduler loop.
     /// - Parameter term: the leader's term the frames were queued under: a coordinator that may
-    ///   no longer act under it (fenced, or its leadership lapsed) drops them instead, as
-    ///   `perform` would have.
+    ///   no longer act under it (fenced, or its leadership lapsed) drops them when they fall due
+    ///   instead of writing them, as `perform` would have.
     /// - Returns: when held frames fall due next (the loop wakes by then), nil when none are held.
     @discardableResult
     private func flushOutgoing(force: Bool = false, term: Int64?) -> ContinuousClock.Instant? {
+        let (due, next) = outgoing.withLock { o in (o.takeDue(now: .now, force: force), o.nextDue) }
+        guard !due.isEmpty else { return next }
         guard mayAct(under: term) else {
             outgoing.withLock { $0.removeAll() }
             return nil
         }
-        let (due, next) = outgoing.withLock { o in (o.takeDue(now: .now, force: force), o.nextDue) }
         for (c, messages) in due {
             guard let l = link(c) else { continue }
             if !l.sendNow({ messages }) { l.send(.messages(messages)) }
