@@ -110,6 +110,57 @@ struct JournalCompactionTests {
         #expect(Set(try OutcomeJournal(directory: dir).pending.map(\.leaseID)).count == 11)
     }
 
+    /// Polls `condition` until it holds or 10 s pass.
+    func eventually(_ condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        return condition()
+    }
+
+    @Test("lines the coordinator acknowledges before their fsync falls due are never fsync'd; the sync thread then idles")
+    func acknowledgedLinesNeedNoFsync() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A long spacing: the acknowledgements below come well before the lines fall due.
+        let j = try OutcomeJournal(directory: dir, syncSpacing: .seconds(1))
+        try j.record(result("K1"))
+        try j.record(result("K2"))
+        j.acknowledge(leaseID: "K1")
+        j.acknowledge(leaseID: "K2")
+        // Once K1 falls due the sync thread finds both acknowledged: durable, and no fsync.
+        #expect(eventually { j.syncedLines == 2 })
+        #expect(j.batchSyncs == 0)
+        #expect(j.linesCoveredByAck == 2)
+        #expect(j.pending.isEmpty)
+    }
+
+    @Test("an unacknowledged line is fsync'd once it falls due, with every line written before it")
+    func unacknowledgedLineIsFsynced() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir, syncSpacing: .seconds(1))
+        try j.record(result("U1"))
+        j.acknowledge(leaseID: "U1")
+        try j.record(result("U2"))
+        try j.record(result("U3"))
+        j.acknowledge(leaseID: "U3")
+        // U2 stays unacknowledged: one fsync covers it (and U3 with it); U1 needed none.
+        #expect(eventually { j.syncedLines == 3 })
+        #expect(j.batchSyncs == 1)
+        #expect(j.linesCoveredByAck == 1)
+        #expect(j.pending.map(\.leaseID) == ["U2"])
+        // After it the thread idles again: a new line waits for its own deadline, acknowledged in time.
+        try j.record(result("U4"))
+        j.acknowledge(leaseID: "U4")
+        #expect(eventually { j.syncedLines == 4 })
+        #expect(j.batchSyncs == 1)
+        #expect(j.linesCoveredByAck == 2)
+        #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["U2"])
+    }
+
     @Test("a failed fsync is not retried on the same file: the unacknowledged results are rewritten to a new one")
     func failedFsyncRewrites() throws {
         let dir = directory()

@@ -8,12 +8,17 @@ import HatoSupport
 /// The node's local journal of results not yet acknowledged by the coordinator.
 ///
 /// **The guarantee.** A result is written to the journal (`write(2)`, so it survives a crash
-/// of the node process: the kernel holds the line) before it is reported, and fsync'd within
-/// about 20 ms (`syncSpacing` and up to two fsyncs) by the journal's sync thread, which
-/// nobody waits for; a journaled result is re-sent after any crash or reconnect until the coordinator
+/// of the node process: the kernel holds the line) before it is reported, and is durable
+/// within about 20 ms (`syncSpacing`; at most a quarter more when passes crowd): by then
+/// either the coordinator has acknowledged it (its `result_ack` promises the result is
+/// committed on the coordinator's own disk) or the journal's sync thread, which nobody
+/// waits for, has fsync'd its line. A line acknowledged before its fsync falls due is never
+/// fsync'd on its own account — it is no longer needed to recover anything (the fsync only
+/// ever protects results the coordinator may not have), so at load most lines cost no fsync.
+/// A journaled result is re-sent after any crash or reconnect until the coordinator
 /// acknowledges it; acknowledged entries are dropped at the next compaction; a torn last line
 /// is ignored because its result was never sent. A crash of the whole host (power, kernel)
-/// before that fsync can lose a result the coordinator did not commit either: its recipients
+/// within that window can lose a result the coordinator did not commit either: its recipients
 /// are then delivered again once the lease expires — a duplicate, never a loss. When results
 /// were sent only after their fsync, a host crash between the remote `250` and the fsync did
 /// the same; the window is now up to about 20 ms longer, and a result the coordinator
@@ -34,11 +39,13 @@ import HatoSupport
 /// leaves the old file whole (the temporary file is deleted at the next open); after it, the
 /// new file holds every unacknowledged result. The journal is also compacted when opened.
 ///
-/// **Group commit without waiters**: a delivery worker only appends its line and wakes the
-/// sync thread; every line written while an fsync runs (or in the 20 ms the thread
-/// leaves between two fsyncs, `syncSpacing`) is covered by the next one. Before,
+/// **Group commit without waiters**: a delivery worker only appends its line (and wakes the
+/// sync thread when it was idle); the thread sleeps until the oldest line neither fsync'd nor
+/// acknowledged is `syncSpacing` old, then fsyncs once for every line written so far. Before,
 /// each worker slept until its line's fsync was done — a sleep and a wake-up per message
-/// (bench/profile: a node's context switches per message 8.3 → 5.8, fsyncs 0.48 → 0.19).
+/// (bench/profile: a node's context switches per message 8.3 → 5.8, fsyncs 0.48 → 0.19); then
+/// each node fsync'd up to 50 times a second whatever its share of the traffic, which made a
+/// cluster's CPU per message grow with its node count (bench/README, issue 19).
 public final class OutcomeJournal: Sendable {
     private struct Line: Codable { var result: ResultMessage?; var ack: String? }
 
@@ -46,6 +53,16 @@ public final class OutcomeJournal: Sendable {
     private struct Entry: Sendable {
         var result: ResultMessage
         var line: [UInt8]
+        /// The line's number among the result lines written since the journal was opened
+        /// (1-based; 0 for a result read back at open, which the open's compaction fsync'd).
+        var seq = 0
+    }
+
+    /// A result line written and not yet known durable, with when it was written.
+    private struct UnsyncedLine: Sendable {
+        var seq: Int
+        var leaseID: String
+        var writtenAt: ContinuousClock.Instant
     }
 
     /// The file and what it holds; reached only under its lock.
@@ -64,6 +81,24 @@ public final class OutcomeJournal: Sendable {
         /// Whether a write failed part-way (the file may end without a line feed).
         var tornTail = false
         var compactions = 0
+        /// Result lines written and not yet known durable, oldest first, from `unsyncedHead`
+        /// (entries before it are done with; the array is trimmed when it empties).
+        var unsynced: [UnsyncedLine] = []
+        var unsyncedHead = 0
+        /// Every result line up to this number is durable (fsync'd, or in a compacted file).
+        var durableThrough = 0
+        /// Result lines acknowledged before their fsync fell due, so never fsync'd for themselves.
+        var coveredByAck = 0
+    }
+
+    /// What the sync thread does next (decided under the file lock).
+    private enum SyncPlan {
+        /// Nothing written is waiting: every line up to `through` is durable; wait until woken.
+        case idle(through: Int)
+        /// The oldest line that needs an fsync falls due at this instant.
+        case waitUntil(ContinuousClock.Instant)
+        /// A line is `syncSpacing` old and unacknowledged: fsync now.
+        case fsync
     }
 
     /// What the sync thread has done; reached only under its own lock, which it holds while it
@@ -79,6 +114,8 @@ public final class OutcomeJournal: Sendable {
         var rewriteNeeded = false
         /// Fsyncs still to be treated as failed (for tests).
         var failingFsyncs = 0
+        /// `waitUntilSynced` asks for an fsync of everything written, acknowledged or not.
+        var forceSync = false
     }
 
     /// The journal file's path.
@@ -102,11 +139,12 @@ public final class OutcomeJournal: Sendable {
     ///   - compactEvery: acknowledgements between compactions (default 1000).
     ///   - compactAboveBytes: file size in octets that triggers a compaction at the next
     ///     acknowledgement (default 8 MiB).
-    ///   - syncSpacing: the shortest time between two fsyncs of written lines (default 20 ms):
-    ///     a node fsyncs at most 50 times a second whatever its share of the traffic (with four
-    ///     nodes each fsyncing for two or three results, the fsyncs were most of what a node's
-    ///     CPU per message grew by), and a result is on disk at most this much later than it
-    ///     would be otherwise. Postfix does not fsync the end of a delivery at all.
+    ///   - syncSpacing: how long a written result line may wait for the coordinator's
+    ///     acknowledgement before it is fsync'd (default 20 ms). Lines written meanwhile share
+    ///     that fsync, so a node fsyncs at most about 50 times a second, and at load, where the
+    ///     acknowledgement comes first, hardly at all (with four nodes each fsyncing 50 times a
+    ///     second for two or three results, the fsyncs were most of what a node's CPU per
+    ///     message grew by). Postfix does not fsync the end of a delivery at all.
     /// - Throws: `JournalError` or a file system error when the directory or file cannot be
     ///   created, read or written.
     public init(directory: String, compactEvery: Int = 1000, compactAboveBytes: Int = 8 << 20,
@@ -137,18 +175,26 @@ public final class OutcomeJournal: Sendable {
         self.file = file
         let sync = self.sync
         let log = Logger(label: "node.journal")
-        let lastSync = Locked<ContinuousClock.Instant?>(nil)
         let (journalPath, journalDirectory) = (path, directory)
+        // Passes no closer than this when lines are acknowledged just before they fall due.
+        let minimumPause = syncSpacing / 4
         syncer = BackgroundLoop(name: "journal-sync") {
-            // At most one fsync per `syncSpacing`: lines written meanwhile share the next one.
-            if let last = lastSync.snapshot, file.withLock({ $0.written }) > sync.withLock({ $0.synced }) {
-                let pause = ContinuousClock.now.duration(to: last + syncSpacing)
-                if pause > .zero { Thread.sleep(forTimeInterval: pause.inSeconds) }
+            let (force, rewrite) = sync.withLock { ($0.forceSync, $0.rewriteNeeded) }
+            if !force && !rewrite {
+                let now = ContinuousClock.now
+                switch file.withLock({ OutcomeJournal.plan(&$0, now: now, spacing: syncSpacing) }) {
+                case .idle(let through):
+                    sync.withLockAndBroadcast { $0.synced = max($0.synced, through) }
+                    return .seconds(60)
+                case .waitUntil(let due):
+                    return max(now.duration(to: due), minimumPause)
+                case .fsync:
+                    break
+                }
             }
             switch OutcomeJournal.syncWritten(file, sync, path: journalPath, directory: journalDirectory, log: log) {
-            case .nothing: return .seconds(60)
-            case .synced: lastSync.withLock { $0 = .now }; return .seconds(60)
-            case .failed: lastSync.withLock { $0 = .now }; return .milliseconds(100)
+            case .nothing, .synced: return .zero  // the next pass plans from what is left
+            case .failed: return .milliseconds(100)
             }
         }
         syncer.start()
@@ -173,10 +219,15 @@ public final class OutcomeJournal: Sendable {
     /// fsyncs done for written result lines since the journal was opened.
     var batchSyncs: Int { sync.withLock { $0.batchSyncs } }
 
+    /// Result lines the coordinator acknowledged before their fsync fell due (never fsync'd
+    /// for themselves) since the journal was opened.
+    var linesCoveredByAck: Int { file.withLock { $0.coveredByAck } }
+
     /// Result lines written so far (for tests).
     var writtenLines: Int { file.withLock { $0.written } }
 
-    /// Result lines known fsync'd (for tests; waits while `holdingSync` holds the sync back).
+    /// Result lines known durable, fsync'd or acknowledged (for tests; waits while
+    /// `holdingSync` holds the sync back).
     var syncedLines: Int { sync.withLock { $0.synced } }
 
     /// Makes the next `count` fsyncs of written lines count as failed (for tests).
@@ -186,18 +237,20 @@ public final class OutcomeJournal: Sendable {
     /// unsynced (for tests).
     func holdingSync<R>(_ body: () throws -> R) rethrows -> R { try sync.withLock { _ in try body() } }
 
-    /// Waits (up to `timeout`) until every result line written so far is fsync'd.
+    /// Waits (up to `timeout`) until every result line written so far is fsync'd, acknowledged
+    /// or not (the sync thread fsyncs at once instead of waiting for acknowledgements).
     /// - Returns: whether they are.
     @discardableResult
     public func waitUntilSynced(timeout: Duration = .seconds(10)) -> Bool {
         let target = file.withLock { $0.written }
+        sync.withLock { $0.forceSync = true }
         syncer.wake()
         return sync.wait(until: .now + timeout, for: { $0.synced >= target }) { _, ok in ok }
     }
 
     /// Records a result before it is sent: its line is written to the file (it then survives a
-    /// crash of this process) and the sync thread is woken to fsync it; this does not wait for
-    /// the fsync (see the type's doc).
+    /// crash of this process) and the sync thread, when idle, is woken to see it made durable;
+    /// this does not wait for the fsync (see the type's doc).
     /// - Throws: `JournalError` (or an encoding error) when the line cannot be written; the
     ///   result must then not be sent as if journaled.
     public func record(_ result: ResultMessage) throws {
@@ -209,8 +262,8 @@ public final class OutcomeJournal: Sendable {
         line.append(contentsOf: #"{"result":"#.utf8)
         line.append(contentsOf: object)
         line.append(contentsOf: [0x7D, 0x0A])
-        let entry = Entry(result: result, line: line)
-        try file.withLock { s in
+        var entry = Entry(result: result, line: line)
+        let wasIdle = try file.withLock { s -> Bool in
             // After a failed write the file may end in a partial line: start on a new one.
             let bytes = s.tornTail ? [0x0A] + line : line
             s.tornTail = true
@@ -218,12 +271,34 @@ public final class OutcomeJournal: Sendable {
             s.tornTail = false
             s.size += bytes.count
             s.written += 1
+            entry.seq = s.written
             let id = result.leaseID
             if let old = s.pending[id] { s.pendingBytes -= old.line.count } else { s.order.append(id) }
             s.pending[id] = entry
             s.pendingBytes += line.count
+            // The sync thread waits for the oldest waiting line: only a first one needs it woken.
+            let idle = s.unsyncedHead == s.unsynced.count
+            s.unsynced.append(UnsyncedLine(seq: s.written, leaseID: id, writtenAt: .now))
+            return idle
         }
-        syncer.wake()
+        if wasIdle { syncer.wake() }
+    }
+
+    /// The sync thread's next step: lines already durable (fsync'd, compacted, or acknowledged
+    /// — their entry is gone or replaced by a later line) are dropped from the front of the
+    /// waiting lines; the first that is left decides.
+    private static func plan(_ s: inout FileState, now: ContinuousClock.Instant, spacing: Duration) -> SyncPlan {
+        while s.unsyncedHead < s.unsynced.count {
+            let u = s.unsynced[s.unsyncedHead]
+            if u.seq > s.durableThrough, s.pending[u.leaseID]?.seq == u.seq {
+                return u.writtenAt + spacing <= now ? .fsync : .waitUntil(u.writtenAt + spacing)
+            }
+            if u.seq > s.durableThrough { s.coveredByAck += 1 }
+            s.unsyncedHead += 1
+        }
+        s.unsynced.removeAll(keepingCapacity: true)
+        s.unsyncedHead = 0
+        return .idle(through: s.written)
     }
 
     /// What a pass of the sync thread did.
@@ -240,14 +315,21 @@ public final class OutcomeJournal: Sendable {
     private static func syncWritten(_ file: Locked<FileState>, _ sync: LockedCondition<SyncState>, path: String, directory: String,
                                     log: Logger) -> SyncOutcome {
         sync.withLockAndBroadcast { st in
+            st.forceSync = false
             let (handle, target) = file.withLock { ($0.file, $0.written) }
-            guard target > st.synced || st.rewriteNeeded, let handle else { return .nothing }
+            guard target > st.synced || st.rewriteNeeded, let handle else {
+                // Already durable (fsync'd or acknowledged): the plan is told, so it moves on.
+                let synced = st.synced
+                file.withLock { $0.durableThrough = max($0.durableThrough, synced) }
+                return .nothing
+            }
             if !st.rewriteNeeded {
                 let failing = st.failingFsyncs > 0
                 if failing { st.failingFsyncs -= 1 }
                 if fsync(handle.fd) == 0 && !failing {
                     st.synced = target
                     st.batchSyncs += 1
+                    file.withLock { $0.durableThrough = max($0.durableThrough, target) }
                     return .synced
                 }
                 let code = errno
@@ -325,8 +407,10 @@ public final class OutcomeJournal: Sendable {
         s.acksSinceCompaction = 0
         s.tornTail = false
         // The rename is durable only once the directory is: until then a crash may bring
-        // back the old file, which still holds every unacknowledged result.
+        // back the old file, which still holds every unacknowledged result. After it, every
+        // line written so far that still matters is in the new file, fsync'd.
         try fsyncDirectory(directory)
+        s.durableThrough = s.written
     }
 
     private static func fsyncDirectory(_ directory: String) throws {
