@@ -23,12 +23,14 @@ public struct PostgreSQLMigration: Sendable {
 /// Applied versions are recorded in `schema_migrations(version, applied_at)`, created on first
 /// use in the connection's current schema. Each pending migration runs in its own transaction
 /// together with the row that records it, so a failure leaves it unapplied and the ones before
-/// it applied. Every transaction first takes the transaction-scoped advisory lock `lockKey`
-/// (`pg_advisory_xact_lock`): coordinators starting at once apply each migration exactly once,
-/// the later ones waiting (up to their statement timeout) and then finding it done. Running it
+/// it applied. Every transaction first takes a transaction-scoped advisory lock
+/// (`pg_advisory_xact_lock`) whose key is the current schema's name hashed with `lockKey`:
+/// coordinators of one cluster starting at once apply each migration exactly once, the later
+/// ones waiting (up to their statement timeout) and then finding it done; clusters in other
+/// schemas of the same database do not wait for each other. Running it
 /// at every start is cheap when the schema is current: one transaction and one query.
 public struct PostgreSQLMigrations: Sendable {
-    /// The advisory lock key that serializes migration runs on one database ("HatoMigr").
+    /// The seed of the advisory lock key that serializes migration runs on one schema ("HatoMigr").
     public static let lockKey: Int64 = 0x4861_746F_4D69_6772
 
     /// The migrations, in ascending version order.
@@ -97,7 +99,13 @@ public struct PostgreSQLMigrations: Sendable {
         return try connection.query("SELECT version FROM schema_migrations ORDER BY version").map { try $0.int(0) }
     }
 
-    private static func lock(_ connection: PostgreSQLConnection) throws {
-        try connection.query("SELECT pg_advisory_xact_lock($1)", [.int(lockKey)])
+    /// Takes the migrations' advisory lock of the connection's current schema until the end of
+    /// the transaction it runs in: one key per schema (`hashtextextended`, PostgreSQL 11 and
+    /// later), so that schemas migrate side by side; a hash collision only makes two of them
+    /// wait for each other. (`current_schema()` is null when no schema of the search path
+    /// exists: the empty name then, never a null key, which would take no lock.)
+    /// - Throws: `PostgreSQLError` (the statement timeout when another holder outlasts it).
+    static func lock(_ connection: PostgreSQLConnection) throws {
+        try connection.query("SELECT pg_advisory_xact_lock(hashtextextended(coalesce(current_schema(), ''), $1))", [.int(lockKey)])
     }
 }

@@ -18,7 +18,7 @@ extension PostgreSQLQueueStore {
     public func installReportingSchema() throws {
         guard !reportingInstalled.snapshot else { return }
         try pool.transaction { c in
-            try c.query("SELECT pg_advisory_xact_lock($1)", [.int(PostgreSQLMigrations.lockKey)])
+            try PostgreSQLMigrations.lock(c)
             try c.execute("""
                 DROP TRIGGER IF EXISTS hato_event_received ON messages;
                 CREATE TRIGGER hato_event_received AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION hato_event_received();
