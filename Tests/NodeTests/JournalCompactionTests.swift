@@ -161,6 +161,24 @@ struct JournalCompactionTests {
         #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["U2"])
     }
 
+    @Test("under steady traffic the sync thread's list of waiting lines stays bounded (it never empties)")
+    func waitingListBounded() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The steady state at load: every line is acknowledged well before it falls due, so no
+        // fsync empties the list, and there is always a recent line still waiting for its ack.
+        let j = try OutcomeJournal(directory: dir, compactEvery: 1_000_000, compactAboveBytes: 1 << 30, syncSpacing: .milliseconds(50))
+        var largest = 0
+        for i in 0..<20_000 {
+            try j.record(result("W\(i)"))
+            if i >= 3 { j.acknowledge(leaseID: "W\(i - 3)") }
+            largest = max(largest, j.waitingLines)
+        }
+        #expect(largest <= 10_000)  // without trimming: all 20 000
+        #expect(j.waitUntilSynced())
+        #expect(j.syncedLines == 20_000)
+    }
+
     @Test("a failed fsync is not retried on the same file: the unacknowledged results are rewritten to a new one")
     func failedFsyncRewrites() throws {
         let dir = directory()

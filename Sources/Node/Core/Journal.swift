@@ -82,7 +82,7 @@ public final class OutcomeJournal: Sendable {
         var tornTail = false
         var compactions = 0
         /// Result lines written and not yet known durable, oldest first, from `unsyncedHead`
-        /// (entries before it are done with; the array is trimmed when it empties).
+        /// (entries before it are done with; trimmed when it empties or they are most of it).
         var unsynced: [UnsyncedLine] = []
         var unsyncedHead = 0
         /// Every result line up to this number is durable (fsync'd, or in a compacted file).
@@ -219,6 +219,9 @@ public final class OutcomeJournal: Sendable {
     /// fsyncs done for written result lines since the journal was opened.
     var batchSyncs: Int { sync.withLock { $0.batchSyncs } }
 
+    /// Result lines the sync thread still keeps in its waiting list (for tests).
+    var waitingLines: Int { file.withLock { $0.unsynced.count } }
+
     /// Result lines the coordinator acknowledged before their fsync fell due (never fsync'd
     /// for themselves) since the journal was opened.
     var linesCoveredByAck: Int { file.withLock { $0.coveredByAck } }
@@ -291,6 +294,12 @@ public final class OutcomeJournal: Sendable {
         while s.unsyncedHead < s.unsynced.count {
             let u = s.unsynced[s.unsyncedHead]
             if u.seq > s.durableThrough, s.pending[u.leaseID]?.seq == u.seq {
+                // Under steady traffic the list never empties: what lies before the head goes
+                // once it is most of the array (bounded memory, amortized O(1) per line).
+                if s.unsyncedHead >= 1024 && s.unsyncedHead * 2 >= s.unsynced.count {
+                    s.unsynced.removeFirst(s.unsyncedHead)
+                    s.unsyncedHead = 0
+                }
                 return u.writtenAt + spacing <= now ? .fsync : .waitUntil(u.writtenAt + spacing)
             }
             if u.seq > s.durableThrough { s.coveredByAck += 1 }
