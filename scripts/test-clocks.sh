@@ -7,6 +7,7 @@
 #   bash scripts/test-clocks.sh --unit     # every scenario, unit-test targets only (seconds each)
 #   bash scripts/test-clocks.sh --filter X # passes --filter X to the test binary
 #   HATO_CLOCK_JOBS=1 bash scripts/test-clocks.sh --unit   # one scenario at a time (default 3)
+#   bash scripts/test-clocks.sh --unit --no-build          # what scripts/test.sh runs (built already)
 #
 # The clock is shifted by an offset (faketime -f "+Ns"), not set to a fixed start, so that
 # every process the tests start (coordinator, nodes, Python peers) sees the same time and
@@ -14,14 +15,19 @@
 # new year while it runs. Monotonic clocks are shifted by the same offset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-test-deps.sh
-command -v faketime >/dev/null || { echo "faketime missing"; exit 1; }
-
 filter=()
-case "${1:-}" in
-  --unit) filter=(--filter '^(SharedTests|CoordinatorTests|NodeTests)\.') ;;
-  --filter) filter=(--filter "$2") ;;
-esac
+build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --unit) filter=(--filter '^(SharedTests|CoordinatorTests|NodeTests)\.') ;;
+    --filter) filter=(--filter "$2"); shift ;;
+    --no-build) build=0 ;;  # scripts/test.sh installed and built already (and may be building release now)
+    *) echo "test-clocks.sh: unknown argument $1"; exit 2 ;;
+  esac
+  shift
+done
+[ $build = 1 ] && bash scripts/install-test-deps.sh
+command -v faketime >/dev/null || { echo "faketime missing"; exit 1; }
 
 # instant (UTC) | TZ | LANG | why
 scenarios=(
@@ -34,10 +40,14 @@ scenarios=(
   "2028-02-29 12:00:00|America/Los_Angeles|ja_JP.UTF-8|a leap day, a negative UTC offset, a Japanese locale"
 )
 
-echo "== build"
-swift build --build-tests -Xswiftc -warnings-as-errors 2>&1 | grep -E "error|warning:" || true
-# The test binary itself (two `swift test` at once would wait for each other's lock on .build).
-tests_bin=$(ls -d "$(swift build --show-bin-path)"/*PackageTests.xctest | head -1)
+if [ $build = 1 ]; then
+  echo "== build"
+  swift build --build-tests -Xswiftc -warnings-as-errors 2>&1 | grep -E "error|warning:" || true
+fi
+# The test binary itself (two `swift test` at once would wait for each other's lock on .build,
+# as would `swift build --show-bin-path` while a release build runs).
+tests_bin=$(ls -d .build/debug/*PackageTests.xctest | head -1)
+[ -x "$tests_bin" ] || { echo "no test binary in .build/debug"; exit 1; }
 # Scenarios run side by side (HATO_CLOCK_JOBS at once, default 3): the unit tests mostly wait
 # (sockets, PostgreSQL, timers) on a test runner as wide as the cores, so one run at a time
 # left the machine half idle: 7 × ~70 s in a row on 2 cores.
