@@ -116,7 +116,7 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
 $sync_settings
-max_connections = 50
+max_connections = 200
 log_min_messages = warning
 EOF
     if as_server_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null 2>&1; then
