@@ -8,6 +8,17 @@ import Testing
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite, postgresql
     var testDescription: String { rawValue }
+
+    /// Both kinds, or only those named in `HATO_TEST_STORES` (comma-separated, e.g. `sqlite`).
+    /// scripts/test-clocks.sh names only SQLite: under faketime only the test process's clock
+    /// is shifted, never the PostgreSQL server's, so a PostgreSQL case there would run against
+    /// two clocks at once — a deployment that cannot exist — and it would cost most of each
+    /// scenario's time.
+    static var allCases: [StoreKind] {
+        guard let names = ProcessInfo.processInfo.environment["HATO_TEST_STORES"], !names.isEmpty else { return [.sqlite, .postgresql] }
+        let wanted = Set(names.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        return [.sqlite, .postgresql].filter { wanted.contains($0.rawValue) }
+    }
 }
 
 /// The place one test's queue lives: a temporary directory (SQLite) or a fresh schema on the
