@@ -161,6 +161,19 @@ struct JournalCompactionTests {
         #expect(try OutcomeJournal(directory: dir).pending.map(\.leaseID) == ["U2"])
     }
 
+    @Test("a lease recorded twice before its ack: the first line's deadline covers both; neither counts as acknowledged")
+    func recordedTwice() throws {
+        let dir = directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try OutcomeJournal(directory: dir, syncSpacing: .milliseconds(300))
+        try j.record(result("R1"))
+        try j.record(result("R1"))
+        #expect(eventually { j.syncedLines == 2 })
+        #expect(j.batchSyncs == 1)
+        #expect(j.linesCoveredByAck == 0)
+        #expect(j.pending.map(\.leaseID) == ["R1"])
+    }
+
     @Test("under steady traffic the sync thread's list of waiting lines stays bounded (it never empties)")
     func waitingListBounded() throws {
         let dir = directory()

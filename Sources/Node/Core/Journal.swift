@@ -240,8 +240,9 @@ public final class OutcomeJournal: Sendable {
     /// unsynced (for tests).
     func holdingSync<R>(_ body: () throws -> R) rethrows -> R { try sync.withLock { _ in try body() } }
 
-    /// Waits (up to `timeout`) until every result line written so far is fsync'd, acknowledged
-    /// or not (the sync thread fsyncs at once instead of waiting for acknowledgements).
+    /// Waits (up to `timeout`) until every result line written so far is durable: the sync
+    /// thread fsyncs at once instead of waiting for acknowledgements (a pass already under way
+    /// may count lines acknowledged meanwhile as durable without it).
     /// - Returns: whether they are.
     @discardableResult
     public func waitUntilSynced(timeout: Duration = .seconds(10)) -> Bool {
@@ -288,12 +289,14 @@ public final class OutcomeJournal: Sendable {
     }
 
     /// The sync thread's next step: lines already durable (fsync'd, compacted, or acknowledged
-    /// — their entry is gone or replaced by a later line) are dropped from the front of the
-    /// waiting lines; the first that is left decides.
+    /// — their lease's entry is gone) are dropped from the front of the waiting lines; the
+    /// first that is left decides.
     private static func plan(_ s: inout FileState, now: ContinuousClock.Instant, spacing: Duration) -> SyncPlan {
         while s.unsyncedHead < s.unsynced.count {
             let u = s.unsynced[s.unsyncedHead]
-            if u.seq > s.durableThrough, s.pending[u.leaseID]?.seq == u.seq {
+            // A line whose lease is still unacknowledged keeps its deadline even when a later
+            // line of the same lease replaced its entry: the earlier deadline covers both.
+            if u.seq > s.durableThrough, s.pending[u.leaseID] != nil {
                 // Under steady traffic the list never empties: what lies before the head goes
                 // once it is most of the array (bounded memory, amortized O(1) per line).
                 if s.unsyncedHead >= 1024 && s.unsyncedHead * 2 >= s.unsynced.count {
