@@ -53,9 +53,6 @@ public final class OutcomeJournal: Sendable {
     private struct Entry: Sendable {
         var result: ResultMessage
         var line: [UInt8]
-        /// The line's number among the result lines written since the journal was opened
-        /// (1-based; 0 for a result read back at open, which the open's compaction fsync'd).
-        var seq = 0
     }
 
     /// A result line written and not yet known durable, with when it was written.
@@ -266,7 +263,7 @@ public final class OutcomeJournal: Sendable {
         line.append(contentsOf: #"{"result":"#.utf8)
         line.append(contentsOf: object)
         line.append(contentsOf: [0x7D, 0x0A])
-        var entry = Entry(result: result, line: line)
+        let entry = Entry(result: result, line: line)
         let wasIdle = try file.withLock { s -> Bool in
             // After a failed write the file may end in a partial line: start on a new one.
             let bytes = s.tornTail ? [0x0A] + line : line
@@ -275,7 +272,6 @@ public final class OutcomeJournal: Sendable {
             s.tornTail = false
             s.size += bytes.count
             s.written += 1
-            entry.seq = s.written
             let id = result.leaseID
             if let old = s.pending[id] { s.pendingBytes -= old.line.count } else { s.order.append(id) }
             s.pending[id] = entry
