@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """CPU samples of one process kind split by activity (bench/profile, issue 19).
 
-Usage: perfattrib.py PERF_DATA COMM
+Usage: perfattrib.py PERF_DATA KIND PIDS
 
 Reads `perf script` of a `perf record --call-graph dwarf` file and gives each sample of the
-processes named COMM (perf's 15-character comm: hato-coordinato, hato-node) the first activity
-of the list below whose pattern matches any frame of its call chain (Swift symbols are mangled;
-the patterns match the type and method names inside them). A sample whose chain matches none
-(a kernel-only chain, or a chain cut short: dwarf unwinding copies 16 KiB of stack) is "other".
+processes PIDS (comma-separated) the first activity of KIND's list below (hato-coordinato,
+hato-node) whose pattern matches any frame of its call chain (Swift symbols are mangled; the
+patterns match the type and method names inside them). A sample whose chain matches none (a
+kernel-only chain, or a chain cut short: dwarf unwinding copies 16 KiB of stack) is "other".
+Then the same samples by thread name (threads are named in the kernel: docs/threads.md).
+Processes are chosen by PID, not by name: each thread's name is its own.
 """
 import collections
 import re
@@ -36,22 +38,28 @@ ACTIVITIES = {
 
 
 def main():
-    data, comm = sys.argv[1], sys.argv[2]
-    activities = [(re.compile(p), name) for name, p in ACTIVITIES.get(comm, [])]
-    out = subprocess.run(["perf", "script", "-i", data, "--comm", comm, "-F", "ip,sym"],
+    data, kind, pids = sys.argv[1], sys.argv[2], sys.argv[3]
+    activities = [(re.compile(p), name) for name, p in ACTIVITIES.get(kind, [])]
+    out = subprocess.run(["perf", "script", "-i", data, "--pid", pids, "-F", "comm,tid,ip,sym"],
                          capture_output=True, text=True).stdout
     counts = collections.Counter()
+    threads = collections.Counter()
     total = 0
     for block in out.split("\n\n"):
-        frames = [line.strip() for line in block.strip().split("\n") if line.strip()]
-        if not frames:
+        lines = [line for line in block.strip().split("\n") if line.strip()]
+        if not lines:
             continue
+        # The first line is "COMM TID" (the name may hold spaces), then one frame per line.
+        thread = re.sub(r"[ _-]?[0-9.]+$", "", lines[0].strip().rsplit(None, 1)[0]) or "?"
+        frames = [line.strip() for line in lines[1:]]
         total += 1
         name = next((n for rx, n in activities if any(rx.search(f) for f in frames)), "other")
         counts[name] += 1
+        threads[thread] += 1
     for name, n in counts.most_common():
         print("  %5.1f%%  %s" % (100.0 * n / max(total, 1), name))
     print("  (%d samples)" % total)
+    print("  by thread:", ", ".join("%s %.1f%%" % (t, 100.0 * n / max(total, 1)) for t, n in threads.most_common()))
 
 
 if __name__ == "__main__":

@@ -178,9 +178,7 @@ final class SimNodeFleet: Sendable {
     /// Starts every node's thread and the heartbeat loop.
     func start() {
         for n in nodes {
-            let t = Thread { n.run() }
-            t.name = "hato-simnode-\(n.nodeID)"
-            t.start()
+            Thread.startNamed("sim \(n.nodeID)") { n.run() }
         }
         heartbeat.start()
     }

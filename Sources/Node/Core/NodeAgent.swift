@@ -260,7 +260,7 @@ public final class NodeAgent: Sendable {
 
     /// Answers `config_changed` on a thread of its own (the reader keeps reading meanwhile).
     private func configChanged(_ m: ConfigChangedMessage, on conn: ClusterConnection) {
-        let thread = Thread { [self] in
+        Thread.startNamed("hato-node-reload") { [self] in
             let o = reload()
             var errors = o.errors
             if o.applied && o.digest != m.digest {
@@ -269,8 +269,6 @@ public final class NodeAgent: Sendable {
             try? conn.send(.configApplied(ConfigAppliedMessage(generation: m.generation, applied: o.applied, digest: o.digest, live: o.live,
                                                                restartRequired: o.restartRequired, errors: errors)))
         }
-        thread.name = "hato-node-reload"
-        thread.start()
     }
 
     /// Configured sending IPs this node may own and this host can bind (bind test on port 0).
@@ -534,9 +532,7 @@ public final class NodeAgent: Sendable {
             let general = config.priority.usable(perIP, by: .bulk)
             for index in 0..<perIP {
                 let takingBulk = index < general
-                let thread = Thread { [self] in worker(q, ip: ip.address, takingBulk: takingBulk) }
-                thread.name = "hato-node-delivery-\(ip.address)"
-                thread.start()
+                Thread.startNamed("delivery \(ip.address)") { [self] in worker(q, ip: ip.address, takingBulk: takingBulk) }
             }
         }
     }

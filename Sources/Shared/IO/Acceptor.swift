@@ -135,9 +135,7 @@ public final class Acceptor: Sendable {
     public func start() {
         let first = state.withLock { s -> Bool in defer { s.started = true }; return !s.started && !s.stopping }
         guard first else { return }
-        let thread = Thread { [self] in run() }
-        thread.name = "\(configuration.name)-accept"
-        thread.start()
+        Thread.startNamed("\(configuration.name)-accept") { [self] in run() }
     }
 
     /// Stops accepting: the listener is shut down (new connections are refused by the kernel)

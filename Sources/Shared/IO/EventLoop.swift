@@ -109,10 +109,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Starts the loop's thread (once).
     public func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        thread.start()
+        Thread.startNamed(name, stackSize: 1 << 20) { [self] in run() }
     }
 
     /// Ends the loop after the tasks queued so far (any thread, the loop's too; returns at

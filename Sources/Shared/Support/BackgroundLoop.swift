@@ -42,9 +42,7 @@ public final class BackgroundLoop: Sendable {
     public func start() {
         let first = state.withLock { s -> Bool in defer { s.started = true }; return !s.started }
         guard first else { return }
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.start()
+        Thread.startNamed(name) { [self] in run() }
     }
 
     /// Asks for a pass as soon as the current one (if any) ends.

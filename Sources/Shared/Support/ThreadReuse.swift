@@ -43,15 +43,13 @@ public final class ThreadReuse: Sendable {
             return true
         }
         if handed { return }
-        let thread = Thread { [self] in
+        Thread.startNamed(name) { [self] in
             var next: (@Sendable () -> Void)? = job
             while let current = next {
                 current()
                 next = waitForJob()
             }
         }
-        thread.name = name
-        thread.start()
     }
 
     /// Waits up to `idleTime` for a job; nil when none came (or enough threads wait already).

@@ -242,9 +242,7 @@ public final class ClusterHub: Sendable {
         acceptor.withLock { $0 = listener }
         log.info("cluster listener ready", ["listen": listener.address.description])
         resultWriter.start()
-        let owner = Thread { [self, scheduler] in schedulerLoop(scheduler) }
-        owner.name = "scheduler"
-        owner.start()
+        Thread.startNamed("scheduler") { [self, scheduler] in schedulerLoop(scheduler) }
         listener.start()
     }
 

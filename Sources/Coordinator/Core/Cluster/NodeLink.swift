@@ -68,9 +68,7 @@ final class NodeLink: Sendable {
 
     /// Starts the writer thread.
     func start() {
-        let thread = Thread { [self] in writeLoop() }
-        thread.name = "cluster-writer-\(nodeID)"
-        thread.start()
+        Thread.startNamed("writer \(nodeID)") { [self] in writeLoop() }
     }
 
     /// Queues `item` (dropped when the link is closing).

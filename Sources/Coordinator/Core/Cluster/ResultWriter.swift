@@ -48,9 +48,7 @@ final class ResultWriter: Sendable {
 
     /// Starts the writer thread.
     func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "result-writer"
-        thread.start()
+        Thread.startNamed("result-writer") { [self] in run() }
     }
 
     /// Stops after the batch being written.

@@ -376,9 +376,7 @@ final class SubmissionCommitter: Sendable {
     init(server: SubmissionServer, store: any QueueStore) {
         self.server = server
         self.store = store
-        let thread = Thread { [self] in run() }
-        thread.name = "smtp-commit"
-        thread.start()
+        Thread.startNamed("smtp-commit") { [self] in run() }
     }
 
     /// Queues a message (any thread).

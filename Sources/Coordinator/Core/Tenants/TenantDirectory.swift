@@ -67,12 +67,10 @@ public final class TenantDirectory: Sendable {
         guard loaded else { return reload(now: now).snapshot }
         let start = refreshing.withLock { r -> Bool in defer { r = true }; return !r }
         if start {
-            let thread = Thread { [self] in
+            Thread.startNamed("tenant-tables") { [self] in
                 _ = reload(now: .now)
                 refreshing.withLock { $0 = false }
             }
-            thread.name = "tenant-tables"
-            thread.start()
         }
         return snapshot.snapshot
     }
