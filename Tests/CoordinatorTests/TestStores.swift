@@ -15,9 +15,10 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// two clocks at once — a deployment that cannot exist — and it would cost most of each
     /// scenario's time.
     static var allCases: [StoreKind] {
-        guard let names = ProcessInfo.processInfo.environment["HATO_TEST_STORES"], !names.isEmpty else { return [.sqlite, .postgresql] }
+        let all: [StoreKind] = [.sqlite, .postgresql]
+        guard let names = ProcessInfo.processInfo.environment["HATO_TEST_STORES"], !names.isEmpty else { return all }
         let wanted = Set(names.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
-        return [.sqlite, .postgresql].filter { wanted.contains($0.rawValue) }
+        return all.filter { wanted.contains($0.rawValue) }
     }
 }
 

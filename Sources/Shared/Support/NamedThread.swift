@@ -31,13 +31,12 @@ extension Thread {
     /// Sets the calling thread's kernel name to the first 15 octets of `name` (cut at a
     /// character boundary); errors are ignored (the name is for people reading `top -H`).
     /// Linux only; elsewhere nothing is done.
-    public static func setKernelName(_ name: String) {
+    static func setKernelName(_ name: String) {
         #if os(Linux)
         var octets: [UInt8] = []
         for scalar in name.unicodeScalars {
-            let encoded = Array(String(scalar).utf8)
-            guard octets.count + encoded.count <= 15 else { break }
-            octets += encoded
+            guard octets.count + scalar.utf8.count <= 15 else { break }
+            octets += scalar.utf8
         }
         // /proc/thread-self/comm (Linux 3.17): pthread_setname_np and prctl(PR_SET_NAME) do not
         // reach Swift through Glibc (a _GNU_SOURCE function; a variadic one).
@@ -49,7 +48,7 @@ extension Thread {
     }
 
     /// The calling thread's kernel name (what `setKernelName` set, or the process's name).
-    public static var kernelName: String {
+    static var kernelName: String {
         #if os(Linux)
         let fd = open("/proc/thread-self/comm", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return "" }
