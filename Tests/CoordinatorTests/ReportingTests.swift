@@ -181,6 +181,45 @@ struct ReportingTests {
         #expect(json.contains("\"address_family\":\"ipv6\"") && json.contains("\"connect_failed\":true"))
     }
 
+    @Test("the result writer hands a result's session details to reporting before its transaction: a reporter pass between the commit and `applied` logs TLS and timings", arguments: StoreKind.allCases)
+    func detailsBeforeCommit(kind: StoreKind) throws {
+        let f = try ReportingFixture(kind: kind)
+        defer { f.cleanup() }
+        try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
+        try f.report()
+        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 100)
+        let lease = LeaseRecord(id: "L-d", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1",
+                                domain: "hato.test", recipientIDs: due.map(\.id), grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
+        _ = try f.store.recordLeases([lease])
+        var outcome = RecipientResult(recipientID: due[0].id, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "no such user"))
+        outcome.mxHost = "mx.hato.test"
+        outcome.timings = DeliveryTimings(resolve: 0.001, connect: 0.002, setup: 0.003, transaction: 0.004)
+        let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: "mx.hato.test", remoteAddress: "127.0.0.1",
+                                   outcomes: [outcome], finishedAt: f.clock.now().timeIntervalSince1970)
+        final class Seen: @unchecked Sendable { let lock = NSLock(); var eventsBefore = -1; var linesAtApplied: [DeliveryLogRecord] = [] }
+        let seen = Seen()
+        let store = f.store, service = f.service
+        let writer = ResultWriter(store: store, retryPolicy: { f.retry }, clock: f.clock, log: Logger(label: "test"), willApply: { batch in
+            // What the hub's preview does; nothing of the batch is readable yet.
+            let failed = (try? store.pendingEvents(limit: 100))?.filter { $0.kind == .failed }.count ?? -1
+            seen.lock.withLock { seen.eventsBefore = failed }
+            for item in batch { service.noteDetails(item.result) }
+        }) { _, _ in
+            // The reporter thread wins the race against the hub's after-commit observer.
+            try? f.report()
+            seen.lock.withLock { seen.linesAtApplied = f.logLines() }
+        }
+        writer.start()
+        defer { writer.stop() }
+        writer.enqueue(ResultWriter.Item(result: result, node: "node-a", connection: ConnectionID(1)))
+        writer.flush(timeout: .seconds(30))
+        let (before, lines) = seen.lock.withLock { (seen.eventsBefore, seen.linesAtApplied) }
+        #expect(before == 0, "the preview runs before the transaction")
+        let failed = try #require(lines.first { $0.event == "failed" })
+        #expect(failed.tls == false)
+        #expect(failed.timings == outcome.timings)
+    }
+
     @Test("a message from <> never gets a DSN, even when it fails", arguments: StoreKind.allCases)
     func nullSenderNoDSN(kind: StoreKind) throws {
         let f = try ReportingFixture(kind: kind)

@@ -98,6 +98,7 @@ public final class CoordinatorService: Sendable {
                                              tenants: tenants)
         self.reporting = reporting
         reputation.registerMetrics(reporting.metrics.registry)
+        hub.setResultPreview { reporting.noteDetails($0) }
         hub.setResultObserver { reporting.noteResult($0) }
         // Complaints (any coordinator may take a report in; the leader reports each once) count in
         // the (IP, provider key) reputation signals that `reputation.rules` read (issue 18).

@@ -99,6 +99,7 @@ public final class ClusterHub: Sendable {
     private let initial: Locked<Scheduler?>
     private let acceptor = Locked<Acceptor?>(nil)
     private let resultObserver = Locked<Callback<ResultMessage, Void>?>(nil)
+    private let resultPreviewObserver = Locked<Callback<ResultMessage, Void>?>(nil)
     private let resultWriter: ResultWriter
     private let schedulerStopped = LockedCondition(false)
     /// No lease before this time (`start(leaseHoldUntil:)`), for a scheduler made later on election.
@@ -179,11 +180,19 @@ public final class ClusterHub: Sendable {
         self.published = published
         let inbox = self.inbox
         let observer = self.resultObserver
+        let previewObserver = self.resultPreviewObserver
         let log = self.log
         resultWriter = ResultWriter(store: store, retryPolicy: {
             let c = published.withLock { $0.config }
             return RetryPolicy(schedule: c.retry.schedule, maxAge: c.retry.maxAge)
-        }, clock: clock, log: log) { batch, apps in
+        }, clock: clock, log: log, willApply: { batch in
+            // Before the transaction: the reporter may read the batch's events the moment they
+            // are committed, and their log lines carry these details (TLS, timings). A batch
+            // that then fails is re-sent by its nodes, and noted again (found by a red CI: the
+            // log line of a 550 without its `tls` and `timings`).
+            guard let preview = previewObserver.snapshot else { return }
+            for item in batch { preview(item.result) }
+        }) { batch, apps in
             let notify = observer.snapshot
             for (item, app) in zip(batch, apps) {
                 notify?(item.result)
@@ -217,10 +226,18 @@ public final class ClusterHub: Sendable {
         return scheduler
     }
 
-    /// Sets what is called with every node result once it is committed (reporting keeps its TLS
-    /// and timing details). Call before `start()`.
+    /// Sets what is called with every node result once it is committed and synced (reporting
+    /// counts its TLS reports and wakes). Call before `start()`.
     public func setResultObserver(_ observer: @escaping @Sendable (ResultMessage) -> Void) {
         resultObserver.withLock { $0 = Callback(observer) }
+    }
+
+    /// Sets what is called with every node result just before the transaction that applies it:
+    /// the reporter may read the events the result writes as soon as they are committed, and
+    /// their log lines carry the result's session details (TLS, timings), which the store does
+    /// not keep. A batch that fails is re-sent by its nodes and previewed again. Call before `start()`.
+    public func setResultPreview(_ observer: @escaping @Sendable (ResultMessage) -> Void) {
+        resultPreviewObserver.withLock { $0 = Callback(observer) }
     }
 
     /// Binds the cluster listener and starts the accept thread, the scheduler thread and the result writer.

@@ -33,6 +33,7 @@ final class ResultWriter: Sendable {
     private let retryPolicy: @Sendable () -> RetryPolicy
     private let clock: any WallClock
     private let log: Logger
+    private let willApply: @Sendable ([Item]) -> Void
     private let applied: @Sendable ([Item], [ResultApplication]) -> Void
 
     /// - Parameters:
@@ -40,10 +41,15 @@ final class ResultWriter: Sendable {
     ///   - retryPolicy: the retry policy in force (it changes on reload).
     ///   - clock: wall-clock time for the stored instants.
     ///   - log: where failures go.
+    ///   - willApply: called on the writer thread with each batch before its transaction: what
+    ///     must be known before another thread can read the batch's rows (the reporter reads the
+    ///     events a result writes as soon as they are committed, before `applied` runs).
     ///   - applied: called on the writer thread after each committed batch, in order.
     init(store: any QueueStore, retryPolicy: @escaping @Sendable () -> RetryPolicy, clock: any WallClock, log: Logger,
+         willApply: @escaping @Sendable ([Item]) -> Void = { _ in },
          applied: @escaping @Sendable ([Item], [ResultApplication]) -> Void) {
-        self.store = store; self.retryPolicy = retryPolicy; self.clock = clock; self.log = log; self.applied = applied
+        self.store = store; self.retryPolicy = retryPolicy; self.clock = clock; self.log = log
+        self.willApply = willApply; self.applied = applied
     }
 
     /// Starts the writer thread.
@@ -73,6 +79,7 @@ final class ResultWriter: Sendable {
                 return s.pending
             }
             guard let batch else { break }
+            willApply(batch)
             do {
                 // Committed without an fsync of its own; acknowledged (`applied`) only once durable —
                 // usually by the next commit of queued mail, which syncs the WAL anyway (issue 19:

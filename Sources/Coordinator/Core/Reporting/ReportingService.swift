@@ -94,9 +94,14 @@ public final class ReportingService: Sendable {
         if active { reporter.wake(); webhooks?.wake() }
     }
 
-    /// A node's result was applied: keep its session details (TLS, timings) for the log and report soon.
-    public func noteResult(_ result: ResultMessage) {
+    /// A node's result is about to be applied: keep its session details (TLS, timings) for the
+    /// log lines of the events it writes, which the reporter may read once they are committed.
+    public func noteDetails(_ result: ResultMessage) {
         reporter.noteResult(result)
+    }
+
+    /// A node's result was applied and synced: count its TLS reports and report soon.
+    public func noteResult(_ result: ResultMessage) {
         tlsReports.note(result)
         for o in result.outcomes { for e in o.tlsReports ?? [] { metrics.tlsReportSessions.inc(e.policyType, e.result) } }
         reporter.wake()
