@@ -23,8 +23,15 @@ import Foundation
 /// (frames other threads send — `signing_keys`, `config_changed` — go through the link's
 /// writer at once and may pass held acks; nothing depends on that order).
 struct OutgoingFrames: Sendable {
-    /// The longest a `result_ack` waits for a grant to ride with (20 ms).
-    static let ackHold: Duration = .milliseconds(20)
+    /// The longest a `result_ack` waits for a grant to ride with (10 ms).
+    ///
+    /// Shorter than the node journal's `syncSpacing` (20 ms, `OutcomeJournal`) by the result's
+    /// way here and its commit (a few ms): a node fsyncs a journal line only when its ack has
+    /// not arrived 20 ms after the line was written, so an ack held for 20 ms always came too
+    /// late and each node paid an fsync per batch of results once its share of the grants was
+    /// too small for acks to ride with them — CPU per message grew with the node count
+    /// (issue 19, bench/scale-nodes).
+    static let ackHold: Duration = .milliseconds(10)
 
     private struct Queued: Sendable {
         var frames: [ClusterMessage] = []
