@@ -140,7 +140,10 @@ public final class DeliveryReporter: Sendable {
                                                               .held, .released, .deleted, .dsnSent, .complained]
 
     /// Remembers the session details of a node's result (TLS, timings) for the log lines of its
-    /// recipients. Call it for every result the coordinator applies.
+    /// recipients. Call it for every result the coordinator applies, before its transaction
+    /// (`ClusterHub.setResultPreview`): this reporter may read the result's events as soon as
+    /// they are committed. A result that is never applied leaves its entries until the bound
+    /// (50 000) clears them or a re-sent copy replaces them.
     public func noteResult(_ result: ResultMessage) {
         details.withLock { details in
             if details.count + result.outcomes.count > Self.maxDetails { details.removeAll() }
