@@ -53,12 +53,20 @@ final class ReportingFixture: @unchecked Sendable {
                    heloName: "client.test", clientAddress: "127.0.0.1", receivedAt: clock.now())
     }
 
-    /// Leases every due recipient of `messageID` and applies `outcome` to each.
-    func deliver(_ messageID: String, status: RecipientResult.Status, code: Int, enhanced: String?, text: String, mx: String? = "mx.hato.test") throws {
+    /// Leases every due recipient of `messageID` to node-a from 127.0.0.10 for 300 s, recorded
+    /// in the store as the scheduler records a grant.
+    /// - Returns: the lease and the recipients it holds.
+    func leaseDue(_ messageID: String) throws -> (lease: LeaseRecord, due: [DueRecipient]) {
         let due = try store.dueRecipients(pools: ["t"], now: clock.now(), limit: 100).filter { $0.messageID == messageID }
         let lease = LeaseRecord(id: "L-" + Identifier.random(bytes: 4), node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: messageID,
                                 domain: due.first?.domain ?? "", recipientIDs: due.map(\.id), grantedAt: clock.now(), expiresAt: clock.now() + 300)
         _ = try store.recordLeases([lease])
+        return (lease, due)
+    }
+
+    /// Leases every due recipient of `messageID` and applies `outcome` to each.
+    func deliver(_ messageID: String, status: RecipientResult.Status, code: Int, enhanced: String?, text: String, mx: String? = "mx.hato.test") throws {
+        let (lease, due) = try leaseDue(messageID)
         clock.advance(2)
         let result = ResultMessage(leaseID: lease.id, instanceID: "i1", sendingIP: "127.0.0.10", mxHost: mx, remoteAddress: "127.0.0.1",
                                    outcomes: due.map { RecipientResult(recipientID: $0.id, status: status, reply: DeliveryStatus(code: code, enhanced: enhanced, text: text)) },
@@ -153,10 +161,7 @@ struct ReportingTests {
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["user@example-mail.test"]))
         try f.report()
-        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 100)
-        let lease = LeaseRecord(id: "L-cf", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1",
-                                domain: "example-mail.test", recipientIDs: due.map(\.id), grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
-        _ = try f.store.recordLeases([lease])
+        let (lease, due) = try f.leaseDue("M1")
         var outcome = RecipientResult(recipientID: due[0].id, status: .deferred, reply: DeliveryStatus(code: 451, enhanced: "4.4.1",
                                       text: "cannot connect: mx.example-mail.test[2001:db8::25]:25: connection refused"))
         outcome.connectionFailure = ConnectionFailureContext(mxHost: "mx.example-mail.test", remoteAddress: "2001:db8::25")
@@ -187,10 +192,7 @@ struct ReportingTests {
         defer { f.cleanup() }
         try f.store.enqueue(f.message("M1", ["nobody@hato.test"]))
         try f.report()
-        let due = try f.store.dueRecipients(pools: ["t"], now: f.clock.now(), limit: 100)
-        let lease = LeaseRecord(id: "L-d", node: "node-a", instance: "i1", sendingIP: "127.0.0.10", messageID: "M1",
-                                domain: "hato.test", recipientIDs: due.map(\.id), grantedAt: f.clock.now(), expiresAt: f.clock.now() + 300)
-        _ = try f.store.recordLeases([lease])
+        let (lease, due) = try f.leaseDue("M1")
         var outcome = RecipientResult(recipientID: due[0].id, status: .failed, reply: DeliveryStatus(code: 550, enhanced: "5.1.1", text: "no such user"))
         outcome.mxHost = "mx.hato.test"
         outcome.timings = DeliveryTimings(resolve: 0.001, connect: 0.002, setup: 0.003, transaction: 0.004)

@@ -46,7 +46,7 @@ final class ResultWriter: Sendable {
     ///     events a result writes as soon as they are committed, before `applied` runs).
     ///   - applied: called on the writer thread after each committed batch, in order.
     init(store: any QueueStore, retryPolicy: @escaping @Sendable () -> RetryPolicy, clock: any WallClock, log: Logger,
-         willApply: @escaping @Sendable ([Item]) -> Void = { _ in },
+         willApply: @escaping @Sendable ([Item]) -> Void,
          applied: @escaping @Sendable ([Item], [ResultApplication]) -> Void) {
         self.store = store; self.retryPolicy = retryPolicy; self.clock = clock; self.log = log
         self.willApply = willApply; self.applied = applied
